@@ -1,0 +1,167 @@
+// Package ortrun runs ONNX models with ONNX Runtime through
+// github.com/yalue/onnxruntime_go, hiding its C-backed tensors behind Go
+// slices.
+//
+// One ORT environment exists per process (Init). A Session is safe for
+// concurrent use; runs are serialised because ORT already spreads one run
+// over its intra-op threads.
+package ortrun
+
+import (
+	"fmt"
+	"sync"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+var env struct {
+	sync.Mutex
+	path string
+	err  error
+}
+
+// Init loads the ONNX Runtime shared library at libPath and creates the
+// process-wide environment. Later calls with the same path are no-ops.
+func Init(libPath string) error {
+	env.Lock()
+	defer env.Unlock()
+	if env.path != "" {
+		if libPath != env.path {
+			return fmt.Errorf("ortrun: onnx runtime already loaded from %s, not %s", env.path, libPath)
+		}
+		return env.err
+	}
+	env.path = libPath
+	ort.SetSharedLibraryPath(libPath)
+	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+		env.err = fmt.Errorf("ortrun: load onnx runtime %s: %w", libPath, err)
+	}
+	return env.err
+}
+
+// Options tunes a session.
+type Options struct {
+	// Threads is ORT's intra-op thread count; 0 lets ORT choose.
+	Threads int
+	// EP is the execution provider: "cpu" (default) or "cuda".
+	EP string
+}
+
+// Session is one model ready to run.
+type Session struct {
+	name    string
+	inputs  []string
+	outputs []string
+	mu      sync.Mutex
+	sess    *ort.DynamicAdvancedSession
+}
+
+// IO describes a model's graph inputs and outputs, as read from the model.
+type IO = ort.InputOutputInfo
+
+// Describe lists a model's inputs and outputs with their shapes (-1 for a
+// symbolic dimension).
+func Describe(model []byte) (inputs, outputs []IO, err error) {
+	inputs, outputs, err = ort.GetInputOutputInfoWithONNXData(model)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ortrun: read model: %w", err)
+	}
+	return inputs, outputs, nil
+}
+
+// NewSession creates a session over the model bytes; name identifies the
+// model in errors.
+func NewSession(name string, model []byte, inputs, outputs []string, opt Options) (*Session, error) {
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("ortrun: %s: session options: %w", name, err)
+	}
+	defer so.Destroy()
+	if opt.Threads > 0 {
+		if err := so.SetIntraOpNumThreads(opt.Threads); err != nil {
+			return nil, fmt.Errorf("ortrun: %s: threads: %w", name, err)
+		}
+		if err := so.SetInterOpNumThreads(1); err != nil {
+			return nil, fmt.Errorf("ortrun: %s: threads: %w", name, err)
+		}
+	}
+	switch opt.EP {
+	case "", "cpu":
+	case "cuda":
+		const need = "needs the GPU build of ONNX Runtime: libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so beside libonnxruntime.so, with CUDA 12 and cuDNN 9 on the library path"
+		cuda, err := ort.NewCUDAProviderOptions()
+		if err != nil {
+			return nil, fmt.Errorf("ortrun: %s: cuda execution provider: %w (%s)", name, err, need)
+		}
+		defer cuda.Destroy()
+		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
+			return nil, fmt.Errorf("ortrun: %s: cuda execution provider: %w (%s)", name, err, need)
+		}
+	default:
+		return nil, fmt.Errorf("ortrun: %s: unknown execution provider %q (want cpu or cuda)", name, opt.EP)
+	}
+	sess, err := ort.NewDynamicAdvancedSessionWithONNXData(model, inputs, outputs, so)
+	if err != nil {
+		return nil, fmt.Errorf("ortrun: %s: create session (inputs %q, outputs %q): %w", name, inputs, outputs, err)
+	}
+	return &Session{name: name, inputs: inputs, outputs: outputs, sess: sess}, nil
+}
+
+// Close releases the session.
+func (s *Session) Close() error { return s.sess.Destroy() }
+
+// Tensor is a dense tensor of float32 or int64 values (one of the two).
+type Tensor struct {
+	Shape  []int64
+	Floats []float32
+	Ints   []int64
+}
+
+// Run feeds one tensor per input, in the session's input order, and returns
+// one per output. Output data is copied out of ORT's memory.
+func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
+	if len(in) != len(s.inputs) {
+		return nil, fmt.Errorf("ortrun: %s: %d inputs given, model takes %d", s.name, len(in), len(s.inputs))
+	}
+	values := make([]ort.Value, len(in))
+	defer destroyAll(values)
+	for i, t := range in {
+		var err error
+		if t.Ints != nil {
+			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
+		} else {
+			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ortrun: %s: input %q shape %v: %w", s.name, s.inputs[i], t.Shape, err)
+		}
+	}
+	outs := make([]ort.Value, len(s.outputs))
+	defer destroyAll(outs)
+	s.mu.Lock()
+	err := s.sess.Run(values, outs)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("ortrun: %s: run: %w", s.name, err)
+	}
+	res := make([]Tensor, len(outs))
+	for i, v := range outs {
+		switch t := v.(type) {
+		case *ort.Tensor[float32]:
+			res[i] = Tensor{Shape: t.GetShape(), Floats: append([]float32(nil), t.GetData()...)}
+		case *ort.Tensor[int64]:
+			res[i] = Tensor{Shape: t.GetShape(), Ints: append([]int64(nil), t.GetData()...)}
+		default:
+			return nil, fmt.Errorf("ortrun: %s: output %q is %T, want a float32 or int64 tensor", s.name, s.outputs[i], v)
+		}
+	}
+	return res, nil
+}
+
+func destroyAll(vs []ort.Value) {
+	for _, v := range vs {
+		if v != nil {
+			v.Destroy()
+		}
+	}
+}

@@ -1,0 +1,543 @@
+package preprocess
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"math"
+	"sync"
+)
+
+// ITU-R BT.601 luma weights, the ones color.GrayModel and most gray-trained
+// models assume.
+const (
+	lumaR = 0.299
+	lumaG = 0.587
+	lumaB = 0.114
+)
+
+// Fill writes img, resized and normalised, into dst (len(dst) == s.Size()) in
+// the spec's layout.
+//
+// Colour to gray uses the BT.601 luma weights; gray to three channels
+// replicates. 16-bit images keep their precision (values are v/65535 before
+// Scale). Alpha is dropped by compositing onto black, which is what
+// premultiplied colour already is: models trained on opaque images see a
+// transparent region as dark rather than as whatever colour hid under it.
+//
+// Fill is safe for concurrent use.
+func (s Spec) Fill(dst []float32, img image.Image) error {
+	s = s.WithDefaults()
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if img == nil {
+		return errors.New("preprocess: image is nil")
+	}
+	if len(dst) != s.Size() {
+		return fmt.Errorf("preprocess: dst has %d values, spec needs %d", len(dst), s.Size())
+	}
+	b := img.Bounds()
+	if b.Empty() {
+		return fmt.Errorf("preprocess: image is empty (bounds %v)", b)
+	}
+	// The demo feeds 28x28 gray digits to a 28x28 gray model many times a
+	// second; going through the float buffer and resampler would cost
+	// allocations and several passes for what is a per-pixel affine map.
+	if g, ok := img.(*image.Gray); ok && b.Dx() == s.Width && b.Dy() == s.Height {
+		s.fillGrayExact(dst, g)
+		return nil
+	}
+	s.fillGeneral(dst, img)
+	return nil
+}
+
+// affine returns per-channel a, b with output = v*a + b for a source value v
+// whose full scale is full. Folding Scale, Mean and Std into one multiply-add
+// keeps the hot loops short; the folding is done in float64 so that it adds
+// no error of its own.
+func (s Spec) affine(full float64) (a, b [3]float32) {
+	k := 1 / full
+	if s.Scale == ScaleByte {
+		k = 255 / full
+	}
+	for c := 0; c < s.Channels; c++ {
+		mean, std := 0.0, 1.0
+		if len(s.Mean) > 0 {
+			mean = float64(s.Mean[c])
+		}
+		if len(s.Std) > 0 {
+			std = float64(s.Std[c])
+		}
+		a[c] = float32(k / std)
+		b[c] = float32(-mean / std)
+	}
+	return a, b
+}
+
+// u8f and u8unit map a byte to float32(u) and float32(u)/255. Table loads
+// beat CVTSI2SS here: the Go compiler emits it without breaking its false
+// dependency on the destination register, which serialises a pixel loop.
+// u8unit is also bit-identical to PyTorch's ToTensor (u8 -> f32 / 255), so
+// the common unit-scaled case matches what models were trained on exactly.
+var u8f, u8unit = func() (f, unit [256]float32) {
+	for i := range f {
+		f[i] = float32(i)
+		unit[i] = float32(i) / 255
+	}
+	return f, unit
+}()
+
+// fillGrayExact handles a *image.Gray already at the spec's size.
+func (s Spec) fillGrayExact(dst []float32, g *image.Gray) {
+	w, h := s.Width, s.Height
+	plane := w * h
+	org := g.Rect.Min
+	var lut *[256]float32
+	if len(s.Mean) == 0 && len(s.Std) == 0 {
+		lut = &u8unit
+		if s.Scale == ScaleByte {
+			lut = &u8f
+		}
+	}
+	a, b := s.affine(255)
+	for y := 0; y < h; y++ {
+		i := g.PixOffset(org.X, org.Y+y)
+		row := g.Pix[i : i+w]
+		switch {
+		case lut != nil && s.Channels == 1:
+			// NCHW and NHWC coincide for one channel.
+			out := dst[y*w : y*w+w]
+			// Unrolled: the loop is otherwise bound by its own overhead.
+			for len(row) >= 4 && len(out) >= 4 {
+				out[0], out[1], out[2], out[3] = lut[row[0]], lut[row[1]], lut[row[2]], lut[row[3]]
+				row, out = row[4:], out[4:]
+			}
+			for x, u := range row {
+				out[x] = lut[u]
+			}
+		case s.Channels == 1:
+			out := dst[y*w : y*w+w]
+			for x, u := range row {
+				out[x] = u8f[u]*a[0] + b[0]
+			}
+		case s.Layout == LayoutNCHW:
+			o0 := dst[y*w : y*w+w]
+			o1 := dst[plane+y*w : plane+y*w+w]
+			o2 := dst[2*plane+y*w : 2*plane+y*w+w]
+			for x, u := range row {
+				if lut != nil {
+					v := lut[u]
+					o0[x], o1[x], o2[x] = v, v, v
+					continue
+				}
+				v := u8f[u]
+				o0[x] = v*a[0] + b[0]
+				o1[x] = v*a[1] + b[1]
+				o2[x] = v*a[2] + b[2]
+			}
+		default:
+			out := dst[3*y*w : 3*(y*w+w)]
+			for x, u := range row {
+				p := out[3*x : 3*x+3]
+				if lut != nil {
+					v := lut[u]
+					p[0], p[1], p[2] = v, v, v
+					continue
+				}
+				v := u8f[u]
+				p[0] = v*a[0] + b[0]
+				p[1] = v*a[1] + b[1]
+				p[2] = v*a[2] + b[2]
+			}
+		}
+	}
+}
+
+// taps is a separable resampling kernel along one axis: output i reads
+// source samples first[i], first[i]+1, ... with weights w[off[i]:off[i+1]].
+type taps struct {
+	first []int
+	off   []int
+	w     []float32
+}
+
+// build fills t for out output samples covering source coordinates
+// [start, start+span) of an axis with full samples. Upscaling (or keeping
+// size) uses bilinear interpolation between the two nearest sample centres;
+// downscaling uses a box filter over each output's footprint, i.e. area
+// averaging, because bilinear would sample only 2 of many source pixels and
+// alias thin strokes away. Each output's weights sum to 1 so flat regions
+// stay exactly flat.
+func (t *taps) build(full int, start, span float64, out int) {
+	t.first = t.first[:0]
+	t.off = append(t.off[:0], 0)
+	t.w = t.w[:0]
+	step := span / float64(out)
+	for i := 0; i < out; i++ {
+		if step <= 1 {
+			c := start + (float64(i)+0.5)*step - 0.5
+			fl := math.Floor(c)
+			f := c - fl
+			j0 := clampInt(int(fl), 0, full-1)
+			j1 := clampInt(int(fl)+1, 0, full-1)
+			if f == 0 || j0 == j1 {
+				// On a sample centre or past the edge: one exact tap,
+				// which makes a same-size "resize" a plain copy.
+				t.first = append(t.first, j0)
+				t.w = append(t.w, 1)
+			} else {
+				t.first = append(t.first, j0)
+				t.w = append(t.w, float32(1-f), float32(f))
+			}
+			t.off = append(t.off, len(t.w))
+			continue
+		}
+		lo := start + float64(i)*step
+		hi := lo + step
+		j0 := clampInt(int(math.Floor(lo)), 0, full-1)
+		j1 := clampInt(int(math.Ceil(hi)), j0+1, full)
+		base := len(t.w)
+		var sum float64
+		first := -1
+		for j := j0; j < j1; j++ {
+			cover := math.Min(hi, float64(j+1)) - math.Max(lo, float64(j))
+			if cover <= 1e-9 {
+				if first < 0 {
+					continue // skip slivers at the leading edge
+				}
+				break // and at the trailing edge
+			}
+			if first < 0 {
+				first = j
+			}
+			t.w = append(t.w, float32(cover))
+			sum += cover
+		}
+		if first < 0 { // cannot happen for in-range spans; stay safe
+			first = j0
+			t.w = append(t.w, 1)
+			sum = 1
+		}
+		for k := base; k < len(t.w); k++ {
+			t.w[k] = float32(float64(t.w[k]) / sum)
+		}
+		t.first = append(t.first, first)
+		t.off = append(t.off, len(t.w))
+	}
+}
+
+// bounds returns the half-open range of source samples t reads.
+func (t *taps) bounds() (lo, hi int) {
+	lo, hi = math.MaxInt, 0
+	for i, f := range t.first {
+		lo = min(lo, f)
+		hi = max(hi, f+t.off[i+1]-t.off[i])
+	}
+	return lo, hi
+}
+
+func clampInt(v, lo, hi int) int {
+	return max(lo, min(v, hi))
+}
+
+// scratch holds the general path's buffers; pooled because a 224x224 RGB
+// model input from a phone photo needs about a megabyte of intermediates.
+type scratch struct {
+	row, tmp, line []float32
+	xt, yt         taps
+	pal            [256 * 3]float32
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func grow(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
+}
+
+// fillGeneral converts each source row the resize reads to floats once,
+// resamples it horizontally, then resamples vertically and writes each
+// output row in the spec's layout. Converting row by row keeps the working
+// set in cache instead of materialising the whole photo as floats.
+func (s Spec) fillGeneral(dst []float32, img image.Image) {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+
+	b := img.Bounds()
+	sw, sh := b.Dx(), b.Dy()
+	w, h := s.Width, s.Height
+
+	// Source window, in pixels relative to b.Min, that maps onto the output.
+	x0, y0, rw, rh := 0.0, 0.0, float64(sw), float64(sh)
+	if s.Resize == ResizeCrop {
+		// Compare w/sw with h/sh without division so the axis that fits is
+		// used exactly and only the other one is cropped.
+		if int64(w)*int64(sh) >= int64(h)*int64(sw) {
+			rh = float64(sw) * float64(h) / float64(w)
+			y0 = (float64(sh) - rh) / 2
+		} else {
+			rw = float64(sh) * float64(w) / float64(h)
+			x0 = (float64(sw) - rw) / 2
+		}
+	}
+	sc.xt.build(sw, x0, rw, w)
+	sc.yt.build(sh, y0, rh, h)
+	xlo, xhi := sc.xt.bounds()
+	ylo, yhi := sc.yt.bounds()
+	cols, rows := xhi-xlo, yhi-ylo
+
+	// Gray sources are resampled as one channel and replicated on output:
+	// a third of the work, and exact.
+	wc := s.Channels
+	var pal *[256 * 3]float32
+	switch m := img.(type) {
+	case *image.Gray, *image.Gray16:
+		wc = 1
+	case *image.Paletted:
+		// Look each palette entry up once instead of once per pixel.
+		// Indices past the palette read as black instead of panicking.
+		pal = &sc.pal
+		clear(pal[:])
+		for k, c := range m.Palette[:min(len(m.Palette), 256)] {
+			r, g, b, _ := c.RGBA()
+			put(pal[:], k*wc, wc, float32(r), float32(g), float32(b))
+		}
+	}
+
+	// Horizontal pass: rows x w x wc.
+	n := w * wc
+	sc.row = grow(sc.row, cols*wc)
+	sc.tmp = grow(sc.tmp, rows*n)
+	xt := &sc.xt
+	var full float32
+	for y := 0; y < rows; y++ {
+		srow := sc.row
+		full = readRow(srow, img, b.Min.Y+ylo+y, b.Min.X+xlo, b.Min.X+xhi, wc, pal)
+		trow := sc.tmp[y*n : (y+1)*n]
+		if wc == 1 {
+			for x := range trow {
+				ws := xt.w[xt.off[x]:xt.off[x+1]]
+				in := srow[xt.first[x]-xlo:]
+				in = in[:len(ws)]
+				var acc float32
+				for k, wt := range ws {
+					acc += wt * in[k]
+				}
+				trow[x] = acc
+			}
+			continue
+		}
+		for x := 0; x < w; x++ {
+			ws := xt.w[xt.off[x]:xt.off[x+1]]
+			in := srow[3*(xt.first[x]-xlo):]
+			in = in[:3*len(ws)]
+			var r, g, b float32
+			for k, wt := range ws {
+				p := in[3*k : 3*k+3]
+				r += wt * p[0]
+				g += wt * p[1]
+				b += wt * p[2]
+			}
+			o := trow[3*x : 3*x+3]
+			o[0], o[1], o[2] = r, g, b
+		}
+	}
+
+	// Vertical pass fused with normalisation and layout.
+	a, off := s.affine(float64(full))
+	sc.line = grow(sc.line, n)
+	line := sc.line
+	yt := &sc.yt
+	plane := w * h
+	for y := 0; y < h; y++ {
+		ws := yt.w[yt.off[y]:yt.off[y+1]]
+		r0 := yt.first[y] - ylo
+		in := sc.tmp[r0*n : (r0+len(ws))*n]
+		// Unrolled for the tap counts bilinear and modest downscales give.
+		switch len(ws) {
+		case 1:
+			copy(line, in)
+		case 2:
+			w0, w1 := ws[0], ws[1]
+			i0, i1 := in[:n], in[n:2*n]
+			for i := range line {
+				line[i] = w0*i0[i] + w1*i1[i]
+			}
+		case 3:
+			w0, w1, w2 := ws[0], ws[1], ws[2]
+			i0, i1, i2 := in[:n], in[n:2*n], in[2*n:3*n]
+			for i := range line {
+				line[i] = w0*i0[i] + w1*i1[i] + w2*i2[i]
+			}
+		default:
+			clear(line)
+			for k, wt := range ws {
+				ik := in[k*n : (k+1)*n]
+				for i := range line {
+					line[i] += wt * ik[i]
+				}
+			}
+		}
+		switch {
+		case s.Channels == 1:
+			out := dst[y*w : y*w+w]
+			for x, v := range line {
+				out[x] = v*a[0] + off[0]
+			}
+		case wc == 1 && s.Layout == LayoutNCHW:
+			for c := 0; c < 3; c++ {
+				out := dst[c*plane+y*w : c*plane+y*w+w]
+				for x, v := range line {
+					out[x] = v*a[c] + off[c]
+				}
+			}
+		case wc == 1:
+			out := dst[3*y*w : 3*(y*w+w)]
+			for x, v := range line {
+				p := out[3*x : 3*x+3]
+				p[0] = v*a[0] + off[0]
+				p[1] = v*a[1] + off[1]
+				p[2] = v*a[2] + off[2]
+			}
+		case s.Layout == LayoutNCHW:
+			o0 := dst[y*w : y*w+w]
+			o1 := dst[plane+y*w : plane+y*w+w]
+			o2 := dst[2*plane+y*w : 2*plane+y*w+w]
+			for x := range o0 {
+				p := line[3*x : 3*x+3]
+				o0[x] = p[0]*a[0] + off[0]
+				o1[x] = p[1]*a[1] + off[1]
+				o2[x] = p[2]*a[2] + off[2]
+			}
+		default:
+			out := dst[3*y*w : 3*(y*w+w)]
+			for x := 0; x < w; x++ {
+				p, q := line[3*x:3*x+3], out[3*x:3*x+3]
+				q[0] = p[0]*a[0] + off[0]
+				q[1] = p[1]*a[1] + off[1]
+				q[2] = p[2]*a[2] + off[2]
+			}
+		}
+	}
+}
+
+// readRow writes pixels [x0, x1) of row y of img into buf as wc (1 or 3)
+// interleaved channels and returns the value that stands for full intensity
+// (255 or 65535). Values stay in the source's own units so that 8-bit
+// inputs are exact integers until the final affine step. Common concrete
+// types are read directly; anything else goes through At, which is slower
+// but correct. pal is the prepared palette for *image.Paletted.
+func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]float32) float32 {
+	cols := x1 - x0
+	i := 0
+	switch m := img.(type) {
+	case *image.Gray:
+		p := m.Pix[m.PixOffset(x0, y):][:cols]
+		for k, u := range p {
+			buf[k] = u8f[u]
+		}
+		return 255
+	case *image.Gray16:
+		p := m.Pix[m.PixOffset(x0, y):][:2*cols]
+		for k := 0; k < len(p); k += 2 {
+			buf[k/2] = float32(uint16(p[k])<<8 | uint16(p[k+1]))
+		}
+		return 65535
+	case *image.RGBA:
+		// Already premultiplied, i.e. composited on black.
+		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
+		for k := 0; k < len(p); k += 4 {
+			i = put(buf, i, wc, u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]])
+		}
+		return 255
+	case *image.NRGBA:
+		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
+		for k := 0; k < len(p); k += 4 {
+			r, g, b := u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]]
+			if al := p[k+3]; al != 0xff {
+				f := u8unit[al]
+				r, g, b = r*f, g*f, b*f
+			}
+			i = put(buf, i, wc, r, g, b)
+		}
+		return 255
+	case *image.RGBA64:
+		p := m.Pix[m.PixOffset(x0, y):][:8*cols]
+		for k := 0; k < len(p); k += 8 {
+			i = put(buf, i, wc, be16(p[k:]), be16(p[k+2:]), be16(p[k+4:]))
+		}
+		return 65535
+	case *image.NRGBA64:
+		p := m.Pix[m.PixOffset(x0, y):][:8*cols]
+		for k := 0; k < len(p); k += 8 {
+			r, g, b := be16(p[k:]), be16(p[k+2:]), be16(p[k+4:])
+			if al := be16(p[k+6:]); al != 65535 {
+				f := al / 65535
+				r, g, b = r*f, g*f, b*f
+			}
+			i = put(buf, i, wc, r, g, b)
+		}
+		return 65535
+	case *image.YCbCr:
+		for x := x0; x < x1; x++ {
+			yy := m.Y[m.YOffset(x, y)]
+			if wc == 1 {
+				// JFIF's Y is the BT.601 luma already; using it skips
+				// a lossy round trip through 8-bit RGB.
+				buf[i] = u8f[yy]
+				i++
+				continue
+			}
+			ci := m.COffset(x, y)
+			r, g, b := color.YCbCrToRGB(yy, m.Cb[ci], m.Cr[ci])
+			i = put(buf, i, wc, u8f[r], u8f[g], u8f[b])
+		}
+		return 255
+	case *image.NYCbCrA:
+		for x := x0; x < x1; x++ {
+			yi, ci := m.YOffset(x, y), m.COffset(x, y)
+			f := u8unit[m.A[m.AOffset(x, y)]]
+			if wc == 1 {
+				buf[i] = u8f[m.Y[yi]] * f
+				i++
+				continue
+			}
+			r, g, b := color.YCbCrToRGB(m.Y[yi], m.Cb[ci], m.Cr[ci])
+			i = put(buf, i, wc, u8f[r]*f, u8f[g]*f, u8f[b]*f)
+		}
+		return 255
+	case *image.Paletted:
+		p := m.Pix[m.PixOffset(x0, y):][:cols]
+		for _, u := range p {
+			j := int(u) * wc
+			copy(buf[i:i+wc], pal[j:j+wc])
+			i += wc
+		}
+		return 65535
+	default:
+		for x := x0; x < x1; x++ {
+			// RGBA is premultiplied: composited on black.
+			r, g, b, _ := img.At(x, y).RGBA()
+			i = put(buf, i, wc, float32(r), float32(g), float32(b))
+		}
+		return 65535
+	}
+}
+
+// put stores one pixel as wc channels at buf[i:] and returns the next index.
+func put(buf []float32, i, wc int, r, g, b float32) int {
+	if wc == 1 {
+		buf[i] = lumaR*r + lumaG*g + lumaB*b
+		return i + 1
+	}
+	buf[i], buf[i+1], buf[i+2] = r, g, b
+	return i + 3
+}
+
+func be16(p []byte) float32 {
+	return float32(uint16(p[0])<<8 | uint16(p[1]))
+}

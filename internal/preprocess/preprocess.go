@@ -1,0 +1,160 @@
+// Package preprocess turns encoded user images into one model input tensor slot.
+//
+// Every ONNX model in DCD wants its input in its own shape: NCHW or NHWC,
+// gray or RGB, a fixed height and width, values in [0,1] or [0,255], with or
+// without a per-channel mean/std. Users upload whatever they have (any format,
+// any size, 8- or 16-bit, with or without alpha). A Spec captures one model's
+// wants so that a single Fill call can bridge the two without the caller
+// knowing about pixel formats, and so that the same rules (luma weights,
+// resampling, alpha handling) hold for every model.
+package preprocess
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"strings"
+
+	// Registered for image.Decode; users upload whatever their tools write.
+	_ "image/gif"
+	_ "image/jpeg"
+	_ "image/png"
+
+	_ "golang.org/x/image/bmp"
+	_ "golang.org/x/image/webp"
+)
+
+// Accepted values for the string fields of Spec.
+const (
+	LayoutNCHW = "NCHW"
+	LayoutNHWC = "NHWC"
+
+	ResizeSquash = "squash"
+	ResizeCrop   = "crop"
+
+	ScaleUnit = "unit"
+	ScaleByte = "byte"
+)
+
+// maxSide bounds Height and Width so that Size cannot overflow and a typo in a
+// config cannot make Fill ask for gigabytes; no real model input is near it.
+const maxSide = 1 << 14
+
+// maxDecodePixels bounds the decoded image area. A few hundred bytes of PNG
+// can claim to be gigapixels; checking the header first stops such uploads
+// from exhausting memory. 64 Mpx is above any camera a user is likely to have.
+const maxDecodePixels = 1 << 26
+
+// Spec says what one model wants as input. The zero value is not valid; call Validate.
+type Spec struct {
+	Layout   string    `json:"layout" yaml:"layout"`                 // "NCHW" (default) or "NHWC"
+	Channels int       `json:"channels" yaml:"channels"`             // 1 or 3
+	Height   int       `json:"height" yaml:"height"`                 // rows of the model input
+	Width    int       `json:"width" yaml:"width"`                   // columns of the model input
+	Resize   string    `json:"resize" yaml:"resize"`                 // "squash" (default: scale to HxW ignoring aspect) or "crop" (scale shorter side to fit, centre crop)
+	Scale    string    `json:"scale" yaml:"scale"`                   // "unit" (default: [0,1]) or "byte" ([0,255])
+	Mean     []float32 `json:"mean,omitempty" yaml:"mean,omitempty"` // per channel, applied after Scale: (v-mean)/std; empty = none
+	Std      []float32 `json:"std,omitempty" yaml:"std,omitempty"`   // per channel; empty = 1
+}
+
+// WithDefaults returns s with empty Layout, Resize and Scale set to their
+// defaults. It also normalises case and surrounding space, because these
+// values come from hand-written config files where "nchw" or "Crop" are
+// obvious intent rather than errors. Mean and Std are shared with s.
+func (s Spec) WithDefaults() Spec {
+	s.Layout = canonical(s.Layout, LayoutNCHW, LayoutNHWC, strings.ToUpper)
+	s.Resize = canonical(s.Resize, ResizeSquash, ResizeCrop, strings.ToLower)
+	s.Scale = canonical(s.Scale, ScaleUnit, ScaleByte, strings.ToLower)
+	return s
+}
+
+// canonical returns v normalised by fold, or def if v is blank. Fill calls
+// WithDefaults per image, so the common already-canonical values return
+// before any string work.
+func canonical(v, def, other string, fold func(string) string) string {
+	if v == def || v == other {
+		return v
+	}
+	if v = fold(strings.TrimSpace(v)); v == "" {
+		return def
+	}
+	return v
+}
+
+// Validate reports the first problem with s after defaults are applied,
+// naming the offending field, so that a bad model config fails at load time
+// rather than on the first user image.
+func (s Spec) Validate() error {
+	s = s.WithDefaults()
+	if s.Layout != LayoutNCHW && s.Layout != LayoutNHWC {
+		return fmt.Errorf("preprocess: layout must be NCHW or NHWC, got %q", s.Layout)
+	}
+	if s.Channels != 1 && s.Channels != 3 {
+		return fmt.Errorf("preprocess: channels must be 1 or 3, got %d", s.Channels)
+	}
+	if s.Height <= 0 || s.Height > maxSide {
+		return fmt.Errorf("preprocess: height must be in 1..%d, got %d", maxSide, s.Height)
+	}
+	if s.Width <= 0 || s.Width > maxSide {
+		return fmt.Errorf("preprocess: width must be in 1..%d, got %d", maxSide, s.Width)
+	}
+	if s.Resize != ResizeSquash && s.Resize != ResizeCrop {
+		return fmt.Errorf("preprocess: resize must be squash or crop, got %q", s.Resize)
+	}
+	if s.Scale != ScaleUnit && s.Scale != ScaleByte {
+		return fmt.Errorf("preprocess: scale must be unit or byte, got %q", s.Scale)
+	}
+	if len(s.Mean) != 0 && len(s.Mean) != s.Channels {
+		return fmt.Errorf("preprocess: mean must have %d entries (one per channel), got %d", s.Channels, len(s.Mean))
+	}
+	for i, m := range s.Mean {
+		if math.IsNaN(float64(m)) || math.IsInf(float64(m), 0) {
+			return fmt.Errorf("preprocess: mean[%d] must be finite, got %v", i, m)
+		}
+	}
+	if len(s.Std) != 0 && len(s.Std) != s.Channels {
+		return fmt.Errorf("preprocess: std must have %d entries (one per channel), got %d", s.Channels, len(s.Std))
+	}
+	for i, v := range s.Std {
+		// Written as !(v > 0) so that NaN is rejected too.
+		if !(v > 0) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("preprocess: std[%d] must be finite and > 0, got %v", i, v)
+		}
+	}
+	return nil
+}
+
+// Size is the number of float32 values one image occupies (Channels*Height*Width).
+// It is 0 for specs whose dimensions are not positive.
+func (s Spec) Size() int {
+	if s.Channels <= 0 || s.Height <= 0 || s.Width <= 0 {
+		return 0
+	}
+	return s.Channels * s.Height * s.Width
+}
+
+// Decode decodes PNG, JPEG, GIF, BMP and WebP. GIF yields its first frame.
+// Images claiming more than maxDecodePixels are refused before their pixels
+// are decoded.
+func Decode(data []byte) (image.Image, error) {
+	if len(data) == 0 {
+		return nil, errors.New("preprocess: decode: empty input")
+	}
+	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("preprocess: decode: %w", err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 {
+		return nil, fmt.Errorf("preprocess: decode: %s image has no pixels (%dx%d)", format, cfg.Width, cfg.Height)
+	}
+	if int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels {
+		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, more than %d pixels", format, cfg.Width, cfg.Height, maxDecodePixels)
+	}
+	img, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("preprocess: decode %s: %w", format, err)
+	}
+	return img, nil
+}

@@ -1,0 +1,197 @@
+// Package store is DCD's thin layer over gocloud.dev/blob: opening the one
+// bucket a process works in, judging storage errors, and moving Arrow IPC
+// files in and out of it.
+//
+// # URLs
+//
+// Open takes any gocloud bucket URL whose driver is linked in: file:///dir
+// (with ?create_dir=1 to create it), mem://, s3://bucket?region=…&endpoint=…
+// (credentials from AWS_* environment variables), gs://, azblob://.
+//
+// # Errors
+//
+// Classify turns storage errors that no retry can fix (NotFound,
+// InvalidArgument, PermissionDenied) into non-retryable Temporal errors and
+// returns the rest unchanged, so they are retried.
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/ipc"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/fileblob" // file:// buckets
+	_ "gocloud.dev/blob/memblob"  // mem:// buckets, for tests
+	_ "gocloud.dev/blob/s3blob"   // s3:// buckets
+	"gocloud.dev/gcerrors"
+)
+
+// Open opens the bucket at url.
+func Open(ctx context.Context, url string) (*blob.Bucket, error) {
+	b, err := blob.OpenBucket(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %q: %w", url, err)
+	}
+	return b, nil
+}
+
+// Classify marks errors that retrying cannot fix as non-retryable; key names
+// the object for the message.
+func Classify(err error, key string) error {
+	if err == nil {
+		return nil
+	}
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		return err
+	}
+	switch code := gcerrors.Code(err); code {
+	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
+		return temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("store: %s (key %q): %v", code, key, err), "Storage"+code.String(), err)
+	}
+	return err
+}
+
+// ReadAll reads the whole object at key.
+func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
+	data, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("store: read %q: %w", key, err)
+	}
+	return data, nil
+}
+
+// WriteAll writes data at key atomically: readers see the old object or the
+// new one, never a part.
+func WriteAll(ctx context.Context, b *blob.Bucket, key string, data []byte) error {
+	if err := b.WriteAll(ctx, key, data, nil); err != nil {
+		return fmt.Errorf("store: write %q: %w", key, err)
+	}
+	return nil
+}
+
+// countingWriter makes a blob.Writer look like the io.WriteSeeker that
+// ipc.NewFileWriter wants: the writer only asks for its own position.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) Seek(offset int64, whence int) (int64, error) {
+	if offset == 0 && whence == io.SeekCurrent {
+		return c.n, nil
+	}
+	return 0, errors.New("store: arrow writer: seek not supported")
+}
+
+// ArrowWriter streams record batches into an Arrow IPC file at a key. The
+// file appears only when Close succeeds; Abort leaves any earlier object.
+type ArrowWriter struct {
+	key    string
+	cancel context.CancelFunc
+	bw     *blob.Writer
+	fw     *ipc.FileWriter
+}
+
+// NewArrowWriter starts writing an IPC file with the given schema at key.
+func NewArrowWriter(ctx context.Context, b *blob.Bucket, key string, schema *arrow.Schema, mem memory.Allocator) (*ArrowWriter, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	bw, err := b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/vnd.apache.arrow.file"})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("store: write %q: %w", key, err)
+	}
+	fw, err := ipc.NewFileWriter(&countingWriter{w: bw}, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+	if err != nil {
+		cancel()
+		bw.Close()
+		return nil, fmt.Errorf("store: write %q: %w", key, err)
+	}
+	return &ArrowWriter{key: key, cancel: cancel, bw: bw, fw: fw}, nil
+}
+
+// Write appends one record batch.
+func (w *ArrowWriter) Write(rec arrow.Record) error {
+	if err := w.fw.Write(rec); err != nil {
+		return fmt.Errorf("store: write %q: %w", w.key, err)
+	}
+	return nil
+}
+
+// Close writes the footer and commits the object.
+func (w *ArrowWriter) Close() error {
+	defer w.cancel()
+	if err := w.fw.Close(); err != nil {
+		w.Abort()
+		return fmt.Errorf("store: write %q: %w", w.key, err)
+	}
+	if err := w.bw.Close(); err != nil {
+		return fmt.Errorf("store: write %q: %w", w.key, err)
+	}
+	return nil
+}
+
+// Abort drops what was written; the object at the key is left as it was.
+func (w *ArrowWriter) Abort() {
+	w.cancel() // a cancelled blob.Writer discards its data on Close
+	w.bw.Close()
+}
+
+// WriteArrow writes the records as one IPC file at key.
+func WriteArrow(ctx context.Context, b *blob.Bucket, key string, schema *arrow.Schema, mem memory.Allocator, recs ...arrow.Record) error {
+	w, err := NewArrowWriter(ctx, b, key, schema, mem)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if err := w.Write(r); err != nil {
+			w.Abort()
+			return err
+		}
+	}
+	return w.Close()
+}
+
+// ArrowFile is an Arrow IPC file read whole from storage.
+type ArrowFile struct {
+	*ipc.FileReader
+}
+
+// OpenArrow reads the IPC file at key. The caller must Close it. Records from
+// RecordAt must be Released by the caller.
+func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Allocator) (*ArrowFile, error) {
+	// blob.Reader has no ReadAt, which the IPC file reader needs; files are
+	// one shard each, so reading them whole is bounded.
+	data, err := ReadAll(ctx, b, key)
+	if err != nil {
+		return nil, err
+	}
+	r, err := ipc.NewFileReader(bytes.NewReader(data), ipc.WithAllocator(mem))
+	if err != nil {
+		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
+	}
+	return &ArrowFile{r}, nil
+}
+
+// Exists reports whether an object is at key.
+func Exists(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
+	ok, err := b.Exists(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("store: exists %q: %w", key, err)
+	}
+	return ok, nil
+}

@@ -1,0 +1,295 @@
+// Package schemas holds the shapes that cross process boundaries: the pass
+// configuration a user writes, and the Arrow schemas of the files a pass
+// leaves in blob storage.
+//
+// Config is what the starter reads from YAML or JSON and what a DebugPass
+// workflow receives. It holds storage keys, names and numbers only, never
+// credentials: those come from the worker's environment.
+package schemas
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"dcd/internal/preprocess"
+)
+
+// Config is one debug pass. Every key (model, prefix, manifest) is relative to
+// the storage bucket the workers were started with.
+type Config struct {
+	// Name labels the pass in the UI and in run IDs; letters, digits, '-', '_'.
+	Name string `json:"name" yaml:"name"`
+	// Seed makes every random choice of the pass (random baseline, shard
+	// order ties) reproducible.
+	Seed uint64 `json:"seed" yaml:"seed"`
+	// Classes lists the class labels in the order of the target model's
+	// logits. Dataset labels must be among them.
+	Classes []string `json:"classes" yaml:"classes"`
+	// Target is the classifier being debugged.
+	Target Model `json:"target" yaml:"target"`
+	// Similarity is the model whose features drive the nearest-neighbour
+	// search. Empty: the target's own features.
+	Similarity *Model    `json:"similarity,omitempty" yaml:"similarity,omitempty"`
+	Data       Data      `json:"data" yaml:"data"`
+	Selection  Selection `json:"selection" yaml:"selection"`
+	Retrain    Retrain   `json:"retrain" yaml:"retrain"`
+	Shards     Shards    `json:"shards" yaml:"shards"`
+	Timeouts   Timeouts  `json:"timeouts" yaml:"timeouts"`
+}
+
+// Model is an ONNX model and how to feed it.
+type Model struct {
+	// Path is the .onnx file's key in storage.
+	Path string `json:"path" yaml:"path"`
+	// Input is the graph input fed with images. Empty: the model's only input.
+	Input string `json:"input,omitempty" yaml:"input,omitempty"`
+	// Features is the graph output holding the penultimate-layer features.
+	Features string `json:"features" yaml:"features"`
+	// Logits is the graph output holding class scores (target model only).
+	Logits     string          `json:"logits,omitempty" yaml:"logits,omitempty"`
+	Preprocess preprocess.Spec `json:"preprocess" yaml:"preprocess"`
+}
+
+// Data names the five datasets of a pass. Each is an ImageFolder prefix
+// (prefix/<label>/<file>) or a CSV manifest (uri,label[,domain]).
+type Data struct {
+	Train        Dataset `json:"train" yaml:"train"`
+	Test         Dataset `json:"test" yaml:"test"`
+	ErrorSample  Dataset `json:"error_sample" yaml:"error_sample"`
+	ErrorHeldout Dataset `json:"error_heldout" yaml:"error_heldout"`
+	Pool         Dataset `json:"pool" yaml:"pool"`
+}
+
+// Dataset is where one set of labeled images lives: exactly one of Prefix
+// and Manifest.
+type Dataset struct {
+	Prefix   string `json:"prefix,omitempty" yaml:"prefix,omitempty"`
+	Manifest string `json:"manifest,omitempty" yaml:"manifest,omitempty"`
+}
+
+// Selection is how pool images are chosen for the debug-train set.
+type Selection struct {
+	// K nearest pool images per E_sample query.
+	K int `json:"k" yaml:"k"`
+	// ErrorDomain, when the pool manifest has a domain column (ground truth a
+	// real pool rarely has), is the domain counted as a correct pick in the
+	// selection precision.
+	ErrorDomain string `json:"error_domain,omitempty" yaml:"error_domain,omitempty"`
+}
+
+// Retrain configures the built-in head retraining.
+type Retrain struct {
+	Lambda float64 `json:"lambda" yaml:"lambda"`
+	Iters  int     `json:"iters" yaml:"iters"`
+}
+
+// Shards sizes the fan-out over the pool.
+type Shards struct {
+	// Size is the mean number of images per shard.
+	Size int `json:"size" yaml:"size"`
+	// Window is how many shards are processed at once.
+	Window int `json:"window" yaml:"window"`
+	// BatchSize is the inference batch.
+	BatchSize int `json:"batch_size" yaml:"batch_size"`
+}
+
+// Timeouts bound activities; a dead worker is noticed after Heartbeat.
+type Timeouts struct {
+	Heartbeat Duration `json:"heartbeat" yaml:"heartbeat"`
+	Activity  Duration `json:"activity" yaml:"activity"`
+}
+
+// Duration is a time.Duration written as "10s" in YAML and JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"10s\": %w", err)
+	}
+	return d.parse(s)
+}
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n.Value) }
+
+func (d *Duration) parse(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// LoadConfig reads a YAML (.yaml, .yml) or JSON file and fills defaults.
+// Unknown fields are errors, so a misspelt key is not silently ignored.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml":
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		err = dec.Decode(&c)
+	default:
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&c)
+	}
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c.WithDefaults(), nil
+}
+
+// WithDefaults fills every zero field that has a sensible default.
+func (c Config) WithDefaults() Config {
+	c.Target.Preprocess = c.Target.Preprocess.WithDefaults()
+	if c.Similarity != nil {
+		s := *c.Similarity
+		s.Preprocess = s.Preprocess.WithDefaults()
+		c.Similarity = &s
+	}
+	if c.Selection.K == 0 {
+		c.Selection.K = 10
+	}
+	if c.Retrain.Lambda == 0 {
+		c.Retrain.Lambda = 0.01
+	}
+	if c.Retrain.Iters == 0 {
+		c.Retrain.Iters = 300
+	}
+	if c.Shards.Size == 0 {
+		c.Shards.Size = 2000
+	}
+	if c.Shards.Window == 0 {
+		c.Shards.Window = 4
+	}
+	if c.Shards.BatchSize == 0 {
+		c.Shards.BatchSize = 64
+	}
+	if c.Timeouts.Heartbeat == 0 {
+		c.Timeouts.Heartbeat = Duration(30 * time.Second)
+	}
+	if c.Timeouts.Activity == 0 {
+		c.Timeouts.Activity = Duration(2 * time.Hour)
+	}
+	return c
+}
+
+// SimilarityModel is the model used for nearest neighbours: the configured
+// one, or the target's features.
+func (c Config) SimilarityModel() Model {
+	if c.Similarity != nil {
+		return *c.Similarity
+	}
+	m := c.Target
+	m.Logits = ""
+	return m
+}
+
+// FieldError is a configuration mistake: the field's path, as written in
+// the config file, and what was expected.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return "config: " + e.Field + ": " + e.Msg }
+
+// Validate checks c without touching storage. It returns a *FieldError for
+// the first problem, naming the field as the user wrote it.
+func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.Name == "" {
+		return bad("name", "must be set")
+	}
+	for _, r := range c.Name {
+		if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return bad("name", "%q may hold only letters, digits, '-' and '_'", c.Name)
+		}
+	}
+	if len(c.Classes) < 2 {
+		return bad("classes", "needs at least 2 class labels, got %d", len(c.Classes))
+	}
+	seen := map[string]bool{}
+	for i, cl := range c.Classes {
+		if cl == "" || seen[cl] {
+			return bad(fmt.Sprintf("classes[%d]", i), "%q is empty or repeated", cl)
+		}
+		seen[cl] = true
+	}
+	if err := c.Target.validate("target", true); err != nil {
+		return err
+	}
+	if c.Similarity != nil {
+		if err := c.Similarity.validate("similarity", false); err != nil {
+			return err
+		}
+	}
+	for _, d := range []struct {
+		field string
+		ds    Dataset
+	}{
+		{"data.train", c.Data.Train},
+		{"data.test", c.Data.Test},
+		{"data.error_sample", c.Data.ErrorSample},
+		{"data.error_heldout", c.Data.ErrorHeldout},
+		{"data.pool", c.Data.Pool},
+	} {
+		if (d.ds.Prefix == "") == (d.ds.Manifest == "") {
+			return bad(d.field, "set exactly one of prefix and manifest")
+		}
+	}
+	if c.Selection.K < 1 || c.Selection.K > 10000 {
+		return bad("selection.k", "must be in [1, 10000], got %d", c.Selection.K)
+	}
+	if c.Retrain.Lambda < 0 {
+		return bad("retrain.lambda", "must be >= 0, got %g", c.Retrain.Lambda)
+	}
+	if c.Retrain.Iters < 1 {
+		return bad("retrain.iters", "must be >= 1, got %d", c.Retrain.Iters)
+	}
+	if c.Shards.Size < 1 {
+		return bad("shards.size", "must be >= 1, got %d", c.Shards.Size)
+	}
+	if c.Shards.Window < 1 || c.Shards.Window > 1000 {
+		return bad("shards.window", "must be in [1, 1000], got %d", c.Shards.Window)
+	}
+	if c.Shards.BatchSize < 1 {
+		return bad("shards.batch_size", "must be >= 1, got %d", c.Shards.BatchSize)
+	}
+	if c.Timeouts.Heartbeat < Duration(time.Second) {
+		return bad("timeouts.heartbeat", "must be at least 1s, got %s", time.Duration(c.Timeouts.Heartbeat))
+	}
+	return nil
+}
+
+func (m Model) validate(field string, target bool) error {
+	if m.Path == "" {
+		return &FieldError{field + ".path", "must name the .onnx file's key in storage"}
+	}
+	if m.Features == "" {
+		return &FieldError{field + ".features", "must name the graph output holding the features"}
+	}
+	if target && m.Logits == "" {
+		return &FieldError{field + ".logits", "must name the graph output holding the class scores"}
+	}
+	if err := m.Preprocess.Validate(); err != nil {
+		return &FieldError{field + ".preprocess", err.Error()}
+	}
+	return nil
+}
