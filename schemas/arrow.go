@@ -2,24 +2,13 @@ package schemas
 
 import "github.com/apache/arrow/go/v15/arrow"
 
-// Vector is one named float32 column of a feature file, with its width.
-type Vector struct {
-	Name string
-	Dim  int
-}
-
 // Features is the schema of a feature file (features/<spec>/<shard>.arrow):
-// one row per image that decoded, the image's identity, then one
-// fixed-size float32 list per model output (e.g. "features", "logits").
-func Features(vectors ...Vector) *arrow.Schema {
-	fields := []arrow.Field{
-		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
-		{Name: "uri", Type: arrow.BinaryTypes.String},
-		{Name: "label", Type: arrow.BinaryTypes.String},
-		{Name: "domain", Type: arrow.BinaryTypes.String},
-	}
-	for _, v := range vectors {
-		fields = append(fields, arrow.Field{Name: v.Name, Type: arrow.FixedSizeListOf(int32(v.Dim), arrow.PrimitiveTypes.Float32)})
+// one row per image that decoded, its key, then one fixed-size float32 list
+// per model output column (e.g. "features", "logits").
+func Features(columns []string, dims []int) *arrow.Schema {
+	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String}}
+	for i, c := range columns {
+		fields = append(fields, arrow.Field{Name: c, Type: arrow.FixedSizeListOf(int32(dims[i]), arrow.PrimitiveTypes.Float32)})
 	}
 	return arrow.NewSchema(fields, nil)
 }

@@ -108,18 +108,10 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 	}
 	for start := 0; start < n; start += block {
 		end := min(start+block, n)
-		// Ask for one more than k when the block allows, so a tie at the
-		// k-th place is seen and broken by id rather than by ORT's order.
-		kb := min(k+1, end-start)
-		out, err := s.sess.Run(
-			ortrun.Tensor{Shape: []int64{int64(m), int64(d)}, Floats: queries},
-			ortrun.Tensor{Shape: []int64{int64(end - start), int64(d)}, Floats: pool[start*d : end*d]},
-			ortrun.Tensor{Shape: []int64{1}, Ints: []int64{int64(kb)}},
-		)
+		dist, idx, kb, err := s.scanBlock(queries, m, pool[start*d:end*d], end-start, d, k)
 		if err != nil {
 			return nil, err
 		}
-		dist, idx := out[0].Floats, out[1].Ints
 		for q := 0; q < m; q++ {
 			for j := 0; j < kb; j++ {
 				row := start + int(idx[q*kb+j])
@@ -132,6 +124,40 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 		}
 	}
 	return best, nil
+}
+
+// scanBlock returns the kb nearest rows of one pool block per query, with kb
+// ≥ k large enough that no query has a tie cut off at its k-th place: ORT's
+// TopK orders ties arbitrarily, so when the row after the k-th is at the same
+// distance, the block is scanned again for more until the tie is whole.
+func (s *Searcher) scanBlock(queries []float32, m int, pool []float32, n, d, k int) ([]float32, []int64, int, error) {
+	kb := min(k+1, n)
+	for {
+		out, err := s.sess.Run(
+			ortrun.Tensor{Shape: []int64{int64(m), int64(d)}, Floats: queries},
+			ortrun.Tensor{Shape: []int64{int64(n), int64(d)}, Floats: pool},
+			ortrun.Tensor{Shape: []int64{1}, Ints: []int64{int64(kb)}},
+		)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		dist, idx := out[0].Floats, out[1].Ints
+		if kb == n || kb <= k || !tieAtCut(dist, m, kb, k) {
+			return dist, idx, kb, nil
+		}
+		kb = min(2*kb, n)
+	}
+}
+
+// tieAtCut reports whether any query's last returned distance equals its
+// k-th, so rows beyond the cut may tie with the k-th.
+func tieAtCut(dist []float32, m, kb, k int) bool {
+	for q := 0; q < m; q++ {
+		if dist[q*kb+kb-1] == dist[q*kb+k-1] {
+			return true
+		}
+	}
+	return false
 }
 
 // Merge keeps the k nearest of several candidate lists for one query,

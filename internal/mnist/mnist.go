@@ -38,6 +38,16 @@ func (s *Set) Image(i int) *image.Gray {
 	return img
 }
 
+// DefaultDir is where `make setup` puts the four MNIST files: $DCD_MNIST_DIR
+// when set, else ~/.cache/dcd/mnist.
+func DefaultDir() string {
+	if d := os.Getenv("DCD_MNIST_DIR"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "dcd", "mnist")
+}
+
 // Load reads the train and test splits from the standard file names in dir.
 func Load(dir string) (train, test *Set, err error) {
 	train, err = loadSet(filepath.Join(dir, "train-images-idx3-ubyte.gz"), filepath.Join(dir, "train-labels-idx1-ubyte.gz"))

@@ -9,6 +9,8 @@ package ortrun
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -165,3 +167,16 @@ func destroyAll(vs []ort.Value) {
 		}
 	}
 }
+
+// DefaultLibrary is where `make setup` puts the CPU ONNX Runtime library.
+// The DCD_ORT_LIB environment variable overrides it.
+func DefaultLibrary() string {
+	if p := os.Getenv("DCD_ORT_LIB"); p != "" {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "dcd", "lib", "libonnxruntime.so."+LibraryVersion)
+}
+
+// LibraryVersion is the ONNX Runtime release the setup script installs.
+const LibraryVersion = "1.30.0"

@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/ipc"
@@ -194,4 +196,18 @@ func Exists(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
 		return false, fmt.Errorf("store: exists %q: %w", key, err)
 	}
 	return ok, nil
+}
+
+// DefaultURL is the bucket a process uses when not told otherwise: the
+// DCD_STORAGE environment variable, else the folder .dcd/storage under the
+// working directory (git-ignored in the DCD checkout).
+func DefaultURL() string {
+	if u := os.Getenv("DCD_STORAGE"); u != "" {
+		return u
+	}
+	dir, err := filepath.Abs(filepath.Join(".dcd", "storage"))
+	if err != nil {
+		dir = filepath.Join(".dcd", "storage")
+	}
+	return "file://" + filepath.ToSlash(dir) + "?create_dir=1"
 }

@@ -1,0 +1,33 @@
+# DCD: `make demo` runs the demo pass end to end; `make test` runs the suite.
+# Both install what they need first (scripts/setup.sh, cached in ~/.cache/dcd).
+
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/dcd
+export DCD_TEMPORAL ?= $(CACHE)/bin/temporal
+export DCD_ORT_LIB ?= $(CACHE)/lib/libonnxruntime.so.1.30.0
+export DCD_MNIST_DIR ?= $(CACHE)/mnist
+export CGO_ENABLED := 1
+
+CORRUPTION ?= blur
+
+.PHONY: setup build demo test bench clean-demo
+
+setup:
+	@DCD_CACHE=$(CACHE) scripts/setup.sh >/dev/null
+
+build:
+	go build -o bin/starter ./starter
+	go build -o bin/worker ./worker
+
+demo: setup build
+	bin/starter demo -corruption $(CORRUPTION)
+
+test: setup
+	go test -count=1 -timeout 40m ./...
+
+bench: setup build
+	bin/starter bench
+
+clean-demo:
+	-bin/starter dev -stop
+	rm -rf .dcd

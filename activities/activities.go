@@ -1,0 +1,170 @@
+// Package activities holds the steps of a debug pass. Each reads its inputs
+// from blob storage, writes its outputs there, and returns small references
+// (keys and counts) for the workflow to pass on, so vectors and pixels never
+// enter workflow history.
+//
+// Every output key follows from the inputs alone, so a retried activity
+// overwrites its own output and every step is idempotent.
+package activities
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/blob"
+
+	"dcd/internal/dataset"
+	"dcd/internal/features"
+	"dcd/internal/knn"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+)
+
+// Activities are the steps, sharing the process's dependencies. Create one
+// per worker process and register it once.
+type Activities struct {
+	Bucket   *blob.Bucket
+	Mem      memory.Allocator
+	Sessions *Sessions
+	// Decoders is how many goroutines decode images per embedding.
+	Decoders int
+}
+
+// Sessions are the ONNX Runtime sessions a worker opens, one per model
+// spec, kept for the life of the process because creating one costs far
+// more than a batch.
+type Sessions struct {
+	opt      ortrun.Options
+	mu       sync.Mutex
+	sessions map[string]*ortrun.Session // by spec digest
+	searcher *knn.Searcher
+}
+
+// NewSessions configures every session with opt.
+func NewSessions(opt ortrun.Options) *Sessions { return &Sessions{opt: opt} }
+
+// Close releases the sessions.
+func (s *Sessions) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sess := range s.sessions {
+		sess.Close()
+	}
+	s.sessions = nil
+	if s.searcher != nil {
+		s.searcher.Close()
+		s.searcher = nil
+	}
+}
+
+// ModelRef is a model as the pass uses it: where it is, the digest it had
+// when the pass checked it, and what is read from it.
+type ModelRef struct {
+	Path string        `json:"path"`
+	Spec features.Spec `json:"spec"`
+}
+
+// Dataset names the datasets of a pass, as used in shard keys.
+const (
+	Train        = "train"
+	Test         = "test"
+	ErrorSample  = "error_sample"
+	ErrorHeldout = "error_heldout"
+	Pool         = "pool"
+	DebugTrain   = "debug_train"
+)
+
+// ShardKey is the manifest of shard i of a dataset in a run.
+func ShardKey(run, ds string, i int) string {
+	return fmt.Sprintf("runs/%s/shards/%s/%06d.csv", run, ds, i)
+}
+
+// TopKKey is the partial top-k of pool shard i.
+func TopKKey(run string, i int) string { return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i) }
+
+// RunKey is a file of the run.
+func RunKey(run, name string) string { return "runs/" + run + "/" + name }
+
+// invalid is a non-retryable error for input that no retry can fix.
+func invalid(format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), "InvalidInput", nil)
+}
+
+func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard, error) {
+	data, err := store.ReadAll(ctx, a.Bucket, key)
+	if err != nil {
+		return nil, store.Classify(err, key)
+	}
+	s, err := dataset.ParseShard(key, data)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidShard", err)
+	}
+	return s, nil
+}
+
+// session returns the ORT session for a model spec, loading the model from
+// storage the first time and checking it is still the model the pass
+// checked.
+func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
+	d := m.Spec.Digest()
+	ss := a.Sessions
+	ss.mu.Lock()
+	s, ok := ss.sessions[d]
+	ss.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	data, err := store.ReadAll(ctx, a.Bucket, m.Path)
+	if err != nil {
+		return nil, store.Classify(err, m.Path)
+	}
+	if got := digest(data); got != m.Spec.ModelDigest {
+		return nil, invalid("model %s changed during the pass: digest %s, the pass started with %s", m.Path, got, m.Spec.ModelDigest)
+	}
+	s, err = ortrun.NewSession(m.Path, data, []string{m.Spec.Input}, m.Spec.Outputs, ss.opt)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if prev, ok := ss.sessions[d]; ok {
+		s.Close()
+		return prev, nil
+	}
+	if ss.sessions == nil {
+		ss.sessions = map[string]*ortrun.Session{}
+	}
+	ss.sessions[d] = s
+	return s, nil
+}
+
+func (a *Activities) knn() (*knn.Searcher, error) {
+	ss := a.Sessions
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.searcher == nil {
+		s, err := knn.NewSearcher(ss.opt)
+		if err != nil {
+			return nil, err
+		}
+		ss.searcher = s
+	}
+	return ss.searcher, nil
+}
+
+func digest(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// isNotFound reports a missing object.
+func isNotFound(err error) bool {
+	var appErr *temporal.ApplicationError
+	return errors.As(err, &appErr) && appErr.Type() == "StorageNotFound"
+}

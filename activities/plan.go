@@ -1,0 +1,138 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"go.temporal.io/sdk/activity"
+
+	"dcd/internal/dataset"
+	"dcd/internal/features"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// CheckModelsInput is the pass's models as configured.
+type CheckModelsInput struct {
+	Target     schemas.Model
+	// Similarity is nil when the target's features serve for similarity.
+	Similarity *schemas.Model
+}
+
+// CheckModelsResult pins the models the pass will use.
+type CheckModelsResult struct {
+	// Target yields the columns "features" and "logits".
+	Target ModelRef
+	// Similarity yields the column "features"; it equals Target when the
+	// config names no similarity model, so the pool is embedded once.
+	Similarity ModelRef
+}
+
+// CheckModels reads each model, records its digest and checks that its
+// input and outputs exist, so a wrong name fails before any image is read.
+func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (CheckModelsResult, error) {
+	target, err := a.checkModel(ctx, "target", in.Target, []string{in.Target.Features, in.Target.Logits}, []string{"features", "logits"})
+	if err != nil {
+		return CheckModelsResult{}, err
+	}
+	res := CheckModelsResult{Target: target, Similarity: target}
+	if in.Similarity != nil {
+		s := *in.Similarity
+		res.Similarity, err = a.checkModel(ctx, "similarity", s, []string{s.Features}, []string{"features"})
+	}
+	return res, err
+}
+
+func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Model, outputs, columns []string) (ModelRef, error) {
+	data, err := store.ReadAll(ctx, a.Bucket, m.Path)
+	if err != nil {
+		if c := store.Classify(err, m.Path); c != err {
+			return ModelRef{}, invalid("config: %s.path: cannot read model %q: %v", field, m.Path, err)
+		}
+		return ModelRef{}, err
+	}
+	ins, outs, err := ortrun.Describe(data)
+	if err != nil {
+		return ModelRef{}, invalid("config: %s.path: %q is not an ONNX model ONNX Runtime can load: %v", field, m.Path, err)
+	}
+	input := m.Input
+	if input == "" {
+		if len(ins) != 1 {
+			return ModelRef{}, invalid("config: %s.input: model %q has %d inputs, name the image input", field, m.Path, len(ins))
+		}
+		input = ins[0].Name
+	}
+	if !slices.ContainsFunc(ins, func(io ortrun.IO) bool { return io.Name == input }) {
+		return ModelRef{}, invalid("config: %s.input: model %q has no input %q (inputs: %s)", field, m.Path, input, names(ins))
+	}
+	for _, o := range outputs {
+		if !slices.ContainsFunc(outs, func(io ortrun.IO) bool { return io.Name == o }) {
+			return ModelRef{}, invalid("config: %s: model %q has no output %q (outputs: %s)", field, m.Path, o, names(outs))
+		}
+	}
+	return ModelRef{Path: m.Path, Spec: features.Spec{
+		ModelDigest: digest(data), Input: input, Outputs: outputs, Columns: columns, Preprocess: m.Preprocess,
+	}}, nil
+}
+
+func names(ios []ortrun.IO) string {
+	var s []string
+	for _, io := range ios {
+		s = append(s, fmt.Sprintf("%q %v", io.Name, io.Dimensions))
+	}
+	return fmt.Sprint(s)
+}
+
+// PlanInput is one dataset to cut into shards.
+type PlanInput struct {
+	Run       string
+	Name      string // train, test, error_sample, error_heldout, pool, debug_train
+	Dataset   schemas.Dataset
+	ShardSize int
+}
+
+// PlanResult counts what was planned.
+type PlanResult struct {
+	Shards int
+	Images int
+}
+
+// Plan lists a dataset and writes its shard manifests. The listing streams:
+// only one shard is held in memory, whatever the dataset's size.
+func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
+	var res PlanResult
+	var cur dataset.Shard
+	flush := func() error {
+		if len(cur.Items) == 0 {
+			return nil
+		}
+		key := ShardKey(in.Run, in.Name, res.Shards)
+		if err := store.WriteAll(ctx, a.Bucket, key, cur.Marshal()); err != nil {
+			return err
+		}
+		res.Shards++
+		cur.Items = cur.Items[:0]
+		activity.RecordHeartbeat(ctx, res)
+		return nil
+	}
+	err := dataset.Walk(ctx, a.Bucket, in.Dataset, func(it dataset.Item) error {
+		res.Images++
+		cur.Items = append(cur.Items, it)
+		if dataset.Boundary(it.Key, in.ShardSize) || len(cur.Items) >= dataset.MaxShard*in.ShardSize {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return res, err
+		}
+		return res, invalid("data.%s: %v", in.Name, err)
+	}
+	return res, nil
+}

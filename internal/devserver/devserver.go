@@ -1,0 +1,393 @@
+// Package devserver starts and stops the local processes of a development
+// setup: a Temporal dev server and a DCD worker. `starter dev`, `starter
+// demo` and the integration tests share it.
+//
+// Both processes run detached (their own session), so they outlive the
+// command that started them. Each keeps its state in one folder, the state
+// dir: temporal.db, temporal.log, temporal.pid, worker.log and worker.pid.
+// Stop ends what the pid files name.
+//
+// # Errors
+//
+// TemporalBinary fails when the Temporal CLI is not installed. EnsureTemporal
+// and EnsureWorker fail when the process cannot start, exits at once (the
+// error quotes the end of its log) or, for Temporal, is not healthy within
+// 60 s. EnsureWorker also fails when a worker from the pid file is running
+// with other arguments, since it would silently use another storage or
+// server.
+package devserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+)
+
+// Names of the files in the state dir.
+const (
+	TemporalDB  = "temporal.db"
+	TemporalLog = "temporal.log"
+	TemporalPID = "temporal.pid"
+	WorkerLog   = "worker.log"
+	WorkerPID   = "worker.pid"
+)
+
+// healthTimeout bounds the wait for a fresh Temporal server.
+const healthTimeout = 60 * time.Second
+
+// markerEnv is set in the environment of every process started here, to
+// the pid file's path, so that Stop never signals an unrelated process that
+// happens to reuse a stale pid.
+const markerEnv = "DCD_DEVSERVER_PIDFILE"
+
+// TemporalBinary returns the Temporal CLI's path: env DCD_TEMPORAL, else
+// ~/.cache/dcd/bin/temporal.
+func TemporalBinary() (string, error) {
+	p := os.Getenv("DCD_TEMPORAL")
+	if p == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("devserver: temporal CLI: %w (set DCD_TEMPORAL)", err)
+		}
+		p = filepath.Join(home, ".cache", "dcd", "bin", "temporal")
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("devserver: temporal CLI not found at %s: run `make setup`, or set DCD_TEMPORAL to its path", p)
+	}
+	return p, nil
+}
+
+// Reachable reports whether something accepts TCP connections at hostport.
+func Reachable(hostport string) bool {
+	conn, err := net.DialTimeout("tcp", hostport, 500*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// UIURL is the Web UI of the dev server whose frontend is at hostport: same
+// host, port + 1000 (the dev server's default, which EnsureTemporal keeps).
+func UIURL(hostport string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "http://127.0.0.1:8233"
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "http://127.0.0.1:8233"
+	}
+	if host == "" || host == "localhost" || host == "0.0.0.0" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(p+1000))
+}
+
+// EnsureTemporal starts a Temporal dev server on hostport, with its SQLite
+// file and log in stateDir, unless something answers there already; either
+// way it waits until the frontend is healthy. It reports whether it started
+// one.
+func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error) {
+	if Reachable(hostport) {
+		return false, waitHealthy(ctx, hostport, healthTimeout, nil)
+	}
+	bin, err := TemporalBinary()
+	if err != nil {
+		return false, err
+	}
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false, fmt.Errorf("devserver: address %q: %w", hostport, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535-1000 {
+		return false, fmt.Errorf("devserver: address %q: port must be a number below %d", hostport, 65535-1000)
+	}
+	if host == "" || host == "localhost" {
+		host = "127.0.0.1"
+	}
+	stateDir, err = filepath.Abs(stateDir)
+	if err != nil {
+		return false, fmt.Errorf("devserver: %w", err)
+	}
+	args := []string{"server", "start-dev",
+		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
+		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}
+	p, err := start(bin, args, stateDir, TemporalLog, TemporalPID)
+	if err != nil {
+		return false, err
+	}
+	if err := waitHealthy(ctx, hostport, healthTimeout, p.exited); err != nil {
+		p.kill()
+		return false, fmt.Errorf("%w\n%s", err, tail(p.log))
+	}
+	return true, nil
+}
+
+// waitHealthy polls the frontend at hostport until its health check passes,
+// the process behind exited is gone, ctx ends or timeout passes.
+func waitHealthy(ctx context.Context, hostport string, timeout time.Duration, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if Reachable(hostport) {
+			last = checkHealth(ctx, hostport)
+			if last == nil {
+				return nil
+			}
+		} else {
+			last = fmt.Errorf("nothing listens at %s yet", hostport)
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("devserver: temporal server exited before it was healthy")
+		case <-ctx.Done():
+			return fmt.Errorf("devserver: temporal at %s not healthy after %s: %v", hostport, timeout, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func checkHealth(ctx context.Context, hostport string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := client.DialContext(ctx, client.Options{HostPort: hostport, Logger: QuietLogger()})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.CheckHealth(ctx, &client.CheckHealthRequest{})
+	return err
+}
+
+// QuietLogger is a Temporal SDK logger that only reports warnings and
+// errors, on stderr.
+func QuietLogger() tlog.Logger {
+	return tlog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+}
+
+// EnsureWorker starts workerBin with args, its log in stateDir/worker.log
+// and its pid in stateDir/worker.pid, unless the worker of that pid file is
+// alive. The worker inherits this process's environment, storage
+// credentials included. It reports whether it started one.
+func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir string) (bool, error) {
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return false, fmt.Errorf("devserver: %w", err)
+	}
+	if bin, err := filepath.Abs(workerBin); err == nil {
+		workerBin = bin
+	}
+	pidFile := filepath.Join(stateDir, WorkerPID)
+	if pid, ok := running(pidFile); ok {
+		if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
+			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %q, not %q: stop it with `starter dev -stop`", pid, cmd[1:], args)
+		}
+		return false, nil
+	}
+	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID)
+	if err != nil {
+		return false, err
+	}
+	// A worker that cannot start (no ONNX Runtime, no server, bad storage)
+	// exits within a moment: report it here rather than leave a dead pid.
+	select {
+	case <-p.exited:
+		os.Remove(pidFile)
+		return false, fmt.Errorf("devserver: worker exited at once:\n%s", tail(p.log))
+	case <-time.After(2 * time.Second):
+		return true, nil
+	case <-ctx.Done():
+		return true, nil
+	}
+}
+
+// proc is a process started here.
+type proc struct {
+	cmd    *exec.Cmd
+	log    string
+	exited chan struct{}
+}
+
+func (p *proc) kill() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.exited
+}
+
+// start runs bin detached, in its own session, appending its output to
+// stateDir/logName and writing its pid to stateDir/pidName.
+func start(bin string, args []string, stateDir, logName, pidName string) (*proc, error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	logPath := filepath.Join(stateDir, logName)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "--- %s: %s %s\n", time.Now().Format(time.RFC3339), bin, strings.Join(args, " "))
+	pidPath := filepath.Join(stateDir, pidName)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), markerEnv+"="+pidPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("devserver: start %s: %w", bin, err)
+	}
+	p := &proc{cmd: cmd, log: logPath, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait() // reaps it if it dies while this process lives
+		close(p.exited)
+	}()
+	if err := os.WriteFile(pidPath, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		p.kill()
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	return p, nil
+}
+
+// Stop ends the worker and the Temporal server named by the pid files in
+// stateDir (SIGTERM to their process group, SIGKILL after 10 s) and removes
+// the pid files. It returns one line per process it stopped.
+func Stop(stateDir string) ([]string, error) {
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	var done []string
+	var errs []error
+	for _, name := range []string{WorkerPID, TemporalPID} {
+		pidFile := filepath.Join(stateDir, name)
+		pid, ok := running(pidFile)
+		if !ok {
+			os.Remove(pidFile)
+			continue
+		}
+		if err := terminate(pid); err != nil {
+			errs = append(errs, fmt.Errorf("devserver: stop pid %d (%s): %w", pid, name, err))
+			continue
+		}
+		os.Remove(pidFile)
+		done = append(done, fmt.Sprintf("stopped %s (pid %d)", strings.TrimSuffix(name, ".pid"), pid))
+	}
+	return done, errors.Join(errs...)
+}
+
+func terminate(pid int) error {
+	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil {
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if !alive(pid) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	syscall.Kill(-pid, syscall.SIGKILL)
+	syscall.Kill(pid, syscall.SIGKILL)
+	for range 50 {
+		if !alive(pid) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return errors.New("still alive after SIGKILL")
+}
+
+// PID returns the pid recorded in stateDir's pid file name (TemporalPID,
+// WorkerPID) when that process is alive.
+func PID(stateDir, name string) (int, bool) {
+	dir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return 0, false
+	}
+	return running(filepath.Join(dir, name))
+}
+
+// running reads pidFile and reports whether its process is alive and was
+// started by this package with that pid file.
+func running(pidFile string) (int, bool) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 || !alive(pid) {
+		return 0, false
+	}
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		// No /proc (not Linux): trust the pid file.
+		_, statErr := os.Stat("/proc/self/environ")
+		return pid, statErr != nil
+	}
+	marker := []byte(markerEnv + "=" + pidFile)
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if bytes.Equal(kv, marker) {
+			return pid, true
+		}
+	}
+	return 0, false
+}
+
+// alive reports whether pid is a live process (not a zombie).
+func alive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !os.IsNotExist(err)
+	}
+	// The state follows the parenthesised command name.
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z' && stat[i+2] != 'X'
+	}
+	return true
+}
+
+// cmdline returns a process's argv from /proc.
+func cmdline(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, err
+	}
+	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	if len(args) == 0 || args[0] == "" {
+		return nil, errors.New("empty cmdline")
+	}
+	return args, nil
+}
+
+// tail returns the last lines of a log file, indented, for error messages.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "  " + path + ":\n    " + strings.Join(lines, "\n    ")
+}

@@ -1,0 +1,184 @@
+package devserver
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freePort returns a port p such that p and p+1000 (the UI) are free.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if p > 64000 {
+			continue
+		}
+		if ui, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1000)); err == nil {
+			ui.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port pair")
+	return 0
+}
+
+func stopAll(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		if _, err := Stop(dir); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+}
+
+func TestEnsureTemporal(t *testing.T) {
+	if _, err := TemporalBinary(); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	stopAll(t, dir)
+	hostport := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	started, err := EnsureTemporal(ctx, hostport, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !started {
+		t.Fatal("started = false on a free port")
+	}
+	pid, ok := PID(dir, TemporalPID)
+	if !ok {
+		t.Fatal("no live pid in temporal.pid")
+	}
+	if _, err := os.Stat(filepath.Join(dir, TemporalDB)); err != nil {
+		t.Errorf("no SQLite file: %v", err)
+	}
+	if err := checkHealth(ctx, hostport); err != nil {
+		t.Fatalf("health after EnsureTemporal: %v", err)
+	}
+
+	started, err = EnsureTemporal(ctx, hostport, dir)
+	if err != nil || started {
+		t.Fatalf("second EnsureTemporal = %v, %v; want false, nil", started, err)
+	}
+
+	lines, err := Stop(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], strconv.Itoa(pid)) {
+		t.Errorf("Stop = %q", lines)
+	}
+	if alive(pid) {
+		t.Errorf("pid %d alive after Stop", pid)
+	}
+	if Reachable(hostport) {
+		t.Errorf("%s still reachable after Stop", hostport)
+	}
+}
+
+func TestEnsureTemporalMissingBinary(t *testing.T) {
+	t.Setenv("DCD_TEMPORAL", filepath.Join(t.TempDir(), "nope"))
+	_, err := EnsureTemporal(context.Background(), "127.0.0.1:"+strconv.Itoa(freePort(t)), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "make setup") {
+		t.Fatalf("err = %v, want one naming make setup", err)
+	}
+}
+
+func TestEnsureWorker(t *testing.T) {
+	sleep, err := lookPath("sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	stopAll(t, dir)
+	ctx := context.Background()
+
+	started, err := EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	if err != nil || !started {
+		t.Fatalf("EnsureWorker = %v, %v; want true, nil", started, err)
+	}
+	pid, ok := PID(dir, WorkerPID)
+	if !ok {
+		t.Fatal("no live pid in worker.pid")
+	}
+	started, err = EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	if err != nil || started {
+		t.Fatalf("second EnsureWorker = %v, %v; want false, nil", started, err)
+	}
+	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
+		t.Fatalf("EnsureWorker with other args: err = %v", err)
+	}
+	if _, err := Stop(dir); err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid) {
+		t.Errorf("pid %d alive after Stop", pid)
+	}
+	if _, ok := PID(dir, WorkerPID); ok {
+		t.Error("pid file still names a live process")
+	}
+}
+
+func TestEnsureWorkerExitsAtOnce(t *testing.T) {
+	sh, err := lookPath("sh")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	_, err = EnsureWorker(context.Background(), sh, []string{"-c", "echo no onnx runtime >&2; exit 1"}, dir)
+	if err == nil || !strings.Contains(err.Error(), "no onnx runtime") {
+		t.Fatalf("err = %v, want the log's last line", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, WorkerPID)); !os.IsNotExist(err) {
+		t.Errorf("pid file left behind: %v", err)
+	}
+}
+
+// A stale pid file naming some other live process is not ours: Stop must
+// leave that process alone.
+func TestStopIgnoresForeignPID(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, WorkerPID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := Stop(dir)
+	if err != nil || len(lines) != 0 {
+		t.Fatalf("Stop = %q, %v", lines, err)
+	}
+}
+
+func TestUIURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1:7233": "http://127.0.0.1:8233",
+		"localhost:7000": "http://127.0.0.1:8000",
+		"temporal:7233":  "http://temporal:8233",
+		"garbage":        "http://127.0.0.1:8233",
+	} {
+		if got := UIURL(in); got != want {
+			t.Errorf("UIURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func lookPath(name string) (string, error) {
+	for _, d := range []string{"/bin", "/usr/bin"} {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", os.ErrNotExist
+}

@@ -1,0 +1,125 @@
+// Package features stores and loads feature files: one Arrow IPC file per
+// (model spec, shard content), under features/<spec>/<shard>.arrow.
+//
+// The file holds each embedded image's key and one fixed-size float32 column
+// per model output. Labels and ids are not in it: they belong to a pass's
+// shard manifest and are joined back in by key order (Join), so passes with
+// other labels over the same images share the cache.
+package features
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
+
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/preprocess"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// Spec is everything that decides a model's outputs for an image; its
+// Digest names the cache folder.
+type Spec struct {
+	ModelDigest string          `json:"model_digest"`
+	Input       string          `json:"input"`
+	Outputs     []string        `json:"outputs"` // graph output names
+	Columns     []string        `json:"columns"` // column name for each output
+	Preprocess  preprocess.Spec `json:"preprocess"`
+}
+
+// Digest is a short stable hash of the spec.
+func (s Spec) Digest() string {
+	b, _ := json.Marshal(s)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])[:24]
+}
+
+// Key is where the features of a shard live.
+func Key(spec Spec, shardDigest string) string {
+	return "features/" + spec.Digest() + "/" + shardDigest + ".arrow"
+}
+
+// Record builds the record batch for one embedded batch; columns name the
+// outputs. The caller must Release it.
+func Record(mem memory.Allocator, columns []string, b embed.Batch) arrow.Record {
+	rb := array.NewRecordBuilder(mem, schemas.Features(columns, b.Dims))
+	defer rb.Release()
+	ub := rb.Field(0).(*array.StringBuilder)
+	for _, im := range b.Images {
+		ub.Append(im.URI)
+	}
+	for o := range columns {
+		lb := rb.Field(1 + o).(*array.FixedSizeListBuilder)
+		vb := lb.ValueBuilder().(*array.Float32Builder)
+		for i := range b.Images {
+			lb.Append(true)
+			vb.AppendValues(b.Vectors[o][i*b.Dims[o]:(i+1)*b.Dims[o]], nil)
+		}
+	}
+	return rb.NewRecord()
+}
+
+// Matrix is one column of a feature file as a dense row-major matrix.
+type Matrix struct {
+	URIs []string
+	Data []float32 // len(URIs)*Dim
+	Dim  int
+}
+
+// Row returns row i.
+func (m *Matrix) Row(i int) []float32 { return m.Data[i*m.Dim : (i+1)*m.Dim] }
+
+// Load reads one column of the feature file at key.
+func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Allocator) (*Matrix, error) {
+	f, err := store.OpenArrow(ctx, b, key, mem)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	idx := f.Schema().FieldIndices(column)
+	if len(idx) == 0 {
+		return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
+	}
+	dim := int(f.Schema().Field(idx[0]).Type.(*arrow.FixedSizeListType).Len())
+	m := &Matrix{Dim: dim}
+	for i := 0; i < f.NumRecords(); i++ {
+		rec, err := f.Record(i)
+		if err != nil {
+			return nil, fmt.Errorf("features: %q record %d: %w", key, i, err)
+		}
+		uris := rec.Column(0).(*array.String)
+		for j := 0; j < uris.Len(); j++ {
+			m.URIs = append(m.URIs, uris.Value(j))
+		}
+		vals := rec.Column(idx[0]).(*array.FixedSizeList).ListValues().(*array.Float32)
+		m.Data = append(m.Data, vals.Float32Values()...)
+	}
+	return m, nil
+}
+
+// Join pairs each row of m with its item in the shard manifest. Rows are a
+// subsequence of the manifest (rejected images are missing), in order.
+func Join(shardName string, s *dataset.Shard, m *Matrix) ([]dataset.Item, error) {
+	items := make([]dataset.Item, 0, len(m.URIs))
+	j := 0
+	for _, uri := range m.URIs {
+		for j < len(s.Items) && s.Items[j].Key != uri {
+			j++
+		}
+		if j == len(s.Items) {
+			return nil, fmt.Errorf("features: row for %q is not in shard %s in order: the feature file does not match the manifest", uri, shardName)
+		}
+		items = append(items, s.Items[j])
+		j++
+	}
+	return items, nil
+}

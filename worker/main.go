@@ -1,0 +1,123 @@
+// Command worker hosts DCD's workflows and activities. Start as many as you
+// like on as many machines: they share work through Temporal task queues.
+// -queues picks what a worker does: "cpu" (workflows, planning, k-NN,
+// retraining), "gpu" (embedding), or both.
+//
+// Storage credentials come from this process's environment (AWS_*,
+// GOOGLE_APPLICATION_CREDENTIALS, AZURE_*), never from a pass's config.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"dcd/activities"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+	"dcd/workflows"
+)
+
+func main() {
+	var (
+		address     = flag.String("address", env("TEMPORAL_ADDRESS", "127.0.0.1:7233"), "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
+		namespace   = flag.String("namespace", env("TEMPORAL_NAMESPACE", "default"), "Temporal namespace (env TEMPORAL_NAMESPACE)")
+		queues      = flag.String("queues", env("DCD_QUEUES", "cpu,gpu"), "task queues to poll: cpu, gpu or cpu,gpu (env DCD_QUEUES)")
+		storage     = flag.String("storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE): file:///dir?create_dir=1, s3://bucket?region=..., gs://, azblob://")
+		ortLib      = flag.String("ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
+		threads     = flag.Int("threads", envInt("DCD_THREADS", runtime.NumCPU()), "ONNX Runtime intra-op threads per session (env DCD_THREADS)")
+		ep          = flag.String("ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
+		concurrency = flag.Int("concurrency", envInt("DCD_CONCURRENCY", 2), "activities run at once per queue (env DCD_CONCURRENCY)")
+		decoders    = flag.Int("decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
+	)
+	flag.Parse()
+	if err := run(*address, *namespace, *queues, *storage, *ortLib, *threads, *ep, *concurrency, *decoders); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(address, namespace, queues, storage, ortLib string, threads int, ep string, concurrency, decoders int) error {
+	ctx := context.Background()
+	var polled []string
+	for _, q := range strings.Split(queues, ",") {
+		switch strings.TrimSpace(q) {
+		case "cpu":
+			polled = append(polled, workflows.CPUQueue)
+		case "gpu":
+			polled = append(polled, workflows.GPUQueue)
+		default:
+			return fmt.Errorf("worker: -queues: unknown queue %q (want cpu, gpu or cpu,gpu)", q)
+		}
+	}
+	if err := ortrun.Init(ortLib); err != nil {
+		return fmt.Errorf("worker: %w (run `make setup`, or point -ort-lib / DCD_ORT_LIB at libonnxruntime.so)", err)
+	}
+	bucket, err := store.Open(ctx, storage)
+	if err != nil {
+		return err
+	}
+	defer bucket.Close()
+
+	c, err := client.Dial(client.Options{HostPort: address, Namespace: namespace})
+	if err != nil {
+		return fmt.Errorf("worker: connect to Temporal at %s: %w", address, err)
+	}
+	defer c.Close()
+
+	sessions := activities.NewSessions(ortrun.Options{Threads: threads, EP: ep})
+	defer sessions.Close()
+	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions, Decoders: decoders}
+
+	var workers []worker.Worker
+	for _, q := range polled {
+		w := worker.New(c, q, worker.Options{
+			MaxConcurrentActivityExecutionSize: concurrency,
+		})
+		if q == workflows.CPUQueue {
+			w.RegisterWorkflow(workflows.DebugPass)
+			w.RegisterWorkflow(workflows.ShardsWorkflow)
+		}
+		w.RegisterActivity(acts)
+		if err := w.Start(); err != nil {
+			return fmt.Errorf("worker: start %s: %w", q, err)
+		}
+		workers = append(workers, w)
+	}
+	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, address, namespace, redact(storage))
+	<-worker.InterruptCh()
+	for _, w := range workers {
+		w.Stop()
+	}
+	return nil
+}
+
+// redact drops a URL's query, which may carry endpoint tokens, from logs.
+func redact(url string) string {
+	if i := strings.IndexByte(url, '?'); i >= 0 {
+		return url[:i]
+	}
+	return url
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,271 @@
+// Package workflows holds the deterministic orchestration of a debug pass:
+// DebugPass, which reads top to bottom as the pass's DAG, and ShardsWorkflow,
+// its child that fans out over shards.
+//
+// Workflows pass only keys and counts; every byte of data moves between
+// activities through blob storage.
+package workflows
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"dcd/activities"
+	"dcd/schemas"
+)
+
+// Task queues. Embedding goes to the gpu queue, everything else (workflows
+// included) to the cpu queue; one worker may poll both.
+const (
+	CPUQueue = "dcd-cpu"
+	GPUQueue = "dcd-gpu"
+)
+
+// ProgressQuery answers with a pass's Progress (on DebugPass) or a
+// ShardsResult (on its children).
+const ProgressQuery = "progress"
+
+// ChildShards is how many shards one child chain handles; the parent's
+// history grows by a few events per child, so a pool of 10^6 shards costs it
+// about 1,000 children.
+const ChildShards = 1000
+
+// ChildWindow is how many child chains run at once per dataset.
+const ChildWindow = 4
+
+// PassInput starts a pass.
+type PassInput struct {
+	Config schemas.Config
+}
+
+// PassResult is what a finished pass returns; the same numbers are in
+// eval.json.
+type PassResult struct {
+	RunID      string
+	Eval       activities.Eval
+	EvalKey    string
+	ReportKey  string
+	RejectsKey string
+	DebugTrain activities.SelectResult
+	Rejects    int
+}
+
+// Progress is a pass's state, for `starter status`. Running lists the child
+// workflows at work, whose own progress query adds their shards in flight.
+type Progress struct {
+	Phase        string
+	Started      time.Time
+	ShardsTotal  int
+	ShardsDone   int
+	Images       int
+	Rejects      int
+	CachedShards int
+	Running      []string
+}
+
+// DebugPass runs one data-centric debugging pass.
+func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
+	run := workflow.GetInfo(ctx).WorkflowExecution.ID
+	cfg := in.Config.WithDefaults()
+	p := &Progress{Phase: "validate", Started: workflow.Now(ctx)}
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) { return *p, nil }); err != nil {
+		return PassResult{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return PassResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidConfig", nil)
+	}
+	heartbeat, timeout := time.Duration(cfg.Timeouts.Heartbeat), time.Duration(cfg.Timeouts.Activity)
+	cpu := cpuOptions(ctx, heartbeat, timeout)
+	var a *activities.Activities
+
+	var models activities.CheckModelsResult
+	if err := workflow.ExecuteActivity(cpu, a.CheckModels, activities.CheckModelsInput{
+		Target: cfg.Target, Similarity: cfg.Similarity,
+	}).Get(ctx, &models); err != nil {
+		return PassResult{}, err
+	}
+
+	p.Phase = "plan"
+	plans, err := planAll(cpu, run, cfg, map[string]schemas.Dataset{
+		activities.ErrorSample:  cfg.Data.ErrorSample,
+		activities.Pool:         cfg.Data.Pool,
+		activities.Train:        cfg.Data.Train,
+		activities.Test:         cfg.Data.Test,
+		activities.ErrorHeldout: cfg.Data.ErrorHeldout,
+	})
+	if err != nil {
+		return PassResult{}, err
+	}
+	for _, pl := range plans {
+		p.ShardsTotal += pl.Shards
+	}
+
+	p.Phase = "embed queries"
+	s := shardRunner{runID: run, cfg: cfg, progress: p}
+	if err := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0).Get(ctx, nil); err != nil {
+		return PassResult{}, err
+	}
+	var queries activities.QueriesResult
+	if err := workflow.ExecuteActivity(cpu, a.Queries, activities.QueriesInput{
+		Run: run, Shards: plans[activities.ErrorSample].Shards, Model: models.Similarity,
+	}).Get(ctx, &queries); err != nil {
+		return PassResult{}, err
+	}
+
+	// The pool scan and the target's features for train, test and
+	// E_heldout are independent: run them side by side.
+	p.Phase = "scan pool"
+	pending := []workflow.Future{s.run(ctx, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.Selection.K)}
+	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
+		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
+	}
+	for _, f := range pending {
+		if err := f.Get(ctx, nil); err != nil {
+			return PassResult{}, err
+		}
+	}
+
+	p.Phase = "select"
+	if err := workflow.ExecuteActivity(cpu, a.MergeTopK, activities.MergeTopKInput{
+		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.Selection.K,
+	}).Get(ctx, nil); err != nil {
+		return PassResult{}, err
+	}
+	var sel activities.SelectResult
+	if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
+		Run: run, ErrorDomain: cfg.Selection.ErrorDomain,
+	}).Get(ctx, &sel); err != nil {
+		return PassResult{}, err
+	}
+
+	p.Phase = "retrain"
+	debugPlan, err := planAll(cpu, run, cfg, map[string]schemas.Dataset{activities.DebugTrain: {Manifest: sel.Manifest}})
+	if err != nil {
+		return PassResult{}, err
+	}
+	debugShards := debugPlan[activities.DebugTrain].Shards
+	p.ShardsTotal += debugShards
+	if err := s.run(ctx, activities.DebugTrain, models.Target, debugShards, 0).Get(ctx, nil); err != nil {
+		return PassResult{}, err
+	}
+	var retrained activities.RetrainResult
+	if err := workflow.ExecuteActivity(cpu, a.Retrain, activities.RetrainInput{
+		Run: run, Model: models.Target, Classes: cfg.Classes,
+		TrainShards: plans[activities.Train].Shards, DebugShards: debugShards,
+		Lambda: cfg.Retrain.Lambda, Iters: cfg.Retrain.Iters,
+	}).Get(ctx, &retrained); err != nil {
+		return PassResult{}, err
+	}
+
+	p.Phase = "evaluate"
+	var ev activities.EvaluateResult
+	if err := workflow.ExecuteActivity(cpu, a.Evaluate, activities.EvaluateInput{
+		Run: run, Model: models.Target, Classes: cfg.Classes,
+		TestShards: plans[activities.Test].Shards, HeldoutShards: plans[activities.ErrorHeldout].Shards,
+		HeadKey: retrained.HeadKey, DebugTrainSize: sel.Size, Precision: sel.Precision,
+	}).Get(ctx, &ev); err != nil {
+		return PassResult{}, err
+	}
+
+	p.Phase = "report"
+	var rep activities.ReportResult
+	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
+		Run: run, Config: cfg, Eval: ev.Eval, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
+	}).Get(ctx, &rep); err != nil {
+		return PassResult{}, err
+	}
+	p.Phase = "done"
+	return PassResult{
+		RunID: run, Eval: ev.Eval, EvalKey: ev.Key, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
+		DebugTrain: sel, Rejects: rep.Rejects,
+	}, nil
+}
+
+// planAll plans datasets in parallel and returns each one's counts.
+func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[string]schemas.Dataset) (map[string]activities.PlanResult, error) {
+	var a *activities.Activities
+	futures := map[string]workflow.Future{}
+	for _, name := range sortedNames(sets) {
+		futures[name] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
+			Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size,
+		})
+	}
+	res := map[string]activities.PlanResult{}
+	for _, name := range sortedNames(sets) {
+		var r activities.PlanResult
+		if err := futures[name].Get(ctx, &r); err != nil {
+			return nil, err
+		}
+		res[name] = r
+	}
+	return res, nil
+}
+
+// shardRunner fans a dataset's shards out over child chains, at most
+// ChildWindow at a time, and keeps the pass's progress.
+type shardRunner struct {
+	runID    string
+	cfg      schemas.Config
+	progress *Progress
+}
+
+// run processes n shards of a dataset; the future is ready when all are done.
+func (s shardRunner) run(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) workflow.Future {
+	f, settle := workflow.NewFuture(ctx)
+	workflow.Go(ctx, func(ctx workflow.Context) {
+		sem := workflow.NewSemaphore(ctx, ChildWindow)
+		wg := workflow.NewWaitGroup(ctx)
+		var firstErr error
+		for first := 0; first < n && firstErr == nil; first += ChildShards {
+			if err := sem.Acquire(ctx, 1); err != nil {
+				firstErr = err
+				break
+			}
+			id := fmt.Sprintf("%s/%s/%d", s.runID, ds, first/ChildShards)
+			in := ShardsInput{
+				Run: s.runID, Dataset: ds, Model: m, First: first, End: min(first+ChildShards, n),
+				Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, PartSize: 4 * s.cfg.Shards.BatchSize, K: k,
+				Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
+			}
+			wg.Add(1)
+			s.progress.Running = append(s.progress.Running, id)
+			workflow.Go(ctx, func(ctx workflow.Context) {
+				defer wg.Done()
+				defer sem.Release(1)
+				cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: CPUQueue})
+				var r ShardsResult
+				err := workflow.ExecuteChildWorkflow(cctx, ShardsWorkflow, in).Get(ctx, &r)
+				s.progress.Running = remove(s.progress.Running, id)
+				s.progress.ShardsDone += r.Shards
+				s.progress.Images += r.Images
+				s.progress.Rejects += r.Rejects
+				s.progress.CachedShards += r.Cached
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+			})
+		}
+		wg.Wait(ctx)
+		settle.Set(nil, firstErr)
+	})
+	return f
+}
+
+func remove(ids []string, id string) []string {
+	out := ids[:0:0]
+	for _, x := range ids {
+		if x != id {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func sortedNames(m map[string]schemas.Dataset) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,137 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/suite"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"dcd/activities"
+	"dcd/internal/preprocess"
+	"dcd/schemas"
+)
+
+type UnitTestSuite struct {
+	suite.Suite
+	testsuite.WorkflowTestSuite
+}
+
+func TestUnitTestSuite(t *testing.T) {
+	s := new(UnitTestSuite)
+	// The test server logs every activity; 20,000 of them drown the result.
+	s.SetLogger(log.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	suite.Run(t, s)
+}
+
+func validConfig() schemas.Config {
+	return schemas.Config{
+		Name:    "unit",
+		Classes: []string{"a", "b"},
+		Target: schemas.Model{Path: "m.onnx", Features: "f", Logits: "l",
+			Preprocess: preprocess.Spec{Channels: 1, Height: 28, Width: 28}},
+		Data: schemas.Data{
+			Train: schemas.Dataset{Prefix: "train/"}, Test: schemas.Dataset{Prefix: "test/"},
+			ErrorSample: schemas.Dataset{Prefix: "s/"}, ErrorHeldout: schemas.Dataset{Prefix: "h/"},
+			Pool: schemas.Dataset{Manifest: "pool.csv"},
+		},
+	}.WithDefaults()
+}
+
+// shardCounter records which run of which workflow embedded each shard.
+type shardCounter struct {
+	mu     sync.Mutex
+	seen   map[string]map[int]int // dataset → shard → times
+	perRun map[string]int         // run id → shards embedded in that run
+}
+
+func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen[in.Dataset] == nil {
+		c.seen[in.Dataset] = map[int]int{}
+	}
+	c.seen[in.Dataset][in.Shard]++
+	c.perRun[activity.GetInfo(ctx).WorkflowExecution.RunID]++
+	return activities.EmbedShardResult{Images: 10}, nil
+}
+
+// A pool of 10,000 shards is planned and scanned through child chains that
+// continue as new, so no single run's history holds more than ShardsPerRun
+// shards, and every shard is embedded and searched exactly once.
+func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	const poolShards = 10000
+	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}}
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+			if in.Name == activities.Pool {
+				return activities.PlanResult{Shards: poolShards, Images: poolShards * 10}, nil
+			}
+			return activities.PlanResult{Shards: 1, Images: 10}, nil
+		})
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(c.embed)
+	var topk sync.Map
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.TopKShardInput) (activities.TopKShardResult, error) {
+			if _, dup := topk.LoadOrStore(in.Shard, true); dup {
+				return activities.TopKShardResult{}, errors.New("shard searched twice")
+			}
+			return activities.TopKShardResult{}, nil
+		})
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
+	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})
+	s.True(env.IsWorkflowCompleted())
+	s.NoError(env.GetWorkflowError())
+
+	s.Len(c.seen[activities.Pool], poolShards)
+	for i := 0; i < poolShards; i++ {
+		s.Equal(1, c.seen[activities.Pool][i], "pool shard %d", i)
+	}
+	n := 0
+	topk.Range(func(any, any) bool { n++; return true })
+	s.Equal(poolShards, n)
+	for run, shards := range c.perRun {
+		s.LessOrEqual(shards, ShardsPerRun, "run %s", run)
+	}
+	// 10,000 pool shards in chains of ShardsPerRun, plus the small datasets.
+	s.GreaterOrEqual(len(c.perRun), poolShards/ShardsPerRun)
+
+	var p Progress
+	v, err := env.QueryWorkflow(ProgressQuery)
+	s.NoError(err)
+	s.NoError(v.Get(&p))
+	s.Equal("done", p.Phase)
+	s.Equal(p.ShardsTotal, p.ShardsDone)
+}
+
+// A bad field fails the pass before any activity runs, naming the field.
+func (s *UnitTestSuite) TestBadConfigFailsAtValidation() {
+	env := s.NewTestWorkflowEnvironment()
+	cfg := validConfig()
+	cfg.Selection.K = -3
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+	err := env.GetWorkflowError()
+	s.Error(err)
+	var appErr *temporal.ApplicationError
+	s.True(errors.As(err, &appErr))
+	s.True(appErr.NonRetryable())
+	s.Contains(err.Error(), "selection.k")
+}

@@ -1,0 +1,139 @@
+package workflows
+
+import (
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"dcd/activities"
+)
+
+// ShardsInput is a range of one dataset's shards to embed (and, for the
+// pool, to search). All state lives here, so continue-as-new carries it.
+type ShardsInput struct {
+	Run       string
+	Dataset   string
+	Model     activities.ModelRef
+	First     int // next shard to start
+	End       int // one past the last shard
+	Window    int // shards in flight at once
+	BatchSize int
+	PartSize  int
+	// K > 0 searches each pool shard for the K nearest images per query.
+	K         int
+	Heartbeat time.Duration
+	Timeout   time.Duration
+	Done      ShardsResult // accumulated by earlier runs of this chain
+}
+
+// ShardsResult counts the work done on a range of shards.
+type ShardsResult struct {
+	Shards  int
+	Images  int
+	Rejects int
+	Cached  int
+	// Resumed counts images that retried attempts found already embedded
+	// by an attempt that died.
+	Resumed int
+}
+
+func (r *ShardsResult) add(o ShardsResult) {
+	r.Shards += o.Shards
+	r.Images += o.Images
+	r.Rejects += o.Rejects
+	r.Cached += o.Cached
+	r.Resumed += o.Resumed
+}
+
+// ShardsPerRun bounds one run's history: each shard adds about a dozen
+// events, so a run stays far below Temporal's 51,200-event limit before it
+// continues as new.
+const ShardsPerRun = 100
+
+// ShardsWorkflow embeds shards [First, End) in a sliding window of Window
+// shards, ShardsPerRun per run, continuing as new until the range is done.
+func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) {
+	done := in.Done
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (ShardsResult, error) { return done, nil }); err != nil {
+		return done, err
+	}
+	stop := min(in.First+ShardsPerRun, in.End)
+	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
+	wg := workflow.NewWaitGroup(ctx)
+	var firstErr error
+	for i := in.First; i < stop; i++ {
+		if err := sem.Acquire(ctx, 1); err != nil {
+			return done, err // cancelled
+		}
+		if firstErr != nil {
+			sem.Release(1)
+			break
+		}
+		wg.Add(1)
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			defer wg.Done()
+			defer sem.Release(1)
+			r, err := shard(ctx, in, i)
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			done.add(r)
+		})
+	}
+	wg.Wait(ctx)
+	if firstErr != nil {
+		return done, firstErr
+	}
+	if stop < in.End {
+		next := in
+		next.First, next.Done = stop, done
+		return done, workflow.NewContinueAsNewError(ctx, ShardsWorkflow, next)
+	}
+	return done, nil
+}
+
+// shard runs one shard's pipeline: embed on the gpu queue, then the partial
+// top-k on the cpu queue.
+func shard(ctx workflow.Context, in ShardsInput, i int) (ShardsResult, error) {
+	var a *activities.Activities
+	var emb activities.EmbedShardResult
+	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
+		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize,
+	}).Get(ctx, &emb)
+	if err != nil {
+		return ShardsResult{}, err
+	}
+	r := ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Resumed: emb.ResumedFrom}
+	if emb.Cached {
+		r.Cached = 1
+	}
+	if in.K > 0 {
+		err = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.TopKShard, activities.TopKShardInput{
+			Run: in.Run, Shard: i, Model: in.Model, K: in.K,
+		}).Get(ctx, nil)
+	}
+	return r, err
+}
+
+func activityOptions(ctx workflow.Context, queue string, heartbeat, timeout time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           queue,
+		StartToCloseTimeout: timeout,
+		HeartbeatTimeout:    heartbeat,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    time.Minute,
+			MaximumAttempts:    10,
+		},
+	})
+}
+
+func gpuOptions(ctx workflow.Context, heartbeat, timeout time.Duration) workflow.Context {
+	return activityOptions(ctx, GPUQueue, heartbeat, timeout)
+}
+
+func cpuOptions(ctx workflow.Context, heartbeat, timeout time.Duration) workflow.Context {
+	return activityOptions(ctx, CPUQueue, heartbeat, timeout)
+}
