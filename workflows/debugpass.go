@@ -53,6 +53,10 @@ type PassResult struct {
 	RejectsKey string
 	DebugTrain activities.SelectResult
 	Rejects    int
+	// Shards counts the shards of every dataset; CachedShards those whose
+	// features were already in the cache.
+	Shards       int
+	CachedShards int
 }
 
 // Progress is a pass's state, for `starter status`. Running lists the child
@@ -182,7 +186,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	p.Phase = "done"
 	return PassResult{
 		RunID: run, Eval: ev.Eval, EvalKey: ev.Key, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
-		DebugTrain: sel, Rejects: rep.Rejects,
+		DebugTrain: sel, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
 	}, nil
 }
 

@@ -82,10 +82,16 @@ func devServer(t *testing.T) (client.Client, string) {
 	return c, server.hostport
 }
 
+// cleanups run after every test, for state shared between tests.
+var cleanups []func()
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if server.srv != nil {
 		server.srv.Stop()
+	}
+	for _, f := range cleanups {
+		f()
 	}
 	os.Exit(code)
 }
@@ -144,6 +150,7 @@ func buildWorker(t *testing.T) string {
 			return
 		}
 		workerBin.path = filepath.Join(dir, "worker")
+		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
 		out, err := exec.Command("go", "build", "-o", workerBin.path, "dcd/worker").CombinedOutput()
 		if err != nil {
 			workerBin.err = fmt.Errorf("go build worker: %v\n%s", err, out)
