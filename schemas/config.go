@@ -120,6 +120,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n.Value) }
 
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
 func (d *Duration) parse(s string) error {
 	v, err := time.ParseDuration(s)
 	if err != nil {

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"dcd/internal/demo"
+	"dcd/internal/devserver"
+	"dcd/internal/mnist"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// stateDir holds the local setup: the dev server's database, logs, pid
+// files, the worker binary and the demo configs. It is relative to the
+// working directory.
+const stateDir = ".dcd"
+
+type devArgs struct {
+	storage string
+	stop    bool
+}
+
+const devSynopsis = "[-storage URL] [-stop]"
+
+func parseDev(e *cli, args []string) (devArgs, error) {
+	var a devArgs
+	fs := e.flags("dev")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL for the worker (env DCD_STORAGE)")
+	fs.BoolVar(&a.stop, "stop", false, "stop the worker and dev server started in "+stateDir+"/")
+	pos, err := parse(fs, devSynopsis, args)
+	if err != nil {
+		return a, err
+	}
+	if len(pos) > 0 {
+		return a, usageErrorf("dev: unexpected argument %q (usage: starter dev %s)", pos[0], devSynopsis)
+	}
+	return a, nil
+}
+
+func cmdDev(ctx context.Context, e *cli, args []string) error {
+	a, err := parseDev(e, args)
+	if err != nil {
+		return err
+	}
+	if a.stop {
+		lines, err := devserver.Stop(stateDir)
+		for _, l := range lines {
+			fmt.Fprintln(e.stdout, l)
+		}
+		if len(lines) == 0 && err == nil {
+			fmt.Fprintf(e.stdout, "nothing from %s/ was running\n", stateDir)
+		}
+		return err
+	}
+	if err := e.ensureDev(ctx, a.storage); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nStart a pass:  starter run -config FILE -wait   (or try `starter demo`)\nStop both:     starter dev -stop\n")
+	return nil
+}
+
+// ensureDev makes sure a Temporal server answers at the address (starting
+// a dev server in stateDir if nothing does) and that a worker from
+// stateDir runs against it with the given storage.
+func (e *cli) ensureDev(ctx context.Context, storage string) error {
+	started, err := devserver.EnsureTemporal(ctx, e.g.address, stateDir)
+	if err != nil {
+		return err
+	}
+	how := "already running"
+	if started {
+		how = "started"
+	}
+	fmt.Fprintf(e.stdout, "temporal  %s at %s, log %s\n          web UI %s\n", how, e.g.address,
+		filepath.Join(stateDir, devserver.TemporalLog), devserver.UIURL(e.g.address))
+
+	bin, err := filepath.Abs(filepath.Join(stateDir, "bin", "worker"))
+	if err != nil {
+		return err
+	}
+	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); !ok {
+		if err := e.buildWorker(ctx, bin); err != nil {
+			return err
+		}
+	}
+	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
+	started, err = devserver.EnsureWorker(ctx, bin, args, stateDir)
+	if err != nil {
+		return err
+	}
+	how = "already running"
+	if started {
+		how = "started"
+	}
+	pid, _ := devserver.PID(stateDir, devserver.WorkerPID)
+	fmt.Fprintf(e.stdout, "worker    %s (pid %d), log %s\n          storage %s\n", how, pid,
+		filepath.Join(stateDir, devserver.WorkerLog), redact(storage))
+	return nil
+}
+
+// buildWorker builds dcd/worker into bin with the go tool, so that the
+// worker runs the checkout's current code. Outside a checkout, a binary
+// built earlier is used.
+func (e *cli) buildWorker(ctx context.Context, bin string) error {
+	fmt.Fprintf(e.stdout, "building  the worker (go build -o %s dcd/worker)\n", filepath.Join(stateDir, "bin", "worker"))
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "dcd/worker")
+	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if _, statErr := os.Stat(bin); statErr == nil {
+		fmt.Fprintf(e.stderr, "starter: go build dcd/worker: %v; using the worker built before\n", err)
+		return nil
+	}
+	return fmt.Errorf("build the worker: %w (run starter from the DCD checkout, or build it with `go build -o %s ./worker`)", err, filepath.Join(stateDir, "bin", "worker"))
+}
+
+type demoArgs struct {
+	corruption string
+	seed       uint64
+	small      bool
+	noWait     bool
+	storage    string
+}
+
+const demoSynopsis = "[-corruption blur] [-seed 1] [-small] [-no-wait] [-storage URL]"
+
+func parseDemo(e *cli, args []string) (demoArgs, error) {
+	var a demoArgs
+	fs := e.flags("demo")
+	fs.StringVar(&a.corruption, "corruption", "blur", "the shift E the model fails on: blur, noise, invert, contrast, fog, rot90, ...")
+	fs.Uint64Var(&a.seed, "seed", 1, "seed of the demo world and of the pass")
+	fs.BoolVar(&a.small, "small", false, "a smaller world (train 3000, pool 6000, test 2000, E_heldout 600): faster")
+	fs.BoolVar(&a.noWait, "no-wait", false, "start the pass and return")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL for the demo world and the worker (env DCD_STORAGE)")
+	pos, err := parse(fs, demoSynopsis, args)
+	if err != nil {
+		return a, err
+	}
+	if len(pos) > 0 {
+		return a, usageErrorf("demo: unexpected argument %q (usage: starter demo %s)", pos[0], demoSynopsis)
+	}
+	if a.corruption == "" {
+		return a, usageErrorf("demo: -corruption must not be empty")
+	}
+	return a, nil
+}
+
+// demoOptions are the demo world's options for the flags.
+func demoOptions(a demoArgs) demo.Options {
+	o := demo.Options{Seed: a.seed, Corruption: a.corruption}
+	if a.small {
+		o.Train, o.Pool, o.Test, o.Heldout = 3000, 6000, 2000, 600
+	}
+	return o
+}
+
+func cmdDemo(ctx context.Context, e *cli, args []string) error {
+	a, err := parseDemo(e, args)
+	if err != nil {
+		return err
+	}
+	if err := e.ensureDev(ctx, a.storage); err != nil {
+		return err
+	}
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		return fmt.Errorf("demo: %w (run `make setup`, or set DCD_ORT_LIB to libonnxruntime.so)", err)
+	}
+	bucket, err := store.Open(ctx, a.storage)
+	if err != nil {
+		return err
+	}
+	defer bucket.Close()
+
+	o := demoOptions(a)
+	fmt.Fprintf(e.stdout, "world     %s (MNIST from %s; built once, then reused)\n", o.WithDefaults().Prefix, mnist.DefaultDir())
+	t0 := time.Now()
+	cfg, err := demo.Build(ctx, bucket, mnist.DefaultDir(), o, ortrun.Options{})
+	if err != nil {
+		return err
+	}
+	if d := time.Since(t0); d > time.Second {
+		fmt.Fprintf(e.stdout, "          ready in %s\n", d.Round(time.Second))
+	}
+	cfgPath := filepath.Join(stateDir, "demo-"+a.corruption+".yaml")
+	if err := writeConfig(cfgPath, cfg); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "config    %s (edit it and rerun with `starter run -config %s -wait`)\n\n", cfgPath, cfgPath)
+
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	id := passID(cfg.Name, time.Now())
+	if err := e.startPass(ctx, c, cfg, id); err != nil {
+		return err
+	}
+	if a.noWait {
+		fmt.Fprintf(e.stdout, "watch it with `starter status %s`; results with `starter result %s`\n", id, id)
+		return nil
+	}
+	return e.waitAndReport(ctx, c, id, a.storage)
+}
+
+// writeConfig writes cfg as YAML that schemas.LoadConfig reads back.
+func writeConfig(path string, cfg schemas.Config) error {
+	b, err := configYAML(cfg, "DCD pass config written by `starter demo`.\nRun it again with: starter run -config "+path+" -wait")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// configYAML encodes cfg as YAML under a comment.
+func configYAML(cfg schemas.Config, comment string) ([]byte, error) {
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var head strings.Builder
+	for _, line := range strings.Split(comment, "\n") {
+		head.WriteString("# " + line + "\n")
+	}
+	return append([]byte(head.String()), b...), nil
+}

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/internal/devserver"
+	"dcd/internal/store"
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+// runArgs are `starter run`'s flags.
+type runArgs struct {
+	config string
+	id     string
+	wait   bool
+}
+
+const runSynopsis = "-config FILE [-id RUNID] [-wait]"
+
+func parseRun(e *cli, args []string) (runArgs, error) {
+	var a runArgs
+	fs := e.flags("run")
+	fs.StringVar(&a.config, "config", "", "pass config, YAML or JSON (required)")
+	fs.StringVar(&a.id, "id", "", "workflow ID of the pass (default <config name>-<UTC yyyymmdd-hhmmss>)")
+	fs.BoolVar(&a.wait, "wait", false, "show progress until the pass ends, then its results")
+	pos, err := parse(fs, runSynopsis, args)
+	if err != nil {
+		return a, err
+	}
+	if len(pos) > 0 {
+		return a, usageErrorf("run: unexpected argument %q (usage: starter run %s)", pos[0], runSynopsis)
+	}
+	if a.config == "" {
+		return a, usageErrorf("run: -config FILE is required (usage: starter run %s)", runSynopsis)
+	}
+	return a, nil
+}
+
+func cmdRun(ctx context.Context, e *cli, args []string) error {
+	a, err := parseRun(e, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(a.config)
+	if err != nil {
+		return err
+	}
+	id := a.id
+	if id == "" {
+		id = passID(cfg.Name, time.Now())
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	if err := e.startPass(ctx, c, cfg, id); err != nil {
+		return err
+	}
+	if !a.wait {
+		return nil
+	}
+	return e.waitAndReport(ctx, c, id, store.DefaultURL())
+}
+
+// loadConfig reads and checks a config file. A config that cannot be
+// decoded or fails Validate exits with status 2.
+func loadConfig(path string) (schemas.Config, error) {
+	cfg, err := schemas.LoadConfig(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return cfg, err
+		}
+		return cfg, &exitError{code: 2, err: err}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, &exitError{code: 2, err: fmt.Errorf("%s: %w", path, err)}
+	}
+	return cfg, nil
+}
+
+// passID is a pass's default workflow ID.
+func passID(name string, now time.Time) string {
+	return name + "-" + now.UTC().Format("20060102-150405")
+}
+
+// workflowURL is a pass's page in the Temporal Web UI.
+func workflowURL(g globals, id string) string {
+	return devserver.UIURL(g.address) + "/namespaces/" + url.PathEscape(g.namespace) + "/workflows/" + url.PathEscape(id)
+}
+
+// startPass starts DebugPass with the config only (no secrets) and prints
+// its ID and UI link.
+func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config, id string) error {
+	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue},
+		workflows.DebugPass, workflows.PassInput{Config: cfg})
+	if err != nil {
+		var started *serviceerror.WorkflowExecutionAlreadyStarted
+		if errors.As(err, &started) {
+			return fmt.Errorf("a pass with id %q is running already: watch it with `starter status %s`, or pick another -id", id, id)
+		}
+		return fmt.Errorf("start pass %s: %w", id, err)
+	}
+	fmt.Fprintf(e.stdout, "started pass %s\n  %s\n", id, workflowURL(e.g, id))
+	return nil
+}
+
+// waitAndReport watches a pass to its end and prints its results; a pass
+// that did not complete is an error.
+func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL string) error {
+	res, err := e.watch(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout)
+	writeResult(e.stdout, res, storageURL)
+	return nil
+}
+
+func cmdStatus(ctx context.Context, e *cli, args []string) error {
+	fs := e.flags("status")
+	id, err := oneArg(fs, "RUN", "pass id", args)
+	if err != nil {
+		return err
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	st, err := describe(ctx, c, e.g, id)
+	if err != nil {
+		return err
+	}
+	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		p, err := fetchProgress(ctx, c, id)
+		if err != nil {
+			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (is a worker running?)\n", id, err)
+			return nil
+		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", id, statusLine(p, time.Now()))
+		return nil
+	}
+	fmt.Fprintln(e.stdout, closedLine(ctx, c, id, st))
+	return nil
+}
+
+// execStatus is what DescribeWorkflowExecution says about a pass.
+type execStatus struct {
+	status enumspb.WorkflowExecutionStatus
+	start  time.Time
+	close  time.Time
+}
+
+func describe(ctx context.Context, c client.Client, g globals, id string) (execStatus, error) {
+	d, err := c.DescribeWorkflowExecution(ctx, id, "")
+	if err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			return execStatus{}, fmt.Errorf("no pass %q in namespace %s at %s", id, g.namespace, g.address)
+		}
+		return execStatus{}, fmt.Errorf("describe %s: %w", id, err)
+	}
+	info := d.GetWorkflowExecutionInfo()
+	return execStatus{
+		status: info.GetStatus(),
+		start:  info.GetStartTime().AsTime(),
+		close:  info.GetCloseTime().AsTime(),
+	}, nil
+}
+
+// closedLine says how a closed pass ended, with the failure's message.
+func closedLine(ctx context.Context, c client.Client, id string, st execStatus) string {
+	took := st.close.Sub(st.start).Round(time.Second)
+	line := fmt.Sprintf("%s: %s after %s", id, st.status, took)
+	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+		return line + fmt.Sprintf(" (results: starter result %s)", id)
+	}
+	if err := c.GetWorkflow(ctx, id, "").Get(ctx, nil); err != nil {
+		line += ": " + failureMessage(err)
+	}
+	return line
+}
+
+// failureMessage is the useful part of a pass's error: the activity that
+// failed, if one did, and the innermost message.
+func failureMessage(err error) string {
+	prefix := ""
+	var act *temporal.ActivityError
+	if errors.As(err, &act) && act.ActivityType() != nil {
+		prefix = "activity " + act.ActivityType().GetName() + ": "
+	}
+	last := err
+	for u := errors.Unwrap(last); u != nil; u = errors.Unwrap(last) {
+		last = u
+	}
+	var app *temporal.ApplicationError
+	if errors.As(last, &app) && app.Message() != "" {
+		return prefix + app.Message()
+	}
+	return prefix + last.Error()
+}
+
+// resultArgs are `starter result`'s flags.
+type resultArgs struct {
+	id      string
+	json    bool
+	storage string
+}
+
+const resultSynopsis = "[-json] [-storage URL] RUN"
+
+func parseResult(e *cli, args []string) (resultArgs, error) {
+	var a resultArgs
+	fs := e.flags("result")
+	fs.BoolVar(&a.json, "json", false, "print eval.json (the Eval) as indented JSON")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the workers use, to show where the files are (env DCD_STORAGE)")
+	id, err := oneArg(fs, resultSynopsis, "pass id", args)
+	a.id = id
+	return a, err
+}
+
+func cmdResult(ctx context.Context, e *cli, args []string) error {
+	a, err := parseResult(e, args)
+	if err != nil {
+		return err
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	st, err := describe(ctx, c, e.g, a.id)
+	if err != nil {
+		return err
+	}
+	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return fmt.Errorf("pass %s is still running: `starter status %s` shows how far it is", a.id, a.id)
+	}
+	var res workflows.PassResult
+	if err := c.GetWorkflow(ctx, a.id, "").Get(ctx, &res); err != nil {
+		return fmt.Errorf("pass %s %s: %s", a.id, strings.ToLower(st.status.String()), failureMessage(err))
+	}
+	if a.json {
+		b, err := json.MarshalIndent(res.Eval, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%s\n", b)
+		return nil
+	}
+	writeResult(e.stdout, res, a.storage)
+	return nil
+}
+
+func cmdCancel(ctx context.Context, e *cli, args []string) error {
+	fs := e.flags("cancel")
+	id, err := oneArg(fs, "RUN", "pass id", args)
+	if err != nil {
+		return err
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	st, err := describe(ctx, c, e.g, id)
+	if err != nil {
+		return err
+	}
+	if st.status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return fmt.Errorf("pass %s is not running: %s", id, st.status)
+	}
+	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			return fmt.Errorf("no running pass %q in namespace %s", id, e.g.namespace)
+		}
+		return fmt.Errorf("cancel %s: %w", id, err)
+	}
+	fmt.Fprintf(e.stdout, "cancellation of %s requested; `starter status %s` shows when it has stopped\n", id, id)
+	return nil
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"dcd/workflows"
+)
+
+// queryTimeout bounds one progress query; a pass no worker has picked up
+// yet does not answer.
+const queryTimeout = 3 * time.Second
+
+// fetchProgress queries a pass's Progress and adds the shards in flight in
+// its running children. A child that does not answer (it just finished, or
+// has not started) is left out.
+func fetchProgress(ctx context.Context, c client.Client, id string) (workflows.Progress, error) {
+	var p workflows.Progress
+	if err := query(ctx, c, id, &p); err != nil {
+		return p, err
+	}
+	var children []workflows.ShardsResult
+	for _, child := range p.Running {
+		var r workflows.ShardsResult
+		if err := query(ctx, c, child, &r); err == nil {
+			children = append(children, r)
+		}
+	}
+	return withChildren(p, children), nil
+}
+
+func query(ctx context.Context, c client.Client, id string, into any) error {
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	v, err := c.QueryWorkflow(ctx, id, "", workflows.ProgressQuery)
+	if err != nil {
+		return err
+	}
+	return v.Get(into)
+}
+
+// withChildren adds the children's counts to the pass's, which only holds
+// the children that have finished.
+func withChildren(p workflows.Progress, children []workflows.ShardsResult) workflows.Progress {
+	for _, r := range children {
+		p.ShardsDone += r.Shards
+		p.Images += r.Images
+		p.Rejects += r.Rejects
+		p.CachedShards += r.Cached
+	}
+	return p
+}
+
+// statusLine is a pass's progress on one line.
+func statusLine(p workflows.Progress, now time.Time) string {
+	elapsed := time.Duration(0)
+	if !p.Started.IsZero() && now.After(p.Started) {
+		elapsed = now.Sub(p.Started)
+	}
+	rate := 0.0
+	if s := elapsed.Seconds(); s >= 1 {
+		rate = float64(p.Images) / s
+	}
+	total := "?"
+	if p.ShardsTotal > 0 {
+		total = fmt.Sprint(p.ShardsTotal)
+	}
+	phase := p.Phase
+	if phase == "" {
+		phase = "starting"
+	}
+	return fmt.Sprintf("%-13s | shards %d/%s | %d images | %.0f images/s | %d rejects | %d cached shards | %s",
+		phase, p.ShardsDone, total, p.Images, rate, p.Rejects, p.CachedShards, elapsed.Round(time.Second))
+}
+
+// watch shows a pass's progress until it ends and returns its result. On
+// a terminal the line is redrawn every second; otherwise a line is printed
+// every 5 s. Interrupting stops the watching, not the pass.
+func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
+	var res workflows.PassResult
+	done := make(chan error, 1)
+	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, &res) }()
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var printed time.Time
+	width := 0
+	endLine := func() {
+		if e.tty && width > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+	}
+	for {
+		select {
+		case err := <-done:
+			endLine()
+			if ctx.Err() != nil {
+				return res, stoppedWatching(id)
+			}
+			if err != nil {
+				return res, fmt.Errorf("pass %s failed: %s", id, failureMessage(err))
+			}
+			return res, nil
+		case <-ctx.Done():
+			endLine()
+			return res, stoppedWatching(id)
+		case now := <-tick.C:
+			p, err := fetchProgress(ctx, c, id)
+			var line string
+			switch {
+			case err == nil:
+				line = statusLine(p, now)
+			case ctx.Err() != nil:
+				continue
+			default:
+				line = "waiting for a worker to take the pass (" + shortError(err) + ")"
+			}
+			if e.tty {
+				// Pad over a longer previous line instead of relying on
+				// terminal escapes.
+				pad := max(width-len(line), 0)
+				fmt.Fprintf(e.stdout, "\r%s%s", line, strings.Repeat(" ", pad))
+				width = len(line)
+			} else if now.Sub(printed) >= 5*time.Second {
+				fmt.Fprintln(e.stdout, line)
+				printed = now
+			}
+		}
+	}
+}
+
+func stoppedWatching(id string) error {
+	return fmt.Errorf("stopped watching; pass %s goes on (`starter status %s`, `starter cancel %s`)", id, id, id)
+}
+
+// shortError keeps the last part of a long gRPC error.
+func shortError(err error) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "no answer to the progress query yet"
+	}
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 80 {
+		s = s[i+2:]
+	}
+	return s
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"dcd/workflows"
+)
+
+// writeResult prints a pass's result table and where its files are.
+func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
+	fmt.Fprintf(w, "pass %s\n\n", res.RunID)
+	rows := [][]string{{"method", "test acc", "E_heldout acc", "debug-train size", "selection precision"}}
+	for _, m := range res.Eval.Methods {
+		prec := "-"
+		if m.SelectionPrecision != nil {
+			prec = fmt.Sprintf("%.3f", *m.SelectionPrecision)
+		}
+		rows = append(rows, []string{
+			m.Method,
+			fmt.Sprintf("%.3f", m.TestAccuracy),
+			fmt.Sprintf("%.3f", m.HeldoutAccuracy),
+			fmt.Sprint(m.DebugTrainSize),
+			prec,
+		})
+	}
+	writeTable(w, rows)
+	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)\n\n",
+		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
+
+	fmt.Fprintf(w, "storage %s\n", redact(storageURL))
+	files := [][]string{}
+	for _, f := range []struct{ name, key string }{
+		{"eval.json", res.EvalKey},
+		{"report.html", res.ReportKey},
+		{"rejects.csv", res.RejectsKey},
+	} {
+		if f.key == "" {
+			continue
+		}
+		row := []string{"  " + f.name, f.key}
+		if p, ok := localPath(storageURL, f.key); ok {
+			row = append(row, p)
+		}
+		files = append(files, row)
+	}
+	writeColumns(w, files)
+}
+
+// writeTable prints rows as columns separated by " | ", the first row
+// followed by a rule.
+func writeTable(w io.Writer, rows [][]string) {
+	widths := columnWidths(rows)
+	for i, r := range rows {
+		cells := make([]string, len(r))
+		for j, c := range r {
+			if j == len(r)-1 {
+				cells[j] = c
+			} else {
+				cells[j] = pad(c, widths[j])
+			}
+		}
+		fmt.Fprintln(w, strings.Join(cells, " | "))
+		if i == 0 {
+			rule := make([]string, len(r))
+			for j := range r {
+				rule[j] = strings.Repeat("-", widths[j])
+			}
+			fmt.Fprintln(w, strings.Join(rule, "-+-"))
+		}
+	}
+}
+
+// writeColumns prints rows as space-aligned columns.
+func writeColumns(w io.Writer, rows [][]string) {
+	widths := columnWidths(rows)
+	for _, r := range rows {
+		cells := make([]string, len(r))
+		for j, c := range r {
+			if j == len(r)-1 {
+				cells[j] = c
+			} else {
+				cells[j] = pad(c, widths[j])
+			}
+		}
+		fmt.Fprintln(w, strings.Join(cells, "  "))
+	}
+}
+
+func columnWidths(rows [][]string) []int {
+	var widths []int
+	for _, r := range rows {
+		for j, c := range r {
+			if j >= len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[j] = max(widths[j], len([]rune(c)))
+		}
+	}
+	return widths
+}
+
+func pad(s string, n int) string {
+	return s + strings.Repeat(" ", max(n-len([]rune(s)), 0))
+}
+
+// localPath is where key lies on disk when storage is a file:// bucket.
+func localPath(storageURL, key string) (string, bool) {
+	u, err := url.Parse(storageURL)
+	if err != nil || u.Scheme != "file" {
+		return "", false
+	}
+	return filepath.FromSlash(path.Join(u.Path, u.Query().Get("prefix"), key)), true
+}
+
+// redact drops a URL's query, which may carry endpoint tokens.
+func redact(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		return u[:i]
+	}
+	return u
+}

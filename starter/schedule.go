@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+func cmdSchedule(ctx context.Context, e *cli, args []string) error {
+	if len(args) == 0 {
+		return usageErrorf("schedule: want create, list, describe, trigger or delete")
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		for _, c := range commands {
+			if strings.HasPrefix(c.name, "schedule ") {
+				fmt.Fprintln(e.stdout, strings.TrimSpace("starter "+c.name+" "+c.args))
+			}
+		}
+		return nil
+	case "create":
+		return scheduleCreate(ctx, e, rest)
+	case "list":
+		return scheduleList(ctx, e, rest)
+	case "describe", "trigger", "delete":
+		fs := e.flags("schedule " + sub)
+		id, err := oneArg(fs, "SCHED", "schedule id", rest)
+		if err != nil {
+			return err
+		}
+		c, err := e.Client()
+		if err != nil {
+			return err
+		}
+		h := c.ScheduleClient().GetHandle(ctx, id)
+		switch sub {
+		case "describe":
+			return scheduleDescribe(ctx, e, c, h)
+		case "trigger":
+			if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+				return scheduleErr(e, id, "trigger", err)
+			}
+			fmt.Fprintf(e.stdout, "schedule %s triggered; `starter schedule describe %s` lists its passes\n", id, id)
+			return nil
+		default:
+			if err := h.Delete(ctx); err != nil {
+				return scheduleErr(e, id, "delete", err)
+			}
+			fmt.Fprintf(e.stdout, "schedule %s deleted (passes it started are left alone)\n", id)
+			return nil
+		}
+	}
+	return usageErrorf("schedule: unknown subcommand %q (want create, list, describe, trigger or delete)", sub)
+}
+
+func scheduleErr(e *cli, id, op string, err error) error {
+	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) {
+		return fmt.Errorf("no schedule %q in namespace %s", id, e.g.namespace)
+	}
+	return fmt.Errorf("schedule %s: %s: %w", op, id, err)
+}
+
+// createArgs are `starter schedule create`'s flags.
+type createArgs struct {
+	config string
+	id     string
+	cron   string
+	every  time.Duration
+	paused bool
+}
+
+const createSynopsis = "-config FILE -id SCHED (-cron EXPR | -every DURATION) [-paused]"
+
+func parseCreate(e *cli, args []string) (createArgs, error) {
+	var a createArgs
+	fs := e.flags("schedule create")
+	fs.StringVar(&a.config, "config", "", "pass config, YAML or JSON (required)")
+	fs.StringVar(&a.id, "id", "", "schedule ID (required); its passes get workflow IDs <SCHED>-pass-<time>")
+	fs.StringVar(&a.cron, "cron", "", `cron expression in UTC, e.g. "0 2 * * *"`)
+	fs.DurationVar(&a.every, "every", 0, "interval, e.g. 24h")
+	fs.BoolVar(&a.paused, "paused", false, "create the schedule paused")
+	pos, err := parse(fs, createSynopsis, args)
+	if err != nil {
+		return a, err
+	}
+	switch {
+	case len(pos) > 0:
+		return a, usageErrorf("schedule create: unexpected argument %q (usage: starter schedule create %s)", pos[0], createSynopsis)
+	case a.config == "":
+		return a, usageErrorf("schedule create: -config FILE is required")
+	case a.id == "":
+		return a, usageErrorf("schedule create: -id SCHED is required")
+	}
+	if _, err := scheduleSpec(a.cron, a.every); err != nil {
+		return a, &exitError{code: 2, err: err}
+	}
+	return a, nil
+}
+
+// scheduleSpec is when a schedule fires: exactly one of a cron expression
+// and an interval.
+func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error) {
+	cron = strings.TrimSpace(cron)
+	switch {
+	case cron != "" && every != 0:
+		return client.ScheduleSpec{}, errors.New("schedule create: give -cron or -every, not both")
+	case cron != "":
+		if n := len(strings.Fields(cron)); !strings.HasPrefix(cron, "@") && (n < 5 || n > 7) {
+			return client.ScheduleSpec{}, fmt.Errorf("schedule create: -cron %q: want 5 fields (minute hour day-of-month month day-of-week), got %d", cron, n)
+		}
+		return client.ScheduleSpec{CronExpressions: []string{cron}}, nil
+	case every < 0:
+		return client.ScheduleSpec{}, fmt.Errorf("schedule create: -every %s: must be positive", every)
+	case every > 0:
+		if every < time.Second {
+			return client.ScheduleSpec{}, fmt.Errorf("schedule create: -every %s: must be at least 1s", every)
+		}
+		return client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: every}}}, nil
+	}
+	return client.ScheduleSpec{}, errors.New("schedule create: give -cron EXPR or -every DURATION")
+}
+
+// scheduleOptions is the schedule: a DebugPass on the cpu queue with the
+// config as its only input. An action whose previous pass still runs is
+// skipped (Temporal's default overlap policy).
+func scheduleOptions(a createArgs, cfg schemas.Config) (client.ScheduleOptions, error) {
+	spec, err := scheduleSpec(a.cron, a.every)
+	if err != nil {
+		return client.ScheduleOptions{}, err
+	}
+	return client.ScheduleOptions{
+		ID:     a.id,
+		Spec:   spec,
+		Paused: a.paused,
+		Action: &client.ScheduleWorkflowAction{
+			ID:        a.id + "-pass",
+			Workflow:  workflows.DebugPass,
+			Args:      []any{workflows.PassInput{Config: cfg}},
+			TaskQueue: workflows.CPUQueue,
+		},
+	}, nil
+}
+
+func scheduleCreate(ctx context.Context, e *cli, args []string) error {
+	a, err := parseCreate(e, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(a.config)
+	if err != nil {
+		return err
+	}
+	opts, err := scheduleOptions(a, cfg)
+	if err != nil {
+		return err
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	h, err := c.ScheduleClient().Create(ctx, opts)
+	if err != nil {
+		if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
+			return fmt.Errorf("schedule %q exists already: delete it first (`starter schedule delete %s`)", a.id, a.id)
+		}
+		return fmt.Errorf("schedule create %s: %w", a.id, err)
+	}
+	fmt.Fprintf(e.stdout, "created schedule %s\n", a.id)
+	return scheduleDescribe(ctx, e, c, h)
+}
+
+func scheduleList(ctx context.Context, e *cli, args []string) error {
+	fs := e.flags("schedule list")
+	pos, err := parse(fs, "", args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErrorf("schedule list: unexpected argument %q", pos[0])
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	it, err := c.ScheduleClient().List(ctx, client.ScheduleListOptions{})
+	if err != nil {
+		return fmt.Errorf("schedule list: %w", err)
+	}
+	rows := [][]string{{"SCHEDULE", "STATE", "SPEC", "NEXT RUN", "LAST PASS"}}
+	for it.HasNext() {
+		s, err := it.Next()
+		if err != nil {
+			return fmt.Errorf("schedule list: %w", err)
+		}
+		state := "active"
+		if s.Paused {
+			state = "paused"
+		}
+		next, last := "-", "-"
+		if len(s.NextActionTimes) > 0 {
+			next = s.NextActionTimes[0].UTC().Format(time.RFC3339)
+		}
+		if n := len(s.RecentActions); n > 0 && s.RecentActions[n-1].StartWorkflowResult != nil {
+			last = s.RecentActions[n-1].StartWorkflowResult.WorkflowID
+		}
+		rows = append(rows, []string{s.ID, state, specString(s.Spec), next, last})
+	}
+	if len(rows) == 1 {
+		fmt.Fprintln(e.stdout, "no schedules")
+		return nil
+	}
+	writeColumns(e.stdout, rows)
+	return nil
+}
+
+func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.ScheduleHandle) error {
+	d, err := h.Describe(ctx)
+	if err != nil {
+		return scheduleErr(e, h.GetID(), "describe", err)
+	}
+	var rows [][]string
+	add := func(k, v string) { rows = append(rows, []string{k, v}) }
+	add("schedule", h.GetID())
+	add("spec", specString(d.Schedule.Spec)+" (UTC)")
+	state := "active"
+	if st := d.Schedule.State; st != nil && st.Paused {
+		state = "paused"
+		if st.Note != "" {
+			state += ": " + st.Note
+		}
+	}
+	add("state", state)
+	if act, ok := d.Schedule.Action.(*client.ScheduleWorkflowAction); ok {
+		add("action", fmt.Sprintf("%v on %s, workflow IDs %s-<time>%s", act.Workflow, act.TaskQueue, act.ID, configName(act.Args)))
+	}
+	add("actions", fmt.Sprintf("%d taken, %d skipped (a pass was running), %d missed", d.Info.NumActions, d.Info.NumActionsSkippedOverlap, d.Info.NumActionsMissedCatchupWindow))
+	for _, r := range d.Info.RunningWorkflows {
+		add("running", r.WorkflowID)
+	}
+	for i, t := range d.Info.NextActionTimes {
+		if i == 5 {
+			break
+		}
+		add("next", t.UTC().Format(time.RFC3339))
+	}
+	for _, a := range d.Info.RecentActions {
+		if a.StartWorkflowResult == nil {
+			continue
+		}
+		id := a.StartWorkflowResult.WorkflowID
+		status := ""
+		if st, err := describe(ctx, c, e.g, id); err == nil {
+			status = " " + st.status.String()
+		}
+		add("recent", fmt.Sprintf("%s %s%s", a.ActualTime.UTC().Format(time.RFC3339), id, status))
+	}
+	if len(d.Info.RecentActions) == 0 {
+		add("recent", "none yet")
+	}
+	writeColumns(e.stdout, rows)
+	return nil
+}
+
+// configName decodes the schedule's PassInput to name its config.
+func configName(args []any) string {
+	if len(args) != 1 {
+		return ""
+	}
+	var in workflows.PassInput
+	switch a := args[0].(type) {
+	case *commonpb.Payload:
+		if err := converter.GetDefaultDataConverter().FromPayload(a, &in); err != nil {
+			return ""
+		}
+	case workflows.PassInput:
+		in = a
+	default:
+		return ""
+	}
+	return fmt.Sprintf(", config %q", in.Config.Name)
+}
+
+// specString writes a schedule spec the way a user would have given it.
+func specString(s *client.ScheduleSpec) string {
+	if s == nil {
+		return "-"
+	}
+	var parts []string
+	parts = append(parts, s.CronExpressions...)
+	for _, c := range s.Calendars {
+		parts = append(parts, calendarString(c))
+	}
+	for _, iv := range s.Intervals {
+		p := "every " + durationString(iv.Every)
+		if iv.Offset != 0 {
+			p += " offset " + durationString(iv.Offset)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// calendarString writes a calendar spec as a cron expression: five fields,
+// with seconds first when they are not just 0, and the year last when set.
+func calendarString(c client.ScheduleCalendarSpec) string {
+	f := []string{
+		rangesString(c.Minute, 0, 59, "0"),
+		rangesString(c.Hour, 0, 23, "0"),
+		rangesString(c.DayOfMonth, 1, 31, "*"),
+		rangesString(c.Month, 1, 12, "*"),
+		rangesString(c.DayOfWeek, 0, 6, "*"),
+	}
+	if sec := rangesString(c.Second, 0, 59, "0"); sec != "0" {
+		f = append([]string{sec}, f...)
+	}
+	if len(c.Year) > 0 {
+		f = append(f, rangesString(c.Year, 0, 0, "*"))
+	}
+	return strings.Join(f, " ")
+}
+
+// rangesString writes ranges in cron syntax; a range covering lo-hi is *.
+func rangesString(rs []client.ScheduleRange, lo, hi int, empty string) string {
+	if len(rs) == 0 {
+		return empty
+	}
+	var out []string
+	for _, r := range rs {
+		end := max(r.End, r.Start)
+		step := max(r.Step, 1)
+		var s string
+		switch {
+		case r.Start == lo && end == hi && lo != hi:
+			s = "*"
+		case end == r.Start:
+			s = fmt.Sprint(r.Start)
+		default:
+			s = fmt.Sprintf("%d-%d", r.Start, end)
+		}
+		if step > 1 {
+			s += fmt.Sprintf("/%d", step)
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, ",")
+}
+
+// durationString drops a Duration's zero tails: 24h, not 24h0m0s.
+func durationString(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}

@@ -1,0 +1,411 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/activities"
+	"dcd/internal/preprocess"
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+func testCLI() (*cli, *bytes.Buffer, *bytes.Buffer) {
+	var out, errOut bytes.Buffer
+	return &cli{g: globals{address: "127.0.0.1:7233", namespace: "default"}, stdout: &out, stderr: &errOut}, &out, &errOut
+}
+
+// exitStatus is the status realMain would give err.
+func exitStatus(err error) int {
+	e, _, _ := testCLI()
+	return e.exitCode(err)
+}
+
+// run calls realMain with a dialer that records the globals and fails.
+func run(t *testing.T, args ...string) (code int, stdout, stderr string, dialed *globals) {
+	t.Helper()
+	old := dialFunc
+	t.Cleanup(func() { dialFunc = old })
+	dialFunc = func(g globals) (client.Client, error) {
+		dialed = &g
+		return nil, errors.New("no server in unit tests")
+	}
+	t.Setenv("TEMPORAL_ADDRESS", "")
+	t.Setenv("TEMPORAL_NAMESPACE", "")
+	var out, errOut bytes.Buffer
+	code = realMain(context.Background(), args, &out, &errOut, false)
+	return code, out.String(), errOut.String(), dialed
+}
+
+func TestUsage(t *testing.T) {
+	code, _, stderr, _ := run(t)
+	if code != 2 {
+		t.Errorf("no arguments: exit %d, want 2", code)
+	}
+	for _, c := range []string{"run", "status", "result", "cancel", "schedule create", "schedule list",
+		"schedule describe", "schedule trigger", "schedule delete", "dev", "demo"} {
+		if !strings.Contains(stderr, "\n  "+c+" ") {
+			t.Errorf("usage lacks %q:\n%s", c, stderr)
+		}
+	}
+	code, stdout, _, _ := run(t, "help")
+	if code != 0 || !strings.Contains(stdout, "Commands:") {
+		t.Errorf("help: exit %d, %q", code, stdout)
+	}
+	if code, _, stderr, _ := run(t, "frobnicate"); code != 2 || !strings.Contains(stderr, `starter: unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q", code, stderr)
+	}
+	if code, _, _, _ := run(t, "status", "-h"); code != 0 {
+		t.Errorf("status -h: exit %d, want 0", code)
+	}
+	if code, _, _, _ := run(t, "status", "-bogus", "X"); code != 2 {
+		t.Errorf("unknown flag: exit %d, want 2", code)
+	}
+}
+
+func TestGlobalFlagsBeforeAndAfter(t *testing.T) {
+	for _, args := range [][]string{
+		{"-address", "h:1", "-namespace", "ns", "status", "RUN"},
+		{"status", "RUN", "-address", "h:1", "-namespace", "ns"},
+		{"-namespace", "ns", "status", "-address", "h:1", "RUN"},
+	} {
+		code, _, stderr, dialed := run(t, args...)
+		if dialed == nil || dialed.address != "h:1" || dialed.namespace != "ns" {
+			t.Errorf("%q: dialed %+v", args, dialed)
+		}
+		if code != 1 || !strings.HasPrefix(stderr, "starter: no server in unit tests") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+	code, _, _, dialed := run(t, "status")
+	if code != 2 || dialed != nil {
+		t.Errorf("status without RUN: exit %d, dialed %v", code, dialed)
+	}
+}
+
+func TestEnvDefaults(t *testing.T) {
+	t.Setenv("TEMPORAL_ADDRESS", "env:7")
+	t.Setenv("TEMPORAL_NAMESPACE", "envns")
+	if g := defaultGlobals(); g.address != "env:7" || g.namespace != "envns" {
+		t.Errorf("defaultGlobals = %+v", g)
+	}
+}
+
+func TestParseRun(t *testing.T) {
+	e, _, _ := testCLI()
+	a, err := parseRun(e, []string{"-config", "c.yaml", "-id", "x1", "-wait"})
+	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true}) {
+		t.Errorf("parseRun = %+v, %v", a, err)
+	}
+	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"}} {
+		e, _, _ := testCLI()
+		if _, err := parseRun(e, args); exitStatus(err) != 2 {
+			t.Errorf("parseRun(%q): err %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestParseResult(t *testing.T) {
+	for _, args := range [][]string{{"-json", "R"}, {"R", "-json"}, {"-storage", "mem://", "-json", "R"}} {
+		e, _, _ := testCLI()
+		a, err := parseResult(e, args)
+		if err != nil || a.id != "R" || !a.json {
+			t.Errorf("parseResult(%q) = %+v, %v", args, a, err)
+		}
+	}
+	for _, args := range [][]string{{}, {"R", "S"}, {"-json"}} {
+		e, _, _ := testCLI()
+		if _, err := parseResult(e, args); exitStatus(err) != 2 {
+			t.Errorf("parseResult(%q): err %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestParseDemo(t *testing.T) {
+	e, _, _ := testCLI()
+	a, err := parseDemo(e, []string{"-corruption", "fog", "-seed", "7", "-small", "-no-wait"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := demoOptions(a)
+	if o.Corruption != "fog" || o.Seed != 7 || o.Train != 3000 || o.Pool != 6000 || o.Test != 2000 || o.Heldout != 600 || !a.noWait {
+		t.Errorf("demo options %+v from %+v", o, a)
+	}
+	e, _, _ = testCLI()
+	a, err = parseDemo(e, nil)
+	if err != nil || a.corruption != "blur" || a.seed != 1 || a.small || a.noWait {
+		t.Errorf("defaults = %+v, %v", a, err)
+	}
+	if o := demoOptions(a); o.Train != 0 || o.Pool != 0 {
+		t.Errorf("full-size demo sets sizes: %+v", o)
+	}
+}
+
+func TestParseDev(t *testing.T) {
+	e, _, _ := testCLI()
+	a, err := parseDev(e, []string{"-stop", "-storage", "mem://"})
+	if err != nil || !a.stop || a.storage != "mem://" {
+		t.Errorf("parseDev = %+v, %v", a, err)
+	}
+	t.Setenv("DCD_STORAGE", "file:///x")
+	e, _, _ = testCLI()
+	if a, _ := parseDev(e, nil); a.storage != "file:///x" {
+		t.Errorf("storage default %q, want DCD_STORAGE", a.storage)
+	}
+}
+
+func testConfig() schemas.Config {
+	sim := schemas.Model{Path: "models/sim.onnx", Features: "feat", Preprocess: preprocess.Spec{Channels: 3, Height: 224, Width: 224,
+		Mean: []float32{0.485, 0.456, 0.406}, Std: []float32{0.229, 0.224, 0.225}}}
+	return schemas.Config{
+		Name:    "demo-blur",
+		Seed:    3,
+		Classes: []string{"0", "1", "2", "true", "null", "1e3"},
+		Target: schemas.Model{Path: "demo/m.onnx", Input: "image", Features: "features", Logits: "logits",
+			Preprocess: preprocess.Spec{Layout: "NCHW", Channels: 1, Height: 28, Width: 28}},
+		Similarity: &sim,
+		Data: schemas.Data{
+			Train:        schemas.Dataset{Prefix: "demo/train/"},
+			Test:         schemas.Dataset{Prefix: "demo/test/"},
+			ErrorSample:  schemas.Dataset{Prefix: "demo/error_sample/"},
+			ErrorHeldout: schemas.Dataset{Prefix: "demo/error_heldout/"},
+			Pool:         schemas.Dataset{Manifest: "demo/pool/manifest.csv"},
+		},
+		Selection: schemas.Selection{K: 10, ErrorDomain: "blur"},
+		Retrain:   schemas.Retrain{Lambda: 0.01, Iters: 300},
+		Timeouts:  schemas.Timeouts{Heartbeat: schemas.Duration(45 * time.Second)},
+	}.WithDefaults()
+}
+
+func TestConfigYAMLRoundTrip(t *testing.T) {
+	cfg := testConfig()
+	path := filepath.Join(t.TempDir(), "sub", "demo-blur.yaml")
+	if err := writeConfig(path, cfg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := schemas.LoadConfig(path)
+	if err != nil {
+		b, _ := os.ReadFile(path)
+		t.Fatalf("LoadConfig: %v\n%s", err, b)
+	}
+	if !reflect.DeepEqual(got, cfg) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got, cfg)
+	}
+	b, _ := os.ReadFile(path)
+	for _, want := range []string{"# DCD pass config", "name: demo-blur\n", "heartbeat: 45s\n", "error_sample:\n"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("YAML lacks %q:\n%s", want, b)
+		}
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("name: x\nclasses: [a]\n"), 0o644)
+	code, _, stderr, dialed := run(t, "run", "-config", bad)
+	if code != 2 || !strings.Contains(stderr, "classes: needs at least 2") || dialed != nil {
+		t.Errorf("invalid config: exit %d, %q", code, stderr)
+	}
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("nmae: x\n"), 0o644)
+	if code, _, stderr, _ := run(t, "run", "-config", typo); code != 2 || !strings.Contains(stderr, "nmae") {
+		t.Errorf("misspelt key: exit %d, %q", code, stderr)
+	}
+	code, _, stderr, _ = run(t, "run", "-config", filepath.Join(dir, "nonexistent.yaml"))
+	if code != 1 || !strings.Contains(stderr, "no such file") {
+		t.Errorf("missing file: exit %d, %q", code, stderr)
+	}
+	good := filepath.Join(dir, "good.yaml")
+	if err := writeConfig(good, testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr, dialed = run(t, "run", "-config", good)
+	if code != 1 || dialed == nil {
+		t.Errorf("valid config: exit %d, %q; want a dial attempt", code, stderr)
+	}
+}
+
+func TestPassIDAndURL(t *testing.T) {
+	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.FixedZone("x", 3600))
+	if got := passID("demo-blur", now); got != "demo-blur-20250304-040607" {
+		t.Errorf("passID = %q", got)
+	}
+	g := globals{address: "127.0.0.1:7233", namespace: "default"}
+	if got := workflowURL(g, "a b"); got != "http://127.0.0.1:8233/namespaces/default/workflows/a%20b" {
+		t.Errorf("workflowURL = %q", got)
+	}
+}
+
+func TestStatusLine(t *testing.T) {
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := workflows.Progress{Phase: "scan pool", Started: start, ShardsTotal: 40, ShardsDone: 10, Images: 2000,
+		Rejects: 1, CachedShards: 3, Running: []string{"r/pool/0", "r/pool/1"}}
+	p = withChildren(p, []workflows.ShardsResult{{Shards: 5, Images: 1000, Rejects: 2, Cached: 1}, {Shards: 1, Images: 200}})
+	got := statusLine(p, start.Add(100*time.Second))
+	want := "scan pool     | shards 16/40 | 3200 images | 32 images/s | 3 rejects | 4 cached shards | 1m40s"
+	if got != want {
+		t.Errorf("statusLine =\n%q\nwant\n%q", got, want)
+	}
+	got = statusLine(workflows.Progress{Phase: "plan", Started: start}, start)
+	if !strings.Contains(got, "shards 0/?") || !strings.Contains(got, "0 images/s") {
+		t.Errorf("statusLine before planning = %q", got)
+	}
+}
+
+func TestWriteResult(t *testing.T) {
+	prec := 0.99
+	res := workflows.PassResult{
+		RunID: "demo-blur-1",
+		Eval: activities.Eval{RunID: "demo-blur-1", TestImages: 10000, HeldoutImages: 2000, Methods: []activities.Method{
+			{Method: "none", TestAccuracy: 0.975, HeldoutAccuracy: 0.121},
+			{Method: "dcd", TestAccuracy: 0.9731, HeldoutAccuracy: 0.742, DebugTrainSize: 615, SelectionPrecision: &prec},
+		}},
+		EvalKey: "runs/demo-blur-1/eval.json", ReportKey: "runs/demo-blur-1/report.html", RejectsKey: "runs/demo-blur-1/rejects.csv",
+		Rejects: 2,
+	}
+	var b bytes.Buffer
+	writeResult(&b, res, "file:///work/.dcd/storage?create_dir=1")
+	want := `pass demo-blur-1
+
+method | test acc | E_heldout acc | debug-train size | selection precision
+-------+----------+---------------+------------------+--------------------
+none   | 0.975    | 0.121         | 0                | -
+dcd    | 0.973    | 0.742         | 615              | 0.990
+
+10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable)
+
+storage file:///work/.dcd/storage
+  eval.json    runs/demo-blur-1/eval.json    /work/.dcd/storage/runs/demo-blur-1/eval.json
+  report.html  runs/demo-blur-1/report.html  /work/.dcd/storage/runs/demo-blur-1/report.html
+  rejects.csv  runs/demo-blur-1/rejects.csv  /work/.dcd/storage/runs/demo-blur-1/rejects.csv
+`
+	if b.String() != want {
+		t.Errorf("writeResult =\n%s\nwant\n%s", b.String(), want)
+	}
+
+	b.Reset()
+	writeResult(&b, res, "s3://bucket?region=us-east-1&endpoint=http://x")
+	if !strings.Contains(b.String(), "storage s3://bucket\n") || strings.Contains(b.String(), "endpoint") ||
+		!strings.Contains(b.String(), "  eval.json    runs/demo-blur-1/eval.json\n") {
+		t.Errorf("s3 storage:\n%s", b.String())
+	}
+}
+
+func TestLocalPath(t *testing.T) {
+	for _, c := range []struct {
+		url, want string
+		ok        bool
+	}{
+		{"file:///a/b?create_dir=1", "/a/b/runs/x/eval.json", true},
+		{"file:///a/b?prefix=p/", "/a/b/p/runs/x/eval.json", true},
+		{"mem://", "", false},
+	} {
+		got, ok := localPath(c.url, "runs/x/eval.json")
+		if got != c.want || ok != c.ok {
+			t.Errorf("localPath(%q) = %q, %v", c.url, got, ok)
+		}
+	}
+}
+
+func TestFailureMessage(t *testing.T) {
+	err := fmt.Errorf("workflow execution error: %w", temporal.NewNonRetryableApplicationError("config: name: must be set", "InvalidConfig", nil))
+	if got := failureMessage(err); got != "config: name: must be set" {
+		t.Errorf("failureMessage = %q", got)
+	}
+	if got := failureMessage(errors.New("plain")); got != "plain" {
+		t.Errorf("failureMessage = %q", got)
+	}
+}
+
+func TestScheduleSpec(t *testing.T) {
+	s, err := scheduleSpec("0 2 * * *", 0)
+	if err != nil || !reflect.DeepEqual(s, client.ScheduleSpec{CronExpressions: []string{"0 2 * * *"}}) {
+		t.Errorf("cron: %+v, %v", s, err)
+	}
+	s, err = scheduleSpec("", 24*time.Hour)
+	if err != nil || !reflect.DeepEqual(s, client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: 24 * time.Hour}}}) {
+		t.Errorf("every: %+v, %v", s, err)
+	}
+	if _, err := scheduleSpec("@daily", 0); err != nil {
+		t.Errorf("@daily: %v", err)
+	}
+	for _, c := range []struct {
+		cron  string
+		every time.Duration
+	}{{"", 0}, {"0 2 * * *", time.Hour}, {"0 2 *", 0}, {"", -time.Hour}, {"", time.Millisecond}} {
+		if _, err := scheduleSpec(c.cron, c.every); err == nil {
+			t.Errorf("scheduleSpec(%q, %s): no error", c.cron, c.every)
+		}
+	}
+}
+
+func TestParseCreateAndOptions(t *testing.T) {
+	e, _, _ := testCLI()
+	a, err := parseCreate(e, []string{"-config", "c.yaml", "-id", "nightly", "-every", "24h", "-paused"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	o, err := scheduleOptions(a, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	act, ok := o.Action.(*client.ScheduleWorkflowAction)
+	if o.ID != "nightly" || !o.Paused || !ok || act.ID != "nightly-pass" || act.TaskQueue != workflows.CPUQueue ||
+		!reflect.DeepEqual(act.Args, []any{workflows.PassInput{Config: cfg}}) || len(o.Spec.Intervals) != 1 {
+		t.Errorf("scheduleOptions = %+v, action %+v", o, act)
+	}
+	for _, args := range [][]string{
+		{"-config", "c.yaml", "-id", "s"},
+		{"-config", "c.yaml", "-id", "s", "-cron", "0 2 * * *", "-every", "1h"},
+		{"-id", "s", "-every", "1h"},
+		{"-config", "c.yaml", "-every", "1h"},
+		{"-config", "c.yaml", "-id", "s", "-every", "soon"},
+	} {
+		e, _, _ := testCLI()
+		if _, err := parseCreate(e, args); exitStatus(err) != 2 {
+			t.Errorf("parseCreate(%q): err %v, want exit 2", args, err)
+		}
+	}
+	if code, _, stderr, _ := run(t, "schedule"); code != 2 || !strings.Contains(stderr, "want create") {
+		t.Errorf("schedule: exit %d, %q", code, stderr)
+	}
+	if code, _, _, dialed := run(t, "schedule", "describe", "s", "-address", "h:2"); code != 1 || dialed == nil || dialed.address != "h:2" {
+		t.Errorf("schedule describe: exit %d, dialed %+v", code, dialed)
+	}
+}
+
+func TestSpecString(t *testing.T) {
+	// What the server returns for "0 2 * * *".
+	daily := client.ScheduleCalendarSpec{
+		Second: []client.ScheduleRange{{Start: 0}}, Minute: []client.ScheduleRange{{Start: 0}}, Hour: []client.ScheduleRange{{Start: 2}},
+		DayOfMonth: []client.ScheduleRange{{Start: 1, End: 31, Step: 1}}, Month: []client.ScheduleRange{{Start: 1, End: 12, Step: 1}},
+		DayOfWeek: []client.ScheduleRange{{Start: 0, End: 6, Step: 1}},
+	}
+	weekdays := daily
+	weekdays.Minute = []client.ScheduleRange{{Start: 0, End: 59, Step: 15}}
+	weekdays.DayOfWeek = []client.ScheduleRange{{Start: 1, End: 5}}
+	s := &client.ScheduleSpec{
+		Calendars: []client.ScheduleCalendarSpec{daily, weekdays},
+		Intervals: []client.ScheduleIntervalSpec{{Every: 24 * time.Hour}, {Every: 90 * time.Minute, Offset: 30 * time.Second}},
+	}
+	want := "0 2 * * *; */15 2 * * 1-5; every 24h; every 1h30m offset 30s"
+	if got := specString(s); got != want {
+		t.Errorf("specString = %q, want %q", got, want)
+	}
+	if got := specString(nil); got != "-" {
+		t.Errorf("specString(nil) = %q", got)
+	}
+}
