@@ -16,7 +16,7 @@ import (
 
 // CheckModelsInput is the pass's models as configured.
 type CheckModelsInput struct {
-	Target     schemas.Model
+	Target schemas.Model
 	// Similarity is nil when the target's features serve for similarity.
 	Similarity *schemas.Model
 }

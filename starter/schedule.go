@@ -133,25 +133,12 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 	return client.ScheduleSpec{}, errors.New("schedule create: give -cron EXPR or -every DURATION")
 }
 
-// scheduleOptions is the schedule: a DebugPass on the cpu queue with the
-// config as its only input. An action whose previous pass still runs is
-// skipped (Temporal's default overlap policy).
 func scheduleOptions(a createArgs, cfg schemas.Config) (client.ScheduleOptions, error) {
 	spec, err := scheduleSpec(a.cron, a.every)
 	if err != nil {
 		return client.ScheduleOptions{}, err
 	}
-	return client.ScheduleOptions{
-		ID:     a.id,
-		Spec:   spec,
-		Paused: a.paused,
-		Action: &client.ScheduleWorkflowAction{
-			ID:        a.id + "-pass",
-			Workflow:  workflows.DebugPass,
-			Args:      []any{workflows.PassInput{Config: cfg}},
-			TaskQueue: workflows.CPUQueue,
-		},
-	}, nil
+	return workflows.PassSchedule(a.id, spec, cfg, a.paused), nil
 }
 
 func scheduleCreate(ctx context.Context, e *cli, args []string) error {

@@ -1,0 +1,53 @@
+package workflows_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"dcd/workflows"
+)
+
+// A schedule fires a pass on its own, and the pass completes with the same
+// outcome as one started by hand.
+func TestScheduleFiresPass(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	startWorker(t, c, b)
+	ctx := context.Background()
+
+	id := "nightly-" + time.Now().UTC().Format("150405")
+	h, err := c.ScheduleClient().Create(ctx, workflows.PassSchedule(id,
+		client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: 2 * time.Second}}}, cfg, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Delete(ctx)
+
+	var passID string
+	for deadline := time.Now().Add(time.Minute); passID == ""; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the schedule did not fire within a minute")
+		}
+		d, err := h.Describe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Info.RecentActions) > 0 {
+			passID = d.Info.RecentActions[0].StartWorkflowResult.WorkflowID
+		}
+	}
+	if err := h.Pause(ctx, client.SchedulePauseOptions{Note: "test done"}); err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.PassResult
+	if err := c.GetWorkflow(ctx, passID, "").Get(ctx, &res); err != nil {
+		t.Fatalf("scheduled pass %s: %v", passID, err)
+	}
+	none, dcd := method(t, res.Eval, "none"), method(t, res.Eval, "dcd")
+	if dcd.HeldoutAccuracy-none.HeldoutAccuracy < 0.25 || res.DebugTrain.Size == 0 {
+		t.Errorf("scheduled pass result %+v", res.Eval)
+	}
+}
