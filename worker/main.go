@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/client"
@@ -81,6 +82,9 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 	for _, q := range polled {
 		w := worker.New(c, q, worker.Options{
 			MaxConcurrentActivityExecutionSize: concurrency,
+			// On SIGTERM, let a running batch finish and its part commit
+			// rather than lose it; Temporal retries the rest elsewhere.
+			WorkerStopTimeout: 30 * time.Second,
 		})
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)

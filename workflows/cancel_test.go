@@ -1,0 +1,89 @@
+package workflows_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/workflows"
+)
+
+// Cancelling a pass mid-scan stops it and its children promptly: the pass
+// ends Canceled and no shard activity is left running.
+func TestCancelStopsThePass(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	startWorker(t, c, b)
+	ctx := context.Background()
+	// A slow similarity model the cache has never seen, so the pool scan
+	// takes long enough to be cancelled in the middle.
+	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModel(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	slow := heavyTarget()
+	slow.Logits = ""
+	cfg.Similarity = &slow
+	cfg.Shards.Size = 500
+
+	id := "cancel-" + time.Now().UTC().Format("150405.000")
+	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, c, id, "scan pool")
+	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	cancelled := time.Now()
+	err = we.Get(ctx, nil)
+	var ce *temporal.CanceledError
+	if !errors.As(err, &ce) {
+		t.Fatalf("pass ended with %v, want cancelled", err)
+	}
+	if d := time.Since(cancelled); d > 30*time.Second {
+		t.Errorf("pass took %s to stop after the cancel", d)
+	}
+	// Its child chains are closed too, not left scanning.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		d, err := c.DescribeWorkflowExecution(ctx, id+"/pool/0", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := d.GetWorkflowExecutionInfo().GetStatus()
+		if st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			if st != enumspb.WORKFLOW_EXECUTION_STATUS_CANCELED {
+				t.Errorf("pool child ended %v, want canceled", st)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pool child still running 30s after the pass was cancelled")
+		}
+	}
+}
+
+// waitPhase polls the pass's progress query until it reports phase.
+func waitPhase(t *testing.T, c client.Client, id, phase string) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pass %s never reached phase %q", id, phase)
+		}
+		v, err := c.QueryWorkflow(context.Background(), id, "", workflows.ProgressQuery)
+		if err != nil {
+			continue // not started yet
+		}
+		var p workflows.Progress
+		if err := v.Get(&p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Phase == phase {
+			return
+		}
+	}
+}
