@@ -6,6 +6,7 @@ CACHE ?= $(HOME)/.cache/dcd
 export DCD_TEMPORAL ?= $(CACHE)/bin/temporal
 export DCD_ORT_LIB ?= $(CACHE)/lib/libonnxruntime.so.1.30.0
 export DCD_MNIST_DIR ?= $(CACHE)/mnist
+export DCD_VERSITYGW ?= $(CACHE)/bin/versitygw
 export CGO_ENABLED := 1
 
 CORRUPTION ?= blur

@@ -34,6 +34,12 @@ type Activities struct {
 	Sessions *Sessions
 	// Decoders is how many goroutines decode images per embedding.
 	Decoders int
+	// Buckets opens the other buckets that absolute URLs in datasets name,
+	// once each. Nil: one set shared by the process.
+	Buckets *store.Buckets
+	// StorageURL is Bucket's URL, handed to external trainers as
+	// {storage}; they read their data and write their model there.
+	StorageURL string
 }
 
 // Sessions are the ONNX Runtime sessions a worker opens, one per model
@@ -68,6 +74,9 @@ func (s *Sessions) Close() {
 type ModelRef struct {
 	Path string        `json:"path"`
 	Spec features.Spec `json:"spec"`
+	// Dims are the values per image of each output, as CheckModels measured
+	// them; every shard must give the same.
+	Dims []int `json:"dims,omitempty"`
 }
 
 // Dataset names the datasets of a pass, as used in shard keys.
@@ -110,7 +119,8 @@ func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard,
 
 // session returns the ORT session for a model spec, loading the model from
 // storage the first time and checking it is still the model the pass
-// checked.
+// checked. Inner tensors the spec reads are made graph outputs in memory
+// (onnx.ExposeOutputs); the model in storage is left as it is.
 func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
 	d := m.Spec.Digest()
 	ss := a.Sessions
@@ -127,7 +137,11 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if got := digest(data); got != m.Spec.ModelDigest {
 		return nil, invalid("model %s changed during the pass: digest %s, the pass started with %s", m.Path, got, m.Spec.ModelDigest)
 	}
-	s, err = ortrun.NewSession(m.Path, data, []string{m.Spec.Input}, m.Spec.Outputs, ss.opt)
+	model, outputs, err := exposeModel(data, m.Spec)
+	if err != nil {
+		return nil, invalid("model %s: %v", m.Path, err)
+	}
+	s, err = ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, ss.opt)
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
 	}

@@ -3,10 +3,13 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -24,6 +27,13 @@ type EmbedShardInput struct {
 	// PartSize is how many images are committed to storage at a time; a
 	// retried attempt resumes after the last committed part.
 	PartSize int
+	// K > 0 (pool shards): when the features are cached, search them for
+	// the K nearest images per query right away, as TopKShard would, so a
+	// recurring pass costs one activity per shard instead of two.
+	K int
+	// CachedOnly only looks in the cache: a shard that is not cached is
+	// left alone (Cached false), for the embedding queue to embed.
+	CachedOnly bool
 }
 
 // EmbedShardResult says where the features are and how the work went.
@@ -35,6 +45,9 @@ type EmbedShardResult struct {
 	// ResumedFrom is the number of images a previous attempt had already
 	// committed; 0 when this attempt started from the beginning.
 	ResumedFrom int
+	// TopK is the search of a cached shard (EmbedShardInput.K); nil when
+	// the shard still needs TopKShard.
+	TopK *TopKShardResult `json:",omitempty"`
 }
 
 // embedProgress is the heartbeat: parts before NextPart are in storage.
@@ -54,6 +67,7 @@ func partKey(featureKey string, part int) string {
 // to storage, then heartbeaten, so a worker that dies mid-shard costs at most
 // one part when the retry resumes.
 func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedShardResult, error) {
+	start := time.Now()
 	shardKey := ShardKey(in.Run, in.Dataset, in.Shard)
 	shard, err := a.readShard(ctx, shardKey)
 	if err != nil {
@@ -65,6 +79,17 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		return res, err
 	} else if ok {
 		res.Cached, res.Rejects, res.Images = true, len(rejects), len(shard.Items)-len(rejects)
+		if in.K > 0 && in.Dataset == Pool {
+			r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}, shard)
+			if err != nil {
+				return res, err
+			}
+			r.Started, r.Took = start, time.Since(start)
+			res.TopK = &r
+		}
+		return res, nil
+	}
+	if in.CachedOnly {
 		return res, nil
 	}
 
@@ -89,7 +114,7 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		for i, it := range items {
 			images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
 		}
-		if err := a.embedPart(ctx, e, in.Model.Spec.Columns, images, partKey(key, p), embedProgress{NextPart: p}); err != nil {
+		if err := a.embedPart(ctx, e, in.Model, shardKey, images, partKey(key, p), embedProgress{NextPart: p}); err != nil {
 			return res, err
 		}
 		activity.RecordHeartbeat(ctx, embedProgress{NextPart: p + 1})
@@ -97,9 +122,12 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	return a.commitShard(ctx, key, nParts, len(shard.Items), res)
 }
 
-// embedPart embeds images into one part file and its rejects beside it,
-// heartbeating the progress so far after each batch.
-func (a *Activities) embedPart(ctx context.Context, e *embed.Embedder, columns []string, images []embed.Image, key string, progress embedProgress) error {
+// embedPart embeds images of shard into one part file and its rejects
+// beside it, heartbeating the progress so far after each batch. An output
+// that is not finite, or whose size differs from what the pass measured,
+// fails without retries, naming the model and the shard.
+func (a *Activities) embedPart(ctx context.Context, e *embed.Embedder, m ModelRef, shard string, images []embed.Image, key string, progress embedProgress) error {
+	columns := m.Spec.Columns
 	var recs []arrow.Record
 	defer func() {
 		for _, r := range recs {
@@ -108,12 +136,22 @@ func (a *Activities) embedPart(ctx context.Context, e *embed.Embedder, columns [
 	}()
 	var dims []int
 	rejects, err := e.Embed(ctx, images, a.read, func(b embed.Batch) error {
+		if err := m.checkDims(shard, b.Dims); err != nil {
+			return err
+		}
 		recs = append(recs, features.Record(a.Mem, columns, b))
 		dims = b.Dims
 		activity.RecordHeartbeat(ctx, progress)
 		return nil
 	})
 	if err != nil {
+		var appErr *temporal.ApplicationError
+		if errors.As(err, &appErr) {
+			return err
+		}
+		if oe := outputError(err, shard); oe != nil {
+			return oe
+		}
 		return fmt.Errorf("activities: embed %s: %w", key, err)
 	}
 	if rejects == nil {
@@ -213,7 +251,9 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 	return rejects, true, nil
 }
 
-// read fetches an image from the pass's bucket.
+// read fetches an image: a key in the worker's bucket, or an absolute URL
+// (s3://bucket/key?region=…, file:///dir/file, …) in a bucket opened once
+// per process.
 func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
-	return a.Bucket.ReadAll(ctx, key)
+	return a.buckets().ReadAll(ctx, a.Bucket, key)
 }

@@ -8,7 +8,6 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"dcd/internal/dataset"
-	"dcd/internal/features"
 	"dcd/internal/ortrun"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -30,8 +29,11 @@ type CheckModelsResult struct {
 	Similarity ModelRef
 }
 
-// CheckModels reads each model, records its digest and checks that its
-// input and outputs exist, so a wrong name fails before any image is read.
+// CheckModels reads each model, records its digest, fills the
+// preprocessing the config leaves out from the model's input shape, makes
+// inner tensors the config names readable (onnx.ExposeOutputs), and runs the
+// model once to learn each output's values per image, so a wrong name or
+// size fails before any image is read.
 func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (CheckModelsResult, error) {
 	target, err := a.checkModel(ctx, "target", in.Target, []string{in.Target.Features, in.Target.Logits}, []string{"features", "logits"})
 	if err != nil {
@@ -53,7 +55,7 @@ func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Mod
 		}
 		return ModelRef{}, err
 	}
-	ins, outs, err := ortrun.Describe(data)
+	ins, _, err := ortrun.Describe(data)
 	if err != nil {
 		return ModelRef{}, invalid("config: %s.path: %q is not an ONNX model ONNX Runtime can load: %v", field, m.Path, err)
 	}
@@ -67,14 +69,7 @@ func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Mod
 	if !slices.ContainsFunc(ins, func(io ortrun.IO) bool { return io.Name == input }) {
 		return ModelRef{}, invalid("config: %s.input: model %q has no input %q (inputs: %s)", field, m.Path, input, names(ins))
 	}
-	for _, o := range outputs {
-		if !slices.ContainsFunc(outs, func(io ortrun.IO) bool { return io.Name == o }) {
-			return ModelRef{}, invalid("config: %s: model %q has no output %q (outputs: %s)", field, m.Path, o, names(outs))
-		}
-	}
-	return ModelRef{Path: m.Path, Spec: features.Spec{
-		ModelDigest: digest(data), Input: input, Outputs: outputs, Columns: columns, Preprocess: m.Preprocess,
-	}}, nil
+	return a.checkModelSpec(field, m, data, ins, input, outputs, columns)
 }
 
 func names(ios []ortrun.IO) string {
@@ -117,7 +112,7 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		activity.RecordHeartbeat(ctx, res)
 		return nil
 	}
-	err := dataset.Walk(ctx, a.Bucket, in.Dataset, func(it dataset.Item) error {
+	err := a.source().Walk(ctx, in.Dataset, func(it dataset.Item) error {
 		res.Images++
 		cur.Items = append(cur.Items, it)
 		if dataset.Boundary(it.Key, in.ShardSize) || len(cur.Items) >= dataset.MaxShard*in.ShardSize {
@@ -129,8 +124,8 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		err = flush()
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return res, err
+		if ctx.Err() != nil || transient(err) {
+			return res, err // retried
 		}
 		return res, invalid("data.%s: %v", in.Name, err)
 	}

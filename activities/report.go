@@ -2,14 +2,26 @@ package activities
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"image"
+	"image/png"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"golang.org/x/image/draw"
+	"gopkg.in/yaml.v3"
 
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -21,6 +33,15 @@ type ReportInput struct {
 	Eval       Eval
 	PoolShards int
 	Similarity ModelRef
+	// SampleShards are the E_sample shards, for the queries' labels.
+	SampleShards int
+	// Reference is the dcd method whose choices the gallery marks ("" for
+	// none).
+	Reference string
+	// Samples is how many E_sample images the gallery shows (default 8),
+	// each with up to Neighbors nearest pool images (default 8).
+	Samples   int
+	Neighbors int
 }
 
 // ReportResult says where the report and the rejects list are.
@@ -30,65 +51,538 @@ type ReportResult struct {
 	Rejects    int
 }
 
+// maxRejectsShown bounds the rejects table; rejects.csv has them all.
+const maxRejectsShown = 50
+
+// thumbSide is the thumbnails' longer side in pixels.
+const thumbSide = 64
+
 // Report writes runs/<id>/rejects.csv (every pool image skipped, with the
-// reason) and runs/<id>/report.html.
+// reason) and runs/<id>/report.html: one self-contained page (no script,
+// no external URL; thumbnails are data: URIs) with the method table, a bar
+// chart of accuracies, per-class accuracies against the model before the
+// pass, a gallery of E_sample images beside their nearest pool images
+// (distance, weak label, whether the reference dcd method kept each), the
+// rejects and the config.
 func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, error) {
 	res := ReportResult{ReportKey: RunKey(in.Run, "report.html"), RejectsKey: RunKey(in.Run, "rejects.csv")}
+	rejects, err := a.poolRejects(ctx, in)
+	if err != nil {
+		return res, err
+	}
+	res.Rejects = len(rejects)
 	var buf bytes.Buffer
 	w := csv.NewWriter(&buf)
 	w.Write([]string{"uri", "reason"})
-	for i := 0; i < in.PoolShards; i++ {
-		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
-		if err != nil {
-			return res, err
-		}
-		rk := rejectsKey(features.Key(in.Similarity.Spec, shard.Digest()))
-		data, err := store.ReadAll(ctx, a.Bucket, rk)
-		if err != nil {
-			return res, store.Classify(err, rk)
-		}
-		var rejects []embed.Reject
-		if err := json.Unmarshal(data, &rejects); err != nil {
-			return res, fmt.Errorf("activities: %s: %w", rk, err)
-		}
-		for _, r := range rejects {
-			w.Write([]string{r.URI, r.Reason})
-		}
-		res.Rejects += len(rejects)
+	for _, r := range rejects {
+		w.Write([]string{r.URI, r.Reason})
 	}
 	w.Flush()
 	if err := store.WriteAll(ctx, a.Bucket, res.RejectsKey, buf.Bytes()); err != nil {
 		return res, err
 	}
 
-	cfg, _ := json.MarshalIndent(in.Config, "", "  ")
+	gallery, err := a.gallery(ctx, in)
+	if err != nil {
+		return res, err
+	}
+	cfg, _ := yaml.Marshal(in.Config)
+	shown := shownClasses(in.Eval, in.Reference)
+	page := reportData{
+		Run:      in.Run,
+		Eval:     in.Eval,
+		Headline: headline(in.Eval, in.Reference),
+		Rows:     methodRows(in.Eval, in.Config),
+		Chart:    barChart(in.Eval),
+		Test:     perClass(in.Eval, shown, func(m Method) []*float64 { return m.TestPerClass }, in.Eval.TestPerClassImages),
+		Heldout:  perClass(in.Eval, shown, func(m Method) []*float64 { return m.HeldoutPerClass }, in.Eval.HeldoutPerClassImages),
+		Classes:  len(in.Eval.Classes),
+		Shown:    len(shown),
+		Gallery:  gallery,
+		Rejects:  rejects[:min(len(rejects), maxRejectsShown)],
+		NRejects: len(rejects),
+		Config:   string(cfg),
+		K:        in.Config.Selection.K,
+		Ref:      in.Reference,
+	}
 	buf.Reset()
-	if err := reportPage.Execute(&buf, map[string]any{
-		"Run": in.Run, "Eval": in.Eval, "Rejects": res.Rejects, "Config": string(cfg),
-	}); err != nil {
+	if err := reportPage.Execute(&buf, page); err != nil {
 		return res, fmt.Errorf("activities: report: %w", err)
 	}
 	return res, store.WriteAll(ctx, a.Bucket, res.ReportKey, buf.Bytes())
+}
+
+func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.Reject, error) {
+	var all []embed.Reject
+	for i := 0; i < in.PoolShards; i++ {
+		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+		if err != nil {
+			return nil, err
+		}
+		rk := rejectsKey(features.Key(in.Similarity.Spec, shard.Digest()))
+		data, err := store.ReadAll(ctx, a.Bucket, rk)
+		if err != nil {
+			return nil, store.Classify(err, rk)
+		}
+		var rejects []embed.Reject
+		if err := json.Unmarshal(data, &rejects); err != nil {
+			return nil, fmt.Errorf("activities: %s: %w", rk, err)
+		}
+		all = append(all, rejects...)
+	}
+	return all, nil
+}
+
+type reportData struct {
+	Run      string
+	Eval     Eval
+	Headline string
+	Rows     []methodRow
+	Chart    template.HTML
+	Test     classTable
+	Heldout  classTable
+	Classes  int // classes in all, of which Shown in the per-class tables
+	Shown    int
+	Gallery  []galleryRow
+	Rejects  []embed.Reject
+	NRejects int
+	Config   string
+	K        int
+	Ref      string
+}
+
+type methodRow struct {
+	Method
+	About        string
+	TestDelta    string
+	HeldoutDelta string
+	DeltaClass   string // "up" or "down" for the E_heldout change
+}
+
+// about says in a few words what a method is.
+func about(m string, cfg schemas.Config) string {
+	switch m {
+	case schemas.MethodNone:
+		return "the target model as it was"
+	case schemas.MethodTrainOnly:
+		return "head retrained on train alone"
+	case schemas.MethodRandom:
+		return "train + as many random pool images as " + cfg.ReferenceDCD()
+	case schemas.MethodAllPool:
+		return "train + the whole pool, weak labels"
+	}
+	s, ok := cfg.Selection.Variant(m)
+	if !ok {
+		return ""
+	}
+	switch s.Strategy {
+	case schemas.Global:
+		return fmt.Sprintf("train + the %d pool images nearest the failures (%s distance)", s.Budget, s.Aggregate)
+	case schemas.Threshold:
+		return fmt.Sprintf("train + pool images within %g of the failures (%s distance)", s.Threshold, s.Aggregate)
+	}
+	return fmt.Sprintf("train + each failure's %d nearest pool images", s.K)
+}
+
+func methodRows(ev Eval, cfg schemas.Config) []methodRow {
+	none, hasNone := ev.Method(schemas.MethodNone)
+	var rows []methodRow
+	for _, m := range ev.Methods {
+		r := methodRow{Method: m, About: about(m.Method, cfg)}
+		if hasNone && m.Method != schemas.MethodNone {
+			r.TestDelta = points(m.TestAccuracy - none.TestAccuracy)
+			r.HeldoutDelta = points(m.HeldoutAccuracy - none.HeldoutAccuracy)
+			if m.HeldoutAccuracy > none.HeldoutAccuracy {
+				r.DeltaClass = "up"
+			} else if m.HeldoutAccuracy < none.HeldoutAccuracy {
+				r.DeltaClass = "down"
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// points is a change in accuracy in percentage points, "+0.0" for none.
+func points(d float64) string {
+	v := math.Round(1000*d) / 10
+	if v == 0 {
+		v = 0 // not -0
+	}
+	return fmt.Sprintf("%+.1f", v)
+}
+
+// headline sums the pass up in one sentence.
+func headline(ev Eval, ref string) string {
+	none, ok1 := ev.Method(schemas.MethodNone)
+	dcd, ok2 := ev.Method(ref)
+	if !ok1 || !ok2 {
+		return ""
+	}
+	s := fmt.Sprintf("%s lifted E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy went from %.1f%% to %.1f%% (%s).",
+		ref, 100*none.HeldoutAccuracy, 100*dcd.HeldoutAccuracy, points(dcd.HeldoutAccuracy-none.HeldoutAccuracy),
+		dcd.DebugTrainSize, 100*none.TestAccuracy, 100*dcd.TestAccuracy, points(dcd.TestAccuracy-none.TestAccuracy))
+	if r, ok := ev.Method(schemas.MethodRandom); ok {
+		s += fmt.Sprintf(" As many random pool images gave %s points.", points(r.HeldoutAccuracy-none.HeldoutAccuracy))
+	}
+	return s
+}
+
+// barChart draws test and E_heldout accuracy per method as inline SVG.
+func barChart(ev Eval) template.HTML {
+	const (
+		h, top, bottom, left = 260.0, 24.0, 58.0, 44.0
+		bar, gap, group      = 26.0, 4.0, 26.0
+	)
+	plot := h - top - bottom
+	width := left + float64(len(ev.Methods))*(2*bar+gap+group) + group
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" role="img" aria-label="accuracy per method">`, width, h, width, h)
+	for _, p := range []float64{0, 25, 50, 75, 100} {
+		y := top + plot*(1-p/100)
+		fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" class="grid"/><text x="%.0f" y="%.1f" class="axis" text-anchor="end">%.0f%%</text>`,
+			left, width-8, y, y, left-6, y+4, p)
+	}
+	x := left + group
+	for _, m := range ev.Methods {
+		for i, v := range []float64{m.TestAccuracy, m.HeldoutAccuracy} {
+			bh := plot * v
+			bx := x + float64(i)*(bar+gap)
+			cls := []string{"test", "heldout"}[i]
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.0f" height="%.1f" class="%s"><title>%s %s %.1f%%</title></rect>`,
+				bx, top+plot-bh, bar, bh, cls, template.HTMLEscapeString(m.Method), []string{"test", "E_heldout"}[i], 100*v)
+			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="value" text-anchor="middle">%.0f</text>`, bx+bar/2, top+plot-bh-4, 100*v)
+		}
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="label" text-anchor="middle">%s</text>`, x+bar+gap/2, top+plot+18, template.HTMLEscapeString(m.Method))
+		x += 2*bar + gap + group
+	}
+	ly := h - 14
+	fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" class="test"/><text x="%.0f" y="%.0f" class="axis">clean test</text>`, left, ly-10, left+16, ly)
+	fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" class="heldout"/><text x="%.0f" y="%.0f" class="axis">E_heldout</text>`, left+110, ly-10, left+126, ly)
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String())
+}
+
+type classTable struct {
+	Methods []string
+	Rows    []classRow
+}
+
+type classRow struct {
+	Class  string
+	Images int
+	Cells  []classCell
+}
+
+type classCell struct {
+	Value string
+	Delta string
+	Style template.CSS
+}
+
+// maxClassesShown bounds the per-class tables; with more classes, those
+// whose E_heldout accuracy changed most under the reference method are
+// shown.
+const maxClassesShown = 30
+
+// shownClasses picks the classes of the per-class tables, in class order.
+func shownClasses(ev Eval, ref string) []int {
+	all := make([]int, len(ev.Classes))
+	for c := range all {
+		all[c] = c
+	}
+	if len(all) <= maxClassesShown {
+		return all
+	}
+	none, ok1 := ev.Method(schemas.MethodNone)
+	m, ok2 := ev.Method(ref)
+	change := func(c int) float64 {
+		if !ok1 || !ok2 || c >= len(none.HeldoutPerClass) || c >= len(m.HeldoutPerClass) || none.HeldoutPerClass[c] == nil || m.HeldoutPerClass[c] == nil {
+			return 0
+		}
+		return math.Abs(*m.HeldoutPerClass[c] - *none.HeldoutPerClass[c])
+	}
+	slices.SortStableFunc(all, func(a, b int) int { return cmp.Compare(change(b), change(a)) })
+	all = all[:maxClassesShown]
+	slices.Sort(all)
+	return all
+}
+
+// perClass lays out per-class accuracies of the shown classes, one column
+// per method, each cell coloured by its change against none (the model
+// before the pass).
+func perClass(ev Eval, shown []int, get func(Method) []*float64, images []int) classTable {
+	t := classTable{}
+	for _, m := range ev.Methods {
+		t.Methods = append(t.Methods, m.Method)
+	}
+	none, hasNone := ev.Method(schemas.MethodNone)
+	for _, c := range shown {
+		row := classRow{Class: ev.Classes[c]}
+		if c < len(images) {
+			row.Images = images[c]
+		}
+		for _, m := range ev.Methods {
+			v := get(m)
+			if c >= len(v) || v[c] == nil {
+				row.Cells = append(row.Cells, classCell{Value: "–"})
+				continue
+			}
+			cell := classCell{Value: fmt.Sprintf("%.1f", 100**v[c])}
+			if hasNone && m.Method != schemas.MethodNone {
+				if b := get(none); c < len(b) && b[c] != nil {
+					d := *v[c] - *b[c]
+					cell.Delta = points(d)
+					alpha := math.Min(math.Abs(d)*2.5, 0.85)
+					hue := 140
+					if d < 0 {
+						hue = 0
+					}
+					cell.Style = template.CSS(fmt.Sprintf("background:hsla(%d,70%%,45%%,%.2f)", hue, alpha))
+				}
+			}
+			row.Cells = append(row.Cells, cell)
+		}
+		t.Rows = append(t.Rows, row)
+	}
+	return t
+}
+
+type galleryRow struct {
+	Query     thumb
+	Neighbors []thumb
+}
+
+type thumb struct {
+	Src      template.URL
+	Key      string
+	Label    string
+	Domain   string
+	Distance string
+	Mark     string // "kept", "dropped: leak", … ; empty for the query
+	Wrong    bool   // weak label differs from the query's label
+	Failed   string // why there is no thumbnail
+}
+
+// gallery shows, for a spread of E_sample images, their nearest pool
+// images from neighbors.arrow.
+func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow, error) {
+	samples, shown := in.Samples, in.Neighbors
+	if samples <= 0 {
+		samples = 8
+	}
+	if shown <= 0 {
+		shown = 8
+	}
+	qkey := RunKey(in.Run, "queries.arrow")
+	queries, err := features.Load(ctx, a.Bucket, qkey, "features", a.Mem)
+	if err != nil {
+		return nil, store.Classify(err, qkey)
+	}
+	labels := map[string]string{}
+	for i := 0; i < in.SampleShards; i++ {
+		s, err := a.readShard(ctx, ShardKey(in.Run, ErrorSample, i))
+		if err != nil {
+			return nil, err
+		}
+		for _, it := range s.Items {
+			labels[it.Key] = it.Label
+		}
+	}
+	nq := len(queries.URIs)
+	if nq == 0 {
+		return nil, nil
+	}
+	pick := map[int32]int{} // query → gallery row
+	for i := range min(samples, nq) {
+		pick[int32(i*nq/min(samples, nq))] = len(pick)
+	}
+	rows := make([]galleryRow, len(pick))
+	kept, dropped := map[string]bool{}, map[string]string{}
+	if in.Reference != "" {
+		if rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv")); err == nil {
+			for _, r := range rs {
+				kept[r.key] = true
+			}
+		}
+		if data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv")); err == nil {
+			recs, _ := csv.NewReader(bytes.NewReader(data)).ReadAll()
+			for _, r := range recs[min(1, len(recs)):] {
+				if len(r) >= 2 {
+					dropped[itemKeyOf(r[0])] = r[1]
+				}
+			}
+		}
+	}
+	nkey := RunKey(in.Run, "neighbors.arrow")
+	f, err := store.OpenArrow(ctx, a.Bucket, nkey, a.Mem)
+	if err != nil {
+		return nil, store.Classify(err, nkey)
+	}
+	defer f.Close()
+	thumbs := map[string]thumb{}
+	mk := func(key string) thumb {
+		if t, ok := thumbs[key]; ok {
+			return t
+		}
+		t := thumb{Key: key}
+		src, err := a.thumbnail(ctx, key)
+		if err != nil {
+			t.Failed = err.Error()
+		} else {
+			t.Src = src
+		}
+		thumbs[key] = t
+		return t
+	}
+	for q, row := range pick {
+		key := queries.URIs[q]
+		t := mk(key)
+		t.Label = labels[key]
+		rows[row].Query = t
+	}
+	for r := 0; r < f.NumRecords(); r++ {
+		rec, err := f.Record(r)
+		if err != nil {
+			return nil, fmt.Errorf("activities: %s: %w", nkey, err)
+		}
+		qcol := rec.Column(0).(*array.Int32)
+		i := 0
+		forEachNeighbor(rec, func(_ int32, c candidate) {
+			q := qcol.Value(i)
+			i++
+			row, ok := pick[q]
+			if !ok || len(rows[row].Neighbors) >= shown {
+				return
+			}
+			t := mk(c.item.Key)
+			t.Label, t.Domain = c.item.Label, c.item.Domain
+			t.Distance = fmt.Sprintf("%.3g", c.Distance)
+			t.Wrong = c.item.Label != rows[row].Query.Label
+			switch {
+			case in.Reference == "":
+			case dropped[c.item.Key] != "":
+				t.Mark = "dropped: " + dropped[c.item.Key]
+			case kept[c.item.Key]:
+				t.Mark = "kept"
+			default:
+				t.Mark = "not selected"
+			}
+			rows[row].Neighbors = append(rows[row].Neighbors, t)
+		})
+	}
+	return rows, nil
+}
+
+// thumbnail is an image scaled to fit thumbSide×thumbSide, as a PNG data:
+// URI.
+func (a *Activities) thumbnail(ctx context.Context, key string) (template.URL, error) {
+	data, err := a.read(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	img, err := preprocess.Decode(data)
+	if err != nil {
+		return "", err
+	}
+	b := img.Bounds()
+	scale := float64(thumbSide) / float64(max(b.Dx(), b.Dy()))
+	w, h := max(1, int(math.Round(float64(b.Dx())*scale))), max(1, int(math.Round(float64(b.Dy())*scale)))
+	var dst draw.Image
+	if _, gray := img.(*image.Gray); gray {
+		dst = image.NewGray(image.Rect(0, 0, w, h))
+	} else {
+		dst = image.NewRGBA(image.Rect(0, 0, w, h))
+	}
+	// Upscaling small images (MNIST is 28×28) keeps their pixels crisp.
+	var kernel draw.Interpolator = draw.CatmullRom
+	if scale > 1 {
+		kernel = draw.NearestNeighbor
+	}
+	kernel.Scale(dst, dst.Bounds(), img, b, draw.Src, nil)
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, dst); err != nil {
+		return "", err
+	}
+	return template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes())), nil
 }
 
 var reportPage = template.Must(template.New("report").Funcs(template.FuncMap{
 	"pct": func(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) },
 	"prec": func(p *float64) string {
 		if p == nil {
-			return "n/a"
+			return "–"
 		}
 		return fmt.Sprintf("%.2f", *p)
 	},
+	"secs":  func(s float64) string { return fmt.Sprintf("%.1f s", s) },
+	"short": func(s string) string { return s[strings.LastIndexByte(s, '/')+1:] },
+	"isDCD": schemas.IsDCD,
+	"hasPrefix": func(s, p string) bool {
+		return strings.HasPrefix(s, p)
+	},
 }).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>DCD pass {{.Run}}</title>
-<style>body{font:15px system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.3em .8em;text-align:right}th{background:#f4f4f4}pre{background:#f8f8f8;padding:1em;overflow:auto}</style>
-</head><body>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:72em;padding:0 1.5em;color:#1d2330}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #e3e6ec;padding-bottom:.2em}
+.sub{color:#5b6475;margin-top:0}.headline{font-size:1.1em;background:#f3f7ff;border-left:4px solid #3b6fd8;padding:.7em 1em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #dde1e8;padding:.3em .7em;text-align:right}
+th{background:#f4f6f9;font-weight:600}td.l,th.l{text-align:left}tr.dcd td{background:#f6fbf6}
+.up{color:#16803c;font-weight:600}.down{color:#b42318;font-weight:600}small{color:#5b6475}
+svg .grid{stroke:#e3e6ec}svg .axis{font-size:11px;fill:#5b6475}svg .label{font-size:12px;fill:#1d2330}
+svg .value{font-size:10px;fill:#1d2330}svg .test{fill:#9aa8c7}svg .heldout{fill:#3b6fd8}
+.classes{display:flex;gap:1.5em;flex-wrap:wrap}.classes table{font-size:12px}.classes td,.classes th{padding:.15em .45em}.classes td{min-width:2.8em}.classes td small{display:block;font-size:9.5px}.classes h3{margin:.3em 0;font-size:1em}
+.row{display:flex;gap:6px;align-items:flex-start;margin:.6em 0;padding:.5em;border:1px solid #e3e6ec;border-radius:6px}
+.cell{width:76px;font-size:10.5px;text-align:center;line-height:1.25}.cell img{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;background:#000;border:3px solid #ccd2dd;border-radius:3px}
+.query{margin-right:10px}.query img{border-color:#1d2330}.kept img{border-color:#16a34a}.drop img{border-color:#dc2626}.skip img{border-color:#ccd2dd;opacity:.75}
+.wrong{color:#b42318}.missing{width:64px;height:64px;display:inline-block;background:#f4f6f9;font-size:9px;overflow:hidden}
+pre{background:#f7f8fa;padding:1em;overflow:auto;font-size:12px;border-radius:6px}
+</style></head><body>
 <h1>Debug pass {{.Run}}</h1>
-<table><tr><th>method</th><th>test accuracy</th><th>E_heldout accuracy</th><th>debug-train size</th><th>selection precision</th></tr>
-{{range .Eval.Methods}}<tr><td>{{.Method}}</td><td>{{pct .TestAccuracy}}</td><td>{{pct .HeldoutAccuracy}}</td><td>{{.DebugTrainSize}}</td><td>{{prec .SelectionPrecision}}</td></tr>
+<p class="sub">{{.Eval.TestImages}} clean test images · {{.Eval.HeldoutImages}} E_heldout images · {{len .Eval.Methods}} methods on the same features and recipe</p>
+{{with .Headline}}<p class="headline">{{.}}</p>{{end}}
+
+<h2>Methods</h2>
+<table><tr><th class="l">method</th><th class="l">what</th><th>test acc</th><th>Δ</th><th>E_heldout acc</th><th>Δ</th><th>debug-train</th><th>precision</th><th>wall time</th></tr>
+{{range .Rows}}<tr{{if isDCD .Method.Method}} class="dcd"{{end}}><td class="l"><b>{{.Method.Method}}</b></td><td class="l"><small>{{.About}}</small></td>
+<td>{{pct .TestAccuracy}}</td><td><small>{{.TestDelta}}</small></td><td>{{pct .HeldoutAccuracy}}</td><td class="{{.DeltaClass}}">{{.HeldoutDelta}}</td>
+<td>{{.DebugTrainSize}}{{if or .Duplicates .Leaks}}<br><small>−{{.Duplicates}} dup · −{{.Leaks}} leak</small>{{end}}</td><td>{{prec .SelectionPrecision}}</td><td>{{secs .WallSeconds}}</td></tr>
 {{end}}</table>
-<p>{{.Eval.TestImages}} test images, {{.Eval.HeldoutImages}} E_heldout images; {{.Rejects}} pool images skipped (see rejects.csv).</p>
-<h2>Config</h2><pre>{{.Config}}</pre>
+<p><small>Δ: points against <b>none</b>, the model before the pass. Precision: share of the added pool images from the error domain, where the pool says. Wall time: the method's own selection, retraining and evaluation.</small></p>
+
+<h2>Accuracy</h2>
+{{.Chart}}
+
+<h2>Failures and the pool images found for them</h2>
+<p><small>Each row: an E_sample image (black frame, its true label), then its nearest pool images by the similarity model (squared l2 distance, weak label{{if .Ref}}; green: in {{.Ref}}'s debug-train set, red: dropped by a guard, grey: not selected{{end}}). A weak label in red differs from the failure's label.</small></p>
+{{range .Gallery}}<div class="row">
+<div class="cell query">{{template "img" .Query}}<br><b>label {{.Query.Label}}</b><br><small>{{short .Query.Key}}</small></div>
+{{range .Neighbors}}<div class="cell {{if eq .Mark "kept"}}kept{{else if hasPrefix .Mark "dropped"}}drop{{else if .Mark}}skip{{end}}">{{template "img" .}}<br>
+d={{.Distance}}<br><span{{if .Wrong}} class="wrong"{{end}}>weak {{.Label}}</span>{{with .Domain}}<br><small>{{.}}</small>{{end}}{{with .Mark}}{{if ne . "kept"}}<br><small>{{.}}</small>{{end}}{{end}}</div>
+{{end}}</div>
+{{else}}<p>No E_sample images.</p>{{end}}
+
+<h2>Per class, against the model before the pass</h2>
+{{if lt .Shown .Classes}}<p><small>The {{.Shown}} of {{.Classes}} classes whose E_heldout accuracy changed most under {{.Ref}}; eval.json has them all.</small></p>{{end}}
+<div class="classes">
+<div><h3>E_heldout</h3>{{template "classes" .Heldout}}</div>
+<div><h3>clean test</h3>{{template "classes" .Test}}</div>
+</div>
+
+<h2>Rejected pool images</h2>
+{{if .NRejects}}<p>{{.NRejects}} pool images could not be read or decoded and were skipped{{if gt .NRejects (len .Rejects)}} (the first {{len .Rejects}} below; all in rejects.csv){{end}}.</p>
+<table><tr><th class="l">image</th><th class="l">reason</th></tr>
+{{range .Rejects}}<tr><td class="l">{{.URI}}</td><td class="l"><small>{{.Reason}}</small></td></tr>
+{{end}}</table>{{else}}<p>None: every pool image was embedded.</p>{{end}}
+
+<h2>Config</h2>
+<pre>{{.Config}}</pre>
 </body></html>
+{{define "img"}}{{if .Src}}<img src="{{.Src}}" alt="{{.Key}}" title="{{.Key}}">{{else}}<span class="missing" title="{{.Failed}}">no image: {{.Failed}}</span>{{end}}{{end}}
+{{define "classes"}}<table><tr><th class="l">class</th><th>images</th>{{range .Methods}}<th>{{.}}</th>{{end}}</tr>
+{{range .Rows}}<tr><td class="l">{{.Class}}</td><td><small>{{.Images}}</small></td>{{range .Cells}}<td style="{{.Style}}">{{.Value}}{{with .Delta}}<small>{{.}}</small>{{end}}</td>{{end}}</tr>
+{{end}}</table>{{end}}
 `))

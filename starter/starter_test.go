@@ -269,8 +269,9 @@ func TestWriteResult(t *testing.T) {
 	res := workflows.PassResult{
 		RunID: "demo-blur-1",
 		Eval: activities.Eval{RunID: "demo-blur-1", TestImages: 10000, HeldoutImages: 2000, Methods: []activities.Method{
-			{Method: "none", TestAccuracy: 0.975, HeldoutAccuracy: 0.121},
-			{Method: "dcd", TestAccuracy: 0.9731, HeldoutAccuracy: 0.742, DebugTrainSize: 615, SelectionPrecision: &prec},
+			{Method: "none", TestAccuracy: 0.975, HeldoutAccuracy: 0.121, WallSeconds: 0.4},
+			{Method: "dcd", TestAccuracy: 0.9731, HeldoutAccuracy: 0.742, DebugTrainSize: 615, SelectionPrecision: &prec, WallSeconds: 12.34,
+				Model: "runs/demo-blur-1/methods/dcd/model.onnx"},
 		}},
 		EvalKey: "runs/demo-blur-1/eval.json", ReportKey: "runs/demo-blur-1/report.html", RejectsKey: "runs/demo-blur-1/rejects.csv",
 		Rejects: 2,
@@ -279,17 +280,18 @@ func TestWriteResult(t *testing.T) {
 	writeResult(&b, res, "file:///work/.dcd/storage?create_dir=1")
 	want := `pass demo-blur-1
 
-method | test acc | E_heldout acc | debug-train size | selection precision
--------+----------+---------------+------------------+--------------------
-none   | 0.975    | 0.121         | 0                | -
-dcd    | 0.973    | 0.742         | 615              | 0.990
+method | test acc | E_heldout acc | debug-train size | selection precision | wall time
+-------+----------+---------------+------------------+---------------------+----------
+none   | 0.975    | 0.121         | 0                | -                   | 0.4 s
+dcd    | 0.973    | 0.742         | 615              | 0.990               | 12.3 s
 
 10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable)
 
 storage file:///work/.dcd/storage
-  eval.json    runs/demo-blur-1/eval.json    /work/.dcd/storage/runs/demo-blur-1/eval.json
-  report.html  runs/demo-blur-1/report.html  /work/.dcd/storage/runs/demo-blur-1/report.html
-  rejects.csv  runs/demo-blur-1/rejects.csv  /work/.dcd/storage/runs/demo-blur-1/rejects.csv
+  eval.json    runs/demo-blur-1/eval.json               /work/.dcd/storage/runs/demo-blur-1/eval.json
+  report.html  runs/demo-blur-1/report.html             /work/.dcd/storage/runs/demo-blur-1/report.html
+  rejects.csv  runs/demo-blur-1/rejects.csv             /work/.dcd/storage/runs/demo-blur-1/rejects.csv
+  dcd model    runs/demo-blur-1/methods/dcd/model.onnx  /work/.dcd/storage/runs/demo-blur-1/methods/dcd/model.onnx
 `
 	if b.String() != want {
 		t.Errorf("writeResult =\n%s\nwant\n%s", b.String(), want)

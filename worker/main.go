@@ -1,7 +1,8 @@
 // Command worker hosts DCD's workflows and activities. Start as many as you
 // like on as many machines: they share work through Temporal task queues.
 // -queues picks what a worker does: "cpu" (workflows, planning, k-NN,
-// retraining), "gpu" (embedding), or both.
+// retraining), "gpu" (embedding), "train" (external trainer commands,
+// retrain.trainer), or any of them together.
 //
 // Storage credentials come from this process's environment (AWS_*,
 // GOOGLE_APPLICATION_CREDENTIALS, AZURE_*), never from a pass's config.
@@ -28,36 +29,41 @@ import (
 	"dcd/workflows"
 )
 
+// options are the worker's settings.
+type options struct {
+	address, namespace, queues, storage, ortLib, ep string
+	threads, concurrency, decoders                  int
+}
+
+// defineFlags defines the worker's flags on fs. Each flag's default comes
+// from the environment variable its usage names as "(env NAME)".
+func defineFlags(fs *flag.FlagSet) *options {
+	o := &options{}
+	fs.StringVar(&o.address, "address", env("TEMPORAL_ADDRESS", "127.0.0.1:7233"), "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
+	fs.StringVar(&o.namespace, "namespace", env("TEMPORAL_NAMESPACE", "default"), "Temporal namespace (env TEMPORAL_NAMESPACE)")
+	fs.StringVar(&o.queues, "queues", env("DCD_QUEUES", "cpu,gpu,train"), "task queues to poll: any of cpu, gpu, train, comma-separated (env DCD_QUEUES)")
+	fs.StringVar(&o.storage, "storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE): file:///dir?create_dir=1, s3://bucket?region=...")
+	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
+	fs.IntVar(&o.threads, "threads", envInt("DCD_THREADS", runtime.NumCPU()), "ONNX Runtime intra-op threads per session (env DCD_THREADS)")
+	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
+	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", 2), "activities run at once per queue (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
+	return o
+}
+
 func main() {
-	var (
-		address     = flag.String("address", env("TEMPORAL_ADDRESS", "127.0.0.1:7233"), "Temporal frontend host:port (env TEMPORAL_ADDRESS)")
-		namespace   = flag.String("namespace", env("TEMPORAL_NAMESPACE", "default"), "Temporal namespace (env TEMPORAL_NAMESPACE)")
-		queues      = flag.String("queues", env("DCD_QUEUES", "cpu,gpu"), "task queues to poll: cpu, gpu or cpu,gpu (env DCD_QUEUES)")
-		storage     = flag.String("storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE): file:///dir?create_dir=1, s3://bucket?region=..., gs://, azblob://")
-		ortLib      = flag.String("ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
-		threads     = flag.Int("threads", envInt("DCD_THREADS", runtime.NumCPU()), "ONNX Runtime intra-op threads per session (env DCD_THREADS)")
-		ep          = flag.String("ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-		concurrency = flag.Int("concurrency", envInt("DCD_CONCURRENCY", 2), "activities run at once per queue (env DCD_CONCURRENCY)")
-		decoders    = flag.Int("decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
-	)
+	o := defineFlags(flag.CommandLine)
 	flag.Parse()
-	if err := run(*address, *namespace, *queues, *storage, *ortLib, *threads, *ep, *concurrency, *decoders); err != nil {
+	if err := run(o.address, o.namespace, o.queues, o.storage, o.ortLib, o.threads, o.ep, o.concurrency, o.decoders); err != nil {
 		log.Fatal(err)
 	}
 }
 
 func run(address, namespace, queues, storage, ortLib string, threads int, ep string, concurrency, decoders int) error {
 	ctx := context.Background()
-	var polled []string
-	for _, q := range strings.Split(queues, ",") {
-		switch strings.TrimSpace(q) {
-		case "cpu":
-			polled = append(polled, workflows.CPUQueue)
-		case "gpu":
-			polled = append(polled, workflows.GPUQueue)
-		default:
-			return fmt.Errorf("worker: -queues: unknown queue %q (want cpu, gpu or cpu,gpu)", q)
-		}
+	polled, err := taskQueues(queues)
+	if err != nil {
+		return err
 	}
 	if err := ortrun.Init(ortLib); err != nil {
 		return fmt.Errorf("worker: %w (run `make setup`, or point -ort-lib / DCD_ORT_LIB at libonnxruntime.so)", err)
@@ -67,6 +73,9 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 		return err
 	}
 	defer bucket.Close()
+	// Datasets may name images in other buckets by URL; each is opened once.
+	buckets := &store.Buckets{}
+	defer buckets.Close()
 
 	c, err := client.Dial(client.Options{HostPort: address, Namespace: namespace})
 	if err != nil {
@@ -76,7 +85,7 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 
 	sessions := activities.NewSessions(ortrun.Options{Threads: threads, EP: ep})
 	defer sessions.Close()
-	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions, Decoders: decoders}
+	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions, Decoders: decoders, Buckets: buckets, StorageURL: storage}
 
 	var workers []worker.Worker
 	for _, q := range polled {
@@ -102,6 +111,25 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 		w.Stop()
 	}
 	return nil
+}
+
+// taskQueues maps the -queues flag (cpu, gpu, train, comma-separated) to
+// task queues.
+func taskQueues(queues string) ([]string, error) {
+	var polled []string
+	for _, q := range strings.Split(queues, ",") {
+		switch strings.TrimSpace(q) {
+		case "cpu":
+			polled = append(polled, workflows.CPUQueue)
+		case "gpu":
+			polled = append(polled, workflows.GPUQueue)
+		case "train":
+			polled = append(polled, workflows.TrainQueue)
+		default:
+			return nil, fmt.Errorf("worker: -queues: unknown queue %q (want cpu, gpu, train or a comma-separated list)", q)
+		}
+	}
+	return polled, nil
 }
 
 // redact drops a URL's query, which may carry endpoint tokens, from logs.

@@ -51,6 +51,8 @@ type PassResult struct {
 	EvalKey    string
 	ReportKey  string
 	RejectsKey string
+	// DebugTrain is the debug-train set of the reference dcd method
+	// (schemas.Config.ReferenceDCD).
 	DebugTrain activities.SelectResult
 	Rejects    int
 	// Shards counts the shards of every dataset; CachedShards those whose
@@ -70,6 +72,9 @@ type Progress struct {
 	Rejects      int
 	CachedShards int
 	Running      []string
+	// Methods is each compared method's stage once the comparison runs:
+	// select, embed, guard, retrain, train, evaluate or done.
+	Methods map[string]string `json:",omitempty"`
 }
 
 // DebugPass runs one data-centric debugging pass.
@@ -86,6 +91,12 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	heartbeat, timeout := time.Duration(cfg.Timeouts.Heartbeat), time.Duration(cfg.Timeouts.Activity)
 	cpu := cpuOptions(ctx, heartbeat, timeout)
 	var a *activities.Activities
+
+	if cfg.ClassesFile != "" {
+		if err := workflow.ExecuteActivity(cpu, a.Classes, activities.ClassesInput{File: cfg.ClassesFile}).Get(ctx, &cfg.Classes); err != nil {
+			return PassResult{}, err
+		}
+	}
 
 	var models activities.CheckModelsResult
 	if err := workflow.ExecuteActivity(cpu, a.CheckModels, activities.CheckModelsInput{
@@ -124,7 +135,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	// The pool scan and the target's features for train, test and
 	// E_heldout are independent: run them side by side.
 	p.Phase = "scan pool"
-	pending := []workflow.Future{s.run(ctx, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.Selection.K)}
+	pending := []workflow.Future{s.run(ctx, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.ScanK())}
 	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
 		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
 	}
@@ -136,57 +147,36 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 	p.Phase = "select"
 	if err := workflow.ExecuteActivity(cpu, a.MergeTopK, activities.MergeTopKInput{
-		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.Selection.K,
+		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(),
 	}).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
-	var sel activities.SelectResult
-	if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
-		Run: run, ErrorDomain: cfg.Selection.ErrorDomain,
-	}).Get(ctx, &sel); err != nil {
-		return PassResult{}, err
-	}
 
-	p.Phase = "retrain"
-	debugPlan, err := planAll(cpu, run, cfg, map[string]schemas.Dataset{activities.DebugTrain: {Manifest: sel.Manifest}})
+	// Every compared method on the same features and recipe: select →
+	// embed its images → retrain → evaluate (compare.go).
+	p.Phase = "compare"
+	cmp := &comparison{runID: run, cfg: cfg, models: models, plans: plans, shards: s, progress: p}
+	ev, ref, err := cmp.run(ctx)
 	if err != nil {
 		return PassResult{}, err
 	}
-	debugShards := debugPlan[activities.DebugTrain].Shards
-	p.ShardsTotal += debugShards
-	if err := s.run(ctx, activities.DebugTrain, models.Target, debugShards, 0).Get(ctx, nil); err != nil {
-		return PassResult{}, err
-	}
-	var retrained activities.RetrainResult
-	if err := workflow.ExecuteActivity(cpu, a.Retrain, activities.RetrainInput{
-		Run: run, Model: models.Target, Classes: cfg.Classes,
-		TrainShards: plans[activities.Train].Shards, DebugShards: debugShards,
-		Lambda: cfg.Retrain.Lambda, Iters: cfg.Retrain.Iters,
-	}).Get(ctx, &retrained); err != nil {
-		return PassResult{}, err
-	}
-
-	p.Phase = "evaluate"
-	var ev activities.EvaluateResult
-	if err := workflow.ExecuteActivity(cpu, a.Evaluate, activities.EvaluateInput{
-		Run: run, Model: models.Target, Classes: cfg.Classes,
-		TestShards: plans[activities.Test].Shards, HeldoutShards: plans[activities.ErrorHeldout].Shards,
-		HeadKey: retrained.HeadKey, DebugTrainSize: sel.Size, Precision: sel.Precision,
-	}).Get(ctx, &ev); err != nil {
+	var evalKey string
+	if err := workflow.ExecuteActivity(cpu, a.WriteEval, activities.WriteEvalInput{Run: run, Eval: ev}).Get(ctx, &evalKey); err != nil {
 		return PassResult{}, err
 	}
 
 	p.Phase = "report"
 	var rep activities.ReportResult
 	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
-		Run: run, Config: cfg, Eval: ev.Eval, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
+		Run: run, Config: cfg, Eval: ev, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
+		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(),
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
 	}
 	p.Phase = "done"
 	return PassResult{
-		RunID: run, Eval: ev.Eval, EvalKey: ev.Key, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
-		DebugTrain: sel, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
+		RunID: run, Eval: ev, EvalKey: evalKey, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
+		DebugTrain: ref, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
 	}, nil
 }
 
@@ -220,6 +210,12 @@ type shardRunner struct {
 
 // run processes n shards of a dataset; the future is ready when all are done.
 func (s shardRunner) run(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) workflow.Future {
+	return s.runTagged(ctx, ds, ds, m, n, k)
+}
+
+// runTagged is run with the child workflows named after tag rather than
+// the dataset, for a dataset embedded with more than one model.
+func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activities.ModelRef, n, k int) workflow.Future {
 	f, settle := workflow.NewFuture(ctx)
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		sem := workflow.NewSemaphore(ctx, ChildWindow)
@@ -230,7 +226,7 @@ func (s shardRunner) run(ctx workflow.Context, ds string, m activities.ModelRef,
 				firstErr = err
 				break
 			}
-			id := fmt.Sprintf("%s/%s/%d", s.runID, ds, first/ChildShards)
+			id := fmt.Sprintf("%s/%s/%d", s.runID, tag, first/ChildShards)
 			in := ShardsInput{
 				Run: s.runID, Dataset: ds, Model: m, First: first, End: min(first+ChildShards, n),
 				Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, PartSize: 4 * s.cfg.Shards.BatchSize, K: k,

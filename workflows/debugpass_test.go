@@ -93,8 +93,11 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
+	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
 	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
 	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
 	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
 
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})

@@ -25,6 +25,9 @@ type ShardsInput struct {
 	Heartbeat time.Duration
 	Timeout   time.Duration
 	Done      ShardsResult // accumulated by earlier runs of this chain
+	// LastCached says the previous run's last shard was cached, so this
+	// run starts with local searches (see shard).
+	LastCached bool `json:",omitempty"`
 }
 
 // ShardsResult counts the work done on a range of shards.
@@ -59,6 +62,10 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 		return done, err
 	}
 	stop := min(in.First+ShardsPerRun, in.End)
+	scan := &scanState{cached: in.LastCached}
+	if in.K > 0 {
+		scan.local = workflow.GetVersion(ctx, localSearchChange, workflow.DefaultVersion, 1) == 1
+	}
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
 	var firstErr error
@@ -74,7 +81,7 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 		workflow.Go(ctx, func(ctx workflow.Context) {
 			defer wg.Done()
 			defer sem.Release(1)
-			r, err := shard(ctx, in, i)
+			r, err := shard(ctx, in, i, scan)
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
@@ -87,28 +94,63 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	}
 	if stop < in.End {
 		next := in
-		next.First, next.Done = stop, done
+		next.First, next.Done, next.LastCached = stop, done, scan.cached
 		return done, workflow.NewContinueAsNewError(ctx, ShardsWorkflow, next)
 	}
 	return done, nil
 }
 
+// localSearchChange versions the local-activity search of cached shards,
+// so runs started before it replay as they ran.
+const localSearchChange = "local-cached-search"
+
+// scanState is what a run's shards learn about the pool as they go.
+type scanState struct {
+	local  bool // the run may search cached shards in a local activity
+	cached bool // the last shard that finished was cached
+}
+
 // shard runs one shard's pipeline: embed on the gpu queue, then the partial
-// top-k on the cpu queue.
-func shard(ctx workflow.Context, in ShardsInput, i int) (ShardsResult, error) {
+// top-k on the cpu queue, unless the features were cached and EmbedShard
+// searched them already.
+//
+// A recurring pass finds most pool shards cached. Once one has been, the
+// next shards are first tried in a local activity (EmbedShard with
+// CachedOnly, on this workflow's worker): a cached shard is searched there
+// at the cost of one marker in the history instead of an activity task's
+// round trips, the orchestration that dominated a cached pass. A shard
+// that is not cached falls back to the activities above.
+func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (ShardsResult, error) {
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
+	if scan.local && scan.cached {
+		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+			StartToCloseTimeout: in.Timeout,
+			RetryPolicy:         retryPolicy,
+		})
+		err := workflow.ExecuteLocalActivity(lctx, a.EmbedShard, activities.EmbedShardInput{
+			Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true,
+		}).Get(ctx, &emb)
+		if err != nil {
+			return ShardsResult{}, err
+		}
+		if emb.Cached && emb.TopK != nil {
+			return ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1}, nil
+		}
+		scan.cached = false
+	}
 	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
-		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize,
+		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize, K: in.K,
 	}).Get(ctx, &emb)
 	if err != nil {
 		return ShardsResult{}, err
 	}
+	scan.cached = emb.Cached
 	r := ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Resumed: emb.ResumedFrom}
 	if emb.Cached {
 		r.Cached = 1
 	}
-	if in.K > 0 {
+	if in.K > 0 && emb.TopK == nil { // a cached shard was searched by EmbedShard
 		err = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.TopKShard, activities.TopKShardInput{
 			Run: in.Run, Shard: i, Model: in.Model, K: in.K,
 		}).Get(ctx, nil)
@@ -121,13 +163,15 @@ func activityOptions(ctx workflow.Context, queue string, heartbeat, timeout time
 		TaskQueue:           queue,
 		StartToCloseTimeout: timeout,
 		HeartbeatTimeout:    heartbeat,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    time.Minute,
-			MaximumAttempts:    10,
-		},
+		RetryPolicy:         retryPolicy,
 	})
+}
+
+var retryPolicy = &temporal.RetryPolicy{
+	InitialInterval:    time.Second,
+	BackoffCoefficient: 2,
+	MaximumInterval:    time.Minute,
+	MaximumAttempts:    10,
 }
 
 func gpuOptions(ctx workflow.Context, heartbeat, timeout time.Duration) workflow.Context {

@@ -2,9 +2,19 @@
 // shards.
 //
 // A dataset is an ImageFolder prefix (prefix/<label>/<file>, the torchvision
-// convention) or a CSV manifest with a header naming at least the columns
-// uri and label (and optionally domain); a manifest's uris are relative to
-// the manifest's folder.
+// convention) or a manifest: a CSV file with a header naming at least the
+// columns uri and label (and optionally domain), or a Parquet file (name
+// ending in .parquet) with such columns, of string or integer type.
+//
+// # URLs
+//
+// A prefix or a manifest is a key in the worker's bucket, or an absolute
+// URL of any linked gocloud scheme (s3://bucket/path?region=…,
+// file:///dir/…), opened beside the worker's bucket (see store.SplitURL
+// for how a URL splits into bucket and key). A manifest's
+// uri is relative to the manifest's folder (in the manifest's bucket),
+// /key for a key in the worker's bucket, or an absolute URL. An item's Key
+// is then a key in the worker's bucket, or an absolute URL.
 //
 // Shard boundaries are content-defined: a shard ends after an image whose
 // key hashes to 0 modulo the target size. Adding images to a growing pool
@@ -25,15 +35,19 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 
+	"dcd/internal/store"
 	"dcd/schemas"
 )
 
 // Item is one image of a dataset.
 type Item struct {
-	ID     int64  // position in the dataset's listing order
-	Key    string // object key in the bucket
+	ID int64 // position in the dataset's listing order
+	// Key is the object's key in the worker's bucket, or an absolute URL
+	// (scheme://bucket/key?query) when the image lives elsewhere.
+	Key    string
 	Label  string
 	Domain string // ground-truth domain, when a manifest gives one
 	// Version changes when the object does (size and modification time for
@@ -42,16 +56,75 @@ type Item struct {
 	Version string
 }
 
-// Walk calls fn for every image of ds, in key order for prefixes and in file
-// order for manifests.
-func Walk(ctx context.Context, b *blob.Bucket, ds schemas.Dataset, fn func(Item) error) error {
-	if ds.Manifest != "" {
-		return walkManifest(ctx, b, ds.Manifest, fn)
+// ManifestURI is how a manifest written in the worker's bucket refers to
+// key: /key for a key of that bucket, the URL itself for an absolute URL.
+func ManifestURI(key string) string {
+	if store.IsURL(key) {
+		return key
 	}
-	return walkPrefix(ctx, b, ds.Prefix, fn)
+	return "/" + key
 }
 
-func walkPrefix(ctx context.Context, b *blob.Bucket, prefix string, fn func(Item) error) error {
+// Source is where datasets are read from.
+type Source struct {
+	// Bucket is the worker's bucket: plain keys and /keys are read there.
+	Bucket *blob.Bucket
+	// Buckets opens the buckets that absolute URLs name. Nil: they are
+	// opened for one Walk and closed after it.
+	Buckets *store.Buckets
+	// Mem allocates while Parquet manifests are read. Nil: the Go allocator.
+	Mem memory.Allocator
+}
+
+// Walk calls fn for every image of ds, in key order for prefixes and in file
+// order for manifests. Keys and URLs are resolved against the bucket b.
+func Walk(ctx context.Context, b *blob.Bucket, ds schemas.Dataset, fn func(Item) error) error {
+	return Source{Bucket: b}.Walk(ctx, ds, fn)
+}
+
+// Walk calls fn for every image of ds, in key order for prefixes and in file
+// order for manifests.
+func (s Source) Walk(ctx context.Context, ds schemas.Dataset, fn func(Item) error) error {
+	if s.Buckets == nil {
+		s.Buckets = &store.Buckets{}
+		defer s.Buckets.Close()
+	}
+	if s.Mem == nil {
+		s.Mem = memory.NewGoAllocator()
+	}
+	if ds.Manifest != "" {
+		return s.walkManifest(ctx, ds.Manifest, fn)
+	}
+	return s.walkPrefix(ctx, ds.Prefix, fn)
+}
+
+// locate finds where ref (a key or an absolute URL) lives: the bucket, the
+// key in it, and the bucket's URL ("" for the worker's bucket).
+func (s Source) locate(ctx context.Context, ref string) (b *blob.Bucket, key, bucketURL string, err error) {
+	if !store.IsURL(ref) {
+		return s.Bucket, ref, "", nil
+	}
+	bucketURL, key, err = store.SplitURL(ref)
+	if err != nil {
+		return nil, "", "", err
+	}
+	b, err = s.Buckets.Open(ctx, bucketURL)
+	return b, key, bucketURL, err
+}
+
+// itemKey is how an item refers to key of the bucket at bucketURL.
+func itemKey(bucketURL, key string) (string, error) {
+	if bucketURL == "" {
+		return key, nil
+	}
+	return store.JoinURL(bucketURL, key)
+}
+
+func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error) error {
+	b, prefix, bucketURL, err := s.locate(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("dataset: prefix %q: %w", ref, err)
+	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
@@ -63,7 +136,7 @@ func walkPrefix(ctx context.Context, b *blob.Bucket, prefix string, fn func(Item
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("dataset: list %q: %w", prefix, err)
+			return fmt.Errorf("dataset: list %q: %w", ref, err)
 		}
 		if obj.IsDir {
 			continue
@@ -73,7 +146,11 @@ func walkPrefix(ctx context.Context, b *blob.Bucket, prefix string, fn func(Item
 		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
 			continue // not <label>/<file>: a stray file or a nested folder
 		}
-		item := Item{ID: id, Key: obj.Key, Label: label,
+		key, err := itemKey(bucketURL, obj.Key)
+		if err != nil {
+			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
+		}
+		item := Item{ID: id, Key: key, Label: label,
 			Version: strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)}
 		if err := fn(item); err != nil {
 			return err
@@ -81,68 +158,134 @@ func walkPrefix(ctx context.Context, b *blob.Bucket, prefix string, fn func(Item
 		id++
 	}
 	if id == 0 {
-		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", prefix)
+		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
 	}
 	return nil
 }
 
-func walkManifest(ctx context.Context, b *blob.Bucket, key string, fn func(Item) error) error {
+// row is one manifest entry as written; where names it in errors ("line 3",
+// "row 3").
+type row struct {
+	uri, label, domain string
+	where              string
+}
+
+func (s Source) walkManifest(ctx context.Context, ref string, fn func(Item) error) error {
+	b, key, bucketURL, err := s.locate(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
+	}
+	dir := path.Dir(key)
+	var id int64
+	emit := func(r row) error {
+		k, err := resolve(r.uri, dir, bucketURL)
+		if err != nil {
+			return done{fmt.Errorf("dataset: manifest %q %s: %w", ref, r.where, err)}
+		}
+		if err := fn(Item{ID: id, Key: k, Label: r.label, Domain: r.domain}); err != nil {
+			return done{err}
+		}
+		id++
+		return nil
+	}
+	if strings.HasSuffix(strings.ToLower(key), ".parquet") {
+		err = s.readParquet(ctx, b, key, emit)
+	} else {
+		err = readCSV(ctx, b, key, emit)
+	}
+	if d, ok := err.(done); ok {
+		return d.err
+	}
+	if err != nil {
+		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
+	}
+	if id == 0 {
+		return fmt.Errorf("dataset: manifest %q lists no images", ref)
+	}
+	return nil
+}
+
+// done carries an error of emit through the manifest readers unchanged:
+// it names the manifest already, or it is fn's own.
+type done struct{ err error }
+
+func (d done) Error() string { return d.err.Error() }
+
+// resolve turns a manifest's uri into an item key: an absolute URL as it
+// is, /key as a key of the worker's bucket, anything else relative to the
+// manifest's folder dir in the manifest's bucket (bucketURL, "" for the
+// worker's).
+func resolve(uri, dir, bucketURL string) (string, error) {
+	switch {
+	case uri == "":
+		return "", errors.New("empty uri")
+	case store.IsURL(uri):
+		if _, _, err := store.SplitURL(uri); err != nil {
+			return "", err
+		}
+		return uri, nil
+	case strings.HasPrefix(uri, "/"):
+		return strings.TrimLeft(uri, "/"), nil
+	}
+	k := path.Join(dir, uri)
+	if k == ".." || strings.HasPrefix(k, "../") {
+		return "", fmt.Errorf("uri %q leaves the bucket", uri)
+	}
+	return itemKey(bucketURL, k)
+}
+
+// columns finds the uri, label and domain columns (domain optional, -1)
+// among names, ignoring case and spaces.
+func columns(names []string) (uri, label, domain int, err error) {
+	col := map[string]int{}
+	for i, h := range names {
+		col[strings.TrimSpace(strings.ToLower(h))] = i
+	}
+	ui, okU := col["uri"]
+	li, okL := col["label"]
+	if !okU || !okL {
+		return 0, 0, 0, fmt.Errorf("columns %q must include uri and label", names)
+	}
+	di, ok := col["domain"]
+	if !ok {
+		di = -1
+	}
+	return ui, li, di, nil
+}
+
+func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
 	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
-		return fmt.Errorf("dataset: manifest %q: %w", key, err)
+		return err
 	}
 	defer r.Close()
 	cr := csv.NewReader(r)
 	cr.ReuseRecord = true
 	header, err := cr.Read()
 	if err != nil {
-		return fmt.Errorf("dataset: manifest %q: header: %w", key, err)
+		return fmt.Errorf("header: %w", err)
 	}
-	col := map[string]int{}
-	for i, h := range header {
-		col[strings.TrimSpace(strings.ToLower(h))] = i
+	ui, li, di, err := columns(header)
+	if err != nil {
+		return fmt.Errorf("header: %w", err)
 	}
-	ui, okU := col["uri"]
-	li, okL := col["label"]
-	if !okU || !okL {
-		return fmt.Errorf("dataset: manifest %q: header %q must name columns uri and label", key, header)
-	}
-	di, hasDomain := col["domain"]
-	dir := path.Dir(key)
-	var id int64
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("dataset: manifest %q: %w", key, err)
-		}
-		line, _ := cr.FieldPos(0)
-		uri := rec[ui]
-		if uri == "" {
-			return fmt.Errorf("dataset: manifest %q line %d: empty uri", key, line)
-		}
-		if strings.Contains(uri, "://") {
-			return fmt.Errorf("dataset: manifest %q line %d: uri %q: only keys in the pass's bucket are supported, relative to the manifest or starting with /", key, line, uri)
-		}
-		k := path.Join(dir, uri)
-		if strings.HasPrefix(uri, "/") {
-			k = strings.TrimPrefix(uri, "/")
-		}
-		item := Item{ID: id, Key: k, Label: rec[li]}
-		if hasDomain {
-			item.Domain = rec[di]
-		}
-		if err := fn(item); err != nil {
 			return err
 		}
-		id++
+		line, _ := cr.FieldPos(0)
+		r := row{uri: rec[ui], label: rec[li], where: fmt.Sprintf("line %d", line)}
+		if di >= 0 {
+			r.domain = rec[di]
+		}
+		if err := emit(r); err != nil {
+			return err
+		}
 	}
-	if id == 0 {
-		return fmt.Errorf("dataset: manifest %q lists no images", key)
-	}
-	return nil
 }
 
 // Boundary reports whether a shard of mean size `size` ends after key.

@@ -12,6 +12,7 @@ import (
 	"math"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -46,24 +47,29 @@ type Embedder struct {
 	Session   *ortrun.Session
 	Spec      preprocess.Spec
 	BatchSize int
-	// Decoders is how many goroutines read and decode; 0 means GOMAXPROCS.
+	// Decoders is how many images are decoded and preprocessed at once;
+	// 0 means GOMAXPROCS.
 	Decoders int
+	// Readers is how many images are fetched at once; 0 means
+	// DefaultReaders. Reads wait on storage, not on the CPU, so an object
+	// store needs many in flight to keep the decoders busy.
+	Readers int
+	// Ahead is how many batches are read and decoded ahead of inference;
+	// 0 means 2.
+	Ahead int
 }
+
+// DefaultReaders is the number of concurrent reads when Readers is 0.
+const DefaultReaders = 16
 
 // ReadFunc fetches an image's encoded bytes.
 type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
 
-// prepared is a batch whose input tensor is filled.
-type prepared struct {
-	images  []Image
-	tensor  []float32
-	rejects []Reject
-	err     error
-}
-
-// Embed embeds images in order, calling emit once per batch. Reading and
-// decoding the next batch overlaps inference of the current one, so on a
-// fast model the decoders, not ORT, set the pace only when they must.
+// Embed embeds images in order, calling emit once per batch. Images stream
+// through Readers concurrent reads into Decoders concurrent decodes, which
+// fill the input tensors of the next Ahead batches while ORT infers the
+// current one, so reading and decoding overlap inference instead of
+// alternating with it.
 // Images that cannot be read or decoded are returned as rejects, not errors;
 // an error is returned for failures that would hit every image (inference,
 // emit, cancellation).
@@ -72,62 +78,214 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	if bs < 1 {
 		bs = 32
 	}
+	decoders := e.Decoders
+	if decoders < 1 {
+		decoders = runtime.GOMAXPROCS(0)
+	}
+	readers := e.Readers
+	if readers < 1 {
+		readers = DefaultReaders
+	}
+	ahead := e.Ahead
+	if ahead < 1 {
+		ahead = 2
+	}
+	size := e.Spec.Size()
+	nBatches := (len(images) + bs - 1) / bs
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ready := make(chan prepared, 1)
-	go func() {
-		defer close(ready)
-		for start := 0; start < len(images); start += bs {
-			p := e.prepare(ctx, images[start:min(start+bs, len(images))], read)
+	var workers sync.WaitGroup
+	defer func() {
+		cancel()
+		workers.Wait() // no goroutine touches a batch after Embed returns
+	}()
+
+	// Batch b fills slot b%(ahead+1); the window holds the batch being
+	// inferred and the ahead batches after it.
+	slots := make([]*pending, ahead+1)
+	for i := range slots {
+		slots[i] = &pending{tensor: make([]float32, bs*size), reasons: make([]string, bs)}
+	}
+	window := make(chan struct{}, ahead+1)
+	ready := make([]chan *pending, nBatches)
+	for b := range ready {
+		ready[b] = make(chan *pending, 1)
+	}
+	work := make(chan job)
+	workers.Add(1)
+	go func() { // dispatch images in order, one window of batches at a time
+		defer workers.Done()
+		defer close(work)
+		for b := 0; b < nBatches; b++ {
 			select {
-			case ready <- p:
+			case window <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
-			if p.err != nil {
-				return
+			p := slots[b%len(slots)]
+			lo, hi := b*bs, min((b+1)*bs, len(images))
+			p.reset(images[lo:hi], ready[b])
+			for i := range p.images {
+				select {
+				case work <- job{p, i}:
+				case <-ctx.Done():
+					return
+				}
 			}
 		}
 	}()
+	decode := make(chan struct{}, decoders)
+	for range readers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for j := range work {
+				reason, fatal := e.load(ctx, j.p.images[j.i].URI, read, decode, j.p.tensor[j.i*size:(j.i+1)*size])
+				j.p.finish(j.i, reason, fatal)
+			}
+		}()
+	}
 
 	var rejects []Reject
-	for p := range ready {
-		if p.err != nil {
-			return rejects, p.err
+	for b := 0; b < nBatches; b++ {
+		var p *pending
+		select {
+		case p = <-ready[b]:
+		case <-ctx.Done():
+			return rejects, ctx.Err()
 		}
-		rejects = append(rejects, p.rejects...)
-		if len(p.images) == 0 {
-			continue
+		if p.fatal != nil {
+			return rejects, p.fatal
 		}
-		b, err := e.run(p)
-		if err != nil {
-			return rejects, err
+		imgs, tensor, rj := p.compact(size)
+		rejects = append(rejects, rj...)
+		if len(imgs) > 0 {
+			batch, err := e.run(imgs, tensor)
+			if err != nil {
+				return rejects, err
+			}
+			if err := emit(batch); err != nil {
+				return rejects, err
+			}
 		}
-		if err := emit(b); err != nil {
-			return rejects, err
-		}
+		<-window // the slot is free: ORT copied its outputs, emit has returned
 	}
 	return rejects, ctx.Err()
 }
 
+// job is one image of a pending batch.
+type job struct {
+	p *pending
+	i int
+}
+
+// pending is a batch being read and decoded into its input tensor.
+type pending struct {
+	images  []Image
+	tensor  []float32
+	reasons []string // per image; "" when it decoded
+	left    atomic.Int32
+	fatal   error
+	fatalMu sync.Mutex
+	ready   chan *pending
+}
+
+func (p *pending) reset(images []Image, ready chan *pending) {
+	p.images, p.ready, p.fatal = images, ready, nil
+	clear(p.reasons)
+	p.left.Store(int32(len(images)))
+}
+
+// finish records image i's outcome: reason is "" when the image is in the
+// tensor; a fatal error (the context ended) fails the batch.
+func (p *pending) finish(i int, reason string, fatal error) {
+	if fatal != nil {
+		p.fatalMu.Lock()
+		if p.fatal == nil {
+			p.fatal = fatal
+		}
+		p.fatalMu.Unlock()
+	}
+	p.reasons[i] = reason
+	if p.left.Add(-1) == 0 {
+		p.ready <- p
+	}
+}
+
+// compact drops the rejected images' slots so the tensor holds only the
+// images that decoded, in order.
+func (p *pending) compact(size int) ([]Image, []float32, []Reject) {
+	var imgs []Image
+	var rejects []Reject
+	tensor := p.tensor[:0]
+	for i, im := range p.images {
+		if p.reasons[i] != "" {
+			rejects = append(rejects, Reject{URI: im.URI, Reason: p.reasons[i]})
+			continue
+		}
+		if len(tensor) != i*size {
+			tensor = append(tensor, p.tensor[i*size:(i+1)*size]...)
+		} else {
+			tensor = tensor[:(i+1)*size]
+		}
+		imgs = append(imgs, im)
+	}
+	return imgs, tensor, rejects
+}
+
+// load reads one image, then decodes it into dst holding one of the
+// decode tokens. It returns a reject reason, or a fatal error when the
+// context ended.
+func (e *Embedder) load(ctx context.Context, uri string, read ReadFunc, decode chan struct{}, dst []float32) (string, error) {
+	if ctx.Err() != nil {
+		return "", ctx.Err()
+	}
+	data, err := read(ctx, uri)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "read: " + err.Error(), nil
+	}
+	select {
+	case decode <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-decode }()
+	img, err := preprocess.Decode(data)
+	if err != nil {
+		return err.Error(), nil
+	}
+	if err := e.Spec.Fill(dst, img); err != nil {
+		return err.Error(), nil
+	}
+	return "", nil
+}
+
+// OutputError is returned by Embed when the model's output is unusable: not
+// float32 with the batch first, or not finite. Running again cannot fix it.
+type OutputError struct{ Msg string }
+
+func (e *OutputError) Error() string { return e.Msg }
+
 // run infers one prepared batch and checks that every output is finite: a
 // model producing NaN or Inf is broken, and ranking neighbours by NaN
 // distances would be worse than failing.
-func (e *Embedder) run(p prepared) (Batch, error) {
-	n := len(p.images)
-	outs, err := e.Session.Run(ortrun.Tensor{Shape: e.shape(n), Floats: p.tensor})
+func (e *Embedder) run(images []Image, tensor []float32) (Batch, error) {
+	n := len(images)
+	outs, err := e.Session.Run(ortrun.Tensor{Shape: e.shape(n), Floats: tensor})
 	if err != nil {
 		return Batch{}, err
 	}
-	b := Batch{Images: p.images}
+	b := Batch{Images: images}
 	for o, t := range outs {
 		if len(t.Shape) == 0 || int(t.Shape[0]) != n || t.Floats == nil {
-			return Batch{}, fmt.Errorf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, n)
+			return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, n)}
 		}
 		dim := len(t.Floats) / n
 		for j, x := range t.Floats {
 			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-				return Batch{}, fmt.Errorf("embed: %s: output %d is %v for image %s: the model produced a non-finite value", e.Name, o, x, p.images[j/dim].URI)
+				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d is %v for image %s: the model produced a non-finite value", e.Name, o, x, images[j/dim].URI)}
 			}
 		}
 		b.Vectors = append(b.Vectors, t.Floats)
@@ -142,66 +300,4 @@ func (e *Embedder) shape(n int) []int64 {
 		return []int64{int64(n), int64(s.Height), int64(s.Width), int64(s.Channels)}
 	}
 	return []int64{int64(n), int64(s.Channels), int64(s.Height), int64(s.Width)}
-}
-
-// prepare reads and decodes one batch on several goroutines and packs the
-// images that decoded into one input tensor, keeping their order.
-func (e *Embedder) prepare(ctx context.Context, images []Image, read ReadFunc) prepared {
-	size := e.Spec.Size()
-	tensor := make([]float32, len(images)*size)
-	reasons := make([]string, len(images))
-	workers := e.Decoders
-	if workers < 1 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	next := make(chan int)
-	var wg sync.WaitGroup
-	var fatal error
-	var fatalOnce sync.Once
-	for w := 0; w < min(workers, len(images)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				data, err := read(ctx, images[i].URI)
-				if err != nil {
-					if ctx.Err() != nil {
-						fatalOnce.Do(func() { fatal = ctx.Err() })
-						continue
-					}
-					reasons[i] = "read: " + err.Error()
-					continue
-				}
-				img, err := preprocess.Decode(data)
-				if err != nil {
-					reasons[i] = err.Error()
-					continue
-				}
-				if err := e.Spec.Fill(tensor[i*size:(i+1)*size], img); err != nil {
-					reasons[i] = err.Error()
-				}
-			}
-		}()
-	}
-	for i := range images {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if fatal != nil {
-		return prepared{err: fatal}
-	}
-
-	// Compact: drop the rejected images' slots so the tensor holds only
-	// images that decoded.
-	p := prepared{tensor: tensor[:0]}
-	for i, im := range images {
-		if reasons[i] != "" {
-			p.rejects = append(p.rejects, Reject{URI: im.URI, Reason: reasons[i]})
-			continue
-		}
-		p.tensor = append(p.tensor, tensor[i*size:(i+1)*size]...)
-		p.images = append(p.images, im)
-	}
-	return p
 }

@@ -31,9 +31,12 @@ import (
 type Spec struct {
 	ModelDigest string          `json:"model_digest"`
 	Input       string          `json:"input"`
-	Outputs     []string        `json:"outputs"` // graph output names
+	Outputs     []string        `json:"outputs"` // tensor names
 	Columns     []string        `json:"columns"` // column name for each output
 	Preprocess  preprocess.Spec `json:"preprocess"`
+	// Exposed lists the Outputs that are not graph outputs of the model and
+	// are read through a rewritten graph (onnx.ExposeOutputs, flattened).
+	Exposed []string `json:"exposed,omitempty"`
 }
 
 // Digest is a short stable hash of the spec.

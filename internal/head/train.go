@@ -36,6 +36,21 @@ type Options struct {
 	// and n_c the summed row weights, so that every present class
 	// contributes equally to the loss.
 	ClassBalanced bool
+
+	// MiniBatch trains with Adam on mini-batches, one pass over the rows
+	// per epoch, instead of full-batch L-BFGS (one pass per objective
+	// evaluation). Rows that implement Shuffled are read in a new seeded
+	// order every epoch. Iters and Tol do not apply.
+	MiniBatch bool
+	// Epochs is the number of mini-batch passes; 0 means 20.
+	Epochs int
+	// BatchSize is the rows per Adam step; 0 means 256.
+	BatchSize int
+	// LearningRate is Adam's initial step, decayed to 0 along a cosine
+	// over the epochs; 0 means 0.01.
+	LearningRate float64
+	// Seed drives the shuffles.
+	Seed uint64
 }
 
 const (
@@ -111,7 +126,11 @@ func Train(rows Rows, opt Options) (*Head, error) {
 	e.invWsum = 1 / wsum
 
 	theta := make([]float64, C*d+C)
-	if err := minimize(theta, e.eval, opt.Iters, opt.Tol); err != nil {
+	if opt.MiniBatch {
+		if err := e.adam(theta, opt, st.rows); err != nil {
+			return nil, err
+		}
+	} else if err := minimize(theta, e.eval, opt.Iters, opt.Tol); err != nil {
 		return nil, err
 	}
 
@@ -140,6 +159,7 @@ type stats struct {
 	mean, std []float64
 	classSum  []float64 // summed row weights per class
 	total     float64
+	rows      int
 }
 
 // scan validates every row once up front, so that later passes can only fail
@@ -178,6 +198,7 @@ func scan(rows Rows, d, classes int) (*stats, error) {
 	if n == 0 {
 		return nil, errors.New("head: no rows")
 	}
+	st.rows = n
 	for j := range d {
 		s := math.Sqrt(m2[j] / float64(n))
 		if !(s >= stdFloor) {

@@ -1,17 +1,25 @@
 // Package knn finds, for each query vector, its k nearest pool vectors by
 // squared l2 distance.
 //
-// The scan is 2·queries·pool·d flops, so it runs as a matrix product on ONNX
-// Runtime's optimised kernels (MLAS) through a small graph this package
-// builds: ‖q‖² − 2·q·pᵀ + ‖p‖², then TopK. Go code only merges the per-block
-// candidates, which is k·queries work per block, and breaks ties by pool id
-// so the result is deterministic.
+// The scan is 2·queries·pool·d flops, so it runs as one matrix product on
+// ONNX Runtime's optimised kernel (MLAS) through a one-node graph this
+// package builds: ‖p‖² − 2·q·pᵀ as a Gemm with the pool norms as its bias,
+// one pool block at a time, written straight into a buffer this package
+// owns. Go code then adds ‖q‖² and keeps each query's k best with one
+// comparison per (query, pool row) against the query's running cut-off, so
+// the selection costs a small fraction of the product (BenchmarkTopK, and
+// `starter bench`, measure it against the bare Gemm). Ties are broken by
+// pool id, so the result is deterministic.
 package knn
 
 import (
 	"cmp"
 	"fmt"
+	"math"
+	"runtime"
 	"slices"
+	"sync"
+	"time"
 
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
@@ -25,22 +33,22 @@ type Neighbor struct {
 }
 
 // Less orders neighbours nearest first, then by pool id.
-func Less(a, b Neighbor) bool {
-	if a.Distance != b.Distance {
-		return a.Distance < b.Distance
-	}
-	return a.ID < b.ID
-}
+func Less(a, b Neighbor) bool { return Compare(a, b) < 0 }
 
-func compare(a, b Neighbor) int {
+// Compare is Less as a three-way comparison, for slices.SortFunc.
+func Compare(a, b Neighbor) int {
 	if c := cmp.Compare(a.Distance, b.Distance); c != 0 {
 		return c
 	}
 	return cmp.Compare(a.ID, b.ID)
 }
 
-// Graph returns the distance+top-k ONNX graph: inputs "queries" [M,d],
-// "pool" [N,d], "k" [1] int64; outputs "distances" [M,k], "indices" [M,k].
+// Graph returns the distance graph: inputs "queries" [M,d], "pool" [N,d]
+// and "norms" [N] (‖p‖² of each pool row); output "scores" [M,N] =
+// ‖p‖² − 2·q·pᵀ, the squared distance less ‖q‖² (which does not change a
+// query's ranking and is added back in Go). It is one Gemm, with the norms
+// as its bias: computing them in the graph (ReduceSumSquare) cost more
+// than the Go loop that feeds them, split over the same cores.
 func Graph() *onnx.Graph {
 	sym := func(names ...string) []string { return names }
 	return &onnx.Graph{
@@ -48,33 +56,40 @@ func Graph() *onnx.Graph {
 		Inputs: []onnx.Value{
 			{Name: "queries", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "D")},
 			{Name: "pool", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("N", "D")},
-			{Name: "k", Elem: onnx.Int64, Shape: []int64{1}},
+			{Name: "norms", Elem: onnx.Float, Shape: []int64{-1}, DimNames: sym("N")},
 		},
 		Outputs: []onnx.Value{
-			{Name: "distances", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "K")},
-			{Name: "indices", Elem: onnx.Int64, Shape: []int64{-1, -1}, DimNames: sym("M", "K")},
+			{Name: "scores", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "N")},
 		},
 		Nodes: []onnx.Node{
-			{Op: "Gemm", Inputs: []string{"queries", "pool"}, Outputs: []string{"qp"}, Attrs: map[string]any{"transB": 1, "alpha": float32(-2)}},
-			{Op: "ReduceSumSquare", Inputs: []string{"queries"}, Outputs: []string{"qq"}, Attrs: map[string]any{"axes": []int64{1}, "keepdims": 1}},
-			{Op: "ReduceSumSquare", Inputs: []string{"pool"}, Outputs: []string{"pp"}, Attrs: map[string]any{"axes": []int64{1}, "keepdims": 1}},
-			{Op: "Transpose", Inputs: []string{"pp"}, Outputs: []string{"ppT"}},
-			{Op: "Add", Inputs: []string{"qp", "ppT"}, Outputs: []string{"d1"}},
-			{Op: "Add", Inputs: []string{"d1", "qq"}, Outputs: []string{"d2"}},
-			// Rounding in the expanded form can dip just below zero for
-			// identical vectors; a distance is never negative.
-			{Op: "Relu", Inputs: []string{"d2"}, Outputs: []string{"dist"}},
-			{Op: "TopK", Inputs: []string{"dist", "k"}, Outputs: []string{"distances", "indices"}, Attrs: map[string]any{"axis": 1, "largest": 0, "sorted": 1}},
+			{Op: "Gemm", Inputs: []string{"queries", "pool", "norms"}, Outputs: []string{"scores"},
+				Attrs: map[string]any{"transB": 1, "alpha": float32(-2), "beta": float32(1)}},
 		},
 	}
 }
 
-// Searcher runs the k-NN graph.
+// Budgets of the per-block buffers, in float32s: the scores matrix
+// (queries×Block) and the pool block itself are each kept near 32 MiB.
+const (
+	scoresBudget = 16 << 20
+	poolBudget   = 8 << 20
+)
+
+// Searcher runs the k-NN graph. It is safe for concurrent use; searches
+// run one at a time, since each already uses every core.
 type Searcher struct {
 	sess *ortrun.Session
-	// Block is how many pool rows one graph run scans; it bounds the
-	// distance matrix to queries×Block floats.
+	// Block, when > 0, is how many pool rows one graph run scans; 0 picks
+	// it from the budgets above, so memory stays bounded whatever the
+	// number of queries, the dimension or the pool size.
 	Block int
+	// Workers is how many goroutines select from a block's scores; 0 means
+	// GOMAXPROCS.
+	Workers int
+
+	mu     sync.Mutex
+	scores []float32 // reused between searches
+	norms  []float32
 }
 
 // NewSearcher builds the graph and its ORT session.
@@ -83,82 +98,256 @@ func NewSearcher(opt ortrun.Options) (*Searcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool", "k"}, []string{"distances", "indices"}, opt)
+	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool", "norms"}, []string{"scores"}, opt)
 	if err != nil {
 		return nil, err
 	}
-	return &Searcher{sess: sess, Block: 16384}, nil
+	return &Searcher{sess: sess}, nil
 }
 
 // Close releases the session.
 func (s *Searcher) Close() error { return s.sess.Close() }
 
+// BlockFor returns the pool rows per graph run for m queries and n pool
+// rows of dimension d.
+func (s *Searcher) BlockFor(m, n, d int) int {
+	b := s.Block
+	if b <= 0 {
+		b = max(min(scoresBudget/max(m, 1), poolBudget/max(d, 1)), 256)
+	}
+	return max(min(b, n), 1)
+}
+
 // TopK returns, for each of the m queries (row-major, d wide), its k nearest
 // rows of pool (n rows, ids[i] the pool id of row i), nearest first with
 // ties broken by id. Fewer than k come back when the pool is smaller.
+//
+// A distance is ‖q‖² + (‖p‖² − 2·q·p) in float32, clamped at 0 (rounding in
+// the expanded form can dip just below zero for identical vectors); the
+// result is exactly the first k of all n rows sorted by that distance, then
+// by id.
 func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d, k int) ([][]Neighbor, error) {
+	best, _, err := s.TimedTopK(queries, m, pool, ids, d, k)
+	return best, err
+}
+
+// TimedTopK is TopK that also returns how long the search ran, not
+// counting its wait while a concurrent search had the Searcher.
+func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int64, d, k int) ([][]Neighbor, time.Duration, error) {
 	n := len(ids)
 	if len(queries) != m*d || len(pool) != n*d {
-		return nil, fmt.Errorf("knn: shapes: %d query values for %d×%d, %d pool values for %d×%d", len(queries), m, d, len(pool), n, d)
+		return nil, 0, fmt.Errorf("knn: shapes: %d query values for %d×%d, %d pool values for %d×%d", len(queries), m, d, len(pool), n, d)
 	}
+	start := time.Now()
+	sel := make([]selector, m)
+	heaps := make([]Neighbor, m*max(k, 0))
+	for q := range sel {
+		sel[q] = newSelector(k, norm2(queries[q*d:(q+1)*d]), heaps[q*k:(q+1)*k])
+	}
+	took := time.Since(start)
+	if k > 0 && n > 0 && m > 0 {
+		s.mu.Lock()
+		start := time.Now()
+		err := s.scan(queries, m, pool, ids, d, sel)
+		took += time.Since(start)
+		s.mu.Unlock()
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	start = time.Now()
 	best := make([][]Neighbor, m)
-	block := s.Block
-	if block < 1 {
-		block = n
+	for q := range sel {
+		best[q] = sel[q].result()
 	}
+	return best, took + time.Since(start), nil
+}
+
+// scan runs the graph over each pool block and feeds the scores to the
+// selectors. Workers goroutines share the Go work of a block: first the
+// pool rows' norms, then the queries' selection.
+func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
+	n := len(ids)
+	block := s.BlockFor(m, n, d)
+	if cap(s.scores) < m*block {
+		s.scores = make([]float32, m*block)
+	}
+	if cap(s.norms) < block {
+		s.norms = make([]float32, block)
+	}
+	workers := s.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	parallel := func(items int, fn func(i int)) {
+		w := max(min(workers, items), 1)
+		var wg sync.WaitGroup
+		for g := range w {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := g * items / w; i < (g+1)*items/w; i++ {
+					fn(i)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	qt := ortrun.Tensor{Shape: []int64{int64(m), int64(d)}, Floats: queries}
 	for start := 0; start < n; start += block {
 		end := min(start+block, n)
-		dist, idx, kb, err := s.scanBlock(queries, m, pool[start*d:end*d], end-start, d, k)
-		if err != nil {
-			return nil, err
-		}
-		for q := 0; q < m; q++ {
-			for j := 0; j < kb; j++ {
-				row := start + int(idx[q*kb+j])
-				best[q] = append(best[q], Neighbor{ID: ids[row], Index: row, Distance: dist[q*kb+j]})
-			}
-			slices.SortFunc(best[q], compare)
-			if len(best[q]) > k {
-				best[q] = best[q][:k]
-			}
-		}
-	}
-	return best, nil
-}
-
-// scanBlock returns the kb nearest rows of one pool block per query, with kb
-// ≥ k large enough that no query has a tie cut off at its k-th place: ORT's
-// TopK orders ties arbitrarily, so when the row after the k-th is at the same
-// distance, the block is scanned again for more until the tie is whole.
-func (s *Searcher) scanBlock(queries []float32, m int, pool []float32, n, d, k int) ([]float32, []int64, int, error) {
-	kb := min(k+1, n)
-	for {
-		out, err := s.sess.Run(
-			ortrun.Tensor{Shape: []int64{int64(m), int64(d)}, Floats: queries},
-			ortrun.Tensor{Shape: []int64{int64(n), int64(d)}, Floats: pool},
-			ortrun.Tensor{Shape: []int64{1}, Ints: []int64{int64(kb)}},
+		b := end - start
+		scores, norms, rows := s.scores[:m*b], s.norms[:b], pool[start*d:end*d]
+		parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
+		err := s.sess.RunInto(
+			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}, {Shape: []int64{int64(b)}, Floats: norms}},
+			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
 		)
 		if err != nil {
-			return nil, nil, 0, err
+			return err
 		}
-		dist, idx := out[0].Floats, out[1].Ints
-		if kb == n || kb <= k || !tieAtCut(dist, m, kb, k) {
-			return dist, idx, kb, nil
+		parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], start, ids) })
+	}
+	return nil
+}
+
+// norm2 is ‖v‖², summed in eight float32 lanes (as a vector unit would)
+// for speed, then in pairs.
+func norm2(v []float32) float32 {
+	var s [8]float32
+	j := 0
+	for ; j+8 <= len(v); j += 8 {
+		w := v[j : j+8 : j+8]
+		s[0] += w[0] * w[0]
+		s[1] += w[1] * w[1]
+		s[2] += w[2] * w[2]
+		s[3] += w[3] * w[3]
+		s[4] += w[4] * w[4]
+		s[5] += w[5] * w[5]
+		s[6] += w[6] * w[6]
+		s[7] += w[7] * w[7]
+	}
+	for ; j < len(v); j++ {
+		s[j%8] += v[j] * v[j]
+	}
+	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+// selector keeps one query's k best candidates in a max-heap (the worst
+// kept on top). A candidate enters when it beats the top by (distance, id).
+// The scan compares raw scores with cut, a score at or a few ulps above the
+// largest whose distance does not exceed the top's, so a row that cannot
+// enter costs one comparison; the few that pass it are checked exactly
+// (a row that ties the top's distance is compared by id).
+type selector struct {
+	k    int
+	qq   float32 // ‖q‖²
+	heap []Neighbor
+	thr  float32 // the top's distance, once the heap is full
+	cut  float32 // +Inf until the heap is full
+}
+
+func newSelector(k int, qq float32, heap []Neighbor) selector {
+	return selector{k: k, qq: qq, heap: heap[:0], cut: float32(math.Inf(1))}
+}
+
+// scan offers one block of scores, whose first row is pool row base.
+func (s *selector) scan(scores []float32, base int, ids []int64) {
+	cut := s.cut
+	j := 0
+	for ; j+8 <= len(scores); j += 8 {
+		v := scores[j : j+8 : j+8]
+		if v[0] > cut && v[1] > cut && v[2] > cut && v[3] > cut && v[4] > cut && v[5] > cut && v[6] > cut && v[7] > cut {
+			continue // the common case: eight rows that cannot enter
 		}
-		kb = min(2*kb, n)
+		for i, x := range v {
+			if x <= cut {
+				row := base + j + i
+				s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
+				cut = s.cut
+			}
+		}
+	}
+	for ; j < len(scores); j++ {
+		if v := scores[j]; v <= cut {
+			row := base + j
+			s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(v+s.qq), 0)})
+			cut = s.cut
+		}
 	}
 }
 
-// tieAtCut reports whether any query's last returned distance equals its
-// k-th, so rows beyond the cut may tie with the k-th.
-func tieAtCut(dist []float32, m, kb, k int) bool {
-	for q := 0; q < m; q++ {
-		if dist[q*kb+kb-1] == dist[q*kb+k-1] {
-			return true
-		}
-	}
-	return false
+// worse orders the heap: a above b when a is farther (or as far, with a
+// larger id).
+func worse(a, b Neighbor) bool {
+	return a.Distance > b.Distance || (a.Distance == b.Distance && a.ID > b.ID)
 }
+
+func (s *selector) offer(nb Neighbor) {
+	h := s.heap
+	if len(h) < s.k {
+		h = append(h, nb)
+		for i := len(h) - 1; i > 0; { // sift up
+			p := (i - 1) / 2
+			if !worse(h[i], h[p]) {
+				break
+			}
+			h[i], h[p] = h[p], h[i]
+			i = p
+		}
+		s.heap = h
+		if len(h) == s.k {
+			s.thr = h[0].Distance
+			s.cut = scoreCut(s.thr, s.qq)
+		}
+		return
+	}
+	if nb.Distance > s.thr { // passed the cut's slack only
+		return
+	}
+	if !worse(h[0], nb) {
+		return
+	}
+	h[0] = nb
+	for i := 0; ; { // sift down
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if c+1 < len(h) && worse(h[c+1], h[c]) {
+			c++
+		}
+		if !worse(h[c], h[i]) {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+	if h[0].Distance != s.thr {
+		s.thr = h[0].Distance
+		s.cut = scoreCut(s.thr, s.qq)
+	}
+}
+
+// result returns the k best, nearest first, ties by id.
+func (s *selector) result() []Neighbor {
+	slices.SortFunc(s.heap, Compare)
+	return s.heap
+}
+
+// scoreCut returns a score c such that every float32 score s with
+// max(s+qq, 0) ≤ thr (thr ≥ 0, finite) has s ≤ c, and c exceeds the
+// largest such s by a few ulps at most. thr−qq is within half an ulp of the
+// exact difference, and rounding s+qq can let s pass up to an ulp (at the
+// largest magnitude involved) beyond it: four ulps cover both.
+func scoreCut(thr, qq float32) float32 {
+	c := float32(thr - qq)
+	m := max(thr, abs32(qq), abs32(c))
+	ulp := math.Nextafter32(m, float32(math.Inf(1))) - m
+	return c + 4*ulp
+}
+
+func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
 
 // Merge keeps the k nearest of several candidate lists for one query,
 // nearest first, ties by id; an id seen twice counts once.
@@ -167,10 +356,39 @@ func Merge(k int, lists ...[]Neighbor) []Neighbor {
 	for _, l := range lists {
 		all = append(all, l...)
 	}
-	slices.SortFunc(all, compare)
+	slices.SortFunc(all, Compare)
 	all = slices.CompactFunc(all, func(a, b Neighbor) bool { return a.ID == b.ID })
 	if len(all) > k {
 		all = all[:k]
 	}
 	return all
+}
+
+// MergeSorted appends to dst the k first elements of the union of a and b,
+// two lists each in Compare order (by key), and returns it; an element with
+// the same id as the one kept before it counts once. It is the linear step
+// of a k-way merge that folds partial results into a running best: it stops
+// after k, and returns at once when b's first element comes after a's k-th.
+// dst must not share memory with a or b.
+func MergeSorted[T any](dst, a, b []T, k int, key func(T) Neighbor) []T {
+	if len(a) >= k && len(b) > 0 && Compare(key(a[k-1]), key(b[0])) < 0 {
+		return append(dst, a[:k]...)
+	}
+	start := len(dst)
+	var last int64
+	for len(dst)-start < k && (len(a) > 0 || len(b) > 0) {
+		var x T
+		if len(b) == 0 || (len(a) > 0 && Compare(key(a[0]), key(b[0])) <= 0) {
+			x, a = a[0], a[1:]
+		} else {
+			x, b = b[0], b[1:]
+		}
+		if id := key(x).ID; len(dst) > start && id == last {
+			continue
+		} else {
+			last = id
+		}
+		dst = append(dst, x)
+	}
+	return dst
 }

@@ -1,6 +1,7 @@
 package knn
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -119,5 +120,165 @@ func TestMergeDedupes(t *testing.T) {
 	}
 	if !slices.Equal(ids, []int64{1, 3, 2}) {
 		t.Fatalf("got %v", ids)
+	}
+}
+
+// bruteForceF32 is the reference for integer-valued vectors, whose squared
+// distances are small integers that float32 holds exactly: every pair, ties
+// by id, so it must agree with TopK to the last id.
+func TestTopKMatchesBruteForceWithTies(t *testing.T) {
+	s := newSearcher(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, tc := range []struct{ m, n, d, k, block int }{
+		{7, 500, 8, 5, 64},
+		{5, 300, 3, 40, 0}, // many equal distances, k past several ties
+		{3, 20, 4, 50, 7},  // k beyond the pool
+		{64, 2000, 16, 10, 333},
+	} {
+		s.Block = tc.block
+		q, p := intVecs(rng, tc.m, tc.d), intVecs(rng, tc.n, tc.d)
+		ids := rng.Perm(tc.n)
+		ids64 := make([]int64, tc.n)
+		for i, id := range ids {
+			ids64[i] = int64(id)
+		}
+		got, err := s.TopK(q, tc.m, p, ids64, tc.d, tc.k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := bruteForce(q, tc.m, p, ids64, tc.d, tc.k)
+		for i := range want {
+			var gotIDs []int64
+			for _, nb := range got[i] {
+				gotIDs = append(gotIDs, nb.ID)
+				if nb.ID != ids64[nb.Index] {
+					t.Fatalf("%+v query %d: Index %d does not hold id %d", tc, i, nb.Index, nb.ID)
+				}
+			}
+			if !slices.Equal(gotIDs, want[i]) {
+				t.Errorf("%+v query %d: got %v, want %v", tc, i, gotIDs, want[i])
+			}
+		}
+	}
+}
+
+func intVecs(rng *rand.Rand, n, d int) []float32 {
+	v := make([]float32, n*d)
+	for i := range v {
+		v[i] = float32(rng.IntN(5) - 2)
+	}
+	return v
+}
+
+func TestMergeSortedEqualsSort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	id := func(n Neighbor) Neighbor { return n }
+	for trial := 0; trial < 2000; trial++ {
+		k := 1 + rng.IntN(8)
+		mk := func() []Neighbor {
+			l := make([]Neighbor, rng.IntN(12))
+			for i := range l {
+				l[i] = Neighbor{ID: int64(rng.IntN(10)), Distance: float32(rng.IntN(4))}
+			}
+			slices.SortFunc(l, Compare)
+			return slices.CompactFunc(l, func(a, b Neighbor) bool { return a.ID == b.ID })
+		}
+		a, b := mk(), mk()
+		if len(a) > k {
+			a = a[:k]
+		}
+		got := MergeSorted(nil, a, b, k, id)
+		want := Merge(k, a, b)
+		if !slices.Equal(got, want) {
+			t.Fatalf("k=%d a=%v b=%v: got %v, want %v", k, a, b, got, want)
+		}
+	}
+}
+
+// exactCut is the largest float32 score c with max(c+qq, 0) ≤ thr, found by
+// bisecting over the float32 values in order.
+func exactCut(thr, qq float32) float32 {
+	key := func(f float32) uint32 {
+		b := math.Float32bits(f)
+		if b>>31 != 0 {
+			return ^b
+		}
+		return b | 1<<31
+	}
+	val := func(u uint32) float32 {
+		if u>>31 != 0 {
+			return math.Float32frombits(u &^ (1 << 31))
+		}
+		return math.Float32frombits(^u)
+	}
+	lo, hi := key(float32(math.Inf(-1))), key(float32(math.Inf(1)))
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		if max(float32(val(mid)+qq), 0) <= thr {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return val(lo)
+}
+
+// scoreCut may pass a few scores too many, never one too few.
+func TestScoreCut(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	cases := [][2]float32{{0, 0}, {5, 3}, {3, 3}, {0, 20}, {1e-30, 1e8}, {4, 0}, {1e-40, 0}, {0, 1e-40}}
+	for range 20000 {
+		thr, qq := float32(rng.ExpFloat64()*math.Pow(10, float64(rng.IntN(12)-6))), float32(rng.ExpFloat64()*math.Pow(10, float64(rng.IntN(12)-6)))
+		cases = append(cases, [2]float32{thr, qq})
+	}
+	for _, c := range cases {
+		thr, qq := c[0], c[1]
+		cut, exact := scoreCut(thr, qq), exactCut(thr, qq)
+		if cut < exact {
+			t.Fatalf("scoreCut(%v, %v) = %v, below the exact cut %v", thr, qq, cut, exact)
+		}
+		// At most a few ulps (at the largest magnitude involved) above.
+		m := max(thr, qq, abs32(thr-qq))
+		if ulp := math.Nextafter32(m, float32(math.Inf(1))) - m; float64(cut)-float64(exact) > 8*float64(ulp) {
+			t.Fatalf("scoreCut(%v, %v) = %v, far above the exact cut %v", thr, qq, cut, exact)
+		}
+	}
+}
+
+// BenchmarkSelect times the selection alone: one block of scores, every
+// query's k best, as a pool shard of 2,000 rows searched for 1,000 queries.
+func BenchmarkSelect(b *testing.B) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	const m, n, k = 1000, 2000, 10
+	scores := randVecs(rng, m, n)
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i)
+	}
+	b.SetBytes(m * n * 4)
+	for range b.N {
+		for q := range m {
+			s := newSelector(k, 100, make([]Neighbor, k))
+			s.scan(scores[q*n:(q+1)*n], 0, ids)
+			s.result()
+		}
+	}
+}
+
+// BenchmarkTopK times a search of one pool shard.
+func BenchmarkTopK(b *testing.B) {
+	s := newSearcher(b)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const m, n, d, k = 1000, 2000, 384, 10
+	q, p := randVecs(rng, m, d), randVecs(rng, n, d)
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i)
+	}
+	b.SetBytes(2 * m * n * d) // "MB/s" reads as MFLOP/s
+	for range b.N {
+		if _, err := s.TopK(q, m, p, ids, d, k); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -8,9 +8,11 @@
 package ortrun
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -47,6 +49,11 @@ type Options struct {
 	Threads int
 	// EP is the execution provider: "cpu" (default) or "cuda".
 	EP string
+	// Spin lets idle intra-op threads spin-wait for the next operator
+	// (ORT's own default). Off, they sleep: a run may start a few µs later,
+	// but the cores are free for the Go code around it (decoding images,
+	// selecting neighbours), which spinning threads would starve.
+	Spin bool
 }
 
 // Session is one model ready to run.
@@ -71,6 +78,11 @@ func Describe(model []byte) (inputs, outputs []IO, err error) {
 	return inputs, outputs, nil
 }
 
+// IsFloat32 reports whether io is a tensor of float32 values.
+func IsFloat32(io IO) bool {
+	return io.OrtValueType == ort.ONNXTypeTensor && io.DataType == ort.TensorElementDataTypeFloat
+}
+
 // NewSession creates a session over the model bytes; name identifies the
 // model in errors.
 func NewSession(name string, model []byte, inputs, outputs []string, opt Options) (*Session, error) {
@@ -87,10 +99,15 @@ func NewSession(name string, model []byte, inputs, outputs []string, opt Options
 			return nil, fmt.Errorf("ortrun: %s: threads: %w", name, err)
 		}
 	}
+	if !opt.Spin {
+		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
+			return nil, fmt.Errorf("ortrun: %s: spinning: %w", name, err)
+		}
+	}
 	switch opt.EP {
 	case "", "cpu":
 	case "cuda":
-		const need = "needs the GPU build of ONNX Runtime: libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so beside libonnxruntime.so, with CUDA 12 and cuDNN 9 on the library path"
+		need := cudaNeeds()
 		cuda, err := ort.NewCUDAProviderOptions()
 		if err != nil {
 			return nil, fmt.Errorf("ortrun: %s: cuda execution provider: %w (%s)", name, err, need)
@@ -109,8 +126,43 @@ func NewSession(name string, model []byte, inputs, outputs []string, opt Options
 	return &Session{name: name, inputs: inputs, outputs: outputs, sess: sess}, nil
 }
 
-// Close releases the session.
-func (s *Session) Close() error { return s.sess.Destroy() }
+// CUDAProviders are the libraries of ONNX Runtime's GPU build that the CUDA
+// execution provider loads from the folder of libonnxruntime.so.
+var CUDAProviders = []string{"libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"}
+
+// cudaNeeds says what the CUDA execution provider needs, naming the
+// provider libraries missing beside the loaded ONNX Runtime library.
+func cudaNeeds() string {
+	env.Lock()
+	dir := filepath.Dir(env.path)
+	env.Unlock()
+	var missing []string
+	for _, f := range CUDAProviders {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			missing = append(missing, f)
+		}
+	}
+	have := "it has " + strings.Join(CUDAProviders, " and ")
+	if len(missing) > 0 {
+		have = "missing " + strings.Join(missing, " and ")
+	}
+	return fmt.Sprintf("needs the GPU build of ONNX Runtime: %s beside libonnxruntime.so in %s (%s), with CUDA 12 and cuDNN 9 on the library path", strings.Join(CUDAProviders, " and "), dir, have)
+}
+
+// Close waits for a run in flight, then releases the session; later runs
+// fail instead of touching freed memory.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sess == nil {
+		return nil
+	}
+	err := s.sess.Destroy()
+	s.sess = nil
+	return err
+}
+
+var errClosed = errors.New("session closed")
 
 // Tensor is a dense tensor of float32 or int64 values (one of the two).
 type Tensor struct {
@@ -141,7 +193,10 @@ func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 	outs := make([]ort.Value, len(s.outputs))
 	defer destroyAll(outs)
 	s.mu.Lock()
-	err := s.sess.Run(values, outs)
+	err := errClosed
+	if s.sess != nil {
+		err = s.sess.Run(values, outs)
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("ortrun: %s: run: %w", s.name, err)
@@ -158,6 +213,39 @@ func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 		}
 	}
 	return res, nil
+}
+
+// RunInto is Run with the outputs' memory given: out[i] holds a shape and a
+// slice (Floats or Ints) of that many elements, which ORT fills in place, so
+// large outputs are not copied. Every output's shape must be known before
+// the run.
+func (s *Session) RunInto(in []Tensor, out []Tensor) error {
+	if len(in) != len(s.inputs) || len(out) != len(s.outputs) {
+		return fmt.Errorf("ortrun: %s: %d inputs and %d outputs given, model takes %d and %d", s.name, len(in), len(out), len(s.inputs), len(s.outputs))
+	}
+	values := make([]ort.Value, len(in)+len(out))
+	defer destroyAll(values)
+	for i, t := range append(in[:len(in):len(in)], out...) {
+		var err error
+		if t.Ints != nil {
+			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
+		} else {
+			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
+		}
+		if err != nil {
+			return fmt.Errorf("ortrun: %s: tensor %d shape %v: %w", s.name, i, t.Shape, err)
+		}
+	}
+	s.mu.Lock()
+	err := errClosed
+	if s.sess != nil {
+		err = s.sess.Run(values[:len(in)], values[len(in):])
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("ortrun: %s: run: %w", s.name, err)
+	}
+	return nil
 }
 
 func destroyAll(vs []ort.Value) {

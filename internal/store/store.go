@@ -5,8 +5,18 @@
 // # URLs
 //
 // Open takes any gocloud bucket URL whose driver is linked in: file:///dir
-// (with ?create_dir=1 to create it), mem://, s3://bucket?region=…&endpoint=…
-// (credentials from AWS_* environment variables), gs://, azblob://.
+// (with ?create_dir=1 to create it), mem://, and s3://bucket?region=…
+// (credentials from the AWS_* environment variables or ~/.aws; any
+// S3-compatible server with &endpoint=http://host:port&use_path_style=true).
+// Options of s3:// URLs include region, endpoint, use_path_style,
+// disable_https, profile, anonymous (see gocloud.dev/blob/s3blob and
+// gocloud.dev/aws). Other schemes (gs://,
+// azblob://) need their gocloud driver linked into the binary.
+//
+// Datasets may also name single objects by URL, scheme://bucket/key?query:
+// SplitURL cuts such a URL into its bucket's URL and the key, and Buckets
+// opens each bucket once. A file:// URL's bucket is the filesystem root
+// (file:///dir/img.png is key dir/img.png of file:///).
 //
 // # Errors
 //

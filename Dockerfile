@@ -1,0 +1,62 @@
+# DCD worker and starter images. Stages:
+#   build        go build ./worker and ./starter (cgo: the ONNX Runtime binding)
+#   ort          the ONNX Runtime CPU library, from the npm package
+#                onnxruntime-node, as scripts/setup.sh fetches it
+#   runtime-gpu  GPU image: CUDA 12 + cuDNN 9 and ONNX Runtime's GPU build,
+#                for `worker -queues gpu -ep cuda`
+#   runtime      CPU image: worker, starter, libonnxruntime (the last stage,
+#                so the default target)
+# docker-compose.yml builds both runtimes. The image has no entrypoint: the
+# command names the binary, e.g. `worker -queues cpu` or `starter run ...`.
+
+ARG GO_VERSION=1.26
+ARG ORT_VERSION=1.30.0
+
+FROM golang:${GO_VERSION}-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=1 go build -trimpath -o /out/worker ./worker \
+ && CGO_ENABLED=1 go build -trimpath -o /out/starter ./starter
+
+FROM node:22-bookworm-slim AS ort
+ARG ORT_VERSION
+WORKDIR /tmp/ort
+# npm pack only downloads the tarball; `npm install` would run a post-install
+# script that downloads from elsewhere.
+RUN npm pack --silent "onnxruntime-node@${ORT_VERSION}" >/dev/null \
+ && tar -xzf onnxruntime-node-*.tgz package/bin/napi-v6/linux/x64/libonnxruntime.so.1 \
+ && install -D -m 644 package/bin/napi-v6/linux/x64/libonnxruntime.so.1 "/out/libonnxruntime.so.${ORT_VERSION}"
+
+# The GPU build of ONNX Runtime is not on npm: it is the release archive
+# onnxruntime-linux-x64-gpu-<version>.tgz (CUDA 12), which holds
+# libonnxruntime.so with libonnxruntime_providers_cuda.so and
+# libonnxruntime_providers_shared.so beside it.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime-gpu
+ARG ORT_VERSION
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+ && curl -fsSL "https://github.com/microsoft/onnxruntime/releases/download/v${ORT_VERSION}/onnxruntime-linux-x64-gpu-${ORT_VERSION}.tgz" \
+    | tar -xz -C /opt \
+ && mv "/opt/onnxruntime-linux-x64-gpu-${ORT_VERSION}" /opt/onnxruntime \
+ && apt-get purge -y curl && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+ && mkdir /data && chown 65532:65532 /data
+COPY --from=build /out/worker /out/starter /usr/local/bin/
+ENV DCD_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
+    DCD_STORAGE=file:///data?create_dir=1
+WORKDIR /data
+USER 65532:65532
+CMD ["worker", "-queues", "gpu", "-ep", "cuda"]
+
+FROM debian:bookworm-slim AS runtime
+ARG ORT_VERSION
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir /data && chown 65532:65532 /data
+COPY --from=ort /out/ /opt/onnxruntime/lib/
+COPY --from=build /out/worker /out/starter /usr/local/bin/
+ENV DCD_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
+    DCD_STORAGE=file:///data?create_dir=1
+WORKDIR /data
+USER 65532:65532
+CMD ["worker"]

@@ -1,0 +1,125 @@
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"gocloud.dev/gcerrors"
+
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/store"
+)
+
+// processBuckets serves Activities whose Buckets field is nil.
+var processBuckets store.Buckets
+
+// buckets opens the buckets that absolute URLs in datasets name.
+func (a *Activities) buckets() *store.Buckets {
+	if a.Buckets != nil {
+		return a.Buckets
+	}
+	return &processBuckets
+}
+
+// source is where the pass's datasets are read from.
+func (a *Activities) source() dataset.Source {
+	return dataset.Source{Bucket: a.Bucket, Buckets: a.buckets(), Mem: a.Mem}
+}
+
+// ClassesInput names a classes file: a key in the worker's bucket or an
+// absolute URL.
+type ClassesInput struct {
+	File string
+}
+
+// Classes reads a classes file: one class label per line, in the order of
+// the target model's logits; blank lines are ignored.
+func (a *Activities) Classes(ctx context.Context, in ClassesInput) ([]string, error) {
+	data, err := a.buckets().ReadAll(ctx, a.Bucket, in.File)
+	if err != nil {
+		if c := store.Classify(err, in.File); c != err {
+			return nil, invalid("config: classes_file: cannot read %q: %v", in.File, err)
+		}
+		return nil, err
+	}
+	return ParseClasses(in.File, data)
+}
+
+// ParseClasses parses a classes file's content; name is used in errors.
+func ParseClasses(name string, data []byte) ([]string, error) {
+	var classes []string
+	seen := map[string]int{}
+	for i, line := range strings.Split(string(data), "\n") {
+		c := strings.TrimSpace(line)
+		if c == "" {
+			continue
+		}
+		if prev, ok := seen[c]; ok {
+			return nil, invalid("config: classes_file: %q line %d repeats class %q of line %d", name, i+1, c, prev)
+		}
+		seen[c] = i + 1
+		classes = append(classes, c)
+	}
+	if len(classes) < 2 {
+		return nil, invalid("config: classes_file: %q needs at least 2 class labels, one per line, got %d", name, len(classes))
+	}
+	return classes, nil
+}
+
+// maxNamed bounds how many unreadable E_sample images an error lists.
+const maxNamed = 5
+
+// checkErrorSample fails when any E_sample image could not be read or
+// decoded: a query that silently went missing would change the selection.
+// The error names the images and why each was rejected.
+func (a *Activities) checkErrorSample(ctx context.Context, run string, shards int, m ModelRef) error {
+	var bad []embed.Reject
+	for i := 0; i < shards; i++ {
+		shard, err := a.readShard(ctx, ShardKey(run, ErrorSample, i))
+		if err != nil {
+			return err
+		}
+		key := rejectsKey(features.Key(m.Spec, shard.Digest()))
+		data, err := store.ReadAll(ctx, a.Bucket, key)
+		if err != nil {
+			return store.Classify(err, key)
+		}
+		var rejects []embed.Reject
+		if err := json.Unmarshal(data, &rejects); err != nil {
+			return fmt.Errorf("activities: %s: %w", key, err)
+		}
+		bad = append(bad, rejects...)
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	var sb strings.Builder
+	for i, r := range bad[:min(len(bad), maxNamed)] {
+		if i > 0 {
+			sb.WriteString("; ")
+		}
+		fmt.Fprintf(&sb, "%s: %s", r.URI, r.Reason)
+	}
+	if len(bad) > maxNamed {
+		fmt.Fprintf(&sb, "; and %d more", len(bad)-maxNamed)
+	}
+	return invalid("data.error_sample: %d image(s) cannot be used, fix or remove them: %s", len(bad), sb.String())
+}
+
+// transient reports a storage error that a retry may fix (a server that is
+// unreachable, busy or failing), as opposed to a missing object or a bad
+// manifest.
+func transient(err error) bool {
+	switch gcerrors.Code(err) {
+	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}

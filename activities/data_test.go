@@ -1,0 +1,54 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/internal/store"
+)
+
+func TestClassesFile(t *testing.T) {
+	ctx := context.Background()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.WriteAll(ctx, "meta/classes.txt", []byte("tabby cat\r\n\ngolden retriever\nsports car\n"), nil)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "classes.txt"), []byte("a\nb\n"), 0o644)
+	a := &Activities{Bucket: b, Buckets: &store.Buckets{}}
+	defer a.Buckets.Close()
+
+	got, err := a.Classes(ctx, ClassesInput{File: "meta/classes.txt"})
+	if want := []string{"tabby cat", "golden retriever", "sports car"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("classes %q, %v; want %q", got, err, want)
+	}
+	got, err = a.Classes(ctx, ClassesInput{File: "file://" + dir + "/classes.txt"})
+	if err != nil || !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("classes from a file:// URL: %q, %v", got, err)
+	}
+
+	for name, c := range map[string]struct{ data, want string }{
+		"missing.txt":  {"", "cannot read"},
+		"repeated.txt": {"a\nb\na\n", `line 3 repeats class "a" of line 1`},
+		"one.txt":      {"only\n", "at least 2"},
+	} {
+		if c.data != "" {
+			b.WriteAll(ctx, name, []byte(c.data), nil)
+		}
+		_, err := a.Classes(ctx, ClassesInput{File: name})
+		var appErr *temporal.ApplicationError
+		if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "classes_file") ||
+			!strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want a non-retryable error naming classes_file and the file, saying %q", name, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package activities
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"slices"
+	"strings"
+
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
+	"dcd/schemas"
+)
+
+// exposeModel returns the model ONNX Runtime runs for spec and the graph
+// outputs to fetch, one per spec output: the model itself, or, when spec
+// reads inner tensors, the model rewritten so they are graph outputs.
+func exposeModel(data []byte, spec features.Spec) ([]byte, []string, error) {
+	return onnx.ExposeOutputs(data, spec.Outputs)
+}
+
+// exposed lists the tensors whose graph output had to be added.
+func exposed(tensors, names []string) []string {
+	var e []string
+	for i, t := range tensors {
+		if names[i] != t && !slices.Contains(e, t) {
+			e = append(e, t)
+		}
+	}
+	return e
+}
+
+// fillPreprocess completes p from the model's image input: an empty layout
+// and zero channels, height and width are read from its shape, and the
+// sizes the config gives must match the shape where it is fixed.
+func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (preprocess.Spec, error) {
+	shape := []int64(in.Dimensions)
+	if !ortrun.IsFloat32(in) {
+		return p, invalid("config: %s.input: model %q input %q is %s, but DCD feeds images as float32 tensors", field, path, in.Name, in.String())
+	}
+	if len(shape) != 4 {
+		return p, invalid("config: %s.input: model %q input %q has shape %v, but DCD feeds images as [N,C,H,W] (NCHW) or [N,H,W,C] (NHWC)", field, path, in.Name, shape)
+	}
+	if shape[0] > 0 {
+		return p, invalid("config: %s.input: model %q input %q has a fixed batch size of %d (shape %v): export it with a dynamic batch axis, e.g. torch.onnx.export(..., dynamic_axes={%q: {0: \"N\"}})", field, path, in.Name, shape[0], shape, in.Name)
+	}
+	layout := strings.ToUpper(strings.TrimSpace(p.Layout))
+	if layout == "" {
+		isChannels := func(d int64) bool {
+			if p.Channels > 0 {
+				return d == int64(p.Channels)
+			}
+			return d == 1 || d == 3
+		}
+		layout = preprocess.LayoutNCHW
+		if isChannels(shape[3]) && !isChannels(shape[1]) {
+			layout = preprocess.LayoutNHWC
+		}
+	}
+	p.Layout = layout
+	c, h, w := 1, 2, 3
+	if layout == preprocess.LayoutNHWC {
+		c, h, w = 3, 1, 2
+	}
+	for _, f := range []struct {
+		name string
+		v    *int
+		d    int64
+	}{{"channels", &p.Channels, shape[c]}, {"height", &p.Height, shape[h]}, {"width", &p.Width, shape[w]}} {
+		switch {
+		case *f.v == 0 && f.d <= 0:
+			return p, invalid("config: %s.preprocess.%s: model %q input %q has a dynamic %s (shape %v), so the config must set it", field, f.name, path, in.Name, f.name, shape)
+		case *f.v == 0:
+			*f.v = int(f.d)
+		case f.d > 0 && int64(*f.v) != f.d:
+			return p, invalid("config: %s.preprocess.%s is %d, but model %q input %q has shape %v, which as %s has %s %d", field, f.name, *f.v, path, in.Name, shape, layout, f.name, f.d)
+		}
+	}
+	if p.Channels != 1 && p.Channels != 3 {
+		return p, invalid("config: %s.preprocess: model %q input %q has shape %v, which as %s has %d channels, but DCD feeds 1 or 3 (is the layout right?)", field, path, in.Name, shape, layout, p.Channels)
+	}
+	if err := p.Validate(); err != nil {
+		return p, invalid("config: %s.preprocess: %v (model %q input %q has shape %v)", field, err, path, in.Name, shape)
+	}
+	return p, nil
+}
+
+// probe runs the model once on two mid-gray images prepared as the pass
+// will prepare every image, and returns the values per image of each
+// output. It proves that the model accepts the preprocessing and a batch,
+// and that every output is float32 with the batch first.
+func (a *Activities) probe(field, path string, model []byte, spec features.Spec, names []string) ([]int, error) {
+	var opt ortrun.Options
+	if a.Sessions != nil {
+		opt = a.Sessions.opt
+	}
+	s, err := ortrun.NewSession(path, model, []string{spec.Input}, names, opt)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("config: %s.path: %v", field, err), "ModelLoad", err)
+	}
+	defer s.Close()
+	p := spec.Preprocess
+	gray := image.NewGray(image.Rect(0, 0, p.Width, p.Height))
+	for i := range gray.Pix {
+		gray.Pix[i] = 128
+	}
+	const n = 2
+	x := make([]float32, n*p.Size())
+	for i := 0; i < n; i++ {
+		if err := p.Fill(x[i*p.Size():(i+1)*p.Size()], gray); err != nil {
+			return nil, invalid("config: %s.preprocess: %v", field, err)
+		}
+	}
+	shape := []int64{n, int64(p.Channels), int64(p.Height), int64(p.Width)}
+	if p.Layout == preprocess.LayoutNHWC {
+		shape = []int64{n, int64(p.Height), int64(p.Width), int64(p.Channels)}
+	}
+	outs, err := s.Run(ortrun.Tensor{Shape: shape, Floats: x})
+	if err != nil {
+		return nil, invalid("config: %s: model %q fails on a batch of %d images shaped %v: %v", field, path, n, shape, err)
+	}
+	dims := make([]int, len(outs))
+	for o, t := range outs {
+		if t.Floats == nil || len(t.Shape) == 0 || t.Shape[0] != n || len(t.Floats) == 0 {
+			return nil, invalid("config: %s.%s: model %q tensor %q has shape %v for a batch of %d images; DCD wants float32 values with the batch first, [N, ...]", field, spec.Columns[o], path, spec.Outputs[o], t.Shape, n)
+		}
+		dims[o] = len(t.Floats) / n
+	}
+	return dims, nil
+}
+
+// checkDims fails when a batch of shard gives other values per image than
+// the pass measured when it checked the model: vectors of different lengths
+// cannot be compared, and a model whose output size depends on its input
+// is not one DCD can use.
+func (m ModelRef) checkDims(shard string, dims []int) error {
+	for o, d := range dims {
+		if o < len(m.Dims) && m.Dims[o] > 0 && d != m.Dims[o] {
+			return m.dimError(shard, o, d)
+		}
+	}
+	return nil
+}
+
+// checkColumnDim is checkDims for one column of a feature file.
+func (m ModelRef) checkColumnDim(shard, column string, dim int) error {
+	o := slices.Index(m.Spec.Columns, column)
+	if o < 0 || o >= len(m.Dims) || m.Dims[o] == 0 || dim == m.Dims[o] {
+		return nil
+	}
+	return m.dimError(shard, o, dim)
+}
+
+func (m ModelRef) dimError(shard string, o, got int) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+		"model %s: %s (tensor %q) has %d values per image in shard %s, but %d when the pass checked the model: a model's output size must not change between shards",
+		m.Path, m.Spec.Columns[o], m.Spec.Outputs[o], got, shard, m.Dims[o]), "ModelOutput", nil)
+}
+
+// outputError makes an unusable model output (non-finite values, a wrong
+// shape) a non-retryable error naming the shard; it is nil for other
+// errors.
+func outputError(err error, shard string) error {
+	var oe *embed.OutputError
+	if errors.As(err, &oe) {
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s (shard %s)", oe.Msg, shard), "ModelOutput", nil)
+	}
+	return nil
+}
+
+// checkModelSpec completes a model's spec from the model and checks that it
+// runs: outputs names the tensors read and columns the config field (and
+// feature column) of each.
+func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, ins []ortrun.IO, input string, outputs, columns []string) (ModelRef, error) {
+	i := slices.IndexFunc(ins, func(io ortrun.IO) bool { return io.Name == input })
+	pre, err := fillPreprocess(field, m.Path, ins[i], m.Preprocess)
+	if err != nil {
+		return ModelRef{}, err
+	}
+	model, names, err := onnx.ExposeOutputs(data, outputs)
+	if err != nil {
+		var miss *onnx.MissingTensorError
+		if errors.As(err, &miss) {
+			o := slices.Index(outputs, miss.Tensor)
+			return ModelRef{}, invalid("config: %s.%s: model %q has no tensor %q; it may name a graph output or any node's output, such as %s",
+				field, columns[o], m.Path, miss.Tensor, onnx.FormatOutputs(miss.Candidates))
+		}
+		return ModelRef{}, invalid("config: %s.path: %q: %v", field, m.Path, err)
+	}
+	spec := features.Spec{
+		ModelDigest: digest(data), Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
+		Exposed: exposed(outputs, names),
+	}
+	dims, err := a.probe(field, m.Path, model, spec, names)
+	if err != nil {
+		return ModelRef{}, err
+	}
+	return ModelRef{Path: m.Path, Spec: spec, Dims: dims}, nil
+}

@@ -1,0 +1,604 @@
+package activities_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"gocloud.dev/blob"
+
+	"dcd/activities"
+	"dcd/internal/features"
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// world is a mem:// bucket with real activities over the real ONNX Runtime.
+type world struct {
+	t    *testing.T
+	b    *blob.Bucket
+	acts *activities.Activities
+	mem  *memory.CheckedAllocator
+	run  string
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	b, err := store.Open(context.Background(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	sessions := activities.NewSessions(ortrun.Options{Threads: 1})
+	t.Cleanup(sessions.Close)
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	return &world{t: t, b: b, mem: mem, run: "models-test",
+		acts: &activities.Activities{Bucket: b, Mem: mem, Sessions: sessions, Decoders: 2}}
+}
+
+// do runs one activity outside a workflow and returns its error.
+func (w *world) do(fn, in, out any) error {
+	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(log.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivity(w.acts)
+	v, err := env.ExecuteActivity(fn, in)
+	if err != nil {
+		return err
+	}
+	return v.Get(out)
+}
+
+func (w *world) must(fn, in, out any) {
+	w.t.Helper()
+	if err := w.do(fn, in, out); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) put(key string, data []byte) {
+	w.t.Helper()
+	if err := w.b.WriteAll(context.Background(), key, data, nil); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) putModel(key string, g *onnx.Graph) []byte {
+	w.t.Helper()
+	data, err := g.Marshal()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.put(key, data)
+	return data
+}
+
+// putImages writes the images as PNGs of an ImageFolder dataset and returns
+// them in key order, as the shard lists them.
+func (w *world) putImages(prefix string, imgs []image.Image) {
+	w.t.Helper()
+	for i, img := range imgs {
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, img); err != nil {
+			w.t.Fatal(err)
+		}
+		w.put(fmt.Sprintf("%sa/%03d.png", prefix, i), buf.Bytes())
+	}
+}
+
+// check runs CheckModels for a target model.
+func (w *world) check(m schemas.Model) (activities.ModelRef, error) {
+	var res activities.CheckModelsResult
+	err := w.do(w.acts.CheckModels, activities.CheckModelsInput{Target: m}, &res)
+	return res.Target, err
+}
+
+// embed plans prefix as dataset ds (one shard) and embeds it with m.
+func (w *world) embed(ds, prefix string, m activities.ModelRef) (activities.EmbedShardResult, error) {
+	w.t.Helper()
+	var plan activities.PlanResult
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: ds, Dataset: schemas.Dataset{Prefix: prefix}, ShardSize: 1 << 20}, &plan)
+	if plan.Shards != 1 {
+		w.t.Fatalf("plan %+v, want one shard", plan)
+	}
+	var res activities.EmbedShardResult
+	err := w.do(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: ds, Shard: 0, Model: m, BatchSize: 3, PartSize: 4}, &res)
+	return res, err
+}
+
+// column loads one column of a feature file.
+func (w *world) column(key, column string) *features.Matrix {
+	w.t.Helper()
+	m, err := features.Load(context.Background(), w.b, key, column, w.mem)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return m
+}
+
+// randomImages makes n RGB images of w×h with random opaque colours, and
+// one gray image, so channel order and gray→RGB both show.
+func randomImages(seed uint64, n, w, h int) []image.Image {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var imgs []image.Image
+	for i := 0; i < n; i++ {
+		img := image.NewRGBA(image.Rect(0, 0, w, h))
+		for j := 0; j < len(img.Pix); j += 4 {
+			img.Pix[j], img.Pix[j+1], img.Pix[j+2], img.Pix[j+3] = uint8(rng.IntN(256)), uint8(rng.IntN(256)), uint8(rng.IntN(256)), 255
+		}
+		imgs = append(imgs, img)
+	}
+	g := image.NewGray(image.Rect(0, 0, w, h))
+	for j := range g.Pix {
+		g.Pix[j] = uint8(rng.IntN(256))
+	}
+	return append(imgs, g)
+}
+
+// rgb is pixel (x, y) of img as 8-bit R, G, B.
+func rgb(img image.Image, x, y int) [3]float64 {
+	c := color.RGBAModel.Convert(img.At(x, y)).(color.RGBA)
+	return [3]float64{float64(c.R), float64(c.G), float64(c.B)}
+}
+
+func randomWeights(seed uint64, n int) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return v
+}
+
+// near fails unless got equals want row for row within a relative 1e-4.
+func near(t *testing.T, what string, got *features.Matrix, want [][]float64) {
+	t.Helper()
+	if len(got.URIs) != len(want) {
+		t.Fatalf("%s: %d rows, want %d", what, len(got.URIs), len(want))
+	}
+	for i, row := range want {
+		if got.Dim != len(row) {
+			t.Fatalf("%s: dim %d, want %d", what, got.Dim, len(row))
+		}
+		for j, v := range row {
+			if g := float64(got.Row(i)[j]); math.Abs(g-v) > 1e-4*(1+math.Abs(v)) {
+				t.Fatalf("%s: row %d (%s) value %d: %v, computed by hand %v", what, i, got.URIs[i], j, g, v)
+			}
+		}
+	}
+}
+
+var flattenShape = onnx.Tensor{Name: "flat_shape", Dims: []int64{2}, Ints: []int64{0, -1}}
+
+// An NHWC model fed [0,1] values: the config gives no layout or size, the
+// pass reads NHWC 4×5×3 from the model, and the features equal a fixed
+// linear map of the pixels in NHWC order, computed here from the PNGs.
+func TestNHWCModelUnitScale(t *testing.T) {
+	w := newWorld(t)
+	const H, W, C, D = 4, 5, 3, 6
+	wf := randomWeights(1, H*W*C*D)
+	w.putModel("models/nhwc.onnx", &onnx.Graph{
+		Name:   "nhwc",
+		Inputs: []onnx.Value{{Name: "pixels", Elem: onnx.Float, Shape: []int64{-1, H, W, C}}},
+		Outputs: []onnx.Value{
+			{Name: "embedding", Elem: onnx.Float, Shape: []int64{-1, D}},
+			{Name: "scores", Elem: onnx.Float, Shape: []int64{-1, 2}},
+		},
+		Initializers: []onnx.Tensor{flattenShape, {Name: "wf", Dims: []int64{H * W * C, D}, Floats: wf}, {Name: "wl", Dims: []int64{D, 2}, Floats: randomWeights(2, 2*D)}},
+		Nodes: []onnx.Node{
+			{Op: "Reshape", Inputs: []string{"pixels", "flat_shape"}, Outputs: []string{"flat"}},
+			{Op: "MatMul", Inputs: []string{"flat", "wf"}, Outputs: []string{"embedding"}},
+			{Op: "MatMul", Inputs: []string{"embedding", "wl"}, Outputs: []string{"scores"}},
+		},
+	})
+	imgs := randomImages(3, 7, W, H)
+	w.putImages("nhwc/", imgs)
+
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/nhwc.onnx", Features: "embedding", Logits: "scores"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := m.Spec.Preprocess
+	if p.Layout != preprocess.LayoutNHWC || p.Channels != C || p.Height != H || p.Width != W || p.Scale != preprocess.ScaleUnit {
+		t.Fatalf("preprocess from the model: %+v, want NHWC %dx%dx%d unit", p, C, H, W)
+	}
+	if m.Spec.Input != "pixels" || !slices.Equal(m.Dims, []int{D, 2}) || len(m.Spec.Exposed) != 0 {
+		t.Fatalf("model ref %+v", m)
+	}
+	res, err := w.embed(activities.Pool, "nhwc/", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want [][]float64
+	for _, img := range imgs {
+		row := make([]float64, D)
+		for y := 0; y < H; y++ {
+			for x := 0; x < W; x++ {
+				px := rgb(img, x, y)
+				for c := 0; c < C; c++ {
+					for d := 0; d < D; d++ {
+						row[d] += px[c] / 255 * float64(wf[((y*W+x)*C+c)*D+d])
+					}
+				}
+			}
+		}
+		want = append(want, row)
+	}
+	near(t, "embedding", w.column(res.FeatureKey, "features"), want)
+}
+
+// An NCHW RGB model with ImageNet mean/std: the pass reads layout and size
+// from the model; the features are the per-channel means of the normalised
+// input (GlobalAveragePool) and the logits a linear map of the pixels in
+// NCHW order, both computed here from the PNGs.
+func TestNCHWModelMeanStd(t *testing.T) {
+	w := newWorld(t)
+	const C, H, W, K = 3, 6, 4, 2
+	wl := randomWeights(4, C*H*W*K)
+	w.putModel("models/nchw.onnx", &onnx.Graph{
+		Name:   "nchw",
+		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, C, H, W}}},
+		Outputs: []onnx.Value{
+			{Name: "features", Elem: onnx.Float, Shape: []int64{-1, C}},
+			{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, K}},
+		},
+		Initializers: []onnx.Tensor{flattenShape, {Name: "wl", Dims: []int64{C * H * W, K}, Floats: wl}},
+		Nodes: []onnx.Node{
+			{Op: "GlobalAveragePool", Inputs: []string{"image"}, Outputs: []string{"pooled"}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"features"}},
+			{Op: "Reshape", Inputs: []string{"image", "flat_shape"}, Outputs: []string{"flat"}},
+			{Op: "MatMul", Inputs: []string{"flat", "wl"}, Outputs: []string{"logits"}},
+		},
+	})
+	imgs := randomImages(5, 5, W, H)
+	w.putImages("nchw/", imgs)
+	mean, std := []float32{0.485, 0.456, 0.406}, []float32{0.229, 0.224, 0.225}
+
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/nchw.onnx", Features: "features", Logits: "logits",
+		Preprocess: preprocess.Spec{Mean: mean, Std: std}}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := m.Spec.Preprocess; p.Layout != preprocess.LayoutNCHW || p.Channels != C || p.Height != H || p.Width != W {
+		t.Fatalf("preprocess from the model: %+v, want NCHW %dx%dx%d", p, C, H, W)
+	}
+	res, err := w.embed(activities.Test, "nchw/", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantF, wantL [][]float64
+	for _, img := range imgs {
+		f, l := make([]float64, C), make([]float64, K)
+		for c := 0; c < C; c++ {
+			for y := 0; y < H; y++ {
+				for x := 0; x < W; x++ {
+					v := (rgb(img, x, y)[c]/255 - float64(mean[c])) / float64(std[c])
+					f[c] += v / (H * W)
+					for k := 0; k < K; k++ {
+						l[k] += v * float64(wl[((c*H+y)*W+x)*K+k])
+					}
+				}
+			}
+		}
+		wantF, wantL = append(wantF, f), append(wantL, l)
+	}
+	near(t, "features", w.column(res.FeatureKey, "features"), wantF)
+	near(t, "logits", w.column(res.FeatureKey, "logits"), wantL)
+}
+
+// classifier is image [N,3,4,4] → 1×1 Conv → Relu → GlobalAveragePool
+// "pooled" [N,5,1,1] → Flatten → MatMul "logits"; with pooledOut, "pooled"
+// is a graph output too.
+func classifier(pooledOut bool) (*onnx.Graph, []float32) {
+	wc := randomWeights(6, 5*3)
+	g := &onnx.Graph{
+		Name:    "clf",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 3, 4, 4}}},
+		Outputs: []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 3}}},
+		Initializers: []onnx.Tensor{
+			{Name: "wc", Dims: []int64{5, 3, 1, 1}, Floats: wc},
+			{Name: "wh", Dims: []int64{5, 3}, Floats: randomWeights(7, 15)},
+		},
+		Nodes: []onnx.Node{
+			{Op: "Conv", Inputs: []string{"image", "wc"}, Outputs: []string{"conv"}},
+			{Op: "Relu", Inputs: []string{"conv"}, Outputs: []string{"act"}},
+			{Op: "GlobalAveragePool", Inputs: []string{"act"}, Outputs: []string{"pooled"}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"flat"}},
+			{Op: "MatMul", Inputs: []string{"flat", "wh"}, Outputs: []string{"logits"}},
+		},
+	}
+	if pooledOut {
+		g.Outputs = append(g.Outputs, onnx.Value{Name: "pooled", Elem: onnx.Float, Shape: []int64{-1, 5, 1, 1}})
+	}
+	return g, wc
+}
+
+// The penultimate rewrite: features name an inner [N,C,1,1] tensor of a
+// model whose only output is logits. The pass's features equal that tensor
+// flattened, as read from the same model with the tensor as a graph output,
+// and as computed here; the model in storage is left as it is.
+func TestInnerTensorAsFeatures(t *testing.T) {
+	w := newWorld(t)
+	inner, wc := classifier(false)
+	original := w.putModel("models/clf.onnx", inner)
+	outer, _ := classifier(true)
+	w.putModel("models/clf-out.onnx", outer)
+	imgs := randomImages(8, 6, 4, 4)
+	w.putImages("clf/", imgs)
+	cfg := func(path string) schemas.Model {
+		return schemas.Config{Target: schemas.Model{Path: path, Features: "pooled", Logits: "logits"}}.WithDefaults().Target
+	}
+
+	mi, err := w.check(cfg("models/clf.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mo, err := w.check(cfg("models/clf-out.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(mi.Spec.Exposed, []string{"pooled"}) || mo.Spec.Exposed != nil {
+		t.Fatalf("exposed: %q (inner) and %q (output), want [pooled] and none", mi.Spec.Exposed, mo.Spec.Exposed)
+	}
+	if !slices.Equal(mi.Dims, []int{5, 3}) || !slices.Equal(mo.Dims, []int{5, 3}) {
+		t.Fatalf("dims %v and %v, want [5 3]", mi.Dims, mo.Dims)
+	}
+	// The rewrite is part of the spec, so the cache tells the two apart.
+	plain := mi.Spec
+	plain.Exposed = nil
+	if plain.Digest() == mi.Spec.Digest() {
+		t.Error("the spec digest ignores the rewrite")
+	}
+
+	ri, err := w.embed(activities.Pool, "clf/", mi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ro activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Model: mo, BatchSize: 4, PartSize: 100}, &ro)
+	got, ref := w.column(ri.FeatureKey, "features"), w.column(ro.FeatureKey, "features")
+	if got.Dim != 5 || !slices.Equal(got.URIs, ref.URIs) {
+		t.Fatalf("features dim %d, rows %v; as a graph output: dim %d, rows %v", got.Dim, got.URIs, ref.Dim, ref.URIs)
+	}
+	for i := range ref.Data {
+		if got.Data[i] != ref.Data[i] {
+			t.Fatalf("value %d: %v through the rewrite, %v as a graph output", i, got.Data[i], ref.Data[i])
+		}
+	}
+	var want [][]float64
+	for _, img := range imgs {
+		row := make([]float64, 5)
+		for y := 0; y < 4; y++ {
+			for x := 0; x < 4; x++ {
+				px := rgb(img, x, y)
+				for o := 0; o < 5; o++ {
+					var v float64
+					for c := 0; c < 3; c++ {
+						v += px[c] / 255 * float64(wc[o*3+c])
+					}
+					row[o] += max(v, 0) / 16
+				}
+			}
+		}
+		want = append(want, row)
+	}
+	near(t, "pooled", got, want)
+	near(t, "logits", w.column(ri.FeatureKey, "logits"), matrixRows(w.column(ro.FeatureKey, "logits")))
+
+	stored, err := w.b.ReadAll(context.Background(), "models/clf.onnx")
+	if err != nil || !bytes.Equal(stored, original) {
+		t.Errorf("the model in storage changed (err %v)", err)
+	}
+}
+
+func matrixRows(m *features.Matrix) [][]float64 {
+	var rows [][]float64
+	for i := range m.URIs {
+		var r []float64
+		for _, v := range m.Row(i) {
+			r = append(r, float64(v))
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// failsNaming checks a non-retryable error that names every one of want.
+func failsNaming(t *testing.T, err error, want ...string) {
+	t.Helper()
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) {
+		t.Fatalf("got %v, want an application error", err)
+	}
+	if !appErr.NonRetryable() {
+		t.Errorf("error %v is retryable: no retry can fix it", err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not name %q", err, w)
+		}
+	}
+}
+
+// gapModel averages each channel of an input of the given shape.
+func gapModel(shape ...int64) *onnx.Graph {
+	return &onnx.Graph{
+		Name:    "gap",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: shape}},
+		Outputs: []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, -1}}},
+		Nodes: []onnx.Node{
+			{Op: "GlobalAveragePool", Inputs: []string{"image"}, Outputs: []string{"pooled"}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"logits"}},
+		},
+	}
+}
+
+func TestBadModels(t *testing.T) {
+	w := newWorld(t)
+	inner, _ := classifier(false)
+	w.putModel("models/clf.onnx", inner)
+	w.putModel("models/dynamic.onnx", gapModel(-1, 3, -1, -1))
+	w.putModel("models/batch1.onnx", gapModel(1, 3, 8, 8))
+	target := func(path, features string, p preprocess.Spec) schemas.Model {
+		return schemas.Config{Target: schemas.Model{Path: path, Features: features, Logits: "logits", Preprocess: p}}.WithDefaults().Target
+	}
+
+	t.Run("unknown tensor", func(t *testing.T) {
+		_, err := w.check(target("models/clf.onnx", "avgpool", preprocess.Spec{}))
+		failsNaming(t, err, "target.features", "models/clf.onnx", `"avgpool"`, `"pooled" (GlobalAveragePool)`, `"flat" (Flatten)`)
+	})
+	t.Run("dynamic input without sizes", func(t *testing.T) {
+		_, err := w.check(target("models/dynamic.onnx", "logits", preprocess.Spec{}))
+		failsNaming(t, err, "target.preprocess.height", "models/dynamic.onnx", `"image"`, "dynamic")
+	})
+	t.Run("dynamic input with sizes", func(t *testing.T) {
+		m, err := w.check(target("models/dynamic.onnx", "logits", preprocess.Spec{Height: 9, Width: 7}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := m.Spec.Preprocess; p.Channels != 3 || p.Height != 9 || p.Width != 7 || !slices.Equal(m.Dims, []int{3, 3}) {
+			t.Errorf("spec %+v dims %v", p, m.Dims)
+		}
+	})
+	t.Run("size against a fixed shape", func(t *testing.T) {
+		_, err := w.check(target("models/clf.onnx", "pooled", preprocess.Spec{Width: 224}))
+		failsNaming(t, err, "target.preprocess.width", "224", "models/clf.onnx")
+	})
+	t.Run("fixed batch", func(t *testing.T) {
+		_, err := w.check(target("models/batch1.onnx", "logits", preprocess.Spec{}))
+		failsNaming(t, err, "target.input", "models/batch1.onnx", "batch")
+	})
+	t.Run("similarity", func(t *testing.T) {
+		sim := target("models/clf.onnx", "nope", preprocess.Spec{})
+		var res activities.CheckModelsResult
+		err := w.do(w.acts.CheckModels, activities.CheckModelsInput{Target: target("models/clf.onnx", "pooled", preprocess.Spec{}), Similarity: &sim}, &res)
+		failsNaming(t, err, "similarity.features", `"nope"`)
+	})
+}
+
+// A model whose output is not finite, or whose output size changes between
+// shards, fails the shard without retries, naming the model and the shard.
+func TestBadOutputs(t *testing.T) {
+	w := newWorld(t)
+	// features = log(x - 2): NaN for every pixel value in [0,1].
+	w.putModel("models/nan.onnx", &onnx.Graph{
+		Name:         "nan",
+		Inputs:       []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs:      []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+		Initializers: []onnx.Tensor{{Name: "two", Dims: []int64{}, Floats: []float32{2}}},
+		Nodes: []onnx.Node{
+			{Op: "Sub", Inputs: []string{"image", "two"}, Outputs: []string{"shifted"}},
+			{Op: "Log", Inputs: []string{"shifted"}, Outputs: []string{"log"}},
+			{Op: "Flatten", Inputs: []string{"log"}, Outputs: []string{"logits"}},
+		},
+	})
+	// features has 5 values per image when the batch's brightest pixel is
+	// above 0.4, else 1: the check's gray images give 5, a dark shard 1.
+	w.putModel("models/varying.onnx", &onnx.Graph{
+		Name:    "varying",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs: []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, -1}}},
+		Initializers: []onnx.Tensor{
+			{Name: "threshold", Dims: []int64{}, Floats: []float32{0.4}},
+			{Name: "four", Dims: []int64{1}, Ints: []int64{4}},
+			{Name: "one", Dims: []int64{1}, Ints: []int64{1}},
+			{Name: "zero", Dims: []int64{1}, Ints: []int64{0}},
+			{Name: "axis1", Dims: []int64{1}, Ints: []int64{1}},
+			{Name: "row", Dims: []int64{1, 5}, Floats: []float32{1, 2, 3, 4, 5}},
+		},
+		Nodes: []onnx.Node{
+			{Op: "ReduceMax", Inputs: []string{"image"}, Outputs: []string{"max"}, Attrs: map[string]any{"keepdims": 0}},
+			{Op: "Greater", Inputs: []string{"max", "threshold"}, Outputs: []string{"bright"}},
+			{Op: "Cast", Inputs: []string{"bright"}, Outputs: []string{"b"}, Attrs: map[string]any{"to": onnx.Int64}},
+			{Op: "Mul", Inputs: []string{"b", "four"}, Outputs: []string{"b4"}},
+			{Op: "Add", Inputs: []string{"b4", "one"}, Outputs: []string{"end"}},
+			{Op: "Slice", Inputs: []string{"row", "zero", "end", "axis1"}, Outputs: []string{"part"}},
+			{Op: "Shape", Inputs: []string{"image"}, Outputs: []string{"shape"}},
+			{Op: "Slice", Inputs: []string{"shape", "zero", "one"}, Outputs: []string{"n"}},
+			{Op: "Concat", Inputs: []string{"n", "one"}, Outputs: []string{"n1"}, Attrs: map[string]any{"axis": 0}},
+			{Op: "Expand", Inputs: []string{"part", "n1"}, Outputs: []string{"logits"}},
+		},
+	})
+	gray := func(v uint8, n int) []image.Image {
+		var imgs []image.Image
+		for i := 0; i < n; i++ {
+			g := image.NewGray(image.Rect(0, 0, 2, 2))
+			for j := range g.Pix {
+				g.Pix[j] = v
+			}
+			imgs = append(imgs, g)
+		}
+		return imgs
+	}
+	w.putImages("bright/", gray(250, 5))
+	w.putImages("dark/", gray(10, 5))
+	target := func(path string) schemas.Model {
+		return schemas.Config{Target: schemas.Model{Path: path, Features: "logits", Logits: "logits"}}.WithDefaults().Target
+	}
+
+	t.Run("not finite", func(t *testing.T) {
+		m, err := w.check(target("models/nan.onnx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.embed(activities.Train, "bright/", m)
+		failsNaming(t, err, "models/nan.onnx", activities.ShardKey(w.run, activities.Train, 0), "NaN")
+	})
+	t.Run("dimension changes between shards", func(t *testing.T) {
+		m, err := w.check(target("models/varying.onnx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(m.Dims, []int{5, 5}) {
+			t.Fatalf("dims %v, want [5 5]", m.Dims)
+		}
+		if _, err := w.embed(activities.Pool, "bright/", m); err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.embed(activities.ErrorSample, "dark/", m)
+		failsNaming(t, err, "models/varying.onnx", activities.ShardKey(w.run, activities.ErrorSample, 0), "1 values per image", "5 when the pass checked")
+	})
+}
+
+// Shards whose feature files disagree with the checked model (a cache
+// written by another version, say) fail when read, naming model and shard.
+func TestLoadedDimsChecked(t *testing.T) {
+	w := newWorld(t)
+	g, _ := classifier(false)
+	w.putModel("models/clf.onnx", g)
+	w.putImages("q/", randomImages(9, 2, 4, 4))
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.embed(activities.ErrorSample, "q/", m); err != nil {
+		t.Fatal(err)
+	}
+	wrong := m
+	wrong.Dims = []int{7, 3}
+	var res activities.QueriesResult
+	err = w.do(w.acts.Queries, activities.QueriesInput{Run: w.run, Shards: 1, Model: wrong}, &res)
+	failsNaming(t, err, "models/clf.onnx", activities.ShardKey(w.run, activities.ErrorSample, 0), "5 values per image", "7 when")
+}

@@ -1,0 +1,190 @@
+package activities
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
+
+	"dcd/internal/browser"
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+func digitPNG(t *testing.T, seed int) []byte {
+	t.Helper()
+	img := image.NewGray(image.Rect(0, 0, 28, 28))
+	for y := 4; y < 24; y++ {
+		for x := 4 + seed%5; x < 10+seed%7; x++ {
+			img.SetGray(x, y, color.Gray{Y: uint8(120 + 13*seed)})
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func ptr(v float64) *float64 { return &v }
+
+// reportFixture writes what Report reads for a pass "r" over three
+// classes: 4 E_sample queries with 3 neighbours each, one pool shard with
+// a reject, and the dcd method's debug-train set and dropped images.
+func reportFixture(t *testing.T) (*Activities, ReportInput) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := blob.OpenBucket(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	a := &Activities{Bucket: b, Mem: mem}
+	const run = "r"
+	put := func(key string, data []byte) {
+		if err := b.WriteAll(ctx, key, data, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	classes := []string{"a", "b", "c"}
+	var sample dataset.Shard
+	var images []embed.Image
+	for i := range 4 {
+		key := fmt.Sprintf("es/%s/%d.png", classes[i%3], i)
+		put(key, digitPNG(t, i))
+		sample.Items = append(sample.Items, dataset.Item{ID: int64(i), Key: key, Label: classes[i%3]})
+		images = append(images, embed.Image{URI: key})
+	}
+	put(ShardKey(run, ErrorSample, 0), sample.Marshal())
+	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 8)}, Dims: []int{2}})
+	if err := store.WriteArrow(ctx, b, RunKey(run, "queries.arrow"), rec.Schema(), mem, rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Release()
+
+	var pool dataset.Shard
+	for i := range 12 {
+		key := fmt.Sprintf("pool/%02d.png", i)
+		put(key, digitPNG(t, i+7))
+		pool.Items = append(pool.Items, dataset.Item{ID: int64(i), Key: key, Label: classes[i%3], Domain: []string{"clean", "blur"}[i%2]})
+	}
+	put("pool/broken.png", []byte("not an image"))
+	pool.Items = append(pool.Items, dataset.Item{ID: 12, Key: "pool/broken.png", Label: "a"})
+	put(ShardKey(run, Pool, 0), pool.Marshal())
+	spec := features.Spec{ModelDigest: "d", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"}}
+	rejects, _ := json.Marshal([]embed.Reject{{URI: "pool/broken.png", Reason: "decode: not an image"}})
+	put(rejectsKey(features.Key(spec, pool.Digest())), rejects)
+
+	nb := newNeighborBuilder(a)
+	for q := range 4 {
+		for r := range 3 {
+			nb.add(int32(q), int32(r), float32(r+1)*0.5, pool.Items[(3*q+r)%12])
+		}
+	}
+	nrec := nb.record()
+	if err := store.WriteArrow(ctx, b, RunKey(run, "neighbors.arrow"), schemas.Neighbors, mem, nrec); err != nil {
+		t.Fatal(err)
+	}
+	nrec.Release()
+	nb.release()
+	if err := a.writeSelection(ctx, MethodKey(run, "dcd", "debug_train.csv"), []selected{{item: pool.Items[0]}, {item: pool.Items[4]}}); err != nil {
+		t.Fatal(err)
+	}
+	put(MethodKey(run, "dcd", "dropped.csv"), []byte("uri,reason,of,relative_distance\n/pool/01.png,leak,/es/b/1.png,1e-05\n"))
+
+	cls := func(v ...float64) []*float64 {
+		out := make([]*float64, len(v))
+		for i := range v {
+			out[i] = ptr(v[i])
+		}
+		return out
+	}
+	ev := Eval{RunID: run, Classes: classes, TestImages: 300, HeldoutImages: 90,
+		TestPerClassImages: []int{100, 100, 100}, HeldoutPerClassImages: []int{30, 30, 30},
+		Methods: []Method{
+			{Method: "none", TestAccuracy: 0.97, HeldoutAccuracy: 0.12, TestPerClass: cls(.98, .97, .96), HeldoutPerClass: cls(.1, .2, .06)},
+			{Method: "random", TestAccuracy: 0.968, HeldoutAccuracy: 0.25, DebugTrainSize: 2, SelectionPrecision: ptr(0.5), WallSeconds: 1.2,
+				TestPerClass: cls(.98, .96, .96), HeldoutPerClass: cls(.3, .3, .15)},
+			{Method: "dcd", TestAccuracy: 0.969, HeldoutAccuracy: 0.8, DebugTrainSize: 2, SelectionPrecision: ptr(1), WallSeconds: 2.5, Leaks: 1,
+				TestPerClass: cls(.98, .97, .957), HeldoutPerClass: cls(.8, .9, .7)},
+		}}
+	cfg := schemas.Config{Name: "unit", Classes: classes, Seed: 1}.WithDefaults()
+	cfg.Compare = []string{"none", "random", "dcd"}
+	return a, ReportInput{Run: run, Config: cfg, Eval: ev, PoolShards: 1, Similarity: ModelRef{Spec: spec}, SampleShards: 1, Reference: "dcd"}
+}
+
+// The report renders in headless Chromium without errors: every thumbnail
+// decodes, nothing is fetched from elsewhere, the chart and the tables
+// are there, the gallery marks what the guard dropped, and the rejects
+// and the config are listed.
+func TestReportRendersInChromium(t *testing.T) {
+	a, in := reportFixture(t)
+	res, err := a.Report(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rejects != 1 {
+		t.Errorf("rejects %d, want 1", res.Rejects)
+	}
+	page, err := a.Bucket.ReadAll(context.Background(), res.ReportKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := browser.Check(context.Background(), page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Errors) > 0 || len(got.Broken) > 0 || len(got.External) > 0 {
+		t.Errorf("errors %q, broken images %q, external URLs %q", got.Errors, got.Broken, got.External)
+	}
+	// 4 queries + 12 neighbours, all data: URIs.
+	if got.Images != 4+12 {
+		t.Errorf("%d images, want 16", got.Images)
+	}
+	if got.SVGShapes < 6 {
+		t.Errorf("the bar chart has %d shapes, want bars for 3 methods", got.SVGShapes)
+	}
+	for _, want := range []string{"dcd lifted E_heldout accuracy from 12.0% to 80.0%", "random", "dropped: leak", "pool/broken.png", "decode: not an image", "compare:", "+68.0"} {
+		if !strings.Contains(got.Text, want) {
+			t.Errorf("the page's text lacks %q", want)
+		}
+	}
+	csv, _ := a.Bucket.ReadAll(context.Background(), res.RejectsKey)
+	if !strings.Contains(string(csv), "pool/broken.png,decode: not an image") {
+		t.Errorf("rejects.csv: %q", csv)
+	}
+}
+
+// With many classes, the per-class tables show the 30 whose E_heldout
+// accuracy changed most, in class order.
+func TestShownClasses(t *testing.T) {
+	ev := Eval{}
+	var before, after []*float64
+	for c := range 100 {
+		ev.Classes = append(ev.Classes, fmt.Sprint(c))
+		before = append(before, ptr(0.5))
+		after = append(after, ptr(0.5+float64(c%50)/100)) // classes 40–49 and 90–99 change most
+	}
+	ev.Methods = []Method{{Method: "none", HeldoutPerClass: before}, {Method: "dcd", HeldoutPerClass: after}}
+	got := shownClasses(ev, "dcd")
+	if len(got) != maxClassesShown || got[0] != 35 || got[len(got)-1] != 99 || got[14] != 49 || got[15] != 85 {
+		t.Errorf("shown %v", got)
+	}
+	ev.Classes, ev.Methods[0].HeldoutPerClass, ev.Methods[1].HeldoutPerClass = ev.Classes[:10], before[:10], after[:10]
+	if got := shownClasses(ev, "dcd"); len(got) != 10 || got[9] != 9 {
+		t.Errorf("10 classes: shown %v", got)
+	}
+}

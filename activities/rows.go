@@ -1,0 +1,248 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+
+	"go.temporal.io/sdk/activity"
+
+	"dcd/internal/features"
+	"dcd/internal/head"
+)
+
+// featureSource is one feature file's part of a training set.
+type featureSource struct {
+	key    string  // feature file
+	labels []int32 // class of each row of the file; -1 leaves the row out
+	weight float32
+}
+
+// featureRows is head.Rows (and head.Shuffled) over feature files in
+// storage. When all rows fit the memory budget they are read once and kept;
+// otherwise every pass re-reads the files, one at a time with the next one
+// loading behind it, so at most two files' rows are in memory whatever the
+// size of the training set.
+type featureRows struct {
+	ctx     context.Context
+	a       *Activities
+	column  string
+	dim     int
+	sources []featureSource
+	cached  [][]float32 // per source; nil when streaming
+	// live counts files held in memory now; maxLive is the most at once.
+	live, maxLive atomic.Int32
+	passes        int
+}
+
+var _ head.Shuffled = (*featureRows)(nil)
+
+func (r *featureRows) Dim() int { return r.dim }
+
+// Each implements head.Rows.
+func (r *featureRows) Each(fn func(x []float32, label int, weight float32) error) error {
+	return r.each(nil, fn)
+}
+
+// EachShuffled implements head.Shuffled: the files in a seeded order, and
+// each file's rows in a seeded order.
+func (r *featureRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
+	rng := rand.New(rand.NewPCG(seed, 0xfea7))
+	return r.each(rng, fn)
+}
+
+func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {
+	r.passes++
+	order := make([]int, len(r.sources))
+	for i := range order {
+		order[i] = i
+	}
+	if rng != nil {
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	if r.cached != nil {
+		for _, s := range order {
+			if err := r.emit(s, r.cached[s], rng, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Stream: a goroutine loads the next file while fn consumes this one.
+	type loaded struct {
+		s    int
+		data []float32
+		err  error
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	ch := make(chan loaded)
+	go func() {
+		defer close(ch)
+		for _, s := range order {
+			data, err := r.load(ctx, s)
+			select {
+			case ch <- loaded{s, data, err}:
+			case <-ctx.Done():
+				if data != nil {
+					r.live.Add(-1)
+				}
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for l := range ch {
+		if l.err != nil {
+			return l.err
+		}
+		err := r.emit(l.s, l.data, rng, fn)
+		r.live.Add(-1)
+		if err != nil {
+			return err
+		}
+		heartbeat(r.ctx, fmt.Sprintf("pass %d", r.passes))
+	}
+	return r.ctx.Err()
+}
+
+func (r *featureRows) emit(s int, data []float32, rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {
+	src := r.sources[s]
+	rows := len(src.labels)
+	if rng == nil {
+		for i, l := range src.labels {
+			if l >= 0 {
+				if err := fn(data[i*r.dim:(i+1)*r.dim], int(l), src.weight); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	for _, i := range rng.Perm(rows) {
+		if l := src.labels[i]; l >= 0 {
+			if err := fn(data[i*r.dim:(i+1)*r.dim], int(l), src.weight); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// load reads one source's features; the caller must r.live.Add(-1) when
+// done with them.
+func (r *featureRows) load(ctx context.Context, s int) ([]float32, error) {
+	src := r.sources[s]
+	m, err := features.Load(ctx, r.a.Bucket, src.key, r.column, r.a.Mem)
+	if err != nil {
+		return nil, fmt.Errorf("activities: retrain: %w", err)
+	}
+	if len(m.URIs) != len(src.labels) || m.Dim != r.dim {
+		return nil, fmt.Errorf("activities: retrain: feature file %s changed during training: %d rows of %d values, had %d of %d", src.key, len(m.URIs), m.Dim, len(src.labels), r.dim)
+	}
+	n := r.live.Add(1)
+	for {
+		old := r.maxLive.Load()
+		if n <= old || r.maxLive.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	return m.Data, nil
+}
+
+// rowSet names a dataset's shards as training rows.
+type rowSet struct {
+	ds     string
+	shards int
+	weight float32
+	// strict makes a label outside classes an error; otherwise the image
+	// is left out and counted.
+	strict bool
+	// keep, when not nil, limits the rows to these item keys.
+	keep map[string]bool
+}
+
+// rowStats counts what newFeatureRows found.
+type rowStats struct {
+	rows    []int // per rowSet
+	skipped int   // labels outside classes
+	domain  int   // kept rows whose domain is errorDomain
+	known   bool  // some kept row has a domain
+}
+
+// newFeatureRows indexes the rows of sets (one read of each feature file,
+// to join labels), keeping them in memory when they fit in budget bytes.
+func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef, classes []string, sets []rowSet, budget int64, errorDomain string) (*featureRows, rowStats, error) {
+	r := &featureRows{ctx: ctx, a: a, column: "features"}
+	st := rowStats{rows: make([]int, len(sets))}
+	var cache [][]float32
+	var bytes int64
+	caching := true
+	for si, set := range sets {
+		for i := 0; i < set.shards; i++ {
+			shardKey := ShardKey(run, set.ds, i)
+			shard, err := a.readShard(ctx, shardKey)
+			if err != nil {
+				return nil, st, err
+			}
+			key := features.Key(m.Spec, shard.Digest())
+			items, mat, err := a.loadShard(ctx, run, set.ds, i, m, r.column)
+			if err != nil {
+				return nil, st, err
+			}
+			if len(items) == 0 {
+				continue
+			}
+			if r.dim == 0 {
+				r.dim = mat.Dim
+			} else if mat.Dim != r.dim {
+				return nil, st, invalid("target model gives %d values per image for %s but %d for earlier shards", mat.Dim, shardKey, r.dim)
+			}
+			src := featureSource{key: key, labels: make([]int32, len(items)), weight: set.weight}
+			for j, it := range items {
+				c := slices.Index(classes, it.Label)
+				switch {
+				case set.keep != nil && !set.keep[it.Key]:
+					c = -1
+				case c < 0 && set.strict:
+					return nil, st, invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
+				case c < 0:
+					st.skipped++
+				default:
+					st.rows[si]++
+					if it.Domain != "" {
+						st.known = true
+					}
+					if errorDomain != "" && it.Domain == errorDomain {
+						st.domain++
+					}
+				}
+				src.labels[j] = int32(c)
+			}
+			r.sources = append(r.sources, src)
+			bytes += int64(len(mat.Data)) * 4
+			if caching && bytes <= budget {
+				cache = append(cache, mat.Data)
+			} else {
+				caching, cache = false, nil
+			}
+			heartbeat(ctx, shardKey)
+		}
+	}
+	if caching {
+		r.cached = cache
+	}
+	return r, st, nil
+}
+
+// heartbeat records progress when ctx is an activity's (tests call some
+// helpers outside one).
+func heartbeat(ctx context.Context, details ...any) {
+	if activity.IsActivity(ctx) {
+		activity.RecordHeartbeat(ctx, details...)
+	}
+}

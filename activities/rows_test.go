@@ -1,0 +1,197 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/head"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+var rowsSpec = features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"f", "l"}, Columns: []string{"features", "logits"}}
+
+// writeBlobs writes a dataset of shards×per rows of dim features, drawn
+// around one centre per class, as shard manifests and feature files.
+func writeBlobs(t testing.TB, a *Activities, run, ds string, shards, per, dim, classes int, seed uint64) {
+	t.Helper()
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	centres := make([][]float64, classes)
+	crng := rand.New(rand.NewPCG(99, 99)) // the same classes in every dataset
+	for c := range centres {
+		centres[c] = make([]float64, dim)
+		for j := range centres[c] {
+			centres[c][j] = 3 * crng.NormFloat64()
+		}
+	}
+	labels := make([]string, classes)
+	for c := range labels {
+		labels[c] = fmt.Sprint(c)
+	}
+	for s := range shards {
+		var shard dataset.Shard
+		images := make([]embed.Image, per)
+		vec := make([]float32, per*dim)
+		for i := range per {
+			c := rng.IntN(classes)
+			key := fmt.Sprintf("%s/%07d.png", ds, s*per+i)
+			shard.Items = append(shard.Items, dataset.Item{ID: int64(s*per + i), Key: key, Label: labels[c]})
+			images[i] = embed.Image{URI: key}
+			for j := range dim {
+				vec[i*dim+j] = float32(centres[c][j] + rng.NormFloat64())
+			}
+		}
+		if err := store.WriteAll(ctx, a.Bucket, ShardKey(run, ds, s), shard.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+		rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{vec, make([]float32, per*classes)}, Dims: []int{dim, classes}})
+		err := store.WriteArrow(ctx, a.Bucket, features.Key(rowsSpec, shard.Digest()), rec.Schema(), a.Mem, rec)
+		rec.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func fileActivities(t testing.TB) *Activities {
+	t.Helper()
+	b, err := store.Open(context.Background(), "file://"+t.TempDir()+"?create_dir=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return &Activities{Bucket: b, Mem: memory.NewGoAllocator()}
+}
+
+func tenClasses() []string {
+	var cs []string
+	for c := range 10 {
+		cs = append(cs, fmt.Sprint(c))
+	}
+	return cs
+}
+
+// Streaming and in-memory rows give the same head bit for bit, and
+// streaming holds at most two feature files at once.
+func TestFeatureRowsStreamLikeMemory(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, 7, 300, 12, 10, 1)
+	ctx := context.Background()
+	sets := []rowSet{{ds: Train, shards: 7, weight: 1, strict: true}}
+	mem, st, err := a.newFeatureRows(ctx, "r", ModelRef{Spec: rowsSpec}, tenClasses(), sets, 1<<30, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, _, err := a.newFeatureRows(ctx, "r", ModelRef{Spec: rowsSpec}, tenClasses(), sets, 1000, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mem.cached == nil || stream.cached != nil || st.rows[0] != 2100 {
+		t.Fatalf("cached %v / %v, rows %d", mem.cached != nil, stream.cached != nil, st.rows[0])
+	}
+	for _, opt := range []head.Options{
+		{Classes: 10, Iters: 30},
+		{Classes: 10, MiniBatch: true, Epochs: 3, Seed: 7, ClassBalanced: true},
+	} {
+		hm, err := head.Train(mem, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := head.Train(stream, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range hm.W {
+			if math.Float32bits(hm.W[i]) != math.Float32bits(hs.W[i]) {
+				t.Fatalf("mini-batch %v: W[%d] %v in memory, %v streamed", opt.MiniBatch, i, hm.W[i], hs.W[i])
+			}
+		}
+	}
+	if m := stream.maxLive.Load(); m > 2 || stream.passes < 5 {
+		t.Errorf("streaming held %d files at once over %d passes, want ≤ 2", m, stream.passes)
+	}
+}
+
+// heapPeak samples the heap in use until stop is called.
+func heapPeak() (stop func() uint64) {
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return func() uint64 { close(done); wg.Wait(); return peak.Load() }
+}
+
+// Retrain fits a head on 1,000,000 rows (500 feature files) whose features
+// (64 MB) never sit in memory together: the heap stays far below their
+// size, in full-batch and in mini-batch mode.
+func TestRetrainStreamsAMillionRows(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 1,000,000 rows")
+	}
+	a := fileActivities(t)
+	const shards, per, dim = 500, 2000, 16
+	writeBlobs(t, a, "big", Train, shards, per, dim, 10, 2)
+	writeBlobs(t, a, "big", "extra", 1, 1000, dim, 10, 3)
+	const dataBytes = shards * per * dim * 4
+	// A low GC target makes the heap in use follow live memory rather
+	// than garbage awaiting collection.
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	for _, recipe := range []schemas.Retrain{
+		{Lambda: 0.01, Iters: 3, Mode: schemas.FullBatch},
+		{Lambda: 0.01, Mode: schemas.MiniBatch, Epochs: 1, BatchSize: 512, LearningRate: 0.05},
+	} {
+		recipe.DebugWeight, recipe.MemoryMB = 1, 8
+		runtime.GC()
+		stop := heapPeak()
+		start := time.Now()
+		res, err := a.Retrain(context.Background(), RetrainInput{
+			Run: "big", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: shards,
+			Debug: &DebugSet{Dataset: "extra", Shards: 1}, Recipe: recipe, Seed: 1,
+		})
+		peak := stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d+%d rows in %s, heap peak %.1f MB (features %.0f MB)", recipe.Mode, res.TrainRows, res.DebugRows,
+			time.Since(start).Round(time.Millisecond), float64(peak)/(1<<20), float64(dataBytes)/(1<<20))
+		if res.TrainRows != shards*per || res.DebugRows != 1000 || !res.Streamed {
+			t.Errorf("rows %d+%d streamed %v", res.TrainRows, res.DebugRows, res.Streamed)
+		}
+		if peak > dataBytes/3 {
+			t.Errorf("heap peaked at %.1f MB, want well below the %.0f MB of features", float64(peak)/(1<<20), float64(dataBytes)/(1<<20))
+		}
+		data, err := a.Bucket.ReadAll(context.Background(), res.HeadKey)
+		if err != nil || len(data) == 0 {
+			t.Fatalf("head: %v", err)
+		}
+	}
+}

@@ -1,0 +1,513 @@
+package activities
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/apache/arrow/go/v15/arrow/array"
+
+	"dcd/internal/dataset"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// SelectInput is one dcd method's selection from the merged neighbours.
+type SelectInput struct {
+	Run    string
+	Method string
+	// Selection is the method's selection (a variant's overrides applied).
+	Selection schemas.Selection
+}
+
+// SelectResult describes a debug-train set.
+type SelectResult struct {
+	Manifest string
+	Size     int
+	// Precision is the share of selected images from the error domain; nil
+	// when the pool carries no ground truth.
+	Precision *float64
+	// Duplicates and Leaks count the images the guards dropped.
+	Duplicates int
+	Leaks      int
+	Seconds    float64
+}
+
+// selected is a pool image chosen for a debug-train set, with the score it
+// was ranked by (squared distance in the similarity model's space).
+type selected struct {
+	item  dataset.Item
+	score float64
+}
+
+// SelectDebugTrain chooses a dcd method's pool images from the merged
+// neighbours (runs/<id>/neighbors.arrow) and writes them, each once with
+// its weak label and score, in pool-id order, to
+// methods/<method>/selected.csv:
+//
+//   - per_query: every query's K nearest;
+//   - global: the Budget images with the smallest aggregate distance;
+//   - threshold: every image whose aggregate distance is at most Threshold.
+//
+// Global and threshold choose among the candidates the pool scan kept
+// (scan_k per query). The aggregate is the distance to the nearest query
+// (min), or the mean over all queries (mean), a query that did not keep an
+// image counting with its farthest kept distance.
+func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (SelectResult, error) {
+	start := time.Now()
+	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "selected.csv")}
+	key := RunKey(in.Run, "neighbors.arrow")
+	f, err := store.OpenArrow(ctx, a.Bucket, key, a.Mem)
+	if err != nil {
+		return res, store.Classify(err, key)
+	}
+	defer f.Close()
+	type cand struct {
+		item    dataset.Item
+		sum     float64 // distances to the queries that kept it
+		min     float64
+		queries []int32 // that kept it
+		pick    bool    // per_query: within some query's K
+	}
+	cands := map[int64]*cand{}
+	farthest := map[int32]float64{} // each query's farthest kept distance
+	for r := 0; r < f.NumRecords(); r++ {
+		rec, err := f.Record(r)
+		if err != nil {
+			return res, fmt.Errorf("activities: %s: %w", key, err)
+		}
+		q := rec.Column(0).(*array.Int32)
+		rank := rec.Column(1).(*array.Int32)
+		i := 0
+		forEachNeighbor(rec, func(_ int32, c candidate) {
+			d := float64(c.Distance)
+			x, ok := cands[c.ID]
+			if !ok {
+				x = &cand{item: c.item, min: d}
+				cands[c.ID] = x
+			}
+			x.sum += d
+			x.min = min(x.min, d)
+			x.queries = append(x.queries, q.Value(i))
+			if int(rank.Value(i)) < in.Selection.K {
+				x.pick = true
+			}
+			farthest[q.Value(i)] = max(farthest[q.Value(i)], d)
+			i++
+		})
+	}
+	var allFar float64 // summed in query order, so the scores are reproducible
+	for _, q := range slices.Sorted(maps.Keys(farthest)) {
+		allFar += farthest[q]
+	}
+	var chosen []selected
+	for _, c := range cands {
+		score := c.min
+		if in.Selection.Aggregate == schemas.AggMean {
+			// A query that did not keep c counts with its farthest kept
+			// distance, a lower bound of the true one.
+			rest := allFar
+			for _, q := range c.queries {
+				rest -= farthest[q]
+			}
+			score = (c.sum + rest) / float64(len(farthest))
+		}
+		if in.Selection.Strategy == schemas.PerQuery && !c.pick {
+			continue
+		}
+		if in.Selection.Strategy == schemas.Threshold && score > in.Selection.Threshold {
+			continue
+		}
+		chosen = append(chosen, selected{item: c.item, score: score})
+	}
+	if in.Selection.Strategy == schemas.Global {
+		slices.SortFunc(chosen, func(x, y selected) int {
+			return cmp.Or(cmp.Compare(x.score, y.score), cmp.Compare(x.item.ID, y.item.ID))
+		})
+		chosen = chosen[:min(in.Selection.Budget, len(chosen))]
+	}
+	slices.SortFunc(chosen, func(x, y selected) int { return cmp.Compare(x.item.ID, y.item.ID) })
+	res.Size, res.Precision = len(chosen), precision(chosen, in.Selection.ErrorDomain)
+	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
+		return res, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// precision is the share of chosen images from domain, nil without ground
+// truth (no domain asked for, or none known).
+func precision(chosen []selected, domain string) *float64 {
+	if domain == "" || len(chosen) == 0 {
+		return nil
+	}
+	hits, known := 0, false
+	for _, c := range chosen {
+		known = known || c.item.Domain != ""
+		if c.item.Domain == domain {
+			hits++
+		}
+	}
+	if !known {
+		return nil
+	}
+	p := float64(hits) / float64(len(chosen))
+	return &p
+}
+
+var selectionHeader = []string{"uri", "label", "domain", "score"}
+
+// writeSelection writes a manifest (uri,label,domain,score) that Plan reads
+// like any other.
+func (a *Activities) writeSelection(ctx context.Context, key string, chosen []selected) error {
+	var buf bytes.Buffer
+	w := csv.NewWriter(&buf)
+	w.Write(selectionHeader)
+	for _, c := range chosen {
+		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64)})
+	}
+	w.Flush()
+	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
+}
+
+// manifestRow is one row of a manifest this package wrote.
+type manifestRow struct {
+	key, label, domain string
+	score              float64
+}
+
+// readManifest reads a manifest written by writeSelection.
+func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRow, error) {
+	data, err := store.ReadAll(ctx, a.Bucket, key)
+	if err != nil {
+		return nil, store.Classify(err, key)
+	}
+	r := csv.NewReader(bytes.NewReader(data))
+	r.FieldsPerRecord = -1
+	header, err := r.Read()
+	if err != nil {
+		return nil, invalid("manifest %s: %v", key, err)
+	}
+	col := func(name string) int { return slices.Index(header, name) }
+	ui, li, di, si := col("uri"), col("label"), col("domain"), col("score")
+	if ui < 0 || li < 0 {
+		return nil, invalid("manifest %s: header %q has no uri and label", key, header)
+	}
+	var rows []manifestRow
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, invalid("manifest %s: %v", key, err)
+		}
+		row := manifestRow{key: itemKeyOf(rec[ui]), label: rec[li]}
+		if di >= 0 && di < len(rec) {
+			row.domain = rec[di]
+		}
+		if si >= 0 && si < len(rec) {
+			row.score, _ = strconv.ParseFloat(rec[si], 64)
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// itemKeyOf inverts dataset.ManifestURI.
+func itemKeyOf(uri string) string {
+	if store.IsURL(uri) {
+		return uri
+	}
+	return strings.TrimPrefix(uri, "/")
+}
+
+// RandomInput is the random baseline's draw.
+type RandomInput struct {
+	Run         string
+	Method      string
+	PoolShards  int
+	PoolImages  int
+	N           int
+	Seed        uint64
+	ErrorDomain string
+}
+
+// SelectRandom draws N pool images uniformly without replacement, seeded,
+// and writes them like a selection (methods/<method>/debug_train.csv). It
+// reads every pool shard manifest once and holds only the draw.
+func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
+	start := time.Now()
+	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
+	n := min(in.N, in.PoolImages)
+	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), in.PoolImages, n)
+	var chosen []selected
+	pos := 0
+	for i := 0; i < in.PoolShards && len(draw) > 0; i++ {
+		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+		if err != nil {
+			return res, err
+		}
+		for _, it := range shard.Items {
+			if len(draw) > 0 && draw[0] == pos {
+				chosen = append(chosen, selected{item: it})
+				draw = draw[1:]
+			}
+			pos++
+		}
+		heartbeat(ctx, i)
+	}
+	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
+	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
+		return res, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// sample returns n distinct integers of [0, total) in increasing order
+// (Floyd's algorithm: n draws, whatever total).
+func sample(rng *rand.Rand, total, n int) []int {
+	seen := make(map[int]bool, n)
+	out := make([]int, 0, n)
+	for j := total - n; j < total; j++ {
+		t := rng.IntN(j + 1)
+		if seen[t] {
+			t = j
+		}
+		seen[t] = true
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// GuardInput is a dcd selection to clean before training on it.
+type GuardInput struct {
+	Run    string
+	Method string
+	// Selected is the selection's manifest; Dataset and Shards are the
+	// same images planned and embedded with Model.
+	Selected string
+	Dataset  string
+	Shards   int
+	Model    ModelRef // the target: column "features"
+	// TestShards and HeldoutShards are the evaluation sets to guard.
+	TestShards    int
+	HeldoutShards int
+	// Dedupe and Leakage are relative squared distances; ≤ 0 turns the
+	// guard off.
+	Dedupe      float64
+	Leakage     float64
+	ErrorDomain string
+}
+
+// Dropped is one image a guard removed (methods/<method>/dropped.csv).
+type Dropped struct {
+	Key    string  `json:"key"`
+	Reason string  `json:"reason"` // "duplicate" or "leak"
+	Of     string  `json:"of"`     // the image it is a near-copy of
+	Rel    float64 `json:"rel"`    // relative squared distance
+}
+
+// GuardSelection drops, in the target's feature space, selected images
+// that are near-copies of a test or E_heldout image (training on them would
+// inflate the evaluation), then images that are near-duplicates of a
+// better-ranked selected image. Distances are relative: ‖a−b‖² over the
+// mean squared distance between two evaluation images (twice the total
+// variance of the test and E_heldout features), so the thresholds Leakage
+// and Dedupe do not depend on the model's feature scale. It writes the
+// cleaned set to methods/<method>/debug_train.csv and what it dropped, with
+// the image each copies, to methods/<method>/dropped.csv. The selection's
+// features are held in memory (queries × k rows); test and E_heldout stream
+// shard by shard through the k-NN kernel.
+func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectResult, error) {
+	start := time.Now()
+	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
+	rows, err := a.readManifest(ctx, in.Selected)
+	if err != nil {
+		return res, err
+	}
+	score := map[string]float64{}
+	for _, r := range rows {
+		score[r.key] = r.score
+	}
+	// The selection's target features; images that did not embed have
+	// none and are dropped by retraining anyway.
+	var items []dataset.Item
+	var feats []float32
+	dim := 0
+	for i := 0; i < in.Shards; i++ {
+		its, m, err := a.loadShard(ctx, in.Run, in.Dataset, i, in.Model, "features")
+		if err != nil {
+			return res, err
+		}
+		if len(its) > 0 {
+			dim = m.Dim
+		}
+		items = append(items, its...)
+		feats = append(feats, m.Data...)
+	}
+	drop := map[int]Dropped{}
+	if len(items) == 0 || (in.Leakage <= 0 && in.Dedupe <= 0) {
+		return a.writeGuarded(ctx, in, res, start, rows, items, drop)
+	}
+	s, err := a.knn()
+	if err != nil {
+		return res, err
+	}
+	// One pass over test and E_heldout: each selected image's nearest
+	// evaluation image, and the evaluation set's spread, the scale of
+	// every relative distance.
+	nearest := make([]Dropped, len(items))
+	for i := range nearest {
+		nearest[i].Rel = math.Inf(1)
+	}
+	sum, sumSq := make([]float64, dim), make([]float64, dim)
+	var n int
+	for _, ds := range []struct {
+		name   string
+		shards int
+	}{{Test, in.TestShards}, {ErrorHeldout, in.HeldoutShards}} {
+		for i := 0; i < ds.shards; i++ {
+			its, m, err := a.loadShard(ctx, in.Run, ds.name, i, in.Model, "features")
+			if err != nil {
+				return res, err
+			}
+			if len(its) == 0 {
+				continue
+			}
+			if m.Dim != dim {
+				return res, invalid("target model gives %d values per image for %s but %d for the selection", m.Dim, ShardKey(in.Run, ds.name, i), dim)
+			}
+			for j := range its {
+				for c, v := range m.Row(j) {
+					sum[c] += float64(v)
+					sumSq[c] += float64(v) * float64(v)
+				}
+			}
+			n += len(its)
+			if in.Leakage > 0 {
+				ids := make([]int64, len(its))
+				for j := range ids {
+					ids[j] = int64(j)
+				}
+				top, err := s.TopK(feats, len(items), m.Data, ids, dim, 1)
+				if err != nil {
+					return res, err
+				}
+				for q, list := range top {
+					if len(list) > 0 && float64(list[0].Distance) < nearest[q].Rel {
+						nearest[q] = Dropped{Key: items[q].Key, Reason: "leak", Of: its[list[0].Index].Key, Rel: float64(list[0].Distance)}
+					}
+				}
+			}
+			heartbeat(ctx, ds.name, i)
+		}
+	}
+	scale := 0.0
+	for c := range sum {
+		if n > 0 {
+			mean := sum[c] / float64(n)
+			scale += 2 * max(0, sumSq[c]/float64(n)-mean*mean)
+		}
+	}
+	if !(scale > 0) {
+		scale = 1
+	}
+	if in.Leakage > 0 {
+		for q, d := range nearest {
+			d.Rel /= scale
+			if d.Rel <= in.Leakage {
+				drop[q] = d
+				res.Leaks++
+			}
+		}
+	}
+
+	if in.Dedupe > 0 && len(items) > 1 {
+		// Each image against its nearest selected images; of a close
+		// pair, the better ranked stays.
+		ids := make([]int64, len(items))
+		for i := range ids {
+			ids[i] = int64(i)
+		}
+		near, err := s.TopK(feats, len(items), feats, ids, dim, min(len(items), 16))
+		if err != nil {
+			return res, err
+		}
+		order := make([]int, len(items))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(x, y int) int {
+			return cmp.Or(cmp.Compare(score[items[x].Key], score[items[y].Key]), cmp.Compare(items[x].ID, items[y].ID))
+		})
+		kept := map[int]bool{}
+		for _, i := range order {
+			if _, gone := drop[i]; gone {
+				continue
+			}
+			dup := false
+			for _, nb := range near[i] {
+				if nb.Index != i && kept[nb.Index] {
+					if r := float64(nb.Distance) / scale; r <= in.Dedupe {
+						drop[i] = Dropped{Key: items[i].Key, Reason: "duplicate", Of: items[nb.Index].Key, Rel: r}
+						res.Duplicates++
+						dup = true
+						break
+					}
+				}
+			}
+			if !dup {
+				kept[i] = true
+			}
+		}
+	}
+	return a.writeGuarded(ctx, in, res, start, rows, items, drop)
+}
+
+// writeGuarded writes a guarded selection and what was dropped.
+func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res SelectResult, start time.Time, rows []manifestRow, items []dataset.Item, drop map[int]Dropped) (SelectResult, error) {
+	dropped := map[string]bool{}
+	var list []Dropped
+	for i := range items {
+		if d, ok := drop[i]; ok {
+			dropped[items[i].Key] = true
+			list = append(list, d)
+		}
+	}
+	var chosen []selected
+	for _, r := range rows {
+		if !dropped[r.key] {
+			chosen = append(chosen, selected{item: dataset.Item{Key: r.key, Label: r.label, Domain: r.domain}, score: r.score})
+		}
+	}
+	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
+	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
+		return res, err
+	}
+	var buf bytes.Buffer
+	w := csv.NewWriter(&buf)
+	w.Write([]string{"uri", "reason", "of", "relative_distance"})
+	for _, d := range list {
+		w.Write([]string{dataset.ManifestURI(d.Key), d.Reason, dataset.ManifestURI(d.Of), strconv.FormatFloat(d.Rel, 'g', 6, 64)})
+	}
+	w.Flush()
+	if err := store.WriteAll(ctx, a.Bucket, MethodKey(in.Run, in.Method, "dropped.csv"), buf.Bytes()); err != nil {
+		return res, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}

@@ -1,0 +1,284 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
+
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+func memActivities(t *testing.T) *Activities {
+	t.Helper()
+	b, err := blob.OpenBucket(context.Background(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	return &Activities{Bucket: b, Mem: mem}
+}
+
+// writeNeighbors writes runs/r/neighbors.arrow: for each query, its
+// candidates (pool id, distance) nearest first.
+func writeNeighbors(t *testing.T, a *Activities, lists [][]struct {
+	id   int64
+	dist float32
+}) {
+	t.Helper()
+	nb := newNeighborBuilder(a)
+	defer nb.release()
+	for q, list := range lists {
+		for r, c := range list {
+			domain := "clean"
+			if c.id%2 == 0 {
+				domain = "blur"
+			}
+			nb.add(int32(q), int32(r), c.dist, dataset.Item{ID: c.id, Key: fmt.Sprintf("pool/%03d.png", c.id), Label: "a", Domain: domain})
+		}
+	}
+	rec := nb.record()
+	defer rec.Release()
+	if err := store.WriteArrow(context.Background(), a.Bucket, RunKey("r", "neighbors.arrow"), schemas.Neighbors, a.Mem, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type cand = struct {
+	id   int64
+	dist float32
+}
+
+func selectedIDs(t *testing.T, a *Activities, res SelectResult) []int64 {
+	t.Helper()
+	rows, err := a.readManifest(context.Background(), res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for _, r := range rows {
+		var id int64
+		fmt.Sscanf(r.key, "pool/%d.png", &id)
+		ids = append(ids, id)
+	}
+	if len(ids) != res.Size {
+		t.Errorf("manifest has %d rows, result says %d", len(ids), res.Size)
+	}
+	return ids
+}
+
+// The strategies choose from the same merged candidates: each query's K
+// nearest, a global budget by min or mean distance, or a threshold.
+func TestSelectStrategies(t *testing.T) {
+	a := memActivities(t)
+	// Two queries, four candidates each (scan_k 4).
+	writeNeighbors(t, a, [][]cand{
+		{{1, 0.1}, {2, 0.2}, {3, 0.3}, {4, 5.0}},
+		{{5, 0.5}, {2, 0.6}, {6, 0.9}, {7, 1.0}},
+	})
+	base := schemas.Config{Selection: schemas.Selection{K: 2}}.WithDefaults().Selection
+	for _, tc := range []struct {
+		name string
+		sel  schemas.Selection
+		want []int64
+	}{
+		{"per_query k=2", base, []int64{1, 2, 5}},
+		{"per_query k=1", with(base, func(s *schemas.Selection) { s.K = 1 }), []int64{1, 5}},
+		{"global min budget 3", with(base, func(s *schemas.Selection) { s.Strategy, s.Budget = schemas.Global, 3 }), []int64{1, 2, 3}},
+		// mean over both queries; an absent pair counts with the query's
+		// farthest kept distance (5.0 for query 0, 1.0 for query 1): 2 is
+		// kept by both (0.4), 1 → (0.1+1)/2, 5 → (5+0.5)/2, 3 → 0.65.
+		{"global mean budget 2", with(base, func(s *schemas.Selection) { s.Strategy, s.Budget, s.Aggregate = schemas.Global, 2, schemas.AggMean }), []int64{1, 2}},
+		{"threshold 0.35", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 0.35 }), []int64{1, 2, 3}},
+		{"threshold mean 0.6", with(base, func(s *schemas.Selection) {
+			s.Strategy, s.Threshold, s.Aggregate = schemas.Threshold, 0.6, schemas.AggMean
+		}), []int64{1, 2}},
+	} {
+		tc.sel.ErrorDomain = "blur"
+		res, err := a.SelectDebugTrain(context.Background(), SelectInput{Run: "r", Method: "dcd:" + fmt.Sprint(len(tc.name)), Selection: tc.sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := selectedIDs(t, a, res)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: selected %v, want %v", tc.name, got, tc.want)
+		}
+		hits := 0
+		for _, id := range got {
+			if id%2 == 0 {
+				hits++
+			}
+		}
+		if res.Precision == nil || math.Abs(*res.Precision-float64(hits)/float64(len(got))) > 1e-9 {
+			t.Errorf("%s: precision %v, want %d/%d", tc.name, res.Precision, hits, len(got))
+		}
+	}
+}
+
+func with(s schemas.Selection, f func(*schemas.Selection)) schemas.Selection {
+	f(&s)
+	return s
+}
+
+// The random baseline draws n distinct pool images, the same ones for the
+// same seed and others for another.
+func TestSelectRandom(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	id := int64(0)
+	for s := range 3 {
+		var shard dataset.Shard
+		for range 40 {
+			shard.Items = append(shard.Items, dataset.Item{ID: id, Key: fmt.Sprintf("pool/%03d.png", id), Label: "a", Domain: []string{"blur", "clean", "clean", "clean"}[id%4]})
+			id++
+		}
+		if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", Pool, s), shard.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	draw := func(seed uint64, n int) ([]int64, SelectResult) {
+		res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: n, Seed: seed, ErrorDomain: "blur"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return selectedIDs(t, a, res), res
+	}
+	one, res := draw(7, 30)
+	two, _ := draw(7, 30)
+	other, _ := draw(8, 30)
+	if len(one) != 30 || !slices.Equal(one, two) || slices.Equal(one, other) {
+		t.Errorf("seed 7: %v and %v; seed 8: %v", one, two, other)
+	}
+	if len(slices.Compact(slices.Clone(one))) != 30 {
+		t.Errorf("repeated picks: %v", one)
+	}
+	if res.Precision == nil {
+		t.Error("no precision though the pool has domains")
+	}
+	all, _ := draw(1, 500)
+	if len(all) != 120 {
+		t.Errorf("asking for more than the pool gave %d, want the whole pool (120)", len(all))
+	}
+	// Uniform: over many seeds every position is drawn about as often.
+	counts := make([]int, 120)
+	for seed := range uint64(200) {
+		for _, i := range sample(rand.New(rand.NewPCG(seed, 1)), 120, 12) {
+			counts[i]++
+		}
+	}
+	for i, c := range counts {
+		if c < 5 || c > 45 { // expected 20
+			t.Errorf("position %d drawn %d times in 200 draws of 12 of 120", i, c)
+		}
+	}
+}
+
+// The guards drop a selected image whose features nearly equal a test
+// image's (a leak) and the worse-ranked of two near-equal selected images
+// (a duplicate), and keep the rest.
+func TestGuardSelection(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	a := memActivities(t)
+	a.Sessions = NewSessions(ortrun.Options{Threads: 1})
+	defer a.Sessions.Close()
+	ctx := context.Background()
+	spec := rowsSpec
+	vec := func(i int) []float32 { // well spread points
+		v := make([]float32, 4)
+		for j := range v {
+			v[j] = float32(math.Sin(float64(7*i+3*j+1)) * 10)
+		}
+		return v
+	}
+	writeSet := func(ds string, keys []string, vecs [][]float32) {
+		var shard dataset.Shard
+		var images []embed.Image
+		var data []float32
+		for i, k := range keys {
+			shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: "a"})
+			images = append(images, embed.Image{URI: k})
+			data = append(data, vecs[i]...)
+		}
+		if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", ds, 0), shard.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+		rec := features.Record(a.Mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{data, make([]float32, len(keys)*2)}, Dims: []int{4, 2}})
+		defer rec.Release()
+		if err := store.WriteArrow(ctx, a.Bucket, features.Key(spec, shard.Digest()), rec.Schema(), a.Mem, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var testKeys, heldKeys []string
+	var testVecs, heldVecs [][]float32
+	for i := range 20 {
+		testKeys, testVecs = append(testKeys, fmt.Sprintf("test/%d.png", i)), append(testVecs, vec(i))
+		heldKeys, heldVecs = append(heldKeys, fmt.Sprintf("held/%d.png", i)), append(heldVecs, vec(100+i))
+	}
+	writeSet(Test, testKeys, testVecs)
+	writeSet(ErrorHeldout, heldKeys, heldVecs)
+	near := func(v []float32) []float32 {
+		out := slices.Clone(v)
+		out[0] += 0.001
+		return out
+	}
+	// Selection: 0 copies held/3, 1 and 2 are near-equal (2 ranks better),
+	// 3..5 are ordinary.
+	selKeys := []string{"pool/0.png", "pool/1.png", "pool/2.png", "pool/3.png", "pool/4.png", "pool/5.png"}
+	selVecs := [][]float32{near(heldVecs[3]), vec(200), near(vec(200)), vec(201), vec(202), vec(203)}
+	var chosen []selected
+	for i, k := range selKeys {
+		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a"}, score: []float64{1, 3, 2, 4, 5, 6}[i]})
+	}
+	if err := a.writeSelection(ctx, MethodKey("r", "dcd", "selected.csv"), chosen); err != nil {
+		t.Fatal(err)
+	}
+	writeSet("sel", selKeys, selVecs)
+	in := GuardInput{Run: "r", Method: "dcd", Selected: MethodKey("r", "dcd", "selected.csv"), Dataset: "sel", Shards: 1,
+		Model: ModelRef{Spec: spec}, TestShards: 1, HeldoutShards: 1, Dedupe: 1e-4, Leakage: 1e-4}
+	res, err := a.GuardSelection(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := a.manifestKeys(ctx, res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Leaks != 1 || res.Duplicates != 1 || res.Size != 4 || kept["pool/0.png"] || kept["pool/1.png"] || !kept["pool/2.png"] {
+		t.Errorf("leaks %d duplicates %d size %d kept %v", res.Leaks, res.Duplicates, res.Size, kept)
+	}
+	dropped, _ := a.Bucket.ReadAll(ctx, MethodKey("r", "dcd", "dropped.csv"))
+	for _, want := range []string{"/pool/0.png,leak,/held/3.png", "/pool/1.png,duplicate,/pool/2.png"} {
+		if !containsLine(string(dropped), want) {
+			t.Errorf("dropped.csv lacks %q:\n%s", want, dropped)
+		}
+	}
+	// Turned off, nothing is dropped.
+	in.Dedupe, in.Leakage = -1, -1
+	if res, err := a.GuardSelection(ctx, in); err != nil || res.Size != 6 {
+		t.Errorf("guards off: %+v, %v", res, err)
+	}
+}
+
+func containsLine(s, prefix string) bool {
+	for _, l := range strings.Split(s, "\n") {
+		if len(l) >= len(prefix) && l[:len(prefix)] == prefix {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,264 @@
+package activities
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"dcd/internal/dataset"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// TrainExternalInput is one method's retraining by an external command.
+type TrainExternalInput struct {
+	Run     string
+	Method  string
+	Trainer schemas.Trainer
+	// Target is the checked target; TargetConfig its config entry (tensor
+	// names).
+	Target       ModelRef
+	TargetConfig schemas.Model
+	Classes      []string
+	Recipe       schemas.Retrain
+	Seed         uint64
+	TrainShards  int
+	// Debug is nil for train_only.
+	Debug *DebugSet
+}
+
+// TrainExternalResult is the model the command produced, checked like the
+// target: it yields the column "logits" (the trainer's Output) from the
+// target's input and preprocessing.
+type TrainExternalResult struct {
+	Model   ModelRef
+	LogKey  string
+	Seconds float64
+}
+
+// logFlushEvery is how often the trainer's log is written to storage (and
+// the activity heartbeats).
+const logFlushEvery = 2 * time.Second
+
+// logCap bounds the log kept in memory and in storage: its last logCap
+// bytes.
+const logCap = 4 << 20
+
+// TrainExternal runs the configured trainer command for one method (on the
+// train task queue): it writes the manifests and the job file the
+// command's placeholders name, runs the command in a fresh work folder,
+// writes its output to methods/<method>/train.log every few seconds while
+// heartbeating, kills its process group when the activity is cancelled (the
+// pass was cancelled) and checks the ONNX model it wrote.
+//
+// A command that exits non-zero fails the pass (non-retryable), quoting
+// the end of its log.
+func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (TrainExternalResult, error) {
+	start := time.Now()
+	res := TrainExternalResult{LogKey: MethodKey(in.Run, in.Method, "train.log")}
+	modelKey := MethodKey(in.Run, in.Method, "model.onnx")
+	trainKey := MethodKey(in.Run, in.Method, "trainer/train.csv")
+	if err := a.writeShardManifest(ctx, trainKey, in.Run, Train, in.TrainShards); err != nil {
+		return res, err
+	}
+	debugKey := MethodKey(in.Run, in.Method, "trainer/debug_train.csv")
+	switch {
+	case in.Debug == nil:
+		if err := store.WriteAll(ctx, a.Bucket, debugKey, []byte("uri,label,domain\n")); err != nil {
+			return res, err
+		}
+	case in.Debug.Keep != "":
+		debugKey = in.Debug.Keep
+	default:
+		if err := a.writeShardManifest(ctx, debugKey, in.Run, in.Debug.Dataset, in.Debug.Shards); err != nil {
+			return res, err
+		}
+	}
+	target := in.TargetConfig
+	target.Input, target.Preprocess = in.Target.Spec.Input, in.Target.Spec.Preprocess
+	recipe := in.Recipe
+	recipe.Trainer = nil
+	job := schemas.TrainJob{
+		Run: in.Run, Method: in.Method, Target: target, Classes: in.Classes, Retrain: recipe, Seed: in.Seed,
+		Train: trainKey, DebugTrain: debugKey, Model: modelKey, Output: in.Trainer.Output,
+	}
+	jobKey := MethodKey(in.Run, in.Method, "trainer/job.json")
+	data, _ := json.MarshalIndent(job, "", "  ")
+	if err := store.WriteAll(ctx, a.Bucket, jobKey, data); err != nil {
+		return res, err
+	}
+	work, err := os.MkdirTemp("", "dcd-train-")
+	if err != nil {
+		return res, fmt.Errorf("activities: trainer work folder: %w", err)
+	}
+	defer os.RemoveAll(work)
+	vars := map[string]string{
+		"{storage}": a.StorageURL, "{train}": trainKey, "{debug_train}": debugKey, "{model}": modelKey,
+		"{job}": jobKey, "{work}": work, "{run}": in.Run, "{method}": in.Method,
+	}
+	argv := make([]string, len(in.Trainer.Command))
+	for i, arg := range in.Trainer.Command {
+		for k, v := range vars {
+			arg = strings.ReplaceAll(arg, k, v)
+		}
+		argv[i] = arg
+	}
+	if err := a.runTrainer(ctx, argv, res.LogKey); err != nil {
+		return res, err
+	}
+
+	m, err := a.checkModel(ctx, "retrain.trainer.output", schemas.Model{
+		Path: modelKey, Input: in.Target.Spec.Input, Features: in.Trainer.Output, Preprocess: in.Target.Spec.Preprocess,
+	}, []string{in.Trainer.Output}, []string{"logits"})
+	if err != nil {
+		return res, err
+	}
+	if len(m.Dims) > 0 && m.Dims[0] != len(in.Classes) {
+		return res, invalid("retrain.trainer.output: the model %s gives %d class scores per image in %q, but there are %d classes", modelKey, m.Dims[0], in.Trainer.Output, len(in.Classes))
+	}
+	res.Model = m
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// writeShardManifest concatenates a dataset's shard manifests into one CSV
+// manifest (uri,label,domain).
+func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string, shards int) error {
+	var buf bytes.Buffer
+	w := csv.NewWriter(&buf)
+	w.Write([]string{"uri", "label", "domain"})
+	for i := 0; i < shards; i++ {
+		s, err := a.readShard(ctx, ShardKey(run, ds, i))
+		if err != nil {
+			return err
+		}
+		for _, it := range s.Items {
+			w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
+		}
+	}
+	w.Flush()
+	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
+}
+
+// tailBuffer keeps the last logCap bytes written to it.
+type tailBuffer struct {
+	mu      sync.Mutex
+	buf     []byte
+	dropped int64
+	version int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - logCap; over > 0 {
+		t.dropped += int64(over)
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	t.version++
+	return len(p), nil
+}
+
+func (t *tailBuffer) snapshot() ([]byte, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b []byte
+	if t.dropped > 0 {
+		b = fmt.Appendf(nil, "[... %d earlier bytes dropped]\n", t.dropped)
+	}
+	return append(b, t.buf...), t.version
+}
+
+// runTrainer runs argv in its own process group, streaming its output to
+// logKey, and kills the group when ctx ends.
+func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey string) error {
+	log := &tailBuffer{}
+	fmt.Fprintf(log, "$ %s\n", strings.Join(argv, " "))
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	// Without cancellation, flushing uses its own deadline: the last lines
+	// of a killed trainer are the ones worth reading.
+	flushCtx := context.WithoutCancel(ctx)
+	written := -1
+	flush := func() {
+		data, v := log.snapshot()
+		if v == written {
+			return
+		}
+		fctx, cancel := context.WithTimeout(flushCtx, 30*time.Second)
+		defer cancel()
+		if store.WriteAll(fctx, a.Bucket, logKey, data) == nil {
+			written = v
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(log, "cannot start: %v\n", err)
+		flush()
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command: cannot start %q: %v", argv[0], err), "TrainerFailed", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	every := logFlushEvery
+	if activity.IsActivity(ctx) {
+		if hb := activity.GetInfo(ctx).HeartbeatTimeout; hb > 0 {
+			every = min(every, hb/4)
+		}
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintf(log, "trainer failed: %v\n", err)
+			}
+			flush()
+			if err == nil {
+				return nil
+			}
+			var exit *exec.ExitError
+			if errors.As(err, &exit) && exit.Exited() {
+				return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command %q exited with status %d; its log (%s) ends:\n%s",
+					argv[0], exit.ExitCode(), logKey, lastLines(log, 15)), "TrainerFailed", err)
+			}
+			return fmt.Errorf("activities: trainer %q: %w", argv[0], err) // killed by a signal: retry
+		case <-tick.C:
+			flush()
+			data, _ := log.snapshot()
+			heartbeat(ctx, len(data))
+		case <-ctx.Done():
+			// SIGTERM to the whole group, SIGKILL after a grace period.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+			}
+			fmt.Fprintf(log, "trainer stopped: %v\n", context.Cause(ctx))
+			flush()
+			return ctx.Err()
+		}
+	}
+}
+
+func lastLines(t *tailBuffer, n int) string {
+	data, _ := t.snapshot()
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -1,0 +1,38 @@
+package bench
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBusyIsTheUnionOfSpans(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	tm := times{spans: [][2]time.Time{
+		{at(50), at(60)}, {at(0), at(10)}, {at(5), at(20)}, {at(20), at(30)}, {at(55), at(58)},
+	}}
+	if got := tm.busy(); got != 40*time.Millisecond {
+		t.Fatalf("busy %v, want 40ms ([0,30] and [50,60])", got)
+	}
+}
+
+func TestResults(t *testing.T) {
+	rs := []Result{
+		throughput("t", "images/s", 90, 100, 0.9),
+		budget("b", "MiB", 2048, 1024),
+		budget("zero", "%", 0, 5),
+		info("i", "s", 12.345678, 0),
+	}
+	if rs[0].Ratio != 0.9 || !rs[0].Met() || rs[1].Ratio != 0.5 || rs[1].Met() || rs[2].Ratio != 1000 || rs[3].Value != 12.35 || !rs[3].Met() {
+		t.Fatalf("%+v", rs)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, rs); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); !strings.Contains(s, "MISS") || !strings.Contains(s, "≥ 0.9") {
+		t.Fatalf("table:\n%s", s)
+	}
+}

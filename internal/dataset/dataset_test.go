@@ -1,0 +1,295 @@
+package dataset
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"github.com/apache/arrow/go/v15/parquet"
+	"github.com/apache/arrow/go/v15/parquet/pqarrow"
+	"gocloud.dev/blob"
+
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+func memBucket(t *testing.T, files map[string]string) *blob.Bucket {
+	t.Helper()
+	b, err := store.Open(context.Background(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	for k, v := range files {
+		if err := b.WriteAll(context.Background(), k, []byte(v), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+func walkAll(t *testing.T, s Source, ds schemas.Dataset) ([]Item, error) {
+	t.Helper()
+	var items []Item
+	err := s.Walk(context.Background(), ds, func(it Item) error {
+		items = append(items, it)
+		return nil
+	})
+	return items, err
+}
+
+func keysAndLabels(items []Item) []string {
+	var out []string
+	for _, it := range items {
+		out = append(out, it.Key+"="+it.Label+"/"+it.Domain)
+	}
+	return out
+}
+
+func TestWalkPrefix(t *testing.T) {
+	b := memBucket(t, map[string]string{
+		"data/train/cat/1.png":        "x",
+		"data/train/cat/2.jpg":        "x",
+		"data/train/dog/a.webp":       "x",
+		"data/train/README.txt":       "stray file",
+		"data/train/dog/sub/deep.png": "nested folder",
+		"data/train/dog/.hidden.png":  "dot file",
+		"data/other/cat/1.png":        "x",
+	})
+	for _, prefix := range []string{"data/train", "data/train/"} {
+		items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"data/train/cat/1.png=cat/", "data/train/cat/2.jpg=cat/", "data/train/dog/a.webp=dog/"}
+		if got := keysAndLabels(items); !slices.Equal(got, want) {
+			t.Fatalf("prefix %q: %q, want %q", prefix, got, want)
+		}
+		for i, it := range items {
+			if it.ID != int64(i) || it.Version == "" {
+				t.Errorf("item %d: %+v: want ID %d and a version", i, it, i)
+			}
+		}
+	}
+	_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: "nothing/"})
+	if err == nil || !strings.Contains(err.Error(), `"nothing/"`) {
+		t.Errorf("empty prefix: %v, want an error naming it", err)
+	}
+}
+
+// A prefix given as a file:// URL lists a local folder; items are URLs.
+func TestWalkURLPrefix(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"cat/1.png", "dog/2.png"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644)
+	}
+	def := memBucket(t, nil)
+	bs := &store.Buckets{}
+	defer bs.Close()
+	items, err := walkAll(t, Source{Bucket: def, Buckets: bs}, schemas.Dataset{Prefix: "file://" + dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"file://" + dir + "/cat/1.png=cat/", "file://" + dir + "/dog/2.png=dog/"}
+	if got := keysAndLabels(items); !slices.Equal(got, want) {
+		t.Fatalf("%q, want %q", got, want)
+	}
+	data, err := bs.ReadAll(context.Background(), def, items[0].Key)
+	if err != nil || string(data) != "x" {
+		t.Fatalf("read %s: %q %v", items[0].Key, data, err)
+	}
+}
+
+func TestWalkCSVManifest(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "elsewhere.png"), []byte("x"), 0o644)
+	manifest := "URI , Label,domain\n" +
+		"img/1.png,cat,clean\n" + // relative to the manifest's folder
+		"/shared/2.png,dog,blur\n" + // a key in the worker's bucket
+		"file://" + dir + "/elsewhere.png,cat,\n" + // another bucket
+		"\"s3://bucket/a,b.png?region=us-east-1\",dog,fog\n"
+	b := memBucket(t, map[string]string{"sets/pool/manifest.csv": manifest})
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "sets/pool/manifest.csv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"sets/pool/img/1.png=cat/clean",
+		"shared/2.png=dog/blur",
+		"file://" + dir + "/elsewhere.png=cat/",
+		"s3://bucket/a,b.png?region=us-east-1=dog/fog",
+	}
+	if got := keysAndLabels(items); !slices.Equal(got, want) {
+		t.Fatalf("%q\nwant %q", got, want)
+	}
+	// Shard manifests keep URLs intact.
+	s := &Shard{Items: items}
+	back, err := ParseShard("s", s.Marshal())
+	if err != nil || !slices.Equal(keysAndLabels(back.Items), want) {
+		t.Fatalf("shard round trip: %v %q", err, keysAndLabels(back.Items))
+	}
+	// ManifestURI writes what the manifest reader reads back.
+	var sb strings.Builder
+	sb.WriteString("uri,label\n")
+	for _, it := range items[1:3] {
+		fmt.Fprintf(&sb, "%s,%s\n", ManifestURI(it.Key), it.Label)
+	}
+	b.WriteAll(context.Background(), "runs/x/debug_train.csv", []byte(sb.String()), nil)
+	again, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "runs/x/debug_train.csv"})
+	if err != nil || again[0].Key != items[1].Key || again[1].Key != items[2].Key {
+		t.Fatalf("ManifestURI round trip: %v %+v", err, again)
+	}
+}
+
+func TestWalkManifestErrors(t *testing.T) {
+	b := memBucket(t, map[string]string{
+		"no-label.csv":  "uri,class\nx.png,cat\n",
+		"empty-uri.csv": "uri,label\nx.png,cat\n,dog\n",
+		"escapes.csv":   "uri,label\n../../x.png,cat\n",
+		"bad-url.csv":   "uri,label\nfile://host/x.png,cat\n",
+		"header.csv":    "uri,label\n",
+	})
+	for key, want := range map[string]string{
+		"no-label.csv":  "must include uri and label",
+		"empty-uri.csv": "line 3: empty uri",
+		"escapes.csv":   "leaves the bucket",
+		"bad-url.csv":   "file URL has three slashes",
+		"header.csv":    "lists no images",
+		"missing.csv":   "not found",
+	} {
+		_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s: %v, want an error naming it and saying %q", key, err, want)
+		}
+	}
+}
+
+// parquetManifest writes columns of strings (or int64 labels) as Parquet,
+// in row groups of rowGroup rows.
+func parquetManifest(t *testing.T, uris []string, labels any, domains []string, rowGroup int64) []byte {
+	t.Helper()
+	mem := memory.NewGoAllocator()
+	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String, Nullable: true}}
+	switch labels.(type) {
+	case []string:
+		fields = append(fields, arrow.Field{Name: "label", Type: arrow.BinaryTypes.String})
+	case []int64:
+		fields = append(fields, arrow.Field{Name: "label", Type: arrow.PrimitiveTypes.Int64})
+	}
+	if domains != nil {
+		fields = append(fields, arrow.Field{Name: "domain", Type: arrow.BinaryTypes.String})
+	}
+	sc := arrow.NewSchema(fields, nil)
+	rb := array.NewRecordBuilder(mem, sc)
+	defer rb.Release()
+	for i, u := range uris {
+		if u == "" {
+			rb.Field(0).(*array.StringBuilder).AppendNull()
+		} else {
+			rb.Field(0).(*array.StringBuilder).Append(u)
+		}
+		switch l := labels.(type) {
+		case []string:
+			rb.Field(1).(*array.StringBuilder).Append(l[i])
+		case []int64:
+			rb.Field(1).(*array.Int64Builder).Append(l[i])
+		}
+		if domains != nil {
+			rb.Field(2).(*array.StringBuilder).Append(domains[i])
+		}
+	}
+	rec := rb.NewRecord()
+	defer rec.Release()
+	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
+	defer tbl.Release()
+	var buf bytes.Buffer
+	if err := pqarrow.WriteTable(tbl, &buf, rowGroup, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// A Parquet manifest of more rows than one batch and one row group streams
+// in file order, with relative, /key and URL uris.
+func TestWalkParquetManifest(t *testing.T) {
+	const n = 3*parquetBatch + 17
+	var uris, labels, domains []string
+	for i := 0; i < n; i++ {
+		switch i % 3 {
+		case 0:
+			uris = append(uris, fmt.Sprintf("img/%06d.png", i))
+		case 1:
+			uris = append(uris, fmt.Sprintf("/shared/%06d.png", i))
+		default:
+			uris = append(uris, fmt.Sprintf("s3://other/%06d.png?region=us-east-1", i))
+		}
+		labels = append(labels, fmt.Sprint("class", i%7))
+		domains = append(domains, fmt.Sprint("d", i%2))
+	}
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	b := memBucket(t, map[string]string{"pool/manifest.parquet": string(parquetManifest(t, uris, labels, domains, 10000))})
+	items, err := walkAll(t, Source{Bucket: b, Mem: mem}, schemas.Dataset{Manifest: "pool/manifest.parquet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != n {
+		t.Fatalf("%d items, want %d", len(items), n)
+	}
+	for i, it := range items {
+		want := "pool/" + uris[i]
+		switch i % 3 {
+		case 1:
+			want = strings.TrimPrefix(uris[i], "/")
+		case 2:
+			want = uris[i]
+		}
+		if it.ID != int64(i) || it.Key != want || it.Label != labels[i] || it.Domain != domains[i] {
+			t.Fatalf("item %d: %+v, want key %q label %q domain %q", i, it, want, labels[i], domains[i])
+		}
+	}
+
+	// Integer labels (class indices) read as their decimal text; no domain.
+	b.WriteAll(context.Background(), "ints.parquet", parquetManifest(t, []string{"a.png", "b.png"}, []int64{3, 11}, nil, 100), nil)
+	items, err = walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "ints.parquet"})
+	if err != nil || len(items) != 2 || items[0].Label != "3" || items[1].Label != "11" || items[1].Domain != "" {
+		t.Fatalf("int labels: %v %+v", err, items)
+	}
+
+	// A null uri is an error naming the row.
+	b.WriteAll(context.Background(), "nulls.parquet", parquetManifest(t, []string{"a.png", ""}, []string{"x", "y"}, nil, 100), nil)
+	_, err = walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "nulls.parquet"})
+	if err == nil || !strings.Contains(err.Error(), "nulls.parquet") || !strings.Contains(err.Error(), "row 2: null uri") {
+		t.Fatalf("null uri: %v", err)
+	}
+
+	// Not a Parquet file at all.
+	b.WriteAll(context.Background(), "fake.parquet", []byte("uri,label\nx.png,cat\n"), nil)
+	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "fake.parquet"}); err == nil || !strings.Contains(err.Error(), "fake.parquet") {
+		t.Fatalf("not parquet: %v", err)
+	}
+}
+
+// A manifest at a URL resolves relative uris in its own bucket.
+func TestWalkURLManifest(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "m"), 0o755)
+	os.WriteFile(filepath.Join(dir, "m", "list.csv"), []byte("uri,label\nimgs/1.png,cat\n/in-worker-bucket.png,dog\n"), 0o644)
+	items, err := walkAll(t, Source{Bucket: memBucket(t, nil)}, schemas.Dataset{Manifest: "file://" + dir + "/m/list.csv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"file://" + dir + "/m/imgs/1.png=cat/", "in-worker-bucket.png=dog/"}
+	if got := keysAndLabels(items); !slices.Equal(got, want) {
+		t.Fatalf("%q, want %q", got, want)
+	}
+}

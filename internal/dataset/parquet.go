@@ -1,0 +1,172 @@
+package dataset
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/parquet"
+	"github.com/apache/arrow/go/v15/parquet/file"
+	"github.com/apache/arrow/go/v15/parquet/pqarrow"
+	"gocloud.dev/blob"
+)
+
+// parquetBatch is how many manifest rows are decoded at a time.
+const parquetBatch = 8192
+
+// readParquet streams a Parquet manifest's uri, label and domain columns,
+// one record batch at a time, reading the file by ranges so that a manifest
+// of any size is never held whole in memory.
+func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
+	attrs, err := b.Attributes(ctx, key)
+	if err != nil {
+		return err
+	}
+	ra := &rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size}
+	props := parquet.NewReaderProperties(s.Mem)
+	props.BufferedStreamEnabled = true
+	props.BufferSize = 1 << 20
+	pf, err := file.NewParquetReader(ra, file.WithReadProps(props))
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	sc := pf.MetaData().Schema
+	names := make([]string, sc.NumColumns())
+	for i := range names {
+		names[i] = sc.Column(i).Name()
+	}
+	ui, li, di, err := columns(names)
+	if err != nil {
+		return err
+	}
+	want := []int{ui, li}
+	if di >= 0 {
+		want = append(want, di)
+	}
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatch}, s.Mem)
+	if err != nil {
+		return err
+	}
+	rr, err := fr.GetRecordReader(ctx, want, nil)
+	if err != nil {
+		return err
+	}
+	defer rr.Release()
+	for i, f := range rr.Schema().Fields() {
+		if !stringLike(f.Type) {
+			return fmt.Errorf("column %q has type %s, want a string or integer column", names[want[i]], f.Type)
+		}
+	}
+	n := 0
+	for rr.Next() {
+		rec := rr.Record()
+		cols := rec.Columns()
+		for i := 0; i < int(rec.NumRows()); i++ {
+			n++
+			r := row{where: fmt.Sprintf("row %d", n)}
+			uri, ok := valueAt(cols[0], i)
+			if !ok {
+				return fmt.Errorf("row %d: null uri", n)
+			}
+			r.uri = uri
+			r.label, _ = valueAt(cols[1], i)
+			if len(cols) > 2 {
+				r.domain, _ = valueAt(cols[2], i)
+			}
+			if err := emit(r); err != nil {
+				return err
+			}
+		}
+	}
+	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// stringLike reports whether a column of type t is read as text: strings,
+// binary, integers (labels written as class indices) and dictionaries of
+// those.
+func stringLike(t arrow.DataType) bool {
+	switch t.ID() {
+	case arrow.STRING, arrow.LARGE_STRING, arrow.BINARY, arrow.LARGE_BINARY,
+		arrow.INT8, arrow.INT16, arrow.INT32, arrow.INT64,
+		arrow.UINT8, arrow.UINT16, arrow.UINT32, arrow.UINT64:
+		return true
+	case arrow.DICTIONARY:
+		return stringLike(t.(*arrow.DictionaryType).ValueType)
+	}
+	return false
+}
+
+// valueAt is the text of row i of a stringLike column; false when null.
+func valueAt(a arrow.Array, i int) (string, bool) {
+	if a.IsNull(i) {
+		return "", false
+	}
+	switch a := a.(type) {
+	case *array.String:
+		return a.Value(i), true
+	case *array.LargeString:
+		return a.Value(i), true
+	case *array.Binary:
+		return string(a.Value(i)), true
+	case *array.LargeBinary:
+		return string(a.Value(i)), true
+	case *array.Dictionary:
+		return valueAt(a.Dictionary(), a.GetValueIndex(i))
+	}
+	return strings.TrimSpace(a.ValueStr(i)), true
+}
+
+// rangeReader reads an object by ranges: the io.ReaderAt and io.Seeker a
+// Parquet reader wants, without downloading the whole object.
+type rangeReader struct {
+	ctx  context.Context
+	b    *blob.Bucket
+	key  string
+	size int64
+	pos  int64
+}
+
+func (r *rangeReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), r.size-off)
+	br, err := r.b.NewRangeReader(r.ctx, r.key, off, n, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer br.Close()
+	got, err := io.ReadFull(br, p[:n])
+	if err != nil {
+		return got, err
+	}
+	if n < int64(len(p)) {
+		return got, io.EOF
+	}
+	return got, nil
+}
+
+func (r *rangeReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.pos
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return 0, fmt.Errorf("dataset: seek: bad whence %d", whence)
+	}
+	if offset < 0 {
+		return 0, fmt.Errorf("dataset: seek to %d", offset)
+	}
+	r.pos = offset
+	return offset, nil
+}

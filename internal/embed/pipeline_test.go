@@ -1,0 +1,181 @@
+package embed
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"runtime"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
+)
+
+// flatten is a model whose features are its input pixels.
+func flatten(t *testing.T) *ortrun.Session {
+	t.Helper()
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	g := &onnx.Graph{
+		Name:    "flatten",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ortrun.NewSession("flatten", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// pngOf is a 2×2 gray image whose pixels are v, v+1, v+2, v+3.
+func pngOf(v int) []byte {
+	img := image.NewGray(image.Rect(0, 0, 2, 2))
+	for i := range 4 {
+		img.SetGray(i%2, i/2, color.Gray{Y: uint8(v + i)})
+	}
+	var buf bytes.Buffer
+	png.Encode(&buf, img)
+	return buf.Bytes()
+}
+
+// store maps "img/<n>" to pngOf(n); "bad/<n>" is not an image and
+// "missing/<n>" fails to read. Reads take a little while, in any order.
+func store(ctx context.Context, uri string) ([]byte, error) {
+	var n int
+	if _, err := fmt.Sscanf(uri[strings.IndexByte(uri, '/')+1:], "%d", &n); err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Duration(n%5) * 100 * time.Microsecond)
+	switch {
+	case strings.HasPrefix(uri, "bad/"):
+		return []byte("not an image"), nil
+	case strings.HasPrefix(uri, "missing/"):
+		return nil, errors.New("no such object")
+	}
+	return pngOf(n % 250), nil
+}
+
+func TestEmbedOrderAndRejects(t *testing.T) {
+	sess := flatten(t)
+	var images []Image
+	wantRejects := map[string]bool{}
+	var rejectOrder []string
+	for i := range 203 {
+		uri := fmt.Sprintf("img/%d", i)
+		switch {
+		case i%17 == 3:
+			uri = fmt.Sprintf("bad/%d", i)
+			wantRejects[uri] = true
+			rejectOrder = append(rejectOrder, uri)
+		case i%29 == 5:
+			uri = fmt.Sprintf("missing/%d", i)
+			wantRejects[uri] = true
+			rejectOrder = append(rejectOrder, uri)
+		}
+		images = append(images, Image{ID: int64(i), URI: uri})
+	}
+	for _, cfg := range []struct{ batch, readers, decoders, ahead int }{
+		{16, 0, 0, 0}, {7, 1, 1, 1}, {64, 32, 2, 4}, {1, 3, 2, 2}, {500, 4, 4, 1},
+	} {
+		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
+			BatchSize: cfg.batch, Readers: cfg.readers, Decoders: cfg.decoders, Ahead: cfg.ahead}
+		var got []int64
+		rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error {
+			if len(b.Images) > cfg.batch || len(b.Vectors) != 1 || b.Dims[0] != 4 {
+				return fmt.Errorf("batch of %d images, %d outputs, dims %v", len(b.Images), len(b.Vectors), b.Dims)
+			}
+			for i, im := range b.Images {
+				var n int
+				fmt.Sscanf(im.URI, "img/%d", &n)
+				want := []float32{float32(n), float32(n + 1), float32(n + 2), float32(n + 3)}
+				if v := b.Vectors[0][i*4 : (i+1)*4]; !slices.Equal(v, want) {
+					return fmt.Errorf("%s: features %v, want %v", im.URI, v, want)
+				}
+				got = append(got, im.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%+v: %v", cfg, err)
+		}
+		var want []int64
+		for _, im := range images {
+			if !wantRejects[im.URI] {
+				want = append(want, im.ID)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%+v: embedded ids %v, want %v", cfg, got, want)
+		}
+		if len(rejects) != len(wantRejects) {
+			t.Fatalf("%+v: %d rejects, want %d: %v", cfg, len(rejects), len(wantRejects), rejects)
+		}
+		for i, r := range rejects {
+			if r.URI != rejectOrder[i] || r.Reason == "" {
+				t.Fatalf("%+v: reject %d: %+v", cfg, i, r)
+			}
+			if strings.HasPrefix(r.URI, "missing/") && !strings.HasPrefix(r.Reason, "read: ") {
+				t.Fatalf("%+v: reject %+v: reason should start with read:", cfg, r)
+			}
+		}
+	}
+}
+
+func TestEmbedStopsOnEmitErrorAndCancel(t *testing.T) {
+	sess := flatten(t)
+	var images []Image
+	for i := range 500 {
+		images = append(images, Image{ID: int64(i), URI: fmt.Sprintf("img/%d", i)})
+	}
+	e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 8}
+	before := runtime.NumGoroutine()
+	boom := errors.New("boom")
+	var batches atomic.Int32
+	_, err := e.Embed(context.Background(), images, store, func(b Batch) error {
+		if batches.Add(1) == 3 {
+			return boom
+		}
+		return nil
+	})
+	if !errors.Is(err, boom) || batches.Load() != 3 {
+		t.Fatalf("err %v after %d batches, want boom after 3", err, batches.Load())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err = e.Embed(ctx, images, store, func(b Batch) error {
+		cancel()
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+	// Embed waits for its goroutines before it returns.
+	if n := runtime.NumGoroutine(); n > before+1 {
+		t.Fatalf("%d goroutines after Embed, %d before", n, before)
+	}
+}
+
+func TestEmbedEmpty(t *testing.T) {
+	e := &Embedder{Name: "flatten", Session: flatten(t), Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	rejects, err := e.Embed(context.Background(), nil, store, func(Batch) error { return errors.New("no batch expected") })
+	if err != nil || len(rejects) != 0 {
+		t.Fatalf("rejects %v, err %v", rejects, err)
+	}
+}

@@ -1,0 +1,183 @@
+package head
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"dcd/internal/mnist"
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+)
+
+// backbone is a small classifier on 28×28 digits: random convolutions →
+// max-pool → "features" [N,288] → an untrained head → "logits" [N,10].
+func backbone(t *testing.T) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(11, 11))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() / 5)
+		}
+		return v
+	}
+	const filters, flat = 8, 8 * 6 * 6
+	g := &onnx.Graph{
+		Name:   "backbone",
+		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
+		Outputs: []onnx.Value{
+			{Name: "features", Elem: onnx.Float, Shape: []int64{-1, flat}},
+			{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 10}},
+		},
+		Initializers: []onnx.Tensor{
+			{Name: "conv_w", Dims: []int64{filters, 1, 5, 5}, Floats: randn(filters * 25)},
+			{Name: "old_head", Dims: []int64{flat, 10}, Floats: randn(flat * 10)},
+		},
+		Nodes: []onnx.Node{
+			{Op: "Conv", Inputs: []string{"image", "conv_w"}, Outputs: []string{"conv"}, Attrs: map[string]any{"kernel_shape": []int64{5, 5}}},
+			{Op: "Relu", Inputs: []string{"conv"}, Outputs: []string{"relu"}},
+			{Op: "MaxPool", Inputs: []string{"relu"}, Outputs: []string{"pooled"},
+				Attrs: map[string]any{"kernel_shape": []int64{4, 4}, "strides": []int64{4, 4}}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}},
+			{Op: "MatMul", Inputs: []string{"features", "old_head"}, Outputs: []string{"logits"}},
+		},
+	}
+	data, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func digits(t *testing.T, set *mnist.Set, first, n int) []float32 {
+	x := make([]float32, n*28*28)
+	for i := range n {
+		for j, v := range set.Images[first+i] {
+			x[i*784+j] = float32(v) / 255
+		}
+	}
+	return x
+}
+
+func run(t *testing.T, model []byte, outputs []string, x []float32, n int) []ortrun.Tensor {
+	t.Helper()
+	sess, err := ortrun.NewSession("test", model, []string{"image"}, outputs, ortrun.Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	out, err := sess.Run(ortrun.Tensor{Shape: []int64{int64(n), 1, 28, 28}, Floats: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// The exported model (the target's backbone with a retrained head) gives,
+// from raw MNIST digits, the in-process head's predictions, logits and
+// softmax probabilities; the old head is gone.
+func TestExportMatchesHead(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	train, test, err := mnist.Load(mnist.DefaultDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := backbone(t)
+	const nTrain, nTest = 3000, 1000
+	feats := run(t, model, []string{"features"}, digits(t, train, 0, nTrain), nTrain)[0]
+	d := int(feats.Shape[1])
+	rows := &Slice{}
+	for i := range nTrain {
+		rows.X = append(rows.X, feats.Floats[i*d:(i+1)*d])
+		rows.Y = append(rows.Y, int(train.Labels[i]))
+	}
+	h, err := Train(rows, Options{Classes: 10, Iters: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	exported, err := h.ONNX(model, ExportNames{Features: "features", Logits: "logits", Probabilities: "probabilities"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, outs, err := ortrun.Describe(exported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, o := range outs {
+		names = append(names, o.Name)
+	}
+	if len(names) != 3 || names[0] != "features" || names[1] != "logits" || names[2] != "probabilities" {
+		t.Fatalf("exported outputs %q, want features, logits, probabilities", names)
+	}
+
+	x := digits(t, test, 0, nTest)
+	want := run(t, model, []string{"features"}, x, nTest)[0]
+	got := run(t, exported, []string{"features", "logits", "probabilities"}, x, nTest)
+	correct, agree := 0, 0
+	var logits []float32
+	for i := range nTest {
+		f := want.Floats[i*d : (i+1)*d]
+		logits = h.Logits(f, logits)
+		gl := got[1].Floats[i*10 : (i+1)*10]
+		gp := got[2].Floats[i*10 : (i+1)*10]
+		var sum float64
+		mx := math.Inf(-1)
+		for _, v := range logits {
+			mx = max(mx, float64(v))
+		}
+		for _, v := range logits {
+			sum += math.Exp(float64(v) - mx)
+		}
+		for c := range 10 {
+			if math.Abs(float64(gl[c]-logits[c])) > 1e-3*(1+math.Abs(float64(logits[c]))) {
+				t.Fatalf("image %d class %d: exported logit %v, head %v", i, c, gl[c], logits[c])
+			}
+			p := math.Exp(float64(logits[c])-mx) / sum
+			if math.Abs(float64(gp[c])-p) > 1e-4 {
+				t.Fatalf("image %d class %d: exported probability %v, softmax of the head %v", i, c, gp[c], p)
+			}
+		}
+		if argmax32(gp) == h.Predict(f) {
+			agree++
+		}
+		if h.Predict(f) == int(test.Labels[i]) {
+			correct++
+		}
+	}
+	t.Logf("head accuracy on %d test digits %.3f; exported model agrees on %d", nTest, float64(correct)/nTest, agree)
+	if agree != nTest {
+		t.Errorf("exported model's class differs from the head's on %d of %d digits", nTest-agree, nTest)
+	}
+	if correct < nTest*8/10 {
+		t.Errorf("head accuracy %.3f: the test's backbone is too weak to mean anything", float64(correct)/nTest)
+	}
+}
+
+func TestExportErrors(t *testing.T) {
+	h := &Head{Classes: 2, Dim: 1, Mean: []float32{0}, Std: []float32{1}, W: []float32{1, -1}, B: []float32{0, 0}}
+	model := backbone(t)
+	if _, err := h.ONNX(model, ExportNames{Features: "nope", Logits: "logits", Probabilities: "p"}); err == nil {
+		t.Error("a missing features tensor was accepted")
+	}
+	if _, err := h.ONNX(model, ExportNames{Features: "features", Logits: "relu", Probabilities: "p"}); err == nil {
+		t.Error("a logits name that the backbone uses was accepted")
+	}
+	if _, err := h.ONNX([]byte("not a model"), ExportNames{Features: "features", Logits: "l", Probabilities: "p"}); err == nil {
+		t.Error("garbage was accepted as a model")
+	}
+}
+
+func argmax32(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}

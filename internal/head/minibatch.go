@@ -1,0 +1,125 @@
+package head
+
+import (
+	"math"
+	"math/rand/v2"
+
+	"gonum.org/v1/gonum/floats"
+)
+
+// Shuffled is Rows that can also be read in a seeded random order, which
+// mini-batch training asks for once per epoch. Rows streamed from storage
+// typically shuffle the order of their files and the rows within each.
+type Shuffled interface {
+	Rows
+	// EachShuffled is Each in an order that depends only on seed.
+	EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error
+}
+
+// EachShuffled implements Shuffled with a seeded permutation of the rows.
+func (s *Slice) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
+	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(len(s.X))
+	sh := &Slice{X: make([][]float32, len(s.X)), Y: make([]int, len(s.Y))}
+	if len(s.Y) != len(s.X) {
+		return s.Each(fn) // reports the mismatch
+	}
+	if s.W != nil {
+		sh.W = make([]float32, len(s.W))
+	}
+	for i, p := range perm {
+		sh.X[i], sh.Y[i] = s.X[p], s.Y[p]
+		if s.W != nil && p < len(s.W) {
+			sh.W[i] = s.W[p]
+		}
+	}
+	return sh.Each(fn)
+}
+
+// adam minimises the objective with Adam over mini-batches: each step's
+// gradient is the batch's weighted mean cross-entropy gradient plus the L2
+// term, and the step size follows a cosine from LearningRate to 0.
+func (e *evaluator) adam(theta []float64, opt Options, rows int) error {
+	epochs := opt.Epochs
+	if epochs <= 0 {
+		epochs = 20
+	}
+	bs := opt.BatchSize
+	if bs <= 0 {
+		bs = 256
+	}
+	lr := opt.LearningRate
+	if lr <= 0 {
+		lr = 0.01
+	}
+	const beta1, beta2, eps = 0.9, 0.999, 1e-8
+	d, C := e.d, e.classes
+	n := len(theta)
+	m1, m2 := make([]float64, n), make([]float64, n)
+	grad := make([]float64, n)
+	sh := &shard{grad: make([]float64, n)}
+	k := newKernel(d, C)
+	b := &block{x: make([]float32, bs*d), label: make([]int, bs), w: make([]float64, bs)}
+	total := float64(epochs * ((rows + bs - 1) / bs))
+	step := 0
+	flush := func() {
+		if b.n == 0 {
+			return
+		}
+		clear(sh.grad)
+		sh.loss = 0
+		k.run(e, theta, b, sh)
+		var wsum float64
+		for _, w := range b.w[:b.n] {
+			wsum += w
+		}
+		b.n = 0
+		if !(wsum > 0) {
+			return
+		}
+		copy(grad, sh.grad)
+		floats.Scale(1/wsum, grad)
+		floats.AddScaled(grad[:C*d], e.lambda, theta[:C*d])
+		step++
+		rate := lr * 0.5 * (1 + math.Cos(math.Pi*min(float64(step-1)/total, 1)))
+		c1 := 1 - math.Pow(beta1, float64(step))
+		c2 := 1 - math.Pow(beta2, float64(step))
+		for i, g := range grad {
+			m1[i] = beta1*m1[i] + (1-beta1)*g
+			m2[i] = beta2*m2[i] + (1-beta2)*g*g
+			theta[i] -= rate * (m1[i] / c1) / (math.Sqrt(m2[i]/c2) + eps)
+		}
+	}
+	i := 0
+	add := func(x []float32, label int, w float32) error {
+		if err := checkRow(i, x, label, w, d, C); err != nil {
+			return err
+		}
+		i++
+		if w == 0 {
+			return nil
+		}
+		copy(b.x[b.n*d:(b.n+1)*d], x)
+		b.label[b.n] = label
+		b.w[b.n] = float64(w) * e.classW[label]
+		b.n++
+		if b.n == bs {
+			flush()
+		}
+		return nil
+	}
+	sr, shuffled := e.rows.(Shuffled)
+	for epoch := range epochs {
+		i = 0
+		var err error
+		if shuffled {
+			err = sr.EachShuffled(opt.Seed*1000003+uint64(epoch), add)
+		} else {
+			err = e.rows.Each(add)
+		}
+		if err != nil {
+			return err
+		}
+		flush()
+	}
+	return nil
+}

@@ -1,0 +1,413 @@
+package onnx
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// Append grafts g onto an existing model and returns the new model: g's
+// nodes read tensors of the model by name, g's initializers are added, and
+// the graph's outputs become the tensors named in keep (each a graph output
+// or a node output of the model) followed by g.Outputs. g.Inputs is
+// ignored: the model's inputs stay.
+//
+// Nodes and initializers that no longer contribute to an output are
+// dropped, so the model's old head goes and its output names are free for
+// g's. A model whose nodes hold subgraphs (If, Loop, Scan) is kept whole,
+// since a subgraph may read any outer tensor.
+//
+// Append fails when a tensor g defines is already defined in the kept
+// model, when a tensor g reads is not there, or when the model's
+// default-domain opset is older than 7 (g's element-wise nodes broadcast).
+func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
+	m, err := parseModel(model)
+	if err != nil {
+		return nil, err
+	}
+	if m.opset != 0 && m.opset < 7 {
+		return nil, fmt.Errorf("onnx: append: the model's opset %d is older than 7", m.opset)
+	}
+
+	// What g defines and what it reads from the model.
+	defined := map[string]bool{}
+	for _, t := range g.Initializers {
+		defined[t.Name] = true
+	}
+	var reads []string
+	for _, n := range g.Nodes {
+		for _, in := range n.Inputs {
+			if in != "" && !defined[in] {
+				reads = append(reads, in)
+			}
+		}
+		for _, out := range n.Outputs {
+			defined[out] = true
+		}
+	}
+
+	// Keep the nodes that compute keep and reads (walking back from the
+	// last node, as nodes are topologically sorted).
+	needed := map[string]bool{}
+	for _, n := range slices.Concat(keep, reads) {
+		needed[n] = true
+	}
+	keepNode := make([]bool, len(m.nodes))
+	for i := len(m.nodes) - 1; i >= 0; i-- {
+		n := m.nodes[i]
+		if !m.subgraphs && !slices.ContainsFunc(n.outputs, func(o string) bool { return needed[o] }) {
+			continue
+		}
+		keepNode[i] = true
+		for _, in := range n.inputs {
+			needed[in] = true
+		}
+	}
+	available := map[string]bool{}
+	for _, in := range m.inputs {
+		available[in.name] = true
+	}
+	for _, t := range m.inits {
+		if needed[t.name] || m.subgraphs {
+			available[t.name] = true
+		}
+	}
+	for _, s := range m.sparseNames {
+		available[s] = true
+	}
+	nodeNames := map[string]bool{}
+	for i, n := range m.nodes {
+		if keepNode[i] {
+			for _, o := range n.outputs {
+				available[o] = true
+			}
+			nodeNames[n.name] = true
+		}
+	}
+	for _, name := range slices.Concat(keep, reads) {
+		if !available[name] {
+			return nil, fmt.Errorf("onnx: append: the model has no tensor %q", name)
+		}
+	}
+	for _, name := range slices.Sorted(mapKeys(defined)) {
+		if available[name] {
+			return nil, fmt.Errorf("onnx: append: tensor %q is already defined in the model", name)
+		}
+	}
+
+	// Rebuild the graph.
+	var gb []byte
+	for i, n := range m.nodes {
+		if keepNode[i] {
+			gb = appendMessage(gb, 1, n.raw)
+		}
+	}
+	for i, n := range g.Nodes {
+		name := fmt.Sprintf("dcd_append/%s_%d", n.Op, i)
+		for nodeNames[name] {
+			name += "_"
+		}
+		nb, err := marshalNamedNode(n, name)
+		if err != nil {
+			return nil, err
+		}
+		gb = appendMessage(gb, 1, nb)
+	}
+	if m.name != "" {
+		gb = appendString(gb, 2, m.name)
+	}
+	for _, t := range m.inits {
+		if available[t.name] {
+			gb = appendMessage(gb, 5, t.raw)
+		}
+	}
+	for _, t := range g.Initializers {
+		gb = appendMessage(gb, 5, marshalTensor(t))
+	}
+	for _, in := range m.inputs {
+		// Before IR 4 initializers are listed as inputs too; drop those
+		// whose initializer went.
+		if in.init && !available[in.name] {
+			continue
+		}
+		gb = appendMessage(gb, 11, in.raw)
+	}
+	for _, name := range keep {
+		if raw, ok := m.outputs[name]; ok {
+			gb = appendMessage(gb, 12, raw)
+		} else {
+			gb = appendMessage(gb, 12, marshalUntypedFloat(name))
+		}
+	}
+	for _, v := range g.Outputs {
+		gb = appendMessage(gb, 12, marshalValue(v))
+	}
+	for _, vi := range m.valueInfo {
+		if available[vi.name] {
+			gb = appendMessage(gb, 13, vi.raw)
+		}
+	}
+	gb = append(gb, m.graphRest...)
+
+	var out []byte
+	for _, f := range m.fields {
+		switch {
+		case f.num == 7:
+			out = appendMessage(out, 7, gb)
+		case f.num == 1 && m.ir < 4:
+			out = protowire.AppendTag(out, 1, protowire.VarintType)
+			out = protowire.AppendVarint(out, 4)
+		default:
+			out = append(out, f.raw...)
+		}
+	}
+	return out, nil
+}
+
+func mapKeys(m map[string]bool) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// parsedModel is the parts of a ModelProto that Append edits; every other
+// field is kept byte for byte.
+type parsedModel struct {
+	fields    []rawField // top-level fields in order
+	ir        uint64
+	opset     uint64 // default domain; 0 when not declared
+	name      string
+	nodes     []parsedNode
+	subgraphs bool
+	inits     []namedRaw
+	inputs    []namedRaw
+	outputs   map[string][]byte
+	valueInfo []namedRaw
+	// sparseNames are the sparse initializers' names; graphRest holds
+	// the graph's other fields (sparse initializers, doc string, …).
+	sparseNames []string
+	graphRest   []byte
+}
+
+type rawField struct {
+	num protowire.Number
+	raw []byte // the whole field, tag included
+}
+
+type namedRaw struct {
+	name string
+	raw  []byte // the message, without tag
+	init bool   // an input that is also an initializer
+}
+
+type parsedNode struct {
+	name            string
+	inputs, outputs []string
+	subgraph        bool // an attribute holds a graph
+	raw             []byte
+}
+
+var errNotModel = errors.New("onnx: append: not an ONNX model")
+
+func parseModel(model []byte) (*parsedModel, error) {
+	m := &parsedModel{outputs: map[string][]byte{}}
+	var graph []byte
+	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
+		m.fields = append(m.fields, rawField{num, raw})
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			m.ir, _ = protowire.ConsumeVarint(v)
+		case num == 7 && typ == protowire.BytesType:
+			graph = v
+		case num == 8 && typ == protowire.BytesType:
+			var domain string
+			var version uint64
+			walkFields(v, func(n protowire.Number, t protowire.Type, v, _ []byte) error {
+				if n == 1 && t == protowire.BytesType {
+					domain = string(v)
+				}
+				if n == 2 && t == protowire.VarintType {
+					version, _ = protowire.ConsumeVarint(v)
+				}
+				return nil
+			})
+			if domain == "" || domain == "ai.onnx" {
+				m.opset = version
+			}
+		}
+		return nil
+	})
+	if err != nil || graph == nil {
+		return nil, errNotModel
+	}
+	inits := map[string]bool{}
+	err = walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
+		if typ != protowire.BytesType {
+			m.graphRest = append(m.graphRest, raw...)
+			return nil
+		}
+		switch num {
+		case 1:
+			n, err := parseNode(v)
+			if err != nil {
+				return err
+			}
+			m.nodes = append(m.nodes, n)
+			if n.subgraph {
+				m.subgraphs = true
+			}
+		case 2:
+			m.name = string(v)
+		case 5:
+			name, err := nameField(v, 8)
+			if err != nil {
+				return err
+			}
+			m.inits = append(m.inits, namedRaw{name: name, raw: v})
+			inits[name] = true
+		case 11, 12, 13:
+			name, err := nameField(v, 1)
+			if err != nil {
+				return err
+			}
+			switch num {
+			case 11:
+				m.inputs = append(m.inputs, namedRaw{name: name, raw: v})
+			case 12:
+				m.outputs[name] = v
+			case 13:
+				m.valueInfo = append(m.valueInfo, namedRaw{name: name, raw: v})
+			}
+		case 15:
+			// SparseTensorProto: its values tensor carries the name.
+			walkFields(v, func(n protowire.Number, t protowire.Type, vv, _ []byte) error {
+				if n == 1 && t == protowire.BytesType {
+					if name, err := nameField(vv, 8); err == nil {
+						m.sparseNames = append(m.sparseNames, name)
+					}
+				}
+				return nil
+			})
+			m.graphRest = append(m.graphRest, raw...)
+		default:
+			m.graphRest = append(m.graphRest, raw...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, errNotModel
+	}
+	for i := range m.inputs {
+		m.inputs[i].init = inits[m.inputs[i].name]
+	}
+	return m, nil
+}
+
+func parseNode(v []byte) (parsedNode, error) {
+	var n parsedNode
+	n.raw = v
+	err := walkFields(v, func(num protowire.Number, typ protowire.Type, f []byte, _ []byte) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case 1:
+			n.inputs = append(n.inputs, string(f))
+		case 2:
+			n.outputs = append(n.outputs, string(f))
+		case 3:
+			n.name = string(f)
+		case 5:
+			// AttributeProto: g (6) and graphs (11) are subgraphs.
+			walkFields(f, func(an protowire.Number, at protowire.Type, _ []byte, _ []byte) error {
+				if an == 6 || an == 11 {
+					n.subgraph = true
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	return n, err
+}
+
+func nameField(msg []byte, field protowire.Number) (string, error) {
+	var name string
+	err := walkFields(msg, func(num protowire.Number, typ protowire.Type, v []byte, _ []byte) error {
+		if num == field && typ == protowire.BytesType {
+			name = string(v)
+		}
+		return nil
+	})
+	return name, err
+}
+
+// walkFields calls fn for each field of a message with its value (for
+// bytes fields, the payload; for others, the encoded value) and the whole
+// field's bytes.
+func walkFields(msg []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error) error {
+	for len(msg) > 0 {
+		num, typ, n := protowire.ConsumeTag(msg)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, msg[n:])
+		if m < 0 {
+			return protowire.ParseError(m)
+		}
+		v := msg[n : n+m]
+		if typ == protowire.BytesType {
+			b, k := protowire.ConsumeBytes(v)
+			if k < 0 {
+				return protowire.ParseError(k)
+			}
+			v = b
+		}
+		if err := fn(num, typ, v, msg[:n+m]); err != nil {
+			return err
+		}
+		msg = msg[n+m:]
+	}
+	return nil
+}
+
+func appendMessage(b []byte, num protowire.Number, msg []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, msg)
+}
+
+// marshalNamedNode is marshalNode with a given node name.
+func marshalNamedNode(n Node, name string) ([]byte, error) {
+	var b []byte
+	for _, in := range n.Inputs {
+		b = appendString(b, 1, in)
+	}
+	for _, out := range n.Outputs {
+		b = appendString(b, 2, out)
+	}
+	b = appendString(b, 3, name)
+	b = appendString(b, 4, n.Op)
+	for _, k := range sortedKeys(n.Attrs) {
+		ab, err := marshalAttr(k, n.Attrs[k])
+		if err != nil {
+			return nil, fmt.Errorf("onnx: node %s: %w", name, err)
+		}
+		b = appendMessage(b, 5, ab)
+	}
+	return b, nil
+}
+
+// marshalUntypedFloat declares a float tensor output of unknown shape.
+func marshalUntypedFloat(name string) []byte {
+	var tt []byte
+	tt = protowire.AppendTag(tt, 1, protowire.VarintType)
+	tt = protowire.AppendVarint(tt, Float)
+	b := appendString(nil, 1, name)
+	return appendMessage(b, 2, appendMessage(nil, 1, tt))
+}

@@ -1,0 +1,71 @@
+package ortrun_test
+
+import (
+	"strings"
+	"testing"
+
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+)
+
+func identity(t *testing.T) []byte {
+	t.Helper()
+	g := &onnx.Graph{
+		Name:    "id",
+		Inputs:  []onnx.Value{{Name: "x", Elem: onnx.Float, Shape: []int64{-1, 2}}},
+		Outputs: []onnx.Value{{Name: "y", Elem: onnx.Float, Shape: []int64{-1, 2}}},
+		Nodes:   []onnx.Node{{Op: "Identity", Inputs: []string{"x"}, Outputs: []string{"y"}}},
+	}
+	b, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestExecutionProviders(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	model := identity(t)
+
+	t.Run("cpu", func(t *testing.T) {
+		s, err := ortrun.NewSession("m.onnx", model, []string{"x"}, []string{"y"}, ortrun.Options{EP: "cpu", Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		out, err := s.Run(ortrun.Tensor{Shape: []int64{1, 2}, Floats: []float32{3, 4}})
+		if err != nil || out[0].Floats[1] != 4 {
+			t.Fatalf("run: %v %v", out, err)
+		}
+	})
+
+	t.Run("unknown", func(t *testing.T) {
+		_, err := ortrun.NewSession("m.onnx", model, []string{"x"}, []string{"y"}, ortrun.Options{EP: "tpu"})
+		if err == nil {
+			t.Fatal("an unknown execution provider was accepted")
+		}
+		for _, w := range []string{"m.onnx", `"tpu"`, "cpu or cuda"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not say %s", err, w)
+			}
+		}
+	})
+
+	// The library `make setup` installs is ONNX Runtime's CPU build: asking
+	// for CUDA must say which files the GPU build brings.
+	t.Run("cuda on the cpu build", func(t *testing.T) {
+		s, err := ortrun.NewSession("m.onnx", model, []string{"x"}, []string{"y"}, ortrun.Options{EP: "cuda"})
+		if err == nil {
+			s.Close()
+			t.Skip("this ONNX Runtime library has a working CUDA provider")
+		}
+		for _, w := range []string{"m.onnx", "cuda", "libonnxruntime_providers_cuda.so", "libonnxruntime_providers_shared.so", "CUDA 12", "cuDNN 9"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not name %s", err, w)
+			}
+		}
+		t.Log(err)
+	})
+}

@@ -1,0 +1,137 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+
+	"gocloud.dev/blob"
+)
+
+// IsURL reports whether ref is an absolute URL (scheme://…) rather than a
+// key in the worker's own bucket.
+func IsURL(ref string) bool {
+	i := strings.Index(ref, "://")
+	if i <= 0 {
+		return false
+	}
+	for _, r := range ref[:i] {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// SplitURL splits an object URL into the URL of its bucket and its key:
+// scheme://bucket/path/to/key?query gives scheme://bucket?query and
+// path/to/key. The query (region, endpoint, …) stays with the bucket.
+//
+// file:// URLs have no bucket name: file:///dir/key?query gives the bucket
+// file:///?query (the filesystem root) and the key dir/key, so every local
+// path is one bucket. A URL ending in "/" gives a key ending in "/", a
+// prefix.
+func SplitURL(ref string) (bucketURL, key string, err error) {
+	u, err := url.Parse(ref)
+	if err != nil {
+		return "", "", fmt.Errorf("store: url %q: %w", ref, err)
+	}
+	if u.Scheme == "" {
+		return "", "", fmt.Errorf("store: url %q: no scheme", ref)
+	}
+	if u.Scheme == "file" {
+		if u.Host != "" && u.Host != "localhost" {
+			return "", "", fmt.Errorf("store: url %q: a file URL has three slashes, file:///dir/file", ref)
+		}
+		b := &url.URL{Scheme: "file", Path: "/", RawQuery: u.RawQuery}
+		return b.String(), strings.TrimPrefix(u.Path, "/"), nil
+	}
+	if u.Host == "" {
+		return "", "", fmt.Errorf("store: url %q: no bucket name", ref)
+	}
+	b := &url.URL{Scheme: u.Scheme, Host: u.Host, RawQuery: u.RawQuery}
+	return b.String(), strings.TrimPrefix(u.Path, "/"), nil
+}
+
+// JoinURL is SplitURL's inverse: the URL of key in the bucket at bucketURL.
+func JoinURL(bucketURL, key string) (string, error) {
+	u, err := url.Parse(bucketURL)
+	if err != nil {
+		return "", fmt.Errorf("store: url %q: %w", bucketURL, err)
+	}
+	u.Path = "/" + key
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+// Buckets opens the buckets that absolute URLs name, each once, and keeps
+// them for the life of the process: a worker reads images from many buckets
+// but opens each one (and its client and credentials) a single time. The
+// zero value is ready to use; it is safe for concurrent use.
+type Buckets struct {
+	mu   sync.Mutex
+	open map[string]*blob.Bucket // by bucket URL
+}
+
+// Open returns the bucket at bucketURL, opening it the first time.
+func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if b, ok := bs.open[bucketURL]; ok {
+		return b, nil
+	}
+	b, err := Open(ctx, bucketURL)
+	if err != nil {
+		return nil, err
+	}
+	if bs.open == nil {
+		bs.open = map[string]*blob.Bucket{}
+	}
+	bs.open[bucketURL] = b
+	return b, nil
+}
+
+// Resolve returns the bucket and key that ref names: ref itself in def when
+// it is a key, or the URL's own bucket and key when it is an absolute URL.
+func (bs *Buckets) Resolve(ctx context.Context, def *blob.Bucket, ref string) (*blob.Bucket, string, error) {
+	if !IsURL(ref) {
+		return def, ref, nil
+	}
+	bu, key, err := SplitURL(ref)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := bs.Open(ctx, bu)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, key, nil
+}
+
+// ReadAll reads the object ref names, a key in def or an absolute URL.
+func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([]byte, error) {
+	b, key, err := bs.Resolve(ctx, def, ref)
+	if err != nil {
+		return nil, err
+	}
+	data, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("store: read %q: %w", ref, err)
+	}
+	return data, nil
+}
+
+// Close closes every bucket opened so far.
+func (bs *Buckets) Close() error {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	var errs []error
+	for _, b := range bs.open {
+		errs = append(errs, b.Close())
+	}
+	bs.open = nil
+	return errors.Join(errs...)
+}

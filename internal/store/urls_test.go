@@ -1,0 +1,90 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestSplitURL(t *testing.T) {
+	for _, tc := range []struct{ in, bucket, key string }{
+		{"s3://data/train/cat/1.jpg?region=eu-west-1", "s3://data?region=eu-west-1", "train/cat/1.jpg"},
+		{"s3://data/a%20b/c.png?endpoint=http://127.0.0.1:9000&use_path_style=true", "s3://data?endpoint=http://127.0.0.1:9000&use_path_style=true", "a b/c.png"},
+		{"gs://bucket/x.png", "gs://bucket", "x.png"},
+		{"s3://bucket/prefix/", "s3://bucket", "prefix/"},
+		{"s3://bucket", "s3://bucket", ""},
+		{"file:///srv/images/cat/1.png", "file:///", "srv/images/cat/1.png"},
+		{"file:///srv/images/?metadata=skip", "file:///?metadata=skip", "srv/images/"},
+	} {
+		b, k, err := SplitURL(tc.in)
+		if err != nil || b != tc.bucket || k != tc.key {
+			t.Errorf("SplitURL(%q) = %q, %q, %v; want %q, %q", tc.in, b, k, err, tc.bucket, tc.key)
+			continue
+		}
+		back, err := JoinURL(b, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b2, k2, _ := SplitURL(back); b2 != b || k2 != k {
+			t.Errorf("JoinURL(%q, %q) = %q, which splits into %q, %q", b, k, back, b2, k2)
+		}
+	}
+	// mem:// buckets have no name, so no object URL can point into one.
+	for _, bad := range []string{"file://host/x.png", "s3:///key", "mem://"} {
+		if _, _, err := SplitURL(bad); err == nil {
+			t.Errorf("SplitURL(%q): want an error", bad)
+		}
+	}
+}
+
+func TestIsURL(t *testing.T) {
+	for in, want := range map[string]bool{
+		"s3://b/k": true, "file:///x": true, "gs://b": true, "azblob://c/k": true,
+		"data/train/": false, "/data/x.png": false, "weird name://x": false, "://x": false,
+	} {
+		if IsURL(in) != want {
+			t.Errorf("IsURL(%q) = %v", in, !want)
+		}
+	}
+}
+
+// Buckets opens each bucket once and reads keys of the default bucket and
+// absolute URLs alike.
+func TestBucketsReadAll(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "cat"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cat", "1.png"), []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	def, err := Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer def.Close()
+	if err := def.WriteAll(ctx, "k", []byte("default"), nil); err != nil {
+		t.Fatal(err)
+	}
+	var bs Buckets
+	defer bs.Close()
+	for ref, want := range map[string]string{"k": "default", "file://" + dir + "/cat/1.png": "one"} {
+		got, err := bs.ReadAll(ctx, def, ref)
+		if err != nil || string(got) != want {
+			t.Errorf("ReadAll(%q) = %q, %v; want %q", ref, got, err, want)
+		}
+	}
+	b1, err := bs.Open(ctx, "file:///")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := bs.Open(ctx, "file:///")
+	if b1 != b2 || len(bs.open) != 1 {
+		t.Errorf("file:/// opened %d times", len(bs.open))
+	}
+	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/missing.png"); err == nil {
+		t.Error("reading a missing file: want an error")
+	}
+}

@@ -1,0 +1,27 @@
+package schemas
+
+import (
+	"errors"
+	"testing"
+)
+
+// classes_file stands in for classes; one of them is needed.
+func TestClassesOrClassesFile(t *testing.T) {
+	c := Config{Name: "x", Classes: []string{"a", "b"},
+		Target: Model{Path: "m.onnx", Features: "f", Logits: "l"},
+		Data: Data{Train: Dataset{Prefix: "t/"}, Test: Dataset{Prefix: "t/"}, ErrorSample: Dataset{Prefix: "e/"},
+			ErrorHeldout: Dataset{Manifest: "s3://bucket/h.parquet?region=us-east-1"}, Pool: Dataset{Manifest: "p.csv"}},
+	}.WithDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	c.Classes = nil
+	var fe *FieldError
+	if err := c.Validate(); !errors.As(err, &fe) || fe.Field != "classes" {
+		t.Errorf("no classes: %v, want an error naming classes", err)
+	}
+	c.ClassesFile = "classes.txt"
+	if err := c.Validate(); err != nil {
+		t.Errorf("classes_file instead of classes: %v", err)
+	}
+}

@@ -1,0 +1,108 @@
+package schemas
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"dcd/internal/preprocess"
+)
+
+func compareConfig() Config {
+	return Config{
+		Name: "c", Classes: []string{"a", "b"},
+		Target: Model{Path: "m.onnx", Features: "f", Logits: "l", Preprocess: preprocess.Spec{Channels: 1, Height: 28, Width: 28}},
+		Data: Data{Train: Dataset{Prefix: "t/"}, Test: Dataset{Prefix: "s/"}, ErrorSample: Dataset{Prefix: "e/"},
+			ErrorHeldout: Dataset{Prefix: "h/"}, Pool: Dataset{Manifest: "p.csv"}},
+	}
+}
+
+// Without compare, a pass runs the documented default methods, each
+// retraining with the documented recipe.
+func TestCompareDefaults(t *testing.T) {
+	c := compareConfig().WithDefaults()
+	if !slices.Equal(c.Compare, DefaultCompare) || c.ReferenceDCD() != MethodDCD {
+		t.Errorf("compare %q, reference %q", c.Compare, c.ReferenceDCD())
+	}
+	s, r := c.Selection, c.Retrain
+	if s.Strategy != PerQuery || s.K != 10 || s.Aggregate != AggMin || s.Dedupe != DefaultDedupe || s.Leakage != DefaultLeakage {
+		t.Errorf("selection defaults %+v", s)
+	}
+	if r.Mode != FullBatch || r.DebugWeight != 1 || r.Lambda != 0.01 || r.Iters != 300 || r.MemoryMB != 1024 {
+		t.Errorf("retrain defaults %+v", r)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
+	}
+	if c.ScanK() != 10 {
+		t.Errorf("scan k %d, want 10", c.ScanK())
+	}
+}
+
+// A variant overrides the fields it sets; the scan keeps enough
+// candidates for the largest k and for the global strategies.
+func TestSelectionVariants(t *testing.T) {
+	c := compareConfig()
+	c.Selection.Variants = map[string]SelectionVariant{
+		"wide":   {K: 25},
+		"budget": {Strategy: Global, Budget: 300, Aggregate: AggMean},
+	}
+	c.Compare = []string{MethodNone, "dcd:budget", "dcd:wide", MethodRandom}
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	v, ok := c.Selection.Variant("dcd:budget")
+	if !ok || v.Strategy != Global || v.Budget != 300 || v.Aggregate != AggMean || v.K != 10 || v.Variants != nil {
+		t.Errorf("dcd:budget = %+v, %v", v, ok)
+	}
+	if _, ok := c.Selection.Variant("dcd:nope"); ok {
+		t.Error("an unknown variant resolved")
+	}
+	if c.ReferenceDCD() != "dcd:budget" {
+		t.Errorf("reference %q, want the first dcd variant", c.ReferenceDCD())
+	}
+	if c.ScanK() != 25 {
+		t.Errorf("scan k %d, want 25 (the wide variant's k)", c.ScanK())
+	}
+	c.Selection.ScanK = 100
+	if c.ScanK() != 100 {
+		t.Errorf("scan k %d, want the configured 100", c.ScanK())
+	}
+}
+
+// Bad compare, selection and retrain fields fail validation naming them.
+func TestCompareValidation(t *testing.T) {
+	for _, tc := range []struct {
+		field string
+		edit  func(*Config)
+	}{
+		{"compare[1]", func(c *Config) { c.Compare = []string{"none", "best"} }},
+		{"compare[1]", func(c *Config) { c.Compare = []string{"dcd", "dcd"} }},
+		{"compare[0]", func(c *Config) { c.Compare = []string{"dcd:missing"} }},
+		{"compare", func(c *Config) { c.Compare = []string{"none", "random"} }},
+		{"selection.strategy", func(c *Config) { c.Selection.Strategy = "closest" }},
+		{"selection.budget", func(c *Config) { c.Selection.Strategy = Global }},
+		{"selection.threshold", func(c *Config) { c.Selection.Strategy = Threshold }},
+		{"selection.aggregate", func(c *Config) { c.Selection.Aggregate = "max" }},
+		{"selection.k", func(c *Config) { c.Selection.K = -3 }},
+		{"selection.variants.x.budget", func(c *Config) {
+			c.Selection.Variants = map[string]SelectionVariant{"x": {Strategy: Global}}
+			c.Compare = []string{"dcd:x"}
+		}},
+		{"selection.variants", func(c *Config) { c.Selection.Variants = map[string]SelectionVariant{"Bad Name": {}} }},
+		{"retrain.mode", func(c *Config) { c.Retrain.Mode = "sgd" }},
+		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = -1 }},
+		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
+	} {
+		c := compareConfig().WithDefaults()
+		tc.edit(&c)
+		err := c.Validate()
+		fe, ok := err.(*FieldError)
+		if !ok || fe.Field != tc.field {
+			t.Errorf("want an error naming %s, got %v", tc.field, err)
+		} else if strings.TrimSpace(fe.Msg) == "" {
+			t.Errorf("%s: empty message", tc.field)
+		}
+	}
+}

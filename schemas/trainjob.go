@@ -1,0 +1,23 @@
+package schemas
+
+// TrainJob is what an external trainer command is given in the file
+// {job}: the target model with its preprocessing as the pass resolved it,
+// the classes in the order of the logits, the retraining recipe, the seed,
+// and the keys of its inputs and output in the worker's bucket.
+type TrainJob struct {
+	Run    string `json:"run"`
+	Method string `json:"method"`
+	// Target's Input and Preprocess are filled in from the model.
+	Target  Model    `json:"target"`
+	Classes []string `json:"classes"`
+	Retrain Retrain  `json:"retrain"`
+	Seed    uint64   `json:"seed"`
+	// Train and DebugTrain are CSV manifests (uri,label,domain; a uri
+	// starting with "/" is a key of the bucket); Model is where the ONNX
+	// classifier must be written, with its class scores in the graph
+	// output Output.
+	Train      string `json:"train"`
+	DebugTrain string `json:"debug_train"`
+	Model      string `json:"model"`
+	Output     string `json:"output"`
+}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"dcd/internal/bench"
+)
+
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH]"
+
+// cmdBench runs the benchmarks (internal/bench) and prints their table, or
+// the JSON list with -json. Progress goes to stderr.
+func cmdBench(ctx context.Context, e *cli, args []string) error {
+	fs := e.flags("bench")
+	asJSON := fs.Bool("json", false, `print a JSON list of {"name","value","unit","baseline","ratio","goal"} instead of the table`)
+	quick := fs.Bool("quick", false, "small sizes: a smoke test of a few minutes")
+	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
+	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads (default: the number of CPUs)")
+	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
+	pos, err := parse(fs, benchSynopsis, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
+	}
+	o := bench.Options{Quick: *quick, Threads: *threads, Worker: *worker, Log: e.stderr}
+	if *parts != "" {
+		o.Parts = strings.Split(*parts, ",")
+	}
+	if o.Worker == "" {
+		if exe, err := os.Executable(); err == nil {
+			if w := filepath.Join(filepath.Dir(exe), "worker"); fileExists(w) {
+				o.Worker = w
+			}
+		}
+	}
+	rs, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return bench.WriteJSON(e.stdout, rs)
+	}
+	return bench.WriteTable(e.stdout, rs)
+}
+
+func fileExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir()
+}

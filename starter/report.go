@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"time"
+
+	"dcd/activities"
+	"dcd/internal/store"
+)
+
+type reportArgs struct {
+	id      string
+	storage string
+	serve   bool
+	open    bool
+	addr    string
+}
+
+func parseReport(e *cli, args []string) (reportArgs, error) {
+	var a reportArgs
+	fs := e.flags("report")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the pass wrote to (env DCD_STORAGE)")
+	fs.BoolVar(&a.serve, "serve", false, "serve the report on localhost even when it is a local file")
+	fs.BoolVar(&a.open, "open", false, "open the report in a browser (xdg-open, or $BROWSER)")
+	fs.StringVar(&a.addr, "addr", "127.0.0.1:0", "address to serve on (with -serve, or for non-file storage)")
+	id, err := oneArg(fs, "[-storage URL] [-serve] [-open] RUN", "pass id", args)
+	a.id = id
+	return a, err
+}
+
+// cmdReport prints where a pass's report.html is: its path when storage is
+// a file:// bucket, or else (or with -serve) a localhost URL that serves it
+// until interrupted. -open opens it in a browser too.
+func cmdReport(ctx context.Context, e *cli, args []string) error {
+	a, err := parseReport(e, args)
+	if err != nil {
+		return err
+	}
+	key := activities.RunKey(a.id, "report.html")
+	if p, ok := localPath(a.storage, key); ok && !a.serve {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("no report for pass %s at %s: has the pass finished? (`starter status %s`)", a.id, p, a.id)
+		}
+		fmt.Fprintln(e.stdout, p)
+		if a.open {
+			openBrowser(e, "file://"+p)
+		}
+		return nil
+	}
+	b, err := store.Open(ctx, a.storage)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	page, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact(a.storage), key, err)
+	}
+	l, err := net.Listen("tcp", a.addr)
+	if err != nil {
+		return fmt.Errorf("report: listen on %s: %w", a.addr, err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/" && r.URL.Path != "/report.html" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.Write(page)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	url := "http://" + l.Addr().String() + "/"
+	fmt.Fprintf(e.stdout, "%s\n", url)
+	fmt.Fprintf(e.stderr, "serving the report of %s until interrupted (Ctrl-C)\n", a.id)
+	if a.open {
+		openBrowser(e, url)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// openBrowser starts $BROWSER or xdg-open on url, best effort: the path or
+// URL is printed either way.
+func openBrowser(e *cli, url string) {
+	bin := os.Getenv("BROWSER")
+	if bin == "" {
+		bin = "xdg-open"
+	}
+	cmd := exec.Command(bin, url)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(e.stderr, "cannot open a browser (%v); open %s yourself\n", err, url)
+		return
+	}
+	go cmd.Wait()
+}

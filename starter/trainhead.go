@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"gocloud.dev/blob"
+
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/head"
+	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+type trainHeadArgs struct {
+	storage, job, train, debug, out, work, ortLib string
+	threads                                       int
+}
+
+func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
+	var a trainHeadArgs
+	fs := e.flags("train-head")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE); the trainer placeholder {storage}")
+	fs.StringVar(&a.job, "job", "", "key of the job file ({job}): target model, classes, recipe (required)")
+	fs.StringVar(&a.train, "train", "", "key of the train manifest ({train}); default: the job's")
+	fs.StringVar(&a.debug, "debug", "", "key of the debug-train manifest ({debug_train}); default: the job's")
+	fs.StringVar(&a.out, "out", "", "key to write the ONNX model to ({model}); default: the job's")
+	fs.StringVar(&a.work, "work", "", "folder for the spooled features ({work}); default: a temporary one")
+	fs.StringVar(&a.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
+	fs.IntVar(&a.threads, "threads", runtime.NumCPU(), "ONNX Runtime threads")
+	pos, err := parse(fs, "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY] [-work DIR]", args)
+	if err != nil {
+		return a, err
+	}
+	if len(pos) != 0 {
+		return a, usageErrorf("train-head: unexpected arguments %q", pos)
+	}
+	if a.job == "" {
+		return a, usageErrorf("train-head: -job is required")
+	}
+	return a, nil
+}
+
+// cmdTrainHead is DCD's own external trainer (retrain.trainer): it embeds
+// the train and debug-train images with the target model, spooling the
+// features to a local file, trains a softmax head on them with the job's
+// recipe (re-reading the spool on every pass, so memory stays flat), and
+// writes the target's backbone with the new head as one ONNX model.
+func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
+	a, err := parseTrainHead(e, args)
+	if err != nil {
+		return err
+	}
+	b, err := store.Open(ctx, a.storage)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	data, err := b.ReadAll(ctx, a.job)
+	if err != nil {
+		return fmt.Errorf("train-head: job %s: %w", a.job, err)
+	}
+	var job schemas.TrainJob
+	if err := json.Unmarshal(data, &job); err != nil {
+		return fmt.Errorf("train-head: job %s: %w", a.job, err)
+	}
+	for _, o := range []struct{ flag, job *string }{{&a.train, &job.Train}, {&a.debug, &job.DebugTrain}, {&a.out, &job.Model}} {
+		if *o.flag != "" {
+			*o.job = *o.flag
+		}
+	}
+	if job.Output == "" {
+		job.Output = "probabilities"
+	}
+	if a.work == "" {
+		if a.work, err = os.MkdirTemp("", "dcd-train-head-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(a.work)
+	}
+	if err := ortrun.Init(a.ortLib); err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	buckets := &store.Buckets{}
+	defer buckets.Close()
+	target, err := buckets.ReadAll(ctx, b, job.Target.Path)
+	if err != nil {
+		return fmt.Errorf("train-head: target model: %w", err)
+	}
+	model, names, err := onnx.ExposeOutputs(target, []string{job.Target.Features})
+	if err != nil {
+		return fmt.Errorf("train-head: target model %s: %w", job.Target.Path, err)
+	}
+	sess, err := ortrun.NewSession(job.Target.Path, model, []string{job.Target.Input}, names, ortrun.Options{Threads: a.threads})
+	if err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	defer sess.Close()
+	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64}
+
+	spool := &spoolRows{path: filepath.Join(a.work, "features.bin")}
+	f, err := os.Create(spool.path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	src := dataset.Source{Bucket: b, Buckets: buckets}
+	read := func(ctx context.Context, uri string) ([]byte, error) { return buckets.ReadAll(ctx, b, uri) }
+	for _, set := range []struct {
+		name, key string
+		weight    float32
+	}{{"train", job.Train, 1}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight)}} {
+		var images []embed.Image
+		if empty, err := headerOnly(ctx, b, set.key); err != nil {
+			return fmt.Errorf("train-head: %s manifest: %w", set.name, err)
+		} else if !empty {
+			if err := src.Walk(ctx, schemas.Dataset{Manifest: set.key}, func(it dataset.Item) error {
+				images = append(images, embed.Image{URI: it.Key, Label: it.Label})
+				return nil
+			}); err != nil {
+				return fmt.Errorf("train-head: %s manifest %s: %w", set.name, set.key, err)
+			}
+		}
+		rows, skipped := 0, 0
+		rejects, err := emb.Embed(ctx, images, read, func(bt embed.Batch) error {
+			d := bt.Dims[0]
+			if spool.dim == 0 {
+				spool.dim = d
+			}
+			for i, im := range bt.Images {
+				c := slices.Index(job.Classes, im.Label)
+				if c < 0 {
+					skipped++
+					continue
+				}
+				if err := spool.write(w, bt.Vectors[0][i*d:(i+1)*d], c, set.weight); err != nil {
+					return err
+				}
+				rows++
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("train-head: embed %s: %w", set.name, err)
+		}
+		fmt.Fprintf(e.stdout, "embedded %d %s images: %d rows (weight %g), %d unreadable, %d with a label outside the classes\n",
+			len(images), set.name, rows, set.weight, len(rejects), skipped)
+		spool.rows += rows
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if spool.rows == 0 {
+		return errors.New("train-head: no image to train on")
+	}
+	r := job.Retrain
+	fmt.Fprintf(e.stdout, "training a softmax head on %d rows of %d features (%s, lambda %g)\n", spool.rows, spool.dim, r.Mode, r.Lambda)
+	h, err := head.Train(spool, head.Options{
+		Classes: len(job.Classes), Lambda: r.Lambda, Iters: r.Iters, ClassBalanced: r.ClassBalanced,
+		MiniBatch: r.Mode == schemas.MiniBatch, Epochs: r.Epochs, BatchSize: r.BatchSize, LearningRate: r.LearningRate, Seed: job.Seed,
+	})
+	if err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	acc, err := head.Accuracy(h, spool)
+	if err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "trained in %d passes over the spool: training accuracy %.4f\n", spool.passes, acc)
+	probs := job.Output
+	logits := job.Target.Logits
+	if logits == "" || logits == probs {
+		logits = "dcd_logits"
+	}
+	out, err := h.ONNX(target, head.ExportNames{Features: job.Target.Features, Logits: logits, Probabilities: probs})
+	if err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	if err := store.WriteAll(ctx, b, job.Model, out); err != nil {
+		return fmt.Errorf("train-head: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image → %s\n", job.Model, len(out), probs)
+	return nil
+}
+
+// headerOnly reports a CSV manifest without rows (train_only's debug-train
+// set), which is no error for a trainer.
+func headerOnly(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
+	if strings.HasSuffix(strings.ToLower(key), ".parquet") {
+		return false, nil
+	}
+	data, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", key, err)
+	}
+	return !strings.Contains(strings.TrimSpace(string(data)), "\n"), nil
+}
+
+// spoolRows is head.Rows over a local file of rows (label int32, weight
+// float32, dim float32s, little-endian), read afresh on every pass.
+type spoolRows struct {
+	path   string
+	dim    int
+	rows   int
+	passes int
+}
+
+func (s *spoolRows) write(w io.Writer, x []float32, label int, weight float32) error {
+	buf := make([]byte, 8+4*len(x))
+	binary.LittleEndian.PutUint32(buf, uint32(int32(label)))
+	binary.LittleEndian.PutUint32(buf[4:], math.Float32bits(weight))
+	for i, v := range x {
+		binary.LittleEndian.PutUint32(buf[8+4*i:], math.Float32bits(v))
+	}
+	_, err := w.Write(buf)
+	return err
+}
+
+func (s *spoolRows) Dim() int { return s.dim }
+
+func (s *spoolRows) Each(fn func(x []float32, label int, weight float32) error) error {
+	s.passes++
+	f, err := os.Open(s.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	buf := make([]byte, 8+4*s.dim)
+	x := make([]float32, s.dim)
+	for {
+		if _, err := io.ReadFull(r, buf); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("train-head: spool %s: %w", s.path, err)
+		}
+		label := int(int32(binary.LittleEndian.Uint32(buf)))
+		weight := math.Float32frombits(binary.LittleEndian.Uint32(buf[4:]))
+		for i := range x {
+			x[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[8+4*i:]))
+		}
+		if err := fn(x, label, weight); err != nil {
+			return err
+		}
+	}
+}

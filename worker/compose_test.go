@@ -1,0 +1,116 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"dcd/internal/compose"
+	"dcd/workflows"
+)
+
+// Every worker service of docker-compose.yml runs a command line that this
+// binary's own flag definitions parse, sets only environment variables that
+// its flags read (or storage credentials), points TEMPORAL_ADDRESS and
+// DCD_STORAGE at services of the file, and together the workers poll both
+// task queues; the gpu worker asks for CUDA and reserves NVIDIA GPUs.
+func TestComposeWorkers(t *testing.T) {
+	f, err := compose.Load("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	polled := map[string]bool{}
+	workers := 0
+	for name, s := range f.Services {
+		if len(s.Command) == 0 || s.Command[0] != "worker" {
+			continue
+		}
+		workers++
+		if s.Build == nil || s.Build.Dockerfile != "Dockerfile" {
+			t.Errorf("service %s runs the worker but does not build it from the repository's Dockerfile", name)
+		}
+		fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		o := defineFlags(fs)
+		if err := fs.Parse(s.Command[1:]); err != nil {
+			t.Errorf("service %s: worker %q: %v", name, s.Command[1:], err)
+			continue
+		}
+		if fs.NArg() > 0 {
+			t.Errorf("service %s: worker takes no arguments, got %q", name, fs.Args())
+		}
+		queues, err := taskQueues(o.queues)
+		if err != nil {
+			t.Errorf("service %s: %v", name, err)
+		}
+		for _, q := range queues {
+			polled[q] = true
+		}
+		accepted := compose.EnvNames(fs)
+		for k := range s.Environment {
+			if !accepted[k] && !compose.CredentialEnv(k) {
+				t.Errorf("service %s sets %s, which the worker does not read (it reads %v and storage credentials)", name, k, keys(accepted))
+			}
+		}
+		if addr, ok := s.Environment["TEMPORAL_ADDRESS"]; !ok {
+			t.Errorf("service %s does not set TEMPORAL_ADDRESS: the worker would dial 127.0.0.1", name)
+		} else if err := f.CheckAddress(name, "TEMPORAL_ADDRESS", addr); err != nil {
+			t.Error(err)
+		}
+		if st, ok := s.Environment["DCD_STORAGE"]; !ok {
+			t.Errorf("service %s does not set DCD_STORAGE: workers on several machines need a shared bucket", name)
+		} else if err := f.CheckStorage(name, st); err != nil {
+			t.Error(err)
+		}
+		gpu := len(s.Deploy.Resources.Reservations.Devices) > 0
+		if (o.ep == "cuda") != gpu {
+			t.Errorf("service %s: -ep %s but %d GPU reservations", name, o.ep, len(s.Deploy.Resources.Reservations.Devices))
+		}
+		if o.ep == "cuda" {
+			d := s.Deploy.Resources.Reservations.Devices[0]
+			if d.Driver != "nvidia" || !slices.Contains(d.Capabilities, "gpu") {
+				t.Errorf("service %s: device reservation %+v, want driver nvidia with capability gpu", name, d)
+			}
+			if s.Build.Target != "runtime-gpu" {
+				t.Errorf("service %s: -ep cuda on image target %q, want runtime-gpu (ONNX Runtime's GPU build)", name, s.Build.Target)
+			}
+		}
+	}
+	if workers < 2 {
+		t.Errorf("%d worker services, want a cpu and a gpu worker", workers)
+	}
+	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
+		if !polled[q] {
+			t.Errorf("no worker service polls %s: passes would wait forever", q)
+		}
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// The check above would pass vacuously if flags lost their "(env NAME)"
+// usage; make sure they have it.
+func TestFlagsNameTheirEnvironment(t *testing.T) {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	defineFlags(fs)
+	env := compose.EnvNames(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !strings.Contains(f.Usage, "(env ") {
+			t.Errorf("flag -%s: usage %q names no environment variable", f.Name, f.Usage)
+		}
+	})
+	for _, want := range []string{"TEMPORAL_ADDRESS", "DCD_STORAGE", "DCD_QUEUES", "DCD_EP"} {
+		if !env[want] {
+			t.Errorf("no flag reads %s", want)
+		}
+	}
+}

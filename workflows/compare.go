@@ -1,0 +1,255 @@
+package workflows
+
+import (
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"dcd/activities"
+	"dcd/schemas"
+)
+
+// TrainQueue is where external trainer commands run (worker -queues train).
+const TrainQueue = "dcd-train"
+
+// comparison runs the compared methods of a pass side by side after the
+// pool scan, each as its own chain of activities: select its pool images →
+// plan and embed them with the target → (dcd) guard → retrain → evaluate.
+// The random baseline waits for the reference dcd method's size.
+type comparison struct {
+	runID    string
+	cfg      schemas.Config
+	models   activities.CheckModelsResult
+	plans    map[string]activities.PlanResult
+	shards   shardRunner
+	progress *Progress
+
+	refDone workflow.Future // the reference dcd method's SelectResult
+	refSet  workflow.Settable
+}
+
+// methodOut is one method's row and, for a selection, its debug-train set.
+type methodOut struct {
+	Row activities.Method
+	Sel activities.SelectResult
+}
+
+// run returns eval.json's content and the reference dcd method's
+// debug-train set.
+func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.SelectResult, error) {
+	ev := activities.Eval{RunID: c.runID, Classes: c.cfg.Classes}
+	ref := c.cfg.ReferenceDCD()
+	c.refDone, c.refSet = workflow.NewFuture(ctx)
+	if ref == "" {
+		c.refSet.Set(activities.SelectResult{}, nil)
+	}
+	c.progress.Methods = map[string]string{}
+	futures := make([]workflow.Future, len(c.cfg.Compare))
+	evals := make([]activities.EvaluateResult, len(c.cfg.Compare))
+	for i, m := range c.cfg.Compare {
+		f, set := workflow.NewFuture(ctx)
+		futures[i] = f
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			out, err := c.method(ctx, m, &evals[i])
+			if m == ref && !c.refDone.IsReady() {
+				c.refSet.Set(out.Sel, err)
+			}
+			c.progress.Methods[m] = "done"
+			set.Set(out, err)
+		})
+	}
+	var refSel activities.SelectResult
+	for i, f := range futures {
+		var out methodOut
+		if err := f.Get(ctx, &out); err != nil {
+			return ev, refSel, err
+		}
+		ev.Methods = append(ev.Methods, out.Row)
+		if c.cfg.Compare[i] == ref {
+			refSel = out.Sel
+		}
+		e := evals[i]
+		ev.TestImages, ev.HeldoutImages = e.TestImages, e.HeldoutImages
+		ev.TestPerClassImages, ev.HeldoutPerClassImages = e.TestPerClassImages, e.HeldoutPerClassImages
+	}
+	return ev, refSel, nil
+}
+
+// method runs one method's chain and fills its row.
+func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.EvaluateResult) (methodOut, error) {
+	var a *activities.Activities
+	cpu := c.cpu(ctx)
+	out := methodOut{Row: activities.Method{Method: m}}
+	row := &out.Row
+	stage := func(s string) { c.progress.Methods[m] = s }
+	var debug *activities.DebugSet
+	var wall float64
+
+	switch {
+	case m == schemas.MethodNone || m == schemas.MethodTrainOnly:
+	case m == schemas.MethodAllPool:
+		pool := c.plans[activities.Pool]
+		if c.models.Target.Spec.Digest() != c.models.Similarity.Spec.Digest() {
+			// The pool was scanned with the similarity model; training
+			// needs the target's features of every pool image.
+			stage("embed")
+			c.progress.ShardsTotal += pool.Shards
+			if err := c.shards.runTagged(ctx, activities.Pool, "pool-target", c.models.Target, pool.Shards, 0).Get(ctx, nil); err != nil {
+				return out, err
+			}
+		}
+		debug = &activities.DebugSet{Dataset: activities.Pool, Shards: pool.Shards}
+		row.DebugTrainSize = pool.Images
+	case m == schemas.MethodRandom:
+		var ref activities.SelectResult
+		if err := c.refDone.Get(ctx, &ref); err != nil {
+			return out, err
+		}
+		stage("select")
+		if err := workflow.ExecuteActivity(cpu, a.SelectRandom, activities.RandomInput{
+			Run: c.runID, Method: m, PoolShards: c.plans[activities.Pool].Shards, PoolImages: c.plans[activities.Pool].Images,
+			N: ref.Size, Seed: c.cfg.Seed, ErrorDomain: c.cfg.Selection.ErrorDomain,
+		}).Get(ctx, &out.Sel); err != nil {
+			return out, err
+		}
+		shards, err := c.embedSelection(ctx, m, out.Sel)
+		if err != nil {
+			return out, err
+		}
+		debug = &activities.DebugSet{Dataset: activities.MethodDataset(m), Shards: shards}
+	default: // dcd and its variants
+		sel, _ := c.cfg.Selection.Variant(m)
+		stage("select")
+		var picked activities.SelectResult
+		if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
+			Run: c.runID, Method: m, Selection: sel,
+		}).Get(ctx, &picked); err != nil {
+			return out, err
+		}
+		shards, err := c.embedSelection(ctx, m, picked)
+		if err != nil {
+			return out, err
+		}
+		out.Sel = picked
+		if shards > 0 {
+			wall += picked.Seconds
+			stage("guard")
+			if err := workflow.ExecuteActivity(cpu, a.GuardSelection, activities.GuardInput{
+				Run: c.runID, Method: m, Selected: picked.Manifest, Dataset: activities.MethodDataset(m), Shards: shards,
+				Model: c.models.Target, TestShards: c.plans[activities.Test].Shards, HeldoutShards: c.plans[activities.ErrorHeldout].Shards,
+				Dedupe: sel.Dedupe, Leakage: sel.Leakage, ErrorDomain: sel.ErrorDomain,
+			}).Get(ctx, &out.Sel); err != nil {
+				return out, err
+			}
+		}
+		debug = &activities.DebugSet{Dataset: activities.MethodDataset(m), Shards: shards, Keep: out.Sel.Manifest}
+		if m == c.cfg.ReferenceDCD() {
+			c.refSet.Set(out.Sel, nil) // random may start
+		}
+	}
+	if m != schemas.MethodAllPool {
+		row.DebugTrainSize = out.Sel.Size
+		row.SelectionPrecision = out.Sel.Precision
+		row.Duplicates, row.Leaks = out.Sel.Duplicates, out.Sel.Leaks
+		row.DebugTrain = out.Sel.Manifest
+		wall += out.Sel.Seconds
+	}
+
+	eval := activities.EvaluateInput{
+		Run: c.runID, Method: m, Model: c.models.Target, Classes: c.cfg.Classes,
+		TestShards: c.plans[activities.Test].Shards, HeldoutShards: c.plans[activities.ErrorHeldout].Shards,
+	}
+	switch {
+	case m == schemas.MethodNone:
+	case c.cfg.Retrain.Trainer == nil:
+		stage("retrain")
+		var r activities.RetrainResult
+		if err := workflow.ExecuteActivity(cpu, a.Retrain, activities.RetrainInput{
+			Run: c.runID, Method: m, Model: c.models.Target, Classes: c.cfg.Classes,
+			TrainShards: c.plans[activities.Train].Shards, Debug: debug, Recipe: c.cfg.Retrain,
+			Seed: c.cfg.Seed, ErrorDomain: c.cfg.Selection.ErrorDomain, Export: schemas.IsDCD(m),
+		}).Get(ctx, &r); err != nil {
+			return out, err
+		}
+		wall += r.Seconds
+		row.TrainRows, row.DebugRows, row.Head, row.Model = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey
+		if m == schemas.MethodAllPool {
+			row.SelectionPrecision = r.Precision
+		}
+		eval.HeadKey = r.HeadKey
+	default:
+		stage("train")
+		var r activities.TrainExternalResult
+		if err := workflow.ExecuteActivity(c.trainOptions(ctx), a.TrainExternal, activities.TrainExternalInput{
+			Run: c.runID, Method: m, Trainer: *c.cfg.Retrain.Trainer, Target: c.models.Target, TargetConfig: c.cfg.Target,
+			Classes: c.cfg.Classes, Recipe: c.cfg.Retrain, Seed: c.cfg.Seed,
+			TrainShards: c.plans[activities.Train].Shards, Debug: debug,
+		}).Get(ctx, &r); err != nil {
+			return out, err
+		}
+		wall += r.Seconds
+		row.Model, row.Log = r.Model.Path, r.LogKey
+		// Evaluate the produced model end to end: its scores for every
+		// test and E_heldout image, from the images.
+		stage("embed")
+		tag := "eval-" + activities.MethodDataset(m)
+		test, held := c.plans[activities.Test].Shards, c.plans[activities.ErrorHeldout].Shards
+		c.progress.ShardsTotal += test + held
+		ft := c.shards.runTagged(ctx, activities.Test, tag+"-test", r.Model, test, 0)
+		fh := c.shards.runTagged(ctx, activities.ErrorHeldout, tag+"-heldout", r.Model, held, 0)
+		for _, f := range []workflow.Future{ft, fh} {
+			if err := f.Get(ctx, nil); err != nil {
+				return out, err
+			}
+		}
+		eval.Scores = &r.Model
+	}
+	stage("evaluate")
+	if err := workflow.ExecuteActivity(cpu, a.Evaluate, eval).Get(ctx, evOut); err != nil {
+		return out, err
+	}
+	wall += evOut.Seconds
+	row.TestAccuracy, row.HeldoutAccuracy = evOut.TestAccuracy, evOut.HeldoutAccuracy
+	row.TestPerClass, row.HeldoutPerClass = evOut.TestPerClass, evOut.HeldoutPerClass
+	row.WallSeconds = wall
+	return out, nil
+}
+
+// embedSelection plans a method's selection as a dataset and embeds it
+// with the target; it returns the number of shards (0 for an empty one).
+func (c *comparison) embedSelection(ctx workflow.Context, m string, sel activities.SelectResult) (int, error) {
+	if sel.Size == 0 {
+		return 0, nil
+	}
+	c.progress.Methods[m] = "embed"
+	ds := activities.MethodDataset(m)
+	plan, err := planAll(c.cpu(ctx), c.runID, c.cfg, map[string]schemas.Dataset{ds: {Manifest: sel.Manifest}})
+	if err != nil {
+		return 0, err
+	}
+	n := plan[ds].Shards
+	c.progress.ShardsTotal += n
+	return n, c.shards.run(ctx, ds, c.models.Target, n, 0).Get(ctx, nil)
+}
+
+func (c *comparison) cpu(ctx workflow.Context) workflow.Context {
+	return cpuOptions(ctx, time.Duration(c.cfg.Timeouts.Heartbeat), time.Duration(c.cfg.Timeouts.Activity))
+}
+
+// trainOptions runs the external trainer on the train queue and, when the
+// pass is cancelled, waits until the activity has killed the command.
+func (c *comparison) trainOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           TrainQueue,
+		StartToCloseTimeout: time.Duration(c.cfg.Timeouts.Activity),
+		HeartbeatTimeout:    time.Duration(c.cfg.Timeouts.Heartbeat),
+		WaitForCancellation: true,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    time.Minute,
+			MaximumAttempts:    3,
+		},
+	})
+}

@@ -1,0 +1,194 @@
+package workflows
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
+
+	"dcd/activities"
+	"dcd/schemas"
+)
+
+// calls records the activities a pass ran, per method.
+type calls struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (c *calls) add(s string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.log = append(c.log, s)
+}
+
+func (c *calls) has(s string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.log, s)
+}
+
+func (c *calls) index(s string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Index(c.log, s)
+}
+
+// Every compared method runs its own chain on the same features: dcd and
+// a variant select, embed and guard; random draws as many images as the
+// reference dcd kept, after its guard; all_pool trains on the pool's
+// shards; none only evaluates. eval.json lists them in the config's order.
+func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	c := &calls{}
+	cfg := validConfig()
+	cfg.Selection.Variants = map[string]schemas.SelectionVariant{"g": {Strategy: schemas.Global, Budget: 30}}
+	cfg.Compare = []string{"none", "train_only", "random", "all_pool", "dcd", "dcd:g"}
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		c.add("plan " + in.Name)
+		return activities.PlanResult{Shards: 2, Images: 20}, nil
+	})
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		c.add("embed " + in.Dataset)
+		return activities.EmbedShardResult{Images: 10}, nil
+	})
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 5}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.MergeTopKInput) (activities.MergeTopKResult, error) {
+		s.Equal(cfg.ScanK(), in.K)
+		return activities.MergeTopKResult{}, nil
+	})
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.SelectInput) (activities.SelectResult, error) {
+		c.add("select " + in.Method + " " + in.Selection.Strategy)
+		return activities.SelectResult{Manifest: in.Method + ".csv", Size: 40}, nil
+	})
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.GuardInput) (activities.SelectResult, error) {
+		c.add("guard " + in.Method + " " + in.Dataset)
+		size := 37
+		if in.Method != "dcd" {
+			size = 30
+		}
+		return activities.SelectResult{Manifest: in.Method + "-guarded.csv", Size: size, Leaks: 3}, nil
+	})
+	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RandomInput) (activities.SelectResult, error) {
+		c.add("random")
+		s.Equal(37, in.N, "random draws as many as dcd kept")
+		s.Equal(cfg.Seed, in.Seed)
+		return activities.SelectResult{Manifest: "r.csv", Size: in.N}, nil
+	})
+	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RetrainInput) (activities.RetrainResult, error) {
+		d := "-"
+		if in.Debug != nil {
+			d = in.Debug.Dataset + " " + in.Debug.Keep
+		}
+		c.add("retrain " + in.Method + " " + d)
+		s.Equal(schemas.IsDCD(in.Method), in.Export)
+		return activities.RetrainResult{HeadKey: in.Method + ".json", Seconds: 1}, nil
+	})
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EvaluateInput) (activities.EvaluateResult, error) {
+		c.add("evaluate " + in.Method + " " + in.HeadKey)
+		return activities.EvaluateResult{TestAccuracy: 0.9, HeldoutAccuracy: float64(len(in.Method)) / 10, Seconds: 1}, nil
+	})
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
+	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ReportInput) (activities.ReportResult, error) {
+		s.Equal("dcd", in.Reference)
+		return activities.ReportResult{}, nil
+	})
+
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+	s.True(env.IsWorkflowCompleted())
+	s.NoError(env.GetWorkflowError())
+	var res PassResult
+	s.NoError(env.GetWorkflowResult(&res))
+
+	var names []string
+	for _, m := range res.Eval.Methods {
+		names = append(names, m.Method)
+	}
+	s.Equal(cfg.Compare, names)
+	s.Equal(37, res.DebugTrain.Size, "the pass reports the reference dcd's debug-train set")
+	for _, want := range []string{
+		"select dcd per_query", "select dcd:g global",
+		"plan debug_train", "plan debug_train-dcd-g", "embed debug_train", "embed debug_train-dcd-g",
+		"guard dcd debug_train", "guard dcd:g debug_train-dcd-g",
+		"retrain dcd debug_train dcd-guarded.csv", "retrain dcd:g debug_train-dcd-g dcd:g-guarded.csv",
+		"retrain train_only -", "retrain all_pool pool ", "retrain random debug_train-random ",
+		"plan debug_train-random", "embed debug_train-random",
+		"evaluate none ", "evaluate dcd dcd.json", "evaluate random random.json",
+	} {
+		s.True(c.has(want), "no %q in %q", want, c.log)
+	}
+	s.Less(c.index("guard dcd debug_train"), c.index("random"), "random waits for dcd's guard")
+	for _, m := range res.Eval.Methods {
+		if m.Method == "dcd" {
+			s.Equal(37, m.DebugTrainSize)
+			s.Equal(3, m.Leaks)
+			s.Equal(0.3, m.HeldoutAccuracy)
+		}
+		if m.Method == "all_pool" {
+			s.Equal(20, m.DebugTrainSize, "all_pool adds the whole pool")
+		}
+		if m.Method != "none" {
+			s.Greater(m.WallSeconds, 1.0)
+		}
+	}
+}
+
+// With retrain.trainer, each retrained method runs the trainer on the train
+// queue, and its model is evaluated end to end: test and E_heldout are
+// embedded with it, under child workflows of their own.
+func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	c := &calls{}
+	cfg := validConfig()
+	cfg.Compare = []string{"none", "dcd"}
+	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"train", "{model}"}, Output: "probabilities"}
+	trained := activities.ModelRef{Path: "runs/x/methods/dcd/model.onnx"}
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 1, Images: 10}, nil)
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		if in.Model.Path == trained.Path {
+			c.add("embed " + in.Dataset + " with the trained model")
+		}
+		return activities.EmbedShardResult{Images: 10}, nil
+	})
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 5}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "s.csv", Size: 4}, nil)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 4}, nil)
+	env.OnActivity(a.TrainExternal, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.TrainExternalInput) (activities.TrainExternalResult, error) {
+		c.add("train " + in.Method + " on " + activity.GetInfo(ctx).TaskQueue + " keep " + in.Debug.Keep)
+		return activities.TrainExternalResult{Model: trained, LogKey: "log"}, nil
+	})
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EvaluateInput) (activities.EvaluateResult, error) {
+		if in.Scores != nil {
+			c.add("evaluate " + in.Method + " scores " + in.Scores.Path)
+		}
+		return activities.EvaluateResult{}, nil
+	})
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
+	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+	s.True(env.IsWorkflowCompleted())
+	s.NoError(env.GetWorkflowError())
+	for _, want := range []string{
+		"train dcd on " + TrainQueue + " keep g.csv",
+		"embed test with the trained model", "embed error_heldout with the trained model",
+		"evaluate dcd scores " + trained.Path,
+	} {
+		s.True(c.has(want), "no %q in %q", want, c.log)
+	}
+	var res PassResult
+	s.NoError(env.GetWorkflowResult(&res))
+	s.Equal(trained.Path, res.Eval.Methods[1].Model)
+	s.Equal("log", res.Eval.Methods[1].Log)
+}

@@ -1,0 +1,80 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/testsuite"
+
+	"dcd/activities"
+)
+
+// A recurring pool scan: once a shard turns out cached, the next ones are
+// searched in a local activity; a new shard among them falls back to
+// EmbedShard and TopKShard. Every shard is searched exactly once, and new
+// shards are embedded on the embedding queue only.
+func TestCachedShardsSearchedLocally(t *testing.T) {
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	isNew := func(i int) bool { return i%10 == 7 }
+	var mu sync.Mutex
+	searched, embedded, local := map[int]int{}, map[int]int{}, 0
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if in.CachedOnly {
+				local++
+			}
+			if isNew(in.Shard) {
+				if in.CachedOnly {
+					return activities.EmbedShardResult{}, nil
+				}
+				embedded[in.Shard]++
+				return activities.EmbedShardResult{Images: 5}, nil
+			}
+			if in.K != 3 {
+				return activities.EmbedShardResult{}, errors.New("EmbedShard without K")
+			}
+			searched[in.Shard]++
+			return activities.EmbedShardResult{Images: 5, Cached: true, TopK: &activities.TopKShardResult{Rows: 6}}, nil
+		})
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.TopKShardInput) (activities.TopKShardResult, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			searched[in.Shard]++
+			return activities.TopKShardResult{}, nil
+		})
+	const n = ShardsPerRun
+	env.ExecuteWorkflow(ShardsWorkflow, ShardsInput{Run: "r", Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 3, Heartbeat: time.Minute, Timeout: time.Hour})
+	if !env.IsWorkflowCompleted() || env.GetWorkflowError() != nil {
+		t.Fatalf("completed %v, error %v", env.IsWorkflowCompleted(), env.GetWorkflowError())
+	}
+	var res ShardsResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Shards != n || res.Cached != n-n/10 || res.Images != 5*n {
+		t.Fatalf("result %+v", res)
+	}
+	for i := range n {
+		if searched[i] != 1 {
+			t.Errorf("shard %d searched %d times", i, searched[i])
+		}
+		if want := map[bool]int{true: 1}[isNew(i)]; embedded[i] != want {
+			t.Errorf("shard %d embedded %d times, want %d", i, embedded[i], want)
+		}
+	}
+	// Each run starts with a window of EmbedShard activities; after that,
+	// cached shards go local.
+	if local < n/2 {
+		t.Errorf("%d local searches for %d shards", local, n)
+	}
+}

@@ -1,0 +1,176 @@
+package workflows_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
+	"gocloud.dev/blob"
+
+	"dcd/activities"
+	"dcd/internal/ortrun"
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+// startTrainWorker is startWorker that also polls the train queue, with
+// the bucket's URL for external trainers.
+func startTrainWorker(t *testing.T, c client.Client, b *blob.Bucket, url string) {
+	t.Helper()
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	sessions := activities.NewSessions(ortrun.Options{Threads: 2})
+	t.Cleanup(sessions.Close)
+	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: url}
+	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue, workflows.TrainQueue} {
+		w := worker.New(c, q, worker.Options{})
+		w.RegisterWorkflow(workflows.DebugPass)
+		w.RegisterWorkflow(workflows.ShardsWorkflow)
+		w.RegisterActivity(acts)
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Stop)
+	}
+}
+
+var starterBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildStarter builds ./starter once per test binary.
+func buildStarter(t *testing.T) string {
+	t.Helper()
+	starterBin.once.Do(func() {
+		dir, err := os.MkdirTemp("", "dcd-starter")
+		if err != nil {
+			starterBin.err = err
+			return
+		}
+		starterBin.path = filepath.Join(dir, "starter")
+		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+		out, err := exec.Command("go", "build", "-o", starterBin.path, "dcd/starter").CombinedOutput()
+		if err != nil {
+			starterBin.err = fmt.Errorf("go build starter: %v\n%s", err, out)
+		}
+	})
+	if starterBin.err != nil {
+		t.Fatal(starterBin.err)
+	}
+	return starterBin.path
+}
+
+// The external-trainer path, end to end: the pass runs `starter
+// train-head` (the project's own trainer) on the train queue, which embeds
+// the images itself, fits the head and writes one ONNX model; the pass then
+// embeds test and E_heldout with that model and scores its outputs. It
+// does as well as the built-in recipe on the same selection (the same
+// features, rows and optimiser), and its log is in storage.
+func TestExternalTrainer(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	startTrainWorker(t, c, b, world.url)
+	bin := buildStarter(t)
+
+	builtin, err := runPass(t, c, "builtin-"+time.Now().UTC().Format("150405.000"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{bin, "train-head", "-storage", "{storage}", "-job", "{job}",
+		"-train", "{train}", "-debug", "{debug_train}", "-out", "{model}", "-work", "{work}", "-threads", "2"}}
+	res, err := runPass(t, c, "trainer-"+time.Now().UTC().Format("150405.000"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, in := method(t, res.Eval, schemas.MethodDCD), method(t, builtin.Eval, schemas.MethodDCD)
+	none := method(t, res.Eval, schemas.MethodNone)
+	t.Logf("external trainer: test %.4f E_heldout %.4f; built-in: test %.4f E_heldout %.4f", ext.TestAccuracy, ext.HeldoutAccuracy, in.TestAccuracy, in.HeldoutAccuracy)
+	if ext.Model != activities.MethodKey(res.RunID, schemas.MethodDCD, "model.onnx") || ext.Log == "" {
+		t.Errorf("model %q, log %q", ext.Model, ext.Log)
+	}
+	if gain := ext.HeldoutAccuracy - none.HeldoutAccuracy; gain < 0.25 {
+		t.Errorf("the trainer's model gains %.3f on E_heldout, want ≥ 0.25", gain)
+	}
+	for _, d := range []float64{ext.TestAccuracy - in.TestAccuracy, ext.HeldoutAccuracy - in.HeldoutAccuracy} {
+		if d > 0.005 || d < -0.005 {
+			t.Errorf("the trainer's model scores %.4f/%.4f, the built-in head %.4f/%.4f: want the same within half a point",
+				ext.TestAccuracy, ext.HeldoutAccuracy, in.TestAccuracy, in.HeldoutAccuracy)
+			break
+		}
+	}
+	log, err := b.ReadAll(context.Background(), ext.Log)
+	if err != nil || !strings.Contains(string(log), "wrote "+ext.Model) || !strings.Contains(string(log), "embedded") {
+		t.Errorf("trainer log (%v):\n%s", err, log)
+	}
+}
+
+// Cancelling a pass kills its trainer command: the process is gone once
+// the pass reports cancelled, and the log in storage says why it stopped.
+// A trainer that fails fails the pass with the end of its log.
+func TestExternalTrainerCancelAndFailure(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	startTrainWorker(t, c, b, world.url)
+	ctx := context.Background()
+	cfg.Timeouts.Heartbeat = schemas.Duration(2 * time.Second)
+	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo trainer pid $$; exec sleep 600", "{model}"}}
+	id := "trainer-cancel-" + time.Now().UTC().Format("150405.000")
+	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logKey := activities.MethodKey(id, schemas.MethodDCD, "train.log")
+	pid := 0
+	deadline := time.Now().Add(5 * time.Minute)
+	for pid == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the trainer did not start within 5 minutes")
+		}
+		if data, err := b.ReadAll(ctx, logKey); err == nil {
+			if m := regexp.MustCompile(`trainer pid (\d+)`).FindSubmatch(data); m != nil {
+				pid, _ = strconv.Atoi(string(m[1]))
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("trainer %d is not running: %v", pid, err)
+	}
+	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	err = we.Get(ctx, nil)
+	var canceled *temporal.CanceledError
+	if !errors.As(err, &canceled) {
+		t.Fatalf("pass ended with %v, want cancelled", err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("trainer %d still exists after the pass was cancelled (kill -0: %v)", pid, err)
+	}
+	if data, _ := b.ReadAll(ctx, logKey); !strings.Contains(string(data), "trainer stopped") {
+		t.Errorf("log does not say the trainer was stopped:\n%s", data)
+	}
+
+	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo loading data; echo out of memory >&2; exit 3", "{model}"}}
+	_, err = runPass(t, c, "trainer-fail-"+time.Now().UTC().Format("150405.000"), cfg)
+	if err == nil || !strings.Contains(err.Error(), "exited with status 3") || !strings.Contains(err.Error(), "out of memory") {
+		t.Errorf("failing trainer: pass error %v, want the exit status and the log's end", err)
+	}
+}
