@@ -67,15 +67,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 func writeTable(w io.Writer, rows [][]string) {
 	widths := columnWidths(rows)
 	for i, r := range rows {
-		cells := make([]string, len(r))
-		for j, c := range r {
-			if j == len(r)-1 {
-				cells[j] = c
-			} else {
-				cells[j] = pad(c, widths[j])
-			}
-		}
-		fmt.Fprintln(w, strings.Join(cells, " | "))
+		fmt.Fprintln(w, strings.Join(padRow(r, widths), " | "))
 		if i == 0 {
 			rule := make([]string, len(r))
 			for j := range r {
@@ -90,16 +82,21 @@ func writeTable(w io.Writer, rows [][]string) {
 func writeColumns(w io.Writer, rows [][]string) {
 	widths := columnWidths(rows)
 	for _, r := range rows {
-		cells := make([]string, len(r))
-		for j, c := range r {
-			if j == len(r)-1 {
-				cells[j] = c
-			} else {
-				cells[j] = pad(c, widths[j])
-			}
-		}
-		fmt.Fprintln(w, strings.Join(cells, "  "))
+		fmt.Fprintln(w, strings.Join(padRow(r, widths), "  "))
 	}
+}
+
+// padRow pads every cell but the last to its column's width.
+func padRow(r []string, widths []int) []string {
+	cells := make([]string, len(r))
+	for j, c := range r {
+		if j == len(r)-1 {
+			cells[j] = c
+		} else {
+			cells[j] = pad(c, widths[j])
+		}
+	}
+	return cells
 }
 
 func columnWidths(rows [][]string) []int {

@@ -113,16 +113,24 @@ func fileBucket(t *testing.T) (*blob.Bucket, string) {
 	return b, url
 }
 
-// startWorker runs an in-process worker on both queues until the test ends.
+// startWorker runs an in-process worker on the cpu and gpu queues until the
+// test ends.
 func startWorker(t *testing.T, c client.Client, b *blob.Bucket) {
+	t.Helper()
+	startWorkerOn(t, c, b, "", workflows.CPUQueue, workflows.GPUQueue)
+}
+
+// startWorkerOn runs an in-process worker on the given queues; storageURL is
+// the bucket's URL, which external trainers are told.
+func startWorkerOn(t *testing.T, c client.Client, b *blob.Bucket, storageURL string, queues ...string) {
 	t.Helper()
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
 	}
 	sessions := activities.NewSessions(ortrun.Options{Threads: 2})
 	t.Cleanup(sessions.Close)
-	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions}
-	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
+	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: storageURL}
+	for _, q := range queues {
 		w := worker.New(c, q, worker.Options{})
 		w.RegisterWorkflow(workflows.DebugPass)
 		w.RegisterWorkflow(workflows.ShardsWorkflow)
@@ -134,32 +142,35 @@ func startWorker(t *testing.T, c client.Client, b *blob.Bucket) {
 	}
 }
 
-// workerBinary builds ./worker once per test binary.
-var workerBin struct {
-	once sync.Once
-	path string
-	err  error
+// binaries are the commands built by buildBinary, by package.
+var binaries struct {
+	sync.Mutex
+	paths map[string]string
 }
 
-func buildWorker(t *testing.T) string {
+// buildBinary builds a command package (e.g. "dcd/worker") once per test
+// binary and returns its path.
+func buildBinary(t *testing.T, pkg string) string {
 	t.Helper()
-	workerBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dcd-worker")
-		if err != nil {
-			workerBin.err = err
-			return
-		}
-		workerBin.path = filepath.Join(dir, "worker")
-		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-		out, err := exec.Command("go", "build", "-o", workerBin.path, "dcd/worker").CombinedOutput()
-		if err != nil {
-			workerBin.err = fmt.Errorf("go build worker: %v\n%s", err, out)
-		}
-	})
-	if workerBin.err != nil {
-		t.Fatal(workerBin.err)
+	binaries.Lock()
+	defer binaries.Unlock()
+	if p, ok := binaries.paths[pkg]; ok {
+		return p
 	}
-	return workerBin.path
+	dir, err := os.MkdirTemp("", "dcd-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, filepath.Base(pkg))
+	if out, err := exec.Command("go", "build", "-o", path, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	if binaries.paths == nil {
+		binaries.paths = map[string]string{}
+	}
+	binaries.paths[pkg] = path
+	return path
 }
 
 // heavyModel is a small CNN with real backbone cost (about 120 MFLOP per
@@ -260,7 +271,7 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 	var models activities.CheckModelsResult
 	runActivity(t, acts, acts.CheckModels, activities.CheckModelsInput{Target: heavyTarget()}, &models)
 
-	bin := buildWorker(t)
+	bin := buildBinary(t, "dcd/worker")
 	startProc := func() *exec.Cmd {
 		cmd := exec.Command(bin, "-address", hostport, "-storage", url, "-threads", "2", "-concurrency", "1")
 		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard

@@ -3,79 +3,20 @@ package workflows_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
-	"go.temporal.io/sdk/worker"
-	"gocloud.dev/blob"
 
 	"dcd/activities"
-	"dcd/internal/ortrun"
 	"dcd/schemas"
 	"dcd/workflows"
 )
-
-// startTrainWorker is startWorker that also polls the train queue, with
-// the bucket's URL for external trainers.
-func startTrainWorker(t *testing.T, c client.Client, b *blob.Bucket, url string) {
-	t.Helper()
-	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
-		t.Fatal(err)
-	}
-	sessions := activities.NewSessions(ortrun.Options{Threads: 2})
-	t.Cleanup(sessions.Close)
-	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: url}
-	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue, workflows.TrainQueue} {
-		w := worker.New(c, q, worker.Options{})
-		w.RegisterWorkflow(workflows.DebugPass)
-		w.RegisterWorkflow(workflows.ShardsWorkflow)
-		w.RegisterActivity(acts)
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Stop)
-	}
-}
-
-var starterBin struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// buildStarter builds ./starter once per test binary.
-func buildStarter(t *testing.T) string {
-	t.Helper()
-	starterBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dcd-starter")
-		if err != nil {
-			starterBin.err = err
-			return
-		}
-		starterBin.path = filepath.Join(dir, "starter")
-		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-		out, err := exec.Command("go", "build", "-o", starterBin.path, "dcd/starter").CombinedOutput()
-		if err != nil {
-			starterBin.err = fmt.Errorf("go build starter: %v\n%s", err, out)
-		}
-	})
-	if starterBin.err != nil {
-		t.Fatal(starterBin.err)
-	}
-	return starterBin.path
-}
 
 // The external-trainer path, end to end: the pass runs `starter
 // train-head` (the project's own trainer) on the train queue, which embeds
@@ -86,8 +27,8 @@ func buildStarter(t *testing.T) string {
 func TestExternalTrainer(t *testing.T) {
 	c, _ := devServer(t)
 	b, cfg := demoWorld(t)
-	startTrainWorker(t, c, b, world.url)
-	bin := buildStarter(t)
+	startWorkerOn(t, c, b, world.url, workflows.CPUQueue, workflows.GPUQueue, workflows.TrainQueue)
+	bin := buildBinary(t, "dcd/starter")
 
 	builtin, err := runPass(t, c, "builtin-"+time.Now().UTC().Format("150405.000"), cfg)
 	if err != nil {
@@ -127,7 +68,7 @@ func TestExternalTrainer(t *testing.T) {
 func TestExternalTrainerCancelAndFailure(t *testing.T) {
 	c, _ := devServer(t)
 	b, cfg := demoWorld(t)
-	startTrainWorker(t, c, b, world.url)
+	startWorkerOn(t, c, b, world.url, workflows.CPUQueue, workflows.GPUQueue, workflows.TrainQueue)
 	ctx := context.Background()
 	cfg.Timeouts.Heartbeat = schemas.Duration(2 * time.Second)
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo trainer pid $$; exec sleep 600", "{model}"}}
