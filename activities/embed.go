@@ -27,9 +27,9 @@ type EmbedShardInput struct {
 	// PartSize is how many images are committed to storage at a time; a
 	// retried attempt resumes after the last committed part.
 	PartSize int
-	// K > 0 (pool shards): when the features are cached, search them for
-	// the K nearest images per query right away, as TopKShard would, so a
-	// recurring pass costs one activity per shard instead of two.
+	// K > 0 (pool shards): search the features, cached or just embedded,
+	// for the K nearest images per query right away, as TopKShard would,
+	// so a shard costs one activity instead of two.
 	K int
 	// CachedOnly only looks in the cache: a shard that is not cached is
 	// left alone (Cached false), for the embedding queue to embed.
@@ -45,8 +45,8 @@ type EmbedShardResult struct {
 	// ResumedFrom is the number of images a previous attempt had already
 	// committed; 0 when this attempt started from the beginning.
 	ResumedFrom int
-	// TopK is the search of a cached shard (EmbedShardInput.K); nil when
-	// the shard still needs TopKShard.
+	// TopK is the search of the shard (EmbedShardInput.K); nil when the
+	// shard still needs TopKShard.
 	TopK *TopKShardResult `json:",omitempty"`
 }
 
@@ -119,7 +119,18 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		}
 		activity.RecordHeartbeat(ctx, embedProgress{NextPart: p + 1})
 	}
-	return a.commitShard(ctx, key, nParts, len(shard.Items), res)
+	res, err = a.commitShard(ctx, key, nParts, len(shard.Items), res)
+	if err != nil || in.K <= 0 || in.Dataset != Pool {
+		return res, err
+	}
+	// Search the new features here too, sparing the shard a TopKShard
+	// activity; a retry after a failed search finds the shard cached.
+	r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}, shard)
+	if err != nil {
+		return res, err
+	}
+	res.TopK = &r
+	return res, nil
 }
 
 // embedPart embeds images of shard into one part file and its rejects

@@ -110,9 +110,9 @@ type scanState struct {
 	cached bool // the last shard that finished was cached
 }
 
-// shard runs one shard's pipeline: embed on the gpu queue, then the partial
-// top-k on the cpu queue, unless the features were cached and EmbedShard
-// searched them already.
+// shard runs one shard's pipeline: embed on the gpu queue and, for the pool
+// (K > 0), the partial top-k, which EmbedShard does itself (a worker that
+// predates that leaves it to TopKShard on the cpu queue).
 //
 // A recurring pass finds most pool shards cached. Once one has been, the
 // next shards are first tried in a local activity (EmbedShard with
@@ -150,7 +150,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (Shards
 	if emb.Cached {
 		r.Cached = 1
 	}
-	if in.K > 0 && emb.TopK == nil { // a cached shard was searched by EmbedShard
+	if in.K > 0 && emb.TopK == nil { // else EmbedShard searched the shard already
 		err = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.TopKShard, activities.TopKShardInput{
 			Run: in.Run, Shard: i, Model: in.Model, K: in.K,
 		}).Get(ctx, nil)

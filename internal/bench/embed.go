@@ -42,8 +42,8 @@ type embedCase struct {
 // pre-made input tensors of the same batch size with the same threads.
 func Embedding(ctx context.Context, o Options) ([]Result, error) {
 	cases := []embedCase{
-		{model: demoModel(), images: 8192, batch: 64, reps: 3, srcSide: 28},
-		{model: resnetModel(224), images: 48, batch: 16, reps: 2, srcSide: 256},
+		{model: demoModel(), images: 4096, batch: 64, reps: 3, srcSide: 28},
+		{model: resnetModel(224), images: 32, batch: 16, reps: 2, srcSide: 256},
 	}
 	if o.Quick {
 		cases = []embedCase{
@@ -175,7 +175,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		return Result{}, err
 	}
 	rate := func(t time.Duration) float64 { return float64(c.images) / t.Seconds() }
-	o.logf("embed %s: %d images, batch %d, %.2f GFLOP/img: pipeline %s, inference alone %s",
+	o.logf("embed %s: %d images, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s",
 		c.model.name, c.images, c.batch, c.model.gflop, times[1], times[0])
 	return throughput("embed_"+c.model.name, "images/s", rate(times[1]), rate(times[0]), 0.9), ctx.Err()
 }

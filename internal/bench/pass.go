@@ -487,8 +487,8 @@ func (p *proc) stop() {
 // of 2,000 shards (ShardsWorkflow chains as DebugPass starts them, K > 0)
 // whose activities return at once, on the dev server with an in-process
 // worker registering no-op activities under the real names. It runs twice:
-// every shard cached (EmbedShard searches it: one activity per shard), and
-// every shard new (EmbedShard, then TopKShard).
+// every shard cached (searched in local activities after the first ones),
+// and every shard new (EmbedShard embeds and searches it: one activity).
 func Orchestration(ctx context.Context, o Options) ([]Result, error) {
 	srv, stop, err := o.server(ctx)
 	if err != nil {
@@ -551,7 +551,7 @@ var noopActivities = map[string]any{
 			if in.CachedOnly {
 				return activities.EmbedShardResult{}, nil
 			}
-			return activities.EmbedShardResult{Images: passShard}, nil
+			return activities.EmbedShardResult{Images: passShard, TopK: &activities.TopKShardResult{}}, nil
 		}
 		return activities.EmbedShardResult{Cached: true, Images: passShard, TopK: &activities.TopKShardResult{}}, nil
 	},

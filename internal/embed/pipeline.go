@@ -99,13 +99,14 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 		workers.Wait() // no goroutine touches a batch after Embed returns
 	}()
 
-	// Batch b fills slot b%(ahead+1); the window holds the batch being
+	// Batch b fills slot b%len(slots); the window holds the batch being
 	// inferred and the ahead batches after it.
-	slots := make([]*pending, ahead+1)
+	slots := make([]*pending, min(ahead+1, max(nBatches, 1)))
 	for i := range slots {
-		slots[i] = &pending{tensor: make([]float32, bs*size), reasons: make([]string, bs)}
+		n := min(bs, len(images))
+		slots[i] = &pending{tensor: make([]float32, n*size), reasons: make([]string, n)}
 	}
-	window := make(chan struct{}, ahead+1)
+	window := make(chan struct{}, len(slots))
 	ready := make([]chan *pending, nBatches)
 	for b := range ready {
 		ready[b] = make(chan *pending, 1)

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"dcd/internal/onnx"
@@ -68,10 +69,11 @@ func Graph() *onnx.Graph {
 	}
 }
 
-// Budgets of the per-block buffers, in float32s: the scores matrix
-// (queries×Block) and the pool block itself are each kept near 32 MiB.
+// Budgets per graph run, in float32s: the scores matrix (queries×Block),
+// which the Searcher keeps, and the pool block that MLAS packs are each
+// kept near 32 MiB, whatever the number of queries or the dimension.
 const (
-	scoresBudget = 16 << 20
+	scoresBudget = 8 << 20
 	poolBudget   = 8 << 20
 )
 
@@ -179,15 +181,24 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// parallel runs fn over [0, items) on the workers, in chunks taken in
+	// turn, so a worker that the OS holds back does not hold up the rest.
 	parallel := func(items int, fn func(i int)) {
-		w := max(min(workers, items), 1)
+		const chunk = 16
+		var next atomic.Int64
 		var wg sync.WaitGroup
-		for g := range w {
+		for range max(min(workers, (items+chunk-1)/chunk), 1) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := g * items / w; i < (g+1)*items/w; i++ {
-					fn(i)
+				for {
+					lo := int(next.Add(chunk)) - chunk
+					if lo >= items {
+						return
+					}
+					for i := lo; i < min(lo+chunk, items); i++ {
+						fn(i)
+					}
 				}
 			}()
 		}
