@@ -10,6 +10,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/gcerrors"
 
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -266,5 +267,11 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 // (s3://bucket/key?region=…, file:///dir/file, …) in a bucket opened once
 // per process.
 func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
-	return a.buckets().ReadAll(ctx, a.Bucket, key)
+	data, err := a.buckets().ReadAll(ctx, a.Bucket, key)
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
+		// The image is gone or forbidden: a reject, not a retry.
+		return nil, fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
+	}
+	return data, err
 }

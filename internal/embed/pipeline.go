@@ -8,6 +8,7 @@ package embed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -62,8 +63,15 @@ type Embedder struct {
 // DefaultReaders is the number of concurrent reads when Readers is 0.
 const DefaultReaders = 16
 
-// ReadFunc fetches an image's encoded bytes.
+// ReadFunc fetches an image's encoded bytes. An error that wraps
+// ErrUnreadable (the object is gone, or may not be read) rejects the image;
+// any other error is taken as passing (a network blip, a throttled store)
+// and fails the batch, so the activity is retried rather than the image
+// being recorded, and cached, as a reject.
 type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
+
+// ErrUnreadable marks a read error that no retry fixes; see ReadFunc.
+var ErrUnreadable = errors.New("unreadable")
 
 // Embed embeds images in order, calling emit once per batch. Images stream
 // through Readers concurrent reads into Decoders concurrent decodes, which
@@ -244,6 +252,9 @@ func (e *Embedder) load(ctx context.Context, uri string, read ReadFunc, decode c
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
+		}
+		if !errors.Is(err, ErrUnreadable) {
+			return "", fmt.Errorf("embed: read %s: %w", uri, err)
 		}
 		return "read: " + err.Error(), nil
 	}

@@ -67,7 +67,7 @@ func store(ctx context.Context, uri string) ([]byte, error) {
 	case strings.HasPrefix(uri, "bad/"):
 		return []byte("not an image"), nil
 	case strings.HasPrefix(uri, "missing/"):
-		return nil, errors.New("no such object")
+		return nil, fmt.Errorf("no such object: %w", ErrUnreadable)
 	}
 	return pngOf(n % 250), nil
 }
