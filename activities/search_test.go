@@ -3,67 +3,26 @@ package activities_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow/array"
-	"github.com/apache/arrow/go/v15/arrow/memory"
-	"go.temporal.io/sdk/log"
-	"go.temporal.io/sdk/testsuite"
-	"gocloud.dev/blob"
 
 	"dcd/activities"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
-	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
 
-// searchWorld is a mem:// bucket and the activities over it.
-type searchWorld struct {
-	t    *testing.T
-	b    *blob.Bucket
-	acts *activities.Activities
-	mem  memory.Allocator
-}
+// searchWorld is the models tests' world (a mem:// bucket and the
+// activities over it), with helpers for the search steps.
+type searchWorld struct{ *world }
 
-func newSearchWorld(t *testing.T) *searchWorld {
-	t.Helper()
-	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
-		t.Fatalf("%v (run `make setup`)", err)
-	}
-	b, err := store.Open(context.Background(), "mem://")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	sessions := activities.NewSessions(ortrun.Options{Threads: 1})
-	t.Cleanup(sessions.Close)
-	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	t.Cleanup(func() { mem.AssertSize(t, 0) })
-	return &searchWorld{t: t, b: b, mem: mem, acts: &activities.Activities{Bucket: b, Mem: mem, Sessions: sessions}}
-}
-
-func (w *searchWorld) run(fn, in, out any) {
-	w.t.Helper()
-	var ts testsuite.WorkflowTestSuite
-	ts.SetLogger(log.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	env := ts.NewTestActivityEnvironment()
-	env.RegisterActivity(w.acts)
-	v, err := env.ExecuteActivity(fn, in)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	if err := v.Get(out); err != nil {
-		w.t.Fatal(err)
-	}
-}
+func newSearchWorld(t *testing.T) *searchWorld { return &searchWorld{newWorld(t)} }
 
 type neighbor struct {
 	q, rank int32
@@ -147,7 +106,7 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 		rb.Release()
 	}
 	var res activities.MergeTopKResult
-	w.run(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
+	w.must(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
 	got := w.readNeighbors(res.Key)
 	var want []neighbor
 	for q, list := range all {
@@ -227,26 +186,26 @@ func TestEmbedShardSearchesCachedShard(t *testing.T) {
 	ref := activities.ModelRef{Path: "m.onnx", Spec: spec}
 
 	var emb activities.EmbedShardResult
-	w.run(w.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, BatchSize: 4, PartSize: 8, K: k}, &emb)
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, BatchSize: 4, PartSize: 8, K: k}, &emb)
 	if !emb.Cached || emb.TopK == nil || emb.TopK.Rows != 6*k || emb.Images != 50 {
 		t.Fatalf("EmbedShard on a cached shard with K: %+v (TopK %+v)", emb, emb.TopK)
 	}
 	fused := w.readNeighbors(emb.TopK.Key)
 	var topk activities.TopKShardResult
-	w.run(w.acts.TopKShard, activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}, &topk)
+	w.must(w.acts.TopKShard, activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}, &topk)
 	if separate := w.readNeighbors(topk.Key); !slices.Equal(fused, separate) {
 		t.Fatalf("EmbedShard's search %v differs from TopKShard's %v", fused, separate)
 	}
 
 	var noK activities.EmbedShardResult
-	w.run(w.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, BatchSize: 4, PartSize: 8}, &noK)
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, BatchSize: 4, PartSize: 8}, &noK)
 	if noK.TopK != nil {
 		t.Fatalf("EmbedShard searched without K: %+v", noK.TopK)
 	}
 
 	// New queries under the same key: the next search uses them.
 	w.writeQueries(run, make([]float32, 2*dim), 2, dim)
-	w.run(w.acts.TopKShard, activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}, &topk)
+	w.must(w.acts.TopKShard, activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}, &topk)
 	if got := w.readNeighbors(topk.Key); len(got) != 2*k || slices.Equal(got[:k], fused[:k]) {
 		t.Fatalf("after new queries: %v", got)
 	}
