@@ -77,6 +77,9 @@ type ModelRef struct {
 	// Dims are the values per image of each output, as CheckModels measured
 	// them; every shard must give the same.
 	Dims []int `json:"dims,omitempty"`
+	// EP overrides the worker's execution provider for this model's
+	// embedding sessions; empty keeps the worker's.
+	EP string `json:"ep,omitempty"`
 }
 
 // Dataset names the datasets of a pass, as used in shard keys.
@@ -122,7 +125,7 @@ func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard,
 // checked. Inner tensors the spec reads are made graph outputs in memory
 // (onnx.ExposeOutputs); the model in storage is left as it is.
 func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
-	d := m.Spec.Digest()
+	d := m.Spec.Digest() + "/" + m.EP
 	ss := a.Sessions
 	ss.mu.Lock()
 	s, ok := ss.sessions[d]
@@ -141,7 +144,11 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if err != nil {
 		return nil, invalid("model %s: %v", m.Path, err)
 	}
-	s, err = ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, ss.opt)
+	opt := ss.opt
+	if m.EP != "" {
+		opt.EP = m.EP
+	}
+	s, err = ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
 	}

@@ -200,5 +200,5 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 	if err != nil {
 		return ModelRef{}, err
 	}
-	return ModelRef{Path: m.Path, Spec: spec, Dims: dims}, nil
+	return ModelRef{Path: m.Path, Spec: spec, Dims: dims, EP: m.EP}, nil
 }

@@ -602,3 +602,38 @@ func TestLoadedDimsChecked(t *testing.T) {
 	err = w.do(w.acts.Queries, activities.QueriesInput{Run: w.run, Shards: 1, Model: wrong}, &res)
 	failsNaming(t, err, "models/clf.onnx", activities.ShardKey(w.run, activities.ErrorSample, 0), "5 values per image", "7 when")
 }
+
+// A model configured for CUDA embeds on the CUDA execution provider; on the
+// CPU build of ONNX Runtime that `make setup` installs, the shard fails
+// without retries and says which provider libraries are missing.
+func TestModelExecutionProvider(t *testing.T) {
+	w := newWorld(t)
+	const H, W, D = 3, 3, 4
+	w.putModel("models/ep.onnx", &onnx.Graph{
+		Name:         "ep",
+		Inputs:       []onnx.Value{{Name: "x", Elem: onnx.Float, Shape: []int64{-1, 1, H, W}}},
+		Outputs:      []onnx.Value{{Name: "f", Elem: onnx.Float, Shape: []int64{-1, D}}, {Name: "l", Elem: onnx.Float, Shape: []int64{-1, D}}},
+		Initializers: []onnx.Tensor{flattenShape, {Name: "w", Dims: []int64{H * W, D}, Floats: randomWeights(5, H*W*D)}},
+		Nodes: []onnx.Node{
+			{Op: "Reshape", Inputs: []string{"x", "flat_shape"}, Outputs: []string{"flat"}},
+			{Op: "MatMul", Inputs: []string{"flat", "w"}, Outputs: []string{"f"}},
+			{Op: "Relu", Inputs: []string{"f"}, Outputs: []string{"l"}},
+		},
+	})
+	w.putImages("ep/", randomImages(6, 3, W, H))
+	cfg := schemas.Config{Target: schemas.Model{Path: "models/ep.onnx", Features: "f", Logits: "l", EP: "cuda"}}.WithDefaults()
+	m, err := w.check(cfg.Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.EP != "cuda" {
+		t.Fatalf("model ref EP %q, want cuda", m.EP)
+	}
+	_, err = w.embed(activities.Train, "ep/", m)
+	failsNaming(t, err, "models/ep.onnx", "cuda", "libonnxruntime_providers_cuda.so")
+
+	m.EP = "cpu"
+	if _, err := w.embed(activities.Test, "ep/", m); err != nil {
+		t.Fatalf("the same model on the cpu provider: %v", err)
+	}
+}

@@ -70,6 +70,9 @@ type Model struct {
 	// shape when the pass checks the model ([N,3,224,224] is NCHW 3×224×224,
 	// [N,224,224,3] NHWC).
 	Preprocess preprocess.Spec `json:"preprocess" yaml:"preprocess"`
+	// EP is the ONNX Runtime execution provider that embeds with this
+	// model: "cpu" or "cuda". Empty: the worker's -ep.
+	EP string `json:"ep,omitempty" yaml:"ep,omitempty"`
 }
 
 // withDefaults fills the preprocessing defaults except the layout, which
@@ -291,6 +294,9 @@ func (m Model) validate(field string, target bool) error {
 	}
 	if m.Features == "" {
 		return &FieldError{field + ".features", "must name the tensor holding the features"}
+	}
+	if m.EP != "" && m.EP != "cpu" && m.EP != "cuda" {
+		return &FieldError{field + ".ep", fmt.Sprintf("must be cpu or cuda (or empty for the worker's -ep), got %q", m.EP)}
 	}
 	if target && m.Logits == "" {
 		return &FieldError{field + ".logits", "must name the tensor holding the class scores"}
