@@ -10,8 +10,9 @@
 // S3-compatible server with &endpoint=http://host:port&use_path_style=true).
 // Options of s3:// URLs include region, endpoint, use_path_style,
 // disable_https, profile, anonymous (see gocloud.dev/blob/s3blob and
-// gocloud.dev/aws). Other schemes (gs://,
-// azblob://) need their gocloud driver linked into the binary.
+// gocloud.dev/aws), gs://bucket (Google Cloud Storage, application default
+// credentials) and azblob://container (Azure Blob Storage, AZURE_STORAGE_*
+// environment variables).
 //
 // Datasets may also name single objects by URL, scheme://bucket/key?query:
 // SplitURL cuts such a URL into its bucket's URL and the key, and Buckets
@@ -39,9 +40,11 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
-	_ "gocloud.dev/blob/fileblob" // file:// buckets
-	_ "gocloud.dev/blob/memblob"  // mem:// buckets, for tests
-	_ "gocloud.dev/blob/s3blob"   // s3:// buckets
+	_ "gocloud.dev/blob/azureblob" // azblob:// buckets
+	_ "gocloud.dev/blob/fileblob"  // file:// buckets
+	_ "gocloud.dev/blob/gcsblob"   // gs:// buckets
+	_ "gocloud.dev/blob/memblob"   // mem:// buckets, for tests
+	_ "gocloud.dev/blob/s3blob"    // s3:// buckets
 	"gocloud.dev/gcerrors"
 )
 

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"gocloud.dev/blob"
 )
 
 func TestSplitURL(t *testing.T) {
@@ -86,5 +88,15 @@ func TestBucketsReadAll(t *testing.T) {
 	}
 	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/missing.png"); err == nil {
 		t.Error("reading a missing file: want an error")
+	}
+}
+
+// Users' buckets on S3, GCS and Azure open through gocloud's own drivers,
+// which must be linked into every binary that reads storage.
+func TestCloudDriversLinked(t *testing.T) {
+	for _, scheme := range []string{"s3", "gs", "azblob", "file", "mem"} {
+		if !blob.DefaultURLMux().ValidBucketScheme(scheme) {
+			t.Errorf("no driver for %s:// buckets", scheme)
+		}
 	}
 }
