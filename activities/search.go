@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -297,13 +296,6 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 func candidateNeighbor(c candidate) knn.Neighbor { return c.Neighbor }
 
 func compareCandidates(x, y candidate) int { return knn.Compare(x.Neighbor, y.Neighbor) }
-
-func csvField(s string) string {
-	if strings.ContainsAny(s, ",\"\n") {
-		return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
-	}
-	return s
-}
 
 // neighborBuilder accumulates rows of the Neighbors schema.
 type neighborBuilder struct {

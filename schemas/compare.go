@@ -213,9 +213,6 @@ func IsDCD(method string) bool {
 	return method == MethodDCD || strings.HasPrefix(method, MethodDCD+":")
 }
 
-// Retrains reports whether a method retrains the head.
-func Retrains(method string) bool { return method != MethodNone }
-
 // ReferenceDCD is the dcd method whose selection size the random baseline
 // matches: dcd when compared, else the first variant.
 func (c Config) ReferenceDCD() string {

@@ -33,10 +33,8 @@ type Neighbor struct {
 	Distance float32 // squared l2
 }
 
-// Less orders neighbours nearest first, then by pool id.
-func Less(a, b Neighbor) bool { return Compare(a, b) < 0 }
-
-// Compare is Less as a three-way comparison, for slices.SortFunc.
+// Compare orders neighbours nearest first, then by pool id (a three-way
+// comparison, for slices.SortFunc).
 func Compare(a, b Neighbor) int {
 	if c := cmp.Compare(a.Distance, b.Distance); c != 0 {
 		return c
