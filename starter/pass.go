@@ -130,17 +130,22 @@ func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL
 	return nil
 }
 
-func cmdStatus(ctx context.Context, e *cli, args []string) error {
-	fs := e.flags("status")
-	id, err := oneArg(fs, "RUN", "pass id", args)
+// describeArg reads a command's one RUN argument and describes that pass.
+func (e *cli) describeArg(ctx context.Context, name string, args []string) (client.Client, string, execStatus, error) {
+	id, err := oneArg(e.flags(name), "RUN", "pass id", args)
 	if err != nil {
-		return err
+		return nil, "", execStatus{}, err
 	}
 	c, err := e.Client()
 	if err != nil {
-		return err
+		return nil, "", execStatus{}, err
 	}
 	st, err := describe(ctx, c, e.g, id)
+	return c, id, st, err
+}
+
+func cmdStatus(ctx context.Context, e *cli, args []string) error {
+	c, id, st, err := e.describeArg(ctx, "status", args)
 	if err != nil {
 		return err
 	}
@@ -265,16 +270,7 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 }
 
 func cmdCancel(ctx context.Context, e *cli, args []string) error {
-	fs := e.flags("cancel")
-	id, err := oneArg(fs, "RUN", "pass id", args)
-	if err != nil {
-		return err
-	}
-	c, err := e.Client()
-	if err != nil {
-		return err
-	}
-	st, err := describe(ctx, c, e.g, id)
+	c, id, st, err := e.describeArg(ctx, "cancel", args)
 	if err != nil {
 		return err
 	}
