@@ -142,6 +142,9 @@ func Decode(data []byte) (image.Image, error) {
 	if len(data) == 0 {
 		return nil, errors.New("preprocess: decode: empty input")
 	}
+	if img, ok := decodePNG(data); ok {
+		return img, nil
+	}
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode: %w", err)

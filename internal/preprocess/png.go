@@ -1,0 +1,480 @@
+package preprocess
+
+import (
+	"compress/flate"
+	"encoding/binary"
+	"hash"
+	"hash/adler32"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"io"
+	"math/bits"
+	"sync"
+)
+
+// The fast path below exists because image/png allocates a new inflater
+// (a 32 KiB window plus Huffman tables) for every image, which costs far more
+// than decoding a small model input such as a 28x28 digit. It handles only
+// the layouts that common encoders write, and reports anything else as not
+// handled so that image/png decides, keeping results and error messages for
+// unusual or broken files exactly as they were.
+//
+// Whenever decodePNG returns an image, image/png would return an identical one
+// for the same bytes; the checks below are therefore at least as strict as
+// image/png's and often stricter.
+
+const pngSignature = "\x89PNG\r\n\x1a\n"
+
+// PNG colour types, as per the PNG specification.
+const (
+	ctGray      = 0
+	ctRGB       = 2
+	ctPaletted  = 3
+	ctGrayAlpha = 4
+	ctRGBA      = 6
+)
+
+// maxPooledRow bounds the row buffers kept for reuse, so that one very wide
+// image does not pin megabytes in the pool.
+const maxPooledRow = 1 << 16
+
+// pngFile is what the chunk scan learns about a file the fast path supports.
+type pngFile struct {
+	width, height int
+	colorType     byte
+	plte, trns    []byte // chunk data, paletted images only
+	idat          []byte // the whole run of consecutive IDAT chunks, headers and CRCs included
+}
+
+// Chunk-order stages. Like image/png, PLTE precedes tRNS, which precedes IDAT.
+const (
+	stageIHDR = iota
+	stagePLTE
+	stageTRNS
+	stageIDAT
+)
+
+// decodePNG decodes data if it is a PNG the fast path supports. ok is false
+// when it is not, or when anything about it looks wrong; the caller should
+// then use image/png.
+func decodePNG(data []byte) (img image.Image, ok bool) {
+	f, ok := scanPNG(data)
+	if !ok {
+		return nil, false
+	}
+	d := pngDecoders.Get().(*pngDecoder)
+	defer d.release()
+	return d.decode(&f)
+}
+
+// scanPNG checks the chunk structure and every CRC of data, and returns its
+// header fields, palette and IDAT run.
+func scanPNG(data []byte) (f pngFile, ok bool) {
+	if len(data) < len(pngSignature) || string(data[:len(pngSignature)]) != pngSignature {
+		return f, false
+	}
+	typ, body, rest, ok := nextChunk(data[len(pngSignature):])
+	if !ok || string(typ) != "IHDR" || !f.parseIHDR(body) {
+		return f, false
+	}
+	stage := stageIHDR
+	for {
+		start := rest
+		if typ, body, rest, ok = nextChunk(rest); !ok {
+			return f, false
+		}
+		switch string(typ) {
+		case "PLTE":
+			if f.colorType != ctPaletted || stage != stageIHDR || len(body)%3 != 0 || len(body) == 0 || len(body) > 3*256 {
+				return f, false
+			}
+			f.plte, stage = body, stagePLTE
+		case "tRNS":
+			// On gray and RGB images tRNS changes the returned image type;
+			// image/png handles that rarity.
+			if f.colorType != ctPaletted || stage != stagePLTE || len(body) > 256 {
+				return f, false
+			}
+			f.trns, stage = body, stageTRNS
+		case "IDAT":
+			if stage == stageIDAT || (f.colorType == ctPaletted && stage == stageIHDR) {
+				return f, false
+			}
+			if rest, ok = skipIDATs(rest); !ok {
+				return f, false
+			}
+			f.idat, stage = start[:len(start)-len(rest)], stageIDAT
+		case "IEND":
+			return f, stage == stageIDAT && len(body) == 0 && len(rest) == 0
+		default:
+			// image/png skips every other chunk. Skipping only ancillary
+			// ones (lower-case first letter) leaves critical chunks it may
+			// one day understand to image/png.
+			if typ[0]&0x20 == 0 {
+				return f, false
+			}
+		}
+	}
+}
+
+// nextChunk splits the first chunk off b after checking its length and CRC.
+func nextChunk(b []byte) (typ, body, rest []byte, ok bool) {
+	if len(b) < 12 {
+		return nil, nil, nil, false
+	}
+	n := binary.BigEndian.Uint32(b)
+	// PNG caps chunk lengths at 2^31-1; image/png rejects larger ones.
+	if n > 0x7fffffff || uint64(n) > uint64(len(b)-12) {
+		return nil, nil, nil, false
+	}
+	end := 8 + int(n)
+	if crc32.ChecksumIEEE(b[4:end]) != binary.BigEndian.Uint32(b[end:]) {
+		return nil, nil, nil, false
+	}
+	return b[4:8], b[8:end], b[end+4:], true
+}
+
+// skipIDATs returns b after any IDAT chunks at its start.
+func skipIDATs(b []byte) ([]byte, bool) {
+	for len(b) >= 8 && string(b[4:8]) == "IDAT" {
+		var ok bool
+		if _, _, b, ok = nextChunk(b); !ok {
+			return nil, false
+		}
+	}
+	return b, true
+}
+
+// parseIHDR accepts non-interlaced 8-bit images within maxDecodePixels.
+func (f *pngFile) parseIHDR(b []byte) bool {
+	if len(b) != 13 {
+		return false
+	}
+	w := int32(binary.BigEndian.Uint32(b[0:4]))
+	h := int32(binary.BigEndian.Uint32(b[4:8]))
+	depth, ct, compression, filter, interlace := b[8], b[9], b[10], b[11], b[12]
+	if w <= 0 || h <= 0 || int64(w)*int64(h) > maxDecodePixels {
+		return false
+	}
+	if depth != 8 || compression != 0 || filter != 0 || interlace != 0 || bytesPerPixel(ct) == 0 {
+		return false
+	}
+	f.width, f.height, f.colorType = int(w), int(h), ct
+	return true
+}
+
+// bytesPerPixel is the size of one 8-bit pixel of colour type ct in the
+// decompressed stream, or 0 for unknown types.
+func bytesPerPixel(ct byte) int {
+	switch ct {
+	case ctGray, ctPaletted:
+		return 1
+	case ctGrayAlpha:
+		return 2
+	case ctRGB:
+		return 3
+	case ctRGBA:
+		return 4
+	}
+	return 0
+}
+
+// opaqueBlack fills unused palette entries. Sharing one boxed value between
+// palettes is safe because interface values cannot be modified in place.
+var opaqueBlack color.Color = color.RGBA{A: 0xff}
+
+// palette builds the palette exactly as image/png does: 256 entries of
+// capacity, so that pixels beyond the PLTE entries can extend it with opaque
+// black, and tRNS turning entries into NRGBA.
+func (f *pngFile) palette() color.Palette {
+	p := make(color.Palette, 256)
+	n := len(f.plte) / 3
+	for i := range p {
+		if i < n {
+			p[i] = color.RGBA{f.plte[3*i], f.plte[3*i+1], f.plte[3*i+2], 0xff}
+		} else {
+			p[i] = opaqueBlack
+		}
+	}
+	p = p[:max(n, len(f.trns))]
+	for i, a := range f.trns {
+		c := p[i].(color.RGBA)
+		p[i] = color.NRGBA{c.R, c.G, c.B, a}
+	}
+	return p
+}
+
+// newImage allocates the image type image/png returns for f's colour type,
+// and returns its pixels and stride as well.
+func (f *pngFile) newImage() (image.Image, []byte, int) {
+	r := image.Rect(0, 0, f.width, f.height)
+	switch f.colorType {
+	case ctGray:
+		m := image.NewGray(r)
+		return m, m.Pix, m.Stride
+	case ctRGB:
+		m := image.NewRGBA(r)
+		return m, m.Pix, m.Stride
+	case ctPaletted:
+		m := image.NewPaletted(r, f.palette())
+		return m, m.Pix, m.Stride
+	default: // ctGrayAlpha, ctRGBA
+		m := image.NewNRGBA(r)
+		return m, m.Pix, m.Stride
+	}
+}
+
+// pngDecoder holds what is worth reusing between images. compress/zlib is
+// not used because its Reset allocates a new Adler-32 hash every time; the
+// zlib framing around the deflate stream is small enough to handle here.
+type pngDecoder struct {
+	idat      idatReader
+	inflate   io.ReadCloser // a flate.Resetter reading from idat
+	adler     hash.Hash32
+	cur, prev []byte
+	tmp       [4]byte
+}
+
+var pngDecoders = sync.Pool{New: func() any {
+	d := new(pngDecoder)
+	d.inflate = flate.NewReader(&d.idat)
+	d.adler = adler32.New()
+	return d
+}}
+
+// release returns d to the pool, first dropping its reference to the
+// caller's data so that the pool does not keep it alive.
+func (d *pngDecoder) release() {
+	d.idat = idatReader{}
+	if cap(d.cur) > maxPooledRow {
+		d.cur, d.prev = nil, nil
+	}
+	pngDecoders.Put(d)
+}
+
+func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
+	d.idat = idatReader{run: f.idat}
+	if !d.readZlibHeader() {
+		return nil, false
+	}
+	if err := d.inflate.(flate.Resetter).Reset(&d.idat, nil); err != nil {
+		return nil, false
+	}
+	bpp := bytesPerPixel(f.colorType)
+	rowLen := 1 + f.width*bpp
+	// Deflate expands at most 1032:1 (a 258-byte match in two bits), so
+	// less IDAT data cannot hold the image. Declining before allocating it
+	// spares such files an allocation here on top of image/png's.
+	if uint64(len(f.idat))*1032 < uint64(f.height)*uint64(rowLen) {
+		return nil, false
+	}
+	d.adler.Reset()
+	img, pix, stride := f.newImage()
+	cur, prev := d.rows(rowLen)
+	for y := 0; y < f.height; y++ {
+		if _, err := io.ReadFull(d.inflate, cur); err != nil {
+			return nil, false
+		}
+		d.adler.Write(cur)
+		if !unfilter(cur, prev, bpp) {
+			return nil, false
+		}
+		putRow(f.colorType, pix[y*stride:(y+1)*stride], cur[1:])
+		cur, prev = prev, cur
+	}
+	if !d.readZlibTrailer() {
+		return nil, false
+	}
+	if p, ok := img.(*image.Paletted); ok {
+		extendPalette(p)
+	}
+	return img, true
+}
+
+// rows returns the current and previous row buffers, of length n each. The
+// previous row starts zeroed because the first row's filters see zeros above.
+func (d *pngDecoder) rows(n int) (cur, prev []byte) {
+	if cap(d.cur) < n {
+		d.cur, d.prev = make([]byte, n), make([]byte, n)
+	}
+	cur, prev = d.cur[:n], d.prev[:n]
+	clear(prev)
+	return cur, prev
+}
+
+// readZlibHeader checks the two-byte zlib header as compress/zlib does. A
+// preset dictionary is refused because PNG has none to offer.
+func (d *pngDecoder) readZlibHeader() bool {
+	if _, err := io.ReadFull(&d.idat, d.tmp[:2]); err != nil {
+		return false
+	}
+	cmf, flg := d.tmp[0], d.tmp[1]
+	return cmf&0x0f == 8 && cmf>>4 <= 7 && (uint(cmf)<<8|uint(flg))%31 == 0 && flg&0x20 == 0
+}
+
+// readZlibTrailer checks that the deflate stream ends right after the last
+// row, that its Adler-32 checksum matches, and that no IDAT data follows;
+// image/png reports extra data as an error (or, if it ends in a trailing
+// IDAT chunk, ignores it), so such files are left to it.
+func (d *pngDecoder) readZlibTrailer() bool {
+	if n, err := d.inflate.Read(d.tmp[:1]); n != 0 || err != io.EOF {
+		return false
+	}
+	if _, err := io.ReadFull(&d.idat, d.tmp[:4]); err != nil {
+		return false
+	}
+	return binary.BigEndian.Uint32(d.tmp[:4]) == d.adler.Sum32() && d.idat.empty()
+}
+
+// idatReader presents the data of a run of IDAT chunks, already checked by
+// scanPNG, as one stream without copying it. Being an io.ByteReader, it lets
+// flate read no further than the end of the deflate stream, so the zlib
+// trailer and any excess remain to be read and checked here.
+//
+// It keeps offsets rather than re-slicing because storing a slice into this
+// heap object costs a GC write barrier per byte while a collection runs.
+type idatReader struct {
+	run      []byte // the IDAT chunks, headers and CRCs included
+	pos, end int    // run[pos:end] is the unread data of the current chunk
+	next     int    // where the next chunk starts
+}
+
+// more advances past exhausted (possibly empty) chunks and reports whether
+// any data is left.
+func (r *idatReader) more() bool {
+	for r.pos == r.end && r.next < len(r.run) {
+		r.pos = r.next + 8
+		r.end = r.pos + int(binary.BigEndian.Uint32(r.run[r.next:]))
+		r.next = r.end + 4
+	}
+	return r.pos < r.end
+}
+
+func (r *idatReader) empty() bool { return r.pos == r.end && r.next == len(r.run) }
+
+func (r *idatReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if !r.more() {
+		return 0, io.EOF
+	}
+	n := copy(p, r.run[r.pos:r.end])
+	r.pos += n
+	return n, nil
+}
+
+func (r *idatReader) ReadByte() (byte, error) {
+	if !r.more() {
+		return 0, io.EOF
+	}
+	b := r.run[r.pos]
+	r.pos++
+	return b, nil
+}
+
+// unfilter reverses the filter named by cur[0] on the rest of cur, in place.
+// prev is the previous row, already unfiltered; bpp is the filter's pixel
+// step. It reports false for unknown filter types.
+//
+// The filters that look left run one channel at a time so that the left
+// neighbour stays in a register: reading back the byte just stored costs a
+// store-to-load forwarding delay per byte, which dominated small gray images.
+func unfilter(cur, prev []byte, bpp int) bool {
+	c, p := cur[1:], prev[1:len(cur)]
+	switch cur[0] {
+	case 0: // None
+	case 1: // Sub
+		for ch := range bpp {
+			var left byte
+			for i := ch; i < len(c); i += bpp {
+				left += c[i]
+				c[i] = left
+			}
+		}
+	case 2: // Up
+		for i, b := range p {
+			c[i] += b
+		}
+	case 3: // Average
+		for ch := range bpp {
+			var left byte
+			for i := ch; i < len(c) && i < len(p); i += bpp {
+				left = c[i] + uint8((uint(left)+uint(p[i]))/2)
+				c[i] = left
+			}
+		}
+	case 4: // Paeth
+		unfilterPaeth(c, p, bpp)
+	default:
+		return false
+	}
+	return true
+}
+
+// unfilterPaeth reverses the Paeth filter. The predictor is chosen without
+// branches because on real images the choice is unpredictable. The
+// comparisons are the PNG specification's PaethPredictor with p = a+b-c
+// substituted.
+func unfilterPaeth(c, p []byte, bpp int) {
+	for ch := range bpp {
+		var a, ul int // left and upper-left, zero before the first pixel
+		for i := ch; i < len(c) && i < len(p); i += bpp {
+			b := int(p[i])
+			pa := abs(b - ul)       // |p-a|
+			pb := abs(a - ul)       // |p-b|
+			pc := abs(a + b - 2*ul) // |p-c|
+			pred := ul
+			if pb <= pc {
+				pred = b
+			}
+			if pa <= min(pb, pc) {
+				pred = a
+			}
+			a = (pred + int(c[i])) & 0xff
+			c[i] = uint8(a)
+			ul = b
+		}
+	}
+}
+
+// abs is branch-free because the sign of filter differences is
+// unpredictable on real images.
+func abs(x int) int {
+	m := x >> (bits.UintSize - 1)
+	return (x ^ m) - m
+}
+
+// putRow converts one unfiltered row of colour type ct to the pixel layout
+// of the image newImage returns for it.
+func putRow(ct byte, dst, src []byte) {
+	switch ct {
+	case ctGray, ctPaletted, ctRGBA:
+		copy(dst, src)
+	case ctGrayAlpha:
+		for i, j := 0, 0; j+1 < len(src); i, j = i+4, j+2 {
+			y := src[j]
+			dst[i], dst[i+1], dst[i+2], dst[i+3] = y, y, y, src[j+1]
+		}
+	case ctRGB:
+		for i, j := 0, 0; j+2 < len(src); i, j = i+4, j+3 {
+			dst[i], dst[i+1], dst[i+2], dst[i+3] = src[j], src[j+1], src[j+2], 0xff
+		}
+	}
+}
+
+// extendPalette grows p's palette to cover every index used, as image/png
+// does, so that At never indexes out of range.
+func extendPalette(p *image.Paletted) {
+	if len(p.Palette) == 256 {
+		return
+	}
+	top := 0
+	for _, i := range p.Pix {
+		top = max(top, int(i))
+	}
+	if top >= len(p.Palette) {
+		p.Palette = p.Palette[:top+1]
+	}
+}
