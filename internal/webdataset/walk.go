@@ -1,0 +1,261 @@
+package webdataset
+
+import (
+	"archive/tar"
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Sample is one WebDataset sample that has an image.
+type Sample struct {
+	Key    string // the sample key: the member name up to the first '.' of its base name
+	Image  Member
+	Label  string // the .cls member's content, trimmed of white space
+	Domain string // the .domain member's content, trimmed; "" when absent
+}
+
+// imageExts are the member extensions taken for images: the formats DCD
+// decodes. Other members of a sample (.json, .txt, masks such as .seg.png)
+// are ignored.
+var imageExts = map[string]bool{
+	"jpg":  true,
+	"jpeg": true,
+	"png":  true,
+	"gif":  true,
+	"bmp":  true,
+	"webp": true,
+}
+
+// maxText caps the size of a .cls or .domain member: they are read into
+// memory, and anything larger is not a label but a misnamed file.
+const maxText = 64 << 10
+
+// blockSize is the tar block size; member data starts on a block boundary.
+const blockSize = 512
+
+// Walk reads the tar stream r of archive and calls fn for every sample with
+// an image, in archive order. archive only names the archive in the samples'
+// members and in errors.
+//
+// Members are grouped into samples by sample key, and a sample's members must
+// be consecutive in the archive, as WebDataset writers produce them; a key
+// that reappears after other keys is an error rather than a second sample,
+// since reading it would need the whole archive's index in memory. A member
+// is an image when its extension (after the first '.' of its base name,
+// compared case-insensitively) is jpg, jpeg, png, gif, bmp or webp; a .cls
+// member holds the label, which a sample with an image must have, and a
+// .domain member an optional domain. Other members, members that are not
+// regular files, and names whose base starts with '.' are ignored, and
+// samples without an image are skipped.
+//
+// Walk reads the whole stream but keeps only labels in memory: image data is
+// skipped. It returns fn's error unchanged, and otherwise errors that name
+// the archive and the sample at fault.
+func Walk(r io.Reader, archive string, fn func(Sample) error) error {
+	// archive/tar does not report where a member's data starts, but it reads
+	// header blocks and PAX and GNU long-name records with exact reads and no
+	// read-ahead, so the bytes it has consumed when Next returns are the
+	// data's offset. The counter deliberately hides any io.Seeker of r: a
+	// seek on a remote object's reader would open a new request per member.
+	// The buffer sits below the counter, so it does not disturb the count.
+	cr := &countingReader{r: bufio.NewReaderSize(r, 64<<10)}
+	tr := tar.NewReader(cr)
+	w := walker{archive: archive, fn: fn, seen: make(map[string]string)}
+	for entry := 1; ; entry++ {
+		before := cr.n
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			// archive/tar takes a stream that stops at a member boundary
+			// for a complete archive; demand the end-of-archive zero block,
+			// so that a shard cut short at a block boundary is not read as
+			// a smaller shard without a word.
+			pad := (blockSize - before%blockSize) % blockSize
+			if cr.n == 0 {
+				return fmt.Errorf("%s: empty file, not a tar archive", archive)
+			}
+			if cr.n-before < pad+blockSize {
+				return fmt.Errorf("%s: archive ends%s at offset %d without the end-of-archive marker; truncated?", archive, w.after(), cr.n)
+			}
+			return w.flush()
+		}
+		if err != nil && !(errors.Is(err, tar.ErrInsecurePath) && hdr != nil) {
+			// Names such as "../x" are only strings here, never paths to
+			// write to, so ErrInsecurePath is no reason to stop.
+			return fmt.Errorf("%s: reading tar%s: %w", archive, w.after(), err)
+		}
+		offset := cr.n
+		key, err := w.member(tr, hdr, entry, offset)
+		if err != nil {
+			return err
+		}
+		// Skip the rest of the member's data here, rather than in Next, so
+		// that the count before the next header is the data's end.
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			if key == "" {
+				return fmt.Errorf("%s: reading member %q%s: %w", archive, hdr.Name, w.after(), err)
+			}
+			return fmt.Errorf("%s: sample %q: reading member %q: %w", archive, key, hdr.Name, err)
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// walker groups members into samples.
+type walker struct {
+	archive string
+	fn      func(Sample) error
+	seen    map[string]string // sample key -> where it began, for errors
+	cur     *pending
+	last    string // the key of the last sample begun
+}
+
+// pending is the sample being read.
+type pending struct {
+	key      string
+	image    *Member
+	label    string
+	hasLabel bool
+	domain   string
+	hasDom   bool
+}
+
+// after says where in the archive the walk is, for errors.
+func (w *walker) after() string {
+	if w.last == "" {
+		return ""
+	}
+	return fmt.Sprintf(" after sample %q", w.last)
+}
+
+// member takes one archive member into its sample, returning the sample's
+// key, or "" for a member that belongs to no sample.
+func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64) (string, error) {
+	name := hdr.Name
+	sparse := isSparse(hdr)
+	if hdr.Typeflag != tar.TypeReg && !sparse {
+		return "", nil
+	}
+	base := name[strings.LastIndexByte(name, '/')+1:]
+	if base == "" || base[0] == '.' {
+		// Dot files are not samples: macOS's AppleDouble "._x.jpg" files
+		// would otherwise pass for images.
+		return "", nil
+	}
+	key, ext := name, ""
+	if dot := strings.IndexByte(base, '.'); dot >= 0 {
+		key = name[:len(name)-len(base)+dot]
+		ext = strings.ToLower(base[dot+1:])
+	}
+
+	if w.cur == nil || w.cur.key != key {
+		if err := w.flush(); err != nil {
+			return key, err
+		}
+		here := fmt.Sprintf("entry %d (%q)", entry, name)
+		if first, ok := w.seen[key]; ok {
+			return key, fmt.Errorf("%s: sample %q reappears at %s after other samples; it began at %s, and a sample's members must be consecutive",
+				w.archive, key, here, first)
+		}
+		w.seen[key] = here
+		w.cur = &pending{key: key}
+		w.last = key
+	}
+	s := w.cur
+
+	switch {
+	case imageExts[ext]:
+		if sparse {
+			return key, fmt.Errorf("%s: sample %q: image %q is stored as a sparse file; expected a regular file, whose bytes are one range",
+				w.archive, key, name)
+		}
+		if strings.Contains(name, "#") {
+			return key, fmt.Errorf("%s: sample %q: image %q has '#' in its name, which image keys reserve to separate archive and member",
+				w.archive, key, name)
+		}
+		if s.image != nil {
+			return key, fmt.Errorf("%s: sample %q has two images, %q and %q; expected one",
+				w.archive, key, s.image.Name, name)
+		}
+		s.image = &Member{Archive: w.archive, Name: name, Offset: offset, Size: hdr.Size}
+	case ext == "cls" && !sparse:
+		if s.hasLabel {
+			return key, fmt.Errorf("%s: sample %q has two .cls labels; expected one", w.archive, key)
+		}
+		text, err := w.readText(tr, hdr, key)
+		if err != nil {
+			return key, err
+		}
+		s.label, s.hasLabel = text, true
+	case ext == "domain" && !sparse:
+		if s.hasDom {
+			return key, fmt.Errorf("%s: sample %q has two .domain members; expected at most one", w.archive, key)
+		}
+		text, err := w.readText(tr, hdr, key)
+		if err != nil {
+			return key, err
+		}
+		s.domain, s.hasDom = text, true
+	}
+	return key, nil
+}
+
+// readText reads a small member, trimmed of white space.
+func (w *walker) readText(tr *tar.Reader, hdr *tar.Header, key string) (string, error) {
+	if hdr.Size > maxText {
+		return "", fmt.Errorf("%s: sample %q: %q is %d bytes; expected a label of at most %d",
+			w.archive, key, hdr.Name, hdr.Size, maxText)
+	}
+	b, err := io.ReadAll(io.LimitReader(tr, maxText+1))
+	if err != nil {
+		return "", fmt.Errorf("%s: sample %q: reading %q: %w", w.archive, key, hdr.Name, err)
+	}
+	if len(b) > maxText {
+		return "", fmt.Errorf("%s: sample %q: %q is over %d bytes; expected a label of at most %d",
+			w.archive, key, hdr.Name, maxText, maxText)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// flush ends the current sample, handing it to fn if it has an image.
+func (w *walker) flush() error {
+	s := w.cur
+	w.cur = nil
+	if s == nil || s.image == nil {
+		return nil
+	}
+	if !s.hasLabel {
+		return fmt.Errorf("%s: sample %q has an image but no .cls label", w.archive, s.key)
+	}
+	if s.label == "" {
+		return fmt.Errorf("%s: sample %q has an empty .cls label; expected the class name", w.archive, s.key)
+	}
+	return w.fn(Sample{Key: s.key, Image: *s.image, Label: s.label, Domain: s.domain})
+}
+
+// isSparse reports whether hdr is a GNU sparse file, old style or PAX, whose
+// data in the archive is not the file's bytes.
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
