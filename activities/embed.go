@@ -7,15 +7,15 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/apache/arrow/go/v15/arrow"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/gcerrors"
 
+	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/store"
-	"dcd/schemas"
+	"dcd/internal/webdataset"
 )
 
 // EmbedShardInput is one shard of one dataset to embed with one model.
@@ -25,8 +25,9 @@ type EmbedShardInput struct {
 	Shard     int
 	Model     ModelRef
 	BatchSize int
-	// PartSize is how many images are committed to storage at a time; a
-	// retried attempt resumes after the last committed part.
+	// PartSize caps the images of a part, the unit committed to storage
+	// and resumed after by a retried attempt; 0: parts are cut by time
+	// alone (partTime).
 	PartSize int
 	// K > 0 (pool shards): search the features, cached or just embedded,
 	// for the K nearest images per query right away, as TopKShard would,
@@ -51,10 +52,35 @@ type EmbedShardResult struct {
 	TopK *TopKShardResult `json:",omitempty"`
 }
 
-// embedProgress is the heartbeat: parts before NextPart are in storage.
+// embedProgress is the heartbeat: parts before NextPart are in storage,
+// part p holding the shard's images from Starts[p] up to Starts[p+1]; a
+// retry resumes at image Starts[NextPart].
 type embedProgress struct {
 	NextPart int
+	Starts   []int `json:",omitempty"`
 }
+
+// resume reads a retried attempt's progress from its heartbeat. A worker
+// from before parts were cut by time heartbeated NextPart alone, its parts
+// being partSize images each.
+func resume(ctx context.Context, partSize, images int) embedProgress {
+	var p embedProgress
+	if !activity.HasHeartbeatDetails(ctx) || activity.GetHeartbeatDetails(ctx, &p) != nil || p.NextPart < 0 {
+		return embedProgress{Starts: []int{0}}
+	}
+	if len(p.Starts) != p.NextPart+1 {
+		p.Starts = nil
+		for i := 0; i <= p.NextPart; i++ {
+			p.Starts = append(p.Starts, min(i*max(partSize, 1), images))
+		}
+	}
+	return p
+}
+
+// partTime is how long a part's embedding runs before it is written: a
+// worker that dies loses about this much work, and storage sees a write
+// every few seconds however fast the model is.
+const partTime = 5 * time.Second
 
 // rejectsKey holds a feature file's rejected images, cached beside it.
 func rejectsKey(featureKey string) string { return featureKey + ".rejects.json" }
@@ -64,9 +90,10 @@ func partKey(featureKey string, part int) string {
 }
 
 // EmbedShard computes a shard's features, unless the cache already has them
-// for this model and shard content. It works in parts: each part is written
-// to storage, then heartbeaten, so a worker that dies mid-shard costs at most
-// one part when the retry resumes.
+// for this model and shard content. It works in parts of a few seconds
+// (partTime, at most PartSize images): each part is written to storage,
+// then heartbeaten, so a worker that dies mid-shard costs at most one part
+// when the retry resumes.
 func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedShardResult, error) {
 	start := time.Now()
 	shardKey := ShardKey(in.Run, in.Dataset, in.Shard)
@@ -99,28 +126,17 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		return res, err
 	}
 	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, Decoders: a.Decoders}
-	partSize := max(in.PartSize, 1)
-	nParts := (len(shard.Items) + partSize - 1) / partSize
-
-	var progress embedProgress
-	if activity.HasHeartbeatDetails(ctx) {
-		if err := activity.GetHeartbeatDetails(ctx, &progress); err == nil {
-			res.ResumedFrom = min(progress.NextPart*partSize, len(shard.Items))
-			activity.GetLogger(ctx).Info("resuming shard", "shard", shardKey, "part", progress.NextPart, "images", res.ResumedFrom)
-		}
+	progress := resume(ctx, in.PartSize, len(shard.Items))
+	if progress.NextPart > 0 {
+		res.ResumedFrom = progress.Starts[progress.NextPart]
+		activity.GetLogger(ctx).Info("resuming shard", "shard", shardKey, "part", progress.NextPart, "images", res.ResumedFrom)
 	}
-	for p := progress.NextPart; p < nParts; p++ {
-		items := shard.Items[p*partSize : min((p+1)*partSize, len(shard.Items))]
-		images := make([]embed.Image, len(items))
-		for i, it := range items {
-			images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
-		}
-		if err := a.embedPart(ctx, e, in.Model, shardKey, images, partKey(key, p), embedProgress{NextPart: p}); err != nil {
-			return res, err
-		}
-		activity.RecordHeartbeat(ctx, embedProgress{NextPart: p + 1})
+	parts, err := a.embedParts(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
+	defer parts.release()
+	if err != nil {
+		return res, err
 	}
-	res, err = a.commitShard(ctx, key, nParts, len(shard.Items), res)
+	res, err = a.commitShard(ctx, key, parts.count(), len(shard.Items), res, parts)
 	if err != nil || in.K <= 0 || in.Dataset != Pool {
 		return res, err
 	}
@@ -134,116 +150,63 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	return res, nil
 }
 
-// embedPart embeds images of shard into one part file and its rejects
-// beside it, heartbeating the progress so far after each batch. An output
-// that is not finite, or whose size differs from what the pass measured,
-// fails without retries, naming the model and the shard.
-func (a *Activities) embedPart(ctx context.Context, e *embed.Embedder, m ModelRef, shard string, images []embed.Image, key string, progress embedProgress) error {
-	columns := m.Spec.Columns
-	var recs []arrow.Record
-	defer func() {
-		for _, r := range recs {
-			r.Release()
+// embedParts embeds the shard's items after the parts in storage, in one
+// Embed, cutting parts from its batches without stalling it. Each part but
+// the last is written to storage behind the pipeline (rejects, then
+// features) and heartbeaten as done, so a retry resumes after it; the last
+// goes to commitShard only, which follows at once. An output that is not
+// finite, or whose size differs from what the pass measured, fails without
+// retries, naming the model and the shard. The parts stay in memory for
+// commitShard.
+func (a *Activities) embedParts(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*partWriter, error) {
+	w := a.newPartWriter(ctx, m.Spec.Columns, key, progress)
+	first := progress.Starts[progress.NextPart]
+	rest := items[min(first, len(items)):]
+	images := make([]embed.Image, len(rest))
+	for i, it := range rest {
+		images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
+	}
+	cur := &part{index: progress.NextPart, start: first, began: time.Now()}
+	_, err := e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
+		if len(b.Images) > 0 {
+			if err := m.checkDims(shard, b.Dims); err != nil {
+				return err
+			}
+			cur.recs = append(cur.recs, features.Record(a.Mem, m.Spec.Columns, b))
+			cur.dims = b.Dims
 		}
-	}()
-	var dims []int
-	rejects, err := e.Embed(ctx, images, a.read, func(b embed.Batch) error {
-		if err := m.checkDims(shard, b.Dims); err != nil {
-			return err
+		cur.rejects = append(cur.rejects, b.Rejects...)
+		cur.images += len(b.Images) + len(b.Rejects)
+		end := cur.start + cur.images
+		if end < len(items) && ((maxImages > 0 && cur.images >= maxImages) || time.Since(cur.began) >= partTime) {
+			if err := w.put(cur); err != nil {
+				return err
+			}
+			cur = &part{index: cur.index + 1, start: end, began: time.Now()}
 		}
-		recs = append(recs, features.Record(a.Mem, columns, b))
-		dims = b.Dims
-		activity.RecordHeartbeat(ctx, progress)
+		activity.RecordHeartbeat(ctx, w.progress())
 		return nil
 	})
+	if err == nil && cur.images > 0 {
+		w.keep(cur)
+	} else {
+		cur.release()
+	}
+	if werr := w.close(); err == nil {
+		err = werr
+	}
+	activity.RecordHeartbeat(ctx, w.progress())
 	if err != nil {
 		var appErr *temporal.ApplicationError
 		if errors.As(err, &appErr) {
-			return err
+			return w, err
 		}
 		if oe := outputError(err, shard); oe != nil {
-			return oe
+			return w, oe
 		}
-		return fmt.Errorf("activities: embed %s: %w", key, err)
+		return w, fmt.Errorf("activities: embed %s: %w", key, err)
 	}
-	if rejects == nil {
-		rejects = []embed.Reject{}
-	}
-	rj, _ := json.Marshal(rejects)
-	if err := store.WriteAll(ctx, a.Bucket, rejectsKey(key), rj); err != nil {
-		return err
-	}
-	if len(recs) == 0 {
-		return nil // every image rejected: no part file
-	}
-	return store.WriteArrow(ctx, a.Bucket, key, schemas.Features(columns, dims), a.Mem, recs...)
-}
-
-// commitShard concatenates the parts into the feature file, writes the
-// shard's rejects, and removes the parts. The feature file is written last:
-// its rejects file marks the cache entry complete.
-func (a *Activities) commitShard(ctx context.Context, key string, nParts, total int, res EmbedShardResult) (EmbedShardResult, error) {
-	var all []embed.Reject
-	var w *store.ArrowWriter
-	for p := 0; p < nParts; p++ {
-		rk := rejectsKey(partKey(key, p))
-		data, err := store.ReadAll(ctx, a.Bucket, rk)
-		if err != nil {
-			return res, store.Classify(err, rk)
-		}
-		var rejects []embed.Reject
-		if err := json.Unmarshal(data, &rejects); err != nil {
-			return res, fmt.Errorf("activities: %s: %w", rk, err)
-		}
-		all = append(all, rejects...)
-		ok, err := store.Exists(ctx, a.Bucket, partKey(key, p))
-		if err != nil || !ok {
-			if err != nil {
-				return res, err
-			}
-			continue
-		}
-		f, err := store.OpenArrow(ctx, a.Bucket, partKey(key, p), a.Mem)
-		if err != nil {
-			return res, err
-		}
-		if w == nil {
-			if w, err = store.NewArrowWriter(ctx, a.Bucket, key, f.Schema(), a.Mem); err != nil {
-				f.Close()
-				return res, err
-			}
-		}
-		for i := 0; i < f.NumRecords(); i++ {
-			rec, err := f.Record(i)
-			if err == nil {
-				err = w.Write(rec)
-			}
-			if err != nil {
-				f.Close()
-				w.Abort()
-				return res, err
-			}
-		}
-		f.Close()
-	}
-	if w != nil {
-		if err := w.Close(); err != nil {
-			return res, err
-		}
-	}
-	if all == nil {
-		all = []embed.Reject{}
-	}
-	rj, _ := json.Marshal(all)
-	if err := store.WriteAll(ctx, a.Bucket, rejectsKey(key), rj); err != nil {
-		return res, err
-	}
-	for p := 0; p < nParts; p++ {
-		a.Bucket.Delete(ctx, partKey(key, p))
-		a.Bucket.Delete(ctx, rejectsKey(partKey(key, p)))
-	}
-	res.Images, res.Rejects = total-len(all), len(all)
-	return res, nil
+	return w, nil
 }
 
 // cachedRejects returns the rejects of a complete cache entry, and whether
@@ -268,10 +231,46 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 // per process.
 func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
 	data, err := a.buckets().ReadAll(ctx, a.Bucket, key)
+	return data, unreadable(err)
+}
+
+// unreadable marks the errors of an image that is gone or forbidden: a
+// reject, not a retry.
+func unreadable(err error) error {
 	switch gcerrors.Code(err) {
 	case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
-		// The image is gone or forbidden: a reject, not a retry.
-		return nil, fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
+		return fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
 	}
-	return data, err
+	return err
+}
+
+// spanBytes bounds one range read of a WebDataset archive: a few spans are
+// in memory at once, read ahead of the decoders.
+const spanBytes = 8 << 20
+
+// packedRead is read for images, except that WebDataset members (see
+// package webdataset) lying together in an archive are fetched with one
+// range read per span of them instead of one read each: per-object reads
+// cost more than a small model's inference.
+func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
+	var members []webdataset.Member
+	for _, im := range images {
+		if m, ok := webdataset.ParseKey(im.URI); ok {
+			members = append(members, m)
+		}
+	}
+	if len(members) == 0 {
+		return a.read
+	}
+	spans := webdataset.NewReader(members, func(ctx context.Context, archive string, offset, length int64) ([]byte, error) {
+		return a.buckets().ReadRange(ctx, a.Bucket, archive, offset, length)
+	}, spanBytes)
+	return func(ctx context.Context, uri string) ([]byte, error) {
+		m, ok := webdataset.ParseKey(uri)
+		if !ok {
+			return a.read(ctx, uri)
+		}
+		data, err := spans.Read(ctx, m)
+		return data, unreadable(err)
+	}
 }

@@ -137,6 +137,9 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		}
 		rows, skipped := 0, 0
 		rejects, err := emb.Embed(ctx, images, read, func(bt embed.Batch) error {
+			if len(bt.Images) == 0 {
+				return nil
+			}
 			d := bt.Dims[0]
 			if spool.dim == 0 {
 				spool.dim = d

@@ -229,7 +229,7 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 			id := fmt.Sprintf("%s/%s/%d", s.runID, tag, first/ChildShards)
 			in := ShardsInput{
 				Run: s.runID, Dataset: ds, Model: m, First: first, End: min(first+ChildShards, n),
-				Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, PartSize: 4 * s.cfg.Shards.BatchSize, K: k,
+				Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
 				Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
 			}
 			wg.Add(1)

@@ -34,11 +34,13 @@ type Reject struct {
 }
 
 // Batch is the result for consecutive images: Vectors[o] holds output o for
-// every image of the batch, Dims[o] values each.
+// every embedded image of the batch, Dims[o] values each. Rejects are the
+// batch's images that could not be embedded; a batch may have no Images.
 type Batch struct {
 	Images  []Image
 	Vectors [][]float32
 	Dims    []int
+	Rejects []Reject
 }
 
 // Embedder runs images through a Session with the model's preprocessing.
@@ -63,6 +65,17 @@ type Embedder struct {
 // DefaultReaders is the number of concurrent reads when Readers is 0.
 const DefaultReaders = 16
 
+// DefaultBatchSize is the batch size when BatchSize is 0.
+const DefaultBatchSize = 32
+
+// Batch returns the number of images per batch Embed uses.
+func (e *Embedder) Batch() int {
+	if e.BatchSize < 1 {
+		return DefaultBatchSize
+	}
+	return e.BatchSize
+}
+
 // ReadFunc fetches an image's encoded bytes. An error that wraps
 // ErrUnreadable (the object is gone, or may not be read) rejects the image;
 // any other error is taken as passing (a network blip, a throttled store)
@@ -73,7 +86,8 @@ type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
 // ErrUnreadable marks a read error that no retry fixes; see ReadFunc.
 var ErrUnreadable = errors.New("unreadable")
 
-// Embed embeds images in order, calling emit once per batch. Images stream
+// Embed embeds images in order, calling emit once per batch of Batch()
+// images (the last may be short), rejects included. Images stream
 // through Readers concurrent reads into Decoders concurrent decodes, which
 // fill the input tensors of the next Ahead batches while ORT infers the
 // current one, so reading and decoding overlap inference instead of
@@ -82,10 +96,7 @@ var ErrUnreadable = errors.New("unreadable")
 // an error is returned for failures that would hit every image (inference,
 // emit, cancellation).
 func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emit func(Batch) error) ([]Reject, error) {
-	bs := e.BatchSize
-	if bs < 1 {
-		bs = 32
-	}
+	bs := e.Batch()
 	decoders := e.Decoders
 	if decoders < 1 {
 		decoders = runtime.GOMAXPROCS(0)
@@ -167,14 +178,16 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 		}
 		imgs, tensor, rj := p.compact(size)
 		rejects = append(rejects, rj...)
+		batch := Batch{Rejects: rj}
 		if len(imgs) > 0 {
-			batch, err := e.run(imgs, tensor)
-			if err != nil {
+			var err error
+			if batch, err = e.run(imgs, tensor); err != nil {
 				return rejects, err
 			}
-			if err := emit(batch); err != nil {
-				return rejects, err
-			}
+			batch.Rejects = rj
+		}
+		if err := emit(batch); err != nil {
+			return rejects, err
 		}
 		<-window // the slot is free: ORT copied its outputs, emit has returned
 	}

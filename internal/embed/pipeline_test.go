@@ -97,8 +97,16 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
 			BatchSize: cfg.batch, Readers: cfg.readers, Decoders: cfg.decoders, Ahead: cfg.ahead}
 		var got []int64
+		var batchRejects []Reject
+		seen := 0
 		rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error {
-			if len(b.Images) > cfg.batch || len(b.Vectors) != 1 || b.Dims[0] != 4 {
+			// Every batch but the last covers BatchSize images, rejects included.
+			if n := len(b.Images) + len(b.Rejects); n != min(cfg.batch, len(images)-seen) {
+				return fmt.Errorf("batch at image %d covers %d images, want %d", seen, n, min(cfg.batch, len(images)-seen))
+			}
+			seen += len(b.Images) + len(b.Rejects)
+			batchRejects = append(batchRejects, b.Rejects...)
+			if len(b.Images) > 0 && (len(b.Vectors) != 1 || b.Dims[0] != 4) {
 				return fmt.Errorf("batch of %d images, %d outputs, dims %v", len(b.Images), len(b.Vectors), b.Dims)
 			}
 			for i, im := range b.Images {
@@ -123,6 +131,9 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 		}
 		if !slices.Equal(got, want) {
 			t.Fatalf("%+v: embedded ids %v, want %v", cfg, got, want)
+		}
+		if !slices.Equal(batchRejects, rejects) {
+			t.Fatalf("%+v: the batches' rejects %v differ from Embed's %v", cfg, batchRejects, rejects)
 		}
 		if len(rejects) != len(wantRejects) {
 			t.Fatalf("%+v: %d rejects, want %d: %v", cfg, len(rejects), len(wantRejects), rejects)
