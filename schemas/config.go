@@ -106,6 +106,11 @@ type Dataset struct {
 	// columns uri and label (and optionally domain). A uri is relative to
 	// the manifest's folder, /key in the bucket, or an absolute URL.
 	Manifest string `json:"manifest,omitempty" yaml:"manifest,omitempty"`
+	// WebDataset holds .tar shards in the WebDataset layout: each sample's
+	// image member beside a .cls member holding its label (and optionally
+	// a .domain member). A pool of small images reads far faster packed
+	// than one object per image.
+	WebDataset string `json:"webdataset,omitempty" yaml:"webdataset,omitempty"`
 }
 
 // Shards sizes the fan-out over the pool.
@@ -266,8 +271,14 @@ func (c Config) Validate() error {
 		{"data.error_heldout", c.Data.ErrorHeldout},
 		{"data.pool", c.Data.Pool},
 	} {
-		if (d.ds.Prefix == "") == (d.ds.Manifest == "") {
-			return bad(d.field, "set exactly one of prefix and manifest")
+		set := 0
+		for _, v := range []string{d.ds.Prefix, d.ds.Manifest, d.ds.WebDataset} {
+			if v != "" {
+				set++
+			}
+		}
+		if set != 1 {
+			return bad(d.field, "set exactly one of prefix, manifest and webdataset")
 		}
 	}
 	if err := c.validateCompare(); err != nil {

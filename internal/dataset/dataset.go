@@ -4,7 +4,11 @@
 // A dataset is an ImageFolder prefix (prefix/<label>/<file>, the torchvision
 // convention) or a manifest: a CSV file with a header naming at least the
 // columns uri and label (and optionally domain), or a Parquet file (name
-// ending in .parquet) with such columns, of string or integer type.
+// ending in .parquet) with such columns, of string or integer type, or a
+// WebDataset: .tar archives whose samples pair an image member with a .cls
+// label (see package webdataset). An archive member's Key names its byte
+// range in the archive, and reads of it (store.Buckets.ReadAll) fetch just
+// that range.
 //
 // # URLs
 //
@@ -23,6 +27,7 @@
 package dataset
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -32,6 +37,7 @@ import (
 	"hash/fnv"
 	"io"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -39,6 +45,7 @@ import (
 	"gocloud.dev/blob"
 
 	"dcd/internal/store"
+	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
 
@@ -92,8 +99,11 @@ func (s Source) Walk(ctx context.Context, ds schemas.Dataset, fn func(Item) erro
 	if s.Mem == nil {
 		s.Mem = memory.NewGoAllocator()
 	}
-	if ds.Manifest != "" {
+	switch {
+	case ds.Manifest != "":
 		return s.walkManifest(ctx, ds.Manifest, fn)
+	case ds.WebDataset != "":
+		return s.walkWebDataset(ctx, ds.WebDataset, fn)
 	}
 	return s.walkPrefix(ctx, ds.Prefix, fn)
 }
@@ -161,6 +171,125 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
 	}
 	return nil
+}
+
+// walkWebDataset reads every .tar archive under ref (or the one archive ref
+// names) in key order, once through, for its samples and their byte ranges.
+// An item is versioned by its archive's size and modification time.
+func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) error) error {
+	b, prefix, bucketURL, err := s.locate(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+	}
+	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {
+		prefix += "/"
+	}
+	it := b.List(&blob.ListOptions{Prefix: prefix})
+	var id int64
+	archives := 0
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("dataset: list %q: %w", ref, err)
+		}
+		if obj.IsDir || !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
+			continue
+		}
+		archives++
+		archive, err := itemKey(bucketURL, obj.Key)
+		if err != nil {
+			return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+		}
+		version := strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)
+		samples, err := s.samples(ctx, b, obj.Key, archive, version)
+		if err != nil {
+			return err
+		}
+		for _, sm := range samples {
+			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: version}); err != nil {
+				return err
+			}
+			id++
+		}
+	}
+	if id == 0 {
+		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", ref, archives)
+	}
+	return nil
+}
+
+// samples lists the samples of one version of an archive (key in b, named
+// archive in items). Listing reads the whole archive, so the list is cached
+// in the worker's bucket (IndexKey), and a recurring pass over an unchanged
+// pool reads only the indexes.
+func (s Source) samples(ctx context.Context, b *blob.Bucket, key, archive, version string) ([]webdataset.Sample, error) {
+	ik := IndexKey(archive, version)
+	if data, err := s.Bucket.ReadAll(ctx, ik); err == nil {
+		if samples, err := parseIndex(archive, data); err == nil {
+			return samples, nil
+		} // a damaged index is rebuilt
+	}
+	r, err := b.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, err)
+	}
+	defer r.Close()
+	var samples []webdataset.Sample
+	if err := webdataset.Walk(bufio.NewReaderSize(r, 1<<20), archive, func(sm webdataset.Sample) error {
+		samples = append(samples, sm)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("dataset: %w", err)
+	}
+	if err := store.WriteAll(ctx, s.Bucket, ik, marshalIndex(samples)); err != nil {
+		return nil, fmt.Errorf("dataset: webdataset %q: cache its index: %w", archive, err)
+	}
+	return samples, nil
+}
+
+// IndexKey is where the sample list of one version of an archive is
+// cached.
+func IndexKey(archive, version string) string {
+	h := sha256.Sum256([]byte(archive + "\x00" + version))
+	return "webdataset/" + hex.EncodeToString(h[:16]) + ".csv"
+}
+
+var indexHeader = []string{"name", "offset", "size", "label", "domain"}
+
+func marshalIndex(samples []webdataset.Sample) []byte {
+	var sb strings.Builder
+	w := csv.NewWriter(&sb)
+	w.Write(indexHeader)
+	for _, sm := range samples {
+		m := sm.Image
+		w.Write([]string{m.Name, strconv.FormatInt(m.Offset, 10), strconv.FormatInt(m.Size, 10), sm.Label, sm.Domain})
+	}
+	w.Flush()
+	return []byte(sb.String())
+}
+
+func parseIndex(archive string, data []byte) ([]webdataset.Sample, error) {
+	recs, err := csv.NewReader(strings.NewReader(string(data))).ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 || !slices.Equal(recs[0], indexHeader) {
+		return nil, errors.New("not an index")
+	}
+	samples := make([]webdataset.Sample, 0, len(recs)-1)
+	for _, r := range recs[1:] {
+		off, err1 := strconv.ParseInt(r[1], 10, 64)
+		size, err2 := strconv.ParseInt(r[2], 10, 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, err
+		}
+		samples = append(samples, webdataset.Sample{
+			Image: webdataset.Member{Archive: archive, Name: r[0], Offset: off, Size: size}, Label: r[3], Domain: r[4]})
+	}
+	return samples, nil
 }
 
 // row is one manifest entry as written; where names it in errors ("line 3",

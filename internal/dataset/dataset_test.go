@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
@@ -291,5 +292,120 @@ func TestWalkURLManifest(t *testing.T) {
 	want := []string{"file://" + dir + "/m/imgs/1.png=cat/", "in-worker-bucket.png=dog/"}
 	if got := keysAndLabels(items); !slices.Equal(got, want) {
 		t.Fatalf("%q, want %q", got, want)
+	}
+}
+
+// tarOf packs files (name, content pairs, in order) as a tar archive.
+func tarOf(t *testing.T, files ...string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i := 0; i < len(files); i += 2 {
+		if err := tw.WriteHeader(&tar.Header{Name: files[i], Mode: 0o644, Size: int64(len(files[i+1]))}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(files[i+1]))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.String()
+}
+
+func TestWalkWebDataset(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "pool"), 0o755)
+	os.WriteFile(filepath.Join(dir, "pool", "b.tar"), []byte(tarOf(t,
+		"c/3.jpg", "image three", "c/3.cls", "cat\n", "c/3.json", "{}", "notes.txt", "no image: skipped")), 0o644)
+	def := memBucket(t, map[string]string{
+		"pool/a.tar": tarOf(t, "1.png", "image one", "1.cls", "dog", "1.domain", "fog",
+			"2.png", "image two", "2.cls", " cat "),
+		"pool/readme.md": "not an archive",
+	})
+	bs := &store.Buckets{}
+	defer bs.Close()
+	src := Source{Bucket: def, Buckets: bs}
+
+	check := func(items []Item, want []string, images []string) {
+		t.Helper()
+		var got []string
+		for _, it := range items {
+			got = append(got, it.Label+"/"+it.Domain)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("labels/domains %q, want %q", got, want)
+		}
+		for i, it := range items {
+			if it.ID != int64(i) || it.Version == "" {
+				t.Errorf("item %d: %+v", i, it)
+			}
+			data, err := bs.ReadAll(context.Background(), def, it.Key)
+			if err != nil || string(data) != images[i] {
+				t.Errorf("read %s: %q, %v; want %q", it.Key, data, err, images[i])
+			}
+		}
+	}
+	// Keys in the worker's bucket, and URLs of another bucket.
+	items, err := walkAll(t, src, schemas.Dataset{WebDataset: "pool"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(items, []string{"dog/fog", "cat/"}, []string{"image one", "image two"})
+	if !strings.HasPrefix(items[0].Key, "pool/a.tar#1.png@") {
+		t.Errorf("key %q", items[0].Key)
+	}
+	items, err = walkAll(t, src, schemas.Dataset{WebDataset: "file://" + dir + "/pool/b.tar"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(items, []string{"cat/"}, []string{"image three"})
+
+	// The sample list is cached per archive version: a second walk reads
+	// the index (here doctored) instead of the archive.
+	archive := "pool/a.tar"
+	key := IndexKey(archive, items0Version(t, src, archive))
+	idx, err := def.ReadAll(context.Background(), key)
+	if err != nil {
+		t.Fatalf("no index cached at %s: %v", key, err)
+	}
+	if err := def.WriteAll(context.Background(), key, bytes.Replace(idx, []byte(",dog,"), []byte(",wolf,"), 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	items, err = walkAll(t, src, schemas.Dataset{WebDataset: archive})
+	if err != nil || items[0].Label != "wolf" {
+		t.Fatalf("walk with a cached index: %v, %v", keysAndLabels(items), err)
+	}
+	// A damaged index is rebuilt from the archive.
+	def.WriteAll(context.Background(), key, []byte("junk"), nil)
+	items, err = walkAll(t, src, schemas.Dataset{WebDataset: archive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(items, []string{"dog/fog", "cat/"}, []string{"image one", "image two"})
+}
+
+// items0Version is the version Walk gives the items of archive.
+func items0Version(t *testing.T, src Source, archive string) string {
+	t.Helper()
+	items, err := walkAll(t, src, schemas.Dataset{WebDataset: archive})
+	if err != nil || len(items) == 0 {
+		t.Fatalf("%s: %v", archive, err)
+	}
+	return items[0].Version
+}
+
+func TestWalkWebDatasetErrors(t *testing.T) {
+	def := memBucket(t, map[string]string{
+		"nolabel/a.tar": tarOf(t, "1.png", "x", "1.cls", "dog", "2.png", "y"),
+		"empty/x.txt":   "no archives here",
+	})
+	for ds, want := range map[string]string{
+		"nolabel/": `nolabel/a.tar: sample "2" has an image but no .cls label`,
+		"empty/":   `webdataset "empty/" holds no samples`,
+	} {
+		_, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: ds})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
+		}
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"sync"
 
 	"gocloud.dev/blob"
+
+	"dcd/internal/webdataset"
 )
 
 // IsURL reports whether ref is an absolute URL (scheme://…) rather than a
@@ -113,6 +116,13 @@ func (bs *Buckets) Resolve(ctx context.Context, def *blob.Bucket, ref string) (*
 
 // ReadAll reads the object ref names, a key in def or an absolute URL.
 func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([]byte, error) {
+	if m, ok := webdataset.ParseKey(ref); ok {
+		data, err := bs.ReadRange(ctx, def, m.Archive, m.Offset, m.Size)
+		if err != nil {
+			return nil, fmt.Errorf("store: read %q: %w", m.Name, err)
+		}
+		return data, nil
+	}
 	b, key, err := bs.Resolve(ctx, def, ref)
 	if err != nil {
 		return nil, err
@@ -120,6 +130,25 @@ func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([
 	data, err := b.ReadAll(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", ref, err)
+	}
+	return data, nil
+}
+
+// ReadRange reads length bytes of ref from offset. Fewer bytes than asked
+// is an error: the object is not what the caller listed.
+func (bs *Buckets) ReadRange(ctx context.Context, def *blob.Bucket, ref string, offset, length int64) ([]byte, error) {
+	b, key, err := bs.Resolve(ctx, def, ref)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]byte, length)
+	r, err := b.NewRangeReader(ctx, key, offset, length, nil)
+	if err == nil {
+		_, err = io.ReadFull(r, data)
+		r.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bytes %d-%d of %q: %w", offset, offset+length, ref, err)
 	}
 	return data, nil
 }

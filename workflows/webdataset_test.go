@@ -1,0 +1,136 @@
+package workflows_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gocloud.dev/blob"
+
+	"dcd/internal/dataset"
+	"dcd/internal/store"
+	"dcd/internal/webdataset"
+	"dcd/schemas"
+)
+
+// A pool packed in WebDataset archives is the same pool as its manifest:
+// the pass embeds the archive members by byte range, reads each sample's
+// label and domain from its .cls and .domain members, and selects the same
+// images with the same scores, so the retrained model scores as it does
+// from the manifest.
+func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	startWorker(t, c, b)
+	ctx := context.Background()
+
+	var items []dataset.Item
+	if err := dataset.Walk(ctx, b, cfg.Data.Pool, func(it dataset.Item) error {
+		items = append(items, it)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const archives = 5
+	per := (len(items) + archives - 1) / archives
+	for a := range archives {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for i := a * per; i < min((a+1)*per, len(items)); i++ {
+			img, err := b.ReadAll(ctx, items[i].Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for ext, data := range map[string][]byte{"png": img, "cls": []byte(items[i].Label + "\n"), "domain": []byte(items[i].Domain)} {
+				if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pool/%06d.%s", i, ext), Mode: 0o644, Size: int64(len(data))}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tw.Write(data); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := store.WriteAll(ctx, b, fmt.Sprintf("pool-wds/%05d.tar", a), buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	packed := cfg
+	packed.Data.Pool = schemas.Dataset{WebDataset: "pool-wds/"}
+
+	stamp := time.Now().UTC().Format("150405.000")
+	want, err := runPass(t, c, "manifest-pool-"+stamp, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := runPass(t, c, "webdataset-pool-"+stamp, packed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Rejects != 0 {
+		t.Errorf("%d pool images rejected from the archives", got.Rejects)
+	}
+
+	// The selections, as pool positions and scores, in order.
+	index := map[string]int{}
+	for i, it := range items {
+		index[dataset.ManifestURI(it.Key)] = i
+	}
+	wantSel := selection(t, b, want.DebugTrain.Manifest, func(uri string) int { return index[uri] })
+	gotSel := selection(t, b, got.DebugTrain.Manifest, func(uri string) int {
+		m, ok := webdataset.ParseKey(strings.TrimPrefix(uri, "/"))
+		var i int
+		if _, err := fmt.Sscanf(m.Name, "pool/%06d.png", &i); !ok || err != nil {
+			t.Fatalf("selected %q: not a member of the packed pool", uri)
+		}
+		return i
+	})
+	if len(wantSel) == 0 || !slices.Equal(gotSel, wantSel) {
+		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel))
+	}
+	g, w := method(t, got.Eval, schemas.MethodDCD), method(t, want.Eval, schemas.MethodDCD)
+	if g.SelectionPrecision == nil || w.SelectionPrecision == nil || *g.SelectionPrecision != *w.SelectionPrecision {
+		t.Errorf("selection precision %v from the archives' .domain members, %v from the manifest", g.SelectionPrecision, w.SelectionPrecision)
+	}
+	// Rows reach the trainer in another shard order; the sums round alike
+	// to within a test image or two.
+	if math.Abs(g.HeldoutAccuracy-w.HeldoutAccuracy) > 0.002 || math.Abs(g.TestAccuracy-w.TestAccuracy) > 0.002 {
+		t.Errorf("dcd from the archives: test %.4f, E_heldout %.4f; from the manifest %.4f, %.4f", g.TestAccuracy, g.HeldoutAccuracy, w.TestAccuracy, w.HeldoutAccuracy)
+	}
+}
+
+// pick is one selected pool image: its position in the pool and score.
+type pick struct {
+	Index int
+	Label string
+	Score string
+}
+
+// selection reads a debug-train manifest (uri,label,domain,score) as picks.
+func selection(t *testing.T, b *blob.Bucket, key string, index func(uri string) int) []pick {
+	t.Helper()
+	data, err := b.ReadAll(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(bytes.NewReader(data)).ReadAll()
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("%s: %v", key, err)
+	}
+	var out []pick
+	for _, r := range recs[1:] {
+		out = append(out, pick{index(r[0]), r[1], r[3]})
+	}
+	return out
+}
+
+func firstPicks(p []pick) []pick { return p[:min(len(p), 5)] }
