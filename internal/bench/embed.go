@@ -1,20 +1,25 @@
 package bench
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"math/rand/v2"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/testsuite"
+	"gocloud.dev/blob"
 
 	"dcd/activities"
 	"dcd/internal/dataset"
@@ -23,32 +28,54 @@ import (
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
+	"dcd/schemas"
 )
 
 // embedCase is one model's embedding benchmark.
 type embedCase struct {
-	model  model
-	images int // per measured shard
-	batch  int
-	reps   int
+	model model
+	// shards of images each are embedded per measured repetition.
+	shards, images int
+	batch, reps    int
 	// srcSide is the stored images' side; the model's preprocessing
 	// resizes them (crop) when it differs from model.side.
 	srcSide int
+	// objects stores one object per image instead of a WebDataset .tar
+	// per shard; the result is then informative, without a goal.
+	objects bool
+}
+
+// streams is how many shards the pipeline embeds at once, and ORT alone
+// runs as many streams of batches: a worker runs -concurrency (default 2)
+// embedding activities at once, so that one shard's listing and commit
+// overlap another's inference.
+const streams = 2
+
+func (c embedCase) name() string {
+	if c.objects {
+		return "embed_" + c.model.name + "_objects"
+	}
+	return "embed_" + c.model.name
 }
 
 // Embedding measures the real EmbedShard path — read PNGs from a file://
 // bucket, decode, preprocess, infer, write the Arrow parts and the feature
 // file — in images/s, against ONNX Runtime alone running the same model on
-// pre-made input tensors of the same batch size with the same threads.
+// pre-made input tensors of the same batch size with the same threads. The
+// images are packed in a WebDataset archive per shard, as a large pool
+// should be; embed_demo_objects stores the demo model's images one object
+// each, to show what that costs.
 func Embedding(ctx context.Context, o Options) ([]Result, error) {
 	cases := []embedCase{
-		{model: demoModel(), images: 4096, batch: 64, reps: 3, srcSide: 28},
-		{model: resnetModel(224), images: 32, batch: 16, reps: 2, srcSide: 256},
+		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28},
+		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28, objects: true},
+		{model: resnetModel(224), shards: 2, images: 16, batch: 16, reps: 2, srcSide: 256},
 	}
 	if o.Quick {
 		cases = []embedCase{
-			{model: demoModel(), images: 1024, batch: 64, reps: 2, srcSide: 28},
-			{model: resnetModel(112), images: 16, batch: 8, reps: 1, srcSide: 128},
+			{model: demoModel(), shards: 2, images: 512, batch: 64, reps: 2, srcSide: 28},
+			{model: demoModel(), shards: 2, images: 512, batch: 64, reps: 2, srcSide: 28, objects: true},
+			{model: resnetModel(112), shards: 2, images: 8, batch: 8, reps: 1, srcSide: 128},
 		}
 	}
 	var out []Result
@@ -63,7 +90,7 @@ func Embedding(ctx context.Context, o Options) ([]Result, error) {
 }
 
 func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
-	dir := filepath.Join(o.Dir, "embed-"+c.model.name)
+	dir := filepath.Join(o.Dir, c.name())
 	bucket, err := store.Open(ctx, "file://"+filepath.ToSlash(dir)+"?create_dir=1")
 	if err != nil {
 		return Result{}, err
@@ -87,27 +114,23 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		ModelDigest: hex.EncodeToString(sum[:]), Input: "image", Outputs: []string{"features"}, Columns: []string{"features"}, Preprocess: spec,
 	}}
 
-	// The images: one set of encoded PNGs, stored under a prefix per
-	// shard, so every measured shard reads its own files and misses the
-	// features cache.
+	// The images: one set of encoded PNGs, stored once per shard, so
+	// every measured shard reads its own data and misses the features
+	// cache.
 	pngs, err := makePNGs(c.images, c.srcSide, c.model.channels)
 	if err != nil {
 		return Result{}, err
 	}
 	const run = "bench"
-	shards := c.reps + 1 // shard 0 warms the session up
+	shards := 1 + c.reps*c.shards // shard 0 warms the session up
 	for s := 0; s < shards; s++ {
 		n := c.images
 		if s == 0 {
 			n = c.batch
 		}
-		var sh dataset.Shard
-		for i := 0; i < n; i++ {
-			key := fmt.Sprintf("images/%d/%06d.png", s, i)
-			if err := store.WriteAll(ctx, bucket, key, pngs[i]); err != nil {
-				return Result{}, err
-			}
-			sh.Items = append(sh.Items, dataset.Item{ID: int64(i), Key: key, Label: "0"})
+		sh, err := storeImages(ctx, bucket, fmt.Sprintf("images/%d", s), pngs[:n], c.objects)
+		if err != nil {
+			return Result{}, err
 		}
 		if err := store.WriteAll(ctx, bucket, activities.ShardKey(run, activities.Pool, s), sh.Marshal()); err != nil {
 			return Result{}, err
@@ -120,11 +143,15 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions}
 	var ts testsuite.WorkflowTestSuite
 	ts.SetLogger(devserver.QuietLogger())
-	env := ts.NewTestActivityEnvironment()
-	env.RegisterActivity(acts)
-	embedShard := func(s int) error {
+	var envs []*testsuite.TestActivityEnvironment
+	for range streams {
+		env := ts.NewTestActivityEnvironment()
+		env.RegisterActivity(acts)
+		envs = append(envs, env)
+	}
+	embedShard := func(env *testsuite.TestActivityEnvironment, s int) error {
 		v, err := env.ExecuteActivity(acts.EmbedShard, activities.EmbedShardInput{
-			Run: run, Dataset: activities.Pool, Shard: s, Model: ref, BatchSize: c.batch, PartSize: 4 * c.batch,
+			Run: run, Dataset: activities.Pool, Shard: s, Model: ref, BatchSize: c.batch,
 		})
 		if err != nil {
 			return err
@@ -138,7 +165,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		}
 		return nil
 	}
-	if err := embedShard(0); err != nil {
+	if err := embedShard(envs[0], 0); err != nil {
 		return Result{}, err
 	}
 
@@ -153,31 +180,107 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		input[i] = rng.Float32()
 	}
 	shape := []int64{int64(c.batch), int64(c.model.channels), int64(c.model.side), int64(c.model.side)}
+	total := c.shards * c.images
 	infer := func() error {
-		for done := 0; done < c.images; done += c.batch {
-			n := min(c.batch, c.images-done)
-			if _, err := sess.Run(ortrun.Tensor{Shape: append([]int64{int64(n)}, shape[1:]...), Floats: input[:n*spec.Size()]}); err != nil {
-				return err
+		return inStreams(streams, func(stream int) error {
+			for done := stream * c.batch; done < total; done += streams * c.batch {
+				n := min(c.batch, total-done)
+				if _, err := sess.Run(ortrun.Tensor{Shape: append([]int64{int64(n)}, shape[1:]...), Floats: input[:n*spec.Size()]}); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	}
 	if _, err := sess.Run(ortrun.Tensor{Shape: shape, Floats: input}); err != nil { // warm up
 		return Result{}, err
 	}
 	next := 1
 	pipeline := func() error {
-		next++
-		return embedShard(next - 1)
+		first := next
+		next += c.shards
+		var claimed atomic.Int32
+		return inStreams(streams, func(stream int) error {
+			for s := int(claimed.Add(1)) - 1; s < c.shards; s = int(claimed.Add(1)) - 1 {
+				if err := embedShard(envs[stream], first+s); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 	times, err := best(c.reps, infer, pipeline)
 	if err != nil {
 		return Result{}, err
 	}
-	rate := func(t time.Duration) float64 { return float64(c.images) / t.Seconds() }
-	o.logf("embed %s: %d images, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s",
-		c.model.name, c.images, c.batch, c.model.gflop, times[1], times[0])
-	return throughput("embed_"+c.model.name, "images/s", rate(times[1]), rate(times[0]), 0.9), ctx.Err()
+	rate := func(t time.Duration) float64 { return float64(total) / t.Seconds() }
+	o.logf("%s: %d shards of %d images, %d at once, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s",
+		c.name(), c.shards, c.images, streams, c.batch, c.model.gflop, times[1], times[0])
+	if c.objects {
+		return info(c.name(), "images/s", rate(times[1]), rate(times[0])), ctx.Err()
+	}
+	return throughput(c.name(), "images/s", rate(times[1]), rate(times[0]), 0.9), ctx.Err()
+}
+
+// inStreams runs fn(0) … fn(n-1) at once and returns the first error.
+func inStreams(n int, fn func(stream int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// storeImages stores pngs under prefix, one object each or as one
+// WebDataset archive (prefix.tar, labels in .cls members), and returns
+// them as a shard, listed as the planner lists them.
+func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, pngs [][]byte, objects bool) (dataset.Shard, error) {
+	var sh dataset.Shard
+	if objects {
+		for i, p := range pngs {
+			key := fmt.Sprintf("%s/0/%06d.png", prefix, i)
+			if err := store.WriteAll(ctx, bucket, key, p); err != nil {
+				return sh, err
+			}
+		}
+	} else {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for i, p := range pngs {
+			for _, m := range []struct {
+				ext  string
+				data []byte
+			}{{"png", p}, {"cls", []byte("0")}} {
+				if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("%06d.%s", i, m.ext), Mode: 0o644, Size: int64(len(m.data))}); err != nil {
+					return sh, err
+				}
+				if _, err := tw.Write(m.data); err != nil {
+					return sh, err
+				}
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return sh, err
+		}
+		if err := store.WriteAll(ctx, bucket, prefix+".tar", buf.Bytes()); err != nil {
+			return sh, err
+		}
+	}
+	ds := schemas.Dataset{Prefix: prefix}
+	if !objects {
+		ds = schemas.Dataset{WebDataset: prefix + ".tar"}
+	}
+	err := dataset.Walk(ctx, bucket, ds, func(it dataset.Item) error {
+		sh.Items = append(sh.Items, it)
+		return nil
+	})
+	return sh, err
 }
 
 // makePNGs encodes n distinct images of side×side pixels: a few random

@@ -222,7 +222,7 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url, run st
 	runs, err := runChains(ctx, srv.client, run, n, func(first, end int) workflows.ShardsInput {
 		return workflows.ShardsInput{
 			Run: run, Dataset: activities.Pool, Model: ref, First: first, End: end,
-			Window: 4, BatchSize: 64, PartSize: 256, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
+			Window: 4, BatchSize: 64, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
 		}
 	})
 	if err != nil {
@@ -520,16 +520,12 @@ func Orchestration(ctx context.Context, o Options) ([]Result, error) {
 	}
 	var out []Result
 	for _, kind := range []string{"cached", "new"} {
-		n := n
-		if kind == "new" {
-			n /= 4 // as costly per shard, and slower: a quarter tells as much
-		}
 		run := fmt.Sprintf("bench-%s-%d", kind, time.Now().UnixNano())
 		start := time.Now()
 		_, err = runChains(ctx, srv.client, run, n, func(first, end int) workflows.ShardsInput {
 			return workflows.ShardsInput{
 				Run: run, Dataset: activities.Pool, First: first, End: end,
-				Window: 4, BatchSize: 64, PartSize: 256, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
+				Window: 4, BatchSize: 64, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
 			}
 		})
 		if err != nil {
