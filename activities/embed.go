@@ -131,12 +131,11 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		res.ResumedFrom = progress.Starts[progress.NextPart]
 		activity.GetLogger(ctx).Info("resuming shard", "shard", shardKey, "part", progress.NextPart, "images", res.ResumedFrom)
 	}
-	parts, err := a.embedParts(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
-	defer parts.release()
+	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
 	if err != nil {
 		return res, err
 	}
-	res, err = a.commitShard(ctx, key, parts.count(), len(shard.Items), res, parts)
+	res, err = w.commit(len(shard.Items), res)
 	if err != nil || in.K <= 0 || in.Dataset != Pool {
 		return res, err
 	}
@@ -150,61 +149,53 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	return res, nil
 }
 
-// embedParts embeds the shard's items after the parts in storage, in one
-// Embed, cutting parts from its batches without stalling it. Each part but
-// the last is written to storage behind the pipeline (rejects, then
-// features) and heartbeaten as done, so a retry resumes after it; the last
-// goes to commitShard only, which follows at once. An output that is not
-// finite, or whose size differs from what the pass measured, fails without
-// retries, naming the model and the shard. The parts stay in memory for
-// commitShard.
-func (a *Activities) embedParts(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*partWriter, error) {
-	w := a.newPartWriter(ctx, m.Spec.Columns, key, progress)
+// embedShard embeds the shard's items after the parts in storage, in one
+// Embed, while a shardWriter turns the batches into the feature file behind
+// it. Every few seconds (partTime, or maxImages images) the writer
+// checkpoints the part so far, which is then heartbeaten, so a retry
+// resumes after it. An output that is not finite, or whose size differs
+// from what the pass measured, fails without retries, naming the model and
+// the shard.
+func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*shardWriter, error) {
+	w := a.newShardWriter(ctx, m.Spec.Columns, key, progress)
 	first := progress.Starts[progress.NextPart]
 	rest := items[min(first, len(items)):]
 	images := make([]embed.Image, len(rest))
 	for i, it := range rest {
 		images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
 	}
-	cur := &part{index: progress.NextPart, start: first, began: time.Now()}
+	done, inPart, began := first, 0, time.Now()
 	_, err := e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
 		if len(b.Images) > 0 {
 			if err := m.checkDims(shard, b.Dims); err != nil {
 				return err
 			}
-			cur.recs = append(cur.recs, features.Record(a.Mem, m.Spec.Columns, b))
-			cur.dims = b.Dims
 		}
-		cur.rejects = append(cur.rejects, b.Rejects...)
-		cur.images += len(b.Images) + len(b.Rejects)
-		end := cur.start + cur.images
-		if end < len(items) && ((maxImages > 0 && cur.images >= maxImages) || time.Since(cur.began) >= partTime) {
-			if err := w.put(cur); err != nil {
+		if err := w.add(b); err != nil {
+			return err
+		}
+		n := len(b.Images) + len(b.Rejects)
+		done, inPart = done+n, inPart+n
+		if done < len(items) && ((maxImages > 0 && inPart >= maxImages) || time.Since(began) >= partTime) {
+			if err := w.cut(); err != nil {
 				return err
 			}
-			cur = &part{index: cur.index + 1, start: end, began: time.Now()}
+			inPart, began = 0, time.Now()
 		}
 		activity.RecordHeartbeat(ctx, w.progress())
 		return nil
 	})
-	if err == nil && cur.images > 0 {
-		w.keep(cur)
-	} else {
-		cur.release()
-	}
-	if werr := w.close(); err == nil {
-		err = werr
-	}
-	activity.RecordHeartbeat(ctx, w.progress())
 	if err != nil {
+		w.abort()
+		activity.RecordHeartbeat(ctx, w.progress())
 		var appErr *temporal.ApplicationError
 		if errors.As(err, &appErr) {
-			return w, err
+			return nil, err
 		}
 		if oe := outputError(err, shard); oe != nil {
-			return w, oe
+			return nil, oe
 		}
-		return w, fmt.Errorf("activities: embed %s: %w", key, err)
+		return nil, fmt.Errorf("activities: embed %s: %w", key, err)
 	}
 	return w, nil
 }

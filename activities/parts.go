@@ -7,24 +7,51 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 
 	"dcd/internal/embed"
+	"dcd/internal/features"
 	"dcd/internal/store"
-	"dcd/schemas"
 )
 
-// part is a run of a shard's images, the unit a retried EmbedShard resumes
-// from.
+// shardWriter writes a shard's feature file on its own goroutine while the
+// shard is embedded: each batch becomes a record, appended to the file as
+// it comes, so that when the last batch is in, committing the shard costs
+// little more than closing the file. It also writes the parts: checkpoints
+// of the records so far, which a retried attempt copies into its own file
+// instead of embedding them again.
+type shardWriter struct {
+	a       *Activities
+	ctx     context.Context
+	columns []string
+	key     string // the feature file's
+	queue   chan shardEvent
+	done    chan struct{}
+	failed  atomic.Pointer[error]
+
+	// Owned by the goroutine until done is closed.
+	file    *store.ArrowWriter // opened with the first record
+	rejects []embed.Reject     // the shard's, in order
+	cur     part
+
+	mu     sync.Mutex
+	stored embedProgress // the parts in storage
+}
+
+// shardEvent is a batch, or the end of the part in progress.
+type shardEvent struct {
+	batch embed.Batch
+	cut   bool
+}
+
+// part is the records and rejects of a run of the shard's images since the
+// last checkpoint.
 type part struct {
 	index   int
-	start   int       // the shard's image it starts at
-	began   time.Time // when its first batch was started
-	images  int       // embedded and rejected
+	start   int // the shard's image it starts at
+	images  int // embedded and rejected
 	recs    []arrow.Record
-	dims    []int
 	rejects []embed.Reject
 }
 
@@ -35,115 +62,79 @@ func (p *part) release() {
 	p.recs = nil
 }
 
-// partWriter writes finished parts to storage on its own goroutine, one at
-// a time and in order, so inference never waits on a write unless two
-// parts are queued. It keeps the parts for commitShard.
-type partWriter struct {
-	a       *Activities
-	ctx     context.Context
-	columns []string
-	key     string // the feature file's
-	queue   chan *part
-	done    chan struct{}
-	failed  atomic.Pointer[error]
-
-	mu     sync.Mutex
-	parts  map[int]*part
-	stored embedProgress // the parts in storage
-	last   int           // one past the last part, stored or kept
-}
-
-func (a *Activities) newPartWriter(ctx context.Context, columns []string, key string, stored embedProgress) *partWriter {
-	w := &partWriter{a: a, ctx: ctx, columns: columns, key: key,
-		queue: make(chan *part, 1), done: make(chan struct{}), parts: map[int]*part{}, stored: stored, last: stored.NextPart}
+// newShardWriter starts the writer of a shard whose parts before
+// stored.NextPart an earlier attempt left in storage: it copies them into
+// the feature file first.
+func (a *Activities) newShardWriter(ctx context.Context, columns []string, key string, stored embedProgress) *shardWriter {
+	w := &shardWriter{a: a, ctx: ctx, columns: columns, key: key,
+		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored,
+		cur: part{index: stored.NextPart, start: stored.Starts[stored.NextPart]}}
 	go w.loop()
 	return w
 }
 
-func (w *partWriter) loop() {
+func (w *shardWriter) loop() {
 	defer close(w.done)
-	for p := range w.queue {
-		w.add(p)
-		if w.failed.Load() != nil {
-			continue // drain, so put never blocks on a dead writer
+	fail := func(err error) { w.failed.CompareAndSwap(nil, &err) }
+	for p := 0; p < w.stored.NextPart; p++ {
+		rejects, err := w.a.storedPart(w.ctx, partKey(w.key, p), w.append)
+		if err != nil {
+			fail(err)
+			break
 		}
-		if err := w.write(p); err != nil {
-			w.failed.Store(&err)
-			continue
+		w.rejects = append(w.rejects, rejects...)
+	}
+	for ev := range w.queue {
+		if w.failed.Load() != nil {
+			continue // drain, so send never blocks on a dead writer
+		}
+		if err := w.handle(ev); err != nil {
+			fail(err)
+		}
+	}
+	w.cur.release() // the last part needs no checkpoint: the commit follows
+}
+
+func (w *shardWriter) handle(ev shardEvent) error {
+	if ev.cut {
+		if err := w.checkpoint(&w.cur); err != nil {
+			return err
 		}
 		w.mu.Lock()
-		w.stored.NextPart = p.index + 1
-		w.stored.Starts = append(w.stored.Starts, p.start+p.images)
+		w.stored.NextPart = w.cur.index + 1
+		w.stored.Starts = append(w.stored.Starts, w.cur.start+w.cur.images)
 		w.mu.Unlock()
+		w.cur.release()
+		w.cur = part{index: w.cur.index + 1, start: w.cur.start + w.cur.images}
+		return nil
 	}
-}
-
-func (w *partWriter) add(p *part) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.parts[p.index] = p
-	w.last = max(w.last, p.index+1)
-}
-
-// keep adds the shard's last part for commitShard, unwritten: the commit
-// that follows writes it, and a retry would redo it either way.
-func (w *partWriter) keep(p *part) { w.add(p) }
-
-// count is the number of the shard's parts, stored or kept.
-func (w *partWriter) count() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.last
-}
-
-// put queues a finished part, or returns the error an earlier write failed
-// with.
-func (w *partWriter) put(p *part) error {
-	if err := w.failed.Load(); err != nil {
-		p.release()
-		return *err
+	b := ev.batch
+	w.cur.images += len(b.Images) + len(b.Rejects)
+	w.cur.rejects = append(w.cur.rejects, b.Rejects...)
+	w.rejects = append(w.rejects, b.Rejects...)
+	if len(b.Images) == 0 {
+		return nil
 	}
-	w.queue <- p
-	return nil
+	rec := features.Record(w.a.Mem, w.columns, b)
+	w.cur.recs = append(w.cur.recs, rec)
+	return w.append(rec)
 }
 
-// progress is what a retry resumes from: the parts in storage.
-func (w *partWriter) progress() embedProgress {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return embedProgress{NextPart: w.stored.NextPart, Starts: slices.Clone(w.stored.Starts)}
-}
-
-// close waits for the queued parts to be written and returns the first
-// error.
-func (w *partWriter) close() error {
-	close(w.queue)
-	<-w.done
-	if err := w.failed.Load(); err != nil {
-		return *err
+// append adds a record to the feature file, opening it with the first.
+func (w *shardWriter) append(rec arrow.Record) error {
+	if w.file == nil {
+		f, err := store.NewArrowWriter(w.ctx, w.a.Bucket, w.key, rec.Schema(), w.a.Mem)
+		if err != nil {
+			return err
+		}
+		w.file = f
 	}
-	return nil
+	return w.file.Write(rec)
 }
 
-// part returns part i when this attempt embedded it.
-func (w *partWriter) part(i int) (*part, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	p, ok := w.parts[i]
-	return p, ok
-}
-
-func (w *partWriter) release() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, p := range w.parts {
-		p.release()
-	}
-}
-
-// write stores a part's rejects, then its features, if any image was
+// checkpoint stores a part's rejects, then its records, if any image was
 // embedded.
-func (w *partWriter) write(p *part) error {
+func (w *shardWriter) checkpoint(p *part) error {
 	rejects := p.rejects
 	if rejects == nil {
 		rejects = []embed.Reject{}
@@ -156,66 +147,79 @@ func (w *partWriter) write(p *part) error {
 	if len(p.recs) == 0 {
 		return nil // every image rejected: no part file
 	}
-	return store.WriteArrow(w.ctx, w.a.Bucket, key, schemas.Features(w.columns, p.dims), w.a.Mem, p.recs...)
+	return store.WriteArrow(w.ctx, w.a.Bucket, key, p.recs[0].Schema(), w.a.Mem, p.recs...)
 }
 
-// commitShard concatenates the parts into the feature file, writes the
-// shard's rejects, and removes the parts. Parts this attempt embedded come
-// from memory, earlier attempts' from storage. The rejects file is written
-// last: it marks the cache entry complete.
-func (a *Activities) commitShard(ctx context.Context, key string, nParts, total int, res EmbedShardResult, mem *partWriter) (EmbedShardResult, error) {
-	var all []embed.Reject
-	var w *store.ArrowWriter
-	write := func(schema *arrow.Schema, rec arrow.Record) error {
-		if w == nil {
-			var err error
-			if w, err = store.NewArrowWriter(ctx, a.Bucket, key, schema, a.Mem); err != nil {
-				return err
-			}
-		}
-		return w.Write(rec)
+// add queues an embedded batch; cut ends the part in progress. Both return
+// the error the writer failed with, if it did.
+func (w *shardWriter) add(b embed.Batch) error { return w.send(shardEvent{batch: b}) }
+func (w *shardWriter) cut() error              { return w.send(shardEvent{cut: true}) }
+
+func (w *shardWriter) send(ev shardEvent) error {
+	if err := w.failed.Load(); err != nil {
+		return *err
 	}
-	fail := func(err error) (EmbedShardResult, error) {
-		if w != nil {
-			w.Abort()
+	w.queue <- ev
+	return nil
+}
+
+// progress is what a retry resumes from: the parts in storage.
+func (w *shardWriter) progress() embedProgress {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return embedProgress{NextPart: w.stored.NextPart, Starts: slices.Clone(w.stored.Starts)}
+}
+
+// wait stops the writer once the queued events are handled and returns
+// the error it failed with.
+func (w *shardWriter) wait() error {
+	close(w.queue)
+	<-w.done
+	if err := w.failed.Load(); err != nil {
+		if w.file != nil {
+			w.file.Abort()
 		}
+		return *err
+	}
+	return nil
+}
+
+// abort stops the writer and discards the feature file; the parts in
+// storage stay for a retry.
+func (w *shardWriter) abort() {
+	if w.wait() == nil && w.file != nil {
+		w.file.Abort()
+	}
+}
+
+// commit completes the cache entry of a shard of total images whose
+// batches have all been added: it closes the feature file, writes the
+// shard's rejects, which mark the entry complete, and removes the parts.
+func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult, error) {
+	if err := w.wait(); err != nil {
 		return res, err
 	}
-	for p := 0; p < nParts; p++ {
-		if got, ok := mem.part(p); ok {
-			all = append(all, got.rejects...)
-			for _, rec := range got.recs {
-				if err := write(rec.Schema(), rec); err != nil {
-					return fail(err)
-				}
-			}
-			continue
-		}
-		rejects, err := a.storedPart(ctx, partKey(key, p), write)
-		if err != nil {
-			return fail(err)
-		}
-		all = append(all, rejects...)
-	}
-	if w != nil {
-		if err := w.Close(); err != nil {
+	if w.file != nil {
+		if err := w.file.Close(); err != nil {
 			return res, err
 		}
 	}
+	all := w.rejects
 	if all == nil {
 		all = []embed.Reject{}
 	}
 	rj, _ := json.Marshal(all)
-	if err := store.WriteAll(ctx, a.Bucket, rejectsKey(key), rj); err != nil {
+	if err := store.WriteAll(w.ctx, w.a.Bucket, rejectsKey(w.key), rj); err != nil {
 		return res, err
 	}
+	parts := w.progress().NextPart
 	var wg sync.WaitGroup
-	for p := 0; p < nParts; p++ {
+	for p := 0; p < parts; p++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.Bucket.Delete(ctx, partKey(key, p))
-			a.Bucket.Delete(ctx, rejectsKey(partKey(key, p)))
+			w.a.Bucket.Delete(w.ctx, partKey(w.key, p))
+			w.a.Bucket.Delete(w.ctx, rejectsKey(partKey(w.key, p)))
 		}()
 	}
 	wg.Wait()
@@ -225,7 +229,7 @@ func (a *Activities) commitShard(ctx context.Context, key string, nParts, total 
 
 // storedPart reads a part an earlier attempt wrote: it passes the part's
 // records to write and returns its rejects.
-func (a *Activities) storedPart(ctx context.Context, key string, write func(*arrow.Schema, arrow.Record) error) ([]embed.Reject, error) {
+func (a *Activities) storedPart(ctx context.Context, key string, write func(arrow.Record) error) ([]embed.Reject, error) {
 	rk := rejectsKey(key)
 	data, err := store.ReadAll(ctx, a.Bucket, rk)
 	if err != nil {
@@ -248,7 +252,7 @@ func (a *Activities) storedPart(ctx context.Context, key string, write func(*arr
 		if err != nil {
 			return nil, err
 		}
-		if err := write(f.Schema(), rec); err != nil {
+		if err := write(rec); err != nil {
 			return nil, err
 		}
 	}
