@@ -88,7 +88,7 @@ type Searcher struct {
 	Workers int
 
 	mu     sync.Mutex
-	scores []float32 // reused between searches
+	scores [2][]float32 // reused between searches: one filled, one selected from
 	norms  []float32
 }
 
@@ -165,12 +165,17 @@ func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int
 
 // scan runs the graph over each pool block and feeds the scores to the
 // selectors. Workers goroutines share the Go work of a block: first the
-// pool rows' norms, then the queries' selection.
+// pool rows' norms, then the queries' selection, which runs while ORT
+// computes the next block's scores into the other buffer: the selection
+// reads memory while the product keeps the cores busy, so it costs little
+// beside the product.
 func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
-	if cap(s.scores) < m*block {
-		s.scores = make([]float32, m*block)
+	for i := range s.scores {
+		if cap(s.scores[i]) < m*block {
+			s.scores[i] = make([]float32, m*block)
+		}
 	}
 	if cap(s.norms) < block {
 		s.norms = make([]float32, block)
@@ -203,20 +208,27 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		wg.Wait()
 	}
 	qt := ortrun.Tensor{Shape: []int64{int64(m), int64(d)}, Floats: queries}
-	for start := 0; start < n; start += block {
+	selected := make(chan struct{}, 1) // the previous block's selection is done
+	selected <- struct{}{}
+	for i, start := 0, 0; start < n; i, start = i+1, start+block {
 		end := min(start+block, n)
 		b := end - start
-		scores, norms, rows := s.scores[:m*b], s.norms[:b], pool[start*d:end*d]
+		scores, norms, rows := s.scores[i%2][:m*b], s.norms[:b], pool[start*d:end*d]
 		parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
 		err := s.sess.RunInto(
 			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}, {Shape: []int64{int64(b)}, Floats: norms}},
 			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
 		)
+		<-selected // a query's blocks are offered in order, and the buffer is free again
 		if err != nil {
 			return err
 		}
-		parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], start, ids) })
+		go func() {
+			parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], start, ids) })
+			selected <- struct{}{}
+		}()
 	}
+	<-selected
 	return nil
 }
 
