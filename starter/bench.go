@@ -4,12 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 
 	"dcd/internal/bench"
 )
 
-const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH]"
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH] [-cpuprofile FILE]"
 
 // cmdBench runs the benchmarks (internal/bench) and prints their table, or
 // the JSON list with -json. Progress goes to stderr.
@@ -20,9 +21,21 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads (default: the number of CPUs)")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof")
 	pos, err := parse(fs, benchSynopsis, args)
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if len(pos) > 0 {
 		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
