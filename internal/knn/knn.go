@@ -3,10 +3,10 @@
 //
 // The scan is 2·queries·pool·d flops, so it runs as one matrix product on
 // ONNX Runtime's optimised kernel (MLAS) through a one-node graph this
-// package builds: ‖p‖² − 2·q·pᵀ as a Gemm with the pool norms as its bias,
-// one pool block at a time, written straight into a buffer this package
-// owns. Go code then adds ‖q‖² and keeps each query's k best with one
-// comparison per (query, pool row) against the query's running cut-off, so
+// package builds: −2·q·pᵀ as a bare Gemm, one pool block at a time,
+// written straight into a buffer this package owns. Go code then adds ‖p‖²
+// and ‖q‖² and keeps each query's k best with one comparison per (query,
+// pool row) against the query's running cut-off, so
 // the selection costs a small fraction of the product (BenchmarkTopK, and
 // `starter bench`, measure it against the bare Gemm). Ties are broken by
 // pool id, so the result is deterministic.
@@ -42,12 +42,13 @@ func Compare(a, b Neighbor) int {
 	return cmp.Compare(a.ID, b.ID)
 }
 
-// Graph returns the distance graph: inputs "queries" [M,d], "pool" [N,d]
-// and "norms" [N] (‖p‖² of each pool row); output "scores" [M,N] =
-// ‖p‖² − 2·q·pᵀ, the squared distance less ‖q‖² (which does not change a
-// query's ranking and is added back in Go). It is one Gemm, with the norms
-// as its bias: computing them in the graph (ReduceSumSquare) cost more
-// than the Go loop that feeds them, split over the same cores.
+// Graph returns the product graph: inputs "queries" [M,d] and "pool"
+// [N,d]; output "products" [M,N] = −2·q·pᵀ. The squared distance is
+// ‖q‖² + (‖p‖² − 2·q·p); the norms are added in Go as the selection reads
+// each product. Given to Gemm as its bias, ‖p‖² cost a broadcast of the
+// whole [M,N] output before the product (ORT copies C into Y, then
+// accumulates): a full extra pass over memory as large as the product's
+// own output, which on 16 cores took 0.8× the product's time.
 func Graph() *onnx.Graph {
 	sym := func(names ...string) []string { return names }
 	return &onnx.Graph{
@@ -55,14 +56,13 @@ func Graph() *onnx.Graph {
 		Inputs: []onnx.Value{
 			{Name: "queries", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "D")},
 			{Name: "pool", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("N", "D")},
-			{Name: "norms", Elem: onnx.Float, Shape: []int64{-1}, DimNames: sym("N")},
 		},
 		Outputs: []onnx.Value{
-			{Name: "scores", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "N")},
+			{Name: "products", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "N")},
 		},
 		Nodes: []onnx.Node{
-			{Op: "Gemm", Inputs: []string{"queries", "pool", "norms"}, Outputs: []string{"scores"},
-				Attrs: map[string]any{"transB": 1, "alpha": float32(-2), "beta": float32(1)}},
+			{Op: "Gemm", Inputs: []string{"queries", "pool"}, Outputs: []string{"products"},
+				Attrs: map[string]any{"transB": 1, "alpha": float32(-2)}},
 		},
 	}
 }
@@ -89,7 +89,7 @@ type Searcher struct {
 
 	mu     sync.Mutex
 	scores [2][]float32 // reused between searches: one filled, one selected from
-	norms  []float32
+	norms  [2][]float32
 }
 
 // NewSearcher builds the graph and its ORT session.
@@ -98,7 +98,7 @@ func NewSearcher(opt ortrun.Options) (*Searcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool", "norms"}, []string{"scores"}, opt)
+	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool"}, []string{"products"}, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -176,9 +176,9 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		if cap(s.scores[i]) < m*block {
 			s.scores[i] = make([]float32, m*block)
 		}
-	}
-	if cap(s.norms) < block {
-		s.norms = make([]float32, block)
+		if cap(s.norms[i]) < block {
+			s.norms[i] = make([]float32, block)
+		}
 	}
 	workers := s.Workers
 	if workers <= 0 {
@@ -213,10 +213,10 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 	for i, start := 0, 0; start < n; i, start = i+1, start+block {
 		end := min(start+block, n)
 		b := end - start
-		scores, norms, rows := s.scores[i%2][:m*b], s.norms[:b], pool[start*d:end*d]
+		scores, norms, rows := s.scores[i%2][:m*b], s.norms[i%2][:b], pool[start*d:end*d]
 		parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
 		err := s.sess.RunInto(
-			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}, {Shape: []int64{int64(b)}, Floats: norms}},
+			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}},
 			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
 		)
 		<-selected // a query's blocks are offered in order, and the buffer is free again
@@ -224,7 +224,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 			return err
 		}
 		go func() {
-			parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], start, ids) })
+			parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], norms, start, ids) })
 			selected <- struct{}{}
 		}()
 	}
@@ -272,27 +272,30 @@ func newSelector(k int, qq float32, heap []Neighbor) selector {
 	return selector{k: k, qq: qq, heap: heap[:0], cut: float32(math.Inf(1))}
 }
 
-// scan offers one block of scores, whose first row is pool row base.
-func (s *selector) scan(scores []float32, base int, ids []int64) {
+// scan offers one block: products[j] = −2·q·p and norms[j] = ‖p‖² of
+// pool row base+j, whose score is their sum.
+func (s *selector) scan(products, norms []float32, base int, ids []int64) {
 	cut := s.cut
+	norms = norms[:len(products)]
 	j := 0
-	for ; j+8 <= len(scores); j += 8 {
-		v := scores[j : j+8 : j+8]
-		if v[0] > cut && v[1] > cut && v[2] > cut && v[3] > cut && v[4] > cut && v[5] > cut && v[6] > cut && v[7] > cut {
+	for ; j+8 <= len(products); j += 8 {
+		v, n := products[j:j+8:j+8], norms[j:j+8:j+8]
+		if v[0]+n[0] > cut && v[1]+n[1] > cut && v[2]+n[2] > cut && v[3]+n[3] > cut &&
+			v[4]+n[4] > cut && v[5]+n[5] > cut && v[6]+n[6] > cut && v[7]+n[7] > cut {
 			continue // the common case: eight rows that cannot enter
 		}
-		for i, x := range v {
-			if x <= cut {
+		for i := range v {
+			if x := v[i] + n[i]; x <= cut {
 				row := base + j + i
 				s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
 				cut = s.cut
 			}
 		}
 	}
-	for ; j < len(scores); j++ {
-		if v := scores[j]; v <= cut {
+	for ; j < len(products); j++ {
+		if x := products[j] + norms[j]; x <= cut {
 			row := base + j
-			s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(v+s.qq), 0)})
+			s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
 			cut = s.cut
 		}
 	}

@@ -250,7 +250,7 @@ func TestScoreCut(t *testing.T) {
 func BenchmarkSelect(b *testing.B) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	const m, n, k = 1000, 2000, 10
-	scores := randVecs(rng, m, n)
+	scores, norms := randVecs(rng, m, n), randVecs(rng, 1, n)
 	ids := make([]int64, n)
 	for i := range ids {
 		ids[i] = int64(i)
@@ -259,7 +259,7 @@ func BenchmarkSelect(b *testing.B) {
 	for range b.N {
 		for q := range m {
 			s := newSelector(k, 100, make([]Neighbor, k))
-			s.scan(scores[q*n:(q+1)*n], 0, ids)
+			s.scan(scores[q*n:(q+1)*n], norms, 0, ids)
 			s.result()
 		}
 	}
