@@ -54,6 +54,9 @@ type shardCounter struct {
 }
 
 func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+	if in.CachedOnly {
+		return activities.EmbedShardResult{}, nil // a look in the empty cache: no work
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.seen[in.Dataset] == nil {

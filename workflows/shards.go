@@ -50,9 +50,18 @@ func (r *ShardsResult) add(o ShardsResult) {
 }
 
 // ShardsPerRun bounds one run's history: each shard adds about a dozen
-// events, so a run stays far below Temporal's 51,200-event limit before it
-// continues as new.
-const ShardsPerRun = 100
+// events, so a run stays below the 10,240 events at which Temporal warns
+// (and far below its 51,200 limit) before it continues as new. A new run
+// costs about as much as a hundred cached shards, so runs are not shorter.
+const ShardsPerRun = 400
+
+// longerRunsChange versions runs of ShardsPerRun shards (shardsPerRunV0
+// before) whose chains start by trying the cache locally, so runs started
+// before it replay as they ran.
+const (
+	longerRunsChange = "longer-runs"
+	shardsPerRunV0   = 100
+)
 
 // ShardsWorkflow embeds shards [First, End) in a sliding window of Window
 // shards, ShardsPerRun per run, continuing as new until the range is done.
@@ -61,10 +70,20 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (ShardsResult, error) { return done, nil }); err != nil {
 		return done, err
 	}
-	stop := min(in.First+ShardsPerRun, in.End)
+	perRun, optimistic := shardsPerRunV0, false
+	if workflow.GetVersion(ctx, longerRunsChange, workflow.DefaultVersion, 1) == 1 {
+		perRun, optimistic = ShardsPerRun, true
+	}
+	stop := min(in.First+perRun, in.End)
 	scan := &scanState{cached: in.LastCached}
 	if in.K > 0 {
 		scan.local = workflow.GetVersion(ctx, localSearchChange, workflow.DefaultVersion, 1) == 1
+	}
+	// A chain's first shard is tried in the cache too: a recurring pass
+	// finds it there, sparing an activity's round trips, and a new pool
+	// costs one quick local miss per chain.
+	if optimistic && in.Done.Shards == 0 {
+		scan.cached = true
 	}
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
