@@ -2,7 +2,6 @@ package activities
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -85,14 +84,9 @@ func (a *Activities) checkErrorSample(ctx context.Context, run string, shards in
 		if err != nil {
 			return err
 		}
-		key := rejectsKey(features.Key(m.Spec, shard.Digest()))
-		data, err := store.ReadAll(ctx, a.Bucket, key)
+		rejects, err := a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest())))
 		if err != nil {
-			return store.Classify(err, key)
-		}
-		var rejects []embed.Reject
-		if err := json.Unmarshal(data, &rejects); err != nil {
-			return fmt.Errorf("activities: %s: %w", key, err)
+			return err
 		}
 		bad = append(bad, rejects...)
 	}

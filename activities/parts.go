@@ -230,14 +230,9 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 // storedPart reads a part an earlier attempt wrote: it passes the part's
 // records to write and returns its rejects.
 func (a *Activities) storedPart(ctx context.Context, key string, write func(arrow.Record) error) ([]embed.Reject, error) {
-	rk := rejectsKey(key)
-	data, err := store.ReadAll(ctx, a.Bucket, rk)
+	rejects, err := a.readRejects(ctx, rejectsKey(key))
 	if err != nil {
-		return nil, store.Classify(err, rk)
-	}
-	var rejects []embed.Reject
-	if err := json.Unmarshal(data, &rejects); err != nil {
-		return nil, fmt.Errorf("activities: %s: %w", rk, err)
+		return nil, err
 	}
 	if ok, err := store.Exists(ctx, a.Bucket, key); err != nil || !ok {
 		return rejects, err // no file: every image of the part was rejected
@@ -255,6 +250,19 @@ func (a *Activities) storedPart(ctx context.Context, key string, write func(arro
 		if err := write(rec); err != nil {
 			return nil, err
 		}
+	}
+	return rejects, nil
+}
+
+// readRejects reads a rejects file (rejectsKey).
+func (a *Activities) readRejects(ctx context.Context, key string) ([]embed.Reject, error) {
+	data, err := store.ReadAll(ctx, a.Bucket, key)
+	if err != nil {
+		return nil, store.Classify(err, key)
+	}
+	var rejects []embed.Reject
+	if err := json.Unmarshal(data, &rejects); err != nil {
+		return nil, fmt.Errorf("activities: %s: %w", key, err)
 	}
 	return rejects, nil
 }

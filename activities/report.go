@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"image"
@@ -119,14 +118,9 @@ func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.R
 		if err != nil {
 			return nil, err
 		}
-		rk := rejectsKey(features.Key(in.Similarity.Spec, shard.Digest()))
-		data, err := store.ReadAll(ctx, a.Bucket, rk)
+		rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
 		if err != nil {
-			return nil, store.Classify(err, rk)
-		}
-		var rejects []embed.Reject
-		if err := json.Unmarshal(data, &rejects); err != nil {
-			return nil, fmt.Errorf("activities: %s: %w", rk, err)
+			return nil, err
 		}
 		all = append(all, rejects...)
 	}

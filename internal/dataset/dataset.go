@@ -138,12 +138,40 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	it := b.List(&blob.ListOptions{Prefix: prefix})
 	var id int64
+	err = list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
+		rel := strings.TrimPrefix(obj.Key, prefix)
+		label, file, ok := strings.Cut(rel, "/")
+		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
+			return nil // not <label>/<file>: a stray file or a nested folder
+		}
+		key, err := itemKey(bucketURL, obj.Key)
+		if err != nil {
+			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
+		}
+		if err := fn(Item{ID: id, Key: key, Label: label, Version: version(obj)}); err != nil {
+			return err
+		}
+		id++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if id == 0 {
+		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
+	}
+	return nil
+}
+
+// list calls fn for every object (not folder) under prefix of b, in key
+// order; ref names the listing in errors.
+func list(ctx context.Context, b *blob.Bucket, prefix, ref string, fn func(*blob.ListObject) error) error {
+	it := b.List(&blob.ListOptions{Prefix: prefix})
 	for {
 		obj, err := it.Next(ctx)
 		if errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("dataset: list %q: %w", ref, err)
@@ -151,26 +179,16 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 		if obj.IsDir {
 			continue
 		}
-		rel := strings.TrimPrefix(obj.Key, prefix)
-		label, file, ok := strings.Cut(rel, "/")
-		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
-			continue // not <label>/<file>: a stray file or a nested folder
-		}
-		key, err := itemKey(bucketURL, obj.Key)
-		if err != nil {
-			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
-		}
-		item := Item{ID: id, Key: key, Label: label,
-			Version: strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)}
-		if err := fn(item); err != nil {
+		if err := fn(obj); err != nil {
 			return err
 		}
-		id++
 	}
-	if id == 0 {
-		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
-	}
-	return nil
+}
+
+// version identifies a listed object's content: its size and modification
+// time.
+func version(obj *blob.ListObject) string {
+	return strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)
 }
 
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
@@ -184,36 +202,32 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {
 		prefix += "/"
 	}
-	it := b.List(&blob.ListOptions{Prefix: prefix})
 	var id int64
 	archives := 0
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("dataset: list %q: %w", ref, err)
-		}
-		if obj.IsDir || !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
-			continue
+	err = list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
+		if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
+			return nil
 		}
 		archives++
 		archive, err := itemKey(bucketURL, obj.Key)
 		if err != nil {
 			return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
 		}
-		version := strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)
-		samples, err := s.samples(ctx, b, obj.Key, archive, version)
+		v := version(obj)
+		samples, err := s.samples(ctx, b, obj.Key, archive, v)
 		if err != nil {
 			return err
 		}
 		for _, sm := range samples {
-			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: version}); err != nil {
+			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: v}); err != nil {
 				return err
 			}
 			id++
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if id == 0 {
 		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", ref, archives)

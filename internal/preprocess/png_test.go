@@ -22,21 +22,7 @@ func decodeBefore(data []byte) (image.Image, error) {
 	if len(data) == 0 {
 		return nil, errors.New("preprocess: decode: empty input")
 	}
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("preprocess: decode: %w", err)
-	}
-	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, fmt.Errorf("preprocess: decode: %s image has no pixels (%dx%d)", format, cfg.Width, cfg.Height)
-	}
-	if int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels {
-		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, more than %d pixels", format, cfg.Width, cfg.Height, maxDecodePixels)
-	}
-	img, _, err := image.Decode(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("preprocess: decode %s: %w", format, err)
-	}
-	return img, nil
+	return decodeStd(data)
 }
 
 // A test-only PNG encoder, so that tests control what image/png never

@@ -145,6 +145,12 @@ func Decode(data []byte) (image.Image, error) {
 	if img, ok := decodePNG(data); ok {
 		return img, nil
 	}
+	return decodeStd(data)
+}
+
+// decodeStd decodes with the standard library's registered decoders: every
+// format, and every PNG the fast path declines.
+func decodeStd(data []byte) (image.Image, error) {
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode: %w", err)

@@ -205,8 +205,9 @@ func TestWalkFormats(t *testing.T) {
 	}
 }
 
-// TestWalkGNUTar walks archives made by GNU tar itself, when it is installed.
-func TestWalkGNUTar(t *testing.T) {
+// gnuTar returns the path of GNU tar, or skips the test.
+func gnuTar(t *testing.T) string {
+	t.Helper()
 	tarBin, err := exec.LookPath("tar")
 	if err != nil {
 		t.Skip("no tar binary")
@@ -214,6 +215,12 @@ func TestWalkGNUTar(t *testing.T) {
 	if out, err := exec.Command(tarBin, "--version").Output(); err != nil || !bytes.Contains(out, []byte("GNU tar")) {
 		t.Skip("tar is not GNU tar")
 	}
+	return tarBin
+}
+
+// TestWalkGNUTar walks archives made by GNU tar itself, when it is installed.
+func TestWalkGNUTar(t *testing.T) {
+	tarBin := gnuTar(t)
 	dir := t.TempDir()
 	longDir := strings.Repeat("a-rather-long-directory-name/", 5)
 	files := []struct{ name, data string }{
@@ -270,13 +277,7 @@ func TestWalkGNUTar(t *testing.T) {
 // archive, while a sparse member of another kind is skipped without
 // disturbing the offsets of the members after it.
 func TestWalkGNUTarSparse(t *testing.T) {
-	tarBin, err := exec.LookPath("tar")
-	if err != nil {
-		t.Skip("no tar binary")
-	}
-	if out, err := exec.Command(tarBin, "--version").Output(); err != nil || !bytes.Contains(out, []byte("GNU tar")) {
-		t.Skip("tar is not GNU tar")
-	}
+	tarBin := gnuTar(t)
 	dir := t.TempDir()
 	writeSparse := func(name string) {
 		f, err := os.Create(filepath.Join(dir, name))
