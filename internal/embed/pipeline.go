@@ -65,17 +65,6 @@ type Embedder struct {
 // DefaultReaders is the number of concurrent reads when Readers is 0.
 const DefaultReaders = 16
 
-// DefaultBatchSize is the batch size when BatchSize is 0.
-const DefaultBatchSize = 32
-
-// Batch returns the number of images per batch Embed uses.
-func (e *Embedder) Batch() int {
-	if e.BatchSize < 1 {
-		return DefaultBatchSize
-	}
-	return e.BatchSize
-}
-
 // ReadFunc fetches an image's encoded bytes. An error that wraps
 // ErrUnreadable (the object is gone, or may not be read) rejects the image;
 // any other error is taken as passing (a network blip, a throttled store)
@@ -86,8 +75,8 @@ type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
 // ErrUnreadable marks a read error that no retry fixes; see ReadFunc.
 var ErrUnreadable = errors.New("unreadable")
 
-// Embed embeds images in order, calling emit once per batch of Batch()
-// images (the last may be short), rejects included. Images stream
+// Embed embeds images in order, calling emit once per batch of BatchSize
+// images (default 32; the last may be short), rejects included. Images stream
 // through Readers concurrent reads into Decoders concurrent decodes, which
 // fill the input tensors of the next Ahead batches while ORT infers the
 // current one, so reading and decoding overlap inference instead of
@@ -96,7 +85,10 @@ var ErrUnreadable = errors.New("unreadable")
 // an error is returned for failures that would hit every image (inference,
 // emit, cancellation).
 func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emit func(Batch) error) ([]Reject, error) {
-	bs := e.Batch()
+	bs := e.BatchSize
+	if bs < 1 {
+		bs = 32
+	}
 	decoders := e.Decoders
 	if decoders < 1 {
 		decoders = runtime.GOMAXPROCS(0)
