@@ -170,33 +170,37 @@ func (w *shardWriter) progress() embedProgress {
 	return embedProgress{NextPart: w.stored.NextPart, Starts: slices.Clone(w.stored.Starts)}
 }
 
-// wait stops the writer once the queued events are handled and returns
+// stop stops the writer once the queued events are handled and returns
 // the error it failed with.
-func (w *shardWriter) wait() error {
+func (w *shardWriter) stop() error {
 	close(w.queue)
 	<-w.done
 	if err := w.failed.Load(); err != nil {
-		if w.file != nil {
-			w.file.Abort()
-		}
 		return *err
 	}
 	return nil
 }
 
-// abort stops the writer and discards the feature file; the parts in
-// storage stay for a retry.
-func (w *shardWriter) abort() {
-	if w.wait() == nil && w.file != nil {
+// discard drops the unfinished feature file; the parts in storage stay for
+// a retry.
+func (w *shardWriter) discard() {
+	if w.file != nil {
 		w.file.Abort()
 	}
+}
+
+// abort stops the writer and discards the feature file.
+func (w *shardWriter) abort() {
+	w.stop()
+	w.discard()
 }
 
 // commit completes the cache entry of a shard of total images whose
 // batches have all been added: it closes the feature file, writes the
 // shard's rejects, which mark the entry complete, and removes the parts.
 func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult, error) {
-	if err := w.wait(); err != nil {
+	if err := w.stop(); err != nil {
+		w.discard()
 		return res, err
 	}
 	if w.file != nil {

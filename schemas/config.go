@@ -87,7 +87,8 @@ func (m Model) withDefaults() Model {
 }
 
 // Data names the five datasets of a pass. Each is an ImageFolder prefix
-// (prefix/<label>/<file>) or a CSV or Parquet manifest (uri,label[,domain]).
+// (prefix/<label>/<file>), a CSV or Parquet manifest (uri,label[,domain])
+// or WebDataset .tar shards.
 type Data struct {
 	Train        Dataset `json:"train" yaml:"train"`
 	Test         Dataset `json:"test" yaml:"test"`
@@ -96,8 +97,8 @@ type Data struct {
 	Pool         Dataset `json:"pool" yaml:"pool"`
 }
 
-// Dataset is where one set of labeled images lives: exactly one of Prefix
-// and Manifest. Each is a key in the bucket or an absolute URL
+// Dataset is where one set of labeled images lives: exactly one of Prefix,
+// Manifest and WebDataset. Each is a key in the bucket or an absolute URL
 // (s3://bucket/path?region=…, file:///dir/…).
 type Dataset struct {
 	// Prefix holds images as <prefix>/<label>/<file>.
@@ -106,10 +107,10 @@ type Dataset struct {
 	// columns uri and label (and optionally domain). A uri is relative to
 	// the manifest's folder, /key in the bucket, or an absolute URL.
 	Manifest string `json:"manifest,omitempty" yaml:"manifest,omitempty"`
-	// WebDataset holds .tar shards in the WebDataset layout: each sample's
-	// image member beside a .cls member holding its label (and optionally
-	// a .domain member). A pool of small images reads far faster packed
-	// than one object per image.
+	// WebDataset is a prefix of .tar shards (or one .tar) in the
+	// WebDataset layout: each sample's image member beside a .cls member
+	// holding its label (and optionally a .domain member). A pool of small
+	// images reads far faster packed than one object per image.
 	WebDataset string `json:"webdataset,omitempty" yaml:"webdataset,omitempty"`
 }
 

@@ -27,7 +27,6 @@
 package dataset
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -252,7 +251,7 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, key, archive, versi
 	}
 	defer r.Close()
 	var samples []webdataset.Sample
-	if err := webdataset.Walk(bufio.NewReaderSize(r, 1<<20), archive, func(sm webdataset.Sample) error {
+	if err := webdataset.Walk(r, archive, func(sm webdataset.Sample) error {
 		samples = append(samples, sm)
 		return nil
 	}); err != nil {

@@ -171,6 +171,15 @@ type Tensor struct {
 	Ints   []int64
 }
 
+// value wraps t's memory (Ints, else Floats) as an ORT tensor, without a
+// copy.
+func (t Tensor) value() (ort.Value, error) {
+	if t.Ints != nil {
+		return ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
+	}
+	return ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
+}
+
 // Run feeds one tensor per input, in the session's input order, and returns
 // one per output. Output data is copied out of ORT's memory.
 func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
@@ -181,12 +190,7 @@ func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 	defer destroyAll(values)
 	for i, t := range in {
 		var err error
-		if t.Ints != nil {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
-		} else {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
-		}
-		if err != nil {
+		if values[i], err = t.value(); err != nil {
 			return nil, fmt.Errorf("ortrun: %s: input %q shape %v: %w", s.name, s.inputs[i], t.Shape, err)
 		}
 	}
@@ -227,12 +231,7 @@ func (s *Session) RunInto(in []Tensor, out []Tensor) error {
 	defer destroyAll(values)
 	for i, t := range append(in[:len(in):len(in)], out...) {
 		var err error
-		if t.Ints != nil {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
-		} else {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
-		}
-		if err != nil {
+		if values[i], err = t.value(); err != nil {
 			return fmt.Errorf("ortrun: %s: tensor %d shape %v: %w", s.name, i, t.Shape, err)
 		}
 	}
