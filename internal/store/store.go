@@ -27,6 +27,7 @@
 package store
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -94,9 +95,12 @@ func WriteAll(ctx context.Context, b *blob.Bucket, key string, data []byte) erro
 }
 
 // countingWriter makes a blob.Writer look like the io.WriteSeeker that
-// ipc.NewFileWriter wants: the writer only asks for its own position.
+// ipc.NewFileWriter wants: the writer only asks for its own position. It
+// buffers, because the IPC writer writes each buffer of a record, and each
+// alignment pad, on its own, and a blob.Writer passes small writes straight
+// to its driver: a syscall each, for file://.
 type countingWriter struct {
-	w io.Writer
+	w *bufio.Writer
 	n int64
 }
 
@@ -119,6 +123,7 @@ type ArrowWriter struct {
 	key    string
 	cancel context.CancelFunc
 	bw     *blob.Writer
+	buf    *bufio.Writer
 	fw     *ipc.FileWriter
 }
 
@@ -130,13 +135,14 @@ func NewArrowWriter(ctx context.Context, b *blob.Bucket, key string, schema *arr
 		cancel()
 		return nil, fmt.Errorf("store: write %q: %w", key, err)
 	}
-	fw, err := ipc.NewFileWriter(&countingWriter{w: bw}, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+	buf := bufio.NewWriterSize(bw, 256<<10)
+	fw, err := ipc.NewFileWriter(&countingWriter{w: buf}, ipc.WithSchema(schema), ipc.WithAllocator(mem))
 	if err != nil {
 		cancel()
 		bw.Close()
 		return nil, fmt.Errorf("store: write %q: %w", key, err)
 	}
-	return &ArrowWriter{key: key, cancel: cancel, bw: bw, fw: fw}, nil
+	return &ArrowWriter{key: key, cancel: cancel, bw: bw, buf: buf, fw: fw}, nil
 }
 
 // Write appends one record batch.
@@ -150,7 +156,11 @@ func (w *ArrowWriter) Write(rec arrow.Record) error {
 // Close writes the footer and commits the object.
 func (w *ArrowWriter) Close() error {
 	defer w.cancel()
-	if err := w.fw.Close(); err != nil {
+	err := w.fw.Close()
+	if err == nil {
+		err = w.buf.Flush()
+	}
+	if err != nil {
 		w.Abort()
 		return fmt.Errorf("store: write %q: %w", w.key, err)
 	}
