@@ -1,16 +1,15 @@
 package preprocess
 
 import (
-	"compress/flate"
 	"encoding/binary"
-	"hash"
 	"hash/adler32"
 	"hash/crc32"
 	"image"
 	"image/color"
-	"io"
 	"math/bits"
 	"sync"
+
+	"dcd/internal/inflate"
 )
 
 // The fast path below exists because image/png allocates a new inflater
@@ -225,40 +224,36 @@ func (f *pngFile) newImage() (image.Image, []byte, int) {
 	}
 }
 
-// pngDecoder holds what is worth reusing between images. compress/zlib is
-// not used because its Reset allocates a new Adler-32 hash every time; the
-// zlib framing around the deflate stream is small enough to handle here.
+// pngDecoder holds what is worth reusing between images: an inflater,
+// whose tables compress/flate would allocate anew per image, and the
+// buffers the IDAT data and the filtered rows go through.
 type pngDecoder struct {
-	idat      idatReader
-	inflate   io.ReadCloser // a flate.Resetter reading from idat
-	adler     hash.Hash32
-	cur, prev []byte
-	tmp       [4]byte
+	inflate inflate.Decoder
+	z       []byte // the IDAT data, when it spans several chunks
+	raw     []byte // the filtered rows
+	zero    []byte // the row above the first
 }
 
-var pngDecoders = sync.Pool{New: func() any {
-	d := new(pngDecoder)
-	d.inflate = flate.NewReader(&d.idat)
-	d.adler = adler32.New()
-	return d
-}}
+var pngDecoders = sync.Pool{New: func() any { return new(pngDecoder) }}
 
-// release returns d to the pool, first dropping its reference to the
-// caller's data so that the pool does not keep it alive.
+// release returns d to the pool, dropping buffers too large to keep so
+// that one very large image does not pin megabytes in the pool.
 func (d *pngDecoder) release() {
-	d.idat = idatReader{}
-	if cap(d.cur) > maxPooledRow {
-		d.cur, d.prev = nil, nil
+	if cap(d.raw) > maxPooledRaw {
+		d.raw = nil
+	}
+	if cap(d.z) > maxPooledRaw {
+		d.z = nil
+	}
+	if cap(d.zero) > maxPooledRow {
+		d.zero = nil
 	}
 	pngDecoders.Put(d)
 }
 
 func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
-	d.idat = idatReader{run: f.idat}
-	if !d.readZlibHeader() {
-		return nil, false
-	}
-	if err := d.inflate.(flate.Resetter).Reset(&d.idat, nil); err != nil {
+	z, ok := d.idatData(f.idat)
+	if !ok || len(z) < 2 || !zlibHeader(z[0], z[1]) {
 		return nil, false
 	}
 	bpp := bytesPerPixel(f.colorType)
@@ -266,25 +261,33 @@ func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
 	// Deflate expands at most 1032:1 (a 258-byte match in two bits), so
 	// less IDAT data cannot hold the image. Declining before allocating it
 	// spares such files an allocation here on top of image/png's.
-	if uint64(len(f.idat))*1032 < uint64(f.height)*uint64(rowLen) {
+	if uint64(len(z))*1032 < uint64(f.height)*uint64(rowLen) {
 		return nil, false
 	}
-	d.adler.Reset()
+	d.raw = grow(d.raw, f.height*rowLen)
+	raw := d.raw
+	n, read, err := d.inflate.Decode(raw, z[2:])
+	if err != nil || n != len(raw) {
+		return nil, false
+	}
+	// The zlib trailer, its Adler-32 checksum, must end the IDAT data:
+	// image/png reports extra data as an error (or, if it ends in a
+	// trailing IDAT chunk, ignores it), so such files are left to it.
+	trailer := z[2+read:]
+	if len(trailer) != 4 || binary.BigEndian.Uint32(trailer) != adler32.Checksum(raw) {
+		return nil, false
+	}
 	img, pix, stride := f.newImage()
-	cur, prev := d.rows(rowLen)
+	d.zero = grow(d.zero, rowLen)
+	prev := d.zero
+	clear(prev)
 	for y := 0; y < f.height; y++ {
-		if _, err := io.ReadFull(d.inflate, cur); err != nil {
-			return nil, false
-		}
-		d.adler.Write(cur)
+		cur := raw[y*rowLen : (y+1)*rowLen]
 		if !unfilter(cur, prev, bpp) {
 			return nil, false
 		}
 		putRow(f.colorType, pix[y*stride:(y+1)*stride], cur[1:])
-		cur, prev = prev, cur
-	}
-	if !d.readZlibTrailer() {
-		return nil, false
+		prev = cur
 	}
 	if p, ok := img.(*image.Paletted); ok {
 		extendPalette(p)
@@ -292,86 +295,33 @@ func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
 	return img, true
 }
 
-// rows returns the current and previous row buffers, of length n each. The
-// previous row starts zeroed because the first row's filters see zeros above.
-func (d *pngDecoder) rows(n int) (cur, prev []byte) {
-	if cap(d.cur) < n {
-		d.cur, d.prev = make([]byte, n), make([]byte, n)
+// maxPooledRaw bounds the IDAT and row buffers kept for reuse.
+const maxPooledRaw = 1 << 20
+
+// idatData returns the data of a run of IDAT chunks, already checked by
+// scanPNG: the one chunk's own bytes, or the chunks' data joined in d.z.
+// ok is false when the last chunk is empty: the zlib trailer must end the
+// last chunk, as image/png's reader sees it, or image/png decides.
+func (d *pngDecoder) idatData(run []byte) (z []byte, ok bool) {
+	first := run[8 : 8+binary.BigEndian.Uint32(run)]
+	if 12+len(first) == len(run) {
+		return first, len(first) > 0
 	}
-	cur, prev = d.cur[:n], d.prev[:n]
-	clear(prev)
-	return cur, prev
+	z = d.z[:0]
+	last := 0
+	for len(run) > 0 {
+		last = int(binary.BigEndian.Uint32(run))
+		z = append(z, run[8:8+last]...)
+		run = run[12+last:]
+	}
+	d.z = z
+	return z, last > 0
 }
 
-// readZlibHeader checks the two-byte zlib header as compress/zlib does. A
+// zlibHeader checks the two-byte zlib header as compress/zlib does. A
 // preset dictionary is refused because PNG has none to offer.
-func (d *pngDecoder) readZlibHeader() bool {
-	if _, err := io.ReadFull(&d.idat, d.tmp[:2]); err != nil {
-		return false
-	}
-	cmf, flg := d.tmp[0], d.tmp[1]
+func zlibHeader(cmf, flg byte) bool {
 	return cmf&0x0f == 8 && cmf>>4 <= 7 && (uint(cmf)<<8|uint(flg))%31 == 0 && flg&0x20 == 0
-}
-
-// readZlibTrailer checks that the deflate stream ends right after the last
-// row, that its Adler-32 checksum matches, and that no IDAT data follows;
-// image/png reports extra data as an error (or, if it ends in a trailing
-// IDAT chunk, ignores it), so such files are left to it.
-func (d *pngDecoder) readZlibTrailer() bool {
-	if n, err := d.inflate.Read(d.tmp[:1]); n != 0 || err != io.EOF {
-		return false
-	}
-	if _, err := io.ReadFull(&d.idat, d.tmp[:4]); err != nil {
-		return false
-	}
-	return binary.BigEndian.Uint32(d.tmp[:4]) == d.adler.Sum32() && d.idat.empty()
-}
-
-// idatReader presents the data of a run of IDAT chunks, already checked by
-// scanPNG, as one stream without copying it. Being an io.ByteReader, it lets
-// flate read no further than the end of the deflate stream, so the zlib
-// trailer and any excess remain to be read and checked here.
-//
-// It keeps offsets rather than re-slicing because storing a slice into this
-// heap object costs a GC write barrier per byte while a collection runs.
-type idatReader struct {
-	run      []byte // the IDAT chunks, headers and CRCs included
-	pos, end int    // run[pos:end] is the unread data of the current chunk
-	next     int    // where the next chunk starts
-}
-
-// more advances past exhausted (possibly empty) chunks and reports whether
-// any data is left.
-func (r *idatReader) more() bool {
-	for r.pos == r.end && r.next < len(r.run) {
-		r.pos = r.next + 8
-		r.end = r.pos + int(binary.BigEndian.Uint32(r.run[r.next:]))
-		r.next = r.end + 4
-	}
-	return r.pos < r.end
-}
-
-func (r *idatReader) empty() bool { return r.pos == r.end && r.next == len(r.run) }
-
-func (r *idatReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if !r.more() {
-		return 0, io.EOF
-	}
-	n := copy(p, r.run[r.pos:r.end])
-	r.pos += n
-	return n, nil
-}
-
-func (r *idatReader) ReadByte() (byte, error) {
-	if !r.more() {
-		return 0, io.EOF
-	}
-	b := r.run[r.pos]
-	r.pos++
-	return b, nil
 }
 
 // unfilter reverses the filter named by cur[0] on the rest of cur, in place.
