@@ -122,6 +122,10 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	for b := range ready {
 		ready[b] = make(chan *pending, 1)
 	}
+	// A job is a run of a batch's images, enough for each reader to get
+	// one per batch: as many reads are in flight as with a job per image,
+	// for a fraction of the hand-offs between goroutines.
+	chunk := max(1, bs/readers)
 	work := make(chan job)
 	workers.Add(1)
 	go func() { // dispatch images in order, one window of batches at a time
@@ -136,9 +140,9 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 			p := slots[b%len(slots)]
 			lo, hi := b*bs, min((b+1)*bs, len(images))
 			p.reset(images[lo:hi], ready[b])
-			for i := range p.images {
+			for i := 0; i < len(p.images); i += chunk {
 				select {
-				case work <- job{p, i}:
+				case work <- job{p, i, min(i+chunk, len(p.images))}:
 				case <-ctx.Done():
 					return
 				}
@@ -151,8 +155,12 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 		go func() {
 			defer workers.Done()
 			for j := range work {
-				reason, fatal := e.load(ctx, j.p.images[j.i].URI, read, decode, j.p.tensor[j.i*size:(j.i+1)*size])
-				j.p.finish(j.i, reason, fatal)
+				for i := j.lo; i < j.hi; i++ {
+					var fatal error
+					j.p.reasons[i], fatal = e.load(ctx, j.p.images[i].URI, read, decode, j.p.tensor[i*size:(i+1)*size])
+					j.p.fail(fatal)
+				}
+				j.p.finish(j.hi - j.lo)
 			}
 		}()
 	}
@@ -186,10 +194,10 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	return rejects, ctx.Err()
 }
 
-// job is one image of a pending batch.
+// job is images lo up to hi of a pending batch.
 type job struct {
-	p *pending
-	i int
+	p      *pending
+	lo, hi int
 }
 
 // pending is a batch being read and decoded into its input tensor.
@@ -209,9 +217,8 @@ func (p *pending) reset(images []Image, ready chan *pending) {
 	p.left.Store(int32(len(images)))
 }
 
-// finish records image i's outcome: reason is "" when the image is in the
-// tensor; a fatal error (the context ended) fails the batch.
-func (p *pending) finish(i int, reason string, fatal error) {
+// fail records a fatal error (the context ended), which fails the batch.
+func (p *pending) fail(fatal error) {
 	if fatal != nil {
 		p.fatalMu.Lock()
 		if p.fatal == nil {
@@ -219,8 +226,12 @@ func (p *pending) finish(i int, reason string, fatal error) {
 		}
 		p.fatalMu.Unlock()
 	}
-	p.reasons[i] = reason
-	if p.left.Add(-1) == 0 {
+}
+
+// finish counts n more images loaded, their reasons recorded ("" when the
+// image is in the tensor); the last hands the batch on.
+func (p *pending) finish(n int) {
+	if p.left.Add(int32(-n)) == 0 {
 		p.ready <- p
 	}
 }
