@@ -10,7 +10,7 @@ import (
 	"dcd/internal/bench"
 )
 
-const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH] [-cpuprofile FILE]"
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE]"
 
 // cmdBench runs the benchmarks (internal/bench) and prints their table, or
 // the JSON list with -json. Progress goes to stderr.
@@ -22,6 +22,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads (default: the number of CPUs)")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof")
+	memProfile := fs.String("memprofile", "", "write a profile of what the run allocated to FILE, for go tool pprof -sample_index=alloc_space")
 	pos, err := parse(fs, benchSynopsis, args)
 	if err != nil {
 		return err
@@ -54,6 +55,16 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	rs, err := bench.Run(ctx, o)
 	if err != nil {
 		return err
+	}
+	if *memProfile != "" {
+		f, err := os.Create(*memProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		return bench.WriteJSON(e.stdout, rs)

@@ -24,8 +24,10 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -201,6 +203,35 @@ func num(v float64) string { return fmt.Sprintf("%.4g", v) }
 
 // best runs each of fns reps times, interleaved, and returns each one's
 // shortest time: interleaving spreads a noisy neighbour over all of them.
+// labelled runs fn with the pprof label bench=name, which goroutines it
+// starts inherit, so that a profile (starter bench -cpuprofile) can be
+// narrowed to one measured side: go tool pprof -tagfocus bench=NAME.
+func labelled(name string, fn func() error) func() error {
+	return func() (err error) {
+		pprof.Do(context.Background(), pprof.Labels("bench", name), func(context.Context) { err = fn() })
+		return err
+	}
+}
+
+// metered runs fn and adds the process's CPU time (user and system, every
+// thread's, ONNX Runtime's included) to *cpu.
+func metered(cpu *time.Duration, fn func() error) func() error {
+	return func() error {
+		before := processCPU()
+		err := fn()
+		*cpu += processCPU() - before
+		return err
+	}
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func best(reps int, fns ...func() error) ([]time.Duration, error) {
 	out := make([]time.Duration, len(fns))
 	for r := 0; r < reps; r++ {

@@ -209,13 +209,15 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 			return nil
 		})
 	}
-	times, err := best(c.reps, infer, pipeline)
+	var cpu [2]time.Duration
+	times, err := best(c.reps, metered(&cpu[0], labelled(c.name()+"/inference", infer)), metered(&cpu[1], labelled(c.name()+"/pipeline", pipeline)))
 	if err != nil {
 		return Result{}, err
 	}
 	rate := func(t time.Duration) float64 { return float64(total) / t.Seconds() }
-	o.logf("%s: %d shards of %d images, %d at once, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s",
-		c.name(), c.shards, c.images, streams, c.batch, c.model.gflop, times[1], times[0])
+	perImage := func(t time.Duration) float64 { return t.Seconds() * 1e6 / float64(c.reps*total) }
+	o.logf("%s: %d shards of %d images, %d at once, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s; CPU per image %.1f µs, inference alone %.1f µs",
+		c.name(), c.shards, c.images, streams, c.batch, c.model.gflop, times[1], times[0], perImage(cpu[1]), perImage(cpu[0]))
 	if c.objects {
 		return info(c.name(), "images/s", rate(times[1]), rate(times[0])), ctx.Err()
 	}

@@ -98,14 +98,15 @@ func KNN(ctx context.Context, o Options) ([]Result, error) {
 		if err := search(); err != nil { // first use allocates the buffers
 			return out, err
 		}
-		times, err := best(reps, gemm, search)
+		name := fmt.Sprintf("knn_topk_d%d", d)
+		times, err := best(reps, labelled(name+"/gemm", gemm), labelled(name+"/search", search))
 		if err != nil {
 			return out, err
 		}
 		flop := 2 * float64(m) * float64(n) * float64(d)
 		gf := func(t time.Duration) float64 { return flop / t.Seconds() / 1e9 }
 		o.logf("knn d=%d: %d×%d, block %d: top-k %s, gemm %s", d, m, n, block, times[1], times[0])
-		out = append(out, throughput(fmt.Sprintf("knn_topk_d%d", d), "GFLOP/s", gf(times[1]), gf(times[0]), 0.8))
+		out = append(out, throughput(name, "GFLOP/s", gf(times[1]), gf(times[0]), 0.8))
 	}
 	return out, nil
 }

@@ -1,0 +1,89 @@
+package bench
+
+import (
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
+)
+
+// BenchmarkInferenceBeside measures what the CPUs left to ONNX Runtime
+// cost it when they are busy: the demo backbone on one thread, alone,
+// then beside a register-only loop, then beside PNG decoding, on every
+// other CPU. Where CPUs share a physical core or its caches (SMT, a
+// shared host), the neighbours slow inference even though none of them
+// touches it, and no pipeline that decodes beside inference can then run
+// at inference's full speed.
+func BenchmarkInferenceBeside(b *testing.B) {
+	if runtime.NumCPU() < 2 {
+		b.Skip("needs a second CPU")
+	}
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		b.Skip(err)
+	}
+	m := demoModel()
+	model, err := m.graph.Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sess, err := ortrun.NewSession(m.name, model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sess.Close()
+	const batch = 64
+	input := make([]float32, batch*28*28)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range input {
+		input[i] = rng.Float32()
+	}
+	pngs, err := makePNGs(256, 28, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := preprocess.Spec{Channels: 1, Height: 28, Width: 28}
+	loads := map[string]func(i int){
+		"alone": nil,
+		"busy_loop": func(int) {
+			x := uint64(1)
+			for range 1000 {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+			runtime.KeepAlive(x)
+		},
+		"png_decode": func(i int) {
+			img, _ := preprocess.Decode(pngs[i%len(pngs)])
+			dst := make([]float32, spec.Size())
+			spec.Fill(dst, img)
+		},
+	}
+	for _, name := range []string{"alone", "busy_loop", "png_decode"} {
+		b.Run(name, func(b *testing.B) {
+			var stop atomic.Bool
+			var wg sync.WaitGroup
+			if load := loads[name]; load != nil {
+				for range runtime.NumCPU() - 1 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := 0; !stop.Load(); i++ {
+							load(i)
+						}
+					}()
+				}
+			}
+			for b.Loop() {
+				if _, err := sess.Run(ortrun.Tensor{Shape: []int64{batch, 1, 28, 28}, Floats: input}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "images/s")
+			stop.Store(true)
+			wg.Wait()
+		})
+	}
+}
