@@ -181,7 +181,7 @@ func (t Tensor) value() (ort.Value, error) {
 }
 
 // Run feeds one tensor per input, in the session's input order, and returns
-// one per output. Output data is copied out of ORT's memory.
+// one per output. Output data is copied out of ORT's memory, once.
 func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 	if len(in) != len(s.inputs) {
 		return nil, fmt.Errorf("ortrun: %s: %d inputs given, model takes %d", s.name, len(in), len(s.inputs))
@@ -205,13 +205,15 @@ func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ortrun: %s: run: %w", s.name, err)
 	}
+	// onnxruntime_go has already copied each output into a Go slice that
+	// its ORT value only borrows, so the slices outlive the values' Destroy.
 	res := make([]Tensor, len(outs))
 	for i, v := range outs {
 		switch t := v.(type) {
 		case *ort.Tensor[float32]:
-			res[i] = Tensor{Shape: t.GetShape(), Floats: append([]float32(nil), t.GetData()...)}
+			res[i] = Tensor{Shape: t.GetShape(), Floats: t.GetData()}
 		case *ort.Tensor[int64]:
-			res[i] = Tensor{Shape: t.GetShape(), Ints: append([]int64(nil), t.GetData()...)}
+			res[i] = Tensor{Shape: t.GetShape(), Ints: t.GetData()}
 		default:
 			return nil, fmt.Errorf("ortrun: %s: output %q is %T, want a float32 or int64 tensor", s.name, s.outputs[i], v)
 		}
