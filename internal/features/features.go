@@ -52,23 +52,36 @@ func Key(spec Spec, shardDigest string) string {
 }
 
 // Record builds the record batch for one embedded batch; columns name the
-// outputs. The caller must Release it.
+// outputs. The vector columns are b.Vectors themselves, not copies, so b
+// must not change while the record lives. The caller must Release it.
 func Record(mem memory.Allocator, columns []string, b embed.Batch) arrow.Record {
-	rb := array.NewRecordBuilder(mem, schemas.Features(columns, b.Dims))
-	defer rb.Release()
-	ub := rb.Field(0).(*array.StringBuilder)
+	schema := schemas.Features(columns, b.Dims)
+	n := len(b.Images)
+	ub := array.NewStringBuilder(mem)
+	defer ub.Release()
+	ub.Reserve(n)
+	size := 0
+	for _, im := range b.Images {
+		size += len(im.URI)
+	}
+	ub.ReserveData(size)
 	for _, im := range b.Images {
 		ub.Append(im.URI)
 	}
+	cols := []arrow.Array{ub.NewArray()}
 	for o := range columns {
-		lb := rb.Field(1 + o).(*array.FixedSizeListBuilder)
-		vb := lb.ValueBuilder().(*array.Float32Builder)
-		for i := range b.Images {
-			lb.Append(true)
-			vb.AppendValues(b.Vectors[o][i*b.Dims[o]:(i+1)*b.Dims[o]], nil)
-		}
+		values := array.NewData(arrow.PrimitiveTypes.Float32, n*b.Dims[o],
+			[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(b.Vectors[o][:n*b.Dims[o]]))}, nil, 0, 0)
+		list := array.NewData(schema.Field(1+o).Type, n, []*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0)
+		cols = append(cols, array.MakeFromData(list))
+		values.Release()
+		list.Release()
 	}
-	return rb.NewRecord()
+	rec := array.NewRecord(schema, cols, int64(n))
+	for _, c := range cols {
+		c.Release()
+	}
+	return rec
 }
 
 // Matrix is one column of a feature file as a dense row-major matrix.
