@@ -280,11 +280,7 @@ func (e *Embedder) load(ctx context.Context, uri string, read ReadFunc, decode c
 		return "", ctx.Err()
 	}
 	defer func() { <-decode }()
-	img, err := preprocess.Decode(data)
-	if err != nil {
-		return err.Error(), nil
-	}
-	if err := e.Spec.Fill(dst, img); err != nil {
+	if err := e.Spec.DecodeFill(dst, data); err != nil {
 		return err.Error(), nil
 	}
 	return "", nil

@@ -64,7 +64,24 @@ func decodePNG(data []byte) (img image.Image, ok bool) {
 	}
 	d := pngDecoders.Get().(*pngDecoder)
 	defer d.release()
-	return d.decode(&f)
+	return d.decode(&f, false)
+}
+
+// withPNG calls use with data decoded, if it is a PNG the fast path
+// supports, into pixels that are reused once use returns; ok is false when
+// the fast path declined (use was not called).
+func withPNG(data []byte, use func(image.Image) error) (ok bool, err error) {
+	f, ok := scanPNG(data)
+	if !ok {
+		return false, nil
+	}
+	d := pngDecoders.Get().(*pngDecoder)
+	defer d.release()
+	img, ok := d.decode(&f, true)
+	if !ok {
+		return false, nil
+	}
+	return true, use(img)
 }
 
 // scanPNG checks the chunk structure and every CRC of data, and returns its
@@ -204,23 +221,32 @@ func (f *pngFile) palette() color.Palette {
 	return p
 }
 
-// newImage allocates the image type image/png returns for f's colour type,
-// and returns its pixels and stride as well.
-func (f *pngFile) newImage() (image.Image, []byte, int) {
+// newImage makes the image type image/png returns for f's colour type,
+// with its pixels in *buf when buf is not nil (grown as needed), else in
+// new memory, and returns its pixels and stride as well. putRow writes
+// every byte of the pixels, so a reused buffer needs no clearing.
+func (f *pngFile) newImage(buf *[]byte) (image.Image, []byte, int) {
 	r := image.Rect(0, 0, f.width, f.height)
+	stride := f.width
+	if f.colorType != ctGray && f.colorType != ctPaletted {
+		stride *= 4 // RGBA or NRGBA
+	}
+	var pix []byte
+	if buf != nil {
+		*buf = grow(*buf, stride*f.height)
+		pix = *buf
+	} else {
+		pix = make([]byte, stride*f.height)
+	}
 	switch f.colorType {
 	case ctGray:
-		m := image.NewGray(r)
-		return m, m.Pix, m.Stride
+		return &image.Gray{Pix: pix, Stride: stride, Rect: r}, pix, stride
 	case ctRGB:
-		m := image.NewRGBA(r)
-		return m, m.Pix, m.Stride
+		return &image.RGBA{Pix: pix, Stride: stride, Rect: r}, pix, stride
 	case ctPaletted:
-		m := image.NewPaletted(r, f.palette())
-		return m, m.Pix, m.Stride
+		return &image.Paletted{Pix: pix, Stride: stride, Rect: r, Palette: f.palette()}, pix, stride
 	default: // ctGrayAlpha, ctRGBA
-		m := image.NewNRGBA(r)
-		return m, m.Pix, m.Stride
+		return &image.NRGBA{Pix: pix, Stride: stride, Rect: r}, pix, stride
 	}
 }
 
@@ -232,6 +258,7 @@ type pngDecoder struct {
 	z       []byte // the IDAT data, when it spans several chunks
 	raw     []byte // the filtered rows
 	zero    []byte // the row above the first
+	pix     []byte // the image's pixels, when it is used and released at once
 }
 
 var pngDecoders = sync.Pool{New: func() any { return new(pngDecoder) }}
@@ -248,10 +275,15 @@ func (d *pngDecoder) release() {
 	if cap(d.zero) > maxPooledRow {
 		d.zero = nil
 	}
+	if cap(d.pix) > maxPooledRaw {
+		d.pix = nil
+	}
 	pngDecoders.Put(d)
 }
 
-func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
+// decode decodes f into a new image, or, with reuse, into d.pix: such an
+// image is only good until d is released.
+func (d *pngDecoder) decode(f *pngFile, reuse bool) (image.Image, bool) {
 	z, ok := d.idatData(f.idat)
 	if !ok || len(z) < 2 || !zlibHeader(z[0], z[1]) {
 		return nil, false
@@ -277,7 +309,11 @@ func (d *pngDecoder) decode(f *pngFile) (image.Image, bool) {
 	if len(trailer) != 4 || binary.BigEndian.Uint32(trailer) != adler32.Checksum(raw) {
 		return nil, false
 	}
-	img, pix, stride := f.newImage()
+	var buf *[]byte
+	if reuse {
+		buf = &d.pix
+	}
+	img, pix, stride := f.newImage(buf)
 	d.zero = grow(d.zero, rowLen)
 	prev := d.zero
 	clear(prev)

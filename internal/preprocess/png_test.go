@@ -10,8 +10,10 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"maps"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -554,6 +556,43 @@ func BenchmarkDecodePNG(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestDecodeFillMatchesDecode checks that the reused pixels of DecodeFill
+// give what Decode then Fill give, in any order of sizes and colour types
+// (so a large image's stale pixels never show through a smaller one), and
+// for files the fast path declines or nothing decodes.
+func TestDecodeFillMatchesDecode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var files [][]byte
+	for _, size := range [][2]int{{40, 40}, {28, 28}, {3, 5}, {64, 20}, {28, 28}} {
+		for _, ct := range []byte{ctGray, ctRGB, ctPaletted, ctGrayAlpha, ctRGBA} {
+			m := randomImage(rng, size[0], size[1], ct)
+			files = append(files, m.encode(t, filterCycle, 1<<15))
+		}
+	}
+	fallback := fallbackCases(t)
+	for _, name := range slices.Sorted(maps.Keys(fallback)) {
+		files = append(files, fallback[name])
+	}
+	files = append(files, nil, []byte("not an image"))
+	for _, spec := range []Spec{
+		{Channels: 1, Height: 28, Width: 28, Resize: ResizeSquash},
+		{Channels: 3, Height: 16, Width: 16, Resize: ResizeCrop, Mean: []float32{0.5, 0.4, 0.3}, Std: []float32{0.2, 0.2, 0.2}},
+	} {
+		for i, data := range files {
+			want := make([]float32, spec.Size())
+			img, wantErr := Decode(data)
+			if wantErr == nil {
+				wantErr = spec.Fill(want, img)
+			}
+			got := make([]float32, spec.Size())
+			err := spec.DecodeFill(got, data)
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) || !reflect.DeepEqual(got, want) {
+				t.Fatalf("file %d, %d channels: DecodeFill gave error %v, Decode and Fill %v; same tensor %v", i, spec.Channels, err, wantErr, reflect.DeepEqual(got, want))
+			}
 		}
 	}
 }

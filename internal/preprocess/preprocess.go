@@ -139,18 +139,32 @@ func (s Spec) Size() int {
 // Images claiming more than maxDecodePixels are refused before their pixels
 // are decoded.
 func Decode(data []byte) (image.Image, error) {
-	if len(data) == 0 {
-		return nil, errors.New("preprocess: decode: empty input")
-	}
 	if img, ok := decodePNG(data); ok {
 		return img, nil
 	}
 	return decodeStd(data)
 }
 
+// DecodeFill is Decode followed by s.Fill(dst, img), except that a PNG the
+// fast path takes is decoded into pixels reused from image to image rather
+// than into a new image.
+func (s Spec) DecodeFill(dst []float32, data []byte) error {
+	if ok, err := withPNG(data, func(img image.Image) error { return s.Fill(dst, img) }); ok {
+		return err
+	}
+	img, err := decodeStd(data)
+	if err != nil {
+		return err
+	}
+	return s.Fill(dst, img)
+}
+
 // decodeStd decodes with the standard library's registered decoders: every
 // format, and every PNG the fast path declines.
 func decodeStd(data []byte) (image.Image, error) {
+	if len(data) == 0 {
+		return nil, errors.New("preprocess: decode: empty input")
+	}
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode: %w", err)
