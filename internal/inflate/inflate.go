@@ -95,8 +95,8 @@ type state struct {
 
 // refill tops the bit buffer up to at least 56 bits. Past the end of src
 // it shifts in zero bytes, so decoding never checks for the end inside a
-// symbol; reading too far shows in the final count (Decode) or, for a
-// stream that goes on decoding zeros, here.
+// symbol; reading too far shows in overrun, which each block's end and the
+// symbol loop check.
 func (s *state) refill() {
 	if s.nb > 56 {
 		return
