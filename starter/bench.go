@@ -10,7 +10,7 @@ import (
 	"dcd/internal/bench"
 )
 
-const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE]"
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-ep cpu|cuda] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE]"
 
 // cmdBench runs the benchmarks (internal/bench) and prints their table, or
 // the JSON list with -json. Progress goes to stderr.
@@ -20,6 +20,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	quick := fs.Bool("quick", false, "small sizes: a smoke test of a few minutes")
 	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads (default: the number of CPUs)")
+	ep := fs.String("ep", "cpu", "execution provider of the embedding part: cpu or cuda (ONNX Runtime's GPU build, see README)")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof")
 	memProfile := fs.String("memprofile", "", "write a profile of what the run allocated to FILE, for go tool pprof -sample_index=alloc_space")
@@ -41,7 +42,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	if len(pos) > 0 {
 		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
 	}
-	o := bench.Options{Quick: *quick, Threads: *threads, Worker: *worker, Log: e.stderr}
+	o := bench.Options{Quick: *quick, Threads: *threads, EP: *ep, Worker: *worker, Log: e.stderr}
 	if *parts != "" {
 		o.Parts = strings.Split(*parts, ",")
 	}

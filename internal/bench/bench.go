@@ -91,6 +91,9 @@ type Options struct {
 	Parts []string
 	// Threads is ONNX Runtime's intra-op thread count; 0 means NumCPU.
 	Threads int
+	// EP is the execution provider the embedding part runs on, both
+	// sides: "cpu" (the default) or "cuda".
+	EP string
 	// ORTLib is libonnxruntime's path.
 	ORTLib string
 	// Dir holds the temporary buckets and the dev server's state; empty

@@ -137,7 +137,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		}
 	}
 
-	opt := ortrun.Options{Threads: o.threads()}
+	opt := ortrun.Options{Threads: o.threads(), EP: o.EP}
 	sessions := activities.NewSessions(opt)
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions}
