@@ -76,6 +76,6 @@ func BenchmarkEmbedOverhead(b *testing.B) {
 		}
 	}
 	n := float64(b.N * len(images))
-	b.ReportMetric(float64((cpu() - start).Microseconds())/n, "cpu-µs/image")
+	b.ReportMetric(float64((cpu()-start).Microseconds())/n, "cpu-µs/image")
 	b.ReportMetric(n/b.Elapsed().Seconds(), "images/s")
 }
