@@ -204,8 +204,6 @@ func WriteTable(w io.Writer, rs []Result) error {
 
 func num(v float64) string { return fmt.Sprintf("%.4g", v) }
 
-// best runs each of fns reps times, interleaved, and returns each one's
-// shortest time: interleaving spreads a noisy neighbour over all of them.
 // labelled runs fn with the pprof label bench=name, which goroutines it
 // starts inherit, so that a profile (starter bench -cpuprofile) can be
 // narrowed to one measured side: go tool pprof -tagfocus bench=NAME.
@@ -235,6 +233,8 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// best runs each of fns reps times, interleaved, and returns each one's
+// shortest time: interleaving spreads a noisy neighbour over all of them.
 func best(reps int, fns ...func() error) ([]time.Duration, error) {
 	out := make([]time.Duration, len(fns))
 	for r := 0; r < reps; r++ {
