@@ -67,7 +67,7 @@ func (c embedCase) name() string {
 // each, to show what that costs.
 func Embedding(ctx context.Context, o Options) ([]Result, error) {
 	cases := []embedCase{
-		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28},
+		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 6, srcSide: 28},
 		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28, objects: true},
 		{model: resnetModel(224), shards: 2, images: 16, batch: 16, reps: 2, srcSide: 256},
 	}
