@@ -190,3 +190,49 @@ func TestEmbedEmpty(t *testing.T) {
 		t.Fatalf("rejects %v, err %v", rejects, err)
 	}
 }
+
+// A model whose output is not finite fails the batch with an OutputError
+// naming the model and the image, whether the value is +Inf, -Inf or NaN.
+func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		op     string
+		inputs []string
+		want   string
+	}{
+		{"Reciprocal", []string{"image"}, "+Inf"},  // 1/0
+		{"Log", []string{"image"}, "-Inf"},         // log 0
+		{"Div", []string{"image", "image"}, "NaN"}, // 0/0
+	} {
+		g := &onnx.Graph{
+			Name:    tc.op,
+			Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+			Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+			Nodes:   []onnx.Node{{Op: tc.op, Inputs: tc.inputs, Outputs: []string{"features"}}},
+		}
+		model, err := g.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess, err := ortrun.NewSession(tc.op, model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		// img/1 has no zero pixel; img/0's first pixel is 0.
+		images := []Image{{ID: 1, URI: "img/1"}, {ID: 0, URI: "img/0"}}
+		e := &Embedder{Name: "models/" + tc.op + ".onnx", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 2}
+		_, err = e.Embed(context.Background(), images, store, func(Batch) error { return nil })
+		var oe *OutputError
+		if !errors.As(err, &oe) {
+			t.Fatalf("%s: got %v, want an OutputError", tc.op, err)
+		}
+		for _, w := range []string{"models/" + tc.op + ".onnx", tc.want, "img/0", "non-finite"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not name %q", tc.op, err, w)
+			}
+		}
+	}
+}
