@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
@@ -41,6 +42,14 @@ type Activities struct {
 	// {storage}; they read their data and write their model there.
 	StorageURL string
 }
+
+// DefaultConcurrency is how many activities a worker runs at once per
+// queue unless told: at least two, so that one shard's listing and commit
+// overlap another's inference, and one per four CPUs on a larger machine,
+// where a shard's steps between its batches leave most cores idle. On 16
+// cores the embedding benchmark measured 0.87 of inference alone's speed
+// with 4 at once, against 0.69 with 2.
+func DefaultConcurrency() int { return max(2, runtime.NumCPU()/4) }
 
 // Sessions are the ONNX Runtime sessions a worker opens, one per model
 // spec, kept for the life of the process because creating one costs far

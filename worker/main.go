@@ -46,7 +46,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.IntVar(&o.threads, "threads", envInt("DCD_THREADS", runtime.NumCPU()), "ONNX Runtime intra-op threads per session (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", 2), "activities run at once per queue (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	return o
 }
