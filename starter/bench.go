@@ -5,12 +5,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 
 	"dcd/internal/bench"
 )
 
-const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-ep cpu|cuda] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE]"
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-concurrency N] [-ep cpu|cuda] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE] [-trace FILE]"
 
 // cmdBench runs the benchmarks (internal/bench) and prints their table, or
 // the JSON list with -json. Progress goes to stderr.
@@ -20,9 +21,11 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	quick := fs.Bool("quick", false, "small sizes: a smoke test of a few minutes")
 	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads (default: the number of CPUs)")
+	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, 2 or CPUs/4 when more)")
 	ep := fs.String("ep", "cpu", "execution provider of the embedding part: cpu or cuda (ONNX Runtime's GPU build, see README)")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof")
+	traceFile := fs.String("trace", "", "write an execution trace of the run to FILE, for go tool trace")
 	memProfile := fs.String("memprofile", "", "write a profile of what the run allocated to FILE, for go tool pprof -sample_index=alloc_space")
 	pos, err := parse(fs, benchSynopsis, args)
 	if err != nil {
@@ -39,10 +42,21 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	}
 	if len(pos) > 0 {
 		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
 	}
-	o := bench.Options{Quick: *quick, Threads: *threads, EP: *ep, Worker: *worker, Log: e.stderr}
+	o := bench.Options{Quick: *quick, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, Log: e.stderr}
 	if *parts != "" {
 		o.Parts = strings.Split(*parts, ",")
 	}

@@ -91,6 +91,11 @@ type Options struct {
 	Parts []string
 	// Threads is ONNX Runtime's intra-op thread count; 0 means NumCPU.
 	Threads int
+	// Concurrency is how many shards the embedding pipeline embeds at
+	// once, as a worker's -concurrency does, and how many streams of
+	// batches ORT alone runs; 0 means a worker's default
+	// (activities.DefaultConcurrency).
+	Concurrency int
 	// EP is the execution provider the embedding part runs on, both
 	// sides: "cpu" (the default) or "cuda".
 	EP string

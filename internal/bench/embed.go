@@ -11,6 +11,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -34,7 +35,8 @@ import (
 // embedCase is one model's embedding benchmark.
 type embedCase struct {
 	model model
-	// shards of images each are embedded per measured repetition.
+	// shards of images each are embedded per measured repetition, at
+	// least: a fast model's run grows (see minRun).
 	shards, images int
 	batch, reps    int
 	// srcSide is the stored images' side; the model's preprocessing
@@ -45,11 +47,14 @@ type embedCase struct {
 	objects bool
 }
 
-// streams is how many shards the pipeline embeds at once, and ORT alone
-// runs as many streams of batches: a worker runs -concurrency (default 2)
-// embedding activities at once, so that one shard's listing and commit
-// overlap another's inference.
-const streams = 2
+// Sizes of the embedding runs outside -quick: a run grows until inference
+// alone takes minRun, its shards to defaultShardImages (a pass's default
+// shards.size, 2000, in whole batches) and then to maxShards.
+const (
+	minRun             = 250 * time.Millisecond
+	defaultShardImages = 2048
+	maxShards          = 64
+)
 
 func (c embedCase) name() string {
 	if c.objects {
@@ -114,27 +119,27 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		ModelDigest: hex.EncodeToString(sum[:]), Input: "image", Outputs: []string{"features"}, Columns: []string{"features"}, Preprocess: spec,
 	}}
 
-	// The images: one set of encoded PNGs, stored once per shard, so
-	// every measured shard reads its own data and misses the features
-	// cache.
-	pngs, err := makePNGs(c.images, c.srcSide, c.model.channels)
-	if err != nil {
-		return Result{}, err
-	}
+	// Shard 0, one batch, warms the pipeline's session up.
 	const run = "bench"
-	shards := 1 + c.reps*c.shards // shard 0 warms the session up
-	for s := 0; s < shards; s++ {
-		n := c.images
-		if s == 0 {
-			n = c.batch
-		}
-		sh, err := storeImages(ctx, bucket, fmt.Sprintf("images/%d", s), pngs[:n], c.objects)
+	var stored int // shards in storage
+	storeShards := func(n, images int) error {
+		pngs, err := makePNGs(images, c.srcSide, c.model.channels)
 		if err != nil {
-			return Result{}, err
+			return err
 		}
-		if err := store.WriteAll(ctx, bucket, activities.ShardKey(run, activities.Pool, s), sh.Marshal()); err != nil {
-			return Result{}, err
+		for ; stored < n; stored++ {
+			sh, err := storeImages(ctx, bucket, fmt.Sprintf("images/%d", stored), pngs, c.objects)
+			if err != nil {
+				return err
+			}
+			if err := writeShard(ctx, bucket, run, stored, sh); err != nil {
+				return err
+			}
 		}
+		return nil
+	}
+	if err := storeShards(1, c.batch); err != nil {
+		return Result{}, err
 	}
 
 	opt := ortrun.Options{Threads: o.threads(), EP: o.EP}
@@ -144,6 +149,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	var ts testsuite.WorkflowTestSuite
 	ts.SetLogger(devserver.QuietLogger())
 	var envs []*testsuite.TestActivityEnvironment
+	streams := o.concurrency()
 	for range streams {
 		env := ts.NewTestActivityEnvironment()
 		env.RegisterActivity(acts)
@@ -180,8 +186,9 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		input[i] = rng.Float32()
 	}
 	shape := []int64{int64(c.batch), int64(c.model.channels), int64(c.model.side), int64(c.model.side)}
-	total := c.shards * c.images
+	shards, images := c.shards, c.images
 	infer := func() error {
+		total := shards * images
 		return inStreams(streams, func(stream int) error {
 			for done := stream * c.batch; done < total; done += streams * c.batch {
 				n := min(c.batch, total-done)
@@ -195,13 +202,23 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	if _, err := sess.Run(ortrun.Tensor{Shape: shape, Floats: input}); err != nil { // warm up
 		return Result{}, err
 	}
+	if !o.Quick {
+		start := time.Now()
+		if err := infer(); err != nil {
+			return Result{}, err
+		}
+		shards, images = c.grown(time.Since(start))
+	}
+	if err := storeShards(1+c.reps*shards, images); err != nil {
+		return Result{}, err
+	}
 	next := 1
 	pipeline := func() error {
 		first := next
-		next += c.shards
+		next += shards
 		var claimed atomic.Int32
 		return inStreams(streams, func(stream int) error {
-			for s := int(claimed.Add(1)) - 1; s < c.shards; s = int(claimed.Add(1)) - 1 {
+			for s := int(claimed.Add(1)) - 1; s < shards; s = int(claimed.Add(1)) - 1 {
 				if err := embedShard(envs[stream], first+s); err != nil {
 					return err
 				}
@@ -214,14 +231,46 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	total := shards * images
 	rate := func(t time.Duration) float64 { return float64(total) / t.Seconds() }
 	perImage := func(t time.Duration) float64 { return t.Seconds() * 1e6 / float64(c.reps*total) }
 	o.logf("%s: %d shards of %d images, %d at once, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s; CPU per image %.1f µs, inference alone %.1f µs",
-		c.name(), c.shards, c.images, streams, c.batch, c.model.gflop, times[1], times[0], perImage(cpu[1]), perImage(cpu[0]))
+		c.name(), shards, images, streams, c.batch, c.model.gflop, times[1], times[0], perImage(cpu[1]), perImage(cpu[0]))
 	if c.objects {
 		return info(c.name(), "images/s", rate(times[1]), rate(times[0])), ctx.Err()
 	}
 	return throughput(c.name(), "images/s", rate(times[1]), rate(times[0]), 0.9), ctx.Err()
+}
+
+// grown is the case's shards and images per shard for a run long enough
+// to measure, given that inference alone took took over the case's own
+// sizes. A fast model (a GPU's) gets through them in a few milliseconds,
+// where the first shard's start and the last one's commit, which no other
+// shard overlaps, would dominate; a pool of millions of images runs in the
+// steady state between. So the run grows until inference alone would take
+// minRun: its shards to a pass's default size first, then in number.
+// embed_demo_objects keeps its sizes: a file per image is informative only.
+func (c embedCase) grown(took time.Duration) (shards, images int) {
+	grow := minRun.Seconds() / took.Seconds()
+	if grow <= 1 || c.objects {
+		return c.shards, c.images
+	}
+	images = min(max(c.images, defaultShardImages), int(float64(c.images)*grow)) / c.batch * c.batch
+	shards = min(maxShards, max(c.shards, int(math.Ceil(float64(c.shards*c.images)*grow/float64(images)))))
+	return shards, images
+}
+
+// concurrency is how many shards the pipeline embeds at once.
+func (o Options) concurrency() int {
+	if o.Concurrency > 0 {
+		return o.Concurrency
+	}
+	return activities.DefaultConcurrency()
+}
+
+// writeShard stores shard s's manifest where EmbedShard looks for it.
+func writeShard(ctx context.Context, bucket *blob.Bucket, run string, s int, sh dataset.Shard) error {
+	return store.WriteAll(ctx, bucket, activities.ShardKey(run, activities.Pool, s), sh.Marshal())
 }
 
 // inStreams runs fn(0) … fn(n-1) at once and returns the first error.

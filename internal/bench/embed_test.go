@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -85,5 +86,38 @@ func BenchmarkInferenceBeside(b *testing.B) {
 			stop.Store(true)
 			wg.Wait()
 		})
+	}
+}
+
+// A case that inference alone runs in minRun or more keeps its sizes; a
+// faster one grows its shards to a pass's default size, then their number,
+// until it would run minRun, in whole batches and at most maxShards.
+func TestEmbedCaseGrows(t *testing.T) {
+	demo := embedCase{shards: 4, images: 2048, batch: 64}
+	resnet := embedCase{shards: 2, images: 16, batch: 16}
+	for _, tc := range []struct {
+		name           string
+		c              embedCase
+		took           time.Duration
+		shards, images int
+	}{
+		{"slow enough", demo, minRun, 4, 2048},
+		{"slower", resnet, 2 * time.Second, 2, 16},
+		{"twice too fast", demo, minRun / 2, 8, 2048},
+		{"small shards grow first", resnet, minRun / 10, 2, 160},
+		{"then in number", resnet, minRun / 400, 7, defaultShardImages},
+		{"at most maxShards", demo, minRun / 1000, maxShards, 2048},
+		{"objects keep theirs", embedCase{shards: 4, images: 2048, batch: 64, objects: true}, minRun / 100, 4, 2048},
+	} {
+		shards, images := tc.c.grown(tc.took)
+		if shards != tc.shards || images != tc.images {
+			t.Errorf("%s: grown(%v) = %d shards of %d images, want %d of %d", tc.name, tc.took, shards, images, tc.shards, tc.images)
+		}
+		if images%tc.c.batch != 0 {
+			t.Errorf("%s: %d images per shard is not whole batches of %d", tc.name, images, tc.c.batch)
+		}
+		if tc.took < minRun && !tc.c.objects && shards < maxShards && float64(shards*images) < float64(tc.c.shards*tc.c.images)*minRun.Seconds()/tc.took.Seconds() {
+			t.Errorf("%s: %d×%d images would run shorter than minRun", tc.name, shards, images)
+		}
 	}
 }
