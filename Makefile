@@ -11,10 +11,14 @@ export CGO_ENABLED := 1
 
 CORRUPTION ?= blur
 
-.PHONY: setup build demo test bench clean-demo
+.PHONY: setup setup-gpu build demo test bench bench-gpu clean-demo
 
 setup:
 	@DCD_CACHE=$(CACHE) scripts/setup.sh >/dev/null
+
+# ONNX Runtime's GPU build, for GPU workers only (scripts/setup-gpu.sh).
+setup-gpu:
+	@DCD_CACHE=$(CACHE) scripts/setup-gpu.sh >/dev/null
 
 build:
 	go build -o bin/starter ./starter
@@ -28,6 +32,9 @@ test: setup
 
 bench: setup build
 	bin/starter bench
+
+bench-gpu: setup setup-gpu build
+	DCD_ORT_LIB=$(CACHE)/ort-gpu-1.29.0/libonnxruntime.so bin/starter bench -parts embed -ep cuda
 
 clean-demo:
 	-bin/starter dev -stop

@@ -146,7 +146,7 @@ func cudaNeeds() string {
 	if len(missing) > 0 {
 		have = "missing " + strings.Join(missing, " and ")
 	}
-	return fmt.Sprintf("needs the GPU build of ONNX Runtime: %s beside libonnxruntime.so in %s (%s), with CUDA 12 and cuDNN 9 on the library path", strings.Join(CUDAProviders, " and "), dir, have)
+	return fmt.Sprintf("needs the GPU build of ONNX Runtime: %s beside libonnxruntime.so in %s (%s), with the CUDA major version that build links (ldd libonnxruntime_providers_cuda.so names it) and cuDNN 9 on the library path", strings.Join(CUDAProviders, " and "), dir, have)
 }
 
 // Close waits for a run in flight, then releases the session; later runs

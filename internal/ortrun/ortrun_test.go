@@ -61,7 +61,7 @@ func TestExecutionProviders(t *testing.T) {
 			s.Close()
 			t.Skip("this ONNX Runtime library has a working CUDA provider")
 		}
-		for _, w := range []string{"m.onnx", "cuda", "libonnxruntime_providers_cuda.so", "libonnxruntime_providers_shared.so", "CUDA 12", "cuDNN 9"} {
+		for _, w := range []string{"m.onnx", "cuda", "libonnxruntime_providers_cuda.so", "libonnxruntime_providers_shared.so", "ldd libonnxruntime_providers_cuda.so", "cuDNN 9"} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("error %q does not name %s", err, w)
 			}
