@@ -100,3 +100,56 @@ func TestCloudDriversLinked(t *testing.T) {
 		}
 	}
 }
+
+// A file:// bucket stores each object as one file: no metadata sidecar
+// beside it, whose MD5 and second file every write paid for. Objects an
+// older DCD wrote with sidecars still read.
+func TestFileBucketWritesNoSidecars(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := Open(ctx, "file://"+dir+"?create_dir=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := WriteAll(ctx, b, "runs/r/features.arrow", []byte("rows")); err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, path)
+			files = append(files, rel)
+		}
+		return err
+	})
+	if len(files) != 1 || files[0] != filepath.Join("runs", "r", "features.arrow") {
+		t.Errorf("bucket holds %q, want only runs/r/features.arrow", files)
+	}
+	attrs, err := b.Attributes(ctx, "runs/r/features.arrow")
+	if err != nil || attrs.Size != 4 || attrs.ETag == "" {
+		t.Errorf("attributes %+v, %v: want size 4 and an ETag", attrs, err)
+	}
+
+	// An object written with a sidecar, as by gocloud's default.
+	old, err := blob.OpenBucket(ctx, "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.WriteAll(ctx, "old", []byte("kept"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "old.attrs")); err != nil {
+		t.Fatalf("gocloud's default wrote no sidecar (%v): the test no longer shows the difference", err)
+	}
+	if got, err := ReadAll(ctx, b, "old"); err != nil || string(got) != "kept" {
+		t.Errorf("reading an object with a sidecar: %q, %v", got, err)
+	}
+
+	for _, u := range []string{"file:///d?metadata=skip", "s3://bucket?region=x", "mem://"} {
+		if got := withoutSidecars(u); got != u {
+			t.Errorf("withoutSidecars(%q) = %q, want it unchanged", u, got)
+		}
+	}
+}
