@@ -132,7 +132,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 			if err != nil {
 				return err
 			}
-			if err := writeShard(ctx, bucket, run, stored, sh); err != nil {
+			if err := store.WriteAll(ctx, bucket, activities.ShardKey(run, activities.Pool, stored), sh.Marshal()); err != nil {
 				return err
 			}
 		}
@@ -266,11 +266,6 @@ func (o Options) concurrency() int {
 		return o.Concurrency
 	}
 	return activities.DefaultConcurrency()
-}
-
-// writeShard stores shard s's manifest where EmbedShard looks for it.
-func writeShard(ctx context.Context, bucket *blob.Bucket, run string, s int, sh dataset.Shard) error {
-	return store.WriteAll(ctx, bucket, activities.ShardKey(run, activities.Pool, s), sh.Marshal())
 }
 
 // inStreams runs fn(0) … fn(n-1) at once and returns the first error.
