@@ -5,13 +5,19 @@ import (
 	"testing"
 )
 
-// classes_file stands in for classes; one of them is needed.
-func TestClassesOrClassesFile(t *testing.T) {
-	c := Config{Name: "x", Classes: []string{"a", "b"},
+// minimalConfig is a valid config with the fewest fields set.
+func minimalConfig() Config {
+	return Config{Name: "x", Classes: []string{"a", "b"},
 		Target: Model{Path: "m.onnx", Features: "f", Logits: "l"},
 		Data: Data{Train: Dataset{Prefix: "t/"}, Test: Dataset{Prefix: "t/"}, ErrorSample: Dataset{Prefix: "e/"},
-			ErrorHeldout: Dataset{Manifest: "s3://bucket/h.parquet?region=us-east-1"}, Pool: Dataset{Manifest: "p.csv"}},
+			ErrorHeldout: Dataset{Prefix: "h/"}, Pool: Dataset{Manifest: "p.csv"}},
 	}.WithDefaults()
+}
+
+// classes_file stands in for classes; one of them is needed.
+func TestClassesOrClassesFile(t *testing.T) {
+	c := minimalConfig()
+	c.Data.ErrorHeldout = Dataset{Manifest: "s3://bucket/h.parquet?region=us-east-1"}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}

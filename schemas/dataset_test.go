@@ -8,11 +8,7 @@ import (
 
 // A dataset is exactly one of a prefix, a manifest and a webdataset.
 func TestDatasetIsExactlyOneSource(t *testing.T) {
-	base := Config{Name: "x", Classes: []string{"a", "b"},
-		Target: Model{Path: "m.onnx", Features: "f", Logits: "l"},
-		Data: Data{Train: Dataset{Prefix: "t/"}, Test: Dataset{Prefix: "t/"}, ErrorSample: Dataset{Prefix: "e/"},
-			ErrorHeldout: Dataset{Prefix: "h/"}},
-	}.WithDefaults()
+	base := minimalConfig()
 	for _, tc := range []struct {
 		pool Dataset
 		ok   bool

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -31,31 +32,19 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if *traceFile != "" {
-		f, err := os.Create(*traceFile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := trace.Start(f); err != nil {
-			return err
-		}
-		defer trace.Stop()
-	}
 	if len(pos) > 0 {
 		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
 	}
+	stopProfile, err := record(*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	stopTrace, err := record(*traceFile, trace.Start, trace.Stop)
+	if err != nil {
+		return err
+	}
+	defer stopTrace()
 	o := bench.Options{Quick: *quick, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, Log: e.stderr}
 	if *parts != "" {
 		o.Parts = strings.Split(*parts, ",")
@@ -85,6 +74,23 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		return bench.WriteJSON(e.stdout, rs)
 	}
 	return bench.WriteTable(e.stdout, rs)
+}
+
+// record starts a profile or trace into a new file at path, unless path is
+// empty; the function it returns stops it and closes the file.
+func record(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { stop(); f.Close() }, nil
 }
 
 func fileExists(path string) bool {
