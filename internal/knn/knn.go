@@ -164,11 +164,9 @@ func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int
 }
 
 // scan runs the graph over each pool block and feeds the scores to the
-// selectors. Workers goroutines share the Go work of a block: first the
-// pool rows' norms, then the queries' selection, which runs while ORT
-// computes the next block's scores into the other buffer: the selection
-// reads memory while the product keeps the cores busy, so it costs little
-// beside the product.
+// selectors. Workers goroutines share the Go work of a block, the pool
+// rows' norms and then the queries' selection, while ORT computes the next
+// block's scores into the other buffer, so the product never waits on Go.
 func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
@@ -214,7 +212,6 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		end := min(start+block, n)
 		b := end - start
 		scores, norms, rows := s.scores[i%2][:m*b], s.norms[i%2][:b], pool[start*d:end*d]
-		parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
 		err := s.sess.RunInto(
 			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}},
 			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
@@ -224,6 +221,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 			return err
 		}
 		go func() {
+			parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
 			parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], norms, start, ids) })
 			selected <- struct{}{}
 		}()
@@ -273,30 +271,17 @@ func newSelector(k int, qq float32, heap []Neighbor) selector {
 }
 
 // scan offers one block: products[j] = −2·q·p and norms[j] = ‖p‖² of
-// pool row base+j, whose score is their sum.
+// pool row base+j, whose score is their sum. skip passes over the groups
+// of rows that cannot enter, nearly all of them once the heap is full.
 func (s *selector) scan(products, norms []float32, base int, ids []int64) {
-	cut := s.cut
 	norms = norms[:len(products)]
-	j := 0
-	for ; j+8 <= len(products); j += 8 {
-		v, n := products[j:j+8:j+8], norms[j:j+8:j+8]
-		if v[0]+n[0] > cut && v[1]+n[1] > cut && v[2]+n[2] > cut && v[3]+n[3] > cut &&
-			v[4]+n[4] > cut && v[5]+n[5] > cut && v[6]+n[6] > cut && v[7]+n[7] > cut {
-			continue // the common case: eight rows that cannot enter
-		}
-		for i := range v {
-			if x := v[i] + n[i]; x <= cut {
-				row := base + j + i
+	for j := 0; j < len(products); {
+		j += skip(products[j:], norms[j:], s.cut)
+		for end := min(j+8, len(products)); j < end; j++ {
+			if x := products[j] + norms[j]; x <= s.cut {
+				row := base + j
 				s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
-				cut = s.cut
 			}
-		}
-	}
-	for ; j < len(products); j++ {
-		if x := products[j] + norms[j]; x <= cut {
-			row := base + j
-			s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
-			cut = s.cut
 		}
 	}
 }
@@ -367,7 +352,7 @@ func (s *selector) result() []Neighbor {
 func scoreCut(thr, qq float32) float32 {
 	c := float32(thr - qq)
 	m := max(thr, abs32(qq), abs32(c))
-	ulp := math.Nextafter32(m, float32(math.Inf(1))) - m
+	ulp := math.Float32frombits(math.Float32bits(m)+1) - m // m ≥ 0: its next float up
 	return c + 4*ulp
 }
 

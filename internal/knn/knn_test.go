@@ -282,3 +282,26 @@ func BenchmarkTopK(b *testing.B) {
 		}
 	}
 }
+
+// TestSkipMatchesGeneric checks the vector skip against the Go one on
+// every length up to a few wide steps, every start alignment, cuts that
+// let none, some and every row through, and NaN scores (never ≤ cut).
+func TestSkipMatchesGeneric(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	products, norms := randVecs(rng, 1, 160), randVecs(rng, 1, 160)
+	products[77] = float32(math.NaN())
+	for _, cut := range []float32{float32(math.Inf(-1)), -4, -2.5, -1, 0, 2, float32(math.Inf(1))} {
+		for lo := 0; lo < 8; lo++ {
+			for hi := lo; hi <= len(products); hi++ {
+				p, n := products[lo:hi], norms[lo:hi]
+				want := skipGeneric(p, n, cut)
+				if got := skip(p, n, cut); got != want {
+					t.Fatalf("cut %v, rows [%d,%d): skip = %d, want %d", cut, lo, hi, got, want)
+				}
+				if want%8 != 0 || want > len(p) {
+					t.Fatalf("cut %v, rows [%d,%d): skip = %d, not a group's offset", cut, lo, hi, want)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,60 @@
+//go:build !purego
+
+#include "textflag.h"
+
+// func skipAVX2(products, norms *float32, n int, cut float32) int
+//
+// 32 rows a step (four compares OR-ed, one branch); on a hit, eight at a
+// time to find the group.
+TEXT ·skipAVX2(SB), NOSPLIT, $0-40
+	MOVQ products+0(FP), SI
+	MOVQ norms+8(FP), DI
+	MOVQ n+16(FP), CX
+	VBROADCASTSS cut+24(FP), Y0
+	XORQ AX, AX
+	MOVQ CX, BX
+	ANDQ $~31, BX
+
+wide:
+	CMPQ AX, BX
+	JGE  narrow
+	VMOVUPS (SI)(AX*4), Y1
+	VMOVUPS 32(SI)(AX*4), Y2
+	VMOVUPS 64(SI)(AX*4), Y3
+	VMOVUPS 96(SI)(AX*4), Y4
+	VADDPS  (DI)(AX*4), Y1, Y1
+	VADDPS  32(DI)(AX*4), Y2, Y2
+	VADDPS  64(DI)(AX*4), Y3, Y3
+	VADDPS  96(DI)(AX*4), Y4, Y4
+	VCMPPS  $2, Y0, Y1, Y1 // score ≤ cut (ordered: false for NaN)
+	VCMPPS  $2, Y0, Y2, Y2
+	VCMPPS  $2, Y0, Y3, Y3
+	VCMPPS  $2, Y0, Y4, Y4
+	VORPS   Y1, Y2, Y2
+	VORPS   Y3, Y4, Y4
+	VORPS   Y2, Y4, Y4
+	VMOVMSKPS Y4, DX
+	TESTL   DX, DX
+	JNZ     narrow
+	ADDQ    $32, AX
+	JMP     wide
+
+narrow:
+	ANDQ $~7, CX
+
+groups:
+	CMPQ AX, CX
+	JGE  done
+	VMOVUPS (SI)(AX*4), Y1
+	VADDPS  (DI)(AX*4), Y1, Y1
+	VCMPPS  $2, Y0, Y1, Y1
+	VMOVMSKPS Y1, DX
+	TESTL   DX, DX
+	JNZ     done
+	ADDQ    $8, AX
+	JMP     groups
+
+done:
+	VZEROUPPER
+	MOVQ AX, ret+32(FP)
+	RET

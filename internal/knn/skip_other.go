@@ -1,0 +1,10 @@
+//go:build !amd64 || purego
+
+package knn
+
+// skip returns the offset of the first group of eight rows (from the
+// start) holding a score products[j]+norms[j] ≤ cut, or of the tail of
+// fewer than eight rows when no group does. A NaN score is never ≤ cut.
+func skip(products, norms []float32, cut float32) int {
+	return skipGeneric(products, norms, cut)
+}
