@@ -75,8 +75,10 @@ const (
 	poolBudget   = 8 << 20
 )
 
-// Searcher runs the k-NN graph. It is safe for concurrent use; searches
-// run one at a time, since each already uses every core.
+// Searcher runs the k-NN graph. It is safe for concurrent use: products
+// run one at a time, since each already uses every core, while the
+// selections of concurrent searches (a worker searches several pool shards
+// at once) run beside them.
 type Searcher struct {
 	sess *ortrun.Session
 	// Block, when > 0, is how many pool rows one graph run scans; 0 picks
@@ -87,8 +89,16 @@ type Searcher struct {
 	// GOMAXPROCS.
 	Workers int
 
-	mu     sync.Mutex
-	scores [2][]float32 // reused between searches: one filled, one selected from
+	product sync.Mutex // held while ORT runs a product
+
+	mu   sync.Mutex
+	free []*buffers // reused between searches
+}
+
+// buffers are one search's scores and norms: one block being filled by
+// the product while the other is selected from.
+type buffers struct {
+	scores [2][]float32
 	norms  [2][]float32
 }
 
@@ -132,7 +142,7 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 }
 
 // TimedTopK is TopK that also returns how long the search ran, not
-// counting its wait while a concurrent search had the Searcher.
+// counting its waits while concurrent searches ran their products.
 func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int64, d, k int) ([][]Neighbor, time.Duration, error) {
 	n := len(ids)
 	if len(queries) != m*d || len(pool) != n*d {
@@ -144,40 +154,58 @@ func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int
 	for q := range sel {
 		sel[q] = newSelector(k, norm2(queries[q*d:(q+1)*d]), heaps[q*k:(q+1)*k])
 	}
-	took := time.Since(start)
+	var waited time.Duration
 	if k > 0 && n > 0 && m > 0 {
-		s.mu.Lock()
-		start := time.Now()
-		err := s.scan(queries, m, pool, ids, d, sel)
-		took += time.Since(start)
-		s.mu.Unlock()
-		if err != nil {
+		var err error
+		if waited, err = s.scan(queries, m, pool, ids, d, sel); err != nil {
 			return nil, 0, err
 		}
 	}
-	start = time.Now()
 	best := make([][]Neighbor, m)
 	for q := range sel {
 		best[q] = sel[q].result()
 	}
-	return best, took + time.Since(start), nil
+	return best, time.Since(start) - waited, nil
+}
+
+// buffers returns buffers for m×block scores: for two blocks, or for one
+// when the search has only one.
+func (s *Searcher) buffers(m, block, blocks int) *buffers {
+	s.mu.Lock()
+	var b *buffers
+	if n := len(s.free); n > 0 {
+		b, s.free = s.free[n-1], s.free[:n-1]
+	} else {
+		b = new(buffers)
+	}
+	s.mu.Unlock()
+	for i := range min(blocks, len(b.scores)) {
+		if cap(b.scores[i]) < m*block {
+			b.scores[i] = make([]float32, m*block)
+		}
+		if cap(b.norms[i]) < block {
+			b.norms[i] = make([]float32, block)
+		}
+	}
+	return b
+}
+
+func (s *Searcher) release(b *buffers) {
+	s.mu.Lock()
+	s.free = append(s.free, b)
+	s.mu.Unlock()
 }
 
 // scan runs the graph over each pool block and feeds the scores to the
 // selectors. Workers goroutines share the Go work of a block, the pool
 // rows' norms and then the queries' selection, while ORT computes the next
 // block's scores into the other buffer, so the product never waits on Go.
-func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
+// It returns how long it waited for other searches' products.
+func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) (waited time.Duration, err error) {
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
-	for i := range s.scores {
-		if cap(s.scores[i]) < m*block {
-			s.scores[i] = make([]float32, m*block)
-		}
-		if cap(s.norms[i]) < block {
-			s.norms[i] = make([]float32, block)
-		}
-	}
+	buf := s.buffers(m, block, (n+block-1)/block)
+	defer s.release(buf)
 	workers := s.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -211,14 +239,18 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 	for i, start := 0, 0; start < n; i, start = i+1, start+block {
 		end := min(start+block, n)
 		b := end - start
-		scores, norms, rows := s.scores[i%2][:m*b], s.norms[i%2][:b], pool[start*d:end*d]
+		scores, norms, rows := buf.scores[i%2][:m*b], buf.norms[i%2][:b], pool[start*d:end*d]
+		asked := time.Now()
+		s.product.Lock()
+		waited += time.Since(asked)
 		err := s.sess.RunInto(
 			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}},
 			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
 		)
+		s.product.Unlock()
 		<-selected // a query's blocks are offered in order, and the buffer is free again
 		if err != nil {
-			return err
+			return waited, err
 		}
 		go func() {
 			parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
@@ -227,7 +259,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		}()
 	}
 	<-selected
-	return nil
+	return waited, nil
 }
 
 // norm2 is ‖v‖², summed in eight float32 lanes (as a vector unit would)

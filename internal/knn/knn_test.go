@@ -1,6 +1,7 @@
 package knn
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -162,6 +163,58 @@ func TestTopKMatchesBruteForceWithTies(t *testing.T) {
 	}
 }
 
+// TestTopKConcurrent runs searches of different shapes at once, as a
+// worker searching several pool shards does: each must get the brute-force
+// answer, whatever the others do to the shared session and buffers.
+func TestTopKConcurrent(t *testing.T) {
+	s := newSearcher(t)
+	s.Block = 50 // several blocks each, so selections and products interleave
+	type search struct {
+		q, p       []float32
+		ids        []int64
+		m, n, d, k int
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	var searches []search
+	for i := range 6 {
+		m, n, d, k := 5+i, 300+37*i, 4+i, 3+i
+		ids := make([]int64, n)
+		for j := range ids {
+			ids[j] = int64(j*7 + i)
+		}
+		searches = append(searches, search{intVecs(rng, m, d), intVecs(rng, n, d), ids, m, n, d, k})
+	}
+	errs := make(chan error, len(searches))
+	for _, c := range searches {
+		go func() {
+			for range 5 {
+				got, err := s.TopK(c.q, c.m, c.p, c.ids, c.d, c.k)
+				if err != nil {
+					errs <- err
+					return
+				}
+				want := bruteForce(c.q, c.m, c.p, c.ids, c.d, c.k)
+				for i := range want {
+					var gotIDs []int64
+					for _, nb := range got[i] {
+						gotIDs = append(gotIDs, nb.ID)
+					}
+					if !slices.Equal(gotIDs, want[i]) {
+						errs <- fmt.Errorf("%d×%d, d %d: query %d: got %v, want %v", c.m, c.n, c.d, i, gotIDs, want[i])
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range searches {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 func intVecs(rng *rand.Rand, n, d int) []float32 {
 	v := make([]float32, n*d)
 	for i := range v {
@@ -261,6 +314,39 @@ func BenchmarkSelect(b *testing.B) {
 			s := newSelector(k, 100, make([]Neighbor, k))
 			s.scan(scores[q*n:(q+1)*n], norms, 0, ids)
 			s.result()
+		}
+	}
+}
+
+// BenchmarkTopKShards times searches of pool shards four at a time, as a
+// worker runs them; the products take turns, and the selections run
+// beside them.
+func BenchmarkTopKShards(b *testing.B) {
+	s := newSearcher(b)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const m, n, d, k, shards = 1000, 2000, 384, 10, 4
+	q := randVecs(rng, m, d)
+	pools := make([][]float32, shards)
+	for i := range pools {
+		pools[i] = randVecs(rng, n, d)
+	}
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i)
+	}
+	b.SetBytes(2 * m * n * d * shards) // "MB/s" reads as MFLOP/s
+	for range b.N {
+		errs := make(chan error, shards)
+		for _, p := range pools {
+			go func() {
+				_, err := s.TopK(q, m, p, ids, d, k)
+				errs <- err
+			}()
+		}
+		for range shards {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 }
