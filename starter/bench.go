@@ -25,7 +25,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, 2 or CPUs/4 when more)")
 	ep := fs.String("ep", "cpu", "execution provider of the embedding part: cpu or cuda (ONNX Runtime's GPU build, see README)")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof, and the pass part's workers' to FILE-bench-<pool size>")
 	traceFile := fs.String("trace", "", "write an execution trace of the run to FILE, for go tool trace")
 	memProfile := fs.String("memprofile", "", "write a profile of what the run allocated to FILE, for go tool pprof -sample_index=alloc_space")
 	pos, err := parse(fs, benchSynopsis, args)
@@ -45,7 +45,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	defer stopTrace()
-	o := bench.Options{Quick: *quick, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, Log: e.stderr}
+	o := bench.Options{Quick: *quick, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
 	if *parts != "" {
 		o.Parts = strings.Split(*parts, ",")
 	}

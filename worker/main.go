@@ -15,6 +15,7 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -31,8 +32,8 @@ import (
 
 // options are the worker's settings.
 type options struct {
-	address, namespace, queues, storage, ortLib, ep string
-	threads, concurrency, decoders                  int
+	address, namespace, queues, storage, ortLib, ep, cpuProfile string
+	threads, concurrency, decoders                              int
 }
 
 // defineFlags defines the worker's flags on fs. Each flag's default comes
@@ -48,12 +49,23 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
 	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
 	return o
 }
 
 func main() {
 	o := defineFlags(flag.CommandLine)
 	flag.Parse()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	if err := run(o.address, o.namespace, o.queues, o.storage, o.ortLib, o.threads, o.ep, o.concurrency, o.decoders); err != nil {
 		log.Fatal(err)
 	}

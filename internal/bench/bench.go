@@ -106,6 +106,10 @@ type Options struct {
 	Dir string
 	// Worker is the dcd worker binary the pass runs on; empty builds one.
 	Worker string
+	// WorkerProfile, when set, has each worker the pass part starts write
+	// a CPU profile to WorkerProfile-<run> (the pass's searches and reads
+	// run there, not in this process).
+	WorkerProfile string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 

@@ -424,7 +424,11 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "-address", hostport, "-storage", url, "-queues", "cpu,gpu", "-threads", strconv.Itoa(o.threads()))
+	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu", "-threads", strconv.Itoa(o.threads())}
+	if o.WorkerProfile != "" {
+		args = append(args, "-cpuprofile", o.WorkerProfile+"-"+name)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	lib := o.ORTLib
 	if lib == "" {
