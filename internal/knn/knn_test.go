@@ -369,6 +369,37 @@ func BenchmarkTopK(b *testing.B) {
 	}
 }
 
+func TestKthSmallest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	for n := 1; n < 70; n++ {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.IntN(max(n/3, 1))) // many equal values
+		}
+		sorted := slices.Sorted(slices.Values(v))
+		for k := 1; k <= n; k++ {
+			w := slices.Clone(v)
+			if got := kthSmallest(w, k); got != sorted[k-1] {
+				t.Fatalf("%v: %d-th smallest = %v, want %v", v, k, got, sorted[k-1])
+			}
+		}
+	}
+}
+
+// TestMinScoreMatchesGeneric checks the vector minimum against the Go one
+// on every length and alignment up to a few vectors.
+func TestMinScoreMatchesGeneric(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	products, norms := randVecs(rng, 1, 100), randVecs(rng, 1, 100)
+	for lo := 0; lo < 8; lo++ {
+		for hi := lo; hi <= len(products); hi++ {
+			if got, want := minScore(products[lo:hi], norms[lo:hi]), minGeneric(products[lo:hi], norms[lo:hi]); got != want {
+				t.Fatalf("rows [%d,%d): minScore = %v, want %v", lo, hi, got, want)
+			}
+		}
+	}
+}
+
 // TestSkipMatchesGeneric checks the vector skip against the Go one on
 // every length up to a few wide steps, every start alignment, cuts that
 // let none, some and every row through, and NaN scores (never ≤ cut).

@@ -1,5 +1,7 @@
 package knn
 
+import "math"
+
 // skipGeneric is skip in Go: eight rows a step, a comparison each, which
 // the branch predictor carries while nearly every row fails.
 func skipGeneric(products, norms []float32, cut float32) int {
@@ -13,4 +15,16 @@ func skipGeneric(products, norms []float32, cut float32) int {
 		}
 	}
 	return j
+}
+
+// minGeneric is minScore in Go. A NaN score is passed over.
+func minGeneric(products, norms []float32) float32 {
+	norms = norms[:len(products)]
+	m := float32(math.Inf(1))
+	for j, p := range products {
+		if x := p + norms[j]; x < m {
+			m = x
+		}
+	}
+	return m
 }

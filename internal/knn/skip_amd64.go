@@ -22,3 +22,19 @@ func skip(products, norms []float32, cut float32) int {
 
 //go:noescape
 func skipAVX2(products, norms *float32, n int, cut float32) int
+
+// minScore returns the least score products[j]+norms[j], +Inf for none;
+// it is a row's score, or may be NaN when some score is.
+func minScore(products, norms []float32) float32 {
+	if n := len(products) &^ 7; haveAVX2 && n > 0 {
+		m := minAVX2(&products[0], &norms[:n][0], n)
+		if n < len(products) {
+			m = min(m, minGeneric(products[n:], norms[n:len(products)]))
+		}
+		return m
+	}
+	return minGeneric(products, norms)
+}
+
+//go:noescape
+func minAVX2(products, norms *float32, n int) float32

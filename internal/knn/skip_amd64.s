@@ -58,3 +58,34 @@ done:
 	VZEROUPPER
 	MOVQ AX, ret+32(FP)
 	RET
+
+// func minAVX2(products, norms *float32, n int) float32
+//
+// n is a positive multiple of 8.
+TEXT ·minAVX2(SB), NOSPLIT, $0-28
+	MOVQ products+0(FP), SI
+	MOVQ norms+8(FP), DI
+	MOVQ n+16(FP), CX
+	VMOVUPS (SI), Y0
+	VADDPS  (DI), Y0, Y0
+	MOVQ    $8, AX
+
+mins:
+	CMPQ AX, CX
+	JGE  reduce
+	VMOVUPS (SI)(AX*4), Y1
+	VADDPS  (DI)(AX*4), Y1, Y1
+	VMINPS  Y1, Y0, Y0
+	ADDQ    $8, AX
+	JMP     mins
+
+reduce:
+	VEXTRACTF128 $1, Y0, X1
+	VMINPS       X1, X0, X0
+	VPERMILPS    $0x4E, X0, X1 // swap the 64-bit halves
+	VMINPS       X1, X0, X0
+	VPERMILPS    $0xB1, X0, X1 // swap neighbours
+	VMINPS       X1, X0, X0
+	VZEROUPPER
+	MOVSS X0, ret+24(FP)
+	RET

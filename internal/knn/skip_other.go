@@ -8,3 +8,9 @@ package knn
 func skip(products, norms []float32, cut float32) int {
 	return skipGeneric(products, norms, cut)
 }
+
+// minScore returns the least score products[j]+norms[j], +Inf for none;
+// it is a row's score, or may be NaN when some score is.
+func minScore(products, norms []float32) float32 {
+	return minGeneric(products, norms)
+}
