@@ -158,6 +158,7 @@ func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *da
 			return res, err
 		}
 		res.Search = took
+		b.reserve(len(nearest)*min(in.K, len(items)), items[0])
 		for q, list := range nearest {
 			for r, n := range list {
 				b.add(int32(q), int32(r), n.Distance, items[n.Index])
@@ -305,6 +306,15 @@ type neighborBuilder struct {
 
 func newNeighborBuilder(a *Activities) *neighborBuilder {
 	return &neighborBuilder{rb: array.NewRecordBuilder(a.Mem, schemas.Neighbors)}
+}
+
+// reserve makes room for rows more rows with strings as long as like's,
+// so that appending them does not regrow (and copy) the builders.
+func (b *neighborBuilder) reserve(rows int, like dataset.Item) {
+	b.rb.Reserve(rows)
+	for f, s := range []string{like.Key, like.Label, like.Domain} {
+		b.rb.Field(4 + f).(*array.StringBuilder).ReserveData(rows * len(s))
+	}
 }
 
 func (b *neighborBuilder) add(q, rank int32, dist float32, it dataset.Item) {

@@ -106,12 +106,26 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 		return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
 	}
 	dim := int(f.Schema().Field(idx[0]).Type.(*arrow.FixedSizeListType).Len())
-	m := &Matrix{Dim: dim}
-	for i := 0; i < f.NumRecords(); i++ {
-		rec, err := f.Record(i)
-		if err != nil {
+	// A file has a record per embedded batch: they are all read before the
+	// matrix is sized, so its rows are copied once, not regrown batch by
+	// batch.
+	recs := make([]arrow.Record, f.NumRecords())
+	defer func() {
+		for _, rec := range recs {
+			if rec != nil {
+				rec.Release()
+			}
+		}
+	}()
+	rows := 0
+	for i := range recs {
+		if recs[i], err = f.RecordAt(i); err != nil {
 			return nil, fmt.Errorf("features: %q record %d: %w", key, i, err)
 		}
+		rows += int(recs[i].NumRows())
+	}
+	m := &Matrix{Dim: dim, URIs: make([]string, 0, rows), Data: make([]float32, 0, rows*dim)}
+	for _, rec := range recs {
 		uris := rec.Column(0).(*array.String)
 		for j := 0; j < uris.Len(); j++ {
 			m.URIs = append(m.URIs, uris.Value(j))

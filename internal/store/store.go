@@ -93,13 +93,27 @@ func Classify(err error, key string) error {
 	return err
 }
 
-// ReadAll reads the whole object at key.
+// ReadAll reads the whole object at key. It reads into a buffer of the
+// object's size, copying the data once: blob.Bucket.ReadAll uses
+// io.ReadAll, which grows its buffer from 512 bytes and copies a feature
+// file of a few MiB many times over (in a pass on cached features, more
+// CPU than the read itself).
 func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
-	data, err := b.ReadAll(ctx, key)
+	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", key, err)
 	}
-	return data, nil
+	defer r.Close()
+	data := make([]byte, max(r.Size(), 0))
+	if _, err := io.ReadFull(r, data); err != nil {
+		return nil, fmt.Errorf("store: read %q: %w", key, err)
+	}
+	// An object that grew since it was opened is read to its end.
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("store: read %q: %w", key, err)
+	}
+	return append(data, rest...), nil
 }
 
 // WriteAll writes data at key atomically: readers see the old object or the
