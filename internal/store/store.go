@@ -93,25 +93,34 @@ func Classify(err error, key string) error {
 	return err
 }
 
-// ReadAll reads the whole object at key. It reads into a buffer of the
-// object's size, copying the data once: blob.Bucket.ReadAll uses
-// io.ReadAll, which grows its buffer from 512 bytes and copies a feature
-// file of a few MiB many times over (in a pass on cached features, more
-// CPU than the read itself).
+// ReadAll reads the whole object at key.
 func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
-	r, err := b.NewReader(ctx, key, nil)
+	data, err := readAll(ctx, b, key)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", key, err)
+	}
+	return data, nil
+}
+
+// readAll is blob.Bucket.ReadAll reading into a buffer of the object's
+// size, which copies the data once: blob.Bucket.ReadAll uses io.ReadAll,
+// which grows its buffer from 512 bytes and copies a feature file of a few
+// MiB, or a photo of a few hundred KiB, several times over (in a pass on
+// cached features, more CPU than the read itself).
+func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
+	r, err := b.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, err
 	}
 	defer r.Close()
 	data := make([]byte, max(r.Size(), 0))
 	if _, err := io.ReadFull(r, data); err != nil {
-		return nil, fmt.Errorf("store: read %q: %w", key, err)
+		return nil, err
 	}
 	// An object that grew since it was opened is read to its end.
 	rest, err := io.ReadAll(r)
 	if err != nil {
-		return nil, fmt.Errorf("store: read %q: %w", key, err)
+		return nil, err
 	}
 	return append(data, rest...), nil
 }

@@ -127,7 +127,7 @@ func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([
 	if err != nil {
 		return nil, err
 	}
-	data, err := b.ReadAll(ctx, key)
+	data, err := readAll(ctx, b, key)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", ref, err)
 	}

@@ -1,12 +1,15 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 )
 
 func TestSplitURL(t *testing.T) {
@@ -150,6 +153,33 @@ func TestFileBucketWritesNoSidecars(t *testing.T) {
 	for _, u := range []string{"file:///d?metadata=skip", "s3://bucket?region=x", "mem://"} {
 		if got := withoutSidecars(u); got != u {
 			t.Errorf("withoutSidecars(%q) = %q, want it unchanged", u, got)
+		}
+	}
+}
+
+// TestReadAllWhole reads objects of several sizes, none and past io.ReadAll's
+// first 512 bytes included, from a file:// and a mem:// bucket, whole; a
+// missing one stays NotFound, which retries and rejects are decided by.
+func TestReadAllWhole(t *testing.T) {
+	ctx := context.Background()
+	for _, url := range []string{"file://" + t.TempDir(), "mem://"} {
+		b, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		for _, n := range []int{0, 1, 513, 300 << 10} {
+			want := bytes.Repeat([]byte{byte(n)}, n)
+			key := fmt.Sprintf("obj-%d", n)
+			if err := b.WriteAll(ctx, key, want, nil); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := ReadAll(ctx, b, key); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("%s: ReadAll of %d bytes = %d bytes, %v", url, n, len(got), err)
+			}
+		}
+		if _, err := ReadAll(ctx, b, "missing"); gcerrors.Code(err) != gcerrors.NotFound {
+			t.Errorf("%s: ReadAll of a missing object: %v, want NotFound", url, err)
 		}
 	}
 }
