@@ -239,10 +239,13 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url, run st
 	}
 	busy := t.busy()
 	orch := max(wall-busy, 0)
-	// Searches are summed over activities that run four at a time: their
-	// reads overlap each other's searches, so the k-NN share is at most
-	// the time some activity ran, and storage is what is left of it.
-	search := min(t.search, busy)
+	// Four searches run at once, and each one's reads and writes overlap
+	// the others' searches: the time some search ran is split between the
+	// k-NN and storage as the searches' own times split, summed.
+	var search time.Duration
+	if t.took > 0 {
+		search = time.Duration(float64(busy) * min(float64(t.search)/float64(t.took), 1))
+	}
 	io := busy - search
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
 	o.logf("pass %s: %d shards in %s (%.1f ms/shard): k-NN %s, storage %s, orchestration %s; %d activities (%d local); worker peak RSS %d MiB",
@@ -296,9 +299,9 @@ func runChains(ctx context.Context, c client.Client, run string, n int, input fu
 
 // times are the activities of a pass as its histories record them.
 type times struct {
-	spans  [][2]time.Time // started, closed
-	search time.Duration  // TopKShardResult.Search, summed
-	local  int            // local activities among the spans
+	spans        [][2]time.Time // started, closed
+	search, took time.Duration  // TopKShardResult.Search and .Took, summed
+	local        int            // local activities among the spans
 }
 
 // busy is how long at least one activity was running.
@@ -351,14 +354,14 @@ func activityTimes(ctx context.Context, c client.Client, chains []chain) (times,
 						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 							return t, fmt.Errorf("bench: TopKShard result: %w", err)
 						}
-						t.search += r.Search
+						t.search, t.took = t.search+r.Search, t.took+r.Took
 					case "EmbedShard":
 						var r activities.EmbedShardResult
 						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 							return t, fmt.Errorf("bench: EmbedShard result: %w", err)
 						}
 						if r.TopK != nil {
-							t.search += r.TopK.Search
+							t.search, t.took = t.search+r.TopK.Search, t.took+r.TopK.Took
 						}
 					}
 				case enumspb.EVENT_TYPE_MARKER_RECORDED:
@@ -379,7 +382,7 @@ func activityTimes(ctx context.Context, c client.Client, chains []chain) (times,
 					}
 					if r.TopK != nil {
 						t.spans = append(t.spans, [2]time.Time{r.TopK.Started, r.TopK.Started.Add(r.TopK.Took)})
-						t.search += r.TopK.Search
+						t.search, t.took = t.search+r.TopK.Search, t.took+r.TopK.Took
 						t.local++
 					}
 				case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:

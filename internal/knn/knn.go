@@ -20,7 +20,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
@@ -137,35 +136,25 @@ func (s *Searcher) BlockFor(m, n, d int) int {
 // result is exactly the first k of all n rows sorted by that distance, then
 // by id.
 func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d, k int) ([][]Neighbor, error) {
-	best, _, err := s.TimedTopK(queries, m, pool, ids, d, k)
-	return best, err
-}
-
-// TimedTopK is TopK that also returns how long the search ran, not
-// counting its waits while concurrent searches ran their products.
-func (s *Searcher) TimedTopK(queries []float32, m int, pool []float32, ids []int64, d, k int) ([][]Neighbor, time.Duration, error) {
 	n := len(ids)
 	if len(queries) != m*d || len(pool) != n*d {
-		return nil, 0, fmt.Errorf("knn: shapes: %d query values for %d×%d, %d pool values for %d×%d", len(queries), m, d, len(pool), n, d)
+		return nil, fmt.Errorf("knn: shapes: %d query values for %d×%d, %d pool values for %d×%d", len(queries), m, d, len(pool), n, d)
 	}
-	start := time.Now()
 	sel := make([]selector, m)
 	heaps := make([]Neighbor, m*max(k, 0))
 	for q := range sel {
 		sel[q] = newSelector(k, norm2(queries[q*d:(q+1)*d]), heaps[q*k:(q+1)*k])
 	}
-	var waited time.Duration
 	if k > 0 && n > 0 && m > 0 {
-		var err error
-		if waited, err = s.scan(queries, m, pool, ids, d, sel); err != nil {
-			return nil, 0, err
+		if err := s.scan(queries, m, pool, ids, d, sel); err != nil {
+			return nil, err
 		}
 	}
 	best := make([][]Neighbor, m)
 	for q := range sel {
 		best[q] = sel[q].result()
 	}
-	return best, time.Since(start) - waited, nil
+	return best, nil
 }
 
 // buffers returns buffers for m×block scores: for two blocks, or for one
@@ -200,8 +189,7 @@ func (s *Searcher) release(b *buffers) {
 // selectors. Workers goroutines share the Go work of a block, the pool
 // rows' norms and then the queries' selection, while ORT computes the next
 // block's scores into the other buffer, so the product never waits on Go.
-// It returns how long it waited for other searches' products.
-func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) (waited time.Duration, err error) {
+func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
 	buf := s.buffers(m, block, (n+block-1)/block)
@@ -240,9 +228,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		end := min(start+block, n)
 		b := end - start
 		scores, norms, rows := buf.scores[i%2][:m*b], buf.norms[i%2][:b], pool[start*d:end*d]
-		asked := time.Now()
 		s.product.Lock()
-		waited += time.Since(asked)
 		err := s.sess.RunInto(
 			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}},
 			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
@@ -250,7 +236,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		s.product.Unlock()
 		<-selected // a query's blocks are offered in order, and the buffer is free again
 		if err != nil {
-			return waited, err
+			return err
 		}
 		go func() {
 			parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
@@ -259,7 +245,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		}()
 	}
 	<-selected
-	return waited, nil
+	return nil
 }
 
 // norm2 is ‖v‖², summed in eight float32 lanes (as a vector unit would)
