@@ -50,7 +50,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	sessions := activities.NewSessions(ortrun.Options{Threads: 1})
+	sessions := activities.NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
 	t.Cleanup(sessions.Close)
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	t.Cleanup(func() { mem.AssertSize(t, 0) })

@@ -194,7 +194,7 @@ func TestGuardSelection(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := memActivities(t)
-	a.Sessions = NewSessions(ortrun.Options{Threads: 1})
+	a.Sessions = NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
 	defer a.Sessions.Close()
 	ctx := context.Background()
 	spec := rowsSpec

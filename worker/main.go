@@ -45,7 +45,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.queues, "queues", env("DCD_QUEUES", "cpu,gpu,train"), "task queues to poll: any of cpu, gpu, train, comma-separated (env DCD_QUEUES)")
 	fs.StringVar(&o.storage, "storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE): file:///dir?create_dir=1, s3://bucket?region=...")
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
-	fs.IntVar(&o.threads, "threads", envInt("DCD_THREADS", runtime.NumCPU()), "ONNX Runtime intra-op threads per session (env DCD_THREADS)")
+	fs.IntVar(&o.threads, "threads", envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
 	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
@@ -95,7 +95,11 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 	}
 	defer c.Close()
 
-	sessions := activities.NewSessions(ortrun.Options{Threads: threads, EP: ep})
+	models, search := ortrun.Options{Threads: threads, EP: ep}, ortrun.Options{Threads: threads, EP: ep}
+	if threads <= 0 {
+		models.Threads, search.Threads = activities.DefaultThreads(concurrency), runtime.NumCPU()
+	}
+	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions, Decoders: decoders, Buckets: buckets, StorageURL: storage}
 

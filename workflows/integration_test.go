@@ -127,7 +127,7 @@ func startWorkerOn(t *testing.T, c client.Client, b *blob.Bucket, storageURL str
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
 	}
-	sessions := activities.NewSessions(ortrun.Options{Threads: 2})
+	sessions := activities.NewSessions(ortrun.Options{Threads: 2}, ortrun.Options{Threads: 2})
 	t.Cleanup(sessions.Close)
 	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: storageURL}
 	for _, q := range queues {
@@ -259,7 +259,7 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
 	}
-	sessions := activities.NewSessions(ortrun.Options{Threads: 2})
+	sessions := activities.NewSessions(ortrun.Options{Threads: 2}, ortrun.Options{Threads: 2})
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions}
 	run := "kill-" + time.Now().UTC().Format("150405.000")

@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"dcd/activities"
 )
 
 // Result is one measurement beside its baseline.
@@ -89,7 +91,9 @@ type Options struct {
 	Quick bool
 	// Parts to run; empty means all of Parts.
 	Parts []string
-	// Threads is ONNX Runtime's intra-op thread count; 0 means NumCPU.
+	// Threads is ONNX Runtime's intra-op thread count; 0 means a worker's
+	// defaults (activities.DefaultThreads for models, NumCPU for the k-NN
+	// search).
 	Threads int
 	// Concurrency is how many shards the embedding pipeline embeds at
 	// once, as a worker's -concurrency does, and how many streams of
@@ -116,7 +120,16 @@ type Options struct {
 	srv *server // shared by the parts that need Temporal
 }
 
-func (o Options) threads() int {
+// modelThreads and searchThreads are the intra-op threads of the model
+// sessions and of the k-NN search: Threads, or a worker's defaults.
+func (o Options) modelThreads() int {
+	if o.Threads > 0 {
+		return o.Threads
+	}
+	return activities.DefaultThreads(o.concurrency())
+}
+
+func (o Options) searchThreads() int {
 	if o.Threads > 0 {
 		return o.Threads
 	}

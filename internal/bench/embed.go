@@ -142,8 +142,8 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 		return Result{}, err
 	}
 
-	opt := ortrun.Options{Threads: o.threads(), EP: o.EP}
-	sessions := activities.NewSessions(opt)
+	opt := ortrun.Options{Threads: o.modelThreads(), EP: o.EP}
+	sessions := activities.NewSessions(opt, ortrun.Options{Threads: o.searchThreads()})
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions}
 	var ts testsuite.WorkflowTestSuite
@@ -234,8 +234,8 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	total := shards * images
 	rate := func(t time.Duration) float64 { return float64(total) / t.Seconds() }
 	perImage := func(t time.Duration) float64 { return t.Seconds() * 1e6 / float64(c.reps*total) }
-	o.logf("%s: %d shards of %d images, %d at once, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s; CPU per image %.1f µs, inference alone %.1f µs",
-		c.name(), shards, images, streams, c.batch, c.model.gflop, times[1], times[0], perImage(cpu[1]), perImage(cpu[0]))
+	o.logf("%s: %d shards of %d images, %d at once, %d ORT threads each, batch %d, %.3g GFLOP/img: pipeline %s, inference alone %s; CPU per image %.1f µs, inference alone %.1f µs",
+		c.name(), shards, images, streams, opt.Threads, c.batch, c.model.gflop, times[1], times[0], perImage(cpu[1]), perImage(cpu[0]))
 	if c.objects {
 		return info(c.name(), "images/s", rate(times[1]), rate(times[0])), ctx.Err()
 	}

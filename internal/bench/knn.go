@@ -52,7 +52,7 @@ func KNN(ctx context.Context, o Options) ([]Result, error) {
 	if o.Quick {
 		m, n, reps = 200, 20000, 3
 	}
-	s, err := knn.NewSearcher(ortrun.Options{Threads: o.threads()})
+	s, err := knn.NewSearcher(ortrun.Options{Threads: o.searchThreads()})
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func KNN(ctx context.Context, o Options) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := ortrun.NewSession("gemm", model, []string{"a", "b"}, []string{"c"}, ortrun.Options{Threads: o.threads()})
+	g, err := ortrun.NewSession("gemm", model, []string{"a", "b"}, []string{"c"}, ortrun.Options{Threads: o.searchThreads()})
 	if err != nil {
 		return nil, err
 	}

@@ -427,7 +427,10 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu", "-threads", strconv.Itoa(o.threads())}
+	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu"}
+	if o.Threads > 0 {
+		args = append(args, "-threads", strconv.Itoa(o.Threads))
+	}
 	if o.WorkerProfile != "" {
 		args = append(args, "-cpuprofile", o.WorkerProfile+"-"+name)
 	}

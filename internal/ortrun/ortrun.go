@@ -61,8 +61,10 @@ type Session struct {
 	name    string
 	inputs  []string
 	outputs []string
-	mu      sync.Mutex
-	sess    *ort.DynamicAdvancedSession
+	// mu lets runs go on at once (ONNX Runtime allows concurrent runs of
+	// a session) and holds Close until they end.
+	mu   sync.RWMutex
+	sess *ort.DynamicAdvancedSession
 }
 
 // IO describes a model's graph inputs and outputs, as read from the model.
@@ -196,12 +198,12 @@ func (s *Session) Run(in ...Tensor) ([]Tensor, error) {
 	}
 	outs := make([]ort.Value, len(s.outputs))
 	defer destroyAll(outs)
-	s.mu.Lock()
+	s.mu.RLock()
 	err := errClosed
 	if s.sess != nil {
 		err = s.sess.Run(values, outs)
 	}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("ortrun: %s: run: %w", s.name, err)
 	}
@@ -237,12 +239,12 @@ func (s *Session) RunInto(in []Tensor, out []Tensor) error {
 			return fmt.Errorf("ortrun: %s: tensor %d shape %v: %w", s.name, i, t.Shape, err)
 		}
 	}
-	s.mu.Lock()
+	s.mu.RLock()
 	err := errClosed
 	if s.sess != nil {
 		err = s.sess.Run(values[:len(in)], values[len(in):])
 	}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("ortrun: %s: run: %w", s.name, err)
 	}
