@@ -89,6 +89,21 @@ var u8f, u8unit = func() (f, unit [256]float32) {
 	return f, unit
 }()
 
+// lookup sets out[x] = lut[in[x]] for every x (len(out) = len(in)),
+// unrolled by four over slices of four, whose indices need no bounds
+// checks: the loop is otherwise bound by its own overhead.
+func lookup(out []float32, in []byte, lut *[256]float32) {
+	out = out[:len(in)]
+	x := 0
+	for ; x+4 <= len(in); x += 4 {
+		i, o := in[x:x+4:x+4], out[x:x+4:x+4]
+		o[0], o[1], o[2], o[3] = lut[i[0]], lut[i[1]], lut[i[2]], lut[i[3]]
+	}
+	for ; x < len(in); x++ {
+		out[x] = lut[in[x]]
+	}
+}
+
 // fillGrayExact handles a *image.Gray already at the spec's size.
 func (s Spec) fillGrayExact(dst []float32, g *image.Gray) {
 	w, h := s.Width, s.Height
@@ -102,21 +117,23 @@ func (s Spec) fillGrayExact(dst []float32, g *image.Gray) {
 		}
 	}
 	a, b := s.affine(255)
+	if lut != nil && s.Channels == 1 {
+		// NCHW and NHWC coincide for one channel, and the rows of a
+		// whole image (stride = width) are one run of pixels.
+		if i := g.PixOffset(org.X, org.Y); g.Stride == w {
+			lookup(dst[:plane], g.Pix[i:i+plane], lut)
+			return
+		}
+		for y := 0; y < h; y++ {
+			i := g.PixOffset(org.X, org.Y+y)
+			lookup(dst[y*w:y*w+w], g.Pix[i:i+w], lut)
+		}
+		return
+	}
 	for y := 0; y < h; y++ {
 		i := g.PixOffset(org.X, org.Y+y)
 		row := g.Pix[i : i+w]
 		switch {
-		case lut != nil && s.Channels == 1:
-			// NCHW and NHWC coincide for one channel.
-			out := dst[y*w : y*w+w]
-			// Unrolled: the loop is otherwise bound by its own overhead.
-			for len(row) >= 4 && len(out) >= 4 {
-				out[0], out[1], out[2], out[3] = lut[row[0]], lut[row[1]], lut[row[2]], lut[row[3]]
-				row, out = row[4:], out[4:]
-			}
-			for x, u := range row {
-				out[x] = lut[u]
-			}
 		case s.Channels == 1:
 			out := dst[y*w : y*w+w]
 			for x, u := range row {
