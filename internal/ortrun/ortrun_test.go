@@ -1,6 +1,7 @@
 package ortrun_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -68,4 +69,46 @@ func TestExecutionProviders(t *testing.T) {
 		}
 		t.Log(err)
 	})
+}
+
+// TestConcurrentRuns runs one session from several goroutines at once, as
+// a worker embedding several shards does: each run gets its own input
+// back, and a run after Close fails instead of touching a freed session.
+func TestConcurrentRuns(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	s, err := ortrun.NewSession("m.onnx", identity(t), []string{"x"}, []string{"y"}, ortrun.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 200 {
+				in := []float32{float32(g), float32(i)}
+				out, err := s.Run(ortrun.Tensor{Shape: []int64{1, 2}, Floats: in})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if got := out[0].Floats; got[0] != in[0] || got[1] != in[1] {
+					errs <- fmt.Errorf("goroutine %d run %d: got %v, want %v", g, i, got, in)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ortrun.Tensor{Shape: []int64{1, 2}, Floats: []float32{1, 2}}); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("a run after Close: %v, want an error saying the session is closed", err)
+	}
 }
