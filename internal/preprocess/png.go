@@ -404,9 +404,14 @@ func unfilter(cur, prev []byte, bpp int) bool {
 // comparisons are the PNG specification's PaethPredictor with p = a+b-c
 // substituted.
 func unfilterPaeth(c, p []byte, bpp int) {
+	from := paethPixels(c, p, bpp) // the vector unit's share, whole pixels
 	for ch := range bpp {
 		var a, ul int // left and upper-left, zero before the first pixel
-		for i := ch; i < len(c) && i < len(p); i += bpp {
+		i := from + ch
+		if from >= bpp {
+			a, ul = int(c[i-bpp]), int(p[i-bpp])
+		}
+		for ; i < len(c) && i < len(p); i += bpp {
 			b := int(p[i])
 			pa := abs(b - ul)       // |p-a|
 			pb := abs(a - ul)       // |p-b|
