@@ -95,7 +95,11 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 		return i
 	})
 	if len(wantSel) == 0 || !slices.Equal(gotSel, wantSel) {
-		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel))
+		i := 0
+		for i < min(len(gotSel), len(wantSel)) && gotSel[i] == wantSel[i] {
+			i++
+		}
+		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v\nfirst difference at pick %d:\n%v\n%v", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel), i, gotSel[i:min(i+3, len(gotSel))], wantSel[i:min(i+3, len(wantSel))])
 	}
 	g, w := method(t, got.Eval, schemas.MethodDCD), method(t, want.Eval, schemas.MethodDCD)
 	if g.SelectionPrecision == nil || w.SelectionPrecision == nil || *g.SelectionPrecision != *w.SelectionPrecision {
