@@ -304,6 +304,11 @@ type times struct {
 	local        int            // local activities among the spans
 }
 
+func (t *times) addSearch(r activities.TopKShardResult) {
+	t.search += r.Search
+	t.took += r.Took
+}
+
 // busy is how long at least one activity was running.
 func (t times) busy() time.Duration {
 	spans := slices.Clone(t.spans)
@@ -354,14 +359,14 @@ func activityTimes(ctx context.Context, c client.Client, chains []chain) (times,
 						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 							return t, fmt.Errorf("bench: TopKShard result: %w", err)
 						}
-						t.search, t.took = t.search+r.Search, t.took+r.Took
+						t.addSearch(r)
 					case "EmbedShard":
 						var r activities.EmbedShardResult
 						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 							return t, fmt.Errorf("bench: EmbedShard result: %w", err)
 						}
 						if r.TopK != nil {
-							t.search, t.took = t.search+r.TopK.Search, t.took+r.TopK.Took
+							t.addSearch(*r.TopK)
 						}
 					}
 				case enumspb.EVENT_TYPE_MARKER_RECORDED:
@@ -382,7 +387,7 @@ func activityTimes(ctx context.Context, c client.Client, chains []chain) (times,
 					}
 					if r.TopK != nil {
 						t.spans = append(t.spans, [2]time.Time{r.TopK.Started, r.TopK.Started.Add(r.TopK.Took)})
-						t.search, t.took = t.search+r.TopK.Search, t.took+r.TopK.Took
+						t.addSearch(*r.TopK)
 						t.local++
 					}
 				case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:

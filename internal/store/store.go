@@ -113,16 +113,23 @@ func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 		return nil, err
 	}
 	defer r.Close()
-	data := make([]byte, max(r.Size(), 0))
-	if _, err := io.ReadFull(r, data); err != nil {
-		return nil, err
+	// io.ReadAll's loop over a buffer with room for the object and the
+	// read that finds its end. A reader whose content outgrows its Size
+	// (a store that decompresses on the way) still reads to the end.
+	data := make([]byte, 0, max(r.Size(), 0)+1)
+	for {
+		n, err := r.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
+			return data, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(data) == cap(data) {
+			data = append(data, 0)[:len(data)]
+		}
 	}
-	// An object that grew since it was opened is read to its end.
-	rest, err := io.ReadAll(r)
-	if err != nil {
-		return nil, err
-	}
-	return append(data, rest...), nil
 }
 
 // WriteAll writes data at key atomically: readers see the old object or the
