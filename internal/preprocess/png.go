@@ -2,13 +2,13 @@ package preprocess
 
 import (
 	"encoding/binary"
-	"hash/adler32"
 	"hash/crc32"
 	"image"
 	"image/color"
 	"math/bits"
 	"sync"
 
+	"dcd/internal/adler32"
 	"dcd/internal/inflate"
 )
 
