@@ -100,6 +100,10 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	if ahead < 1 {
 		ahead = 2
 	}
+	spec, err := e.Spec.Prepare()
+	if err != nil {
+		return nil, fmt.Errorf("embed: %s: preprocess: %w", e.Name, err)
+	}
 	size := e.Spec.Size()
 	nBatches := (len(images) + bs - 1) / bs
 	ctx, cancel := context.WithCancel(ctx)
@@ -156,7 +160,7 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 			for j := range work {
 				for i := j.lo; i < j.hi; i++ {
 					var fatal error
-					j.p.reasons[i], fatal = e.load(ctx, j.p.images[i].URI, read, decode, j.p.tensor[i*size:(i+1)*size])
+					j.p.reasons[i], fatal = e.load(ctx, spec, j.p.images[i].URI, read, decode, j.p.tensor[i*size:(i+1)*size])
 					j.p.fail(fatal)
 				}
 				j.p.finish(j.hi - j.lo)
@@ -180,7 +184,7 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 		batch := Batch{Rejects: rj}
 		if len(imgs) > 0 {
 			var err error
-			if batch, err = e.run(imgs, tensor); err != nil {
+			if batch, err = e.run(spec.Spec(), imgs, tensor); err != nil {
 				return rejects, err
 			}
 			batch.Rejects = rj
@@ -259,7 +263,7 @@ func (p *pending) compact(size int) ([]Image, []float32, []Reject) {
 // load reads one image, then decodes it into dst holding one of the
 // decode tokens. It returns a reject reason, or a fatal error when the
 // context ended.
-func (e *Embedder) load(ctx context.Context, uri string, read ReadFunc, decode chan struct{}, dst []float32) (string, error) {
+func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri string, read ReadFunc, decode chan struct{}, dst []float32) (string, error) {
 	if ctx.Err() != nil {
 		return "", ctx.Err()
 	}
@@ -279,7 +283,7 @@ func (e *Embedder) load(ctx context.Context, uri string, read ReadFunc, decode c
 		return "", ctx.Err()
 	}
 	defer func() { <-decode }()
-	if err := e.Spec.DecodeFill(dst, data); err != nil {
+	if err := spec.DecodeFill(dst, data); err != nil {
 		return err.Error(), nil
 	}
 	return "", nil
@@ -294,9 +298,9 @@ func (e *OutputError) Error() string { return e.Msg }
 // run infers one prepared batch and checks that every output is finite: a
 // model producing NaN or Inf is broken, and ranking neighbours by NaN
 // distances would be worse than failing.
-func (e *Embedder) run(images []Image, tensor []float32) (Batch, error) {
+func (e *Embedder) run(spec preprocess.Spec, images []Image, tensor []float32) (Batch, error) {
 	n := len(images)
-	outs, err := e.Session.Run(ortrun.Tensor{Shape: e.shape(n), Floats: tensor})
+	outs, err := e.Session.Run(ortrun.Tensor{Shape: shape(spec, n), Floats: tensor})
 	if err != nil {
 		return Batch{}, err
 	}
@@ -319,9 +323,10 @@ func (e *Embedder) run(images []Image, tensor []float32) (Batch, error) {
 	return b, nil
 }
 
-func (e *Embedder) shape(n int) []int64 {
-	s := e.Spec
-	if s.Layout == "NHWC" {
+// shape is the input tensor's shape for n images of spec (defaults
+// applied: a layout written "nhwc" is NHWC).
+func shape(s preprocess.Spec, n int) []int64 {
+	if s.Layout == preprocess.LayoutNHWC {
 		return []int64{int64(n), int64(s.Height), int64(s.Width), int64(s.Channels)}
 	}
 	return []int64{int64(n), int64(s.Channels), int64(s.Height), int64(s.Width)}

@@ -236,3 +236,44 @@ func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 		}
 	}
 }
+
+// The spec is checked once, before any image: a bad one fails Embed naming
+// the model and the field, rather than rejecting every image. A layout
+// written in lower case is the layout it names, for the tensor's shape as
+// for its values.
+func TestEmbedSpec(t *testing.T) {
+	sess := flatten(t)
+	e := &Embedder{Name: "models/flatten.onnx", Session: sess, Spec: preprocess.Spec{Channels: 2, Height: 2, Width: 2}}
+	_, err := e.Embed(context.Background(), []Image{{URI: "img/1"}}, store, func(Batch) error { return errors.New("no batch expected") })
+	if err == nil || !strings.Contains(err.Error(), "models/flatten.onnx") || !strings.Contains(err.Error(), "channels") {
+		t.Errorf("a spec of 2 channels: %v, want an error naming the model and the channels", err)
+	}
+
+	g := &onnx.Graph{
+		Name:    "flatten_nhwc",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 2, 2, 3}}},
+		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 12}}},
+		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nhwc, err := ortrun.NewSession("flatten_nhwc", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nhwc.Close()
+	e = &Embedder{Name: "flatten_nhwc", Session: nhwc, Spec: preprocess.Spec{Layout: "nhwc", Channels: 3, Height: 2, Width: 2, Scale: preprocess.ScaleByte}}
+	var got []float32
+	if _, err := e.Embed(context.Background(), []Image{{URI: "img/10"}}, store, func(b Batch) error {
+		got = append(got, b.Vectors[0]...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []float32{10, 10, 10, 11, 11, 11, 12, 12, 12, 13, 13, 13} // gray replicated, pixel by pixel
+	if !slices.Equal(got, want) {
+		t.Errorf("NHWC features %v, want %v", got, want)
+	}
+}

@@ -26,11 +26,38 @@ const (
 // premultiplied colour already is: models trained on opaque images see a
 // transparent region as dark rather than as whatever colour hid under it.
 //
-// Fill is safe for concurrent use.
+// Fill is safe for concurrent use. It checks s on every call; Prepare
+// checks it once for many images.
 func (s Spec) Fill(dst []float32, img image.Image) error {
+	p, err := s.Prepare()
+	if err != nil {
+		return err
+	}
+	return p.Fill(dst, img)
+}
+
+// Prepared is a Spec with its defaults applied and checked, ready to fill
+// many images. Checking a spec costs about 270 ns, which on a 28×28 digit
+// was a third of Fill.
+type Prepared struct{ spec Spec }
+
+// Prepare applies s's defaults and validates it.
+func (s Spec) Prepare() (Prepared, error) {
 	s = s.WithDefaults()
 	if err := s.Validate(); err != nil {
-		return err
+		return Prepared{}, err
+	}
+	return Prepared{s}, nil
+}
+
+// Spec returns the prepared spec, its defaults applied.
+func (p Prepared) Spec() Spec { return p.spec }
+
+// Fill is Spec.Fill for the prepared spec.
+func (p Prepared) Fill(dst []float32, img image.Image) error {
+	s := p.spec
+	if s.Size() == 0 {
+		return errors.New("preprocess: fill with a spec that was not prepared")
 	}
 	if img == nil {
 		return errors.New("preprocess: image is nil")

@@ -70,7 +70,7 @@ func (s Spec) WithDefaults() Spec {
 	return s
 }
 
-// canonical returns v normalised by fold, or def if v is blank. Fill calls
+// canonical returns v normalised by fold, or def if v is blank. Spec.Fill calls
 // WithDefaults per image, so the common already-canonical values return
 // before any string work.
 func canonical(v, def, other string, fold func(string) string) string {
@@ -149,14 +149,23 @@ func Decode(data []byte) (image.Image, error) {
 // fast path takes is decoded into pixels reused from image to image rather
 // than into a new image.
 func (s Spec) DecodeFill(dst []float32, data []byte) error {
-	if ok, err := withPNG(data, func(img image.Image) error { return s.Fill(dst, img) }); ok {
+	p, err := s.Prepare()
+	if err != nil {
+		return err
+	}
+	return p.DecodeFill(dst, data)
+}
+
+// DecodeFill is Spec.DecodeFill for the prepared spec.
+func (p Prepared) DecodeFill(dst []float32, data []byte) error {
+	if ok, err := withPNG(data, func(img image.Image) error { return p.Fill(dst, img) }); ok {
 		return err
 	}
 	img, err := decodeStd(data)
 	if err != nil {
 		return err
 	}
-	return s.Fill(dst, img)
+	return p.Fill(dst, img)
 }
 
 // decodeStd decodes with the standard library's registered decoders: every
