@@ -90,8 +90,11 @@ type Searcher struct {
 
 	product sync.Mutex // held while ORT runs a product
 
-	mu   sync.Mutex
-	free []*buffers // reused between searches
+	// free holds *buffers between searches: a worker searches shard
+	// after shard, each with up to 64 MiB of scores. A sync.Pool keeps
+	// one set per concurrent search while searches run, and lets an idle
+	// worker's go at the next collections.
+	free sync.Pool
 }
 
 // buffers are one search's scores and norms: one block being filled by
@@ -160,14 +163,10 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 // buffers returns buffers for m×block scores: for two blocks, or for one
 // when the search has only one.
 func (s *Searcher) buffers(m, block, blocks int) *buffers {
-	s.mu.Lock()
-	var b *buffers
-	if n := len(s.free); n > 0 {
-		b, s.free = s.free[n-1], s.free[:n-1]
-	} else {
+	b, _ := s.free.Get().(*buffers)
+	if b == nil {
 		b = new(buffers)
 	}
-	s.mu.Unlock()
 	for i := range min(blocks, len(b.scores)) {
 		if cap(b.scores[i]) < m*block {
 			b.scores[i] = make([]float32, m*block)
@@ -179,12 +178,6 @@ func (s *Searcher) buffers(m, block, blocks int) *buffers {
 	return b
 }
 
-func (s *Searcher) release(b *buffers) {
-	s.mu.Lock()
-	s.free = append(s.free, b)
-	s.mu.Unlock()
-}
-
 // scan runs the graph over each pool block and feeds the scores to the
 // selectors. Workers goroutines share the Go work of a block, the pool
 // rows' norms and then the queries' selection, while ORT computes the next
@@ -193,7 +186,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
 	buf := s.buffers(m, block, (n+block-1)/block)
-	defer s.release(buf)
+	defer s.free.Put(buf)
 	workers := s.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
