@@ -157,7 +157,7 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 // from what the pass measured, fails without retries, naming the model and
 // the shard.
 func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*shardWriter, error) {
-	w := a.newShardWriter(ctx, m.Spec.Columns, key, progress)
+	w := a.newShardWriter(ctx, m.Spec, key, progress)
 	first := progress.Starts[progress.NextPart]
 	rest := items[min(first, len(items)):]
 	images := make([]embed.Image, len(rest))

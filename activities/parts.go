@@ -22,13 +22,13 @@ import (
 // of the records so far, which a retried attempt copies into its own file
 // instead of embedding them again.
 type shardWriter struct {
-	a       *Activities
-	ctx     context.Context
-	columns []string
-	key     string // the feature file's
-	queue   chan shardEvent
-	done    chan struct{}
-	failed  atomic.Pointer[error]
+	a      *Activities
+	ctx    context.Context
+	spec   features.Spec
+	key    string // the feature file's
+	queue  chan shardEvent
+	done   chan struct{}
+	failed atomic.Pointer[error]
 
 	// Owned by the goroutine until done is closed.
 	file    *store.ArrowWriter // opened with the first record
@@ -65,8 +65,8 @@ func (p *part) release() {
 // newShardWriter starts the writer of a shard whose parts before
 // stored.NextPart an earlier attempt left in storage: it copies them into
 // the feature file first.
-func (a *Activities) newShardWriter(ctx context.Context, columns []string, key string, stored embedProgress) *shardWriter {
-	w := &shardWriter{a: a, ctx: ctx, columns: columns, key: key,
+func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, key string, stored embedProgress) *shardWriter {
+	w := &shardWriter{a: a, ctx: ctx, spec: spec, key: key,
 		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored,
 		cur: part{index: stored.NextPart, start: stored.Starts[stored.NextPart]}}
 	go w.loop()
@@ -115,7 +115,7 @@ func (w *shardWriter) handle(ev shardEvent) error {
 	if len(b.Images) == 0 {
 		return nil
 	}
-	rec := features.Record(w.a.Mem, w.columns, b)
+	rec := features.Record(w.a.Mem, w.spec.Columns, b, w.spec.StoredAs)
 	w.cur.recs = append(w.cur.recs, rec)
 	return w.append(rec)
 }

@@ -69,7 +69,7 @@ func reportFixture(t *testing.T) (*Activities, ReportInput) {
 		images = append(images, embed.Image{URI: key})
 	}
 	put(ShardKey(run, ErrorSample, 0), sample.Marshal())
-	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 8)}, Dims: []int{2}})
+	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 8)}, Dims: []int{2}}, "")
 	if err := store.WriteArrow(ctx, b, RunKey(run, "queries.arrow"), rec.Schema(), mem, rec); err != nil {
 		t.Fatal(err)
 	}

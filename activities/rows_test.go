@@ -58,7 +58,7 @@ func writeBlobs(t testing.TB, a *Activities, run, ds string, shards, per, dim, c
 		if err := store.WriteAll(ctx, a.Bucket, ShardKey(run, ds, s), shard.Marshal()); err != nil {
 			t.Fatal(err)
 		}
-		rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{vec, make([]float32, per*classes)}, Dims: []int{dim, classes}})
+		rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{vec, make([]float32, per*classes)}, Dims: []int{dim, classes}}, "")
 		err := store.WriteArrow(ctx, a.Bucket, features.Key(rowsSpec, shard.Digest()), rec.Schema(), a.Mem, rec)
 		rec.Release()
 		if err != nil {

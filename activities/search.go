@@ -92,7 +92,7 @@ func (a *Activities) Queries(ctx context.Context, in QueriesInput) (QueriesResul
 	for i, u := range all.URIs {
 		images[i] = embed.Image{URI: u}
 	}
-	rec := features.Record(a.Mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{all.Data}, Dims: []int{all.Dim}})
+	rec := features.Record(a.Mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{all.Data}, Dims: []int{all.Dim}}, "")
 	defer rec.Release()
 	return res, store.WriteArrow(ctx, a.Bucket, res.Key, rec.Schema(), a.Mem, rec)
 }

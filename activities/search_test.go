@@ -150,7 +150,7 @@ func (w *searchWorld) cachedShard(run string, spec features.Spec, rows, queries,
 		w.t.Fatal(err)
 	}
 	key := features.Key(spec, sh.Digest())
-	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{vecs(rows)}, Dims: []int{dim}})
+	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{vecs(rows)}, Dims: []int{dim}}, "")
 	defer rec.Release()
 	if err := store.WriteArrow(ctx, w.b, key, rec.Schema(), w.mem, rec); err != nil {
 		w.t.Fatal(err)
@@ -167,7 +167,7 @@ func (w *searchWorld) writeQueries(run string, v []float32, n, dim int) {
 	for i := range images {
 		images[i] = embed.Image{URI: fmt.Sprintf("q/%d.png", i)}
 	}
-	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{v}, Dims: []int{dim}})
+	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{v}, Dims: []int{dim}}, "")
 	defer rec.Release()
 	if err := store.WriteArrow(context.Background(), w.b, activities.RunKey(run, "queries.arrow"), rec.Schema(), w.mem, rec); err != nil {
 		w.t.Fatal(err)

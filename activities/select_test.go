@@ -217,7 +217,7 @@ func TestGuardSelection(t *testing.T) {
 		if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", ds, 0), shard.Marshal()); err != nil {
 			t.Fatal(err)
 		}
-		rec := features.Record(a.Mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{data, make([]float32, len(keys)*2)}, Dims: []int{4, 2}})
+		rec := features.Record(a.Mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{data, make([]float32, len(keys)*2)}, Dims: []int{4, 2}}, "")
 		defer rec.Release()
 		if err := store.WriteArrow(ctx, a.Bucket, features.Key(spec, shard.Digest()), rec.Schema(), a.Mem, rec); err != nil {
 			t.Fatal(err)

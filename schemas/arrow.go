@@ -3,12 +3,17 @@ package schemas
 import "github.com/apache/arrow/go/v15/arrow"
 
 // Features is the schema of a feature file (features/<spec>/<shard>.arrow):
-// one row per image that decoded, its key, then one fixed-size float32 list
-// per model output column (e.g. "features", "logits").
-func Features(columns []string, dims []int) *arrow.Schema {
+// one row per image that decoded, its key, then one fixed-size list per
+// model output column (e.g. "features", "logits"), of float32 values or,
+// when storedAs is Float16, of float16 values.
+func Features(columns []string, dims []int, storedAs string) *arrow.Schema {
+	var elem arrow.DataType = arrow.PrimitiveTypes.Float32
+	if storedAs == Float16 {
+		elem = arrow.FixedWidthTypes.Float16
+	}
 	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String}}
 	for i, c := range columns {
-		fields = append(fields, arrow.Field{Name: c, Type: arrow.FixedSizeListOf(int32(dims[i]), arrow.PrimitiveTypes.Float32)})
+		fields = append(fields, arrow.Field{Name: c, Type: arrow.FixedSizeListOf(int32(dims[i]), elem)})
 	}
 	return arrow.NewSchema(fields, nil)
 }

@@ -73,7 +73,18 @@ type Model struct {
 	// EP is the ONNX Runtime execution provider that embeds with this
 	// model: "cpu" or "cuda". Empty: the worker's -ep.
 	EP string `json:"ep,omitempty" yaml:"ep,omitempty"`
+	// StoredAs is the value type of the model's feature files: "float32"
+	// (the default) or "float16", which halves what the feature cache
+	// holds and what a recurring pass reads back, for three significant
+	// digits per value.
+	StoredAs string `json:"stored_as,omitempty" yaml:"stored_as,omitempty"`
 }
+
+// The value types a feature file may store (Model.StoredAs).
+const (
+	Float32 = "float32"
+	Float16 = "float16"
+)
 
 // withDefaults fills the preprocessing defaults except the layout, which
 // stays empty until the pass reads it from the model.
@@ -82,6 +93,9 @@ func (m Model) withDefaults() Model {
 	m.Preprocess = m.Preprocess.WithDefaults()
 	if fromModel {
 		m.Preprocess.Layout = ""
+	}
+	if m.StoredAs = strings.ToLower(strings.TrimSpace(m.StoredAs)); m.StoredAs == "" {
+		m.StoredAs = Float32
 	}
 	return m
 }
@@ -309,6 +323,9 @@ func (m Model) validate(field string, target bool) error {
 	}
 	if m.EP != "" && m.EP != "cpu" && m.EP != "cuda" {
 		return &FieldError{field + ".ep", fmt.Sprintf("must be cpu or cuda (or empty for the worker's -ep), got %q", m.EP)}
+	}
+	if m.StoredAs != "" && m.StoredAs != Float32 && m.StoredAs != Float16 {
+		return &FieldError{field + ".stored_as", fmt.Sprintf("must be float32 or float16, got %q", m.StoredAs)}
 	}
 	if target && m.Logits == "" {
 		return &FieldError{field + ".logits", "must name the tensor holding the class scores"}

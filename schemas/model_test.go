@@ -54,3 +54,21 @@ func TestModelPreprocessStillChecked(t *testing.T) {
 		}
 	}
 }
+
+// stored_as defaults to float32, takes float16 in any case and spacing,
+// and refuses anything else naming the field.
+func TestModelStoredAs(t *testing.T) {
+	for in, want := range map[string]string{"": schemas.Float32, " Float16 ": schemas.Float16, "FLOAT32": schemas.Float32} {
+		c := modelConfig(schemas.Model{Path: "m.onnx", Features: "f", Logits: "l", StoredAs: in})
+		if err := c.Validate(); err != nil || c.Target.StoredAs != want {
+			t.Errorf("stored_as %q: %q, %v; want %q", in, c.Target.StoredAs, err, want)
+		}
+	}
+	c := modelConfig(schemas.Model{Path: "m.onnx", Features: "f", Logits: "l"})
+	c.Similarity = &schemas.Model{Path: "s.onnx", Features: "f", StoredAs: "int8"}
+	err := c.WithDefaults().Validate()
+	var fe *schemas.FieldError
+	if !errors.As(err, &fe) || fe.Field != "similarity.stored_as" {
+		t.Errorf("stored_as int8: %v, want an error naming similarity.stored_as", err)
+	}
+}

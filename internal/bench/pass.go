@@ -179,7 +179,7 @@ func writePool(ctx context.Context, b *blob.Bucket, spec features.Spec, rows int
 			images[j] = embed.Image{ID: id, URI: key}
 		}
 		key := features.Key(spec, sh.Digest())
-		rec := features.Record(mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{uniform(uint64(100+s), passShard*passDim)}, Dims: []int{passDim}})
+		rec := features.Record(mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{uniform(uint64(100+s), passShard*passDim)}, Dims: []int{passDim}}, spec.StoredAs)
 		err := store.WriteArrow(ctx, b, key, rec.Schema(), mem, rec)
 		rec.Release()
 		if err == nil {
@@ -205,7 +205,7 @@ func writeRun(ctx context.Context, b *blob.Bucket, run string, shards []*dataset
 	for i := range images {
 		images[i] = embed.Image{URI: fmt.Sprintf("e_sample/%04d.jpg", i)}
 	}
-	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{uniform(7, queries*passDim)}, Dims: []int{passDim}})
+	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{uniform(7, queries*passDim)}, Dims: []int{passDim}}, "")
 	defer rec.Release()
 	return store.WriteArrow(ctx, b, activities.RunKey(run, "queries.arrow"), rec.Schema(), mem, rec)
 }

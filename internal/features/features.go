@@ -1,8 +1,9 @@
 // Package features stores and loads feature files: one Arrow IPC file per
 // (model spec, shard content), under features/<spec>/<shard>.arrow.
 //
-// The file holds each embedded image's key and one fixed-size float32 column
-// per model output. Labels and ids are not in it: they belong to a pass's
+// The file holds each embedded image's key and one fixed-size column per
+// model output, of float32 values or, when the spec says so, float16
+// values (half the bytes; Load widens them to float32). Labels and ids are not in it: they belong to a pass's
 // shard manifest and are joined back in by key order (Join), so passes with
 // other labels over the same images share the cache.
 package features
@@ -21,6 +22,7 @@ import (
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
+	"dcd/internal/half"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -37,6 +39,10 @@ type Spec struct {
 	// Exposed lists the Outputs that are not graph outputs of the model and
 	// are read through a rewritten graph (onnx.ExposeOutputs, flattened).
 	Exposed []string `json:"exposed,omitempty"`
+	// StoredAs is schemas.Float16 for files of float16 values, and empty
+	// for float32, so that float32 specs keep the digests they had before
+	// float16 was an option.
+	StoredAs string `json:"stored_as,omitempty"`
 }
 
 // Digest is a short stable hash of the spec.
@@ -52,10 +58,11 @@ func Key(spec Spec, shardDigest string) string {
 }
 
 // Record builds the record batch for one embedded batch; columns name the
-// outputs. The vector columns are b.Vectors themselves, not copies, so b
-// must not change while the record lives. The caller must Release it.
-func Record(mem memory.Allocator, columns []string, b embed.Batch) arrow.Record {
-	schema := schemas.Features(columns, b.Dims)
+// outputs, and storedAs (schemas.Float16, or empty for float32) is the
+// value type. Float32 vector columns are b.Vectors themselves, not copies,
+// so b must not change while the record lives. The caller must Release it.
+func Record(mem memory.Allocator, columns []string, b embed.Batch, storedAs string) arrow.Record {
+	schema := schemas.Features(columns, b.Dims, storedAs)
 	n := len(b.Images)
 	ub := array.NewStringBuilder(mem)
 	defer ub.Release()
@@ -70,8 +77,15 @@ func Record(mem memory.Allocator, columns []string, b embed.Batch) arrow.Record 
 	}
 	cols := []arrow.Array{ub.NewArray()}
 	for o := range columns {
-		values := array.NewData(arrow.PrimitiveTypes.Float32, n*b.Dims[o],
-			[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(b.Vectors[o][:n*b.Dims[o]]))}, nil, 0, 0)
+		vec := b.Vectors[o][:n*b.Dims[o]]
+		var values arrow.ArrayData
+		if storedAs == schemas.Float16 {
+			h := make([]uint16, len(vec))
+			half.FromFloat32s(h, vec)
+			values = array.NewData(arrow.FixedWidthTypes.Float16, len(h), []*memory.Buffer{nil, memory.NewBufferBytes(arrow.Uint16Traits.CastToBytes(h))}, nil, 0, 0)
+		} else {
+			values = array.NewData(arrow.PrimitiveTypes.Float32, len(vec), []*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(vec))}, nil, 0, 0)
+		}
 		list := array.NewData(schema.Field(1+o).Type, n, []*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0)
 		cols = append(cols, array.MakeFromData(list))
 		values.Release()
@@ -105,7 +119,11 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 	if len(idx) == 0 {
 		return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
 	}
-	dim := int(f.Schema().Field(idx[0]).Type.(*arrow.FixedSizeListType).Len())
+	list, ok := f.Schema().Field(idx[0]).Type.(*arrow.FixedSizeListType)
+	if !ok || (list.Elem().ID() != arrow.FLOAT32 && list.Elem().ID() != arrow.FLOAT16) {
+		return nil, fmt.Errorf("features: %q column %q is %s, want a fixed-size list of float32 or float16", key, column, f.Schema().Field(idx[0]).Type)
+	}
+	dim := int(list.Len())
 	// A file has a record per embedded batch: they are all read before the
 	// matrix is sized, so its rows are copied once, not regrown batch by
 	// batch.
@@ -124,14 +142,26 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 		}
 		rows += int(recs[i].NumRows())
 	}
-	m := &Matrix{Dim: dim, URIs: make([]string, 0, rows), Data: make([]float32, 0, rows*dim)}
-	for _, rec := range recs {
+	m := &Matrix{Dim: dim, URIs: make([]string, 0, rows), Data: make([]float32, rows*dim)}
+	at := 0
+	for i, rec := range recs {
 		uris := rec.Column(0).(*array.String)
 		for j := 0; j < uris.Len(); j++ {
 			m.URIs = append(m.URIs, uris.Value(j))
 		}
-		vals := rec.Column(idx[0]).(*array.FixedSizeList).ListValues().(*array.Float32)
-		m.Data = append(m.Data, vals.Float32Values()...)
+		values := rec.Column(idx[0]).(*array.FixedSizeList).ListValues()
+		if values.Len() != int(rec.NumRows())*dim {
+			return nil, fmt.Errorf("features: %q record %d: %d values in column %q for %d rows of %d", key, i, values.Len(), column, rec.NumRows(), dim)
+		}
+		switch vals := values.(type) {
+		case *array.Float32:
+			at += copy(m.Data[at:], vals.Float32Values())
+		case *array.Float16:
+			h := arrow.Uint16Traits.CastFromBytes(vals.Data().Buffers()[1].Bytes())
+			h = h[vals.Data().Offset() : vals.Data().Offset()+vals.Len()]
+			half.ToFloat32s(m.Data[at:], h)
+			at += len(h)
+		}
 	}
 	return m, nil
 }

@@ -1,0 +1,130 @@
+package features
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+
+	"dcd/internal/embed"
+	"dcd/internal/half"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// A feature file written from batches loads back as the matrix of its
+// rows: float32 values exactly, float16 values as their float32 rounding,
+// in a file about half the size. A float32 spec keeps the digest it had
+// before the value type was part of it.
+func TestRecordLoad(t *testing.T) {
+	ctx := context.Background()
+	b, err := store.Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	rng := rand.New(rand.NewPCG(3, 84))
+	const dim, classes = 256, 3
+	var batches []embed.Batch
+	var uris []string
+	var want []float32
+	for _, n := range []int{5, 17, 1} {
+		bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, n*dim), make([]float32, n*classes)}}
+		for i := range n {
+			bt.Images = append(bt.Images, embed.Image{URI: "img/" + strings.Repeat("x", rng.IntN(5)) + string(rune('a'+len(uris)))})
+			uris = append(uris, bt.Images[i].URI)
+		}
+		for i := range bt.Vectors[0] {
+			bt.Vectors[0][i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(7)-3)))
+		}
+		want = append(want, bt.Vectors[0]...)
+		batches = append(batches, bt)
+	}
+	sizes := map[string]int64{}
+	for _, storedAs := range []string{"", schemas.Float16} {
+		key := "features/" + storedAs + ".arrow"
+		var w *store.ArrowWriter
+		for _, bt := range batches {
+			rec := Record(mem, []string{"features", "logits"}, bt, storedAs)
+			if w == nil {
+				if w, err = store.NewArrowWriter(ctx, b, key, rec.Schema(), mem); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := w.Write(rec); err != nil {
+				t.Fatal(err)
+			}
+			rec.Release()
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		attrs, err := b.Attributes(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[storedAs] = attrs.Size
+
+		m, err := Load(ctx, b, key, "features", mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Dim != dim || strings.Join(m.URIs, ",") != strings.Join(uris, ",") || len(m.Data) != len(want) {
+			t.Fatalf("%q: %d URIs %v, dim %d, %d values; want %v, %d, %d", storedAs, len(m.URIs), m.URIs, m.Dim, len(m.Data), uris, dim, len(want))
+		}
+		for i, v := range want {
+			if storedAs == schemas.Float16 {
+				v = half.ToFloat32(half.FromFloat32(v))
+			}
+			if m.Data[i] != v {
+				t.Fatalf("%q: value %d is %v, want %v", storedAs, i, m.Data[i], v)
+			}
+		}
+	}
+	if sizes[schemas.Float16] > sizes[""]*6/10 {
+		t.Errorf("%d bytes as float16, %d as float32", sizes[schemas.Float16], sizes[""])
+	}
+
+	spec := Spec{ModelDigest: "abc", Input: "image", Outputs: []string{"f"}, Columns: []string{"features"}}
+	if j, _ := json.Marshal(spec); strings.Contains(string(j), "stored_as") {
+		t.Errorf("a float32 spec hashes as %s: its digest changed when float16 became an option", j)
+	}
+	f16 := spec
+	f16.StoredAs = schemas.Float16
+	if spec.Digest() == f16.Digest() {
+		t.Errorf("float32 and float16 specs share the digest %s", spec.Digest())
+	}
+}
+
+// A column of another value type is refused, naming the file and column.
+func TestLoadRefusesOtherTypes(t *testing.T) {
+	ctx := context.Background()
+	b, err := store.Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := memory.NewGoAllocator()
+	schema := arrow.NewSchema([]arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String}, {Name: "features", Type: arrow.FixedSizeListOf(2, arrow.PrimitiveTypes.Float64)}}, nil)
+	rb := array.NewRecordBuilder(mem, schema)
+	defer rb.Release()
+	rb.Field(0).(*array.StringBuilder).Append("img/a")
+	lb := rb.Field(1).(*array.FixedSizeListBuilder)
+	lb.Append(true)
+	lb.ValueBuilder().(*array.Float64Builder).AppendValues([]float64{1, 2}, nil)
+	rec := rb.NewRecord()
+	defer rec.Release()
+	if err := store.WriteArrow(ctx, b, "features/f64.arrow", schema, mem, rec); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(ctx, b, "features/f64.arrow", "features", mem)
+	if err == nil || !strings.Contains(err.Error(), "features/f64.arrow") || !strings.Contains(err.Error(), `"features"`) || !strings.Contains(err.Error(), "float16") {
+		t.Errorf("float64 column: %v, want an error naming the file, the column and the types it takes", err)
+	}
+}
