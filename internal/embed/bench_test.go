@@ -26,21 +26,12 @@ func BenchmarkEmbedOverhead(b *testing.B) {
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		b.Skip(err)
 	}
-	g := &onnx.Graph{
+	sess := newSession(b, &onnx.Graph{
 		Name:    "mean",
 		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
 		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 1, 1, 1}}},
 		Nodes:   []onnx.Node{{Op: "GlobalAveragePool", Inputs: []string{"image"}, Outputs: []string{"features"}}},
-	}
-	model, err := g.Marshal()
-	if err != nil {
-		b.Fatal(err)
-	}
-	sess, err := ortrun.NewSession("mean", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sess.Close()
+	})
 	// Digit-like images: a few random strokes of varying gray.
 	rng := rand.New(rand.NewPCG(1, 28))
 	files := make(map[string][]byte)

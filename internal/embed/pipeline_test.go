@@ -22,21 +22,26 @@ import (
 
 // flatten is a model whose features are its input pixels.
 func flatten(t *testing.T) *ortrun.Session {
-	t.Helper()
-	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
-		t.Fatal(err)
-	}
-	g := &onnx.Graph{
+	return newSession(t, &onnx.Graph{
 		Name:    "flatten",
 		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
 		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
 		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
+	})
+}
+
+// newSession opens a one-thread session of g, from its first input to its
+// first output, closed when the test ends.
+func newSession(t testing.TB, g *onnx.Graph) *ortrun.Session {
+	t.Helper()
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
 	}
 	model, err := g.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ortrun.NewSession("flatten", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
+	s, err := ortrun.NewSession(g.Name, model, []string{g.Inputs[0].Name}, []string{g.Outputs[0].Name}, ortrun.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,9 +199,6 @@ func TestEmbedEmpty(t *testing.T) {
 // A model whose output is not finite fails the batch with an OutputError
 // naming the model and the image, whether the value is +Inf, -Inf or NaN.
 func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
-	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		op     string
 		inputs []string
@@ -206,25 +208,16 @@ func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 		{"Log", []string{"image"}, "-Inf"},         // log 0
 		{"Div", []string{"image", "image"}, "NaN"}, // 0/0
 	} {
-		g := &onnx.Graph{
+		sess := newSession(t, &onnx.Graph{
 			Name:    tc.op,
 			Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
 			Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
 			Nodes:   []onnx.Node{{Op: tc.op, Inputs: tc.inputs, Outputs: []string{"features"}}},
-		}
-		model, err := g.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		sess, err := ortrun.NewSession(tc.op, model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sess.Close()
+		})
 		// img/1 has no zero pixel; img/0's first pixel is 0.
 		images := []Image{{ID: 1, URI: "img/1"}, {ID: 0, URI: "img/0"}}
 		e := &Embedder{Name: "models/" + tc.op + ".onnx", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 2}
-		_, err = e.Embed(context.Background(), images, store, func(Batch) error { return nil })
+		_, err := e.Embed(context.Background(), images, store, func(Batch) error { return nil })
 		var oe *OutputError
 		if !errors.As(err, &oe) {
 			t.Fatalf("%s: got %v, want an OutputError", tc.op, err)
@@ -249,21 +242,12 @@ func TestEmbedSpec(t *testing.T) {
 		t.Errorf("a spec of 2 channels: %v, want an error naming the model and the channels", err)
 	}
 
-	g := &onnx.Graph{
+	nhwc := newSession(t, &onnx.Graph{
 		Name:    "flatten_nhwc",
 		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 2, 2, 3}}},
 		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 12}}},
 		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
-	}
-	model, err := g.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nhwc, err := ortrun.NewSession("flatten_nhwc", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nhwc.Close()
+	})
 	e = &Embedder{Name: "flatten_nhwc", Session: nhwc, Spec: preprocess.Spec{Layout: "nhwc", Channels: 3, Height: 2, Width: 2, Scale: preprocess.ScaleByte}}
 	var got []float32
 	if _, err := e.Embed(context.Background(), []Image{{URI: "img/10"}}, store, func(b Batch) error {
