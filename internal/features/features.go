@@ -3,9 +3,10 @@
 //
 // The file holds each embedded image's key and one fixed-size column per
 // model output, of float32 values or, when the spec says so, float16
-// values (half the bytes; Load widens them to float32). Labels and ids are not in it: they belong to a pass's
-// shard manifest and are joined back in by key order (Join), so passes with
-// other labels over the same images share the cache.
+// values (half the bytes; Load widens them to float32). Labels and ids are
+// not in it: they belong to a pass's shard manifest and are joined back in
+// by key order (Join), so passes with other labels over the same images
+// share the cache.
 package features
 
 import (

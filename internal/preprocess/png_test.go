@@ -589,7 +589,11 @@ func TestDecodeFillMatchesDecode(t *testing.T) {
 				wantErr = spec.Fill(want, img)
 			}
 			got := make([]float32, spec.Size())
-			err := spec.DecodeFill(got, data)
+			p, err := spec.Prepare()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = p.DecodeFill(got, data)
 			if fmt.Sprint(err) != fmt.Sprint(wantErr) || !reflect.DeepEqual(got, want) {
 				t.Fatalf("file %d, %d channels: DecodeFill gave error %v, Decode and Fill %v; same tensor %v", i, spec.Channels, err, wantErr, reflect.DeepEqual(got, want))
 			}

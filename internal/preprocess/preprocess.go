@@ -70,9 +70,9 @@ func (s Spec) WithDefaults() Spec {
 	return s
 }
 
-// canonical returns v normalised by fold, or def if v is blank. Spec.Fill calls
-// WithDefaults per image, so the common already-canonical values return
-// before any string work.
+// canonical returns v normalised by fold, or def if v is blank. Spec.Fill
+// calls WithDefaults per image, so the common already-canonical values
+// return before any string work.
 func canonical(v, def, other string, fold func(string) string) string {
 	if v == def || v == other {
 		return v
@@ -145,18 +145,9 @@ func Decode(data []byte) (image.Image, error) {
 	return decodeStd(data)
 }
 
-// DecodeFill is Decode followed by s.Fill(dst, img), except that a PNG the
+// DecodeFill is Decode followed by p.Fill(dst, img), except that a PNG the
 // fast path takes is decoded into pixels reused from image to image rather
 // than into a new image.
-func (s Spec) DecodeFill(dst []float32, data []byte) error {
-	p, err := s.Prepare()
-	if err != nil {
-		return err
-	}
-	return p.DecodeFill(dst, data)
-}
-
-// DecodeFill is Spec.DecodeFill for the prepared spec.
 func (p Prepared) DecodeFill(dst []float32, data []byte) error {
 	if ok, err := withPNG(data, func(img image.Image) error { return p.Fill(dst, img) }); ok {
 		return err
