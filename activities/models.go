@@ -173,16 +173,6 @@ func outputError(err error, shard string) error {
 	return nil
 }
 
-// storedAs is a model's stored_as as a feature spec records it: empty for
-// float32, so the cache keys of float32 features are those they had
-// before float16 was an option.
-func storedAs(s string) string {
-	if s == schemas.Float16 {
-		return s
-	}
-	return ""
-}
-
 // checkModelSpec completes a model's spec from the model and checks that it
 // runs: outputs names the tensors read and columns the config field (and
 // feature column) of each.
@@ -204,7 +194,7 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 	}
 	spec := features.Spec{
 		ModelDigest: digest(data), Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
-		Exposed: exposed(outputs, names), StoredAs: storedAs(m.StoredAs),
+		Exposed: exposed(outputs, names), StoredAs: m.StoredAs,
 	}
 	dims, err := a.probe(field, m.Path, model, spec, names)
 	if err != nil {

@@ -40,14 +40,18 @@ type Spec struct {
 	// Exposed lists the Outputs that are not graph outputs of the model and
 	// are read through a rewritten graph (onnx.ExposeOutputs, flattened).
 	Exposed []string `json:"exposed,omitempty"`
-	// StoredAs is schemas.Float16 for files of float16 values, and empty
-	// for float32, so that float32 specs keep the digests they had before
-	// float16 was an option.
+	// StoredAs is the value type of the files: schemas.Float16, or
+	// schemas.Float32 or empty for float32.
 	StoredAs string `json:"stored_as,omitempty"`
 }
 
-// Digest is a short stable hash of the spec.
+// Digest is a short stable hash of the spec. A float32 spec hashes
+// without StoredAs, so it keeps the digest it had before float16 was an
+// option, and its cached features stay found.
 func (s Spec) Digest() string {
+	if s.StoredAs == schemas.Float32 {
+		s.StoredAs = ""
+	}
 	b, _ := json.Marshal(s)
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])[:24]
@@ -59,8 +63,8 @@ func Key(spec Spec, shardDigest string) string {
 }
 
 // Record builds the record batch for one embedded batch; columns name the
-// outputs, and storedAs (schemas.Float16, or empty for float32) is the
-// value type. Float32 vector columns are b.Vectors themselves, not copies,
+// outputs, and storedAs (schemas.Float16, or anything else for float32)
+// is the value type. Float32 vector columns are b.Vectors themselves, not copies,
 // so b must not change while the record lives. The caller must Release it.
 func Record(mem memory.Allocator, columns []string, b embed.Batch, storedAs string) arrow.Record {
 	schema := schemas.Features(columns, b.Dims, storedAs)

@@ -96,10 +96,10 @@ func TestRecordLoad(t *testing.T) {
 	if j, _ := json.Marshal(spec); strings.Contains(string(j), "stored_as") {
 		t.Errorf("a float32 spec hashes as %s: its digest changed when float16 became an option", j)
 	}
-	f16 := spec
-	f16.StoredAs = schemas.Float16
-	if spec.Digest() == f16.Digest() {
-		t.Errorf("float32 and float16 specs share the digest %s", spec.Digest())
+	f32, f16 := spec, spec
+	f32.StoredAs, f16.StoredAs = schemas.Float32, schemas.Float16
+	if f32.Digest() != spec.Digest() || f16.Digest() == spec.Digest() {
+		t.Errorf("digests: %s unset, %s float32, %s float16; want float32's the same as unset, float16's its own", spec.Digest(), f32.Digest(), f16.Digest())
 	}
 }
 
