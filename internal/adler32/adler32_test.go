@@ -11,6 +11,7 @@ import (
 // block and the reduction interval, on random bytes and on 0xff (the
 // largest sums, where an unreduced sum would overflow first).
 func TestChecksumMatchesHashAdler32(t *testing.T) {
+	const nmax = 5552 // bytes between reductions
 	rng := rand.New(rand.NewPCG(1, 32))
 	random := make([]byte, 4*nmax+100)
 	for i := range random {
