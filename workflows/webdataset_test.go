@@ -6,15 +6,19 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"maps"
 	"math"
+	"path"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 
 	"dcd/internal/dataset"
+	"dcd/internal/features"
 	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
@@ -99,7 +103,12 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 		for i < min(len(gotSel), len(wantSel)) && gotSel[i] == wantSel[i] {
 			i++
 		}
-		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v\nfirst difference at pick %d:\n%v\n%v", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel), i, gotSel[i:min(i+3, len(gotSel))], wantSel[i:min(i+3, len(wantSel))])
+		var at []int
+		for _, p := range append(gotSel[i:min(i+3, len(gotSel))], wantSel[i:min(i+3, len(wantSel))]...) {
+			at = append(at, p.Index)
+		}
+		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v\nfirst difference at pick %d:\n%v\n%v\n%s", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel), i, gotSel[i:min(i+3, len(gotSel))], wantSel[i:min(i+3, len(wantSel))],
+			compareFeatures(b, items, at))
 	}
 	g, w := method(t, got.Eval, schemas.MethodDCD), method(t, want.Eval, schemas.MethodDCD)
 	if g.SelectionPrecision == nil || w.SelectionPrecision == nil || *g.SelectionPrecision != *w.SelectionPrecision {
@@ -138,3 +147,58 @@ func selection(t *testing.T, b *blob.Bucket, key string, index func(uri string) 
 }
 
 func firstPicks(p []pick) []pick { return p[:min(len(p), 5)] }
+
+// compareFeatures says, for the pool images at the given positions,
+// whether each feature folder (a model spec) holds the same values for the
+// image embedded from the manifest and from its archive: when the
+// selections differ, it tells a difference in embedding from one in
+// selecting.
+func compareFeatures(b *blob.Bucket, items []dataset.Item, positions []int) string {
+	ctx := context.Background()
+	type both struct{ manifest, archive []float32 }
+	rows := map[string]*both{} // by folder and position
+	iter := b.List(&blob.ListOptions{Prefix: "features/"})
+	for {
+		obj, err := iter.Next(ctx)
+		if err != nil {
+			break
+		}
+		if !strings.HasSuffix(obj.Key, ".arrow") || strings.Contains(obj.Key, ".parts/") {
+			continue
+		}
+		m, err := features.Load(ctx, b, obj.Key, "features", memory.NewGoAllocator())
+		if err != nil {
+			continue
+		}
+		for r, uri := range m.URIs {
+			for _, i := range positions {
+				id := fmt.Sprintf("%s, pool image %d", path.Dir(obj.Key), i)
+				if rows[id] == nil {
+					rows[id] = &both{}
+				}
+				switch {
+				case uri == items[i].Key:
+					rows[id].manifest = m.Row(r)
+				case strings.Contains(uri, fmt.Sprintf("#pool/%06d.png@", i)):
+					rows[id].archive = m.Row(r)
+				}
+			}
+		}
+	}
+	var out strings.Builder
+	for _, id := range slices.Sorted(maps.Keys(rows)) {
+		r := rows[id]
+		switch {
+		case r.manifest == nil && r.archive == nil:
+		case r.manifest == nil || r.archive == nil:
+			fmt.Fprintf(&out, "%s: features from the manifest %v, from the archive %v\n", id, r.manifest != nil, r.archive != nil)
+		default:
+			diff := 0.0
+			for j := range r.manifest {
+				diff = max(diff, math.Abs(float64(r.manifest[j]-r.archive[j])))
+			}
+			fmt.Fprintf(&out, "%s: largest difference between the manifest's and the archive's features %g\n", id, diff)
+		}
+	}
+	return out.String()
+}
