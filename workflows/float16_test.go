@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"io"
 	"path"
 	"strings"
 	"testing"
@@ -68,15 +69,7 @@ func TestFloat16FeaturesSelectAsFloat32(t *testing.T) {
 		elem arrow.Type
 	}
 	byShard := map[string][]file{}
-	iter := b.List(&blob.ListOptions{Prefix: "features/"})
-	for {
-		obj, err := iter.Next(ctx)
-		if err != nil {
-			break
-		}
-		if !strings.HasSuffix(obj.Key, ".arrow") || strings.Contains(obj.Key, ".parts/") {
-			continue
-		}
+	for _, obj := range featureFiles(t, b) {
 		f, err := store.OpenArrow(ctx, b, obj.Key, memory.NewGoAllocator())
 		if err != nil {
 			t.Fatal(err)
@@ -107,6 +100,25 @@ func TestFloat16FeaturesSelectAsFloat32(t *testing.T) {
 	t.Logf("%d shards stored both ways", pairs)
 	if pairs == 0 {
 		t.Errorf("no shard's features are stored as float16 and as float32")
+	}
+}
+
+// featureFiles lists the feature cache's files (not their parts).
+func featureFiles(t *testing.T, b *blob.Bucket) []*blob.ListObject {
+	t.Helper()
+	var out []*blob.ListObject
+	iter := b.List(&blob.ListOptions{Prefix: "features/"})
+	for {
+		obj, err := iter.Next(context.Background())
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(obj.Key, ".arrow") && !strings.Contains(obj.Key, ".parts/") {
+			out = append(out, obj)
+		}
 	}
 }
 

@@ -108,7 +108,7 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 			at = append(at, p.Index)
 		}
 		t.Fatalf("the packed pool selects %d images, the manifest %d; first picks:\n%v\n%v\nfirst difference at pick %d:\n%v\n%v\n%s", len(gotSel), len(wantSel), firstPicks(gotSel), firstPicks(wantSel), i, gotSel[i:min(i+3, len(gotSel))], wantSel[i:min(i+3, len(wantSel))],
-			compareFeatures(b, items, at))
+			compareFeatures(t, b, items, at))
 	}
 	g, w := method(t, got.Eval, schemas.MethodDCD), method(t, want.Eval, schemas.MethodDCD)
 	if g.SelectionPrecision == nil || w.SelectionPrecision == nil || *g.SelectionPrecision != *w.SelectionPrecision {
@@ -153,19 +153,11 @@ func firstPicks(p []pick) []pick { return p[:min(len(p), 5)] }
 // image embedded from the manifest and from its archive: when the
 // selections differ, it tells a difference in embedding from one in
 // selecting.
-func compareFeatures(b *blob.Bucket, items []dataset.Item, positions []int) string {
+func compareFeatures(t *testing.T, b *blob.Bucket, items []dataset.Item, positions []int) string {
 	ctx := context.Background()
 	type both struct{ manifest, archive []float32 }
 	rows := map[string]*both{} // by folder and position
-	iter := b.List(&blob.ListOptions{Prefix: "features/"})
-	for {
-		obj, err := iter.Next(ctx)
-		if err != nil {
-			break
-		}
-		if !strings.HasSuffix(obj.Key, ".arrow") || strings.Contains(obj.Key, ".parts/") {
-			continue
-		}
+	for _, obj := range featureFiles(t, b) {
 		m, err := features.Load(ctx, b, obj.Key, "features", memory.NewGoAllocator())
 		if err != nil {
 			continue
