@@ -16,6 +16,7 @@ import (
 	"dcd/internal/features"
 	"dcd/internal/store"
 	"dcd/internal/webdataset"
+	"dcd/schemas"
 )
 
 // EmbedShardInput is one shard of one dataset to embed with one model.
@@ -103,9 +104,14 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	}
 	key := features.Key(in.Model.Spec, shard.Digest())
 	res := EmbedShardResult{FeatureKey: key}
-	if rejects, ok, err := a.cachedRejects(ctx, key); err != nil {
+	rejects, ok, err := a.cachedRejects(ctx, key)
+	if err == nil && !ok {
+		rejects, ok, err = a.narrowCached(ctx, in.Model.Spec, shard.Digest(), key)
+	}
+	if err != nil {
 		return res, err
-	} else if ok {
+	}
+	if ok {
 		res.Cached, res.Rejects, res.Images = true, len(rejects), len(shard.Items)-len(rejects)
 		if in.K > 0 && in.Dataset == Pool {
 			r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}, shard)
@@ -198,6 +204,55 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 		return nil, fmt.Errorf("activities: embed %s: %w", key, err)
 	}
 	return w, nil
+}
+
+// narrowCached makes a float16 cache entry at key from the shard's float32
+// entry, when there is one: rounding the cached features gives exactly
+// what embedding again and storing float16 would, for a read and a write
+// instead of the model, so a pool cached as float32 switches to float16
+// without being embedded again. It returns the entry's rejects and whether
+// it made one.
+func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shardDigest, key string) ([]embed.Reject, bool, error) {
+	if spec.StoredAs != schemas.Float16 {
+		return nil, false, nil
+	}
+	wide := spec
+	wide.StoredAs = ""
+	src := features.Key(wide, shardDigest)
+	rejects, ok, err := a.cachedRejects(ctx, src)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	var b embed.Batch
+	for _, column := range spec.Columns {
+		m, err := features.Load(ctx, a.Bucket, src, column, a.Mem)
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			break // every image of the shard was rejected: no file
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if b.Images == nil {
+			b.Images = make([]embed.Image, len(m.URIs))
+			for i, u := range m.URIs {
+				b.Images[i].URI = u
+			}
+		}
+		b.Vectors, b.Dims = append(b.Vectors, m.Data), append(b.Dims, m.Dim)
+	}
+	if b.Images != nil {
+		rec := features.Record(a.Mem, spec.Columns, b, spec.StoredAs)
+		err := store.WriteArrow(ctx, a.Bucket, key, rec.Schema(), a.Mem, rec)
+		rec.Release()
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	rj, _ := json.Marshal(append([]embed.Reject{}, rejects...))
+	if err := store.WriteAll(ctx, a.Bucket, rejectsKey(key), rj); err != nil {
+		return nil, false, err
+	}
+	return rejects, true, nil
 }
 
 // cachedRejects returns the rejects of a complete cache entry, and whether

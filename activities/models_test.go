@@ -24,6 +24,7 @@ import (
 
 	"dcd/activities"
 	"dcd/internal/features"
+	"dcd/internal/half"
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -227,9 +228,23 @@ func TestNHWCModelUnitScale(t *testing.T) {
 	if m.Spec.Input != "pixels" || !slices.Equal(m.Dims, []int{D, 2}) || len(m.Spec.Exposed) != 0 {
 		t.Fatalf("model ref %+v", m)
 	}
+	// Embedded first as float16, while nothing is cached, in parts of 4
+	// images: the values must be the float32 ones below, rounded.
+	narrowModel := schemas.Config{Target: schemas.Model{Path: "models/nhwc.onnx", Features: "embedding", Logits: "scores", StoredAs: schemas.Float16}}.WithDefaults().Target
+	mh, err := w.check(narrowModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resH, err := w.embed(activities.Pool, "nhwc/", mh)
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := w.embed(activities.Pool, "nhwc/", m)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Cached || resH.Cached || res.FeatureKey == resH.FeatureKey {
+		t.Fatalf("float32 %+v and float16 %+v: want two entries, both embedded", res, resH)
 	}
 	var want [][]float64
 	for _, img := range imgs {
@@ -247,6 +262,17 @@ func TestNHWCModelUnitScale(t *testing.T) {
 		want = append(want, row)
 	}
 	near(t, "embedding", w.column(res.FeatureKey, "features"), want)
+	for _, column := range m.Spec.Columns {
+		wide, narrow := w.column(res.FeatureKey, column), w.column(resH.FeatureKey, column)
+		if !slices.Equal(wide.URIs, narrow.URIs) || len(wide.Data) != len(narrow.Data) {
+			t.Fatalf("%s: float16 rows %v, float32 %v", column, narrow.URIs, wide.URIs)
+		}
+		for i, v := range wide.Data {
+			if r := half.ToFloat32(half.FromFloat32(v)); narrow.Data[i] != r {
+				t.Fatalf("%s value %d: %v as float16, want %v rounded to %v", column, i, narrow.Data[i], v, r)
+			}
+		}
+	}
 }
 
 // An NCHW RGB model with ImageNet mean/std: the pass reads layout and size

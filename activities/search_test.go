@@ -4,15 +4,19 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
 
 	"dcd/activities"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/half"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -150,7 +154,7 @@ func (w *searchWorld) cachedShard(run string, spec features.Spec, rows, queries,
 		w.t.Fatal(err)
 	}
 	key := features.Key(spec, sh.Digest())
-	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{vecs(rows)}, Dims: []int{dim}}, "")
+	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{vecs(rows)}, Dims: []int{dim}}, spec.StoredAs)
 	defer rec.Release()
 	if err := store.WriteArrow(ctx, w.b, key, rec.Schema(), w.mem, rec); err != nil {
 		w.t.Fatal(err)
@@ -208,5 +212,65 @@ func TestEmbedShardSearchesCachedShard(t *testing.T) {
 	w.must(w.acts.TopKShard, activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}, &topk)
 	if got := w.readNeighbors(topk.Key); len(got) != 2*k || slices.Equal(got[:k], fused[:k]) {
 		t.Fatalf("after new queries: %v", got)
+	}
+}
+
+// A float16 spec whose shard is cached as float32 is served from that
+// entry, rounded, without the model (there is none here): the new entry's
+// values are the float32 ones rounded, and the shard is searched. A
+// float16 entry is never widened for a float32 spec: it lost precision.
+func TestEmbedShardNarrowsFloat32Cache(t *testing.T) {
+	w := newSearchWorld(t)
+	ctx := context.Background()
+	const run, dim, k = "narrow", 8, 3
+	wide := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	w.cachedShard(run, wide, 50, 6, dim, 1)
+	narrow := wide
+	narrow.StoredAs = schemas.Float16
+	ref := activities.ModelRef{Path: "no-such-model.onnx", Spec: narrow}
+
+	var emb activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, BatchSize: 4, K: k, CachedOnly: true}, &emb)
+	if !emb.Cached || emb.Images != 50 || emb.TopK == nil || emb.TopK.Rows != 6*k {
+		t.Fatalf("EmbedShard, float16 over a float32 cache: %+v (TopK %+v)", emb, emb.TopK)
+	}
+	src, err := features.Load(ctx, w.b, features.Key(wide, strings.TrimSuffix(path.Base(emb.FeatureKey), ".arrow")), "features", w.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := features.Load(ctx, w.b, emb.FeatureKey, "features", w.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.URIs, src.URIs) || len(got.Data) != len(src.Data) {
+		t.Fatalf("float16 entry: %d rows %v, float32 %d rows", len(got.URIs), got.URIs, len(src.URIs))
+	}
+	for i, v := range src.Data {
+		if want := half.ToFloat32(half.FromFloat32(v)); got.Data[i] != want {
+			t.Fatalf("value %d: %v, want %v rounded to %v", i, got.Data[i], v, want)
+		}
+	}
+	if f, err := store.OpenArrow(ctx, w.b, emb.FeatureKey, w.mem); err != nil {
+		t.Fatal(err)
+	} else {
+		if elem := f.Schema().Field(1).Type.(*arrow.FixedSizeListType).Elem().ID(); elem != arrow.FLOAT16 {
+			t.Errorf("the new entry stores %v", elem)
+		}
+		f.Close()
+	}
+
+	// The other way round: a shard cached only as float16 is not cached
+	// for float32.
+	const run2 = "widen"
+	other := narrow
+	other.ModelDigest = "m2"
+	w.cachedShard(run2, other, 20, 2, dim, 2)
+	otherWide := other
+	otherWide.StoredAs = ""
+	var none activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run2, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: otherWide}, CachedOnly: true}, &none)
+	if none.Cached {
+		t.Fatalf("a float16 entry served a float32 spec: %+v", none)
 	}
 }
