@@ -229,8 +229,9 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 		if gcerrors.Code(err) == gcerrors.NotFound {
 			break // every image of the shard was rejected: no file
 		}
-		if err != nil {
-			return nil, false, err
+		if err != nil { // damaged or unreadable: embed the shard instead
+			activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)
+			return nil, false, nil
 		}
 		if b.Images == nil {
 			b.Images = make([]embed.Image, len(m.URIs))
