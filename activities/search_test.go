@@ -273,4 +273,26 @@ func TestEmbedShardNarrowsFloat32Cache(t *testing.T) {
 	if none.Cached {
 		t.Fatalf("a float16 entry served a float32 spec: %+v", none)
 	}
+
+	// A damaged float32 entry is passed over: the shard is embedded again.
+	// (A first call, on the entry still whole, says where the keys are.)
+	const run3 = "damaged"
+	damaged := wide
+	damaged.ModelDigest = "m3"
+	w.cachedShard(run3, damaged, 20, 2, dim, 3)
+	var sh activities.EmbedShardResult
+	damagedNarrow := damaged
+	damagedNarrow.StoredAs = schemas.Float16
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run3, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: damagedNarrow}, CachedOnly: true}, &sh)
+	damagedKey := features.Key(damaged, strings.TrimSuffix(path.Base(sh.FeatureKey), ".arrow"))
+	if err := store.WriteAll(ctx, w.b, damagedKey, []byte("not arrow")); err != nil {
+		t.Fatal(err)
+	}
+	w.b.Delete(ctx, sh.FeatureKey)
+	w.b.Delete(ctx, sh.FeatureKey+".rejects.json")
+	var again activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run3, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: damagedNarrow}, CachedOnly: true}, &again)
+	if again.Cached {
+		t.Fatalf("a damaged float32 entry served a float16 spec: %+v", again)
+	}
 }
