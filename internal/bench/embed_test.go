@@ -42,7 +42,7 @@ func BenchmarkInferenceBeside(b *testing.B) {
 	for i := range input {
 		input[i] = rng.Float32()
 	}
-	pngs, err := makePNGs(256, 28, 1)
+	pngs, err := digitPNGs(256)
 	if err != nil {
 		b.Fatal(err)
 	}
