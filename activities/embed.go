@@ -224,22 +224,21 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 		return nil, false, err
 	}
 	var b embed.Batch
-	for _, column := range spec.Columns {
-		m, err := features.Load(ctx, a.Bucket, src, column, a.Mem)
-		if gcerrors.Code(err) == gcerrors.NotFound {
-			break // every image of the shard was rejected: no file
+	ms, err := features.LoadColumns(ctx, a.Bucket, src, spec.Columns, a.Mem)
+	switch {
+	case gcerrors.Code(err) == gcerrors.NotFound:
+		// every image of the shard was rejected: no file
+	case err != nil: // damaged or unreadable: embed the shard instead
+		activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)
+		return nil, false, nil
+	default:
+		b.Images = make([]embed.Image, len(ms[0].URIs))
+		for i, u := range ms[0].URIs {
+			b.Images[i].URI = u
 		}
-		if err != nil { // damaged or unreadable: embed the shard instead
-			activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)
-			return nil, false, nil
+		for _, m := range ms {
+			b.Vectors, b.Dims = append(b.Vectors, m.Data), append(b.Dims, m.Dim)
 		}
-		if b.Images == nil {
-			b.Images = make([]embed.Image, len(m.URIs))
-			for i, u := range m.URIs {
-				b.Images[i].URI = u
-			}
-		}
-		b.Vectors, b.Dims = append(b.Vectors, m.Data), append(b.Dims, m.Dim)
 	}
 	if b.Images != nil {
 		rec := features.Record(a.Mem, spec.Columns, b, spec.StoredAs)

@@ -115,23 +115,37 @@ func (m *Matrix) Row(i int) []float32 { return m.Data[i*m.Dim : (i+1)*m.Dim] }
 
 // Load reads one column of the feature file at key.
 func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Allocator) (*Matrix, error) {
+	ms, err := LoadColumns(ctx, b, key, []string{column}, mem)
+	if err != nil {
+		return nil, err
+	}
+	return ms[0], nil
+}
+
+// LoadColumns reads several columns of the feature file at key in one
+// read; the matrices share their URIs.
+func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator) ([]*Matrix, error) {
 	f, err := store.OpenArrow(ctx, b, key, mem)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	idx := f.Schema().FieldIndices(column)
-	if len(idx) == 0 {
-		return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
+	idx := make([]int, len(columns))
+	dims := make([]int, len(columns))
+	for c, column := range columns {
+		i := f.Schema().FieldIndices(column)
+		if len(i) == 0 {
+			return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
+		}
+		list, ok := f.Schema().Field(i[0]).Type.(*arrow.FixedSizeListType)
+		if !ok || (list.Elem().ID() != arrow.FLOAT32 && list.Elem().ID() != arrow.FLOAT16) {
+			return nil, fmt.Errorf("features: %q column %q is %s, want a fixed-size list of float32 or float16", key, column, f.Schema().Field(i[0]).Type)
+		}
+		idx[c], dims[c] = i[0], int(list.Len())
 	}
-	list, ok := f.Schema().Field(idx[0]).Type.(*arrow.FixedSizeListType)
-	if !ok || (list.Elem().ID() != arrow.FLOAT32 && list.Elem().ID() != arrow.FLOAT16) {
-		return nil, fmt.Errorf("features: %q column %q is %s, want a fixed-size list of float32 or float16", key, column, f.Schema().Field(idx[0]).Type)
-	}
-	dim := int(list.Len())
 	// A file has a record per embedded batch: they are all read before the
-	// matrix is sized, so its rows are copied once, not regrown batch by
-	// batch.
+	// matrices are sized, so their rows are copied once, not regrown batch
+	// by batch.
 	recs := make([]arrow.Record, f.NumRecords())
 	defer func() {
 		for _, rec := range recs {
@@ -147,28 +161,35 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 		}
 		rows += int(recs[i].NumRows())
 	}
-	m := &Matrix{Dim: dim, URIs: make([]string, 0, rows), Data: make([]float32, rows*dim)}
-	at := 0
-	for i, rec := range recs {
-		uris := rec.Column(0).(*array.String)
-		for j := 0; j < uris.Len(); j++ {
-			m.URIs = append(m.URIs, uris.Value(j))
-		}
-		values := rec.Column(idx[0]).(*array.FixedSizeList).ListValues()
-		if values.Len() != int(rec.NumRows())*dim {
-			return nil, fmt.Errorf("features: %q record %d: %d values in column %q for %d rows of %d", key, i, values.Len(), column, rec.NumRows(), dim)
-		}
-		switch vals := values.(type) {
-		case *array.Float32:
-			at += copy(m.Data[at:], vals.Float32Values())
-		case *array.Float16:
-			h := arrow.Uint16Traits.CastFromBytes(vals.Data().Buffers()[1].Bytes())
-			h = h[vals.Data().Offset() : vals.Data().Offset()+vals.Len()]
-			half.ToFloat32s(m.Data[at:], h)
-			at += len(h)
+	uris := make([]string, 0, rows)
+	for _, rec := range recs {
+		col := rec.Column(0).(*array.String)
+		for j := 0; j < col.Len(); j++ {
+			uris = append(uris, col.Value(j))
 		}
 	}
-	return m, nil
+	ms := make([]*Matrix, len(columns))
+	for c, column := range columns {
+		m := &Matrix{Dim: dims[c], URIs: uris, Data: make([]float32, rows*dims[c])}
+		at := 0
+		for i, rec := range recs {
+			values := rec.Column(idx[c]).(*array.FixedSizeList).ListValues()
+			if values.Len() != int(rec.NumRows())*m.Dim {
+				return nil, fmt.Errorf("features: %q record %d: %d values in column %q for %d rows of %d", key, i, values.Len(), column, rec.NumRows(), m.Dim)
+			}
+			switch vals := values.(type) {
+			case *array.Float32:
+				at += copy(m.Data[at:], vals.Float32Values())
+			case *array.Float16:
+				h := arrow.Uint16Traits.CastFromBytes(vals.Data().Buffers()[1].Bytes())
+				h = h[vals.Data().Offset() : vals.Data().Offset()+vals.Len()]
+				half.ToFloat32s(m.Data[at:], h)
+				at += len(h)
+			}
+		}
+		ms[c] = m
+	}
+	return ms, nil
 }
 
 // Join pairs each row of m with its item in the shard manifest. Rows are a

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,6 +45,9 @@ func TestRecordLoad(t *testing.T) {
 		for i := range bt.Vectors[0] {
 			bt.Vectors[0][i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(7)-3)))
 		}
+		for i := range bt.Vectors[1] {
+			bt.Vectors[1][i] = float32(rng.NormFloat64())
+		}
 		want = append(want, bt.Vectors[0]...)
 		batches = append(batches, bt)
 	}
@@ -78,6 +82,17 @@ func TestRecordLoad(t *testing.T) {
 		}
 		if m.Dim != dim || strings.Join(m.URIs, ",") != strings.Join(uris, ",") || len(m.Data) != len(want) {
 			t.Fatalf("%q: %d URIs %v, dim %d, %d values; want %v, %d, %d", storedAs, len(m.URIs), m.URIs, m.Dim, len(m.Data), uris, dim, len(want))
+		}
+		both, err := LoadColumns(ctx, b, key, []string{"logits", "features"}, mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logits, err := Load(ctx, b, key, "logits", mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if both[0].Dim != classes || !slices.Equal(both[0].Data, logits.Data) || !slices.Equal(both[1].Data, m.Data) || !slices.Equal(both[1].URIs, uris) {
+			t.Fatalf("%q: LoadColumns gave %d and %d values, Load %d and %d", storedAs, len(both[0].Data), len(both[1].Data), len(logits.Data), len(m.Data))
 		}
 		for i, v := range want {
 			if storedAs == schemas.Float16 {
