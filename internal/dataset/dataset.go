@@ -27,6 +27,7 @@
 package dataset
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -463,31 +464,52 @@ func (s *Shard) Marshal() []byte {
 // ParseShard decodes a shard manifest written by Marshal; name is used in
 // errors.
 func ParseShard(name string, data []byte) (*Shard, error) {
-	recs, err := csv.NewReader(strings.NewReader(string(data))).ReadAll()
-	if err != nil {
+	r := csv.NewReader(bytes.NewReader(data))
+	r.ReuseRecord = true // the fields are copied out as strings
+	header, err := r.Read()
+	if err != nil && err != io.EOF {
 		return nil, fmt.Errorf("dataset: shard %q: %w", name, err)
 	}
-	if len(recs) == 0 || strings.Join(recs[0], ",") != strings.Join(shardHeader, ",") {
+	if !slices.Equal(header, shardHeader) {
 		return nil, fmt.Errorf("dataset: shard %q: header must be %q", name, shardHeader)
 	}
-	s := &Shard{}
-	for i, r := range recs[1:] {
-		id, err := strconv.ParseInt(r[0], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("dataset: shard %q row %d: id %q: %w", name, i+1, r[0], err)
+	s := &Shard{Items: make([]Item, 0, bytes.Count(data, []byte{'\n'}))}
+	for row := 1; ; row++ {
+		rec, err := r.Read()
+		if err == io.EOF {
+			return s, nil
 		}
-		s.Items = append(s.Items, Item{ID: id, Key: r[1], Label: r[2], Domain: r[3], Version: r[4]})
+		if err != nil {
+			return nil, fmt.Errorf("dataset: shard %q: %w", name, err)
+		}
+		id, err := strconv.ParseInt(rec[0], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("dataset: shard %q row %d: id %q: %w", name, row, rec[0], err)
+		}
+		s.Items = append(s.Items, Item{ID: id, Key: rec[1], Label: rec[2], Domain: rec[3], Version: rec[4]})
 	}
-	return s, nil
 }
 
 // Digest identifies the shard's image content (keys and versions, not ids or
 // labels), so the features cache is shared by every pass that sees the same
 // images, whatever their labels.
 func (s *Shard) Digest() string {
+	// The bytes hashed are each item's key, a NUL, its version and a
+	// newline: cache keys depend on them, so they must not change. They
+	// are gathered into one buffer first, as a Write per field costs
+	// more than hashing them.
 	h := sha256.New()
+	buf := make([]byte, 0, 32<<10)
 	for _, it := range s.Items {
-		fmt.Fprintf(h, "%s\x00%s\n", it.Key, it.Version)
+		if len(buf)+len(it.Key)+len(it.Version)+2 > cap(buf) {
+			h.Write(buf)
+			buf = buf[:0]
+		}
+		buf = append(buf, it.Key...)
+		buf = append(buf, 0)
+		buf = append(buf, it.Version...)
+		buf = append(buf, '\n')
 	}
+	h.Write(buf)
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }

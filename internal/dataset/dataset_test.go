@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -407,5 +409,52 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
 		}
+	}
+}
+
+// A shard's digest names its features cache entry, so it must hash the
+// same bytes as it always has: each item's key, a NUL, its version and a
+// newline. Enough items to fill the hashing buffer several times, keys
+// and versions of every length up to past its size included.
+func TestShardDigestBytes(t *testing.T) {
+	var s Shard
+	for i := range 3000 {
+		s.Items = append(s.Items, Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Version: strings.Repeat("v", i%7), Label: "ignored"})
+	}
+	s.Items = append(s.Items, Item{Key: strings.Repeat("k", 40<<10), Version: "1"}, Item{Key: "last", Version: strings.Repeat("x", 33<<10)})
+	var want []byte
+	for _, it := range s.Items {
+		want = fmt.Appendf(want, "%s\x00%s\n", it.Key, it.Version)
+	}
+	sum := sha256.Sum256(want)
+	if got := s.Digest(); got != hex.EncodeToString(sum[:])[:32] {
+		t.Fatalf("digest %s, want %s", got, hex.EncodeToString(sum[:])[:32])
+	}
+	relabelled := Shard{Items: slices.Clone(s.Items)}
+	relabelled.Items[0].Label, relabelled.Items[0].ID = "other", 99
+	if relabelled.Digest() != s.Digest() {
+		t.Error("the digest depends on labels or ids")
+	}
+	back, err := ParseShard("s", s.Marshal())
+	if err != nil || !slices.Equal(back.Items, s.Items) {
+		t.Fatalf("round trip: %v, equal %v", err, err == nil && slices.Equal(back.Items, s.Items))
+	}
+}
+
+func TestParseShardErrors(t *testing.T) {
+	for _, tc := range []struct{ data, want string }{
+		{"", `dataset: shard "s": header must be ["id" "key" "label" "domain" "version"]`},
+		{"id,key,label\n", `header must be`},
+		{"\"id,key,label,domain,version\"\n", `header must be`},
+		{"id,key,label,domain,version\n1,a.png,cat,,\n2,b.png\n", `record on line 3: wrong number of fields`},
+		{"id,key,label,domain,version\n1,a.png,cat,,\nx,b.png,dog,,\n", `shard "s" row 2: id "x"`},
+	} {
+		if _, err := ParseShard("s", []byte(tc.data)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one containing %q", tc.data, err, tc.want)
+		}
+	}
+	s, err := ParseShard("s", []byte("id,key,label,domain,version\n"))
+	if err != nil || len(s.Items) != 0 {
+		t.Errorf("an empty shard: %v, %d items", err, len(s.Items))
 	}
 }

@@ -60,7 +60,7 @@ type fetch struct {
 // most maxSpan bytes in all (a single larger member is a span of its own).
 // A member listed more than once is planned once per occurrence.
 func NewReader(members []Member, read ReadRange, maxSpan int64) *Reader {
-	r := &Reader{read: read, queues: make(map[Member][]*span)}
+	r := &Reader{read: read, queues: make(map[Member][]*span, len(members))}
 	var cur *span
 	for _, m := range members {
 		if !valid(m) {
