@@ -225,70 +225,105 @@ var (
 )
 
 // huffman decodes a block's symbols up to its end-of-block code. The bit
-// state lives in locals for the loop's sake.
+// buffer and the output position live in locals, where the compiler keeps
+// them in registers; s is written back on the way out.
 func (s *state) huffman(lit, dist *table) error {
-	src, dst, w := s.src, s.dst, s.w
+	src, dst := s.src, s.dst
+	bits, nb, pos, w := s.bits, s.nb, s.pos, s.w
+	var err error
+loop:
 	for {
 		// A literal/length code, its extra bits, a distance code and its
 		// extra bits take at most 15+5+15+13 = 48 bits.
-		if s.nb < 48 {
-			s.refill()
-			if s.pos > len(src)+8 {
-				s.w = w
-				return ErrCorrupt // decoding the zeros past the end
+		if nb < 48 {
+			if pos+8 <= len(src) {
+				bits |= binary.LittleEndian.Uint64(src[pos:]) << nb
+				pos += int(63-nb) >> 3
+				nb |= 56
+			} else {
+				s.bits, s.nb, s.pos = bits, nb, pos
+				s.refill()
+				bits, nb, pos = s.bits, s.nb, s.pos
+				if pos > len(src)+8 {
+					err = ErrCorrupt // decoding the zeros past the end
+					break
+				}
 			}
 		}
-		sym, ok := lit.decode(s)
-		if !ok {
-			s.w = w
-			return ErrCorrupt
+		e := lit.lookup(bits)
+		n := uint(e & 31)
+		if n == 0 {
+			err = ErrCorrupt
+			break loop
 		}
+		bits >>= n
+		nb -= n
+		sym := e >> 16
 		if sym < 256 {
 			if w >= len(dst) {
-				s.w = w
-				return ErrShortDst
+				err = ErrShortDst
+				break loop
 			}
 			dst[w] = byte(sym)
 			w++
 			continue
 		}
 		if sym == 256 {
-			s.w = w
-			if s.overrun() {
-				return ErrCorrupt
-			}
-			return nil
+			break
 		}
 		sym -= 257
 		if sym >= uint32(len(lengthBase)) {
-			s.w = w
-			return ErrCorrupt
+			err = ErrCorrupt
+			break loop
 		}
-		n := uint(lengthExtra[sym])
-		length := int(lengthBase[sym]) + int(s.bits&(1<<n-1))
-		s.consume(n)
-		dsym, ok := dist.decode(s)
-		if !ok || dsym >= uint32(len(distBase)) {
-			s.w = w
-			return ErrCorrupt
+		n = uint(lengthExtra[sym])
+		length := int(lengthBase[sym]) + int(bits&(1<<n-1))
+		bits >>= n
+		nb -= n
+		e = dist.lookup(bits)
+		n = uint(e & 31)
+		dsym := e >> 16
+		if n == 0 || dsym >= uint32(len(distBase)) {
+			err = ErrCorrupt
+			break loop
 		}
+		bits >>= n
+		nb -= n
 		n = uint(distExtra[dsym])
-		back := int(distBase[dsym]) + int(s.bits&(1<<n-1))
-		s.consume(n)
+		back := int(distBase[dsym]) + int(bits&(1<<n-1))
+		bits >>= n
+		nb -= n
 		if back > w {
-			s.w = w
-			return ErrCorrupt
+			err = ErrCorrupt
+			break loop
 		}
-		if w+length > len(dst) {
-			s.w = w
-			return ErrShortDst
+		end := w + length
+		if end > len(dst) {
+			err = ErrShortDst
+			break loop
 		}
-		// The copy may overlap what it writes (back < length: a run);
-		// each pass copies all that is written so far, doubling.
-		for from, end := w-back, w+length; w < end; {
+		from := w - back
+		switch {
+		case back >= length: // apart: one copy
 			w += copy(dst[w:end], dst[from:w])
+		case back == 1: // a run of one byte, as rows of a flat colour are
+			b := dst[from]
+			for ; w < end; w++ {
+				dst[w] = b
+			}
+		default:
+			// The copy overlaps what it writes; each pass copies all that
+			// is written so far, doubling.
+			for w < end {
+				w += copy(dst[w:end], dst[from:w])
+			}
 		}
 	}
+	s.bits, s.nb, s.pos, s.w = bits, nb, pos, w
+	if err == nil && s.overrun() {
+		return ErrCorrupt
+	}
+	return err
 }
 
 // table decodes one Huffman code: a primary table indexed by the next
@@ -398,12 +433,19 @@ func (t *table) build(lengths []uint8, maxPrimary uint) bool {
 	return true
 }
 
+// lookup returns the entry of the code at the bottom of bits, which hold
+// at least the longest code's.
+func (t *table) lookup(bits uint64) uint32 {
+	e := t.entries[bits&(1<<t.bits-1)]
+	if e&linked != 0 {
+		e = t.entries[e>>16+uint32(bits>>t.bits)&(1<<(e>>8&15)-1)]
+	}
+	return e
+}
+
 // decode reads one symbol; the caller has refilled the bit buffer.
 func (t *table) decode(s *state) (uint32, bool) {
-	e := t.entries[s.bits&(1<<t.bits-1)]
-	if e&linked != 0 {
-		e = t.entries[e>>16+uint32(s.bits>>t.bits)&(1<<(e>>8&15)-1)]
-	}
+	e := t.lookup(s.bits)
 	n := uint(e & 31)
 	if n == 0 {
 		return 0, false
