@@ -16,6 +16,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"dcd/internal/mnist"
 )
 
 // decodeBefore is Decode as it was before the PNG fast path. Every file the
@@ -626,5 +628,37 @@ func TestUnfilterPaethMatchesSpec(t *testing.T) {
 				t.Fatalf("bpp %d, %d pixels: got %v, want %v", bpp, pixels, c, want)
 			}
 		}
+	}
+}
+
+// BenchmarkDecodeFillMNIST decodes and fills the first thousand MNIST
+// test digits as image/png writes them, which is what the demo's pool
+// holds and what the demo backbone's embedding spends most of its own CPU
+// on. It is skipped where MNIST is not installed (`make setup`).
+func BenchmarkDecodeFillMNIST(b *testing.B) {
+	_, set, err := mnist.Load(mnist.DefaultDir())
+	if err != nil {
+		b.Skip(err)
+	}
+	files := make([][]byte, 1000)
+	for i := range files {
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, set.Image(i)); err != nil {
+			b.Fatal(err)
+		}
+		files[i] = buf.Bytes()
+	}
+	p, err := Spec{Channels: 1, Height: 28, Width: 28}.Prepare()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dst := make([]float32, p.Spec().Size())
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := p.DecodeFill(dst, files[i%len(files)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
