@@ -31,6 +31,7 @@ func TestBenchQuickJSON(t *testing.T) {
 		t.Fatalf("not a JSON list of results: %v\n%s", err, stdout.String())
 	}
 	names := map[string]bool{}
+	values := map[string]float64{}
 	for _, r := range rs {
 		if r.Name == nil || r.Value == nil || r.Unit == nil || r.Baseline == nil || r.Ratio == nil || r.Goal == nil {
 			t.Fatalf("result with a missing field: %+v", r)
@@ -39,11 +40,17 @@ func TestBenchQuickJSON(t *testing.T) {
 			t.Errorf("%s: value %v, baseline %v, ratio %v, goal %v", *r.Name, *r.Value, *r.Baseline, *r.Ratio, *r.Goal)
 		}
 		names[*r.Name] = true
+		values[*r.Name] = *r.Value
 	}
-	for _, want := range []string{"embed_demo", "embed_resnet50", "knn_topk_d384", "knn_topk_d2048", "merge_topk_1k_partials",
+	for _, want := range []string{"embed_demo", "embed_pipeline_ceiling", "embed_resnet50", "knn_topk_d384", "knn_topk_d2048", "merge_topk_1k_partials",
 		"pass_cached_60k_peak_rss", "pass_cached_60k_orchestration", "orchestration_cached_200_shards"} {
 		if !names[want] {
 			t.Errorf("no result %q in %v", want, names)
 		}
+	}
+	// The same images through a model that costs nothing go faster than
+	// through the demo backbone, or the ceiling measures something else.
+	if values["embed_pipeline_ceiling"] <= values["embed_demo"] {
+		t.Errorf("embed_pipeline_ceiling %v images/s, not above embed_demo's %v", values["embed_pipeline_ceiling"], values["embed_demo"])
 	}
 }

@@ -219,12 +219,20 @@ func WriteTable(w io.Writer, rs []Result) error {
 				mark = "MISS"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Name, num(r.Value), r.Unit, num(r.Baseline), num(r.Ratio), goal, mark)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Name, num(r.Value), r.Unit, orNone(r.Baseline), orNone(r.Ratio), goal, mark)
 	}
 	return tw.Flush()
 }
 
 func num(v float64) string { return fmt.Sprintf("%.4g", v) }
+
+// orNone is num, or "-" for a result without a baseline (0).
+func orNone(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return num(v)
+}
 
 // labelled runs fn with the pprof label bench=name, which goroutines it
 // starts inherit, so that a profile (starter bench -cpuprofile) can be

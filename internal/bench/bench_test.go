@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func TestResults(t *testing.T) {
 	if err := WriteTable(&b, rs); err != nil {
 		t.Fatal(err)
 	}
-	if s := b.String(); !strings.Contains(s, "MISS") || !strings.Contains(s, "≥ 0.9") {
+	if s := b.String(); !strings.Contains(s, "MISS") || !strings.Contains(s, "≥ 0.9") || !regexp.MustCompile(`(?m)^i +12.35 +s +- +- +- +$`).MatchString(s) {
 		t.Fatalf("table:\n%s", s)
 	}
 }

@@ -62,6 +62,23 @@ func demoModel() model {
 	return model{name: "demo", graph: g, channels: 1, side: 28, gflop: flop / 1e9}
 }
 
+// freeModel costs next to nothing: it averages each 28×28 gray image's
+// 2×2 blocks into 196 features. Embedding with it measures the pipeline
+// alone — reading, decoding, filling, writing — at the rate the CPUs
+// sustain it, which is as fast as they can feed any accelerator.
+func freeModel() model {
+	g := &onnx.Graph{
+		Name:    "bench_free",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
+		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 196}}},
+		Nodes: []onnx.Node{
+			{Op: "AveragePool", Inputs: []string{"image"}, Outputs: []string{"pooled"}, Attrs: map[string]any{"kernel_shape": []int64{2, 2}, "strides": []int64{2, 2}}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}},
+		},
+	}
+	return model{name: "free", graph: g, channels: 1, side: 28, gflop: 196 * 4 / 1e9}
+}
+
 // resnetBuilder appends ResNet layers to a graph.
 type resnetBuilder struct {
 	g    *onnx.Graph
