@@ -416,7 +416,7 @@ func makePNGs(n, side int) ([][]byte, error) {
 // of a flat synthetic shape.
 func digitPNGs(n int) ([][]byte, error) {
 	digits.once.Do(func() {
-		_, digits.set, digits.err = mnist.Load(mnist.DefaultDir())
+		digits.set, digits.err = mnist.LoadTest(mnist.DefaultDir())
 	})
 	if digits.err != nil {
 		return nil, fmt.Errorf("bench: MNIST, which `make setup` installs: %w", digits.err)

@@ -54,11 +54,17 @@ func Load(dir string) (train, test *Set, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	test, err = loadSet(filepath.Join(dir, "t10k-images-idx3-ubyte.gz"), filepath.Join(dir, "t10k-labels-idx1-ubyte.gz"))
+	test, err = LoadTest(dir)
 	if err != nil {
 		return nil, nil, err
 	}
 	return train, test, nil
+}
+
+// LoadTest reads the test split alone, which needs only its two files in
+// dir (t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz).
+func LoadTest(dir string) (*Set, error) {
+	return loadSet(filepath.Join(dir, "t10k-images-idx3-ubyte.gz"), filepath.Join(dir, "t10k-labels-idx1-ubyte.gz"))
 }
 
 func loadSet(imagesPath, labelsPath string) (*Set, error) {

@@ -636,7 +636,7 @@ func TestUnfilterPaethMatchesSpec(t *testing.T) {
 // holds and what the demo backbone's embedding spends most of its own CPU
 // on. It is skipped where MNIST is not installed (`make setup`).
 func BenchmarkDecodeFillMNIST(b *testing.B) {
-	_, set, err := mnist.Load(mnist.DefaultDir())
+	set, err := mnist.LoadTest(mnist.DefaultDir())
 	if err != nil {
 		b.Skip(err)
 	}
