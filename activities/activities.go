@@ -35,6 +35,10 @@ type Activities struct {
 	Sessions *Sessions
 	// Decoders is how many goroutines decode images per embedding.
 	Decoders int
+	// Readers is how many images each embedding reads at once; 0 means
+	// embed.DefaultReaders. A pool stored one object per image on a
+	// remote store needs more: each read waits on the store's latency.
+	Readers int
 	// Buckets opens the other buckets that absolute URLs in datasets name,
 	// once each. Nil: one set shared by the process.
 	Buckets *store.Buckets

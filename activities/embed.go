@@ -131,7 +131,7 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	if err != nil {
 		return res, err
 	}
-	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, Decoders: a.Decoders}
+	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, Decoders: a.Decoders, Readers: a.Readers}
 	progress := resume(ctx, in.PartSize, len(shard.Items))
 	if progress.NextPart > 0 {
 		res.ResumedFrom = progress.Starts[progress.NextPart]

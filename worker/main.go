@@ -25,6 +25,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"dcd/activities"
+	"dcd/internal/embed"
 	"dcd/internal/ortrun"
 	"dcd/internal/store"
 	"dcd/workflows"
@@ -33,7 +34,7 @@ import (
 // options are the worker's settings.
 type options struct {
 	address, namespace, queues, storage, ortLib, ep, cpuProfile string
-	threads, concurrency, decoders                              int
+	threads, concurrency, decoders, readers                     int
 }
 
 // defineFlags defines the worker's flags on fs. Each flag's default comes
@@ -49,6 +50,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
 	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
+	fs.IntVar(&o.readers, "readers", envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
 	return o
 }
@@ -66,21 +68,21 @@ func main() {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	if err := run(o.address, o.namespace, o.queues, o.storage, o.ortLib, o.threads, o.ep, o.concurrency, o.decoders); err != nil {
+	if err := run(o); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(address, namespace, queues, storage, ortLib string, threads int, ep string, concurrency, decoders int) error {
+func run(o *options) error {
 	ctx := context.Background()
-	polled, err := taskQueues(queues)
+	polled, err := taskQueues(o.queues)
 	if err != nil {
 		return err
 	}
-	if err := ortrun.Init(ortLib); err != nil {
+	if err := ortrun.Init(o.ortLib); err != nil {
 		return fmt.Errorf("worker: %w (run `make setup`, or point -ort-lib / DCD_ORT_LIB at libonnxruntime.so)", err)
 	}
-	bucket, err := store.Open(ctx, storage)
+	bucket, err := store.Open(ctx, o.storage)
 	if err != nil {
 		return err
 	}
@@ -89,24 +91,25 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 	buckets := &store.Buckets{}
 	defer buckets.Close()
 
-	c, err := client.Dial(client.Options{HostPort: address, Namespace: namespace})
+	c, err := client.Dial(client.Options{HostPort: o.address, Namespace: o.namespace})
 	if err != nil {
-		return fmt.Errorf("worker: connect to Temporal at %s: %w", address, err)
+		return fmt.Errorf("worker: connect to Temporal at %s: %w", o.address, err)
 	}
 	defer c.Close()
 
-	models, search := ortrun.Options{Threads: threads, EP: ep}, ortrun.Options{Threads: threads, EP: ep}
-	if threads <= 0 {
-		models.Threads, search.Threads = activities.DefaultThreads(concurrency), runtime.NumCPU()
+	models, search := ortrun.Options{Threads: o.threads, EP: o.ep}, ortrun.Options{Threads: o.threads, EP: o.ep}
+	if o.threads <= 0 {
+		models.Threads, search.Threads = activities.DefaultThreads(o.concurrency), runtime.NumCPU()
 	}
 	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
-	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions, Decoders: decoders, Buckets: buckets, StorageURL: storage}
+	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions,
+		Decoders: o.decoders, Readers: o.readers, Buckets: buckets, StorageURL: o.storage}
 
 	var workers []worker.Worker
 	for _, q := range polled {
 		w := worker.New(c, q, worker.Options{
-			MaxConcurrentActivityExecutionSize: concurrency,
+			MaxConcurrentActivityExecutionSize: o.concurrency,
 			// On SIGTERM, let a running batch finish and its part commit
 			// rather than lose it; Temporal retries the rest elsewhere.
 			WorkerStopTimeout: 30 * time.Second,
@@ -121,7 +124,7 @@ func run(address, namespace, queues, storage, ortLib string, threads int, ep str
 		}
 		workers = append(workers, w)
 	}
-	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, address, namespace, redact(storage))
+	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, redact(o.storage))
 	<-worker.InterruptCh()
 	for _, w := range workers {
 		w.Stop()

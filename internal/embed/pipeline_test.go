@@ -261,3 +261,41 @@ func TestEmbedSpec(t *testing.T) {
 		t.Errorf("NHWC features %v, want %v", got, want)
 	}
 }
+
+// Readers is how many reads are in flight, which is what a store whose
+// reads wait on latency needs: the first Readers reads all start before
+// any returns, and no more than that ever run at once.
+func TestEmbedReadsAtOnce(t *testing.T) {
+	sess := flatten(t)
+	for _, readers := range []int{1, 5, 24} {
+		var images []Image
+		for i := range 100 {
+			images = append(images, Image{ID: int64(i), URI: fmt.Sprintf("img/%d", i)})
+		}
+		var inFlight, most, started atomic.Int32
+		all := make(chan struct{})
+		read := func(ctx context.Context, uri string) ([]byte, error) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			if started.Add(1) == int32(readers) {
+				close(all)
+			}
+			select { // the first reads wait for one another
+			case <-all:
+			case <-time.After(5 * time.Second):
+				return nil, fmt.Errorf("%s: %d reads in flight after 5 s, want %d", uri, inFlight.Load(), readers)
+			}
+			return store(ctx, uri)
+		}
+		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
+			BatchSize: 32, Readers: readers}
+		if _, err := e.Embed(context.Background(), images, read, func(Batch) error { return nil }); err != nil {
+			t.Fatalf("%d readers: %v", readers, err)
+		}
+		if most.Load() != int32(readers) {
+			t.Errorf("%d readers: at most %d reads at once", readers, most.Load())
+		}
+	}
+}
