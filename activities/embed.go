@@ -294,6 +294,13 @@ func unreadable(err error) error {
 // in memory at once, read ahead of the decoders.
 const spanBytes = 8 << 20
 
+// spanReadahead is how many spans are fetched beside the one being read.
+// An object store streams one range read at about one connection's
+// bandwidth, often under 100 MB/s, which a GPU embedding photos outruns;
+// spans side by side multiply it (webdataset's BenchmarkReaderRemote), for
+// 24 MiB more per shard being embedded.
+const spanReadahead = 3
+
 // packedRead is read for images, except that WebDataset members (see
 // package webdataset) lying together in an archive are fetched with one
 // range read per span of them instead of one read each: per-object reads
@@ -311,6 +318,7 @@ func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 	spans := webdataset.NewReader(members, func(ctx context.Context, archive string, offset, length int64) ([]byte, error) {
 		return a.buckets().ReadRange(ctx, a.Bucket, archive, offset, length)
 	}, spanBytes)
+	spans.Readahead = spanReadahead
 	return func(ctx context.Context, uri string) ([]byte, error) {
 		m, ok := webdataset.ParseKey(uri)
 		if !ok {

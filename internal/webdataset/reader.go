@@ -28,6 +28,14 @@ const MaxGap = 64 << 10
 type Reader struct {
 	read ReadRange
 
+	// Readahead is how many spans after the one a Read first reaches are
+	// fetched with it, in plan order. A store whose range reads wait on
+	// latency, or on one connection's bandwidth, then streams that many
+	// spans side by side instead of one after another, for as many more
+	// spans in memory. Set it before the first Read; 0 fetches a span only
+	// when one of its members is read.
+	Readahead int
+
 	mu sync.Mutex
 	// queues holds, for each planned member, the spans of its occurrences
 	// not yet taken by a Read, in plan order.
@@ -39,8 +47,10 @@ type Reader struct {
 type span struct {
 	archive        string
 	offset, length int64
+	index          int    // in the plan
 	pending        int    // planned occurrences whose Reads have not returned
 	fetch          *fetch // in flight or done; nil before the first Read and once dropped
+	reached        bool   // a Read has taken one of its occurrences
 }
 
 // fetch is one range read of a span; the Reads waiting on it share it.
@@ -76,7 +86,7 @@ func NewReader(members []Member, read ReadRange, maxSpan int64) *Reader {
 				continue
 			}
 		}
-		cur = &span{archive: m.Archive, offset: m.Offset, length: m.Size, pending: 1}
+		cur = &span{archive: m.Archive, offset: m.Offset, length: m.Size, index: len(r.spans), pending: 1}
 		r.spans = append(r.spans, cur)
 		r.queues[m] = append(r.queues[m], cur)
 	}
@@ -106,7 +116,11 @@ func (r *Reader) Read(ctx context.Context, m Member) ([]byte, error) {
 	}
 	r.mu.Lock()
 	s := r.take(m)
+	ahead := r.reach(s)
 	r.mu.Unlock()
+	for _, a := range ahead {
+		go r.fill(ctx, a.span, a.fetch)
+	}
 	if s == nil {
 		return r.fetchRange(ctx, m.Archive, m.Offset, m.Size)
 	}
@@ -189,6 +203,30 @@ func (r *Reader) take(m Member) *span {
 		r.queues[m] = append(q[:i:i], q[i+1:]...)
 	}
 	return s
+}
+
+// reach records that a Read took an occurrence in s. The first time, it
+// starts fetches of the Readahead spans after s that have none and are
+// still to be read, and returns them, to be filled. r.mu is held.
+func (r *Reader) reach(s *span) []prefetch {
+	if s == nil || s.reached {
+		return nil
+	}
+	s.reached = true
+	var ahead []prefetch
+	for _, next := range r.spans[s.index+1 : min(s.index+1+r.Readahead, len(r.spans))] {
+		if next.fetch == nil && next.pending > 0 {
+			next.fetch = &fetch{done: make(chan struct{})}
+			ahead = append(ahead, prefetch{next, next.fetch})
+		}
+	}
+	return ahead
+}
+
+// prefetch is a fetch that reach started, and its span.
+type prefetch struct {
+	span  *span
+	fetch *fetch
 }
 
 // done ends a Read of one of s's occurrences, dropping s after the last.

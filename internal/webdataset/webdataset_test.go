@@ -622,6 +622,7 @@ func TestReaderConcurrent(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		st := &store{archives: archives, jitter: true}
 		r := NewReader(order, st.read, maxSpan)
+		r.Readahead = []int{0, 2, 5}[round] // fetching ahead changes no answer and fetches no span twice
 		spans := len(r.spans)
 		if spans < 20 || spans > len(order)/2 {
 			t.Fatalf("planned %d spans for %d members; the fixture does not exercise grouping", spans, len(order))
@@ -917,5 +918,112 @@ func TestReaderFetcherCancelled(t *testing.T) {
 	}
 	if n := g.calls.Load(); n != 2 {
 		t.Errorf("%d fetches, want 2", n)
+	}
+}
+
+// With Readahead n, the first Read of a span fetches the n spans after it
+// at the same time, and each span is still fetched once.
+func TestReaderReadahead(t *testing.T) {
+	data, ms := gateFixture()
+	g := newGate(data)
+	r := NewReader(ms, g.read, 1000) // a span per member
+	r.Readahead = 2
+	if len(r.spans) != 4 {
+		t.Fatalf("%d spans, want 4", len(r.spans))
+	}
+	started := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-g.started:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d fetches started, want %d at once", g.calls.Load(), n)
+			}
+		}
+		select {
+		case <-g.started:
+			t.Fatalf("%d fetches started, want %d", g.calls.Load(), n)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	check := func(i int, got []byte, err error) {
+		t.Helper()
+		if err != nil || !bytes.Equal(got, data[i*1000:(i+1)*1000]) {
+			t.Fatalf("Read(%d): %d bytes, %v", i, len(got), err)
+		}
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	first := make(chan result)
+	go func() {
+		got, err := r.Read(context.Background(), ms[0])
+		first <- result{got, err}
+	}()
+	started(3) // spans 0, 1 and 2, before any returns
+	for range 3 {
+		g.release <- nil
+	}
+	res := <-first
+	check(0, res.data, res.err)
+
+	got, err := r.Read(context.Background(), ms[1]) // fetched ahead: no wait
+	check(1, got, err)
+	started(1) // span 3, the second after span 1
+	g.release <- nil
+	for i := 2; i < 4; i++ {
+		got, err := r.Read(context.Background(), ms[i])
+		check(i, got, err)
+	}
+	if g.calls.Load() != 4 {
+		t.Errorf("%d fetches for 4 spans", g.calls.Load())
+	}
+	if f, p, q := held(r); f != 0 || p != 0 || q != 0 {
+		t.Errorf("after all reads the reader holds %d fetched spans, %d pending reads, %d queued members", f, p, q)
+	}
+}
+
+// BenchmarkReaderRemote reads 24 MiB of 100 KB members in order, 16 at
+// once as an embedding does, from a simulated object store whose range
+// reads take 5 ms and then stream at 50 MB/s: readahead 0 fetches about
+// one 1 MiB span at a time, readahead n streams n+1 side by side.
+func BenchmarkReaderRemote(b *testing.B) {
+	const member, members, maxSpan = 100 << 10, 240, 1 << 20
+	var ms []Member
+	for i := range members {
+		ms = append(ms, Member{Archive: "a.tar", Name: fmt.Sprint(i), Offset: int64(i) * member, Size: member})
+	}
+	remote := func(ctx context.Context, archive string, offset, length int64) ([]byte, error) {
+		time.Sleep(5*time.Millisecond + time.Duration(length)*time.Second/(50<<20))
+		return make([]byte, length), nil
+	}
+	for _, ahead := range []int{0, 2, 4} {
+		b.Run(fmt.Sprintf("readahead_%d", ahead), func(b *testing.B) {
+			for b.Loop() {
+				r := NewReader(ms, remote, maxSpan)
+				r.Readahead = ahead
+				work := make(chan Member)
+				var wg sync.WaitGroup
+				for range 16 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for m := range work {
+							if _, err := r.Read(context.Background(), m); err != nil {
+								b.Error(err)
+							}
+						}
+					}()
+				}
+				for _, m := range ms {
+					work <- m
+				}
+				close(work)
+				wg.Wait()
+			}
+			b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "members/s")
+			b.ReportMetric(float64(b.N*members*member)/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
+		})
 	}
 }
