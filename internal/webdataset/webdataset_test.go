@@ -986,10 +986,11 @@ func TestReaderReadahead(t *testing.T) {
 
 // BenchmarkReaderRemote reads 24 MiB of 100 KB members in order, 16 at
 // once as an embedding does, from a simulated object store whose range
-// reads take 5 ms and then stream at 50 MB/s: readahead 0 fetches about
-// one 1 MiB span at a time, readahead n streams n+1 side by side.
+// reads take 5 ms and then stream at 50 MB/s, with spans of 1 to 8 MiB and
+// readahead 0 to 15. It reports the throughput and how long the first
+// member took: a shard's first batch waits for its whole first span.
 func BenchmarkReaderRemote(b *testing.B) {
-	const member, members, maxSpan = 100 << 10, 240, 1 << 20
+	const member, members = 100 << 10, 240
 	var ms []Member
 	for i := range members {
 		ms = append(ms, Member{Archive: "a.tar", Name: fmt.Sprint(i), Offset: int64(i) * member, Size: member})
@@ -998,13 +999,19 @@ func BenchmarkReaderRemote(b *testing.B) {
 		time.Sleep(5*time.Millisecond + time.Duration(length)*time.Second/(50<<20))
 		return make([]byte, length), nil
 	}
-	for _, ahead := range []int{0, 2, 4} {
-		b.Run(fmt.Sprintf("readahead_%d", ahead), func(b *testing.B) {
+	for _, c := range []struct {
+		span  int64
+		ahead int
+	}{{8 << 20, 0}, {8 << 20, 1}, {8 << 20, 3}, {2 << 20, 0}, {2 << 20, 3}, {2 << 20, 7}, {1 << 20, 15}} {
+		b.Run(fmt.Sprintf("span_%dMiB_readahead_%d", c.span>>20, c.ahead), func(b *testing.B) {
+			var first time.Duration
 			for b.Loop() {
-				r := NewReader(ms, remote, maxSpan)
-				r.Readahead = ahead
+				r := NewReader(ms, remote, c.span)
+				r.Readahead = c.ahead
 				work := make(chan Member)
 				var wg sync.WaitGroup
+				start := time.Now()
+				var once sync.Once
 				for range 16 {
 					wg.Add(1)
 					go func() {
@@ -1012,6 +1019,9 @@ func BenchmarkReaderRemote(b *testing.B) {
 						for m := range work {
 							if _, err := r.Read(context.Background(), m); err != nil {
 								b.Error(err)
+							}
+							if m.Name == "0" {
+								once.Do(func() { first += time.Since(start) })
 							}
 						}
 					}()
@@ -1022,8 +1032,8 @@ func BenchmarkReaderRemote(b *testing.B) {
 				close(work)
 				wg.Wait()
 			}
-			b.ReportMetric(float64(b.N*members)/b.Elapsed().Seconds(), "members/s")
 			b.ReportMetric(float64(b.N*members*member)/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
+			b.ReportMetric(first.Seconds()*1e3/float64(b.N), "ms_first")
 		})
 	}
 }
