@@ -29,12 +29,15 @@ type Reader struct {
 	read ReadRange
 
 	// Readahead is how many spans after the one a Read first reaches are
-	// fetched with it, in plan order. A store whose range reads wait on
-	// latency, or on one connection's bandwidth, then streams that many
-	// spans side by side instead of one after another, for as many more
-	// spans in memory. Set it before the first Read; 0 fetches a span only
-	// when one of its members is read.
+	// fetched with it, in plan order, as long as they hold at most
+	// Readahead times maxSpan bytes (members larger than maxSpan, each a
+	// span, are left to the Reads that reach them). A store whose range
+	// reads wait on latency, or on one connection's bandwidth, then
+	// streams that many spans side by side instead of one after another.
+	// Set it before the first Read; 0 fetches a span only when one of its
+	// members is read.
 	Readahead int
+	maxSpan   int64
 
 	mu sync.Mutex
 	// queues holds, for each planned member, the spans of its occurrences
@@ -70,7 +73,7 @@ type fetch struct {
 // most maxSpan bytes in all (a single larger member is a span of its own).
 // A member listed more than once is planned once per occurrence.
 func NewReader(members []Member, read ReadRange, maxSpan int64) *Reader {
-	r := &Reader{read: read, queues: make(map[Member][]*span, len(members))}
+	r := &Reader{read: read, queues: make(map[Member][]*span, len(members)), maxSpan: maxSpan}
 	var cur *span
 	for _, m := range members {
 		if !valid(m) {
@@ -206,15 +209,19 @@ func (r *Reader) take(m Member) *span {
 }
 
 // reach records that a Read took an occurrence in s. The first time, it
-// starts fetches of the Readahead spans after s that have none and are
-// still to be read, and returns them, to be filled. r.mu is held.
+// starts fetches of the spans after s within Readahead that have none and
+// are still to be read, and returns them, to be filled. r.mu is held.
 func (r *Reader) reach(s *span) []prefetch {
 	if s == nil || s.reached {
 		return nil
 	}
 	s.reached = true
 	var ahead []prefetch
+	budget := int64(r.Readahead) * r.maxSpan
 	for _, next := range r.spans[s.index+1 : min(s.index+1+r.Readahead, len(r.spans))] {
+		if budget -= next.length; budget < 0 {
+			break
+		}
 		if next.fetch == nil && next.pending > 0 {
 			next.fetch = &fetch{done: make(chan struct{})}
 			ahead = append(ahead, prefetch{next, next.fetch})

@@ -984,6 +984,27 @@ func TestReaderReadahead(t *testing.T) {
 	}
 }
 
+// Readahead holds at most Readahead×maxSpan bytes: members larger than
+// maxSpan are not fetched ahead, however many spans it allows.
+func TestReaderReadaheadBytes(t *testing.T) {
+	data := []byte(blob(9, 12000))
+	var ms []Member
+	for i := int64(0); i < 4; i++ {
+		ms = append(ms, Member{Archive: "g.tar", Name: fmt.Sprint(i), Offset: i * 3000, Size: 3000})
+	}
+	st := &store{archives: map[string][]byte{"g.tar": data}}
+	r := NewReader(ms, st.read, 1000) // a span per member, each 3× maxSpan
+	r.Readahead = 2
+	got, err := r.Read(context.Background(), ms[0])
+	if err != nil || !bytes.Equal(got, data[:3000]) {
+		t.Fatalf("Read: %d bytes, %v", len(got), err)
+	}
+	time.Sleep(50 * time.Millisecond) // for fetches started ahead, if any
+	if n := st.calls.Load(); n != 1 {
+		t.Errorf("%d fetches after reading the first member, want 1: spans of 3000 bytes exceed 2×1000 ahead", n)
+	}
+}
+
 // BenchmarkReaderRemote reads 24 MiB of 100 KB members in order, 16 at
 // once as an embedding does, from a simulated object store whose range
 // reads take 5 ms and then stream at 50 MB/s, with spans of 1 to 8 MiB and
