@@ -424,39 +424,3 @@ func TestFileURLMixedFormatsPass(t *testing.T) {
 		t.Errorf("E_sample has %d images, want 100", n)
 	}
 }
-
-// An Arrow file of several MiB, as a feature cache entry is, reads back
-// whole from a real S3 server, which serves it as 1 MiB ranges side by
-// side: each range must report the whole object's size and time.
-func TestS3ReadsArrowInRanges(t *testing.T) {
-	ctx := context.Background()
-	b, err := store.Open(ctx, s3Server(t, "ranges"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	mem := memory.NewGoAllocator()
-	schema := arrow.NewSchema([]arrow.Field{{Name: "x", Type: arrow.PrimitiveTypes.Int64}}, nil)
-	bld := array.NewRecordBuilder(mem, schema)
-	defer bld.Release()
-	for i := range 700_000 { // 5.3 MiB
-		bld.Field(0).(*array.Int64Builder).Append(int64(i) * 7919)
-	}
-	rec := bld.NewRecord()
-	defer rec.Release()
-	if err := store.WriteArrow(ctx, b, "features/x.arrow", schema, mem, rec); err != nil {
-		t.Fatal(err)
-	}
-	f, err := store.OpenArrow(ctx, b, "features/x.arrow", mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	back, err := f.Record(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !array.RecordEqual(back, rec) {
-		t.Error("the file read from S3 differs from the one written")
-	}
-}

@@ -102,14 +102,34 @@ func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 	return data, nil
 }
 
-// readAll reads the object at key whole (see readWhole).
+// readAll is blob.Bucket.ReadAll reading into a buffer of the object's
+// size, which copies the data once: blob.Bucket.ReadAll uses io.ReadAll,
+// which grows its buffer from 512 bytes and copies a feature file of a few
+// MiB, or a photo of a few hundred KiB, several times over (in a pass on
+// cached features, more CPU than the read itself).
 func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	return readWhole(r)
+	// io.ReadAll's loop over a buffer with room for the object and the
+	// read that finds its end. A reader whose content outgrows its Size
+	// (a store that decompresses on the way) still reads to the end.
+	data := make([]byte, 0, max(r.Size(), 0)+1)
+	for {
+		n, err := r.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
+			return data, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(data) == cap(data) {
+			data = append(data, 0)[:len(data)]
+		}
+	}
 }
 
 // WriteAll writes data at key atomically: readers see the old object or the
@@ -227,11 +247,10 @@ type ArrowFile struct {
 // RecordAt must be Released by the caller.
 func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Allocator) (*ArrowFile, error) {
 	// blob.Reader has no ReadAt, which the IPC file reader needs; files are
-	// one shard each, so reading them whole is bounded. DCD wrote them, so
-	// their ranges may be read side by side.
-	data, err := readRanged(ctx, b, key)
+	// one shard each, so reading them whole is bounded.
+	data, err := ReadAll(ctx, b, key)
 	if err != nil {
-		return nil, fmt.Errorf("store: read %q: %w", key, err)
+		return nil, err
 	}
 	r, err := ipc.NewFileReader(bytes.NewReader(data), ipc.WithAllocator(mem))
 	if err != nil {
