@@ -46,18 +46,25 @@ import (
 	_ "gocloud.dev/blob/fileblob"  // file:// buckets
 	_ "gocloud.dev/blob/gcsblob"   // gs:// buckets
 	_ "gocloud.dev/blob/memblob"   // mem:// buckets, for tests
-	_ "gocloud.dev/blob/s3blob"    // s3:// buckets
+	"gocloud.dev/blob/s3blob"      // s3:// buckets, opened by openS3
 	"gocloud.dev/gcerrors"
 )
 
 // Open opens the bucket at url. A file:// bucket writes no metadata
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
-// bytes, and a JSON read beside every read.
-func Open(ctx context.Context, url string) (*blob.Bucket, error) {
-	b, err := blob.OpenBucket(ctx, withoutSidecars(url))
+// bytes, and a JSON read beside every read. An s3:// bucket keeps its
+// connections for reuse however many reads are in flight (see openS3).
+func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
+	var b *blob.Bucket
+	u, err := url.Parse(rawURL)
+	if err == nil && u.Scheme == s3blob.Scheme {
+		b, err = openS3(ctx, u)
+	} else {
+		b, err = blob.OpenBucket(ctx, withoutSidecars(rawURL))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: open %q: %w", url, err)
+		return nil, fmt.Errorf("store: open %q: %w", rawURL, err)
 	}
 	return b, nil
 }

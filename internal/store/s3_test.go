@@ -1,0 +1,110 @@
+package store
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// fakeS3 serves GetObject for path-style URLs of one bucket, answering each
+// key with its own name after a delay that keeps the reads of many
+// goroutines in flight at once. It counts the connections it accepts.
+// (workflows' tests run a real S3 server, versitygw, which closes every
+// connection after one response, so it cannot show reuse.)
+func fakeS3(t *testing.T, bucket string) (url string, conns *atomic.Int64) {
+	conns = new(atomic.Int64)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := strings.CutPrefix(r.URL.Path, "/"+bucket+"/")
+		if r.Method != http.MethodGet || !ok {
+			http.Error(w, "fakeS3 serves GET /"+bucket+"/<key> only, not "+r.Method+" "+r.URL.Path, http.StatusBadRequest)
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+		w.Header().Set("Content-Length", strconv.Itoa(len(key)))
+		w.Header().Set("Last-Modified", "Mon, 02 Jan 2006 15:04:05 GMT")
+		w.Write([]byte(key))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+	t.Setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+	t.Setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+	return "s3://" + bucket + "?endpoint=" + srv.URL + "&use_path_style=true&region=us-east-1", conns
+}
+
+// Connections outlive a burst of reads: the next burst reuses them. The
+// AWS SDK's own client keeps 10 idle and closes the rest, so each burst
+// after the first would dial (and on a real store, TLS-handshake) anew.
+func TestS3ReusesConnections(t *testing.T) {
+	ctx := context.Background()
+	url, conns := fakeS3(t, "pool")
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const readers, bursts = 64, 8
+	for burst := range bursts {
+		var g errgroup.Group
+		for r := range readers {
+			g.Go(func() error {
+				key := "img/" + strconv.Itoa(burst*readers+r) + ".png"
+				data, err := ReadAll(ctx, b, key)
+				if err == nil && string(data) != key {
+					t.Errorf("read %q: got %q", key, data)
+				}
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A read that finds every connection busy dials a new one, and may be
+	// served by one that comes back first: the dialled one then stays idle.
+	// So connections can outnumber the readers, but only by such races.
+	if n := conns.Load(); n > 2*readers {
+		t.Errorf("%d bursts of %d reads at once opened %d connections; want at most %d: connections were closed after a burst instead of kept",
+			bursts, readers, n, 2*readers)
+	}
+}
+
+// openS3 takes s3blob's query options and rejects bad ones by name.
+func TestOpenS3Options(t *testing.T) {
+	ctx := context.Background()
+	url, _ := fakeS3(t, "pool")
+	for _, opt := range []string{"ssetype=AES256", "kmskeyid=key-1", "accelerate=false", "disable_https=true", "s3ForcePathStyle=true"} {
+		b, err := Open(ctx, url+"&"+opt)
+		if err != nil {
+			t.Errorf("option %s: %v", opt, err)
+			continue
+		}
+		if data, err := ReadAll(ctx, b, "x.png"); err != nil || string(data) != "x.png" {
+			t.Errorf("option %s: read x.png = %q, %v", opt, data, err)
+		}
+		b.Close()
+	}
+	for opt, want := range map[string]string{
+		"ssetype=rot13":    `"ssetype"`,
+		"accelerate=maybe": `"accelerate"`,
+		"bogus=1":          `"bogus"`,
+	} {
+		if _, err := Open(ctx, url+"&"+opt); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("option %s: error %v, want one naming %s", opt, err, want)
+		}
+	}
+}
