@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -31,6 +30,7 @@ import (
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
+	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
 
@@ -336,21 +336,13 @@ func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, pngs [
 		}
 	} else {
 		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
+		w := webdataset.NewWriter(&buf)
 		for i, p := range pngs {
-			for _, m := range []struct {
-				ext  string
-				data []byte
-			}{{"png", p}, {"cls", []byte("0")}} {
-				if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("%06d.%s", i, m.ext), Mode: 0o644, Size: int64(len(m.data))}); err != nil {
-					return sh, err
-				}
-				if _, err := tw.Write(m.data); err != nil {
-					return sh, err
-				}
+			if err := w.Write(fmt.Sprintf("%06d", i), "png", p, "0", ""); err != nil {
+				return sh, err
 			}
 		}
-		if err := tw.Close(); err != nil {
+		if err := w.Close(); err != nil {
 			return sh, err
 		}
 		if err := store.WriteAll(ctx, bucket, prefix+".tar", buf.Bytes()); err != nil {
