@@ -63,6 +63,7 @@ func init() {
 		{"schedule trigger", "SCHED", "start a scheduled pass now", nil},
 		{"schedule delete", "SCHED", "delete a schedule (not its passes)", nil},
 		{"schedule", "", "", cmdSchedule},
+		{"pack", packSynopsis, "copy a dataset stored one object per image into WebDataset archives, far faster to embed", cmdPack},
 		{"dev", "[-storage URL] [-stop]", "start (-stop: stop) a local dev server and worker", cmdDev},
 		{"demo", "[-corruption blur] [-seed 1] [-small] [-no-wait]", "build the MNIST demo, run a pass on it", cmdDemo},
 		{"bench", benchSynopsis, "measure embedding, k-NN and orchestration against their baselines", cmdBench},

@@ -1,7 +1,6 @@
 package workflows_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/csv"
@@ -19,12 +18,12 @@ import (
 
 	"dcd/internal/dataset"
 	"dcd/internal/features"
-	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
 
-// A pool packed in WebDataset archives is the same pool as its manifest:
+// A pool packed in WebDataset archives (by dataset.Source.Pack, which
+// `starter pack` runs) is the same pool as its manifest:
 // the pass embeds the archive members by byte range, reads each sample's
 // label and domain from its .cls and .domain members, and selects the same
 // images with the same scores, so the retrained model scores as it does
@@ -42,31 +41,14 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	const archives = 5
-	per := (len(items) + archives - 1) / archives
-	for a := range archives {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		for i := a * per; i < min((a+1)*per, len(items)); i++ {
-			img, err := b.ReadAll(ctx, items[i].Key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for ext, data := range map[string][]byte{"png": img, "cls": []byte(items[i].Label + "\n"), "domain": []byte(items[i].Domain)} {
-				if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pool/%06d.%s", i, ext), Mode: 0o644, Size: int64(len(data))}); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := tw.Write(data); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		if err := tw.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := store.WriteAll(ctx, b, fmt.Sprintf("pool-wds/%05d.tar", a), buf.Bytes()); err != nil {
-			t.Fatal(err)
-		}
+	// Five archives, packed as `starter pack` packs them.
+	per := (len(items) + 4) / 5
+	res, err := dataset.Source{Bucket: b}.Pack(ctx, cfg.Data.Pool, "pool-wds", dataset.PackOptions{PerArchive: per})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Images != len(items) || len(res.Archives) != 5 {
+		t.Fatalf("packed %d of %d images into %d archives, want all into 5 (skipped: %v)", res.Images, len(items), len(res.Archives), res.Skipped)
 	}
 	packed := cfg
 	packed.Data.Pool = schemas.Dataset{WebDataset: "pool-wds/"}
@@ -93,7 +75,7 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	gotSel := selection(t, b, got.DebugTrain.Manifest, func(uri string) int {
 		m, ok := webdataset.ParseKey(strings.TrimPrefix(uri, "/"))
 		var i int
-		if _, err := fmt.Sscanf(m.Name, "pool/%06d.png", &i); !ok || err != nil {
+		if _, err := fmt.Sscanf(m.Name, "%09d.png", &i); !ok || err != nil {
 			t.Fatalf("selected %q: not a member of the packed pool", uri)
 		}
 		return i
