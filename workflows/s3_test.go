@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -342,6 +343,41 @@ func TestS3MixedFormatsPass(t *testing.T) {
 	}
 	if res.Eval.TestImages != 500 {
 		t.Errorf("test images %d, want 500 (listed through the s3:// URL prefix)", res.Eval.TestImages)
+	}
+
+	// The same pool packed into archives on S3 (`starter pack`) lists the
+	// same labels in the same order, read back by range reads.
+	walk := func(ds schemas.Dataset) (items []dataset.Item) {
+		t.Helper()
+		if err := dataset.Walk(ctx, b, ds, func(it dataset.Item) error {
+			items = append(items, it)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return items
+	}
+	packed, err := dataset.Source{Bucket: b}.Pack(ctx, cfg.Data.Pool, "users/pool-wds/", dataset.PackOptions{PerArchive: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("packed the pool into %d archives on S3: %d images, %d skipped %v", len(packed.Archives), packed.Images, len(packed.Skipped), packed.Skipped)
+	skipped := map[string]bool{}
+	for _, s := range packed.Skipped {
+		skipped[s.URI] = true
+	}
+	var want, got []string
+	for _, it := range walk(cfg.Data.Pool) {
+		if !skipped[it.Key] {
+			want = append(want, it.Label+"/"+it.Domain)
+		}
+	}
+	for _, it := range walk(schemas.Dataset{WebDataset: "users/pool-wds/"}) {
+		got = append(got, it.Label+"/"+it.Domain)
+	}
+	if len(want) < 100 || !slices.Equal(got, want) || packed.Images != len(want) {
+		t.Errorf("packed %d images (%d skipped: %v); the archives list %d labels, the manifest %d: equal %v",
+			packed.Images, len(packed.Skipped), packed.Skipped, len(got), len(want), slices.Equal(got, want))
 	}
 }
 
