@@ -66,6 +66,9 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "packed %d images into %d archives under %s (%.1f MiB)\n", res.Images, len(res.Archives), a.out, float64(res.Bytes)/(1<<20))
+	if res.Resumed > 0 {
+		fmt.Fprintf(e.stdout, "resumed an interrupted pack: its first %d archives were written before\n", res.Resumed)
+	}
 	if n := len(res.Skipped); n > 0 {
 		fmt.Fprintf(e.stdout, "skipped %d images, listed with the reason in skipped.csv beside the archives; the first: %s (%s)\n",
 			n, res.Skipped[0].URI, res.Skipped[0].Reason)

@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"gocloud.dev/blob"
@@ -33,13 +36,18 @@ type PackOptions struct {
 // Packed is what Pack wrote.
 type Packed struct {
 	Archives []string // keys (or URLs) of the archives, in order
+	Resumed  int      // of them written by an earlier, interrupted Pack
 	Images   int
 	Bytes    int64 // of the archives
 	Skipped  []Skip
 }
 
 // Skip is a dataset image that Pack left out, and why.
-type Skip struct{ URI, Reason string }
+type Skip struct {
+	Item   int64 // the image's position in the dataset
+	URI    string
+	Reason string
+}
 
 // packFormats maps the content types http.DetectContentType sniffs to the
 // member extension of each image format DCD decodes.
@@ -58,12 +66,15 @@ var packFormats = map[string]string{
 // An image that cannot be read (gone, forbidden) or is not in a format DCD
 // decodes (JPEG, PNG, GIF, BMP, WebP, sniffed from its bytes) is left out
 // and listed in out/skipped.csv and in Packed.Skipped; any other read error
-// stops the pack, naming the image. out must hold no objects yet, so that
-// no archive of an earlier pack is read as part of this one.
+// stops the pack, naming the image.
+//
+// out must be empty, or hold a pack of the same dataset and PerArchive
+// that was interrupted (out/pack.json says which): Pack then resumes after
+// its last whole archive, and gives the archives an uninterrupted pack
+// would have.
 func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt PackOptions) (Packed, error) {
-	var res Packed
 	if ds.WebDataset != "" {
-		return res, fmt.Errorf("dataset: pack: %q is packed already (a webdataset)", ds.WebDataset)
+		return Packed{}, fmt.Errorf("dataset: pack: %q is packed already (a webdataset)", ds.WebDataset)
 	}
 	perArchive, readers := opt.PerArchive, opt.Readers
 	if perArchive <= 0 {
@@ -78,33 +89,41 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 	}
 	ob, prefix, obURL, err := s.locate(ctx, out)
 	if err != nil {
-		return res, fmt.Errorf("dataset: pack into %q: %w", out, err)
+		return Packed{}, fmt.Errorf("dataset: pack into %q: %w", out, err)
 	}
 	if prefix = strings.TrimSuffix(prefix, "/"); prefix != "" {
 		prefix += "/"
 	}
-	switch obj, err := ob.List(&blob.ListOptions{Prefix: prefix}).Next(ctx); err {
-	case nil:
-		return res, fmt.Errorf("dataset: pack into %q: it holds %q already; pack into an empty prefix", out, obj.Key)
-	case io.EOF:
-	default:
-		return res, fmt.Errorf("dataset: pack into %q: %w", out, err)
+	a := &archiveWriter{bucket: ob, prefix: prefix, bucketURL: obURL}
+	from, last, err := a.resume(ctx, ds, perArchive)
+	if err != nil {
+		return a.res, fmt.Errorf("dataset: pack into %q: %w", out, err)
 	}
 
 	// Images are read by readers goroutines and written in dataset order:
 	// the walk queues each item twice, in order for the writer and as work
 	// for a reader, and the queue's length bounds the reads in flight.
 	type image struct {
+		pos  int64
 		item Item
 		data []byte
 		err  error
 		done chan struct{}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	a.ctx = gctx
 	order, work := make(chan *image, 2*readers), make(chan *image)
 	g.Go(func() error {
+		var pos int64
 		err := s.Walk(gctx, ds, func(it Item) error {
-			im := &image{item: it, done: make(chan struct{})}
+			pos++
+			switch {
+			case pos == from && it.Key != last:
+				return fmt.Errorf("dataset: pack: the dataset changed since this pack began: image %d is %q, was %q; pack into an empty prefix", pos-1, it.Key, last)
+			case pos <= from:
+				return nil // packed before the pack was interrupted
+			}
+			im := &image{pos: pos - 1, item: it, done: make(chan struct{})}
 			for _, q := range []chan *image{order, work} {
 				select {
 				case q <- im:
@@ -129,8 +148,6 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 			return nil
 		})
 	}
-
-	a := archiveWriter{ctx: gctx, bucket: ob, prefix: prefix, bucketURL: obURL}
 	g.Go(func() error {
 		defer a.abort()
 		for {
@@ -141,61 +158,60 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 				return gctx.Err()
 			}
 			if im == nil {
-				return a.finish(&res, opt.Archived)
+				return a.finish(opt.Archived)
 			}
-			<-im.done
+			select {
+			case <-im.done:
+			case <-gctx.Done(): // the walk may have stopped before queueing im's read
+				return gctx.Err()
+			}
 			if im.err != nil {
 				switch gcerrors.Code(im.err) {
 				case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
-					res.Skipped = append(res.Skipped, Skip{im.item.Key, im.err.Error()})
+					a.res.Skipped = append(a.res.Skipped, Skip{im.pos, im.item.Key, im.err.Error()})
 					continue
 				}
 				return fmt.Errorf("dataset: pack: read %q: %w", im.item.Key, im.err)
 			}
 			ext, ok := packFormats[http.DetectContentType(im.data)]
 			if !ok {
-				res.Skipped = append(res.Skipped, Skip{im.item.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
+				a.res.Skipped = append(a.res.Skipped, Skip{im.pos, im.item.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
 				continue
 			}
-			if err := a.add(res.Images, ext, im.data, im.item); err != nil {
+			if err := a.add(im.pos, ext, im.data, im.item); err != nil {
 				return err
 			}
-			res.Images++
 			if a.n == perArchive {
-				if err := a.finish(&res, opt.Archived); err != nil {
+				if err := a.finish(opt.Archived); err != nil {
 					return err
 				}
 			}
 		}
 	})
 	if err := g.Wait(); err != nil {
-		return res, err
+		return a.res, err
 	}
-	if res.Images == 0 {
-		return res, fmt.Errorf("dataset: pack: no image of the dataset could be packed (%d skipped)", len(res.Skipped))
+	if a.res.Images == 0 {
+		return a.res, fmt.Errorf("dataset: pack: no image of the dataset could be packed (%d skipped)", len(a.res.Skipped))
 	}
-	if len(res.Skipped) > 0 {
-		var buf bytes.Buffer
-		w := csv.NewWriter(&buf)
-		w.Write([]string{"uri", "reason"})
-		for _, sk := range res.Skipped {
-			w.Write([]string{sk.URI, sk.Reason})
-		}
-		w.Flush()
-		if err := store.WriteAll(ctx, ob, prefix+"skipped.csv", buf.Bytes()); err != nil {
-			return res, fmt.Errorf("dataset: pack: %w", err)
-		}
-	}
-	return res, nil
+	return a.res, a.writeSkipped(ctx) // the skips after the last archive
 }
 
-// archiveWriter streams the current archive to the bucket, and its
-// sources list beside it.
+// packState is out/pack.json: what is being packed there.
+type packState struct {
+	Dataset    schemas.Dataset `json:"dataset"`
+	PerArchive int             `json:"per_archive"`
+}
+
+// archiveWriter writes a pack's archives one after another: it streams the
+// current one to the bucket, then commits its sources list beside it, the
+// mark that the archive is whole.
 type archiveWriter struct {
 	ctx       context.Context
 	bucket    *blob.Bucket
 	prefix    string
 	bucketURL string
+	res       Packed
 
 	index   int // of the current archive
 	n       int // images in it
@@ -207,17 +223,103 @@ type archiveWriter struct {
 	sources bytes.Buffer
 }
 
-func (a *archiveWriter) key() string { return fmt.Sprintf("%s%06d.tar", a.prefix, a.index) }
+func (a *archiveWriter) key(i int, suffix string) string {
+	return fmt.Sprintf("%s%06d%s", a.prefix, i, suffix)
+}
 
-// add writes image number i of the pack into the current archive, starting
-// one when none is open.
-func (a *archiveWriter) add(i int, ext string, data []byte, it Item) error {
+// resume starts a pack of ds into an empty prefix, or takes up an
+// interrupted one: it restores what the whole archives hold and returns
+// how many dataset images they cover, and the key of the last of those.
+func (a *archiveWriter) resume(ctx context.Context, ds schemas.Dataset, perArchive int) (from int64, last string, err error) {
+	state, _ := json.Marshal(packState{ds, perArchive})
+	sizes := map[string]int64{}
+	it := a.bucket.List(&blob.ListOptions{Prefix: a.prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, "", err
+		}
+		sizes[obj.Key] = obj.Size
+	}
+	if len(sizes) == 0 {
+		return 0, "", store.WriteAll(ctx, a.bucket, a.prefix+"pack.json", state)
+	}
+	old, err := store.ReadAll(ctx, a.bucket, a.prefix+"pack.json")
+	if err != nil {
+		return 0, "", errors.New("it holds objects but no pack.json of an interrupted pack; pack into an empty prefix")
+	}
+	if !bytes.Equal(old, state) {
+		return 0, "", fmt.Errorf("it holds a pack of %s, not of this dataset and -per-archive (%s); pack into an empty prefix", old, state)
+	}
+	for i := 0; ; i++ {
+		if _, whole := sizes[a.key(i, ".sources.csv")]; !whole {
+			break
+		}
+		name, err := itemKey(a.bucketURL, a.key(i, ".tar"))
+		if err != nil {
+			return 0, "", err
+		}
+		a.res.Archives = append(a.res.Archives, name)
+		a.res.Bytes += sizes[a.key(i, ".tar")]
+	}
+	if a.index = len(a.res.Archives); a.index == 0 {
+		return 0, "", nil
+	}
+	a.res.Resumed = a.index
+	// The last sample of the last whole archive says where the pack was.
+	rows, err := readRows(ctx, a.bucket, a.key(a.index-1, ".sources.csv"))
+	if err != nil {
+		return 0, "", err
+	}
+	if len(rows) < 2 {
+		return 0, "", fmt.Errorf("%s: no samples listed", a.key(a.index-1, ".sources.csv"))
+	}
+	lastRow := rows[len(rows)-1]
+	sample, err1 := strconv.Atoi(lastRow[0])
+	item, err2 := strconv.ParseInt(lastRow[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, "", fmt.Errorf("%s: want rows of sample,item,uri after its header, got %q", a.key(a.index-1, ".sources.csv"), lastRow)
+	}
+	a.res.Images = sample + 1
+	if rows, err = readRows(ctx, a.bucket, a.prefix+"skipped.csv"); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return 0, "", err
+	}
+	for _, r := range rows[min(1, len(rows)):] {
+		if pos, err := strconv.ParseInt(r[0], 10, 64); err == nil && pos < item {
+			a.res.Skipped = append(a.res.Skipped, Skip{pos, r[1], r[2]})
+		}
+	}
+	return item + 1, lastRow[2], nil
+}
+
+// readRows reads a CSV object of three columns.
+func readRows(ctx context.Context, b *blob.Bucket, key string) ([][]string, error) {
+	data, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	r := csv.NewReader(bytes.NewReader(data))
+	r.FieldsPerRecord = 3
+	rows, err := r.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return rows, nil
+}
+
+// add writes the image at position pos of the dataset into the current
+// archive as the pack's next sample, starting an archive when none is open.
+func (a *archiveWriter) add(pos int64, ext string, data []byte, it Item) error {
 	if a.bw == nil {
+		key := a.key(a.index, ".tar")
 		ctx, cancel := context.WithCancel(a.ctx)
-		bw, err := a.bucket.NewWriter(ctx, a.key(), &blob.WriterOptions{ContentType: "application/x-tar"})
+		bw, err := a.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/x-tar"})
 		if err != nil {
 			cancel()
-			return fmt.Errorf("dataset: pack: %s: %w", a.key(), err)
+			return fmt.Errorf("dataset: pack: %s: %w", key, err)
 		}
 		a.cancel, a.bw, a.size = cancel, bw, 0
 		a.buf = bufio.NewWriterSize(writerFunc(func(p []byte) (int, error) {
@@ -227,25 +329,28 @@ func (a *archiveWriter) add(i int, ext string, data []byte, it Item) error {
 		}), 1<<20)
 		a.tw = webdataset.NewWriter(a.buf)
 		a.sources.Reset()
-		a.sources.WriteString("sample,uri\n")
+		a.sources.WriteString("sample,item,uri\n")
 	}
-	sample := fmt.Sprintf("%09d", i)
+	sample := fmt.Sprintf("%09d", a.res.Images)
 	if err := a.tw.Write(sample, ext, data, strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)); err != nil {
 		return fmt.Errorf("dataset: pack: image %q: %w", it.Key, err)
 	}
 	w := csv.NewWriter(&a.sources)
-	w.Write([]string{sample, it.Key})
+	w.Write([]string{sample, strconv.FormatInt(pos, 10), it.Key})
 	w.Flush()
 	a.n++
+	a.res.Images++
 	return nil
 }
 
-// finish commits the current archive, if any, then its sources list.
-func (a *archiveWriter) finish(res *Packed, archived func(string, int)) error {
+// finish commits the current archive, if any, then the skips so far, then
+// its sources list: a resumed pack takes an archive with its sources list
+// for whole, and finds in skipped.csv every skip before its last image.
+func (a *archiveWriter) finish(archived func(string, int)) error {
 	if a.bw == nil {
 		return nil
 	}
-	key := a.key()
+	key := a.key(a.index, ".tar")
 	err := a.tw.Close()
 	if err == nil {
 		err = a.buf.Flush()
@@ -254,28 +359,47 @@ func (a *archiveWriter) finish(res *Packed, archived func(string, int)) error {
 		a.abort()
 		return fmt.Errorf("dataset: pack: %s: %w", key, err)
 	}
-	if err := a.bw.Close(); err != nil {
-		a.cancel()
-		a.bw = nil
-		return fmt.Errorf("dataset: pack: %s: %w", key, err)
-	}
+	err = a.bw.Close()
 	a.cancel()
 	a.bw = nil
-	sources := strings.TrimSuffix(key, ".tar") + ".sources.csv"
-	if err := store.WriteAll(a.ctx, a.bucket, sources, a.sources.Bytes()); err != nil {
+	if err != nil {
+		return fmt.Errorf("dataset: pack: %s: %w", key, err)
+	}
+	if err := a.writeSkipped(a.ctx); err != nil {
+		return err
+	}
+	if err := store.WriteAll(a.ctx, a.bucket, a.key(a.index, ".sources.csv"), a.sources.Bytes()); err != nil {
 		return fmt.Errorf("dataset: pack: %w", err)
 	}
 	name, err := itemKey(a.bucketURL, key)
 	if err != nil {
 		return err
 	}
-	res.Archives = append(res.Archives, name)
-	res.Bytes += a.size
+	a.res.Archives = append(a.res.Archives, name)
+	a.res.Bytes += a.size
 	if archived != nil {
 		archived(name, a.n)
 	}
 	a.index++
 	a.n = 0
+	return nil
+}
+
+// writeSkipped writes the skips so far to skipped.csv, when there are any.
+func (a *archiveWriter) writeSkipped(ctx context.Context) error {
+	if len(a.res.Skipped) == 0 {
+		return nil
+	}
+	var buf bytes.Buffer
+	w := csv.NewWriter(&buf)
+	w.Write([]string{"item", "uri", "reason"})
+	for _, sk := range a.res.Skipped {
+		w.Write([]string{strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason})
+	}
+	w.Flush()
+	if err := store.WriteAll(ctx, a.bucket, a.prefix+"skipped.csv", buf.Bytes()); err != nil {
+		return fmt.Errorf("dataset: pack: %w", err)
+	}
 	return nil
 }
 

@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
+
+	"gocloud.dev/blob"
 
 	"dcd/internal/webdataset"
 	"dcd/schemas"
@@ -71,11 +75,13 @@ func TestPack(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows, err := csv.NewReader(bytes.NewReader(skipped)).ReadAll()
-	if err != nil || len(rows) != 3 || rows[1][0] != "m/img/missing.png" || !strings.Contains(rows[1][1], "NotFound") || rows[2][0] != "m/notes.txt" {
+	if err != nil || len(rows) != 3 || rows[1][1] != "m/img/missing.png" || !strings.Contains(rows[1][2], "NotFound") || rows[2][1] != "m/notes.txt" {
 		t.Errorf("packed/skipped.csv: %q, %v", rows, err)
 	}
 	sources, err := b.ReadAll(ctx, "packed/000001.sources.csv")
-	if want := "sample,uri\n000000003,m/img/3.png\n000000004,m/img/4.png\n000000005,m/img/5.png\n"; err != nil || string(sources) != want {
+	// Positions in the dataset: img/4.png is the fifth row, missing.png and
+	// notes.txt the sixth and seventh.
+	if want := "sample,item,uri\n000000003,3,m/img/3.png\n000000004,4,m/img/4.png\n000000005,7,m/img/5.png\n"; err != nil || string(sources) != want {
 		t.Errorf("packed/000001.sources.csv = %q, %v; want %q", sources, err, want)
 	}
 
@@ -107,7 +113,8 @@ func TestPack(t *testing.T) {
 		}
 	}
 
-	// Packing again gives the same archives; packing over them is refused.
+	// Packing again gives the same archives; packing another dataset over
+	// them is refused.
 	if _, err := src.Pack(ctx, source, "again", PackOptions{PerArchive: 3, Readers: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +125,11 @@ func TestPack(t *testing.T) {
 			t.Errorf("%s differs when packed again with other readers", a)
 		}
 	}
-	if _, err := src.Pack(ctx, source, "packed", PackOptions{}); err == nil || !strings.Contains(err.Error(), "empty prefix") {
-		t.Errorf("packing into a prefix that holds objects: %v, want a refusal", err)
+	if _, err := src.Pack(ctx, source, "packed", PackOptions{PerArchive: 4}); err == nil || !strings.Contains(err.Error(), "empty prefix") {
+		t.Errorf("packing with another -per-archive into a prefix that holds a pack: %v, want a refusal", err)
+	}
+	if _, err := src.Pack(ctx, source, "m", PackOptions{}); err == nil || !strings.Contains(err.Error(), "no pack.json") {
+		t.Errorf("packing into a prefix that holds other objects: %v, want a refusal", err)
 	}
 	if _, err := src.Pack(ctx, schemas.Dataset{WebDataset: "packed"}, "x", PackOptions{}); err == nil {
 		t.Error("packing a webdataset: no error")
@@ -139,5 +149,82 @@ func TestPackBadDataset(t *testing.T) {
 	}
 	if ok, _ := b.Exists(ctx, "out/000000.tar"); ok {
 		t.Error("a failed pack committed its first archive")
+	}
+}
+
+// A pack interrupted after any archive resumes where it stopped, and ends
+// with the archives, sources and skip list of a pack never interrupted.
+func TestPackResumes(t *testing.T) {
+	ctx := context.Background()
+	files := map[string]string{"m/notes.txt": "not an image"}
+	manifest := "uri,label\n"
+	for i := range 10 {
+		files[fmt.Sprintf("m/%d.png", i)] = tinyPNG(t, i)
+		manifest += fmt.Sprintf("%d.png,%d\n", i, i%2)
+		if i == 4 {
+			manifest += "notes.txt,1\ngone.png,0\n"
+		}
+	}
+	files["m/list.csv"] = manifest
+	b := memBucket(t, files)
+	src := Source{Bucket: b}
+	source := schemas.Dataset{Manifest: "m/list.csv"}
+	opt := PackOptions{PerArchive: 3, Readers: 3}
+	whole, err := src.Pack(ctx, source, "whole", opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects := func(prefix string) map[string]string {
+		m := map[string]string{}
+		it := b.List(&blob.ListOptions{Prefix: prefix + "/"})
+		for {
+			obj, err := it.Next(ctx)
+			if err != nil {
+				return m
+			}
+			data, _ := b.ReadAll(ctx, obj.Key)
+			m[strings.TrimPrefix(obj.Key, prefix+"/")] = string(data)
+		}
+	}
+	want := objects("whole")
+	for stopAfter := range len(whole.Archives) {
+		out := fmt.Sprintf("stopped-after-%d", stopAfter)
+		cctx, cancel := context.WithCancel(ctx)
+		o := opt
+		o.Archived = func(archive string, _ int) {
+			if strings.HasSuffix(archive, fmt.Sprintf("%06d.tar", stopAfter)) {
+				cancel()
+			}
+		}
+		_, err := src.Pack(cctx, source, out, o)
+		cancel()
+		if stopAfter < len(whole.Archives)-1 && !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: the interrupted pack returned %v", out, err)
+		}
+		res, err := src.Pack(ctx, source, out, opt)
+		if err != nil {
+			t.Fatalf("%s: resume: %v", out, err)
+		}
+		if res.Resumed != stopAfter+1 || res.Images != whole.Images || len(res.Skipped) != len(whole.Skipped) || res.Bytes != whole.Bytes {
+			t.Errorf("%s: resumed %d archives, then %d images, %d skipped, %d bytes; want %d archives resumed, %d, %d, %d",
+				out, res.Resumed, res.Images, len(res.Skipped), res.Bytes, stopAfter+1, whole.Images, len(whole.Skipped), whole.Bytes)
+		}
+		if got := objects(out); !maps.Equal(got, want) {
+			t.Errorf("%s: after resuming, the prefix holds %d objects unlike the uninterrupted pack's %d", out, len(got), len(want))
+		}
+	}
+
+	// A dataset that changed under the pack is not resumed: here the last
+	// image packed, 2.png, is no longer where it was.
+	cctx, cancel := context.WithCancel(ctx)
+	o := opt
+	o.Archived = func(string, int) { cancel() }
+	if _, err := src.Pack(cctx, source, "changed", o); !errors.Is(err, context.Canceled) {
+		t.Fatalf("the interrupted pack returned %v", err)
+	}
+	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "1.png,1\n", "", 1)), nil)
+	_, err = src.Pack(ctx, source, "changed", opt)
+	if err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Errorf("resuming over a changed dataset: %v, want a refusal", err)
 	}
 }
