@@ -65,8 +65,9 @@ var packFormats = map[string]string{
 //
 // An image that cannot be read (gone, forbidden) or is not in a format DCD
 // decodes (JPEG, PNG, GIF, BMP, WebP, sniffed from its bytes) is left out
-// and listed in out/skipped.csv and in Packed.Skipped; any other read error
-// stops the pack, naming the image.
+// and listed in out/skipped.csv (and, for resuming, in a .skipped.csv
+// beside the archive it would have been in) and in Packed.Skipped; any
+// other read error stops the pack, naming the image.
 //
 // out must be empty, or hold a pack of the same dataset and PerArchive
 // that was interrupted (out/pack.json says which): Pack then resumes after
@@ -194,7 +195,7 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 	if a.res.Images == 0 {
 		return a.res, fmt.Errorf("dataset: pack: no image of the dataset could be packed (%d skipped)", len(a.res.Skipped))
 	}
-	return a.res, a.writeSkipped(ctx) // the skips after the last archive
+	return a.res, a.writeSkips(ctx, "skipped.csv", a.res.Skipped)
 }
 
 // packState is out/pack.json: what is being packed there.
@@ -213,14 +214,15 @@ type archiveWriter struct {
 	bucketURL string
 	res       Packed
 
-	index   int // of the current archive
-	n       int // images in it
-	cancel  context.CancelFunc
-	bw      *blob.Writer
-	size    int64 // bytes written to bw
-	buf     *bufio.Writer
-	tw      *webdataset.Writer
-	sources bytes.Buffer
+	index     int // of the current archive
+	n         int // images in it
+	skipsFrom int // the first of res.Skipped since the last archive
+	cancel    context.CancelFunc
+	bw        *blob.Writer
+	size      int64 // bytes written to bw
+	buf       *bufio.Writer
+	tw        *webdataset.Writer
+	sources   bytes.Buffer
 }
 
 func (a *archiveWriter) key(i int, suffix string) string {
@@ -284,14 +286,24 @@ func (a *archiveWriter) resume(ctx context.Context, ds schemas.Dataset, perArchi
 		return 0, "", fmt.Errorf("%s: want rows of sample,item,uri after its header, got %q", a.key(a.index-1, ".sources.csv"), lastRow)
 	}
 	a.res.Images = sample + 1
-	if rows, err = readRows(ctx, a.bucket, a.prefix+"skipped.csv"); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-		return 0, "", err
-	}
-	for _, r := range rows[min(1, len(rows)):] {
-		if pos, err := strconv.ParseInt(r[0], 10, 64); err == nil && pos < item {
+	for i := range a.index {
+		key := a.key(i, ".skipped.csv")
+		if _, ok := sizes[key]; !ok {
+			continue
+		}
+		rows, err := readRows(ctx, a.bucket, key)
+		if err != nil {
+			return 0, "", err
+		}
+		for _, r := range rows[min(1, len(rows)):] {
+			pos, err := strconv.ParseInt(r[0], 10, 64)
+			if err != nil {
+				return 0, "", fmt.Errorf("%s: item %q is not a number", key, r[0])
+			}
 			a.res.Skipped = append(a.res.Skipped, Skip{pos, r[1], r[2]})
 		}
 	}
+	a.skipsFrom = len(a.res.Skipped)
 	return item + 1, lastRow[2], nil
 }
 
@@ -343,9 +355,10 @@ func (a *archiveWriter) add(pos int64, ext string, data []byte, it Item) error {
 	return nil
 }
 
-// finish commits the current archive, if any, then the skips so far, then
-// its sources list: a resumed pack takes an archive with its sources list
-// for whole, and finds in skipped.csv every skip before its last image.
+// finish commits the current archive, if any, then the images skipped
+// since the last one (its .skipped.csv), then its sources list: a resumed
+// pack takes an archive with its sources list for whole, and finds beside
+// it the skips before its last image.
 func (a *archiveWriter) finish(archived func(string, int)) error {
 	if a.bw == nil {
 		return nil
@@ -365,9 +378,10 @@ func (a *archiveWriter) finish(archived func(string, int)) error {
 	if err != nil {
 		return fmt.Errorf("dataset: pack: %s: %w", key, err)
 	}
-	if err := a.writeSkipped(a.ctx); err != nil {
+	if err := a.writeSkips(a.ctx, fmt.Sprintf("%06d.skipped.csv", a.index), a.res.Skipped[a.skipsFrom:]); err != nil {
 		return err
 	}
+	a.skipsFrom = len(a.res.Skipped)
 	if err := store.WriteAll(a.ctx, a.bucket, a.key(a.index, ".sources.csv"), a.sources.Bytes()); err != nil {
 		return fmt.Errorf("dataset: pack: %w", err)
 	}
@@ -385,19 +399,19 @@ func (a *archiveWriter) finish(archived func(string, int)) error {
 	return nil
 }
 
-// writeSkipped writes the skips so far to skipped.csv, when there are any.
-func (a *archiveWriter) writeSkipped(ctx context.Context) error {
-	if len(a.res.Skipped) == 0 {
+// writeSkips writes skips as CSV to name in the prefix, when there are any.
+func (a *archiveWriter) writeSkips(ctx context.Context, name string, skips []Skip) error {
+	if len(skips) == 0 {
 		return nil
 	}
 	var buf bytes.Buffer
 	w := csv.NewWriter(&buf)
 	w.Write([]string{"item", "uri", "reason"})
-	for _, sk := range a.res.Skipped {
+	for _, sk := range skips {
 		w.Write([]string{strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason})
 	}
 	w.Flush()
-	if err := store.WriteAll(ctx, a.bucket, a.prefix+"skipped.csv", buf.Bytes()); err != nil {
+	if err := store.WriteAll(ctx, a.bucket, a.prefix+name, buf.Bytes()); err != nil {
 		return fmt.Errorf("dataset: pack: %w", err)
 	}
 	return nil
