@@ -35,23 +35,29 @@ func tinyPNG(t *testing.T, n int) string {
 	return buf.String()
 }
 
-// A packed dataset is the same dataset: walking the archives gives its
-// images' bytes, labels and domains in its order, less what could not be
-// packed, which is listed with the reason.
-func TestPack(t *testing.T) {
-	ctx := context.Background()
-	files := map[string]string{"m/notes.txt": "not an image"}
-	manifest := "uri,label,domain\n"
-	for i := range 8 {
-		key := fmt.Sprintf("m/img/%d.png", i)
-		files[key] = tinyPNG(t, i)
+// packWorld stores n distinct PNGs, m/img/<i>.png, and the manifest
+// m/list.csv listing them (label i%3, domain fog for odd i), with a
+// missing image and a text file after the fifth.
+func packWorld(t *testing.T, n int) (b *blob.Bucket, files map[string]string, manifest string) {
+	files = map[string]string{"m/notes.txt": "not an image"}
+	manifest = "uri,label,domain\n"
+	for i := range n {
+		files[fmt.Sprintf("m/img/%d.png", i)] = tinyPNG(t, i)
 		manifest += fmt.Sprintf("img/%d.png,%d,%s\n", i, i%3, []string{"", "fog"}[i%2])
 		if i == 4 {
 			manifest += "img/missing.png,1,\nnotes.txt,2,\n"
 		}
 	}
 	files["m/list.csv"] = manifest
-	b := memBucket(t, files)
+	return memBucket(t, files), files, manifest
+}
+
+// A packed dataset is the same dataset: walking the archives gives its
+// images' bytes, labels and domains in its order, less what could not be
+// packed, which is listed with the reason.
+func TestPack(t *testing.T) {
+	ctx := context.Background()
+	b, files, _ := packWorld(t, 8)
 	src := Source{Bucket: b}
 	source := schemas.Dataset{Manifest: "m/list.csv"}
 	var archived []string
@@ -156,17 +162,7 @@ func TestPackBadDataset(t *testing.T) {
 // with the archives, sources and skip list of a pack never interrupted.
 func TestPackResumes(t *testing.T) {
 	ctx := context.Background()
-	files := map[string]string{"m/notes.txt": "not an image"}
-	manifest := "uri,label\n"
-	for i := range 10 {
-		files[fmt.Sprintf("m/%d.png", i)] = tinyPNG(t, i)
-		manifest += fmt.Sprintf("%d.png,%d\n", i, i%2)
-		if i == 4 {
-			manifest += "notes.txt,1\ngone.png,0\n"
-		}
-	}
-	files["m/list.csv"] = manifest
-	b := memBucket(t, files)
+	b, _, manifest := packWorld(t, 10)
 	src := Source{Bucket: b}
 	source := schemas.Dataset{Manifest: "m/list.csv"}
 	opt := PackOptions{PerArchive: 3, Readers: 3}
@@ -222,7 +218,7 @@ func TestPackResumes(t *testing.T) {
 	if _, err := src.Pack(cctx, source, "changed", o); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the interrupted pack returned %v", err)
 	}
-	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "1.png,1\n", "", 1)), nil)
+	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "img/1.png,1,fog\n", "", 1)), nil)
 	_, err = src.Pack(ctx, source, "changed", opt)
 	if err == nil || !strings.Contains(err.Error(), "changed") {
 		t.Errorf("resuming over a changed dataset: %v, want a refusal", err)
