@@ -58,10 +58,10 @@ var packFormats = map[string]string{
 // Pack copies the images of ds, with their labels and domains, into
 // WebDataset archives under out (a key prefix in s.Bucket, or a URL):
 // out/000000.tar, out/000001.tar, …, each of opt.PerArchive images in the
-// dataset's order, named by their position (000000123.png). Beside each
-// archive, out/000000.sources.csv maps its samples back to their images.
-// A pool packed this way is read with one range read per MiB of an
-// archive instead of one read per image.
+// dataset's order, named by their number in the pack (000000123.png).
+// Beside each archive, out/000000.sources.csv maps its samples back to
+// their images. A pool packed this way is read with one range read per MiB
+// of an archive instead of one read per image.
 //
 // An image that cannot be read (gone, forbidden) or is not in a format DCD
 // decodes (JPEG, PNG, GIF, BMP, WebP, sniffed from its bytes) is left out
@@ -105,8 +105,7 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 	// the walk queues each item twice, in order for the writer and as work
 	// for a reader, and the queue's length bounds the reads in flight.
 	type image struct {
-		pos  int64
-		item Item
+		item Item // its ID is its position in the dataset
 		data []byte
 		err  error
 		done chan struct{}
@@ -115,16 +114,14 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 	a.ctx = gctx
 	order, work := make(chan *image, 2*readers), make(chan *image)
 	g.Go(func() error {
-		var pos int64
 		err := s.Walk(gctx, ds, func(it Item) error {
-			pos++
 			switch {
-			case pos == from && it.Key != last:
-				return fmt.Errorf("dataset: pack: the dataset changed since this pack began: image %d is %q, was %q; pack into an empty prefix", pos-1, it.Key, last)
-			case pos <= from:
+			case it.ID == from-1 && it.Key != last:
+				return fmt.Errorf("dataset: pack: the dataset changed since this pack began: image %d is %q, was %q; pack into an empty prefix", it.ID, it.Key, last)
+			case it.ID < from:
 				return nil // packed before the pack was interrupted
 			}
-			im := &image{pos: pos - 1, item: it, done: make(chan struct{})}
+			im := &image{item: it, done: make(chan struct{})}
 			for _, q := range []chan *image{order, work} {
 				select {
 				case q <- im:
@@ -169,17 +166,17 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 			if im.err != nil {
 				switch gcerrors.Code(im.err) {
 				case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
-					a.res.Skipped = append(a.res.Skipped, Skip{im.pos, im.item.Key, im.err.Error()})
+					a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, im.err.Error()})
 					continue
 				}
 				return fmt.Errorf("dataset: pack: read %q: %w", im.item.Key, im.err)
 			}
 			ext, ok := packFormats[http.DetectContentType(im.data)]
 			if !ok {
-				a.res.Skipped = append(a.res.Skipped, Skip{im.pos, im.item.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
+				a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
 				continue
 			}
-			if err := a.add(im.pos, ext, im.data, im.item); err != nil {
+			if err := a.add(ext, im.data, im.item); err != nil {
 				return err
 			}
 			if a.n == perArchive {
@@ -322,9 +319,9 @@ func readRows(ctx context.Context, b *blob.Bucket, key string) ([][]string, erro
 	return rows, nil
 }
 
-// add writes the image at position pos of the dataset into the current
-// archive as the pack's next sample, starting an archive when none is open.
-func (a *archiveWriter) add(pos int64, ext string, data []byte, it Item) error {
+// add writes an image of the dataset into the current archive as the
+// pack's next sample, starting an archive when none is open.
+func (a *archiveWriter) add(ext string, data []byte, it Item) error {
 	if a.bw == nil {
 		key := a.key(a.index, ".tar")
 		ctx, cancel := context.WithCancel(a.ctx)
@@ -348,7 +345,7 @@ func (a *archiveWriter) add(pos int64, ext string, data []byte, it Item) error {
 		return fmt.Errorf("dataset: pack: image %q: %w", it.Key, err)
 	}
 	w := csv.NewWriter(&a.sources)
-	w.Write([]string{sample, strconv.FormatInt(pos, 10), it.Key})
+	w.Write([]string{sample, strconv.FormatInt(it.ID, 10), it.Key})
 	w.Flush()
 	a.n++
 	a.res.Images++
