@@ -53,13 +53,11 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	defer b.Close()
-	images := 0
 	res, err := dataset.Source{Bucket: b}.Pack(ctx, a.source, a.out, dataset.PackOptions{
 		PerArchive: a.perArchive,
 		Readers:    a.readers,
-		Archived: func(archive string, n int) {
-			images += n
-			fmt.Fprintf(e.stderr, "%s: %d images (%d in all)\n", archive, n, images)
+		Archived: func(archive string, n, packed int) {
+			fmt.Fprintf(e.stderr, "%s: %d images (%d packed)\n", archive, n, packed)
 		},
 	})
 	if err != nil {

@@ -39,7 +39,7 @@ func TestPack(t *testing.T) {
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
 		}
 	}
-	if !strings.Contains(stderr, "packed/000002.tar: 1 images (5 in all)") {
+	if !strings.Contains(stderr, "packed/000002.tar: 1 images (5 packed)") {
 		t.Errorf("stderr does not report the last archive:\n%s", stderr)
 	}
 	b, err := store.Open(context.Background(), storage)

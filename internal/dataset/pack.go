@@ -29,8 +29,9 @@ type PackOptions struct {
 	// Readers is how many images are read at once; 0 means 64. A store
 	// answers each read after its latency, so a remote one needs many.
 	Readers int
-	// Archived, when set, is called after each archive is written.
-	Archived func(archive string, images int)
+	// Archived, when set, is called after each archive is written, with
+	// the images in it and in the pack so far.
+	Archived func(archive string, images, packed int)
 }
 
 // Packed is what Pack wrote.
@@ -356,7 +357,7 @@ func (a *archiveWriter) add(ext string, data []byte, it Item) error {
 // since the last one (its .skipped.csv), then its sources list: a resumed
 // pack takes an archive with its sources list for whole, and finds beside
 // it the skips before its last image.
-func (a *archiveWriter) finish(archived func(string, int)) error {
+func (a *archiveWriter) finish(archived func(string, int, int)) error {
 	if a.bw == nil {
 		return nil
 	}
@@ -389,7 +390,7 @@ func (a *archiveWriter) finish(archived func(string, int)) error {
 	a.res.Archives = append(a.res.Archives, name)
 	a.res.Bytes += a.size
 	if archived != nil {
-		archived(name, a.n)
+		archived(name, a.n, a.res.Images)
 	}
 	a.index++
 	a.n = 0

@@ -61,7 +61,7 @@ func TestPack(t *testing.T) {
 	src := Source{Bucket: b}
 	source := schemas.Dataset{Manifest: "m/list.csv"}
 	var archived []string
-	res, err := src.Pack(ctx, source, "packed/", PackOptions{PerArchive: 3, Readers: 4, Archived: func(a string, n int) {
+	res, err := src.Pack(ctx, source, "packed/", PackOptions{PerArchive: 3, Readers: 4, Archived: func(a string, n, _ int) {
 		archived = append(archived, fmt.Sprintf("%s=%d", a, n))
 	}})
 	if err != nil {
@@ -187,7 +187,7 @@ func TestPackResumes(t *testing.T) {
 		out := fmt.Sprintf("stopped-after-%d", stopAfter)
 		cctx, cancel := context.WithCancel(ctx)
 		o := opt
-		o.Archived = func(archive string, _ int) {
+		o.Archived = func(archive string, _, _ int) {
 			if strings.HasSuffix(archive, fmt.Sprintf("%06d.tar", stopAfter)) {
 				cancel()
 			}
@@ -214,7 +214,7 @@ func TestPackResumes(t *testing.T) {
 	// image packed, 2.png, is no longer where it was.
 	cctx, cancel := context.WithCancel(ctx)
 	o := opt
-	o.Archived = func(string, int) { cancel() }
+	o.Archived = func(string, int, int) { cancel() }
 	if _, err := src.Pack(cctx, source, "changed", o); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the interrupted pack returned %v", err)
 	}
