@@ -25,7 +25,7 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	fs.StringVar(&a.source.Prefix, "prefix", "", "the dataset to pack: an ImageFolder prefix (<prefix>/<label>/<file>), key or URL")
 	fs.StringVar(&a.source.Manifest, "manifest", "", "the dataset to pack: a CSV or Parquet manifest (uri,label[,domain]), key or URL")
 	fs.IntVar(&a.perArchive, "per-archive", 10000, "images per archive")
-	fs.IntVar(&a.readers, "readers", 64, "image reads in flight; a remote store answers each after its latency")
+	fs.IntVar(&a.readers, "readers", 64, "image reads in flight; a remote store answers each after its latency (about as many images are held in memory)")
 	out, err := oneArg(fs, packSynopsis, "output prefix", args)
 	if err != nil {
 		return a, err

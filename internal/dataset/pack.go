@@ -28,6 +28,7 @@ type PackOptions struct {
 	PerArchive int
 	// Readers is how many images are read at once; 0 means 64. A store
 	// answers each read after its latency, so a remote one needs many.
+	// About as many images are held in memory.
 	Readers int
 	// Archived, when set, is called after each archive is written, with
 	// the images in it and in the pack so far.
@@ -104,7 +105,8 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 
 	// Images are read by readers goroutines and written in dataset order:
 	// the walk queues each item twice, in order for the writer and as work
-	// for a reader, and the queue's length bounds the reads in flight.
+	// for a reader, and the queue's length bounds the images held, read or
+	// being read, to about Readers: large photos must not fill memory.
 	type image struct {
 		item Item // its ID is its position in the dataset
 		data []byte
@@ -113,7 +115,7 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	a.ctx = gctx
-	order, work := make(chan *image, 2*readers), make(chan *image)
+	order, work := make(chan *image, readers), make(chan *image)
 	g.Go(func() error {
 		err := s.Walk(gctx, ds, func(it Item) error {
 			switch {
