@@ -88,10 +88,17 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
-		t.MaxIdleConns = maxIdlePerHost
-		t.MaxIdleConnsPerHost = maxIdlePerHost
-	})
+	// The config's own client carries what the environment asked of it
+	// (AWS_CA_BUNDLE's roots): keep it, with more idle connections.
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = awshttp.NewBuildableClient()
+	}
+	if c, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		cfg.HTTPClient = c.WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConns = maxIdlePerHost
+			t.MaxIdleConnsPerHost = maxIdlePerHost
+		})
+	}
 	opts.RequestChecksumCalculation = cfg.RequestChecksumCalculation
 	return s3blob.OpenBucket(ctx, s3.NewFromConfig(cfg, clientOpts...), u.Host, &opts)
 }

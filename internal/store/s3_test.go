@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"encoding/pem"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,8 +21,10 @@ import (
 // key with its own name after a delay that keeps the reads of many
 // goroutines in flight at once. It counts the connections it accepts.
 // (workflows' tests run a real S3 server, versitygw, which closes every
-// connection after one response, so it cannot show reuse.)
-func fakeS3(t *testing.T, bucket string) (url string, conns *atomic.Int64) {
+// connection after one response, so it cannot show reuse.) With tls, it
+// serves HTTPS under a certificate of its own, named by AWS_CA_BUNDLE as
+// a store with a private CA is.
+func fakeS3(t *testing.T, bucket string, tls bool) (url string, conns *atomic.Int64) {
 	conns = new(atomic.Int64)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, ok := strings.CutPrefix(r.URL.Path, "/"+bucket+"/")
@@ -37,7 +42,16 @@ func fakeS3(t *testing.T, bucket string) (url string, conns *atomic.Int64) {
 			conns.Add(1)
 		}
 	}
-	srv.Start()
+	if tls {
+		srv.StartTLS()
+		bundle := filepath.Join(t.TempDir(), "ca.pem")
+		if err := os.WriteFile(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("AWS_CA_BUNDLE", bundle)
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
 	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
@@ -75,7 +89,7 @@ func checkReuse(t *testing.T, conns *atomic.Int64, read func(i int) error) {
 
 func TestS3ReusesConnections(t *testing.T) {
 	ctx := context.Background()
-	url, conns := fakeS3(t, "pool")
+	url, conns := fakeS3(t, "pool", false)
 	b, err := Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +105,25 @@ func TestS3ReusesConnections(t *testing.T) {
 	})
 }
 
+// A store whose certificate a private CA signed is reached through
+// AWS_CA_BUNDLE, as with the SDK's own client.
+func TestS3CABundle(t *testing.T) {
+	ctx := context.Background()
+	url, _ := fakeS3(t, "pool", true)
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if data, err := ReadAll(ctx, b, "x.png"); err != nil || string(data) != "x.png" {
+		t.Errorf("read over HTTPS with AWS_CA_BUNDLE: %q, %v", data, err)
+	}
+}
+
 // openS3 takes s3blob's query options and rejects bad ones by name.
 func TestOpenS3Options(t *testing.T) {
 	ctx := context.Background()
-	url, _ := fakeS3(t, "pool")
+	url, _ := fakeS3(t, "pool", false)
 	for _, opt := range []string{"ssetype=AES256", "kmskeyid=key-1", "accelerate=false", "disable_https=true", "s3ForcePathStyle=true"} {
 		b, err := Open(ctx, url+"&"+opt)
 		if err != nil {
