@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -117,7 +118,10 @@ func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 // connection string, else Azure's default chain (managed identity, the
 // az CLI's login, AZURE_CLIENT_* variables).
 func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (*container.Client, error) {
+	// The Azure SDK's own transport, but for the idle connections: Go's
+	// default with TLS ≥ 1.2 and renegotiation allowed.
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, Renegotiation: tls.RenegotiateFreelyAsClient}
 	t.MaxIdleConns, t.MaxIdleConnsPerHost = maxIdlePerHost, maxIdlePerHost
 	opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: t}}}
 	containerURL, err := url.JoinPath(string(svcURL), string(name))
