@@ -283,8 +283,7 @@ func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
 // unreadable marks the errors of an image that is gone or forbidden: a
 // reject, not a retry.
 func unreadable(err error) error {
-	switch gcerrors.Code(err) {
-	case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
+	if store.Permanent(err) {
 		return fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
 	}
 	return err

@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"gocloud.dev/blob"
-	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/store"
@@ -166,12 +165,11 @@ func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt Pa
 			case <-gctx.Done(): // the walk may have stopped before queueing im's read
 				return gctx.Err()
 			}
+			if store.Permanent(im.err) {
+				a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, im.err.Error()})
+				continue
+			}
 			if im.err != nil {
-				switch gcerrors.Code(im.err) {
-				case gcerrors.NotFound, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
-					a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, im.err.Error()})
-					continue
-				}
 				return fmt.Errorf("dataset: pack: read %q: %w", im.item.Key, im.err)
 			}
 			ext, ok := packFormats[http.DetectContentType(im.data)]

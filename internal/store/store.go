@@ -96,12 +96,22 @@ func Classify(err error, key string) error {
 	if errors.As(err, &appErr) {
 		return err
 	}
-	switch code := gcerrors.Code(err); code {
-	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
+	if Permanent(err) {
+		code := gcerrors.Code(err)
 		return temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("store: %s (key %q): %v", code, key, err), "Storage"+code.String(), err)
 	}
 	return err
+}
+
+// Permanent reports whether err is a storage error that no retry can fix:
+// the object is gone or forbidden, or its key is invalid.
+func Permanent(err error) bool {
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
+		return true
+	}
+	return false
 }
 
 // ReadAll reads the whole object at key.
