@@ -97,13 +97,25 @@ type PlanResult struct {
 // Plan lists a dataset and writes its shard manifests. The listing streams:
 // only one shard is held in memory, whatever the dataset's size.
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
+	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, func(it dataset.Item, n int) bool {
+		return dataset.Boundary(it.Key, in.ShardSize) || n >= dataset.MaxShard*in.ShardSize
+	})
+	if err != nil && !retried(ctx, err) {
+		return res, invalid("data.%s: %v", in.Name, err)
+	}
+	return res, err
+}
+
+// plan writes the shard manifests of ds as ShardKey(run, name, i), ending
+// a shard after the item for which end, given the shard's length, is true.
+func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, end func(it dataset.Item, n int) bool) (PlanResult, error) {
 	var res PlanResult
 	var cur dataset.Shard
 	flush := func() error {
 		if len(cur.Items) == 0 {
 			return nil
 		}
-		key := ShardKey(in.Run, in.Name, res.Shards)
+		key := ShardKey(run, name, res.Shards)
 		if err := store.WriteAll(ctx, a.Bucket, key, cur.Marshal()); err != nil {
 			return err
 		}
@@ -112,10 +124,10 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		activity.RecordHeartbeat(ctx, res)
 		return nil
 	}
-	err := a.source().Walk(ctx, in.Dataset, func(it dataset.Item) error {
+	err := a.source().Walk(ctx, ds, func(it dataset.Item) error {
 		res.Images++
 		cur.Items = append(cur.Items, it)
-		if dataset.Boundary(it.Key, in.ShardSize) || len(cur.Items) >= dataset.MaxShard*in.ShardSize {
+		if end(it, len(cur.Items)) {
 			return flush()
 		}
 		return nil
@@ -123,11 +135,11 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 	if err == nil {
 		err = flush()
 	}
-	if err != nil {
-		if ctx.Err() != nil || transient(err) {
-			return res, err // retried
-		}
-		return res, invalid("data.%s: %v", in.Name, err)
-	}
-	return res, nil
+	return res, err
+}
+
+// retried says whether Temporal should try err's activity again: it was
+// cancelled, or storage failed in a way that may pass.
+func retried(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || transient(err)
 }
