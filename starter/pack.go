@@ -2,75 +2,118 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"regexp"
+	"strings"
+	"time"
 
-	"dcd/internal/dataset"
-	"dcd/internal/store"
-	"dcd/schemas"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	"dcd/workflows"
 )
 
-const packSynopsis = "-prefix REF|-manifest REF [-storage URL] [-per-archive N] [-readers N] OUT"
+const packSynopsis = "-prefix REF|-manifest REF [-per-archive N] [-readers N] [-window N] [-id ID] OUT"
 
 type packArgs struct {
-	storage             string
-	source              schemas.Dataset
-	out                 string
-	perArchive, readers int
+	id string
+	in workflows.PackInput
 }
 
 func parsePack(e *cli, args []string) (packArgs, error) {
 	var a packArgs
 	fs := e.flags("pack")
-	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "the workers' bucket URL: keys are read and written there (env DCD_STORAGE)")
-	fs.StringVar(&a.source.Prefix, "prefix", "", "the dataset to pack: an ImageFolder prefix (<prefix>/<label>/<file>), key or URL")
-	fs.StringVar(&a.source.Manifest, "manifest", "", "the dataset to pack: a CSV or Parquet manifest (uri,label[,domain]), key or URL")
-	fs.IntVar(&a.perArchive, "per-archive", 10000, "images per archive")
-	fs.IntVar(&a.readers, "readers", 64, "image reads in flight; a remote store answers each after its latency (about as many images are held in memory)")
+	fs.StringVar(&a.in.Dataset.Prefix, "prefix", "", "the dataset to pack: an ImageFolder prefix (<prefix>/<label>/<file>), key or URL")
+	fs.StringVar(&a.in.Dataset.Manifest, "manifest", "", "the dataset to pack: a CSV or Parquet manifest (uri,label[,domain]), key or URL")
+	fs.IntVar(&a.in.PerArchive, "per-archive", 10000, "images per archive")
+	fs.IntVar(&a.in.Readers, "readers", 64, "image reads in flight per archive; a remote store answers each after its latency (about as many images are held in memory)")
+	fs.IntVar(&a.in.Window, "window", 16, "archives written at once, shared by the workers (each runs -concurrency at most)")
+	fs.StringVar(&a.id, "id", "", "workflow ID of the pack (default pack-<OUT>)")
 	out, err := oneArg(fs, packSynopsis, "output prefix", args)
 	if err != nil {
 		return a, err
 	}
-	a.out = out
-	if (a.source.Prefix == "") == (a.source.Manifest == "") {
+	a.in.Out = out
+	if (a.in.Dataset.Prefix == "") == (a.in.Dataset.Manifest == "") {
 		return a, usageErrorf("pack: give the dataset as one of -prefix and -manifest")
 	}
-	if a.perArchive < 1 || a.readers < 1 {
-		return a, usageErrorf("pack: -per-archive and -readers must be at least 1")
+	if a.in.PerArchive < 1 || a.in.Readers < 1 || a.in.Window < 1 {
+		return a, usageErrorf("pack: -per-archive, -readers and -window must be at least 1")
+	}
+	if a.id == "" {
+		a.id = packID(out)
 	}
 	return a, nil
 }
 
+// packID is a pack's default workflow ID: the output, so that the same
+// command run again finds the pack it started, running or interrupted.
+// It is also a key prefix (the pack's plan), so it keeps to safe bytes.
+func packID(out string) string {
+	id := strings.Trim(unsafeID.ReplaceAllString(out, "-"), "-")
+	return "pack-" + id[:min(len(id), 200)]
+}
+
+var unsafeID = regexp.MustCompile(`[^A-Za-z0-9._]+`)
+
 // cmdPack copies a dataset stored one object per image into WebDataset
-// archives (dataset.Source.Pack), which a pass reads with one range read
-// per MiB instead of one read per image.
+// archives, which a pass reads with one range read per MiB instead of one
+// read per image. The pack is a workflow (workflows.PackWorkflow) whose
+// archives any worker writes; this command starts it, or finds it running,
+// and shows its progress to the end.
 func cmdPack(ctx context.Context, e *cli, args []string) error {
 	a, err := parsePack(e, args)
 	if err != nil {
 		return err
 	}
-	b, err := store.Open(ctx, a.storage)
+	c, err := e.Client()
 	if err != nil {
 		return err
 	}
-	defer b.Close()
-	res, err := dataset.Source{Bucket: b}.Pack(ctx, a.source, a.out, dataset.PackOptions{
-		PerArchive: a.perArchive,
-		Readers:    a.readers,
-		Archived: func(archive string, n, packed int) {
-			fmt.Fprintf(e.stderr, "%s: %d images (%d packed)\n", archive, n, packed)
-		},
-	})
+	_, err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: a.id, TaskQueue: workflows.CPUQueue, WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, workflows.PackWorkflow, a.in)
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	switch {
+	case errors.As(err, &started):
+		fmt.Fprintf(e.stdout, "pack %s is running already; watching it\n  %s\n", a.id, workflowURL(e.g, a.id))
+	case err != nil:
+		return fmt.Errorf("start pack %s: %w", a.id, err)
+	default:
+		fmt.Fprintf(e.stdout, "started pack %s\n  %s\n", a.id, workflowURL(e.g, a.id))
+	}
+
+	var res workflows.PackResult
+	err = e.follow(ctx, c, a.id, &res, "pack", func(ctx context.Context, now time.Time) (string, error) {
+		var p workflows.PackResult
+		err := query(ctx, c, a.id, &p)
+		return packLine(p, now), err
+	}, fmt.Sprintf("run the same command to watch it again, or `starter cancel %s`", a.id))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "packed %d images into %d archives under %s (%.1f MiB)\n", res.Images, len(res.Archives), a.out, float64(res.Bytes)/(1<<20))
+	fmt.Fprintf(e.stdout, "packed %d images into %d archives under %s (%.1f MiB)\n", res.Packed, res.Archives-res.Empty, a.in.Out, float64(res.Bytes)/(1<<20))
 	if res.Resumed > 0 {
-		fmt.Fprintf(e.stdout, "resumed an interrupted pack: its first %d archives were written before\n", res.Resumed)
+		fmt.Fprintf(e.stdout, "%d of the archives were whole already, from an earlier pack into %s\n", res.Resumed, a.in.Out)
 	}
-	if n := len(res.Skipped); n > 0 {
+	if res.FirstSkip != nil {
 		fmt.Fprintf(e.stdout, "skipped %d images, listed with the reason in skipped.csv beside the archives; the first: %s (%s)\n",
-			n, res.Skipped[0].URI, res.Skipped[0].Reason)
+			res.Skipped, res.FirstSkip.URI, res.FirstSkip.Reason)
 	}
-	fmt.Fprintf(e.stdout, "use it in a pass's config as:  webdataset: %s\n", a.out)
+	fmt.Fprintf(e.stdout, "use it in a pass's config as:  webdataset: %s\n", a.in.Out)
 	return nil
+}
+
+// packLine is a pack's progress on one line.
+func packLine(p workflows.PackResult, now time.Time) string {
+	if p.Archives == 0 {
+		return "listing the dataset"
+	}
+	elapsed, rate := now.Sub(p.Started), 0.0
+	if s := elapsed.Seconds(); s >= 1 {
+		rate = float64(p.Packed+p.Skipped) / s
+	}
+	return fmt.Sprintf("archives %d/%d | %d of %d images packed | %d skipped | %.0f images/s | %s",
+		p.Done, p.Archives, p.Packed, p.Images, p.Skipped, rate, elapsed.Round(time.Second))
 }

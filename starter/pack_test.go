@@ -1,62 +1,26 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"fmt"
-	"image"
-	"image/png"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
-	"dcd/internal/dataset"
-	"dcd/internal/store"
 	"dcd/schemas"
+	"dcd/workflows"
 )
 
-// `starter pack` turns an ImageFolder on disk into archives that a pass
-// reads as a webdataset with the same labels, and says how to name them.
-func TestPack(t *testing.T) {
-	dir := t.TempDir()
-	for i := range 5 {
-		var buf bytes.Buffer
-		img := image.NewGray(image.Rect(0, 0, 2, 2))
-		img.Pix[0] = uint8(i)
-		png.Encode(&buf, img)
-		label := []string{"cat", "dog"}[i%2]
-		os.MkdirAll(filepath.Join(dir, "train", label), 0o755)
-		os.WriteFile(filepath.Join(dir, "train", label, fmt.Sprintf("%d.png", i)), buf.Bytes(), 0o644)
+// `starter pack`'s flags make the workflow's input; the pack itself runs
+// end to end, through this command, in workflows' TestWebDatasetPoolSelectsAsItsManifest.
+func TestParsePack(t *testing.T) {
+	e, _, _ := testCLI()
+	a, err := parsePack(e, []string{"-manifest", "s3://photos/pool.parquet?region=eu-west-1", "-per-archive", "500", "-window", "4", "s3://photos/pool-wds/?region=eu-west-1"})
+	want := packArgs{id: "pack-s3-photos-pool-wds-region-eu-west-1", in: workflows.PackInput{
+		Dataset: schemas.Dataset{Manifest: "s3://photos/pool.parquet?region=eu-west-1"}, Out: "s3://photos/pool-wds/?region=eu-west-1",
+		PerArchive: 500, Readers: 64, Window: 4,
+	}}
+	if err != nil || a != want {
+		t.Errorf("parsePack = %+v, %v; want %+v", a, err, want)
 	}
-	storage := "file://" + dir
-	code, stdout, stderr, dialed := run(t, "pack", "-storage", storage, "-prefix", "train", "-per-archive", "2", "packed/")
-	if code != 0 || dialed != nil {
-		t.Fatalf("exit %d (dialed Temporal: %v)\n%s%s", code, dialed != nil, stdout, stderr)
-	}
-	for _, want := range []string{"packed 5 images into 3 archives under packed/", "webdataset: packed/"} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("stdout lacks %q:\n%s", want, stdout)
-		}
-	}
-	if !strings.Contains(stderr, "packed/000002.tar: 1 images (5 packed)") {
-		t.Errorf("stderr does not report the last archive:\n%s", stderr)
-	}
-	b, err := store.Open(context.Background(), storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	var labels []string
-	if err := dataset.Walk(context.Background(), b, schemas.Dataset{WebDataset: "packed/"}, func(it dataset.Item) error {
-		labels = append(labels, it.Label)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	// An ImageFolder lists in key order: cat/0, cat/2, cat/4, dog/1, dog/3.
-	if got := strings.Join(labels, ","); got != "cat,cat,cat,dog,dog" {
-		t.Errorf("the packed dataset's labels are %s", got)
+	if a, _ := parsePack(e, []string{"-prefix", "train", "-id", "mine", "packed/"}); a.id != "mine" || a.in.Dataset.Prefix != "train" || a.in.PerArchive != 10000 {
+		t.Errorf("parsePack with -id = %+v", a)
 	}
 
 	for _, args := range [][]string{
@@ -64,9 +28,10 @@ func TestPack(t *testing.T) {
 		{"pack", "-prefix", "a", "-manifest", "b", "out"},
 		{"pack", "-prefix", "a"},
 		{"pack", "-prefix", "a", "-per-archive", "0", "out"},
+		{"pack", "-prefix", "a", "-window", "0", "out"},
 	} {
-		if code, _, _, _ := run(t, args...); code != 2 {
-			t.Errorf("%q: exit %d, want 2 (usage)", args, code)
+		if code, _, _, dialed := run(t, args...); code != 2 || dialed != nil {
+			t.Errorf("%q: exit %d, want 2 (usage) before dialing", args, code)
 		}
 	}
 }

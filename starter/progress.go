@@ -78,13 +78,25 @@ func statusLine(p workflows.Progress, now time.Time) string {
 		phase, p.ShardsDone, total, p.Images, rate, p.Rejects, p.CachedShards, elapsed.Round(time.Second))
 }
 
-// watch shows a pass's progress until it ends and returns its result. On
-// a terminal the line is redrawn every second; otherwise a line is printed
-// every 5 s. Interrupting stops the watching, not the pass.
+// watch shows a pass's progress until it ends and returns its result.
+// Interrupting stops the watching, not the pass.
 func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
 	var res workflows.PassResult
+	err := e.follow(ctx, c, id, &res, "pass", func(ctx context.Context, now time.Time) (string, error) {
+		p, err := fetchProgress(ctx, c, id)
+		return statusLine(p, now), err
+	}, fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id))
+	return res, err
+}
+
+// follow shows a workflow's progress line until it ends, and stores its
+// result in res. On a terminal the line is redrawn every second; otherwise
+// a line is printed every 5 s. Interrupting stops the watching, not the
+// workflow (a "pass" or "pack"), which goes on as hint says.
+func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, progress func(context.Context, time.Time) (string, error), hint string) error {
 	done := make(chan error, 1)
-	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, &res) }()
+	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, res) }()
+	stopped := fmt.Errorf("stopped watching; %s %s goes on (%s)", what, id, hint)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -100,25 +112,23 @@ func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.
 		case err := <-done:
 			endLine()
 			if ctx.Err() != nil {
-				return res, stoppedWatching(id)
+				return stopped
 			}
 			if err != nil {
-				return res, fmt.Errorf("pass %s failed: %s", id, failureMessage(err))
+				return fmt.Errorf("%s %s failed: %s", what, id, failureMessage(err))
 			}
-			return res, nil
+			return nil
 		case <-ctx.Done():
 			endLine()
-			return res, stoppedWatching(id)
+			return stopped
 		case now := <-tick.C:
-			p, err := fetchProgress(ctx, c, id)
-			var line string
+			line, err := progress(ctx, now)
 			switch {
 			case err == nil:
-				line = statusLine(p, now)
 			case ctx.Err() != nil:
 				continue
 			default:
-				line = "waiting for a worker to take the pass (" + shortError(err) + ")"
+				line = "waiting for a worker to take the " + what + " (" + shortError(err) + ")"
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on
@@ -132,10 +142,6 @@ func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.
 			}
 		}
 	}
-}
-
-func stoppedWatching(id string) error {
-	return fmt.Errorf("stopped watching; pass %s goes on (`starter status %s`, `starter cancel %s`)", id, id, id)
 }
 
 // shortError keeps the last part of a long gRPC error.

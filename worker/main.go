@@ -117,6 +117,7 @@ func run(o *options) error {
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)
 			w.RegisterWorkflow(workflows.ShardsWorkflow)
+			w.RegisterWorkflow(workflows.PackWorkflow)
 		}
 		w.RegisterActivity(acts)
 		if err := w.Start(); err != nil {

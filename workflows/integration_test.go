@@ -134,6 +134,7 @@ func startWorkerOn(t *testing.T, c client.Client, b *blob.Bucket, storageURL str
 		w := worker.New(c, q, worker.Options{})
 		w.RegisterWorkflow(workflows.DebugPass)
 		w.RegisterWorkflow(workflows.ShardsWorkflow)
+		w.RegisterWorkflow(workflows.PackWorkflow)
 		w.RegisterActivity(acts)
 		if err := w.Start(); err != nil {
 			t.Fatal(err)

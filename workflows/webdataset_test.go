@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"maps"
 	"math"
+	"os"
+	"os/exec"
 	"path"
 	"slices"
 	"strings"
@@ -14,22 +19,116 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 
 	"dcd/internal/dataset"
 	"dcd/internal/features"
+	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
+	"dcd/workflows"
 )
 
-// A pool packed in WebDataset archives (by dataset.Source.Pack, which
-// `starter pack` runs) is the same pool as its manifest:
-// the pass embeds the archive members by byte range, reads each sample's
-// label and domain from its .cls and .domain members, and selects the same
-// images with the same scores, so the retrained model scores as it does
-// from the manifest.
-func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
+// runPack runs a pack to its end.
+func runPack(t *testing.T, c client.Client, id string, in workflows.PackInput) (workflows.PackResult, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.PackWorkflow, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res workflows.PackResult
+	err = we.Get(ctx, &res)
+	return res, err
+}
+
+// A pack run again over its output keeps the archives already whole and
+// writes the rest, ending as one never interrupted; a pack that cannot
+// succeed (another pack holds the output, a manifest row is bad) fails at
+// once, saying why.
+func TestPackRunAgainResumes(t *testing.T) {
 	c, _ := devServer(t)
+	ctx := context.Background()
+	b, err := store.Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	startWorker(t, c, b)
+	manifest := "uri,label\n"
+	for i := range 7 {
+		img := image.NewGray(image.Rect(0, 0, 4, 4))
+		img.Pix[0] = uint8(i)
+		var buf bytes.Buffer
+		png.Encode(&buf, img)
+		b.WriteAll(ctx, fmt.Sprintf("m/%d.png", i), buf.Bytes(), nil)
+		manifest += fmt.Sprintf("%d.png,%d\n", i, i%2)
+		if i == 3 {
+			manifest += "gone.png,0\n"
+		}
+	}
+	b.WriteAll(ctx, "m/list.csv", []byte(manifest), nil)
+	stamp := time.Now().UTC().Format("150405.000")
+	in := workflows.PackInput{Dataset: schemas.Dataset{Manifest: "m/list.csv"}, Out: "packed/", PerArchive: 3, Readers: 2, Window: 2}
+
+	first, err := runPack(t, c, "pack-first-"+stamp, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Archives != 3 || first.Done != 3 || first.Packed != 7 || first.Skipped != 1 || first.Resumed != 0 ||
+		first.FirstSkip == nil || first.FirstSkip.URI != "m/gone.png" || first.FirstSkip.Item != 4 {
+		t.Fatalf("pack: %+v (first skip %+v); want 7 images in 3 archives, m/gone.png (item 4) skipped", first, first.FirstSkip)
+	}
+	if skipped, err := b.ReadAll(ctx, "packed/skipped.csv"); err != nil || !strings.Contains(string(skipped), "4,m/gone.png,") {
+		t.Errorf("packed/skipped.csv: %q, %v", skipped, err)
+	}
+	tar1, _ := b.ReadAll(ctx, "packed/000001.tar")
+
+	// Archive 1 was being written when its pack stopped.
+	b.Delete(ctx, "packed/000001.sources.csv")
+	b.WriteAll(ctx, "packed/000001.tar", []byte("torn"), nil)
+	again, err := runPack(t, c, "pack-again-"+stamp, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Resumed != 2 || again.Packed != first.Packed || again.Bytes != first.Bytes || again.Skipped != 1 {
+		t.Errorf("pack run again: %+v; want archives 0 and 2 resumed, and the first pack's counts %+v", again, first)
+	}
+	if tar, _ := b.ReadAll(ctx, "packed/000001.tar"); !bytes.Equal(tar, tar1) {
+		t.Error("the archive rewritten differs from the one first written")
+	}
+
+	other := in
+	other.PerArchive = 2
+	bad := in
+	bad.Out = "bad/"
+	b.WriteAll(ctx, "m/bad.csv", []byte("uri,label\n0.png\n"), nil)
+	bad.Dataset.Manifest = "m/bad.csv"
+	for _, c1 := range []struct {
+		in         workflows.PackInput
+		kind, want string
+	}{
+		{other, "PackRefused", "empty prefix"},
+		{bad, "InvalidInput", "m/bad.csv"},
+	} {
+		_, err := runPack(t, c, "pack-refused-"+stamp+c1.kind, c1.in)
+		var ae *temporal.ApplicationError
+		if !errors.As(err, &ae) || ae.Type() != c1.kind || !strings.Contains(err.Error(), c1.want) {
+			t.Errorf("pack %+v: %v; want a %s error naming %q", c1.in, err, c1.kind, c1.want)
+		}
+	}
+}
+
+// A pool packed in WebDataset archives by `starter pack` is the same pool
+// as its manifest: the pass embeds the archive members by byte range,
+// reads each sample's label and domain from its .cls and .domain members,
+// and selects the same images with the same scores, so the retrained model
+// scores as it does from the manifest.
+func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
+	c, hostport := devServer(t)
 	b, cfg := demoWorld(t)
 	startWorker(t, c, b)
 	ctx := context.Background()
@@ -41,14 +140,19 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// Five archives, packed as `starter pack` packs them.
+	// Five archives, packed by the command a user runs.
 	per := (len(items) + 4) / 5
-	res, err := dataset.Source{Bucket: b}.Pack(ctx, cfg.Data.Pool, "pool-wds", dataset.PackOptions{PerArchive: per})
+	cmd := exec.Command(buildBinary(t, "dcd/starter"), "pack", "-manifest", cfg.Data.Pool.Manifest,
+		"-per-archive", fmt.Sprint(per), "-window", "3", "-id", "pack-pool-"+time.Now().UTC().Format("150405.000"), "pool-wds")
+	cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("starter pack: %v\n%s", err, out)
 	}
-	if res.Images != len(items) || len(res.Archives) != 5 {
-		t.Fatalf("packed %d of %d images into %d archives, want all into 5 (skipped: %v)", res.Images, len(items), len(res.Archives), res.Skipped)
+	for _, want := range []string{fmt.Sprintf("packed %d images into 5 archives under pool-wds", len(items)), "webdataset: pool-wds"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("starter pack's output lacks %q:\n%s", want, out)
+		}
 	}
 	packed := cfg
 	packed.Data.Pool = schemas.Dataset{WebDataset: "pool-wds/"}

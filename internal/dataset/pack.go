@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/store"
@@ -21,179 +22,45 @@ import (
 	"dcd/schemas"
 )
 
-// PackOptions tunes Pack.
-type PackOptions struct {
-	// PerArchive is how many images each archive holds; 0 means 10,000.
-	PerArchive int
-	// Readers is how many images are read at once; 0 means 64. A store
-	// answers each read after its latency, so a remote one needs many.
-	// About as many images are held in memory.
-	Readers int
-	// Archived, when set, is called after each archive is written, with
-	// the images in it and in the pack so far.
-	Archived func(archive string, images, packed int)
+// A pack copies a dataset stored one object per image into WebDataset
+// archives under an output prefix (a key prefix in the bucket, or a URL),
+// which a pass reads with one range read per MiB of an archive instead of
+// one read per image. Its steps are independent so that many workers can
+// share one pack:
+//
+//   - StartPack claims the prefix for the dataset (out/pack.json);
+//   - the dataset is cut into runs of items in its order, and PackArchive
+//     writes the n-th run into out/NNNNNN.tar, in any order, anywhere;
+//   - FinishPack gathers what was left out into out/skipped.csv.
+
+// Archive is what PackArchive wrote.
+type Archive struct {
+	// Key is the archive's key (or URL); empty when none of its images
+	// could be packed, and no archive was written.
+	Key     string
+	Images  int
+	Bytes   int64
+	Skipped []Skip
+	// Resumed says an earlier PackArchive wrote the archive whole.
+	Resumed bool
 }
 
-// Packed is what Pack wrote.
-type Packed struct {
-	Archives []string // keys (or URLs) of the archives, in order
-	Resumed  int      // of them written by an earlier, interrupted Pack
-	Images   int
-	Bytes    int64 // of the archives
-	Skipped  []Skip
-}
-
-// Skip is a dataset image that Pack left out, and why.
+// Skip is a dataset image that a pack left out, and why.
 type Skip struct {
 	Item   int64 // the image's position in the dataset
 	URI    string
 	Reason string
 }
 
+// ErrPackRefused wraps the errors of a pack that must not go on: the
+// prefix holds something else, or the dataset changed under it. Trying
+// again cannot help.
+var ErrPackRefused = errors.New("pack refused")
+
 // packFormats maps the content types http.DetectContentType sniffs to the
 // member extension of each image format DCD decodes.
 var packFormats = map[string]string{
 	"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/bmp": "bmp", "image/webp": "webp",
-}
-
-// Pack copies the images of ds, with their labels and domains, into
-// WebDataset archives under out (a key prefix in s.Bucket, or a URL):
-// out/000000.tar, out/000001.tar, …, each of opt.PerArchive images in the
-// dataset's order, named by their number in the pack (000000123.png).
-// Beside each archive, out/000000.sources.csv maps its samples back to
-// their images. A pool packed this way is read with one range read per MiB
-// of an archive instead of one read per image.
-//
-// An image that cannot be read (gone, forbidden) or is not in a format DCD
-// decodes (JPEG, PNG, GIF, BMP, WebP, sniffed from its bytes) is left out
-// and listed in out/skipped.csv (and, for resuming, in a .skipped.csv
-// beside the archive it would have been in) and in Packed.Skipped; any
-// other read error stops the pack, naming the image.
-//
-// out must be empty, or hold a pack of the same dataset and PerArchive
-// that was interrupted (out/pack.json says which): Pack then resumes after
-// its last whole archive, and gives the archives an uninterrupted pack
-// would have.
-func (s Source) Pack(ctx context.Context, ds schemas.Dataset, out string, opt PackOptions) (Packed, error) {
-	if ds.WebDataset != "" {
-		return Packed{}, fmt.Errorf("dataset: pack: %q is packed already (a webdataset)", ds.WebDataset)
-	}
-	perArchive, readers := opt.PerArchive, opt.Readers
-	if perArchive <= 0 {
-		perArchive = 10000
-	}
-	if readers <= 0 {
-		readers = 64
-	}
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
-	ob, prefix, obURL, err := s.locate(ctx, out)
-	if err != nil {
-		return Packed{}, fmt.Errorf("dataset: pack into %q: %w", out, err)
-	}
-	if prefix = strings.TrimSuffix(prefix, "/"); prefix != "" {
-		prefix += "/"
-	}
-	a := &archiveWriter{bucket: ob, prefix: prefix, bucketURL: obURL}
-	from, last, err := a.resume(ctx, ds, perArchive)
-	if err != nil {
-		return a.res, fmt.Errorf("dataset: pack into %q: %w", out, err)
-	}
-
-	// Images are read by readers goroutines and written in dataset order:
-	// the walk queues each item twice, in order for the writer and as work
-	// for a reader, and the queue's length bounds the images held, read or
-	// being read, to about Readers: large photos must not fill memory.
-	type image struct {
-		item Item // its ID is its position in the dataset
-		data []byte
-		err  error
-		done chan struct{}
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	a.ctx = gctx
-	order, work := make(chan *image, readers), make(chan *image)
-	g.Go(func() error {
-		err := s.Walk(gctx, ds, func(it Item) error {
-			switch {
-			case it.ID == from-1 && it.Key != last:
-				return fmt.Errorf("dataset: pack: the dataset changed since this pack began: image %d is %q, was %q; pack into an empty prefix", it.ID, it.Key, last)
-			case it.ID < from:
-				return nil // packed before the pack was interrupted
-			}
-			im := &image{item: it, done: make(chan struct{})}
-			for _, q := range []chan *image{order, work} {
-				select {
-				case q <- im:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-			}
-			return nil
-		})
-		close(work)
-		if err == nil {
-			close(order) // only a complete walk ends the last archive
-		}
-		return err
-	})
-	for range readers {
-		g.Go(func() error {
-			for im := range work {
-				im.data, im.err = s.Buckets.ReadAll(gctx, s.Bucket, im.item.Key)
-				close(im.done)
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		defer a.abort()
-		for {
-			var im *image
-			select {
-			case im = <-order:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			if im == nil {
-				return a.finish(opt.Archived)
-			}
-			select {
-			case <-im.done:
-			case <-gctx.Done(): // the walk may have stopped before queueing im's read
-				return gctx.Err()
-			}
-			if store.Permanent(im.err) {
-				a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, im.err.Error()})
-				continue
-			}
-			if im.err != nil {
-				return fmt.Errorf("dataset: pack: read %q: %w", im.item.Key, im.err)
-			}
-			ext, ok := packFormats[http.DetectContentType(im.data)]
-			if !ok {
-				a.res.Skipped = append(a.res.Skipped, Skip{im.item.ID, im.item.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
-				continue
-			}
-			if err := a.add(ext, im.data, im.item); err != nil {
-				return err
-			}
-			if a.n == perArchive {
-				if err := a.finish(opt.Archived); err != nil {
-					return err
-				}
-			}
-		}
-	})
-	if err := g.Wait(); err != nil {
-		return a.res, err
-	}
-	if a.res.Images == 0 {
-		return a.res, fmt.Errorf("dataset: pack: no image of the dataset could be packed (%d skipped)", len(a.res.Skipped))
-	}
-	return a.res, a.writeSkips(ctx, "skipped.csv", a.res.Skipped)
 }
 
 // packState is out/pack.json: what is being packed there.
@@ -202,229 +69,398 @@ type packState struct {
 	PerArchive int             `json:"per_archive"`
 }
 
-// archiveWriter writes a pack's archives one after another: it streams the
-// current one to the bucket, then commits its sources list beside it, the
-// mark that the archive is whole.
-type archiveWriter struct {
-	ctx       context.Context
-	bucket    *blob.Bucket
-	prefix    string
-	bucketURL string
-	res       Packed
-
-	index     int // of the current archive
-	n         int // images in it
-	skipsFrom int // the first of res.Skipped since the last archive
-	cancel    context.CancelFunc
-	bw        *blob.Writer
-	size      int64 // bytes written to bw
-	buf       *bufio.Writer
-	tw        *webdataset.Writer
-	sources   bytes.Buffer
-}
-
-func (a *archiveWriter) key(i int, suffix string) string {
-	return fmt.Sprintf("%s%06d%s", a.prefix, i, suffix)
-}
-
-// resume starts a pack of ds into an empty prefix, or takes up an
-// interrupted one: it restores what the whole archives hold and returns
-// how many dataset images they cover, and the key of the last of those.
-func (a *archiveWriter) resume(ctx context.Context, ds schemas.Dataset, perArchive int) (from int64, last string, err error) {
+// StartPack claims out for a pack of ds in archives of perArchive images.
+// out must be empty, or hold a pack of the same dataset and perArchive
+// (its pack.json says which), finished or interrupted: the pack then goes
+// on, and PackArchive keeps the archives already whole.
+func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, perArchive int) error {
+	if ds.WebDataset != "" {
+		return fmt.Errorf("dataset: pack: %w: %q is packed already (a webdataset)", ErrPackRefused, ds.WebDataset)
+	}
+	if s.Buckets == nil {
+		s.Buckets = &store.Buckets{}
+		defer s.Buckets.Close()
+	}
+	b, prefix, _, err := s.packPrefix(ctx, out)
+	if err != nil {
+		return err
+	}
 	state, _ := json.Marshal(packState{ds, perArchive})
-	sizes := map[string]int64{}
-	it := a.bucket.List(&blob.ListOptions{Prefix: a.prefix})
-	for {
-		obj, err := it.Next(ctx)
-		if err == io.EOF {
-			break
-		}
+	old, err := store.ReadAll(ctx, b, prefix+"pack.json")
+	switch {
+	case err == nil && bytes.Equal(old, state):
+		return nil
+	case err == nil:
+		return fmt.Errorf("dataset: pack into %q: %w: it holds a pack of %s, not of this dataset and -per-archive (%s); pack into an empty prefix", out, ErrPackRefused, old, state)
+	case gcerrors.Code(err) != gcerrors.NotFound:
+		return fmt.Errorf("dataset: pack into %q: %w", out, err)
+	}
+	if _, err := b.List(&blob.ListOptions{Prefix: prefix}).Next(ctx); err != io.EOF {
 		if err != nil {
-			return 0, "", err
+			return fmt.Errorf("dataset: pack into %q: %w", out, err)
 		}
-		sizes[obj.Key] = obj.Size
+		return fmt.Errorf("dataset: pack into %q: %w: it holds objects but no pack.json of a pack; pack into an empty prefix", out, ErrPackRefused)
 	}
-	if len(sizes) == 0 {
-		return 0, "", store.WriteAll(ctx, a.bucket, a.prefix+"pack.json", state)
-	}
-	old, err := store.ReadAll(ctx, a.bucket, a.prefix+"pack.json")
+	return store.WriteAll(ctx, b, prefix+"pack.json", state)
+}
+
+// packPrefix opens out's bucket and returns its prefix, ending in "/"
+// unless it is the bucket's root, and the bucket's URL when out is one.
+func (s Source) packPrefix(ctx context.Context, out string) (b *blob.Bucket, prefix, bucketURL string, err error) {
+	b, prefix, bucketURL, err = s.locate(ctx, out)
 	if err != nil {
-		return 0, "", errors.New("it holds objects but no pack.json of an interrupted pack; pack into an empty prefix")
+		return nil, "", "", fmt.Errorf("dataset: pack into %q: %w", out, err)
 	}
-	if !bytes.Equal(old, state) {
-		return 0, "", fmt.Errorf("it holds a pack of %s, not of this dataset and -per-archive (%s); pack into an empty prefix", old, state)
+	if prefix = strings.TrimSuffix(prefix, "/"); prefix != "" {
+		prefix += "/"
 	}
-	for i := 0; ; i++ {
-		if _, whole := sizes[a.key(i, ".sources.csv")]; !whole {
-			break
+	return b, prefix, bucketURL, nil
+}
+
+// archiveKey is the key of archive n's object with the given suffix.
+func archiveKey(prefix string, n int, suffix string) string {
+	return fmt.Sprintf("%s%06d%s", prefix, n, suffix)
+}
+
+// PackArchive writes archive n of a pack into out (claimed by StartPack):
+// the images of items, a run of the dataset in its order, go into
+// out/NNNNNN.tar with their labels and domains, each named by its position
+// in the dataset (000000123.png). Beside it, out/NNNNNN.sources.csv maps
+// the samples back to the images; it is written last, the mark that the
+// archive is whole.
+//
+// An image that cannot be read (gone, forbidden) or is not in a format DCD
+// decodes (JPEG, PNG, GIF, BMP, WebP, sniffed from its bytes) is left out,
+// and listed with the reason in out/NNNNNN.skipped.csv; any other read
+// error fails the call, naming the image, and a call again writes the
+// archive anew. An archive found whole is kept, once it is checked to hold
+// these items. readers images are read at once (a remote store answers
+// each read after its latency), and about as many held in memory;
+// progress, when set, is called with the images done so far.
+func (s Source) PackArchive(ctx context.Context, out string, n int, items []Item, readers int, progress func(int)) (Archive, error) {
+	if s.Buckets == nil {
+		s.Buckets = &store.Buckets{}
+		defer s.Buckets.Close()
+	}
+	if len(items) == 0 {
+		return Archive{}, fmt.Errorf("dataset: pack: archive %d of %q has no images", n, out)
+	}
+	b, prefix, bucketURL, err := s.packPrefix(ctx, out)
+	if err != nil {
+		return Archive{}, err
+	}
+	a := &archiveWriter{bucket: b, prefix: prefix, n: n, items: items}
+	if a.name, err = itemKey(bucketURL, archiveKey(prefix, n, ".tar")); err != nil {
+		return Archive{}, err
+	}
+	if ok, err := b.Exists(ctx, archiveKey(prefix, n, ".sources.csv")); err != nil {
+		return Archive{}, fmt.Errorf("dataset: pack: %w", err)
+	} else if ok {
+		return a.resume(ctx)
+	}
+	return a.write(ctx, s, max(readers, 1), progress)
+}
+
+// archiveWriter writes one archive of a pack.
+type archiveWriter struct {
+	bucket *blob.Bucket
+	prefix string
+	n      int
+	items  []Item
+	name   string // the archive's key or URL, for Archive.Key
+	res    Archive
+}
+
+func (a *archiveWriter) key(suffix string) string { return archiveKey(a.prefix, a.n, suffix) }
+
+// write reads the items' images, readers at a time, and writes them in
+// order into the archive, then its skip list, then its sources list.
+func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progress func(int)) (Archive, error) {
+	type image struct {
+		data []byte
+		err  error
+		done chan struct{}
+	}
+	images := make([]image, len(a.items))
+	for i := range images {
+		images[i].done = make(chan struct{})
+	}
+	// The dispatcher takes a token per image it hands to the readers and
+	// the writer gives it back once the image is written: about readers
+	// images are held, read or being read, however large the photos.
+	g, gctx := errgroup.WithContext(ctx)
+	tokens, next := make(chan struct{}, readers), make(chan int)
+	g.Go(func() error {
+		defer close(next)
+		for i := range images {
+			select {
+			case tokens <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			select {
+			case next <- i:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
-		name, err := itemKey(a.bucketURL, a.key(i, ".tar"))
+		return nil
+	})
+	for range min(readers, len(images)) {
+		g.Go(func() error {
+			for i := range next {
+				images[i].data, images[i].err = s.Buckets.ReadAll(gctx, s.Bucket, a.items[i].Key)
+				close(images[i].done)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		tar := newTarStream(gctx, a.bucket, a.key(".tar"))
+		defer tar.abort()
+		sources := newCSV("sample", "item", "uri")
+		for i, it := range a.items {
+			select {
+			case <-images[i].done:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			data, err := images[i].data, images[i].err
+			images[i].data = nil
+			<-tokens
+			ext, ok := packFormats[http.DetectContentType(data)]
+			switch {
+			case store.Permanent(err):
+				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, err.Error()})
+			case err != nil:
+				return fmt.Errorf("dataset: pack: read %q: %w", it.Key, err)
+			case !ok:
+				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
+			default:
+				sample := fmt.Sprintf("%09d", it.ID)
+				if err := tar.write(sample, ext, data, strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)); err != nil {
+					return fmt.Errorf("dataset: pack: image %q into %s: %w", it.Key, a.key(".tar"), err)
+				}
+				sources.row(sample, strconv.FormatInt(it.ID, 10), it.Key)
+				a.res.Images++
+			}
+			if progress != nil {
+				progress(i + 1)
+			}
+		}
+		if a.res.Images > 0 {
+			size, err := tar.close()
+			if err != nil {
+				return fmt.Errorf("dataset: pack: %s: %w", a.key(".tar"), err)
+			}
+			a.res.Key, a.res.Bytes = a.name, size
+		}
+		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped); err != nil {
+			return err
+		}
+		if err := store.WriteAll(gctx, a.bucket, a.key(".sources.csv"), sources.bytes()); err != nil {
+			return fmt.Errorf("dataset: pack: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return Archive{}, err
+	}
+	return a.res, nil
+}
+
+// resume takes up an archive written whole before, checking that its
+// samples and skips are the items, so that a pack whose dataset changed
+// under it is not finished with archives of the old one.
+func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
+	a.res.Resumed = true
+	sources, err := readRows(ctx, a.bucket, a.key(".sources.csv"), "sample", "item", "uri")
+	if err != nil {
+		return Archive{}, err
+	}
+	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), "item", "uri", "reason")
+	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return Archive{}, err
+	}
+	for _, r := range skips {
+		a.res.Skipped = append(a.res.Skipped, Skip{URI: r[1], Reason: r[2]})
+		a.res.Skipped[len(a.res.Skipped)-1].Item, _ = strconv.ParseInt(r[0], 10, 64)
+	}
+	// Both lists are in the dataset's order; together they must be the items.
+	i, j := 0, 0
+	for _, it := range a.items {
+		id := strconv.FormatInt(it.ID, 10)
+		switch {
+		case i < len(sources) && sources[i][1] == id && sources[i][2] == it.Key:
+			i++
+		case j < len(skips) && skips[j][0] == id && skips[j][1] == it.Key:
+			j++
+		default:
+			return Archive{}, fmt.Errorf("dataset: pack: %w: %s was packed from other images than the dataset's %d to %d (the dataset changed since: image %d is %q); pack into an empty prefix",
+				ErrPackRefused, a.key(".tar"), a.items[0].ID, a.items[len(a.items)-1].ID, it.ID, it.Key)
+		}
+	}
+	if i != len(sources) || j != len(skips) {
+		return Archive{}, fmt.Errorf("dataset: pack: %w: %s lists more images than the dataset's %d to %d; pack into an empty prefix",
+			ErrPackRefused, a.key(".tar"), a.items[0].ID, a.items[len(a.items)-1].ID)
+	}
+	if a.res.Images = len(sources); a.res.Images > 0 {
+		attrs, err := a.bucket.Attributes(ctx, a.key(".tar"))
 		if err != nil {
-			return 0, "", err
+			return Archive{}, fmt.Errorf("dataset: pack: %s is listed whole by its sources: %w", a.key(".tar"), err)
 		}
-		a.res.Archives = append(a.res.Archives, name)
-		a.res.Bytes += sizes[a.key(i, ".tar")]
+		a.res.Key, a.res.Bytes = a.name, attrs.Size
 	}
-	if a.index = len(a.res.Archives); a.index == 0 {
-		return 0, "", nil
+	return a.res, nil
+}
+
+// FinishPack gathers the skip lists of a pack's archives 0 to archives-1
+// into out/skipped.csv, in the dataset's order, and returns how many images
+// were skipped. It writes nothing when none was.
+func (s Source) FinishPack(ctx context.Context, out string, archives int) (int, error) {
+	if s.Buckets == nil {
+		s.Buckets = &store.Buckets{}
+		defer s.Buckets.Close()
 	}
-	a.res.Resumed = a.index
-	// The last sample of the last whole archive says where the pack was.
-	rows, err := readRows(ctx, a.bucket, a.key(a.index-1, ".sources.csv"))
+	b, prefix, _, err := s.packPrefix(ctx, out)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
-	if len(rows) < 2 {
-		return 0, "", fmt.Errorf("%s: no samples listed", a.key(a.index-1, ".sources.csv"))
-	}
-	lastRow := rows[len(rows)-1]
-	sample, err1 := strconv.Atoi(lastRow[0])
-	item, err2 := strconv.ParseInt(lastRow[1], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, "", fmt.Errorf("%s: want rows of sample,item,uri after its header, got %q", a.key(a.index-1, ".sources.csv"), lastRow)
-	}
-	a.res.Images = sample + 1
-	for i := range a.index {
-		key := a.key(i, ".skipped.csv")
-		if _, ok := sizes[key]; !ok {
+	var all []Skip
+	for n := range archives {
+		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), "item", "uri", "reason")
+		if gcerrors.Code(err) == gcerrors.NotFound {
 			continue
 		}
-		rows, err := readRows(ctx, a.bucket, key)
 		if err != nil {
-			return 0, "", err
+			return 0, err
 		}
-		for _, r := range rows[min(1, len(rows)):] {
-			pos, err := strconv.ParseInt(r[0], 10, 64)
-			if err != nil {
-				return 0, "", fmt.Errorf("%s: item %q is not a number", key, r[0])
-			}
-			a.res.Skipped = append(a.res.Skipped, Skip{pos, r[1], r[2]})
+		for _, r := range rows {
+			item, _ := strconv.ParseInt(r[0], 10, 64)
+			all = append(all, Skip{item, r[1], r[2]})
 		}
 	}
-	a.skipsFrom = len(a.res.Skipped)
-	return item + 1, lastRow[2], nil
+	return len(all), writeSkips(ctx, b, prefix+"skipped.csv", all)
 }
 
-// readRows reads a CSV object of three columns.
-func readRows(ctx context.Context, b *blob.Bucket, key string) ([][]string, error) {
+// readRows reads a CSV object written by csvRows, with the given header,
+// and returns the rows after it.
+func readRows(ctx context.Context, b *blob.Bucket, key string, header ...string) ([][]string, error) {
 	data, err := b.ReadAll(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	r := csv.NewReader(bytes.NewReader(data))
-	r.FieldsPerRecord = 3
+	r.FieldsPerRecord = len(header)
 	rows, err := r.ReadAll()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
+		return nil, fmt.Errorf("dataset: pack: %s: %w", key, err)
 	}
-	return rows, nil
+	if len(rows) == 0 || strings.Join(rows[0], ",") != strings.Join(header, ",") {
+		return nil, fmt.Errorf("dataset: pack: %s: want the header %q", key, strings.Join(header, ","))
+	}
+	return rows[1:], nil
 }
 
-// add writes an image of the dataset into the current archive as the
-// pack's next sample, starting an archive when none is open.
-func (a *archiveWriter) add(ext string, data []byte, it Item) error {
-	if a.bw == nil {
-		key := a.key(a.index, ".tar")
-		ctx, cancel := context.WithCancel(a.ctx)
-		bw, err := a.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/x-tar"})
-		if err != nil {
-			cancel()
-			return fmt.Errorf("dataset: pack: %s: %w", key, err)
-		}
-		a.cancel, a.bw, a.size = cancel, bw, 0
-		a.buf = bufio.NewWriterSize(writerFunc(func(p []byte) (int, error) {
-			n, err := bw.Write(p)
-			a.size += int64(n)
-			return n, err
-		}), 1<<20)
-		a.tw = webdataset.NewWriter(a.buf)
-		a.sources.Reset()
-		a.sources.WriteString("sample,item,uri\n")
-	}
-	sample := fmt.Sprintf("%09d", a.res.Images)
-	if err := a.tw.Write(sample, ext, data, strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)); err != nil {
-		return fmt.Errorf("dataset: pack: image %q: %w", it.Key, err)
-	}
-	w := csv.NewWriter(&a.sources)
-	w.Write([]string{sample, strconv.FormatInt(it.ID, 10), it.Key})
-	w.Flush()
-	a.n++
-	a.res.Images++
-	return nil
-}
-
-// finish commits the current archive, if any, then the images skipped
-// since the last one (its .skipped.csv), then its sources list: a resumed
-// pack takes an archive with its sources list for whole, and finds beside
-// it the skips before its last image.
-func (a *archiveWriter) finish(archived func(string, int, int)) error {
-	if a.bw == nil {
-		return nil
-	}
-	key := a.key(a.index, ".tar")
-	err := a.tw.Close()
-	if err == nil {
-		err = a.buf.Flush()
-	}
-	if err != nil {
-		a.abort()
-		return fmt.Errorf("dataset: pack: %s: %w", key, err)
-	}
-	err = a.bw.Close()
-	a.cancel()
-	a.bw = nil
-	if err != nil {
-		return fmt.Errorf("dataset: pack: %s: %w", key, err)
-	}
-	if err := a.writeSkips(a.ctx, fmt.Sprintf("%06d.skipped.csv", a.index), a.res.Skipped[a.skipsFrom:]); err != nil {
-		return err
-	}
-	a.skipsFrom = len(a.res.Skipped)
-	if err := store.WriteAll(a.ctx, a.bucket, a.key(a.index, ".sources.csv"), a.sources.Bytes()); err != nil {
-		return fmt.Errorf("dataset: pack: %w", err)
-	}
-	name, err := itemKey(a.bucketURL, key)
-	if err != nil {
-		return err
-	}
-	a.res.Archives = append(a.res.Archives, name)
-	a.res.Bytes += a.size
-	if archived != nil {
-		archived(name, a.n, a.res.Images)
-	}
-	a.index++
-	a.n = 0
-	return nil
-}
-
-// writeSkips writes skips as CSV to name in the prefix, when there are any.
-func (a *archiveWriter) writeSkips(ctx context.Context, name string, skips []Skip) error {
+// writeSkips writes skips as CSV to key, when there are any.
+func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip) error {
 	if len(skips) == 0 {
 		return nil
 	}
-	var buf bytes.Buffer
-	w := csv.NewWriter(&buf)
-	w.Write([]string{"item", "uri", "reason"})
+	w := newCSV("item", "uri", "reason")
 	for _, sk := range skips {
-		w.Write([]string{strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason})
+		w.row(strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason)
 	}
-	w.Flush()
-	if err := store.WriteAll(ctx, a.bucket, a.prefix+name, buf.Bytes()); err != nil {
+	if err := store.WriteAll(ctx, b, key, w.bytes()); err != nil {
 		return fmt.Errorf("dataset: pack: %w", err)
 	}
 	return nil
+}
+
+// csvRows builds a small CSV object in memory.
+type csvRows struct {
+	buf bytes.Buffer
+	w   *csv.Writer
+}
+
+func newCSV(header ...string) *csvRows {
+	c := &csvRows{}
+	c.w = csv.NewWriter(&c.buf)
+	c.row(header...)
+	return c
+}
+
+func (c *csvRows) row(fields ...string) { c.w.Write(fields) }
+
+func (c *csvRows) bytes() []byte {
+	c.w.Flush()
+	return c.buf.Bytes()
+}
+
+// tarStream streams an archive to the bucket as it is written; the object
+// appears only when close succeeds.
+type tarStream struct {
+	key    string
+	cancel context.CancelFunc
+	bw     *blob.Writer
+	buf    *bufio.Writer
+	tw     *webdataset.Writer
+	size   int64
+	err    error
+}
+
+func newTarStream(ctx context.Context, b *blob.Bucket, key string) *tarStream {
+	ctx, cancel := context.WithCancel(ctx)
+	t := &tarStream{key: key, cancel: cancel}
+	t.bw, t.err = b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/x-tar"})
+	if t.err != nil {
+		return t
+	}
+	t.buf = bufio.NewWriterSize(writerFunc(func(p []byte) (int, error) {
+		n, err := t.bw.Write(p)
+		t.size += int64(n)
+		return n, err
+	}), 1<<20)
+	t.tw = webdataset.NewWriter(t.buf)
+	return t
+}
+
+func (t *tarStream) write(sample, ext string, image []byte, label, domain string) error {
+	if t.err != nil {
+		return t.err
+	}
+	return t.tw.Write(sample, ext, image, label, domain)
+}
+
+// close commits the archive and returns its size.
+func (t *tarStream) close() (int64, error) {
+	if t.err != nil {
+		return 0, t.err
+	}
+	err := t.tw.Close()
+	if err == nil {
+		err = t.buf.Flush()
+	}
+	if err != nil {
+		t.abort()
+		return 0, err
+	}
+	err = t.bw.Close()
+	t.bw = nil
+	t.cancel()
+	return t.size, err
+}
+
+// abort drops the archive unless it was committed: a cancelled blob.Writer
+// discards its data on Close.
+func (t *tarStream) abort() {
+	if t.bw != nil {
+		t.cancel()
+		t.bw.Close()
+		t.bw = nil
+	}
 }
 
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-// abort drops the archive being written, if any: a cancelled blob.Writer
-// discards its data on Close.
-func (a *archiveWriter) abort() {
-	if a.bw != nil {
-		a.cancel()
-		a.bw.Close()
-		a.bw = nil
-	}
-}

@@ -9,6 +9,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -52,6 +53,47 @@ func packWorld(t *testing.T, n int) (b *blob.Bucket, files map[string]string, ma
 	return memBucket(t, files), files, manifest
 }
 
+// pack runs a whole pack of ds into out in this process, as PackWorkflow
+// runs it on workers: the archives are written last first, as a pack
+// spread over workers may finish them in any order.
+func pack(t *testing.T, src Source, ds schemas.Dataset, out string, per, readers int) ([]Archive, error) {
+	t.Helper()
+	ctx := context.Background()
+	if err := src.StartPack(ctx, ds, out, per); err != nil {
+		return nil, err
+	}
+	items, err := walkAll(t, src, ds)
+	if err != nil {
+		return nil, err
+	}
+	archives := make([]Archive, (len(items)+per-1)/per)
+	for n := len(archives) - 1; n >= 0; n-- {
+		if archives[n], err = src.PackArchive(ctx, out, n, items[n*per:min((n+1)*per, len(items))], readers, nil); err != nil {
+			return nil, err
+		}
+	}
+	_, err = src.FinishPack(ctx, out, len(archives))
+	return archives, err
+}
+
+// objects reads every object under prefix, by key relative to it.
+func objects(t *testing.T, b *blob.Bucket, prefix string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	it := b.List(&blob.ListOptions{Prefix: prefix + "/"})
+	for {
+		obj, err := it.Next(context.Background())
+		if err == io.EOF {
+			return m
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := b.ReadAll(context.Background(), obj.Key)
+		m[strings.TrimPrefix(obj.Key, prefix+"/")] = string(data)
+	}
+}
+
 // A packed dataset is the same dataset: walking the archives gives its
 // images' bytes, labels and domains in its order, less what could not be
 // packed, which is listed with the reason.
@@ -60,42 +102,43 @@ func TestPack(t *testing.T) {
 	b, files, _ := packWorld(t, 8)
 	src := Source{Bucket: b}
 	source := schemas.Dataset{Manifest: "m/list.csv"}
-	var archived []string
-	res, err := src.Pack(ctx, source, "packed/", PackOptions{PerArchive: 3, Readers: 4, Archived: func(a string, n, _ int) {
-		archived = append(archived, fmt.Sprintf("%s=%d", a, n))
-	}})
+	archives, err := pack(t, src, source, "packed/", 3, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"packed/000000.tar=3", "packed/000001.tar=3", "packed/000002.tar=2"}; !slices.Equal(archived, want) {
-		t.Errorf("archives written %q, want %q", archived, want)
+	// Ten items: img/0–4, missing.png, notes.txt, img/5–7.
+	var got []string
+	for _, a := range archives {
+		got = append(got, fmt.Sprintf("%s=%d+%d", a.Key, a.Images, len(a.Skipped)))
+		if a.Bytes == 0 || a.Resumed {
+			t.Errorf("%+v", a)
+		}
 	}
-	if res.Images != 8 || len(res.Archives) != 3 || res.Bytes == 0 {
-		t.Errorf("Packed = %+v", res)
+	if want := []string{"packed/000000.tar=3+0", "packed/000001.tar=2+1", "packed/000002.tar=2+1", "packed/000003.tar=1+0"}; !slices.Equal(got, want) {
+		t.Errorf("archives written %q, want %q", got, want)
 	}
-	if len(res.Skipped) != 2 || res.Skipped[0].URI != "m/img/missing.png" || !strings.Contains(res.Skipped[1].Reason, "not a JPEG, PNG") {
-		t.Errorf("skipped %+v; want m/img/missing.png, then m/notes.txt as no image", res.Skipped)
+	if sk := archives[1].Skipped[0]; sk.Item != 5 || sk.URI != "m/img/missing.png" || !strings.Contains(sk.Reason, "NotFound") {
+		t.Errorf("archive 1 skipped %+v; want m/img/missing.png, item 5, not found", sk)
 	}
 	skipped, err := b.ReadAll(ctx, "packed/skipped.csv")
 	if err != nil {
 		t.Fatal(err)
 	}
 	rows, err := csv.NewReader(bytes.NewReader(skipped)).ReadAll()
-	if err != nil || len(rows) != 3 || rows[1][1] != "m/img/missing.png" || !strings.Contains(rows[1][2], "NotFound") || rows[2][1] != "m/notes.txt" {
+	if err != nil || len(rows) != 3 || rows[1][1] != "m/img/missing.png" || rows[2][0] != "6" || rows[2][1] != "m/notes.txt" || !strings.Contains(rows[2][2], "not a JPEG, PNG") {
 		t.Errorf("packed/skipped.csv: %q, %v", rows, err)
 	}
-	sources, err := b.ReadAll(ctx, "packed/000001.sources.csv")
-	// Positions in the dataset: img/4.png is the fifth row, missing.png and
-	// notes.txt the sixth and seventh.
-	if want := "sample,item,uri\n000000003,3,m/img/3.png\n000000004,4,m/img/4.png\n000000005,7,m/img/5.png\n"; err != nil || string(sources) != want {
-		t.Errorf("packed/000001.sources.csv = %q, %v; want %q", sources, err, want)
+	sources, err := b.ReadAll(ctx, "packed/000002.sources.csv")
+	// Samples are named by their positions in the dataset.
+	if want := "sample,item,uri\n000000007,7,m/img/5.png\n000000008,8,m/img/6.png\n"; err != nil || string(sources) != want {
+		t.Errorf("packed/000002.sources.csv = %q, %v; want %q", sources, err, want)
 	}
 
 	orig, err := walkAll(t, src, source)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := walkAll(t, src, schemas.Dataset{WebDataset: "packed"})
+	packed, err := walkAll(t, src, schemas.Dataset{WebDataset: "packed"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +148,10 @@ func TestPack(t *testing.T) {
 			want = append(want, it)
 		}
 	}
-	if len(got) != len(want) {
-		t.Fatalf("the packed dataset has %d images, want %d", len(got), len(want))
+	if len(packed) != len(want) {
+		t.Fatalf("the packed dataset has %d images, want %d", len(packed), len(want))
 	}
-	for i, g := range got {
+	for i, g := range packed {
 		m, ok := webdataset.ParseKey(g.Key)
 		if !ok {
 			t.Fatalf("packed image %q is not an archive member", g.Key)
@@ -119,108 +162,90 @@ func TestPack(t *testing.T) {
 		}
 	}
 
-	// Packing again gives the same archives; packing another dataset over
+	// Packing again gives the same objects; packing another dataset over
 	// them is refused.
-	if _, err := src.Pack(ctx, source, "again", PackOptions{PerArchive: 3, Readers: 1}); err != nil {
+	if _, err := pack(t, src, source, "again", 3, 1); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range res.Archives {
-		one, _ := b.ReadAll(ctx, a)
-		two, _ := b.ReadAll(ctx, "again/"+strings.TrimPrefix(a, "packed/"))
-		if !bytes.Equal(one, two) {
-			t.Errorf("%s differs when packed again with other readers", a)
+	if one, two := objects(t, b, "packed"), objects(t, b, "again"); !maps.Equal(one, two) {
+		t.Errorf("packing again with other readers gives other objects: %d and %d", len(one), len(two))
+	}
+	// An archive of images that are all left out is no .tar.
+	ones, err := pack(t, src, source, "ones", 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ones) != 10 || ones[5].Key != "" || ones[5].Images != 0 || len(ones[5].Skipped) != 1 || ones[4].Key != "ones/000004.tar" {
+		t.Errorf("packed one image an archive: %+v", ones)
+	}
+	if ok, _ := b.Exists(ctx, "ones/000005.tar"); ok {
+		t.Error("an archive of no image was written")
+	}
+	if got, err := walkAll(t, src, schemas.Dataset{WebDataset: "ones/"}); err != nil || len(got) != len(want) {
+		t.Errorf("packed one image an archive, the dataset has %d images (%v), want %d", len(got), err, len(want))
+	}
+
+	for _, refused := range []struct {
+		ds   schemas.Dataset
+		out  string
+		per  int
+		want string
+	}{
+		{source, "packed", 4, "empty prefix"},
+		{source, "m", 3, "no pack.json"},
+		{schemas.Dataset{WebDataset: "packed"}, "x", 3, "packed already"},
+	} {
+		if err := src.StartPack(ctx, refused.ds, refused.out, refused.per); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), refused.want) {
+			t.Errorf("StartPack(%+v, %q, %d): %v, want a refusal (%s)", refused.ds, refused.out, refused.per, err, refused.want)
 		}
 	}
-	if _, err := src.Pack(ctx, source, "packed", PackOptions{PerArchive: 4}); err == nil || !strings.Contains(err.Error(), "empty prefix") {
-		t.Errorf("packing with another -per-archive into a prefix that holds a pack: %v, want a refusal", err)
-	}
-	if _, err := src.Pack(ctx, source, "m", PackOptions{}); err == nil || !strings.Contains(err.Error(), "no pack.json") {
-		t.Errorf("packing into a prefix that holds other objects: %v, want a refusal", err)
-	}
-	if _, err := src.Pack(ctx, schemas.Dataset{WebDataset: "packed"}, "x", PackOptions{}); err == nil {
-		t.Error("packing a webdataset: no error")
-	}
 }
 
-// A dataset that cannot be listed fails the pack and commits no archive.
-func TestPackBadDataset(t *testing.T) {
-	ctx := context.Background()
-	b := memBucket(t, map[string]string{
-		"m/ok.png":   tinyPNG(t, 1),
-		"m/list.csv": "uri,label\nok.png,1\nok.png\n", // the second row lacks its label
-	})
-	_, err := Source{Bucket: b}.Pack(ctx, schemas.Dataset{Manifest: "m/list.csv"}, "out", PackOptions{PerArchive: 10})
-	if err == nil || !strings.Contains(err.Error(), "list.csv") {
-		t.Fatalf("pack of a bad manifest: %v; want an error naming it", err)
-	}
-	if ok, _ := b.Exists(ctx, "out/000000.tar"); ok {
-		t.Error("a failed pack committed its first archive")
-	}
-}
-
-// A pack interrupted after any archive resumes where it stopped, and ends
-// with the archives, sources and skip list of a pack never interrupted.
+// An archive found whole is kept, and one begun but not finished is
+// written anew, so that an interrupted pack ends with the objects of one
+// never interrupted; an archive of another dataset is not kept.
 func TestPackResumes(t *testing.T) {
 	ctx := context.Background()
 	b, _, manifest := packWorld(t, 10)
 	src := Source{Bucket: b}
 	source := schemas.Dataset{Manifest: "m/list.csv"}
-	opt := PackOptions{PerArchive: 3, Readers: 3}
-	whole, err := src.Pack(ctx, source, "whole", opt)
+	if _, err := pack(t, src, source, "whole", 3, 3); err != nil {
+		t.Fatal(err)
+	}
+	want := objects(t, b, "whole")
+
+	// The interrupted pack wrote archive 2 whole, and archive 0's .tar but
+	// not its sources list.
+	if err := src.StartPack(ctx, source, "resumed", 3); err != nil {
+		t.Fatal(err)
+	}
+	items, _ := walkAll(t, src, source)
+	if _, err := src.PackArchive(ctx, "resumed", 2, items[6:9], 3, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.WriteAll(ctx, "resumed/000000.tar", []byte("torn"), nil)
+	archives, err := pack(t, src, source, "resumed", 3, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	objects := func(prefix string) map[string]string {
-		m := map[string]string{}
-		it := b.List(&blob.ListOptions{Prefix: prefix + "/"})
-		for {
-			obj, err := it.Next(ctx)
-			if err != nil {
-				return m
-			}
-			data, _ := b.ReadAll(ctx, obj.Key)
-			m[strings.TrimPrefix(obj.Key, prefix+"/")] = string(data)
+	for n, a := range archives {
+		if a.Resumed != (n == 2) {
+			t.Errorf("archive %d: resumed %v", n, a.Resumed)
 		}
 	}
-	want := objects("whole")
-	for stopAfter := range len(whole.Archives) {
-		out := fmt.Sprintf("stopped-after-%d", stopAfter)
-		cctx, cancel := context.WithCancel(ctx)
-		o := opt
-		o.Archived = func(archive string, _, _ int) {
-			if strings.HasSuffix(archive, fmt.Sprintf("%06d.tar", stopAfter)) {
-				cancel()
-			}
-		}
-		_, err := src.Pack(cctx, source, out, o)
-		cancel()
-		if stopAfter < len(whole.Archives)-1 && !errors.Is(err, context.Canceled) {
-			t.Fatalf("%s: the interrupted pack returned %v", out, err)
-		}
-		res, err := src.Pack(ctx, source, out, opt)
-		if err != nil {
-			t.Fatalf("%s: resume: %v", out, err)
-		}
-		if res.Resumed != stopAfter+1 || res.Images != whole.Images || len(res.Skipped) != len(whole.Skipped) || res.Bytes != whole.Bytes {
-			t.Errorf("%s: resumed %d archives, then %d images, %d skipped, %d bytes; want %d archives resumed, %d, %d, %d",
-				out, res.Resumed, res.Images, len(res.Skipped), res.Bytes, stopAfter+1, whole.Images, len(whole.Skipped), whole.Bytes)
-		}
-		if got := objects(out); !maps.Equal(got, want) {
-			t.Errorf("%s: after resuming, the prefix holds %d objects unlike the uninterrupted pack's %d", out, len(got), len(want))
-		}
+	if got := objects(t, b, "resumed"); !maps.Equal(got, want) {
+		t.Errorf("after resuming, the prefix holds %d objects unlike the uninterrupted pack's %d", len(got), len(want))
+	}
+	// Resuming takes the whole archive's counts from storage.
+	again, err := src.PackArchive(ctx, "resumed", 1, items[3:6], 3, nil)
+	if err != nil || !again.Resumed || again.Images != 2 || len(again.Skipped) != 1 || again.Skipped[0].Item != 5 || again.Bytes != int64(len(want["000001.tar"])) {
+		t.Errorf("archive 1 again: %+v, %v", again, err)
 	}
 
-	// A dataset that changed under the pack is not resumed: here the last
-	// image packed, 2.png, is no longer where it was.
-	cctx, cancel := context.WithCancel(ctx)
-	o := opt
-	o.Archived = func(string, int, int) { cancel() }
-	if _, err := src.Pack(cctx, source, "changed", o); !errors.Is(err, context.Canceled) {
-		t.Fatalf("the interrupted pack returned %v", err)
-	}
+	// An image dropped from the manifest moves every later one: the
+	// archives written before do not hold what the dataset now cuts.
 	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "img/1.png,1,fog\n", "", 1)), nil)
-	_, err = src.Pack(ctx, source, "changed", opt)
-	if err == nil || !strings.Contains(err.Error(), "changed") {
+	if _, err := pack(t, src, source, "resumed", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "changed") {
 		t.Errorf("resuming over a changed dataset: %v, want a refusal", err)
 	}
 }
