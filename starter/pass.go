@@ -149,6 +149,15 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING && st.pack {
+		var p workflows.PackResult
+		if err := query(ctx, c, id, &p); err != nil {
+			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (is a worker running?)\n", id, err)
+			return nil
+		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", id, packLine(p, time.Now()))
+		return nil
+	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		p, err := fetchProgress(ctx, c, id)
 		if err != nil {
@@ -162,11 +171,13 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 	return nil
 }
 
-// execStatus is what DescribeWorkflowExecution says about a pass.
+// execStatus is what DescribeWorkflowExecution says about a pass, or a
+// pack (`starter pack`).
 type execStatus struct {
 	status enumspb.WorkflowExecutionStatus
 	start  time.Time
 	close  time.Time
+	pack   bool
 }
 
 func describe(ctx context.Context, c client.Client, g globals, id string) (execStatus, error) {
@@ -183,6 +194,7 @@ func describe(ctx context.Context, c client.Client, g globals, id string) (execS
 		status: info.GetStatus(),
 		start:  info.GetStartTime().AsTime(),
 		close:  info.GetCloseTime().AsTime(),
+		pack:   info.GetType().GetName() == "PackWorkflow",
 	}, nil
 }
 
@@ -190,7 +202,12 @@ func describe(ctx context.Context, c client.Client, g globals, id string) (execS
 func closedLine(ctx context.Context, c client.Client, id string, st execStatus) string {
 	took := st.close.Sub(st.start).Round(time.Second)
 	line := fmt.Sprintf("%s: %s after %s", id, st.status, took)
-	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+	switch {
+	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st.pack:
+		var res workflows.PackResult
+		c.GetWorkflow(ctx, id, "").Get(ctx, &res)
+		return line + fmt.Sprintf(": packed %d images into %d archives, %d skipped", res.Packed, res.Archives-res.Empty, res.Skipped)
+	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
 		return line + fmt.Sprintf(" (results: starter result %s)", id)
 	}
 	if err := c.GetWorkflow(ctx, id, "").Get(ctx, nil); err != nil {
@@ -249,6 +266,9 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 	st, err := describe(ctx, c, e.g, a.id)
 	if err != nil {
 		return err
+	}
+	if st.pack {
+		return fmt.Errorf("%s is a pack, not a pass: `starter status %s` says how it went", a.id, a.id)
 	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return fmt.Errorf("pass %s is still running: `starter status %s` shows how far it is", a.id, a.id)

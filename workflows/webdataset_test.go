@@ -142,17 +142,25 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	}
 	// Five archives, packed by the command a user runs.
 	per := (len(items) + 4) / 5
-	cmd := exec.Command(buildBinary(t, "dcd/starter"), "pack", "-manifest", cfg.Data.Pool.Manifest,
-		"-per-archive", fmt.Sprint(per), "-window", "3", "-id", "pack-pool-"+time.Now().UTC().Format("150405.000"), "pool-wds")
-	cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("starter pack: %v\n%s", err, out)
+	starter := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(buildBinary(t, "dcd/starter"), args...)
+		cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("starter %q: %v\n%s", args, err, out)
+		}
+		return string(out)
 	}
+	id := "pack-pool-" + time.Now().UTC().Format("150405.000")
+	out := starter("pack", "-manifest", cfg.Data.Pool.Manifest, "-per-archive", fmt.Sprint(per), "-window", "3", "-id", id, "pool-wds")
 	for _, want := range []string{fmt.Sprintf("packed %d images into 5 archives under pool-wds", len(items)), "webdataset: pool-wds"} {
-		if !strings.Contains(string(out), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("starter pack's output lacks %q:\n%s", want, out)
 		}
+	}
+	if out := starter("status", id); !strings.Contains(out, "Completed after") || !strings.Contains(out, fmt.Sprintf(": packed %d images into 5 archives, 0 skipped", len(items))) {
+		t.Errorf("starter status of the pack: %s", out)
 	}
 	packed := cfg
 	packed.Data.Pool = schemas.Dataset{WebDataset: "pool-wds/"}
