@@ -122,6 +122,76 @@ func TestPackRunAgainResumes(t *testing.T) {
 	}
 }
 
+// A worker killed during a pack costs the archive it was writing: another
+// worker writes it again, and the pack ends with the objects of one never
+// interrupted.
+func TestPackSurvivesKilledWorker(t *testing.T) {
+	c, hostport := devServer(t)
+	b, url := fileBucket(t)
+	ctx := context.Background()
+	const images, per = 4000, 100
+	writeDigits(t, b, "digits/", images)
+	bin := buildBinary(t, "dcd/worker")
+	startProc := func() *exec.Cmd {
+		cmd := exec.Command(bin, "-address", hostport, "-storage", url, "-queues", "cpu", "-concurrency", "1")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	first := startProc()
+	stamp := time.Now().UTC().Format("150405.000")
+	in := workflows.PackInput{Dataset: schemas.Dataset{Prefix: "digits/"}, Out: "killed/", PerArchive: per, Readers: 1, Window: 1, Heartbeat: 2 * time.Second}
+	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "pack-killed-" + stamp, TaskQueue: workflows.CPUQueue}, workflows.PackWorkflow, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		var p workflows.PackResult
+		if v, err := c.QueryWorkflow(ctx, we.GetID(), "", workflows.ProgressQuery); err == nil && v.Get(&p) == nil && p.Done >= 3 {
+			if p.Done == p.Archives {
+				t.Fatalf("the pack ended before its worker could be killed: %+v", p)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pack wrote no 3 archives within a minute")
+		}
+	}
+	first.Process.Kill()
+	first.Wait()
+	second := startProc()
+	defer func() { second.Process.Kill(); second.Wait() }()
+
+	var killed workflows.PackResult
+	if err := we.Get(ctx, &killed); err != nil {
+		t.Fatal(err)
+	}
+	in.Out = "whole/"
+	whole, err := runPack(t, c, "pack-whole-"+stamp, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if killed.Packed != images || killed.Done != images/per || killed.Bytes != whole.Bytes {
+		t.Errorf("the pack whose worker was killed: %+v; the one never interrupted: %+v", killed, whole)
+	}
+	read := func(prefix string) map[string]string {
+		m := map[string]string{}
+		it := b.List(&blob.ListOptions{Prefix: prefix})
+		for {
+			obj, err := it.Next(ctx)
+			if err != nil {
+				return m
+			}
+			data, _ := b.ReadAll(ctx, obj.Key)
+			m[strings.TrimPrefix(obj.Key, prefix)] = string(data)
+		}
+	}
+	if got, want := read("killed/"), read("whole/"); !maps.Equal(got, want) || len(want) != 2*images/per+1 {
+		t.Errorf("the pack whose worker was killed holds %d objects, unlike the %d of one never interrupted", len(got), len(want))
+	}
+}
+
 // A pool packed in WebDataset archives by `starter pack` is the same pool
 // as its manifest: the pass embeds the archive members by byte range,
 // reads each sample's label and domain from its .cls and .domain members,
