@@ -316,7 +316,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 
 // FinishPack gathers the skip lists of a pack's archives 0 to archives-1
 // into out/skipped.csv, in the dataset's order, and returns how many images
-// were skipped. It writes nothing when none was.
+// were skipped. There is no skipped.csv when none was.
 func (s Source) FinishPack(ctx context.Context, out string, archives int) (int, error) {
 	if s.Buckets == nil {
 		s.Buckets = &store.Buckets{}
@@ -362,9 +362,13 @@ func readRows(ctx context.Context, b *blob.Bucket, key string, header ...string)
 	return rows[1:], nil
 }
 
-// writeSkips writes skips as CSV to key, when there are any.
+// writeSkips writes skips as CSV to key, or removes key when there are
+// none: an attempt that died may have left one, of images since readable.
 func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip) error {
 	if len(skips) == 0 {
+		if err := b.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return fmt.Errorf("dataset: pack: %w", err)
+		}
 		return nil
 	}
 	w := newCSV("item", "uri", "reason")

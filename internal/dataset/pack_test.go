@@ -215,7 +215,7 @@ func TestPackResumes(t *testing.T) {
 	want := objects(t, b, "whole")
 
 	// The interrupted pack wrote archive 2 whole, and archive 0's .tar but
-	// not its sources list.
+	// not its sources list,
 	if err := src.StartPack(ctx, source, "resumed", 3); err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,9 @@ func TestPackResumes(t *testing.T) {
 	if _, err := src.PackArchive(ctx, "resumed", 2, items[6:9], 3, nil); err != nil {
 		t.Fatal(err)
 	}
+	// and a skip list of an image unreadable then.
 	b.WriteAll(ctx, "resumed/000000.tar", []byte("torn"), nil)
+	b.WriteAll(ctx, "resumed/000000.skipped.csv", []byte("item,uri,reason\n1,m/img/1.png,gone\n"), nil)
 	archives, err := pack(t, src, source, "resumed", 3, 3)
 	if err != nil {
 		t.Fatal(err)
