@@ -85,11 +85,8 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 	}
 
 	var res workflows.PackResult
-	err = e.follow(ctx, c, a.id, &res, "pack", func(ctx context.Context, now time.Time) (string, error) {
-		var p workflows.PackResult
-		err := query(ctx, c, a.id, &p)
-		return packLine(p, now), err
-	}, fmt.Sprintf("run the same command to watch it again, or `starter cancel %s`", a.id))
+	err = e.follow(ctx, c, a.id, &res, "pack", packProgress(c, a.id),
+		fmt.Sprintf("the same command watches it again; `starter status %s`, `starter cancel %s`", a.id, a.id))
 	if err != nil {
 		return err
 	}

@@ -149,22 +149,17 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING && st.pack {
-		var p workflows.PackResult
-		if err := query(ctx, c, id, &p); err != nil {
-			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (is a worker running?)\n", id, err)
-			return nil
-		}
-		fmt.Fprintf(e.stdout, "%s: %s\n", id, packLine(p, time.Now()))
-		return nil
-	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		p, err := fetchProgress(ctx, c, id)
+		progress := passProgress(c, id)
+		if st.pack {
+			progress = packProgress(c, id)
+		}
+		line, err := progress(ctx, time.Now())
 		if err != nil {
 			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (is a worker running?)\n", id, err)
 			return nil
 		}
-		fmt.Fprintf(e.stdout, "%s: %s\n", id, statusLine(p, time.Now()))
+		fmt.Fprintf(e.stdout, "%s: %s\n", id, line)
 		return nil
 	}
 	fmt.Fprintln(e.stdout, closedLine(ctx, c, id, st))

@@ -82,18 +82,33 @@ func statusLine(p workflows.Progress, now time.Time) string {
 // Interrupting stops the watching, not the pass.
 func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
 	var res workflows.PassResult
-	err := e.follow(ctx, c, id, &res, "pass", func(ctx context.Context, now time.Time) (string, error) {
-		p, err := fetchProgress(ctx, c, id)
-		return statusLine(p, now), err
-	}, fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id))
+	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id))
 	return res, err
 }
 
-// follow shows a workflow's progress line until it ends, and stores its
+// A progress is a workflow's progress line at a time.
+type progress func(ctx context.Context, now time.Time) (string, error)
+
+func passProgress(c client.Client, id string) progress {
+	return func(ctx context.Context, now time.Time) (string, error) {
+		p, err := fetchProgress(ctx, c, id)
+		return statusLine(p, now), err
+	}
+}
+
+func packProgress(c client.Client, id string) progress {
+	return func(ctx context.Context, now time.Time) (string, error) {
+		var p workflows.PackResult
+		err := query(ctx, c, id, &p)
+		return packLine(p, now), err
+	}
+}
+
+// follow shows a workflow's progress line (fetch) until it ends, and stores its
 // result in res. On a terminal the line is redrawn every second; otherwise
 // a line is printed every 5 s. Interrupting stops the watching, not the
 // workflow (a "pass" or "pack"), which goes on as hint says.
-func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, progress func(context.Context, time.Time) (string, error), hint string) error {
+func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string) error {
 	done := make(chan error, 1)
 	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, res) }()
 	stopped := fmt.Errorf("stopped watching; %s %s goes on (%s)", what, id, hint)
@@ -122,7 +137,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			endLine()
 			return stopped
 		case now := <-tick.C:
-			line, err := progress(ctx, now)
+			line, err := fetch(ctx, now)
 			switch {
 			case err == nil:
 			case ctx.Err() != nil:
