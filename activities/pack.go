@@ -87,7 +87,7 @@ type FinishPackInput struct {
 
 // FinishPack writes the pack's skip list (dataset.FinishPack).
 func (a *Activities) FinishPack(ctx context.Context, in FinishPackInput) (int, error) {
-	n, err := a.source().FinishPack(ctx, in.Out, in.Archives)
+	n, err := a.source().FinishPack(ctx, in.Out, in.Archives, func() { activity.RecordHeartbeat(ctx) })
 	if err != nil {
 		return 0, packError(ctx, err)
 	}

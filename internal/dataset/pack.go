@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -278,7 +279,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	if err != nil {
 		return Archive{}, err
 	}
-	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), "item", "uri", "reason")
+	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), skipHeader...)
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return Archive{}, err
 	}
@@ -316,8 +317,10 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 
 // FinishPack gathers the skip lists of a pack's archives 0 to archives-1
 // into out/skipped.csv, in the dataset's order, and returns how many images
-// were skipped. There is no skipped.csv when none was.
-func (s Source) FinishPack(ctx context.Context, out string, archives int) (int, error) {
+// were skipped. There is no skipped.csv when none was. The lists are
+// streamed, whatever their length; progress, when set, is called for each
+// object listed and each list copied.
+func (s Source) FinishPack(ctx context.Context, out string, archives int, progress func()) (int, error) {
 	if s.Buckets == nil {
 		s.Buckets = &store.Buckets{}
 		defer s.Buckets.Close()
@@ -326,21 +329,63 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int) (int, 
 	if err != nil {
 		return 0, err
 	}
-	var all []Skip
-	for n := range archives {
-		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), "item", "uri", "reason")
-		if gcerrors.Code(err) == gcerrors.NotFound {
-			continue
+	// One listing finds the archives that have a skip list: most have
+	// none, and asking for each would cost a pack of 10^5 archives as many
+	// reads of a remote store.
+	var lists []int
+	it := b.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			break
 		}
+		if err != nil {
+			return 0, fmt.Errorf("dataset: pack: list %q: %w", out, err)
+		}
+		if progress != nil {
+			progress()
+		}
+		num, ok := strings.CutSuffix(strings.TrimPrefix(obj.Key, prefix), ".skipped.csv")
+		if n, err := strconv.Atoi(num); ok && err == nil && n < archives {
+			lists = append(lists, n)
+		}
+	}
+	slices.Sort(lists) // numbers past 999999 have more digits: keys do not sort as numbers
+	if len(lists) == 0 {
+		return 0, writeSkips(ctx, b, prefix+"skipped.csv", nil)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // unless closed first, the writer drops what it was given
+	w, err := b.NewWriter(ctx, prefix+"skipped.csv", &blob.WriterOptions{ContentType: "text/csv"})
+	if err != nil {
+		return 0, fmt.Errorf("dataset: pack: %w", err)
+	}
+	header := newCSV(skipHeader...).bytes()
+	w.Write(header)
+	skipped := 0
+	for _, n := range lists {
+		key := archiveKey(prefix, n, ".skipped.csv")
+		rows, err := readRows(ctx, b, key, skipHeader...)
 		if err != nil {
 			return 0, err
 		}
+		body := newCSV()
 		for _, r := range rows {
-			item, _ := strconv.ParseInt(r[0], 10, 64)
-			all = append(all, Skip{item, r[1], r[2]})
+			body.row(r...)
+		}
+		if _, err := w.Write(body.bytes()); err != nil {
+			return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
+		}
+		skipped += len(rows)
+		if progress != nil {
+			progress()
 		}
 	}
-	return len(all), writeSkips(ctx, b, prefix+"skipped.csv", all)
+	if err := w.Close(); err != nil {
+		return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
+	}
+	return skipped, nil
 }
 
 // readRows reads a CSV object written by csvRows, with the given header,
@@ -362,6 +407,9 @@ func readRows(ctx context.Context, b *blob.Bucket, key string, header ...string)
 	return rows[1:], nil
 }
 
+// skipHeader heads a skip list.
+var skipHeader = []string{"item", "uri", "reason"}
+
 // writeSkips writes skips as CSV to key, or removes key when there are
 // none: an attempt that died may have left one, of images since readable.
 func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip) error {
@@ -371,7 +419,7 @@ func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip) e
 		}
 		return nil
 	}
-	w := newCSV("item", "uri", "reason")
+	w := newCSV(skipHeader...)
 	for _, sk := range skips {
 		w.row(strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason)
 	}
@@ -390,7 +438,9 @@ type csvRows struct {
 func newCSV(header ...string) *csvRows {
 	c := &csvRows{}
 	c.w = csv.NewWriter(&c.buf)
-	c.row(header...)
+	if len(header) > 0 {
+		c.row(header...)
+	}
 	return c
 }
 

@@ -72,7 +72,7 @@ func pack(t *testing.T, src Source, ds schemas.Dataset, out string, per, readers
 			return nil, err
 		}
 	}
-	_, err = src.FinishPack(ctx, out, len(archives))
+	_, err = src.FinishPack(ctx, out, len(archives), nil)
 	return archives, err
 }
 
