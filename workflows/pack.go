@@ -63,8 +63,8 @@ func (r *PackResult) add(a activities.PackArchiveResult) {
 // PackWorkflow packs a dataset: PlanPack, then PackArchive over the
 // archives in a sliding window of Window, ShardsPerRun per run, continuing
 // as new, then FinishPack. Every archive is a retryable activity that any
-// worker may take, so a pack goes as fast as the workers added to it, and
-// one started again over the same output keeps the archives already whole.
+// worker may take, so every worker added shares a pack, and one started
+// again over the same output keeps the archives already whole.
 func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	done := in.Done
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (PackResult, error) { return done, nil }); err != nil {

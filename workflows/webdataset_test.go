@@ -101,6 +101,18 @@ func TestPackRunAgainResumes(t *testing.T) {
 		t.Error("the archive rewritten differs from the one first written")
 	}
 
+	// More archives than a run of the workflow writes: the next run goes
+	// on from where the last stopped.
+	many := in
+	many.Dataset.Manifest, many.Out, many.PerArchive, many.Window = "m/many.csv", "ones/", 1, 32
+	b.WriteAll(ctx, "m/many.csv", []byte("uri,label\n"+strings.Repeat("0.png,0\n", workflows.ShardsPerRun+1)), nil)
+	if res, err := runPack(t, c, "pack-many-"+stamp, many); err != nil || res.Done != workflows.ShardsPerRun+1 || res.Packed != res.Done {
+		t.Errorf("pack of %d archives: %+v, %v", workflows.ShardsPerRun+1, res, err)
+	}
+	if ok, _ := b.Exists(ctx, fmt.Sprintf("ones/%06d.tar", workflows.ShardsPerRun)); !ok {
+		t.Error("the last archive, written by the second run, is missing")
+	}
+
 	other := in
 	other.PerArchive = 2
 	bad := in
