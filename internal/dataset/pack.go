@@ -78,6 +78,9 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 	if ds.WebDataset != "" {
 		return fmt.Errorf("dataset: pack: %w: %q is packed already (a webdataset)", ErrPackRefused, ds.WebDataset)
 	}
+	if ds.Prefix != "" && within(out, ds.Prefix) {
+		return fmt.Errorf("dataset: pack: %w: the output %q is inside the dataset's prefix %q, whose listing would take in the archives", ErrPackRefused, out, ds.Prefix)
+	}
 	if s.Buckets == nil {
 		s.Buckets = &store.Buckets{}
 		defer s.Buckets.Close()
@@ -103,6 +106,12 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 		return fmt.Errorf("dataset: pack into %q: %w: it holds objects but no pack.json of a pack; pack into an empty prefix", out, ErrPackRefused)
 	}
 	return store.WriteAll(ctx, b, prefix+"pack.json", state)
+}
+
+// within says whether the key (or URL) prefix p is dir or below it.
+func within(p, dir string) bool {
+	slash := func(s string) string { return strings.TrimSuffix(s, "/") + "/" }
+	return strings.HasPrefix(slash(p), slash(dir))
 }
 
 // packPrefix opens out's bucket and returns its prefix, ending in "/"

@@ -194,6 +194,7 @@ func TestPack(t *testing.T) {
 		{source, "packed", 4, "empty prefix"},
 		{source, "m", 3, "no pack.json"},
 		{schemas.Dataset{WebDataset: "packed"}, "x", 3, "packed already"},
+		{schemas.Dataset{Prefix: "m/img"}, "m/img/packed/", 3, "inside the dataset's prefix"},
 	} {
 		if err := src.StartPack(ctx, refused.ds, refused.out, refused.per); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), refused.want) {
 			t.Errorf("StartPack(%+v, %q, %d): %v, want a refusal (%s)", refused.ds, refused.out, refused.per, err, refused.want)
