@@ -21,12 +21,18 @@ type PackInput struct {
 	Readers    int // image reads in flight per archive
 	Window     int // archives written at once, by any workers
 	// Heartbeat and Timeout bound each activity; zero means the pass's
-	// defaults (schemas.Config.Timeouts).
+	// heartbeat (schemas.Config.Timeouts) and PackTimeout.
 	Heartbeat, Timeout time.Duration
 
 	First int        // next archive to write
 	Done  PackResult // accumulated by earlier runs
 }
+
+// PackTimeout bounds a pack's activities unless PackInput says: PlanPack
+// lists the whole dataset, and an object store lists 1,000 keys a request,
+// so a prefix of 10^8 objects takes hours. Heartbeats, not this bound,
+// notice a worker that died.
+const PackTimeout = 24 * time.Hour
 
 // PackResult is a pack's progress, then its outcome.
 type PackResult struct {
@@ -70,13 +76,12 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (PackResult, error) { return done, nil }); err != nil {
 		return done, err
 	}
-	defaults := schemas.Config{}.WithDefaults().Timeouts
 	heartbeat, timeout := in.Heartbeat, in.Timeout
 	if heartbeat == 0 {
-		heartbeat = time.Duration(defaults.Heartbeat)
+		heartbeat = time.Duration(schemas.Config{}.WithDefaults().Timeouts.Heartbeat)
 	}
 	if timeout == 0 {
-		timeout = time.Duration(defaults.Activity)
+		timeout = PackTimeout
 	}
 	cpu := cpuOptions(ctx, heartbeat, timeout)
 	id := workflow.GetInfo(ctx).WorkflowExecution.ID
