@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"go.temporal.io/sdk/activity"
+	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
 	"dcd/internal/ortrun"
@@ -106,34 +107,45 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 	return res, err
 }
 
+// planWrites is how many shard manifests plan writes at once. A remote
+// store answers each write after its latency, tens of milliseconds on S3:
+// one at a time, the 500,000 shards of a pool of 10^9 images would take
+// hours to write, longer than the listing.
+const planWrites = 16
+
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
 // a shard after the item for which end, given the shard's length, is true.
+// Memory holds the shard being listed and the planWrites being written.
 func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, end func(it dataset.Item, n int) bool) (PlanResult, error) {
 	var res PlanResult
 	var cur dataset.Shard
-	flush := func() error {
+	writes, wctx := errgroup.WithContext(ctx)
+	writes.SetLimit(planWrites)
+	flush := func() {
 		if len(cur.Items) == 0 {
-			return nil
+			return
 		}
-		key := ShardKey(run, name, res.Shards)
-		if err := store.WriteAll(ctx, a.Bucket, key, cur.Marshal()); err != nil {
-			return err
-		}
+		key, data := ShardKey(run, name, res.Shards), cur.Marshal()
+		writes.Go(func() error { return store.WriteAll(wctx, a.Bucket, key, data) })
 		res.Shards++
 		cur.Items = cur.Items[:0]
 		activity.RecordHeartbeat(ctx, res)
-		return nil
 	}
-	err := a.source().Walk(ctx, ds, func(it dataset.Item) error {
+	err := a.source().Walk(wctx, ds, func(it dataset.Item) error {
 		res.Images++
 		cur.Items = append(cur.Items, it)
 		if end(it, len(cur.Items)) {
-			return flush()
+			flush()
+			return wctx.Err() // a write failed: stop listing
 		}
 		return nil
 	})
 	if err == nil {
-		err = flush()
+		flush()
+	}
+	// A failed write cancels the listing: its error is the one to tell.
+	if werr := writes.Wait(); werr != nil {
+		return res, werr
 	}
 	return res, err
 }
