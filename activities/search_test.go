@@ -129,6 +129,13 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("merged:\n%v\nwant:\n%v", got, want)
 	}
+
+	// A partial missing among those read ahead fails the merge, naming it.
+	w.b.Delete(ctx, activities.TopKKey(run, 2))
+	err := w.do(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
+	if err == nil || !strings.Contains(err.Error(), activities.TopKKey(run, 2)) {
+		t.Errorf("merge with partial 2 missing: %v, want an error naming it", err)
+	}
 }
 
 // cachedShard writes a pool shard whose features are cached, and queries.
