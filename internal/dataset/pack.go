@@ -71,15 +71,16 @@ type packState struct {
 }
 
 // StartPack claims out for a pack of ds in archives of perArchive images.
-// out must be empty, or hold a pack of the same dataset and perArchive
-// (its pack.json says which), finished or interrupted: the pack then goes
-// on, and PackArchive keeps the archives already whole.
+// out must be outside an ImageFolder's prefix (whose listing would take in
+// the archives), and empty, or hold a pack of the same dataset and
+// perArchive (its pack.json says which), finished or interrupted: the pack
+// then goes on, and PackArchive keeps the archives already whole.
 func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, perArchive int) error {
 	if ds.WebDataset != "" {
 		return fmt.Errorf("dataset: pack: %w: %q is packed already (a webdataset)", ErrPackRefused, ds.WebDataset)
 	}
 	if ds.Prefix != "" && within(out, ds.Prefix) {
-		return fmt.Errorf("dataset: pack: %w: the output %q is inside the dataset's prefix %q, whose listing would take in the archives", ErrPackRefused, out, ds.Prefix)
+		return fmt.Errorf("dataset: pack: %w: the output %q is inside the dataset's prefix %q", ErrPackRefused, out, ds.Prefix)
 	}
 	if s.Buckets == nil {
 		s.Buckets = &store.Buckets{}
