@@ -26,9 +26,9 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	fs := e.flags("pack")
 	fs.StringVar(&a.in.Dataset.Prefix, "prefix", "", "the dataset to pack: an ImageFolder prefix (<prefix>/<label>/<file>), key or URL")
 	fs.StringVar(&a.in.Dataset.Manifest, "manifest", "", "the dataset to pack: a CSV or Parquet manifest (uri,label[,domain]), key or URL")
-	fs.IntVar(&a.in.PerArchive, "per-archive", 10000, "images per archive")
-	fs.IntVar(&a.in.Readers, "readers", 64, "image reads in flight per archive; a remote store answers each after its latency (about as many images are held in memory)")
-	fs.IntVar(&a.in.Window, "window", 16, "archives written at once, shared by the workers (each runs -concurrency at most)")
+	fs.IntVar(&a.in.PerArchive, "per-archive", workflows.DefaultPerArchive, "images per archive")
+	fs.IntVar(&a.in.Readers, "readers", workflows.DefaultPackReaders, "image reads in flight per archive; a remote store answers each after its latency (about as many images are held in memory)")
+	fs.IntVar(&a.in.Window, "window", workflows.DefaultPackWindow, "archives written at once, shared by the workers (each runs -concurrency at most)")
 	fs.StringVar(&a.id, "id", "", "workflow ID of the pack (default pack-<OUT>)")
 	out, err := oneArg(fs, packSynopsis, "output prefix", args)
 	if err != nil {

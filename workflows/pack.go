@@ -17,9 +17,9 @@ import (
 type PackInput struct {
 	Dataset    schemas.Dataset
 	Out        string
-	PerArchive int // images per archive
-	Readers    int // image reads in flight per archive
-	Window     int // archives written at once, by any workers
+	PerArchive int // images per archive; 0 means DefaultPerArchive
+	Readers    int // image reads in flight per archive; 0 means DefaultPackReaders
+	Window     int // archives written at once, by any workers; 0 means DefaultPackWindow
 	// Heartbeat and Timeout bound each activity; zero means the pass's
 	// heartbeat (schemas.Config.Timeouts) and PackTimeout.
 	Heartbeat, Timeout time.Duration
@@ -27,6 +27,13 @@ type PackInput struct {
 	First int        // next archive to write
 	Done  PackResult // accumulated by earlier runs
 }
+
+// Defaults of a pack (`starter pack`'s flags).
+const (
+	DefaultPerArchive  = 10000
+	DefaultPackReaders = 64 // a remote store answers each read after its latency
+	DefaultPackWindow  = 16
+)
 
 // PackTimeout bounds a pack's activities unless PackInput says: PlanPack
 // lists the whole dataset, and an object store lists 1,000 keys a request,
@@ -76,6 +83,9 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (PackResult, error) { return done, nil }); err != nil {
 		return done, err
 	}
+	in.PerArchive = orDefault(in.PerArchive, DefaultPerArchive)
+	in.Readers = orDefault(in.Readers, DefaultPackReaders)
+	in.Window = orDefault(in.Window, DefaultPackWindow)
 	heartbeat, timeout := in.Heartbeat, in.Timeout
 	if heartbeat == 0 {
 		heartbeat = time.Duration(schemas.Config{}.WithDefaults().Timeouts.Heartbeat)
@@ -102,7 +112,7 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	}
 
 	stop := min(in.First+ShardsPerRun, done.Archives)
-	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
+	sem := workflow.NewSemaphore(ctx, int64(in.Window))
 	wg := workflow.NewWaitGroup(ctx)
 	var firstErr error
 	for n := in.First; n < stop && firstErr == nil; n++ {
@@ -142,4 +152,12 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 		return done, temporal.NewNonRetryableApplicationError("pack: no image of the dataset could be packed; skipped.csv in the output says why", "NothingPacked", nil)
 	}
 	return done, nil
+}
+
+// orDefault is v, or def when v is not set (not positive).
+func orDefault(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
 }

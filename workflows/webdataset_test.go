@@ -104,7 +104,7 @@ func TestPackRunAgainResumes(t *testing.T) {
 	// More archives than a run of the workflow writes: the next run goes
 	// on from where the last stopped.
 	many := in
-	many.Dataset.Manifest, many.Out, many.PerArchive, many.Window = "m/many.csv", "ones/", 1, 32
+	many.Dataset.Manifest, many.Out, many.PerArchive, many.Readers, many.Window = "m/many.csv", "ones/", 1, 0, 0 // the defaults
 	b.WriteAll(ctx, "m/many.csv", []byte("uri,label\n"+strings.Repeat("0.png,0\n", workflows.ShardsPerRun+1)), nil)
 	if res, err := runPack(t, c, "pack-many-"+stamp, many); err != nil || res.Done != workflows.ShardsPerRun+1 || res.Packed != res.Done {
 		t.Errorf("pack of %d archives: %+v, %v", workflows.ShardsPerRun+1, res, err)
