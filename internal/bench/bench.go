@@ -12,8 +12,8 @@
 // # Errors
 //
 // Run fails when ONNX Runtime cannot be loaded, the Temporal CLI is missing
-// (the pass and orchestration parts start a private dev server), the worker
-// binary cannot be built, or a measured run itself fails.
+// (the pass, orchestration and pack parts start a private dev server), the
+// worker binary cannot be built, or a measured run itself fails.
 package bench
 
 import (
@@ -83,7 +83,7 @@ func round(v float64) float64 {
 }
 
 // Parts names the benchmarks Run knows, in the order it runs them.
-var Parts = []string{"embed", "knn", "merge", "pass", "orchestration"}
+var Parts = []string{"embed", "knn", "merge", "pass", "orchestration", "pack"}
 
 // Options configures a run.
 type Options struct {
@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	if err := initORT(o.ORTLib); err != nil {
 		return nil, err
 	}
-	if o.want("pass") || o.want("orchestration") {
+	if o.want("pass") || o.want("orchestration") || o.want("pack") {
 		srv, err := startServer(ctx, o)
 		if err != nil {
 			return nil, err
@@ -180,6 +180,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		{"merge", Merge},
 		{"pass", Pass},
 		{"orchestration", Orchestration},
+		{"pack", Pack},
 	}
 	for _, s := range steps {
 		if !o.want(s.part) {
