@@ -167,22 +167,18 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 // list calls fn for every object (not folder) under prefix of b, in key
 // order; ref names the listing in errors.
 func list(ctx context.Context, b *blob.Bucket, prefix, ref string, fn func(*blob.ListObject) error) error {
-	it := b.List(&blob.ListOptions{Prefix: prefix})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
+	var fnErr error
+	err := store.List(ctx, b, &blob.ListOptions{Prefix: prefix}, func(obj *blob.ListObject) error {
+		if obj.IsDir {
 			return nil
 		}
-		if err != nil {
-			return fmt.Errorf("dataset: list %q: %w", ref, err)
-		}
-		if obj.IsDir {
-			continue
-		}
-		if err := fn(obj); err != nil {
-			return err
-		}
+		fnErr = fn(obj)
+		return fnErr
+	})
+	if err != nil && err != fnErr {
+		return fmt.Errorf("dataset: list %q: %w", ref, err)
 	}
+	return err
 }
 
 // version identifies a listed object's content: its size and modification

@@ -343,15 +343,7 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 	// none, and asking for each would cost a pack of 10^5 archives as many
 	// reads of a remote store.
 	var lists []int
-	it := b.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
-	for {
-		obj, err := it.Next(ctx)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return 0, fmt.Errorf("dataset: pack: list %q: %w", out, err)
-		}
+	if err := store.List(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) error {
 		if progress != nil {
 			progress()
 		}
@@ -359,6 +351,9 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 		if n, err := strconv.Atoi(num); ok && err == nil && n < archives {
 			lists = append(lists, n)
 		}
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("dataset: pack: list %q: %w", out, err)
 	}
 	slices.Sort(lists) // numbers past 999999 have more digits: keys do not sort as numbers
 	if len(lists) == 0 {

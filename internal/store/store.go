@@ -280,6 +280,31 @@ func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Alloc
 	return &ArrowFile{r}, nil
 }
 
+// ListPageSize is how many objects List asks for at a time. An object
+// store answers at most 1,000 (S3, GCS) or 5,000 (Azure) whatever is asked,
+// but a file:// bucket walks its folder from the start for every page:
+// with blob's default of 1,000, listing n files visited n²/2,000 of them,
+// 1.7 s for an ImageFolder of 20,000 and hours for 10^6.
+const ListPageSize = 1 << 16
+
+// List calls fn for every object, and folder when opts sets a Delimiter,
+// that b lists under opts, in key order, a page of ListPageSize at a time.
+func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*blob.ListObject) error) error {
+	for token := blob.FirstPageToken; len(token) > 0; {
+		page, next, err := b.ListPage(ctx, token, ListPageSize, opts)
+		if err != nil {
+			return err
+		}
+		for _, obj := range page {
+			if err := fn(obj); err != nil {
+				return err
+			}
+		}
+		token = next
+	}
+	return nil
+}
+
 // Exists reports whether an object is at key.
 func Exists(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
 	ok, err := b.Exists(ctx, key)

@@ -1,0 +1,93 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	"gocloud.dev/blob"
+)
+
+// List goes through every page, in key order, and stops at fn's error.
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const n = ListPageSize + 10
+	for i := range n {
+		if err := b.WriteAll(ctx, fmt.Sprintf("k/%06d", i), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.WriteAll(ctx, "other", nil, nil)
+	var keys []string
+	if err := List(ctx, b, &blob.ListOptions{Prefix: "k/"}, func(o *blob.ListObject) error {
+		keys = append(keys, o.Key)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != n || !slices.IsSorted(keys) || keys[n-1] != fmt.Sprintf("k/%06d", n-1) {
+		t.Errorf("listed %d keys (sorted %v, last %q), want %d", len(keys), slices.IsSorted(keys), keys[len(keys)-1], n)
+	}
+	stop := errors.New("stop")
+	if err := List(ctx, b, nil, func(*blob.ListObject) error { return stop }); err != stop {
+		t.Errorf("List returned %v, want fn's error", err)
+	}
+}
+
+// BenchmarkListFiles lists a file:// ImageFolder of 20,000 images, one page
+// of blob's default size at a time and with List.
+func BenchmarkListFiles(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	for i := range 20000 {
+		sub := filepath.Join(dir, "pool", strconv.Itoa(i%10))
+		os.MkdirAll(sub, 0o755)
+		if err := os.WriteFile(filepath.Join(sub, fmt.Sprintf("%05d.png", i)), []byte("x"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bk, err := Open(ctx, "file://"+dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bk.Close()
+	count := func(n int) {
+		if n != 20000 {
+			b.Fatalf("listed %d files, want 20000", n)
+		}
+	}
+	b.Run("pages=1000", func(b *testing.B) {
+		for b.Loop() {
+			n, it := 0, bk.List(&blob.ListOptions{Prefix: "pool/"})
+			for {
+				if _, err := it.Next(ctx); err == io.EOF {
+					break
+				} else if err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			count(n)
+		}
+	})
+	b.Run("List", func(b *testing.B) {
+		for b.Loop() {
+			n := 0
+			if err := List(ctx, bk, &blob.ListOptions{Prefix: "pool/"}, func(*blob.ListObject) error { n++; return nil }); err != nil {
+				b.Fatal(err)
+			}
+			count(n)
+		}
+	})
+}
