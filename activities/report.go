@@ -112,17 +112,22 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 }
 
 func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.Reject, error) {
-	var all []embed.Reject
-	for i := 0; i < in.PoolShards; i++ {
+	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
 		if err != nil {
 			return nil, err
 		}
-		rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
+		return a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
+	}, nil)
+	defer shards.stop()
+	var all []embed.Reject
+	for i := 0; i < in.PoolShards; i++ {
+		rejects, err := shards.next()
 		if err != nil {
 			return nil, err
 		}
 		all = append(all, rejects...)
+		heartbeat(ctx, i)
 	}
 	return all, nil
 }

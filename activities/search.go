@@ -245,7 +245,9 @@ const mergeAhead = 8
 // candidates, and mergeAhead partials, whatever the number of shards.
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
-	partials := a.readAhead(ctx, in.Run, in.Shards)
+	partials := readAhead(ctx, in.Shards, mergeAhead, func(ctx context.Context, i int) (*store.ArrowFile, error) {
+		return store.OpenArrow(ctx, a.Bucket, TopKKey(in.Run, i), a.Mem)
+	}, func(f *store.ArrowFile) { f.Close() })
 	defer partials.stop()
 	best := make([][]candidate, in.Queries)
 	var scratch []candidate
@@ -301,59 +303,6 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 	rec := b.record()
 	defer rec.Release()
 	return res, store.WriteArrow(ctx, a.Bucket, res.Key, schemas.Neighbors, a.Mem, rec)
-}
-
-// partials reads a run's partial top-k files in order, mergeAhead at once.
-type partials struct {
-	ctx     context.Context
-	cancel  context.CancelFunc
-	futures chan chan openedPartial
-}
-
-type openedPartial struct {
-	f   *store.ArrowFile
-	err error
-}
-
-func (a *Activities) readAhead(ctx context.Context, run string, shards int) *partials {
-	ctx, cancel := context.WithCancel(ctx)
-	p := &partials{ctx: ctx, cancel: cancel, futures: make(chan chan openedPartial, mergeAhead)}
-	go func() {
-		defer close(p.futures)
-		for i := range shards {
-			f := make(chan openedPartial, 1)
-			select {
-			case p.futures <- f:
-			case <-ctx.Done():
-				return
-			}
-			go func() {
-				file, err := store.OpenArrow(ctx, a.Bucket, TopKKey(run, i), a.Mem)
-				f <- openedPartial{file, err}
-			}()
-		}
-	}()
-	return p
-}
-
-// next waits for the next partial; the caller closes it.
-func (p *partials) next() (*store.ArrowFile, error) {
-	f, ok := <-p.futures
-	if !ok { // cancelled before this one was asked for
-		return nil, p.ctx.Err()
-	}
-	o := <-f
-	return o.f, o.err
-}
-
-// stop cancels the reads ahead and closes what they opened.
-func (p *partials) stop() {
-	p.cancel()
-	for f := range p.futures {
-		if o := <-f; o.f != nil {
-			o.f.Close()
-		}
-	}
 }
 
 func candidateNeighbor(c candidate) knn.Neighbor { return c.Neighbor }

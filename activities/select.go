@@ -254,8 +254,12 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), in.PoolImages, n)
 	var chosen []selected
 	pos := 0
+	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
+	}, nil)
+	defer shards.stop()
 	for i := 0; i < in.PoolShards && len(draw) > 0; i++ {
-		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+		shard, err := shards.next()
 		if err != nil {
 			return res, err
 		}
