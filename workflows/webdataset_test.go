@@ -132,6 +132,11 @@ func TestPackRunAgainResumes(t *testing.T) {
 			t.Errorf("pack %+v: %v; want a %s error naming %q", c1.in, err, c1.kind, c1.want)
 		}
 	}
+	// The bad manifest, corrected, packs into the same output.
+	bad.Dataset.Manifest = "m/list.csv"
+	if res, err := runPack(t, c, "pack-corrected-"+stamp, bad); err != nil || res.Packed != first.Packed {
+		t.Errorf("pack into bad/ with the manifest corrected: %+v, %v", res, err)
+	}
 }
 
 // A worker killed during a pack costs the archive it was writing: another

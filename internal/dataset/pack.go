@@ -109,6 +109,28 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 	return store.WriteAll(ctx, b, prefix+"pack.json", state)
 }
 
+// AbandonPack gives out back when a pack failed before writing anything
+// but its claim: it removes out/pack.json if nothing else is there, so that
+// a pack of another dataset (a mistyped manifest, corrected) may use out.
+func (s Source) AbandonPack(ctx context.Context, out string) error {
+	if s.Buckets == nil {
+		s.Buckets = &store.Buckets{}
+		defer s.Buckets.Close()
+	}
+	b, prefix, _, err := s.packPrefix(ctx, out)
+	if err != nil {
+		return err
+	}
+	page, _, err := b.ListPage(ctx, blob.FirstPageToken, 2, &blob.ListOptions{Prefix: prefix})
+	if err != nil {
+		return fmt.Errorf("dataset: pack into %q: %w", out, err)
+	}
+	if len(page) != 1 || page[0].Key != prefix+"pack.json" {
+		return nil
+	}
+	return b.Delete(ctx, prefix+"pack.json")
+}
+
 // within says whether the key (or URL) prefix p is dir or below it.
 func within(p, dir string) bool {
 	slash := func(s string) string { return strings.TrimSuffix(s, "/") + "/" }
