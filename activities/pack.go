@@ -29,14 +29,17 @@ type PlanPackInput struct {
 
 // PlanPack claims in.Out for the pack and cuts the dataset into runs of
 // PerArchive images in its order, one manifest per archive. A dataset
-// that cannot be listed leaves in.Out unclaimed.
+// that cannot be listed, or is empty, leaves in.Out unclaimed.
 func (a *Activities) PlanPack(ctx context.Context, in PlanPackInput) (PlanResult, error) {
 	if err := a.source().StartPack(ctx, in.Dataset, in.Out, in.PerArchive); err != nil {
 		return PlanResult{}, packError(ctx, err)
 	}
 	res, err := a.plan(ctx, in.ID, PackShards, in.Dataset, func(_ dataset.Item, n int) bool { return n == in.PerArchive })
+	if err == nil && res.Images == 0 {
+		err = errors.New("the dataset has no images")
+	}
 	if err != nil && !retried(ctx, err) {
-		// The dataset cannot be listed: leave the output as it was found.
+		// Nothing to pack: leave the output as it was found.
 		if aerr := a.source().AbandonPack(ctx, in.Out); aerr != nil {
 			activity.GetLogger(ctx).Warn("pack: could not remove the output's pack.json", "out", in.Out, "error", aerr)
 		}

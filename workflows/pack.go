@@ -105,9 +105,6 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 		}).Get(ctx, &plan); err != nil {
 			return done, err
 		}
-		if plan.Images == 0 {
-			return done, temporal.NewNonRetryableApplicationError("pack: the dataset has no images", "EmptyDataset", nil)
-		}
 		done.Archives, done.Images = plan.Shards, plan.Images
 	}
 

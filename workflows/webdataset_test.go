@@ -119,14 +119,18 @@ func TestPackRunAgainResumes(t *testing.T) {
 	bad.Out = "bad/"
 	b.WriteAll(ctx, "m/bad.csv", []byte("uri,label\n0.png\n"), nil)
 	bad.Dataset.Manifest = "m/bad.csv"
+	b.WriteAll(ctx, "m/empty.csv", []byte("uri,label\n"), nil)
+	empty := bad
+	empty.Dataset.Manifest = "m/empty.csv"
 	for _, c1 := range []struct {
 		in         workflows.PackInput
 		kind, want string
 	}{
 		{other, "PackRefused", "empty prefix"},
 		{bad, "InvalidInput", "m/bad.csv"},
+		{empty, "InvalidInput", "no images"},
 	} {
-		_, err := runPack(t, c, "pack-refused-"+stamp+c1.kind, c1.in)
+		_, err := runPack(t, c, "pack-refused-"+stamp+"-"+c1.want, c1.in)
 		var ae *temporal.ApplicationError
 		if !errors.As(err, &ae) || ae.Type() != c1.kind || !strings.Contains(err.Error(), c1.want) {
 			t.Errorf("pack %+v: %v; want a %s error naming %q", c1.in, err, c1.kind, c1.want)
