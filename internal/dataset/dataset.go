@@ -89,13 +89,20 @@ func Walk(ctx context.Context, b *blob.Bucket, ds schemas.Dataset, fn func(Item)
 	return Source{Bucket: b}.Walk(ctx, ds, fn)
 }
 
+// ownBuckets gives s a set of buckets of its own, for one call, when it has
+// none to share; the returned func closes it.
+func (s *Source) ownBuckets() (closeOwn func()) {
+	if s.Buckets != nil {
+		return func() {}
+	}
+	s.Buckets = &store.Buckets{}
+	return func() { s.Buckets.Close() }
+}
+
 // Walk calls fn for every image of ds, in key order for prefixes and in file
 // order for manifests.
 func (s Source) Walk(ctx context.Context, ds schemas.Dataset, fn func(Item) error) error {
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
+	defer s.ownBuckets()()
 	if s.Mem == nil {
 		s.Mem = memory.NewGoAllocator()
 	}

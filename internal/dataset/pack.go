@@ -82,10 +82,7 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 	if ds.Prefix != "" && within(out, ds.Prefix) {
 		return fmt.Errorf("dataset: pack: %w: the output %q is inside the dataset's prefix %q", ErrPackRefused, out, ds.Prefix)
 	}
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
+	defer s.ownBuckets()()
 	b, prefix, _, err := s.packPrefix(ctx, out)
 	if err != nil {
 		return err
@@ -113,10 +110,7 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 // but its claim: it removes out/pack.json if nothing else is there, so that
 // a pack of another dataset (a mistyped manifest, corrected) may use out.
 func (s Source) AbandonPack(ctx context.Context, out string) error {
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
+	defer s.ownBuckets()()
 	b, prefix, _, err := s.packPrefix(ctx, out)
 	if err != nil {
 		return err
@@ -171,10 +165,7 @@ func archiveKey(prefix string, n int, suffix string) string {
 // each read after its latency), and about as many held in memory;
 // progress, when set, is called with the images done so far.
 func (s Source) PackArchive(ctx context.Context, out string, n int, items []Item, readers int, progress func(int)) (Archive, error) {
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
+	defer s.ownBuckets()()
 	if len(items) == 0 {
 		return Archive{}, fmt.Errorf("dataset: pack: archive %d of %q has no images", n, out)
 	}
@@ -353,10 +344,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 // streamed, whatever their length; progress, when set, is called for each
 // object listed and each list copied.
 func (s Source) FinishPack(ctx context.Context, out string, archives int, progress func()) (int, error) {
-	if s.Buckets == nil {
-		s.Buckets = &store.Buckets{}
-		defer s.Buckets.Close()
-	}
+	defer s.ownBuckets()()
 	b, prefix, _, err := s.packPrefix(ctx, out)
 	if err != nil {
 		return 0, err
