@@ -251,7 +251,7 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 	c, hostport := devServer(t)
 	b, url := fileBucket(t)
 	ctx := context.Background()
-	const images = 2000
+	const images = 4000 // enough that the shard outlasts a few heartbeats on a fast machine
 	writeDigits(t, b, "heavy/", images)
 	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModel(t), nil); err != nil {
 		t.Fatal(err)
@@ -273,13 +273,8 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 	runActivity(t, acts, acts.CheckModels, activities.CheckModelsInput{Target: heavyTarget()}, &models)
 
 	bin := buildBinary(t, "dcd/worker")
-	startProc := func() *exec.Cmd {
-		cmd := exec.Command(bin, "-address", hostport, "-storage", url, "-threads", "2", "-concurrency", "1")
-		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
+	startProc := func() *workerProcess {
+		return startWorkerProcess(t, bin, "-address", hostport, "-storage", url, "-threads", "2", "-concurrency", "1")
 	}
 	first := startProc()
 	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: run, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
@@ -313,10 +308,8 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	first.Process.Kill()
-	first.Wait()
-	second := startProc()
-	defer func() { second.Process.Kill(); second.Wait() }()
+	first.kill()
+	startProc()
 
 	var res workflows.ShardsResult
 	if err := we.Get(ctx, &res); err != nil {
@@ -354,6 +347,34 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 			}
 		}
 	}
+}
+
+// workerProcess is a worker binary running for a test.
+type workerProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startWorkerProcess starts the worker binary with args. It is killed when
+// the test ends, however it ends: a worker left polling the queues with
+// this test's bucket would take the activities of the tests after it.
+func startWorkerProcess(t *testing.T, bin string, args ...string) *workerProcess {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &workerProcess{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.kill)
+	return p
+}
+
+// kill stops the worker at once, as a crash would, and waits for it to go.
+func (p *workerProcess) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
 }
 
 // runActivity runs one real activity outside a workflow.

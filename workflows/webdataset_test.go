@@ -153,12 +153,8 @@ func TestPackSurvivesKilledWorker(t *testing.T) {
 	const images, per = 4000, 100
 	writeDigits(t, b, "digits/", images)
 	bin := buildBinary(t, "dcd/worker")
-	startProc := func() *exec.Cmd {
-		cmd := exec.Command(bin, "-address", hostport, "-storage", url, "-queues", "cpu", "-concurrency", "1")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
+	startProc := func() *workerProcess {
+		return startWorkerProcess(t, bin, "-address", hostport, "-storage", url, "-queues", "cpu", "-concurrency", "1")
 	}
 	first := startProc()
 	stamp := time.Now().UTC().Format("150405.000")
@@ -179,10 +175,8 @@ func TestPackSurvivesKilledWorker(t *testing.T) {
 			t.Fatal("the pack wrote no 3 archives within a minute")
 		}
 	}
-	first.Process.Kill()
-	first.Wait()
-	second := startProc()
-	defer func() { second.Process.Kill(); second.Wait() }()
+	first.kill()
+	startProc()
 
 	var killed workflows.PackResult
 	if err := we.Get(ctx, &killed); err != nil {
