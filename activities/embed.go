@@ -132,15 +132,11 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		return res, err
 	}
 	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, Decoders: a.Decoders, Readers: a.Readers}
-	progress := resume(ctx, in.PartSize, len(shard.Items))
-	if progress.NextPart > 0 {
-		res.ResumedFrom = progress.Starts[progress.NextPart]
-		activity.GetLogger(ctx).Info("resuming shard", "shard", shardKey, "part", progress.NextPart, "images", res.ResumedFrom)
-	}
-	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
+	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, resume(ctx, in.PartSize, len(shard.Items)))
 	if err != nil {
 		return res, err
 	}
+	res.ResumedFrom = w.resumedFrom
 	res, err = w.commit(len(shard.Items), res)
 	if err != nil || in.K <= 0 || in.Dataset != Pool {
 		return res, err
@@ -163,15 +159,21 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 // from what the pass measured, fails without retries, naming the model and
 // the shard.
 func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*shardWriter, error) {
-	w := a.newShardWriter(ctx, m.Spec, key, progress)
-	first := progress.Starts[progress.NextPart]
+	w, err := a.newShardWriter(ctx, m.Spec, key, items, progress)
+	if err != nil {
+		return nil, err
+	}
+	first := w.resumedFrom
+	if first > 0 {
+		activity.GetLogger(ctx).Info("resuming shard", "shard", shard, "part", w.progress().NextPart, "images", first)
+	}
 	rest := items[min(first, len(items)):]
 	images := make([]embed.Image, len(rest))
 	for i, it := range rest {
 		images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
 	}
 	done, inPart, began := first, 0, time.Now()
-	_, err := e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
+	_, err = e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
 		if len(b.Images) > 0 {
 			if err := m.checkDims(shard, b.Dims); err != nil {
 				return err

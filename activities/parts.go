@@ -3,13 +3,19 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"go.temporal.io/sdk/activity"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 
+	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/store"
@@ -29,9 +35,12 @@ type shardWriter struct {
 	queue  chan shardEvent
 	done   chan struct{}
 	failed atomic.Pointer[error]
+	// resumedFrom is the first image embedded, after the parts copied.
+	resumedFrom int
 
 	// Owned by the goroutine until done is closed.
 	file    *store.ArrowWriter // opened with the first record
+	rows    int                // in file
 	rejects []embed.Reject     // the shard's, in order
 	cur     part
 
@@ -62,28 +71,109 @@ func (p *part) release() {
 	p.recs = nil
 }
 
-// newShardWriter starts the writer of a shard whose parts before
+// newShardWriter starts the writer of a shard of items whose parts before
 // stored.NextPart an earlier attempt left in storage: it copies them into
-// the feature file first.
-func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, key string, stored embedProgress) *shardWriter {
+// the feature file first, each once it is checked to hold exactly its run
+// of the items. Part keys are the cache entry's, so a part may be another
+// attempt's that cut its parts elsewhere (its heartbeat lagged behind its
+// writes), or gone (another attempt committed the entry and removed its
+// parts). Then the shard starts over, and progress says so. Only a read that
+// may pass when tried again fails.
+func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, key string, items []dataset.Item, stored embedProgress) (*shardWriter, error) {
 	w := &shardWriter{a: a, ctx: ctx, spec: spec, key: key,
-		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored,
-		cur: part{index: stored.NextPart, start: stored.Starts[stored.NextPart]}}
+		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored}
+	for p := 0; p < stored.NextPart; p++ {
+		lo, hi := stored.Starts[p], stored.Starts[p+1]
+		err := fmt.Errorf("%w: part %d is images %d to %d of %d", errStalePart, p, lo, hi, len(items))
+		if lo <= hi && hi <= len(items) {
+			err = w.copyPart(p, lo, items[lo:hi])
+		}
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, errStalePart) && !store.Permanent(err) {
+			w.discard()
+			return nil, err
+		}
+		activity.GetLogger(ctx).Warn("embedding the shard from its start", "key", key, "part", p, "error", err)
+		w.discard()
+		w.file, w.rows, w.rejects = nil, 0, nil
+		w.stored = embedProgress{Starts: []int{0}}
+		break
+	}
+	w.cur = part{index: w.stored.NextPart, start: w.stored.Starts[w.stored.NextPart]}
+	w.resumedFrom = w.cur.start
 	go w.loop()
-	return w
+	return w, nil
+}
+
+// errStalePart marks a part that does not hold the images it should.
+var errStalePart = errors.New("stale part")
+
+// copyPart appends part p, which must hold items, the shard's from lo on
+// (embedded or rejected, in their order), to the feature file.
+func (w *shardWriter) copyPart(p, lo int, items []dataset.Item) error {
+	key := partKey(w.key, p)
+	rejects, err := w.a.readRejects(w.ctx, rejectsKey(key))
+	if err != nil {
+		return err
+	}
+	var recs []arrow.Record
+	defer func() {
+		for _, r := range recs {
+			r.Release()
+		}
+	}()
+	var uris []string
+	if len(rejects) < len(items) { // else every image was rejected: no part file
+		f, err := store.OpenArrow(w.ctx, w.a.Bucket, key, w.a.Mem)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for i := 0; i < f.NumRecords(); i++ {
+			rec, err := f.Record(i)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %w", errStalePart, key, err)
+			}
+			col, ok := rec.Column(0).(*array.String)
+			if !ok {
+				return fmt.Errorf("%w: %s: column 0 is %s, want the images' URIs", errStalePart, key, rec.Column(0).DataType())
+			}
+			for j := 0; j < col.Len(); j++ {
+				uris = append(uris, col.Value(j))
+			}
+			rec.Retain()
+			recs = append(recs, rec)
+		}
+	}
+	// Rows and rejects, both in the shard's order, must be the items.
+	r, j := 0, 0
+	for _, it := range items {
+		switch {
+		case r < len(uris) && uris[r] == it.Key:
+			r++
+		case j < len(rejects) && rejects[j].URI == it.Key:
+			j++
+		default:
+			return fmt.Errorf("%w: %s does not hold the shard's images %d to %d (%q is missing)", errStalePart, key, lo, lo+len(items)-1, it.Key)
+		}
+	}
+	if r != len(uris) || j != len(rejects) {
+		return fmt.Errorf("%w: %s holds more than the shard's images %d to %d", errStalePart, key, lo, lo+len(items)-1)
+	}
+	for _, rec := range recs {
+		if err := w.append(rec); err != nil {
+			return err
+		}
+	}
+	w.rejects = append(w.rejects, rejects...)
+	return nil
 }
 
 func (w *shardWriter) loop() {
 	defer close(w.done)
 	fail := func(err error) { w.failed.CompareAndSwap(nil, &err) }
-	for p := 0; p < w.stored.NextPart; p++ {
-		rejects, err := w.a.storedPart(w.ctx, partKey(w.key, p), w.append)
-		if err != nil {
-			fail(err)
-			break
-		}
-		w.rejects = append(w.rejects, rejects...)
-	}
 	for ev := range w.queue {
 		if w.failed.Load() != nil {
 			continue // drain, so send never blocks on a dead writer
@@ -129,6 +219,7 @@ func (w *shardWriter) append(rec arrow.Record) error {
 		}
 		w.file = f
 	}
+	w.rows += int(rec.NumRows())
 	return w.file.Write(rec)
 }
 
@@ -144,8 +235,11 @@ func (w *shardWriter) checkpoint(p *part) error {
 	if err := store.WriteAll(w.ctx, w.a.Bucket, rejectsKey(key), rj); err != nil {
 		return err
 	}
-	if len(p.recs) == 0 {
-		return nil // every image rejected: no part file
+	if len(p.recs) == 0 { // every image rejected: no part file
+		if err := w.a.Bucket.Delete(w.ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return err // another attempt's file would be taken for this part's
+		}
+		return nil
 	}
 	return store.WriteArrow(w.ctx, w.a.Bucket, key, p.recs[0].Schema(), w.a.Mem, p.recs...)
 }
@@ -203,6 +297,10 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		w.discard()
 		return res, err
 	}
+	if w.rows+len(w.rejects) != total {
+		w.discard()
+		return res, fmt.Errorf("activities: %s: %d rows and %d rejects for a shard of %d images", w.key, w.rows, len(w.rejects), total)
+	}
 	if w.file != nil {
 		if err := w.file.Close(); err != nil {
 			return res, err
@@ -216,46 +314,40 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 	if err := store.WriteAll(w.ctx, w.a.Bucket, rejectsKey(w.key), rj); err != nil {
 		return res, err
 	}
-	parts := w.progress().NextPart
-	var wg sync.WaitGroup
-	for p := 0; p < parts; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.a.Bucket.Delete(w.ctx, partKey(w.key, p))
-			w.a.Bucket.Delete(w.ctx, rejectsKey(partKey(w.key, p)))
-		}()
-	}
-	wg.Wait()
+	w.removeParts()
 	res.Images, res.Rejects = total-len(all), len(all)
 	return res, nil
 }
 
-// storedPart reads a part an earlier attempt wrote: it passes the part's
-// records to write and returns its rejects.
-func (a *Activities) storedPart(ctx context.Context, key string, write func(arrow.Record) error) ([]embed.Reject, error) {
-	rejects, err := a.readRejects(ctx, rejectsKey(key))
-	if err != nil {
-		return nil, err
+// removeParts removes the parts of the entry, which is complete: those this
+// attempt copied or wrote and, after an attempt that failed, any that attempt
+// wrote past its last heartbeat. A part that stays behind is only wasted
+// space; a later resume checks a part before it takes it.
+func (w *shardWriter) removeParts() {
+	keys := make(chan string)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for key := range keys {
+				w.a.Bucket.Delete(w.ctx, key)
+			}
+		}()
 	}
-	if ok, err := store.Exists(ctx, a.Bucket, key); err != nil || !ok {
-		return rejects, err // no file: every image of the part was rejected
-	}
-	f, err := store.OpenArrow(ctx, a.Bucket, key, a.Mem)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	for i := 0; i < f.NumRecords(); i++ {
-		rec, err := f.Record(i)
-		if err != nil {
-			return nil, err
+	if activity.GetInfo(w.ctx).Attempt > 1 {
+		store.List(w.ctx, w.a.Bucket, &blob.ListOptions{Prefix: w.key + ".parts/"}, func(obj *blob.ListObject) error {
+			keys <- obj.Key
+			return nil
+		})
+	} else {
+		for p := 0; p < w.progress().NextPart; p++ {
+			keys <- partKey(w.key, p)
+			keys <- rejectsKey(partKey(w.key, p))
 		}
-		if err := write(rec); err != nil {
-			return nil, err
-		}
 	}
-	return rejects, nil
+	close(keys)
+	wg.Wait()
 }
 
 // readRejects reads a rejects file (rejectsKey).

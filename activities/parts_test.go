@@ -1,0 +1,161 @@
+package activities_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"go.temporal.io/sdk/testsuite"
+	"gocloud.dev/blob"
+
+	"dcd/activities"
+	"dcd/internal/devserver"
+	"dcd/internal/embed"
+	"dcd/internal/features"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// resumeWith runs EmbedShard on shard 0 of the pool as an attempt retried
+// after one that heartbeated progress (NextPart, Starts).
+func (w *world) resumeWith(m activities.ModelRef, nextPart int, starts []int) (activities.EmbedShardResult, error) {
+	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(devserver.QuietLogger())
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivity(w.acts)
+	env.SetHeartbeatDetails(struct {
+		NextPart int
+		Starts   []int
+	}{nextPart, starts})
+	var res activities.EmbedShardResult
+	v, err := env.ExecuteActivity(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 3, PartSize: 4})
+	if err == nil {
+		err = v.Get(&res)
+	}
+	return res, err
+}
+
+// TestResumeChecksParts: a part left by another attempt, cut elsewhere, or
+// gone since, is not copied into the entry: the shard is embedded again
+// from its start, and the entry holds every image once.
+func TestResumeChecksParts(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	inner, _ := classifier(true)
+	w.putModel("models/clf.onnx", inner)
+	w.putImages("clf/", randomImages(8, 12, 4, 4))
+	w.put("clf/a/004.png", []byte("not an image"))
+	w.put("clf/a/005.png", []byte("not an image"))
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := w.embed(activities.Pool, "clf/", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := full.FeatureKey
+	want, err := features.Load(ctx, w.b, key, "features", w.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One record a row, to cut parts anywhere.
+	f, err := store.OpenArrow(ctx, w.b, key, w.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []arrow.Record
+	for i := 0; i < f.NumRecords(); i++ {
+		r, _ := f.Record(i)
+		for j := int64(0); j < r.NumRows(); j++ {
+			rows = append(rows, r.NewSlice(j, j+1))
+		}
+	}
+	f.Close()
+	defer func() {
+		for _, r := range rows {
+			r.Release()
+		}
+	}()
+	part := func(p int) string { return fmt.Sprintf("%s.parts/%06d.arrow", key, p) }
+	writePart := func(p int, recs []arrow.Record, rejects []embed.Reject) {
+		if rejects == nil {
+			rejects = []embed.Reject{}
+		}
+		rj, _ := json.Marshal(rejects)
+		w.put(part(p)+".rejects.json", rj)
+		if len(recs) > 0 {
+			if err := store.WriteArrow(ctx, w.b, part(p), recs[0].Schema(), w.mem, recs...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	uncache := func() {
+		w.b.Delete(ctx, key)
+		w.b.Delete(ctx, key+".rejects.json")
+	}
+	bad := []embed.Reject{{URI: "clf/a/004.png", Reason: "x"}, {URI: "clf/a/005.png", Reason: "x"}}
+	// rows: images 0-3, then 6 on (4 and 5 rejected).
+	for _, c := range []struct {
+		name     string
+		setup    func()
+		next     int
+		starts   []int
+		resumeAt int
+	}{
+		{"parts whole", func() {
+			writePart(0, rows[0:4], nil)
+			writePart(1, rows[4:6], bad)
+		}, 2, []int{0, 4, 8}, 8},
+		// An attempt wrote part 1 as images 4-7 and died before its
+		// heartbeat; the next cut part 1 at 4-5, all rejected, and
+		// heartbeated that: part 1's file is the first attempt's, and
+		// must not be copied.
+		{"stale part file", func() {
+			writePart(0, rows[0:4], nil)
+			writePart(1, rows[4:6], bad)
+		}, 2, []int{0, 4, 6}, 6},
+		{"part of other images", func() {
+			writePart(0, rows[1:5], nil)
+		}, 1, []int{0, 4}, 0},
+		{"part gone", func() {
+			writePart(0, rows[0:4], nil)
+		}, 2, []int{0, 4, 8}, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			uncache()
+			c.setup()
+			res, err := w.resumeWith(m, c.next, c.starts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Cached || res.ResumedFrom != c.resumeAt || res.Images != full.Images || res.Rejects != full.Rejects {
+				t.Errorf("result %+v, want resumed from image %d, %d images and %d rejects", res, c.resumeAt, full.Images, full.Rejects)
+			}
+			got, err := features.Load(ctx, w.b, key, "features", w.mem)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got.URIs) != fmt.Sprint(want.URIs) {
+				t.Errorf("entry holds %v, want %v", got.URIs, want.URIs)
+			}
+			for i := range got.Data {
+				if got.Data[i] != want.Data[i] {
+					t.Fatalf("value %d is %v, want %v", i, got.Data[i], want.Data[i])
+				}
+			}
+			var left []string
+			if err := store.List(ctx, w.b, &blob.ListOptions{Prefix: key + ".parts/"}, func(obj *blob.ListObject) error {
+				left = append(left, obj.Key)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if len(left) > 0 {
+				t.Errorf("parts left after the commit: %v", left)
+			}
+		})
+	}
+}
