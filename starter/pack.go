@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 
+	"dcd/schemas"
 	"dcd/workflows"
 )
 
@@ -49,10 +54,17 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 
 // packID is a pack's default workflow ID: the output, so that the same
 // command run again finds the pack it started, running or interrupted.
-// It is also a key prefix (the pack's plan), so it keeps to safe bytes.
+// It is also a key prefix (the pack's plan), so it keeps to safe bytes;
+// where that changed the output's name, a digest of the name keeps two
+// outputs (pool/wds and pool-wds) from sharing an ID.
 func packID(out string) string {
 	id := strings.Trim(unsafeID.ReplaceAllString(out, "-"), "-")
-	return "pack-" + id[:min(len(id), 200)]
+	id = id[:min(len(id), 200)]
+	if id != out {
+		sum := sha256.Sum256([]byte(out))
+		id += "-" + hex.EncodeToString(sum[:4])
+	}
+	return "pack-" + id
 }
 
 var unsafeID = regexp.MustCompile(`[^A-Za-z0-9._]+`)
@@ -77,6 +89,9 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	switch {
 	case errors.As(err, &started):
+		if err := samePack(ctx, c, a); err != nil {
+			return err
+		}
 		fmt.Fprintf(e.stdout, "pack %s is running already; watching it\n  %s\n", a.id, workflowURL(e.g, a.id))
 	case err != nil:
 		return fmt.Errorf("start pack %s: %w", a.id, err)
@@ -113,4 +128,39 @@ func packLine(p workflows.PackResult, now time.Time) string {
 	}
 	return fmt.Sprintf("archives %d/%d | %d of %d images packed | %d skipped | %.0f images/s | %s",
 		p.Done, p.Archives, p.Packed, p.Images, p.Skipped, rate, elapsed.Round(time.Second))
+}
+
+// samePack checks that the workflow running as a.id packs what a asks for,
+// so that the command does not watch another pack and then report it as
+// its own. The current run's input says: a pack continued as new keeps its
+// dataset, output and archive size.
+func samePack(ctx context.Context, c client.Client, a packArgs) error {
+	ev, err := c.GetWorkflowHistory(ctx, a.id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT).Next()
+	if err != nil {
+		return fmt.Errorf("pack %s is running already, and its input cannot be read: %w", a.id, err)
+	}
+	started := ev.GetWorkflowExecutionStartedEventAttributes()
+	if name := started.GetWorkflowType().GetName(); name != "PackWorkflow" {
+		return fmt.Errorf("%s is a running %s, not a pack; give the pack another -id", a.id, name)
+	}
+	var in workflows.PackInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(started.GetInput(), &in); err != nil {
+		return fmt.Errorf("pack %s is running already, and its input cannot be read: %w", a.id, err)
+	}
+	if in.Dataset != a.in.Dataset || in.Out != a.in.Out || in.PerArchive != a.in.PerArchive {
+		return fmt.Errorf("pack %s is running already, of %s into %q in archives of %d, not of %s into %q in archives of %d; give this one another -id, or `starter cancel %s` first",
+			a.id, describeDataset(in.Dataset), in.Out, in.PerArchive, describeDataset(a.in.Dataset), a.in.Out, a.in.PerArchive, a.id)
+	}
+	return nil
+}
+
+// describeDataset names a dataset as its flag would.
+func describeDataset(ds schemas.Dataset) string {
+	switch {
+	case ds.Prefix != "":
+		return "-prefix " + ds.Prefix
+	case ds.Manifest != "":
+		return "-manifest " + ds.Manifest
+	}
+	return "-webdataset " + ds.WebDataset
 }

@@ -227,17 +227,34 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	}
 	// Five archives, packed by the command a user runs.
 	per := (len(items) + 4) / 5
-	starter := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(buildBinary(t, "dcd/starter"), args...)
+	try := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute) // a pack that never runs is watched for ever
+		defer cancel()
+		cmd := exec.CommandContext(ctx, buildBinary(t, "dcd/starter"), args...)
 		cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
 		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	starter := func(args ...string) string {
+		t.Helper()
+		out, err := try(args...)
 		if err != nil {
 			t.Fatalf("starter %q: %v\n%s", args, err, out)
 		}
-		return string(out)
+		return out
 	}
 	id := "pack-pool-" + time.Now().UTC().Format("150405.000")
+
+	// Under an ID a pack into another output holds, the command refuses
+	// rather than watch that pack and report it as its own.
+	if _, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id + "-held", TaskQueue: "no-worker-polls-this"}, workflows.PackWorkflow,
+		workflows.PackInput{Dataset: cfg.Data.Pool, Out: "elsewhere", PerArchive: per}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.TerminateWorkflow(ctx, id+"-held", "", "test over")
+	if out, err := try("pack", "-manifest", cfg.Data.Pool.Manifest, "-per-archive", fmt.Sprint(per), "-id", id+"-held", "pool-wds"); err == nil || !strings.Contains(out, `into "elsewhere"`) {
+		t.Errorf("starter pack under the ID of a pack into another output: %v\n%s", err, out)
+	}
 	out := starter("pack", "-manifest", cfg.Data.Pool.Manifest, "-per-archive", fmt.Sprint(per), "-window", "3", "-id", id, "pool-wds")
 	for _, want := range []string{fmt.Sprintf("packed %d images into 5 archives under pool-wds", len(items)), "webdataset: pool-wds"} {
 		if !strings.Contains(out, want) {

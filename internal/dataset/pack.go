@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -125,10 +126,27 @@ func (s Source) AbandonPack(ctx context.Context, out string) error {
 	return b.Delete(ctx, prefix+"pack.json")
 }
 
-// within says whether the key (or URL) prefix p is dir or below it.
+// within says whether the prefix p is dir or below it: both keys of the
+// workers' bucket, or both URLs of one bucket (its options in any order).
 func within(p, dir string) bool {
-	slash := func(s string) string { return strings.TrimSuffix(s, "/") + "/" }
-	return strings.HasPrefix(slash(p), slash(dir))
+	split := func(ref string) (bucket, key string, ok bool) {
+		if !store.IsURL(ref) {
+			return "", strings.Trim(ref, "/"), true
+		}
+		bucket, key, err := store.SplitURL(ref)
+		u, perr := url.Parse(bucket)
+		if err != nil || perr != nil {
+			return "", "", false
+		}
+		u.RawQuery = u.Query().Encode()
+		return u.String(), strings.Trim(key, "/"), true
+	}
+	pb, pk, ok1 := split(p)
+	db, dk, ok2 := split(dir)
+	if !ok1 || !ok2 || pb != db {
+		return false
+	}
+	return dk == "" || pk == dk || strings.HasPrefix(pk, dk+"/")
 }
 
 // packPrefix opens out's bucket and returns its prefix, ending in "/"
@@ -253,6 +271,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			images[i].data = nil
 			<-tokens
 			ext, ok := packFormats[http.DetectContentType(data)]
+			label, domain := strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)
 			switch {
 			case store.Permanent(err):
 				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, err.Error()})
@@ -260,9 +279,13 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 				return fmt.Errorf("dataset: pack: read %q: %w", it.Key, err)
 			case !ok:
 				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, "not a JPEG, PNG, GIF, BMP or WebP image"})
+			case label == "": // a pass would skip it too: no label is a class
+				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, "no label"})
+			case len(label) > webdataset.MaxText || len(domain) > webdataset.MaxText:
+				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, fmt.Sprintf("label or domain over %d bytes", webdataset.MaxText)})
 			default:
 				sample := fmt.Sprintf("%09d", it.ID)
-				if err := tar.write(sample, ext, data, strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)); err != nil {
+				if err := tar.write(sample, ext, data, label, domain); err != nil {
 					return fmt.Errorf("dataset: pack: image %q into %s: %w", it.Key, a.key(".tar"), err)
 				}
 				sources.row(sample, strconv.FormatInt(it.ID, 10), it.Key)
@@ -278,6 +301,10 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 				return fmt.Errorf("dataset: pack: %s: %w", a.key(".tar"), err)
 			}
 			a.res.Key, a.res.Bytes = a.name, size
+		} else if err := a.bucket.Delete(gctx, a.key(".tar")); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			// An attempt that packed these images before they were gone
+			// left it: a pass would read it, with no sources to say so.
+			return fmt.Errorf("dataset: pack: %w", err)
 		}
 		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped); err != nil {
 			return err
@@ -352,17 +379,28 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 	// One listing finds the archives that have a skip list: most have
 	// none, and asking for each would cost a pack of 10^5 archives as many
 	// reads of a remote store.
+	// It also finds archives past the last: a pack of this dataset when it
+	// was longer left them, and a pass would read them.
 	var lists []int
 	if err := store.List(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) error {
 		if progress != nil {
 			progress()
 		}
-		num, ok := strings.CutSuffix(strings.TrimPrefix(obj.Key, prefix), ".skipped.csv")
-		if n, err := strconv.Atoi(num); ok && err == nil && n < archives {
+		name := strings.TrimPrefix(obj.Key, prefix)
+		num, suffix, _ := strings.Cut(name, ".")
+		n, err := strconv.Atoi(num)
+		switch {
+		case err != nil:
+		case n >= archives && (suffix == "tar" || suffix == "sources.csv"):
+			return fmt.Errorf("dataset: pack: %w: %s is past the pack's %d archives (the dataset has fewer images than when it was packed there); pack into an empty prefix", ErrPackRefused, archiveKey(prefix, n, ".tar"), archives)
+		case suffix == "skipped.csv" && n < archives:
 			lists = append(lists, n)
 		}
 		return nil
 	}); err != nil {
+		if errors.Is(err, ErrPackRefused) {
+			return 0, err
+		}
 		return 0, fmt.Errorf("dataset: pack: list %q: %w", out, err)
 	}
 	slices.Sort(lists) // numbers past 999999 have more digits: keys do not sort as numbers
@@ -370,18 +408,31 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 		return 0, writeSkips(ctx, b, prefix+"skipped.csv", nil)
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // unless closed first, the writer drops what it was given
-	w, err := b.NewWriter(ctx, prefix+"skipped.csv", &blob.WriterOptions{ContentType: "text/csv"})
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := b.NewWriter(wctx, prefix+"skipped.csv", &blob.WriterOptions{ContentType: "text/csv"})
 	if err != nil {
 		return 0, fmt.Errorf("dataset: pack: %w", err)
 	}
-	header := newCSV(skipHeader...).bytes()
-	w.Write(header)
+	skipped, err := copySkips(ctx, b, prefix, lists, w, progress)
+	if err != nil {
+		cancel() // the writer then drops what it was given
+	}
+	if cerr := w.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("dataset: pack: skipped.csv: %w", cerr)
+	}
+	return skipped, err
+}
+
+// copySkips writes the skip lists of the archives numbered lists, in
+// order, to w as one CSV with skipHeader, and counts their rows.
+func copySkips(ctx context.Context, b *blob.Bucket, prefix string, lists []int, w io.Writer, progress func()) (int, error) {
+	if _, err := w.Write(newCSV(skipHeader...).bytes()); err != nil {
+		return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
+	}
 	skipped := 0
 	for _, n := range lists {
-		key := archiveKey(prefix, n, ".skipped.csv")
-		rows, err := readRows(ctx, b, key, skipHeader...)
+		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), skipHeader...)
 		if err != nil {
 			return 0, err
 		}
@@ -396,9 +447,6 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 		if progress != nil {
 			progress()
 		}
-	}
-	if err := w.Close(); err != nil {
-		return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
 	}
 	return skipped, nil
 }

@@ -195,6 +195,7 @@ func TestPack(t *testing.T) {
 		{source, "m", 3, "no pack.json"},
 		{schemas.Dataset{WebDataset: "packed"}, "x", 3, "packed already"},
 		{schemas.Dataset{Prefix: "m/img"}, "m/img/packed/", 3, "inside the dataset's prefix"},
+		{schemas.Dataset{Prefix: "s3://b/photos?region=eu&endpoint=x"}, "s3://b/photos/packed?endpoint=x&region=eu", 3, "inside the dataset's prefix"},
 	} {
 		if err := src.StartPack(ctx, refused.ds, refused.out, refused.per); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), refused.want) {
 			t.Errorf("StartPack(%+v, %q, %d): %v, want a refusal (%s)", refused.ds, refused.out, refused.per, err, refused.want)
@@ -250,5 +251,77 @@ func TestPackResumes(t *testing.T) {
 	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "img/1.png,1,fog\n", "", 1)), nil)
 	if _, err := pack(t, src, source, "resumed", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "changed") {
 		t.Errorf("resuming over a changed dataset: %v, want a refusal", err)
+	}
+}
+
+// within compares prefixes of one bucket, named by key or by URL.
+func TestWithin(t *testing.T) {
+	for _, c := range []struct {
+		p, dir string
+		want   bool
+	}{
+		{"m/img/packed", "m/img", true},
+		{"m/img", "m/img/", true},
+		{"m/imgs", "m/img", false},
+		{"anything", "", true},
+		{"s3://b/photos/packed?region=eu", "s3://b/photos?region=eu", true},
+		{"s3://b/photos/packed?a=1&b=2", "s3://b/photos?b=2&a=1", true},
+		{"s3://b/photos/packed", "s3://c/photos", false},
+		{"s3://b/photos/packed?region=us", "s3://b/photos?region=eu", false},
+		{"photos/packed", "s3://b/photos", false}, // the workers' bucket may be another
+	} {
+		if got := within(c.p, c.dir); got != c.want {
+			t.Errorf("within(%q, %q) = %v, want %v", c.p, c.dir, got, c.want)
+		}
+	}
+}
+
+// What a pack cannot carry is skipped, not retried; an archive whose
+// images are all gone since an attempt packed them leaves no .tar behind;
+// a dataset shortened by whole archives is refused, not finished with the
+// old archives past its end.
+func TestPackEdges(t *testing.T) {
+	ctx := context.Background()
+	b, _, _ := packWorld(t, 7) // 9 items, the 6th and 7th skipped
+	src := Source{Bucket: b}
+	source := schemas.Dataset{Manifest: "m/list.csv"}
+
+	// Labels: none, and one too long for a .cls member.
+	b.WriteAll(ctx, "m/labels.csv", []byte("uri,label\nimg/0.png,\nimg/1.png,"+strings.Repeat("x", webdataset.MaxText+1)+"\nimg/2.png,2\n"), nil)
+	archives, err := pack(t, src, schemas.Dataset{Manifest: "m/labels.csv"}, "labels", 3, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := archives[0]; a.Images != 1 || len(a.Skipped) != 2 || a.Skipped[0].Reason != "no label" || !strings.Contains(a.Skipped[1].Reason, "over") {
+		t.Errorf("labels: %+v, want one image packed, two skipped for their labels", a)
+	}
+
+	// Gone: an earlier attempt wrote archive 0 (images 0-2), which are gone now.
+	if err := src.StartPack(ctx, source, "gone", 3); err != nil {
+		t.Fatal(err)
+	}
+	items, _ := walkAll(t, src, source)
+	b.WriteAll(ctx, "gone/000000.tar", []byte("an earlier attempt's"), nil)
+	for i := range 3 {
+		b.Delete(ctx, fmt.Sprintf("m/img/%d.png", i))
+	}
+	a, err := src.PackArchive(ctx, "gone", 0, items[:3], 3, nil)
+	if err != nil || a.Images != 0 || a.Key != "" || len(a.Skipped) != 3 {
+		t.Fatalf("archive of gone images: %+v, %v", a, err)
+	}
+	if ok, _ := b.Exists(ctx, "gone/000000.tar"); ok {
+		t.Error("the earlier attempt's archive is still there, with no sources listing it")
+	}
+
+	// Shortened: the last three items leave the manifest.
+	b2, _, manifest2 := packWorld(t, 7)
+	src2 := Source{Bucket: b2}
+	if _, err := pack(t, src2, source, "short", 3, 3); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(manifest2, "\n")
+	b2.WriteAll(ctx, "m/list.csv", []byte(strings.Join(lines[:len(lines)-4], "")), nil)
+	if _, err := pack(t, src2, source, "short", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "short/000002.tar is past") {
+		t.Errorf("packing a shortened dataset again: %v, want a refusal naming short/000002.tar", err)
 	}
 }

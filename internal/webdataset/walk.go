@@ -29,9 +29,9 @@ var imageExts = map[string]bool{
 	"webp": true,
 }
 
-// maxText caps the size of a .cls or .domain member: they are read into
+// MaxText caps the size of a .cls or .domain member: they are read into
 // memory, and anything larger is not a label but a misnamed file.
-const maxText = 64 << 10
+const MaxText = 64 << 10
 
 // blockSize is the tar block size; member data starts on a block boundary.
 const blockSize = 512
@@ -215,17 +215,17 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 
 // readText reads a small member, trimmed of white space.
 func (w *walker) readText(tr *tar.Reader, hdr *tar.Header, key string) (string, error) {
-	if hdr.Size > maxText {
+	if hdr.Size > MaxText {
 		return "", fmt.Errorf("%s: sample %q: %q is %d bytes; expected a label of at most %d",
-			w.archive, key, hdr.Name, hdr.Size, maxText)
+			w.archive, key, hdr.Name, hdr.Size, MaxText)
 	}
-	b, err := io.ReadAll(io.LimitReader(tr, maxText+1))
+	b, err := io.ReadAll(io.LimitReader(tr, MaxText+1))
 	if err != nil {
 		return "", fmt.Errorf("%s: sample %q: reading %q: %w", w.archive, key, hdr.Name, err)
 	}
-	if len(b) > maxText {
+	if len(b) > MaxText {
 		return "", fmt.Errorf("%s: sample %q: %q is over %d bytes; expected a label of at most %d",
-			w.archive, key, hdr.Name, maxText, maxText)
+			w.archive, key, hdr.Name, MaxText, MaxText)
 	}
 	return strings.TrimSpace(string(b)), nil
 }

@@ -356,7 +356,7 @@ func TestWalkErrors(t *testing.T) {
 			"d#1/a", []string{`"d#1/a.jpg"`, "'#'"}, nil},
 		{"key reappears", mkTar(t, 0, file("a.cls", "1"), file("b.jpg", img), file("b.cls", "2"), file("a.jpg", img)),
 			"a", []string{"reappears", `entry 4 ("a.jpg")`, `entry 1 ("a.cls")`, "consecutive"}, nil},
-		{"label too large", mkTar(t, 0, file("a.jpg", img), file("a.cls", strings.Repeat("9", maxText+1))),
+		{"label too large", mkTar(t, 0, file("a.jpg", img), file("a.cls", strings.Repeat("9", MaxText+1))),
 			"a", []string{"a.cls", "at most 65536"}, nil},
 		{"truncated in data", good[:512+1000], // inside a.jpg's data
 			"a", []string{`"a.jpg"`}, io.ErrUnexpectedEOF},

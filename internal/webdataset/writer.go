@@ -44,8 +44,8 @@ func (w *Writer) Write(key, ext string, image []byte, label, domain string) erro
 		return fmt.Errorf("webdataset: sample %q: label %q: want a non-empty label without leading or trailing white space", key, label)
 	case strings.TrimSpace(domain) != domain:
 		return fmt.Errorf("webdataset: sample %q: domain %q has leading or trailing white space", key, domain)
-	case len(label) > maxText || len(domain) > maxText:
-		return fmt.Errorf("webdataset: sample %q: label or domain over %d bytes", key, maxText)
+	case len(label) > MaxText || len(domain) > MaxText:
+		return fmt.Errorf("webdataset: sample %q: label or domain over %d bytes", key, MaxText)
 	}
 	w.keys[key] = true
 	members := []struct {

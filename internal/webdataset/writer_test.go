@@ -70,7 +70,7 @@ func TestWriterRejects(t *testing.T) {
 		{"ok", "png", "", "", "non-empty label"},
 		{"ok", "png", " 1", "", "non-empty label"},
 		{"ok", "png", "1", "day\n", "white space"},
-		{"ok", "png", strings.Repeat("x", maxText+1), "", "over"},
+		{"ok", "png", strings.Repeat("x", MaxText+1), "", "over"},
 	} {
 		w := NewWriter(new(bytes.Buffer))
 		err := w.Write(tc.key, tc.ext, []byte("img"), tc.label, tc.domain)
