@@ -178,6 +178,9 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 			if err := m.checkDims(shard, b.Dims); err != nil {
 				return err
 			}
+			if err := m.checkStorable(b); err != nil {
+				return err
+			}
 		}
 		if err := w.add(b); err != nil {
 			return err
@@ -230,6 +233,8 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 	switch {
 	case gcerrors.Code(err) == gcerrors.NotFound:
 		// every image of the shard was rejected: no file
+	case ctx.Err() != nil || transient(err):
+		return nil, false, err // a retry may read it
 	case err != nil: // damaged or unreadable: embed the shard instead
 		activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)
 		return nil, false, nil
@@ -240,6 +245,9 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 		}
 		for _, m := range ms {
 			b.Vectors, b.Dims = append(b.Vectors, m.Data), append(b.Dims, m.Dim)
+		}
+		if err := (ModelRef{Path: src, Spec: spec}).checkStorable(b); err != nil {
+			return nil, false, outputError(err, shardDigest)
 		}
 	}
 	if b.Images != nil {

@@ -11,6 +11,7 @@ import (
 
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/half"
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -142,6 +143,22 @@ func (m ModelRef) checkDims(shard string, dims []int) error {
 	for o, d := range dims {
 		if o < len(m.Dims) && m.Dims[o] > 0 && d != m.Dims[o] {
 			return m.dimError(shard, o, d)
+		}
+	}
+	return nil
+}
+
+// checkStorable checks that a batch's features fit the type the model's
+// feature files store: float16 holds magnitudes up to 65504 and rounds
+// larger ones to ±Inf, which would rank neighbours by infinite distances.
+func (m ModelRef) checkStorable(b embed.Batch) error {
+	if m.Spec.StoredAs != schemas.Float16 {
+		return nil
+	}
+	for o, vec := range b.Vectors {
+		if i := half.Overflow(vec[:len(b.Images)*b.Dims[o]]); i >= 0 {
+			return &embed.OutputError{Msg: fmt.Sprintf("embed: %s: output %q is %v for image %s, beyond float16's largest value (65504): store its features as float32 (stored_as: float32)",
+				m.Path, m.Spec.Columns[o], vec[i], b.Images[i/b.Dims[o]].URI)}
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package activities_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/activities"
 	"dcd/internal/dataset"
@@ -301,5 +303,35 @@ func TestEmbedShardNarrowsFloat32Cache(t *testing.T) {
 	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run3, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: damagedNarrow}, CachedOnly: true}, &again)
 	if again.Cached {
 		t.Fatalf("a damaged float32 entry served a float16 spec: %+v", again)
+	}
+
+	// A value float16 cannot hold fails the shard without retries, naming
+	// the image, instead of storing ±Inf.
+	const run4 = "overflow"
+	big := wide
+	big.ModelDigest = "m4"
+	w.cachedShard(run4, big, 20, 2, dim, 4)
+	var wideRes activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: run4, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: big}, CachedOnly: true}, &wideRes)
+	m, err := features.Load(ctx, w.b, wideRes.FeatureKey, "features", w.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Data[3*dim+1] = 70000
+	images := make([]embed.Image, len(m.URIs))
+	for i, u := range m.URIs {
+		images[i].URI = u
+	}
+	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{m.Data}, Dims: []int{dim}}, "")
+	defer rec.Release()
+	if err := store.WriteArrow(ctx, w.b, wideRes.FeatureKey, rec.Schema(), w.mem, rec); err != nil {
+		t.Fatal(err)
+	}
+	bigNarrow := big
+	bigNarrow.StoredAs = schemas.Float16
+	err = w.do(w.acts.EmbedShard, activities.EmbedShardInput{Run: run4, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: bigNarrow}, CachedOnly: true}, &activities.EmbedShardResult{})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), m.URIs[3]) || !strings.Contains(err.Error(), "float16") {
+		t.Errorf("narrowing a value of 70000: %v, want a final error naming %s and float16", err, m.URIs[3])
 	}
 }

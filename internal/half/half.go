@@ -30,6 +30,18 @@ func ToFloat32s(dst []float32, src []uint16) {
 	}
 }
 
+// Overflow returns the index of the first value of xs too large in
+// magnitude for half precision, which FromFloat32 rounds to ±Inf (65520
+// or more, where the largest half is 65504), or -1 if none is.
+func Overflow(xs []float32) int {
+	for i, x := range xs {
+		if math.Float32bits(x)&^(1<<31) >= 0x477ff000 {
+			return i
+		}
+	}
+	return -1
+}
+
 // FromFloat32 rounds f to half precision.
 func FromFloat32(f float32) uint16 {
 	b := math.Float32bits(f)

@@ -115,3 +115,26 @@ func BenchmarkConvert(b *testing.B) {
 		}
 	})
 }
+
+// Overflow finds exactly the values that round to ±Inf.
+func TestOverflow(t *testing.T) {
+	for _, c := range []struct {
+		xs   []float32
+		want int
+	}{
+		{[]float32{0, 1, -65504, 65519.99}, -1},
+		{[]float32{0, 65520}, 1},
+		{[]float32{-65520, 1}, 0},
+		{[]float32{1, float32(math.Inf(1))}, 1},
+	} {
+		if got := Overflow(c.xs); got != c.want {
+			t.Errorf("Overflow(%v) = %d, want %d", c.xs, got, c.want)
+		}
+		for i, x := range c.xs {
+			inf := FromFloat32(x)&0x7fff == 0x7c00
+			if inf != (i == c.want) && (c.want < 0 || i <= c.want) {
+				t.Errorf("%v rounds to ±Inf: %v, against Overflow's %d", x, inf, c.want)
+			}
+		}
+	}
+}
