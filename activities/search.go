@@ -51,7 +51,10 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 		return nil, nil, err
 	}
 	items, err := features.Join(shardKey, shard, mat)
-	return items, mat, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w; remove the cache entry %s and %s to embed the shard again", err, key, rejectsKey(key))
+	}
+	return items, mat, nil
 }
 
 // QueriesInput names the embedded E_sample shards.

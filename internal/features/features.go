@@ -162,8 +162,11 @@ func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []stri
 		rows += int(recs[i].NumRows())
 	}
 	uris := make([]string, 0, rows)
-	for _, rec := range recs {
-		col := rec.Column(0).(*array.String)
+	for i, rec := range recs {
+		col, ok := rec.Column(0).(*array.String)
+		if !ok {
+			return nil, fmt.Errorf("features: %q record %d: column 0 is %s, want the images' URIs as strings", key, i, rec.Column(0).DataType())
+		}
 		for j := 0; j < col.Len(); j++ {
 			uris = append(uris, col.Value(j))
 		}

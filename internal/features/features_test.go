@@ -142,4 +142,21 @@ func TestLoadRefusesOtherTypes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "features/f64.arrow") || !strings.Contains(err.Error(), `"features"`) || !strings.Contains(err.Error(), "float16") {
 		t.Errorf("float64 column: %v, want an error naming the file, the column and the types it takes", err)
 	}
+
+	// Column 0 holds the images' URIs: anything else is refused, not a panic.
+	schema = arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}, {Name: "features", Type: arrow.FixedSizeListOf(2, arrow.PrimitiveTypes.Float32)}}, nil)
+	rb2 := array.NewRecordBuilder(mem, schema)
+	defer rb2.Release()
+	rb2.Field(0).(*array.Int64Builder).Append(7)
+	lb = rb2.Field(1).(*array.FixedSizeListBuilder)
+	lb.Append(true)
+	lb.ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2}, nil)
+	rec2 := rb2.NewRecord()
+	defer rec2.Release()
+	if err := store.WriteArrow(ctx, b, "features/ids.arrow", schema, mem, rec2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = Load(ctx, b, "features/ids.arrow", "features", mem); err == nil || !strings.Contains(err.Error(), "features/ids.arrow") || !strings.Contains(err.Error(), "URIs") {
+		t.Errorf("int64 column 0: %v, want an error naming the file and what column 0 holds", err)
+	}
 }
