@@ -159,7 +159,7 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 // from what the pass measured, fails without retries, naming the model and
 // the shard.
 func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelRef, shard, key string, items []dataset.Item, maxImages int, progress embedProgress) (*shardWriter, error) {
-	w, err := a.newShardWriter(ctx, m.Spec, key, items, progress)
+	w, err := a.newShardWriter(ctx, m.Spec, shard, key, items, progress)
 	if err != nil {
 		return nil, err
 	}

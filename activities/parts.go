@@ -12,6 +12,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 
@@ -31,6 +32,7 @@ type shardWriter struct {
 	a      *Activities
 	ctx    context.Context
 	spec   features.Spec
+	shard  string // the manifest's key
 	key    string // the feature file's
 	queue  chan shardEvent
 	done   chan struct{}
@@ -79,8 +81,8 @@ func (p *part) release() {
 // writes), or gone (another attempt committed the entry and removed its
 // parts). Then the shard starts over, and progress says so. Only a read that
 // may pass when tried again fails.
-func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, key string, items []dataset.Item, stored embedProgress) (*shardWriter, error) {
-	w := &shardWriter{a: a, ctx: ctx, spec: spec, key: key,
+func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, shard, key string, items []dataset.Item, stored embedProgress) (*shardWriter, error) {
+	w := &shardWriter{a: a, ctx: ctx, spec: spec, shard: shard, key: key,
 		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored}
 	for p := 0; p < stored.NextPart; p++ {
 		lo, hi := stored.Starts[p], stored.Starts[p+1]
@@ -300,6 +302,15 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 	if w.rows+len(w.rejects) != total {
 		w.discard()
 		return res, fmt.Errorf("activities: %s: %d rows and %d rejects for a shard of %d images", w.key, w.rows, len(w.rejects), total)
+	}
+	if w.rows == 0 && total > 0 && !slices.ContainsFunc(w.rejects, func(r embed.Reject) bool { return !r.Unread() }) {
+		// Not one image of the shard could be read: the workers' access
+		// to them (credentials, a bucket's name) is wrong, not the
+		// images. Cached, the shard would stay empty once that is fixed.
+		w.discard()
+		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them",
+			total, w.shard, w.rejects[0].URI, w.rejects[0].Reason), "ShardUnreadable", nil)
 	}
 	if w.file != nil {
 		if err := w.file.Close(); err != nil {

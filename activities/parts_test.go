@@ -3,10 +3,13 @@ package activities_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"gocloud.dev/blob"
 
@@ -157,5 +160,33 @@ func TestResumeChecksParts(t *testing.T) {
 				t.Errorf("parts left after the commit: %v", left)
 			}
 		})
+	}
+}
+
+// A shard none of whose images can be read is not cached as all rejects
+// (it would stay empty once the workers' access is fixed): it fails
+// without retries, naming an image, and embeds once they can be read.
+func TestUnreadableShardIsNotCached(t *testing.T) {
+	w := newWorld(t)
+	inner, _ := classifier(true)
+	w.putModel("models/clf.onnx", inner)
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.put("pool.csv", []byte("uri,label\nclf/a/000.png,a\nclf/a/001.png,a\nclf/a/002.png,b\n"))
+	var plan activities.PlanResult
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 1 << 20}, &plan)
+	in := activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 3}
+	var res activities.EmbedShardResult
+	err = w.do(w.acts.EmbedShard, in, &res)
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "clf/a/000.png") || !strings.Contains(err.Error(), "none of the 3 images") {
+		t.Fatalf("a shard of images that are not there: %v, want a final error naming one", err)
+	}
+
+	w.putImages("clf/", randomImages(3, 2, 4, 4))
+	if err := w.do(w.acts.EmbedShard, in, &res); err != nil || res.Cached || res.Images != 3 {
+		t.Errorf("once the images are there: %+v, %v; want 3 embedded, not a cached entry", res, err)
 	}
 }

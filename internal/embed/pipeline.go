@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -31,6 +32,13 @@ type Reject struct {
 	URI    string `json:"uri"`
 	Reason string `json:"reason"`
 }
+
+// readReason begins the reason of an image that could not be read.
+const readReason = "read: "
+
+// Unread says whether r's image could not be read (gone, forbidden), as
+// opposed to read and not decoded.
+func (r Reject) Unread() bool { return strings.HasPrefix(r.Reason, readReason) }
 
 // Batch is the result for consecutive images: Vectors[o] holds output o for
 // every embedded image of the batch, Dims[o] values each. Rejects are the
@@ -280,7 +288,7 @@ func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri strin
 		if !errors.Is(err, ErrUnreadable) {
 			return "", fmt.Errorf("embed: read %s: %w", uri, err)
 		}
-		return "read: " + err.Error(), nil
+		return readReason + err.Error(), nil
 	}
 	select {
 	case decode <- struct{}{}:
