@@ -335,6 +335,10 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 // wrote past its last heartbeat. A part that stays behind is only wasted
 // space; a later resume checks a part before it takes it.
 func (w *shardWriter) removeParts() {
+	retried := activity.GetInfo(w.ctx).Attempt > 1
+	if !retried && w.progress().NextPart == 0 {
+		return // the shard took one part: none was written
+	}
 	keys := make(chan string)
 	var wg sync.WaitGroup
 	for range 16 {
@@ -346,7 +350,7 @@ func (w *shardWriter) removeParts() {
 			}
 		}()
 	}
-	if activity.GetInfo(w.ctx).Attempt > 1 {
+	if retried {
 		store.List(w.ctx, w.a.Bucket, &blob.ListOptions{Prefix: w.key + ".parts/"}, func(obj *blob.ListObject) error {
 			keys <- obj.Key
 			return nil
