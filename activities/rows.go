@@ -170,15 +170,17 @@ type rowSet struct {
 type rowStats struct {
 	rows    []int // per rowSet
 	skipped int   // labels outside classes
-	domain  int   // kept rows whose domain is errorDomain
-	known   bool  // some kept row has a domain
+	// Per rowSet: kept rows whose domain is errorDomain, and whether some
+	// kept row has a domain at all.
+	domain []int
+	known  []bool
 }
 
 // newFeatureRows indexes the rows of sets (one read of each feature file,
 // to join labels), keeping them in memory when they fit in budget bytes.
 func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef, classes []string, sets []rowSet, budget int64, errorDomain string) (*featureRows, rowStats, error) {
 	r := &featureRows{ctx: ctx, a: a, column: "features"}
-	st := rowStats{rows: make([]int, len(sets))}
+	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets))}
 	var cache [][]float32
 	var bytes int64
 	caching := true
@@ -215,10 +217,10 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				default:
 					st.rows[si]++
 					if it.Domain != "" {
-						st.known = true
+						st.known[si] = true
 					}
 					if errorDomain != "" && it.Domain == errorDomain {
-						st.domain++
+						st.domain[si]++
 					}
 				}
 				src.labels[j] = int32(c)

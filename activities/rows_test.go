@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,8 +26,9 @@ import (
 var rowsSpec = features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"f", "l"}, Columns: []string{"features", "logits"}}
 
 // writeBlobs writes a dataset of shards×per rows of dim features, drawn
-// around one centre per class, as shard manifests and feature files.
-func writeBlobs(t testing.TB, a *Activities, run, ds string, shards, per, dim, classes int, seed uint64) {
+// around one centre per class, as shard manifests and feature files; its
+// items' domain is domain.
+func writeBlobs(t testing.TB, a *Activities, run, ds, domain string, shards, per, dim, classes int, seed uint64) {
 	t.Helper()
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -49,7 +51,7 @@ func writeBlobs(t testing.TB, a *Activities, run, ds string, shards, per, dim, c
 		for i := range per {
 			c := rng.IntN(classes)
 			key := fmt.Sprintf("%s/%07d.png", ds, s*per+i)
-			shard.Items = append(shard.Items, dataset.Item{ID: int64(s*per + i), Key: key, Label: labels[c]})
+			shard.Items = append(shard.Items, dataset.Item{ID: int64(s*per + i), Key: key, Label: labels[c], Domain: domain})
 			images[i] = embed.Image{URI: key}
 			for j := range dim {
 				vec[i*dim+j] = float32(centres[c][j] + rng.NormFloat64())
@@ -89,7 +91,7 @@ func tenClasses() []string {
 // streaming holds at most two feature files at once.
 func TestFeatureRowsStreamLikeMemory(t *testing.T) {
 	a := fileActivities(t)
-	writeBlobs(t, a, "r", Train, 7, 300, 12, 10, 1)
+	writeBlobs(t, a, "r", Train, "", 7, 300, 12, 10, 1)
 	ctx := context.Background()
 	sets := []rowSet{{ds: Train, shards: 7, weight: 1, strict: true}}
 	mem, st, err := a.newFeatureRows(ctx, "r", ModelRef{Spec: rowsSpec}, tenClasses(), sets, 1<<30, "")
@@ -123,6 +125,22 @@ func TestFeatureRowsStreamLikeMemory(t *testing.T) {
 	}
 	if m := stream.maxLive.Load(); m > 2 || stream.passes < 5 {
 		t.Errorf("streaming held %d files at once over %d passes, want ≤ 2", m, stream.passes)
+	}
+}
+
+// A debug set's precision counts its own rows only: train rows of the
+// error domain, or with a domain when the pool has none, do not enter it.
+func TestFeatureRowsPrecisionIsTheDebugSets(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "blur", 2, 50, 4, 10, 1)
+	writeBlobs(t, a, "r", DebugTrain, "", 1, 20, 4, 10, 2)
+	sets := []rowSet{{ds: Train, shards: 2, weight: 1, strict: true}, {ds: DebugTrain, shards: 1, weight: 1}}
+	_, st, err := a.newFeatureRows(context.Background(), "r", ModelRef{Spec: rowsSpec}, tenClasses(), sets, 1<<30, "blur")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.rows[1] != 20 || st.known[1] || st.domain[1] != 0 || !st.known[0] || st.domain[0] != 100 {
+		t.Errorf("stats %+v: want the debug set's 20 rows without a domain, the train set's 100 all blur", st)
 	}
 }
 
@@ -163,8 +181,8 @@ func TestRetrainStreamsAMillionRows(t *testing.T) {
 	}
 	a := fileActivities(t)
 	const shards, per, dim = 500, 2000, 16
-	writeBlobs(t, a, "big", Train, shards, per, dim, 10, 2)
-	writeBlobs(t, a, "big", "extra", 1, 1000, dim, 10, 3)
+	writeBlobs(t, a, "big", Train, "", shards, per, dim, 10, 2)
+	writeBlobs(t, a, "big", "extra", "", 1, 1000, dim, 10, 3)
 	const dataBytes = shards * per * dim * 4
 	// A low GC target makes the heap in use follow live memory rather
 	// than garbage awaiting collection.
@@ -199,5 +217,23 @@ func TestRetrainStreamsAMillionRows(t *testing.T) {
 		if err != nil || len(data) == 0 {
 			t.Fatalf("head: %v", err)
 		}
+	}
+}
+
+// The target's own logits score the "none" row only when they are one a
+// class: with another count, logit c would stand for a class that is not
+// the model's, and the accuracy would be wrong without a word.
+func TestEvaluateNeedsALogitPerClass(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Test, "", 1, 20, 4, 12, 1) // 12 logits an image
+	writeBlobs(t, a, "r", ErrorHeldout, "", 1, 20, 4, 12, 2)
+	in := EvaluateInput{Run: "r", Method: "none", Model: ModelRef{Path: "models/clf.onnx", Spec: rowsSpec}, Classes: tenClasses(), TestShards: 1, HeldoutShards: 1}
+	_, err := a.Evaluate(context.Background(), in)
+	if err == nil || !strings.Contains(err.Error(), "there are 10") || !strings.Contains(err.Error(), "12 logits") {
+		t.Errorf("10 classes, 12 logits: %v, want an error saying both", err)
+	}
+	in.Classes = append(tenClasses(), "10", "11")
+	if res, err := a.Evaluate(context.Background(), in); err != nil || res.TestImages != 20 {
+		t.Errorf("12 classes, 12 logits: %+v, %v", res, err)
 	}
 }

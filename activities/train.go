@@ -104,8 +104,8 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	res.TrainRows, res.SkippedLabels, res.Streamed = st.rows[0], st.skipped, rows.cached == nil
 	if len(st.rows) > 1 {
 		res.DebugRows = st.rows[1]
-		if in.ErrorDomain != "" && st.known && res.DebugRows > 0 {
-			p := float64(st.domain) / float64(res.DebugRows)
+		if in.ErrorDomain != "" && st.known[1] && res.DebugRows > 0 {
+			p := float64(st.domain[1]) / float64(res.DebugRows)
 			res.Precision = &p
 		}
 	}
@@ -335,6 +335,11 @@ func (a *Activities) predictor(ctx context.Context, in EvaluateInput, h *head.He
 		items, logits, err := a.loadShard(ctx, in.Run, ds, i, in.Model, "logits")
 		if err != nil {
 			return nil, nil, err
+		}
+		if len(items) > 0 && logits.Dim != len(in.Classes) {
+			// Scored anyway, logit c would count as class c of a list
+			// that is not the model's: an accuracy, and a wrong one.
+			return nil, nil, invalid("classes: there are %d, but the target %s gives %d logits per image (%s); list the model's classes, in its output's order", len(in.Classes), in.Model.Path, logits.Dim, ShardKey(in.Run, ds, i))
 		}
 		return func(j int) int { return argmax(logits.Row(j)) }, items, nil
 	}
