@@ -218,8 +218,15 @@ func headline(ev Eval, ref string) string {
 	if !ok1 || !ok2 {
 		return ""
 	}
-	s := fmt.Sprintf("%s lifted E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy went from %.1f%% to %.1f%% (%s).",
-		ref, 100*none.HeldoutAccuracy, 100*dcd.HeldoutAccuracy, points(dcd.HeldoutAccuracy-none.HeldoutAccuracy),
+	verb := "lifted"
+	switch d := points(dcd.HeldoutAccuracy - none.HeldoutAccuracy); {
+	case d == "+0.0":
+		verb = "left"
+	case d[0] == '-':
+		verb = "lowered"
+	}
+	s := fmt.Sprintf("%s %s E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy went from %.1f%% to %.1f%% (%s).",
+		ref, verb, 100*none.HeldoutAccuracy, 100*dcd.HeldoutAccuracy, points(dcd.HeldoutAccuracy-none.HeldoutAccuracy),
 		dcd.DebugTrainSize, 100*none.TestAccuracy, 100*dcd.TestAccuracy, points(dcd.TestAccuracy-none.TestAccuracy))
 	if r, ok := ev.Method(schemas.MethodRandom); ok {
 		s += fmt.Sprintf(" As many random pool images gave %s points.", points(r.HeldoutAccuracy-none.HeldoutAccuracy))

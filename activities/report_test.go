@@ -188,3 +188,16 @@ func TestShownClasses(t *testing.T) {
 		t.Errorf("10 classes: shown %v", got)
 	}
 }
+
+// The headline says which way E_heldout accuracy went.
+func TestHeadlineSaysTheDirection(t *testing.T) {
+	for _, c := range []struct {
+		heldout float64
+		want    string
+	}{{0.8, "dcd lifted E_heldout accuracy from 50.0% to 80.0% (+30.0 points)"}, {0.5, "dcd left E_heldout"}, {0.4, "dcd lowered E_heldout accuracy from 50.0% to 40.0% (-10.0 points)"}} {
+		ev := Eval{Methods: []Method{{Method: "none", HeldoutAccuracy: 0.5}, {Method: "dcd", HeldoutAccuracy: c.heldout}}}
+		if got := headline(ev, "dcd"); !strings.Contains(got, c.want) {
+			t.Errorf("E_heldout 0.5 → %v: %q, want %q", c.heldout, got, c.want)
+		}
+	}
+}

@@ -104,16 +104,15 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 		return res, fmt.Errorf("activities: trainer work folder: %w", err)
 	}
 	defer os.RemoveAll(work)
-	vars := map[string]string{
-		"{storage}": a.StorageURL, "{train}": trainKey, "{debug_train}": debugKey, "{model}": modelKey,
-		"{job}": jobKey, "{work}": work, "{run}": in.Run, "{method}": in.Method,
-	}
+	// One scan of each argument: a value holding a placeholder's name (a
+	// run ID with "{model}" in it) is not substituted again.
+	vars := strings.NewReplacer(
+		"{storage}", a.StorageURL, "{train}", trainKey, "{debug_train}", debugKey, "{model}", modelKey,
+		"{job}", jobKey, "{work}", work, "{run}", in.Run, "{method}", in.Method,
+	)
 	argv := make([]string, len(in.Trainer.Command))
 	for i, arg := range in.Trainer.Command {
-		for k, v := range vars {
-			arg = strings.ReplaceAll(arg, k, v)
-		}
-		argv[i] = arg
+		argv[i] = vars.Replace(arg)
 	}
 	if err := a.runTrainer(ctx, argv, res.LogKey); err != nil {
 		return res, err

@@ -3,6 +3,7 @@ package schemas
 import (
 	"fmt"
 	"maps"
+	"math"
 	"regexp"
 	"slices"
 	"strings"
@@ -341,8 +342,8 @@ func (c Config) validateCompare() error {
 		return bad("selection.scan_k", "must be in [0, 10000], got %d", c.Selection.ScanK)
 	}
 	r := c.Retrain
-	if r.Lambda < 0 {
-		return bad("retrain.lambda", "must be >= 0, got %g", r.Lambda)
+	if !(r.Lambda >= 0) || math.IsInf(r.Lambda, 1) {
+		return bad("retrain.lambda", "must be a number >= 0, got %g", r.Lambda)
 	}
 	if r.Iters < 1 {
 		return bad("retrain.iters", "must be >= 1, got %d", r.Iters)
@@ -356,11 +357,11 @@ func (c Config) validateCompare() error {
 	if r.BatchSize < 1 {
 		return bad("retrain.batch_size", "must be >= 1, got %d", r.BatchSize)
 	}
-	if !(r.LearningRate > 0) {
-		return bad("retrain.learning_rate", "must be > 0, got %g", r.LearningRate)
+	if !(r.LearningRate > 0) || math.IsInf(r.LearningRate, 1) {
+		return bad("retrain.learning_rate", "must be a number > 0, got %g", r.LearningRate)
 	}
-	if !(r.DebugWeight >= 0) {
-		return bad("retrain.debug_weight", "must be >= 0, got %g", r.DebugWeight)
+	if !(r.DebugWeight >= 0) || math.IsInf(r.DebugWeight, 1) {
+		return bad("retrain.debug_weight", "must be a number >= 0, got %g", r.DebugWeight)
 	}
 	if r.MemoryMB < 0 {
 		return bad("retrain.memory_mb", "must be >= 0, got %d", r.MemoryMB)

@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -93,6 +94,9 @@ func TestCompareValidation(t *testing.T) {
 		{"selection.variants", func(c *Config) { c.Selection.Variants = map[string]SelectionVariant{"Bad Name": {}} }},
 		{"retrain.mode", func(c *Config) { c.Retrain.Mode = "sgd" }},
 		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = -1 }},
+		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = math.Inf(1) }},
+		{"retrain.learning_rate", func(c *Config) { c.Retrain.LearningRate = math.Inf(1) }},
+		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
 	} {
 		c := compareConfig().WithDefaults()
