@@ -185,7 +185,12 @@ func (t *tailBuffer) snapshot() ([]byte, int) {
 // logKey, and kills the group when ctx ends.
 func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey string) error {
 	log := &tailBuffer{}
-	fmt.Fprintf(log, "$ %s\n", strings.Join(argv, " "))
+	// The log reaches the history when the trainer fails: no tokens.
+	shown := strings.Join(argv, " ")
+	if a.StorageURL != "" {
+		shown = strings.ReplaceAll(shown, a.StorageURL, store.Redact(a.StorageURL))
+	}
+	fmt.Fprintf(log, "$ %s\n", shown)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

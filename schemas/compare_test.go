@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"dcd/internal/preprocess"
 )
@@ -97,6 +98,7 @@ func TestCompareValidation(t *testing.T) {
 		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = math.Inf(1) }},
 		{"retrain.learning_rate", func(c *Config) { c.Retrain.LearningRate = math.Inf(1) }},
 		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
+		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
 	} {
 		c := compareConfig().WithDefaults()

@@ -311,6 +311,11 @@ func (c Config) Validate() error {
 	if c.Timeouts.Heartbeat < Duration(time.Second) {
 		return bad("timeouts.heartbeat", "must be at least 1s, got %s", time.Duration(c.Timeouts.Heartbeat))
 	}
+	if c.Timeouts.Activity < c.Timeouts.Heartbeat {
+		// Temporal refuses to schedule an activity with a negative
+		// timeout, and the pass would hang on a failing workflow task.
+		return bad("timeouts.activity", "must be at least timeouts.heartbeat (%s), got %s", time.Duration(c.Timeouts.Heartbeat), time.Duration(c.Timeouts.Activity))
+	}
 	return nil
 }
 

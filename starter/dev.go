@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"dcd/internal/corrupt"
 	"dcd/internal/demo"
 	"dcd/internal/devserver"
 	"dcd/internal/mnist"
@@ -103,7 +105,7 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	}
 	pid, _ := devserver.PID(stateDir, devserver.WorkerPID)
 	fmt.Fprintf(e.stdout, "worker    %s (pid %d), log %s\n          storage %s\n", how, pid,
-		filepath.Join(stateDir, devserver.WorkerLog), redact(storage))
+		filepath.Join(stateDir, devserver.WorkerLog), store.Redact(storage))
 	return nil
 }
 
@@ -150,8 +152,8 @@ func parseDemo(e *cli, args []string) (demoArgs, error) {
 	if len(pos) > 0 {
 		return a, usageErrorf("demo: unexpected argument %q (usage: starter demo %s)", pos[0], demoSynopsis)
 	}
-	if a.corruption == "" {
-		return a, usageErrorf("demo: -corruption must not be empty")
+	if known := corrupt.Names(); !slices.Contains(known, a.corruption) {
+		return a, usageErrorf("demo: -corruption %q is not one of %s", a.corruption, strings.Join(known, ", "))
 	}
 	return a, nil
 }

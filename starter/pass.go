@@ -105,7 +105,9 @@ func workflowURL(g globals, id string) string {
 // startPass starts DebugPass with the config only (no secrets) and prints
 // its ID and UI link.
 func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config, id string) error {
-	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue},
+	// Without WorkflowExecutionErrorWhenAlreadyStarted the SDK hands back
+	// the pass running under id, and this config would be dropped unsaid.
+	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue, WorkflowExecutionErrorWhenAlreadyStarted: true},
 		workflows.DebugPass, workflows.PassInput{Config: cfg})
 	if err != nil {
 		var started *serviceerror.WorkflowExecutionAlreadyStarted

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"dcd/internal/store"
 	"dcd/workflows"
 )
 
@@ -33,7 +34,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)\n\n",
 		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
 
-	fmt.Fprintf(w, "storage %s\n", redact(storageURL))
+	fmt.Fprintf(w, "storage %s\n", store.Redact(storageURL))
 	files := [][]string{}
 	for _, f := range []struct{ name, key string }{
 		{"eval.json", res.EvalKey},
@@ -123,12 +124,4 @@ func localPath(storageURL, key string) (string, bool) {
 		return "", false
 	}
 	return filepath.FromSlash(path.Join(u.Path, u.Query().Get("prefix"), key)), true
-}
-
-// redact drops a URL's query, which may carry endpoint tokens.
-func redact(u string) string {
-	if i := strings.IndexByte(u, '?'); i >= 0 {
-		return u[:i]
-	}
-	return u
 }

@@ -150,6 +150,10 @@ func TestParseDemo(t *testing.T) {
 	if o := demoOptions(a); o.Train != 0 || o.Pool != 0 {
 		t.Errorf("full-size demo sets sizes: %+v", o)
 	}
+	// An unknown shift is a usage error, before any server starts.
+	if code, _, stderr, dialed := run(t, "demo", "-corruption", "foo"); code != 2 || dialed != nil || !strings.Contains(stderr, "blur") {
+		t.Errorf("demo -corruption foo: exit %d, %q; want 2 listing the known ones, before dialing", code, stderr)
+	}
 }
 
 func TestParseDev(t *testing.T) {

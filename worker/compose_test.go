@@ -41,6 +41,9 @@ func TestComposeWorkers(t *testing.T) {
 		if fs.NArg() > 0 {
 			t.Errorf("service %s: worker takes no arguments, got %q", name, fs.Args())
 		}
+		if err := o.check(); err != nil {
+			t.Errorf("service %s: %v", name, err)
+		}
 		queues, err := taskQueues(o.queues)
 		if err != nil {
 			t.Errorf("service %s: %v", name, err)
@@ -111,6 +114,32 @@ func TestFlagsNameTheirEnvironment(t *testing.T) {
 	for _, want := range []string{"TEMPORAL_ADDRESS", "DCD_STORAGE", "DCD_QUEUES", "DCD_EP"} {
 		if !env[want] {
 			t.Errorf("no flag reads %s", want)
+		}
+	}
+}
+
+// Settings the worker would start with and fail on later are refused.
+func TestCheckOptions(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{[]string{"-ep", "gpu"}, "", `"gpu"`},
+		{[]string{"-concurrency", "0"}, "", "-concurrency 0"},
+		{[]string{"-readers", "-1"}, "", "-readers -1"},
+		{nil, "many", `DCD_CONCURRENCY="many"`},
+		{nil, "", ""},
+	} {
+		t.Setenv("DCD_CONCURRENCY", c.env)
+		fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+		o := defineFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := o.check()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%q, DCD_CONCURRENCY=%q: %v, want an error naming %s", c.args, c.env, err, c.want)
 		}
 	}
 }

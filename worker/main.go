@@ -35,6 +35,7 @@ import (
 type options struct {
 	address, namespace, queues, storage, ortLib, ep, cpuProfile string
 	threads, concurrency, decoders, readers                     int
+	badEnv                                                      []string // integer variables that are not integers
 }
 
 // defineFlags defines the worker's flags on fs. Each flag's default comes
@@ -46,18 +47,39 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.queues, "queues", env("DCD_QUEUES", "cpu,gpu,train"), "task queues to poll: any of cpu, gpu, train, comma-separated (env DCD_QUEUES)")
 	fs.StringVar(&o.storage, "storage", store.DefaultURL(), "bucket URL (env DCD_STORAGE): file:///dir?create_dir=1, s3://bucket?region=...")
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
-	fs.IntVar(&o.threads, "threads", envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
+	fs.IntVar(&o.threads, "threads", o.envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
-	fs.IntVar(&o.decoders, "decoders", envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
-	fs.IntVar(&o.readers, "readers", envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
+	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
+	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
 	return o
+}
+
+// check refuses settings the worker would start with and fail on later:
+// an execution provider every embedding would reject, a concurrency the
+// SDK would take as 1,000 activities at once.
+func (o *options) check() error {
+	switch {
+	case len(o.badEnv) > 0:
+		return fmt.Errorf("%s: want an integer", strings.Join(o.badEnv, ", "))
+	case o.ep != "cpu" && o.ep != "cuda":
+		return fmt.Errorf("-ep %q: want cpu or cuda", o.ep)
+	case o.concurrency < 1:
+		return fmt.Errorf("-concurrency %d: want at least 1", o.concurrency)
+	case o.threads < 0 || o.decoders < 0 || o.readers < 0:
+		return fmt.Errorf("-threads %d, -decoders %d, -readers %d: want 0 (the default) or more", o.threads, o.decoders, o.readers)
+	}
+	return nil
 }
 
 func main() {
 	o := defineFlags(flag.CommandLine)
 	flag.Parse()
+	if err := o.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
@@ -125,7 +147,7 @@ func run(o *options) error {
 		}
 		workers = append(workers, w)
 	}
-	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, redact(o.storage))
+	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, store.Redact(o.storage))
 	<-worker.InterruptCh()
 	for _, w := range workers {
 		w.Stop()
@@ -152,14 +174,6 @@ func taskQueues(queues string) ([]string, error) {
 	return polled, nil
 }
 
-// redact drops a URL's query, which may carry endpoint tokens, from logs.
-func redact(url string) string {
-	if i := strings.IndexByte(url, '?'); i >= 0 {
-		return url[:i]
-	}
-	return url
-}
-
 func env(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -167,9 +181,15 @@ func env(name, def string) string {
 	return def
 }
 
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
+func (o *options) envInt(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
 	}
-	return def
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		o.badEnv = append(o.badEnv, fmt.Sprintf("%s=%q", name, v))
+		return def
+	}
+	return n
 }

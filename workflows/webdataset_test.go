@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -254,6 +256,19 @@ func TestWebDatasetPoolSelectsAsItsManifest(t *testing.T) {
 	defer c.TerminateWorkflow(ctx, id+"-held", "", "test over")
 	if out, err := try("pack", "-manifest", cfg.Data.Pool.Manifest, "-per-archive", fmt.Sprint(per), "-id", id+"-held", "pool-wds"); err == nil || !strings.Contains(out, `into "elsewhere"`) {
 		t.Errorf("starter pack under the ID of a pack into another output: %v\n%s", err, out)
+	}
+	// So does `starter run` under the ID of a pass running.
+	if _, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id + "-pass", TaskQueue: "no-worker-polls-this"}, workflows.DebugPass, workflows.PassInput{Config: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.TerminateWorkflow(ctx, id+"-pass", "", "test over")
+	passFile := filepath.Join(t.TempDir(), "pass.json")
+	data, _ := json.Marshal(cfg)
+	if err := os.WriteFile(passFile, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := try("run", "-config", passFile, "-id", id+"-pass"); err == nil || !strings.Contains(out, "running already") {
+		t.Errorf("starter run under the ID of a pass running: %v\n%s", err, out)
 	}
 	out := starter("pack", "-manifest", cfg.Data.Pool.Manifest, "-per-archive", fmt.Sprint(per), "-window", "3", "-id", id, "pool-wds")
 	for _, want := range []string{fmt.Sprintf("packed %d images into 5 archives under pool-wds", len(items)), "webdataset: pool-wds"} {

@@ -325,5 +325,6 @@ func DefaultURL() string {
 	if err != nil {
 		dir = filepath.Join(".dcd", "storage")
 	}
-	return "file://" + filepath.ToSlash(dir) + "?create_dir=1"
+	// Escaped: a folder named "a#b" or "50%" is a path, not a fragment.
+	return (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir), RawQuery: "create_dir=1"}).String()
 }

@@ -183,3 +183,26 @@ func TestReadAllWhole(t *testing.T) {
 		}
 	}
 }
+
+// The default bucket is the working directory's .dcd/storage, whatever
+// characters its path holds.
+func TestDefaultURLEscapes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a#b 50%")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	t.Setenv("DCD_STORAGE", "")
+	ctx := context.Background()
+	b, err := Open(ctx, DefaultURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := WriteAll(ctx, b, "x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".dcd", "storage", "x")); err != nil {
+		t.Errorf("DefaultURL() = %s wrote elsewhere: %v", DefaultURL(), err)
+	}
+}
