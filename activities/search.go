@@ -291,9 +291,7 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		}
 		fold()
 		f.Close()
-		if i%100 == 0 {
-			activity.RecordHeartbeat(ctx, i)
-		}
+		activity.RecordHeartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
 	b := newNeighborBuilder(a)
 	defer b.release()

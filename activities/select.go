@@ -19,6 +19,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/array"
 
 	"dcd/internal/dataset"
+	"dcd/internal/features"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -242,16 +243,64 @@ type RandomInput struct {
 	N           int
 	Seed        uint64
 	ErrorDomain string
+	// Similarity is the model the pool was scanned with: the draw is over
+	// the images it embedded, as a dcd selection is. Without it (a pass
+	// started before it was given), over every pool image.
+	Similarity ModelRef
 }
 
 // SelectRandom draws N pool images uniformly without replacement, seeded,
-// and writes them like a selection (methods/<method>/debug_train.csv). It
-// reads every pool shard manifest once and holds only the draw.
+// among those the pool scan embedded, and writes them like a selection
+// (methods/<method>/debug_train.csv). An image the scan rejected would be
+// rejected again when the draw is embedded, and the baseline trained on
+// fewer images than dcd. It reads each pool shard's manifest and rejects
+// once and holds only the rejects and the draw.
 func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
-	n := min(in.N, in.PoolImages)
-	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), in.PoolImages, n)
+	type shardRows struct {
+		items    []dataset.Item
+		rejected map[string]bool
+	}
+	read := func(ctx context.Context, i int) (shardRows, error) {
+		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+		if err != nil {
+			return shardRows{}, err
+		}
+		r := shardRows{items: shard.Items}
+		if in.Similarity.Path != "" {
+			rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
+			if err != nil {
+				return shardRows{}, err
+			}
+			for _, rj := range rejects {
+				if r.rejected == nil {
+					r.rejected = map[string]bool{}
+				}
+				r.rejected[rj.URI] = true
+			}
+		}
+		return r, nil
+	}
+	// The rejects first, to know how many images the draw is among.
+	eligible := in.PoolImages
+	rejected := make([]map[string]bool, in.PoolShards)
+	if in.Similarity.Path != "" {
+		eligible = 0
+		shards := readAhead(ctx, in.PoolShards, shardsAhead, read, nil)
+		for i := range in.PoolShards {
+			sh, err := shards.next()
+			if err != nil {
+				shards.stop()
+				return res, err
+			}
+			rejected[i] = sh.rejected
+			eligible += len(sh.items) - len(sh.rejected)
+			heartbeat(ctx, i)
+		}
+		shards.stop()
+	}
+	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), eligible, min(in.N, eligible))
 	var chosen []selected
 	pos := 0
 	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
@@ -264,6 +313,9 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			return res, err
 		}
 		for _, it := range shard.Items {
+			if rejected[i][it.Key] {
+				continue
+			}
 			if len(draw) > 0 && draw[0] == pos {
 				chosen = append(chosen, selected{item: it})
 				draw = draw[1:]

@@ -172,6 +172,32 @@ func TestSelectRandom(t *testing.T) {
 	if len(all) != 120 {
 		t.Errorf("asking for more than the pool gave %d, want the whole pool (120)", len(all))
 	}
+	// With the scan's model, only images it embedded are drawn: shard 1's
+	// rejects never are, and the whole pool is the 120 less them.
+	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
+	for s := range 3 {
+		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rejects := "[]"
+		if s == 1 {
+			rejects = `[{"uri":"pool/040.png","reason":"x"},{"uri":"pool/041.png","reason":"x"},{"uri":"pool/079.png","reason":"x"}]`
+		}
+		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), []byte(rejects)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seed := range uint64(20) {
+		res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 117, Seed: seed, Similarity: sim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := selectedIDs(t, a, res)
+		if len(got) != 117 || slices.Contains(got, 40) || slices.Contains(got, 41) || slices.Contains(got, 79) {
+			t.Fatalf("seed %d: %d drawn, rejects among them: %v", seed, len(got), got)
+		}
+	}
 	// Uniform: over many seeds every position is drawn about as often.
 	counts := make([]int, 120)
 	for seed := range uint64(200) {

@@ -139,9 +139,20 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
 		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
 	}
+	// The first failure ends the pass: a test shard that cannot be read
+	// should not wait for hours of pool scan to be told.
+	var failed error
+	sel := workflow.NewSelector(ctx)
 	for _, f := range pending {
-		if err := f.Get(ctx, nil); err != nil {
-			return PassResult{}, err
+		sel.AddFuture(f, func(f workflow.Future) {
+			if err := f.Get(ctx, nil); err != nil && failed == nil {
+				failed = err
+			}
+		})
+	}
+	for range pending {
+		if sel.Select(ctx); failed != nil {
+			return PassResult{}, failed
 		}
 	}
 
@@ -224,6 +235,10 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 		for first := 0; first < n && firstErr == nil; first += ChildShards {
 			if err := sem.Acquire(ctx, 1); err != nil {
 				firstErr = err
+				break
+			}
+			if firstErr != nil { // a chain failed while this one waited
+				sem.Release(1)
 				break
 			}
 			id := fmt.Sprintf("%s/%s/%d", s.runID, tag, first/ChildShards)
