@@ -143,6 +143,7 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 	if len(queries) != m*d || len(pool) != n*d {
 		return nil, fmt.Errorf("knn: shapes: %d query values for %d×%d, %d pool values for %d×%d", len(queries), m, d, len(pool), n, d)
 	}
+	k = min(k, n) // no more can come back: size the heaps to the pool, not to k
 	sel := make([]selector, m)
 	heaps := make([]Neighbor, m*max(k, 0))
 	for q := range sel {
