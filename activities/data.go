@@ -117,3 +117,46 @@ func transient(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne)
 }
+
+// ApartInput names planned image sets that must not share an image, in
+// order: a later set's image found in an earlier one is named.
+type ApartInput struct {
+	Run  string
+	Sets []ApartSet
+}
+
+// ApartSet is a planned dataset and its shard count.
+type ApartSet struct {
+	Name   string
+	Shards int
+}
+
+// CheckApart fails when an image (by key) is in two of the sets. E_sample,
+// E_heldout and test must be distinct: a held-out image that is also a
+// query has its neighbours trained on, and the held-out gain would
+// measure the images the selection was built from.
+func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
+	seen := map[string]string{}
+	for _, set := range in.Sets {
+		shards := readAhead(ctx, set.Shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+			return a.readShard(ctx, ShardKey(in.Run, set.Name, i))
+		}, nil)
+		for i := range set.Shards {
+			shard, err := shards.next()
+			if err != nil {
+				shards.stop()
+				return err
+			}
+			for _, it := range shard.Items {
+				if other, ok := seen[it.Key]; ok && other != set.Name {
+					shards.stop()
+					return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", set.Name, it.Key, other)
+				}
+				seen[it.Key] = set.Name
+			}
+			heartbeat(ctx, set.Name, i)
+		}
+		shards.stop()
+	}
+	return nil
+}

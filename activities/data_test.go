@@ -11,6 +11,7 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 
+	"dcd/internal/dataset"
 	"dcd/internal/store"
 )
 
@@ -50,5 +51,35 @@ func TestClassesFile(t *testing.T) {
 			!strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want a non-retryable error naming classes_file and the file, saying %q", name, err, c.want)
 		}
+	}
+}
+
+// E_sample, E_heldout and test may not share an image: the later set's is
+// named with the earlier set.
+func TestCheckApart(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	write := func(ds string, shard int, keys ...string) {
+		var s dataset.Shard
+		for i, k := range keys {
+			s.Items = append(s.Items, dataset.Item{ID: int64(i), Key: k, Label: "a"})
+		}
+		if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", ds, shard), s.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(ErrorSample, 0, "e/1.png", "e/2.png")
+	write(ErrorHeldout, 0, "h/1.png")
+	write(ErrorHeldout, 1, "h/2.png", "h/2.png") // a set may list an image twice
+	write(Test, 0, "t/1.png")
+	sets := []ApartSet{{ErrorSample, 1}, {ErrorHeldout, 2}, {Test, 1}}
+	if err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets}); err != nil {
+		t.Fatalf("distinct sets: %v", err)
+	}
+	write(Test, 0, "t/1.png", "e/2.png")
+	err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.test: image e/2.png is also in data.error_sample") {
+		t.Errorf("a test image that is an E_sample image: %v", err)
 	}
 }

@@ -49,6 +49,7 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	cfg.Selection.Variants = map[string]schemas.SelectionVariant{"g": {Strategy: schemas.Global, Budget: 30}}
 	cfg.Compare = []string{"none", "train_only", "random", "all_pool", "dcd", "dcd:g"}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 		c.add("plan " + in.Name)
 		return activities.PlanResult{Shards: 2, Images: 20}, nil
@@ -152,6 +153,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"train", "{model}"}, Output: "probabilities"}
 	trained := activities.ModelRef{Path: "runs/x/methods/dcd/model.onnx"}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 1, Images: 10}, nil)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		if in.Model.Path == trained.Path {

@@ -77,6 +77,10 @@ type Progress struct {
 	Methods map[string]string `json:",omitempty"`
 }
 
+// apartChange versions the check that E_sample, E_heldout and test share
+// no image, so passes started before it replay as they ran.
+const apartChange = "apart-sets"
+
 // DebugPass runs one data-centric debugging pass.
 func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	run := workflow.GetInfo(ctx).WorkflowExecution.ID
@@ -118,6 +122,15 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 	for _, pl := range plans {
 		p.ShardsTotal += pl.Shards
+	}
+	if workflow.GetVersion(ctx, apartChange, workflow.DefaultVersion, 1) == 1 {
+		var sets []activities.ApartSet
+		for _, name := range []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test} {
+			sets = append(sets, activities.ApartSet{Name: name, Shards: plans[name].Shards})
+		}
+		if err := workflow.ExecuteActivity(cpu, a.CheckApart, activities.ApartInput{Run: run, Sets: sets}).Get(ctx, nil); err != nil {
+			return PassResult{}, err
+		}
 	}
 
 	p.Phase = "embed queries"

@@ -77,6 +77,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	const poolShards = 10000
 	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 			if in.Name == activities.Pool {
