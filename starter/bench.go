@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
+	"slices"
 	"strings"
 
 	"dcd/internal/bench"
@@ -35,6 +36,18 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	if len(pos) > 0 {
 		return usageErrorf("bench: unexpected argument %q (usage: starter bench %s)", pos[0], benchSynopsis)
 	}
+	var partList []string
+	if *parts != "" {
+		partList = strings.Split(*parts, ",")
+	}
+	for _, p := range partList {
+		if !slices.Contains(bench.Parts, p) {
+			return usageErrorf("bench: -parts: %q is not one of %s", p, strings.Join(bench.Parts, ","))
+		}
+	}
+	if *ep != "cpu" && *ep != "cuda" {
+		return usageErrorf("bench: -ep %q: want cpu or cuda", *ep)
+	}
 	stopProfile, err := record(*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile)
 	if err != nil {
 		return err
@@ -45,10 +58,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	defer stopTrace()
-	o := bench.Options{Quick: *quick, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
-	if *parts != "" {
-		o.Parts = strings.Split(*parts, ",")
-	}
+	o := bench.Options{Quick: *quick, Parts: partList, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
 	if o.Worker == "" {
 		if exe, err := os.Executable(); err == nil {
 			if w := filepath.Join(filepath.Dir(exe), "worker"); fileExists(w) {

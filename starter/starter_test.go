@@ -72,6 +72,11 @@ func TestUsage(t *testing.T) {
 	if code, _, _, _ := run(t, "status", "-bogus", "X"); code != 2 {
 		t.Errorf("unknown flag: exit %d, want 2", code)
 	}
+	for _, args := range [][]string{{"bench", "-parts", "knn,foo"}, {"bench", "-ep", "gpu"}} {
+		if code, _, stderr, _ := run(t, args...); code != 2 || !strings.Contains(stderr, "want cpu or cuda") && !strings.Contains(stderr, `"foo"`) {
+			t.Errorf("%q: exit %d, %q; want 2 naming the bad value", args, code, stderr)
+		}
+	}
 }
 
 func TestGlobalFlagsBeforeAndAfter(t *testing.T) {
