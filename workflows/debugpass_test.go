@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/suite"
@@ -14,6 +15,7 @@ import (
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
 
 	"dcd/activities"
 	"dcd/internal/preprocess"
@@ -72,6 +74,10 @@ func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput)
 // shards, and every shard is embedded and searched exactly once.
 func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	env := s.NewTestWorkflowEnvironment()
+	// The SDK takes a workflow task running over 1 s for a deadlock; a
+	// chain's task over hundreds of shards can take that on a loaded
+	// machine (it failed a CI run beside fuzzers) without one.
+	env.SetWorkerOptions(worker.Options{DeadlockDetectionTimeout: time.Minute})
 	env.RegisterWorkflow(ShardsWorkflow)
 	var a *activities.Activities
 	const poolShards = 10000
