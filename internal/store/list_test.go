@@ -91,3 +91,46 @@ func BenchmarkListFiles(b *testing.B) {
 		}
 	})
 }
+
+// A file:// bucket lists every file, in key order, where the driver's walk
+// order differs from it at a page's end: folders "a" and "a b" hold keys
+// that sort "a b/…" before "a/…".
+func TestListFileFolders(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var want []string
+	for _, folder := range []string{"a", "a b", "a-c", "a/x"} {
+		for i := range 3 {
+			key := fmt.Sprintf("pool/%s/%d.png", folder, i)
+			want = append(want, key)
+			if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(key)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, key), []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	slices.Sort(want)
+	b, err := Open(ctx, "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	defer func(n int) { pageSize = n }(pageSize)
+	for _, size := range []int{2, 5, ListPageSize} {
+		pageSize = size
+		for _, prefix := range []string{"pool/", "pool", "pool/a"} {
+			var got []string
+			if err := List(ctx, b, &blob.ListOptions{Prefix: prefix}, func(o *blob.ListObject) error {
+				got = append(got, o.Key)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("pages of %d, prefix %q: listed %q, want %q", size, prefix, got, want)
+			}
+		}
+	}
+}
