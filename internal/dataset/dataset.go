@@ -189,9 +189,16 @@ func list(ctx context.Context, b *blob.Bucket, prefix, ref string, fn func(*blob
 }
 
 // version identifies a listed object's content: its size and modification
-// time.
+// time, and its MD5 where the store gives one (S3's ETag of a single-part
+// upload): S3 keeps times to the second, and a relabelled tar keeps its
+// size (members are padded to 512 bytes), so an archive packed again
+// within a second would otherwise look unchanged.
 func version(obj *blob.ListObject) string {
-	return strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)
+	v := strconv.FormatInt(obj.Size, 10) + ":" + strconv.FormatInt(obj.ModTime.UnixNano(), 10)
+	if len(obj.MD5) > 0 {
+		v += ":" + hex.EncodeToString(obj.MD5)
+	}
+	return v
 }
 
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
@@ -411,6 +418,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) err
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
+	header[0] = strings.TrimPrefix(header[0], "\ufeff") // Excel's "CSV UTF-8" begins with a byte-order mark
 	ui, li, di, err := columns(header)
 	if err != nil {
 		return fmt.Errorf("header: %w", err)

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
@@ -456,5 +457,29 @@ func TestParseShardErrors(t *testing.T) {
 	s, err := ParseShard("s", []byte("id,key,label,domain,version\n"))
 	if err != nil || len(s.Items) != 0 {
 		t.Errorf("an empty shard: %v, %d items", err, len(s.Items))
+	}
+}
+
+// An object's version changes with its MD5 where the store lists one, even
+// when its size and time do not.
+func TestVersionHasMD5(t *testing.T) {
+	at := time.Unix(1700000000, 0)
+	a := &blob.ListObject{Key: "a.tar", Size: 10240, ModTime: at, MD5: []byte{1, 2}}
+	b := &blob.ListObject{Key: "a.tar", Size: 10240, ModTime: at, MD5: []byte{3, 4}}
+	if version(a) == version(b) {
+		t.Errorf("two contents of one size and time share the version %s", version(a))
+	}
+	if version(&blob.ListObject{Size: 1, ModTime: at}) != "1:1700000000000000000" {
+		t.Errorf("without an MD5: %s", version(&blob.ListObject{Size: 1, ModTime: at}))
+	}
+}
+
+// A CSV manifest saved by Excel as "CSV UTF-8" begins with a byte-order
+// mark: its header still names uri and label.
+func TestManifestWithByteOrderMark(t *testing.T) {
+	b := memBucket(t, map[string]string{"m/list.csv": "\ufeffuri,label\nimg/0.png,cat\n", "m/img/0.png": "x"})
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m/list.csv"})
+	if err != nil || len(items) != 1 || items[0].Key != "m/img/0.png" || items[0].Label != "cat" {
+		t.Errorf("items %+v, %v", items, err)
 	}
 }
