@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"math"
 	"strings"
 
@@ -159,6 +160,33 @@ func (p Prepared) DecodeFill(dst []float32, data []byte) error {
 	return p.Fill(dst, img)
 }
 
+// minBytes is a lower bound on the size of a file encoding cfg's pixels,
+// where the format's compression has a bound: deflate expands at most
+// 1032:1, so a PNG holds at least its rows (a filter byte and the fewest
+// bits a pixel of its colour model can take) over 1032; a JPEG codes at
+// least one bit for each 8×8 block's DC coefficient. Other formats get 0.
+func minBytes(format string, cfg image.Config) int64 {
+	w, h := int64(cfg.Width), int64(cfg.Height)
+	switch format {
+	case "png":
+		bits := int64(1) // gray of 1 bit, or a palette of 2 colours
+		switch cfg.ColorModel {
+		case color.RGBAModel: // 8-bit RGB
+			bits = 24
+		case color.NRGBAModel, color.Gray16Model: // 8-bit gray+alpha or RGBA; 16-bit gray
+			bits = 16
+		case color.NRGBA64Model: // 16-bit gray+alpha or RGBA
+			bits = 32
+		case color.RGBA64Model: // 16-bit RGB
+			bits = 48
+		}
+		return h * (1 + (w*bits+7)/8) / 1032
+	case "jpeg":
+		return (w / 8) * (h / 8) / 8
+	}
+	return 0
+}
+
 // decodeStd decodes with the standard library's registered decoders: every
 // format, and every PNG the fast path declines.
 func decodeStd(data []byte) (image.Image, error) {
@@ -174,6 +202,12 @@ func decodeStd(data []byte) (image.Image, error) {
 	}
 	if int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels {
 		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, more than %d pixels", format, cfg.Width, cfg.Height, maxDecodePixels)
+	}
+	if need := minBytes(format, cfg); int64(len(data)) < need {
+		// image/png and image/jpeg allocate the whole image before they
+		// read a pixel: a 72-byte PNG claiming 8192×8192 cost 256 MiB,
+		// a 150-byte progressive JPEG 960 MiB, per decoder at once.
+		return nil, fmt.Errorf("preprocess: decode: %s image claims %dx%d pixels in %d bytes, fewer than the %d its encoding needs at least", format, cfg.Width, cfg.Height, len(data), need)
 	}
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {

@@ -399,6 +399,24 @@ func TestDecodeErrors(t *testing.T) {
 	binary.BigEndian.PutUint32(huge[20:], 100000) // IHDR height
 	binary.BigEndian.PutUint32(huge[29:], crc32.ChecksumIEEE(huge[12:29]))
 
+	// Under the pixel cap, but far too few bytes for 8192×8192: an RGBA
+	// PNG, and a JPEG, whose headers claim it.
+	var pngBuf, jpegBuf bytes.Buffer
+	if err := png.Encode(&pngBuf, image.NewNRGBA(image.Rect(0, 0, 1, 1))); err != nil {
+		t.Fatal(err)
+	}
+	rgbaBomb := pngBuf.Bytes()
+	binary.BigEndian.PutUint32(rgbaBomb[16:], 8192)
+	binary.BigEndian.PutUint32(rgbaBomb[20:], 8192)
+	binary.BigEndian.PutUint32(rgbaBomb[29:], crc32.ChecksumIEEE(rgbaBomb[12:29]))
+	if err := jpeg.Encode(&jpegBuf, image.NewRGBA(image.Rect(0, 0, 8, 8)), nil); err != nil {
+		t.Fatal(err)
+	}
+	jpegBomb := jpegBuf.Bytes()
+	sof := bytes.Index(jpegBomb, []byte{0xff, 0xc0})
+	binary.BigEndian.PutUint16(jpegBomb[sof+5:], 8192) // height
+	binary.BigEndian.PutUint16(jpegBomb[sof+7:], 8192) // width
+
 	tests := []struct {
 		name string
 		data []byte
@@ -408,6 +426,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"garbage", []byte("definitely not an image"), "preprocess: decode: image: unknown format"},
 		{"truncated png", buf.Bytes()[:40], "preprocess: decode"},
 		{"decompression bomb", huge, "more than"},
+		{"rgba png bomb", rgbaBomb, "claims 8192x8192"},
+		{"jpeg bomb", jpegBomb, "claims 8192x8192"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
