@@ -258,44 +258,42 @@ type RandomInput struct {
 func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
-	type shardRows struct {
-		items    []dataset.Item
-		rejected map[string]bool
-	}
-	read := func(ctx context.Context, i int) (shardRows, error) {
-		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
-		if err != nil {
-			return shardRows{}, err
-		}
-		r := shardRows{items: shard.Items}
-		if in.Similarity.Path != "" {
-			rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
-			if err != nil {
-				return shardRows{}, err
-			}
-			for _, rj := range rejects {
-				if r.rejected == nil {
-					r.rejected = map[string]bool{}
-				}
-				r.rejected[rj.URI] = true
-			}
-		}
-		return r, nil
-	}
 	// The rejects first, to know how many images the draw is among.
 	eligible := in.PoolImages
 	rejected := make([]map[string]bool, in.PoolShards)
 	if in.Similarity.Path != "" {
+		type shardRejects struct {
+			eligible int // images not rejected
+			keys     map[string]bool
+		}
+		shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (shardRejects, error) {
+			shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+			if err != nil {
+				return shardRejects{}, err
+			}
+			rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
+			if err != nil {
+				return shardRejects{}, err
+			}
+			r := shardRejects{keys: map[string]bool{}}
+			for _, rj := range rejects {
+				r.keys[rj.URI] = true
+			}
+			for _, it := range shard.Items {
+				if !r.keys[it.Key] {
+					r.eligible++
+				}
+			}
+			return r, nil
+		}, nil)
 		eligible = 0
-		shards := readAhead(ctx, in.PoolShards, shardsAhead, read, nil)
 		for i := range in.PoolShards {
 			sh, err := shards.next()
 			if err != nil {
 				shards.stop()
 				return res, err
 			}
-			rejected[i] = sh.rejected
-			eligible += len(sh.items) - len(sh.rejected)
+			rejected[i], eligible = sh.keys, eligible+sh.eligible
 			heartbeat(ctx, i)
 		}
 		shards.stop()
