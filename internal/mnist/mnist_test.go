@@ -10,13 +10,11 @@ import (
 	"testing"
 )
 
-// realDir is where the Go module cache keeps a copy of MNIST; MNIST_DIR overrides it.
+// realDir is where scripts/setup.sh puts MNIST (DefaultDir; `make test`
+// sets DCD_MNIST_DIR).
 func realDir(t *testing.T) string {
-	dir := os.Getenv("MNIST_DIR")
-	if dir == "" {
-		dir = "/root/go/pkg/mod/github.com/petar/!go!m!n!i!s!t@v0.0.0-20150320212226-2fbe10d0fa63/data"
-	}
-	if _, err := os.Stat(dir); err != nil {
+	dir := DefaultDir()
+	if _, err := os.Stat(filepath.Join(dir, "t10k-labels-idx1-ubyte.gz")); err != nil {
 		t.Skipf("MNIST data not available: %v", err)
 	}
 	return dir
