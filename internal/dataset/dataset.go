@@ -373,7 +373,11 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 	case uri == "":
 		return "", errors.New("empty uri")
 	case store.IsURL(uri):
-		if _, _, err := store.SplitURL(uri); err != nil {
+		ref := uri
+		if m, ok := webdataset.ParseKey(uri); ok {
+			ref = m.Archive // a member's name is not part of a URL: "#50%off.png" is no escape
+		}
+		if _, _, err := store.SplitURL(ref); err != nil {
 			return "", err
 		}
 		return uri, nil

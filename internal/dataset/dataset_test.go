@@ -483,3 +483,16 @@ func TestManifestWithByteOrderMark(t *testing.T) {
 		t.Errorf("items %+v, %v", items, err)
 	}
 }
+
+// A manifest may name an archive member by URL whatever its name holds:
+// the member's name is not part of the archive's URL.
+func TestResolveMemberURL(t *testing.T) {
+	for _, uri := range []string{"file:///srv/a.tar#50%off.png@512+3", "s3://b/p/a.tar?region=eu#x y%.png@0+9"} {
+		if got, err := resolve(uri, "m", ""); err != nil || got != uri {
+			t.Errorf("resolve(%q) = %q, %v", uri, got, err)
+		}
+	}
+	if _, err := resolve("s3://b/img#1.jpg", "m", ""); err == nil {
+		t.Error(`resolve("s3://b/img#1.jpg"): a '#' that would cut the key passed`)
+	}
+}

@@ -45,6 +45,11 @@ func SplitURL(ref string) (bucketURL, key string, err error) {
 	if u.Scheme == "" {
 		return "", "", fmt.Errorf("store: url %q: no scheme", ref)
 	}
+	if u.Fragment != "" {
+		// Read as a URL, "img#1.jpg" names the object "img": escape a '#'
+		// in a key as %23.
+		return "", "", fmt.Errorf("store: url %q: %q is not part of an object's URL; write '#' in a key as %%23", ref, "#"+u.Fragment)
+	}
 	if u.Scheme == "file" {
 		if u.Host != "" && u.Host != "localhost" {
 			return "", "", fmt.Errorf("store: url %q: a file URL has three slashes, file:///dir/file", ref)

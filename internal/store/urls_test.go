@@ -36,7 +36,7 @@ func TestSplitURL(t *testing.T) {
 		}
 	}
 	// mem:// buckets have no name, so no object URL can point into one.
-	for _, bad := range []string{"file://host/x.png", "s3:///key", "mem://"} {
+	for _, bad := range []string{"file://host/x.png", "s3:///key", "mem://", "s3://b/img#1.jpg"} {
 		if _, _, err := SplitURL(bad); err == nil {
 			t.Errorf("SplitURL(%q): want an error", bad)
 		}

@@ -77,8 +77,8 @@ func ParseKey(key string) (m Member, ok bool) {
 		return Member{}, false
 	}
 	p := archive
-	if q := strings.IndexByte(p, '?'); q >= 0 {
-		p = p[:q]
+	if q := strings.IndexByte(p, '?'); q >= 0 && strings.Contains(p, "://") {
+		p = p[:q] // a URL's query; in a key of the workers' bucket, '?' is a character
 	}
 	if !strings.HasSuffix(p, ".tar") {
 		return Member{}, false

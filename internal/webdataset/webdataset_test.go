@@ -436,6 +436,7 @@ func TestKey(t *testing.T) {
 		{Archive: "file:///data/pool/shard#7.tar", Name: "x@1+2/y@3+4.png", Offset: 1 << 40, Size: 1<<63 - 1 - 1<<40},
 		{Archive: "azblob://c/p.tar", Name: "ñandú/画像 1.webp", Offset: 512, Size: 1},
 		{Archive: "gs://b/p.tar?x=a#b", Name: "+@", Offset: 7, Size: 9},
+		{Archive: "pool?v2/a.tar", Name: "x.png", Offset: 512, Size: 3}, // '?' in a key is no query
 	}
 	for _, m := range roundTrip {
 		got, ok := ParseKey(m.Key())
