@@ -136,11 +136,9 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		if len(in.Model.Spec.Outputs) < 2 {
 			return res, invalid("export %s: the target's spec names outputs %q, want features and logits", in.Method, in.Model.Spec.Outputs)
 		}
-		model, err := h.ONNX(target, head.ExportNames{
-			Features: in.Model.Spec.Outputs[0], Logits: in.Model.Spec.Outputs[1], Probabilities: ExportProbabilities,
-		})
+		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities))
 		if err != nil {
-			return res, invalid("export %s: %v", in.Method, err)
+			return res, invalid("export %s of %s: %v", in.Method, in.Model.Path, err)
 		}
 		if err := store.WriteAll(ctx, a.Bucket, res.ModelKey, model); err != nil {
 			return res, err

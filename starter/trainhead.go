@@ -187,19 +187,14 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("train-head: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "trained in %d passes over the spool: training accuracy %.4f\n", spool.passes, acc)
-	probs := job.Output
-	logits := job.Target.Logits
-	if logits == "" || logits == probs {
-		logits = "dcd_logits"
-	}
-	out, err := h.ONNX(target, head.ExportNames{Features: job.Target.Features, Logits: logits, Probabilities: probs})
+	out, err := h.ONNX(target, head.NewExportNames(job.Target.Features, job.Target.Logits, job.Output))
 	if err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}
 	if err := store.WriteAll(ctx, b, job.Model, out); err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image → %s\n", job.Model, len(out), probs)
+	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image → %s\n", job.Model, len(out), job.Output)
 	return nil
 }
 

@@ -6,6 +6,16 @@ import (
 	"dcd/internal/onnx"
 )
 
+// NewExportNames names an export's tensors: the target's features and
+// logits outputs, and probabilities for the softmax. The head's logits
+// keep the target's name unless probabilities is that name.
+func NewExportNames(features, logits, probabilities string) ExportNames {
+	if logits == "" || logits == probabilities {
+		logits = "dcd_logits"
+	}
+	return ExportNames{Features: features, Logits: logits, Probabilities: probabilities}
+}
+
 // ExportNames are the tensor names an exported model uses.
 type ExportNames struct {
 	// Features is the backbone's output the head reads (a graph output or
@@ -24,6 +34,11 @@ type ExportNames struct {
 func (h *Head) ONNX(target []byte, names ExportNames) ([]byte, error) {
 	if names.Features == "" || names.Logits == "" || names.Probabilities == "" {
 		return nil, fmt.Errorf("head: export: every name must be set, got %+v", names)
+	}
+	if names.Features == names.Logits || names.Features == names.Probabilities || names.Logits == names.Probabilities {
+		// ONNX Runtime refuses a model that defines a name twice: it
+		// would be written, and fail only where it is deployed.
+		return nil, fmt.Errorf("head: export: features, logits and probabilities need three names, got %+v", names)
 	}
 	wt := make([]float32, h.Dim*h.Classes)
 	for c := range h.Classes {

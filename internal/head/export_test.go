@@ -170,6 +170,17 @@ func TestExportErrors(t *testing.T) {
 	if _, err := h.ONNX([]byte("not a model"), ExportNames{Features: "features", Logits: "l", Probabilities: "p"}); err == nil {
 		t.Error("garbage was accepted as a model")
 	}
+	// A name defined twice makes a model ONNX Runtime refuses to load.
+	if _, err := h.ONNX(model, ExportNames{Features: "features", Logits: "p", Probabilities: "p"}); err == nil {
+		t.Error("logits and probabilities of one name were accepted")
+	}
+	// A target whose logits output is called probabilities gets its head's
+	// logits another name.
+	if n := NewExportNames("features", "probabilities", "probabilities"); n.Logits == n.Probabilities {
+		t.Errorf("NewExportNames kept one name twice: %+v", n)
+	} else if _, err := h.ONNX(model, n); err != nil {
+		t.Errorf("export with %+v: %v", n, err)
+	}
 }
 
 func argmax32(v []float32) int {
