@@ -52,13 +52,13 @@ func (r Result) Met() bool { return r.Goal == 0 || r.Ratio >= r.Goal }
 
 // throughput is a higher-is-better result against its baseline.
 func throughput(name, unit string, value, baseline, goal float64) Result {
-	return Result{Name: name, Value: round(value), Unit: unit, Baseline: round(baseline), Ratio: round(ratio(value, baseline)), Goal: goal}
+	return Result{Name: name, Value: round(value), Unit: unit, Baseline: round(baseline), Ratio: roundDown(ratio(value, baseline)), Goal: goal}
 }
 
 // budget is a lower-is-better result against the most it may be; the
 // ratio is capped at 1000 (a value near 0).
 func budget(name, unit string, value, limit float64) Result {
-	return Result{Name: name, Value: round(value), Unit: unit, Baseline: round(limit), Ratio: round(ratio(limit, max(value, limit/1000))), Goal: 1}
+	return Result{Name: name, Value: round(value), Unit: unit, Baseline: round(limit), Ratio: roundDown(ratio(limit, max(value, limit/1000))), Goal: 1}
 }
 
 // info is a result with a baseline for context and no goal.
@@ -80,6 +80,16 @@ func round(v float64) float64 {
 	}
 	p := math.Pow(10, 3-math.Floor(math.Log10(math.Abs(v))))
 	return math.Round(v*p) / p
+}
+
+// roundDown is round toward zero, for a ratio compared with its goal: 0.89996
+// rounded would read 0.9 and meet a goal of 0.9 it missed.
+func roundDown(v float64) float64 {
+	if v <= 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return v
+	}
+	p := math.Pow(10, 3-math.Floor(math.Log10(v)))
+	return math.Floor(v*p*(1+1e-12)) / p // 0.7·10⁴ is 6999.999… in floating point
 }
 
 // Parts names the benchmarks Run knows, in the order it runs them.

@@ -37,3 +37,19 @@ func TestResults(t *testing.T) {
 		t.Fatalf("table:\n%s", s)
 	}
 }
+
+// A ratio just under its goal does not round up to meet it.
+func TestRatioRoundsDown(t *testing.T) {
+	if r := throughput("x", "images/s", 89996, 100000, 0.9); r.Met() || r.Ratio != 0.8999 {
+		t.Errorf("0.89996 of the baseline: ratio %v, met %v; want 0.8999, missed", r.Ratio, r.Met())
+	}
+	if r := budget("y", "ms/shard", 25.0001, 25); r.Met() {
+		t.Errorf("25.0001 against a budget of 25: ratio %v, met", r.Ratio)
+	}
+	if r := throughput("z", "images/s", 90000, 100000, 0.9); !r.Met() {
+		t.Errorf("exactly 0.9: ratio %v, missed", r.Ratio)
+	}
+	if r := throughput("w", "images/s", 70000, 100000, 0); r.Ratio != 0.7 {
+		t.Errorf("exactly 0.7: ratio %v", r.Ratio)
+	}
+}
