@@ -64,6 +64,9 @@ type RetrainInput struct {
 type RetrainResult struct {
 	HeadKey   string
 	ModelKey  string // the exported model, when asked for
+	// ModelError says why a model asked for was not exported: the head
+	// and its accuracies stand without it.
+	ModelError string `json:",omitempty"`
 	TrainRows int
 	DebugRows int
 	// SkippedLabels counts debug-train images whose weak label is not a
@@ -128,7 +131,6 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		return res, err
 	}
 	if in.Export {
-		res.ModelKey = MethodKey(in.Run, in.Method, "model.onnx")
 		target, err := a.read(ctx, in.Model.Path)
 		if err != nil {
 			return res, store.Classify(err, in.Model.Path)
@@ -138,10 +140,14 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		}
 		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities))
 		if err != nil {
-			return res, invalid("export %s of %s: %v", in.Method, in.Model.Path, err)
-		}
-		if err := store.WriteAll(ctx, a.Bucket, res.ModelKey, model); err != nil {
-			return res, err
+			// A graph the export cannot rewrite (a node with subgraphs
+			// keeps the old head) is no reason to drop the pass's results.
+			res.ModelError = fmt.Sprintf("%s with this head: %v", in.Model.Path, err)
+		} else {
+			res.ModelKey = MethodKey(in.Run, in.Method, "model.onnx")
+			if err := store.WriteAll(ctx, a.Bucket, res.ModelKey, model); err != nil {
+				return res, err
+			}
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
@@ -210,6 +216,8 @@ type Method struct {
 	DebugTrain string `json:"debug_train,omitempty"`
 	Head       string `json:"head,omitempty"`
 	Model      string `json:"model,omitempty"`
+	// ModelError says why no model was exported where one was asked for.
+	ModelError string `json:"model_error,omitempty"`
 	// Log is the external trainer's output.
 	Log string `json:"log,omitempty"`
 }

@@ -51,6 +51,9 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 		files = append(files, row)
 	}
 	for _, m := range res.Eval.Methods {
+		if m.ModelError != "" {
+			files = append(files, []string{"  " + m.Method + " model", "not exported: " + m.ModelError})
+		}
 		if m.Model == "" {
 			continue
 		}

@@ -312,6 +312,14 @@ storage file:///work/.dcd/storage
 		!strings.Contains(b.String(), "  eval.json    runs/demo-blur-1/eval.json\n") {
 		t.Errorf("s3 storage:\n%s", b.String())
 	}
+
+	// A model that could not be exported says why, in place of its path.
+	res.Eval.Methods[1].Model, res.Eval.Methods[1].ModelError = "", "models/t.onnx with this head: node If has subgraphs"
+	b.Reset()
+	writeResult(&b, res, "file:///work/.dcd/storage")
+	if !strings.Contains(b.String(), "dcd model    not exported: models/t.onnx with this head: node If has subgraphs\n") {
+		t.Errorf("an export that failed:\n%s", b.String())
+	}
 }
 
 func TestLocalPath(t *testing.T) {

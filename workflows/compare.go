@@ -173,7 +173,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 			return out, err
 		}
 		wall += r.Seconds
-		row.TrainRows, row.DebugRows, row.Head, row.Model = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey
+		row.TrainRows, row.DebugRows, row.Head, row.Model, row.ModelError = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey, r.ModelError
 		if m == schemas.MethodAllPool {
 			row.SelectionPrecision = r.Precision
 		}
