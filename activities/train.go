@@ -62,13 +62,13 @@ type RetrainInput struct {
 
 // RetrainResult says where the new head is and what it was trained on.
 type RetrainResult struct {
-	HeadKey   string
-	ModelKey  string // the exported model, when asked for
+	HeadKey  string
+	ModelKey string // the exported model, when asked for
 	// ModelError says why a model asked for was not exported: the head
 	// and its accuracies stand without it.
 	ModelError string `json:",omitempty"`
-	TrainRows int
-	DebugRows int
+	TrainRows  int
+	DebugRows  int
 	// SkippedLabels counts debug-train images whose weak label is not a
 	// class of the model.
 	SkippedLabels int
@@ -138,7 +138,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		if len(in.Model.Spec.Outputs) < 2 {
 			return res, invalid("export %s: the target's spec names outputs %q, want features and logits", in.Method, in.Model.Spec.Outputs)
 		}
-		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities))
+		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes))
 		if err != nil {
 			// A graph the export cannot rewrite (a node with subgraphs
 			// keeps the old head) is no reason to drop the pass's results.

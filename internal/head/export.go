@@ -1,6 +1,7 @@
 package head
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"dcd/internal/onnx"
@@ -9,11 +10,11 @@ import (
 // NewExportNames names an export's tensors: the target's features and
 // logits outputs, and probabilities for the softmax. The head's logits
 // keep the target's name unless probabilities is that name.
-func NewExportNames(features, logits, probabilities string) ExportNames {
+func NewExportNames(features, logits, probabilities string, classes []string) ExportNames {
 	if logits == "" || logits == probabilities {
 		logits = "dcd_logits"
 	}
-	return ExportNames{Features: features, Logits: logits, Probabilities: probabilities}
+	return ExportNames{Features: features, Logits: logits, Probabilities: probabilities, Classes: classes}
 }
 
 // ExportNames are the tensor names an exported model uses.
@@ -25,6 +26,10 @@ type ExportNames struct {
 	// head is dropped, so its output name may be reused.
 	Logits        string
 	Probabilities string
+	// Classes name the head's classes in output order. They are the
+	// exported model's metadata ("classes", a JSON list), in place of the
+	// target's, which describe the head it drops.
+	Classes []string
 }
 
 // ONNX returns the target model with h in place of its head: image →
@@ -67,6 +72,13 @@ func (h *Head) ONNX(target []byte, names ExportNames) ([]byte, error) {
 			{Name: names.Logits, Elem: onnx.Float, Shape: []int64{-1, int64(h.Classes)}},
 			{Name: names.Probabilities, Elem: onnx.Float, Shape: []int64{-1, int64(h.Classes)}},
 		},
+	}
+	if names.Classes != nil {
+		if len(names.Classes) != h.Classes {
+			return nil, fmt.Errorf("head: export: %d class names for a head of %d classes", len(names.Classes), h.Classes)
+		}
+		classes, _ := json.Marshal(names.Classes)
+		g.Metadata = map[string]string{"classes": string(classes), "outputs": names.Logits + "," + names.Probabilities}
 	}
 	out, err := onnx.Append(target, []string{names.Features}, g)
 	if err != nil {

@@ -1,6 +1,7 @@
 package head
 
 import (
+	"google.golang.org/protobuf/encoding/protowire"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -176,7 +177,7 @@ func TestExportErrors(t *testing.T) {
 	}
 	// A target whose logits output is called probabilities gets its head's
 	// logits another name.
-	if n := NewExportNames("features", "probabilities", "probabilities"); n.Logits == n.Probabilities {
+	if n := NewExportNames("features", "probabilities", "probabilities", nil); n.Logits == n.Probabilities {
 		t.Errorf("NewExportNames kept one name twice: %+v", n)
 	} else if _, err := h.ONNX(model, n); err != nil {
 		t.Errorf("export with %+v: %v", n, err)
@@ -191,4 +192,50 @@ func argmax32(v []float32) int {
 		}
 	}
 	return best
+}
+
+// An export names its classes in the model's metadata, in place of the
+// target's, and loads in ONNX Runtime; a wrong count of names is refused.
+func TestExportMetadata(t *testing.T) {
+	const d = 8 * 6 * 6 // the backbone's features
+	h := &Head{Classes: 2, Dim: d, Mean: make([]float32, d), Std: make([]float32, d), W: make([]float32, 2*d), B: []float32{0, 0}}
+	for i := range h.Std {
+		h.Std[i] = 1
+	}
+	model := backbone(t)
+	out, err := h.ONNX(model, NewExportNames("features", "logits", "probabilities", []string{"cat", "dog"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ortrun.Describe(out); err != nil {
+		t.Fatalf("the export does not load: %v", err)
+	}
+	meta := map[string]string{}
+	for b := out; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if num == 14 {
+			entry, _ := protowire.ConsumeBytes(b)
+			var k, v string
+			for e := entry; len(e) > 0; {
+				f, _, n := protowire.ConsumeTag(e)
+				s, l := protowire.ConsumeString(e[n:])
+				if f == 1 {
+					k = s
+				} else {
+					v = s
+				}
+				e = e[n+l:]
+			}
+			meta[k] = v
+		}
+		b = b[m:]
+	}
+	if meta["classes"] != `["cat","dog"]` || meta["outputs"] != "logits,probabilities" || len(meta) != 2 {
+		t.Errorf("metadata %v", meta)
+	}
+	if _, err := h.ONNX(model, NewExportNames("features", "logits", "probabilities", []string{"cat"})); err == nil {
+		t.Error("one class name for a head of two was accepted")
+	}
 }

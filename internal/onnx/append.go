@@ -3,6 +3,7 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -159,9 +160,16 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		case f.num == 1 && m.ir < 4:
 			out = protowire.AppendTag(out, 1, protowire.VarintType)
 			out = protowire.AppendVarint(out, 4)
+		case f.num == 14 && g.Metadata != nil: // metadata_props, replaced below
 		default:
 			out = append(out, f.raw...)
 		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(g.Metadata)) {
+		var entry []byte // StringStringEntryProto
+		entry = appendString(entry, 1, k)
+		entry = appendString(entry, 2, g.Metadata[k])
+		out = appendMessage(out, 14, entry)
 	}
 	return out, nil
 }

@@ -60,6 +60,9 @@ type Graph struct {
 	Outputs      []Value
 	Initializers []Tensor
 	Nodes        []Node
+	// Metadata, when set, is the model's metadata_props: Append puts it
+	// in place of the model's own, which describe the head it drops.
+	Metadata map[string]string
 }
 
 // Marshal encodes g as an ONNX ModelProto.
