@@ -215,6 +215,9 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 		flush()
 		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command: cannot start %q: %v", argv[0], err), "TrainerFailed", err)
 	}
+	// However it ends, nothing of the group outlives the activity: a helper
+	// that ignored SIGTERM, or one left behind by a leader that exited.
+	defer syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	every := logFlushEvery

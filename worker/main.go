@@ -18,6 +18,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
@@ -130,11 +131,18 @@ func run(o *options) error {
 
 	var workers []worker.Worker
 	for _, q := range polled {
+		stop := 30 * time.Second
+		if q == workflows.TrainQueue {
+			// An external trainer is cancelled when this ends, which kills
+			// its process group: within the 10 s `starter dev -stop`
+			// allows, or the trainer outlives the worker, holding its GPU.
+			stop = 3 * time.Second
+		}
 		w := worker.New(c, q, worker.Options{
 			MaxConcurrentActivityExecutionSize: o.concurrency,
 			// On SIGTERM, let a running batch finish and its part commit
 			// rather than lose it; Temporal retries the rest elsewhere.
-			WorkerStopTimeout: 30 * time.Second,
+			WorkerStopTimeout: stop,
 		})
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)
@@ -149,9 +157,11 @@ func run(o *options) error {
 	}
 	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, store.Redact(o.storage))
 	<-worker.InterruptCh()
+	var stopping sync.WaitGroup // side by side: each waits up to its stop timeout
 	for _, w := range workers {
-		w.Stop()
+		stopping.Go(w.Stop)
 	}
+	stopping.Wait()
 	return nil
 }
 

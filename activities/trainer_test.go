@@ -1,0 +1,50 @@
+package activities
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A cancelled trainer leaves nothing of its process group running, not
+// even a helper that ignores SIGTERM after its leader has exited.
+func TestTrainerGroupDiesWithIt(t *testing.T) {
+	a := memActivities(t)
+	pidFile := filepath.Join(t.TempDir(), "helper.pid")
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for { // cancel once the helper is up
+			if _, err := os.Stat(pidFile); err == nil {
+				cancel()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	script := `(trap "" TERM; exec sleep 120) >/dev/null 2>&1 & echo $! > ` + pidFile + `; sleep 120`
+	err := a.runTrainer(ctx, []string{"bash", "-c", script}, "runs/r/methods/dcd/train.log")
+	if err == nil {
+		t.Fatal("a cancelled trainer returned no error")
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil { // a zombie until reaped by init counts as gone soon
+		if stat, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); strings.Contains(string(stat), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the helper (pid %d) that ignored SIGTERM outlived the trainer", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
