@@ -49,6 +49,15 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		case "describe":
 			return scheduleDescribe(ctx, e, c, h)
 		case "trigger":
+			// The schedule skips a pass while one runs: say so instead
+			// of "triggered" for a trigger that does nothing.
+			d, err := h.Describe(ctx)
+			if err != nil {
+				return scheduleErr(e, id, "trigger", err)
+			}
+			if r := d.Info.RunningWorkflows; len(r) > 0 {
+				return fmt.Errorf("schedule %s: pass %s is still running, and the schedule skips a pass while one runs; wait for it, or `starter cancel %s` first", id, r[0].WorkflowID, r[0].WorkflowID)
+			}
 			if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
 				return scheduleErr(e, id, "trigger", err)
 			}

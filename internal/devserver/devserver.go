@@ -136,6 +136,11 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 	if err != nil {
 		return false, fmt.Errorf("devserver: %w", err)
 	}
+	if pid, ok := running(filepath.Join(stateDir, TemporalPID)); ok {
+		// A second server on the same database, and the first one's pid
+		// file overwritten: it would run on with nothing to stop it.
+		return false, fmt.Errorf("devserver: the Temporal dev server of %s (pid %d) is running, not at %s: use its address, or stop it first (`starter dev -stop`)", stateDir, pid, hostport)
+	}
 	args := []string{"server", "start-dev",
 		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
 		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}

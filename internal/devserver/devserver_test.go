@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -181,4 +182,26 @@ func lookPath(name string) (string, error) {
 		}
 	}
 	return "", os.ErrNotExist
+}
+
+// A dev server of this state folder running at another address is not
+// joined by a second one on the same database.
+func TestEnsureTemporalRefusesASecondServer(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, TemporalPID)
+	cmd := exec.Command("sleep", "60") // stands for the server: it carries the pid file's marker
+	cmd.Env = append(os.Environ(), markerEnv+"="+pidFile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DCD_TEMPORAL", "/bin/false") // must not be started
+	hostport := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	started, err := EnsureTemporal(context.Background(), hostport, dir)
+	if started || err == nil || !strings.Contains(err.Error(), "dev -stop") {
+		t.Errorf("EnsureTemporal = %v, %v; want a refusal naming starter dev -stop", started, err)
+	}
 }
