@@ -2,9 +2,13 @@ package workflows_test
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
 	"dcd/workflows"
@@ -13,10 +17,11 @@ import (
 // A schedule fires a pass on its own, and the pass completes with the same
 // outcome as one started by hand.
 func TestScheduleFiresPass(t *testing.T) {
-	c, _ := devServer(t)
+	c, hostport := devServer(t)
 	b, cfg := demoWorld(t)
 	startWorker(t, c, b)
 	ctx := context.Background()
+	starter := buildBinary(t, "dcd/starter") // before the pass starts: it is checked while the pass runs
 
 	id := "nightly-" + time.Now().UTC().Format("150405")
 	h, err := c.ScheduleClient().Create(ctx, workflows.PassSchedule(id,
@@ -41,6 +46,19 @@ func TestScheduleFiresPass(t *testing.T) {
 	}
 	if err := h.Pause(ctx, client.SchedulePauseOptions{Note: "test done"}); err != nil {
 		t.Fatal(err)
+	}
+	// A trigger while the pass runs would be skipped: the command says so.
+	cmd := exec.Command(starter, "schedule", "trigger", id)
+	cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
+	out, err := cmd.CombinedOutput()
+	if d, derr := c.DescribeWorkflowExecution(ctx, passID, ""); derr != nil {
+		t.Fatal(derr)
+	} else if d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		if err == nil || !strings.Contains(string(out), passID+" is still running") {
+			t.Errorf("schedule trigger while %s runs: %v\n%s", passID, err, out)
+		}
+	} else {
+		t.Logf("the pass ended before the trigger could be checked against it")
 	}
 	var res workflows.PassResult
 	if err := c.GetWorkflow(ctx, passID, "").Get(ctx, &res); err != nil {
