@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"dcd/internal/bench"
+	"dcd/internal/ortrun"
 )
 
 const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-concurrency N] [-ep cpu|cuda] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE] [-trace FILE]"
@@ -45,8 +46,8 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 			return usageErrorf("bench: -parts: %q is not one of %s", p, strings.Join(bench.Parts, ","))
 		}
 	}
-	if *ep != "cpu" && *ep != "cuda" {
-		return usageErrorf("bench: -ep %q: want cpu or cuda", *ep)
+	if err := ortrun.CheckEP(*ep); err != nil {
+		return usageErrorf("bench: -ep: %v", err)
 	}
 	stopProfile, err := record(*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile)
 	if err != nil {

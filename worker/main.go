@@ -64,8 +64,8 @@ func (o *options) check() error {
 	switch {
 	case len(o.badEnv) > 0:
 		return fmt.Errorf("%s: want an integer", strings.Join(o.badEnv, ", "))
-	case o.ep != "cpu" && o.ep != "cuda":
-		return fmt.Errorf("-ep %q: want cpu or cuda", o.ep)
+	case ortrun.CheckEP(o.ep) != nil:
+		return fmt.Errorf("-ep: %w", ortrun.CheckEP(o.ep))
 	case o.concurrency < 1:
 		return fmt.Errorf("-concurrency %d: want at least 1", o.concurrency)
 	case o.threads < 0 || o.decoders < 0 || o.readers < 0:

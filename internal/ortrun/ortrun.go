@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -43,11 +44,23 @@ func Init(libPath string) error {
 	return env.err
 }
 
+// Providers are the execution providers a session takes, by Options.EP.
+var Providers = []string{"cpu", "cuda"}
+
+// CheckEP refuses an execution provider no session would take, for a
+// command to reject it before it starts any work.
+func CheckEP(ep string) error {
+	if !slices.Contains(Providers, ep) {
+		return fmt.Errorf("execution provider %q: want one of %s", ep, strings.Join(Providers, ", "))
+	}
+	return nil
+}
+
 // Options tunes a session.
 type Options struct {
 	// Threads is ORT's intra-op thread count; 0 lets ORT choose.
 	Threads int
-	// EP is the execution provider: "cpu" (default) or "cuda".
+	// EP is the execution provider: "cpu" (default) or "cuda" (Providers).
 	EP string
 	// Spin lets idle intra-op threads spin-wait for the next operator
 	// (ORT's own default). Off, they sleep: a run may start a few µs later,
