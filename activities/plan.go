@@ -99,7 +99,7 @@ type PlanResult struct {
 // only one shard is held in memory, whatever the dataset's size.
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, func(it dataset.Item, n int) bool {
-		return dataset.Boundary(it.Key, in.ShardSize) || n >= dataset.MaxShard*in.ShardSize
+		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	})
 	if err != nil && !retried(ctx, err) {
 		return res, invalid("data.%s: %v", in.Name, err)

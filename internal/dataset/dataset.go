@@ -457,6 +457,14 @@ func Boundary(key string, size int) bool {
 // unlucky run of hashes cannot make one shard huge.
 const MaxShard = 4
 
+// EndsShard reports whether a pass's shard of mean size `size` ends after
+// the item with this key, its n-th: at a Boundary, or at MaxShard times
+// the size. A dataset cut this way keeps its shards, and so their cached
+// features, when items are added elsewhere in it.
+func EndsShard(key string, n, size int) bool {
+	return Boundary(key, size) || n >= MaxShard*size
+}
+
 // Shard is one shard manifest: a slice of a dataset's items.
 type Shard struct {
 	Items []Item
