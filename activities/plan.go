@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -95,16 +96,45 @@ type PlanResult struct {
 	Images int
 }
 
-// Plan lists a dataset and writes its shard manifests. The listing streams:
-// only one shard is held in memory, whatever the dataset's size.
+// Plan lists a dataset and writes its shard manifests, and for the pool
+// its ShardIndex. The listing streams: only one shard is held in memory,
+// whatever the dataset's size, beside the index's ID per shard.
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
+	var firsts []int64
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, func(it dataset.Item, n int) bool {
+		if n == 1 {
+			firsts = append(firsts, it.ID)
+		}
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	})
 	if err != nil && !retried(ctx, err) {
 		return res, invalid("data.%s: %v", in.Name, err)
 	}
+	if err == nil && in.Name == Pool {
+		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
+		err = store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
+	}
 	return res, err
+}
+
+// ShardIndex is where each shard of a planned dataset begins: shard i
+// holds the items with IDs from FirstIDs[i] up to FirstIDs[i+1].
+type ShardIndex struct {
+	FirstIDs []int64 `json:"first_ids"`
+}
+
+// ShardIndexKey is the ShardIndex of a dataset in a run.
+func ShardIndexKey(run, ds string) string {
+	return fmt.Sprintf("runs/%s/shards/%s/index.json", run, ds)
+}
+
+// shardOf is the shard holding the item with this ID.
+func (x ShardIndex) shardOf(id int64) int {
+	i, found := slices.BinarySearch(x.FirstIDs, id)
+	if !found {
+		i--
+	}
+	return i
 }
 
 // planWrites is how many shard manifests plan writes at once. A remote

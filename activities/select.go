@@ -167,16 +167,22 @@ func precision(chosen []selected, domain string) *float64 {
 	return &p
 }
 
-var selectionHeader = []string{"uri", "label", "domain", "score"}
+var selectionHeader = []string{"uri", "label", "domain", "score", "pool_id"}
 
-// writeSelection writes a manifest (uri,label,domain,score) that Plan reads
-// like any other.
+// writeSelection writes a manifest (uri,label,domain,score,pool_id) that
+// Plan reads like any other. The pool id, the image's position in the
+// pool's listing, lets GatherSelection find its cached features; it is
+// empty where unknown (a negative ID).
 func (a *Activities) writeSelection(ctx context.Context, key string, chosen []selected) error {
 	var buf bytes.Buffer
 	w := csv.NewWriter(&buf)
 	w.Write(selectionHeader)
 	for _, c := range chosen {
-		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64)})
+		id := ""
+		if c.item.ID >= 0 {
+			id = strconv.FormatInt(c.item.ID, 10)
+		}
+		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64), id})
 	}
 	w.Flush()
 	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
@@ -186,6 +192,7 @@ func (a *Activities) writeSelection(ctx context.Context, key string, chosen []se
 type manifestRow struct {
 	key, label, domain string
 	score              float64
+	poolID             int64 // -1 when the manifest does not say
 }
 
 // readManifest reads a manifest written by writeSelection.
@@ -201,7 +208,7 @@ func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRo
 		return nil, invalid("manifest %s: %v", key, err)
 	}
 	col := func(name string) int { return slices.Index(header, name) }
-	ui, li, di, si := col("uri"), col("label"), col("domain"), col("score")
+	ui, li, di, si, pi := col("uri"), col("label"), col("domain"), col("score"), col("pool_id")
 	if ui < 0 || li < 0 {
 		return nil, invalid("manifest %s: header %q has no uri and label", key, header)
 	}
@@ -214,7 +221,12 @@ func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRo
 		if err != nil {
 			return nil, invalid("manifest %s: %v", key, err)
 		}
-		row := manifestRow{key: itemKeyOf(rec[ui]), label: rec[li]}
+		row := manifestRow{key: itemKeyOf(rec[ui]), label: rec[li], poolID: -1}
+		if pi >= 0 && pi < len(rec) {
+			if id, err := strconv.ParseInt(rec[pi], 10, 64); err == nil {
+				row.poolID = id
+			}
+		}
 		if di >= 0 && di < len(rec) {
 			row.domain = rec[di]
 		}
@@ -545,7 +557,7 @@ func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res Select
 	var chosen []selected
 	for _, r := range rows {
 		if !dropped[r.key] {
-			chosen = append(chosen, selected{item: dataset.Item{Key: r.key, Label: r.label, Domain: r.domain}, score: r.score})
+			chosen = append(chosen, selected{item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain}, score: r.score})
 		}
 	}
 	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)

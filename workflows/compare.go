@@ -230,8 +230,31 @@ func (c *comparison) embedSelection(ctx workflow.Context, m string, sel activiti
 	}
 	n := plan[ds].Shards
 	c.progress.ShardsTotal += n
+	if workflow.GetVersion(ctx, gatherChange, workflow.DefaultVersion, 1) == 1 {
+		// The pool's target features may be cached (the target is the
+		// similarity model): then the selection's are copied out of them
+		// and no image is read.
+		var a *activities.Activities
+		var g activities.GatherResult
+		if err := workflow.ExecuteActivity(c.cpu(ctx), a.GatherSelection, activities.GatherInput{
+			Run: c.runID, Dataset: ds, Shards: n, Manifest: sel.Manifest, Model: c.models.Target,
+		}).Get(ctx, &g); err != nil {
+			return 0, err
+		}
+		if g.Shards == n {
+			c.progress.ShardsDone += n
+			c.progress.CachedShards += n
+			c.progress.Images += g.Images
+			c.progress.Rejects += g.Rejects
+			return n, nil
+		}
+	}
 	return n, c.shards.run(ctx, ds, c.models.Target, n, 0).Get(ctx, nil)
 }
+
+// gatherChange versions GatherSelection before a selection is embedded, so
+// passes started before it replay as they ran.
+const gatherChange = "gather-selection"
 
 func (c *comparison) cpu(ctx workflow.Context) workflow.Context {
 	return cpuOptions(ctx, time.Duration(c.cfg.Timeouts.Heartbeat), time.Duration(c.cfg.Timeouts.Activity))

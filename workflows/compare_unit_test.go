@@ -68,6 +68,13 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 		c.add("select " + in.Method + " " + in.Selection.Strategy)
 		return activities.SelectResult{Manifest: in.Method + ".csv", Size: 40}, nil
 	})
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.GatherInput) (activities.GatherResult, error) {
+		c.add("gather " + in.Dataset + " " + in.Manifest)
+		if in.Dataset == "debug_train-dcd-g" { // its rows all in the pool's cache
+			return activities.GatherResult{Shards: in.Shards, Images: 20}, nil
+		}
+		return activities.GatherResult{}, nil
+	})
 	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.GuardInput) (activities.SelectResult, error) {
 		c.add("guard " + in.Method + " " + in.Dataset)
 		size := 37
@@ -115,7 +122,8 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	s.Equal(37, res.DebugTrain.Size, "the pass reports the reference dcd's debug-train set")
 	for _, want := range []string{
 		"select dcd per_query", "select dcd:g global",
-		"plan debug_train", "plan debug_train-dcd-g", "embed debug_train", "embed debug_train-dcd-g",
+		"plan debug_train", "plan debug_train-dcd-g", "gather debug_train dcd.csv", "embed debug_train",
+		"gather debug_train-dcd-g dcd:g.csv", "gather debug_train-random r.csv",
 		"guard dcd debug_train", "guard dcd:g debug_train-dcd-g",
 		"retrain dcd debug_train dcd-guarded.csv", "retrain dcd:g debug_train-dcd-g dcd:g-guarded.csv",
 		"retrain train_only -", "retrain all_pool pool ", "retrain random debug_train-random ",
@@ -124,6 +132,7 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	} {
 		s.True(c.has(want), "no %q in %q", want, c.log)
 	}
+	s.False(c.has("embed debug_train-dcd-g"), "a selection gathered whole is not embedded")
 	s.Less(c.index("guard dcd debug_train"), c.index("random"), "random waits for dcd's guard")
 	for _, m := range res.Eval.Methods {
 		if m.Method == "dcd" {
@@ -166,6 +175,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "s.csv", Size: 4}, nil)
 	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 4}, nil)
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
 	env.OnActivity(a.TrainExternal, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.TrainExternalInput) (activities.TrainExternalResult, error) {
 		c.add("train " + in.Method + " on " + activity.GetInfo(ctx).TaskQueue + " keep " + in.Debug.Keep)
 		return activities.TrainExternalResult{Model: trained, LogKey: "log"}, nil

@@ -104,6 +104,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
 	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
 	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
 	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
 	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
