@@ -15,6 +15,7 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/store"
+	"dcd/schemas"
 )
 
 // GatherInput is a method's debug-train set, planned from its selection,
@@ -48,6 +49,11 @@ const gatherReads = 8
 // A shard that cannot be gathered whole is left for EmbedShard; when the
 // first pool shard asked for is not cached (the pool was embedded with
 // another model), nothing is.
+//
+// Every pool shard an image comes from is read whole, so a selection
+// spread thin over a huge pool (a few images a shard) would read far more
+// than embedding its images: such a selection is embedded instead, when
+// the rows to read outweigh imageWorth bytes an image.
 func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (GatherResult, error) {
 	var res GatherResult
 	rows, err := a.readManifest(ctx, in.Manifest)
@@ -112,7 +118,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 			need[p][id] = true
 		}
 	}
-	if len(todos) == 0 {
+	if len(todos) == 0 || !worthReading(index, need, in.Model) {
 		return res, nil
 	}
 
@@ -158,6 +164,35 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		}
 	}
 	return res, nil
+}
+
+// imageWorth is how many bytes of feature files embedding one image is
+// taken to be worth reading instead: reading the image itself (tens to
+// hundreds of KB for a photo), decoding it and running the model on it.
+const imageWorth = 256 << 10
+
+// worthReading says whether reading the pool shards wanted whole costs
+// less than embedding the images wanted from them: at 384 float32 values
+// an image and 2,000 images a shard, when the selection takes a dozen
+// images or more from each shard on average.
+func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef) bool {
+	n := len(index.FirstIDs)
+	if n < 2 || len(m.Dims) == 0 {
+		return true // a single shard, or no sizes to go by
+	}
+	rowBytes := 0
+	for _, d := range m.Dims {
+		rowBytes += 4 * d
+	}
+	if m.Spec.StoredAs == schemas.Float16 {
+		rowBytes /= 2
+	}
+	meanRows := float64(index.FirstIDs[n-1]-index.FirstIDs[0]) / float64(n-1)
+	wanted := 0
+	for _, ids := range need {
+		wanted += len(ids)
+	}
+	return float64(len(need))*meanRows*float64(rowBytes) <= float64(wanted)*imageWorth
 }
 
 func (r *GatherResult) add(images, rejects int) {

@@ -178,6 +178,23 @@ func TestGatherSelectionLeavesWhatItCannot(t *testing.T) {
 		t.Errorf("pool shard 2 missing: gathered %+v, want shard 0 alone (2 images)", res)
 	}
 
+	// Spread thin: one image from each of two pool shards of 10 rows is
+	// worth reading them (imageWorth, 256 KB an image) at 24 KB a row,
+	// and not at 28 KB.
+	for _, c := range []struct {
+		rowValues int
+		gathered  bool
+	}{{6000, true}, {7000, false}} {
+		fresh := memActivities(t)
+		writeGatherPool(t, fresh, "r", rowsSpec)
+		thin, _ := planSelection(t, fresh, "r", []int64{2, 14})
+		wide := m
+		wide.Dims = []int{c.rowValues}
+		if res := count(fresh, thin, wide); (res.Shards == 2) != c.gathered {
+			t.Errorf("two images from two shards of %d KB: gathered %+v, want gathered %v", 10*4*c.rowValues/1000, res, c.gathered)
+		}
+	}
+
 	// A selection written before pool ids were: nothing to go by.
 	b := memActivities(t)
 	writeGatherPool(t, b, "r", rowsSpec)
