@@ -11,11 +11,17 @@ import (
 func TestBusyIsTheUnionOfSpans(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	tm := times{spans: [][2]time.Time{
-		{at(50), at(60)}, {at(0), at(10)}, {at(5), at(20)}, {at(20), at(30)}, {at(55), at(58)},
+	tm := times{spans: []span{
+		{"a", at(50), at(60), false}, {"a", at(0), at(10), true}, {"b", at(5), at(20), false}, {"a", at(20), at(30), true}, {"b", at(55), at(58), true},
 	}}
-	if got := tm.busy(); got != 40*time.Millisecond {
+	if got := tm.busy(nil); got != 40*time.Millisecond {
 		t.Fatalf("busy %v, want 40ms ([0,30] and [50,60])", got)
+	}
+	if got := tm.busy(func(s span) bool { return s.searched }); got != 23*time.Millisecond {
+		t.Fatalf("busy searching %v, want 23ms ([0,10], [20,30] and [55,58])", got)
+	}
+	if got, want := tm.byType(), "a 30ms, b 18ms"; got != want {
+		t.Fatalf("by type %q, want %q", got, want)
 	}
 }
 

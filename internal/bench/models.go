@@ -166,3 +166,28 @@ func resnetModel(side int) model {
 		onnx.Node{Op: "Flatten", Inputs: []string{"gap"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}})
 	return model{name: "resnet50", graph: b.g, channels: 3, side: side, gflop: b.flop / 1e9}
 }
+
+// targetModel is the benchmark pass's target: 8×8 RGB → linear features of
+// passDim → linear logits of passClasses. The pass finds every feature in
+// the cache, so the model runs only when the pass checks it.
+func targetModel() model {
+	w := weights{rand.New(rand.NewPCG(2, passDim))}
+	g := &onnx.Graph{
+		Name:   "bench_target",
+		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 3, 8, 8}}},
+		Outputs: []onnx.Value{
+			{Name: "features", Elem: onnx.Float, Shape: []int64{-1, passDim}},
+			{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, passClasses}},
+		},
+		Initializers: []onnx.Tensor{
+			w.tensor("proj", 1, 3*8*8, passDim),
+			w.tensor("head", 1, passDim, passClasses),
+		},
+		Nodes: []onnx.Node{
+			{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"flat"}, Attrs: map[string]any{"axis": 1}},
+			{Op: "MatMul", Inputs: []string{"flat", "proj"}, Outputs: []string{"features"}},
+			{Op: "MatMul", Inputs: []string{"features", "head"}, Outputs: []string{"logits"}},
+		},
+	}
+	return model{name: "target", graph: g, channels: 3, side: 8, gflop: 2 * float64(3*8*8*passDim+passDim*passClasses) / 1e9}
+}

@@ -2,10 +2,12 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -29,7 +31,7 @@ import (
 	"dcd/internal/devserver"
 	"dcd/internal/embed"
 	"dcd/internal/features"
-	"dcd/internal/preprocess"
+	"dcd/internal/ortrun"
 	"dcd/internal/store"
 	"dcd/schemas"
 	"dcd/workflows"
@@ -103,18 +105,29 @@ type passCase struct {
 }
 
 const (
-	passDim   = 384
-	passShard = 2000 // rows per shard: the default shards.size
-	passK     = 10   // the default selection.k
+	passDim     = 384
+	passClasses = 10
+	passShard   = 2000 // rows per shard: the default shards.size
+	passK       = 10   // the default selection.k
+	passModel   = "models/target.onnx"
 )
 
-// Pass measures the pool scan of a recurring pass whose features are all
-// cached: ShardsWorkflow chains, as DebugPass starts them, over synthetic
-// d=384 feature files, on a dev server and a worker process. It reports
-// the wall time, the worker's peak RSS, and the shares of time in the k-NN
-// scan, in the activities' storage work and in orchestration (no activity
-// running). The largest pool is scanned a second time from float16
-// features, which halve what the pass reads.
+// passCompare is the default comparison but all_pool, which retrains on
+// every pool image: a cost that grows with the pool by design, paid to
+// prove the method once rather than on every recurring pass.
+var passCompare = []string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.MethodRandom, schemas.MethodDCD}
+
+// Pass measures a recurring debug pass whose features are all cached:
+// DebugPass end to end (checks, planning, queries, pool scan, merge, each
+// compared method's selection, retraining and evaluation, and the report)
+// on a dev server and a worker process, over synthetic manifests whose
+// d=384 features it writes to the cache first. The target serves as the
+// similarity model, as when a config names none, so the selected pool
+// images' features come from the cache too and no image is read. It
+// reports the wall time, the worker's peak RSS, and the shares of the time
+// in the k-NN scan, in the rest of the activities' work (storage, mostly),
+// and in orchestration (no activity running). The largest pool runs a
+// second time from float16 features, which halve what the pass reads.
 func Pass(ctx context.Context, o Options) ([]Result, error) {
 	srv, stop, err := o.server(ctx)
 	if err != nil {
@@ -137,45 +150,25 @@ func Pass(ctx context.Context, o Options) ([]Result, error) {
 		return nil, err
 	}
 	defer bucket.Close()
-
-	ref := activities.ModelRef{Path: "models/similarity.onnx", Spec: features.Spec{
-		ModelDigest: "bench", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
-		Preprocess: preprocess.Spec{Channels: 3, Height: 224, Width: 224},
-	}}
-	// One pool of cached features per value type, as large as its
-	// largest case; a case scans its first shards.
-	pools := map[string][]*dataset.Shard{}
-	for _, c := range cases {
-		if len(pools[c.storedAs])*passShard >= c.rows {
-			continue
-		}
-		start := time.Now()
-		spec := ref.Spec
-		spec.StoredAs = c.storedAs
-		rows := 0
-		for _, d := range cases {
-			if d.storedAs == c.storedAs {
-				rows = max(rows, d.rows)
-			}
-		}
-		shards, err := writePool(ctx, bucket, spec, rows)
-		if err != nil {
-			return nil, err
-		}
-		pools[c.storedAs] = shards
-		o.logf("pass: wrote %d cached feature shards (%d rows, d=%d, %s) in %s", len(shards), rows, passDim, cmp.Or(c.storedAs, schemas.Float32), time.Since(start).Round(time.Second))
+	sessions := activities.NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
+	defer sessions.Close()
+	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions}
+	if err := writePassInputs(ctx, bucket, cases, queries); err != nil {
+		return nil, err
 	}
 
 	var out []Result
 	for _, c := range cases {
-		run := "bench-" + c.label
-		n := c.rows / passShard
-		if err := writeRun(ctx, bucket, run, pools[c.storedAs][:n], queries); err != nil {
+		cfg := passConfig(c, queries).WithDefaults()
+		start := time.Now()
+		written, err := cachePass(ctx, acts, cfg)
+		if err != nil {
 			return out, err
 		}
-		r := ref
-		r.Spec.StoredAs = c.storedAs
-		rs, err := passRun(ctx, o, srv, workerBin, url, run, r, n, c)
+		if written > 0 {
+			o.logf("pass %s: wrote the features of %d shards (d=%d, %s) in %s", c.label, written, passDim, cfg.Target.StoredAs, time.Since(start).Round(time.Second))
+		}
+		rs, err := passRun(ctx, o, srv, workerBin, url, cfg, c)
 		if err != nil {
 			return out, fmt.Errorf("bench: pass %s: %w", c.label, err)
 		}
@@ -184,54 +177,137 @@ func Pass(ctx context.Context, o Options) ([]Result, error) {
 	return out, nil
 }
 
-// writePool writes rows/passShard shards of cached features (random unit
-// vectors) and their rejects markers, and returns the shard manifests.
-func writePool(ctx context.Context, b *blob.Bucket, spec features.Spec, rows int) ([]*dataset.Shard, error) {
-	mem := memory.NewGoAllocator()
-	var shards []*dataset.Shard
-	for s := 0; s*passShard < rows; s++ {
-		sh := &dataset.Shard{}
-		images := make([]embed.Image, passShard)
-		for j := range passShard {
-			id := int64(s*passShard + j)
-			key := fmt.Sprintf("pool/%04d/%06d.jpg", s, id)
-			sh.Items = append(sh.Items, dataset.Item{ID: id, Key: key, Label: strconv.Itoa(int(id % 10)), Domain: "clean"})
-			images[j] = embed.Image{ID: id, URI: key}
-		}
-		key := features.Key(spec, sh.Digest())
-		rec := features.Record(mem, spec.Columns, embed.Batch{Images: images, Vectors: [][]float32{uniform(uint64(100+s), passShard*passDim)}, Dims: []int{passDim}}, spec.StoredAs)
-		err := store.WriteArrow(ctx, b, key, rec.Schema(), mem, rec)
-		rec.Release()
-		if err == nil {
-			err = store.WriteAll(ctx, b, key+".rejects.json", []byte("[]"))
-		}
-		if err != nil {
-			return nil, err
-		}
-		shards = append(shards, sh)
+// passManifest is the key of a pass dataset's manifest; the pool's names
+// its size.
+func passManifest(ds string, rows int) string {
+	if ds == activities.Pool {
+		return fmt.Sprintf("sets/pool-%d.csv", rows)
 	}
-	return shards, nil
+	return "sets/" + ds + ".csv"
 }
 
-// writeRun writes a run's pool shard manifests and its queries.
-func writeRun(ctx context.Context, b *blob.Bucket, run string, shards []*dataset.Shard, queries int) error {
-	for i, sh := range shards {
-		if err := store.WriteAll(ctx, b, activities.ShardKey(run, activities.Pool, i), sh.Marshal()); err != nil {
+// passSizes are the datasets of a pass besides its pool, and their sizes:
+// E_sample's images are the queries.
+func passSizes(queries int) map[string]int {
+	return map[string]int{
+		activities.ErrorSample: queries, activities.ErrorHeldout: queries,
+		activities.Train: 2 * passShard, activities.Test: 2 * passShard,
+	}
+}
+
+// passConfig is the pass of case c: its pool, the small sets, and the
+// target, as a user would configure a recurring pass.
+func passConfig(c passCase, queries int) schemas.Config {
+	classes := make([]string, passClasses)
+	for i := range classes {
+		classes[i] = strconv.Itoa(i)
+	}
+	ds := func(name string) schemas.Dataset { return schemas.Dataset{Manifest: passManifest(name, c.rows)} }
+	return schemas.Config{
+		Name: "bench-" + c.label, Seed: 1, Classes: classes,
+		Target: schemas.Model{Path: passModel, Features: "features", Logits: "logits", StoredAs: c.storedAs},
+		Data: schemas.Data{
+			ErrorSample: ds(activities.ErrorSample), ErrorHeldout: ds(activities.ErrorHeldout),
+			Train: ds(activities.Train), Test: ds(activities.Test), Pool: ds(activities.Pool),
+		},
+		Compare: passCompare,
+	}
+}
+
+// writePassInputs writes the target model and the manifests: the small
+// sets once, and a pool of each case's size, its images named in order so
+// that a smaller pool is a prefix of a larger one. No image exists.
+func writePassInputs(ctx context.Context, b *blob.Bucket, cases []passCase, queries int) error {
+	data, err := targetModel().graph.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := store.WriteAll(ctx, b, passModel, data); err != nil {
+		return err
+	}
+	write := func(ds string, rows int) error {
+		var buf bytes.Buffer
+		buf.WriteString("uri,label\n")
+		for i := range rows {
+			fmt.Fprintf(&buf, "%s/%07d.jpg,%d\n", ds, i, i%passClasses)
+		}
+		return store.WriteAll(ctx, b, passManifest(ds, rows), buf.Bytes())
+	}
+	for ds, rows := range passSizes(queries) {
+		if err := write(ds, rows); err != nil {
 			return err
 		}
 	}
-	mem := memory.NewGoAllocator()
-	images := make([]embed.Image, queries)
-	for i := range images {
-		images[i] = embed.Image{URI: fmt.Sprintf("e_sample/%04d.jpg", i)}
+	for _, c := range cases {
+		if err := write(activities.Pool, c.rows); err != nil {
+			return err
+		}
 	}
-	rec := features.Record(mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{uniform(7, queries*passDim)}, Dims: []int{passDim}}, "")
-	defer rec.Release()
-	return store.WriteArrow(ctx, b, activities.RunKey(run, "queries.arrow"), rec.Schema(), mem, rec)
+	return nil
 }
 
-// passRun scans one pool on a fresh worker process and measures it.
-func passRun(ctx context.Context, o Options, srv *server, workerBin, url, run string, ref activities.ModelRef, n int, c passCase) ([]Result, error) {
+// cachePass writes the features a pass of cfg will look for, as a worker
+// would have cached them: it checks the target as the pass will, cuts each
+// dataset into the shards the pass will plan, and writes each shard's
+// features (random) unless a smaller pool wrote them already. It returns
+// how many shards it wrote.
+func cachePass(ctx context.Context, a *activities.Activities, cfg schemas.Config) (int, error) {
+	models, err := a.CheckModels(ctx, activities.CheckModelsInput{Target: cfg.Target})
+	if err != nil {
+		return 0, err
+	}
+	spec := models.Target.Spec
+	src := dataset.Source{Bucket: a.Bucket, Mem: a.Mem}
+	written := 0
+	put := func(sh *dataset.Shard) error {
+		key := features.Key(spec, sh.Digest())
+		if ok, err := store.Exists(ctx, a.Bucket, key); err != nil || ok {
+			return err
+		}
+		n := len(sh.Items)
+		images := make([]embed.Image, n)
+		for i, it := range sh.Items {
+			images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label}
+		}
+		seed := uint64(sh.Items[0].ID) + uint64(len(sh.Items[0].Key))<<40
+		rec := features.Record(a.Mem, spec.Columns, embed.Batch{
+			Images:  images,
+			Vectors: [][]float32{uniform(seed, n*passDim), uniform(seed+1, n*passClasses)},
+			Dims:    []int{passDim, passClasses},
+		}, spec.StoredAs)
+		err := store.WriteArrow(ctx, a.Bucket, key, rec.Schema(), a.Mem, rec)
+		rec.Release()
+		if err == nil {
+			err = store.WriteAll(ctx, a.Bucket, key+".rejects.json", []byte("[]"))
+		}
+		written++
+		return err
+	}
+	d := cfg.Data
+	for _, ds := range []schemas.Dataset{d.ErrorSample, d.ErrorHeldout, d.Train, d.Test, d.Pool} {
+		var cur dataset.Shard
+		err := src.Walk(ctx, ds, func(it dataset.Item) error {
+			cur.Items = append(cur.Items, it)
+			if !dataset.EndsShard(it.Key, len(cur.Items), cfg.Shards.Size) {
+				return nil
+			}
+			err := put(&cur)
+			cur.Items = cur.Items[:0]
+			return err
+		})
+		if err == nil && len(cur.Items) > 0 {
+			err = put(&cur)
+		}
+		if err != nil {
+			return written, fmt.Errorf("bench: cache %s: %w", ds.Manifest, err)
+		}
+	}
+	return written, nil
+}
+
+// passRun runs one pass on a fresh worker process and measures it.
+func passRun(ctx context.Context, o Options, srv *server, workerBin, url string, cfg schemas.Config, c passCase) ([]Result, error) {
+	run := cfg.Name
 	w, err := startWorker(ctx, o, workerBin, srv.hostport, url, run)
 	if err != nil {
 		return nil, err
@@ -239,56 +315,57 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url, run st
 	defer w.stop()
 
 	start := time.Now()
-	runs, err := runChains(ctx, srv.client, run, n, func(first, end int) workflows.ShardsInput {
-		return workflows.ShardsInput{
-			Run: run, Dataset: activities.Pool, Model: ref, First: first, End: end,
-			Window: 4, BatchSize: 64, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
-		}
-	})
+	r, err := srv.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: run, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
 	if err != nil {
+		return nil, err
+	}
+	var res workflows.PassResult
+	if err := r.Get(ctx, &res); err != nil {
 		return nil, fmt.Errorf("%w (worker log: %s)", err, w.log)
 	}
 	wall := time.Since(start)
+	if res.CachedShards != res.Shards {
+		// The bench wrote every feature: a shard embedded afresh would
+		// mean it cut the datasets otherwise than the pass.
+		return nil, fmt.Errorf("only %d of the pass's %d shards were cached", res.CachedShards, res.Shards)
+	}
 	hwm, err := w.peakRSS()
 	if err != nil {
 		return nil, err
 	}
-	t, err := activityTimes(ctx, srv.client, runs)
+	t, err := activityTimes(ctx, srv.client, chain{r.GetID(), r.GetRunID()})
 	if err != nil {
 		return nil, err
 	}
-	busy := t.busy()
+	busy := t.busy(nil)
 	orch := max(wall-busy, 0)
-	// Four searches run at once, and each one's reads and writes overlap
+	// Searches run side by side, and each one's reads and writes overlap
 	// the others' searches: the time some search ran is split between the
 	// k-NN and storage as the searches' own times split, summed.
 	var search time.Duration
 	if t.took > 0 {
-		search = time.Duration(float64(busy) * min(float64(t.search)/float64(t.took), 1))
+		search = time.Duration(float64(t.busy(func(s span) bool { return s.searched })) * min(float64(t.search)/float64(t.took), 1))
 	}
-	io := busy - search
+	other := busy - search
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
-	o.logf("pass %s: %d shards in %s (%.1f ms/shard): k-NN %s, storage %s, orchestration %s; %d activities (%d local); worker peak RSS %d MiB",
-		c.label, n, wall.Round(time.Millisecond), wall.Seconds()*1e3/float64(n), search.Round(time.Millisecond), io.Round(time.Millisecond), orch.Round(time.Millisecond), len(t.spans), t.local, hwm>>20)
+	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s; %d activities (%d local); worker peak RSS %d MiB",
+		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(), orch.Round(time.Millisecond), len(t.spans), t.local, hwm>>20)
 	name := "pass_cached_" + c.label
 	return []Result{
 		info(name+"_time", "s", wall.Seconds(), 0),
 		info(name+"_knn", "% of time", pct(search), 0),
-		info(name+"_io", "% of time", pct(io), 0),
+		info(name+"_io", "% of time", pct(other), 0),
 		budget(name+"_orchestration", "% of time", pct(orch), 5),
 		budget(name+"_peak_rss", "MiB", float64(hwm)/(1<<20), 1024),
 	}, nil
 }
 
-// chain is a ShardsWorkflow chain: its id and the id of its first run.
+// chain is a workflow chain: its id and the id of its first run.
 type chain struct{ id, firstRun string }
 
 // runChains starts ShardsWorkflow chains over n shards as DebugPass does
-// (ChildShards each, ChildWindow at a time), waits for them, and returns
-// every chain's first run (a WorkflowRun's own id moves to the last run of
-// the chain once Get has followed it).
-func runChains(ctx context.Context, c client.Client, run string, n int, input func(first, end int) workflows.ShardsInput) ([]chain, error) {
-	var all []chain
+// (ChildShards each, ChildWindow at a time) and waits for them.
+func runChains(ctx context.Context, c client.Client, run string, n int, input func(first, end int) workflows.ShardsInput) error {
 	var inFlight []client.WorkflowRun
 	wait := func(r client.WorkflowRun) error {
 		var res workflows.ShardsResult
@@ -297,31 +374,37 @@ func runChains(ctx context.Context, c client.Client, run string, n int, input fu
 	for first := 0; first < n; first += workflows.ChildShards {
 		if len(inFlight) == workflows.ChildWindow {
 			if err := wait(inFlight[0]); err != nil {
-				return nil, err
+				return err
 			}
 			inFlight = inFlight[1:]
 		}
 		id := fmt.Sprintf("%s/%s/%d", run, activities.Pool, first/workflows.ChildShards)
 		r, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, input(first, min(first+workflows.ChildShards, n)))
 		if err != nil {
-			return nil, fmt.Errorf("bench: start %s: %w", id, err)
+			return fmt.Errorf("bench: start %s: %w", id, err)
 		}
-		all = append(all, chain{r.GetID(), r.GetRunID()})
 		inFlight = append(inFlight, r)
 	}
 	for _, r := range inFlight {
 		if err := wait(r); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return all, nil
+	return nil
+}
+
+// span is one activity's run.
+type span struct {
+	activity        string
+	started, closed time.Time
+	searched        bool // it searched a pool shard
 }
 
 // times are the activities of a pass as its histories record them.
 type times struct {
-	spans        [][2]time.Time // started, closed
-	search, took time.Duration  // TopKShardResult.Search and .Took, summed
-	local        int            // local activities among the spans
+	spans        []span
+	search, took time.Duration // TopKShardResult.Search and .Took, summed
+	local        int           // local activities among the spans
 }
 
 func (t *times) addSearch(r activities.TopKShardResult) {
@@ -329,92 +412,114 @@ func (t *times) addSearch(r activities.TopKShardResult) {
 	t.took += r.Took
 }
 
-// busy is how long at least one activity was running.
-func (t times) busy() time.Duration {
-	spans := slices.Clone(t.spans)
-	slices.SortFunc(spans, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
+// busy is how long at least one of the spans keep keeps (nil: any) ran.
+func (t times) busy(keep func(span) bool) time.Duration {
+	var spans []span
+	for _, s := range t.spans {
+		if keep == nil || keep(s) {
+			spans = append(spans, s)
+		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.started.Compare(b.started) })
 	var total time.Duration
-	var cur [2]time.Time
+	var cur span
 	for i, s := range spans {
-		if i > 0 && !s[0].After(cur[1]) {
-			if s[1].After(cur[1]) {
-				cur[1] = s[1]
+		if i > 0 && !s.started.After(cur.closed) {
+			if s.closed.After(cur.closed) {
+				cur.closed = s.closed
 			}
 			continue
 		}
-		total += cur[1].Sub(cur[0])
+		total += cur.closed.Sub(cur.started)
 		cur = s
 	}
-	return total + cur[1].Sub(cur[0])
+	return total + cur.closed.Sub(cur.started)
 }
 
-// activityTimes reads every run of each chain (following continue-as-new)
-// and collects its activities' start and close times and k-NN time.
-func activityTimes(ctx context.Context, c client.Client, chains []chain) (times, error) {
+// byType says how long each kind of activity ran, the longest first.
+func (t times) byType() string {
+	kinds := map[string]time.Duration{}
+	for _, s := range t.spans {
+		if _, ok := kinds[s.activity]; !ok {
+			kinds[s.activity] = t.busy(func(o span) bool { return o.activity == s.activity })
+		}
+	}
+	names := slices.SortedFunc(maps.Keys(kinds), func(a, b string) int { return cmp.Or(cmp.Compare(kinds[b], kinds[a]), cmp.Compare(a, b)) })
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %s", n, kinds[n].Round(time.Millisecond))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// activityTimes reads the history of every run of a workflow and of its
+// children, following continue-as-new, and collects its activities' start
+// and close times and k-NN time.
+func activityTimes(ctx context.Context, c client.Client, root chain) (times, error) {
 	var t times
 	dc := converter.GetDefaultDataConverter()
-	for _, chain := range chains {
-		runID := chain.firstRun
-		for runID != "" {
-			it := c.GetWorkflowHistory(ctx, chain.id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-			started := map[int64]time.Time{}
-			types := map[int64]string{}
-			next := ""
-			for it.HasNext() {
-				ev, err := it.Next()
-				if err != nil {
-					return t, fmt.Errorf("bench: history of %s: %w", chain.id, err)
-				}
-				switch ev.GetEventType() {
-				case enumspb.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-					types[ev.GetEventId()] = ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName()
-				case enumspb.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-					started[ev.GetEventId()] = ev.GetEventTime().AsTime()
-				case enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-					a := ev.GetActivityTaskCompletedEventAttributes()
-					t.spans = append(t.spans, [2]time.Time{started[a.GetStartedEventId()], ev.GetEventTime().AsTime()})
-					switch types[a.GetScheduledEventId()] {
-					case "TopKShard":
-						var r activities.TopKShardResult
-						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
-							return t, fmt.Errorf("bench: TopKShard result: %w", err)
-						}
-						t.addSearch(r)
-					case "EmbedShard":
-						var r activities.EmbedShardResult
-						if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
-							return t, fmt.Errorf("bench: EmbedShard result: %w", err)
-						}
-						if r.TopK != nil {
-							t.addSearch(*r.TopK)
-						}
-					}
-				case enumspb.EVENT_TYPE_MARKER_RECORDED:
-					// A local activity: its marker is written when the
-					// workflow task that ran it completes, often with
-					// others, so its span is the one its result reports.
-					a := ev.GetMarkerRecordedEventAttributes()
-					if a.GetMarkerName() != "LocalActivity" || a.GetFailure() != nil {
-						continue
-					}
-					var data struct{ ActivityType string }
-					if err := dc.FromPayloads(a.GetDetails()["data"], &data); err != nil || data.ActivityType != "EmbedShard" {
-						continue
-					}
-					var r activities.EmbedShardResult
-					if err := dc.FromPayloads(a.GetDetails()["result"], &r); err != nil {
-						return t, fmt.Errorf("bench: EmbedShard local result: %w", err)
-					}
-					if r.TopK != nil {
-						t.spans = append(t.spans, [2]time.Time{r.TopK.Started, r.TopK.Started.Add(r.TopK.Took)})
-						t.addSearch(*r.TopK)
-						t.local++
-					}
-				case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-					next = ev.GetWorkflowExecutionContinuedAsNewEventAttributes().GetNewExecutionRunId()
-				}
+	for todo := []chain{root}; len(todo) > 0; {
+		id, runID := todo[0].id, todo[0].firstRun
+		todo = todo[1:]
+		it := c.GetWorkflowHistory(ctx, id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		started := map[int64]time.Time{}
+		types := map[int64]string{}
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				return t, fmt.Errorf("bench: history of %s: %w", id, err)
 			}
-			runID = next
+			switch ev.GetEventType() {
+			case enumspb.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+				types[ev.GetEventId()] = ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName()
+			case enumspb.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+				started[ev.GetEventId()] = ev.GetEventTime().AsTime()
+			case enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+				a := ev.GetActivityTaskCompletedEventAttributes()
+				s := span{activity: types[a.GetScheduledEventId()], started: started[a.GetStartedEventId()], closed: ev.GetEventTime().AsTime()}
+				var r activities.EmbedShardResult
+				switch s.activity {
+				case "TopKShard":
+					if err := dc.FromPayloads(a.GetResult(), &r.TopK); err != nil {
+						return t, fmt.Errorf("bench: TopKShard result: %w", err)
+					}
+				case "EmbedShard":
+					if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
+						return t, fmt.Errorf("bench: EmbedShard result: %w", err)
+					}
+				}
+				if r.TopK != nil {
+					s.searched = true
+					t.addSearch(*r.TopK)
+				}
+				t.spans = append(t.spans, s)
+			case enumspb.EVENT_TYPE_MARKER_RECORDED:
+				// A local activity: its marker is written when the
+				// workflow task that ran it completes, often with
+				// others, so its span is the one its result reports.
+				a := ev.GetMarkerRecordedEventAttributes()
+				if a.GetMarkerName() != "LocalActivity" || a.GetFailure() != nil {
+					continue
+				}
+				var data struct{ ActivityType string }
+				if err := dc.FromPayloads(a.GetDetails()["data"], &data); err != nil || data.ActivityType != "EmbedShard" {
+					continue
+				}
+				var r activities.EmbedShardResult
+				if err := dc.FromPayloads(a.GetDetails()["result"], &r); err != nil {
+					return t, fmt.Errorf("bench: EmbedShard local result: %w", err)
+				}
+				if r.TopK != nil {
+					t.spans = append(t.spans, span{activity: "EmbedShard (local)", started: r.TopK.Started, closed: r.TopK.Started.Add(r.TopK.Took), searched: true})
+					t.addSearch(*r.TopK)
+					t.local++
+				}
+			case enumspb.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+				e := ev.GetChildWorkflowExecutionStartedEventAttributes().GetWorkflowExecution()
+				todo = append(todo, chain{e.GetWorkflowId(), e.GetRunId()})
+			case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+				todo = append(todo, chain{id, ev.GetWorkflowExecutionContinuedAsNewEventAttributes().GetNewExecutionRunId()})
+			}
 		}
 	}
 	return t, nil
@@ -561,7 +666,7 @@ func Orchestration(ctx context.Context, o Options) ([]Result, error) {
 	for _, kind := range []string{"cached", "new"} {
 		run := fmt.Sprintf("bench-%s-%d", kind, time.Now().UnixNano())
 		start := time.Now()
-		_, err = runChains(ctx, srv.client, run, n, func(first, end int) workflows.ShardsInput {
+		err = runChains(ctx, srv.client, run, n, func(first, end int) workflows.ShardsInput {
 			return workflows.ShardsInput{
 				Run: run, Dataset: activities.Pool, First: first, End: end,
 				Window: 4, BatchSize: 64, K: passK, Heartbeat: 30 * time.Second, Timeout: time.Hour,
