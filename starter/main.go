@@ -61,6 +61,8 @@ func init() {
 		{"schedule list", "", "list schedules", nil},
 		{"schedule describe", "SCHED", "show next run times and recent passes", nil},
 		{"schedule trigger", "SCHED", "start a scheduled pass now", nil},
+		{"schedule pause", "[-note TEXT] SCHED", "stop starting passes (a running one goes on)", nil},
+		{"schedule unpause", "[-note TEXT] SCHED", "start passes again from the next firing", nil},
 		{"schedule delete", "SCHED", "delete a schedule (not its passes)", nil},
 		{"schedule", "", "", cmdSchedule},
 		{"pack", packSynopsis, "copy a dataset stored one object per image into WebDataset archives, far faster to embed", cmdPack},

@@ -19,7 +19,7 @@ import (
 
 func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 	if len(args) == 0 {
-		return usageErrorf("schedule: want create, list, describe, trigger or delete")
+		return usageErrorf("schedule: want create, list, describe, trigger, pause, unpause or delete")
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -34,9 +34,15 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		return scheduleCreate(ctx, e, rest)
 	case "list":
 		return scheduleList(ctx, e, rest)
-	case "describe", "trigger", "delete":
+	case "describe", "trigger", "pause", "unpause", "delete":
 		fs := e.flags("schedule " + sub)
-		id, err := oneArg(fs, "SCHED", "schedule id", rest)
+		synopsis := "SCHED"
+		var note string
+		if sub == "pause" || sub == "unpause" {
+			synopsis = "[-note TEXT] SCHED"
+			fs.StringVar(&note, "note", "", "why, shown by describe (default: who paused it and when)")
+		}
+		id, err := oneArg(fs, synopsis, "schedule id", rest)
 		if err != nil {
 			return err
 		}
@@ -63,6 +69,27 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 			}
 			fmt.Fprintf(e.stdout, "schedule %s triggered; `starter schedule describe %s` lists its passes\n", id, id)
 			return nil
+		case "pause":
+			// Paused, the schedule starts no pass, and one that runs goes
+			// on: the features it caches serve the next.
+			if note == "" {
+				note = "paused with starter schedule pause at " + time.Now().UTC().Format(time.RFC3339)
+			}
+			if err := h.Pause(ctx, client.SchedulePauseOptions{Note: note}); err != nil {
+				return scheduleErr(e, id, "pause", err)
+			}
+			fmt.Fprintf(e.stdout, "schedule %s paused; `starter schedule unpause %s` resumes it\n", id, id)
+			return nil
+		case "unpause":
+			// Firings missed while paused are not made up for.
+			if note == "" {
+				note = "unpaused with starter schedule unpause at " + time.Now().UTC().Format(time.RFC3339)
+			}
+			if err := h.Unpause(ctx, client.ScheduleUnpauseOptions{Note: note}); err != nil {
+				return scheduleErr(e, id, "unpause", err)
+			}
+			fmt.Fprintf(e.stdout, "schedule %s active again\n", id)
+			return scheduleDescribe(ctx, e, c, h)
 		default:
 			if err := h.Delete(ctx); err != nil {
 				return scheduleErr(e, id, "delete", err)
@@ -71,7 +98,7 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 			return nil
 		}
 	}
-	return usageErrorf("schedule: unknown subcommand %q (want create, list, describe, trigger or delete)", sub)
+	return usageErrorf("schedule: unknown subcommand %q (want create, list, describe, trigger, pause, unpause or delete)", sub)
 }
 
 func scheduleErr(e *cli, id, op string, err error) error {

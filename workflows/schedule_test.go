@@ -15,7 +15,9 @@ import (
 )
 
 // A schedule fires a pass on its own, and the pass completes with the same
-// outcome as one started by hand.
+// outcome as one started by hand. `starter schedule pause` stops the
+// firings (a trigger while the pass runs is refused, saying why), and
+// `unpause` starts them again.
 func TestScheduleFiresPass(t *testing.T) {
 	c, hostport := devServer(t)
 	b, cfg := demoWorld(t)
@@ -44,13 +46,19 @@ func TestScheduleFiresPass(t *testing.T) {
 			passID = d.Info.RecentActions[0].StartWorkflowResult.WorkflowID
 		}
 	}
-	if err := h.Pause(ctx, client.SchedulePauseOptions{Note: "test done"}); err != nil {
-		t.Fatal(err)
+	run := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(starter, append([]string{"schedule"}, args...)...)
+		cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
+		return cmd.CombinedOutput()
+	}
+	if out, err := run("pause", "-note", "test done", id); err != nil {
+		t.Fatalf("schedule pause: %v\n%s", err, out)
+	}
+	if d, err := h.Describe(ctx); err != nil || !d.Schedule.State.Paused || d.Schedule.State.Note != "test done" {
+		t.Fatalf("after schedule pause: %+v, %v; want paused with the note", d.Schedule.State, err)
 	}
 	// A trigger while the pass runs would be skipped: the command says so.
-	cmd := exec.Command(starter, "schedule", "trigger", id)
-	cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
-	out, err := cmd.CombinedOutput()
+	out, err := run("trigger", id)
 	if d, derr := c.DescribeWorkflowExecution(ctx, passID, ""); derr != nil {
 		t.Fatal(derr)
 	} else if d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
@@ -63,6 +71,31 @@ func TestScheduleFiresPass(t *testing.T) {
 	var res workflows.PassResult
 	if err := c.GetWorkflow(ctx, passID, "").Get(ctx, &res); err != nil {
 		t.Fatalf("scheduled pass %s: %v", passID, err)
+	}
+	// Unpaused, it fires again: a second pass starts after the first.
+	if out, err := run("unpause", id); err != nil || !strings.Contains(string(out), "active again") {
+		t.Fatalf("schedule unpause: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		d, err := h.Describe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Schedule.State.Paused {
+			t.Fatalf("still paused after unpause: %+v", d.Schedule.State)
+		}
+		if n := len(d.Info.RecentActions); n > 0 && d.Info.RecentActions[n-1].StartWorkflowResult.WorkflowID != passID {
+			// Not waited for: the tests after this one have the worker.
+			second := d.Info.RecentActions[n-1].StartWorkflowResult.WorkflowID
+			defer c.TerminateWorkflow(ctx, second, "", "test done")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the unpaused schedule did not fire within a minute")
+		}
+	}
+	if err := h.Pause(ctx, client.SchedulePauseOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	none, dcd := method(t, res.Eval, "none"), method(t, res.Eval, "dcd")
 	if dcd.HeldoutAccuracy-none.HeldoutAccuracy < 0.25 || res.DebugTrain.Size == 0 {
