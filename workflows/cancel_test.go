@@ -3,12 +3,15 @@ package workflows_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
 
 	"dcd/workflows"
 )
@@ -18,7 +21,8 @@ import (
 func TestCancelStopsThePass(t *testing.T) {
 	c, _ := devServer(t)
 	b, cfg := demoWorld(t)
-	startWorker(t, c, b)
+	acts := &runningActivities{}
+	startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{acts}}, workflows.CPUQueue, workflows.GPUQueue)
 	ctx := context.Background()
 	// A slow similarity model the cache has never seen, so the pool scan
 	// takes long enough to be cancelled in the middle.
@@ -36,6 +40,11 @@ func TestCancelStopsThePass(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPhase(t, c, id, "scan pool")
+	for deadline := time.Now().Add(time.Minute); acts.n.Load() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no activity running a minute into the pool scan")
+		}
+	}
 	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +74,34 @@ func TestCancelStopsThePass(t *testing.T) {
 			t.Fatal("pool child still running 30s after the pass was cancelled")
 		}
 	}
+	// And the worker runs none of their activities: each learns of the
+	// cancel at its next heartbeat, a part (5 s) at most into its shard.
+	for deadline := time.Now().Add(30 * time.Second); acts.n.Load() > 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d activities still running 30s after the pass was cancelled", acts.n.Load())
+		}
+	}
+}
+
+// runningActivities counts the activities a worker is running.
+type runningActivities struct {
+	interceptor.WorkerInterceptorBase
+	n atomic.Int64
+}
+
+func (r *runningActivities) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
+	return &runningActivity{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, n: &r.n}
+}
+
+type runningActivity struct {
+	interceptor.ActivityInboundInterceptorBase
+	n *atomic.Int64
+}
+
+func (a *runningActivity) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
+	a.n.Add(1)
+	defer a.n.Add(-1)
+	return a.Next.ExecuteActivity(ctx, in)
 }
 
 // waitPhase polls the pass's progress query until it reports phase.

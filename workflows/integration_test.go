@@ -124,6 +124,12 @@ func startWorker(t *testing.T, c client.Client, b *blob.Bucket) {
 // the bucket's URL, which external trainers are told.
 func startWorkerOn(t *testing.T, c client.Client, b *blob.Bucket, storageURL string, queues ...string) {
 	t.Helper()
+	startWorkerWith(t, c, b, storageURL, worker.Options{}, queues...)
+}
+
+// startWorkerWith is startWorkerOn with the workers' options.
+func startWorkerWith(t *testing.T, c client.Client, b *blob.Bucket, storageURL string, opts worker.Options, queues ...string) {
+	t.Helper()
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +137,7 @@ func startWorkerOn(t *testing.T, c client.Client, b *blob.Bucket, storageURL str
 	t.Cleanup(sessions.Close)
 	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: storageURL}
 	for _, q := range queues {
-		w := worker.New(c, q, worker.Options{})
+		w := worker.New(c, q, opts)
 		w.RegisterWorkflow(workflows.DebugPass)
 		w.RegisterWorkflow(workflows.ShardsWorkflow)
 		w.RegisterWorkflow(workflows.PackWorkflow)
