@@ -4,10 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"slices"
-	"sync"
 
+	"go.temporal.io/sdk/activity"
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
@@ -36,9 +35,15 @@ type GatherResult struct {
 	Rejects int
 }
 
-// gatherReads is how many pool shards' features GatherSelection reads at
-// once.
-const gatherReads = 8
+func (r *GatherResult) add(images, rejects int) {
+	r.Shards++
+	r.Images += images - rejects
+	r.Rejects += rejects
+}
+
+// gatherAhead is how many pool shards GatherSelection reads ahead of the
+// debug-train shard it fills, and how many entries it writes at once.
+const gatherAhead = 8
 
 // GatherSelection fills the cache entries of a debug-train set's shards
 // with rows of the model's cached features of the pool shards its images
@@ -46,14 +51,18 @@ const gatherReads = 8
 // cached them all, and a recurring pass reads no image for its
 // selections: copying rows out of a pool shard's file costs a read, where
 // embedding them again costs a read per image and the model's inference.
-// A shard that cannot be gathered whole is left for EmbedShard; when the
-// first pool shard asked for is not cached (the pool was embedded with
-// another model), nothing is.
 //
-// Every pool shard an image comes from is read whole, so a selection
-// spread thin over a huge pool (a few images a shard) would read far more
-// than embedding its images: such a selection is embedded instead, when
-// the rows to read outweigh imageWorth bytes an image.
+// It only ever saves work: a shard it cannot fill whole (a pool shard not
+// cached with the model, or damaged) is left for EmbedShard, and when the
+// first pool shard it needs is not cached (the pool was embedded with
+// another model) nothing is. Every pool shard an image comes from is read
+// whole, so a selection spread thin over a huge pool, where that reads
+// more than embedding its images would (worthReading), is left too.
+//
+// The shards are filled in order, the pool shards they draw on read
+// gatherAhead ahead and dropped after their last use: a selection written
+// in pool order (as the selections are) holds a few pool shards' wanted
+// rows at a time, however large.
 func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (GatherResult, error) {
 	var res GatherResult
 	rows, err := a.readManifest(ctx, in.Manifest)
@@ -64,106 +73,130 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	for _, r := range rows {
 		poolID[r.key] = r.poolID
 	}
-	var index ShardIndex
-	data, err := store.ReadAll(ctx, a.Bucket, ShardIndexKey(in.Run, Pool))
-	if gcerrors.Code(err) == gcerrors.NotFound {
-		return res, nil // planned before pools had an index
-	}
-	if err != nil {
+	index, ok, err := a.readShardIndex(ctx, in.Run)
+	if err != nil || !ok {
 		return res, err
 	}
-	if err := json.Unmarshal(data, &index); err != nil {
-		return res, fmt.Errorf("activities: %s: %w", ShardIndexKey(in.Run, Pool), err)
-	}
 
-	// Each shard still to fill, and the pool shard of each of its images.
+	// Which shards to fill, and the pool ids of their images.
 	type todo struct {
-		shard *dataset.Shard
-		key   string
-		ids   []int64 // each image's pool id
+		shard int
+		ids   []int64
 	}
 	var todos []todo
 	need := map[int]map[int64]bool{} // pool shard → pool ids wanted
+	var pools []int                  // pool shards in the order first needed
+	firstUse, lastUse := map[int]int{}, map[int]int{}
 	for i := range in.Shards {
-		shardKey := ShardKey(in.Run, in.Dataset, i)
-		shard, err := a.readShard(ctx, shardKey)
+		shard, err := a.readShard(ctx, ShardKey(in.Run, in.Dataset, i))
 		if err != nil {
 			return res, err
 		}
-		key := features.Key(in.Model.Spec, shard.Digest())
-		if rejects, ok, err := a.cachedRejects(ctx, key); err != nil {
+		heartbeat(ctx, i)
+		if rejects, ok, err := a.cachedRejects(ctx, features.Key(in.Model.Spec, shard.Digest())); err != nil {
 			return res, err
 		} else if ok {
 			res.add(len(shard.Items), len(rejects))
 			continue
 		}
-		t := todo{shard: shard, key: key, ids: make([]int64, len(shard.Items))}
+		ids := make([]int64, len(shard.Items))
 		for j, it := range shard.Items {
 			id, ok := poolID[it.Key]
 			if !ok || id < 0 || index.shardOf(id) < 0 {
-				t.ids = nil // an image with no pool id: embed the shard
+				ids = nil // an image with no pool id: embed the shard
 				break
 			}
-			t.ids[j] = id
+			ids[j] = id
 		}
-		if t.ids == nil {
+		if ids == nil {
 			continue
 		}
-		todos = append(todos, t)
-		for _, id := range t.ids {
+		for _, id := range ids {
 			p := index.shardOf(id)
 			if need[p] == nil {
 				need[p] = map[int64]bool{}
+				firstUse[p] = len(todos)
+				pools = append(pools, p)
 			}
 			need[p][id] = true
+			lastUse[p] = len(todos)
 		}
+		todos = append(todos, todo{shard: i, ids: ids})
 	}
 	if len(todos) == 0 || !worthReading(index, need, in.Model) {
 		return res, nil
 	}
 
-	// Read each pool shard wanted, keeping only its wanted rows. One is
-	// read alone first: a pool cached with another model is told at the
-	// cost of one missing file.
-	pools := slices.Sorted(maps.Keys(need))
-	found := make(map[int]*pooledRows, len(pools))
-	var mu sync.Mutex
-	read := func(ctx context.Context, p int) error {
-		r, err := a.pooledRows(ctx, in.Run, p, in.Model, need[p])
-		if err != nil {
+	first, err := a.pooledRows(ctx, in.Run, pools[0], in.Model, need[pools[0]])
+	if err != nil || first == nil {
+		return res, err
+	}
+	ahead := readAhead(ctx, len(pools)-1, gatherAhead, func(ctx context.Context, j int) (*pooledRows, error) {
+		return a.pooledRows(ctx, in.Run, pools[j+1], in.Model, need[pools[j+1]])
+	}, nil)
+	defer ahead.stop()
+	loaded := map[int]*pooledRows{pools[0]: first}
+	next := 1
+	writes, wctx := errgroup.WithContext(ctx)
+	writes.SetLimit(gatherAhead)
+	filled := make([]GatherResult, len(todos))
+	for ti, t := range todos {
+		for ; next < len(pools) && firstUse[pools[next]] <= ti; next++ {
+			r, err := ahead.next()
+			if err != nil {
+				writes.Wait()
+				return res, err
+			}
+			loaded[pools[next]] = r
+		}
+		g := gather(t.ids, index, loaded)
+		for p, last := range lastUse {
+			if last == ti {
+				delete(loaded, p)
+			}
+		}
+		heartbeat(ctx, len(todos)+ti)
+		if g == nil {
+			continue
+		}
+		writes.Go(func() error {
+			shard, err := a.readShard(wctx, ShardKey(in.Run, in.Dataset, t.shard))
+			if err != nil {
+				return err
+			}
+			filled[ti], _, err = a.writeGathered(wctx, shard, g, in.Model)
 			return err
-		}
-		mu.Lock()
-		found[p] = r
-		mu.Unlock()
-		heartbeat(ctx, len(found))
-		return nil
+		})
 	}
-	if err := read(ctx, pools[0]); err != nil {
+	if err := writes.Wait(); err != nil {
 		return res, err
 	}
-	if found[pools[0]] == nil {
-		return res, nil
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(gatherReads)
-	for _, p := range pools[1:] {
-		g.Go(func() error { return read(gctx, p) })
-	}
-	if err := g.Wait(); err != nil {
-		return res, err
-	}
-
-	for _, t := range todos {
-		n, rejects, ok, err := a.writeGathered(ctx, t.shard, t.key, t.ids, index, found, in.Model)
-		if err != nil {
-			return res, err
-		}
-		if ok {
-			res.add(n, rejects)
-		}
+	for _, f := range filled {
+		res.Shards += f.Shards
+		res.Images += f.Images
+		res.Rejects += f.Rejects
 	}
 	return res, nil
+}
+
+// readShardIndex reads the run's pool ShardIndex; without one (a pass
+// planned before pools had an index, or a damaged file) there is nothing
+// to gather by.
+func (a *Activities) readShardIndex(ctx context.Context, run string) (ShardIndex, bool, error) {
+	var index ShardIndex
+	key := ShardIndexKey(run, Pool)
+	data, err := store.ReadAll(ctx, a.Bucket, key)
+	switch {
+	case gcerrors.Code(err) == gcerrors.NotFound:
+		return index, false, nil
+	case err != nil:
+		return index, false, err
+	}
+	if err := json.Unmarshal(data, &index); err != nil || !slices.IsSorted(index.FirstIDs) {
+		warn(ctx, "pool shard index not used: selections are embedded", "key", key, "error", err)
+		return index, false, nil
+	}
+	return index, true, nil
 }
 
 // imageWorth is how many bytes of feature files embedding one image is
@@ -172,9 +205,9 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 const imageWorth = 256 << 10
 
 // worthReading says whether reading the pool shards wanted whole costs
-// less than embedding the images wanted from them: at 384 float32 values
-// an image and 2,000 images a shard, when the selection takes a dozen
-// images or more from each shard on average.
+// less than embedding the images wanted from them: with 2,000 images a
+// shard and 394 float32 values an image (384 features, 10 logits), when
+// the selection takes a dozen images or more from each shard on average.
 func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef) bool {
 	n := len(index.FirstIDs)
 	if n < 2 || len(m.Dims) == 0 {
@@ -195,21 +228,21 @@ func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef) boo
 	return float64(len(need))*meanRows*float64(rowBytes) <= float64(wanted)*imageWorth
 }
 
-func (r *GatherResult) add(images, rejects int) {
-	r.Shards++
-	r.Images += images - rejects
-	r.Rejects += rejects
-}
-
 // pooledRows are the wanted rows of one pool shard's cached features.
 type pooledRows struct {
-	vectors map[int64][][]float32 // pool id → one vector per column
+	rows    map[int64]pooledRow // by pool id
 	dims    []int
 	rejects map[string]embed.Reject // by key
 }
 
+type pooledRow struct {
+	key     string
+	vectors [][]float32 // one per column
+}
+
 // pooledRows reads pool shard p's cached features and keeps the rows of
-// the wanted pool ids; nil when the shard is not cached with m.
+// the wanted pool ids; nil when the shard is not cached with m, or its
+// entry cannot be used (damaged, or not of m's sizes).
 func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelRef, want map[int64]bool) (*pooledRows, error) {
 	shardKey := ShardKey(run, Pool, p)
 	shard, err := a.readShard(ctx, shardKey)
@@ -221,7 +254,7 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 	if err != nil || !ok {
 		return nil, err
 	}
-	r := &pooledRows{vectors: map[int64][][]float32{}, rejects: map[string]embed.Reject{}}
+	r := &pooledRows{rows: map[int64]pooledRow{}, rejects: map[string]embed.Reject{}}
 	for _, rj := range rejects {
 		r.rejects[rj.URI] = rj
 	}
@@ -229,12 +262,21 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		return r, nil // no file: every image was rejected
 	}
 	ms, err := features.LoadColumns(ctx, a.Bucket, key, m.Spec.Columns, a.Mem)
-	if err != nil {
-		return nil, err
+	var items []dataset.Item
+	if err == nil {
+		items, err = features.Join(shardKey, shard, ms[0])
 	}
-	items, err := features.Join(shardKey, shard, ms[0])
-	if err != nil {
-		return nil, err
+	for c := 0; err == nil && c < len(ms) && c < len(m.Dims); c++ {
+		if ms[c].Dim != m.Dims[c] {
+			err = fmt.Errorf("column %q has %d values a row, the model %d", m.Spec.Columns[c], ms[c].Dim, m.Dims[c])
+		}
+	}
+	switch {
+	case err != nil && (ctx.Err() != nil || transient(err)):
+		return nil, err // a retry may read it
+	case err != nil:
+		warn(ctx, "pool cache entry not gathered from", "key", key, "error", err)
+		return nil, nil
 	}
 	for _, mat := range ms {
 		r.dims = append(r.dims, mat.Dim)
@@ -247,50 +289,87 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		for c, mat := range ms {
 			vs[c] = slices.Clone(mat.Data[row*mat.Dim : (row+1)*mat.Dim])
 		}
-		r.vectors[it.ID] = vs
+		r.rows[it.ID] = pooledRow{key: it.Key, vectors: vs}
 	}
 	return r, nil
 }
 
-// writeGathered writes the cache entry of one debug-train shard from the
-// pool rows found, as EmbedShard would have: the images in the shard's
-// order, the pool's rejects for those it rejected. It reports the shard's
-// images and rejects, and false when some image's row is missing.
-func (a *Activities) writeGathered(ctx context.Context, shard *dataset.Shard, key string, ids []int64, index ShardIndex, found map[int]*pooledRows, m ModelRef) (int, int, bool, error) {
+// gathered is what one debug-train shard's entry is made of: for each of
+// its images, by pool id, the pool shard that holds its row or its reject.
+type gathered struct {
+	ids   []int64
+	pools []*pooledRows
+}
+
+// gather finds the pool shard of each image of a debug-train shard among
+// those loaded; nil when one is missing (not cached).
+func gather(ids []int64, index ShardIndex, loaded map[int]*pooledRows) *gathered {
+	g := &gathered{ids: ids, pools: make([]*pooledRows, len(ids))}
+	for j, id := range ids {
+		if g.pools[j] = loaded[index.shardOf(id)]; g.pools[j] == nil {
+			return nil
+		}
+	}
+	return g
+}
+
+// writeGathered writes the cache entry of one debug-train shard as
+// EmbedShard would have: its images' rows in the shard's order, and the
+// pool's rejects of the others. It reports false, writing nothing, when an
+// image's row is not the image's (by key) or it has neither row nor
+// reject, and when none of its images could be read (EmbedShard leaves
+// such a shard uncached, and fails naming one).
+func (a *Activities) writeGathered(ctx context.Context, shard *dataset.Shard, g *gathered, m ModelRef) (GatherResult, bool, error) {
+	var res GatherResult
+	if len(shard.Items) != len(g.ids) {
+		return res, false, nil
+	}
 	var b embed.Batch
 	rejects := []embed.Reject{}
 	for j, it := range shard.Items {
-		pool := found[index.shardOf(ids[j])]
-		if pool == nil {
-			return 0, 0, false, nil
-		}
-		if rj, ok := pool.rejects[it.Key]; ok {
-			rejects = append(rejects, rj)
+		pool := g.pools[j]
+		if row, ok := pool.rows[g.ids[j]]; ok {
+			if row.key != it.Key {
+				return res, false, nil
+			}
+			if b.Vectors == nil {
+				b.Vectors, b.Dims = make([][]float32, len(row.vectors)), pool.dims
+			}
+			for c, v := range row.vectors {
+				b.Vectors[c] = append(b.Vectors[c], v...)
+			}
+			b.Images = append(b.Images, embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain})
 			continue
 		}
-		vs, ok := pool.vectors[ids[j]]
+		rj, ok := pool.rejects[it.Key]
 		if !ok {
-			return 0, 0, false, nil
+			return res, false, nil
 		}
-		if b.Vectors == nil {
-			b.Vectors, b.Dims = make([][]float32, len(vs)), pool.dims
-		}
-		for c, v := range vs {
-			b.Vectors[c] = append(b.Vectors[c], v...)
-		}
-		b.Images = append(b.Images, embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain})
+		rejects = append(rejects, rj)
 	}
+	if len(b.Images) == 0 && !slices.ContainsFunc(rejects, func(r embed.Reject) bool { return !r.Unread() }) {
+		return res, false, nil
+	}
+	key := features.Key(m.Spec, shard.Digest())
 	if len(b.Images) > 0 {
 		rec := features.Record(a.Mem, m.Spec.Columns, b, m.Spec.StoredAs)
 		err := store.WriteArrow(ctx, a.Bucket, key, rec.Schema(), a.Mem, rec)
 		rec.Release()
 		if err != nil {
-			return 0, 0, false, err
+			return res, false, err
 		}
 	}
 	rj, _ := json.Marshal(rejects)
 	if err := store.WriteAll(ctx, a.Bucket, rejectsKey(key), rj); err != nil {
-		return 0, 0, false, err
+		return res, false, err
 	}
-	return len(shard.Items), len(rejects), true, nil
+	res.add(len(shard.Items), len(rejects))
+	return res, true, nil
+}
+
+// warn logs through the activity's logger, when there is one.
+func warn(ctx context.Context, msg string, keyvals ...any) {
+	if activity.IsActivity(ctx) {
+		activity.GetLogger(ctx).Warn(msg, keyvals...)
+	}
 }

@@ -178,21 +178,23 @@ func TestGatherSelectionLeavesWhatItCannot(t *testing.T) {
 		t.Errorf("pool shard 2 missing: gathered %+v, want shard 0 alone (2 images)", res)
 	}
 
-	// Spread thin: one image from each of two pool shards of 10 rows is
-	// worth reading them (imageWorth, 256 KB an image) at 24 KB a row,
-	// and not at 28 KB.
-	for _, c := range []struct {
-		rowValues int
-		gathered  bool
-	}{{6000, true}, {7000, false}} {
-		fresh := memActivities(t)
-		writeGatherPool(t, fresh, "r", rowsSpec)
-		thin, _ := planSelection(t, fresh, "r", []int64{2, 14})
-		wide := m
-		wide.Dims = []int{c.rowValues}
-		if res := count(fresh, thin, wide); (res.Shards == 2) != c.gathered {
-			t.Errorf("two images from two shards of %d KB: gathered %+v, want gathered %v", 10*4*c.rowValues/1000, res, c.gathered)
-		}
+	// A selection whose pool ids name other images (a stale index, a
+	// wrong manifest) copies nobody's row in their place.
+	d := memActivities(t)
+	writeGatherPool(t, d, "r", rowsSpec)
+	planSelection(t, d, "r", []int64{2, 9, 14, 20})
+	put(t, d, "wrong.csv", []byte("uri,label,domain,score,pool_id\npool/002.png,a,d,0,3\npool/009.png,a,d,1,9\npool/014.png,a,d,2,14\npool/020.png,a,d,3,20\n"))
+	if res := count(d, "wrong.csv", m); res.Shards != 1 || res.Images != 2 {
+		t.Errorf("pool/002.png given pool id 3: gathered %+v, want only the shard without it", res)
+	}
+
+	// A damaged pool cache entry is not gathered from, and fails nothing.
+	e := memActivities(t)
+	writeGatherPool(t, e, "r", rowsSpec)
+	damaged, _ := planSelection(t, e, "r", []int64{2, 9, 14, 20})
+	put(t, e, features.Key(rowsSpec, mustShard(t, e, ShardKey("r", Pool, 0)).Digest()), []byte("not arrow"))
+	if res := count(e, damaged, m); res.Shards != 0 {
+		t.Errorf("pool shard 0 damaged: gathered %+v", res)
 	}
 
 	// A selection written before pool ids were: nothing to go by.
@@ -212,4 +214,42 @@ func mustShard(t *testing.T, a *Activities, key string) *dataset.Shard {
 		t.Fatal(err)
 	}
 	return sh
+}
+
+// A selection is gathered where reading its pool shards whole costs fewer
+// bytes than embedding its images, at imageWorth (256 KB) an image.
+func TestWorthReading(t *testing.T) {
+	index := ShardIndex{FirstIDs: []int64{0, 2000, 4000, 6000}} // 2,000 rows a shard
+	need := func(perShard ...int) map[int]map[int64]bool {
+		n := map[int]map[int64]bool{}
+		for p, k := range perShard {
+			n[p] = map[int64]bool{}
+			for i := range k {
+				n[p][int64(2000*p+i)] = true
+			}
+		}
+		return n
+	}
+	d384 := ModelRef{Dims: []int{384, 10}} // 1,576 bytes a row, 3.15 MB a shard
+	f16 := d384
+	f16.Spec.StoredAs = schemas.Float16
+	for _, c := range []struct {
+		name string
+		need map[int]map[int64]bool
+		m    ModelRef
+		want bool
+	}{
+		{"13 images a shard", need(13, 13, 13), d384, true}, // 3.15 MB ≤ 3.33 MB
+		{"12 images a shard", need(12, 12, 12), d384, false},
+		{"6 a shard, float16", need(7, 6, 6), f16, true},
+		{"one shard's 40, two shards' 1", need(40, 1, 1), d384, true},
+		{"no sizes known", need(1, 1), ModelRef{}, true},
+	} {
+		if got := worthReading(index, c.need, c.m); got != c.want {
+			t.Errorf("%s: worth reading %v, want %v", c.name, got, c.want)
+		}
+	}
+	if !worthReading(ShardIndex{FirstIDs: []int64{0}}, need(1), d384) {
+		t.Error("a pool of one shard: not worth reading")
+	}
 }

@@ -236,12 +236,16 @@ func (c *comparison) embedSelection(ctx workflow.Context, m string, sel activiti
 		// and no image is read.
 		var a *activities.Activities
 		var g activities.GatherResult
-		if err := workflow.ExecuteActivity(c.cpu(ctx), a.GatherSelection, activities.GatherInput{
+		err := workflow.ExecuteActivity(c.cpu(ctx), a.GatherSelection, activities.GatherInput{
 			Run: c.runID, Dataset: ds, Shards: n, Manifest: sel.Manifest, Model: c.models.Target,
-		}).Get(ctx, &g); err != nil {
+		}).Get(ctx, &g)
+		switch {
+		case err != nil && temporal.IsCanceledError(err):
 			return 0, err
-		}
-		if g.Shards == n {
+		case err != nil:
+			// Gathering only saves work: what it could not do is embedded.
+			workflow.GetLogger(ctx).Warn("selection not gathered, embedding it", "method", m, "error", err)
+		case g.Shards == n:
 			c.progress.ShardsDone += n
 			c.progress.CachedShards += n
 			c.progress.Images += g.Images

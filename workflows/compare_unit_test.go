@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/activities"
 	"dcd/schemas"
@@ -37,9 +38,10 @@ func (c *calls) index(s string) int {
 }
 
 // Every compared method runs its own chain on the same features: dcd and
-// a variant select, embed and guard; random draws as many images as the
-// reference dcd kept, after its guard; all_pool trains on the pool's
-// shards; none only evaluates. eval.json lists them in the config's order.
+// a variant select, gather or embed (a failed gather too), and guard;
+// random draws as many images as the reference dcd kept, after its guard;
+// all_pool trains on the pool's shards; none only evaluates. eval.json
+// lists them in the config's order.
 func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ShardsWorkflow)
@@ -70,8 +72,11 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	})
 	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.GatherInput) (activities.GatherResult, error) {
 		c.add("gather " + in.Dataset + " " + in.Manifest)
-		if in.Dataset == "debug_train-dcd-g" { // its rows all in the pool's cache
+		switch in.Dataset {
+		case "debug_train-dcd-g": // its rows all in the pool's cache
 			return activities.GatherResult{Shards: in.Shards, Images: 20}, nil
+		case "debug_train-random": // a failed gather is embedded instead
+			return activities.GatherResult{}, temporal.NewNonRetryableApplicationError("pool index unreadable", "test", nil)
 		}
 		return activities.GatherResult{}, nil
 	})
