@@ -261,11 +261,15 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 	if len(rejects) == len(shard.Items) {
 		return r, nil // no file: every image was rejected
 	}
-	ms, err := features.LoadColumns(ctx, a.Bucket, key, m.Spec.Columns, a.Mem)
-	var items []dataset.Item
-	if err == nil {
-		items, err = features.Join(shardKey, shard, ms[0])
+	// The wanted images' keys, each with its pool ids in shard order (a
+	// key listed twice is two images).
+	ids := map[string][]int64{}
+	for _, it := range shard.Items {
+		if want[it.ID] {
+			ids[it.Key] = append(ids[it.Key], it.ID)
+		}
 	}
+	ms, err := features.LoadRows(ctx, a.Bucket, key, m.Spec.Columns, a.Mem, func(uri string) bool { return ids[uri] != nil })
 	for c := 0; err == nil && c < len(ms) && c < len(m.Dims); c++ {
 		if ms[c].Dim != m.Dims[c] {
 			err = fmt.Errorf("column %q has %d values a row, the model %d", m.Spec.Columns[c], ms[c].Dim, m.Dims[c])
@@ -281,15 +285,17 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 	for _, mat := range ms {
 		r.dims = append(r.dims, mat.Dim)
 	}
-	for row, it := range items {
-		if !want[it.ID] {
-			continue
+	for row, uri := range ms[0].URIs {
+		if len(ids[uri]) == 0 {
+			continue // a row the manifest does not have: a damaged entry
 		}
+		id := ids[uri][0]
+		ids[uri] = ids[uri][1:]
 		vs := make([][]float32, len(ms))
 		for c, mat := range ms {
-			vs[c] = slices.Clone(mat.Data[row*mat.Dim : (row+1)*mat.Dim])
+			vs[c] = mat.Row(row)
 		}
-		r.rows[it.ID] = pooledRow{key: it.Key, vectors: vs}
+		r.rows[id] = pooledRow{key: uri, vectors: vs}
 	}
 	return r, nil
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
@@ -125,6 +126,13 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 // LoadColumns reads several columns of the feature file at key in one
 // read; the matrices share their URIs.
 func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator) ([]*Matrix, error) {
+	return LoadRows(ctx, b, key, columns, mem, nil)
+}
+
+// LoadRows is LoadColumns keeping only the rows whose URI keep accepts
+// (every row when keep is nil): a caller after a few rows of a file copies
+// and widens those alone.
+func LoadRows(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator, keep func(uri string) bool) ([]*Matrix, error) {
 	f, err := store.OpenArrow(ctx, b, key, mem)
 	if err != nil {
 		return nil, err
@@ -162,32 +170,47 @@ func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []stri
 		rows += int(recs[i].NumRows())
 	}
 	uris := make([]string, 0, rows)
+	kept := make([][]int, len(recs)) // each record's rows kept, when keep is set
 	for i, rec := range recs {
 		col, ok := rec.Column(0).(*array.String)
 		if !ok {
 			return nil, fmt.Errorf("features: %q record %d: column 0 is %s, want the images' URIs as strings", key, i, rec.Column(0).DataType())
 		}
 		for j := 0; j < col.Len(); j++ {
-			uris = append(uris, col.Value(j))
+			if keep == nil {
+				uris = append(uris, col.Value(j))
+			} else if u := col.Value(j); keep(u) {
+				uris = append(uris, strings.Clone(u)) // a few: not to pin the whole file
+				kept[i] = append(kept[i], j)
+			}
 		}
 	}
 	ms := make([]*Matrix, len(columns))
 	for c, column := range columns {
-		m := &Matrix{Dim: dims[c], URIs: uris, Data: make([]float32, rows*dims[c])}
+		m := &Matrix{Dim: dims[c], URIs: uris, Data: make([]float32, len(uris)*dims[c])}
 		at := 0
 		for i, rec := range recs {
 			values := rec.Column(idx[c]).(*array.FixedSizeList).ListValues()
 			if values.Len() != int(rec.NumRows())*m.Dim {
 				return nil, fmt.Errorf("features: %q record %d: %d values in column %q for %d rows of %d", key, i, values.Len(), column, rec.NumRows(), m.Dim)
 			}
-			switch vals := values.(type) {
-			case *array.Float32:
-				at += copy(m.Data[at:], vals.Float32Values())
-			case *array.Float16:
-				h := arrow.Uint16Traits.CastFromBytes(vals.Data().Buffers()[1].Bytes())
-				h = h[vals.Data().Offset() : vals.Data().Offset()+vals.Len()]
-				half.ToFloat32s(m.Data[at:], h)
-				at += len(h)
+			widen := func(dst []float32, lo, hi int) int { // values [lo, hi) into dst
+				switch vals := values.(type) {
+				case *array.Float32:
+					return copy(dst, vals.Float32Values()[lo:hi])
+				case *array.Float16:
+					h := arrow.Uint16Traits.CastFromBytes(vals.Data().Buffers()[1].Bytes())
+					off := vals.Data().Offset()
+					half.ToFloat32s(dst, h[off+lo:off+hi])
+				}
+				return hi - lo
+			}
+			if keep == nil {
+				at += widen(m.Data[at:], 0, values.Len())
+				continue
+			}
+			for _, j := range kept[i] {
+				at += widen(m.Data[at:], j*m.Dim, (j+1)*m.Dim)
 			}
 		}
 		ms[c] = m

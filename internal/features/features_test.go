@@ -102,6 +102,25 @@ func TestRecordLoad(t *testing.T) {
 				t.Fatalf("%q: value %d is %v, want %v", storedAs, i, m.Data[i], v)
 			}
 		}
+		// LoadRows keeps some rows, from every record, as LoadColumns has them.
+		some := func(uri string) bool {
+			return strings.HasSuffix(uri, "b") || strings.HasSuffix(uri, "h") || strings.HasSuffix(uri, "w")
+		}
+		rows, err := LoadRows(ctx, b, key, []string{"features", "logits"}, mem, some)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for r, uri := range rows[0].URIs {
+			i := slices.Index(uris, uri)
+			got = append(got, uri)
+			if !slices.Equal(rows[0].Row(r), m.Row(i)) || !slices.Equal(rows[1].Row(r), logits.Row(i)) {
+				t.Errorf("%q: LoadRows row %s differs from LoadColumns' row %d", storedAs, uri, i)
+			}
+		}
+		if len(got) != 3 || !some(got[0]) || !some(got[1]) || !some(got[2]) {
+			t.Errorf("%q: LoadRows kept %v, want the 3 URIs ending in b, h and w", storedAs, got)
+		}
 	}
 	if sizes[schemas.Float16] > sizes[""]*6/10 {
 		t.Errorf("%d bytes as float16, %d as float32", sizes[schemas.Float16], sizes[""])
