@@ -464,6 +464,7 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 		it := c.GetWorkflowHistory(ctx, id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		started := map[int64]time.Time{}
 		types := map[int64]string{}
+		var taskStarted time.Time // the last workflow task's
 		for it.HasNext() {
 			ev, err := it.Next()
 			if err != nil {
@@ -493,25 +494,38 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 					t.addSearch(*r.TopK)
 				}
 				t.spans = append(t.spans, s)
+			case enumspb.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+				taskStarted = ev.GetEventTime().AsTime()
 			case enumspb.EVENT_TYPE_MARKER_RECORDED:
 				// A local activity: its marker is written when the
 				// workflow task that ran it completes, often with
-				// others, so its span is the one its result reports.
+				// others. A search's span is the one its result
+				// reports; another's runs from the start of that task
+				// to the completion its marker records.
 				a := ev.GetMarkerRecordedEventAttributes()
 				if a.GetMarkerName() != "LocalActivity" || a.GetFailure() != nil {
 					continue
 				}
-				var data struct{ ActivityType string }
-				if err := dc.FromPayloads(a.GetDetails()["data"], &data); err != nil || data.ActivityType != "EmbedShard" {
+				var data struct {
+					ActivityType string
+					ReplayTime   time.Time
+				}
+				if err := dc.FromPayloads(a.GetDetails()["data"], &data); err != nil {
 					continue
 				}
 				var r activities.EmbedShardResult
-				if err := dc.FromPayloads(a.GetDetails()["result"], &r); err != nil {
-					return t, fmt.Errorf("bench: EmbedShard local result: %w", err)
+				if data.ActivityType == "EmbedShard" {
+					if err := dc.FromPayloads(a.GetDetails()["result"], &r); err != nil {
+						return t, fmt.Errorf("bench: EmbedShard local result: %w", err)
+					}
 				}
+				s := span{activity: data.ActivityType + " (local)", started: taskStarted, closed: data.ReplayTime}
 				if r.TopK != nil {
-					t.spans = append(t.spans, span{activity: "EmbedShard (local)", started: r.TopK.Started, closed: r.TopK.Started.Add(r.TopK.Took), searched: true})
+					s.started, s.closed, s.searched = r.TopK.Started, r.TopK.Started.Add(r.TopK.Took), true
 					t.addSearch(*r.TopK)
+				}
+				if s.closed.After(s.started) {
+					t.spans = append(t.spans, s)
 					t.local++
 				}
 			case enumspb.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
