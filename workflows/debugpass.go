@@ -94,16 +94,17 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 	heartbeat, timeout := time.Duration(cfg.Timeouts.Heartbeat), time.Duration(cfg.Timeouts.Activity)
 	cpu := cpuOptions(ctx, heartbeat, timeout)
+	short := steps{local: workflow.GetVersion(ctx, localStepsChange, workflow.DefaultVersion, 1) == 1, heartbeat: heartbeat, timeout: timeout}
 	var a *activities.Activities
 
 	if cfg.ClassesFile != "" {
-		if err := workflow.ExecuteActivity(cpu, a.Classes, activities.ClassesInput{File: cfg.ClassesFile}).Get(ctx, &cfg.Classes); err != nil {
+		if err := short.run(ctx, a.Classes, activities.ClassesInput{File: cfg.ClassesFile}).Get(ctx, &cfg.Classes); err != nil {
 			return PassResult{}, err
 		}
 	}
 
 	var models activities.CheckModelsResult
-	if err := workflow.ExecuteActivity(cpu, a.CheckModels, activities.CheckModelsInput{
+	if err := short.run(ctx, a.CheckModels, activities.CheckModelsInput{
 		Target: cfg.Target, Similarity: cfg.Similarity,
 	}).Get(ctx, &models); err != nil {
 		return PassResult{}, err
@@ -128,7 +129,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		for _, name := range []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test} {
 			sets = append(sets, activities.ApartSet{Name: name, Shards: plans[name].Shards})
 		}
-		if err := workflow.ExecuteActivity(cpu, a.CheckApart, activities.ApartInput{Run: run, Sets: sets}).Get(ctx, nil); err != nil {
+		if err := short.run(ctx, a.CheckApart, activities.ApartInput{Run: run, Sets: sets}).Get(ctx, nil); err != nil {
 			return PassResult{}, err
 		}
 	}
@@ -139,7 +140,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		return PassResult{}, err
 	}
 	var queries activities.QueriesResult
-	if err := workflow.ExecuteActivity(cpu, a.Queries, activities.QueriesInput{
+	if err := short.run(ctx, a.Queries, activities.QueriesInput{
 		Run: run, Shards: plans[activities.ErrorSample].Shards, Model: models.Similarity,
 	}).Get(ctx, &queries); err != nil {
 		return PassResult{}, err
@@ -179,13 +180,13 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	// Every compared method on the same features and recipe: select →
 	// embed its images → retrain → evaluate (compare.go).
 	p.Phase = "compare"
-	cmp := &comparison{runID: run, cfg: cfg, models: models, plans: plans, shards: s, progress: p}
+	cmp := &comparison{runID: run, cfg: cfg, models: models, plans: plans, shards: s, short: short, progress: p}
 	ev, ref, err := cmp.run(ctx)
 	if err != nil {
 		return PassResult{}, err
 	}
 	var evalKey string
-	if err := workflow.ExecuteActivity(cpu, a.WriteEval, activities.WriteEvalInput{Run: run, Eval: ev}).Get(ctx, &evalKey); err != nil {
+	if err := short.run(ctx, a.WriteEval, activities.WriteEvalInput{Run: run, Eval: ev}).Get(ctx, &evalKey); err != nil {
 		return PassResult{}, err
 	}
 
@@ -202,6 +203,30 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		RunID: run, Eval: ev, EvalKey: evalKey, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
 		DebugTrain: ref, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
 	}, nil
+}
+
+// localStepsChange versions the short steps that run as local activities
+// (steps), so passes started before it replay as they ran.
+const localStepsChange = "local-steps"
+
+// steps runs a pass's short steps (reading the classes, checking models and
+// sets, gathering the queries, choosing and planning a selection, writing
+// eval.json) as local activities, in the worker that runs the pass: each
+// spares a round trip through a task queue, 40–60 ms on the dev server,
+// which a pass of fifteen dependent steps pays whatever its pool's size
+// (`starter bench`, pass_cached_*). Their heartbeats are not sent; a worker
+// that dies in one is noticed when the pass's workflow task times out.
+type steps struct {
+	local              bool // false: regular activities, as passes started before
+	heartbeat, timeout time.Duration
+}
+
+func (s steps) run(ctx workflow.Context, fn, arg any) workflow.Future {
+	if s.local {
+		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{StartToCloseTimeout: s.timeout, RetryPolicy: retryPolicy})
+		return workflow.ExecuteLocalActivity(lctx, fn, arg)
+	}
+	return workflow.ExecuteActivity(cpuOptions(ctx, s.heartbeat, s.timeout), fn, arg)
 }
 
 // planAll plans datasets in parallel and returns each one's counts.
@@ -242,6 +267,10 @@ func (s shardRunner) run(ctx workflow.Context, ds string, m activities.ModelRef,
 func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activities.ModelRef, n, k int) workflow.Future {
 	f, settle := workflow.NewFuture(ctx)
 	workflow.Go(ctx, func(ctx workflow.Context) {
+		if n <= inlineShards && workflow.GetVersion(ctx, inlineChange, workflow.DefaultVersion, 1) == 1 {
+			settle.Set(nil, s.inline(ctx, ds, m, n, k))
+			return
+		}
 		sem := workflow.NewSemaphore(ctx, ChildWindow)
 		wg := workflow.NewWaitGroup(ctx)
 		var firstErr error
@@ -255,11 +284,7 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 				break
 			}
 			id := fmt.Sprintf("%s/%s/%d", s.runID, tag, first/ChildShards)
-			in := ShardsInput{
-				Run: s.runID, Dataset: ds, Model: m, First: first, End: min(first+ChildShards, n),
-				Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
-				Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
-			}
+			in := s.input(ds, m, first, min(first+ChildShards, n), k)
 			wg.Add(1)
 			s.progress.Running = append(s.progress.Running, id)
 			workflow.Go(ctx, func(ctx workflow.Context) {
@@ -282,6 +307,38 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 		settle.Set(nil, firstErr)
 	})
 	return f
+}
+
+// inlineShards is the most shards of a dataset a pass runs itself rather
+// than in child chains: a child's start and end cost about 100 ms on the
+// dev server, more than a small set's cached shards take, and E_sample
+// (usually one shard) is on the pass's critical path. A few shards add a
+// few dozen events to the pass's history.
+const inlineShards = 4
+
+// inlineChange versions running small datasets inline, so passes started
+// before it replay as they ran.
+const inlineChange = "inline-small-sets"
+
+// inline runs a small dataset's n shards in the pass itself, each tried in
+// the cache first, in a local activity (a pool shard searched there too).
+func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
+	var r ShardsResult
+	err := runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, &r)
+	s.progress.ShardsDone += r.Shards
+	s.progress.Images += r.Images
+	s.progress.Rejects += r.Rejects
+	s.progress.CachedShards += r.Cached
+	return err
+}
+
+// input is the ShardsInput of shards [first, end) of a dataset.
+func (s shardRunner) input(ds string, m activities.ModelRef, first, end, k int) ShardsInput {
+	return ShardsInput{
+		Run: s.runID, Dataset: ds, Model: m, First: first, End: end,
+		Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
+		Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
+	}
 }
 
 func remove(ids []string, id string) []string {

@@ -85,12 +85,26 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	if optimistic && in.Done.Shards == 0 {
 		scan.cached = true
 	}
+	if err := runShards(ctx, in, stop, scan, &done); err != nil {
+		return done, err
+	}
+	if stop < in.End {
+		next := in
+		next.First, next.Done, next.LastCached = stop, done, scan.cached
+		return done, workflow.NewContinueAsNewError(ctx, ShardsWorkflow, next)
+	}
+	return done, nil
+}
+
+// runShards runs shards [in.First, stop) in a sliding window of in.Window,
+// adding each one's counts to done, and returns the first failure.
+func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done *ShardsResult) error {
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
 	var firstErr error
 	for i := in.First; i < stop; i++ {
 		if err := sem.Acquire(ctx, 1); err != nil {
-			return done, err // cancelled
+			return err // cancelled
 		}
 		if firstErr != nil {
 			sem.Release(1)
@@ -108,15 +122,7 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 		})
 	}
 	wg.Wait(ctx)
-	if firstErr != nil {
-		return done, firstErr
-	}
-	if stop < in.End {
-		next := in
-		next.First, next.Done, next.LastCached = stop, done, scan.cached
-		return done, workflow.NewContinueAsNewError(ctx, ShardsWorkflow, next)
-	}
-	return done, nil
+	return firstErr
 }
 
 // localSearchChange versions the local-activity search of cached shards,
@@ -137,7 +143,8 @@ type scanState struct {
 // next shards are first tried in a local activity (EmbedShard with
 // CachedOnly, on this workflow's worker): a cached shard is searched there
 // at the cost of one marker in the history instead of an activity task's
-// round trips, the orchestration that dominated a cached pass. A shard
+// round trips, the orchestration that dominated a cached pass. A small
+// set the pass runs inline tries every shard so, searched or not. A shard
 // that is not cached falls back to the activities above.
 func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (ShardsResult, error) {
 	var a *activities.Activities
@@ -153,7 +160,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (Shards
 		if err != nil {
 			return ShardsResult{}, err
 		}
-		if emb.Cached && emb.TopK != nil {
+		if emb.Cached && (in.K == 0 || emb.TopK != nil) {
 			return ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1}, nil
 		}
 		scan.cached = false
