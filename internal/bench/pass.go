@@ -166,6 +166,9 @@ func Pass(ctx context.Context, o Options) ([]Result, error) {
 			return out, err
 		}
 		if written > 0 {
+			// Flushed now, the gigabytes just written do not slow the
+			// pass's own writes (the dev server's commits among them).
+			syscall.Sync()
 			o.logf("pass %s: wrote the features of %d shards (d=%d, %s) in %s", c.label, written, passDim, cfg.Target.StoredAs, time.Since(start).Round(time.Second))
 		}
 		rs, err := passRun(ctx, o, srv, workerBin, url, cfg, c)
