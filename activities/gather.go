@@ -87,16 +87,29 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	need := map[int]map[int64]bool{} // pool shard → pool ids wanted
 	var pools []int                  // pool shards in the order first needed
 	firstUse, lastUse := map[int]int{}, map[int]int{}
-	for i := range in.Shards {
+	type listed struct {
+		shard   *dataset.Shard
+		cached  bool
+		rejects int
+	}
+	shards := readAhead(ctx, in.Shards, shardsAhead, func(ctx context.Context, i int) (listed, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, in.Dataset, i))
+		if err != nil {
+			return listed{}, err
+		}
+		rejects, ok, err := a.cachedRejects(ctx, features.Key(in.Model.Spec, shard.Digest()))
+		return listed{shard, ok, len(rejects)}, err
+	}, nil)
+	defer shards.stop()
+	for i := range in.Shards {
+		l, err := shards.next()
 		if err != nil {
 			return res, err
 		}
 		heartbeat(ctx, i)
-		if rejects, ok, err := a.cachedRejects(ctx, features.Key(in.Model.Spec, shard.Digest())); err != nil {
-			return res, err
-		} else if ok {
-			res.add(len(shard.Items), len(rejects))
+		shard := l.shard
+		if l.cached {
+			res.add(len(shard.Items), l.rejects)
 			continue
 		}
 		ids := make([]int64, len(shard.Items))
@@ -150,8 +163,8 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 			loaded[pools[next]] = r
 		}
 		g := gather(t.ids, index, loaded)
-		for p, last := range lastUse {
-			if last == ti {
+		for p := range loaded {
+			if lastUse[p] <= ti {
 				delete(loaded, p)
 			}
 		}
