@@ -23,7 +23,6 @@ type comparison struct {
 	models   activities.CheckModelsResult
 	plans    map[string]activities.PlanResult
 	shards   shardRunner
-	short    steps
 	progress *Progress
 
 	refDone workflow.Future // the reference dcd method's SelectResult
@@ -123,7 +122,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		sel, _ := c.cfg.Selection.Variant(m)
 		stage("select")
 		var picked activities.SelectResult
-		if err := c.short.run(ctx, a.SelectDebugTrain, activities.SelectInput{
+		if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
 			Run: c.runID, Method: m, Selection: sel,
 		}).Get(ctx, &picked); err != nil {
 			return out, err
@@ -225,19 +224,17 @@ func (c *comparison) embedSelection(ctx workflow.Context, m string, sel activiti
 	}
 	c.progress.Methods[m] = "embed"
 	ds := activities.MethodDataset(m)
-	var a *activities.Activities
-	var plan activities.PlanResult
-	if err := c.short.run(ctx, a.Plan, activities.PlanInput{
-		Run: c.runID, Name: ds, Dataset: schemas.Dataset{Manifest: sel.Manifest}, ShardSize: c.cfg.Shards.Size,
-	}).Get(ctx, &plan); err != nil {
+	plan, err := planAll(c.cpu(ctx), c.runID, c.cfg, map[string]schemas.Dataset{ds: {Manifest: sel.Manifest}})
+	if err != nil {
 		return 0, err
 	}
-	n := plan.Shards
+	n := plan[ds].Shards
 	c.progress.ShardsTotal += n
 	if workflow.GetVersion(ctx, gatherChange, workflow.DefaultVersion, 1) == 1 {
 		// The pool's target features may be cached (the target is the
 		// similarity model): then the selection's are copied out of them
 		// and no image is read.
+		var a *activities.Activities
 		var g activities.GatherResult
 		err := workflow.ExecuteActivity(c.cpu(ctx), a.GatherSelection, activities.GatherInput{
 			Run: c.runID, Dataset: ds, Shards: n, Manifest: sel.Manifest, Model: c.models.Target,

@@ -180,7 +180,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	// Every compared method on the same features and recipe: select →
 	// embed its images → retrain → evaluate (compare.go).
 	p.Phase = "compare"
-	cmp := &comparison{runID: run, cfg: cfg, models: models, plans: plans, shards: s, short: short, progress: p}
+	cmp := &comparison{runID: run, cfg: cfg, models: models, plans: plans, shards: s, progress: p}
 	ev, ref, err := cmp.run(ctx)
 	if err != nil {
 		return PassResult{}, err
@@ -210,12 +210,15 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 const localStepsChange = "local-steps"
 
 // steps runs a pass's short steps (reading the classes, checking models and
-// sets, gathering the queries, choosing and planning a selection, writing
-// eval.json) as local activities, in the worker that runs the pass: each
-// spares a round trip through a task queue, 40–60 ms on the dev server,
-// which a pass of fifteen dependent steps pays whatever its pool's size
-// (`starter bench`, pass_cached_*). Their heartbeats are not sent; a worker
-// that dies in one is noticed when the pass's workflow task times out.
+// sets, gathering the queries, writing eval.json) as local activities, in
+// the worker that runs the pass: each spares a round trip through a task
+// queue, 40–60 ms on the dev server, which a pass of fifteen dependent
+// steps pays whatever its pool's size (`starter bench`, pass_cached_*).
+// Only steps whose work stays small at any pool size qualify: a local
+// activity holds the pass's workflow task open (its queries wait) and runs
+// outside the worker's -concurrency, so selecting and planning a
+// selection, which grow with it, stay regular activities. A worker that
+// dies in a step is noticed when the pass's workflow task times out.
 type steps struct {
 	local              bool // false: regular activities, as passes started before
 	heartbeat, timeout time.Duration
@@ -323,13 +326,12 @@ const inlineChange = "inline-small-sets"
 // inline runs a small dataset's n shards in the pass itself, each tried in
 // the cache first, in a local activity (a pool shard searched there too).
 func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
-	var r ShardsResult
-	err := runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, &r)
-	s.progress.ShardsDone += r.Shards
-	s.progress.Images += r.Images
-	s.progress.Rejects += r.Rejects
-	s.progress.CachedShards += r.Cached
-	return err
+	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, func(r ShardsResult) {
+		s.progress.ShardsDone += r.Shards
+		s.progress.Images += r.Images
+		s.progress.Rejects += r.Rejects
+		s.progress.CachedShards += r.Cached
+	})
 }
 
 // input is the ShardsInput of shards [first, end) of a dataset.

@@ -85,7 +85,7 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	if optimistic && in.Done.Shards == 0 {
 		scan.cached = true
 	}
-	if err := runShards(ctx, in, stop, scan, &done); err != nil {
+	if err := runShards(ctx, in, stop, scan, done.add); err != nil {
 		return done, err
 	}
 	if stop < in.End {
@@ -97,8 +97,9 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 }
 
 // runShards runs shards [in.First, stop) in a sliding window of in.Window,
-// adding each one's counts to done, and returns the first failure.
-func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done *ShardsResult) error {
+// handing each one's counts to done as it ends, and returns the first
+// failure.
+func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
 	var firstErr error
@@ -118,7 +119,7 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
-			done.add(r)
+			done(r)
 		})
 	}
 	wg.Wait(ctx)
