@@ -198,6 +198,17 @@ func TestEnsureTemporalRefusesASecondServer(t *testing.T) {
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Start returns while the kernel may still be setting up the new
+	// program's environment (/proc/PID/environ reads empty): a server
+	// started earlier is long past that.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := running(pidFile); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stand-in's environment never showed its marker")
+		}
+	}
 	t.Setenv("DCD_TEMPORAL", "/bin/false") // must not be started
 	hostport := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	started, err := EnsureTemporal(context.Background(), hostport, dir)
