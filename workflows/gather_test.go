@@ -10,12 +10,17 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
 	"gocloud.dev/blob"
 
 	"dcd/internal/demo"
 	"dcd/internal/mnist"
 	"dcd/internal/ortrun"
 	"dcd/schemas"
+	"dcd/workflows"
 )
 
 // A recurring pass whose target is its similarity model reads no pool
@@ -95,10 +100,35 @@ func TestRecurringPassReadsNoPoolImage(t *testing.T) {
 			t.Errorf("%s selected the first pass's images again: their features were cached, nothing was gathered", m)
 		}
 	}
+	// The pass replays from its history as it ran: its versioned steps
+	// (gathering, local steps, a set run inline) are deterministic.
+	replay(t, c, "gather-second-"+stamp)
+
 	none, dcd := method(t, res.Eval, schemas.MethodNone), method(t, res.Eval, schemas.MethodDCD)
 	t.Logf("E_heldout %.3f → %.3f with %d images", none.HeldoutAccuracy, dcd.HeldoutAccuracy, dcd.DebugTrainSize)
 	if gain := dcd.HeldoutAccuracy - none.HeldoutAccuracy; gain < 0.15 {
 		t.Errorf("dcd lifted E_heldout by %.3f, want ≥ 0.15", gain)
+	}
+}
+
+// replay replays the history of workflow id's last run with this code.
+func replay(t *testing.T, c client.Client, id string) {
+	t.Helper()
+	ctx := context.Background()
+	h := &historypb.History{}
+	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Events = append(h.Events, ev)
+	}
+	r := worker.NewWorkflowReplayer()
+	r.RegisterWorkflow(workflows.DebugPass)
+	r.RegisterWorkflow(workflows.ShardsWorkflow)
+	if err := r.ReplayWorkflowHistory(quietLogger(), h); err != nil {
+		t.Errorf("%s (%d events) does not replay: %v", id, len(h.Events), err)
 	}
 }
 
