@@ -46,6 +46,9 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		if err != nil {
 			return err
 		}
+		if note == "" && fs.Lookup("note") != nil { // who paused or unpaused it, and when
+			note = sub + "d with starter schedule " + sub + " at " + time.Now().UTC().Format(time.RFC3339)
+		}
 		c, err := e.Client()
 		if err != nil {
 			return err
@@ -72,9 +75,6 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		case "pause":
 			// Paused, the schedule starts no pass, and one that runs goes
 			// on: the features it caches serve the next.
-			if note == "" {
-				note = "paused with starter schedule pause at " + time.Now().UTC().Format(time.RFC3339)
-			}
 			if err := h.Pause(ctx, client.SchedulePauseOptions{Note: note}); err != nil {
 				return scheduleErr(e, id, "pause", err)
 			}
@@ -82,9 +82,6 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 			return nil
 		case "unpause":
 			// Firings missed while paused are not made up for.
-			if note == "" {
-				note = "unpaused with starter schedule unpause at " + time.Now().UTC().Format(time.RFC3339)
-			}
 			if err := h.Unpause(ctx, client.ScheduleUnpauseOptions{Note: note}); err != nil {
 				return scheduleErr(e, id, "unpause", err)
 			}
