@@ -55,7 +55,10 @@ import (
 // Open opens the bucket at url. A file:// bucket writes no metadata
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
-// bytes, and a JSON read beside every read. An s3:// or azblob:// bucket
+// bytes, and a JSON read beside every read. Where the bucket's folder is
+// on another filesystem than os.TempDir (a data disk), it writes each
+// object's temporary file beside it (no_tmp_dir): fileblob renames the
+// temporary file into place, which fails across filesystems. An s3:// or azblob:// bucket
 // keeps its connections for reuse however many reads are in flight (see
 // maxIdlePerHost).
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
@@ -67,7 +70,7 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	case err == nil && u.Scheme == azureblob.Scheme:
 		b, err = openAzure(ctx, u)
 	default:
-		b, err = blob.OpenBucket(ctx, withoutSidecars(rawURL))
+		b, err = blob.OpenBucket(ctx, fileOptions(rawURL))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open %q: %w", rawURL, err)
@@ -75,17 +78,32 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	return b, nil
 }
 
-// withoutSidecars adds metadata=skip to a file:// URL that sets no
-// metadata option.
-func withoutSidecars(rawURL string) string {
+// fileOptions adds metadata=skip to a file:// URL that sets no metadata
+// option, and no_tmp_dir=1 to one that sets no no_tmp_dir when its folder
+// and os.TempDir are on different filesystems.
+func fileOptions(rawURL string) string {
 	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme != "file" || u.Query().Has("metadata") {
+	if err != nil || u.Scheme != "file" {
 		return rawURL // a bad URL fails in OpenBucket, which names the problem
 	}
 	q := u.Query()
-	q.Set("metadata", "skip")
+	if !q.Has("metadata") {
+		q.Set("metadata", "skip")
+	}
+	if !q.Has("no_tmp_dir") && !sameFilesystem(u.Path, os.TempDir()) {
+		q.Set("no_tmp_dir", "1")
+	}
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// sameFilesystem reports whether paths a and b, or their nearest existing
+// folders (a bucket's may not exist yet), are on one filesystem; if either
+// cannot be told, it reports false, the choice that works either way.
+func sameFilesystem(a, b string) bool {
+	da, okA := device(a)
+	db, okB := device(b)
+	return okA && okB && da == db
 }
 
 // Classify marks errors that retrying cannot fix as non-retryable; key names

@@ -150,10 +150,48 @@ func TestFileBucketWritesNoSidecars(t *testing.T) {
 		t.Errorf("reading an object with a sidecar: %q, %v", got, err)
 	}
 
-	for _, u := range []string{"file:///d?metadata=skip", "s3://bucket?region=x", "mem://"} {
-		if got := withoutSidecars(u); got != u {
-			t.Errorf("withoutSidecars(%q) = %q, want it unchanged", u, got)
+	for _, u := range []string{"file:///d?metadata=skip&no_tmp_dir=1", "s3://bucket?region=x", "mem://"} {
+		if got := fileOptions(u); got != u {
+			t.Errorf("fileOptions(%q) = %q, want it unchanged", u, got)
 		}
+	}
+}
+
+// A file:// bucket on another filesystem than the temporary folder (a data
+// disk) takes writes: gocloud's default writes each object to os.TempDir
+// and renames it into place, which fails across filesystems.
+func TestFileBucketOnAnotherFilesystem(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	tmp, err := os.MkdirTemp("/dev/shm", "dcd-store-test-")
+	if err != nil {
+		t.Skipf("no /dev/shm for a second filesystem: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	if sameFilesystem(dir, tmp) {
+		t.Skipf("%s and %s are on one filesystem", dir, tmp)
+	}
+	t.Setenv("TMPDIR", tmp)
+
+	old, err := blob.OpenBucket(ctx, "file://"+dir+"?metadata=skip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.WriteAll(ctx, "k", []byte("v"), nil); err == nil {
+		t.Fatal("gocloud's default wrote across filesystems: the test no longer shows the difference")
+	}
+
+	b, err := Open(ctx, "file://"+dir+"/new?create_dir=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := WriteAll(ctx, b, "runs/r/features.arrow", []byte("rows")); err != nil {
+		t.Fatalf("write across filesystems: %v", err)
+	}
+	if got, err := ReadAll(ctx, b, "runs/r/features.arrow"); err != nil || string(got) != "rows" {
+		t.Errorf("read back %q, %v", got, err)
 	}
 }
 
