@@ -368,6 +368,8 @@ func startWorkerProcess(t *testing.T, bin string, args ...string) *workerProcess
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	// A killed worker leaves the temporary files of its writes in flight.
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
