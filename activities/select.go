@@ -167,12 +167,13 @@ func precision(chosen []selected, domain string) *float64 {
 	return &p
 }
 
-var selectionHeader = []string{"uri", "label", "domain", "score", "pool_id"}
+var selectionHeader = []string{"uri", "label", "domain", "score", "pool_id", "version"}
 
-// writeSelection writes a manifest (uri,label,domain,score,pool_id) that
-// Plan reads like any other. The pool id, the image's position in the
+// writeSelection writes a manifest (uri,label,domain,score,pool_id,version)
+// that Plan reads like any other. The pool id, the image's position in the
 // pool's listing, lets GatherSelection find its cached features; it is
-// empty where unknown (a negative ID).
+// empty where unknown (a negative ID). The version is the pool's, so a
+// selection's shards are cached under their images' content too.
 func (a *Activities) writeSelection(ctx context.Context, key string, chosen []selected) error {
 	var buf bytes.Buffer
 	w := csv.NewWriter(&buf)
@@ -182,7 +183,7 @@ func (a *Activities) writeSelection(ctx context.Context, key string, chosen []se
 		if c.item.ID >= 0 {
 			id = strconv.FormatInt(c.item.ID, 10)
 		}
-		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64), id})
+		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64), id, c.item.Version})
 	}
 	w.Flush()
 	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
@@ -190,9 +191,9 @@ func (a *Activities) writeSelection(ctx context.Context, key string, chosen []se
 
 // manifestRow is one row of a manifest this package wrote.
 type manifestRow struct {
-	key, label, domain string
-	score              float64
-	poolID             int64 // -1 when the manifest does not say
+	key, label, domain, version string
+	score                       float64
+	poolID                      int64 // -1 when the manifest does not say
 }
 
 // readManifest reads a manifest written by writeSelection.
@@ -208,7 +209,7 @@ func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRo
 		return nil, invalid("manifest %s: %v", key, err)
 	}
 	col := func(name string) int { return slices.Index(header, name) }
-	ui, li, di, si, pi := col("uri"), col("label"), col("domain"), col("score"), col("pool_id")
+	ui, li, di, si, pi, vi := col("uri"), col("label"), col("domain"), col("score"), col("pool_id"), col("version")
 	if ui < 0 || li < 0 {
 		return nil, invalid("manifest %s: header %q has no uri and label", key, header)
 	}
@@ -232,6 +233,9 @@ func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRo
 		}
 		if si >= 0 && si < len(rec) {
 			row.score, _ = strconv.ParseFloat(rec[si], 64)
+		}
+		if vi >= 0 && vi < len(rec) {
+			row.version = rec[vi]
 		}
 		rows = append(rows, row)
 	}
@@ -557,7 +561,7 @@ func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res Select
 	var chosen []selected
 	for _, r := range rows {
 		if !dropped[r.key] {
-			chosen = append(chosen, selected{item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain}, score: r.score})
+			chosen = append(chosen, selected{item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, score: r.score})
 		}
 	}
 	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)

@@ -268,7 +268,7 @@ func TestGuardSelection(t *testing.T) {
 	selVecs := [][]float32{near(heldVecs[3]), vec(200), near(vec(200)), vec(201), vec(202), vec(203)}
 	var chosen []selected
 	for i, k := range selKeys {
-		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a"}, score: []float64{1, 3, 2, 4, 5, 6}[i]})
+		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a", Version: fmt.Sprint("v", i)}, score: []float64{1, 3, 2, 4, 5, 6}[i]})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "dcd", "selected.csv"), chosen); err != nil {
 		t.Fatal(err)
@@ -286,6 +286,16 @@ func TestGuardSelection(t *testing.T) {
 	}
 	if res.Leaks != 1 || res.Duplicates != 1 || res.Size != 4 || kept["pool/0.png"] || kept["pool/1.png"] || !kept["pool/2.png"] {
 		t.Errorf("leaks %d duplicates %d size %d kept %v", res.Leaks, res.Duplicates, res.Size, kept)
+	}
+	// The kept images keep their pool versions, which their shards'
+	// cache keys are made of.
+	if err := dataset.Walk(ctx, a.Bucket, schemas.Dataset{Manifest: res.Manifest}, func(it dataset.Item) error {
+		if want := fmt.Sprint("v", slices.Index(selKeys, it.Key)); it.Version != want {
+			t.Errorf("%s: version %q in debug_train.csv, want %q", it.Key, it.Version, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	dropped, _ := a.Bucket.ReadAll(ctx, MethodKey("r", "dcd", "dropped.csv"))
 	for _, want := range []string{"/pool/0.png,leak,/held/3.png", "/pool/1.png,duplicate,/pool/2.png"} {

@@ -57,9 +57,9 @@ type Item struct {
 	Key    string
 	Label  string
 	Domain string // ground-truth domain, when a manifest gives one
-	// Version changes when the object does (size and modification time for
-	// listed objects); empty for manifest entries, whose keys are taken to
-	// be immutable.
+	// Version changes when the object does: size and modification time
+	// for listed objects; a manifest's version column (an ETag, a hash),
+	// or empty where it has none and its images are taken to be immutable.
 	Version string
 }
 
@@ -319,8 +319,8 @@ func parseIndex(archive string, data []byte) ([]webdataset.Sample, error) {
 // row is one manifest entry as written; where names it in errors ("line 3",
 // "row 3").
 type row struct {
-	uri, label, domain string
-	where              string
+	uri, label, domain, version string
+	where                       string
 }
 
 func (s Source) walkManifest(ctx context.Context, ref string, fn func(Item) error) error {
@@ -335,7 +335,7 @@ func (s Source) walkManifest(ctx context.Context, ref string, fn func(Item) erro
 		if err != nil {
 			return done{fmt.Errorf("dataset: manifest %q %s: %w", ref, r.where, err)}
 		}
-		if err := fn(Item{ID: id, Key: k, Label: r.label, Domain: r.domain}); err != nil {
+		if err := fn(Item{ID: id, Key: k, Label: r.label, Domain: r.domain, Version: r.version}); err != nil {
 			return done{err}
 		}
 		id++
@@ -393,21 +393,26 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 
 // columns finds the uri, label and domain columns (domain optional, -1)
 // among names, ignoring case and spaces.
-func columns(names []string) (uri, label, domain int, err error) {
+// manifestColumns are the positions of a manifest's columns; -1 for an
+// optional one it lacks.
+type manifestColumns struct{ uri, label, domain, version int }
+
+func columns(names []string) (manifestColumns, error) {
 	col := map[string]int{}
 	for i, h := range names {
 		col[strings.TrimSpace(strings.ToLower(h))] = i
 	}
-	ui, okU := col["uri"]
-	li, okL := col["label"]
-	if !okU || !okL {
-		return 0, 0, 0, fmt.Errorf("columns %q must include uri and label", names)
+	at := func(name string) int {
+		if i, ok := col[name]; ok {
+			return i
+		}
+		return -1
 	}
-	di, ok := col["domain"]
-	if !ok {
-		di = -1
+	c := manifestColumns{uri: at("uri"), label: at("label"), domain: at("domain"), version: at("version")}
+	if c.uri < 0 || c.label < 0 {
+		return c, fmt.Errorf("columns %q must include uri and label", names)
 	}
-	return ui, li, di, nil
+	return c, nil
 }
 
 func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
@@ -423,7 +428,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) err
 		return fmt.Errorf("header: %w", err)
 	}
 	header[0] = strings.TrimPrefix(header[0], "\ufeff") // Excel's "CSV UTF-8" begins with a byte-order mark
-	ui, li, di, err := columns(header)
+	c, err := columns(header)
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
@@ -436,9 +441,12 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) err
 			return err
 		}
 		line, _ := cr.FieldPos(0)
-		r := row{uri: rec[ui], label: rec[li], where: fmt.Sprintf("line %d", line)}
-		if di >= 0 {
-			r.domain = rec[di]
+		r := row{uri: rec[c.uri], label: rec[c.label], where: fmt.Sprintf("line %d", line)}
+		if c.domain >= 0 {
+			r.domain = rec[c.domain]
+		}
+		if c.version >= 0 {
+			r.version = rec[c.version]
 		}
 		if err := emit(r); err != nil {
 			return err

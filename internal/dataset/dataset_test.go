@@ -177,9 +177,41 @@ func TestWalkManifestErrors(t *testing.T) {
 	}
 }
 
-// parquetManifest writes columns of strings (or int64 labels) as Parquet,
-// in row groups of rowGroup rows.
-func parquetManifest(t *testing.T, uris []string, labels any, domains []string, rowGroup int64) []byte {
+// A manifest's version column versions its images: a shard whose image
+// changes version has another digest, so its cached features are not
+// reused; without the column, versions are empty and keys alone count.
+func TestManifestVersions(t *testing.T) {
+	b := memBucket(t, map[string]string{
+		"v1.csv":   "version,uri,label,domain\n\"etag-1\",a.png,cat,fog\nx9,b.png,dog,\n",
+		"v2.csv":   "version,uri,label,domain\n\"etag-2\",a.png,cat,fog\nx9,b.png,dog,\n",
+		"none.csv": "uri,label\na.png,cat\nb.png,dog\n",
+	})
+	digest := func(key string) string {
+		t.Helper()
+		items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return (&Shard{Items: items}).Digest()
+	}
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "v1.csv"})
+	if err != nil || len(items) != 2 || items[0].Version != "etag-1" || items[1].Version != "x9" || items[0].Domain != "fog" || items[1].Label != "dog" {
+		t.Fatalf("v1.csv: %v %+v", err, items)
+	}
+	if items, _ := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "none.csv"}); items[0].Version != "" {
+		t.Fatalf("no version column: version %q", items[0].Version)
+	}
+	if d1, d2, d0 := digest("v1.csv"), digest("v2.csv"), digest("none.csv"); d1 == d2 || d1 == d0 {
+		t.Errorf("digests %s (v1), %s (v2), %s (none): want a new version to give a new digest", d1, d2, d0)
+	} else if d1 != digest("v1.csv") {
+		t.Errorf("one manifest read twice gave two digests")
+	}
+}
+
+// parquetManifest writes columns of strings (or int64 labels), and int64
+// versions, as Parquet, in row groups of rowGroup rows; nil domains or
+// versions: no such column.
+func parquetManifest(t *testing.T, uris []string, labels any, domains []string, versions []int64, rowGroup int64) []byte {
 	t.Helper()
 	mem := memory.NewGoAllocator()
 	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String, Nullable: true}}
@@ -191,6 +223,9 @@ func parquetManifest(t *testing.T, uris []string, labels any, domains []string, 
 	}
 	if domains != nil {
 		fields = append(fields, arrow.Field{Name: "domain", Type: arrow.BinaryTypes.String})
+	}
+	if versions != nil {
+		fields = append(fields, arrow.Field{Name: "version", Type: arrow.PrimitiveTypes.Int64})
 	}
 	sc := arrow.NewSchema(fields, nil)
 	rb := array.NewRecordBuilder(mem, sc)
@@ -209,6 +244,9 @@ func parquetManifest(t *testing.T, uris []string, labels any, domains []string, 
 		}
 		if domains != nil {
 			rb.Field(2).(*array.StringBuilder).Append(domains[i])
+		}
+		if versions != nil {
+			rb.Field(len(fields) - 1).(*array.Int64Builder).Append(versions[i])
 		}
 	}
 	rec := rb.NewRecord()
@@ -241,7 +279,7 @@ func TestWalkParquetManifest(t *testing.T) {
 	}
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
-	b := memBucket(t, map[string]string{"pool/manifest.parquet": string(parquetManifest(t, uris, labels, domains, 10000))})
+	b := memBucket(t, map[string]string{"pool/manifest.parquet": string(parquetManifest(t, uris, labels, domains, nil, 10000))})
 	items, err := walkAll(t, Source{Bucket: b, Mem: mem}, schemas.Dataset{Manifest: "pool/manifest.parquet"})
 	if err != nil {
 		t.Fatal(err)
@@ -262,15 +300,17 @@ func TestWalkParquetManifest(t *testing.T) {
 		}
 	}
 
-	// Integer labels (class indices) read as their decimal text; no domain.
-	b.WriteAll(context.Background(), "ints.parquet", parquetManifest(t, []string{"a.png", "b.png"}, []int64{3, 11}, nil, 100), nil)
+	// Integer labels (class indices) and versions read as their decimal
+	// text; no domain.
+	b.WriteAll(context.Background(), "ints.parquet", parquetManifest(t, []string{"a.png", "b.png"}, []int64{3, 11}, nil, []int64{1764000000, 1764000007}, 100), nil)
 	items, err = walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "ints.parquet"})
-	if err != nil || len(items) != 2 || items[0].Label != "3" || items[1].Label != "11" || items[1].Domain != "" {
-		t.Fatalf("int labels: %v %+v", err, items)
+	if err != nil || len(items) != 2 || items[0].Label != "3" || items[1].Label != "11" || items[1].Domain != "" ||
+		items[0].Version != "1764000000" || items[1].Version != "1764000007" {
+		t.Fatalf("int labels and versions: %v %+v", err, items)
 	}
 
 	// A null uri is an error naming the row.
-	b.WriteAll(context.Background(), "nulls.parquet", parquetManifest(t, []string{"a.png", ""}, []string{"x", "y"}, nil, 100), nil)
+	b.WriteAll(context.Background(), "nulls.parquet", parquetManifest(t, []string{"a.png", ""}, []string{"x", "y"}, nil, nil, 100), nil)
 	_, err = walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "nulls.parquet"})
 	if err == nil || !strings.Contains(err.Error(), "nulls.parquet") || !strings.Contains(err.Error(), "row 2: null uri") {
 		t.Fatalf("null uri: %v", err)

@@ -18,7 +18,7 @@ import (
 // parquetBatch is how many manifest rows are decoded at a time.
 const parquetBatch = 8192
 
-// readParquet streams a Parquet manifest's uri, label and domain columns,
+// readParquet streams a Parquet manifest's uri, label, domain and version columns,
 // one record batch at a time, reading the file by ranges so that a manifest
 // of any size is never held whole in memory.
 func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
@@ -40,13 +40,18 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	for i := range names {
 		names[i] = sc.Column(i).Name()
 	}
-	ui, li, di, err := columns(names)
+	c, err := columns(names)
 	if err != nil {
 		return err
 	}
-	want := []int{ui, li}
-	if di >= 0 {
-		want = append(want, di)
+	// The record's columns: uri, label, then the optional ones it has.
+	want := []int{c.uri, c.label}
+	domain, version := -1, -1
+	if c.domain >= 0 {
+		domain, want = len(want), append(want, c.domain)
+	}
+	if c.version >= 0 {
+		version, want = len(want), append(want, c.version)
 	}
 	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatch}, s.Mem)
 	if err != nil {
@@ -75,8 +80,11 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 			}
 			r.uri = uri
 			r.label, _ = valueAt(cols[1], i)
-			if len(cols) > 2 {
-				r.domain, _ = valueAt(cols[2], i)
+			if domain >= 0 {
+				r.domain, _ = valueAt(cols[domain], i)
+			}
+			if version >= 0 {
+				r.version, _ = valueAt(cols[version], i)
 			}
 			if err := emit(r); err != nil {
 				return err
