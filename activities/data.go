@@ -2,12 +2,9 @@ package activities
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"strings"
 
-	"gocloud.dev/gcerrors"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
@@ -104,18 +101,6 @@ func (a *Activities) checkErrorSample(ctx context.Context, run string, shards in
 		fmt.Fprintf(&sb, "; and %d more", len(bad)-maxNamed)
 	}
 	return invalid("data.error_sample: %d image(s) cannot be used, fix or remove them: %s", len(bad), sb.String())
-}
-
-// transient reports a storage error that a retry may fix (a server that is
-// unreachable, busy or failing), as opposed to a missing object or a bad
-// manifest.
-func transient(err error) bool {
-	switch gcerrors.Code(err) {
-	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne)
 }
 
 // ApartInput names planned image sets that must not share an image, in

@@ -3,6 +3,8 @@ package activities
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,9 +12,12 @@ import (
 	"testing"
 
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 
 	"dcd/internal/dataset"
+	"dcd/internal/devserver"
 	"dcd/internal/store"
+	"dcd/schemas"
 )
 
 func TestClassesFile(t *testing.T) {
@@ -81,5 +86,43 @@ func TestCheckApart(t *testing.T) {
 	var appErr *temporal.ApplicationError
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.test: image e/2.png is also in data.error_sample") {
 		t.Errorf("a test image that is an E_sample image: %v", err)
+	}
+}
+
+// Plan fails for good on a bad manifest, naming the dataset, and leaves a
+// store that is failing (S3's 503) to Temporal's retries.
+func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte("<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"))
+	}))
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+	t.Setenv("AWS_MAX_ATTEMPTS", "1")
+
+	a := memActivities(t)
+	a.Buckets = &store.Buckets{}
+	defer a.Buckets.Close()
+	a.Bucket.WriteAll(context.Background(), "bad.csv", []byte("uri,label\na.png,cat\n,dog\n"), nil)
+	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(devserver.QuietLogger())
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivity(a)
+	for _, c := range []struct {
+		manifest string
+		final    bool
+		says     string
+	}{
+		{"bad.csv", true, "line 3: empty uri"},
+		{"s3://pool/m.csv?endpoint=" + srv.URL + "&use_path_style=true&region=us-east-1", false, "SlowDown"},
+	} {
+		_, err := env.ExecuteActivity(a.Plan, PlanInput{Run: "r", Name: Pool, Dataset: schemas.Dataset{Manifest: c.manifest}, ShardSize: 10})
+		var appErr *temporal.ApplicationError
+		final := errors.As(err, &appErr) && appErr.NonRetryable()
+		if err == nil || final != c.final || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: %v (non-retryable: %v), want non-retryable %v saying %q", c.manifest, err, final, c.final, c.says)
+		}
 	}
 }

@@ -233,7 +233,7 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 	switch {
 	case gcerrors.Code(err) == gcerrors.NotFound:
 		// every image of the shard was rejected: no file
-	case ctx.Err() != nil || transient(err):
+	case ctx.Err() != nil || store.Transient(err):
 		return nil, false, err // a retry may read it
 	case err != nil: // damaged or unreadable: embed the shard instead
 		activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)

@@ -289,7 +289,7 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		}
 	}
 	switch {
-	case err != nil && (ctx.Err() != nil || transient(err)):
+	case err != nil && (ctx.Err() != nil || store.Transient(err)):
 		return nil, err // a retry may read it
 	case err != nil:
 		warn(ctx, "pool cache entry not gathered from", "key", key, "error", err)

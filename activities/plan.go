@@ -183,5 +183,5 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 // retried says whether Temporal should try err's activity again: it was
 // cancelled, or storage failed in a way that may pass.
 func retried(ctx context.Context, err error) bool {
-	return ctx.Err() != nil || transient(err)
+	return ctx.Err() != nil || store.Transient(err)
 }

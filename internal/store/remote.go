@@ -17,6 +17,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	gcaws "gocloud.dev/aws"
@@ -40,6 +41,7 @@ const maxIdlePerHost = 1024
 // openS3 opens an s3:// URL as gocloud.dev/blob/s3blob's URLOpener does,
 // with the same query options, but with an HTTP client that keeps
 // maxIdlePerHost idle connections: the URLOpener has no way to set one.
+// AWS_MAX_ATTEMPTS sets the tries of each request (default 3).
 // Open names the URL in its errors.
 func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 	q := u.Query()
@@ -101,6 +103,15 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 		})
 	}
 	opts.RequestChecksumCalculation = cfg.RequestChecksumCalculation
+	// gocloud sets a retryer of its own, which makes the SDK skip
+	// AWS_MAX_ATTEMPTS: honour it, as the SDK documents.
+	env, err := config.NewEnvConfig()
+	if err != nil {
+		return nil, err
+	}
+	if env.RetryMaxAttempts > 0 {
+		clientOpts = append(clientOpts, func(o *s3.Options) { o.RetryMaxAttempts = env.RetryMaxAttempts })
+	}
 	return s3blob.OpenBucket(ctx, s3.NewFromConfig(cfg, clientOpts...), u.Host, &opts)
 }
 

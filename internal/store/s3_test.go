@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/api/googleapi"
 )
 
 // fakeS3 serves GetObject for path-style URLs of one bucket, answering each
@@ -207,4 +211,88 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// failingS3 answers every request with an S3 error of this HTTP status and
+// code, and counts the requests. AWS_MAX_ATTEMPTS is 2: the SDK tries a
+// request that may pass twice.
+func failingS3(t *testing.T, status int, code string) (url string, requests *atomic.Int64) {
+	requests = new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(status)
+		fmt.Fprintf(w, "<Error><Code>%s</Code><Message>from failingS3</Message></Error>", code)
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+	t.Setenv("AWS_MAX_ATTEMPTS", "2")
+	return "s3://pool?endpoint=" + srv.URL + "&use_path_style=true&region=us-east-1", requests
+}
+
+// A store that is throttling, failing or out of reach is worth trying
+// again; one that says the object is missing or forbidden is not. S3's
+// server errors have no gocloud code: their HTTP status tells. The S3
+// client honours AWS_MAX_ATTEMPTS, which gocloud's retryer hid.
+func TestTransient(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		status          int
+		code            string
+		transient, perm bool
+	}{
+		{http.StatusServiceUnavailable, "ServiceUnavailable", true, false},
+		{http.StatusInternalServerError, "InternalError", true, false},
+		{http.StatusForbidden, "AccessDenied", false, true},
+		{http.StatusNotFound, "NoSuchKey", false, true},
+	} {
+		url, requests := failingS3(t, c.status, c.code)
+		b, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ReadAll(ctx, b, "m.csv")
+		b.Close()
+		if err == nil || Transient(err) != c.transient || Permanent(err) != c.perm {
+			t.Errorf("S3 %d %s: Transient %v, Permanent %v (%v); want %v, %v", c.status, c.code, Transient(err), Permanent(err), err, c.transient, c.perm)
+		}
+		if want := map[bool]int64{true: 2, false: 1}[c.transient]; requests.Load() != want {
+			t.Errorf("S3 %d %s: %d requests, want %d (AWS_MAX_ATTEMPTS=2)", c.status, c.code, requests.Load(), want)
+		}
+	}
+
+	// Nothing listens: a network error.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	b, err := Open(ctx, "s3://pool?endpoint=http://"+addr+"&use_path_style=true&region=us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := ReadAll(ctx, b, "m.csv"); !Transient(err) {
+		t.Errorf("unreachable store: %v, want it transient", err)
+	}
+
+	// Azure's and Google's server errors, as their SDKs return them.
+	for _, err := range []error{
+		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}),
+		fmt.Errorf("read: %w", &googleapi.Error{Code: http.StatusBadGateway}),
+	} {
+		if !Transient(err) {
+			t.Errorf("%v: want it transient", err)
+		}
+	}
+	for _, err := range []error{
+		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}),
+		errors.New(`manifest "m.csv" line 3: empty uri`),
+	} {
+		if Transient(err) {
+			t.Errorf("%v: want it not transient", err)
+		}
+	}
 }

@@ -33,12 +33,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/ipc"
 	"github.com/apache/arrow/go/v15/arrow/memory"
@@ -50,6 +53,7 @@ import (
 	_ "gocloud.dev/blob/memblob"  // mem:// buckets, for tests
 	"gocloud.dev/blob/s3blob"     // s3:// buckets, opened by openS3
 	"gocloud.dev/gcerrors"
+	"google.golang.org/api/googleapi"
 )
 
 // Open opens the bucket at url. A file:// bucket writes no metadata
@@ -132,6 +136,41 @@ func Permanent(err error) bool {
 		return true
 	}
 	return false
+}
+
+// Transient reports whether err is a storage error that a retry may fix: a
+// server that is unreachable, throttling or failing, as opposed to a
+// missing object or a damaged file. gocloud gives S3's and Azure's server
+// errors (500 InternalError, 503 SlowDown, ServerBusy) no code of their
+// own, so the response's HTTP status is read from the SDK's error too.
+func Transient(err error) bool {
+	switch gcerrors.Code(err) {
+	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	status := httpStatus(err)
+	return status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout
+}
+
+// httpStatus is the HTTP status of the cloud SDK response error in err's
+// chain, 0 if there is none.
+func httpStatus(err error) int {
+	var aws interface{ HTTPStatusCode() int } // smithy-go's, under every AWS error
+	var az *azcore.ResponseError
+	var gcs *googleapi.Error
+	switch {
+	case errors.As(err, &aws):
+		return aws.HTTPStatusCode()
+	case errors.As(err, &az):
+		return az.StatusCode
+	case errors.As(err, &gcs):
+		return gcs.Code
+	}
+	return 0
 }
 
 // ReadAll reads the whole object at key.
