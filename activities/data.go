@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
