@@ -147,27 +147,21 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	// The pool scan and the target's features for train, test and
-	// E_heldout are independent: run them side by side.
+	// E_heldout are independent: run them side by side. The scan, the
+	// longest, starts first: small sets run inline, in local activities,
+	// which hold the pass's workflow task, and with it the start of the
+	// scan's chains, until they end.
 	p.Phase = "scan pool"
-	pending := []workflow.Future{s.run(ctx, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.ScanK())}
+	scan, scanStarted := s.start(ctx, activities.Pool, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.ScanK())
+	if workflow.GetVersion(ctx, scanFirstChange, workflow.DefaultVersion, 1) == 1 {
+		scanStarted.Get(ctx, nil)
+	}
+	pending := []workflow.Future{scan}
 	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
 		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
 	}
-	// The first failure ends the pass: a test shard that cannot be read
-	// should not wait for hours of pool scan to be told.
-	var failed error
-	sel := workflow.NewSelector(ctx)
-	for _, f := range pending {
-		sel.AddFuture(f, func(f workflow.Future) {
-			if err := f.Get(ctx, nil); err != nil && failed == nil {
-				failed = err
-			}
-		})
-	}
-	for range pending {
-		if sel.Select(ctx); failed != nil {
-			return PassResult{}, failed
-		}
+	if err := waitAll(ctx, pending...); err != nil {
+		return PassResult{}, err
 	}
 
 	p.Phase = "select"
@@ -205,6 +199,13 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}, nil
 }
 
+// planFailFastChange versions planAll's ending at the first failure.
+const planFailFastChange = "plan-fail-fast"
+
+// scanFirstChange versions starting the pool scan's chains before the
+// other sets, so passes started before it replay as they ran.
+const scanFirstChange = "scan-first"
+
 // localStepsChange versions the short steps that run as local activities
 // (steps), so passes started before it replay as they ran.
 const localStepsChange = "local-steps"
@@ -232,19 +233,48 @@ func (s steps) run(ctx workflow.Context, fn, arg any) workflow.Future {
 	return workflow.ExecuteActivity(cpuOptions(ctx, s.heartbeat, s.timeout), fn, arg)
 }
 
-// planAll plans datasets in parallel and returns each one's counts.
+// waitAll waits for every future and returns the first failure as soon as
+// it happens: a test shard that cannot be read, or a model that cannot be
+// loaded, should not wait for hours of pool listing or scan to be told.
+func waitAll(ctx workflow.Context, fs ...workflow.Future) error {
+	var failed error
+	sel := workflow.NewSelector(ctx)
+	for _, f := range fs {
+		sel.AddFuture(f, func(f workflow.Future) {
+			if err := f.Get(ctx, nil); err != nil && failed == nil {
+				failed = err
+			}
+		})
+	}
+	for range fs {
+		if sel.Select(ctx); failed != nil {
+			return failed
+		}
+	}
+	return nil
+}
+
+// planAll plans datasets side by side and returns each one's counts; the
+// first failure ends the wait (waitAll), where passes started before
+// planFailFastChange waited for the plans in name order.
 func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[string]schemas.Dataset) (map[string]activities.PlanResult, error) {
 	var a *activities.Activities
-	futures := map[string]workflow.Future{}
-	for _, name := range sortedNames(sets) {
-		futures[name] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
+	names := sortedNames(sets)
+	futures := make([]workflow.Future, len(names))
+	for i, name := range names {
+		futures[i] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
 			Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size,
 		})
 	}
+	if workflow.GetVersion(ctx, planFailFastChange, workflow.DefaultVersion, 1) == 1 {
+		if err := waitAll(ctx, futures...); err != nil {
+			return nil, err
+		}
+	}
 	res := map[string]activities.PlanResult{}
-	for _, name := range sortedNames(sets) {
+	for i, name := range names {
 		var r activities.PlanResult
-		if err := futures[name].Get(ctx, &r); err != nil {
+		if err := futures[i].Get(ctx, &r); err != nil {
 			return nil, err
 		}
 		res[name] = r
@@ -268,12 +298,26 @@ func (s shardRunner) run(ctx workflow.Context, ds string, m activities.ModelRef,
 // runTagged is run with the child workflows named after tag rather than
 // the dataset, for a dataset embedded with more than one model.
 func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activities.ModelRef, n, k int) workflow.Future {
+	f, _ := s.start(ctx, ds, tag, m, n, k)
+	return f
+}
+
+// start is runTagged, and also returns a future that is ready once the
+// dataset's first child chain has started (at once for one run inline).
+func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.ModelRef, n, k int) (done, started workflow.Future) {
 	f, settle := workflow.NewFuture(ctx)
+	started, setStarted := workflow.NewFuture(ctx)
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		if n <= inlineShards && workflow.GetVersion(ctx, inlineChange, workflow.DefaultVersion, 1) == 1 {
+			setStarted.Set(nil, nil)
 			settle.Set(nil, s.inline(ctx, ds, m, n, k))
 			return
 		}
+		defer func() {
+			if !started.IsReady() { // no chain started: none ran, or the first failed to
+				setStarted.Set(nil, nil)
+			}
+		}()
 		sem := workflow.NewSemaphore(ctx, ChildWindow)
 		wg := workflow.NewWaitGroup(ctx)
 		var firstErr error
@@ -295,7 +339,14 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 				defer sem.Release(1)
 				cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: CPUQueue})
 				var r ShardsResult
-				err := workflow.ExecuteChildWorkflow(cctx, ShardsWorkflow, in).Get(ctx, &r)
+				chain := workflow.ExecuteChildWorkflow(cctx, ShardsWorkflow, in)
+				if !started.IsReady() {
+					chain.GetChildWorkflowExecution().Get(ctx, nil) // a failed start fails chain too
+					if !started.IsReady() {
+						setStarted.Set(nil, nil)
+					}
+				}
+				err := chain.Get(ctx, &r)
 				s.progress.Running = remove(s.progress.Running, id)
 				s.progress.ShardsDone += r.Shards
 				s.progress.Images += r.Images
@@ -309,7 +360,7 @@ func (s shardRunner) runTagged(ctx workflow.Context, ds, tag string, m activitie
 		wg.Wait(ctx)
 		settle.Set(nil, firstErr)
 	})
-	return f
+	return f, started
 }
 
 // inlineShards is the most shards of a dataset a pass runs itself rather

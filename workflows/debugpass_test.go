@@ -149,3 +149,26 @@ func (s *UnitTestSuite) TestBadConfigFailsAtValidation() {
 	s.True(appErr.NonRetryable())
 	s.Contains(err.Error(), "selection.k")
 }
+
+// A dataset whose planning fails ends the pass at once, though the pool's
+// listing (here, one that never ends) is still running.
+func (s *UnitTestSuite) TestFailedPlanEndsThePassAtOnce() {
+	env := s.NewTestWorkflowEnvironment()
+	var a *activities.Activities
+	release := make(chan struct{})
+	defer close(release)
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		switch in.Name {
+		case activities.Pool:
+			<-release
+		case activities.Test:
+			return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.test: no such prefix", "InvalidInput", nil)
+		}
+		return activities.PlanResult{Shards: 1, Images: 10}, nil
+	})
+	start := time.Now()
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})
+	s.Less(time.Since(start), time.Minute)
+	s.ErrorContains(env.GetWorkflowError(), "data.test: no such prefix")
+}
