@@ -213,7 +213,7 @@ const localStepsChange = "local-steps"
 // steps runs a pass's short steps (reading the classes, checking models and
 // sets, gathering the queries, writing eval.json) as local activities, in
 // the worker that runs the pass: each spares a round trip through a task
-// queue, 40–60 ms on the dev server, which a pass of fifteen dependent
+// queue, 10–35 ms on the dev server, which a pass of fifteen dependent
 // steps pays whatever its pool's size (`starter bench`, pass_cached_*).
 // Only steps whose work stays small at any pool size qualify: a local
 // activity holds the pass's workflow task open (its queries wait) and runs
