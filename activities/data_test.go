@@ -101,6 +101,8 @@ func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
 	t.Setenv("AWS_MAX_ATTEMPTS", "1")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_ENDPOINT_URL", "")
 
 	a := memActivities(t)
 	a.Buckets = &store.Buckets{}

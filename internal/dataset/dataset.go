@@ -391,12 +391,12 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 	return itemKey(bucketURL, k)
 }
 
-// columns finds the uri, label and domain columns (domain optional, -1)
-// among names, ignoring case and spaces.
 // manifestColumns are the positions of a manifest's columns; -1 for an
 // optional one it lacks.
 type manifestColumns struct{ uri, label, domain, version int }
 
+// columns finds the uri and label columns, and the optional domain and
+// version, among names, ignoring case and spaces.
 func columns(names []string) (manifestColumns, error) {
 	col := map[string]int{}
 	for i, h := range names {

@@ -109,14 +109,14 @@ var DynamicConfig = []string{
 	"--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
 }
 
-// SQLitePragmas make the dev server's database write-ahead logged and
+// sqlitePragmas make the dev server's database write-ahead logged and
 // synced at checkpoints rather than at every commit. Each step of a pass
 // is a few commits, and their fsyncs were most of the dev server's latency
 // between two steps: the recurring pass of 250k images spent 440–500 ms
 // between its activities with them, 250–265 ms without (`starter bench`,
 // pass_cached_250k_orchestration). A killed server loses nothing; a power
 // loss or kernel crash may lose its last commits, never its consistency.
-var SQLitePragmas = []string{
+var sqlitePragmas = []string{
 	"--sqlite-pragma", "journal_mode=wal",
 	"--sqlite-pragma", "synchronous=normal",
 }
@@ -156,7 +156,7 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 	args := []string{"server", "start-dev",
 		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
 		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}
-	args = append(args, SQLitePragmas...)
+	args = append(args, sqlitePragmas...)
 	args = append(args, DynamicConfig...)
 	p, err := start(bin, args, stateDir, TemporalLog, TemporalPID)
 	if err != nil {

@@ -228,6 +228,8 @@ func failingS3(t *testing.T, status int, code string) (url string, requests *ato
 	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
 	t.Setenv("AWS_MAX_ATTEMPTS", "2")
+	t.Setenv("AWS_PROFILE", "") // a developer's own would not matter here
+	t.Setenv("AWS_ENDPOINT_URL", "")
 	return "s3://pool?endpoint=" + srv.URL + "&use_path_style=true&region=us-east-1", requests
 }
 
@@ -246,6 +248,7 @@ func TestTransient(t *testing.T) {
 		{http.StatusInternalServerError, "InternalError", true, false},
 		{http.StatusForbidden, "AccessDenied", false, true},
 		{http.StatusNotFound, "NoSuchKey", false, true},
+		{http.StatusNotImplemented, "NotImplemented", false, false},
 	} {
 		url, requests := failingS3(t, c.status, c.code)
 		b, err := Open(ctx, url)

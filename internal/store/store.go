@@ -84,7 +84,9 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 
 // fileOptions adds metadata=skip to a file:// URL that sets no metadata
 // option, and no_tmp_dir=1 to one that sets no no_tmp_dir when its folder
-// and os.TempDir are on different filesystems.
+// and os.TempDir are on different filesystems, or when it is the root
+// (file:///, where SplitURL puts a URL's objects): its writes may land on
+// any filesystem.
 func fileOptions(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "file" {
@@ -94,7 +96,7 @@ func fileOptions(rawURL string) string {
 	if !q.Has("metadata") {
 		q.Set("metadata", "skip")
 	}
-	if !q.Has("no_tmp_dir") && !sameFilesystem(u.Path, os.TempDir()) {
+	if !q.Has("no_tmp_dir") && (u.Path == "" || u.Path == "/" || !sameFilesystem(u.Path, os.TempDir())) {
 		q.Set("no_tmp_dir", "1")
 	}
 	u.RawQuery = q.Encode()
@@ -139,8 +141,9 @@ func Permanent(err error) bool {
 }
 
 // Transient reports whether err is a storage error that a retry may fix: a
-// server that is unreachable, throttling or failing, as opposed to a
-// missing object or a damaged file. gocloud gives S3's and Azure's server
+// server that is unreachable, throttling or failing for a while, as
+// opposed to a missing object, a damaged file or a store that lacks what
+// was asked of it. gocloud gives S3's and Azure's server
 // errors (500 InternalError, 503 SlowDown, ServerBusy) no code of their
 // own, so the response's HTTP status is read from the SDK's error too.
 func Transient(err error) bool {
@@ -152,8 +155,12 @@ func Transient(err error) bool {
 	if errors.As(err, &ne) {
 		return true
 	}
-	status := httpStatus(err)
-	return status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout
+	switch httpStatus(err) {
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+		http.StatusTooManyRequests, http.StatusRequestTimeout:
+		return true
+	}
+	return false // 501 Not Implemented, say: a store without a feature DCD uses
 }
 
 // httpStatus is the HTTP status of the cloud SDK response error in err's

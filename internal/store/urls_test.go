@@ -158,8 +158,9 @@ func TestFileBucketWritesNoSidecars(t *testing.T) {
 }
 
 // A file:// bucket on another filesystem than the temporary folder (a data
-// disk) takes writes: gocloud's default writes each object to os.TempDir
-// and renames it into place, which fails across filesystems.
+// disk) takes writes, and so does an object named by a file:// URL there:
+// gocloud's default writes each object to os.TempDir and renames it into
+// place, which fails across filesystems.
 func TestFileBucketOnAnotherFilesystem(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -191,6 +192,22 @@ func TestFileBucketOnAnotherFilesystem(t *testing.T) {
 		t.Fatalf("write across filesystems: %v", err)
 	}
 	if got, err := ReadAll(ctx, b, "runs/r/features.arrow"); err != nil || string(got) != "rows" {
+		t.Errorf("read back %q, %v", got, err)
+	}
+
+	// A URL's object lives in the root bucket (file:///), whose writes may
+	// land on any filesystem: here TMPDIR is on the root's, the object not.
+	t.Setenv("TMPDIR", dir)
+	var bs Buckets
+	defer bs.Close()
+	rb, key, err := bs.Resolve(ctx, b, "file://"+tmp+"/out/archive.tar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteAll(ctx, rb, key, []byte("tar")); err != nil {
+		t.Fatalf("write to a URL on another filesystem: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(tmp, "out", "archive.tar")); err != nil || string(got) != "tar" {
 		t.Errorf("read back %q, %v", got, err)
 	}
 }
