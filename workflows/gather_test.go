@@ -116,8 +116,8 @@ func replay(t *testing.T, c client.Client, id string) {
 	r := worker.NewWorkflowReplayer()
 	r.RegisterWorkflow(workflows.DebugPass)
 	r.RegisterWorkflow(workflows.ShardsWorkflow)
-	// From the server, so the replay runs in the pass's namespace: a
-	// child's start is matched by its namespace too.
+	// From the server, so the replay runs under the pass's ID, which
+	// names its children.
 	if err := r.ReplayWorkflowExecution(context.Background(), c.WorkflowService(), quietLogger(), "default", workflow.Execution{ID: id}); err != nil {
 		t.Errorf("%s does not replay: %v", id, err)
 	}

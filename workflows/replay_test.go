@@ -1,0 +1,134 @@
+package workflows_test
+
+import (
+	"compress/gzip"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/temporalproto"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"dcd/internal/demo"
+	"dcd/internal/mnist"
+	"dcd/internal/ortrun"
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+// Passes and pool chains recorded by earlier code replay with this code: a
+// running pass survives an upgrade of its workers only if every change to
+// the workflows since is versioned (workflow.GetVersion). Each file of
+// testdata/histories is named by the commit that recorded it
+// (TestRecordHistories); record new ones before changing a workflow.
+func TestOlderHistoriesReplay(t *testing.T) {
+	files, err := filepath.Glob("testdata/histories/*.json.gz")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no recorded histories (%v)", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			h := readHistory(t, f)
+			r := worker.NewWorkflowReplayer()
+			r.RegisterWorkflow(workflows.DebugPass)
+			r.RegisterWorkflow(workflows.ShardsWorkflow)
+			// The pass's ID names its children: replay it under the ID
+			// they were started with.
+			var id string
+			for _, ev := range h.Events {
+				if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+					id, _, _ = strings.Cut(a.GetWorkflowId(), "/")
+					break
+				}
+			}
+			opts := worker.ReplayWorkflowHistoryOptions{OriginalExecution: workflow.Execution{ID: id}}
+			if err := r.ReplayWorkflowHistoryWithOptions(quietLogger(), h, opts); err != nil {
+				t.Errorf("%s (%d events) does not replay: %v", f, len(h.Events), err)
+			}
+		})
+	}
+}
+
+func readHistory(t *testing.T, name string) *historypb.History {
+	t.Helper()
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h historypb.History
+	if err := (temporalproto.CustomJSONUnmarshalOptions{}).Unmarshal(data, &h); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return &h
+}
+
+// TestRecordHistories runs a small pass with this code and writes its
+// history and its pool chain's to $DCD_RECORD_HISTORIES/<prefix>-*.json.gz
+// for TestOlderHistoriesReplay, <prefix> being $DCD_RECORD_PREFIX (the
+// commit, say). The pass compares every method but all_pool, and its
+// shards are small, so that the pool, train and test run in child chains
+// and E_sample and E_heldout in the pass itself.
+func TestRecordHistories(t *testing.T) {
+	dir, prefix := os.Getenv("DCD_RECORD_HISTORIES"), os.Getenv("DCD_RECORD_PREFIX")
+	if dir == "" || prefix == "" {
+		t.Skip("set DCD_RECORD_HISTORIES (a folder) and DCD_RECORD_PREFIX (the commit) to record")
+	}
+	c, _ := devServer(t)
+	b, _ := demoWorld(t)
+	startWorker(t, c, b)
+	ctx := context.Background()
+	cfg, err := demo.Build(ctx, b, mnist.DefaultDir(), demo.Options{Train: 4000, Pool: 6000, ErrorShare: 0.05, Test: 1000, Heldout: 500, Prefix: "record/"}, ortrun.Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Shards.Size = 500
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.MethodRandom, schemas.MethodDCD}
+	if _, err := runPass(t, c, "record-pass", cfg); err != nil {
+		t.Fatal(err)
+	}
+	for id, name := range map[string]string{"record-pass": "pass", "record-pass/pool/0": "pool-chain"} {
+		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		var h historypb.History
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.Events = append(h.Events, ev)
+		}
+		data, err := temporalproto.CustomJSONMarshalOptions{}.Marshal(&h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(filepath.Join(dir, prefix+"-"+name+".json.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		z, _ := gzip.NewWriterLevel(f, gzip.BestCompression)
+		if _, err := z.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := z.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d events", id, len(h.Events))
+	}
+}
