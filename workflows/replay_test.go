@@ -22,9 +22,9 @@ import (
 	"dcd/workflows"
 )
 
-// Passes and pool chains recorded by earlier code replay with this code: a
-// running pass survives an upgrade of its workers only if every change to
-// the workflows since is versioned (workflow.GetVersion). Each file of
+// Passes, pool chains and packs recorded by earlier code replay with this
+// code: a running pass survives an upgrade of its workers only if every
+// change to the workflows since is versioned (workflow.GetVersion). Each file of
 // testdata/histories is named by the commit that recorded it
 // (TestRecordHistories); record new ones before changing a workflow.
 func TestOlderHistoriesReplay(t *testing.T) {
@@ -38,6 +38,7 @@ func TestOlderHistoriesReplay(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
 			r.RegisterWorkflow(workflows.DebugPass)
 			r.RegisterWorkflow(workflows.ShardsWorkflow)
+			r.RegisterWorkflow(workflows.PackWorkflow)
 			// The pass's ID names its children: replay it under the ID
 			// they were started with.
 			var id string
@@ -77,12 +78,13 @@ func readHistory(t *testing.T, name string) *historypb.History {
 	return &h
 }
 
-// TestRecordHistories runs a small pass with this code and writes its
-// history and its pool chain's to $DCD_RECORD_HISTORIES/<prefix>-*.json.gz
-// for TestOlderHistoriesReplay, <prefix> being $DCD_RECORD_PREFIX (the
-// commit, say). The pass compares every method but all_pool, and its
-// shards are small, so that the pool, train and test run in child chains
-// and E_sample and E_heldout in the pass itself.
+// TestRecordHistories runs a small pass and a pack with this code and
+// writes their histories, and the pass's pool chain's, to
+// $DCD_RECORD_HISTORIES/<prefix>-*.json.gz for TestOlderHistoriesReplay,
+// <prefix> being $DCD_RECORD_PREFIX (the commit, say). The pass compares
+// every method but all_pool, and its shards are small, so that the pool,
+// train and test run in child chains and E_sample and E_heldout in the
+// pass itself; the pack writes the pool into six archives.
 func TestRecordHistories(t *testing.T) {
 	dir, prefix := os.Getenv("DCD_RECORD_HISTORIES"), os.Getenv("DCD_RECORD_PREFIX")
 	if dir == "" || prefix == "" {
@@ -101,7 +103,10 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := runPass(t, c, "record-pass", cfg); err != nil {
 		t.Fatal(err)
 	}
-	for id, name := range map[string]string{"record-pass": "pass", "record-pass/pool/0": "pool-chain"} {
+	if _, err := runPack(t, c, "record-pack", workflows.PackInput{Dataset: cfg.Data.Pool, Out: "record/packed/", PerArchive: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	for id, name := range map[string]string{"record-pass": "pass", "record-pass/pool/0": "pool-chain", "record-pack": "pack"} {
 		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var h historypb.History
 		for it.HasNext() {
