@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -290,9 +292,20 @@ func TestTransient(t *testing.T) {
 			t.Errorf("%v: want it transient", err)
 		}
 	}
+	// Failures to reach the store as its SDK returns them: a DNS timeout
+	// may pass, a name that does not resolve or a certificate that does not
+	// verify will not.
+	dial := func(err error) error {
+		return fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "https://s3.example/pool/m.csv", Err: &net.OpError{Op: "dial", Net: "tcp", Err: err}})
+	}
+	if err := dial(&net.DNSError{Err: "i/o timeout", Name: "s3.example", IsTimeout: true}); !Transient(err) {
+		t.Errorf("%v: want it transient", err)
+	}
 	for _, err := range []error{
 		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}),
 		errors.New(`manifest "m.csv" line 3: empty uri`),
+		dial(&net.DNSError{Err: "no such host", Name: "s3.exmaple", IsNotFound: true}),
+		fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "https://s3.example/pool/m.csv", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}),
 	} {
 		if Transient(err) {
 			t.Errorf("%v: want it not transient", err)

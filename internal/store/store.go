@@ -30,6 +30,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -150,6 +151,15 @@ func Transient(err error) bool {
 	switch gcerrors.Code(err) {
 	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
 		return true
+	}
+	// A certificate that does not verify, or a host name that does not
+	// resolve, is a setting to fix: say so now, not after a retry
+	// policy's minutes.
+	var cert *tls.CertificateVerificationError
+	var dns *net.DNSError
+	switch {
+	case errors.As(err, &cert), errors.As(err, &dns) && dns.IsNotFound:
+		return false
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {
