@@ -24,8 +24,8 @@ import (
 
 // Passes, pool chains and packs recorded by earlier code replay with this
 // code: a running pass survives an upgrade of its workers only if every
-// change to the workflows since is versioned (workflow.GetVersion). Each file of
-// testdata/histories is named by the commit that recorded it
+// change to the workflows since is versioned (workflow.GetVersion). Each
+// file of testdata/histories is named by the commit that recorded it
 // (TestRecordHistories); record new ones before changing a workflow.
 func TestOlderHistoriesReplay(t *testing.T) {
 	files, err := filepath.Glob("testdata/histories/*.json.gz")
