@@ -60,12 +60,12 @@ import (
 // Open opens the bucket at url. A file:// bucket writes no metadata
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
-// bytes, and a JSON read beside every read. Where the bucket's folder is
-// on another filesystem than os.TempDir (a data disk), it writes each
+// bytes, and a JSON read beside every read. Where its writes may land on
+// another filesystem than os.TempDir (a data disk), it writes each
 // object's temporary file beside it (no_tmp_dir): fileblob renames the
-// temporary file into place, which fails across filesystems. An s3:// or azblob:// bucket
-// keeps its connections for reuse however many reads are in flight (see
-// maxIdlePerHost).
+// temporary file into place, which fails across filesystems. An s3:// or
+// azblob:// bucket keeps its connections for reuse however many reads are
+// in flight (see maxIdlePerHost).
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	var b *blob.Bucket
 	u, err := url.Parse(rawURL)
@@ -144,9 +144,9 @@ func Permanent(err error) bool {
 // Transient reports whether err is a storage error that a retry may fix: a
 // server that is unreachable, throttling or failing for a while, as
 // opposed to a missing object, a damaged file or a store that lacks what
-// was asked of it. gocloud gives S3's and Azure's server
-// errors (500 InternalError, 503 SlowDown, ServerBusy) no code of their
-// own, so the response's HTTP status is read from the SDK's error too.
+// was asked of it. gocloud gives S3's and Azure's server errors (500
+// InternalError, 503 SlowDown, ServerBusy) no code of their own, so the
+// response's HTTP status is read from the SDK's error too.
 func Transient(err error) bool {
 	switch gcerrors.Code(err) {
 	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
