@@ -41,7 +41,8 @@ const maxIdlePerHost = 1024
 // openS3 opens an s3:// URL as gocloud.dev/blob/s3blob's URLOpener does,
 // with the same query options, but with an HTTP client that keeps
 // maxIdlePerHost idle connections: the URLOpener has no way to set one.
-// AWS_MAX_ATTEMPTS sets the tries of each request (default 3).
+// AWS_MAX_ATTEMPTS, or the profile's max_attempts, sets the tries of each
+// request (default 3).
 // Open names the URL in its errors.
 func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 	q := u.Query()
@@ -103,14 +104,19 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 		})
 	}
 	opts.RequestChecksumCalculation = cfg.RequestChecksumCalculation
-	// gocloud sets a retryer of its own, which makes the SDK skip
-	// AWS_MAX_ATTEMPTS: honour it, as the SDK documents.
-	env, err := config.NewEnvConfig()
+	// gocloud sets a retryer of its own, which makes the SDK skip its retry
+	// settings (AWS_MAX_ATTEMPTS, a profile's max_attempts): read them as
+	// the SDK would have, and apply them.
+	var profile []func(*config.LoadOptions) error
+	if p := u.Query().Get("profile"); p != "" {
+		profile = append(profile, config.WithSharedConfigProfile(p))
+	}
+	std, err := config.LoadDefaultConfig(ctx, profile...)
 	if err != nil {
 		return nil, err
 	}
-	if env.RetryMaxAttempts > 0 {
-		clientOpts = append(clientOpts, func(o *s3.Options) { o.RetryMaxAttempts = env.RetryMaxAttempts })
+	if n := std.RetryMaxAttempts; n > 0 {
+		clientOpts = append(clientOpts, func(o *s3.Options) { o.RetryMaxAttempts = n })
 	}
 	return s3blob.OpenBucket(ctx, s3.NewFromConfig(cfg, clientOpts...), u.Host, &opts)
 }

@@ -312,3 +312,34 @@ func TestTransient(t *testing.T) {
 		}
 	}
 }
+
+// A profile's max_attempts sets the S3 client's tries when
+// AWS_MAX_ATTEMPTS does not, as in the SDK, the URL's profile first.
+func TestS3ProfileMaxAttempts(t *testing.T) {
+	ctx := context.Background()
+	url, requests := failingS3(t, http.StatusServiceUnavailable, "ServiceUnavailable")
+	t.Setenv("AWS_MAX_ATTEMPTS", "")
+	cfg := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(cfg, []byte("[default]\nmax_attempts = 2\n\n[profile once]\nmax_attempts = 1\naws_access_key_id = fake\naws_secret_access_key = fake\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_CONFIG_FILE", cfg)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	for _, c := range []struct {
+		url  string
+		want int64
+	}{{url, 2}, {url + "&profile=once", 1}} {
+		requests.Store(0)
+		b, err := Open(ctx, c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadAll(ctx, b, "m.csv"); err == nil {
+			t.Fatal("read from a store answering 503: no error")
+		}
+		b.Close()
+		if got := requests.Load(); got != c.want {
+			t.Errorf("%s: %d requests, want %d (the profile's max_attempts)", c.url, got, c.want)
+		}
+	}
+}
