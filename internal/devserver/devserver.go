@@ -116,6 +116,8 @@ var DynamicConfig = []string{
 // between its activities with them, 250–265 ms without (`starter bench`,
 // pass_cached_250k_orchestration). A killed server loses nothing; a power
 // loss or kernel crash may lose its last commits, never its consistency.
+// SQLite's WAL mode does not promise to work on a network filesystem, so a
+// state folder there (an NFS home) keeps SQLite's defaults.
 var sqlitePragmas = []string{
 	"--sqlite-pragma", "journal_mode=wal",
 	"--sqlite-pragma", "synchronous=normal",
@@ -156,7 +158,12 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 	args := []string{"server", "start-dev",
 		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
 		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}
-	args = append(args, sqlitePragmas...)
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return false, fmt.Errorf("devserver: %w", err)
+	}
+	if !networkFS(stateDir) {
+		args = append(args, sqlitePragmas...)
+	}
 	args = append(args, DynamicConfig...)
 	p, err := start(bin, args, stateDir, TemporalLog, TemporalPID)
 	if err != nil {

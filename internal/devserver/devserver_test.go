@@ -66,6 +66,13 @@ func TestEnsureTemporal(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, TemporalDB)); err != nil {
 		t.Errorf("no SQLite file: %v", err)
 	}
+	// On a local disk the database is write-ahead logged (sqlitePragmas):
+	// SQLite keeps the log beside it while the server runs.
+	if networkFS(dir) {
+		t.Logf("%s is on a network filesystem: SQLite's defaults", dir)
+	} else if _, err := os.Stat(filepath.Join(dir, TemporalDB+"-wal")); err != nil {
+		t.Errorf("no write-ahead log beside %s: %v", TemporalDB, err)
+	}
 	if err := checkHealth(ctx, hostport); err != nil {
 		t.Fatalf("health after EnsureTemporal: %v", err)
 	}
