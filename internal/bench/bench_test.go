@@ -25,6 +25,25 @@ func TestBusyIsTheUnionOfSpans(t *testing.T) {
 	}
 }
 
+// The longest gaps are where no span ran, between the pass's start and
+// end, named by the spans around them, longest first.
+func TestLongestGaps(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	tm := times{spans: []span{
+		{activity: "Plan", started: at(10), closed: at(50)},
+		{activity: "Search", started: at(40), closed: at(100)}, // overlaps Plan
+		{activity: "Merge", started: at(130), closed: at(150)},
+	}}
+	want := "50ms Merge → end at 150ms, 30ms Search → Merge at 100ms"
+	if got := tm.longestGaps(at(0), at(200), 2); got != want {
+		t.Errorf("longestGaps = %q, want %q", got, want)
+	}
+	if got := tm.longestGaps(at(0), at(200), 5); !strings.HasSuffix(got, "10ms start → Plan at 0s") {
+		t.Errorf("all gaps: %q, want the start's last", got)
+	}
+}
+
 func TestResults(t *testing.T) {
 	rs := []Result{
 		throughput("t", "images/s", 90, 100, 0.9),

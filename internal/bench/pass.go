@@ -351,8 +351,9 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 	}
 	other := busy - search
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
-	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s; %d activities (%d local); worker peak RSS %d MiB",
-		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(), orch.Round(time.Millisecond), len(t.spans), t.local, hwm>>20)
+	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s (longest: %s); %d activities (%d local); worker peak RSS %d MiB",
+		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(),
+		orch.Round(time.Millisecond), t.longestGaps(start, start.Add(wall), 3), len(t.spans), t.local, hwm>>20)
 	name := "pass_cached_" + c.label
 	return []Result{
 		info(name+"_time", "s", wall.Seconds(), 0),
@@ -437,6 +438,35 @@ func (t times) busy(keep func(span) bool) time.Duration {
 		cur = s
 	}
 	return total + cur.closed.Sub(cur.started)
+}
+
+// longestGaps names the n longest stretches of [start, end) in which no
+// activity ran, with the activities on either side: where orchestration
+// goes.
+func (t times) longestGaps(start, end time.Time, n int) string {
+	type gap struct {
+		d            time.Duration
+		at           time.Duration
+		before, next string
+	}
+	spans := slices.Clone(t.spans)
+	slices.SortFunc(spans, func(a, b span) int { return a.started.Compare(b.started) })
+	var gaps []gap
+	last, lastName := start, "start"
+	for _, s := range append(spans, span{activity: "end", started: end, closed: end}) {
+		if s.started.After(last) {
+			gaps = append(gaps, gap{s.started.Sub(last), last.Sub(start), lastName, s.activity})
+		}
+		if s.closed.After(last) {
+			last, lastName = s.closed, s.activity
+		}
+	}
+	slices.SortStableFunc(gaps, func(a, b gap) int { return cmp.Compare(b.d, a.d) })
+	var parts []string
+	for _, g := range gaps[:min(n, len(gaps))] {
+		parts = append(parts, fmt.Sprintf("%s %s → %s at %s", g.d.Round(time.Millisecond), g.before, g.next, g.at.Round(10*time.Millisecond)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // byType says how long each kind of activity ran, the longest first.
