@@ -151,9 +151,23 @@ func LoadRows(ctx context.Context, b *blob.Bucket, key string, columns []string,
 		}
 		idx[c], dims[c] = i[0], int(list.Len())
 	}
+	// The layout DCD writes is read in place; Arrow's reader reads the rest.
+	if ms, ok, err := pickRows(f.Data, f.Schema(), idx, dims, keep); ok {
+		if err != nil {
+			return nil, fmt.Errorf("features: %q: %w", key, err)
+		}
+		return ms, nil
+	}
+	return arrowRows(key, f, columns, idx, dims, keep)
+}
+
+// arrowRows is LoadRows through Arrow's reader, for files pickRows does
+// not read.
+func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, keep func(uri string) bool) ([]*Matrix, error) {
 	// A file has a record per embedded batch: they are all read before the
 	// matrices are sized, so their rows are copied once, not regrown batch
 	// by batch.
+	var err error
 	recs := make([]arrow.Record, f.NumRecords())
 	defer func() {
 		for _, rec := range recs {

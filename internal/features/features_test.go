@@ -3,6 +3,7 @@ package features
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -121,6 +122,31 @@ func TestRecordLoad(t *testing.T) {
 		if len(got) != 3 || !some(got[0]) || !some(got[1]) || !some(got[2]) {
 			t.Errorf("%q: LoadRows kept %v, want the 3 URIs ending in b, h and w", storedAs, got)
 		}
+		// It picked them in place (pickRows), not through Arrow's reader;
+		// a file cut short or with a damaged footer is an error, not a
+		// panic or rows made up.
+		af, err := store.OpenArrow(ctx, b, key, mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []func(string) bool{some, nil} {
+			picked, ok, err := pickRows(af.Data, af.Schema(), []int{1, 2}, []int{dim, classes}, k)
+			viaArrow, aerr := arrowRows(key, af, []string{"features", "logits"}, []int{1, 2}, []int{dim, classes}, k)
+			if !ok || err != nil || aerr != nil || !slices.Equal(picked[0].URIs, viaArrow[0].URIs) ||
+				!slices.Equal(picked[0].Data, viaArrow[0].Data) || !slices.Equal(picked[1].Data, viaArrow[1].Data) {
+				t.Errorf("%q: pickRows: ok %v, %v; want the rows Arrow's reader gives (%v)", storedAs, ok, err, aerr)
+			}
+		}
+		cut := af.Data[:len(af.Data)-7]
+		if _, ok, err := pickRows(cut, af.Schema(), []int{1, 2}, []int{dim, classes}, some); !ok || err == nil {
+			t.Errorf("%q: a file cut short: ok %v, %v; want an error", storedAs, ok, err)
+		}
+		bad := slices.Clone(af.Data)
+		copy(bad[len(bad)-10:], []byte{0xff, 0xff, 0xff, 0x0f}) // the footer's length
+		if _, ok, err := pickRows(bad, af.Schema(), []int{1, 2}, []int{dim, classes}, some); !ok || err == nil {
+			t.Errorf("%q: a damaged footer: ok %v, %v; want an error", storedAs, ok, err)
+		}
+		af.Close()
 	}
 	if sizes[schemas.Float16] > sizes[""]*6/10 {
 		t.Errorf("%d bytes as float16, %d as float32", sizes[schemas.Float16], sizes[""])
@@ -177,5 +203,69 @@ func TestLoadRefusesOtherTypes(t *testing.T) {
 	}
 	if _, err = Load(ctx, b, "features/ids.arrow", "features", mem); err == nil || !strings.Contains(err.Error(), "features/ids.arrow") || !strings.Contains(err.Error(), "URIs") {
 		t.Errorf("int64 column 0: %v, want an error naming the file and what column 0 holds", err)
+	}
+	all := func(string) bool { return true }
+	if _, err = LoadRows(ctx, b, "features/ids.arrow", []string{"features"}, mem, all); err == nil || !strings.Contains(err.Error(), "URIs") {
+		t.Errorf("int64 column 0, some rows: %v, want the same error", err)
+	}
+}
+
+// BenchmarkLoadRows reads a pool shard's feature file (2,000 rows of 384
+// features and 10 logits, in batches of 64), whole or for 20 of its rows,
+// in place (LoadRows) and through Arrow's reader (arrowRows), from memory.
+func BenchmarkLoadRows(b *testing.B) {
+	ctx := context.Background()
+	bucket, err := store.Open(ctx, "mem://")
+	if err != nil {
+		b.Fatal(err)
+	}
+	mem := memory.NewGoAllocator()
+	const rows, batch, dim, classes = 2000, 64, 384, 10
+	columns := []string{"features", "logits"}
+	var w *store.ArrowWriter
+	for lo := 0; lo < rows; lo += batch {
+		n := min(batch, rows-lo)
+		bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, n*dim), make([]float32, n*classes)}}
+		for i := range n {
+			bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("pool/%07d.png", lo+i)})
+		}
+		rec := Record(mem, columns, bt, "")
+		if w == nil {
+			if w, err = store.NewArrowWriter(ctx, bucket, "f.arrow", rec.Schema(), mem); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := w.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+		rec.Release()
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	few := func(uri string) bool { return strings.HasSuffix(uri, "00.png") }
+	for _, c := range []struct {
+		name string
+		keep func(string) bool
+	}{{"all", nil}, {"20rows", few}} {
+		b.Run(c.name+"/inplace", func(b *testing.B) {
+			for range b.N {
+				if _, err := LoadRows(ctx, bucket, "f.arrow", columns, mem, c.keep); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/arrow", func(b *testing.B) {
+			for range b.N {
+				f, err := store.OpenArrow(ctx, bucket, "f.arrow", mem)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := arrowRows("f.arrow", f, columns, []int{1, 2}, []int{dim, classes}, c.keep); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
 	}
 }

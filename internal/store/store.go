@@ -338,6 +338,7 @@ func WriteArrow(ctx context.Context, b *blob.Bucket, key string, schema *arrow.S
 // ArrowFile is an Arrow IPC file read whole from storage.
 type ArrowFile struct {
 	*ipc.FileReader
+	Data []byte // the file's bytes, for a reader of its own
 }
 
 // OpenArrow reads the IPC file at key. The caller must Close it. Records from
@@ -353,7 +354,7 @@ func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Alloc
 	if err != nil {
 		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
 	}
-	return &ArrowFile{r}, nil
+	return &ArrowFile{r, data}, nil
 }
 
 // ListPageSize is how many objects List asks for at a time. An object

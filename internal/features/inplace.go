@@ -1,0 +1,215 @@
+package features
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/apache/arrow/go/v15/arrow"
+
+	"dcd/internal/half"
+)
+
+// pickRows copies the rows whose URI keep accepts (every row when keep is
+// nil) out of a feature file's bytes in place, reading the IPC footer and
+// record-batch metadata itself. Arrow's reader copies every record's body,
+// then every buffer out of it, before a row can be taken; here each row
+// is copied once, into its matrix.
+//
+// It reads the layout DCD writes: a string column of URIs first, then
+// fixed-size lists of float32 or float16, no nulls, no compression. For
+// anything else it reports ok false, and the caller reads the file with
+// Arrow. idx and dims are each column's field index and width in schema.
+func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(string) bool) (ms []*Matrix, ok bool, err error) {
+	defer func() {
+		if r := recover(); r != nil { // an offset past the end: a damaged file
+			ms, ok, err = nil, true, fmt.Errorf("features: damaged IPC file: %v", r)
+		}
+	}()
+	// The buffers of each field, in the order a record batch lists them.
+	first := make([]int, schema.NumFields()) // the field's validity buffer
+	nbuf := 0
+	for i, f := range schema.Fields() {
+		first[i] = nbuf
+		switch t := f.Type.(type) {
+		case *arrow.StringType:
+			nbuf += 3 // validity, offsets, bytes
+		case *arrow.FixedSizeListType:
+			switch t.Elem().ID() {
+			case arrow.FLOAT32, arrow.FLOAT16:
+				nbuf += 3 // the list's validity, the values' validity, the values
+			default:
+				return nil, false, nil
+			}
+		default:
+			return nil, false, nil
+		}
+	}
+	if _, isString := schema.Field(0).Type.(*arrow.StringType); !isString {
+		return nil, false, nil
+	}
+
+	if len(data) < 16 || string(data[len(data)-6:]) != "ARROW1" {
+		return nil, true, errors.New("features: not an Arrow IPC file (no magic at its end: truncated?)")
+	}
+	footerLen := int(int32(binary.LittleEndian.Uint32(data[len(data)-10:])))
+	footer := root(data[len(data)-10-footerLen : len(data)-10])
+	blocks, nblocks := footer.vector(3) // recordBatches: struct Block{offset int64, metaDataLength int32, bodyLength int64}
+
+	// The record batches: where each one's metadata and body are, and its
+	// rows, all counted before the matrices are sized.
+	type batch struct {
+		meta table // its RecordBatch
+		body []byte
+		rows int
+	}
+	var batches []batch
+	total := 0
+	for b := range nblocks {
+		at := blocks + 24*b
+		offset := int(le64(footer.b, at))
+		metaLen := int(int32(binary.LittleEndian.Uint32(footer.b[at+8:])))
+		bodyLen := int(le64(footer.b, at+16))
+		meta := data[offset : offset+metaLen]
+		if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF { // continuation marker, then the length
+			meta = meta[8:]
+		} else {
+			meta = meta[4:]
+		}
+		msg := root(meta)
+		if msg.u8(1) != 3 { // header_type: RecordBatch
+			return nil, false, nil
+		}
+		rb := msg.table(2)
+		if rb.field(3) != 0 { // compressed
+			return nil, false, nil
+		}
+		nodes, nnodes := rb.vector(1) // struct FieldNode{length, null_count int64}
+		for n := range nnodes {
+			if le64(rb.b, nodes+16*n+8) != 0 {
+				return nil, false, nil // nulls: Arrow's reader knows them
+			}
+		}
+		if _, nb := rb.vector(2); nb != nbuf {
+			return nil, false, nil
+		}
+		rows := int(rb.i64(0))
+		batches = append(batches, batch{rb, data[offset+metaLen : offset+metaLen+bodyLen], rows})
+		total += rows
+	}
+
+	ms = make([]*Matrix, len(idx))
+	for c := range ms {
+		ms[c] = &Matrix{Dim: dims[c]}
+		if keep == nil {
+			ms[c].Data = make([]float32, 0, total*dims[c])
+		}
+	}
+	var uris []string
+	if keep == nil {
+		uris = make([]string, 0, total)
+	}
+	for _, bt := range batches {
+		bufs, _ := bt.meta.vector(2) // struct Buffer{offset, length int64}
+		buffer := func(i int) []byte {
+			o, n := int(le64(bt.meta.b, bufs+16*i)), int(le64(bt.meta.b, bufs+16*i+8))
+			return bt.body[o : o+n]
+		}
+		offsets := buffer(first[0] + 1)
+		text := string(buffer(first[0] + 2)) // one string: every URI is a slice of it
+		kept := make([]int, 0, bt.rows)
+		for r := range bt.rows {
+			uri := text[binary.LittleEndian.Uint32(offsets[4*r:]):binary.LittleEndian.Uint32(offsets[4*r+4:])]
+			switch {
+			case keep == nil:
+				uris = append(uris, uri)
+			case keep(uri):
+				uris = append(uris, strings.Clone(uri)) // a few: not to pin the batch's URIs
+			default:
+				continue
+			}
+			kept = append(kept, r)
+		}
+		for c, m := range ms {
+			values := buffer(first[idx[c]] + 2)
+			d := m.Dim
+			switch schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() {
+			case arrow.FLOAT32:
+				vs := arrow.Float32Traits.CastFromBytes(values[:4*bt.rows*d]) // little-endian, as written
+				for _, r := range kept {
+					m.Data = append(m.Data, vs[r*d:(r+1)*d]...)
+				}
+			case arrow.FLOAT16:
+				hs := arrow.Uint16Traits.CastFromBytes(values[:2*bt.rows*d])
+				for _, r := range kept {
+					m.Data = append(m.Data, make([]float32, d)...)
+					half.ToFloat32s(m.Data[len(m.Data)-d:], hs[r*d:(r+1)*d])
+				}
+			}
+		}
+	}
+	for _, m := range ms {
+		m.URIs = uris
+	}
+	return ms, true, nil
+}
+
+// table is a flatbuffer table: its buffer and position. Only what pickRows
+// reads of the Arrow IPC schema (File.fbs, Message.fbs) is here.
+type table struct {
+	b   []byte
+	pos int
+}
+
+// root is the table a flatbuffer starts with.
+func root(b []byte) table { return table{b, int(binary.LittleEndian.Uint32(b))} }
+
+// field is the position of the table's field in slot, 0 when it is absent.
+func (t table) field(slot int) int {
+	vt := t.pos - int(int32(binary.LittleEndian.Uint32(t.b[t.pos:])))
+	at := 4 + 2*slot
+	if at >= int(binary.LittleEndian.Uint16(t.b[vt:])) {
+		return 0
+	}
+	if off := int(binary.LittleEndian.Uint16(t.b[vt+at:])); off != 0 {
+		return t.pos + off
+	}
+	return 0
+}
+
+func (t table) i64(slot int) int64 {
+	if p := t.field(slot); p != 0 {
+		return int64(le64(t.b, p))
+	}
+	return 0
+}
+
+func (t table) u8(slot int) byte {
+	if p := t.field(slot); p != 0 {
+		return t.b[p]
+	}
+	return 0
+}
+
+// table is the table a field refers to; a missing one panics, as a
+// damaged file's offsets do.
+func (t table) table(slot int) table {
+	p := t.field(slot)
+	if p == 0 {
+		panic(fmt.Sprintf("no table in slot %d", slot))
+	}
+	return table{t.b, p + int(binary.LittleEndian.Uint32(t.b[p:]))}
+}
+
+// vector is where a vector field's elements start, and how many there are.
+func (t table) vector(slot int) (start, n int) {
+	p := t.field(slot)
+	if p == 0 {
+		return 0, 0
+	}
+	v := p + int(binary.LittleEndian.Uint32(t.b[p:]))
+	return v + 4, int(binary.LittleEndian.Uint32(t.b[v:]))
+}
+
+func le64(b []byte, at int) uint64 { return binary.LittleEndian.Uint64(b[at:]) }
