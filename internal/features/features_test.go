@@ -2,6 +2,7 @@ package features
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -145,6 +146,16 @@ func TestRecordLoad(t *testing.T) {
 		copy(bad[len(bad)-10:], []byte{0xff, 0xff, 0xff, 0x0f}) // the footer's length
 		if _, ok, err := pickRows(bad, af.Schema(), []int{1, 2}, []int{dim, classes}, some); !ok || err == nil {
 			t.Errorf("%q: a damaged footer: ok %v, %v; want an error", storedAs, ok, err)
+		}
+		// A batch claiming 2^30 rows is damaged, not 2^30 rows to allocate.
+		huge := slices.Clone(af.Data)
+		footerLen := int(binary.LittleEndian.Uint32(huge[len(huge)-10:]))
+		footer := root(huge[len(huge)-10-footerLen : len(huge)-10])
+		blocks, _ := footer.vector(3)
+		rb := root(huge[int(le64(footer.b, blocks))+8:]).table(2)
+		binary.LittleEndian.PutUint64(rb.b[rb.field(0):], 1<<30)
+		if _, ok, err := pickRows(huge, af.Schema(), []int{1, 2}, []int{dim, classes}, nil); !ok || err == nil || !strings.Contains(err.Error(), "damaged") {
+			t.Errorf("%q: a batch of 2^30 rows: ok %v, %v; want it damaged", storedAs, ok, err)
 		}
 		af.Close()
 	}

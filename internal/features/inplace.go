@@ -59,11 +59,7 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 
 	// The record batches: where each one's metadata and body are, and its
 	// rows, all counted before the matrices are sized.
-	type batch struct {
-		meta table // its RecordBatch
-		body []byte
-		rows int
-	}
+
 	var batches []batch
 	total := 0
 	for b := range nblocks {
@@ -94,9 +90,24 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		if _, nb := rb.vector(2); nb != nbuf {
 			return nil, false, nil
 		}
-		rows := int(rb.i64(0))
-		batches = append(batches, batch{rb, data[offset+metaLen : offset+metaLen+bodyLen], rows})
-		total += rows
+		bt := batch{rb, data[offset+metaLen : offset+metaLen+bodyLen], int(rb.i64(0))}
+		// The row count sizes what is allocated: it must fit the buffers
+		// (so the file's size) before it is trusted.
+		need := map[int]int{first[0] + 1: 4 * (bt.rows + 1)}
+		for c := range idx {
+			size := 4
+			if schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
+				size = 2
+			}
+			need[first[idx[c]]+2] = size * bt.rows * dims[c]
+		}
+		for i, n := range need {
+			if bt.rows < 0 || len(bt.buffer(i)) < n {
+				return nil, true, fmt.Errorf("features: damaged IPC file: batch %d of %d rows has %d bytes in buffer %d, want %d", b, bt.rows, len(bt.buffer(i)), i, n)
+			}
+		}
+		batches = append(batches, bt)
+		total += bt.rows
 	}
 
 	ms = make([]*Matrix, len(idx))
@@ -111,13 +122,8 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		uris = make([]string, 0, total)
 	}
 	for _, bt := range batches {
-		bufs, _ := bt.meta.vector(2) // struct Buffer{offset, length int64}
-		buffer := func(i int) []byte {
-			o, n := int(le64(bt.meta.b, bufs+16*i)), int(le64(bt.meta.b, bufs+16*i+8))
-			return bt.body[o : o+n]
-		}
-		offsets := buffer(first[0] + 1)
-		text := string(buffer(first[0] + 2)) // one string: every URI is a slice of it
+		offsets := bt.buffer(first[0] + 1)
+		text := string(bt.buffer(first[0] + 2)) // one string: every URI is a slice of it
 		kept := make([]int, 0, bt.rows)
 		for r := range bt.rows {
 			uri := text[binary.LittleEndian.Uint32(offsets[4*r:]):binary.LittleEndian.Uint32(offsets[4*r+4:])]
@@ -132,7 +138,7 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 			kept = append(kept, r)
 		}
 		for c, m := range ms {
-			values := buffer(first[idx[c]] + 2)
+			values := bt.buffer(first[idx[c]] + 2)
 			d := m.Dim
 			switch schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() {
 			case arrow.FLOAT32:
@@ -153,6 +159,20 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		m.URIs = uris
 	}
 	return ms, true, nil
+}
+
+// batch is a record batch of a feature file.
+type batch struct {
+	meta table // its RecordBatch
+	body []byte
+	rows int
+}
+
+// buffer is the batch's buffer i.
+func (bt batch) buffer(i int) []byte {
+	bufs, _ := bt.meta.vector(2) // struct Buffer{offset, length int64}
+	o, n := int(le64(bt.meta.b, bufs+16*i)), int(le64(bt.meta.b, bufs+16*i+8))
+	return bt.body[o : o+n]
 }
 
 // table is a flatbuffer table: its buffer and position. Only what pickRows
