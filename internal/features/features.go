@@ -208,6 +208,9 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 			if values.Len() != int(rec.NumRows())*m.Dim {
 				return nil, fmt.Errorf("features: %q record %d: %d values in column %q for %d rows of %d", key, i, values.Len(), column, rec.NumRows(), m.Dim)
 			}
+			if values.Len() == 0 {
+				continue // an empty batch's float16 values have no buffer
+			}
 			widen := func(dst []float32, lo, hi int) int { // values [lo, hi) into dst
 				switch vals := values.(type) {
 				case *array.Float32:

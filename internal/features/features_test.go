@@ -38,7 +38,7 @@ func TestRecordLoad(t *testing.T) {
 	var batches []embed.Batch
 	var uris []string
 	var want []float32
-	for _, n := range []int{5, 17, 1} {
+	for _, n := range []int{5, 0, 17, 1} { // an empty batch too
 		bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, n*dim), make([]float32, n*classes)}}
 		for i := range n {
 			bt.Images = append(bt.Images, embed.Image{URI: "img/" + strings.Repeat("x", rng.IntN(5)) + string(rune('a'+len(uris)))})

@@ -55,7 +55,11 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 	}
 	footerLen := int(int32(binary.LittleEndian.Uint32(data[len(data)-10:])))
 	footer := root(data[len(data)-10-footerLen : len(data)-10])
+	if footer.table(1).u8(0) != 0 { // the schema's endianness: big
+		return nil, false, nil
+	}
 	blocks, nblocks := footer.vector(3) // recordBatches: struct Block{offset int64, metaDataLength int32, bodyLength int64}
+	bodies := 0                         // summed: a footer listing one batch many times is damaged
 
 	// The record batches: where each one's metadata and body are, and its
 	// rows, all counted before the matrices are sized.
@@ -91,19 +95,28 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 			return nil, false, nil
 		}
 		bt := batch{rb, data[offset+metaLen : offset+metaLen+bodyLen], int(rb.i64(0))}
-		// The row count sizes what is allocated: it must fit the buffers
-		// (so the file's size) before it is trusted.
-		need := map[int]int{first[0] + 1: 4 * (bt.rows + 1)}
+		// The row counts size what is allocated: each batch's must fit its
+		// buffers, and the bodies the file, before they are trusted.
+		if bodies += bodyLen; bodies > len(data) {
+			return nil, true, fmt.Errorf("features: damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
+		}
+		rowBytes := map[int]int{first[0] + 1: 4} // a URI's offset (and one more, unless empty)
 		for c := range idx {
 			size := 4
 			if schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
 				size = 2
 			}
-			need[first[idx[c]]+2] = size * bt.rows * dims[c]
+			if dims[c] > 0 {
+				rowBytes[first[idx[c]]+2] = size * dims[c]
+			}
 		}
-		for i, n := range need {
-			if bt.rows < 0 || len(bt.buffer(i)) < n {
-				return nil, true, fmt.Errorf("features: damaged IPC file: batch %d of %d rows has %d bytes in buffer %d, want %d", b, bt.rows, len(bt.buffer(i)), i, n)
+		for i, per := range rowBytes {
+			n := len(bt.buffer(i))
+			if i == first[0]+1 && bt.rows > 0 {
+				n -= 4
+			}
+			if bt.rows < 0 || bt.rows > n/per {
+				return nil, true, fmt.Errorf("features: damaged IPC file: batch %d claims %d rows, its buffer %d holds %d bytes", b, bt.rows, i, len(bt.buffer(i)))
 			}
 		}
 		batches = append(batches, bt)
