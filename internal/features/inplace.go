@@ -24,7 +24,7 @@ import (
 func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(string) bool) (ms []*Matrix, ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil { // an offset past the end: a damaged file
-			ms, ok, err = nil, true, fmt.Errorf("features: damaged IPC file: %v", r)
+			ms, ok, err = nil, true, fmt.Errorf("damaged IPC file: %v", r)
 		}
 	}()
 	// The buffers of each field, in the order a record batch lists them.
@@ -51,7 +51,7 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 	}
 
 	if len(data) < 16 || string(data[len(data)-6:]) != "ARROW1" {
-		return nil, true, errors.New("features: not an Arrow IPC file (no magic at its end: truncated?)")
+		return nil, true, errors.New("not an Arrow IPC file (no magic at its end: truncated?)")
 	}
 	footerLen := int(int32(binary.LittleEndian.Uint32(data[len(data)-10:])))
 	footer := root(data[len(data)-10-footerLen : len(data)-10])
@@ -98,7 +98,7 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		// The row counts size what is allocated: each batch's must fit its
 		// buffers, and the bodies the file, before they are trusted.
 		if bodies += bodyLen; bodies > len(data) {
-			return nil, true, fmt.Errorf("features: damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
+			return nil, true, fmt.Errorf("damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
 		}
 		rowBytes := map[int]int{first[0] + 1: 4} // a URI's offset (and one more, unless empty)
 		for c := range idx {
@@ -116,7 +116,7 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 				n -= 4
 			}
 			if bt.rows < 0 || bt.rows > n/per {
-				return nil, true, fmt.Errorf("features: damaged IPC file: batch %d claims %d rows, its buffer %d holds %d bytes", b, bt.rows, i, len(bt.buffer(i)))
+				return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, its buffer %d holds %d bytes", b, bt.rows, i, len(bt.buffer(i)))
 			}
 		}
 		batches = append(batches, bt)
