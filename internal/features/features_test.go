@@ -14,6 +14,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
 	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
 
 	"dcd/internal/embed"
 	"dcd/internal/half"
@@ -56,22 +57,7 @@ func TestRecordLoad(t *testing.T) {
 	sizes := map[string]int64{}
 	for _, storedAs := range []string{"", schemas.Float16} {
 		key := "features/" + storedAs + ".arrow"
-		var w *store.ArrowWriter
-		for _, bt := range batches {
-			rec := Record(mem, []string{"features", "logits"}, bt, storedAs)
-			if w == nil {
-				if w, err = store.NewArrowWriter(ctx, b, key, rec.Schema(), mem); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := w.Write(rec); err != nil {
-				t.Fatal(err)
-			}
-			rec.Release()
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, b, key, batches, storedAs, mem)
 		attrs, err := b.Attributes(ctx, key)
 		if err != nil {
 			t.Fatal(err)
@@ -233,27 +219,16 @@ func BenchmarkLoadRows(b *testing.B) {
 	mem := memory.NewGoAllocator()
 	const rows, batch, dim, classes = 2000, 64, 384, 10
 	columns := []string{"features", "logits"}
-	var w *store.ArrowWriter
+	var batches []embed.Batch
 	for lo := 0; lo < rows; lo += batch {
 		n := min(batch, rows-lo)
 		bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, n*dim), make([]float32, n*classes)}}
 		for i := range n {
 			bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("pool/%07d.png", lo+i)})
 		}
-		rec := Record(mem, columns, bt, "")
-		if w == nil {
-			if w, err = store.NewArrowWriter(ctx, bucket, "f.arrow", rec.Schema(), mem); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := w.Write(rec); err != nil {
-			b.Fatal(err)
-		}
-		rec.Release()
+		batches = append(batches, bt)
 	}
-	if err := w.Close(); err != nil {
-		b.Fatal(err)
-	}
+	writeFile(b, bucket, "f.arrow", batches, "", mem)
 	few := func(uri string) bool { return strings.HasSuffix(uri, "00.png") }
 	for _, c := range []struct {
 		name string
@@ -278,5 +253,29 @@ func BenchmarkLoadRows(b *testing.B) {
 				f.Close()
 			}
 		})
+	}
+}
+
+// writeFile writes batches as the feature file at key, a record each, as
+// EmbedShard does.
+func writeFile(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch, storedAs string, mem memory.Allocator) {
+	tb.Helper()
+	ctx := context.Background()
+	var w *store.ArrowWriter
+	for _, bt := range batches {
+		rec := Record(mem, []string{"features", "logits"}, bt, storedAs)
+		if w == nil {
+			var err error
+			if w, err = store.NewArrowWriter(ctx, b, key, rec.Schema(), mem); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		if err := w.Write(rec); err != nil {
+			tb.Fatal(err)
+		}
+		rec.Release()
+	}
+	if err := w.Close(); err != nil {
+		tb.Fatal(err)
 	}
 }
