@@ -49,6 +49,15 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 	if _, isString := schema.Field(0).Type.(*arrow.StringType); !isString {
 		return nil, false, nil
 	}
+	// Each column's values buffer, and the bytes of a row's values in it.
+	values, rowBytes := make([]int, len(idx)), make([]int, len(idx))
+	for c, i := range idx {
+		values[c], rowBytes[c] = first[i]+2, 4*dims[c]
+		if schema.Field(i).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
+			rowBytes[c] = 2 * dims[c]
+		}
+	}
+	uriOffsets, uriText := first[0]+1, first[0]+2 // the URIs' buffers
 
 	if len(data) < 16 || string(data[len(data)-6:]) != "ARROW1" {
 		return nil, true, errors.New("not an Arrow IPC file (no magic at its end: truncated?)")
@@ -63,7 +72,6 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 
 	// The record batches: where each one's metadata and body are, and its
 	// rows, all counted before the matrices are sized.
-
 	var batches []batch
 	total := 0
 	for b := range nblocks {
@@ -100,24 +108,14 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		if bodies += bodyLen; bodies > len(data) {
 			return nil, true, fmt.Errorf("damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
 		}
-		rowBytes := map[int]int{first[0] + 1: 4} // a URI's offset (and one more, unless empty)
+		// (Divided, not multiplied, so no count overflows; rows+1 URI
+		// offsets, none for an empty batch.)
+		fits := bt.rows >= 0 && (bt.rows == 0 || bt.rows <= (len(bt.buffer(uriOffsets))-4)/4)
 		for c := range idx {
-			size := 4
-			if schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
-				size = 2
-			}
-			if dims[c] > 0 {
-				rowBytes[first[idx[c]]+2] = size * dims[c]
-			}
+			fits = fits && (rowBytes[c] == 0 || bt.rows <= len(bt.buffer(values[c]))/rowBytes[c])
 		}
-		for i, per := range rowBytes {
-			n := len(bt.buffer(i))
-			if i == first[0]+1 && bt.rows > 0 {
-				n -= 4
-			}
-			if bt.rows < 0 || bt.rows > n/per {
-				return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, its buffer %d holds %d bytes", b, bt.rows, i, len(bt.buffer(i)))
-			}
+		if !fits {
+			return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, more than its buffers hold", b, bt.rows)
 		}
 		batches = append(batches, bt)
 		total += bt.rows
@@ -135,8 +133,8 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 		uris = make([]string, 0, total)
 	}
 	for _, bt := range batches {
-		offsets := bt.buffer(first[0] + 1)
-		text := string(bt.buffer(first[0] + 2)) // one string: every URI is a slice of it
+		offsets := bt.buffer(uriOffsets)
+		text := string(bt.buffer(uriText)) // one string: every URI is a slice of it
 		kept := make([]int, 0, bt.rows)
 		for r := range bt.rows {
 			uri := text[binary.LittleEndian.Uint32(offsets[4*r:]):binary.LittleEndian.Uint32(offsets[4*r+4:])]
@@ -151,20 +149,18 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 			kept = append(kept, r)
 		}
 		for c, m := range ms {
-			values := bt.buffer(first[idx[c]] + 2)
-			d := m.Dim
-			switch schema.Field(idx[c]).Type.(*arrow.FixedSizeListType).Elem().ID() {
-			case arrow.FLOAT32:
-				vs := arrow.Float32Traits.CastFromBytes(values[:4*bt.rows*d]) // little-endian, as written
+			buf, d := bt.buffer(values[c])[:bt.rows*rowBytes[c]], m.Dim // little-endian, as written
+			if rowBytes[c] == 4*d {
+				vs := arrow.Float32Traits.CastFromBytes(buf)
 				for _, r := range kept {
 					m.Data = append(m.Data, vs[r*d:(r+1)*d]...)
 				}
-			case arrow.FLOAT16:
-				hs := arrow.Uint16Traits.CastFromBytes(values[:2*bt.rows*d])
-				for _, r := range kept {
-					m.Data = append(m.Data, make([]float32, d)...)
-					half.ToFloat32s(m.Data[len(m.Data)-d:], hs[r*d:(r+1)*d])
-				}
+				continue
+			}
+			hs := arrow.Uint16Traits.CastFromBytes(buf)
+			for _, r := range kept {
+				m.Data = append(m.Data, make([]float32, d)...)
+				half.ToFloat32s(m.Data[len(m.Data)-d:], hs[r*d:(r+1)*d])
 			}
 		}
 	}
