@@ -163,11 +163,15 @@ func LoadRows(ctx context.Context, b *blob.Bucket, key string, columns []string,
 
 // arrowRows is LoadRows through Arrow's reader, for files pickRows does
 // not read.
-func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, keep func(uri string) bool) ([]*Matrix, error) {
+func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, keep func(uri string) bool) (_ []*Matrix, err error) {
+	defer func() {
+		if r := recover(); r != nil { // a buffer shorter than its metadata says
+			err = fmt.Errorf("features: %q: damaged IPC file: %v", key, r)
+		}
+	}()
 	// A file has a record per embedded batch: they are all read before the
 	// matrices are sized, so their rows are copied once, not regrown batch
 	// by batch.
-	var err error
 	recs := make([]arrow.Record, f.NumRecords())
 	defer func() {
 		for _, rec := range recs {

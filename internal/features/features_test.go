@@ -18,6 +18,7 @@ import (
 
 	"dcd/internal/embed"
 	"dcd/internal/half"
+	"dcd/internal/ipcfile"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -135,11 +136,16 @@ func TestRecordLoad(t *testing.T) {
 		}
 		// A batch claiming 2^30 rows is damaged, not 2^30 rows to allocate.
 		huge := slices.Clone(af.Data)
-		footerLen := int(binary.LittleEndian.Uint32(huge[len(huge)-10:]))
-		footer := root(huge[len(huge)-10-footerLen : len(huge)-10])
-		blocks, _ := footer.vector(3)
-		rb := root(huge[int(le64(footer.b, blocks))+8:]).table(2)
-		binary.LittleEndian.PutUint64(rb.b[rb.field(0):], 1<<30)
+		footer, err := ipcfile.Footer(huge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks, err := ipcfile.Blocks(footer, ipcfile.FooterRecordBatches, len(huge))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb := ipcfile.Root(huge[blocks[0].Offset+8:]).Table(2)
+		binary.LittleEndian.PutUint64(rb.B[rb.Field(0):], 1<<30)
 		if _, ok, err := pickRows(huge, af.Schema(), []int{1, 2}, []int{dim, classes}, nil); !ok || err == nil || !strings.Contains(err.Error(), "damaged") {
 			t.Errorf("%q: a batch of 2^30 rows: ok %v, %v; want it damaged", storedAs, ok, err)
 		}
@@ -278,4 +284,77 @@ func writeFile(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch,
 	if err := w.Close(); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// FuzzPickRows damages feature files: reading one in place fails, falls
+// back to Arrow's reader, or gives exactly the rows Arrow's reader gives;
+// it never panics, and never makes rows up.
+func FuzzPickRows(f *testing.F) {
+	ctx := context.Background()
+	bucket, err := store.Open(ctx, "mem://")
+	if err != nil {
+		f.Fatal(err)
+	}
+	mem := memory.NewGoAllocator()
+	var batches []embed.Batch
+	for b, n := range []int{3, 0, 2} {
+		bt := embed.Batch{Dims: []int{4, 2}, Vectors: [][]float32{make([]float32, n*4), make([]float32, n*2)}}
+		for i := range n {
+			bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("img/%d-%d", b, i)})
+		}
+		for c := range bt.Vectors {
+			for i := range bt.Vectors[c] {
+				bt.Vectors[c][i] = float32(b*10+i) / 4
+			}
+		}
+		batches = append(batches, bt)
+	}
+	for _, storedAs := range []string{"", schemas.Float16} {
+		writeFile(f, bucket, "seed.arrow", batches, storedAs, mem)
+		data, err := bucket.ReadAll(ctx, "seed.arrow")
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data, false)
+		f.Add(data, true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, some bool) {
+		if err := bucket.WriteAll(ctx, "f.arrow", data, nil); err != nil {
+			t.Fatal(err)
+		}
+		af, err := store.OpenArrow(ctx, bucket, "f.arrow", mem)
+		if err != nil {
+			return // Arrow's reader refuses it before pickRows is asked
+		}
+		defer af.Close()
+		schema := af.Schema()
+		var idx, dims []int
+		for i, fl := range schema.Fields() {
+			if l, ok := fl.Type.(*arrow.FixedSizeListType); ok && i > 0 && (l.Elem().ID() == arrow.FLOAT32 || l.Elem().ID() == arrow.FLOAT16) {
+				idx, dims = append(idx, i), append(dims, int(l.Len()))
+			}
+		}
+		if len(idx) == 0 || len(af.Data) > 1<<16 {
+			return
+		}
+		var keep func(string) bool
+		if some {
+			keep = func(uri string) bool { return strings.HasSuffix(uri, "1") }
+		}
+		picked, ok, err := pickRows(af.Data, schema, idx, dims, keep)
+		if !ok || err != nil {
+			return // Arrow's reader reads it, or it is damaged
+		}
+		want, err := arrowRows("f.arrow", af, make([]string, len(idx)), idx, dims, keep)
+		if err != nil {
+			return
+		}
+		for c := range idx {
+			if !slices.Equal(picked[c].URIs, want[c].URIs) || !slices.EqualFunc(picked[c].Data, want[c].Data, func(a, b float32) bool {
+				return math.Float32bits(a) == math.Float32bits(b)
+			}) {
+				t.Fatalf("column %d: pickRows read %v %v, Arrow's reader %v %v", idx[c], picked[c].URIs, picked[c].Data, want[c].URIs, want[c].Data)
+			}
+		}
+	})
 }

@@ -2,13 +2,13 @@ package features
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/apache/arrow/go/v15/arrow"
 
 	"dcd/internal/half"
+	"dcd/internal/ipcfile"
 )
 
 // pickRows copies the rows whose URI keep accepts (every row when keep is
@@ -59,53 +59,52 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 	}
 	uriOffsets, uriText := first[0]+1, first[0]+2 // the URIs' buffers
 
-	if len(data) < 16 || string(data[len(data)-6:]) != "ARROW1" {
-		return nil, true, errors.New("not an Arrow IPC file (no magic at its end: truncated?)")
+	footer, err := ipcfile.Footer(data)
+	if err != nil {
+		return nil, true, err
 	}
-	footerLen := int(int32(binary.LittleEndian.Uint32(data[len(data)-10:])))
-	footer := root(data[len(data)-10-footerLen : len(data)-10])
-	if footer.table(1).u8(0) != 0 { // the schema's endianness: big
+	if footer.Table(ipcfile.FooterSchema).U8(ipcfile.SchemaEndianness) != 0 { // big
 		return nil, false, nil
 	}
-	blocks, nblocks := footer.vector(3) // recordBatches: struct Block{offset int64, metaDataLength int32, bodyLength int64}
-	bodies := 0                         // summed: a footer listing one batch many times is damaged
+	blocks, err := ipcfile.Blocks(footer, ipcfile.FooterRecordBatches, len(data))
+	if err != nil {
+		return nil, true, err
+	}
+	bodies := 0 // summed: a footer listing one batch many times is damaged
 
 	// The record batches: where each one's metadata and body are, and its
 	// rows, all counted before the matrices are sized.
 	var batches []batch
 	total := 0
-	for b := range nblocks {
-		at := blocks + 24*b
-		offset := int(le64(footer.b, at))
-		metaLen := int(int32(binary.LittleEndian.Uint32(footer.b[at+8:])))
-		bodyLen := int(le64(footer.b, at+16))
-		meta := data[offset : offset+metaLen]
+	for b, blk := range blocks {
+		meta := data[blk.Offset : blk.Offset+blk.MetaLen]
 		if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF { // continuation marker, then the length
 			meta = meta[8:]
 		} else {
 			meta = meta[4:]
 		}
-		msg := root(meta)
-		if msg.u8(1) != 3 { // header_type: RecordBatch
+		msg := ipcfile.Root(meta)
+		if msg.U8(1) != 3 { // header_type: RecordBatch
 			return nil, false, nil
 		}
-		rb := msg.table(2)
-		if rb.field(3) != 0 { // compressed
+		rb := msg.Table(2)
+		if rb.Field(3) != 0 { // compressed
 			return nil, false, nil
 		}
-		nodes, nnodes := rb.vector(1) // struct FieldNode{length, null_count int64}
+		nodes, nnodes := rb.Vector(1, 16) // struct FieldNode{length, null_count int64}
 		for n := range nnodes {
-			if le64(rb.b, nodes+16*n+8) != 0 {
+			if le64(rb.B, nodes+16*n+8) != 0 {
 				return nil, false, nil // nulls: Arrow's reader knows them
 			}
 		}
-		if _, nb := rb.vector(2); nb != nbuf {
+		if _, nb := rb.Vector(2, 16); nb != nbuf {
 			return nil, false, nil
 		}
-		bt := batch{rb, data[offset+metaLen : offset+metaLen+bodyLen], int(rb.i64(0))}
+		body := blk.Offset + blk.MetaLen
+		bt := batch{rb, data[body : body+blk.BodyLen], int(rb.I64(0))}
 		// The row counts size what is allocated: each batch's must fit its
 		// buffers, and the bodies the file, before they are trusted.
-		if bodies += bodyLen; bodies > len(data) {
+		if bodies += blk.BodyLen; bodies > len(data) {
 			return nil, true, fmt.Errorf("damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
 		}
 		// (Divided, not multiplied, so no count overflows; rows+1 URI
@@ -172,73 +171,16 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 
 // batch is a record batch of a feature file.
 type batch struct {
-	meta table // its RecordBatch
+	meta ipcfile.Table // its RecordBatch
 	body []byte
 	rows int
 }
 
 // buffer is the batch's buffer i.
 func (bt batch) buffer(i int) []byte {
-	bufs, _ := bt.meta.vector(2) // struct Buffer{offset, length int64}
-	o, n := int(le64(bt.meta.b, bufs+16*i)), int(le64(bt.meta.b, bufs+16*i+8))
+	bufs, _ := bt.meta.Vector(2, 16) // struct Buffer{offset, length int64}
+	o, n := int(le64(bt.meta.B, bufs+16*i)), int(le64(bt.meta.B, bufs+16*i+8))
 	return bt.body[o : o+n]
-}
-
-// table is a flatbuffer table: its buffer and position. Only what pickRows
-// reads of the Arrow IPC schema (File.fbs, Message.fbs) is here.
-type table struct {
-	b   []byte
-	pos int
-}
-
-// root is the table a flatbuffer starts with.
-func root(b []byte) table { return table{b, int(binary.LittleEndian.Uint32(b))} }
-
-// field is the position of the table's field in slot, 0 when it is absent.
-func (t table) field(slot int) int {
-	vt := t.pos - int(int32(binary.LittleEndian.Uint32(t.b[t.pos:])))
-	at := 4 + 2*slot
-	if at >= int(binary.LittleEndian.Uint16(t.b[vt:])) {
-		return 0
-	}
-	if off := int(binary.LittleEndian.Uint16(t.b[vt+at:])); off != 0 {
-		return t.pos + off
-	}
-	return 0
-}
-
-func (t table) i64(slot int) int64 {
-	if p := t.field(slot); p != 0 {
-		return int64(le64(t.b, p))
-	}
-	return 0
-}
-
-func (t table) u8(slot int) byte {
-	if p := t.field(slot); p != 0 {
-		return t.b[p]
-	}
-	return 0
-}
-
-// table is the table a field refers to; a missing one panics, as a
-// damaged file's offsets do.
-func (t table) table(slot int) table {
-	p := t.field(slot)
-	if p == 0 {
-		panic(fmt.Sprintf("no table in slot %d", slot))
-	}
-	return table{t.b, p + int(binary.LittleEndian.Uint32(t.b[p:]))}
-}
-
-// vector is where a vector field's elements start, and how many there are.
-func (t table) vector(slot int) (start, n int) {
-	p := t.field(slot)
-	if p == 0 {
-		return 0, 0
-	}
-	v := p + int(binary.LittleEndian.Uint32(t.b[p:]))
-	return v + 4, int(binary.LittleEndian.Uint32(t.b[v:]))
 }
 
 func le64(b []byte, at int) uint64 { return binary.LittleEndian.Uint64(b[at:]) }

@@ -55,6 +55,8 @@ import (
 	"gocloud.dev/blob/s3blob"     // s3:// buckets, opened by openS3
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
+
+	"dcd/internal/ipcfile"
 )
 
 // Open opens the bucket at url. A file:// bucket writes no metadata
@@ -350,11 +352,39 @@ func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Alloc
 	if err != nil {
 		return nil, err
 	}
-	r, err := ipc.NewFileReader(bytes.NewReader(data), ipc.WithAllocator(mem))
+	if err := ipcfile.Check(data); err != nil {
+		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
+	}
+	var r *ipc.FileReader
+	err = ipcfile.Safely(func() (err error) {
+		r, err = ipc.NewFileReader(bytes.NewReader(data), ipc.WithAllocator(mem))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
 	}
 	return &ArrowFile{r, data}, nil
+}
+
+// Record is the file's record i, or an error where Arrow's reader panics
+// (a damaged file): a worker that panicked would have its activity tried
+// again on the same file, where an error lets the caller decide (a
+// damaged cache entry is computed again).
+func (f *ArrowFile) Record(i int) (rec arrow.Record, err error) {
+	err = ipcfile.Safely(func() (err error) {
+		rec, err = f.FileReader.Record(i)
+		return err
+	})
+	return rec, err
+}
+
+// RecordAt is Record for the caller to Release.
+func (f *ArrowFile) RecordAt(i int) (rec arrow.Record, err error) {
+	err = ipcfile.Safely(func() (err error) {
+		rec, err = f.FileReader.RecordAt(i)
+		return err
+	})
+	return rec, err
 }
 
 // ListPageSize is how many objects List asks for at a time. An object

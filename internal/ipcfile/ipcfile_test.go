@@ -1,0 +1,106 @@
+package ipcfile
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/ipc"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+)
+
+// Check passes a file Arrow wrote and refuses the damage that would have
+// Arrow's reader allocate by counts the file cannot hold: a crash no
+// recover catches, found by FuzzPickRows (internal/features).
+func TestCheck(t *testing.T) {
+	data := arrowFile(t)
+	if err := Check(data); err != nil {
+		t.Fatalf("a file Arrow wrote: %v", err)
+	}
+	footer, err := Footer(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks, err := Blocks(footer, FooterRecordBatches, len(data))
+	if err != nil || len(blocks) != 2 {
+		t.Fatalf("blocks %v, %v; want the 2 record batches", blocks, err)
+	}
+	at := len(data) - 10 - len(footer.B) // where the footer starts in data
+
+	// 2^31 - 1 fields in the schema.
+	schema := footer.Table(FooterSchema)
+	fields, _ := schema.Vector(SchemaFields, 4)
+	many := slices.Clone(data)
+	binary.LittleEndian.PutUint32(many[at+fields-4:], 1<<31-1)
+	// A record batch's body of 2^40 bytes.
+	bodies, _ := footer.Vector(FooterRecordBatches, BlockSize)
+	huge := slices.Clone(data)
+	binary.LittleEndian.PutUint64(huge[at+bodies+BlockSize+16:], 1<<40)
+	// A footer longer than the file.
+	long := slices.Clone(data)
+	binary.LittleEndian.PutUint32(long[len(long)-10:], uint32(len(data)))
+
+	for _, c := range []struct {
+		name, data []byte
+		want       string
+	}{
+		{[]byte("2^31 fields"), many, "vector of 2147483647"},
+		{[]byte("a body of 2^40 bytes"), huge, "block 1"},
+		{[]byte("a footer longer than the file"), long, "footer of"},
+		{[]byte("cut short"), data[:len(data)-3], "magic"},
+	} {
+		err := Check(c.data)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+}
+
+// arrowFile is an IPC file of two record batches of a URI and a
+// fixed-size list, as Arrow's writer writes it.
+func arrowFile(t *testing.T) []byte {
+	mem := memory.NewGoAllocator()
+	schema := arrow.NewSchema([]arrow.Field{
+		{Name: "uri", Type: arrow.BinaryTypes.String},
+		{Name: "features", Type: arrow.FixedSizeListOf(2, arrow.PrimitiveTypes.Float32)},
+	}, nil)
+	var buf seekless
+	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, uri := range []string{"a", "b"} {
+		rb := array.NewRecordBuilder(mem, schema)
+		rb.Field(0).(*array.StringBuilder).Append(uri)
+		lb := rb.Field(1).(*array.FixedSizeListBuilder)
+		lb.Append(true)
+		lb.ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2}, nil)
+		rec := rb.NewRecord()
+		if err := w.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Release()
+		rb.Release()
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// seekless is a buffer whose Seek only answers where it is, all Arrow's
+// writer asks.
+type seekless struct{ bytes.Buffer }
+
+func (s *seekless) Seek(offset int64, whence int) (int64, error) {
+	if offset != 0 || whence != io.SeekCurrent {
+		return 0, errors.New("seekless: only Seek(0, io.SeekCurrent)")
+	}
+	return int64(s.Len()), nil
+}
