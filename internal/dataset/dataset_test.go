@@ -211,7 +211,7 @@ func TestManifestVersions(t *testing.T) {
 // parquetManifest writes columns of strings (or int64 labels), and int64
 // versions, as Parquet, in row groups of rowGroup rows; nil domains or
 // versions: no such column.
-func parquetManifest(t *testing.T, uris []string, labels any, domains []string, versions []int64, rowGroup int64) []byte {
+func parquetManifest(t testing.TB, uris []string, labels any, domains []string, versions []int64, rowGroup int64) []byte {
 	t.Helper()
 	mem := memory.NewGoAllocator()
 	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String, Nullable: true}}
@@ -258,6 +258,50 @@ func parquetManifest(t *testing.T, uris []string, labels any, domains []string, 
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// A damaged Parquet manifest is an error naming it, never a crash: each
+// byte of a small one flipped. The Parquet reader trusts a file's metadata
+// (row counts, offsets, which fields are set); a panic on a goroutine of
+// its own would crash the worker, and every worker the planning was tried
+// on after it.
+func TestDamagedParquetManifest(t *testing.T) {
+	data := parquetManifest(t, []string{"a.png", "b.png", "c.png"}, []int64{1, 2, 3}, []string{"d", "e", "f"}, []int64{7, 8, 9}, 2)
+	b := memBucket(t, nil)
+	for at := range data {
+		for _, flip := range []byte{0x01, 0xff} {
+			bad := slices.Clone(data)
+			bad[at] ^= flip
+			if err := walkDamaged(b, bad); err != nil && !strings.Contains(err.Error(), "m.parquet") {
+				t.Fatalf("byte %d ^ %#x: %v, want an error naming the manifest", at, flip, err)
+			}
+		}
+	}
+}
+
+// FuzzParquetManifest: go test ./internal/dataset -run - -fuzz
+// FuzzParquetManifest -fuzzminimizetime 0 (the minimizer hangs here).
+func FuzzParquetManifest(f *testing.F) {
+	f.Add(parquetManifest(f, []string{"a.png", "", "c.png"}, []string{"x", "y", "z"}, []string{"d", "e", "f"}, []int64{1, 2, 3}, 2))
+	f.Add(parquetManifest(f, []string{"a.png", "b.png"}, []int64{3, 11}, nil, nil, 100))
+	b, err := store.Open(context.Background(), "mem://")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if err := walkDamaged(b, data); err != nil && !strings.Contains(err.Error(), "m.parquet") {
+			t.Fatalf("%v, want an error naming the manifest", err)
+		}
+	})
+}
+
+// walkDamaged walks data as the Parquet manifest m.parquet in b.
+func walkDamaged(b *blob.Bucket, data []byte) error {
+	ctx := context.Background()
+	if err := b.WriteAll(ctx, "m.parquet", data, nil); err != nil {
+		return err
+	}
+	return Source{Bucket: b}.Walk(ctx, schemas.Dataset{Manifest: "m.parquet"}, func(Item) error { return nil })
 }
 
 // A Parquet manifest of more rows than one batch and one row group streams

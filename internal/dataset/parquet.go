@@ -2,7 +2,6 @@ package dataset
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -30,7 +29,11 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	props := parquet.NewReaderProperties(s.Mem)
 	props.BufferedStreamEnabled = true
 	props.BufferSize = 1 << 20
-	pf, err := file.NewParquetReader(ra, file.WithReadProps(props))
+	var pf *file.Reader
+	err = safely(func() (err error) {
+		pf, err = file.NewParquetReader(ra, file.WithReadProps(props))
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -53,27 +56,81 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	if c.version >= 0 {
 		version, want = len(want), append(want, c.version)
 	}
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatch}, s.Mem)
+	// Each column is read by its own reader, in lockstep, rather than by
+	// pqarrow's RecordReader: that one opens its columns on goroutines,
+	// where a damaged file's panic crashes the worker (FuzzParquetManifest).
+	readers := make([]*pqarrow.ColumnReader, len(want))
+	defer func() {
+		for _, r := range readers {
+			if r != nil {
+				r.Release()
+			}
+		}
+	}()
+	err = safely(func() error {
+		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatch}, s.Mem)
+		for i := 0; err == nil && i < len(want); i++ {
+			var fields []int
+			if fields, err = fr.Manifest.GetFieldIndices(want[i : i+1]); err == nil {
+				readers[i], err = fr.GetColumn(ctx, fields[0])
+			}
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	rr, err := fr.GetRecordReader(ctx, want, nil)
-	if err != nil {
-		return err
-	}
-	defer rr.Release()
-	for i, f := range rr.Schema().Fields() {
+	for i, r := range readers {
 		// A version is any value that changes with the image (a
 		// timestamp, say), read as its text.
-		if i != version && !stringLike(f.Type) {
-			return fmt.Errorf("column %q has type %s, want a string or integer column", names[want[i]], f.Type)
+		if t := r.Field().Type; i != version && !stringLike(t) {
+			return fmt.Errorf("column %q has type %s, want a string or integer column", names[want[i]], t)
 		}
 	}
-	n := 0
-	for rr.Next() {
-		rec := rr.Record()
-		cols := rec.Columns()
-		for i := 0; i < int(rec.NumRows()); i++ {
+	cols := make([]arrow.Array, len(readers))
+	release := func() {
+		for i, c := range cols {
+			if c != nil {
+				c.Release()
+				cols[i] = nil
+			}
+		}
+	}
+	defer release()
+	for n := 0; ; {
+		release()
+		err := safely(func() error {
+			for i, r := range readers {
+				chunks, err := r.NextBatch(parquetBatch)
+				if err != nil {
+					return err
+				}
+				switch cs := chunks.Chunks(); len(cs) {
+				case 0:
+					cols[i] = array.MakeArrayOfNull(s.Mem, chunks.DataType(), 0)
+				case 1:
+					cols[i] = cs[0]
+					cols[i].Retain()
+				default: // the batch spans row groups
+					cols[i], err = array.Concatenate(cs, s.Mem)
+				}
+				chunks.Release()
+				if err != nil {
+					return err
+				}
+				if cols[i].Len() != cols[0].Len() {
+					return fmt.Errorf("damaged Parquet file: a batch of %d rows in column %q, %d in %q", cols[i].Len(), names[want[i]], cols[0].Len(), names[want[0]])
+				}
+			}
+			return nil
+		})
+		switch {
+		case err != nil:
+			return err
+		case cols[0].Len() == 0:
+			return nil
+		}
+		for i := range cols[0].Len() {
 			n++
 			r := row{where: fmt.Sprintf("row %d", n)}
 			uri, ok := valueAt(cols[0], i)
@@ -93,10 +150,19 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 			}
 		}
 	}
-	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	return nil
+}
+
+// safely runs read, a call into the Parquet reader, making its panics
+// errors: it trusts a file's metadata (row counts, offsets), and a
+// damaged manifest panicking would have the planning activity retried on
+// it again and again rather than fail naming it.
+func safely(read func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("damaged Parquet file: %v", r)
+		}
+	}()
+	return read()
 }
 
 // stringLike reports whether a column of type t is read as text: strings,
