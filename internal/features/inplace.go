@@ -77,31 +77,20 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 	var batches []batch
 	total := 0
 	for b, blk := range blocks {
-		meta := data[blk.Offset : blk.Offset+blk.MetaLen]
-		if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF { // continuation marker, then the length
-			meta = meta[8:]
-		} else {
-			meta = meta[4:]
-		}
-		msg := ipcfile.Root(meta)
-		if msg.U8(1) != 3 { // header_type: RecordBatch
+		kind, rb, body := ipcfile.Message(data, blk)
+		if kind != ipcfile.RecordBatchMessage || rb.Field(ipcfile.BatchCompression) != 0 {
 			return nil, false, nil
 		}
-		rb := msg.Table(2)
-		if rb.Field(3) != 0 { // compressed
-			return nil, false, nil
-		}
-		nodes, nnodes := rb.Vector(1, 16) // struct FieldNode{length, null_count int64}
+		nodes, nnodes := rb.Vector(ipcfile.BatchNodes, ipcfile.NodeSize)
 		for n := range nnodes {
-			if le64(rb.B, nodes+16*n+8) != 0 {
+			if le64(rb.B, nodes+ipcfile.NodeSize*n+8) != 0 {
 				return nil, false, nil // nulls: Arrow's reader knows them
 			}
 		}
-		if _, nb := rb.Vector(2, 16); nb != nbuf {
+		if _, nb := rb.Vector(ipcfile.BatchBuffers, ipcfile.BufferSize); nb != nbuf {
 			return nil, false, nil
 		}
-		body := blk.Offset + blk.MetaLen
-		bt := batch{rb, data[body : body+blk.BodyLen], int(rb.I64(0))}
+		bt := batch{rb, body, int(rb.I64(ipcfile.BatchLength))}
 		// The row counts size what is allocated: each batch's must fit its
 		// buffers, and the bodies the file, before they are trusted.
 		if bodies += blk.BodyLen; bodies > len(data) {
@@ -178,8 +167,7 @@ type batch struct {
 
 // buffer is the batch's buffer i.
 func (bt batch) buffer(i int) []byte {
-	bufs, _ := bt.meta.Vector(2, 16) // struct Buffer{offset, length int64}
-	o, n := int(le64(bt.meta.B, bufs+16*i)), int(le64(bt.meta.B, bufs+16*i+8))
+	o, n := ipcfile.Buffer(bt.meta, i)
 	return bt.body[o : o+n]
 }
 

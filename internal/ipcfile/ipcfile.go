@@ -78,9 +78,53 @@ func Blocks(footer Table, slot, fileLen int) ([]Block, error) {
 	return blocks, nil
 }
 
-// Check refuses an IPC file whose footer would have Arrow's reader read
-// or allocate past its bytes: each vector of the schema and its fields
-// (nested ones too) must fit the footer, and each block the file.
+// Message header types (Message.fbs).
+const (
+	DictionaryBatchMessage = 2
+	RecordBatchMessage     = 3
+)
+
+// RecordBatch slots (Message.fbs).
+const (
+	BatchLength      = 0
+	BatchNodes       = 1
+	BatchBuffers     = 2
+	BatchCompression = 3
+)
+
+// NodeSize and BufferSize are the sizes of a RecordBatch's FieldNode
+// {length, null_count int64} and Buffer {offset, length int64} structs.
+const (
+	NodeSize   = 16
+	BufferSize = 16
+)
+
+// Message is the message at blk: its header's type and table, and its
+// body.
+func Message(data []byte, blk Block) (kind byte, header Table, body []byte) {
+	meta := data[blk.Offset : blk.Offset+blk.MetaLen]
+	if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF { // continuation marker, then the length
+		meta = meta[8:]
+	} else {
+		meta = meta[4:]
+	}
+	msg := Root(meta)
+	return msg.U8(1), msg.Table(2), data[blk.Offset+blk.MetaLen : blk.Offset+blk.MetaLen+blk.BodyLen]
+}
+
+// Buffer is where buffer i of a RecordBatch is in its body.
+func Buffer(rb Table, i int) (offset, length int) {
+	start, _ := rb.Vector(BatchBuffers, BufferSize)
+	at := start + BufferSize*i
+	return int(binary.LittleEndian.Uint64(rb.B[at:])), int(binary.LittleEndian.Uint64(rb.B[at+8:]))
+}
+
+// Check refuses an IPC file that would have Arrow's reader read or
+// allocate past its bytes: each vector of the schema and its fields
+// (nested ones too) must fit the footer, each block the file, and each
+// buffer of a batch its body. Arrow allocates a compressed buffer's size
+// as it says before inflating it, so a compressed batch is refused too:
+// DCD writes none.
 func Check(data []byte) error {
 	return Safely(func() error {
 		footer, err := Footer(data)
@@ -93,12 +137,43 @@ func Check(data []byte) error {
 			return err
 		}
 		for _, slot := range []int{FooterDictionaries, FooterRecordBatches} {
-			if _, err := Blocks(footer, slot, len(data)); err != nil {
+			blocks, err := Blocks(footer, slot, len(data))
+			if err != nil {
 				return err
+			}
+			for i, blk := range blocks {
+				if err := checkBatch(data, blk); err != nil {
+					return fmt.Errorf("damaged IPC file: block %d: %w", i, err)
+				}
 			}
 		}
 		return nil
 	})
+}
+
+// checkBatch checks the buffers of the record batch, or dictionary batch,
+// at blk against its body.
+func checkBatch(data []byte, blk Block) error {
+	kind, rb, body := Message(data, blk)
+	switch kind {
+	case DictionaryBatchMessage:
+		rb = rb.Table(1) // its data
+	case RecordBatchMessage:
+	default:
+		return fmt.Errorf("a message of type %d, want a record or dictionary batch", kind)
+	}
+	if rb.Field(BatchCompression) != 0 {
+		return errors.New("compressed buffers (DCD writes none)")
+	}
+	rb.Vector(BatchNodes, NodeSize)
+	_, n := rb.Vector(BatchBuffers, BufferSize)
+	for i := range n {
+		off, length := Buffer(rb, i)
+		if off < 0 || length < 0 || off > len(body) || length > len(body)-off {
+			return fmt.Errorf("buffer %d (%d bytes at %d) is not within its body's %d", i, length, off, len(body))
+		}
+	}
+	return nil
 }
 
 // maxDepth bounds how deeply fields nest: a damaged offset may point a

@@ -16,7 +16,7 @@ import (
 )
 
 // Check passes a file Arrow wrote and refuses the damage that would have
-// Arrow's reader allocate by counts the file cannot hold: a crash no
+// Arrow's reader allocate by counts the file cannot hold: crashes no
 // recover catches, found by FuzzPickRows (internal/features).
 func TestCheck(t *testing.T) {
 	data := arrowFile(t)
@@ -42,6 +42,11 @@ func TestCheck(t *testing.T) {
 	bodies, _ := footer.Vector(FooterRecordBatches, BlockSize)
 	huge := slices.Clone(data)
 	binary.LittleEndian.PutUint64(huge[at+bodies+BlockSize+16:], 1<<40)
+	// A URI buffer of 2^40 bytes.
+	buffer := slices.Clone(data)
+	_, rb, _ := Message(buffer, blocks[0])
+	start, _ := rb.Vector(BatchBuffers, BufferSize)
+	binary.LittleEndian.PutUint64(rb.B[start+BufferSize+8:], 1<<40) // buffer 1 (the URIs' offsets)'s length
 	// A footer longer than the file.
 	long := slices.Clone(data)
 	binary.LittleEndian.PutUint32(long[len(long)-10:], uint32(len(data)))
@@ -52,6 +57,7 @@ func TestCheck(t *testing.T) {
 	}{
 		{[]byte("2^31 fields"), many, "vector of 2147483647"},
 		{[]byte("a body of 2^40 bytes"), huge, "block 1"},
+		{[]byte("a buffer of 2^40 bytes"), buffer, "buffer 1"},
 		{[]byte("a footer longer than the file"), long, "footer of"},
 		{[]byte("cut short"), data[:len(data)-3], "magic"},
 	} {
