@@ -55,9 +55,10 @@ const gatherAhead = 8
 // It only ever saves work: a shard it cannot fill whole (a pool shard not
 // cached with the model, or damaged) is left for EmbedShard, and when the
 // first pool shard it needs is not cached (the pool was embedded with
-// another model) nothing is. Every pool shard an image comes from is read
-// whole, so a selection spread thin over a huge pool, where that reads
-// more than embedding its images would (worthReading), is left too.
+// another model) nothing is. From an object store every pool shard an
+// image comes from is read whole, so a selection spread thin over a huge
+// pool, where that reads more than embedding its images would
+// (worthReading), is left too.
 //
 // The shards are filled in order, the pool shards they draw on read
 // gatherAhead ahead and dropped after their last use: a selection written
@@ -136,7 +137,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		}
 		todos = append(todos, todo{shard: i, ids: ids})
 	}
-	if len(todos) == 0 || !worthReading(index, need, in.Model) {
+	if len(todos) == 0 || !worthReading(index, need, in.Model, store.Local(a.Bucket)) {
 		return res, nil
 	}
 
@@ -217,11 +218,16 @@ func (a *Activities) readShardIndex(ctx context.Context, run string) (ShardIndex
 // hundreds of KB for a photo), decoding it and running the model on it.
 const imageWorth = 256 << 10
 
-// worthReading says whether reading the pool shards wanted whole costs
-// less than embedding the images wanted from them: with 2,000 images a
-// shard and 394 float32 values an image (384 features, 10 logits), when
-// the selection takes a dozen images or more from each shard on average.
-func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef) bool {
+// worthReading says whether reading the rows wanted of the pool shards
+// costs less than embedding their images. From a file:// bucket the rows
+// are read alone (features.LoadRowsAt), a few KiB an image: always. From
+// an object store a shard's file is read whole: with 2,000 images a shard
+// and 394 float32 values an image (384 features, 10 logits), when the
+// selection takes a dozen images or more from each shard on average.
+func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef, local bool) bool {
+	if local {
+		return true
+	}
 	n := len(index.FirstIDs)
 	if n < 2 || len(m.Dims) == 0 {
 		return true // a single shard, or no sizes to go by
@@ -275,14 +281,23 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		return r, nil // no file: every image was rejected
 	}
 	// The wanted images' keys, each with its pool ids in shard order (a
-	// key listed twice is two images).
+	// key listed twice is two images), and their rows: the file has a row
+	// for each image of the shard not rejected, in order. A file whose
+	// rows are not so gives rows of other keys, not gathered.
 	ids := map[string][]int64{}
+	var at []int
+	next := 0 // the file's row of the next image not rejected
 	for _, it := range shard.Items {
+		if _, rejected := r.rejects[it.Key]; rejected {
+			continue
+		}
 		if want[it.ID] {
 			ids[it.Key] = append(ids[it.Key], it.ID)
+			at = append(at, next)
 		}
+		next++
 	}
-	ms, err := features.LoadRows(ctx, a.Bucket, key, m.Spec.Columns, a.Mem, func(uri string) bool { return ids[uri] != nil })
+	ms, err := features.LoadRowsAt(ctx, a.Bucket, key, m.Spec.Columns, at, a.Mem)
 	for c := 0; err == nil && c < len(ms) && c < len(m.Dims); c++ {
 		if ms[c].Dim != m.Dims[c] {
 			err = fmt.Errorf("column %q has %d values a row, the model %d", m.Spec.Columns[c], ms[c].Dim, m.Dims[c])
@@ -300,7 +315,7 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 	}
 	for row, uri := range ms[0].URIs {
 		if len(ids[uri]) == 0 {
-			continue // a row the manifest does not have: a damaged entry
+			continue // a row of another image: a damaged entry
 		}
 		id := ids[uri][0]
 		ids[uri] = ids[uri][1:]

@@ -91,9 +91,15 @@ func planSelection(t *testing.T, a *Activities, run string, ids []int64) (string
 // rejects for the images the pool rejected; the entries read back as any
 // cached shard's.
 func TestGatherSelection(t *testing.T) {
-	for _, storedAs := range []string{"", schemas.Float16} {
-		t.Run("stored as "+storedAs, func(t *testing.T) {
+	for _, c := range []struct {
+		storedAs, bucket string // a file:// bucket's rows are read alone
+	}{{"", "mem"}, {schemas.Float16, "mem"}, {"", "file"}, {schemas.Float16, "file"}} {
+		storedAs := c.storedAs
+		t.Run(c.bucket+" stored as "+storedAs, func(t *testing.T) {
 			a := memActivities(t)
+			if c.bucket == "file" {
+				a = fileActivities(t)
+			}
 			ctx := context.Background()
 			spec := rowsSpec
 			spec.StoredAs = storedAs
@@ -217,7 +223,8 @@ func mustShard(t *testing.T, a *Activities, key string) *dataset.Shard {
 }
 
 // A selection is gathered where reading its pool shards whole costs fewer
-// bytes than embedding its images, at imageWorth (256 KB) an image.
+// bytes than embedding its images, at imageWorth (256 KB) an image; from
+// a file:// bucket, which reads the rows alone, always.
 func TestWorthReading(t *testing.T) {
 	index := ShardIndex{FirstIDs: []int64{0, 2000, 4000, 6000}} // 2,000 rows a shard
 	need := func(perShard ...int) map[int]map[int64]bool {
@@ -245,11 +252,14 @@ func TestWorthReading(t *testing.T) {
 		{"one shard's 40, two shards' 1", need(40, 1, 1), d384, true},
 		{"no sizes known", need(1, 1), ModelRef{}, true},
 	} {
-		if got := worthReading(index, c.need, c.m); got != c.want {
+		if got := worthReading(index, c.need, c.m, false); got != c.want {
 			t.Errorf("%s: worth reading %v, want %v", c.name, got, c.want)
 		}
+		if !worthReading(index, c.need, c.m, true) {
+			t.Errorf("%s, from a file:// bucket: not worth reading", c.name)
+		}
 	}
-	if !worthReading(ShardIndex{FirstIDs: []int64{0}}, need(1), d384) {
+	if !worthReading(ShardIndex{FirstIDs: []int64{0}}, need(1), d384, false) {
 		t.Error("a pool of one shard: not worth reading")
 	}
 }

@@ -133,37 +133,50 @@ func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []stri
 // (every row when keep is nil): a caller after a few rows of a file copies
 // and widens those alone.
 func LoadRows(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator, keep func(uri string) bool) ([]*Matrix, error) {
+	return loadRows(ctx, b, key, columns, mem, picker{keep: keep})
+}
+
+// loadRows reads the file at key whole and copies the rows p picks.
+func loadRows(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator, p picker) ([]*Matrix, error) {
 	f, err := store.OpenArrow(ctx, b, key, mem)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	idx := make([]int, len(columns))
-	dims := make([]int, len(columns))
-	for c, column := range columns {
-		i := f.Schema().FieldIndices(column)
-		if len(i) == 0 {
-			return nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, f.Schema())
-		}
-		list, ok := f.Schema().Field(i[0]).Type.(*arrow.FixedSizeListType)
-		if !ok || (list.Elem().ID() != arrow.FLOAT32 && list.Elem().ID() != arrow.FLOAT16) {
-			return nil, fmt.Errorf("features: %q column %q is %s, want a fixed-size list of float32 or float16", key, column, f.Schema().Field(i[0]).Type)
-		}
-		idx[c], dims[c] = i[0], int(list.Len())
+	idx, dims, err := columnsOf(key, f.Schema(), columns)
+	if err != nil {
+		return nil, err
 	}
 	// The layout DCD writes is read in place; Arrow's reader reads the rest.
-	if ms, ok, err := pickRows(f.Data, f.Schema(), idx, dims, keep); ok {
+	if ms, ok, err := pickRows(whole(f.Data), len(f.Data), f.Schema(), idx, dims, p); ok {
 		if err != nil {
 			return nil, fmt.Errorf("features: %q: %w", key, err)
 		}
 		return ms, nil
 	}
-	return arrowRows(key, f, columns, idx, dims, keep)
+	return arrowRows(key, f, columns, idx, dims, p)
 }
 
-// arrowRows is LoadRows through Arrow's reader, for files pickRows does
+// columnsOf finds each column's field index and width in schema.
+func columnsOf(key string, schema *arrow.Schema, columns []string) (idx, dims []int, err error) {
+	idx, dims = make([]int, len(columns)), make([]int, len(columns))
+	for c, column := range columns {
+		i := schema.FieldIndices(column)
+		if len(i) == 0 {
+			return nil, nil, fmt.Errorf("features: %q has no column %q (schema %s)", key, column, schema)
+		}
+		list, ok := schema.Field(i[0]).Type.(*arrow.FixedSizeListType)
+		if !ok || (list.Elem().ID() != arrow.FLOAT32 && list.Elem().ID() != arrow.FLOAT16) {
+			return nil, nil, fmt.Errorf("features: %q column %q is %s, want a fixed-size list of float32 or float16", key, column, schema.Field(i[0]).Type)
+		}
+		idx[c], dims[c] = i[0], int(list.Len())
+	}
+	return idx, dims, nil
+}
+
+// arrowRows is loadRows through Arrow's reader, for files pickRows does
 // not read.
-func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, keep func(uri string) bool) (_ []*Matrix, err error) {
+func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, p picker) (_ []*Matrix, err error) {
 	defer func() {
 		if r := recover(); r != nil { // a buffer shorter than its metadata says
 			err = fmt.Errorf("features: %q: damaged IPC file: %v", key, r)
@@ -187,21 +200,24 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 		}
 		rows += int(recs[i].NumRows())
 	}
+	all := p.keep == nil && p.rows == nil
 	uris := make([]string, 0, rows)
-	kept := make([][]int, len(recs)) // each record's rows kept, when keep is set
+	kept := make([][]int, len(recs)) // each record's rows kept, unless all
+	before := 0                      // the file's rows before the record's
 	for i, rec := range recs {
 		col, ok := rec.Column(0).(*array.String)
 		if !ok {
 			return nil, fmt.Errorf("features: %q record %d: column 0 is %s, want the images' URIs as strings", key, i, rec.Column(0).DataType())
 		}
 		for j := 0; j < col.Len(); j++ {
-			if keep == nil {
+			if all {
 				uris = append(uris, col.Value(j))
-			} else if u := col.Value(j); keep(u) {
+			} else if u := col.Value(j); p.keeps(before+j, u) {
 				uris = append(uris, strings.Clone(u)) // a few: not to pin the whole file
 				kept[i] = append(kept[i], j)
 			}
 		}
+		before += col.Len()
 	}
 	ms := make([]*Matrix, len(columns))
 	for c, column := range columns {
@@ -226,7 +242,7 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 				}
 				return hi - lo
 			}
-			if keep == nil {
+			if all {
 				at += widen(m.Data[at:], 0, values.Len())
 				continue
 			}

@@ -118,20 +118,20 @@ func TestRecordLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, k := range []func(string) bool{some, nil} {
-			picked, ok, err := pickRows(af.Data, af.Schema(), []int{1, 2}, []int{dim, classes}, k)
-			viaArrow, aerr := arrowRows(key, af, []string{"features", "logits"}, []int{1, 2}, []int{dim, classes}, k)
+			picked, ok, err := pickRows(whole(af.Data), len(af.Data), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: k})
+			viaArrow, aerr := arrowRows(key, af, []string{"features", "logits"}, []int{1, 2}, []int{dim, classes}, picker{keep: k})
 			if !ok || err != nil || aerr != nil || !slices.Equal(picked[0].URIs, viaArrow[0].URIs) ||
 				!slices.Equal(picked[0].Data, viaArrow[0].Data) || !slices.Equal(picked[1].Data, viaArrow[1].Data) {
 				t.Errorf("%q: pickRows: ok %v, %v; want the rows Arrow's reader gives (%v)", storedAs, ok, err, aerr)
 			}
 		}
 		cut := af.Data[:len(af.Data)-7]
-		if _, ok, err := pickRows(cut, af.Schema(), []int{1, 2}, []int{dim, classes}, some); !ok || err == nil {
+		if _, ok, err := pickRows(whole(cut), len(cut), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: some}); !ok || err == nil {
 			t.Errorf("%q: a file cut short: ok %v, %v; want an error", storedAs, ok, err)
 		}
 		bad := slices.Clone(af.Data)
 		copy(bad[len(bad)-10:], []byte{0xff, 0xff, 0xff, 0x0f}) // the footer's length
-		if _, ok, err := pickRows(bad, af.Schema(), []int{1, 2}, []int{dim, classes}, some); !ok || err == nil {
+		if _, ok, err := pickRows(whole(bad), len(bad), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: some}); !ok || err == nil {
 			t.Errorf("%q: a damaged footer: ok %v, %v; want an error", storedAs, ok, err)
 		}
 		// A batch claiming 2^30 rows is damaged, not 2^30 rows to allocate.
@@ -146,7 +146,7 @@ func TestRecordLoad(t *testing.T) {
 		}
 		rb := ipcfile.Root(huge[blocks[0].Offset+8:]).Table(2)
 		binary.LittleEndian.PutUint64(rb.B[rb.Field(0):], 1<<30)
-		if _, ok, err := pickRows(huge, af.Schema(), []int{1, 2}, []int{dim, classes}, nil); !ok || err == nil || !strings.Contains(err.Error(), "damaged") {
+		if _, ok, err := pickRows(whole(huge), len(huge), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{}); !ok || err == nil || !strings.Contains(err.Error(), "damaged") {
 			t.Errorf("%q: a batch of 2^30 rows: ok %v, %v; want it damaged", storedAs, ok, err)
 		}
 		af.Close()
@@ -215,7 +215,9 @@ func TestLoadRefusesOtherTypes(t *testing.T) {
 
 // BenchmarkLoadRows reads a pool shard's feature file (2,000 rows of 384
 // features and 10 logits, in batches of 64), whole or for 20 of its rows,
-// in place (LoadRows) and through Arrow's reader (arrowRows), from memory.
+// in place (LoadRows) and through Arrow's reader (arrowRows), from memory;
+// and the 20 rows by index from a file (LoadRowsAt), whole (file/whole)
+// or by preads (file/preads).
 func BenchmarkLoadRows(b *testing.B) {
 	ctx := context.Background()
 	bucket, err := store.Open(ctx, "mem://")
@@ -236,6 +238,29 @@ func BenchmarkLoadRows(b *testing.B) {
 	}
 	writeFile(b, bucket, "f.arrow", batches, "", mem)
 	few := func(uri string) bool { return strings.HasSuffix(uri, "00.png") }
+	local, err := store.Open(ctx, "file://"+b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	writeFile(b, local, "f.arrow", batches, "", mem)
+	var at []int
+	for i := 0; i < rows; i += 100 {
+		at = append(at, i)
+	}
+	b.Run("20rows/file/whole", func(b *testing.B) {
+		for range b.N {
+			if _, err := LoadRows(ctx, local, "f.arrow", columns, mem, few); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("20rows/file/preads", func(b *testing.B) {
+		for range b.N {
+			if _, err := LoadRowsAt(ctx, local, "f.arrow", columns, at, mem); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, c := range []struct {
 		name string
 		keep func(string) bool
@@ -253,7 +278,7 @@ func BenchmarkLoadRows(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := arrowRows("f.arrow", f, columns, []int{1, 2}, []int{dim, classes}, c.keep); err != nil {
+				if _, err := arrowRows("f.arrow", f, columns, []int{1, 2}, []int{dim, classes}, picker{keep: c.keep}); err != nil {
 					b.Fatal(err)
 				}
 				f.Close()
@@ -337,15 +362,15 @@ func FuzzPickRows(f *testing.F) {
 		if len(idx) == 0 || len(af.Data) > 1<<16 {
 			return
 		}
-		var keep func(string) bool
+		var p picker
 		if some {
-			keep = func(uri string) bool { return strings.HasSuffix(uri, "1") }
+			p.keep = func(uri string) bool { return strings.HasSuffix(uri, "1") }
 		}
-		picked, ok, err := pickRows(af.Data, schema, idx, dims, keep)
+		picked, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, p)
 		if !ok || err != nil {
 			return // Arrow's reader reads it, or it is damaged
 		}
-		want, err := arrowRows("f.arrow", af, make([]string, len(idx)), idx, dims, keep)
+		want, err := arrowRows("f.arrow", af, make([]string, len(idx)), idx, dims, p)
 		if err != nil {
 			return
 		}

@@ -3,6 +3,7 @@ package features
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/apache/arrow/go/v15/arrow"
@@ -11,73 +12,57 @@ import (
 	"dcd/internal/ipcfile"
 )
 
-// pickRows copies the rows whose URI keep accepts (every row when keep is
-// nil) out of a feature file's bytes in place, reading the IPC footer and
-// record-batch metadata itself. Arrow's reader copies every record's body,
-// then every buffer out of it, before a row can be taken; here each row
-// is copied once, into its matrix.
+// pickRows copies rows of a feature file into matrices in place, reading
+// the IPC footer and record-batch metadata itself. Arrow's reader copies
+// every record's body, then every buffer out of it, before a row can be
+// taken; here each row is copied once, into its matrix.
+//
+// The file is f, of size bytes: read whole (LoadRows), or by ranges
+// (LoadRowsAt), when it reads only what p picks of it.
 //
 // It reads the layout DCD writes: a string column of URIs first, then
 // fixed-size lists of float32 or float16, no nulls, no compression. For
 // anything else it reports ok false, and the caller reads the file with
 // Arrow. idx and dims are each column's field index and width in schema.
-func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(string) bool) (ms []*Matrix, ok bool, err error) {
+func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker) (ms []*Matrix, ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil { // an offset past the end: a damaged file
 			ms, ok, err = nil, true, fmt.Errorf("damaged IPC file: %v", r)
 		}
 	}()
-	// The buffers of each field, in the order a record batch lists them.
-	first := make([]int, schema.NumFields()) // the field's validity buffer
-	nbuf := 0
-	for i, f := range schema.Fields() {
-		first[i] = nbuf
-		switch t := f.Type.(type) {
-		case *arrow.StringType:
-			nbuf += 3 // validity, offsets, bytes
-		case *arrow.FixedSizeListType:
-			switch t.Elem().ID() {
-			case arrow.FLOAT32, arrow.FLOAT16:
-				nbuf += 3 // the list's validity, the values' validity, the values
-			default:
-				return nil, false, nil
-			}
-		default:
-			return nil, false, nil
-		}
-	}
-	if _, isString := schema.Field(0).Type.(*arrow.StringType); !isString {
+	l, ok := newLayout(schema, idx, dims)
+	if !ok {
 		return nil, false, nil
 	}
-	// Each column's values buffer, and the bytes of a row's values in it.
-	values, rowBytes := make([]int, len(idx)), make([]int, len(idx))
-	for c, i := range idx {
-		values[c], rowBytes[c] = first[i]+2, 4*dims[c]
-		if schema.Field(i).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
-			rowBytes[c] = 2 * dims[c]
-		}
-	}
-	uriOffsets, uriText := first[0]+1, first[0]+2 // the URIs' buffers
-
-	footer, err := ipcfile.Footer(data)
+	n, err := ipcfile.FooterLen(f.at(size-10, 10), size)
 	if err != nil {
 		return nil, true, err
 	}
+	if err := f.fetch([]span{{size - 10 - n, n}}); err != nil {
+		return nil, true, err
+	}
+	footer := ipcfile.Root(f.at(size-10-n, n))
 	if footer.Table(ipcfile.FooterSchema).U8(ipcfile.SchemaEndianness) != 0 { // big
 		return nil, false, nil
 	}
-	blocks, err := ipcfile.Blocks(footer, ipcfile.FooterRecordBatches, len(data))
+	blocks, err := ipcfile.Blocks(footer, ipcfile.FooterRecordBatches, size)
 	if err != nil {
 		return nil, true, err
 	}
-	bodies := 0 // summed: a footer listing one batch many times is damaged
+	metas := make([]span, len(blocks))
+	for i, blk := range blocks {
+		metas[i] = span{blk.Offset, blk.MetaLen}
+	}
+	if err := f.fetch(metas); err != nil {
+		return nil, true, err
+	}
 
-	// The record batches: where each one's metadata and body are, and its
-	// rows, all counted before the matrices are sized.
-	var batches []batch
-	total := 0
+	// The record batches: where each one's buffers are, and its rows, all
+	// counted before the matrices are sized.
+	batches := make([]batch, len(blocks))
+	bodies, total := 0, 0 // bodies summed: a footer listing one batch many times is damaged
 	for b, blk := range blocks {
-		kind, rb, body := ipcfile.Message(data, blk)
+		kind, rb := ipcfile.Header(f.at(blk.Offset, blk.MetaLen))
 		if kind != ipcfile.RecordBatchMessage || rb.Field(ipcfile.BatchCompression) != 0 {
 			return nil, false, nil
 		}
@@ -87,88 +72,222 @@ func pickRows(data []byte, schema *arrow.Schema, idx, dims []int, keep func(stri
 				return nil, false, nil // nulls: Arrow's reader knows them
 			}
 		}
-		if _, nb := rb.Vector(ipcfile.BatchBuffers, ipcfile.BufferSize); nb != nbuf {
+		if _, nb := rb.Vector(ipcfile.BatchBuffers, ipcfile.BufferSize); nb != l.nbuf {
 			return nil, false, nil
 		}
-		bt := batch{rb, body, int(rb.I64(ipcfile.BatchLength))}
+		bt := batch{rb, blk.Offset + blk.MetaLen, blk.BodyLen, int(rb.I64(ipcfile.BatchLength)), total}
 		// The row counts size what is allocated: each batch's must fit its
 		// buffers, and the bodies the file, before they are trusted.
-		if bodies += blk.BodyLen; bodies > len(data) {
-			return nil, true, fmt.Errorf("damaged IPC file: its batches' bodies add up to more than its %d bytes", len(data))
+		if bodies += blk.BodyLen; bodies > size {
+			return nil, true, fmt.Errorf("damaged IPC file: its batches' bodies add up to more than its %d bytes", size)
 		}
 		// (Divided, not multiplied, so no count overflows; rows+1 URI
 		// offsets, none for an empty batch.)
-		fits := bt.rows >= 0 && (bt.rows == 0 || bt.rows <= (len(bt.buffer(uriOffsets))-4)/4)
+		fits := bt.rows >= 0 && (bt.rows == 0 || bt.rows <= (bt.buffer(l.uriOffsets).n-4)/4)
 		for c := range idx {
-			fits = fits && (rowBytes[c] == 0 || bt.rows <= len(bt.buffer(values[c]))/rowBytes[c])
+			fits = fits && (l.rowBytes[c] == 0 || bt.rows <= bt.buffer(l.values[c]).n/l.rowBytes[c])
 		}
 		if !fits {
 			return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, more than its buffers hold", b, bt.rows)
 		}
-		batches = append(batches, bt)
+		batches[b] = bt
 		total += bt.rows
 	}
 
+	kept, err := p.pick(f, l, batches, total)
+	if err != nil {
+		return nil, true, err
+	}
 	ms = make([]*Matrix, len(idx))
+	nkept := 0
+	for _, k := range kept {
+		nkept += len(k.rows)
+	}
+	uris := make([]string, 0, nkept)
+	for b, k := range kept {
+		if k.uris == nil && len(k.rows) > 0 { // picked by index
+			k.uris = batches[b].uris(f, l, k.rows)
+		}
+		uris = append(uris, k.uris...)
+	}
 	for c := range ms {
-		ms[c] = &Matrix{Dim: dims[c]}
-		if keep == nil {
-			ms[c].Data = make([]float32, 0, total*dims[c])
-		}
-	}
-	var uris []string
-	if keep == nil {
-		uris = make([]string, 0, total)
-	}
-	for _, bt := range batches {
-		offsets := bt.buffer(uriOffsets)
-		text := string(bt.buffer(uriText)) // one string: every URI is a slice of it
-		kept := make([]int, 0, bt.rows)
-		for r := range bt.rows {
-			uri := text[binary.LittleEndian.Uint32(offsets[4*r:]):binary.LittleEndian.Uint32(offsets[4*r+4:])]
-			switch {
-			case keep == nil:
-				uris = append(uris, uri)
-			case keep(uri):
-				uris = append(uris, strings.Clone(uri)) // a few: not to pin the batch's URIs
-			default:
-				continue
-			}
-			kept = append(kept, r)
-		}
-		for c, m := range ms {
-			buf, d := bt.buffer(values[c])[:bt.rows*rowBytes[c]], m.Dim // little-endian, as written
-			if rowBytes[c] == 4*d {
-				vs := arrow.Float32Traits.CastFromBytes(buf)
-				for _, r := range kept {
-					m.Data = append(m.Data, vs[r*d:(r+1)*d]...)
+		m := &Matrix{Dim: dims[c], URIs: uris, Data: make([]float32, nkept*dims[c])}
+		d, rb, at := dims[c], l.rowBytes[c], 0
+		for b, k := range kept {
+			values := batches[b].buffer(l.values[c])
+			for _, r := range k.rows {
+				row := f.at(values.off+r*rb, rb) // little-endian, as written
+				if rb == 4*d {
+					copy(m.Data[at:at+d], arrow.Float32Traits.CastFromBytes(row))
+				} else {
+					half.ToFloat32s(m.Data[at:at+d], arrow.Uint16Traits.CastFromBytes(row))
 				}
-				continue
-			}
-			hs := arrow.Uint16Traits.CastFromBytes(buf)
-			for _, r := range kept {
-				m.Data = append(m.Data, make([]float32, d)...)
-				half.ToFloat32s(m.Data[len(m.Data)-d:], hs[r*d:(r+1)*d])
+				at += d
 			}
 		}
-	}
-	for _, m := range ms {
-		m.URIs = uris
+		ms[c] = m
 	}
 	return ms, true, nil
 }
 
-// batch is a record batch of a feature file.
-type batch struct {
-	meta ipcfile.Table // its RecordBatch
-	body []byte
-	rows int
+// layout is where a record batch of a feature file holds its URIs and
+// each wanted column's values, by buffer index, and the bytes of a row's
+// values.
+type layout struct {
+	nbuf                int // buffers a batch lists
+	uriOffsets, uriText int
+	values, rowBytes    []int // by wanted column
 }
 
-// buffer is the batch's buffer i.
-func (bt batch) buffer(i int) []byte {
+func newLayout(schema *arrow.Schema, idx, dims []int) (layout, bool) {
+	var l layout
+	// The buffers of each field, in the order a record batch lists them.
+	first := make([]int, schema.NumFields()) // the field's validity buffer
+	for i, f := range schema.Fields() {
+		first[i] = l.nbuf
+		switch t := f.Type.(type) {
+		case *arrow.StringType:
+			l.nbuf += 3 // validity, offsets, bytes
+		case *arrow.FixedSizeListType:
+			switch t.Elem().ID() {
+			case arrow.FLOAT32, arrow.FLOAT16:
+				l.nbuf += 3 // the list's validity, the values' validity, the values
+			default:
+				return l, false
+			}
+		default:
+			return l, false
+		}
+	}
+	if _, isString := schema.Field(0).Type.(*arrow.StringType); !isString {
+		return l, false
+	}
+	l.values, l.rowBytes = make([]int, len(idx)), make([]int, len(idx))
+	for c, i := range idx {
+		l.values[c], l.rowBytes[c] = first[i]+2, 4*dims[c]
+		if schema.Field(i).Type.(*arrow.FixedSizeListType).Elem().ID() == arrow.FLOAT16 {
+			l.rowBytes[c] = 2 * dims[c]
+		}
+	}
+	l.uriOffsets, l.uriText = first[0]+1, first[0]+2
+	return l, true
+}
+
+// batch is a record batch of a feature file.
+type batch struct {
+	meta         ipcfile.Table // its RecordBatch
+	body, bodyN  int           // where its body is in the file
+	rows, before int           // its rows, and the file's rows before them
+}
+
+// buffer is where the batch's buffer i is in the file.
+func (bt batch) buffer(i int) span {
 	o, n := ipcfile.Buffer(bt.meta, i)
-	return bt.body[o : o+n]
+	if o < 0 || n < 0 || o > bt.bodyN || n > bt.bodyN-o {
+		panic(fmt.Sprintf("buffer %d (%d bytes at %d) outside its body's %d", i, n, o, bt.bodyN))
+	}
+	return span{bt.body + o, n}
+}
+
+// uriSpan is where the batch's URI offsets and text are, one span.
+func (bt batch) uriSpan(l layout) span {
+	offsets, text := bt.buffer(l.uriOffsets), bt.buffer(l.uriText)
+	return span{offsets.off, text.off + text.n - offsets.off}
+}
+
+// uris are the URIs of the batch's rows, each its own string.
+func (bt batch) uris(f file, l layout, rows []int) []string {
+	offsets := bt.buffer(l.uriOffsets)
+	text := bt.buffer(l.uriText)
+	o := f.at(offsets.off, offsets.n)
+	t := f.at(text.off, text.n)
+	uris := make([]string, len(rows))
+	for i, r := range rows {
+		uris[i] = string(t[binary.LittleEndian.Uint32(o[4*r:]):binary.LittleEndian.Uint32(o[4*r+4:])])
+	}
+	return uris
+}
+
+// kept is the rows a picker keeps of a batch, in order, and their URIs
+// when it read them (else pickRows does).
+type kept struct {
+	rows []int
+	uris []string
+}
+
+// picker says which rows of a file pickRows (or arrowRows) copies: those
+// whose URI keep accepts, or those at rows, the file's rows by index,
+// ascending; with neither, every row.
+type picker struct {
+	keep func(uri string) bool
+	rows []int
+}
+
+// keeps says whether the picker keeps row i, of URI uri.
+func (p picker) keeps(i int, uri string) bool {
+	switch {
+	case p.keep != nil:
+		return p.keep(uri)
+	case p.rows != nil:
+		_, found := slices.BinarySearch(p.rows, i)
+		return found
+	}
+	return true
+}
+
+// pick chooses the rows of each batch, reading what it needs of f first.
+func (p picker) pick(f file, l layout, batches []batch, total int) ([]kept, error) {
+	if p.rows != nil {
+		return p.atRows(f, l, batches, total)
+	}
+	ks := make([]kept, len(batches))
+	for b, bt := range batches {
+		offsets, text := bt.buffer(l.uriOffsets), bt.buffer(l.uriText)
+		o := f.at(offsets.off, offsets.n)
+		all := string(f.at(text.off, text.n)) // one string: every URI is a slice of it
+		k := &ks[b]
+		for r := range bt.rows {
+			uri := all[binary.LittleEndian.Uint32(o[4*r:]):binary.LittleEndian.Uint32(o[4*r+4:])]
+			switch {
+			case p.keep == nil:
+			case p.keep(uri):
+				uri = strings.Clone(uri) // a few: not to pin the batch's URIs
+			default:
+				continue
+			}
+			k.rows, k.uris = append(k.rows, r), append(k.uris, uri)
+		}
+	}
+	return ks, nil
+}
+
+// atRows picks p.rows, fetching their URIs and values alone.
+func (p picker) atRows(f file, l layout, batches []batch, total int) ([]kept, error) {
+	ks := make([]kept, len(batches))
+	var spans []span
+	i := 0
+	for b, bt := range batches {
+		for ; i < len(p.rows) && p.rows[i] < bt.before+bt.rows; i++ {
+			if p.rows[i] < 0 || i > 0 && p.rows[i] <= p.rows[i-1] {
+				return nil, fmt.Errorf("features: rows %v: want indices, ascending", p.rows[max(i-1, 0):i+1])
+			}
+			ks[b].rows = append(ks[b].rows, p.rows[i]-bt.before)
+		}
+		if len(ks[b].rows) == 0 {
+			continue
+		}
+		spans = append(spans, bt.uriSpan(l))
+		for c := range l.values {
+			values := bt.buffer(l.values[c])
+			for _, r := range ks[b].rows {
+				spans = append(spans, span{values.off + r*l.rowBytes[c], l.rowBytes[c]})
+			}
+		}
+	}
+	if i < len(p.rows) {
+		return nil, fmt.Errorf("features: row %d of a file of %d", p.rows[i], total)
+	}
+	return ks, f.fetch(spans)
 }
 
 func le64(b []byte, at int) uint64 { return binary.LittleEndian.Uint64(b[at:]) }

@@ -28,9 +28,61 @@ const (
 	SchemaEndianness     = 0
 	SchemaFields         = 1
 	SchemaCustomMetadata = 2
+	FieldName            = 0
+	FieldTypeType        = 2
+	FieldType            = 3
 	FieldChildren        = 5
 	FieldCustomMetadata  = 6
 )
+
+// Types of a field (Schema.fbs's Type union) that Fields describes.
+const (
+	TypeFloatingPoint = 3
+	TypeUtf8          = 5
+	TypeFixedSizeList = 16
+)
+
+// Field is a field of a schema as Fields reads it: its name and type;
+// for a FixedSizeList its size and its values' type, for a FloatingPoint
+// its precision (0 half, 1 single, 2 double).
+type Field struct {
+	Name      string
+	Type      byte
+	ListSize  int
+	Elem      byte
+	Precision int
+}
+
+// Fields are the top-level fields of the footer's schema, checked as
+// Check does.
+func Fields(footer Table) (fields []Field, err error) {
+	err = Safely(func() error {
+		schema := footer.Table(FooterSchema)
+		if err := checkFields(schema, SchemaFields, 0); err != nil {
+			return err
+		}
+		start, n := schema.Vector(SchemaFields, 4)
+		for i := range n {
+			f := schema.Element(start, i)
+			fd := Field{Name: f.String(FieldName), Type: f.U8(FieldTypeType)}
+			switch fd.Type {
+			case TypeFixedSizeList:
+				fd.ListSize = int(f.Table(FieldType).I32(0)) // listSize
+				if cs, nc := f.Vector(FieldChildren, 4); nc == 1 {
+					c := f.Element(cs, 0)
+					if fd.Elem = c.U8(FieldTypeType); fd.Elem == TypeFloatingPoint {
+						fd.Precision = int(c.Table(FieldType).I16(0)) // precision
+					}
+				}
+			case TypeFloatingPoint:
+				fd.Precision = int(f.Table(FieldType).I16(0))
+			}
+			fields = append(fields, fd)
+		}
+		return nil
+	})
+	return fields, err
+}
 
 // BlockSize is the size of a footer's Block struct {offset int64,
 // metaDataLength int32 (padded), bodyLength int64}.
@@ -39,18 +91,32 @@ const BlockSize = 24
 // Footer is the root table of an IPC file's footer, after the magic and
 // the footer's length are checked.
 func Footer(data []byte) (footer Table, err error) {
-	if len(data) < 16 || string(data[:6]) != "ARROW1" || string(data[len(data)-6:]) != "ARROW1" {
-		return Table{}, errors.New("not an Arrow IPC file (no magic at its start and end: truncated?)")
+	if len(data) < 16 || string(data[:6]) != "ARROW1" {
+		return Table{}, errors.New("not an Arrow IPC file (no magic at its start)")
 	}
-	n := int64(int32(binary.LittleEndian.Uint32(data[len(data)-10:])))
-	if n < 8 || n > int64(len(data)-18) {
-		return Table{}, fmt.Errorf("damaged IPC file: a footer of %d bytes in a file of %d", n, len(data))
+	n, err := FooterLen(data, len(data))
+	if err != nil {
+		return Table{}, err
 	}
 	err = Safely(func() error {
-		footer = Root(data[len(data)-10-int(n) : len(data)-10])
+		footer = Root(data[len(data)-10-n : len(data)-10])
 		return nil
 	})
 	return footer, err
+}
+
+// FooterLen is the length of the footer of an IPC file of size bytes,
+// read from tail, its last bytes (at least 10), after the magic at its end
+// is checked: the footer is the FooterLen bytes before the last 10.
+func FooterLen(tail []byte, size int) (int, error) {
+	if size < 16 || len(tail) < 10 || string(tail[len(tail)-6:]) != "ARROW1" {
+		return 0, errors.New("not an Arrow IPC file (no magic at its end: truncated?)")
+	}
+	n := int64(int32(binary.LittleEndian.Uint32(tail[len(tail)-10:])))
+	if n < 8 || n > int64(size-18) {
+		return 0, fmt.Errorf("damaged IPC file: a footer of %d bytes in a file of %d", n, size)
+	}
+	return int(n), nil
 }
 
 // Block is where a record batch's (or dictionary's) message is in the file.
@@ -102,14 +168,20 @@ const (
 // Message is the message at blk: its header's type and table, and its
 // body.
 func Message(data []byte, blk Block) (kind byte, header Table, body []byte) {
-	meta := data[blk.Offset : blk.Offset+blk.MetaLen]
+	kind, header = Header(data[blk.Offset : blk.Offset+blk.MetaLen])
+	return kind, header, data[blk.Offset+blk.MetaLen : blk.Offset+blk.MetaLen+blk.BodyLen]
+}
+
+// Header is the type and table of the header of a message's metadata,
+// the MetaLen bytes at a block's offset.
+func Header(meta []byte) (kind byte, header Table) {
 	if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF { // continuation marker, then the length
 		meta = meta[8:]
 	} else {
 		meta = meta[4:]
 	}
 	msg := Root(meta)
-	return msg.U8(1), msg.Table(2), data[blk.Offset+blk.MetaLen : blk.Offset+blk.MetaLen+blk.BodyLen]
+	return msg.U8(1), msg.Table(2)
 }
 
 // Buffer is where buffer i of a RecordBatch is in its body.
@@ -235,6 +307,33 @@ func (t Table) I64(slot int) int64 {
 		return int64(binary.LittleEndian.Uint64(t.B[p:]))
 	}
 	return 0
+}
+
+// I32 is the int32 field in slot, 0 when absent.
+func (t Table) I32(slot int) int32 {
+	if p := t.Field(slot); p != 0 {
+		return int32(binary.LittleEndian.Uint32(t.B[p:]))
+	}
+	return 0
+}
+
+// I16 is the int16 field in slot, 0 when absent.
+func (t Table) I16(slot int) int16 {
+	if p := t.Field(slot); p != 0 {
+		return int16(binary.LittleEndian.Uint16(t.B[p:]))
+	}
+	return 0
+}
+
+// String is the string field in slot, "" when absent.
+func (t Table) String(slot int) string {
+	p := t.Field(slot)
+	if p == 0 {
+		return ""
+	}
+	v := p + int(binary.LittleEndian.Uint32(t.B[p:]))
+	n := int(binary.LittleEndian.Uint32(t.B[v:]))
+	return string(t.B[v+4 : v+4+n])
 }
 
 // U8 is the byte-sized field in slot, 0 when absent.

@@ -201,6 +201,48 @@ func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 	return data, nil
 }
 
+// LocalFile is an object of a file:// bucket open for reads at any
+// offset, each a pread: one open for many reads, where each range reader
+// of the bucket opens the file again (and looks for its attributes).
+type LocalFile struct {
+	*os.File
+	r *blob.Reader
+}
+
+// Size is the object's size.
+func (f *LocalFile) Size() int64 { return f.r.Size() }
+
+// Close closes the file.
+func (f *LocalFile) Close() error { return f.r.Close() }
+
+// Local reports whether b is a file:// bucket, whose objects OpenLocal
+// opens: a read of one costs a system call, not a request.
+func Local(b *blob.Bucket) bool {
+	var dir os.FileInfo
+	return b.As(&dir)
+}
+
+// OpenLocal opens the object at key as a LocalFile when b is a file://
+// bucket; ok is false, and nothing opened, for any other bucket.
+func OpenLocal(ctx context.Context, b *blob.Bucket, key string) (f *LocalFile, ok bool, err error) {
+	if !Local(b) {
+		return nil, false, nil
+	}
+	var file *os.File
+	r, err := b.NewRangeReader(ctx, key, 0, 0, &blob.ReaderOptions{BeforeRead: func(as func(any) bool) error {
+		as(&file)
+		return nil
+	}})
+	if err != nil {
+		return nil, false, fmt.Errorf("store: open %q: %w", key, err)
+	}
+	if file == nil {
+		r.Close()
+		return nil, false, nil
+	}
+	return &LocalFile{file, r}, true, nil
+}
+
 // readAll is blob.Bucket.ReadAll reading into a buffer of the object's
 // size, which copies the data once: blob.Bucket.ReadAll uses io.ReadAll,
 // which grows its buffer from 512 bytes and copies a feature file of a few
@@ -400,8 +442,7 @@ var pageSize = ListPageSize
 // List calls fn for every object, and folder when opts sets a Delimiter,
 // that b lists under opts, in key order, a page of ListPageSize at a time.
 func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*blob.ListObject) error) error {
-	var dir os.FileInfo
-	if (opts == nil || opts.Delimiter == "") && b.As(&dir) {
+	if (opts == nil || opts.Delimiter == "") && Local(b) {
 		prefix := ""
 		if opts != nil {
 			prefix = opts.Prefix

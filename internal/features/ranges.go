@@ -1,0 +1,166 @@
+package features
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
+
+	"dcd/internal/ipcfile"
+	"dcd/internal/store"
+)
+
+// LoadRowsAt is LoadColumns for some of a file's rows: rows are their
+// indices, ascending. From a file:// bucket it reads only the file's
+// footer, its batches' metadata, and those rows' URIs and values, a pread
+// each: a few rows of a pool shard's file cost a few KiB read instead of
+// its MiBs. From an object store, where a read is a request and a
+// feature file's metadata is spread among its batches, it reads the file
+// whole, as LoadRows does.
+func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
+	lf, ok, err := store.OpenLocal(ctx, b, key)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return loadRows(ctx, b, key, columns, mem, picker{rows: rows})
+	}
+	defer lf.Close()
+	size := int(lf.Size())
+	f := &preads{f: lf}
+	schema, err := f.schema(size)
+	if err != nil {
+		return nil, fmt.Errorf("features: %q: %w", key, err)
+	}
+	if schema != nil {
+		idx, dims, err := columnsOf(key, schema, columns)
+		if err != nil {
+			return nil, err
+		}
+		ms, ok, err := pickRows(f, size, schema, idx, dims, picker{rows: rows})
+		if ok {
+			if err != nil {
+				return nil, fmt.Errorf("features: %q: %w", key, err)
+			}
+			return ms, nil
+		}
+	}
+	return loadRows(ctx, b, key, columns, mem, picker{rows: rows}) // not DCD's layout
+}
+
+// tailBytes is how much of a file's end LoadRowsAt reads first: its
+// footer, and the last batches' metadata with it.
+const tailBytes = 16 << 10
+
+// span is a run of a file's bytes.
+type span struct{ off, n int }
+
+// file is a feature file's bytes as pickRows reads them: whole, or the
+// spans fetched so far.
+type file interface {
+	// fetch makes spans readable.
+	fetch(spans []span) error
+	// at is the n bytes at off, fetched before.
+	at(off, n int) []byte
+}
+
+// whole is a file read whole.
+type whole []byte
+
+func (w whole) fetch([]span) error   { return nil }
+func (w whole) at(off, n int) []byte { return w[off : off+n] }
+
+// preads is a local file read a span at a time.
+type preads struct {
+	f   *store.LocalFile
+	got []fetched // in the order fetched
+}
+
+type fetched struct {
+	off  int
+	data []byte
+}
+
+// fetch reads each span not fetched before, runs of them less than
+// preadGap apart in one read.
+func (p *preads) fetch(spans []span) error {
+	spans = slices.DeleteFunc(slices.Clone(spans), func(s span) bool { return p.has(s.off, s.n) })
+	slices.SortFunc(spans, func(a, b span) int { return a.off - b.off })
+	for i := 0; i < len(spans); {
+		lo, hi := spans[i].off, spans[i].off+spans[i].n
+		for i++; i < len(spans) && spans[i].off <= hi+preadGap; i++ {
+			hi = max(hi, spans[i].off+spans[i].n)
+		}
+		data := make([]byte, hi-lo)
+		if _, err := p.f.ReadAt(data, int64(lo)); err != nil {
+			return fmt.Errorf("read %d bytes at %d: %w", hi-lo, lo, err)
+		}
+		p.got = append(p.got, fetched{lo, data})
+	}
+	return nil
+}
+
+// preadGap is the most bytes between two spans read at once: about what a
+// pread costs in copying.
+const preadGap = 4 << 10
+
+func (p *preads) has(off, n int) bool {
+	for _, g := range p.got {
+		if off >= g.off && off+n <= g.off+len(g.data) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *preads) at(off, n int) []byte {
+	for _, g := range p.got {
+		if off >= g.off && off+n <= g.off+len(g.data) {
+			return g.data[off-g.off : off-g.off+n]
+		}
+	}
+	panic(fmt.Sprintf("bytes %d to %d not read", off, off+n)) // a bug, or a damaged file
+}
+
+// schema reads the file's footer, and its schema when the file is DCD's
+// layout (nil when not).
+func (p *preads) schema(size int) (*arrow.Schema, error) {
+	if err := p.fetch([]span{{size - min(size, tailBytes), min(size, tailBytes)}}); err != nil {
+		return nil, err
+	}
+	n, err := ipcfile.FooterLen(p.at(size-min(size, 10), min(size, 10)), size)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.fetch([]span{{size - 10 - n, n}}); err != nil {
+		return nil, err
+	}
+	var fields []ipcfile.Field
+	err = ipcfile.Safely(func() (err error) {
+		fields, err = ipcfile.Fields(ipcfile.Root(p.at(size-10-n, n)))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	fs := make([]arrow.Field, len(fields))
+	for i, f := range fields {
+		fs[i].Name = f.Name
+		switch {
+		case f.ListSize < 0:
+			return nil, nil
+		case f.Type == ipcfile.TypeUtf8:
+			fs[i].Type = arrow.BinaryTypes.String
+		case f.Type == ipcfile.TypeFixedSizeList && f.Elem == ipcfile.TypeFloatingPoint && f.Precision == 1:
+			fs[i].Type = arrow.FixedSizeListOf(int32(f.ListSize), arrow.PrimitiveTypes.Float32)
+		case f.Type == ipcfile.TypeFixedSizeList && f.Elem == ipcfile.TypeFloatingPoint && f.Precision == 0:
+			fs[i].Type = arrow.FixedSizeListOf(int32(f.ListSize), arrow.FixedWidthTypes.Float16)
+		default:
+			return nil, nil
+		}
+	}
+	return arrow.NewSchema(fs, nil), nil
+}

@@ -1,0 +1,110 @@
+package features
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"gocloud.dev/blob"
+
+	"dcd/internal/embed"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// LoadRowsAt gives the rows LoadColumns gives at those indices, from a
+// file:// bucket by preads of a few KiB of a 3 MiB file, from mem:// by
+// reading it whole; indices out of order or past the end are errors.
+func TestLoadRowsAt(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.NewGoAllocator()
+	local, err := store.Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inMemory, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows, batch, dim, classes = 2000, 64, 384, 10
+	rng := rand.New(rand.NewPCG(5, 6))
+	var batches []embed.Batch
+	for lo := 0; lo < rows; lo += batch {
+		n := min(batch, rows-lo)
+		bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, n*dim), make([]float32, n*classes)}}
+		for i := range n {
+			bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("pool/%d/%s.png", lo+i, strings.Repeat("x", rng.IntN(9)))})
+		}
+		for _, v := range bt.Vectors {
+			for i := range v {
+				v[i] = float32(rng.NormFloat64())
+			}
+		}
+		batches = append(batches, bt)
+	}
+	columns := []string{"logits", "features"}
+	for _, storedAs := range []string{"", schemas.Float16} {
+		key := "f" + storedAs + ".arrow"
+		writeFile(t, local, key, batches, storedAs, mem)
+		writeFile(t, inMemory, key, batches, storedAs, mem)
+		all, err := LoadColumns(ctx, local, key, columns, mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range [][]int{{0}, {1999}, {3, 63, 64, 65, 700, 1500, 1999}, {}} {
+			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
+				ms, err := LoadRowsAt(ctx, bucket, key, columns, want, mem)
+				if err != nil {
+					t.Fatalf("%s %q rows %v: %v", name, storedAs, want, err)
+				}
+				for c := range columns {
+					if len(ms[c].URIs) != len(want) || ms[c].Dim != all[c].Dim {
+						t.Fatalf("%s %q rows %v column %d: %d URIs of %d values, want %d of %d", name, storedAs, want, c, len(ms[c].URIs), ms[c].Dim, len(want), all[c].Dim)
+					}
+					for i, r := range want {
+						if ms[c].URIs[i] != all[c].URIs[r] || !slices.Equal(ms[c].Row(i), all[c].Row(r)) {
+							t.Fatalf("%s %q column %d: row %d is %s, not as LoadColumns reads it", name, storedAs, c, r, ms[c].URIs[i])
+						}
+					}
+				}
+			}
+		}
+		for _, bad := range [][]int{{5, 3}, {2000}, {-1}, {4, 4}} {
+			if _, err := LoadRowsAt(ctx, local, key, columns, bad, mem); err == nil || !strings.Contains(err.Error(), key) {
+				t.Errorf("%q rows %v: %v, want an error naming the file", storedAs, bad, err)
+			}
+		}
+
+		// Seven rows of the file are a few KiB of its bytes read.
+		lf, ok, err := store.OpenLocal(ctx, local, key)
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		f := &preads{f: lf}
+		size := int(lf.Size())
+		schema, err := f.schema(size)
+		if err != nil || schema == nil {
+			t.Fatal(schema, err)
+		}
+		idx, dims, err := columnsOf(key, schema, columns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, err := pickRows(f, size, schema, idx, dims, picker{rows: []int{3, 63, 64, 65, 700, 1500, 1999}}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		lf.Close()
+		read := 0
+		for _, g := range f.got {
+			read += len(g.data)
+		}
+		if read > size/20 {
+			t.Errorf("%q: read %d bytes of %d for 7 rows (%d reads)", storedAs, read, size, len(f.got))
+		}
+		t.Logf("%q: %d bytes of %d in %d reads", storedAs, read, size, len(f.got))
+	}
+}
