@@ -312,11 +312,16 @@ func writeFile(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch,
 }
 
 // FuzzPickRows damages feature files: reading one in place fails, falls
-// back to Arrow's reader, or gives exactly the rows Arrow's reader gives;
-// it never panics, and never makes rows up.
+// back to Arrow's reader, or gives exactly the rows Arrow's reader gives,
+// and reading rows by preads those rows read whole; it never panics, and
+// never makes rows up.
 func FuzzPickRows(f *testing.F) {
 	ctx := context.Background()
 	bucket, err := store.Open(ctx, "mem://")
+	if err != nil {
+		f.Fatal(err)
+	}
+	local, err := store.Open(ctx, "file://"+f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -380,6 +385,26 @@ func FuzzPickRows(f *testing.F) {
 			}) {
 				t.Fatalf("column %d: pickRows read %v %v, Arrow's reader %v %v", idx[c], picked[c].URIs, picked[c].Data, want[c].URIs, want[c].Data)
 			}
+		}
+
+		// Rows by index read by preads are the rows read whole.
+		rows := []int{0, 2, 3}
+		read, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, picker{rows: rows})
+		names := make([]string, len(idx))
+		for c, i := range idx {
+			names[c] = schema.Field(i).Name
+		}
+		if !ok || err != nil || len(schema.FieldIndices(names[0])) != 1 {
+			return
+		}
+		if err := local.WriteAll(ctx, "f.arrow", data, nil); err != nil {
+			t.Fatal(err)
+		}
+		preads, err := LoadRowsAt(ctx, local, "f.arrow", names[:1], rows, mem)
+		if err != nil || !slices.Equal(preads[0].URIs, read[0].URIs) || !slices.EqualFunc(preads[0].Data, read[0].Data, func(a, b float32) bool {
+			return math.Float32bits(a) == math.Float32bits(b)
+		}) {
+			t.Fatalf("rows %v by preads: %v; read whole %v %v", rows, err, read[0].URIs, read[0].Data)
 		}
 	})
 }
