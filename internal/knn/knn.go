@@ -42,12 +42,14 @@ func Compare(a, b Neighbor) int {
 }
 
 // Graph returns the product graph: inputs "queries" [M,d] and "pool"
-// [N,d]; output "products" [M,N] = −2·q·pᵀ. The squared distance is
-// ‖q‖² + (‖p‖² − 2·q·p); the norms are added in Go as the selection reads
-// each product. Given to Gemm as its bias, ‖p‖² cost a broadcast of the
-// whole [M,N] output before the product (ORT copies C into Y, then
-// accumulates): a full extra pass over memory as large as the product's
-// own output, which on 16 cores took 0.8× the product's time.
+// [N,d]; outputs "products" [M,N] = −2·q·pᵀ and "norms" [N] = ‖p‖². The
+// squared distance is ‖q‖² + (‖p‖² − 2·q·p); the norms are added in Go as
+// the selection reads each product. Given to Gemm as its bias, ‖p‖² cost
+// a broadcast of the whole [M,N] output before the product (ORT copies C
+// into Y, then accumulates): a full extra pass over memory as large as the
+// product's own output, which on 16 cores took 0.8× the product's time.
+// Summed in Go, they took a fifth of the Go work of a search (the Go
+// compiler does not vectorise); ORT's ReduceSumSquare does, in the run.
 func Graph() *onnx.Graph {
 	sym := func(names ...string) []string { return names }
 	return &onnx.Graph{
@@ -58,10 +60,13 @@ func Graph() *onnx.Graph {
 		},
 		Outputs: []onnx.Value{
 			{Name: "products", Elem: onnx.Float, Shape: []int64{-1, -1}, DimNames: sym("M", "N")},
+			{Name: "norms", Elem: onnx.Float, Shape: []int64{-1}, DimNames: sym("N")},
 		},
 		Nodes: []onnx.Node{
 			{Op: "Gemm", Inputs: []string{"queries", "pool"}, Outputs: []string{"products"},
 				Attrs: map[string]any{"transB": 1, "alpha": float32(-2)}},
+			{Op: "ReduceSumSquare", Inputs: []string{"pool"}, Outputs: []string{"norms"},
+				Attrs: map[string]any{"axes": []int64{1}, "keepdims": 0}},
 		},
 	}
 }
@@ -110,7 +115,7 @@ func NewSearcher(opt ortrun.Options) (*Searcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool"}, []string{"products"}, opt)
+	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool"}, []string{"products", "norms"}, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -180,9 +185,9 @@ func (s *Searcher) buffers(m, block, blocks int) *buffers {
 }
 
 // scan runs the graph over each pool block and feeds the scores to the
-// selectors. Workers goroutines share the Go work of a block, the pool
-// rows' norms and then the queries' selection, while ORT computes the next
-// block's scores into the other buffer, so the product never waits on Go.
+// selectors. Workers goroutines share the queries' selection from a
+// block while ORT computes the next block's scores and norms into the
+// other buffers, so the product never waits on Go.
 func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
@@ -225,7 +230,7 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 		s.product.Lock()
 		err := s.sess.RunInto(
 			[]ortrun.Tensor{qt, {Shape: []int64{int64(b), int64(d)}, Floats: rows}},
-			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}},
+			[]ortrun.Tensor{{Shape: []int64{int64(m), int64(b)}, Floats: scores}, {Shape: []int64{int64(b)}, Floats: norms}},
 		)
 		s.product.Unlock()
 		<-selected // a query's blocks are offered in order, and the buffer is free again
@@ -233,7 +238,6 @@ func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d
 			return err
 		}
 		go func() {
-			parallel(b, func(i int) { norms[i] = norm2(rows[i*d : (i+1)*d]) })
 			parallel(m, func(q int) { sel[q].scan(scores[q*b:(q+1)*b], norms, start, ids) })
 			selected <- struct{}{}
 		}()
