@@ -297,6 +297,9 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		}
 		next++
 	}
+	if len(at) == 0 {
+		return r, nil // every image wanted was rejected
+	}
 	ms, err := features.LoadRowsAt(ctx, a.Bucket, key, m.Spec.Columns, at, a.Mem)
 	for c := 0; err == nil && c < len(ms) && c < len(m.Dims); c++ {
 		if ms[c].Dim != m.Dims[c] {

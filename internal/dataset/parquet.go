@@ -99,23 +99,26 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	defer release()
 	for n := 0; ; {
 		release()
+		read := func(i int) error {
+			chunks, err := readers[i].NextBatch(parquetBatch)
+			if err != nil {
+				return err
+			}
+			defer chunks.Release()
+			switch cs := chunks.Chunks(); len(cs) {
+			case 0:
+				cols[i] = array.MakeArrayOfNull(s.Mem, chunks.DataType(), 0)
+			case 1:
+				cols[i] = cs[0]
+				cols[i].Retain()
+			default: // the batch spans row groups
+				cols[i], err = array.Concatenate(cs, s.Mem)
+			}
+			return err
+		}
 		err := safely(func() error {
-			for i, r := range readers {
-				chunks, err := r.NextBatch(parquetBatch)
-				if err != nil {
-					return err
-				}
-				switch cs := chunks.Chunks(); len(cs) {
-				case 0:
-					cols[i] = array.MakeArrayOfNull(s.Mem, chunks.DataType(), 0)
-				case 1:
-					cols[i] = cs[0]
-					cols[i].Retain()
-				default: // the batch spans row groups
-					cols[i], err = array.Concatenate(cs, s.Mem)
-				}
-				chunks.Release()
-				if err != nil {
+			for i := range readers {
+				if err := read(i); err != nil {
 					return err
 				}
 				if cols[i].Len() != cols[0].Len() {

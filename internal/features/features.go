@@ -200,7 +200,7 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 		}
 		rows += int(recs[i].NumRows())
 	}
-	all := p.keep == nil && p.rows == nil
+	all := p.keep == nil && !p.byIndex
 	uris := make([]string, 0, rows)
 	kept := make([][]int, len(recs)) // each record's rows kept, unless all
 	before := 0                      // the file's rows before the record's
@@ -218,6 +218,9 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 			}
 		}
 		before += col.Len()
+	}
+	if p.byIndex && len(uris) < len(p.rows) {
+		return nil, fmt.Errorf("features: %q: %w", key, rowPastEnd(p.rows[len(uris)], before))
 	}
 	ms := make([]*Matrix, len(columns))
 	for c, column := range columns {

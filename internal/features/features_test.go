@@ -389,7 +389,7 @@ func FuzzPickRows(f *testing.F) {
 
 		// Rows by index read by preads are the rows read whole.
 		rows := []int{0, 2, 3}
-		read, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, picker{rows: rows})
+		read, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, picker{byIndex: true, rows: rows})
 		names := make([]string, len(idx))
 		for c, i := range idx {
 			names[c] = schema.Field(i).Name

@@ -27,6 +27,9 @@ import (
 func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker) (ms []*Matrix, ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil { // an offset past the end: a damaged file
+			if _, bug := r.(notFetched); bug {
+				panic(r)
+			}
 			ms, ok, err = nil, true, fmt.Errorf("damaged IPC file: %v", r)
 		}
 	}()
@@ -215,29 +218,30 @@ type kept struct {
 	uris []string
 }
 
-// picker says which rows of a file pickRows (or arrowRows) copies: those
-// whose URI keep accepts, or those at rows, the file's rows by index,
-// ascending; with neither, every row.
+// picker says which rows of a file pickRows (or arrowRows) copies: by
+// index, rows, the file's rows by index, ascending (none when empty);
+// else those whose URI keep accepts, every row when keep is nil.
 type picker struct {
-	keep func(uri string) bool
-	rows []int
+	byIndex bool
+	rows    []int
+	keep    func(uri string) bool
 }
 
 // keeps says whether the picker keeps row i, of URI uri.
 func (p picker) keeps(i int, uri string) bool {
 	switch {
-	case p.keep != nil:
-		return p.keep(uri)
-	case p.rows != nil:
+	case p.byIndex:
 		_, found := slices.BinarySearch(p.rows, i)
 		return found
+	case p.keep != nil:
+		return p.keep(uri)
 	}
 	return true
 }
 
 // pick chooses the rows of each batch, reading what it needs of f first.
 func (p picker) pick(f file, l layout, batches []batch, total int) ([]kept, error) {
-	if p.rows != nil {
+	if p.byIndex {
 		return p.atRows(f, l, batches, total)
 	}
 	ks := make([]kept, len(batches))
@@ -268,9 +272,6 @@ func (p picker) atRows(f file, l layout, batches []batch, total int) ([]kept, er
 	i := 0
 	for b, bt := range batches {
 		for ; i < len(p.rows) && p.rows[i] < bt.before+bt.rows; i++ {
-			if p.rows[i] < 0 || i > 0 && p.rows[i] <= p.rows[i-1] {
-				return nil, fmt.Errorf("features: rows %v: want indices, ascending", p.rows[max(i-1, 0):i+1])
-			}
 			ks[b].rows = append(ks[b].rows, p.rows[i]-bt.before)
 		}
 		if len(ks[b].rows) == 0 {
@@ -285,9 +286,21 @@ func (p picker) atRows(f file, l layout, batches []batch, total int) ([]kept, er
 		}
 	}
 	if i < len(p.rows) {
-		return nil, fmt.Errorf("features: row %d of a file of %d", p.rows[i], total)
+		return nil, rowPastEnd(p.rows[i], total)
 	}
 	return ks, f.fetch(spans)
+}
+
+func rowPastEnd(row, rows int) error { return fmt.Errorf("row %d of a file of %d", row, rows) }
+
+// checkIndices refuses row indices that are not ascending, or negative.
+func checkIndices(rows []int) error {
+	for i, r := range rows {
+		if r < 0 || i > 0 && r <= rows[i-1] {
+			return fmt.Errorf("rows %v: want indices, ascending", rows[max(i-1, 0):i+1])
+		}
+	}
+	return nil
 }
 
 func le64(b []byte, at int) uint64 { return binary.LittleEndian.Uint64(b[at:]) }

@@ -14,19 +14,24 @@ import (
 )
 
 // LoadRowsAt is LoadColumns for some of a file's rows: rows are their
-// indices, ascending. From a file:// bucket it reads only the file's
-// footer, its batches' metadata, and those rows' URIs and values, a pread
-// each: a few rows of a pool shard's file cost a few KiB read instead of
-// its MiBs. From an object store, where a read is a request and a
-// feature file's metadata is spread among its batches, it reads the file
-// whole, as LoadRows does.
+// indices, ascending. From a file:// bucket it reads the file's last 16
+// KiB (its footer, and the last batches' metadata with it), the other
+// batches' metadata, and the URIs of the batches those rows are in and
+// the rows' values, a pread each: a few rows of a pool shard's file cost
+// a few KiB read instead of its MiBs. From an object store, where a read
+// is a request and a feature file's metadata is spread among its
+// batches, it reads the file whole, as LoadRows does.
 func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
+	if err := checkIndices(rows); err != nil {
+		return nil, fmt.Errorf("features: %q: %w", key, err)
+	}
+	p := picker{byIndex: true, rows: rows}
 	lf, ok, err := store.OpenLocal(ctx, b, key)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return loadRows(ctx, b, key, columns, mem, picker{rows: rows})
+		return loadRows(ctx, b, key, columns, mem, p)
 	}
 	defer lf.Close()
 	size := int(lf.Size())
@@ -40,7 +45,7 @@ func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []strin
 		if err != nil {
 			return nil, err
 		}
-		ms, ok, err := pickRows(f, size, schema, idx, dims, picker{rows: rows})
+		ms, ok, err := pickRows(f, size, schema, idx, dims, p)
 		if ok {
 			if err != nil {
 				return nil, fmt.Errorf("features: %q: %w", key, err)
@@ -48,7 +53,7 @@ func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []strin
 			return ms, nil
 		}
 	}
-	return loadRows(ctx, b, key, columns, mem, picker{rows: rows}) // not DCD's layout
+	return loadRows(ctx, b, key, columns, mem, p) // not DCD's layout
 }
 
 // tailBytes is how much of a file's end LoadRowsAt reads first: its
@@ -122,7 +127,15 @@ func (p *preads) at(off, n int) []byte {
 			return g.data[off-g.off : off-g.off+n]
 		}
 	}
-	panic(fmt.Sprintf("bytes %d to %d not read", off, off+n)) // a bug, or a damaged file
+	panic(notFetched{off, n})
+}
+
+// notFetched is the panic of an at before its fetch: a bug, which pickRows
+// lets through rather than report the file damaged.
+type notFetched span
+
+func (e notFetched) Error() string {
+	return fmt.Sprintf("features: bytes %d to %d read before they were fetched", e.off, e.off+e.n)
 }
 
 // schema reads the file's footer, and its schema when the file is DCD's

@@ -55,7 +55,7 @@ func TestLoadRowsAt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range [][]int{{0}, {1999}, {3, 63, 64, 65, 700, 1500, 1999}, {}} {
+		for _, want := range [][]int{{0}, {1999}, {3, 63, 64, 65, 700, 1500, 1999}, {}, nil} { // nil: no rows, not all
 			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
 				ms, err := LoadRowsAt(ctx, bucket, key, columns, want, mem)
 				if err != nil {
@@ -94,7 +94,7 @@ func TestLoadRowsAt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok, err := pickRows(f, size, schema, idx, dims, picker{rows: []int{3, 63, 64, 65, 700, 1500, 1999}}); !ok || err != nil {
+		if _, ok, err := pickRows(f, size, schema, idx, dims, picker{byIndex: true, rows: []int{3, 63, 64, 65, 700, 1500, 1999}}); !ok || err != nil {
 			t.Fatal(ok, err)
 		}
 		lf.Close()

@@ -206,11 +206,12 @@ func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 // of the bucket opens the file again (and looks for its attributes).
 type LocalFile struct {
 	*os.File
-	r *blob.Reader
+	r    *blob.Reader
+	size int64
 }
 
 // Size is the object's size.
-func (f *LocalFile) Size() int64 { return f.r.Size() }
+func (f *LocalFile) Size() int64 { return f.size }
 
 // Close closes the file.
 func (f *LocalFile) Close() error { return f.r.Close() }
@@ -240,7 +241,14 @@ func OpenLocal(ctx context.Context, b *blob.Bucket, key string) (f *LocalFile, o
 		r.Close()
 		return nil, false, nil
 	}
-	return &LocalFile{file, r}, true, nil
+	// The size of the file opened: the reader's is of a stat before the
+	// open, and another writer's rename may come between them.
+	info, err := file.Stat()
+	if err != nil {
+		r.Close()
+		return nil, false, fmt.Errorf("store: open %q: %w", key, err)
+	}
+	return &LocalFile{file, r, info.Size()}, true, nil
 }
 
 // readAll is blob.Bucket.ReadAll reading into a buffer of the object's
