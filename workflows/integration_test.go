@@ -181,10 +181,42 @@ func buildBinary(t *testing.T, pkg string) string {
 }
 
 // heavyModel is a small CNN with real backbone cost (about 120 MFLOP per
-// image, hundreds of images a second on two cores), so a worker can be
-// killed mid-shard.
-func heavyModel(t *testing.T) []byte {
-	const channels, convs = 64, 2
+// image, hundreds of images a second on two cores), so a pass takes long
+// enough to be cancelled mid-scan.
+func heavyModel(t *testing.T) []byte { return cnn(t, 2) }
+
+// heavyModelLasting is heavyModel with as many 64-channel 3×3 convolutions
+// (58 MFLOP an image each) as make embedding images take at least d on
+// this machine's two threads, timed here: a kill test that needs a shard
+// to outlast a few heartbeats must not depend on how fast the CPU is
+// (AVX-512 ran the two-layer model's 4,000 images before a heartbeat).
+func heavyModelLasting(t *testing.T, images int, d time.Duration) []byte {
+	const convs, batch = 2, 32
+	model := cnn(t, convs)
+	sess, err := ortrun.NewSession("calibrate", model, []string{"image"}, []string{"features"}, ortrun.Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	in := ortrun.Tensor{Shape: []int64{batch, 1, 28, 28}, Floats: make([]float32, batch*28*28)}
+	best := time.Duration(math.MaxInt64)
+	for range 3 {
+		start := time.Now()
+		if _, err := sess.Run(in); err != nil {
+			t.Fatal(err)
+		}
+		best = min(best, time.Since(start))
+	}
+	perLayer := best / batch / convs // per image
+	layers := int(d/(perLayer*time.Duration(images))) + 1
+	layers = max(convs, min(layers, 64))
+	t.Logf("heavy model: %v an image for %d layers; %d layers for %d images to take %v", best/batch, convs, layers, images, d)
+	return cnn(t, layers)
+}
+
+// cnn is heavyModel with convs 64-channel 3×3 convolutions.
+func cnn(t *testing.T, convs int) []byte {
+	const channels = 64
 	rng := rand.New(rand.NewPCG(7, 7))
 	weights := func(name string, dims ...int64) onnx.Tensor {
 		n, fanIn := int64(1), int64(1)
@@ -257,15 +289,16 @@ func TestKilledWorkerResumesFromHeartbeat(t *testing.T) {
 	c, hostport := devServer(t)
 	b, url := fileBucket(t)
 	ctx := context.Background()
-	const images = 4000 // enough that the shard outlasts a few heartbeats on a fast machine
+	const images = 4000
 	writeDigits(t, b, "heavy/", images)
-	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModel(t), nil); err != nil {
-		t.Fatal(err)
-	}
-	// Plan and check the model with the real activities, in process.
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
 	}
+	// The shard outlasts a few heartbeats (every 2 s) on any machine.
+	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModelLasting(t, images, 15*time.Second), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Plan and check the model with the real activities, in process.
 	sessions := activities.NewSessions(ortrun.Options{Threads: 2}, ortrun.Options{Threads: 2})
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions}
