@@ -25,8 +25,8 @@ func TestCancelStopsThePass(t *testing.T) {
 	startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{acts}}, workflows.CPUQueue, workflows.GPUQueue)
 	ctx := context.Background()
 	// A slow similarity model the cache has never seen, so the pool scan
-	// takes long enough to be cancelled in the middle.
-	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModel(t), nil); err != nil {
+	// takes long enough to be cancelled in the middle on any machine.
+	if err := b.WriteAll(ctx, "models/heavy.onnx", heavyModelLasting(t, smallWorld.Pool, 20*time.Second), nil); err != nil {
 		t.Fatal(err)
 	}
 	slow := heavyTarget()

@@ -180,16 +180,12 @@ func buildBinary(t *testing.T, pkg string) string {
 	return path
 }
 
-// heavyModel is a small CNN with real backbone cost (about 120 MFLOP per
-// image, hundreds of images a second on two cores), so a pass takes long
-// enough to be cancelled mid-scan.
-func heavyModel(t *testing.T) []byte { return cnn(t, 2) }
-
-// heavyModelLasting is heavyModel with as many 64-channel 3×3 convolutions
-// (58 MFLOP an image each) as make embedding images take at least d on
-// this machine's two threads, timed here: a kill test that needs a shard
-// to outlast a few heartbeats must not depend on how fast the CPU is
-// (AVX-512 ran the two-layer model's 4,000 images before a heartbeat).
+// heavyModelLasting is a small CNN with real backbone cost, with as many
+// 64-channel 3×3 convolutions (58 MFLOP an image each, at least two) as
+// make embedding images take at least d on this machine's two threads,
+// timed here: a test that must kill a worker mid-shard, or cancel a pass
+// mid-scan, must not depend on how fast the CPU is (AVX-512 ran a
+// two-layer model's 4,000 images before a heartbeat).
 func heavyModelLasting(t *testing.T, images int, d time.Duration) []byte {
 	const convs, batch = 2, 32
 	model := cnn(t, convs)
@@ -214,7 +210,8 @@ func heavyModelLasting(t *testing.T, images int, d time.Duration) []byte {
 	return cnn(t, layers)
 }
 
-// cnn is heavyModel with convs 64-channel 3×3 convolutions.
+// cnn is the CNN of heavyModelLasting with convs convolutions after the
+// first.
 func cnn(t *testing.T, convs int) []byte {
 	const channels = 64
 	rng := rand.New(rand.NewPCG(7, 7))
