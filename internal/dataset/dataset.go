@@ -495,6 +495,56 @@ func (s *Shard) Marshal() []byte {
 // ParseShard decodes a shard manifest written by Marshal; name is used in
 // errors.
 func ParseShard(name string, data []byte) (*Shard, error) {
+	if s, ok := parsePlain(data); ok {
+		return s, nil
+	}
+	return parseCSV(name, data)
+}
+
+// parsePlain parses a manifest in which Marshal quoted nothing (no field
+// has a comma, quote, line break or leading space, as keys rarely do) by
+// splitting its lines on commas, every field a slice of one copy of data:
+// the CSV reader took 200 ns a row, most of a recurring pass's parsing of
+// its pool's manifests, shard after shard. ok is false for anything else,
+// which parseCSV reads, or names what is wrong with.
+func parsePlain(data []byte) (s *Shard, ok bool) {
+	if bytes.IndexByte(data, '"') >= 0 || bytes.IndexByte(data, '\r') >= 0 {
+		return nil, false
+	}
+	header, rest, _ := strings.Cut(string(data), "\n")
+	if header != plainHeader {
+		return nil, false
+	}
+	s = &Shard{Items: make([]Item, 0, strings.Count(rest, "\n"))}
+	for line := range strings.SplitSeq(rest, "\n") {
+		if line == "" {
+			continue // the last line's end; the CSV reader skips empty lines too
+		}
+		var f [4]string
+		for i := range 4 {
+			j := strings.IndexByte(line, ',')
+			if j < 0 {
+				return nil, false
+			}
+			f[i], line = line[:j], line[j+1:]
+		}
+		if strings.IndexByte(line, ',') >= 0 {
+			return nil, false
+		}
+		id, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		s.Items = append(s.Items, Item{ID: id, Key: f[1], Label: f[2], Domain: f[3], Version: line})
+	}
+	return s, true
+}
+
+// plainHeader is shardHeader as Marshal writes it.
+var plainHeader = strings.Join(shardHeader, ",")
+
+// parseCSV is ParseShard through the CSV reader.
+func parseCSV(name string, data []byte) (*Shard, error) {
 	r := csv.NewReader(bytes.NewReader(data))
 	r.ReuseRecord = true // the fields are copied out as strings
 	header, err := r.Read()

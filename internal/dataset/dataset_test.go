@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -523,6 +524,59 @@ func TestShardDigestBytes(t *testing.T) {
 	back, err := ParseShard("s", s.Marshal())
 	if err != nil || !slices.Equal(back.Items, s.Items) {
 		t.Fatalf("round trip: %v, equal %v", err, err == nil && slices.Equal(back.Items, s.Items))
+	}
+}
+
+// Manifests Marshal wrote parse back to their items whether their fields
+// needed quoting or not; the plain ones without the CSV reader.
+func TestParseShardPlain(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 4))
+	alphabet := []rune("ab/._-0é\\ ,\"\n")
+	field := func(n int) string {
+		r := make([]rune, rng.IntN(n))
+		for i := range r {
+			r[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(r)
+	}
+	plain := 0
+	for range 300 {
+		var s Shard
+		for i := range rng.IntN(5) {
+			s.Items = append(s.Items, Item{ID: int64(i) - 2, Key: field(9), Label: field(3), Domain: field(2), Version: field(3)})
+		}
+		data := s.Marshal()
+		back, err := ParseShard("s", data)
+		if err != nil || !slices.Equal(back.Items, s.Items) {
+			t.Fatalf("%q: %v, %+v; want %+v", data, err, back, s.Items)
+		}
+		if _, ok := parsePlain(data); ok {
+			plain++
+		} else if !bytes.ContainsAny(data, "\"\r") {
+			t.Fatalf("%q: unquoted, yet not parsed plainly", data)
+		}
+	}
+	if plain < 30 {
+		t.Errorf("%d manifests of 300 parsed plainly", plain)
+	}
+}
+
+// BenchmarkParseShard parses a pool shard's manifest of 2,000 images,
+// plainly (ParseShard) and through the CSV reader (parseCSV).
+func BenchmarkParseShard(b *testing.B) {
+	var s Shard
+	for i := range 2000 {
+		s.Items = append(s.Items, Item{ID: int64(500000 + i), Key: fmt.Sprintf("pool/%d/%07d.png", i%10, 500000+i), Label: fmt.Sprint(i % 10), Domain: "day", Version: "1764000000"})
+	}
+	data := s.Marshal()
+	for name, parse := range map[string]func(string, []byte) (*Shard, error){"plain": ParseShard, "csv": parseCSV} {
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				if _, err := parse("s", data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
