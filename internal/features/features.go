@@ -126,14 +126,7 @@ func Load(ctx context.Context, b *blob.Bucket, key, column string, mem memory.Al
 // LoadColumns reads several columns of the feature file at key in one
 // read; the matrices share their URIs.
 func LoadColumns(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator) ([]*Matrix, error) {
-	return LoadRows(ctx, b, key, columns, mem, nil)
-}
-
-// LoadRows is LoadColumns keeping only the rows whose URI keep accepts
-// (every row when keep is nil): a caller after a few rows of a file copies
-// and widens those alone.
-func LoadRows(ctx context.Context, b *blob.Bucket, key string, columns []string, mem memory.Allocator, keep func(uri string) bool) ([]*Matrix, error) {
-	return loadRows(ctx, b, key, columns, mem, picker{keep: keep})
+	return loadRows(ctx, b, key, columns, mem, picker{})
 }
 
 // loadRows reads the file at key whole and copies the rows p picks.
@@ -200,7 +193,7 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 		}
 		rows += int(recs[i].NumRows())
 	}
-	all := p.keep == nil && !p.byIndex
+	all := !p.byIndex
 	uris := make([]string, 0, rows)
 	kept := make([][]int, len(recs)) // each record's rows kept, unless all
 	before := 0                      // the file's rows before the record's
@@ -212,8 +205,8 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 		for j := 0; j < col.Len(); j++ {
 			if all {
 				uris = append(uris, col.Value(j))
-			} else if u := col.Value(j); p.keeps(before+j, u) {
-				uris = append(uris, strings.Clone(u)) // a few: not to pin the whole file
+			} else if p.keeps(before + j) {
+				uris = append(uris, strings.Clone(col.Value(j))) // a few: not to pin the whole file
 				kept[i] = append(kept[i], j)
 			}
 		}

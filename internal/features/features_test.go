@@ -91,24 +91,20 @@ func TestRecordLoad(t *testing.T) {
 				t.Fatalf("%q: value %d is %v, want %v", storedAs, i, m.Data[i], v)
 			}
 		}
-		// LoadRows keeps some rows, from every record, as LoadColumns has them.
-		some := func(uri string) bool {
-			return strings.HasSuffix(uri, "b") || strings.HasSuffix(uri, "h") || strings.HasSuffix(uri, "w")
-		}
-		rows, err := LoadRows(ctx, b, key, []string{"features", "logits"}, mem, some)
+		// LoadRowsAt keeps some rows, as LoadColumns has them: rows 1, 7, 8
+		// and 22 of 23, of the first, third (7 and 8 a run) and last records.
+		some := []int{1, 7, 8, 22}
+		rows, err := LoadRowsAt(ctx, b, key, []string{"features", "logits"}, some, mem)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		for r, uri := range rows[0].URIs {
-			i := slices.Index(uris, uri)
-			got = append(got, uri)
-			if !slices.Equal(rows[0].Row(r), m.Row(i)) || !slices.Equal(rows[1].Row(r), logits.Row(i)) {
-				t.Errorf("%q: LoadRows row %s differs from LoadColumns' row %d", storedAs, uri, i)
-			}
+		if !slices.Equal(rows[0].URIs, []string{uris[1], uris[7], uris[8], uris[22]}) {
+			t.Errorf("%q: LoadRowsAt kept %v, want rows %v", storedAs, rows[0].URIs, some)
 		}
-		if len(got) != 3 || !some(got[0]) || !some(got[1]) || !some(got[2]) {
-			t.Errorf("%q: LoadRows kept %v, want the 3 URIs ending in b, h and w", storedAs, got)
+		for r, i := range some {
+			if !slices.Equal(rows[0].Row(r), m.Row(i)) || !slices.Equal(rows[1].Row(r), logits.Row(i)) {
+				t.Errorf("%q: LoadRowsAt row %d differs from LoadColumns' row %d", storedAs, r, i)
+			}
 		}
 		// It picked them in place (pickRows), not through Arrow's reader;
 		// a file cut short or with a damaged footer is an error, not a
@@ -117,21 +113,21 @@ func TestRecordLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []func(string) bool{some, nil} {
-			picked, ok, err := pickRows(whole(af.Data), len(af.Data), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: k})
-			viaArrow, aerr := arrowRows(key, af, []string{"features", "logits"}, []int{1, 2}, []int{dim, classes}, picker{keep: k})
+		for _, p := range []picker{{byIndex: true, rows: some}, {}} {
+			picked, ok, err := pickRows(whole(af.Data), len(af.Data), af.Schema(), []int{1, 2}, []int{dim, classes}, p)
+			viaArrow, aerr := arrowRows(key, af, []string{"features", "logits"}, []int{1, 2}, []int{dim, classes}, p)
 			if !ok || err != nil || aerr != nil || !slices.Equal(picked[0].URIs, viaArrow[0].URIs) ||
 				!slices.Equal(picked[0].Data, viaArrow[0].Data) || !slices.Equal(picked[1].Data, viaArrow[1].Data) {
 				t.Errorf("%q: pickRows: ok %v, %v; want the rows Arrow's reader gives (%v)", storedAs, ok, err, aerr)
 			}
 		}
 		cut := af.Data[:len(af.Data)-7]
-		if _, ok, err := pickRows(whole(cut), len(cut), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: some}); !ok || err == nil {
+		if _, ok, err := pickRows(whole(cut), len(cut), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{}); !ok || err == nil {
 			t.Errorf("%q: a file cut short: ok %v, %v; want an error", storedAs, ok, err)
 		}
 		bad := slices.Clone(af.Data)
 		copy(bad[len(bad)-10:], []byte{0xff, 0xff, 0xff, 0x0f}) // the footer's length
-		if _, ok, err := pickRows(whole(bad), len(bad), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{keep: some}); !ok || err == nil {
+		if _, ok, err := pickRows(whole(bad), len(bad), af.Schema(), []int{1, 2}, []int{dim, classes}, picker{}); !ok || err == nil {
 			t.Errorf("%q: a damaged footer: ok %v, %v; want an error", storedAs, ok, err)
 		}
 		// A batch claiming 2^30 rows is damaged, not 2^30 rows to allocate.
@@ -207,17 +203,16 @@ func TestLoadRefusesOtherTypes(t *testing.T) {
 	if _, err = Load(ctx, b, "features/ids.arrow", "features", mem); err == nil || !strings.Contains(err.Error(), "features/ids.arrow") || !strings.Contains(err.Error(), "URIs") {
 		t.Errorf("int64 column 0: %v, want an error naming the file and what column 0 holds", err)
 	}
-	all := func(string) bool { return true }
-	if _, err = LoadRows(ctx, b, "features/ids.arrow", []string{"features"}, mem, all); err == nil || !strings.Contains(err.Error(), "URIs") {
+	if _, err = LoadRowsAt(ctx, b, "features/ids.arrow", []string{"features"}, []int{0}, mem); err == nil || !strings.Contains(err.Error(), "URIs") {
 		t.Errorf("int64 column 0, some rows: %v, want the same error", err)
 	}
 }
 
 // BenchmarkLoadRows reads a pool shard's feature file (2,000 rows of 384
-// features and 10 logits, in batches of 64), whole or for 20 of its rows,
-// in place (LoadRows) and through Arrow's reader (arrowRows), from memory;
-// and the 20 rows by index from a file (LoadRowsAt), whole (file/whole)
-// or by preads (file/preads).
+// features and 10 logits, in batches of 64), whole or 20 of its rows, in
+// place (LoadColumns, LoadRowsAt) and through Arrow's reader (arrowRows),
+// from memory; and the 20 rows from a file, read whole (file/whole) or by
+// preads (file/preads, as LoadRowsAt reads a file:// bucket).
 func BenchmarkLoadRows(b *testing.B) {
 	ctx := context.Background()
 	bucket, err := store.Open(ctx, "mem://")
@@ -237,7 +232,6 @@ func BenchmarkLoadRows(b *testing.B) {
 		batches = append(batches, bt)
 	}
 	writeFile(b, bucket, "f.arrow", batches, "", mem)
-	few := func(uri string) bool { return strings.HasSuffix(uri, "00.png") }
 	local, err := store.Open(ctx, "file://"+b.TempDir())
 	if err != nil {
 		b.Fatal(err)
@@ -247,38 +241,35 @@ func BenchmarkLoadRows(b *testing.B) {
 	for i := 0; i < rows; i += 100 {
 		at = append(at, i)
 	}
-	b.Run("20rows/file/whole", func(b *testing.B) {
-		for range b.N {
-			if _, err := LoadRows(ctx, local, "f.arrow", columns, mem, few); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("20rows/file/preads", func(b *testing.B) {
-		for range b.N {
-			if _, err := LoadRowsAt(ctx, local, "f.arrow", columns, at, mem); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	for _, c := range []struct {
-		name string
-		keep func(string) bool
-	}{{"all", nil}, {"20rows", few}} {
-		b.Run(c.name+"/inplace", func(b *testing.B) {
+	twenty := picker{byIndex: true, rows: at}
+	for name, load := range map[string]func() error{
+		"all/inplace": func() error { _, err := LoadColumns(ctx, bucket, "f.arrow", columns, mem); return err },
+		"20rows/inplace": func() error {
+			_, err := LoadRowsAt(ctx, bucket, "f.arrow", columns, at, mem)
+			return err
+		},
+		"20rows/file/whole": func() error { _, err := loadRows(ctx, local, "f.arrow", columns, mem, twenty); return err },
+		"20rows/file/preads": func() error {
+			_, err := LoadRowsAt(ctx, local, "f.arrow", columns, at, mem)
+			return err
+		},
+	} {
+		b.Run(name, func(b *testing.B) {
 			for range b.N {
-				if _, err := LoadRows(ctx, bucket, "f.arrow", columns, mem, c.keep); err != nil {
+				if err := load(); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
-		b.Run(c.name+"/arrow", func(b *testing.B) {
+	}
+	for name, p := range map[string]picker{"all/arrow": {}, "20rows/arrow": twenty} {
+		b.Run(name, func(b *testing.B) {
 			for range b.N {
 				f, err := store.OpenArrow(ctx, bucket, "f.arrow", mem)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := arrowRows("f.arrow", f, columns, []int{1, 2}, []int{dim, classes}, picker{keep: c.keep}); err != nil {
+				if _, err := arrowRows("f.arrow", f, columns, []int{1, 2}, []int{dim, classes}, p); err != nil {
 					b.Fatal(err)
 				}
 				f.Close()
@@ -369,7 +360,7 @@ func FuzzPickRows(f *testing.F) {
 		}
 		var p picker
 		if some {
-			p.keep = func(uri string) bool { return strings.HasSuffix(uri, "1") }
+			p = picker{byIndex: true, rows: []int{1, 3}}
 		}
 		picked, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, p)
 		if !ok || err != nil {

@@ -103,29 +103,29 @@ func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker)
 	}
 	ms = make([]*Matrix, len(idx))
 	nkept := 0
-	for _, k := range kept {
-		nkept += len(k.rows)
+	for b, k := range kept {
+		nkept += k.n(batches[b])
 	}
 	uris := make([]string, 0, nkept)
 	for b, k := range kept {
-		if k.uris == nil && len(k.rows) > 0 { // picked by index
-			k.uris = batches[b].uris(f, l, k.rows)
-		}
-		uris = append(uris, k.uris...)
+		uris = batches[b].appendURIs(uris, f, l, k)
 	}
 	for c := range ms {
 		m := &Matrix{Dim: dims[c], URIs: uris, Data: make([]float32, nkept*dims[c])}
 		d, rb, at := dims[c], l.rowBytes[c], 0
 		for b, k := range kept {
 			values := batches[b].buffer(l.values[c])
-			for _, r := range k.rows {
-				row := f.at(values.off+r*rb, rb) // little-endian, as written
+			// Runs of consecutive rows (a whole batch, when every row is
+			// kept) are copied at once.
+			for lo, hi := range k.runs(batches[b]) {
+				run := f.at(values.off+lo*rb, (hi-lo)*rb) // little-endian, as written
+				n := (hi - lo) * d
 				if rb == 4*d {
-					copy(m.Data[at:at+d], arrow.Float32Traits.CastFromBytes(row))
+					copy(m.Data[at:at+n], arrow.Float32Traits.CastFromBytes(run))
 				} else {
-					half.ToFloat32s(m.Data[at:at+d], arrow.Uint16Traits.CastFromBytes(row))
+					half.ToFloat32s(m.Data[at:at+n], arrow.Uint16Traits.CastFromBytes(run))
 				}
-				at += d
+				at += n
 			}
 		}
 		ms[c] = m
@@ -198,45 +198,77 @@ func (bt batch) uriSpan(l layout) span {
 	return span{offsets.off, text.off + text.n - offsets.off}
 }
 
-// uris are the URIs of the batch's rows, each its own string.
-func (bt batch) uris(f file, l layout, rows []int) []string {
-	offsets := bt.buffer(l.uriOffsets)
-	text := bt.buffer(l.uriText)
-	o := f.at(offsets.off, offsets.n)
-	t := f.at(text.off, text.n)
-	uris := make([]string, len(rows))
-	for i, r := range rows {
-		uris[i] = string(t[binary.LittleEndian.Uint32(o[4*r:]):binary.LittleEndian.Uint32(o[4*r+4:])])
+// appendURIs appends the URIs of the batch's rows k keeps to uris: every
+// one a slice of one string when it keeps them all, else each its own.
+func (bt batch) appendURIs(uris []string, f file, l layout, k kept) []string {
+	if !k.all && len(k.rows) == 0 {
+		return uris
+	}
+	offsets, text := bt.buffer(l.uriOffsets), bt.buffer(l.uriText)
+	o, t := f.at(offsets.off, offsets.n), string(f.at(text.off, text.n))
+	for lo, hi := range k.runs(bt) {
+		for r := lo; r < hi; r++ {
+			uri := t[binary.LittleEndian.Uint32(o[4*r:]):binary.LittleEndian.Uint32(o[4*r+4:])]
+			if !k.all {
+				uri = strings.Clone(uri) // a few: not to pin the batch's URIs
+			}
+			uris = append(uris, uri)
+		}
 	}
 	return uris
 }
 
-// kept is the rows a picker keeps of a batch, in order, and their URIs
-// when it read them (else pickRows does).
+// kept is the rows a picker keeps of a batch: all, or rows, in order.
 type kept struct {
+	all  bool
 	rows []int
-	uris []string
+}
+
+// n is how many rows of bt k keeps.
+func (k kept) n(bt batch) int {
+	if k.all {
+		return bt.rows
+	}
+	return len(k.rows)
+}
+
+// runs yields the runs of consecutive rows k keeps of bt, [lo, hi).
+func (k kept) runs(bt batch) func(yield func(lo, hi int) bool) {
+	return func(yield func(lo, hi int) bool) {
+		if k.all {
+			if bt.rows > 0 {
+				yield(0, bt.rows)
+			}
+			return
+		}
+		for i := 0; i < len(k.rows); {
+			j := i + 1
+			for j < len(k.rows) && k.rows[j] == k.rows[j-1]+1 {
+				j++
+			}
+			if !yield(k.rows[i], k.rows[j-1]+1) {
+				return
+			}
+			i = j
+		}
+	}
 }
 
 // picker says which rows of a file pickRows (or arrowRows) copies: by
 // index, rows, the file's rows by index, ascending (none when empty);
-// else those whose URI keep accepts, every row when keep is nil.
+// else every row.
 type picker struct {
 	byIndex bool
 	rows    []int
-	keep    func(uri string) bool
 }
 
-// keeps says whether the picker keeps row i, of URI uri.
-func (p picker) keeps(i int, uri string) bool {
-	switch {
-	case p.byIndex:
-		_, found := slices.BinarySearch(p.rows, i)
-		return found
-	case p.keep != nil:
-		return p.keep(uri)
+// keeps says whether the picker keeps row i.
+func (p picker) keeps(i int) bool {
+	if !p.byIndex {
+		return true
 	}
-	return true
+	_, found := slices.BinarySearch(p.rows, i)
+	return found
 }
 
 // pick chooses the rows of each batch, reading what it needs of f first.
@@ -245,22 +277,8 @@ func (p picker) pick(f file, l layout, batches []batch, total int) ([]kept, erro
 		return p.atRows(f, l, batches, total)
 	}
 	ks := make([]kept, len(batches))
-	for b, bt := range batches {
-		offsets, text := bt.buffer(l.uriOffsets), bt.buffer(l.uriText)
-		o := f.at(offsets.off, offsets.n)
-		all := string(f.at(text.off, text.n)) // one string: every URI is a slice of it
-		k := &ks[b]
-		for r := range bt.rows {
-			uri := all[binary.LittleEndian.Uint32(o[4*r:]):binary.LittleEndian.Uint32(o[4*r+4:])]
-			switch {
-			case p.keep == nil:
-			case p.keep(uri):
-				uri = strings.Clone(uri) // a few: not to pin the batch's URIs
-			default:
-				continue
-			}
-			k.rows, k.uris = append(k.rows, r), append(k.uris, uri)
-		}
+	for b := range ks {
+		ks[b].all = true
 	}
 	return ks, nil
 }

@@ -89,10 +89,12 @@ type fetched struct {
 	data []byte
 }
 
-// fetch reads each span not fetched before, runs of them less than
-// preadGap apart in one read.
+// fetch reads the spans, runs of them less than preadGap apart in one
+// read, so that at finds any run of adjacent spans of one call in one
+// piece. (Bytes an earlier call read are read again: a span covered by
+// the file's tail, say, would otherwise split a run of rows.)
 func (p *preads) fetch(spans []span) error {
-	spans = slices.DeleteFunc(slices.Clone(spans), func(s span) bool { return p.has(s.off, s.n) })
+	spans = slices.Clone(spans)
 	slices.SortFunc(spans, func(a, b span) int { return a.off - b.off })
 	for i := 0; i < len(spans); {
 		lo, hi := spans[i].off, spans[i].off+spans[i].n
@@ -111,15 +113,6 @@ func (p *preads) fetch(spans []span) error {
 // preadGap is the most bytes between two spans read at once: about what a
 // pread costs in copying.
 const preadGap = 4 << 10
-
-func (p *preads) has(off, n int) bool {
-	for _, g := range p.got {
-		if off >= g.off && off+n <= g.off+len(g.data) {
-			return true
-		}
-	}
-	return false
-}
 
 func (p *preads) at(off, n int) []byte {
 	for _, g := range p.got {
