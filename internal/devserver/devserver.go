@@ -155,8 +155,17 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 		// file overwritten: it would run on with nothing to stop it.
 		return false, fmt.Errorf("devserver: the Temporal dev server of %s (pid %d) is running, not at %s: use its address, or stop it first (`starter dev -stop`)", stateDir, pid, hostport)
 	}
+	// The HTTP API and metrics ports are the dev server's to pick, at
+	// random, before it binds the frontend's: it once picked the
+	// frontend's own port, free until then, and failed to start. They are
+	// picked here, apart from it and the UI's.
+	extra, err := freePorts(host, 2, port, port+1000)
+	if err != nil {
+		return false, fmt.Errorf("devserver: %w", err)
+	}
 	args := []string{"server", "start-dev",
 		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
+		"--http-port", strconv.Itoa(extra[0]), "--metrics-port", strconv.Itoa(extra[1]),
 		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return false, fmt.Errorf("devserver: %w", err)
@@ -174,6 +183,28 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 		return false, fmt.Errorf("%w\n%s", err, tail(p.log))
 	}
 	return true, nil
+}
+
+// freePorts returns n distinct ports free on host now, none of avoid.
+func freePorts(host string, n int, avoid ...int) ([]int, error) {
+	var ports []int
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, err
+		}
+		held = append(held, l) // held until all are picked, so they differ
+		if p := l.Addr().(*net.TCPAddr).Port; !slices.Contains(avoid, p) {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
 }
 
 // waitHealthy polls the frontend at hostport until its health check passes,
