@@ -17,7 +17,7 @@ import (
 // every record's body, then every buffer out of it, before a row can be
 // taken; here each row is copied once, into its matrix.
 //
-// The file is f, of size bytes: read whole (LoadRows), or by ranges
+// The file is f, of size bytes: read whole (LoadColumns), or by ranges
 // (LoadRowsAt), when it reads only what p picks of it.
 //
 // It reads the layout DCD writes: a string column of URIs first, then
