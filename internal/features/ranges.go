@@ -20,7 +20,7 @@ import (
 // the rows' values, a pread each: a few rows of a pool shard's file cost
 // a few KiB read instead of its MiBs. From an object store, where a read
 // is a request and a feature file's metadata is spread among its
-// batches, it reads the file whole, as LoadRows does.
+// batches, it reads the file whole, as LoadColumns does.
 func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
 	if err := checkIndices(rows); err != nil {
 		return nil, fmt.Errorf("features: %q: %w", key, err)
