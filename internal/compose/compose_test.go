@@ -1,11 +1,19 @@
 package compose
 
 import (
+	"fmt"
+	"maps"
 	"os"
+	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"dcd/internal/devserver"
 )
 
 // The repository's docker-compose.yml hangs together: every dependency and
@@ -112,5 +120,61 @@ func TestHelpers(t *testing.T) {
 	}
 	if env := EnvNamesInText("x (env DCD_QUEUES) y (env DCD_EP; now cpu)"); !env["DCD_QUEUES"] || !env["DCD_EP"] || len(env) != 2 {
 		t.Errorf("EnvNamesInText: %v", env)
+	}
+}
+
+// The compose file's Temporal server runs with the dynamic configuration
+// the dev server gets (devserver.DynamicConfig): the file its
+// DYNAMIC_CONFIG_FILE_PATH names (relative to the image's /etc/temporal)
+// is mounted from the repository and sets the same keys to the same values.
+func TestTemporalDynamicConfig(t *testing.T) {
+	f, err := Load("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	temporal := f.Services["temporal"]
+	target := temporal.Environment["DYNAMIC_CONFIG_FILE_PATH"]
+	if !path.IsAbs(target) {
+		target = path.Join("/etc/temporal", target)
+	}
+	var src string
+	for _, v := range temporal.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) >= 2 && parts[1] == target {
+			src = parts[0]
+		}
+	}
+	if src == "" {
+		t.Fatalf("temporal's DYNAMIC_CONFIG_FILE_PATH %q is not among its mounts %q", target, temporal.Volumes)
+	}
+	data, err := os.ReadFile(filepath.Join("../..", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file map[string][]struct {
+		Value       any            `yaml:"value"`
+		Constraints map[string]any `yaml:"constraints"`
+	}
+	if err := yaml.Unmarshal(data, &file); err != nil {
+		t.Fatalf("%s: %v", src, err)
+	}
+	got := map[string]string{}
+	for key, vs := range file {
+		if len(vs) != 1 || len(vs[0].Constraints) > 0 {
+			t.Errorf("%s: %s has %d values or constraints; the dev server sets one value for all", src, key, len(vs))
+			continue
+		}
+		got[key] = fmt.Sprint(vs[0].Value)
+	}
+	want := map[string]string{}
+	for i := 0; i+1 < len(devserver.DynamicConfig); i += 2 {
+		if devserver.DynamicConfig[i] != "--dynamic-config-value" {
+			t.Fatalf("devserver.DynamicConfig[%d] = %q, want --dynamic-config-value", i, devserver.DynamicConfig[i])
+		}
+		key, value, _ := strings.Cut(devserver.DynamicConfig[i+1], "=")
+		want[key] = value
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("%s sets %v; the dev server %v", src, got, want)
 	}
 }

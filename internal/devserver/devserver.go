@@ -98,15 +98,28 @@ func UIURL(hostport string) string {
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(p+1000))
 }
 
-// DynamicConfig is the dev server's dynamic configuration. One partition
-// per task queue: with a handful of pollers, the default four leave a task
-// on a partition no poller is waiting on, to be forwarded, which made a
-// pool shard's activity about 40% slower end to end (`starter bench`,
-// orchestration_new). A production cluster wants the same two keys for
-// DCD's task queues.
+// DynamicConfig is the dev server's dynamic configuration, and that of
+// docker-compose.yml's server (configs/temporal-dynamic.yaml, kept equal by
+// a test). Each step of a pass is a hop through the server, so these are
+// what a hop costs (`starter bench`, orchestration_new):
+//   - One partition per task queue: with a handful of pollers, the default
+//     four leave a task on a partition no poller is waiting on, to be
+//     forwarded, which made a pool shard's activity about 40% slower end to
+//     end.
+//   - A history shard reads its transfer queue (the tasks that hand a
+//     workflow or activity task to matching) at most 20 times a second by
+//     default, and the dev server has one shard: every step of every
+//     workflow waited up to 50 ms for it. 12.5 → 3 ms a new shard.
+//   - Eager activities: a workflow task that schedules an activity on its
+//     own task queue gets it back in the reply when its worker has a free
+//     slot, skipping matching (about 1 ms a step).
+//
+// A production cluster wants the same keys, at least for DCD's task queues.
 var DynamicConfig = []string{
 	"--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
 	"--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+	"--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+	"--dynamic-config-value", "system.enableActivityEagerExecution=true",
 }
 
 // sqlitePragmas make the dev server's database write-ahead logged and
