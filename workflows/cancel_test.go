@@ -13,16 +13,18 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 
+	"dcd/activities"
+	"dcd/schemas"
 	"dcd/workflows"
 )
 
 // Cancelling a pass mid-scan stops it and its children promptly: the pass
-// ends Canceled and no shard activity is left running.
+// ends Canceled and no shard activity is left running, whether the pass
+// scans the pool itself or in a child chain (a pool of more than
+// ShardsPerRun shards).
 func TestCancelStopsThePass(t *testing.T) {
 	c, _ := devServer(t)
 	b, cfg := demoWorld(t)
-	acts := &runningActivities{}
-	startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{acts}}, workflows.CPUQueue, workflows.GPUQueue)
 	ctx := context.Background()
 	// A slow similarity model the cache has never seen, so the pool scan
 	// takes long enough to be cancelled in the middle on any machine.
@@ -32,23 +34,45 @@ func TestCancelStopsThePass(t *testing.T) {
 	slow := heavyTarget()
 	slow.Logits = ""
 	cfg.Similarity = &slow
-	cfg.Shards.Size = 500
+	for _, tc := range []struct {
+		name      string
+		shardSize int
+		chain     bool
+	}{
+		{"pool in the pass", 500, false},
+		{"pool in a chain", 25, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if shards := (smallWorld.Pool + tc.shardSize - 1) / tc.shardSize; (shards > workflows.ShardsPerRun) != tc.chain {
+				t.Fatalf("%d pool shards: in a chain %v, want %v", shards, !tc.chain, tc.chain)
+			}
+			cfg := cfg
+			cfg.Shards.Size = tc.shardSize
+			acts := &runningActivities{}
+			startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{acts}}, workflows.CPUQueue, workflows.GPUQueue)
+			cancelMidScan(t, c, acts, cfg, tc.chain)
+		})
+	}
+}
 
+func cancelMidScan(t *testing.T, c client.Client, acts *runningActivities, cfg schemas.Config, chain bool) {
+	ctx := context.Background()
 	id := "cancel-" + time.Now().UTC().Format("150405.000")
 	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitPhase(t, c, id, "scan pool")
-	// Cancelled mid-scan: once the pool's chain runs activities (the small
-	// sets run in the pass itself, and may be done already).
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if d, err := c.DescribeWorkflowExecution(ctx, id+"/pool/0", ""); err == nil && len(d.GetPendingActivities()) > 0 {
-			break
-		}
+	// Cancelled mid-scan: once a pool shard's activity runs (the small
+	// sets, beside it, may be done already).
+	for deadline := time.Now().Add(time.Minute); acts.pool.Load() == 0; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no pool shard activity running a minute into the pool scan")
 		}
+	}
+	_, err = c.DescribeWorkflowExecution(ctx, id+"/pool/0", "")
+	if chained := err == nil; chained != chain {
+		t.Fatalf("pool scanned in a chain: %v, want %v (describe: %v)", chained, chain, err)
 	}
 	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
 		t.Fatal(err)
@@ -62,8 +86,8 @@ func TestCancelStopsThePass(t *testing.T) {
 	if d := time.Since(cancelled); d > 30*time.Second {
 		t.Errorf("pass took %s to stop after the cancel", d)
 	}
-	// Its child chains are closed too, not left scanning.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	// Its child chain is closed too, not left scanning.
+	for deadline := time.Now().Add(30 * time.Second); chain; time.Sleep(200 * time.Millisecond) {
 		d, err := c.DescribeWorkflowExecution(ctx, id+"/pool/0", "")
 		if err != nil {
 			t.Fatal(err)
@@ -90,24 +114,31 @@ func TestCancelStopsThePass(t *testing.T) {
 	}
 }
 
-// runningActivities counts the activities a worker is running.
+// runningActivities counts the activities a worker is running, and among
+// them those embedding a pool shard.
 type runningActivities struct {
 	interceptor.WorkerInterceptorBase
-	n atomic.Int64
+	n, pool atomic.Int64
 }
 
 func (r *runningActivities) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
-	return &runningActivity{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, n: &r.n}
+	return &runningActivity{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, r: r}
 }
 
 type runningActivity struct {
 	interceptor.ActivityInboundInterceptorBase
-	n *atomic.Int64
+	r *runningActivities
 }
 
 func (a *runningActivity) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
-	a.n.Add(1)
-	defer a.n.Add(-1)
+	a.r.n.Add(1)
+	defer a.r.n.Add(-1)
+	if len(in.Args) == 1 {
+		if e, ok := in.Args[0].(activities.EmbedShardInput); ok && e.Dataset == activities.Pool {
+			a.r.pool.Add(1)
+			defer a.r.pool.Add(-1)
+		}
+	}
 	return a.Next.ExecuteActivity(ctx, in)
 }
 

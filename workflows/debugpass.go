@@ -146,21 +146,8 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		return PassResult{}, err
 	}
 
-	// The pool scan and the target's features for train, test and
-	// E_heldout are independent: run them side by side. The scan, the
-	// longest, starts first: small sets run inline, in local activities,
-	// which hold the pass's workflow task, and with it the start of the
-	// scan's chains, until they end.
 	p.Phase = "scan pool"
-	scan, scanStarted := s.start(ctx, activities.Pool, activities.Pool, models.Similarity, plans[activities.Pool].Shards, cfg.ScanK())
-	if workflow.GetVersion(ctx, scanFirstChange, workflow.DefaultVersion, 1) == 1 {
-		scanStarted.Get(ctx, nil)
-	}
-	pending := []workflow.Future{scan}
-	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
-		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
-	}
-	if err := waitAll(ctx, pending...); err != nil {
+	if err := waitAll(ctx, s.scanBeside(ctx, models, plans, cfg.ScanK())...); err != nil {
 		return PassResult{}, err
 	}
 
@@ -213,7 +200,7 @@ const localStepsChange = "local-steps"
 // steps runs a pass's short steps (reading the classes, checking models and
 // sets, gathering the queries, writing eval.json) as local activities, in
 // the worker that runs the pass: each spares a round trip through a task
-// queue, 10–35 ms on the dev server, which a pass of fifteen dependent
+// queue, 3–20 ms on the dev server, which a pass of fifteen dependent
 // steps pays whatever its pool's size (`starter bench`, pass_cached_*).
 // Only steps whose work stays small at any pool size qualify: a local
 // activity holds the pass's workflow task open (its queries wait) and runs
@@ -252,6 +239,46 @@ func waitAll(ctx workflow.Context, fs ...workflow.Future) error {
 		}
 	}
 	return nil
+}
+
+// scanBeside starts the pool's scan and, beside it, the target's features
+// for train, test and E_heldout, which do not depend on it, and returns
+// their futures. A set's chains start only when the pass's workflow task
+// ends, and local activities (a small set's, or a pool's the pass scans
+// itself) hold it until they end: so whatever runs in chains starts first.
+// A pool of up to ShardsPerRun shards is scanned by the pass itself, after
+// the other sets' chains have started; a larger one in chains, started
+// before the small sets.
+func (s shardRunner) scanBeside(ctx workflow.Context, models activities.CheckModelsResult, plans map[string]activities.PlanResult, k int) []workflow.Future {
+	pool := plans[activities.Pool].Shards
+	others := []string{activities.Train, activities.Test, activities.ErrorHeldout}
+	if pool > inlineShards && pool <= ShardsPerRun && workflow.GetVersion(ctx, inlinePoolChange, workflow.DefaultVersion, 1) == 1 {
+		var pending, starts []workflow.Future
+		for _, ds := range others {
+			if plans[ds].Shards > inlineShards {
+				done, started := s.start(ctx, ds, ds, models.Target, plans[ds].Shards, 0)
+				pending, starts = append(pending, done), append(starts, started)
+			}
+		}
+		for _, f := range starts {
+			f.Get(ctx, nil) // a chain that failed to start fails its done future
+		}
+		for _, ds := range others {
+			if plans[ds].Shards <= inlineShards {
+				pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
+			}
+		}
+		return append(pending, s.inlineAsync(ctx, activities.Pool, models.Similarity, pool, k))
+	}
+	scan, scanStarted := s.start(ctx, activities.Pool, activities.Pool, models.Similarity, pool, k)
+	if workflow.GetVersion(ctx, scanFirstChange, workflow.DefaultVersion, 1) == 1 {
+		scanStarted.Get(ctx, nil)
+	}
+	pending := []workflow.Future{scan}
+	for _, ds := range others {
+		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
+	}
+	return pending
 }
 
 // planAll plans datasets side by side and returns each one's counts; the
@@ -370,12 +397,29 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 // few dozen events to the pass's history.
 const inlineShards = 4
 
-// inlineChange versions running small datasets inline, so passes started
-// before it replay as they ran.
-const inlineChange = "inline-small-sets"
+// inlineChange versions running small datasets inline, and
+// inlinePoolChange a pool of up to ShardsPerRun shards (scanBeside), so
+// passes started before them replay as they ran. The pool's scan is on the
+// pass's critical path, between the queries and the merge, and a chain's
+// start and end cost 40–50 ms there when every other step costs a few
+// (`starter bench`, pass_cached_250k: 3.8–5.2 % of the pass in
+// orchestration with a chain, 3.6–3.9 % without). ShardsPerRun bounds the
+// events it adds to the pass's history, as it bounds a chain run's.
+const (
+	inlineChange     = "inline-small-sets"
+	inlinePoolChange = "inline-pool"
+)
 
-// inline runs a small dataset's n shards in the pass itself, each tried in
-// the cache first, in a local activity (a pool shard searched there too).
+// inlineAsync runs inline in a coroutine; the future is ready when it ends.
+func (s shardRunner) inlineAsync(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) workflow.Future {
+	f, settle := workflow.NewFuture(ctx)
+	workflow.Go(ctx, func(ctx workflow.Context) { settle.Set(nil, s.inline(ctx, ds, m, n, k)) })
+	return f
+}
+
+// inline runs a dataset's n shards in the pass itself, each tried in the
+// cache first, in a local activity (a pool shard searched there too), as
+// long as the shards before it were cached: as a chain does.
 func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
 	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, func(r ShardsResult) {
 		s.progress.ShardsDone += r.Shards
