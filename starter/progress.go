@@ -13,8 +13,9 @@ import (
 )
 
 // queryTimeout bounds one progress query; a pass no worker has picked up
-// yet does not answer.
-const queryTimeout = 3 * time.Second
+// yet does not answer. One scanning cached shards answers between its
+// local activities, every 2 s or so (workflows.runShards).
+const queryTimeout = 5 * time.Second
 
 // fetchProgress queries a pass's Progress and adds the shards in flight in
 // its running children. A child that does not answer (it just finished, or

@@ -99,9 +99,19 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 // runShards runs shards [in.First, stop) in a sliding window of in.Window,
 // handing each one's counts to done as it ends, and returns the first
 // failure.
+//
+// Cached shards run in local activities, which keep the workflow's task
+// open while any runs, and the server answers a query (`starter status`)
+// only between tasks: a long scan of cached shards would leave its
+// progress unanswered to the end. So after queryGap of them the window
+// drains and one shard runs as an activity, alone, which lets the task
+// end and the queries waiting be answered.
 func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
-	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
+	window := int64(max(in.Window, 1))
+	sem := workflow.NewSemaphore(ctx, window)
 	wg := workflow.NewWaitGroup(ctx)
+	answers := scan.local && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
+	since, drained := workflow.Now(ctx), false
 	var firstErr error
 	for i := in.First; i < stop; i++ {
 		if err := sem.Acquire(ctx, 1); err != nil {
@@ -111,11 +121,21 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 			sem.Release(1)
 			break
 		}
+		if drained { // the shard run alone has ended
+			since, drained = workflow.Now(ctx), false
+		}
+		held, alone := int64(1), false
+		if answers && scan.cached && workflow.Now(ctx).Sub(since) >= queryGap {
+			if err := sem.Acquire(ctx, window-1); err != nil {
+				return err // cancelled
+			}
+			held, alone, drained = window, true, true
+		}
 		wg.Add(1)
 		workflow.Go(ctx, func(ctx workflow.Context) {
 			defer wg.Done()
-			defer sem.Release(1)
-			r, err := shard(ctx, in, i, scan)
+			defer sem.Release(held)
+			r, err := shard(ctx, in, i, scan, alone)
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
@@ -127,8 +147,19 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 }
 
 // localSearchChange versions the local-activity search of cached shards,
-// so runs started before it replay as they ran.
-const localSearchChange = "local-cached-search"
+// and queryGapChange the shards run alone between them (runShards), so
+// runs started before them replay as they ran.
+const (
+	localSearchChange = "local-cached-search"
+	queryGapChange    = "query-gap"
+)
+
+// queryGap is how long (in workflow time, which each local activity's
+// result advances) cached shards run in local activities before one runs
+// as an activity, letting the queries waiting be answered; `starter
+// status` waits 5 s for an answer. Each costs a round trip and a drained
+// window, a few tens of ms.
+const queryGap = 2 * time.Second
 
 // scanState is what a run's shards learn about the pool as they go.
 type scanState struct {
@@ -144,13 +175,16 @@ type scanState struct {
 // next shards are first tried in a local activity (EmbedShard with
 // CachedOnly, on this workflow's worker): a cached shard is searched there
 // at the cost of one marker in the history instead of an activity task's
-// round trips, the orchestration that dominated a cached pass. A small
-// set the pass runs inline tries every shard so, searched or not. A shard
-// that is not cached falls back to the activities above.
-func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (ShardsResult, error) {
+// round trips, the orchestration that dominated a cached pass. A set the
+// pass runs itself (a small one, or a pool of up to inlinePoolShards)
+// starts the same way, its first shard tried so. A shard that is not
+// cached falls back to the activities above.
+//
+// alone runs the shard as an activity even when cached (runShards).
+func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool) (ShardsResult, error) {
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
-	if scan.local && scan.cached {
+	if scan.local && scan.cached && !alone {
 		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
 			StartToCloseTimeout: in.Timeout,
 			RetryPolicy:         retryPolicy,
