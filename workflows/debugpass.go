@@ -246,13 +246,13 @@ func waitAll(ctx workflow.Context, fs ...workflow.Future) error {
 // their futures. A set's chains start only when the pass's workflow task
 // ends, and local activities (a small set's, or a pool's the pass scans
 // itself) hold it until they end: so whatever runs in chains starts first.
-// A pool of up to ShardsPerRun shards is scanned by the pass itself, after
+// A pool of up to inlinePoolShards is scanned by the pass itself, after
 // the other sets' chains have started; a larger one in chains, started
 // before the small sets.
 func (s shardRunner) scanBeside(ctx workflow.Context, models activities.CheckModelsResult, plans map[string]activities.PlanResult, k int) []workflow.Future {
 	pool := plans[activities.Pool].Shards
 	others := []string{activities.Train, activities.Test, activities.ErrorHeldout}
-	if pool > inlineShards && pool <= ShardsPerRun && workflow.GetVersion(ctx, inlinePoolChange, workflow.DefaultVersion, 1) == 1 {
+	if pool > inlineShards && pool <= inlinePoolShards && workflow.GetVersion(ctx, inlinePoolChange, workflow.DefaultVersion, 1) == 1 {
 		var pending, starts []workflow.Future
 		for _, ds := range others {
 			if plans[ds].Shards > inlineShards {
@@ -309,8 +309,9 @@ func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[stri
 	return res, nil
 }
 
-// shardRunner fans a dataset's shards out over child chains, at most
-// ChildWindow at a time, and keeps the pass's progress.
+// shardRunner runs a dataset's shards, in the pass itself when they are
+// few, else fanned out over child chains, at most ChildWindow at a time,
+// and keeps the pass's progress.
 type shardRunner struct {
 	runID    string
 	cfg      schemas.Config
@@ -391,20 +392,27 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 }
 
 // inlineShards is the most shards of a dataset a pass runs itself rather
-// than in child chains: a child's start and end cost about 100 ms on the
-// dev server, more than a small set's cached shards take, and E_sample
-// (usually one shard) is on the pass's critical path. A few shards add a
-// few dozen events to the pass's history.
-const inlineShards = 4
+// than in child chains, the pool's aside: a child's start and end cost
+// tens of ms on the dev server, more than a small set's cached shards
+// take, and E_sample (usually one shard) is on the pass's critical path. A
+// few shards add a few dozen events to the pass's history.
+//
+// inlinePoolShards is the same for the pool, whose scan is on the critical
+// path too: as many shards as one chain run holds (ShardsPerRun when it
+// was chosen; a constant of its own, since passes that recorded
+// inlinePoolChange must replay with the same bound).
+const (
+	inlineShards     = 4
+	inlinePoolShards = 400
+)
 
 // inlineChange versions running small datasets inline, and
-// inlinePoolChange a pool of up to ShardsPerRun shards (scanBeside), so
+// inlinePoolChange a pool of up to inlinePoolShards (scanBeside), so
 // passes started before them replay as they ran. The pool's scan is on the
 // pass's critical path, between the queries and the merge, and a chain's
 // start and end cost 40–50 ms there when every other step costs a few
 // (`starter bench`, pass_cached_250k: 3.8–5.2 % of the pass in
-// orchestration with a chain, 3.6–3.9 % without). ShardsPerRun bounds the
-// events it adds to the pass's history, as it bounds a chain run's.
+// orchestration with a chain, 3.5–4.1 % without).
 const (
 	inlineChange     = "inline-small-sets"
 	inlinePoolChange = "inline-pool"

@@ -114,7 +114,11 @@ func UIURL(hostport string) string {
 //     own task queue gets it back in the reply when its worker has a free
 //     slot, skipping matching (about 1 ms a step).
 //
-// A production cluster wants the same keys, at least for DCD's task queues.
+// A production cluster wants the same keys (configs/temporal-dynamic.yaml
+// says which can be limited to DCD's task queues or namespace). Eager
+// activities favour the worker that runs a workflow, while it has slots
+// free: a step's activity runs where its workflow does unless that worker
+// is busy, and only then spreads to the others.
 var DynamicConfig = []string{
 	"--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
 	"--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
