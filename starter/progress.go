@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -18,17 +19,24 @@ import (
 const queryTimeout = 5 * time.Second
 
 // fetchProgress queries a pass's Progress and adds the shards in flight in
-// its running children. A child that does not answer (it just finished, or
-// has not started) is left out.
+// its running children, queried side by side (one scanning cached shards
+// may take a couple of seconds to answer). A child that does not answer
+// (it just finished, or has not started) is left out.
 func fetchProgress(ctx context.Context, c client.Client, id string) (workflows.Progress, error) {
 	var p workflows.Progress
 	if err := query(ctx, c, id, &p); err != nil {
 		return p, err
 	}
+	results := make([]workflows.ShardsResult, len(p.Running))
+	answered := make([]bool, len(p.Running))
+	var wg sync.WaitGroup
+	for i, child := range p.Running {
+		wg.Go(func() { answered[i] = query(ctx, c, child, &results[i]) == nil })
+	}
+	wg.Wait()
 	var children []workflows.ShardsResult
-	for _, child := range p.Running {
-		var r workflows.ShardsResult
-		if err := query(ctx, c, child, &r); err == nil {
+	for i, r := range results {
+		if answered[i] {
 			children = append(children, r)
 		}
 	}

@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +19,8 @@ import (
 // A chain scanning cached shards, which it searches in local activities
 // that keep its workflow task open, still answers its progress query
 // within a few seconds, mid-scan: now and then it runs a shard alone as an
-// activity, letting the task end. Every shard is searched exactly once.
+// activity, letting the task end. Every shard is searched exactly once,
+// and the chain's history replays.
 func TestCachedScanAnswersQueries(t *testing.T) {
 	c, _ := devServer(t)
 	var mu sync.Mutex
@@ -28,6 +30,9 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		time.Sleep(40 * time.Millisecond)
 		if !in.CachedOnly {
+			return activities.EmbedShardResult{}, errors.New("a cached shard embedded")
+		}
+		if !activity.GetInfo(ctx).IsLocalActivity {
 			alone.Add(1)
 		}
 		mu.Lock()
@@ -80,6 +85,7 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 					t.Errorf("shard %d searched %d times", i, searched[i])
 				}
 			}
+			replay(t, c, id)
 			return
 		case <-time.After(300 * time.Millisecond):
 		}

@@ -121,7 +121,7 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 			sem.Release(1)
 			break
 		}
-		if drained { // the shard run alone has ended
+		if drained || !scan.cached { // a shard run alone, or an activity, let the task end
 			since, drained = workflow.Now(ctx), false
 		}
 		held, alone := int64(1), false
@@ -129,7 +129,17 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 			if err := sem.Acquire(ctx, window-1); err != nil {
 				return err // cancelled
 			}
-			held, alone, drained = window, true, true
+			// While the window drained, a shard may have failed, or missed
+			// the cache and gone to the activities that let the task end.
+			if firstErr != nil {
+				sem.Release(window)
+				break
+			}
+			if scan.cached {
+				held, alone, drained = window, true, true
+			} else {
+				sem.Release(window - 1)
+			}
 		}
 		wg.Add(1)
 		workflow.Go(ctx, func(ctx workflow.Context) {
@@ -157,7 +167,8 @@ const (
 // queryGap is how long (in workflow time, which each local activity's
 // result advances) cached shards run in local activities before one runs
 // as an activity, letting the queries waiting be answered; `starter
-// status` waits 5 s for an answer. Each costs a round trip and a drained
+// status` waits 5 s for an answer. Each costs a round trip through the cpu
+// queue (its worker's own, eagerly, when it has a slot free) and a drained
 // window, a few tens of ms.
 const queryGap = 2 * time.Second
 
@@ -180,19 +191,23 @@ type scanState struct {
 // starts the same way, its first shard tried so. A shard that is not
 // cached falls back to the activities above.
 //
-// alone runs the shard as an activity even when cached (runShards).
+// alone tries the cache in an activity on the cpu queue instead, which
+// lets the workflow's task end (runShards).
 func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool) (ShardsResult, error) {
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
-	if scan.local && scan.cached && !alone {
-		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-			StartToCloseTimeout: in.Timeout,
-			RetryPolicy:         retryPolicy,
-		})
-		err := workflow.ExecuteLocalActivity(lctx, a.EmbedShard, activities.EmbedShardInput{
-			Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true,
-		}).Get(ctx, &emb)
-		if err != nil {
+	if scan.local && scan.cached {
+		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true}
+		var f workflow.Future
+		if alone {
+			f = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, cachedOnly)
+		} else {
+			f = workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+				StartToCloseTimeout: in.Timeout,
+				RetryPolicy:         retryPolicy,
+			}), a.EmbedShard, cachedOnly)
+		}
+		if err := f.Get(ctx, &emb); err != nil {
 			return ShardsResult{}, err
 		}
 		if emb.Cached && (in.K == 0 || emb.TopK != nil) {
