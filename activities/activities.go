@@ -71,6 +71,34 @@ type Sessions struct {
 	mu          sync.Mutex
 	sessions    map[string]*ortrun.Session // by spec digest
 	searcher    *knn.Searcher
+	// checked holds what checking a model found (checkModel), by the
+	// model's digest and how the config uses it: a recurring pass's
+	// CheckModels, on its critical path, then costs reading the model and
+	// hashing it, not loading it in ONNX Runtime twice and running it.
+	checked map[string]ModelRef
+}
+
+// checkedModel is what an earlier check of the model found, if any.
+func (s *Sessions) checkedModel(key string) (ModelRef, bool) {
+	if s == nil {
+		return ModelRef{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.checked[key]
+	return m, ok
+}
+
+func (s *Sessions) rememberModel(key string, m ModelRef) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked == nil {
+		s.checked = map[string]ModelRef{}
+	}
+	s.checked[key] = m
 }
 
 // NewSessions configures the models' sessions with opt and the k-NN

@@ -193,7 +193,7 @@ func outputError(err error, shard string) error {
 // checkModelSpec completes a model's spec from the model and checks that it
 // runs: outputs names the tensors read and columns the config field (and
 // feature column) of each.
-func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, ins []ortrun.IO, input string, outputs, columns []string) (ModelRef, error) {
+func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, sum string, ins []ortrun.IO, input string, outputs, columns []string) (ModelRef, error) {
 	i := slices.IndexFunc(ins, func(io ortrun.IO) bool { return io.Name == input })
 	pre, err := fillPreprocess(field, m.Path, ins[i], m.Preprocess)
 	if err != nil {
@@ -210,7 +210,7 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 		return ModelRef{}, invalid("config: %s.path: %q: %v", field, m.Path, err)
 	}
 	spec := features.Spec{
-		ModelDigest: digest(data), Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
+		ModelDigest: sum, Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
 		Exposed: exposed(outputs, names), StoredAs: m.StoredAs,
 	}
 	dims, err := a.probe(field, m.Path, model, spec, names)

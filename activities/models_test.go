@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -34,14 +35,14 @@ import (
 
 // world is a mem:// bucket with real activities over the real ONNX Runtime.
 type world struct {
-	t    *testing.T
+	t    testing.TB
 	b    *blob.Bucket
 	acts *activities.Activities
 	mem  *memory.CheckedAllocator
 	run  string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatalf("%v (run `make setup`)", err)
@@ -661,5 +662,69 @@ func TestModelExecutionProvider(t *testing.T) {
 	m.EP = "cpu"
 	if _, err := w.embed(activities.Test, "ep/", m); err != nil {
 		t.Fatalf("the same model on the cpu provider: %v", err)
+	}
+}
+
+// A recurring pass checks its models again: the same bytes used the same
+// way are answered from the worker's first check, and a model rewritten
+// at the same path, or used another way, is checked afresh.
+func TestModelChecksRemembered(t *testing.T) {
+	w := newWorld(t)
+	clf, _ := classifier(true)
+	w.putModel("models/m.onnx", clf)
+	target := func(features string) schemas.Model {
+		return schemas.Config{Target: schemas.Model{Path: "models/m.onnx", Features: features, Logits: "logits"}}.WithDefaults().Target
+	}
+	first, err := w.check(target("pooled"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := w.check(target("pooled"))
+	if err != nil || !reflect.DeepEqual(again, first) {
+		t.Fatalf("second check %+v, %v; first %+v", again, err, first)
+	}
+	// Used another way: features from another tensor, of 3 values.
+	other, err := w.check(target("flat"))
+	if err != nil || !slices.Equal(other.Dims, []int{5, 3}) || other.Spec.Digest() == first.Spec.Digest() {
+		t.Fatalf("features %q: dims %v, %v", "flat", other.Dims, err)
+	}
+	// Another model at the same path, of 3 channels where the first had
+	// 5: its own digest, and its own sizes.
+	w.putModel("models/m.onnx", gapModel(-1, 3, 4, 4))
+	rewritten, err := w.check(target("pooled"))
+	if err != nil || rewritten.Spec.ModelDigest == first.Spec.ModelDigest || !slices.Equal(rewritten.Dims, []int{3, 3}) {
+		t.Fatalf("rewritten model: digest %s (was %s), dims %v (were %v), %v", rewritten.Spec.ModelDigest, first.Spec.ModelDigest, rewritten.Dims, first.Dims, err)
+	}
+}
+
+// BenchmarkCheckModels: CheckModels on a worker that has not checked the
+// model (first: it loads the model in ONNX Runtime twice and runs it), and
+// on one that has (again: reading and hashing the model remain).
+func BenchmarkCheckModels(b *testing.B) {
+	w := newWorld(b)
+	clf, _ := classifier(true)
+	data, err := clf.Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := w.b.WriteAll(context.Background(), "models/m.onnx", data, nil); err != nil {
+		b.Fatal(err)
+	}
+	in := activities.CheckModelsInput{Target: schemas.Config{Target: schemas.Model{Path: "models/m.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target}
+	b.Cleanup(func() { w.acts.Sessions.Close() }) // the last of those made below
+	for _, again := range []bool{false, true} {
+		b.Run(map[bool]string{false: "first", true: "again"}[again], func(b *testing.B) {
+			for b.Loop() {
+				if !again {
+					b.StopTimer()
+					w.acts.Sessions.Close()
+					w.acts.Sessions = activities.NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
+					b.StartTimer()
+				}
+				if _, err := w.acts.CheckModels(context.Background(), in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

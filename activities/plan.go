@@ -57,6 +57,15 @@ func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Mod
 		}
 		return ModelRef{}, err
 	}
+	sum := digest(data)
+	use, _ := json.Marshal(struct {
+		Model            schemas.Model
+		Outputs, Columns []string
+	}{m, outputs, columns})
+	key := sum + string(use)
+	if ref, ok := a.Sessions.checkedModel(key); ok {
+		return ref, nil
+	}
 	ins, _, err := ortrun.Describe(data)
 	if err != nil {
 		return ModelRef{}, invalid("config: %s.path: %q is not an ONNX model ONNX Runtime can load: %v", field, m.Path, err)
@@ -71,7 +80,11 @@ func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Mod
 	if !slices.ContainsFunc(ins, func(io ortrun.IO) bool { return io.Name == input }) {
 		return ModelRef{}, invalid("config: %s.input: model %q has no input %q (inputs: %s)", field, m.Path, input, names(ins))
 	}
-	return a.checkModelSpec(field, m, data, ins, input, outputs, columns)
+	ref, err := a.checkModelSpec(field, m, data, sum, ins, input, outputs, columns)
+	if err == nil {
+		a.Sessions.rememberModel(key, ref)
+	}
+	return ref, err
 }
 
 func names(ios []ortrun.IO) string {
