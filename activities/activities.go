@@ -95,11 +95,15 @@ func (s *Sessions) rememberModel(key string, m ModelRef) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.checked == nil {
+	if s.checked == nil || len(s.checked) >= maxChecked {
 		s.checked = map[string]ModelRef{}
 	}
 	s.checked[key] = m
 }
+
+// maxChecked bounds the checks a worker remembers: a pass checks one or
+// two models, and an external trainer's output is a new model each time.
+const maxChecked = 256
 
 // NewSessions configures the models' sessions with opt and the k-NN
 // searcher's with search.
