@@ -89,9 +89,10 @@ func BenchmarkInferenceBeside(b *testing.B) {
 	}
 }
 
-// A case that inference alone runs in minRun or more keeps its sizes; a
-// faster one grows its shards to a pass's default size, then their number,
-// until it would run minRun, in whole batches and at most maxShards.
+// A case that inference alone runs in about minRun or more keeps its sizes;
+// a faster one grows its shards to a pass's default size, then their
+// number, until it would run minRun, in whole batches and at most
+// maxShards, and in a multiple of the streams.
 func TestEmbedCaseGrows(t *testing.T) {
 	demo := embedCase{shards: 4, images: 2048, batch: 64}
 	resnet := embedCase{shards: 2, images: 16, batch: 16}
@@ -99,24 +100,32 @@ func TestEmbedCaseGrows(t *testing.T) {
 		name           string
 		c              embedCase
 		took           time.Duration
+		streams        int
 		shards, images int
 	}{
-		{"slow enough", demo, minRun, 4, 2048},
-		{"slower", resnet, 2 * time.Second, 2, 16},
-		{"twice too fast", demo, minRun / 2, 8, 2048},
-		{"small shards grow first", resnet, minRun / 10, 2, 160},
-		{"then in number", resnet, minRun / 400, 7, defaultShardImages},
-		{"at most maxShards", demo, minRun / 1000, maxShards, 2048},
-		{"objects keep theirs", embedCase{shards: 4, images: 2048, batch: 64, objects: true}, minRun / 100, 4, 2048},
+		{"slow enough", demo, minRun, 2, 4, 2048},
+		{"near enough", demo, minRun * 9 / 10, 2, 4, 2048},
+		{"slower", resnet, 2 * time.Second, 2, 2, 16},
+		{"twice too fast", demo, minRun / 2, 2, 8, 2048},
+		{"small shards grow first", resnet, minRun / 10, 2, 2, 160},
+		{"then in number", resnet, minRun / 400, 2, 8, defaultShardImages},
+		{"at most maxShards", demo, minRun / 1000, 2, maxShards, 2048},
+		{"a shard for every stream", resnet, 2 * time.Second, 4, 4, 16},
+		{"as many for every stream", resnet, minRun / 400, 4, 8, defaultShardImages},
+		{"under maxShards in streams", demo, minRun / 1000, 24, 48, 2048},
+		{"objects keep theirs", embedCase{shards: 4, images: 2048, batch: 64, objects: true}, minRun / 100, 8, 4, 2048},
 	} {
-		shards, images := tc.c.grown(tc.took)
+		shards, images := tc.c.grown(tc.c.shards, tc.c.images, tc.took, tc.streams)
 		if shards != tc.shards || images != tc.images {
-			t.Errorf("%s: grown(%v) = %d shards of %d images, want %d of %d", tc.name, tc.took, shards, images, tc.shards, tc.images)
+			t.Errorf("%s: grown(%v, %d streams) = %d shards of %d images, want %d of %d", tc.name, tc.took, tc.streams, shards, images, tc.shards, tc.images)
 		}
 		if images%tc.c.batch != 0 {
 			t.Errorf("%s: %d images per shard is not whole batches of %d", tc.name, images, tc.c.batch)
 		}
-		if tc.took < minRun && !tc.c.objects && shards < maxShards && float64(shards*images) < float64(tc.c.shards*tc.c.images)*minRun.Seconds()/tc.took.Seconds() {
+		if !tc.c.objects && shards%tc.streams != 0 {
+			t.Errorf("%s: %d shards over %d streams", tc.name, shards, tc.streams)
+		}
+		if tc.took < minRun*4/5 && !tc.c.objects && shards+tc.streams <= maxShards && float64(shards*images) < float64(tc.c.shards*tc.c.images)*minRun.Seconds()/tc.took.Seconds()*4/5 {
 			t.Errorf("%s: %d×%d images would run shorter than minRun", tc.name, shards, images)
 		}
 	}
