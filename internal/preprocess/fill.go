@@ -205,6 +205,12 @@ type taps struct {
 	first []int
 	off   []int
 	w     []float32
+	// n is the most taps any output has, and padded holds every output's
+	// weights in n slots (padded[i*n:(i+1)*n]), the missing ones zero, so
+	// that the horizontal pass runs one unrolled loop instead of a loop
+	// per output. A zero weight adds +0 to the sum, which leaves it as is.
+	n      int
+	padded []float32
 }
 
 // build fills t for out output samples covering source coordinates
@@ -270,6 +276,15 @@ func (t *taps) build(full int, start, span float64, out int) {
 		t.first = append(t.first, first)
 		t.off = append(t.off, len(t.w))
 	}
+	t.n = 0
+	for i := range out {
+		t.n = max(t.n, t.off[i+1]-t.off[i])
+	}
+	t.padded = grow(t.padded, out*t.n)
+	clear(t.padded)
+	for i := range out {
+		copy(t.padded[i*t.n:], t.w[t.off[i]:t.off[i+1]])
+	}
 }
 
 // bounds returns the half-open range of source samples t reads.
@@ -286,12 +301,14 @@ func clampInt(v, lo, hi int) int {
 	return max(lo, min(v, hi))
 }
 
-// scratch holds the general path's buffers; pooled because a 224x224 RGB
-// model input from a phone photo needs about a megabyte of intermediates.
+// scratch holds the general path's buffers, pooled so that filling an
+// input allocates nothing: a few rows of a phone photo as floats are
+// tens of kilobytes each.
 type scratch struct {
-	row, tmp, line []float32
-	xt, yt         taps
-	pal            [256 * 3]float32
+	ring, sum, line []float32
+	ringRow         []int
+	xt, yt          taps
+	pal             [256 * 3]float32
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -304,10 +321,15 @@ func grow[T any](buf []T, n int) []T {
 	return buf[:n]
 }
 
-// fillGeneral converts each source row the resize reads to floats once,
-// resamples it horizontally, then resamples vertically and writes each
-// output row in the spec's layout. Converting row by row keeps the working
-// set in cache instead of materialising the whole photo as floats.
+// fillGeneral makes each output row from the source rows it reads,
+// converted to floats once each: it sums them with the vertical weights,
+// resamples that line horizontally, and writes it in the spec's layout.
+// Vertical first lets whole rows be summed, several samples an
+// instruction (addScaledRow), and leaves the horizontal pass, which can
+// not be, the output's rows only, fewer than the source's when
+// downscaling. The converted rows live in a ring of as many rows as one
+// output reads, so the working set stays in cache instead of the whole
+// photo being materialised as floats.
 func (s Spec) fillGeneral(dst []float32, img image.Image) {
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
@@ -332,8 +354,8 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 	sc.xt.build(sw, x0, rw, w)
 	sc.yt.build(sh, y0, rh, h)
 	xlo, xhi := sc.xt.bounds()
-	ylo, yhi := sc.yt.bounds()
-	cols, rows := xhi-xlo, yhi-ylo
+	ylo, _ := sc.yt.bounds()
+	cols := xhi - xlo
 
 	// Gray sources are resampled as one channel and replicated on output:
 	// a third of the work, and exact.
@@ -353,80 +375,50 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		}
 	}
 
-	// Horizontal pass: rows x w x wc.
-	n := w * wc
-	sc.row = grow(sc.row, cols*wc)
-	sc.tmp = grow(sc.tmp, rows*n)
-	xt := &sc.xt
-	var full float32
-	for y := 0; y < rows; y++ {
-		srow := sc.row
-		full = readRow(srow, img, b.Min.Y+ylo+y, b.Min.X+xlo, b.Min.X+xhi, wc, pal)
-		trow := sc.tmp[y*n : (y+1)*n]
-		if wc == 1 {
-			for x := range trow {
-				ws := xt.w[xt.off[x]:xt.off[x+1]]
-				in := srow[xt.first[x]-xlo:]
-				in = in[:len(ws)]
-				var acc float32
-				for k, wt := range ws {
-					acc += wt * in[k]
-				}
-				trow[x] = acc
-			}
-			continue
-		}
-		for x := 0; x < w; x++ {
-			ws := xt.w[xt.off[x]:xt.off[x+1]]
-			in := srow[3*(xt.first[x]-xlo):]
-			in = in[:3*len(ws)]
-			var r, g, b float32
-			for k, wt := range ws {
-				p := in[3*k : 3*k+3]
-				r += wt * p[0]
-				g += wt * p[1]
-				b += wt * p[2]
-			}
-			o := trow[3*x : 3*x+3]
-			o[0], o[1], o[2] = r, g, b
-		}
+	// Output y reads source rows yt.first[y] … up to yt.n of them, the
+	// windows moving down monotonically: a ring of yt.n rows holds them,
+	// and each is converted once. Their sum has xt.n zero pixels past the
+	// window, which the padded taps of the last outputs read.
+	rowLen, stride := cols*wc, (cols+sc.xt.n)*wc
+	ringN := sc.yt.n
+	sc.ring = grow(sc.ring, ringN*rowLen)
+	sc.ringRow = grow(sc.ringRow, ringN)
+	for i := range sc.ringRow {
+		sc.ringRow[i] = -1
 	}
-
-	// Vertical pass fused with normalisation and layout.
-	a, off := s.affine(float64(full))
-	sc.line = grow(sc.line, n)
+	var full float32
+	row := func(r int) []float32 { // source row ylo+r, as floats
+		slot := r % ringN
+		buf := sc.ring[slot*rowLen : (slot+1)*rowLen]
+		if sc.ringRow[slot] != r {
+			full = readRow(buf, img, b.Min.Y+ylo+r, b.Min.X+xlo, b.Min.X+xhi, wc, pal)
+			sc.ringRow[slot] = r
+		}
+		return buf
+	}
+	sc.sum = grow(sc.sum, stride)
+	clear(sc.sum[rowLen:])
+	sum := sc.sum[:rowLen]
+	sc.line = grow(sc.line, w*wc)
 	line := sc.line
+	var a, off [3]float32
 	yt := &sc.yt
 	plane := w * h
 	for y := 0; y < h; y++ {
 		ws := yt.w[yt.off[y]:yt.off[y+1]]
 		r0 := yt.first[y] - ylo
-		in := sc.tmp[r0*n : (r0+len(ws))*n]
-		// Unrolled for the tap counts bilinear and modest downscales give.
-		switch len(ws) {
-		case 1:
-			copy(line, in)
-		case 2:
-			w0, w1 := ws[0], ws[1]
-			i0, i1 := in[:n], in[n:2*n]
-			for i := range line {
-				line[i] = w0*i0[i] + w1*i1[i]
-			}
-		case 3:
-			w0, w1, w2 := ws[0], ws[1], ws[2]
-			i0, i1, i2 := in[:n], in[n:2*n], in[2*n:3*n]
-			for i := range line {
-				line[i] = w0*i0[i] + w1*i1[i] + w2*i2[i]
-			}
-		default:
-			clear(line)
-			for k, wt := range ws {
-				ik := in[k*n : (k+1)*n]
-				for i := range line {
-					line[i] += wt * ik[i]
-				}
+		if len(ws) == 1 {
+			copy(sum, row(r0))
+		} else {
+			scaleRow(sum, row(r0), ws[0])
+			for k := 1; k < len(ws); k++ {
+				addScaledRow(sum, row(r0+k), ws[k])
 			}
 		}
+		if y == 0 {
+			a, off = s.affine(float64(full))
+		}
+		resampleRow(line, sc.sum, &sc.xt, xlo, wc)
 		switch {
 		case s.Channels == 1:
 			out := dst[y*w : y*w+w]
@@ -470,6 +462,65 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 	}
 }
 
+// resampleRow writes out[x*wc:(x+1)*wc] = Σ_k t.padded[x·n+k]·in[first_x+k]
+// for every output x, in wc (1 or 3) interleaved channels, where first_x is
+// t.first[x]-lo. The sums run in tap order from the first, as a loop over
+// each output's own taps would; the common tap counts are unrolled.
+func resampleRow(out, in []float32, t *taps, lo, wc int) {
+	n := t.n
+	if wc == 1 {
+		for x := range out {
+			ws := t.padded[x*n : x*n+n : x*n+n]
+			i := t.first[x] - lo
+			p := in[i : i+n : i+n]
+			switch n {
+			case 1:
+				out[x] = ws[0] * p[0]
+			case 2:
+				out[x] = ws[0]*p[0] + ws[1]*p[1]
+			case 3:
+				out[x] = ws[0]*p[0] + ws[1]*p[1] + ws[2]*p[2]
+			default:
+				var acc float32
+				for k, wt := range ws {
+					acc += wt * p[k]
+				}
+				out[x] = acc
+			}
+		}
+		return
+	}
+	for x := 0; x < len(out)/3; x++ {
+		ws := t.padded[x*n : x*n+n : x*n+n]
+		i := 3 * (t.first[x] - lo)
+		o := out[3*x : 3*x+3 : 3*x+3]
+		switch n {
+		case 1:
+			p := in[i : i+3 : i+3]
+			o[0], o[1], o[2] = ws[0]*p[0], ws[0]*p[1], ws[0]*p[2]
+		case 2:
+			p := in[i : i+6 : i+6]
+			o[0] = ws[0]*p[0] + ws[1]*p[3]
+			o[1] = ws[0]*p[1] + ws[1]*p[4]
+			o[2] = ws[0]*p[2] + ws[1]*p[5]
+		case 3:
+			p := in[i : i+9 : i+9]
+			o[0] = ws[0]*p[0] + ws[1]*p[3] + ws[2]*p[6]
+			o[1] = ws[0]*p[1] + ws[1]*p[4] + ws[2]*p[7]
+			o[2] = ws[0]*p[2] + ws[1]*p[5] + ws[2]*p[8]
+		default:
+			p := in[i : i+3*n : i+3*n]
+			var r, g, b float32
+			for k, wt := range ws {
+				r += wt * p[3*k]
+				g += wt * p[3*k+1]
+				b += wt * p[3*k+2]
+			}
+			o[0], o[1], o[2] = r, g, b
+		}
+	}
+}
+
 // readRow writes pixels [x0, x1) of row y of img into buf as wc (1 or 3)
 // interleaved channels and returns the value that stands for full intensity
 // (255 or 65535). Values stay in the source's own units so that 8-bit
@@ -495,6 +546,13 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 	case *image.RGBA:
 		// Already premultiplied, i.e. composited on black.
 		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
+		if wc == 3 { // a decoded RGB PNG's: without put's branch per pixel
+			out := buf[:3*cols]
+			for k, j := 0, 0; k+4 <= len(p) && j+3 <= len(out); k, j = k+4, j+3 {
+				out[j], out[j+1], out[j+2] = u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]]
+			}
+			return 255
+		}
 		for k := 0; k < len(p); k += 4 {
 			i = put(buf, i, wc, u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]])
 		}
@@ -528,18 +586,28 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		}
 		return 65535
 	case *image.YCbCr:
-		for x := x0; x < x1; x++ {
-			yy := m.Y[m.YOffset(x, y)]
-			if wc == 1 {
-				// JFIF's Y is the BT.601 luma already; using it skips
-				// a lossy round trip through 8-bit RGB.
-				buf[i] = u8f[yy]
-				i++
-				continue
+		ys := m.Y[m.YOffset(x0, y):][:cols]
+		if wc == 1 {
+			// JFIF's Y is the BT.601 luma already; using it skips a
+			// lossy round trip through 8-bit RGB.
+			for k, yy := range ys {
+				buf[k] = u8f[yy]
 			}
-			ci := m.COffset(x, y)
+			return 255
+		}
+		// COffset per pixel is a method and a switch on the subsampling:
+		// a row's chroma offsets step by one every 1<<sh columns instead
+		// (x/d is x>>sh for the x ≥ 0 of nearly every image).
+		sh := chromaShift(m.SubsampleRatio)
+		if x0 < 0 {
+			break // to At, which handles a negative x's rounding
+		}
+		c0 := m.COffset(x0, y) - x0>>sh
+		out := buf[:3*cols]
+		for k, yy := range ys {
+			ci := c0 + (x0+k)>>sh
 			r, g, b := color.YCbCrToRGB(yy, m.Cb[ci], m.Cr[ci])
-			i = put(buf, i, wc, u8f[r], u8f[g], u8f[b])
+			out[3*k], out[3*k+1], out[3*k+2] = u8f[r], u8f[g], u8f[b]
 		}
 		return 255
 	case *image.NYCbCrA:
@@ -563,14 +631,25 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 			i += wc
 		}
 		return 65535
-	default:
-		for x := x0; x < x1; x++ {
-			// RGBA is premultiplied: composited on black.
-			r, g, b, _ := img.At(x, y).RGBA()
-			i = put(buf, i, wc, float32(r), float32(g), float32(b))
-		}
-		return 65535
 	}
+	for x := x0; x < x1; x++ {
+		// RGBA is premultiplied: composited on black.
+		r, g, b, _ := img.At(x, y).RGBA()
+		i = put(buf, i, wc, float32(r), float32(g), float32(b))
+	}
+	return 65535
+}
+
+// chromaShift is log2 of how many columns share a chroma sample: along a
+// row, COffset(x, y) is COffset(x0, y) + x>>sh - x0>>sh for x, x0 ≥ 0.
+func chromaShift(r image.YCbCrSubsampleRatio) int {
+	switch r {
+	case image.YCbCrSubsampleRatio422, image.YCbCrSubsampleRatio420:
+		return 1
+	case image.YCbCrSubsampleRatio411, image.YCbCrSubsampleRatio410:
+		return 2
+	}
+	return 0
 }
 
 // put stores one pixel as wc channels at buf[i:] and returns the next index.
