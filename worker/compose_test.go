@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"dcd/activities"
 	"dcd/internal/compose"
 	"dcd/workflows"
 )
@@ -41,7 +42,7 @@ func TestComposeWorkers(t *testing.T) {
 		if fs.NArg() > 0 {
 			t.Errorf("service %s: worker takes no arguments, got %q", name, fs.Args())
 		}
-		if err := o.check(); err != nil {
+		if err := o.check(fs); err != nil {
 			t.Errorf("service %s: %v", name, err)
 		}
 		queues, err := taskQueues(o.queues)
@@ -137,9 +138,39 @@ func TestCheckOptions(t *testing.T) {
 		if err := fs.Parse(c.args); err != nil {
 			t.Fatal(err)
 		}
-		err := o.check()
+		err := o.check(fs)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%q, DCD_CONCURRENCY=%q: %v, want an error naming %s", c.args, c.env, err, c.want)
+		}
+	}
+}
+
+// A concurrency left to its default follows -ep (DCD_EP); one set by flag
+// or environment stays.
+func TestConcurrencyFollowsEP(t *testing.T) {
+	for _, c := range []struct {
+		args    []string
+		env, ep string
+		want    int
+	}{
+		{nil, "", "", activities.DefaultConcurrency("cpu")},
+		{[]string{"-ep", "cuda"}, "", "", activities.DefaultConcurrency("cuda")},
+		{nil, "", "cuda", activities.DefaultConcurrency("cuda")},
+		{[]string{"-ep", "cuda", "-concurrency", "3"}, "", "", 3},
+		{[]string{"-ep", "cuda"}, "5", "", 5},
+	} {
+		t.Setenv("DCD_CONCURRENCY", c.env)
+		t.Setenv("DCD_EP", c.ep)
+		fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+		o := defineFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.check(fs); err != nil {
+			t.Fatal(err)
+		}
+		if o.concurrency != c.want {
+			t.Errorf("%q, DCD_CONCURRENCY=%q, DCD_EP=%q: concurrency %d, want %d", c.args, c.env, c.ep, o.concurrency, c.want)
 		}
 	}
 }

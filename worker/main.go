@@ -50,7 +50,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.IntVar(&o.threads, "threads", o.envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", activities.DefaultConcurrency()), "activities run at once per queue; default 2, or CPUs/4 when more (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default 2, or when more CPUs/4 (CPUs/2 with -ep cuda) (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
@@ -59,8 +59,14 @@ func defineFlags(fs *flag.FlagSet) *options {
 
 // check refuses settings the worker would start with and fail on later:
 // an execution provider every embedding would reject, a concurrency the
-// SDK would take as 1,000 activities at once.
-func (o *options) check() error {
+// SDK would take as 1,000 activities at once. A concurrency neither flag
+// nor environment set becomes -ep's default.
+func (o *options) check(fs *flag.FlagSet) error {
+	set := os.Getenv("DCD_CONCURRENCY") != ""
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "concurrency" })
+	if !set {
+		o.concurrency = activities.DefaultConcurrency(o.ep)
+	}
 	switch {
 	case len(o.badEnv) > 0:
 		return fmt.Errorf("%s: want an integer", strings.Join(o.badEnv, ", "))
@@ -77,7 +83,7 @@ func (o *options) check() error {
 func main() {
 	o := defineFlags(flag.CommandLine)
 	flag.Parse()
-	if err := o.check(); err != nil {
+	if err := o.check(flag.CommandLine); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}

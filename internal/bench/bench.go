@@ -108,7 +108,7 @@ type Options struct {
 	// Concurrency is how many shards the embedding pipeline embeds at
 	// once, as a worker's -concurrency does, and how many streams of
 	// batches ORT alone runs; 0 means a worker's default
-	// (activities.DefaultConcurrency).
+	// with EP (activities.DefaultConcurrency).
 	Concurrency int
 	// EP is the execution provider the embedding part runs on, both
 	// sides: "cpu" (the default) or "cuda".

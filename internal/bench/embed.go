@@ -308,7 +308,7 @@ func (o Options) concurrency() int {
 	if o.Concurrency > 0 {
 		return o.Concurrency
 	}
-	return activities.DefaultConcurrency()
+	return activities.DefaultConcurrency(o.EP)
 }
 
 // inStreams runs fn(0) … fn(n-1) at once and returns the first error.
