@@ -422,3 +422,29 @@ func TestSkipMatchesGeneric(t *testing.T) {
 		}
 	}
 }
+
+// TestSumSquaresMatchesGo checks the vector ‖v‖² against one summed in
+// float64, on every length and alignment up to a few wide steps, and that
+// a NaN or an Inf in the row comes through.
+func TestSumSquaresMatchesGo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	v := randVecs(rng, 1, 140)
+	for lo := 0; lo < 8; lo++ {
+		for hi := lo; hi <= len(v); hi++ {
+			var want float64
+			for _, x := range v[lo:hi] {
+				want += float64(x) * float64(x)
+			}
+			if got := sumSquares(v[lo:hi]); math.Abs(float64(got)-want) > 1e-5*want {
+				t.Fatalf("[%d,%d): sumSquares = %v, want %v", lo, hi, got, want)
+			}
+		}
+	}
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
+		w := slices.Clone(v)
+		w[100] = bad
+		if got := sumSquares(w); !math.IsNaN(float64(got)) && !math.IsInf(float64(got), 1) {
+			t.Errorf("a row holding %v: sumSquares = %v", bad, got)
+		}
+	}
+}

@@ -28,3 +28,6 @@ func minGeneric(products, norms []float32) float32 {
 	}
 	return m
 }
+
+// sumSquaresGeneric is sumSquares in Go: norm2's eight lanes.
+func sumSquaresGeneric(v []float32) float32 { return norm2(v) }

@@ -38,3 +38,18 @@ func minScore(products, norms []float32) float32 {
 
 //go:noescape
 func minAVX2(products, norms *float32, n int) float32
+
+// sumSquares returns ‖v‖², summed in vector lanes.
+func sumSquares(v []float32) float32 {
+	if n := len(v) &^ 7; haveAVX2 && n > 0 {
+		s := sumSquaresAVX(&v[0], n)
+		for _, x := range v[n:] {
+			s += x * x
+		}
+		return s
+	}
+	return sumSquaresGeneric(v)
+}
+
+//go:noescape
+func sumSquaresAVX(v *float32, n int) float32

@@ -14,3 +14,6 @@ func skip(products, norms []float32, cut float32) int {
 func minScore(products, norms []float32) float32 {
 	return minGeneric(products, norms)
 }
+
+// sumSquares returns ‖v‖².
+func sumSquares(v []float32) float32 { return sumSquaresGeneric(v) }
