@@ -412,7 +412,7 @@ const (
 // pass's critical path, between the queries and the merge, and a chain's
 // start and end cost 40–50 ms there when every other step costs a few
 // (`starter bench`, pass_cached_250k: 3.8–5.2 % of the pass in
-// orchestration with a chain, 3.4–4.2 % without).
+// orchestration with a chain, 3.4–4.8 % without).
 const (
 	inlineChange     = "inline-small-sets"
 	inlinePoolChange = "inline-pool"

@@ -224,10 +224,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	// A small run overstates the time an image takes (each stream's first
 	// and last batch run alone), so the sizes grow from a measurement of
 	// the grown run, a few times over, until they hold.
-	for range 4 {
-		if o.Quick {
-			break
-		}
+	for round := 0; round < 4 && !o.Quick; round++ {
 		start := time.Now()
 		if err := infer(); err != nil {
 			return Result{}, err
