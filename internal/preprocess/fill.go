@@ -543,6 +543,18 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 			buf[k/2] = float32(uint16(p[k])<<8 | uint16(p[k+1]))
 		}
 		return 65535
+	case *rgb:
+		p := m.Pix[m.PixOffset(x0, y):][:3*cols]
+		if wc == 3 {
+			for k, u := range p {
+				buf[k] = u8f[u]
+			}
+			return 255
+		}
+		for k := 0; k+3 <= len(p); k += 3 {
+			i = put(buf, i, wc, u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]])
+		}
+		return 255
 	case *image.RGBA:
 		// Already premultiplied, i.e. composited on black.
 		p := m.Pix[m.PixOffset(x0, y):][:4*cols]

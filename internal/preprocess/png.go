@@ -309,14 +309,26 @@ func (d *pngDecoder) decode(f *pngFile, reuse bool) (image.Image, bool) {
 	if len(trailer) != 4 || binary.BigEndian.Uint32(trailer) != adler32.Checksum(raw) {
 		return nil, false
 	}
+	d.zero = grow(d.zero, rowLen)
+	prev := d.zero
+	clear(prev)
+	if reuse && f.colorType == ctRGB {
+		// Filled at once: the unfiltered rows are the pixels, with no
+		// expansion to RGBA (a tenth of a 256×256 photo's decode and fill).
+		for y := 0; y < f.height; y++ {
+			cur := raw[y*rowLen : (y+1)*rowLen]
+			if !unfilter(cur, prev, bpp) {
+				return nil, false
+			}
+			prev = cur
+		}
+		return &rgb{Pix: raw[1:], Stride: rowLen, Rect: image.Rect(0, 0, f.width, f.height)}, true
+	}
 	var buf *[]byte
 	if reuse {
 		buf = &d.pix
 	}
 	img, pix, stride := f.newImage(buf)
-	d.zero = grow(d.zero, rowLen)
-	prev := d.zero
-	clear(prev)
 	for y := 0; y < f.height; y++ {
 		cur := raw[y*rowLen : (y+1)*rowLen]
 		if !unfilter(cur, prev, bpp) {
@@ -329,6 +341,29 @@ func (d *pngDecoder) decode(f *pngFile, reuse bool) (image.Image, bool) {
 		extendPalette(p)
 	}
 	return img, true
+}
+
+// rgb is opaque 8-bit RGB, three bytes a pixel: a PNG's unfiltered rows,
+// each after its filter byte, which readRow reads as they are.
+type rgb struct {
+	Pix    []byte // pixel (x, y) at Pix[(y-Rect.Min.Y)*Stride+3*(x-Rect.Min.X):]
+	Stride int
+	Rect   image.Rectangle
+}
+
+func (m *rgb) ColorModel() color.Model { return color.RGBAModel }
+func (m *rgb) Bounds() image.Rectangle { return m.Rect }
+func (m *rgb) At(x, y int) color.Color {
+	if !(image.Point{x, y}.In(m.Rect)) {
+		return color.RGBA{}
+	}
+	p := m.Pix[m.PixOffset(x, y):]
+	return color.RGBA{p[0], p[1], p[2], 0xff}
+}
+
+// PixOffset is the index of pixel (x, y)'s first byte in Pix.
+func (m *rgb) PixOffset(x, y int) int {
+	return (y-m.Rect.Min.Y)*m.Stride + 3*(x-m.Rect.Min.X)
 }
 
 // maxPooledRaw bounds the IDAT and row buffers kept for reuse.

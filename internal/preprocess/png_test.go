@@ -662,3 +662,51 @@ func BenchmarkDecodeFillMNIST(b *testing.B) {
 		i++
 	}
 }
+
+// An RGB PNG's pixels, read in place by DecodeFill, are the ones Decode
+// gives, through At as well.
+func TestRGBRowsAreThePixels(t *testing.T) {
+	m := randomImage(rand.New(rand.NewPCG(7, 8)), 9, 5, ctRGB)
+	data := m.encode(t, filterCycle, 1<<15)
+	want, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := withPNG(data, func(got image.Image) error {
+		if _, ok := got.(*rgb); !ok {
+			return fmt.Errorf("withPNG gave %T, want *rgb", got)
+		}
+		if got.Bounds() != want.Bounds() || got.ColorModel() != color.RGBAModel {
+			return fmt.Errorf("bounds %v, model %v; want %v, RGBA", got.Bounds(), got.ColorModel(), want.Bounds())
+		}
+		for y := -1; y <= 5; y++ {
+			for x := -1; x <= 9; x++ {
+				if g, w := color.RGBAModel.Convert(got.At(x, y)), color.RGBAModel.Convert(want.At(x, y)); g != w {
+					return fmt.Errorf("(%d, %d) = %v, want %v", x, y, g, w)
+				}
+			}
+		}
+		return nil
+	})
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+}
+
+// BenchmarkDecodeFillRGB256 decodes a 256×256 RGB PNG and fills an
+// ImageNet-style 3×224×224 input from it, the CPU work of an image of the
+// bench's embed_resnet50, which on a GPU is what bounds it.
+func BenchmarkDecodeFillRGB256(b *testing.B) {
+	data := stdlibPNG(b, photo(256, 256), png.DefaultCompression)
+	p, err := imagenet.Prepare()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dst := make([]float32, imagenet.Size())
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := p.DecodeFill(dst, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
