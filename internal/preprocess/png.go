@@ -309,33 +309,38 @@ func (d *pngDecoder) decode(f *pngFile, reuse bool) (image.Image, bool) {
 	if len(trailer) != 4 || binary.BigEndian.Uint32(trailer) != adler32.Checksum(raw) {
 		return nil, false
 	}
+	var img image.Image
+	var pix []byte
+	stride := 0
+	if reuse && f.colorType == ctRGB {
+		// The unfiltered rows are the pixels: no expansion to RGBA.
+		img = &rgb{Pix: raw[1:], Stride: rowLen, Rect: image.Rect(0, 0, f.width, f.height)}
+	} else {
+		var buf *[]byte
+		if reuse {
+			buf = &d.pix
+		}
+		img, pix, stride = f.newImage(buf)
+	}
 	d.zero = grow(d.zero, rowLen)
 	prev := d.zero
 	clear(prev)
-	if reuse && f.colorType == ctRGB {
-		// Filled at once: the unfiltered rows are the pixels, with no
-		// expansion to RGBA (a tenth of a 256×256 photo's decode and fill).
-		for y := 0; y < f.height; y++ {
-			cur := raw[y*rowLen : (y+1)*rowLen]
-			if !unfilter(cur, prev, bpp) {
-				return nil, false
-			}
-			prev = cur
+	pairs := bpp == 3 || bpp == 4 // paethRows' pixel sizes; a digit's rows go straight to unfilter
+	for y := 0; y < f.height; {
+		n := 1
+		if pairs {
+			n = unfilterAt(raw, y, rowLen, prev, bpp)
+		} else if !unfilter(raw[y*rowLen:(y+1)*rowLen], prev, bpp) {
+			n = 0
 		}
-		return &rgb{Pix: raw[1:], Stride: rowLen, Rect: image.Rect(0, 0, f.width, f.height)}, true
-	}
-	var buf *[]byte
-	if reuse {
-		buf = &d.pix
-	}
-	img, pix, stride := f.newImage(buf)
-	for y := 0; y < f.height; y++ {
-		cur := raw[y*rowLen : (y+1)*rowLen]
-		if !unfilter(cur, prev, bpp) {
+		if n == 0 {
 			return nil, false
 		}
-		putRow(f.colorType, pix[y*stride:(y+1)*stride], cur[1:])
-		prev = cur
+		for i := y; i < y+n && pix != nil; i++ {
+			putRow(f.colorType, pix[i*stride:(i+1)*stride], raw[i*rowLen+1:(i+1)*rowLen])
+		}
+		y += n
+		prev = raw[(y-1)*rowLen : y*rowLen]
 	}
 	if p, ok := img.(*image.Paletted); ok {
 		extendPalette(p)
@@ -395,6 +400,25 @@ func zlibHeader(cmf, flg byte) bool {
 	return cmf&0x0f == 8 && cmf>>4 <= 7 && (uint(cmf)<<8|uint(flg))%31 == 0 && flg&0x20 == 0
 }
 
+// unfilterAt reverses the filter of raw's row y, rowLen bytes (the
+// filter type first) below prev, in place, and returns how many rows it
+// unfiltered: two when it and the next are Paeth rows (paethRows: a Paeth
+// pixel waits on the one to its left, and the row below can follow a pixel
+// behind, so the vector unit has two chains to interleave instead of one),
+// else one, or none for an unknown filter type.
+func unfilterAt(raw []byte, y, rowLen int, prev []byte, bpp int) int {
+	cur := raw[y*rowLen : (y+1)*rowLen]
+	if cur[0] == 4 && (y+2)*rowLen <= len(raw) {
+		if next := raw[(y+1)*rowLen : (y+2)*rowLen]; next[0] == 4 && paethRows(cur[1:], next[1:], prev[1:], bpp) {
+			return 2
+		}
+	}
+	if !unfilter(cur, prev, bpp) {
+		return 0
+	}
+	return 1
+}
+
 // unfilter reverses the filter named by cur[0] on the rest of cur, in place.
 // prev is the previous row, already unfiltered; bpp is the filter's pixel
 // step. It reports false for unknown filter types.
@@ -439,7 +463,12 @@ func unfilter(cur, prev []byte, bpp int) bool {
 // comparisons are the PNG specification's PaethPredictor with p = a+b-c
 // substituted.
 func unfilterPaeth(c, p []byte, bpp int) {
-	from := paethPixels(c, p, bpp) // the vector unit's share, whole pixels
+	unfilterPaethFrom(c, p, bpp, paethPixels(c, p, bpp)) // the vector unit's share, whole pixels
+}
+
+// unfilterPaethFrom is unfilterPaeth for the bytes from a pixel's start
+// on, those before it unfiltered.
+func unfilterPaethFrom(c, p []byte, bpp, from int) {
 	for ch := range bpp {
 		var a, ul int // left and upper-left, zero before the first pixel
 		i := from + ch

@@ -603,6 +603,60 @@ func TestDecodeFillMatchesDecode(t *testing.T) {
 	}
 }
 
+// TestUnfilterRowsMatchesSpec unfilters images whose rows are random and
+// mostly Paeth-filtered, in runs of one to three (pairs go through
+// paethRows),
+// of every pixel size and of widths around the vector loops' bounds,
+// against the PNG specification's predictor, row by row.
+func TestUnfilterRowsMatchesSpec(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 20))
+	for _, bpp := range []int{1, 2, 3, 4, 6, 8} {
+		for pixels := 1; pixels < 24; pixels++ {
+			rowLen := 1 + pixels*bpp
+			const rows = 9
+			raw := make([]byte, rows*rowLen)
+			for i := range raw {
+				raw[i] = uint8(rng.IntN(256))
+			}
+			for y := range rows {
+				raw[y*rowLen] = []byte{4, 4, 2, 4, 4, 4, 1, 4, 4}[y]
+			}
+			want := slices.Clone(raw)
+			prev := make([]byte, rowLen)
+			for y := range rows {
+				cur := want[y*rowLen+1 : (y+1)*rowLen]
+				for i := range cur {
+					var a, ul byte
+					if i >= bpp {
+						a, ul = cur[i-bpp], prev[1+i-bpp]
+					}
+					switch want[y*rowLen] {
+					case 4:
+						cur[i] += paethSpec(a, prev[1+i], ul)
+					case 2:
+						cur[i] += prev[1+i]
+					case 1:
+						cur[i] += a
+					}
+				}
+				prev = want[y*rowLen : (y+1)*rowLen]
+			}
+			prev = make([]byte, rowLen)
+			for y := 0; y < rows; {
+				n := unfilterAt(raw, y, rowLen, prev, bpp)
+				if n == 0 {
+					t.Fatalf("row %d: unfilterAt refused a known filter", y)
+				}
+				y += n
+				prev = raw[(y-1)*rowLen : y*rowLen]
+			}
+			if !bytes.Equal(raw, want) {
+				t.Fatalf("bpp %d, %d pixels: rows differ from the specification's", bpp, pixels)
+			}
+		}
+	}
+}
+
 // TestUnfilterPaethMatchesSpec unfilters random Paeth rows of every pixel
 // size and of lengths around the vector loop's bounds against the PNG
 // specification's predictor, byte by byte.
