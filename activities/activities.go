@@ -47,16 +47,17 @@ type Activities struct {
 	StorageURL string
 }
 
-// DefaultConcurrency is how many activities a worker whose models run on
-// the execution provider ep runs at once per queue unless told: at least
-// two, so that one shard's listing and commit overlap another's
+// DefaultConcurrency is how many activities of a queue a worker runs at
+// once unless told, where they run models on the execution provider ep:
+// at least two, so that one shard's listing and commit overlap another's
 // inference, and on a larger machine one per four CPUs, where a shard's
 // steps between its batches leave most cores idle; on 16 cores the CPU
 // embedding benchmark measured 0.87 of inference alone's speed with 4 at
-// once, against 0.69 with 2. A CUDA worker's CPUs only read, decode and
-// hand batches over, so it runs one per two CPUs: on an H200 with 16
-// cores, 8 at once embedded 6 % (ResNet-50) to 40 % (the demo's
-// backbone) more images a second than 4.
+// once, against 0.69 with 2. Embedding on CUDA, the CPUs only read,
+// decode and hand batches over, so the gpu queue of a CUDA worker runs
+// one per two CPUs: on an H200 with 16 cores, 8 at once embedded 5-10 %
+// (ResNet-50) to 25-60 % (the demo's backbone) more images a second
+// than 4.
 func DefaultConcurrency(ep string) int {
 	if ep == "cuda" {
 		return max(2, runtime.NumCPU()/2)

@@ -145,19 +145,21 @@ func TestCheckOptions(t *testing.T) {
 	}
 }
 
-// A concurrency left to its default follows -ep (DCD_EP); one set by flag
-// or environment stays.
+// A concurrency left to its default follows -ep (DCD_EP) on the gpu
+// queue, which embeds, and is the CPU's on the others; one set by flag or
+// environment holds for every queue.
 func TestConcurrencyFollowsEP(t *testing.T) {
+	cpu, cuda := activities.DefaultConcurrency("cpu"), activities.DefaultConcurrency("cuda")
 	for _, c := range []struct {
-		args    []string
-		env, ep string
-		want    int
+		args         []string
+		env, ep      string
+		gpuQ, others int
 	}{
-		{nil, "", "", activities.DefaultConcurrency("cpu")},
-		{[]string{"-ep", "cuda"}, "", "", activities.DefaultConcurrency("cuda")},
-		{nil, "", "cuda", activities.DefaultConcurrency("cuda")},
-		{[]string{"-ep", "cuda", "-concurrency", "3"}, "", "", 3},
-		{[]string{"-ep", "cuda"}, "5", "", 5},
+		{nil, "", "", cpu, cpu},
+		{[]string{"-ep", "cuda"}, "", "", cuda, cpu},
+		{nil, "", "cuda", cuda, cpu},
+		{[]string{"-ep", "cuda", "-concurrency", "3"}, "", "", 3, 3},
+		{[]string{"-ep", "cuda"}, "5", "", 5, 5},
 	} {
 		t.Setenv("DCD_CONCURRENCY", c.env)
 		t.Setenv("DCD_EP", c.ep)
@@ -169,8 +171,10 @@ func TestConcurrencyFollowsEP(t *testing.T) {
 		if err := o.check(fs); err != nil {
 			t.Fatal(err)
 		}
-		if o.concurrency != c.want {
-			t.Errorf("%q, DCD_CONCURRENCY=%q, DCD_EP=%q: concurrency %d, want %d", c.args, c.env, c.ep, o.concurrency, c.want)
+		gpuQ, cpuQ, train := o.queueConcurrency(workflows.GPUQueue), o.queueConcurrency(workflows.CPUQueue), o.queueConcurrency(workflows.TrainQueue)
+		if gpuQ != c.gpuQ || cpuQ != c.others || train != c.others {
+			t.Errorf("%q, DCD_CONCURRENCY=%q, DCD_EP=%q: gpu %d, cpu %d, train %d at once; want %d, %d, %d",
+				c.args, c.env, c.ep, gpuQ, cpuQ, train, c.gpuQ, c.others, c.others)
 		}
 	}
 }

@@ -50,7 +50,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.IntVar(&o.threads, "threads", o.envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default 2, or when more CPUs/4 (CPUs/2 with -ep cuda) (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default 2, or when more CPUs/4 (CPUs/2 on the gpu queue with -ep cuda) (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
@@ -60,24 +60,34 @@ func defineFlags(fs *flag.FlagSet) *options {
 // check refuses settings the worker would start with and fail on later:
 // an execution provider every embedding would reject, a concurrency the
 // SDK would take as 1,000 activities at once. A concurrency neither flag
-// nor environment set becomes -ep's default.
+// nor environment sets stays 0: each queue's default (queueConcurrency).
 func (o *options) check(fs *flag.FlagSet) error {
 	set := os.Getenv("DCD_CONCURRENCY") != ""
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "concurrency" })
-	if !set {
-		o.concurrency = activities.DefaultConcurrency(o.ep)
-	}
 	switch {
 	case len(o.badEnv) > 0:
 		return fmt.Errorf("%s: want an integer", strings.Join(o.badEnv, ", "))
 	case ortrun.CheckEP(o.ep) != nil:
 		return fmt.Errorf("-ep: %w", ortrun.CheckEP(o.ep))
-	case o.concurrency < 1:
+	case set && o.concurrency < 1:
 		return fmt.Errorf("-concurrency %d: want at least 1", o.concurrency)
 	case o.threads < 0 || o.decoders < 0 || o.readers < 0:
 		return fmt.Errorf("-threads %d, -decoders %d, -readers %d: want 0 (the default) or more", o.threads, o.decoders, o.readers)
 	}
 	return nil
+}
+
+// queueConcurrency is how many activities of task queue q the worker runs
+// at once: -concurrency, or the default for the models' execution provider
+// on the gpu queue, which embeds, and the CPU's on the others.
+func (o *options) queueConcurrency(q string) int {
+	switch {
+	case o.concurrency > 0:
+		return o.concurrency
+	case q == workflows.GPUQueue:
+		return activities.DefaultConcurrency(o.ep)
+	}
+	return activities.DefaultConcurrency("cpu")
 }
 
 func main() {
@@ -128,7 +138,7 @@ func run(o *options) error {
 
 	models, search := ortrun.Options{Threads: o.threads, EP: o.ep}, ortrun.Options{Threads: o.threads, EP: o.ep}
 	if o.threads <= 0 {
-		models.Threads, search.Threads = activities.DefaultThreads(o.concurrency), runtime.NumCPU()
+		models.Threads, search.Threads = activities.DefaultThreads(o.queueConcurrency(workflows.GPUQueue)), runtime.NumCPU()
 	}
 	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
@@ -145,7 +155,7 @@ func run(o *options) error {
 			stop = 3 * time.Second
 		}
 		w := worker.New(c, q, worker.Options{
-			MaxConcurrentActivityExecutionSize: o.concurrency,
+			MaxConcurrentActivityExecutionSize: o.queueConcurrency(q),
 			// On SIGTERM, let a running batch finish and its part commit
 			// rather than lose it; Temporal retries the rest elsewhere.
 			WorkerStopTimeout: stop,

@@ -272,7 +272,7 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 }
 
 // grown is the sizes of a run long enough to measure, given that inference
-// alone took took over shards of images each. A fast model (a GPU's) gets
+// alone took over shards of images each. A fast model (a GPU's) gets
 // through a case's own sizes in a few milliseconds, where the first shard's
 // start and the last one's commit, which no other shard overlaps, would
 // dominate; a pool of millions of images runs in the steady state between.

@@ -29,5 +29,7 @@ func minGeneric(products, norms []float32) float32 {
 	return m
 }
 
-// sumSquaresGeneric is sumSquares in Go: norm2's eight lanes.
+// sumSquaresGeneric is sumSquares in Go, norm2's eight lanes: the vector
+// one sums in other lanes, so a norm may differ in its last bits between
+// machines with and without AVX2.
 func sumSquaresGeneric(v []float32) float32 { return norm2(v) }

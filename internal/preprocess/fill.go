@@ -607,15 +607,21 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 			}
 			return 255
 		}
-		// COffset per pixel is a method and a switch on the subsampling:
-		// a row's chroma offsets step by one every 1<<sh columns instead
-		// (x/d is x>>sh for the x ≥ 0 of nearly every image).
-		sh := chromaShift(m.SubsampleRatio)
-		if x0 < 0 {
-			break // to At, which handles a negative x's rounding
-		}
-		c0 := m.COffset(x0, y) - x0>>sh
 		out := buf[:3*cols]
+		if x0 < 0 {
+			// COffset divides x, which rounds a negative x up where the
+			// shift below rounds it down: such an image asks it.
+			for k, yy := range ys {
+				ci := m.COffset(x0+k, y)
+				r, g, b := color.YCbCrToRGB(yy, m.Cb[ci], m.Cr[ci])
+				out[3*k], out[3*k+1], out[3*k+2] = u8f[r], u8f[g], u8f[b]
+			}
+			return 255
+		}
+		// COffset per pixel is a method and a switch on the subsampling:
+		// a row's chroma offsets step by one every 1<<sh columns instead.
+		sh := chromaShift(m.SubsampleRatio)
+		c0 := m.COffset(x0, y) - x0>>sh
 		for k, yy := range ys {
 			ci := c0 + (x0+k)>>sh
 			r, g, b := color.YCbCrToRGB(yy, m.Cb[ci], m.Cr[ci])

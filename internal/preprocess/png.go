@@ -281,7 +281,8 @@ func (d *pngDecoder) release() {
 	pngDecoders.Put(d)
 }
 
-// decode decodes f into a new image, or, with reuse, into d.pix: such an
+// decode decodes f into a new image, or, with reuse, into d's buffers
+// (d.pix, or for RGB the unfiltered rows in d.raw themselves): such an
 // image is only good until d is released.
 func (d *pngDecoder) decode(f *pngFile, reuse bool) (image.Image, bool) {
 	z, ok := d.idatData(f.idat)

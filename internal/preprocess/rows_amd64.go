@@ -5,7 +5,7 @@ package preprocess
 import "golang.org/x/sys/cpu"
 
 // The vertical pass sums whole rows of floats: in Go a sample at a time,
-// with AVX eight. A multiply then an add, not a fused one, so the sums are
+// with AVX sixteen a step. A multiply then an add, not a fused one, so the sums are
 // those of the Go loops to the bit.
 var haveAVX = cpu.X86.HasAVX
 

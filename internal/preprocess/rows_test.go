@@ -164,3 +164,31 @@ func resampled(s Spec, img image.Image) []float32 {
 	}
 	return out
 }
+
+// A YCbCr image whose x goes below 0 fills as the same pixels at x ≥ 0
+// do: its chroma offsets are asked of COffset, which rounds x/d toward
+// zero.
+func TestYCbCrNegativeOrigin(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, ratio := range []image.YCbCrSubsampleRatio{image.YCbCrSubsampleRatio444, image.YCbCrSubsampleRatio420, image.YCbCrSubsampleRatio411} {
+		m := image.NewYCbCr(image.Rect(-13, -4, 11, 9), ratio)
+		for _, p := range [][]uint8{m.Y, m.Cb, m.Cr} {
+			for i := range p {
+				p[i] = uint8(rng.IntN(256))
+			}
+		}
+		b := m.Bounds()
+		buf := make([]float32, 3*b.Dx())
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			readRow(buf, m, y, b.Min.X, b.Max.X, 3, nil)
+			for x := b.Min.X; x < b.Max.X; x++ {
+				c := m.YCbCrAt(x, y)
+				rr, gg, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
+				k := 3 * (x - b.Min.X)
+				if got := buf[k : k+3]; got[0] != float32(rr) || got[1] != float32(gg) || got[2] != float32(bb) {
+					t.Fatalf("%v: pixel (%d, %d) = %v, want %v %v %v", ratio, x, y, got, rr, gg, bb)
+				}
+			}
+		}
+	}
+}
