@@ -18,8 +18,9 @@ func paethSSE2(c, p *byte, n, bpp int) int
 
 // paethRows reverses the Paeth filter on two rows at once, c0 (p above
 // it) and c1 below it, and reports whether it did: for RGB and RGBA rows
-// of at least 2·bpp+4 bytes (4 RGB pixels, 3 RGBA). The vector unit runs the two rows' pixel chains
-// side by side, c1 a pixel behind c0 since its pixel above is c0's.
+// of at least 2·bpp+4 bytes (4 RGB pixels, 3 RGBA). The vector unit runs
+// the two rows' pixel chains side by side, c1 a pixel behind c0 since its
+// pixel above is c0's.
 func paethRows(c0, c1, p []byte, bpp int) bool {
 	n := len(c0)
 	if (bpp != 3 && bpp != 4) || n < 2*bpp+4 || len(c1) != n || len(p) < n {

@@ -5,8 +5,8 @@ package preprocess
 import "golang.org/x/sys/cpu"
 
 // The vertical pass sums whole rows of floats: in Go a sample at a time,
-// with AVX sixteen a step. A multiply then an add, not a fused one, so the sums are
-// those of the Go loops to the bit.
+// with AVX sixteen a step. A multiply then an add, not a fused one, so
+// the sums are those of the Go loops to the bit.
 var haveAVX = cpu.X86.HasAVX
 
 // scaleRow sets dst[i] = w·src[i]; src is at least as long as dst.
