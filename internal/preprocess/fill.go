@@ -205,10 +205,11 @@ type taps struct {
 	first []int
 	off   []int
 	w     []float32
-	// n is the most taps any output has, and padded holds every output's
-	// weights in n slots (padded[i*n:(i+1)*n]), the missing ones zero, so
-	// that the horizontal pass runs one unrolled loop instead of a loop
-	// per output. A zero weight adds +0 to the sum, which leaves it as is.
+	// n is the most taps any output has, and padded (made by pad) holds
+	// every output's weights in n slots (padded[i*n:(i+1)*n]), the missing
+	// ones zero, so that the horizontal pass runs one unrolled loop
+	// instead of a loop per output. A zero weight adds +0 to the sum,
+	// which leaves it as is.
 	n      int
 	padded []float32
 }
@@ -280,6 +281,11 @@ func (t *taps) build(full int, start, span float64, out int) {
 	for i := range out {
 		t.n = max(t.n, t.off[i+1]-t.off[i])
 	}
+}
+
+// pad fills t.padded from the taps build made.
+func (t *taps) pad() {
+	out := len(t.first)
 	t.padded = grow(t.padded, out*t.n)
 	clear(t.padded)
 	for i := range out {
@@ -352,6 +358,7 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		}
 	}
 	sc.xt.build(sw, x0, rw, w)
+	sc.xt.pad() // for resampleRow
 	sc.yt.build(sh, y0, rh, h)
 	xlo, xhi := sc.xt.bounds()
 	ylo, _ := sc.yt.bounds()
