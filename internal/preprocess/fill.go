@@ -539,10 +539,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 	i := 0
 	switch m := img.(type) {
 	case *image.Gray:
-		p := m.Pix[m.PixOffset(x0, y):][:cols]
-		for k, u := range p {
-			buf[k] = u8f[u]
-		}
+		bytesToFloats(buf[:cols], m.Pix[m.PixOffset(x0, y):])
 		return 255
 	case *image.Gray16:
 		p := m.Pix[m.PixOffset(x0, y):][:2*cols]
@@ -553,9 +550,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 	case *rgb:
 		p := m.Pix[m.PixOffset(x0, y):][:3*cols]
 		if wc == 3 {
-			for k, u := range p {
-				buf[k] = u8f[u]
-			}
+			bytesToFloats(buf[:3*cols], p)
 			return 255
 		}
 		for k := 0; k+3 <= len(p); k += 3 {
@@ -609,9 +604,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		if wc == 1 {
 			// JFIF's Y is the BT.601 luma already; using it skips a
 			// lossy round trip through 8-bit RGB.
-			for k, yy := range ys {
-				buf[k] = u8f[yy]
-			}
+			bytesToFloats(buf[:cols], ys)
 			return 255
 		}
 		out := buf[:3*cols]

@@ -15,3 +15,11 @@ func addScaledRowGeneric(dst, src []float32, w float32) {
 		dst[i] += w * src[i]
 	}
 }
+
+// bytesToFloatsGeneric sets dst[i] = float32(src[i]).
+func bytesToFloatsGeneric(dst []float32, src []byte) {
+	src = src[:len(dst)]
+	for i, u := range src {
+		dst[i] = u8f[u]
+	}
+}

@@ -70,3 +70,29 @@ tail:
 done:
 	VZEROUPPER
 	RET
+
+// func bytesToFloatsAVX2(dst *float32, src *byte, n int)
+//
+// n is a multiple of 16: two groups of eight bytes widened to 32-bit
+// integers, then converted (exactly: every byte is a float32).
+TEXT ·bytesToFloatsAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	XORQ AX, AX
+
+loop:
+	CMPQ      AX, CX
+	JGE       done
+	VPMOVZXBD (SI)(AX*1), Y0
+	VPMOVZXBD 8(SI)(AX*1), Y1
+	VCVTDQ2PS Y0, Y0
+	VCVTDQ2PS Y1, Y1
+	VMOVUPS   Y0, (DI)(AX*4)
+	VMOVUPS   Y1, 32(DI)(AX*4)
+	ADDQ      $16, AX
+	JMP       loop
+
+done:
+	VZEROUPPER
+	RET

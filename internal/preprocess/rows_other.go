@@ -8,3 +8,7 @@ func scaleRow(dst, src []float32, w float32) { scaleRowGeneric(dst, src, w) }
 // addScaledRow sets dst[i] = dst[i] + w·src[i]; src is at least as long
 // as dst.
 func addScaledRow(dst, src []float32, w float32) { addScaledRowGeneric(dst, src, w) }
+
+// bytesToFloats sets dst[i] = float32(src[i]); src is at least as long as
+// dst.
+func bytesToFloats(dst []float32, src []byte) { bytesToFloatsGeneric(dst, src) }

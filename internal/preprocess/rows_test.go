@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The vector kernels give the Go loops' sums to the bit, at every length
+// The vector kernels give the Go loops' results to the bit, at every length
 // and offset (the tails past the last whole vector included).
 func TestRowKernelsMatchGo(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -32,6 +32,13 @@ func TestRowKernelsMatchGo(t *testing.T) {
 			addScaledRow(got, src[off:], w)
 			addScaledRowGeneric(want, src[off:], w)
 			equalBits(t, "addScaledRow", n, off, got, want)
+			samples := make([]byte, n+off)
+			for i := range samples {
+				samples[i] = uint8(rng.IntN(256))
+			}
+			bytesToFloats(got, samples[off:])
+			bytesToFloatsGeneric(want, samples[off:])
+			equalBits(t, "bytesToFloats", n, off, got, want)
 		}
 	}
 }
