@@ -18,22 +18,22 @@ func paethSSE2(c, p *byte, n, bpp int) int
 
 // paethRows reverses the Paeth filter on two rows at once, c0 (p above
 // it) and c1 below it, and reports whether it did: for RGB and RGBA rows
-// of at least 2·bpp+4 bytes (4 RGB pixels, 3 RGBA). The vector unit runs
+// of at least 2·bpp+4 bytes (4 RGB pixels, 3 RGBA), with AVX. The vector unit runs
 // the two rows' pixel chains side by side, c1 a pixel behind c0 since its
 // pixel above is c0's.
 func paethRows(c0, c1, p []byte, bpp int) bool {
 	n := len(c0)
-	if (bpp != 3 && bpp != 4) || n < 2*bpp+4 || len(c1) != n || len(p) < n {
+	if !haveAVX || (bpp != 3 && bpp != 4) || n < 2*bpp+4 || len(c1) != n || len(p) < n {
 		return false
 	}
 	for i := range bpp { // c0's first pixel: its predictor is the one above
 		c0[i] += p[i]
 	}
-	x := paethRowsSSE2(&c0[0], &c1[0], &p[0], n, bpp)
+	x := paethRowsAVX(&c0[0], &c1[0], &p[0], n, bpp)
 	unfilterPaethFrom(c0, p, bpp, x)
 	unfilterPaethFrom(c1, c0, bpp, x-bpp)
 	return true
 }
 
 //go:noescape
-func paethRowsSSE2(c0, c1, p *byte, n, bpp int) int
+func paethRowsAVX(c0, c1, p *byte, n, bpp int) int
