@@ -417,9 +417,9 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		if len(ws) == 1 {
 			copy(sum, row(r0))
 		} else {
-			scaleRow(sum, row(r0), ws[0])
-			for k := 1; k < len(ws); k++ {
-				addScaledRow(sum, row(r0+k), ws[k])
+			clear(sum) // 0 + w·x is w·x: one kernel serves the first tap too
+			for k, wt := range ws {
+				addScaledRow(sum, row(r0+k), wt)
 			}
 		}
 		if y == 0 {

@@ -1,13 +1,5 @@
 package preprocess
 
-// scaleRowGeneric sets dst[i] = w·src[i].
-func scaleRowGeneric(dst, src []float32, w float32) {
-	src = src[:len(dst)]
-	for i := range dst {
-		dst[i] = w * src[i]
-	}
-}
-
 // addScaledRowGeneric sets dst[i] = dst[i] + w·src[i].
 func addScaledRowGeneric(dst, src []float32, w float32) {
 	src = src[:len(dst)]

@@ -9,15 +9,6 @@ import "golang.org/x/sys/cpu"
 // the sums are those of the Go loops to the bit.
 var haveAVX, haveAVX2 = cpu.X86.HasAVX, cpu.X86.HasAVX2
 
-// scaleRow sets dst[i] = w·src[i]; src is at least as long as dst.
-func scaleRow(dst, src []float32, w float32) {
-	if haveAVX && len(dst) > 0 {
-		scaleRowAVX(&dst[0], &src[:len(dst)][0], len(dst), w)
-		return
-	}
-	scaleRowGeneric(dst, src, w)
-}
-
 // addScaledRow sets dst[i] = dst[i] + w·src[i]; src is at least as long
 // as dst.
 func addScaledRow(dst, src []float32, w float32) {
@@ -27,9 +18,6 @@ func addScaledRow(dst, src []float32, w float32) {
 	}
 	addScaledRowGeneric(dst, src, w)
 }
-
-//go:noescape
-func scaleRowAVX(dst, src *float32, n int, w float32)
 
 //go:noescape
 func addScaledRowAVX(dst, src *float32, n int, w float32)

@@ -2,41 +2,9 @@
 
 #include "textflag.h"
 
-// func scaleRowAVX(dst, src *float32, n int, w float32)
+// func addScaledRowAVX(dst, src *float32, n int, w float32)
 //
 // Sixteen samples a step, then one at a time.
-TEXT ·scaleRowAVX(SB), NOSPLIT, $0-28
-	MOVQ dst+0(FP), DI
-	MOVQ src+8(FP), SI
-	MOVQ n+16(FP), CX
-	VBROADCASTSS w+24(FP), Y0
-	XORQ AX, AX
-	MOVQ CX, BX
-	ANDQ $~15, BX
-
-wide:
-	CMPQ AX, BX
-	JGE  tail
-	VMULPS  (SI)(AX*4), Y0, Y1
-	VMULPS  32(SI)(AX*4), Y0, Y2
-	VMOVUPS Y1, (DI)(AX*4)
-	VMOVUPS Y2, 32(DI)(AX*4)
-	ADDQ $16, AX
-	JMP  wide
-
-tail:
-	CMPQ AX, CX
-	JGE  done
-	VMULSS (SI)(AX*4), X0, X1
-	VMOVSS X1, (DI)(AX*4)
-	INCQ AX
-	JMP  tail
-
-done:
-	VZEROUPPER
-	RET
-
-// func addScaledRowAVX(dst, src *float32, n int, w float32)
 TEXT ·addScaledRowAVX(SB), NOSPLIT, $0-28
 	MOVQ dst+0(FP), DI
 	MOVQ src+8(FP), SI

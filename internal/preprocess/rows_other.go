@@ -2,9 +2,6 @@
 
 package preprocess
 
-// scaleRow sets dst[i] = w·src[i]; src is at least as long as dst.
-func scaleRow(dst, src []float32, w float32) { scaleRowGeneric(dst, src, w) }
-
 // addScaledRow sets dst[i] = dst[i] + w·src[i]; src is at least as long
 // as dst.
 func addScaledRow(dst, src []float32, w float32) { addScaledRowGeneric(dst, src, w) }
