@@ -42,7 +42,7 @@ func TestBenchQuickJSON(t *testing.T) {
 		names[*r.Name] = true
 		values[*r.Name] = *r.Value
 	}
-	for _, want := range []string{"embed_demo", "embed_pipeline_ceiling", "embed_resnet50", "knn_topk_d384", "knn_topk_d2048", "merge_topk_1k_partials",
+	for _, want := range []string{"embed_demo", "embed_pipeline_ceiling", "embed_resnet50", "embed_resnet50_jpeg", "knn_topk_d384", "knn_topk_d2048", "merge_topk_1k_partials",
 		"pass_cached_60k_peak_rss", "pass_cached_60k_orchestration", "orchestration_cached_200_shards", "pack_demo_objects"} {
 		if !names[want] {
 			t.Errorf("no result %q in %v", want, names)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"io"
 	"math"
@@ -43,8 +44,13 @@ type embedCase struct {
 	batch, reps    int
 	// srcSide is the stored images' side; the model's preprocessing
 	// resizes them (crop) when it differs from model.side. Gray models
-	// get MNIST digits (28×28), as the demo does; others makePNGs.
+	// get MNIST digits (28×28), as the demo does; others makeImages'
+	// PNGs, or with photos its JPEGs.
 	srcSide int
+	// photos stores JPEG photographs of 4:3 (srcSide wide) at quality
+	// 90, as a pool of camera or ImageNet pictures is, where decoding
+	// costs several times a PNG's.
+	photos bool
 	// objects stores one object per image instead of a WebDataset .tar
 	// per shard; the result is then informative, without a goal.
 	objects bool
@@ -68,6 +74,8 @@ func (c embedCase) name() string {
 		return "embed_" + c.model.name + "_objects"
 	case c.ceiling:
 		return "embed_pipeline_ceiling"
+	case c.photos:
+		return "embed_" + c.model.name + "_jpeg"
 	}
 	return "embed_" + c.model.name
 }
@@ -87,6 +95,7 @@ func Embedding(ctx context.Context, o Options) ([]Result, error) {
 		{model: demoModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28, objects: true},
 		{model: freeModel(), shards: 4, images: 2048, batch: 64, reps: 3, srcSide: 28, ceiling: true},
 		{model: resnetModel(224), shards: 2, images: 16, batch: 16, reps: 2, srcSide: 256},
+		{model: resnetModel(224), shards: 2, images: 16, batch: 16, reps: 2, srcSide: 500, photos: true},
 	}
 	if o.Quick {
 		cases = []embedCase{
@@ -94,6 +103,7 @@ func Embedding(ctx context.Context, o Options) ([]Result, error) {
 			{model: demoModel(), shards: 2, images: 512, batch: 64, reps: 2, srcSide: 28, objects: true},
 			{model: freeModel(), shards: 2, images: 512, batch: 64, reps: 2, srcSide: 28, ceiling: true},
 			{model: resnetModel(112), shards: 2, images: 8, batch: 8, reps: 1, srcSide: 128},
+			{model: resnetModel(112), shards: 2, images: 8, batch: 8, reps: 1, srcSide: 160, photos: true},
 		}
 	}
 	var out []Result
@@ -136,18 +146,23 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 	const run = "bench"
 	var stored int // shards in storage
 	storeShards := func(n, images int) error {
-		var pngs [][]byte
+		var files [][]byte
 		var err error
-		if c.model.channels == 1 {
-			pngs, err = digitPNGs(images)
-		} else {
-			pngs, err = makePNGs(images, c.srcSide)
+		ext := "png"
+		switch {
+		case c.model.channels == 1:
+			files, err = digitPNGs(images)
+		case c.photos:
+			files, err = makeImages(images, c.srcSide, c.srcSide*3/4, true)
+			ext = "jpg"
+		default:
+			files, err = makeImages(images, c.srcSide, c.srcSide, false)
 		}
 		if err != nil {
 			return err
 		}
 		for ; stored < n; stored++ {
-			sh, err := storeImages(ctx, bucket, fmt.Sprintf("images/%d", stored), pngs, c.objects)
+			sh, err := storeImages(ctx, bucket, fmt.Sprintf("images/%d", stored), files, ext, c.objects)
 			if err != nil {
 				return err
 			}
@@ -340,14 +355,14 @@ func removeAll(ctx context.Context, bucket *blob.Bucket, prefix string) error {
 	}
 }
 
-// storeImages stores pngs under prefix, one object each or as one
-// WebDataset archive (prefix.tar, labels in .cls members), and returns
-// them as a shard, listed as the planner lists them.
-func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, pngs [][]byte, objects bool) (dataset.Shard, error) {
+// storeImages stores files (of extension ext) under prefix, one object
+// each or as one WebDataset archive (prefix.tar, labels in .cls members),
+// and returns them as a shard, listed as the planner lists them.
+func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, files [][]byte, ext string, objects bool) (dataset.Shard, error) {
 	var sh dataset.Shard
 	if objects {
-		for i, p := range pngs {
-			key := fmt.Sprintf("%s/0/%06d.png", prefix, i)
+		for i, p := range files {
+			key := fmt.Sprintf("%s/0/%06d.%s", prefix, i, ext)
 			if err := store.WriteAll(ctx, bucket, key, p); err != nil {
 				return sh, err
 			}
@@ -355,8 +370,8 @@ func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, pngs [
 	} else {
 		var buf bytes.Buffer
 		w := webdataset.NewWriter(&buf)
-		for i, p := range pngs {
-			if err := w.Write(fmt.Sprintf("%06d", i), "png", p, "0", ""); err != nil {
+		for i, p := range files {
+			if err := w.Write(fmt.Sprintf("%06d", i), ext, p, "0", ""); err != nil {
 				return sh, err
 			}
 		}
@@ -378,19 +393,21 @@ func storeImages(ctx context.Context, bucket *blob.Bucket, prefix string, pngs [
 	return sh, err
 }
 
-// makePNGs encodes n distinct RGB images of side×side pixels: a few
-// random filled shapes on a gradient, which compress like real pictures
-// rather than like noise.
-func makePNGs(n, side int) ([][]byte, error) {
-	rng := rand.New(rand.NewPCG(7, uint64(side)))
+// makeImages encodes n distinct RGB pictures of w×h pixels: a few random
+// filled shapes on a gradient, which as PNGs compress like real pictures
+// rather than like noise. As photos, grain is added, as a camera's sensor
+// adds it, and they are JPEGs at quality 90: 500×375 of them take about
+// 100 KB each, about an ImageNet JPEG's size.
+func makeImages(n, w, h int, photos bool) ([][]byte, error) {
+	rng := rand.New(rand.NewPCG(7, uint64(w)))
 	out := make([][]byte, n)
 	for i := range out {
-		shade := func(x, y int) uint8 { return uint8((x + y) * 255 / (2 * side)) }
+		shade := func(x, y int) uint8 { return uint8((x + y) * 255 / (w + h)) }
 		type rect struct{ x0, y0, x1, y1 int }
 		var rects []rect
 		for range 4 {
-			x, y := rng.IntN(side), rng.IntN(side)
-			rects = append(rects, rect{x, y, x + 1 + rng.IntN(side/3), y + 1 + rng.IntN(side/3)})
+			x, y := rng.IntN(w), rng.IntN(h)
+			rects = append(rects, rect{x, y, x + 1 + rng.IntN(w/3), y + 1 + rng.IntN(h/3)})
 		}
 		inRect := func(x, y int) int {
 			for j, r := range rects {
@@ -400,9 +417,9 @@ func makePNGs(n, side int) ([][]byte, error) {
 			}
 			return -1
 		}
-		img := image.NewRGBA(image.Rect(0, 0, side, side))
-		for y := 0; y < side; y++ {
-			for x := 0; x < side; x++ {
+		img := image.NewRGBA(image.Rect(0, 0, w, h))
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
 				v := shade(x, y)
 				col := color.RGBA{R: v, G: 255 - v, B: uint8(i), A: 255}
 				if j := inRect(x, y); j >= 0 {
@@ -412,7 +429,18 @@ func makePNGs(n, side int) ([][]byte, error) {
 			}
 		}
 		var buf bytes.Buffer
-		if err := png.Encode(&buf, img); err != nil {
+		var err error
+		if photos {
+			for k := range img.Pix {
+				if k%4 != 3 {
+					img.Pix[k] = uint8(min(max(int(img.Pix[k])+rng.IntN(81)-40, 0), 255))
+				}
+			}
+			err = jpeg.Encode(&buf, img, &jpeg.Options{Quality: 90})
+		} else {
+			err = png.Encode(&buf, img)
+		}
+		if err != nil {
 			return nil, err
 		}
 		out[i] = buf.Bytes()

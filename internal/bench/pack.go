@@ -49,7 +49,7 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	pool, err := storeImages(ctx, bucket, "pool", pngs, true)
+	pool, err := storeImages(ctx, bucket, "pool", pngs, "png", true)
 	if err != nil {
 		return nil, err
 	}

@@ -143,6 +143,9 @@ func Decode(data []byte) (image.Image, error) {
 	if img, ok := decodePNG(data); ok {
 		return img, nil
 	}
+	if img, ok := decodeJPEG(data); ok {
+		return img, nil
+	}
 	return decodeStd(data)
 }
 
@@ -150,7 +153,11 @@ func Decode(data []byte) (image.Image, error) {
 // fast path takes is decoded into pixels reused from image to image rather
 // than into a new image.
 func (p Prepared) DecodeFill(dst []float32, data []byte) error {
-	if ok, err := withPNG(data, func(img image.Image) error { return p.Fill(dst, img) }); ok {
+	fill := func(img image.Image) error { return p.Fill(dst, img) }
+	if ok, err := withPNG(data, fill); ok {
+		return err
+	}
+	if ok, err := withJPEG(data, fill); ok {
 		return err
 	}
 	img, err := decodeStd(data)

@@ -1,0 +1,614 @@
+package preprocess
+
+import (
+	"encoding/binary"
+	"image"
+	"slices"
+	"sync"
+)
+
+// The JPEG fast path exists because image/jpeg reads the entropy-coded
+// data a byte at a time through a 32-bit accumulator and a function call
+// per bit refill, and allocates the whole image anew for every file: on a
+// 500×375 photo, 3 ms of a 3.6 ms decode-and-resize, several times the
+// CPU a GPU spends on inferring it. It decodes what cameras and encoders
+// write — baseline or extended sequential Huffman JPEGs, gray or YCbCr,
+// one scan — with a 64-bit accumulator refilled eight bytes at a time,
+// into planes reused from image to image. Anything else (progressive,
+// several scans, CMYK, RGB, Adobe's transform marker, damaged data it
+// would have to resynchronise) declines, and image/jpeg decides, keeping
+// results and errors for such files exactly as they were.
+//
+// Whenever the fast path returns an image, image/jpeg returns one with the
+// same pixels for the same bytes: the same inverse DCT, in the same int32
+// arithmetic (jpegIDCT), the same clamping and the same plane layout; its
+// checks are at least as strict as image/jpeg's.
+
+// JPEG markers, as in image/jpeg.
+const (
+	jpegSOF0  = 0xc0 // baseline sequential
+	jpegSOF1  = 0xc1 // extended sequential
+	jpegDHT   = 0xc4
+	jpegRST0  = 0xd0
+	jpegRST7  = 0xd7
+	jpegSOI   = 0xd8
+	jpegEOI   = 0xd9
+	jpegSOS   = 0xda
+	jpegDQT   = 0xdb
+	jpegDRI   = 0xdd
+	jpegCOM   = 0xfe
+	jpegAPP0  = 0xe0
+	jpegAPP14 = 0xee
+	jpegAPP15 = 0xef
+)
+
+// jpegZig maps zig-zag order to the natural order of a block.
+var jpegZig = [64]uint8{
+	0, 1, 8, 16, 9, 2, 3, 10,
+	17, 24, 32, 25, 18, 11, 4, 5,
+	12, 19, 26, 33, 40, 48, 41, 34,
+	27, 20, 13, 6, 7, 14, 21, 28,
+	35, 42, 49, 56, 57, 50, 43, 36,
+	29, 22, 15, 23, 30, 37, 44, 51,
+	58, 59, 52, 45, 38, 31, 39, 46,
+	53, 60, 61, 54, 47, 55, 62, 63,
+}
+
+// jpegLUTBits is how many bits the Huffman look-up table decodes at once:
+// nearly every code of a photo's tables is at most 9 bits long.
+const jpegLUTBits = 9
+
+// jpegHuffman is one Huffman table, canonical as in section C of T.81.
+type jpegHuffman struct {
+	defined bool
+	// lut maps the next jpegLUTBits bits to the value<<8 | code length,
+	// or 0 when the code is longer.
+	lut [1 << jpegLUTBits]uint16
+	// For longer codes, per length l: the largest code of that length
+	// (−1: none), and the offset from a code to its value's index.
+	maxCode [17]int32
+	offset  [17]int32
+	vals    [256]uint8
+}
+
+// build makes h from a DHT segment's code counts and values. ok is false
+// for a table image/jpeg would refuse or decode otherwise than by the
+// canonical code (one whose counts overflow a length).
+func (h *jpegHuffman) build(counts []byte, vals []byte) bool {
+	clear(h.lut[:])
+	copy(h.vals[:], vals)
+	code, k := int32(0), int32(0)
+	for l := 1; l <= 16; l++ {
+		n := int32(counts[l-1])
+		h.maxCode[l] = -1
+		if n > 0 {
+			if code+n > 1<<l {
+				return false
+			}
+			h.offset[l] = k - code
+			h.maxCode[l] = code + n - 1
+			if l <= jpegLUTBits {
+				for c := code; c < code+n; c++ {
+					e := uint16(vals[k+c-code])<<8 | uint16(l)
+					shift := jpegLUTBits - l
+					for i := c << shift; i < (c+1)<<shift; i++ {
+						h.lut[i] = e
+					}
+				}
+			}
+			k += n
+		}
+		code = (code + n) << 1
+	}
+	h.defined = true
+	return true
+}
+
+// jpegBits reads the entropy-coded data of a scan, most significant bit
+// first: acc holds n bits, left-aligned. At a marker it feeds zero bytes
+// instead and counts them in fake, so that a block which ran into them
+// (data missing) can be told from one that ended before them.
+type jpegBits struct {
+	data []byte
+	pos  int // next byte of data to load
+	acc  uint64
+	n    uint
+	fake uint
+}
+
+// refill loads bytes until n > 56.
+func (b *jpegBits) refill() {
+	if b.fake == 0 && b.pos+8 <= len(b.data) {
+		w := binary.BigEndian.Uint64(b.data[b.pos:])
+		// Eight bytes with no 0xff (stuffing or a marker) load at once.
+		if x := ^w; (x-0x0101010101010101)&^x&0x8080808080808080 == 0 {
+			k := (64 - b.n) / 8
+			b.acc |= w >> (64 - 8*k) << (64 - 8*k) >> b.n
+			b.n += 8 * k
+			b.pos += int(k)
+			return
+		}
+	}
+	for b.n <= 56 {
+		var c byte
+		switch {
+		case b.fake > 0 || b.pos >= len(b.data):
+			b.fake += 8
+		case b.data[b.pos] != 0xff:
+			c = b.data[b.pos]
+			b.pos++
+		case b.pos+1 < len(b.data) && b.data[b.pos+1] == 0:
+			c = 0xff
+			b.pos += 2
+		default: // a marker
+			b.fake += 8
+		}
+		b.acc |= uint64(c) << (56 - b.n)
+		b.n += 8
+	}
+}
+
+// decode returns the next Huffman-coded value; ok is false for a code
+// not in h.
+func (b *jpegBits) decode(h *jpegHuffman) (v uint8, ok bool) {
+	if b.n < 32 {
+		b.refill()
+	}
+	if e := h.lut[b.acc>>(64-jpegLUTBits)]; e != 0 {
+		l := uint(e & 0xff)
+		b.acc <<= l
+		b.n -= l
+		return uint8(e >> 8), true
+	}
+	for l := uint(jpegLUTBits + 1); l <= 16; l++ {
+		if c := int32(b.acc >> (64 - l)); c <= h.maxCode[l] {
+			b.acc <<= l
+			b.n -= l
+			return h.vals[c+h.offset[l]], true
+		}
+	}
+	return 0, false
+}
+
+// receiveExtend reads t bits (t ≤ 16, following a decode, which left at
+// least 16) and extends them to the signed value they code (F.2.2.1).
+func (b *jpegBits) receiveExtend(t uint8) int32 {
+	x := extend(b.acc, uint(t))
+	b.acc <<= t
+	b.n -= uint(t)
+	return x
+}
+
+// extend is the signed value the top t bits of acc code (F.2.2.1): read
+// as unsigned when the first is 1, minus 2^t − 1 when it is 0. It takes
+// no branch, since the sign of a coefficient is a coin toss.
+func extend(acc uint64, t uint) int32 {
+	x := int32(acc >> (64 - t)) // 0 when t is 0
+	negative := int32(^(int64(acc) >> 63))
+	return x + negative&(1-1<<t)
+}
+
+type jpegComponent struct {
+	id   uint8
+	h, v int
+	tq   uint8
+	// In the scan: the DC and AC tables, and the running DC value.
+	td, ta uint8
+	dc     int32
+}
+
+// jpegDecoder holds what is worth reusing between images: the tables, and
+// the planes the image is decoded into.
+type jpegDecoder struct {
+	width, height int
+	nComp         int
+	comp          [3]jpegComponent
+	quant         [4][64]int32 // zig-zag order
+	quantDefined  [4]bool
+	huff          [2][4]jpegHuffman // [DC, AC][destination]
+	ri            int
+	jfif          bool
+	baseline      bool
+	scanned       bool
+	bits          jpegBits
+	planes        [3][]byte
+}
+
+var jpegDecoders = sync.Pool{New: func() any { return new(jpegDecoder) }}
+
+// release returns d to the pool, dropping planes too large to keep.
+func (d *jpegDecoder) release() {
+	for i, p := range d.planes {
+		if cap(p) > maxPooledRaw {
+			d.planes[i] = nil
+		}
+	}
+	d.bits.data = nil
+	jpegDecoders.Put(d)
+}
+
+// decodeJPEG decodes data into a new image if it is a JPEG the fast path
+// supports; ok is false when it is not.
+func decodeJPEG(data []byte) (img image.Image, ok bool) {
+	d := jpegDecoders.Get().(*jpegDecoder)
+	defer d.release()
+	return d.decode(data, false)
+}
+
+// withJPEG calls use with data decoded, if it is a JPEG the fast path
+// supports, into planes that are reused once use returns; ok is false when
+// the fast path declined (use was not called).
+func withJPEG(data []byte, use func(image.Image) error) (ok bool, err error) {
+	d := jpegDecoders.Get().(*jpegDecoder)
+	defer d.release()
+	img, ok := d.decode(data, true)
+	if !ok {
+		return false, nil
+	}
+	return true, use(img)
+}
+
+// decode walks data's segments as image/jpeg does, declining at anything
+// outside the fast path, and returns the image; with reuse, it lives in
+// d's planes, only good until d is released.
+func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
+	*d = jpegDecoder{planes: d.planes}
+	if len(data) < 4 || data[0] != 0xff || data[1] != jpegSOI {
+		return nil, false
+	}
+	var img image.Image
+	pos := 2
+	for {
+		if pos+2 > len(data) || data[pos] != 0xff {
+			return nil, false
+		}
+		marker := data[pos+1]
+		pos += 2
+		if marker == jpegEOI {
+			break
+		}
+		if pos+2 > len(data) {
+			return nil, false
+		}
+		n := int(binary.BigEndian.Uint16(data[pos:])) - 2
+		if n < 0 || pos+2+n > len(data) {
+			return nil, false
+		}
+		seg := data[pos+2 : pos+2+n]
+		pos += 2 + n
+		ok := true
+		switch {
+		case marker == jpegSOF0 || marker == jpegSOF1:
+			d.baseline = marker == jpegSOF0
+			ok = d.frame(seg)
+		case marker == jpegDHT:
+			ok = d.tables(seg)
+		case marker == jpegDQT:
+			ok = d.quantTables(seg)
+		case marker == jpegDRI:
+			ok = n == 2
+			if ok {
+				d.ri = int(binary.BigEndian.Uint16(seg))
+			}
+		case marker == jpegSOS:
+			if d.scanned {
+				return nil, false // several scans: image/jpeg's
+			}
+			d.scanned = true
+			img, ok = d.scan(seg, data, &pos, reuse)
+		case marker == jpegAPP0:
+			if n >= 5 {
+				d.jfif = string(seg[:5]) == "JFIF\x00"
+			}
+		case marker == jpegAPP14:
+			// Adobe's transform flag decides between YCbCr, RGB and
+			// CMYK; image/jpeg handles it.
+			return nil, false
+		case jpegAPP0 < marker && marker <= jpegAPP15, marker == jpegCOM:
+		default: // progressive, lossless, arithmetic-coded, restart out of place, …
+			return nil, false
+		}
+		if !ok {
+			return nil, false
+		}
+	}
+	// image/jpeg takes 'R', 'G', 'B' components without JFIF as RGB.
+	if img == nil || d.nComp == 3 && !d.jfif && string([]byte{d.comp[0].id, d.comp[1].id, d.comp[2].id}) == "RGB" {
+		return nil, false
+	}
+	// decodeStd's bound, so that both paths refuse the same files.
+	if int64(len(data)) < minBytes("jpeg", image.Config{Width: d.width, Height: d.height}) {
+		return nil, false
+	}
+	return img, true
+}
+
+// frame reads a SOF segment (B.2.2) into d, accepting gray and YCbCr
+// images with the subsampling ratios image/jpeg supports.
+func (d *jpegDecoder) frame(seg []byte) bool {
+	if d.nComp != 0 || len(seg) < 6 || seg[0] != 8 {
+		return false
+	}
+	d.height = int(binary.BigEndian.Uint16(seg[1:]))
+	d.width = int(binary.BigEndian.Uint16(seg[3:]))
+	d.nComp = int(seg[5])
+	if (d.nComp != 1 && d.nComp != 3) || len(seg) != 6+3*d.nComp {
+		return false
+	}
+	if d.width == 0 || d.height == 0 || int64(d.width)*int64(d.height) > maxDecodePixels {
+		return false
+	}
+	for i := range d.nComp {
+		c := &d.comp[i]
+		c.id, c.tq = seg[6+3*i], seg[8+3*i]
+		c.h, c.v = int(seg[7+3*i]>>4), int(seg[7+3*i]&0x0f)
+		for j := range i {
+			if d.comp[j].id == c.id {
+				return false
+			}
+		}
+		if c.tq > 3 || c.h < 1 || c.h > 4 || c.v < 1 || c.v > 4 || c.h == 3 || c.v == 3 {
+			return false
+		}
+		switch {
+		case d.nComp == 1:
+			c.h, c.v = 1, 1 // a single component is one block an MCU (A.2)
+		case i == 0 && c.v == 4:
+			return false
+		case i == 1 && (d.comp[0].h%c.h != 0 || d.comp[0].v%c.v != 0):
+			return false
+		case i == 2 && (c.h != d.comp[1].h || c.v != d.comp[1].v):
+			return false
+		}
+	}
+	return true
+}
+
+// tables reads a DHT segment (B.2.4.2).
+func (d *jpegDecoder) tables(seg []byte) bool {
+	for len(seg) > 0 {
+		if len(seg) < 17 {
+			return false
+		}
+		tc, th := seg[0]>>4, seg[0]&0x0f
+		if tc > 1 || th > 3 || (d.baseline && th > 1) {
+			return false
+		}
+		total := 0
+		for _, c := range seg[1:17] {
+			total += int(c)
+		}
+		if total == 0 || total > 256 || len(seg) < 17+total {
+			return false
+		}
+		if !d.huff[tc][th].build(seg[1:17], seg[17:17+total]) {
+			return false
+		}
+		seg = seg[17+total:]
+	}
+	return true
+}
+
+// quantTables reads a DQT segment (B.2.4.1).
+func (d *jpegDecoder) quantTables(seg []byte) bool {
+	for len(seg) > 0 {
+		pq, tq := seg[0]>>4, seg[0]&0x0f
+		seg = seg[1:]
+		if tq > 3 || pq > 1 || len(seg) < 64<<pq {
+			return false
+		}
+		q := &d.quant[tq]
+		for i := range q {
+			if pq == 0 {
+				q[i] = int32(seg[i])
+			} else {
+				q[i] = int32(binary.BigEndian.Uint16(seg[2*i:]))
+			}
+		}
+		d.quantDefined[tq] = true
+		seg = seg[64<<pq:]
+	}
+	return true
+}
+
+// scan reads a SOS segment (B.2.3) and decodes its entropy-coded data,
+// which starts at *pos in data, into the image; *pos is left at the
+// marker that follows.
+func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) (image.Image, bool) {
+	if d.nComp == 0 || len(seg) < 1 || int(seg[0]) != d.nComp || len(seg) != 4+2*d.nComp {
+		return nil, false
+	}
+	var order [3]int // the scan's components, by frame index
+	totalHV := 0
+	for i := range d.nComp {
+		sel, tables := seg[1+2*i], seg[2+2*i]
+		order[i] = -1
+		for j := range d.nComp {
+			if d.comp[j].id == sel {
+				order[i] = j
+			}
+		}
+		if order[i] < 0 || slices.Contains(order[:i], order[i]) {
+			return nil, false
+		}
+		c := &d.comp[order[i]]
+		c.td, c.ta = tables>>4, tables&0x0f
+		if c.td > 3 || c.ta > 3 || (d.baseline && (c.td > 1 || c.ta > 1)) {
+			return nil, false
+		}
+		if !d.huff[0][c.td].defined || !d.huff[1][c.ta].defined || !d.quantDefined[c.tq] {
+			return nil, false
+		}
+		totalHV += c.h * c.v
+	}
+	if d.nComp > 1 && totalHV > 10 {
+		return nil, false
+	}
+
+	h0, v0 := d.comp[0].h, d.comp[0].v
+	mxx := (d.width + 8*h0 - 1) / (8 * h0)
+	myy := (d.height + 8*v0 - 1) / (8 * v0)
+	img, planes, strides := d.makeImage(mxx, myy, reuse)
+
+	d.bits = jpegBits{data: data, pos: *pos}
+	var blk [64]int32
+	for mcu, total := 0, mxx*myy; mcu < total; mcu++ {
+		mx, my := mcu%mxx, mcu/mxx
+		for _, ci := range order[:d.nComp] {
+			c := &d.comp[ci]
+			for j := range c.h * c.v {
+				bx, by := c.h*mx+j%c.h, c.v*my+j/c.h
+				if !d.block(&blk, c) {
+					return nil, false
+				}
+				jpegIDCT(&blk)
+				jpegStore(planes[ci][8*(by*strides[ci]+bx):], strides[ci], &blk)
+			}
+		}
+		if d.ri > 0 && (mcu+1)%d.ri == 0 && mcu+1 < total {
+			rst := jpegRST0 + byte((mcu+1)/d.ri-1)%8
+			p, ok := d.bits.end()
+			if !ok || p+2 > len(data) || data[p] != 0xff || data[p+1] != rst {
+				return nil, false
+			}
+			d.bits = jpegBits{data: data, pos: p + 2}
+			for i := range d.nComp {
+				d.comp[i].dc = 0
+			}
+		}
+	}
+	p, ok := d.bits.end()
+	*pos = p
+	return img, ok
+}
+
+// end checks that the data decoded so far ended within the last byte
+// loaded — nothing missing, nothing left over — and returns where the
+// marker after it should be.
+func (b *jpegBits) end() (pos int, ok bool) {
+	if b.n < b.fake || b.n-b.fake >= 8 {
+		return 0, false
+	}
+	return b.pos, true
+}
+
+// block decodes one block's coefficients into blk, dequantised, in
+// natural order (F.2.2). The bit reader's state lives in locals here, the
+// hot loop of the whole decode, so that it stays in registers.
+func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) bool {
+	*blk = [64]int32{}
+	q := &d.quant[c.tq]
+	b := &d.bits
+	t, ok := b.decode(&d.huff[0][c.td])
+	if !ok || t > 16 {
+		return false
+	}
+	c.dc += b.receiveExtend(t)
+	blk[0] = c.dc * q[0]
+	ac := &d.huff[1][c.ta]
+	acc, n := b.acc, b.n
+	for k := 1; k < 64; k++ {
+		if n < 32 {
+			b.acc, b.n = acc, n
+			b.refill()
+			acc, n = b.acc, b.n
+		}
+		var rs uint8
+		if e := ac.lut[acc>>(64-jpegLUTBits)]; e != 0 {
+			l := uint(e & 0xff)
+			acc <<= l
+			n -= l
+			rs = uint8(e >> 8)
+		} else {
+			b.acc, b.n = acc, n
+			if rs, ok = b.decode(ac); !ok {
+				return false
+			}
+			acc, n = b.acc, b.n
+		}
+		r, s := int(rs>>4), uint(rs&0x0f)
+		if s == 0 {
+			if r == 15 { // sixteen zeros
+				k += 15
+				continue
+			}
+			b.acc, b.n = acc, n
+			// r > 0 is an end-of-band run, which only progressive scans
+			// have: image/jpeg reads it anyway.
+			return r == 0 && n >= b.fake
+		}
+		k += r
+		if k > 63 {
+			break
+		}
+		blk[jpegZig[k]&63] = extend(acc, s) * q[k]
+		acc <<= s
+		n -= s
+	}
+	b.acc, b.n = acc, n
+	return n >= b.fake
+}
+
+// makeImage returns the image the scan decodes into, with its planes
+// padded to whole MCUs as image/jpeg's are, and each plane's stride.
+func (d *jpegDecoder) makeImage(mxx, myy int, reuse bool) (image.Image, [3][]byte, [3]int) {
+	var planes [3][]byte
+	var strides [3]int
+	r := image.Rect(0, 0, d.width, d.height)
+	plane := func(i, w, h int) {
+		if reuse {
+			d.planes[i] = grow(d.planes[i], w*h)
+			planes[i] = d.planes[i]
+		} else {
+			planes[i] = make([]byte, w*h)
+		}
+		strides[i] = w
+	}
+	if d.nComp == 1 {
+		plane(0, 8*mxx, 8*myy)
+		return &image.Gray{Pix: planes[0], Stride: strides[0], Rect: r}, planes, strides
+	}
+	h0, v0 := d.comp[0].h, d.comp[0].v
+	h1, v1 := d.comp[1].h, d.comp[1].v
+	var ratio image.YCbCrSubsampleRatio
+	switch (h0/h1)<<4 | v0/v1 {
+	case 0x11:
+		ratio = image.YCbCrSubsampleRatio444
+	case 0x12:
+		ratio = image.YCbCrSubsampleRatio440
+	case 0x21:
+		ratio = image.YCbCrSubsampleRatio422
+	case 0x22:
+		ratio = image.YCbCrSubsampleRatio420
+	case 0x41:
+		ratio = image.YCbCrSubsampleRatio411
+	case 0x42:
+		ratio = image.YCbCrSubsampleRatio410
+	}
+	plane(0, 8*h0*mxx, 8*v0*myy)
+	plane(1, 8*h1*mxx, 8*v1*myy)
+	plane(2, 8*h1*mxx, 8*v1*myy)
+	return &image.YCbCr{
+		Y: planes[0], Cb: planes[1], Cr: planes[2],
+		YStride: strides[0], CStride: strides[1],
+		SubsampleRatio: ratio, Rect: r,
+	}, planes, strides
+}
+
+// jpegStore level-shifts and clamps an inverse-transformed block into dst,
+// as image/jpeg does.
+func jpegStore(dst []byte, stride int, blk *[64]int32) {
+	for y := range 8 {
+		row := dst[y*stride : y*stride+8]
+		for x, c := range blk[8*y : 8*y+8] {
+			switch {
+			case c < -128:
+				row[x] = 0
+			case c > 127:
+				row[x] = 255
+			default:
+				row[x] = uint8(c + 128)
+			}
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package preprocess
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/jpeg"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// checkJPEGAgrees fails if the fast path returns an image that image/jpeg
+// does not return for data; took says whether it returned one.
+func checkJPEGAgrees(t testing.TB, data []byte) (took bool) {
+	t.Helper()
+	got, ok := decodeJPEG(data)
+	if !ok {
+		return false
+	}
+	want, err := jpeg.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("fast path decoded a file image/jpeg rejects: %v", err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("fast path gave %T %v, image/jpeg %T %v", got, got.Bounds(), want, want.Bounds())
+	}
+	return true
+}
+
+// noisyPhoto is photo(w, h) with noise on top, so that its blocks have
+// coefficients of every frequency, as a photograph's textures do; gray
+// gives it as an *image.Gray, which image/jpeg encodes with one component.
+func noisyPhoto(rng *rand.Rand, w, h int, gray bool) image.Image {
+	m := photo(w, h)
+	for i := range m.Pix {
+		if i%4 != 3 {
+			m.Pix[i] = uint8(int(m.Pix[i])/2 + rng.IntN(128))
+		}
+	}
+	if !gray {
+		return m
+	}
+	g := image.NewGray(m.Rect)
+	for i := range g.Pix {
+		g.Pix[i] = m.Pix[4*i]
+	}
+	return g
+}
+
+func encodeJPEG(t testing.TB, m image.Image, quality int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, m, &jpeg.Options{Quality: quality}); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestDecodeJPEGMatchesImageJPEG decodes what image/jpeg's encoder writes
+// (4:2:0 YCbCr, or gray), at every quality's extremes, of sizes that are
+// and are not whole blocks and MCUs.
+func TestDecodeJPEGMatchesImageJPEG(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	for _, gray := range []bool{false, true} {
+		for _, size := range append(testSizes, [2]int{17, 33}, [2]int{500, 375}) {
+			m := noisyPhoto(rng, size[0], size[1], gray)
+			for _, q := range []int{1, 50, 90, 100} {
+				t.Run(fmt.Sprintf("gray=%v/%dx%d/q%d", gray, size[0], size[1], q), func(t *testing.T) {
+					if !checkJPEGAgrees(t, encodeJPEG(t, m, q)) {
+						t.Fatal("the fast path declined a file image/jpeg wrote")
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestDecodeJPEGTestdata decodes image/jpeg's own test files: every
+// subsampling ratio, restart markers, gray with nominal 2×2 sampling, and
+// what the fast path leaves to image/jpeg (progressive, several scans,
+// CMYK, RGB).
+func TestDecodeJPEGTestdata(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(runtime.GOROOT(), "src", "image", "testdata", "*.jpeg"))
+	if err != nil || len(files) < 20 {
+		t.Fatalf("image/jpeg's test files in GOROOT: %d found (%v)", len(files), err)
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			took := checkJPEGAgrees(t, data)
+			declines := false
+			for _, s := range []string{"progressive", "separate", "cmyk", "rgb"} {
+				declines = declines || strings.Contains(name, s)
+			}
+			if took == declines {
+				t.Fatalf("fast path took it: %v, want %v", took, !declines)
+			}
+		})
+	}
+}
+
+// TestDecodeJPEGDamaged cuts and corrupts files: whatever the fast path
+// still decodes must be what image/jpeg decodes, and the rest declines.
+func TestDecodeJPEGDamaged(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 24))
+	restart, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "src", "image", "testdata", "video-001.restart2.jpeg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, data := range [][]byte{
+		encodeJPEG(t, noisyPhoto(rng, 40, 24, false), 75),
+		encodeJPEG(t, noisyPhoto(rng, 19, 9, true), 30),
+		restart,
+	} {
+		for n := range len(data) {
+			checkJPEGAgrees(t, data[:n])
+		}
+		took := 0
+		for range 3000 {
+			b := bytes.Clone(data)
+			for range 1 + rng.IntN(3) {
+				b[rng.IntN(len(b))] = byte(rng.Uint32())
+			}
+			if checkJPEGAgrees(t, b) {
+				took++
+			}
+		}
+		t.Logf("file %d: the fast path decoded %d of 3000 corrupted copies", i, took)
+	}
+}
+
+// TestDecodeJPEGOwnsPixels checks that Decode's image is not the pool's.
+func TestDecodeJPEGOwnsPixels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 26))
+	a, err := Decode(encodeJPEG(t, noisyPhoto(rng, 32, 32, false), 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := reflect.ValueOf(a).Elem().FieldByName("Y").Bytes()
+	before = bytes.Clone(before)
+	dst := make([]float32, 3*8*8)
+	p, _ := Spec{Channels: 3, Height: 8, Width: 8}.Prepare()
+	for range 4 {
+		if err := p.DecodeFill(dst, encodeJPEG(t, noisyPhoto(rng, 32, 32, false), 80)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Decode(encodeJPEG(t, noisyPhoto(rng, 32, 32, false), 80)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(before, a.(*image.YCbCr).Y) {
+		t.Fatal("a later decode overwrote Decode's image")
+	}
+}
+
+func FuzzDecodeJPEG(f *testing.F) {
+	rng := rand.New(rand.NewPCG(27, 28))
+	f.Add(encodeJPEG(f, noisyPhoto(rng, 20, 12, false), 60))
+	f.Add(encodeJPEG(f, noisyPhoto(rng, 9, 9, true), 95))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkJPEGAgrees(t, data)
+	})
+}
+
+// BenchmarkDecodeFillJPEG is a 500×375 photo at quality 90 (130 KB, about
+// an ImageNet JPEG's size) into an ImageNet-style 3×224×224 input, by the
+// fast path and by image/jpeg.
+func BenchmarkDecodeFillJPEG(b *testing.B) {
+	data := encodeJPEG(b, noisyPhoto(rand.New(rand.NewPCG(29, 30)), 500, 375, false), 90)
+	p, err := imagenet.Prepare()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dst := make([]float32, imagenet.Size())
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := p.DecodeFill(dst, data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("image-jpeg", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			img, err := decodeStd(data)
+			if err == nil {
+				err = p.Fill(dst, img)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
