@@ -622,11 +622,23 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		// a row's chroma offsets step by one every 1<<sh columns instead.
 		sh := chromaShift(m.SubsampleRatio)
 		c0 := m.COffset(x0, y) - x0>>sh
-		for k, yy := range ys {
-			ci := c0 + (x0+k)>>sh
-			r, g, b := color.YCbCrToRGB(yy, m.Cb[ci], m.Cr[ci])
-			out[3*k], out[3*k+1], out[3*k+2] = u8f[r], u8f[g], u8f[b]
+		convert := func(from, to int) {
+			for k := from; k < to; k++ {
+				ci := c0 + (x0+k)>>sh
+				r, g, b := color.YCbCrToRGB(ys[k], m.Cb[ci], m.Cr[ci])
+				out[3*k], out[3*k+1], out[3*k+2] = u8f[r], u8f[g], u8f[b]
+			}
 		}
+		k := 0
+		if sh <= 1 {
+			// Eight pixels a step, which pairs columns x0+k, x0+k+1 on a
+			// chroma sample when they share one: an odd x0 goes alone.
+			k = x0 & sh
+			convert(0, k)
+			ci := c0 + (x0+k)>>sh
+			k += ycbcrRowVec(out[3*k:], ys[k:], m.Cb[ci:], m.Cr[ci:], sh == 1)
+		}
+		convert(k, cols)
 		return 255
 	case *image.NYCbCrA:
 		for x := x0; x < x1; x++ {

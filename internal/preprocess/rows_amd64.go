@@ -36,3 +36,23 @@ func bytesToFloats(dst []float32, src []byte) {
 
 //go:noescape
 func bytesToFloatsAVX2(dst *float32, src *byte, n int)
+
+// ycbcrRowVec converts the leading pixels of a YCbCr row to interleaved
+// RGB floats, exactly as color.YCbCrToRGB and u8f do, eight a step with
+// AVX2, and returns how many it did (a multiple of eight; 0 without
+// AVX2): ys[k] with cb[k] and cr[k], or with half cb[k/2] and cr[k/2].
+func ycbcrRowVec(out []float32, ys, cb, cr []byte, half bool) int {
+	n := min(len(ys), len(out)/3) &^ 7
+	nc := n
+	if half {
+		nc = n / 2
+	}
+	if !haveAVX2 || n == 0 || len(cb) < nc || len(cr) < nc {
+		return 0
+	}
+	ycbcrRowAVX2(&out[0], &ys[0], &cb[0], &cr[0], n, half)
+	return n
+}
+
+//go:noescape
+func ycbcrRowAVX2(dst *float32, y, cb, cr *byte, n int, half bool)

@@ -58,27 +58,37 @@ func TestYCbCrRowsMatchPixels(t *testing.T) {
 		image.YCbCrSubsampleRatio444, image.YCbCrSubsampleRatio422, image.YCbCrSubsampleRatio420,
 		image.YCbCrSubsampleRatio440, image.YCbCrSubsampleRatio411, image.YCbCrSubsampleRatio410,
 	} {
-		for _, r := range []image.Rectangle{image.Rect(0, 0, 23, 9), image.Rect(-13, -4, 11, 9)} {
+		for _, r := range []image.Rectangle{
+			image.Rect(0, 0, 23, 9), image.Rect(-13, -4, 11, 9), image.Rect(0, 0, 77, 3), image.Rect(0, 0, 66, 2),
+		} {
 			m := image.NewYCbCr(r, ratio)
 			for _, p := range [][]uint8{m.Y, m.Cb, m.Cr} {
 				for i := range p {
 					p[i] = uint8(rng.IntN(256))
 				}
 			}
-			sub := m.SubImage(image.Rect(3, 2, 20, 8)).(*image.YCbCr)
-			if r.Min.X < 0 {
-				sub = m
+			// Sub-images at odd and even columns, of widths around the
+			// vector loop's eight pixels, and the whole image.
+			subs := []*image.YCbCr{m}
+			if r.Min.X >= 0 {
+				for _, x := range [][2]int{{3, 20}, {4, 12}, {1, 10}, {5, 70}, {2, 66}} {
+					if x[1] <= r.Max.X {
+						subs = append(subs, m.SubImage(image.Rect(x[0], 0, x[1], r.Max.Y)).(*image.YCbCr))
+					}
+				}
 			}
-			b := sub.Bounds()
-			buf := make([]float32, 3*b.Dx())
-			for y := b.Min.Y; y < b.Max.Y; y++ {
-				readRow(buf, sub, y, b.Min.X, b.Max.X, 3, nil)
-				for x := b.Min.X; x < b.Max.X; x++ {
-					c := sub.YCbCrAt(x, y)
-					rr, gg, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
-					k := 3 * (x - b.Min.X)
-					if got, want := buf[k:k+3], []float32{float32(rr), float32(gg), float32(bb)}; got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
-						t.Fatalf("%v in %v: pixel (%d, %d) = %v, want %v", ratio, b, x, y, got, want)
+			for _, sub := range subs {
+				b := sub.Bounds()
+				buf := make([]float32, 3*b.Dx())
+				for y := b.Min.Y; y < b.Max.Y; y++ {
+					readRow(buf, sub, y, b.Min.X, b.Max.X, 3, nil)
+					for x := b.Min.X; x < b.Max.X; x++ {
+						c := sub.YCbCrAt(x, y)
+						rr, gg, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
+						k := 3 * (x - b.Min.X)
+						if got, want := buf[k:k+3], []float32{float32(rr), float32(gg), float32(bb)}; got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+							t.Fatalf("%v in %v: pixel (%d, %d) = %v, want %v", ratio, b, x, y, got, want)
+						}
 					}
 				}
 			}
