@@ -458,11 +458,16 @@ func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) (image.Image,
 			c := &d.comp[ci]
 			for j := range c.h * c.v {
 				bx, by := c.h*mx+j%c.h, c.v*my+j/c.h
-				if !d.block(&blk, c) {
+				ac, ok := d.block(&blk, c)
+				if !ok {
 					return nil, false
 				}
-				jpegIDCT(&blk)
-				jpegStore(planes[ci][8*(by*strides[ci]+bx):], strides[ci], &blk)
+				dst := planes[ci][8*(by*strides[ci]+bx):]
+				if ac {
+					jpegIDCTStore(dst, strides[ci], &blk)
+				} else {
+					jpegFlat(dst, strides[ci], blk[0])
+				}
 			}
 		}
 		if d.ri > 0 && (mcu+1)%d.ri == 0 && mcu+1 < total {
@@ -493,19 +498,20 @@ func (b *jpegBits) end() (pos int, ok bool) {
 }
 
 // block decodes one block's coefficients into blk, dequantised, in
-// natural order (F.2.2). The bit reader's state lives in locals here, the
-// hot loop of the whole decode, so that it stays in registers.
-func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) bool {
+// natural order (F.2.2), and says whether any but the DC was coded. The
+// bit reader's state lives in locals here, the hot loop of the whole
+// decode, so that it stays in registers.
+func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 	*blk = [64]int32{}
 	q := &d.quant[c.tq]
 	b := &d.bits
 	t, ok := b.decode(&d.huff[0][c.td])
 	if !ok || t > 16 {
-		return false
+		return false, false
 	}
 	c.dc += b.receiveExtend(t)
 	blk[0] = c.dc * q[0]
-	ac := &d.huff[1][c.ta]
+	h := &d.huff[1][c.ta]
 	acc, n := b.acc, b.n
 	for k := 1; k < 64; k++ {
 		if n < 32 {
@@ -514,15 +520,15 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) bool {
 			acc, n = b.acc, b.n
 		}
 		var rs uint8
-		if e := ac.lut[acc>>(64-jpegLUTBits)]; e != 0 {
+		if e := h.lut[acc>>(64-jpegLUTBits)]; e != 0 {
 			l := uint(e & 0xff)
 			acc <<= l
 			n -= l
 			rs = uint8(e >> 8)
 		} else {
 			b.acc, b.n = acc, n
-			if rs, ok = b.decode(ac); !ok {
-				return false
+			if rs, ok = b.decode(h); !ok {
+				return false, false
 			}
 			acc, n = b.acc, b.n
 		}
@@ -535,7 +541,7 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) bool {
 			b.acc, b.n = acc, n
 			// r > 0 is an end-of-band run, which only progressive scans
 			// have: image/jpeg reads it anyway.
-			return r == 0 && n >= b.fake
+			return ac, r == 0 && n >= b.fake
 		}
 		k += r
 		if k > 63 {
@@ -544,9 +550,10 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) bool {
 		blk[jpegZig[k]&63] = extend(acc, s) * q[k]
 		acc <<= s
 		n -= s
+		ac = true
 	}
 	b.acc, b.n = acc, n
-	return n >= b.fake
+	return ac, n >= b.fake
 }
 
 // makeImage returns the image the scan decodes into, with its planes

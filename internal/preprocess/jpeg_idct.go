@@ -6,9 +6,11 @@
 // fast path's pixels are image/jpeg's to the bit; see there for the
 // algorithm (Loeffler, Lightenberg and Moschytz) and its precision notes.
 // Two shortcuts give the same results with less work on the many rows
-// and blocks a photo codes with their DC coefficient alone.
+// and blocks a photo codes with their DC coefficient alone (jpegFlat).
 
 package preprocess
+
+import "encoding/binary"
 
 const (
 	cos1          = 1130768441178740757 // fix cos 1*pi/16
@@ -33,28 +35,22 @@ func jpegBox(x0, x1, kcos, ksin int32) (y0, y1 int32) {
 	return y0, y1
 }
 
-// jpegIDCT is image/jpeg's idct: rows, then columns. A block with only a
-// DC coefficient comes out flat, as the two passes would make it.
+// jpegIDCT is image/jpeg's idct: rows, then columns.
 func jpegIDCT(b *[64]int32) {
-	if b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] == 0 && allZero(b[8:]) {
-		// Rows: row 0 is b[0]<<17 throughout, the others 0. Columns:
-		// the rounding half added, then two shifts.
-		v := (b[0]<<17 + 1<<19) >> 2 >> 18
-		for i := range b {
-			b[i] = v
-		}
-		return
-	}
 	idctRows(b)
 	idctCols(b)
 }
 
-func allZero(x []int32) bool {
-	var or int32
-	for _, v := range x {
-		or |= v
+// jpegFlat stores the block whose only coefficient is the DC dc, as
+// jpegIDCT and jpegStore would: the rows pass makes row 0 dc<<17
+// throughout and the others 0; the columns pass adds the rounding half
+// and shifts twice.
+func jpegFlat(dst []byte, stride int, dc int32) {
+	v := (dc<<17 + 1<<19) >> 2 >> 18
+	p := uint64(min(max(v+128, 0), 255)) * 0x0101010101010101
+	for y := range 8 {
+		binary.LittleEndian.PutUint64(dst[y*stride:], p)
 	}
-	return or == 0
 }
 
 // idctRows applies the 1D IDCT to the rows of b.

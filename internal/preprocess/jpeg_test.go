@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image"
 	"image/jpeg"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -201,4 +202,55 @@ func BenchmarkDecodeFillJPEG(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestIDCTStoreMatchesGo checks jpegIDCTStore (with AVX2, the vector
+// transform) against jpegIDCT and jpegStore on blocks of coefficients as
+// photos have them, of a few low frequencies, of every size up to where
+// int32 products wrap, and at int32's extremes.
+func TestIDCTStoreMatchesGo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	for i := range 20000 {
+		var blk [64]int32
+		bound := []int32{4, 64, 2048, 1 << 16, 1 << 24, math.MaxInt32}[i%6]
+		for j := range blk {
+			if i%3 == 0 && j > 10 {
+				break
+			}
+			blk[j] = rng.Int32N(bound) - rng.Int32N(bound)
+		}
+		if i%97 == 0 {
+			blk[rng.IntN(64)] = math.MinInt32
+		}
+		const stride = 13
+		got, want := make([]byte, 8*stride), make([]byte, 8*stride)
+		b := blk
+		jpegIDCTStore(got, stride, &b)
+		b = blk
+		jpegIDCT(&b)
+		jpegStore(want, stride, &b)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("block %v:\ngot  %v\nwant %v", blk, got, want)
+		}
+	}
+}
+
+// TestFlatBlocksMatchIDCT checks jpegFlat against the transform of a block
+// with only a DC coefficient, over every value a dequantised DC can take
+// and beyond, to int32's extremes.
+func TestFlatBlocksMatchIDCT(t *testing.T) {
+	dcs := []int32{math.MinInt32, math.MaxInt32, -1 << 24, 1 << 24}
+	for dc := int32(-70000); dc <= 70000; dc++ {
+		dcs = append(dcs, dc)
+	}
+	got, want := make([]byte, 64), make([]byte, 64)
+	for _, dc := range dcs {
+		blk := [64]int32{dc}
+		jpegIDCT(&blk)
+		jpegStore(want, 8, &blk)
+		jpegFlat(got, 8, dc)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("DC %d: got %v, want %v", dc, got[:8], want[:8])
+		}
+	}
 }
