@@ -120,10 +120,13 @@ type jpegBits struct {
 func (b *jpegBits) refill() {
 	if b.fake == 0 && b.pos+8 <= len(b.data) {
 		w := binary.BigEndian.Uint64(b.data[b.pos:])
-		// Eight bytes with no 0xff (stuffing or a marker) load at once.
-		if x := ^w; (x-0x0101010101010101)&^x&0x8080808080808080 == 0 {
-			k := (64 - b.n) / 8
-			b.acc |= w >> (64 - 8*k) << (64 - 8*k) >> b.n
+		k := (64 - b.n) / 8
+		top := ^uint64(0) << (64 - 8*k) // the k bytes that fit
+		// Those with no 0xff (stuffing or a marker) load at once. The
+		// zero-byte test on ^w may also flag a byte before a true 0xff,
+		// never miss one: a false alarm only takes the loop below.
+		if x := ^w; (x-0x0101010101010101)&^x&0x8080808080808080&top == 0 {
+			b.acc |= w & top >> b.n
 			b.n += 8 * k
 			b.pos += int(k)
 			return
@@ -280,7 +283,9 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 		switch {
 		case marker == jpegSOF0 || marker == jpegSOF1:
 			d.baseline = marker == jpegSOF0
-			ok = d.frame(seg)
+			// decodeStd's bound, before the planes are allocated: a
+			// 150-byte file can claim 64 megapixels.
+			ok = d.frame(seg) && int64(len(data)) >= minBytes("jpeg", image.Config{Width: d.width, Height: d.height})
 		case marker == jpegDHT:
 			ok = d.tables(seg)
 		case marker == jpegDQT:
@@ -291,8 +296,8 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 				d.ri = int(binary.BigEndian.Uint16(seg))
 			}
 		case marker == jpegSOS:
-			if d.scanned {
-				return nil, false // several scans: image/jpeg's
+			if d.scanned || d.rgb() {
+				return nil, false // several scans, or RGB: image/jpeg's
 			}
 			d.scanned = true
 			img, ok = d.scan(seg, data, &pos, reuse)
@@ -312,15 +317,17 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 			return nil, false
 		}
 	}
-	// image/jpeg takes 'R', 'G', 'B' components without JFIF as RGB.
-	if img == nil || d.nComp == 3 && !d.jfif && string([]byte{d.comp[0].id, d.comp[1].id, d.comp[2].id}) == "RGB" {
-		return nil, false
-	}
-	// decodeStd's bound, so that both paths refuse the same files.
-	if int64(len(data)) < minBytes("jpeg", image.Config{Width: d.width, Height: d.height}) {
+	// An APP0 after the scan can still change its mind about RGB.
+	if img == nil || d.rgb() {
 		return nil, false
 	}
 	return img, true
+}
+
+// rgb says whether image/jpeg takes the image as RGB: 'R', 'G', 'B'
+// components without JFIF.
+func (d *jpegDecoder) rgb() bool {
+	return d.nComp == 3 && !d.jfif && string([]byte{d.comp[0].id, d.comp[1].id, d.comp[2].id}) == "RGB"
 }
 
 // frame reads a SOF segment (B.2.2) into d, accepting gray and YCbCr

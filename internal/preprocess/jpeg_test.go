@@ -2,6 +2,7 @@ package preprocess
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"image"
 	"image/jpeg"
@@ -136,6 +137,31 @@ func TestDecodeJPEGDamaged(t *testing.T) {
 			}
 		}
 		t.Logf("file %d: the fast path decoded %d of 3000 corrupted copies", i, took)
+	}
+}
+
+// TestDecodeJPEGHugeClaim gives a file of a few hundred bytes whose frame
+// claims 8192×8192 pixels: refused before anything that size is
+// allocated, as decodeStd refuses it.
+func TestDecodeJPEGHugeClaim(t *testing.T) {
+	data := encodeJPEG(t, noisyPhoto(rand.New(rand.NewPCG(33, 34)), 16, 16, false), 50)
+	i := bytes.Index(data, []byte{0xff, jpegSOF0})
+	if i < 0 {
+		t.Fatal("no SOF0 in image/jpeg's file")
+	}
+	binary.BigEndian.PutUint16(data[i+5:], 8192) // height
+	binary.BigEndian.PutUint16(data[i+7:], 8192) // width
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, ok := decodeJPEG(data)
+	p, _ := Spec{Channels: 3, Height: 8, Width: 8}.Prepare()
+	err := p.DecodeFill(make([]float32, 3*8*8), data)
+	runtime.ReadMemStats(&after)
+	if ok || err == nil || !strings.Contains(err.Error(), "claims 8192x8192 pixels") {
+		t.Fatalf("fast path took it: %v; DecodeFill: %v", ok, err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("refusing it allocated %d MiB", n>>20)
 	}
 }
 
