@@ -30,7 +30,6 @@ const (
 	jpegSOF1  = 0xc1 // extended sequential
 	jpegDHT   = 0xc4
 	jpegRST0  = 0xd0
-	jpegRST7  = 0xd7
 	jpegSOI   = 0xd8
 	jpegEOI   = 0xd9
 	jpegSOS   = 0xda
@@ -200,8 +199,8 @@ type jpegComponent struct {
 	dc     int32
 }
 
-// jpegDecoder holds what is worth reusing between images: the tables, and
-// the planes the image is decoded into.
+// jpegDecoder is one file's tables and state, and the planes, which are
+// worth reusing from image to image.
 type jpegDecoder struct {
 	width, height int
 	nComp         int
