@@ -12,12 +12,14 @@ import (
 // per bit refill, and allocates the whole image anew for every file: on a
 // 500×375 photo, 3 ms of a 3.6 ms decode-and-resize, several times the
 // CPU a GPU spends on inferring it. It decodes what cameras and encoders
-// write — baseline or extended sequential Huffman JPEGs, gray or YCbCr,
-// one scan — with a 64-bit accumulator refilled eight bytes at a time,
-// into planes reused from image to image. Anything else (progressive,
-// several scans, CMYK, RGB, Adobe's transform marker, damaged data it
-// would have to resynchronise) declines, and image/jpeg decides, keeping
-// results and errors for such files exactly as they were.
+// write — baseline or extended sequential Huffman JPEGs in one scan, and
+// progressive ones (jpeg_progressive.go), gray or YCbCr — with a 64-bit
+// accumulator refilled eight bytes at a time, into planes reused from
+// image to image. Anything else (a sequential image in several scans,
+// CMYK, RGB, Adobe's transform marker, restart markers in a progressive
+// scan, damaged data it would have to resynchronise) declines, and
+// image/jpeg decides, keeping results and errors for such files exactly
+// as they were.
 //
 // Whenever the fast path returns an image, image/jpeg returns one with the
 // same pixels for the same bytes: the same inverse DCT, in the same int32
@@ -28,6 +30,7 @@ import (
 const (
 	jpegSOF0  = 0xc0 // baseline sequential
 	jpegSOF1  = 0xc1 // extended sequential
+	jpegSOF2  = 0xc2 // progressive
 	jpegDHT   = 0xc4
 	jpegRST0  = 0xd0
 	jpegSOI   = 0xd8
@@ -211,12 +214,29 @@ type jpegDecoder struct {
 	ri            int
 	jfif          bool
 	baseline      bool
+	progressive   bool
 	scanned       bool
 	bits          jpegBits
-	planes        [3][]byte
+	mxx, myy      int // MCUs across and down
+	img           image.Image
+	out           [3][]byte // img's planes, and their strides
+	strides       [3]int
+	planes        [3][]byte // the pool's planes
+	// A progressive image's coefficients, every block's, until its last
+	// scan; the pool's buffer they are cut from; and the run of blocks
+	// left with no coefficient in the current band.
+	coef    [3][][64]int32
+	coefBuf [][64]int32
+	eobRun  uint16
 }
 
 var jpegDecoders = sync.Pool{New: func() any { return new(jpegDecoder) }}
+
+// maxPooledCoef bounds the progressive coefficients kept for reuse: a
+// 1.4-megapixel 4:2:0 image's (four bytes a sample). Allocated for every
+// image, the 2 MB of a 720×480 one cost a fifth of its decode in page
+// faults and collections.
+const maxPooledCoef = 8 << 20
 
 // release returns d to the pool, dropping planes too large to keep.
 func (d *jpegDecoder) release() {
@@ -225,7 +245,10 @@ func (d *jpegDecoder) release() {
 			d.planes[i] = nil
 		}
 	}
-	d.bits.data = nil
+	if cap(d.coefBuf)*64*4 > maxPooledCoef {
+		d.coefBuf = nil
+	}
+	d.bits.data, d.img, d.out, d.coef = nil, nil, [3][]byte{}, [3][][64]int32{}
 	jpegDecoders.Put(d)
 }
 
@@ -254,11 +277,10 @@ func withJPEG(data []byte, use func(image.Image) error) (ok bool, err error) {
 // outside the fast path, and returns the image; with reuse, it lives in
 // d's planes, only good until d is released.
 func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
-	*d = jpegDecoder{planes: d.planes}
+	*d = jpegDecoder{planes: d.planes, coefBuf: d.coefBuf}
 	if len(data) < 4 || data[0] != 0xff || data[1] != jpegSOI {
 		return nil, false
 	}
-	var img image.Image
 	pos := 2
 	for {
 		if pos+2 > len(data) || data[pos] != 0xff {
@@ -280,8 +302,9 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 		pos += 2 + n
 		ok := true
 		switch {
-		case marker == jpegSOF0 || marker == jpegSOF1:
+		case marker == jpegSOF0 || marker == jpegSOF1 || marker == jpegSOF2:
 			d.baseline = marker == jpegSOF0
+			d.progressive = marker == jpegSOF2
 			// decodeStd's bound, before the planes are allocated: a
 			// 150-byte file can claim 64 megapixels.
 			ok = d.frame(seg) && int64(len(data)) >= minBytes("jpeg", image.Config{Width: d.width, Height: d.height})
@@ -295,11 +318,15 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 				d.ri = int(binary.BigEndian.Uint16(seg))
 			}
 		case marker == jpegSOS:
-			if d.scanned || d.rgb() {
-				return nil, false // several scans, or RGB: image/jpeg's
+			switch {
+			case d.rgb(), d.scanned && !d.progressive:
+				return nil, false // RGB, or a sequential image in several scans: image/jpeg's
+			case d.progressive:
+				ok = d.progressiveScan(seg, data, &pos, reuse)
+			default:
+				ok = d.scan(seg, data, &pos, reuse)
 			}
 			d.scanned = true
-			img, ok = d.scan(seg, data, &pos, reuse)
 		case marker == jpegAPP0:
 			if n >= 5 {
 				d.jfif = string(seg[:5]) == "JFIF\x00"
@@ -317,10 +344,10 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 		}
 	}
 	// An APP0 after the scan can still change its mind about RGB.
-	if img == nil || d.rgb() {
+	if !d.scanned || d.rgb() || d.progressive && !d.reconstruct() {
 		return nil, false
 	}
-	return img, true
+	return d.img, true
 }
 
 // rgb says whether image/jpeg takes the image as RGB: 'R', 'G', 'B'
@@ -417,56 +444,77 @@ func (d *jpegDecoder) quantTables(seg []byte) bool {
 	return true
 }
 
-// scan reads a SOS segment (B.2.3) and decodes its entropy-coded data,
-// which starts at *pos in data, into the image; *pos is left at the
-// marker that follows.
-func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) (image.Image, bool) {
-	if d.nComp == 0 || len(seg) < 1 || int(seg[0]) != d.nComp || len(seg) != 4+2*d.nComp {
-		return nil, false
+// scanHeader reads a SOS segment's components (B.2.3), checking their
+// tables as image/jpeg does, and returns them by frame index and the
+// rest of the segment (the spectral selection and approximation bytes).
+// A sequential scan must have every component, image/jpeg's other case.
+func (d *jpegDecoder) scanHeader(seg []byte) (order []int, rest []byte, ok bool) {
+	if d.nComp == 0 || len(seg) < 1 {
+		return nil, nil, false
 	}
-	var order [3]int // the scan's components, by frame index
+	n := int(seg[0])
+	if n < 1 || n > d.nComp || len(seg) != 4+2*n || !d.progressive && n != d.nComp {
+		return nil, nil, false
+	}
 	totalHV := 0
-	for i := range d.nComp {
+	for i := range n {
 		sel, tables := seg[1+2*i], seg[2+2*i]
-		order[i] = -1
+		ci := -1
 		for j := range d.nComp {
 			if d.comp[j].id == sel {
-				order[i] = j
+				ci = j
 			}
 		}
-		if order[i] < 0 || slices.Contains(order[:i], order[i]) {
-			return nil, false
+		if ci < 0 || slices.Contains(order, ci) {
+			return nil, nil, false
 		}
-		c := &d.comp[order[i]]
+		c := &d.comp[ci]
 		c.td, c.ta = tables>>4, tables&0x0f
 		if c.td > 3 || c.ta > 3 || (d.baseline && (c.td > 1 || c.ta > 1)) {
-			return nil, false
-		}
-		if !d.huff[0][c.td].defined || !d.huff[1][c.ta].defined || !d.quantDefined[c.tq] {
-			return nil, false
+			return nil, nil, false
 		}
 		totalHV += c.h * c.v
+		order = append(order, ci)
 	}
 	if d.nComp > 1 && totalHV > 10 {
-		return nil, false
+		return nil, nil, false
 	}
+	if d.img == nil {
+		h0, v0 := d.comp[0].h, d.comp[0].v
+		d.mxx = (d.width + 8*h0 - 1) / (8 * h0)
+		d.myy = (d.height + 8*v0 - 1) / (8 * v0)
+	}
+	return order, seg[1+2*n:], true
+}
 
-	h0, v0 := d.comp[0].h, d.comp[0].v
-	mxx := (d.width + 8*h0 - 1) / (8 * h0)
-	myy := (d.height + 8*v0 - 1) / (8 * v0)
-	img, planes, strides := d.makeImage(mxx, myy, reuse)
+// scan decodes a sequential image's one scan, whose SOS segment is seg
+// and whose entropy-coded data starts at *pos in data, into the image;
+// *pos is left at the marker that follows.
+func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) bool {
+	order, _, ok := d.scanHeader(seg)
+	if !ok {
+		return false
+	}
+	for _, ci := range order {
+		c := &d.comp[ci]
+		if !d.huff[0][c.td].defined || !d.huff[1][c.ta].defined || !d.quantDefined[c.tq] {
+			return false
+		}
+	}
+	d.makeImage(reuse)
+	planes, strides := d.out, d.strides
 
 	d.bits = jpegBits{data: data, pos: *pos}
 	var blk [64]int32
-	for mcu, total := 0, mxx*myy; mcu < total; mcu++ {
-		mx, my := mcu%mxx, mcu/mxx
-		for _, ci := range order[:d.nComp] {
+	for mcu, total := 0, d.mxx*d.myy; mcu < total; mcu++ {
+		mx, my := mcu%d.mxx, mcu/d.mxx
+		for _, ci := range order {
 			c := &d.comp[ci]
 			for j := range c.h * c.v {
 				bx, by := c.h*mx+j%c.h, c.v*my+j/c.h
 				ac, ok := d.block(&blk, c)
 				if !ok {
-					return nil, false
+					return false
 				}
 				dst := planes[ci][8*(by*strides[ci]+bx):]
 				if ac {
@@ -480,7 +528,7 @@ func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) (image.Image,
 			rst := jpegRST0 + byte((mcu+1)/d.ri-1)%8
 			p, ok := d.bits.end()
 			if !ok || p+2 > len(data) || data[p] != 0xff || data[p+1] != rst {
-				return nil, false
+				return false
 			}
 			d.bits = jpegBits{data: data, pos: p + 2}
 			for i := range d.nComp {
@@ -488,9 +536,8 @@ func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) (image.Image,
 			}
 		}
 	}
-	p, ok := d.bits.end()
-	*pos = p
-	return img, ok
+	*pos, ok = d.bits.end()
+	return ok
 }
 
 // end checks that the data decoded so far ended within the last byte
@@ -562,24 +609,31 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 	return ac, n >= b.fake
 }
 
-// makeImage returns the image the scan decodes into, with its planes
-// padded to whole MCUs as image/jpeg's are, and each plane's stride.
-func (d *jpegDecoder) makeImage(mxx, myy int, reuse bool) (image.Image, [3][]byte, [3]int) {
-	var planes [3][]byte
-	var strides [3]int
+// makeImage makes the image the scans decode into (d.img, d.out and
+// d.strides), with its planes padded to whole MCUs as image/jpeg's are.
+// A progressive image's planes start zeroed, as image/jpeg's new ones
+// are: it leaves the padding's blocks unwritten.
+func (d *jpegDecoder) makeImage(reuse bool) {
+	if d.img != nil {
+		return
+	}
 	r := image.Rect(0, 0, d.width, d.height)
 	plane := func(i, w, h int) {
 		if reuse {
 			d.planes[i] = grow(d.planes[i], w*h)
-			planes[i] = d.planes[i]
+			d.out[i] = d.planes[i]
+			if d.progressive {
+				clear(d.out[i])
+			}
 		} else {
-			planes[i] = make([]byte, w*h)
+			d.out[i] = make([]byte, w*h)
 		}
-		strides[i] = w
+		d.strides[i] = w
 	}
 	if d.nComp == 1 {
-		plane(0, 8*mxx, 8*myy)
-		return &image.Gray{Pix: planes[0], Stride: strides[0], Rect: r}, planes, strides
+		plane(0, 8*d.mxx, 8*d.myy)
+		d.img = &image.Gray{Pix: d.out[0], Stride: d.strides[0], Rect: r}
+		return
 	}
 	h0, v0 := d.comp[0].h, d.comp[0].v
 	h1, v1 := d.comp[1].h, d.comp[1].v
@@ -598,14 +652,14 @@ func (d *jpegDecoder) makeImage(mxx, myy int, reuse bool) (image.Image, [3][]byt
 	case 0x42:
 		ratio = image.YCbCrSubsampleRatio410
 	}
-	plane(0, 8*h0*mxx, 8*v0*myy)
-	plane(1, 8*h1*mxx, 8*v1*myy)
-	plane(2, 8*h1*mxx, 8*v1*myy)
-	return &image.YCbCr{
-		Y: planes[0], Cb: planes[1], Cr: planes[2],
-		YStride: strides[0], CStride: strides[1],
+	plane(0, 8*h0*d.mxx, 8*v0*d.myy)
+	plane(1, 8*h1*d.mxx, 8*v1*d.myy)
+	plane(2, 8*h1*d.mxx, 8*v1*d.myy)
+	d.img = &image.YCbCr{
+		Y: d.out[0], Cb: d.out[1], Cr: d.out[2],
+		YStride: d.strides[0], CStride: d.strides[1],
 		SubsampleRatio: ratio, Rect: r,
-	}, planes, strides
+	}
 }
 
 // jpegStore level-shifts and clamps an inverse-transformed block into dst,
