@@ -216,6 +216,7 @@ type jpegDecoder struct {
 	baseline      bool
 	progressive   bool
 	scanned       bool
+	scans         int
 	bits          jpegBits
 	mxx, myy      int // MCUs across and down
 	img           image.Image
@@ -319,14 +320,17 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 			}
 		case marker == jpegSOS:
 			switch {
-			case d.rgb(), d.scanned && !d.progressive:
-				return nil, false // RGB, or a sequential image in several scans: image/jpeg's
+			case d.rgb(), d.scanned && !d.progressive, d.scans == maxJPEGScans:
+				// RGB, or a sequential image in several scans: image/jpeg's;
+				// too many scans: decodeStd's refusal.
+				return nil, false
 			case d.progressive:
 				ok = d.progressiveScan(seg, data, &pos, reuse)
 			default:
 				ok = d.scan(seg, data, &pos, reuse)
 			}
 			d.scanned = true
+			d.scans++
 		case marker == jpegAPP0:
 			if n >= 5 {
 				d.jfif = string(seg[:5]) == "JFIF\x00"

@@ -148,9 +148,6 @@ func (d *jpegDecoder) refine(b *[64]int32, h *jpegHuffman, zigStart, zigEnd int,
 		}
 		return true
 	}
-	if !h.defined {
-		return false
-	}
 	zig := zigStart
 	if d.eobRun == 0 {
 	loop:

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -202,6 +203,36 @@ func TestDecodeJPEGHugeClaim(t *testing.T) {
 	}
 	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
 		t.Fatalf("refusing it allocated %d MiB", n>>20)
+	}
+}
+
+// TestDecodeJPEGManyScans repeats a progressive file's first scan (its
+// DCs, which a repeat sets again): up to maxJPEGScans scans decode as
+// image/jpeg decodes them, more are refused by both paths with an error
+// that says why.
+func TestDecodeJPEGManyScans(t *testing.T) {
+	data := testdataJPEG(t, "video-001.q50.420.progressive.jpeg")
+	first := bytes.Index(data, []byte{0xff, jpegSOS})
+	end := first + 2 + int(binary.BigEndian.Uint16(data[first+2:]))
+	for data[end] != 0xff || data[end+1] == 0 || data[end+1]&0xf8 == jpegRST0 {
+		end++
+	}
+	scans := bytes.Count(data, []byte{0xff, jpegSOS})
+	p, _ := Spec{Channels: 3, Height: 8, Width: 8}.Prepare()
+	for _, n := range []int{maxJPEGScans, maxJPEGScans + 1} {
+		b := slices.Clone(data[:end])
+		for range n - scans {
+			b = append(b, data[first:end]...)
+		}
+		b = append(b, data[end:]...)
+		_, took := decodeJPEG(b)
+		err := p.DecodeFill(make([]float32, 3*8*8), b)
+		if n <= maxJPEGScans && (!took || !checkJPEGAgrees(t, b) || err != nil) {
+			t.Errorf("%d scans: fast path took it %v, DecodeFill: %v", n, took, err)
+		}
+		if n > maxJPEGScans && (took || err == nil || !strings.Contains(err.Error(), "scans")) {
+			t.Errorf("%d scans: fast path took it %v, DecodeFill: %v", n, took, err)
+		}
 	}
 }
 

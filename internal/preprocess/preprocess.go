@@ -48,6 +48,14 @@ const maxSide = 1 << 14
 // from exhausting memory. 64 Mpx is above any camera a user is likely to have.
 const maxDecodePixels = 1 << 26
 
+// maxJPEGScans bounds a JPEG's scans. Each is a pass over the image's
+// blocks, so a 32 KB progressive file of 2,000 scans of end-of-band runs
+// held a decoder for seconds (minutes at 64 megapixels). Encoders write
+// about ten; a script with a band for every coefficient of every
+// component, under 200. Counted as 0xff 0xda pairs, which entropy-coded
+// data cannot hold; a thumbnail's in the metadata counts too.
+const maxJPEGScans = 256
+
 // Spec says what one model wants as input. The zero value is not valid; call Validate.
 type Spec struct {
 	Layout   string    `json:"layout" yaml:"layout"`                 // "NCHW" (default) or "NHWC"
@@ -215,6 +223,9 @@ func decodeStd(data []byte) (image.Image, error) {
 		// read a pixel: a 72-byte PNG claiming 8192×8192 cost 256 MiB,
 		// a 150-byte progressive JPEG 960 MiB, per decoder at once.
 		return nil, fmt.Errorf("preprocess: decode: %s image claims %dx%d pixels in %d bytes, fewer than the %d its encoding needs at least", format, cfg.Width, cfg.Height, len(data), need)
+	}
+	if n := bytes.Count(data, []byte{0xff, jpegSOS}); format == "jpeg" && n > maxJPEGScans {
+		return nil, fmt.Errorf("preprocess: decode: jpeg image has %d scans, more than %d (each is a pass over the image)", n, maxJPEGScans)
 	}
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
