@@ -16,10 +16,9 @@ import (
 // progressive ones (jpeg_progressive.go), gray or YCbCr — with a 64-bit
 // accumulator refilled eight bytes at a time, into planes reused from
 // image to image. Anything else (a sequential image in several scans,
-// CMYK, RGB, Adobe's transform marker, restart markers in a progressive
-// scan, damaged data it would have to resynchronise) declines, and
-// image/jpeg decides, keeping results and errors for such files exactly
-// as they were.
+// CMYK, RGB, restart markers in a progressive scan, damaged data it
+// would have to resynchronise) declines, and image/jpeg decides, keeping
+// results and errors for such files exactly as they were.
 //
 // Whenever the fast path returns an image, image/jpeg returns one with the
 // same pixels for the same bytes: the same inverse DCT, in the same int32
@@ -205,24 +204,26 @@ type jpegComponent struct {
 // jpegDecoder is one file's tables and state, and the planes, which are
 // worth reusing from image to image.
 type jpegDecoder struct {
-	width, height int
-	nComp         int
-	comp          [3]jpegComponent
-	quant         [4][64]int32 // zig-zag order
-	quantDefined  [4]bool
-	huff          [2][4]jpegHuffman // [DC, AC][destination]
-	ri            int
-	jfif          bool
-	baseline      bool
-	progressive   bool
-	scanned       bool
-	scans         int
-	bits          jpegBits
-	mxx, myy      int // MCUs across and down
-	img           image.Image
-	out           [3][]byte // img's planes, and their strides
-	strides       [3]int
-	planes        [3][]byte // the pool's planes
+	width, height  int
+	nComp          int
+	comp           [3]jpegComponent
+	quant          [4][64]int32 // zig-zag order
+	quantDefined   [4]bool
+	huff           [2][4]jpegHuffman // [DC, AC][destination]
+	ri             int
+	jfif           bool
+	adobe          bool // an Adobe APP14, and its transform
+	adobeTransform byte
+	baseline       bool
+	progressive    bool
+	scanned        bool
+	scans          int
+	bits           jpegBits
+	mxx, myy       int // MCUs across and down
+	img            image.Image
+	out            [3][]byte // img's planes, and their strides
+	strides        [3]int
+	planes         [3][]byte // the pool's planes
 	// A progressive image's coefficients, every block's, until its last
 	// scan; the pool's buffer they are cut from; and the run of blocks
 	// left with no coefficient in the current band.
@@ -336,9 +337,10 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 				d.jfif = string(seg[:5]) == "JFIF\x00"
 			}
 		case marker == jpegAPP14:
-			// Adobe's transform flag decides between YCbCr, RGB and
-			// CMYK; image/jpeg handles it.
-			return nil, false
+			// Adobe's (Photoshop's) transform flag: 0 for RGB.
+			if n >= 12 && string(seg[:5]) == "Adobe" {
+				d.adobe, d.adobeTransform = true, seg[11]
+			}
 		case jpegAPP0 < marker && marker <= jpegAPP15, marker == jpegCOM:
 		default: // progressive, lossless, arithmetic-coded, restart out of place, …
 			return nil, false
@@ -354,10 +356,13 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 	return d.img, true
 }
 
-// rgb says whether image/jpeg takes the image as RGB: 'R', 'G', 'B'
-// components without JFIF.
+// rgb says whether image/jpeg takes the image as RGB (isRGB): without
+// JFIF, with Adobe's transform 0, or components named 'R', 'G', 'B'.
 func (d *jpegDecoder) rgb() bool {
-	return d.nComp == 3 && !d.jfif && string([]byte{d.comp[0].id, d.comp[1].id, d.comp[2].id}) == "RGB"
+	if d.nComp != 3 || d.jfif {
+		return false
+	}
+	return d.adobe && d.adobeTransform == 0 || string([]byte{d.comp[0].id, d.comp[1].id, d.comp[2].id}) == "RGB"
 }
 
 // frame reads a SOF segment (B.2.2) into d, accepting gray and YCbCr

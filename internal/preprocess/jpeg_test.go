@@ -181,6 +181,32 @@ func TestDecodeJPEGReusedPlanes(t *testing.T) {
 	}
 }
 
+// TestDecodeJPEGAdobe gives files with Photoshop's APP14 segment, as
+// many photos saved from it have: with its YCbCr transform (1) they take
+// the fast path, with 0 (RGB) image/jpeg's; JFIF overrides it, as in
+// image/jpeg.
+func TestDecodeJPEGAdobe(t *testing.T) {
+	data := encodeJPEG(t, noisyPhoto(rand.New(rand.NewPCG(37, 38)), 24, 16, false), 80)
+	app14 := func(transform byte) []byte {
+		return []byte{0xff, jpegAPP14, 0, 14, 'A', 'd', 'o', 'b', 'e', 0, 100, 0, 0, 0, 0, transform}
+	}
+	for _, tc := range []struct {
+		name string
+		file []byte
+		took bool
+	}{
+		{"YCbCr", slices.Concat(data[:2], app14(1), data[2:]), true},
+		{"RGB", slices.Concat(data[:2], app14(0), data[2:]), false},
+		{"RGB, then JFIF", slices.Concat(data[:2], app14(0), []byte{0xff, jpegAPP0, 0, 7, 'J', 'F', 'I', 'F', 0}, data[2:]), true},
+		// Under twelve bytes, image/jpeg ignores it.
+		{"short", slices.Concat(data[:2], []byte{0xff, jpegAPP14, 0, 8, 'A', 'd', 'o', 'b', 'e', 0}, data[2:]), true},
+	} {
+		if took := checkJPEGAgrees(t, tc.file); took != tc.took {
+			t.Errorf("%s: fast path took it: %v, want %v", tc.name, took, tc.took)
+		}
+	}
+}
+
 // TestDecodeJPEGHugeClaim gives a file of a few hundred bytes whose frame
 // claims 8192×8192 pixels: refused before anything that size is
 // allocated, as decodeStd refuses it.
