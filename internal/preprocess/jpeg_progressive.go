@@ -126,11 +126,7 @@ func (d *jpegDecoder) firstBits(b *[64]int32, c *jpegComponent, zigStart, zigEnd
 			continue
 		}
 		if r != 15 {
-			d.eobRun = 1 << r
-			if r != 0 {
-				d.eobRun |= uint16(bits.take(uint(r)))
-			}
-			d.eobRun--
+			d.eobRun = bits.endOfBands(r) - 1 // this block's is done
 			break
 		}
 		zig += 15
@@ -161,10 +157,7 @@ func (d *jpegDecoder) refine(b *[64]int32, h *jpegHuffman, zigStart, zigEnd int,
 			switch s {
 			case 0:
 				if r != 15 {
-					d.eobRun = 1 << r
-					if r != 0 {
-						d.eobRun |= uint16(bits.take(uint(r)))
-					}
+					d.eobRun = bits.endOfBands(r)
 					break loop
 				}
 			case 1:
@@ -220,6 +213,16 @@ func (d *jpegDecoder) refineNonZeroes(b *[64]int32, zig, zigEnd, nz int, delta i
 	}
 	br.acc, br.n = acc, n
 	return zig
+}
+
+// endOfBands reads an end-of-band run of category r < 15 (G.1.2.2): how
+// many blocks, this one included, have nothing more in the band.
+func (b *jpegBits) endOfBands(r int) uint16 {
+	run := uint16(1) << r
+	if r != 0 {
+		run |= uint16(b.take(uint(r)))
+	}
+	return run
 }
 
 // take reads n ≤ 16 bits.
