@@ -1,10 +1,13 @@
 package head
 
 import (
-	"google.golang.org/protobuf/encoding/protowire"
+	"bytes"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"dcd/internal/mnist"
 	"dcd/internal/onnx"
@@ -237,5 +240,90 @@ func TestExportMetadata(t *testing.T) {
 	}
 	if _, err := h.ONNX(model, NewExportNames("features", "logits", "probabilities", []string{"cat"})); err == nil {
 		t.Error("one class name for a head of two was accepted")
+	}
+}
+
+// A target whose features come out of an If node (as exporters write
+// shape checks) exports too: the branches read an outer tensor and an
+// initializer nothing else reads, which stay, while the old head goes.
+func TestExportKeepsSubgraphs(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatal(err)
+	}
+	const flat = 8 * 6 * 6
+	rng := rand.New(rand.NewPCG(13, 13))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() / 5)
+		}
+		return v
+	}
+	branch := func(name string, nodes ...onnx.Node) *onnx.Graph {
+		return &onnx.Graph{Name: name, Nodes: nodes,
+			Outputs: []onnx.Value{{Name: name + "_out", Elem: onnx.Float, Shape: []int64{-1, flat}}}}
+	}
+	g := &onnx.Graph{
+		Name:   "backbone_if",
+		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
+		Outputs: []onnx.Value{
+			{Name: "features", Elem: onnx.Float, Shape: []int64{-1, flat}},
+			{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 10}},
+		},
+		Initializers: []onnx.Tensor{
+			{Name: "conv_w", Dims: []int64{8, 1, 5, 5}, Floats: randn(8 * 25)},
+			{Name: "old_head", Dims: []int64{flat, 10}, Floats: randn(flat * 10)},
+			{Name: "one", Dims: []int64{}, Floats: []float32{1}},
+			{Name: "two", Dims: []int64{}, Floats: []float32{2}},
+			{Name: "flat_shape", Dims: []int64{2}, Ints: []int64{-1, flat}},
+		},
+		Nodes: []onnx.Node{
+			{Op: "Conv", Inputs: []string{"image", "conv_w"}, Outputs: []string{"conv"}, Attrs: map[string]any{"kernel_shape": []int64{5, 5}}},
+			{Op: "Relu", Inputs: []string{"conv"}, Outputs: []string{"relu"}},
+			{Op: "MaxPool", Inputs: []string{"relu"}, Outputs: []string{"pooled"},
+				Attrs: map[string]any{"kernel_shape": []int64{4, 4}, "strides": []int64{4, 4}}},
+			{Op: "Less", Inputs: []string{"one", "two"}, Outputs: []string{"cond"}},
+			{Op: "If", Inputs: []string{"cond"}, Outputs: []string{"features"}, Attrs: map[string]any{
+				"then_branch": branch("then", onnx.Node{Op: "Reshape", Inputs: []string{"pooled", "flat_shape"}, Outputs: []string{"then_out"}}),
+				"else_branch": branch("else", onnx.Node{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"else_out"}, Attrs: map[string]any{"axis": 1}}),
+			}},
+			{Op: "MatMul", Inputs: []string{"features", "old_head"}, Outputs: []string{"logits"}},
+		},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Head{Classes: 10, Dim: flat, Mean: make([]float32, flat), Std: make([]float32, flat), W: randn(10 * flat), B: make([]float32, 10)}
+	for i := range h.Std {
+		h.Std[i] = 1
+	}
+	exported, err := h.ONNX(model, ExportNames{Features: "features", Logits: "logits", Probabilities: "probabilities"})
+	if err != nil {
+		t.Fatalf("export of a target with an If node: %v", err)
+	}
+	if bytes.Contains(exported, []byte("old_head")) {
+		t.Error("the old head's weights are still in the exported model")
+	}
+	train, _, err := mnist.Load(mnist.DefaultDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	x := digits(t, train, 0, n)
+	want := run(t, model, []string{"features"}, x, n)[0]
+	got := run(t, exported, []string{"features", "logits"}, x, n)
+	var logits []float32
+	for i := range n {
+		f := want.Floats[i*flat : (i+1)*flat]
+		if !slices.Equal(got[0].Floats[i*flat:(i+1)*flat], f) {
+			t.Fatalf("image %d: the exported model's features differ from the target's", i)
+		}
+		logits = h.Logits(f, logits)
+		for c := range 10 {
+			if gl := got[1].Floats[i*10+c]; math.Abs(float64(gl-logits[c])) > 1e-3*(1+math.Abs(float64(logits[c]))) {
+				t.Fatalf("image %d class %d: exported logit %v, head %v", i, c, gl, logits[c])
+			}
+		}
 	}
 }

@@ -17,8 +17,8 @@ import (
 //
 // Nodes and initializers that no longer contribute to an output are
 // dropped, so the model's old head goes and its output names are free for
-// g's. A model whose nodes hold subgraphs (If, Loop, Scan) is kept whole,
-// since a subgraph may read any outer tensor.
+// g's. A node holding subgraphs (If, Loop, Scan) reads, besides its inputs,
+// every outer tensor its subgraphs read, so what they read is kept.
 //
 // Append fails when a tensor g defines is already defined in the kept
 // model, when a tensor g reads is not there, or when the model's
@@ -58,11 +58,11 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 	keepNode := make([]bool, len(m.nodes))
 	for i := len(m.nodes) - 1; i >= 0; i-- {
 		n := m.nodes[i]
-		if !m.subgraphs && !slices.ContainsFunc(n.outputs, func(o string) bool { return needed[o] }) {
+		if !slices.ContainsFunc(n.outputs, func(o string) bool { return needed[o] }) {
 			continue
 		}
 		keepNode[i] = true
-		for _, in := range n.inputs {
+		for _, in := range slices.Concat(n.inputs, n.outer) {
 			needed[in] = true
 		}
 	}
@@ -71,7 +71,7 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		available[in.name] = true
 	}
 	for _, t := range m.inits {
-		if needed[t.name] || m.subgraphs {
+		if needed[t.name] {
 			available[t.name] = true
 		}
 	}
@@ -192,7 +192,6 @@ type parsedModel struct {
 	opset     uint64 // default domain; 0 when not declared
 	name      string
 	nodes     []parsedNode
-	subgraphs bool
 	inits     []namedRaw
 	inputs    []namedRaw
 	outputs   map[string][]byte
@@ -217,7 +216,7 @@ type namedRaw struct {
 type parsedNode struct {
 	name            string
 	inputs, outputs []string
-	subgraph        bool // an attribute holds a graph
+	outer           []string // what its subgraphs read from the graphs around them
 	raw             []byte
 }
 
@@ -267,9 +266,6 @@ func parseModel(model []byte) (*parsedModel, error) {
 				return err
 			}
 			m.nodes = append(m.nodes, n)
-			if n.subgraph {
-				m.subgraphs = true
-			}
 		case 2:
 			m.name = string(v)
 		case 5:
@@ -333,9 +329,11 @@ func parseNode(v []byte) (parsedNode, error) {
 			n.name = string(f)
 		case 5:
 			// AttributeProto: g (6) and graphs (11) are subgraphs.
-			walkFields(f, func(an protowire.Number, at protowire.Type, _ []byte, _ []byte) error {
-				if an == 6 || an == 11 {
-					n.subgraph = true
+			return walkFields(f, func(an protowire.Number, at protowire.Type, g []byte, _ []byte) error {
+				if (an == 6 || an == 11) && at == protowire.BytesType {
+					outer, err := outerReads(g)
+					n.outer = append(n.outer, outer...)
+					return err
 				}
 				return nil
 			})
@@ -343,6 +341,59 @@ func parseNode(v []byte) (parsedNode, error) {
 		return nil
 	})
 	return n, err
+}
+
+// outerReads returns the tensors a GraphProto's nodes (and their own
+// subgraphs) read that it does not define itself: its inputs,
+// initializers and node outputs define; the rest come from outside. ONNX
+// names are unique across scopes, so the order of definitions does not
+// matter.
+func outerReads(graph []byte) ([]string, error) {
+	defined := map[string]bool{}
+	var reads []string
+	err := walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, _ []byte) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case 1:
+			n, err := parseNode(v)
+			if err != nil {
+				return err
+			}
+			reads = append(append(reads, n.inputs...), n.outer...)
+			for _, o := range n.outputs {
+				defined[o] = true
+			}
+		case 5, 11: // initializer (its name is field 8), input (field 1)
+			field := protowire.Number(8)
+			if num == 11 {
+				field = 1
+			}
+			name, err := nameField(v, field)
+			if err != nil {
+				return err
+			}
+			defined[name] = true
+		case 15: // sparse initializer: its values tensor carries the name
+			return walkFields(v, func(f protowire.Number, t protowire.Type, vv, _ []byte) error {
+				if f == 1 && t == protowire.BytesType {
+					if name, err := nameField(vv, 8); err == nil {
+						defined[name] = true
+					}
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	var outer []string
+	for _, r := range reads {
+		if r != "" && !defined[r] && !slices.Contains(outer, r) {
+			outer = append(outer, r)
+		}
+	}
+	return outer, err
 }
 
 func nameField(msg []byte, field protowire.Number) (string, error) {

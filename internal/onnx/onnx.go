@@ -36,7 +36,9 @@ type Tensor struct {
 }
 
 // Node is one operator application. Attributes are given as Go values:
-// int, int64, float32, []int64, string or Tensor.
+// int, int64, float32, []int64, string, Tensor, or *Graph for a subgraph
+// (If's branches, Loop's body), which may read any tensor of the graphs
+// around it by name.
 type Node struct {
 	Op      string
 	Inputs  []string
@@ -67,6 +69,28 @@ type Graph struct {
 
 // Marshal encodes g as an ONNX ModelProto.
 func (g *Graph) Marshal() ([]byte, error) {
+	gb, err := g.graphProto()
+	if err != nil {
+		return nil, err
+	}
+	var m []byte
+	m = protowire.AppendTag(m, 1, protowire.VarintType) // ir_version
+	m = protowire.AppendVarint(m, 8)
+	m = appendString(m, 2, "dcd") // producer_name
+	m = protowire.AppendTag(m, 7, protowire.BytesType)
+	m = protowire.AppendBytes(m, gb)
+	var op []byte
+	op = appendString(op, 1, "")
+	op = protowire.AppendTag(op, 2, protowire.VarintType)
+	op = protowire.AppendVarint(op, Opset)
+	m = protowire.AppendTag(m, 8, protowire.BytesType) // opset_import
+	m = protowire.AppendBytes(m, op)
+	return m, nil
+}
+
+// graphProto encodes g as a GraphProto: its nodes, name, initializers,
+// inputs and outputs.
+func (g *Graph) graphProto() ([]byte, error) {
 	var gb []byte
 	for i, n := range g.Nodes {
 		nb, err := marshalNode(n, i)
@@ -89,20 +113,7 @@ func (g *Graph) Marshal() ([]byte, error) {
 		gb = protowire.AppendTag(gb, 12, protowire.BytesType)
 		gb = protowire.AppendBytes(gb, marshalValue(v))
 	}
-
-	var m []byte
-	m = protowire.AppendTag(m, 1, protowire.VarintType) // ir_version
-	m = protowire.AppendVarint(m, 8)
-	m = appendString(m, 2, "dcd") // producer_name
-	m = protowire.AppendTag(m, 7, protowire.BytesType)
-	m = protowire.AppendBytes(m, gb)
-	var op []byte
-	op = appendString(op, 1, "")
-	op = protowire.AppendTag(op, 2, protowire.VarintType)
-	op = protowire.AppendVarint(op, Opset)
-	m = protowire.AppendTag(m, 8, protowire.BytesType) // opset_import
-	m = protowire.AppendBytes(m, op)
-	return m, nil
+	return gb, nil
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -137,6 +148,7 @@ const (
 	attrInt    = 2
 	attrString = 3
 	attrTensor = 4
+	attrGraph  = 5
 	attrInts   = 7
 )
 
@@ -163,6 +175,14 @@ func marshalAttr(name string, v any) ([]byte, error) {
 		b = protowire.AppendTag(b, 5, protowire.BytesType)
 		b = protowire.AppendBytes(b, marshalTensor(v))
 		typ = attrTensor
+	case *Graph:
+		gb, err := v.graphProto()
+		if err != nil {
+			return nil, fmt.Errorf("attribute %q: %w", name, err)
+		}
+		b = protowire.AppendTag(b, 6, protowire.BytesType)
+		b = protowire.AppendBytes(b, gb)
+		typ = attrGraph
 	case []int64:
 		for _, x := range v {
 			b = protowire.AppendTag(b, 8, protowire.VarintType)
