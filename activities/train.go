@@ -140,8 +140,9 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		}
 		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes))
 		if err != nil {
-			// A graph the export cannot rewrite (a node with subgraphs
-			// keeps the old head) is no reason to drop the pass's results.
+			// A graph the export cannot rewrite (an old opset, a kept
+			// tensor of a new output's name) is no reason to drop the
+			// pass's results.
 			res.ModelError = fmt.Sprintf("%s with this head: %v", in.Model.Path, err)
 		} else {
 			res.ModelKey = MethodKey(in.Run, in.Method, "model.onnx")
