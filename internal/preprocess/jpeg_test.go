@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -284,6 +285,48 @@ func TestDecodeJPEGOwnsPixels(t *testing.T) {
 	if !bytes.Equal(before, a.(*image.YCbCr).Y) {
 		t.Fatal("a later decode overwrote Decode's image")
 	}
+}
+
+// TestDecodeJPEGConcurrent decodes and fills sequential and progressive
+// files from several goroutines at once, through the pool's decoders and
+// planes: every tensor is the one image/jpeg's image fills.
+func TestDecodeJPEGConcurrent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(39, 40))
+	files := [][]byte{
+		encodeJPEG(t, noisyPhoto(rng, 40, 30, false), 80),
+		encodeJPEG(t, noisyPhoto(rng, 33, 17, true), 60),
+		testdataJPEG(t, "video-001.q50.420.progressive.jpeg"),
+		testdataJPEG(t, "video-001.restart2.jpeg"),
+	}
+	p, err := Spec{Channels: 3, Height: 16, Width: 16}.Prepare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([][]float32, len(files))
+	for i, f := range files {
+		img, err := jpeg.Decode(bytes.NewReader(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = make([]float32, 3*16*16)
+		if err := p.Fill(want[i], img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			got := make([]float32, 3*16*16)
+			for k := range 50 * len(files) {
+				i := (g + k) % len(files)
+				if err := p.DecodeFill(got, files[i]); err != nil || !slices.Equal(got, want[i]) {
+					t.Errorf("file %d: %v, or another tensor", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func FuzzDecodeJPEG(f *testing.F) {
