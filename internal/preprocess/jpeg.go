@@ -201,8 +201,8 @@ type jpegComponent struct {
 	dc     int32
 }
 
-// jpegDecoder is one file's tables and state, and the planes, which are
-// worth reusing from image to image.
+// jpegDecoder is one file's tables and state, and the planes and
+// coefficients, which are worth reusing from image to image.
 type jpegDecoder struct {
 	width, height  int
 	nComp          int
@@ -342,7 +342,7 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 				d.adobe, d.adobeTransform = true, seg[11]
 			}
 		case jpegAPP0 < marker && marker <= jpegAPP15, marker == jpegCOM:
-		default: // progressive, lossless, arithmetic-coded, restart out of place, …
+		default: // lossless, hierarchical, arithmetic-coded, a restart out of place, …
 			return nil, false
 		}
 		if !ok {
