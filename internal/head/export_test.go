@@ -244,8 +244,9 @@ func TestExportMetadata(t *testing.T) {
 }
 
 // A target whose features come out of an If node (as exporters write
-// shape checks) exports too: the branches read an outer tensor and an
-// initializer nothing else reads, which stay, while the old head goes.
+// shape checks) exports too: its branches read an outer tensor, an
+// initializer nothing else reads, and a node's output nothing else reads;
+// all stay, while the old head goes.
 func TestExportKeepsSubgraphs(t *testing.T) {
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatal(err)
@@ -259,9 +260,9 @@ func TestExportKeepsSubgraphs(t *testing.T) {
 		}
 		return v
 	}
-	branch := func(name string, nodes ...onnx.Node) *onnx.Graph {
-		return &onnx.Graph{Name: name, Nodes: nodes,
-			Outputs: []onnx.Value{{Name: name + "_out", Elem: onnx.Float, Shape: []int64{-1, flat}}}}
+	branch := func(out string, nodes ...onnx.Node) *onnx.Graph {
+		return &onnx.Graph{Name: "branch_" + out, Nodes: nodes,
+			Outputs: []onnx.Value{{Name: out, Elem: onnx.Float, Shape: []int64{-1, flat}}}}
 	}
 	g := &onnx.Graph{
 		Name:   "backbone_if",
@@ -283,9 +284,10 @@ func TestExportKeepsSubgraphs(t *testing.T) {
 			{Op: "MaxPool", Inputs: []string{"relu"}, Outputs: []string{"pooled"},
 				Attrs: map[string]any{"kernel_shape": []int64{4, 4}, "strides": []int64{4, 4}}},
 			{Op: "Less", Inputs: []string{"one", "two"}, Outputs: []string{"cond"}},
+			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"flattened"}, Attrs: map[string]any{"axis": 1}},
 			{Op: "If", Inputs: []string{"cond"}, Outputs: []string{"features"}, Attrs: map[string]any{
-				"then_branch": branch("then", onnx.Node{Op: "Reshape", Inputs: []string{"pooled", "flat_shape"}, Outputs: []string{"then_out"}}),
-				"else_branch": branch("else", onnx.Node{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"else_out"}, Attrs: map[string]any{"axis": 1}}),
+				"then_branch": branch("reshaped", onnx.Node{Op: "Reshape", Inputs: []string{"pooled", "flat_shape"}, Outputs: []string{"reshaped"}}),
+				"else_branch": branch("identity", onnx.Node{Op: "Identity", Inputs: []string{"flattened"}, Outputs: []string{"identity"}}),
 			}},
 			{Op: "MatMul", Inputs: []string{"features", "old_head"}, Outputs: []string{"logits"}},
 		},
