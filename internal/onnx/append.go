@@ -187,9 +187,14 @@ func mapKeys(m map[string]bool) func(func(string) bool) {
 // parsedModel is the parts of a ModelProto that Append edits; every other
 // field is kept byte for byte.
 type parsedModel struct {
-	fields    []rawField // top-level fields in order
-	ir        uint64
-	opset     uint64 // default domain; 0 when not declared
+	fields []rawField // top-level fields in order
+	ir     uint64
+	opset  uint64 // default domain; 0 when not declared
+	parsedGraph
+}
+
+// parsedGraph is a GraphProto's parts, each kept as its bytes.
+type parsedGraph struct {
 	name      string
 	nodes     []parsedNode
 	inits     []namedRaw
@@ -223,7 +228,7 @@ type parsedNode struct {
 var errNotModel = errors.New("onnx: append: not an ONNX model")
 
 func parseModel(model []byte) (*parsedModel, error) {
-	m := &parsedModel{outputs: map[string][]byte{}}
+	m := &parsedModel{}
 	var graph []byte
 	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
 		m.fields = append(m.fields, rawField{num, raw})
@@ -253,10 +258,20 @@ func parseModel(model []byte) (*parsedModel, error) {
 	if err != nil || graph == nil {
 		return nil, errNotModel
 	}
+	g, err := parseGraph(graph)
+	if err != nil {
+		return nil, errNotModel
+	}
+	m.parsedGraph = *g
+	return m, nil
+}
+
+func parseGraph(graph []byte) (*parsedGraph, error) {
+	g := &parsedGraph{outputs: map[string][]byte{}}
 	inits := map[string]bool{}
-	err = walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
+	err := walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
 		if typ != protowire.BytesType {
-			m.graphRest = append(m.graphRest, raw...)
+			g.graphRest = append(g.graphRest, raw...)
 			return nil
 		}
 		switch num {
@@ -265,15 +280,15 @@ func parseModel(model []byte) (*parsedModel, error) {
 			if err != nil {
 				return err
 			}
-			m.nodes = append(m.nodes, n)
+			g.nodes = append(g.nodes, n)
 		case 2:
-			m.name = string(v)
+			g.name = string(v)
 		case 5:
 			name, err := nameField(v, 8)
 			if err != nil {
 				return err
 			}
-			m.inits = append(m.inits, namedRaw{name: name, raw: v})
+			g.inits = append(g.inits, namedRaw{name: name, raw: v})
 			inits[name] = true
 		case 11, 12, 13:
 			name, err := nameField(v, 1)
@@ -282,35 +297,60 @@ func parseModel(model []byte) (*parsedModel, error) {
 			}
 			switch num {
 			case 11:
-				m.inputs = append(m.inputs, namedRaw{name: name, raw: v})
+				g.inputs = append(g.inputs, namedRaw{name: name, raw: v})
 			case 12:
-				m.outputs[name] = v
+				g.outputs[name] = v
 			case 13:
-				m.valueInfo = append(m.valueInfo, namedRaw{name: name, raw: v})
+				g.valueInfo = append(g.valueInfo, namedRaw{name: name, raw: v})
 			}
 		case 15:
 			// SparseTensorProto: its values tensor carries the name.
 			walkFields(v, func(n protowire.Number, t protowire.Type, vv, _ []byte) error {
 				if n == 1 && t == protowire.BytesType {
 					if name, err := nameField(vv, 8); err == nil {
-						m.sparseNames = append(m.sparseNames, name)
+						g.sparseNames = append(g.sparseNames, name)
 					}
 				}
 				return nil
 			})
-			m.graphRest = append(m.graphRest, raw...)
+			g.graphRest = append(g.graphRest, raw...)
 		default:
-			m.graphRest = append(m.graphRest, raw...)
+			g.graphRest = append(g.graphRest, raw...)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, errNotModel
+	for i := range g.inputs {
+		g.inputs[i].init = inits[g.inputs[i].name]
 	}
-	for i := range m.inputs {
-		m.inputs[i].init = inits[m.inputs[i].name]
+	return g, err
+}
+
+// outerReads returns the tensors g reads that it does not define itself:
+// its nodes' inputs, and what their own subgraphs read, less its inputs,
+// initializers and node outputs. ONNX names are unique across scopes, so
+// the order of definitions does not matter.
+func (g *parsedGraph) outerReads() []string {
+	defined := map[string]bool{}
+	for _, t := range slices.Concat(g.inits, g.inputs) {
+		defined[t.name] = true
 	}
-	return m, nil
+	for _, name := range g.sparseNames {
+		defined[name] = true
+	}
+	for _, n := range g.nodes {
+		for _, o := range n.outputs {
+			defined[o] = true
+		}
+	}
+	var outer []string
+	for _, n := range g.nodes {
+		for _, r := range slices.Concat(n.inputs, n.outer) {
+			if r != "" && !defined[r] && !slices.Contains(outer, r) {
+				outer = append(outer, r)
+			}
+		}
+	}
+	return outer
 }
 
 func parseNode(v []byte) (parsedNode, error) {
@@ -331,9 +371,11 @@ func parseNode(v []byte) (parsedNode, error) {
 			// AttributeProto: g (6) and graphs (11) are subgraphs.
 			return walkFields(f, func(an protowire.Number, at protowire.Type, g []byte, _ []byte) error {
 				if (an == 6 || an == 11) && at == protowire.BytesType {
-					outer, err := outerReads(g)
-					n.outer = append(n.outer, outer...)
-					return err
+					sub, err := parseGraph(g)
+					if err != nil {
+						return err
+					}
+					n.outer = append(n.outer, sub.outerReads()...)
 				}
 				return nil
 			})
@@ -341,59 +383,6 @@ func parseNode(v []byte) (parsedNode, error) {
 		return nil
 	})
 	return n, err
-}
-
-// outerReads returns the tensors a GraphProto's nodes (and their own
-// subgraphs) read that it does not define itself: its inputs,
-// initializers and node outputs define; the rest come from outside. ONNX
-// names are unique across scopes, so the order of definitions does not
-// matter.
-func outerReads(graph []byte) ([]string, error) {
-	defined := map[string]bool{}
-	var reads []string
-	err := walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, _ []byte) error {
-		if typ != protowire.BytesType {
-			return nil
-		}
-		switch num {
-		case 1:
-			n, err := parseNode(v)
-			if err != nil {
-				return err
-			}
-			reads = append(append(reads, n.inputs...), n.outer...)
-			for _, o := range n.outputs {
-				defined[o] = true
-			}
-		case 5, 11: // initializer (its name is field 8), input (field 1)
-			field := protowire.Number(8)
-			if num == 11 {
-				field = 1
-			}
-			name, err := nameField(v, field)
-			if err != nil {
-				return err
-			}
-			defined[name] = true
-		case 15: // sparse initializer: its values tensor carries the name
-			return walkFields(v, func(f protowire.Number, t protowire.Type, vv, _ []byte) error {
-				if f == 1 && t == protowire.BytesType {
-					if name, err := nameField(vv, 8); err == nil {
-						defined[name] = true
-					}
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	var outer []string
-	for _, r := range reads {
-		if r != "" && !defined[r] && !slices.Contains(outer, r) {
-			outer = append(outer, r)
-		}
-	}
-	return outer, err
 }
 
 func nameField(msg []byte, field protowire.Number) (string, error) {
