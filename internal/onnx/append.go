@@ -39,7 +39,22 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 	}
 	var reads []string
 	for _, n := range g.Nodes {
-		for _, in := range n.Inputs {
+		ins := n.Inputs
+		for _, name := range sortedKeys(n.Attrs) {
+			if sub, ok := n.Attrs[name].(*Graph); ok && sub != nil {
+				// What a subgraph of g reads from outside it.
+				b, err := sub.graphProto()
+				if err != nil {
+					return nil, err
+				}
+				pg, err := parseGraph(b, 0)
+				if err != nil {
+					return nil, err
+				}
+				ins = slices.Concat(ins, pg.outerReads())
+			}
+		}
+		for _, in := range ins {
 			if in != "" && !defined[in] {
 				reads = append(reads, in)
 			}
@@ -63,7 +78,7 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		}
 		keepNode[i] = true
 		for _, in := range slices.Concat(n.inputs, n.outer) {
-			needed[in] = true
+			needed[in] = in != "" // "" is an optional input left out
 		}
 	}
 	available := map[string]bool{}
@@ -258,15 +273,24 @@ func parseModel(model []byte) (*parsedModel, error) {
 	if err != nil || graph == nil {
 		return nil, errNotModel
 	}
-	g, err := parseGraph(graph)
+	g, err := parseGraph(graph, 0)
 	if err != nil {
-		return nil, errNotModel
+		return nil, fmt.Errorf("%w: %v", errNotModel, err)
 	}
 	m.parsedGraph = *g
 	return m, nil
 }
 
-func parseGraph(graph []byte) (*parsedGraph, error) {
+// maxGraphDepth bounds how deep subgraphs nest (protobuf's own limit on
+// nested messages), so that a crafted model cannot recurse the parser
+// through the stack.
+const maxGraphDepth = 100
+
+// parseGraph parses a GraphProto, depth subgraphs deep.
+func parseGraph(graph []byte, depth int) (*parsedGraph, error) {
+	if depth > maxGraphDepth {
+		return nil, fmt.Errorf("onnx: subgraphs nested more than %d deep", maxGraphDepth)
+	}
 	g := &parsedGraph{outputs: map[string][]byte{}}
 	inits := map[string]bool{}
 	err := walkFields(graph, func(num protowire.Number, typ protowire.Type, v []byte, raw []byte) error {
@@ -276,7 +300,7 @@ func parseGraph(graph []byte) (*parsedGraph, error) {
 		}
 		switch num {
 		case 1:
-			n, err := parseNode(v)
+			n, err := parseNode(v, depth)
 			if err != nil {
 				return err
 			}
@@ -345,15 +369,17 @@ func (g *parsedGraph) outerReads() []string {
 	var outer []string
 	for _, n := range g.nodes {
 		for _, r := range slices.Concat(n.inputs, n.outer) {
-			if r != "" && !defined[r] && !slices.Contains(outer, r) {
+			if r != "" && !defined[r] {
 				outer = append(outer, r)
+				defined[r] = true // listed once
 			}
 		}
 	}
 	return outer
 }
 
-func parseNode(v []byte) (parsedNode, error) {
+// parseNode parses a NodeProto of a graph depth subgraphs deep.
+func parseNode(v []byte, depth int) (parsedNode, error) {
 	var n parsedNode
 	n.raw = v
 	err := walkFields(v, func(num protowire.Number, typ protowire.Type, f []byte, _ []byte) error {
@@ -371,7 +397,7 @@ func parseNode(v []byte) (parsedNode, error) {
 			// AttributeProto: g (6) and graphs (11) are subgraphs.
 			return walkFields(f, func(an protowire.Number, at protowire.Type, g []byte, _ []byte) error {
 				if (an == 6 || an == 11) && at == protowire.BytesType {
-					sub, err := parseGraph(g)
+					sub, err := parseGraph(g, depth+1)
 					if err != nil {
 						return err
 					}

@@ -176,6 +176,9 @@ func marshalAttr(name string, v any) ([]byte, error) {
 		b = protowire.AppendBytes(b, marshalTensor(v))
 		typ = attrTensor
 	case *Graph:
+		if v == nil {
+			return nil, fmt.Errorf("attribute %q: a nil graph", name)
+		}
 		gb, err := v.graphProto()
 		if err != nil {
 			return nil, fmt.Errorf("attribute %q: %w", name, err)
