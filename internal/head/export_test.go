@@ -18,6 +18,15 @@ import (
 // max-pool → "features" [N,288] → an untrained head → "logits" [N,10].
 func backbone(t *testing.T) []byte {
 	t.Helper()
+	data, err := backboneGraph().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// backboneGraph is backbone's graph; its node 3 makes "features".
+func backboneGraph() *onnx.Graph {
 	rng := rand.New(rand.NewPCG(11, 11))
 	randn := func(n int) []float32 {
 		v := make([]float32, n)
@@ -27,7 +36,7 @@ func backbone(t *testing.T) []byte {
 		return v
 	}
 	const filters, flat = 8, 8 * 6 * 6
-	g := &onnx.Graph{
+	return &onnx.Graph{
 		Name:   "backbone",
 		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
 		Outputs: []onnx.Value{
@@ -47,11 +56,6 @@ func backbone(t *testing.T) []byte {
 			{Op: "MatMul", Inputs: []string{"features", "old_head"}, Outputs: []string{"logits"}},
 		},
 	}
-	data, err := g.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func digits(t *testing.T, set *mnist.Set, first, n int) []float32 {
@@ -252,51 +256,30 @@ func TestExportKeepsSubgraphs(t *testing.T) {
 		t.Fatal(err)
 	}
 	const flat = 8 * 6 * 6
-	rng := rand.New(rand.NewPCG(13, 13))
-	randn := func(n int) []float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() / 5)
-		}
-		return v
-	}
 	branch := func(out string, nodes ...onnx.Node) *onnx.Graph {
 		return &onnx.Graph{Name: "branch_" + out, Nodes: nodes,
 			Outputs: []onnx.Value{{Name: out, Elem: onnx.Float, Shape: []int64{-1, flat}}}}
 	}
-	g := &onnx.Graph{
-		Name:   "backbone_if",
-		Inputs: []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 28, 28}}},
-		Outputs: []onnx.Value{
-			{Name: "features", Elem: onnx.Float, Shape: []int64{-1, flat}},
-			{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 10}},
-		},
-		Initializers: []onnx.Tensor{
-			{Name: "conv_w", Dims: []int64{8, 1, 5, 5}, Floats: randn(8 * 25)},
-			{Name: "old_head", Dims: []int64{flat, 10}, Floats: randn(flat * 10)},
-			{Name: "one", Dims: []int64{}, Floats: []float32{1}},
-			{Name: "two", Dims: []int64{}, Floats: []float32{2}},
-			{Name: "flat_shape", Dims: []int64{2}, Ints: []int64{-1, flat}},
-		},
-		Nodes: []onnx.Node{
-			{Op: "Conv", Inputs: []string{"image", "conv_w"}, Outputs: []string{"conv"}, Attrs: map[string]any{"kernel_shape": []int64{5, 5}}},
-			{Op: "Relu", Inputs: []string{"conv"}, Outputs: []string{"relu"}},
-			{Op: "MaxPool", Inputs: []string{"relu"}, Outputs: []string{"pooled"},
-				Attrs: map[string]any{"kernel_shape": []int64{4, 4}, "strides": []int64{4, 4}}},
-			{Op: "Less", Inputs: []string{"one", "two"}, Outputs: []string{"cond"}},
-			{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"flattened"}, Attrs: map[string]any{"axis": 1}},
-			{Op: "If", Inputs: []string{"cond"}, Outputs: []string{"features"}, Attrs: map[string]any{
-				"then_branch": branch("reshaped", onnx.Node{Op: "Reshape", Inputs: []string{"pooled", "flat_shape"}, Outputs: []string{"reshaped"}}),
-				"else_branch": branch("identity", onnx.Node{Op: "Identity", Inputs: []string{"flattened"}, Outputs: []string{"identity"}}),
-			}},
-			{Op: "MatMul", Inputs: []string{"features", "old_head"}, Outputs: []string{"logits"}},
-		},
-	}
+	// The backbone, its Flatten to "features" replaced by an If.
+	g := backboneGraph()
+	g.Initializers = append(g.Initializers,
+		onnx.Tensor{Name: "one", Dims: []int64{}, Floats: []float32{1}},
+		onnx.Tensor{Name: "two", Dims: []int64{}, Floats: []float32{2}},
+		onnx.Tensor{Name: "flat_shape", Dims: []int64{2}, Ints: []int64{-1, flat}})
+	g.Nodes = slices.Concat(g.Nodes[:3], []onnx.Node{
+		{Op: "Less", Inputs: []string{"one", "two"}, Outputs: []string{"cond"}},
+		{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"flattened"}, Attrs: map[string]any{"axis": 1}},
+		{Op: "If", Inputs: []string{"cond"}, Outputs: []string{"features"}, Attrs: map[string]any{
+			"then_branch": branch("reshaped", onnx.Node{Op: "Reshape", Inputs: []string{"pooled", "flat_shape"}, Outputs: []string{"reshaped"}}),
+			"else_branch": branch("identity", onnx.Node{Op: "Identity", Inputs: []string{"flattened"}, Outputs: []string{"identity"}}),
+		}},
+	}, g.Nodes[4:])
 	model, err := g.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Head{Classes: 10, Dim: flat, Mean: make([]float32, flat), Std: make([]float32, flat), W: randn(10 * flat), B: make([]float32, 10)}
+	// The new head: the old one's random weights, as a Head.
+	h := &Head{Classes: 10, Dim: flat, Mean: make([]float32, flat), Std: make([]float32, flat), W: g.Initializers[1].Floats, B: make([]float32, 10)}
 	for i := range h.Std {
 		h.Std[i] = 1
 	}

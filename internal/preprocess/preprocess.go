@@ -224,8 +224,10 @@ func decodeStd(data []byte) (image.Image, error) {
 		// a 150-byte progressive JPEG 960 MiB, per decoder at once.
 		return nil, fmt.Errorf("preprocess: decode: %s image claims %dx%d pixels in %d bytes, fewer than the %d its encoding needs at least", format, cfg.Width, cfg.Height, len(data), need)
 	}
-	if n := bytes.Count(data, []byte{0xff, jpegSOS}); format == "jpeg" && n > maxJPEGScans {
-		return nil, fmt.Errorf("preprocess: decode: jpeg image has %d scans, more than %d (each is a pass over the image)", n, maxJPEGScans)
+	if format == "jpeg" {
+		if n := bytes.Count(data, []byte{0xff, jpegSOS}); n > maxJPEGScans {
+			return nil, fmt.Errorf("preprocess: decode: jpeg image has %d scans, more than %d (each is a pass over the image)", n, maxJPEGScans)
+		}
 	}
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
