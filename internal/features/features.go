@@ -104,6 +104,61 @@ func Record(mem memory.Allocator, columns []string, b embed.Batch, storedAs stri
 	return rec
 }
 
+// Concat is recs, of one schema, as one record, which the caller must
+// Release.
+func Concat(mem memory.Allocator, recs ...arrow.Record) (arrow.Record, error) {
+	if len(recs) == 1 {
+		recs[0].Retain()
+		return recs[0], nil
+	}
+	cols := make([]arrow.Array, recs[0].NumCols())
+	defer func() {
+		for _, c := range cols {
+			if c != nil {
+				c.Release()
+			}
+		}
+	}()
+	rows := int64(0)
+	for _, r := range recs {
+		rows += r.NumRows()
+	}
+	parts := make([]arrow.Array, len(recs))
+	for c := range cols {
+		for i, r := range recs {
+			parts[i] = r.Column(c)
+		}
+		col, err := array.Concatenate(parts, mem)
+		if err != nil {
+			return nil, fmt.Errorf("features: records: %w", err)
+		}
+		cols[c] = col
+	}
+	return array.NewRecord(recs[0].Schema(), cols, rows), nil
+}
+
+// RecordBytes is the size of rec's buffers.
+func RecordBytes(rec arrow.Record) int {
+	n := 0
+	for _, col := range rec.Columns() {
+		n += dataBytes(col.Data())
+	}
+	return n
+}
+
+func dataBytes(d arrow.ArrayData) int {
+	n := 0
+	for _, b := range d.Buffers() {
+		if b != nil {
+			n += b.Len()
+		}
+	}
+	for _, c := range d.Children() {
+		n += dataBytes(c)
+	}
+	return n
+}
+
 // Matrix is one column of a feature file as a dense row-major matrix.
 type Matrix struct {
 	URIs []string

@@ -210,9 +210,11 @@ func TestLoadRefusesOtherTypes(t *testing.T) {
 
 // BenchmarkLoadRows reads a pool shard's feature file (2,000 rows of 384
 // features and 10 logits, in batches of 64), whole or 20 of its rows, in
-// place (LoadColumns, LoadRowsAt) and through Arrow's reader (arrowRows),
-// from memory; and the 20 rows from a file, read whole (file/whole) or by
-// preads (file/preads, as LoadRowsAt reads a file:// bucket).
+// place (LoadColumns, loadRows) and through Arrow's reader (arrowRows),
+// from memory; and the 20 rows by requests (mem/requests, as LoadRowsAt
+// reads an object store, of the file in one record as EmbedShard writes
+// it), and from a file, read whole (file/whole) or by preads
+// (file/preads, as LoadRowsAt reads a file:// bucket).
 func BenchmarkLoadRows(b *testing.B) {
 	ctx := context.Background()
 	bucket, err := store.Open(ctx, "mem://")
@@ -232,6 +234,7 @@ func BenchmarkLoadRows(b *testing.B) {
 		batches = append(batches, bt)
 	}
 	writeFile(b, bucket, "f.arrow", batches, "", mem)
+	writeOneRecord(b, bucket, "one.arrow", batches, "", mem)
 	local, err := store.Open(ctx, "file://"+b.TempDir())
 	if err != nil {
 		b.Fatal(err)
@@ -243,9 +246,10 @@ func BenchmarkLoadRows(b *testing.B) {
 	}
 	twenty := picker{byIndex: true, rows: at}
 	for name, load := range map[string]func() error{
-		"all/inplace": func() error { _, err := LoadColumns(ctx, bucket, "f.arrow", columns, mem); return err },
-		"20rows/inplace": func() error {
-			_, err := LoadRowsAt(ctx, bucket, "f.arrow", columns, at, mem)
+		"all/inplace":    func() error { _, err := LoadColumns(ctx, bucket, "f.arrow", columns, mem); return err },
+		"20rows/inplace": func() error { _, err := loadRows(ctx, bucket, "f.arrow", columns, mem, twenty); return err },
+		"20rows/mem/requests": func() error {
+			_, err := LoadRowsAt(ctx, bucket, "one.arrow", columns, at, mem)
 			return err
 		},
 		"20rows/file/whole": func() error { _, err := loadRows(ctx, local, "f.arrow", columns, mem, twenty); return err },
@@ -278,8 +282,7 @@ func BenchmarkLoadRows(b *testing.B) {
 	}
 }
 
-// writeFile writes batches as the feature file at key, a record each, as
-// EmbedShard does.
+// writeFile writes batches as the feature file at key, a record each.
 func writeFile(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch, storedAs string, mem memory.Allocator) {
 	tb.Helper()
 	ctx := context.Background()
@@ -304,7 +307,8 @@ func writeFile(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch,
 
 // FuzzPickRows damages feature files: reading one in place fails, falls
 // back to Arrow's reader, or gives exactly the rows Arrow's reader gives,
-// and reading rows by preads those rows read whole; it never panics, and
+// and reading rows by preads or requests those rows read whole; it never
+// panics, and
 // never makes rows up.
 func FuzzPickRows(f *testing.F) {
 	ctx := context.Background()
@@ -378,7 +382,7 @@ func FuzzPickRows(f *testing.F) {
 			}
 		}
 
-		// Rows by index read by preads are the rows read whole.
+		// Rows by index read by preads or requests are the rows read whole.
 		rows := []int{0, 2, 3}
 		read, ok, err := pickRows(whole(af.Data), len(af.Data), schema, idx, dims, picker{byIndex: true, rows: rows})
 		names := make([]string, len(idx))
@@ -391,11 +395,13 @@ func FuzzPickRows(f *testing.F) {
 		if err := local.WriteAll(ctx, "f.arrow", data, nil); err != nil {
 			t.Fatal(err)
 		}
-		preads, err := LoadRowsAt(ctx, local, "f.arrow", names[:1], rows, mem)
-		if err != nil || !slices.Equal(preads[0].URIs, read[0].URIs) || !slices.EqualFunc(preads[0].Data, read[0].Data, func(a, b float32) bool {
-			return math.Float32bits(a) == math.Float32bits(b)
-		}) {
-			t.Fatalf("rows %v by preads: %v; read whole %v %v", rows, err, read[0].URIs, read[0].Data)
+		for name, b := range map[string]*blob.Bucket{"preads": local, "requests": bucket} {
+			got, err := LoadRowsAt(ctx, b, "f.arrow", names[:1], rows, mem)
+			if err != nil || !slices.Equal(got[0].URIs, read[0].URIs) || !slices.EqualFunc(got[0].Data, read[0].Data, func(a, b float32) bool {
+				return math.Float32bits(a) == math.Float32bits(b)
+			}) {
+				t.Fatalf("rows %v by %s: %v; read whole %v %v", rows, name, err, read[0].URIs, read[0].Data)
+			}
 		}
 	})
 }

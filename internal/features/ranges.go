@@ -9,33 +9,33 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 
+	"golang.org/x/sync/errgroup"
+
 	"dcd/internal/ipcfile"
 	"dcd/internal/store"
 )
 
 // LoadRowsAt is LoadColumns for some of a file's rows: rows are their
-// indices, ascending. From a file:// bucket it reads the file's last 16
-// KiB (its footer, and the last batches' metadata with it), the other
-// batches' metadata, and the URIs of the batches those rows are in and
-// the rows' values, a pread each: a few rows of a pool shard's file cost
-// a few KiB read instead of its MiBs. From an object store, where a read
-// is a request and a feature file's metadata is spread among its
-// batches, it reads the file whole, as LoadColumns does.
+// indices, ascending. It reads the file's footer, its batches' metadata,
+// and the URIs of the batches those rows are in and the rows' values: a
+// few rows of a pool shard's file cost a few KiB read instead of its MiBs.
+// From a file:// bucket each read is a pread. From an object store, where
+// each is a request, it reads in three rounds: the file's head
+// (store.HeadBytes, which holds the metadata of a file of one batch, as
+// EmbedShard writes them), its tail (the footer), then the URIs and the
+// rows, several requests at once.
 func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
 	if err := checkIndices(rows); err != nil {
 		return nil, fmt.Errorf("features: %q: %w", key, err)
 	}
 	p := picker{byIndex: true, rows: rows}
-	lf, ok, err := store.OpenLocal(ctx, b, key)
+	sf, err := store.OpenFile(ctx, b, key)
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return loadRows(ctx, b, key, columns, mem, p)
-	}
-	defer lf.Close()
-	size := int(lf.Size())
-	f := &preads{f: lf}
+	defer sf.Close()
+	size := int(sf.Size())
+	f := newRanges(sf)
 	schema, err := f.schema(size)
 	if err != nil {
 		return nil, fmt.Errorf("features: %q: %w", key, err)
@@ -78,10 +78,17 @@ type whole []byte
 func (w whole) fetch([]span) error   { return nil }
 func (w whole) at(off, n int) []byte { return w[off : off+n] }
 
-// preads is a local file read a span at a time.
-type preads struct {
-	f   *store.LocalFile
-	got []fetched // in the order fetched
+// ranges is a file read a run of spans at a time.
+type ranges struct {
+	f *store.File
+	// gap is the most bytes between two spans read at once: about what
+	// a pread costs in copying; for requests, which run several at once,
+	// a few rows' worth, since many requests cost less time than one of
+	// the whole file but each costs more than the bytes alone.
+	gap int
+	// parallel is how many reads run at once.
+	parallel int
+	got      []fetched
 }
 
 type fetched struct {
@@ -89,36 +96,59 @@ type fetched struct {
 	data []byte
 }
 
-// fetch reads the spans, runs of them less than preadGap apart in one
-// read, so that at finds any run of adjacent spans of one call in one
-// piece. (Bytes an earlier call read are read again: a span covered by
-// the file's tail, say, would otherwise split a run of rows.)
-func (p *preads) fetch(spans []span) error {
+func newRanges(f *store.File) *ranges {
+	if f.Local() {
+		return &ranges{f: f, gap: 4 << 10, parallel: 1}
+	}
+	return &ranges{f: f, gap: 32 << 10, parallel: 16}
+}
+
+// fetch reads the spans, runs of them less than gap apart in one read, so
+// that at finds any run of adjacent spans of one call in one piece. A run
+// that bytes read before hold whole is not read again.
+func (p *ranges) fetch(spans []span) error {
 	spans = slices.Clone(spans)
 	slices.SortFunc(spans, func(a, b span) int { return a.off - b.off })
+	var runs []fetched
 	for i := 0; i < len(spans); {
 		lo, hi := spans[i].off, spans[i].off+spans[i].n
-		for i++; i < len(spans) && spans[i].off <= hi+preadGap; i++ {
+		for i++; i < len(spans) && spans[i].off <= hi+p.gap; i++ {
 			hi = max(hi, spans[i].off+spans[i].n)
 		}
-		data := make([]byte, hi-lo)
-		if _, err := p.f.ReadAt(data, int64(lo)); err != nil {
-			return fmt.Errorf("read %d bytes at %d: %w", hi-lo, lo, err)
+		if _, ok := p.find(lo, hi-lo); !ok {
+			runs = append(runs, fetched{lo, make([]byte, hi-lo)})
 		}
-		p.got = append(p.got, fetched{lo, data})
 	}
+	var g errgroup.Group
+	g.SetLimit(p.parallel)
+	for _, r := range runs {
+		g.Go(func() error {
+			if _, err := p.f.ReadAt(r.data, int64(r.off)); err != nil {
+				return fmt.Errorf("read %d bytes at %d: %w", len(r.data), r.off, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	p.got = append(p.got, runs...)
 	return nil
 }
 
-// preadGap is the most bytes between two spans read at once: about what a
-// pread costs in copying.
-const preadGap = 4 << 10
-
-func (p *preads) at(off, n int) []byte {
+// find returns the n bytes at off, if they were fetched in one piece.
+func (p *ranges) find(off, n int) ([]byte, bool) {
 	for _, g := range p.got {
 		if off >= g.off && off+n <= g.off+len(g.data) {
-			return g.data[off-g.off : off-g.off+n]
+			return g.data[off-g.off : off-g.off+n], true
 		}
+	}
+	return nil, false
+}
+
+func (p *ranges) at(off, n int) []byte {
+	if b, ok := p.find(off, n); ok {
+		return b
 	}
 	panic(notFetched{off, n})
 }
@@ -133,7 +163,7 @@ func (e notFetched) Error() string {
 
 // schema reads the file's footer, and its schema when the file is DCD's
 // layout (nil when not).
-func (p *preads) schema(size int) (*arrow.Schema, error) {
+func (p *ranges) schema(size int) (*arrow.Schema, error) {
 	if err := p.fetch([]span{{size - min(size, tailBytes), min(size, tailBytes)}}); err != nil {
 		return nil, err
 	}

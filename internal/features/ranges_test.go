@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 
@@ -17,8 +18,10 @@ import (
 )
 
 // LoadRowsAt gives the rows LoadColumns gives at those indices, from a
-// file:// bucket by preads of a few KiB of a 3 MiB file, from mem:// by
-// reading it whole; indices out of order or past the end are errors.
+// file:// bucket by preads of a few KiB of a 3 MiB file, from mem:// (as
+// from any object store) by a few requests of its head, its tail and the
+// rows, when the file is one record as EmbedShard writes it; indices out
+// of order or past the end are errors.
 func TestLoadRowsAt(t *testing.T) {
 	ctx := context.Background()
 	mem := memory.NewGoAllocator()
@@ -47,69 +50,110 @@ func TestLoadRowsAt(t *testing.T) {
 		batches = append(batches, bt)
 	}
 	columns := []string{"logits", "features"}
+	seven := []int{3, 63, 64, 65, 700, 1500, 1999}
 	for _, storedAs := range []string{"", schemas.Float16} {
-		key := "f" + storedAs + ".arrow"
-		writeFile(t, local, key, batches, storedAs, mem)
-		writeFile(t, inMemory, key, batches, storedAs, mem)
-		all, err := LoadColumns(ctx, local, key, columns, mem)
+		writeFile(t, local, "ref.arrow", batches, storedAs, mem)
+		all, err := LoadColumns(ctx, local, "ref.arrow", columns, mem)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The last rows' values run into the file's tail, read first.
-		var last []int
-		for r := 1960; r < rows; r++ {
-			last = append(last, r)
-		}
-		for _, want := range [][]int{{0}, {1999}, {3, 63, 64, 65, 700, 1500, 1999}, last, {}, nil} { // nil: no rows, not all
-			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
-				ms, err := LoadRowsAt(ctx, bucket, key, columns, want, mem)
-				if err != nil {
-					t.Fatalf("%s %q rows %v: %v", name, storedAs, want, err)
+		for _, layout := range []string{"batches", "one record"} {
+			key := "f" + storedAs + ".arrow"
+			for _, b := range []*blob.Bucket{local, inMemory} {
+				if layout == "batches" {
+					writeFile(t, b, key, batches, storedAs, mem)
+				} else {
+					writeOneRecord(t, b, key, batches, storedAs, mem)
 				}
-				for c := range columns {
-					if len(ms[c].URIs) != len(want) || ms[c].Dim != all[c].Dim {
-						t.Fatalf("%s %q rows %v column %d: %d URIs of %d values, want %d of %d", name, storedAs, want, c, len(ms[c].URIs), ms[c].Dim, len(want), all[c].Dim)
+			}
+			// The last rows' values run into the file's tail, read first.
+			var last []int
+			for r := 1960; r < rows; r++ {
+				last = append(last, r)
+			}
+			for _, want := range [][]int{{0}, {1999}, seven, last, {}, nil} { // nil: no rows, not all
+				for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
+					ms, err := LoadRowsAt(ctx, bucket, key, columns, want, mem)
+					if err != nil {
+						t.Fatalf("%s %s %q rows %v: %v", name, layout, storedAs, want, err)
 					}
-					for i, r := range want {
-						if ms[c].URIs[i] != all[c].URIs[r] || !slices.Equal(ms[c].Row(i), all[c].Row(r)) {
-							t.Fatalf("%s %q column %d: row %d is %s, not as LoadColumns reads it", name, storedAs, c, r, ms[c].URIs[i])
+					for c := range columns {
+						if len(ms[c].URIs) != len(want) || ms[c].Dim != all[c].Dim {
+							t.Fatalf("%s %s %q rows %v column %d: %d URIs of %d values, want %d of %d", name, layout, storedAs, want, c, len(ms[c].URIs), ms[c].Dim, len(want), all[c].Dim)
+						}
+						for i, r := range want {
+							if ms[c].URIs[i] != all[c].URIs[r] || !slices.Equal(ms[c].Row(i), all[c].Row(r)) {
+								t.Fatalf("%s %s %q column %d: row %d is %s, not as LoadColumns reads it", name, layout, storedAs, c, r, ms[c].URIs[i])
+							}
 						}
 					}
 				}
 			}
-		}
-		for _, bad := range [][]int{{5, 3}, {2000}, {-1}, {4, 4}} {
-			if _, err := LoadRowsAt(ctx, local, key, columns, bad, mem); err == nil || !strings.Contains(err.Error(), key) {
-				t.Errorf("%q rows %v: %v, want an error naming the file", storedAs, bad, err)
+			for _, bad := range [][]int{{5, 3}, {2000}, {-1}, {4, 4}} {
+				if _, err := LoadRowsAt(ctx, local, key, columns, bad, mem); err == nil || !strings.Contains(err.Error(), key) {
+					t.Errorf("%q rows %v: %v, want an error naming the file", storedAs, bad, err)
+				}
+			}
+
+			// Seven rows of the file are a few KiB of its bytes read: by
+			// preads, or by requests in three rounds (the head, the tail,
+			// the rows) when the file is one record.
+			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
+				sf, err := store.OpenFile(ctx, bucket, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f := newRanges(sf)
+				size := int(sf.Size())
+				schema, err := f.schema(size)
+				if err != nil || schema == nil {
+					t.Fatal(schema, err)
+				}
+				idx, dims, err := columnsOf(key, schema, columns)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, ok, err := pickRows(f, size, schema, idx, dims, picker{byIndex: true, rows: seven}); !ok || err != nil {
+					t.Fatal(ok, err)
+				}
+				sf.Close()
+				read, reads := 0, 0
+				if !sf.Local() {
+					read, reads = min(size, store.HeadBytes), 1
+				}
+				for _, g := range f.got {
+					if sf.Local() || g.off+len(g.data) > store.HeadBytes { // else read from the head
+						read += len(g.data)
+						reads++
+					}
+				}
+				t.Logf("%s %s %q: %d bytes of %d in %d reads", name, layout, storedAs, read, size, reads)
+				switch {
+				case sf.Local() && read > size/20:
+					t.Errorf("%s %s %q: read %d bytes of %d for 7 rows (%d reads)", name, layout, storedAs, read, size, reads)
+				case !sf.Local() && layout == "one record" && (read > store.HeadBytes+size/20 || reads > 8):
+					t.Errorf("%s %s %q: requested %d bytes of %d for 7 rows (%d requests)", name, layout, storedAs, read, size, reads)
+				}
 			}
 		}
+	}
+}
 
-		// Seven rows of the file are a few KiB of its bytes read.
-		lf, ok, err := store.OpenLocal(ctx, local, key)
-		if err != nil || !ok {
-			t.Fatal(ok, err)
-		}
-		f := &preads{f: lf}
-		size := int(lf.Size())
-		schema, err := f.schema(size)
-		if err != nil || schema == nil {
-			t.Fatal(schema, err)
-		}
-		idx, dims, err := columnsOf(key, schema, columns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok, err := pickRows(f, size, schema, idx, dims, picker{byIndex: true, rows: []int{3, 63, 64, 65, 700, 1500, 1999}}); !ok || err != nil {
-			t.Fatal(ok, err)
-		}
-		lf.Close()
-		read := 0
-		for _, g := range f.got {
-			read += len(g.data)
-		}
-		if read > size/20 {
-			t.Errorf("%q: read %d bytes of %d for 7 rows (%d reads)", storedAs, read, size, len(f.got))
-		}
-		t.Logf("%q: %d bytes of %d in %d reads", storedAs, read, size, len(f.got))
+// writeOneRecord writes batches as the feature file at key, in one record
+// (Concat), as EmbedShard writes a pool shard's.
+func writeOneRecord(tb testing.TB, b *blob.Bucket, key string, batches []embed.Batch, storedAs string, mem memory.Allocator) {
+	tb.Helper()
+	recs := make([]arrow.Record, len(batches))
+	for i, bt := range batches {
+		recs[i] = Record(mem, []string{"features", "logits"}, bt, storedAs)
+		defer recs[i].Release()
+	}
+	rec, err := Concat(mem, recs...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rec.Release()
+	if err := store.WriteArrow(context.Background(), b, key, rec.Schema(), mem, rec); err != nil {
+		tb.Fatal(err)
 	}
 }

@@ -201,54 +201,113 @@ func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 	return data, nil
 }
 
-// LocalFile is an object of a file:// bucket open for reads at any
-// offset, each a pread: one open for many reads, where each range reader
-// of the bucket opens the file again (and looks for its attributes).
-type LocalFile struct {
-	*os.File
-	r    *blob.Reader
+// File is an object open for reads at any offset: on a file:// bucket a
+// pread each, one open for many reads (each range reader of the bucket
+// opens the file again, and looks for its attributes); on any other, a
+// ranged request each, after a first that reads the object's head and
+// learns its size.
+type File struct {
+	key  string
 	size int64
+
+	// file:// buckets
+	file *os.File
+	r    *blob.Reader // holds file open
+
+	// other buckets
+	ctx  context.Context
+	b    *blob.Bucket
+	head []byte // the object's first HeadBytes, or all of it
+}
+
+// HeadBytes is how much of an object OpenFile reads first from a bucket
+// other than file://: the request that learns its size might as well bring
+// what a request of a few KiB costs no more time to, and the start of an
+// Arrow file is where its schema is, and its first batch's metadata.
+const HeadBytes = 64 << 10
+
+// OpenFile opens the object at key for reads at any offset.
+func OpenFile(ctx context.Context, b *blob.Bucket, key string) (*File, error) {
+	f := &File{key: key}
+	if Local(b) {
+		r, err := b.NewRangeReader(ctx, key, 0, 0, &blob.ReaderOptions{BeforeRead: func(as func(any) bool) error {
+			as(&f.file)
+			return nil
+		}})
+		if err != nil {
+			return nil, fmt.Errorf("store: open %q: %w", key, err)
+		}
+		f.r = r
+		if f.file != nil {
+			// The size of the file opened: the reader's is of a stat
+			// before the open, and another writer's rename may come
+			// between them.
+			info, err := f.file.Stat()
+			if err != nil {
+				r.Close()
+				return nil, fmt.Errorf("store: open %q: %w", key, err)
+			}
+			f.size = info.Size()
+			return f, nil
+		}
+		r.Close() // a file:// bucket of another driver: read by ranges
+		f.r = nil
+	}
+	r, err := b.NewRangeReader(ctx, key, 0, HeadBytes, nil)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %q: %w", key, err)
+	}
+	defer r.Close()
+	f.ctx, f.b, f.size = ctx, b, r.Size()
+	f.head = make([]byte, min(f.size, HeadBytes))
+	if _, err := io.ReadFull(r, f.head); err != nil {
+		return nil, fmt.Errorf("store: read %q: %w", key, err)
+	}
+	return f, nil
 }
 
 // Size is the object's size.
-func (f *LocalFile) Size() int64 { return f.size }
+func (f *File) Size() int64 { return f.size }
+
+// Local reports whether a read is a system call rather than a request.
+func (f *File) Local() bool { return f.file != nil }
+
+// ReadAt reads len(p) bytes at off. It does not cut a request short at the
+// object's end: reading past it is an error.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	switch {
+	case f.file != nil:
+		return f.file.ReadAt(p, off)
+	case off < 0 || off > f.size || int64(len(p)) > f.size-off:
+		return 0, fmt.Errorf("store: read %q: %d bytes at %d of %d", f.key, len(p), off, f.size)
+	case off+int64(len(p)) <= int64(len(f.head)):
+		return copy(p, f.head[off:]), nil
+	}
+	r, err := f.b.NewRangeReader(f.ctx, f.key, off, int64(len(p)), nil)
+	if err != nil {
+		return 0, fmt.Errorf("store: read %q: %w", f.key, err)
+	}
+	defer r.Close()
+	n, err := io.ReadFull(r, p)
+	if err != nil {
+		return n, fmt.Errorf("store: read %q: %d bytes at %d: %w", f.key, len(p), off, err)
+	}
+	return n, nil
+}
 
 // Close closes the file.
-func (f *LocalFile) Close() error { return f.r.Close() }
+func (f *File) Close() error {
+	if f.r != nil {
+		return f.r.Close()
+	}
+	return nil
+}
 
-// Local reports whether b is a file:// bucket, whose objects OpenLocal
-// opens: a read of one costs a system call, not a request.
+// Local reports whether b is a file:// bucket, whose objects OpenFile
+// opens as files: a read of one costs a system call, not a request.
 func Local(b *blob.Bucket) bool {
 	var dir os.FileInfo
 	return b.As(&dir)
-}
-
-// OpenLocal opens the object at key as a LocalFile when b is a file://
-// bucket; ok is false, and nothing opened, for any other bucket.
-func OpenLocal(ctx context.Context, b *blob.Bucket, key string) (f *LocalFile, ok bool, err error) {
-	if !Local(b) {
-		return nil, false, nil
-	}
-	var file *os.File
-	r, err := b.NewRangeReader(ctx, key, 0, 0, &blob.ReaderOptions{BeforeRead: func(as func(any) bool) error {
-		as(&file)
-		return nil
-	}})
-	if err != nil {
-		return nil, false, fmt.Errorf("store: open %q: %w", key, err)
-	}
-	if file == nil {
-		r.Close()
-		return nil, false, nil
-	}
-	// The size of the file opened: the reader's is of a stat before the
-	// open, and another writer's rename may come between them.
-	info, err := file.Stat()
-	if err != nil {
-		r.Close()
-		return nil, false, fmt.Errorf("store: open %q: %w", key, err)
-	}
-	return &LocalFile{file, r, info.Size()}, true, nil
 }
 
 // readAll is blob.Bucket.ReadAll reading into a buffer of the object's
