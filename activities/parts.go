@@ -23,11 +23,12 @@ import (
 )
 
 // shardWriter writes a shard's feature file on its own goroutine while the
-// shard is embedded: each batch becomes a record, appended to the file as
-// it comes, so that when the last batch is in, committing the shard costs
-// little more than closing the file. It also writes the parts: checkpoints
-// of the records so far, which a retried attempt copies into its own file
-// instead of embedding them again.
+// shard is embedded: each batch becomes a record, and records are appended
+// to the file as they come, several as one (recordBytes), so that when the
+// last batch is in, committing the shard costs little more than closing
+// the file. It also writes the parts: checkpoints of the records so far,
+// which a retried attempt copies into its own file instead of embedding
+// them again.
 type shardWriter struct {
 	a      *Activities
 	ctx    context.Context
@@ -41,10 +42,12 @@ type shardWriter struct {
 	resumedFrom int
 
 	// Owned by the goroutine until done is closed.
-	file    *store.ArrowWriter // opened with the first record
-	rows    int                // in file
-	rejects []embed.Reject     // the shard's, in order
-	cur     part
+	file         *store.ArrowWriter // opened with the first record
+	rows         int                // in file, and pending
+	pending      []arrow.Record     // appended, not yet written (recordBytes)
+	pendingBytes int
+	rejects      []embed.Reject // the shard's, in order
+	cur          part
 
 	mu     sync.Mutex
 	stored embedProgress // the parts in storage
@@ -212,8 +215,38 @@ func (w *shardWriter) handle(ev shardEvent) error {
 	return w.append(rec)
 }
 
-// append adds a record to the feature file, opening it with the first.
+// recordBytes is about how many bytes of a feature file one of its
+// records holds. Batches come a model batch at a time (16 or 64 images);
+// a reader of a few rows (features.LoadRowsAt) reads the metadata of
+// every record, a request each from an object store, so a pool shard's
+// file is a record or a few, the first one's metadata in the head of the
+// file that such a reader reads first.
+const recordBytes = 8 << 20
+
+// append adds a record to the feature file, opening it with the first:
+// it is written once records of recordBytes are pending, or at the end.
 func (w *shardWriter) append(rec arrow.Record) error {
+	rec.Retain()
+	w.pending = append(w.pending, rec)
+	w.rows += int(rec.NumRows())
+	w.pendingBytes += features.RecordBytes(rec)
+	if w.pendingBytes < recordBytes {
+		return nil
+	}
+	return w.flush()
+}
+
+// flush writes the pending records to the feature file as one.
+func (w *shardWriter) flush() error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	rec, err := features.Concat(w.a.Mem, w.pending...)
+	w.release()
+	if err != nil {
+		return err
+	}
+	defer rec.Release()
 	if w.file == nil {
 		f, err := store.NewArrowWriter(w.ctx, w.a.Bucket, w.key, rec.Schema(), w.a.Mem)
 		if err != nil {
@@ -221,8 +254,15 @@ func (w *shardWriter) append(rec arrow.Record) error {
 		}
 		w.file = f
 	}
-	w.rows += int(rec.NumRows())
 	return w.file.Write(rec)
+}
+
+// release drops the pending records.
+func (w *shardWriter) release() {
+	for _, r := range w.pending {
+		r.Release()
+	}
+	w.pending, w.pendingBytes = nil, 0
 }
 
 // checkpoint stores a part's rejects, then its records, if any image was
@@ -280,6 +320,7 @@ func (w *shardWriter) stop() error {
 // discard drops the unfinished feature file; the parts in storage stay for
 // a retry.
 func (w *shardWriter) discard() {
+	w.release()
 	if w.file != nil {
 		w.file.Abort()
 	}
@@ -311,6 +352,10 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
 			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them",
 			total, w.shard, w.rejects[0].URI, w.rejects[0].Reason), "ShardUnreadable", nil)
+	}
+	if err := w.flush(); err != nil {
+		w.discard()
+		return res, err
 	}
 	if w.file != nil {
 		if err := w.file.Close(); err != nil {

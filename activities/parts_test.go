@@ -42,7 +42,9 @@ func (w *world) resumeWith(m activities.ModelRef, nextPart int, starts []int) (a
 
 // TestResumeChecksParts: a part left by another attempt, cut elsewhere, or
 // gone since, is not copied into the entry: the shard is embedded again
-// from its start, and the entry holds every image once.
+// from its start, and the entry holds every image once. An entry is one
+// record, however many batches and parts it was embedded in, so that a
+// reader of a few rows finds its metadata in one place.
 func TestResumeChecksParts(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
@@ -63,6 +65,17 @@ func TestResumeChecksParts(t *testing.T) {
 	want, err := features.Load(ctx, w.b, key, "features", w.mem)
 	if err != nil {
 		t.Fatal(err)
+	}
+	records := func() int {
+		f, err := store.OpenArrow(ctx, w.b, key, w.mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		return f.NumRecords()
+	}
+	if n := records(); n != 1 {
+		t.Fatalf("%d images in batches of 3 written as %d records, want one", full.Images, n)
 	}
 	// One record a row, to cut parts anywhere.
 	f, err := store.OpenArrow(ctx, w.b, key, w.mem)
@@ -143,6 +156,9 @@ func TestResumeChecksParts(t *testing.T) {
 			}
 			if fmt.Sprint(got.URIs) != fmt.Sprint(want.URIs) {
 				t.Errorf("entry holds %v, want %v", got.URIs, want.URIs)
+			}
+			if n := records(); n != 1 {
+				t.Errorf("entry of parts and batches in %d records, want one", n)
 			}
 			for i := range got.Data {
 				if got.Data[i] != want.Data[i] {
