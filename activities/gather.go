@@ -14,7 +14,6 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/store"
-	"dcd/schemas"
 )
 
 // GatherInput is a method's debug-train set, planned from its selection,
@@ -55,10 +54,9 @@ const gatherAhead = 8
 // It only ever saves work: a shard it cannot fill whole (a pool shard not
 // cached with the model, or damaged) is left for EmbedShard, and when the
 // first pool shard it needs is not cached (the pool was embedded with
-// another model) nothing is. From an object store every pool shard an
-// image comes from is read whole, so a selection spread thin over a huge
-// pool, where that reads more than embedding its images would
-// (worthReading), is left too.
+// another model) nothing is. Of each pool shard's file it reads the rows
+// wanted (features.LoadRowsAt): a few KiB an image, by preads or, from an
+// object store, in three rounds of requests a file.
 //
 // The shards are filled in order, the pool shards they draw on read
 // gatherAhead ahead and dropped after their last use: a selection written
@@ -137,7 +135,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		}
 		todos = append(todos, todo{shard: i, ids: ids})
 	}
-	if len(todos) == 0 || !worthReading(index, need, in.Model, store.Local(a.Bucket)) {
+	if len(todos) == 0 {
 		return res, nil
 	}
 
@@ -211,40 +209,6 @@ func (a *Activities) readShardIndex(ctx context.Context, run string) (ShardIndex
 		return index, false, nil
 	}
 	return index, true, nil
-}
-
-// imageWorth is how many bytes of feature files embedding one image is
-// taken to be worth reading instead: reading the image itself (tens to
-// hundreds of KB for a photo), decoding it and running the model on it.
-const imageWorth = 256 << 10
-
-// worthReading says whether reading the rows wanted of the pool shards
-// costs less than embedding their images. From a file:// bucket the rows
-// are read alone (features.LoadRowsAt), a few KiB an image: always. From
-// an object store a shard's file is read whole: with 2,000 images a shard
-// and 394 float32 values an image (384 features, 10 logits), when the
-// selection takes a dozen images or more from each shard on average.
-func worthReading(index ShardIndex, need map[int]map[int64]bool, m ModelRef, local bool) bool {
-	if local {
-		return true
-	}
-	n := len(index.FirstIDs)
-	if n < 2 || len(m.Dims) == 0 {
-		return true // a single shard, or no sizes to go by
-	}
-	rowBytes := 0
-	for _, d := range m.Dims {
-		rowBytes += 4 * d
-	}
-	if m.Spec.StoredAs == schemas.Float16 {
-		rowBytes /= 2
-	}
-	meanRows := float64(index.FirstIDs[n-1]-index.FirstIDs[0]) / float64(n-1)
-	wanted := 0
-	for _, ids := range need {
-		wanted += len(ids)
-	}
-	return float64(len(need))*meanRows*float64(rowBytes) <= float64(wanted)*imageWorth
 }
 
 // pooledRows are the wanted rows of one pool shard's cached features.

@@ -92,7 +92,7 @@ func planSelection(t *testing.T, a *Activities, run string, ids []int64) (string
 // cached shard's.
 func TestGatherSelection(t *testing.T) {
 	for _, c := range []struct {
-		storedAs, bucket string // a file:// bucket's rows are read alone
+		storedAs, bucket string // rows read by preads, or by requests
 	}{{"", "mem"}, {schemas.Float16, "mem"}, {"", "file"}, {schemas.Float16, "file"}} {
 		storedAs := c.storedAs
 		t.Run(c.bucket+" stored as "+storedAs, func(t *testing.T) {
@@ -220,46 +220,4 @@ func mustShard(t *testing.T, a *Activities, key string) *dataset.Shard {
 		t.Fatal(err)
 	}
 	return sh
-}
-
-// A selection is gathered where reading its pool shards whole costs fewer
-// bytes than embedding its images, at imageWorth (256 KB) an image; from
-// a file:// bucket, which reads the rows alone, always.
-func TestWorthReading(t *testing.T) {
-	index := ShardIndex{FirstIDs: []int64{0, 2000, 4000, 6000}} // 2,000 rows a shard
-	need := func(perShard ...int) map[int]map[int64]bool {
-		n := map[int]map[int64]bool{}
-		for p, k := range perShard {
-			n[p] = map[int64]bool{}
-			for i := range k {
-				n[p][int64(2000*p+i)] = true
-			}
-		}
-		return n
-	}
-	d384 := ModelRef{Dims: []int{384, 10}} // 1,576 bytes a row, 3.15 MB a shard
-	f16 := d384
-	f16.Spec.StoredAs = schemas.Float16
-	for _, c := range []struct {
-		name string
-		need map[int]map[int64]bool
-		m    ModelRef
-		want bool
-	}{
-		{"13 images a shard", need(13, 13, 13), d384, true}, // 3.15 MB ≤ 3.33 MB
-		{"12 images a shard", need(12, 12, 12), d384, false},
-		{"6 a shard, float16", need(7, 6, 6), f16, true},
-		{"one shard's 40, two shards' 1", need(40, 1, 1), d384, true},
-		{"no sizes known", need(1, 1), ModelRef{}, true},
-	} {
-		if got := worthReading(index, c.need, c.m, false); got != c.want {
-			t.Errorf("%s: worth reading %v, want %v", c.name, got, c.want)
-		}
-		if !worthReading(index, c.need, c.m, true) {
-			t.Errorf("%s, from a file:// bucket: not worth reading", c.name)
-		}
-	}
-	if !worthReading(ShardIndex{FirstIDs: []int64{0}}, need(1), d384, false) {
-		t.Error("a pool of one shard: not worth reading")
-	}
 }

@@ -18,6 +18,7 @@ import (
 	"dcd/internal/demo"
 	"dcd/internal/mnist"
 	"dcd/internal/ortrun"
+	"dcd/internal/store"
 	"dcd/schemas"
 	"dcd/workflows"
 )
@@ -28,10 +29,26 @@ import (
 // the pool's image files are deleted (its manifest stays); a pass with
 // other failures (half of E_sample) then selects other images, dcd and
 // random alike, and still fixes the failure. Embedding any selected image
-// again would have failed that pass: no pool image can be read.
+// again would have failed that pass: no pool image can be read. The rows
+// are read by preads from a file:// bucket, and by ranged requests from a
+// real S3 server (versitygw).
 func TestRecurringPassReadsNoPoolImage(t *testing.T) {
 	c, _ := devServer(t)
-	b, _ := demoWorld(t)
+	t.Run("file", func(t *testing.T) {
+		b, _ := demoWorld(t)
+		recurringPassReadsNoPoolImage(t, c, b)
+	})
+	t.Run("s3", func(t *testing.T) {
+		b, err := store.Open(context.Background(), s3Server(t, "dcd-gather"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		recurringPassReadsNoPoolImage(t, c, b)
+	})
+}
+
+func recurringPassReadsNoPoolImage(t *testing.T, c client.Client, b *blob.Bucket) {
 	startWorker(t, c, b)
 	ctx := context.Background()
 	stamp := time.Now().UTC().Format("150405.000")

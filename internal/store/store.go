@@ -229,7 +229,7 @@ const HeadBytes = 64 << 10
 // OpenFile opens the object at key for reads at any offset.
 func OpenFile(ctx context.Context, b *blob.Bucket, key string) (*File, error) {
 	f := &File{key: key}
-	if Local(b) {
+	if isLocal(b) {
 		r, err := b.NewRangeReader(ctx, key, 0, 0, &blob.ReaderOptions{BeforeRead: func(as func(any) bool) error {
 			as(&f.file)
 			return nil
@@ -303,9 +303,9 @@ func (f *File) Close() error {
 	return nil
 }
 
-// Local reports whether b is a file:// bucket, whose objects OpenFile
+// isLocal reports whether b is a file:// bucket, whose objects OpenFile
 // opens as files: a read of one costs a system call, not a request.
-func Local(b *blob.Bucket) bool {
+func isLocal(b *blob.Bucket) bool {
 	var dir os.FileInfo
 	return b.As(&dir)
 }
@@ -509,7 +509,7 @@ var pageSize = ListPageSize
 // List calls fn for every object, and folder when opts sets a Delimiter,
 // that b lists under opts, in key order, a page of ListPageSize at a time.
 func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*blob.ListObject) error) error {
-	if (opts == nil || opts.Delimiter == "") && Local(b) {
+	if (opts == nil || opts.Delimiter == "") && isLocal(b) {
 		prefix := ""
 		if opts != nil {
 			prefix = opts.Prefix
