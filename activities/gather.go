@@ -40,9 +40,17 @@ func (r *GatherResult) add(images, rejects int) {
 	r.Rejects += rejects
 }
 
-// gatherAhead is how many pool shards GatherSelection reads ahead of the
-// debug-train shard it fills, and how many entries it writes at once.
-const gatherAhead = 8
+// GatherSelection reads poolAhead pool shards ahead of the debug-train
+// shard it fills, and writes gatherWrites entries at once. Reading a pool
+// shard's rows is five reads one after the other (its manifest, its
+// rejects, the file's head, tail and rows), so from an object store its
+// time is requests' latency, not bytes: a selection spread over thousands
+// of shards, a few rows each, reads many at once. What each holds is its
+// wanted rows.
+const (
+	poolAhead    = 32
+	gatherWrites = 8
+)
 
 // GatherSelection fills the cache entries of a debug-train set's shards
 // with rows of the model's cached features of the pool shards its images
@@ -59,7 +67,7 @@ const gatherAhead = 8
 // object store, in three rounds of requests a file.
 //
 // The shards are filled in order, the pool shards they draw on read
-// gatherAhead ahead and dropped after their last use: a selection written
+// poolAhead ahead and dropped after their last use: a selection written
 // in pool order (as the selections are) holds a few pool shards' wanted
 // rows at a time, however large.
 func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (GatherResult, error) {
@@ -143,14 +151,14 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	if err != nil || first == nil {
 		return res, err
 	}
-	ahead := readAhead(ctx, len(pools)-1, gatherAhead, func(ctx context.Context, j int) (*pooledRows, error) {
+	ahead := readAhead(ctx, len(pools)-1, poolAhead, func(ctx context.Context, j int) (*pooledRows, error) {
 		return a.pooledRows(ctx, in.Run, pools[j+1], in.Model, need[pools[j+1]])
 	}, nil)
 	defer ahead.stop()
 	loaded := map[int]*pooledRows{pools[0]: first}
 	next := 1
 	writes, wctx := errgroup.WithContext(ctx)
-	writes.SetLimit(gatherAhead)
+	writes.SetLimit(gatherWrites)
 	filled := make([]GatherResult, len(todos))
 	for ti, t := range todos {
 		for ; next < len(pools) && firstUse[pools[next]] <= ti; next++ {
