@@ -312,7 +312,7 @@ func clampInt(v, lo, hi int) int {
 // tens of kilobytes each.
 type scratch struct {
 	ring, sum, line []float32
-	ringRow         []int
+	ringRow, at     []int
 	xt, yt          taps
 	pal             [256 * 3]float32
 }
@@ -403,12 +403,18 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		}
 		return buf
 	}
-	sc.sum = grow(sc.sum, stride)
+	// (and one float more, which resampleRGB loads beside the last pixel)
+	sc.sum = grow(sc.sum, stride+1)
 	clear(sc.sum[rowLen:])
+	sc.at = grow(sc.at, w)
+	for x := range sc.at {
+		sc.at[x] = wc * (sc.xt.first[x] - xlo)
+	}
 	sum := sc.sum[:rowLen]
 	sc.line = grow(sc.line, w*wc)
 	line := sc.line
 	var a, off [3]float32
+	var a4, off4 [4]float32 // for resampleRGB
 	yt := &sc.yt
 	plane := w * h
 	for y := 0; y < h; y++ {
@@ -424,6 +430,18 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		}
 		if y == 0 {
 			a, off = s.affine(float64(full))
+			copy(a4[:], a[:])
+			copy(off4[:], off[:])
+		}
+		if wc == 3 {
+			o, step := dst[3*y*w:], 3
+			o0, o1, o2 := o, o[1:], o[2:]
+			if s.Layout == LayoutNCHW {
+				o0, o1, o2, step = dst[y*w:], dst[plane+y*w:], dst[2*plane+y*w:], 1
+			}
+			if resampleRGB(o0, o1, o2, step, sc.sum, &sc.xt, sc.at, &a4, &off4) {
+				continue
+			}
 		}
 		resampleRow(line, sc.sum, &sc.xt, xlo, wc)
 		switch {

@@ -56,3 +56,26 @@ func ycbcrRowVec(out []float32, ys, cb, cr []byte, half bool) int {
 
 //go:noescape
 func ycbcrRowAVX2(dst *float32, y, cb, cr *byte, n int, half bool)
+
+// resampleRGB is resampleRow for three channels followed by fillGeneral's
+// affine step, four floats a tap with AVX, each pixel's channels stored in
+// o0, o1 and o2 every step floats: a row of each plane (NCHW) or one row
+// of pixels (NHWC). at[x] is output x's first source float in in, which
+// holds a float past the last pixel any tap reads. It reports false, and
+// writes nothing, without AVX (or pixels).
+func resampleRGB(o0, o1, o2 []float32, step int, in []float32, t *taps, at []int, a, off *[4]float32) bool {
+	w, n := len(at), t.n
+	if !haveAVX || w == 0 {
+		return false
+	}
+	// Bounds the vector loop relies on: at ascends, so the last pixel's
+	// taps read the furthest.
+	if at[w-1]+3*n+1 > len(in) || len(t.padded) < w*n || (w-1)*step >= min(len(o0), len(o1), len(o2)) {
+		panic("preprocess: resampleRGB: buffers too short")
+	}
+	resampleRGBAVX(&o0[0], &o1[0], &o2[0], 4*step, w, n, &at[0], &in[0], &t.padded[0], a, off)
+	return true
+}
+
+//go:noescape
+func resampleRGBAVX(o0, o1, o2 *float32, step, w, n int, at *int, in, taps *float32, a, off *[4]float32)

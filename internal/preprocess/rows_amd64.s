@@ -238,3 +238,62 @@ chroma:
 done:
 	VZEROUPPER
 	RET
+
+// func resampleRGBAVX(o0, o1, o2 *float32, step, w, n int, at *int, in, taps *float32, a, off *[4]float32)
+//
+// For each of w output pixels: the sum over its n taps of weight times the
+// source pixel's r, g, b (four floats loaded, the fourth unused), summed
+// from the first tap in order, a multiply then an add, as resampleRow's
+// loops do; then times a plus off, as fillGeneral's are; the three
+// channels stored at o0, o1 and o2, which advance step bytes a pixel.
+// at[x] is the pixel's first source float; taps holds n weights a pixel.
+TEXT ·resampleRGBAVX(SB), NOSPLIT, $0-88
+	MOVQ o0+0(FP), DI
+	MOVQ o1+8(FP), SI
+	MOVQ o2+16(FP), R8
+	MOVQ step+24(FP), R9
+	MOVQ w+32(FP), CX
+	MOVQ n+40(FP), R10
+	MOVQ at+48(FP), R11
+	MOVQ in+56(FP), R12
+	MOVQ taps+64(FP), R13
+	MOVQ a+72(FP), AX
+	VMOVUPS (AX), X6
+	MOVQ off+80(FP), AX
+	VMOVUPS (AX), X7
+	TESTQ CX, CX
+	JZ   done
+
+pixel:
+	MOVQ (R11), AX
+	LEAQ (R12)(AX*4), BX      // the first tap's pixel
+	VBROADCASTSS (R13), X1
+	VMULPS (BX), X1, X0
+	MOVQ $1, DX
+
+tap:
+	CMPQ DX, R10
+	JGE  store
+	ADDQ $12, BX
+	VBROADCASTSS (R13)(DX*4), X1
+	VMULPS (BX), X1, X1
+	VADDPS X1, X0, X0
+	INCQ DX
+	JMP  tap
+
+store:
+	VMULPS X6, X0, X0
+	VADDPS X7, X0, X0
+	VMOVSS X0, (DI)
+	VEXTRACTPS $1, X0, (SI)
+	VEXTRACTPS $2, X0, (R8)
+	ADDQ R9, DI
+	ADDQ R9, SI
+	ADDQ R9, R8
+	LEAQ (R13)(R10*4), R13
+	ADDQ $8, R11
+	DECQ CX
+	JNZ  pixel
+
+done:
+	RET

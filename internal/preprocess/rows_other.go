@@ -12,3 +12,8 @@ func bytesToFloats(dst []float32, src []byte) { bytesToFloatsGeneric(dst, src) }
 
 // ycbcrRowVec converts no pixels: the caller's loop does them all.
 func ycbcrRowVec(out []float32, ys, cb, cr []byte, half bool) int { return 0 }
+
+// resampleRGB does nothing: fillGeneral's loops do it.
+func resampleRGB(o0, o1, o2 []float32, step int, in []float32, t *taps, at []int, a, off *[4]float32) bool {
+	return false
+}
