@@ -192,10 +192,13 @@ func (bt batch) buffer(i int) span {
 	return span{bt.body + o, n}
 }
 
-// uriSpan is where the batch's URI offsets and text are, one span.
+// uriSpan is where the batch's URI offsets and text are, one span. (The
+// text follows the offsets in a file Arrow wrote; in a damaged one it may
+// not.)
 func (bt batch) uriSpan(l layout) span {
 	offsets, text := bt.buffer(l.uriOffsets), bt.buffer(l.uriText)
-	return span{offsets.off, text.off + text.n - offsets.off}
+	lo := min(offsets.off, text.off)
+	return span{lo, max(offsets.off+offsets.n, text.off+text.n) - lo}
 }
 
 // appendURIs appends the URIs of the batch's rows k keeps to uris: every

@@ -100,7 +100,7 @@ func newRanges(f *store.File) *ranges {
 	if f.Local() {
 		return &ranges{f: f, gap: 4 << 10, parallel: 1}
 	}
-	return &ranges{f: f, gap: 32 << 10, parallel: 16}
+	return &ranges{f: f, gap: 32 << 10, parallel: 8}
 }
 
 // fetch reads the spans, runs of them less than gap apart in one read, so
@@ -186,7 +186,7 @@ func (p *ranges) schema(size int) (*arrow.Schema, error) {
 	for i, f := range fields {
 		fs[i].Name = f.Name
 		switch {
-		case f.ListSize < 0:
+		case f.Type == ipcfile.TypeFixedSizeList && f.ListSize <= 0: // damaged: Arrow's reader decides
 			return nil, nil
 		case f.Type == ipcfile.TypeUtf8:
 			fs[i].Type = arrow.BinaryTypes.String

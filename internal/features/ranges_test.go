@@ -13,6 +13,7 @@ import (
 	"gocloud.dev/blob"
 
 	"dcd/internal/embed"
+	"dcd/internal/ipcfile"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -155,5 +156,64 @@ func writeOneRecord(tb testing.TB, b *blob.Bucket, key string, batches []embed.B
 	defer rec.Release()
 	if err := store.WriteArrow(context.Background(), b, key, rec.Schema(), mem, rec); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+// A feature file damaged in its batch's metadata or its footer, byte by
+// byte, gives rows or an error from LoadRowsAt, never a panic: a panic in
+// a gather's read-ahead would take the worker down.
+func TestLoadRowsAtDamagedNeverPanics(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.NewGoAllocator()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows, dim, classes = 300, 64, 10 // 88 KB: past the head a first request reads
+	bt := embed.Batch{Dims: []int{dim, classes}, Vectors: [][]float32{make([]float32, rows*dim), make([]float32, rows*classes)}}
+	for i := range rows {
+		bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("pool/%04d.png", i)})
+	}
+	writeOneRecord(t, b, "f.arrow", []embed.Batch{bt}, "", mem)
+	data, err := b.ReadAll(ctx, "f.arrow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := len(data)
+	n, err := ipcfile.FooterLen(data[size-10:], size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks, err := ipcfile.Blocks(ipcfile.Root(data[size-10-n:size-10]), ipcfile.FooterRecordBatches, size)
+	if err != nil || len(blocks) != 1 {
+		t.Fatal(blocks, err)
+	}
+	var at []int // the bytes to damage
+	for i := blocks[0].Offset; i < blocks[0].Offset+blocks[0].MetaLen; i++ {
+		at = append(at, i)
+	}
+	for i := size - 10 - n; i < size-10; i++ {
+		at = append(at, i)
+	}
+	damaged := make([]byte, size)
+	for _, i := range at {
+		for _, v := range []byte{0, 0xff, data[i] ^ 1, data[i] + 8} {
+			if v == data[i] {
+				continue
+			}
+			copy(damaged, data)
+			damaged[i] = v
+			if err := b.WriteAll(ctx, "d.arrow", damaged, nil); err != nil {
+				t.Fatal(err)
+			}
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Fatalf("byte %d set to %#x: LoadRowsAt panicked: %v", i, v, r)
+					}
+				}()
+				LoadRowsAt(ctx, b, "d.arrow", []string{"features"}, []int{1, 250}, mem)
+			}()
+		}
 	}
 }

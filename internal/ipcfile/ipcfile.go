@@ -31,6 +31,7 @@ const (
 	FieldName            = 0
 	FieldTypeType        = 2
 	FieldType            = 3
+	FieldDictionary      = 4
 	FieldChildren        = 5
 	FieldCustomMetadata  = 6
 )
@@ -208,13 +209,21 @@ func Check(data []byte) error {
 		if err := checkFields(schema, SchemaFields, 0); err != nil {
 			return err
 		}
+		nodes, buffers, err := needs(schema, SchemaFields, 0)
+		if err != nil {
+			return err
+		}
 		for _, slot := range []int{FooterDictionaries, FooterRecordBatches} {
 			blocks, err := Blocks(footer, slot, len(data))
 			if err != nil {
 				return err
 			}
+			nn, nb := nodes, buffers
+			if slot == FooterDictionaries {
+				nn, nb = 0, 0 // DCD writes none; their buffers are checked still
+			}
 			for i, blk := range blocks {
-				if err := checkBatch(data, blk); err != nil {
+				if err := checkBatch(data, blk, nn, nb); err != nil {
 					return fmt.Errorf("damaged IPC file: block %d: %w", i, err)
 				}
 			}
@@ -224,8 +233,9 @@ func Check(data []byte) error {
 }
 
 // checkBatch checks the buffers of the record batch, or dictionary batch,
-// at blk against its body.
-func checkBatch(data []byte, blk Block) error {
+// at blk against its body, and that it lists at least the field nodes and
+// buffers its schema needs (needs).
+func checkBatch(data []byte, blk Block, nodes, buffers int) error {
 	kind, rb, body := Message(data, blk)
 	switch kind {
 	case DictionaryBatchMessage:
@@ -237,8 +247,11 @@ func checkBatch(data []byte, blk Block) error {
 	if rb.Field(BatchCompression) != 0 {
 		return errors.New("compressed buffers (DCD writes none)")
 	}
-	rb.Vector(BatchNodes, NodeSize)
+	_, nn := rb.Vector(BatchNodes, NodeSize)
 	_, n := rb.Vector(BatchBuffers, BufferSize)
+	if nn < nodes || n < buffers {
+		return fmt.Errorf("%d field nodes and %d buffers, where its schema needs %d and %d", nn, n, nodes, buffers)
+	}
 	for i := range n {
 		off, length := Buffer(rb, i)
 		if off < 0 || length < 0 || off > len(body) || length > len(body)-off {
@@ -246,6 +259,46 @@ func checkBatch(data []byte, blk Block) error {
 		}
 	}
 	return nil
+}
+
+// needs returns how many field nodes and buffers a record batch of the
+// fields in slot of t lists. Arrow's reader takes each by its index, not
+// checking it against the vector's length: a damaged batch listing fewer
+// had it read what follows as a buffer, 5 TB long say, and allocate it.
+// It counts the types DCD writes and their kin; a union or a view type,
+// whose count depends on more than the type, is an error.
+func needs(t Table, slot, depth int) (nodes, buffers int, err error) {
+	if depth > maxDepth {
+		return 0, 0, fmt.Errorf("damaged IPC file: fields nest more than %d deep", maxDepth)
+	}
+	start, n := t.Vector(slot, 4)
+	for i := range n {
+		f := t.Element(start, i)
+		nodes++
+		if f.Field(FieldDictionary) != 0 { // the indices, an integer array
+			buffers += 2
+			continue
+		}
+		switch typ := f.U8(FieldTypeType); typ {
+		case 1: // Null
+		case 13, 16, 22: // Struct, FixedSizeList, RunEndEncoded: validity or none
+			buffers++
+		case 2, 3, 6, 7, 8, 9, 10, 11, 15, 18, // fixed-width values
+			12, 17, 21: // List, Map, LargeList: validity, offsets
+			buffers += 2
+		case 4, 5, 19, 20, // Binary, Utf8, LargeBinary, LargeUtf8
+			25, 26: // ListView, LargeListView
+			buffers += 3
+		default:
+			return 0, 0, fmt.Errorf("damaged IPC file: a field of type %d, which DCD does not read", typ)
+		}
+		cn, cb, err := needs(f, FieldChildren, depth+1)
+		if err != nil {
+			return 0, 0, err
+		}
+		nodes, buffers = nodes+cn, buffers+cb
+	}
+	return nodes, buffers, nil
 }
 
 // maxDepth bounds how deeply fields nest: a damaged offset may point a

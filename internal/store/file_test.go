@@ -56,4 +56,19 @@ func TestFile(t *testing.T) {
 	if _, err := OpenFile(ctx, b, "missing"); err == nil || !strings.Contains(err.Error(), `"missing"`) {
 		t.Fatalf("a missing object: %v", err)
 	}
+
+	// An object rewritten between two requests is not read as one.
+	if err := b.WriteAll(ctx, "obj", data, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFile(ctx, b, "obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteAll(ctx, "obj", data[:len(data)-1], nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(make([]byte, 10), HeadBytes); err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("a read of a rewritten object: %v", err)
+	}
 }

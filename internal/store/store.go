@@ -41,6 +41,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/apache/arrow/go/v15/arrow"
@@ -215,9 +216,10 @@ type File struct {
 	r    *blob.Reader // holds file open
 
 	// other buckets
-	ctx  context.Context
-	b    *blob.Bucket
-	head []byte // the object's first HeadBytes, or all of it
+	ctx      context.Context
+	b        *blob.Bucket
+	head     []byte // the object's first HeadBytes, or all of it
+	modified time.Time
 }
 
 // HeadBytes is how much of an object OpenFile reads first from a bucket
@@ -258,7 +260,7 @@ func OpenFile(ctx context.Context, b *blob.Bucket, key string) (*File, error) {
 		return nil, fmt.Errorf("store: open %q: %w", key, err)
 	}
 	defer r.Close()
-	f.ctx, f.b, f.size = ctx, b, r.Size()
+	f.ctx, f.b, f.size, f.modified = ctx, b, r.Size(), r.ModTime()
 	f.head = make([]byte, min(f.size, HeadBytes))
 	if _, err := io.ReadFull(r, f.head); err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", key, err)
@@ -288,6 +290,13 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("store: read %q: %w", f.key, err)
 	}
 	defer r.Close()
+	// Each request may find another version of the object: bytes of two
+	// versions read as one file could pair one image's name with
+	// another's values.
+	if r.Size() != f.size || !r.ModTime().Equal(f.modified) {
+		return 0, fmt.Errorf("store: read %q: it changed while being read (%d bytes modified %v, then %d modified %v)",
+			f.key, f.size, f.modified, r.Size(), r.ModTime())
+	}
 	n, err := io.ReadFull(r, p)
 	if err != nil {
 		return n, fmt.Errorf("store: read %q: %d bytes at %d: %w", f.key, len(p), off, err)
