@@ -471,17 +471,17 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 			o2 := dst[2*plane+y*w : 2*plane+y*w+w]
 			for x := range o0 {
 				p := line[3*x : 3*x+3]
-				o0[x] = p[0]*a[0] + off[0]
-				o1[x] = p[1]*a[1] + off[1]
-				o2[x] = p[2]*a[2] + off[2]
+				o0[x] = float32(p[0]*a[0]) + off[0]
+				o1[x] = float32(p[1]*a[1]) + off[1]
+				o2[x] = float32(p[2]*a[2]) + off[2]
 			}
 		default:
 			out := dst[3*y*w : 3*(y*w+w)]
 			for x := 0; x < w; x++ {
 				p, q := line[3*x:3*x+3], out[3*x:3*x+3]
-				q[0] = p[0]*a[0] + off[0]
-				q[1] = p[1]*a[1] + off[1]
-				q[2] = p[2]*a[2] + off[2]
+				q[0] = float32(p[0]*a[0]) + off[0]
+				q[1] = float32(p[1]*a[1]) + off[1]
+				q[2] = float32(p[2]*a[2]) + off[2]
 			}
 		}
 	}
@@ -490,7 +490,10 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 // resampleRow writes out[x*wc:(x+1)*wc] = Σ_k t.padded[x·n+k]·in[first_x+k]
 // for every output x, in wc (1 or 3) interleaved channels, where first_x is
 // t.first[x]-lo. The sums run in tap order from the first, as a loop over
-// each output's own taps would; the common tap counts are unrolled.
+// each output's own taps would; the common tap counts are unrolled. Each
+// product is rounded before it is added (float32 of it: no fused
+// multiply-add, which GOAMD64=v3 would otherwise allow), as resampleRGB's
+// vectors do.
 func resampleRow(out, in []float32, t *taps, lo, wc int) {
 	n := t.n
 	if wc == 1 {
@@ -502,13 +505,13 @@ func resampleRow(out, in []float32, t *taps, lo, wc int) {
 			case 1:
 				out[x] = ws[0] * p[0]
 			case 2:
-				out[x] = ws[0]*p[0] + ws[1]*p[1]
+				out[x] = float32(ws[0]*p[0]) + float32(ws[1]*p[1])
 			case 3:
-				out[x] = ws[0]*p[0] + ws[1]*p[1] + ws[2]*p[2]
+				out[x] = float32(ws[0]*p[0]) + float32(ws[1]*p[1]) + float32(ws[2]*p[2])
 			default:
 				var acc float32
 				for k, wt := range ws {
-					acc += wt * p[k]
+					acc += float32(wt * p[k])
 				}
 				out[x] = acc
 			}
@@ -525,21 +528,21 @@ func resampleRow(out, in []float32, t *taps, lo, wc int) {
 			o[0], o[1], o[2] = ws[0]*p[0], ws[0]*p[1], ws[0]*p[2]
 		case 2:
 			p := in[i : i+6 : i+6]
-			o[0] = ws[0]*p[0] + ws[1]*p[3]
-			o[1] = ws[0]*p[1] + ws[1]*p[4]
-			o[2] = ws[0]*p[2] + ws[1]*p[5]
+			o[0] = float32(ws[0]*p[0]) + float32(ws[1]*p[3])
+			o[1] = float32(ws[0]*p[1]) + float32(ws[1]*p[4])
+			o[2] = float32(ws[0]*p[2]) + float32(ws[1]*p[5])
 		case 3:
 			p := in[i : i+9 : i+9]
-			o[0] = ws[0]*p[0] + ws[1]*p[3] + ws[2]*p[6]
-			o[1] = ws[0]*p[1] + ws[1]*p[4] + ws[2]*p[7]
-			o[2] = ws[0]*p[2] + ws[1]*p[5] + ws[2]*p[8]
+			o[0] = float32(ws[0]*p[0]) + float32(ws[1]*p[3]) + float32(ws[2]*p[6])
+			o[1] = float32(ws[0]*p[1]) + float32(ws[1]*p[4]) + float32(ws[2]*p[7])
+			o[2] = float32(ws[0]*p[2]) + float32(ws[1]*p[5]) + float32(ws[2]*p[8])
 		default:
 			p := in[i : i+3*n : i+3*n]
 			var r, g, b float32
 			for k, wt := range ws {
-				r += wt * p[3*k]
-				g += wt * p[3*k+1]
-				b += wt * p[3*k+2]
+				r += float32(wt * p[3*k])
+				g += float32(wt * p[3*k+1])
+				b += float32(wt * p[3*k+2])
 			}
 			o[0], o[1], o[2] = r, g, b
 		}

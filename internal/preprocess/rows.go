@@ -4,7 +4,7 @@ package preprocess
 func addScaledRowGeneric(dst, src []float32, w float32) {
 	src = src[:len(dst)]
 	for i := range dst {
-		dst[i] += w * src[i]
+		dst[i] += float32(w * src[i]) // rounded, as addScaledRowAVX's, not fused
 	}
 }
 
