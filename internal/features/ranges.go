@@ -8,7 +8,6 @@ import (
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
-
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/ipcfile"
