@@ -85,8 +85,11 @@ type ranges struct {
 	// a few rows' worth, since many requests cost less time than one of
 	// the whole file but each costs more than the bytes alone.
 	gap int
-	// parallel is how many reads run at once.
+	// parallel is how many reads run at once; with oneRound, a fetch
+	// reads no more runs than that, joining the nearest, so that it costs
+	// one round of requests however its spans lie.
 	parallel int
+	oneRound bool
 	got      []fetched
 }
 
@@ -99,7 +102,7 @@ func newRanges(f *store.File) *ranges {
 	if f.Local() {
 		return &ranges{f: f, gap: 4 << 10, parallel: 1}
 	}
-	return &ranges{f: f, gap: 32 << 10, parallel: 8}
+	return &ranges{f: f, gap: 32 << 10, parallel: 8, oneRound: true, got: []fetched{{0, f.Head()}}}
 }
 
 // fetch reads the spans, runs of them less than gap apart in one read, so
@@ -108,15 +111,22 @@ func newRanges(f *store.File) *ranges {
 func (p *ranges) fetch(spans []span) error {
 	spans = slices.Clone(spans)
 	slices.SortFunc(spans, func(a, b span) int { return a.off - b.off })
-	var runs []fetched
+	var todo []span
 	for i := 0; i < len(spans); {
 		lo, hi := spans[i].off, spans[i].off+spans[i].n
 		for i++; i < len(spans) && spans[i].off <= hi+p.gap; i++ {
 			hi = max(hi, spans[i].off+spans[i].n)
 		}
 		if _, ok := p.find(lo, hi-lo); !ok {
-			runs = append(runs, fetched{lo, make([]byte, hi-lo)})
+			todo = append(todo, span{lo, hi - lo})
 		}
+	}
+	if p.oneRound && len(todo) > p.parallel {
+		todo = join(todo, p.parallel)
+	}
+	runs := make([]fetched, len(todo))
+	for i, t := range todo {
+		runs[i] = fetched{t.off, make([]byte, t.n)}
 	}
 	var g errgroup.Group
 	g.SetLimit(p.parallel)
@@ -133,6 +143,28 @@ func (p *ranges) fetch(spans []span) error {
 	}
 	p.got = append(p.got, runs...)
 	return nil
+}
+
+// join joins runs, sorted and apart, into n across the n-1 widest gaps
+// between them: the fewest bytes n reads can cover them in.
+func join(runs []span, n int) []span {
+	gaps := make([]int, len(runs)-1) // gap i is between runs i and i+1
+	for i := range gaps {
+		gaps[i] = i
+	}
+	slices.SortStableFunc(gaps, func(a, b int) int {
+		return (runs[b+1].off - runs[b].off - runs[b].n) - (runs[a+1].off - runs[a].off - runs[a].n)
+	})
+	cuts := gaps[:n-1]
+	slices.Sort(cuts)
+	joined := make([]span, 0, n)
+	lo := 0
+	for _, c := range append(cuts, len(runs)-1) {
+		end := runs[c].off + runs[c].n
+		joined = append(joined, span{runs[lo].off, end - runs[lo].off})
+		lo = c + 1
+	}
+	return joined
 }
 
 // find returns the n bytes at off, if they were fetched in one piece.

@@ -98,8 +98,17 @@ func TestLoadRowsAt(t *testing.T) {
 
 			// Seven rows of the file are a few KiB of its bytes read: by
 			// preads, or by requests in three rounds (the head, the tail,
-			// the rows) when the file is one record.
-			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory} {
+			// the rows) when the file is one record. Rows spread all over
+			// it are still three rounds, the last of eight requests.
+			var spread []int
+			for r := 0; r < rows; r += 13 {
+				spread = append(spread, r)
+			}
+			for name, bucket := range map[string]*blob.Bucket{"file": local, "mem": inMemory, "mem, spread": inMemory} {
+				want := seven
+				if name == "mem, spread" {
+					want = spread
+				}
 				sf, err := store.OpenFile(ctx, bucket, key)
 				if err != nil {
 					t.Fatal(err)
@@ -114,7 +123,7 @@ func TestLoadRowsAt(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if _, ok, err := pickRows(f, size, schema, idx, dims, picker{byIndex: true, rows: seven}); !ok || err != nil {
+				if _, ok, err := pickRows(f, size, schema, idx, dims, picker{byIndex: true, rows: want}); !ok || err != nil {
 					t.Fatal(ok, err)
 				}
 				sf.Close()
@@ -132,8 +141,10 @@ func TestLoadRowsAt(t *testing.T) {
 				switch {
 				case sf.Local() && read > size/20:
 					t.Errorf("%s %s %q: read %d bytes of %d for 7 rows (%d reads)", name, layout, storedAs, read, size, reads)
-				case !sf.Local() && layout == "one record" && (read > store.HeadBytes+size/20 || reads > 8):
+				case name == "mem" && layout == "one record" && (read > store.HeadBytes+size/20 || reads > 8):
 					t.Errorf("%s %s %q: requested %d bytes of %d for 7 rows (%d requests)", name, layout, storedAs, read, size, reads)
+				case name == "mem, spread" && layout == "one record" && reads > 10:
+					t.Errorf("%s %s %q: %d requests for %d rows, want the head, the tail and 8", name, layout, storedAs, reads, len(want))
 				}
 			}
 		}
@@ -214,6 +225,22 @@ func TestLoadRowsAtDamagedNeverPanics(t *testing.T) {
 				}()
 				LoadRowsAt(ctx, b, "d.arrow", []string{"features"}, []int{1, 250}, mem)
 			}()
+		}
+	}
+}
+
+// join joins runs across the widest gaps, and every run is in one of its
+// spans, whole.
+func TestJoin(t *testing.T) {
+	runs := []span{{0, 10}, {12, 3}, {100, 5}, {106, 1}, {500, 20}, {530, 2}}
+	for n, want := range map[int][]span{
+		2: {{0, 107}, {500, 32}},
+		3: {{0, 15}, {100, 7}, {500, 32}},
+		5: {{0, 10}, {12, 3}, {100, 7}, {500, 20}, {530, 2}},
+		6: runs,
+	} {
+		if got := join(runs, n); !slices.Equal(got, want) {
+			t.Errorf("join into %d: %v, want %v", n, got, want)
 		}
 	}
 }

@@ -271,6 +271,10 @@ func OpenFile(ctx context.Context, b *blob.Bucket, key string) (*File, error) {
 // Size is the object's size.
 func (f *File) Size() int64 { return f.size }
 
+// Head is what the first request read of the object: its first HeadBytes,
+// or all of it; nil for a file:// bucket's.
+func (f *File) Head() []byte { return f.head }
+
 // Local reports whether a read is a system call rather than a request.
 func (f *File) Local() bool { return f.file != nil }
 
