@@ -226,9 +226,13 @@ type jpegDecoder struct {
 	planes         [3][]byte // the pool's planes
 	// A progressive image's coefficients, every block's, until its last
 	// scan; the pool's buffer they are cut from; and the run of blocks
-	// left with no coefficient in the current band.
+	// left with no coefficient in the current band. nz is each block's
+	// non-zero coefficients, bit z for zig-zag index z (1 to 63), which
+	// refinement scans step through instead of every coefficient.
 	coef    [3][][64]int32
 	coefBuf [][64]int32
+	nz      [3][]uint64
+	nzBuf   []uint64
 	eobRun  uint16
 }
 
@@ -248,9 +252,9 @@ func (d *jpegDecoder) release() {
 		}
 	}
 	if cap(d.coefBuf)*64*4 > maxPooledCoef {
-		d.coefBuf = nil
+		d.coefBuf, d.nzBuf = nil, nil
 	}
-	d.bits.data, d.img, d.out, d.coef = nil, nil, [3][]byte{}, [3][][64]int32{}
+	d.bits.data, d.img, d.out, d.coef, d.nz = nil, nil, [3][]byte{}, [3][][64]int32{}, [3][]uint64{}
 	jpegDecoders.Put(d)
 }
 
@@ -279,7 +283,7 @@ func withJPEG(data []byte, use func(image.Image) error) (ok bool, err error) {
 // outside the fast path, and returns the image; with reuse, it lives in
 // d's planes, only good until d is released.
 func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
-	*d = jpegDecoder{planes: d.planes, coefBuf: d.coefBuf}
+	*d = jpegDecoder{planes: d.planes, coefBuf: d.coefBuf, nzBuf: d.nzBuf}
 	if len(data) < 4 || data[0] != 0xff || data[1] != jpegSOI {
 		return nil, false
 	}

@@ -1,5 +1,7 @@
 package preprocess
 
+import "math/bits"
+
 // Progressive JPEGs (G.1.2), which much of the web serves: the image's
 // coefficients arrive over several scans, each a band of frequencies
 // (spectral selection) or one more bit of them (successive approximation),
@@ -30,7 +32,7 @@ func (d *jpegDecoder) progressiveScan(seg, data []byte, pos *int, reuse bool) bo
 			return false
 		}
 		if d.coef[ci] == nil {
-			d.coef[ci] = d.coefBlocks(ci)
+			d.coef[ci], d.nz[ci] = d.coefBlocks(ci)
 		}
 	}
 	d.makeImage(reuse)
@@ -56,11 +58,12 @@ func (d *jpegDecoder) progressiveScan(seg, data []byte, pos *int, reuse bool) bo
 							continue
 						}
 					}
-					b := &d.coef[ci][by*d.mxx*c.h+bx]
+					k := by*d.mxx*c.h + bx
+					b, nz := &d.coef[ci][k], &d.nz[ci][k]
 					if ah != 0 {
-						ok = d.refine(b, &d.huff[1][c.ta], zigStart, zigEnd, 1<<al)
+						ok = d.refine(b, nz, &d.huff[1][c.ta], zigStart, zigEnd, 1<<al)
 					} else {
-						ok = d.firstBits(b, c, zigStart, zigEnd, al)
+						ok = d.firstBits(b, nz, c, zigStart, zigEnd, al)
 					}
 					if !ok || d.bits.n < d.bits.fake {
 						return false
@@ -73,9 +76,10 @@ func (d *jpegDecoder) progressiveScan(seg, data []byte, pos *int, reuse bool) bo
 	return ok
 }
 
-// coefBlocks returns component ci's blocks, zeroed, cut from d's buffer
-// (which the pool keeps) at the component's place in it.
-func (d *jpegDecoder) coefBlocks(ci int) [][64]int32 {
+// coefBlocks returns component ci's blocks, zeroed, and their non-zero
+// masks, cut from d's buffers (which the pool keeps) at the component's
+// place in them.
+func (d *jpegDecoder) coefBlocks(ci int) ([][64]int32, []uint64) {
 	var off, n, total int
 	for i := range d.nComp {
 		size := d.mxx * d.myy * d.comp[i].h * d.comp[i].v
@@ -87,15 +91,17 @@ func (d *jpegDecoder) coefBlocks(ci int) [][64]int32 {
 		total += size
 	}
 	d.coefBuf = grow(d.coefBuf, total)
-	b := d.coefBuf[off : off+n : off+n]
+	d.nzBuf = grow(d.nzBuf, total)
+	b, nz := d.coefBuf[off:off+n:off+n], d.nzBuf[off:off+n:off+n]
 	clear(b)
-	return b
+	clear(nz)
+	return b, nz
 }
 
 // firstBits decodes a block's first scan of a band (G.1.2.1 and G.1.2.2):
 // its DC difference when the band starts at 0, then an end-of-band run or
 // the band's coefficients, each shifted left by al.
-func (d *jpegDecoder) firstBits(b *[64]int32, c *jpegComponent, zigStart, zigEnd int, al uint) bool {
+func (d *jpegDecoder) firstBits(b *[64]int32, nz *uint64, c *jpegComponent, zigStart, zigEnd int, al uint) bool {
 	bits := &d.bits
 	zig := zigStart
 	if zig == 0 {
@@ -122,7 +128,8 @@ func (d *jpegDecoder) firstBits(b *[64]int32, c *jpegComponent, zigStart, zigEnd
 			if zig += r; zig > zigEnd {
 				break
 			}
-			b[jpegZig[zig]] = bits.receiveExtend(s) << al
+			b[jpegZig[zig]] = bits.receiveExtend(s) << al // never 0: |v| < 2^15, al < 16
+			*nz |= 1 << zig
 			continue
 		}
 		if r != 15 {
@@ -136,7 +143,7 @@ func (d *jpegDecoder) firstBits(b *[64]int32, c *jpegComponent, zigStart, zigEnd
 
 // refine decodes one more bit of a block's band (G.1.2.3), as image/jpeg's
 // refine does: delta is the bit's value.
-func (d *jpegDecoder) refine(b *[64]int32, h *jpegHuffman, zigStart, zigEnd int, delta int32) bool {
+func (d *jpegDecoder) refine(b *[64]int32, nz *uint64, h *jpegHuffman, zigStart, zigEnd int, delta int32) bool {
 	bits := &d.bits
 	if zigStart == 0 { // the DC: one bit
 		if bits.take(1) != 0 {
@@ -168,17 +175,18 @@ func (d *jpegDecoder) refine(b *[64]int32, h *jpegHuffman, zigStart, zigEnd int,
 			default:
 				return false
 			}
-			if zig = d.refineNonZeroes(b, zig, zigEnd, r, delta); zig > zigEnd {
+			if zig = d.refineNonZeroes(b, *nz, zig, zigEnd, r, delta); zig > zigEnd {
 				return false
 			}
 			if z != 0 {
 				b[jpegZig[zig]] = z
+				*nz |= 1 << zig
 			}
 		}
 	}
 	if d.eobRun > 0 {
 		d.eobRun--
-		d.refineNonZeroes(b, zig, zigEnd, -1, delta)
+		d.refineNonZeroes(b, *nz, zig, zigEnd, -1, delta)
 	}
 	return true
 }
@@ -186,19 +194,28 @@ func (d *jpegDecoder) refine(b *[64]int32, h *jpegHuffman, zigStart, zigEnd int,
 // refineNonZeroes gives each non-zero coefficient of b from zig on one
 // more bit, skipping nz zero ones first (all when nz < 0), and returns
 // where it stopped, as image/jpeg's does. Most of a progressive file's
-// time goes here, so the bit reader lives in locals and the bit is added
-// without a branch: towards the coefficient's sign, when it is 1.
-func (d *jpegDecoder) refineNonZeroes(b *[64]int32, zig, zigEnd, nz int, delta int32) int {
+// time goes here: it steps from one non-zero coefficient to the next by
+// the block's mask (a coefficient refined stays non-zero: its bit moves
+// it away from zero), the bit reader lives in locals, and the bit is
+// added without a branch, towards the coefficient's sign, when it is 1.
+func (d *jpegDecoder) refineNonZeroes(b *[64]int32, mask uint64, zig, zigEnd, nz int, delta int32) int {
 	br := &d.bits
 	acc, n := br.acc, br.n
-	for ; zig <= zigEnd; zig++ {
-		u := jpegZig[zig] & 63
-		if b[u] == 0 {
-			if nz == 0 {
+	mask &= ^uint64(0) >> (63 - zigEnd) // the band's, up to zigEnd
+	for zig <= zigEnd {
+		next := zigEnd + 1 // the next non-zero coefficient
+		if m := mask >> zig << zig; m != 0 {
+			next = bits.TrailingZeros64(m)
+		}
+		if zeros := next - zig; nz >= 0 {
+			if nz < zeros {
+				zig += nz // the zero where image/jpeg's count runs out
 				break
 			}
-			nz--
-			continue
+			nz -= zeros
+		}
+		if zig = next; zig > zigEnd {
+			break
 		}
 		if n < 32 {
 			br.acc, br.n = acc, n
@@ -208,8 +225,10 @@ func (d *jpegDecoder) refineNonZeroes(b *[64]int32, zig, zigEnd, nz int, delta i
 		bit := -int32(acc >> 63)
 		acc <<= 1
 		n--
+		u := jpegZig[zig] & 63
 		sign := b[u] >> 31
 		b[u] += (delta ^ sign - sign) & bit
+		zig++
 	}
 	br.acc, br.n = acc, n
 	return zig
@@ -254,11 +273,14 @@ func (d *jpegDecoder) reconstruct() bool {
 		stride := d.mxx * c.h
 		for by := 0; by*v < d.height; by++ {
 			for bx := 0; bx*h < d.width; bx++ {
-				b := &d.coef[i][by*stride+bx]
-				ac := false
-				for zig := 1; zig < 64; zig++ {
-					b[jpegZig[zig]] *= q[zig]
-					ac = ac || b[jpegZig[zig]] != 0
+				b, nz := &d.coef[i][by*stride+bx], d.nz[i][by*stride+bx]
+				// Only the non-zero coefficients: a zero one stays zero.
+				// (A product that wraps to zero leaves ac set, and the
+				// transform of a block of its DC alone is jpegFlat's.)
+				ac := nz&^1 != 0
+				for m := nz &^ 1; m != 0; m &= m - 1 {
+					zig := bits.TrailingZeros64(m)
+					b[jpegZig[zig]&63] *= q[zig&63]
 				}
 				b[0] *= q[0]
 				dst := d.out[i][8*(by*d.strides[i]+bx):]
