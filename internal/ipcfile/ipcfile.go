@@ -195,9 +195,11 @@ func Buffer(rb Table, i int) (offset, length int) {
 // Check refuses an IPC file that would have Arrow's reader read or
 // allocate past its bytes: each vector of the schema and its fields
 // (nested ones too) must fit the footer, each block the file, and each
-// buffer of a batch its body. Arrow allocates a compressed buffer's size
-// as it says before inflating it, so a compressed batch is refused too:
-// DCD writes none.
+// buffer of a batch its body, and a batch must list the buffers its
+// schema needs (needs). Arrow allocates a compressed buffer's size as it
+// says before inflating it, so a compressed batch is refused too, as are
+// dictionaries, which a batch's needs cannot be told for: DCD writes
+// neither.
 func Check(data []byte) error {
 	return Safely(func() error {
 		footer, err := Footer(data)
@@ -213,19 +215,18 @@ func Check(data []byte) error {
 		if err != nil {
 			return err
 		}
-		for _, slot := range []int{FooterDictionaries, FooterRecordBatches} {
-			blocks, err := Blocks(footer, slot, len(data))
-			if err != nil {
-				return err
-			}
-			nn, nb := nodes, buffers
-			if slot == FooterDictionaries {
-				nn, nb = 0, 0 // DCD writes none; their buffers are checked still
-			}
-			for i, blk := range blocks {
-				if err := checkBatch(data, blk, nn, nb); err != nil {
-					return fmt.Errorf("damaged IPC file: block %d: %w", i, err)
-				}
+		// Arrow's reader loads every dictionary batch as it opens a file,
+		// a value type's buffers by index as a record's: DCD writes none.
+		if _, n := footer.Vector(FooterDictionaries, BlockSize); n != 0 {
+			return fmt.Errorf("damaged IPC file: %d dictionary batches (DCD writes none)", n)
+		}
+		blocks, err := Blocks(footer, FooterRecordBatches, len(data))
+		if err != nil {
+			return err
+		}
+		for i, blk := range blocks {
+			if err := checkBatch(data, blk, nodes, buffers); err != nil {
+				return fmt.Errorf("damaged IPC file: block %d: %w", i, err)
 			}
 		}
 		return nil
@@ -266,7 +267,8 @@ func checkBatch(data []byte, blk Block, nodes, buffers int) error {
 // checking it against the vector's length: a damaged batch listing fewer
 // had it read what follows as a buffer, 5 TB long say, and allocate it.
 // It counts the types DCD writes and their kin; a union or a view type,
-// whose count depends on more than the type, is an error.
+// whose count depends on more than the type, is an error, as is a
+// dictionary-encoded field (Check).
 func needs(t Table, slot, depth int) (nodes, buffers int, err error) {
 	if depth > maxDepth {
 		return 0, 0, fmt.Errorf("damaged IPC file: fields nest more than %d deep", maxDepth)
@@ -275,13 +277,12 @@ func needs(t Table, slot, depth int) (nodes, buffers int, err error) {
 	for i := range n {
 		f := t.Element(start, i)
 		nodes++
-		if f.Field(FieldDictionary) != 0 { // the indices, an integer array
-			buffers += 2
-			continue
+		if f.Field(FieldDictionary) != 0 {
+			return 0, 0, errors.New("damaged IPC file: a dictionary-encoded field (DCD writes none)")
 		}
 		switch typ := f.U8(FieldTypeType); typ {
-		case 1: // Null
-		case 13, 16, 22: // Struct, FixedSizeList, RunEndEncoded: validity or none
+		case 1, 22: // Null, RunEndEncoded: no buffer of its own
+		case 13, 16: // Struct, FixedSizeList: validity
 			buffers++
 		case 2, 3, 6, 7, 8, 9, 10, 11, 15, 18, // fixed-width values
 			12, 17, 21: // List, Map, LargeList: validity, offsets

@@ -47,6 +47,12 @@ func TestCheck(t *testing.T) {
 	_, rb, _ := Message(buffer, blocks[0])
 	start, _ := rb.Vector(BatchBuffers, BufferSize)
 	binary.LittleEndian.PutUint64(rb.B[start+BufferSize+8:], 1<<40) // buffer 1 (the URIs' offsets)'s length
+	// A batch listing one of its six buffers (Arrow's reader took the
+	// bytes after the vector as the rest).
+	few := slices.Clone(data)
+	_, rb, _ = Message(few, blocks[0])
+	start, _ = rb.Vector(BatchBuffers, BufferSize)
+	binary.LittleEndian.PutUint32(rb.B[start-4:], 1)
 	// A footer longer than the file.
 	long := slices.Clone(data)
 	binary.LittleEndian.PutUint32(long[len(long)-10:], uint32(len(data)))
@@ -58,6 +64,7 @@ func TestCheck(t *testing.T) {
 		{[]byte("2^31 fields"), many, "vector of 2147483647"},
 		{[]byte("a body of 2^40 bytes"), huge, "block 1"},
 		{[]byte("a buffer of 2^40 bytes"), buffer, "buffer 1"},
+		{[]byte("too few buffers"), few, "1 buffers, where its schema needs 3 and 6"},
 		{[]byte("a footer longer than the file"), long, "footer of"},
 		{[]byte("cut short"), data[:len(data)-3], "magic"},
 	} {
@@ -65,6 +72,75 @@ func TestCheck(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.want)
 		}
+	}
+}
+
+// Check passes files Arrow writes of every type it counts the buffers
+// of, each column with values and nulls, which Arrow's reader reads back;
+// it refuses a dictionary-encoded one.
+func TestCheckCountsEveryType(t *testing.T) {
+	mem := memory.NewGoAllocator()
+	types := []arrow.DataType{
+		arrow.Null, arrow.PrimitiveTypes.Int64, arrow.FixedWidthTypes.Float16, arrow.FixedWidthTypes.Boolean,
+		&arrow.Decimal128Type{Precision: 10, Scale: 2}, arrow.FixedWidthTypes.Date32, arrow.FixedWidthTypes.Timestamp_ms,
+		arrow.FixedWidthTypes.Duration_s, arrow.BinaryTypes.String, arrow.BinaryTypes.LargeString, arrow.BinaryTypes.Binary,
+		&arrow.FixedSizeBinaryType{ByteWidth: 3}, arrow.ListOf(arrow.PrimitiveTypes.Int32), arrow.LargeListOf(arrow.BinaryTypes.String),
+		arrow.FixedSizeListOf(2, arrow.PrimitiveTypes.Float32), arrow.StructOf(arrow.Field{Name: "a", Type: arrow.PrimitiveTypes.Int32, Nullable: true}),
+		arrow.MapOf(arrow.BinaryTypes.String, arrow.PrimitiveTypes.Int32), arrow.ListViewOf(arrow.PrimitiveTypes.Int8),
+		arrow.RunEndEncodedOf(arrow.PrimitiveTypes.Int32, arrow.PrimitiveTypes.Float32),
+	}
+	for _, typ := range types {
+		schema := arrow.NewSchema([]arrow.Field{{Name: "c", Type: typ, Nullable: true}}, nil)
+		rb := array.NewRecordBuilder(mem, schema)
+		rb.Field(0).AppendEmptyValue()
+		rb.Field(0).AppendNull()
+		rb.Field(0).AppendEmptyValue()
+		rec := rb.NewRecord()
+		var buf seekless
+		w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+		if err == nil {
+			err = w.Write(rec)
+		}
+		if err == nil {
+			err = w.Close()
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		if err := Check(buf.Bytes()); err != nil {
+			t.Errorf("%s: %v", typ, err)
+		}
+		r, err := ipc.NewFileReader(bytes.NewReader(buf.Bytes()))
+		if err == nil {
+			_, err = r.Record(0)
+		}
+		if err != nil {
+			t.Errorf("%s: Arrow's reader: %v", typ, err)
+		}
+		rec.Release()
+		rb.Release()
+	}
+
+	dict := &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int32, ValueType: arrow.BinaryTypes.String}
+	schema := arrow.NewSchema([]arrow.Field{{Name: "c", Type: dict}}, nil)
+	rb := array.NewRecordBuilder(mem, schema)
+	defer rb.Release()
+	rb.Field(0).(*array.BinaryDictionaryBuilder).AppendString("x")
+	rec := rb.NewRecord()
+	defer rec.Release()
+	var buf seekless
+	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+	if err == nil {
+		err = w.Write(rec)
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(buf.Bytes()); err == nil || !strings.Contains(err.Error(), "dictionar") {
+		t.Errorf("a dictionary-encoded field: %v, want refused", err)
 	}
 }
 
