@@ -41,12 +41,12 @@ func (r *GatherResult) add(images, rejects int) {
 }
 
 // GatherSelection reads poolAhead pool shards ahead of the debug-train
-// shard it fills, and writes gatherWrites entries at once. Reading a pool
-// shard's rows is five reads one after the other (its manifest, its
-// rejects, the file's head, tail and rows), so from an object store its
-// time is requests' latency, not bytes: a selection spread over thousands
-// of shards, a few rows each, reads many at once. What each holds is its
-// wanted rows.
+// shard it fills, and writes gatherWrites entries at once. Reading a
+// pool shard's rows is four reads one after the other (its manifest, its
+// rejects, the file's head, then its tail and rows), so from an object
+// store its time is requests' latency, not bytes: a selection spread
+// over thousands of shards, a few rows each, reads many at once. What
+// each holds is its wanted rows.
 const (
 	poolAhead    = 32
 	gatherWrites = 8
@@ -64,7 +64,7 @@ const (
 // first pool shard it needs is not cached (the pool was embedded with
 // another model) nothing is. Of each pool shard's file it reads the rows
 // wanted (features.LoadRowsAt): a few KiB an image, by preads or, from an
-// object store, in three rounds of requests a file.
+// object store, in two rounds of requests a file.
 //
 // The shards are filled in order, the pool shards they draw on read
 // poolAhead ahead and dropped after their last use: a selection written

@@ -221,6 +221,18 @@ func (bt batch) appendURIs(uris []string, f file, l layout, k kept) []string {
 	return uris
 }
 
+// rowSpans are where the batch's URIs are and its rows' values.
+func (bt batch) rowSpans(l layout, rows []int) []span {
+	spans := []span{bt.uriSpan(l)}
+	for c := range l.values {
+		values := bt.buffer(l.values[c])
+		for _, r := range rows {
+			spans = append(spans, span{values.off + r*l.rowBytes[c], l.rowBytes[c]})
+		}
+	}
+	return spans
+}
+
 // kept is the rows a picker keeps of a batch: all, or rows, in order.
 type kept struct {
 	all  bool
@@ -298,13 +310,7 @@ func (p picker) atRows(f file, l layout, batches []batch, total int) ([]kept, er
 		if len(ks[b].rows) == 0 {
 			continue
 		}
-		spans = append(spans, bt.uriSpan(l))
-		for c := range l.values {
-			values := bt.buffer(l.values[c])
-			for _, r := range ks[b].rows {
-				spans = append(spans, span{values.off + r*l.rowBytes[c], l.rowBytes[c]})
-			}
-		}
+		spans = append(spans, bt.rowSpans(l, ks[b].rows)...)
 	}
 	if i < len(p.rows) {
 		return nil, rowPastEnd(p.rows[i], total)

@@ -2,6 +2,8 @@ package features
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -19,22 +21,30 @@ import (
 // and the URIs of the batches those rows are in and the rows' values: a
 // few rows of a pool shard's file cost a few KiB read instead of its MiBs.
 // From a file:// bucket each read is a pread. From an object store, where
-// each is a request, it reads in three rounds: the file's head
-// (store.HeadBytes, which holds the metadata of a file of one batch, as
-// EmbedShard writes them), its tail (the footer), then the URIs and the
-// rows, several requests at once.
+// each is a request, it reads in two rounds when the file is one batch, as
+// EmbedShard writes a pool shard's: the file's head (store.HeadBytes,
+// which holds the batch's metadata), then its tail (the footer) with the
+// rows and their URIs (guess), several requests at once; a third when the
+// file is not so.
 func LoadRowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
 	if err := checkIndices(rows); err != nil {
 		return nil, fmt.Errorf("features: %q: %w", key, err)
 	}
-	p := picker{byIndex: true, rows: rows}
 	sf, err := store.OpenFile(ctx, b, key)
 	if err != nil {
 		return nil, err
 	}
 	defer sf.Close()
-	size := int(sf.Size())
-	f := newRanges(sf)
+	return newRanges(sf).rowsAt(ctx, b, key, columns, rows, mem)
+}
+
+// rowsAt is LoadRowsAt of the file f reads.
+func (f *ranges) rowsAt(ctx context.Context, b *blob.Bucket, key string, columns []string, rows []int, mem memory.Allocator) ([]*Matrix, error) {
+	p := picker{byIndex: true, rows: rows}
+	size := int(f.f.Size())
+	if !f.f.Local() {
+		f.guess(size, columns, rows)
+	}
 	schema, err := f.schema(size)
 	if err != nil {
 		return nil, fmt.Errorf("features: %q: %w", key, err)
@@ -91,6 +101,7 @@ type ranges struct {
 	parallel int
 	oneRound bool
 	got      []fetched
+	rounds   int // fetches that read anything
 }
 
 type fetched struct {
@@ -123,6 +134,9 @@ func (p *ranges) fetch(spans []span) error {
 	}
 	if p.oneRound && len(todo) > p.parallel {
 		todo = join(todo, p.parallel)
+	}
+	if len(todo) > 0 {
+		p.rounds++
 	}
 	runs := make([]fetched, len(todo))
 	for i, t := range todo {
@@ -213,12 +227,18 @@ func (p *ranges) schema(size int) (*arrow.Schema, error) {
 	if err != nil {
 		return nil, err
 	}
+	return arrowSchema(fields), nil
+}
+
+// arrowSchema is the schema of fields, when they are DCD's layout (nil
+// when not).
+func arrowSchema(fields []ipcfile.Field) *arrow.Schema {
 	fs := make([]arrow.Field, len(fields))
 	for i, f := range fields {
 		fs[i].Name = f.Name
 		switch {
 		case f.Type == ipcfile.TypeFixedSizeList && f.ListSize <= 0: // damaged: Arrow's reader decides
-			return nil, nil
+			return nil
 		case f.Type == ipcfile.TypeUtf8:
 			fs[i].Type = arrow.BinaryTypes.String
 		case f.Type == ipcfile.TypeFixedSizeList && f.Elem == ipcfile.TypeFloatingPoint && f.Precision == 1:
@@ -226,8 +246,80 @@ func (p *ranges) schema(size int) (*arrow.Schema, error) {
 		case f.Type == ipcfile.TypeFixedSizeList && f.Elem == ipcfile.TypeFloatingPoint && f.Precision == 0:
 			fs[i].Type = arrow.FixedSizeListOf(int32(f.ListSize), arrow.FixedWidthTypes.Float16)
 		default:
-			return nil, nil
+			return nil
 		}
 	}
-	return arrow.NewSchema(fs, nil), nil
+	return arrow.NewSchema(fs, nil)
 }
+
+// guess fetches the file's tail and, on the guess that the file is one
+// batch, the spans of rows in it, read from the head the first request
+// brought: the schema message, then the first batch's. Then a file of one
+// batch costs a round of requests less. A wrong guess costs bytes, never
+// results: pickRows reads the footer, and fetches what it finds missing.
+// It fetches nothing when the head is not what it expects (the fetch's
+// own error is the footer's read's to report).
+func (p *ranges) guess(size int, columns []string, rows []int) {
+	head := p.f.Head()
+	if len(rows) == 0 || len(head) < 16 || string(head[:6]) != "ARROW1" {
+		return
+	}
+	var spans []span
+	err := ipcfile.Safely(func() error {
+		at := 8 // the first message, after the magic and its padding
+		message := func() (byte, ipcfile.Table, bool) {
+			if at+8 > len(head) || binary.LittleEndian.Uint32(head[at:]) != 0xFFFFFFFF {
+				return 0, ipcfile.Table{}, false
+			}
+			n := int(int32(binary.LittleEndian.Uint32(head[at+4:])))
+			if n <= 0 || n > len(head)-at-8 {
+				return 0, ipcfile.Table{}, false
+			}
+			kind, header := ipcfile.Header(head[at : at+8+n])
+			at += 8 + n
+			return kind, header, true
+		}
+		kind, header, ok := message()
+		if !ok || kind != ipcfile.SchemaMessage {
+			return errNoGuess
+		}
+		fields, err := ipcfile.FieldsOf(header)
+		if err != nil {
+			return err
+		}
+		schema := arrowSchema(fields)
+		if schema == nil {
+			return errNoGuess
+		}
+		idx, dims, err := columnsOf("", schema, columns)
+		if err != nil {
+			return err
+		}
+		l, ok := newLayout(schema, idx, dims)
+		if !ok {
+			return errNoGuess
+		}
+		kind, rb, ok := message()
+		if !ok || kind != ipcfile.RecordBatchMessage {
+			return errNoGuess
+		}
+		bt := batch{meta: rb, body: at, bodyN: size - at, rows: int(rb.I64(ipcfile.BatchLength))}
+		if rows[len(rows)-1] >= bt.rows {
+			return errNoGuess // rows in later batches
+		}
+		spans = bt.rowSpans(l, rows)
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	for _, s := range spans {
+		if s.off < 0 || s.n < 0 || s.n > size-s.off {
+			return
+		}
+	}
+	p.fetch(append(spans, span{size - min(size, tailBytes), min(size, tailBytes)}))
+}
+
+// errNoGuess is guess's reason to fetch nothing.
+var errNoGuess = errors.New("not a file of one batch")

@@ -57,8 +57,13 @@ type Field struct {
 // Fields are the top-level fields of the footer's schema, checked as
 // Check does.
 func Fields(footer Table) (fields []Field, err error) {
+	return FieldsOf(footer.Table(FooterSchema))
+}
+
+// FieldsOf are the top-level fields of a Schema table: the footer's, or a
+// Schema message's header.
+func FieldsOf(schema Table) (fields []Field, err error) {
 	err = Safely(func() error {
-		schema := footer.Table(FooterSchema)
 		if err := checkFields(schema, SchemaFields, 0); err != nil {
 			return err
 		}
@@ -147,6 +152,7 @@ func Blocks(footer Table, slot, fileLen int) ([]Block, error) {
 
 // Message header types (Message.fbs).
 const (
+	SchemaMessage          = 1
 	DictionaryBatchMessage = 2
 	RecordBatchMessage     = 3
 )
