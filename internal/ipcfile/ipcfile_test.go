@@ -96,21 +96,11 @@ func TestCheckCountsEveryType(t *testing.T) {
 		rb.Field(0).AppendNull()
 		rb.Field(0).AppendEmptyValue()
 		rec := rb.NewRecord()
-		var buf seekless
-		w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
-		if err == nil {
-			err = w.Write(rec)
-		}
-		if err == nil {
-			err = w.Close()
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", typ, err)
-		}
-		if err := Check(buf.Bytes()); err != nil {
+		data := writeFile(t, schema, mem, rec)
+		if err := Check(data); err != nil {
 			t.Errorf("%s: %v", typ, err)
 		}
-		r, err := ipc.NewFileReader(bytes.NewReader(buf.Bytes()))
+		r, err := ipc.NewFileReader(bytes.NewReader(data))
 		if err == nil {
 			_, err = r.Record(0)
 		}
@@ -128,20 +118,28 @@ func TestCheckCountsEveryType(t *testing.T) {
 	rb.Field(0).(*array.BinaryDictionaryBuilder).AppendString("x")
 	rec := rb.NewRecord()
 	defer rec.Release()
+	if err := Check(writeFile(t, schema, mem, rec)); err == nil || !strings.Contains(err.Error(), "dictionar") {
+		t.Errorf("a dictionary-encoded field: %v, want refused", err)
+	}
+}
+
+// writeFile is recs as an IPC file, as Arrow's writer writes it.
+func writeFile(t *testing.T, schema *arrow.Schema, mem memory.Allocator, recs ...arrow.Record) []byte {
+	t.Helper()
 	var buf seekless
 	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
-	if err == nil {
-		err = w.Write(rec)
-	}
-	if err == nil {
-		err = w.Close()
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(buf.Bytes()); err == nil || !strings.Contains(err.Error(), "dictionar") {
-		t.Errorf("a dictionary-encoded field: %v, want refused", err)
+	for _, rec := range recs {
+		if err := w.Write(rec); err != nil {
+			t.Fatalf("%s: %v", schema, err)
+		}
 	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // arrowFile is an IPC file of two record batches of a URI and a
@@ -152,11 +150,7 @@ func arrowFile(t *testing.T) []byte {
 		{Name: "uri", Type: arrow.BinaryTypes.String},
 		{Name: "features", Type: arrow.FixedSizeListOf(2, arrow.PrimitiveTypes.Float32)},
 	}, nil)
-	var buf seekless
-	w, err := ipc.NewFileWriter(&buf, ipc.WithSchema(schema), ipc.WithAllocator(mem))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var recs []arrow.Record
 	for _, uri := range []string{"a", "b"} {
 		rb := array.NewRecordBuilder(mem, schema)
 		rb.Field(0).(*array.StringBuilder).Append(uri)
@@ -164,16 +158,11 @@ func arrowFile(t *testing.T) []byte {
 		lb.Append(true)
 		lb.ValueBuilder().(*array.Float32Builder).AppendValues([]float32{1, 2}, nil)
 		rec := rb.NewRecord()
-		if err := w.Write(rec); err != nil {
-			t.Fatal(err)
-		}
-		rec.Release()
+		defer rec.Release()
+		recs = append(recs, rec)
 		rb.Release()
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return writeFile(t, schema, mem, recs...)
 }
 
 // seekless is a buffer whose Seek only answers where it is, all Arrow's
