@@ -19,6 +19,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
+	"golang.org/x/sync/semaphore"
 
 	"dcd/internal/dataset"
 	"dcd/internal/features"
@@ -86,6 +87,27 @@ type Sessions struct {
 	// CheckModels, on its critical path, then costs reading the model and
 	// hashing it, not loading it in ONNX Runtime twice and running it.
 	checked map[string]ModelRef
+	// loaded holds the bytes of the pool features read for searches that
+	// have not ended (searchBytes at most): a recurring pass keeps many
+	// cached shards' reads in flight to hide a store's latency, and those
+	// that arrive before a search is free wait here, not in the heap.
+	loaded *semaphore.Weighted
+}
+
+// searchBytes bounds the pool features a worker holds for its searches:
+// 43 shards of 2,000 rows at d = 384, 8 at d = 2,048, each read while
+// others are searched.
+const searchBytes = 128 << 20
+
+// hold takes n bytes of the searches' budget (all of it, for more),
+// waiting until they are free; release gives them back, once however
+// often it is called.
+func (s *Sessions) hold(ctx context.Context, n int64) (release func(), err error) {
+	n = min(max(n, 1), searchBytes)
+	if err := s.loaded.Acquire(ctx, n); err != nil {
+		return nil, err
+	}
+	return sync.OnceFunc(func() { s.loaded.Release(n) }), nil
 }
 
 // checkedModel is what an earlier check of the model found, if any.
@@ -118,7 +140,7 @@ const maxChecked = 256
 // NewSessions configures the models' sessions with opt and the k-NN
 // searcher's with search.
 func NewSessions(opt, search ortrun.Options) *Sessions {
-	return &Sessions{opt: opt, search: search}
+	return &Sessions{opt: opt, search: search, loaded: semaphore.NewWeighted(searchBytes)}
 }
 
 // Close releases the sessions.

@@ -104,8 +104,24 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	}
 	key := features.Key(in.Model.Spec, shard.Digest())
 	res := EmbedShardResult{FeatureKey: key}
+	search := TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}
+	var reads *searchReads
+	if in.CachedOnly && in.K > 0 && in.Dataset == Pool {
+		// A recurring pass's shard, expected in the cache: its search's
+		// reads go out with the rejects' instead of after them.
+		reads = a.readSearch(ctx, search, shard)
+		defer func() {
+			if reads != nil {
+				reads.drop()
+			}
+		}()
+	}
 	rejects, ok, err := a.cachedRejects(ctx, key)
 	if err == nil && !ok {
+		if reads != nil { // read before the entry existed, if it ever will
+			reads.drop()
+			reads = nil
+		}
 		rejects, ok, err = a.narrowCached(ctx, in.Model.Spec, shard.Digest(), key)
 	}
 	if err != nil {
@@ -114,7 +130,10 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	if ok {
 		res.Cached, res.Rejects, res.Images = true, len(rejects), len(shard.Items)-len(rejects)
 		if in.K > 0 && in.Dataset == Pool {
-			r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}, shard)
+			if reads == nil {
+				reads = a.readSearch(ctx, search, shard)
+			}
+			r, err := a.search(ctx, search, reads)
 			if err != nil {
 				return res, err
 			}

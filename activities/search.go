@@ -12,6 +12,8 @@ import (
 	"go.temporal.io/sdk/activity"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
@@ -30,6 +32,39 @@ func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m Mod
 		return nil, nil, err
 	}
 	return a.shardFeatures(ctx, shardKey, shard, m, column)
+}
+
+// eachShard calls fn with shards 0 to n-1 of a dataset, in order, each
+// with one column of its features, featuresAhead of them read ahead.
+func (a *Activities) eachShard(ctx context.Context, run, ds string, n int, m ModelRef, column string, fn func(i int, s loadedShard) error) error {
+	shards := readAhead(ctx, n, featuresAhead, func(ctx context.Context, i int) (loadedShard, error) {
+		shardKey := ShardKey(run, ds, i)
+		shard, err := a.readShard(ctx, shardKey)
+		if err != nil {
+			return loadedShard{}, err
+		}
+		items, mat, err := a.shardFeatures(ctx, shardKey, shard, m, column)
+		return loadedShard{features.Key(m.Spec, shard.Digest()), items, mat}, err
+	}, nil)
+	defer shards.stop()
+	for i := range n {
+		s, err := shards.next()
+		if err == nil {
+			err = fn(i, s)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadedShard is a shard's rows: its items and their features, read
+// from the feature file at key.
+type loadedShard struct {
+	key   string
+	items []dataset.Item
+	mat   *features.Matrix
 }
 
 // shardFeatures is loadShard for a shard manifest already read. It reads
@@ -78,15 +113,15 @@ func (a *Activities) Queries(ctx context.Context, in QueriesInput) (QueriesResul
 		return res, err
 	}
 	var all features.Matrix
-	for i := 0; i < in.Shards; i++ {
-		items, m, err := a.loadShard(ctx, in.Run, ErrorSample, i, in.Model, "features")
-		if err != nil {
-			return res, err
-		}
-		all.Dim = max(all.Dim, m.Dim)
-		all.URIs = append(all.URIs, m.URIs...)
-		all.Data = append(all.Data, m.Data...)
-		res.Queries += len(items)
+	err := a.eachShard(ctx, in.Run, ErrorSample, in.Shards, in.Model, "features", func(_ int, s loadedShard) error {
+		all.Dim = max(all.Dim, s.mat.Dim)
+		all.URIs = append(all.URIs, s.mat.URIs...)
+		all.Data = append(all.Data, s.mat.Data...)
+		res.Queries += len(s.items)
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	if res.Queries == 0 {
 		return res, invalid("data.error_sample: no image could be embedded, so there is nothing to search for")
@@ -131,18 +166,74 @@ func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShar
 }
 
 // topKShard is TopKShard for a shard manifest already read.
-func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *dataset.Shard) (res TopKShardResult, err error) {
-	start := time.Now()
-	defer func() { res.Started, res.Took = start, time.Since(start) }()
+func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *dataset.Shard) (TopKShardResult, error) {
+	return a.search(ctx, in, a.readSearch(ctx, in, shard))
+}
+
+// searchReads are what a pool shard's search reads: the run's queries and
+// the shard's features with its items. readSearch starts both reads at
+// once, in the background, so that from an object store they cost one
+// request's latency, not two, and a caller can wait for something else
+// meanwhile (EmbedShard, the cache's rejects).
+type searchReads struct {
+	done    chan struct{}
+	started time.Time
+	queries *features.Matrix
+	items   []dataset.Item
+	pool    *features.Matrix
+	err     error
+	release func() // gives back the features' bytes (Sessions.hold)
+}
+
+func (a *Activities) readSearch(ctx context.Context, in TopKShardInput, shard *dataset.Shard) *searchReads {
+	r := &searchReads{done: make(chan struct{}), started: time.Now(), release: func() {}}
+	go func() {
+		defer close(r.done)
+		dim := 1024 // a guess, for a model whose output size the pass did not measure
+		if o := slices.Index(in.Model.Spec.Columns, "features"); o >= 0 && o < len(in.Model.Dims) && in.Model.Dims[o] > 0 {
+			dim = in.Model.Dims[o]
+		}
+		release, err := a.Sessions.hold(ctx, int64(len(shard.Items))*int64(dim)*4)
+		if err != nil {
+			r.err = err
+			return
+		}
+		r.release = release
+		queriesKey := RunKey(in.Run, "queries.arrow")
+		var g errgroup.Group
+		g.Go(func() (err error) {
+			if r.queries, err = a.queries(ctx, queriesKey); err != nil {
+				err = store.Classify(err, queriesKey)
+			}
+			return err
+		})
+		g.Go(func() (err error) {
+			r.items, r.pool, err = a.shardFeatures(ctx, ShardKey(in.Run, Pool, in.Shard), shard, in.Model, "features")
+			return err
+		})
+		r.err = g.Wait()
+	}()
+	return r
+}
+
+// drop waits for the reads to end and gives their bytes back; search
+// drops them itself.
+func (r *searchReads) drop() {
+	<-r.done
+	r.release()
+}
+
+// search finds each query's K nearest images among the shard's rows that
+// r reads, and writes them at TopKKey.
+func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchReads) (res TopKShardResult, err error) {
+	defer func() { res.Started, res.Took = r.started, time.Since(r.started) }()
+	defer r.drop()
+	<-r.done
 	res = TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
-	queries, err := a.queries(ctx, RunKey(in.Run, "queries.arrow"))
-	if err != nil {
-		return res, store.Classify(err, RunKey(in.Run, "queries.arrow"))
+	if r.err != nil {
+		return res, r.err
 	}
-	items, pool, err := a.shardFeatures(ctx, ShardKey(in.Run, Pool, in.Shard), shard, in.Model, "features")
-	if err != nil {
-		return res, err
-	}
+	queries, items, pool := r.queries, r.items, r.pool
 	b := newNeighborBuilder(a)
 	defer b.release()
 	if len(items) > 0 {
@@ -163,6 +254,7 @@ func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *da
 			return res, err
 		}
 		res.Search = time.Since(searched)
+		r.release() // what is left of the rows is in b
 		b.reserve(len(nearest)*min(in.K, len(items)), items[0])
 		for q, list := range nearest {
 			for r, n := range list {
@@ -183,6 +275,7 @@ func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *da
 var queriesCache struct {
 	sync.Mutex
 	entries []queriesEntry // most recent first
+	loads   singleflight.Group
 }
 
 type queriesEntry struct {
@@ -209,14 +302,22 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 		}
 	}
 	c.Unlock()
-	m, err := features.Load(ctx, a.Bucket, key, "features", a.Mem)
+	// The first searches of a run start together: one reads the queries,
+	// the others wait for it.
+	v, err, _ := c.loads.Do(fmt.Sprintf("%p %s %s", a.Bucket, key, version), func() (any, error) {
+		m, err := features.Load(ctx, a.Bucket, key, "features", a.Mem)
+		if err != nil {
+			return nil, err
+		}
+		c.Lock()
+		defer c.Unlock()
+		c.entries = append([]queriesEntry{{a.Bucket, key, version, m}}, c.entries[:min(len(c.entries), 1)]...)
+		return m, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	c.Lock()
-	defer c.Unlock()
-	c.entries = append([]queriesEntry{{a.Bucket, key, version, m}}, c.entries[:min(len(c.entries), 1)]...)
-	return m, nil
+	return v.(*features.Matrix), nil
 }
 
 // MergeTopKInput names the partial results to merge.

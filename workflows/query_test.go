@@ -26,9 +26,10 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 	var mu sync.Mutex
 	searched := map[int]int{}
 	var alone atomic.Int64
-	// A cached pool shard that takes 40 ms to search, locally or not.
+	// A cached pool shard that takes 320 ms to search, locally or not,
+	// as from a remote store.
 	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(320 * time.Millisecond)
 		if !in.CachedOnly {
 			return activities.EmbedShardResult{}, errors.New("a cached shard embedded")
 		}
@@ -50,7 +51,8 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 		t.Cleanup(w.Stop)
 	}
 
-	// 300 shards, 4 at a time: about 3 s of local searches.
+	// 300 shards, 32 at a time (a window of 4, 8 cached shards for each):
+	// about 3 s of local searches.
 	const n = 300
 	ctx := context.Background()
 	id := "query-" + time.Now().UTC().Format("150405.000")
@@ -103,4 +105,80 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 			midScan++
 		}
 	}
+}
+
+// A recurring scan on a remote store: cached shards, whose searches wait
+// mostly on the store, run many at once (eight per shard of the window),
+// while shards that must be embedded run at most the window at once, as
+// configured. Every shard is searched or embedded exactly once, and the
+// chain's history replays.
+func TestCachedShardsRunWide(t *testing.T) {
+	c, _ := devServer(t)
+	const n, window, fresh = 240, 4, 160 // shards from fresh on are new
+	var mu sync.Mutex
+	done := map[int]int{}
+	var local, embedding, maxLocal, maxEmbedding int
+	track := func(count, most *int) func() {
+		mu.Lock()
+		defer mu.Unlock()
+		*count++
+		*most = max(*most, *count)
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			*count--
+		}
+	}
+	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		if in.CachedOnly && activity.GetInfo(ctx).IsLocalActivity {
+			defer track(&local, &maxLocal)()
+		} else if !in.CachedOnly {
+			defer track(&embedding, &maxEmbedding)()
+		}
+		time.Sleep(100 * time.Millisecond)
+		cached := in.Shard < fresh
+		if in.CachedOnly && !cached {
+			return activities.EmbedShardResult{}, nil
+		}
+		mu.Lock()
+		done[in.Shard]++
+		mu.Unlock()
+		return activities.EmbedShardResult{Images: 1, Cached: cached, TopK: &activities.TopKShardResult{}}, nil
+	}
+	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
+		w := worker.New(c, q, worker.Options{})
+		w.RegisterWorkflow(workflows.ShardsWorkflow)
+		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Stop)
+	}
+	ctx := context.Background()
+	id := "wide-" + time.Now().UTC().Format("150405.000")
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
+		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: window, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r workflows.ShardsResult
+	if err := run.Get(ctx, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Shards != n || r.Cached != fresh {
+		t.Errorf("result %+v, want %d shards, %d cached", r, n, fresh)
+	}
+	for i := range n {
+		if done[i] != 1 {
+			t.Errorf("shard %d searched or embedded %d times", i, done[i])
+		}
+	}
+	if maxLocal < 4*window {
+		t.Errorf("at most %d cached shards searched at once, want up to %d", maxLocal, 8*window)
+	}
+	if maxEmbedding > window {
+		t.Errorf("%d shards embedded at once, window %d", maxEmbedding, window)
+	}
+	replay(t, c, id)
 }

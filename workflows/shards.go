@@ -106,27 +106,43 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 // progress unanswered to the end. So after queryGap of them the window
 // drains and one shard runs as an activity, alone, which lets the task
 // end and the queries waiting be answered.
+//
+// A cached shard's search is a few requests one after the other and a
+// few milliseconds of k-NN: from an object store, latency. So cached
+// shards run cachedWidth times the window at once, each taking one unit
+// of a semaphore of Window×cachedWidth; a shard that runs as an
+// activity (embedding) takes cachedWidth, so at most Window of those run
+// at once, as configured. The worker bounds what the searches hold
+// (Sessions.hold, knn.Concurrent), however many arrive.
 func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
-	window := int64(max(in.Window, 1))
+	wide := int64(1)
+	if scan.local && workflow.GetVersion(ctx, wideChange, workflow.DefaultVersion, 1) == 1 {
+		wide = cachedWidth
+	}
+	window := int64(max(in.Window, 1)) * wide
 	sem := workflow.NewSemaphore(ctx, window)
 	wg := workflow.NewWaitGroup(ctx)
 	answers := scan.local && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
 	since, drained := workflow.Now(ctx), false
 	var firstErr error
 	for i := in.First; i < stop; i++ {
-		if err := sem.Acquire(ctx, 1); err != nil {
+		held := wide
+		if scan.local && scan.cached {
+			held = 1
+		}
+		if err := sem.Acquire(ctx, held); err != nil {
 			return err // cancelled
 		}
 		if firstErr != nil {
-			sem.Release(1)
+			sem.Release(held)
 			break
 		}
 		if drained || !scan.cached { // a shard run alone, or an activity, let the task end
 			since, drained = workflow.Now(ctx), false
 		}
-		held, alone := int64(1), false
+		alone := false
 		if answers && scan.cached && workflow.Now(ctx).Sub(since) >= queryGap {
-			if err := sem.Acquire(ctx, window-1); err != nil {
+			if err := sem.Acquire(ctx, window-held); err != nil {
 				return err // cancelled
 			}
 			// While the window drained, a shard may have failed, or missed
@@ -138,14 +154,29 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 			if scan.cached {
 				held, alone, drained = window, true, true
 			} else {
-				sem.Release(window - 1)
+				sem.Release(window - held)
 			}
 		}
 		wg.Add(1)
 		workflow.Go(ctx, func(ctx workflow.Context) {
 			defer wg.Done()
-			defer sem.Release(held)
-			r, err := shard(ctx, in, i, scan, alone)
+			defer func() { sem.Release(held) }()
+			// A shard that runs as an activity after all (it missed the
+			// cache) takes an activity's share first, giving its unit back
+			// while it waits.
+			embedding := func() error {
+				if held >= wide {
+					return nil
+				}
+				sem.Release(held)
+				held = 0
+				if err := sem.Acquire(ctx, wide); err != nil {
+					return err // cancelled
+				}
+				held = wide
+				return nil
+			}
+			r, err := shard(ctx, in, i, scan, alone, embedding)
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
@@ -156,12 +187,21 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 	return firstErr
 }
 
+// cachedWidth is how many cached shards run at once per shard of the
+// window (runShards). From a store that answers in 50 ms, a cached
+// shard's three rounds of requests and its write take about 200 ms; on
+// two CPUs its search takes 5-10, so a window of 4 shards kept the CPUs
+// busy a tenth of the time.
+const cachedWidth = 8
+
 // localSearchChange versions the local-activity search of cached shards,
-// and queryGapChange the shards run alone between them (runShards), so
-// runs started before them replay as they ran.
+// queryGapChange the shards run alone between them, and wideChange the
+// cached shards run cachedWidth times the window (runShards), so runs
+// started before them replay as they ran.
 const (
 	localSearchChange = "local-cached-search"
 	queryGapChange    = "query-gap"
+	wideChange        = "wide-cached-window"
 )
 
 // queryGap is how long (in workflow time, which each local activity's
@@ -193,7 +233,9 @@ type scanState struct {
 //
 // alone tries the cache in an activity on the cpu queue instead, which
 // lets the workflow's task end (runShards).
-func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool) (ShardsResult, error) {
+//
+// embedding is called before the shard is embedded.
+func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool, embedding func() error) (ShardsResult, error) {
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
 	if scan.local && scan.cached {
@@ -214,6 +256,9 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 			return ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1}, nil
 		}
 		scan.cached = false
+	}
+	if err := embedding(); err != nil {
+		return ShardsResult{}, err
 	}
 	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
 		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize, K: in.K,

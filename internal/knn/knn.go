@@ -94,12 +94,24 @@ type Searcher struct {
 
 	product sync.Mutex // held while ORT runs a product
 
+	// running admits Concurrent scans at once; the others wait their
+	// turn before taking buffers. A worker may have many searches under
+	// way (a recurring pass keeps reads in flight to hide a store's
+	// latency), and each scan holds up to 64 MiB of scores.
+	running     chan struct{}
+	makeRunning sync.Once
+
 	// free holds *buffers between searches: a worker searches shard
 	// after shard, each with up to 64 MiB of scores. A sync.Pool keeps
 	// one set per concurrent search while searches run, and lets an idle
 	// worker's go at the next collections.
 	free sync.Pool
 }
+
+// Concurrent is how many scans a Searcher runs at once: two keep the
+// product (one at a time, on every core) busy while the other's last
+// block is selected from.
+const Concurrent = 2
 
 // buffers are one search's scores and norms: one block being filled by
 // the product while the other is selected from.
@@ -188,6 +200,9 @@ func (s *Searcher) buffers(m, block, blocks int) *buffers {
 // block while ORT computes the next block's scores (and a goroutine its
 // norms) into the other buffers, so the product never waits on Go.
 func (s *Searcher) scan(queries []float32, m int, pool []float32, ids []int64, d int, sel []selector) error {
+	s.makeRunning.Do(func() { s.running = make(chan struct{}, Concurrent) })
+	s.running <- struct{}{}
+	defer func() { <-s.running }()
 	n := len(ids)
 	block := s.BlockFor(m, n, d)
 	buf := s.buffers(m, block, (n+block-1)/block)
