@@ -6,6 +6,11 @@ import "context"
 // companions) an activity that goes through all of them reads ahead.
 const shardsAhead = 16
 
+// featuresAhead is how many shards' feature files an activity that goes
+// through a set's (training, evaluating) reads ahead: each holds a
+// shard's features, up to 16 MB at d = 2,048.
+const featuresAhead = 4
+
 // ahead reads the items 0 to n-1 of a run's files in order, depth of them
 // at once ahead of the one taken. A remote store answers each read after
 // its latency: one after another, the 500,000 shards of a pool of 10^9

@@ -16,6 +16,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/array"
 	"golang.org/x/image/draw"
+	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
 	"dcd/internal/embed"
@@ -426,20 +427,17 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		return nil, store.Classify(err, nkey)
 	}
 	defer f.Close()
-	thumbs := map[string]thumb{}
+	// Rows name their images first; the thumbnails are read after, each
+	// once, reportReads at a time: one after another, a report of 72
+	// images waited 72 of a remote store's round trips.
+	var keys []string
+	seen := map[string]bool{}
 	mk := func(key string) thumb {
-		if t, ok := thumbs[key]; ok {
-			return t
+		if !seen[key] {
+			seen[key] = true
+			keys = append(keys, key)
 		}
-		t := thumb{Key: key}
-		src, err := a.thumbnail(ctx, key)
-		if err != nil {
-			t.Failed = err.Error()
-		} else {
-			t.Src = src
-		}
-		thumbs[key] = t
-		return t
+		return thumb{Key: key}
 	}
 	for q, row := range pick {
 		key := queries.URIs[q]
@@ -477,8 +475,39 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 			rows[row].Neighbors = append(rows[row].Neighbors, t)
 		})
 	}
+	made := make([]thumb, len(keys))
+	var g errgroup.Group
+	g.SetLimit(reportReads)
+	for i, key := range keys {
+		g.Go(func() error {
+			if src, err := a.thumbnail(ctx, key); err != nil {
+				made[i].Failed = err.Error()
+			} else {
+				made[i].Src = src
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	index := make(map[string]int, len(keys))
+	for i, key := range keys {
+		index[key] = i
+	}
+	fill := func(t *thumb) {
+		m := made[index[t.Key]]
+		t.Src, t.Failed = m.Src, m.Failed
+	}
+	for r := range rows {
+		fill(&rows[r].Query)
+		for n := range rows[r].Neighbors {
+			fill(&rows[r].Neighbors[n])
+		}
+	}
 	return rows, nil
 }
+
+// reportReads is how many images the report reads at once.
+const reportReads = 16
 
 // thumbnail is an image scaled to fit thumbSide×thumbSide, as a PNG data:
 // URI.

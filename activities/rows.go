@@ -185,24 +185,16 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 	var bytes int64
 	caching := true
 	for si, set := range sets {
-		for i := 0; i < set.shards; i++ {
+		err := a.eachShard(ctx, run, set.ds, set.shards, m, r.column, func(i int, loaded loadedShard) error {
 			shardKey := ShardKey(run, set.ds, i)
-			shard, err := a.readShard(ctx, shardKey)
-			if err != nil {
-				return nil, st, err
-			}
-			key := features.Key(m.Spec, shard.Digest())
-			items, mat, err := a.loadShard(ctx, run, set.ds, i, m, r.column)
-			if err != nil {
-				return nil, st, err
-			}
+			key, items, mat := loaded.key, loaded.items, loaded.mat
 			if len(items) == 0 {
-				continue
+				return nil
 			}
 			if r.dim == 0 {
 				r.dim = mat.Dim
 			} else if mat.Dim != r.dim {
-				return nil, st, invalid("target model gives %d values per image for %s but %d for earlier shards", mat.Dim, shardKey, r.dim)
+				return invalid("target model gives %d values per image for %s but %d for earlier shards", mat.Dim, shardKey, r.dim)
 			}
 			src := featureSource{key: key, labels: make([]int32, len(items)), weight: set.weight}
 			for j, it := range items {
@@ -211,7 +203,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				case set.keep != nil && !set.keep[it.Key]:
 					c = -1
 				case c < 0 && set.strict:
-					return nil, st, invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
+					return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
 				case c < 0:
 					st.skipped++
 				default:
@@ -233,6 +225,10 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				caching, cache = false, nil
 			}
 			heartbeat(ctx, shardKey)
+			return nil
+		})
+		if err != nil {
+			return nil, st, err
 		}
 	}
 	if caching {

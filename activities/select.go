@@ -418,16 +418,16 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 	var items []dataset.Item
 	var feats []float32
 	dim := 0
-	for i := 0; i < in.Shards; i++ {
-		its, m, err := a.loadShard(ctx, in.Run, in.Dataset, i, in.Model, "features")
-		if err != nil {
-			return res, err
+	err = a.eachShard(ctx, in.Run, in.Dataset, in.Shards, in.Model, "features", func(_ int, s loadedShard) error {
+		if len(s.items) > 0 {
+			dim = s.mat.Dim
 		}
-		if len(its) > 0 {
-			dim = m.Dim
-		}
-		items = append(items, its...)
-		feats = append(feats, m.Data...)
+		items = append(items, s.items...)
+		feats = append(feats, s.mat.Data...)
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	drop := map[int]Dropped{}
 	if len(items) == 0 || (in.Leakage <= 0 && in.Dedupe <= 0) {
@@ -450,16 +450,13 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		name   string
 		shards int
 	}{{Test, in.TestShards}, {ErrorHeldout, in.HeldoutShards}} {
-		for i := 0; i < ds.shards; i++ {
-			its, m, err := a.loadShard(ctx, in.Run, ds.name, i, in.Model, "features")
-			if err != nil {
-				return res, err
-			}
+		err := a.eachShard(ctx, in.Run, ds.name, ds.shards, in.Model, "features", func(i int, l loadedShard) error {
+			its, m := l.items, l.mat
 			if len(its) == 0 {
-				continue
+				return nil
 			}
 			if m.Dim != dim {
-				return res, invalid("target model gives %d values per image for %s but %d for the selection", m.Dim, ShardKey(in.Run, ds.name, i), dim)
+				return invalid("target model gives %d values per image for %s but %d for the selection", m.Dim, ShardKey(in.Run, ds.name, i), dim)
 			}
 			for j := range its {
 				for c, v := range m.Row(j) {
@@ -475,7 +472,7 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 				}
 				top, err := s.TopK(feats, len(items), m.Data, ids, dim, 1)
 				if err != nil {
-					return res, err
+					return err
 				}
 				for q, list := range top {
 					if len(list) > 0 && float64(list[0].Distance) < nearest[q].Rel {
@@ -484,6 +481,10 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 				}
 			}
 			heartbeat(ctx, ds.name, i)
+			return nil
+		})
+		if err != nil {
+			return res, err
 		}
 	}
 	scale := 0.0

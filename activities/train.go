@@ -281,25 +281,32 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	} {
 		total, right := make([]int, len(in.Classes)), make([]int, len(in.Classes))
 		var n, ok int
-		for i := 0; i < ds.shards; i++ {
+		shards := readAhead(ctx, ds.shards, featuresAhead, func(ctx context.Context, i int) (predicted, error) {
 			predict, items, err := a.predictor(ctx, in, h, ds.name, i)
+			return predicted{predict, items}, err
+		}, nil)
+		for i := 0; i < ds.shards; i++ {
+			p, err := shards.next()
 			if err != nil {
+				shards.stop()
 				return res, err
 			}
-			for j, it := range items {
+			for j, it := range p.items {
 				c := slices.Index(in.Classes, it.Label)
 				if c < 0 {
+					shards.stop()
 					return res, invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
 				}
 				n++
 				total[c]++
-				if predict(j) == c {
+				if p.predict(j) == c {
 					ok++
 					right[c]++
 				}
 			}
 			heartbeat(ctx, ds.name, i)
 		}
+		shards.stop()
 		if n == 0 {
 			return res, invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
 		}
@@ -314,6 +321,12 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// predicted is one shard's rows, and the class predict gives each.
+type predicted struct {
+	predict func(int) int
+	items   []dataset.Item
 }
 
 // predictor returns the class each row of one shard gets, and the rows'
