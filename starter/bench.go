@@ -14,7 +14,7 @@ import (
 	"dcd/internal/ortrun"
 )
 
-const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-concurrency N] [-ep cpu|cuda] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE] [-trace FILE]"
+const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-concurrency N] [-ep cpu|cuda] [-latency D] [-worker PATH] [-cpuprofile FILE] [-memprofile FILE] [-trace FILE]"
 
 // cmdBench runs the benchmarks (internal/bench) and prints their table, or
 // the JSON list with -json. Progress goes to stderr.
@@ -26,6 +26,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (default: a worker's, CPUs/concurrency for models and every CPU for the k-NN search)")
 	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, 2 or when more CPUs/4, CPUs/2 with -ep cuda)")
 	ep := fs.String("ep", "cpu", "execution provider of the embedding part: cpu or cuda (ONNX Runtime's GPU build, see README)")
+	latency := fs.Duration("latency", bench.DefaultLatency, "how long the remote part's S3 server takes to answer each request")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to FILE, for go tool pprof, and the pass part's workers' to FILE-bench-<pool size>")
 	traceFile := fs.String("trace", "", "write an execution trace of the run to FILE, for go tool trace")
@@ -59,7 +60,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	defer stopTrace()
-	o := bench.Options{Quick: *quick, Parts: partList, Threads: *threads, Concurrency: *concurrency, EP: *ep, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
+	o := bench.Options{Quick: *quick, Parts: partList, Threads: *threads, Concurrency: *concurrency, EP: *ep, Latency: *latency, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
 	if o.Worker == "" {
 		if exe, err := os.Executable(); err == nil {
 			if w := filepath.Join(filepath.Dir(exe), "worker"); fileExists(w) {

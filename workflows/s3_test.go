@@ -15,9 +15,7 @@ import (
 	"image/gif"
 	"image/jpeg"
 	"image/png"
-	"net"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -30,101 +28,50 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"github.com/apache/arrow/go/v15/parquet"
 	"github.com/apache/arrow/go/v15/parquet/pqarrow"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/draw"
 
 	"dcd/internal/dataset"
+	"dcd/internal/devserver"
 	"dcd/internal/store"
 	"dcd/schemas"
 	"dcd/workflows"
 )
 
-// versitygwBinary is the S3 server scripts/setup.sh installs: env
-// DCD_VERSITYGW, else ~/.cache/dcd/bin/versitygw. Missing, the test fails:
-// `make test` installs it, and CI must not skip the S3 path silently.
-func versitygwBinary(t *testing.T) string {
+// s3Server starts a real S3 server (versitygw, which `make setup`
+// installs: missing, the test fails, for CI must not skip the S3 path
+// silently) over a fresh folder, creates a bucket, puts the server's keys
+// in this process's environment, and returns the bucket's gocloud URL.
+func s3Server(t *testing.T, bucket string) string {
 	t.Helper()
-	p := os.Getenv("DCD_VERSITYGW")
-	if p == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p = filepath.Join(home, ".cache", "dcd", "bin", "versitygw")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("versitygw not found at %s: run `make setup` (scripts/setup.sh installs it), or set DCD_VERSITYGW", p)
-	}
-	return p
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	bin, err := devserver.VersityGWBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// s3Server starts versitygw on a free port over a fresh folder, creates a
-// bucket with the AWS SDK (gocloud cannot create buckets), puts the test
-// keys in this process's environment, and returns the bucket's gocloud URL.
-func s3Server(t *testing.T, bucket string) string {
-	t.Helper()
-	const access, secret = "dcd-test-access", "dcd-test-secret-key"
-	bin := versitygwBinary(t)
-	port := freePort(t)
-	endpoint := fmt.Sprintf("http://127.0.0.1:%d", port)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--access", access, "--secret", secret, "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", t.TempDir())
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	srv, err := devserver.StartS3(bin, t.TempDir(), logf)
+	if err != nil {
+		log, _ := os.ReadFile(logf.Name())
+		t.Fatalf("%v:\n%s", err, log)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		srv.Stop()
 		logf.Close()
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
-		if err == nil {
-			conn.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(logf.Name())
-			t.Fatalf("versitygw not listening on %s after 30s:\n%s", endpoint, log)
-		}
-		time.Sleep(50 * time.Millisecond)
+	for _, kv := range devserver.S3Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
 	}
-	t.Setenv("AWS_ACCESS_KEY_ID", access)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
-	// Checksums only where S3 requires them: S3-compatible servers return
-	// none, and the SDK would log each response it cannot validate.
-	t.Setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-	t.Setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-	client := s3.New(s3.Options{
-		Region:       "us-east-1",
-		BaseEndpoint: aws.String(endpoint),
-		UsePathStyle: true,
-		Credentials:  credentials.NewStaticCredentialsProvider(access, secret, ""),
-	})
-	if _, err := client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
-		t.Fatalf("create bucket %s on versitygw: %v", bucket, err)
+	url, err := srv.Bucket(context.Background(), bucket)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return "s3://" + bucket + "?endpoint=" + endpoint + "&use_path_style=true&region=us-east-1"
+	return url
 }
 
 // mixedFormats re-encodes an 8-bit gray digit the way user datasets come:

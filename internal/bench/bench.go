@@ -93,7 +93,7 @@ func roundDown(v float64) float64 {
 }
 
 // Parts names the benchmarks Run knows, in the order it runs them.
-var Parts = []string{"embed", "knn", "merge", "pass", "orchestration", "pack"}
+var Parts = []string{"embed", "knn", "merge", "pass", "remote", "orchestration", "pack"}
 
 // Options configures a run.
 type Options struct {
@@ -120,6 +120,9 @@ type Options struct {
 	Dir string
 	// Worker is the dcd worker binary the pass runs on; empty builds one.
 	Worker string
+	// Latency is how long the remote part's store holds each request;
+	// 0 means DefaultLatency.
+	Latency time.Duration
 	// WorkerProfile, when set, has each worker the pass part starts write
 	// a CPU profile to WorkerProfile-<run> (the pass's searches and reads
 	// run there, not in this process).
@@ -172,7 +175,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	if err := initORT(o.ORTLib); err != nil {
 		return nil, err
 	}
-	if o.want("pass") || o.want("orchestration") || o.want("pack") {
+	if o.want("pass") || o.want("remote") || o.want("orchestration") || o.want("pack") {
 		srv, err := startServer(ctx, o)
 		if err != nil {
 			return nil, err
@@ -189,6 +192,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		{"knn", KNN},
 		{"merge", Merge},
 		{"pass", Pass},
+		{"remote", Remote},
 		{"orchestration", Orchestration},
 		{"pack", Pack},
 	}

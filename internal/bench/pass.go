@@ -129,22 +129,28 @@ var passCompare = []string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.
 // and in orchestration (no activity running). The largest pool runs a
 // second time from float16 features, which halve what the pass reads.
 func Pass(ctx context.Context, o Options) ([]Result, error) {
+	cases, queries := []passCase{{"250k", 250_000, ""}, {"1m", 1_000_000, ""}, {"1m_f16", 1_000_000, schemas.Float16}}, 1000
+	if o.Quick {
+		cases, queries = []passCase{{"20k", 20_000, ""}, {"60k", 60_000, ""}, {"60k_f16", 60_000, schemas.Float16}}, 100
+	}
+	dir := filepath.Join(o.Dir, "pass")
+	url := "file://" + filepath.ToSlash(dir) + "?create_dir=1"
+	return passes(ctx, o, url, url, cases, queries)
+}
+
+// passes writes the cases' inputs and features through the bucket at
+// url, then runs each case's pass on a worker whose bucket is workerURL:
+// the same bucket, perhaps by another way.
+func passes(ctx context.Context, o Options, url, workerURL string, cases []passCase, queries int) ([]Result, error) {
 	srv, stop, err := o.server(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-
-	cases, queries := []passCase{{"250k", 250_000, ""}, {"1m", 1_000_000, ""}, {"1m_f16", 1_000_000, schemas.Float16}}, 1000
-	if o.Quick {
-		cases, queries = []passCase{{"20k", 20_000, ""}, {"60k", 60_000, ""}, {"60k_f16", 60_000, schemas.Float16}}, 100
-	}
 	workerBin, err := o.worker(ctx)
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(o.Dir, "pass")
-	url := "file://" + filepath.ToSlash(dir) + "?create_dir=1"
 	bucket, err := store.Open(ctx, url)
 	if err != nil {
 		return nil, err
@@ -171,7 +177,7 @@ func Pass(ctx context.Context, o Options) ([]Result, error) {
 			syscall.Sync()
 			o.logf("pass %s: wrote the features of %d shards (d=%d, %s) in %s", c.label, written, passDim, cfg.Target.StoredAs, time.Since(start).Round(time.Second))
 		}
-		rs, err := passRun(ctx, o, srv, workerBin, url, cfg, c)
+		rs, err := passRun(ctx, o, srv, workerBin, workerURL, cfg, c)
 		if err != nil {
 			return out, fmt.Errorf("bench: pass %s: %w", c.label, err)
 		}
