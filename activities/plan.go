@@ -154,7 +154,7 @@ func (x ShardIndex) shardOf(id int64) int {
 // store answers each write after its latency, tens of milliseconds on S3:
 // one at a time, the 500,000 shards of a pool of 10^9 images would take
 // hours to write, longer than the listing.
-const planWrites = 16
+const planWrites = 64
 
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
 // a shard after the item for which end, given the shard's length, is true.

@@ -342,7 +342,9 @@ type candidate struct {
 // mergeAhead is how many partials MergeTopK reads ahead of the one it
 // merges. A remote store answers each read after its latency: one at a
 // time, the 500,000 partials of a pool of 10^9 images would wait hours.
-const mergeAhead = 8
+// Each holds Queries×K candidates, about 1 MB for 1,000 queries: 32 of
+// them go through 2,000 a second from a store that answers in 50 ms.
+const mergeAhead = 32
 
 // MergeTopK merges the per-shard partial top-k into each query's global K
 // nearest, ties broken by pool id. It streams: memory is Queries×K×2
