@@ -104,10 +104,16 @@ const searchBytes = 128 << 20
 // often it is called.
 func (s *Sessions) hold(ctx context.Context, n int64) (release func(), err error) {
 	n = min(max(n, 1), searchBytes)
-	if err := s.loaded.Acquire(ctx, n); err != nil {
+	s.mu.Lock()
+	if s.loaded == nil {
+		s.loaded = semaphore.NewWeighted(searchBytes)
+	}
+	loaded := s.loaded
+	s.mu.Unlock()
+	if err := loaded.Acquire(ctx, n); err != nil {
 		return nil, err
 	}
-	return sync.OnceFunc(func() { s.loaded.Release(n) }), nil
+	return sync.OnceFunc(func() { loaded.Release(n) }), nil
 }
 
 // checkedModel is what an earlier check of the model found, if any.
@@ -140,7 +146,7 @@ const maxChecked = 256
 // NewSessions configures the models' sessions with opt and the k-NN
 // searcher's with search.
 func NewSessions(opt, search ortrun.Options) *Sessions {
-	return &Sessions{opt: opt, search: search, loaded: semaphore.NewWeighted(searchBytes)}
+	return &Sessions{opt: opt, search: search}
 }
 
 // Close releases the sessions.

@@ -117,11 +117,11 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 		}()
 	}
 	rejects, ok, err := a.cachedRejects(ctx, key)
+	if reads != nil && (err != nil || !ok) { // no entry to read: not yet, or never
+		reads.abandon()
+		reads = nil
+	}
 	if err == nil && !ok {
-		if reads != nil { // read before the entry existed, if it ever will
-			reads.drop()
-			reads = nil
-		}
 		rejects, ok, err = a.narrowCached(ctx, in.Model.Spec, shard.Digest(), key)
 	}
 	if err != nil {
@@ -130,6 +130,11 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 	if ok {
 		res.Cached, res.Rejects, res.Images = true, len(rejects), len(shard.Items)-len(rejects)
 		if in.K > 0 && in.Dataset == Pool {
+			if reads != nil && !reads.match(res.Images) {
+				// Read while another worker wrote the entry: read it again.
+				reads.abandon()
+				reads = nil
+			}
 			if reads == nil {
 				reads = a.readSearch(ctx, search, shard)
 			}

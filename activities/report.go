@@ -431,10 +431,10 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	// once, reportReads at a time: one after another, a report of 72
 	// images waited 72 of a remote store's round trips.
 	var keys []string
-	seen := map[string]bool{}
+	index := map[string]int{} // in keys
 	mk := func(key string) thumb {
-		if !seen[key] {
-			seen[key] = true
+		if _, ok := index[key]; !ok {
+			index[key] = len(keys)
 			keys = append(keys, key)
 		}
 		return thumb{Key: key}
@@ -489,10 +489,6 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		})
 	}
 	g.Wait()
-	index := make(map[string]int, len(keys))
-	for i, key := range keys {
-		index[key] = i
-	}
 	fill := func(t *thumb) {
 		m := made[index[t.Key]]
 		t.Src, t.Failed = m.Src, m.Failed

@@ -74,7 +74,10 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 	key := features.Key(m.Spec, shard.Digest())
 	mat, err := features.Load(ctx, a.Bucket, key, column, a.Mem)
 	if gcerrors.Code(err) == gcerrors.NotFound {
-		if _, done, err := a.cachedRejects(ctx, key); err != nil || !done {
+		// No file and every image rejected: the shard has no rows. With
+		// fewer rejects the file is being written (features before
+		// rejects) or was removed.
+		if rejects, done, err := a.cachedRejects(ctx, key); err != nil || !done || len(rejects) < len(shard.Items) {
 			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
 		}
 		return nil, &features.Matrix{}, nil
@@ -177,6 +180,7 @@ func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *da
 // meanwhile (EmbedShard, the cache's rejects).
 type searchReads struct {
 	done    chan struct{}
+	cancel  context.CancelFunc
 	started time.Time
 	queries *features.Matrix
 	items   []dataset.Item
@@ -186,9 +190,18 @@ type searchReads struct {
 }
 
 func (a *Activities) readSearch(ctx context.Context, in TopKShardInput, shard *dataset.Shard) *searchReads {
-	r := &searchReads{done: make(chan struct{}), started: time.Now(), release: func() {}}
+	ctx, cancel := context.WithCancel(ctx)
+	r := &searchReads{done: make(chan struct{}), cancel: cancel, started: time.Now(), release: func() {}}
 	go func() {
 		defer close(r.done)
+		defer func() {
+			// Temporal recovers an activity's own panics, not this
+			// goroutine's: a damaged file must fail the search, not the
+			// worker.
+			if p := recover(); p != nil {
+				r.err = fmt.Errorf("activities: search of %s: %v", ShardKey(in.Run, Pool, in.Shard), p)
+			}
+		}()
 		dim := 1024 // a guess, for a model whose output size the pass did not measure
 		if o := slices.Index(in.Model.Spec.Columns, "features"); o >= 0 && o < len(in.Model.Dims) && in.Model.Dims[o] > 0 {
 			dim = in.Model.Dims[o]
@@ -220,7 +233,22 @@ func (a *Activities) readSearch(ctx context.Context, in TopKShardInput, shard *d
 // drops them itself.
 func (r *searchReads) drop() {
 	<-r.done
+	r.cancel()
 	r.release()
+}
+
+// match waits for the reads and reports whether they found the rows of
+// images images, as a cache entry with that many does.
+func (r *searchReads) match(images int) bool {
+	<-r.done
+	return r.err == nil && len(r.items) == images
+}
+
+// abandon is drop for reads whose result is not wanted: it cancels them
+// first.
+func (r *searchReads) abandon() {
+	r.cancel()
+	r.drop()
 }
 
 // search finds each query's K nearest images among the shard's rows that
@@ -254,7 +282,8 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 			return res, err
 		}
 		res.Search = time.Since(searched)
-		r.release() // what is left of the rows is in b
+		r.pool = nil // what is left of the rows goes into b
+		r.release()
 		b.reserve(len(nearest)*min(in.K, len(items)), items[0])
 		for q, list := range nearest {
 			for r, n := range list {
@@ -303,9 +332,10 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 	}
 	c.Unlock()
 	// The first searches of a run start together: one reads the queries,
-	// the others wait for it.
-	v, err, _ := c.loads.Do(fmt.Sprintf("%p %s %s", a.Bucket, key, version), func() (any, error) {
-		m, err := features.Load(ctx, a.Bucket, key, "features", a.Mem)
+	// the others wait for it. The read is not cancelled with the search
+	// that started it, whose end would fail the others'.
+	load := c.loads.DoChan(fmt.Sprintf("%p %s %s", a.Bucket, key, version), func() (any, error) {
+		m, err := features.Load(context.WithoutCancel(ctx), a.Bucket, key, "features", a.Mem)
 		if err != nil {
 			return nil, err
 		}
@@ -314,10 +344,15 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 		c.entries = append([]queriesEntry{{a.Bucket, key, version, m}}, c.entries[:min(len(c.entries), 1)]...)
 		return m, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-load:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*features.Matrix), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*features.Matrix), nil
 }
 
 // MergeTopKInput names the partial results to merge.

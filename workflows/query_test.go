@@ -175,7 +175,7 @@ func TestCachedShardsRunWide(t *testing.T) {
 		}
 	}
 	if maxLocal < 4*window {
-		t.Errorf("at most %d cached shards searched at once, want up to %d", maxLocal, 8*window)
+		t.Errorf("at most %d cached shards searched at once, want at least %d (of up to %d)", maxLocal, 4*window, 8*window)
 	}
 	if maxEmbedding > window {
 		t.Errorf("%d shards embedded at once, window %d", maxEmbedding, window)

@@ -1,0 +1,218 @@
+package activities_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/driver"
+	"gocloud.dev/gcerrors"
+
+	"dcd/activities"
+	"dcd/internal/features"
+	"dcd/internal/preprocess"
+)
+
+// A cached-only search reads a shard's features beside its rejects. When
+// another worker completes the entry between the two (features, then
+// rejects), the features read missed and the rejects say cached: the
+// search must read the features again, not find a shard of no rows.
+func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
+	w := newSearchWorld(t)
+	ctx := context.Background()
+	const run, dim, k = "race", 8, 3
+	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	w.cachedShard(run, spec, 50, 6, dim, 1)
+	key := cacheEntry(t, w)
+	rejectsKey := key + ".rejects.json"
+	entry, err := w.b.ReadAll(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejects, err := w.b.ReadAll(ctx, rejectsKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.b.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.b.Delete(ctx, rejectsKey); err != nil {
+		t.Fatal(err)
+	}
+
+	// The features' first read misses, and completes the entry as it
+	// does; the rejects' read waits for that.
+	written := make(chan struct{})
+	hooked := &readHook{in: w.b, before: func(_ context.Context, k string) error {
+		switch k {
+		case key:
+			select {
+			case <-written:
+				return nil
+			default:
+			}
+			if err := w.b.WriteAll(ctx, key, entry, nil); err != nil {
+				t.Error(err)
+			}
+			if err := w.b.WriteAll(ctx, rejectsKey, rejects, nil); err != nil {
+				t.Error(err)
+			}
+			close(written)
+			return errMissing
+		case rejectsKey:
+			<-written
+		}
+		return nil
+	}}
+	acts := *w.acts
+	acts.Bucket = blob.NewBucket(hooked)
+	hw := &searchWorld{&world{t: t, b: acts.Bucket, mem: w.mem, run: w.run, acts: &acts}}
+	var emb activities.EmbedShardResult
+	hw.must(hw.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
+		Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k, CachedOnly: true}, &emb)
+	if !emb.Cached || emb.TopK == nil || emb.TopK.Rows != 6*k {
+		t.Fatalf("search of a cached shard of %d images: %+v (TopK %+v), want %d rows", emb.Images, emb, emb.TopK, 6*k)
+	}
+}
+
+// A cache entry whose rejects remain but whose feature file is gone is not
+// a shard of no rows: its search fails, naming what to do.
+func TestCachedSearchWithoutFeatureFile(t *testing.T) {
+	w := newSearchWorld(t)
+	ctx := context.Background()
+	const run, dim, k = "gone", 8, 3
+	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	w.cachedShard(run, spec, 50, 6, dim, 1)
+	if err := w.b.Delete(ctx, cacheEntry(t, w)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.acts.EmbedShard(ctx, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
+		Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k, CachedOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "embed the shard first") {
+		t.Fatalf("search of a shard whose feature file is gone: %v", err)
+	}
+}
+
+// The searches a run starts together read its queries once; one cancelled
+// while they are read does not fail the others.
+func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
+	w := newSearchWorld(t)
+	const run, dim, k = "together", 8, 3
+	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	w.cachedShard(run, spec, 50, 6, dim, 1)
+	gate := make(chan struct{})
+	var reads atomic.Int32
+	acts := *w.acts
+	acts.Bucket = blob.NewBucket(&readHook{in: w.b, before: func(ctx context.Context, key string) error {
+		if key == activities.RunKey(run, "queries.arrow") {
+			reads.Add(1)
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}})
+	in := activities.TopKShardInput{Run: run, Shard: 0, Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k}
+	search := func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := acts.TopKShard(ctx, in)
+			done <- err
+		}()
+		return done
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := search(ctx)
+	for reads.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	second := search(context.Background())
+	time.Sleep(200 * time.Millisecond) // the second waits on the first's read
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled search: %v, want cancelled", err)
+	}
+	close(gate)
+	if err := <-second; err != nil {
+		t.Fatalf("a search beside a cancelled one: %v", err)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("two searches read the queries %d times, want once", n)
+	}
+}
+
+// cacheEntry is the key of the one feature file in w's bucket.
+func cacheEntry(t *testing.T, w *searchWorld) string {
+	t.Helper()
+	iter := w.b.List(&blob.ListOptions{Prefix: "features/"})
+	for {
+		obj, err := iter.Next(context.Background())
+		if err != nil {
+			t.Fatalf("no feature file: %v", err)
+		}
+		if strings.HasSuffix(obj.Key, ".arrow") {
+			return obj.Key
+		}
+	}
+}
+
+var errMissing = errors.New("not found (test hook)")
+
+// readHook is a bucket that calls before ahead of each read, which fails
+// the read with its error; errMissing reads as not found.
+type readHook struct {
+	driver.Bucket // the rest: not called
+	in            *blob.Bucket
+	before        func(ctx context.Context, key string) error
+}
+
+func (h *readHook) NewRangeReader(ctx context.Context, key string, off, n int64, _ *driver.ReaderOptions) (driver.Reader, error) {
+	if err := h.before(ctx, key); err != nil {
+		return nil, err
+	}
+	r, err := h.in.NewRangeReader(ctx, key, off, n, nil)
+	if err != nil {
+		return nil, err
+	}
+	return hookReader{r}, nil
+}
+
+func (h *readHook) Attributes(ctx context.Context, key string) (*driver.Attributes, error) {
+	a, err := h.in.Attributes(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return &driver.Attributes{ModTime: a.ModTime, Size: a.Size, ETag: a.ETag}, nil
+}
+
+func (h *readHook) NewTypedWriter(ctx context.Context, key, contentType string, _ *driver.WriterOptions) (driver.Writer, error) {
+	return h.in.NewWriter(ctx, key, &blob.WriterOptions{ContentType: contentType})
+}
+
+func (h *readHook) ErrorCode(err error) gcerrors.ErrorCode {
+	if errors.Is(err, errMissing) {
+		return gcerrors.NotFound
+	}
+	return gcerrors.Code(err)
+}
+
+func (h *readHook) As(any) bool             { return false }
+func (h *readHook) ErrorAs(error, any) bool { return false }
+func (h *readHook) Close() error            { return nil }
+
+type hookReader struct{ *blob.Reader }
+
+func (r hookReader) Attributes() *driver.ReaderAttributes {
+	return &driver.ReaderAttributes{ModTime: r.ModTime(), Size: r.Size()}
+}
+
+func (r hookReader) As(any) bool { return false }
