@@ -22,12 +22,9 @@ import (
 // rejects), the features read missed and the rejects say cached: the
 // search must read the features again, not find a shard of no rows.
 func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
-	w := newSearchWorld(t)
+	const run, k = "race", 3
+	w, ref := cachedPoolShard(t, run)
 	ctx := context.Background()
-	const run, dim, k = "race", 8, 3
-	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
-		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
-	w.cachedShard(run, spec, 50, 6, dim, 1)
 	key := cacheEntry(t, w)
 	rejectsKey := key + ".rejects.json"
 	entry, err := w.b.ReadAll(ctx, key)
@@ -74,7 +71,7 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 	hw := &searchWorld{&world{t: t, b: acts.Bucket, mem: w.mem, run: w.run, acts: &acts}}
 	var emb activities.EmbedShardResult
 	hw.must(hw.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
-		Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k, CachedOnly: true}, &emb)
+		Model: ref, K: k, CachedOnly: true}, &emb)
 	if !emb.Cached || emb.TopK == nil || emb.TopK.Rows != 6*k {
 		t.Fatalf("search of a cached shard of %d images: %+v (TopK %+v), want %d rows", emb.Images, emb, emb.TopK, 6*k)
 	}
@@ -83,17 +80,14 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 // A cache entry whose rejects remain but whose feature file is gone is not
 // a shard of no rows: its search fails, naming what to do.
 func TestCachedSearchWithoutFeatureFile(t *testing.T) {
-	w := newSearchWorld(t)
+	const run, k = "gone", 3
+	w, ref := cachedPoolShard(t, run)
 	ctx := context.Background()
-	const run, dim, k = "gone", 8, 3
-	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
-		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
-	w.cachedShard(run, spec, 50, 6, dim, 1)
 	if err := w.b.Delete(ctx, cacheEntry(t, w)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := w.acts.EmbedShard(ctx, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
-		Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k, CachedOnly: true})
+		Model: ref, K: k, CachedOnly: true})
 	if err == nil || !strings.Contains(err.Error(), "embed the shard first") {
 		t.Fatalf("search of a shard whose feature file is gone: %v", err)
 	}
@@ -102,11 +96,8 @@ func TestCachedSearchWithoutFeatureFile(t *testing.T) {
 // The searches a run starts together read its queries once; one cancelled
 // while they are read does not fail the others.
 func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
-	w := newSearchWorld(t)
-	const run, dim, k = "together", 8, 3
-	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
-		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
-	w.cachedShard(run, spec, 50, 6, dim, 1)
+	const run, k = "together", 3
+	w, ref := cachedPoolShard(t, run)
 	gate := make(chan struct{})
 	var reads atomic.Int32
 	acts := *w.acts
@@ -121,7 +112,7 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 		}
 		return nil
 	}})
-	in := activities.TopKShardInput{Run: run, Shard: 0, Model: activities.ModelRef{Path: "m.onnx", Spec: spec}, K: k}
+	in := activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}
 	search := func(ctx context.Context) chan error {
 		done := make(chan error, 1)
 		go func() {
@@ -148,6 +139,16 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 	if n := reads.Load(); n != 1 {
 		t.Errorf("two searches read the queries %d times, want once", n)
 	}
+}
+
+// cachedPoolShard is a world whose run has one pool shard of 50 images,
+// cached, and 6 queries, and the model that cached it.
+func cachedPoolShard(t *testing.T, run string) (*searchWorld, activities.ModelRef) {
+	w := newSearchWorld(t)
+	spec := features.Spec{ModelDigest: "m", Input: "image", Outputs: []string{"features"}, Columns: []string{"features"},
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
+	w.cachedShard(run, spec, 50, 6, 8, 1)
+	return w, activities.ModelRef{Path: "m.onnx", Spec: spec}
 }
 
 // cacheEntry is the key of the one feature file in w's bucket.

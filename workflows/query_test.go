@@ -41,15 +41,7 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 		mu.Unlock()
 		return activities.EmbedShardResult{Images: 1, Cached: true, TopK: &activities.TopKShardResult{}}, nil
 	}
-	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
-		w := worker.New(c, q, worker.Options{})
-		w.RegisterWorkflow(workflows.ShardsWorkflow)
-		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Stop)
-	}
+	chainWorkers(t, c, embed)
 
 	// 300 shards, 32 at a time (a window of 4, 8 cached shards for each):
 	// about 3 s of local searches.
@@ -145,15 +137,7 @@ func TestCachedShardsRunWide(t *testing.T) {
 		mu.Unlock()
 		return activities.EmbedShardResult{Images: 1, Cached: cached, TopK: &activities.TopKShardResult{}}, nil
 	}
-	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
-		w := worker.New(c, q, worker.Options{})
-		w.RegisterWorkflow(workflows.ShardsWorkflow)
-		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Stop)
-	}
+	chainWorkers(t, c, embed)
 	ctx := context.Background()
 	id := "wide-" + time.Now().UTC().Format("150405.000")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
@@ -181,4 +165,19 @@ func TestCachedShardsRunWide(t *testing.T) {
 		t.Errorf("%d shards embedded at once, window %d", maxEmbedding, window)
 	}
 	replay(t, c, id)
+}
+
+// chainWorkers runs a pool chain's workflow on both queues of c, with
+// embed as its EmbedShard.
+func chainWorkers(t *testing.T, c client.Client, embed func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error)) {
+	t.Helper()
+	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
+		w := worker.New(c, q, worker.Options{})
+		w.RegisterWorkflow(workflows.ShardsWorkflow)
+		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Stop)
+	}
 }

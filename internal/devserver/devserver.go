@@ -56,17 +56,21 @@ const markerEnv = "DCD_DEVSERVER_PIDFILE"
 
 // TemporalBinary returns the Temporal CLI's path: env DCD_TEMPORAL, else
 // ~/.cache/dcd/bin/temporal.
-func TemporalBinary() (string, error) {
-	p := os.Getenv("DCD_TEMPORAL")
+func TemporalBinary() (string, error) { return installed("DCD_TEMPORAL", "temporal", "temporal CLI") }
+
+// installed is the path of a program scripts/setup.sh installs: env
+// names it, else ~/.cache/dcd/bin/<name>. what names it in errors.
+func installed(env, name, what string) (string, error) {
+	p := os.Getenv(env)
 	if p == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
-			return "", fmt.Errorf("devserver: temporal CLI: %w (set DCD_TEMPORAL)", err)
+			return "", fmt.Errorf("devserver: %s: %w (set %s)", what, err, env)
 		}
-		p = filepath.Join(home, ".cache", "dcd", "bin", "temporal")
+		p = filepath.Join(home, ".cache", "dcd", "bin", name)
 	}
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("devserver: temporal CLI not found at %s: run `make setup`, or set DCD_TEMPORAL to its path", p)
+		return "", fmt.Errorf("devserver: %s not found at %s: run `make setup`, or set %s to its path", what, p, env)
 	}
 	return p, nil
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -42,20 +40,7 @@ var S3Env = []string{
 
 // VersityGWBinary returns the S3 server's path: env DCD_VERSITYGW, else
 // ~/.cache/dcd/bin/versitygw (scripts/setup.sh installs it).
-func VersityGWBinary() (string, error) {
-	p := os.Getenv("DCD_VERSITYGW")
-	if p == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("devserver: versitygw: %w (set DCD_VERSITYGW)", err)
-		}
-		p = filepath.Join(home, ".cache", "dcd", "bin", "versitygw")
-	}
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("devserver: versitygw not found at %s: run `make setup`, or set DCD_VERSITYGW to its path", p)
-	}
-	return p, nil
-}
+func VersityGWBinary() (string, error) { return installed("DCD_VERSITYGW", "versitygw", "versitygw") }
 
 // StartS3 starts the S3 server bin over dir on a free local port, its
 // output going to log, and waits until it listens (30 s at most).
