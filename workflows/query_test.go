@@ -18,14 +18,15 @@ import (
 
 // A chain scanning cached shards, which it searches in local activities
 // that keep its workflow task open, still answers its progress query
-// within a few seconds, mid-scan: now and then it runs a shard alone as an
-// activity, letting the task end. Every shard is searched exactly once,
-// and the chain's history replays.
+// within a few seconds, mid-scan: now and then it lets the task end, with
+// a timer, not by running a shard as an activity (from an object store
+// that held the other shards back). Every shard is searched exactly once,
+// locally, and the chain's history replays.
 func TestCachedScanAnswersQueries(t *testing.T) {
 	c, _ := devServer(t)
 	var mu sync.Mutex
 	searched := map[int]int{}
-	var alone atomic.Int64
+	var asActivity atomic.Int64
 	// A cached pool shard that takes 320 ms to search, locally or not,
 	// as from a remote store.
 	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
@@ -34,7 +35,7 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 			return activities.EmbedShardResult{}, errors.New("a cached shard embedded")
 		}
 		if !activity.GetInfo(ctx).IsLocalActivity {
-			alone.Add(1)
+			asActivity.Add(1)
 		}
 		mu.Lock()
 		searched[in.Shard]++
@@ -69,8 +70,8 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 			if midScan == 0 {
 				t.Error("no progress query answered while the shards were being searched")
 			}
-			if alone.Load() == 0 {
-				t.Error("no shard ran as an activity")
+			if n := asActivity.Load(); n > 0 {
+				t.Errorf("%d cached shards searched in activities, not locally", n)
 			}
 			mu.Lock()
 			defer mu.Unlock()

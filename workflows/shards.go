@@ -104,8 +104,10 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 // open while any runs, and the server answers a query (`starter status`)
 // only between tasks: a long scan of cached shards would leave its
 // progress unanswered to the end. So after queryGap of them the window
-// drains and one shard runs as an activity, alone, which lets the task
-// end and the queries waiting be answered.
+// drains and a 1 ms timer lets the task end and the queries waiting be
+// answered. (Runs before pauseChange ran one shard alone as an activity
+// instead: from an object store, its requests one after the other held
+// the other shards back a quarter of a second every two.)
 //
 // A cached shard's search is a few requests one after the other and a
 // few milliseconds of k-NN: from an object store, latency. So cached
@@ -123,6 +125,7 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 	sem := workflow.NewSemaphore(ctx, window)
 	wg := workflow.NewWaitGroup(ctx)
 	answers := scan.local && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
+	pause := answers && workflow.GetVersion(ctx, pauseChange, workflow.DefaultVersion, 1) == 1
 	since, drained := workflow.Now(ctx), false
 	var firstErr error
 	for i := in.First; i < stop; i++ {
@@ -151,9 +154,17 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 				sem.Release(window)
 				break
 			}
-			if scan.cached {
+			switch {
+			case scan.cached && pause:
+				// With no local activity left, a timer ends the task.
+				if err := workflow.Sleep(ctx, time.Millisecond); err != nil {
+					return err // cancelled
+				}
+				sem.Release(window - held)
+				since = workflow.Now(ctx)
+			case scan.cached:
 				held, alone, drained = window, true, true
-			} else {
+			default:
 				sem.Release(window - held)
 			}
 		}
@@ -195,13 +206,15 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 const cachedWidth = 8
 
 // localSearchChange versions the local-activity search of cached shards,
-// queryGapChange the shards run alone between them, and wideChange the
-// cached shards run cachedWidth times the window (runShards), so runs
-// started before them replay as they ran.
+// queryGapChange the shards run alone between them (pauseChange: a
+// timer instead), and wideChange the cached shards run cachedWidth times
+// the window (runShards), so runs started before them replay as they
+// ran.
 const (
 	localSearchChange = "local-cached-search"
 	queryGapChange    = "query-gap"
 	wideChange        = "wide-cached-window"
+	pauseChange       = "query-gap-timer"
 )
 
 // queryGap is how long (in workflow time, which each local activity's
