@@ -33,6 +33,9 @@ type ReportInput struct {
 	Eval       Eval
 	PoolShards int
 	Similarity ModelRef
+	// NoPoolRejects says the scan rejected no pool image, so the pool
+	// shards' rejects need not be read.
+	NoPoolRejects bool
 	// SampleShards are the E_sample shards, for the queries' labels.
 	SampleShards int
 	// Reference is the dcd method whose choices the gallery marks ("" for
@@ -113,6 +116,9 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 }
 
 func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.Reject, error) {
+	if in.NoPoolRejects {
+		return nil, nil
+	}
 	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
 		if err != nil {

@@ -263,6 +263,10 @@ type RandomInput struct {
 	// the images it embedded, as a dcd selection is. Without it (a pass
 	// started before it was given), over every pool image.
 	Similarity ModelRef
+	// NoPoolRejects says the scan rejected no pool image: the draw is
+	// over every one, and of a pool with a shard index only the shards
+	// it falls in are read.
+	NoPoolRejects bool
 }
 
 // SelectRandom draws N pool images uniformly without replacement, seeded,
@@ -270,14 +274,16 @@ type RandomInput struct {
 // (methods/<method>/debug_train.csv). An image the scan rejected would be
 // rejected again when the draw is embedded, and the baseline trained on
 // fewer images than dcd. It reads each pool shard's manifest and rejects
-// once and holds only the rejects and the draw.
+// once and holds only the rejects and the draw; when the scan rejected
+// nothing, only the manifests of the shards the draw falls in (a draw of
+// 10,000 from 10^9 images reads 10,000 of their 500,000).
 func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
 	// The rejects first, to know how many images the draw is among.
 	eligible := in.PoolImages
 	rejected := make([]map[string]bool, in.PoolShards)
-	if in.Similarity.Path != "" {
+	if in.Similarity.Path != "" && !in.NoPoolRejects {
 		type shardRejects struct {
 			eligible int // images not rejected
 			keys     map[string]bool
@@ -316,6 +322,19 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	}
 	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), eligible, min(in.N, eligible))
 	var chosen []selected
+	if in.NoPoolRejects {
+		index, indexed, err := a.readShardIndex(ctx, in.Run)
+		if err != nil {
+			return res, err
+		}
+		if indexed && len(index.FirstIDs) == in.PoolShards {
+			// With no rejects, the draw's positions are pool ids.
+			if chosen, err = a.drawnByID(ctx, in.Run, index, draw); err != nil {
+				return res, err
+			}
+			draw = nil
+		}
+	}
 	pos := 0
 	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
@@ -344,6 +363,38 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// drawnByID reads the pool images with the ids drawn (increasing) from the
+// shards that hold them, found by the run's shard index.
+func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex, ids []int) ([]selected, error) {
+	var holding []int // shards, each once, in order
+	for _, id := range ids {
+		if s := index.shardOf(int64(id)); len(holding) == 0 || holding[len(holding)-1] != s {
+			holding = append(holding, s)
+		}
+	}
+	shards := readAhead(ctx, len(holding), shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(run, Pool, holding[i]))
+	}, nil)
+	defer shards.stop()
+	chosen := make([]selected, 0, len(ids))
+	for i, s := range holding {
+		shard, err := shards.next()
+		if err != nil {
+			return nil, err
+		}
+		for len(ids) > 0 && index.shardOf(int64(ids[0])) == s {
+			j := int64(ids[0]) - index.FirstIDs[s]
+			if j < 0 || j >= int64(len(shard.Items)) || shard.Items[j].ID != int64(ids[0]) {
+				return nil, fmt.Errorf("activities: pool shard %s does not hold image id %d, as its index says", ShardKey(run, Pool, s), ids[0])
+			}
+			chosen = append(chosen, selected{item: shard.Items[j]})
+			ids = ids[1:]
+		}
+		heartbeat(ctx, i)
+	}
+	return chosen, nil
 }
 
 // sample returns n distinct integers of [0, total) in increasing order

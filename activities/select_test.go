@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -171,6 +172,46 @@ func TestSelectRandom(t *testing.T) {
 	all, _ := draw(1, 500)
 	if len(all) != 120 {
 		t.Errorf("asking for more than the pool gave %d, want the whole pool (120)", len(all))
+	}
+	// When the scan rejected nothing, the run's shard index finds the
+	// images drawn: the same draw, from only the shards it falls in (the
+	// others are gone here).
+	index, _ := json.Marshal(ShardIndex{FirstIDs: []int64{0, 40, 80}})
+	if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey("r", Pool), index); err != nil {
+		t.Fatal(err)
+	}
+	manifests := map[int][]byte{}
+	for s := range 3 {
+		m, err := a.Bucket.ReadAll(ctx, ShardKey("r", Pool, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		manifests[s] = m
+	}
+	for seed := range uint64(6) {
+		want, _ := draw(seed, 1)
+		for s := range 3 {
+			if int64(s) != want[0]/40 {
+				a.Bucket.Delete(ctx, ShardKey("r", Pool, s))
+			}
+		}
+		res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 1, Seed: seed, NoPoolRejects: true})
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		if got := selectedIDs(t, a, res); !slices.Equal(got, want) {
+			t.Errorf("seed %d, no rejects: drew %v, want %v", seed, got, want)
+		}
+		for s, m := range manifests {
+			if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", Pool, s), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 30, Seed: 7, NoPoolRejects: true}); err != nil {
+		t.Fatal(err)
+	} else if got := selectedIDs(t, a, res); !slices.Equal(got, one) {
+		t.Errorf("seed 7, no rejects: drew %v, want %v", got, one)
 	}
 	// With the scan's model, only images it embedded are drawn: shard 1's
 	// rejects never are, and the whole pool is the 120 less them.

@@ -135,7 +135,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p}
+	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int)}
 	if err := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
@@ -175,7 +175,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	var rep activities.ReportResult
 	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
 		Run: run, Config: cfg, Eval: ev, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
-		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(),
+		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(), NoPoolRejects: *s.scanRejects == 0,
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
 	}
@@ -316,6 +316,21 @@ type shardRunner struct {
 	runID    string
 	cfg      schemas.Config
 	progress *Progress
+	// scanRejects counts the pool images the scan (the similarity model's
+	// search) rejected: with none, the steps that list rejects need not
+	// read every pool shard's.
+	scanRejects *int
+}
+
+// counted adds r, shards of dataset ds run with k, to the pass's counts.
+func (s shardRunner) counted(ds string, k int, r ShardsResult) {
+	s.progress.ShardsDone += r.Shards
+	s.progress.Images += r.Images
+	s.progress.Rejects += r.Rejects
+	s.progress.CachedShards += r.Cached
+	if ds == activities.Pool && k > 0 {
+		*s.scanRejects += r.Rejects
+	}
 }
 
 // run processes n shards of a dataset; the future is ready when all are done.
@@ -376,10 +391,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				}
 				err := chain.Get(ctx, &r)
 				s.progress.Running = remove(s.progress.Running, id)
-				s.progress.ShardsDone += r.Shards
-				s.progress.Images += r.Images
-				s.progress.Rejects += r.Rejects
-				s.progress.CachedShards += r.Cached
+				s.counted(ds, k, r)
 				if err != nil && firstErr == nil {
 					firstErr = err
 				}
@@ -429,12 +441,7 @@ func (s shardRunner) inlineAsync(ctx workflow.Context, ds string, m activities.M
 // cache first, in a local activity (a pool shard searched there too), as
 // long as the shards before it were cached: as a chain does.
 func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
-	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, func(r ShardsResult) {
-		s.progress.ShardsDone += r.Shards
-		s.progress.Images += r.Images
-		s.progress.Rejects += r.Rejects
-		s.progress.CachedShards += r.Cached
-	})
+	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, func(r ShardsResult) { s.counted(ds, k, r) })
 }
 
 // input is the ShardsInput of shards [first, end) of a dataset.
