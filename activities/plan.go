@@ -141,6 +141,16 @@ func ShardIndexKey(run, ds string) string {
 	return fmt.Sprintf("runs/%s/shards/%s/index.json", run, ds)
 }
 
+// numbers says whether the index numbers a pool of the given shards and
+// images as a plan does: ids from 0, each shard's first after the last's,
+// all below the pool's size. shardOf relies on it.
+func (x ShardIndex) numbers(shards, images int) bool {
+	if len(x.FirstIDs) != shards || shards == 0 || x.FirstIDs[0] != 0 || x.FirstIDs[shards-1] >= int64(images) {
+		return false
+	}
+	return slices.IsSorted(x.FirstIDs) && len(slices.Compact(slices.Clone(x.FirstIDs))) == shards
+}
+
 // shardOf is the shard holding the item with this ID.
 func (x ShardIndex) shardOf(id int64) int {
 	i, found := slices.BinarySearch(x.FirstIDs, id)

@@ -327,14 +327,35 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		if err != nil {
 			return res, err
 		}
-		if indexed && len(index.FirstIDs) == in.PoolShards {
+		if indexed && index.numbers(in.PoolShards, in.PoolImages) {
 			// With no rejects, the draw's positions are pool ids.
-			if chosen, err = a.drawnByID(ctx, in.Run, index, draw); err != nil {
+			picked, ok, err := a.drawnByID(ctx, in.Run, index, draw)
+			if err != nil {
 				return res, err
 			}
-			draw = nil
+			if ok {
+				chosen, draw = picked, nil
+			}
 		}
 	}
+	if len(draw) > 0 {
+		var err error
+		if chosen, err = a.drawnInOrder(ctx, in, rejected, draw); err != nil {
+			return res, err
+		}
+	}
+	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
+	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
+		return res, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// drawnInOrder goes through the pool shards in order for the images at
+// the draw's positions (increasing) among those not rejected.
+func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int) ([]selected, error) {
+	var chosen []selected
 	pos := 0
 	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
@@ -343,7 +364,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	for i := 0; i < in.PoolShards && len(draw) > 0; i++ {
 		shard, err := shards.next()
 		if err != nil {
-			return res, err
+			return nil, err
 		}
 		for _, it := range shard.Items {
 			if rejected[i][it.Key] {
@@ -357,17 +378,14 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		}
 		heartbeat(ctx, i)
 	}
-	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
-	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
-		return res, err
-	}
-	res.Seconds = time.Since(start).Seconds()
-	return res, nil
+	return chosen, nil
 }
 
 // drawnByID reads the pool images with the ids drawn (increasing) from the
-// shards that hold them, found by the run's shard index.
-func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex, ids []int) ([]selected, error) {
+// shards that hold them, found by the run's shard index. A shard that does
+// not hold the id the index puts in it (an index left by another plan of
+// the run) returns false: the draw is then found in order instead.
+func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex, ids []int) ([]selected, bool, error) {
 	var holding []int // shards, each once, in order
 	for _, id := range ids {
 		if s := index.shardOf(int64(id)); len(holding) == 0 || holding[len(holding)-1] != s {
@@ -382,19 +400,20 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 	for i, s := range holding {
 		shard, err := shards.next()
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		for len(ids) > 0 && index.shardOf(int64(ids[0])) == s {
 			j := int64(ids[0]) - index.FirstIDs[s]
-			if j < 0 || j >= int64(len(shard.Items)) || shard.Items[j].ID != int64(ids[0]) {
-				return nil, fmt.Errorf("activities: pool shard %s does not hold image id %d, as its index says", ShardKey(run, Pool, s), ids[0])
+			if j >= int64(len(shard.Items)) || shard.Items[j].ID != int64(ids[0]) {
+				warn(ctx, "pool shard index not used: the random draw reads the shards in order", "shard", ShardKey(run, Pool, s), "id", ids[0])
+				return nil, false, nil
 			}
 			chosen = append(chosen, selected{item: shard.Items[j]})
 			ids = ids[1:]
 		}
 		heartbeat(ctx, i)
 	}
-	return chosen, nil
+	return chosen, true, nil
 }
 
 // sample returns n distinct integers of [0, total) in increasing order

@@ -208,10 +208,18 @@ func TestSelectRandom(t *testing.T) {
 			}
 		}
 	}
-	if res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 30, Seed: 7, NoPoolRejects: true}); err != nil {
-		t.Fatal(err)
-	} else if got := selectedIDs(t, a, res); !slices.Equal(got, one) {
-		t.Errorf("seed 7, no rejects: drew %v, want %v", got, one)
+	// An index that misplaces the ids (another plan's) is found out: the
+	// shards are read in order instead, for the same draw.
+	for _, firsts := range [][]int64{{0, 40, 80}, {0, 30, 80}} {
+		index, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
+		if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey("r", Pool), index); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 30, Seed: 7, NoPoolRejects: true}); err != nil {
+			t.Fatalf("index %v: %v", firsts, err)
+		} else if got := selectedIDs(t, a, res); !slices.Equal(got, one) {
+			t.Errorf("seed 7, no rejects, index %v: drew %v, want %v", firsts, got, one)
+		}
 	}
 	// With the scan's model, only images it embedded are drawn: shard 1's
 	// rejects never are, and the whole pool is the 120 less them.

@@ -323,6 +323,8 @@ type shardRunner struct {
 }
 
 // counted adds r, shards of dataset ds run with k, to the pass's counts.
+// The pool's scan is its only run with k > 0: all_pool embeds the pool
+// with the target too, with k = 0, and its rejects are not the scan's.
 func (s shardRunner) counted(ds string, k int, r ShardsResult) {
 	s.progress.ShardsDone += r.Shards
 	s.progress.Images += r.Images

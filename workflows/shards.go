@@ -218,11 +218,10 @@ const (
 )
 
 // queryGap is how long (in workflow time, which each local activity's
-// result advances) cached shards run in local activities before one runs
-// as an activity, letting the queries waiting be answered; `starter
-// status` waits 5 s for an answer. Each costs a round trip through the cpu
-// queue (its worker's own, eagerly, when it has a slot free) and a drained
-// window, a few tens of ms.
+// result advances) cached shards run in local activities before the
+// window drains and the task ends (runShards), letting the queries
+// waiting be answered; `starter status` waits 5 s for an answer. Each
+// costs the drain and a timer's round trip through the server.
 const queryGap = 2 * time.Second
 
 // scanState is what a run's shards learn about the pool as they go.
@@ -244,8 +243,8 @@ type scanState struct {
 // starts the same way, its first shard tried so. A shard that is not
 // cached falls back to the activities above.
 //
-// alone tries the cache in an activity on the cpu queue instead, which
-// lets the workflow's task end (runShards).
+// alone tries the cache in an activity on the cpu queue instead: how a
+// run from before pauseChange let the workflow's task end (runShards).
 //
 // embedding is called before the shard is embedded.
 func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool, embedding func() error) (ShardsResult, error) {
