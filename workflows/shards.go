@@ -104,10 +104,10 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 // open while any runs, and the server answers a query (`starter status`)
 // only between tasks: a long scan of cached shards would leave its
 // progress unanswered to the end. So after queryGap of them the window
-// drains and a 1 ms timer lets the task end and the queries waiting be
-// answered. (Runs before pauseChange ran one shard alone as an activity
-// instead: from an object store, its requests one after the other held
-// the other shards back a quarter of a second every two.)
+// drains and one shard runs as an activity, alone, which lets the task
+// end and the queries waiting be answered. (A timer would do it without
+// the shard's requests, but the server fires even a 1 ms timer about a
+// second later: it cost a 1M pass on file:// a second a drain.)
 //
 // A cached shard's search is a few requests one after the other and a
 // few milliseconds of k-NN: from an object store, latency. So cached
@@ -125,7 +125,6 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 	sem := workflow.NewSemaphore(ctx, window)
 	wg := workflow.NewWaitGroup(ctx)
 	answers := scan.local && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
-	pause := answers && workflow.GetVersion(ctx, pauseChange, workflow.DefaultVersion, 1) == 1
 	since, drained := workflow.Now(ctx), false
 	var firstErr error
 	for i := in.First; i < stop; i++ {
@@ -154,17 +153,9 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 				sem.Release(window)
 				break
 			}
-			switch {
-			case scan.cached && pause:
-				// With no local activity left, a timer ends the task.
-				if err := workflow.Sleep(ctx, time.Millisecond); err != nil {
-					return err // cancelled
-				}
-				sem.Release(window - held)
-				since = workflow.Now(ctx)
-			case scan.cached:
+			if scan.cached {
 				held, alone, drained = window, true, true
-			default:
+			} else {
 				sem.Release(window - held)
 			}
 		}
@@ -206,22 +197,21 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 const cachedWidth = 8
 
 // localSearchChange versions the local-activity search of cached shards,
-// queryGapChange the shards run alone between them (pauseChange: a
-// timer instead), and wideChange the cached shards run cachedWidth times
-// the window (runShards), so runs started before them replay as they
-// ran.
+// queryGapChange the shards run alone between them, and wideChange the
+// cached shards run cachedWidth times the window (runShards), so runs
+// started before them replay as they ran.
 const (
 	localSearchChange = "local-cached-search"
 	queryGapChange    = "query-gap"
 	wideChange        = "wide-cached-window"
-	pauseChange       = "query-gap-timer"
 )
 
 // queryGap is how long (in workflow time, which each local activity's
-// result advances) cached shards run in local activities before the
-// window drains and the task ends (runShards), letting the queries
-// waiting be answered; `starter status` waits 5 s for an answer. Each
-// costs the drain and a timer's round trip through the server.
+// result advances) cached shards run in local activities before one runs
+// as an activity, letting the queries waiting be answered; `starter
+// status` waits 5 s for an answer. Each costs a round trip through the cpu
+// queue (its worker's own, eagerly, when it has a slot free) and a drained
+// window: a few tens of ms, a few hundred from an object store.
 const queryGap = 2 * time.Second
 
 // scanState is what a run's shards learn about the pool as they go.
@@ -243,8 +233,8 @@ type scanState struct {
 // starts the same way, its first shard tried so. A shard that is not
 // cached falls back to the activities above.
 //
-// alone tries the cache in an activity on the cpu queue instead: how a
-// run from before pauseChange let the workflow's task end (runShards).
+// alone tries the cache in an activity on the cpu queue instead, which
+// lets the workflow's task end (runShards).
 //
 // embedding is called before the shard is embedded.
 func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool, embedding func() error) (ShardsResult, error) {
