@@ -117,12 +117,12 @@ func TestGatherSelection(t *testing.T) {
 			}
 			var got []int64
 			for s := range shards {
-				items, mats, err := a.loadShard(ctx, "r", DebugTrain, s, m, "features")
+				l, err := a.loadShard(ctx, "r", DebugTrain, s, m, "features")
 				if err != nil {
 					t.Fatal(err)
 				}
-				for i, it := range items {
-					row := mats.Data[i*3 : i*3+3]
+				for i, it := range l.items {
+					row := l.mat.Data[i*3 : i*3+3]
 					var id int64
 					fmt.Sscanf(it.Key, "pool/%d.png", &id)
 					if want := []float32{float32(id), float32(id) + 0.25, float32(id) + 0.5}; !slices.Equal(row, want) {
@@ -130,7 +130,7 @@ func TestGatherSelection(t *testing.T) {
 					}
 					got = append(got, id)
 				}
-				logits, err := features.Load(ctx, a.Bucket, features.Key(spec, mustShard(t, a, ShardKey("r", DebugTrain, s)).Digest()), "logits", a.Mem)
+				logits, err := features.Load(ctx, a.Bucket, l.key, "logits", a.Mem)
 				if err != nil || logits.Dim != 2 {
 					t.Fatalf("logits of shard %d: %v (%+v)", s, err, logits)
 				}

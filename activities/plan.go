@@ -148,7 +148,12 @@ func (x ShardIndex) numbers(shards, images int) bool {
 	if len(x.FirstIDs) != shards || shards == 0 || x.FirstIDs[0] != 0 || x.FirstIDs[shards-1] >= int64(images) {
 		return false
 	}
-	return slices.IsSorted(x.FirstIDs) && len(slices.Compact(slices.Clone(x.FirstIDs))) == shards
+	for i := 1; i < shards; i++ {
+		if x.FirstIDs[i] <= x.FirstIDs[i-1] {
+			return false
+		}
+	}
+	return true
 }
 
 // shardOf is the shard holding the item with this ID.

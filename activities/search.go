@@ -25,26 +25,21 @@ import (
 
 // loadShard reads one column of a shard's features with the shard's items,
 // row for row. A shard whose every image was rejected has no rows.
-func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m ModelRef, column string) ([]dataset.Item, *features.Matrix, error) {
+func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m ModelRef, column string) (loadedShard, error) {
 	shardKey := ShardKey(run, ds, i)
 	shard, err := a.readShard(ctx, shardKey)
 	if err != nil {
-		return nil, nil, err
+		return loadedShard{}, err
 	}
-	return a.shardFeatures(ctx, shardKey, shard, m, column)
+	items, mat, err := a.shardFeatures(ctx, shardKey, shard, m, column)
+	return loadedShard{features.Key(m.Spec, shard.Digest()), items, mat}, err
 }
 
 // eachShard calls fn with shards 0 to n-1 of a dataset, in order, each
 // with one column of its features, featuresAhead of them read ahead.
 func (a *Activities) eachShard(ctx context.Context, run, ds string, n int, m ModelRef, column string, fn func(i int, s loadedShard) error) error {
 	shards := readAhead(ctx, n, featuresAhead, func(ctx context.Context, i int) (loadedShard, error) {
-		shardKey := ShardKey(run, ds, i)
-		shard, err := a.readShard(ctx, shardKey)
-		if err != nil {
-			return loadedShard{}, err
-		}
-		items, mat, err := a.shardFeatures(ctx, shardKey, shard, m, column)
-		return loadedShard{features.Key(m.Spec, shard.Digest()), items, mat}, err
+		return a.loadShard(ctx, run, ds, i, m, column)
 	}, nil)
 	defer shards.stop()
 	for i := range n {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"dcd/internal/dataset"
+	"dcd/internal/features"
 	"dcd/internal/head"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -268,6 +268,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 			return res, fmt.Errorf("activities: %s: %w", in.HeadKey, err)
 		}
 	}
+	m, column, classify := in.scorer(h)
 	for _, ds := range []struct {
 		name     string
 		shards   int
@@ -281,32 +282,32 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	} {
 		total, right := make([]int, len(in.Classes)), make([]int, len(in.Classes))
 		var n, ok int
-		shards := readAhead(ctx, ds.shards, featuresAhead, func(ctx context.Context, i int) (predicted, error) {
-			predict, items, err := a.predictor(ctx, in, h, ds.name, i)
-			return predicted{predict, items}, err
-		}, nil)
-		for i := 0; i < ds.shards; i++ {
-			p, err := shards.next()
-			if err != nil {
-				shards.stop()
-				return res, err
+		err := a.eachShard(ctx, in.Run, ds.name, ds.shards, m, column, func(i int, s loadedShard) error {
+			if len(s.items) == 0 {
+				return nil
 			}
-			for j, it := range p.items {
+			predict, err := classify(ShardKey(in.Run, ds.name, i), s.mat)
+			if err != nil {
+				return err
+			}
+			for j, it := range s.items {
 				c := slices.Index(in.Classes, it.Label)
 				if c < 0 {
-					shards.stop()
-					return res, invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
+					return invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
 				}
 				n++
 				total[c]++
-				if p.predict(j) == c {
+				if predict(j) == c {
 					ok++
 					right[c]++
 				}
 			}
 			heartbeat(ctx, ds.name, i)
+			return nil
+		})
+		if err != nil {
+			return res, err
 		}
-		shards.stop()
 		if n == 0 {
 			return res, invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
 		}
@@ -323,45 +324,33 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	return res, nil
 }
 
-// predicted is one shard's rows, and the class predict gives each.
-type predicted struct {
-	predict func(int) int
-	items   []dataset.Item
-}
-
-// predictor returns the class each row of one shard gets, and the rows'
-// items.
-func (a *Activities) predictor(ctx context.Context, in EvaluateInput, h *head.Head, ds string, i int) (func(int) int, []dataset.Item, error) {
+// scorer is how Evaluate scores a set: the model and column it reads,
+// and, for a shard's rows of that column, the class each row gets.
+func (in EvaluateInput) scorer(h *head.Head) (ModelRef, string, func(shard string, rows *features.Matrix) (func(int) int, error)) {
 	switch {
 	case in.Scores != nil:
-		items, scores, err := a.loadShard(ctx, in.Run, ds, i, *in.Scores, "logits")
-		if err != nil {
-			return nil, nil, err
+		return *in.Scores, "logits", func(shard string, scores *features.Matrix) (func(int) int, error) {
+			if scores.Dim != len(in.Classes) {
+				return nil, invalid("the model %s gives %d class scores per image (%s), but there are %d classes", in.Scores.Path, scores.Dim, shard, len(in.Classes))
+			}
+			return func(j int) int { return argmax(scores.Row(j)) }, nil
 		}
-		if scores.Dim != len(in.Classes) {
-			return nil, nil, invalid("the model %s gives %d class scores per image (%s), but there are %d classes", in.Scores.Path, scores.Dim, ShardKey(in.Run, ds, i), len(in.Classes))
-		}
-		return func(j int) int { return argmax(scores.Row(j)) }, items, nil
 	case h != nil:
-		items, feats, err := a.loadShard(ctx, in.Run, ds, i, in.Model, "features")
-		if err != nil {
-			return nil, nil, err
+		return in.Model, "features", func(shard string, feats *features.Matrix) (func(int) int, error) {
+			if feats.Dim != h.Dim {
+				return nil, invalid("head %s takes %d features, the target gives %d (%s)", in.HeadKey, h.Dim, feats.Dim, shard)
+			}
+			return func(j int) int { return h.Predict(feats.Row(j)) }, nil
 		}
-		if len(items) > 0 && feats.Dim != h.Dim {
-			return nil, nil, invalid("head %s takes %d features, the target gives %d (%s)", in.HeadKey, h.Dim, feats.Dim, ShardKey(in.Run, ds, i))
-		}
-		return func(j int) int { return h.Predict(feats.Row(j)) }, items, nil
 	default:
-		items, logits, err := a.loadShard(ctx, in.Run, ds, i, in.Model, "logits")
-		if err != nil {
-			return nil, nil, err
+		return in.Model, "logits", func(shard string, logits *features.Matrix) (func(int) int, error) {
+			if logits.Dim != len(in.Classes) {
+				// Scored anyway, logit c would count as class c of a list
+				// that is not the model's: an accuracy, and a wrong one.
+				return nil, invalid("classes: there are %d, but the target %s gives %d logits per image (%s); list the model's classes, in its output's order", len(in.Classes), in.Model.Path, logits.Dim, shard)
+			}
+			return func(j int) int { return argmax(logits.Row(j)) }, nil
 		}
-		if len(items) > 0 && logits.Dim != len(in.Classes) {
-			// Scored anyway, logit c would count as class c of a list
-			// that is not the model's: an accuracy, and a wrong one.
-			return nil, nil, invalid("classes: there are %d, but the target %s gives %d logits per image (%s); list the model's classes, in its output's order", len(in.Classes), in.Model.Path, logits.Dim, ShardKey(in.Run, ds, i))
-		}
-		return func(j int) int { return argmax(logits.Row(j)) }, items, nil
 	}
 }
 
