@@ -132,8 +132,9 @@ type Dataset struct {
 type Shards struct {
 	// Size is the mean number of images per shard.
 	Size int `json:"size" yaml:"size"`
-	// Window is how many shards are embedded at once per chain; cached
-	// shards, searched in the cache, run eight times as many.
+	// Window is how many shards are embedded at once per chain. Cached
+	// shards are looked up (and the pool's searched) in batches that
+	// any worker polling the cpu queue takes, as many as its slots allow.
 	Window int `json:"window" yaml:"window"`
 	// BatchSize is the inference batch.
 	BatchSize int `json:"batch_size" yaml:"batch_size"`

@@ -14,8 +14,9 @@ import (
 )
 
 // queryTimeout bounds one progress query; a pass no worker has picked up
-// yet does not answer. One scanning cached shards answers between its
-// local activities, every 2 s or so (workflows.runShards).
+// yet does not answer. One scanning cached shards in local activities
+// (a pass started before they were looked up in batches) answers between
+// them, every 2 s or so (workflows.runShards).
 const queryTimeout = 5 * time.Second
 
 // fetchProgress queries a pass's Progress and adds the shards in flight in

@@ -61,6 +61,7 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 		return activities.EmbedShardResult{Images: 10}, nil
 	})
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
 	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 5}, nil)
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.MergeTopKInput) (activities.MergeTopKResult, error) {
 		s.Equal(cfg.ScanK(), in.K)
@@ -176,6 +177,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 		return activities.EmbedShardResult{Images: 10}, nil
 	})
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
 	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 5}, nil)
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "s.csv", Size: 4}, nil)

@@ -245,7 +245,8 @@ func waitAll(ctx workflow.Context, fs ...workflow.Future) error {
 // for train, test and E_heldout, which do not depend on it, and returns
 // their futures. A set's chains start only when the pass's workflow task
 // ends, and local activities (a small set's, or a pool's the pass scans
-// itself) hold it until they end: so whatever runs in chains starts first.
+// itself, in passes started before batchChange) hold it until they end:
+// so whatever runs in chains starts first.
 // A pool of up to inlinePoolShards is scanned by the pass itself, after
 // the other sets' chains have started; a larger one in chains, started
 // before the small sets.
@@ -439,11 +440,11 @@ func (s shardRunner) inlineAsync(ctx workflow.Context, ds string, m activities.M
 	return f
 }
 
-// inline runs a dataset's n shards in the pass itself, each tried in the
-// cache first, in a local activity (a pool shard searched there too), as
-// long as the shards before it were cached: as a chain does.
+// inline runs a dataset's n shards in the pass itself, looked up in the
+// cache first (a pool shard searched there too), as long as the shards
+// before them were cached: as a chain does.
 func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
-	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{local: true, cached: true}, func(r ShardsResult) { s.counted(ds, k, r) })
+	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{lookUp: true, cached: true}, func(r ShardsResult) { s.counted(ds, k, r) })
 }
 
 // input is the ShardsInput of shards [first, end) of a dataset.

@@ -69,6 +69,11 @@ func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput)
 	return activities.EmbedShardResult{Images: 10}, nil
 }
 
+// noneCached is a CachedShards over an empty cache: it finds no shard.
+func noneCached(_ context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+	return activities.CachedShardsResult{Shards: make([]activities.EmbedShardResult, in.End-in.First)}, nil
+}
+
 // A pool of 10,000 shards is planned and scanned through child chains that
 // continue as new, so no single run's history holds more than ShardsPerRun
 // shards, and every shard is embedded and searched exactly once.
@@ -92,6 +97,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 			return activities.PlanResult{Shards: 1, Images: 10}, nil
 		})
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(c.embed)
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
 	var topk sync.Map
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.TopKShardInput) (activities.TopKShardResult, error) {

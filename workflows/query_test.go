@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,16 +17,16 @@ import (
 	"dcd/workflows"
 )
 
-// A chain scanning cached shards, which it searches in local activities
-// that keep its workflow task open, still answers its progress query
-// within a few seconds, mid-scan: now and then it runs a shard alone as an
-// activity, letting the task end. Every shard is searched exactly once,
-// and the chain's history replays.
+// A chain scanning cached shards answers its progress query within a few
+// seconds, mid-scan: its workflow task ends between the batches of
+// lookups, which run as activities, not in local activities that would
+// keep it open. Every shard is searched exactly once, and the chain's
+// history replays.
 func TestCachedScanAnswersQueries(t *testing.T) {
 	c, _ := devServer(t)
 	var mu sync.Mutex
 	searched := map[int]int{}
-	var asActivity atomic.Int64
+	var local atomic.Int64
 	// A cached pool shard that takes 320 ms to search, locally or not,
 	// as from a remote store.
 	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
@@ -33,8 +34,8 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 		if !in.CachedOnly {
 			return activities.EmbedShardResult{}, errors.New("a cached shard embedded")
 		}
-		if !activity.GetInfo(ctx).IsLocalActivity {
-			asActivity.Add(1)
+		if activity.GetInfo(ctx).IsLocalActivity {
+			local.Add(1)
 		}
 		mu.Lock()
 		searched[in.Shard]++
@@ -43,8 +44,7 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 	}
 	chainWorkers(t, c, embed)
 
-	// 300 shards, 32 at a time (a window of 4, 8 cached shards for each):
-	// about 3 s of local searches.
+	// 300 shards in 19 batches, two at a time: about 3 s of searches.
 	const n = 300
 	ctx := context.Background()
 	id := "query-" + time.Now().UTC().Format("150405.000")
@@ -69,8 +69,8 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 			if midScan == 0 {
 				t.Error("no progress query answered while the shards were being searched")
 			}
-			if asActivity.Load() == 0 {
-				t.Error("no shard ran as an activity")
+			if n := local.Load(); n > 0 {
+				t.Errorf("%d shards searched in local activities", n)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -100,16 +100,16 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 }
 
 // A recurring scan on a remote store: cached shards, whose searches wait
-// mostly on the store, run many at once (eight per shard of the window),
-// while shards that must be embedded run at most the window at once, as
-// configured. Every shard is searched or embedded exactly once, and the
-// chain's history replays.
+// mostly on the store, run many at once (batches of them, two batches
+// at once on a two-slot worker), while shards that must be embedded run
+// at most the window at once, as configured. Every shard is searched or
+// embedded exactly once, and the chain's history replays.
 func TestCachedShardsRunWide(t *testing.T) {
 	c, _ := devServer(t)
 	const n, window, fresh = 240, 4, 160 // shards from fresh on are new
 	var mu sync.Mutex
 	done := map[int]int{}
-	var local, embedding, maxLocal, maxEmbedding int
+	var cachedOnly, embedding, maxCachedOnly, maxEmbedding int
 	track := func(count, most *int) func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -122,9 +122,9 @@ func TestCachedShardsRunWide(t *testing.T) {
 		}
 	}
 	embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
-		if in.CachedOnly && activity.GetInfo(ctx).IsLocalActivity {
-			defer track(&local, &maxLocal)()
-		} else if !in.CachedOnly {
+		if in.CachedOnly {
+			defer track(&cachedOnly, &maxCachedOnly)()
+		} else {
 			defer track(&embedding, &maxEmbedding)()
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -158,8 +158,8 @@ func TestCachedShardsRunWide(t *testing.T) {
 			t.Errorf("shard %d searched or embedded %d times", i, done[i])
 		}
 	}
-	if maxLocal < 4*window {
-		t.Errorf("at most %d cached shards searched at once, want at least %d (of up to %d)", maxLocal, 4*window, 8*window)
+	if maxCachedOnly < 4*window {
+		t.Errorf("at most %d cached shards searched at once, want at least %d", maxCachedOnly, 4*window)
 	}
 	if maxEmbedding > window {
 		t.Errorf("%d shards embedded at once, window %d", maxEmbedding, window)
@@ -168,16 +168,95 @@ func TestCachedShardsRunWide(t *testing.T) {
 }
 
 // chainWorkers runs a pool chain's workflow on both queues of c, with
-// embed as its EmbedShard.
+// embed as its EmbedShard (and, shard by shard, as its CachedShards). The
+// cpu queue runs two activities at once, as a two-CPU worker does.
 func chainWorkers(t *testing.T, c client.Client, embed func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error)) {
 	t.Helper()
 	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
-		w := worker.New(c, q, worker.Options{})
+		w := worker.New(c, q, worker.Options{MaxConcurrentActivityExecutionSize: 2})
 		w.RegisterWorkflow(workflows.ShardsWorkflow)
 		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
+		w.RegisterActivityWithOptions(cachedShards(embed), activity.RegisterOptions{Name: "CachedShards"})
 		if err := w.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(w.Stop)
+	}
+}
+
+// cachedShards is a CachedShards that looks up each shard with embed, all
+// at once, as the real one does with EmbedShard.
+func cachedShards(embed func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error)) func(context.Context, activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+	return func(ctx context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+		out := make([]activities.EmbedShardResult, in.End-in.First)
+		errs := make([]error, len(out))
+		var wg sync.WaitGroup
+		for i := range out {
+			wg.Go(func() {
+				out[i], errs[i] = embed(ctx, activities.EmbedShardInput{
+					Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true,
+				})
+			})
+		}
+		wg.Wait()
+		return activities.CachedShardsResult{Shards: out}, errors.Join(errs...)
+	}
+}
+
+// A recurring scan spreads over the workers: each of two workers, with
+// one cpu slot each, looks up and searches a share of the chain's cached
+// shards, wherever the chain's workflow runs. Every shard is searched
+// exactly once.
+func TestCachedScanSpreadsOverWorkers(t *testing.T) {
+	c, _ := devServer(t)
+	const n, workers = 320, 2
+	var mu sync.Mutex
+	searched := map[int]int{}
+	byWorker := make([]int, workers)
+	for w := range workers {
+		// A cached shard takes 100 ms to search, as from a remote store.
+		embed := func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			defer mu.Unlock()
+			searched[in.Shard]++
+			byWorker[w]++
+			return activities.EmbedShardResult{Images: 1, Cached: true, TopK: &activities.TopKShardResult{}}, nil
+		}
+		for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
+			wk := worker.New(c, q, worker.Options{MaxConcurrentActivityExecutionSize: 1, Identity: fmt.Sprintf("spread-%d-%s", w, q)})
+			wk.RegisterWorkflow(workflows.ShardsWorkflow)
+			wk.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
+			wk.RegisterActivityWithOptions(cachedShards(embed), activity.RegisterOptions{Name: "CachedShards"})
+			if err := wk.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(wk.Stop)
+		}
+	}
+	ctx := context.Background()
+	id := "spread-" + time.Now().UTC().Format("150405.000")
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
+		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r workflows.ShardsResult
+	if err := run.Get(ctx, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Shards != n || r.Cached != n {
+		t.Errorf("result %+v, want %d shards, all cached", r, n)
+	}
+	for i := range n {
+		if searched[i] != 1 {
+			t.Errorf("shard %d searched %d times", i, searched[i])
+		}
+	}
+	for w, b := range byWorker {
+		if b < n/4 {
+			t.Errorf("worker %d searched %d of the %d shards, want at least a quarter", w, b, n)
+		}
 	}
 }

@@ -78,15 +78,17 @@ func readHistory(t *testing.T, name string) *historypb.History {
 	return &h
 }
 
-// TestRecordHistories runs two small passes and a pack with this code and
+// TestRecordHistories runs three small passes and a pack with this code and
 // writes their histories to $DCD_RECORD_HISTORIES/<prefix>-*.json.gz for
 // TestOlderHistoriesReplay, <prefix> being $DCD_RECORD_PREFIX (the commit,
 // say). The passes compare every method but all_pool. The first's shards
 // are small, so that train and test run in child chains and the pool,
 // E_sample and E_heldout in the pass itself; the second's are tiny, so
 // that its pool has more than ShardsPerRun and is scanned in a chain,
-// which continues as new: that chain's last run is recorded. The pack
-// writes the pool into six archives.
+// which continues as new: that chain's last run is recorded. The third
+// is the second again, a recurring pass whose pool chain finds every
+// shard cached: its last run is recorded too. The pack writes the pool
+// into six archives.
 func TestRecordHistories(t *testing.T) {
 	dir, prefix := os.Getenv("DCD_RECORD_HISTORIES"), os.Getenv("DCD_RECORD_PREFIX")
 	if dir == "" || prefix == "" {
@@ -109,10 +111,13 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := runPass(t, c, "record-chained", cfg); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := runPass(t, c, "record-cached", cfg); err != nil { // the same pool: a recurring scan
+		t.Fatal(err)
+	}
 	if _, err := runPack(t, c, "record-pack", workflows.PackInput{Dataset: cfg.Data.Pool, Out: "record/packed/", PerArchive: 1000}); err != nil {
 		t.Fatal(err)
 	}
-	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-pack": "pack"} {
+	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-pack": "pack"} {
 		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var h historypb.History
 		for it.HasNext() {

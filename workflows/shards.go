@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"fmt"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -17,7 +18,7 @@ type ShardsInput struct {
 	Model     activities.ModelRef
 	First     int // next shard to start
 	End       int // one past the last shard
-	Window    int // shards in flight at once
+	Window    int // shards embedded at once
 	BatchSize int
 	PartSize  int
 	// K > 0 searches each pool shard for the K nearest images per query.
@@ -26,7 +27,7 @@ type ShardsInput struct {
 	Timeout   time.Duration
 	Done      ShardsResult // accumulated by earlier runs of this chain
 	// LastCached says the previous run's last shard was cached, so this
-	// run starts with local searches (see shard).
+	// run starts by looking its shards up in the cache (runShards).
 	LastCached bool `json:",omitempty"`
 }
 
@@ -77,11 +78,13 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	stop := min(in.First+perRun, in.End)
 	scan := &scanState{cached: in.LastCached}
 	if in.K > 0 {
-		scan.local = workflow.GetVersion(ctx, localSearchChange, workflow.DefaultVersion, 1) == 1
+		scan.lookUp = workflow.GetVersion(ctx, localSearchChange, workflow.DefaultVersion, 1) == 1
 	}
-	// A chain's first shard is tried in the cache too: a recurring pass
-	// finds it there, sparing an activity's round trips, and a new pool
-	// costs one quick local miss per chain.
+	// A chain's first shards are looked up in the cache too: a recurring
+	// pass finds them there, sparing embedding activities' round trips,
+	// and a new pool costs a miss per shard of the chain's first run
+	// (one per chain before batchChange), a few reads against its
+	// embedding.
 	if optimistic && in.Done.Shards == 0 {
 		scan.cached = true
 	}
@@ -98,7 +101,9 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 
 // runShards runs shards [in.First, stop) in a sliding window of in.Window,
 // handing each one's counts to done as it ends, and returns the first
-// failure.
+// failure. A run that looks its shards up in the cache (scan.lookUp) does
+// so in batches (runBatched); the rest of this function is how runs
+// started before batchChange replay, looking shards up one at a time:
 //
 // Cached shards run in local activities, which keep the workflow's task
 // open while any runs, and the server answers a query (`starter status`)
@@ -117,19 +122,22 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 // at once, as configured. The worker bounds what the searches hold
 // (Sessions.hold, knn.Concurrent), however many arrive.
 func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
+	if scan.lookUp && workflow.GetVersion(ctx, batchChange, workflow.DefaultVersion, 1) == 1 {
+		return runBatched(ctx, in, stop, scan, done)
+	}
 	wide := int64(1)
-	if scan.local && workflow.GetVersion(ctx, wideChange, workflow.DefaultVersion, 1) == 1 {
+	if scan.lookUp && workflow.GetVersion(ctx, wideChange, workflow.DefaultVersion, 1) == 1 {
 		wide = cachedWidth
 	}
 	window := int64(max(in.Window, 1)) * wide
 	sem := workflow.NewSemaphore(ctx, window)
 	wg := workflow.NewWaitGroup(ctx)
-	answers := scan.local && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
+	answers := scan.lookUp && workflow.GetVersion(ctx, queryGapChange, workflow.DefaultVersion, 1) == 1
 	since, drained := workflow.Now(ctx), false
 	var firstErr error
 	for i := in.First; i < stop; i++ {
 		held := wide
-		if scan.local && scan.cached {
+		if scan.lookUp && scan.cached {
 			held = 1
 		}
 		if err := sem.Acquire(ctx, held); err != nil {
@@ -189,6 +197,111 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 	return firstErr
 }
 
+// runBatched runs shards [in.First, stop) as runShards does, looking up
+// cached shards cachedBatch at a time in CachedShards activities on the
+// cpu queue rather than one by one in local activities.
+//
+// Local activities run on the worker that runs the chain, so a recurring
+// scan ran on at most ChildWindow workers (one, for a pool of up to 1,000
+// shards) however many were added. The batches go through the task queue
+// instead, all of a run's at once, and each worker takes as many as its
+// free slots allow: the scan spreads over every worker polling the cpu
+// queue, and a worker that dies loses only its batches, which the server
+// retries elsewhere. A batch costs one activity's round trips, about what
+// one cached shard's local activity cost in the workflow task, and the
+// workflow's task ends between them, so queries are answered mid-scan
+// with no shard run alone.
+//
+// The window bounds embeddings only (Window at a time, as configured): a
+// batch waiting in the queue holds nothing, and a worker bounds what its
+// searches hold (Sessions.hold, knn.Concurrent). A shard a batch finds
+// missing is embedded in the window, and the shards after it are embedded
+// one by one until one is found cached, as runShards does.
+func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
+	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
+	wg := workflow.NewWaitGroup(ctx)
+	var firstErr error
+	fail := func(err error) {
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	// embed embeds shard i once the window has room; acquired says the
+	// caller holds its unit already.
+	embed := func(i int, acquired bool) {
+		wg.Add(1)
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			defer wg.Done()
+			if !acquired {
+				if err := sem.Acquire(ctx, 1); err != nil {
+					fail(err) // cancelled
+					return
+				}
+			}
+			defer sem.Release(1)
+			if firstErr != nil {
+				return
+			}
+			r, err := embedShard(ctx, in, i, scan)
+			fail(err)
+			done(r)
+		})
+	}
+	for i := in.First; i < stop && firstErr == nil; {
+		if !scan.cached {
+			// In order, the window's pace: the next shard waits to learn
+			// whether this one found the cache again.
+			if err := sem.Acquire(ctx, 1); err != nil {
+				return err // cancelled
+			}
+			if firstErr != nil {
+				sem.Release(1)
+				break
+			}
+			embed(i, true)
+			i++
+			continue
+		}
+		first, end := i, min(i+cachedBatch, stop)
+		i = end
+		wg.Add(1)
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			defer wg.Done()
+			var a *activities.Activities
+			var res activities.CachedShardsResult
+			err := workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.CachedShards, activities.CachedShardsInput{
+				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K,
+			}).Get(ctx, &res)
+			if err == nil && len(res.Shards) != end-first {
+				err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("CachedShards returned %d shards for %d", len(res.Shards), end-first), "BadResult", nil)
+			}
+			if err != nil {
+				fail(err)
+				return
+			}
+			for j, emb := range res.Shards {
+				if cachedDone(in, emb) {
+					done(ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1})
+					continue
+				}
+				scan.cached = false
+				embed(first+j, false)
+			}
+		})
+	}
+	wg.Wait(ctx)
+	return firstErr
+}
+
+// cachedBatch is how many shards one CachedShards activity looks up, all
+// at once: enough that its round trips through the task queue (a few ms
+// on the dev server) cost a tenth of the batch's searches, and that a
+// worker's two cpu slots keep 32 shards' reads in flight, as many as a
+// chain's local searches did, for a store that answers in 50 ms; few
+// enough that a run of 400 shards makes 25 batches to spread over the
+// workers.
+const cachedBatch = 16
+
 // cachedWidth is how many cached shards run at once per shard of the
 // window (runShards). From a store that answers in 50 ms, a cached
 // shard's three rounds of requests and its write take about 200 ms; on
@@ -197,13 +310,15 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 const cachedWidth = 8
 
 // localSearchChange versions the local-activity search of cached shards,
-// queryGapChange the shards run alone between them, and wideChange the
-// cached shards run cachedWidth times the window (runShards), so runs
-// started before them replay as they ran.
+// queryGapChange the shards run alone between them, wideChange the
+// cached shards run cachedWidth times the window (runShards), and
+// batchChange the cached shards looked up in batches instead
+// (runBatched), so runs started before them replay as they ran.
 const (
 	localSearchChange = "local-cached-search"
 	queryGapChange    = "query-gap"
 	wideChange        = "wide-cached-window"
+	batchChange       = "cached-batches"
 )
 
 // queryGap is how long (in workflow time, which each local activity's
@@ -216,7 +331,7 @@ const queryGap = 2 * time.Second
 
 // scanState is what a run's shards learn about the pool as they go.
 type scanState struct {
-	local  bool // the run may search cached shards in a local activity
+	lookUp bool // the run looks shards up in the cache before embedding them
 	cached bool // the last shard that finished was cached
 }
 
@@ -224,14 +339,15 @@ type scanState struct {
 // (K > 0), the partial top-k, which EmbedShard does itself (a worker that
 // predates that leaves it to TopKShard on the cpu queue).
 //
-// A recurring pass finds most pool shards cached. Once one has been, the
-// next shards are first tried in a local activity (EmbedShard with
-// CachedOnly, on this workflow's worker): a cached shard is searched there
-// at the cost of one marker in the history instead of an activity task's
-// round trips, the orchestration that dominated a cached pass. A set the
-// pass runs itself (a small one, or a pool of up to inlinePoolShards)
-// starts the same way, its first shard tried so. A shard that is not
-// cached falls back to the activities above.
+// In runs started before batchChange (runShards): a recurring pass finds
+// most pool shards cached. Once one has been, the next shards are first
+// tried in a local activity (EmbedShard with CachedOnly, on this
+// workflow's worker): a cached shard is searched there at the cost of one
+// marker in the history instead of an activity task's round trips, the
+// orchestration that dominated a cached pass. A set the pass runs itself
+// (a small one, or a pool of up to inlinePoolShards) starts the same way,
+// its first shard tried so. A shard that is not cached falls back to the
+// activities above.
 //
 // alone tries the cache in an activity on the cpu queue instead, which
 // lets the workflow's task end (runShards).
@@ -240,7 +356,7 @@ type scanState struct {
 func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone bool, embedding func() error) (ShardsResult, error) {
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
-	if scan.local && scan.cached {
+	if scan.lookUp && scan.cached {
 		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true}
 		var f workflow.Future
 		if alone {
@@ -254,7 +370,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 		if err := f.Get(ctx, &emb); err != nil {
 			return ShardsResult{}, err
 		}
-		if emb.Cached && (in.K == 0 || emb.TopK != nil) {
+		if cachedDone(in, emb) {
 			return ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1}, nil
 		}
 		scan.cached = false
@@ -262,6 +378,20 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 	if err := embedding(); err != nil {
 		return ShardsResult{}, err
 	}
+	return embedShard(ctx, in, i, scan)
+}
+
+// cachedDone says a cache lookup finished its shard: found, and searched
+// if it is the pool's.
+func cachedDone(in ShardsInput, emb activities.EmbedShardResult) bool {
+	return emb.Cached && (in.K == 0 || emb.TopK != nil)
+}
+
+// embedShard embeds shard i on the gpu queue (EmbedShard finds it in the
+// cache if it is there after all) and, for the pool, searches it.
+func embedShard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (ShardsResult, error) {
+	var a *activities.Activities
+	var emb activities.EmbedShardResult
 	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
 		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize, K: in.K,
 	}).Get(ctx, &emb)

@@ -3,6 +3,7 @@ package workflows
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -13,37 +14,58 @@ import (
 	"dcd/activities"
 )
 
-// A recurring pool scan: once a shard turns out cached, the next ones are
-// searched in a local activity; a new shard among them falls back to
-// EmbedShard and TopKShard. Every shard is searched exactly once, and new
-// shards are embedded on the embedding queue only.
-func TestCachedShardsSearchedLocally(t *testing.T) {
+// A recurring pool scan looks its shards up in the cache in batches of
+// cachedBatch; a new shard among them falls back to EmbedShard and
+// TopKShard. Every shard is searched exactly once, and new shards are
+// embedded on the embedding queue only.
+func TestCachedShardsSearchedInBatches(t *testing.T) {
 	var ts testsuite.WorkflowTestSuite
 	env := ts.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ShardsWorkflow)
 	var a *activities.Activities
 	isNew := func(i int) bool { return i%10 == 7 }
 	var mu sync.Mutex
-	searched, embedded, local := map[int]int{}, map[int]int{}, 0
+	searched, embedded, batches := map[int]int{}, map[int]int{}, 0
+	lookUp := func(in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		if isNew(in.Shard) {
+			if in.CachedOnly {
+				return activities.EmbedShardResult{}, nil
+			}
+			embedded[in.Shard]++
+			return activities.EmbedShardResult{Images: 5}, nil
+		}
+		if in.K != 3 {
+			return activities.EmbedShardResult{}, errors.New("EmbedShard without K")
+		}
+		searched[in.Shard]++
+		return activities.EmbedShardResult{Images: 5, Cached: true, TopK: &activities.TopKShardResult{Rows: 6}}, nil
+	}
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if in.CachedOnly {
-				local++
+				return activities.EmbedShardResult{}, errors.New("a shard looked up on its own")
 			}
-			if isNew(in.Shard) {
-				if in.CachedOnly {
-					return activities.EmbedShardResult{}, nil
+			return lookUp(in)
+		})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			batches++
+			if in.End-in.First > cachedBatch {
+				return activities.CachedShardsResult{}, fmt.Errorf("a batch of %d shards", in.End-in.First)
+			}
+			var out activities.CachedShardsResult
+			for i := in.First; i < in.End; i++ {
+				r, err := lookUp(activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true})
+				if err != nil {
+					return out, err
 				}
-				embedded[in.Shard]++
-				return activities.EmbedShardResult{Images: 5}, nil
+				out.Shards = append(out.Shards, r)
 			}
-			if in.K != 3 {
-				return activities.EmbedShardResult{}, errors.New("EmbedShard without K")
-			}
-			searched[in.Shard]++
-			return activities.EmbedShardResult{Images: 5, Cached: true, TopK: &activities.TopKShardResult{Rows: 6}}, nil
+			return out, nil
 		})
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.TopKShardInput) (activities.TopKShardResult, error) {
@@ -72,9 +94,7 @@ func TestCachedShardsSearchedLocally(t *testing.T) {
 			t.Errorf("shard %d embedded %d times, want %d", i, embedded[i], want)
 		}
 	}
-	// Each run starts with a window of EmbedShard activities; after that,
-	// cached shards go local.
-	if local < n/2 {
-		t.Errorf("%d local searches for %d shards", local, n)
+	if want := (n + cachedBatch - 1) / cachedBatch; batches != want {
+		t.Errorf("%d batches for %d shards, want %d", batches, n, want)
 	}
 }

@@ -539,6 +539,19 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 					if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 						return t, fmt.Errorf("bench: EmbedShard result: %w", err)
 					}
+				case "CachedShards":
+					// A batch: each search's span is the one its result
+					// reports, within the batch's.
+					var batch activities.CachedShardsResult
+					if err := dc.FromPayloads(a.GetResult(), &batch); err != nil {
+						return t, fmt.Errorf("bench: CachedShards result: %w", err)
+					}
+					for _, r := range batch.Shards {
+						if r.TopK != nil {
+							t.spans = append(t.spans, span{activity: "CachedShards (search)", started: r.TopK.Started, closed: r.TopK.Started.Add(r.TopK.Took), searched: true})
+							t.addSearch(*r.TopK)
+						}
+					}
 				}
 				if r.TopK != nil {
 					s.searched = true
@@ -696,7 +709,7 @@ func (p *proc) stop() {
 // of 2,000 shards (ShardsWorkflow chains as DebugPass starts them, K > 0)
 // whose activities return at once, on the dev server with an in-process
 // worker registering no-op activities under the real names. It runs twice:
-// every shard cached (searched in local activities after the first ones),
+// every shard cached (looked up and searched in CachedShards batches),
 // and every shard new (EmbedShard embeds and searches it: one activity).
 func Orchestration(ctx context.Context, o Options) ([]Result, error) {
 	srv, stop, err := o.server(ctx)
@@ -751,16 +764,27 @@ func Orchestration(ctx context.Context, o Options) ([]Result, error) {
 // registered names. EmbedShard finds the shard cached (and searches it)
 // unless the run's name says the shards are new.
 var noopActivities = map[string]any{
-	"EmbedShard": func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
-		if strings.HasPrefix(in.Run, "bench-new-") {
-			if in.CachedOnly {
-				return activities.EmbedShardResult{}, nil
-			}
-			return activities.EmbedShardResult{Images: passShard, TopK: &activities.TopKShardResult{}}, nil
-		}
-		return activities.EmbedShardResult{Cached: true, Images: passShard, TopK: &activities.TopKShardResult{}}, nil
-	},
+	"EmbedShard": noopEmbed,
 	"TopKShard": func(ctx context.Context, in activities.TopKShardInput) (activities.TopKShardResult, error) {
 		return activities.TopKShardResult{}, nil
 	},
+	"CachedShards": func(ctx context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+		var out activities.CachedShardsResult
+		for i := in.First; i < in.End; i++ {
+			r, _ := noopEmbed(ctx, activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, K: in.K, CachedOnly: true})
+			out.Shards = append(out.Shards, r)
+		}
+		return out, nil
+	},
+}
+
+// noopEmbed is the no-op EmbedShard.
+func noopEmbed(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+	if strings.HasPrefix(in.Run, "bench-new-") {
+		if in.CachedOnly {
+			return activities.EmbedShardResult{}, nil
+		}
+		return activities.EmbedShardResult{Images: passShard, TopK: &activities.TopKShardResult{}}, nil
+	}
+	return activities.EmbedShardResult{Cached: true, Images: passShard, TopK: &activities.TopKShardResult{}}, nil
 }
