@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"fmt"
 
 	"go.temporal.io/sdk/activity"
 	"golang.org/x/sync/errgroup"
@@ -37,7 +38,15 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	out := make([]EmbedShardResult, max(in.End-in.First, 0))
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range out {
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			defer func() {
+				// Temporal recovers an activity's own panics, not this
+				// goroutine's: a damaged shard must fail the batch, not
+				// the worker.
+				if p := recover(); p != nil {
+					err = fmt.Errorf("activities: look up %s: %v", ShardKey(in.Run, in.Dataset, in.First+i), p)
+				}
+			}()
 			r, err := a.EmbedShard(gctx, EmbedShardInput{
 				Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true,
 			})

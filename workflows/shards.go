@@ -207,16 +207,17 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 // instead, all of a run's at once, and each worker takes as many as its
 // free slots allow: the scan spreads over every worker polling the cpu
 // queue, and a worker that dies loses only its batches, which the server
-// retries elsewhere. A batch costs one activity's round trips, about what
-// one cached shard's local activity cost in the workflow task, and the
-// workflow's task ends between them, so queries are answered mid-scan
-// with no shard run alone.
+// retries elsewhere. A batch's round trips cost about what its shards'
+// local activities did in the workflow task (`starter bench`,
+// orchestration_cached), and the workflow's task ends between batches, so
+// queries are answered mid-scan with no shard run alone.
 //
 // The window bounds embeddings only (Window at a time, as configured): a
 // batch waiting in the queue holds nothing, and a worker bounds what its
 // searches hold (Sessions.hold, knn.Concurrent). A shard a batch finds
-// missing is embedded in the window, and the shards after it are embedded
-// one by one until one is found cached, as runShards does.
+// missing is embedded in the window. A run that starts with its last
+// shard new (LastCached false) embeds shards one by one until one is
+// found cached, then sends the rest in batches.
 func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
@@ -280,11 +281,11 @@ func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState,
 				return
 			}
 			for j, emb := range res.Shards {
-				if cachedDone(in, emb) {
+				scan.cached = cachedDone(in, emb)
+				if scan.cached {
 					done(ShardsResult{Shards: 1, Images: emb.Images, Rejects: emb.Rejects, Cached: 1})
 					continue
 				}
-				scan.cached = false
 				embed(first+j, false)
 			}
 		})

@@ -371,7 +371,7 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
 	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s (longest: %s); %d activities (%d local); worker peak RSS %d MiB",
 		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(),
-		orch.Round(time.Millisecond), t.longestGaps(start, start.Add(wall), 3), len(t.spans), t.local, hwm>>20)
+		orch.Round(time.Millisecond), t.longestGaps(start, start.Add(wall), 3), t.activities, t.local, hwm>>20)
 	name := "pass_cached_" + c.label
 	return []Result{
 		info(name+"_time", "s", wall.Seconds(), 0),
@@ -426,7 +426,8 @@ type span struct {
 type times struct {
 	spans        []span
 	search, took time.Duration // TopKShardResult.Search and .Took, summed
-	local        int           // local activities among the spans
+	activities   int           // activities that ran, local ones included
+	local        int           // local activities
 }
 
 func (t *times) addSearch(r activities.TopKShardResult) {
@@ -558,6 +559,7 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 					t.addSearch(*r.TopK)
 				}
 				t.spans = append(t.spans, s)
+				t.activities++
 			case enumspb.EVENT_TYPE_WORKFLOW_TASK_STARTED:
 				taskStarted = ev.GetEventTime().AsTime()
 			case enumspb.EVENT_TYPE_MARKER_RECORDED:
@@ -590,6 +592,7 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 				}
 				if s.closed.After(s.started) {
 					t.spans = append(t.spans, s)
+					t.activities++
 					t.local++
 				}
 			case enumspb.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
