@@ -194,6 +194,15 @@ func ShardKey(run, ds string, i int) string {
 // TopKKey is the partial top-k of pool shard i.
 func TopKKey(run string, i int) string { return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i) }
 
+// TopKRangeKey is the partial top-k of pool shards [first, end), which a
+// CachedShards batch writes in place of theirs (TopKKey).
+func TopKRangeKey(run string, first, end int) string {
+	return fmt.Sprintf("%s%06d-%06d.arrow", topKRanges(run), first, end)
+}
+
+// topKRanges is the folder of a run's TopKRangeKey partials.
+func topKRanges(run string) string { return fmt.Sprintf("runs/%s/topk-ranges/", run) }
+
 // RunKey is a file of the run.
 func RunKey(run, name string) string { return "runs/" + run + "/" + name }
 

@@ -3,9 +3,14 @@ package activities
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 
 	"go.temporal.io/sdk/activity"
 	"golang.org/x/sync/errgroup"
+
+	"dcd/internal/dataset"
+	"dcd/internal/knn"
 )
 
 // CachedShardsInput is a run of one dataset's shards, [First, End), to
@@ -27,7 +32,8 @@ type CachedShardsResult struct {
 }
 
 // CachedShards looks up a run of shards in the features cache, all at
-// once, and searches those of the pool it finds: a recurring pass's scan,
+// once, and searches those of the pool it finds (into one partial for the
+// batch when it finds them all: rangePartial): a recurring pass's scan,
 // as a regular activity that any worker polling the cpu queue takes. A
 // scan of cached shards is bound by the CPUs and storage of the workers
 // that search, so it must spread over them as they are added, which the
@@ -36,6 +42,10 @@ type CachedShardsResult struct {
 // knn.Concurrent) however many run.
 func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (CachedShardsResult, error) {
 	out := make([]EmbedShardResult, max(in.End-in.First, 0))
+	var into *rangePartial
+	if in.K > 0 && in.Dataset == Pool {
+		into = newRangePartial(in.Run, in.First, in.End, in.K)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range out {
 		g.Go(func() (err error) {
@@ -47,9 +57,9 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 					err = fmt.Errorf("activities: look up %s: %v", ShardKey(in.Run, in.Dataset, in.First+i), p)
 				}
 			}()
-			r, err := a.EmbedShard(gctx, EmbedShardInput{
+			r, err := a.embedShardInto(gctx, EmbedShardInput{
 				Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true,
-			})
+			}, into)
 			out[i] = r
 			activity.RecordHeartbeat(ctx)
 			return err
@@ -58,5 +68,102 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	if err := g.Wait(); err != nil {
 		return CachedShardsResult{}, err
 	}
+	if into != nil && into.found() { // every search went into the range's partial
+		if _, err := a.writeNeighbors(ctx, into.key, into.best); err != nil {
+			return CachedShardsResult{}, err
+		}
+	}
 	return CachedShardsResult{Shards: out}, nil
+}
+
+// rangePartial gathers the neighbours of a CachedShards batch's pool
+// shards into one partial top-k, written at TopKRangeKey, when the cache
+// has every shard of the batch: a sixteenth of the partials to write, and
+// for MergeTopK to read, from a recurring scan, and of their bytes (each
+// holds Queries×K neighbours, whatever it covers).
+//
+// Whether every shard is found is known only once every lookup has ended,
+// so each search waits (wait) for every shard of its batch to settle
+// (settle) before its neighbours go into the range (fold) or, one shard
+// missing, into its own partial as without a batch. A search waits having
+// given back its features' bytes (Sessions.hold) and its k-NN, which the
+// lookups it waits for may need.
+type rangePartial struct {
+	key string
+	k   int
+
+	mu      sync.Mutex
+	pending map[int]bool
+	all     bool          // every shard settled so far was found; read once settled is closed
+	settled chan struct{} // closed when no shard is pending
+	best    [][]candidate // each query's K nearest so far
+	scratch []candidate
+	part    []candidate
+}
+
+func newRangePartial(run string, first, end, k int) *rangePartial {
+	p := &rangePartial{key: TopKRangeKey(run, first, end), k: k, pending: map[int]bool{}, all: true, settled: make(chan struct{})}
+	for i := first; i < end; i++ {
+		p.pending[i] = true
+	}
+	if len(p.pending) == 0 {
+		close(p.settled)
+	}
+	return p
+}
+
+// settle says whether shard was found in the cache (and searched); only
+// its first call counts.
+func (p *rangePartial) settle(shard int, found bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.pending[shard] {
+		return
+	}
+	delete(p.pending, shard)
+	p.all = p.all && found
+	if len(p.pending) == 0 {
+		close(p.settled)
+	}
+}
+
+// wait waits for every shard to settle and says whether all were found.
+func (p *rangePartial) wait(ctx context.Context) (bool, error) {
+	select {
+	case <-p.settled:
+		return p.all, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
+// found says whether every shard was found, once all have settled.
+func (p *rangePartial) found() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending) == 0 && p.all
+}
+
+// fold merges one shard's neighbours, each query's nearest first, whose
+// Index is a row of items, into the range's, and returns how many it had.
+func (p *rangePartial) fold(nearest [][]knn.Neighbor, items []dataset.Item) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.best) < len(nearest) {
+		p.best = append(p.best, nil)
+	}
+	rows := 0
+	for q, list := range nearest {
+		p.part = p.part[:0]
+		for _, n := range list {
+			p.part = append(p.part, candidate{Neighbor: n, item: items[n.Index]})
+		}
+		rows += len(list)
+		if !slices.IsSortedFunc(p.part, compareCandidates) {
+			slices.SortFunc(p.part, compareCandidates)
+		}
+		p.scratch = knn.MergeSorted(p.scratch[:0], p.best[q], p.part, p.k, candidateNeighbor)
+		p.best[q] = append(p.best[q][:0], p.scratch...)
+	}
+	return rows
 }

@@ -96,6 +96,16 @@ func partKey(featureKey string, part int) string {
 // then heartbeaten, so a worker that dies mid-shard costs at most one part
 // when the retry resumes.
 func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedShardResult, error) {
+	return a.embedShardInto(ctx, in, nil)
+}
+
+// embedShardInto is EmbedShard, with a cached pool shard's neighbours
+// offered to into (CachedShards) rather than written at TopKKey when into
+// is not nil.
+func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, into *rangePartial) (EmbedShardResult, error) {
+	if into != nil {
+		defer into.settle(in.Shard, false) // a shard not searched: no-op for one that was
+	}
 	start := time.Now()
 	shardKey := ShardKey(in.Run, in.Dataset, in.Shard)
 	shard, err := a.readShard(ctx, shardKey)
@@ -138,7 +148,7 @@ func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedS
 			if reads == nil {
 				reads = a.readSearch(ctx, search, shard)
 			}
-			r, err := a.search(ctx, search, reads)
+			r, err := a.search(ctx, search, reads, into)
 			if err != nil {
 				return res, err
 			}

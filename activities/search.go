@@ -1,9 +1,12 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,7 +168,7 @@ func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShar
 
 // topKShard is TopKShard for a shard manifest already read.
 func (a *Activities) topKShard(ctx context.Context, in TopKShardInput, shard *dataset.Shard) (TopKShardResult, error) {
-	return a.search(ctx, in, a.readSearch(ctx, in, shard))
+	return a.search(ctx, in, a.readSearch(ctx, in, shard), nil)
 }
 
 // searchReads are what a pool shard's search reads: the run's queries and
@@ -247,9 +250,13 @@ func (r *searchReads) abandon() {
 }
 
 // search finds each query's K nearest images among the shard's rows that
-// r reads, and writes them at TopKKey.
-func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchReads) (res TopKShardResult, err error) {
-	defer func() { res.Started, res.Took = r.started, time.Since(r.started) }()
+// r reads, and writes them at TopKKey, or hands them to into when it takes
+// them (CachedShards).
+func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchReads, into *rangePartial) (res TopKShardResult, err error) {
+	var took time.Duration // the search's own, before it waits on into
+	defer func() {
+		res.Started, res.Took = r.started, cmp.Or(took, time.Since(r.started))
+	}()
 	defer r.drop()
 	<-r.done
 	res = TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
@@ -257,8 +264,7 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 		return res, r.err
 	}
 	queries, items, pool := r.queries, r.items, r.pool
-	b := newNeighborBuilder(a)
-	defer b.release()
+	var nearest [][]knn.Neighbor
 	if len(items) > 0 {
 		if pool.Dim != queries.Dim {
 			return res, invalid("similarity model %s gives %d-dim features for pool shard %s but %d-dim for E_sample", in.Model.Path, pool.Dim, ShardKey(in.Run, Pool, in.Shard), queries.Dim)
@@ -272,13 +278,29 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 			ids[i] = it.ID
 		}
 		searched := time.Now()
-		nearest, err := s.TopK(queries.Data, len(queries.URIs), pool.Data, ids, pool.Dim, in.K)
+		nearest, err = s.TopK(queries.Data, len(queries.URIs), pool.Data, ids, pool.Dim, in.K)
 		if err != nil {
 			return res, err
 		}
 		res.Search = time.Since(searched)
-		r.pool = nil // what is left of the rows goes into b
-		r.release()
+	}
+	r.pool = nil // what is left of the rows goes into b, or into
+	r.release()
+	if into != nil {
+		took = time.Since(r.started)
+		into.settle(in.Shard, true)
+		all, err := into.wait(ctx)
+		if err != nil {
+			return res, err
+		}
+		if all {
+			res.Key, res.Rows = into.key, into.fold(nearest, items)
+			return res, nil
+		}
+	}
+	b := newNeighborBuilder(a)
+	defer b.release()
+	if len(nearest) > 0 {
 		b.reserve(len(nearest)*min(in.K, len(items)), items[0])
 		for q, list := range nearest {
 			for r, n := range list {
@@ -381,14 +403,17 @@ const mergeAhead = 32
 // candidates, and mergeAhead partials, whatever the number of shards.
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
-	partials := readAhead(ctx, in.Shards, mergeAhead, func(ctx context.Context, i int) (*store.ArrowFile, error) {
-		return store.OpenArrow(ctx, a.Bucket, TopKKey(in.Run, i), a.Mem)
+	keys, err := a.partialKeys(ctx, in.Run, in.Shards)
+	if err != nil {
+		return res, err
+	}
+	partials := readAhead(ctx, len(keys), mergeAhead, func(ctx context.Context, i int) (*store.ArrowFile, error) {
+		return store.OpenArrow(ctx, a.Bucket, keys[i], a.Mem)
 	}, func(f *store.ArrowFile) { f.Close() })
 	defer partials.stop()
 	best := make([][]candidate, in.Queries)
 	var scratch []candidate
-	for i := 0; i < in.Shards; i++ {
-		key := TopKKey(in.Run, i)
+	for i, key := range keys {
 		f, err := partials.next()
 		if err != nil {
 			return res, store.Classify(err, key)
@@ -426,6 +451,46 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		f.Close()
 		activity.RecordHeartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
+	res.Rows, err = a.writeNeighbors(ctx, res.Key, best)
+	return res, err
+}
+
+// partialKeys lists the partials that cover a scan's shards in shard
+// order: a range's (TopKRangeKey) where a CachedShards batch wrote one,
+// else each shard's (TopKKey).
+func (a *Activities) partialKeys(ctx context.Context, run string, shards int) ([]string, error) {
+	ends := map[int]int{} // a range's first shard → its end
+	prefix := topKRanges(run)
+	it := a.Bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
+		}
+		var first, end int
+		if _, err := fmt.Sscanf(strings.TrimPrefix(obj.Key, prefix), "%d-%d.arrow", &first, &end); err == nil && obj.Key == TopKRangeKey(run, first, end) && first < end && end <= shards {
+			ends[first] = max(ends[first], end)
+		}
+	}
+	keys := make([]string, 0, shards)
+	for i := 0; i < shards; {
+		if end, ok := ends[i]; ok {
+			keys = append(keys, TopKRangeKey(run, i, end))
+			i = end
+			continue
+		}
+		keys = append(keys, TopKKey(run, i))
+		i++
+	}
+	return keys, nil
+}
+
+// writeNeighbors writes each query's neighbours, nearest first, at key,
+// and returns how many rows that made.
+func (a *Activities) writeNeighbors(ctx context.Context, key string, best [][]candidate) (int, error) {
 	b := newNeighborBuilder(a)
 	defer b.release()
 	for q, list := range best {
@@ -433,10 +498,9 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 			b.add(int32(q), int32(r), c.Distance, c.item)
 		}
 	}
-	res.Rows = b.rows
 	rec := b.record()
 	defer rec.Release()
-	return res, store.WriteArrow(ctx, a.Bucket, res.Key, schemas.Neighbors, a.Mem, rec)
+	return b.rows, store.WriteArrow(ctx, a.Bucket, key, schemas.Neighbors, a.Mem, rec)
 }
 
 func candidateNeighbor(c candidate) knn.Neighbor { return c.Neighbor }
