@@ -195,13 +195,18 @@ func ShardKey(run, ds string, i int) string {
 func TopKKey(run string, i int) string { return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i) }
 
 // TopKRangeKey is the partial top-k of pool shards [first, end), which a
-// CachedShards batch writes in place of theirs (TopKKey).
-func TopKRangeKey(run string, first, end int) string {
-	return fmt.Sprintf("%s%06d-%06d.arrow", topKRanges(run), first, end)
+// CachedShards batch of the scan named scan writes in place of theirs
+// (TopKKey).
+func TopKRangeKey(run, scan string, first, end int) string {
+	return fmt.Sprintf("%s%06d-%06d.arrow", topKRanges(run, scan), first, end)
 }
 
-// topKRanges is the folder of a run's TopKRangeKey partials.
-func topKRanges(run string) string { return fmt.Sprintf("runs/%s/topk-ranges/", run) }
+// topKRanges is the folder of a scan's TopKRangeKey partials. Each scan
+// has its own: a shard's partial is overwritten by every pass that
+// searches it, but a range is written only by a scan whose batches cut
+// the shards that way, so another's (an earlier pass run under the same
+// ID, a straggling attempt of a pass ended) must never be taken for it.
+func topKRanges(run, scan string) string { return fmt.Sprintf("runs/%s/topk-ranges/%s/", run, scan) }
 
 // RunKey is a file of the run.
 func RunKey(run, name string) string { return "runs/" + run + "/" + name }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.temporal.io/sdk/activity"
 	"golang.org/x/sync/errgroup"
@@ -23,6 +24,10 @@ type CachedShardsInput struct {
 	Model   ModelRef
 	// K > 0 (pool shards): search each cached shard, as EmbedShard does.
 	K int
+	// Scan names the pass's scan, under which a batch whose shards are
+	// all cached writes one partial top-k for them (TopKRangeKey); empty,
+	// as from passes started before, each shard writes its own.
+	Scan string `json:",omitempty"`
 }
 
 // CachedShardsResult is each shard's lookup, in order: EmbedShard's result
@@ -43,10 +48,27 @@ type CachedShardsResult struct {
 func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (CachedShardsResult, error) {
 	out := make([]EmbedShardResult, max(in.End-in.First, 0))
 	var into *rangePartial
-	if in.K > 0 && in.Dataset == Pool {
-		into = newRangePartial(in.Run, in.First, in.End, in.K)
+	if in.K > 0 && in.Dataset == Pool && in.Scan != "" {
+		into = newRangePartial(TopKRangeKey(in.Run, in.Scan, in.First, in.End), in.First, in.End, in.K)
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	// The batch's shards end together (rangePartial), so beat while they
+	// run rather than as each ends.
+	stop := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Go(func() {
+		t := time.NewTicker(batchBeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				activity.RecordHeartbeat(ctx)
+			case <-stop:
+				return
+			}
+		}
+	})
+	defer func() { close(stop); beats.Wait() }()
 	for i := range out {
 		g.Go(func() (err error) {
 			defer func() {
@@ -61,7 +83,6 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 				Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true,
 			}, into)
 			out[i] = r
-			activity.RecordHeartbeat(ctx)
 			return err
 		})
 	}
@@ -75,6 +96,11 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	}
 	return CachedShardsResult{Shards: out}, nil
 }
+
+// batchBeat is how often a CachedShards batch heartbeats: within the
+// least heartbeat timeout a config may set (1 s); the SDK sends the
+// server at most one per most of the timeout.
+const batchBeat = 500 * time.Millisecond
 
 // rangePartial gathers the neighbours of a CachedShards batch's pool
 // shards into one partial top-k, written at TopKRangeKey, when the cache
@@ -101,8 +127,8 @@ type rangePartial struct {
 	part    []candidate
 }
 
-func newRangePartial(run string, first, end, k int) *rangePartial {
-	p := &rangePartial{key: TopKRangeKey(run, first, end), k: k, pending: map[int]bool{}, all: true, settled: make(chan struct{})}
+func newRangePartial(key string, first, end, k int) *rangePartial {
+	p := &rangePartial{key: key, k: k, pending: map[int]bool{}, all: true, settled: make(chan struct{})}
 	for i := first; i < end; i++ {
 		p.pending[i] = true
 	}

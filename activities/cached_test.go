@@ -13,7 +13,6 @@ import (
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
-	"dcd/schemas"
 )
 
 // cachedPool writes n pool shards of rows images each, cached but for
@@ -75,17 +74,19 @@ func (w *searchWorld) exists(key string) bool {
 // others' own partials, as without a batch.
 func TestCachedShardsWriteOnePartial(t *testing.T) {
 	w := newSearchWorld(t)
-	const run, shards, rows, queries, dim, k = "batch", 6, 20, 5, 8, 4
+	const run, scan, shards, rows, queries, dim, k = "batch", "scan-1", 6, 20, 5, 8, 4
 	ref := w.cachedPool(run, shards, rows, queries, dim, 5) // shard 5 is new
-	merge := activities.MergeTopKInput{Run: run, Shards: 5, Queries: queries, K: k}
+	merge := activities.MergeTopKInput{Run: run, Shards: 5, Queries: queries, K: k, Scan: scan}
+	// An earlier pass's range, under its own scan's name: never read.
+	w.put(activities.TopKRangeKey(run, "scan-0", 0, 5), []byte("an earlier scan's"))
 
 	var batch activities.CachedShardsResult
-	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 1, End: 5, Model: ref, K: k}, &batch)
+	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 1, End: 5, Model: ref, K: k, Scan: scan}, &batch)
 	if len(batch.Shards) != 4 {
 		t.Fatalf("%d results for 4 shards", len(batch.Shards))
 	}
 	for j, r := range batch.Shards {
-		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKRangeKey(run, 1, 5) {
+		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKRangeKey(run, scan, 1, 5) {
 			t.Errorf("shard %d: %+v (TopK %+v), want found and searched into the range", 1+j, r, r.TopK)
 		}
 		if w.exists(activities.TopKKey(run, 1+j)) {
@@ -99,7 +100,7 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 	got := w.readNeighbors(res.Key)
 
 	// The same shards searched one by one.
-	if err := w.b.Delete(context.Background(), activities.TopKRangeKey(run, 1, 5)); err != nil {
+	if err := w.b.Delete(context.Background(), activities.TopKRangeKey(run, scan, 1, 5)); err != nil {
 		t.Fatal(err)
 	}
 	for s := 1; s < 5; s++ {
@@ -117,11 +118,11 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 		}
 	}
 	batch = activities.CachedShardsResult{}
-	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 3, End: 6, Model: ref, K: k}, &batch)
+	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 3, End: 6, Model: ref, K: k, Scan: scan}, &batch)
 	if r := batch.Shards[2]; r.Cached || r.TopK != nil {
 		t.Errorf("shard 5, not cached: %+v", r)
 	}
-	if w.exists(activities.TopKRangeKey(run, 3, 6)) {
+	if w.exists(activities.TopKRangeKey(run, scan, 3, 6)) {
 		t.Error("a range's partial written for a batch with a shard missing")
 	}
 	for _, s := range []int{3, 4} {
@@ -131,17 +132,22 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 	}
 }
 
-// A pass run again under the same ID plans its pool anew, which clears
-// the range partials the earlier one left: the merge would take them for
-// this pass's shards.
-func TestPlanClearsEarlierRanges(t *testing.T) {
+// A batch of a pass that names no scan (one started before range
+// partials) writes each shard's own partial.
+func TestCachedShardsWithoutScanWriteTheirOwn(t *testing.T) {
 	w := newSearchWorld(t)
-	stale := activities.TopKRangeKey(w.run, 0, 16)
-	w.put(stale, []byte("an earlier pass's"))
-	w.put("pool.csv", []byte("uri,label\npool/a.png,1\npool/b.png,2\n"))
-	var plan activities.PlanResult
-	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 1 << 20}, &plan)
-	if plan.Images != 2 || w.exists(stale) {
-		t.Fatalf("planned %+v; the earlier range's partial is there: %v", plan, w.exists(stale))
+	const run, k = "unnamed", 3
+	ref := w.cachedPool(run, 3, 10, 4, 8)
+	var batch activities.CachedShardsResult
+	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 0, End: 3, Model: ref, K: k}, &batch)
+	for s, r := range batch.Shards {
+		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKKey(run, s) || !w.exists(r.TopK.Key) {
+			t.Errorf("shard %d: %+v (TopK %+v), want its own partial", s, r, r.TopK)
+		}
+	}
+	var res activities.MergeTopKResult
+	w.must(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: 3, Queries: 4, K: k}, &res)
+	if got := w.readNeighbors(res.Key); len(got) != 4*k {
+		t.Errorf("merged %d neighbours, want %d", len(got), 4*k)
 	}
 }

@@ -152,7 +152,9 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 			if err != nil {
 				return res, err
 			}
-			r.Started, r.Took = start, time.Since(start)
+			// From the lookup's start, not the reads': the search's
+			// own time, which leaves out a wait on the batch (into).
+			r.Started, r.Took = start, r.Took+r.Started.Sub(start)
 			res.TopK = &r
 		}
 		return res, nil

@@ -4,12 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"slices"
 
 	"go.temporal.io/sdk/activity"
-	"gocloud.dev/blob"
-	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
@@ -130,31 +127,7 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
 		err = store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
 	}
-	if err == nil && in.Name == Pool {
-		err = a.clearRanges(ctx, in.Run)
-	}
 	return res, err
-}
-
-// clearRanges deletes the range partials (TopKRangeKey) an earlier pass
-// of the same ID left: MergeTopK takes every one it finds for this pass's
-// scan, and unlike a shard's partial, which this pass's search of the
-// shard overwrites, a range this pass does not cut the same way would
-// stay. The pool's plan runs before its scan.
-func (a *Activities) clearRanges(ctx context.Context, run string) error {
-	it := a.Bucket.List(&blob.ListOptions{Prefix: topKRanges(run)})
-	for {
-		obj, err := it.Next(ctx)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("activities: list %s: %w", topKRanges(run), err)
-		}
-		if err := a.Bucket.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-			return fmt.Errorf("activities: delete %s: %w", obj.Key, err)
-		}
-	}
 }
 
 // ShardIndex is where each shard of a planned dataset begins: shard i

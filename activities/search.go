@@ -256,7 +256,7 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 	var took time.Duration // the search's own, before it waits on into
 	defer func() {
 		res.Started, res.Took = r.started, cmp.Or(took, time.Since(r.started))
-	}()
+	}() // (EmbedShard adds its lookup's time before the reads)
 	defer r.drop()
 	<-r.done
 	res = TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
@@ -378,6 +378,9 @@ type MergeTopKInput struct {
 	Shards  int
 	Queries int
 	K       int
+	// Scan names the scan whose batches may have written range partials
+	// (CachedShardsInput.Scan); empty: every shard has its own.
+	Scan string `json:",omitempty"`
 }
 
 // MergeTopKResult says where the merged neighbours are.
@@ -403,7 +406,7 @@ const mergeAhead = 32
 // candidates, and mergeAhead partials, whatever the number of shards.
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
-	keys, err := a.partialKeys(ctx, in.Run, in.Shards)
+	keys, err := a.partialKeys(ctx, in.Run, in.Scan, in.Shards)
 	if err != nil {
 		return res, err
 	}
@@ -457,28 +460,31 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 
 // partialKeys lists the partials that cover a scan's shards in shard
 // order: a range's (TopKRangeKey) where a CachedShards batch wrote one,
-// else each shard's (TopKKey).
-func (a *Activities) partialKeys(ctx context.Context, run string, shards int) ([]string, error) {
+// else each shard's (TopKKey). A scan's batches do not overlap, and a
+// retried batch writes the same range again.
+func (a *Activities) partialKeys(ctx context.Context, run, scan string, shards int) ([]string, error) {
 	ends := map[int]int{} // a range's first shard → its end
-	prefix := topKRanges(run)
-	it := a.Bucket.List(&blob.ListOptions{Prefix: prefix})
-	for {
-		obj, err := it.Next(ctx)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
-		}
-		var first, end int
-		if _, err := fmt.Sscanf(strings.TrimPrefix(obj.Key, prefix), "%d-%d.arrow", &first, &end); err == nil && obj.Key == TopKRangeKey(run, first, end) && first < end && end <= shards {
-			ends[first] = max(ends[first], end)
+	if scan != "" {
+		prefix := topKRanges(run, scan)
+		it := a.Bucket.List(&blob.ListOptions{Prefix: prefix})
+		for {
+			obj, err := it.Next(ctx)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
+			}
+			var first, end int
+			if _, err := fmt.Sscanf(strings.TrimPrefix(obj.Key, prefix), "%d-%d.arrow", &first, &end); err == nil && obj.Key == TopKRangeKey(run, scan, first, end) && first < end && end <= shards {
+				ends[first] = max(ends[first], end)
+			}
 		}
 	}
 	keys := make([]string, 0, shards)
 	for i := 0; i < shards; {
 		if end, ok := ends[i]; ok {
-			keys = append(keys, TopKRangeKey(run, i, end))
+			keys = append(keys, TopKRangeKey(run, scan, i, end))
 			i = end
 			continue
 		}

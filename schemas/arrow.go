@@ -19,7 +19,7 @@ func Features(columns []string, dims []int, storedAs string) *arrow.Schema {
 }
 
 // Neighbors is the schema of partial and merged top-k files
-// (runs/<id>/topk/<shard>.arrow, runs/<id>/topk-ranges/<first>-<end>.arrow,
+// (runs/<id>/topk/<shard>.arrow, runs/<id>/topk-ranges/<scan>/<a>-<b>.arrow,
 // runs/<id>/neighbors.arrow): for each query, its nearest pool images,
 // nearest first, ties broken by pool id.
 var Neighbors = arrow.NewSchema([]arrow.Field{

@@ -77,6 +77,25 @@ type Progress struct {
 	Methods map[string]string `json:",omitempty"`
 }
 
+// scanName names this pass's scan, under which its batches write range
+// partials (activities.TopKRangeKey): the execution's run ID, unique to
+// it, recorded as a side effect so that a reset replays the same name.
+// Passes started before rangesChange get none, and write none.
+func scanName(ctx workflow.Context) string {
+	if workflow.GetVersion(ctx, rangesChange, workflow.DefaultVersion, 1) != 1 {
+		return ""
+	}
+	id := workflow.GetInfo(ctx).WorkflowExecution.RunID
+	var name string
+	if err := workflow.SideEffect(ctx, func(workflow.Context) any { return id }).Get(&name); err != nil {
+		return "" // unreachable: a string encodes; per-shard partials then
+	}
+	return name
+}
+
+// rangesChange versions the scan's name (scanName).
+const rangesChange = "range-partials"
+
 // apartChange versions the check that E_sample, E_heldout and test share
 // no image, so passes started before it replay as they ran.
 const apartChange = "apart-sets"
@@ -135,7 +154,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int)}
+	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), scan: scanName(ctx)}
 	if err := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
@@ -153,7 +172,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 	p.Phase = "select"
 	if err := workflow.ExecuteActivity(cpu, a.MergeTopK, activities.MergeTopKInput{
-		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(),
+		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(), Scan: s.scan,
 	}).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
@@ -321,6 +340,8 @@ type shardRunner struct {
 	// search) rejected: with none, the steps that list rejects need not
 	// read every pool shard's.
 	scanRejects *int
+	// scan names the scan (scanName).
+	scan string
 }
 
 // counted adds r, shards of dataset ds run with k, to the pass's counts.
@@ -453,6 +474,7 @@ func (s shardRunner) input(ds string, m activities.ModelRef, first, end, k int) 
 		Run: s.runID, Dataset: ds, Model: m, First: first, End: end,
 		Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
 		Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
+		Scan: s.scan,
 	}
 }
 

@@ -29,6 +29,9 @@ type ShardsInput struct {
 	// LastCached says the previous run's last shard was cached, so this
 	// run starts by looking its shards up in the cache (runShards).
 	LastCached bool `json:",omitempty"`
+	// Scan names the pass's scan, under which batches of cached pool
+	// shards write one partial top-k each (activities.CachedShardsInput).
+	Scan string `json:",omitempty"`
 }
 
 // ShardsResult counts the work done on a range of shards.
@@ -271,7 +274,7 @@ func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState,
 			var a *activities.Activities
 			var res activities.CachedShardsResult
 			err := workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.CachedShards, activities.CachedShardsInput{
-				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K,
+				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K, Scan: in.Scan,
 			}).Get(ctx, &res)
 			if err == nil && len(res.Shards) != end-first {
 				err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("CachedShards returned %d shards for %d", len(res.Shards), end-first), "BadResult", nil)
