@@ -138,6 +138,12 @@ type Shards struct {
 	Window int `json:"window" yaml:"window"`
 	// BatchSize is the inference batch.
 	BatchSize int `json:"batch_size" yaml:"batch_size"`
+	// Chains is how many child chains of up to 1,000 shards run at once
+	// per dataset. Together with Window it bounds a pass's concurrency:
+	// Chains×Window shards embedded at once, and Chains×25 batches of
+	// 16 cached shards looked up at once (a chain run's 400), whatever
+	// the workers could take: raise them with the fleet.
+	Chains int `json:"chains,omitempty" yaml:"chains,omitempty"`
 }
 
 // Timeouts bound activities; a dead worker is noticed after Heartbeat.
@@ -216,6 +222,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Shards.BatchSize == 0 {
 		c.Shards.BatchSize = 64
+	}
+	if c.Shards.Chains == 0 {
+		c.Shards.Chains = 4
 	}
 	if c.Timeouts.Heartbeat == 0 {
 		c.Timeouts.Heartbeat = Duration(30 * time.Second)
@@ -309,6 +318,9 @@ func (c Config) Validate() error {
 	}
 	if c.Shards.BatchSize < 1 {
 		return bad("shards.batch_size", "must be >= 1, got %d", c.Shards.BatchSize)
+	}
+	if c.Shards.Chains < 1 || c.Shards.Chains > 1000 {
+		return bad("shards.chains", "must be in [1, 1000], got %d", c.Shards.Chains)
 	}
 	if c.Timeouts.Heartbeat < Duration(time.Second) {
 		return bad("timeouts.heartbeat", "must be at least 1s, got %s", time.Duration(c.Timeouts.Heartbeat))

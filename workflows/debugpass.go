@@ -35,9 +35,6 @@ const ProgressQuery = "progress"
 // about 1,000 children.
 const ChildShards = 1000
 
-// ChildWindow is how many child chains run at once per dataset.
-const ChildWindow = 4
-
 // PassInput starts a pass.
 type PassInput struct {
 	Config schemas.Config
@@ -330,7 +327,7 @@ func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[stri
 }
 
 // shardRunner runs a dataset's shards, in the pass itself when they are
-// few, else fanned out over child chains, at most ChildWindow at a time,
+// few, else fanned out over child chains, at most shards.chains at a time,
 // and keeps the pass's progress.
 type shardRunner struct {
 	runID    string
@@ -385,7 +382,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				setStarted.Set(nil, nil)
 			}
 		}()
-		sem := workflow.NewSemaphore(ctx, ChildWindow)
+		sem := workflow.NewSemaphore(ctx, int64(s.cfg.Shards.Chains))
 		wg := workflow.NewWaitGroup(ctx)
 		var firstErr error
 		for first := 0; first < n && firstErr == nil; first += ChildShards {

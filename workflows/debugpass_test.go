@@ -48,11 +48,14 @@ func validConfig() schemas.Config {
 	}.WithDefaults()
 }
 
-// shardCounter records which run of which workflow embedded each shard.
+// shardCounter records which run of which workflow embedded each shard,
+// and how many pool chains embedded at once.
 type shardCounter struct {
-	mu     sync.Mutex
-	seen   map[string]map[int]int // dataset → shard → times
-	perRun map[string]int         // run id → shards embedded in that run
+	mu        sync.Mutex
+	seen      map[string]map[int]int // dataset → shard → times
+	perRun    map[string]int         // run id → shards embedded in that run
+	embedding map[string]int         // pool chain → shards it is embedding
+	most      int                    // pool chains embedding at once, at most
 }
 
 func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
@@ -66,6 +69,18 @@ func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput)
 	}
 	c.seen[in.Dataset][in.Shard]++
 	c.perRun[activity.GetInfo(ctx).WorkflowExecution.RunID]++
+	if in.Dataset != activities.Pool {
+		return activities.EmbedShardResult{Images: 10}, nil
+	}
+	chain := activity.GetInfo(ctx).WorkflowExecution.ID
+	c.embedding[chain]++
+	c.most = max(c.most, len(c.embedding))
+	c.mu.Unlock()
+	time.Sleep(time.Millisecond) // long enough for other chains' to overlap
+	c.mu.Lock()
+	if c.embedding[chain]--; c.embedding[chain] == 0 {
+		delete(c.embedding, chain)
+	}
 	return activities.EmbedShardResult{Images: 10}, nil
 }
 
@@ -86,7 +101,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	env.RegisterWorkflow(ShardsWorkflow)
 	var a *activities.Activities
 	const poolShards = 10000
-	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}}
+	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}, embedding: map[string]int{}}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
@@ -117,10 +132,14 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
 	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
 
-	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})
+	cfg := validConfig()
+	cfg.Shards.Chains = 3
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
 	s.True(env.IsWorkflowCompleted())
 	s.NoError(env.GetWorkflowError())
 
+	// Ten chains, shards.chains at once.
+	s.Equal(3, c.most, "pool chains embedding at once")
 	s.Len(c.seen[activities.Pool], poolShards)
 	for i := 0; i < poolShards; i++ {
 		s.Equal(1, c.seen[activities.Pool][i], "pool shard %d", i)

@@ -205,7 +205,7 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 // cpu queue rather than one by one in local activities.
 //
 // Local activities run on the worker that runs the chain, so a recurring
-// scan ran on at most ChildWindow workers (one, for a pool of up to 1,000
+// scan ran on at most shards.chains workers (one, for a pool of up to 1,000
 // shards) however many were added. The batches go through the task queue
 // instead, all of a run's at once, and each worker takes as many as its
 // free slots allow: the scan spreads over every worker polling the cpu

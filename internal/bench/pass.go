@@ -386,7 +386,8 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 type chain struct{ id, firstRun string }
 
 // runChains starts ShardsWorkflow chains over n shards as DebugPass does
-// (ChildShards each, ChildWindow at a time) and waits for them.
+// (ChildShards each, the default shards.chains at a time) and waits for
+// them.
 func runChains(ctx context.Context, c client.Client, run string, n int, input func(first, end int) workflows.ShardsInput) error {
 	var inFlight []client.WorkflowRun
 	wait := func(r client.WorkflowRun) error {
@@ -394,7 +395,7 @@ func runChains(ctx context.Context, c client.Client, run string, n int, input fu
 		return r.Get(ctx, &res)
 	}
 	for first := 0; first < n; first += workflows.ChildShards {
-		if len(inFlight) == workflows.ChildWindow {
+		if len(inFlight) == (schemas.Config{}).WithDefaults().Shards.Chains {
 			if err := wait(inFlight[0]); err != nil {
 				return err
 			}
