@@ -401,9 +401,10 @@ type candidate struct {
 // them go through 2,000 a second from a store that answers in 50 ms.
 const mergeAhead = 32
 
-// MergeTopK merges the per-shard partial top-k into each query's global K
-// nearest, ties broken by pool id. It streams: memory is Queries×K×2
-// candidates, and mergeAhead partials, whatever the number of shards.
+// MergeTopK merges the per-shard partial top-k (a batch's range partial
+// standing for its shards') into each query's global K nearest, ties
+// broken by pool id. It streams: memory is Queries×K×2 candidates, and
+// mergeAhead partials, whatever the number of shards.
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
 	keys, err := a.partialKeys(ctx, in.Run, in.Scan, in.Shards)
