@@ -1,0 +1,79 @@
+package workflows_test
+
+import (
+	"context"
+	"maps"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/worker"
+
+	"dcd/internal/demo"
+	"dcd/internal/mnist"
+	"dcd/internal/ortrun"
+	"dcd/schemas"
+	"dcd/workflows"
+)
+
+// A recurring pass on two workers: its pool's cached shards are looked up
+// and searched by both, in batches that each write one partial top-k,
+// and the merge over those finds the neighbours the first pass found over
+// each shard's own partial: dcd selects the same images.
+func TestRecurringPassOnTwoWorkers(t *testing.T) {
+	c, _ := devServer(t)
+	b, url := fileBucket(t)
+	for _, name := range []string{"two-a", "two-b"} {
+		startWorkerWith(t, c, b, url, worker.Options{Identity: name, MaxConcurrentActivityExecutionSize: 2}, workflows.CPUQueue, workflows.GPUQueue)
+	}
+	ctx := context.Background()
+	stamp := time.Now().UTC().Format("150405.000")
+	cfg, err := demo.Build(ctx, b, mnist.DefaultDir(), demo.Options{Train: 2000, Pool: 3000, ErrorShare: 0.05, Test: 500, Heldout: 300, Prefix: "two/"}, ortrun.Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Shards.Size = 40 // about 75 pool shards: five batches
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodDCD}
+	first, err := runPass(t, c, "two-first-"+stamp, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := runPass(t, c, "two-second-"+stamp, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.CachedShards != second.Shards {
+		t.Fatalf("the second pass found %d of its %d shards cached", second.CachedShards, second.Shards)
+	}
+
+	// Who ran the second pass's lookups.
+	byWorker := map[string]int{}
+	it := c.GetWorkflowHistory(ctx, "two-second-"+stamp, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	batches := map[int64]bool{}
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil && a.GetActivityType().GetName() == "CachedShards" {
+			batches[ev.GetEventId()] = true
+		}
+		if a := ev.GetActivityTaskStartedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
+			byWorker[a.GetIdentity()]++
+		}
+	}
+	t.Logf("CachedShards batches by worker: %v", byWorker)
+	if len(byWorker) != 2 {
+		t.Errorf("the batches ran on %v, want both workers", byWorker)
+	}
+	ranges := keys(t, b, "runs/two-second-"+stamp+"/topk-ranges/")
+	if len(ranges) == 0 {
+		t.Error("no batch wrote a range partial")
+	}
+
+	was, now := method(t, first.Eval, schemas.MethodDCD), method(t, second.Eval, schemas.MethodDCD)
+	before, after := selected(t, b, was.DebugTrain), selected(t, b, now.DebugTrain)
+	if len(after) == 0 || !maps.Equal(before, after) {
+		t.Errorf("dcd selected %d images over %d range partials, %d over the shards' own, not the same", len(after), len(ranges), len(before))
+	}
+}
