@@ -184,52 +184,55 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 	var cache [][]float32
 	var bytes int64
 	caching := true
+	read := make([]shardSet, len(sets))
 	for si, set := range sets {
-		err := a.eachShard(ctx, run, set.ds, set.shards, m, r.column, func(i int, loaded loadedShard) error {
-			shardKey := ShardKey(run, set.ds, i)
-			key, items, mat := loaded.key, loaded.items, loaded.mat
-			if len(items) == 0 {
-				return nil
-			}
-			if r.dim == 0 {
-				r.dim = mat.Dim
-			} else if mat.Dim != r.dim {
-				return invalid("target model gives %d values per image for %s but %d for earlier shards", mat.Dim, shardKey, r.dim)
-			}
-			src := featureSource{key: key, labels: make([]int32, len(items)), weight: set.weight}
-			for j, it := range items {
-				c := slices.Index(classes, it.Label)
-				switch {
-				case set.keep != nil && !set.keep[it.Key]:
-					c = -1
-				case c < 0 && set.strict:
-					return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
-				case c < 0:
-					st.skipped++
-				default:
-					st.rows[si]++
-					if it.Domain != "" {
-						st.known[si] = true
-					}
-					if errorDomain != "" && it.Domain == errorDomain {
-						st.domain[si]++
-					}
-				}
-				src.labels[j] = int32(c)
-			}
-			r.sources = append(r.sources, src)
-			bytes += int64(len(mat.Data)) * 4
-			if caching && bytes <= budget {
-				cache = append(cache, mat.Data)
-			} else {
-				caching, cache = false, nil
-			}
-			heartbeat(ctx, shardKey)
+		read[si] = shardSet{set.ds, set.shards}
+	}
+	err := a.eachShardOf(ctx, run, read, m, r.column, func(si, i int, loaded loadedShard) error {
+		set := sets[si]
+		shardKey := ShardKey(run, set.ds, i)
+		key, items, mat := loaded.key, loaded.items, loaded.mat
+		if len(items) == 0 {
 			return nil
-		})
-		if err != nil {
-			return nil, st, err
 		}
+		if r.dim == 0 {
+			r.dim = mat.Dim
+		} else if mat.Dim != r.dim {
+			return invalid("target model gives %d values per image for %s but %d for earlier shards", mat.Dim, shardKey, r.dim)
+		}
+		src := featureSource{key: key, labels: make([]int32, len(items)), weight: set.weight}
+		for j, it := range items {
+			c := slices.Index(classes, it.Label)
+			switch {
+			case set.keep != nil && !set.keep[it.Key]:
+				c = -1
+			case c < 0 && set.strict:
+				return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
+			case c < 0:
+				st.skipped++
+			default:
+				st.rows[si]++
+				if it.Domain != "" {
+					st.known[si] = true
+				}
+				if errorDomain != "" && it.Domain == errorDomain {
+					st.domain[si]++
+				}
+			}
+			src.labels[j] = int32(c)
+		}
+		r.sources = append(r.sources, src)
+		bytes += int64(len(mat.Data)) * 4
+		if caching && bytes <= budget {
+			cache = append(cache, mat.Data)
+		} else {
+			caching, cache = false, nil
+		}
+		heartbeat(ctx, shardKey)
+		return nil
+	})
+	if err != nil {
+		return nil, st, err
 	}
 	if caching {
 		r.cached = cache

@@ -41,14 +41,52 @@ func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m Mod
 // eachShard calls fn with shards 0 to n-1 of a dataset, in order, each
 // with one column of its features, featuresAhead of them read ahead.
 func (a *Activities) eachShard(ctx context.Context, run, ds string, n int, m ModelRef, column string, fn func(i int, s loadedShard) error) error {
-	shards := readAhead(ctx, n, featuresAhead, func(ctx context.Context, i int) (loadedShard, error) {
-		return a.loadShard(ctx, run, ds, i, m, column)
-	}, nil)
-	defer shards.stop()
-	for i := range n {
-		s, err := shards.next()
+	return a.eachShardOf(ctx, run, []shardSet{{ds, n}}, m, column, func(_, i int, s loadedShard) error { return fn(i, s) })
+}
+
+// shardSet is the first n shards of a dataset of the run.
+type shardSet struct {
+	ds string
+	n  int
+}
+
+// eachShardOf is eachShard over several sets, one after the other, their
+// shards read ahead across the sets' ends: from a store that answers in
+// 50 ms, a set read after another's last shard waited a round of reads
+// before its first.
+func (a *Activities) eachShardOf(ctx context.Context, run string, sets []shardSet, m ModelRef, column string, fn func(set, i int, s loadedShard) error) error {
+	r := a.readSets(ctx, run, sets, m, column)
+	defer r.stop()
+	return r.each(fn)
+}
+
+// setReads are sets' shards being read, featuresAhead ahead, for each to
+// take in order; readSets starts them before they are wanted.
+type setReads struct {
+	refs   []shardRef
+	shards *ahead[loadedShard]
+}
+
+type shardRef struct{ set, i int }
+
+func (a *Activities) readSets(ctx context.Context, run string, sets []shardSet, m ModelRef, column string) *setReads {
+	var refs []shardRef
+	for si, s := range sets {
+		for i := range s.n {
+			refs = append(refs, shardRef{si, i})
+		}
+	}
+	return &setReads{refs: refs, shards: readAhead(ctx, len(refs), featuresAhead, func(ctx context.Context, k int) (loadedShard, error) {
+		return a.loadShard(ctx, run, sets[refs[k].set].ds, refs[k].i, m, column)
+	}, nil)}
+}
+
+// each calls fn with every shard, in order; call it once.
+func (r *setReads) each(fn func(set, i int, s loadedShard) error) error {
+	for _, ref := range r.refs {
+		s, err := r.shards.next()
 		if err == nil {
-			err = fn(i, s)
+			err = fn(ref.set, ref.i, s)
 		}
 		if err != nil {
 			return err
@@ -56,6 +94,9 @@ func (a *Activities) eachShard(ctx context.Context, run, ds string, n int, m Mod
 	}
 	return nil
 }
+
+// stop ends the reads not yet taken.
+func (r *setReads) stop() { r.shards.stop() }
 
 // loadedShard is a shard's rows: its items and their features, read
 // from the feature file at key.

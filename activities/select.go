@@ -475,6 +475,12 @@ type Dropped struct {
 func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
+	var evalSets *setReads
+	if in.Leakage > 0 || in.Dedupe > 0 {
+		// Test's and E_heldout's features, read while the selection's are.
+		evalSets = a.readSets(ctx, in.Run, []shardSet{{Test, in.TestShards}, {ErrorHeldout, in.HeldoutShards}}, in.Model, "features")
+		defer evalSets.stop()
+	}
 	rows, err := a.readManifest(ctx, in.Selected)
 	if err != nil {
 		return res, err
@@ -516,46 +522,43 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 	}
 	sum, sumSq := make([]float64, dim), make([]float64, dim)
 	var n int
-	for _, ds := range []struct {
-		name   string
-		shards int
-	}{{Test, in.TestShards}, {ErrorHeldout, in.HeldoutShards}} {
-		err := a.eachShard(ctx, in.Run, ds.name, ds.shards, in.Model, "features", func(i int, l loadedShard) error {
-			its, m := l.items, l.mat
-			if len(its) == 0 {
-				return nil
-			}
-			if m.Dim != dim {
-				return invalid("target model gives %d values per image for %s but %d for the selection", m.Dim, ShardKey(in.Run, ds.name, i), dim)
-			}
-			for j := range its {
-				for c, v := range m.Row(j) {
-					sum[c] += float64(v)
-					sumSq[c] += float64(v) * float64(v)
-				}
-			}
-			n += len(its)
-			if in.Leakage > 0 {
-				ids := make([]int64, len(its))
-				for j := range ids {
-					ids[j] = int64(j)
-				}
-				top, err := s.TopK(feats, len(items), m.Data, ids, dim, 1)
-				if err != nil {
-					return err
-				}
-				for q, list := range top {
-					if len(list) > 0 && float64(list[0].Distance) < nearest[q].Rel {
-						nearest[q] = Dropped{Key: items[q].Key, Reason: "leak", Of: its[list[0].Index].Key, Rel: float64(list[0].Distance)}
-					}
-				}
-			}
-			heartbeat(ctx, ds.name, i)
+	names := []string{Test, ErrorHeldout}
+	err = evalSets.each(func(set, i int, l loadedShard) error {
+		ds := names[set]
+		its, m := l.items, l.mat
+		if len(its) == 0 {
 			return nil
-		})
-		if err != nil {
-			return res, err
 		}
+		if m.Dim != dim {
+			return invalid("target model gives %d values per image for %s but %d for the selection", m.Dim, ShardKey(in.Run, ds, i), dim)
+		}
+		for j := range its {
+			for c, v := range m.Row(j) {
+				sum[c] += float64(v)
+				sumSq[c] += float64(v) * float64(v)
+			}
+		}
+		n += len(its)
+		if in.Leakage > 0 {
+			ids := make([]int64, len(its))
+			for j := range ids {
+				ids[j] = int64(j)
+			}
+			top, err := s.TopK(feats, len(items), m.Data, ids, dim, 1)
+			if err != nil {
+				return err
+			}
+			for q, list := range top {
+				if len(list) > 0 && float64(list[0].Distance) < nearest[q].Rel {
+					nearest[q] = Dropped{Key: items[q].Key, Reason: "leak", Of: its[list[0].Index].Key, Rel: float64(list[0].Distance)}
+				}
+			}
+		}
+		heartbeat(ctx, ds, i)
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	scale := 0.0
 	for c := range sum {

@@ -269,53 +269,61 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		}
 	}
 	m, column, classify := in.scorer(h)
-	for _, ds := range []struct {
-		name     string
-		shards   int
-		acc      *float64
-		perClass *[]*float64
-		n        *int
-		perN     *[]int
-	}{
-		{Test, in.TestShards, &res.TestAccuracy, &res.TestPerClass, &res.TestImages, &res.TestPerClassImages},
-		{ErrorHeldout, in.HeldoutShards, &res.HeldoutAccuracy, &res.HeldoutPerClass, &res.HeldoutImages, &res.HeldoutPerClassImages},
-	} {
-		total, right := make([]int, len(in.Classes)), make([]int, len(in.Classes))
-		var n, ok int
-		err := a.eachShard(ctx, in.Run, ds.name, ds.shards, m, column, func(i int, s loadedShard) error {
-			if len(s.items) == 0 {
-				return nil
-			}
-			predict, err := classify(ShardKey(in.Run, ds.name, i), s.mat)
-			if err != nil {
-				return err
-			}
-			for j, it := range s.items {
-				c := slices.Index(in.Classes, it.Label)
-				if c < 0 {
-					return invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
-				}
-				n++
-				total[c]++
-				if predict(j) == c {
-					ok++
-					right[c]++
-				}
-			}
-			heartbeat(ctx, ds.name, i)
+	type score struct {
+		name         string
+		shards       int
+		acc          *float64
+		perClass     *[]*float64
+		n            *int
+		perN         *[]int
+		total, right []int
+		ok           int
+	}
+	sets := []*score{
+		{name: Test, shards: in.TestShards, acc: &res.TestAccuracy, perClass: &res.TestPerClass, n: &res.TestImages, perN: &res.TestPerClassImages},
+		{name: ErrorHeldout, shards: in.HeldoutShards, acc: &res.HeldoutAccuracy, perClass: &res.HeldoutPerClass, n: &res.HeldoutImages, perN: &res.HeldoutPerClassImages},
+	}
+	var read []shardSet
+	for _, ds := range sets {
+		ds.total, ds.right = make([]int, len(in.Classes)), make([]int, len(in.Classes))
+		read = append(read, shardSet{ds.name, ds.shards})
+	}
+	err := a.eachShardOf(ctx, in.Run, read, m, column, func(set, i int, s loadedShard) error {
+		ds := sets[set]
+		if len(s.items) == 0 {
 			return nil
-		})
-		if err != nil {
-			return res, err
 		}
-		if n == 0 {
+		predict, err := classify(ShardKey(in.Run, ds.name, i), s.mat)
+		if err != nil {
+			return err
+		}
+		for j, it := range s.items {
+			c := slices.Index(in.Classes, it.Label)
+			if c < 0 {
+				return invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
+			}
+			*ds.n++
+			ds.total[c]++
+			if predict(j) == c {
+				ds.ok++
+				ds.right[c]++
+			}
+		}
+		heartbeat(ctx, ds.name, i)
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	for _, ds := range sets {
+		if *ds.n == 0 {
 			return res, invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
 		}
-		*ds.n, *ds.acc, *ds.perN = n, float64(ok)/float64(n), total
+		*ds.acc, *ds.perN = float64(ds.ok)/float64(*ds.n), ds.total
 		*ds.perClass = make([]*float64, len(in.Classes))
-		for c := range total {
-			if total[c] > 0 {
-				v := float64(right[c]) / float64(total[c])
+		for c := range ds.total {
+			if ds.total[c] > 0 {
+				v := float64(ds.right[c]) / float64(ds.total[c])
 				(*ds.perClass)[c] = &v
 			}
 		}
