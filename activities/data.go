@@ -120,27 +120,31 @@ type ApartSet struct {
 // query has its neighbours trained on, and the held-out gain would
 // measure the images the selection was built from.
 func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
+	// The sets' manifests are read ahead as one sequence, so the next
+	// set's are not read only after the last of this one's.
+	sets := make([]shardSet, len(in.Sets))
+	for si, set := range in.Sets {
+		sets[si] = shardSet{set.Name, set.Shards}
+	}
+	refs := shardRefs(sets)
+	shards := readAhead(ctx, len(refs), shardsAhead, func(ctx context.Context, k int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(in.Run, sets[refs[k].set].ds, refs[k].i))
+	}, nil)
+	defer shards.stop()
 	seen := map[string]string{}
-	for _, set := range in.Sets {
-		shards := readAhead(ctx, set.Shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
-			return a.readShard(ctx, ShardKey(in.Run, set.Name, i))
-		}, nil)
-		for i := range set.Shards {
-			shard, err := shards.next()
-			if err != nil {
-				shards.stop()
-				return err
-			}
-			for _, it := range shard.Items {
-				if other, ok := seen[it.Key]; ok && other != set.Name {
-					shards.stop()
-					return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", set.Name, it.Key, other)
-				}
-				seen[it.Key] = set.Name
-			}
-			heartbeat(ctx, set.Name, i)
+	for _, ref := range refs {
+		shard, err := shards.next()
+		if err != nil {
+			return err
 		}
-		shards.stop()
+		name := sets[ref.set].ds
+		for _, it := range shard.Items {
+			if other, ok := seen[it.Key]; ok && other != name {
+				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, it.Key, other)
+			}
+			seen[it.Key] = name
+		}
+		heartbeat(ctx, name, ref.i)
 	}
 	return nil
 }

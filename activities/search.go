@@ -67,15 +67,22 @@ type setReads struct {
 	shards *ahead[loadedShard]
 }
 
+// shardRef is shard i of sets[set].
 type shardRef struct{ set, i int }
 
-func (a *Activities) readSets(ctx context.Context, run string, sets []shardSet, m ModelRef, column string) *setReads {
+// shardRefs lists the shards of sets in order, set by set.
+func shardRefs(sets []shardSet) []shardRef {
 	var refs []shardRef
 	for si, s := range sets {
 		for i := range s.n {
 			refs = append(refs, shardRef{si, i})
 		}
 	}
+	return refs
+}
+
+func (a *Activities) readSets(ctx context.Context, run string, sets []shardSet, m ModelRef, column string) *setReads {
+	refs := shardRefs(sets)
 	return &setReads{refs: refs, shards: readAhead(ctx, len(refs), featuresAhead, func(ctx context.Context, k int) (loadedShard, error) {
 		return a.loadShard(ctx, run, sets[refs[k].set].ds, refs[k].i, m, column)
 	}, nil)}
