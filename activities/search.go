@@ -158,9 +158,11 @@ type QueriesResult struct {
 // row per query in shard order.
 func (a *Activities) Queries(ctx context.Context, in QueriesInput) (QueriesResult, error) {
 	res := QueriesResult{Key: RunKey(in.Run, "queries.arrow")}
-	if err := a.checkErrorSample(ctx, in.Run, in.Shards, in.Model); err != nil {
-		return res, err
-	}
+	// The check beside the features' reads: from a remote store, a round
+	// of requests each, on the pass's critical path. Its error, naming
+	// the images, comes first.
+	checked := make(chan error, 1)
+	go func() { checked <- a.checkErrorSample(ctx, in.Run, in.Shards, in.Model) }()
 	var all features.Matrix
 	err := a.eachShard(ctx, in.Run, ErrorSample, in.Shards, in.Model, "features", func(_ int, s loadedShard) error {
 		all.Dim = max(all.Dim, s.mat.Dim)
@@ -169,6 +171,9 @@ func (a *Activities) Queries(ctx context.Context, in QueriesInput) (QueriesResul
 		res.Queries += len(s.items)
 		return nil
 	})
+	if err := <-checked; err != nil {
+		return res, err
+	}
 	if err != nil {
 		return res, err
 	}
