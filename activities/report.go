@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
+	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
@@ -74,18 +75,19 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		return res, err
 	}
 	res.Rejects = len(rejects)
-	var buf bytes.Buffer
-	w := csv.NewWriter(&buf)
+	var csvBuf bytes.Buffer
+	w := csv.NewWriter(&csvBuf)
 	w.Write([]string{"uri", "reason"})
 	for _, r := range rejects {
 		w.Write([]string{r.URI, r.Reason})
 	}
 	w.Flush()
-	if err := store.WriteAll(ctx, a.Bucket, res.RejectsKey, buf.Bytes()); err != nil {
-		return res, err
-	}
-
+	written := make(chan error, 1) // beside the gallery's reads
+	go func() { written <- store.WriteAll(ctx, a.Bucket, res.RejectsKey, csvBuf.Bytes()) }()
 	gallery, err := a.gallery(ctx, in)
+	if werr := <-written; werr != nil {
+		return res, werr
+	}
 	if err != nil {
 		return res, err
 	}
@@ -108,7 +110,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		K:        in.Config.Selection.K,
 		Ref:      in.Reference,
 	}
-	buf.Reset()
+	var buf bytes.Buffer
 	if err := reportPage.Execute(&buf, page); err != nil {
 		return res, fmt.Errorf("activities: report: %w", err)
 	}
@@ -387,17 +389,59 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	if shown <= 0 {
 		shown = 8
 	}
-	qkey := RunKey(in.Run, "queries.arrow")
-	queries, err := features.Load(ctx, a.Bucket, qkey, "features", a.Mem)
+	// What the gallery reads, side by side: from a remote store, a round
+	// of requests each.
+	var (
+		queries    *features.Matrix
+		sampled    = make([]*dataset.Shard, in.SampleShards)
+		keptRows   []manifestRow
+		droppedCSV []byte
+		f          *store.ArrowFile
+	)
+	qkey, nkey := RunKey(in.Run, "queries.arrow"), RunKey(in.Run, "neighbors.arrow")
+	var reads errgroup.Group
+	reads.SetLimit(reportReads)
+	reads.Go(func() (err error) {
+		if queries, err = features.Load(ctx, a.Bucket, qkey, "features", a.Mem); err != nil {
+			err = store.Classify(err, qkey)
+		}
+		return err
+	})
+	for i := range sampled {
+		reads.Go(func() (err error) {
+			sampled[i], err = a.readShard(ctx, ShardKey(in.Run, ErrorSample, i))
+			return err
+		})
+	}
+	if in.Reference != "" { // either missing: nothing kept, or dropped
+		reads.Go(func() error {
+			if rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv")); err == nil {
+				keptRows = rs
+			}
+			return nil
+		})
+		reads.Go(func() error {
+			if data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv")); err == nil {
+				droppedCSV = data
+			}
+			return nil
+		})
+	}
+	reads.Go(func() (err error) {
+		if f, err = store.OpenArrow(ctx, a.Bucket, nkey, a.Mem); err != nil {
+			err = store.Classify(err, nkey)
+		}
+		return err
+	})
+	err := reads.Wait()
+	if f != nil {
+		defer f.Close()
+	}
 	if err != nil {
-		return nil, store.Classify(err, qkey)
+		return nil, err
 	}
 	labels := map[string]string{}
-	for i := 0; i < in.SampleShards; i++ {
-		s, err := a.readShard(ctx, ShardKey(in.Run, ErrorSample, i))
-		if err != nil {
-			return nil, err
-		}
+	for _, s := range sampled {
 		for _, it := range s.Items {
 			labels[it.Key] = it.Label
 		}
@@ -412,27 +456,15 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	}
 	rows := make([]galleryRow, len(pick))
 	kept, dropped := map[string]bool{}, map[string]string{}
-	if in.Reference != "" {
-		if rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv")); err == nil {
-			for _, r := range rs {
-				kept[r.key] = true
-			}
-		}
-		if data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv")); err == nil {
-			recs, _ := csv.NewReader(bytes.NewReader(data)).ReadAll()
-			for _, r := range recs[min(1, len(recs)):] {
-				if len(r) >= 2 {
-					dropped[itemKeyOf(r[0])] = r[1]
-				}
-			}
+	for _, r := range keptRows {
+		kept[r.key] = true
+	}
+	recs, _ := csv.NewReader(bytes.NewReader(droppedCSV)).ReadAll()
+	for _, r := range recs[min(1, len(recs)):] {
+		if len(r) >= 2 {
+			dropped[itemKeyOf(r[0])] = r[1]
 		}
 	}
-	nkey := RunKey(in.Run, "neighbors.arrow")
-	f, err := store.OpenArrow(ctx, a.Bucket, nkey, a.Mem)
-	if err != nil {
-		return nil, store.Classify(err, nkey)
-	}
-	defer f.Close()
 	// Rows name their images first; the thumbnails are read after, each
 	// once, reportReads at a time: one after another, a report of 72
 	// images waited 72 of a remote store's round trips.
