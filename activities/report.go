@@ -407,6 +407,12 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		}
 		return err
 	})
+	reads.Go(func() (err error) {
+		if f, err = store.OpenArrow(ctx, a.Bucket, nkey, a.Mem); err != nil {
+			err = store.Classify(err, nkey)
+		}
+		return err
+	})
 	for i := range sampled {
 		reads.Go(func() (err error) {
 			sampled[i], err = a.readShard(ctx, ShardKey(in.Run, ErrorSample, i))
@@ -427,12 +433,6 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 			return nil
 		})
 	}
-	reads.Go(func() (err error) {
-		if f, err = store.OpenArrow(ctx, a.Bucket, nkey, a.Mem); err != nil {
-			err = store.Classify(err, nkey)
-		}
-		return err
-	})
 	err := reads.Wait()
 	if f != nil {
 		defer f.Close()

@@ -288,8 +288,14 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		ds.total, ds.right = make([]int, len(in.Classes)), make([]int, len(in.Classes))
 		read = append(read, shardSet{ds.name, ds.shards})
 	}
+	empty := func(ds *score) error {
+		return invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
+	}
 	err := a.eachShardOf(ctx, in.Run, read, m, column, func(set, i int, s loadedShard) error {
 		ds := sets[set]
+		if set > 0 && i == 0 && *sets[set-1].n == 0 { // as soon as it is known
+			return empty(sets[set-1])
+		}
 		if len(s.items) == 0 {
 			return nil
 		}
@@ -317,7 +323,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	}
 	for _, ds := range sets {
 		if *ds.n == 0 {
-			return res, invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
+			return res, empty(ds)
 		}
 		*ds.acc, *ds.perN = float64(ds.ok)/float64(*ds.n), ds.total
 		*ds.perClass = make([]*float64, len(in.Classes))
