@@ -74,13 +74,19 @@ const maxNamed = 5
 // decoded: a query that silently went missing would change the selection.
 // The error names the images and why each was rejected.
 func (a *Activities) checkErrorSample(ctx context.Context, run string, shards int, m ModelRef) error {
-	var bad []embed.Reject
-	for i := 0; i < shards; i++ {
+	// Each shard's manifest, then its rejects: two rounds of requests,
+	// shardsAhead shards at once.
+	read := readAhead(ctx, shards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(run, ErrorSample, i))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		rejects, err := a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest())))
+		return a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest())))
+	}, nil)
+	defer read.stop()
+	var bad []embed.Reject
+	for range shards {
+		rejects, err := read.next()
 		if err != nil {
 			return err
 		}
