@@ -47,13 +47,7 @@ func TestCachedScanAnswersQueries(t *testing.T) {
 	// 300 shards in 19 batches, two at a time: about 3 s of searches.
 	const n = 300
 	ctx := context.Background()
-	id := "query-" + time.Now().UTC().Format("150405.000")
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
-		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, run := startChain(t, c, "query", n, 4)
 	finished := make(chan error, 1)
 	go func() {
 		var r workflows.ShardsResult
@@ -138,18 +132,7 @@ func TestCachedShardsRunWide(t *testing.T) {
 		return activities.EmbedShardResult{Images: 1, Cached: cached, TopK: &activities.TopKShardResult{}}, nil
 	}
 	chainWorkers(t, c, embed)
-	ctx := context.Background()
-	id := "wide-" + time.Now().UTC().Format("150405.000")
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
-		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: window, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r workflows.ShardsResult
-	if err := run.Get(ctx, &r); err != nil {
-		t.Fatal(err)
-	}
+	id, r := runChain(t, c, "wide", n, window)
 	if r.Shards != n || r.Cached != fresh {
 		t.Errorf("result %+v, want %d shards, %d cached", r, n, fresh)
 	}
@@ -168,12 +151,18 @@ func TestCachedShardsRunWide(t *testing.T) {
 }
 
 // chainWorkers runs a pool chain's workflow on both queues of c, with
-// embed as its EmbedShard (and, shard by shard, as its CachedShards). The
-// cpu queue runs two activities at once, as a two-CPU worker does.
+// embed as its EmbedShard (and, shard by shard, as its CachedShards). Each
+// queue runs two activities at once, as a two-CPU worker does.
 func chainWorkers(t *testing.T, c client.Client, embed func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error)) {
 	t.Helper()
+	chainWorkersWith(t, c, worker.Options{MaxConcurrentActivityExecutionSize: 2}, embed)
+}
+
+// chainWorkersWith is chainWorkers with the workers' options.
+func chainWorkersWith(t *testing.T, c client.Client, opts worker.Options, embed func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error)) {
+	t.Helper()
 	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
-		w := worker.New(c, q, worker.Options{MaxConcurrentActivityExecutionSize: 2})
+		w := worker.New(c, q, opts)
 		w.RegisterWorkflow(workflows.ShardsWorkflow)
 		w.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
 		w.RegisterActivityWithOptions(cachedShards(embed), activity.RegisterOptions{Name: "CachedShards"})
@@ -182,6 +171,31 @@ func chainWorkers(t *testing.T, c client.Client, embed func(context.Context, act
 		}
 		t.Cleanup(w.Stop)
 	}
+}
+
+// startChain starts a pool chain over n shards, K = 5, with a window of
+// window, under an ID of prefix and the time.
+func startChain(t *testing.T, c client.Client, prefix string, n, window int) (string, client.WorkflowRun) {
+	t.Helper()
+	id := prefix + "-" + time.Now().UTC().Format("150405.000")
+	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
+		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: window, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, run
+}
+
+// runChain is startChain, waiting for the chain's result.
+func runChain(t *testing.T, c client.Client, prefix string, n, window int) (string, workflows.ShardsResult) {
+	t.Helper()
+	id, run := startChain(t, c, prefix, n, window)
+	var r workflows.ShardsResult
+	if err := run.Get(context.Background(), &r); err != nil {
+		t.Fatal(err)
+	}
+	return id, r
 }
 
 // cachedShards is a CachedShards that looks up each shard with embed, all
@@ -223,29 +237,9 @@ func TestCachedScanSpreadsOverWorkers(t *testing.T) {
 			byWorker[w]++
 			return activities.EmbedShardResult{Images: 1, Cached: true, TopK: &activities.TopKShardResult{}}, nil
 		}
-		for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue} {
-			wk := worker.New(c, q, worker.Options{MaxConcurrentActivityExecutionSize: 1, Identity: fmt.Sprintf("spread-%d-%s", w, q)})
-			wk.RegisterWorkflow(workflows.ShardsWorkflow)
-			wk.RegisterActivityWithOptions(embed, activity.RegisterOptions{Name: "EmbedShard"})
-			wk.RegisterActivityWithOptions(cachedShards(embed), activity.RegisterOptions{Name: "CachedShards"})
-			if err := wk.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(wk.Stop)
-		}
+		chainWorkersWith(t, c, worker.Options{MaxConcurrentActivityExecutionSize: 1, Identity: fmt.Sprintf("spread-%d", w)}, embed)
 	}
-	ctx := context.Background()
-	id := "spread-" + time.Now().UTC().Format("150405.000")
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.ShardsWorkflow, workflows.ShardsInput{
-		Run: id, Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 5, Heartbeat: time.Minute, Timeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r workflows.ShardsResult
-	if err := run.Get(ctx, &r); err != nil {
-		t.Fatal(err)
-	}
+	_, r := runChain(t, c, "spread", n, 4)
 	if r.Shards != n || r.Cached != n {
 		t.Errorf("result %+v, want %d shards, all cached", r, n)
 	}
