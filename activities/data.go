@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -76,17 +77,17 @@ const maxNamed = 5
 func (a *Activities) checkErrorSample(ctx context.Context, run string, shards int, m ModelRef) error {
 	// Each shard's manifest, then its rejects: two rounds of requests,
 	// shardsAhead shards at once.
-	read := readAhead(ctx, shards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
+	read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(run, ErrorSample, i))
 		if err != nil {
 			return nil, err
 		}
 		return a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest())))
 	}, nil)
-	defer read.stop()
+	defer read.Stop()
 	var bad []embed.Reject
 	for range shards {
-		rejects, err := read.next()
+		rejects, err := read.Next()
 		if err != nil {
 			return err
 		}
@@ -133,13 +134,13 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 		sets[si] = shardSet{set.Name, set.Shards}
 	}
 	refs := shardRefs(sets)
-	shards := readAhead(ctx, len(refs), shardsAhead, func(ctx context.Context, k int) (*dataset.Shard, error) {
+	shards := ahead.Read(ctx, len(refs), shardsAhead, func(ctx context.Context, k int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, sets[refs[k].set].ds, refs[k].i))
 	}, nil)
-	defer shards.stop()
+	defer shards.Stop()
 	seen := map[string]string{}
 	for _, ref := range refs {
-		shard, err := shards.next()
+		shard, err := shards.Next()
 		if err != nil {
 			return err
 		}

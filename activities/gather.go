@@ -10,6 +10,7 @@ import (
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -99,7 +100,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		cached  bool
 		rejects int
 	}
-	shards := readAhead(ctx, in.Shards, shardsAhead, func(ctx context.Context, i int) (listed, error) {
+	shards := ahead.Read(ctx, in.Shards, shardsAhead, func(ctx context.Context, i int) (listed, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, in.Dataset, i))
 		if err != nil {
 			return listed{}, err
@@ -107,9 +108,9 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		rejects, ok, err := a.cachedRejects(ctx, features.Key(in.Model.Spec, shard.Digest()))
 		return listed{shard, ok, len(rejects)}, err
 	}, nil)
-	defer shards.stop()
+	defer shards.Stop()
 	for i := range in.Shards {
-		l, err := shards.next()
+		l, err := shards.Next()
 		if err != nil {
 			return res, err
 		}
@@ -151,10 +152,10 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	if err != nil || first == nil {
 		return res, err
 	}
-	ahead := readAhead(ctx, len(pools)-1, poolAhead, func(ctx context.Context, j int) (*pooledRows, error) {
+	later := ahead.Read(ctx, len(pools)-1, poolAhead, func(ctx context.Context, j int) (*pooledRows, error) {
 		return a.pooledRows(ctx, in.Run, pools[j+1], in.Model, need[pools[j+1]])
 	}, nil)
-	defer ahead.stop()
+	defer later.Stop()
 	loaded := map[int]*pooledRows{pools[0]: first}
 	next := 1
 	writes, wctx := errgroup.WithContext(ctx)
@@ -162,7 +163,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	filled := make([]GatherResult, len(todos))
 	for ti, t := range todos {
 		for ; next < len(pools) && firstUse[pools[next]] <= ti; next++ {
-			r, err := ahead.next()
+			r, err := later.Next()
 			if err != nil {
 				writes.Wait()
 				return res, err

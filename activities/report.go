@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -121,17 +122,17 @@ func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.R
 	if in.NoPoolRejects {
 		return nil, nil
 	}
-	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
+	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
 		if err != nil {
 			return nil, err
 		}
 		return a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
 	}, nil)
-	defer shards.stop()
+	defer shards.Stop()
 	var all []embed.Reject
 	for i := 0; i < in.PoolShards; i++ {
-		rejects, err := shards.next()
+		rejects, err := shards.Next()
 		if err != nil {
 			return nil, err
 		}

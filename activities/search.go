@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -64,7 +65,7 @@ func (a *Activities) eachShardOf(ctx context.Context, run string, sets []shardSe
 // take in order; readSets starts them before they are wanted.
 type setReads struct {
 	refs   []shardRef
-	shards *ahead[loadedShard]
+	shards *ahead.Reader[loadedShard]
 }
 
 // shardRef is shard i of sets[set].
@@ -83,7 +84,7 @@ func shardRefs(sets []shardSet) []shardRef {
 
 func (a *Activities) readSets(ctx context.Context, run string, sets []shardSet, m ModelRef, column string) *setReads {
 	refs := shardRefs(sets)
-	return &setReads{refs: refs, shards: readAhead(ctx, len(refs), featuresAhead, func(ctx context.Context, k int) (loadedShard, error) {
+	return &setReads{refs: refs, shards: ahead.Read(ctx, len(refs), featuresAhead, func(ctx context.Context, k int) (loadedShard, error) {
 		return a.loadShard(ctx, run, sets[refs[k].set].ds, refs[k].i, m, column)
 	}, nil)}
 }
@@ -91,7 +92,7 @@ func (a *Activities) readSets(ctx context.Context, run string, sets []shardSet, 
 // each calls fn with every shard, in order; call it once.
 func (r *setReads) each(fn func(set, i int, s loadedShard) error) error {
 	for _, ref := range r.refs {
-		s, err := r.shards.next()
+		s, err := r.shards.Next()
 		if err == nil {
 			err = fn(ref.set, ref.i, s)
 		}
@@ -103,7 +104,7 @@ func (r *setReads) each(fn func(set, i int, s loadedShard) error) error {
 }
 
 // stop ends the reads not yet taken.
-func (r *setReads) stop() { r.shards.stop() }
+func (r *setReads) stop() { r.shards.Stop() }
 
 // loadedShard is a shard's rows: its items and their features, read
 // from the feature file at key.
@@ -464,14 +465,14 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 	if err != nil {
 		return res, err
 	}
-	partials := readAhead(ctx, len(keys), mergeAhead, func(ctx context.Context, i int) (*store.ArrowFile, error) {
+	partials := ahead.Read(ctx, len(keys), mergeAhead, func(ctx context.Context, i int) (*store.ArrowFile, error) {
 		return store.OpenArrow(ctx, a.Bucket, keys[i], a.Mem)
 	}, func(f *store.ArrowFile) { f.Close() })
-	defer partials.stop()
+	defer partials.Stop()
 	best := make([][]candidate, in.Queries)
 	var scratch []candidate
 	for i, key := range keys {
-		f, err := partials.next()
+		f, err := partials.Next()
 		if err != nil {
 			return res, store.Classify(err, key)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/array"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/store"
@@ -288,7 +289,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			eligible int // images not rejected
 			keys     map[string]bool
 		}
-		shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (shardRejects, error) {
+		shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (shardRejects, error) {
 			shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
 			if err != nil {
 				return shardRejects{}, err
@@ -310,15 +311,15 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		}, nil)
 		eligible = 0
 		for i := range in.PoolShards {
-			sh, err := shards.next()
+			sh, err := shards.Next()
 			if err != nil {
-				shards.stop()
+				shards.Stop()
 				return res, err
 			}
 			rejected[i], eligible = sh.keys, eligible+sh.eligible
 			heartbeat(ctx, i)
 		}
-		shards.stop()
+		shards.Stop()
 	}
 	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), eligible, min(in.N, eligible))
 	var chosen []selected
@@ -357,12 +358,12 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int) ([]selected, error) {
 	var chosen []selected
 	pos := 0
-	shards := readAhead(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
 	}, nil)
-	defer shards.stop()
+	defer shards.Stop()
 	for i := 0; i < in.PoolShards && len(draw) > 0; i++ {
-		shard, err := shards.next()
+		shard, err := shards.Next()
 		if err != nil {
 			return nil, err
 		}
@@ -392,13 +393,13 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 			holding = append(holding, s)
 		}
 	}
-	shards := readAhead(ctx, len(holding), shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+	shards := ahead.Read(ctx, len(holding), shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(run, Pool, holding[i]))
 	}, nil)
-	defer shards.stop()
+	defer shards.Stop()
 	chosen := make([]selected, 0, len(ids))
 	for i, s := range holding {
-		shard, err := shards.next()
+		shard, err := shards.Next()
 		if err != nil {
 			return nil, false, err
 		}
