@@ -93,7 +93,7 @@ func roundDown(v float64) float64 {
 }
 
 // Parts names the benchmarks Run knows, in the order it runs them.
-var Parts = []string{"embed", "knn", "merge", "pass", "remote", "orchestration", "pack"}
+var Parts = []string{"embed", "knn", "merge", "pass", "remote", "plan", "orchestration", "pack"}
 
 // Options configures a run.
 type Options struct {
@@ -193,6 +193,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		{"merge", Merge},
 		{"pass", Pass},
 		{"remote", Remote},
+		{"plan", Plan},
 		{"orchestration", Orchestration},
 		{"pack", Pack},
 	}

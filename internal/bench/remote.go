@@ -27,51 +27,88 @@ const DefaultLatency = 50 * time.Millisecond
 // and writes through the proxy. Beside the same case on file:// (Pass),
 // the difference is the store's latency the pass did not hide.
 func Remote(ctx context.Context, o Options) ([]Result, error) {
-	latency := o.Latency
-	if latency <= 0 {
-		latency = DefaultLatency
+	s3, err := startRemote(ctx, o, "bench")
+	if err != nil {
+		return nil, err
+	}
+	defer s3.stop()
+	c, queries := passCase{rows: 250_000}, 1000
+	if o.Quick {
+		c.rows, queries = 60_000, 100
+	}
+	c.label = fmt.Sprintf("%dk_s3_%s", c.rows/1000, s3.latencyName())
+	o.logf("remote: pass %s through a proxy that delays each request %s", c.label, s3.latency)
+	return passes(ctx, o, s3.direct, s3.proxied, []passCase{c}, queries)
+}
+
+// remote is an S3 server (versitygw) with a bucket, and a proxy in front of
+// it that holds each request for latency.
+type remote struct {
+	s3      *devserver.S3
+	latency time.Duration
+	proxy   string // the proxy's endpoint
+	// direct and proxied are the bucket's URL on the server and through
+	// the proxy.
+	direct, proxied string
+	stopProxy       func()
+}
+
+// startRemote starts a server of its own under o.Dir, creates the bucket
+// name and the proxy, delaying o.Latency or DefaultLatency.
+func startRemote(ctx context.Context, o Options, name string) (*remote, error) {
+	r := &remote{latency: o.Latency}
+	if r.latency <= 0 {
+		r.latency = DefaultLatency
 	}
 	bin, err := devserver.VersityGWBinary()
 	if err != nil {
 		return nil, fmt.Errorf("bench: remote: %w", err)
 	}
-	dir := filepath.Join(o.Dir, "s3")
+	dir := filepath.Join(o.Dir, "s3-"+name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	logf, err := os.Create(filepath.Join(o.Dir, "versitygw.log"))
+	logf, err := os.OpenFile(filepath.Join(o.Dir, "versitygw.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	defer logf.Close()
-	s3, err := devserver.StartS3(bin, dir, logf)
-	if err != nil {
+	defer logf.Close() // the server has its own descriptor
+	if r.s3, err = devserver.StartS3(bin, dir, logf); err != nil {
 		return nil, fmt.Errorf("bench: remote: %w", err)
 	}
-	defer s3.Stop()
-	// This process's bucket reads its keys from the environment, as the
-	// worker, which inherits it, does.
+	// This process's buckets read their keys from the environment, as
+	// the worker, which inherits it, does.
 	for _, kv := range devserver.S3Env {
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
-	const name = "bench"
-	url, err := s3.Bucket(ctx, name)
-	if err != nil {
+	if r.direct, err = r.s3.Bucket(ctx, name); err != nil {
+		r.s3.Stop()
 		return nil, fmt.Errorf("bench: remote: %w", err)
 	}
-	proxy, stop, err := delayProxy(s3.Endpoint, latency)
-	if err != nil {
+	if r.proxy, r.stopProxy, err = delayProxy(r.s3.Endpoint, r.latency); err != nil {
+		r.s3.Stop()
 		return nil, err
 	}
-	defer stop()
-	c, queries := passCase{rows: 250_000}, 1000
-	if o.Quick {
-		c.rows, queries = 60_000, 100
+	r.proxied = devserver.S3URL(name, r.proxy)
+	return r, nil
+}
+
+// bucket creates another bucket on the server and returns its URL through
+// the proxy.
+func (r *remote) bucket(ctx context.Context, name string) (string, error) {
+	if _, err := r.s3.Bucket(ctx, name); err != nil {
+		return "", fmt.Errorf("bench: remote: %w", err)
 	}
-	c.label = fmt.Sprintf("%dk_s3_%dms", c.rows/1000, latency.Milliseconds())
-	o.logf("remote: pass %s through a proxy that delays each request %s", c.label, latency)
-	return passes(ctx, o, url, devserver.S3URL(name, proxy), []passCase{c}, queries)
+	return devserver.S3URL(name, r.proxy), nil
+}
+
+// latencyName is the latency as results name it: "50ms".
+func (r *remote) latencyName() string { return fmt.Sprintf("%dms", r.latency.Milliseconds()) }
+
+func (r *remote) stop() {
+	r.stopProxy()
+	r.s3.Stop()
 }
 
 // delayProxy serves on a free local port, passing each request to target

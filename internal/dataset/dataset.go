@@ -44,6 +44,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 
+	"dcd/internal/ahead"
 	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
@@ -201,6 +202,10 @@ func version(obj *blob.ListObject) string {
 	return v
 }
 
+// ArchivesAhead is how many archives' sample lists a WebDataset's walk
+// reads ahead of the one it lists.
+const ArchivesAhead = 64
+
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
 // names) in key order, once through, for its samples and their byte ranges.
 // An item is versioned by its archive's size and modification time.
@@ -212,37 +217,54 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {
 		prefix += "/"
 	}
-	var id int64
 	archives := 0
-	err = list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
-		if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
+	lists := ahead.Stream(ctx, ArchivesAhead, func(ctx context.Context, start func(ahead.Fetch[archiveList]) bool) error {
+		return list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
+			if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
+				return nil
+			}
+			archives++
+			archive, err := itemKey(bucketURL, obj.Key)
+			if err != nil {
+				return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+			}
+			v := version(obj)
+			if !start(func(ctx context.Context) (archiveList, error) {
+				samples, err := s.samples(ctx, b, obj.Key, archive, v)
+				return archiveList{v, samples}, err
+			}) {
+				return ctx.Err()
+			}
 			return nil
+		})
+	}, nil)
+	defer lists.Stop()
+	var id int64
+	for {
+		l, err := lists.Next()
+		if err == io.EOF {
+			break
 		}
-		archives++
-		archive, err := itemKey(bucketURL, obj.Key)
-		if err != nil {
-			return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
-		}
-		v := version(obj)
-		samples, err := s.samples(ctx, b, obj.Key, archive, v)
 		if err != nil {
 			return err
 		}
-		for _, sm := range samples {
-			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: v}); err != nil {
+		for _, sm := range l.samples {
+			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: l.version}); err != nil {
 				return err
 			}
 			id++
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
 	if id == 0 {
 		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", ref, archives)
 	}
 	return nil
+}
+
+// archiveList is the samples of one version of an archive.
+type archiveList struct {
+	version string
+	samples []webdataset.Sample
 }
 
 // samples lists the samples of one version of an archive (key in b, named

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -495,6 +496,51 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
 		}
+	}
+}
+
+// Archives are read ahead, ArchivesAhead at once, yet their samples come
+// in key order, and a damaged archive fails the walk after the samples
+// before it, naming it, not one read ahead of it.
+func TestWalkWebDatasetInOrder(t *testing.T) {
+	objects := map[string]string{}
+	const n, bad = 3 * ArchivesAhead, 2 * ArchivesAhead
+	for i := range n {
+		label := fmt.Sprint(i)
+		if i >= bad {
+			label = "" // damaged: no .cls member from here on
+		}
+		members := []string{"1.png", "x", "1.cls", label, "2.png", "y", "2.cls", label}
+		if i >= bad {
+			members = members[:2]
+		}
+		objects[fmt.Sprintf("pool/%04d.tar", i)] = tarOf(t, members...)
+	}
+	src := Source{Bucket: memBucket(t, objects)}
+	var got []string
+	err := src.Walk(context.Background(), schemas.Dataset{WebDataset: "pool/"}, func(it Item) error {
+		if it.ID != int64(len(got)) {
+			t.Fatalf("item %d has ID %d", len(got), it.ID)
+		}
+		got = append(got, it.Label)
+		return nil
+	})
+	want := fmt.Sprintf("pool/%04d.tar", bad)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("walk: %v, want an error naming %s", err, want)
+	}
+	if len(got) != 2*bad {
+		t.Fatalf("%d samples before the error, want %d", len(got), 2*bad)
+	}
+	for i, l := range got {
+		if l != fmt.Sprint(i/2) {
+			t.Fatalf("sample %d has label %q, want %d: out of order", i, l, i/2)
+		}
+	}
+	// A walk its callback ends returns the callback's error.
+	stop := errors.New("enough")
+	if err := src.Walk(context.Background(), schemas.Dataset{WebDataset: "pool/"}, func(Item) error { return stop }); err != stop {
+		t.Errorf("walk ended by its callback: %v, want its error", err)
 	}
 }
 
