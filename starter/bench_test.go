@@ -43,7 +43,7 @@ func TestBenchQuickJSON(t *testing.T) {
 		values[*r.Name] = *r.Value
 	}
 	for _, want := range []string{"embed_demo", "embed_pipeline_ceiling", "embed_resnet50", "embed_resnet50_jpeg", "knn_topk_d384", "knn_topk_d2048", "merge_topk_1k_partials",
-		"pass_cached_60k_peak_rss", "pass_cached_60k_orchestration", "pass_cached_60k_s3_50ms_time", "orchestration_cached_200_shards", "pack_demo_objects"} {
+		"pass_cached_60k_peak_rss", "pass_cached_60k_orchestration", "pass_cached_60k_s3_50ms_time", "plan_prefix_s3_50ms", "plan_wds_new_s3_50ms", "orchestration_cached_200_shards", "pack_demo_objects"} {
 		if !names[want] {
 			t.Errorf("no result %q in %v", want, names)
 		}

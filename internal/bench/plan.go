@@ -17,10 +17,18 @@ import (
 	"dcd/schemas"
 )
 
-// Plan measures planning's listing of a WebDataset pool on an object store
-// behind the remote part's latency (a real S3 server and the delaying
-// proxy): 1,000 archives of 50 samples (200 with Quick), walked as Plan
-// walks them, in archives/s.
+// Plan measures planning's listing of a pool on an object store behind the
+// remote part's latency (a real S3 server and the delaying proxy), as Plan
+// walks it:
+//
+//   - plan_prefix: an ImageFolder of 48 labels of 1,500 images (16 with
+//     Quick), in images/s. Baseline: the bench lists the labels, then
+//     each label alone, store.FoldersAhead of them at once: an object
+//     store lists a prefix a page of 1,000 keys at a time, one page after
+//     the other.
+//
+// and a WebDataset pool of 1,000 archives of 50 samples (200 with Quick),
+// in archives/s:
 //
 //   - plan_wds_cached: a recurring pass, the archives' sample lists cached
 //     by the first. Baseline: the bench lists those cached lists and
@@ -31,8 +39,8 @@ import (
 //     archive (a read of a missing object, the archive's, a write of the
 //     list's size), dataset.ArchivesAhead archives at once.
 //
-// The ratio is what listing the archives and keeping their order leave of
-// the store's rate at that many requests at once.
+// The ratio is what the walk's ordering leaves of the store's rate at the
+// same number of requests at once.
 func Plan(ctx context.Context, o Options) ([]Result, error) {
 	archives, samples, reps := 1000, 50, 3
 	if o.Quick {
@@ -116,18 +124,60 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 			return err
 		})
 	}
+	labels, per := 48, 1500
+	if o.Quick {
+		labels = 16
+	}
+	o.logf("plan: writing an ImageFolder of %d labels of %d images", labels, per)
+	if err := writeFolders(ctx, direct, "pool/", labels, per); err != nil {
+		return nil, err
+	}
+	folder, err := store.JoinURL(s3.proxied, "pool/")
+	if err != nil {
+		return nil, err
+	}
+	walkFolder := func() error {
+		last, n := "", 0
+		err := dataset.Source{Bucket: cached}.Walk(ctx, schemas.Dataset{Prefix: folder}, func(it dataset.Item) error {
+			if it.Key <= last {
+				return fmt.Errorf("bench: plan: %s listed after %s", it.Key, last)
+			}
+			last = it.Key
+			n++
+			return nil
+		})
+		if err == nil && n != labels*per {
+			err = fmt.Errorf("bench: plan: walked %d images, want %d", n, labels*per)
+		}
+		return err
+	}
+	listLabels := func() error {
+		var g errgroup.Group
+		g.SetLimit(store.FoldersAhead)
+		err := store.List(ctx, cached, &blob.ListOptions{Prefix: "pool/", Delimiter: "/"}, func(label *blob.ListObject) error {
+			g.Go(func() error {
+				return store.List(ctx, cached, &blob.ListOptions{Prefix: label.Key}, func(*blob.ListObject) error { return nil })
+			})
+			return nil
+		})
+		return errors.Join(err, g.Wait())
+	}
+
 	o.logf("plan: walking them through a proxy that delays each request %s", s3.latency)
 	times, err := best(reps,
+		labelled("plan_prefix", walkFolder), labelled("plan_prefix_lists", listLabels),
 		labelled("plan_wds_cached", func() error { return walk(cached) }), labelled("plan_wds_cached_reads", readCached),
 		labelled("plan_wds_new", walkNew), labelled("plan_wds_new_reads", readNew))
 	if err != nil {
 		return nil, err
 	}
-	rate := func(d time.Duration) float64 { return float64(archives) / d.Seconds() }
-	name := func(c string) string { return fmt.Sprintf("plan_wds_%s_s3_%s", c, s3.latencyName()) }
+	rate := func(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
+	name := func(c string) string { return fmt.Sprintf("plan_%s_s3_%s", c, s3.latencyName()) }
+	images := labels * per
 	return []Result{
-		throughput(name("cached"), "archives/s", rate(times[0]), rate(times[1]), 0.8),
-		throughput(name("new"), "archives/s", rate(times[2]), rate(times[3]), 0.8),
+		throughput(name("prefix"), "images/s", rate(images, times[0]), rate(images, times[1]), 0.8),
+		throughput(name("wds_cached"), "archives/s", rate(archives, times[2]), rate(archives, times[3]), 0.8),
+		throughput(name("wds_new"), "archives/s", rate(archives, times[4]), rate(archives, times[5]), 0.8),
 	}, nil
 }
 
@@ -149,6 +199,19 @@ func writeArchives(ctx context.Context, b *blob.Bucket, prefix string, n, per in
 				return err
 			}
 			return store.WriteAll(gctx, b, fmt.Sprintf("%s%06d.tar", prefix, i), buf.Bytes())
+		})
+	}
+	return g.Wait()
+}
+
+// writeFolders writes an ImageFolder of labels folders of per empty
+// images under prefix of b.
+func writeFolders(ctx context.Context, b *blob.Bucket, prefix string, labels, per int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(64)
+	for i := range labels * per {
+		g.Go(func() error {
+			return store.WriteAll(gctx, b, fmt.Sprintf("%s%03d/%07d.png", prefix, i%labels, i), nil)
 		})
 	}
 	return g.Wait()

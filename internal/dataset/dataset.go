@@ -172,14 +172,12 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 	return nil
 }
 
-// list calls fn for every object (not folder) under prefix of b, in key
-// order; ref names the listing in errors.
+// list calls fn for every object under prefix of b, in key
+// order, listing folders ahead (store.ListFolders: an ImageFolder's labels,
+// archives kept in folders); ref names the listing in errors.
 func list(ctx context.Context, b *blob.Bucket, prefix, ref string, fn func(*blob.ListObject) error) error {
 	var fnErr error
-	err := store.List(ctx, b, &blob.ListOptions{Prefix: prefix}, func(obj *blob.ListObject) error {
-		if obj.IsDir {
-			return nil
-		}
+	err := store.ListFolders(ctx, b, prefix, func(obj *blob.ListObject) error {
 		fnErr = fn(obj)
 		return fnErr
 	})

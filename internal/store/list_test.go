@@ -134,3 +134,59 @@ func TestListFileFolders(t *testing.T) {
 		}
 	}
 }
+
+// ListFolders lists what List lists, in the same order, whatever the
+// prefix, over more folders than it lists ahead and folders longer than
+// the pages it lists ahead, and stops at fn's error.
+func TestListFolders(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	defer func(n int) { pageSize = n }(pageSize)
+	pageSize = 2
+	var keys []string
+	for i := range 2 * FoldersAhead {
+		keys = append(keys, fmt.Sprintf("pool/%02d/x.png", i))
+	}
+	for i := range 3 * folderPages * pageSize { // a long folder
+		keys = append(keys, fmt.Sprintf("pool/a/%03d.png", i))
+	}
+	keys = append(keys, "pool/a b/1.png", "pool/a-c/1.png", "pool/a/x/nested.png", "pool/readme", "pool/z", "poolside/1.png", "top")
+	for _, k := range keys {
+		if err := b.WriteAll(ctx, k, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := func(list func(func(*blob.ListObject) error) error) []string {
+		var got []string
+		if err := list(func(o *blob.ListObject) error {
+			got = append(got, o.Key)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, prefix := range []string{"pool/", "pool", "pool/a", "pool/a/", "", "none/"} {
+		want := listed(func(fn func(*blob.ListObject) error) error {
+			return List(ctx, b, &blob.ListOptions{Prefix: prefix}, fn)
+		})
+		got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, fn) })
+		if !slices.Equal(got, want) {
+			t.Errorf("prefix %q: ListFolders listed %q, List %q", prefix, got, want)
+		}
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := ListFolders(ctx, b, "pool/", func(*blob.ListObject) error {
+		if n++; n == 20 {
+			return stop
+		}
+		return nil
+	}); err != stop || n != 20 {
+		t.Errorf("ListFolders returned %v after %d objects, want fn's error after 20", err, n)
+	}
+}

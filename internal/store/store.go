@@ -57,6 +57,7 @@ import (
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
 
+	"dcd/internal/ahead"
 	"dcd/internal/ipcfile"
 )
 
@@ -529,23 +530,99 @@ func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*
 		}
 		return listTree(ctx, b, prefix, fn)
 	}
-	return listPages(ctx, b, opts, fn)
+	_, err := listPages(ctx, b, opts, blob.FirstPageToken, 0, fn)
+	return err
 }
 
-func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*blob.ListObject) error) error {
-	for token := blob.FirstPageToken; len(token) > 0; {
-		page, next, err := b.ListPage(ctx, token, pageSize, opts)
+// listPages lists from token on, up to pages pages (all of them if 0), and
+// returns the token of the page after (empty after the last).
+func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, token []byte, pages int, fn func(*blob.ListObject) error) (next []byte, err error) {
+	for n := 0; len(token) > 0 && (pages == 0 || n < pages); n++ {
+		var page []*blob.ListObject
+		page, token, err = b.ListPage(ctx, token, pageSize, opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range page {
+			if err := fn(obj); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return token, nil
+}
+
+// FoldersAhead is how many folders ListFolders lists ahead of the one it
+// hands out, and folderPages how many pages of each: up to 128,000 keys
+// held at 1,000 a page, about 25 MiB. A folder longer than that is listed
+// on a page at a time when its turn comes.
+const (
+	FoldersAhead = 16
+	folderPages  = 8
+)
+
+// ListFolders is List of the objects under prefix, for objects that sit in
+// many folders under it, as an ImageFolder's do in their labels. An object
+// store lists a prefix a page of 1,000 keys at a time, each page asked for
+// after the one before: a pool of 10^7 images waits on 10,000 of them, one
+// after another. Keys under one folder sort together, so ListFolders lists
+// the folders, then the first pages of FoldersAhead of them at once, ahead
+// of the one being taken, and the rest of a longer folder when it comes to
+// it.
+func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
+	if isLocal(b) { // a local folder lists in microseconds
+		return listTree(ctx, b, prefix, fn)
+	}
+	folders := ahead.Stream(ctx, FoldersAhead, func(ctx context.Context, start func(ahead.Fetch[folderHead]) bool) error {
+		_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, 0, func(obj *blob.ListObject) error {
+			if !start(func(ctx context.Context) (folderHead, error) { return listHead(ctx, b, obj) }) {
+				return ctx.Err()
+			}
+			return nil
+		})
+		return err
+	}, nil)
+	defer folders.Stop()
+	for {
+		h, err := folders.Next()
+		if err == io.EOF {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		for _, obj := range page {
+		for _, obj := range h.objects {
 			if err := fn(obj); err != nil {
 				return err
 			}
 		}
-		token = next
+		if len(h.next) > 0 {
+			if _, err := listPages(ctx, b, h.opts, h.next, 0, fn); err != nil {
+				return err
+			}
+		}
 	}
-	return nil
+}
+
+// folderHead is the first pages of a folder's listing, and where the rest
+// begins; an object beside the folders is a head of its own.
+type folderHead struct {
+	objects []*blob.ListObject
+	opts    *blob.ListOptions
+	next    []byte
+}
+
+func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) (folderHead, error) {
+	if !obj.IsDir {
+		return folderHead{objects: []*blob.ListObject{obj}}, nil
+	}
+	h := folderHead{opts: &blob.ListOptions{Prefix: obj.Key}}
+	var err error
+	h.next, err = listPages(ctx, b, h.opts, blob.FirstPageToken, folderPages, func(o *blob.ListObject) error {
+		h.objects = append(h.objects, o)
+		return nil
+	})
+	return h, err
 }
 
 // listTree lists a file:// bucket a folder at a time. The driver walks
@@ -557,7 +634,7 @@ func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn f
 // and its subfolders listed in that order.
 func listTree(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
 	var level []*blob.ListObject
-	if err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) error {
+	if _, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, 0, func(obj *blob.ListObject) error {
 		level = append(level, obj)
 		return nil
 	}); err != nil {
