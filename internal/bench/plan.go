@@ -5,8 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
+	"github.com/apache/arrow/go/v15/arrow"
+	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"github.com/apache/arrow/go/v15/parquet"
+	"github.com/apache/arrow/go/v15/parquet/compress"
+	"github.com/apache/arrow/go/v15/parquet/pqarrow"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
@@ -26,6 +33,11 @@ import (
 //     each label alone, store.FoldersAhead of them at once: an object
 //     store lists a prefix a page of 1,000 keys at a time, one page after
 //     the other.
+//
+//   - plan_parquet: a Parquet manifest of 8 row groups of 2^20 images
+//     (one with Quick), Snappy-compressed as pyarrow writes it, in
+//     images/s. Baseline: the same walk from a file:// bucket. The ratio
+//     is what the store's latency leaves of it.
 //
 // and a WebDataset pool of 1,000 archives of 50 samples (200 with Quick),
 // in archives/s:
@@ -163,8 +175,42 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 		return errors.Join(err, g.Wait())
 	}
 
+	rows := 8 << 20
+	if o.Quick {
+		rows = 1 << 20
+	}
+	o.logf("plan: writing a Parquet manifest of %d images", rows)
+	manifest, err := parquetManifest(rows)
+	if err != nil {
+		return nil, err
+	}
+	local, err := store.Open(ctx, "file://"+filepath.ToSlash(filepath.Join(o.Dir, "plan"))+"?create_dir=1")
+	if err != nil {
+		return nil, err
+	}
+	defer local.Close()
+	for _, b := range []*blob.Bucket{direct, local} {
+		if err := store.WriteAll(ctx, b, "pool.parquet", manifest); err != nil {
+			return nil, err
+		}
+	}
+	walkManifest := func(b *blob.Bucket) func() error {
+		return func() error {
+			n := 0
+			err := dataset.Source{Bucket: b}.Walk(ctx, schemas.Dataset{Manifest: "pool.parquet"}, func(dataset.Item) error {
+				n++
+				return nil
+			})
+			if err == nil && n != rows {
+				err = fmt.Errorf("bench: plan: walked %d images of the manifest, want %d", n, rows)
+			}
+			return err
+		}
+	}
+
 	o.logf("plan: walking them through a proxy that delays each request %s", s3.latency)
 	times, err := best(reps,
+		labelled("plan_parquet", walkManifest(cached)), labelled("plan_parquet_local", walkManifest(local)),
 		labelled("plan_prefix", walkFolder), labelled("plan_prefix_lists", listLabels),
 		labelled("plan_wds_cached", func() error { return walk(cached) }), labelled("plan_wds_cached_reads", readCached),
 		labelled("plan_wds_new", walkNew), labelled("plan_wds_new_reads", readNew))
@@ -175,9 +221,10 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 	name := func(c string) string { return fmt.Sprintf("plan_%s_s3_%s", c, s3.latencyName()) }
 	images := labels * per
 	return []Result{
-		throughput(name("prefix"), "images/s", rate(images, times[0]), rate(images, times[1]), 0.8),
-		throughput(name("wds_cached"), "archives/s", rate(archives, times[2]), rate(archives, times[3]), 0.8),
-		throughput(name("wds_new"), "archives/s", rate(archives, times[4]), rate(archives, times[5]), 0.8),
+		throughput(name("parquet"), "images/s", rate(rows, times[0]), rate(rows, times[1]), 0.8),
+		throughput(name("prefix"), "images/s", rate(images, times[2]), rate(images, times[3]), 0.8),
+		throughput(name("wds_cached"), "archives/s", rate(archives, times[4]), rate(archives, times[5]), 0.8),
+		throughput(name("wds_new"), "archives/s", rate(archives, times[6]), rate(archives, times[7]), 0.8),
 	}, nil
 }
 
@@ -202,6 +249,44 @@ func writeArchives(ctx context.Context, b *blob.Bucket, prefix string, n, per in
 		})
 	}
 	return g.Wait()
+}
+
+// parquetManifest is a manifest of n images in 100 labels and 4 domains,
+// written as pyarrow writes one by default: row groups of 2^20 rows,
+// dictionaries, Snappy.
+func parquetManifest(n int) ([]byte, error) {
+	const group = 1 << 20
+	mem := memory.NewGoAllocator()
+	sc := arrow.NewSchema([]arrow.Field{
+		{Name: "uri", Type: arrow.BinaryTypes.String},
+		{Name: "label", Type: arrow.BinaryTypes.String},
+		{Name: "domain", Type: arrow.BinaryTypes.String},
+	}, nil)
+	var buf bytes.Buffer
+	props := parquet.NewWriterProperties(parquet.WithAllocator(mem), parquet.WithCompression(compress.Codecs.Snappy), parquet.WithMaxRowGroupLength(group))
+	w, err := pqarrow.NewFileWriter(sc, &buf, props, pqarrow.DefaultWriterProps())
+	if err != nil {
+		return nil, fmt.Errorf("bench: plan: write the manifest: %w", err)
+	}
+	rb := array.NewRecordBuilder(mem, sc)
+	defer rb.Release()
+	for first := 0; first < n; first += group {
+		for i := first; i < min(first+group, n); i++ {
+			rb.Field(0).(*array.StringBuilder).Append(fmt.Sprintf("/pool/%03d/%09d.jpg", i%100, i))
+			rb.Field(1).(*array.StringBuilder).Append(fmt.Sprint(i % 100))
+			rb.Field(2).(*array.StringBuilder).Append([]string{"day", "night", "fog", "rain"}[i%4])
+		}
+		rec := rb.NewRecord()
+		err := w.Write(rec)
+		rec.Release()
+		if err != nil {
+			return nil, fmt.Errorf("bench: plan: write the manifest: %w", err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("bench: plan: write the manifest: %w", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // writeFolders writes an ImageFolder of labels folders of per empty

@@ -25,10 +25,14 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	if err != nil {
 		return err
 	}
-	ra := &rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size}
+	ra, err := newColumnReads(&rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size})
+	if err != nil {
+		return err
+	}
+	defer ra.close()
 	props := parquet.NewReaderProperties(s.Mem)
 	props.BufferedStreamEnabled = true
-	props.BufferSize = 1 << 20
+	props.BufferSize = parquetBlock
 	var pf *file.Reader
 	err = safely(func() (err error) {
 		pf, err = file.NewParquetReader(ra, file.WithReadProps(props))
@@ -56,6 +60,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	if c.version >= 0 {
 		version, want = len(want), append(want, c.version)
 	}
+	ra.plan(pf, want)
 	// Each column is read by its own reader, in lockstep, rather than by
 	// pqarrow's RecordReader: that one opens its columns on goroutines,
 	// where a damaged file's panic crashes the worker (FuzzParquetManifest).

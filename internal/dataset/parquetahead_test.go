@@ -1,0 +1,96 @@
+package dataset
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/parquet/file"
+
+	"dcd/schemas"
+)
+
+// Reads through columnReads return the file's bytes wherever they fall:
+// each column read front to back in pieces of any length, across blocks
+// and row groups, the columns in turn, a piece read again after the reader
+// passed it, a piece past a chunk's end, the footer. And a manifest whose
+// columns span several blocks and row groups walks whole, in order.
+func TestColumnReads(t *testing.T) {
+	const n, group = 100_000, 40_000
+	rng := rand.New(rand.NewPCG(1, 2))
+	var uris, labels []string
+	for i := range n {
+		uris = append(uris, fmt.Sprintf("img/%016x%016x.png", rng.Uint64(), rng.Uint64()))
+		labels = append(labels, fmt.Sprint(i%10))
+	}
+	data := parquetManifest(t, uris, labels, nil, nil, group)
+	b := memBucket(t, map[string]string{"m.parquet": string(data)})
+	ctx := context.Background()
+	rr := &rangeReader{ctx: ctx, b: b, key: "m.parquet", size: int64(len(data))}
+	c, err := newColumnReads(rr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	pf, err := file.NewParquetReader(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.plan(pf, []int{0, 1})
+	if blocks := len(c.cols[0].blocks); blocks < 4 || pf.NumRowGroups() != 3 {
+		t.Fatalf("uri column in %d blocks, %d row groups: want several of each", blocks, pf.NumRowGroups())
+	}
+	check := func(off, length int64) {
+		t.Helper()
+		p := make([]byte, length)
+		got, err := c.ReadAt(p, off)
+		if err != nil || int64(got) != length || !bytes.Equal(p, data[off:off+length]) {
+			t.Fatalf("ReadAt(%d, %d): %d bytes, %v; not the file's", off, length, got, err)
+		}
+	}
+	// The columns' pieces come from their blocks: reads straight from the
+	// store would find nothing.
+	direct := c.direct
+	c.direct = &rangeReader{ctx: ctx, b: memBucket(t, nil), key: "m.parquet", size: rr.size}
+	var ends []int64
+	for g := range pf.NumRowGroups() {
+		for col := range 2 {
+			cc, _ := pf.MetaData().RowGroup(g).ColumnChunk(col)
+			start := cc.DataPageOffset()
+			if cc.HasDictionaryPage() && cc.DictionaryPageOffset() > 0 {
+				start = min(start, cc.DictionaryPageOffset())
+			}
+			end := start + cc.TotalCompressedSize()
+			for off := start; off < end; {
+				length := min(end-off, 1+rng.Int64N(3*parquetBlock/2))
+				check(off, length)
+				off += length
+			}
+			check(start, min(end-start, 100)) // again, after the reader passed it
+			ends = append(ends, end)
+		}
+	}
+	check(int64(len(data))-8, 8) // the footer's length
+	c.direct = direct
+	for _, end := range ends {
+		check(end-10, min(20, int64(len(data))-(end-10))) // past a chunk's end
+	}
+
+	var got []string
+	if err := (Source{Bucket: b}).Walk(ctx, schemas.Dataset{Manifest: "m.parquet"}, func(it Item) error {
+		got = append(got, it.Key)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("walked %d rows, want %d", len(got), n)
+	}
+	for i, k := range got {
+		if k != uris[i] {
+			t.Fatalf("row %d: %s, want %s", i, k, uris[i])
+		}
+	}
+}
