@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"go.temporal.io/sdk/activity"
-	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
 	"dcd/internal/ortrun"
@@ -165,46 +164,15 @@ func (x ShardIndex) shardOf(id int64) int {
 	return i
 }
 
-// planWrites is how many shard manifests plan writes at once. A remote
-// store answers each write after its latency, tens of milliseconds on S3:
-// one at a time, the 500,000 shards of a pool of 10^9 images would take
-// hours to write, longer than the listing.
-const planWrites = 64
-
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
-// a shard after the item for which end, given the shard's length, is true.
-// Memory holds the shard being listed and the planWrites being written.
+// a shard after the item for which end, given the shard's length, is true
+// (dataset.Source.Cut).
 func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, end func(it dataset.Item, n int) bool) (PlanResult, error) {
 	var res PlanResult
-	var cur dataset.Shard
-	writes, wctx := errgroup.WithContext(ctx)
-	writes.SetLimit(planWrites)
-	flush := func() {
-		if len(cur.Items) == 0 {
-			return
-		}
-		key, data := ShardKey(run, name, res.Shards), cur.Marshal()
-		writes.Go(func() error { return store.WriteAll(wctx, a.Bucket, key, data) })
-		res.Shards++
-		cur.Items = cur.Items[:0]
-		activity.RecordHeartbeat(ctx, res)
-	}
-	err := a.source().Walk(wctx, ds, func(it dataset.Item) error {
-		res.Images++
-		cur.Items = append(cur.Items, it)
-		if end(it, len(cur.Items)) {
-			flush()
-			return wctx.Err() // a write failed: stop listing
-		}
-		return nil
-	})
-	if err == nil {
-		flush()
-	}
-	// A failed write cancels the listing: its error is the one to tell.
-	if werr := writes.Wait(); werr != nil {
-		return res, werr
-	}
+	var err error
+	res.Shards, res.Images, err = a.source().Cut(ctx, ds, end, func(ctx context.Context, i int, manifest []byte) error {
+		return store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest)
+	}, func(shards, images int) { activity.RecordHeartbeat(ctx, PlanResult{Shards: shards, Images: images}) })
 	return res, err
 }
 

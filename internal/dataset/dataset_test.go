@@ -27,7 +27,7 @@ import (
 	"dcd/schemas"
 )
 
-func memBucket(t *testing.T, files map[string]string) *blob.Bucket {
+func memBucket(t testing.TB, files map[string]string) *blob.Bucket {
 	t.Helper()
 	b, err := store.Open(context.Background(), "mem://")
 	if err != nil {
