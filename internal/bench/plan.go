@@ -26,39 +26,33 @@ import (
 
 // Plan measures planning's listing of a pool on an object store behind the
 // remote part's latency (a real S3 server and the delaying proxy), as Plan
-// walks it:
-//
-//   - plan_prefix: an ImageFolder of 48 labels of 1,500 images (16 with
-//     Quick), in images/s. Baseline: the bench lists the labels, then
-//     each label alone, store.FoldersAhead of them at once: an object
-//     store lists a prefix a page of 1,000 keys at a time, one page after
-//     the other.
+// walks it. The ratio is what the walk leaves of the store's rate at the
+// same number of requests at once.
 //
 //   - plan_parquet: a Parquet manifest of 8 row groups of 2^20 images
 //     (one with Quick), Snappy-compressed as pyarrow writes it, in
-//     images/s. Baseline: the same walk from a file:// bucket. The ratio
-//     is what the store's latency leaves of it.
+//     images/s. Baseline: the same walk from a file:// bucket.
 //   - plan_parquet_cut: the same manifest cut into a pass's shards, their
 //     manifests written to the store (dataset.Source.Cut, as Plan does),
 //     in images/s, beside plan_parquet's walk. No goal: here the bytes
 //     written (about 330 MB) cost this process, which runs the proxy, and
 //     the server more CPU than two vCPUs have; BenchmarkCut in package
 //     dataset measures the cut alone.
-//
-// and a WebDataset pool of 1,000 archives of 50 samples (200 with Quick),
-// in archives/s:
-//
-//   - plan_wds_cached: a recurring pass, the archives' sample lists cached
-//     by the first. Baseline: the bench lists those cached lists and
-//     reads them, dataset.ArchivesAhead at once.
-//   - plan_wds_new: the first pass, which looks for each archive's cached
-//     list, reads the archive whole and caches its list, in a bucket of its
-//     own each time. Baseline: the bench makes the same three requests an
-//     archive (a read of a missing object, the archive's, a write of the
-//     list's size), dataset.ArchivesAhead archives at once.
-//
-// The ratio is what the walk's ordering leaves of the store's rate at the
-// same number of requests at once.
+//   - plan_prefix: an ImageFolder of 48 labels of 1,500 images (16 with
+//     Quick), in images/s. Baseline: the bench lists the labels, then
+//     each label alone, store.FoldersAhead of them at once: an object
+//     store lists a prefix a page of 1,000 keys at a time, one page after
+//     the other.
+//   - plan_wds_cached: a WebDataset pool of 1,000 archives of 50 samples
+//     (200 with Quick) on a recurring pass, their sample lists cached by
+//     the first, in archives/s. Baseline: the bench lists those cached
+//     lists and reads them, dataset.ArchivesAhead at once.
+//   - plan_wds_new: the same archives on a first pass, which looks for
+//     each archive's cached list, reads the archive whole and caches its
+//     list, in a bucket of its own each time. Baseline: the bench makes
+//     the same three requests an archive (a read of a missing object, the
+//     archive's, a write of the list's size), dataset.ArchivesAhead
+//     archives at once.
 func Plan(ctx context.Context, o Options) ([]Result, error) {
 	archives, samples, reps := 1000, 50, 3
 	if o.Quick {
