@@ -43,6 +43,9 @@ import (
 //     each label alone, store.FoldersAhead of them at once: an object
 //     store lists a prefix a page of 1,000 keys at a time, one page after
 //     the other.
+//   - plan_prefix_small: an ImageFolder of 2,000 labels of 5 images (400
+//     with Quick), an identity's photos each, in images/s. Baseline: the
+//     bench lists it flat, which beats a request a label.
 //   - plan_wds_cached: a WebDataset pool of 1,000 archives of 50 samples
 //     (200 with Quick) on a recurring pass, their sample lists cached by
 //     the first, in archives/s. Baseline: the bench lists those cached
@@ -144,24 +147,37 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 	if err := writeFolders(ctx, direct, "pool/", labels, per); err != nil {
 		return nil, err
 	}
-	folder, err := store.JoinURL(s3.proxied, "pool/")
-	if err != nil {
+	small, smallPer := 2000, 5
+	if o.Quick {
+		small = 400
+	}
+	o.logf("plan: writing an ImageFolder of %d labels of %d images", small, smallPer)
+	if err := writeFolders(ctx, direct, "small/", small, smallPer); err != nil {
 		return nil, err
 	}
-	walkFolder := func() error {
-		last, n := "", 0
-		err := dataset.Source{Bucket: cached}.Walk(ctx, schemas.Dataset{Prefix: folder}, func(it dataset.Item) error {
-			if it.Key <= last {
-				return fmt.Errorf("bench: plan: %s listed after %s", it.Key, last)
+	walkFolder := func(prefix string, images int) func() error {
+		return func() error {
+			folder, err := store.JoinURL(s3.proxied, prefix)
+			if err != nil {
+				return err
 			}
-			last = it.Key
-			n++
-			return nil
-		})
-		if err == nil && n != labels*per {
-			err = fmt.Errorf("bench: plan: walked %d images, want %d", n, labels*per)
+			last, n := "", 0
+			err = dataset.Source{Bucket: cached}.Walk(ctx, schemas.Dataset{Prefix: folder}, func(it dataset.Item) error {
+				if it.Key <= last {
+					return fmt.Errorf("bench: plan: %s listed after %s", it.Key, last)
+				}
+				last = it.Key
+				n++
+				return nil
+			})
+			if err == nil && n != images {
+				err = fmt.Errorf("bench: plan: walked %d images of %s, want %d", n, prefix, images)
+			}
+			return err
 		}
-		return err
+	}
+	listFlat := func() error {
+		return store.List(ctx, cached, &blob.ListOptions{Prefix: "small/"}, func(*blob.ListObject) error { return nil })
 	}
 	listLabels := func() error {
 		var g errgroup.Group
@@ -227,7 +243,8 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 	o.logf("plan: walking them through a proxy that delays each request %s", s3.latency)
 	times, err := best(reps,
 		labelled("plan_parquet", walkManifest(cached)), labelled("plan_parquet_local", walkManifest(local)), labelled("plan_parquet_cut", cut),
-		labelled("plan_prefix", walkFolder), labelled("plan_prefix_lists", listLabels),
+		labelled("plan_prefix", walkFolder("pool/", labels*per)), labelled("plan_prefix_lists", listLabels),
+		labelled("plan_prefix_small", walkFolder("small/", small*smallPer)), labelled("plan_prefix_small_list", listFlat),
 		labelled("plan_wds_cached", func() error { return walk(cached) }), labelled("plan_wds_cached_reads", readCached),
 		labelled("plan_wds_new", walkNew), labelled("plan_wds_new_reads", readNew))
 	if err != nil {
@@ -240,8 +257,9 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 		throughput(name("parquet"), "images/s", rate(rows, times[0]), rate(rows, times[1]), 0.8),
 		info(name("parquet_cut"), "images/s", rate(rows, times[2]), rate(rows, times[0])),
 		throughput(name("prefix"), "images/s", rate(images, times[3]), rate(images, times[4]), 0.8),
-		throughput(name("wds_cached"), "archives/s", rate(archives, times[5]), rate(archives, times[6]), 0.8),
-		throughput(name("wds_new"), "archives/s", rate(archives, times[7]), rate(archives, times[8]), 0.8),
+		throughput(name("prefix_small"), "images/s", rate(small*smallPer, times[5]), rate(small*smallPer, times[6]), 0.8),
+		throughput(name("wds_cached"), "archives/s", rate(archives, times[7]), rate(archives, times[8]), 0.8),
+		throughput(name("wds_new"), "archives/s", rate(archives, times[9]), rate(archives, times[10]), 0.8),
 	}, nil
 }
 
@@ -313,7 +331,7 @@ func writeFolders(ctx context.Context, b *blob.Bucket, prefix string, labels, pe
 	g.SetLimit(64)
 	for i := range labels * per {
 		g.Go(func() error {
-			return store.WriteAll(gctx, b, fmt.Sprintf("%s%03d/%07d.png", prefix, i%labels, i), nil)
+			return store.WriteAll(gctx, b, fmt.Sprintf("%s%05d/%07d.png", prefix, i%labels, i), nil)
 		})
 	}
 	return g.Wait()

@@ -137,7 +137,8 @@ func TestListFileFolders(t *testing.T) {
 
 // ListFolders lists what List lists, in the same order, whatever the
 // prefix, over more folders than it lists ahead and folders longer than
-// the pages it lists ahead, and stops at fn's error.
+// the pages it lists ahead, and with folders so small that it lists the
+// rest flat; and it stops at fn's error.
 func TestListFolders(t *testing.T) {
 	ctx := context.Background()
 	b, err := Open(ctx, "mem://")
@@ -145,13 +146,12 @@ func TestListFolders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	defer func(n int) { pageSize = n }(pageSize)
-	pageSize = 2
+	defer func(n, r int) { pageSize, requestPage = n, r }(pageSize, requestPage)
 	var keys []string
-	for i := range 2 * FoldersAhead {
+	for i := range 2 * FoldersAhead { // tiny folders
 		keys = append(keys, fmt.Sprintf("pool/%02d/x.png", i))
 	}
-	for i := range 3 * folderPages * pageSize { // a long folder
+	for i := range 3 * folderPages * 2 { // a long folder at two keys a request
 		keys = append(keys, fmt.Sprintf("pool/a/%03d.png", i))
 	}
 	keys = append(keys, "pool/a b/1.png", "pool/a-c/1.png", "pool/a/x/nested.png", "pool/readme", "pool/z", "poolside/1.png", "top")
@@ -170,13 +170,24 @@ func TestListFolders(t *testing.T) {
 		}
 		return got
 	}
-	for _, prefix := range []string{"pool/", "pool", "pool/a", "pool/a/", "", "none/"} {
-		want := listed(func(fn func(*blob.ListObject) error) error {
-			return List(ctx, b, &blob.ListOptions{Prefix: prefix}, fn)
-		})
-		got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, fn) })
-		if !slices.Equal(got, want) {
-			t.Errorf("prefix %q: ListFolders listed %q, List %q", prefix, got, want)
+	defer func() { testHookFlat = func() {} }()
+	for _, request := range []int{2, 100} {
+		pageSize, requestPage = request, request
+		for _, prefix := range []string{"pool/", "pool", "pool/a", "pool/a/", "", "none/"} {
+			want := listed(func(fn func(*blob.ListObject) error) error {
+				return List(ctx, b, &blob.ListOptions{Prefix: prefix}, fn)
+			})
+			flat := false
+			testHookFlat = func() { flat = true }
+			got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, fn) })
+			if !slices.Equal(got, want) {
+				t.Errorf("%d keys a request, prefix %q: ListFolders listed %q, List %q", request, prefix, got, want)
+			}
+			// 16 folders of a key each, or objects beside the folders:
+			// flat where a request lists more keys than they hold.
+			if wantFlat := request == 100 && (prefix == "pool/" || prefix == "pool/a/"); flat != wantFlat {
+				t.Errorf("%d keys a request, prefix %q: listed the rest flat %v, want %v", request, prefix, flat, wantFlat)
+			}
 		}
 	}
 	stop := errors.New("stop")

@@ -510,15 +510,18 @@ func (f *ArrowFile) RecordAt(i int) (rec arrow.Record, err error) {
 	return rec, err
 }
 
-// ListPageSize is how many objects List asks for at a time. An object
-// store answers at most 1,000 (S3, GCS) or 5,000 (Azure) whatever is asked,
-// but a file:// bucket walks its folder from the start for every page:
-// with blob's default of 1,000, listing n files visited n²/2,000 of them,
-// 1.7 s for an ImageFolder of 20,000 and hours for 10^6.
+// ListPageSize is how many objects List asks blob.Bucket.ListPage for at
+// a time, which asks its driver again until it has them: an object store
+// answers at most 1,000 (S3, GCS) or 5,000 (Azure) a request, but a
+// file:// bucket walks its folder from the start for every page: with
+// blob's default of 1,000, listing n files visited n²/2,000 of them, 1.7 s
+// for an ImageFolder of 20,000 and hours for 10^6.
 const ListPageSize = 1 << 16
 
-// pageSize is ListPageSize, smaller in tests.
-var pageSize = ListPageSize
+// pageSize is ListPageSize, and requestPage one request's worth of keys on
+// an object store (S3's and GCS's most), which ListFolders asks for;
+// smaller in tests.
+var pageSize, requestPage = ListPageSize, 1000
 
 // List calls fn for every object, and folder when opts sets a Delimiter,
 // that b lists under opts, in key order, a page of ListPageSize at a time.
@@ -530,16 +533,17 @@ func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*
 		}
 		return listTree(ctx, b, prefix, fn)
 	}
-	_, err := listPages(ctx, b, opts, blob.FirstPageToken, 0, fn)
+	_, err := listPages(ctx, b, opts, blob.FirstPageToken, pageSize, 0, fn)
 	return err
 }
 
-// listPages lists from token on, up to pages pages (all of them if 0), and
-// returns the token of the page after (empty after the last).
-func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, token []byte, pages int, fn func(*blob.ListObject) error) (next []byte, err error) {
+// listPages lists from token on, pages of size keys, up to pages of them
+// (all if 0), and returns the token of the page after (empty after the
+// last).
+func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, token []byte, size, pages int, fn func(*blob.ListObject) error) (next []byte, err error) {
 	for n := 0; len(token) > 0 && (pages == 0 || n < pages); n++ {
 		var page []*blob.ListObject
-		page, token, err = b.ListPage(ctx, token, pageSize, opts)
+		page, token, err = b.ListPage(ctx, token, size, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -553,9 +557,9 @@ func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, toke
 }
 
 // FoldersAhead is how many folders ListFolders lists ahead of the one it
-// hands out, and folderPages how many pages of each: up to 128,000 keys
-// held at 1,000 a page, about 25 MiB. A folder longer than that is listed
-// on a page at a time when its turn comes.
+// hands out, and folderPages how many requests' pages of each: up to
+// 128,000 keys held, about 25 MiB. A folder longer than that is listed on
+// a page at a time when its turn comes.
 const (
 	FoldersAhead = 16
 	folderPages  = 8
@@ -563,18 +567,25 @@ const (
 
 // ListFolders is List of the objects under prefix, for objects that sit in
 // many folders under it, as an ImageFolder's do in their labels. An object
-// store lists a prefix a page of 1,000 keys at a time, each page asked for
-// after the one before: a pool of 10^7 images waits on 10,000 of them, one
-// after another. Keys under one folder sort together, so ListFolders lists
-// the folders, then the first pages of FoldersAhead of them at once, ahead
-// of the one being taken, and the rest of a longer folder when it comes to
-// it.
+// store lists a prefix 1,000 keys a request, each asked for after the one
+// before: a pool of 10^7 images waits on 10,000 of them, one after
+// another. Keys under one folder sort together, so ListFolders lists the
+// folders, then the first pages of FoldersAhead of them at once, ahead of
+// the one being taken, and the rest of a longer folder when it comes to
+// it. Where folders are tiny (the first FoldersAhead hold fewer keys than
+// one request returns: an identity's five photos, say), a request a folder
+// lists fewer keys than one flat listing would, so it lists the rest flat.
 func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
 	if isLocal(b) { // a local folder lists in microseconds
 		return listTree(ctx, b, prefix, fn)
 	}
 	folders := ahead.Stream(ctx, FoldersAhead, func(ctx context.Context, start func(ahead.Fetch[folderHead]) bool) error {
-		_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, 0, func(obj *blob.ListObject) error {
+		last := ""
+		_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
+			if last != "" && obj.Key <= last {
+				return nil // a store that repeats an entry across pages
+			}
+			last = obj.Key
 			if !start(func(ctx context.Context) (folderHead, error) { return listHead(ctx, b, obj) }) {
 				return ctx.Err()
 			}
@@ -583,6 +594,12 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*bl
 		return err
 	}, nil)
 	defer folders.Stop()
+	last := "" // the last key handed to fn
+	emit := func(obj *blob.ListObject) error {
+		last = obj.Key
+		return fn(obj)
+	}
+	taken, keys := 0, 0
 	for {
 		h, err := folders.Next()
 		if err == io.EOF {
@@ -592,17 +609,25 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*bl
 			return err
 		}
 		for _, obj := range h.objects {
-			if err := fn(obj); err != nil {
+			if err := emit(obj); err != nil {
 				return err
 			}
 		}
 		if len(h.next) > 0 {
-			if _, err := listPages(ctx, b, h.opts, h.next, 0, fn); err != nil {
+			if _, err := listPages(ctx, b, h.opts, h.next, requestPage, 0, emit); err != nil {
 				return err
 			}
 		}
+		if taken, keys = taken+1, keys+len(h.objects); taken == FoldersAhead && keys < requestPage {
+			folders.Stop()
+			testHookFlat()
+			return listAfter(ctx, b, prefix, last, fn)
+		}
 	}
 }
+
+// testHookFlat is called when ListFolders lists the rest flat.
+var testHookFlat = func() {}
 
 // folderHead is the first pages of a folder's listing, and where the rest
 // begins; an object beside the folders is a head of its own.
@@ -618,11 +643,23 @@ func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) (folder
 	}
 	h := folderHead{opts: &blob.ListOptions{Prefix: obj.Key}}
 	var err error
-	h.next, err = listPages(ctx, b, h.opts, blob.FirstPageToken, folderPages, func(o *blob.ListObject) error {
+	h.next, err = listPages(ctx, b, h.opts, blob.FirstPageToken, requestPage, folderPages, func(o *blob.ListObject) error {
 		h.objects = append(h.objects, o)
 		return nil
 	})
 	return h, err
+}
+
+// listAfter lists prefix flat from the key after last: the keys up to it
+// listed again, a request's worth where ListFolders turns to it.
+func listAfter(ctx context.Context, b *blob.Bucket, prefix, last string, fn func(*blob.ListObject) error) error {
+	_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix}, blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
+		if obj.Key <= last {
+			return nil
+		}
+		return fn(obj)
+	})
+	return err
 }
 
 // listTree lists a file:// bucket a folder at a time. The driver walks
@@ -634,7 +671,7 @@ func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) (folder
 // and its subfolders listed in that order.
 func listTree(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
 	var level []*blob.ListObject
-	if _, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, 0, func(obj *blob.ListObject) error {
+	if _, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
 		level = append(level, obj)
 		return nil
 	}); err != nil {
