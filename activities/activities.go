@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"golang.org/x/sync/semaphore"
@@ -296,4 +298,30 @@ func digest(b []byte) string {
 func isNotFound(err error) bool {
 	var appErr *temporal.ApplicationError
 	return errors.As(err, &appErr) && appErr.Type() == "StorageNotFound"
+}
+
+// beat is how often an activity that heartbeats on a ticker (beating)
+// does: within the least heartbeat timeout a config may set (1 s); the SDK
+// sends the server at most one per most of the timeout.
+const beat = 500 * time.Millisecond
+
+// beating heartbeats ctx's activity every beat with details() until the
+// returned stop is called, for an activity whose progress comes in steps
+// that may be longer than the heartbeat timeout.
+func beating(ctx context.Context, details func() []any) (stop func()) {
+	done := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Go(func() {
+		t := time.NewTicker(beat)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				activity.RecordHeartbeat(ctx, details()...)
+			case <-done:
+				return
+			}
+		}
+	})
+	return func() { close(done); beats.Wait() }
 }

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
-	"go.temporal.io/sdk/activity"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
@@ -54,21 +52,7 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	g, gctx := errgroup.WithContext(ctx)
 	// The batch's shards end together (rangePartial), so beat while they
 	// run rather than as each ends.
-	stop := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Go(func() {
-		t := time.NewTicker(batchBeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				activity.RecordHeartbeat(ctx)
-			case <-stop:
-				return
-			}
-		}
-	})
-	defer func() { close(stop); beats.Wait() }()
+	defer beating(ctx, func() []any { return nil })()
 	for i := range out {
 		g.Go(func() (err error) {
 			defer func() {
@@ -96,11 +80,6 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	}
 	return CachedShardsResult{Shards: out}, nil
 }
-
-// batchBeat is how often a CachedShards batch heartbeats: within the
-// least heartbeat timeout a config may set (1 s); the SDK sends the
-// server at most one per most of the timeout.
-const batchBeat = 500 * time.Millisecond
 
 // rangePartial gathers the neighbours of a CachedShards batch's pool
 // shards into one partial top-k, written at TopKRangeKey, when the cache

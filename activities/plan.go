@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-
-	"go.temporal.io/sdk/activity"
+	"sync"
 
 	"dcd/internal/dataset"
 	"dcd/internal/ortrun"
@@ -109,8 +108,9 @@ type PlanResult struct {
 }
 
 // Plan lists a dataset and writes its shard manifests, and for the pool
-// its ShardIndex. The listing streams: only one shard is held in memory,
-// whatever the dataset's size, beside the index's ID per shard.
+// its ShardIndex. The listing streams: it holds the shards being written
+// and what it reads ahead (dataset.Source.Cut), whatever the dataset's
+// size, beside the index's ID per shard.
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
 	var firsts []int64
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, func(it dataset.Item, n int) bool {
@@ -166,14 +166,25 @@ func (x ShardIndex) shardOf(id int64) int {
 
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
 // a shard after the item for which end, given the shard's length, is true
-// (dataset.Source.Cut).
+// (dataset.Source.Cut). It heartbeats on a ticker: a shard's first item
+// can take longer than the timeout to come (a WebDataset's archives read
+// whole the first time, a long folder's listing).
 func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, end func(it dataset.Item, n int) bool) (PlanResult, error) {
+	var mu sync.Mutex
 	var res PlanResult
-	var err error
-	res.Shards, res.Images, err = a.source().Cut(ctx, ds, end, func(ctx context.Context, i int, manifest []byte) error {
+	defer beating(ctx, func() []any {
+		mu.Lock()
+		defer mu.Unlock()
+		return []any{res}
+	})()
+	shards, images, err := a.source().Cut(ctx, ds, end, func(ctx context.Context, i int, manifest []byte) error {
 		return store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest)
-	}, func(shards, images int) { activity.RecordHeartbeat(ctx, PlanResult{Shards: shards, Images: images}) })
-	return res, err
+	}, func(shards, images int) {
+		mu.Lock()
+		res = PlanResult{Shards: shards, Images: images}
+		mu.Unlock()
+	})
+	return PlanResult{Shards: shards, Images: images}, err
 }
 
 // retried says whether Temporal should try err's activity again: it was

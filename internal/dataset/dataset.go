@@ -43,6 +43,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
+	"golang.org/x/sync/semaphore"
 
 	"dcd/internal/ahead"
 	"dcd/internal/store"
@@ -201,8 +202,14 @@ func version(obj *blob.ListObject) string {
 }
 
 // ArchivesAhead is how many archives' sample lists a WebDataset's walk
-// reads ahead of the one it lists.
-const ArchivesAhead = 64
+// reads ahead of the one it lists, and archiveBytes how many bytes of the
+// archives whose lists it has not cached it reads at once: read whole,
+// sharing the worker's link, 64 archives of 500 MB would keep the first's
+// samples waiting minutes (at 1 Gbit/s, 2 s for 256 MiB).
+const (
+	ArchivesAhead = 64
+	archiveBytes  = 256 << 20
+)
 
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
 // names) in key order, once through, for its samples and their byte ranges.
@@ -216,6 +223,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 		prefix += "/"
 	}
 	archives := 0
+	reading := semaphore.NewWeighted(archiveBytes)
 	lists := ahead.Stream(ctx, ArchivesAhead, func(ctx context.Context, start func(ahead.Fetch[archiveList]) bool) error {
 		return list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
 			if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
@@ -228,7 +236,13 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 			}
 			v := version(obj)
 			if !start(func(ctx context.Context) (archiveList, error) {
-				samples, err := s.samples(ctx, b, obj.Key, archive, v)
+				samples, err := s.samples(ctx, b, obj.Key, archive, v, func() (func(), error) {
+					n := min(obj.Size, archiveBytes)
+					if err := reading.Acquire(ctx, n); err != nil {
+						return nil, err
+					}
+					return func() { reading.Release(n) }, nil
+				})
 				return archiveList{v, samples}, err
 			}) {
 				return ctx.Err()
@@ -268,14 +282,19 @@ type archiveList struct {
 // samples lists the samples of one version of an archive (key in b, named
 // archive in items). Listing reads the whole archive, so the list is cached
 // in the worker's bucket (IndexKey), and a recurring pass over an unchanged
-// pool reads only the indexes.
-func (s Source) samples(ctx context.Context, b *blob.Bucket, key, archive, version string) ([]webdataset.Sample, error) {
+// pool reads only the indexes. An archive is read once hold has let it.
+func (s Source) samples(ctx context.Context, b *blob.Bucket, key, archive, version string, hold func() (release func(), err error)) ([]webdataset.Sample, error) {
 	ik := IndexKey(archive, version)
 	if data, err := s.Bucket.ReadAll(ctx, ik); err == nil {
 		if samples, err := parseIndex(archive, data); err == nil {
 			return samples, nil
 		} // a damaged index is rebuilt
 	}
+	release, err := hold()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, err)
