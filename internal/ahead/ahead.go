@@ -51,6 +51,9 @@ func Stream[T any](ctx context.Context, depth int, produce func(ctx context.Cont
 	ctx, cancel := context.WithCancel(ctx)
 	r := &Reader[T]{ctx: ctx, cancel: cancel, futures: make(chan chan fetched[T], depth), drop: drop}
 	start := func(fetch Fetch[T]) bool {
+		if ctx.Err() != nil { // else the select may yet pick the send
+			return false
+		}
 		f := make(chan fetched[T], 1)
 		select {
 		case r.futures <- f:

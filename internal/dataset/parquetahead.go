@@ -17,12 +17,13 @@ import (
 // through the row groups, so a column's next row group has begun before
 // its current one ends.
 type columnReads struct {
-	direct *rangeReader // reads outside the columns' blocks
-	ahead  *rangeReader // the blocks' reads, cancelled by close
-	cancel context.CancelFunc
-	tail   []byte // the file's last bytes: its footer, read at once
-	mu     sync.Mutex
-	cols   []*columnBlocks
+	direct  *rangeReader // reads outside the columns' blocks
+	ahead   *rangeReader // the blocks' reads, cancelled by close
+	cancel  context.CancelFunc
+	reading sync.WaitGroup
+	tail    []byte // the file's last bytes: its footer, read at once
+	mu      sync.Mutex
+	cols    []*columnBlocks
 }
 
 // columnBlocks is one column's chunks, cut into blocks, in file order.
@@ -58,6 +59,9 @@ func newColumnReads(rr *rangeReader) (*columnReads, error) {
 	var cancel context.CancelFunc
 	ahead.ctx, cancel = context.WithCancel(rr.ctx)
 	c := &columnReads{direct: rr, ahead: &ahead, cancel: cancel, tail: make([]byte, min(rr.size, parquetTail))}
+	if len(c.tail) == 0 {
+		return c, nil // the reader tells what is wrong with an empty file
+	}
 	if _, err := rr.ReadAt(c.tail, rr.size-int64(len(c.tail))); err != nil {
 		cancel()
 		return nil, err
@@ -82,10 +86,16 @@ func (c *columnReads) plan(pf *file.Reader, columns []int) {
 }
 
 // blocksOf cuts column col's chunks into blocks; nil when the footer says
-// what no file can hold (chunks out of order or past the file's end),
-// which the reader fails on, naming it.
-func (c *columnReads) blocksOf(pf *file.Reader, col int) *columnBlocks {
-	cb := &columnBlocks{reads: map[int]*blockRead{}}
+// what no file can hold (chunks out of order or past the file's end, or
+// missing: the metadata's accessors panic), which the reader fails on,
+// naming it.
+func (c *columnReads) blocksOf(pf *file.Reader, col int) (cb *columnBlocks) {
+	defer func() {
+		if recover() != nil {
+			cb = nil
+		}
+	}()
+	cb = &columnBlocks{reads: map[int]*blockRead{}}
 	last := int64(0)
 	for g := range pf.NumRowGroups() {
 		cc, err := pf.MetaData().RowGroup(g).ColumnChunk(col)
@@ -108,15 +118,18 @@ func (c *columnReads) blocksOf(pf *file.Reader, col int) *columnBlocks {
 	return cb
 }
 
-// close stops the reads ahead.
-func (c *columnReads) close() { c.cancel() }
+// close stops the reads ahead and waits for them to end.
+func (c *columnReads) close() {
+	c.cancel()
+	c.reading.Wait()
+}
 
 // ReadAt reads p from the file's tail or the blocks that hold it, reading
 // ahead of them, or straight from the store when p is within neither (a
 // long footer, a damaged file's offsets).
 func (c *columnReads) ReadAt(p []byte, off int64) (int, error) {
-	if tailOff := c.direct.size - int64(len(c.tail)); off >= tailOff && off+int64(len(p)) <= c.direct.size {
-		return copy(p, c.tail[off-tailOff:]), nil
+	if t, ok := c.inTail(off, int64(len(p))); ok {
+		return copy(p, t), nil
 	}
 	waits, first := c.take(off, int64(len(p)))
 	if waits == nil {
@@ -184,9 +197,27 @@ func (c *columnReads) take(off, n int64) ([]*blockRead, int64) {
 	return nil, 0
 }
 
+// inTail is [off, off+n) of the file's tail, if the tail holds it.
+func (c *columnReads) inTail(off, n int64) ([]byte, bool) {
+	tailOff := c.direct.size - int64(len(c.tail))
+	if off < tailOff || off+n > c.direct.size {
+		return nil, false
+	}
+	return c.tail[off-tailOff : off-tailOff+n], true
+}
+
+// start reads a block, from the tail if it holds it (a small manifest's
+// every block).
 func (c *columnReads) start(s span) *blockRead {
 	r := &blockRead{done: make(chan struct{})}
+	if t, ok := c.inTail(s.off, s.n); ok {
+		r.data = t
+		close(r.done)
+		return r
+	}
+	c.reading.Add(1)
 	go func() {
+		defer c.reading.Done()
 		defer close(r.done)
 		r.data = make([]byte, s.n)
 		var n int
