@@ -362,7 +362,11 @@ func TestWalkParquetManifest(t *testing.T) {
 		t.Fatalf("null uri: %v", err)
 	}
 
-	// Not a Parquet file at all.
+	// An empty file, and not a Parquet file at all.
+	b.WriteAll(context.Background(), "empty.parquet", nil, nil)
+	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "empty.parquet"}); err == nil || !strings.Contains(err.Error(), `"empty.parquet": parquet: file too small`) {
+		t.Fatalf("empty: %v", err)
+	}
 	b.WriteAll(context.Background(), "fake.parquet", []byte("uri,label\nx.png,cat\n"), nil)
 	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "fake.parquet"}); err == nil || !strings.Contains(err.Error(), "fake.parquet") {
 		t.Fatalf("not parquet: %v", err)
