@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,5 +96,38 @@ func TestCut(t *testing.T) {
 	}, nil)
 	if err != full {
 		t.Errorf("a failed write: %v, want its error", err)
+	}
+}
+
+// Cut's writes hold at most cutItems images between them: a pack's
+// shards of many images each are written fewer at once.
+func TestCutHoldsBoundedItems(t *testing.T) {
+	const per = 150_000
+	n := 4 * per
+	var csv strings.Builder
+	csv.WriteString("uri,label\n")
+	for i := range n {
+		fmt.Fprintf(&csv, "%d.png,c\n", i)
+	}
+	src := Source{Bucket: memBucket(t, map[string]string{"m.csv": csv.String()})}
+	var now, most atomic.Int32
+	shards, _, err := src.Cut(context.Background(), schemas.Dataset{Manifest: "m.csv"}, func(_ Item, n int) bool { return n == per },
+		func(context.Context, int, []byte) error {
+			m := now.Add(1)
+			defer now.Add(-1)
+			for x := most.Load(); m > x && !most.CompareAndSwap(x, m); x = most.Load() {
+			}
+			// Wait for all four, or long enough for the walk to have
+			// started all it may.
+			for start := time.Now(); now.Load() < 4 && time.Since(start) < time.Second; {
+				time.Sleep(time.Millisecond)
+			}
+			return nil
+		}, nil)
+	if err != nil || shards != 4 {
+		t.Fatalf("%d shards, %v", shards, err)
+	}
+	if m := most.Load(); m > cutItems/per {
+		t.Errorf("%d shards of %d images written at once, want at most %d", m, per, cutItems/per)
 	}
 }
