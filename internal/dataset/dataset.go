@@ -236,13 +236,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 			}
 			v := version(obj)
 			if !start(func(ctx context.Context) (archiveList, error) {
-				samples, err := s.samples(ctx, b, obj.Key, archive, v, func() (func(), error) {
-					n := min(obj.Size, archiveBytes)
-					if err := reading.Acquire(ctx, n); err != nil {
-						return nil, err
-					}
-					return func() { reading.Release(n) }, nil
-				})
+				samples, err := s.samples(ctx, b, obj, archive, v, reading)
 				return archiveList{v, samples}, err
 			}) {
 				return ctx.Err()
@@ -279,23 +273,24 @@ type archiveList struct {
 	samples []webdataset.Sample
 }
 
-// samples lists the samples of one version of an archive (key in b, named
+// samples lists the samples of one version of an archive (obj in b, named
 // archive in items). Listing reads the whole archive, so the list is cached
 // in the worker's bucket (IndexKey), and a recurring pass over an unchanged
-// pool reads only the indexes. An archive is read once hold has let it.
-func (s Source) samples(ctx context.Context, b *blob.Bucket, key, archive, version string, hold func() (release func(), err error)) ([]webdataset.Sample, error) {
+// pool reads only the indexes. An archive is read holding its size of
+// reading.
+func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObject, archive, version string, reading *semaphore.Weighted) ([]webdataset.Sample, error) {
 	ik := IndexKey(archive, version)
 	if data, err := s.Bucket.ReadAll(ctx, ik); err == nil {
 		if samples, err := parseIndex(archive, data); err == nil {
 			return samples, nil
 		} // a damaged index is rebuilt
 	}
-	release, err := hold()
-	if err != nil {
+	n := min(obj.Size, archiveBytes)
+	if err := reading.Acquire(ctx, n); err != nil {
 		return nil, err
 	}
-	defer release()
-	r, err := b.NewReader(ctx, key, nil)
+	defer reading.Release(n)
+	r, err := b.NewReader(ctx, obj.Key, nil)
 	if err != nil {
 		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, err)
 	}
