@@ -127,13 +127,22 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "plan"
-	plans, err := planAll(cpu, run, cfg, map[string]schemas.Dataset{
+	sets := map[string]schemas.Dataset{
 		activities.ErrorSample:  cfg.Data.ErrorSample,
 		activities.Pool:         cfg.Data.Pool,
 		activities.Train:        cfg.Data.Train,
 		activities.Test:         cfg.Data.Test,
 		activities.ErrorHeldout: cfg.Data.ErrorHeldout,
-	})
+	}
+	var plans map[string]activities.PlanResult
+	var err error
+	var later *plansAhead // the pool's and train's plans, when they go on past the checks
+	if workflow.GetVersion(ctx, planLaterChange, workflow.DefaultVersion, 1) == 1 {
+		later = startPlans(cpu, run, cfg, sets, []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test}, []string{activities.Pool, activities.Train})
+		plans, err = later.wait(ctx, later.first)
+	} else {
+		plans, err = planAll(cpu, run, cfg, sets)
+	}
 	if err != nil {
 		return PassResult{}, err
 	}
@@ -152,7 +161,13 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 	p.Phase = "embed queries"
 	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), scan: scanName(ctx)}
-	if err := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0).Get(ctx, nil); err != nil {
+	embedded := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0)
+	if later != nil {
+		err = later.watch(ctx, embedded)
+	} else {
+		err = embedded.Get(ctx, nil)
+	}
+	if err != nil {
 		return PassResult{}, err
 	}
 	var queries activities.QueriesResult
@@ -160,6 +175,16 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		Run: run, Shards: plans[activities.ErrorSample].Shards, Model: models.Similarity,
 	}).Get(ctx, &queries); err != nil {
 		return PassResult{}, err
+	}
+	if later != nil {
+		rest, err := later.wait(ctx, later.rest)
+		if err != nil {
+			return PassResult{}, err
+		}
+		for name, pl := range rest {
+			plans[name] = pl
+			p.ShardsTotal += pl.Shards
+		}
 	}
 
 	p.Phase = "scan pool"
@@ -204,6 +229,11 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 // planFailFastChange versions planAll's ending at the first failure.
 const planFailFastChange = "plan-fail-fast"
+
+// planLaterChange versions waiting for the pool's and train's plans only
+// before the scan (plansAhead), so passes started before it replay as
+// they ran.
+const planLaterChange = "plan-later"
 
 // scanFirstChange versions starting the pool scan's chains before the
 // other sets, so passes started before it replay as they ran.
@@ -324,6 +354,78 @@ func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[stri
 		res[name] = r
 	}
 	return res, nil
+}
+
+// plansAhead is a pass's plans under way: the sets its checks and queries
+// need first, which it waits for, and the rest (the pool and train, which
+// only the scan needs), which go on beside the checks and the queries. A
+// pool of 10^9 images plans for minutes; even a small one's plan held the
+// checks a round of the worker's slots (five plans on two, three rounds).
+type plansAhead struct {
+	futures     map[string]workflow.Future
+	first, rest []string
+}
+
+// startPlans starts the plans of first, then of rest, in that order: a
+// worker takes them in turn as its slots free.
+func startPlans(ctx workflow.Context, run string, cfg schemas.Config, sets map[string]schemas.Dataset, first, rest []string) *plansAhead {
+	var a *activities.Activities
+	p := &plansAhead{futures: map[string]workflow.Future{}, first: first, rest: rest}
+	for _, name := range append(slices.Clone(first), rest...) {
+		p.futures[name] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
+			Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size,
+		})
+	}
+	return p
+}
+
+// wait waits for the plans of names and returns their counts; any plan's
+// failure ends the wait, as soon as it happens.
+func (p *plansAhead) wait(ctx workflow.Context, names []string) (map[string]activities.PlanResult, error) {
+	var fs []workflow.Future
+	for _, name := range names {
+		fs = append(fs, p.futures[name])
+	}
+	if err := p.watch(ctx, fs...); err != nil {
+		return nil, err
+	}
+	res := map[string]activities.PlanResult{}
+	for _, name := range names {
+		var r activities.PlanResult
+		if err := p.futures[name].Get(ctx, &r); err != nil {
+			return nil, err
+		}
+		res[name] = r
+	}
+	return res, nil
+}
+
+// watch waits for fs, ending at the first failure among them or among
+// the plans under way: a pool that cannot be listed fails the pass while
+// its queries are embedded, not after.
+func (p *plansAhead) watch(ctx workflow.Context, fs ...workflow.Future) error {
+	var failed error
+	pending := len(fs)
+	sel := workflow.NewSelector(ctx)
+	for _, f := range fs {
+		sel.AddFuture(f, func(f workflow.Future) {
+			pending--
+			if err := f.Get(ctx, nil); err != nil && failed == nil {
+				failed = err
+			}
+		})
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.futures)) {
+		sel.AddFuture(p.futures[name], func(f workflow.Future) {
+			if err := f.Get(ctx, nil); err != nil && failed == nil {
+				failed = err
+			}
+		})
+	}
+	for pending > 0 && failed == nil {
+		sel.Select(ctx)
+	}
+	return failed
 }
 
 // shardRunner runs a dataset's shards, in the pass itself when they are

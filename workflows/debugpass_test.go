@@ -175,6 +175,65 @@ func (s *UnitTestSuite) TestBadConfigFailsAtValidation() {
 	s.Contains(err.Error(), "selection.k")
 }
 
+// The pool's and train's plans go on beside the checks and the queries,
+// which need only E_sample, E_heldout and test: the queries are gathered
+// while the pool is still being listed, and the pool's failure after them
+// still fails the pass, named.
+func (s *UnitTestSuite) TestPoolPlanGoesOnBesideTheQueries() {
+	env := s.NewTestWorkflowEnvironment()
+	var a *activities.Activities
+	queried := make(chan struct{})
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		if in.Name == activities.Pool {
+			select {
+			case <-queried:
+				return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.pool: listing failed", "InvalidInput", nil)
+			case <-time.After(10 * time.Second):
+				return activities.PlanResult{}, errors.New("the queries waited for the pool's plan")
+			}
+		}
+		return activities.PlanResult{Shards: 1, Images: 10}, nil
+	})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(activities.EmbedShardResult{Images: 10}, nil)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(func(context.Context, activities.QueriesInput) (activities.QueriesResult, error) {
+		close(queried)
+		return activities.QueriesResult{Queries: 10}, nil
+	})
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})
+	s.ErrorContains(env.GetWorkflowError(), "data.pool: listing failed")
+}
+
+// A pool whose planning fails while E_sample is embedded ends the pass
+// then, not when the embedding is done.
+func (s *UnitTestSuite) TestPoolPlanFailsThePassWhileQueriesEmbed() {
+	env := s.NewTestWorkflowEnvironment()
+	var a *activities.Activities
+	release := make(chan struct{})
+	defer close(release)
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	embedding := make(chan struct{})
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		if in.Name == activities.Pool {
+			<-embedding
+			return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.pool: listing failed", "InvalidInput", nil)
+		}
+		return activities.PlanResult{Shards: 1, Images: 10}, nil
+	})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	var once sync.Once
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		once.Do(func() { close(embedding) })
+		<-release // E_sample's embedding never ends
+		return activities.EmbedShardResult{}, nil
+	})
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()})
+	s.ErrorContains(env.GetWorkflowError(), "data.pool: listing failed")
+}
+
 // A dataset whose planning fails ends the pass at once, though the pool's
 // listing (here, one that never ends) is still running.
 func (s *UnitTestSuite) TestFailedPlanEndsThePassAtOnce() {
