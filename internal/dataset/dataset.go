@@ -203,9 +203,11 @@ func version(obj *blob.ListObject) string {
 
 // ArchivesAhead is how many archives' sample lists a WebDataset's walk
 // reads ahead of the one it lists, and archiveBytes how many bytes of the
-// archives whose lists it has not cached it reads at once: read whole,
-// sharing the worker's link, 64 archives of 500 MB would keep the first's
-// samples waiting minutes (at 1 Gbit/s, 2 s for 256 MiB).
+// archives whose lists it has not cached it reads at once: read whole, 64
+// archives of 500 MB sharing the worker's link would all end together,
+// minutes on, the first's samples with them; under the limit they take the
+// link a few at a time (at 1 Gbit/s, 2 s for 256 MiB), in the order their
+// cache lookups missed, which is about the walk's.
 const (
 	ArchivesAhead = 64
 	archiveBytes  = 256 << 20

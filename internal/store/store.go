@@ -574,7 +574,9 @@ const (
 // the one being taken, and the rest of a longer folder when it comes to
 // it. Where folders are tiny (the first FoldersAhead hold fewer keys than
 // one request returns: an identity's five photos, say), a request a folder
-// lists fewer keys than one flat listing would, so it lists the rest flat.
+// lists fewer keys than one flat listing would, so it lists the rest flat;
+// it judges by those first folders only, as layouts are mostly alike
+// throughout.
 func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
 	if isLocal(b) { // a local folder lists in microseconds
 		return listTree(ctx, b, prefix, fn)
