@@ -196,6 +196,18 @@ func TestAzureStore(t *testing.T) {
 	}
 }
 
+// ListFolders lists on Azure Blob Storage, whose delimited listing and page
+// tokens are its own, what List lists (checkListFolders).
+func TestAzureListFolders(t *testing.T) {
+	url, _ := azurite(t, "dcd-folders")
+	b, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	checkListFolders(t, b)
+}
+
 // The Azure SDK's own client, keeping 10 idle connections, opened 441 for
 // these reads.
 func TestAzureReusesConnections(t *testing.T) {
