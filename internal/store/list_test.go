@@ -9,9 +9,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"gocloud.dev/blob"
+
+	"dcd/internal/devserver"
 )
 
 // List goes through every page, in key order, and stops at fn's error.
@@ -209,4 +212,32 @@ func checkListFolders(t *testing.T, b *blob.Bucket) {
 	}); err != stop || n != 20 {
 		t.Errorf("ListFolders returned %v after %d objects, want fn's error after 20", err, n)
 	}
+}
+
+// ListFolders lists on a real S3 server (versitygw), whose delimited
+// listing and continuation tokens are S3's, what List lists.
+func TestS3ListFolders(t *testing.T) {
+	bin, err := devserver.VersityGWBinary()
+	if err != nil {
+		t.Fatalf("%v: run `make setup` (scripts/setup.sh installs it)", err)
+	}
+	srv, err := devserver.StartS3(bin, t.TempDir(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	for _, kv := range devserver.S3Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	url, err := srv.Bucket(context.Background(), "dcd-folders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	checkListFolders(t, b)
 }
