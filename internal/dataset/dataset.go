@@ -203,14 +203,17 @@ func version(obj *blob.ListObject) string {
 
 // ArchivesAhead is how many archives' sample lists a WebDataset's walk
 // reads ahead of the one it lists, and archiveBytes how many bytes of the
-// archives whose lists it has not cached it reads at once: read whole, 64
-// archives of 500 MB sharing the worker's link would all end together,
-// minutes on, the first's samples with them; under the limit they take the
-// link a few at a time (at 1 Gbit/s, 2 s for 256 MiB), in the order their
-// cache lookups missed, which is about the walk's.
+// archives whose lists it has not cached it reads at once, each counted as
+// at most an eighth of them. Read whole, 64 archives of 500 MB sharing the
+// worker's link would all end together, minutes on, the first's samples
+// with them; under the limit eight at a time take it (one object store
+// stream carries about 100 MB/s, so a fast link wants several), while
+// small ones, bound by the store's latency, still go 64 at once. They take
+// the limit in the order their cache lookups missed, which is about the
+// walk's.
 const (
 	ArchivesAhead = 64
-	archiveBytes  = 256 << 20
+	archiveBytes  = 2 << 30
 )
 
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
@@ -287,7 +290,7 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObjec
 			return samples, nil
 		} // a damaged index is rebuilt
 	}
-	n := min(obj.Size, archiveBytes)
+	n := min(obj.Size, archiveBytes/8)
 	if err := reading.Acquire(ctx, n); err != nil {
 		return nil, err
 	}
