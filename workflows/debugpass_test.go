@@ -175,6 +175,27 @@ func (s *UnitTestSuite) TestBadConfigFailsAtValidation() {
 	s.Contains(err.Error(), "selection.k")
 }
 
+// poolFailsAfter mocks a pass's steps up to the scan: every set plans at
+// once but the pool, whose listing fails once after is closed (or, if it
+// never is, with another error after 10 s).
+func poolFailsAfter(env *testsuite.TestWorkflowEnvironment, after <-chan struct{}) {
+	var a *activities.Activities
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		if in.Name == activities.Pool {
+			select {
+			case <-after:
+				return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.pool: listing failed", "InvalidInput", nil)
+			case <-time.After(10 * time.Second):
+				return activities.PlanResult{}, errors.New("the pool's plan waited for what comes after it")
+			}
+		}
+		return activities.PlanResult{Shards: 1, Images: 10}, nil
+	})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+}
+
 // The pool's and train's plans go on beside the checks and the queries,
 // which need only E_sample, E_heldout and test: the queries are gathered
 // while the pool is still being listed, and the pool's failure after them
@@ -183,20 +204,7 @@ func (s *UnitTestSuite) TestPoolPlanGoesOnBesideTheQueries() {
 	env := s.NewTestWorkflowEnvironment()
 	var a *activities.Activities
 	queried := make(chan struct{})
-	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
-	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
-		if in.Name == activities.Pool {
-			select {
-			case <-queried:
-				return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.pool: listing failed", "InvalidInput", nil)
-			case <-time.After(10 * time.Second):
-				return activities.PlanResult{}, errors.New("the queries waited for the pool's plan")
-			}
-		}
-		return activities.PlanResult{Shards: 1, Images: 10}, nil
-	})
-	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	poolFailsAfter(env, queried)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(activities.EmbedShardResult{Images: 10}, nil)
 	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(func(context.Context, activities.QueriesInput) (activities.QueriesResult, error) {
 		close(queried)
@@ -213,17 +221,8 @@ func (s *UnitTestSuite) TestPoolPlanFailsThePassWhileQueriesEmbed() {
 	var a *activities.Activities
 	release := make(chan struct{})
 	defer close(release)
-	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
-	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	embedding := make(chan struct{})
-	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
-		if in.Name == activities.Pool {
-			<-embedding
-			return activities.PlanResult{}, temporal.NewNonRetryableApplicationError("data.pool: listing failed", "InvalidInput", nil)
-		}
-		return activities.PlanResult{Shards: 1, Images: 10}, nil
-	})
-	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	poolFailsAfter(env, embedding)
 	var once sync.Once
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(context.Context, activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		once.Do(func() { close(embedding) })

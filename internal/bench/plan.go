@@ -143,16 +143,14 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 	if o.Quick {
 		labels = 16
 	}
-	o.logf("plan: writing an ImageFolder of %d labels of %d images", labels, per)
-	if err := writeFolders(ctx, direct, "pool/", labels, per); err != nil {
+	if err := writeFolders(ctx, o, direct, "pool/", labels, per); err != nil {
 		return nil, err
 	}
 	small, smallPer := 2000, 5
 	if o.Quick {
 		small = 400
 	}
-	o.logf("plan: writing an ImageFolder of %d labels of %d images", small, smallPer)
-	if err := writeFolders(ctx, direct, "small/", small, smallPer); err != nil {
+	if err := writeFolders(ctx, o, direct, "small/", small, smallPer); err != nil {
 		return nil, err
 	}
 	walkFolder := func(prefix string, images int) func() error {
@@ -326,7 +324,8 @@ func parquetManifest(n int) ([]byte, error) {
 
 // writeFolders writes an ImageFolder of labels folders of per empty
 // images under prefix of b.
-func writeFolders(ctx context.Context, b *blob.Bucket, prefix string, labels, per int) error {
+func writeFolders(ctx context.Context, o Options, b *blob.Bucket, prefix string, labels, per int) error {
+	o.logf("plan: writing an ImageFolder of %d labels of %d images under %s", labels, per, prefix)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(64)
 	for i := range labels * per {
