@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"gocloud.dev/blob"
@@ -143,12 +144,14 @@ func TestListFileFolders(t *testing.T) {
 // the pages it lists ahead, and with folders so small that it lists the
 // rest flat; and it stops at fn's error.
 func TestListFolders(t *testing.T) {
-	b, err := Open(context.Background(), "mem://")
-	if err != nil {
-		t.Fatal(err)
+	for _, url := range []string{"mem://", "file://" + t.TempDir()} {
+		b, err := Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkListFolders(t, b)
+		b.Close()
 	}
-	defer b.Close()
-	checkListFolders(t, b)
 }
 
 // checkListFolders is TestListFolders on b, an empty bucket.
@@ -191,20 +194,35 @@ func checkListFolders(t *testing.T, b *blob.Bucket) {
 			}
 			flat := false
 			testHookFlat = func() { flat = true }
-			got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, fn) })
+			got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, "", fn) })
 			if !slices.Equal(got, want) {
 				t.Errorf("%d keys a request, prefix %q: ListFolders listed %q, List %q", request, prefix, got, want)
 			}
+			// From any key on: a key listed, the least key after it, a
+			// folder, keys that are not there.
+			var froms []string
+			for i := 0; i < len(want); i += 5 {
+				froms = append(froms, want[i], want[i]+"\x00")
+			}
+			froms = append(froms, "pool/a/", "pool/a", "pool/a/x/", "pool/0", "pool/zz", "a", "zzz")
+			for _, from := range froms {
+				got := listed(func(fn func(*blob.ListObject) error) error { return ListFolders(ctx, b, prefix, from, fn) })
+				i, _ := slices.BinarySearch(want, from)
+				if !slices.Equal(got, want[i:]) {
+					t.Errorf("%d keys a request, prefix %q, from %q: ListFolders listed %q, want %q", request, prefix, from, got, want[i:])
+				}
+			}
 			// 16 folders of a key each, or objects beside the folders:
-			// flat where a request lists more keys than they hold.
-			if wantFlat := request == 100 && (prefix == "pool/" || prefix == "pool/a/"); flat != wantFlat {
+			// flat where a request lists more keys than they hold (on an
+			// object store: file:// walks its folders).
+			if wantFlat := request == 100 && (prefix == "pool/" || prefix == "pool/a/") && !isLocal(b); flat != wantFlat {
 				t.Errorf("%d keys a request, prefix %q: listed the rest flat %v, want %v", request, prefix, flat, wantFlat)
 			}
 		}
 	}
 	stop := errors.New("stop")
 	n := 0
-	if err := ListFolders(ctx, b, "pool/", func(*blob.ListObject) error {
+	if err := ListFolders(ctx, b, "pool/", "", func(*blob.ListObject) error {
 		if n++; n == 20 {
 			return stop
 		}
@@ -240,4 +258,18 @@ func TestS3ListFolders(t *testing.T) {
 	}
 	defer b.Close()
 	checkListFolders(t, b)
+
+	// From a key, S3 lists from it: the long folder's last key takes a
+	// request or two of two keys, not the 24 before it.
+	defer func(n, r int) { pageSize, requestPage = n, r }(pageSize, requestPage)
+	pageSize, requestPage = 2, 2
+	var pages atomic.Int32 // the folders' listings run on their own goroutines
+	testHookPage = func() { pages.Add(1) }
+	defer func() { testHookPage = func() {} }()
+	if err := ListFolders(context.Background(), b, "pool/a/", "pool/a/047.png", func(*blob.ListObject) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n := pages.Load(); n > 6 {
+		t.Errorf("listing from the long folder's last key took %d requests, want it to begin there", n)
+	}
 }

@@ -165,3 +165,29 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 	}
 	return container.NewClient(containerURL, cred, opts)
 }
+
+// startingAt has a listing's first request begin near the key from, on a
+// store that takes a key to list after: S3's StartAfter (Marker in its
+// older listing). It is given from less its last byte ("a/7.pn" for
+// "a/7.png"), which sorts before from; the caller skips what lies between.
+// Other stores list from their first key, and the caller skips up to from:
+// Azure's markers are opaque, and GCS's StartOffset wants keys escaped as
+// gcsblob escapes them.
+func startingAt(opts *blob.ListOptions, from string) *blob.ListOptions {
+	if from == "" {
+		return opts
+	}
+	after := from[:len(from)-1]
+	opts.BeforeList = func(as func(any) bool) error {
+		var v2 *s3.ListObjectsV2Input
+		if as(&v2) && v2.ContinuationToken == nil {
+			v2.StartAfter = &after
+		}
+		var v1 *s3.ListObjectsInput
+		if as(&v1) && v1.Marker == nil {
+			v1.Marker = &after
+		}
+		return nil
+	}
+	return opts
+}

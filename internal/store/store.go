@@ -531,7 +531,7 @@ func List(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, fn func(*
 		if opts != nil {
 			prefix = opts.Prefix
 		}
-		return listTree(ctx, b, prefix, fn)
+		return listTree(ctx, b, prefix, "", fn)
 	}
 	_, err := listPages(ctx, b, opts, blob.FirstPageToken, pageSize, 0, fn)
 	return err
@@ -547,6 +547,7 @@ func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, toke
 		if err != nil {
 			return nil, err
 		}
+		testHookPage()
 		for _, obj := range page {
 			if err := fn(obj); err != nil {
 				return nil, err
@@ -555,6 +556,9 @@ func listPages(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, toke
 	}
 	return token, nil
 }
+
+// testHookPage is called for each page listed.
+var testHookPage = func() {}
 
 // FoldersAhead is how many folders ListFolders lists ahead of the one it
 // hands out, and folderPages how many requests' pages of each: up to
@@ -565,30 +569,38 @@ const (
 	folderPages  = 8
 )
 
-// ListFolders is List of the objects under prefix, for objects that sit in
-// many folders under it, as an ImageFolder's do in their labels. An object
-// store lists a prefix 1,000 keys a request, each asked for after the one
-// before: a pool of 10^7 images waits on 10,000 of them, one after
-// another. Keys under one folder sort together, so ListFolders lists the
-// folders, then the first pages of FoldersAhead of them at once, ahead of
-// the one being taken, and the rest of a longer folder when it comes to
-// it. Where folders are tiny (the first FoldersAhead hold fewer keys than
-// one request returns: an identity's five photos, say), a request a folder
-// lists fewer keys than one flat listing would, so it lists the rest flat;
-// it judges by those first folders only, as layouts are mostly alike
-// throughout.
-func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
+// ListFolders is List of the objects under prefix from the key from on
+// ("" from the first), for objects that sit in many folders under it, as
+// an ImageFolder's do in their labels. An object store lists a prefix
+// 1,000 keys a request, each asked for after the one before: a pool of
+// 10^7 images waits on 10,000 of them, one after another. Keys under one
+// folder sort together, so ListFolders lists the folders, then the first
+// pages of FoldersAhead of them at once, ahead of the one being taken, and
+// the rest of a longer folder when it comes to it. Where folders are tiny
+// (the first FoldersAhead hold fewer keys than one request returns: an
+// identity's five photos, say), a request a folder lists fewer keys than
+// one flat listing would, so it lists the rest flat; it judges by those
+// first folders only, as layouts are mostly alike throughout.
+//
+// From a key, the folders before its own are not listed, and on S3 the
+// requests begin at it (startingAt); elsewhere its folder's keys before it
+// are listed and skipped.
+func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
 	if isLocal(b) { // a local folder lists in microseconds
-		return listTree(ctx, b, prefix, fn)
+		return listTree(ctx, b, prefix, from, fn)
 	}
 	folders := ahead.Stream(ctx, FoldersAhead, func(ctx context.Context, start func(ahead.Fetch[folderHead]) bool) error {
 		last := ""
-		_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
+		opts := startingAt(&blob.ListOptions{Prefix: prefix, Delimiter: "/"}, folderOf(prefix, from))
+		_, err := listPages(ctx, b, opts, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
 			if last != "" && obj.Key <= last {
 				return nil // a store that repeats an entry across pages
 			}
 			last = obj.Key
-			if !start(func(ctx context.Context) (folderHead, error) { return listHead(ctx, b, obj) }) {
+			if before(obj, from) {
+				return nil
+			}
+			if !start(func(ctx context.Context) (folderHead, error) { return listHead(ctx, b, obj, from) }) {
 				return ctx.Err()
 			}
 			return nil
@@ -598,6 +610,9 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*bl
 	defer folders.Stop()
 	last := "" // the last key handed to fn
 	emit := func(obj *blob.ListObject) error {
+		if obj.Key < from {
+			return nil // in from's folder, where the store began before it
+		}
 		last = obj.Key
 		return fn(obj)
 	}
@@ -623,7 +638,10 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix string, fn func(*bl
 		if taken, keys = taken+1, keys+len(h.objects); taken == FoldersAhead && keys < requestPage {
 			folders.Stop()
 			testHookFlat()
-			return listAfter(ctx, b, prefix, last, fn)
+			if last != "" {
+				from = last + "\x00" // the least key after last
+			}
+			return listFlat(ctx, b, prefix, from, fn)
 		}
 	}
 }
@@ -639,11 +657,16 @@ type folderHead struct {
 	next    []byte
 }
 
-func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) (folderHead, error) {
+// listHead lists the first pages of the folder obj, from the key from on
+// where from is in it.
+func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject, from string) (folderHead, error) {
 	if !obj.IsDir {
 		return folderHead{objects: []*blob.ListObject{obj}}, nil
 	}
 	h := folderHead{opts: &blob.ListOptions{Prefix: obj.Key}}
+	if strings.HasPrefix(from, obj.Key) {
+		h.opts = startingAt(h.opts, from)
+	}
 	var err error
 	h.next, err = listPages(ctx, b, h.opts, blob.FirstPageToken, requestPage, folderPages, func(o *blob.ListObject) error {
 		h.objects = append(h.objects, o)
@@ -652,11 +675,33 @@ func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) (folder
 	return h, err
 }
 
-// listAfter lists prefix flat from the key after last: the keys up to it
-// listed again, a request's worth where ListFolders turns to it.
-func listAfter(ctx context.Context, b *blob.Bucket, prefix, last string, fn func(*blob.ListObject) error) error {
-	_, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix}, blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
-		if obj.Key <= last {
+// before says whether every key of obj, a folder or an object, sorts
+// before from.
+func before(obj *blob.ListObject, from string) bool {
+	if obj.IsDir && strings.HasPrefix(from, obj.Key) {
+		return false
+	}
+	return obj.Key < from
+}
+
+// folderOf is the entry of from in a listing of prefix by folders: its
+// folder under prefix (prefix/label/), or from itself when it is not in
+// one.
+func folderOf(prefix, from string) string {
+	rel, ok := strings.CutPrefix(from, prefix)
+	if !ok {
+		return from
+	}
+	if i := strings.Index(rel, "/"); i >= 0 {
+		return prefix + rel[:i+1]
+	}
+	return from
+}
+
+// listFlat lists prefix flat from the key from on.
+func listFlat(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
+	_, err := listPages(ctx, b, startingAt(&blob.ListOptions{Prefix: prefix}, from), blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
+		if obj.Key < from {
 			return nil
 		}
 		return fn(obj)
@@ -664,17 +709,19 @@ func listAfter(ctx context.Context, b *blob.Bucket, prefix, last string, fn func
 	return err
 }
 
-// listTree lists a file:// bucket a folder at a time. The driver walks
-// folders in name order, "a" before "a b", but their keys sort the other
-// way ("a b/…" < "a/…", a space being less than a slash), and a page of a
-// flat listing resumes after its last key: the keys under "a b/" that the
-// walk reached after that page were skipped, a whole class of an
-// ImageFolder gone without an error. A folder's entries are sorted here,
-// and its subfolders listed in that order.
-func listTree(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.ListObject) error) error {
+// listTree lists a file:// bucket a folder at a time, from the key from
+// on. The driver walks folders in name order, "a" before "a b", but their
+// keys sort the other way ("a b/…" < "a/…", a space being less than a
+// slash), and a page of a flat listing resumes after its last key: the
+// keys under "a b/" that the walk reached after that page were skipped, a
+// whole class of an ImageFolder gone without an error. A folder's entries
+// are sorted here, and its subfolders listed in that order.
+func listTree(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
 	var level []*blob.ListObject
 	if _, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
-		level = append(level, obj)
+		if !before(obj, from) {
+			level = append(level, obj)
+		}
 		return nil
 	}); err != nil {
 		return err
@@ -683,7 +730,7 @@ func listTree(ctx context.Context, b *blob.Bucket, prefix string, fn func(*blob.
 	for _, obj := range level {
 		var err error
 		if obj.IsDir {
-			err = listTree(ctx, b, obj.Key, fn)
+			err = listTree(ctx, b, obj.Key, from, fn)
 		} else {
 			err = fn(obj)
 		}
