@@ -104,17 +104,24 @@ func (s *Source) ownBuckets() (closeOwn func()) {
 // Walk calls fn for every image of ds, in key order for prefixes and in file
 // order for manifests.
 func (s Source) Walk(ctx context.Context, ds schemas.Dataset, fn func(Item) error) error {
+	return s.WalkFrom(ctx, ds, &Mark{}, fn)
+}
+
+// WalkFrom is Walk going on from the Mark at, which it moves past each
+// item before it calls fn with it: after an error, at is where the walk
+// stood after the last item fn was given.
+func (s Source) WalkFrom(ctx context.Context, ds schemas.Dataset, at *Mark, fn func(Item) error) error {
 	defer s.ownBuckets()()
 	if s.Mem == nil {
 		s.Mem = memory.NewGoAllocator()
 	}
 	switch {
 	case ds.Manifest != "":
-		return s.walkManifest(ctx, ds.Manifest, fn)
+		return s.walkManifest(ctx, ds.Manifest, at, fn)
 	case ds.WebDataset != "":
-		return s.walkWebDataset(ctx, ds.WebDataset, fn)
+		return s.walkWebDataset(ctx, ds.WebDataset, at, fn)
 	}
-	return s.walkPrefix(ctx, ds.Prefix, fn)
+	return s.walkPrefix(ctx, ds.Prefix, at, fn)
 }
 
 // locate finds where ref (a key or an absolute URL) lives: the bucket, the
@@ -139,7 +146,7 @@ func itemKey(bucketURL, key string) (string, error) {
 	return store.JoinURL(bucketURL, key)
 }
 
-func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error) error {
+func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, prefix, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("dataset: prefix %q: %w", ref, err)
@@ -147,8 +154,12 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	var id int64
-	err = list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
+	from := ""
+	if at.Key != "" {
+		from = at.Key + "\x00" // the least key after it
+	}
+	id := at.Next
+	err = list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 		rel := strings.TrimPrefix(obj.Key, prefix)
 		label, file, ok := strings.Cut(rel, "/")
 		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
@@ -158,6 +169,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 		if err != nil {
 			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
 		}
+		at.Next, at.Key = id+1, obj.Key
 		if err := fn(Item{ID: id, Key: key, Label: label, Version: version(obj)}); err != nil {
 			return err
 		}
@@ -173,12 +185,12 @@ func (s Source) walkPrefix(ctx context.Context, ref string, fn func(Item) error)
 	return nil
 }
 
-// list calls fn for every object under prefix of b, in key
-// order, listing folders ahead (store.ListFolders: an ImageFolder's labels,
-// archives kept in folders); ref names the listing in errors.
-func list(ctx context.Context, b *blob.Bucket, prefix, ref string, fn func(*blob.ListObject) error) error {
+// list calls fn for every object under prefix of b from the key from on,
+// in key order, listing folders ahead (store.ListFolders: an ImageFolder's
+// labels, archives kept in folders); ref names the listing in errors.
+func list(ctx context.Context, b *blob.Bucket, prefix, from, ref string, fn func(*blob.ListObject) error) error {
 	var fnErr error
-	err := store.ListFolders(ctx, b, prefix, func(obj *blob.ListObject) error {
+	err := store.ListFolders(ctx, b, prefix, from, func(obj *blob.ListObject) error {
 		fnErr = fn(obj)
 		return fnErr
 	})
@@ -219,7 +231,7 @@ const (
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
 // names) in key order, once through, for its samples and their byte ranges.
 // An item is versioned by its archive's size and modification time.
-func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) error) error {
+func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, prefix, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
@@ -230,7 +242,9 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 	archives := 0
 	reading := semaphore.NewWeighted(archiveBytes)
 	lists := ahead.Stream(ctx, ArchivesAhead, func(ctx context.Context, start func(ahead.Fetch[archiveList]) bool) error {
-		return list(ctx, b, prefix, ref, func(obj *blob.ListObject) error {
+		// From the mark's archive, whose samples before the mark are
+		// skipped below.
+		return list(ctx, b, prefix, at.Key, ref, func(obj *blob.ListObject) error {
 			if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
 				return nil
 			}
@@ -242,7 +256,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 			v := version(obj)
 			if !start(func(ctx context.Context) (archiveList, error) {
 				samples, err := s.samples(ctx, b, obj, archive, v, reading)
-				return archiveList{v, samples}, err
+				return archiveList{obj.Key, v, samples}, err
 			}) {
 				return ctx.Err()
 			}
@@ -250,7 +264,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 		})
 	}, nil)
 	defer lists.Stop()
-	var id int64
+	id := at.Next
 	for {
 		l, err := lists.Next()
 		if err == io.EOF {
@@ -259,7 +273,12 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 		if err != nil {
 			return err
 		}
-		for _, sm := range l.samples {
+		first := 0
+		if l.key == at.Key {
+			first = min(at.Sample, len(l.samples))
+		}
+		for j, sm := range l.samples[first:] {
+			at.Next, at.Key, at.Sample = id+1, l.key, first+j+1
 			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: l.version}); err != nil {
 				return err
 			}
@@ -272,10 +291,10 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, fn func(Item) er
 	return nil
 }
 
-// archiveList is the samples of one version of an archive.
+// archiveList is the samples of one version of an archive, at key.
 type archiveList struct {
-	version string
-	samples []webdataset.Sample
+	key, version string
+	samples      []webdataset.Sample
 }
 
 // samples lists the samples of one version of an archive (obj in b, named
@@ -362,18 +381,22 @@ type row struct {
 	where                       string
 }
 
-func (s Source) walkManifest(ctx context.Context, ref string, fn func(Item) error) error {
+// walkManifest walks a CSV or Parquet manifest from at on: the readers
+// move at's place in the file (Offset and Line, or Next, the row) past
+// each row before they emit it.
+func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, key, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
 	}
 	dir := path.Dir(key)
-	var id int64
+	id := at.Next
 	emit := func(r row) error {
 		k, err := resolve(r.uri, dir, bucketURL)
 		if err != nil {
 			return done{fmt.Errorf("dataset: manifest %q %s: %w", ref, r.where, err)}
 		}
+		at.Next = id + 1
 		if err := fn(Item{ID: id, Key: k, Label: r.label, Domain: r.domain, Version: r.version}); err != nil {
 			return done{err}
 		}
@@ -381,12 +404,15 @@ func (s Source) walkManifest(ctx context.Context, ref string, fn func(Item) erro
 		return nil
 	}
 	if strings.HasSuffix(strings.ToLower(key), ".parquet") {
-		err = s.readParquet(ctx, b, key, emit)
+		err = s.readParquet(ctx, b, key, at, emit)
 	} else {
-		err = readCSV(ctx, b, key, emit)
+		err = readCSV(ctx, b, key, at, emit)
 	}
 	if d, ok := err.(done); ok {
 		return d.err
+	}
+	if errors.Is(err, ErrChanged) {
+		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
 	}
 	if err != nil {
 		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
@@ -454,12 +480,19 @@ func columns(names []string) (manifestColumns, error) {
 	return c, nil
 }
 
-func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
+// readCSV emits a CSV manifest's rows from at on, moving at's Offset and
+// Line past each row before it emits it. From a mark it reads the header
+// for its columns, then the rows from the mark's offset on.
+func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit func(row) error) (err error) {
 	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer func() { r.Close() }()
+	version := strconv.FormatInt(r.Size(), 10) + ":" + strconv.FormatInt(r.ModTime().UnixNano(), 10)
+	if at.Offset > 0 && at.Version != version {
+		return ErrChanged
+	}
 	cr := csv.NewReader(r)
 	cr.ReuseRecord = true
 	header, err := cr.Read()
@@ -471,6 +504,24 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) err
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
+	// Where cr began in the file: offsets and lines are cr's plus these.
+	var offset int64
+	var lines int
+	if at.Offset > 0 {
+		r.Close()
+		if r, err = b.NewRangeReader(ctx, key, at.Offset, -1, nil); err != nil {
+			return err
+		}
+		fields := len(header)
+		cr = csv.NewReader(r)
+		cr.ReuseRecord, cr.FieldsPerRecord = true, fields
+		offset, lines = at.Offset, at.Line
+		defer func() {
+			if pe, ok := errors.AsType[*csv.ParseError](err); ok {
+				pe.StartLine, pe.Line = pe.StartLine+lines, pe.Line+lines
+			}
+		}()
+	}
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -480,7 +531,11 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, emit func(row) err
 			return err
 		}
 		line, _ := cr.FieldPos(0)
-		r := row{uri: rec[c.uri], label: rec[c.label], where: fmt.Sprintf("line %d", line)}
+		last, _ := cr.FieldPos(len(rec) - 1)
+		// The row ends on its last field's line, plus the lines that field
+		// holds, quoted.
+		at.Offset, at.Line, at.Version = offset+cr.InputOffset(), lines+last+strings.Count(rec[len(rec)-1], "\n"), version
+		r := row{uri: rec[c.uri], label: rec[c.label], where: fmt.Sprintf("line %d", lines+line)}
 		if c.domain >= 0 {
 			r.domain = rec[c.domain]
 		}

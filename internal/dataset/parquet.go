@@ -19,11 +19,16 @@ const parquetBatch = 8192
 
 // readParquet streams a Parquet manifest's uri, label, domain and version columns,
 // one record batch at a time, reading the file by ranges so that a manifest
-// of any size is never held whole in memory.
-func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emit func(row) error) error {
+// of any size is never held whole in memory. From a mark (at.Next, the
+// row) it reads the row groups from the mark's on.
+func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit func(row) error) error {
 	attrs, err := b.Attributes(ctx, key)
 	if err != nil {
 		return err
+	}
+	fileVersion := fmt.Sprintf("%d:%d:%s", attrs.Size, attrs.ModTime.UnixNano(), attrs.ETag)
+	if at.Next > 0 && at.Version != fileVersion {
+		return ErrChanged
 	}
 	ra, err := newColumnReads(&rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size})
 	if err != nil {
@@ -60,7 +65,21 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 	if c.version >= 0 {
 		version, want = len(want), append(want, c.version)
 	}
-	ra.plan(pf, want)
+	// The row group the mark is in, and its rows before the mark.
+	first, skip := 0, at.Next
+	if err := safely(func() error {
+		for ; first < pf.NumRowGroups() && skip >= pf.MetaData().RowGroup(first).NumRows(); first++ {
+			skip -= pf.MetaData().RowGroup(first).NumRows()
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	groups := make([]int, pf.NumRowGroups()-first)
+	for i := range groups {
+		groups[i] = first + i
+	}
+	ra.plan(pf, want, first)
 	// Each column is read by its own reader, in lockstep, rather than by
 	// pqarrow's RecordReader: that one opens its columns on goroutines,
 	// where a damaged file's panic crashes the worker (FuzzParquetManifest).
@@ -77,7 +96,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 		for i := 0; err == nil && i < len(want); i++ {
 			var fields []int
 			if fields, err = fr.Manifest.GetFieldIndices(want[i : i+1]); err == nil {
-				readers[i], err = fr.GetColumn(ctx, fields[0])
+				readers[i], err = fr.GetFieldReader(ctx, fields[0], map[int]bool{want[i]: true}, groups)
 			}
 		}
 		return err
@@ -102,10 +121,14 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 		}
 	}
 	defer release()
-	for n := 0; ; {
+	for n := at.Next - skip; ; {
 		release()
 		read := func(i int) error {
-			chunks, err := readers[i].NextBatch(parquetBatch)
+			rows := int64(parquetBatch)
+			if skip > 0 {
+				rows = min(skip, rows)
+			}
+			chunks, err := readers[i].NextBatch(rows)
 			if err != nil {
 				return err
 			}
@@ -137,6 +160,10 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 			return err
 		case cols[0].Len() == 0:
 			return nil
+		case skip > 0: // rows before the mark, in its row group
+			skip -= int64(cols[0].Len())
+			n += int64(cols[0].Len())
+			continue
 		}
 		for i := range cols[0].Len() {
 			n++
@@ -153,6 +180,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, emi
 			if version >= 0 {
 				r.version, _ = valueAt(cols[version], i)
 			}
+			at.Version = fileVersion
 			if err := emit(r); err != nil {
 				return err
 			}

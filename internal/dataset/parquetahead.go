@@ -70,11 +70,11 @@ func newColumnReads(rr *rangeReader) (*columnReads, error) {
 }
 
 // plan reads the blocks of columns (leaf column indexes) of pf ahead.
-func (c *columnReads) plan(pf *file.Reader, columns []int) {
+func (c *columnReads) plan(pf *file.Reader, columns []int, firstGroup int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, col := range columns {
-		if cb := c.blocksOf(pf, col); cb != nil {
+		if cb := c.blocksOf(pf, col, firstGroup); cb != nil {
 			// Each column's first blocks at once, not each when the
 			// reader comes to its column.
 			for ; cb.next < min(blocksAhead, len(cb.blocks)); cb.next++ {
@@ -89,7 +89,7 @@ func (c *columnReads) plan(pf *file.Reader, columns []int) {
 // what no file can hold (chunks out of order or past the file's end, or
 // missing: the metadata's accessors panic), which the reader fails on,
 // naming it.
-func (c *columnReads) blocksOf(pf *file.Reader, col int) (cb *columnBlocks) {
+func (c *columnReads) blocksOf(pf *file.Reader, col, firstGroup int) (cb *columnBlocks) {
 	defer func() {
 		if recover() != nil {
 			cb = nil
@@ -97,7 +97,7 @@ func (c *columnReads) blocksOf(pf *file.Reader, col int) (cb *columnBlocks) {
 	}()
 	cb = &columnBlocks{reads: map[int]*blockRead{}}
 	last := int64(0)
-	for g := range pf.NumRowGroups() {
+	for g := firstGroup; g < pf.NumRowGroups(); g++ {
 		cc, err := pf.MetaData().RowGroup(g).ColumnChunk(col)
 		if err != nil {
 			return nil

@@ -38,7 +38,7 @@ func TestColumnReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.plan(pf, []int{0, 1})
+	c.plan(pf, []int{0, 1}, 0)
 	if blocks := len(c.cols[0].blocks); blocks < 4 || pf.NumRowGroups() != 3 {
 		t.Fatalf("uri column in %d blocks, %d row groups: want several of each", blocks, pf.NumRowGroups())
 	}
