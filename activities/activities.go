@@ -309,19 +309,25 @@ const beat = 500 * time.Millisecond
 // returned stop is called, for an activity whose progress comes in steps
 // that may be longer than the heartbeat timeout.
 func beating(ctx context.Context, details func() []any) (stop func()) {
+	return every(beat, func() { activity.RecordHeartbeat(ctx, details()...) })
+}
+
+// every calls fn every d until the returned stop is called, which waits
+// for a call under way.
+func every(d time.Duration, fn func()) (stop func()) {
 	done := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Go(func() {
-		t := time.NewTicker(beat)
+	var calls sync.WaitGroup
+	calls.Go(func() {
+		t := time.NewTicker(d)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
-				activity.RecordHeartbeat(ctx, details()...)
+				fn()
 			case <-done:
 				return
 			}
 		}
 	})
-	return func() { close(done); beats.Wait() }
+	return func() { close(done); calls.Wait() }
 }

@@ -3,9 +3,15 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 
 	"dcd/internal/dataset"
 	"dcd/internal/ortrun"
@@ -110,21 +116,20 @@ type PlanResult struct {
 // Plan lists a dataset and writes its shard manifests, and for the pool
 // its ShardIndex. The listing streams: it holds the shards being written
 // and what it reads ahead (dataset.Source.Cut), whatever the dataset's
-// size, beside the index's ID per shard.
+// size, beside the index's ID per shard. A retry goes on from where the
+// attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
-	var firsts []int64
-	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, func(it dataset.Item, n int) bool {
-		if n == 1 {
-			firsts = append(firsts, it.ID)
-		}
+	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
+	}, func(firsts []int64) error {
+		if in.Name != Pool {
+			return nil
+		}
+		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
+		return store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
 	})
 	if err != nil && !retried(ctx, err) {
 		return res, invalid("data.%s: %v", in.Name, err)
-	}
-	if err == nil && in.Name == Pool {
-		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
-		err = store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
 	}
 	return res, err
 }
@@ -166,25 +171,171 @@ func (x ShardIndex) shardOf(id int64) int {
 
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
 // a shard after the item for which end, given the shard's length, is true
-// (dataset.Source.Cut). It heartbeats on a ticker: a shard's first item
-// can take longer than the timeout to come (a WebDataset's archives read
-// whole the first time, a long folder's listing).
-func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, end func(it dataset.Item, n int) bool) (PlanResult, error) {
-	var mu sync.Mutex
-	var res PlanResult
-	defer beating(ctx, func() []any {
-		mu.Lock()
-		defer mu.Unlock()
-		return []any{res}
-	})()
-	shards, images, err := a.source().Cut(ctx, ds, end, func(ctx context.Context, i int, manifest []byte) error {
-		return store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest)
-	}, func(shards, images int) {
-		mu.Lock()
-		res = PlanResult{Shards: shards, Images: images}
-		mu.Unlock()
-	})
-	return PlanResult{Shards: shards, Images: images}, err
+// (dataset.Source.Cut, how described by cut), then has finish, when set,
+// store what it needs of the shards' first IDs. It heartbeats on a ticker:
+// a shard's first item can take longer than the timeout to come (a
+// WebDataset's archives read whole the first time, a long folder's
+// listing).
+//
+// It stores how far it got every checkpointEvery, and when it fails in a
+// way a retry may get past, and a retry goes on from there: a pool of 10^9
+// images listed for hours is not listed again from its start because a
+// worker went away, and a listing longer than the activity's timeout gets
+// further each attempt instead of starting again.
+func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, cut string, end func(it dataset.Item, n int) bool, finish func(firsts []int64) error) (PlanResult, error) {
+	key := planCheckpointKey(run, name)
+	st, err := a.resumePlan(ctx, key, ds, cut)
+	if err != nil {
+		return PlanResult{}, err
+	}
+	defer beating(ctx, func() []any { return []any{st.result()} })()
+	stopSaving := every(checkpointEvery, func() { st.save(ctx, a.Bucket, key) })
+	cutFrom := func() (dataset.Progress, error) {
+		return a.source().Cut(ctx, ds, st.progress(), func(it dataset.Item, n int) bool {
+			if n == 1 {
+				st.first(it.ID)
+			}
+			return end(it, n)
+		}, func(ctx context.Context, i int, manifest []byte) error {
+			return store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest)
+		}, st.written)
+	}
+	last, err := cutFrom()
+	if errors.Is(err, dataset.ErrChanged) {
+		activity.GetLogger(ctx).Warn("plan: the manifest changed since the attempt before stored its progress: planning it from the start", "dataset", name)
+		st.reset()
+		last, err = cutFrom()
+	}
+	stopSaving()
+	if err == nil && finish != nil {
+		err = finish(st.firsts())
+	}
+	switch {
+	case err == nil:
+		if err := a.Bucket.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			activity.GetLogger(ctx).Warn("plan: could not remove its progress", "key", key, "error", err)
+		}
+	case retried(ctx, err): // what was written so far, for the retry
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		st.save(sctx, a.Bucket, key)
+		cancel()
+	}
+	return PlanResult{Shards: last.Shards, Images: int(last.Mark.Next)}, err
+}
+
+// checkpointEvery is how often a plan stores how far it got: a worker
+// that dies loses about this much of the listing, and a pool of 10^9
+// images in shards of 2,000 stores 5 MB of first IDs each time.
+var checkpointEvery = 10 * time.Second
+
+// planCheckpoint is how far a plan got, stored beside its shards.
+type planCheckpoint struct {
+	Dataset  schemas.Dataset  `json:"dataset"`
+	Cut      string           `json:"cut"` // how its shards end
+	Progress dataset.Progress `json:"progress"`
+	// FirstIDs is where each shard written begins (ShardIndex).
+	FirstIDs []int64 `json:"first_ids"`
+}
+
+func planCheckpointKey(run, ds string) string {
+	return fmt.Sprintf("runs/%s/shards/%s/plan.json", run, ds)
+}
+
+// planState is a plan under way, which the walk, the writes, the
+// heartbeat and the checkpoints share: cp.Progress is the shards written
+// without a gap from the first, and cp.FirstIDs holds every shard cut's.
+type planState struct {
+	mu    sync.Mutex
+	cp    planCheckpoint
+	saved int // shards in the checkpoint last stored
+}
+
+// resumePlan is the state a plan begins in: the checkpoint at key where
+// an attempt before this one stored it for the same dataset and cut (an
+// attempt before heartbeated: a first attempt's checkpoint would be a
+// reset workflow's, whose listing is to be done again), else the start.
+func (a *Activities) resumePlan(ctx context.Context, key string, ds schemas.Dataset, cut string) (*planState, error) {
+	st := &planState{cp: planCheckpoint{Dataset: ds, Cut: cut}}
+	if !activity.HasHeartbeatDetails(ctx) {
+		return st, nil
+	}
+	data, err := store.ReadAll(ctx, a.Bucket, key)
+	switch {
+	case gcerrors.Code(err) == gcerrors.NotFound:
+		return st, nil
+	case store.Transient(err):
+		return nil, err
+	case err != nil:
+		activity.GetLogger(ctx).Warn("plan: cannot read the attempt before's progress: planning from the start", "key", key, "error", err)
+		return st, nil
+	}
+	var cp planCheckpoint
+	if err := json.Unmarshal(data, &cp); err != nil || cp.Dataset != ds || cp.Cut != cut || len(cp.FirstIDs) != cp.Progress.Shards {
+		activity.GetLogger(ctx).Warn("plan: the progress stored is not this plan's: planning from the start", "key", key)
+		return st, nil
+	}
+	activity.GetLogger(ctx).Info("plan: going on from the attempt before", "key", key, "shards", cp.Progress.Shards, "images", cp.Progress.Mark.Next)
+	st.cp, st.saved = cp, cp.Progress.Shards
+	return st, nil
+}
+
+func (st *planState) progress() dataset.Progress {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cp.Progress
+}
+
+func (st *planState) result() PlanResult {
+	p := st.progress()
+	return PlanResult{Shards: p.Shards, Images: int(p.Mark.Next)}
+}
+
+// first notes the first ID of the shard being cut.
+func (st *planState) first(id int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.cp.FirstIDs = append(st.cp.FirstIDs, id)
+}
+
+func (st *planState) written(p dataset.Progress) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.cp.Progress = p
+}
+
+func (st *planState) firsts() []int64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cp.FirstIDs
+}
+
+// reset makes the plan start again from the start.
+func (st *planState) reset() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.cp.Progress, st.cp.FirstIDs, st.saved = dataset.Progress{}, nil, 0
+}
+
+// save stores the checkpoint at key if shards were written since it last
+// did. The first IDs it stores are the written shards'; those appended
+// after them, while it encodes, lie beyond what it reads.
+func (st *planState) save(ctx context.Context, b *blob.Bucket, key string) {
+	st.mu.Lock()
+	cp := st.cp
+	if cp.Progress.Shards == st.saved {
+		st.mu.Unlock()
+		return
+	}
+	cp.FirstIDs = cp.FirstIDs[:cp.Progress.Shards:cp.Progress.Shards]
+	st.mu.Unlock()
+	data, _ := json.Marshal(cp)
+	if err := store.WriteAll(ctx, b, key, data); err != nil {
+		activity.GetLogger(ctx).Warn("plan: could not store its progress", "key", key, "error", err)
+		return
+	}
+	st.mu.Lock()
+	st.saved = cp.Progress.Shards
+	st.mu.Unlock()
 }
 
 // retried says whether Temporal should try err's activity again: it was

@@ -45,7 +45,7 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 	// The features' first read misses, and completes the entry as it
 	// does; the rejects' read waits for that.
 	written := make(chan struct{})
-	hooked := &readHook{in: w.b, before: func(_ context.Context, k string) error {
+	hooked := &hookBucket{in: w.b, beforeRead: func(_ context.Context, k string) error {
 		switch k {
 		case key:
 			select {
@@ -101,7 +101,7 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 	gate := make(chan struct{})
 	var reads atomic.Int32
 	acts := *w.acts
-	acts.Bucket = blob.NewBucket(&readHook{in: w.b, before: func(ctx context.Context, key string) error {
+	acts.Bucket = blob.NewBucket(&hookBucket{in: w.b, beforeRead: func(ctx context.Context, key string) error {
 		if key == activities.RunKey(run, "queries.arrow") {
 			reads.Add(1)
 			select {
@@ -168,17 +168,21 @@ func cacheEntry(t *testing.T, w *searchWorld) string {
 
 var errMissing = errors.New("not found (test hook)")
 
-// readHook is a bucket that calls before ahead of each read, which fails
-// the read with its error; errMissing reads as not found.
-type readHook struct {
+// hookBucket is a bucket that calls beforeRead ahead of each read and
+// beforeWrite ahead of each write, when set, which fail it with their
+// error; errMissing reads as not found.
+type hookBucket struct {
 	driver.Bucket // the rest: not called
 	in            *blob.Bucket
-	before        func(ctx context.Context, key string) error
+	beforeRead    func(ctx context.Context, key string) error
+	beforeWrite   func(ctx context.Context, key string) error
 }
 
-func (h *readHook) NewRangeReader(ctx context.Context, key string, off, n int64, _ *driver.ReaderOptions) (driver.Reader, error) {
-	if err := h.before(ctx, key); err != nil {
-		return nil, err
+func (h *hookBucket) NewRangeReader(ctx context.Context, key string, off, n int64, _ *driver.ReaderOptions) (driver.Reader, error) {
+	if h.beforeRead != nil {
+		if err := h.beforeRead(ctx, key); err != nil {
+			return nil, err
+		}
 	}
 	r, err := h.in.NewRangeReader(ctx, key, off, n, nil)
 	if err != nil {
@@ -187,7 +191,7 @@ func (h *readHook) NewRangeReader(ctx context.Context, key string, off, n int64,
 	return hookReader{r}, nil
 }
 
-func (h *readHook) Attributes(ctx context.Context, key string) (*driver.Attributes, error) {
+func (h *hookBucket) Attributes(ctx context.Context, key string) (*driver.Attributes, error) {
 	a, err := h.in.Attributes(ctx, key)
 	if err != nil {
 		return nil, err
@@ -195,20 +199,29 @@ func (h *readHook) Attributes(ctx context.Context, key string) (*driver.Attribut
 	return &driver.Attributes{ModTime: a.ModTime, Size: a.Size, ETag: a.ETag}, nil
 }
 
-func (h *readHook) NewTypedWriter(ctx context.Context, key, contentType string, _ *driver.WriterOptions) (driver.Writer, error) {
+func (h *hookBucket) NewTypedWriter(ctx context.Context, key, contentType string, _ *driver.WriterOptions) (driver.Writer, error) {
+	if h.beforeWrite != nil {
+		if err := h.beforeWrite(ctx, key); err != nil {
+			return nil, err
+		}
+	}
 	return h.in.NewWriter(ctx, key, &blob.WriterOptions{ContentType: contentType})
 }
 
-func (h *readHook) ErrorCode(err error) gcerrors.ErrorCode {
+func (h *hookBucket) Delete(ctx context.Context, key string, _ *driver.DeleteOptions) error {
+	return h.in.Delete(ctx, key)
+}
+
+func (h *hookBucket) ErrorCode(err error) gcerrors.ErrorCode {
 	if errors.Is(err, errMissing) {
 		return gcerrors.NotFound
 	}
 	return gcerrors.Code(err)
 }
 
-func (h *readHook) As(any) bool             { return false }
-func (h *readHook) ErrorAs(error, any) bool { return false }
-func (h *readHook) Close() error            { return nil }
+func (h *hookBucket) As(any) bool             { return false }
+func (h *hookBucket) ErrorAs(error, any) bool { return false }
+func (h *hookBucket) Close() error            { return nil }
 
 type hookReader struct{ *blob.Reader }
 

@@ -227,13 +227,13 @@ func Plan(ctx context.Context, o Options) ([]Result, error) {
 	cuts := 0
 	cut := func() error {
 		cuts++
-		_, n, err := dataset.Source{Bucket: cached}.Cut(ctx, schemas.Dataset{Manifest: "pool.parquet"}, func(it dataset.Item, n int) bool {
+		p, err := dataset.Source{Bucket: cached}.Cut(ctx, schemas.Dataset{Manifest: "pool.parquet"}, dataset.Progress{}, func(it dataset.Item, n int) bool {
 			return dataset.EndsShard(it.Key, n, shardSize)
 		}, func(ctx context.Context, i int, manifest []byte) error {
 			return store.WriteAll(ctx, cached, fmt.Sprintf("cut/%d/%d.csv", cuts, i), manifest)
 		}, nil)
-		if err == nil && n != rows {
-			err = fmt.Errorf("bench: plan: cut %d images of the manifest, want %d", n, rows)
+		if err == nil && p.Mark.Next != int64(rows) {
+			err = fmt.Errorf("bench: plan: cut %d images of the manifest, want %d", p.Mark.Next, rows)
 		}
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -29,10 +30,10 @@ func BenchmarkCut(b *testing.B) {
 	for _, latency := range []time.Duration{0, 50 * time.Millisecond} {
 		b.Run(fmt.Sprintf("write=%s", latency), func(b *testing.B) {
 			for b.Loop() {
-				_, images, err := src.Cut(context.Background(), schemas.Dataset{Manifest: "m.parquet"}, func(it Item, n int) bool { return EndsShard(it.Key, n, 2000) },
+				p, err := src.Cut(context.Background(), schemas.Dataset{Manifest: "m.parquet"}, Progress{}, func(it Item, n int) bool { return EndsShard(it.Key, n, 2000) },
 					func(context.Context, int, []byte) error { time.Sleep(latency); return nil }, nil)
-				if err != nil || images != n {
-					b.Fatal(images, err)
+				if err != nil || p.Mark.Next != n {
+					b.Fatal(p, err)
 				}
 			}
 			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "images/s")
@@ -59,8 +60,8 @@ func TestCut(t *testing.T) {
 	end := func(it Item, n int) bool { return EndsShard(it.Key, n, 50) }
 	var mu sync.Mutex
 	written := map[int]*Shard{}
-	progressed := 0
-	shards, images, err := src.Cut(context.Background(), schemas.Dataset{Prefix: "pool/"}, end, func(_ context.Context, i int, manifest []byte) error {
+	var progressed Progress
+	p, err := src.Cut(context.Background(), schemas.Dataset{Prefix: "pool/"}, Progress{}, end, func(_ context.Context, i int, manifest []byte) error {
 		sh, err := ParseShard(fmt.Sprint(i), manifest)
 		mu.Lock()
 		defer mu.Unlock()
@@ -69,9 +70,10 @@ func TestCut(t *testing.T) {
 		}
 		written[i] = sh
 		return err
-	}, func(s, _ int) { progressed = s })
-	if err != nil || images != len(want) || shards != len(written) || progressed != shards || shards < 50 {
-		t.Fatalf("cut %d shards (%d written, progress %d), %d images, %v; want %d images in about 100 shards", shards, len(written), progressed, images, err, len(want))
+	}, func(p Progress) { progressed = p })
+	shards := p.Shards
+	if err != nil || p.Mark.Next != int64(len(want)) || shards != len(written) || progressed != p || shards < 50 {
+		t.Fatalf("cut %+v (%d written, progress %+v), %v; want %d images in about 100 shards", p, len(written), progressed, err, len(want))
 	}
 	var got []Item
 	for i := range shards {
@@ -88,7 +90,7 @@ func TestCut(t *testing.T) {
 	}
 
 	full := errors.New("store full")
-	_, _, err = src.Cut(context.Background(), schemas.Dataset{Prefix: "pool/"}, end, func(_ context.Context, i int, _ []byte) error {
+	_, err = src.Cut(context.Background(), schemas.Dataset{Prefix: "pool/"}, Progress{}, end, func(_ context.Context, i int, _ []byte) error {
 		if i == 7 {
 			return full
 		}
@@ -96,6 +98,69 @@ func TestCut(t *testing.T) {
 	}, nil)
 	if err != full {
 		t.Errorf("a failed write: %v, want its error", err)
+	}
+}
+
+// A Cut whose write failed goes on from the Progress it returned: the
+// shards it wrote and those the second writes, from the next on, are the
+// shards of a Cut that did not fail, though the first one's writes ended
+// out of order.
+func TestCutGoesOn(t *testing.T) {
+	files := map[string]string{}
+	for i := range 3000 {
+		files[fmt.Sprintf("pool/%d/%05d.png", i%7, i)] = "x"
+	}
+	src := Source{Bucket: memBucket(t, files)}
+	ds := schemas.Dataset{Prefix: "pool/"}
+	end := func(it Item, n int) bool { return EndsShard(it.Key, n, 20) }
+	var mu sync.Mutex
+	shards := func(written map[int]string) func(context.Context, int, []byte) error {
+		return func(_ context.Context, i int, manifest []byte) error {
+			time.Sleep(time.Duration(i*7919%5) * time.Millisecond) // out of order
+			mu.Lock()
+			defer mu.Unlock()
+			written[i] = string(manifest)
+			return nil
+		}
+	}
+	want := map[int]string{}
+	whole, err := src.Cut(context.Background(), ds, Progress{}, end, shards(want), nil)
+	if err != nil || whole.Shards < 100 {
+		t.Fatalf("%+v, %v: want about 150 shards", whole, err)
+	}
+
+	got := map[int]string{}
+	full := errors.New("store full")
+	write := shards(got)
+	p, err := src.Cut(context.Background(), ds, Progress{}, end, func(ctx context.Context, i int, manifest []byte) error {
+		if i == whole.Shards/2 {
+			return full
+		}
+		return write(ctx, i, manifest)
+	}, nil)
+	if err != full || p.Shards > whole.Shards/2 {
+		t.Fatalf("cut to %+v, %v: want the failed write's error, and no shard from it on", p, err)
+	}
+	for i := range p.Shards {
+		if got[i] != want[i] {
+			t.Fatalf("shard %d before the failure differs from the whole cut's", i)
+		}
+	}
+	again := map[int]string{}
+	last, err := src.Cut(context.Background(), ds, p, end, shards(again), nil)
+	if err != nil || last != whole {
+		t.Fatalf("from %+v: cut to %+v, %v; want %+v", p, last, err, whole)
+	}
+	for i := range whole.Shards {
+		if _, ok := again[i]; ok != (i >= p.Shards) {
+			t.Fatalf("from %d shards written, shard %d written again: %v", p.Shards, i, ok)
+		}
+		if i >= p.Shards {
+			got[i] = again[i]
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("the two cuts' shards differ from the whole cut's")
 	}
 }
 
@@ -111,7 +176,7 @@ func TestCutHoldsBoundedItems(t *testing.T) {
 	}
 	src := Source{Bucket: memBucket(t, map[string]string{"m.csv": csv.String()})}
 	var now, most atomic.Int32
-	shards, _, err := src.Cut(context.Background(), schemas.Dataset{Manifest: "m.csv"}, func(_ Item, n int) bool { return n == per },
+	p, err := src.Cut(context.Background(), schemas.Dataset{Manifest: "m.csv"}, Progress{}, func(_ Item, n int) bool { return n == per },
 		func(context.Context, int, []byte) error {
 			m := now.Add(1)
 			defer now.Add(-1)
@@ -124,8 +189,8 @@ func TestCutHoldsBoundedItems(t *testing.T) {
 			}
 			return nil
 		}, nil)
-	if err != nil || shards != 4 {
-		t.Fatalf("%d shards, %v", shards, err)
+	if err != nil || p.Shards != 4 {
+		t.Fatalf("%+v, %v", p, err)
 	}
 	if m := most.Load(); m > cutItems/per {
 		t.Errorf("%d shards of %d images written at once, want at most %d", m, per, cutItems/per)

@@ -28,4 +28,4 @@ type Mark struct {
 
 // ErrChanged is WalkFrom's error when the manifest it was to go on in has
 // changed since the Mark was taken: walk it from the start.
-var ErrChanged = errors.New("dataset: the manifest changed since the walk stood there: walk it again from the start")
+var ErrChanged = errors.New("changed since the walk stood there: walk it again from the start")

@@ -1,0 +1,145 @@
+package activities_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"gocloud.dev/blob"
+
+	"dcd/activities"
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// A plan whose store went down goes on, in the retry, from where it stood:
+// it writes none of the shards written before again, and its shards and
+// the pool's index are those of a plan never interrupted. A manifest that
+// changed in between is planned from the start.
+func TestPlanGoesOnWhereItStood(t *testing.T) {
+	defer func(d time.Duration) { *activities.CheckpointEvery = d }(*activities.CheckpointEvery)
+	*activities.CheckpointEvery = time.Millisecond
+	ctx := context.Background()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	manifest := func(rows int) {
+		var m strings.Builder
+		m.WriteString("uri,label\n")
+		for i := range rows {
+			fmt.Fprintf(&m, "/pool/%05d.png,%d\n", i, i%10)
+		}
+		if err := b.WriteAll(ctx, "pool.csv", []byte(m.String()), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ts testsuite.WorkflowTestSuite
+	plan := func(acts *activities.Activities, run string, retry bool) (activities.PlanResult, error) {
+		env := ts.NewTestActivityEnvironment()
+		env.RegisterActivity(acts)
+		if retry { // an attempt before heartbeated
+			env.SetHeartbeatDetails(activities.PlanResult{})
+		}
+		var res activities.PlanResult
+		v, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 100})
+		if err == nil {
+			err = v.Get(&res)
+		}
+		return res, err
+	}
+	checkpoint := func(run string) (activities.PlanCheckpoint, bool) {
+		var cp activities.PlanCheckpoint
+		data, err := b.ReadAll(ctx, activities.PlanCheckpointKey(run, activities.Pool))
+		return cp, err == nil && json.Unmarshal(data, &cp) == nil
+	}
+	// same checks that run's shards and index are whole's.
+	same := func(run, whole string, res activities.PlanResult) {
+		t.Helper()
+		for i := range res.Shards {
+			got, err1 := b.ReadAll(ctx, activities.ShardKey(run, activities.Pool, i))
+			want, err2 := b.ReadAll(ctx, activities.ShardKey(whole, activities.Pool, i))
+			if err := errors.Join(err1, err2); err != nil || string(got) != string(want) {
+				t.Fatalf("%s: shard %d differs from the uninterrupted plan's (%v)", run, i, err)
+			}
+		}
+		got, err1 := b.ReadAll(ctx, activities.ShardIndexKey(run, activities.Pool))
+		want, err2 := b.ReadAll(ctx, activities.ShardIndexKey(whole, activities.Pool))
+		if err := errors.Join(err1, err2); err != nil || string(got) != string(want) {
+			t.Fatalf("%s: the pool's index differs from the uninterrupted plan's (%v)", run, err)
+		}
+		if _, ok := checkpoint(run); ok {
+			t.Errorf("%s: the progress stored is left after the plan", run)
+		}
+	}
+
+	for _, changed := range []bool{false, true} {
+		run := fmt.Sprintf("changed-%v", changed)
+		manifest(30_000)
+		whole, err := plan(&activities.Activities{Bucket: b}, "whole", false)
+		if err != nil || whole.Shards < 200 {
+			t.Fatalf("plan: %+v, %v; want about 300 shards", whole, err)
+		}
+		// Shard 150's write fails as a store that is down does, once the
+		// shards before it are written and their progress stored.
+		failAt := whole.Shards / 2
+		var mu sync.Mutex
+		written := map[string]bool{}
+		hook := &hookBucket{in: b, beforeWrite: func(_ context.Context, key string) error {
+			if key == activities.ShardKey(run, activities.Pool, failAt) {
+				for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(time.Millisecond) {
+					if cp, ok := checkpoint(run); ok && cp.Progress.Shards == failAt {
+						break
+					}
+				}
+				return fmt.Errorf("store down: %w", context.DeadlineExceeded)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			written[key] = true
+			return nil
+		}}
+		acts := &activities.Activities{Bucket: blob.NewBucket(hook)}
+		_, err = plan(acts, run, false)
+		if appErr, ok := errors.AsType[*temporal.ApplicationError](err); err == nil || ok && appErr.NonRetryable() {
+			t.Fatalf("a store down: %v, want an error Temporal retries", err)
+		}
+		cp, ok := checkpoint(run)
+		if !ok || cp.Progress.Shards != failAt || len(cp.FirstIDs) != failAt {
+			t.Fatalf("the failed attempt stored %+v (%v), want the %d shards before the failure", cp.Progress, ok, failAt)
+		}
+
+		if changed {
+			manifest(30_100)
+			if whole, err = plan(&activities.Activities{Bucket: b}, "whole", false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		written = map[string]bool{}
+		hook.beforeWrite = func(_ context.Context, key string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			written[key] = true
+			return nil
+		}
+		res, err := plan(acts, run, true)
+		if err != nil || res != whole {
+			t.Fatalf("the retry planned %+v, %v; want %+v", res, err, whole)
+		}
+		for i := range res.Shards {
+			again := written[activities.ShardKey(run, activities.Pool, i)]
+			if want := changed || i >= failAt; again != want {
+				t.Fatalf("manifest changed %v: the retry wrote shard %d %v, want %v (%d written before)", changed, i, again, want, failAt)
+			}
+		}
+		same(run, "whole", res)
+	}
+}
