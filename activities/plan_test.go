@@ -12,10 +12,10 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
-	"gocloud.dev/blob"
 
 	"dcd/activities"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/schemas"
 )
 
@@ -93,7 +93,7 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 		failAt := whole.Shards / 2
 		var mu sync.Mutex
 		written := map[string]bool{}
-		hook := &hookBucket{in: b, beforeWrite: func(_ context.Context, key string) error {
+		hooks := &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
 			if key == activities.ShardKey(run, activities.Pool, failAt) {
 				for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(time.Millisecond) {
 					if cp, ok := checkpoint(run); ok && cp.Progress.Shards == failAt {
@@ -107,7 +107,7 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 			written[key] = true
 			return nil
 		}}
-		acts := &activities.Activities{Bucket: blob.NewBucket(hook)}
+		acts := &activities.Activities{Bucket: storetest.Hooked(b, hooks)}
 		_, err = plan(acts, run, false)
 		if appErr, ok := errors.AsType[*temporal.ApplicationError](err); err == nil || ok && appErr.NonRetryable() {
 			t.Fatalf("a store down: %v, want an error Temporal retries", err)
@@ -124,7 +124,7 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 			}
 		}
 		written = map[string]bool{}
-		hook.beforeWrite = func(_ context.Context, key string) error {
+		hooks.BeforeWrite = func(_ context.Context, key string) error {
 			mu.Lock()
 			defer mu.Unlock()
 			written[key] = true

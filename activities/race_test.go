@@ -9,12 +9,11 @@ import (
 	"time"
 
 	"gocloud.dev/blob"
-	"gocloud.dev/blob/driver"
-	"gocloud.dev/gcerrors"
 
 	"dcd/activities"
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
+	"dcd/internal/store/storetest"
 )
 
 // A cached-only search reads a shard's features beside its rejects. When
@@ -45,7 +44,7 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 	// The features' first read misses, and completes the entry as it
 	// does; the rejects' read waits for that.
 	written := make(chan struct{})
-	hooked := &hookBucket{in: w.b, beforeRead: func(_ context.Context, k string) error {
+	hooked := storetest.Hooked(w.b, &storetest.Hooks{BeforeRead: func(_ context.Context, k string) error {
 		switch k {
 		case key:
 			select {
@@ -60,14 +59,14 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 				t.Error(err)
 			}
 			close(written)
-			return errMissing
+			return storetest.ErrMissing
 		case rejectsKey:
 			<-written
 		}
 		return nil
-	}}
+	}})
 	acts := *w.acts
-	acts.Bucket = blob.NewBucket(hooked)
+	acts.Bucket = hooked
 	hw := &searchWorld{&world{t: t, b: acts.Bucket, mem: w.mem, run: w.run, acts: &acts}}
 	var emb activities.EmbedShardResult
 	hw.must(hw.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
@@ -101,7 +100,7 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 	gate := make(chan struct{})
 	var reads atomic.Int32
 	acts := *w.acts
-	acts.Bucket = blob.NewBucket(&hookBucket{in: w.b, beforeRead: func(ctx context.Context, key string) error {
+	acts.Bucket = storetest.Hooked(w.b, &storetest.Hooks{BeforeRead: func(ctx context.Context, key string) error {
 		if key == activities.RunKey(run, "queries.arrow") {
 			reads.Add(1)
 			select {
@@ -165,68 +164,3 @@ func cacheEntry(t *testing.T, w *searchWorld) string {
 		}
 	}
 }
-
-var errMissing = errors.New("not found (test hook)")
-
-// hookBucket is a bucket that calls beforeRead ahead of each read and
-// beforeWrite ahead of each write, when set, which fail it with their
-// error; errMissing reads as not found.
-type hookBucket struct {
-	driver.Bucket // the rest: not called
-	in            *blob.Bucket
-	beforeRead    func(ctx context.Context, key string) error
-	beforeWrite   func(ctx context.Context, key string) error
-}
-
-func (h *hookBucket) NewRangeReader(ctx context.Context, key string, off, n int64, _ *driver.ReaderOptions) (driver.Reader, error) {
-	if h.beforeRead != nil {
-		if err := h.beforeRead(ctx, key); err != nil {
-			return nil, err
-		}
-	}
-	r, err := h.in.NewRangeReader(ctx, key, off, n, nil)
-	if err != nil {
-		return nil, err
-	}
-	return hookReader{r}, nil
-}
-
-func (h *hookBucket) Attributes(ctx context.Context, key string) (*driver.Attributes, error) {
-	a, err := h.in.Attributes(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	return &driver.Attributes{ModTime: a.ModTime, Size: a.Size, ETag: a.ETag}, nil
-}
-
-func (h *hookBucket) NewTypedWriter(ctx context.Context, key, contentType string, _ *driver.WriterOptions) (driver.Writer, error) {
-	if h.beforeWrite != nil {
-		if err := h.beforeWrite(ctx, key); err != nil {
-			return nil, err
-		}
-	}
-	return h.in.NewWriter(ctx, key, &blob.WriterOptions{ContentType: contentType})
-}
-
-func (h *hookBucket) Delete(ctx context.Context, key string, _ *driver.DeleteOptions) error {
-	return h.in.Delete(ctx, key)
-}
-
-func (h *hookBucket) ErrorCode(err error) gcerrors.ErrorCode {
-	if errors.Is(err, errMissing) {
-		return gcerrors.NotFound
-	}
-	return gcerrors.Code(err)
-}
-
-func (h *hookBucket) As(any) bool             { return false }
-func (h *hookBucket) ErrorAs(error, any) bool { return false }
-func (h *hookBucket) Close() error            { return nil }
-
-type hookReader struct{ *blob.Reader }
-
-func (r hookReader) Attributes() *driver.ReaderAttributes {
-	return &driver.ReaderAttributes{ModTime: r.ModTime(), Size: r.Size()}
-}
-
-func (r hookReader) As(any) bool { return false }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,9 +26,11 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 
+	"dcd/activities"
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
 	"dcd/workflows"
@@ -142,6 +145,67 @@ func TestPackRunAgainResumes(t *testing.T) {
 	bad.Dataset.Manifest = "m/list.csv"
 	if res, err := runPack(t, c, "pack-corrected-"+stamp, bad); err != nil || res.Packed != first.Packed {
 		t.Errorf("pack into bad/ with the manifest corrected: %+v, %v", res, err)
+	}
+}
+
+// A pack's plan that fails as a store that is down does goes on, in
+// Temporal's retry, from the shards it wrote before the failure: none of
+// them is written twice, and the pack ends whole.
+func TestPackPlanRetryGoesOn(t *testing.T) {
+	c, _ := devServer(t)
+	ctx := context.Background()
+	b, err := store.Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var buf bytes.Buffer
+	png.Encode(&buf, image.NewGray(image.Rect(0, 0, 4, 4)))
+	b.WriteAll(ctx, "m/0.png", buf.Bytes(), nil)
+	const images, per, failAt = 300, 10, 15
+	b.WriteAll(ctx, "m/list.csv", []byte("uri,label\n"+strings.Repeat("0.png,0\n", images)), nil)
+	id := "pack-plan-retried-" + time.Now().UTC().Format("150405.000")
+	var mu sync.Mutex
+	written, failed := map[string]int{}, false
+	// Shard 15's first write fails, once the shards before it are in
+	// storage and the plan has heartbeated, as one that ran a while has.
+	fail := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		first := !failed
+		failed = true
+		return first
+	}
+	startWorker(t, c, storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+		if key == activities.ShardKey(id, activities.PackShards, failAt) && fail() {
+			for i := 0; i < failAt; i++ {
+				for ok, _ := b.Exists(ctx, activities.ShardKey(id, activities.PackShards, i)); !ok; ok, _ = b.Exists(ctx, activities.ShardKey(id, activities.PackShards, i)) {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			time.Sleep(time.Second)
+			return fmt.Errorf("store down: %w", context.DeadlineExceeded)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		written[key]++
+		return nil
+	}}))
+	res, err := runPack(t, c, id, workflows.PackInput{Dataset: schemas.Dataset{Manifest: "m/list.csv"}, Out: "packed/", PerArchive: per})
+	if err != nil || res.Archives != images/per || res.Packed != images {
+		t.Fatalf("pack: %+v, %v; want %d images in %d archives", res, err, images, images/per)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !failed {
+		t.Fatal("the plan's write of shard 15 was never tried")
+	}
+	// Those after it, which the failed attempt may have written too (its
+	// writes go 256 at once), are written again.
+	for i := range images / per {
+		if n := written[activities.ShardKey(id, activities.PackShards, i)]; n == 0 || i < failAt && n != 1 {
+			t.Errorf("shard %d written %d times: the retry goes on from the %d shards written before the failure", i, n, failAt)
+		}
 	}
 }
 
