@@ -241,10 +241,9 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	}
 	archives := 0
 	reading := semaphore.NewWeighted(archiveBytes)
+	from := at.Key // the mark's archive, whose samples before the mark are skipped below
 	lists := ahead.Stream(ctx, ArchivesAhead, func(ctx context.Context, start func(ahead.Fetch[archiveList]) bool) error {
-		// From the mark's archive, whose samples before the mark are
-		// skipped below.
-		return list(ctx, b, prefix, at.Key, ref, func(obj *blob.ListObject) error {
+		return list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 			if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
 				return nil
 			}
@@ -274,7 +273,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			return err
 		}
 		first := 0
-		if l.key == at.Key {
+		if l.key == from {
 			first = min(at.Sample, len(l.samples))
 		}
 		for j, sm := range l.samples[first:] {
@@ -411,9 +410,6 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 	if d, ok := err.(done); ok {
 		return d.err
 	}
-	if errors.Is(err, ErrChanged) {
-		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
-	}
 	if err != nil {
 		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
 	}
@@ -493,6 +489,9 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	if at.Offset > 0 && at.Version != version {
 		return ErrChanged
 	}
+	if at.Offset > 0 && at.Offset >= r.Size() {
+		return nil // every row walked: S3, GCS and Azure refuse a range from the end
+	}
 	cr := csv.NewReader(r)
 	cr.ReuseRecord = true
 	header, err := cr.Read()
@@ -508,10 +507,12 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	var offset int64
 	var lines int
 	if at.Offset > 0 {
-		r.Close()
-		if r, err = b.NewRangeReader(ctx, key, at.Offset, -1, nil); err != nil {
+		var rest *blob.Reader
+		if rest, err = b.NewRangeReader(ctx, key, at.Offset, -1, nil); err != nil {
 			return err
 		}
+		r.Close()
+		r = rest
 		fields := len(header)
 		cr = csv.NewReader(r)
 		cr.ReuseRecord, cr.FieldsPerRecord = true, fields

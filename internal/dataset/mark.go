@@ -19,8 +19,8 @@ type Mark struct {
 	Offset int64 `json:"offset,omitempty"`
 	Line   int   `json:"line,omitempty"`
 	// Version is a manifest's version (its size and modification time,
-	// and ETag where the store gives one): a row's place in another
-	// version of it means nothing (ErrChanged). A prefix or a WebDataset
+	// and a Parquet file's ETag where the store gives one): a row's place
+	// in another version of it means nothing (ErrChanged). A prefix or a WebDataset
 	// that changes is walked on from the key, as a listing would have
 	// found it.
 	Version string `json:"version,omitempty"`

@@ -121,6 +121,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 		}
 	}
 	defer release()
+	at.Version = fileVersion
 	for n := at.Next - skip; ; {
 		release()
 		read := func(i int) error {
@@ -180,7 +181,6 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 			if version >= 0 {
 				r.version, _ = valueAt(cols[version], i)
 			}
-			at.Version = fileVersion
 			if err := emit(r); err != nil {
 				return err
 			}
