@@ -119,6 +119,7 @@ type PlanResult struct {
 // size, beside the index's ID per shard. A retry goes on from where the
 // attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
+	var indexErr error // the index's write, which says nothing of the data
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	}, func(firsts []int64) error {
@@ -126,9 +127,10 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 			return nil
 		}
 		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
-		return store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
+		indexErr = store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
+		return indexErr
 	})
-	if err != nil && !retried(ctx, err) {
+	if err != nil && err != indexErr && !retried(ctx, err) {
 		return res, invalid("data.%s: %v", in.Name, err)
 	}
 	return res, err
@@ -181,7 +183,9 @@ func (x ShardIndex) shardOf(id int64) int {
 // way a retry may get past, and a retry goes on from there: a pool of 10^9
 // images listed for hours is not listed again from its start because a
 // worker went away, and a listing longer than the activity's timeout gets
-// further each attempt instead of starting again.
+// further each attempt instead of starting again (on Azure, where a
+// listing cannot begin at a key, the label it stood in is listed again:
+// store.ListFolders).
 func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, cut string, end func(it dataset.Item, n int) bool, finish func(firsts []int64) error) (PlanResult, error) {
 	key := planCheckpointKey(run, name)
 	st, err := a.resumePlan(ctx, key, ds, cut)
@@ -216,7 +220,7 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 			activity.GetLogger(ctx).Warn("plan: could not remove its progress", "key", key, "error", err)
 		}
 	case retried(ctx, err): // what was written so far, for the retry
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		st.save(sctx, a.Bucket, key)
 		cancel()
 	}
@@ -228,8 +232,13 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 // images in shards of 2,000 stores 5 MB of first IDs each time.
 var checkpointEvery = 10 * time.Second
 
-// planCheckpoint is how far a plan got, stored beside its shards.
+// planCheckpoint is how far a plan got, stored beside its shards. A retry
+// trusts only its own activity's: a run's ID or a pack's may be used again
+// (a pack started again over its output), and a checkpoint may be left
+// where a plan failed for good.
 type planCheckpoint struct {
+	RunID    string           `json:"run_id"` // the workflow run's
+	Activity string           `json:"activity"`
 	Dataset  schemas.Dataset  `json:"dataset"`
 	Cut      string           `json:"cut"` // how its shards end
 	Progress dataset.Progress `json:"progress"`
@@ -251,11 +260,11 @@ type planState struct {
 }
 
 // resumePlan is the state a plan begins in: the checkpoint at key where
-// an attempt before this one stored it for the same dataset and cut (an
-// attempt before heartbeated: a first attempt's checkpoint would be a
-// reset workflow's, whose listing is to be done again), else the start.
+// an attempt before this one of the same activity stored it (an attempt
+// before heartbeated), else the start.
 func (a *Activities) resumePlan(ctx context.Context, key string, ds schemas.Dataset, cut string) (*planState, error) {
-	st := &planState{cp: planCheckpoint{Dataset: ds, Cut: cut}}
+	info := activity.GetInfo(ctx)
+	st := &planState{cp: planCheckpoint{RunID: info.WorkflowExecution.RunID, Activity: info.ActivityID, Dataset: ds, Cut: cut}}
 	if !activity.HasHeartbeatDetails(ctx) {
 		return st, nil
 	}
@@ -270,7 +279,8 @@ func (a *Activities) resumePlan(ctx context.Context, key string, ds schemas.Data
 		return st, nil
 	}
 	var cp planCheckpoint
-	if err := json.Unmarshal(data, &cp); err != nil || cp.Dataset != ds || cp.Cut != cut || len(cp.FirstIDs) != cp.Progress.Shards {
+	if err := json.Unmarshal(data, &cp); err != nil || cp.RunID != st.cp.RunID || cp.Activity != st.cp.Activity ||
+		cp.Dataset != ds || cp.Cut != cut || len(cp.FirstIDs) != cp.Progress.Shards {
 		activity.GetLogger(ctx).Warn("plan: the progress stored is not this plan's: planning from the start", "key", key)
 		return st, nil
 	}

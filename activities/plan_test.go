@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"dcd/activities"
+	"dcd/internal/dataset"
 	"dcd/internal/store"
 	"dcd/internal/store/storetest"
 	"dcd/schemas"
@@ -141,5 +143,21 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 			}
 		}
 		same(run, "whole", res)
+	}
+
+	// A checkpoint another activity left, under a run's ID used again,
+	// is not this plan's.
+	other, _ := json.Marshal(activities.PlanCheckpoint{RunID: "another run", Activity: "1", Dataset: schemas.Dataset{Manifest: "pool.csv"},
+		Cut: "pass shards of 100", Progress: dataset.Progress{Shards: 1, Mark: dataset.Mark{Next: 50}}, FirstIDs: []int64{0}})
+	b.WriteAll(ctx, activities.PlanCheckpointKey("again", activities.Pool), other, nil)
+	var first atomic.Bool
+	res, err := plan(&activities.Activities{Bucket: storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+		if key == activities.ShardKey("again", activities.Pool, 0) {
+			first.Store(true)
+		}
+		return nil
+	}})}, "again", true)
+	if err != nil || !first.Load() {
+		t.Errorf("planned %+v, %v, shard 0 written %v: want another activity's checkpoint ignored", res, err, first.Load())
 	}
 }
