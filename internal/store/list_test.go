@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"cloud.google.com/go/storage"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"gocloud.dev/blob"
 
 	"dcd/internal/devserver"
@@ -271,5 +274,45 @@ func TestS3ListFolders(t *testing.T) {
 	}
 	if n := pages.Load(); n > 6 {
 		t.Errorf("listing from the long folder's last key took %d requests, want it to begin there", n)
+	}
+}
+
+// startingAt asks S3 to list after the key before from, on the first
+// request only, and GCS from it, unless gcsblob would escape the key.
+func TestStartingAt(t *testing.T) {
+	listing := func(from string, in any) {
+		opts := startingAt(&blob.ListOptions{}, from)
+		if err := opts.BeforeList(func(as any) bool { // as a driver's: its own request's type only
+			ok := false
+			switch p := as.(type) {
+			case **s3.ListObjectsV2Input:
+				*p, ok = in.(*s3.ListObjectsV2Input)
+			case **s3.ListObjectsInput:
+				*p, ok = in.(*s3.ListObjectsInput)
+			case **storage.Query:
+				*p, ok = in.(*storage.Query)
+			}
+			return ok
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, later := &s3.ListObjectsV2Input{}, &s3.ListObjectsV2Input{ContinuationToken: aws.String("t")}
+	listing("a/7.png", first)
+	listing("a/7.png", later)
+	if aws.ToString(first.StartAfter) != "a/7.pn" || later.StartAfter != nil {
+		t.Errorf("S3: StartAfter %q on the first request, %v on a later one; want \"a/7.pn\", none", aws.ToString(first.StartAfter), later.StartAfter)
+	}
+	legacy := &s3.ListObjectsInput{}
+	listing("a/7.png\x00", legacy)
+	if aws.ToString(legacy.Marker) != "a/7.png" {
+		t.Errorf("S3's older listing: Marker %q, want \"a/7.png\"", aws.ToString(legacy.Marker))
+	}
+	for from, want := range map[string]string{"a/7.png": "a/7.pn", "a/../7.png": "", "a/__0x2f__.png": "", "a/7\n.png": ""} {
+		q := &storage.Query{}
+		listing(from, q)
+		if q.StartOffset != want {
+			t.Errorf("GCS from %q: StartOffset %q, want %q", from, q.StartOffset, want)
+		}
 	}
 }

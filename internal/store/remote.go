@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
@@ -167,12 +168,13 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 }
 
 // startingAt has a listing's first request begin near the key from, on a
-// store that takes a key to list after: S3's StartAfter (Marker in its
-// older listing). It is given from less its last byte ("a/7.pn" for
-// "a/7.png"), which sorts before from; the caller skips what lies between.
-// Other stores list from their first key, and the caller skips up to from:
-// Azure's markers are opaque, and GCS's StartOffset wants keys escaped as
-// gcsblob escapes them.
+// store that takes a key to list from: S3's StartAfter (Marker in its
+// older listing) and GCS's StartOffset. They are given from less its last
+// byte ("a/7.pn" for "a/7.png"), which sorts before it; the caller skips
+// what lies between. GCS is given only keys that gcsblob would not escape
+// (escapeKey: line breaks, "../", "__0x"), whose order there is theirs.
+// Azure's markers are opaque: it lists from its first key, and the caller
+// skips up to from.
 func startingAt(opts *blob.ListOptions, from string) *blob.ListOptions {
 	if from == "" {
 		return opts
@@ -186,6 +188,10 @@ func startingAt(opts *blob.ListOptions, from string) *blob.ListOptions {
 		var v1 *s3.ListObjectsInput
 		if as(&v1) && v1.Marker == nil {
 			v1.Marker = &after
+		}
+		var q *storage.Query
+		if as(&q) && !strings.ContainsAny(after, "\n\r") && !strings.Contains(after, "../") && !strings.Contains(after, "__0x") {
+			q.StartOffset = after
 		}
 		return nil
 	}
