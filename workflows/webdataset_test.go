@@ -154,11 +154,7 @@ func TestPackRunAgainResumes(t *testing.T) {
 func TestPackPlanRetryGoesOn(t *testing.T) {
 	c, _ := devServer(t)
 	ctx := context.Background()
-	b, err := store.Open(ctx, "file://"+t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, _ := fileBucket(t)
 	var buf bytes.Buffer
 	png.Encode(&buf, image.NewGray(image.Rect(0, 0, 4, 4)))
 	b.WriteAll(ctx, "m/0.png", buf.Bytes(), nil)
