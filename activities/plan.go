@@ -119,7 +119,7 @@ type PlanResult struct {
 // size, beside the index's ID per shard. A retry goes on from where the
 // attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
-	var indexErr error // the index's write, which says nothing of the data
+	indexFailed := false // the index's write, which says nothing of the data
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	}, func(firsts []int64) error {
@@ -127,10 +127,13 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 			return nil
 		}
 		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
-		indexErr = store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data)
-		return indexErr
+		if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data); err != nil {
+			indexFailed = true
+			return fmt.Errorf("data.%s: its shard index: %w", in.Name, err)
+		}
+		return nil
 	})
-	if err != nil && err != indexErr && !retried(ctx, err) {
+	if err != nil && !indexFailed && !retried(ctx, err) {
 		return res, invalid("data.%s: %v", in.Name, err)
 	}
 	return res, err
@@ -211,15 +214,16 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 		last, err = cutFrom()
 	}
 	stopSaving()
+	finished := false // every shard written
 	if err == nil && finish != nil {
-		err = finish(st.firsts())
+		finished, err = true, finish(st.firsts())
 	}
 	switch {
 	case err == nil:
 		if err := a.Bucket.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 			activity.GetLogger(ctx).Warn("plan: could not remove its progress", "key", key, "error", err)
 		}
-	case retried(ctx, err): // what was written so far, for the retry
+	case finished || retried(ctx, err): // what was written so far, for the retry
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		st.save(sctx, a.Bucket, key)
 		cancel()

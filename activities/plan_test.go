@@ -83,10 +83,13 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 		}
 	}
 
+	var own activities.PlanCheckpoint // as the attempts here store it
+	var whole activities.PlanResult   // the last manifest's, uninterrupted
 	for _, changed := range []bool{false, true} {
 		run := fmt.Sprintf("changed-%v", changed)
 		manifest(30_000)
-		whole, err := plan(&activities.Activities{Bucket: b}, "whole", false)
+		var err error
+		whole, err = plan(&activities.Activities{Bucket: b}, "whole", false)
 		if err != nil || whole.Shards < 200 {
 			t.Fatalf("plan: %+v, %v; want about 300 shards", whole, err)
 		}
@@ -115,9 +118,10 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 			t.Fatalf("a store down: %v, want an error Temporal retries", err)
 		}
 		cp, ok := checkpoint(run)
-		if !ok || cp.Progress.Shards != failAt || len(cp.FirstIDs) != failAt {
+		if !ok || cp.Progress.Shards != failAt || len(cp.FirstIDs) != failAt || cp.RunID == "" || cp.Activity == "" {
 			t.Fatalf("the failed attempt stored %+v (%v), want the %d shards before the failure", cp.Progress, ok, failAt)
 		}
+		own = cp
 
 		if changed {
 			manifest(30_100)
@@ -145,19 +149,51 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 		same(run, "whole", res)
 	}
 
-	// A checkpoint another activity left, under a run's ID used again,
-	// is not this plan's.
-	other, _ := json.Marshal(activities.PlanCheckpoint{RunID: "another run", Activity: "1", Dataset: schemas.Dataset{Manifest: "pool.csv"},
-		Cut: "pass shards of 100", Progress: dataset.Progress{Shards: 1, Mark: dataset.Mark{Next: 50}}, FirstIDs: []int64{0}})
-	b.WriteAll(ctx, activities.PlanCheckpointKey("again", activities.Pool), other, nil)
-	var first atomic.Bool
-	res, err := plan(&activities.Activities{Bucket: storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
-		if key == activities.ShardKey("again", activities.Pool, 0) {
-			first.Store(true)
+	// The index's write failing after every shard is written: the retry
+	// writes no shard again (and reads no row: the CSV's mark is at its
+	// end, from which S3 refuses a range).
+	indexed := false
+	var shardWrites atomic.Int32
+	hooks := &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+		switch {
+		case key == activities.ShardIndexKey("indexed", activities.Pool) && !indexed:
+			indexed = true
+			return errors.New("permission denied")
+		case strings.HasSuffix(key, ".csv"):
+			shardWrites.Add(1)
 		}
 		return nil
-	}})}, "again", true)
-	if err != nil || !first.Load() {
-		t.Errorf("planned %+v, %v, shard 0 written %v: want another activity's checkpoint ignored", res, err, first.Load())
+	}}
+	acts := &activities.Activities{Bucket: storetest.Hooked(b, hooks)}
+	*activities.CheckpointEvery = time.Hour // stored as the plan fails, not before
+	if _, err := plan(acts, "indexed", false); err == nil || !strings.Contains(err.Error(), "shard index") {
+		t.Fatalf("the index's write failed: %v, want an error naming the shard index", err)
+	}
+	if cp, ok := checkpoint("indexed"); !ok || cp.Progress.Shards != whole.Shards {
+		t.Fatalf("stored %+v (%v) after the index's write failed, want all %d shards", cp.Progress, ok, whole.Shards)
+	}
+	shardWrites.Store(0)
+	if res, err := plan(acts, "indexed", true); err != nil || res != whole || shardWrites.Load() != 0 {
+		t.Fatalf("the retry planned %+v, %v, writing %d shards; want %+v, none written again", res, err, shardWrites.Load(), whole)
+	}
+	same("indexed", "whole", whole)
+
+	// A checkpoint another workflow run or activity left, under a run's
+	// ID used again, is not this plan's.
+	for _, other := range []activities.PlanCheckpoint{{RunID: "another run", Activity: own.Activity}, {RunID: own.RunID, Activity: "another activity"}} {
+		other.Dataset, other.Cut = own.Dataset, own.Cut
+		other.Progress, other.FirstIDs = dataset.Progress{Shards: 1, Mark: dataset.Mark{Next: 50}}, []int64{0}
+		data, _ := json.Marshal(other)
+		b.WriteAll(ctx, activities.PlanCheckpointKey("again", activities.Pool), data, nil)
+		var first atomic.Bool
+		res, err := plan(&activities.Activities{Bucket: storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+			if key == activities.ShardKey("again", activities.Pool, 0) {
+				first.Store(true)
+			}
+			return nil
+		}})}, "again", true)
+		if err != nil || !first.Load() {
+			t.Errorf("planned %+v, %v, shard 0 written %v: want the checkpoint of run %q, activity %q ignored", res, err, first.Load(), other.RunID, other.Activity)
+		}
 	}
 }

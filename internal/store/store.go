@@ -583,9 +583,10 @@ const (
 // first folders only, as layouts are mostly alike throughout.
 //
 // From a key, the folders before its own are not listed, and on S3 and GCS
-// the requests begin at it (startingAt); on Azure its folder's keys before
-// it are listed and skipped, and where the folders are tiny (listed flat)
-// the keys of the prefix before it.
+// the requests begin at it (startingAt; on GCS, unless gcsblob escapes the
+// key); on Azure its folder's keys before it are listed and skipped, and
+// where the folders are tiny (listed flat) the keys of the prefix before
+// it.
 func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
 	if isLocal(b) { // a local folder lists in microseconds
 		return listTree(ctx, b, prefix, from, fn)
