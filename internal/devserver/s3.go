@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os/exec"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -17,8 +15,7 @@ import (
 // protocol on this machine.
 type S3 struct {
 	Endpoint string // http://127.0.0.1:<port>
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	*server
 }
 
 // The keys the S3 server accepts. A process that talks to it sets them
@@ -45,30 +42,13 @@ func VersityGWBinary() (string, error) { return installed("DCD_VERSITYGW", "vers
 // StartS3 starts the S3 server bin over dir on a free local port, its
 // output going to log, and waits until it listens (30 s at most).
 func StartS3(bin, dir string, log io.Writer) (*S3, error) {
-	ports, err := freePorts("127.0.0.1", 1)
+	srv, err := listening("s3 server", bin, log, func(addr string) []string {
+		return []string{"--access", S3Access, "--secret", S3Secret, "--port", addr, "posix", dir}
+	})
 	if err != nil {
-		return nil, fmt.Errorf("devserver: s3: %w", err)
+		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	cmd := exec.Command(bin, "--access", S3Access, "--secret", S3Secret, "--port", addr, "posix", dir)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("devserver: s3: %w", err)
-	}
-	s := &S3{Endpoint: "http://" + addr, cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(s.exited) }()
-	deadline := time.After(30 * time.Second)
-	for !Reachable(addr) {
-		select {
-		case <-s.exited:
-			return nil, fmt.Errorf("devserver: s3 server %s exited at once", bin)
-		case <-deadline:
-			s.Stop()
-			return nil, fmt.Errorf("devserver: s3 server %s not listening on %s after 30s", bin, addr)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return s, nil
+	return &S3{Endpoint: "http://" + srv.addr, server: srv}, nil
 }
 
 // Bucket creates a bucket and returns its gocloud URL (gocloud cannot
@@ -89,10 +69,4 @@ func (s *S3) Bucket(ctx context.Context, name string) (string, error) {
 // S3URL is the gocloud URL of bucket name on the S3 server at endpoint.
 func S3URL(name, endpoint string) string {
 	return "s3://" + name + "?endpoint=" + endpoint + "&use_path_style=true&region=us-east-1"
-}
-
-// Stop kills the server and waits for it to exit.
-func (s *S3) Stop() {
-	s.cmd.Process.Kill()
-	<-s.exited
 }

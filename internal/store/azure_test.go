@@ -126,17 +126,22 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// What DCD does with a bucket works on Azure Blob Storage: whole and
-// ranged reads, Arrow files, existence, and a missing key failing for
-// good instead of being retried.
+// What DCD does with a bucket works on Azure Blob Storage (checkStore).
 func TestAzureStore(t *testing.T) {
-	ctx := context.Background()
 	url, _ := azurite(t, "dcd-store")
-	b, err := Open(ctx, url)
+	b, err := Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
+	checkStore(t, b)
+}
+
+// checkStore checks what DCD does with a bucket on an object store's
+// server: whole and ranged reads, Arrow files, existence, listing, and a
+// missing key failing for good instead of being retried.
+func checkStore(t *testing.T, b *blob.Bucket) {
+	ctx := context.Background()
 	data := bytes.Repeat([]byte("0123456789"), 1000)
 	if err := WriteAll(ctx, b, "pool/a.tar", data); err != nil {
 		t.Fatal(err)
@@ -151,7 +156,7 @@ func TestAzureStore(t *testing.T) {
 	if ok, err := Exists(ctx, b, "pool/a.tar"); !ok || err != nil {
 		t.Errorf("Exists(pool/a.tar) = %v, %v", ok, err)
 	}
-	_, err = ReadAll(ctx, b, "pool/missing.tar")
+	_, err := ReadAll(ctx, b, "pool/missing.tar")
 	var app *temporal.ApplicationError
 	if err == nil || !errors.As(Classify(err, "pool/missing.tar"), &app) || !app.NonRetryable() {
 		t.Errorf("a missing key: %v, want a non-retryable error", err)
@@ -205,7 +210,7 @@ func TestAzureListFolders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	checkListFolders(t, b)
+	checkListFolders(t, b, 2, 100)
 }
 
 // The Azure SDK's own client, keeping 10 idle connections, opened 441 for

@@ -152,13 +152,14 @@ func TestListFolders(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkListFolders(t, b)
+		checkListFolders(t, b, 2, 100)
 		b.Close()
 	}
 }
 
-// checkListFolders is TestListFolders on b, an empty bucket.
-func checkListFolders(t *testing.T, b *blob.Bucket) {
+// checkListFolders is TestListFolders on b, an empty bucket, at each of
+// requests keys a request.
+func checkListFolders(t *testing.T, b *blob.Bucket, requests ...int) {
 	t.Helper()
 	ctx := context.Background()
 	defer func(n, r int) { pageSize, requestPage = n, r }(pageSize, requestPage)
@@ -186,7 +187,7 @@ func checkListFolders(t *testing.T, b *blob.Bucket) {
 		return got
 	}
 	defer func() { testHookFlat = func() {} }()
-	for _, request := range []int{2, 100} {
+	for _, request := range requests {
 		pageSize, requestPage = request, request
 		for _, prefix := range []string{"pool/", "pool", "pool/a", "pool/a/", "", "none/"} {
 			want := listed(func(fn func(*blob.ListObject) error) error {
@@ -260,10 +261,14 @@ func TestS3ListFolders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	checkListFolders(t, b)
+	checkListFolders(t, b, 2, 100)
+	checkListsFromKey(t, b)
+}
 
-	// From a key, S3 lists from it: the long folder's last key takes a
-	// request or two of two keys, not the 24 before it.
+// checkListsFromKey checks that a store whose listing takes a key to begin
+// at (S3, GCS) lists from it: the long folder's last key takes a request
+// or two of two keys, not the 24 before it.
+func checkListsFromKey(t *testing.T, b *blob.Bucket) {
 	defer func(n, r int) { pageSize, requestPage = n, r }(pageSize, requestPage)
 	pageSize, requestPage = 2, 2
 	var pages atomic.Int32 // the folders' listings run on their own goroutines

@@ -596,7 +596,13 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn fu
 		opts := startingAt(&blob.ListOptions{Prefix: prefix, Delimiter: "/"}, folderOf(prefix, from))
 		_, err := listPages(ctx, b, opts, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
 			if last != "" && obj.Key <= last {
-				return nil // a store that repeats an entry across pages
+				if obj.Key == last {
+					return nil // a store that repeats an entry across pages
+				}
+				// Folders are handed out as they come, so a store whose
+				// pages are not in key order (fake-gcs-server gives every
+				// page every folder) would lose the keys that come late.
+				return fmt.Errorf("store: list %q: the store listed %q after %q, not in key order", prefix, obj.Key, last)
 			}
 			last = obj.Key
 			if before(obj, from) {
