@@ -65,19 +65,22 @@ const jpegLUTBits = 9
 // blocks; 10 and 12 bits measured the same, 13 slower.
 const jpegACBits = 11
 
+// jpegACLUT is an AC table's coefficient look-up: the next jpegACBits bits
+// to a whole coefficient when its code and magnitude bits fit in them, as
+// coefficient<<16 | zero run<<8 | bits taken; 0 for anything else (an end
+// of block or band, sixteen zeros, a longer code or magnitude, no code).
+// A coefficient costs one look-up and one shift instead of two of each and
+// the sign's extension, in the loop that is most of a photo's decode.
+type jpegACLUT [1 << jpegACBits]int32
+
 // jpegHuffman is one Huffman table, canonical as in section C of T.81.
 type jpegHuffman struct {
 	defined bool
 	// lut maps the next jpegLUTBits bits to the value<<8 | code length,
 	// or 0 when the code is longer.
 	lut [1 << jpegLUTBits]uint16
-	// ac, for an AC table, maps the next jpegACBits bits to a whole
-	// coefficient when its code and magnitude bits fit in them: the
-	// coefficient<<16 | zero run<<8 | bits taken, or 0 (an end of block,
-	// a run of sixteen zeros, or more bits). A coefficient costs one
-	// look-up and one shift instead of two of each and the sign's
-	// extension, in the loop that is most of a photo's decode.
-	ac [1 << jpegACBits]int32
+	// ac is an AC table's coefficient look-up; nil for a DC table.
+	ac *jpegACLUT
 	// For longer codes, per length l: the largest code of that length
 	// (−1: none), and the offset from a code to its value's index.
 	maxCode [17]int32
@@ -85,14 +88,14 @@ type jpegHuffman struct {
 	vals    [256]uint8
 }
 
-// build makes h from a DHT segment's code counts and values, with the
-// coefficient look-up if it is an AC table. ok is false for a table
-// image/jpeg would refuse or decode otherwise than by the canonical code
-// (one whose counts overflow a length).
-func (h *jpegHuffman) build(counts []byte, vals []byte, isAC bool) bool {
+// build makes h from a DHT segment's code counts and values, and for an
+// AC table its coefficient look-up in ac (nil for a DC table). ok is false
+// for a table image/jpeg would refuse or decode otherwise than by the
+// canonical code (one whose counts overflow a length).
+func (h *jpegHuffman) build(counts []byte, vals []byte, ac *jpegACLUT) bool {
 	clear(h.lut[:])
-	if isAC {
-		clear(h.ac[:])
+	if h.ac = ac; ac != nil {
+		clear(ac[:])
 	}
 	copy(h.vals[:], vals)
 	code, k := int32(0), int32(0)
@@ -114,9 +117,9 @@ func (h *jpegHuffman) build(counts []byte, vals []byte, isAC bool) bool {
 					}
 				}
 			}
-			if isAC {
+			if ac != nil {
 				for c := code; c < code+n; c++ {
-					h.acCode(c, l, vals[k+c-code])
+					ac.add(c, l, vals[k+c-code])
 				}
 			}
 			k += n
@@ -127,9 +130,9 @@ func (h *jpegHuffman) build(counts []byte, vals []byte, isAC bool) bool {
 	return true
 }
 
-// acCode fills the coefficient look-up's entries for code c, l bits long,
-// of run/size rs, when code and magnitude fit in jpegACBits.
-func (h *jpegHuffman) acCode(c int32, l int, rs uint8) {
+// add fills the entries for code c, l bits long, of run/size rs, when
+// code and magnitude fit in jpegACBits.
+func (t *jpegACLUT) add(c int32, l int, rs uint8) {
 	r, s := int32(rs>>4), int(rs&0x0f)
 	if s == 0 || l+s > jpegACBits {
 		return
@@ -144,7 +147,7 @@ func (h *jpegHuffman) acCode(c int32, l int, rs uint8) {
 		e := v<<16 | r<<8 | int32(l+s)
 		first := (c<<s | m) << shift
 		for i := first; i < first+1<<shift; i++ {
-			h.ac[i] = e
+			t[i] = e
 		}
 	}
 }
@@ -254,6 +257,7 @@ type jpegDecoder struct {
 	quant          [4][64]int32 // zig-zag order
 	quantDefined   [4]bool
 	huff           [2][4]jpegHuffman // [DC, AC][destination]
+	acLUTs         *[4]jpegACLUT     // the AC tables' look-ups, kept from image to image
 	ri             int
 	jfif           bool
 	adobe          bool // an Adobe APP14, and its transform
@@ -327,7 +331,7 @@ func withJPEG(data []byte, use func(image.Image) error) (ok bool, err error) {
 // outside the fast path, and returns the image; with reuse, it lives in
 // d's planes, only good until d is released.
 func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
-	*d = jpegDecoder{planes: d.planes, coefBuf: d.coefBuf, nzBuf: d.nzBuf}
+	*d = jpegDecoder{planes: d.planes, coefBuf: d.coefBuf, nzBuf: d.nzBuf, acLUTs: d.acLUTs}
 	if len(data) < 4 || data[0] != 0xff || data[1] != jpegSOI {
 		return nil, false
 	}
@@ -471,7 +475,14 @@ func (d *jpegDecoder) tables(seg []byte) bool {
 		if total == 0 || total > 256 || len(seg) < 17+total {
 			return false
 		}
-		if !d.huff[tc][th].build(seg[1:17], seg[17:17+total], tc == 1) {
+		var ac *jpegACLUT
+		if tc == 1 {
+			if d.acLUTs == nil {
+				d.acLUTs = new([4]jpegACLUT)
+			}
+			ac = &d.acLUTs[th]
+		}
+		if !d.huff[tc][th].build(seg[1:17], seg[17:17+total], ac) {
 			return false
 		}
 		seg = seg[17+total:]
@@ -622,6 +633,7 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 	c.dc += b.receiveExtend(t)
 	blk[0] = c.dc * q[0]
 	h := &d.huff[1][c.ta]
+	fast := h.ac
 	acc, n := b.acc, b.n
 	for k := 1; k < 64; k++ {
 		if n < 32 {
@@ -629,10 +641,13 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 			b.refill()
 			acc, n = b.acc, b.n
 		}
-		if e := h.ac[acc>>(64-jpegACBits)]; e != 0 && k+int(e>>8&15) <= 63 {
-			k += int(e >> 8 & 15)
+		if e := fast[acc>>(64-jpegACBits)]; e != 0 && k+int(e>>8&15) <= 63 {
+			// Masks the compiler cannot see through otherwise: k is at
+			// most 63 here, and a length at most 16, so neither a bounds
+			// check nor a shift's test for 64 or more is needed.
+			k = (k + int(e>>8&15)) & 63
 			blk[jpegZig[k]&63] = e >> 16 * q[k]
-			l := uint(e & 0xff)
+			l := uint(e) & 63
 			acc <<= l
 			n -= l
 			ac = true
