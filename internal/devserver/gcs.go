@@ -13,7 +13,7 @@ import (
 // GCS is a local Google Cloud Storage server: fake-gcs-server, keeping its
 // objects in memory. It speaks GCS's JSON API, which the Go client and so
 // gs:// buckets use, with its listing's prefixes, page tokens and
-// startOffset. A client finds it through STORAGE_EMULATOR_HOST (GCSEnv).
+// startOffset. A client finds it through STORAGE_EMULATOR_HOST=Host.
 type GCS struct {
 	Host string // 127.0.0.1:<port>
 	*server
@@ -38,9 +38,6 @@ func StartGCS(bin string, log io.Writer) (*GCS, error) {
 	}
 	return &GCS{Host: srv.addr, server: srv}, nil
 }
-
-// GCSEnv is the environment of a client of the GCS server at host.
-func GCSEnv(host string) []string { return []string{"STORAGE_EMULATOR_HOST=" + host} }
 
 // Bucket creates a bucket and returns its gs:// URL (gocloud cannot
 // create buckets; the JSON API's insert can, with no credentials here).

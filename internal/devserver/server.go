@@ -35,7 +35,7 @@ func listening(what, bin string, log io.Writer, args func(addr string) []string)
 	for !Reachable(addr) {
 		select {
 		case <-s.exited:
-			return nil, fmt.Errorf("devserver: %s %s exited at once", what, bin)
+			return nil, fmt.Errorf("devserver: %s %s exited before it listened", what, bin)
 		case <-deadline:
 			s.Stop()
 			return nil, fmt.Errorf("devserver: %s %s not listening on %s after 30s", what, bin, addr)

@@ -1,9 +1,7 @@
 package store
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,11 +14,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
-	"github.com/apache/arrow/go/v15/arrow"
-	"github.com/apache/arrow/go/v15/arrow/array"
-	"github.com/apache/arrow/go/v15/arrow/memory"
-	"go.temporal.io/sdk/temporal"
-	"gocloud.dev/blob"
 )
 
 // azuriteKey is the key of Azurite's built-in account devstoreaccount1,
@@ -135,70 +128,6 @@ func TestAzureStore(t *testing.T) {
 	}
 	defer b.Close()
 	checkStore(t, b)
-}
-
-// checkStore checks what DCD does with a bucket on an object store's
-// server: whole and ranged reads, Arrow files, existence, listing, and a
-// missing key failing for good instead of being retried.
-func checkStore(t *testing.T, b *blob.Bucket) {
-	ctx := context.Background()
-	data := bytes.Repeat([]byte("0123456789"), 1000)
-	if err := WriteAll(ctx, b, "pool/a.tar", data); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := ReadAll(ctx, b, "pool/a.tar"); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("read back %d bytes, %v; want %d", len(got), err, len(data))
-	}
-	bs := &Buckets{}
-	if got, err := bs.ReadRange(ctx, b, "pool/a.tar", 1234, 20); err != nil || string(got) != "45678901234567890123" {
-		t.Errorf("range read: %q, %v", got, err)
-	}
-	if ok, err := Exists(ctx, b, "pool/a.tar"); !ok || err != nil {
-		t.Errorf("Exists(pool/a.tar) = %v, %v", ok, err)
-	}
-	_, err := ReadAll(ctx, b, "pool/missing.tar")
-	var app *temporal.ApplicationError
-	if err == nil || !errors.As(Classify(err, "pool/missing.tar"), &app) || !app.NonRetryable() {
-		t.Errorf("a missing key: %v, want a non-retryable error", err)
-	}
-	// An Arrow file: streamed to a block blob, read back whole.
-	mem := memory.NewGoAllocator()
-	schema := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
-	bld := array.NewRecordBuilder(mem, schema)
-	bld.Field(0).(*array.Int64Builder).AppendValues([]int64{7, 8, 9}, nil)
-	rec := bld.NewRecord()
-	bld.Release()
-	err = WriteArrow(ctx, b, "features/0.arrow", schema, mem, rec)
-	rec.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := OpenArrow(ctx, b, "features/0.arrow", mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := f.RecordAt(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ids := back.Column(0).(*array.Int64).Int64Values(); len(ids) != 3 || ids[0] != 7 || ids[2] != 9 {
-		t.Errorf("Arrow file read back %v", ids)
-	}
-	back.Release()
-	f.Close()
-
-	var keys []string
-	it := b.List(&blob.ListOptions{Prefix: "pool/"})
-	for {
-		obj, err := it.Next(ctx)
-		if err != nil {
-			break
-		}
-		keys = append(keys, obj.Key)
-	}
-	if len(keys) != 1 || keys[0] != "pool/a.tar" {
-		t.Errorf("listed %q", keys)
-	}
 }
 
 // ListFolders lists on Azure Blob Storage, whose delimited listing and page

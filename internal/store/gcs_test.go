@@ -1,12 +1,15 @@
 package store
 
 import (
+	"bytes"
 	"context"
-	"os"
-	"path/filepath"
+	"errors"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 
+	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 
 	"dcd/internal/devserver"
@@ -21,22 +24,13 @@ func fakeGCS(t *testing.T, name string) *blob.Bucket {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := os.Create(filepath.Join(t.TempDir(), "fake-gcs-server.log"))
+	var log bytes.Buffer // written by one goroutine at a time (exec.Cmd)
+	srv, err := devserver.StartGCS(bin, &log)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v:\n%s", err, log.Bytes())
 	}
-	srv, err := devserver.StartGCS(bin, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		srv.Stop()
-		log.Close()
-	})
-	for _, kv := range devserver.GCSEnv(srv.Host) {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	t.Cleanup(srv.Stop)
+	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
 	url, err := srv.Bucket(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
@@ -56,11 +50,11 @@ func TestGCSStore(t *testing.T) {
 
 // ListFolders lists on GCS's JSON API what List lists, and from a key on
 // it begins there (startOffset). fake-gcs-server gives every page of a
-// listing by folders every folder, where GCS counts each among one page's
-// results (maxResults is items and prefixes together): at 100 keys a
-// request this tree's listings by folders are a page each, as they would
-// be on GCS; at 2, ListFolders must refuse the listing rather than lose
-// the keys after its first page.
+// listing by folders every folder at or after the page's start, where GCS
+// counts each among one page's results (maxResults is items and prefixes
+// together): at 100 keys a request this tree's listings by folders are a
+// page each, as they would be on GCS; at 2, ListFolders must refuse the
+// listing for good rather than lose the keys after its first page.
 func TestGCSListFolders(t *testing.T) {
 	b := fakeGCS(t, "dcd-folders")
 	checkListFolders(t, b, 100)
@@ -68,12 +62,38 @@ func TestGCSListFolders(t *testing.T) {
 
 	defer func(n, r int) { pageSize, requestPage = n, r }(pageSize, requestPage)
 	pageSize, requestPage = 2, 2
+	// Flat, a listing goes on page after page by GCS's page tokens.
+	var all, flat []string
+	listed := func(into *[]string) func(*blob.ListObject) error {
+		return func(o *blob.ListObject) error { *into = append(*into, o.Key); return nil }
+	}
+	it := b.List(nil) // a page of up to 1,000 keys
+	for {
+		o, err := it.Next(context.Background())
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, o.Key)
+	}
+	if err := listFlat(context.Background(), b, "pool/", "pool/a/040.png", listed(&flat)); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.Index(all, "pool/a/040.png")
+	j := slices.Index(all, "poolside/1.png")
+	if len(all) < 80 || i < 0 || j < i || !slices.Equal(flat, all[i:j]) {
+		t.Errorf("flat from pool/a/040.png, two keys a request: %q, want %q", flat, all[max(i, 0):max(j, 0)])
+	}
+
 	n := 0
 	err := ListFolders(context.Background(), b, "pool/a/", "", func(*blob.ListObject) error {
 		n++
 		return nil
 	})
-	if err == nil || !strings.Contains(err.Error(), "not in key order") {
-		t.Errorf("listing by folders whose pages repeat a later folder: %v after %d keys, want an error that they are not in key order", err, n)
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) || !app.NonRetryable() || !strings.Contains(err.Error(), "not in key order") {
+		t.Errorf("listing by folders whose pages repeat a later folder (fake-gcs-server's): %v after %d keys, want a non-retryable error that they are not in key order", err, n)
 	}
 }

@@ -599,10 +599,14 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn fu
 				if obj.Key == last {
 					return nil // a store that repeats an entry across pages
 				}
-				// Folders are handed out as they come, so a store whose
-				// pages are not in key order (fake-gcs-server gives every
-				// page every folder) would lose the keys that come late.
-				return fmt.Errorf("store: list %q: the store listed %q after %q, not in key order", prefix, obj.Key, last)
+				// Folders are handed out as they come, and a plan resumes
+				// from a key, so a store that does not list in key order
+				// would lose keys. Azure Data Lake Storage (a hierarchical
+				// namespace) lists in path order ("a/" before "a-b/");
+				// fake-gcs-server gives each page the folders after it.
+				return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+					"store: list %q: the store listed %q after %q, not in key order, as Azure Data Lake Storage's hierarchical namespace lists; DCD would miss images listing it: name the images in a manifest (CSV, Parquet or WebDataset) instead",
+					prefix, obj.Key, last), "StorageListOrder", nil)
 			}
 			last = obj.Key
 			if before(obj, from) {
