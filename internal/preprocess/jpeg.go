@@ -164,19 +164,26 @@ type jpegBits struct {
 	fake uint
 }
 
+// load puts as many whole bytes of w, the next eight of the data, as fit
+// into acc, holding n bits, when none of them is 0xff (stuffing or a
+// marker): k is how many, 0 when one is. Inlined into the decode's loop.
+func load(w, acc uint64, n uint) (uint64, uint, int) {
+	r := (n + 7) &^ 7      // n rounded up to whole bytes
+	top := ^uint64(0) << r // the bytes that fit
+	// The zero-byte test on ^w may also flag a byte before a true 0xff,
+	// never miss one: a false alarm only takes the slow way.
+	if x := ^w; (x-0x0101010101010101)&^x&0x8080808080808080&top != 0 {
+		return acc, n, 0
+	}
+	return acc | w&top>>n, n + 64 - r, int(64-r) / 8
+}
+
 // refill loads bytes until n > 56.
 func (b *jpegBits) refill() {
 	if b.fake == 0 && b.pos+8 <= len(b.data) {
-		w := binary.BigEndian.Uint64(b.data[b.pos:])
-		k := (64 - b.n) / 8
-		top := ^uint64(0) << (64 - 8*k) // the k bytes that fit
-		// Those with no 0xff (stuffing or a marker) load at once. The
-		// zero-byte test on ^w may also flag a byte before a true 0xff,
-		// never miss one: a false alarm only takes the loop below.
-		if x := ^w; (x-0x0101010101010101)&^x&0x8080808080808080&top == 0 {
-			b.acc |= w & top >> b.n
-			b.n += 8 * k
-			b.pos += int(k)
+		var k int
+		if b.acc, b.n, k = load(binary.BigEndian.Uint64(b.data[b.pos:]), b.acc, b.n); k > 0 {
+			b.pos += k
 			return
 		}
 	}
@@ -636,10 +643,17 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 	fast := h.ac
 	acc, n := b.acc, b.n
 	for k := 1; k < 64; k++ {
-		if n < 32 {
-			b.acc, b.n = acc, n
-			b.refill()
-			acc, n = b.acc, b.n
+		if n < 32 { // refill's first step, here where acc and n stay in registers
+			loaded := 0
+			if p := b.pos; b.fake == 0 && p+8 <= len(b.data) {
+				acc, n, loaded = load(binary.BigEndian.Uint64(b.data[p:]), acc, n)
+				b.pos = p + loaded
+			}
+			if loaded == 0 {
+				b.acc, b.n = acc, n
+				b.refill()
+				acc, n = b.acc, b.n
+			}
 		}
 		if e := fast[acc>>(64-jpegACBits)]; e != 0 && k+int(e>>8&15) <= 63 {
 			// Masks the compiler cannot see through otherwise: k is at
