@@ -28,7 +28,7 @@ func (d *jpegDecoder) progressiveScan(seg, data []byte, pos *int, reuse bool) bo
 		c := &d.comp[ci]
 		c.dc = 0
 		dcFirst := zigStart == 0 && ah == 0
-		if dcFirst && !d.huff[0][c.td].defined || zigStart > 0 && !d.huff[1][c.ta].defined {
+		if dcFirst && !d.defined[0][c.td] || zigStart > 0 && !d.defined[1][c.ta] {
 			return false
 		}
 		if d.coef[ci] == nil {
@@ -61,7 +61,7 @@ func (d *jpegDecoder) progressiveScan(seg, data []byte, pos *int, reuse bool) bo
 					k := by*d.mxx*c.h + bx
 					b, nz := &d.coef[ci][k], &d.nz[ci][k]
 					if ah != 0 {
-						ok = d.refine(b, nz, &d.huff[1][c.ta], zigStart, zigEnd, 1<<al)
+						ok = d.refine(b, nz, &d.tables.huff[1][c.ta], zigStart, zigEnd, 1<<al)
 					} else {
 						ok = d.firstBits(b, nz, c, zigStart, zigEnd, al)
 					}
@@ -106,7 +106,7 @@ func (d *jpegDecoder) firstBits(b *[64]int32, nz *uint64, c *jpegComponent, zigS
 	zig := zigStart
 	if zig == 0 {
 		zig++
-		t, ok := bits.decode(&d.huff[0][c.td])
+		t, ok := bits.decode(&d.tables.huff[0][c.td])
 		if !ok || t > 16 {
 			return false
 		}
@@ -117,7 +117,7 @@ func (d *jpegDecoder) firstBits(b *[64]int32, nz *uint64, c *jpegComponent, zigS
 		d.eobRun--
 		return true
 	}
-	h := &d.huff[1][c.ta]
+	h := &d.tables.huff[1][c.ta]
 	for ; zig <= zigEnd; zig++ {
 		rs, ok := bits.decode(h)
 		if !ok {
