@@ -89,12 +89,14 @@ type jpegHuffman struct {
 	// lut maps the next jpegLUTBits bits to the value<<8 | code length,
 	// or 0 when the code is longer.
 	lut [1 << jpegLUTBits]uint16
-	// ac is an AC table's coefficient look-up; nil for a DC table. Its
-	// entries are of one coefficient until a scan large enough to repay
-	// the pairing (jpegPairMCUs) pairs them; kept with the table, a
-	// pairing serves every image with the same table after it.
+	// ac is an AC table's coefficient look-up, made when a sequential
+	// scan first uses the table (progressive scans never read it); nil
+	// until then. Its entries are of one coefficient until a scan large
+	// enough to repay the pairing (jpegPairBlocks) pairs them; kept with
+	// the table, a pairing serves every image with the same table after.
 	ac     *jpegACLUT
 	paired bool
+	counts [16]uint8 // codes of each length, for the look-up
 	// For longer codes, per length l: the largest code of that length
 	// (−1: none), and the offset from a code to its value's index.
 	maxCode [17]int32
@@ -102,15 +104,13 @@ type jpegHuffman struct {
 	vals    [256]uint8
 }
 
-// build makes h from a DHT segment's code counts and values, and for an
-// AC table its coefficient look-up in ac (nil for a DC table). ok is false
+// build makes h from a DHT segment's code counts and values. ok is false
 // for a table image/jpeg would refuse or decode otherwise than by the
 // canonical code (one whose counts overflow a length).
-func (h *jpegHuffman) build(counts []byte, vals []byte, ac *jpegACLUT) bool {
+func (h *jpegHuffman) build(counts []byte, vals []byte) bool {
+	h.ac, h.paired = nil, false
 	clear(h.lut[:])
-	if h.ac = ac; ac != nil {
-		clear(ac[:])
-	}
+	copy(h.counts[:], counts)
 	copy(h.vals[:], vals)
 	code, k := int32(0), int32(0)
 	for l := 1; l <= 16; l++ {
@@ -131,25 +131,41 @@ func (h *jpegHuffman) build(counts []byte, vals []byte, ac *jpegACLUT) bool {
 					}
 				}
 			}
-			if ac != nil {
-				for c := code; c < code+n; c++ {
-					ac.add(c, l, vals[k+c-code])
-				}
-			}
 			k += n
 		}
 		code = (code + n) << 1
 	}
-	h.paired = false
 	return true
 }
 
+// lookup makes h's coefficient look-up in t, unless h has it, and pairs
+// it if pair and it is not yet: h is an AC table a sequential scan uses.
+func (h *jpegHuffman) lookup(t *jpegACLUT, pair bool) {
+	if h.ac == nil {
+		clear(t[:])
+		code, k := int32(0), 0
+		for l := 1; l <= 16; l++ {
+			n := int32(h.counts[l-1])
+			for c := code; c < code+n; c++ {
+				t.add(c, l, h.vals[k])
+				k++
+			}
+			code = (code + n) << 1
+		}
+		h.ac = t
+	}
+	if pair && !h.paired {
+		h.ac.pair()
+		h.paired = true
+	}
+}
+
 // jpegTables are a decoder's Huffman tables, kept from image to image
-// with the DHT bytes each was built from. A pool's images mostly come
-// from one encoder, which writes the same tables in every file (the
-// standard ones, unless it optimises them per image), so a table is
-// built, and its look-up paired, once rather than for every image: a
-// 32×32 photo's decode is mostly that.
+// with the DHT bytes each was built from. Most encoders write the same
+// tables into every file (the standard ones) unless told to optimise
+// them per image, as mozjpeg does by default; then a table is built, and
+// its look-up made and paired, once rather than for every image, which
+// was most of a 32×32 photo's decode.
 type jpegTables struct {
 	huff [2][4]jpegHuffman // [DC, AC][destination]
 	ac   [4]jpegACLUT
@@ -164,11 +180,7 @@ func (t *jpegTables) define(tc, th uint8, spec []byte) bool {
 	}
 	buf := t.dht[tc][th][:0]
 	t.dht[tc][th] = nil // until built
-	var ac *jpegACLUT
-	if tc == 1 {
-		ac = &t.ac[th]
-	}
-	if !t.huff[tc][th].build(spec[:16], spec[16:], ac) {
+	if !t.huff[tc][th].build(spec[:16], spec[16:]) {
 		return false
 	}
 	t.dht[tc][th] = append(buf, spec...)
@@ -197,12 +209,13 @@ func (t *jpegACLUT) add(c int32, l int, rs uint8) {
 	}
 }
 
-// jpegPairMCUs is the least MCUs a scan has for its AC look-ups to be
-// paired. Pairing a table costs what decoding some 30–60 MCUs saves: with
-// tables new in every image, a 32×32 photo (4 MCUs) took 13.4 µs paired
-// against 8.3, a 128×128 one (64) 40 µs against 44, a 500×375 one 0.64 ms
-// against 0.75. A table kept from the image before is paired once.
-const jpegPairMCUs = 64
+// jpegPairBlocks is the least blocks a scan has for its AC look-ups to be
+// paired. Pairing a table costs what decoding some 200–350 blocks saves:
+// with tables new in every image, a 32×32 colour photo (24 blocks) took
+// 13.4 µs paired against 8.3, a 128×128 one (384) 40 µs against 44, a
+// 500×375 one 0.64 ms against 0.75. A table kept from the image before is
+// paired once.
+const jpegPairBlocks = 256
 
 // pair makes each entry whose first coefficient leaves the whole of a
 // second's code and magnitude in the rest of its bits an entry of both.
@@ -236,7 +249,8 @@ type jpegBits struct {
 
 // load puts as many whole bytes of w, the next eight of the data, as fit
 // into acc, holding n bits, when none of them is 0xff (stuffing or a
-// marker): k is how many, 0 when one is. Inlined into the decode's loop.
+// marker), and returns acc and n then and how many it put, 0 when one is.
+// Small enough for the compiler to inline into the decode's loop.
 func load(w, acc uint64, n uint) (uint64, uint, int) {
 	r := (n + 7) &^ 7      // n rounded up to whole bytes
 	top := ^uint64(0) << r // the bytes that fit
@@ -257,6 +271,12 @@ func (b *jpegBits) refill() {
 			return
 		}
 	}
+	b.refillBytes()
+}
+
+// refillBytes is refill a byte at a time, unstuffing, and feeding zeros
+// at a marker or the data's end.
+func (b *jpegBits) refillBytes() {
 	for b.n <= 56 {
 		var c byte
 		switch {
@@ -643,13 +663,13 @@ func (d *jpegDecoder) scan(seg, data []byte, pos *int, reuse bool) bool {
 			return false
 		}
 	}
-	if d.mxx*d.myy >= jpegPairMCUs {
-		for _, ci := range order {
-			if h := &d.tables.huff[1][d.comp[ci].ta]; !h.paired {
-				h.ac.pair()
-				h.paired = true
-			}
-		}
+	blocks := 0
+	for _, ci := range order {
+		blocks += d.comp[ci].h * d.comp[ci].v * d.mxx * d.myy
+	}
+	for _, ci := range order {
+		ta := d.comp[ci].ta
+		d.tables.huff[1][ta].lookup(&d.tables.ac[ta], blocks >= jpegPairBlocks)
 	}
 	d.makeImage(reuse)
 	planes, strides := d.out, d.strides
@@ -726,13 +746,13 @@ func (d *jpegDecoder) block(blk *[64]int32, c *jpegComponent) (ac, ok bool) {
 			}
 			if loaded == 0 {
 				b.acc, b.n = acc, n
-				b.refill()
+				b.refillBytes()
 				acc, n = b.acc, b.n
 			}
 		}
 		if e := fast[acc>>(64-jpegACBits)]; e != 0 && k+int(e>>8&0xff) <= 63 {
 			// Masks the compiler cannot see through otherwise: the
-			// indexes are at most 63 here, and a length at most 16, so
+			// indexes are at most 63 here, and a length at most 11, so
 			// neither a bounds check nor a shift's test for 64 or more
 			// is needed. The second coefficient is stored first: for an
 			// entry of one, it is a 0 at the first's index, overwritten.

@@ -182,6 +182,53 @@ func TestDecodeJPEGReusedPlanes(t *testing.T) {
 	}
 }
 
+// A decoder keeps its Huffman tables from image to image (jpegTables),
+// but a file may use only the tables it defines: one whose DHT segments
+// are cut out must not decode with those of the file before, and a file
+// after it with other tables must decode with its own.
+func TestDecodeJPEGKeptTables(t *testing.T) {
+	rng := rand.New(rand.NewPCG(37, 38))
+	photo := encodeJPEG(t, noisyPhoto(rng, 160, 120, false), 90)
+	var noDHT []byte // photo without its DHT segments
+	for pos := 2; ; {
+		marker, n := photo[pos+1], int(photo[pos+2])<<8|int(photo[pos+3])
+		if marker == jpegSOS {
+			noDHT = append(noDHT, photo[pos:]...)
+			break
+		}
+		if marker != jpegDHT {
+			noDHT = append(noDHT, photo[pos:pos+2+n]...)
+		}
+		pos += 2 + n
+	}
+	noDHT = append([]byte{0xff, jpegSOI}, noDHT...)
+	d := new(jpegDecoder)
+	for i, step := range []struct {
+		data []byte
+		ok   bool
+	}{
+		{photo, true},
+		{noDHT, false},
+		{jpegOf(rng, testJPEG{nComp: 3, hv: [3][2]int{{2, 2}, {1, 1}, {1, 1}}, w: 160, h: 120, order: []int{0, 1, 2}}), true},
+		{photo, true},
+	} {
+		got, ok := d.decode(step.data, false)
+		if ok != step.ok {
+			t.Fatalf("file %d: fast path took it: %v, want %v", i, ok, step.ok)
+		}
+		if !ok {
+			continue
+		}
+		want, err := jpeg.Decode(bytes.NewReader(step.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("file %d: the fast path's image is not image/jpeg's", i)
+		}
+	}
+}
+
 // TestDecodeJPEGAdobe gives files with Photoshop's APP14 segment, as
 // many photos saved from it have: with its YCbCr transform (1) they take
 // the fast path, with 0 (RGB) image/jpeg's; JFIF overrides it, as in
