@@ -16,6 +16,7 @@ import (
 	"cloud.google.com/go/storage"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 
 	"dcd/internal/devserver"
@@ -319,5 +320,24 @@ func TestStartingAt(t *testing.T) {
 		if q.StartOffset != want {
 			t.Errorf("GCS from %q: StartOffset %q, want %q", from, q.StartOffset, want)
 		}
+	}
+}
+
+// keyOrder lets a listing's keys through in key order, skips a repeat of
+// the last one, and fails for good at one before it.
+func TestKeyOrder(t *testing.T) {
+	o := keyOrder{prefix: "pool/"}
+	for _, step := range []struct {
+		key    string
+		repeat bool
+	}{{"pool/a-b/1.png", false}, {"pool/a/1.png", false}, {"pool/a/1.png", true}, {"pool/a/2.png", false}} {
+		if repeat, err := o.next(step.key); repeat != step.repeat || err != nil {
+			t.Fatalf("%q: repeat %v, %v; want %v, nil", step.key, repeat, err, step.repeat)
+		}
+	}
+	_, err := o.next("pool/a-b/2.png") // as a hierarchical namespace lists
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) || !app.NonRetryable() || !strings.Contains(err.Error(), `"pool/a-b/2.png" after "pool/a/2.png"`) {
+		t.Errorf("a key before the last: %v, want a non-retryable error naming both", err)
 	}
 }

@@ -592,23 +592,12 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn fu
 		return listTree(ctx, b, prefix, from, fn)
 	}
 	folders := ahead.Stream(ctx, FoldersAhead, func(ctx context.Context, start func(ahead.Fetch[folderHead]) bool) error {
-		last := ""
+		order := keyOrder{prefix: prefix}
 		opts := startingAt(&blob.ListOptions{Prefix: prefix, Delimiter: "/"}, folderOf(prefix, from))
 		_, err := listPages(ctx, b, opts, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
-			if last != "" && obj.Key <= last {
-				if obj.Key == last {
-					return nil // a store that repeats an entry across pages
-				}
-				// Folders are handed out as they come, and a plan resumes
-				// from a key, so a store that does not list in key order
-				// would lose keys. Azure Data Lake Storage (a hierarchical
-				// namespace) lists in path order ("a/" before "a-b/");
-				// fake-gcs-server gives each page the folders after it.
-				return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-					"store: list %q: the store listed %q after %q, not in key order, as Azure Data Lake Storage's hierarchical namespace lists; DCD would miss images listing it: name the images in a manifest (CSV, Parquet or WebDataset) instead",
-					prefix, obj.Key, last), "StorageListOrder", nil)
+			if repeat, err := order.next(obj.Key); repeat || err != nil {
+				return err
 			}
-			last = obj.Key
 			if before(obj, from) {
 				return nil
 			}
@@ -621,7 +610,11 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn fu
 	}, nil)
 	defer folders.Stop()
 	last := "" // the last key handed to fn
+	order := keyOrder{prefix: prefix}
 	emit := func(obj *blob.ListObject) error {
+		if repeat, err := order.next(obj.Key); repeat || err != nil {
+			return err
+		}
 		if obj.Key < from {
 			return nil // in from's folder, where the store began before it
 		}
@@ -712,13 +705,41 @@ func folderOf(prefix, from string) string {
 
 // listFlat lists prefix flat from the key from on.
 func listFlat(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
+	order := keyOrder{prefix: prefix}
 	_, err := listPages(ctx, b, startingAt(&blob.ListOptions{Prefix: prefix}, from), blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
+		if repeat, err := order.next(obj.Key); repeat || err != nil {
+			return err
+		}
 		if obj.Key < from {
 			return nil
 		}
 		return fn(obj)
 	})
 	return err
+}
+
+// keyOrder checks that a listing of prefix gives its keys in key order.
+// Folders are handed out as they come, and a plan resumes from a key, so
+// a store that lists otherwise would lose keys: Azure Data Lake Storage's
+// hierarchical namespace lists in path order ("a/…" before "a-b/…"), and
+// fake-gcs-server gives each page of a listing by folders the folders
+// after it.
+type keyOrder struct{ prefix, last string }
+
+// next takes the listing's next key: repeat says it is the last one again
+// (a store may repeat an entry across pages), err that it came out of
+// order, for good.
+func (o *keyOrder) next(key string) (repeat bool, err error) {
+	if o.last != "" && key <= o.last {
+		if key == o.last {
+			return true, nil
+		}
+		return false, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"store: list %q: the store listed %q after %q, not in key order, as Azure Data Lake Storage's hierarchical namespace lists; DCD would miss images listing it: name the images in a manifest (CSV, Parquet or WebDataset) instead",
+			o.prefix, key, o.last), "StorageListOrder", nil)
+	}
+	o.last = key
+	return false, nil
 }
 
 // listTree lists a file:// bucket a folder at a time, from the key from
