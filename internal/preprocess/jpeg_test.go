@@ -381,6 +381,7 @@ func FuzzDecodeJPEG(f *testing.F) {
 	f.Add(encodeJPEG(f, noisyPhoto(rng, 20, 12, false), 60))
 	f.Add(encodeJPEG(f, noisyPhoto(rng, 9, 9, true), 95))
 	f.Add(testdataJPEG(f, "video-001.q50.420.progressive.jpeg"))
+	f.Add(testdataJPEG(f, "video-001.jpeg")) // 420 blocks: paired look-ups (jpegPairBlocks)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkJPEGAgrees(t, data)
 	})
