@@ -64,9 +64,6 @@ func TestGCSListFolders(t *testing.T) {
 	pageSize, requestPage = 2, 2
 	// Flat, a listing goes on page after page by GCS's page tokens.
 	var all, flat []string
-	listed := func(into *[]string) func(*blob.ListObject) error {
-		return func(o *blob.ListObject) error { *into = append(*into, o.Key); return nil }
-	}
 	it := b.List(nil) // a page of up to 1,000 keys
 	for {
 		o, err := it.Next(context.Background())
@@ -78,7 +75,10 @@ func TestGCSListFolders(t *testing.T) {
 		}
 		all = append(all, o.Key)
 	}
-	if err := listFlat(context.Background(), b, "pool/", "pool/a/040.png", listed(&flat)); err != nil {
+	if err := listFlat(context.Background(), b, "pool/", "pool/a/040.png", func(o *blob.ListObject) error {
+		flat = append(flat, o.Key)
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	i := slices.Index(all, "pool/a/040.png")
