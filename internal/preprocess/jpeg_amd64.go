@@ -2,6 +2,12 @@
 
 package preprocess
 
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
+
 // jpegIDCTStore inverse-transforms a block and stores it into dst's 8×8
 // pixels, as jpegIDCT then jpegStore do; with AVX2 in one pass over eight
 // lanes, four times as fast.
@@ -40,3 +46,18 @@ var jpegIDCTK = func() (k [17][8]int32) {
 
 //go:noescape
 func jpegIDCTStoreAVX2(blk *[64]int32, dst *byte, stride int, k *[17][8]int32)
+
+// acRunFast is acRun, in assembly where the CPU has BMI2.
+func acRunFast(blk *[64]int32, qz *[64]uint64, fast *jpegACLUT, data []byte, limit, k int, acc uint64, n uint, pos int) (int, uint64, uint, int) {
+	if haveBMI2 {
+		// acRunBMI2 reads data only below limit+8, which must be in it.
+		limit = min(limit, len(data)-8)
+		return acRunBMI2(blk, qz, fast, unsafe.SliceData(data), limit, k, acc, n, pos)
+	}
+	return acRun(blk, qz, fast, data, limit, k, acc, n, pos)
+}
+
+var haveBMI2 = cpu.X86.HasBMI2
+
+//go:noescape
+func acRunBMI2(blk *[64]int32, qz *[64]uint64, fast *jpegACLUT, data *byte, limit, k int, acc uint64, n uint, pos int) (kk int, acc2 uint64, n2 uint, pos2 int)

@@ -215,3 +215,95 @@ TEXT ·jpegIDCTStoreAVX2(SB), NOSPLIT, $0-32
 	VPEXTRQ $1, X5, (DI)(R10*1)
 	VZEROUPPER
 	RET
+
+// func acRunBMI2(blk *[64]int32, qz *[64]uint64, fast *jpegACLUT, data *byte, limit, k int, acc uint64, n uint, pos int) (kk int, acc2 uint64, n2 uint, pos2 int)
+//
+// acRun's loop, the same steps, with its state in registers throughout:
+// the compiler's acRun spilled and reloaded it every coefficient. BMI2's
+// SHLX and SHRX shift by any register, leaving CX free. The data is read
+// only below limit+8.
+TEXT ·acRunBMI2(SB), NOSPLIT, $0-104
+	MOVQ blk+0(FP), DI
+	MOVQ qz+8(FP), SI
+	MOVQ fast+16(FP), R8
+	MOVQ data+24(FP), R9
+	MOVQ limit+32(FP), R10
+	MOVQ k+40(FP), AX
+	MOVQ acc+48(FP), BX
+	MOVQ n+56(FP), DX
+	MOVQ pos+64(FP), R11
+	CMPQ DX, $63
+	JA   first // no room for a load: acRun's n < 64
+
+loop:
+	CMPQ AX, $63
+	JGT  done
+	CMPQ R11, R10
+	JGT  near
+	MOVQ (R9)(R11*1), CX
+	BSWAPQ CX
+	SHRXQ DX, CX, CX
+	ORQ  CX, BX
+	MOVL $63, CX
+	SUBL DX, CX
+	SHRL $3, CX
+	ADDQ CX, R11
+	ORQ  $56, DX
+
+look:
+	MOVQ BX, CX
+	SHRQ $53, CX
+	MOVQ (R8)(CX*8), R12 // e
+	TESTQ R12, R12
+	JZ   done
+	MOVQ R12, R13
+	SHRQ $8, R13
+	MOVBQZX R13, R13
+	ADDQ AX, R13 // k2, the last coefficient's index
+	CMPQ R13, $63
+	JGT  done
+	MOVQ R12, CX
+	SHRQ $16, CX
+	MOVBQZX CX, CX
+	ADDQ AX, CX // k1, the first's
+
+	// The second coefficient, then the first, as acRun stores them.
+	ANDQ $63, CX // as acRun's mask; qz's indexes are jpegZig's
+	MOVQ (SI)(R13*8), R14
+	MOVQ R14, R15
+	SHRQ $32, R15
+	MOVQ R12, AX
+	SARQ $48, AX
+	IMULL R14, AX
+	MOVL AX, (DI)(R15*4)
+	MOVQ (SI)(CX*8), R14
+	MOVQ R14, R15
+	SHRQ $32, R15
+	MOVQ R12, AX
+	SHLQ $16, AX
+	SARQ $48, AX
+	IMULL R14, AX
+	MOVL AX, (DI)(R15*4)
+
+	LEAQ 1(R13), AX
+	MOVL R12, CX
+	ANDL $63, CX
+	SHLXQ CX, BX, BX
+	SUBQ CX, DX
+	JMP  loop
+
+near:
+	CMPQ DX, $32
+	JAE  look
+	JMP  done
+
+first:
+	CMPQ AX, $63
+	JLE  look
+
+done:
+	MOVQ AX, kk+72(FP)
+	MOVQ BX, acc2+80(FP)
+	MOVQ DX, n2+88(FP)
+	MOVQ R11, pos2+96(FP)
+	RET
