@@ -251,6 +251,12 @@ func TestTransient(t *testing.T) {
 		{http.StatusForbidden, "AccessDenied", false, true},
 		{http.StatusNotFound, "NoSuchKey", false, true},
 		{http.StatusNotImplemented, "NotImplemented", false, false},
+		// Refusals gocloud gives no code: an object in Glacier, a key
+		// that is not the account's, a range past the end.
+		{http.StatusForbidden, "InvalidObjectState", false, true},
+		{http.StatusForbidden, "InvalidAccessKeyId", false, true},
+		{http.StatusRequestedRangeNotSatisfiable, "InvalidRange", false, true},
+		{http.StatusConflict, "OperationAborted", false, false},
 	} {
 		url, requests := failingS3(t, c.status, c.code)
 		b, err := Open(ctx, url)
@@ -301,6 +307,9 @@ func TestTransient(t *testing.T) {
 	if err := dial(&net.DNSError{Err: "i/o timeout", Name: "s3.example", IsTimeout: true}); !Transient(err) {
 		t.Errorf("%v: want it transient", err)
 	}
+	if err := fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}); !Permanent(err) {
+		t.Errorf("%v: want it permanent", err)
+	}
 	for _, err := range []error{
 		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}),
 		errors.New(`manifest "m.csv" line 3: empty uri`),
@@ -309,6 +318,39 @@ func TestTransient(t *testing.T) {
 	} {
 		if Transient(err) {
 			t.Errorf("%v: want it not transient", err)
+		}
+	}
+}
+
+// A response whose body ends before its Content-Length, a connection
+// closed mid-object, is worth a retry: the SDK does not retry a body it
+// has begun to read. Whole reads, range reads and a File's reads alike.
+func TestCutBodyTransient(t *testing.T) {
+	ctx := context.Background()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		w.Header().Set("Content-Range", "bytes 0-99999/100000")
+		w.Header().Set("Last-Modified", "Sat, 28 Nov 2026 12:00:00 GMT")
+		w.WriteHeader(http.StatusOK)
+		w.Write(make([]byte, 10))
+		// the handler returns: the server closes the connection short
+	}))
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_ENDPOINT_URL", "")
+	b, err := Open(ctx, "s3://pool?endpoint="+srv.URL+"&use_path_style=true&region=us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, errAll := ReadAll(ctx, b, "m.csv")
+	_, errRange := (&Buckets{}).ReadRange(ctx, b, "a.tar", 0, 1000)
+	_, errFile := OpenFile(ctx, b, "f.arrow")
+	for name, err := range map[string]error{"ReadAll": errAll, "ReadRange": errRange, "OpenFile": errFile} {
+		if err == nil || !Transient(err) || Permanent(err) {
+			t.Errorf("%s of a body cut short: %v; want a transient error", name, err)
 		}
 	}
 }

@@ -136,13 +136,48 @@ func Classify(err error, key string) error {
 }
 
 // Permanent reports whether err is a storage error that no retry can fix:
-// the object is gone or forbidden, or its key is invalid.
+// the object is gone or forbidden, its key is invalid, or a range read
+// asked for bytes past its end. gocloud gives many such refusals no code
+// (S3's 403 InvalidObjectState for an object in Glacier, InvalidAccessKeyId,
+// 416 InvalidRange; Azure's 403 AuthorizationPermissionMismatch), so an
+// HTTP status of 4xx counts too, but for those a retry may outlast: a
+// timeout, a conflict, a failed precondition (the object changed under a
+// conditional read), too many requests.
 func Permanent(err error) bool {
 	switch gcerrors.Code(err) {
 	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
 		return true
 	}
-	return false
+	if errors.Is(err, ErrPastEnd) {
+		return true
+	}
+	switch s := httpStatus(err); s {
+	case http.StatusRequestTimeout, http.StatusConflict, http.StatusPreconditionFailed, http.StatusTooEarly, http.StatusTooManyRequests:
+		return false
+	default:
+		return 400 <= s && s < 500
+	}
+}
+
+// ErrPastEnd is the error of a range read past the object's end: the object
+// is not what the caller listed (a manifest's offsets into an archive that
+// is shorter, say).
+var ErrPastEnd = errors.New("past the end of the object")
+
+// errCut marks a read whose response ended before the bytes the store said
+// it would send, a connection closed mid-body: neither the AWS nor the
+// Azure SDK retries a body once it has begun, and the next request will
+// likely not meet it.
+var errCut = errors.New("the store's response ended early")
+
+// readFull is io.ReadFull from a blob reader, marking a body cut short
+// (errCut).
+func readFull(r io.Reader, p []byte) (int, error) {
+	n, err := io.ReadFull(r, p)
+	if errors.Is(err, io.ErrUnexpectedEOF) || err == io.EOF && len(p) > 0 {
+		err = fmt.Errorf("%w: %d of %d bytes: %w", errCut, n, len(p), err)
+	}
+	return n, err
 }
 
 // Transient reports whether err is a storage error that a retry may fix: a
@@ -154,6 +189,9 @@ func Permanent(err error) bool {
 func Transient(err error) bool {
 	switch gcerrors.Code(err) {
 	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
+		return true
+	}
+	if errors.Is(err, errCut) {
 		return true
 	}
 	// A certificate that does not verify, or a host name that does not
@@ -263,7 +301,7 @@ func OpenFile(ctx context.Context, b *blob.Bucket, key string) (*File, error) {
 	defer r.Close()
 	f.ctx, f.b, f.size, f.modified = ctx, b, r.Size(), r.ModTime()
 	f.head = make([]byte, min(f.size, HeadBytes))
-	if _, err := io.ReadFull(r, f.head); err != nil {
+	if _, err := readFull(r, f.head); err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", key, err)
 	}
 	return f, nil
@@ -302,7 +340,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("store: read %q: it changed while being read (%d bytes modified %v, then %d modified %v)",
 			f.key, f.size, f.modified, r.Size(), r.ModTime())
 	}
-	n, err := io.ReadFull(r, p)
+	n, err := readFull(r, p)
 	if err != nil {
 		return n, fmt.Errorf("store: read %q: %d bytes at %d: %w", f.key, len(p), off, err)
 	}
@@ -344,6 +382,9 @@ func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 		data = data[:len(data)+n]
 		if err == io.EOF {
 			return data, nil
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w after %d bytes: %w", errCut, len(data), err)
 		}
 		if err != nil {
 			return nil, err

@@ -30,6 +30,13 @@ func checkStore(t *testing.T, b *blob.Bucket) {
 	if got, err := bs.ReadRange(ctx, b, "pool/a.tar", 1234, 20); err != nil || string(got) != "45678901234567890123" {
 		t.Errorf("range read: %q, %v", got, err)
 	}
+	// Ranges past the end, as a manifest of another archive would give:
+	// refused for good, before a buffer of the size claimed is made.
+	for _, r := range [][2]int64{{9990, 20}, {20000, 10}, {0, 1 << 50}} {
+		if got, err := bs.ReadRange(ctx, b, "pool/a.tar", r[0], r[1]); err == nil || !Permanent(err) || Transient(err) {
+			t.Errorf("bytes %d+%d of 10000: %d bytes, %v; want a permanent error", r[0], r[1], len(got), err)
+		}
+	}
 	if ok, err := Exists(ctx, b, "pool/a.tar"); !ok || err != nil {
 		t.Errorf("Exists(pool/a.tar) = %v, %v", ok, err)
 	}

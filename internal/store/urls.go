@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"strings"
 	"sync"
@@ -139,21 +138,32 @@ func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([
 	return data, nil
 }
 
-// ReadRange reads length bytes of ref from offset. Fewer bytes than asked
-// is an error: the object is not what the caller listed.
+// ReadRange reads length bytes of ref from offset. A range past the
+// object's end is an error (ErrPastEnd): the object is not what the caller
+// listed. The buffer is made once the object's size is known, so that a
+// manifest's claim of a huge range costs an error, not the memory.
 func (bs *Buckets) ReadRange(ctx context.Context, def *blob.Bucket, ref string, offset, length int64) ([]byte, error) {
 	b, key, err := bs.Resolve(ctx, def, ref)
 	if err != nil {
 		return nil, err
 	}
-	data := make([]byte, length)
-	r, err := b.NewRangeReader(ctx, key, offset, length, nil)
-	if err == nil {
-		_, err = io.ReadFull(r, data)
-		r.Close()
-	}
-	if err != nil {
+	fail := func(err error) ([]byte, error) {
 		return nil, fmt.Errorf("bytes %d-%d of %q: %w", offset, offset+length, ref, err)
+	}
+	if offset < 0 || length < 0 {
+		return fail(errors.New("a negative offset or length"))
+	}
+	r, err := b.NewRangeReader(ctx, key, offset, length, nil)
+	if err != nil {
+		return fail(err)
+	}
+	defer r.Close()
+	if size := r.Size(); offset > size || length > size-offset {
+		return fail(fmt.Errorf("%w (%d bytes)", ErrPastEnd, size))
+	}
+	data := make([]byte, length)
+	if _, err := readFull(r, data); err != nil {
+		return fail(err)
 	}
 	return data, nil
 }
