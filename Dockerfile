@@ -2,7 +2,7 @@
 #   build        go build ./worker and ./starter (cgo: the ONNX Runtime binding)
 #   ort          the ONNX Runtime CPU library, from the npm package
 #                onnxruntime-node, as scripts/setup.sh fetches it
-#   runtime-gpu  GPU image: CUDA 12 + cuDNN 9 and ONNX Runtime's GPU build,
+#   runtime-gpu  GPU image: CUDA 13 + cuDNN 9 and ONNX Runtime's GPU build,
 #                for `worker -queues gpu -ep cuda`
 #   runtime      CPU image: worker, starter, libonnxruntime (the last stage,
 #                so the default target)
@@ -11,6 +11,9 @@
 
 ARG GO_VERSION=1.26
 ARG ORT_VERSION=1.30.0
+# The GPU stage's release, the one `make setup-gpu` fetches and the GPU
+# runs of README's Performance used; its CUDA provider links CUDA 13.
+ARG ORT_GPU_VERSION=1.29.0
 
 FROM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
@@ -30,19 +33,20 @@ RUN npm pack --silent "onnxruntime-node@${ORT_VERSION}" >/dev/null \
  && install -D -m 644 package/bin/napi-v6/linux/x64/libonnxruntime.so.1 "/out/libonnxruntime.so.${ORT_VERSION}"
 
 # The GPU build of ONNX Runtime is not on npm: it is the release archive
-# onnxruntime-linux-x64-gpu-<version>.tgz (CUDA 12), which holds
-# libonnxruntime.so with libonnxruntime_providers_cuda.so and
-# libonnxruntime_providers_shared.so beside it.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime-gpu
-ARG ORT_VERSION
+# onnxruntime-linux-x64-gpu-<version>.tgz, which holds libonnxruntime.so
+# with libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so
+# beside it. The base's CUDA major version must be the one that provider
+# links (ldd libonnxruntime_providers_cuda.so): change both together.
+FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 AS runtime-gpu
+ARG ORT_GPU_VERSION
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
- && curl -fsSL "https://github.com/microsoft/onnxruntime/releases/download/v${ORT_VERSION}/onnxruntime-linux-x64-gpu-${ORT_VERSION}.tgz" \
+ && curl -fsSL "https://github.com/microsoft/onnxruntime/releases/download/v${ORT_GPU_VERSION}/onnxruntime-linux-x64-gpu-${ORT_GPU_VERSION}.tgz" \
     | tar -xz -C /opt \
- && mv "/opt/onnxruntime-linux-x64-gpu-${ORT_VERSION}" /opt/onnxruntime \
+ && mv "/opt/onnxruntime-linux-x64-gpu-${ORT_GPU_VERSION}" /opt/onnxruntime \
  && apt-get purge -y curl && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
  && mkdir /data && chown 65532:65532 /data
 COPY --from=build /out/worker /out/starter /usr/local/bin/
-ENV DCD_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
+ENV DCD_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_GPU_VERSION} \
     DCD_STORAGE=file:///data?create_dir=1
 WORKDIR /data
 USER 65532:65532

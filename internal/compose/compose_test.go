@@ -111,6 +111,16 @@ func TestComposeFileHangsTogether(t *testing.T) {
 	if m == nil || args["ORT_VERSION"] != string(m[1]) {
 		t.Errorf("Dockerfile ORT_VERSION %q, scripts/setup.sh ort_version %q", args["ORT_VERSION"], m)
 	}
+	// And the GPU image the release scripts/setup-gpu.sh fetches, whose
+	// CUDA provider was run on a GPU.
+	setupGPU, err := os.ReadFile("../../scripts/setup-gpu.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = regexp.MustCompile(`(?m)^version=(\S+)`).FindSubmatch(setupGPU)
+	if m == nil || args["ORT_GPU_VERSION"] != string(m[1]) {
+		t.Errorf("Dockerfile ORT_GPU_VERSION %q, scripts/setup-gpu.sh version %q", args["ORT_GPU_VERSION"], m)
+	}
 }
 
 func TestHelpers(t *testing.T) {
