@@ -21,7 +21,7 @@ const benchSynopsis = "[-json] [-quick] [-parts LIST] [-threads N] [-concurrency
 func cmdBench(ctx context.Context, e *cli, args []string) error {
 	fs := e.flags("bench")
 	asJSON := fs.Bool("json", false, `print a JSON list of {"name","value","unit","baseline","ratio","goal"} instead of the table`)
-	quick := fs.Bool("quick", false, "small sizes: a smoke test of a few minutes")
+	quick := fs.Bool("quick", false, "small sizes: a smoke test of about a minute")
 	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (default: a worker's, CPUs/concurrency for models and every CPU for the k-NN search)")
 	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, 2 or when more CPUs/4, CPUs/2 with -ep cuda)")

@@ -11,7 +11,7 @@ import (
 // well-formed list; timing goals are not asserted (the machine is shared).
 func TestBenchQuickJSON(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs the benchmarks at small sizes: a few minutes")
+		t.Skip("runs the benchmarks at small sizes: about a minute")
 	}
 	var stdout, stderr bytes.Buffer
 	if code := realMain(context.Background(), []string{"bench", "-quick", "-json"}, &stdout, &stderr, false); code != 0 {

@@ -310,8 +310,31 @@ func TestTransient(t *testing.T) {
 	if err := fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}); !Permanent(err) {
 		t.Errorf("%v: want it permanent", err)
 	}
+	// A server that closed the connection, or reset it, may be back.
+	for _, err := range []error{
+		fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "https://s3.example/pool/m.csv", Err: io.EOF}),
+		fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "https://s3.example/pool/m.csv", Err: &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}}),
+	} {
+		if !Transient(err) {
+			t.Errorf("%v: want it transient", err)
+		}
+	}
+	// An https:// endpoint that answers in plain HTTP: a setting to fix,
+	// said at once.
+	plain := httptest.NewServer(http.NotFoundHandler())
+	defer plain.Close()
+	t.Setenv("AWS_MAX_ATTEMPTS", "1")
+	bp, err := Open(ctx, "s3://pool?endpoint="+strings.Replace(plain.URL, "http:", "https:", 1)+"&use_path_style=true&region=us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bp.Close()
+	if _, err := ReadAll(ctx, bp, "m.csv"); err == nil || Transient(err) {
+		t.Errorf("an https endpoint speaking HTTP: %v, want it not transient", err)
+	}
 	for _, err := range []error{
 		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}),
+		fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "ftp://s3.example/pool/m.csv", Err: errors.New(`unsupported protocol scheme "ftp"`)}),
 		errors.New(`manifest "m.csv" line 3: empty uri`),
 		dial(&net.DNSError{Err: "no such host", Name: "s3.exmaple", IsNotFound: true}),
 		fmt.Errorf("read: %w", &neturl.Error{Op: "Get", URL: "https://s3.example/pool/m.csv", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}),

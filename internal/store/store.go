@@ -203,6 +203,16 @@ func Transient(err error) bool {
 	case errors.As(err, &cert), errors.As(err, &dns) && dns.IsNotFound:
 		return false
 	}
+	// Every *url.Error is a net.Error, also those of a setting to fix: an
+	// https:// endpoint answered in plain HTTP, a scheme the client does
+	// not speak, a TLS handshake with something that is not TLS. What is
+	// worth a retry is underneath: the network's error, the server closing
+	// the connection, or a timeout.
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		var ne net.Error
+		return errors.As(ue.Err, &ne) || errors.Is(ue.Err, io.EOF) || errors.Is(ue.Err, io.ErrUnexpectedEOF) || ue.Timeout()
+	}
 	var ne net.Error
 	if errors.As(err, &ne) {
 		return true
