@@ -143,6 +143,53 @@ func TestListFileFolders(t *testing.T) {
 	}
 }
 
+// A file:// bucket lists a symbolic link to a file as that file, with its
+// size and time, and refuses one to a folder, naming it: its driver does
+// not list into it, and a class linked in would be left out silently.
+func TestListFileLinks(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	write := func(name, data string) {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(target, name string) {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pool/cat/0.png", "x")
+	write("elsewhere/big.png", strings.Repeat("y", 1000))
+	write("elsewhere/dogs/0.png", "z")
+	link("../../elsewhere/big.png", "pool/cat/1.png")
+	b, err := Open(ctx, "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sizes := map[string]int64{}
+	list := func() error {
+		return ListFolders(ctx, b, "pool/", "", func(o *blob.ListObject) error {
+			sizes[o.Key] = o.Size
+			return nil
+		})
+	}
+	if err := list(); err != nil || sizes["pool/cat/1.png"] != 1000 || len(sizes) != 2 {
+		t.Errorf("listed %v, %v; want pool/cat/1.png at the 1000 bytes it links to", sizes, err)
+	}
+	for _, target := range []string{"../elsewhere/dogs", "../nowhere"} {
+		os.Remove(filepath.Join(dir, "pool/dog"))
+		link(target, "pool/dog")
+		if err := list(); !errors.Is(err, ErrLinkedFolder) || !strings.Contains(err.Error(), `"pool/dog"`) {
+			t.Errorf("pool/dog linking to %s: %v; want ErrLinkedFolder naming it", target, err)
+		}
+	}
+}
+
 // ListFolders lists what List lists, in the same order, whatever the
 // prefix, over more folders than it lists ahead and folders longer than
 // the pages it lists ahead, and with folders so small that it lists the

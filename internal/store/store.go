@@ -799,7 +799,8 @@ func (o *keyOrder) next(key string) (repeat bool, err error) {
 // slash), and a page of a flat listing resumes after its last key: the
 // keys under "a b/" that the walk reached after that page were skipped, a
 // whole class of an ImageFolder gone without an error. A folder's entries
-// are sorted here, and its subfolders listed in that order.
+// are sorted here, and its subfolders listed in that order. A symbolic
+// link is listed as what it points to (linked).
 func listTree(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
 	var level []*blob.ListObject
 	if _, err := listPages(ctx, b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
@@ -813,10 +814,13 @@ func listTree(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(
 	slices.SortFunc(level, func(x, y *blob.ListObject) int { return strings.Compare(x.Key, y.Key) })
 	for _, obj := range level {
 		var err error
-		if obj.IsDir {
+		switch {
+		case obj.IsDir:
 			err = listTree(ctx, b, obj.Key, from, fn)
-		} else {
-			err = fn(obj)
+		default:
+			if err = linked(ctx, b, obj); err == nil {
+				err = fn(obj)
+			}
 		}
 		if err != nil {
 			return err
@@ -824,6 +828,33 @@ func listTree(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(
 	}
 	return nil
 }
+
+// linked gives a listed symbolic link the size and time of the file it
+// points to, which the driver's walk does not follow: its own would keep
+// an image that changed behind it looking unchanged to the cache. A link
+// to a folder (or to nothing) is an error: the driver cannot list into it,
+// and an ImageFolder's class linked in from elsewhere would be left out
+// without a word.
+func linked(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) error {
+	var fi os.FileInfo
+	if !obj.As(&fi) || fi.Mode()&os.ModeSymlink == 0 {
+		return nil
+	}
+	attrs, err := b.Attributes(ctx, obj.Key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return fmt.Errorf("store: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list: %w", obj.Key, ErrLinkedFolder)
+	}
+	if err != nil {
+		return fmt.Errorf("store: %q, a symbolic link: %w", obj.Key, err)
+	}
+	obj.Size, obj.ModTime = attrs.Size, attrs.ModTime
+	return nil
+}
+
+// ErrLinkedFolder is listing's error at a symbolic link to a folder in a
+// file:// bucket: copy the folder in, bind-mount it (mount --bind), or
+// name its target instead.
+var ErrLinkedFolder = errors.New("copy or bind-mount the folder instead, or name its target")
 
 // Exists reports whether an object is at key.
 func Exists(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
