@@ -2,9 +2,11 @@ package dataset
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
@@ -21,15 +23,27 @@ const parquetBatch = 8192
 // one record batch at a time, reading the file by ranges so that a manifest
 // of any size is never held whole in memory. From a mark (at.Next, the
 // row) it reads the row groups from the mark's on.
-func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit func(row) error) error {
+func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit func(row) error) (err error) {
 	attrs, err := b.Attributes(ctx, key)
 	if err != nil {
 		return err
 	}
-	fileVersion := fmt.Sprintf("%d:%d:%s", attrs.Size, attrs.ModTime.UnixNano(), attrs.ETag)
+	fileVersion := parquetVersion(attrs)
 	if at.Next > 0 && at.Version != fileVersion {
 		return ErrChanged
 	}
+	// A manifest rewritten while it is read fails whatever read met the
+	// change (its ranges are checked against its first: rangeReader), and
+	// the Parquet reader may report that as damage: it is a change, to be
+	// walked again from the start.
+	defer func() {
+		if err == nil || errors.Is(err, ErrChanged) || ctx.Err() != nil {
+			return
+		}
+		if now, aerr := b.Attributes(ctx, key); aerr == nil && parquetVersion(now) != fileVersion {
+			err = fmt.Errorf("%w (reading it: %v)", ErrChanged, err)
+		}
+	}()
 	ra, err := newColumnReads(&rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size})
 	if err != nil {
 		return err
@@ -236,34 +250,54 @@ func valueAt(a arrow.Array, i int) (string, bool) {
 	return strings.TrimSpace(a.ValueStr(i)), true
 }
 
+// parquetVersion identifies a manifest's content for a Mark.
+func parquetVersion(attrs *blob.Attributes) string {
+	return fmt.Sprintf("%d:%d:%s", attrs.Size, attrs.ModTime.UnixNano(), attrs.ETag)
+}
+
 // rangeReader reads an object by ranges: the io.ReaderAt and io.Seeker a
-// Parquet reader wants, without downloading the whole object.
+// Parquet reader wants, without downloading the whole object. Each range
+// is checked against the object's size and, once set, modified (the time
+// its first range read found, as range reads report it: GCS's attributes
+// give a finer one): bytes of two versions read as one file could pair one
+// row's uri with another's label.
 type rangeReader struct {
-	ctx  context.Context
-	b    *blob.Bucket
-	key  string
-	size int64
-	pos  int64
+	ctx      context.Context
+	b        *blob.Bucket
+	key      string
+	size     int64
+	modified time.Time
+	pos      int64
 }
 
 func (r *rangeReader) ReadAt(p []byte, off int64) (int, error) {
+	n, _, err := r.readAt(p, off)
+	return n, err
+}
+
+// readAt is ReadAt, returning the modification time the read found.
+func (r *rangeReader) readAt(p []byte, off int64) (int, time.Time, error) {
 	if off >= r.size {
-		return 0, io.EOF
+		return 0, time.Time{}, io.EOF
 	}
 	n := min(int64(len(p)), r.size-off)
 	br, err := r.b.NewRangeReader(r.ctx, r.key, off, n, nil)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	defer br.Close()
+	if br.Size() != r.size || !r.modified.IsZero() && !br.ModTime().Equal(r.modified) {
+		return 0, time.Time{}, fmt.Errorf("%q changed while being read, %d bytes modified %v, then %d modified %v: %w",
+			r.key, r.size, r.modified, br.Size(), br.ModTime(), ErrChanged)
+	}
 	got, err := io.ReadFull(br, p[:n])
 	if err != nil {
-		return got, err
+		return got, time.Time{}, err
 	}
 	if n < int64(len(p)) {
-		return got, io.EOF
+		return got, br.ModTime(), io.EOF
 	}
-	return got, nil
+	return got, br.ModTime(), nil
 }
 
 func (r *rangeReader) Seek(offset int64, whence int) (int64, error) {

@@ -55,18 +55,20 @@ const (
 // newColumnReads reads the end of rr's file, then reads through rr, all of
 // it straight until plan names the columns.
 func newColumnReads(rr *rangeReader) (*columnReads, error) {
+	// The tail's read sets the time every later read is checked against,
+	// before the reads ahead take their copy.
+	tail := make([]byte, min(rr.size, parquetTail))
+	if len(tail) > 0 { // else the reader tells what is wrong with an empty file
+		_, modified, err := rr.readAt(tail, rr.size-int64(len(tail)))
+		if err != nil {
+			return nil, err
+		}
+		rr.modified = modified
+	}
 	ahead := *rr
 	var cancel context.CancelFunc
 	ahead.ctx, cancel = context.WithCancel(rr.ctx)
-	c := &columnReads{direct: rr, ahead: &ahead, cancel: cancel, tail: make([]byte, min(rr.size, parquetTail))}
-	if len(c.tail) == 0 {
-		return c, nil // the reader tells what is wrong with an empty file
-	}
-	if _, err := rr.ReadAt(c.tail, rr.size-int64(len(c.tail))); err != nil {
-		cancel()
-		return nil, err
-	}
-	return c, nil
+	return &columnReads{direct: rr, ahead: &ahead, cancel: cancel, tail: tail}, nil
 }
 
 // plan reads the blocks of columns (leaf column indexes) of pf ahead.
