@@ -9,9 +9,30 @@ import (
 	"testing"
 
 	"github.com/apache/arrow/go/v15/parquet/file"
+	"gocloud.dev/blob"
 
 	"dcd/schemas"
 )
+
+// randomManifest is a Parquet manifest of n rows in row groups of group,
+// their uris random (40 bytes each, which no encoding shortens).
+func randomManifest(t *testing.T, rng *rand.Rand, n int, group int64) (data []byte, uris, labels []string) {
+	for i := range n {
+		uris = append(uris, fmt.Sprintf("img/%016x%016x.png", rng.Uint64(), rng.Uint64()))
+		labels = append(labels, fmt.Sprint(i%10))
+	}
+	return parquetManifest(t, uris, labels, nil, nil, group), uris, labels
+}
+
+// columnReadsOf reads m.parquet, size bytes, in b.
+func columnReadsOf(t *testing.T, b *blob.Bucket, size int) *columnReads {
+	c, err := newColumnReads(&rangeReader{ctx: context.Background(), b: b, key: "m.parquet", size: int64(size)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
 
 // Reads through columnReads return the file's bytes wherever they fall:
 // each column read front to back in pieces of any length, across blocks
@@ -19,22 +40,12 @@ import (
 // passed it, a piece past a chunk's end, the footer. And a manifest whose
 // columns span several blocks and row groups walks whole, in order.
 func TestColumnReads(t *testing.T) {
-	const n, group = 100_000, 40_000
+	const n = 100_000
 	rng := rand.New(rand.NewPCG(1, 2))
-	var uris, labels []string
-	for i := range n {
-		uris = append(uris, fmt.Sprintf("img/%016x%016x.png", rng.Uint64(), rng.Uint64()))
-		labels = append(labels, fmt.Sprint(i%10))
-	}
-	data := parquetManifest(t, uris, labels, nil, nil, group)
+	data, uris, _ := randomManifest(t, rng, n, 40_000)
 	b := memBucket(t, map[string]string{"m.parquet": string(data)})
 	ctx := context.Background()
-	rr := &rangeReader{ctx: ctx, b: b, key: "m.parquet", size: int64(len(data))}
-	c, err := newColumnReads(rr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := columnReadsOf(t, b, len(data))
 	pf, err := file.NewParquetReader(c)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +65,7 @@ func TestColumnReads(t *testing.T) {
 	// The columns' pieces come from their blocks: reads straight from the
 	// store would find nothing.
 	direct := c.direct
-	c.direct = &rangeReader{ctx: ctx, b: memBucket(t, nil), key: "m.parquet", size: rr.size}
+	c.direct = &rangeReader{ctx: ctx, b: memBucket(t, nil), key: "m.parquet", size: int64(len(data))}
 	var ends []int64
 	for g := range pf.NumRowGroups() {
 		for col := range 2 {
@@ -104,22 +115,12 @@ func TestColumnReads(t *testing.T) {
 func TestParquetChangedWhileRead(t *testing.T) {
 	const n = 300_000
 	rng := rand.New(rand.NewPCG(3, 4))
-	var uris, labels []string
-	for i := range n {
-		uris = append(uris, fmt.Sprintf("img/%016x%016x.png", rng.Uint64(), rng.Uint64()))
-		labels = append(labels, fmt.Sprint(i%10))
-	}
-	data := parquetManifest(t, uris, labels, nil, nil, n)
+	data, uris, labels := randomManifest(t, rng, n, n)
 	b := memBucket(t, map[string]string{"m.parquet": string(data)})
 	ctx := context.Background()
 
 	// A range read after the change, on its own.
-	rr := &rangeReader{ctx: ctx, b: b, key: "m.parquet", size: int64(len(data))}
-	c, err := newColumnReads(rr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := columnReadsOf(t, b, len(data))
 	if err := b.WriteAll(ctx, "m.parquet", data[:len(data)-1], nil); err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestParquetChangedWhileRead(t *testing.T) {
 	}
 	other := parquetManifest(t, uris[:n/2], labels[:n/2], nil, nil, n/2)
 	rows := 0
-	err = (Source{Bucket: b}).Walk(ctx, schemas.Dataset{Manifest: "m.parquet"}, func(it Item) error {
+	err := (Source{Bucket: b}).Walk(ctx, schemas.Dataset{Manifest: "m.parquet"}, func(it Item) error {
 		if rows == 0 {
 			if err := b.WriteAll(ctx, "m.parquet", other, nil); err != nil {
 				return err
