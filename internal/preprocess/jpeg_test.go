@@ -419,6 +419,22 @@ func BenchmarkDecodeFillJPEG(b *testing.B) {
 	})
 }
 
+// BenchmarkDecodeJPEG is the fast path's decode alone of a 500×375 photo
+// at quality 75 and 95 (the Huffman loop's share grows with the quality).
+func BenchmarkDecodeJPEG(b *testing.B) {
+	for _, q := range []int{75, 95} {
+		data := encodeJPEG(b, noisyPhoto(rand.New(rand.NewPCG(29, 30)), 500, 375, false), q)
+		b.Run(fmt.Sprintf("q%d", q), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if ok, _ := withJPEG(data, func(image.Image) error { return nil }); !ok {
+					b.Fatal("the fast path declined")
+				}
+			}
+		})
+	}
+}
+
 // TestIDCTStoreMatchesGo checks jpegIDCTStore (with AVX2, the vector
 // transform) against jpegIDCT and jpegStore on blocks of coefficients as
 // photos have them, of a few low frequencies, of every size up to where
