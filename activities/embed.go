@@ -373,6 +373,11 @@ func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 			return a.read(ctx, uri)
 		}
 		data, err := spans.Read(ctx, m)
+		if errors.Is(err, store.ErrPastEnd) {
+			// The span runs past the archive's end, but this member
+			// may not: alone, it is read or rejected on its own.
+			return a.read(ctx, uri)
+		}
 		return data, unreadable(err)
 	}
 }

@@ -1,10 +1,13 @@
 package activities_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image/png"
 	"strings"
 	"testing"
 
@@ -204,5 +207,45 @@ func TestUnreadableShardIsNotCached(t *testing.T) {
 	w.putImages("clf/", randomImages(3, 2, 4, 4))
 	if err := w.do(w.acts.EmbedShard, in, &res); err != nil || res.Cached || res.Images != 3 {
 		t.Errorf("once the images are there: %+v, %v; want 3 embedded, not a cached entry", res, err)
+	}
+}
+
+// A manifest member running past its archive's end is rejected alone: the
+// members read in the same span, wholly inside the archive, are embedded.
+func TestPackedMemberPastArchiveEnd(t *testing.T) {
+	w := newWorld(t)
+	inner, _ := classifier(true)
+	w.putModel("models/clf.onnx", inner)
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	manifest := "uri,label\n"
+	for i, img := range randomImages(5, 3, 4, 4) {
+		var data bytes.Buffer
+		if err := png.Encode(&data, img); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("%03d.png", i)
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(data.Len())}); err != nil {
+			t.Fatal(err)
+		}
+		size := int64(data.Len())
+		if i == 3 {
+			size += 10_000 // the archive was cut, or the manifest is another's
+		}
+		manifest += fmt.Sprintf("pool.tar#%s@%d+%d,a\n", name, archive.Len(), size)
+		tw.Write(data.Bytes())
+	}
+	tw.Close()
+	w.put("pool.tar", archive.Bytes())
+	w.put("pool.csv", []byte(manifest))
+	var plan activities.PlanResult
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 1 << 20}, &plan)
+	var res activities.EmbedShardResult
+	if err := w.do(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 4}, &res); err != nil || res.Images != 3 || res.Rejects != 1 {
+		t.Errorf("%+v, %v; want 3 images embedded and the one past the end rejected", res, err)
 	}
 }

@@ -162,6 +162,9 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	err = list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 		rel := strings.TrimPrefix(obj.Key, prefix)
 		label, file, ok := strings.Cut(rel, "/")
+		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
+			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", ref, obj.Key, store.ErrLinkedFolder)
+		}
 		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
 			return nil // not <label>/<file>: a stray file or a nested folder
 		}

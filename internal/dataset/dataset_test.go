@@ -91,6 +91,50 @@ func TestWalkPrefix(t *testing.T) {
 	}
 }
 
+// In a file:// bucket, a class folder that is a symbolic link fails the
+// walk naming it (the driver does not list into it: the class would be
+// left out without a word); links the layout ignores anyway (a dot file,
+// deeper down) do not, and a link to an image is that image, a dangling
+// one an image that will not read.
+func TestWalkPrefixLinks(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"pool/cat/1.png", "elsewhere/dogs/1.png", "elsewhere/2.png"} {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for target, name := range map[string]string{
+		"../../elsewhere/2.png": "pool/cat/2.png",
+		"../../nowhere.png":     "pool/cat/3.png",
+		"../../elsewhere/dogs":  "pool/cat/.thumbs",
+		"../../../elsewhere":    "pool/cat/sub/deeper",
+	} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755)
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := store.Open(context.Background(), "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: "pool"})
+	if want := []string{"pool/cat/1.png=cat/", "pool/cat/2.png=cat/", "pool/cat/3.png=cat/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
+		t.Errorf("%q, %v; want %q", keysAndLabels(items), err, want)
+	}
+	if err := os.Symlink("../elsewhere/dogs", filepath.Join(dir, "pool/dog")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: "pool"})
+	if !errors.Is(err, store.ErrLinkedFolder) || !strings.Contains(err.Error(), `"pool/dog"`) {
+		t.Errorf("a class folder that is a link: %v, want ErrLinkedFolder naming it", err)
+	}
+}
+
 // A prefix given as a file:// URL lists a local folder; items are URLs.
 func TestWalkURLPrefix(t *testing.T) {
 	dir := t.TempDir()

@@ -151,12 +151,31 @@ func Permanent(err error) bool {
 	if errors.Is(err, ErrPastEnd) {
 		return true
 	}
+	if s3Passing(err) {
+		return false
+	}
 	switch s := httpStatus(err); s {
 	case http.StatusRequestTimeout, http.StatusConflict, http.StatusPreconditionFailed, http.StatusTooEarly, http.StatusTooManyRequests:
 		return false
 	default:
 		return 400 <= s && s < 500
 	}
+}
+
+// s3Passing reports whether err is one of S3's 4xx errors that a retry
+// may outlast: a request that timed out or lost its body on the way, or
+// credentials that expired (refreshed by the next request) or a clock
+// the SDK corrects.
+func s3Passing(err error) bool {
+	var api interface{ ErrorCode() string } // smithy-go's APIError
+	if !errors.As(err, &api) {
+		return false
+	}
+	switch api.ErrorCode() {
+	case "RequestTimeout", "IncompleteBody", "ExpiredToken", "TokenRefreshRequired", "RequestTimeTooSkewed":
+		return true
+	}
+	return false
 }
 
 // ErrPastEnd is the error of a range read past the object's end: the object
@@ -191,7 +210,7 @@ func Transient(err error) bool {
 	case gcerrors.DeadlineExceeded, gcerrors.ResourceExhausted, gcerrors.Internal:
 		return true
 	}
-	if errors.Is(err, errCut) {
+	if errors.Is(err, errCut) || s3Passing(err) {
 		return true
 	}
 	// A certificate that does not verify, or a host name that does not
@@ -205,13 +224,15 @@ func Transient(err error) bool {
 	}
 	// Every *url.Error is a net.Error, also those of a setting to fix: an
 	// https:// endpoint answered in plain HTTP, a scheme the client does
-	// not speak, a TLS handshake with something that is not TLS. What is
-	// worth a retry is underneath: the network's error, the server closing
-	// the connection, or a timeout.
+	// not speak, a TLS handshake with something that is not TLS. The rest
+	// (the network's errors, a closed connection, HTTP/2's GOAWAY or a
+	// stream reset) are worth a retry.
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		var ne net.Error
-		return errors.As(ue.Err, &ne) || errors.Is(ue.Err, io.EOF) || errors.Is(ue.Err, io.ErrUnexpectedEOF) || ue.Timeout()
+		var notTLS tls.RecordHeaderError
+		msg := ue.Err.Error()
+		return !errors.As(ue.Err, &notTLS) && !strings.Contains(msg, "server gave HTTP response to HTTPS client") &&
+			!strings.HasPrefix(msg, "unsupported protocol scheme")
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {
@@ -832,28 +853,41 @@ func listTree(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(
 // linked gives a listed symbolic link the size and time of the file it
 // points to, which the driver's walk does not follow: its own would keep
 // an image that changed behind it looking unchanged to the cache. A link
-// to a folder (or to nothing) is an error: the driver cannot list into it,
-// and an ImageFolder's class linked in from elsewhere would be left out
-// without a word.
+// to a folder (or to nothing) is listed as it is (LinkedFolder).
 func linked(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) error {
-	var fi os.FileInfo
-	if !obj.As(&fi) || fi.Mode()&os.ModeSymlink == 0 {
+	if !isLink(obj) {
 		return nil
 	}
 	attrs, err := b.Attributes(ctx, obj.Key)
-	if gcerrors.Code(err) == gcerrors.NotFound {
-		return fmt.Errorf("store: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list: %w", obj.Key, ErrLinkedFolder)
-	}
-	if err != nil {
+	switch {
+	case gcerrors.Code(err) == gcerrors.NotFound:
+		return nil // a folder, or nothing: what the caller makes of it (LinkedFolder)
+	case err != nil:
 		return fmt.Errorf("store: %q, a symbolic link: %w", obj.Key, err)
 	}
 	obj.Size, obj.ModTime = attrs.Size, attrs.ModTime
 	return nil
 }
 
-// ErrLinkedFolder is listing's error at a symbolic link to a folder in a
-// file:// bucket: copy the folder in, bind-mount it (mount --bind), or
-// name its target instead.
+func isLink(obj *blob.ListObject) bool {
+	var fi os.FileInfo
+	return obj.As(&fi) && fi.Mode()&os.ModeSymlink != 0
+}
+
+// LinkedFolder reports whether a listed object of a file:// bucket is a
+// symbolic link to a folder or to nothing, which the driver lists as a file
+// and does not list into: an ImageFolder's class linked in from elsewhere
+// would be left out without a word.
+func LinkedFolder(ctx context.Context, b *blob.Bucket, obj *blob.ListObject) bool {
+	if !isLink(obj) {
+		return false
+	}
+	_, err := b.Attributes(ctx, obj.Key)
+	return gcerrors.Code(err) == gcerrors.NotFound
+}
+
+// ErrLinkedFolder is the error at a LinkedFolder that would be read: copy
+// the folder in, bind-mount it (mount --bind), or name its target instead.
 var ErrLinkedFolder = errors.New("copy or bind-mount the folder instead, or name its target")
 
 // Exists reports whether an object is at key.
