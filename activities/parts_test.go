@@ -182,10 +182,9 @@ func TestResumeChecksParts(t *testing.T) {
 	}
 }
 
-// A shard none of whose images can be read is not cached as all rejects
-// (it would stay empty once the workers' access is fixed): it fails
-// without retries, naming an image, and embeds once they can be read.
-func TestUnreadableShardIsNotCached(t *testing.T) {
+// classifierWorld is a world holding classifier(true) as its target,
+// checked.
+func classifierWorld(t *testing.T) (*world, activities.ModelRef) {
 	w := newWorld(t)
 	inner, _ := classifier(true)
 	w.putModel("models/clf.onnx", inner)
@@ -193,12 +192,20 @@ func TestUnreadableShardIsNotCached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w, m
+}
+
+// A shard none of whose images can be read is not cached as all rejects
+// (it would stay empty once the workers' access is fixed): it fails
+// without retries, naming an image, and embeds once they can be read.
+func TestUnreadableShardIsNotCached(t *testing.T) {
+	w, m := classifierWorld(t)
 	w.put("pool.csv", []byte("uri,label\nclf/a/000.png,a\nclf/a/001.png,a\nclf/a/002.png,b\n"))
 	var plan activities.PlanResult
 	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 1 << 20}, &plan)
 	in := activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 3}
 	var res activities.EmbedShardResult
-	err = w.do(w.acts.EmbedShard, in, &res)
+	err := w.do(w.acts.EmbedShard, in, &res)
 	var appErr *temporal.ApplicationError
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "clf/a/000.png") || !strings.Contains(err.Error(), "none of the 3 images") {
 		t.Fatalf("a shard of images that are not there: %v, want a final error naming one", err)
@@ -213,13 +220,7 @@ func TestUnreadableShardIsNotCached(t *testing.T) {
 // A manifest member running past its archive's end is rejected alone: the
 // members read in the same span, wholly inside the archive, are embedded.
 func TestPackedMemberPastArchiveEnd(t *testing.T) {
-	w := newWorld(t)
-	inner, _ := classifier(true)
-	w.putModel("models/clf.onnx", inner)
-	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, m := classifierWorld(t)
 	var archive bytes.Buffer
 	tw := tar.NewWriter(&archive)
 	manifest := "uri,label\n"
