@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"golang.org/x/sync/semaphore"
@@ -309,7 +308,7 @@ const beat = 500 * time.Millisecond
 // returned stop is called, for an activity whose progress comes in steps
 // that may be longer than the heartbeat timeout.
 func beating(ctx context.Context, details func() []any) (stop func()) {
-	return every(beat, func() { activity.RecordHeartbeat(ctx, details()...) })
+	return every(beat, func() { heartbeat(ctx, details()...) })
 }
 
 // every calls fn every d until the returned stop is called, which waits

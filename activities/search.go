@@ -582,7 +582,7 @@ func newNeighborBuilder(a *Activities) *neighborBuilder {
 // so that appending them does not regrow (and copy) the builders.
 func (b *neighborBuilder) reserve(rows int, like dataset.Item) {
 	b.rb.Reserve(rows)
-	for f, s := range []string{like.Key, like.Label, like.Domain} {
+	for f, s := range []string{like.Key, like.Label, like.Domain, like.Version} {
 		b.rb.Field(4 + f).(*array.StringBuilder).ReserveData(rows * len(s))
 	}
 }
@@ -595,6 +595,7 @@ func (b *neighborBuilder) add(q, rank int32, dist float32, it dataset.Item) {
 	b.rb.Field(4).(*array.StringBuilder).Append(it.Key)
 	b.rb.Field(5).(*array.StringBuilder).Append(it.Label)
 	b.rb.Field(6).(*array.StringBuilder).Append(it.Domain)
+	b.rb.Field(7).(*array.StringBuilder).Append(it.Version)
 	b.rows++
 }
 
@@ -610,10 +611,15 @@ func forEachNeighbor(rec arrow.Record, fn func(q int32, c candidate)) {
 	uri := rec.Column(4).(*array.String)
 	label := rec.Column(5).(*array.String)
 	domain := rec.Column(6).(*array.String)
+	var version *array.String // none in a file of a worker before it
+	if rec.NumCols() > 7 {
+		version = rec.Column(7).(*array.String)
+	}
 	for i := 0; i < int(rec.NumRows()); i++ {
-		fn(q.Value(i), candidate{
-			Neighbor: knn.Neighbor{ID: id.Value(i), Distance: dist.Value(i)},
-			item:     dataset.Item{ID: id.Value(i), Key: uri.Value(i), Label: label.Value(i), Domain: domain.Value(i)},
-		})
+		it := dataset.Item{ID: id.Value(i), Key: uri.Value(i), Label: label.Value(i), Domain: domain.Value(i)}
+		if version != nil {
+			it.Version = version.Value(i)
+		}
+		fn(q.Value(i), candidate{Neighbor: knn.Neighbor{ID: id.Value(i), Distance: dist.Value(i)}, item: it})
 	}
 }

@@ -588,7 +588,12 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		for i := range ids {
 			ids[i] = int64(i)
 		}
+		// One search of every image against every other: a minute for
+		// 30,000 images of 2,048 values on two cores, longer than a
+		// heartbeat timeout, hence the ticker.
+		stop := beating(ctx, func() []any { return nil })
 		near, err := s.TopK(feats, len(items), feats, ids, dim, min(len(items), 16))
+		stop()
 		if err != nil {
 			return res, err
 		}
@@ -623,19 +628,31 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 	return a.writeGuarded(ctx, in, res, start, rows, items, drop)
 }
 
-// writeGuarded writes a guarded selection and what was dropped.
+// writeGuarded writes a guarded selection and what was dropped. A pool
+// that lists an image twice has it twice in rows and items, in the same
+// order: of a key's occurrences, those dropped are dropped, not all (the
+// second as the first's duplicate would take the first with it).
 func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res SelectResult, start time.Time, rows []manifestRow, items []dataset.Item, drop map[int]Dropped) (SelectResult, error) {
-	dropped := map[string]bool{}
+	type occurrence struct {
+		key string
+		n   int
+	}
+	dropped := map[occurrence]bool{}
 	var list []Dropped
-	for i := range items {
+	seen := map[string]int{}
+	for i, it := range items {
 		if d, ok := drop[i]; ok {
-			dropped[items[i].Key] = true
+			dropped[occurrence{it.Key, seen[it.Key]}] = true
 			list = append(list, d)
 		}
+		seen[it.Key]++
 	}
+	clear(seen)
 	var chosen []selected
 	for _, r := range rows {
-		if !dropped[r.key] {
+		o := occurrence{r.key, seen[r.key]}
+		seen[r.key]++
+		if !dropped[o] {
 			chosen = append(chosen, selected{item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, score: r.score})
 		}
 	}

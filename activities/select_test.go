@@ -48,7 +48,7 @@ func writeNeighbors(t *testing.T, a *Activities, lists [][]struct {
 			if c.id%2 == 0 {
 				domain = "blur"
 			}
-			nb.add(int32(q), int32(r), c.dist, dataset.Item{ID: c.id, Key: fmt.Sprintf("pool/%03d.png", c.id), Label: "a", Domain: domain})
+			nb.add(int32(q), int32(r), c.dist, dataset.Item{ID: c.id, Key: fmt.Sprintf("pool/%03d.png", c.id), Label: "a", Domain: domain, Version: fmt.Sprintf("v%d", c.id)})
 		}
 	}
 	rec := nb.record()
@@ -116,6 +116,14 @@ func TestSelectStrategies(t *testing.T) {
 		got := selectedIDs(t, a, res)
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s: selected %v, want %v", tc.name, got, tc.want)
+		}
+		// The pool's versions travel with the images, into the keys of
+		// the features cache the selection's embedding uses.
+		rows, _ := a.readManifest(context.Background(), res.Manifest)
+		for i, r := range rows {
+			if want := fmt.Sprintf("v%d", got[i]); r.version != want {
+				t.Errorf("%s: %s has version %q in the selection, want the pool's %q", tc.name, r.key, r.version, want)
+			}
 		}
 		hits := 0
 		for _, id := range got {
@@ -356,6 +364,28 @@ func TestGuardSelection(t *testing.T) {
 	in.Dedupe, in.Leakage = -1, -1
 	if res, err := a.GuardSelection(ctx, in); err != nil || res.Size != 6 {
 		t.Errorf("guards off: %+v, %v", res, err)
+	}
+
+	// A pool that lists an image twice: the second is the first's
+	// duplicate, and the first stays.
+	twice := []string{"pool/3.png", "pool/7.png", "pool/7.png"}
+	chosen = nil
+	for i, k := range twice {
+		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a"}, score: float64(i)})
+	}
+	if err := a.writeSelection(ctx, MethodKey("r", "twice", "selected.csv"), chosen); err != nil {
+		t.Fatal(err)
+	}
+	writeSet("twice", twice, [][]float32{vec(201), vec(300), vec(300)})
+	in = GuardInput{Run: "r", Method: "twice", Selected: MethodKey("r", "twice", "selected.csv"), Dataset: "twice", Shards: 1,
+		Model: ModelRef{Spec: spec}, TestShards: 1, HeldoutShards: 1, Dedupe: 1e-4, Leakage: 1e-4}
+	res, err = a.GuardSelection(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err = a.manifestKeys(ctx, res.Manifest)
+	if err != nil || res.Duplicates != 1 || res.Size != 2 || !kept["pool/7.png"] {
+		t.Errorf("an image listed twice: duplicates %d, size %d, kept %v, %v; want one of its two kept", res.Duplicates, res.Size, kept, err)
 	}
 }
 

@@ -21,7 +21,9 @@ func Features(columns []string, dims []int, storedAs string) *arrow.Schema {
 // Neighbors is the schema of partial and merged top-k files
 // (runs/<id>/topk/<shard>.arrow, runs/<id>/topk-ranges/<scan>/<a>-<b>.arrow,
 // runs/<id>/neighbors.arrow): for each query, its nearest pool images,
-// nearest first, ties broken by pool id.
+// nearest first, ties broken by pool id. version is the pool item's (its
+// manifest's, or the listing's size and time), which a selection carries
+// into the features cache's keys; files written before it have none.
 var Neighbors = arrow.NewSchema([]arrow.Field{
 	{Name: "query", Type: arrow.PrimitiveTypes.Int32},
 	{Name: "rank", Type: arrow.PrimitiveTypes.Int32},
@@ -30,4 +32,5 @@ var Neighbors = arrow.NewSchema([]arrow.Field{
 	{Name: "uri", Type: arrow.BinaryTypes.String},
 	{Name: "label", Type: arrow.BinaryTypes.String},
 	{Name: "domain", Type: arrow.BinaryTypes.String},
+	{Name: "version", Type: arrow.BinaryTypes.String},
 }, nil)
