@@ -47,6 +47,25 @@ type Activities struct {
 	// StorageURL is Bucket's URL, handed to external trainers as
 	// {storage}; they read their data and write their model there.
 	StorageURL string
+
+	trainers sync.WaitGroup // external trainers running (WaitTrainers)
+}
+
+// WaitTrainers waits up to d for a's external trainers still running to
+// be stopped: a worker's Stop cancels their activities but does not wait
+// for them, and a worker that exits first leaves the trainer's process
+// group running (holding its GPU) and its last log lines unwritten. It
+// reports whether they all ended. (A function, not a method: every method
+// of Activities is registered as an activity.)
+func WaitTrainers(a *Activities, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { a.trainers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // DefaultConcurrency is how many activities of a queue a worker runs at

@@ -65,9 +65,8 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 		}
 		return nil
 	}})
-	acts := *w.acts
-	acts.Bucket = hooked
-	hw := &searchWorld{&world{t: t, b: acts.Bucket, mem: w.mem, run: w.run, acts: &acts}}
+	acts := withBucket(w.acts, hooked)
+	hw := &searchWorld{&world{t: t, b: acts.Bucket, mem: w.mem, run: w.run, acts: acts}}
 	var emb activities.EmbedShardResult
 	hw.must(hw.acts.EmbedShard, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
 		Model: ref, K: k, CachedOnly: true}, &emb)
@@ -99,8 +98,7 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 	w, ref := cachedPoolShard(t, run)
 	gate := make(chan struct{})
 	var reads atomic.Int32
-	acts := *w.acts
-	acts.Bucket = storetest.Hooked(w.b, &storetest.Hooks{BeforeRead: func(ctx context.Context, key string) error {
+	acts := withBucket(w.acts, storetest.Hooked(w.b, &storetest.Hooks{BeforeRead: func(ctx context.Context, key string) error {
 		if key == activities.RunKey(run, "queries.arrow") {
 			reads.Add(1)
 			select {
@@ -110,7 +108,7 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 			}
 		}
 		return nil
-	}})
+	}}))
 	in := activities.TopKShardInput{Run: run, Shard: 0, Model: ref, K: k}
 	search := func(ctx context.Context) chan error {
 		done := make(chan error, 1)
@@ -163,4 +161,10 @@ func cacheEntry(t *testing.T, w *searchWorld) string {
 			return obj.Key
 		}
 	}
+}
+
+// withBucket is a's activities over bucket b.
+func withBucket(a *activities.Activities, b *blob.Bucket) *activities.Activities {
+	return &activities.Activities{Bucket: b, Mem: a.Mem, Sessions: a.Sessions, Decoders: a.Decoders,
+		Readers: a.Readers, Buckets: a.Buckets, StorageURL: a.StorageURL}
 }

@@ -101,6 +101,7 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 				rb.Field(4).(*array.StringBuilder).Append(n.uri)
 				rb.Field(5).(*array.StringBuilder).Append("0")
 				rb.Field(6).(*array.StringBuilder).Append("")
+				rb.Field(7).(*array.StringBuilder).Append("")
 			}
 			all[q] = append(all[q], list...)
 		}

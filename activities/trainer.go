@@ -184,6 +184,8 @@ func (t *tailBuffer) snapshot() ([]byte, int) {
 // runTrainer runs argv in its own process group, streaming its output to
 // logKey, and kills the group when ctx ends.
 func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey string) error {
+	a.trainers.Add(1)
+	defer a.trainers.Done()
 	log := &tailBuffer{}
 	// The log reaches the history when the trainer fails: no tokens.
 	shown := strings.Join(argv, " ")

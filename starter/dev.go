@@ -94,10 +94,16 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 			return err
 		}
 	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted before starting the worker: %w", ctx.Err())
+	}
 	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
 	started, err = devserver.EnsureWorker(ctx, bin, args, stateDir)
 	if err != nil {
 		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted while the worker started (it runs; `starter dev -stop` stops it): %w", ctx.Err())
 	}
 	how = "already running"
 	if started {
@@ -119,6 +125,9 @@ func (e *cli) buildWorker(ctx context.Context, bin string) error {
 	err := cmd.Run()
 	if err == nil {
 		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted while building the worker: %w", ctx.Err())
 	}
 	if _, statErr := os.Stat(bin); statErr == nil {
 		fmt.Fprintf(e.stderr, "starter: go build dcd/worker: %v; using the worker built before\n", err)

@@ -150,8 +150,9 @@ func run(o *options) error {
 		stop := 30 * time.Second
 		if q == workflows.TrainQueue {
 			// An external trainer is cancelled when this ends, which kills
-			// its process group: within the 10 s `starter dev -stop`
-			// allows, or the trainer outlives the worker, holding its GPU.
+			// its process group (WaitTrainers, below): well within the
+			// grace `starter dev -stop` allows (devserver.WorkerStopGrace),
+			// or the trainer outlives the worker, holding its GPU.
 			stop = 3 * time.Second
 		}
 		w := worker.New(c, q, worker.Options{
@@ -178,6 +179,11 @@ func run(o *options) error {
 		stopping.Go(w.Stop)
 	}
 	stopping.Wait()
+	// A trainer's cancelled activity stops its process group (SIGTERM,
+	// SIGKILL 5 s on) and writes its log's end: let it, within the grace.
+	if !activities.WaitTrainers(acts, 15*time.Second) {
+		log.Printf("worker: an external trainer did not stop in 15 s")
+	}
 	return nil
 }
 

@@ -247,6 +247,9 @@ func waitHealthy(ctx context.Context, hostport string, timeout time.Duration, ex
 		case <-exited:
 			return fmt.Errorf("devserver: temporal server exited before it was healthy")
 		case <-ctx.Done():
+			if context.Cause(ctx) != context.DeadlineExceeded {
+				return fmt.Errorf("devserver: interrupted waiting for temporal at %s: %w", hostport, ctx.Err())
+			}
 			return fmt.Errorf("devserver: temporal at %s not healthy after %s: %v", hostport, timeout, last)
 		case <-time.After(200 * time.Millisecond):
 		}
@@ -286,7 +289,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 	pidFile := filepath.Join(stateDir, WorkerPID)
 	if pid, ok := running(pidFile); ok {
 		if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
-			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %q, not %q: stop it with `starter dev -stop`", pid, cmd[1:], args)
+			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %q, not %q: stop it with `starter dev -stop`", pid, redacted(cmd[1:]), redacted(args))
 		}
 		return false, nil
 	}
@@ -305,6 +308,19 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 	case <-ctx.Done():
 		return true, nil
 	}
+}
+
+// redacted is args with the query of each URL dropped, for logs and
+// messages: a storage URL's query may carry an endpoint's token (as
+// store.Redact, which this package cannot import: store's tests import it).
+func redacted(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		if q := strings.IndexByte(a, '?'); q >= 0 && strings.Contains(a[:q], "://") {
+			out[i] = a[:q]
+		}
+	}
+	return out
 }
 
 // proc is a process started here.
@@ -331,7 +347,7 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "--- %s: %s %s\n", time.Now().Format(time.RFC3339), bin, strings.Join(args, " "))
+	fmt.Fprintf(logf, "--- %s: %s %s\n", time.Now().Format(time.RFC3339), bin, strings.Join(redacted(args), " "))
 	pidPath := filepath.Join(stateDir, pidName)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -353,8 +369,9 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 }
 
 // Stop ends the worker and the Temporal server named by the pid files in
-// stateDir (SIGTERM to their process group, SIGKILL after 10 s) and removes
-// the pid files. It returns one line per process it stopped.
+// stateDir (SIGTERM to their process group, SIGKILL after the grace each
+// has: the worker's WorkerStopGrace, the server's 10 s) and removes the pid
+// files. It returns one line per process it stopped.
 func Stop(stateDir string) ([]string, error) {
 	stateDir, err := filepath.Abs(stateDir)
 	if err != nil {
@@ -369,7 +386,11 @@ func Stop(stateDir string) ([]string, error) {
 			os.Remove(pidFile)
 			continue
 		}
-		if err := terminate(pid); err != nil {
+		grace := 10 * time.Second
+		if name == WorkerPID {
+			grace = WorkerStopGrace
+		}
+		if err := terminate(pid, grace); err != nil {
 			errs = append(errs, fmt.Errorf("devserver: stop pid %d (%s): %w", pid, name, err))
 			continue
 		}
@@ -379,13 +400,18 @@ func Stop(stateDir string) ([]string, error) {
 	return done, errors.Join(errs...)
 }
 
-func terminate(pid int) error {
+// WorkerStopGrace is how long Stop lets a worker drain after SIGTERM: more
+// than the 30 s its embedding and search activities get to finish a batch
+// and commit it, which a SIGKILL at 10 s threw away.
+const WorkerStopGrace = 40 * time.Second
+
+func terminate(pid int, grace time.Duration) error {
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 			return err
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		if !alive(pid) {
 			return nil

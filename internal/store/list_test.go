@@ -385,3 +385,12 @@ func TestKeyOrder(t *testing.T) {
 		t.Errorf("a key before the last: %v, want a non-retryable error naming both", err)
 	}
 }
+
+// A bucket that does not open is named without its query, which may hold
+// a token, in an error that still unwraps to the driver's.
+func TestOpenErrorRedacted(t *testing.T) {
+	_, err := Open(context.Background(), "file:///nonexistent-dcd-dir?token=SECRET123&create_dir=nope")
+	if err == nil || strings.Contains(err.Error(), "SECRET123") || !strings.Contains(err.Error(), "file:///nonexistent-dcd-dir") || errors.Unwrap(err) == nil {
+		t.Errorf("open with a token in the query: %v; want an error naming the bucket without it", err)
+	}
+}

@@ -39,6 +39,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -82,10 +83,26 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 		b, err = blob.OpenBucket(ctx, fileOptions(rawURL))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: open %q: %w", rawURL, err)
+		// The driver's error may quote the URL too: the queries are
+		// dropped from both, for the logs and histories they reach.
+		msg := urlQuery.ReplaceAllString(err.Error(), "$1?…")
+		return nil, &redactedError{fmt.Sprintf("store: open %q: %s", Redact(rawURL), msg), err}
 	}
 	return b, nil
 }
+
+// urlQuery matches a URL's query in a message, up to a space or a quote.
+var urlQuery = regexp.MustCompile(`([a-z0-9+.-]+://[^\s?"]*)\?[^\s"]*`)
+
+// redactedError is err with a message that leaves out what it must not
+// show; errors.Is and As still see err.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // fileOptions adds metadata=skip to a file:// URL that sets no metadata
 // option, and no_tmp_dir=1 to one that sets no no_tmp_dir when its folder
