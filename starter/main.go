@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	_ "time/tzdata" // -cron's CRON_TZ checked where the system has no zoneinfo
 
 	"go.temporal.io/sdk/client"
 
@@ -58,6 +59,7 @@ func init() {
 		{"report", "[-storage URL] [-serve] [-open] RUN", "print a finished pass's report.html path, or serve it on localhost", cmdReport},
 		{"train-head", "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY]", "DCD's own external trainer (retrain.trainer): embed, fit a head, write ONNX", cmdTrainHead},
 		{"schedule create", "-config FILE -id SCHED -cron EXPR|-every DUR [-paused]", "run a pass on a schedule", nil},
+		{"schedule update", updateSynopsis, "give a schedule a new config or timing", nil},
 		{"schedule list", "", "list schedules", nil},
 		{"schedule describe", "SCHED", "show next run times and recent passes", nil},
 		{"schedule trigger", "SCHED", "start a scheduled pass now", nil},

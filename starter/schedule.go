@@ -19,7 +19,7 @@ import (
 
 func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 	if len(args) == 0 {
-		return usageErrorf("schedule: want create, list, describe, trigger, pause, unpause or delete")
+		return usageErrorf("schedule: want create, update, list, describe, trigger, pause, unpause or delete")
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -32,6 +32,8 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		return nil
 	case "create":
 		return scheduleCreate(ctx, e, rest)
+	case "update":
+		return scheduleUpdate(ctx, e, rest)
 	case "list":
 		return scheduleList(ctx, e, rest)
 	case "describe", "trigger", "pause", "unpause", "delete":
@@ -95,7 +97,7 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 			return nil
 		}
 	}
-	return usageErrorf("schedule: unknown subcommand %q (want create, list, describe, trigger, pause, unpause or delete)", sub)
+	return usageErrorf("schedule: unknown subcommand %q (want create, update, list, describe, trigger, pause, unpause or delete)", sub)
 }
 
 func scheduleErr(e *cli, id, op string, err error) error {
@@ -122,7 +124,7 @@ func parseCreate(e *cli, args []string) (createArgs, error) {
 	fs := e.flags("schedule create")
 	fs.StringVar(&a.config, "config", "", "pass config, YAML or JSON (required)")
 	fs.StringVar(&a.id, "id", "", "schedule ID (required); its passes get workflow IDs <SCHED>-pass-<time>")
-	fs.StringVar(&a.cron, "cron", "", `cron expression in UTC, e.g. "0 2 * * *"`)
+	fs.StringVar(&a.cron, "cron", "", `cron expression, in UTC unless it begins CRON_TZ=<zone>, e.g. "0 2 * * *" or "CRON_TZ=Europe/Paris 0 2 * * *"`)
 	fs.DurationVar(&a.every, "every", 0, "interval, e.g. 24h")
 	fs.BoolVar(&a.paused, "paused", false, "create the schedule paused")
 	pos, err := parse(fs, createSynopsis, args)
@@ -149,21 +151,30 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 	cron = strings.TrimSpace(cron)
 	switch {
 	case cron != "" && every != 0:
-		return client.ScheduleSpec{}, errors.New("schedule create: give -cron or -every, not both")
+		return client.ScheduleSpec{}, errors.New("schedule: give -cron or -every, not both")
 	case cron != "":
-		if n := len(strings.Fields(cron)); !strings.HasPrefix(cron, "@") && (n < 5 || n > 7) {
-			return client.ScheduleSpec{}, fmt.Errorf("schedule create: -cron %q: want 5 fields (minute hour day-of-month month day-of-week), got %d", cron, n)
+		fields := strings.Fields(cron)
+		// A leading CRON_TZ=<zone> (or TZ=) sets the zone the fields are
+		// read in, as Temporal reads it.
+		if k, zone, ok := strings.Cut(fields[0], "="); ok && (k == "CRON_TZ" || k == "TZ") {
+			if _, err := time.LoadLocation(zone); err != nil || zone == "" {
+				return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: %q is not a time zone (want an IANA name, e.g. Europe/Paris)", cron, zone)
+			}
+			fields = fields[1:]
+		}
+		if n := len(fields); !(n == 1 && strings.HasPrefix(fields[0], "@")) && (n < 5 || n > 7) {
+			return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: want 5 fields (minute hour day-of-month month day-of-week) or @daily and the like, got %d", cron, n)
 		}
 		return client.ScheduleSpec{CronExpressions: []string{cron}}, nil
 	case every < 0:
-		return client.ScheduleSpec{}, fmt.Errorf("schedule create: -every %s: must be positive", every)
+		return client.ScheduleSpec{}, fmt.Errorf("schedule: -every %s: must be positive", every)
 	case every > 0:
 		if every < time.Second {
-			return client.ScheduleSpec{}, fmt.Errorf("schedule create: -every %s: must be at least 1s", every)
+			return client.ScheduleSpec{}, fmt.Errorf("schedule: -every %s: must be at least 1s", every)
 		}
 		return client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: every}}}, nil
 	}
-	return client.ScheduleSpec{}, errors.New("schedule create: give -cron EXPR or -every DURATION")
+	return client.ScheduleSpec{}, errors.New("schedule: give -cron EXPR or -every DURATION")
 }
 
 func scheduleOptions(a createArgs, cfg schemas.Config) (client.ScheduleOptions, error) {
@@ -199,6 +210,68 @@ func scheduleCreate(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("schedule create %s: %w", a.id, err)
 	}
 	fmt.Fprintf(e.stdout, "created schedule %s\n", a.id)
+	return scheduleDescribe(ctx, e, c, h)
+}
+
+const updateSynopsis = "[-config FILE] [-cron EXPR | -every DURATION] SCHED"
+
+// scheduleUpdate changes a schedule's config or its timing in place,
+// keeping its counts and recent passes. A schedule holds the config it was
+// given, not the file's name: a file edited after `schedule create` changes
+// nothing until it is given here.
+func scheduleUpdate(ctx context.Context, e *cli, args []string) error {
+	fs := e.flags("schedule update")
+	var configFile, cron string
+	var every time.Duration
+	fs.StringVar(&configFile, "config", "", "pass config, YAML or JSON, for the schedule's next passes")
+	fs.StringVar(&cron, "cron", "", `new cron expression, as for create`)
+	fs.DurationVar(&every, "every", 0, "new interval, e.g. 24h")
+	id, err := oneArg(fs, updateSynopsis, "schedule id", args)
+	if err != nil {
+		return err
+	}
+	if configFile == "" && cron == "" && every == 0 {
+		return usageErrorf("schedule update: give -config FILE, -cron EXPR or -every DURATION (usage: starter schedule update %s)", updateSynopsis)
+	}
+	var spec *client.ScheduleSpec
+	if cron != "" || every != 0 {
+		s, err := scheduleSpec(cron, every)
+		if err != nil {
+			return &exitError{code: 2, err: err}
+		}
+		spec = &s
+	}
+	var cfg *schemas.Config
+	if configFile != "" {
+		c, err := loadConfig(configFile)
+		if err != nil {
+			return err
+		}
+		cfg = &c
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	h := c.ScheduleClient().GetHandle(ctx, id)
+	err = h.Update(ctx, client.ScheduleUpdateOptions{DoUpdate: func(in client.ScheduleUpdateInput) (*client.ScheduleUpdate, error) {
+		s := in.Description.Schedule
+		if spec != nil {
+			s.Spec = spec
+		}
+		if cfg != nil {
+			act, ok := s.Action.(*client.ScheduleWorkflowAction)
+			if !ok {
+				return nil, fmt.Errorf("schedule %s does not start passes", id)
+			}
+			act.Args = []any{workflows.PassInput{Config: *cfg}}
+		}
+		return &client.ScheduleUpdate{Schedule: &s}, nil
+	}})
+	if err != nil {
+		return scheduleErr(e, id, "update", err)
+	}
+	fmt.Fprintf(e.stdout, "updated schedule %s\n", id)
 	return scheduleDescribe(ctx, e, c, h)
 }
 
@@ -254,7 +327,11 @@ func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.Sch
 	var rows [][]string
 	add := func(k, v string) { rows = append(rows, []string{k, v}) }
 	add("schedule", h.GetID())
-	add("spec", specString(d.Schedule.Spec)+" (UTC)")
+	zone := "UTC"
+	if d.Schedule.Spec != nil && d.Schedule.Spec.TimeZoneName != "" {
+		zone = d.Schedule.Spec.TimeZoneName
+	}
+	add("spec", specString(d.Schedule.Spec)+" ("+zone+")")
 	state := "active"
 	if st := d.Schedule.State; st != nil && st.Paused {
 		state = "paused"

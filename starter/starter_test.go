@@ -363,13 +363,16 @@ func TestScheduleSpec(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(s, client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: 24 * time.Hour}}}) {
 		t.Errorf("every: %+v, %v", s, err)
 	}
-	if _, err := scheduleSpec("@daily", 0); err != nil {
-		t.Errorf("@daily: %v", err)
+	for _, cron := range []string{"@daily", "CRON_TZ=Europe/Paris 0 2 * * *", "TZ=America/New_York @daily"} {
+		if s, err := scheduleSpec(cron, 0); err != nil || s.CronExpressions[0] != cron {
+			t.Errorf("%s: %+v, %v", cron, s, err)
+		}
 	}
 	for _, c := range []struct {
 		cron  string
 		every time.Duration
-	}{{"", 0}, {"0 2 * * *", time.Hour}, {"0 2 *", 0}, {"", -time.Hour}, {"", time.Millisecond}} {
+	}{{"", 0}, {"0 2 * * *", time.Hour}, {"0 2 *", 0}, {"", -time.Hour}, {"", time.Millisecond},
+		{"CRON_TZ=Mars/Olympus 0 2 * * *", 0}, {"CRON_TZ= 0 2 * * *", 0}, {"TZ=Europe/Paris 0 2", 0}} {
 		if _, err := scheduleSpec(c.cron, c.every); err == nil {
 			t.Errorf("scheduleSpec(%q, %s): no error", c.cron, c.every)
 		}

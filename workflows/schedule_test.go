@@ -2,14 +2,18 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 
 	"dcd/workflows"
 )
@@ -100,5 +104,60 @@ func TestScheduleFiresPass(t *testing.T) {
 	none, dcd := method(t, res.Eval, "none"), method(t, res.Eval, "dcd")
 	if dcd.HeldoutAccuracy-none.HeldoutAccuracy < 0.25 || res.DebugTrain.Size == 0 {
 		t.Errorf("scheduled pass result %+v", res.Eval)
+	}
+}
+
+// `starter schedule update` gives a schedule a new config and timing in
+// place: its next passes run the new config (the schedule holds a copy,
+// not the file), and a cron's CRON_TZ zone is what `describe` names.
+func TestScheduleUpdate(t *testing.T) {
+	c, hostport := devServer(t)
+	_, cfg := demoWorld(t)
+	ctx := context.Background()
+	starter := buildBinary(t, "dcd/starter")
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(starter, append([]string{"schedule"}, args...)...)
+		cmd.Env = append(os.Environ(), "TEMPORAL_ADDRESS="+hostport)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	dir := t.TempDir()
+	writeConfig := func(name string) string {
+		cfg := cfg
+		cfg.Name = name
+		data, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name+".json")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	id := "update-" + time.Now().UTC().Format("150405")
+	out, err := run("create", "-paused", "-config", writeConfig("first"), "-id", id, "-cron", "CRON_TZ=Europe/Paris 0 2 * * *")
+	if err != nil || !strings.Contains(out, "Europe/Paris") {
+		t.Fatalf("schedule create in Paris time: %v\n%s", err, out)
+	}
+	defer c.ScheduleClient().GetHandle(ctx, id).Delete(ctx)
+	out, err = run("update", "-config", writeConfig("second"), "-every", "36h", id)
+	if err != nil || !strings.Contains(out, `config "second"`) || !strings.Contains(out, "every 36h") || !strings.Contains(out, "(UTC)") {
+		t.Fatalf("schedule update: %v\n%s", err, out)
+	}
+	d, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := d.Schedule.Action.(*client.ScheduleWorkflowAction)
+	var in workflows.PassInput
+	if p, ok := act.Args[0].(*commonpb.Payload); !ok || converter.GetDefaultDataConverter().FromPayload(p, &in) != nil ||
+		in.Config.Name != "second" || !d.Schedule.State.Paused {
+		t.Errorf("after update: action %+v (config %q), paused %v; want the second config, still paused", act, in.Config.Name, d.Schedule.State.Paused)
+	}
+	for _, bad := range [][]string{{"update", id}, {"update", "-cron", "CRON_TZ=Mars/Olympus 0 2 * * *", id}, {"update", "-every", "1h", "no-such-schedule"}} {
+		if out, err := run(bad...); err == nil {
+			t.Errorf("schedule %q: no error\n%s", bad, out)
+		}
 	}
 }
