@@ -52,7 +52,7 @@ var commands []command
 
 func init() {
 	commands = []command{
-		{"run", "-config FILE [-id RUNID] [-wait]", "start a debug pass; -wait: watch it, print results", cmdRun},
+		{"run", runSynopsis, "start a debug pass; -wait: watch it, print results", cmdRun},
 		{"status", "RUN", "show a pass's progress or how it ended", cmdStatus},
 		{"result", "[-json] [-storage URL] RUN", "print a finished pass's results table or eval.json", cmdResult},
 		{"cancel", "RUN", "cancel a pass", cmdCancel},

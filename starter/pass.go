@@ -23,12 +23,13 @@ import (
 
 // runArgs are `starter run`'s flags.
 type runArgs struct {
-	config string
-	id     string
-	wait   bool
+	config  string
+	id      string
+	wait    bool
+	storage string
 }
 
-const runSynopsis = "-config FILE [-id RUNID] [-wait]"
+const runSynopsis = "-config FILE [-id RUNID] [-wait [-storage URL]]"
 
 func parseRun(e *cli, args []string) (runArgs, error) {
 	var a runArgs
@@ -36,6 +37,7 @@ func parseRun(e *cli, args []string) (runArgs, error) {
 	fs.StringVar(&a.config, "config", "", "pass config, YAML or JSON (required)")
 	fs.StringVar(&a.id, "id", "", "workflow ID of the pass (default <config name>-<UTC yyyymmdd-hhmmss>)")
 	fs.BoolVar(&a.wait, "wait", false, "show progress until the pass ends, then its results")
+	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the workers use, to show where -wait's files are (env DCD_STORAGE)")
 	pos, err := parse(fs, runSynopsis, args)
 	if err != nil {
 		return a, err
@@ -72,7 +74,7 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 	if !a.wait {
 		return nil
 	}
-	return e.waitAndReport(ctx, c, id, store.DefaultURL())
+	return e.waitAndReport(ctx, c, id, a.storage)
 }
 
 // loadConfig reads and checks a config file. A config that cannot be

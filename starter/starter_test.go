@@ -115,8 +115,8 @@ func TestEnvDefaults(t *testing.T) {
 
 func TestParseRun(t *testing.T) {
 	e, _, _ := testCLI()
-	a, err := parseRun(e, []string{"-config", "c.yaml", "-id", "x1", "-wait"})
-	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true}) {
+	a, err := parseRun(e, []string{"-config", "c.yaml", "-id", "x1", "-wait", "-storage", "s3://pool"})
+	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true, storage: "s3://pool"}) {
 		t.Errorf("parseRun = %+v, %v", a, err)
 	}
 	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"}} {
