@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/apache/arrow/go/v15/arrow/array"
+	"gocloud.dev/gcerrors"
 	"golang.org/x/image/draw"
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
@@ -420,18 +421,16 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 			return err
 		})
 	}
-	if in.Reference != "" { // either missing: nothing kept, or dropped
+	if in.Reference != "" { // either missing: nothing kept, or dropped; another error fails the report
 		reads.Go(func() error {
-			if rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv")); err == nil {
-				keptRows = rs
-			}
-			return nil
+			rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv"))
+			keptRows = rs
+			return absentOK(err)
 		})
 		reads.Go(func() error {
-			if data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv")); err == nil {
-				droppedCSV = data
-			}
-			return nil
+			data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv"))
+			droppedCSV = data
+			return absentOK(err)
 		})
 	}
 	err := reads.Wait()
@@ -656,3 +655,12 @@ d={{.Distance}}<br><span{{if .Wrong}} class="wrong"{{end}}>weak {{.Label}}</span
 {{range .Rows}}<tr><td class="l">{{.Class}}</td><td><small>{{.Images}}</small></td>{{range .Cells}}<td style="{{.Style}}">{{.Value}}{{with .Delta}}<small>{{.}}</small>{{end}}</td>{{end}}</tr>
 {{end}}</table>{{end}}
 `))
+
+// absentOK is err, but nil when it says the object is missing: a file the
+// report shows only where it exists.
+func absentOK(err error) error {
+	if isNotFound(err) || gcerrors.Code(err) == gcerrors.NotFound {
+		return nil
+	}
+	return err
+}

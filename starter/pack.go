@@ -58,6 +58,7 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 // where that changed the output's name, a digest of the name keeps two
 // outputs (pool/wds and pool-wds) from sharing an ID.
 func packID(out string) string {
+	out = strings.TrimRight(out, "/") // pool-wds/ and pool-wds are one output
 	id := strings.Trim(unsafeID.ReplaceAllString(out, "-"), "-")
 	id = id[:min(len(id), 200)]
 	if id != out {

@@ -16,7 +16,9 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"dcd/activities"
+	"dcd/internal/embed"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
 	"dcd/schemas"
 	"dcd/workflows"
 )
@@ -435,5 +437,36 @@ func TestSpecString(t *testing.T) {
 	}
 	if got := specString(nil); got != "-" {
 		t.Errorf("specString(nil) = %q", got)
+	}
+}
+
+// A train-head job's image that is gone is an unreadable reject, as in a
+// pass, not the trainer's failure; one that reads is read.
+func TestTrainHeadImageReader(t *testing.T) {
+	ctx := context.Background()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteAll(ctx, "a.png", []byte("png"), nil); err != nil {
+		t.Fatal(err)
+	}
+	read := imageReader(&store.Buckets{}, b)
+	if data, err := read(ctx, "a.png"); err != nil || string(data) != "png" {
+		t.Errorf("a.png: %q, %v", data, err)
+	}
+	if _, err := read(ctx, "gone.png"); !errors.Is(err, embed.ErrUnreadable) {
+		t.Errorf("gone.png: %v, want embed.ErrUnreadable", err)
+	}
+}
+
+// The same output, with or without its trailing slash, is the same pack.
+func TestPackIDTrailingSlash(t *testing.T) {
+	if a, b := packID("pool-wds/"), packID("pool-wds"); a != b {
+		t.Errorf("packID: %q and %q", a, b)
+	}
+	if packID("pool/wds") == packID("pool-wds") {
+		t.Error("pool/wds and pool-wds share a pack ID")
 	}
 }

@@ -86,6 +86,15 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	if job.Output == "" {
 		job.Output = "probabilities"
 	}
+	// What would fail only after the embedding and the training, said now.
+	switch {
+	case job.Model == "":
+		return fmt.Errorf("train-head: job %s: no model to write (\"model\", or -out)", a.job)
+	case len(job.Classes) == 0:
+		return fmt.Errorf("train-head: job %s: no classes (\"classes\")", a.job)
+	case job.Output == job.Target.Features:
+		return fmt.Errorf("train-head: job %s: output %q is the target's features output; name the head's output otherwise", a.job, job.Output)
+	}
 	if a.work == "" {
 		if a.work, err = os.MkdirTemp("", "dcd-train-head-"); err != nil {
 			return err
@@ -119,7 +128,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	src := dataset.Source{Bucket: b, Buckets: buckets}
-	read := func(ctx context.Context, uri string) ([]byte, error) { return buckets.ReadAll(ctx, b, uri) }
+	read := imageReader(buckets, b)
 	for _, set := range []struct {
 		name, key string
 		weight    float32
@@ -196,6 +205,19 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image → %s\n", job.Model, len(out), job.Output)
 	return nil
+}
+
+// imageReader reads a job's images: one that is gone or forbidden is a
+// reject, counted unreadable as a pass counts it, not the trainer's end
+// (its manifests are the shards', rejects and all).
+func imageReader(buckets *store.Buckets, b *blob.Bucket) embed.ReadFunc {
+	return func(ctx context.Context, uri string) ([]byte, error) {
+		data, err := buckets.ReadAll(ctx, b, uri)
+		if store.Permanent(err) {
+			err = fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
+		}
+		return data, err
+	}
 }
 
 // headerOnly reports a CSV manifest without rows (train_only's debug-train
