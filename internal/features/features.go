@@ -223,7 +223,11 @@ func columnsOf(key string, schema *arrow.Schema, columns []string) (idx, dims []
 }
 
 // arrowRows is loadRows through Arrow's reader, for files pickRows does
-// not read.
+// not read. Arrow's reader checks the buffers against the file's size but
+// not the counts of rows: those, and what they would have allocated, are
+// checked against the file's size (every row takes at least a string
+// offset, every value at least two bytes), so that a damaged file is an
+// error, not a fatal allocation.
 func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int, p picker) (_ []*Matrix, err error) {
 	defer func() {
 		if r := recover(); r != nil { // a buffer shorter than its metadata says
@@ -241,12 +245,20 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 			}
 		}
 	}()
-	rows := 0
+	rows, size := 0, len(f.Data)
 	for i := range recs {
 		if recs[i], err = f.RecordAt(i); err != nil {
 			return nil, fmt.Errorf("features: %q record %d: %w", key, i, err)
 		}
 		rows += int(recs[i].NumRows())
+		if rows > size/4 {
+			return nil, fmt.Errorf("features: %q: damaged IPC file: %d rows by record %d in %d bytes", key, rows, i, size)
+		}
+	}
+	for c, column := range columns {
+		if rows*dims[c] > size/2 {
+			return nil, fmt.Errorf("features: %q: damaged IPC file: %d rows of %d values in column %q in %d bytes", key, rows, dims[c], column, size)
+		}
 	}
 	all := !p.byIndex
 	uris := make([]string, 0, rows)

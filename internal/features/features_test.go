@@ -1,6 +1,7 @@
 package features
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -404,4 +405,49 @@ func FuzzPickRows(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A file Arrow's reader takes whose records claim more rows than its bytes
+// could hold (a damaged count) is an error, not a fatal allocation of
+// their size: a list column alone (no URIs), which only Arrow's reader
+// reads, with its batch's and nodes' row counts raised to 2^40.
+func TestArrowRowsClaimingTooMany(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.NewGoAllocator()
+	schema := arrow.NewSchema([]arrow.Field{{Name: "features", Type: arrow.FixedSizeListOf(4, arrow.PrimitiveTypes.Float32)}}, nil)
+	const n = 291 // 0x123: its int64 bytes stand out in the metadata
+	bld := array.NewRecordBuilder(mem, schema)
+	defer bld.Release()
+	list := bld.Field(0).(*array.FixedSizeListBuilder)
+	for range n {
+		list.Append(true)
+		list.ValueBuilder().(*array.Float32Builder).AppendValues(make([]float32, 4), nil)
+	}
+	rec := bld.NewRecord()
+	defer rec.Release()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := store.WriteArrow(ctx, b, "f.arrow", schema, mem, rec); err != nil {
+		t.Fatal(err)
+	}
+	data, err := b.ReadAll(ctx, "f.arrow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count, huge [8]byte
+	binary.LittleEndian.PutUint64(count[:], n)
+	binary.LittleEndian.PutUint64(huge[:], 1<<40)
+	patched := bytes.ReplaceAll(data, count[:], huge[:])
+	if bytes.Equal(patched, data) {
+		t.Fatal("no row count found to patch")
+	}
+	if err := b.WriteAll(ctx, "f.arrow", patched, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadColumns(ctx, b, "f.arrow", []string{"features"}, mem); err == nil || !strings.Contains(err.Error(), "rows by record") {
+		t.Errorf("a file claiming 2^40 rows: %v, want an error saying it is damaged", err)
+	}
 }

@@ -445,13 +445,19 @@ func (s *selector) result() []Neighbor {
 }
 
 // scoreCut returns a score c such that every float32 score s with
-// max(s+qq, 0) ≤ thr (thr ≥ 0, finite) has s ≤ c, and c exceeds the
-// largest such s by a few ulps at most. thr−qq is within half an ulp of the
-// exact difference, and rounding s+qq can let s pass up to an ulp (at the
-// largest magnitude involved) beyond it: four ulps cover both.
+// max(s+qq, 0) ≤ thr (thr ≥ 0) has s ≤ c, and c exceeds the largest such s
+// by a few ulps at most. thr−qq is within half an ulp of the exact
+// difference, and rounding s+qq can let s pass up to an ulp (at the
+// largest magnitude involved) beyond it: four ulps cover both. Where a
+// distance or a norm overflowed to +Inf there is no cut (+Inf): the next
+// float above +Inf is NaN, which no score passes, and every later row,
+// the nearer ones too, was turned away.
 func scoreCut(thr, qq float32) float32 {
 	c := float32(thr - qq)
 	m := max(thr, abs32(qq), abs32(c))
+	if math.IsInf(float64(m), 0) || m != m {
+		return float32(math.Inf(1))
+	}
 	ulp := math.Float32frombits(math.Float32bits(m)+1) - m // m ≥ 0: its next float up
 	return c + 4*ulp
 }

@@ -277,6 +277,26 @@ func exactCut(thr, qq float32) float32 {
 }
 
 // scoreCut may pass a few scores too many, never one too few.
+// A pool row whose norm overflows to +Inf fills the heap at +Inf; the rows
+// after it, nearer, still enter. And a query whose norm overflows ranks
+// every row at +Inf, by id.
+func TestTopKInfiniteNorms(t *testing.T) {
+	s := newSearcher(t)
+	got, err := s.TopK([]float32{1, 0}, 1, []float32{1e20, 0, 1, 0}, []int64{0, 1}, 2, 1)
+	if err != nil || len(got[0]) != 1 || got[0][0].ID != 1 || got[0][0].Distance != 0 {
+		t.Errorf("pool (1e20, 0), (1, 0) from (1, 0): %+v, %v; want id 1 at 0", got, err)
+	}
+	pool := make([]float32, 2*20000)
+	ids := make([]int64, 20000)
+	for i := range ids {
+		pool[2*i], ids[i] = float32(i), int64(20000-i)
+	}
+	got, err = s.TopK([]float32{2e19, 0}, 1, pool, ids, 2, 3)
+	if err != nil || len(got[0]) != 3 || got[0][0].ID != 1 || got[0][1].ID != 2 || got[0][2].ID != 3 {
+		t.Errorf("a query whose norm overflows: %+v, %v; want ids 1, 2, 3 (all at +Inf)", got, err)
+	}
+}
+
 func TestScoreCut(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	cases := [][2]float32{{0, 0}, {5, 3}, {3, 3}, {0, 20}, {1e-30, 1e8}, {4, 0}, {1e-40, 0}, {0, 1e-40}}
