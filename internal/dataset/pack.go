@@ -260,7 +260,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 	g.Go(func() error {
 		tar := newTarStream(gctx, a.bucket, a.key(".tar"))
 		defer tar.abort()
-		sources := newCSV("sample", "item", "uri")
+		sources := newCSV(sourcesHeader...)
 		for i, it := range a.items {
 			select {
 			case <-images[i].done:
@@ -288,7 +288,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 				if err := tar.write(sample, ext, data, label, domain); err != nil {
 					return fmt.Errorf("dataset: pack: image %q into %s: %w", it.Key, a.key(".tar"), err)
 				}
-				sources.row(sample, strconv.FormatInt(it.ID, 10), it.Key)
+				sources.row(sample, strconv.FormatInt(it.ID, 10), it.Key, label, domain, it.Version)
 				a.res.Images++
 			}
 			if progress != nil {
@@ -325,7 +325,14 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 // under it is not finished with archives of the old one.
 func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	a.res.Resumed = true
-	sources, err := readRows(ctx, a.bucket, a.key(".sources.csv"), "sample", "item", "uri")
+	sources, err := readRows(ctx, a.bucket, a.key(".sources.csv"), sourcesHeader...)
+	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		// An archive of an earlier DCD: its list has no labels to compare.
+		var old error
+		if sources, old = readRows(ctx, a.bucket, a.key(".sources.csv"), sourcesHeader[:3]...); old == nil {
+			err = nil
+		}
+	}
 	if err != nil {
 		return Archive{}, err
 	}
@@ -342,7 +349,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	for _, it := range a.items {
 		id := strconv.FormatInt(it.ID, 10)
 		switch {
-		case i < len(sources) && sources[i][1] == id && sources[i][2] == it.Key:
+		case i < len(sources) && sources[i][1] == id && sources[i][2] == it.Key && samePacked(sources[i][3:], it):
 			i++
 		case j < len(skips) && skips[j][0] == id && skips[j][1] == it.Key:
 			j++
@@ -468,6 +475,18 @@ func readRows(ctx context.Context, b *blob.Bucket, key string, header ...string)
 		return nil, fmt.Errorf("dataset: pack: %s: want the header %q", key, strings.Join(header, ","))
 	}
 	return rows[1:], nil
+}
+
+// sourcesHeader heads an archive's sources list: each sample's image, and
+// the label, domain and version it was packed with, so that a pack run
+// again over a dataset relabelled (or an image rewritten) since does not
+// keep the archives as they were.
+var sourcesHeader = []string{"sample", "item", "uri", "label", "domain", "version"}
+
+// samePacked reports whether a sources row's label, domain and version
+// (none in an earlier DCD's list) are it's.
+func samePacked(packed []string, it Item) bool {
+	return len(packed) == 0 || packed[0] == strings.TrimSpace(it.Label) && packed[1] == strings.TrimSpace(it.Domain) && packed[2] == it.Version
 }
 
 // skipHeader heads a skip list.

@@ -130,7 +130,7 @@ func TestPack(t *testing.T) {
 	}
 	sources, err := b.ReadAll(ctx, "packed/000002.sources.csv")
 	// Samples are named by their positions in the dataset.
-	if want := "sample,item,uri\n000000007,7,m/img/5.png\n000000008,8,m/img/6.png\n"; err != nil || string(sources) != want {
+	if want := "sample,item,uri,label,domain,version\n000000007,7,m/img/5.png,2,fog,\n000000008,8,m/img/6.png,0,,\n"; err != nil || string(sources) != want {
 		t.Errorf("packed/000002.sources.csv = %q, %v; want %q", sources, err, want)
 	}
 
@@ -244,6 +244,26 @@ func TestPackResumes(t *testing.T) {
 	again, err := src.PackArchive(ctx, "resumed", 1, items[3:6], 3, nil)
 	if err != nil || !again.Resumed || again.Images != 2 || len(again.Skipped) != 1 || again.Skipped[0].Item != 5 || again.Bytes != int64(len(want["000001.tar"])) {
 		t.Errorf("archive 1 again: %+v, %v", again, err)
+	}
+
+	// An archive of an earlier DCD lists no labels: it is kept on its
+	// images alone.
+	list, _ := b.ReadAll(ctx, "resumed/000001.sources.csv")
+	var short []string
+	for _, line := range strings.Split(strings.TrimSpace(string(list)), "\n") {
+		f := strings.Split(line, ",")
+		short = append(short, strings.Join(f[:3], ","))
+	}
+	b.WriteAll(ctx, "resumed/000001.sources.csv", []byte(strings.Join(short, "\n")+"\n"), nil)
+	if again, err := src.PackArchive(ctx, "resumed", 1, items[3:6], 3, nil); err != nil || !again.Resumed {
+		t.Errorf("archive 1 listed as an earlier DCD lists it: %+v, %v", again, err)
+	}
+
+	// A relabelled image: the archive holding it has its old label.
+	relabelled := strings.Replace(manifest, "img/7.png,1,fog\n", "img/7.png,2,fog\n", 1)
+	b.WriteAll(ctx, "m/list.csv", []byte(relabelled), nil)
+	if _, err := pack(t, src, source, "whole", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "changed") {
+		t.Errorf("packing again over a relabelled dataset: %v, want a refusal", err)
 	}
 
 	// An image dropped from the manifest moves every later one: the
