@@ -325,18 +325,12 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 // under it is not finished with archives of the old one.
 func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	a.res.Resumed = true
-	sources, err := readRows(ctx, a.bucket, a.key(".sources.csv"), sourcesHeader...)
-	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-		// An archive of an earlier DCD: its list has no labels to compare.
-		var old error
-		if sources, old = readRows(ctx, a.bucket, a.key(".sources.csv"), sourcesHeader[:3]...); old == nil {
-			err = nil
-		}
-	}
+	// An archive of an earlier DCD lists no labels to compare (3 columns).
+	sources, err := readRows(ctx, a.bucket, a.key(".sources.csv"), 3, sourcesHeader...)
 	if err != nil {
 		return Archive{}, err
 	}
-	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), skipHeader...)
+	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), len(skipHeader), skipHeader...)
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return Archive{}, err
 	}
@@ -439,7 +433,7 @@ func copySkips(ctx context.Context, b *blob.Bucket, prefix string, lists []int, 
 	}
 	skipped := 0
 	for _, n := range lists {
-		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), skipHeader...)
+		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), len(skipHeader), skipHeader...)
 		if err != nil {
 			return 0, err
 		}
@@ -458,20 +452,21 @@ func copySkips(ctx context.Context, b *blob.Bucket, prefix string, lists []int, 
 	return skipped, nil
 }
 
-// readRows reads a CSV object written by csvRows, with the given header,
-// and returns the rows after it.
-func readRows(ctx context.Context, b *blob.Bucket, key string, header ...string) ([][]string, error) {
+// readRows reads a CSV object written by csvRows, with the given header
+// or, written by an earlier DCD, its first least columns, and returns the
+// rows after it, each as wide as the header it has.
+func readRows(ctx context.Context, b *blob.Bucket, key string, least int, header ...string) ([][]string, error) {
 	data, err := b.ReadAll(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	r := csv.NewReader(bytes.NewReader(data))
-	r.FieldsPerRecord = len(header)
+	r.FieldsPerRecord = 0 // the header's width, for every row
 	rows, err := r.ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("dataset: pack: %s: %w", key, err)
 	}
-	if len(rows) == 0 || strings.Join(rows[0], ",") != strings.Join(header, ",") {
+	if len(rows) == 0 || len(rows[0]) < least || len(rows[0]) > len(header) || !slices.Equal(rows[0], header[:len(rows[0])]) {
 		return nil, fmt.Errorf("dataset: pack: %s: want the header %q", key, strings.Join(header, ","))
 	}
 	return rows[1:], nil
