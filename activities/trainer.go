@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"dcd/internal/dataset"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -188,11 +189,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	defer a.trainers.Done()
 	log := &tailBuffer{}
 	// The log reaches the history when the trainer fails: no tokens.
-	shown := strings.Join(argv, " ")
-	if a.StorageURL != "" {
-		shown = strings.ReplaceAll(shown, a.StorageURL, store.Redact(a.StorageURL))
-	}
-	fmt.Fprintf(log, "$ %s\n", shown)
+	fmt.Fprintf(log, "$ %s\n", redact.Text(strings.Join(argv, " ")))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -17,6 +17,7 @@ import (
 	"dcd/internal/devserver"
 	"dcd/internal/mnist"
 	"dcd/internal/ortrun"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -111,7 +112,7 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	}
 	pid, _ := devserver.PID(stateDir, devserver.WorkerPID)
 	fmt.Fprintf(e.stdout, "worker    %s (pid %d), log %s\n          storage %s\n", how, pid,
-		filepath.Join(stateDir, devserver.WorkerLog), store.Redact(storage))
+		filepath.Join(stateDir, devserver.WorkerLog), redact.URL(storage))
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"dcd/activities"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 )
 
@@ -60,7 +61,7 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	defer b.Close()
 	page, err := b.ReadAll(ctx, key)
 	if err != nil {
-		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, store.Redact(a.storage), key, err)
+		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact.URL(a.storage), key, err)
 	}
 	l, err := net.Listen("tcp", a.addr)
 	if err != nil {

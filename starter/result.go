@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"dcd/internal/store"
+	"dcd/internal/redact"
 	"dcd/workflows"
 )
 
@@ -34,7 +34,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)\n\n",
 		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
 
-	fmt.Fprintf(w, "storage %s\n", store.Redact(storageURL))
+	fmt.Fprintf(w, "storage %s\n", redact.URL(storageURL))
 	files := [][]string{}
 	for _, f := range []struct{ name, key string }{
 		{"eval.json", res.EvalKey},

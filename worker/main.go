@@ -28,6 +28,7 @@ import (
 	"dcd/activities"
 	"dcd/internal/embed"
 	"dcd/internal/ortrun"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/workflows"
 )
@@ -172,7 +173,7 @@ func run(o *options) error {
 		}
 		workers = append(workers, w)
 	}
-	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, store.Redact(o.storage))
+	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, redact.URL(o.storage))
 	<-worker.InterruptCh()
 	var stopping sync.WaitGroup // side by side: each waits up to its stop timeout
 	for _, w := range workers {

@@ -35,6 +35,8 @@ import (
 
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
+
+	"dcd/internal/redact"
 )
 
 // Names of the files in the state dir.
@@ -289,7 +291,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 	pidFile := filepath.Join(stateDir, WorkerPID)
 	if pid, ok := running(pidFile); ok {
 		if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
-			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %q, not %q: stop it with `starter dev -stop`", pid, redacted(cmd[1:]), redacted(args))
+			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
 		}
 		return false, nil
 	}
@@ -308,19 +310,6 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 	case <-ctx.Done():
 		return true, nil
 	}
-}
-
-// redacted is args with the query of each URL dropped, for logs and
-// messages: a storage URL's query may carry an endpoint's token (as
-// store.Redact, which this package cannot import: store's tests import it).
-func redacted(args []string) []string {
-	out := slices.Clone(args)
-	for i, a := range out {
-		if q := strings.IndexByte(a, '?'); q >= 0 && strings.Contains(a[:q], "://") {
-			out[i] = a[:q]
-		}
-	}
-	return out
 }
 
 // proc is a process started here.
@@ -347,7 +336,7 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "--- %s: %s %s\n", time.Now().Format(time.RFC3339), bin, strings.Join(redacted(args), " "))
+	fmt.Fprintf(logf, "--- %s: %s %s\n", time.Now().Format(time.RFC3339), bin, redact.Text(strings.Join(args, " ")))
 	pidPath := filepath.Join(stateDir, pidName)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

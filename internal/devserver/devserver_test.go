@@ -223,12 +223,3 @@ func TestEnsureTemporalRefusesASecondServer(t *testing.T) {
 		t.Errorf("EnsureTemporal = %v, %v; want a refusal naming starter dev -stop", started, err)
 	}
 }
-
-// A worker's arguments reach its log and messages without a storage URL's
-// query, which may hold a token.
-func TestRedacted(t *testing.T) {
-	got := redacted([]string{"-storage", "s3://pool?endpoint=http://x&token=SECRET", "-address", "a?b"})
-	if strings.Contains(strings.Join(got, " "), "SECRET") || got[1] != "s3://pool" || got[3] != "a?b" {
-		t.Errorf("redacted: %q", got)
-	}
-}

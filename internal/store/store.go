@@ -39,7 +39,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -60,6 +59,7 @@ import (
 
 	"dcd/internal/ahead"
 	"dcd/internal/ipcfile"
+	"dcd/internal/redact"
 )
 
 // Open opens the bucket at url. A file:// bucket writes no metadata
@@ -85,14 +85,10 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	if err != nil {
 		// The driver's error may quote the URL too: the queries are
 		// dropped from both, for the logs and histories they reach.
-		msg := urlQuery.ReplaceAllString(err.Error(), "$1?…")
-		return nil, &redactedError{fmt.Sprintf("store: open %q: %s", Redact(rawURL), msg), err}
+		return nil, &redactedError{fmt.Sprintf("store: open %q: %s", redact.URL(rawURL), redact.Text(err.Error())), err}
 	}
 	return b, nil
 }
-
-// urlQuery matches a URL's query in a message, up to a space or a quote.
-var urlQuery = regexp.MustCompile(`([a-z0-9+.-]+://[^\s?"]*)\?[^\s"]*`)
 
 // redactedError is err with a message that leaves out what it must not
 // show; errors.Is and As still see err.

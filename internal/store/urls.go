@@ -179,12 +179,3 @@ func (bs *Buckets) Close() error {
 	bs.open = nil
 	return errors.Join(errs...)
 }
-
-// Redact drops a bucket URL's query, which may carry endpoint tokens, for
-// logs and messages.
-func Redact(url string) string {
-	if i := strings.IndexByte(url, '?'); i >= 0 {
-		return url[:i]
-	}
-	return url
-}
