@@ -9,6 +9,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 
 	"dcd/internal/dataset"
@@ -322,7 +323,15 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 // (s3://bucket/key?region=…, file:///dir/file, …) in a bucket opened once
 // per process.
 func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
-	data, err := a.buckets().ReadAll(ctx, a.Bucket, key)
+	return ReadImage(ctx, a.buckets(), a.Bucket, key)
+}
+
+// ReadImage reads an image to embed, a key in def or an absolute URL (in
+// a bucket of bs): one that is gone or forbidden is unreadable (a reject,
+// not a retry), for a pass's embeddings and an external trainer's
+// (`starter train-head`) alike.
+func ReadImage(ctx context.Context, bs *store.Buckets, def *blob.Bucket, uri string) ([]byte, error) {
+	data, err := bs.ReadAll(ctx, def, uri)
 	return data, unreadable(err)
 }
 

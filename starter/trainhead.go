@@ -17,6 +17,7 @@ import (
 
 	"gocloud.dev/blob"
 
+	"dcd/activities"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/head"
@@ -212,11 +213,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 // (its manifests are the shards', rejects and all).
 func imageReader(buckets *store.Buckets, b *blob.Bucket) embed.ReadFunc {
 	return func(ctx context.Context, uri string) ([]byte, error) {
-		data, err := buckets.ReadAll(ctx, b, uri)
-		if store.Permanent(err) {
-			err = fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
-		}
-		return data, err
+		return activities.ReadImage(ctx, buckets, b, uri)
 	}
 }
 
