@@ -25,7 +25,7 @@ func (a *Activities) buckets() *store.Buckets {
 
 // source is where the pass's datasets are read from.
 func (a *Activities) source() dataset.Source {
-	return dataset.Source{Bucket: a.Bucket, Buckets: a.buckets(), Mem: a.Mem}
+	return dataset.Source{Bucket: a.Bucket, Buckets: a.buckets(), Mem: a.Mem, URL: a.StorageURL}
 }
 
 // ClassesInput names a classes file: a key in the worker's bucket or an

@@ -83,6 +83,9 @@ type Source struct {
 	Buckets *store.Buckets
 	// Mem allocates while Parquet manifests are read. Nil: the Go allocator.
 	Mem memory.Allocator
+	// URL is Bucket's URL, when known: a pack compares its output, a key
+	// or a URL, with the dataset's prefix, the other, through it.
+	URL string
 }
 
 // Walk calls fn for every image of ds, in key order for prefixes and in file

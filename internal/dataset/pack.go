@@ -80,7 +80,7 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 	if ds.WebDataset != "" {
 		return fmt.Errorf("dataset: pack: %w: %q is packed already (a webdataset)", ErrPackRefused, ds.WebDataset)
 	}
-	if ds.Prefix != "" && within(out, ds.Prefix) {
+	if ds.Prefix != "" && within(out, ds.Prefix, s.URL) {
 		return fmt.Errorf("dataset: pack: %w: the output %q is inside the dataset's prefix %q", ErrPackRefused, out, ds.Prefix)
 	}
 	defer s.ownBuckets()()
@@ -126,12 +126,24 @@ func (s Source) AbandonPack(ctx context.Context, out string) error {
 	return b.Delete(ctx, prefix+"pack.json")
 }
 
-// within says whether the prefix p is dir or below it: both keys of the
-// workers' bucket, or both URLs of one bucket (its options in any order).
-func within(p, dir string) bool {
+// within says whether the prefix p is dir or below it: keys of the
+// workers' bucket, whose URL is self (empty when unknown), or URLs of one
+// bucket (its options in any order). A key is compared with a URL as the
+// URL it has in the workers' bucket. Every file:// URL is of one
+// filesystem, whatever its options.
+func within(p, dir, self string) bool {
 	split := func(ref string) (bucket, key string, ok bool) {
 		if !store.IsURL(ref) {
-			return "", strings.Trim(ref, "/"), true
+			if self == "" {
+				return "", strings.Trim(ref, "/"), true
+			}
+			u, err := url.Parse(self)
+			if err != nil {
+				return "", "", false
+			}
+			u.Path = strings.TrimSuffix(u.Path, "/") + "/" + strings.TrimPrefix(ref, "/")
+			u.RawPath = ""
+			ref = u.String()
 		}
 		bucket, key, err := store.SplitURL(ref)
 		u, perr := url.Parse(bucket)
@@ -139,6 +151,9 @@ func within(p, dir string) bool {
 			return "", "", false
 		}
 		u.RawQuery = u.Query().Encode()
+		if u.Scheme == "file" {
+			u.RawQuery = ""
+		}
 		return u.String(), strings.Trim(key, "/"), true
 	}
 	pb, pk, ok1 := split(p)

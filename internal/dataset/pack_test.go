@@ -277,21 +277,29 @@ func TestPackResumes(t *testing.T) {
 // within compares prefixes of one bucket, named by key or by URL.
 func TestWithin(t *testing.T) {
 	for _, c := range []struct {
-		p, dir string
-		want   bool
+		p, dir, self string
+		want         bool
 	}{
-		{"m/img/packed", "m/img", true},
-		{"m/img", "m/img/", true},
-		{"m/imgs", "m/img", false},
-		{"anything", "", true},
-		{"s3://b/photos/packed?region=eu", "s3://b/photos?region=eu", true},
-		{"s3://b/photos/packed?a=1&b=2", "s3://b/photos?b=2&a=1", true},
-		{"s3://b/photos/packed", "s3://c/photos", false},
-		{"s3://b/photos/packed?region=us", "s3://b/photos?region=eu", false},
-		{"photos/packed", "s3://b/photos", false}, // the workers' bucket may be another
+		{"m/img/packed", "m/img", "", true},
+		{"m/img", "m/img/", "", true},
+		{"m/imgs", "m/img", "", false},
+		{"anything", "", "", true},
+		{"s3://b/photos/packed?region=eu", "s3://b/photos?region=eu", "", true},
+		{"s3://b/photos/packed?a=1&b=2", "s3://b/photos?b=2&a=1", "", true},
+		{"s3://b/photos/packed", "s3://c/photos", "", false},
+		{"s3://b/photos/packed?region=us", "s3://b/photos?region=eu", "", false},
+		{"photos/packed", "s3://b/photos", "", false}, // the workers' bucket is unknown
+		// A key and a URL, through the workers' bucket's URL.
+		{"photos/packed", "s3://b/photos?region=eu", "s3://b?region=eu", true},
+		{"photos/packed", "s3://b/photos", "s3://c", false},
+		{"s3://b/photos/packed", "/photos/", "s3://b", true},
+		{"file:///srv/st/data/packed", "data", "file:///srv/st", true},
+		{"data/packed", "file:///srv/st/data/?metadata=skip", "file:///srv/st/", true},
+		{"other/packed", "file:///srv/st/data", "file:///srv/st", false},
+		{"file:///srv/st/data2", "data", "file:///srv/st", false},
 	} {
-		if got := within(c.p, c.dir); got != c.want {
-			t.Errorf("within(%q, %q) = %v, want %v", c.p, c.dir, got, c.want)
+		if got := within(c.p, c.dir, c.self); got != c.want {
+			t.Errorf("within(%q, %q, %q) = %v, want %v", c.p, c.dir, c.self, got, c.want)
 		}
 	}
 }
