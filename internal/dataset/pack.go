@@ -89,23 +89,42 @@ func (s Source) StartPack(ctx context.Context, ds schemas.Dataset, out string, p
 		return err
 	}
 	state, _ := json.Marshal(packState{ds, perArchive})
-	old, err := store.ReadAll(ctx, b, prefix+"pack.json")
-	switch {
-	case err == nil && bytes.Equal(old, state):
-		return nil
-	case err == nil:
-		return fmt.Errorf("dataset: pack into %q: %w: it holds a pack of %s, not of this dataset and -per-archive (%s); pack into an empty prefix", out, ErrPackRefused, old, state)
-	case gcerrors.Code(err) != gcerrors.NotFound:
-		return fmt.Errorf("dataset: pack into %q: %w", out, err)
-	}
-	if _, err := b.List(&blob.ListOptions{Prefix: prefix}).Next(ctx); err != io.EOF {
+	// Another pack may claim out between these reads and the write: the
+	// claim is written only if none is there, and seen, read again.
+	for range 3 {
+		old, err := store.ReadAll(ctx, b, prefix+"pack.json")
+		switch {
+		case err == nil && bytes.Equal(old, state):
+			return nil
+		case err == nil:
+			return fmt.Errorf("dataset: pack into %q: %w: it holds a pack of %s, not of this dataset and -per-archive (%s); pack into an empty prefix", out, ErrPackRefused, old, state)
+		case gcerrors.Code(err) != gcerrors.NotFound:
+			return fmt.Errorf("dataset: pack into %q: %w", out, err)
+		}
+		page, _, err := b.ListPage(ctx, blob.FirstPageToken, 2, &blob.ListOptions{Prefix: prefix})
 		if err != nil {
 			return fmt.Errorf("dataset: pack into %q: %w", out, err)
 		}
-		return fmt.Errorf("dataset: pack into %q: %w: it holds objects but no pack.json of a pack; pack into an empty prefix", out, ErrPackRefused)
+		if slices.ContainsFunc(page, func(o *blob.ListObject) bool { return o.Key != prefix+"pack.json" }) {
+			return fmt.Errorf("dataset: pack into %q: %w: it holds objects but no pack.json of a pack; pack into an empty prefix", out, ErrPackRefused)
+		}
+		if len(page) > 0 {
+			continue // claimed since the read
+		}
+		testHookClaim()
+		err = b.WriteAll(ctx, prefix+"pack.json", state, &blob.WriterOptions{IfNotExist: true})
+		if gcerrors.Code(err) != gcerrors.FailedPrecondition {
+			if err != nil {
+				return fmt.Errorf("dataset: pack into %q: %w", out, err)
+			}
+			return nil
+		}
 	}
-	return store.WriteAll(ctx, b, prefix+"pack.json", state)
+	return fmt.Errorf("dataset: pack into %q: its pack.json was claimed and given back while this pack started; start it again", out)
 }
+
+// testHookClaim runs before StartPack writes its claim.
+var testHookClaim = func() {}
 
 // AbandonPack gives out back when a pack failed before writing anything
 // but its claim: it removes out/pack.json if nothing else is there, so that

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -13,6 +14,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"gocloud.dev/blob"
@@ -201,6 +203,47 @@ func TestPack(t *testing.T) {
 			t.Errorf("StartPack(%+v, %q, %d): %v, want a refusal (%s)", refused.ds, refused.out, refused.per, err, refused.want)
 		}
 	}
+}
+
+// Packs of two datasets started at once into one prefix: one claims it,
+// the other is refused, even when both found it empty before either
+// wrote its claim.
+func TestStartPackRace(t *testing.T) {
+	ctx := context.Background()
+	b, _, _ := packWorld(t, 3)
+	src := Source{Bucket: b}
+	datasets := []schemas.Dataset{{Manifest: "m/list.csv"}, {Prefix: "m/img"}}
+	for round, together := range []bool{true, false} {
+		out := fmt.Sprintf("out%d", round)
+		var arrived sync.WaitGroup
+		arrived.Add(len(datasets))
+		testHookClaim = func() {
+			if together { // both claim only once both found out empty
+				arrived.Done()
+				arrived.Wait()
+			}
+		}
+		errs := make([]error, len(datasets))
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Go(func() { errs[i] = src.StartPack(ctx, datasets[i], out, 3) })
+		}
+		wg.Wait()
+		claim, err := b.ReadAll(ctx, out+"/pack.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, err := range errs {
+			mine, _ := json.Marshal(packState{datasets[i], 3})
+			switch {
+			case err == nil && !bytes.Equal(mine, claim):
+				t.Errorf("round %d: a pack of %+v went on into a prefix claimed by %s", round, datasets[i], claim)
+			case err != nil && (bytes.Equal(mine, claim) || !errors.Is(err, ErrPackRefused)):
+				t.Errorf("round %d: a pack of %+v into a prefix claimed by %s: %v", round, datasets[i], claim, err)
+			}
+		}
+	}
+	testHookClaim = func() {}
 }
 
 // An archive found whole is kept, and one begun but not finished is

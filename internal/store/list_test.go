@@ -284,6 +284,20 @@ func checkListFolders(t *testing.T, b *blob.Bucket, requests ...int) {
 // ListFolders lists on a real S3 server (versitygw), whose delimited
 // listing and continuation tokens are S3's, what List lists.
 func TestS3ListFolders(t *testing.T) {
+	b := versityGW(t, "dcd-folders")
+	checkListFolders(t, b, 2, 100)
+	checkListsFromKey(t, b)
+}
+
+// What DCD does with a bucket works on S3 (checkStore).
+func TestS3Store(t *testing.T) {
+	checkStore(t, versityGW(t, "dcd-store"))
+}
+
+// versityGW opens a new bucket of a real S3 server (versitygw) that runs
+// for the test.
+func versityGW(t *testing.T, name string) *blob.Bucket {
+	t.Helper()
 	bin, err := devserver.VersityGWBinary()
 	if err != nil {
 		t.Fatalf("%v: run `make setup` (scripts/setup.sh installs it)", err)
@@ -292,12 +306,12 @@ func TestS3ListFolders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
 	for _, kv := range devserver.S3Env {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	url, err := srv.Bucket(context.Background(), "dcd-folders")
+	url, err := srv.Bucket(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,9 +319,8 @@ func TestS3ListFolders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	checkListFolders(t, b, 2, 100)
-	checkListsFromKey(t, b)
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 // checkListsFromKey checks that a store whose listing takes a key to begin

@@ -12,11 +12,13 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 )
 
 // checkStore checks what DCD does with a bucket on an object store's
-// server: whole and ranged reads, Arrow files, existence, listing, and a
-// missing key failing for good instead of being retried.
+// server: whole and ranged reads, conditional writes, Arrow files,
+// existence, listing, and a missing key failing for good instead of being
+// retried.
 func checkStore(t *testing.T, b *blob.Bucket) {
 	ctx := context.Background()
 	data := bytes.Repeat([]byte("0123456789"), 1000)
@@ -36,6 +38,13 @@ func checkStore(t *testing.T, b *blob.Bucket) {
 		if got, err := bs.ReadRange(ctx, b, "pool/a.tar", r[0], r[1]); err == nil || !Permanent(err) || Transient(err) {
 			t.Errorf("bytes %d+%d of 10000: %d bytes, %v; want a permanent error", r[0], r[1], len(got), err)
 		}
+	}
+	// A claim (a pack's pack.json) is written only where none is.
+	if err := b.WriteAll(ctx, "pool/a.tar", []byte("claim"), &blob.WriterOptions{IfNotExist: true}); gcerrors.Code(err) != gcerrors.FailedPrecondition {
+		t.Errorf("a write IfNotExist over an object: %v, want FailedPrecondition", err)
+	}
+	if err := b.WriteAll(ctx, "claims/new", []byte("claim"), &blob.WriterOptions{IfNotExist: true}); err != nil {
+		t.Errorf("a write IfNotExist of a new object: %v", err)
 	}
 	if ok, err := Exists(ctx, b, "pool/a.tar"); !ok || err != nil {
 		t.Errorf("Exists(pool/a.tar) = %v, %v", ok, err)
@@ -86,4 +95,14 @@ func checkStore(t *testing.T, b *blob.Bucket) {
 	if len(keys) != 1 || keys[0] != "pool/a.tar" {
 		t.Errorf("listed %q", keys)
 	}
+}
+
+// What DCD does with a bucket works on a file:// bucket (checkStore).
+func TestFileStore(t *testing.T) {
+	b, err := Open(context.Background(), "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	checkStore(t, b)
 }
