@@ -138,7 +138,9 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		if len(in.Model.Spec.Outputs) < 2 {
 			return res, invalid("export %s: the target's spec names outputs %q, want features and logits", in.Method, in.Model.Spec.Outputs)
 		}
-		model, err := h.ONNX(target, head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes))
+		names := head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes)
+		names.Input, names.Preprocess = in.Model.Spec.Input, in.Model.Spec.Preprocess
+		model, err := h.ONNX(target, names)
 		if err != nil {
 			// A graph the export cannot rewrite (an old opset, a kept
 			// tensor of a new output's name) is no reason to drop the

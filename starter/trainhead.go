@@ -197,7 +197,9 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("train-head: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "trained in %d passes over the spool: training accuracy %.4f\n", spool.passes, acc)
-	out, err := h.ONNX(target, head.NewExportNames(job.Target.Features, job.Target.Logits, job.Output, job.Classes))
+	export := head.NewExportNames(job.Target.Features, job.Target.Logits, job.Output, job.Classes)
+	export.Input, export.Preprocess = job.Target.Input, job.Target.Preprocess
+	out, err := h.ONNX(target, export)
 	if err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}

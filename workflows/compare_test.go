@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
+	"dcd/internal/onnx"
 	"dcd/internal/preprocess"
 	"dcd/schemas"
 	"dcd/workflows"
@@ -220,15 +222,28 @@ func checkExport(t *testing.T, b *blob.Bucket, cfg schemas.Config, res workflows
 		t.Fatal(err)
 	}
 	items := shard.Items[:min(200, len(shard.Items))]
-	pre := cfg.Target.Preprocess
-	if pre.Layout == "" {
-		pre.Layout = preprocess.LayoutNCHW
+	// The model is run as one deploying it would: its input made as its
+	// metadata says.
+	model, err := b.ReadAll(context.Background(), dcd.Model)
+	if err != nil {
+		t.Fatal(err)
 	}
-	ref := func(path, output string) activities.ModelRef {
-		return activities.ModelRef{Path: path, Spec: features.Spec{Input: "image", Outputs: []string{output}, Preprocess: pre}}
+	meta, err := onnx.Metadata(model)
+	if err != nil {
+		t.Fatal(err)
 	}
-	probs := embedDirect(t, b, ref(dcd.Model, activities.ExportProbabilities), items)
-	feats := embedDirect(t, b, ref(cfg.Target.Path, cfg.Target.Features), items)
+	var pre preprocess.Spec
+	if err := json.Unmarshal([]byte(meta["preprocess"]), &pre); err != nil || meta["input"] == "" {
+		t.Fatalf("the exported model's metadata %v names no input or preprocessing (%v)", meta, err)
+	}
+	if want := cfg.Target.Preprocess.WithDefaults(); !reflect.DeepEqual(pre, want) {
+		t.Errorf("the exported model's preprocessing is %+v, the pass's %+v", pre, want)
+	}
+	ref := func(path, input, output string) activities.ModelRef {
+		return activities.ModelRef{Path: path, Spec: features.Spec{Input: input, Outputs: []string{output}, Preprocess: pre}}
+	}
+	probs := embedDirect(t, b, ref(dcd.Model, meta["input"], activities.ExportProbabilities), items)
+	feats := embedDirect(t, b, ref(cfg.Target.Path, "image", cfg.Target.Features), items)
 	hdata, err := b.ReadAll(context.Background(), dcd.Head)
 	if err != nil {
 		t.Fatal(err)

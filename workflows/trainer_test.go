@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"dcd/activities"
+	"dcd/internal/onnx"
 	"dcd/schemas"
 	"dcd/workflows"
 )
@@ -45,6 +46,11 @@ func TestExternalTrainer(t *testing.T) {
 	t.Logf("external trainer: test %.4f E_heldout %.4f; built-in: test %.4f E_heldout %.4f", ext.TestAccuracy, ext.HeldoutAccuracy, in.TestAccuracy, in.HeldoutAccuracy)
 	if ext.Model != activities.MethodKey(res.RunID, schemas.MethodDCD, "model.onnx") || ext.Log == "" {
 		t.Errorf("model %q, log %q", ext.Model, ext.Log)
+	}
+	if model, err := b.ReadAll(context.Background(), ext.Model); err != nil {
+		t.Error(err)
+	} else if meta, err := onnx.Metadata(model); err != nil || meta["input"] != "image" || !strings.Contains(meta["preprocess"], `"height":28`) {
+		t.Errorf("the trainer's model's metadata %v (%v) does not say how to make its input", meta, err)
 	}
 	if gain := ext.HeldoutAccuracy - none.HeldoutAccuracy; gain < 0.25 {
 		t.Errorf("the trainer's model gains %.3f on E_heldout, want ≥ 0.25", gain)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"dcd/internal/onnx"
+	"dcd/internal/preprocess"
 )
 
 // NewExportNames names an export's tensors: the target's features and
@@ -30,6 +31,13 @@ type ExportNames struct {
 	// exported model's metadata ("classes", a JSON list), in place of the
 	// target's, which describe the head it drops.
 	Classes []string
+	// Input and Preprocess are the model's image input and how the pass
+	// made it from an image, also in the metadata ("input", and
+	// "preprocess": the spec as JSON, defaults applied), so that whoever
+	// deploys the model feeds it what it was trained on. Preprocess's
+	// zero value (an export for a test) leaves both out.
+	Input      string
+	Preprocess preprocess.Spec
 }
 
 // ONNX returns the target model with h in place of its head: image →
@@ -79,6 +87,16 @@ func (h *Head) ONNX(target []byte, names ExportNames) ([]byte, error) {
 		}
 		classes, _ := json.Marshal(names.Classes)
 		g.Metadata = map[string]string{"classes": string(classes), "outputs": names.Logits + "," + names.Probabilities}
+	}
+	if names.Preprocess.Height != 0 {
+		if g.Metadata == nil {
+			g.Metadata = map[string]string{}
+		}
+		spec, _ := json.Marshal(names.Preprocess.WithDefaults())
+		g.Metadata["preprocess"] = string(spec)
+		if names.Input != "" {
+			g.Metadata["input"] = names.Input
+		}
 	}
 	out, err := onnx.Append(target, []string{names.Features}, g)
 	if err != nil {

@@ -2,16 +2,16 @@ package head
 
 import (
 	"bytes"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/encoding/protowire"
-
 	"dcd/internal/mnist"
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
 )
 
 // backbone is a small classifier on 28×28 digits: random convolutions →
@@ -201,8 +201,9 @@ func argmax32(v []float32) int {
 	return best
 }
 
-// An export names its classes in the model's metadata, in place of the
-// target's, and loads in ONNX Runtime; a wrong count of names is refused.
+// An export names its classes, and the input and preprocessing the pass
+// used, in the model's metadata, in place of the target's, and loads in
+// ONNX Runtime; a wrong count of names is refused.
 func TestExportMetadata(t *testing.T) {
 	const d = 8 * 6 * 6 // the backbone's features
 	h := &Head{Classes: 2, Dim: d, Mean: make([]float32, d), Std: make([]float32, d), W: make([]float32, 2*d), B: []float32{0, 0}}
@@ -210,37 +211,24 @@ func TestExportMetadata(t *testing.T) {
 		h.Std[i] = 1
 	}
 	model := backbone(t)
-	out, err := h.ONNX(model, NewExportNames("features", "logits", "probabilities", []string{"cat", "dog"}))
+	names := NewExportNames("features", "logits", "probabilities", []string{"cat", "dog"})
+	names.Input = "image"
+	names.Preprocess = preprocess.Spec{Channels: 1, Height: 12, Width: 12, Resize: "Crop", Mean: []float32{0.5}, Std: []float32{0.25}}
+	out, err := h.ONNX(model, names)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := ortrun.Describe(out); err != nil {
 		t.Fatalf("the export does not load: %v", err)
 	}
-	meta := map[string]string{}
-	for b := out; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if num == 14 {
-			entry, _ := protowire.ConsumeBytes(b)
-			var k, v string
-			for e := entry; len(e) > 0; {
-				f, _, n := protowire.ConsumeTag(e)
-				s, l := protowire.ConsumeString(e[n:])
-				if f == 1 {
-					k = s
-				} else {
-					v = s
-				}
-				e = e[n+l:]
-			}
-			meta[k] = v
-		}
-		b = b[m:]
+	want := map[string]string{
+		"classes":    `["cat","dog"]`,
+		"outputs":    "logits,probabilities",
+		"input":      "image",
+		"preprocess": `{"layout":"NCHW","channels":1,"height":12,"width":12,"resize":"crop","scale":"unit","mean":[0.5],"std":[0.25]}`,
 	}
-	if meta["classes"] != `["cat","dog"]` || meta["outputs"] != "logits,probabilities" || len(meta) != 2 {
-		t.Errorf("metadata %v", meta)
+	if meta, err := onnx.Metadata(out); err != nil || !maps.Equal(meta, want) {
+		t.Errorf("metadata %v (%v), want %v", meta, err, want)
 	}
 	if _, err := h.ONNX(model, NewExportNames("features", "logits", "probabilities", []string{"cat"})); err == nil {
 		t.Error("one class name for a head of two was accepted")

@@ -411,6 +411,27 @@ func parseNode(v []byte, depth int) (parsedNode, error) {
 	return n, err
 }
 
+// Metadata returns a model's metadata_props, as ONNX Runtime's
+// custom_metadata_map gives them.
+func Metadata(model []byte) (map[string]string, error) {
+	meta := map[string]string{}
+	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v []byte, _ []byte) error {
+		if num != 14 || typ != protowire.BytesType {
+			return nil
+		}
+		key, err := nameField(v, 1)
+		if err != nil {
+			return err
+		}
+		meta[key], err = nameField(v, 2)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("onnx: metadata: not an ONNX model: %w", err)
+	}
+	return meta, nil
+}
+
 func nameField(msg []byte, field protowire.Number) (string, error) {
 	var name string
 	err := walkFields(msg, func(num protowire.Number, typ protowire.Type, v []byte, _ []byte) error {
