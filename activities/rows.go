@@ -67,6 +67,13 @@ func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weigh
 			if err := r.emit(s, r.cached[s], rng, fn); err != nil {
 				return err
 			}
+			// A fit in memory takes as long as one streamed, or longer
+			// (the rows fit because memory_mb is large): it heartbeats
+			// alike, and stops when the pass is cancelled.
+			heartbeat(r.ctx, fmt.Sprintf("pass %d", r.passes))
+			if err := r.ctx.Err(); err != nil {
+				return err
+			}
 		}
 		return nil
 	}

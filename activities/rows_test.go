@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -217,6 +218,33 @@ func TestRetrainStreamsAMillionRows(t *testing.T) {
 		if err != nil || len(data) == 0 {
 			t.Fatalf("head: %v", err)
 		}
+	}
+}
+
+// A fit on rows held in memory goes through them a feature file at a time,
+// as a streamed one does: it heartbeats between files (a fit of many
+// classes and features outlasts the heartbeat timeout), and a cancelled
+// pass stops it there.
+func TestFeatureRowsInMemoryStopWhenCancelled(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 4, 50, 8, 10, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	rows, _, err := a.newFeatureRows(ctx, "r", ModelRef{Spec: rowsSpec}, tenClasses(), []rowSet{{ds: Train, shards: 4, weight: 1, strict: true}}, 64<<20, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows.cached == nil {
+		t.Fatal("4×50 rows were streamed, want them in memory")
+	}
+	n := 0
+	err = rows.each(nil, func([]float32, int, float32) error {
+		if n++; n == 60 { // in the second file
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) || n != 100 {
+		t.Errorf("cancelled in the second file: %d rows, %v; want 100 rows and the cancellation", n, err)
 	}
 }
 
