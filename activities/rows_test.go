@@ -248,6 +248,26 @@ func TestFeatureRowsInMemoryStopWhenCancelled(t *testing.T) {
 	}
 }
 
+// A head is not exported onto a target model replaced since the pass
+// began: it was fitted on the old model's features. The pass keeps its
+// results and says why there is no model.
+func TestExportRefusesAChangedModel(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 1, 50, 8, 10, 1)
+	if err := store.WriteAll(context.Background(), a.Bucket, "models/t.onnx", []byte("a model uploaded since")); err != nil {
+		t.Fatal(err)
+	}
+	ref := ModelRef{Path: "models/t.onnx", Spec: rowsSpec} // the digest the pass began with: "m"
+	res, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ref, Classes: tenClasses(),
+		TrainShards: 1, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5}, Seed: 1, Export: true})
+	if err != nil || res.HeadKey == "" {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	if res.ModelKey != "" || !strings.Contains(res.ModelError, "changed during the pass") {
+		t.Errorf("model %q, error %q: want none, and why", res.ModelKey, res.ModelError)
+	}
+}
+
 // The target's own logits score the "none" row only when they are one a
 // class: with another count, logit c would stand for a class that is not
 // the model's, and the accuracy would be wrong without a word.

@@ -140,7 +140,15 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		}
 		names := head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes)
 		names.Input, names.Preprocess = in.Model.Spec.Input, in.Model.Spec.Preprocess
-		model, err := h.ONNX(target, names)
+		var model []byte
+		if got := digest(target); got != in.Model.Spec.ModelDigest {
+			// The head was fitted on the features of the model the pass
+			// started with; on another backbone its logits would not be
+			// those evaluated.
+			err = fmt.Errorf("the model changed during the pass (digest %s, the pass started with %s)", got, in.Model.Spec.ModelDigest)
+		} else {
+			model, err = h.ONNX(target, names)
+		}
 		if err != nil {
 			// A graph the export cannot rewrite (an old opset, a kept
 			// tensor of a new output's name) is no reason to drop the
