@@ -169,8 +169,10 @@ type rowSet struct {
 	// strict makes a label outside classes an error; otherwise the image
 	// is left out and counted.
 	strict bool
-	// keep, when not nil, limits the rows to these item keys.
-	keep map[string]bool
+	// keep, when not nil, limits the rows to those it counts, by item
+	// key and label (manifestRows): an image listed twice that the
+	// guards kept once is taken once.
+	keep map[string]int
 }
 
 // rowStats counts what newFeatureRows found.
@@ -211,13 +213,16 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 		for j, it := range items {
 			c := slices.Index(classes, it.Label)
 			switch {
-			case set.keep != nil && !set.keep[it.Key]:
+			case set.keep != nil && set.keep[it.Key+"\n"+it.Label] == 0:
 				c = -1
 			case c < 0 && set.strict:
 				return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
 			case c < 0:
 				st.skipped++
 			default:
+				if set.keep != nil {
+					set.keep[it.Key+"\n"+it.Label]--
+				}
 				st.rows[si]++
 				if it.Domain != "" {
 					st.known[si] = true

@@ -268,6 +268,46 @@ func TestExportRefusesAChangedModel(t *testing.T) {
 	}
 }
 
+// The debug set is planned from the selection, before the guards; Keep,
+// their output, counts each image it keeps: a pool image listed twice
+// whose copy the guards dropped is trained on once, with the label kept.
+func TestRetrainKeepsDuplicatesOnce(t *testing.T) {
+	ctx := context.Background()
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 1, 50, 4, 10, 1)
+	// The selection: a.png twice (labels 3 and 5), b.png, c.png twice
+	// with one label.
+	keys, labels := []string{"pool/a.png", "pool/b.png", "pool/a.png", "pool/c.png", "pool/c.png"}, []string{"3", "1", "5", "2", "2"}
+	var shard dataset.Shard
+	var images []embed.Image
+	for i, k := range keys {
+		shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: labels[i]})
+		images = append(images, embed.Image{URI: k})
+	}
+	if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", "sel", 0), shard.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 5*4), make([]float32, 5*10)}, Dims: []int{4, 10}}, "")
+	err := store.WriteArrow(ctx, a.Bucket, features.Key(rowsSpec, shard.Digest()), rec.Schema(), a.Mem, rec)
+	rec.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the guards kept: a.png with its second label, c.png once.
+	kept := "uri,label\n/pool/a.png,5\n/pool/b.png,1\n/pool/c.png,2\n"
+	if err := store.WriteAll(ctx, a.Bucket, "r/kept.csv", []byte(kept)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Retrain(ctx, RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 1,
+		Debug: &DebugSet{Dataset: "sel", Shards: 1, Keep: "r/kept.csv"}, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1}, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.DebugRows != 3 {
+		t.Errorf("%d debug rows, want the 3 the guards kept", res.DebugRows)
+	}
+}
+
 // The target's own logits score the "none" row only when they are one a
 // class: with another count, logit c would stand for a class that is not
 // the model's, and the accuracy would be wrong without a word.

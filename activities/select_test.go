@@ -337,11 +337,11 @@ func TestGuardSelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, err := a.manifestKeys(ctx, res.Manifest)
+	kept, err := a.manifestRows(ctx, res.Manifest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Leaks != 1 || res.Duplicates != 1 || res.Size != 4 || kept["pool/0.png"] || kept["pool/1.png"] || !kept["pool/2.png"] {
+	if res.Leaks != 1 || res.Duplicates != 1 || res.Size != 4 || kept["pool/0.png\na"] != 0 || kept["pool/1.png\na"] != 0 || kept["pool/2.png\na"] != 1 {
 		t.Errorf("leaks %d duplicates %d size %d kept %v", res.Leaks, res.Duplicates, res.Size, kept)
 	}
 	// The kept images keep their pool versions, which their shards'
@@ -383,8 +383,8 @@ func TestGuardSelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, err = a.manifestKeys(ctx, res.Manifest)
-	if err != nil || res.Duplicates != 1 || res.Size != 2 || !kept["pool/7.png"] {
+	kept, err = a.manifestRows(ctx, res.Manifest)
+	if err != nil || res.Duplicates != 1 || res.Size != 2 || kept["pool/7.png\na"] != 1 {
 		t.Errorf("an image listed twice: duplicates %d, size %d, kept %v, %v; want one of its two kept", res.Duplicates, res.Size, kept, err)
 	}
 }

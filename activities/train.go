@@ -92,7 +92,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	if in.Debug != nil {
 		set := rowSet{ds: in.Debug.Dataset, shards: in.Debug.Shards, weight: float32(r.DebugWeight)}
 		if in.Debug.Keep != "" {
-			keep, err := a.manifestKeys(ctx, in.Debug.Keep)
+			keep, err := a.manifestRows(ctx, in.Debug.Keep)
 			if err != nil {
 				return res, err
 			}
@@ -165,18 +165,19 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	return res, nil
 }
 
-// manifestKeys reads the item keys a manifest written by this package
-// lists.
-func (a *Activities) manifestKeys(ctx context.Context, key string) (map[string]bool, error) {
+// manifestRows counts the rows of a manifest written by this package by
+// item key and label ("key\nlabel"): an image the pool lists twice may be
+// kept once, or with one of its labels.
+func (a *Activities) manifestRows(ctx context.Context, key string) (map[string]int, error) {
 	rows, err := a.readManifest(ctx, key)
 	if err != nil {
 		return nil, err
 	}
-	keys := make(map[string]bool, len(rows))
+	counts := make(map[string]int, len(rows))
 	for _, r := range rows {
-		keys[r.key] = true
+		counts[r.key+"\n"+r.label]++
 	}
-	return keys, nil
+	return counts, nil
 }
 
 // EvaluateInput is one method to score on test and E_heldout.
