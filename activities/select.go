@@ -184,7 +184,7 @@ func (a *Activities) writeSelection(ctx context.Context, key string, chosen []se
 		if c.item.ID >= 0 {
 			id = strconv.FormatInt(c.item.ID, 10)
 		}
-		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', 8, 64), id, c.item.Version})
+		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', -1, 64), id, c.item.Version})
 	}
 	w.Flush()
 	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())

@@ -389,6 +389,31 @@ func TestGuardSelection(t *testing.T) {
 	}
 }
 
+// A selection's scores read back as they were written: the guards keep
+// the better-ranked of two copies by them, and a float32 distance needs
+// nine digits (or a mean seventeen) to stay apart from the next.
+func TestSelectionScoresRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	a := fileActivities(t)
+	scores := []float64{float64(float32(0.123456781)), float64(math.Nextafter32(float32(0.123456781), 1)), 1.0 / 3, 2.0 / 3 * 1e-9}
+	var chosen []selected
+	for i, v := range scores {
+		chosen = append(chosen, selected{item: dataset.Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Label: "a"}, score: v})
+	}
+	if err := a.writeSelection(ctx, "r/selected.csv", chosen); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := a.readManifest(ctx, "r/selected.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rows {
+		if r.score != scores[i] {
+			t.Errorf("%s: score %v read back as %v", r.key, scores[i], r.score)
+		}
+	}
+}
+
 func containsLine(s, prefix string) bool {
 	for _, l := range strings.Split(s, "\n") {
 		if len(l) >= len(prefix) && l[:len(prefix)] == prefix {
