@@ -148,11 +148,17 @@ func samePack(ctx context.Context, c client.Client, a packArgs) error {
 	if err := converter.GetDefaultDataConverter().FromPayloads(started.GetInput(), &in); err != nil {
 		return fmt.Errorf("pack %s is running already, and its input cannot be read: %w", a.id, err)
 	}
-	if in.Dataset != a.in.Dataset || in.Out != a.in.Out || in.PerArchive != a.in.PerArchive {
+	if !samePackInput(in, a.in) {
 		return fmt.Errorf("pack %s is running already, of %s into %q in archives of %d, not of %s into %q in archives of %d; give this one another -id, or `starter cancel %s` first",
 			a.id, describeDataset(in.Dataset), in.Out, in.PerArchive, describeDataset(a.in.Dataset), a.in.Out, a.in.PerArchive, a.id)
 	}
 	return nil
+}
+
+// samePackInput says whether two packs' inputs are one pack's: an output
+// with and without its trailing slash is one, as packID has it.
+func samePackInput(x, y workflows.PackInput) bool {
+	return x.Dataset == y.Dataset && x.PerArchive == y.PerArchive && strings.TrimRight(x.Out, "/") == strings.TrimRight(y.Out, "/")
 }
 
 // describeDataset names a dataset as its flag would.

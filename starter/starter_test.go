@@ -469,4 +469,21 @@ func TestPackIDTrailingSlash(t *testing.T) {
 	if packID("pool/wds") == packID("pool-wds") {
 		t.Error("pool/wds and pool-wds share a pack ID")
 	}
+	// A pack running under that ID into either spelling is this pack,
+	// which the command watches instead of refusing (and advising a
+	// second pack into the same output).
+	ds := schemas.Dataset{Manifest: "m.csv"}
+	running := workflows.PackInput{Dataset: ds, Out: "pool-wds/", PerArchive: 1000}
+	if !samePackInput(running, workflows.PackInput{Dataset: ds, Out: "pool-wds", PerArchive: 1000}) {
+		t.Error("pool-wds/ and pool-wds are two packs")
+	}
+	for _, other := range []workflows.PackInput{
+		{Dataset: ds, Out: "pool-wds2", PerArchive: 1000},
+		{Dataset: ds, Out: "pool-wds", PerArchive: 500},
+		{Dataset: schemas.Dataset{Manifest: "n.csv"}, Out: "pool-wds", PerArchive: 1000},
+	} {
+		if samePackInput(running, other) {
+			t.Errorf("%+v is the pack %+v", other, running)
+		}
+	}
 }
