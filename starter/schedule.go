@@ -18,6 +18,14 @@ import (
 )
 
 func cmdSchedule(ctx context.Context, e *cli, args []string) error {
+	// Global flags may come between "schedule" and its subcommand too.
+	if len(args) > 0 && args[0] != "-h" && args[0] != "-help" && args[0] != "--help" {
+		fs := e.flags("schedule")
+		if err := fs.Parse(args); err != nil {
+			return flagErr(err)
+		}
+		args = fs.Args()
+	}
 	if len(args) == 0 {
 		return usageErrorf("schedule: want create, update, list, describe, trigger, pause, unpause or delete")
 	}
@@ -333,9 +341,11 @@ func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.Sch
 	}
 	add("spec", specString(d.Schedule.Spec)+" ("+zone+")")
 	state := "active"
-	if st := d.Schedule.State; st != nil && st.Paused {
-		state = "paused"
-		if st.Note != "" {
+	if st := d.Schedule.State; st != nil {
+		if st.Paused {
+			state = "paused"
+		}
+		if st.Note != "" { // pause's, or unpause's
 			state += ": " + st.Note
 		}
 	}

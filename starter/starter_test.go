@@ -92,6 +92,8 @@ func TestGlobalFlagsBeforeAndAfter(t *testing.T) {
 		{"-address", "h:1", "-namespace", "ns", "status", "RUN"},
 		{"status", "RUN", "-address", "h:1", "-namespace", "ns"},
 		{"-namespace", "ns", "status", "-address", "h:1", "RUN"},
+		{"schedule", "-address", "h:1", "-namespace", "ns", "describe", "S"},
+		{"schedule", "describe", "-address", "h:1", "S", "-namespace", "ns"},
 	} {
 		code, _, stderr, dialed := run(t, args...)
 		if dialed == nil || dialed.address != "h:1" || dialed.namespace != "ns" {

@@ -77,8 +77,11 @@ func TestScheduleFiresPass(t *testing.T) {
 		t.Fatalf("scheduled pass %s: %v", passID, err)
 	}
 	// Unpaused, it fires again: a second pass starts after the first.
-	if out, err := run("unpause", id); err != nil || !strings.Contains(string(out), "active again") {
+	if out, err := run("unpause", "-note", "fixed", id); err != nil || !strings.Contains(string(out), "active again") {
 		t.Fatalf("schedule unpause: %v\n%s", err, out)
+	}
+	if out, err := run("describe", id); err != nil || !strings.Contains(string(out), "active: fixed") {
+		t.Errorf("schedule describe after unpause -note fixed: %v\n%s", err, out)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		d, err := h.Describe(ctx)
