@@ -205,6 +205,11 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st.pack:
 		var res workflows.PackResult
 		c.GetWorkflow(ctx, id, "").Get(ctx, &res)
+		if !res.Started.IsZero() {
+			// The last run's start is the last continue-as-new's, every
+			// 400 archives; the pack's own start is carried in its result.
+			line = fmt.Sprintf("%s: %s after %s", id, st.status, st.close.Sub(res.Started).Round(time.Second))
+		}
 		return line + fmt.Sprintf(": packed %d images into %d archives, %d skipped", res.Packed, res.Archives-res.Empty, res.Skipped)
 	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
 		return line + fmt.Sprintf(" (results: starter result %s)", id)
