@@ -449,7 +449,9 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 		}
 		return uri, nil
 	case strings.HasPrefix(uri, "/"):
-		return strings.TrimLeft(uri, "/"), nil
+		// One slash marks a key of the bucket, which may itself begin
+		// with "/" (an S3 key can): ManifestURI writes it so.
+		return uri[1:], nil
 	}
 	k := path.Join(dir, uri)
 	if k == ".." || strings.HasPrefix(k, "../") {
