@@ -87,7 +87,8 @@ func readHistory(t *testing.T, name string) *historypb.History {
 // that its pool has more than ShardsPerRun and is scanned in a chain,
 // which continues as new: that chain's last run is recorded. The third
 // is the second again, a recurring pass whose pool chain finds every
-// shard cached: its last run is recorded too. The pack writes the pool
+// shard cached: its last run is recorded too, and its train chain's (no
+// search), which finds them cached as well. The pack writes the pool
 // into six archives.
 func TestRecordHistories(t *testing.T) {
 	dir, prefix := os.Getenv("DCD_RECORD_HISTORIES"), os.Getenv("DCD_RECORD_PREFIX")
@@ -117,7 +118,7 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := runPack(t, c, "record-pack", workflows.PackInput{Dataset: cfg.Data.Pool, Out: "record/packed/", PerArchive: 1000}); err != nil {
 		t.Fatal(err)
 	}
-	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-pack": "pack"} {
+	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-cached/train/0": "cached-train", "record-pack": "pack"} {
 		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var h historypb.History
 		for it.HasNext() {
