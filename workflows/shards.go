@@ -82,6 +82,13 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	scan := &scanState{cached: in.LastCached}
 	if in.K > 0 {
 		scan.lookUp = workflow.GetVersion(ctx, localSearchChange, workflow.DefaultVersion, 1) == 1
+	} else {
+		// A set that is not searched (train, test, E_heldout) is looked
+		// up in batches too: sent shard by shard to the embedding queue,
+		// a recurring pass's cached shards each cost a round trip there
+		// and waited for an embedding worker, which a pass on cached
+		// features should not need.
+		scan.lookUp = workflow.GetVersion(ctx, cachedSetsChange, workflow.DefaultVersion, 1) == 1
 	}
 	// A chain's first shards are looked up in the cache too: a recurring
 	// pass finds them there, sparing embedding activities' round trips,
@@ -317,12 +324,14 @@ const cachedWidth = 8
 // queryGapChange the shards run alone between them, wideChange the
 // cached shards run cachedWidth times the window (runShards), and
 // batchChange the cached shards looked up in batches instead
-// (runBatched), so runs started before them replay as they ran.
+// (runBatched), and cachedSetsChange those of sets without a search
+// looked up so too, so runs started before them replay as they ran.
 const (
 	localSearchChange = "local-cached-search"
 	queryGapChange    = "query-gap"
 	wideChange        = "wide-cached-window"
 	batchChange       = "cached-batches"
+	cachedSetsChange  = "cached-sets"
 )
 
 // queryGap is how long (in workflow time, which each local activity's

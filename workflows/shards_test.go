@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/testsuite"
 
 	"dcd/activities"
@@ -96,5 +97,68 @@ func TestCachedShardsSearchedInBatches(t *testing.T) {
 	}
 	if want := (n + cachedBatch - 1) / cachedBatch; batches != want {
 		t.Errorf("%d batches for %d shards, want %d", batches, n, want)
+	}
+}
+
+// A recurring pass's chain of another set (train, test, E_heldout: no
+// search) looks its shards up in the cache in batches on the cpu queue
+// too, rather than sending every one to the embedding queue: a pass on
+// cached features needs no embedding worker.
+func TestCachedSetShardsLookedUpInBatches(t *testing.T) {
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	isNew := func(i int) bool { return i%10 == 7 }
+	var mu sync.Mutex
+	embedded, batches, calls := map[int]int{}, 0, 0
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if q := activity.GetInfo(ctx).TaskQueue; in.CachedOnly || q != GPUQueue {
+				return activities.EmbedShardResult{}, fmt.Errorf("shard %d sent to EmbedShard on %s, cached only %v", in.Shard, q, in.CachedOnly)
+			}
+			calls++
+			if isNew(in.Shard) {
+				embedded[in.Shard]++
+			}
+			return activities.EmbedShardResult{Images: 5, Cached: !isNew(in.Shard)}, nil
+		})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			batches++
+			if q := activity.GetInfo(ctx).TaskQueue; in.K != 0 || q != CPUQueue {
+				return activities.CachedShardsResult{}, fmt.Errorf("a batch with k %d on %s", in.K, q)
+			}
+			var out activities.CachedShardsResult
+			for i := in.First; i < in.End; i++ {
+				out.Shards = append(out.Shards, activities.EmbedShardResult{Images: 5, Cached: !isNew(i)})
+			}
+			return out, nil
+		})
+	const n = ShardsPerRun
+	env.ExecuteWorkflow(ShardsWorkflow, ShardsInput{Run: "r", Dataset: activities.Train, First: 0, End: n, Window: 4, Heartbeat: time.Minute, Timeout: time.Hour})
+	if !env.IsWorkflowCompleted() || env.GetWorkflowError() != nil {
+		t.Fatalf("completed %v, error %v", env.IsWorkflowCompleted(), env.GetWorkflowError())
+	}
+	var res ShardsResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Shards != n || res.Cached != n-n/10 || res.Images != 5*n {
+		t.Fatalf("result %+v", res)
+	}
+	for i := range n {
+		if want := map[bool]int{true: 1}[isNew(i)]; embedded[i] != want {
+			t.Errorf("shard %d embedded %d times, want %d", i, embedded[i], want)
+		}
+	}
+	// After a new shard, the next is embedded in order, the window's
+	// pace, until one is found cached again.
+	if calls > 2*(n/10) || batches < n/cachedBatch {
+		t.Errorf("%d of %d shards sent to EmbedShard, %d batches looked up: want the cached ones in batches", calls, n, batches)
 	}
 }
