@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"image"
@@ -31,8 +32,13 @@ import (
 
 // ReportInput is what the report shows.
 type ReportInput struct {
-	Run        string
-	Config     schemas.Config
+	Run    string
+	Config schemas.Config
+	// EvalKey is eval.json (WriteEval), which the report reads: with its
+	// per-class accuracies, a target of many classes' Eval outgrows what
+	// an activity's input may hold (2 MB). Empty: Eval is the results,
+	// as a pass started before EvalKey passes them.
+	EvalKey    string
 	Eval       Eval
 	PoolShards int
 	Similarity ModelRef
@@ -72,6 +78,15 @@ const thumbSide = 64
 // rejects and the config.
 func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, error) {
 	res := ReportResult{ReportKey: RunKey(in.Run, "report.html"), RejectsKey: RunKey(in.Run, "rejects.csv")}
+	if in.EvalKey != "" {
+		data, err := store.ReadAll(ctx, a.Bucket, in.EvalKey)
+		if err != nil {
+			return res, store.Classify(err, in.EvalKey)
+		}
+		if err := json.Unmarshal(data, &in.Eval); err != nil {
+			return res, invalid("%s: %v", in.EvalKey, err)
+		}
+	}
 	rejects, err := a.poolRejects(ctx, in)
 	if err != nil {
 		return res, err

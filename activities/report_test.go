@@ -41,7 +41,8 @@ func ptr(v float64) *float64 { return &v }
 
 // reportFixture writes what Report reads for a pass "r" over three
 // classes: 4 E_sample queries with 3 neighbours each, one pool shard with
-// a reject, and the dcd method's debug-train set and dropped images.
+// a reject, the dcd method's debug-train set and dropped images, and
+// eval.json.
 func reportFixture(t *testing.T) (*Activities, ReportInput) {
 	t.Helper()
 	ctx := context.Background()
@@ -123,7 +124,11 @@ func reportFixture(t *testing.T) (*Activities, ReportInput) {
 		}}
 	cfg := schemas.Config{Name: "unit", Classes: classes, Seed: 1}.WithDefaults()
 	cfg.Compare = []string{"none", "random", "dcd"}
-	return a, ReportInput{Run: run, Config: cfg, Eval: ev, PoolShards: 1, Similarity: ModelRef{Spec: spec}, SampleShards: 1, Reference: "dcd"}
+	evalKey, err := a.WriteEval(ctx, WriteEvalInput{Run: run, Eval: ev}) // the report reads it, as a pass's does
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, ReportInput{Run: run, Config: cfg, EvalKey: evalKey, PoolShards: 1, Similarity: ModelRef{Spec: spec}, SampleShards: 1, Reference: "dcd"}
 }
 
 // The report renders in headless Chromium without errors: every thumbnail

@@ -246,6 +246,16 @@ type Eval struct {
 	HeldoutPerClassImages []int `json:"heldout_per_class_images,omitempty"`
 }
 
+// Totals is e without its per-class accuracies and counts.
+func (e Eval) Totals() Eval {
+	e.TestPerClassImages, e.HeldoutPerClassImages = nil, nil
+	e.Methods = slices.Clone(e.Methods)
+	for i := range e.Methods {
+		e.Methods[i].TestPerClass, e.Methods[i].HeldoutPerClass = nil, nil
+	}
+	return e
+}
+
 // Method returns the row of a method, or false.
 func (e Eval) Method(name string) (Method, bool) {
 	i := slices.IndexFunc(e.Methods, func(m Method) bool { return m.Method == name })

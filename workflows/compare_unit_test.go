@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
@@ -106,11 +107,14 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	})
 	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EvaluateInput) (activities.EvaluateResult, error) {
 		c.add("evaluate " + in.Method + " " + in.HeadKey)
-		return activities.EvaluateResult{TestAccuracy: 0.9, HeldoutAccuracy: float64(len(in.Method)) / 10, Seconds: 1}, nil
+		return activities.EvaluateResult{TestAccuracy: 0.9, HeldoutAccuracy: float64(len(in.Method)) / 10, Seconds: 1,
+			TestPerClass: perClass(len(in.Classes)), HeldoutPerClass: perClass(len(in.Classes))}, nil
 	})
 	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
 	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ReportInput) (activities.ReportResult, error) {
 		s.Equal("dcd", in.Reference)
+		s.Equal("eval.json", in.EvalKey, "the report reads eval.json")
+		s.Empty(in.Eval.Methods, "the results do not cross Temporal again")
 		return activities.ReportResult{}, nil
 	})
 
@@ -141,6 +145,7 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	s.False(c.has("embed debug_train-dcd-g"), "a selection gathered whole is not embedded")
 	s.Less(c.index("guard dcd debug_train"), c.index("random"), "random waits for dcd's guard")
 	for _, m := range res.Eval.Methods {
+		s.Len(m.HeldoutPerClass, len(cfg.Classes), "a result of a few classes carries their accuracies")
 		if m.Method == "dcd" {
 			s.Equal(37, m.DebugTrainSize)
 			s.Equal(3, m.Leaks)
@@ -166,6 +171,12 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	cfg := validConfig()
 	cfg.Compare = []string{"none", "dcd"}
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"train", "{model}"}, Output: "probabilities"}
+	// A target of many classes: its per-class accuracies are in
+	// eval.json only, not in the pass's result.
+	cfg.Classes = nil
+	for c := range resultPerClassLimit + 1 {
+		cfg.Classes = append(cfg.Classes, fmt.Sprint("class", c))
+	}
 	trained := activities.ModelRef{Path: "runs/x/methods/dcd/model.onnx"}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
@@ -191,7 +202,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 		if in.Scores != nil {
 			c.add("evaluate " + in.Method + " scores " + in.Scores.Path)
 		}
-		return activities.EvaluateResult{}, nil
+		return activities.EvaluateResult{TestPerClass: perClass(len(in.Classes)), HeldoutPerClass: perClass(len(in.Classes))}, nil
 	})
 	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
 	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
@@ -210,4 +221,17 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	s.NoError(env.GetWorkflowResult(&res))
 	s.Equal(trained.Path, res.Eval.Methods[1].Model)
 	s.Equal("log", res.Eval.Methods[1].Log)
+	for _, m := range res.Eval.Methods {
+		s.Nil(m.HeldoutPerClass, "%d classes' accuracies in the result", len(cfg.Classes))
+	}
+}
+
+// perClass is accuracies of n classes.
+func perClass(n int) []*float64 {
+	out := make([]*float64, n)
+	for c := range out {
+		v := float64(c%7) / 7
+		out[c] = &v
+	}
+	return out
 }

@@ -43,7 +43,10 @@ type PassInput struct {
 // PassResult is what a finished pass returns; the same numbers are in
 // eval.json.
 type PassResult struct {
-	RunID      string
+	RunID string
+	// Eval is eval.json's results; of a target of more than
+	// resultPerClassLimit classes, without the per-class ones, which
+	// eval.json, at EvalKey, holds.
 	Eval       activities.Eval
 	EvalKey    string
 	ReportKey  string
@@ -215,17 +218,25 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	p.Phase = "report"
 	var rep activities.ReportResult
 	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
-		Run: run, Config: cfg, Eval: ev, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
+		Run: run, Config: cfg, EvalKey: evalKey, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
 		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(), NoPoolRejects: *s.scanRejects == 0,
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
 	}
 	p.Phase = "done"
+	if len(ev.Classes) > resultPerClassLimit {
+		ev = ev.Totals()
+	}
 	return PassResult{
 		RunID: run, Eval: ev, EvalKey: evalKey, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
 		DebugTrain: ref, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
 	}, nil
 }
+
+// resultPerClassLimit is the most classes whose per-class accuracies a
+// pass's result carries, about 40 KB a method; beyond it they are in
+// eval.json only: a result must stay under Temporal's 2 MB a payload.
+const resultPerClassLimit = 1000
 
 // planFailFastChange versions planAll's ending at the first failure.
 const planFailFastChange = "plan-fail-fast"
