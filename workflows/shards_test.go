@@ -76,17 +76,7 @@ func TestCachedShardsSearchedInBatches(t *testing.T) {
 			return activities.TopKShardResult{}, nil
 		})
 	const n = ShardsPerRun
-	env.ExecuteWorkflow(ShardsWorkflow, ShardsInput{Run: "r", Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 3, Heartbeat: time.Minute, Timeout: time.Hour})
-	if !env.IsWorkflowCompleted() || env.GetWorkflowError() != nil {
-		t.Fatalf("completed %v, error %v", env.IsWorkflowCompleted(), env.GetWorkflowError())
-	}
-	var res ShardsResult
-	if err := env.GetWorkflowResult(&res); err != nil {
-		t.Fatal(err)
-	}
-	if res.Shards != n || res.Cached != n-n/10 || res.Images != 5*n {
-		t.Fatalf("result %+v", res)
-	}
+	runRecurringChain(t, env, ShardsInput{Run: "r", Dataset: activities.Pool, First: 0, End: n, Window: 4, K: 3, Heartbeat: time.Minute, Timeout: time.Hour})
 	for i := range n {
 		if searched[i] != 1 {
 			t.Errorf("shard %d searched %d times", i, searched[i])
@@ -140,17 +130,7 @@ func TestCachedSetShardsLookedUpInBatches(t *testing.T) {
 			return out, nil
 		})
 	const n = ShardsPerRun
-	env.ExecuteWorkflow(ShardsWorkflow, ShardsInput{Run: "r", Dataset: activities.Train, First: 0, End: n, Window: 4, Heartbeat: time.Minute, Timeout: time.Hour})
-	if !env.IsWorkflowCompleted() || env.GetWorkflowError() != nil {
-		t.Fatalf("completed %v, error %v", env.IsWorkflowCompleted(), env.GetWorkflowError())
-	}
-	var res ShardsResult
-	if err := env.GetWorkflowResult(&res); err != nil {
-		t.Fatal(err)
-	}
-	if res.Shards != n || res.Cached != n-n/10 || res.Images != 5*n {
-		t.Fatalf("result %+v", res)
-	}
+	runRecurringChain(t, env, ShardsInput{Run: "r", Dataset: activities.Train, First: 0, End: n, Window: 4, Heartbeat: time.Minute, Timeout: time.Hour})
 	for i := range n {
 		if want := map[bool]int{true: 1}[isNew(i)]; embedded[i] != want {
 			t.Errorf("shard %d embedded %d times, want %d", i, embedded[i], want)
@@ -160,5 +140,22 @@ func TestCachedSetShardsLookedUpInBatches(t *testing.T) {
 	// pace, until one is found cached again.
 	if calls > 2*(n/10) || batches < n/cachedBatch {
 		t.Errorf("%d of %d shards sent to EmbedShard, %d batches looked up: want the cached ones in batches", calls, n, batches)
+	}
+}
+
+// runRecurringChain runs a chain of in.End shards of 5 images, all but a
+// tenth of them cached, and checks its counts.
+func runRecurringChain(t *testing.T, env *testsuite.TestWorkflowEnvironment, in ShardsInput) {
+	t.Helper()
+	env.ExecuteWorkflow(ShardsWorkflow, in)
+	if !env.IsWorkflowCompleted() || env.GetWorkflowError() != nil {
+		t.Fatalf("completed %v, error %v", env.IsWorkflowCompleted(), env.GetWorkflowError())
+	}
+	var res ShardsResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if n := in.End; res.Shards != n || res.Cached != n-n/10 || res.Images != 5*n {
+		t.Fatalf("result %+v", res)
 	}
 }
