@@ -82,8 +82,9 @@ func (p *part) release() {
 // of the items. Part keys are the cache entry's, so a part may be another
 // attempt's that cut its parts elsewhere (its heartbeat lagged behind its
 // writes), or gone (another attempt committed the entry and removed its
-// parts). Then the shard starts over, and progress says so. Only a read that
-// may pass when tried again fails.
+// parts), or damaged (a cut file, bad JSON). Then the shard starts over,
+// and progress says so. Only a read that may pass when tried again fails:
+// any other error, tried again, would meet the same part.
 func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, shard, key string, items []dataset.Item, stored embedProgress) (*shardWriter, error) {
 	w := &shardWriter{a: a, ctx: ctx, spec: spec, shard: shard, key: key,
 		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored}
@@ -94,9 +95,12 @@ func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, sha
 			err = w.copyPart(p, lo, items[lo:hi])
 		}
 		if err == nil {
+			// Copying many parts from an object store may outlast the
+			// heartbeat timeout; what a retry resumes from is unchanged.
+			heartbeat(ctx, stored)
 			continue
 		}
-		if !errors.Is(err, errStalePart) && !store.Permanent(err) {
+		if ctx.Err() != nil || store.Transient(err) {
 			w.discard()
 			return nil, err
 		}

@@ -43,8 +43,8 @@ func (w *world) resumeWith(m activities.ModelRef, nextPart int, starts []int) (a
 	return res, err
 }
 
-// TestResumeChecksParts: a part left by another attempt, cut elsewhere, or
-// gone since, is not copied into the entry: the shard is embedded again
+// TestResumeChecksParts: a part left by another attempt, cut elsewhere,
+// gone since, or damaged, is not copied into the entry: the shard is embedded again
 // from its start, and the entry holds every image once. An entry is one
 // record, however many batches and parts it was embedded in, so that a
 // reader of a few rows finds its metadata in one place.
@@ -142,6 +142,17 @@ func TestResumeChecksParts(t *testing.T) {
 		{"part gone", func() {
 			writePart(0, rows[0:4], nil)
 		}, 2, []int{0, 4, 8}, 0},
+		// Damaged parts (a cut file, bad JSON) are not read again by
+		// every retry, failing each: the shard starts over.
+		{"part file cut", func() {
+			writePart(0, rows[0:4], nil)
+			data, _ := w.b.ReadAll(ctx, part(0))
+			w.put(part(0), data[:len(data)/2])
+		}, 1, []int{0, 4}, 0},
+		{"part rejects not JSON", func() {
+			writePart(0, rows[0:4], nil)
+			w.put(part(0)+".rejects.json", []byte("[{"))
+		}, 1, []int{0, 4}, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			uncache()
