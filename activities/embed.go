@@ -133,7 +133,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		reads = nil
 	}
 	if err == nil && !ok {
-		rejects, ok, err = a.narrowCached(ctx, in.Model.Spec, shard.Digest(), key)
+		rejects, ok, err = a.narrowCached(ctx, in.Model, shardKey, shard.Digest(), key)
 	}
 	if err != nil {
 		return res, err
@@ -243,7 +243,7 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 		if oe := outputError(err, shard); oe != nil {
 			return nil, oe
 		}
-		return nil, fmt.Errorf("activities: embed %s: %w", key, err)
+		return nil, fmt.Errorf("activities: embed shard %s: %w", shard, err)
 	}
 	return w, nil
 }
@@ -253,8 +253,9 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 // what embedding again and storing float16 would, for a read and a write
 // instead of the model, so a pool cached as float32 switches to float16
 // without being embedded again. It returns the entry's rejects and whether
-// it made one.
-func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shardDigest, key string) ([]embed.Reject, bool, error) {
+// it made one. m is the model, and shardKey the shard, that errors name.
+func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, shardDigest, key string) ([]embed.Reject, bool, error) {
+	spec := m.Spec
 	if spec.StoredAs != schemas.Float16 {
 		return nil, false, nil
 	}
@@ -283,8 +284,8 @@ func (a *Activities) narrowCached(ctx context.Context, spec features.Spec, shard
 		for _, m := range ms {
 			b.Vectors, b.Dims = append(b.Vectors, m.Data), append(b.Dims, m.Dim)
 		}
-		if err := (ModelRef{Path: src, Spec: spec}).checkStorable(b); err != nil {
-			return nil, false, outputError(err, shardDigest)
+		if err := m.checkStorable(b); err != nil {
+			return nil, false, outputError(err, shardKey)
 		}
 	}
 	if b.Images != nil {

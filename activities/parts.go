@@ -346,7 +346,7 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 	}
 	if w.rows+len(w.rejects) != total {
 		w.discard()
-		return res, fmt.Errorf("activities: %s: %d rows and %d rejects for a shard of %d images", w.key, w.rows, len(w.rejects), total)
+		return res, fmt.Errorf("activities: shard %s (%s): %d rows and %d rejects for a shard of %d images", w.shard, w.key, w.rows, len(w.rejects), total)
 	}
 	if w.rows == 0 && total > 0 && !slices.ContainsFunc(w.rejects, func(r embed.Reject) bool { return !r.Unread() }) {
 		// Not one image of the shard could be read: the workers' access

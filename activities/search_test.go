@@ -332,7 +332,9 @@ func TestEmbedShardNarrowsFloat32Cache(t *testing.T) {
 	bigNarrow.StoredAs = schemas.Float16
 	err = w.do(w.acts.EmbedShard, activities.EmbedShardInput{Run: run4, Dataset: activities.Pool, Shard: 0, Model: activities.ModelRef{Path: "no-such-model.onnx", Spec: bigNarrow}, CachedOnly: true}, &activities.EmbedShardResult{})
 	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), m.URIs[3]) || !strings.Contains(err.Error(), "float16") {
-		t.Errorf("narrowing a value of 70000: %v, want a final error naming %s and float16", err, m.URIs[3])
+	shard := activities.ShardKey(run4, activities.Pool, 0)
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), m.URIs[3]) || !strings.Contains(err.Error(), "float16") ||
+		!strings.Contains(err.Error(), "no-such-model.onnx") || !strings.Contains(err.Error(), shard) {
+		t.Errorf("narrowing a value of 70000: %v, want a final error naming %s, float16, the model and shard %s", err, m.URIs[3], shard)
 	}
 }
