@@ -84,6 +84,13 @@ func resume(ctx context.Context, partSize, images int) embedProgress {
 // every few seconds however fast the model is.
 const partTime = 5 * time.Second
 
+// HeartbeatThrottle is the most a worker's SDK may hold a heartbeat back
+// (worker.Options.MaxHeartbeatThrottleInterval): by default it sends one
+// per 0.8 heartbeat timeouts, 24 s at the default 30 s, so a worker killed
+// then lost the parts written since the last one sent; at partTime, a
+// part's progress reaches the server about when the next is written.
+const HeartbeatThrottle = partTime
+
 // rejectsKey holds a feature file's rejected images, cached beside it.
 func rejectsKey(featureKey string) string { return featureKey + ".rejects.json" }
 

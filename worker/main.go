@@ -160,7 +160,8 @@ func run(o *options) error {
 			MaxConcurrentActivityExecutionSize: o.queueConcurrency(q),
 			// On SIGTERM, let a running batch finish and its part commit
 			// rather than lose it; Temporal retries the rest elsewhere.
-			WorkerStopTimeout: stop,
+			WorkerStopTimeout:            stop,
+			MaxHeartbeatThrottleInterval: activities.HeartbeatThrottle,
 		})
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)
