@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -90,8 +91,16 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); !ok {
-		if err := e.buildWorker(ctx, bin); err != nil {
+	// The worker is built on every start, so that what the checkout now
+	// holds (a pull, an edit) runs: a worker still running from an older
+	// build is stopped, its activities let finish, and started anew.
+	rebuilt, err := e.buildWorker(ctx, bin)
+	if err != nil {
+		return err
+	}
+	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok && rebuilt {
+		fmt.Fprintf(e.stdout, "stopping  the worker built before the checkout changed (up to %s, to let its activities finish)\n", devserver.WorkerStopGrace)
+		if _, err := devserver.StopWorker(stateDir); err != nil {
 			return err
 		}
 	}
@@ -119,22 +128,40 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 // buildWorker builds dcd/worker into bin with the go tool, so that the
 // worker runs the checkout's current code. Outside a checkout, a binary
 // built earlier is used.
-func (e *cli) buildWorker(ctx context.Context, bin string) error {
-	fmt.Fprintf(e.stdout, "building  the worker (go build -o %s dcd/worker)\n", filepath.Join(stateDir, "bin", "worker"))
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "dcd/worker")
+func (e *cli) buildWorker(ctx context.Context, bin string) (rebuilt bool, err error) {
+	next := bin + ".next"
+	defer os.Remove(next)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", next, "dcd/worker")
 	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
-	err := cmd.Run()
-	if err == nil {
-		return nil
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("interrupted while building the worker: %w", ctx.Err())
+		}
+		if _, statErr := os.Stat(bin); statErr == nil {
+			fmt.Fprintf(e.stderr, "starter: go build dcd/worker: %v; using the worker built before\n", err)
+			return false, nil
+		}
+		return false, fmt.Errorf("build the worker: %w (run starter from the DCD checkout, or build it with `go build -o %s ./worker`)", err, filepath.Join(stateDir, "bin", "worker"))
 	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("interrupted while building the worker: %w", ctx.Err())
+	if same, _ := sameFile(next, bin); same {
+		return false, nil
 	}
-	if _, statErr := os.Stat(bin); statErr == nil {
-		fmt.Fprintf(e.stderr, "starter: go build dcd/worker: %v; using the worker built before\n", err)
-		return nil
+	fmt.Fprintf(e.stdout, "built     the worker (go build -o %s dcd/worker)\n", filepath.Join(stateDir, "bin", "worker"))
+	// A rename, not a write: the running worker's file stays as it was.
+	return true, os.Rename(next, bin)
+}
+
+// sameFile says whether the files at a and b hold the same bytes.
+func sameFile(a, b string) (bool, error) {
+	x, err := os.ReadFile(a)
+	if err != nil {
+		return false, err
 	}
-	return fmt.Errorf("build the worker: %w (run starter from the DCD checkout, or build it with `go build -o %s ./worker`)", err, filepath.Join(stateDir, "bin", "worker"))
+	y, err := os.ReadFile(b)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(x, y), nil
 }
 
 type demoArgs struct {

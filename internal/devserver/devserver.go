@@ -362,37 +362,52 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 // has: the worker's WorkerStopGrace, the server's 10 s) and removes the pid
 // files. It returns one line per process it stopped.
 func Stop(stateDir string) ([]string, error) {
-	stateDir, err := filepath.Abs(stateDir)
-	if err != nil {
-		return nil, fmt.Errorf("devserver: %w", err)
-	}
 	var done []string
 	var errs []error
 	for _, name := range []string{WorkerPID, TemporalPID} {
-		pidFile := filepath.Join(stateDir, name)
-		pid, ok := running(pidFile)
-		if !ok {
-			os.Remove(pidFile)
-			continue
+		line, err := stop(stateDir, name)
+		if line != "" {
+			done = append(done, line)
 		}
-		grace := 10 * time.Second
-		if name == WorkerPID {
-			grace = WorkerStopGrace
+		if err != nil {
+			errs = append(errs, err)
 		}
-		if err := terminate(pid, grace); err != nil {
-			errs = append(errs, fmt.Errorf("devserver: stop pid %d (%s): %w", pid, name, err))
-			continue
-		}
-		os.Remove(pidFile)
-		done = append(done, fmt.Sprintf("stopped %s (pid %d)", strings.TrimSuffix(name, ".pid"), pid))
 	}
 	return done, errors.Join(errs...)
 }
 
+// StopWorker is Stop for the worker alone.
+func StopWorker(stateDir string) (string, error) { return stop(stateDir, WorkerPID) }
+
+// stop ends the process of the pid file name in stateDir, if it runs, and
+// says so.
+func stop(stateDir, name string) (string, error) {
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return "", fmt.Errorf("devserver: %w", err)
+	}
+	pidFile := filepath.Join(stateDir, name)
+	pid, ok := running(pidFile)
+	if !ok {
+		os.Remove(pidFile)
+		return "", nil
+	}
+	grace := 10 * time.Second
+	if name == WorkerPID {
+		grace = WorkerStopGrace
+	}
+	if err := terminate(pid, grace); err != nil {
+		return "", fmt.Errorf("devserver: stop pid %d (%s): %w", pid, name, err)
+	}
+	os.Remove(pidFile)
+	return fmt.Sprintf("stopped %s (pid %d)", strings.TrimSuffix(name, ".pid"), pid), nil
+}
+
 // WorkerStopGrace is how long Stop lets a worker drain after SIGTERM: more
 // than the 30 s its embedding and search activities get to finish a batch
-// and commit it, which a SIGKILL at 10 s threw away.
-const WorkerStopGrace = 40 * time.Second
+// and commit it, which a SIGKILL at 10 s threw away, and the 15 s it then
+// waits for external trainers to stop and flush their logs.
+const WorkerStopGrace = 50 * time.Second
 
 func terminate(pid int, grace time.Duration) error {
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil {
