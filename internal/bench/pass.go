@@ -51,7 +51,7 @@ func startServer(ctx context.Context, o Options) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := devserver.EnsureTemporal(ctx, hostport, dir); err != nil {
+	if err := devserver.StartTemporal(ctx, hostport, dir); err != nil {
 		return nil, err
 	}
 	c, err := client.Dial(client.Options{HostPort: hostport, Logger: devserver.QuietLogger()})
@@ -648,6 +648,7 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = devserver.Attached() // no worker left polling if the bench dies
 	lib := o.ORTLib
 	if lib == "" {
 		lib = os.Getenv("DCD_ORT_LIB")

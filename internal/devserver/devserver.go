@@ -151,6 +151,18 @@ var sqlitePragmas = []string{
 // way it waits until the frontend is healthy. It reports whether it started
 // one.
 func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error) {
+	return ensureTemporal(ctx, hostport, stateDir, true)
+}
+
+// StartTemporal starts a dev server as EnsureTemporal does, but one of this
+// process: it is killed when this process ends, however it ends (a bench
+// interrupted, a test binary timed out), instead of running on.
+func StartTemporal(ctx context.Context, hostport, stateDir string) error {
+	_, err := ensureTemporal(ctx, hostport, stateDir, false)
+	return err
+}
+
+func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool) (bool, error) {
 	if Reachable(hostport) {
 		return false, waitHealthy(ctx, hostport, healthTimeout, nil)
 	}
@@ -197,7 +209,7 @@ func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error
 		args = append(args, sqlitePragmas...)
 	}
 	args = append(args, DynamicConfig...)
-	p, err := start(bin, args, stateDir, TemporalLog, TemporalPID)
+	p, err := start(bin, args, stateDir, TemporalLog, TemporalPID, detach)
 	if err != nil {
 		return false, err
 	}
@@ -295,7 +307,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 		}
 		return false, nil
 	}
-	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID)
+	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID, true)
 	if err != nil {
 		return false, err
 	}
@@ -324,9 +336,10 @@ func (p *proc) kill() {
 	<-p.exited
 }
 
-// start runs bin detached, in its own session, appending its output to
-// stateDir/logName and writing its pid to stateDir/pidName.
-func start(bin string, args []string, stateDir, logName, pidName string) (*proc, error) {
+// start runs bin, appending its output to stateDir/logName and writing its
+// pid to stateDir/pidName: detached, in its own session, or else killed
+// when this process ends.
+func start(bin string, args []string, stateDir, logName, pidName string, detach bool) (*proc, error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
@@ -342,6 +355,9 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), markerEnv+"="+pidPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !detach {
+		cmd.SysProcAttr = Attached()
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: start %s: %w", bin, err)
 	}
@@ -355,6 +371,14 @@ func start(bin string, args []string, stateDir, logName, pidName string) (*proc,
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
 	return p, nil
+}
+
+// Attached is the SysProcAttr of a child that must not outlive this
+// process: SIGKILL when it ends. (Linux sends it when the thread that
+// started the child ends; Go's threads live as long as the process unless
+// a goroutine locked to one exits, which none starting children does.)
+func Attached() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 // Stop ends the worker and the Temporal server named by the pid files in

@@ -2,6 +2,7 @@ package devserver
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -221,5 +222,48 @@ func TestEnsureTemporalRefusesASecondServer(t *testing.T) {
 	started, err := EnsureTemporal(context.Background(), hostport, dir)
 	if started || err == nil || !strings.Contains(err.Error(), "dev -stop") {
 		t.Errorf("EnsureTemporal = %v, %v; want a refusal naming starter dev -stop", started, err)
+	}
+}
+
+// A server started by StartTemporal ends with the process that started
+// it, killed (a bench interrupted, a test binary timed out), instead of
+// running on. The process here is this test binary run again.
+func TestStartTemporalEndsWithItsProcess(t *testing.T) {
+	if dir := os.Getenv("DCD_TEST_START_TEMPORAL"); dir != "" {
+		if err := StartTemporal(context.Background(), os.Getenv("DCD_TEST_HOSTPORT"), dir); err != nil {
+			t.Fatal(err)
+		}
+		os.Stdout.WriteString("started\n")
+		time.Sleep(time.Hour)
+	}
+	if _, err := TemporalBinary(); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	stopAll(t, dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStartTemporalEndsWithItsProcess$")
+	cmd.Env = append(os.Environ(), "DCD_TEST_START_TEMPORAL="+dir, "DCD_TEST_HOSTPORT=127.0.0.1:"+strconv.Itoa(freePort(t)))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 8)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "started\n" {
+		cmd.Process.Kill()
+		t.Fatalf("the helper did not start a server: %q, %v", line, err)
+	}
+	pid, ok := PID(dir, TemporalPID)
+	if !ok {
+		t.Fatal("no server pid")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for deadline := time.Now().Add(10 * time.Second); alive(pid); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server (pid %d) runs on after its process was killed", pid)
+		}
 	}
 }
