@@ -121,6 +121,10 @@ func TestComposeFileHangsTogether(t *testing.T) {
 	if m == nil || args["ORT_GPU_VERSION"] != string(m[1]) {
 		t.Errorf("Dockerfile ORT_GPU_VERSION %q, scripts/setup-gpu.sh version %q", args["ORT_GPU_VERSION"], m)
 	}
+	m = regexp.MustCompile(`(?m)^providers_package=(\S+)`).FindSubmatch(setupGPU)
+	if m == nil || args["ORT_GPU_PROVIDERS"] != string(m[1]) {
+		t.Errorf("Dockerfile ORT_GPU_PROVIDERS %q, scripts/setup-gpu.sh providers_package %q", args["ORT_GPU_PROVIDERS"], m)
+	}
 }
 
 func TestHelpers(t *testing.T) {
