@@ -296,11 +296,26 @@ func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri strin
 		return "", ctx.Err()
 	}
 	defer func() { <-decode }()
-	if err := spec.DecodeFill(dst, data); err != nil {
+	if err := safeDecodeFill(spec, dst, data); err != nil {
 		return err.Error(), nil
 	}
 	return "", nil
 }
+
+// safeDecodeFill is decodeFill with a panic (a decoder's bug that an image
+// reached) made that image's reject: on this goroutine, which Temporal does
+// not recover, it would end the worker, and the retry the next one.
+func safeDecodeFill(spec preprocess.Prepared, dst []float32, data []byte) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("decode: the decoder failed on this image (%v): a bug, please report it with the image", p)
+		}
+	}()
+	return decodeFill(spec, dst, data)
+}
+
+// decodeFill decodes an image into dst; a test replaces it.
+var decodeFill = preprocess.Prepared.DecodeFill
 
 // OutputError is returned by Embed when the model's output is unusable: not
 // float32 with the batch first, or not finite. Running again cannot fix it.

@@ -154,6 +154,34 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 	}
 }
 
+// A decoder that panics on an image (a bug an image reached) rejects that
+// image instead of ending the worker: it runs on a reader goroutine, which
+// nothing else recovers.
+func TestEmbedRejectsAnImageTheDecoderPanicsOn(t *testing.T) {
+	sess := flatten(t)
+	defer func(f func(preprocess.Prepared, []float32, []byte) error) { decodeFill = f }(decodeFill)
+	decodeFill = func(spec preprocess.Prepared, dst []float32, data []byte) error {
+		if bytes.Equal(data, pngOf(7)) {
+			var table []int
+			_ = table[len(data)] // out of range
+		}
+		return spec.DecodeFill(dst, data)
+	}
+	var images []Image
+	for i := range 10 {
+		images = append(images, Image{ID: int64(i), URI: fmt.Sprintf("img/%d", i)})
+	}
+	e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte}, BatchSize: 4}
+	n := 0
+	rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error { n += len(b.Images); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 9 || len(rejects) != 1 || rejects[0].URI != "img/7" || !strings.Contains(rejects[0].Reason, "index out of range") {
+		t.Errorf("%d embedded, rejects %+v: want img/7 rejected with the panic's message", n, rejects)
+	}
+}
+
 func TestEmbedStopsOnEmitErrorAndCancel(t *testing.T) {
 	sess := flatten(t)
 	var images []Image
