@@ -12,7 +12,6 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
-	"go.temporal.io/sdk/activity"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
@@ -446,6 +445,19 @@ type MergeTopKResult struct {
 type candidate struct {
 	knn.Neighbor
 	item dataset.Item
+	// borrowed says item's strings are views of an Arrow record's buffers
+	// (forEachNeighbor), which they keep from being freed while held.
+	borrowed bool
+}
+
+// own makes c's strings its own, so that holding c holds no buffer of the
+// record it was read from.
+func (c *candidate) own() {
+	if c.borrowed {
+		it := &c.item
+		it.Key, it.Label, it.Domain, it.Version = strings.Clone(it.Key), strings.Clone(it.Label), strings.Clone(it.Domain), strings.Clone(it.Version)
+		c.borrowed = false
+	}
 }
 
 // mergeAhead is how many partials MergeTopK reads ahead of the one it
@@ -488,6 +500,12 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 				}
 				scratch = knn.MergeSorted(scratch[:0], best[cur], part, in.K, candidateNeighbor)
 				best[cur] = append(best[cur][:0], scratch...)
+				// What this partial adds is kept past it: a pool's best
+				// come from thousands of partials, whose string buffers
+				// (a few MB each) would all stay in memory.
+				for j := range best[cur] {
+					best[cur][j].own()
+				}
 			}
 			part = part[:0]
 		}
@@ -507,7 +525,7 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		}
 		fold()
 		f.Close()
-		activity.RecordHeartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
+		heartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
 	res.Rows, err = a.writeNeighbors(ctx, res.Key, best)
 	return res, err
@@ -620,6 +638,6 @@ func forEachNeighbor(rec arrow.Record, fn func(q int32, c candidate)) {
 		if version != nil {
 			it.Version = version.Value(i)
 		}
-		fn(q.Value(i), candidate{Neighbor: knn.Neighbor{ID: id.Value(i), Distance: dist.Value(i)}, item: it})
+		fn(q.Value(i), candidate{Neighbor: knn.Neighbor{ID: id.Value(i), Distance: dist.Value(i)}, item: it, borrowed: true})
 	}
 }

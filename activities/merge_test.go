@@ -1,0 +1,65 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v15/arrow/array"
+
+	"dcd/internal/store"
+	"dcd/schemas"
+)
+
+// MergeTopK holds the best neighbours, not the partials they came from: a
+// pool's best come from thousands of partials, and a neighbour whose
+// strings were views of its partial's buffers kept each whole partial in
+// memory. Here every one of 256 partials gives the best some neighbour.
+func TestMergeTopKHoldsNoPartial(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 50 MB of partials")
+	}
+	a := fileActivities(t)
+	ctx := context.Background()
+	const run, partials, rows, k = "hold", 256, 200, 300
+	label := strings.Repeat("x", 1000) // 200 KB of strings a partial
+	for p := range partials {
+		rb := array.NewRecordBuilder(a.Mem, schemas.Neighbors)
+		for j := range rows {
+			rb.Field(0).(*array.Int32Builder).Append(0)
+			rb.Field(1).(*array.Int32Builder).Append(int32(j))
+			// The best 300: row 0 of every partial, and row 1 of 44.
+			rb.Field(2).(*array.Float32Builder).Append(float32(j*1000 + p))
+			rb.Field(3).(*array.Int64Builder).Append(int64(p*rows + j))
+			rb.Field(4).(*array.StringBuilder).Append(fmt.Sprintf("pool/%d-%d.png", p, j))
+			rb.Field(5).(*array.StringBuilder).Append(label)
+			rb.Field(6).(*array.StringBuilder).Append("")
+			rb.Field(7).(*array.StringBuilder).Append("")
+		}
+		rec := rb.NewRecord()
+		err := store.WriteArrow(ctx, a.Bucket, TopKKey(run, p), schemas.Neighbors, a.Mem, rec)
+		rec.Release()
+		rb.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(25))
+	runtime.GC()
+	stop := heapPeak()
+	res, err := a.MergeTopK(ctx, MergeTopKInput{Run: run, Shards: partials, Queries: 1, K: k})
+	peak := stop()
+	if err != nil || res.Rows != k {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	// The partials read ahead (mergeAhead of them) and the best's own
+	// strings; all 256 partials' strings are 51 MB.
+	const partialsBytes = partials * rows * 1000
+	t.Logf("heap peak %.1f MB merging %d partials of %.1f MB of strings", float64(peak)/(1<<20), partials, float64(partialsBytes)/partials/(1<<20))
+	if peak > partialsBytes/2 {
+		t.Errorf("heap peaked at %.1f MB: the best hold their partials' %.0f MB of strings", float64(peak)/(1<<20), float64(partialsBytes)/(1<<20))
+	}
+}
