@@ -76,6 +76,9 @@ func Graph() *onnx.Graph {
 const (
 	scoresBudget = 8 << 20
 	poolBudget   = 8 << 20
+	// minBlock is the fewest pool rows a graph run takes, below which
+	// the Gemm's own costs dominate.
+	minBlock = 256
 )
 
 // Searcher runs the k-NN graph. It is safe for concurrent use: products
@@ -120,6 +123,10 @@ type buffers struct {
 	norms  [2][]float32
 }
 
+// groupQueries is the most queries that go through the pool together
+// (TopK); a variable for the tests.
+var groupQueries = scoresBudget / minBlock
+
 // NewSearcher builds the graph and its ORT session.
 func NewSearcher(opt ortrun.Options) (*Searcher, error) {
 	model, err := Graph().Marshal()
@@ -141,7 +148,7 @@ func (s *Searcher) Close() error { return s.sess.Close() }
 func (s *Searcher) BlockFor(m, n, d int) int {
 	b := s.Block
 	if b <= 0 {
-		b = max(min(scoresBudget/max(m, 1), poolBudget/max(d, 1)), 256)
+		b = max(min(scoresBudget/max(m, 1), poolBudget/max(d, 1)), minBlock)
 	}
 	return max(min(b, n), 1)
 }
@@ -166,8 +173,15 @@ func (s *Searcher) TopK(queries []float32, m int, pool []float32, ids []int64, d
 		sel[q] = newSelector(k, norm2(queries[q*d:(q+1)*d]), heaps[q*k:(q+1)*k])
 	}
 	if k > 0 && n > 0 && m > 0 {
-		if err := s.scan(queries, m, pool, ids, d, sel); err != nil {
-			return nil, err
+		// Queries past groupQueries go through the pool in groups, so that
+		// blocks of minBlock rows keep the scores near scoresBudget (a
+		// guard's search of a selection of 10^6 images against itself
+		// would take 2 GB a scan): each query's selection is its own.
+		for lo := 0; lo < m; lo += groupQueries {
+			hi := min(lo+groupQueries, m)
+			if err := s.scan(queries[lo*d:hi*d], hi-lo, pool, ids, d, sel[lo:hi]); err != nil {
+				return nil, err
+			}
 		}
 	}
 	best := make([][]Neighbor, m)

@@ -74,21 +74,26 @@ func TestTopKMatchesBruteForce(t *testing.T) {
 	for i := range ids {
 		ids[i] = int64(1000 + 3*i)
 	}
-	got, err := s.TopK(q, m, p, ids, d, k)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := bruteForce(q, m, p, ids, d, k)
-	for i := range want {
-		var gotIDs []int64
-		for _, nb := range got[i] {
-			gotIDs = append(gotIDs, nb.ID)
-			if nb.ID != ids[nb.Index] {
-				t.Fatalf("query %d: Index %d does not hold id %d", i, nb.Index, nb.ID)
-			}
+	// All queries at once, and in groups of 5, 5 and 3 (groupQueries).
+	defer func(g int) { groupQueries = g }(groupQueries)
+	for _, group := range []int{groupQueries, 5} {
+		groupQueries = group
+		got, err := s.TopK(q, m, p, ids, d, k)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !slices.Equal(gotIDs, want[i]) {
-			t.Errorf("query %d: got %v, want %v", i, gotIDs, want[i])
+		for i := range want {
+			var gotIDs []int64
+			for _, nb := range got[i] {
+				gotIDs = append(gotIDs, nb.ID)
+				if nb.ID != ids[nb.Index] {
+					t.Fatalf("groups of %d: query %d: Index %d does not hold id %d", group, i, nb.Index, nb.ID)
+				}
+			}
+			if !slices.Equal(gotIDs, want[i]) {
+				t.Errorf("groups of %d: query %d: got %v, want %v", group, i, gotIDs, want[i])
+			}
 		}
 	}
 }
