@@ -28,6 +28,7 @@ package dataset
 
 import (
 	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -402,7 +403,9 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 			return done{fmt.Errorf("dataset: manifest %q %s: %w", ref, r.where, err)}
 		}
 		at.Next = id + 1
-		if err := fn(Item{ID: id, Key: k, Label: r.label, Domain: r.domain, Version: r.version}); err != nil {
+		// Spaces around a label or a domain are no part of it, as a
+		// pack's .cls files and a WebDataset's have it.
+		if err := fn(Item{ID: id, Key: k, Label: strings.TrimSpace(r.label), Domain: strings.TrimSpace(r.domain), Version: r.version}); err != nil {
 			return done{err}
 		}
 		id++
@@ -453,11 +456,20 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 		// with "/" (an S3 key can): ManifestURI writes it so.
 		return uri[1:], nil
 	}
+	m, member := webdataset.ParseKey(uri)
+	if member {
+		uri = m.Archive // its name is no part of a path, nor of a URL
+	}
 	k := path.Join(dir, uri)
 	if k == ".." || strings.HasPrefix(k, "../") {
 		return "", fmt.Errorf("uri %q leaves the bucket", uri)
 	}
-	return itemKey(bucketURL, k)
+	k, err := itemKey(bucketURL, k)
+	if member {
+		m.Archive = k
+		k = m.Key()
+	}
+	return k, err
 }
 
 // manifestColumns are the positions of a manifest's columns; -1 for an
@@ -469,7 +481,13 @@ type manifestColumns struct{ uri, label, domain, version int }
 func columns(names []string) (manifestColumns, error) {
 	col := map[string]int{}
 	for i, h := range names {
-		col[strings.TrimSpace(strings.ToLower(h))] = i
+		name := strings.TrimSpace(strings.ToLower(h))
+		if j, ok := col[name]; ok && name != "" {
+			// Which one is meant (a label column and its correction)
+			// is not for DCD to guess.
+			return manifestColumns{}, fmt.Errorf("columns %d and %d are both %q", j+1, i+1, name)
+		}
+		col[name] = i
 	}
 	at := func(name string) int {
 		if i, ok := col[name]; ok {
@@ -479,7 +497,12 @@ func columns(names []string) (manifestColumns, error) {
 	}
 	c := manifestColumns{uri: at("uri"), label: at("label"), domain: at("domain"), version: at("version")}
 	if c.uri < 0 || c.label < 0 {
-		return c, fmt.Errorf("columns %q must include uri and label", names)
+		shown := names[:min(len(names), 20)]
+		more := ""
+		if len(names) > len(shown) {
+			more = fmt.Sprintf(" and %d more", len(names)-len(shown))
+		}
+		return c, fmt.Errorf("columns %q%s must include uri and label", shown, more)
 	}
 	return c, nil
 }
@@ -500,20 +523,26 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	if at.Offset > 0 && at.Offset >= r.Size() {
 		return nil // every row walked: S3, GCS and Azure refuse a range from the end
 	}
-	cr := csv.NewReader(r)
-	cr.ReuseRecord = true
+	// Where cr began in the file: offsets and lines are cr's plus these.
+	var offset int64
+	var lines int
+	// Excel's "CSV UTF-8" (and Python's utf-8-sig) begins with a
+	// byte-order mark, which the header's first field, quoted, must not
+	// begin with.
+	br := bufio.NewReader(r)
+	if bom, _ := br.Peek(3); string(bom) == "\ufeff" {
+		br.Discard(3)
+		offset = 3
+	}
+	cr := boundedCSV(br)
 	header, err := cr.Read()
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
-	header[0] = strings.TrimPrefix(header[0], "\ufeff") // Excel's "CSV UTF-8" begins with a byte-order mark
 	c, err := columns(header)
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
-	// Where cr began in the file: offsets and lines are cr's plus these.
-	var offset int64
-	var lines int
 	if at.Offset > 0 {
 		var rest *blob.Reader
 		if rest, err = b.NewRangeReader(ctx, key, at.Offset, -1, nil); err != nil {
@@ -522,8 +551,8 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		r.Close()
 		r = rest
 		fields := len(header)
-		cr = csv.NewReader(r)
-		cr.ReuseRecord, cr.FieldsPerRecord = true, fields
+		cr = boundedCSV(r)
+		cr.FieldsPerRecord = fields
 		offset, lines = at.Offset, at.Line
 		defer func() {
 			if pe, ok := errors.AsType[*csv.ParseError](err); ok {
@@ -535,6 +564,9 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			return nil
+		}
+		if errors.Is(err, errLongRecord) {
+			return fmt.Errorf("the row after line %d: %w", lines+at.Line, err)
 		}
 		if err != nil {
 			return err
@@ -555,6 +587,50 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 			return err
 		}
 	}
+}
+
+// boundedCSV is a CSV reader of r, reusing its records, that fails
+// (errLongRecord) on a record of more than recordLimit bytes: a quote left
+// open, or a file whose lines end in CR alone, would otherwise make the
+// rest of the file one record, read into memory whole.
+func boundedCSV(r io.Reader) *csvReader {
+	b := &boundedRecords{r: r}
+	cr := csv.NewReader(b)
+	cr.ReuseRecord = true
+	return &csvReader{cr, b}
+}
+
+// recordLimit is the longest CSV record a manifest may hold.
+const recordLimit = 1 << 20
+
+var errLongRecord = fmt.Errorf("a row longer than %d bytes: a quote left open, or lines that end in CR alone?", recordLimit)
+
+type csvReader struct {
+	*csv.Reader
+	b *boundedRecords
+}
+
+func (c *csvReader) Read() ([]string, error) {
+	rec, err := c.Reader.Read()
+	c.b.start = c.InputOffset()
+	return rec, err
+}
+
+// boundedRecords reads r for a csv.Reader, refusing to read on once the
+// record under way (from start, where the last one ended) passes
+// recordLimit.
+type boundedRecords struct {
+	r           io.Reader
+	read, start int64
+}
+
+func (b *boundedRecords) Read(p []byte) (int, error) {
+	if b.read-b.start > recordLimit {
+		return 0, errLongRecord
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	return n, err
 }
 
 // Boundary reports whether a shard of mean size `size` ends after key.

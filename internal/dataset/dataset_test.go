@@ -209,6 +209,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"escapes.csv":   "uri,label\n../../x.png,cat\n",
 		"bad-url.csv":   "uri,label\nfile://host/x.png,cat\n",
 		"header.csv":    "uri,label\n",
+		"twice.csv":     "uri,Label,label \nx.png,cat,dog\n",
+		// A quote left open: the rest of the file would be one field.
+		"open.csv": "uri,label\n\"x.png,cat\n" + strings.Repeat("y.png,dog\n", 200_000),
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -217,6 +220,8 @@ func TestWalkManifestErrors(t *testing.T) {
 		"bad-url.csv":   "file URL has three slashes",
 		"header.csv":    "lists no images",
 		"missing.csv":   "not found",
+		"twice.csv":     `columns 2 and 3 are both "label"`,
+		"open.csv":      "a quote left open",
 	} {
 		_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), key) {
@@ -419,16 +424,19 @@ func TestWalkParquetManifest(t *testing.T) {
 	}
 }
 
-// A manifest at a URL resolves relative uris in its own bucket.
+// A manifest at a URL resolves relative uris in its own bucket, a
+// WebDataset member's archive too; a byte-order mark before a quoted
+// header, and spaces around labels and domains, are no part of them.
 func TestWalkURLManifest(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "m"), 0o755)
-	os.WriteFile(filepath.Join(dir, "m", "list.csv"), []byte("uri,label\nimgs/1.png,cat\n/in-worker-bucket.png,dog\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "m", "list.csv"), []byte("\ufeff\"uri\",\"label\",\"domain\"\nimgs/1.png, cat ,fog \n/in-worker-bucket.png,dog,\n"+
+		"shards/0001.tar#x 50%.png@1536+812,cat,\n"), 0o644)
 	items, err := walkAll(t, Source{Bucket: memBucket(t, nil)}, schemas.Dataset{Manifest: "file://" + dir + "/m/list.csv"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"file://" + dir + "/m/imgs/1.png=cat/", "in-worker-bucket.png=dog/"}
+	want := []string{"file://" + dir + "/m/imgs/1.png=cat/fog", "in-worker-bucket.png=dog/", "file://" + dir + "/m/shards/0001.tar#x 50%.png@1536+812=cat/"}
 	if got := keysAndLabels(items); !slices.Equal(got, want) {
 		t.Fatalf("%q, want %q", got, want)
 	}
