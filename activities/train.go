@@ -286,7 +286,10 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		}
 		h = &head.Head{}
 		if err := json.Unmarshal(data, h); err != nil {
-			return res, fmt.Errorf("activities: %s: %w", in.HeadKey, err)
+			return res, invalid("%s: %v", in.HeadKey, err)
+		}
+		if err := h.Check(); err != nil {
+			return res, invalid("%s: %v", in.HeadKey, err)
 		}
 	}
 	m, column, classify := in.scorer(h)

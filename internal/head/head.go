@@ -78,6 +78,26 @@ type Head struct {
 	B       []float32 `json:"b"`
 }
 
+// Check says whether h is whole: every slice as long as Classes and Dim
+// make it, every Std above 0. A head read from storage (head.json) is
+// checked before use, where a damaged one would index out of range.
+func (h *Head) Check() error {
+	switch {
+	case h.Classes < 1 || h.Dim < 1:
+		return fmt.Errorf("head: %d classes of %d features", h.Classes, h.Dim)
+	case len(h.Mean) != h.Dim || len(h.Std) != h.Dim:
+		return fmt.Errorf("head: %d means and %d stds for %d features", len(h.Mean), len(h.Std), h.Dim)
+	case len(h.W) != h.Classes*h.Dim || len(h.B) != h.Classes:
+		return fmt.Errorf("head: %d weights and %d biases for %d classes of %d features", len(h.W), len(h.B), h.Classes, h.Dim)
+	}
+	for j, sd := range h.Std {
+		if !(sd > 0) {
+			return fmt.Errorf("head: feature %d has std %v, want > 0", j, sd)
+		}
+	}
+	return nil
+}
+
 // Logits writes the Classes logits for x into dst, reusing its storage when
 // it is large enough, and returns it. It panics when len(x) != h.Dim, as
 // indexing would, because a silent truncation would give wrong predictions.

@@ -254,3 +254,29 @@ func BenchmarkTrain(b *testing.B) {
 	b.ReportMetric(float64(rows.passes)/float64(b.N), "passes/op")
 	b.ReportMetric(mustAcc(b, h, s), "train-acc")
 }
+
+// A head read from storage is checked whole before use: a damaged one is
+// an error, not an index out of range in Logits.
+func TestHeadCheck(t *testing.T) {
+	good := func() *Head {
+		return &Head{Classes: 2, Dim: 3, Mean: make([]float32, 3), Std: []float32{1, 1, 1}, W: make([]float32, 6), B: make([]float32, 2)}
+	}
+	if err := good().Check(); err != nil {
+		t.Fatalf("a whole head: %v", err)
+	}
+	for name, damage := range map[string]func(h *Head){
+		"no classes":    func(h *Head) { h.Classes = 0 },
+		"short mean":    func(h *Head) { h.Mean = h.Mean[:1] },
+		"short std":     func(h *Head) { h.Std = nil },
+		"short weights": func(h *Head) { h.W = h.W[:5] },
+		"long biases":   func(h *Head) { h.B = append(h.B, 0) },
+		"zero std":      func(h *Head) { h.Std[1] = 0 },
+		"NaN std":       func(h *Head) { h.Std[2] = float32(math.NaN()) },
+	} {
+		h := good()
+		damage(h)
+		if err := h.Check(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
