@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strings"
 )
 
@@ -119,6 +120,7 @@ type walker struct {
 	archive string
 	fn      func(Sample) error
 	seen    map[string]string // sample key -> where it began, for errors
+	images  map[string]Member // image members by name, for hard links to them
 	cur     *pending
 	last    string // the key of the last sample begun
 }
@@ -146,7 +148,10 @@ func (w *walker) after() string {
 func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64) (string, error) {
 	name := hdr.Name
 	sparse := isSparse(hdr)
-	if hdr.Typeflag != tar.TypeReg && !sparse {
+	// A hard link (GNU tar's for a file it met before, as a pool deduped
+	// with links) names a member whose bytes are its target's.
+	link := hdr.Typeflag == tar.TypeLink
+	if hdr.Typeflag != tar.TypeReg && !sparse && !link {
 		return "", nil
 	}
 	base := name[strings.LastIndexByte(name, '/')+1:]
@@ -190,7 +195,22 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 			return key, fmt.Errorf("%s: sample %q has two images, %q and %q; expected one",
 				w.archive, key, s.image.Name, name)
 		}
-		s.image = &Member{Archive: w.archive, Name: name, Offset: offset, Size: hdr.Size}
+		m := Member{Archive: w.archive, Name: name, Offset: offset, Size: hdr.Size}
+		if link {
+			target, ok := w.images[path.Clean(hdr.Linkname)]
+			if !ok {
+				return key, fmt.Errorf("%s: sample %q: image %q is a hard link to %q, which is no image before it in the archive",
+					w.archive, key, name, hdr.Linkname)
+			}
+			m.Offset, m.Size = target.Offset, target.Size
+		}
+		if w.images == nil {
+			w.images = map[string]Member{}
+		}
+		w.images[path.Clean(name)] = m
+		s.image = &m
+	case link && (ext == "cls" || ext == "domain"):
+		return key, fmt.Errorf("%s: sample %q: %q is a hard link; expected a regular file", w.archive, key, name)
 	case ext == "cls" && !sparse:
 		if s.hasLabel {
 			return key, fmt.Errorf("%s: sample %q has two .cls labels; expected one", w.archive, key)

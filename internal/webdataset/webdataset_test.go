@@ -148,6 +148,10 @@ func TestWalkFormats(t *testing.T) {
 		file("000008.bmp", blob(8, 1000)),
 		file("000008.txt", "caption"),
 		file("000008.CLS", "8"),
+		// A hard link (GNU tar's for a file met before): the bytes are
+		// the target's. data is what the link reads, not what it holds.
+		{name: "n01/000009.jpg", typ: tar.TypeLink, link: "n01/000001.jpg", data: blob(1, 700)},
+		file("n01/000009.cls", "tench"),
 	}
 	basicWant := []want{
 		{"n01/000001", "n01/000001.jpg", "tench", ""},
@@ -157,6 +161,7 @@ func TestWalkFormats(t *testing.T) {
 		{"000006", "000006.gif", "6", ""},
 		{"./000007", "./000007.jpeg", "seven", ""},
 		{"000008", "000008.bmp", "8", ""},
+		{"n01/000009", "n01/000009.jpg", "tench", ""},
 	}
 	long := []ent{
 		file(longName, blob(10, 2000)),
@@ -348,6 +353,8 @@ func TestWalkErrors(t *testing.T) {
 			"a", []string{"empty .cls label"}, nil},
 		{"two images", mkTar(t, 0, file("a.jpg", img), file("a.png", img), file("a.cls", "1")),
 			"a", []string{"two images", `"a.jpg"`, `"a.png"`}, nil},
+		{"hard link to no image", mkTar(t, 0, file("a.txt", "x"), ent{name: "b.jpg", typ: tar.TypeLink, link: "a.txt"}, file("b.cls", "1")),
+			"b", []string{`"b.jpg" is a hard link to "a.txt"`}, nil},
 		{"two labels", mkTar(t, 0, file("a.jpg", img), file("a.cls", "1"), file("a.CLS", "2")),
 			"a", []string{"two .cls"}, nil},
 		{"two domains", mkTar(t, 0, file("a.jpg", img), file("a.cls", "1"), file("a.domain", "x"), file("a.domain", "y")),
