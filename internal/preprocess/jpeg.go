@@ -461,8 +461,14 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 			d.baseline = marker == jpegSOF0
 			d.progressive = marker == jpegSOF2
 			// decodeStd's bound, before the planes are allocated: a
-			// 150-byte file can claim 64 megapixels.
-			ok = d.frame(seg) && int64(len(data)) >= minBytes("jpeg", image.Config{Width: d.width, Height: d.height})
+			// 150-byte file can claim 64 megapixels. A large image's
+			// scans are measured (a pass over the file, which a small
+			// one, cheap to allocate for, is spared).
+			ok = d.frame(seg)
+			if ok && d.blocks() > 1<<16 {
+				_, coded := jpegBudget(data)
+				ok = !jpegTooSmall(d.blocks(), coded)
+			}
 		case marker == jpegDHT:
 			ok = d.dht(seg)
 		case marker == jpegDQT:
@@ -557,6 +563,112 @@ func (d *jpegDecoder) frame(seg []byte) bool {
 		}
 	}
 	return true
+}
+
+// blocks counts the 8×8 blocks of the frame's components.
+func (d *jpegDecoder) blocks() int64 {
+	var f [3][2]int
+	for i, c := range d.comp[:d.nComp] {
+		f[i] = [2]int{c.h, c.v}
+	}
+	return countBlocks(d.width, d.height, f[:d.nComp])
+}
+
+// frameBlocks counts the 8×8 blocks of the components of a SOFn segment
+// (B.2.2), 0 for one that does not parse.
+func frameBlocks(seg []byte) int64 {
+	if len(seg) < 6 {
+		return 0
+	}
+	h, w, n := int(binary.BigEndian.Uint16(seg[1:])), int(binary.BigEndian.Uint16(seg[3:])), int(seg[5])
+	if len(seg) < 6+3*n {
+		return 0
+	}
+	f := make([][2]int, n)
+	for i := range f {
+		hv := seg[7+3*i]
+		f[i] = [2]int{max(int(hv>>4), 1), max(int(hv&0x0f), 1)}
+	}
+	return countBlocks(w, h, f)
+}
+
+// countBlocks counts the blocks of components of sampling factors f in a
+// width×height frame, each of its own size (A.1.1), without an MCU's
+// padding.
+func countBlocks(width, height int, f [][2]int) int64 {
+	hmax, vmax := 1, 1
+	for _, c := range f {
+		hmax, vmax = max(hmax, c[0]), max(vmax, c[1])
+	}
+	var n int64
+	for _, c := range f {
+		w, h := (width*c[0]+hmax-1)/hmax, (height*c[1]+vmax-1)/vmax
+		n += int64((w+7)/8) * int64((h+7)/8)
+	}
+	return n
+}
+
+// jpegTooSmall says whether coded bytes of scans are too few for blocks:
+// every block's DC is coded, in one bit at the least, in some scan.
+func jpegTooSmall(blocks, coded int64) bool { return coded*8 < blocks }
+
+// jpegBudget walks data's segments and returns the blocks of its frame
+// (SOF0, 1 or 2; 0 for another or none) and the bytes of its scans' coded
+// data, without their restart markers: what comments and metadata, which
+// may pad a file to any size, leave out.
+func jpegBudget(data []byte) (blocks, coded int64) {
+	pos := 2
+	for pos+4 <= len(data) && data[pos] == 0xff {
+		marker := data[pos+1]
+		switch {
+		case marker == 0xff: // a fill byte before a marker
+			pos++
+			continue
+		case marker == jpegEOI:
+			return blocks, coded
+		case marker >= jpegRST0 && marker <= jpegRST0+7 || marker == jpegSOI || marker == 0x01:
+			pos += 2 // no length
+			continue
+		}
+		n := int(binary.BigEndian.Uint16(data[pos+2:]))
+		if n < 2 || pos+2+n > len(data) {
+			return blocks, coded
+		}
+		seg := data[pos+4 : pos+2+n]
+		pos += 2 + n
+		// The Huffman-coded frames image/jpeg decodes (CMYK too); an
+		// arithmetic-coded one may code a block in under a bit, and is
+		// refused before anything is allocated for it.
+		if (marker == jpegSOF0 || marker == jpegSOF1 || marker == jpegSOF2) && blocks == 0 {
+			blocks = frameBlocks(seg)
+		}
+		if marker != jpegSOS {
+			continue
+		}
+		// The coded data runs to the next marker but a restart; 0xff00
+		// is a stuffed 0xff.
+		for pos < len(data) {
+			i := bytes.IndexByte(data[pos:], 0xff)
+			if i < 0 || pos+i+1 >= len(data) {
+				coded += int64(len(data) - pos)
+				return blocks, coded
+			}
+			coded += int64(i)
+			pos += i
+			next := data[pos+1]
+			if next == 0 {
+				coded += 2
+				pos += 2
+				continue
+			}
+			if next >= jpegRST0 && next <= jpegRST0+7 {
+				pos += 2
+				continue
+			}
+			break
+		}
+	}
+	return blocks, coded
 }
 
 // dht reads a DHT segment (B.2.4.2).

@@ -280,6 +280,20 @@ func TestDecodeJPEGHugeClaim(t *testing.T) {
 	}
 }
 
+// A large photo's scans are measured before its planes are allocated
+// (the fast path passes over the file for any of more than 2^16 blocks):
+// a real one decodes, and its coded bytes are most of the file.
+func TestDecodeJPEGLargeMeasured(t *testing.T) {
+	data := encodeJPEG(t, noisyPhoto(rand.New(rand.NewPCG(35, 36)), 2100, 1600, false), 75)
+	if !checkJPEGAgrees(t, data) {
+		t.Fatal("the fast path declined a 2100×1600 photo")
+	}
+	blocks, coded := jpegBudget(data)
+	if want := int64(263*200 + 2*132*100); blocks != want || coded < int64(len(data))*9/10 || coded > int64(len(data)) {
+		t.Errorf("%d blocks and %d coded bytes in a file of %d, want %d blocks and most of the file", blocks, coded, len(data), want)
+	}
+}
+
 // TestDecodeJPEGManyScans repeats a progressive file's first scan (its
 // DCs, which a repeat sets again): up to maxJPEGScans scans decode as
 // image/jpeg decodes them, more are refused by both paths with an error

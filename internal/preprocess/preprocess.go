@@ -178,8 +178,10 @@ func (p Prepared) DecodeFill(dst []float32, data []byte) error {
 // minBytes is a lower bound on the size of a file encoding cfg's pixels,
 // where the format's compression has a bound: deflate expands at most
 // 1032:1, so a PNG holds at least its rows (a filter byte and the fewest
-// bits a pixel of its colour model can take) over 1032; a JPEG codes at
-// least one bit for each 8×8 block's DC coefficient. Other formats get 0.
+// bits a pixel of its colour model can take) over 1032; a BMP holds its
+// rows whole, each padded to 4 bytes; GIF's LZW expands at most 2731:1
+// (a 12-bit code for a string of up to 4096 pixels). JPEG's bound is on
+// its scans' bytes, not the file's (jpegTooSmall). Other formats get 0.
 func minBytes(format string, cfg image.Config) int64 {
 	w, h := int64(cfg.Width), int64(cfg.Height)
 	switch format {
@@ -196,11 +198,25 @@ func minBytes(format string, cfg image.Config) int64 {
 			bits = 48
 		}
 		return h * (1 + (w*bits+7)/8) / 1032
-	case "jpeg":
-		return (w / 8) * (h / 8) / 8
+	case "bmp":
+		bits := int64(24) // RGB or RGBA
+		if p, ok := cfg.ColorModel.(color.Palette); ok {
+			bits = 1 // at least enough to index the palette
+			for 1<<bits < len(p) {
+				bits *= 2
+			}
+		}
+		return h * ((w*bits + 31) / 32 * 4)
+	case "gif":
+		return w * h / 2731
 	}
 	return 0
 }
+
+// maxWebPPixels bounds a WebP image's area below maxDecodePixels: its
+// lossless coding has no bound on its compression (a Huffman code of one
+// symbol takes 0 bits a pixel), so a few dozen bytes can claim it whole.
+const maxWebPPixels = 1 << 24
 
 // decodeStd decodes with the standard library's registered decoders: every
 // format, and every PNG the fast path declines.
@@ -219,12 +235,21 @@ func decodeStd(data []byte) (image.Image, error) {
 		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, more than %d pixels", format, cfg.Width, cfg.Height, maxDecodePixels)
 	}
 	if need := minBytes(format, cfg); int64(len(data)) < need {
-		// image/png and image/jpeg allocate the whole image before they
-		// read a pixel: a 72-byte PNG claiming 8192×8192 cost 256 MiB,
-		// a 150-byte progressive JPEG 960 MiB, per decoder at once.
+		// The decoders allocate the whole image before they read a
+		// pixel: a 72-byte PNG claiming 8192×8192 cost 256 MiB, a
+		// 54-byte BMP as much, per decoder at once.
 		return nil, fmt.Errorf("preprocess: decode: %s image claims %dx%d pixels in %d bytes, fewer than the %d its encoding needs at least", format, cfg.Width, cfg.Height, len(data), need)
 	}
+	if format == "webp" && int64(cfg.Width)*int64(cfg.Height) > maxWebPPixels {
+		return nil, fmt.Errorf("preprocess: decode: webp image is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxWebPPixels)
+	}
 	if format == "jpeg" {
+		if blocks, coded := jpegBudget(data); jpegTooSmall(blocks, coded) {
+			// A 150-byte progressive JPEG claiming 8192×8192 cost
+			// image/jpeg 960 MiB; padded with a comment, the file's size
+			// says nothing.
+			return nil, fmt.Errorf("preprocess: decode: jpeg image claims %dx%d pixels (%d blocks) in %d bytes of coded data, fewer than a bit a block", cfg.Width, cfg.Height, blocks, coded)
+		}
 		if n := bytes.Count(data, []byte{0xff, jpegSOS}); n > maxJPEGScans {
 			return nil, fmt.Errorf("preprocess: decode: jpeg image has %d scans, more than %d (each is a pass over the image)", n, maxJPEGScans)
 		}

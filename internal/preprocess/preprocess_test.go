@@ -12,6 +12,8 @@ import (
 	"image/jpeg"
 	"image/png"
 	"math"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -417,6 +419,31 @@ func TestDecodeErrors(t *testing.T) {
 	binary.BigEndian.PutUint16(jpegBomb[sof+5:], 8192) // height
 	binary.BigEndian.PutUint16(jpegBomb[sof+7:], 8192) // width
 
+	// A progressive JPEG claiming it, padded with comments past a bound
+	// on the file's size: its scans' bytes are what count.
+	progBomb := testdataJPEG(t, "video-001.progressive.jpeg")
+	sof2 := bytes.Index(progBomb, []byte{0xff, 0xc2})
+	binary.BigEndian.PutUint16(progBomb[sof2+5:], 8192)
+	binary.BigEndian.PutUint16(progBomb[sof2+7:], 8192)
+	comment := append([]byte{0xff, 0xfe, 0xff, 0xff}, make([]byte, 0xffff-2)...)
+	progBomb = slices.Concat(progBomb[:2], comment, comment, comment, comment, progBomb[2:])
+	// A BMP header of 8192×8192 24-bit pixels, none of them there.
+	bmpBomb := make([]byte, 54)
+	copy(bmpBomb, "BM")
+	binary.LittleEndian.PutUint32(bmpBomb[10:], 54) // pixels' offset
+	binary.LittleEndian.PutUint32(bmpBomb[14:], 40) // info header
+	binary.LittleEndian.PutUint32(bmpBomb[18:], 8192)
+	binary.LittleEndian.PutUint32(bmpBomb[22:], 8192)
+	binary.LittleEndian.PutUint16(bmpBomb[26:], 1)  // planes
+	binary.LittleEndian.PutUint16(bmpBomb[28:], 24) // bits a pixel
+	// A GIF whose screen and frame are 8192×8192, with a few bytes of LZW.
+	gifBomb := []byte("GIF89a\x00\x20\x00\x20\x80\x00\x00\x00\x00\x00\xff\xff\xff" +
+		"\x2c\x00\x00\x00\x00\x00\x20\x00\x20\x00\x02\x02\x44\x01\x00\x3b")
+	// A lossless WebP of 8192×8192, its header alone.
+	vp8l := []byte{0x2f, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(vp8l[1:], 8191|8191<<14)
+	webpBomb := slices.Concat([]byte("RIFF\x12\x00\x00\x00WEBPVP8L\x05\x00\x00\x00"), vp8l, []byte{0})
+
 	tests := []struct {
 		name string
 		data []byte
@@ -428,15 +455,25 @@ func TestDecodeErrors(t *testing.T) {
 		{"decompression bomb", huge, "more than"},
 		{"rgba png bomb", rgbaBomb, "claims 8192x8192"},
 		{"jpeg bomb", jpegBomb, "claims 8192x8192"},
+		{"padded progressive jpeg bomb", progBomb, "claims 8192x8192"},
+		{"bmp bomb", bmpBomb, "claims 8192x8192"},
+		{"gif bomb", gifBomb, "claims 8192x8192"},
+		{"webp bomb", webpBomb, "more than 16777216 pixels"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
 			img, err := Decode(tc.data)
+			runtime.ReadMemStats(&after)
 			if err == nil {
 				t.Fatalf("got %T, want error", img)
 			}
 			if !strings.HasPrefix(err.Error(), "preprocess: ") || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %q, want it to contain %q", err, tc.want)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 4<<20 {
+				t.Errorf("refusing it allocated %d MiB", n>>20)
 			}
 		})
 	}
