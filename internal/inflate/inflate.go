@@ -48,8 +48,7 @@ const (
 // anything else wrong with the stream.
 //
 // It declines (with ErrCorrupt) incomplete Huffman codes other than a lone
-// one-bit code, which compress/flate accepts as long as the stream never
-// uses their missing codes; encoders do not write them.
+// one-bit code, as compress/flate does; encoders do not write them.
 func (d *Decoder) Decode(dst, src []byte) (written, read int, err error) {
 	s := state{src: src, dst: dst}
 	for final := false; !final; {
