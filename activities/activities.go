@@ -261,7 +261,7 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if ok {
 		return s, nil
 	}
-	data, err := store.ReadAll(ctx, a.Bucket, m.Path)
+	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
 		return nil, store.Classify(err, m.Path)
 	}

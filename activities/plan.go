@@ -54,7 +54,7 @@ func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (Chec
 }
 
 func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Model, outputs, columns []string) (ModelRef, error) {
-	data, err := store.ReadAll(ctx, a.Bucket, m.Path)
+	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
 		if c := store.Classify(err, m.Path); c != err {
 			return ModelRef{}, invalid("config: %s.path: cannot read model %q: %v", field, m.Path, err)

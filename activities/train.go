@@ -131,7 +131,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		return res, err
 	}
 	if in.Export {
-		target, err := a.read(ctx, in.Model.Path)
+		target, err := ReadModel(ctx, a.buckets(), a.Bucket, in.Model.Path)
 		if err != nil {
 			return res, store.Classify(err, in.Model.Path)
 		}

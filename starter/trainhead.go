@@ -107,7 +107,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	buckets := &store.Buckets{}
 	defer buckets.Close()
-	target, err := buckets.ReadAll(ctx, b, job.Target.Path)
+	target, err := activities.ReadModel(ctx, buckets, b, job.Target.Path)
 	if err != nil {
 		return fmt.Errorf("train-head: target model: %w", err)
 	}
