@@ -194,6 +194,10 @@ type ModelRef struct {
 	// EP overrides the worker's execution provider for this model's
 	// embedding sessions; empty keeps the worker's.
 	EP string `json:"ep,omitempty"`
+	// Batch is the batch size the model's image input is fixed to (an
+	// export without a dynamic batch axis); 0: any. Embedding runs
+	// batches of it (embed.Embedder.FixedBatch).
+	Batch int `json:"batch,omitempty"`
 }
 
 // Dataset names the datasets of a pass, as used in shard keys.

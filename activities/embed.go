@@ -178,7 +178,8 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	if err != nil {
 		return res, err
 	}
-	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, Decoders: a.Decoders, Readers: a.Readers}
+	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
+		Decoders: a.Decoders, Readers: a.Readers}
 	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, resume(ctx, in.PartSize, len(shard.Items)))
 	if err != nil {
 		return res, err

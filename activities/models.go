@@ -47,9 +47,6 @@ func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (prepro
 	if len(shape) != 4 {
 		return p, invalid("config: %s.input: model %q input %q has shape %v, but DCD feeds images as [N,C,H,W] (NCHW) or [N,H,W,C] (NHWC)", field, path, in.Name, shape)
 	}
-	if shape[0] > 0 {
-		return p, invalid("config: %s.input: model %q input %q has a fixed batch size of %d (shape %v): export it with a dynamic batch axis, e.g. torch.onnx.export(..., dynamic_axes={%q: {0: \"N\"}})", field, path, in.Name, shape[0], shape, in.Name)
-	}
 	layout := strings.ToUpper(strings.TrimSpace(p.Layout))
 	if layout == "" {
 		isChannels := func(d int64) bool {
@@ -95,7 +92,7 @@ func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (prepro
 // will prepare every image, and returns the values per image of each
 // output. It proves that the model accepts the preprocessing and a batch,
 // and that every output is float32 with the batch first.
-func (a *Activities) probe(field, path string, model []byte, spec features.Spec, names []string) ([]int, error) {
+func (a *Activities) probe(field, path string, model []byte, spec features.Spec, names []string, batch int) ([]int, error) {
 	var opt ortrun.Options
 	if a.Sessions != nil {
 		opt = a.Sessions.opt
@@ -110,16 +107,19 @@ func (a *Activities) probe(field, path string, model []byte, spec features.Spec,
 	for i := range gray.Pix {
 		gray.Pix[i] = 128
 	}
-	const n = 2
+	n := 2
+	if batch > 0 {
+		n = batch // what the model's input is fixed to
+	}
 	x := make([]float32, n*p.Size())
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := p.Fill(x[i*p.Size():(i+1)*p.Size()], gray); err != nil {
 			return nil, invalid("config: %s.preprocess: %v", field, err)
 		}
 	}
-	shape := []int64{n, int64(p.Channels), int64(p.Height), int64(p.Width)}
+	shape := []int64{int64(n), int64(p.Channels), int64(p.Height), int64(p.Width)}
 	if p.Layout == preprocess.LayoutNHWC {
-		shape = []int64{n, int64(p.Height), int64(p.Width), int64(p.Channels)}
+		shape = []int64{int64(n), int64(p.Height), int64(p.Width), int64(p.Channels)}
 	}
 	outs, err := s.Run(ortrun.Tensor{Shape: shape, Floats: x})
 	if err != nil {
@@ -127,7 +127,7 @@ func (a *Activities) probe(field, path string, model []byte, spec features.Spec,
 	}
 	dims := make([]int, len(outs))
 	for o, t := range outs {
-		if t.Floats == nil || len(t.Shape) == 0 || t.Shape[0] != n || len(t.Floats) == 0 {
+		if t.Floats == nil || len(t.Shape) == 0 || t.Shape[0] != int64(n) || len(t.Floats) == 0 {
 			return nil, invalid("config: %s.%s: model %q tensor %q has shape %v for a batch of %d images; DCD wants float32 values with the batch first, [N, ...]", field, spec.Columns[o], path, spec.Outputs[o], t.Shape, n)
 		}
 		dims[o] = len(t.Floats) / n
@@ -213,9 +213,10 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 		ModelDigest: sum, Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
 		Exposed: exposed(outputs, names), StoredAs: m.StoredAs,
 	}
-	dims, err := a.probe(field, m.Path, model, spec, names)
+	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
+	dims, err := a.probe(field, m.Path, model, spec, names, batch)
 	if err != nil {
 		return ModelRef{}, err
 	}
-	return ModelRef{Path: m.Path, Spec: spec, Dims: dims, EP: m.EP}, nil
+	return ModelRef{Path: m.Path, Spec: spec, Dims: dims, EP: m.EP, Batch: batch}, nil
 }

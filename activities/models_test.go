@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -487,7 +488,6 @@ func TestBadModels(t *testing.T) {
 	inner, _ := classifier(false)
 	w.putModel("models/clf.onnx", inner)
 	w.putModel("models/dynamic.onnx", gapModel(-1, 3, -1, -1))
-	w.putModel("models/batch1.onnx", gapModel(1, 3, 8, 8))
 	target := func(path, features string, p preprocess.Spec) schemas.Model {
 		return schemas.Config{Target: schemas.Model{Path: path, Features: features, Logits: "logits", Preprocess: p}}.WithDefaults().Target
 	}
@@ -513,16 +513,43 @@ func TestBadModels(t *testing.T) {
 		_, err := w.check(target("models/clf.onnx", "pooled", preprocess.Spec{Width: 224}))
 		failsNaming(t, err, "target.preprocess.width", "224", "models/clf.onnx")
 	})
-	t.Run("fixed batch", func(t *testing.T) {
-		_, err := w.check(target("models/batch1.onnx", "logits", preprocess.Spec{}))
-		failsNaming(t, err, "target.input", "models/batch1.onnx", "batch")
-	})
 	t.Run("similarity", func(t *testing.T) {
 		sim := target("models/clf.onnx", "nope", preprocess.Spec{})
 		var res activities.CheckModelsResult
 		err := w.do(w.acts.CheckModels, activities.CheckModelsInput{Target: target("models/clf.onnx", "pooled", preprocess.Spec{}), Similarity: &sim}, &res)
 		failsNaming(t, err, "similarity.features", `"nope"`)
 	})
+}
+
+// A model exported without a dynamic batch axis (torch.onnx.export
+// without dynamic_axes) embeds in batches of its fixed size, a short last
+// one filled out, as one with any batch embeds: the same features, image
+// for image, a shard of 7 in batches of 1 and of 3.
+func TestFixedBatchModel(t *testing.T) {
+	w := newWorld(t)
+	w.putImages("fixed/", randomImages(9, 6, 8, 8))
+	var want *features.Matrix
+	for _, batch := range []int64{-1, 1, 3} {
+		path := fmt.Sprintf("models/batch%d.onnx", batch)
+		w.putModel(path, gapModel(batch, 3, 8, 8))
+		m, err := w.check(schemas.Config{Target: schemas.Model{Path: path, Features: "logits", Logits: "logits"}}.WithDefaults().Target)
+		if err != nil {
+			t.Fatalf("batch %d: %v", batch, err)
+		}
+		if m.Batch != int(max(batch, 0)) || !slices.Equal(m.Dims, []int{3, 3}) {
+			t.Fatalf("batch %d: model checked as batch %d, dims %v", batch, m.Batch, m.Dims)
+		}
+		res, err := w.embed("fixed-"+strconv.Itoa(int(batch+1)), "fixed/", m)
+		if err != nil || res.Images != 7 {
+			t.Fatalf("batch %d: %+v, %v", batch, res, err)
+		}
+		got := w.column(res.FeatureKey, "features")
+		if want == nil {
+			want = got
+		} else if !slices.Equal(got.URIs, want.URIs) || !slices.Equal(got.Data, want.Data) {
+			t.Errorf("batch %d: features %v of %v, want %v of %v", batch, got.Data, got.URIs, want.Data, want.URIs)
+		}
+	}
 }
 
 // A model whose output is not finite, or whose output size changes between

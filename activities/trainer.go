@@ -92,7 +92,7 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	recipe := in.Recipe
 	recipe.Trainer = nil
 	job := schemas.TrainJob{
-		Run: in.Run, Method: in.Method, Target: target, Classes: in.Classes, Retrain: recipe, Seed: in.Seed,
+		Run: in.Run, Method: in.Method, Target: target, TargetBatch: in.Target.Batch, Classes: in.Classes, Retrain: recipe, Seed: in.Seed,
 		Train: trainKey, DebugTrain: debugKey, Model: modelKey, Output: in.Trainer.Output,
 	}
 	jobKey := MethodKey(in.Run, in.Method, "trainer/job.json")

@@ -8,10 +8,13 @@ type TrainJob struct {
 	Run    string `json:"run"`
 	Method string `json:"method"`
 	// Target's Input and Preprocess are filled in from the model.
-	Target  Model    `json:"target"`
-	Classes []string `json:"classes"`
-	Retrain Retrain  `json:"retrain"`
-	Seed    uint64   `json:"seed"`
+	Target Model `json:"target"`
+	// TargetBatch is the batch size the target's image input is fixed to
+	// (an export without a dynamic batch axis); 0: any.
+	TargetBatch int      `json:"target_batch,omitempty"`
+	Classes     []string `json:"classes"`
+	Retrain     Retrain  `json:"retrain"`
+	Seed        uint64   `json:"seed"`
 	// Train and DebugTrain are CSV manifests (uri,label,domain; a uri
 	// starting with "/" is a key of the bucket); Model is where the ONNX
 	// classifier must be written, with its class scores in the graph

@@ -120,7 +120,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("train-head: %w", err)
 	}
 	defer sess.Close()
-	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64}
+	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
 
 	spool := &spoolRows{path: filepath.Join(a.work, "features.bin")}
 	f, err := os.Create(spool.path)

@@ -57,6 +57,11 @@ type Embedder struct {
 	Session   *ortrun.Session
 	Spec      preprocess.Spec
 	BatchSize int
+	// FixedBatch, when > 0, is the batch size the model's input is fixed
+	// to (exported without a dynamic batch axis): batches are of it,
+	// whatever BatchSize says, and a short one is filled out with images
+	// whose outputs are dropped.
+	FixedBatch int
 	// Decoders is how many images are decoded and preprocessed at once;
 	// 0 means GOMAXPROCS.
 	Decoders int
@@ -101,6 +106,9 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	if bs < 1 {
 		bs = 32
 	}
+	if e.FixedBatch > 0 {
+		bs = e.FixedBatch
+	}
 	decoders := e.Decoders
 	if decoders < 1 {
 		decoders = runtime.GOMAXPROCS(0)
@@ -131,7 +139,8 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	slots := make([]*pending, min(ahead+1, max(nBatches, 1)))
 	for i := range slots {
 		n := min(bs, len(images))
-		slots[i] = &pending{tensor: make([]float32, n*size), reasons: make([]string, n)}
+		// A fixed batch runs whole: the slot's tensor has room for it.
+		slots[i] = &pending{tensor: make([]float32, n*size, max(n, e.FixedBatch)*size), reasons: make([]string, n)}
 	}
 	window := make(chan struct{}, len(slots))
 	ready := make([]chan *pending, nBatches)
@@ -328,16 +337,19 @@ func (e *OutputError) Error() string { return e.Msg }
 // distances would be worse than failing.
 func (e *Embedder) run(spec preprocess.Spec, images []Image, tensor []float32) (Batch, error) {
 	n := len(images)
-	outs, err := e.Session.Run(ortrun.Tensor{Shape: shape(spec, n), Floats: tensor})
+	runs := max(n, e.FixedBatch) // a short fixed batch runs whole, whatever its tail holds
+	tensor = tensor[:runs*len(tensor)/n]
+	outs, err := e.Session.Run(ortrun.Tensor{Shape: shape(spec, runs), Floats: tensor})
 	if err != nil {
 		return Batch{}, err
 	}
 	b := Batch{Images: images}
 	for o, t := range outs {
-		if len(t.Shape) == 0 || int(t.Shape[0]) != n || t.Floats == nil {
-			return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, n)}
+		if len(t.Shape) == 0 || int(t.Shape[0]) != runs || t.Floats == nil {
+			return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, runs)}
 		}
-		dim := len(t.Floats) / n
+		dim := len(t.Floats) / runs
+		t.Floats = t.Floats[:n*dim]
 		for j, x := range t.Floats {
 			// x-x is 0 for every finite x and NaN for ±Inf and NaN: one
 			// test per value on the path every batch waits on.
