@@ -83,7 +83,11 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 	}
 	available := map[string]bool{}
 	for _, in := range m.inputs {
-		available[in.name] = true
+		// An initializer listed as an input (as before IR 4) is there
+		// only if needed, below: the old head's weights go.
+		if !in.init {
+			available[in.name] = true
+		}
 	}
 	for _, t := range m.inits {
 		if needed[t.name] {
@@ -143,9 +147,12 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		gb = appendMessage(gb, 5, marshalTensor(t))
 	}
 	for _, in := range m.inputs {
-		// Before IR 4 initializers are listed as inputs too; drop those
-		// whose initializer went.
-		if in.init && !available[in.name] {
+		// Before IR 4 initializers are listed as inputs too; the model
+		// becomes IR 4 (below), where an initializer need not be, and one
+		// that is may be fed instead, which keeps ONNX Runtime from folding
+		// it into the nodes that read it. From IR 4 on, the input of an
+		// initializer that stays, stays.
+		if in.init && (m.ir < 4 || !available[in.name]) {
 			continue
 		}
 		gb = appendMessage(gb, 11, in.raw)

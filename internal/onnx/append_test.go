@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 func fv(name string, shape ...int64) Value { return Value{Name: name, Elem: Float, Shape: shape} }
@@ -30,6 +32,65 @@ func keptOutputs(t *testing.T, model []byte) []string {
 		outs = append(outs, n.outputs...)
 	}
 	return outs
+}
+
+// A model of IR 3, whose initializers are its inputs too (PyTorch's
+// keep_initializers_as_inputs): the export drops the old head's weights
+// and every initializer's input, and is IR 4.
+func TestAppendIR3(t *testing.T) {
+	g := &Graph{
+		Name:         "ir3",
+		Inputs:       []Value{fv("x", -1, 4)},
+		Outputs:      []Value{fv("old_logits", -1, 3)},
+		Initializers: []Tensor{{Name: "bias", Dims: []int64{4}, Floats: make([]float32, 4)}, {Name: "old_w", Dims: []int64{4, 3}, Floats: make([]float32, 12)}},
+		Nodes: []Node{
+			{Op: "Add", Inputs: []string{"x", "bias"}, Outputs: []string{"features"}},
+			{Op: "MatMul", Inputs: []string{"features", "old_w"}, Outputs: []string{"old_logits"}},
+		},
+	}
+	b, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// IR 3, with every initializer an input too.
+	m, err := parseModel(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var model []byte
+	for _, f := range m.fields {
+		switch f.num {
+		case 1:
+			model = protowire.AppendTag(model, 1, protowire.VarintType)
+			model = protowire.AppendVarint(model, 3)
+		case 7:
+			graph, _ := g.graphProto()
+			for _, t := range g.Initializers {
+				graph = appendMessage(graph, 11, marshalValue(fv(t.Name, t.Dims...)))
+			}
+			model = appendMessage(model, 7, graph)
+		default:
+			model = append(model, f.raw...)
+		}
+	}
+	out, err := Append(model, []string{"features"}, newHead())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseModel(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inputs, inits []string
+	for _, in := range got.inputs {
+		inputs = append(inputs, in.name)
+	}
+	for _, in := range got.inits {
+		inits = append(inits, in.name)
+	}
+	if got.ir != 4 || !slices.Equal(inputs, []string{"x"}) || !slices.Equal(inits, []string{"bias", "new_w"}) {
+		t.Errorf("IR %d, inputs %q, initializers %q; want IR 4, x, and bias and new_w", got.ir, inputs, inits)
+	}
 }
 
 // An optional input left out ("") is no tensor: it keeps no node whose
