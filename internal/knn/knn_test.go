@@ -83,17 +83,24 @@ func TestTopKMatchesBruteForce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i := range want {
-			var gotIDs []int64
-			for _, nb := range got[i] {
-				gotIDs = append(gotIDs, nb.ID)
-				if nb.ID != ids[nb.Index] {
-					t.Fatalf("groups of %d: query %d: Index %d does not hold id %d", group, i, nb.Index, nb.ID)
-				}
+		checkIDs(t, fmt.Sprintf("groups of %d", group), got, want, ids)
+	}
+}
+
+// checkIDs fails unless each query's neighbours are the ids want gives,
+// in order, and each one's Index holds its id.
+func checkIDs(t *testing.T, what string, got [][]Neighbor, want [][]int64, ids []int64) {
+	t.Helper()
+	for i := range want {
+		var gotIDs []int64
+		for _, nb := range got[i] {
+			gotIDs = append(gotIDs, nb.ID)
+			if nb.ID != ids[nb.Index] {
+				t.Fatalf("%s: query %d: Index %d does not hold id %d", what, i, nb.Index, nb.ID)
 			}
-			if !slices.Equal(gotIDs, want[i]) {
-				t.Errorf("groups of %d: query %d: got %v, want %v", group, i, gotIDs, want[i])
-			}
+		}
+		if !slices.Equal(gotIDs, want[i]) {
+			t.Errorf("%s: query %d: got %v, want %v", what, i, gotIDs, want[i])
 		}
 	}
 }
@@ -152,19 +159,7 @@ func TestTopKMatchesBruteForceWithTies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := bruteForce(q, tc.m, p, ids64, tc.d, tc.k)
-		for i := range want {
-			var gotIDs []int64
-			for _, nb := range got[i] {
-				gotIDs = append(gotIDs, nb.ID)
-				if nb.ID != ids64[nb.Index] {
-					t.Fatalf("%+v query %d: Index %d does not hold id %d", tc, i, nb.Index, nb.ID)
-				}
-			}
-			if !slices.Equal(gotIDs, want[i]) {
-				t.Errorf("%+v query %d: got %v, want %v", tc, i, gotIDs, want[i])
-			}
-		}
+		checkIDs(t, fmt.Sprintf("%+v", tc), got, bruteForce(q, tc.m, p, ids64, tc.d, tc.k), ids64)
 	}
 }
 
