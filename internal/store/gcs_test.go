@@ -31,16 +31,7 @@ func fakeGCS(t *testing.T, name string) *blob.Bucket {
 	}
 	t.Cleanup(srv.Stop)
 	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
-	url, err := srv.Bucket(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
+	return openServed(t, srv.Bucket, name)
 }
 
 // What DCD does with a bucket works on GCS's JSON API (checkStore).
@@ -96,4 +87,20 @@ func TestGCSListFolders(t *testing.T) {
 	if !errors.As(err, &app) || !app.NonRetryable() || !strings.Contains(err.Error(), "not in key order") {
 		t.Errorf("listing by folders whose pages repeat a later folder (fake-gcs-server's): %v after %d keys, want a non-retryable error that they are not in key order", err, n)
 	}
+}
+
+// openServed opens a new bucket named name on a test server (its Bucket
+// makes it and returns its URL), closed when the test ends.
+func openServed(t *testing.T, bucket func(context.Context, string) (string, error), name string) *blob.Bucket {
+	t.Helper()
+	url, err := bucket(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }

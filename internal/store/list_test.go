@@ -311,16 +311,7 @@ func versityGW(t *testing.T, name string) *blob.Bucket {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	url, err := srv.Bucket(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
+	return openServed(t, srv.Bucket, name)
 }
 
 // checkListsFromKey checks that a store whose listing takes a key to begin
