@@ -162,6 +162,9 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	writes.SetLimit(gatherWrites)
 	filled := make([]GatherResult, len(todos))
 	for ti, t := range todos {
+		if wctx.Err() != nil {
+			break // a write failed: the pool shards left need no reading
+		}
 		for ; next < len(pools) && firstUse[pools[next]] <= ti; next++ {
 			r, err := later.Next()
 			if err != nil {
@@ -191,6 +194,9 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	}
 	if err := writes.Wait(); err != nil {
 		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err // cancelled before every shard was gathered
 	}
 	for _, f := range filled {
 		res.Shards += f.Shards
