@@ -23,6 +23,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 
 	"dcd/activities"
@@ -35,7 +36,7 @@ import (
 
 // options are the worker's settings.
 type options struct {
-	address, namespace, queues, storage, ortLib, ep, cpuProfile string
+	address, namespace, queues, storage, ortLib, ep, cpuProfile, spans string
 	threads, concurrency, decoders, readers                     int
 	badEnv                                                      []string // integer variables that are not integers
 }
@@ -55,6 +56,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.NumCPU()), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
+	fs.StringVar(&o.spans, "activity-spans", env("DCD_ACTIVITY_SPANS", ""), "write each activity's start and end, as this worker ran it, to FILE (starter bench's orchestration share) (env DCD_ACTIVITY_SPANS)")
 	return o
 }
 
@@ -146,6 +148,15 @@ func run(o *options) error {
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions,
 		Decoders: o.decoders, Readers: o.readers, Buckets: buckets, StorageURL: o.storage}
 
+	var intercept []interceptor.WorkerInterceptor
+	if o.spans != "" {
+		r, err := newSpanRecorder(o.spans)
+		if err != nil {
+			return err
+		}
+		defer r.f.Close()
+		intercept = append(intercept, r)
+	}
 	var workers []worker.Worker
 	for _, q := range polled {
 		stop := 30 * time.Second
@@ -162,6 +173,7 @@ func run(o *options) error {
 			// rather than lose it; Temporal retries the rest elsewhere.
 			WorkerStopTimeout:            stop,
 			MaxHeartbeatThrottleInterval: activities.HeartbeatThrottle,
+			Interceptors:                 intercept,
 		})
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)

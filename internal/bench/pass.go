@@ -359,7 +359,14 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 		return nil, err
 	}
 	busy := t.busy(nil)
-	orch := max(wall-busy, 0)
+	// Orchestration is the time no activity ran, as the worker ran them:
+	// the histories' spans also hold each task's hand-off and its result's
+	// way back. (Each run's own: the first run's spans end before start.)
+	ran, err := w.activitySpans(start, start.Add(wall))
+	if err != nil {
+		return nil, err
+	}
+	orch := max(wall-ran.busy(nil), 0)
 	// Searches run side by side, and each one's reads and writes overlap
 	// the others' searches: the time some search ran is split between the
 	// k-NN and storage as the searches' own times split, summed.
@@ -369,9 +376,9 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 	}
 	other := busy - search
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
-	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s (longest: %s); %d activities (%d local); worker peak RSS %d MiB",
+	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s (%s by the histories' spans; longest: %s); %d activities (%d local, %d as the worker ran them); worker peak RSS %d MiB",
 		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(),
-		orch.Round(time.Millisecond), t.longestGaps(start, start.Add(wall), 3), t.activities, t.local, hwm>>20)
+		orch.Round(time.Millisecond), max(wall-busy, 0).Round(time.Millisecond), ran.longestGaps(start, start.Add(wall), 3), t.activities, t.local, len(ran.spans), hwm>>20)
 	name := "pass_cached_" + c.label
 	return []Result{
 		info(name+"_time", "s", wall.Seconds(), 0),
@@ -609,9 +616,32 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 
 // proc is a worker process started for one measurement.
 type proc struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
+	cmd   *exec.Cmd
+	log   string
+	spans string // the worker's -activity-spans file
+	done  chan struct{}
+}
+
+// activitySpans reads the spans of the activities the worker ran (its
+// -activity-spans file) that began in [from, to).
+func (p *proc) activitySpans(from, to time.Time) (times, error) {
+	data, err := os.ReadFile(p.spans)
+	if err != nil {
+		return times{}, fmt.Errorf("bench: %w", err)
+	}
+	var t times
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var name string
+		var start, end int64
+		if _, err := fmt.Sscanf(line, "%s %d %d", &name, &start, &end); err != nil {
+			return times{}, fmt.Errorf("bench: %s: line %q: %w", p.spans, line, err)
+		}
+		s := span{activity: name, started: time.Unix(0, start), closed: time.Unix(0, end)}
+		if !s.started.Before(from) && s.started.Before(to) {
+			t.spans = append(t.spans, s)
+		}
+	}
+	return t, nil
 }
 
 // worker returns the worker binary: Options.Worker, or one built into Dir.
@@ -639,7 +669,8 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu"}
+	spans := filepath.Join(o.Dir, "spans-"+name)
+	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu", "-activity-spans", spans}
 	if o.Threads > 0 {
 		args = append(args, "-threads", strconv.Itoa(o.Threads))
 	}
@@ -660,7 +691,7 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start worker: %w", err)
 	}
-	p := &proc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &proc{cmd: cmd, log: logPath, spans: spans, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	deadline := time.After(60 * time.Second)
 	for {
