@@ -37,8 +37,8 @@ import (
 // options are the worker's settings.
 type options struct {
 	address, namespace, queues, storage, ortLib, ep, cpuProfile, spans string
-	threads, concurrency, decoders, readers                     int
-	badEnv                                                      []string // integer variables that are not integers
+	threads, concurrency, decoders, readers                            int
+	badEnv                                                             []string // integer variables that are not integers
 }
 
 // defineFlags defines the worker's flags on fs. Each flag's default comes
