@@ -239,8 +239,10 @@ type pooledRow struct {
 }
 
 // pooledRows reads pool shard p's cached features and keeps the rows of
-// the wanted pool ids; nil when the shard is not cached with m, or its
-// entry cannot be used (damaged, or not of m's sizes).
+// the wanted pool ids; nil when the shard is not cached with m (nor, then,
+// likely any other), and no rows when its entry cannot be used (damaged,
+// or not of m's sizes): the debug-train shards that draw on it are left to
+// EmbedShard, the others gathered.
 func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelRef, want map[int64]bool) (*pooledRows, error) {
 	shardKey := ShardKey(run, Pool, p)
 	shard, err := a.readShard(ctx, shardKey)
@@ -290,7 +292,7 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		return nil, err // a retry may read it
 	case err != nil:
 		warn(ctx, "pool cache entry not gathered from", "key", key, "error", err)
-		return nil, nil
+		return &pooledRows{}, nil
 	}
 	for _, mat := range ms {
 		r.dims = append(r.dims, mat.Dim)
