@@ -196,7 +196,16 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "select"
-	if err := workflow.ExecuteActivity(cpu, a.MergeTopK, activities.MergeTopKInput{
+	// A small pool's merge (its partials at most inlinePoolShards, mostly
+	// CachedShards batches' ranges: tens of ms) runs in the workflow task
+	// that ends the scan: as an activity it took two round trips through
+	// the server, a percent of a recurring 250k pass. A large pool's,
+	// which reads a partial a shard, stays an activity.
+	merge := steps{heartbeat: heartbeat, timeout: timeout}
+	if plans[activities.Pool].Shards <= inlinePoolShards && short.local {
+		merge.local = workflow.GetVersion(ctx, localMergeChange, workflow.DefaultVersion, 1) == 1
+	}
+	if err := merge.run(ctx, a.MergeTopK, activities.MergeTopKInput{
 		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(), Scan: s.scan,
 	}).Get(ctx, nil); err != nil {
 		return PassResult{}, err
@@ -249,6 +258,10 @@ const planLaterChange = "plan-later"
 // scanFirstChange versions starting the pool scan's chains before the
 // other sets, so passes started before it replay as they ran.
 const scanFirstChange = "scan-first"
+
+// localMergeChange versions a small pool's MergeTopK as a local activity,
+// so that passes started before it replay as they ran.
+const localMergeChange = "local-merge"
 
 // localStepsChange versions the short steps that run as local activities
 // (steps), so passes started before it replay as they ran.
