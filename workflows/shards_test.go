@@ -20,11 +20,8 @@ import (
 // TopKShard. Every shard is searched exactly once, and new shards are
 // embedded on the embedding queue only.
 func TestCachedShardsSearchedInBatches(t *testing.T) {
-	var ts testsuite.WorkflowTestSuite
-	env := ts.NewTestWorkflowEnvironment()
-	env.RegisterWorkflow(ShardsWorkflow)
+	env := chainEnv()
 	var a *activities.Activities
-	isNew := func(i int) bool { return i%10 == 7 }
 	var mu sync.Mutex
 	searched, embedded, batches := map[int]int{}, map[int]int{}, 0
 	lookUp := func(in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
@@ -95,11 +92,8 @@ func TestCachedShardsSearchedInBatches(t *testing.T) {
 // too, rather than sending every one to the embedding queue: a pass on
 // cached features needs no embedding worker.
 func TestCachedSetShardsLookedUpInBatches(t *testing.T) {
-	var ts testsuite.WorkflowTestSuite
-	env := ts.NewTestWorkflowEnvironment()
-	env.RegisterWorkflow(ShardsWorkflow)
+	env := chainEnv()
 	var a *activities.Activities
-	isNew := func(i int) bool { return i%10 == 7 }
 	var mu sync.Mutex
 	embedded, batches, calls := map[int]int{}, 0, 0
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(
@@ -159,3 +153,15 @@ func runRecurringChain(t *testing.T, env *testsuite.TestWorkflowEnvironment, in 
 		t.Fatalf("result %+v", res)
 	}
 }
+
+// chainEnv is a test environment for ShardsWorkflow.
+func chainEnv() *testsuite.TestWorkflowEnvironment {
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	return env
+}
+
+// isNew says which shards of a recurring chain are new (a tenth), not in
+// the cache; runRecurringChain counts on it.
+func isNew(i int) bool { return i%10 == 7 }
