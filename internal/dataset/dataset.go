@@ -566,7 +566,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 			return nil
 		}
 		if errors.Is(err, errLongRecord) {
-			return fmt.Errorf("the row after line %d: %w", lines+at.Line, err)
+			return fmt.Errorf("the row after line %d: %w", max(at.Line, 1), err) // at.Line: the last row's, in the file
 		}
 		if err != nil {
 			return err
