@@ -213,7 +213,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 		for j, it := range items {
 			c := slices.Index(classes, it.Label)
 			switch {
-			case set.keep != nil && set.keep[it.Key+"\n"+it.Label] == 0:
+			case set.keep != nil && set.keep[keptRow(it.Key, it.Label)] == 0:
 				c = -1
 			case c < 0 && set.strict:
 				return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
@@ -221,7 +221,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				st.skipped++
 			default:
 				if set.keep != nil {
-					set.keep[it.Key+"\n"+it.Label]--
+					set.keep[keptRow(it.Key, it.Label)]--
 				}
 				st.rows[si]++
 				if it.Domain != "" {

@@ -166,8 +166,8 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 }
 
 // manifestRows counts the rows of a manifest written by this package by
-// item key and label ("key\nlabel"): an image the pool lists twice may be
-// kept once, or with one of its labels.
+// item key and label (keptRow): an image the pool lists twice may be kept
+// once, or with one of its labels.
 func (a *Activities) manifestRows(ctx context.Context, key string) (map[string]int, error) {
 	rows, err := a.readManifest(ctx, key)
 	if err != nil {
@@ -175,10 +175,13 @@ func (a *Activities) manifestRows(ctx context.Context, key string) (map[string]i
 	}
 	counts := make(map[string]int, len(rows))
 	for _, r := range rows {
-		counts[r.key+"\n"+r.label]++
+		counts[keptRow(r.key, r.label)]++
 	}
 	return counts, nil
 }
+
+// keptRow is how manifestRows counts a row.
+func keptRow(key, label string) string { return key + "\n" + label }
 
 // EvaluateInput is one method to score on test and E_heldout.
 type EvaluateInput struct {
