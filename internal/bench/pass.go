@@ -630,7 +630,10 @@ func (p *proc) activitySpans(from, to time.Time) (times, error) {
 		return times{}, fmt.Errorf("bench: %w", err)
 	}
 	var t times
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			continue // the last line's end
+		}
 		var name string
 		var start, end int64
 		if _, err := fmt.Sscanf(line, "%s %d %d", &name, &start, &end); err != nil {
