@@ -198,8 +198,8 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	p.Phase = "select"
 	// A small pool's merge (its partials at most inlinePoolShards, mostly
 	// CachedShards batches' ranges: tens of ms) runs in the workflow task
-	// that ends the scan: as an activity it took two round trips through
-	// the server, a percent of a recurring 250k pass. A large pool's,
+	// that ends the scan: as an activity it took a round trip more through
+	// the server, about a percent of a recurring 250k pass. A large pool's,
 	// which reads a partial a shard, stays an activity.
 	merge := steps{heartbeat: heartbeat, timeout: timeout}
 	if plans[activities.Pool].Shards <= inlinePoolShards && short.local {
