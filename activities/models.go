@@ -1,13 +1,16 @@
 package activities
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"image"
+	"path"
 	"slices"
 	"strings"
 
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/blob"
 
 	"dcd/internal/embed"
 	"dcd/internal/features"
@@ -15,6 +18,7 @@ import (
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
 	"dcd/schemas"
 )
 
@@ -219,4 +223,55 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 		return ModelRef{}, err
 	}
 	return ModelRef{Path: m.Path, Spec: spec, Dims: dims, EP: m.EP, Batch: batch}, nil
+}
+
+// ReadModel reads an ONNX model, a key in def or an absolute URL (in a
+// bucket of bs), with the data its weights keep in files beside it (as
+// PyTorch's exporter writes them: model.onnx.data) read in, so that it is
+// one model ONNX Runtime loads from memory, and its digest covers its
+// weights; for a pass's sessions and checks, its export and an external
+// trainer's alike.
+func ReadModel(ctx context.Context, bs *store.Buckets, def *blob.Bucket, ref string) ([]byte, error) {
+	data, err := bs.ReadAll(ctx, def, ref)
+	if err != nil {
+		return nil, err
+	}
+	var readErr error // the storage's, which a retry may pass
+	data, err = onnx.Inline(data, func(location string) ([]byte, error) {
+		beside, err := besideRef(ref, location)
+		if err != nil {
+			return nil, err
+		}
+		b, err := bs.ReadAll(ctx, def, beside)
+		readErr = err
+		return b, err
+	})
+	if err != nil && readErr == nil {
+		// The model's own: too large, a location outside its folder, a
+		// file too short for its tensors.
+		return nil, invalid("model %s: %v", ref, err)
+	}
+	return data, err
+}
+
+// besideRef is the key or URL of rel, a path relative to the folder of
+// ref (a key or a URL), which it may not leave (as ONNX's checker has it).
+func besideRef(ref, rel string) (string, error) {
+	bucketURL, key := "", ref
+	if store.IsURL(ref) {
+		var err error
+		if bucketURL, key, err = store.SplitURL(ref); err != nil {
+			return "", err
+		}
+	}
+	dir := path.Dir(key)
+	k := path.Join(dir, rel)
+	inside := strings.HasPrefix(k, dir+"/") || dir == "." && k != ".." && !strings.HasPrefix(k, "../")
+	if rel == "" || path.IsAbs(rel) || !inside {
+		return "", fmt.Errorf("location %q is not a file in the model's folder", rel)
+	}
+	if bucketURL == "" {
+		return k, nil
+	}
+	return store.JoinURL(bucketURL, k)
 }
