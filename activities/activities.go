@@ -47,6 +47,12 @@ type Activities struct {
 	// StorageURL is Bucket's URL, handed to external trainers as
 	// {storage}; they read their data and write their model there.
 	StorageURL string
+	// TrainerEnv is added to an external trainer's environment, the
+	// worker's own: a worker sets DCD_ORT_LIB and DCD_EP to the ONNX
+	// Runtime library and execution provider it runs, so that `starter
+	// train-head` runs the target as the worker would, however the worker
+	// was given them (flags or environment).
+	TrainerEnv []string
 
 	trainers sync.WaitGroup // external trainers running (WaitTrainers)
 }

@@ -191,6 +191,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	// The log reaches the history when the trainer fails: no tokens.
 	fmt.Fprintf(log, "$ %s\n", redact.Text(strings.Join(argv, " ")))
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), a.TrainerEnv...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 5 * time.Second

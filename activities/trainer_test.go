@@ -48,3 +48,22 @@ func TestTrainerGroupDiesWithIt(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A trainer sees the worker's TrainerEnv beside its environment: `starter
+// train-head` learns from it the library and provider the worker runs.
+func TestTrainerEnv(t *testing.T) {
+	a := memActivities(t)
+	a.TrainerEnv = []string{"DCD_EP=cuda"}
+	t.Setenv("DCD_TRAINER_ENV_TEST", "kept")
+	key := "runs/r/methods/dcd/train.log"
+	if err := a.runTrainer(context.Background(), []string{"bash", "-c", `echo "ep=$DCD_EP other=$DCD_TRAINER_ENV_TEST"`}, key); err != nil {
+		t.Fatal(err)
+	}
+	log, err := a.Bucket.ReadAll(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "ep=cuda other=kept") {
+		t.Errorf("the trainer's log:\n%s\nwant ep=cuda other=kept", log)
+	}
+}

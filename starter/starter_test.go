@@ -489,3 +489,24 @@ func TestPackIDTrailingSlash(t *testing.T) {
 		}
 	}
 }
+
+// train-head embeds the target where -ep says, else where the config puts
+// the target, else where the worker that runs it embeds (DCD_EP).
+func TestTrainHeadProvider(t *testing.T) {
+	job := func(ep string) schemas.TrainJob { return schemas.TrainJob{Target: schemas.Model{EP: ep}} }
+	for _, c := range []struct{ flag, target, env, want string }{
+		{"", "", "", "cpu"},
+		{"", "", "cuda", "cuda"},
+		{"", "cuda", "cpu", "cuda"},
+		{"cpu", "cuda", "cuda", "cpu"},
+	} {
+		t.Setenv("DCD_EP", c.env)
+		if got := (trainHeadArgs{ep: c.flag}).provider(job(c.target)); got != c.want {
+			t.Errorf("-ep %q, target ep %q, DCD_EP %q: %s, want %s", c.flag, c.target, c.env, got, c.want)
+		}
+	}
+	e, _, _ := testCLI()
+	if _, err := parseTrainHead(e, []string{"-job", "j.json", "-ep", "gpu"}); err == nil || !strings.Contains(err.Error(), "gpu") {
+		t.Errorf("-ep gpu: %v, want an error naming it", err)
+	}
+}

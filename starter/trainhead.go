@@ -28,8 +28,8 @@ import (
 )
 
 type trainHeadArgs struct {
-	storage, job, train, debug, out, work, ortLib string
-	threads                                       int
+	storage, job, train, debug, out, work, ortLib, ep string
+	threads                                           int
 }
 
 func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
@@ -42,6 +42,7 @@ func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	fs.StringVar(&a.out, "out", "", "key to write the ONNX model to ({model}); default: the job's")
 	fs.StringVar(&a.work, "work", "", "folder for the spooled features ({work}); default: a temporary one")
 	fs.StringVar(&a.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
+	fs.StringVar(&a.ep, "ep", "", "execution provider of the target: cpu or cuda; default the job target's ep, else DCD_EP, else cpu")
 	fs.IntVar(&a.threads, "threads", runtime.NumCPU(), "ONNX Runtime threads")
 	pos, err := parse(fs, "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY] [-work DIR]", args)
 	if err != nil {
@@ -53,7 +54,24 @@ func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	if a.job == "" {
 		return a, usageErrorf("train-head: -job is required")
 	}
+	if a.ep != "" {
+		if err := ortrun.CheckEP(a.ep); err != nil {
+			return a, usageErrorf("train-head: -ep: %v", err)
+		}
+	}
 	return a, nil
+}
+
+// provider is the execution provider the target embeds on: -ep, else
+// the one the config gives the target (as a worker embeds it), else the
+// worker's own, which TrainExternal hands its trainer as DCD_EP.
+func (a trainHeadArgs) provider(job schemas.TrainJob) string {
+	for _, ep := range []string{a.ep, job.Target.EP, os.Getenv("DCD_EP")} {
+		if ep != "" {
+			return ep
+		}
+	}
+	return "cpu"
 }
 
 // cmdTrainHead is DCD's own external trainer (retrain.trainer): it embeds
@@ -115,10 +133,15 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return fmt.Errorf("train-head: target model %s: %w", job.Target.Path, err)
 	}
-	sess, err := ortrun.NewSession(job.Target.Path, model, []string{job.Target.Input}, names, ortrun.Options{Threads: a.threads})
-	if err != nil {
-		return fmt.Errorf("train-head: %w", err)
+	ep := a.provider(job)
+	if err := ortrun.CheckEP(ep); err != nil {
+		return fmt.Errorf("train-head: job %s: target: %w", a.job, err)
 	}
+	sess, err := ortrun.NewSession(job.Target.Path, model, []string{job.Target.Input}, names, ortrun.Options{Threads: a.threads, EP: ep})
+	if err != nil {
+		return fmt.Errorf("train-head: target on %s: %w", ep, err)
+	}
+	fmt.Fprintf(e.stdout, "embedding with %s on %s\n", job.Target.Path, ep)
 	defer sess.Close()
 	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
 

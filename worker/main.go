@@ -146,7 +146,8 @@ func run(o *options) error {
 	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions,
-		Decoders: o.decoders, Readers: o.readers, Buckets: buckets, StorageURL: o.storage}
+		Decoders: o.decoders, Readers: o.readers, Buckets: buckets, StorageURL: o.storage,
+		TrainerEnv: []string{"DCD_ORT_LIB=" + o.ortLib, "DCD_EP=" + o.ep}}
 
 	var intercept []interceptor.WorkerInterceptor
 	if o.spans != "" {
