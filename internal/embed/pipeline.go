@@ -58,8 +58,11 @@ type Embedder struct {
 	Spec      preprocess.Spec
 	BatchSize int
 	// FixedBatch, when > 0, is the batch size the model's input is fixed
-	// to (exported without a dynamic batch axis): batches are of it,
-	// whatever BatchSize says, and a short one is filled out with images
+	// to (exported without a dynamic batch axis). Batches are still read
+	// and emitted BatchSize at a time, rounded up to a multiple of it, so
+	// as many reads are in flight as for any model (a batch of 1 would
+	// leave all but Ahead+1 readers idle); each runs in ORT calls of
+	// FixedBatch images, the last filled out with copies of its last image,
 	// whose outputs are dropped.
 	FixedBatch int
 	// Decoders is how many images are decoded and preprocessed at once;
@@ -93,7 +96,8 @@ type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
 var ErrUnreadable = errors.New("unreadable")
 
 // Embed embeds images in order, calling emit once per batch of BatchSize
-// images (default 32; the last may be short), rejects included. Images stream
+// images (default 32, rounded up to a multiple of FixedBatch; the last may
+// be short), rejects included. Images stream
 // through Readers concurrent reads into Decoders concurrent decodes, which
 // fill the input tensors of the next Ahead batches while ORT infers the
 // current one, so reading and decoding overlap inference instead of
@@ -106,8 +110,8 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	if bs < 1 {
 		bs = 32
 	}
-	if e.FixedBatch > 0 {
-		bs = e.FixedBatch
+	if f := e.FixedBatch; f > 0 {
+		bs = (bs + f - 1) / f * f
 	}
 	decoders := e.Decoders
 	if decoders < 1 {
@@ -139,8 +143,9 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 	slots := make([]*pending, min(ahead+1, max(nBatches, 1)))
 	for i := range slots {
 		n := min(bs, len(images))
-		// A fixed batch runs whole: the slot's tensor has room for it.
-		slots[i] = &pending{tensor: make([]float32, n*size, max(n, e.FixedBatch)*size), reasons: make([]string, n)}
+		// A fixed batch runs whole: the slot's tensor has room for its
+		// last run.
+		slots[i] = &pending{tensor: make([]float32, n*size, e.runs(n)*size), reasons: make([]string, n)}
 	}
 	window := make(chan struct{}, len(slots))
 	ready := make([]chan *pending, nBatches)
@@ -334,33 +339,65 @@ func (e *OutputError) Error() string { return e.Msg }
 
 // run infers one prepared batch and checks that every output is finite: a
 // model producing NaN or Inf is broken, and ranking neighbours by NaN
-// distances would be worse than failing.
+// distances would be worse than failing. A model of a fixed batch runs it
+// FixedBatch images at a time; tensor has room for the last run's filling
+// (runs).
 func (e *Embedder) run(spec preprocess.Spec, images []Image, tensor []float32) (Batch, error) {
 	n := len(images)
-	runs := max(n, e.FixedBatch) // a short fixed batch runs whole, whatever its tail holds
-	tensor = tensor[:runs*len(tensor)/n]
-	outs, err := e.Session.Run(ortrun.Tensor{Shape: shape(spec, runs), Floats: tensor})
-	if err != nil {
-		return Batch{}, err
+	size := len(tensor) / n
+	step := n
+	if e.FixedBatch > 0 {
+		step = e.FixedBatch
+		tensor = tensor[:e.runs(n)*size]
+		last := tensor[(n-1)*size : n*size]
+		for r := n; r < len(tensor)/size; r++ {
+			copy(tensor[r*size:], last)
+		}
 	}
 	b := Batch{Images: images}
-	for o, t := range outs {
-		if len(t.Shape) == 0 || int(t.Shape[0]) != runs || t.Floats == nil {
-			return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, runs)}
+	for lo := 0; lo < n; lo += step {
+		hi := min(lo+step, n)
+		outs, err := e.Session.Run(ortrun.Tensor{Shape: shape(spec, step), Floats: tensor[lo*size : (lo+step)*size]})
+		if err != nil {
+			return Batch{}, err
 		}
-		dim := len(t.Floats) / runs
-		t.Floats = t.Floats[:n*dim]
-		for j, x := range t.Floats {
-			// x-x is 0 for every finite x and NaN for ±Inf and NaN: one
-			// test per value on the path every batch waits on.
-			if x-x != 0 {
-				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d is %v for image %s: the model produced a non-finite value", e.Name, o, x, images[j/dim].URI)}
+		for o, t := range outs {
+			if len(t.Shape) == 0 || int(t.Shape[0]) != step || t.Floats == nil {
+				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, step)}
+			}
+			dim := len(t.Floats) / step
+			t.Floats = t.Floats[:(hi-lo)*dim]
+			for j, x := range t.Floats {
+				// x-x is 0 for every finite x and NaN for ±Inf and NaN: one
+				// test per value on the path every batch waits on.
+				if x-x != 0 {
+					return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d is %v for image %s: the model produced a non-finite value", e.Name, o, x, images[lo+j/dim].URI)}
+				}
+			}
+			switch {
+			case step == n: // the whole batch in one run: its output as it is
+				b.Vectors = append(b.Vectors, t.Floats)
+				b.Dims = append(b.Dims, dim)
+			case lo == 0:
+				b.Vectors = append(b.Vectors, append(make([]float32, 0, n*dim), t.Floats...))
+				b.Dims = append(b.Dims, dim)
+			case dim != b.Dims[o]:
+				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has %d values per image at image %s, %d before it in the batch", e.Name, o, dim, images[lo].URI, b.Dims[o])}
+			default:
+				b.Vectors[o] = append(b.Vectors[o], t.Floats...)
 			}
 		}
-		b.Vectors = append(b.Vectors, t.Floats)
-		b.Dims = append(b.Dims, dim)
 	}
 	return b, nil
+}
+
+// runs is how many images' room n images take in ORT's runs: n, or n
+// rounded up to a whole FixedBatch.
+func (e *Embedder) runs(n int) int {
+	if f := e.FixedBatch; f > 0 {
+		return (n + f - 1) / f * f
+	}
+	return n
 }
 
 // shape is the input tensor's shape for n images of spec (defaults

@@ -21,10 +21,14 @@ import (
 )
 
 // flatten is a model whose features are its input pixels.
-func flatten(t *testing.T) *ortrun.Session {
+func flatten(t *testing.T) *ortrun.Session { return flattenBatch(t, -1) }
+
+// flattenBatch is flatten with its batch fixed to n (-1: any), as a model
+// exported without a dynamic batch axis.
+func flattenBatch(t *testing.T, n int64) *ortrun.Session {
 	return newSession(t, &onnx.Graph{
 		Name:    "flatten",
-		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{n, 1, 2, 2}}},
 		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
 		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
 	})
@@ -96,18 +100,26 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 		}
 		images = append(images, Image{ID: int64(i), URI: uri})
 	}
-	for _, cfg := range []struct{ batch, readers, decoders, ahead int }{
-		{16, 0, 0, 0}, {7, 1, 1, 1}, {64, 32, 2, 4}, {1, 3, 2, 2}, {500, 4, 4, 1},
+	// A model of a fixed batch (fixed > 0) runs its batches in ORT calls
+	// of that many images, the last filled out; BatchSize rounded up to a
+	// multiple of it is what each batch covers (size).
+	fixed := map[int]*ortrun.Session{0: sess}
+	for _, cfg := range []struct{ batch, readers, decoders, ahead, fixed, size int }{
+		{16, 0, 0, 0, 0, 16}, {7, 1, 1, 1, 0, 7}, {64, 32, 2, 4, 0, 64}, {1, 3, 2, 2, 0, 1}, {500, 4, 4, 1, 0, 500},
+		{16, 0, 0, 0, 1, 16}, {16, 5, 2, 1, 3, 18}, {7, 0, 0, 0, 64, 64},
 	} {
-		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
-			BatchSize: cfg.batch, Readers: cfg.readers, Decoders: cfg.decoders, Ahead: cfg.ahead}
+		if fixed[cfg.fixed] == nil {
+			fixed[cfg.fixed] = flattenBatch(t, int64(cfg.fixed))
+		}
+		e := &Embedder{Name: "flatten", Session: fixed[cfg.fixed], Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
+			BatchSize: cfg.batch, Readers: cfg.readers, Decoders: cfg.decoders, Ahead: cfg.ahead, FixedBatch: cfg.fixed}
 		var got []int64
 		var batchRejects []Reject
 		seen := 0
 		rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error {
-			// Every batch but the last covers BatchSize images, rejects included.
-			if n := len(b.Images) + len(b.Rejects); n != min(cfg.batch, len(images)-seen) {
-				return fmt.Errorf("batch at image %d covers %d images, want %d", seen, n, min(cfg.batch, len(images)-seen))
+			// Every batch but the last covers size images, rejects included.
+			if n := len(b.Images) + len(b.Rejects); n != min(cfg.size, len(images)-seen) {
+				return fmt.Errorf("batch at image %d covers %d images, want %d", seen, n, min(cfg.size, len(images)-seen))
 			}
 			seen += len(b.Images) + len(b.Rejects)
 			batchRejects = append(batchRejects, b.Rejects...)
@@ -292,10 +304,14 @@ func TestEmbedSpec(t *testing.T) {
 
 // Readers is how many reads are in flight, which is what a store whose
 // reads wait on latency needs: the first Readers reads all start before
-// any returns, and no more than that ever run at once.
+// any returns, and no more than that ever run at once. So too for a model
+// whose batch is fixed to 1, which still reads batches of BatchSize.
 func TestEmbedReadsAtOnce(t *testing.T) {
-	sess := flatten(t)
-	for _, readers := range []int{1, 5, 24} {
+	for _, c := range []struct{ readers, fixed int }{{1, 0}, {5, 0}, {24, 0}, {24, 1}} {
+		readers, sess := c.readers, flatten(t)
+		if c.fixed > 0 {
+			sess = flattenBatch(t, int64(c.fixed))
+		}
 		var images []Image
 		for i := range 100 {
 			images = append(images, Image{ID: int64(i), URI: fmt.Sprintf("img/%d", i)})
@@ -318,7 +334,7 @@ func TestEmbedReadsAtOnce(t *testing.T) {
 			return store(ctx, uri)
 		}
 		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
-			BatchSize: 32, Readers: readers}
+			BatchSize: 32, Readers: readers, FixedBatch: c.fixed}
 		if _, err := e.Embed(context.Background(), images, read, func(Batch) error { return nil }); err != nil {
 			t.Fatalf("%d readers: %v", readers, err)
 		}
