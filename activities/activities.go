@@ -21,6 +21,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/sync/singleflight"
 
 	"dcd/internal/dataset"
 	"dcd/internal/features"
@@ -107,7 +108,11 @@ type Sessions struct {
 	opt, search ortrun.Options
 	mu          sync.Mutex
 	sessions    map[string]*ortrun.Session // by spec digest
-	searcher    *knn.Searcher
+	// loads makes the activities that start together on a model wait for
+	// one load: each would otherwise hold the model's bytes, ORT's copy
+	// and (with -ep cuda) its weights on the GPU at once.
+	loads    singleflight.Group
+	searcher *knn.Searcher
 	// checked holds what checking a model found (checkModel), by the
 	// model's digest and how the config uses it: a recurring pass's
 	// CheckModels, on its critical path, then costs reading the model and
@@ -271,6 +276,34 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if ok {
 		return s, nil
 	}
+	// The load is not cancelled with the activity that started it, whose
+	// end would fail the others waiting on it.
+	load := ss.loads.DoChan(d, func() (any, error) {
+		s, err := a.loadSession(context.WithoutCancel(ctx), m)
+		if err != nil {
+			return nil, err
+		}
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		if ss.sessions == nil {
+			ss.sessions = map[string]*ortrun.Session{}
+		}
+		ss.sessions[d] = s
+		return s, nil
+	})
+	select {
+	case r := <-load:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*ortrun.Session), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
+	testHookLoadSession()
 	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
 		return nil, store.Classify(err, m.Path)
@@ -282,26 +315,19 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if err != nil {
 		return nil, invalid("model %s: %v", m.Path, err)
 	}
-	opt := ss.opt
+	opt := a.Sessions.opt
 	if m.EP != "" {
 		opt.EP = m.EP
 	}
-	s, err = ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
+	s, err := ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
 	}
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if prev, ok := ss.sessions[d]; ok {
-		s.Close()
-		return prev, nil
-	}
-	if ss.sessions == nil {
-		ss.sessions = map[string]*ortrun.Session{}
-	}
-	ss.sessions[d] = s
 	return s, nil
 }
+
+// testHookLoadSession runs as a session's load starts.
+var testHookLoadSession = func() {}
 
 func (a *Activities) knn() (*knn.Searcher, error) {
 	ss := a.Sessions

@@ -2,10 +2,14 @@ package activities
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
+	"dcd/internal/preprocess"
+	"dcd/schemas"
 )
 
 // The searches' budget: a hold waits while the bytes are held, a release
@@ -45,4 +49,78 @@ func TestHoldBoundsSearchBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	all()
+}
+
+// Activities that start together on a model load it once: the others wait
+// for that load rather than each holding the model (and with -ep cuda its
+// weights on the GPU) at once; one cancelled while waiting leaves the load
+// to the rest.
+func TestSessionLoadsOnce(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	a := memActivities(t)
+	a.Sessions = NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
+	t.Cleanup(a.Sessions.Close)
+	ctx := context.Background()
+	model, err := (&onnx.Graph{
+		Name:    "flatten",
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
+	}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Bucket.WriteAll(ctx, "models/flatten.onnx", model, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := a.checkModel(ctx, "target", schemas.Model{Path: "models/flatten.onnx", Input: "image", Features: "features",
+		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, []string{"features"}, []string{"features"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var loads atomic.Int32
+	release := make(chan struct{})
+	testHookLoadSession = func() {
+		loads.Add(1)
+		<-release
+	}
+	defer func() { testHookLoadSession = func() {} }()
+	first, cancelFirst := context.WithCancel(ctx)
+	got := make(chan *ortrun.Session, 8)
+	for i := range 8 {
+		c := ctx
+		if i == 0 {
+			c = first
+		}
+		go func() {
+			s, err := a.session(c, m)
+			if i == 0 {
+				if err == nil {
+					t.Error("a session cancelled while loading returned no error")
+				}
+				return
+			}
+			if err != nil {
+				t.Error(err)
+			}
+			got <- s
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // all eight wait on the load
+	cancelFirst()
+	close(release)
+	var s *ortrun.Session
+	for range 7 {
+		if g := <-got; s == nil {
+			s = g
+		} else if g != s {
+			t.Error("two sessions of one model")
+		}
+	}
+	if n := loads.Load(); n != 1 {
+		t.Errorf("%d loads of one model by eight activities at once, want 1", n)
+	}
 }
