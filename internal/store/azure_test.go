@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -159,4 +162,34 @@ func TestAzureReusesConnections(t *testing.T) {
 		_, err := ReadAll(ctx, b, "img.png")
 		return err
 	})
+}
+
+// A SAS token travels in every Azure request's URL; a request that fails
+// before its answer (here, the connection is closed on it) must not quote
+// it in the error, which reaches histories and logs.
+func TestAzureErrorHidesSASToken(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	defer srv.Close()
+	t.Setenv("AZURE_STORAGE_ACCOUNT", "devstoreaccount1")
+	t.Setenv("AZURE_STORAGE_KEY", "")
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "")
+	t.Setenv("AZURE_STORAGEBLOB_CONNECTIONSTRING", "")
+	t.Setenv("AZURE_STORAGE_SAS_TOKEN", "sv=2024-11-04&sp=r&sig=SECRETSIG")
+	b, err := Open(context.Background(), "azblob://c?localemu=true&protocol=http&domain="+strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = ReadAll(context.Background(), b, "img.jpg")
+	if err == nil {
+		t.Fatal("a read of a server that closes every connection succeeded")
+	}
+	if msg := Classify(err, "img.jpg").Error(); strings.Contains(msg, "SECRETSIG") || !strings.Contains(msg, "img.jpg") {
+		t.Errorf("the error %q quotes the SAS token, or not the object", msg)
+	}
 }

@@ -25,6 +25,8 @@ import (
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/azureblob"
 	"gocloud.dev/blob/s3blob"
+
+	"dcd/internal/redact"
 )
 
 // maxIdlePerHost is how many idle connections an s3:// or azblob:// bucket
@@ -141,7 +143,7 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, Renegotiation: tls.RenegotiateFreelyAsClient}
 	t.MaxIdleConns, t.MaxIdleConnsPerHost = maxIdlePerHost, maxIdlePerHost
-	opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: t}}}
+	opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: redactingClient{&http.Client{Transport: t}}}}
 	containerURL, err := url.JoinPath(string(svcURL), string(name))
 	if err != nil {
 		return nil, err
@@ -165,6 +167,21 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 		return nil, err
 	}
 	return container.NewClient(containerURL, cred, opts)
+}
+
+// redactingClient is an HTTP client whose errors leave out the request's
+// query. With a SAS token, every Azure request carries it in its URL, and
+// http.Client's errors (a cancelled or timed-out request, a reset
+// connection) quote the URL whole, into activity failures, workflow
+// histories and logs; azcore leaves out queries only in its own logs.
+type redactingClient struct{ *http.Client }
+
+func (c redactingClient) Do(req *http.Request) (*http.Response, error) {
+	resp, err := c.Client.Do(req)
+	if ue, ok := err.(*url.Error); ok {
+		ue.URL = redact.URL(ue.URL)
+	}
+	return resp, err
 }
 
 // startingAt has a listing's first request begin near the key from, on a
