@@ -513,6 +513,17 @@ func TestBadModels(t *testing.T) {
 		_, err := w.check(target("models/clf.onnx", "pooled", preprocess.Spec{Width: 224}))
 		failsNaming(t, err, "target.preprocess.width", "224", "models/clf.onnx")
 	})
+	t.Run("classes against the logits", func(t *testing.T) {
+		in := activities.CheckModelsInput{Target: target("models/clf.onnx", "pooled", preprocess.Spec{}), Classes: 3}
+		var res activities.CheckModelsResult
+		if err := w.do(w.acts.CheckModels, in, &res); err != nil {
+			t.Fatalf("3 classes for 3 logits: %v", err)
+		}
+		in.Classes = 4
+		failsNaming(t, w.do(w.acts.CheckModels, in, &res), "classes: there are 4", "gives 3 logits", "models/clf.onnx")
+		in.ClassesFile = "labels.txt"
+		failsNaming(t, w.do(w.acts.CheckModels, in, &res), "classes_file (labels.txt)", "there are 4")
+	})
 	t.Run("similarity", func(t *testing.T) {
 		sim := target("models/clf.onnx", "nope", preprocess.Spec{})
 		var res activities.CheckModelsResult

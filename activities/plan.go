@@ -24,6 +24,12 @@ type CheckModelsInput struct {
 	Target schemas.Model
 	// Similarity is nil when the target's features serve for similarity.
 	Similarity *schemas.Model
+	// Classes is how many classes the config lists (read from
+	// ClassesFile, when it names one): the target's logits must be as
+	// many, said now rather than when the first method is evaluated,
+	// after the pool's embedding and every retraining. 0: not checked.
+	Classes     int    `json:",omitempty"`
+	ClassesFile string `json:",omitempty"`
 }
 
 // CheckModelsResult pins the models the pass will use.
@@ -44,6 +50,14 @@ func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (Chec
 	target, err := a.checkModel(ctx, "target", in.Target, []string{in.Target.Features, in.Target.Logits}, []string{"features", "logits"})
 	if err != nil {
 		return CheckModelsResult{}, err
+	}
+	if n := in.Classes; n > 0 && len(target.Dims) == 2 && target.Dims[1] != n {
+		field := "classes"
+		if in.ClassesFile != "" {
+			field = fmt.Sprintf("classes_file (%s)", in.ClassesFile)
+		}
+		return CheckModelsResult{}, invalid("config: %s: there are %d classes, but the target %s gives %d logits per image in %q; list the model's classes, in its output's order",
+			field, n, in.Target.Path, target.Dims[1], in.Target.Logits)
 	}
 	res := CheckModelsResult{Target: target, Similarity: target}
 	if in.Similarity != nil {

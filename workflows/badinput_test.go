@@ -45,6 +45,13 @@ func TestBadInput(t *testing.T) {
 		failsNaming(t, err, "target.path", "models/missing.onnx")
 	})
 
+	t.Run("classes not the target's", func(t *testing.T) {
+		bad := cfg
+		bad.Classes = append(cfg.Classes[:len(cfg.Classes):len(cfg.Classes)], "extra")
+		_, err := runPass(t, c, "bad-classes-"+stamp, bad)
+		failsNaming(t, err, "config: classes", fmt.Sprint(len(bad.Classes)), fmt.Sprint(len(cfg.Classes)), cfg.Target.Path)
+	})
+
 	t.Run("empty E_sample", func(t *testing.T) {
 		bad := cfg
 		bad.Data.ErrorSample.Prefix = "nothing-here/"

@@ -124,7 +124,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 	var models activities.CheckModelsResult
 	if err := short.run(ctx, a.CheckModels, activities.CheckModelsInput{
-		Target: cfg.Target, Similarity: cfg.Similarity,
+		Target: cfg.Target, Similarity: cfg.Similarity, Classes: len(cfg.Classes), ClassesFile: cfg.ClassesFile,
 	}).Get(ctx, &models); err != nil {
 		return PassResult{}, err
 	}
