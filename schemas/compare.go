@@ -373,13 +373,40 @@ func (c Config) validateCompare() error {
 		if !slices.ContainsFunc(t.Command, func(a string) bool { return strings.Contains(a, "{model}") }) {
 			return bad("retrain.trainer.command", "must pass {model}, where the trained ONNX model is to be written")
 		}
+		for i, arg := range t.Command {
+			for _, m := range placeholder.FindAllStringSubmatchIndex(arg, -1) {
+				name := arg[m[2]:m[3]]
+				if (m[0] == 0 || arg[m[0]-1] != '$') && !slices.Contains(TrainerPlaceholders, name) {
+					return bad(fmt.Sprintf("retrain.trainer.command[%d]", i), "%q: {%s} is no placeholder (want one of {%s}); a shell's variable is written ${%s}",
+						arg, name, strings.Join(TrainerPlaceholders, "}, {"), name)
+				}
+			}
+		}
 	}
 	return nil
 }
 
+// TrainerPlaceholders are the names a trainer's command may hold in
+// braces, {model}, each replaced by its value when the command runs. A
+// name in braces not among them is taken for a misspelling; one after a
+// "$" is left to the shell.
+var TrainerPlaceholders = []string{"storage", "train", "debug_train", "model", "job", "work", "run", "method"}
+
+var placeholder = regexp.MustCompile(`\{([a-z_]+)\}`)
+
 func (s Selection) validate(field string) error {
 	bad := func(f, format string, args ...any) error {
 		return &FieldError{Field: field + "." + f, Msg: fmt.Sprintf(format, args...)}
+	}
+	// YAML can write .inf and .nan; JSON, which carries the config to the
+	// workflow, cannot.
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"threshold", s.Threshold}, {"dedupe", s.Dedupe}, {"leakage", s.Leakage}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			return bad(f.name, "must be a finite number, got %g", f.v)
+		}
 	}
 	switch s.Strategy {
 	case PerQuery:

@@ -100,6 +100,15 @@ func TestCompareValidation(t *testing.T) {
 		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
 		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
+		{"retrain.trainer.command[2]", func(c *Config) {
+			c.Retrain.Trainer = &Trainer{Command: []string{"train.sh", "{model}", "-debug={debug}"}}
+		}},
+		{"selection.threshold", func(c *Config) { c.Selection.Threshold = math.Inf(1) }},
+		{"selection.dedupe", func(c *Config) { c.Selection.Dedupe = math.NaN() }},
+		{"selection.variants.x.leakage", func(c *Config) {
+			c.Selection.Variants = map[string]SelectionVariant{"x": {Leakage: math.Inf(-1)}}
+			c.Compare = []string{"dcd:x"}
+		}},
 	} {
 		c := compareConfig().WithDefaults()
 		tc.edit(&c)
@@ -110,5 +119,19 @@ func TestCompareValidation(t *testing.T) {
 		} else if strings.TrimSpace(fe.Msg) == "" {
 			t.Errorf("%s: empty message", tc.field)
 		}
+	}
+}
+
+// A trainer's command may hold every placeholder, a shell's ${var} and
+// braces that name none ({} or JSON).
+func TestTrainerPlaceholdersAccepted(t *testing.T) {
+	c := compareConfig().WithDefaults()
+	cmd := []string{"bash", "-c", `python train.py --out "$1" --work ${work_dir} --opts '{"a": 1}' {}`, "-"}
+	for _, p := range TrainerPlaceholders {
+		cmd = append(cmd, "{"+p+"}")
+	}
+	c.Retrain.Trainer = &Trainer{Command: append(cmd, "{storage}{job}")}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
 	}
 }

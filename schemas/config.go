@@ -8,8 +8,10 @@
 package schemas
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,44 +162,63 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"10s\": %w", err)
+		return fmt.Errorf("timeouts: a duration is a string like \"30s\" or \"2h\", got %s", b)
 	}
 	return d.parse(s)
 }
 
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error { return d.parse(n.Value) }
+// UnmarshalYAML says where the duration is: yaml.v3 passes an
+// unmarshaler's error on without the line, and a timeout's name is not
+// known here.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if err := d.parse(n.Value); err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	return nil
+}
 
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
 func (d *Duration) parse(s string) error {
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", s, err)
+		return fmt.Errorf("timeouts: duration %q: want a number with a unit, like \"30s\" or \"2h\"", s)
 	}
 	*d = Duration(v)
 	return nil
 }
 
-// LoadConfig reads a YAML (.yaml, .yml) or JSON file and fills defaults.
-// Unknown fields are errors, so a misspelt key is not silently ignored.
+// LoadConfig reads a YAML or JSON file and fills defaults: JSON when its
+// name ends in .json, YAML when in .yaml or .yml, else as its text begins
+// (a config piped in as /dev/fd/63 has no extension). Unknown fields are
+// errors, so a misspelt key is not silently ignored, and so is anything
+// after the config (a second YAML document, a second JSON object).
 func LoadConfig(path string) (Config, error) {
 	var c Config
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
-	switch strings.ToLower(filepath.Ext(path)) {
-	case ".yaml", ".yml":
-		dec := yaml.NewDecoder(strings.NewReader(string(b)))
-		dec.KnownFields(true)
-		err = dec.Decode(&c)
-	default:
-		dec := json.NewDecoder(strings.NewReader(string(b)))
+	var decode func(any) error
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext == ".json" || ext != ".yaml" && ext != ".yml" && strings.HasPrefix(strings.TrimSpace(string(b)), "{") {
+		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
-		err = dec.Decode(&c)
+		decode = dec.Decode
+	} else {
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		decode = dec.Decode
 	}
-	if err != nil {
+	switch err = decode(&c); {
+	case err == io.EOF:
+		return c, fmt.Errorf("config %s: the file holds no config", path)
+	case err != nil:
 		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	var more any
+	if err := decode(&more); err != io.EOF {
+		return c, fmt.Errorf("config %s: more than one config in the file (a second YAML document or JSON value after the first)", path)
 	}
 	return c.WithDefaults(), nil
 }
