@@ -510,3 +510,26 @@ func TestTrainHeadProvider(t *testing.T) {
 		t.Errorf("-ep gpu: %v, want an error naming it", err)
 	}
 }
+
+// `result -json` prints eval.json from storage when the pass's result
+// left the per-class accuracies out, and only then.
+func TestResultPerClassLeftOut(t *testing.T) {
+	ev := activities.Eval{Classes: []string{"a", "b"}, Methods: []activities.Method{{Method: "none", TestPerClass: []*float64{nil, nil}}}}
+	if perClassLeftOut(ev) || !perClassLeftOut(ev.Totals()) {
+		t.Errorf("left out: whole %v, totals %v", perClassLeftOut(ev), perClassLeftOut(ev.Totals()))
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "runs", "r"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "runs", "r", "eval.json"), []byte(`{"classes":["a","b"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := readEval(ctx, "file://"+dir, "runs/r/eval.json"); err != nil || string(data) != `{"classes":["a","b"]}` {
+		t.Errorf("readEval: %q, %v", data, err)
+	}
+	if _, err := readEval(ctx, "file://"+dir, ""); err == nil {
+		t.Error("readEval of no key: no error")
+	}
+}
