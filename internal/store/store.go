@@ -66,9 +66,9 @@ import (
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
 // bytes, and a JSON read beside every read. Where its writes may land on
-// another filesystem than os.TempDir (a data disk), it writes each
-// object's temporary file beside it (no_tmp_dir): fileblob renames the
-// temporary file into place, which fails across filesystems. An s3:// or
+// another mount than os.TempDir (a data disk, a container's volume), it
+// writes each object's temporary file beside it (no_tmp_dir): fileblob
+// renames the temporary file into place, which fails across mounts. An s3:// or
 // azblob:// bucket keeps its connections for reuse however many reads are
 // in flight (see maxIdlePerHost).
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
@@ -102,7 +102,7 @@ func (e *redactedError) Unwrap() error { return e.err }
 
 // fileOptions adds metadata=skip to a file:// URL that sets no metadata
 // option, and no_tmp_dir=1 to one that sets no no_tmp_dir when its folder
-// and os.TempDir are on different filesystems, or when it is the root
+// and os.TempDir are on different mounts (device), or when it is the root
 // (file:///, where SplitURL puts a URL's objects): its writes may land on
 // any filesystem.
 func fileOptions(rawURL string) string {
@@ -122,7 +122,7 @@ func fileOptions(rawURL string) string {
 }
 
 // sameFilesystem reports whether paths a and b, or their nearest existing
-// folders (a bucket's may not exist yet), are on one filesystem; if either
+// folders (a bucket's may not exist yet), are on one mount; if either
 // cannot be told, it reports false, the choice that works either way.
 func sameFilesystem(a, b string) bool {
 	da, okA := device(a)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -259,5 +260,44 @@ func TestDefaultURLEscapes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ".dcd", "storage", "x")); err != nil {
 		t.Errorf("DefaultURL() = %s wrote elsewhere: %v", DefaultURL(), err)
+	}
+}
+
+// A bucket's folder bind-mounted apart from the temporary folder, on the
+// same disk (a container's volumes), takes writes: the rename between
+// mounts fails as between filesystems, though both have one st_dev.
+func TestFileBucketOnABindMount(t *testing.T) {
+	ctx := context.Background()
+	disk := t.TempDir()
+	for _, d := range []string{"data", "tmp", "mnt"} {
+		if err := os.Mkdir(filepath.Join(disk, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mnt := filepath.Join(disk, "mnt")
+	if out, err := exec.Command("mount", "--bind", filepath.Join(disk, "data"), mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot bind-mount here (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	t.Setenv("TMPDIR", filepath.Join(disk, "tmp"))
+
+	old, err := blob.OpenBucket(ctx, "file://"+mnt+"?metadata=skip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.WriteAll(ctx, "k", []byte("v"), nil); err == nil {
+		t.Fatal("gocloud's default wrote across a bind mount: the test no longer shows the difference")
+	}
+	b, err := Open(ctx, "file://"+mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := WriteAll(ctx, b, "runs/r/eval.json", []byte("{}")); err != nil {
+		t.Fatalf("write to a bind mount: %v", err)
+	}
+	if got, err := ReadAll(ctx, b, "runs/r/eval.json"); err != nil || string(got) != "{}" {
+		t.Errorf("read back %q, %v", got, err)
 	}
 }
