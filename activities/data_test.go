@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,11 +12,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"google.golang.org/api/googleapi"
 
 	"dcd/internal/dataset"
 	"dcd/internal/devserver"
+	"dcd/internal/embed"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -125,6 +129,27 @@ func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
 		final := errors.As(err, &appErr) && appErr.NonRetryable()
 		if err == nil || final != c.final || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("%s: %v (non-retryable: %v), want non-retryable %v saying %q", c.manifest, err, final, c.final, c.says)
+		}
+	}
+}
+
+// An image the store refuses is a reject; an image read with credentials
+// the store refuses is not (the shard fails and is retried), or it would
+// stay a reject in the cache once they were fixed.
+func TestUnreadable(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		reject bool
+	}{
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}, true},
+		{&googleapi.Error{Code: http.StatusNotFound}, true},
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}, false},
+		{&googleapi.Error{Code: http.StatusUnauthorized}, false},
+		{&azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}, false},
+	} {
+		err := unreadable(fmt.Errorf("read: %w", c.err))
+		if errors.Is(err, embed.ErrUnreadable) != c.reject {
+			t.Errorf("%v: reject %v, want %v", err, !c.reject, c.reject)
 		}
 	}
 }

@@ -345,9 +345,15 @@ func ReadImage(ctx context.Context, bs *store.Buckets, def *blob.Bucket, uri str
 }
 
 // unreadable marks the errors of an image that is gone or forbidden: a
-// reject, not a retry.
+// reject, not a retry. Credentials the store refused (expired, revoked)
+// are not the image's: recorded as its reject, it would stay one in the
+// cache after they were fixed. The shard fails instead, retried as any
+// storage failure, and says why.
 func unreadable(err error) error {
-	if store.Permanent(err) {
+	switch {
+	case store.CredentialsRefused(err):
+		return fmt.Errorf("the store refused the worker's credentials (fix them; no image is rejected for it): %w", err)
+	case store.Permanent(err):
 		return fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
 	}
 	return err

@@ -242,25 +242,26 @@ func failingS3(t *testing.T, status int, code string) (url string, requests *ato
 func TestTransient(t *testing.T) {
 	ctx := context.Background()
 	for _, c := range []struct {
-		status          int
-		code            string
-		transient, perm bool
+		status                 int
+		code                   string
+		transient, perm, creds bool
 	}{
-		{http.StatusServiceUnavailable, "ServiceUnavailable", true, false},
-		{http.StatusInternalServerError, "InternalError", true, false},
-		{http.StatusForbidden, "AccessDenied", false, true},
-		{http.StatusNotFound, "NoSuchKey", false, true},
-		{http.StatusNotImplemented, "NotImplemented", false, false},
+		{http.StatusServiceUnavailable, "ServiceUnavailable", true, false, false},
+		{http.StatusInternalServerError, "InternalError", true, false, false},
+		{http.StatusForbidden, "AccessDenied", false, true, false},
+		{http.StatusNotFound, "NoSuchKey", false, true, false},
+		{http.StatusNotImplemented, "NotImplemented", false, false, false},
 		// Refusals gocloud gives no code: an object in Glacier, a key
 		// that is not the account's, a range past the end.
-		{http.StatusForbidden, "InvalidObjectState", false, true},
-		{http.StatusForbidden, "InvalidAccessKeyId", false, true},
-		{http.StatusRequestedRangeNotSatisfiable, "InvalidRange", false, true},
-		{http.StatusConflict, "OperationAborted", false, false},
+		{http.StatusForbidden, "InvalidObjectState", false, true, false},
+		{http.StatusForbidden, "InvalidAccessKeyId", false, true, true},
+		{http.StatusForbidden, "SignatureDoesNotMatch", false, true, true},
+		{http.StatusRequestedRangeNotSatisfiable, "InvalidRange", false, true, false},
+		{http.StatusConflict, "OperationAborted", false, false, false},
 		// 4xx that a retry outlasts: a request timed out or cut on its
 		// way, credentials that expired.
-		{http.StatusBadRequest, "RequestTimeout", true, false},
-		{http.StatusBadRequest, "ExpiredToken", true, false},
+		{http.StatusBadRequest, "RequestTimeout", true, false, false},
+		{http.StatusBadRequest, "ExpiredToken", true, false, false},
 	} {
 		url, requests := failingS3(t, c.status, c.code)
 		b, err := Open(ctx, url)
@@ -269,8 +270,9 @@ func TestTransient(t *testing.T) {
 		}
 		_, err = ReadAll(ctx, b, "m.csv")
 		b.Close()
-		if err == nil || Transient(err) != c.transient || Permanent(err) != c.perm {
-			t.Errorf("S3 %d %s: Transient %v, Permanent %v (%v); want %v, %v", c.status, c.code, Transient(err), Permanent(err), err, c.transient, c.perm)
+		if err == nil || Transient(err) != c.transient || Permanent(err) != c.perm || CredentialsRefused(err) != c.creds {
+			t.Errorf("S3 %d %s: Transient %v, Permanent %v, CredentialsRefused %v (%v); want %v, %v, %v",
+				c.status, c.code, Transient(err), Permanent(err), CredentialsRefused(err), err, c.transient, c.perm, c.creds)
 		}
 		want := map[bool]int64{true: 2, false: 1}[c.transient]
 		if c.code == "ExpiredToken" {
@@ -315,8 +317,17 @@ func TestTransient(t *testing.T) {
 	if err := dial(&net.DNSError{Err: "i/o timeout", Name: "s3.example", IsTimeout: true}); !Transient(err) {
 		t.Errorf("%v: want it transient", err)
 	}
-	if err := fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}); !Permanent(err) {
-		t.Errorf("%v: want it permanent", err)
+	if err := fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}); !Permanent(err) || CredentialsRefused(err) {
+		t.Errorf("%v: want it permanent, the object's refusal", err)
+	}
+	// An expired SAS token, credentials Google does not know.
+	for _, err := range []error{
+		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}),
+		fmt.Errorf("read: %w", &googleapi.Error{Code: http.StatusUnauthorized}),
+	} {
+		if !Permanent(err) || !CredentialsRefused(err) {
+			t.Errorf("%v: want it permanent, the credentials' refusal", err)
+		}
 	}
 	// A server that closed the connection, reset it or sent HTTP/2's
 	// GOAWAY may be back.

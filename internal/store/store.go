@@ -191,6 +191,29 @@ func s3Passing(err error) bool {
 	return false
 }
 
+// CredentialsRefused reports whether err is the store refusing the
+// worker's credentials themselves (an unknown key, a bad signature, an
+// expired SAS token), not access to one object: every later request fails
+// the same way until they are fixed, so an image read with them is not
+// that image's fault. Permanent still holds for it.
+func CredentialsRefused(err error) bool {
+	var api interface{ ErrorCode() string } // smithy-go's APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed", "InvalidSecurity":
+			return true
+		}
+	}
+	var az *azcore.ResponseError
+	if errors.As(err, &az) {
+		switch az.ErrorCode {
+		case "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation":
+			return true
+		}
+	}
+	return httpStatus(err) == http.StatusUnauthorized
+}
+
 // ErrPastEnd is the error of a range read past the object's end: the object
 // is not what the caller listed (a manifest's offsets into an archive that
 // is shorter, say).
