@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -149,8 +150,8 @@ func Classify(err error, key string) error {
 }
 
 // Permanent reports whether err is a storage error that no retry can fix:
-// the object is gone or forbidden, its key is invalid, or a range read
-// asked for bytes past its end. gocloud gives many such refusals no code
+// the object is gone or forbidden (a file:// one too), its key or URL is
+// invalid, or a range read asked for bytes past its end. gocloud gives many such refusals no code
 // (S3's 403 InvalidObjectState for an object in Glacier, InvalidAccessKeyId,
 // 416 InvalidRange; Azure's 403 AuthorizationPermissionMismatch), so an
 // HTTP status of 4xx counts too, but for those a retry may outlast: a
@@ -161,7 +162,13 @@ func Permanent(err error) bool {
 	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
 		return true
 	}
-	if errors.Is(err, ErrPastEnd) {
+	var bad *URLError
+	if errors.Is(err, ErrPastEnd) || errors.As(err, &bad) {
+		return true
+	}
+	// A file:// object the worker may not read (EACCES), as S3's
+	// AccessDenied; fileblob gives it no code.
+	if errors.Is(err, fs.ErrPermission) {
 		return true
 	}
 	if s3Passing(err) {

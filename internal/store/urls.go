@@ -39,29 +39,40 @@ func IsURL(ref string) bool {
 func SplitURL(ref string) (bucketURL, key string, err error) {
 	u, err := url.Parse(ref)
 	if err != nil {
-		return "", "", fmt.Errorf("store: url %q: %w", ref, err)
+		return "", "", &URLError{fmt.Sprintf("store: url %q: %v", ref, err)}
 	}
-	if u.Scheme == "" {
-		return "", "", fmt.Errorf("store: url %q: no scheme", ref)
+	bad := func(format string, args ...any) (string, string, error) {
+		return "", "", &URLError{fmt.Sprintf("store: url %q: ", ref) + fmt.Sprintf(format, args...)}
 	}
-	if u.Fragment != "" {
+	switch {
+	case u.Scheme == "":
+		return bad("no scheme")
+	case !blob.DefaultURLMux().ValidBucketScheme(u.Scheme):
+		return bad("%s:// is no store DCD reads (s3://, gs://, azblob://, file://)", u.Scheme)
+	case u.Fragment != "":
 		// Read as a URL, "img#1.jpg" names the object "img": escape a '#'
 		// in a key as %23.
-		return "", "", fmt.Errorf("store: url %q: %q is not part of an object's URL; write '#' in a key as %%23", ref, "#"+u.Fragment)
+		return bad("%q is not part of an object's URL; write '#' in a key as %%23", "#"+u.Fragment)
 	}
 	if u.Scheme == "file" {
 		if u.Host != "" && u.Host != "localhost" {
-			return "", "", fmt.Errorf("store: url %q: a file URL has three slashes, file:///dir/file", ref)
+			return bad("a file URL has three slashes, file:///dir/file")
 		}
 		b := &url.URL{Scheme: "file", Path: "/", RawQuery: u.RawQuery}
 		return b.String(), strings.TrimPrefix(u.Path, "/"), nil
 	}
 	if u.Host == "" {
-		return "", "", fmt.Errorf("store: url %q: no bucket name", ref)
+		return bad("no bucket name")
 	}
 	b := &url.URL{Scheme: u.Scheme, Host: u.Host, RawQuery: u.RawQuery}
 	return b.String(), strings.TrimPrefix(u.Path, "/"), nil
 }
+
+// URLError is a URL that names no object a store could hold: no retry
+// reads it (Permanent).
+type URLError struct{ msg string }
+
+func (e *URLError) Error() string { return e.msg }
 
 // JoinURL is SplitURL's inverse: the URL of key in the bucket at bucketURL.
 func JoinURL(bucketURL, key string) (string, error) {

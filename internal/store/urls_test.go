@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"gocloud.dev/blob"
@@ -37,10 +39,23 @@ func TestSplitURL(t *testing.T) {
 		}
 	}
 	// mem:// buckets have no name, so no object URL can point into one.
-	for _, bad := range []string{"file://host/x.png", "s3:///key", "mem://", "s3://b/img#1.jpg"} {
-		if _, _, err := SplitURL(bad); err == nil {
-			t.Errorf("SplitURL(%q): want an error", bad)
+	// No retry reads these: an error that says so at once (Permanent),
+	// where a pass would otherwise try a shard for minutes.
+	for _, bad := range []string{"file://host/x.png", "s3:///key", "mem://", "s3://b/img#1.jpg", "https://example.com/a.jpg", "s4://b/k"} {
+		if _, _, err := SplitURL(bad); err == nil || !Permanent(fmt.Errorf("read: %w", err)) {
+			t.Errorf("SplitURL(%q): %v, want a permanent error", bad, err)
 		}
+	}
+}
+
+// A file the worker may not read (EACCES; fileblob gives it no code) is
+// refused for good, as an object S3 forbids is: an image's reject, not a
+// shard retried for minutes. (As root, which reads a file of mode 000, the
+// error is made, not met.)
+func TestFileForbiddenPermanent(t *testing.T) {
+	err := fmt.Errorf("store: read %q: %w", "img.png", &fs.PathError{Op: "open", Path: "/d/img.png", Err: syscall.EACCES})
+	if !Permanent(err) {
+		t.Errorf("%v: want a permanent error", err)
 	}
 }
 
