@@ -143,6 +143,7 @@ func TestUnreadable(t *testing.T) {
 	}{
 		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}, true},
 		{&googleapi.Error{Code: http.StatusNotFound}, true},
+		{fmt.Errorf("%w: 300000000 bytes, more than %d", store.ErrTooLarge, MaxImageBytes), true},
 		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}, false},
 		{&googleapi.Error{Code: http.StatusUnauthorized}, false},
 		{&azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}, false},

@@ -336,13 +336,19 @@ func (a *Activities) read(ctx context.Context, key string) ([]byte, error) {
 }
 
 // ReadImage reads an image to embed, a key in def or an absolute URL (in
-// a bucket of bs): one that is gone or forbidden is unreadable (a reject,
-// not a retry), for a pass's embeddings and an external trainer's
-// (`starter train-head`) alike.
+// a bucket of bs): one that is gone or forbidden, or larger than
+// MaxImageBytes, is unreadable (a reject, not a retry), for a pass's
+// embeddings and an external trainer's (`starter train-head`) alike.
 func ReadImage(ctx context.Context, bs *store.Buckets, def *blob.Bucket, uri string) ([]byte, error) {
-	data, err := bs.ReadAll(ctx, def, uri)
+	data, err := bs.ReadAtMost(ctx, def, uri, MaxImageBytes)
 	return data, unreadable(err)
 }
+
+// MaxImageBytes is the largest file read as an image: a 100-megapixel
+// photo is some 30 MB as a JPEG, 150 as a PNG. A manifest row that names
+// a video or an archive would otherwise be read whole into memory, by
+// each of an embedding's readers at once.
+const MaxImageBytes = 256 << 20
 
 // unreadable marks the errors of an image that is gone or forbidden: a
 // reject, not a retry. Credentials the store refused (expired, revoked)
@@ -380,7 +386,7 @@ const (
 func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 	var members []webdataset.Member
 	for _, im := range images {
-		if m, ok := webdataset.ParseKey(im.URI); ok {
+		if m, ok := webdataset.ParseKey(im.URI); ok && m.Size <= MaxImageBytes {
 			members = append(members, m)
 		}
 	}
@@ -393,7 +399,7 @@ func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 	spans.Readahead = spanReadahead
 	return func(ctx context.Context, uri string) ([]byte, error) {
 		m, ok := webdataset.ParseKey(uri)
-		if !ok {
+		if !ok || m.Size > MaxImageBytes { // read alone, or refused
 			return a.read(ctx, uri)
 		}
 		data, err := spans.Read(ctx, m)

@@ -163,7 +163,7 @@ func Permanent(err error) bool {
 		return true
 	}
 	var bad *URLError
-	if errors.Is(err, ErrPastEnd) || errors.As(err, &bad) {
+	if errors.Is(err, ErrPastEnd) || errors.Is(err, ErrTooLarge) || errors.As(err, &bad) {
 		return true
 	}
 	// A file:// object the worker may not read (EACCES), as S3's
@@ -308,7 +308,7 @@ func httpStatus(err error) int {
 
 // ReadAll reads the whole object at key.
 func ReadAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
-	data, err := readAll(ctx, b, key)
+	data, err := readAll(ctx, b, key, 0)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", key, err)
 	}
@@ -441,12 +441,15 @@ func isLocal(b *blob.Bucket) bool {
 // which grows its buffer from 512 bytes and copies a feature file of a few
 // MiB, or a photo of a few hundred KiB, several times over (in a pass on
 // cached features, more CPU than the read itself).
-func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
+func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]byte, error) {
 	r, err := b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
+	if limit > 0 && r.Size() > limit {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, r.Size(), limit)
+	}
 	// io.ReadAll's loop over a buffer with room for the object and the
 	// read that finds its end. A reader whose content outgrows its Size
 	// (a store that decompresses on the way) still reads to the end.
@@ -463,11 +466,18 @@ func readAll(ctx context.Context, b *blob.Bucket, key string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if limit > 0 && int64(len(data)) > limit {
+			return nil, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
+		}
 		if len(data) == cap(data) {
 			data = append(data, 0)[:len(data)]
 		}
 	}
 }
+
+// ErrTooLarge is the error of a read of more bytes than its caller takes
+// (Buckets.ReadAtMost): no retry makes the object smaller.
+var ErrTooLarge = errors.New("the object is too large")
 
 // WriteAll writes data at key atomically: readers see the old object or the
 // new one, never a part.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow"
@@ -105,4 +106,27 @@ func TestFileStore(t *testing.T) {
 	}
 	defer b.Close()
 	checkStore(t, b)
+}
+
+// ReadAtMost refuses an object larger than its limit before reading it,
+// a WebDataset member by its listed size, for good (Permanent).
+func TestReadAtMost(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := WriteAll(ctx, b, "big.png", make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	var bs Buckets
+	if data, err := bs.ReadAtMost(ctx, b, "big.png", 100); err != nil || len(data) != 100 {
+		t.Errorf("100 bytes at most 100: %d, %v", len(data), err)
+	}
+	for _, ref := range []string{"big.png", "p.tar#00012.png@512+100"} {
+		if _, err := bs.ReadAtMost(ctx, b, ref, 99); !errors.Is(err, ErrTooLarge) || !Permanent(err) || !strings.Contains(err.Error(), "more than 99") {
+			t.Errorf("%s at most 99: %v, want a permanent ErrTooLarge", ref, err)
+		}
+	}
 }

@@ -131,7 +131,16 @@ func (bs *Buckets) Resolve(ctx context.Context, def *blob.Bucket, ref string) (*
 
 // ReadAll reads the object ref names, a key in def or an absolute URL.
 func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([]byte, error) {
+	return bs.ReadAtMost(ctx, def, ref, 0)
+}
+
+// ReadAtMost is ReadAll of an object of at most limit bytes (0: any),
+// refusing a larger one (ErrTooLarge) before reading it.
+func (bs *Buckets) ReadAtMost(ctx context.Context, def *blob.Bucket, ref string, limit int64) ([]byte, error) {
 	if m, ok := webdataset.ParseKey(ref); ok {
+		if limit > 0 && m.Size > limit {
+			return nil, fmt.Errorf("store: read %q: %w: %d bytes, more than %d", m.Name, ErrTooLarge, m.Size, limit)
+		}
 		data, err := bs.ReadRange(ctx, def, m.Archive, m.Offset, m.Size)
 		if err != nil {
 			return nil, fmt.Errorf("store: read %q: %w", m.Name, err)
@@ -142,7 +151,7 @@ func (bs *Buckets) ReadAll(ctx context.Context, def *blob.Bucket, ref string) ([
 	if err != nil {
 		return nil, err
 	}
-	data, err := readAll(ctx, b, key)
+	data, err := readAll(ctx, b, key, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %q: %w", ref, err)
 	}
