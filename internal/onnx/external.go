@@ -13,7 +13,7 @@ import (
 const MaxInline = 1<<31 - 1
 
 // ErrTooLarge is Inline's error for a model past MaxInline.
-var ErrTooLarge = errors.New("onnx: the model with its external data is more than 2 GiB, protobuf's limit on one file")
+var ErrTooLarge = errors.New("onnx: the model with its external data is more than 2 GiB, protobuf's limit on a model loaded from memory, as DCD loads it (export it in float16, or a smaller variant)")
 
 // Inline returns model with the data of every initializer stored outside
 // it (external data, as PyTorch's exporter writes weights beside the
@@ -23,18 +23,26 @@ var ErrTooLarge = errors.New("onnx: the model with its external data is more tha
 // as it is. A model of more than MaxInline bytes then fails with
 // ErrTooLarge.
 func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, error) {
-	if !hasExternal(model) {
+	external, declared := externalSize(model)
+	if !external {
 		return model, nil
+	}
+	// What the tensors say they hold, checked before reading any: a
+	// model over the limit fails at once, not after gigabytes of reads.
+	if size := int64(len(model)) + declared; size > MaxInline {
+		return nil, fmt.Errorf("%w: its tensors' external data alone are %d bytes", ErrTooLarge, declared)
 	}
 	files := map[string][]byte{}
 	size := len(model)
-	var out []byte
+	// Room for the graph and the model once, so neither grows by copies:
+	// at a model's size, each copy is that much more memory at once.
+	out := make([]byte, 0, len(model)+int(declared)+64)
 	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
 		if num != 7 || typ != protowire.BytesType { // ModelProto.graph
 			out = append(out, raw...)
 			return nil
 		}
-		var graph []byte
+		graph := make([]byte, 0, len(v)+int(declared))
 		err := walkFields(v, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
 			if num != 5 || typ != protowire.BytesType { // GraphProto.initializer
 				graph = append(graph, raw...)
@@ -59,23 +67,26 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 	return out, nil
 }
 
-// hasExternal says whether any initializer of model's graph keeps its data
-// outside it.
-func hasExternal(model []byte) bool {
-	found := false
+// externalSize says whether any initializer of model's graph keeps its
+// data outside it, and how many bytes those that give their length hold
+// (PyTorch's exporter gives every one's).
+func externalSize(model []byte) (found bool, declared int64) {
 	walkFields(model, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
 		if num == 7 && typ == protowire.BytesType {
 			walkFields(v, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
 				if num == 5 && typ == protowire.BytesType {
-					loc, _, _, _ := externalOf(v)
+					loc, _, length, _ := externalOf(v)
 					found = found || loc != ""
+					if loc != "" && length > 0 {
+						declared += length
+					}
 				}
 				return nil
 			})
 		}
 		return nil
 	})
-	return found
+	return found, declared
 }
 
 // externalOf returns where a TensorProto's data is, if outside the model:

@@ -18,6 +18,12 @@ import (
 // as PyTorch's exporter saves weights (external data in model.onnx.data),
 // and returns the model that points there and the file.
 func externalize(t *testing.T, model []byte, location string) (out, file []byte) {
+	return externalizeAs(t, model, location, func(n int) int64 { return int64(n) })
+}
+
+// externalizeAs is externalize with each tensor's length written as
+// length says, from its true one.
+func externalizeAs(t *testing.T, model []byte, location string, length func(int) int64) (out, file []byte) {
 	t.Helper()
 	fields := func(msg []byte, fn func(num protowire.Number, typ protowire.Type, v, raw []byte)) {
 		for len(msg) > 0 {
@@ -67,7 +73,7 @@ func externalize(t *testing.T, model []byte, location string) (out, file []byte)
 			file = append(file, make([]byte, 64-len(file)%64)...) // aligned, as exporters do
 			tensor = message(tensor, 13, entry("location", location))
 			tensor = message(tensor, 13, entry("offset", strconv.Itoa(len(file))))
-			tensor = message(tensor, 13, entry("length", strconv.Itoa(len(data))))
+			tensor = message(tensor, 13, entry("length", strconv.FormatInt(length(len(data)), 10)))
 			tensor = protowire.AppendTag(tensor, 14, protowire.VarintType)
 			tensor = protowire.AppendVarint(tensor, 1) // EXTERNAL
 			file = append(file, data...)
@@ -129,5 +135,12 @@ func TestInline(t *testing.T) {
 		if _, err := onnx.Inline(ext, read); err == nil || !strings.Contains(err.Error(), "clf.onnx.data") {
 			t.Errorf("%s external data: %v, want an error naming it", name, err)
 		}
+	}
+	// Tensors that say they hold more than a model loaded from memory
+	// may: refused before a byte of them is read.
+	huge, _ := externalizeAs(t, model, "clf.onnx.data", func(int) int64 { return 1 << 31 })
+	reads = 0
+	if _, err := onnx.Inline(huge, func(string) ([]byte, error) { reads++; return file, nil }); !errors.Is(err, onnx.ErrTooLarge) || reads != 0 {
+		t.Errorf("a model declaring gigabytes: %v after %d reads, want ErrTooLarge before any", err, reads)
 	}
 }
