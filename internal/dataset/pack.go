@@ -147,8 +147,8 @@ func (s Source) AbandonPack(ctx context.Context, out string) error {
 
 // within says whether the prefix p is dir or below it: keys of the
 // workers' bucket, whose URL is self (empty when unknown), or URLs of one
-// bucket (its options in any order). A key is compared with a URL as the
-// URL it has in the workers' bucket. Every file:// URL is of one
+// bucket (its options in any order, its prefix= read into its keys). A
+// key is compared with a URL as the URL it has in the workers' bucket. Every file:// URL is of one
 // filesystem, whatever its options.
 func within(p, dir, self string) bool {
 	split := func(ref string) (bucket, key string, ok bool) {
@@ -169,7 +169,11 @@ func within(p, dir, self string) bool {
 		if err != nil || perr != nil {
 			return "", "", false
 		}
-		u.RawQuery = u.Query().Encode()
+		// A bucket's prefix= is part of its keys' names in the store.
+		q := u.Query()
+		key = q.Get("prefix") + key
+		q.Del("prefix")
+		u.RawQuery = q.Encode()
 		if u.Scheme == "file" {
 			u.RawQuery = ""
 		}

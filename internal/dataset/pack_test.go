@@ -340,6 +340,10 @@ func TestWithin(t *testing.T) {
 		{"data/packed", "file:///srv/st/data/?metadata=skip", "file:///srv/st/", true},
 		{"other/packed", "file:///srv/st/data", "file:///srv/st", false},
 		{"file:///srv/st/data2", "data", "file:///srv/st", false},
+		// The workers' bucket keeps its objects under a prefix.
+		{"imgs/packed", "s3://b/dcd/imgs/", "s3://b?prefix=dcd/", true},
+		{"imgs/packed", "s3://b/imgs/", "s3://b?prefix=dcd/", false},
+		{"s3://b/dcd/imgs/packed", "imgs", "s3://b?prefix=dcd/", true},
 	} {
 		if got := within(c.p, c.dir, c.self); got != c.want {
 			t.Errorf("within(%q, %q, %q) = %v, want %v", c.p, c.dir, c.self, got, c.want)

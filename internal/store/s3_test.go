@@ -153,6 +153,19 @@ func TestOpenS3Options(t *testing.T) {
 			t.Errorf("option %s: error %v, want one naming %s", opt, err, want)
 		}
 	}
+	// prefix= keeps the bucket's objects under a folder, as gocloud's
+	// other drivers do; a folder in the URL's path would be dropped.
+	b, err := Open(ctx, url+"&prefix=dcd/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if data, err := ReadAll(ctx, b, "x.png"); err != nil || string(data) != "dcd/x.png" {
+		t.Errorf("prefix=dcd/: read x.png = %q, %v; want dcd/x.png", data, err)
+	}
+	if _, err := Open(ctx, strings.Replace(url, "s3://pool?", "s3://pool/dcd?", 1)); err == nil || !strings.Contains(err.Error(), "prefix=dcd/") {
+		t.Errorf("s3://pool/dcd: %v, want an error that says to write prefix=dcd/", err)
+	}
 }
 
 // BenchmarkS3Get reads a small object through an s3:// bucket (gocloud over

@@ -72,16 +72,37 @@ import (
 // renames the temporary file into place, which fails across mounts. An s3:// or
 // azblob:// bucket keeps its connections for reuse however many reads are
 // in flight (see maxIdlePerHost).
+//
+// A bucket URL of an object store names no folder: s3://b/dcd is refused
+// (the drivers would drop "/dcd"), and prefix=dcd/ keeps DCD's objects
+// under dcd/, with every driver (s3:// and azblob:// are opened here, not
+// by gocloud's URL mux, which reads prefix= for the others).
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	var b *blob.Bucket
+	var prefix string
 	u, err := url.Parse(rawURL)
+	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") {
+		if strings.Trim(u.Path, "/") != "" {
+			dir := strings.Trim(u.Path, "/")
+			err = fmt.Errorf("a bucket's URL names no folder: to keep DCD's objects under %s/, give %s://%s the option prefix=%s/", dir, u.Scheme, u.Host, dir)
+		}
+		if q := u.Query(); u.Scheme != "gs" && q.Has("prefix") {
+			prefix = q.Get("prefix")
+			q.Del("prefix")
+			u.RawQuery = q.Encode()
+		}
+	}
 	switch {
-	case err == nil && u.Scheme == s3blob.Scheme:
+	case err != nil:
+	case u.Scheme == s3blob.Scheme:
 		b, err = openS3(ctx, u)
-	case err == nil && u.Scheme == azureblob.Scheme:
+	case u.Scheme == azureblob.Scheme:
 		b, err = openAzure(ctx, u)
 	default:
 		b, err = blob.OpenBucket(ctx, fileOptions(rawURL))
+	}
+	if err == nil && prefix != "" {
+		b = blob.PrefixedBucket(b, prefix)
 	}
 	if err != nil {
 		// The driver's error may quote the URL too: the queries are
