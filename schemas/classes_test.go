@@ -30,4 +30,9 @@ func TestClassesOrClassesFile(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("classes_file instead of classes: %v", err)
 	}
+	// Beside classes_file, classes are ignored, left over or not.
+	c.Classes = []string{"", "a", "a"}
+	if err := c.Validate(); err != nil {
+		t.Errorf("classes_file beside ignored classes: %v", err)
+	}
 }

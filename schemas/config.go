@@ -295,6 +295,9 @@ func (c Config) Validate() error {
 	}
 	seen := map[string]bool{}
 	for i, cl := range c.Classes {
+		if c.ClassesFile != "" {
+			break // the file's classes are the pass's; these are ignored
+		}
 		if cl == "" || seen[cl] {
 			return bad(fmt.Sprintf("classes[%d]", i), "%q is empty or repeated", cl)
 		}

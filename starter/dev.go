@@ -192,6 +192,9 @@ func parseDemo(e *cli, args []string) (demoArgs, error) {
 	if known := corrupt.Names(); !slices.Contains(known, a.corruption) {
 		return a, usageErrorf("demo: -corruption %q is not one of %s", a.corruption, strings.Join(known, ", "))
 	}
+	if a.seed == 0 { // the world's options read 0 as unset, seed 1: another seed's world under this one's name
+		return a, usageErrorf("demo: -seed must be at least 1")
+	}
 	return a, nil
 }
 

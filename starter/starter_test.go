@@ -169,6 +169,10 @@ func TestParseDemo(t *testing.T) {
 	if code, _, stderr, dialed := run(t, "demo", "-corruption", "foo"); code != 2 || dialed != nil || !strings.Contains(stderr, "blur") {
 		t.Errorf("demo -corruption foo: exit %d, %q; want 2 listing the known ones, before dialing", code, stderr)
 	}
+	// Seed 0 would be seed 1's world under another name.
+	if code, _, stderr, dialed := run(t, "demo", "-seed", "0"); code != 2 || dialed != nil || !strings.Contains(stderr, "-seed") {
+		t.Errorf("demo -seed 0: exit %d, %q; want 2, before dialing", code, stderr)
+	}
 }
 
 func TestParseDev(t *testing.T) {
