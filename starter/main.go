@@ -30,12 +30,16 @@ import (
 type globals struct {
 	address   string
 	namespace string
+	// ui is the Temporal UI's URL (env TEMPORAL_UI_URL) for the links the
+	// commands print; empty: the dev server's, beside address.
+	ui string
 }
 
 func defaultGlobals() globals {
 	return globals{
 		address:   env("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
 		namespace: env("TEMPORAL_NAMESPACE", "default"),
+		ui:        env("TEMPORAL_UI_URL", ""),
 	}
 }
 
@@ -146,6 +150,7 @@ func (e *cli) usage(w io.Writer) {
 	fmt.Fprintf(w, "\nGlobal flags (before or after the command):\n"+
 		"  -address HOST:PORT  Temporal frontend (env TEMPORAL_ADDRESS; now %s)\n"+
 		"  -namespace NS       Temporal namespace (env TEMPORAL_NAMESPACE; now %s)\n"+
+		"Printed links go to the Temporal UI (env TEMPORAL_UI_URL; default the dev server's, beside -address).\n"+
 		"\n`starter COMMAND -h` lists a command's flags.\n", e.g.address, e.g.namespace)
 }
 

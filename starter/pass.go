@@ -102,7 +102,11 @@ func passID(name string, now time.Time) string {
 
 // workflowURL is a pass's page in the Temporal Web UI.
 func workflowURL(g globals, id string) string {
-	return devserver.UIURL(g.address) + "/namespaces/" + url.PathEscape(g.namespace) + "/workflows/" + url.PathEscape(id)
+	ui := strings.TrimSuffix(g.ui, "/")
+	if ui == "" {
+		ui = devserver.UIURL(g.address)
+	}
+	return ui + "/namespaces/" + url.PathEscape(g.namespace) + "/workflows/" + url.PathEscape(id)
 }
 
 // startPass starts DebugPass with the config only (no secrets) and prints

@@ -45,6 +45,7 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string, dialed 
 	}
 	t.Setenv("TEMPORAL_ADDRESS", "")
 	t.Setenv("TEMPORAL_NAMESPACE", "")
+	t.Setenv("TEMPORAL_UI_URL", "")
 	var out, errOut bytes.Buffer
 	code = realMain(context.Background(), args, &out, &errOut, false)
 	return code, out.String(), errOut.String(), dialed
@@ -268,6 +269,11 @@ func TestPassIDAndURL(t *testing.T) {
 	g := globals{address: "127.0.0.1:7233", namespace: "default"}
 	if got := workflowURL(g, "a b"); got != "http://127.0.0.1:8233/namespaces/default/workflows/a%20b" {
 		t.Errorf("workflowURL = %q", got)
+	}
+	// A deployment's UI is where TEMPORAL_UI_URL says (compose's: 8080).
+	g.ui = "http://localhost:8080/"
+	if got := workflowURL(g, "r"); got != "http://localhost:8080/namespaces/default/workflows/r" {
+		t.Errorf("workflowURL with TEMPORAL_UI_URL = %q", got)
 	}
 }
 
