@@ -157,44 +157,57 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		name, key string
 		weight    float32
 	}{{"train", job.Train, 1}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight)}} {
-		var images []embed.Image
-		if empty, err := headerOnly(ctx, b, set.key); err != nil {
+		empty, err := headerOnly(ctx, b, set.key)
+		if err != nil {
 			return fmt.Errorf("train-head: %s manifest: %w", set.name, err)
-		} else if !empty {
+		}
+		n, rows, rejects, skipped := 0, 0, 0, 0
+		// The manifest's images go to the embedder embedChunk at a time, so
+		// memory holds a chunk's names, not a set's of millions.
+		var images []embed.Image
+		flush := func() error {
+			rj, err := emb.Embed(ctx, images, read, func(bt embed.Batch) error {
+				if len(bt.Images) == 0 {
+					return nil
+				}
+				d := bt.Dims[0]
+				if spool.dim == 0 {
+					spool.dim = d
+				}
+				for i, im := range bt.Images {
+					c := slices.Index(job.Classes, im.Label)
+					if c < 0 {
+						skipped++
+						continue
+					}
+					if err := spool.write(w, bt.Vectors[0][i*d:(i+1)*d], c, set.weight); err != nil {
+						return err
+					}
+					rows++
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("train-head: embed %s: %w", set.name, err)
+			}
+			n, rejects, images = n+len(images), rejects+len(rj), images[:0]
+			return nil
+		}
+		if !empty {
 			if err := src.Walk(ctx, schemas.Dataset{Manifest: set.key}, func(it dataset.Item) error {
-				images = append(images, embed.Image{URI: it.Key, Label: it.Label})
+				if images = append(images, embed.Image{URI: it.Key, Label: it.Label}); len(images) == embedChunk {
+					return flush()
+				}
 				return nil
 			}); err != nil {
 				return fmt.Errorf("train-head: %s manifest %s: %w", set.name, set.key, err)
 			}
 		}
-		rows, skipped := 0, 0
-		rejects, err := emb.Embed(ctx, images, read, func(bt embed.Batch) error {
-			if len(bt.Images) == 0 {
-				return nil
-			}
-			d := bt.Dims[0]
-			if spool.dim == 0 {
-				spool.dim = d
-			}
-			for i, im := range bt.Images {
-				c := slices.Index(job.Classes, im.Label)
-				if c < 0 {
-					skipped++
-					continue
-				}
-				if err := spool.write(w, bt.Vectors[0][i*d:(i+1)*d], c, set.weight); err != nil {
-					return err
-				}
-				rows++
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("train-head: embed %s: %w", set.name, err)
+		if err := flush(); err != nil {
+			return err
 		}
 		fmt.Fprintf(e.stdout, "embedded %d %s images: %d rows (weight %g), %d unreadable, %d with a label outside the classes\n",
-			len(images), set.name, rows, set.weight, len(rejects), skipped)
+			n, set.name, rows, set.weight, rejects, skipped)
 		spool.rows += rows
 	}
 	if err := w.Flush(); err != nil {
@@ -242,17 +255,26 @@ func imageReader(buckets *store.Buckets, b *blob.Bucket) embed.ReadFunc {
 	}
 }
 
+// embedChunk is how many of a manifest's images train-head hands the
+// embedder at once.
+const embedChunk = 1 << 16
+
 // headerOnly reports a CSV manifest without rows (train_only's debug-train
-// set), which is no error for a trainer.
+// set), which is no error for a trainer. Its first bytes tell.
 func headerOnly(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
 	if strings.HasSuffix(strings.ToLower(key), ".parquet") {
 		return false, nil
 	}
-	data, err := b.ReadAll(ctx, key)
+	r, err := b.NewRangeReader(ctx, key, 0, 64<<10, nil)
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", key, err)
 	}
-	return !strings.Contains(strings.TrimSpace(string(data)), "\n"), nil
+	defer r.Close()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", key, err)
+	}
+	return int64(len(data)) == r.Size() && !strings.Contains(strings.TrimSpace(string(data)), "\n"), nil
 }
 
 // spoolRows is head.Rows over a local file of rows (label int32, weight
