@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"gocloud.dev/blob"
 )
 
 // azuriteKey is the key of Azurite's built-in account devstoreaccount1,
@@ -191,5 +193,50 @@ func TestAzureErrorHidesSASToken(t *testing.T) {
 	}
 	if msg := Classify(err, "img.jpg").Error(); strings.Contains(msg, "SECRETSIG") || !strings.Contains(msg, "img.jpg") {
 		t.Errorf("the error %q quotes the SAS token, or not the object", msg)
+	}
+}
+
+// A blob another tool uploaded under a name with '%', '#' or '?' (which
+// gocloud's driver would read under an escaped name, 100__0x25__.png)
+// reads, as it lists, under its own name.
+func TestAzureRawNames(t *testing.T) {
+	ctx := context.Background()
+	url, _ := azurite(t, "dcd-raw")
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var c *container.Client
+	if !b.As(&c) {
+		t.Fatal("an azblob:// bucket is not a *container.Client")
+	}
+	names := []string{"pool/100%.png", "pool/C#/1.png", "pool/why?.png", "pool/plain.png"}
+	for _, name := range names {
+		if _, err := c.NewBlockBlobClient(name).UploadBuffer(ctx, []byte("bytes of "+name), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listed := map[string]bool{}
+	if err := List(ctx, b, &blob.ListOptions{Prefix: "pool/"}, func(o *blob.ListObject) error { listed[o.Key] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if !listed[name] {
+			t.Errorf("%s not listed under its name (listed %v)", name, listed)
+		}
+		if data, err := ReadAll(ctx, b, name); err != nil || string(data) != "bytes of "+name {
+			t.Errorf("%s: %q, %v", name, data, err)
+		}
+		var bs Buckets
+		if data, err := bs.ReadRange(ctx, b, name, 3, 5); err != nil || string(data) != "es of" {
+			t.Errorf("%s bytes 3-8: %q, %v", name, data, err)
+		}
+		if _, err := bs.ReadRange(ctx, b, name, 3, 500); !errors.Is(err, ErrPastEnd) {
+			t.Errorf("%s bytes 3-503: %v, want ErrPastEnd", name, err)
+		}
+	}
+	if _, err := ReadAll(ctx, b, "pool/gone%.png"); !Permanent(err) {
+		t.Errorf("a missing blob of such a name: %v, want a permanent error", err)
 	}
 }

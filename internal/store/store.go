@@ -103,6 +103,7 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	}
 	if err == nil && prefix != "" {
 		b = blob.PrefixedBucket(b, prefix)
+		prefixes.Store(b, prefix)
 	}
 	if err != nil {
 		// The driver's error may quote the URL too: the queries are
@@ -463,7 +464,7 @@ func isLocal(b *blob.Bucket) bool {
 // MiB, or a photo of a few hundred KiB, several times over (in a pass on
 // cached features, more CPU than the read itself).
 func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]byte, error) {
-	r, err := b.NewReader(ctx, key, nil)
+	r, err := newRangeReader(ctx, b, key, 0, -1)
 	if err != nil {
 		return nil, err
 	}

@@ -173,7 +173,7 @@ func (bs *Buckets) ReadRange(ctx context.Context, def *blob.Bucket, ref string, 
 	if offset < 0 || length < 0 {
 		return fail(errors.New("a negative offset or length"))
 	}
-	r, err := b.NewRangeReader(ctx, key, offset, length, nil)
+	r, err := newRangeReader(ctx, b, key, offset, length)
 	if err != nil {
 		return fail(err)
 	}
