@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/color"
 	"math"
+	"slices"
 	"sync"
 )
 
@@ -39,7 +40,12 @@ func (s Spec) Fill(dst []float32, img image.Image) error {
 // Prepared is a Spec with its defaults applied and checked, ready to fill
 // many images. Checking a spec costs about 270 ns, which on a 28×28 digit
 // was a third of Fill.
-type Prepared struct{ spec Spec }
+type Prepared struct {
+	spec Spec
+	// rgb is spec with its mean and std in RGB order, which the fill
+	// writes before a BGR spec's channels are swapped.
+	rgb Spec
+}
 
 // Prepare applies s's defaults and validates it.
 func (s Spec) Prepare() (Prepared, error) {
@@ -47,7 +53,19 @@ func (s Spec) Prepare() (Prepared, error) {
 	if err := s.Validate(); err != nil {
 		return Prepared{}, err
 	}
-	return Prepared{s}, nil
+	p := Prepared{spec: s, rgb: s}
+	if p.bgr() {
+		p.rgb.Mean, p.rgb.Std = reversed(s.Mean), reversed(s.Std)
+	}
+	return p, nil
+}
+
+func (p Prepared) bgr() bool { return p.spec.Order == OrderBGR && p.spec.Channels == 3 }
+
+func reversed(v []float32) []float32 {
+	r := slices.Clone(v)
+	slices.Reverse(r)
+	return r
 }
 
 // Spec returns the prepared spec, its defaults applied.
@@ -55,7 +73,32 @@ func (p Prepared) Spec() Spec { return p.spec }
 
 // Fill is Spec.Fill for the prepared spec.
 func (p Prepared) Fill(dst []float32, img image.Image) error {
-	s := p.spec
+	if err := p.fillRGB(dst, img); err != nil {
+		return err
+	}
+	if p.bgr() {
+		swapRB(dst, p.spec)
+	}
+	return nil
+}
+
+// swapRB swaps the first and third channels of a filled input.
+func swapRB(dst []float32, s Spec) {
+	if s.Layout == LayoutNHWC {
+		for i := 0; i+2 < len(dst); i += 3 {
+			dst[i], dst[i+2] = dst[i+2], dst[i]
+		}
+		return
+	}
+	plane := s.Height * s.Width
+	r, b := dst[:plane], dst[2*plane:3*plane]
+	for i := range r {
+		r[i], b[i] = b[i], r[i]
+	}
+}
+
+func (p Prepared) fillRGB(dst []float32, img image.Image) error {
+	s := p.rgb
 	if s.Size() == 0 {
 		return errors.New("preprocess: fill with a spec that was not prepared")
 	}
@@ -72,7 +115,7 @@ func (p Prepared) Fill(dst []float32, img image.Image) error {
 	// The demo feeds 28x28 gray digits to a 28x28 gray model many times a
 	// second; going through the float buffer and resampler would cost
 	// allocations and several passes for what is a per-pixel affine map.
-	if g, ok := img.(*image.Gray); ok && b.Dx() == s.Width && b.Dy() == s.Height {
+	if g, ok := img.(*image.Gray); ok && b.Dx() == s.Width && b.Dy() == s.Height && s.Shorter == 0 {
 		s.fillGrayExact(dst, g)
 		return nil
 	}
@@ -107,7 +150,8 @@ func (s Spec) affine(full float64) (a, b [3]float32) {
 // beat CVTSI2SS here: the Go compiler emits it without breaking its false
 // dependency on the destination register, which serialises a pixel loop.
 // u8unit is also bit-identical to PyTorch's ToTensor (u8 -> f32 / 255), so
-// the common unit-scaled case matches what models were trained on exactly.
+// the unit-scaled case of an image already at the input's size matches
+// what models were trained on exactly.
 var u8f, u8unit = func() (f, unit [256]float32) {
 	for i := range f {
 		f[i] = float32(i)
@@ -327,6 +371,25 @@ func grow[T any](buf []T, n int) []T {
 	return buf[:n]
 }
 
+// cropAxis is the window, in source pixels along one axis of n (the other
+// of m), that torchvision's Resize(shorter) then CenterCrop(out) keep:
+// the shorter side is resized to shorter and the longer to
+// int(shorter·long/short), and the crop starts at round((resized−out)/2)
+// pixels of the resized image. A crop wider than the resized image (which
+// torchvision pads with zeros) keeps all of it.
+func cropAxis(n, m, shorter, out int) (start, length float64) {
+	resized := shorter
+	if n > m {
+		resized = int(int64(shorter) * int64(n) / int64(m))
+	}
+	if out >= resized {
+		return 0, float64(n)
+	}
+	scale := float64(n) / float64(resized)
+	// Python's round, as torchvision's: halves to even.
+	return math.RoundToEven(float64(resized-out)/2) * scale, float64(out) * scale
+}
+
 // fillGeneral makes each output row from the source rows it reads,
 // converted to floats once each: it sums them with the vertical weights,
 // resamples that line horizontally, and writes it in the spec's layout.
@@ -346,7 +409,11 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 
 	// Source window, in pixels relative to b.Min, that maps onto the output.
 	x0, y0, rw, rh := 0.0, 0.0, float64(sw), float64(sh)
-	if s.Resize == ResizeCrop {
+	switch {
+	case s.Resize == ResizeCrop && s.Shorter > 0:
+		x0, rw = cropAxis(sw, sh, s.Shorter, w)
+		y0, rh = cropAxis(sh, sw, s.Shorter, h)
+	case s.Resize == ResizeCrop:
 		// Compare w/sw with h/sh without division so the axis that fits is
 		// used exactly and only the other one is cropped.
 		if int64(w)*int64(sh) >= int64(h)*int64(sw) {

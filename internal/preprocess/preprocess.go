@@ -37,6 +37,9 @@ const (
 
 	ScaleUnit = "unit"
 	ScaleByte = "byte"
+
+	OrderRGB = "rgb"
+	OrderBGR = "bgr"
 )
 
 // maxSide bounds Height and Width so that Size cannot overflow and a typo in a
@@ -66,6 +69,14 @@ type Spec struct {
 	Scale    string    `json:"scale" yaml:"scale"`                   // "unit" (default: [0,1]) or "byte" ([0,255])
 	Mean     []float32 `json:"mean,omitempty" yaml:"mean,omitempty"` // per channel, applied after Scale: (v-mean)/std; empty = none
 	Std      []float32 `json:"std,omitempty" yaml:"std,omitempty"`   // per channel; empty = 1
+	// Shorter, with resize crop, is the size the image's shorter side is
+	// resized to before the centre Height×Width is cut from it, as
+	// torchvision's Resize(shorter) then CenterCrop does (256 for 224 is
+	// ImageNet's evaluation); 0: the crop spans the shorter side whole.
+	Shorter int `json:"shorter,omitempty" yaml:"shorter,omitempty"`
+	// Order is the order of 3 channels: "rgb" (default) or "bgr" (models
+	// trained on OpenCV's images, Caffe's). Mean and Std follow it.
+	Order string `json:"order,omitempty" yaml:"order,omitempty"`
 }
 
 // WithDefaults returns s with empty Layout, Resize and Scale set to their
@@ -76,6 +87,11 @@ func (s Spec) WithDefaults() Spec {
 	s.Layout = canonical(s.Layout, LayoutNCHW, LayoutNHWC, strings.ToUpper)
 	s.Resize = canonical(s.Resize, ResizeSquash, ResizeCrop, strings.ToLower)
 	s.Scale = canonical(s.Scale, ScaleUnit, ScaleByte, strings.ToLower)
+	// RGB is written as no order, so that a spec's digest, which names
+	// the features it made, is what it was before Order existed.
+	if s.Order = strings.ToLower(strings.TrimSpace(s.Order)); s.Order == OrderRGB {
+		s.Order = ""
+	}
 	return s
 }
 
@@ -114,6 +130,19 @@ func (s Spec) Validate() error {
 	}
 	if s.Scale != ScaleUnit && s.Scale != ScaleByte {
 		return fmt.Errorf("preprocess: scale must be unit or byte, got %q", s.Scale)
+	}
+	if s.Shorter != 0 && (s.Resize != ResizeCrop || s.Shorter < 0 || s.Shorter > maxSide) {
+		return fmt.Errorf("preprocess: shorter must be in 1..%d, with resize crop; got %d with resize %s", maxSide, s.Shorter, s.Resize)
+	}
+	if s.Order != "" && s.Order != OrderBGR {
+		return fmt.Errorf("preprocess: order must be rgb or bgr, got %q", s.Order)
+	}
+	for i, m := range s.Mean {
+		// A pixel scaled to [0,1] has a mean in it: 123.675 is ImageNet's
+		// red in bytes, which would make every input about -500.
+		if s.Scale == ScaleUnit && (m > 1 || m < -1) {
+			return fmt.Errorf("preprocess: mean[%d] is %v, but with scale unit pixels are in [0,1]: write the mean in that unit (divide by 255), or set scale byte", i, m)
+		}
 	}
 	if len(s.Mean) != 0 && len(s.Mean) != s.Channels {
 		return fmt.Errorf("preprocess: mean must have %d entries (one per channel), got %d", s.Channels, len(s.Mean))

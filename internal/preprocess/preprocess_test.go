@@ -677,3 +677,81 @@ func BenchmarkFillRGB224YCbCr(b *testing.B) {
 		}
 	}
 }
+
+// shorter is torchvision's Resize(shorter) then CenterCrop: the shorter
+// side resized to shorter, the centre cut from it (ImageNet's 256 → 224).
+func TestShorterThenCrop(t *testing.T) {
+	// 32×16, every pixel distinct; resized to 16×8 (2×2 boxes) and cropped
+	// to 4×4 from column round((16-4)/2) = 6, row round((8-4)/2) = 2: the
+	// source's columns 12..19 and rows 4..11.
+	src := image.NewGray(image.Rect(0, 0, 32, 16))
+	for i := range src.Pix {
+		src.Pix[i] = uint8(i*37 + i/7)
+	}
+	want := make([]float32, 16)
+	for y := range 4 {
+		for x := range 4 {
+			sum := 0
+			for yy := 4 + 2*y; yy < 6+2*y; yy++ {
+				for xx := 12 + 2*x; xx < 14+2*x; xx++ {
+					sum += int(src.GrayAt(xx, yy).Y)
+				}
+			}
+			want[y*4+x] = float32(sum) / 4
+		}
+	}
+	assertClose(t, fill(t, Spec{Channels: 1, Height: 4, Width: 4, Scale: "byte", Resize: "crop", Shorter: 8}, src), want, 1e-3)
+	// At its own size (an 8×8 image, shorter 8), the crop is the centre's
+	// pixels exactly, not the whole image.
+	sq := image.NewGray(image.Rect(0, 0, 8, 8))
+	for i := range sq.Pix {
+		sq.Pix[i] = uint8(i)
+	}
+	var centre []float32
+	for y := 2; y < 6; y++ {
+		for x := 2; x < 6; x++ {
+			centre = append(centre, float32(sq.GrayAt(x, y).Y))
+		}
+	}
+	assertClose(t, fill(t, Spec{Channels: 1, Height: 4, Width: 4, Scale: "byte", Resize: "crop", Shorter: 8}, sq), centre, 0)
+	// The crop's first pixel rounds as Python does, halves to even:
+	// (17-4)/2 = 6.5 gives 6, (19-4)/2 = 7.5 gives 8.
+	for _, c := range []struct{ n, start int }{{17, 6}, {19, 8}} {
+		if start, length := cropAxis(c.n, 8, 8, 4); start != float64(c.start) || length != 4 {
+			t.Errorf("cropAxis(%d, 8, 8, 4) = %v, %v; want %d, 4", c.n, start, length, c.start)
+		}
+	}
+	if err := (Spec{Channels: 1, Height: 4, Width: 4, Shorter: 8}).Validate(); err == nil {
+		t.Error("shorter with resize squash: no error")
+	}
+}
+
+// A BGR model gets blue first, and its mean and std are in its order.
+func TestBGROrder(t *testing.T) {
+	img := image.NewRGBA(image.Rect(0, 0, 2, 1))
+	for i := 0; i < len(img.Pix); i += 4 {
+		copy(img.Pix[i:], []uint8{10, 20, 30, 255})
+	}
+	mean, std := []float32{3, 2, 1}, []float32{1, 2, 4} // blue's, green's, red's
+	for _, layout := range []string{"NCHW", "NHWC"} {
+		got := fill(t, Spec{Layout: layout, Channels: 3, Height: 1, Width: 2, Scale: "byte", Order: "BGR", Mean: mean, Std: std}, img)
+		want := []float32{27, 27, 9, 9, 2.25, 2.25} // (30-3)/1, (20-2)/2, (10-1)/4 a pixel
+		if layout == "NHWC" {
+			want = []float32{27, 9, 2.25, 27, 9, 2.25}
+		}
+		assertClose(t, got, want, 1e-5)
+	}
+}
+
+// A mean in bytes with pixels scaled to [0,1] is refused, not a model fed
+// inputs near -500.
+func TestMeanInTheScaleUnit(t *testing.T) {
+	s := Spec{Channels: 3, Height: 2, Width: 2, Mean: []float32{123.675, 116.28, 103.53}, Std: []float32{58.395, 57.12, 57.375}}
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "mean[0]") {
+		t.Errorf("ImageNet's byte mean with scale unit: %v, want an error naming mean[0]", err)
+	}
+	s.Scale = ScaleByte
+	if err := s.Validate(); err != nil {
+		t.Errorf("with scale byte: %v", err)
+	}
+}
