@@ -18,7 +18,7 @@ import (
 // fakeGCS starts a GCS server (fake-gcs-server, which scripts/setup.sh
 // installs), creates a bucket and opens it by its gs:// URL, with the
 // server in this process's environment as a worker would find it.
-func fakeGCS(t *testing.T, name string) *blob.Bucket {
+func fakeGCS(t *testing.T, name string, query ...string) *blob.Bucket {
 	t.Helper()
 	bin, err := devserver.FakeGCSBinary()
 	if err != nil {
@@ -31,12 +31,19 @@ func fakeGCS(t *testing.T, name string) *blob.Bucket {
 	}
 	t.Cleanup(srv.Stop)
 	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
-	return openServed(t, srv.Bucket, name)
+	return openServed(t, srv.Bucket, name, query...)
 }
 
 // What DCD does with a bucket works on GCS's JSON API (checkStore).
 func TestGCSStore(t *testing.T) {
 	checkStore(t, fakeGCS(t, "dcd-store"))
+}
+
+// So too on a bucket opened with prefix= (TestS3ListFoldersPrefixed).
+func TestGCSListFoldersPrefixed(t *testing.T) {
+	b := fakeGCS(t, "dcd-prefixed", "prefix=dcd/")
+	checkListFolders(t, b, 100)
+	checkListsFromKey(t, b)
 }
 
 // ListFolders lists on GCS's JSON API what List lists, and from a key on
@@ -91,11 +98,18 @@ func TestGCSListFolders(t *testing.T) {
 
 // openServed opens a new bucket named name on a test server (its Bucket
 // makes it and returns its URL), closed when the test ends.
-func openServed(t *testing.T, bucket func(context.Context, string) (string, error), name string) *blob.Bucket {
+func openServed(t *testing.T, bucket func(context.Context, string) (string, error), name string, query ...string) *blob.Bucket {
 	t.Helper()
 	url, err := bucket(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, q := range query {
+		if strings.Contains(url, "?") {
+			url += "&" + q
+		} else {
+			url += "?" + q
+		}
 	}
 	b, err := Open(context.Background(), url)
 	if err != nil {

@@ -294,9 +294,18 @@ func TestS3Store(t *testing.T) {
 	checkStore(t, versityGW(t, "dcd-store"))
 }
 
+// A bucket opened with prefix= lists, from a key too, what one without
+// does (startingAt must give the store the key with the prefix, or every
+// key under it sorts before it).
+func TestS3ListFoldersPrefixed(t *testing.T) {
+	b := versityGW(t, "dcd-prefixed", "prefix=dcd/")
+	checkListFolders(t, b, 2, 100)
+	checkListsFromKey(t, b)
+}
+
 // versityGW opens a new bucket of a real S3 server (versitygw) that runs
-// for the test.
-func versityGW(t *testing.T, name string) *blob.Bucket {
+// for the test, with the URL options query besides the server's.
+func versityGW(t *testing.T, name string, query ...string) *blob.Bucket {
 	t.Helper()
 	bin, err := devserver.VersityGWBinary()
 	if err != nil {
@@ -311,7 +320,7 @@ func versityGW(t *testing.T, name string) *blob.Bucket {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	return openServed(t, srv.Bucket, name)
+	return openServed(t, srv.Bucket, name, query...)
 }
 
 // checkListsFromKey checks that a store whose listing takes a key to begin
@@ -335,7 +344,7 @@ func checkListsFromKey(t *testing.T, b *blob.Bucket) {
 // request only, and GCS from it, unless gcsblob would escape the key.
 func TestStartingAt(t *testing.T) {
 	listing := func(from string, in any) {
-		opts := startingAt(&blob.ListOptions{}, from)
+		opts := startingAt(nil, &blob.ListOptions{}, from)
 		if err := opts.BeforeList(func(as any) bool { // as a driver's: its own request's type only
 			ok := false
 			switch p := as.(type) {

@@ -236,8 +236,10 @@ func azureEscapes(key string) bool {
 	return strings.HasSuffix(key, "/") || strings.Contains(key, "../")
 }
 
-// prefixes holds each bucket Open made with prefix= (blob.PrefixedBucket),
-// by bucket: newRangeReader's own reads of Azure must add it.
+// prefixes holds the prefix= of each bucket Open made with one (a
+// blob.PrefixedBucket), by bucket: the requests DCD shapes itself
+// (newRangeReader's of Azure, startingAt's listings) must add it. A worker
+// opens its buckets once; an entry outlives its bucket's Close.
 var prefixes sync.Map
 
 // redactingClient is an HTTP client whose errors leave out the request's
@@ -263,11 +265,19 @@ func (c redactingClient) Do(req *http.Request) (*http.Response, error) {
 // (escapeKey: line breaks, "../", "__0x"), whose order there is theirs.
 // Azure's markers are opaque: it lists from its first key, and the caller
 // skips up to from.
-func startingAt(opts *blob.ListOptions, from string) *blob.ListOptions {
+//
+// The key is b's: a bucket opened with prefix= (a blob.PrefixedBucket,
+// which adds its prefix to the listing's but not to what BeforeList sets)
+// is given it with the prefix, or every key under the prefix would sort
+// before it and be skipped.
+func startingAt(b *blob.Bucket, opts *blob.ListOptions, from string) *blob.ListOptions {
 	if from == "" {
 		return opts
 	}
 	after := from[:len(from)-1]
+	if p, ok := prefixes.Load(b); ok {
+		after = p.(string) + after
+	}
 	opts.BeforeList = func(as func(any) bool) error {
 		var v2 *s3.ListObjectsV2Input
 		if as(&v2) && v2.ContinuationToken == nil {

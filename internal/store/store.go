@@ -80,16 +80,20 @@ import (
 func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	var b *blob.Bucket
 	var prefix string
+	wrap := false // the prefix is this function's to apply, not the URL mux's
 	u, err := url.Parse(rawURL)
+	if err == nil {
+		prefix = u.Query().Get("prefix")
+	}
 	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") {
 		if strings.Trim(u.Path, "/") != "" {
 			dir := strings.Trim(u.Path, "/")
 			err = fmt.Errorf("a bucket's URL names no folder: to keep DCD's objects under %s/, give %s://%s the option prefix=%s/", dir, u.Scheme, u.Host, dir)
 		}
 		if q := u.Query(); u.Scheme != "gs" && q.Has("prefix") {
-			prefix = q.Get("prefix")
 			q.Del("prefix")
 			u.RawQuery = q.Encode()
+			wrap = true
 		}
 	}
 	switch {
@@ -102,7 +106,9 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 		b, err = blob.OpenBucket(ctx, fileOptions(rawURL))
 	}
 	if err == nil && prefix != "" {
-		b = blob.PrefixedBucket(b, prefix)
+		if wrap {
+			b = blob.PrefixedBucket(b, prefix)
+		}
 		prefixes.Store(b, prefix)
 	}
 	if err != nil {
@@ -740,7 +746,7 @@ func ListFolders(ctx context.Context, b *blob.Bucket, prefix, from string, fn fu
 	}
 	folders := ahead.Stream(ctx, FoldersAhead, func(ctx context.Context, start func(ahead.Fetch[folderHead]) bool) error {
 		order := keyOrder{prefix: prefix}
-		opts := startingAt(&blob.ListOptions{Prefix: prefix, Delimiter: "/"}, folderOf(prefix, from))
+		opts := startingAt(b, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, folderOf(prefix, from))
 		_, err := listPages(ctx, b, opts, blob.FirstPageToken, requestPage, 0, func(obj *blob.ListObject) error {
 			if repeat, err := order.next(obj.Key); repeat || err != nil {
 				return err
@@ -817,7 +823,7 @@ func listHead(ctx context.Context, b *blob.Bucket, obj *blob.ListObject, from st
 	}
 	h := folderHead{opts: &blob.ListOptions{Prefix: obj.Key}}
 	if strings.HasPrefix(from, obj.Key) {
-		h.opts = startingAt(h.opts, from)
+		h.opts = startingAt(b, h.opts, from)
 	}
 	var err error
 	h.next, err = listPages(ctx, b, h.opts, blob.FirstPageToken, requestPage, folderPages, func(o *blob.ListObject) error {
@@ -853,7 +859,7 @@ func folderOf(prefix, from string) string {
 // listFlat lists prefix flat from the key from on.
 func listFlat(ctx context.Context, b *blob.Bucket, prefix, from string, fn func(*blob.ListObject) error) error {
 	order := keyOrder{prefix: prefix}
-	_, err := listPages(ctx, b, startingAt(&blob.ListOptions{Prefix: prefix}, from), blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
+	_, err := listPages(ctx, b, startingAt(b, &blob.ListOptions{Prefix: prefix}, from), blob.FirstPageToken, pageSize, 0, func(obj *blob.ListObject) error {
 		if repeat, err := order.next(obj.Key); repeat || err != nil {
 			return err
 		}
