@@ -19,6 +19,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 )
 
 // azuriteKey is the key of Azurite's built-in account devstoreaccount1,
@@ -236,7 +237,7 @@ func TestAzureRawNames(t *testing.T) {
 			t.Errorf("%s bytes 3-503: %v, want ErrPastEnd", name, err)
 		}
 	}
-	if _, err := ReadAll(ctx, b, "pool/gone%.png"); !Permanent(err) {
-		t.Errorf("a missing blob of such a name: %v, want a permanent error", err)
+	if _, err := ReadAll(ctx, b, "pool/gone%.png"); !Permanent(err) || Code(err) != gcerrors.NotFound {
+		t.Errorf("a missing blob of such a name: %v, want a permanent error coded NotFound", err)
 	}
 }

@@ -170,11 +170,26 @@ func Classify(err error, key string) error {
 		return err
 	}
 	if Permanent(err) {
-		code := gcerrors.Code(err)
+		code := Code(err)
 		return temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("store: %s (key %q): %v", code, key, err), "Storage"+code.String(), err)
 	}
 	return err
+}
+
+// Code is gcerrors.Code, or for an error of a store's SDK that gocloud did
+// not code (a read newRangeReader made itself), what its HTTP status says.
+func Code(err error) gcerrors.ErrorCode {
+	code := gcerrors.Code(err)
+	if code == gcerrors.Unknown {
+		switch httpStatus(err) {
+		case http.StatusNotFound:
+			return gcerrors.NotFound
+		case http.StatusForbidden, http.StatusUnauthorized:
+			return gcerrors.PermissionDenied
+		}
+	}
+	return code
 }
 
 // Permanent reports whether err is a storage error that no retry can fix:
