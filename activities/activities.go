@@ -276,10 +276,18 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if ok {
 		return s, nil
 	}
-	// The load is not cancelled with the activity that started it, whose
-	// end would fail the others waiting on it.
 	load := ss.loads.DoChan(d, func() (any, error) {
-		s, err := a.loadSession(context.WithoutCancel(ctx), m)
+		// A load that ended between the look-up above and this one's
+		// start has stored its session: one load a model.
+		ss.mu.Lock()
+		s, ok := ss.sessions[d]
+		ss.mu.Unlock()
+		if ok {
+			return s, nil
+		}
+		lctx, cancel := detached(ctx)
+		defer cancel()
+		s, err := a.loadSession(lctx, m)
 		if err != nil {
 			return nil, err
 		}
@@ -303,7 +311,7 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 }
 
 func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
-	testHookLoadSession()
+	testHookLoadSession(ctx)
 	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
 		return nil, store.Classify(err, m.Path)
@@ -326,8 +334,20 @@ func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Sessi
 	return s, nil
 }
 
-// testHookLoadSession runs as a session's load starts.
-var testHookLoadSession = func() {}
+// detached is ctx for a load other activities wait on too: not cancelled
+// with the activity that started it, whose end would fail theirs, but
+// ended at its deadline still, so that a read stalled mid-body does not
+// hold the load, and every activity that joins it, until the worker ends.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := context.WithoutCancel(ctx)
+	if deadline, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(d, deadline)
+	}
+	return d, func() {}
+}
+
+// testHookLoadSession runs as a session's load starts, with its context.
+var testHookLoadSession = func(context.Context) {}
 
 func (a *Activities) knn() (*knn.Searcher, error) {
 	ss := a.Sessions

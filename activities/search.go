@@ -402,10 +402,11 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 	}
 	c.Unlock()
 	// The first searches of a run start together: one reads the queries,
-	// the others wait for it. The read is not cancelled with the search
-	// that started it, whose end would fail the others'.
+	// the others wait for it (detached).
 	load := c.loads.DoChan(fmt.Sprintf("%p %s %s", a.Bucket, key, version), func() (any, error) {
-		m, err := features.Load(context.WithoutCancel(ctx), a.Bucket, key, "features", a.Mem)
+		lctx, cancel := detached(ctx)
+		defer cancel()
+		m, err := features.Load(lctx, a.Bucket, key, "features", a.Mem)
 		if err != nil {
 			return nil, err
 		}

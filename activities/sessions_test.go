@@ -83,34 +83,40 @@ func TestSessionLoadsOnce(t *testing.T) {
 
 	var loads atomic.Int32
 	release := make(chan struct{})
-	testHookLoadSession = func() {
+	testHookLoadSession = func(ctx context.Context) {
 		loads.Add(1)
 		<-release
-	}
-	defer func() { testHookLoadSession = func() {} }()
-	first, cancelFirst := context.WithCancel(ctx)
-	got := make(chan *ortrun.Session, 8)
-	for i := range 8 {
-		c := ctx
-		if i == 0 {
-			c = first
+		if ctx.Err() != nil {
+			t.Error("the load was cancelled with the activity that began it")
 		}
+	}
+	defer func() { testHookLoadSession = func(context.Context) {} }()
+	// The first activity starts the load and is cancelled while the
+	// other seven wait on it: theirs goes on.
+	first, cancelFirst := context.WithCancel(ctx)
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := a.session(first, m)
+		firstDone <- err
+	}()
+	for loads.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	got := make(chan *ortrun.Session, 7)
+	for range 7 {
 		go func() {
-			s, err := a.session(c, m)
-			if i == 0 {
-				if err == nil {
-					t.Error("a session cancelled while loading returned no error")
-				}
-				return
-			}
+			s, err := a.session(ctx, m)
 			if err != nil {
 				t.Error(err)
 			}
 			got <- s
 		}()
 	}
-	time.Sleep(50 * time.Millisecond) // all eight wait on the load
+	time.Sleep(50 * time.Millisecond) // the seven wait on the load
 	cancelFirst()
+	if err := <-firstDone; err == nil {
+		t.Error("a session cancelled while loading returned no error")
+	}
 	close(release)
 	var s *ortrun.Session
 	for range 7 {
@@ -122,5 +128,21 @@ func TestSessionLoadsOnce(t *testing.T) {
 	}
 	if n := loads.Load(); n != 1 {
 		t.Errorf("%d loads of one model by eight activities at once, want 1", n)
+	}
+}
+
+// A load others wait on outlives the cancelling of the activity that
+// began it, but not that activity's deadline.
+func TestDetached(t *testing.T) {
+	parent, cancel := context.WithTimeout(context.Background(), time.Hour)
+	d, stop := detached(parent)
+	defer stop()
+	cancel()
+	if d.Err() != nil {
+		t.Errorf("detached from a cancelled activity: %v", d.Err())
+	}
+	want, _ := parent.Deadline()
+	if got, ok := d.Deadline(); !ok || !got.Equal(want) {
+		t.Errorf("deadline %v (%v), want the activity's %v", got, ok, want)
 	}
 }
