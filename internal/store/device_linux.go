@@ -1,26 +1,35 @@
 package store
 
 import (
+	"fmt"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
 
-// device returns the ID of the mount that holds path, or its nearest
-// existing parent: a rename fails (EXDEV) across mounts even of one
-// filesystem, as a container's bind mounts of one disk at /tmp and at
-// the bucket's folder are, whose st_dev is the same. The mount's ID
-// needs Linux 5.8; on an older kernel it cannot be told.
-func device(path string) (uint64, bool) {
+// device names the filesystem and the mount that hold path, or its
+// nearest existing parent: a rename fails (EXDEV) across either. Across
+// filesystems (btrfs's subvolumes are each one, under one mount), and
+// across mounts even of one filesystem, as a container's bind mounts of
+// one disk at /tmp and at the bucket's folder are. The mount's ID needs
+// Linux 5.8; before, the filesystem's alone tells.
+func device(path string) (string, bool) {
 	for {
 		var st unix.Statx_t
 		err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID, &st)
 		if err == nil {
-			return st.Mnt_id, st.Mask&unix.STATX_MNT_ID != 0
+			id := fmt.Sprintf("%d:%d", st.Dev_major, st.Dev_minor)
+			if st.Mask&unix.STATX_MNT_ID != 0 {
+				id += fmt.Sprintf(" mount %d", st.Mnt_id)
+			}
+			return id, true
+		}
+		if err == unix.ENOSYS || err == unix.EPERM { // no statx here (an old kernel, a seccomp filter)
+			return statDevice(path)
 		}
 		parent := filepath.Dir(path)
 		if parent == path {
-			return 0, false
+			return "", false
 		}
 		path = parent
 	}

@@ -4,4 +4,4 @@ package store
 
 // device cannot tell filesystems apart here: every file:// bucket writes
 // its temporary files beside their objects.
-func device(string) (uint64, bool) { return 0, false }
+func device(string) (string, bool) { return "", false }

@@ -1,28 +1,29 @@
-//go:build unix && !linux
+//go:build unix
 
 package store
 
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 )
 
-// device returns the ID of the filesystem that holds path, or its nearest
+// statDevice names the filesystem that holds path, or its nearest
 // existing parent.
-func device(path string) (uint64, bool) {
+func statDevice(path string) (string, bool) {
 	for {
 		fi, err := os.Stat(path)
 		if err == nil {
 			st, ok := fi.Sys().(*syscall.Stat_t)
 			if !ok {
-				return 0, false
+				return "", false
 			}
-			return uint64(st.Dev), true
+			return strconv.FormatUint(uint64(st.Dev), 10), true
 		}
 		parent := filepath.Dir(path)
 		if parent == path {
-			return 0, false
+			return "", false
 		}
 		path = parent
 	}
