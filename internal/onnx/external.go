@@ -78,7 +78,9 @@ func externalSize(model []byte) (found bool, declared int64) {
 					loc, _, length, _ := externalOf(v)
 					found = found || loc != ""
 					if loc != "" && length > 0 {
-						declared += length
+						// Capped past the limit: a length near 2^63
+						// must not wrap the sum below it.
+						declared = min(declared+min(length, MaxInline), MaxInline+1)
 					}
 				}
 				return nil

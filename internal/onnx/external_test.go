@@ -3,6 +3,7 @@ package onnx_test
 import (
 	"bytes"
 	"errors"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,9 +139,11 @@ func TestInline(t *testing.T) {
 	}
 	// Tensors that say they hold more than a model loaded from memory
 	// may: refused before a byte of them is read.
-	huge, _ := externalizeAs(t, model, "clf.onnx.data", func(int) int64 { return 1 << 31 })
-	reads = 0
-	if _, err := onnx.Inline(huge, func(string) ([]byte, error) { reads++; return file, nil }); !errors.Is(err, onnx.ErrTooLarge) || reads != 0 {
-		t.Errorf("a model declaring gigabytes: %v after %d reads, want ErrTooLarge before any", err, reads)
+	for _, n := range []int64{1 << 31, math.MaxInt64} {
+		huge, _ := externalizeAs(t, model, "clf.onnx.data", func(int) int64 { return n })
+		reads = 0
+		if _, err := onnx.Inline(huge, func(string) ([]byte, error) { reads++; return file, nil }); !errors.Is(err, onnx.ErrTooLarge) || reads != 0 {
+			t.Errorf("a model declaring tensors of %d bytes: %v after %d reads, want ErrTooLarge before any", n, err, reads)
+		}
 	}
 }
