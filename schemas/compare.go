@@ -375,10 +375,13 @@ func (c Config) validateCompare() error {
 		}
 		for i, arg := range t.Command {
 			for _, m := range placeholder.FindAllStringSubmatchIndex(arg, -1) {
-				name := arg[m[2]:m[3]]
-				if (m[0] == 0 || arg[m[0]-1] != '$') && !slices.Contains(TrainerPlaceholders, name) {
-					return bad(fmt.Sprintf("retrain.trainer.command[%d]", i), "%q: {%s} is no placeholder (want one of {%s}); a shell's variable is written ${%s}",
-						arg, name, strings.Join(TrainerPlaceholders, "}, {"), name)
+				// A placeholder is an argument, or a flag's value after
+				// "=": braces inside a script (awk's {print}, Python's
+				// format strings) are the script's.
+				name, alone := arg[m[2]:m[3]], m[1] == len(arg) && (m[0] == 0 || arg[m[0]-1] == '=')
+				if alone && !slices.Contains(TrainerPlaceholders, name) {
+					return bad(fmt.Sprintf("retrain.trainer.command[%d]", i), "%q: {%s} is no placeholder (want one of {%s})",
+						arg, name, strings.Join(TrainerPlaceholders, "}, {"))
 				}
 			}
 		}
@@ -387,9 +390,9 @@ func (c Config) validateCompare() error {
 }
 
 // TrainerPlaceholders are the names a trainer's command may hold in
-// braces, {model}, each replaced by its value when the command runs. A
-// name in braces not among them is taken for a misspelling; one after a
-// "$" is left to the shell.
+// braces, {model}, each replaced by its value when the command runs. An
+// argument that is a name in braces not among them ({debug}, or
+// -debug={debug}) is taken for a misspelling.
 var TrainerPlaceholders = []string{"storage", "train", "debug_train", "model", "job", "work", "run", "method"}
 
 var placeholder = regexp.MustCompile(`\{([a-z_]+)\}`)

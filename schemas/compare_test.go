@@ -122,11 +122,13 @@ func TestCompareValidation(t *testing.T) {
 	}
 }
 
-// A trainer's command may hold every placeholder, a shell's ${var} and
-// braces that name none ({} or JSON).
+// A trainer's command may hold every placeholder, and braces a script
+// of its own holds: a shell's ${var}, awk's {print}, Python's format
+// strings, JSON.
 func TestTrainerPlaceholdersAccepted(t *testing.T) {
 	c := compareConfig().WithDefaults()
-	cmd := []string{"bash", "-c", `python train.py --out "$1" --work ${work_dir} --opts '{"a": 1}' {}`, "-"}
+	cmd := []string{"bash", "-c", `python train.py --out "$1" --work ${work_dir} --opts '{"a": 1}' {} && awk '{print}' {train}`, "-",
+		"python", "-c", "print('{x}'.format(x=1))", "${work}"}
 	for _, p := range TrainerPlaceholders {
 		cmd = append(cmd, "{"+p+"}")
 	}

@@ -200,15 +200,31 @@ func LoadConfig(path string) (Config, error) {
 		return c, fmt.Errorf("config: %w", err)
 	}
 	var decode func(any) error
+	var more func() bool // whether anything follows the config
 	ext := strings.ToLower(filepath.Ext(path))
 	if ext == ".json" || ext != ".yaml" && ext != ".yml" && strings.HasPrefix(strings.TrimSpace(string(b)), "{") {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		decode = dec.Decode
+		more = func() bool {
+			var v any
+			return dec.Decode(&v) != io.EOF
+		}
 	} else {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
 		decode = dec.Decode
+		more = func() bool { // an empty document ("---" at the end) is nothing
+			for {
+				var n yaml.Node
+				switch err := dec.Decode(&n); {
+				case err == io.EOF:
+					return false
+				case err != nil || len(n.Content) > 0 && n.Content[0].Tag != "!!null":
+					return true
+				}
+			}
+		}
 	}
 	switch err = decode(&c); {
 	case err == io.EOF:
@@ -216,8 +232,7 @@ func LoadConfig(path string) (Config, error) {
 	case err != nil:
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
-	var more any
-	if err := decode(&more); err != io.EOF {
+	if more() {
 		return c, fmt.Errorf("config %s: more than one config in the file (a second YAML document or JSON value after the first)", path)
 	}
 	return c.WithDefaults(), nil

@@ -24,6 +24,8 @@ func TestLoadConfigFormats(t *testing.T) {
 		"pass.json": `{"name": "x", "seed": 7}`,
 		"pass.cfg":  "# a comment\nname: x\nseed: 7\n",
 		"fd63":      "  {\"name\": \"x\", \"seed\": 7}\n",
+		"end.yaml":  "---\nname: x\nseed: 7\n---\n",
+		"end.yml":   "name: x\nseed: 7\n...\n---\n# the end\n",
 	} {
 		c, err := LoadConfig(write(name, text))
 		if err != nil || c.Name != "x" || c.Seed != 7 {
