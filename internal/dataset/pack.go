@@ -160,8 +160,13 @@ func within(p, dir, self string) bool {
 			if err != nil {
 				return "", "", false
 			}
-			u.Path = strings.TrimSuffix(u.Path, "/") + "/" + strings.TrimPrefix(ref, "/")
+			// The workers' bucket's prefix= is part of its keys'
+			// names in the store, after its path (file://'s folder).
+			q := u.Query()
+			u.Path = strings.TrimSuffix(u.Path, "/") + "/" + q.Get("prefix") + strings.TrimPrefix(ref, "/")
 			u.RawPath = ""
+			q.Del("prefix")
+			u.RawQuery = q.Encode()
 			ref = u.String()
 		}
 		bucket, key, err := store.SplitURL(ref)
@@ -169,9 +174,11 @@ func within(p, dir, self string) bool {
 		if err != nil || perr != nil {
 			return "", "", false
 		}
-		// A bucket's prefix= is part of its keys' names in the store.
+		// So is an object store's URL's (file://'s whole path is the key).
 		q := u.Query()
-		key = q.Get("prefix") + key
+		if u.Scheme != "file" {
+			key = q.Get("prefix") + key
+		}
 		q.Del("prefix")
 		u.RawQuery = q.Encode()
 		if u.Scheme == "file" {

@@ -344,6 +344,9 @@ func TestWithin(t *testing.T) {
 		{"imgs/packed", "s3://b/dcd/imgs/", "s3://b?prefix=dcd/", true},
 		{"imgs/packed", "s3://b/imgs/", "s3://b?prefix=dcd/", false},
 		{"s3://b/dcd/imgs/packed", "imgs", "s3://b?prefix=dcd/", true},
+		{"file:///srv/st/p/data/x", "data", "file:///srv/st?prefix=p/", true},
+		{"data/x", "file:///srv/st/p/data/", "file:///srv/st?prefix=p/", true},
+		{"data/x", "file:///srv/st/data/", "file:///srv/st?prefix=p/", false},
 	} {
 		if got := within(c.p, c.dir, c.self); got != c.want {
 			t.Errorf("within(%q, %q, %q) = %v, want %v", c.p, c.dir, c.self, got, c.want)
