@@ -94,11 +94,18 @@ type Buckets struct {
 	open map[string]*blob.Bucket // by bucket URL
 }
 
-// Open returns the bucket at bucketURL, opening it the first time.
+// Open returns the bucket at bucketURL, opening it the first time: its
+// options in any order are one bucket, with one client and one pool of
+// connections.
 func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
+	name := bucketURL
+	if u, err := url.Parse(bucketURL); err == nil {
+		u.RawQuery = u.Query().Encode() // sorted by key
+		name = u.String()
+	}
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	if b, ok := bs.open[bucketURL]; ok {
+	if b, ok := bs.open[name]; ok {
 		return b, nil
 	}
 	b, err := Open(ctx, bucketURL)
@@ -108,7 +115,7 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	if bs.open == nil {
 		bs.open = map[string]*blob.Bucket{}
 	}
-	bs.open[bucketURL] = b
+	bs.open[name] = b
 	return b, nil
 }
 

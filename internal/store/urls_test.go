@@ -105,6 +105,10 @@ func TestBucketsReadAll(t *testing.T) {
 	if b1 != b2 || len(bs.open) != 1 {
 		t.Errorf("file:/// opened %d times", len(bs.open))
 	}
+	b3, _ := bs.Open(ctx, "file:///?metadata=skip&create_dir=1")
+	if b4, _ := bs.Open(ctx, "file:///?create_dir=1&metadata=skip"); b3 != b4 || len(bs.open) != 2 {
+		t.Errorf("one bucket's options in two orders opened it %d times", len(bs.open)-1)
+	}
 	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/missing.png"); err == nil {
 		t.Error("reading a missing file: want an error")
 	}
