@@ -25,7 +25,8 @@ const (
 // replicates. 16-bit images keep their precision (values are v/65535 before
 // Scale). Alpha is dropped by compositing onto black, which is what
 // premultiplied colour already is: models trained on opaque images see a
-// transparent region as dark rather than as whatever colour hid under it.
+// transparent region as dark rather than as whatever colour hid under it;
+// with Alpha ignore, as that colour (PIL's convert("RGB")).
 //
 // Fill is safe for concurrent use. It checks s on every call; Prepare
 // checks it once for many images.
@@ -434,6 +435,7 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 	// Gray sources are resampled as one channel and replicated on output:
 	// a third of the work, and exact.
 	wc := s.Channels
+	ignore := s.Alpha == AlphaIgnore
 	var pal *[256 * 3]float32
 	switch m := img.(type) {
 	case *image.Gray, *image.Gray16:
@@ -444,7 +446,7 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		pal = &sc.pal
 		clear(pal[:])
 		for k, c := range m.Palette[:min(len(m.Palette), 256)] {
-			r, g, b, _ := c.RGBA()
+			r, g, b, _ := colour(c, ignore)
 			put(pal[:], k*wc, wc, float32(r), float32(g), float32(b))
 		}
 	}
@@ -465,7 +467,7 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		slot := r % ringN
 		buf := sc.ring[slot*rowLen : (slot+1)*rowLen]
 		if sc.ringRow[slot] != r {
-			full = readRow(buf, img, b.Min.Y+ylo+r, b.Min.X+xlo, b.Min.X+xhi, wc, pal)
+			full = readRow(buf, img, b.Min.Y+ylo+r, b.Min.X+xlo, b.Min.X+xhi, wc, pal, ignore)
 			sc.ringRow[slot] = r
 		}
 		return buf
@@ -616,13 +618,33 @@ func resampleRow(out, in []float32, t *taps, lo, wc int) {
 	}
 }
 
+// colour is c's 16-bit RGB and alpha: composited onto black (as
+// color.Color's RGBA is), or with ignore the colour as stored, whatever
+// its alpha.
+func colour(c color.Color, ignore bool) (r, g, b, a uint32) {
+	if !ignore {
+		return c.RGBA()
+	}
+	switch n := c.(type) { // a PNG palette's entries: stored, not premultiplied
+	case color.NRGBA:
+		return uint32(n.R) * 0x101, uint32(n.G) * 0x101, uint32(n.B) * 0x101, uint32(n.A) * 0x101
+	case color.NRGBA64:
+		return uint32(n.R), uint32(n.G), uint32(n.B), uint32(n.A)
+	}
+	// Premultiplied: what is left of the colour, which a pixel of no
+	// alpha at all has lost (image/gif's transparent entry, say).
+	n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
+	return uint32(n.R), uint32(n.G), uint32(n.B), uint32(n.A)
+}
+
 // readRow writes pixels [x0, x1) of row y of img into buf as wc (1 or 3)
 // interleaved channels and returns the value that stands for full intensity
 // (255 or 65535). Values stay in the source's own units so that 8-bit
 // inputs are exact integers until the final affine step. Common concrete
 // types are read directly; anything else goes through At, which is slower
-// but correct. pal is the prepared palette for *image.Paletted.
-func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]float32) float32 {
+// but correct. pal is the prepared palette for *image.Paletted. ignore
+// keeps the colour stored under a transparent pixel (Spec.Alpha).
+func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]float32, ignore bool) float32 {
 	cols := x1 - x0
 	i := 0
 	switch m := img.(type) {
@@ -646,8 +668,12 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		}
 		return 255
 	case *image.RGBA:
-		// Already premultiplied, i.e. composited on black.
+		// Already premultiplied, i.e. composited on black: with ignore,
+		// its colour is what the premultiplying left of it.
 		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
+		if ignore && !opaqueRow(p, 4) {
+			break // to At's colour, pixel by pixel
+		}
 		if wc == 3 { // a decoded RGB PNG's: without put's branch per pixel
 			out := buf[:3*cols]
 			for k, j := 0, 0; k+4 <= len(p) && j+3 <= len(out); k, j = k+4, j+3 {
@@ -663,7 +689,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
 		for k := 0; k < len(p); k += 4 {
 			r, g, b := u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]]
-			if al := p[k+3]; al != 0xff {
+			if al := p[k+3]; al != 0xff && !ignore {
 				f := u8unit[al]
 				r, g, b = r*f, g*f, b*f
 			}
@@ -672,6 +698,9 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		return 255
 	case *image.RGBA64:
 		p := m.Pix[m.PixOffset(x0, y):][:8*cols]
+		if ignore && !opaqueRow(p, 8) {
+			break // to At's colour, pixel by pixel
+		}
 		for k := 0; k < len(p); k += 8 {
 			i = put(buf, i, wc, be16(p[k:]), be16(p[k+2:]), be16(p[k+4:]))
 		}
@@ -680,7 +709,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		p := m.Pix[m.PixOffset(x0, y):][:8*cols]
 		for k := 0; k < len(p); k += 8 {
 			r, g, b := be16(p[k:]), be16(p[k+2:]), be16(p[k+4:])
-			if al := be16(p[k+6:]); al != 65535 {
+			if al := be16(p[k+6:]); al != 65535 && !ignore {
 				f := al / 65535
 				r, g, b = r*f, g*f, b*f
 			}
@@ -732,6 +761,9 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		for x := x0; x < x1; x++ {
 			yi, ci := m.YOffset(x, y), m.COffset(x, y)
 			f := u8unit[m.A[m.AOffset(x, y)]]
+			if ignore {
+				f = 1
+			}
 			if wc == 1 {
 				buf[i] = u8f[m.Y[yi]] * f
 				i++
@@ -751,11 +783,21 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		return 65535
 	}
 	for x := x0; x < x1; x++ {
-		// RGBA is premultiplied: composited on black.
-		r, g, b, _ := img.At(x, y).RGBA()
+		r, g, b, _ := colour(img.At(x, y), ignore)
 		i = put(buf, i, wc, float32(r), float32(g), float32(b))
 	}
 	return 65535
+}
+
+// opaqueRow says whether every pixel of a row of size bytes each, its
+// alpha last, is opaque.
+func opaqueRow(p []byte, size int) bool {
+	for k := size - 1; k < len(p); k += size {
+		if p[k] != 0xff || size == 8 && p[k-1] != 0xff {
+			return false
+		}
+	}
+	return true
 }
 
 // chromaShift is log2 of how many columns share a chroma sample: along a

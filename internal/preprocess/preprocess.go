@@ -40,6 +40,9 @@ const (
 
 	OrderRGB = "rgb"
 	OrderBGR = "bgr"
+
+	AlphaBlack  = "black"
+	AlphaIgnore = "ignore"
 )
 
 // maxSide bounds Height and Width so that Size cannot overflow and a typo in a
@@ -77,6 +80,10 @@ type Spec struct {
 	// Order is the order of 3 channels: "rgb" (default) or "bgr" (models
 	// trained on OpenCV's images, Caffe's). Mean and Std follow it.
 	Order string `json:"order,omitempty" yaml:"order,omitempty"`
+	// Alpha is what a transparent pixel shows: "black" (default: its
+	// colour composited onto black) or "ignore" (the colour stored under
+	// it, as PIL's convert("RGB") and so torchvision's ImageFolder give).
+	Alpha string `json:"alpha,omitempty" yaml:"alpha,omitempty"`
 }
 
 // WithDefaults returns s with empty Layout, Resize and Scale set to their
@@ -87,10 +94,14 @@ func (s Spec) WithDefaults() Spec {
 	s.Layout = canonical(s.Layout, LayoutNCHW, LayoutNHWC, strings.ToUpper)
 	s.Resize = canonical(s.Resize, ResizeSquash, ResizeCrop, strings.ToLower)
 	s.Scale = canonical(s.Scale, ScaleUnit, ScaleByte, strings.ToLower)
-	// RGB is written as no order, so that a spec's digest, which names
-	// the features it made, is what it was before Order existed.
+	// RGB is written as no order (black as no alpha), so that a spec's
+	// digest, which names the features it made, is what it was before
+	// these fields existed.
 	if s.Order = strings.ToLower(strings.TrimSpace(s.Order)); s.Order == OrderRGB {
 		s.Order = ""
+	}
+	if s.Alpha = strings.ToLower(strings.TrimSpace(s.Alpha)); s.Alpha == AlphaBlack {
+		s.Alpha = ""
 	}
 	return s
 }
@@ -136,6 +147,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Order != "" && s.Order != OrderBGR {
 		return fmt.Errorf("preprocess: order must be rgb or bgr, got %q", s.Order)
+	}
+	if s.Alpha != "" && s.Alpha != AlphaIgnore {
+		return fmt.Errorf("preprocess: alpha must be black or ignore, got %q", s.Alpha)
 	}
 	for i, m := range s.Mean {
 		// A pixel scaled to [0,1] has a mean in it: 123.675 is ImageNet's

@@ -755,3 +755,62 @@ func TestMeanInTheScaleUnit(t *testing.T) {
 		t.Errorf("with scale byte: %v", err)
 	}
 }
+
+// alpha ignore reads a transparent pixel as the colour stored under it,
+// as PIL's convert("RGB") does; by default it is composited onto black.
+// So for every image type that holds alpha.
+func TestAlphaIgnore(t *testing.T) {
+	nrgba := image.NewNRGBA(image.Rect(0, 0, 2, 1))
+	copy(nrgba.Pix, []uint8{200, 100, 50, 0, 200, 100, 50, 255})
+	nrgba64 := image.NewNRGBA64(image.Rect(0, 0, 2, 1))
+	nrgba64.SetNRGBA64(0, 0, color.NRGBA64{200 * 257, 100 * 257, 50 * 257, 0})
+	nrgba64.SetNRGBA64(1, 0, color.NRGBA64{200 * 257, 100 * 257, 50 * 257, 65535})
+	pal := image.NewPaletted(image.Rect(0, 0, 2, 1), color.Palette{color.NRGBA{200, 100, 50, 0}, color.NRGBA{200, 100, 50, 255}})
+	pal.Pix[1] = 1
+	rgba := image.NewRGBA(image.Rect(0, 0, 2, 1)) // premultiplied: half-transparent 200,100,50 is 100,50,25
+	copy(rgba.Pix, []uint8{100, 50, 25, 128, 200, 100, 50, 255})
+	ycbcra := image.NewNYCbCrA(image.Rect(0, 0, 2, 1), image.YCbCrSubsampleRatio444)
+	yy, cb, cr := color.RGBToYCbCr(200, 100, 50)
+	for i := range 2 {
+		ycbcra.Y[i], ycbcra.Cb[i], ycbcra.Cr[i] = yy, cb, cr
+	}
+	ycbcra.A[1] = 255
+	yr, yg, yb := color.YCbCrToRGB(yy, cb, cr)
+	for _, c := range []struct {
+		name         string
+		img          image.Image
+		ignore, black []float32 // the first pixel's R, G, B
+	}{
+		{"NRGBA", nrgba, []float32{200, 100, 50}, []float32{0, 0, 0}},
+		{"NRGBA64", nrgba64, []float32{200, 100, 50}, []float32{0, 0, 0}},
+		{"Paletted", pal, []float32{200, 100, 50}, []float32{0, 0, 0}},
+		{"RGBA", rgba, []float32{199.2, 99.6, 49.8}, []float32{100, 50, 25}},
+		{"NYCbCrA", ycbcra, []float32{float32(yr), float32(yg), float32(yb)}, []float32{0, 0, 0}},
+	} {
+		for _, alpha := range []string{"ignore", ""} {
+			got := fill(t, Spec{Layout: "NHWC", Channels: 3, Height: 1, Width: 2, Scale: "byte", Alpha: alpha}, c.img)
+			want := c.black
+			if alpha == "ignore" {
+				want = c.ignore
+			}
+			if math.Abs(float64(got[0]-want[0])) > 0.5 || math.Abs(float64(got[1]-want[1])) > 0.5 || math.Abs(float64(got[2]-want[2])) > 0.5 {
+				t.Errorf("%s, alpha %q: the transparent pixel is %v, want %v", c.name, alpha, got[:3], want)
+			}
+		}
+	}
+	// Through the decoders of a PNG file, RGBA and paletted with tRNS.
+	for _, img := range []image.Image{nrgba, pal} {
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, img); err != nil {
+			t.Fatal(err)
+		}
+		p, err := Spec{Layout: "NHWC", Channels: 3, Height: 1, Width: 2, Scale: "byte", Alpha: "ignore"}.Prepare()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, 6)
+		if err := p.DecodeFill(got, buf.Bytes()); err != nil || got[0] != 200 || got[1] != 100 || got[2] != 50 {
+			t.Errorf("a %T as PNG, alpha ignore: %v, %v; want 200, 100, 50 first", img, got, err)
+		}
+	}
+}

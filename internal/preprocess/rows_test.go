@@ -81,7 +81,7 @@ func TestYCbCrRowsMatchPixels(t *testing.T) {
 				b := sub.Bounds()
 				buf := make([]float32, 3*b.Dx())
 				for y := b.Min.Y; y < b.Max.Y; y++ {
-					readRow(buf, sub, y, b.Min.X, b.Max.X, 3, nil)
+					readRow(buf, sub, y, b.Min.X, b.Max.X, 3, nil, false)
 					for x := b.Min.X; x < b.Max.X; x++ {
 						c := sub.YCbCrAt(x, y)
 						rr, gg, bb := color.YCbCrToRGB(c.Y, c.Cb, c.Cr)
