@@ -328,6 +328,72 @@ func (t *taps) build(full int, start, span float64, out int) {
 	}
 }
 
+// pilFilter is one of PIL's resampling filters (Resample.c): its kernel
+// and the half-width it is non-zero over, at scale 1.
+type pilFilter struct {
+	kernel  func(x float64) float64
+	support float64
+}
+
+var pilFilters = map[string]pilFilter{
+	InterpolationBilinear: {func(x float64) float64 {
+		if x = math.Abs(x); x < 1 {
+			return 1 - x
+		}
+		return 0
+	}, 1},
+	InterpolationBicubic: {func(x float64) float64 {
+		const a = -0.5
+		switch x = math.Abs(x); {
+		case x < 1:
+			return ((a+2)*x-(a+3))*x*x + 1
+		case x < 2:
+			return (((x-5)*x+8)*x - 4) * a
+		}
+		return 0
+	}, 2},
+}
+
+// buildPIL fills t as build does, with PIL's weights for filter f
+// (precompute_coeffs): each output's kernel is centred on its footprint's
+// centre and, when shrinking, stretched over the footprint, so that it
+// averages (antialiases) as well as interpolates; the taps past the
+// axis's ends are left out and the rest made to sum to 1.
+func (t *taps) buildPIL(full int, start, span float64, out int, f pilFilter) {
+	t.first = t.first[:0]
+	t.off = append(t.off[:0], 0)
+	t.w = t.w[:0]
+	scale := span / float64(out)
+	fscale := max(scale, 1)
+	support := f.support * fscale
+	for i := 0; i < out; i++ {
+		centre := start + (float64(i)+0.5)*scale
+		lo := max(int(centre-support+0.5), 0) // C's truncation, as PIL's
+		hi := min(int(centre+support+0.5), full)
+		base := len(t.w)
+		var sum float64
+		for j := lo; j < hi; j++ {
+			w := f.kernel((float64(j) - centre + 0.5) / fscale)
+			t.w = append(t.w, float32(w))
+			sum += w
+		}
+		if hi <= lo || sum == 0 { // a footprint off the axis: its nearest sample
+			lo = clampInt(int(centre), 0, full-1)
+			t.w = append(t.w[:base], 1)
+			sum = 1
+		}
+		for k := base; k < len(t.w); k++ {
+			t.w[k] = float32(float64(t.w[k]) / sum)
+		}
+		t.first = append(t.first, lo)
+		t.off = append(t.off, len(t.w))
+	}
+	t.n = 0
+	for i := range out {
+		t.n = max(t.n, t.off[i+1]-t.off[i])
+	}
+}
+
 // pad fills t.padded from the taps build made.
 func (t *taps) pad() {
 	out := len(t.first)
@@ -425,9 +491,14 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 			x0 = (float64(sw) - rw) / 2
 		}
 	}
-	sc.xt.build(sw, x0, rw, w)
+	if f, ok := pilFilters[s.Interpolation]; ok {
+		sc.xt.buildPIL(sw, x0, rw, w, f)
+		sc.yt.buildPIL(sh, y0, rh, h, f)
+	} else {
+		sc.xt.build(sw, x0, rw, w)
+		sc.yt.build(sh, y0, rh, h)
+	}
 	sc.xt.pad() // for resampleRow
-	sc.yt.build(sh, y0, rh, h)
 	xlo, xhi := sc.xt.bounds()
 	ylo, _ := sc.yt.bounds()
 	cols := xhi - xlo
@@ -552,6 +623,21 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 				q[1] = float32(p[1]*a[1]) + off[1]
 				q[2] = float32(p[2]*a[2]) + off[2]
 			}
+		}
+	}
+	if s.Interpolation == InterpolationBicubic {
+		// Bicubic's negative lobes overshoot an edge; PIL's pixels are
+		// bytes, which stop at black and white.
+		for i, v := range dst {
+			c := 0
+			switch {
+			case s.Channels == 1:
+			case s.Layout == LayoutNHWC:
+				c = i % 3
+			default:
+				c = i / plane
+			}
+			dst[i] = min(max(v, off[c]), float32(full)*a[c]+off[c])
 		}
 	}
 }

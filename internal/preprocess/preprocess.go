@@ -43,6 +43,10 @@ const (
 
 	AlphaBlack  = "black"
 	AlphaIgnore = "ignore"
+
+	InterpolationArea     = "area"
+	InterpolationBilinear = "bilinear"
+	InterpolationBicubic  = "bicubic"
 )
 
 // maxSide bounds Height and Width so that Size cannot overflow and a typo in a
@@ -84,6 +88,13 @@ type Spec struct {
 	// colour composited onto black) or "ignore" (the colour stored under
 	// it, as PIL's convert("RGB") and so torchvision's ImageFolder give).
 	Alpha string `json:"alpha,omitempty" yaml:"alpha,omitempty"`
+	// Interpolation is how the image is resized: "area" (default: the
+	// mean of the pixels an output covers when shrinking, linear between
+	// the nearest two when growing), or PIL's "bilinear" or "bicubic"
+	// (its filters stretched over the pixels an output covers, as
+	// torchvision's Resize of a PIL image weighs them; bicubic is
+	// DINOv2's and timm's).
+	Interpolation string `json:"interpolation,omitempty" yaml:"interpolation,omitempty"`
 }
 
 // WithDefaults returns s with empty Layout, Resize and Scale set to their
@@ -102,6 +113,9 @@ func (s Spec) WithDefaults() Spec {
 	}
 	if s.Alpha = strings.ToLower(strings.TrimSpace(s.Alpha)); s.Alpha == AlphaBlack {
 		s.Alpha = ""
+	}
+	if s.Interpolation = strings.ToLower(strings.TrimSpace(s.Interpolation)); s.Interpolation == InterpolationArea {
+		s.Interpolation = ""
 	}
 	return s
 }
@@ -150,6 +164,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Alpha != "" && s.Alpha != AlphaIgnore {
 		return fmt.Errorf("preprocess: alpha must be black or ignore, got %q", s.Alpha)
+	}
+	if _, ok := pilFilters[s.Interpolation]; s.Interpolation != "" && !ok {
+		return fmt.Errorf("preprocess: interpolation must be area, bilinear or bicubic, got %q", s.Interpolation)
 	}
 	for i, m := range s.Mean {
 		// A pixel scaled to [0,1] has a mean in it: 123.675 is ImageNet's

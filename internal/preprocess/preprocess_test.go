@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"hash/crc32"
 	"image"
 	"image/color"
@@ -12,6 +13,7 @@ import (
 	"image/jpeg"
 	"image/png"
 	"math"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -777,8 +779,8 @@ func TestAlphaIgnore(t *testing.T) {
 	ycbcra.A[1] = 255
 	yr, yg, yb := color.YCbCrToRGB(yy, cb, cr)
 	for _, c := range []struct {
-		name         string
-		img          image.Image
+		name          string
+		img           image.Image
 		ignore, black []float32 // the first pixel's R, G, B
 	}{
 		{"NRGBA", nrgba, []float32{200, 100, 50}, []float32{0, 0, 0}},
@@ -811,6 +813,53 @@ func TestAlphaIgnore(t *testing.T) {
 		got := make([]float32, 6)
 		if err := p.DecodeFill(got, buf.Bytes()); err != nil || got[0] != 200 || got[1] != 100 || got[2] != 50 {
 			t.Errorf("a %T as PNG, alpha ignore: %v, %v; want 200, 100, 50 first", img, got, err)
+		}
+	}
+}
+
+// interpolation bilinear and bicubic are PIL's, as torchvision's Resize of
+// a PIL image uses them: shrinking, growing, and Resize(shorter) then
+// CenterCrop, within a level of PIL's bytes (which it rounds after each of
+// its two passes). PIL also clips to bytes between its passes, rows
+// first, where DCD sums columns first and clips once: where bicubic's
+// lobes overshoot, growing this sharp a pattern, up to 4 levels apart.
+// testdata/pil_resize.py made the expected pixels.
+func TestPILResize(t *testing.T) {
+	data, err := os.ReadFile("testdata/pil_resize.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		Interpolation string
+		Src, Size     [2]int
+		Shorter       int
+		Pixels        []float32
+	}
+	if err := json.Unmarshal(data, &cases); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		src := image.NewGray(image.Rect(0, 0, c.Src[0], c.Src[1]))
+		for y := range c.Src[1] {
+			for x := range c.Src[0] {
+				src.Pix[y*src.Stride+x] = uint8((x*37 + y*91 + (x*y)%13) % 256)
+			}
+		}
+		spec := Spec{Channels: 1, Width: c.Size[0], Height: c.Size[1], Scale: "byte", Interpolation: c.Interpolation}
+		if c.Shorter > 0 {
+			spec.Resize, spec.Shorter = ResizeCrop, c.Shorter
+		}
+		got := fill(t, spec, src)
+		worst := 0.0
+		for i := range got {
+			worst = max(worst, math.Abs(float64(got[i]-c.Pixels[i])))
+		}
+		tolerance := 1.0
+		if c.Interpolation == InterpolationBicubic && c.Size[0] > c.Src[0] {
+			tolerance = 4
+		}
+		if worst > tolerance {
+			t.Errorf("%s %v to %v (shorter %d): %v off PIL's %v, at worst %.2f levels", c.Interpolation, c.Src, c.Size, c.Shorter, got, c.Pixels, worst)
 		}
 	}
 }
