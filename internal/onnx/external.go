@@ -15,13 +15,15 @@ const MaxInline = 1<<31 - 1
 // ErrTooLarge is Inline's error for a model past MaxInline.
 var ErrTooLarge = errors.New("onnx: the model with its external data is more than 2 GiB, protobuf's limit on a model loaded from memory, as DCD loads it (export it in float16, or a smaller variant)")
 
-// Inline returns model with the data of every initializer stored outside
-// it (external data, as PyTorch's exporter writes weights beside the
-// model: model.onnx.data) read in, so that the model is one file ONNX
-// Runtime loads from memory; read returns the bytes of a location, a path
-// relative to the model's folder. A model without external data comes back
-// as it is. A model of more than MaxInline bytes then fails with
-// ErrTooLarge.
+// Inline returns model with the data of every tensor stored outside it
+// (external data, as PyTorch's exporter writes weights beside the model:
+// model.onnx.data) read in, so that the model is one file ONNX Runtime
+// loads from memory: its graph's initializers, and those of the graphs
+// its nodes hold (If, Loop) and the tensors its nodes' attributes hold
+// (Constant's), which onnx.save puts outside too. read returns the bytes
+// of a location, a path relative to the model's folder. A model without
+// external data comes back as it is. A model of more than MaxInline bytes
+// then fails with ErrTooLarge.
 func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, error) {
 	external, declared := externalSize(model)
 	if !external {
@@ -34,6 +36,16 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 	}
 	files := map[string][]byte{}
 	size := len(model)
+	inline := func(v []byte) ([]byte, error) {
+		t, err := inlineTensor(v, files, read)
+		if err != nil {
+			return nil, err
+		}
+		if size += len(t) - len(v); size > MaxInline {
+			return nil, ErrTooLarge
+		}
+		return t, nil
+	}
 	// Room for the graph and the model once, so neither grows by copies:
 	// at a model's size, each copy is that much more memory at once.
 	out := make([]byte, 0, len(model)+int(declared)+64)
@@ -42,22 +54,7 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 			out = append(out, raw...)
 			return nil
 		}
-		graph := make([]byte, 0, len(v)+int(declared))
-		err := walkFields(v, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
-			if num != 5 || typ != protowire.BytesType { // GraphProto.initializer
-				graph = append(graph, raw...)
-				return nil
-			}
-			t, err := inlineTensor(v, files, read)
-			if err != nil {
-				return err
-			}
-			if size += len(t) - len(v); size > MaxInline {
-				return ErrTooLarge
-			}
-			graph = appendMessage(graph, 5, t)
-			return nil
-		})
+		graph, err := rewriteTensors(make([]byte, 0, len(v)+int(declared)), v, graphMsg, holds, inline)
 		out = appendMessage(out, 7, graph)
 		return err
 	})
@@ -67,23 +64,81 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 	return out, nil
 }
 
-// externalSize says whether any initializer of model's graph keeps its
-// data outside it, and how many bytes those that give their length hold
+// msgKind is a message of ONNX's that holds tensors, directly or in
+// messages it holds.
+type msgKind int
+
+const (
+	tensorMsg msgKind = iota
+	graphMsg
+	nodeMsg
+	attributeMsg
+	sparseMsg
+)
+
+// holds are the fields of each kind that hold tensors, and the kind of
+// message in each.
+var holds = map[msgKind]map[protowire.Number]msgKind{
+	graphMsg:     {5: tensorMsg, 1: nodeMsg, 15: sparseMsg},                                              // initializer, node, sparse_initializer
+	nodeMsg:      {5: attributeMsg},                                                                      // attribute
+	attributeMsg: {5: tensorMsg, 6: graphMsg, 10: tensorMsg, 11: graphMsg, 22: sparseMsg, 23: sparseMsg}, // t, g, tensors, graphs, sparse_tensor(s)
+	sparseMsg:    {1: tensorMsg, 2: tensorMsg},                                                           // values, indices
+}
+
+// eachTensor calls fn with every TensorProto that msg, of kind k, holds.
+func eachTensor(msg []byte, k msgKind, fn func(tensor []byte)) error {
+	return walkFields(msg, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
+		child, ok := holds[k][num]
+		switch {
+		case !ok || typ != protowire.BytesType:
+			return nil
+		case child == tensorMsg:
+			fn(v)
+			return nil
+		}
+		return eachTensor(v, child, fn)
+	})
+}
+
+// rewriteTensors appends to b msg, of kind k, with every TensorProto it
+// holds (where in says: holds) replaced by what fn makes of it.
+func rewriteTensors(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Number]msgKind, fn func(tensor []byte) ([]byte, error)) ([]byte, error) {
+	err := walkFields(msg, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
+		child, ok := in[k][num]
+		if !ok || typ != protowire.BytesType {
+			b = append(b, raw...)
+			return nil
+		}
+		var m []byte
+		var err error
+		if child == tensorMsg {
+			m, err = fn(v)
+		} else {
+			m, err = rewriteTensors(nil, v, child, in, fn)
+		}
+		if err != nil {
+			return err
+		}
+		b = appendMessage(b, num, m)
+		return nil
+	})
+	return b, err
+}
+
+// externalSize says whether any tensor of model's graph keeps its data
+// outside it, and how many bytes those that give their length hold
 // (PyTorch's exporter gives every one's).
 func externalSize(model []byte) (found bool, declared int64) {
 	walkFields(model, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
 		if num == 7 && typ == protowire.BytesType {
-			walkFields(v, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
-				if num == 5 && typ == protowire.BytesType {
-					loc, _, length, _ := externalOf(v)
-					found = found || loc != ""
-					if loc != "" && length > 0 {
-						// Capped past the limit: a length near 2^63
-						// must not wrap the sum below it.
-						declared = min(declared+min(length, MaxInline), MaxInline+1)
-					}
+			eachTensor(v, graphMsg, func(t []byte) {
+				loc, _, length, _ := externalOf(t)
+				found = found || loc != ""
+				if loc != "" && length > 0 {
+					// Capped past the limit: a length near 2^63 must
+					// not wrap the sum below it.
+					declared = min(declared+min(length, MaxInline), MaxInline+1)
 				}
-				return nil
 			})
 		}
 		return nil
