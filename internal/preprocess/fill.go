@@ -522,6 +522,11 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		}
 	}
 
+	if _, ok := pilFilters[s.Interpolation]; ok {
+		s.fillRowsFirst(dst, img, sc, b.Min, xlo, xhi, ylo, wc, pal, ignore)
+		return
+	}
+
 	// Output y reads source rows yt.first[y] … up to yt.n of them, the
 	// windows moving down monotonically: a ring of yt.n rows holds them,
 	// and each is converted once. Their sum has xt.n zero pixels past the
@@ -584,60 +589,118 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 			}
 		}
 		resampleRow(line, sc.sum, &sc.xt, xlo, wc)
-		switch {
-		case s.Channels == 1:
-			out := dst[y*w : y*w+w]
+		s.writeRow(dst, line, y, wc, &a, &off)
+	}
+}
+
+// fillRowsFirst is fillGeneral in PIL's order, for its filters: each
+// source row is resampled across first, into a row of the output's width,
+// and clipped and rounded as PIL's bytes are; each output row then sums
+// those rows down, clipped and rounded again. (fillGeneral sums columns
+// first, fewer rows to resample when shrinking; with PIL's order, the
+// ring holds output-wide rows, and bicubic's overshoot is clipped where
+// PIL clips it.) Source columns [xlo, xhi) and rows from ylo, counted
+// from origin, are read.
+func (s Spec) fillRowsFirst(dst []float32, img image.Image, sc *scratch, origin image.Point, xlo, xhi, ylo, wc int, pal *[256 * 3]float32, ignore bool) {
+	w, h := s.Width, s.Height
+	rowLen, lineLen := (xhi-xlo)*wc, w*wc
+	// A source row, with the zero pixels past it that the last outputs'
+	// padded taps read.
+	sc.sum = grow(sc.sum, rowLen+sc.xt.n*wc+1)
+	src := sc.sum
+	clear(src[rowLen:])
+	ringN := sc.yt.n
+	sc.ring = grow(sc.ring, ringN*lineLen)
+	sc.ringRow = grow(sc.ringRow, ringN)
+	for i := range sc.ringRow {
+		sc.ringRow[i] = -1
+	}
+	var full float32
+	row := func(r int) []float32 { // source row ylo+r, resampled across
+		slot := r % ringN
+		out := sc.ring[slot*lineLen : (slot+1)*lineLen]
+		if sc.ringRow[slot] != r {
+			full = readRow(src[:rowLen], img, origin.Y+ylo+r, origin.X+xlo, origin.X+xhi, wc, pal, ignore)
+			resampleRow(out, src, &sc.xt, xlo, wc)
+			asBytes(out, full)
+			sc.ringRow[slot] = r
+		}
+		return out
+	}
+	sc.line = grow(sc.line, lineLen)
+	line := sc.line
+	var a, off [3]float32
+	yt := &sc.yt
+	for y := 0; y < h; y++ {
+		ws := yt.w[yt.off[y]:yt.off[y+1]]
+		r0 := yt.first[y] - ylo
+		clear(line)
+		for k, wt := range ws {
+			addScaledRow(line, row(r0+k), wt)
+		}
+		asBytes(line, full)
+		if y == 0 {
+			a, off = s.affine(float64(full))
+		}
+		s.writeRow(dst, line, y, wc, &a, &off)
+	}
+}
+
+// asBytes clips v to [0, full] and, where full is 255, rounds it to a
+// whole level, as PIL does between its passes and after them.
+func asBytes(v []float32, full float32) {
+	for i, x := range v {
+		x = min(max(x, 0), full)
+		if full == 255 {
+			x = float32(math.Floor(float64(x) + 0.5))
+		}
+		v[i] = x
+	}
+}
+
+// writeRow writes output row y, line's w pixels of wc channels in the
+// source's units, into dst in the spec's layout and channels, mapped by
+// the per-channel affine a·v + off.
+func (s Spec) writeRow(dst, line []float32, y, wc int, a, off *[3]float32) {
+	w, plane := s.Width, s.Width*s.Height
+	switch {
+	case s.Channels == 1:
+		out := dst[y*w : y*w+w]
+		for x, v := range line {
+			out[x] = v*a[0] + off[0]
+		}
+	case wc == 1 && s.Layout == LayoutNCHW:
+		for c := 0; c < 3; c++ {
+			out := dst[c*plane+y*w : c*plane+y*w+w]
 			for x, v := range line {
-				out[x] = v*a[0] + off[0]
-			}
-		case wc == 1 && s.Layout == LayoutNCHW:
-			for c := 0; c < 3; c++ {
-				out := dst[c*plane+y*w : c*plane+y*w+w]
-				for x, v := range line {
-					out[x] = v*a[c] + off[c]
-				}
-			}
-		case wc == 1:
-			out := dst[3*y*w : 3*(y*w+w)]
-			for x, v := range line {
-				p := out[3*x : 3*x+3]
-				p[0] = v*a[0] + off[0]
-				p[1] = v*a[1] + off[1]
-				p[2] = v*a[2] + off[2]
-			}
-		case s.Layout == LayoutNCHW:
-			o0 := dst[y*w : y*w+w]
-			o1 := dst[plane+y*w : plane+y*w+w]
-			o2 := dst[2*plane+y*w : 2*plane+y*w+w]
-			for x := range o0 {
-				p := line[3*x : 3*x+3]
-				o0[x] = float32(p[0]*a[0]) + off[0]
-				o1[x] = float32(p[1]*a[1]) + off[1]
-				o2[x] = float32(p[2]*a[2]) + off[2]
-			}
-		default:
-			out := dst[3*y*w : 3*(y*w+w)]
-			for x := 0; x < w; x++ {
-				p, q := line[3*x:3*x+3], out[3*x:3*x+3]
-				q[0] = float32(p[0]*a[0]) + off[0]
-				q[1] = float32(p[1]*a[1]) + off[1]
-				q[2] = float32(p[2]*a[2]) + off[2]
+				out[x] = v*a[c] + off[c]
 			}
 		}
-	}
-	if s.Interpolation == InterpolationBicubic {
-		// Bicubic's negative lobes overshoot an edge; PIL's pixels are
-		// bytes, which stop at black and white.
-		for i, v := range dst {
-			c := 0
-			switch {
-			case s.Channels == 1:
-			case s.Layout == LayoutNHWC:
-				c = i % 3
-			default:
-				c = i / plane
-			}
-			dst[i] = min(max(v, off[c]), float32(full)*a[c]+off[c])
+	case wc == 1:
+		out := dst[3*y*w : 3*(y*w+w)]
+		for x, v := range line {
+			p := out[3*x : 3*x+3]
+			p[0] = v*a[0] + off[0]
+			p[1] = v*a[1] + off[1]
+			p[2] = v*a[2] + off[2]
+		}
+	case s.Layout == LayoutNCHW:
+		o0 := dst[y*w : y*w+w]
+		o1 := dst[plane+y*w : plane+y*w+w]
+		o2 := dst[2*plane+y*w : 2*plane+y*w+w]
+		for x := range o0 {
+			p := line[3*x : 3*x+3]
+			o0[x] = float32(p[0]*a[0]) + off[0]
+			o1[x] = float32(p[1]*a[1]) + off[1]
+			o2[x] = float32(p[2]*a[2]) + off[2]
+		}
+	default:
+		out := dst[3*y*w : 3*(y*w+w)]
+		for x := 0; x < w; x++ {
+			p, q := line[3*x:3*x+3], out[3*x:3*x+3]
+			q[0] = float32(p[0]*a[0]) + off[0]
+			q[1] = float32(p[1]*a[1]) + off[1]
+			q[2] = float32(p[2]*a[2]) + off[2]
 		}
 	}
 }
@@ -758,7 +821,15 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		// its colour is what the premultiplying left of it.
 		p := m.Pix[m.PixOffset(x0, y):][:4*cols]
 		if ignore && !opaqueRow(p, 4) {
-			break // to At's colour, pixel by pixel
+			for k := 0; k < len(p); k += 4 {
+				r, g, b := u8f[p[k]], u8f[p[k+1]], u8f[p[k+2]]
+				if al := p[k+3]; al != 0xff && al != 0 { // what premultiplying left of the colour
+					f := 255 / float32(al)
+					r, g, b = r*f, g*f, b*f
+				}
+				i = put(buf, i, wc, r, g, b)
+			}
+			return 255
 		}
 		if wc == 3 { // a decoded RGB PNG's: without put's branch per pixel
 			out := buf[:3*cols]

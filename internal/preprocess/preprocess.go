@@ -159,6 +159,10 @@ func (s Spec) Validate() error {
 	if s.Shorter != 0 && (s.Resize != ResizeCrop || s.Shorter < 0 || s.Shorter > maxSide) {
 		return fmt.Errorf("preprocess: shorter must be in 1..%d, with resize crop; got %d with resize %s", maxSide, s.Shorter, s.Resize)
 	}
+	if s.Shorter != 0 && s.Shorter < max(s.Height, s.Width) {
+		// torchvision's CenterCrop pads a crop larger than the image.
+		return fmt.Errorf("preprocess: shorter %d is less than the crop's %d×%d: the crop would run past the resized image", s.Shorter, s.Width, s.Height)
+	}
 	if s.Order != "" && s.Order != OrderBGR {
 		return fmt.Errorf("preprocess: order must be rgb or bgr, got %q", s.Order)
 	}
@@ -168,19 +172,17 @@ func (s Spec) Validate() error {
 	if _, ok := pilFilters[s.Interpolation]; s.Interpolation != "" && !ok {
 		return fmt.Errorf("preprocess: interpolation must be area, bilinear or bicubic, got %q", s.Interpolation)
 	}
-	for i, m := range s.Mean {
-		// A pixel scaled to [0,1] has a mean in it: 123.675 is ImageNet's
-		// red in bytes, which would make every input about -500.
-		if s.Scale == ScaleUnit && (m > 1 || m < -1) {
-			return fmt.Errorf("preprocess: mean[%d] is %v, but with scale unit pixels are in [0,1]: write the mean in that unit (divide by 255), or set scale byte", i, m)
-		}
-	}
 	if len(s.Mean) != 0 && len(s.Mean) != s.Channels {
 		return fmt.Errorf("preprocess: mean must have %d entries (one per channel), got %d", s.Channels, len(s.Mean))
 	}
 	for i, m := range s.Mean {
 		if math.IsNaN(float64(m)) || math.IsInf(float64(m), 0) {
 			return fmt.Errorf("preprocess: mean[%d] must be finite, got %v", i, m)
+		}
+		// A pixel scaled to [0,1] has a mean in it: 123.675 is ImageNet's
+		// red in bytes, which would make every input about -500.
+		if s.Scale == ScaleUnit && (m > 1 || m < -1) {
+			return fmt.Errorf("preprocess: mean[%d] is %v, but with scale unit pixels are in [0,1]: write the mean in that unit (divide by 255), or set scale byte", i, m)
 		}
 	}
 	if len(s.Std) != 0 && len(s.Std) != s.Channels {
