@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !linux
 
 package store
 
@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// statDevice names the filesystem that holds path, or its nearest
-// existing parent.
-func statDevice(path string) (string, bool) {
+// device names the filesystem that holds path, or its nearest existing
+// parent: a rename fails across filesystems.
+func device(path string) (string, bool) {
 	for {
 		fi, err := os.Stat(path)
 		if err == nil {
