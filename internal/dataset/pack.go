@@ -174,11 +174,9 @@ func within(p, dir, self string) bool {
 		if err != nil || perr != nil {
 			return "", "", false
 		}
-		// So is an object store's URL's (file://'s whole path is the key).
+		// So is a URL's, of its bucket (file:///, for file:// URLs).
 		q := u.Query()
-		if u.Scheme != "file" {
-			key = q.Get("prefix") + key
-		}
+		key = q.Get("prefix") + key
 		q.Del("prefix")
 		u.RawQuery = q.Encode()
 		if u.Scheme == "file" {

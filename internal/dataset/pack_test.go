@@ -347,6 +347,8 @@ func TestWithin(t *testing.T) {
 		{"file:///srv/st/p/data/x", "data", "file:///srv/st?prefix=p/", true},
 		{"data/x", "file:///srv/st/p/data/", "file:///srv/st?prefix=p/", true},
 		{"data/x", "file:///srv/st/data/", "file:///srv/st?prefix=p/", false},
+		{"file:///srv/ds/packed?prefix=p/", "file:///srv/ds/", "", false},
+		{"file:///p/srv/ds/packed", "file:///srv/ds/?prefix=p/", "", true},
 	} {
 		if got := within(c.p, c.dir, c.self); got != c.want {
 			t.Errorf("within(%q, %q, %q) = %v, want %v", c.p, c.dir, c.self, got, c.want)
