@@ -50,12 +50,17 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 	// at a model's size, each copy is that much more memory at once.
 	out := make([]byte, 0, len(model)+int(declared)+64)
 	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
-		if num != 7 || typ != protowire.BytesType { // ModelProto.graph
+		k, ok := modelHolds[num]
+		if !ok || typ != protowire.BytesType {
 			out = append(out, raw...)
 			return nil
 		}
-		graph, err := rewriteTensors(make([]byte, 0, len(v)+int(declared)), v, graphMsg, holds, inline)
-		out = appendMessage(out, 7, graph)
+		room := len(v) // the graph holds the weights; a function, a few
+		if num == 7 {
+			room += int(declared)
+		}
+		m, err := rewriteTensors(make([]byte, 0, room), v, k, holds, inline)
+		out = appendMessage(out, num, m)
 		return err
 	})
 	if err != nil {
@@ -74,7 +79,12 @@ const (
 	nodeMsg
 	attributeMsg
 	sparseMsg
+	functionMsg
 )
+
+// modelHolds are the fields of a ModelProto that hold tensors: its graph,
+// and its local functions (whose Constants onnx.save puts outside too).
+var modelHolds = map[protowire.Number]msgKind{7: graphMsg, 25: functionMsg}
 
 // holds are the fields of each kind that hold tensors, and the kind of
 // message in each.
@@ -83,6 +93,7 @@ var holds = map[msgKind]map[protowire.Number]msgKind{
 	nodeMsg:      {5: attributeMsg},                                                                      // attribute
 	attributeMsg: {5: tensorMsg, 6: graphMsg, 10: tensorMsg, 11: graphMsg, 22: sparseMsg, 23: sparseMsg}, // t, g, tensors, graphs, sparse_tensor(s)
 	sparseMsg:    {1: tensorMsg, 2: tensorMsg},                                                           // values, indices
+	functionMsg:  {7: nodeMsg},                                                                           // node
 }
 
 // eachTensor calls fn with every TensorProto that msg, of kind k, holds.
@@ -130,8 +141,8 @@ func rewriteTensors(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Numbe
 // (PyTorch's exporter gives every one's).
 func externalSize(model []byte) (found bool, declared int64) {
 	walkFields(model, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
-		if num == 7 && typ == protowire.BytesType {
-			eachTensor(v, graphMsg, func(t []byte) {
+		if k, ok := modelHolds[num]; ok && typ == protowire.BytesType {
+			eachTensor(v, k, func(t []byte) {
 				loc, _, length, _ := externalOf(t)
 				found = found || loc != ""
 				if loc != "" && length > 0 {
