@@ -316,14 +316,25 @@ func (t *taps) build(full int, start, span float64, out int) {
 			t.w = append(t.w, 1)
 			sum = 1
 		}
-		for k := base; k < len(t.w); k++ {
-			t.w[k] = float32(float64(t.w[k]) / sum)
-		}
-		t.first = append(t.first, first)
-		t.off = append(t.off, len(t.w))
+		t.add(first, base, sum)
 	}
+	t.widest()
+}
+
+// add ends an output that reads from source sample first, its weights
+// those from base on, made to sum to 1 (they sum to sum).
+func (t *taps) add(first, base int, sum float64) {
+	for k := base; k < len(t.w); k++ {
+		t.w[k] = float32(float64(t.w[k]) / sum)
+	}
+	t.first = append(t.first, first)
+	t.off = append(t.off, len(t.w))
+}
+
+// widest sets t.n, the most taps of any output.
+func (t *taps) widest() {
 	t.n = 0
-	for i := range out {
+	for i := range len(t.first) {
 		t.n = max(t.n, t.off[i+1]-t.off[i])
 	}
 }
@@ -382,16 +393,9 @@ func (t *taps) buildPIL(full int, start, span float64, out int, f pilFilter) {
 			t.w = append(t.w[:base], 1)
 			sum = 1
 		}
-		for k := base; k < len(t.w); k++ {
-			t.w[k] = float32(float64(t.w[k]) / sum)
-		}
-		t.first = append(t.first, lo)
-		t.off = append(t.off, len(t.w))
+		t.add(lo, base, sum)
 	}
-	t.n = 0
-	for i := range out {
-		t.n = max(t.n, t.off[i+1]-t.off[i])
-	}
+	t.widest()
 }
 
 // pad fills t.padded from the taps build made.
