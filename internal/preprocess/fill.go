@@ -619,13 +619,20 @@ func (s Spec) fillRowsFirst(dst []float32, img image.Image, sc *scratch, origin 
 	for i := range sc.ringRow {
 		sc.ringRow[i] = -1
 	}
+	sc.at = grow(sc.at, w)
+	for x := range sc.at {
+		sc.at[x] = wc * (sc.xt.first[x] - xlo)
+	}
+	one, zero := [4]float32{1, 1, 1, 1}, [4]float32{}
 	var full float32
 	row := func(r int) []float32 { // source row ylo+r, resampled across
 		slot := r % ringN
 		out := sc.ring[slot*lineLen : (slot+1)*lineLen]
 		if sc.ringRow[slot] != r {
 			full = readRow(src[:rowLen], img, origin.Y+ylo+r, origin.X+xlo, origin.X+xhi, wc, pal, ignore)
-			resampleRow(out, src, &sc.xt, xlo, wc)
+			if wc != 3 || !resampleRGB(out, out[1:], out[2:], 3, src, &sc.xt, sc.at, &one, &zero) {
+				resampleRow(out, src, &sc.xt, xlo, wc)
+			}
 			asBytes(out, full)
 			sc.ringRow[slot] = r
 		}
@@ -653,12 +660,33 @@ func (s Spec) fillRowsFirst(dst []float32, img image.Image, sc *scratch, origin 
 // asBytes clips v to [0, full] and, where full is 255, rounds it to a
 // whole level, as PIL does between its passes and after them.
 func asBytes(v []float32, full float32) {
-	for i, x := range v {
-		x = min(max(x, 0), full)
-		if full == 255 {
-			x = float32(math.Floor(float64(x) + 0.5))
+	// Comparisons, not min and max, which must also mind NaN and signed
+	// zeros: half this pass's time went there.
+	if full != 255 {
+		for i, x := range v {
+			if x < 0 {
+				v[i] = 0
+			} else if x > full {
+				v[i] = full
+			}
 		}
-		v[i] = x
+		return
+	}
+	for i, x := range v {
+		switch {
+		case x < 0:
+			x = 0
+		case x > 255:
+			x = 255
+		}
+		// Rounded by float32 arithmetic itself: past 2^23 a float32 has
+		// no fraction, so adding 1.5·2^23 rounds x (ties to even, where
+		// PIL rounds them up: a sum of weights is seldom exactly half a
+		// level) and subtracting it leaves the whole level; two adds,
+		// where a conversion to an integer and back was a third of PIL's
+		// resize here.
+		const magic = 1 << 23 * 1.5
+		v[i] = (x + magic) - magic
 	}
 }
 

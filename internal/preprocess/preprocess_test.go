@@ -658,7 +658,8 @@ func BenchmarkFillRGB224(b *testing.B) {
 }
 
 // BenchmarkFillRGB224YCbCr is the same with the 4:2:0 YCbCr image that
-// image/jpeg actually returns.
+// image/jpeg actually returns, with each interpolation (torchvision's
+// ImageNet evaluation: shorter 256, PIL's bilinear; DINOv2's, bicubic).
 func BenchmarkFillRGB224YCbCr(b *testing.B) {
 	var buf bytes.Buffer
 	if err := jpeg.Encode(&buf, photo(500, 375), nil); err != nil {
@@ -671,12 +672,25 @@ func BenchmarkFillRGB224YCbCr(b *testing.B) {
 	if _, ok := img.(*image.YCbCr); !ok {
 		b.Fatalf("decoded %T, want *image.YCbCr", img)
 	}
-	dst := make([]float32, imagenet.Size())
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := imagenet.Fill(dst, img); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []struct {
+		name, interpolation string
+		shorter             int
+	}{{"area", "", 0}, {"bilinear256", InterpolationBilinear, 256}, {"bicubic256", InterpolationBicubic, 256}} {
+		b.Run(c.name, func(b *testing.B) {
+			spec := imagenet
+			spec.Interpolation, spec.Shorter = c.interpolation, c.shorter
+			p, err := spec.Prepare()
+			if err != nil {
+				b.Fatal(err)
+			}
+			dst := make([]float32, spec.Size())
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.Fill(dst, img); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -863,5 +877,20 @@ func TestPILResize(t *testing.T) {
 		if worst > 1 {
 			t.Errorf("%s %v to %v (shorter %d): %v off PIL's %v, at worst %.2f levels", c.Interpolation, c.Src, c.Size, c.Shorter, got, c.Pixels, worst)
 		}
+	}
+}
+
+// asBytes clips to the bytes' range and rounds to whole levels, as PIL's
+// passes end; in 16-bit units it only clips.
+func TestAsBytes(t *testing.T) {
+	v := []float32{1.4, 1.6, 254.7, -3, 300, 17}
+	asBytes(v, 255)
+	if want := []float32{1, 2, 255, 0, 255, 17}; !slices.Equal(v, want) {
+		t.Errorf("8-bit: %v, want %v", v, want)
+	}
+	v = []float32{1.4, -3, 70000}
+	asBytes(v, 65535)
+	if want := []float32{1.4, 0, 65535}; !slices.Equal(v, want) {
+		t.Errorf("16-bit: %v, want %v", v, want)
 	}
 }
