@@ -89,6 +89,9 @@ func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (prepro
 	if err := p.Validate(); err != nil {
 		return p, invalid("config: %s.preprocess: %v (model %q input %q has shape %v)", field, err, path, in.Name, shape)
 	}
+	if p.Channels == 1 {
+		p.Order = "" // one channel has no order: the digest is the same without it
+	}
 	return p, nil
 }
 

@@ -108,7 +108,8 @@ func (s Spec) WithDefaults() Spec {
 	// RGB is written as no order (black as no alpha), so that a spec's
 	// digest, which names the features it made, is what it was before
 	// these fields existed.
-	if s.Order = strings.ToLower(strings.TrimSpace(s.Order)); s.Order == OrderRGB {
+	// ... and one channel has no order, whatever the config says.
+	if s.Order = strings.ToLower(strings.TrimSpace(s.Order)); s.Order == OrderRGB || s.Channels == 1 {
 		s.Order = ""
 	}
 	if s.Alpha = strings.ToLower(strings.TrimSpace(s.Alpha)); s.Alpha == AlphaBlack {

@@ -745,8 +745,12 @@ func TestShorterThenCrop(t *testing.T) {
 	}
 }
 
-// A BGR model gets blue first, and its mean and std are in its order.
+// A BGR model gets blue first, and its mean and std are in its order. A
+// gray model has no order: "bgr" there leaves the spec as it was.
 func TestBGROrder(t *testing.T) {
+	if gray := (Spec{Channels: 1, Order: "BGR"}).WithDefaults(); gray.Order != "" {
+		t.Errorf("a gray spec keeps order %q", gray.Order)
+	}
 	img := image.NewRGBA(image.Rect(0, 0, 2, 1))
 	for i := 0; i < len(img.Pix); i += 4 {
 		copy(img.Pix[i:], []uint8{10, 20, 30, 255})
