@@ -660,33 +660,16 @@ func (s Spec) fillRowsFirst(dst []float32, img image.Image, sc *scratch, origin 
 // asBytes clips v to [0, full] and, where full is 255, rounds it to a
 // whole level, as PIL does between its passes and after them.
 func asBytes(v []float32, full float32) {
-	// Comparisons, not min and max, which must also mind NaN and signed
-	// zeros: half this pass's time went there.
-	if full != 255 {
-		for i, x := range v {
-			if x < 0 {
-				v[i] = 0
-			} else if x > full {
-				v[i] = full
-			}
-		}
+	if full == 255 {
+		clampRound255(v)
 		return
 	}
 	for i, x := range v {
-		switch {
-		case x < 0:
-			x = 0
-		case x > 255:
-			x = 255
+		if x < 0 {
+			v[i] = 0
+		} else if x > full {
+			v[i] = full
 		}
-		// Rounded by float32 arithmetic itself: past 2^23 a float32 has
-		// no fraction, so adding 1.5·2^23 rounds x (ties to even, where
-		// PIL rounds them up: a sum of weights is seldom exactly half a
-		// level) and subtracting it leaves the whole level; two adds,
-		// where a conversion to an integer and back was a third of PIL's
-		// resize here.
-		const magic = 1 << 23 * 1.5
-		v[i] = (x + magic) - magic
 	}
 }
 

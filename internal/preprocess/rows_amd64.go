@@ -79,3 +79,17 @@ func resampleRGB(o0, o1, o2 []float32, step int, in []float32, t *taps, at []int
 
 //go:noescape
 func resampleRGBAVX(o0, o1, o2 *float32, step, w, n int, at *int, in, taps *float32, a, off *[4]float32)
+
+// clampRound255 sets v[i] to v[i] clipped to [0, 255] and rounded to a
+// whole number, ties to even: with AVX eight a step (VROUNDPS rounds as
+// the generic loop's magic number does).
+func clampRound255(v []float32) {
+	if n := len(v) &^ 7; haveAVX && n > 0 {
+		clampRound255AVX(&v[0], n)
+		v = v[n:]
+	}
+	clampRound255Generic(v)
+}
+
+//go:noescape
+func clampRound255AVX(v *float32, n int)

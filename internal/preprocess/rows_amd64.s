@@ -297,3 +297,31 @@ store:
 
 done:
 	RET
+
+// func clampRound255AVX(v *float32, n int)
+//
+// n is a multiple of 8.
+TEXT ·clampRound255AVX(SB), NOSPLIT, $0-16
+	MOVQ v+0(FP), DI
+	MOVQ n+8(FP), CX
+	VXORPS       Y1, Y1, Y1
+	VBROADCASTSS ·f255(SB), Y2
+	XORQ AX, AX
+
+loop:
+	CMPQ AX, CX
+	JGE  done
+	VMOVUPS   (DI)(AX*4), Y0
+	VMAXPS    Y1, Y0, Y0
+	VMINPS    Y2, Y0, Y0
+	VROUNDPS  $0, Y0, Y0
+	VMOVUPS   Y0, (DI)(AX*4)
+	ADDQ $8, AX
+	JMP  loop
+
+done:
+	VZEROUPPER
+	RET
+
+DATA ·f255+0(SB)/4, $0x437f0000
+GLOBL ·f255(SB), RODATA|NOPTR, $4

@@ -56,3 +56,31 @@ func TestResampleRGBMatchesGo(t *testing.T) {
 		}
 	}
 }
+
+// clampRound255's AVX loop clips and rounds as the Go loop does, halves
+// and out-of-range values included, whatever the length.
+func TestClampRound255MatchesGo(t *testing.T) {
+	if !haveAVX {
+		t.Skip("no AVX")
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for _, n := range []int{1, 7, 8, 9, 63, 1000} {
+		v := make([]float32, n)
+		for i := range v {
+			switch i % 4 {
+			case 0:
+				v[i] = float32(rng.IntN(300)-20) + 0.5 // ties
+			default:
+				v[i] = rng.Float32()*320 - 30
+			}
+		}
+		want := append([]float32(nil), v...)
+		clampRound255Generic(want)
+		clampRound255(v)
+		for i := range v {
+			if v[i] != want[i] || v[i] != float32(math.Round(float64(v[i]))) {
+				t.Fatalf("n %d, [%d]: %v, Go's loop %v", n, i, v[i], want[i])
+			}
+		}
+	}
+}

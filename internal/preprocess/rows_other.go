@@ -17,3 +17,7 @@ func ycbcrRowVec(out []float32, ys, cb, cr []byte, half bool) int { return 0 }
 func resampleRGB(o0, o1, o2 []float32, step int, in []float32, t *taps, at []int, a, off *[4]float32) bool {
 	return false
 }
+
+// clampRound255 sets v[i] to v[i] clipped to [0, 255] and rounded to a
+// whole number, ties to even.
+func clampRound255(v []float32) { clampRound255Generic(v) }
