@@ -36,9 +36,15 @@ func (s *Slice) EachShuffled(seed uint64, fn func(x []float32, label int, weight
 }
 
 // adam minimises the objective with Adam over mini-batches: each step's
-// gradient is the batch's weighted mean cross-entropy gradient plus the L2
-// term, and the step size follows a cosine from LearningRate to 0.
-func (e *evaluator) adam(theta []float64, opt Options, rows int) error {
+// gradient is the batch's estimate of the objective's (its rows' weighted
+// cross-entropy gradients, over the weight of all rows, times how many
+// rows of weight there are for each in the batch) plus the L2 term, and
+// the step size follows a cosine from LearningRate to 0. Not the batch's
+// own weighted mean: rows come in shuffled files (a shard's features), so
+// a batch is often one file's, all train or all debug-train, where the
+// weight would divide out and debug_weight 5 train as 1. rows counts the
+// rows, weighted those of weight > 0 (the others are left out of batches).
+func (e *evaluator) adam(theta []float64, opt Options, rows, weighted int) error {
 	epochs := opt.Epochs
 	if epochs <= 0 {
 		epochs = 20
@@ -68,16 +74,10 @@ func (e *evaluator) adam(theta []float64, opt Options, rows int) error {
 		clear(sh.grad)
 		sh.loss = 0
 		k.run(e, theta, b, sh)
-		var wsum float64
-		for _, w := range b.w[:b.n] {
-			wsum += w
-		}
+		scale := float64(weighted) * e.invWsum / float64(b.n)
 		b.n = 0
-		if !(wsum > 0) {
-			return
-		}
 		copy(grad, sh.grad)
-		floats.Scale(1/wsum, grad)
+		floats.Scale(scale, grad)
 		floats.AddScaled(grad[:C*d], e.lambda, theta[:C*d])
 		step++
 		rate := lr * 0.5 * (1 + math.Cos(math.Pi*min(float64(step-1)/total, 1)))

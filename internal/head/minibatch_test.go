@@ -94,3 +94,64 @@ func TestMiniBatchWeights(t *testing.T) {
 		}
 	}
 }
+
+// files are Rows shuffled as a pass's features are: the order of the
+// files, and the rows within each, so that a batch is mostly one file's.
+type files []*Slice
+
+func (f files) Dim() int { return f[0].Dim() }
+
+func (f files) Each(fn func(x []float32, label int, weight float32) error) error {
+	for _, s := range f {
+		if err := s.Each(fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f files) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
+	for i, p := range rand.New(rand.NewPCG(seed, 1)).Perm(len(f)) {
+		if err := f[p].EachShuffled(seed+uint64(i), fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// A debug-train file's weight counts though every batch holds one file's
+// rows: its rows, which the train rows' classes contradict, are fitted
+// more with debug_weight 8 than with 1, as full-batch training fits them.
+func TestMiniBatchWeightAcrossFiles(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	train, debug := &Slice{}, &Slice{}
+	for i := range 1024 { // class 0 left of 0, class 1 right
+		c := i % 2
+		train.X = append(train.X, []float32{float32(2*c-1) + float32(rng.NormFloat64()), float32(rng.NormFloat64())})
+		train.Y = append(train.Y, c)
+	}
+	for range 256 { // class 0, where class 1's rows are
+		debug.X = append(debug.X, []float32{0.6 + 0.3*float32(rng.NormFloat64()), float32(rng.NormFloat64())})
+		debug.Y = append(debug.Y, 0)
+	}
+	fitted := func(weight float32, mini bool) float64 {
+		debug.W = make([]float32, len(debug.Y))
+		for i := range debug.W {
+			debug.W[i] = weight
+		}
+		train.W = nil
+		h, err := Train(files{train, debug}, Options{Classes: 2, MiniBatch: mini, Epochs: 30, BatchSize: 128, LearningRate: 0.05, Seed: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mustAcc(t, h, debug)
+	}
+	full1, full8, mini1, mini8 := fitted(1, false), fitted(8, false), fitted(1, true), fitted(8, true)
+	t.Logf("debug rows fitted: full batch %.3f (weight 1), %.3f (8); mini-batch %.3f, %.3f", full1, full8, mini1, mini8)
+	if full8-full1 < 0.2 {
+		t.Fatalf("full batch fits the debug rows %.3f with weight 8, %.3f with 1: the data shows nothing", full8, full1)
+	}
+	if mini8-mini1 < 0.5*(full8-full1) || math.Abs(mini8-full8) > 0.1 {
+		t.Errorf("mini-batch fits the debug rows %.3f with weight 8, %.3f with 1; full batch %.3f and %.3f", mini8, mini1, full8, full1)
+	}
+}

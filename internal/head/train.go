@@ -127,7 +127,7 @@ func Train(rows Rows, opt Options) (*Head, error) {
 
 	theta := make([]float64, C*d+C)
 	if opt.MiniBatch {
-		if err := e.adam(theta, opt, st.rows); err != nil {
+		if err := e.adam(theta, opt, st.rows, st.weighted); err != nil {
 			return nil, err
 		}
 	} else if err := minimize(theta, e.eval, opt.Iters, opt.Tol); err != nil {
@@ -160,6 +160,7 @@ type stats struct {
 	classSum  []float64 // summed row weights per class
 	total     float64
 	rows      int
+	weighted  int // rows of weight > 0
 }
 
 // scan validates every row once up front, so that later passes can only fail
@@ -190,6 +191,9 @@ func scan(rows Rows, d, classes int) (*stats, error) {
 		}
 		st.classSum[label] += float64(w)
 		st.total += float64(w)
+		if w > 0 {
+			st.weighted++
+		}
 		return nil
 	})
 	if err != nil {
