@@ -175,7 +175,10 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		}
 		wall += r.Seconds
 		row.TrainRows, row.DebugRows, row.Head, row.Model, row.ModelError = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey, r.ModelError
-		if m == schemas.MethodAllPool {
+		// Of the rows it trained on, for every method: a selection's
+		// images whose weak label is not a class, or that did not embed,
+		// are not among them (all_pool's never were).
+		if r.Precision != nil || m == schemas.MethodAllPool {
 			row.SelectionPrecision = r.Precision
 		}
 		eval.HeadKey = r.HeadKey

@@ -88,7 +88,8 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 		if in.Method != "dcd" {
 			size = 30
 		}
-		return activities.SelectResult{Manifest: in.Method + "-guarded.csv", Size: size, Leaks: 3}, nil
+		selected := 0.5 // of the images selected, against the rows retrained on (Retrain's)
+		return activities.SelectResult{Manifest: in.Method + "-guarded.csv", Size: size, Leaks: 3, Precision: &selected}, nil
 	})
 	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RandomInput) (activities.SelectResult, error) {
 		c.add("random")
@@ -103,7 +104,8 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 		}
 		c.add("retrain " + in.Method + " " + d)
 		s.Equal(schemas.IsDCD(in.Method), in.Export)
-		return activities.RetrainResult{HeadKey: in.Method + ".json", Seconds: 1}, nil
+		trained := float64(len(in.Method)) / 100
+		return activities.RetrainResult{HeadKey: in.Method + ".json", Seconds: 1, Precision: &trained}, nil
 	})
 	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EvaluateInput) (activities.EvaluateResult, error) {
 		c.add("evaluate " + in.Method + " " + in.HeadKey)
@@ -150,6 +152,10 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 			s.Equal(37, m.DebugTrainSize)
 			s.Equal(3, m.Leaks)
 			s.Equal(0.3, m.HeldoutAccuracy)
+		}
+		if m.Method != "none" && m.Method != "train_only" {
+			// Every method's precision is of the rows it retrained on.
+			s.Equal(float64(len(m.Method))/100, *m.SelectionPrecision, m.Method)
 		}
 		if m.Method == "all_pool" {
 			s.Equal(20, m.DebugTrainSize, "all_pool adds the whole pool")
