@@ -545,13 +545,15 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 			for j := range ids {
 				ids[j] = int64(j)
 			}
-			top, err := s.TopK(feats, len(items), m.Data, ids, dim, 1)
+			top, err := s.TopK(feats, len(items), m.Data, ids, dim, min(len(its), exactOf))
 			if err != nil {
 				return err
 			}
 			for q, list := range top {
-				if len(list) > 0 && float64(list[0].Distance) < nearest[q].Rel {
-					nearest[q] = Dropped{Key: items[q].Key, Reason: "leak", Of: its[list[0].Index].Key, Rel: float64(list[0].Distance)}
+				for _, nb := range list {
+					if d := sqDist(feats, q, m.Data, nb.Index, dim); d < nearest[q].Rel {
+						nearest[q] = Dropped{Key: items[q].Key, Reason: "leak", Of: its[nb.Index].Key, Rel: d}
+					}
 				}
 			}
 		}
@@ -612,7 +614,7 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 			dup := false
 			for _, nb := range near[i] {
 				if nb.Index != i && kept[nb.Index] {
-					if r := float64(nb.Distance) / scale; r <= in.Dedupe {
+					if r := sqDist(feats, i, feats, nb.Index, dim) / scale; r <= in.Dedupe {
 						drop[i] = Dropped{Key: items[i].Key, Reason: "duplicate", Of: items[nb.Index].Key, Rel: r}
 						res.Duplicates++
 						dup = true
@@ -672,4 +674,24 @@ func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res Select
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// exactOf is how many of each selected image's nearest evaluation images
+// the leak guard measures again exactly (sqDist): the search's float32
+// distances carry an error of a few units in the last place of the
+// features' squared norms, which features with a large common offset
+// make as large as the guards' thresholds, enough to misorder the
+// nearest few.
+const exactOf = 4
+
+// sqDist is the squared distance between row i of a and row j of b, of
+// dim values each, in float64: exact where the guards' thresholds need it.
+func sqDist(a []float32, i int, b []float32, j, dim int) float64 {
+	x, y := a[i*dim:(i+1)*dim], b[j*dim:(j+1)*dim]
+	var d float64
+	for k := range x {
+		v := float64(x[k]) - float64(y[k])
+		d += v * v
+	}
+	return d
 }

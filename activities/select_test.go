@@ -387,6 +387,31 @@ func TestGuardSelection(t *testing.T) {
 	if err != nil || res.Duplicates != 1 || res.Size != 2 || kept["pool/7.png\na"] != 1 {
 		t.Errorf("an image listed twice: duplicates %d, size %d, kept %v, %v; want one of its two kept", res.Duplicates, res.Size, kept, err)
 	}
+
+	// Features with a large common offset (ReLU features with a bias, say)
+	// guard as they did without it: the search's float32 distances are
+	// then off by more than the thresholds, the exact ones are not.
+	shift := func(vs [][]float32) [][]float32 {
+		out := make([][]float32, len(vs))
+		for i, v := range vs {
+			out[i] = slices.Clone(v)
+			for j := range out[i] {
+				out[i][j] += 3000
+			}
+		}
+		return out
+	}
+	writeSet(Test, testKeys, shift(testVecs))
+	writeSet(ErrorHeldout, heldKeys, shift(heldVecs))
+	writeSet("sel-shifted", selKeys, shift(selVecs))
+	in = GuardInput{Run: "r", Method: "dcd", Selected: MethodKey("r", "dcd", "selected.csv"), Dataset: "sel-shifted", Shards: 1,
+		Model: ModelRef{Spec: spec}, TestShards: 1, HeldoutShards: 1, Dedupe: 1e-4, Leakage: 1e-4}
+	if res, err = a.GuardSelection(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if res.Leaks != 1 || res.Duplicates != 1 || res.Size != 4 {
+		t.Errorf("features offset by 3000: leaks %d duplicates %d size %d, want 1, 1 and 4 as without", res.Leaks, res.Duplicates, res.Size)
+	}
 }
 
 // A selection's scores read back as they were written: the guards keep
