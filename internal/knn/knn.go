@@ -335,10 +335,25 @@ func (s *selector) scan(products, norms []float32, base int, ids []int64) {
 		for end := min(j+8, len(products)); j < end; j++ {
 			if x := products[j] + norms[j]; x <= s.cut {
 				row := base + j
-				s.offer(Neighbor{ID: ids[row], Index: row, Distance: max(float32(x+s.qq), 0)})
+				s.offer(Neighbor{ID: ids[row], Index: row, Distance: distance(x, s.qq)})
 			}
 		}
 	}
+}
+
+// distance is a row's squared distance from its score x and the query's
+// squared norm qq, at least 0 (rounding can take it below): +Inf where
+// both overflowed, one to +Inf and the other to -Inf, which sums to NaN
+// and, ranked by Compare, would come before every number.
+func distance(x, qq float32) float32 {
+	d := x + qq
+	switch {
+	case d >= 0:
+		return d
+	case d < 0:
+		return 0
+	}
+	return float32(math.Inf(1))
 }
 
 // preset gives an empty heap a cut before its first block. A group's

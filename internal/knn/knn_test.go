@@ -295,6 +295,12 @@ func TestTopKInfiniteNorms(t *testing.T) {
 	if err != nil || len(got[0]) != 3 || got[0][0].ID != 1 || got[0][1].ID != 2 || got[0][2].ID != 3 {
 		t.Errorf("a query whose norm overflows: %+v, %v; want ids 1, 2, 3 (all at +Inf)", got, err)
 	}
+	// A row whose product overflows to -Inf beside a query norm at +Inf:
+	// +Inf too, not NaN (which would rank nearest), and ties by id.
+	got, err = s.TopK([]float32{1e30, 0}, 1, []float32{1e10, 0, 0, 0}, []int64{0, 1}, 2, 2)
+	if err != nil || len(got[0]) != 2 || got[0][0].ID != 0 || got[0][1].ID != 1 || !math.IsInf(float64(got[0][0].Distance), 1) || !math.IsInf(float64(got[0][1].Distance), 1) {
+		t.Errorf("an overflowing product: %+v, %v; want ids 0 and 1, both at +Inf", got, err)
+	}
 }
 
 func TestScoreCut(t *testing.T) {
