@@ -169,8 +169,8 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
 			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", ref, obj.Key, store.ErrLinkedFolder)
 		}
-		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") {
-			return nil // not <label>/<file>: a stray file or a nested folder
+		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") || strings.HasPrefix(label, ".") {
+			return nil // not <label>/<file>: a stray file, a nested or hidden folder (.ipynb_checkpoints)
 		}
 		key, err := itemKey(bucketURL, obj.Key)
 		if err != nil {
@@ -478,13 +478,17 @@ type manifestColumns struct{ uri, label, domain, version int }
 
 // columns finds the uri and label columns, and the optional domain and
 // version, among names, ignoring case and spaces.
+// manifestNames are the columns of a manifest DCD reads.
+var manifestNames = []string{"uri", "label", "domain", "version"}
+
 func columns(names []string) (manifestColumns, error) {
 	col := map[string]int{}
 	for i, h := range names {
 		name := strings.TrimSpace(strings.ToLower(h))
-		if j, ok := col[name]; ok && name != "" {
+		if j, ok := col[name]; ok && slices.Contains(manifestNames, name) {
 			// Which one is meant (a label column and its correction)
-			// is not for DCD to guess.
+			// is not for DCD to guess; two of a column it does not read
+			// are none of its business.
 			return manifestColumns{}, fmt.Errorf("columns %d and %d are both %q", j+1, i+1, name)
 		}
 		col[name] = i
@@ -576,7 +580,8 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		// The row ends on its last field's line, plus the lines that field
 		// holds, quoted.
 		at.Offset, at.Line, at.Version = offset+cr.InputOffset(), lines+last+strings.Count(rec[len(rec)-1], "\n"), version
-		r := row{uri: rec[c.uri], label: rec[c.label], where: fmt.Sprintf("line %d", lines+line)}
+		// Spaces around a uri are the CSV's ("cat, cat/1.jpg"), not the key's.
+		r := row{uri: strings.TrimSpace(rec[c.uri]), label: rec[c.label], where: fmt.Sprintf("line %d", lines+line)}
 		if c.domain >= 0 {
 			r.domain = rec[c.domain]
 		}

@@ -62,13 +62,14 @@ func keysAndLabels(items []Item) []string {
 
 func TestWalkPrefix(t *testing.T) {
 	b := memBucket(t, map[string]string{
-		"data/train/cat/1.png":        "x",
-		"data/train/cat/2.jpg":        "x",
-		"data/train/dog/a.webp":       "x",
-		"data/train/README.txt":       "stray file",
-		"data/train/dog/sub/deep.png": "nested folder",
-		"data/train/dog/.hidden.png":  "dot file",
-		"data/other/cat/1.png":        "x",
+		"data/train/cat/1.png":                           "x",
+		"data/train/cat/2.jpg":                           "x",
+		"data/train/dog/a.webp":                          "x",
+		"data/train/README.txt":                          "stray file",
+		"data/train/dog/sub/deep.png":                    "nested folder",
+		"data/train/dog/.hidden.png":                     "dot file",
+		"data/train/.ipynb_checkpoints/1-checkpoint.png": "hidden folder",
+		"data/other/cat/1.png":                           "x",
 	})
 	for _, prefix := range []string{"data/train", "data/train/"} {
 		items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: prefix})
@@ -736,5 +737,57 @@ func TestResolveMemberURL(t *testing.T) {
 	}
 	if _, err := resolve("s3://b/img#1.jpg", "m", ""); err == nil {
 		t.Error(`resolve("s3://b/img#1.jpg"): a '#' that would cut the key passed`)
+	}
+}
+
+// A CSV's spaces around a uri are not the key's, and columns DCD does not
+// read may repeat a name.
+func TestWalkCSVSpacesAndOtherColumns(t *testing.T) {
+	b := memBucket(t, map[string]string{"m.csv": "notes,label, uri ,notes\nx, cat ,  cat/1.jpg ,y\n"})
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.csv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysAndLabels(items); !slices.Equal(got, []string{"cat/1.jpg=cat/"}) {
+		t.Errorf("%q, want cat/1.jpg=cat/", got)
+	}
+}
+
+// A Parquet manifest's nested columns (lists, whose leaves are all named
+// "element"; an image struct's "bytes") are not its columns: uri and
+// label are read beside them.
+func TestParquetNestedColumns(t *testing.T) {
+	mem := memory.NewGoAllocator()
+	sc := arrow.NewSchema([]arrow.Field{
+		{Name: "uri", Type: arrow.BinaryTypes.String},
+		{Name: "label", Type: arrow.BinaryTypes.String},
+		{Name: "bboxes", Type: arrow.ListOf(arrow.PrimitiveTypes.Float32)},
+		{Name: "tags", Type: arrow.ListOf(arrow.BinaryTypes.String)},
+	}, nil)
+	rb := array.NewRecordBuilder(mem, sc)
+	defer rb.Release()
+	rb.Field(0).(*array.StringBuilder).Append("cat/1.jpg")
+	rb.Field(1).(*array.StringBuilder).Append("cat")
+	boxes := rb.Field(2).(*array.ListBuilder)
+	boxes.Append(true)
+	boxes.ValueBuilder().(*array.Float32Builder).Append(0.5)
+	tags := rb.Field(3).(*array.ListBuilder)
+	tags.Append(true)
+	tags.ValueBuilder().(*array.StringBuilder).Append("night")
+	rec := rb.NewRecord()
+	defer rec.Release()
+	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
+	defer tbl.Release()
+	var buf bytes.Buffer
+	if err := pqarrow.WriteTable(tbl, &buf, 10, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
+		t.Fatal(err)
+	}
+	b := memBucket(t, map[string]string{"m.parquet": buf.String()})
+	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysAndLabels(items); !slices.Equal(got, []string{"cat/1.jpg=cat/"}) {
+		t.Errorf("%q, want cat/1.jpg=cat/", got)
 	}
 }

@@ -64,7 +64,11 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 	sc := pf.MetaData().Schema
 	names := make([]string, sc.NumColumns())
 	for i := range names {
-		names[i] = sc.Column(i).Name()
+		// A leaf of a nested column (a list's "element", an image
+		// struct's "bytes") is no column of the manifest's.
+		if p := sc.Column(i).ColumnPath(); len(p) == 1 {
+			names[i] = p[0]
+		}
 	}
 	c, err := columns(names)
 	if err != nil {
