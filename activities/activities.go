@@ -226,8 +226,17 @@ func ShardKey(run, ds string, i int) string {
 	return fmt.Sprintf("runs/%s/shards/%s/%06d.csv", run, ds, i)
 }
 
-// TopKKey is the partial top-k of pool shard i.
-func TopKKey(run string, i int) string { return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i) }
+// TopKKey is the partial top-k of pool shard i, of the scan named scan:
+// each scan has its own folder, so that an earlier pass run under the
+// same ID, or a straggling attempt of a pass ended, cannot leave its
+// partial where this one's is read. An empty scan is the run's own
+// folder, where passes started before the scans had names wrote them.
+func TopKKey(run, scan string, i int) string {
+	if scan == "" {
+		return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i)
+	}
+	return fmt.Sprintf("runs/%s/topk/%s/%06d.arrow", run, scan, i)
+}
 
 // TopKRangeKey is the partial top-k of pool shards [first, end), which a
 // CachedShards batch of the scan named scan writes in place of theirs

@@ -26,6 +26,9 @@ type CachedShardsInput struct {
 	// all cached writes one partial top-k for them (TopKRangeKey); empty,
 	// as from passes started before, each shard writes its own.
 	Scan string `json:",omitempty"`
+	// Keyed has a shard that writes its own partial write it under Scan
+	// (TopKKey), as the pass's MergeTopK then reads it.
+	Keyed bool `json:",omitempty"`
 }
 
 // CachedShardsResult is each shard's lookup, in order: EmbedShard's result
@@ -63,9 +66,11 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 					err = fmt.Errorf("activities: look up %s: %v", ShardKey(in.Run, in.Dataset, in.First+i), p)
 				}
 			}()
-			r, err := a.embedShardInto(gctx, EmbedShardInput{
-				Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true,
-			}, into)
+			own := EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true}
+			if in.Keyed {
+				own.Scan = in.Scan
+			}
+			r, err := a.embedShardInto(gctx, own, into)
 			out[i] = r
 			return err
 		})

@@ -89,7 +89,7 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKRangeKey(run, scan, 1, 5) {
 			t.Errorf("shard %d: %+v (TopK %+v), want found and searched into the range", 1+j, r, r.TopK)
 		}
-		if w.exists(activities.TopKKey(run, 1+j)) {
+		if w.exists(activities.TopKKey(run, "", 1+j)) {
 			t.Errorf("shard %d's own partial written beside the range's", 1+j)
 		}
 	}
@@ -113,7 +113,7 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 
 	// Shard 5 is not cached: the batch writes 3's and 4's own partials.
 	for _, s := range []int{3, 4} {
-		if err := w.b.Delete(context.Background(), activities.TopKKey(run, s)); err != nil {
+		if err := w.b.Delete(context.Background(), activities.TopKKey(run, "", s)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,7 +126,7 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 		t.Error("a range's partial written for a batch with a shard missing")
 	}
 	for _, s := range []int{3, 4} {
-		if r := batch.Shards[s-3]; !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKKey(run, s) || !w.exists(r.TopK.Key) {
+		if r := batch.Shards[s-3]; !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKKey(run, "", s) || !w.exists(r.TopK.Key) {
 			t.Errorf("shard %d: %+v (TopK %+v), want its own partial", s, r, r.TopK)
 		}
 	}
@@ -141,7 +141,7 @@ func TestCachedShardsWithoutScanWriteTheirOwn(t *testing.T) {
 	var batch activities.CachedShardsResult
 	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 0, End: 3, Model: ref, K: k}, &batch)
 	for s, r := range batch.Shards {
-		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKKey(run, s) || !w.exists(r.TopK.Key) {
+		if !r.Cached || r.TopK == nil || r.TopK.Key != activities.TopKKey(run, "", s) || !w.exists(r.TopK.Key) {
 			t.Errorf("shard %d: %+v (TopK %+v), want its own partial", s, r, r.TopK)
 		}
 	}

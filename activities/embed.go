@@ -38,6 +38,8 @@ type EmbedShardInput struct {
 	// CachedOnly only looks in the cache: a shard that is not cached is
 	// left alone (Cached false), for the embedding queue to embed.
 	CachedOnly bool
+	// Scan names the scan the search's partial is of (TopKShardInput).
+	Scan string `json:",omitempty"`
 }
 
 // EmbedShardResult says where the features are and how the work went.
@@ -122,7 +124,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	}
 	key := features.Key(in.Model.Spec, shard.Digest())
 	res := EmbedShardResult{FeatureKey: key}
-	search := TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}
+	search := TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K, Scan: in.Scan}
 	var reads *searchReads
 	if in.CachedOnly && in.K > 0 && in.Dataset == Pool {
 		// A recurring pass's shard, expected in the cache: its search's
@@ -188,7 +190,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	}
 	// Search the new features here too, sparing the shard a TopKShard
 	// activity; a retry after a failed search finds the shard cached.
-	r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K}, shard)
+	r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K, Scan: in.Scan}, shard)
 	if err != nil {
 		return res, err
 	}

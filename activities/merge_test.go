@@ -40,7 +40,7 @@ func TestMergeTopKHoldsNoPartial(t *testing.T) {
 			rb.Field(7).(*array.StringBuilder).Append("")
 		}
 		rec := rb.NewRecord()
-		err := store.WriteArrow(ctx, a.Bucket, TopKKey(run, p), schemas.Neighbors, a.Mem, rec)
+		err := store.WriteArrow(ctx, a.Bucket, TopKKey(run, "", p), schemas.Neighbors, a.Mem, rec)
 		rec.Release()
 		rb.Release()
 		if err != nil {

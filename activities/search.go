@@ -195,6 +195,8 @@ type TopKShardInput struct {
 	Shard int
 	Model ModelRef
 	K     int
+	// Scan names the scan the partial is of (TopKKey); empty: none.
+	Scan string `json:",omitempty"`
 }
 
 // TopKShardResult says where the partial result is.
@@ -312,7 +314,7 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 	}() // (EmbedShard adds its lookup's time before the reads)
 	defer r.drop()
 	<-r.done
-	res = TopKShardResult{Key: TopKKey(in.Run, in.Shard)}
+	res = TopKShardResult{Key: TopKKey(in.Run, in.Scan, in.Shard)}
 	if r.err != nil {
 		return res, r.err
 	}
@@ -435,6 +437,9 @@ type MergeTopKInput struct {
 	// Scan names the scan whose batches may have written range partials
 	// (CachedShardsInput.Scan); empty: every shard has its own.
 	Scan string `json:",omitempty"`
+	// Keyed says the shards' own partials are under Scan too (TopKKey);
+	// passes started before they were are not.
+	Keyed bool `json:",omitempty"`
 }
 
 // MergeTopKResult says where the merged neighbours are.
@@ -474,7 +479,11 @@ const mergeAhead = 32
 // mergeAhead partials, whatever the number of shards.
 func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTopKResult, error) {
 	res := MergeTopKResult{Key: RunKey(in.Run, "neighbors.arrow")}
-	keys, err := a.partialKeys(ctx, in.Run, in.Scan, in.Shards)
+	shardScan := ""
+	if in.Keyed {
+		shardScan = in.Scan
+	}
+	keys, err := a.partialKeys(ctx, in.Run, in.Scan, shardScan, in.Shards)
 	if err != nil {
 		return res, err
 	}
@@ -516,13 +525,24 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 				f.Close()
 				return res, fmt.Errorf("activities: %s: %w", key, err)
 			}
+			bad, stray := int32(0), false
 			forEachNeighbor(rec, func(q int32, c candidate) {
+				if q < 0 || int(q) >= in.Queries {
+					bad, stray = q, true
+					return
+				}
 				if q != cur {
 					fold()
 					cur = q
 				}
 				part = append(part, c)
 			})
+			if stray {
+				f.Close()
+				// Not this scan's: another's queries (a partial left
+				// where this scan's was read, by a pass of old).
+				return res, invalid("partial %s has neighbours of query %d, but this pass has %d queries: it is not of this pass's scan", key, bad, in.Queries)
+			}
 		}
 		fold()
 		f.Close()
@@ -536,7 +556,7 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 // order: a range's (TopKRangeKey) where a CachedShards batch wrote one,
 // else each shard's (TopKKey). A scan's batches do not overlap, and a
 // retried batch writes the same range again.
-func (a *Activities) partialKeys(ctx context.Context, run, scan string, shards int) ([]string, error) {
+func (a *Activities) partialKeys(ctx context.Context, run, scan, shardScan string, shards int) ([]string, error) {
 	ends := map[int]int{} // a range's first shard → its end
 	if scan != "" {
 		prefix := topKRanges(run, scan)
@@ -562,7 +582,7 @@ func (a *Activities) partialKeys(ctx context.Context, run, scan string, shards i
 			i = end
 			continue
 		}
-		keys = append(keys, TopKKey(run, i))
+		keys = append(keys, TopKKey(run, shardScan, i))
 		i++
 	}
 	return keys, nil

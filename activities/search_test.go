@@ -106,7 +106,7 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 			all[q] = append(all[q], list...)
 		}
 		rec := rb.NewRecord()
-		if err := store.WriteArrow(ctx, w.b, activities.TopKKey(run, s), schemas.Neighbors, w.mem, rec); err != nil {
+		if err := store.WriteArrow(ctx, w.b, activities.TopKKey(run, "", s), schemas.Neighbors, w.mem, rec); err != nil {
 			t.Fatal(err)
 		}
 		rec.Release()
@@ -133,10 +133,38 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 		t.Fatalf("merged:\n%v\nwant:\n%v", got, want)
 	}
 
+	// Keyed, a scan's partials are its own: another's (a straggler of an
+	// earlier pass under this ID) where they were once kept changes
+	// nothing.
+	for s := range shards {
+		data, err := w.b.ReadAll(ctx, activities.TopKKey(run, "", s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.b.WriteAll(ctx, activities.TopKKey(run, "scan1", s), data, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stray, _ := w.b.ReadAll(ctx, activities.TopKKey(run, "", 1))
+	if err := w.b.WriteAll(ctx, activities.TopKKey(run, "", 0), stray, nil); err != nil {
+		t.Fatal(err)
+	}
+	keyed := activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k, Scan: "scan1", Keyed: true}
+	w.must(w.acts.MergeTopK, keyed, &res)
+	if got := w.readNeighbors(res.Key); !slices.Equal(got, want) {
+		t.Errorf("keyed merge beside another's partial:\n%v\nwant:\n%v", got, want)
+	}
+	// A partial of more queries than the pass has is not its scan's: a
+	// clear failure, not an index out of range.
+	keyed.Queries = queries - 1
+	if err := w.do(w.acts.MergeTopK, keyed, &res); err == nil || !strings.Contains(err.Error(), "not of this pass's scan") {
+		t.Errorf("merge of a partial of more queries: %v, want it refused", err)
+	}
+
 	// A partial missing among those read ahead fails the merge, naming it.
-	w.b.Delete(ctx, activities.TopKKey(run, 2))
+	w.b.Delete(ctx, activities.TopKKey(run, "", 2))
 	err := w.do(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
-	if err == nil || !strings.Contains(err.Error(), activities.TopKKey(run, 2)) {
+	if err == nil || !strings.Contains(err.Error(), activities.TopKKey(run, "", 2)) {
 		t.Errorf("merge with partial 2 missing: %v, want an error naming it", err)
 	}
 }

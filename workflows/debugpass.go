@@ -93,8 +93,15 @@ func scanName(ctx workflow.Context) string {
 	return name
 }
 
-// rangesChange versions the scan's name (scanName).
-const rangesChange = "range-partials"
+// rangesChange versions the scan's name (scanName), and
+// keyedPartialsChange writing each shard's own partial under it too, so
+// that a straggler of an earlier pass under the same ID cannot leave its
+// partial where this pass reads one: passes started before either replay
+// as they ran.
+const (
+	rangesChange        = "range-partials"
+	keyedPartialsChange = "keyed-partials"
+)
 
 // apartChange versions the check that E_sample, E_heldout and test share
 // no image, so passes started before it replay as they ran.
@@ -164,6 +171,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 
 	p.Phase = "embed queries"
 	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), scan: scanName(ctx)}
+	s.keyed = s.scan != "" && workflow.GetVersion(ctx, keyedPartialsChange, workflow.DefaultVersion, 1) == 1
 	embedded := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0)
 	if later != nil {
 		err = later.watch(ctx, embedded)
@@ -206,7 +214,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		merge.local = workflow.GetVersion(ctx, localMergeChange, workflow.DefaultVersion, 1) == 1
 	}
 	if err := merge.run(ctx, a.MergeTopK, activities.MergeTopKInput{
-		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(), Scan: s.scan,
+		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(), Scan: s.scan, Keyed: s.keyed,
 	}).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
@@ -463,8 +471,10 @@ type shardRunner struct {
 	// search) rejected: with none, the steps that list rejects need not
 	// read every pool shard's.
 	scanRejects *int
-	// scan names the scan (scanName).
-	scan string
+	// scan names the scan (scanName), under which each shard's own
+	// partial is written too where keyed (activities.TopKKey).
+	scan  string
+	keyed bool
 }
 
 // counted adds r, shards of dataset ds run with k, to the pass's counts.
@@ -597,7 +607,7 @@ func (s shardRunner) input(ds string, m activities.ModelRef, first, end, k int) 
 		Run: s.runID, Dataset: ds, Model: m, First: first, End: end,
 		Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
 		Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
-		Scan: s.scan,
+		Scan: s.scan, Keyed: s.keyed,
 	}
 }
 

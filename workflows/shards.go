@@ -32,6 +32,18 @@ type ShardsInput struct {
 	// Scan names the pass's scan, under which batches of cached pool
 	// shards write one partial top-k each (activities.CachedShardsInput).
 	Scan string `json:",omitempty"`
+	// Keyed has each shard's own partial written under Scan too
+	// (activities.TopKKey); chains of passes started before it was do
+	// not.
+	Keyed bool `json:",omitempty"`
+}
+
+// partialScan is the scan a shard's own partial is written under.
+func (in ShardsInput) partialScan() string {
+	if in.Keyed {
+		return in.Scan
+	}
+	return ""
 }
 
 // ShardsResult counts the work done on a range of shards.
@@ -281,7 +293,7 @@ func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState,
 			var a *activities.Activities
 			var res activities.CachedShardsResult
 			err := workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.CachedShards, activities.CachedShardsInput{
-				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K, Scan: in.Scan,
+				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K, Scan: in.Scan, Keyed: in.Keyed,
 			}).Get(ctx, &res)
 			if err == nil && len(res.Shards) != end-first {
 				err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("CachedShards returned %d shards for %d", len(res.Shards), end-first), "BadResult", nil)
@@ -370,7 +382,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
 	if scan.lookUp && scan.cached {
-		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true}
+		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true, Scan: in.partialScan()}
 		var f workflow.Future
 		if alone {
 			f = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, cachedOnly)
@@ -407,6 +419,7 @@ func embedShard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (S
 	var emb activities.EmbedShardResult
 	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
 		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize, K: in.K,
+		Scan: in.partialScan(),
 	}).Get(ctx, &emb)
 	if err != nil {
 		return ShardsResult{}, err
@@ -418,7 +431,7 @@ func embedShard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (S
 	}
 	if in.K > 0 && emb.TopK == nil { // else EmbedShard searched the shard already
 		err = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.TopKShard, activities.TopKShardInput{
-			Run: in.Run, Shard: i, Model: in.Model, K: in.K,
+			Run: in.Run, Shard: i, Model: in.Model, K: in.K, Scan: in.partialScan(),
 		}).Get(ctx, nil)
 	}
 	return r, err
