@@ -520,6 +520,9 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 		}()
 		sem := workflow.NewSemaphore(ctx, int64(s.cfg.Shards.Chains))
 		wg := workflow.NewWaitGroup(ctx)
+		// The chains run under chainsCtx, cancelled at the first one's
+		// failure: the others' shards are wasted work then.
+		chainsCtx, cancelChains := workflow.WithCancel(ctx)
 		var firstErr error
 		for first := 0; first < n && firstErr == nil; first += ChildShards {
 			if err := sem.Acquire(ctx, 1); err != nil {
@@ -537,7 +540,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 			workflow.Go(ctx, func(ctx workflow.Context) {
 				defer wg.Done()
 				defer sem.Release(1)
-				cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: CPUQueue})
+				cctx := workflow.WithChildOptions(chainsCtx, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: CPUQueue})
 				var r ShardsResult
 				chain := workflow.ExecuteChildWorkflow(cctx, ShardsWorkflow, in)
 				if !started.IsReady() {
@@ -551,14 +554,24 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				s.counted(ds, k, r)
 				if err != nil && firstErr == nil {
 					firstErr = err
+					// Versioned where it happens: a pass started before
+					// let its other chains run to their end.
+					if workflow.GetVersion(ctx, stopChainsChange, workflow.DefaultVersion, 1) == 1 {
+						cancelChains()
+					}
 				}
 			})
 		}
 		wg.Wait(ctx)
+		cancelChains() // (nothing runs under it any more)
 		settle.Set(nil, firstErr)
 	})
 	return f, started
 }
+
+// stopChainsChange versions cancelling a dataset's other chains when one
+// fails, so that passes started before replay as they ran.
+const stopChainsChange = "stop-chains"
 
 // inlineShards is the most shards of a dataset a pass runs itself rather
 // than in child chains, the pool's aside: a child's start and end cost

@@ -253,3 +253,57 @@ func (s *UnitTestSuite) TestFailedPlanEndsThePassAtOnce() {
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig()}) // waiting for the pool would time out
 	s.ErrorContains(env.GetWorkflowError(), "data.test: no such prefix")
 }
+
+// A chain that fails stops its dataset's other chains: the pass fails
+// then, with its error, not after their thousands of shards.
+func (s *UnitTestSuite) TestFailedChainStopsTheOthers() {
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	env.SetTestTimeout(20 * time.Second) // a pass that waits on the others' shards would time out
+	var a *activities.Activities
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+		if in.Name == activities.Pool {
+			return activities.PlanResult{Shards: 3 * ChildShards, Images: 30 * ChildShards}, nil
+		}
+		return activities.PlanResult{Shards: 1, Images: 10}, nil
+	})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	var mu sync.Mutex
+	embedded := 0
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		switch {
+		case in.CachedOnly:
+			return activities.EmbedShardResult{}, nil
+		case in.Dataset != activities.Pool:
+			return activities.EmbedShardResult{Images: 10}, nil
+		case in.Shard == 0:
+			return activities.EmbedShardResult{}, temporal.NewNonRetryableApplicationError("pool shard 0: damaged", "InvalidShard", nil)
+		case in.Shard < ChildShards: // the failing chain's own
+			return activities.EmbedShardResult{Images: 10}, nil
+		}
+		mu.Lock()
+		embedded++
+		mu.Unlock()
+		for range 300 { // the other chains' shards take until they are cancelled
+			activity.RecordHeartbeat(ctx)
+			select {
+			case <-ctx.Done():
+				return activities.EmbedShardResult{}, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		return activities.EmbedShardResult{Images: 10}, nil
+	})
+	cfg := validConfig()
+	cfg.Shards.Chains = 3
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+	s.True(env.IsWorkflowCompleted())
+	s.ErrorContains(env.GetWorkflowError(), "pool shard 0: damaged")
+	mu.Lock()
+	defer mu.Unlock()
+	s.Less(embedded, 3*cfg.Shards.Window, "the other chains went on past their first window")
+}
