@@ -180,7 +180,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	// A target of many classes: its per-class accuracies are in
 	// eval.json only, not in the pass's result.
 	cfg.Classes = nil
-	for c := range resultPerClassLimit + 1 {
+	for c := range resultPerClassEntries/len(cfg.Compare) + 1 {
 		cfg.Classes = append(cfg.Classes, fmt.Sprint("class", c))
 	}
 	trained := activities.ModelRef{Path: "runs/x/methods/dcd/model.onnx"}
