@@ -125,26 +125,29 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// What DCD does with a bucket works on Azure Blob Storage (checkStore).
-func TestAzureStore(t *testing.T) {
-	url, _ := azurite(t, "dcd-store")
+// azuriteBucket is a new container of Azurite's, opened as a worker
+// opens its bucket, and the proxy's count of connections to it.
+func azuriteBucket(t *testing.T, name string) (*blob.Bucket, *atomic.Int64) {
+	t.Helper()
+	url, conns := azurite(t, name)
 	b, err := Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
+	return b, conns
+}
+
+// What DCD does with a bucket works on Azure Blob Storage (checkStore).
+func TestAzureStore(t *testing.T) {
+	b, _ := azuriteBucket(t, "dcd-store")
 	checkStore(t, b)
 }
 
 // ListFolders lists on Azure Blob Storage, whose delimited listing and page
 // tokens are its own, what List lists (checkListFolders).
 func TestAzureListFolders(t *testing.T) {
-	url, _ := azurite(t, "dcd-folders")
-	b, err := Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, _ := azuriteBucket(t, "dcd-folders")
 	checkListFolders(t, b, 2, 100)
 }
 
@@ -152,12 +155,7 @@ func TestAzureListFolders(t *testing.T) {
 // these reads.
 func TestAzureReusesConnections(t *testing.T) {
 	ctx := context.Background()
-	url, conns := azurite(t, "dcd-conns")
-	b, err := Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, conns := azuriteBucket(t, "dcd-conns")
 	if err := WriteAll(ctx, b, "img.png", []byte("image")); err != nil {
 		t.Fatal(err)
 	}
@@ -202,12 +200,7 @@ func TestAzureErrorHidesSASToken(t *testing.T) {
 // reads, as it lists, under its own name.
 func TestAzureRawNames(t *testing.T) {
 	ctx := context.Background()
-	url, _ := azurite(t, "dcd-raw")
-	b, err := Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, _ := azuriteBucket(t, "dcd-raw")
 	var c *container.Client
 	if !b.As(&c) {
 		t.Fatal("an azblob:// bucket is not a *container.Client")
