@@ -59,6 +59,13 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 			set.Set(out, err)
 		})
 	}
+	// A method that fails fails the pass when it does, not after the
+	// methods before it in the list (all_pool's hours of retraining).
+	if workflow.GetVersion(ctx, failFastMethodsChange, workflow.DefaultVersion, 1) == 1 {
+		if err := waitAll(ctx, futures...); err != nil {
+			return ev, activities.SelectResult{}, err
+		}
+	}
 	var refSel activities.SelectResult
 	for i, f := range futures {
 		var out methodOut
@@ -75,6 +82,10 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 	}
 	return ev, refSel, nil
 }
+
+// failFastMethodsChange versions waiting for the methods in the order
+// they end, so that passes started before replay as they ran.
+const failFastMethodsChange = "fail-fast-methods"
 
 // method runs one method's chain and fills its row.
 func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.EvaluateResult) (methodOut, error) {

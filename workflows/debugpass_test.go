@@ -307,3 +307,41 @@ func (s *UnitTestSuite) TestFailedChainStopsTheOthers() {
 	defer mu.Unlock()
 	s.Less(embedded, 3*cfg.Shards.Window, "the other chains went on past their first window")
 }
+
+// A method that fails fails the pass when it does: dcd's guard, here,
+// while all_pool, before it in the list, is still retraining.
+func (s *UnitTestSuite) TestFailedMethodEndsThePassAtOnce() {
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ShardsWorkflow)
+	env.SetTestTimeout(20 * time.Second) // a pass that waits on all_pool would time out
+	var a *activities.Activities
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 1, Images: 10}, nil)
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(activities.EmbedShardResult{Images: 10}, nil)
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{},
+		temporal.NewNonRetryableApplicationError("dcd: guard failed", "InvalidInput", nil))
+	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.RetrainInput) (activities.RetrainResult, error) {
+		for range 300 { // all_pool's retraining takes until it is abandoned
+			activity.RecordHeartbeat(ctx)
+			select {
+			case <-ctx.Done():
+				return activities.RetrainResult{}, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		return activities.RetrainResult{}, nil
+	})
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	cfg := validConfig()
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodAllPool, schemas.MethodDCD}
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+	s.True(env.IsWorkflowCompleted())
+	s.ErrorContains(env.GetWorkflowError(), "dcd: guard failed")
+}
