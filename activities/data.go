@@ -52,7 +52,7 @@ func ParseClasses(name string, data []byte) ([]string, error) {
 	var classes []string
 	seen := map[string]int{}
 	for i, line := range strings.Split(string(data), "\n") {
-		c := strings.TrimSpace(line)
+		c := dataset.Label(line) // as the datasets' labels are read
 		if c == "" {
 			continue
 		}

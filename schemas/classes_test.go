@@ -36,3 +36,11 @@ func TestClassesOrClassesFile(t *testing.T) {
 		t.Errorf("classes_file beside ignored classes: %v", err)
 	}
 }
+
+// Classes are compared with labels composed (NFC), as labels are read.
+func TestClassesComposed(t *testing.T) {
+	c := Config{Classes: []string{"cafe\u0301", " b "}}.WithDefaults()
+	if c.Classes[0] != "caf\u00e9" || c.Classes[1] != "b" {
+		t.Errorf("classes %q, want composed and trimmed", c.Classes)
+	}
+}

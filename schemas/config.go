@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/text/unicode/norm"
 	"gopkg.in/yaml.v3"
 
 	"dcd/internal/preprocess"
@@ -240,6 +241,15 @@ func LoadConfig(path string) (Config, error) {
 
 // WithDefaults fills every zero field that has a sensible default.
 func (c Config) WithDefaults() Config {
+	// Classes as the datasets' labels are read (dataset.Label): a class
+	// typed "café" matches a folder macOS named with a combining accent.
+	if len(c.Classes) > 0 {
+		classes := make([]string, len(c.Classes))
+		for i, cl := range c.Classes {
+			classes[i] = norm.NFC.String(strings.TrimSpace(cl))
+		}
+		c.Classes = classes
+	}
 	c.Target = c.Target.withDefaults()
 	if c.Similarity != nil {
 		s := c.Similarity.withDefaults()

@@ -45,6 +45,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/text/unicode/norm"
 
 	"dcd/internal/ahead"
 	"dcd/internal/store"
@@ -177,7 +178,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
 		}
 		at.Next, at.Key = id+1, obj.Key
-		if err := fn(Item{ID: id, Key: key, Label: label, Version: version(obj)}); err != nil {
+		if err := fn(Item{ID: id, Key: key, Label: Label(label), Version: version(obj)}); err != nil {
 			return err
 		}
 		id++
@@ -285,7 +286,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 		}
 		for j, sm := range l.samples[first:] {
 			at.Next, at.Key, at.Sample = id+1, l.key, first+j+1
-			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: sm.Label, Domain: sm.Domain, Version: l.version}); err != nil {
+			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: Label(sm.Label), Domain: sm.Domain, Version: l.version}); err != nil {
 				return err
 			}
 			id++
@@ -405,7 +406,7 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 		at.Next = id + 1
 		// Spaces around a label or a domain are no part of it, as a
 		// pack's .cls files and a WebDataset's have it.
-		if err := fn(Item{ID: id, Key: k, Label: strings.TrimSpace(r.label), Domain: strings.TrimSpace(r.domain), Version: r.version}); err != nil {
+		if err := fn(Item{ID: id, Key: k, Label: Label(r.label), Domain: strings.TrimSpace(r.domain), Version: r.version}); err != nil {
 			return done{err}
 		}
 		id++
@@ -478,6 +479,12 @@ type manifestColumns struct{ uri, label, domain, version int }
 
 // columns finds the uri and label columns, and the optional domain and
 // version, among names, ignoring case and spaces.
+// Label is a dataset's label as a class is compared with it: without the
+// spaces around it, and in Unicode's composed form (NFC), which a folder
+// named on macOS (decomposed: "e" and a combining accent for "é") is not
+// while the classes a config lists usually are.
+func Label(s string) string { return norm.NFC.String(strings.TrimSpace(s)) }
+
 // manifestNames are the columns of a manifest DCD reads.
 var manifestNames = []string{"uri", "label", "domain", "version"}
 

@@ -791,3 +791,22 @@ func TestParquetNestedColumns(t *testing.T) {
 		t.Errorf("%q, want cat/1.jpg=cat/", got)
 	}
 }
+
+// A label folder macOS named (decomposed: "e" and a combining accent) is
+// the class a config types (composed "é"): labels are read composed.
+func TestLabelsComposed(t *testing.T) {
+	decomposed, composed := "cafe\u0301", "caf\u00e9"
+	b := memBucket(t, map[string]string{
+		"d/" + decomposed + "/1.png": "x",
+		"m.csv":                      "uri,label\n1.png, " + decomposed + "\n",
+	})
+	for _, ds := range []schemas.Dataset{{Prefix: "d/"}, {Manifest: "m.csv"}} {
+		items, err := walkAll(t, Source{Bucket: b}, ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) != 1 || items[0].Label != composed {
+			t.Errorf("%+v: labels %q, want %q", ds, keysAndLabels(items), composed)
+		}
+	}
+}
