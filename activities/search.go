@@ -549,7 +549,32 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		heartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
 	res.Rows, err = a.writeNeighbors(ctx, res.Key, best)
+	if err == nil && in.Keyed {
+		// What earlier passes under this ID left (each scan its own
+		// partials, about 1 MB a shard), in the background: the pass
+		// need not wait on it, and a failure costs only storage.
+		go a.dropOtherScans(context.WithoutCancel(ctx), in.Run, in.Scan)
+	}
 	return res, err
+}
+
+// dropOtherScans deletes the partials of a run's scans but scan: its
+// per-shard and range partials' folders, and the per-shard partials of
+// passes from before scans kept theirs apart. Never this scan's, which a
+// retried merge still reads.
+func (a *Activities) dropOtherScans(ctx context.Context, run, scan string) {
+	for _, dir := range []string{RunKey(run, "topk/"), RunKey(run, "topk-ranges/")} {
+		it := a.Bucket.List(&blob.ListOptions{Prefix: dir})
+		for {
+			obj, err := it.Next(ctx)
+			if err != nil {
+				break // io.EOF, or a listing that failed: the rest stays
+			}
+			if rest := strings.TrimPrefix(obj.Key, dir); !strings.HasPrefix(rest, scan+"/") {
+				a.Bucket.Delete(ctx, obj.Key)
+			}
+		}
+	}
 }
 
 // partialKeys lists the partials that cover a scan's shards in shard

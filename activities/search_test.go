@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
@@ -133,10 +134,25 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 		t.Fatalf("merged:\n%v\nwant:\n%v", got, want)
 	}
 
+	// A partial missing among those read ahead fails the merge, naming it.
+	partial2, err := w.b.ReadAll(ctx, activities.TopKKey(run, "", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.b.Delete(ctx, activities.TopKKey(run, "", 2))
+	err = w.do(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
+	if err == nil || !strings.Contains(err.Error(), activities.TopKKey(run, "", 2)) {
+		t.Errorf("merge with partial 2 missing: %v, want an error naming it", err)
+	}
+	// (partial 2, restored under the scan from the first merge's inputs)
+	w.b.WriteAll(ctx, activities.TopKKey(run, "scan1", 2), partial2, nil)
 	// Keyed, a scan's partials are its own: another's (a straggler of an
 	// earlier pass under this ID) where they were once kept changes
 	// nothing.
 	for s := range shards {
+		if s == 2 {
+			continue // deleted above: written again below
+		}
 		data, err := w.b.ReadAll(ctx, activities.TopKKey(run, "", s))
 		if err != nil {
 			t.Fatal(err)
@@ -161,11 +177,15 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 		t.Errorf("merge of a partial of more queries: %v, want it refused", err)
 	}
 
-	// A partial missing among those read ahead fails the merge, naming it.
-	w.b.Delete(ctx, activities.TopKKey(run, "", 2))
-	err := w.do(w.acts.MergeTopK, activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k}, &res)
-	if err == nil || !strings.Contains(err.Error(), activities.TopKKey(run, "", 2)) {
-		t.Errorf("merge with partial 2 missing: %v, want an error naming it", err)
+	// Once merged, the other scans' partials are gone (in the
+	// background), this scan's kept for a retried merge.
+	for deadline := time.Now().Add(5 * time.Second); w.exists(activities.TopKKey(run, "", 0)); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("an earlier scan's partial is still there after the merge")
+		}
+	}
+	if !w.exists(activities.TopKKey(run, "scan1", 0)) {
+		t.Error("the scan's own partial was deleted")
 	}
 }
 

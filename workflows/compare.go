@@ -189,9 +189,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		// Of the rows it trained on, for every method: a selection's
 		// images whose weak label is not a class, or that did not embed,
 		// are not among them (all_pool's never were).
-		if r.Precision != nil || m == schemas.MethodAllPool {
-			row.SelectionPrecision = r.Precision
-		}
+		row.SelectionPrecision = r.Precision
 		eval.HeadKey = r.HeadKey
 	default:
 		stage("train")

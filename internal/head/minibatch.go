@@ -42,9 +42,9 @@ func (s *Slice) EachShuffled(seed uint64, fn func(x []float32, label int, weight
 // the step size follows a cosine from LearningRate to 0. Not the batch's
 // own weighted mean: rows come in shuffled files (a shard's features), so
 // a batch is often one file's, all train or all debug-train, where the
-// weight would divide out and debug_weight 5 train as 1. rows counts the
-// rows, weighted those of weight > 0 (the others are left out of batches).
-func (e *evaluator) adam(theta []float64, opt Options, rows, weighted int) error {
+// weight would divide out and debug_weight 5 train as 1. weighted counts
+// the rows of weight > 0 (the others are left out of batches).
+func (e *evaluator) adam(theta []float64, opt Options, weighted int) error {
 	epochs := opt.Epochs
 	if epochs <= 0 {
 		epochs = 20
@@ -65,7 +65,7 @@ func (e *evaluator) adam(theta []float64, opt Options, rows, weighted int) error
 	sh := &shard{grad: make([]float64, n)}
 	k := newKernel(d, C)
 	b := &block{x: make([]float32, bs*d), label: make([]int, bs), w: make([]float64, bs)}
-	total := float64(epochs * ((rows + bs - 1) / bs))
+	total := float64(epochs * ((weighted + bs - 1) / bs)) // the steps: batches hold rows of weight only
 	step := 0
 	flush := func() {
 		if b.n == 0 {

@@ -127,7 +127,7 @@ func Train(rows Rows, opt Options) (*Head, error) {
 
 	theta := make([]float64, C*d+C)
 	if opt.MiniBatch {
-		if err := e.adam(theta, opt, st.rows, st.weighted); err != nil {
+		if err := e.adam(theta, opt, st.weighted); err != nil {
 			return nil, err
 		}
 	} else if err := minimize(theta, e.eval, opt.Iters, opt.Tol); err != nil {
@@ -159,7 +159,6 @@ type stats struct {
 	mean, std []float64
 	classSum  []float64 // summed row weights per class
 	total     float64
-	rows      int
 	weighted  int // rows of weight > 0
 }
 
@@ -202,7 +201,6 @@ func scan(rows Rows, d, classes int) (*stats, error) {
 	if n == 0 {
 		return nil, errors.New("head: no rows")
 	}
-	st.rows = n
 	for j := range d {
 		s := math.Sqrt(m2[j] / float64(n))
 		if !(s >= stdFloor) {
