@@ -130,6 +130,14 @@ func TestCachedShardsWriteOnePartial(t *testing.T) {
 			t.Errorf("shard %d: %+v (TopK %+v), want its own partial", s, r, r.TopK)
 		}
 	}
+	// Keyed, those own partials are the scan's, where its merge reads them.
+	batch = activities.CachedShardsResult{}
+	w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: run, Dataset: activities.Pool, First: 3, End: 6, Model: ref, K: k, Scan: scan, Keyed: true}, &batch)
+	for _, s := range []int{3, 4} {
+		if r := batch.Shards[s-3]; r.TopK == nil || r.TopK.Key != activities.TopKKey(run, scan, s) || !w.exists(r.TopK.Key) {
+			t.Errorf("keyed, shard %d: TopK %+v, want its partial under the scan", s, r.TopK)
+		}
+	}
 }
 
 // A batch of a pass that names no scan (one started before range
