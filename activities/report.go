@@ -518,10 +518,10 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 			t.Wrong = c.item.Label != rows[row].Query.Label
 			switch {
 			case in.Reference == "":
+			case kept[c.item.Key]: // a key listed twice is kept once and dropped once
+				t.Mark = "kept"
 			case dropped[c.item.Key] != "":
 				t.Mark = "dropped: " + dropped[c.item.Key]
-			case kept[c.item.Key]:
-				t.Mark = "kept"
 			default:
 				t.Mark = "not selected"
 			}
@@ -531,9 +531,11 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	made := make([]thumb, len(keys))
 	var g errgroup.Group
 	g.SetLimit(reportReads)
+	decodes := make(chan struct{}, thumbDecodes)
+	stop := beating(ctx, func() []any { return nil }) // 72 photos from a remote store take a while
 	for i, key := range keys {
 		g.Go(func() error {
-			if src, err := a.thumbnail(ctx, key); err != nil {
+			if src, err := a.thumbnail(ctx, key, decodes); err != nil {
 				made[i].Failed = err.Error()
 			} else {
 				made[i].Src = src
@@ -542,6 +544,7 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		})
 	}
 	g.Wait()
+	stop()
 	fill := func(t *thumb) {
 		m := made[index[t.Key]]
 		t.Src, t.Failed = m.Src, m.Failed
@@ -555,16 +558,30 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	return rows, nil
 }
 
-// reportReads is how many images the report reads at once.
-const reportReads = 16
+// reportReads is how many images the report reads at once; thumbDecodes
+// how many it decodes at once (a 64-megapixel photo is 256 MiB decoded),
+// and thumbBytes the largest file it makes a thumbnail of.
+const (
+	reportReads  = 16
+	thumbDecodes = 2
+	thumbBytes   = 64 << 20
+)
 
 // thumbnail is an image scaled to fit thumbSide×thumbSide, as a PNG data:
-// URI.
-func (a *Activities) thumbnail(ctx context.Context, key string) (template.URL, error) {
-	data, err := a.read(ctx, key)
+// URI, decoded holding one of decodes. It shrinks by the mean of the pixels
+// each thumbnail pixel covers (preprocess's area filter): a pass over the
+// image, where an interpolating kernel of the scale's width is many.
+func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan struct{}) (template.URL, error) {
+	data, err := a.buckets().ReadAtMost(ctx, a.Bucket, key, thumbBytes)
 	if err != nil {
 		return "", err
 	}
+	select {
+	case decodes <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-decodes }()
 	img, err := preprocess.Decode(data)
 	if err != nil {
 		return "", err
@@ -572,24 +589,49 @@ func (a *Activities) thumbnail(ctx context.Context, key string) (template.URL, e
 	b := img.Bounds()
 	scale := float64(thumbSide) / float64(max(b.Dx(), b.Dy()))
 	w, h := max(1, int(math.Round(float64(b.Dx())*scale))), max(1, int(math.Round(float64(b.Dy())*scale)))
+	_, gray := img.(*image.Gray)
 	var dst draw.Image
-	if _, gray := img.(*image.Gray); gray {
+	switch {
+	case scale > 1 && gray:
+		// Upscaling small images (MNIST is 28×28) keeps their pixels crisp.
 		dst = image.NewGray(image.Rect(0, 0, w, h))
-	} else {
+		draw.NearestNeighbor.Scale(dst, dst.Bounds(), img, b, draw.Src, nil)
+	case scale > 1:
 		dst = image.NewRGBA(image.Rect(0, 0, w, h))
+		draw.NearestNeighbor.Scale(dst, dst.Bounds(), img, b, draw.Src, nil)
+	default:
+		channels := 3
+		if gray {
+			channels = 1
+		}
+		spec := preprocess.Spec{Layout: preprocess.LayoutNHWC, Channels: channels, Height: h, Width: w, Scale: preprocess.ScaleByte}
+		px := make([]float32, spec.Size())
+		if err := spec.Fill(px, img); err != nil {
+			return "", err
+		}
+		if gray {
+			g := image.NewGray(image.Rect(0, 0, w, h))
+			for i, v := range px {
+				g.Pix[i] = byteOf(v)
+			}
+			dst = g
+			break
+		}
+		rgba := image.NewRGBA(image.Rect(0, 0, w, h))
+		for i := range w * h {
+			copy(rgba.Pix[4*i:], []uint8{byteOf(px[3*i]), byteOf(px[3*i+1]), byteOf(px[3*i+2]), 255})
+		}
+		dst = rgba
 	}
-	// Upscaling small images (MNIST is 28×28) keeps their pixels crisp.
-	var kernel draw.Interpolator = draw.CatmullRom
-	if scale > 1 {
-		kernel = draw.NearestNeighbor
-	}
-	kernel.Scale(dst, dst.Bounds(), img, b, draw.Src, nil)
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, dst); err != nil {
 		return "", err
 	}
 	return template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes())), nil
 }
+
+// byteOf is a 0–255 float rounded to a byte.
+func byteOf(v float32) uint8 { return uint8(min(max(v+0.5, 0), 255)) }
 
 var reportPage = template.Must(template.New("report").Funcs(template.FuncMap{
 	"pct": func(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) },

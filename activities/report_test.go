@@ -3,6 +3,7 @@ package activities
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -204,5 +205,52 @@ func TestHeadlineSaysTheDirection(t *testing.T) {
 		if got := headline(ev, "dcd"); !strings.Contains(got, c.want) {
 			t.Errorf("E_heldout 0.5 → %v: %q, want %q", c.heldout, got, c.want)
 		}
+	}
+}
+
+// A photo's thumbnail is its pixels' means, 64 pixels on its longer side;
+// a file too large for one is said, not read.
+func TestThumbnail(t *testing.T) {
+	a, _ := reportFixture(t)
+	ctx := context.Background()
+	img := image.NewRGBA(image.Rect(0, 0, 2000, 1500))
+	for y := range 1500 {
+		for x := range 2000 {
+			img.SetRGBA(x, y, color.RGBA{uint8(x * 255 / 1999), 100, uint8(y * 255 / 1499), 255})
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Bucket.WriteAll(ctx, "photo.png", buf.Bytes(), nil); err != nil {
+		t.Fatal(err)
+	}
+	src, err := a.thumbnail(ctx, "photo.png", make(chan struct{}, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(string(src), "data:image/png;base64,"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := th.Bounds(); b.Dx() != 64 || b.Dy() != 48 {
+		t.Fatalf("thumbnail %v, want 64×48", b)
+	}
+	// Its left column is dark red, its right bright: the means of the
+	// columns they cover.
+	l, r := color.RGBAModel.Convert(th.At(0, 24)).(color.RGBA), color.RGBAModel.Convert(th.At(63, 24)).(color.RGBA)
+	if l.R > 10 || r.R < 245 || l.G != 100 || r.G != 100 {
+		t.Errorf("left %v, right %v", l, r)
+	}
+	if err := a.Bucket.WriteAll(ctx, "huge.png", make([]byte, thumbBytes+1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.thumbnail(ctx, "huge.png", make(chan struct{}, 1)); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("a file over %d bytes: %v, want it refused", thumbBytes, err)
 	}
 }
