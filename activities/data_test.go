@@ -133,24 +133,27 @@ func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
 	}
 }
 
-// An image the store refuses is a reject; an image read with credentials
-// the store refuses is not (the shard fails and is retried), or it would
-// stay a reject in the cache once they were fixed.
+// An image the store refuses is an unread reject; one too large, a reject
+// of a file that is no image (a shard of nothing else must not fail as
+// unreadable); an image read with credentials the store refuses is not a
+// reject (the shard fails and is retried), or it would stay one in the
+// cache once they were fixed.
 func TestUnreadable(t *testing.T) {
 	for _, c := range []struct {
-		err    error
-		reject bool
+		err            error
+		unread, reject bool
 	}{
-		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}, true},
-		{&googleapi.Error{Code: http.StatusNotFound}, true},
-		{fmt.Errorf("%w: 300000000 bytes, more than %d", store.ErrTooLarge, MaxImageBytes), true},
-		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}, false},
-		{&googleapi.Error{Code: http.StatusUnauthorized}, false},
-		{&azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}, false},
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}, true, false},
+		{&googleapi.Error{Code: http.StatusNotFound}, true, false},
+		{fmt.Errorf("%w: 300000000 bytes, more than %d", store.ErrTooLarge, MaxImageBytes), false, true},
+		{fmt.Errorf("%w (10 bytes)", store.ErrPastEnd), false, true},
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}, false, false},
+		{&googleapi.Error{Code: http.StatusUnauthorized}, false, false},
+		{&azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}, false, false},
 	} {
 		err := unreadable(fmt.Errorf("read: %w", c.err))
-		if errors.Is(err, embed.ErrUnreadable) != c.reject {
-			t.Errorf("%v: reject %v, want %v", err, !c.reject, c.reject)
+		if errors.Is(err, embed.ErrUnreadable) != c.unread || errors.Is(err, embed.ErrRejected) != c.reject {
+			t.Errorf("%v: unread %v, rejected %v; want %v, %v", err, errors.Is(err, embed.ErrUnreadable), errors.Is(err, embed.ErrRejected), c.unread, c.reject)
 		}
 	}
 }

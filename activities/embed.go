@@ -361,6 +361,11 @@ func unreadable(err error) error {
 	switch {
 	case store.CredentialsRefused(err):
 		return fmt.Errorf("the store refused the worker's credentials (fix them; no image is rejected for it): %w", err)
+	case errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrPastEnd):
+		// The file is there to read, and no image: a reject as a file
+		// that does not decode is, not one the worker may not read
+		// (which a shard of nothing else fails for).
+		return fmt.Errorf("%w: %w", embed.ErrRejected, err)
 	case store.Permanent(err):
 		return fmt.Errorf("%w: %w", embed.ErrUnreadable, err)
 	}

@@ -86,14 +86,20 @@ type Embedder struct {
 const DefaultReaders = 64
 
 // ReadFunc fetches an image's encoded bytes. An error that wraps
-// ErrUnreadable (the object is gone, or may not be read) rejects the image;
-// any other error is taken as passing (a network blip, a throttled store)
-// and fails the batch, so the activity is retried rather than the image
-// being recorded, and cached, as a reject.
+// ErrUnreadable (the object is gone, or may not be read) rejects the image
+// as unread (Reject.Unread); one that wraps ErrRejected (the object is no
+// image to read: too large, a range past its archive's end) rejects it as
+// a bad file is; any other error is taken as passing (a network blip, a
+// throttled store) and fails the batch, so the activity is retried rather
+// than the image being recorded, and cached, as a reject.
 type ReadFunc func(ctx context.Context, uri string) ([]byte, error)
 
-// ErrUnreadable marks a read error that no retry fixes; see ReadFunc.
-var ErrUnreadable = errors.New("unreadable")
+// ErrUnreadable and ErrRejected mark read errors that no retry fixes; see
+// ReadFunc.
+var (
+	ErrUnreadable = errors.New("unreadable")
+	ErrRejected   = errors.New("rejected")
+)
 
 // Embed embeds images in order, calling emit once per batch of BatchSize
 // images (default 32, rounded up to a multiple of FixedBatch; the last may
@@ -299,7 +305,10 @@ func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri strin
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		if !errors.Is(err, ErrUnreadable) {
+		switch {
+		case errors.Is(err, ErrRejected):
+			return err.Error(), nil
+		case !errors.Is(err, ErrUnreadable):
 			return "", fmt.Errorf("embed: read %s: %w", uri, err)
 		}
 		return readReason + err.Error(), nil

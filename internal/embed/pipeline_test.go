@@ -77,6 +77,8 @@ func store(ctx context.Context, uri string) ([]byte, error) {
 		return []byte("not an image"), nil
 	case strings.HasPrefix(uri, "missing/"):
 		return nil, fmt.Errorf("no such object: %w", ErrUnreadable)
+	case strings.HasPrefix(uri, "huge/"):
+		return nil, fmt.Errorf("%w: the object is too large", ErrRejected)
 	}
 	return pngOf(n % 250), nil
 }
@@ -95,6 +97,10 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 			rejectOrder = append(rejectOrder, uri)
 		case i%29 == 5:
 			uri = fmt.Sprintf("missing/%d", i)
+			wantRejects[uri] = true
+			rejectOrder = append(rejectOrder, uri)
+		case i%31 == 7:
+			uri = fmt.Sprintf("huge/%d", i)
 			wantRejects[uri] = true
 			rejectOrder = append(rejectOrder, uri)
 		}
@@ -158,6 +164,9 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 		for i, r := range rejects {
 			if r.URI != rejectOrder[i] || r.Reason == "" {
 				t.Fatalf("%+v: reject %d: %+v", cfg, i, r)
+			}
+			if strings.HasPrefix(r.URI, "huge/") && r.Unread() {
+				t.Fatalf("%+v: reject %+v: a file too large was read; it is no unread image", cfg, r)
 			}
 			if strings.HasPrefix(r.URI, "missing/") && !strings.HasPrefix(r.Reason, "read: ") {
 				t.Fatalf("%+v: reject %+v: reason should start with read:", cfg, r)
