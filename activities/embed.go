@@ -142,7 +142,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		reads = nil
 	}
 	if err == nil && !ok {
-		rejects, ok, err = a.narrowCached(ctx, in.Model, shardKey, shard.Digest(), key)
+		rejects, ok, err = a.narrowCached(ctx, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
 	}
 	if err != nil {
 		return res, err
@@ -263,8 +263,9 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 // what embedding again and storing float16 would, for a read and a write
 // instead of the model, so a pool cached as float32 switches to float16
 // without being embedded again. It returns the entry's rejects and whether
-// it made one. m is the model, and shardKey the shard, that errors name.
-func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, shardDigest, key string) ([]embed.Reject, bool, error) {
+// it made one. m is the model, and shardKey the shard, of images images,
+// that errors name.
+func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, shardDigest, key string, images int) ([]embed.Reject, bool, error) {
 	spec := m.Spec
 	if spec.StoredAs != schemas.Float16 {
 		return nil, false, nil
@@ -279,12 +280,16 @@ func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, sha
 	var b embed.Batch
 	ms, err := features.LoadColumns(ctx, a.Bucket, src, spec.Columns, a.Mem)
 	switch {
-	case gcerrors.Code(err) == gcerrors.NotFound:
+	case gcerrors.Code(err) == gcerrors.NotFound && len(rejects) == images:
 		// every image of the shard was rejected: no file
+	case gcerrors.Code(err) == gcerrors.NotFound: // the file is gone: embed the shard
+		return nil, false, nil
 	case ctx.Err() != nil || store.Transient(err):
 		return nil, false, err // a retry may read it
 	case err != nil: // damaged or unreadable: embed the shard instead
 		activity.GetLogger(ctx).Warn("float32 cache entry not used", "key", src, "error", err)
+		return nil, false, nil
+	case len(ms[0].URIs)+len(rejects) != images: // not this shard's whole
 		return nil, false, nil
 	default:
 		b.Images = make([]embed.Image, len(ms[0].URIs))

@@ -76,7 +76,8 @@ func TestCachedSearchWhileEntryIsWritten(t *testing.T) {
 }
 
 // A cache entry whose rejects remain but whose feature file is gone is not
-// a shard of no rows: its search fails, naming what to do.
+// a shard of no rows: its search fails, and drops the entry, so that the
+// retry finds the shard uncached (and embeds it) rather than fail so again.
 func TestCachedSearchWithoutFeatureFile(t *testing.T) {
 	const run, k = "gone", 3
 	w, ref := cachedPoolShard(t, run)
@@ -84,10 +85,13 @@ func TestCachedSearchWithoutFeatureFile(t *testing.T) {
 	if err := w.b.Delete(ctx, cacheEntry(t, w)); err != nil {
 		t.Fatal(err)
 	}
-	_, err := w.acts.EmbedShard(ctx, activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0,
-		Model: ref, K: k, CachedOnly: true})
-	if err == nil || !strings.Contains(err.Error(), "embed the shard first") {
+	in := activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, K: k, CachedOnly: true}
+	_, err := w.acts.EmbedShard(ctx, in)
+	if err == nil || !strings.Contains(err.Error(), "embed the shard") {
 		t.Fatalf("search of a shard whose feature file is gone: %v", err)
+	}
+	if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
+		t.Errorf("the retry: %+v, %v; want the shard uncached", res, err)
 	}
 }
 

@@ -123,7 +123,22 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 		// No file and every image rejected: the shard has no rows. With
 		// fewer rejects the file is being written (features before
 		// rejects) or was removed.
-		if rejects, done, err := a.cachedRejects(ctx, key); err != nil || !done || len(rejects) < len(shard.Items) {
+		rejects, done, err := a.cachedRejects(ctx, key)
+		if err != nil || !done {
+			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
+		}
+		if len(rejects) < len(shard.Items) {
+			// The entry was completed since the file was read (features
+			// first, then rejects), or its file is gone (removed by
+			// hand, or by a bucket's expiry rule). Gone, the entry goes
+			// too, for the retry to find the shard uncached and embed it
+			// again rather than fail as this forever.
+			if there, err := a.Bucket.Exists(ctx, key); err == nil && !there {
+				if err := a.Bucket.Delete(ctx, rejectsKey(key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+					return nil, nil, err
+				}
+				return nil, nil, fmt.Errorf("activities: the features of %s are gone from the cache (%s): the entry is dropped, for the retry to embed the shard", shardKey, key)
+			}
 			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
 		}
 		return nil, &features.Matrix{}, nil
