@@ -285,7 +285,7 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 	if ok {
 		return s, nil
 	}
-	load := ss.loads.DoChan(d, func() (any, error) {
+	return sharedLoad(ctx, &ss.loads, d, func(ctx context.Context) (*ortrun.Session, error) {
 		// A load that ended between the look-up above and this one's
 		// start has stored its session: one load a model.
 		ss.mu.Lock()
@@ -294,9 +294,7 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 		if ok {
 			return s, nil
 		}
-		lctx, cancel := detached(ctx)
-		defer cancel()
-		s, err := a.loadSession(lctx, m)
+		s, err := a.loadSession(ctx, m)
 		if err != nil {
 			return nil, err
 		}
@@ -308,14 +306,26 @@ func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, 
 		ss.sessions[d] = s
 		return s, nil
 	})
+}
+
+// sharedLoad runs load once for the activities that ask for key at once
+// (g), in a context not cancelled with the first's (detached), whose end
+// would fail the others' waits; each waits until its own context ends.
+func sharedLoad[T any](ctx context.Context, g *singleflight.Group, key string, load func(context.Context) (T, error)) (T, error) {
+	ch := g.DoChan(key, func() (any, error) {
+		lctx, cancel := detached(ctx)
+		defer cancel()
+		return load(lctx)
+	})
+	var zero T
 	select {
-	case r := <-load:
+	case r := <-ch:
 		if r.Err != nil {
-			return nil, r.Err
+			return zero, r.Err
 		}
-		return r.Val.(*ortrun.Session), nil
+		return r.Val.(T), nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	}
 }
 

@@ -419,11 +419,9 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 	}
 	c.Unlock()
 	// The first searches of a run start together: one reads the queries,
-	// the others wait for it (detached).
-	load := c.loads.DoChan(fmt.Sprintf("%p %s %s", a.Bucket, key, version), func() (any, error) {
-		lctx, cancel := detached(ctx)
-		defer cancel()
-		m, err := features.Load(lctx, a.Bucket, key, "features", a.Mem)
+	// the others wait for it.
+	return sharedLoad(ctx, &c.loads, fmt.Sprintf("%p %s %s", a.Bucket, key, version), func(ctx context.Context) (*features.Matrix, error) {
+		m, err := features.Load(ctx, a.Bucket, key, "features", a.Mem)
 		if err != nil {
 			return nil, err
 		}
@@ -432,15 +430,6 @@ func (a *Activities) queries(ctx context.Context, key string) (*features.Matrix,
 		c.entries = append([]queriesEntry{{a.Bucket, key, version, m}}, c.entries[:min(len(c.entries), 1)]...)
 		return m, nil
 	})
-	select {
-	case r := <-load:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*features.Matrix), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // MergeTopKInput names the partial results to merge.
