@@ -521,7 +521,7 @@ func (s Spec) fillGeneral(dst []float32, img image.Image) {
 		pal = &sc.pal
 		clear(pal[:])
 		for k, c := range m.Palette[:min(len(m.Palette), 256)] {
-			r, g, b, _ := colour(c, ignore)
+			r, g, b := colour(c, ignore)
 			put(pal[:], k*wc, wc, float32(r), float32(g), float32(b))
 		}
 	}
@@ -782,23 +782,23 @@ func resampleRow(out, in []float32, t *taps, lo, wc int) {
 	}
 }
 
-// colour is c's 16-bit RGB and alpha: composited onto black (as
-// color.Color's RGBA is), or with ignore the colour as stored, whatever
-// its alpha.
-func colour(c color.Color, ignore bool) (r, g, b, a uint32) {
+// colour is c's 16-bit RGB: composited onto black (as color.Color's RGBA
+// is), or with ignore the colour as stored, whatever its alpha.
+func colour(c color.Color, ignore bool) (r, g, b uint32) {
 	if !ignore {
-		return c.RGBA()
+		r, g, b, _ = c.RGBA()
+		return r, g, b
 	}
 	switch n := c.(type) { // a PNG palette's entries: stored, not premultiplied
 	case color.NRGBA:
-		return uint32(n.R) * 0x101, uint32(n.G) * 0x101, uint32(n.B) * 0x101, uint32(n.A) * 0x101
+		return uint32(n.R) * 0x101, uint32(n.G) * 0x101, uint32(n.B) * 0x101
 	case color.NRGBA64:
-		return uint32(n.R), uint32(n.G), uint32(n.B), uint32(n.A)
+		return uint32(n.R), uint32(n.G), uint32(n.B)
 	}
 	// Premultiplied: what is left of the colour, which a pixel of no
 	// alpha at all has lost (image/gif's transparent entry, say).
 	n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
-	return uint32(n.R), uint32(n.G), uint32(n.B), uint32(n.A)
+	return uint32(n.R), uint32(n.G), uint32(n.B)
 }
 
 // readRow writes pixels [x0, x1) of row y of img into buf as wc (1 or 3)
@@ -955,7 +955,7 @@ func readRow(buf []float32, img image.Image, y, x0, x1, wc int, pal *[256 * 3]fl
 		return 65535
 	}
 	for x := x0; x < x1; x++ {
-		r, g, b, _ := colour(img.At(x, y), ignore)
+		r, g, b := colour(img.At(x, y), ignore)
 		i = put(buf, i, wc, float32(r), float32(g), float32(b))
 	}
 	return 65535
