@@ -565,19 +565,28 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 // dropOtherScans deletes the partials of a run's scans but scan: its
 // per-shard and range partials' folders, and the per-shard partials of
 // passes from before scans kept theirs apart. Never this scan's, which a
-// retried merge still reads.
+// retried merge still reads, nor lists them: the folders are listed by
+// name first, and only the others' read through.
 func (a *Activities) dropOtherScans(ctx context.Context, run, scan string) {
-	for _, dir := range []string{RunKey(run, "topk/"), RunKey(run, "topk-ranges/")} {
-		it := a.Bucket.List(&blob.ListOptions{Prefix: dir})
+	drop := func(opts *blob.ListOptions, each func(*blob.ListObject)) {
+		it := a.Bucket.List(opts)
 		for {
 			obj, err := it.Next(ctx)
 			if err != nil {
-				break // io.EOF, or a listing that failed: the rest stays
+				return // io.EOF, or a listing that failed: the rest stays
 			}
-			if rest := strings.TrimPrefix(obj.Key, dir); !strings.HasPrefix(rest, scan+"/") {
-				a.Bucket.Delete(ctx, obj.Key)
-			}
+			each(obj)
 		}
+	}
+	for _, dir := range []string{RunKey(run, "topk/"), RunKey(run, "topk-ranges/")} {
+		drop(&blob.ListOptions{Prefix: dir, Delimiter: "/"}, func(obj *blob.ListObject) {
+			switch {
+			case !obj.IsDir: // a partial of the layout before scans
+				a.Bucket.Delete(ctx, obj.Key)
+			case obj.Key != dir+scan+"/":
+				drop(&blob.ListOptions{Prefix: obj.Key}, func(o *blob.ListObject) { a.Bucket.Delete(ctx, o.Key) })
+			}
+		})
 	}
 }
 

@@ -162,8 +162,10 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 		}
 	}
 	stray, _ := w.b.ReadAll(ctx, activities.TopKKey(run, "", 1))
-	if err := w.b.WriteAll(ctx, activities.TopKKey(run, "", 0), stray, nil); err != nil {
-		t.Fatal(err)
+	for _, key := range []string{activities.TopKKey(run, "", 0), activities.TopKKey(run, "scan0", 0)} {
+		if err := w.b.WriteAll(ctx, key, stray, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	keyed := activities.MergeTopKInput{Run: run, Shards: shards, Queries: queries, K: k, Scan: "scan1", Keyed: true}
 	w.must(w.acts.MergeTopK, keyed, &res)
@@ -179,7 +181,7 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 
 	// Once merged, the other scans' partials are gone (in the
 	// background), this scan's kept for a retried merge.
-	for deadline := time.Now().Add(5 * time.Second); w.exists(activities.TopKKey(run, "", 0)); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); w.exists(activities.TopKKey(run, "", 0)) || w.exists(activities.TopKKey(run, "scan0", 0)); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("an earlier scan's partial is still there after the merge")
 		}
