@@ -73,9 +73,10 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if !a.wait {
+		e.warnIdle(ctx, c, "pass", passQueues(cfg))
 		return nil
 	}
-	return e.waitAndReport(ctx, c, id, a.storage)
+	return e.waitAndReport(ctx, c, id, a.storage, passQueues(cfg))
 }
 
 // loadConfig reads and checks a config file. A config that cannot be
@@ -129,8 +130,8 @@ func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config
 
 // waitAndReport watches a pass to its end and prints its results; a pass
 // that did not complete is an error.
-func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL string) error {
-	res, err := e.watch(ctx, c, id)
+func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL string, queues []string) error {
+	res, err := e.watch(ctx, c, id, queues)
 	if err != nil {
 		return err
 	}
@@ -159,16 +160,23 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		progress := passProgress(c, id)
+		what, progress := "pass", passProgress(c, id)
 		if st.pack {
-			progress = packProgress(c, id)
+			what, progress = "pack", packProgress(c, id)
 		}
+		idle, _ := idleQueues(ctx, c, runningQueues(ctx, c, id, st.pack)) // an error leaves it unsaid
+		note := idleLine(what, idle)
 		line, err := progress(ctx, time.Now())
-		if err != nil {
+		switch {
+		case err != nil && note != "":
+			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %s\n", id, note)
+		case err != nil:
 			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (is a worker running?)\n", id, err)
-			return nil
+		case note != "":
+			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
+		default:
+			fmt.Fprintf(e.stdout, "%s: %s\n", id, line)
 		}
-		fmt.Fprintf(e.stdout, "%s: %s\n", id, line)
 		return nil
 	}
 	fmt.Fprintln(e.stdout, closedLine(ctx, c, id, st))

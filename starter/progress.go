@@ -19,6 +19,10 @@ import (
 // them, every 2 s or so (workflows.runShards).
 const queryTimeout = 5 * time.Second
 
+// idleEvery is how often a watch asks whether the task queues have
+// workers.
+const idleEvery = 10 * time.Second
+
 // fetchProgress queries a pass's Progress and adds the shards in flight in
 // its running children, queried side by side (one scanning cached shards
 // may take a couple of seconds to answer). A child that does not answer
@@ -90,9 +94,9 @@ func statusLine(p workflows.Progress, now time.Time) string {
 
 // watch shows a pass's progress until it ends and returns its result.
 // Interrupting stops the watching, not the pass.
-func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
+func (e *cli) watch(ctx context.Context, c client.Client, id string, queues []string) (workflows.PassResult, error) {
 	var res workflows.PassResult
-	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id))
+	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id), queues)
 	return res, err
 }
 
@@ -116,9 +120,12 @@ func packProgress(c client.Client, id string) progress {
 
 // follow shows a workflow's progress line (fetch) until it ends, and stores its
 // result in res. On a terminal the line is redrawn every second; otherwise
-// a line is printed every 5 s. Interrupting stops the watching, not the
-// workflow (a "pass" or "pack"), which goes on as hint says.
-func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string) error {
+// a line is printed every 5 s. The line names those of queues, the task
+// queues the workflow waits on, that no worker polls, checked every
+// idleEvery from idleEvery on (a worker started with the workflow may not
+// have polled yet). Interrupting stops the watching, not the workflow (a
+// "pass" or "pack"), which goes on as hint says.
+func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string, queues []string) error {
 	done := make(chan error, 1)
 	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, res) }()
 	stopped := fmt.Errorf("stopped watching; %s %s goes on (%s)", what, id, hint)
@@ -127,6 +134,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 	defer tick.Stop()
 	var printed time.Time
 	width := 0
+	began, checked, idle := time.Now(), time.Time{}, ""
 	endLine := func() {
 		if e.tty && width > 0 {
 			fmt.Fprintln(e.stdout)
@@ -154,6 +162,18 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 				continue
 			default:
 				line = "waiting for a worker to take the " + what + " (" + shortError(err) + ")"
+			}
+			if now.Sub(began) >= idleEvery && now.Sub(checked) >= idleEvery {
+				checked = now
+				qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+				q, err := idleQueues(qctx, c, queues)
+				cancel()
+				if err == nil {
+					idle = idleLine(what, q)
+				}
+			}
+			if idle != "" {
+				line += " | " + idle
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on

@@ -218,6 +218,7 @@ func scheduleCreate(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("schedule create %s: %w", a.id, err)
 	}
 	fmt.Fprintf(e.stdout, "created schedule %s\n", a.id)
+	e.warnIdle(ctx, c, "pass", passQueues(cfg))
 	return scheduleDescribe(ctx, e, c, h)
 }
 
