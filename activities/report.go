@@ -87,26 +87,35 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 			return res, invalid("%s: %v", in.EvalKey, err)
 		}
 	}
-	rejects, err := a.poolRejects(ctx, in)
+	// The gallery reads its images while the pool's rejects stream into
+	// rejects.csv, which may list millions.
+	type galleryRead struct {
+		rows []galleryRow
+		err  error
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	read := make(chan galleryRead, 1)
+	go func() {
+		rows, err := a.gallery(gctx, in)
+		read <- galleryRead{rows, err}
+	}()
+	var first []embed.Reject
+	err := a.writeRejects(ctx, in, res.RejectsKey, func(r embed.Reject) {
+		if len(first) < maxRejectsShown {
+			first = append(first, r)
+		}
+		res.Rejects++
+	})
+	if err != nil {
+		cancel()
+	}
+	g := <-read // the gallery's reads end with the activity
+	cancel()
 	if err != nil {
 		return res, err
 	}
-	res.Rejects = len(rejects)
-	var csvBuf bytes.Buffer
-	w := csv.NewWriter(&csvBuf)
-	w.Write([]string{"uri", "reason"})
-	for _, r := range rejects {
-		w.Write([]string{r.URI, r.Reason})
-	}
-	w.Flush()
-	written := make(chan error, 1) // beside the gallery's reads
-	go func() { written <- store.WriteAll(ctx, a.Bucket, res.RejectsKey, csvBuf.Bytes()) }()
-	gallery, err := a.gallery(ctx, in)
-	if werr := <-written; werr != nil {
-		return res, werr
-	}
-	if err != nil {
-		return res, err
+	if g.err != nil {
+		return res, g.err
 	}
 	cfg, _ := yaml.Marshal(in.Config)
 	shown := shownClasses(in.Eval, in.Reference)
@@ -120,9 +129,9 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		Heldout:  perClass(in.Eval, shown, func(m Method) []*float64 { return m.HeldoutPerClass }, in.Eval.HeldoutPerClassImages),
 		Classes:  len(in.Eval.Classes),
 		Shown:    len(shown),
-		Gallery:  gallery,
-		Rejects:  rejects[:min(len(rejects), maxRejectsShown)],
-		NRejects: len(rejects),
+		Gallery:  g.rows,
+		Rejects:  first,
+		NRejects: res.Rejects,
 		Config:   string(cfg),
 		K:        in.Config.Selection.K,
 		Ref:      in.Reference,
@@ -134,9 +143,35 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 	return res, store.WriteAll(ctx, a.Bucket, res.ReportKey, buf.Bytes())
 }
 
-func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.Reject, error) {
+// writeRejects writes the pool's rejects, shard by shard, to key as CSV
+// and hands each to seen.
+func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key string, seen func(embed.Reject)) error {
+	out, err := store.NewWriter(ctx, a.Bucket, key, "text/csv")
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(out)
+	w.Write([]string{"uri", "reason"})
+	if err := a.eachPoolRejects(ctx, in, func(rejects []embed.Reject) {
+		for _, r := range rejects {
+			w.Write([]string{r.URI, r.Reason})
+			seen(r)
+		}
+	}); err != nil {
+		out.Abort()
+		return err
+	}
+	if w.Flush(); w.Error() != nil {
+		out.Abort()
+		return fmt.Errorf("store: write %q: %w", key, w.Error())
+	}
+	return out.Close()
+}
+
+// eachPoolRejects calls fn with each pool shard's rejects, in shard order.
+func (a *Activities) eachPoolRejects(ctx context.Context, in ReportInput, fn func([]embed.Reject)) error {
 	if in.NoPoolRejects {
-		return nil, nil
+		return nil
 	}
 	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
 		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
@@ -146,16 +181,15 @@ func (a *Activities) poolRejects(ctx context.Context, in ReportInput) ([]embed.R
 		return a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
 	}, nil)
 	defer shards.Stop()
-	var all []embed.Reject
 	for i := 0; i < in.PoolShards; i++ {
 		rejects, err := shards.Next()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		all = append(all, rejects...)
+		fn(rejects)
 		heartbeat(ctx, i)
 	}
-	return all, nil
+	return nil
 }
 
 type reportData struct {

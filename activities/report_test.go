@@ -9,6 +9,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"slices"
 	"strings"
 	"testing"
 
@@ -171,6 +172,55 @@ func TestReportRendersInChromium(t *testing.T) {
 	csv, _ := a.Bucket.ReadAll(context.Background(), res.RejectsKey)
 	if !strings.Contains(string(csv), "pool/broken.png,decode: not an image") {
 		t.Errorf("rejects.csv: %q", csv)
+	}
+}
+
+// Rejects stream into rejects.csv shard by shard, every one of them in
+// shard order, while the page lists the first maxRejectsShown; a report
+// that fails part way leaves the rejects.csv it had.
+func TestReportRejectsStreamed(t *testing.T) {
+	a, in := reportFixture(t)
+	ctx := context.Background()
+	want := []string{"uri,reason", "pool/broken.png,decode: not an image"}
+	for s, n := range []int{60, 40} {
+		shard := dataset.Shard{Items: []dataset.Item{{ID: int64(100 + s), Key: fmt.Sprintf("more/%d.png", s), Label: "a"}}}
+		var rejects []embed.Reject
+		for i := range n {
+			r := embed.Reject{URI: fmt.Sprintf("more/%d/%03d.png", s, i), Reason: "decode: truncated"}
+			rejects = append(rejects, r)
+			want = append(want, r.URI+","+r.Reason)
+		}
+		data, _ := json.Marshal(rejects)
+		for key, v := range map[string][]byte{ShardKey(in.Run, Pool, s+1): shard.Marshal(), rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())): data} {
+			if err := a.Bucket.WriteAll(ctx, key, v, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	in.PoolShards = 3
+	res, err := a.Report(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rejects != 101 {
+		t.Errorf("%d rejects, want 101", res.Rejects)
+	}
+	csv, _ := a.Bucket.ReadAll(ctx, res.RejectsKey)
+	if got := strings.Split(strings.TrimSpace(string(csv)), "\n"); !slices.Equal(got, want) {
+		t.Errorf("rejects.csv has %d lines, want %d in shard order:\n%s", len(got), len(want), csv)
+	}
+	page, _ := a.Bucket.ReadAll(ctx, res.ReportKey)
+	if !strings.Contains(string(page), "101 pool images could not be read or decoded and were skipped (the first 50 below") ||
+		!strings.Contains(string(page), "more/0/048.png") || strings.Contains(string(page), "more/0/049.png") {
+		t.Errorf("the page does not list the first 50 of 101 rejects")
+	}
+
+	in.PoolShards = 4 // shard 3 was never planned
+	if _, err := a.Report(ctx, in); err == nil {
+		t.Fatal("a report over a missing pool shard succeeded")
+	}
+	if again, _ := a.Bucket.ReadAll(ctx, res.RejectsKey); !bytes.Equal(again, csv) {
+		t.Errorf("a failed report changed rejects.csv:\n%s", again)
 	}
 }
 

@@ -554,50 +554,30 @@ func (c *countingWriter) Seek(offset int64, whence int) (int64, error) {
 	return 0, errors.New("store: arrow writer: seek not supported")
 }
 
-// ArrowWriter streams record batches into an Arrow IPC file at a key. The
-// file appears only when Close succeeds; Abort leaves any earlier object.
-type ArrowWriter struct {
+// Writer streams an object to a key through a buffer. The object appears
+// only when Close succeeds; Abort leaves any earlier object.
+type Writer struct {
+	*bufio.Writer
 	key    string
 	cancel context.CancelFunc
 	bw     *blob.Writer
-	buf    *bufio.Writer
-	fw     *ipc.FileWriter
 }
 
-// NewArrowWriter starts writing an IPC file with the given schema at key.
-func NewArrowWriter(ctx context.Context, b *blob.Bucket, key string, schema *arrow.Schema, mem memory.Allocator) (*ArrowWriter, error) {
+// NewWriter starts writing the object at key.
+func NewWriter(ctx context.Context, b *blob.Bucket, key, contentType string) (*Writer, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	bw, err := b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/vnd.apache.arrow.file"})
+	bw, err := b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: contentType})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("store: write %q: %w", key, err)
 	}
-	buf := bufio.NewWriterSize(bw, 256<<10)
-	fw, err := ipc.NewFileWriter(&countingWriter{w: buf}, ipc.WithSchema(schema), ipc.WithAllocator(mem))
-	if err != nil {
-		cancel()
-		bw.Close()
-		return nil, fmt.Errorf("store: write %q: %w", key, err)
-	}
-	return &ArrowWriter{key: key, cancel: cancel, bw: bw, buf: buf, fw: fw}, nil
+	return &Writer{Writer: bufio.NewWriterSize(bw, 256<<10), key: key, cancel: cancel, bw: bw}, nil
 }
 
-// Write appends one record batch.
-func (w *ArrowWriter) Write(rec arrow.Record) error {
-	if err := w.fw.Write(rec); err != nil {
-		return fmt.Errorf("store: write %q: %w", w.key, err)
-	}
-	return nil
-}
-
-// Close writes the footer and commits the object.
-func (w *ArrowWriter) Close() error {
+// Close commits the object.
+func (w *Writer) Close() error {
 	defer w.cancel()
-	err := w.fw.Close()
-	if err == nil {
-		err = w.buf.Flush()
-	}
-	if err != nil {
+	if err := w.Flush(); err != nil {
 		w.Abort()
 		return fmt.Errorf("store: write %q: %w", w.key, err)
 	}
@@ -608,10 +588,51 @@ func (w *ArrowWriter) Close() error {
 }
 
 // Abort drops what was written; the object at the key is left as it was.
-func (w *ArrowWriter) Abort() {
+func (w *Writer) Abort() {
 	w.cancel() // a cancelled blob.Writer discards its data on Close
 	w.bw.Close()
 }
+
+// ArrowWriter streams record batches into an Arrow IPC file at a key. The
+// file appears only when Close succeeds; Abort leaves any earlier object.
+type ArrowWriter struct {
+	w  *Writer
+	fw *ipc.FileWriter
+}
+
+// NewArrowWriter starts writing an IPC file with the given schema at key.
+func NewArrowWriter(ctx context.Context, b *blob.Bucket, key string, schema *arrow.Schema, mem memory.Allocator) (*ArrowWriter, error) {
+	w, err := NewWriter(ctx, b, key, "application/vnd.apache.arrow.file")
+	if err != nil {
+		return nil, err
+	}
+	fw, err := ipc.NewFileWriter(&countingWriter{w: w.Writer}, ipc.WithSchema(schema), ipc.WithAllocator(mem))
+	if err != nil {
+		w.Abort()
+		return nil, fmt.Errorf("store: write %q: %w", key, err)
+	}
+	return &ArrowWriter{w: w, fw: fw}, nil
+}
+
+// Write appends one record batch.
+func (w *ArrowWriter) Write(rec arrow.Record) error {
+	if err := w.fw.Write(rec); err != nil {
+		return fmt.Errorf("store: write %q: %w", w.w.key, err)
+	}
+	return nil
+}
+
+// Close writes the footer and commits the object.
+func (w *ArrowWriter) Close() error {
+	if err := w.fw.Close(); err != nil {
+		w.Abort()
+		return fmt.Errorf("store: write %q: %w", w.w.key, err)
+	}
+	return w.w.Close()
+}
+
+// Abort drops what was written; the object at the key is left as it was.
+func (w *ArrowWriter) Abort() { w.w.Abort() }
 
 // WriteArrow writes the records as one IPC file at key.
 func WriteArrow(ctx context.Context, b *blob.Bucket, key string, schema *arrow.Schema, mem memory.Allocator, recs ...arrow.Record) error {
