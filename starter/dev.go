@@ -252,7 +252,7 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 		fmt.Fprintf(e.stdout, "watch it with `starter status %s`; results with `starter result %s`\n", id, id)
 		return nil
 	}
-	return e.waitAndReport(ctx, c, id, a.storage, passQueues(cfg))
+	return e.waitAndReport(ctx, c, id, a.storage)
 }
 
 // writeConfig writes cfg as YAML that schemas.LoadConfig reads back.

@@ -70,9 +70,6 @@ func packID(out string) string {
 
 var unsafeID = regexp.MustCompile(`[^A-Za-z0-9._]+`)
 
-// packQueues are the task queues a pack waits on.
-var packQueues = []string{workflows.CPUQueue}
-
 // cmdPack copies a dataset stored one object per image into WebDataset
 // archives, which a pass reads with one range read per MiB instead of one
 // read per image. The pack is a workflow (workflows.PackWorkflow) whose
@@ -105,7 +102,7 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 
 	var res workflows.PackResult
 	err = e.follow(ctx, c, a.id, &res, "pack", packProgress(c, a.id),
-		fmt.Sprintf("the same command watches it again; `starter status %s`, `starter cancel %s`", a.id, a.id), packQueues)
+		fmt.Sprintf("the same command watches it again; `starter status %s`, `starter cancel %s`", a.id, a.id), packStuck(c, a.id))
 	if err != nil {
 		return err
 	}

@@ -73,10 +73,10 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if !a.wait {
-		e.warnIdle(ctx, c, "pass", passQueues(cfg))
+		e.warnNoWorkflowWorker(ctx, c, "pass")
 		return nil
 	}
-	return e.waitAndReport(ctx, c, id, a.storage, passQueues(cfg))
+	return e.waitAndReport(ctx, c, id, a.storage)
 }
 
 // loadConfig reads and checks a config file. A config that cannot be
@@ -130,8 +130,8 @@ func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config
 
 // waitAndReport watches a pass to its end and prints its results; a pass
 // that did not complete is an error.
-func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL string, queues []string) error {
-	res, err := e.watch(ctx, c, id, queues)
+func (e *cli) waitAndReport(ctx context.Context, c client.Client, id, storageURL string) error {
+	res, err := e.watch(ctx, c, id)
 	if err != nil {
 		return err
 	}
@@ -160,12 +160,11 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		what, progress := "pass", passProgress(c, id)
+		progress, stuck := passProgress(c, id), passStuck(c, id)
 		if st.pack {
-			what, progress = "pack", packProgress(c, id)
+			progress, stuck = packProgress(c, id), packStuck(c, id)
 		}
-		idle, _ := idleQueues(ctx, c, runningQueues(ctx, c, id, st.pack)) // an error leaves it unsaid
-		note := idleLine(what, idle)
+		note := stuck(ctx, time.Now())
 		line, err := progress(ctx, time.Now())
 		switch {
 		case err != nil && note != "":

@@ -94,9 +94,9 @@ func statusLine(p workflows.Progress, now time.Time) string {
 
 // watch shows a pass's progress until it ends and returns its result.
 // Interrupting stops the watching, not the pass.
-func (e *cli) watch(ctx context.Context, c client.Client, id string, queues []string) (workflows.PassResult, error) {
+func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
 	var res workflows.PassResult
-	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id), queues)
+	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id), passStuck(c, id))
 	return res, err
 }
 
@@ -120,12 +120,10 @@ func packProgress(c client.Client, id string) progress {
 
 // follow shows a workflow's progress line (fetch) until it ends, and stores its
 // result in res. On a terminal the line is redrawn every second; otherwise
-// a line is printed every 5 s. The line names those of queues, the task
-// queues the workflow waits on, that no worker polls, checked every
-// idleEvery from idleEvery on (a worker started with the workflow may not
-// have polled yet). Interrupting stops the watching, not the workflow (a
-// "pass" or "pack"), which goes on as hint says.
-func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string, queues []string) error {
+// a line is printed every 5 s, and every idleEvery stuck adds what the
+// workflow waits on without a worker. Interrupting stops the watching,
+// not the workflow (a "pass" or "pack"), which goes on as hint says.
+func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string, stuck stuck) error {
 	done := make(chan error, 1)
 	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, res) }()
 	stopped := fmt.Errorf("stopped watching; %s %s goes on (%s)", what, id, hint)
@@ -134,7 +132,8 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 	defer tick.Stop()
 	var printed time.Time
 	width := 0
-	began, checked, idle := time.Now(), time.Time{}, ""
+	var checked time.Time
+	idle := ""
 	endLine := func() {
 		if e.tty && width > 0 {
 			fmt.Fprintln(e.stdout)
@@ -163,14 +162,11 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			default:
 				line = "waiting for a worker to take the " + what + " (" + shortError(err) + ")"
 			}
-			if now.Sub(began) >= idleEvery && now.Sub(checked) >= idleEvery {
+			if now.Sub(checked) >= idleEvery {
 				checked = now
 				qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-				q, err := idleQueues(qctx, c, queues)
+				idle = stuck(qctx, now)
 				cancel()
-				if err == nil {
-					idle = idleLine(what, q)
-				}
 			}
 			if idle != "" {
 				line += " | " + idle

@@ -4,81 +4,150 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/converter"
 
-	"dcd/schemas"
 	"dcd/workflows"
 )
 
 // A pass whose task queue no worker polls waits there without an error:
 // Temporal holds the task until some worker asks for it (a cluster's GPU
 // workers may be starting). So the pass has no timeout for it, and the
-// starter says so instead, when it starts the pass, while it watches one,
-// and in `starter status`.
+// starter says so instead, when it starts a pass and while it watches one.
+//
+// No poller alone does not say no worker: a worker whose activity slots
+// are all taken stops polling until one frees. So a queue is named only
+// when an activity has waited there a while and none runs there.
 
-// passQueues are the task queues a pass of cfg waits on: its workflows and
-// CPU activities, embedding, and an external trainer's when cfg has one.
-func passQueues(cfg schemas.Config) []string {
-	queues := []string{workflows.CPUQueue, workflows.GPUQueue}
-	if cfg.Retrain.Trainer != nil {
-		queues = append(queues, workflows.TrainQueue)
+// waitedLong is how long an activity waits for a worker before its queue
+// may be named: a worker just started may not have polled yet.
+var waitedLong = 30 * time.Second
+
+// queueOf is the task queue an activity type runs on (workflows' options).
+func queueOf(activityType string) string {
+	switch activityType {
+	case "EmbedShard":
+		return workflows.GPUQueue
+	case "TrainExternal":
+		return workflows.TrainQueue
 	}
-	return queues
+	return workflows.CPUQueue
 }
 
-// idleQueues are those of queues that no worker has polled lately (the
-// server forgets a poller a few minutes after its last poll). An error
-// leaves the question open: nothing is said then.
-func idleQueues(ctx context.Context, c client.Client, queues []string) ([]string, error) {
-	var idle []string
-	for _, q := range queues {
-		d, err := c.DescribeTaskQueue(ctx, q, enumspb.TASK_QUEUE_TYPE_ACTIVITY)
+// starvedQueues are the task queues on which the workflows ids (a pass
+// and its running children, or a pack) have an activity that has waited
+// waitedLong to start, while none of theirs runs there and no worker
+// polls it; and the CPU queue when no worker polls its workflow tasks,
+// which a worker asks for whatever its activities do. A workflow that
+// cannot be described (a child just finished) is left out.
+func starvedQueues(ctx context.Context, c client.Client, ids []string, now time.Time) ([]string, error) {
+	waiting, running := map[string]bool{}, map[string]bool{}
+	for _, id := range ids {
+		d, err := c.DescribeWorkflowExecution(ctx, id, "")
 		if err != nil {
-			return nil, fmt.Errorf("describe task queue %s: %w", q, err)
+			continue
 		}
-		if len(d.GetPollers()) == 0 {
-			idle = append(idle, q)
+		for _, pa := range d.GetPendingActivities() {
+			q := queueOf(pa.GetActivityType().GetName())
+			switch pa.GetState() {
+			case enumspb.PENDING_ACTIVITY_STATE_SCHEDULED:
+				// A retry waiting out its backoff waits for the clock.
+				retry := pa.GetNextAttemptScheduleTime()
+				since := pa.GetScheduledTime()
+				if (retry == nil || retry.AsTime().Before(now)) && since != nil && now.Sub(since.AsTime()) >= waitedLong {
+					waiting[q] = true
+				}
+			default:
+				running[q] = true
+			}
 		}
 	}
-	return idle, nil
+	var starved []string
+	for _, q := range []string{workflows.CPUQueue, workflows.GPUQueue, workflows.TrainQueue} {
+		idle := false
+		if waiting[q] && !running[q] {
+			polled, err := hasPollers(ctx, c, q, enumspb.TASK_QUEUE_TYPE_ACTIVITY)
+			if err != nil {
+				return nil, err
+			}
+			idle = !polled
+		}
+		if q == workflows.CPUQueue && !idle {
+			polled, err := hasPollers(ctx, c, q, enumspb.TASK_QUEUE_TYPE_WORKFLOW)
+			if err != nil {
+				return nil, err
+			}
+			idle = !polled
+		}
+		if idle {
+			starved = append(starved, q)
+		}
+	}
+	return starved, nil
 }
 
-// idleLine says which queues no worker polls and how to start one for
-// them, or nothing when every queue has a worker; what waits is "pass" or
+// hasPollers says whether a worker has polled queue for tasks of type t
+// lately (the server forgets a poller a few minutes after its last poll).
+func hasPollers(ctx context.Context, c client.Client, queue string, t enumspb.TaskQueueType) (bool, error) {
+	d, err := c.DescribeTaskQueue(ctx, queue, t)
+	if err != nil {
+		return false, fmt.Errorf("describe task queue %s: %w", queue, err)
+	}
+	return len(d.GetPollers()) > 0, nil
+}
+
+// idleLine says which queues no worker takes work from and how to start
+// one for them, or nothing when queues is empty; what waits is "pass" or
 // "pack".
-func idleLine(what string, idle []string) string {
-	if len(idle) == 0 {
+func idleLine(what string, queues []string) string {
+	if len(queues) == 0 {
 		return ""
 	}
 	var flags []string
-	for _, q := range idle {
+	for _, q := range queues {
 		flags = append(flags, strings.TrimPrefix(q, "dcd-"))
 	}
 	return fmt.Sprintf("no worker polls %s: the %s waits until one does (bin/worker -queues %s)",
-		strings.Join(idle, ", "), what, strings.Join(flags, ","))
+		strings.Join(queues, ", "), what, strings.Join(flags, ","))
 }
 
-// warnIdle prints idleLine for queues to the CLI's stderr, if any is idle.
-func (e *cli) warnIdle(ctx context.Context, c client.Client, what string, queues []string) {
-	idle, err := idleQueues(ctx, c, queues)
-	if line := idleLine(what, idle); err == nil && line != "" {
-		fmt.Fprintln(e.stderr, "warning:", line)
+// warnNoWorkflowWorker warns on stderr when no worker polls the CPU
+// queue's workflow tasks, where a pass or schedule just made starts.
+func (e *cli) warnNoWorkflowWorker(ctx context.Context, c client.Client, what string) {
+	if polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW); err == nil && !polled {
+		fmt.Fprintln(e.stderr, "warning:", idleLine(what, []string{workflows.CPUQueue}))
 	}
 }
 
-// runningQueues are the task queues the running pass or pack id waits on;
-// a pass's follow from its config, its history's first event. A config
-// that cannot be read leaves out the trainer's queue.
-func runningQueues(ctx context.Context, c client.Client, id string, pack bool) []string {
-	if pack {
-		return packQueues
+// A stuck is what a watch adds to its progress line: the queues a
+// workflow waits on without a worker, or nothing.
+type stuck func(ctx context.Context, now time.Time) string
+
+// passStuck looks at a pass and the children it runs.
+func passStuck(c client.Client, id string) stuck {
+	return func(ctx context.Context, now time.Time) string {
+		ids := []string{id}
+		var p workflows.Progress
+		if query(ctx, c, id, &p) == nil {
+			ids = append(ids, p.Running...)
+		}
+		q, err := starvedQueues(ctx, c, ids, now)
+		if err != nil {
+			return ""
+		}
+		return idleLine("pass", q)
 	}
-	var in workflows.PassInput
-	if ev, err := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT).Next(); err == nil {
-		converter.GetDefaultDataConverter().FromPayloads(ev.GetWorkflowExecutionStartedEventAttributes().GetInput(), &in)
+}
+
+// packStuck looks at a pack, which runs its activities itself.
+func packStuck(c client.Client, id string) stuck {
+	return func(ctx context.Context, now time.Time) string {
+		q, err := starvedQueues(ctx, c, []string{id}, now)
+		if err != nil {
+			return ""
+		}
+		return idleLine("pack", q)
 	}
-	return passQueues(in.Config)
 }

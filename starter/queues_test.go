@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,16 +14,15 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 
 	"dcd/internal/devserver"
-	"dcd/schemas"
 	"dcd/workflows"
 )
 
-// TestIdleQueuesNamed starts a pass on a real dev server with no worker,
-// then with a worker on the CPU queue only: the starter names the queues
-// left without a worker, so that a pass waiting on them does not look
-// merely slow.
+// TestIdleQueuesNamed runs on a real dev server: a pass started with no
+// worker at all is told no worker takes its workflow; one whose CPU
+// activities run while an embedding waits is told only of the GPU queue.
 func TestIdleQueuesNamed(t *testing.T) {
 	bin, err := devserver.TemporalBinary()
 	if err != nil {
@@ -37,12 +37,14 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Stop()
-	c := srv.Client()
+	c, err := client.Dial(client.Options{HostPort: srv.FrontendHostPort(), Logger: devserver.QuietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 
-	cfg := testConfig()
-	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"train", "{model}"}}
 	path := filepath.Join(t.TempDir(), "pass.yaml")
-	b, err := configYAML(cfg, "")
+	b, err := configYAML(testConfig(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,31 +53,49 @@ func TestIdleQueuesNamed(t *testing.T) {
 	}
 	e, out, errOut := testCLI()
 	e.client = c
-	if err := cmdRun(ctx, e, []string{"-config", path, "-id", "idle"}); err != nil {
+	if err := cmdRun(ctx, e, []string{"-config", path, "-id", "nobody"}); err != nil {
 		t.Fatal(err)
 	}
-	want := "no worker polls dcd-cpu, dcd-gpu, dcd-train: the pass waits until one does (bin/worker -queues cpu,gpu,train)"
+	want := "no worker polls dcd-cpu: the pass waits until one does (bin/worker -queues cpu)"
 	if !strings.Contains(errOut.String(), want) {
 		t.Fatalf("run's warning:\n%s\nwant it to hold %q", errOut, want)
 	}
+	c.TerminateWorkflow(ctx, "nobody", "", "test")
 
-	w := worker.New(c, workflows.CPUQueue, worker.Options{DisableWorkflowWorker: true})
-	w.RegisterActivityWithOptions(func(context.Context) error { return nil }, activity.RegisterOptions{Name: "Noop"})
+	// A pass's stand-in: a CPU activity that runs and an embedding that
+	// waits for a GPU worker.
+	old := waitedLong
+	waitedLong = time.Second
+	defer func() { waitedLong = old }()
+	w := worker.New(c, workflows.CPUQueue, worker.Options{})
+	w.RegisterWorkflowWithOptions(func(ctx workflow.Context) error {
+		opts := workflow.ActivityOptions{StartToCloseTimeout: time.Minute}
+		opts.TaskQueue = workflows.CPUQueue
+		planned := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, opts), "Plan")
+		opts.TaskQueue = workflows.GPUQueue
+		embedded := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, opts), "EmbedShard")
+		return errors.Join(planned.Get(ctx, nil), embedded.Get(ctx, nil))
+	}, workflow.RegisterOptions{Name: "DebugPass"})
+	w.RegisterActivityWithOptions(func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }, activity.RegisterOptions{Name: "Plan"})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	want = "no worker polls dcd-gpu, dcd-train: the pass waits"
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	if _, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "stuck", TaskQueue: workflows.CPUQueue}, "DebugPass"); err != nil {
+		t.Fatal(err)
+	}
+	defer c.TerminateWorkflow(ctx, "stuck", "", "test")
+	want = "no worker polls dcd-gpu: the pass waits until one does (bin/worker -queues gpu)"
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		out.Reset()
-		if err := cmdStatus(ctx, e, []string{"idle"}); err != nil {
+		if err := cmdStatus(ctx, e, []string{"stuck"}); err != nil {
 			t.Fatal(err)
 		}
 		if strings.Contains(out.String(), want) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("status with a CPU worker:\n%s\nwant it to hold %q", out, want)
+			t.Fatalf("status:\n%s\nwant it to hold %q", out, want)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

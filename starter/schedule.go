@@ -218,7 +218,7 @@ func scheduleCreate(ctx context.Context, e *cli, args []string) error {
 		return fmt.Errorf("schedule create %s: %w", a.id, err)
 	}
 	fmt.Fprintf(e.stdout, "created schedule %s\n", a.id)
-	e.warnIdle(ctx, c, "pass", passQueues(cfg))
+	e.warnNoWorkflowWorker(ctx, c, "pass")
 	return scheduleDescribe(ctx, e, c, h)
 }
 
