@@ -11,6 +11,7 @@ import (
 
 	"dcd/internal/features"
 	"dcd/internal/head"
+	"dcd/internal/store"
 )
 
 // featureSource is one feature file's part of a training set.
@@ -140,16 +141,24 @@ func (r *featureRows) emit(s int, data []float32, rng *rand.Rand, fn func(x []fl
 	return nil
 }
 
+// A readError is a feature file that could not be read again while
+// training streamed it: a store's hiccup, which a retry of the activity
+// gets past, unlike the head's own errors.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
 // load reads one source's features; the caller must r.live.Add(-1) when
 // done with them.
 func (r *featureRows) load(ctx context.Context, s int) ([]float32, error) {
 	src := r.sources[s]
 	m, err := features.Load(ctx, r.a.Bucket, src.key, r.column, r.a.Mem)
 	if err != nil {
-		return nil, fmt.Errorf("activities: retrain: %w", err)
+		return nil, &readError{store.Classify(fmt.Errorf("activities: retrain: %w", err), src.key)}
 	}
 	if len(m.URIs) != len(src.labels) || m.Dim != r.dim {
-		return nil, fmt.Errorf("activities: retrain: feature file %s changed during training: %d rows of %d values, had %d of %d", src.key, len(m.URIs), m.Dim, len(src.labels), r.dim)
+		return nil, &readError{fmt.Errorf("activities: retrain: feature file %s changed during training: %d rows of %d values, had %d of %d", src.key, len(m.URIs), m.Dim, len(src.labels), r.dim)}
 	}
 	n := r.live.Add(1)
 	for {

@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/head"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/schemas"
 )
 
@@ -218,6 +220,27 @@ func TestRetrainStreamsAMillionRows(t *testing.T) {
 		if err != nil || len(data) == 0 {
 			t.Fatalf("head: %v", err)
 		}
+	}
+}
+
+// A feature file that cannot be read again while training streams it (a
+// store's hiccup on one of the fit's many passes) fails the activity for
+// a retry, not as bad input, which would end the pass.
+func TestRetrainReadFailureIsRetried(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 4, 50, 8, 10, 1)
+	var reads atomic.Int32
+	a.Bucket = storetest.Hooked(a.Bucket, &storetest.Hooks{BeforeRead: func(_ context.Context, key string) error {
+		if strings.HasPrefix(key, "features/") && reads.Add(1) == 6 { // in the fit, after the rows were counted
+			return errors.New("connection reset by peer")
+		}
+		return nil
+	}})
+	_, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(),
+		TrainShards: 4, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1, MemoryMB: 0}, Seed: 1})
+	var app *temporal.ApplicationError
+	if err == nil || !strings.Contains(err.Error(), "connection reset") || (errors.As(err, &app) && app.NonRetryable()) {
+		t.Fatalf("a read failing during the fit: %v; want it, retryable", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -121,8 +122,12 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		Seed: in.Seed,
 	})
 	if err != nil {
-		if ctx.Err() != nil {
+		var read *readError
+		switch {
+		case ctx.Err() != nil:
 			return res, ctx.Err()
+		case errors.As(err, &read):
+			return res, read.err
 		}
 		return res, invalid("retrain %s: %v", in.Method, err)
 	}
