@@ -206,7 +206,9 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 		}
 		fctx, cancel := context.WithTimeout(flushCtx, 30*time.Second)
 		defer cancel()
-		if store.WriteAll(fctx, a.Bucket, logKey, data) == nil {
+		// The trainer may print what it was given: DCD's own prints
+		// its flags' defaults, DCD_STORAGE among them, on a usage error.
+		if store.WriteAll(fctx, a.Bucket, logKey, []byte(redact.Text(string(data)))) == nil {
 			written = v
 		}
 	}
@@ -241,7 +243,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 			var exit *exec.ExitError
 			if errors.As(err, &exit) && exit.Exited() {
 				return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command %q exited with status %d; its log (%s) ends:\n%s",
-					argv[0], exit.ExitCode(), logKey, lastLines(log, 15)), "TrainerFailed", err)
+					argv[0], exit.ExitCode(), logKey, redact.Text(lastLines(log, 15))), "TrainerFailed", err)
 			}
 			return fmt.Errorf("activities: trainer %q: %w", argv[0], err) // killed by a signal: retry
 		case <-tick.C:

@@ -67,3 +67,19 @@ func TestTrainerEnv(t *testing.T) {
 		t.Errorf("the trainer's log:\n%s\nwant ep=cuda other=kept", log)
 	}
 }
+
+// What a failed trainer printed reaches the pass's error, and so its
+// history, and train.log without the queries of the URLs in it: DCD's
+// own trainer prints its flags' defaults, DCD_STORAGE's among them.
+func TestTrainerOutputRedacted(t *testing.T) {
+	a := memActivities(t)
+	const logKey = "runs/r/methods/dcd/train.log"
+	err := a.runTrainer(context.Background(), []string{"bash", "-c", `echo '  -storage string (default "S3://b?token=SECRET")'; exit 2`}, logKey)
+	if err == nil || !strings.Contains(err.Error(), `"S3://b"`) || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("error %v: want the URL without its query", err)
+	}
+	log, _ := a.Bucket.ReadAll(context.Background(), logKey)
+	if !strings.Contains(string(log), `"S3://b"`) || strings.Contains(string(log), "SECRET") {
+		t.Errorf("train.log %q: want the URL without its query", log)
+	}
+}

@@ -21,4 +21,5 @@ func URL(url string) string {
 // on.
 func Text(s string) string { return urlQuery.ReplaceAllString(s, "$1") }
 
-var urlQuery = regexp.MustCompile(`([a-z0-9+.-]+://[^\s?"]*)\?[^\s"]*`)
+// Schemes are case-insensitive: url.Parse, and so store.Open, take S3://.
+var urlQuery = regexp.MustCompile(`(?i)([a-z0-9+.-]+://[^\s?"]*)\?[^\s"]*`)

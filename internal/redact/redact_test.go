@@ -16,6 +16,9 @@ func TestText(t *testing.T) {
 	if want := `open bucket "file:///d": invalid query parameter "token"`; msg != want {
 		t.Errorf("Text = %q, want %q", msg, want)
 	}
+	if got := Text("AZBLOB://c?sig=SECRET"); got != "AZBLOB://c" { // as store.Open takes it
+		t.Errorf("Text of an upper-case scheme = %q", got)
+	}
 	if u := URL("azblob://c?sig=SECRET"); u != "azblob://c" {
 		t.Errorf("URL = %q", u)
 	}
