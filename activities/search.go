@@ -552,7 +552,9 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		f.Close()
 		heartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
+	stop := beating(ctx, func() []any { return nil }) // queries × k rows: a large file
 	res.Rows, err = a.writeNeighbors(ctx, res.Key, best)
+	stop()
 	if err == nil && in.Keyed {
 		// What earlier passes under this ID left (each scan its own
 		// partials, about 1 MB a shard), in the background: the pass

@@ -136,6 +136,8 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		return res, err
 	}
 	if in.Export {
+		// A backbone of a GB is read, rewritten and written back.
+		defer beating(ctx, func() []any { return nil })()
 		target, err := ReadModel(ctx, a.buckets(), a.Bucket, in.Model.Path)
 		if err != nil {
 			return res, store.Classify(err, in.Model.Path)

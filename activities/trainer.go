@@ -1,7 +1,6 @@
 package activities
 
 import (
-	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -17,6 +16,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/redact"
 	"dcd/internal/store"
@@ -69,6 +69,11 @@ const logCap = 4 << 20
 func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (TrainExternalResult, error) {
 	start := time.Now()
 	res := TrainExternalResult{LogKey: MethodKey(in.Run, in.Method, "train.log")}
+	// Writing the manifests (a shard's read at a time, all_pool's the
+	// whole pool's) and checking the model take longer than a heartbeat
+	// timeout on large sets; runTrainer beats on its own.
+	stop := beating(ctx, func() []any { return nil })
+	defer stop()
 	modelKey := MethodKey(in.Run, in.Method, "model.onnx")
 	trainKey := MethodKey(in.Run, in.Method, "trainer/train.csv")
 	if err := a.writeShardManifest(ctx, trainKey, in.Run, Train, in.TrainShards); err != nil {
@@ -136,20 +141,31 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 // writeShardManifest concatenates a dataset's shard manifests into one CSV
 // manifest (uri,label,domain).
 func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string, shards int) error {
-	var buf bytes.Buffer
-	w := csv.NewWriter(&buf)
+	out, err := store.NewWriter(ctx, a.Bucket, key, "text/csv")
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(out)
 	w.Write([]string{"uri", "label", "domain"})
-	for i := 0; i < shards; i++ {
-		s, err := a.readShard(ctx, ShardKey(run, ds, i))
+	read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(run, ds, i))
+	}, nil)
+	defer read.Stop()
+	for range shards {
+		s, err := read.Next()
 		if err != nil {
+			out.Abort()
 			return err
 		}
 		for _, it := range s.Items {
 			w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
 		}
 	}
-	w.Flush()
-	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
+	if w.Flush(); w.Error() != nil {
+		out.Abort()
+		return fmt.Errorf("store: write %q: %w", key, w.Error())
+	}
+	return out.Close()
 }
 
 // tailBuffer keeps the last logCap bytes written to it.
