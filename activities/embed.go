@@ -351,11 +351,8 @@ func ReadImage(ctx context.Context, bs *store.Buckets, def *blob.Bucket, uri str
 	return data, unreadable(err)
 }
 
-// MaxImageBytes is the largest file read as an image: a 100-megapixel
-// photo is some 30 MB as a JPEG, 150 as a PNG. A manifest row that names
-// a video or an archive would otherwise be read whole into memory, by
-// each of an embedding's readers at once.
-const MaxImageBytes = 256 << 20
+// MaxImageBytes is the largest file read as an image (dataset.MaxImageBytes).
+const MaxImageBytes = dataset.MaxImageBytes
 
 // unreadable marks the errors of an image that is gone or forbidden: a
 // reject, not a retry. Credentials the store refused (expired, revoked)

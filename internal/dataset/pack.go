@@ -59,6 +59,12 @@ type Skip struct {
 // again cannot help.
 var ErrPackRefused = errors.New("pack refused")
 
+// MaxImageBytes is the largest file read as an image, by a pack and by a
+// pass: a 100-megapixel photo is some 30 MB as a JPEG, 150 as a PNG. A
+// manifest row that names a video or an archive would otherwise be read
+// whole into memory, by each of the readers at once.
+const MaxImageBytes = 256 << 20
+
 // packFormats maps the content types http.DetectContentType sniffs to the
 // member extension of each image format DCD decodes.
 var packFormats = map[string]string{
@@ -294,7 +300,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 	for range min(readers, len(images)) {
 		g.Go(func() error {
 			for i := range next {
-				images[i].data, images[i].err = s.Buckets.ReadAll(gctx, s.Bucket, a.items[i].Key)
+				images[i].data, images[i].err = s.Buckets.ReadAtMost(gctx, s.Bucket, a.items[i].Key, MaxImageBytes)
 				close(images[i].done)
 			}
 			return nil
@@ -304,6 +310,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 		tar := newTarStream(gctx, a.bucket, a.key(".tar"))
 		defer tar.abort()
 		sources := newCSV(sourcesHeader...)
+		unread := 0
 		for i, it := range a.items {
 			select {
 			case <-images[i].done:
@@ -316,8 +323,15 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			ext, ok := packFormats[http.DetectContentType(data)]
 			label, domain := strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain)
 			switch {
+			case store.CredentialsRefused(err):
+				// Not the image's fault: skipped, it would stay skipped
+				// in an archive marked whole once they were fixed.
+				return fmt.Errorf("dataset: pack: read %q: the store refused the worker's credentials (fix them and pack again; no image is skipped for it): %w", it.Key, err)
+			case errors.Is(err, store.ErrTooLarge):
+				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, fmt.Sprintf("over %d MiB: not read as an image", MaxImageBytes>>20)})
 			case store.Permanent(err):
 				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, err.Error()})
+				unread++
 			case err != nil:
 				return fmt.Errorf("dataset: pack: read %q: %w", it.Key, err)
 			case !ok:
@@ -348,6 +362,14 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			// An attempt that packed these images before they were gone
 			// left it: a pass would read it, with no sources to say so.
 			return fmt.Errorf("dataset: pack: %w", err)
+		}
+		if unread > 1 && unread == len(a.items) {
+			// The workers' access (a bucket's name, its policy) is
+			// wrong, not the images: marked whole, the archive would
+			// stay empty once that is fixed. (An archive of one image,
+			// -per-archive 1, says too little to fail the pack for.)
+			return fmt.Errorf("%w: none of the %d images of %s could be read (the first, %s: %s): check that the workers can read them",
+				ErrPackRefused, unread, a.key(".tar"), a.res.Skipped[0].URI, a.res.Skipped[0].Reason)
 		}
 		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped); err != nil {
 			return err

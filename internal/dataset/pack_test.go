@@ -19,9 +19,16 @@ import (
 
 	"gocloud.dev/blob"
 
+	"dcd/internal/store/storetest"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
+
+// refusedKey is S3's refusal of the worker's access key.
+type refusedKey struct{}
+
+func (refusedKey) Error() string     { return "api error InvalidAccessKeyId: the key is not ours" }
+func (refusedKey) ErrorCode() string { return "InvalidAccessKeyId" }
 
 // tinyPNG is a distinct 3×3 gray PNG for each n.
 func tinyPNG(t *testing.T, n int) string {
@@ -385,12 +392,51 @@ func TestPackEdges(t *testing.T) {
 	for i := range 3 {
 		b.Delete(ctx, fmt.Sprintf("m/img/%d.png", i))
 	}
-	a, err := src.PackArchive(ctx, "gone", 0, items[:3], 3, nil)
-	if err != nil || a.Images != 0 || a.Key != "" || len(a.Skipped) != 3 {
-		t.Fatalf("archive of gone images: %+v, %v", a, err)
+	// None of them read: the workers' access is likelier wrong than every
+	// image gone, and an archive marked whole would stay empty.
+	_, err = src.PackArchive(ctx, "gone", 0, items[:3], 3, nil)
+	if !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "none of the 3 images of gone/000000.tar could be read") {
+		t.Fatalf("archive of gone images: %v, want a refusal", err)
 	}
-	if ok, _ := b.Exists(ctx, "gone/000000.tar"); ok {
-		t.Error("the earlier attempt's archive is still there, with no sources listing it")
+	for _, key := range []string{"gone/000000.tar", "gone/000000.sources.csv"} {
+		if ok, _ := b.Exists(ctx, key); ok {
+			t.Errorf("%s is there after an archive of gone images", key)
+		}
+	}
+	// One of them read: the others are skipped, the earlier attempt's
+	// archive replaced.
+	b.WriteAll(ctx, "m/img/1.png", []byte(tinyPNG(t, 1)), nil)
+	a, err := src.PackArchive(ctx, "gone", 0, items[:3], 3, nil)
+	if err != nil || a.Images != 1 || len(a.Skipped) != 2 {
+		t.Fatalf("archive of two gone images: %+v, %v", a, err)
+	}
+
+	// Refused credentials are not the images': the archive fails, nothing
+	// of it is skipped or marked whole.
+	refusing := storetest.Hooked(b, &storetest.Hooks{BeforeRead: func(_ context.Context, key string) error {
+		if strings.HasPrefix(key, "m/img/") {
+			return refusedKey{}
+		}
+		return nil
+	}})
+	src3 := Source{Bucket: refusing}
+	if err := src3.StartPack(ctx, source, "refused", 3); err != nil {
+		t.Fatal(err)
+	}
+	_, err = src3.PackArchive(ctx, "refused", 1, items[3:6], 3, nil)
+	if err == nil || !strings.Contains(err.Error(), "refused the worker's credentials") {
+		t.Fatalf("packing with refused credentials: %v", err)
+	}
+	if got := objects(t, b, "refused"); got["000001.sources.csv"] != "" || got["000001.skipped.csv"] != "" {
+		t.Errorf("packing with refused credentials wrote %v", slices.Sorted(maps.Keys(got)))
+	}
+
+	// A file too large to be an image is skipped unread.
+	b.WriteAll(ctx, "m/huge.png", make([]byte, MaxImageBytes+1), nil)
+	b.WriteAll(ctx, "m/huge.csv", []byte("uri,label\nhuge.png,1\nimg/1.png,1\n"), nil)
+	archives, err = pack(t, src, schemas.Dataset{Manifest: "m/huge.csv"}, "huge", 3, 3)
+	if err != nil || archives[0].Images != 1 || len(archives[0].Skipped) != 1 || !strings.Contains(archives[0].Skipped[0].Reason, "over 256 MiB") {
+		t.Fatalf("a file over MaxImageBytes: %+v, %v", archives, err)
 	}
 
 	// Shortened: the last three items leave the manifest.
