@@ -51,7 +51,9 @@ func (a *Activities) Classes(ctx context.Context, in ClassesInput) ([]string, er
 func ParseClasses(name string, data []byte) ([]string, error) {
 	var classes []string
 	seen := map[string]int{}
-	for i, line := range strings.Split(string(data), "\n") {
+	// A file saved as "UTF-8 with BOM" would start its first class with it.
+	text := strings.TrimPrefix(string(data), "\ufeff")
+	for i, line := range strings.Split(text, "\n") {
 		c := dataset.Label(line) // as the datasets' labels are read
 		if c == "" {
 			continue

@@ -157,3 +157,12 @@ func TestUnreadable(t *testing.T) {
 		}
 	}
 }
+
+// A classes file saved with a byte-order mark has it read as none of its
+// first class's name.
+func TestParseClassesBOM(t *testing.T) {
+	got, err := ParseClasses("classes.txt", []byte("\ufeffcat\r\ndog\r\n"))
+	if err != nil || !slices.Equal(got, []string{"cat", "dog"}) {
+		t.Errorf("ParseClasses: %q, %v; want [cat dog]", got, err)
+	}
+}

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"sync/atomic"
 
 	"go.temporal.io/sdk/activity"
 
+	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
 	"dcd/internal/store"
@@ -198,6 +198,7 @@ type rowStats struct {
 // to join labels), keeping them in memory when they fit in budget bytes.
 func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef, classes []string, sets []rowSet, budget int64, errorDomain string) (*featureRows, rowStats, error) {
 	r := &featureRows{ctx: ctx, a: a, column: "features"}
+	index := dataset.NewClasses(classes)
 	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets))}
 	var cache [][]float32
 	var bytes int64
@@ -220,12 +221,12 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 		}
 		src := featureSource{key: key, labels: make([]int32, len(items)), weight: set.weight}
 		for j, it := range items {
-			c := slices.Index(classes, it.Label)
+			c := index.Index(it.Label)
 			switch {
 			case set.keep != nil && set.keep[keptRow(it.Key, it.Label)] == 0:
 				c = -1
 			case c < 0 && set.strict:
-				return invalid("data.%s: image %s has label %q, which is not in classes %q", set.ds, it.Key, it.Label, classes)
+				return invalid("data.%s: image %s has label %q, which is not in classes %v", set.ds, it.Key, it.Label, index)
 			case c < 0:
 				st.skipped++
 			default:

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
 	"dcd/internal/store"
@@ -325,6 +326,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 	empty := func(ds *score) error {
 		return invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
 	}
+	classes := dataset.NewClasses(in.Classes)
 	err := a.eachShardOf(ctx, in.Run, read, m, column, func(set, i int, s loadedShard) error {
 		ds := sets[set]
 		if set > 0 && i == 0 && *sets[set-1].n == 0 { // as soon as it is known
@@ -338,9 +340,9 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 			return err
 		}
 		for j, it := range s.items {
-			c := slices.Index(in.Classes, it.Label)
+			c := classes.Index(it.Label)
 			if c < 0 {
-				return invalid("data.%s: image %s has label %q, which is not in classes %q", ds.name, it.Key, it.Label, in.Classes)
+				return invalid("data.%s: image %s has label %q, which is not in classes %v", ds.name, it.Key, it.Label, classes)
 			}
 			*ds.n++
 			ds.total[c]++

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 
 	"gocloud.dev/blob"
@@ -153,6 +152,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	w := bufio.NewWriterSize(f, 1<<20)
 	src := dataset.Source{Bucket: b, Buckets: buckets}
 	read := imageReader(buckets, b)
+	classes := dataset.NewClasses(job.Classes)
 	for _, set := range []struct {
 		name, key string
 		weight    float32
@@ -175,7 +175,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 					spool.dim = d
 				}
 				for i, im := range bt.Images {
-					c := slices.Index(job.Classes, im.Label)
+					c := classes.Index(im.Label)
 					if c < 0 {
 						skipped++
 						continue

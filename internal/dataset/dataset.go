@@ -485,6 +485,42 @@ type manifestColumns struct{ uri, label, domain, version int }
 // while the classes a config lists usually are.
 func Label(s string) string { return norm.NFC.String(strings.TrimSpace(s)) }
 
+// Classes is a list of classes indexed by label: a label is looked up
+// once per image, among as many as tens of thousands of classes.
+type Classes struct {
+	names []string
+	index map[string]int
+}
+
+// NewClasses indexes names; the first of a repeated name is its class.
+func NewClasses(names []string) Classes {
+	index := make(map[string]int, len(names))
+	for i, n := range names {
+		if _, ok := index[n]; !ok {
+			index[n] = i
+		}
+	}
+	return Classes{names, index}
+}
+
+// Index is label's class, or -1 when it is none.
+func (c Classes) Index(label string) int {
+	if i, ok := c.index[label]; ok {
+		return i
+	}
+	return -1
+}
+
+// String lists the classes for an error: the first few, and how many
+// there are in all, not a message of tens of thousands of names.
+func (c Classes) String() string {
+	const shown = 10
+	if len(c.names) <= shown {
+		return fmt.Sprintf("%q", c.names)
+	}
+	return fmt.Sprintf("%q and %d more", c.names[:shown], len(c.names)-shown)
+}
+
 // manifestNames are the columns of a manifest DCD reads.
 var manifestNames = []string{"uri", "label", "domain", "version"}
 

@@ -810,3 +810,23 @@ func TestLabelsComposed(t *testing.T) {
 		}
 	}
 }
+
+// Classes finds a label's class by name, the first of a repeated name,
+// and lists thousands of classes in an error by their first few.
+func TestClasses(t *testing.T) {
+	var names []string
+	for i := range 40000 {
+		names = append(names, fmt.Sprintf("class-%05d", i))
+	}
+	names = append(names, "class-00007")
+	c := NewClasses(names)
+	if c.Index("class-39999") != 39999 || c.Index("class-00007") != 7 || c.Index("dog") != -1 {
+		t.Errorf("Index: %d %d %d, want 39999 7 -1", c.Index("class-39999"), c.Index("class-00007"), c.Index("dog"))
+	}
+	if s := c.String(); len(s) > 200 || !strings.HasSuffix(s, "and 39991 more") {
+		t.Errorf("String: %s", s)
+	}
+	if s := NewClasses([]string{"a", "b"}).String(); s != `["a" "b"]` {
+		t.Errorf("String of two: %s", s)
+	}
+}
