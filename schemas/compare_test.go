@@ -137,3 +137,13 @@ func TestTrainerPlaceholdersAccepted(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A job file written by hand without a recipe's numbers trains as a
+// pass's config would: debug_weight 0 is the default 1, not weightless
+// debug rows.
+func TestTrainJobDefaults(t *testing.T) {
+	j := TrainJob{}.WithDefaults()
+	if j.Retrain.DebugWeight != 1 || j.Retrain.Lambda != 0.01 || j.Output != "probabilities" {
+		t.Errorf("defaults: debug_weight %v, lambda %v, output %q", j.Retrain.DebugWeight, j.Retrain.Lambda, j.Output)
+	}
+}

@@ -24,3 +24,14 @@ type TrainJob struct {
 	Model      string `json:"model"`
 	Output     string `json:"output"`
 }
+
+// WithDefaults fills in what a job written by hand may leave out, as a
+// pass's config has it filled in: a recipe's zeros are its defaults (a
+// debug_weight of 0 would drop the debug-train set unsaid).
+func (j TrainJob) WithDefaults() TrainJob {
+	j.Retrain = j.Retrain.withDefaults()
+	if j.Output == "" {
+		j.Output = "probabilities"
+	}
+	return j
+}

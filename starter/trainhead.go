@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -101,9 +102,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 			*o.job = *o.flag
 		}
 	}
-	if job.Output == "" {
-		job.Output = "probabilities"
-	}
+	job = job.WithDefaults()
 	// What would fail only after the embedding and the training, said now.
 	switch {
 	case job.Model == "":
@@ -300,29 +299,62 @@ func (s *spoolRows) write(w io.Writer, x []float32, label int, weight float32) e
 func (s *spoolRows) Dim() int { return s.dim }
 
 func (s *spoolRows) Each(fn func(x []float32, label int, weight float32) error) error {
+	return s.each(nil, fn)
+}
+
+// spoolChunk is how many rows a shuffled pass reads at a time: it shuffles
+// the order of chunks and of the rows within each, as a pass's own fit
+// shuffles its feature files and their rows (for d = 2,048, 32 MiB).
+const spoolChunk = 4096
+
+// EachShuffled implements head.Shuffled: without it, every mini-batch
+// epoch would read the train rows first and end on debug-train's alone.
+func (s *spoolRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
+	return s.each(rand.New(rand.NewPCG(seed, 0x5b001)), fn)
+}
+
+// each reads the spool in chunks, in order, or shuffled with rng.
+func (s *spoolRows) each(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {
 	s.passes++
 	f, err := os.Open(s.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
-	buf := make([]byte, 8+4*s.dim)
+	size := 8 + 4*s.dim
+	chunks := (s.rows + spoolChunk - 1) / spoolChunk
+	order := make([]int, chunks)
+	for i := range order {
+		order[i] = i
+	}
+	if rng != nil {
+		rng.Shuffle(chunks, func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	buf := make([]byte, min(s.rows, spoolChunk)*size)
 	x := make([]float32, s.dim)
-	for {
-		if _, err := io.ReadFull(r, buf); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
+	for _, c := range order {
+		n := min(spoolChunk, s.rows-c*spoolChunk)
+		if _, err := f.ReadAt(buf[:n*size], int64(c)*spoolChunk*int64(size)); err != nil {
 			return fmt.Errorf("train-head: spool %s: %w", s.path, err)
 		}
-		label := int(int32(binary.LittleEndian.Uint32(buf)))
-		weight := math.Float32frombits(binary.LittleEndian.Uint32(buf[4:]))
-		for i := range x {
-			x[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[8+4*i:]))
+		rows := make([]int, n)
+		for i := range rows {
+			rows[i] = i
 		}
-		if err := fn(x, label, weight); err != nil {
-			return err
+		if rng != nil {
+			rng.Shuffle(n, func(i, j int) { rows[i], rows[j] = rows[j], rows[i] })
+		}
+		for _, i := range rows {
+			row := buf[i*size : (i+1)*size]
+			label := int(int32(binary.LittleEndian.Uint32(row)))
+			weight := math.Float32frombits(binary.LittleEndian.Uint32(row[4:]))
+			for k := range x {
+				x[k] = math.Float32frombits(binary.LittleEndian.Uint32(row[8+4*k:]))
+			}
+			if err := fn(x, label, weight); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
 }
