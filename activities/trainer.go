@@ -123,6 +123,12 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	if err := a.runTrainer(ctx, argv, res.LogKey); err != nil {
 		return res, err
 	}
+	if ok, err := a.Bucket.Exists(ctx, modelKey); err != nil {
+		return res, store.Classify(err, modelKey)
+	} else if !ok {
+		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"retrain.trainer.command %q exited 0 but wrote no model at %s, where {model} said; see its log, %s", argv[0], modelKey, res.LogKey), "TrainerFailed", nil)
+	}
 
 	m, err := a.checkModel(ctx, "retrain.trainer.output", schemas.Model{
 		Path: modelKey, Input: in.Target.Spec.Input, Features: in.Trainer.Output, Preprocess: in.Target.Spec.Preprocess,

@@ -110,6 +110,10 @@ type SelectionVariant struct {
 	Leakage   float64 `json:"leakage,omitempty" yaml:"leakage,omitempty"`
 }
 
+// MaxBatchSize bounds retrain.batch_size: a mini-batch's rows are held in
+// memory together (at 2,048 features, 512 MiB).
+const MaxBatchSize = 1 << 16
+
 // Retrain is the recipe every compared method is retrained with.
 type Retrain struct {
 	// Lambda is the L2 strength of the softmax head (default 0.01).
@@ -354,8 +358,9 @@ func (c Config) validateCompare() error {
 	if r.Epochs < 1 {
 		return bad("retrain.epochs", "must be >= 1, got %d", r.Epochs)
 	}
-	if r.BatchSize < 1 {
-		return bad("retrain.batch_size", "must be >= 1, got %d", r.BatchSize)
+	if r.BatchSize < 1 || r.BatchSize > MaxBatchSize {
+		// A batch's rows are held at once: 10^7 of 2,048 features is 80 GB.
+		return bad("retrain.batch_size", "must be between 1 and %d, got %d", MaxBatchSize, r.BatchSize)
 	}
 	if !(r.LearningRate > 0) || math.IsInf(r.LearningRate, 1) {
 		return bad("retrain.learning_rate", "must be a number > 0, got %g", r.LearningRate)

@@ -98,6 +98,7 @@ func TestCompareValidation(t *testing.T) {
 		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = math.Inf(1) }},
 		{"retrain.learning_rate", func(c *Config) { c.Retrain.LearningRate = math.Inf(1) }},
 		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
+		{"retrain.batch_size", func(c *Config) { c.Retrain.BatchSize = 10_000_000 }},
 		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
 		{"retrain.trainer.command[2]", func(c *Config) {

@@ -120,4 +120,10 @@ func TestExternalTrainerCancelAndFailure(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "exited with status 3") || !strings.Contains(err.Error(), "out of memory") {
 		t.Errorf("failing trainer: pass error %v, want the exit status and the log's end", err)
 	}
+
+	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo done", "{model}"}}
+	_, err = runPass(t, c, "trainer-nomodel-"+time.Now().UTC().Format("150405.000"), cfg)
+	if err == nil || !strings.Contains(err.Error(), "exited 0 but wrote no model at") {
+		t.Errorf("trainer that wrote nothing: pass error %v, want it said", err)
+	}
 }

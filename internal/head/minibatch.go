@@ -53,6 +53,7 @@ func (e *evaluator) adam(theta []float64, opt Options, weighted int) error {
 	if bs <= 0 {
 		bs = 256
 	}
+	bs = min(bs, max(weighted, 1)) // a batch of more is all the rows, and held at once
 	lr := opt.LearningRate
 	if lr <= 0 {
 		lr = 0.01
