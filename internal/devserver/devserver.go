@@ -331,8 +331,15 @@ type proc struct {
 	exited chan struct{}
 }
 
+// kill ends the process: a detached one with its session's process group,
+// an attached one alone, as it shares this process's group (a kill of
+// that group would fail, and the wait for its exit never end).
 func (p *proc) kill() {
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	if p.cmd.SysProcAttr.Setsid {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	} else {
+		p.cmd.Process.Kill()
+	}
 	<-p.exited
 }
 

@@ -267,3 +267,23 @@ func TestStartTemporalEndsWithItsProcess(t *testing.T) {
 		}
 	}
 }
+
+// A process started attached shares this one's process group, so killing
+// it is not killing a group of its own: kill ends it and returns, for
+// every kind of start.
+func TestKillEnds(t *testing.T) {
+	for _, detach := range []bool{false, true} {
+		p, err := start("sleep", []string{"60"}, t.TempDir(), "sleep.log", "sleep.pid", detach)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { p.kill(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			t.Fatalf("kill of a process started with detach %v did not return", detach)
+		}
+	}
+}

@@ -26,6 +26,7 @@ func listening(what, bin string, log io.Writer, args func(addr string) []string)
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	cmd := exec.Command(bin, args(addr)...)
 	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = Attached() // not left running by a test binary that timed out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: %s: %w", what, err)
 	}
