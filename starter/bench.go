@@ -69,7 +69,18 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		}
 	}
 	rs, err := bench.Run(ctx, o)
+	write := func() error {
+		if *asJSON {
+			return bench.WriteJSON(e.stdout, rs)
+		}
+		return bench.WriteTable(e.stdout, rs)
+	}
 	if err != nil {
+		// The parts measured before the failure, minutes of them, are
+		// still worth their table.
+		if len(rs) > 0 {
+			write()
+		}
 		return err
 	}
 	if *memProfile != "" {
@@ -82,10 +93,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 			return err
 		}
 	}
-	if *asJSON {
-		return bench.WriteJSON(e.stdout, rs)
-	}
-	return bench.WriteTable(e.stdout, rs)
+	return write()
 }
 
 // record starts a profile or trace into a new file at path, unless path is

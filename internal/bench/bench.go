@@ -204,7 +204,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		start := time.Now()
 		rs, err := s.run(ctx, o)
 		if err != nil {
-			return all, err
+			return append(all, rs...), fmt.Errorf("bench: %s: %w", s.part, err)
 		}
 		o.logf("%s done in %s", s.part, time.Since(start).Round(time.Second))
 		all = append(all, rs...)
