@@ -28,6 +28,7 @@ import (
 
 	"dcd/activities"
 	"dcd/internal/embed"
+	"dcd/internal/knn"
 	"dcd/internal/ortrun"
 	"dcd/internal/redact"
 	"dcd/internal/store"
@@ -133,16 +134,27 @@ func run(o *options) error {
 	buckets := &store.Buckets{}
 	defer buckets.Close()
 
+	models, search := ortrun.Options{Threads: o.threads, EP: o.ep}, ortrun.Options{Threads: o.threads, EP: o.ep}
+	if o.threads <= 0 {
+		models.Threads, search.Threads = activities.DefaultThreads(o.queueConcurrency(workflows.GPUQueue)), runtime.NumCPU()
+	}
+	if o.ep != "cpu" {
+		// A provider the library cannot run (a CPU build, CUDA missing)
+		// fails here, not in every embedding this worker would take
+		// from healthy workers until the pass ran out of attempts.
+		s, err := knn.NewSearcher(search)
+		if err != nil {
+			return fmt.Errorf("worker: -ep %s: %w", o.ep, err)
+		}
+		s.Close()
+	}
+
 	c, err := client.Dial(client.Options{HostPort: o.address, Namespace: o.namespace})
 	if err != nil {
 		return fmt.Errorf("worker: connect to Temporal at %s: %w", o.address, err)
 	}
 	defer c.Close()
 
-	models, search := ortrun.Options{Threads: o.threads, EP: o.ep}, ortrun.Options{Threads: o.threads, EP: o.ep}
-	if o.threads <= 0 {
-		models.Threads, search.Threads = activities.DefaultThreads(o.queueConcurrency(workflows.GPUQueue)), runtime.NumCPU()
-	}
 	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions,

@@ -127,12 +127,16 @@ type buffers struct {
 // (TopK); a variable for the tests.
 var groupQueries = scoresBudget / minBlock
 
-// NewSearcher builds the graph and its ORT session.
+// NewSearcher builds the graph and its ORT session. On CUDA its products
+// stay float32: in TF32 a shard searched on a GPU worker ranks its
+// neighbours otherwise than the same shard, cached, searched on a CPU
+// worker by the next pass.
 func NewSearcher(opt ortrun.Options) (*Searcher, error) {
 	model, err := Graph().Marshal()
 	if err != nil {
 		return nil, err
 	}
+	opt.NoTF32 = true
 	sess, err := ortrun.NewSession("knn", model, []string{"queries", "pool"}, []string{"products"}, opt)
 	if err != nil {
 		return nil, err

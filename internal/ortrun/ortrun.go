@@ -67,6 +67,11 @@ type Options struct {
 	// but the cores are free for the Go code around it (decoding images,
 	// selecting neighbours), which spinning threads would starve.
 	Spin bool
+	// NoTF32 keeps CUDA's matrix products in float32 (the CUDA provider
+	// rounds their inputs to TF32's 10-bit mantissa by default, as fine
+	// for a backbone's activations as it is not for distances that rank
+	// neighbours). The CPU never rounds them.
+	NoTF32 bool
 }
 
 // Session is one model ready to run.
@@ -128,6 +133,11 @@ func NewSession(name string, model []byte, inputs, outputs []string, opt Options
 			return nil, fmt.Errorf("ortrun: %s: cuda execution provider: %w (%s)", name, err, need)
 		}
 		defer cuda.Destroy()
+		if opt.NoTF32 {
+			if err := cuda.Update(map[string]string{"use_tf32": "0"}); err != nil {
+				return nil, fmt.Errorf("ortrun: %s: cuda execution provider: use_tf32: %w (%s)", name, err, need)
+			}
+		}
 		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
 			return nil, fmt.Errorf("ortrun: %s: cuda execution provider: %w (%s)", name, err, need)
 		}
