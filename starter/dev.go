@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"gopkg.in/yaml.v3"
 
 	"dcd/internal/corrupt"
@@ -21,6 +22,7 @@ import (
 	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
+	"dcd/workflows"
 )
 
 // stateDir holds the local setup: the dev server's database, logs, pid
@@ -84,6 +86,9 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if started {
 		how = "started"
 	}
+	if err := e.checkServerShared(ctx, started); err != nil {
+		return err
+	}
 	fmt.Fprintf(e.stdout, "temporal  %s at %s, log %s\n          web UI %s\n", how, e.g.address,
 		filepath.Join(stateDir, devserver.TemporalLog), devserver.UIURL(e.g.address))
 
@@ -125,11 +130,45 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	return nil
 }
 
+// checkServerShared refuses a server that another checkout (or a cluster)
+// runs workers on, when no worker of this one runs yet: this checkout's,
+// with its own bucket, would take their passes' activities, and they this
+// one's, each failing to find the other's files.
+func (e *cli) checkServerShared(ctx context.Context, started bool) error {
+	if _, ours := devserver.PID(stateDir, devserver.TemporalPID); started || ours {
+		return nil
+	}
+	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok {
+		return nil
+	}
+	c, err := e.Client()
+	if err != nil {
+		return err
+	}
+	polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW)
+	if err != nil || !polled {
+		return err
+	}
+	return fmt.Errorf("a Temporal server not started from %s answers at %s, and other workers poll its task queues: "+
+		"a worker of this checkout beside them would take their activities, with another bucket. "+
+		"Run this one's on another address (`-address 127.0.0.1:7300`), or stop the other (`starter dev -stop` in its checkout)", stateDir, e.g.address)
+}
+
 // buildWorker builds dcd/worker into bin with the go tool, so that the
 // worker runs the checkout's current code. Outside a checkout, a binary
 // built earlier is used.
 func (e *cli) buildWorker(ctx context.Context, bin string) (rebuilt bool, err error) {
-	next := bin + ".next"
+	// A name of its own: two starters in one checkout (two demos at once)
+	// would remove each other's build under one name.
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		return false, err
+	}
+	f, err := os.CreateTemp(filepath.Dir(bin), "worker.next-*")
+	if err != nil {
+		return false, err
+	}
+	f.Close()
+	next := f.Name()
 	defer os.Remove(next)
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", next, "dcd/worker")
 	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr

@@ -23,6 +23,7 @@ import (
 // TestIdleQueuesNamed runs on a real dev server: a pass started with no
 // worker at all is told no worker takes its workflow; one whose CPU
 // activities run while an embedding waits is told only of the GPU queue.
+// And `starter dev` does not add its worker where another's polls.
 func TestIdleQueuesNamed(t *testing.T) {
 	bin, err := devserver.TemporalBinary()
 	if err != nil {
@@ -61,6 +62,9 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Fatalf("run's warning:\n%s\nwant it to hold %q", errOut, want)
 	}
 	c.TerminateWorkflow(ctx, "nobody", "", "test")
+	if err := e.checkServerShared(ctx, false); err != nil {
+		t.Errorf("a server no worker polls, taken for a shared one: %v", err)
+	}
 
 	// A pass's stand-in: a CPU activity that runs and an embedding that
 	// waits for a GPU worker.
@@ -85,6 +89,17 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.TerminateWorkflow(ctx, "stuck", "", "test")
+	// Another checkout's worker polls this server: `starter dev` here
+	// would add one with another bucket beside it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		err := e.checkServerShared(ctx, false)
+		if err != nil && strings.Contains(err.Error(), "other workers poll its task queues") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dev beside another checkout's worker: %v, want a refusal", err)
+		}
+	}
 	want = "no worker polls dcd-gpu: the pass waits until one does (bin/worker -queues gpu)"
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		out.Reset()
