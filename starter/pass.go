@@ -49,7 +49,26 @@ func parseRun(e *cli, args []string) (runArgs, error) {
 	if a.config == "" {
 		return a, usageErrorf("run: -config FILE is required (usage: starter run %s)", runSynopsis)
 	}
+	if err := checkID("-id", a.id); err != nil {
+		return a, err
+	}
 	return a, nil
+}
+
+// checkID refuses a workflow ID that would not make a plain storage key:
+// a pass's files are runs/<id>/..., and a "/" would nest them, a ".." climb
+// out, a "%" or "#" be escaped on one store's write and not on another's
+// read. Letters, digits and -_.: (a schedule's passes add a time) pass.
+func checkID(flag, id string) error {
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+			return usageErrorf("%s %q: an ID may hold only letters, digits and - _ . :", flag, id)
+		}
+	}
+	if strings.HasPrefix(id, ".") {
+		return usageErrorf("%s %q: an ID may not start with '.'", flag, id)
+	}
+	return nil
 }
 
 func cmdRun(ctx context.Context, e *cli, args []string) error {

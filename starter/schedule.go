@@ -147,6 +147,9 @@ func parseCreate(e *cli, args []string) (createArgs, error) {
 	case a.id == "":
 		return a, usageErrorf("schedule create: -id SCHED is required")
 	}
+	if err := checkID("-id", a.id); err != nil {
+		return a, err
+	}
 	if _, err := scheduleSpec(a.cron, a.every); err != nil {
 		return a, &exitError{code: 2, err: err}
 	}

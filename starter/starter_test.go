@@ -124,7 +124,9 @@ func TestParseRun(t *testing.T) {
 	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true, storage: "s3://pool"}) {
 		t.Errorf("parseRun = %+v, %v", a, err)
 	}
-	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"}} {
+	// IDs are storage keys' folders: no nesting, climbing or escaping.
+	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"},
+		{"-config", "c.yaml", "-id", "a/b"}, {"-config", "c.yaml", "-id", ".."}, {"-config", "c.yaml", "-id", "exp%1"}} {
 		e, _, _ := testCLI()
 		if _, err := parseRun(e, args); exitStatus(err) != 2 {
 			t.Errorf("parseRun(%q): err %v, want a usage error", args, err)
