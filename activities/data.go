@@ -116,6 +116,9 @@ func (a *Activities) checkErrorSample(ctx context.Context, run string, shards in
 type ApartInput struct {
 	Run  string
 	Sets []ApartSet
+	// Classes, when set, are what the labels of test and E_heldout must
+	// be: Evaluate fails on any other, but only after the pool's scan.
+	Classes []string
 }
 
 // ApartSet is a planned dataset and its shard count.
@@ -127,8 +130,11 @@ type ApartSet struct {
 // CheckApart fails when an image (by key) is in two of the sets. E_sample,
 // E_heldout and test must be distinct: a held-out image that is also a
 // query has its neighbours trained on, and the held-out gain would
-// measure the images the selection was built from.
+// measure the images the selection was built from. With in.Classes, it
+// fails too on a test or E_heldout label that is not a class, now rather
+// than when they are evaluated, after the pool's scan and retraining.
 func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
+	classes := dataset.NewClasses(in.Classes)
 	// The sets' manifests are read ahead as one sequence, so the next
 	// set's are not read only after the last of this one's.
 	sets := make([]shardSet, len(in.Sets))
@@ -147,11 +153,15 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 			return err
 		}
 		name := sets[ref.set].ds
+		labeled := len(in.Classes) > 0 && (name == Test || name == ErrorHeldout)
 		for _, it := range shard.Items {
 			if other, ok := seen[it.Key]; ok && other != name {
 				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, it.Key, other)
 			}
 			seen[it.Key] = name
+			if labeled && classes.Index(it.Label) < 0 {
+				return invalid("data.%s: image %s has label %q, which is not in classes %v", name, it.Key, it.Label, classes)
+			}
 		}
 		heartbeat(ctx, name, ref.i)
 	}

@@ -91,6 +91,21 @@ func TestCheckApart(t *testing.T) {
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.test: image e/2.png is also in data.error_sample") {
 		t.Errorf("a test image that is an E_sample image: %v", err)
 	}
+
+	// Labels: E_sample's may be anything (queries), test's and
+	// E_heldout's must be classes.
+	write(Test, 0, "t/1.png")
+	classes := []string{"a", "b"}
+	if err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets, Classes: classes}); err != nil {
+		t.Fatalf("labelled sets: %v", err)
+	}
+	var s dataset.Shard
+	s.Items = []dataset.Item{{ID: 0, Key: "h/3.png", Label: "b"}, {ID: 1, Key: "h/4.png", Label: "cat"}}
+	store.WriteAll(ctx, a.Bucket, ShardKey("r", ErrorHeldout, 1), s.Marshal())
+	err = a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets, Classes: classes})
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), `data.error_heldout: image h/4.png has label "cat", which is not in classes ["a" "b"]`) {
+		t.Errorf("an E_heldout label that is no class: %v", err)
+	}
 }
 
 // Plan fails for good on a bad manifest, naming the dataset, and leaves a

@@ -164,7 +164,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		for _, name := range []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test} {
 			sets = append(sets, activities.ApartSet{Name: name, Shards: plans[name].Shards})
 		}
-		if err := short.run(ctx, a.CheckApart, activities.ApartInput{Run: run, Sets: sets}).Get(ctx, nil); err != nil {
+		if err := short.run(ctx, a.CheckApart, activities.ApartInput{Run: run, Sets: sets, Classes: cfg.Classes}).Get(ctx, nil); err != nil {
 			return PassResult{}, err
 		}
 	}
