@@ -95,6 +95,30 @@ func TestCachedSearchWithoutFeatureFile(t *testing.T) {
 	}
 }
 
+// A damaged feature file (a truncated copy) fails every read of it the
+// same way: its entry is dropped, and the retry embeds the shard again.
+func TestCachedSearchWithDamagedFeatureFile(t *testing.T) {
+	const run, k = "damaged", 3
+	w, ref := cachedPoolShard(t, run)
+	ctx := context.Background()
+	key := cacheEntry(t, w)
+	data, err := w.b.ReadAll(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.b.WriteAll(ctx, key, data[:len(data)/2], nil); err != nil {
+		t.Fatal(err)
+	}
+	in := activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, K: k, CachedOnly: true}
+	_, err = w.acts.EmbedShard(ctx, in)
+	if err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("search of a shard whose feature file is cut in half: %v", err)
+	}
+	if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
+		t.Errorf("the retry: %+v, %v; want the shard uncached", res, err)
+	}
+}
+
 // The searches a run starts together read its queries once; one cancelled
 // while they are read does not fail the others.
 func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {

@@ -3,6 +3,7 @@ package activities
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -142,6 +143,14 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
 		}
 		return nil, &features.Matrix{}, nil
+	}
+	if errors.Is(err, store.ErrDamaged) {
+		// Read again, the file would fail again, every retry and every
+		// pass: the entry goes, for the retry to embed the shard.
+		if err := a.Bucket.Delete(ctx, rejectsKey(key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("activities: the cached features of %s are damaged (%v): the entry is dropped, for the retry to embed the shard", shardKey, err)
 	}
 	if err != nil {
 		return nil, nil, err

@@ -191,18 +191,26 @@ func loadRows(ctx context.Context, b *blob.Bucket, key string, columns []string,
 		return nil, err
 	}
 	defer f.Close()
+	// The file is read whole: what goes wrong from here on is its
+	// content's (store.ErrDamaged).
+	damaged := func(ms []*Matrix, err error) ([]*Matrix, error) {
+		if err != nil {
+			err = store.Damaged(err)
+		}
+		return ms, err
+	}
 	idx, dims, err := columnsOf(key, f.Schema(), columns)
 	if err != nil {
-		return nil, err
+		return damaged(nil, err)
 	}
 	// The layout DCD writes is read in place; Arrow's reader reads the rest.
 	if ms, ok, err := pickRows(whole(f.Data), len(f.Data), f.Schema(), idx, dims, p); ok {
 		if err != nil {
-			return nil, fmt.Errorf("features: %q: %w", key, err)
+			return damaged(nil, fmt.Errorf("features: %q: %w", key, err))
 		}
 		return ms, nil
 	}
-	return arrowRows(key, f, columns, idx, dims, p)
+	return damaged(arrowRows(key, f, columns, idx, dims, p))
 }
 
 // columnsOf finds each column's field index and width in schema.

@@ -522,6 +522,19 @@ func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]by
 // (Buckets.ReadAtMost): no retry makes the object smaller.
 var ErrTooLarge = errors.New("the object is too large")
 
+// ErrDamaged marks a file read whole that is not what its writer wrote (a
+// truncated copy, a file of another tool under the key): reading it again
+// gives the same bytes, so a cache holding it must compute it again.
+var ErrDamaged = errors.New("damaged")
+
+// Damaged is err, said of a file read whole: errors.Is(it, ErrDamaged).
+func Damaged(err error) error { return damaged{err} }
+
+type damaged struct{ error }
+
+func (d damaged) Unwrap() error        { return d.error }
+func (d damaged) Is(target error) bool { return target == ErrDamaged }
+
 // WriteAll writes data at key atomically: readers see the old object or the
 // new one, never a part.
 func WriteAll(ctx context.Context, b *blob.Bucket, key string, data []byte) error {
@@ -665,7 +678,7 @@ func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Alloc
 		return nil, err
 	}
 	if err := ipcfile.Check(data); err != nil {
-		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
+		return nil, Damaged(fmt.Errorf("store: arrow file %q: %w", key, err))
 	}
 	var r *ipc.FileReader
 	err = ipcfile.Safely(func() (err error) {
@@ -673,7 +686,7 @@ func OpenArrow(ctx context.Context, b *blob.Bucket, key string, mem memory.Alloc
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: arrow file %q: %w", key, err)
+		return nil, Damaged(fmt.Errorf("store: arrow file %q: %w", key, err))
 	}
 	return &ArrowFile{r, data}, nil
 }
