@@ -3,8 +3,10 @@ package workflows_test
 import (
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -118,7 +120,39 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := runPack(t, c, "record-pack", workflows.PackInput{Dataset: cfg.Data.Pool, Out: "record/packed/", PerArchive: 1000}); err != nil {
 		t.Fatal(err)
 	}
-	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-cached/train/0": "cached-train", "record-pack": "pack"} {
+	// The paths only a failure takes: a method that fails ends the
+	// comparison at once (a trainer exiting 3)...
+	startWorkerOn(t, c, b, "", workflows.TrainQueue)
+	failing := cfg
+	failing.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "exit 3", "{model}"}}
+	if _, err := runPass(t, c, "record-failed-method", failing); err == nil {
+		t.Fatal("a pass whose trainer exits 3 succeeded")
+	}
+	// ...and a chain that fails stops the others: the pool, in shards of
+	// 4 (two chains of up to 1,000), opens with 40 images none of which
+	// can be read (a shard of them fails for good).
+	manifest, err := b.ReadAll(ctx, cfg.Data.Pool.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(manifest), "\n")
+	var broken strings.Builder
+	broken.WriteString(lines[0])
+	for i := range 40 {
+		fmt.Fprintf(&broken, "missing/%02d.png,0,clean\n", i)
+	}
+	broken.WriteString(strings.Join(lines[1:], ""))
+	failing = cfg
+	failing.Data.Pool.Manifest = path.Join(path.Dir(cfg.Data.Pool.Manifest), "broken.csv")
+	if err := b.WriteAll(ctx, failing.Data.Pool.Manifest, []byte(broken.String()), nil); err != nil {
+		t.Fatal(err)
+	}
+	failing.Shards.Size = 4
+	if _, err := runPass(t, c, "record-failed-chain", failing); err == nil {
+		t.Fatal("a pass with a shard of unreadable images succeeded")
+	}
+	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-cached/train/0": "cached-train", "record-pack": "pack",
+		"record-failed-method": "failed-method", "record-failed-chain": "failed-chain"} {
 		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var h historypb.History
 		for it.HasNext() {
