@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,5 +62,46 @@ func TestMergeTopKHoldsNoPartial(t *testing.T) {
 	t.Logf("heap peak %.1f MB merging %d partials of %.1f MB of strings", float64(peak)/(1<<20), partials, float64(partialsBytes)/partials/(1<<20))
 	if peak > partialsBytes/2 {
 		t.Errorf("heap peaked at %.1f MB: the best hold their partials' %.0f MB of strings", float64(peak)/(1<<20), float64(partialsBytes)/(1<<20))
+	}
+}
+
+// A pass reset in Temporal replays its scan's name but may cut its
+// batches elsewhere: the merge tiles the shards with the ranges of both
+// executions and the shards' own partials that exist, never stepping to a
+// shard that has neither.
+func TestPartialKeysAfterAReset(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	const run, scan = "r", "s"
+	put := func(key string) {
+		if err := a.Bucket.WriteAll(ctx, key, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One execution: ranges [0,4) and [6,10), shards 4 and 5 alone.
+	put(TopKRangeKey(run, scan, 0, 4))
+	put(TopKRangeKey(run, scan, 6, 10))
+	keys, err := a.partialKeys(ctx, run, scan, scan, 10)
+	want := []string{TopKRangeKey(run, scan, 0, 4), TopKKey(run, scan, 4), TopKKey(run, scan, 5), TopKRangeKey(run, scan, 6, 10)}
+	if err != nil || !slices.Equal(keys, want) {
+		t.Fatalf("one execution's: %q, %v; want %q", keys, err, want)
+	}
+	// The reset's replay cut [2,8) and searched shards 0, 1, 8, 9 alone:
+	// [0,4) then 4 alone would miss shard 4's partial (never written).
+	put(TopKRangeKey(run, scan, 2, 8))
+	for _, i := range []int{0, 1, 8, 9} {
+		put(TopKKey(run, scan, i))
+	}
+	keys, err = a.partialKeys(ctx, run, scan, scan, 10)
+	want = []string{TopKKey(run, scan, 0), TopKKey(run, scan, 1), TopKRangeKey(run, scan, 2, 8), TopKKey(run, scan, 8), TopKKey(run, scan, 9)}
+	if err != nil || !slices.Equal(keys, want) {
+		t.Fatalf("after a reset: %q, %v; want %q", keys, err, want)
+	}
+	// Both executions' ranges from shard 0: the one leading on.
+	put(TopKRangeKey(run, scan, 0, 2))
+	keys, err = a.partialKeys(ctx, run, scan, scan, 10)
+	want = []string{TopKRangeKey(run, scan, 0, 2), TopKRangeKey(run, scan, 2, 8), TopKKey(run, scan, 8), TopKKey(run, scan, 9)}
+	if err != nil || !slices.Equal(keys, want) {
+		t.Fatalf("two ranges from shard 0: %q, %v; want %q", keys, err, want)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -604,35 +603,86 @@ func (a *Activities) dropOtherScans(ctx context.Context, run, scan string) {
 // partialKeys lists the partials that cover a scan's shards in shard
 // order: a range's (TopKRangeKey) where a CachedShards batch wrote one,
 // else each shard's (TopKKey). A scan's batches do not overlap, and a
-// retried batch writes the same range again.
+// retried batch writes the same range again. But a pass reset in Temporal
+// replays its scan's name (scanName) and may cut its batches elsewhere:
+// then both executions' ranges are there, overlapping, and the shards are
+// tiled with those ranges and shard partials that exist, fewest reads.
 func (a *Activities) partialKeys(ctx context.Context, run, scan, shardScan string, shards int) ([]string, error) {
-	ends := map[int]int{} // a range's first shard → its end
+	ranges := map[int][]int{} // a range's first shard → its ends
 	if scan != "" {
 		prefix := topKRanges(run, scan)
-		it := a.Bucket.List(&blob.ListOptions{Prefix: prefix})
-		for {
-			obj, err := it.Next(ctx)
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
-			}
+		err := store.List(ctx, a.Bucket, &blob.ListOptions{Prefix: prefix}, func(obj *blob.ListObject) error {
 			var first, end int
 			if _, err := fmt.Sscanf(strings.TrimPrefix(obj.Key, prefix), "%d-%d.arrow", &first, &end); err == nil && obj.Key == TopKRangeKey(run, scan, first, end) && first < end && end <= shards {
-				ends[first] = max(ends[first], end)
+				ranges[first] = append(ranges[first], end)
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
 		}
 	}
-	keys := make([]string, 0, shards)
-	for i := 0; i < shards; {
-		if end, ok := ends[i]; ok {
-			keys = append(keys, TopKRangeKey(run, scan, i, end))
-			i = end
-			continue
+	overlap := false
+	for first, ends := range ranges {
+		for _, end := range ends {
+			for s := first + 1; s < end && !overlap; s++ {
+				_, overlap = ranges[s]
+			}
 		}
-		keys = append(keys, TopKKey(run, shardScan, i))
-		i++
+		overlap = overlap || len(ends) > 1
+	}
+	keys := make([]string, 0, shards)
+	if !overlap { // one execution's ranges: the rest is shards' partials
+		for i := 0; i < shards; {
+			if ends, ok := ranges[i]; ok {
+				keys = append(keys, TopKRangeKey(run, scan, i, ends[0]))
+				i = ends[0]
+				continue
+			}
+			keys = append(keys, TopKKey(run, shardScan, i))
+			i++
+		}
+		return keys, nil
+	}
+	have := map[int]bool{} // the shards with a partial of their own
+	prefix := strings.TrimSuffix(TopKKey(run, shardScan, 0), "000000.arrow")
+	err := store.List(ctx, a.Bucket, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) error {
+		var i int
+		if _, err := fmt.Sscanf(strings.TrimPrefix(obj.Key, prefix), "%d.arrow", &i); err == nil && obj.Key == TopKKey(run, shardScan, i) {
+			have[i] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("activities: list %s: %w", prefix, err)
+	}
+	// reads[i] is the fewest partials that cover shards i to the end
+	// (-1: none do), step[i] the end of the first of them, a range's
+	// when from[i].
+	reads, step, from := make([]int, shards+1), make([]int, shards+1), make([]bool, shards+1)
+	for i := shards - 1; i >= 0; i-- {
+		reads[i] = -1
+		take := func(end int, isRange bool) {
+			if reads[end] >= 0 && (reads[i] < 0 || reads[end]+1 < reads[i]) {
+				reads[i], step[i], from[i] = reads[end]+1, end, isRange
+			}
+		}
+		for _, end := range ranges[i] {
+			take(end, true)
+		}
+		if have[i] {
+			take(i+1, false)
+		}
+	}
+	if reads[0] < 0 {
+		return nil, fmt.Errorf("activities: the partials of scan %s overlap and leave a shard uncovered: search its shards again", scan)
+	}
+	for i := 0; i < shards; i = step[i] {
+		if from[i] {
+			keys = append(keys, TopKRangeKey(run, scan, i, step[i]))
+		} else {
+			keys = append(keys, TopKKey(run, shardScan, i))
+		}
 	}
 	return keys, nil
 }
