@@ -282,10 +282,15 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 		}
 		first := 0
 		if l.key == from {
+			// A sample's place in another version of its archive means
+			// nothing: the mark's archive was rewritten since.
+			if at.Version != "" && at.Version != l.version {
+				return fmt.Errorf("dataset: webdataset %q: archive %s: %w", ref, l.key, ErrChanged)
+			}
 			first = min(at.Sample, len(l.samples))
 		}
 		for j, sm := range l.samples[first:] {
-			at.Next, at.Key, at.Sample = id+1, l.key, first+j+1
+			at.Next, at.Key, at.Sample, at.Version = id+1, l.key, first+j+1, l.version
 			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: Label(sm.Label), Domain: sm.Domain, Version: l.version}); err != nil {
 				return err
 			}

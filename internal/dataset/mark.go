@@ -19,10 +19,11 @@ type Mark struct {
 	Offset int64 `json:"offset,omitempty"`
 	Line   int   `json:"line,omitempty"`
 	// Version is a manifest's version (its size and modification time,
-	// and a Parquet file's ETag where the store gives one): a row's place
-	// in another version of it means nothing (ErrChanged). A prefix or a WebDataset
-	// that changes is walked on from the key, as a listing would have
-	// found it.
+	// and a Parquet file's ETag where the store gives one), or for a
+	// WebDataset the mark's archive's: a row's or a sample's place in
+	// another version of it means nothing (ErrChanged). A prefix, or a
+	// WebDataset's other archives, that change are walked on from the key,
+	// as a listing would have found them.
 	Version string `json:"version,omitempty"`
 }
 

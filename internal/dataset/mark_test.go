@@ -142,4 +142,18 @@ func TestWalkFromManifestErrors(t *testing.T) {
 			t.Errorf("%s changed since the mark: %v, want ErrChanged naming it", name, err)
 		}
 	}
+
+	// A WebDataset archive rewritten since the mark in it was taken: the
+	// mark's sample count means nothing in its new samples.
+	ctx := context.Background()
+	b.WriteAll(ctx, "w/00.tar", []byte(tarOf(t, "0.png", "image", "0.cls", "cat", "1.png", "image", "1.cls", "cat")), nil)
+	ds := schemas.Dataset{WebDataset: "w/"}
+	_, marks, err := walkMarks(t, src, ds, Mark{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.WriteAll(ctx, "w/00.tar", []byte(tarOf(t, "5.png", "image", "5.cls", "dog", "0.png", "image", "0.cls", "cat", "1.png", "image", "1.cls", "cat")), nil)
+	if _, _, err := walkMarks(t, src, ds, marks[0]); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), "w/00.tar") {
+		t.Errorf("an archive rewritten since the mark: %v, want ErrChanged naming it", err)
+	}
 }
