@@ -194,6 +194,8 @@ func share(v float64) bool { return v >= 0 && v <= 1 }
 // images each part holds, and how the target model does before any
 // debugging.
 type World struct {
+	// Version is worldVersion when it was built.
+	Version int     `json:"version"`
 	Options Options `json:"options"`
 	// Counts per split ("train", "test", "error_sample", "error_heldout",
 	// "pool"), per pool domain ("pool/<domain>") and "pool/noisy_labels".
@@ -203,6 +205,11 @@ type World struct {
 	CleanTestAccuracy    float64 `json:"clean_test_accuracy"`
 	ErrorHeldoutAccuracy float64 `json:"error_heldout_accuracy"`
 }
+
+// worldVersion is the version of what Build writes for given options: a
+// change to the corruptions, the backbone or the head's recipe bumps it,
+// so that a world built by earlier code is built again, not reused.
+const worldVersion = 1
 
 // Keys relative to the prefix.
 const (
@@ -252,7 +259,7 @@ func Build(ctx context.Context, b *blob.Bucket, mnistDir string, o Options, ort 
 	if err := writeFiles(ctx, b, o.Prefix, w.files(m.onnx)); err != nil {
 		return schemas.Config{}, err
 	}
-	world := World{Options: o, Counts: w.counts(), CleanTestAccuracy: m.cleanAcc, ErrorHeldoutAccuracy: m.errorAcc}
+	world := World{Version: worldVersion, Options: o, Counts: w.counts(), CleanTestAccuracy: m.cleanAcc, ErrorHeldoutAccuracy: m.errorAcc}
 	data, err := json.MarshalIndent(world, "", "  ")
 	if err != nil {
 		return schemas.Config{}, fmt.Errorf("demo: %w", err)
@@ -280,7 +287,7 @@ func built(ctx context.Context, b *blob.Bucket, o Options) (bool, error) {
 	}
 	want, _ := json.Marshal(o)
 	got, _ := json.Marshal(w.Options)
-	return bytes.Equal(want, got), nil
+	return w.Version == worldVersion && bytes.Equal(want, got), nil
 }
 
 // sweep deletes what an earlier, different or unfinished world left under

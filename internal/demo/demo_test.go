@@ -177,6 +177,21 @@ func TestBuild(t *testing.T) {
 			t.Errorf("target.onnx was rewritten")
 		}
 	})
+
+	t.Run("built by older code", func(t *testing.T) {
+		w := readWorld(t, b, o.Prefix)
+		w.Version = worldVersion - 1
+		data, _ := json.Marshal(w)
+		if err := b.WriteAll(ctx, o.Prefix+keyWorld, data, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Build(ctx, b, mnist.DefaultDir(), small, ortrun.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := readWorld(t, b, o.Prefix).Version; got != worldVersion {
+			t.Errorf("a world of version %d was reused, want it built again as %d", worldVersion-1, worldVersion)
+		}
+	})
 }
 
 // TestRebuildSweeps builds a world at a prefix that holds a different one:
