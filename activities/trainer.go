@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/gcerrors"
 
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
@@ -120,6 +122,11 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	for i, arg := range in.Trainer.Command {
 		argv[i] = vars.Replace(arg)
 	}
+	// A model an earlier pass under this ID, or an earlier attempt, left
+	// would pass for this trainer's should it write none.
+	if err := a.Bucket.Delete(ctx, modelKey); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return res, err
+	}
 	if err := a.runTrainer(ctx, argv, res.LogKey); err != nil {
 		return res, err
 	}
@@ -187,6 +194,11 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
 	if over := len(t.buf) - logCap; over > 0 {
+		// Cut at a line's start: a line cut in a URL would keep its
+		// query, which redact.Text, wanting the URL's scheme, misses.
+		if nl := bytes.IndexByte(t.buf[over:], '\n'); nl >= 0 {
+			over += nl + 1
+		}
 		t.dropped += int64(over)
 		t.buf = append(t.buf[:0], t.buf[over:]...)
 	}

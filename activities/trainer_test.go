@@ -2,6 +2,8 @@ package activities
 
 import (
 	"context"
+	"dcd/internal/redact"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -81,5 +83,18 @@ func TestTrainerOutputRedacted(t *testing.T) {
 	log, _ := a.Bucket.ReadAll(context.Background(), logKey)
 	if !strings.Contains(string(log), `"S3://b"`) || strings.Contains(string(log), "SECRET") {
 		t.Errorf("train.log %q: want the URL without its query", log)
+	}
+}
+
+// A trainer's log past its cap is cut at a line's start: a line cut in a
+// URL would keep a query without the scheme redaction looks for.
+func TestTrainerLogCutAtALine(t *testing.T) {
+	var log tailBuffer
+	fmt.Fprintf(&log, "%s\n", strings.Repeat("x", 100))
+	// The cap falls 11 bytes into this line: in its URL's query.
+	fmt.Fprintf(&log, "s3://b?token=SECRET %s\n", strings.Repeat("y", logCap-10))
+	data, _ := log.snapshot()
+	if strings.Contains(redact.Text(string(data)), "SECRET") || !strings.HasPrefix(string(data), "[... ") {
+		t.Errorf("log after the cut: %q", data[max(0, len(data)-80):])
 	}
 }

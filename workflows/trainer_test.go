@@ -121,8 +121,13 @@ func TestExternalTrainerCancelAndFailure(t *testing.T) {
 		t.Errorf("failing trainer: pass error %v, want the exit status and the log's end", err)
 	}
 
+	// An earlier pass under the same ID left its models: not this one's.
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo done", "{model}"}}
-	_, err = runPass(t, c, "trainer-nomodel-"+time.Now().UTC().Format("150405.000"), cfg)
+	id = "trainer-nomodel-" + time.Now().UTC().Format("150405.000")
+	for _, m := range cfg.Compare {
+		b.WriteAll(ctx, activities.MethodKey(id, m, "model.onnx"), []byte("an earlier pass's model"), nil)
+	}
+	_, err = runPass(t, c, id, cfg)
 	if err == nil || !strings.Contains(err.Error(), "exited 0 but wrote no model at") {
 		t.Errorf("trainer that wrote nothing: pass error %v, want it said", err)
 	}
