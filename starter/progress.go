@@ -164,7 +164,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			}
 			if now.Sub(checked) >= idleEvery {
 				checked = now
-				qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+				qctx, cancel := context.WithTimeout(ctx, 2*queryTimeout)
 				idle = stuck(qctx, now)
 				cancel()
 			}

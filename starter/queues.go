@@ -19,7 +19,9 @@ import (
 //
 // No poller alone does not say no worker: a worker whose activity slots
 // are all taken stops polling until one frees. So a queue is named only
-// when an activity has waited there a while and none runs there.
+// when an activity has waited there a while and none of the pass's runs
+// there; a worker busy with other passes' work for longer than the server
+// remembers a poller (5 minutes) is named as none.
 
 // waitedLong is how long an activity waits for a worker before its queue
 // may be named: a worker just started may not have polled yet.
@@ -109,7 +111,7 @@ func idleLine(what string, queues []string) string {
 	for _, q := range queues {
 		flags = append(flags, strings.TrimPrefix(q, "dcd-"))
 	}
-	return fmt.Sprintf("no worker polls %s: the %s waits until one does (bin/worker -queues %s)",
+	return fmt.Sprintf("no worker has polled %s lately: the %s waits until one does (bin/worker -queues %s)",
 		strings.Join(queues, ", "), what, strings.Join(flags, ","))
 }
 
@@ -128,11 +130,19 @@ type stuck func(ctx context.Context, now time.Time) string
 // passStuck looks at a pass and the children it runs.
 func passStuck(c client.Client, id string) stuck {
 	return func(ctx context.Context, now time.Time) string {
+		// A pass no worker has taken does not answer its query until
+		// the deadline: asked first whether a worker takes workflows,
+		// and then with a short one, leaving the rest to describe it.
+		if polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW); err == nil && !polled {
+			return idleLine("pass", []string{workflows.CPUQueue})
+		}
 		ids := []string{id}
 		var p workflows.Progress
-		if query(ctx, c, id, &p) == nil {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if query(qctx, c, id, &p) == nil {
 			ids = append(ids, p.Running...)
 		}
+		cancel()
 		q, err := starvedQueues(ctx, c, ids, now)
 		if err != nil {
 			return ""

@@ -57,9 +57,17 @@ func TestIdleQueuesNamed(t *testing.T) {
 	if err := cmdRun(ctx, e, []string{"-config", path, "-id", "nobody"}); err != nil {
 		t.Fatal(err)
 	}
-	want := "no worker polls dcd-cpu: the pass waits until one does (bin/worker -queues cpu)"
+	want := "no worker has polled dcd-cpu lately: the pass waits until one does (bin/worker -queues cpu)"
 	if !strings.Contains(errOut.String(), want) {
 		t.Fatalf("run's warning:\n%s\nwant it to hold %q", errOut, want)
+	}
+	// Watched (run -wait), the pass no worker took says so too, though
+	// it answers no progress query.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	e.watch(wctx, c, "nobody")
+	cancel()
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("watching it:\n%s\nwant a line holding %q", out, want)
 	}
 	c.TerminateWorkflow(ctx, "nobody", "", "test")
 	if err := e.checkServerShared(ctx, false); err != nil {
@@ -100,7 +108,7 @@ func TestIdleQueuesNamed(t *testing.T) {
 			t.Fatalf("dev beside another checkout's worker: %v, want a refusal", err)
 		}
 	}
-	want = "no worker polls dcd-gpu: the pass waits until one does (bin/worker -queues gpu)"
+	want = "no worker has polled dcd-gpu lately: the pass waits until one does (bin/worker -queues gpu)"
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		out.Reset()
 		if err := cmdStatus(ctx, e, []string{"stuck"}); err != nil {
