@@ -145,7 +145,10 @@ func (e *cli) checkServerShared(ctx context.Context, started bool) error {
 	if err != nil {
 		return err
 	}
-	polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW)
+	// A worker polls for workflow tasks at least every 70 s (its long
+	// poll's timeout): one the server still lists from longer ago is gone,
+	// as this checkout's is for five minutes after `starter dev -stop`.
+	polled, err := polledSince(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW, time.Now().Add(-2*time.Minute))
 	if err != nil || !polled {
 		return err
 	}

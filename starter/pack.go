@@ -49,6 +49,9 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	if a.id == "" {
 		a.id = packID(out)
 	}
+	if err := checkID("-id", a.id); err != nil { // its plan is runs/<id>/
+		return a, err
+	}
 	return a, nil
 }
 

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"golang.org/x/sync/errgroup"
 
 	"dcd/workflows"
 )
@@ -34,11 +34,12 @@ func fetchProgress(ctx context.Context, c client.Client, id string) (workflows.P
 	}
 	results := make([]workflows.ShardsResult, len(p.Running))
 	answered := make([]bool, len(p.Running))
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(16) // a pass may run hundreds of chains: each query is a workflow task of a worker's
 	for i, child := range p.Running {
-		wg.Go(func() { answered[i] = query(ctx, c, child, &results[i]) == nil })
+		g.Go(func() error { answered[i] = query(ctx, c, child, &results[i]) == nil; return nil })
 	}
-	wg.Wait()
+	g.Wait()
 	var children []workflows.ShardsResult
 	for i, r := range results {
 		if answered[i] {
@@ -154,6 +155,9 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			endLine()
 			return stopped
 		case now := <-tick.C:
+			if !e.tty && now.Sub(printed) < 5*time.Second {
+				continue // queried only for a line shown: each is a task of the workers'
+			}
 			line, err := fetch(ctx, now)
 			switch {
 			case err == nil:
@@ -177,7 +181,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 				pad := max(width-len(line), 0)
 				fmt.Fprintf(e.stdout, "\r%s%s", line, strings.Repeat(" ", pad))
 				width = len(line)
-			} else if now.Sub(printed) >= 5*time.Second {
+			} else {
 				fmt.Fprintln(e.stdout, line)
 				printed = now
 			}

@@ -91,13 +91,24 @@ func starvedQueues(ctx context.Context, c client.Client, ids []string, now time.
 }
 
 // hasPollers says whether a worker has polled queue for tasks of type t
-// lately (the server forgets a poller a few minutes after its last poll).
+// lately (the server forgets a poller five minutes after its last poll).
 func hasPollers(ctx context.Context, c client.Client, queue string, t enumspb.TaskQueueType) (bool, error) {
+	return polledSince(ctx, c, queue, t, time.Time{})
+}
+
+// polledSince says whether a worker has polled queue for tasks of type t
+// since the time given.
+func polledSince(ctx context.Context, c client.Client, queue string, t enumspb.TaskQueueType, since time.Time) (bool, error) {
 	d, err := c.DescribeTaskQueue(ctx, queue, t)
 	if err != nil {
 		return false, fmt.Errorf("describe task queue %s: %w", queue, err)
 	}
-	return len(d.GetPollers()) > 0, nil
+	for _, p := range d.GetPollers() {
+		if p.GetLastAccessTime().AsTime().After(since) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // idleLine says which queues no worker takes work from and how to start
