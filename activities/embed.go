@@ -150,6 +150,9 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	if ok {
 		res.Cached, res.Rejects, res.Images = true, len(rejects), len(shard.Items)-len(rejects)
 		if in.K > 0 && in.Dataset == Pool {
+			// The search may wait on the worker's search memory, shared
+			// with its CachedShards batches, and on the queries' read.
+			defer beating(ctx, func() []any { return nil })()
 			if reads != nil && !reads.match(res.Images) {
 				// Read while another worker wrote the entry: read it again.
 				reads.abandon()
@@ -173,13 +176,20 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		return res, nil
 	}
 
+	// Loading the model (read from the store and a session made, by the
+	// first of the activities that start on it) may outlast a heartbeat
+	// timeout: beat meanwhile, with the resume point of the attempt
+	// before, which a beat without it would lose.
+	progress := resume(ctx, in.PartSize, len(shard.Items))
+	stop := beating(ctx, func() []any { return []any{progress} })
 	sess, err := a.session(ctx, in.Model)
+	stop()
 	if err != nil {
 		return res, err
 	}
 	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
 		Decoders: a.Decoders, Readers: a.Readers}
-	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, resume(ctx, in.PartSize, len(shard.Items)))
+	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
 	if err != nil {
 		return res, err
 	}
@@ -189,7 +199,9 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		return res, err
 	}
 	// Search the new features here too, sparing the shard a TopKShard
-	// activity; a retry after a failed search finds the shard cached.
+	// activity; a retry after a failed search finds the shard cached. It
+	// may wait on the worker's search memory and the queries' read.
+	defer beating(ctx, func() []any { return nil })()
 	r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K, Scan: in.Scan}, shard)
 	if err != nil {
 		return res, err

@@ -72,6 +72,9 @@ const (
 // in pool order (as the selections are) holds a few pool shards' wanted
 // rows at a time, however large.
 func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (GatherResult, error) {
+	// A selection of millions of rows is read whole, with the pool's
+	// index, before the first shard's heartbeat.
+	defer beating(ctx, func() []any { return nil })()
 	var res GatherResult
 	rows, err := a.readManifest(ctx, in.Manifest)
 	if err != nil {

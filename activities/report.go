@@ -78,6 +78,9 @@ const thumbSide = 64
 // rejects and the config.
 func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, error) {
 	res := ReportResult{ReportKey: RunKey(in.Run, "report.html"), RejectsKey: RunKey(in.Run, "rejects.csv")}
+	// The gallery reads the selection and the neighbours whole: with no
+	// pool rejects to stream, nothing else beats meanwhile.
+	defer beating(ctx, func() []any { return nil })()
 	if in.EvalKey != "" {
 		data, err := store.ReadAll(ctx, a.Bucket, in.EvalKey)
 		if err != nil {
@@ -566,8 +569,8 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	var g errgroup.Group
 	g.SetLimit(reportReads)
 	decodes := make(chan struct{}, thumbDecodes)
-	stop := beating(ctx, func() []any { return nil }) // 72 photos from a remote store take a while
-	for i, key := range keys {
+	for i, key := range keys { // 72 photos from a remote store take a while: Report beats
+
 		g.Go(func() error {
 			if src, err := a.thumbnail(ctx, key, decodes); err != nil {
 				made[i].Failed = err.Error()
@@ -578,7 +581,6 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		})
 	}
 	g.Wait()
-	stop()
 	fill := func(t *thumb) {
 		m := made[index[t.Key]]
 		t.Src, t.Failed = m.Src, m.Failed

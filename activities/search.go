@@ -236,6 +236,7 @@ type TopKShardResult struct {
 
 // TopKShard finds each query's K nearest images in one pool shard.
 func (a *Activities) TopKShard(ctx context.Context, in TopKShardInput) (TopKShardResult, error) {
+	defer beating(ctx, func() []any { return nil })() // it may wait on the worker's search memory
 	shardKey := ShardKey(in.Run, Pool, in.Shard)
 	shard, err := a.readShard(ctx, shardKey)
 	if err != nil {
@@ -340,6 +341,11 @@ func (a *Activities) search(ctx context.Context, in TopKShardInput, r *searchRea
 	res = TopKShardResult{Key: TopKKey(in.Run, in.Scan, in.Shard)}
 	if r.err != nil {
 		return res, r.err
+	}
+	if err := ctx.Err(); err != nil {
+		// A batch whose other shard failed, or a pass cancelled: not a
+		// scan to queue for (a scan takes no context once it runs).
+		return res, err
 	}
 	queries, items, pool := r.queries, r.items, r.pool
 	var nearest [][]knn.Neighbor
@@ -560,9 +566,10 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		f.Close()
 		heartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
 	}
-	stop := beating(ctx, func() []any { return nil }) // queries × k rows: a large file
-	res.Rows, err = a.writeNeighbors(ctx, res.Key, best)
-	stop()
+	res.Rows, err = func() (int, error) {
+		defer beating(ctx, func() []any { return nil })() // queries × k rows: a large file
+		return a.writeNeighbors(ctx, res.Key, best)
+	}()
 	if err == nil && in.Keyed {
 		// What earlier passes under this ID left (each scan its own
 		// partials, about 1 MB a shard), in the background: the pass

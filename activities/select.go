@@ -21,6 +21,7 @@ import (
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/features"
+	"dcd/internal/knn"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -596,9 +597,10 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		// One search of every image against every other: a minute for
 		// 30,000 images of 2,048 values on two cores, longer than a
 		// heartbeat timeout, hence the ticker.
-		stop := beating(ctx, func() []any { return nil })
-		near, err := s.TopK(feats, len(items), feats, ids, dim, min(len(items), 16))
-		stop()
+		near, err := func() ([][]knn.Neighbor, error) {
+			defer beating(ctx, func() []any { return nil })()
+			return s.TopK(feats, len(items), feats, ids, dim, min(len(items), 16))
+		}()
 		if err != nil {
 			return res, err
 		}

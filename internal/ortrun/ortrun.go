@@ -3,8 +3,9 @@
 // slices.
 //
 // One ORT environment exists per process (Init). A Session is safe for
-// concurrent use; runs are serialised because ORT already spreads one run
-// over its intra-op threads.
+// concurrent use: runs go on at once (ONNX Runtime allows it), each over
+// the session's intra-op threads, so a worker running several batches at
+// once gives each session fewer threads (activities.DefaultThreads).
 package ortrun
 
 import (
