@@ -244,6 +244,32 @@ func TestRetrainReadFailureIsRetried(t *testing.T) {
 	}
 }
 
+// A damaged feature file met by a step that does not embed (Retrain
+// here) drops its cache entry and fails the pass at once, saying to run
+// it again (which embeds the shard), not after ten retries of the same.
+func TestRetrainOnADamagedEntry(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 2, 50, 8, 10, 1)
+	ctx := context.Background()
+	data, _ := store.ReadAll(ctx, a.Bucket, ShardKey("r", Train, 1))
+	shard, err := dataset.ParseShard("shard", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := features.Key(rowsSpec, shard.Digest())
+	store.WriteAll(ctx, a.Bucket, key, []byte("ARROW1 cut short"))
+	store.WriteAll(ctx, a.Bucket, rejectsKey(key), []byte("[]"))
+	_, err = a.Retrain(ctx, RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(),
+		TrainShards: 2, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1, MemoryMB: 64}, Seed: 1})
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) || !app.NonRetryable() || !strings.Contains(err.Error(), "run the pass again") {
+		t.Fatalf("retrain over a damaged feature file: %v; want a final error saying to run the pass again", err)
+	}
+	if ok, _ := a.Bucket.Exists(ctx, rejectsKey(key)); ok {
+		t.Error("the damaged entry is still complete: the next pass would fail on it too")
+	}
+}
+
 // A fit on rows held in memory goes through them a feature file at a time,
 // as a streamed one does: it heartbeats between files (a fit of many
 // classes and features outlasts the heartbeat timeout), and a cancelled

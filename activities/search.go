@@ -35,8 +35,18 @@ func (a *Activities) loadShard(ctx context.Context, run, ds string, i int, m Mod
 		return loadedShard{}, err
 	}
 	items, mat, err := a.shardFeatures(ctx, shardKey, shard, m, column)
+	if errors.Is(err, errEntryDropped) {
+		// Only a lookup embeds the shard again: the pass's own
+		// (EmbedShard's, CachedShards') retry does; this activity's
+		// would fail as this, ten times.
+		return loadedShard{}, invalid("%v: run the pass again", err)
+	}
 	return loadedShard{features.Key(m.Spec, shard.Digest()), items, mat}, err
 }
+
+// errEntryDropped marks a cache entry dropped for damage: the shard's
+// next lookup finds it uncached, and embeds it again.
+var errEntryDropped = errors.New("the entry is dropped, for the shard to be embedded again")
 
 // eachShard calls fn with shards 0 to n-1 of a dataset, in order, each
 // with one column of its features, featuresAhead of them read ahead.
@@ -149,7 +159,7 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 		if err := a.Bucket.Delete(ctx, rejectsKey(key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("activities: the cached features of %s are damaged (%v): the entry is dropped, for the retry to embed the shard", shardKey, err)
+		return nil, nil, fmt.Errorf("activities: the cached features of %s are damaged (%v): %w", shardKey, err, errEntryDropped)
 	}
 	if err != nil {
 		return nil, nil, err
