@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
@@ -588,6 +589,47 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 	}
 	return res, err
 }
+
+// DropScanInput names a pass's scan.
+type DropScanInput struct {
+	Run, Scan string
+}
+
+// DropScan deletes a scan's partials, per shard and per range, once the
+// pass has merged them into neighbors.arrow and reported: about a MB a
+// shard (500 GB for a new pool of 10^9 images), read by the merge alone.
+// It deletes dropAtOnce at a time and returns how many it deleted.
+func (a *Activities) DropScan(ctx context.Context, in DropScanInput) (int, error) {
+	if in.Scan == "" {
+		return 0, invalid("DropScan: no scan named") // would take every scan's
+	}
+	var deleted atomic.Int64
+	defer beating(ctx, func() []any { return []any{deleted.Load()} })()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(dropAtOnce)
+	for _, dir := range []string{RunKey(in.Run, "topk/"+in.Scan+"/"), topKRanges(in.Run, in.Scan)} {
+		err := store.List(gctx, a.Bucket, &blob.ListOptions{Prefix: dir}, func(obj *blob.ListObject) error {
+			g.Go(func() error {
+				if err := a.Bucket.Delete(gctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+					return store.Classify(err, obj.Key)
+				}
+				deleted.Add(1)
+				return nil
+			})
+			return nil
+		})
+		if err != nil {
+			g.Wait()
+			return int(deleted.Load()), err
+		}
+	}
+	err := g.Wait()
+	return int(deleted.Load()), err
+}
+
+// dropAtOnce is how many deletions DropScan keeps in flight: one request
+// each, a store's latency apart.
+const dropAtOnce = 32
 
 // dropOtherScans deletes the partials of a run's scans but scan: its
 // per-shard and range partials' folders, and the per-shard partials of

@@ -107,6 +107,10 @@ const (
 // no image, so passes started before it replay as they ran.
 const apartChange = "apart-sets"
 
+// dropScanChange versions deleting the scan's partials once the pass has
+// reported, so that passes started before replay as they ran.
+const dropScanChange = "drop-scan"
+
 // DebugPass runs one data-centric debugging pass.
 func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	run := workflow.GetInfo(ctx).WorkflowExecution.ID
@@ -239,6 +243,13 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(), NoPoolRejects: *s.scanRejects == 0,
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
+	}
+	if s.keyed && workflow.GetVersion(ctx, dropScanChange, workflow.DefaultVersion, 1) == 1 {
+		// The scan's partials, a MB a shard, served the merge alone.
+		p.Phase = "drop partials"
+		if err := workflow.ExecuteActivity(cpu, a.DropScan, activities.DropScanInput{Run: run, Scan: s.scan}).Get(ctx, nil); err != nil {
+			workflow.GetLogger(ctx).Warn("the scan's partials stay in storage", "run", run, "scan", s.scan, "error", err)
+		}
 	}
 	p.Phase = "done"
 	if len(ev.Classes)*len(ev.Methods) > resultPerClassEntries {

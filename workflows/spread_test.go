@@ -3,12 +3,15 @@ package workflows_test
 import (
 	"context"
 	"maps"
+	"strings"
 	"testing"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/worker"
 
+	"dcd/activities"
 	"dcd/internal/demo"
 	"dcd/internal/mnist"
 	"dcd/internal/ortrun"
@@ -46,10 +49,11 @@ func TestRecurringPassOnTwoWorkers(t *testing.T) {
 		t.Fatalf("the second pass found %d of its %d shards cached", second.CachedShards, second.Shards)
 	}
 
-	// Who ran the second pass's lookups.
+	// Who ran the second pass's lookups, and the range partials they wrote.
 	byWorker := map[string]int{}
 	it := c.GetWorkflowHistory(ctx, "two-second-"+stamp, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	batches := map[int64]bool{}
+	ranges := 0
 	for it.HasNext() {
 		ev, err := it.Next()
 		if err != nil {
@@ -61,19 +65,37 @@ func TestRecurringPassOnTwoWorkers(t *testing.T) {
 		if a := ev.GetActivityTaskStartedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
 			byWorker[a.GetIdentity()]++
 		}
+		if a := ev.GetActivityTaskCompletedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
+			var res activities.CachedShardsResult
+			if err := converter.GetDefaultDataConverter().FromPayloads(a.GetResult(), &res); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range res.Shards {
+				if s.TopK != nil && strings.Contains(s.TopK.Key, "/topk-ranges/") {
+					ranges++
+				}
+			}
+		}
 	}
 	t.Logf("CachedShards batches by worker: %v", byWorker)
 	if len(byWorker) != 2 {
 		t.Errorf("the batches ran on %v, want both workers", byWorker)
 	}
-	ranges := keys(t, b, "runs/two-second-"+stamp+"/topk-ranges/")
-	if len(ranges) == 0 {
+	if ranges == 0 {
 		t.Error("no batch wrote a range partial")
+	}
+	// Merged and reported, a pass leaves none of its partials behind.
+	for _, id := range []string{"two-first-" + stamp, "two-second-" + stamp} {
+		for _, dir := range []string{"/topk/", "/topk-ranges/"} {
+			if left := keys(t, b, "runs/"+id+dir); len(left) > 0 {
+				t.Errorf("%d partials left under runs/%s%s, as %s", len(left), id, dir, left[0])
+			}
+		}
 	}
 
 	was, now := method(t, first.Eval, schemas.MethodDCD), method(t, second.Eval, schemas.MethodDCD)
 	before, after := selected(t, b, was.DebugTrain), selected(t, b, now.DebugTrain)
 	if len(after) == 0 || !maps.Equal(before, after) {
-		t.Errorf("dcd selected %d images over %d range partials, %d over the shards' own, not the same", len(after), len(ranges), len(before))
+		t.Errorf("dcd selected %d images over %d range partials, %d over the shards' own, not the same", len(after), ranges, len(before))
 	}
 }
