@@ -102,12 +102,15 @@ func DefaultConcurrency(ep string) int {
 func DefaultThreads(concurrency int) int { return max(1, runtime.NumCPU()/max(concurrency, 1)) }
 
 // Sessions are the ONNX Runtime sessions a worker opens, one per model
-// spec, kept for the life of the process because creating one costs far
-// more than a batch.
+// spec, kept because creating one costs far more than a batch: up to
+// maxSessions of them, the least recently used of those no activity
+// holds closed beyond that (a long-lived worker sees new models, each a
+// retrained target, and ONNX Runtime never gives a session's memory, on
+// the GPU, back to others).
 type Sessions struct {
 	opt, search ortrun.Options
 	mu          sync.Mutex
-	sessions    map[string]*ortrun.Session // by spec digest
+	sessions    map[string]*heldSession // by spec digest and provider
 	// loads makes the activities that start together on a model wait for
 	// one load: each would otherwise hold the model's bytes, ORT's copy
 	// and (with -ep cuda) its weights on the GPU at once.
@@ -123,6 +126,60 @@ type Sessions struct {
 	// cached shards' reads in flight to hide a store's latency, and those
 	// that arrive before a search is free wait here, not in the heap.
 	loaded *semaphore.Weighted
+}
+
+// heldSession is a session, how many activities use it, and when one last
+// took it.
+type heldSession struct {
+	s     *ortrun.Session
+	users int
+	used  time.Time
+}
+
+// maxSessions is how many sessions a worker keeps: a pass uses two models
+// (similarity and target), a worker may serve two passes' at once.
+const maxSessions = 4
+
+// take returns the session of key, if open, counted as in use until
+// release is called.
+func (s *Sessions) take(key string) (sess *ortrun.Session, release func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.sessions[key]
+	if !ok {
+		return nil, nil, false
+	}
+	h.users++
+	h.used = time.Now()
+	return h.s, sync.OnceFunc(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		h.users--
+	}), true
+}
+
+// keep stores a session just opened, and closes the least recently used
+// sessions no activity holds beyond maxSessions.
+func (s *Sessions) keep(key string, sess *ortrun.Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions == nil {
+		s.sessions = map[string]*heldSession{}
+	}
+	s.sessions[key] = &heldSession{s: sess, used: time.Now()}
+	for len(s.sessions) > maxSessions {
+		oldest := ""
+		for k, h := range s.sessions {
+			if k != key && h.users == 0 && (oldest == "" || h.used.Before(s.sessions[oldest].used)) {
+				oldest = k
+			}
+		}
+		if oldest == "" {
+			return // every other one is in use: they go later
+		}
+		s.sessions[oldest].s.Close()
+		delete(s.sessions, oldest)
+	}
 }
 
 // searchBytes bounds the pool features a worker holds for its searches:
@@ -184,8 +241,8 @@ func NewSessions(opt, search ortrun.Options) *Sessions {
 func (s *Sessions) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, sess := range s.sessions {
-		sess.Close()
+	for _, h := range s.sessions {
+		h.s.Close()
 	}
 	s.sessions = nil
 	if s.searcher != nil {
@@ -274,38 +331,36 @@ func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard,
 
 // session returns the ORT session for a model spec, loading the model from
 // storage the first time and checking it is still the model the pass
-// checked. Inner tensors the spec reads are made graph outputs in memory
-// (onnx.ExposeOutputs); the model in storage is left as it is.
-func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, error) {
+// checked, and a release to call when done with it. Inner tensors the spec
+// reads are made graph outputs in memory (onnx.ExposeOutputs); the model
+// in storage is left as it is.
+func (a *Activities) session(ctx context.Context, m ModelRef) (*ortrun.Session, func(), error) {
 	d := m.Spec.Digest() + "/" + m.EP
 	ss := a.Sessions
-	ss.mu.Lock()
-	s, ok := ss.sessions[d]
-	ss.mu.Unlock()
-	if ok {
-		return s, nil
-	}
-	return sharedLoad(ctx, &ss.loads, d, func(ctx context.Context) (*ortrun.Session, error) {
-		// A load that ended between the look-up above and this one's
-		// start has stored its session: one load a model.
-		ss.mu.Lock()
-		s, ok := ss.sessions[d]
-		ss.mu.Unlock()
-		if ok {
-			return s, nil
+	for {
+		if s, release, ok := ss.take(d); ok {
+			return s, release, nil
 		}
-		s, err := a.loadSession(ctx, m)
+		_, err := sharedLoad(ctx, &ss.loads, d, func(ctx context.Context) (struct{}, error) {
+			// A load that ended between the look-up above and this one's
+			// start has kept its session: one load a model.
+			if _, release, ok := ss.take(d); ok {
+				release()
+				return struct{}{}, nil
+			}
+			s, err := a.loadSession(ctx, m)
+			if err != nil {
+				return struct{}{}, err
+			}
+			ss.keep(d, s)
+			return struct{}{}, nil
+		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		if ss.sessions == nil {
-			ss.sessions = map[string]*ortrun.Session{}
-		}
-		ss.sessions[d] = s
-		return s, nil
-	})
+		// Taken on the next turn, unless other models' loads closed it
+		// meanwhile, idle: then loaded again.
+	}
 }
 
 // sharedLoad runs load once for the activities that ask for key at once

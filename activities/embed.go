@@ -182,11 +182,12 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	// before, which a beat without it would lose.
 	progress := resume(ctx, in.PartSize, len(shard.Items))
 	stop := beating(ctx, func() []any { return []any{progress} })
-	sess, err := a.session(ctx, in.Model)
+	sess, release, err := a.session(ctx, in.Model)
 	stop()
 	if err != nil {
 		return res, err
 	}
+	defer release()
 	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
 		Decoders: a.Decoders, Readers: a.Readers}
 	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)

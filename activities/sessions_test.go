@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -96,7 +97,7 @@ func TestSessionLoadsOnce(t *testing.T) {
 	first, cancelFirst := context.WithCancel(ctx)
 	firstDone := make(chan error, 1)
 	go func() {
-		_, err := a.session(first, m)
+		_, _, err := a.session(first, m)
 		firstDone <- err
 	}()
 	for loads.Load() == 0 {
@@ -105,9 +106,11 @@ func TestSessionLoadsOnce(t *testing.T) {
 	got := make(chan *ortrun.Session, 7)
 	for range 7 {
 		go func() {
-			s, err := a.session(ctx, m)
+			s, release, err := a.session(ctx, m)
 			if err != nil {
 				t.Error(err)
+			} else {
+				release()
 			}
 			got <- s
 		}()
@@ -128,6 +131,58 @@ func TestSessionLoadsOnce(t *testing.T) {
 	}
 	if n := loads.Load(); n != 1 {
 		t.Errorf("%d loads of one model by eight activities at once, want 1", n)
+	}
+}
+
+// A worker keeps maxSessions sessions: a further model's load closes the
+// least recently used one no activity holds, never one in use.
+func TestSessionsBounded(t *testing.T) {
+	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	a := memActivities(t)
+	a.Sessions = NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
+	t.Cleanup(a.Sessions.Close)
+	ctx := context.Background()
+	refs := make([]ModelRef, maxSessions+2)
+	for i := range refs {
+		model, err := (&onnx.Graph{
+			Name:    fmt.Sprintf("flatten-%d", i), // a model of its own digest
+			Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+			Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+			Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
+		}).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := fmt.Sprintf("models/flatten-%d.onnx", i)
+		a.Bucket.WriteAll(ctx, path, model, nil)
+		if refs[i], err = a.checkModel(ctx, "target", schemas.Model{Path: path, Input: "image", Features: "features",
+			Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, []string{"features"}, []string{"features"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first is held throughout; the others are released at once.
+	held, release, err := a.session(ctx, refs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	for _, m := range refs[1:] {
+		_, r, err := a.session(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r()
+	}
+	if n := len(a.Sessions.sessions); n != maxSessions {
+		t.Errorf("%d sessions open, want %d", n, maxSessions)
+	}
+	if _, err := held.Run(ortrun.Tensor{Shape: []int64{1, 1, 2, 2}, Floats: []float32{1, 2, 3, 4}}); err != nil {
+		t.Errorf("the session held throughout was closed: %v", err)
+	}
+	if _, ok := a.Sessions.sessions[refs[1].Spec.Digest()+"/"]; ok {
+		t.Error("the least recently used idle session is still open")
 	}
 }
 
