@@ -56,7 +56,8 @@ type PassResult struct {
 	DebugTrain activities.SelectResult
 	Rejects    int
 	// Shards counts the shards of every dataset; CachedShards those whose
-	// features were already in the cache.
+	// features were already in the cache, or were gathered from it (a
+	// selection's shards, made of pool rows the scan embedded).
 	Shards       int
 	CachedShards int
 }
