@@ -26,8 +26,9 @@ type ShardsInput struct {
 	Heartbeat time.Duration
 	Timeout   time.Duration
 	Done      ShardsResult // accumulated by earlier runs of this chain
-	// LastCached says the previous run's last shard was cached, so this
-	// run starts by looking its shards up in the cache (runShards).
+	// LastCached says the shard of the previous run that finished last
+	// was cached, so this run starts by looking its shards up in the
+	// cache (runShards); since everyRunLooksUpChange every run does.
 	LastCached bool `json:",omitempty"`
 	// Scan names the pass's scan, under which batches of cached pool
 	// shards write one partial top-k each (activities.CachedShardsInput).
@@ -79,6 +80,11 @@ const (
 	shardsPerRunV0   = 100
 )
 
+// everyRunLooksUpChange versions every run of a chain beginning with a
+// batch of cache lookups, not only its first, so that runs started
+// before it replay as they ran.
+const everyRunLooksUpChange = "every-run-looks-up"
+
 // ShardsWorkflow embeds shards [First, End) in a sliding window of Window
 // shards, ShardsPerRun per run, continuing as new until the range is done.
 func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) {
@@ -108,6 +114,13 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	// (one per chain before batchChange), a few reads against its
 	// embedding.
 	if optimistic && in.Done.Shards == 0 {
+		scan.cached = true
+	} else if optimistic && !scan.cached && workflow.GetVersion(ctx, everyRunLooksUpChange, workflow.DefaultVersion, 1) == 1 {
+		// LastCached is the shard that finished last, in a recurring pass
+		// with a few new shards more often an embedding than not: a run
+		// begun one shard at a time on the embedding queue waited there
+		// behind other chains' embeddings. A batch that misses costs 16
+		// reads and puts the run back to one at a time.
 		scan.cached = true
 	}
 	if err := runShards(ctx, in, stop, scan, done.add); err != nil {
@@ -237,9 +250,9 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 // The window bounds embeddings only (Window at a time, as configured): a
 // batch waiting in the queue holds nothing, and a worker bounds what its
 // searches hold (Sessions.hold, knn.Concurrent). A shard a batch finds
-// missing is embedded in the window. A run that starts with its last
-// shard new (LastCached false) embeds shards one by one until one is
-// found cached, then sends the rest in batches.
+// missing is embedded in the window. A run whose last batch's last shard
+// was new embeds the shards after it one by one until one is found
+// cached, then sends the rest in batches.
 func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
