@@ -93,7 +93,13 @@ func Walk(r io.Reader, archive string, fn func(Sample) error) error {
 			return err
 		}
 		// Skip the rest of the member's data here, rather than in Next, so
-		// that the count before the next header is the data's end.
+		// that the count before the next header is the data's end. Not a
+		// sparse member's: read, its holes are zeros made 8 KiB a call
+		// (2^63 bytes of them, in a crafted header), where Next skips just
+		// the bytes the archive holds.
+		if isSparse(hdr) {
+			continue
+		}
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			if key == "" {
 				return fmt.Errorf("%s: reading member %q%s: %w", archive, hdr.Name, w.after(), err)
@@ -102,6 +108,9 @@ func Walk(r io.Reader, archive string, fn func(Sample) error) error {
 		}
 	}
 }
+
+// maxName is the longest member name a walk takes (Linux's PATH_MAX).
+const maxName = 4096
 
 // countingReader counts the bytes read through it.
 type countingReader struct {
@@ -133,6 +142,8 @@ type pending struct {
 	hasLabel bool
 	domain   string
 	hasDom   bool
+	// symlink is an image that is a symbolic link, to symlinkTo.
+	symlink, symlinkTo string
 }
 
 // after says where in the archive the walk is, for errors.
@@ -151,7 +162,8 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 	// A hard link (GNU tar's for a file it met before, as a pool deduped
 	// with links) names a member whose bytes are its target's.
 	link := hdr.Typeflag == tar.TypeLink
-	if hdr.Typeflag != tar.TypeReg && !sparse && !link {
+	symlink := hdr.Typeflag == tar.TypeSymlink
+	if hdr.Typeflag != tar.TypeReg && !sparse && !link && !symlink {
 		return "", nil
 	}
 	base := name[strings.LastIndexByte(name, '/')+1:]
@@ -164,6 +176,15 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 	if dot := strings.IndexByte(base, '.'); dot >= 0 {
 		key = name[:len(name)-len(base)+dot]
 		ext = strings.ToLower(base[dot+1:])
+	}
+	switch {
+	case symlink && !imageExts[ext] && ext != "cls" && ext != "domain":
+		return "", nil
+	case len(name) > maxName:
+		// PAX and GNU long names may be a MiB each: kept for every
+		// sample, they would be the archive's size again in memory.
+		return "", fmt.Errorf("%s: entry %d: a member name of %d bytes (%.40q...); expected at most %d",
+			w.archive, entry, len(name), name, maxName)
 	}
 
 	if w.cur == nil || w.cur.key != key {
@@ -182,6 +203,11 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 	s := w.cur
 
 	switch {
+	case symlink && imageExts[ext]:
+		s.symlink, s.symlinkTo = name, hdr.Linkname // an error if the sample has a label
+	case symlink:
+		return key, fmt.Errorf("%s: sample %q: %q is a symbolic link to %q; archive the file it points to (tar -h, --dereference)",
+			w.archive, key, name, hdr.Linkname)
 	case imageExts[ext]:
 		if sparse {
 			return key, fmt.Errorf("%s: sample %q: image %q is stored as a sparse file; expected a regular file, whose bytes are one range",
@@ -254,6 +280,12 @@ func (w *walker) readText(tr *tar.Reader, hdr *tar.Header, key string) (string, 
 func (w *walker) flush() error {
 	s := w.cur
 	w.cur = nil
+	if s != nil && s.image == nil && s.hasLabel && s.symlink != "" {
+		// Its image's bytes are not in the archive: dropped unsaid, the
+		// sample would just be missing.
+		return fmt.Errorf("%s: sample %q: its image %q is a symbolic link to %q; archive the file it points to (tar -h, --dereference)",
+			w.archive, s.key, s.symlink, s.symlinkTo)
+	}
 	if s == nil || s.image == nil {
 		return nil
 	}
