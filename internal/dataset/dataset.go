@@ -345,9 +345,9 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObjec
 }
 
 // IndexKey is where the sample list of one version of an archive is
-// cached.
+// cached, as Walk's rules of this version make it.
 func IndexKey(archive, version string) string {
-	h := sha256.Sum256([]byte(archive + "\x00" + version))
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%d", archive, version, webdataset.WalkVersion)))
 	return "webdataset/" + hex.EncodeToString(h[:16]) + ".csv"
 }
 

@@ -395,6 +395,11 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	if err != nil {
 		return Archive{}, err
 	}
+	if len(sources) > 0 && len(sources[0]) != 3 && len(sources[0]) != len(sourcesHeader) {
+		// No DCD wrote one: its rows would be read past their end.
+		return Archive{}, fmt.Errorf("dataset: pack: %w: %s has %d columns; DCD writes %d (or 3, before labels were kept): pack into an empty prefix",
+			ErrPackRefused, a.key(".sources.csv"), len(sources[0]), len(sourcesHeader))
+	}
 	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), len(skipHeader), skipHeader...)
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return Archive{}, err

@@ -431,6 +431,16 @@ func TestPackEdges(t *testing.T) {
 		t.Errorf("packing with refused credentials wrote %v", slices.Sorted(maps.Keys(got)))
 	}
 
+	// A sources list no DCD wrote (4 columns) is refused, not read past
+	// its rows' end.
+	if err := src.StartPack(ctx, source, "foreign", 3); err != nil {
+		t.Fatal(err)
+	}
+	b.WriteAll(ctx, "foreign/000000.sources.csv", []byte("sample,item,uri,label\n000000003,3,m/img/3.png,0\n"), nil)
+	if _, err := src.PackArchive(ctx, "foreign", 0, items[3:6], 3, nil); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "4 columns") {
+		t.Errorf("a foreign sources list: %v, want a refusal naming its columns", err)
+	}
+
 	// A file too large to be an image is skipped unread.
 	b.WriteAll(ctx, "m/huge.png", make([]byte, MaxImageBytes+1), nil)
 	b.WriteAll(ctx, "m/huge.csv", []byte("uri,label\nhuge.png,1\nimg/1.png,1\n"), nil)

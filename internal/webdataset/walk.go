@@ -37,6 +37,12 @@ const MaxText = 64 << 10
 // blockSize is the tar block size; member data starts on a block boundary.
 const blockSize = 512
 
+// WalkVersion is the version of Walk's rules for what a sample is: a
+// cache of an archive's samples (dataset.IndexKey) made under other rules
+// is not this archive's list now. Bumped with each change to them (2:
+// hard-linked images are samples; symbolic links refused).
+const WalkVersion = 2
+
 // Walk reads the tar stream r of archive and calls fn for every sample with
 // an image, in archive order. archive only names the archive in the samples'
 // members and in errors.
