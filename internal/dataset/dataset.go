@@ -248,11 +248,21 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 		prefix += "/"
 	}
 	archives := 0
+	one := strings.HasSuffix(prefix, ".tar") // one archive, not every key it begins
 	reading := semaphore.NewWeighted(archiveBytes)
 	from := at.Key // the mark's archive, whose samples before the mark are skipped below
 	lists := ahead.Stream(ctx, ArchivesAhead, func(ctx context.Context, start func(ahead.Fetch[archiveList]) bool) error {
 		return list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
-			if !strings.HasSuffix(obj.Key, ".tar") || strings.HasPrefix(path.Base(obj.Key), ".") {
+			name := path.Base(obj.Key)
+			if one && obj.Key != prefix || strings.HasPrefix(name, ".") {
+				return nil
+			}
+			if lower := strings.ToLower(name); !strings.HasSuffix(name, ".tar") && (strings.HasSuffix(lower, ".tar") ||
+				strings.HasSuffix(lower, ".tar.gz") || strings.HasSuffix(lower, ".tgz")) {
+				// Left out, its samples would be missing unsaid.
+				return fmt.Errorf("dataset: webdataset %q: %s is not an uncompressed .tar (named in lower case), the archives DCD reads: decompress or rename it, or move it out of the dataset", ref, obj.Key)
+			}
+			if !strings.HasSuffix(name, ".tar") {
 				return nil
 			}
 			archives++

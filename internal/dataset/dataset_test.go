@@ -544,17 +544,26 @@ func items0Version(t *testing.T, src Source, archive string) string {
 
 func TestWalkWebDatasetErrors(t *testing.T) {
 	def := memBucket(t, map[string]string{
-		"nolabel/a.tar": tarOf(t, "1.png", "x", "1.cls", "dog", "2.png", "y"),
-		"empty/x.txt":   "no archives here",
+		"nolabel/a.tar":     tarOf(t, "1.png", "x", "1.cls", "dog", "2.png", "y"),
+		"empty/x.txt":       "no archives here",
+		"gz/a.tar":          tarOf(t, "1.png", "x", "1.cls", "dog"),
+		"gz/b.tar.gz":       "compressed",
+		"one/a.tar":         tarOf(t, "1.png", "x", "1.cls", "dog"),
+		"one/a.tar.old.tar": "not the archive named",
 	})
 	for ds, want := range map[string]string{
 		"nolabel/": `nolabel/a.tar: sample "2" has an image but no .cls label`,
 		"empty/":   `webdataset "empty/" holds no samples`,
+		"gz/":      `gz/b.tar.gz is not an uncompressed .tar`,
 	} {
 		_, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: ds})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
 		}
+	}
+	// An archive named is that archive, not every key it begins.
+	if items, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: "one/a.tar"}); err != nil || len(items) != 1 {
+		t.Errorf("one/a.tar: %d items, %v; want its one sample", len(items), err)
 	}
 }
 

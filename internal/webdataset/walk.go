@@ -68,7 +68,11 @@ func Walk(r io.Reader, archive string, fn func(Sample) error) error {
 	// data's offset. The counter deliberately hides any io.Seeker of r: a
 	// seek on a remote object's reader would open a new request per member.
 	// The buffer sits below the counter, so it does not disturb the count.
-	cr := &countingReader{r: bufio.NewReaderSize(r, 64<<10)}
+	br := bufio.NewReaderSize(r, 64<<10)
+	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		return fmt.Errorf("%s: a gzip stream, not a tar archive: decompress it (DCD reads a member's bytes at their offset in the archive)", archive)
+	}
+	cr := &countingReader{r: br}
 	tr := tar.NewReader(cr)
 	w := walker{archive: archive, fn: fn, seen: make(map[string]string)}
 	for entry := 1; ; entry++ {

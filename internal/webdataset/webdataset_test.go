@@ -3,6 +3,7 @@ package webdataset
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -390,6 +391,7 @@ func TestWalkErrors(t *testing.T) {
 		{"corrupt header", corruptSecondHeader(t, good),
 			"a", []string{"after sample"}, tar.ErrHeader},
 		{"empty file", nil, "", []string{"not a tar archive"}, nil},
+		{"gzipped", gzipped(t, good), "", []string{"a gzip stream", "decompress"}, nil},
 		{"not a tar", []byte(strings.Repeat("hello, world\n", 100)), "", []string{"reading tar"}, tar.ErrHeader},
 	}
 	for _, c := range cases {
@@ -420,6 +422,19 @@ func TestWalkErrors(t *testing.T) {
 	if got, err := walkAll(good[:len(good)-512], archive); err != nil || len(got) != 2 {
 		t.Errorf("archive with one end block: %d samples, %v; want 2, nil", len(got), err)
 	}
+}
+
+// gzipped is data compressed as python webdataset's writer does for a
+// name ending in .gz.
+func gzipped(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	z := gzip.NewWriter(&buf)
+	z.Write(data)
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // corruptSecondHeader breaks the checksum of the header after sample "a".
