@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/workflows"
@@ -126,7 +127,7 @@ func packProgress(c client.Client, id string) progress {
 // not the workflow (a "pass" or "pack"), which goes on as hint says.
 func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, what string, fetch progress, hint string, stuck stuck) error {
 	done := make(chan error, 1)
-	go func() { done <- c.GetWorkflow(ctx, id, "").Get(ctx, res) }()
+	go func() { done <- awaitEnd(ctx, c, id, res) }()
 	stopped := fmt.Errorf("stopped watching; %s %s goes on (%s)", what, id, hint)
 
 	tick := time.NewTicker(time.Second)
@@ -148,7 +149,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 				return stopped
 			}
 			if err != nil {
-				return fmt.Errorf("%s %s failed: %s", what, id, failureMessage(err))
+				return fmt.Errorf("%s %s %s", what, id, endedBy(err))
 			}
 			return nil
 		case <-ctx.Done():
@@ -187,6 +188,42 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			}
 		}
 	}
+}
+
+// awaitEnd waits for workflow id's end and stores its result in res. The
+// SDK gives up on the server after about a minute; a pass outlives a
+// rolling restart of its frontend, so the wait is asked again, until the
+// workflow ends or ctx does.
+func awaitEnd(ctx context.Context, c client.Client, id string, res any) error {
+	for {
+		err := c.GetWorkflow(ctx, id, "").Get(ctx, res)
+		var ended *temporal.WorkflowExecutionError
+		if err == nil || errors.As(err, &ended) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// endedBy says how a workflow that did not complete ended: cancelled,
+// terminated, timed out, or failed and why.
+func endedBy(err error) string {
+	var canceled *temporal.CanceledError
+	var terminated *temporal.TerminatedError
+	var timeout *temporal.TimeoutError
+	switch {
+	case errors.As(err, &canceled):
+		return "was cancelled"
+	case errors.As(err, &terminated):
+		return "was terminated"
+	case errors.As(err, &timeout) && !errors.As(err, new(*temporal.ActivityError)):
+		return "timed out"
+	}
+	return "failed: " + failureMessage(err)
 }
 
 // shortError keeps the last part of a long gRPC error.

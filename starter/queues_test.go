@@ -70,6 +70,9 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Errorf("watching it:\n%s\nwant a line holding %q", out, want)
 	}
 	c.TerminateWorkflow(ctx, "nobody", "", "test")
+	if _, err := e.watch(ctx, c, "nobody"); err == nil || !strings.Contains(err.Error(), "pass nobody was terminated") {
+		t.Errorf("watching a terminated pass: %v, want it said so, not 'failed'", err)
+	}
 	if err := e.checkServerShared(ctx, false); err != nil {
 		t.Errorf("a server no worker polls, taken for a shared one: %v", err)
 	}
