@@ -110,8 +110,12 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 
 func scheduleErr(e *cli, id, op string, err error) error {
 	var nf *serviceerror.NotFound
-	if errors.As(err, &nf) {
+	var bad *serviceerror.InvalidArgument
+	switch {
+	case errors.As(err, &nf):
 		return fmt.Errorf("no schedule %q in namespace %s", id, e.g.namespace)
+	case errors.As(err, &bad): // a spec the server refuses (a cron it cannot read): a usage mistake
+		return &exitError{code: 2, err: fmt.Errorf("schedule %s: %s: %w", op, id, err)}
 	}
 	return fmt.Errorf("schedule %s: %s: %w", op, id, err)
 }
@@ -173,7 +177,7 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 			}
 			fields = fields[1:]
 		}
-		if n := len(fields); !(n == 1 && strings.HasPrefix(fields[0], "@")) && (n < 5 || n > 7) {
+		if n := len(fields); !(n > 0 && strings.HasPrefix(fields[0], "@")) && (n < 5 || n > 7) { // @daily, @every 12h: the server reads them
 			return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: want 5 fields (minute hour day-of-month month day-of-week) or @daily and the like, got %d", cron, n)
 		}
 		return client.ScheduleSpec{CronExpressions: []string{cron}}, nil
@@ -216,7 +220,7 @@ func scheduleCreate(ctx context.Context, e *cli, args []string) error {
 	h, err := c.ScheduleClient().Create(ctx, opts)
 	if err != nil {
 		if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
-			return fmt.Errorf("schedule %q exists already: delete it first (`starter schedule delete %s`)", a.id, a.id)
+			return fmt.Errorf("schedule %q exists already: change it in place, keeping its counts and recent passes, with `starter schedule update -config FILE [-cron EXPR | -every DURATION] %s`, or delete it first (`starter schedule delete %s`)", a.id, a.id, a.id)
 		}
 		return fmt.Errorf("schedule create %s: %w", a.id, err)
 	}
@@ -272,9 +276,15 @@ func scheduleUpdate(ctx context.Context, e *cli, args []string) error {
 			s.Spec = spec
 		}
 		if cfg != nil {
+			// A namespace's other schedules are not ours to give a
+			// pass's config: their workflows would fail on it nightly.
 			act, ok := s.Action.(*client.ScheduleWorkflowAction)
+			if ok {
+				name, _ := act.Workflow.(string)
+				ok = name == "DebugPass" && act.TaskQueue == workflows.CPUQueue
+			}
 			if !ok {
-				return nil, fmt.Errorf("schedule %s does not start passes", id)
+				return nil, fmt.Errorf("schedule %s does not start DCD passes (DebugPass on %s); its arguments are left as they are", id, workflows.CPUQueue)
 			}
 			act.Args = []any{workflows.PassInput{Config: *cfg}}
 		}

@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,5 +163,26 @@ func TestScheduleUpdate(t *testing.T) {
 		if out, err := run(bad...); err == nil {
 			t.Errorf("schedule %q: no error\n%s", bad, out)
 		}
+	}
+	// A cron the server cannot read is a usage mistake (exit 2).
+	var exit *exec.ExitError
+	if out, err := run("update", "-cron", "0 25 * * *", id); !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Errorf("an hour 25: %v, want exit status 2\n%s", err, out)
+	}
+
+	// Another application's schedule in the namespace is not given a
+	// pass's config.
+	other := "other-" + id
+	if _, err := c.ScheduleClient().Create(ctx, client.ScheduleOptions{ID: other, Paused: true,
+		Spec:   client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: time.Hour}}},
+		Action: &client.ScheduleWorkflowAction{ID: "backup", Workflow: "Backup", TaskQueue: "backups"}}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.ScheduleClient().GetHandle(ctx, other).Delete(ctx)
+	if out, err := run("update", "-config", writeConfig("third"), other); err == nil || !strings.Contains(out, "does not start DCD passes") {
+		t.Errorf("updating another application's schedule: %v\n%s", err, out)
+	}
+	if d, err := c.ScheduleClient().GetHandle(ctx, other).Describe(ctx); err != nil || len(d.Schedule.Action.(*client.ScheduleWorkflowAction).Args) != 0 {
+		t.Errorf("another application's schedule was changed: %v", err)
 	}
 }
