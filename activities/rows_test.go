@@ -315,6 +315,13 @@ func TestExportRefusesAChangedModel(t *testing.T) {
 	if res.ModelKey != "" || !strings.Contains(res.ModelError, "changed during the pass") {
 		t.Errorf("model %q, error %q: want none, and why", res.ModelKey, res.ModelError)
 	}
+	// Gone since: the results stand too, without a model.
+	a.Bucket.Delete(context.Background(), "models/t.onnx")
+	res, err = a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ref, Classes: tenClasses(),
+		TrainShards: 1, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5}, Seed: 1, Export: true})
+	if err != nil || res.HeadKey == "" || res.ModelKey != "" || !strings.Contains(res.ModelError, "cannot read it") {
+		t.Errorf("a target gone since the pass began: %+v, %v; want the head, no model, and why", res, err)
+	}
 }
 
 // The debug set is planned from the selection, before the guards; Keep,

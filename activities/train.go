@@ -140,8 +140,8 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		// A backbone of a GB is read, rewritten and written back.
 		defer beating(ctx, func() []any { return nil })()
 		target, err := ReadModel(ctx, a.buckets(), a.Bucket, in.Model.Path)
-		if err != nil {
-			return res, store.Classify(err, in.Model.Path)
+		if err != nil && (ctx.Err() != nil || store.Transient(err)) {
+			return res, err // retried: the head, written, is fitted again
 		}
 		if len(in.Model.Spec.Outputs) < 2 {
 			return res, invalid("export %s: the target's spec names outputs %q, want features and logits", in.Method, in.Model.Spec.Outputs)
@@ -149,12 +149,17 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		names := head.NewExportNames(in.Model.Spec.Outputs[0], in.Model.Spec.Outputs[1], ExportProbabilities, in.Classes)
 		names.Input, names.Preprocess = in.Model.Spec.Input, in.Model.Spec.Preprocess
 		var model []byte
-		if got := digest(target); got != in.Model.Spec.ModelDigest {
+		switch got := digest(target); {
+		case err != nil:
+			// Gone, forbidden or past 2 GiB since the pass checked it:
+			// evaluated on cached features, the results stand.
+			err = fmt.Errorf("cannot read it: %w", err)
+		case got != in.Model.Spec.ModelDigest:
 			// The head was fitted on the features of the model the pass
 			// started with; on another backbone its logits would not be
 			// those evaluated.
 			err = fmt.Errorf("the model changed during the pass (digest %s, the pass started with %s)", got, in.Model.Spec.ModelDigest)
-		} else {
+		default:
 			model, err = h.ONNX(target, names)
 		}
 		if err != nil {

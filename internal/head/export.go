@@ -10,9 +10,10 @@ import (
 
 // NewExportNames names an export's tensors: the target's features and
 // logits outputs, and probabilities for the softmax. The head's logits
-// keep the target's name unless probabilities is that name.
+// keep the target's name unless probabilities or the features (a config
+// may read both from one output) is that name.
 func NewExportNames(features, logits, probabilities string, classes []string) ExportNames {
-	if logits == "" || logits == probabilities {
+	if logits == "" || logits == probabilities || logits == features {
 		logits = "dcd_logits"
 	}
 	return ExportNames{Features: features, Logits: logits, Probabilities: probabilities, Classes: classes}

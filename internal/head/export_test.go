@@ -189,6 +189,10 @@ func TestExportErrors(t *testing.T) {
 	} else if _, err := h.ONNX(model, n); err != nil {
 		t.Errorf("export with %+v: %v", n, err)
 	}
+	// Nor one whose config reads features and logits from one output.
+	if n := NewExportNames("features", "features", "probabilities", nil); n.Logits == n.Features {
+		t.Errorf("NewExportNames kept one name twice: %+v", n)
+	}
 }
 
 func argmax32(v []float32) int {

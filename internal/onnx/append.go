@@ -21,8 +21,10 @@ import (
 // every outer tensor its subgraphs read, so what they read is kept.
 //
 // Append fails when a tensor g defines is already defined in the kept
-// model, when a tensor g reads is not there, or when the model's
-// default-domain opset is older than 7 (g's element-wise nodes broadcast).
+// model, when a tensor g reads is not there, when the model's
+// default-domain opset is older than 7 (g's element-wise nodes broadcast),
+// or when the model made is past MaxInline (protobuf's limit: ONNX
+// Runtime would not load it).
 func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 	m, err := parseModel(model)
 	if err != nil {
@@ -64,21 +66,29 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		}
 	}
 
-	// Keep the nodes that compute keep and reads (walking back from the
-	// last node, as nodes are topologically sorted).
-	needed := map[string]bool{}
-	for _, n := range slices.Concat(keep, reads) {
-		needed[n] = true
+	// Keep the nodes that compute keep and reads, from each needed tensor
+	// to its producer: in no order of the nodes, as ONNX Runtime sorts a
+	// graph itself and runs one listed out of order (a graph-surgeon edit).
+	producer := map[string]int{}
+	for i, n := range m.nodes {
+		for _, o := range n.outputs {
+			producer[o] = i
+		}
 	}
+	needed := map[string]bool{}
 	keepNode := make([]bool, len(m.nodes))
-	for i := len(m.nodes) - 1; i >= 0; i-- {
-		n := m.nodes[i]
-		if !slices.ContainsFunc(n.outputs, func(o string) bool { return needed[o] }) {
+	work := slices.Concat(keep, reads)
+	for len(work) > 0 {
+		name := work[len(work)-1]
+		work = work[:len(work)-1]
+		if name == "" || needed[name] { // "" is an optional input left out
 			continue
 		}
-		keepNode[i] = true
-		for _, in := range slices.Concat(n.inputs, n.outer) {
-			needed[in] = in != "" // "" is an optional input left out
+		needed[name] = true
+		if i, ok := producer[name]; ok && !keepNode[i] {
+			keepNode[i] = true
+			work = append(work, m.nodes[i].inputs...)
+			work = append(work, m.nodes[i].outer...)
 		}
 	}
 	available := map[string]bool{}
@@ -109,6 +119,13 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 	for _, name := range slices.Concat(keep, reads) {
 		if !available[name] {
 			return nil, fmt.Errorf("onnx: append: the model has no tensor %q", name)
+		}
+	}
+	for i, n := range m.nodes {
+		for _, in := range slices.Concat(n.inputs, n.outer) {
+			if keepNode[i] && in != "" && !available[in] {
+				return nil, fmt.Errorf("onnx: append: node %q reads %q, which nothing in the model defines", n.name, in)
+			}
 		}
 	}
 	for _, name := range slices.Sorted(mapKeys(defined)) {
@@ -192,6 +209,9 @@ func Append(model []byte, keep []string, g *Graph) ([]byte, error) {
 		entry = appendString(entry, 1, k)
 		entry = appendString(entry, 2, g.Metadata[k])
 		out = appendMessage(out, 14, entry)
+	}
+	if len(out) > MaxInline {
+		return nil, fmt.Errorf("onnx: append: the model made is %d bytes, past the %d a model read whole may hold", len(out), MaxInline)
 	}
 	return out, nil
 }

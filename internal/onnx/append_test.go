@@ -194,3 +194,30 @@ func TestAppendSubgraphDepth(t *testing.T) {
 		t.Errorf("three Ifs nested in the top one's branch read %q from outside, want cond and x", got)
 	}
 }
+
+// A model whose nodes are not listed in topological order (ONNX Runtime
+// sorts them itself, so the model runs): the nodes that compute what the
+// head reads are kept wherever they are listed.
+func TestAppendNodesOutOfOrder(t *testing.T) {
+	g := &Graph{
+		Inputs:       []Value{fv("x", -1, 4)},
+		Outputs:      []Value{fv("logits", -1, 2)},
+		Initializers: []Tensor{{Name: "mean", Dims: []int64{4}, Floats: make([]float32, 4)}, {Name: "old_w", Dims: []int64{4, 2}, Floats: make([]float32, 8)}},
+		Nodes: []Node{
+			{Op: "Relu", Inputs: []string{"x_norm"}, Outputs: []string{"features"}},
+			{Op: "MatMul", Inputs: []string{"features", "old_w"}, Outputs: []string{"logits"}},
+			{Op: "Sub", Inputs: []string{"x", "mean"}, Outputs: []string{"x_norm"}}, // appended by an edit
+		},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Append(model, []string{"features"}, newHead())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if outs := keptOutputs(t, out); !slices.Contains(outs, "x_norm") || !slices.Contains(outs, "features") {
+		t.Errorf("kept %q: want the Sub computing x_norm, listed last, and the Relu", outs)
+	}
+}

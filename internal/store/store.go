@@ -42,6 +42,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -319,6 +320,12 @@ func Transient(err error) bool {
 		msg := ue.Err.Error()
 		return !errors.As(ue.Err, &notTLS) && !strings.Contains(msg, "server gave HTTP response to HTTPS client") &&
 			!strings.HasPrefix(msg, "unsupported protocol scheme")
+	}
+	// An errno is a net.Error too, and a file:// store's errors carry
+	// one: a missing file (ENOENT) or a permission is no passing failure.
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Timeout() || errno.Temporary()
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {

@@ -130,3 +130,18 @@ func TestReadAtMost(t *testing.T) {
 		}
 	}
 }
+
+// A file:// store's errors carry the kernel's errno, which is a net.Error:
+// a missing file is not taken for a store failing for a while.
+func TestTransientFile(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, "file://"+t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = ReadAll(ctx, b, "gone.onnx")
+	if err == nil || Transient(err) || !Permanent(err) {
+		t.Errorf("a missing file: %v, Transient %v, Permanent %v; want permanent only", err, Transient(err), Permanent(err))
+	}
+}
