@@ -220,12 +220,20 @@ func describe(ctx context.Context, c client.Client, g globals, id string) (execS
 		return execStatus{}, fmt.Errorf("describe %s: %w", id, err)
 	}
 	info := d.GetWorkflowExecutionInfo()
-	return execStatus{
+	st := execStatus{
 		status: info.GetStatus(),
 		start:  info.GetStartTime().AsTime(),
 		close:  info.GetCloseTime().AsTime(),
 		pack:   info.GetType().GetName() == "PackWorkflow",
-	}, nil
+	}
+	// A pack continues as new every 400 archives: its start is its first
+	// run's, not the last's.
+	if first := info.GetFirstRunId(); first != "" && first != info.GetExecution().GetRunId() {
+		if f, err := c.DescribeWorkflowExecution(ctx, id, first); err == nil {
+			st.start = f.GetWorkflowExecutionInfo().GetStartTime().AsTime()
+		}
+	}
+	return st, nil
 }
 
 // closedLine says how a closed pass ended, with the failure's message.
@@ -236,11 +244,6 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st.pack:
 		var res workflows.PackResult
 		c.GetWorkflow(ctx, id, "").Get(ctx, &res)
-		if !res.Started.IsZero() {
-			// The last run's start is the last continue-as-new's, every
-			// 400 archives; the pack's own start is carried in its result.
-			line = fmt.Sprintf("%s: %s after %s", id, st.status, st.close.Sub(res.Started).Round(time.Second))
-		}
 		return line + fmt.Sprintf(": packed %d images into %d archives, %d skipped", res.Packed, res.Archives-res.Empty, res.Skipped)
 	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
 		return line + fmt.Sprintf(" (results: starter result %s)", id)
