@@ -177,8 +177,10 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 			}
 			fields = fields[1:]
 		}
-		if n := len(fields); !(n > 0 && strings.HasPrefix(fields[0], "@")) && (n < 5 || n > 7) { // @daily, @every 12h: the server reads them
-			return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: want 5 fields (minute hour day-of-month month day-of-week) or @daily and the like, got %d", cron, n)
+		if n := len(fields); !(n > 0 && strings.HasPrefix(fields[0], "@")) && n != 5 && n != 7 { // @daily, @every 12h: the server reads them
+			// Six fields are read by Temporal as minute to year, by
+			// Quartz and robfig/cron as second to weekday: refused.
+			return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: want 5 fields (minute hour day-of-month month day-of-week), 7 (second first, year last) or @daily and the like, got %d", cron, n)
 		}
 		return client.ScheduleSpec{CronExpressions: []string{cron}}, nil
 	case every < 0:
@@ -447,11 +449,14 @@ func calendarString(c client.ScheduleCalendarSpec) string {
 		rangesString(c.Month, 1, 12, "*"),
 		rangesString(c.DayOfWeek, 0, 6, "*"),
 	}
-	if sec := rangesString(c.Second, 0, 59, "0"); sec != "0" {
-		f = append([]string{sec}, f...)
-	}
-	if len(c.Year) > 0 {
+	// Seconds are written only with a year, as seven fields: six read
+	// as minute to year, so a cron pasted back fires when it says.
+	sec := rangesString(c.Second, 0, 59, "0")
+	if sec != "0" || len(c.Year) > 0 {
 		f = append(f, rangesString(c.Year, 0, 0, "*"))
+	}
+	if sec != "0" {
+		f = append([]string{sec}, f...)
 	}
 	return strings.Join(f, " ")
 }

@@ -388,7 +388,8 @@ func TestScheduleSpec(t *testing.T) {
 		cron  string
 		every time.Duration
 	}{{"", 0}, {"0 2 * * *", time.Hour}, {"0 2 *", 0}, {"", -time.Hour}, {"", time.Millisecond},
-		{"CRON_TZ=Mars/Olympus 0 2 * * *", 0}, {"CRON_TZ= 0 2 * * *", 0}, {"TZ=Europe/Paris 0 2", 0}} {
+		{"CRON_TZ=Mars/Olympus 0 2 * * *", 0}, {"CRON_TZ= 0 2 * * *", 0}, {"TZ=Europe/Paris 0 2", 0},
+		{"0 0 2 * * *", 0}} { // six fields: second first (Quartz) or year last (Temporal)?
 		if _, err := scheduleSpec(c.cron, c.every); err == nil {
 			t.Errorf("scheduleSpec(%q, %s): no error", c.cron, c.every)
 		}
@@ -451,6 +452,12 @@ func TestSpecString(t *testing.T) {
 	}
 	if got := specString(nil); got != "-" {
 		t.Errorf("specString(nil) = %q", got)
+	}
+	// With seconds, seven fields: six would read as minute to year.
+	secs := daily
+	secs.Second = []client.ScheduleRange{{Start: 30}}
+	if got := specString(&client.ScheduleSpec{Calendars: []client.ScheduleCalendarSpec{secs}}); got != "30 0 2 * * * *" {
+		t.Errorf("specString with seconds = %q, want 30 0 2 * * * *", got)
 	}
 }
 
