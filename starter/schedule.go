@@ -333,7 +333,11 @@ func scheduleList(ctx context.Context, e *cli, args []string) error {
 		if n := len(s.RecentActions); n > 0 && s.RecentActions[n-1].StartWorkflowResult != nil {
 			last = s.RecentActions[n-1].StartWorkflowResult.WorkflowID
 		}
-		rows = append(rows, []string{s.ID, state, specString(s.Spec), next, last})
+		when := specString(s.Spec)
+		if s.Spec != nil && s.Spec.TimeZoneName != "" && len(s.Spec.Calendars) > 0 {
+			when += " (" + s.Spec.TimeZoneName + ")" // else read as UTC
+		}
+		rows = append(rows, []string{s.ID, state, when, next, last})
 	}
 	if len(rows) == 1 {
 		fmt.Fprintln(e.stdout, "no schedules")
