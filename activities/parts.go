@@ -82,9 +82,11 @@ func (p *part) release() {
 // of the items. Part keys are the cache entry's, so a part may be another
 // attempt's that cut its parts elsewhere (its heartbeat lagged behind its
 // writes), or gone (another attempt committed the entry and removed its
-// parts), or damaged (a cut file, bad JSON). Then the shard starts over,
-// and progress says so. Only a read that may pass when tried again fails:
-// any other error, tried again, would meet the same part.
+// parts), or damaged (a cut file, bad JSON). Then the shard goes on from
+// that part, after the good ones before it, and progress says so (from
+// its start if the feature file failed to take a part). Only a read that
+// may pass when tried again fails: any other error, tried again, would
+// meet the same part.
 func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, shard, key string, items []dataset.Item, stored embedProgress) (*shardWriter, error) {
 	w := &shardWriter{a: a, ctx: ctx, spec: spec, shard: shard, key: key,
 		queue: make(chan shardEvent, 16), done: make(chan struct{}), stored: stored}
@@ -104,10 +106,15 @@ func (a *Activities) newShardWriter(ctx context.Context, spec features.Spec, sha
 			w.discard()
 			return nil, err
 		}
-		activity.GetLogger(ctx).Warn("embedding the shard from its start", "key", key, "part", p, "error", err)
-		w.discard()
-		w.file, w.rows, w.rejects = nil, 0, nil
-		w.stored = embedProgress{Starts: []int{0}}
+		if p == 0 || errors.Is(err, errAppend) { // nothing before it, or the feature file holds a part of it: all over
+			activity.GetLogger(ctx).Warn("embedding the shard from its start", "key", key, "part", p, "error", err)
+			w.discard()
+			w.file, w.rows, w.rejects = nil, 0, nil
+			w.stored = embedProgress{Starts: []int{0}}
+			break
+		}
+		activity.GetLogger(ctx).Warn("embedding the shard from a part the attempt before wrote", "key", key, "part", p, "image", lo, "error", err)
+		w.stored = embedProgress{NextPart: p, Starts: slices.Clone(stored.Starts[:p+1])}
 		break
 	}
 	w.cur = part{index: w.stored.NextPart, start: w.stored.Starts[w.stored.NextPart]}
@@ -173,12 +180,15 @@ func (w *shardWriter) copyPart(p, lo int, items []dataset.Item) error {
 	}
 	for _, rec := range recs {
 		if err := w.append(rec); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", errAppend, err)
 		}
 	}
 	w.rejects = append(w.rejects, rejects...)
 	return nil
 }
+
+// errAppend marks a part checked but not taken whole by the feature file.
+var errAppend = errors.New("feature file")
 
 func (w *shardWriter) loop() {
 	defer close(w.done)

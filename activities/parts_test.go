@@ -139,9 +139,17 @@ func TestResumeChecksParts(t *testing.T) {
 		{"part of other images", func() {
 			writePart(0, rows[1:5], nil)
 		}, 1, []int{0, 4}, 0},
+		// A part gone (or stale, or damaged) after good ones: the shard
+		// goes on from it, not from its start.
 		{"part gone", func() {
 			writePart(0, rows[0:4], nil)
-		}, 2, []int{0, 4, 8}, 0},
+		}, 2, []int{0, 4, 8}, 4},
+		{"second part cut", func() {
+			writePart(0, rows[0:4], nil)
+			writePart(1, rows[4:6], bad)
+			data, _ := w.b.ReadAll(ctx, part(1))
+			w.put(part(1), data[:len(data)/2])
+		}, 2, []int{0, 4, 8}, 4},
 		// Damaged parts (a cut file, bad JSON) are not read again by
 		// every retry, failing each: the shard starts over.
 		{"part file cut", func() {
