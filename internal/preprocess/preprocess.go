@@ -321,5 +321,43 @@ func decodeStd(data []byte) (image.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode %s: %w", format, err)
 	}
+	if format == "webp" {
+		fullRange(img)
+	}
 	return img, nil
 }
+
+// fullRange widens a lossy WebP's planes in place to the full range that
+// image.YCbCr means. VP8 codes BT.601's video range (Y 16 to 235, chroma
+// 16 to 240), as libwebp, and so PIL, decodes it; x/image/webp returns the
+// planes as they are (golang/go#40173), which read as full range give a
+// washed-out picture: black at 16, white at 235.
+func fullRange(img image.Image) {
+	var y, cb, cr []uint8
+	switch m := img.(type) {
+	case *image.YCbCr:
+		y, cb, cr = m.Y, m.Cb, m.Cr
+	case *image.NYCbCrA:
+		y, cb, cr = m.Y, m.Cb, m.Cr
+	default:
+		return // lossless: RGB already
+	}
+	for i, v := range y {
+		y[i] = videoLuma[v]
+	}
+	for i, v := range cb {
+		cb[i] = videoChroma[v]
+	}
+	for i, v := range cr {
+		cr[i] = videoChroma[v]
+	}
+}
+
+// videoLuma and videoChroma map BT.601 video-range values to full range.
+var videoLuma, videoChroma = func() (l, c [256]uint8) {
+	for v := range 256 {
+		l[v] = uint8(min(max(math.Round(float64(v-16)*255/219), 0), 255))
+		c[v] = uint8(min(max(math.Round(float64(v-128)*255/224)+128, 0), 255))
+	}
+	return
+}()

@@ -898,3 +898,39 @@ func TestAsBytes(t *testing.T) {
 		t.Errorf("16-bit: %v, want %v", v, want)
 	}
 }
+
+// A lossy WebP decodes to the colours libwebp (and so PIL) gives: VP8's
+// video-range planes widened, not read as full range (washed out: black
+// at 16, white at 235). The fixture is golang.org/x/image's testdata,
+// with the PNG it was encoded from.
+func TestWebPLossyFullRange(t *testing.T) {
+	lossy, err := os.ReadFile("testdata/blue-purple-pink.lossy.webp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile("testdata/blue-purple-pink.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Decode(lossy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := png.Decode(bytes.NewReader(orig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bias float64
+	n := 0
+	for y := a.Bounds().Min.Y; y < a.Bounds().Max.Y; y++ {
+		for x := a.Bounds().Min.X; x < a.Bounds().Max.X; x++ {
+			r1, g1, b1, _ := a.At(x, y).RGBA()
+			r2, g2, b2, _ := b.At(x, y).RGBA()
+			bias += float64(int(r1>>8)-int(r2>>8)+int(g1>>8)-int(g2>>8)+int(b1>>8)-int(b2>>8)) / 3
+			n++
+		}
+	}
+	if bias /= float64(n); math.Abs(bias) > 1 {
+		t.Errorf("the lossy WebP is %.2f levels off its original on average, want within 1 (compression's noise, not a range)", bias)
+	}
+}
