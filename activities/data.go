@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -37,7 +38,10 @@ type ClassesInput struct {
 // Classes reads a classes file: one class label per line, in the order of
 // the target model's logits; blank lines are ignored.
 func (a *Activities) Classes(ctx context.Context, in ClassesInput) ([]string, error) {
-	data, err := a.buckets().ReadAll(ctx, a.Bucket, in.File)
+	data, err := a.buckets().ReadAtMost(ctx, a.Bucket, in.File, maxClassesFile)
+	if errors.Is(err, store.ErrTooLarge) {
+		return nil, invalid("config: classes_file: %q is over %d MiB: not a list of class names, one a line", in.File, maxClassesFile>>20)
+	}
 	if err != nil {
 		if c := store.Classify(err, in.File); c != err {
 			return nil, invalid("config: classes_file: cannot read %q: %v", in.File, err)
@@ -46,6 +50,10 @@ func (a *Activities) Classes(ctx context.Context, in ClassesInput) ([]string, er
 	}
 	return ParseClasses(in.File, data)
 }
+
+// maxClassesFile bounds a classes file: 40,000 names of a hundred bytes are
+// 4 MB.
+const maxClassesFile = 64 << 20
 
 // ParseClasses parses a classes file's content; name is used in errors.
 func ParseClasses(name string, data []byte) ([]string, error) {

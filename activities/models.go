@@ -235,7 +235,12 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 // weights; for a pass's sessions and checks, its export and an external
 // trainer's alike.
 func ReadModel(ctx context.Context, bs *store.Buckets, def *blob.Bucket, ref string) ([]byte, error) {
-	data, err := bs.ReadAll(ctx, def, ref)
+	// Read at most what a model read whole may hold: a config naming a
+	// weights file or an archive by mistake is not read into memory.
+	data, err := bs.ReadAtMost(ctx, def, ref, onnx.MaxInline)
+	if errors.Is(err, store.ErrTooLarge) {
+		return nil, invalid("model %s is over %d bytes, the most a model read whole may hold (is it the model, or its weights' file?)", ref, onnx.MaxInline)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -245,8 +250,10 @@ func ReadModel(ctx context.Context, bs *store.Buckets, def *blob.Bucket, ref str
 		if err != nil {
 			return nil, err
 		}
-		b, err := bs.ReadAll(ctx, def, beside)
-		readErr = err
+		b, err := bs.ReadAtMost(ctx, def, beside, onnx.MaxInline)
+		if !errors.Is(err, store.ErrTooLarge) { // the model's own fault, not storage's
+			readErr = err
+		}
 		return b, err
 	})
 	if err != nil && readErr == nil {

@@ -25,8 +25,11 @@ var ErrTooLarge = errors.New("onnx: the model with its external data is more tha
 // external data comes back as it is. A model of more than MaxInline bytes
 // then fails with ErrTooLarge.
 func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, error) {
-	external, declared := externalSize(model)
-	if !external {
+	external, declared, err := externalSize(model)
+	switch {
+	case errors.Is(err, errTooDeep):
+		return nil, err
+	case !external: // or not a model this reads: ONNX Runtime says why
 		return model, nil
 	}
 	// What the tensors say they hold, checked before reading any: a
@@ -49,7 +52,7 @@ func Inline(model []byte, read func(location string) ([]byte, error)) ([]byte, e
 	// Room for the graph and the model once, so neither grows by copies:
 	// at a model's size, each copy is that much more memory at once.
 	out := make([]byte, 0, len(model)+int(declared)+64)
-	err := walkFields(model, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
+	err = walkFields(model, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
 		k, ok := modelHolds[num]
 		if !ok || typ != protowire.BytesType {
 			out = append(out, raw...)
@@ -98,6 +101,21 @@ var holds = map[msgKind]map[protowire.Number]msgKind{
 
 // eachTensor calls fn with every TensorProto that msg, of kind k, holds.
 func eachTensor(msg []byte, k msgKind, fn func(tensor []byte)) error {
+	return eachTensorAt(msg, k, fn, 0)
+}
+
+// maxNesting bounds how deep the messages holding tensors nest: a graph
+// in an attribute of a node of a graph is three levels a subgraph, and a
+// crafted model of a million nested If branches would otherwise overflow
+// the stack, a fatal error no recover catches.
+const maxNesting = 3*maxGraphDepth + 8
+
+var errTooDeep = fmt.Errorf("onnx: messages nested deeper than %d (subgraphs in subgraphs)", maxNesting)
+
+func eachTensorAt(msg []byte, k msgKind, fn func(tensor []byte), depth int) error {
+	if depth > maxNesting {
+		return errTooDeep
+	}
 	return walkFields(msg, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
 		child, ok := holds[k][num]
 		switch {
@@ -107,13 +125,20 @@ func eachTensor(msg []byte, k msgKind, fn func(tensor []byte)) error {
 			fn(v)
 			return nil
 		}
-		return eachTensor(v, child, fn)
+		return eachTensorAt(v, child, fn, depth+1)
 	})
 }
 
 // rewriteTensors appends to b msg, of kind k, with every TensorProto it
 // holds (where in says: holds) replaced by what fn makes of it.
 func rewriteTensors(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Number]msgKind, fn func(tensor []byte) ([]byte, error)) ([]byte, error) {
+	return rewriteTensorsAt(b, msg, k, in, fn, 0)
+}
+
+func rewriteTensorsAt(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Number]msgKind, fn func(tensor []byte) ([]byte, error), depth int) ([]byte, error) {
+	if depth > maxNesting {
+		return nil, errTooDeep
+	}
 	err := walkFields(msg, func(num protowire.Number, typ protowire.Type, v, raw []byte) error {
 		child, ok := in[k][num]
 		if !ok || typ != protowire.BytesType {
@@ -125,7 +150,7 @@ func rewriteTensors(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Numbe
 		if child == tensorMsg {
 			m, err = fn(v)
 		} else {
-			m, err = rewriteTensors(nil, v, child, in, fn)
+			m, err = rewriteTensorsAt(nil, v, child, in, fn, depth+1)
 		}
 		if err != nil {
 			return err
@@ -139,10 +164,10 @@ func rewriteTensors(b, msg []byte, k msgKind, in map[msgKind]map[protowire.Numbe
 // externalSize says whether any tensor of model's graph keeps its data
 // outside it, and how many bytes those that give their length hold
 // (PyTorch's exporter gives every one's).
-func externalSize(model []byte) (found bool, declared int64) {
-	walkFields(model, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
+func externalSize(model []byte) (found bool, declared int64, err error) {
+	err = walkFields(model, func(num protowire.Number, typ protowire.Type, v, _ []byte) error {
 		if k, ok := modelHolds[num]; ok && typ == protowire.BytesType {
-			eachTensor(v, k, func(t []byte) {
+			return eachTensor(v, k, func(t []byte) {
 				loc, _, length, _ := externalOf(t)
 				found = found || loc != ""
 				if loc != "" && length > 0 {
@@ -154,7 +179,7 @@ func externalSize(model []byte) (found bool, declared int64) {
 		}
 		return nil
 	})
-	return found, declared
+	return found, declared, err
 }
 
 // externalOf returns where a TensorProto's data is, if outside the model:

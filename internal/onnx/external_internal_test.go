@@ -1,6 +1,8 @@
 package onnx
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -114,4 +116,25 @@ func rewriteAll(model []byte, fn func([]byte) ([]byte, error)) ([]byte, error) {
 		return err
 	})
 	return out, err
+}
+
+// A model of subgraphs nested past any real one's is refused by Inline,
+// which reads every model first, before its recursion could overflow the
+// stack (a fatal error, at a million levels, that no recover catches).
+func TestInlineTooDeep(t *testing.T) {
+	inner := &Graph{Nodes: []Node{{Op: "Identity", Inputs: []string{"x"}, Outputs: []string{"y"}}}, Outputs: []Value{fv("y", -1, 4)}}
+	for i := range 2 * maxGraphDepth {
+		out := fmt.Sprintf("y%d", i)
+		inner = &Graph{Nodes: []Node{{Op: "If", Inputs: []string{"cond"}, Outputs: []string{out}, Attrs: map[string]any{"then_branch": inner}}},
+			Outputs: []Value{fv(out, -1, 4)}}
+	}
+	g := &Graph{Inputs: []Value{fv("x", -1, 4)}, Outputs: []Value{fv("y0", -1, 4)},
+		Nodes: []Node{{Op: "If", Inputs: []string{"cond"}, Outputs: []string{"features"}, Attrs: map[string]any{"then_branch": inner}}}}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Inline(model, func(string) ([]byte, error) { return nil, nil }); !errors.Is(err, errTooDeep) {
+		t.Errorf("Inline of subgraphs %d deep: %v, want errTooDeep", 2*maxGraphDepth, err)
+	}
 }
