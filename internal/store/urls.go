@@ -109,6 +109,12 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 		return b, nil
 	}
 	b, err := Open(ctx, bucketURL)
+	if err != nil && !Transient(err) {
+		// A URL a manifest names with options the driver refuses (a
+		// misspelt region=, an unknown parameter) opens no better when
+		// tried again: its images are unreadable, not a failing store.
+		return nil, &URLError{err.Error()}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -112,6 +112,11 @@ func TestBucketsReadAll(t *testing.T) {
 	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/missing.png"); err == nil {
 		t.Error("reading a missing file: want an error")
 	}
+	// A manifest's URL with an option the driver refuses: its image is
+	// unreadable for good, not a store to try again.
+	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/1.png?metdata=skip"); err == nil || !Permanent(err) || Transient(err) {
+		t.Errorf("a misspelt option: %v; want a permanent error", err)
+	}
 }
 
 // Users' buckets on S3, GCS and Azure open through gocloud's own drivers,
