@@ -148,7 +148,7 @@ func (a *Activities) shardFeatures(ctx context.Context, shardKey string, shard *
 				if err := a.Bucket.Delete(ctx, rejectsKey(key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 					return nil, nil, err
 				}
-				return nil, nil, fmt.Errorf("activities: the features of %s are gone from the cache (%s): the entry is dropped, for the retry to embed the shard", shardKey, key)
+				return nil, nil, fmt.Errorf("activities: the features of %s are gone from the cache (%s): %w", shardKey, key, errEntryDropped)
 			}
 			return nil, nil, fmt.Errorf("activities: features of %s are missing (%s): embed the shard first", shardKey, key)
 		}
@@ -524,6 +524,11 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 	var scratch []candidate
 	for i, key := range keys {
 		f, err := partials.Next()
+		if gcerrors.Code(err) == gcerrors.NotFound && in.Keyed {
+			// A scan's partials go once its pass has reported (DropScan):
+			// a pass reset in Temporal to before its merge finds them gone.
+			return res, invalid("partial %s is missing (a pass deletes its scan's partials once it has reported: one reset in Temporal to before its merge must be run again instead)", key)
+		}
 		if err != nil {
 			return res, store.Classify(err, key)
 		}
@@ -619,8 +624,8 @@ func (a *Activities) DropScan(ctx context.Context, in DropScanInput) (int, error
 			return nil
 		})
 		if err != nil {
-			g.Wait()
-			return int(deleted.Load()), err
+			// A failed delete cancels the listing too: its error is the one.
+			return int(deleted.Load()), cmp.Or(g.Wait(), err)
 		}
 	}
 	err := g.Wait()

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 	"golang.org/x/sync/errgroup"
@@ -197,9 +198,10 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 func awaitEnd(ctx context.Context, c client.Client, id string, res any) error {
 	for {
 		err := c.GetWorkflow(ctx, id, "").Get(ctx, res)
-		var ended *temporal.WorkflowExecutionError
-		if err == nil || errors.As(err, &ended) || ctx.Err() != nil {
-			return err
+		var unavailable *serviceerror.Unavailable
+		var deadline *serviceerror.DeadlineExceeded
+		if err == nil || ctx.Err() != nil || !errors.As(err, &unavailable) && !errors.As(err, &deadline) {
+			return err // the workflow's end, or an answer no retry changes (not found, denied)
 		}
 		select {
 		case <-ctx.Done():

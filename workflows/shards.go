@@ -119,8 +119,10 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 		// LastCached is the shard that finished last, in a recurring pass
 		// with a few new shards more often an embedding than not: a run
 		// begun one shard at a time on the embedding queue waited there
-		// behind other chains' embeddings. A batch that misses costs 16
-		// reads and puts the run back to one at a time.
+		// behind other chains' embeddings. The run's batches go out at
+		// once, so a new pool now costs a lookup a shard in every run
+		// (25 CPU batches of 16 reads), not only in a chain's first: a
+		// few ms a shard against its embedding.
 		scan.cached = true
 	}
 	if err := runShards(ctx, in, stop, scan, done.add); err != nil {

@@ -323,8 +323,11 @@ func Transient(err error) bool {
 	}
 	// An errno is a net.Error too, and a file:// store's errors carry
 	// one: a missing file (ENOENT) or a permission is no passing failure.
+	// A connection's errno (ECONNRESET mid-body) comes in a net.OpError,
+	// and is.
+	var op *net.OpError
 	var errno syscall.Errno
-	if errors.As(err, &errno) {
+	if !errors.As(err, &op) && errors.As(err, &errno) {
 		return errno.Timeout() || errno.Temporary()
 	}
 	var ne net.Error

@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow"
@@ -143,5 +147,11 @@ func TestTransientFile(t *testing.T) {
 	_, err = ReadAll(ctx, b, "gone.onnx")
 	if err == nil || Transient(err) || !Permanent(err) {
 		t.Errorf("a missing file: %v, Transient %v, Permanent %v; want permanent only", err, Transient(err), Permanent(err))
+	}
+	// A connection reset mid-body carries an errno too, in a net.OpError:
+	// that one passes.
+	reset := fmt.Errorf("store: read %q: %w", "big.tar", &net.OpError{Op: "read", Net: "tcp", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}})
+	if !Transient(reset) {
+		t.Errorf("a connection reset: %v, not transient", reset)
 	}
 }

@@ -109,10 +109,12 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 		return b, nil
 	}
 	b, err := Open(ctx, bucketURL)
-	if err != nil && !Transient(err) {
+	if err != nil && strings.Contains(err.Error(), "query parameter") {
 		// A URL a manifest names with options the driver refuses (a
 		// misspelt region=, an unknown parameter) opens no better when
 		// tried again: its images are unreadable, not a failing store.
+		// Not the worker's own setup (a profile= it lacks, no default
+		// credentials), which failed reads must not cache as rejects.
 		return nil, &URLError{err.Error()}
 	}
 	if err != nil {
