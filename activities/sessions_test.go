@@ -52,20 +52,26 @@ func TestHoldBoundsSearchBytes(t *testing.T) {
 	all()
 }
 
-// Activities that start together on a model load it once: the others wait
-// for that load rather than each holding the model (and with -ep cuda its
-// weights on the GPU) at once; one cancelled while waiting leaves the load
-// to the rest.
-func TestSessionLoadsOnce(t *testing.T) {
+// sessionActivities are activities over a mem:// bucket with sessions of
+// a thread each.
+func sessionActivities(t *testing.T) *Activities {
+	t.Helper()
 	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
 		t.Fatalf("%v (run `make setup`)", err)
 	}
 	a := memActivities(t)
 	a.Sessions = NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
 	t.Cleanup(a.Sessions.Close)
+	return a
+}
+
+// flattenModel writes a model flattening 1×2×2 images, of its own digest
+// by name, at models/<name>.onnx, and checks it as a target.
+func flattenModel(t *testing.T, a *Activities, name string) ModelRef {
+	t.Helper()
 	ctx := context.Background()
 	model, err := (&onnx.Graph{
-		Name:    "flatten",
+		Name:    name,
 		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
 		Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
 		Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
@@ -73,14 +79,26 @@ func TestSessionLoadsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Bucket.WriteAll(ctx, "models/flatten.onnx", model, nil); err != nil {
+	path := "models/" + name + ".onnx"
+	if err := a.Bucket.WriteAll(ctx, path, model, nil); err != nil {
 		t.Fatal(err)
 	}
-	m, err := a.checkModel(ctx, "target", schemas.Model{Path: "models/flatten.onnx", Input: "image", Features: "features",
+	m, err := a.checkModel(ctx, "target", schemas.Model{Path: path, Input: "image", Features: "features",
 		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, []string{"features"}, []string{"features"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// Activities that start together on a model load it once: the others wait
+// for that load rather than each holding the model (and with -ep cuda its
+// weights on the GPU) at once; one cancelled while waiting leaves the load
+// to the rest.
+func TestSessionLoadsOnce(t *testing.T) {
+	a := sessionActivities(t)
+	ctx := context.Background()
+	m := flattenModel(t, a, "flatten")
 
 	var loads atomic.Int32
 	release := make(chan struct{})
@@ -137,30 +155,11 @@ func TestSessionLoadsOnce(t *testing.T) {
 // A worker keeps maxSessions sessions: a further model's load closes the
 // least recently used one no activity holds, never one in use.
 func TestSessionsBounded(t *testing.T) {
-	if err := ortrun.Init(ortrun.DefaultLibrary()); err != nil {
-		t.Fatalf("%v (run `make setup`)", err)
-	}
-	a := memActivities(t)
-	a.Sessions = NewSessions(ortrun.Options{Threads: 1}, ortrun.Options{Threads: 1})
-	t.Cleanup(a.Sessions.Close)
+	a := sessionActivities(t)
 	ctx := context.Background()
 	refs := make([]ModelRef, maxSessions+2)
 	for i := range refs {
-		model, err := (&onnx.Graph{
-			Name:    fmt.Sprintf("flatten-%d", i), // a model of its own digest
-			Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
-			Outputs: []onnx.Value{{Name: "features", Elem: onnx.Float, Shape: []int64{-1, 4}}},
-			Nodes:   []onnx.Node{{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"features"}, Attrs: map[string]any{"axis": 1}}},
-		}).Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := fmt.Sprintf("models/flatten-%d.onnx", i)
-		a.Bucket.WriteAll(ctx, path, model, nil)
-		if refs[i], err = a.checkModel(ctx, "target", schemas.Model{Path: path, Input: "image", Features: "features",
-			Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, []string{"features"}, []string{"features"}); err != nil {
-			t.Fatal(err)
-		}
+		refs[i] = flattenModel(t, a, fmt.Sprintf("flatten-%d", i)) // a model of its own digest
 	}
 	// The first is held throughout; the others are released at once.
 	held, release, err := a.session(ctx, refs[0])
