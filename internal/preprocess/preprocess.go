@@ -321,10 +321,33 @@ func decodeStd(data []byte) (image.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode %s: %w", format, err)
 	}
-	if format == "webp" {
+	switch format {
+	case "webp":
 		fullRange(img)
+	case "bmp":
+		opaqueIfClear(img)
 	}
 	return img, nil
+}
+
+// opaqueIfClear makes a BMP whose every pixel is transparent opaque. A
+// 32-bit BI_RGB BMP's fourth byte is padding, which x/image/bmp reads as
+// alpha when the header is V4 or V5, and writers leave it 0: the picture
+// would be all transparent (black, with the default alpha). PIL reads
+// such a file as BGRX, and browsers make it opaque this way.
+func opaqueIfClear(img image.Image) {
+	m, ok := img.(*image.NRGBA)
+	if !ok {
+		return
+	}
+	for i := 3; i < len(m.Pix); i += 4 {
+		if m.Pix[i] != 0 {
+			return
+		}
+	}
+	for i := 3; i < len(m.Pix); i += 4 {
+		m.Pix[i] = 0xff
+	}
 }
 
 // fullRange widens a lossy WebP's planes in place to the full range that

@@ -934,3 +934,37 @@ func TestWebPLossyFullRange(t *testing.T) {
 		t.Errorf("the lossy WebP is %.2f levels off its original on average, want within 1 (compression's noise, not a range)", bias)
 	}
 }
+
+// A 32-bit BI_RGB BMP with a V4 header whose fourth bytes are all 0 (the
+// padding writers leave) is the picture, opaque, as PIL's BGRX reading
+// gives it; one with some alpha keeps its alpha.
+func TestBMPPaddingIsNotAlpha(t *testing.T) {
+	bmpV4 := func(px ...byte) []byte { // one row of len(px)/4 BGRA pixels
+		w := len(px) / 4
+		b := make([]byte, 14+108)
+		copy(b, "BM")
+		binary.LittleEndian.PutUint32(b[2:], uint32(len(b)+len(px)))
+		binary.LittleEndian.PutUint32(b[10:], uint32(len(b)))
+		binary.LittleEndian.PutUint32(b[14:], 108)
+		binary.LittleEndian.PutUint32(b[18:], uint32(w))
+		binary.LittleEndian.PutUint32(b[22:], 1)
+		binary.LittleEndian.PutUint16(b[26:], 1)
+		binary.LittleEndian.PutUint16(b[28:], 32)
+		binary.LittleEndian.PutUint32(b[34:], uint32(len(px)))
+		return append(b, px...)
+	}
+	img, err := Decode(bmpV4(0, 0, 200, 0, 10, 20, 30, 0)) // red, then a dark blue-green
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _, _, a := img.At(0, 0).RGBA(); r>>8 != 200 || a>>8 != 255 {
+		t.Errorf("padding read as alpha: pixel 0 is %v, want opaque red", img.At(0, 0))
+	}
+	img, err = Decode(bmpV4(0, 0, 200, 128, 10, 20, 30, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, a := img.At(1, 0).RGBA(); a != 0 {
+		t.Errorf("a BMP with alpha lost it: pixel 1 has alpha %d, want 0", a>>8)
+	}
+}
