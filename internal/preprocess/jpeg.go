@@ -438,6 +438,12 @@ func (d *jpegDecoder) decode(data []byte, reuse bool) (image.Image, bool) {
 	}
 	pos := 2
 	for {
+		if pos == len(data) && d.scanned && !d.progressive {
+			// The end-of-image marker alone is missing after a whole
+			// sequential scan: libjpeg warns and decodes it (PIL loads
+			// it); image/jpeg would fail on the missing bytes.
+			break
+		}
 		if pos+2 > len(data) || data[pos] != 0xff {
 			return nil, false
 		}

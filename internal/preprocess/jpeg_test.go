@@ -28,7 +28,13 @@ func checkJPEGAgrees(t testing.TB, data []byte) (took bool) {
 	}
 	want, err := jpeg.Decode(bytes.NewReader(data))
 	if err != nil {
-		t.Fatalf("fast path decoded a file image/jpeg rejects: %v", err)
+		// A sequential file lacking only its end-of-image marker is the
+		// fast path's to take (as libjpeg does): image/jpeg gives it with
+		// the marker added.
+		want, err = jpeg.Decode(bytes.NewReader(append(slices.Clone(data), 0xff, jpegEOI)))
+	}
+	if err != nil {
+		t.Fatalf("fast path decoded a file image/jpeg rejects, with or without an EOI added: %v", err)
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("fast path gave %T %v, image/jpeg %T %v", got, got.Bounds(), want, want.Bounds())

@@ -968,3 +968,32 @@ func TestBMPPaddingIsNotAlpha(t *testing.T) {
 		t.Errorf("a BMP with alpha lost it: pixel 1 has alpha %d, want 0", a>>8)
 	}
 }
+
+// A baseline JPEG cut just before its end-of-image marker decodes as the
+// whole file does (libjpeg, and so PIL, only warn); cut inside its scan,
+// it is still refused.
+func TestJPEGWithoutEOI(t *testing.T) {
+	src := image.NewRGBA(image.Rect(0, 0, 32, 24))
+	for i := range src.Pix {
+		src.Pix[i] = uint8(i * 7)
+	}
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, src, &jpeg.Options{Quality: 90}); err != nil {
+		t.Fatal(err)
+	}
+	whole := buf.Bytes()
+	want, err := Decode(whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(whole[:len(whole)-2])
+	if err != nil {
+		t.Fatalf("a JPEG without its EOI: %v", err)
+	}
+	if got.At(5, 5) != want.At(5, 5) || got.At(31, 23) != want.At(31, 23) {
+		t.Errorf("a JPEG without its EOI decodes otherwise: %v %v, want %v %v", got.At(5, 5), got.At(31, 23), want.At(5, 5), want.At(31, 23))
+	}
+	if _, err := Decode(whole[:len(whole)-40]); err == nil {
+		t.Error("a JPEG cut inside its scan decoded")
+	}
+}
