@@ -37,7 +37,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"net/url"
 	"path"
 	"slices"
 	"strconv"
@@ -451,12 +450,6 @@ type done struct{ err error }
 
 func (d done) Error() string { return d.err.Error() }
 
-// credentialOptions are the bucket URL options that choose credentials or
-// read a local file for them (gocloud's s3, gcs and azblob openers): a
-// manifest, data that may come from elsewhere, names its images' buckets,
-// not which of the worker's identities reads them.
-var credentialOptions = []string{"profile", "web_identity_token_file", "private_key_path", "access_id", "credential"}
-
 // resolve turns a manifest's uri into an item key: an absolute URL as it
 // is, /key as a key of the worker's bucket, anything else relative to the
 // manifest's folder dir in the manifest's bucket (bucketURL, "" for the
@@ -470,16 +463,8 @@ func resolve(uri, dir, bucketURL string) (string, error) {
 		if m, ok := webdataset.ParseKey(uri); ok {
 			ref = m.Archive // a member's name is not part of a URL: "#50%off.png" is no escape
 		}
-		bucketURL, _, err := store.SplitURL(ref)
-		if err != nil {
+		if _, _, err := store.SplitURL(ref); err != nil {
 			return "", err
-		}
-		if u, err := url.Parse(bucketURL); err == nil {
-			for _, opt := range credentialOptions {
-				if u.Query().Has(opt) {
-					return "", fmt.Errorf("its URL's option %q chooses the worker's credentials, which a dataset's rows may not: set it in the worker's environment", opt)
-				}
-			}
 		}
 		return uri, nil
 	case strings.HasPrefix(uri, "/"):
