@@ -149,10 +149,17 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			if ctx.Err() != nil {
 				return stopped
 			}
-			if err != nil {
+			var ended *temporal.WorkflowExecutionError
+			switch {
+			case err == nil:
+				return nil
+			case errors.As(err, &ended):
 				return fmt.Errorf("%s %s %s", what, id, endedBy(err))
 			}
-			return nil
+			// Not the workflow's end (credentials rotated mid-watch, the
+			// server's internal error, a result this build cannot read):
+			// it may well go on.
+			return fmt.Errorf("stopped watching %s %s, which may go on, on an error of the server's: %s (%s)", what, id, shortError(err), hint)
 		case <-ctx.Done():
 			endLine()
 			return stopped

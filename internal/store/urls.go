@@ -109,7 +109,7 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 		return b, nil
 	}
 	b, err := Open(ctx, bucketURL)
-	if err != nil && strings.Contains(err.Error(), "query parameter") {
+	if err != nil && optionRefused(err.Error()) {
 		// A URL a manifest names with options the driver refuses (a
 		// misspelt region=, an unknown parameter) opens no better when
 		// tried again: its images are unreadable, not a failing store.
@@ -125,6 +125,18 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	}
 	bs.open[name] = b
 	return b, nil
+}
+
+// optionRefused says whether an error of Open is a driver refusing one of
+// the URL's options, its name or its value (gocloud's and DCD's wording),
+// not the worker's setup failing (a profile it lacks, no credentials).
+func optionRefused(msg string) bool {
+	for _, s := range []string{"query parameter", "invalid value for", "not allowed", "invalid protocol", "multiple values of"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Resolve returns the bucket and key that ref names: ref itself in def when

@@ -114,8 +114,16 @@ func TestBucketsReadAll(t *testing.T) {
 	}
 	// A manifest's URL with an option the driver refuses: its image is
 	// unreadable for good, not a store to try again.
-	if _, err := bs.ReadAll(ctx, def, "file://"+dir+"/cat/1.png?metdata=skip"); err == nil || !Permanent(err) || Transient(err) {
-		t.Errorf("a misspelt option: %v; want a permanent error", err)
+	for _, ref := range []string{"file://" + dir + "/cat/1.png?metdata=skip", "s3://b/1.png?region=us-east-1&use_path_style=maybe"} {
+		if _, err := bs.ReadAll(ctx, def, ref); err == nil || !Permanent(err) || Transient(err) {
+			t.Errorf("%s, an option misspelt or of a bad value: %v; want a permanent error", ref, err)
+		}
+	}
+	// The worker's own setup is not the row's: a profile it lacks fails
+	// the read for a retry, the image unrejected.
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "none"))
+	if _, err := bs.ReadAll(ctx, def, "s3://b/1.png?region=us-east-1&profile=nosuch"); err == nil || Permanent(err) {
+		t.Errorf("a profile the worker lacks: %v; want an error that is not the image's", err)
 	}
 }
 
