@@ -10,6 +10,7 @@ import (
 
 	"gocloud.dev/blob"
 
+	"dcd/internal/redact"
 	"dcd/internal/webdataset"
 )
 
@@ -85,6 +86,9 @@ func JoinURL(bucketURL, key string) (string, error) {
 	return u.String(), nil
 }
 
+// MaxBuckets is how many buckets a Buckets keeps open.
+const MaxBuckets = 1024
+
 // Buckets opens the buckets that absolute URLs name, each once, and keeps
 // them for the life of the process: a worker reads images from many buckets
 // but opens each one (and its client and credentials) a single time. The
@@ -107,6 +111,12 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	defer bs.mu.Unlock()
 	if b, ok := bs.open[name]; ok {
 		return b, nil
+	}
+	if len(bs.open) >= MaxBuckets {
+		// Each is a client, credentials and a pool of connections, kept:
+		// a manifest whose rows each name another (prefix=<row>/) would
+		// take the worker's memory and file descriptors.
+		return nil, &URLError{fmt.Sprintf("store: open %q: the worker has %d buckets open, the most it keeps: a dataset's images may come from that many buckets (by URL and options) at most", redact.URL(bucketURL), MaxBuckets)}
 	}
 	b, err := Open(ctx, bucketURL)
 	if err != nil && optionRefused(err.Error()) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -331,5 +332,26 @@ func TestFileBucketOnABindMount(t *testing.T) {
 	}
 	if got, err := ReadAll(ctx, b, "runs/r/eval.json"); err != nil || string(got) != "{}" {
 		t.Errorf("read back %q, %v", got, err)
+	}
+}
+
+// A worker keeps MaxBuckets buckets open at most: rows naming a bucket
+// each (options differ) do not open clients without end.
+func TestBucketsBounded(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var bs Buckets
+	defer bs.Close()
+	for i := range MaxBuckets {
+		if _, err := bs.Open(ctx, fmt.Sprintf("file://%s?prefix=%d/", dir, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := bs.Open(ctx, "file://"+dir+"?prefix=one-more/")
+	if err == nil || !Permanent(err) || !strings.Contains(err.Error(), "buckets open") {
+		t.Errorf("bucket %d: %v; want a permanent error saying why", MaxBuckets+1, err)
+	}
+	if _, err := bs.Open(ctx, "file://"+dir+"?prefix=7/"); err != nil {
+		t.Errorf("a bucket open already: %v", err)
 	}
 }
