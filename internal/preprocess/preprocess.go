@@ -306,6 +306,11 @@ func decodeStd(data []byte) (image.Image, error) {
 	if format == "webp" && int64(cfg.Width)*int64(cfg.Height) > maxWebPPixels {
 		return nil, fmt.Errorf("preprocess: decode: webp image is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxWebPPixels)
 	}
+	if format == "png" && len(data) > 25 && data[24] == 16 && data[25]&2 != 0 && int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels/2 {
+		// 16-bit colour is 8 bytes a pixel in image/png's RGBA64: 512
+		// MiB at 2^26 pixels, for each decoder at once.
+		return nil, fmt.Errorf("preprocess: decode: 16-bit colour png image is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxDecodePixels/2)
+	}
 	if format == "jpeg" {
 		if blocks, coded := jpegBudget(data); jpegTooSmall(blocks, coded) {
 			// A 150-byte progressive JPEG claiming 8192×8192 cost

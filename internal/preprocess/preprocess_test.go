@@ -997,3 +997,22 @@ func TestJPEGWithoutEOI(t *testing.T) {
 		t.Error("a JPEG cut inside its scan decoded")
 	}
 }
+
+// A 16-bit colour PNG is 8 bytes a pixel decoded: one past 2^25 pixels is
+// refused from its header, not given 512 MiB a decoder.
+func TestPNG16Bounded(t *testing.T) {
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], 6000)
+	binary.BigEndian.PutUint32(ihdr[4:], 6000)
+	ihdr[8], ihdr[9] = 16, 2 // 16-bit RGB
+	chunk := func(typ string, body []byte) []byte {
+		b := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+		b = append(append(b, typ...), body...)
+		return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(append([]byte(typ), body...)))
+	}
+	data := append([]byte("\x89PNG\r\n\x1a\n"), chunk("IHDR", ihdr)...)
+	data = append(data, chunk("IDAT", make([]byte, 300_000))...) // enough for its rows' least bytes
+	if _, err := Decode(data); err == nil || !strings.Contains(err.Error(), "16-bit colour png image is 6000x6000") {
+		t.Errorf("a 16-bit 6000×6000 PNG: %v, want it refused from its header", err)
+	}
+}
