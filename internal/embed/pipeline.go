@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/semaphore"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
 )
 
 // Image is one image to embed: its identity travels with its vectors.
@@ -186,6 +188,7 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 		}
 	}()
 	decode := make(chan struct{}, decoders)
+	held := semaphore.NewWeighted(heldBytes)
 	for range readers {
 		workers.Add(1)
 		go func() {
@@ -193,7 +196,7 @@ func (e *Embedder) Embed(ctx context.Context, images []Image, read ReadFunc, emi
 			for j := range work {
 				for i := j.lo; i < j.hi; i++ {
 					var fatal error
-					j.p.reasons[i], fatal = e.load(ctx, spec, j.p.images[i].URI, read, decode, j.p.tensor[i*size:(i+1)*size])
+					j.p.reasons[i], fatal = e.load(ctx, spec, j.p.images[i].URI, read, decode, held, j.p.tensor[i*size:(i+1)*size])
 					j.p.fail(fatal)
 				}
 				j.p.finish(j.hi - j.lo)
@@ -293,14 +296,30 @@ func (p *pending) compact(size int) ([]Image, []float32, []Reject) {
 	return imgs, tensor, rejects
 }
 
+// heldBytes bounds the bytes of whole images an embedding's readers hold,
+// read and not yet decoded: photographs of a few MB pass side by side,
+// large files (a video in a class folder, up to MaxImageBytes each) one
+// or a few at a time.
+var heldBytes int64 = 1 << 30 // a variable for the tests
+
 // load reads one image, then decodes it into dst holding one of the
-// decode tokens. It returns a reject reason, or a fatal error when the
-// context ended.
-func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri string, read ReadFunc, decode chan struct{}, dst []float32) (string, error) {
+// decode tokens. A read of a whole object first reserves its size of held
+// (store.WithReserve), given back once the image is decoded. It returns a
+// reject reason, or a fatal error when the context ended.
+func (e *Embedder) load(ctx context.Context, spec preprocess.Prepared, uri string, read ReadFunc, decode chan struct{}, held *semaphore.Weighted, dst []float32) (string, error) {
 	if ctx.Err() != nil {
 		return "", ctx.Err()
 	}
-	data, err := read(ctx, uri)
+	var reserved int64
+	defer func() { held.Release(reserved) }()
+	data, err := read(store.WithReserve(ctx, func(ctx context.Context, n int64) error {
+		n = min(max(n, 1), heldBytes) // a file past the budget takes all of it
+		if err := held.Acquire(ctx, n); err != nil {
+			return err
+		}
+		reserved += n
+		return nil
+	}), uri)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/memblob"
 	"image"
 	"image/color"
 	"image/png"
@@ -18,6 +20,7 @@ import (
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
 )
 
 // flatten is a model whose features are its input pixels.
@@ -64,9 +67,9 @@ func pngOf(v int) []byte {
 	return buf.Bytes()
 }
 
-// store maps "img/<n>" to pngOf(n); "bad/<n>" is not an image and
+// fakeStore maps "img/<n>" to pngOf(n); "bad/<n>" is not an image and
 // "missing/<n>" fails to read. Reads take a little while, in any order.
-func store(ctx context.Context, uri string) ([]byte, error) {
+func fakeStore(ctx context.Context, uri string) ([]byte, error) {
 	var n int
 	if _, err := fmt.Sscanf(uri[strings.IndexByte(uri, '/')+1:], "%d", &n); err != nil {
 		return nil, err
@@ -122,7 +125,7 @@ func TestEmbedOrderAndRejects(t *testing.T) {
 		var got []int64
 		var batchRejects []Reject
 		seen := 0
-		rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error {
+		rejects, err := e.Embed(context.Background(), images, fakeStore, func(b Batch) error {
 			// Every batch but the last covers size images, rejects included.
 			if n := len(b.Images) + len(b.Rejects); n != min(cfg.size, len(images)-seen) {
 				return fmt.Errorf("batch at image %d covers %d images, want %d", seen, n, min(cfg.size, len(images)-seen))
@@ -194,7 +197,7 @@ func TestEmbedRejectsAnImageTheDecoderPanicsOn(t *testing.T) {
 	}
 	e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte}, BatchSize: 4}
 	n := 0
-	rejects, err := e.Embed(context.Background(), images, store, func(b Batch) error { n += len(b.Images); return nil })
+	rejects, err := e.Embed(context.Background(), images, fakeStore, func(b Batch) error { n += len(b.Images); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +216,7 @@ func TestEmbedStopsOnEmitErrorAndCancel(t *testing.T) {
 	before := runtime.NumGoroutine()
 	boom := errors.New("boom")
 	var batches atomic.Int32
-	_, err := e.Embed(context.Background(), images, store, func(b Batch) error {
+	_, err := e.Embed(context.Background(), images, fakeStore, func(b Batch) error {
 		if batches.Add(1) == 3 {
 			return boom
 		}
@@ -224,7 +227,7 @@ func TestEmbedStopsOnEmitErrorAndCancel(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	_, err = e.Embed(ctx, images, store, func(b Batch) error {
+	_, err = e.Embed(ctx, images, fakeStore, func(b Batch) error {
 		cancel()
 		return nil
 	})
@@ -239,7 +242,7 @@ func TestEmbedStopsOnEmitErrorAndCancel(t *testing.T) {
 
 func TestEmbedEmpty(t *testing.T) {
 	e := &Embedder{Name: "flatten", Session: flatten(t), Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}
-	rejects, err := e.Embed(context.Background(), nil, store, func(Batch) error { return errors.New("no batch expected") })
+	rejects, err := e.Embed(context.Background(), nil, fakeStore, func(Batch) error { return errors.New("no batch expected") })
 	if err != nil || len(rejects) != 0 {
 		t.Fatalf("rejects %v, err %v", rejects, err)
 	}
@@ -266,7 +269,7 @@ func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 		// img/1 has no zero pixel; img/0's first pixel is 0.
 		images := []Image{{ID: 1, URI: "img/1"}, {ID: 0, URI: "img/0"}}
 		e := &Embedder{Name: "models/" + tc.op + ".onnx", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 2}
-		_, err := e.Embed(context.Background(), images, store, func(Batch) error { return nil })
+		_, err := e.Embed(context.Background(), images, fakeStore, func(Batch) error { return nil })
 		var oe *OutputError
 		if !errors.As(err, &oe) {
 			t.Fatalf("%s: got %v, want an OutputError", tc.op, err)
@@ -286,7 +289,7 @@ func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 func TestEmbedSpec(t *testing.T) {
 	sess := flatten(t)
 	e := &Embedder{Name: "models/flatten.onnx", Session: sess, Spec: preprocess.Spec{Channels: 2, Height: 2, Width: 2}}
-	_, err := e.Embed(context.Background(), []Image{{URI: "img/1"}}, store, func(Batch) error { return errors.New("no batch expected") })
+	_, err := e.Embed(context.Background(), []Image{{URI: "img/1"}}, fakeStore, func(Batch) error { return errors.New("no batch expected") })
 	if err == nil || !strings.Contains(err.Error(), "models/flatten.onnx") || !strings.Contains(err.Error(), "channels") {
 		t.Errorf("a spec of 2 channels: %v, want an error naming the model and the channels", err)
 	}
@@ -299,7 +302,7 @@ func TestEmbedSpec(t *testing.T) {
 	})
 	e = &Embedder{Name: "flatten_nhwc", Session: nhwc, Spec: preprocess.Spec{Layout: "nhwc", Channels: 3, Height: 2, Width: 2, Scale: preprocess.ScaleByte}}
 	var got []float32
-	if _, err := e.Embed(context.Background(), []Image{{URI: "img/10"}}, store, func(b Batch) error {
+	if _, err := e.Embed(context.Background(), []Image{{URI: "img/10"}}, fakeStore, func(b Batch) error {
 		got = append(got, b.Vectors[0]...)
 		return nil
 	}); err != nil {
@@ -340,7 +343,7 @@ func TestEmbedReadsAtOnce(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				return nil, fmt.Errorf("%s: %d reads in flight after 5 s, want %d", uri, inFlight.Load(), readers)
 			}
-			return store(ctx, uri)
+			return fakeStore(ctx, uri)
 		}
 		e := &Embedder{Name: "flatten", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
 			BatchSize: 32, Readers: readers, FixedBatch: c.fixed}
@@ -350,5 +353,50 @@ func TestEmbedReadsAtOnce(t *testing.T) {
 		if most.Load() != int32(readers) {
 			t.Errorf("%d readers: at most %d reads at once", readers, most.Load())
 		}
+	}
+}
+
+// An embedding's readers hold at most heldBytes of whole images read and
+// not yet decoded, however many read at once: large files (a video in a
+// class folder) wait for one another's decoding, not pile up 64 at once.
+func TestEmbedHoldsBoundedBytes(t *testing.T) {
+	defer func(n int64) { heldBytes = n }(heldBytes)
+	heldBytes = 3 << 20
+	ctx := context.Background()
+	b, err := blob.OpenBucket(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var images []Image
+	for i := range 24 {
+		key := fmt.Sprintf("big/%d", i)
+		if err := b.WriteAll(ctx, key, make([]byte, 1<<20), nil); err != nil { // a MiB of no image
+			t.Fatal(err)
+		}
+		images = append(images, Image{ID: int64(i), URI: key})
+	}
+	var holding, most atomic.Int64
+	read := func(ctx context.Context, uri string) ([]byte, error) {
+		data, err := store.ReadAll(ctx, b, uri)
+		n := holding.Add(int64(len(data)))
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		return data, err
+	}
+	defer func(f func(preprocess.Prepared, []float32, []byte) error) { decodeFill = f }(decodeFill)
+	decodeFill = func(spec preprocess.Prepared, dst []float32, data []byte) error {
+		time.Sleep(5 * time.Millisecond) // decoders slower than the reads
+		holding.Add(-int64(len(data)))
+		return errors.New("not an image")
+	}
+	e := &Embedder{Name: "flatten", Session: flatten(t), Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2, Scale: preprocess.ScaleByte},
+		BatchSize: 8, Readers: 16, Decoders: 1}
+	rejects, err := e.Embed(ctx, images, read, func(Batch) error { return nil })
+	if err != nil || len(rejects) != len(images) {
+		t.Fatalf("%d rejects, %v; want %d", len(rejects), err, len(images))
+	}
+	if most.Load() > heldBytes {
+		t.Errorf("the readers held %d bytes at once, more than the %d allowed", most.Load(), heldBytes)
 	}
 }

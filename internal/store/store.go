@@ -503,6 +503,11 @@ func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]by
 	if limit > 0 && r.Size() > limit {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, r.Size(), limit)
 	}
+	if reserve, ok := ctx.Value(reserveKey{}).(func(context.Context, int64) error); ok {
+		if err := reserve(ctx, max(r.Size(), 0)); err != nil {
+			return nil, err
+		}
+	}
 	// io.ReadAll's loop over a buffer with room for the object and the
 	// read that finds its end. A reader whose content outgrows its Size
 	// (a store that decompresses on the way) still reads to the end.
@@ -527,6 +532,16 @@ func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]by
 		}
 	}
 }
+
+// WithReserve has a read of a whole object under ctx call reserve with its
+// size before it allocates its bytes: a caller holding many such reads at
+// once (an embedding's readers, before its decoders) bounds the bytes they
+// hold, which the objects' sizes alone do not (64 files of 256 MiB).
+func WithReserve(ctx context.Context, reserve func(ctx context.Context, n int64) error) context.Context {
+	return context.WithValue(ctx, reserveKey{}, reserve)
+}
+
+type reserveKey struct{}
 
 // ErrTooLarge is the error of a read of more bytes than its caller takes
 // (Buckets.ReadAtMost): no retry makes the object smaller.
