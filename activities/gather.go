@@ -61,9 +61,9 @@ const (
 // embedding them again costs a read per image and the model's inference.
 //
 // It only ever saves work: a shard it cannot fill whole (a pool shard not
-// cached with the model, or damaged) is left for EmbedShard, and when the
-// first pool shard it needs is not cached (the pool was embedded with
-// another model) nothing is. Of each pool shard's file it reads the rows
+// cached with the model, or damaged) is left for EmbedShard, and when
+// neither the first pool shard it needs nor the last is cached (the pool
+// was embedded with another model) nothing is. Of each pool shard's file it reads the rows
 // wanted (features.LoadRowsAt): a few KiB an image, by preads or, from an
 // object store, in two rounds of requests a file.
 //
@@ -152,8 +152,20 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	}
 
 	first, err := a.pooledRows(ctx, in.Run, pools[0], in.Model, need[pools[0]])
-	if err != nil || first == nil {
+	if err != nil {
 		return res, err
+	}
+	if first == nil {
+		// Not cached with the model: the pool was scanned with another
+		// (nothing to gather), or this one entry is gone. The last pool
+		// shard needed tells which, before every other is asked.
+		if len(pools) == 1 {
+			return res, nil
+		}
+		last, err := a.pooledRows(ctx, in.Run, pools[len(pools)-1], in.Model, need[pools[len(pools)-1]])
+		if err != nil || last == nil {
+			return res, err
+		}
 	}
 	later := ahead.Read(ctx, len(pools)-1, poolAhead, func(ctx context.Context, j int) (*pooledRows, error) {
 		return a.pooledRows(ctx, in.Run, pools[j+1], in.Model, need[pools[j+1]])
@@ -258,11 +270,24 @@ func (a *Activities) pooledRows(ctx context.Context, run string, p int, m ModelR
 		return nil, err
 	}
 	r := &pooledRows{rows: map[int64]pooledRow{}, rejects: map[string]embed.Reject{}}
+	rejected, listed := map[string]int{}, map[string]int{}
 	for _, rj := range rejects {
 		r.rejects[rj.URI] = rj
+		rejected[rj.URI]++
 	}
 	if len(rejects) == len(shard.Items) {
 		return r, nil // no file: every image was rejected
+	}
+	for _, it := range shard.Items {
+		listed[it.Key]++
+	}
+	for k, n := range rejected {
+		if n < listed[k] {
+			// A key listed twice, rejected once and embedded once (its
+			// object appeared mid-scan): which copy has the row cannot
+			// be told by key, so none of the shard's rows is taken.
+			return &pooledRows{}, nil
+		}
 	}
 	// The wanted images' keys, each with its pool ids in shard order (a
 	// key listed twice is two images), and their rows: the file has a row

@@ -195,6 +195,18 @@ func TestGatherSelectionLeavesWhatItCannot(t *testing.T) {
 		t.Errorf("pool/002.png given pool id 3: gathered %+v, want only the shard without it", res)
 	}
 
+	// The first pool shard needed gone from the cache (not the pool's
+	// model): the shards not drawing on it are still gathered.
+	f := memActivities(t)
+	writeGatherPool(t, f, "r", rowsSpec)
+	firstGone, _ := planSelection(t, f, "r", []int64{2, 9, 14, 20})
+	if err := f.Bucket.Delete(ctx, rejectsKey(features.Key(rowsSpec, mustShard(t, f, ShardKey("r", Pool, 0)).Digest()))); err != nil {
+		t.Fatal(err)
+	}
+	if res := count(f, firstGone, m); res.Shards != 1 || res.Images != 2 {
+		t.Errorf("pool shard 0 not cached: gathered %+v, want the shard not drawing on it (2 images)", res)
+	}
+
 	// A damaged pool cache entry is not gathered from, and fails nothing;
 	// though it is the first, the shards that do not draw on it are.
 	e := memActivities(t)
