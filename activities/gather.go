@@ -63,9 +63,9 @@ const (
 // It only ever saves work: a shard it cannot fill whole (a pool shard not
 // cached with the model, or damaged) is left for EmbedShard, and when
 // neither the first pool shard it needs nor the last is cached (the pool
-// was embedded with another model) nothing is. Of each pool shard's file it reads the rows
-// wanted (features.LoadRowsAt): a few KiB an image, by preads or, from an
-// object store, in two rounds of requests a file.
+// was embedded with another model) nothing is. Of each pool shard's file
+// it reads the rows wanted (features.LoadRowsAt): a few KiB an image, by
+// preads or, from an object store, in two rounds of requests a file.
 //
 // The shards are filled in order, the pool shards they draw on read
 // poolAhead ahead and dropped after their last use: a selection written
@@ -155,6 +155,7 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 	if err != nil {
 		return res, err
 	}
+	var last *pooledRows // read already, when first is not
 	if first == nil {
 		// Not cached with the model: the pool was scanned with another
 		// (nothing to gather), or this one entry is gone. The last pool
@@ -162,12 +163,15 @@ func (a *Activities) GatherSelection(ctx context.Context, in GatherInput) (Gathe
 		if len(pools) == 1 {
 			return res, nil
 		}
-		last, err := a.pooledRows(ctx, in.Run, pools[len(pools)-1], in.Model, need[pools[len(pools)-1]])
+		last, err = a.pooledRows(ctx, in.Run, pools[len(pools)-1], in.Model, need[pools[len(pools)-1]])
 		if err != nil || last == nil {
 			return res, err
 		}
 	}
 	later := ahead.Read(ctx, len(pools)-1, poolAhead, func(ctx context.Context, j int) (*pooledRows, error) {
+		if j+1 == len(pools)-1 && last != nil {
+			return last, nil
+		}
 		return a.pooledRows(ctx, in.Run, pools[j+1], in.Model, need[pools[j+1]])
 	}, nil)
 	defer later.Stop()

@@ -149,18 +149,26 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 // writeRejects writes the pool's rejects, shard by shard, to key as CSV
 // and hands each to seen.
 func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key string, seen func(embed.Reject)) error {
+	return a.writeCSV(ctx, key, []string{"uri", "reason"}, func(w *csv.Writer) error {
+		return a.eachPoolRejects(ctx, in, func(rejects []embed.Reject) {
+			for _, r := range rejects {
+				w.Write([]string{r.URI, r.Reason})
+				seen(r)
+			}
+		})
+	})
+}
+
+// writeCSV streams to key a CSV of header and the rows fill writes, which
+// may be millions; if fill fails, the object already at key stays.
+func (a *Activities) writeCSV(ctx context.Context, key string, header []string, fill func(w *csv.Writer) error) error {
 	out, err := store.NewWriter(ctx, a.Bucket, key, "text/csv")
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(out)
-	w.Write([]string{"uri", "reason"})
-	if err := a.eachPoolRejects(ctx, in, func(rejects []embed.Reject) {
-		for _, r := range rejects {
-			w.Write([]string{r.URI, r.Reason})
-			seen(r)
-		}
-	}); err != nil {
+	w.Write(header)
+	if err := fill(w); err != nil {
 		out.Abort()
 		return err
 	}
@@ -569,8 +577,8 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	var g errgroup.Group
 	g.SetLimit(reportReads)
 	decodes := make(chan struct{}, thumbDecodes)
-	for i, key := range keys { // 72 photos from a remote store take a while: Report beats
-
+	// 72 photos from a remote store take a while: Report beats meanwhile.
+	for i, key := range keys {
 		g.Go(func() error {
 			if src, err := a.thumbnail(ctx, key, decodes); err != nil {
 				made[i].Failed = err.Error()

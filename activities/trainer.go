@@ -74,8 +74,7 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	// Writing the manifests (a shard's read at a time, all_pool's the
 	// whole pool's) and checking the model take longer than a heartbeat
 	// timeout on large sets; runTrainer beats on its own.
-	stop := beating(ctx, func() []any { return nil })
-	defer stop()
+	defer beating(ctx, func() []any { return nil })()
 	modelKey := MethodKey(in.Run, in.Method, "model.onnx")
 	trainKey := MethodKey(in.Run, in.Method, "trainer/train.csv")
 	if err := a.writeShardManifest(ctx, trainKey, in.Run, Train, in.TrainShards); err != nil {
@@ -154,31 +153,22 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 // writeShardManifest concatenates a dataset's shard manifests into one CSV
 // manifest (uri,label,domain).
 func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string, shards int) error {
-	out, err := store.NewWriter(ctx, a.Bucket, key, "text/csv")
-	if err != nil {
-		return err
-	}
-	w := csv.NewWriter(out)
-	w.Write([]string{"uri", "label", "domain"})
-	read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
-		return a.readShard(ctx, ShardKey(run, ds, i))
-	}, nil)
-	defer read.Stop()
-	for range shards {
-		s, err := read.Next()
-		if err != nil {
-			out.Abort()
-			return err
+	return a.writeCSV(ctx, key, []string{"uri", "label", "domain"}, func(w *csv.Writer) error {
+		read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+			return a.readShard(ctx, ShardKey(run, ds, i))
+		}, nil)
+		defer read.Stop()
+		for range shards {
+			s, err := read.Next()
+			if err != nil {
+				return err
+			}
+			for _, it := range s.Items {
+				w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
+			}
 		}
-		for _, it := range s.Items {
-			w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
-		}
-	}
-	if w.Flush(); w.Error() != nil {
-		out.Abort()
-		return fmt.Errorf("store: write %q: %w", key, w.Error())
-	}
-	return out.Close()
+		return nil
+	})
 }
 
 // tailBuffer keeps the last logCap bytes written to it.
