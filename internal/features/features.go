@@ -46,14 +46,18 @@ type Spec struct {
 	StoredAs string `json:"stored_as,omitempty"`
 }
 
-// Digest is a short stable hash of the spec. A float32 spec hashes
-// without StoredAs, so it keeps the digest it had before float16 was an
-// option, and its cached features stay found.
-func (s Spec) Digest() string {
+// Digest is a short stable hash of the spec and of the version of the
+// image decoders (preprocess.DecoderVersion), which decide the model's
+// input as much as the spec does. A float32 spec hashes without StoredAs,
+// so that naming float32 or not is one cache.
+func (s Spec) Digest() string { return s.digest(preprocess.DecoderVersion) }
+
+func (s Spec) digest(decoder int) string {
 	if s.StoredAs == schemas.Float32 {
 		s.StoredAs = ""
 	}
 	b, _ := json.Marshal(s)
+	b = fmt.Appendf(b, "\x00decoder %d", decoder)
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])[:24]
 }

@@ -49,6 +49,17 @@ const (
 	InterpolationBicubic  = "bicubic"
 )
 
+// DecoderVersion is the version of how images become pixels here: the
+// decoders and what is done to their output before resizing (colour
+// range, alpha, damaged files accepted or refused). Features cached by an
+// older one are not this image's features now, nor its rejection this
+// image's fault, so it is part of the features cache's key
+// (features.Spec.Digest). Raise it with each change that alters any
+// image's pixels or whether it decodes; every pool is then embedded once
+// more. 2: lossy WebP in full range, a BMP whose alpha is all zero opaque,
+// a baseline JPEG without its end marker accepted.
+const DecoderVersion = 2
+
 // maxSide bounds Height and Width so that Size cannot overflow and a typo in a
 // config cannot make Fill ask for gigabytes; no real model input is near it.
 const maxSide = 1 << 14
