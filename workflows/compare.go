@@ -63,6 +63,16 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 	// methods before it in the list (all_pool's hours of retraining).
 	if workflow.GetVersion(ctx, failFastMethodsChange, workflow.DefaultVersion, 1) == 1 {
 		if err := waitAll(ctx, futures...); err != nil {
+			if temporal.IsCanceledError(err) && workflow.GetVersion(ctx, cancelWaitsChange, workflow.DefaultVersion, 1) == 1 {
+				// A cancelled pass ends when every method has: a
+				// trainer's activity ends only once its command is
+				// killed (trainOptions), and a pass that ended before
+				// would leave the others' commands running while a
+				// pass under its ID starts again.
+				for _, f := range futures {
+					_ = f.Get(ctx, nil)
+				}
+			}
 			return ev, activities.SelectResult{}, err
 		}
 	}
@@ -86,6 +96,10 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 // failFastMethodsChange versions waiting for the methods in the order
 // they end, so that passes started before replay as they ran.
 const failFastMethodsChange = "fail-fast-methods"
+
+// cancelWaitsChange versions a cancelled pass waiting for all its methods,
+// so that passes cancelled before replay as they ran.
+const cancelWaitsChange = "cancel-waits-methods"
 
 // method runs one method's chain and fills its row.
 func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.EvaluateResult) (methodOut, error) {

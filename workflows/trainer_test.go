@@ -78,27 +78,31 @@ func TestExternalTrainerCancelAndFailure(t *testing.T) {
 	ctx := context.Background()
 	cfg.Timeouts.Heartbeat = schemas.Duration(2 * time.Second)
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo trainer pid $$; exec sleep 600", "{model}"}}
+	// Two methods retrain at once: the pass ends when both trainers have.
+	compare := cfg.Compare
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodDCD, schemas.MethodRandom}
 	id := "trainer-cancel-" + time.Now().UTC().Format("150405.000")
 	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	logKey := activities.MethodKey(id, schemas.MethodDCD, "train.log")
-	pid := 0
+	pids := map[string]int{}
 	deadline := time.Now().Add(5 * time.Minute)
-	for pid == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the trainer did not start within 5 minutes")
-		}
-		if data, err := b.ReadAll(ctx, logKey); err == nil {
-			if m := regexp.MustCompile(`trainer pid (\d+)`).FindSubmatch(data); m != nil {
-				pid, _ = strconv.Atoi(string(m[1]))
+	for _, m := range cfg.Compare[1:] {
+		for pids[m] == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's trainer did not start within 5 minutes", m)
 			}
+			if data, err := b.ReadAll(ctx, activities.MethodKey(id, m, "train.log")); err == nil {
+				if match := regexp.MustCompile(`trainer pid (\d+)`).FindSubmatch(data); match != nil {
+					pids[m], _ = strconv.Atoi(string(match[1]))
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err := syscall.Kill(pid, 0); err != nil {
-		t.Fatalf("trainer %d is not running: %v", pid, err)
+		if err := syscall.Kill(pids[m], 0); err != nil {
+			t.Fatalf("%s's trainer %d is not running: %v", m, pids[m], err)
+		}
 	}
 	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
 		t.Fatal(err)
@@ -108,12 +112,15 @@ func TestExternalTrainerCancelAndFailure(t *testing.T) {
 	if !errors.As(err, &canceled) {
 		t.Fatalf("pass ended with %v, want cancelled", err)
 	}
-	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("trainer %d still exists after the pass was cancelled (kill -0: %v)", pid, err)
+	for m, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("%s's trainer %d still exists after the pass was cancelled (kill -0: %v)", m, pid, err)
+		}
+		if data, _ := b.ReadAll(ctx, activities.MethodKey(id, m, "train.log")); !strings.Contains(string(data), "trainer stopped") {
+			t.Errorf("%s's log does not say the trainer was stopped:\n%s", m, data)
+		}
 	}
-	if data, _ := b.ReadAll(ctx, logKey); !strings.Contains(string(data), "trainer stopped") {
-		t.Errorf("log does not say the trainer was stopped:\n%s", data)
-	}
+	cfg.Compare = compare
 
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "-c", "echo loading data; echo out of memory >&2; exit 3", "{model}"}}
 	_, err = runPass(t, c, "trainer-fail-"+time.Now().UTC().Format("150405.000"), cfg)
