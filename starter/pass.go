@@ -255,7 +255,10 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 }
 
 // failureMessage is the useful part of a pass's error: the activity that
-// failed, if one did, and the innermost message.
+// failed, if one did, and the outermost message below Temporal's wrappers
+// (the workflow's, the activity's, a child's): DCD's own, which names the
+// field or file and quotes its cause. The causes below it travel too, as
+// nested failures, but alone they lose that context ("exit status 3").
 func failureMessage(err error) string {
 	prefix := ""
 	var act *temporal.ActivityError
@@ -263,12 +266,16 @@ func failureMessage(err error) string {
 		prefix = "activity " + act.ActivityType().GetName() + ": "
 	}
 	last := err
-	for u := errors.Unwrap(last); u != nil; u = errors.Unwrap(last) {
-		last = u
-	}
-	var app *temporal.ApplicationError
-	if errors.As(last, &app) && app.Message() != "" {
-		return prefix + app.Message()
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		switch e := e.(type) {
+		case *temporal.ApplicationError:
+			if e.Message() != "" {
+				return prefix + e.Message()
+			}
+		case *temporal.TimeoutError, *temporal.CanceledError, *temporal.TerminatedError, *temporal.PanicError:
+			return prefix + e.Error()
+		}
+		last = e
 	}
 	return prefix + last.Error()
 }

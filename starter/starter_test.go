@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -367,6 +368,16 @@ func TestFailureMessage(t *testing.T) {
 	}
 	if got := failureMessage(errors.New("plain")); got != "plain" {
 		t.Errorf("failureMessage = %q", got)
+	}
+	// An activity's error with its cause, as the client gets it back from
+	// the server: each cause a nested failure. The message that names the
+	// command is shown, not its cause's "exit status 3".
+	cause := exec.Command("sh", "-c", "exit 3").Run()
+	sent := temporal.NewNonRetryableApplicationError(`retrain.trainer.command "sh" exited with status 3`, "TrainerFailed", cause)
+	fc := temporal.GetDefaultFailureConverter()
+	got := fc.FailureToError(fc.ErrorToFailure(sent))
+	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", got)); msg != `retrain.trainer.command "sh" exited with status 3` {
+		t.Errorf("failureMessage = %q, want the trainer's command named", msg)
 	}
 }
 
