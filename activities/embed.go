@@ -137,6 +137,9 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		}()
 	}
 	rejects, ok, err := a.cachedRejects(ctx, key)
+	if ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects) {
+		ok = false // embedded again, the entry replaced
+	}
 	if reads != nil && (err != nil || !ok) { // no entry to read: not yet, or never
 		reads.abandon()
 		reads = nil
@@ -346,6 +349,33 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 		return nil, false, nil // a damaged entry is recomputed
 	}
 	return rejects, true, nil
+}
+
+// recheckUnread is how many of a cached shard's unreadable images a lookup
+// reads again.
+const recheckUnread = 8
+
+// unreadFixed says whether an image that a cache entry records as
+// unreadable (gone, forbidden) reads now. A pass that fails for its
+// E_sample's unreadable images says to fix them: once fixed (uploaded, its
+// access granted), the shard must be embedded again, although its content
+// (keys and versions) is what it was. Pool shards are not read again: a
+// pool lists many images long gone, which each recurring pass would read,
+// and one image fewer among the candidates costs little.
+func (a *Activities) unreadFixed(ctx context.Context, rejects []embed.Reject) bool {
+	n := 0
+	for _, r := range rejects {
+		if !r.Unread() {
+			continue
+		}
+		if n++; n > recheckUnread {
+			return false
+		}
+		if _, err := a.read(ctx, r.URI); err == nil || errors.Is(err, embed.ErrRejected) {
+			return true
+		}
+	}
+	return false
 }
 
 // read fetches an image: a key in the worker's bucket, or an absolute URL

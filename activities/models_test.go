@@ -766,3 +766,53 @@ func BenchmarkCheckModels(b *testing.B) {
 		})
 	}
 }
+
+// An E_sample image that could not be read (not yet uploaded) is a reject
+// of the shard's cache entry; once it is there, the next pass embeds the
+// shard again instead of reusing the entry, whose content (keys) is the
+// same. A pool shard keeps its entry: its gone images are not read again.
+func TestUnreadImageReadOnceFixed(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	g, _ := classifier(false)
+	w.putModel("models/clf.onnx", g)
+	w.putImages("q/", randomImages(11, 3, 4, 4))
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := w.b.ReadAll(ctx, "q/a/002.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.b.Delete(ctx, "q/a/002.png"); err != nil {
+		t.Fatal(err)
+	}
+	w.put("q.csv", []byte("uri,label\nq/a/000.png,a\nq/a/001.png,a\nq/a/002.png,a\n"))
+	embed := func(ds string) activities.EmbedShardResult {
+		t.Helper()
+		var plan activities.PlanResult
+		w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: ds, Dataset: schemas.Dataset{Manifest: "q.csv"}, ShardSize: 1 << 20}, &plan)
+		var res activities.EmbedShardResult
+		w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: ds, Shard: 0, Model: m, BatchSize: 3, PartSize: 4}, &res)
+		return res
+	}
+	for _, ds := range []string{activities.ErrorSample, activities.Pool} {
+		if res := embed(ds); res.Rejects != 1 {
+			t.Fatalf("%s, one image missing: %+v, want it rejected", ds, res)
+		}
+	}
+	if res := embed(activities.ErrorSample); !res.Cached || res.Rejects != 1 {
+		t.Errorf("again, still missing: %+v, want the entry reused", res)
+	}
+	w.put("q/a/002.png", late)
+	if res := embed(activities.Pool); !res.Cached || res.Rejects != 1 {
+		t.Errorf("the pool's shard once uploaded: %+v, want the entry reused", res)
+	}
+	if res := embed(activities.ErrorSample); res.Cached || res.Rejects != 0 || res.Images != 3 {
+		t.Errorf("once uploaded: %+v, want the shard embedded again, all 3 images", res)
+	}
+	if res := embed(activities.Pool); !res.Cached || res.Rejects != 0 {
+		t.Errorf("the pool's shard after E_sample's, of the same content: %+v, want the new entry", res)
+	}
+}
