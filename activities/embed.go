@@ -178,6 +178,9 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	if in.CachedOnly {
 		return res, nil
 	}
+	if err := in.Model.Spec.Embeddable(); err != nil {
+		return res, err // retried: another worker may embed it
+	}
 
 	// Loading the model (read from the store and a session made, by the
 	// first of the activities that start on it) may outlast a heartbeat

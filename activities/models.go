@@ -218,7 +218,7 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 	}
 	spec := features.Spec{
 		ModelDigest: sum, Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,
-		Exposed: exposed(outputs, names), StoredAs: m.StoredAs,
+		Exposed: exposed(outputs, names), StoredAs: m.StoredAs, Decoder: preprocess.DecoderVersion,
 	}
 	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
 	dims, err := a.probe(field, m.Path, model, spec, names, batch)

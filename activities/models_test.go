@@ -816,3 +816,27 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 		t.Errorf("the pool's shard after E_sample's, of the same content: %+v, want the new entry", res)
 	}
 }
+
+// A pass's models are checked with this worker's image decoders, whose
+// version the spec records; a worker with other decoders (one upgraded
+// while the pass ran) embeds nothing for it, so that no pass mixes two
+// decodings of its images.
+func TestEmbedRefusesOtherDecoders(t *testing.T) {
+	w := newWorld(t)
+	g, _ := classifier(false)
+	w.putModel("models/clf.onnx", g)
+	w.putImages("q/", randomImages(12, 2, 4, 4))
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Spec.Decoder != preprocess.DecoderVersion {
+		t.Fatalf("checked spec's decoders %d, want this worker's %d", m.Spec.Decoder, preprocess.DecoderVersion)
+	}
+	m.Spec.Decoder++
+	// Retried, as another worker of the pass's version may take it.
+	_, err = w.embed(activities.ErrorSample, "q/", m)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("checked with version %d", m.Spec.Decoder)) || !strings.Contains(err.Error(), "start it again") {
+		t.Errorf("embedding for a pass of other decoders: %v, want it refused, saying so", err)
+	}
+}

@@ -44,20 +44,31 @@ type Spec struct {
 	// StoredAs is the value type of the files: schemas.Float16, or
 	// schemas.Float32 or empty for float32.
 	StoredAs string `json:"stored_as,omitempty"`
+	// Decoder is the version of the image decoders that make the
+	// model's inputs (preprocess.DecoderVersion), which decide its
+	// features as much as the rest: recorded when a pass checks its
+	// models, so that every shard of the pass, on whichever worker, is
+	// one decoding (Embeddable). 0, from passes started before it was
+	// recorded, hashes as those passes did.
+	Decoder int `json:"decoder,omitempty"`
 }
 
-// Digest is a short stable hash of the spec and of the version of the
-// image decoders (preprocess.DecoderVersion), which decide the model's
-// input as much as the spec does. A float32 spec hashes without StoredAs,
-// so that naming float32 or not is one cache.
-func (s Spec) Digest() string { return s.digest(preprocess.DecoderVersion) }
+// Embeddable says whether this worker may embed images for spec: its
+// decoders are the spec's, or the spec predates recording them.
+func (s Spec) Embeddable() error {
+	if s.Decoder != 0 && s.Decoder != preprocess.DecoderVersion {
+		return fmt.Errorf("features: this worker decodes images as version %d of DCD's decoders, the pass's models were checked with version %d: its features would mix two decodings (a pass started before the workers were upgraded: start it again; its cached features are kept)", preprocess.DecoderVersion, s.Decoder)
+	}
+	return nil
+}
 
-func (s Spec) digest(decoder int) string {
+// Digest is a short stable hash of the spec. A float32 spec hashes
+// without StoredAs, so that naming float32 or not is one cache.
+func (s Spec) Digest() string {
 	if s.StoredAs == schemas.Float32 {
 		s.StoredAs = ""
 	}
 	b, _ := json.Marshal(s)
-	b = fmt.Appendf(b, "\x00decoder %d", decoder)
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])[:24]
 }

@@ -158,9 +158,15 @@ func TestRecordLoad(t *testing.T) {
 	if f32.Digest() != spec.Digest() || f16.Digest() == spec.Digest() {
 		t.Errorf("digests: %s unset, %s float32, %s float16; want float32's the same as unset, float16's its own", spec.Digest(), f32.Digest(), f16.Digest())
 	}
-	// Features decoded otherwise are another cache entry.
-	if spec.digest(preprocess.DecoderVersion+1) == spec.Digest() {
-		t.Errorf("digest %s does not change with the decoders' version", spec.Digest())
+	// Features decoded otherwise are another cache entry, and a worker
+	// with other decoders embeds none for the spec.
+	now, next := spec, spec
+	now.Decoder, next.Decoder = preprocess.DecoderVersion, preprocess.DecoderVersion+1
+	if now.Digest() == next.Digest() || now.Digest() == spec.Digest() {
+		t.Errorf("digests %s, %s with decoders %d, %d and %s without: want three", now.Digest(), next.Digest(), now.Decoder, next.Decoder, spec.Digest())
+	}
+	if now.Embeddable() != nil || spec.Embeddable() != nil || next.Embeddable() == nil {
+		t.Errorf("embeddable: %v with this worker's decoders, %v without, %v with others; want only the last refused", now.Embeddable(), spec.Embeddable(), next.Embeddable())
 	}
 }
 
