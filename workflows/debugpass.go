@@ -7,6 +7,7 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -112,15 +113,50 @@ const apartChange = "apart-sets"
 // reported, so that passes started before replay as they ran.
 const dropScanChange = "drop-scan"
 
+// passConfig is the pass's config with its defaults, and why it is
+// invalid, as the worker that started the pass saw them: recorded in the
+// history, so that newer workers, whose defaults or checks may differ (a
+// method added to the default compare list, a bound tightened), go on with
+// the same config rather than replay a pass that no longer matches its
+// history. Passes started before configOnceChange work it out each time.
+func passConfig(ctx workflow.Context, in schemas.Config) (schemas.Config, error) {
+	if workflow.GetVersion(ctx, configOnceChange, workflow.DefaultVersion, 1) != 1 {
+		cfg := in.WithDefaults()
+		return cfg, cfg.Validate()
+	}
+	type verdict struct {
+		Config  schemas.Config
+		Invalid string
+	}
+	var v verdict
+	err := workflow.SideEffect(ctx, func(workflow.Context) any {
+		v := verdict{Config: in.WithDefaults()}
+		if err := v.Config.Validate(); err != nil {
+			v.Invalid = err.Error()
+		}
+		return v
+	}).Get(&v)
+	if err != nil {
+		return schemas.Config{}, err
+	}
+	if v.Invalid != "" {
+		return v.Config, errors.New(v.Invalid)
+	}
+	return v.Config, nil
+}
+
+// configOnceChange versions recording the pass's config (passConfig).
+const configOnceChange = "config-once"
+
 // DebugPass runs one data-centric debugging pass.
 func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	run := workflow.GetInfo(ctx).WorkflowExecution.ID
-	cfg := in.Config.WithDefaults()
 	p := &Progress{Phase: "validate", Started: workflow.Now(ctx)}
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) { return *p, nil }); err != nil {
 		return PassResult{}, err
 	}
-	if err := cfg.Validate(); err != nil {
+	cfg, err := passConfig(ctx, in.Config)
+	if err != nil {
 		return PassResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidConfig", nil)
 	}
 	heartbeat, timeout := time.Duration(cfg.Timeouts.Heartbeat), time.Duration(cfg.Timeouts.Activity)
@@ -150,7 +186,6 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		activities.ErrorHeldout: cfg.Data.ErrorHeldout,
 	}
 	var plans map[string]activities.PlanResult
-	var err error
 	var later *plansAhead // the pool's and train's plans, when they go on past the checks
 	if workflow.GetVersion(ctx, planLaterChange, workflow.DefaultVersion, 1) == 1 {
 		later = startPlans(cpu, run, cfg, sets, []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test}, []string{activities.Pool, activities.Train})
