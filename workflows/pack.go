@@ -139,7 +139,7 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	if stop < done.Archives {
 		next := in
 		next.First, next.Done = stop, done
-		return done, workflow.NewContinueAsNewError(ctx, PackWorkflow, next)
+		return done, continueAsNew(ctx, PackWorkflow, next)
 	}
 
 	if err := workflow.ExecuteActivity(cpu, a.FinishPack, activities.FinishPackInput{Out: in.Out, Archives: done.Archives}).Get(ctx, nil); err != nil {

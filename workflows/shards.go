@@ -85,6 +85,20 @@ const (
 // before it replay as they ran.
 const everyRunLooksUpChange = "every-run-looks-up"
 
+// continueAsNew is workflow.NewContinueAsNewError, unless the run was
+// cancelled after its last activity ended: the server does not carry a
+// cancel request over to the next run, which would go on with the rest
+// (of a chain's shards, a pack's archives) after `starter cancel` said it
+// was cancelled. Versioned (cancelBeforeContinueChange) where it happens.
+func continueAsNew(ctx workflow.Context, wf, next any) error {
+	if ctx.Err() != nil && workflow.GetVersion(ctx, cancelBeforeContinueChange, workflow.DefaultVersion, 1) == 1 {
+		return temporal.NewCanceledError()
+	}
+	return workflow.NewContinueAsNewError(ctx, wf, next)
+}
+
+const cancelBeforeContinueChange = "cancel-before-continue"
+
 // ShardsWorkflow embeds shards [First, End) in a sliding window of Window
 // shards, ShardsPerRun per run, continuing as new until the range is done.
 func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) {
@@ -131,7 +145,7 @@ func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) 
 	if stop < in.End {
 		next := in
 		next.First, next.Done, next.LastCached = stop, done, scan.cached
-		return done, workflow.NewContinueAsNewError(ctx, ShardsWorkflow, next)
+		return done, continueAsNew(ctx, ShardsWorkflow, next)
 	}
 	return done, nil
 }
