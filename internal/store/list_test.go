@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"fmt"
 	"io"
 	"maps"
@@ -400,10 +401,20 @@ func TestKeyOrder(t *testing.T) {
 }
 
 // A bucket that does not open is named without its query, which may hold
-// a token, in an error that still unwraps to the driver's.
+// a token, in an error that errors.Is and As still see as the driver's,
+// and whose history (each cause a failure with its text) holds no token.
 func TestOpenErrorRedacted(t *testing.T) {
 	_, err := Open(context.Background(), "file:///nonexistent-dcd-dir?token=SECRET123&create_dir=nope")
-	if err == nil || strings.Contains(err.Error(), "SECRET123") || !strings.Contains(err.Error(), "file:///nonexistent-dcd-dir") || errors.Unwrap(err) == nil {
+	if err == nil || strings.Contains(err.Error(), "SECRET123") || !strings.Contains(err.Error(), "file:///nonexistent-dcd-dir") {
 		t.Errorf("open with a token in the query: %v; want an error naming the bucket without it", err)
+	}
+	for f := temporal.GetDefaultFailureConverter().ErrorToFailure(err); f != nil; f = f.GetCause() {
+		if strings.Contains(f.GetMessage(), "SECRET123") {
+			t.Errorf("a failure in the history shows the token: %q", f.GetMessage())
+		}
+	}
+	_, err = Open(context.Background(), "file:///tmp?base_url=http://x&secret_key_path=/nonexistent-dcd-dir/key")
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("open with a missing key file: %v; want the driver's cause seen through it", err)
 	}
 }

@@ -121,14 +121,17 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 }
 
 // redactedError is err with a message that leaves out what it must not
-// show; errors.Is and As still see err.
+// show; errors.Is and As still see err. It has no Unwrap: Temporal's
+// failure converter records each error errors.Unwrap reaches, with its
+// text, as a cause in the history, err's unredacted one among them.
 type redactedError struct {
 	msg string
 	err error
 }
 
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
+func (e *redactedError) Error() string        { return e.msg }
+func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
+func (e *redactedError) As(target any) bool   { return errors.As(e.err, target) }
 
 // fileOptions adds metadata=skip to a file:// URL that sets no metadata
 // option, and no_tmp_dir=1 to one that sets no no_tmp_dir when its folder
