@@ -43,7 +43,7 @@ func (a *Activities) Classes(ctx context.Context, in ClassesInput) ([]string, er
 		return nil, invalid("config: classes_file: %q is over %d MiB: not a list of class names, one a line", in.File, maxClassesFile>>20)
 	}
 	if err != nil {
-		if c := store.Classify(err, in.File); c != err {
+		if settingUnread(ctx, err) {
 			return nil, invalid("config: classes_file: cannot read %q: %v", in.File, err)
 		}
 		return nil, err

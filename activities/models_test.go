@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strconv"
@@ -839,4 +841,23 @@ func TestEmbedRefusesOtherDecoders(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("checked with version %d", m.Spec.Decoder)) || !strings.Contains(err.Error(), "start it again") {
 		t.Errorf("embedding for a pass of other decoders: %v, want it refused, saying so", err)
 	}
+}
+
+// A model or classes file in a store that is not to be reached as the
+// config says (here an https:// endpoint that answers in plain HTTP) is a
+// setting to fix: the check fails at once naming the field, rather than
+// after a retry policy's minutes.
+func TestConfigFileUnreachable(t *testing.T) {
+	w := newWorld(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "dcd")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "dcd")
+	t.Setenv("AWS_MAX_ATTEMPTS", "1")
+	plain := httptest.NewServer(http.NotFoundHandler())
+	defer plain.Close()
+	at := "s3://b/%s?endpoint=" + strings.Replace(plain.URL, "http:", "https:", 1) + "&use_path_style=true&region=us-east-1"
+	_, err := w.check(schemas.Config{Target: schemas.Model{Path: fmt.Sprintf(at, "m.onnx"), Features: "f", Logits: "l"}}.WithDefaults().Target)
+	failsNaming(t, err, "config: target.path", "HTTP response to HTTPS client")
+	var classes []string
+	err = w.do(w.acts.Classes, activities.ClassesInput{File: fmt.Sprintf(at, "classes.txt")}, &classes)
+	failsNaming(t, err, "config: classes_file", "HTTP response to HTTPS client")
 }

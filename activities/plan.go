@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 
@@ -70,7 +71,7 @@ func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (Chec
 func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Model, outputs, columns []string) (ModelRef, error) {
 	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
-		if c := store.Classify(err, m.Path); c != err {
+		if settingUnread(ctx, err) {
 			return ModelRef{}, invalid("config: %s.path: cannot read model %q: %v", field, m.Path, err)
 		}
 		return ModelRef{}, err
@@ -370,4 +371,15 @@ func (st *planState) save(ctx context.Context, b *blob.Bucket, key string) {
 // cancelled, or storage failed in a way that may pass.
 func retried(ctx context.Context, err error) bool {
 	return ctx.Err() != nil || store.Transient(err)
+}
+
+// settingUnread says whether err, reading a file that a config names (a
+// model, the classes), is the setting's to fix: the file is not there, or
+// not to be read by the workers, or the store it names is not to be
+// reached (a host name that does not resolve, a certificate). Those fail
+// the pass naming the field at once, not after a retry policy's minutes.
+// An error the read made itself (a model too large) says so already.
+func settingUnread(ctx context.Context, err error) bool {
+	var app *temporal.ApplicationError
+	return !errors.As(err, &app) && !retried(ctx, err)
 }
