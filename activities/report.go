@@ -615,7 +615,10 @@ const (
 // URI, decoded holding one of decodes. It shrinks by the mean of the pixels
 // each thumbnail pixel covers (preprocess's area filter): a pass over the
 // image, where an interpolating kernel of the scale's width is many.
-func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan struct{}) (template.URL, error) {
+// decodeThumb decodes a thumbnail's image; a test replaces it.
+var decodeThumb = preprocess.Decode
+
+func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan struct{}) (src template.URL, err error) {
 	data, err := a.buckets().ReadAtMost(ctx, a.Bucket, key, thumbBytes)
 	if err != nil {
 		return "", err
@@ -626,7 +629,15 @@ func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan str
 		return "", ctx.Err()
 	}
 	defer func() { <-decodes }()
-	img, err := preprocess.Decode(data)
+	// Temporal recovers an activity's panics, not those of its
+	// goroutines, which would end the worker: a decoder's bug on one
+	// image is that image's thumbnail failed.
+	defer func() {
+		if p := recover(); p != nil {
+			src, err = "", fmt.Errorf("the decoder failed on this image (%v): a bug, please report it with the image", p)
+		}
+	}()
+	img, err := decodeThumb(data)
 	if err != nil {
 		return "", err
 	}

@@ -303,4 +303,12 @@ func TestThumbnail(t *testing.T) {
 	if _, err := a.thumbnail(ctx, "huge.png", make(chan struct{}, 1)); err == nil || !strings.Contains(err.Error(), "too large") {
 		t.Errorf("a file over %d bytes: %v, want it refused", thumbBytes, err)
 	}
+	// A decoder's bug on one image fails its thumbnail, not the worker,
+	// and gives its decoding slot back.
+	defer func(d func([]byte) (image.Image, error)) { decodeThumb = d }(decodeThumb)
+	decodeThumb = func([]byte) (image.Image, error) { panic("index out of range") }
+	slots := make(chan struct{}, 1)
+	if _, err := a.thumbnail(ctx, "photo.png", slots); err == nil || !strings.Contains(err.Error(), "the decoder failed on this image (index out of range)") || len(slots) != 0 {
+		t.Errorf("a decoder that panics: %v, %d slots taken; want the thumbnail failed, the slot free", err, len(slots))
+	}
 }
