@@ -10,7 +10,6 @@ import (
 
 	"gocloud.dev/blob"
 
-	"dcd/internal/redact"
 	"dcd/internal/webdataset"
 )
 
@@ -89,13 +88,25 @@ func JoinURL(bucketURL, key string) (string, error) {
 // MaxBuckets is how many buckets a Buckets keeps open.
 const MaxBuckets = 1024
 
-// Buckets opens the buckets that absolute URLs name, each once, and keeps
-// them for the life of the process: a worker reads images from many buckets
-// but opens each one (and its client and credentials) a single time. The
-// zero value is ready to use; it is safe for concurrent use.
+// Buckets opens the buckets that absolute URLs name and keeps them: a
+// worker reads images from many buckets but opens each one (and its client
+// and credentials) once, not once a read. It keeps the MaxBuckets used
+// last: each is a client, credentials and a pool of connections, and a
+// worker that runs for months meets many buckets (a manifest whose rows
+// each name another, prefix=<row>/, meets thousands in one pass). One
+// dropped is not closed, as a read or a listing may still hold it: its
+// memory goes when they are done, its idle connections after their
+// clients' idle timeout (90 s). The zero value is ready to use; it is
+// safe for concurrent use.
 type Buckets struct {
 	mu   sync.Mutex
-	open map[string]*blob.Bucket // by bucket URL
+	open map[string]*openBucket // by bucket URL
+	tick uint64
+}
+
+type openBucket struct {
+	b    *blob.Bucket
+	used uint64 // Buckets.tick when last opened
 }
 
 // Open returns the bucket at bucketURL, opening it the first time: its
@@ -109,14 +120,10 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	}
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	if b, ok := bs.open[name]; ok {
-		return b, nil
-	}
-	if len(bs.open) >= MaxBuckets {
-		// Each is a client, credentials and a pool of connections, kept:
-		// a manifest whose rows each name another (prefix=<row>/) would
-		// take the worker's memory and file descriptors.
-		return nil, &URLError{fmt.Sprintf("store: open %q: the worker has %d buckets open, the most it keeps: a dataset's images may come from that many buckets (by URL and options) at most", redact.URL(bucketURL), MaxBuckets)}
+	bs.tick++
+	if o, ok := bs.open[name]; ok {
+		o.used = bs.tick
+		return o.b, nil
 	}
 	b, err := Open(ctx, bucketURL)
 	if err != nil && optionRefused(err.Error()) {
@@ -131,9 +138,18 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 		return nil, err
 	}
 	if bs.open == nil {
-		bs.open = map[string]*blob.Bucket{}
+		bs.open = map[string]*openBucket{}
 	}
-	bs.open[name] = b
+	if len(bs.open) >= MaxBuckets {
+		var last string
+		for n, o := range bs.open {
+			if last == "" || o.used < bs.open[last].used {
+				last = n
+			}
+		}
+		delete(bs.open, last)
+	}
+	bs.open[name] = &openBucket{b: b, used: bs.tick}
 	return b, nil
 }
 
@@ -230,8 +246,8 @@ func (bs *Buckets) Close() error {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	var errs []error
-	for _, b := range bs.open {
-		errs = append(errs, b.Close())
+	for _, o := range bs.open {
+		errs = append(errs, o.b.Close())
 	}
 	bs.open = nil
 	return errors.Join(errs...)
