@@ -77,7 +77,10 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	defer beating(ctx, func() []any { return nil })()
 	modelKey := MethodKey(in.Run, in.Method, "model.onnx")
 	trainKey := MethodKey(in.Run, in.Method, "trainer/train.csv")
-	if err := a.writeShardManifest(ctx, trainKey, in.Run, Train, in.TrainShards); err != nil {
+	// A train image outside the classes fails the pass, as the built-in
+	// head's does (rows.go), rather than be left to the trainer to drop.
+	classes := dataset.NewClasses(in.Classes)
+	if err := a.writeShardManifest(ctx, trainKey, in.Run, Train, in.TrainShards, &classes); err != nil {
 		return res, err
 	}
 	debugKey := MethodKey(in.Run, in.Method, "trainer/debug_train.csv")
@@ -89,7 +92,7 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	case in.Debug.Keep != "":
 		debugKey = in.Debug.Keep
 	default:
-		if err := a.writeShardManifest(ctx, debugKey, in.Run, in.Debug.Dataset, in.Debug.Shards); err != nil {
+		if err := a.writeShardManifest(ctx, debugKey, in.Run, in.Debug.Dataset, in.Debug.Shards, nil); err != nil {
 			return res, err
 		}
 	}
@@ -151,8 +154,9 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 }
 
 // writeShardManifest concatenates a dataset's shard manifests into one CSV
-// manifest (uri,label,domain).
-func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string, shards int) error {
+// manifest (uri,label,domain); given classes, a label outside them fails
+// it, naming the image.
+func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string, shards int, classes *dataset.Classes) error {
 	return a.writeCSV(ctx, key, []string{"uri", "label", "domain"}, func(w *csv.Writer) error {
 		read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 			return a.readShard(ctx, ShardKey(run, ds, i))
@@ -164,6 +168,9 @@ func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string
 				return err
 			}
 			for _, it := range s.Items {
+				if classes != nil && classes.Index(it.Label) < 0 {
+					return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, it.Key, it.Label, *classes)
+				}
 				w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
 			}
 		}

@@ -2,7 +2,6 @@ package activities
 
 import (
 	"context"
-	"dcd/internal/redact"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"dcd/internal/dataset"
+	"dcd/internal/redact"
 )
 
 // A cancelled trainer leaves nothing of its process group running, not
@@ -96,5 +98,25 @@ func TestTrainerLogCutAtALine(t *testing.T) {
 	data, _ := log.snapshot()
 	if strings.Contains(redact.Text(string(data)), "SECRET") || !strings.HasPrefix(string(data), "[... ") {
 		t.Errorf("log after the cut: %q", data[max(0, len(data)-80):])
+	}
+}
+
+// An external trainer's train manifest holds train's images; one whose
+// label is not a class fails the pass naming it, as the built-in head's
+// rows do, rather than be dropped by the trainer. Weak labels of the
+// debug-train set are the trainer's to drop.
+func TestTrainerManifestChecksTrainLabels(t *testing.T) {
+	ctx := context.Background()
+	a := memActivities(t)
+	for i, label := range []string{"cat", "Cat"} {
+		put(t, a, ShardKey("r", Train, i), (&dataset.Shard{Items: []dataset.Item{{ID: int64(i), Key: fmt.Sprintf("train/%d.png", i), Label: label}}}).Marshal())
+	}
+	classes := dataset.NewClasses([]string{"cat", "dog"})
+	err := a.writeShardManifest(ctx, "train.csv", "r", Train, 2, &classes)
+	if err == nil || !strings.Contains(err.Error(), `data.train: image train/1.png has label "Cat", which is not in classes`) {
+		t.Errorf("a train label outside the classes: %v, want the pass failed naming it", err)
+	}
+	if err := a.writeShardManifest(ctx, "debug.csv", "r", Train, 2, nil); err != nil {
+		t.Errorf("without classes to check: %v", err)
 	}
 }
