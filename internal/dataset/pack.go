@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -268,9 +269,10 @@ func (a *archiveWriter) key(suffix string) string { return archiveKey(a.prefix, 
 // order into the archive, then its skip list, then its sources list.
 func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progress func(int)) (Archive, error) {
 	type image struct {
-		data []byte
-		err  error
-		done chan struct{}
+		data     []byte
+		err      error
+		reserved int64 // of held, given back once written
+		done     chan struct{}
 	}
 	images := make([]image, len(a.items))
 	for i := range images {
@@ -278,8 +280,10 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 	}
 	// The dispatcher takes a token per image it hands to the readers and
 	// the writer gives it back once the image is written: about readers
-	// images are held, read or being read, however large the photos.
+	// images are held, read or being read; and their bytes, heldBytes
+	// at most (a folder of videos, up to MaxImageBytes each).
 	g, gctx := errgroup.WithContext(ctx)
+	held := newHeld(heldBytes)
 	tokens, next := make(chan struct{}, readers), make(chan int)
 	g.Go(func() error {
 		defer close(next)
@@ -300,7 +304,14 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 	for range min(readers, len(images)) {
 		g.Go(func() error {
 			for i := range next {
-				images[i].data, images[i].err = s.Buckets.ReadAtMost(gctx, s.Bucket, a.items[i].Key, MaxImageBytes)
+				rctx := store.WithReserve(gctx, func(ctx context.Context, n int64) error {
+					if err := held.reserve(ctx, i, n); err != nil {
+						return err
+					}
+					images[i].reserved += n
+					return nil
+				})
+				images[i].data, images[i].err = s.Buckets.ReadAtMost(rctx, s.Bucket, a.items[i].Key, MaxImageBytes)
 				close(images[i].done)
 			}
 			return nil
@@ -312,6 +323,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 		sources := newCSV(sourcesHeader...)
 		unread := 0
 		for i, it := range a.items {
+			held.writing(i)
 			select {
 			case <-images[i].done:
 			case <-gctx.Done():
@@ -348,6 +360,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 				sources.row(sample, strconv.FormatInt(it.ID, 10), it.Key, label, domain, it.Version)
 				a.res.Images++
 			}
+			held.release(images[i].reserved) // written (tar.write copies it) or skipped
 			if progress != nil {
 				progress(i + 1)
 			}
@@ -383,6 +396,57 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 		return Archive{}, err
 	}
 	return a.res, nil
+}
+
+// heldBytes bounds the bytes of the images an archive's readers hold,
+// read and not yet written.
+var heldBytes int64 = 1 << 30 // a variable for the tests
+
+// held is a budget of bytes that images in an archive's order take and
+// give back. The image the writer waits for (next) takes its bytes past
+// the budget if it must: the images after it hold them until it is
+// written, in order, and would otherwise wait for it for ever.
+type held struct {
+	mu      sync.Mutex
+	budget  int64
+	used    int64
+	next    int
+	changed chan struct{} // closed, and replaced, when used or next change
+}
+
+func newHeld(budget int64) *held { return &held{budget: budget, changed: make(chan struct{})} }
+
+// reserve takes n bytes for image i, waiting until they are free or i is
+// the next image written.
+func (h *held) reserve(ctx context.Context, i int, n int64) error {
+	for {
+		h.mu.Lock()
+		if h.used+n <= h.budget || i <= h.next {
+			h.used += n
+			h.mu.Unlock()
+			return nil
+		}
+		changed := h.changed
+		h.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (h *held) release(n int64) { h.update(func() { h.used -= n }) }
+
+// writing says that image i is the next one written.
+func (h *held) writing(i int) { h.update(func() { h.next = i }) }
+
+func (h *held) update(fn func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fn()
+	close(h.changed)
+	h.changed = make(chan struct{})
 }
 
 // resume takes up an archive written whole before, checking that its

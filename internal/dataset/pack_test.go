@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"gocloud.dev/blob"
 
@@ -459,5 +460,46 @@ func TestPackEdges(t *testing.T) {
 	b2.WriteAll(ctx, "m/list.csv", []byte(strings.Join(lines[:len(lines)-4], "")), nil)
 	if _, err := pack(t, src2, source, "short", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "short/000002.tar is past") {
 		t.Errorf("packing a shortened dataset again: %v, want a refusal naming short/000002.tar", err)
+	}
+}
+
+// An archive's readers hold heldBytes of images at most, read and not
+// yet written, but for the image the writer waits for, which is never
+// kept waiting by those after it: packing with a budget smaller than any
+// image writes the same archives, one image at a time.
+func TestPackHeldBytes(t *testing.T) {
+	ctx := context.Background()
+	h := newHeld(100)
+	if err := h.reserve(ctx, 1, 60); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := h.reserve(short, 2, 60); err == nil {
+		t.Error("image 2 took 60 bytes beside image 1's 60, of 100")
+	}
+	got := make(chan error)
+	go func() { got <- h.reserve(ctx, 2, 60) }()
+	h.release(60)
+	if err := <-got; err != nil || h.used != 60 {
+		t.Errorf("image 2 once image 1 gave its bytes back: %v, %d used", err, h.used)
+	}
+	if err := h.reserve(ctx, 0, 500); err != nil || h.used != 560 { // the next written: past the budget
+		t.Errorf("the image the writer waits for: %v, %d used", err, h.used)
+	}
+
+	defer func(n int64) { heldBytes = n }(heldBytes)
+	b, _, _ := packWorld(t, 8)
+	src := Source{Bucket: b}
+	source := schemas.Dataset{Manifest: "m/list.csv"}
+	if _, err := pack(t, src, source, "roomy", 3, 4); err != nil {
+		t.Fatal(err)
+	}
+	heldBytes = 1
+	if _, err := pack(t, src, source, "tight", 3, 4); err != nil {
+		t.Fatal(err)
+	}
+	if roomy, tight := objects(t, b, "roomy"), objects(t, b, "tight"); !maps.Equal(roomy, tight) {
+		t.Errorf("packing one byte held at a time gives other objects: %d and %d", len(roomy), len(tight))
 	}
 }
