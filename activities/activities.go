@@ -182,6 +182,21 @@ func (s *Sessions) keep(key string, sess *ortrun.Session) {
 	}
 }
 
+// closeIdle closes the sessions no activity holds and says how many.
+func (s *Sessions) closeIdle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for k, h := range s.sessions {
+		if h.users == 0 {
+			h.s.Close()
+			delete(s.sessions, k)
+			n++
+		}
+	}
+	return n
+}
+
 // searchBytes bounds the pool features a worker holds for its searches:
 // 43 shards of 2,000 rows at d = 384, 8 at d = 2,048, each read while
 // others are searched.
@@ -401,12 +416,21 @@ func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Sessi
 	if m.EP != "" {
 		opt.EP = m.EP
 	}
-	s, err := ortrun.NewSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
+	s, err := newSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
+	if err != nil && a.Sessions.closeIdle() > 0 {
+		// The sessions kept for later (maxSessions) hold their weights
+		// and memory pools, on a GPU its memory: a new model that did
+		// not fit beside them may fit once they are gone.
+		s, err = newSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
+	}
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
 	}
 	return s, nil
 }
+
+// newSession makes a model's session; a test replaces it.
+var newSession = ortrun.NewSession
 
 // detached is ctx for a load other activities wait on too: not cancelled
 // with the activity that started it, whose end would fail theirs, but

@@ -200,3 +200,33 @@ func TestDetached(t *testing.T) {
 		t.Errorf("deadline %v (%v), want the activity's %v", got, ok, want)
 	}
 }
+
+// A model that does not load beside the sessions kept for later (a GPU's
+// memory, full of idle models' weights) loads once they are closed.
+func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
+	a := sessionActivities(t)
+	ctx := context.Background()
+	_, release, err := a.session(ctx, flattenModel(t, a, "kept"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	defer func(f func(string, []byte, []string, []string, ortrun.Options) (*ortrun.Session, error)) {
+		newSession = f
+	}(newSession)
+	real := newSession
+	newSession = func(name string, model []byte, in, out []string, opt ortrun.Options) (*ortrun.Session, error) {
+		a.Sessions.mu.Lock()
+		kept := len(a.Sessions.sessions)
+		a.Sessions.mu.Unlock()
+		if kept > 0 {
+			return nil, fmt.Errorf("Failed to allocate memory for requested buffer of size 4096")
+		}
+		return real(name, model, in, out, opt)
+	}
+	_, release, err = a.session(ctx, flattenModel(t, a, "new"))
+	if err != nil {
+		t.Fatalf("a model that fits once the idle session is closed: %v", err)
+	}
+	release()
+}
