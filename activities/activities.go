@@ -416,17 +416,22 @@ func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Sessi
 	if m.EP != "" {
 		opt.EP = m.EP
 	}
-	s, err := newSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
-	if err != nil && a.Sessions.closeIdle() > 0 {
-		// The sessions kept for later (maxSessions) hold their weights
-		// and memory pools, on a GPU its memory: a new model that did
-		// not fit beside them may fit once they are gone.
-		s, err = newSession(m.Path, model, []string{m.Spec.Input}, outputs, opt)
-	}
+	s, err := a.Sessions.open(m.Path, model, []string{m.Spec.Input}, outputs, opt)
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "ModelLoad", err)
 	}
 	return s, nil
+}
+
+// open makes a model's session. The sessions kept for later (maxSessions)
+// hold their weights and memory pools, on a GPU its memory: a model that
+// does not load beside them is tried again once they are closed.
+func (s *Sessions) open(name string, model []byte, inputs, outputs []string, opt ortrun.Options) (*ortrun.Session, error) {
+	sess, err := newSession(name, model, inputs, outputs, opt)
+	if err != nil && s != nil && s.closeIdle() > 0 {
+		sess, err = newSession(name, model, inputs, outputs, opt)
+	}
+	return sess, err
 }
 
 // newSession makes a model's session; a test replaces it.

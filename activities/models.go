@@ -104,7 +104,7 @@ func (a *Activities) probe(field, path string, model []byte, spec features.Spec,
 	if a.Sessions != nil {
 		opt = a.Sessions.opt
 	}
-	s, err := ortrun.NewSession(path, model, []string{spec.Input}, names, opt)
+	s, err := a.Sessions.open(path, model, []string{spec.Input}, names, opt)
 	if err != nil {
 		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("config: %s.path: %v", field, err), "ModelLoad", err)
 	}
