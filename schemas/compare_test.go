@@ -99,6 +99,8 @@ func TestCompareValidation(t *testing.T) {
 		{"retrain.learning_rate", func(c *Config) { c.Retrain.LearningRate = math.Inf(1) }},
 		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
 		{"retrain.batch_size", func(c *Config) { c.Retrain.BatchSize = 10_000_000 }},
+		{"shards.batch_size", func(c *Config) { c.Shards.BatchSize = 6400 }},
+		{"shards.size", func(c *Config) { c.Shards.Size = 50_000_000 }},
 		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
 		{"retrain.trainer.command[2]", func(c *Config) {

@@ -239,6 +239,15 @@ func LoadConfig(path string) (Config, error) {
 	return c.WithDefaults(), nil
 }
 
+// maxInferenceBatch bounds shards.batch_size: an embedding keeps three
+// batches of model input (a 224×224 RGB batch of 4,096 is 2.4 GB), for
+// each shard a worker embeds at once. maxShardSize bounds shards.size: a
+// shard's manifest and features are read whole.
+const (
+	maxInferenceBatch = 4096
+	maxShardSize      = 1_000_000
+)
+
 // WithDefaults fills every zero field that has a sensible default.
 func (c Config) WithDefaults() Config {
 	// Classes as the datasets' labels are read (dataset.Label): a class
@@ -359,14 +368,14 @@ func (c Config) Validate() error {
 	if err := c.validateCompare(); err != nil {
 		return err
 	}
-	if c.Shards.Size < 1 {
-		return bad("shards.size", "must be >= 1, got %d", c.Shards.Size)
+	if c.Shards.Size < 1 || c.Shards.Size > maxShardSize {
+		return bad("shards.size", "must be in [1, %d], got %d", maxShardSize, c.Shards.Size)
 	}
 	if c.Shards.Window < 1 || c.Shards.Window > 1000 {
 		return bad("shards.window", "must be in [1, 1000], got %d", c.Shards.Window)
 	}
-	if c.Shards.BatchSize < 1 {
-		return bad("shards.batch_size", "must be >= 1, got %d", c.Shards.BatchSize)
+	if c.Shards.BatchSize < 1 || c.Shards.BatchSize > maxInferenceBatch {
+		return bad("shards.batch_size", "must be in [1, %d], got %d", maxInferenceBatch, c.Shards.BatchSize)
 	}
 	if c.Shards.Chains < 1 || c.Shards.Chains > 1000 {
 		return bad("shards.chains", "must be in [1, 1000], got %d", c.Shards.Chains)
