@@ -596,6 +596,14 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		br.Discard(3)
 		offset = 3
 	}
+	// Read as CSV, such a file fails as a quote left open or a header of
+	// binary: say what it is.
+	switch magic, _ := br.Peek(4); {
+	case string(magic) == "PAR1":
+		return errors.New("a Parquet file: name it *.parquet, which is how a Parquet manifest is told from a CSV one")
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		return errors.New("a gzip file: decompress it; a CSV manifest is read as it is stored")
+	}
 	cr := boundedCSV(br)
 	header, err := cr.Read()
 	if err != nil {

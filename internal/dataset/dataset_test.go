@@ -213,6 +213,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"twice.csv":     "uri,Label,label \nx.png,cat,dog\n",
 		// A quote left open: the rest of the file would be one field.
 		"open.csv": "uri,label\n\"x.png,cat\n" + strings.Repeat("y.png,dog\n", 200_000),
+		// Binary files named otherwise: a Parquet file, a gzipped CSV.
+		"list.pq":     "PAR1\x15\x04\x15\x80\x01",
+		"list.csv.gz": "\x1f\x8b\x08\x00\x00\x00\x00\x00",
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -223,6 +226,8 @@ func TestWalkManifestErrors(t *testing.T) {
 		"missing.csv":   "not found",
 		"twice.csv":     `columns 2 and 3 are both "label"`,
 		"open.csv":      "the row after line 1: a row longer than",
+		"list.pq":       "a Parquet file: name it *.parquet",
+		"list.csv.gz":   "a gzip file: decompress it",
 	} {
 		_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), key) {
