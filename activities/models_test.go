@@ -861,3 +861,27 @@ func TestConfigFileUnreachable(t *testing.T) {
 	err = w.do(w.acts.Classes, activities.ClassesInput{File: fmt.Sprintf(at, "classes.txt")}, &classes)
 	failsNaming(t, err, "config: classes_file", "HTTP response to HTTPS client")
 }
+
+// A test set of which no image decodes fails the evaluation saying why,
+// by one of its images.
+func TestEvaluateNothingEmbedded(t *testing.T) {
+	w := newWorld(t)
+	g, _ := classifier(false)
+	w.putModel("models/clf.onnx", g)
+	w.put("t/a/0.png", []byte("not a PNG"))
+	w.put("t/a/1.png", []byte("nor this"))
+	w.putImages("h/", randomImages(13, 2, 4, 4))
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.embed(activities.Test, "t/", m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.embed(activities.ErrorHeldout, "h/", m); err != nil {
+		t.Fatal(err)
+	}
+	var res activities.EvaluateResult
+	err = w.do(w.acts.Evaluate, activities.EvaluateInput{Run: w.run, Method: "none", Model: m, Classes: []string{"a", "b", "c"}, TestShards: 1, HeldoutShards: 1}, &res)
+	failsNaming(t, err, "data.test: no image could be embedded (the first, t/a/0.png: preprocess: decode: image: unknown format)")
+}

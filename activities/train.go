@@ -329,7 +329,15 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		read = append(read, shardSet{ds.name, ds.shards})
 	}
 	empty := func(ds *score) error {
-		return invalid("data.%s: no image could be embedded, so there is nothing to evaluate on", ds.name)
+		// Why, by its first shard's first reject (it has one, as it has
+		// no image).
+		why := ""
+		if shard, err := a.readShard(ctx, ShardKey(in.Run, ds.name, 0)); err == nil {
+			if rejects, err := a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest()))); err == nil && len(rejects) > 0 {
+				why = fmt.Sprintf(" (the first, %s: %s)", rejects[0].URI, rejects[0].Reason)
+			}
+		}
+		return invalid("data.%s: no image could be embedded%s, so there is nothing to evaluate on", ds.name, why)
 	}
 	classes := dataset.NewClasses(in.Classes)
 	err := a.eachShardOf(ctx, in.Run, read, m, column, func(set, i int, s loadedShard) error {
