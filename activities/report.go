@@ -728,7 +728,7 @@ pre{background:#f7f8fa;padding:1em;overflow:auto;font-size:12px;border-radius:6p
 
 <h2>Methods</h2>
 <table><tr><th class="l">method</th><th class="l">what</th><th>test acc</th><th>Δ</th><th>E_heldout acc</th><th>Δ</th><th>debug-train</th><th>precision</th><th>wall time</th></tr>
-{{range .Rows}}<tr{{if isDCD .Method.Method}} class="dcd"{{end}}><td class="l"><b>{{.Method.Method}}</b></td><td class="l"><small>{{.About}}</small></td>
+{{range .Rows}}<tr{{if isDCD .Method.Method}} class="dcd"{{end}}><td class="l"><b>{{.Method.Method}}</b></td><td class="l"><small>{{.About}}{{with .Method.Note}}<br><b>{{.}}</b>{{end}}</small></td>
 <td>{{pct .TestAccuracy}}</td><td><small>{{.TestDelta}}</small></td><td>{{pct .HeldoutAccuracy}}</td><td class="{{.DeltaClass}}">{{.HeldoutDelta}}</td>
 <td>{{.DebugTrainSize}}{{if or .Duplicates .Leaks}}<br><small>−{{.Duplicates}} dup · −{{.Leaks}} leak</small>{{end}}</td><td>{{prec .SelectionPrecision}}</td><td>{{secs .WallSeconds}}</td></tr>
 {{end}}</table>

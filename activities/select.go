@@ -32,6 +32,10 @@ type SelectInput struct {
 	Method string
 	// Selection is the method's selection (a variant's overrides applied).
 	Selection schemas.Selection
+	// ScanK is how many neighbours per query the pool scan kept
+	// (Config.ScanK); 0, from passes started before it was passed: not
+	// known, and no Note.
+	ScanK int `json:",omitempty"`
 }
 
 // SelectResult describes a debug-train set.
@@ -45,6 +49,9 @@ type SelectResult struct {
 	Duplicates int
 	Leaks      int
 	Seconds    float64
+	// Note says what the selection could not do as asked: a global
+	// budget or a threshold that reaches past the neighbours the scan kept.
+	Note string `json:",omitempty"`
 }
 
 // selected is a pool image chosen for a debug-train set, with the score it
@@ -88,6 +95,7 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 	}
 	cands := map[int64]*cand{}
 	farthest := map[int32]float64{} // each query's farthest kept distance
+	kept := map[int32]int{}
 	for r := 0; r < f.NumRecords(); r++ {
 		rec, err := f.Record(r)
 		if err != nil {
@@ -110,6 +118,7 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 				x.pick = true
 			}
 			farthest[q.Value(i)] = max(farthest[q.Value(i)], d)
+			kept[q.Value(i)]++
 			i++
 		})
 	}
@@ -143,6 +152,10 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 		})
 		chosen = chosen[:min(in.Selection.Budget, len(chosen))]
 	}
+	res.Note = reach(in, chosen, farthest, kept)
+	if res.Note != "" {
+		warn(ctx, res.Note, "method", in.Method)
+	}
 	slices.SortFunc(chosen, func(x, y selected) int { return cmp.Compare(x.item.ID, y.item.ID) })
 	res.Size, res.Precision = len(chosen), precision(chosen, in.Selection.ErrorDomain)
 	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
@@ -150,6 +163,38 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// reach says whether a global or threshold selection by the nearest
+// query (min) may have left out pool images it asked for: the scan kept
+// ScanK neighbours a query, so an image it did not keep is at least the
+// horizon (the least of the full queries' farthest kept distances) from
+// every query. A budget not filled, or filled past the horizon, or a
+// threshold at or past it, may miss images the scan did not keep.
+func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept map[int32]int) string {
+	sel := in.Selection
+	if in.ScanK <= 0 || sel.Aggregate == schemas.AggMean || sel.Strategy == schemas.PerQuery {
+		return ""
+	}
+	horizon := math.Inf(1)
+	for q, n := range kept {
+		if n >= in.ScanK {
+			horizon = min(horizon, farthest[q])
+		}
+	}
+	if math.IsInf(horizon, 1) { // the scan kept every pool image
+		return ""
+	}
+	fix := fmt.Sprintf("the scan kept %d neighbours a query (selection.scan_k), the nearest of the images it left out at least %.4g away", in.ScanK, horizon)
+	switch {
+	case sel.Strategy == schemas.Global && len(chosen) < sel.Budget:
+		return fmt.Sprintf("selection: %d images of a budget of %d: %s; raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", len(chosen), sel.Budget, fix, sel.Budget)
+	case sel.Strategy == schemas.Global && chosen[len(chosen)-1].score > horizon:
+		return fmt.Sprintf("selection: the budget's last image is %.4g away, past where %s; raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", chosen[len(chosen)-1].score, fix, sel.Budget)
+	case sel.Strategy == schemas.Threshold && sel.Threshold >= horizon:
+		return fmt.Sprintf("selection: threshold %g reaches past where %s: images within it may be left out; raise selection.scan_k", sel.Threshold, fix)
+	}
+	return ""
 }
 
 // precision is the share of chosen images from domain, nil without ground

@@ -137,6 +137,46 @@ func TestSelectStrategies(t *testing.T) {
 	}
 }
 
+// A global budget or a threshold by the nearest query that reaches past
+// the neighbours the scan kept says so: an image the scan left out is at
+// least the horizon (the least farthest kept distance of the queries,
+// here 1.0) from every query, and may be nearer than what was chosen.
+func TestSelectNotesTheScansReach(t *testing.T) {
+	a := memActivities(t)
+	writeNeighbors(t, a, [][]cand{
+		{{1, 0.1}, {2, 0.2}, {3, 0.3}, {4, 5.0}},
+		{{5, 0.5}, {2, 0.6}, {6, 0.9}, {7, 1.0}},
+	})
+	base := schemas.Config{Selection: schemas.Selection{K: 2}}.WithDefaults().Selection
+	global := func(budget int) schemas.Selection {
+		return with(base, func(s *schemas.Selection) { s.Strategy, s.Budget = schemas.Global, budget })
+	}
+	for _, tc := range []struct {
+		name  string
+		sel   schemas.Selection
+		scanK int
+		want  string // in the note; "" for none
+	}{
+		{"per_query", base, 4, ""},
+		{"global within reach", global(3), 4, ""},
+		{"global past the horizon", global(7), 4, "the budget's last image is 5 away, past where the scan kept 4 neighbours a query (selection.scan_k), the nearest of the images it left out at least 1 away; raise selection.scan_k (to 7"},
+		{"global not filled", global(9), 4, "selection: 7 images of a budget of 9"},
+		{"global, the scan kept every pool image", global(9), 5, ""},
+		{"global, scan_k not known", global(9), 0, ""},
+		{"threshold within reach", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 0.35 }), 4, ""},
+		{"threshold past it", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 2 }), 4, "threshold 2 reaches past where"},
+		{"mean", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, ""},
+	} {
+		res, err := a.SelectDebugTrain(context.Background(), SelectInput{Run: "r", Method: "dcd:n", Selection: tc.sel, ScanK: tc.scanK})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.want == "" && res.Note != "" || !strings.Contains(res.Note, tc.want) {
+			t.Errorf("%s: note %q, want %q", tc.name, res.Note, tc.want)
+		}
+	}
+}
+
 func with(s schemas.Selection, f func(*schemas.Selection)) schemas.Selection {
 	f(&s)
 	return s

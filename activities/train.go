@@ -246,6 +246,8 @@ type Method struct {
 	Model      string `json:"model,omitempty"`
 	// ModelError says why no model was exported where one was asked for.
 	ModelError string `json:"model_error,omitempty"`
+	// Note says what a selection could not do as asked (SelectResult).
+	Note string `json:"note,omitempty"`
 	// Log is the external trainer's output.
 	Log string `json:"log,omitempty"`
 }

@@ -31,6 +31,11 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 		})
 	}
 	writeTable(w, rows)
+	for _, m := range res.Eval.Methods {
+		if m.Note != "" {
+			fmt.Fprintf(w, "\n%s: %s\n", m.Method, m.Note)
+		}
+	}
 	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)\n\n",
 		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
 

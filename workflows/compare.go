@@ -149,7 +149,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		stage("select")
 		var picked activities.SelectResult
 		if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
-			Run: c.runID, Method: m, Selection: sel,
+			Run: c.runID, Method: m, Selection: sel, ScanK: c.cfg.ScanK(),
 		}).Get(ctx, &picked); err != nil {
 			return out, err
 		}
@@ -168,6 +168,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 			}).Get(ctx, &out.Sel); err != nil {
 				return out, err
 			}
+			out.Sel.Note = picked.Note
 		}
 		debug = &activities.DebugSet{Dataset: activities.MethodDataset(m), Shards: shards, Keep: out.Sel.Manifest}
 		if m == c.cfg.ReferenceDCD() {
@@ -179,6 +180,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		row.SelectionPrecision = out.Sel.Precision
 		row.Duplicates, row.Leaks = out.Sel.Duplicates, out.Sel.Leaks
 		row.DebugTrain = out.Sel.Manifest
+		row.Note = out.Sel.Note
 		wall += out.Sel.Seconds
 	}
 
