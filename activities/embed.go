@@ -137,15 +137,21 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		}()
 	}
 	rejects, ok, err := a.cachedRejects(ctx, key)
-	if ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects) {
+	fixed := ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects)
+	if fixed {
 		ok = false // embedded again, the entry replaced
 	}
 	if reads != nil && (err != nil || !ok) { // no entry to read: not yet, or never
 		reads.abandon()
 		reads = nil
 	}
-	if err == nil && !ok {
+	if err == nil && !ok && !fixed {
 		rejects, ok, err = a.narrowCached(ctx, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
+		if ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects) {
+			// The float32 entry's unread images read now: not narrowed,
+			// embedded again.
+			rejects, ok = nil, false
+		}
 	}
 	if err != nil {
 		return res, err

@@ -791,7 +791,7 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.put("q.csv", []byte("uri,label\nq/a/000.png,a\nq/a/001.png,a\nq/a/002.png,a\n"))
-	embed := func(ds string) activities.EmbedShardResult {
+	embedWith := func(ds string, m activities.ModelRef) activities.EmbedShardResult {
 		t.Helper()
 		var plan activities.PlanResult
 		w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: ds, Dataset: schemas.Dataset{Manifest: "q.csv"}, ShardSize: 1 << 20}, &plan)
@@ -799,6 +799,7 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 		w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: ds, Shard: 0, Model: m, BatchSize: 3, PartSize: 4}, &res)
 		return res
 	}
+	embed := func(ds string) activities.EmbedShardResult { return embedWith(ds, m) }
 	for _, ds := range []string{activities.ErrorSample, activities.Pool} {
 		if res := embed(ds); res.Rejects != 1 {
 			t.Fatalf("%s, one image missing: %+v, want it rejected", ds, res)
@@ -808,6 +809,13 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 		t.Errorf("again, still missing: %+v, want the entry reused", res)
 	}
 	w.put("q/a/002.png", late)
+	// Switched to float16, the shard is not narrowed from its float32
+	// entry, whose reject reads now: it is embedded.
+	half := m
+	half.Spec.StoredAs = schemas.Float16
+	if res := embedWith(activities.ErrorSample, half); res.Cached || res.Rejects != 0 {
+		t.Errorf("as float16, once uploaded: %+v, want the shard embedded again", res)
+	}
 	if res := embed(activities.Pool); !res.Cached || res.Rejects != 1 {
 		t.Errorf("the pool's shard once uploaded: %+v, want the entry reused", res)
 	}
