@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"weak"
 
 	"cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -190,8 +192,8 @@ func newRangeReader(ctx context.Context, b *blob.Bucket, key string, offset, len
 	if !azureEscapes(key) || !b.As(&c) {
 		return b.NewRangeReader(ctx, key, offset, length, nil)
 	}
-	if p, ok := prefixes.Load(b); ok {
-		key = p.(string) + key
+	if p, ok := prefixOf(b); ok {
+		key = p + key
 	}
 	opts := &azblobblob.DownloadStreamOptions{Range: azblobblob.HTTPRange{Offset: offset, Count: max(length, 0)}}
 	resp, err := c.NewBlobClient(key).DownloadStream(ctx, opts)
@@ -238,9 +240,25 @@ func azureEscapes(key string) bool {
 
 // prefixes holds the prefix= of each bucket Open made with one (a
 // blob.PrefixedBucket), by bucket: the requests DCD shapes itself
-// (newRangeReader's of Azure, startingAt's listings) must add it. A worker
-// opens its buckets once; an entry outlives its bucket's Close.
-var prefixes sync.Map
+// (newRangeReader's of Azure, startingAt's listings) must add it. Keyed
+// weakly and dropped with their bucket: a worker may open buckets without
+// end (Buckets drops them, and a manifest's rows may each name one).
+var prefixes sync.Map // weak.Pointer[blob.Bucket] → string
+
+func setPrefix(b *blob.Bucket, prefix string) {
+	k := weak.Make(b)
+	prefixes.Store(k, prefix)
+	runtime.AddCleanup(b, func(k weak.Pointer[blob.Bucket]) { prefixes.Delete(k) }, k)
+}
+
+// prefixOf is the prefix= b was opened with, if any.
+func prefixOf(b *blob.Bucket) (string, bool) {
+	p, ok := prefixes.Load(weak.Make(b))
+	if !ok {
+		return "", false
+	}
+	return p.(string), true
+}
 
 // redactingClient is an HTTP client whose errors leave out the request's
 // query. With a SAS token, every Azure request carries it in its URL, and
@@ -275,8 +293,8 @@ func startingAt(b *blob.Bucket, opts *blob.ListOptions, from string) *blob.ListO
 		return opts
 	}
 	after := from[:len(from)-1]
-	if p, ok := prefixes.Load(b); ok {
-		after = p.(string) + after
+	if p, ok := prefixOf(b); ok {
+		after = p + after
 	}
 	opts.BeforeList = func(as func(any) bool) error {
 		var v2 *s3.ListObjectsV2Input

@@ -110,7 +110,7 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 		if wrap {
 			b = blob.PrefixedBucket(b, prefix)
 		}
-		prefixes.Store(b, prefix)
+		setPrefix(b, prefix)
 	}
 	if err != nil {
 		// The driver's error may quote the URL too: the queries are

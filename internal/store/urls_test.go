@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -374,5 +376,30 @@ func TestBucketsBounded(t *testing.T) {
 	// The dropped one is not closed: a read may still hold it.
 	if _, err := first[1].Attributes(ctx, "k"); gcerrors.Code(err) != gcerrors.NotFound {
 		t.Errorf("the dropped bucket: %v, want it open (a NotFound)", err)
+	}
+}
+
+// A bucket Buckets drops is collected with what Open keeps of it (its
+// prefix=): a worker meeting buckets without end holds a bounded number.
+func TestDroppedBucketsCollected(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	count := func() (n int) {
+		prefixes.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	before := count()
+	var bs Buckets
+	defer bs.Close()
+	for i := range 3 * MaxBuckets {
+		if _, err := bs.Open(ctx, fmt.Sprintf("file://%s?prefix=%d/", dir, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); count() > before+MaxBuckets; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d prefixes kept after %d buckets opened, %d kept open", count()-before, 3*MaxBuckets, MaxBuckets)
+		}
+		runtime.GC()
 	}
 }
