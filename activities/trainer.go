@@ -148,6 +148,9 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	if len(m.Dims) > 0 && m.Dims[0] != len(in.Classes) {
 		return res, invalid("retrain.trainer.output: the model %s gives %d class scores per image in %q, but there are %d classes", modelKey, m.Dims[0], in.Trainer.Output, len(in.Classes))
 	}
+	// Its features of test and E_heldout are the pass's decoding, as
+	// the target's are, whichever worker checked it.
+	m.Spec.Decoder = in.Target.Spec.Decoder
 	res.Model = m
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
