@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -425,13 +426,22 @@ func (a *Activities) loadSession(ctx context.Context, m ModelRef) (*ortrun.Sessi
 
 // open makes a model's session. The sessions kept for later (maxSessions)
 // hold their weights and memory pools, on a GPU its memory: a model that
-// does not load beside them is tried again once they are closed.
+// does not load beside them for want of memory is tried again once they
+// are closed (not one that fails otherwise: the others' passes would load
+// theirs again for nothing).
 func (s *Sessions) open(name string, model []byte, inputs, outputs []string, opt ortrun.Options) (*ortrun.Session, error) {
 	sess, err := newSession(name, model, inputs, outputs, opt)
-	if err != nil && s != nil && s.closeIdle() > 0 {
+	if err != nil && outOfMemory(err) && s != nil && s.closeIdle() > 0 {
 		sess, err = newSession(name, model, inputs, outputs, opt)
 	}
 	return sess, err
+}
+
+// outOfMemory says whether ONNX Runtime failed for want of memory: its
+// allocators' and CUDA's wordings.
+func outOfMemory(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "alloc") || strings.Contains(msg, "out of memory") || strings.Contains(msg, "oom")
 }
 
 // newSession makes a model's session; a test replaces it.

@@ -202,11 +202,13 @@ func TestDetached(t *testing.T) {
 }
 
 // A model that does not load beside the sessions kept for later (a GPU's
-// memory, full of idle models' weights) loads once they are closed.
+// memory, full of idle models' weights) loads once they are closed; one
+// that fails otherwise leaves them be.
 func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
 	a := sessionActivities(t)
 	ctx := context.Background()
-	_, release, err := a.session(ctx, flattenModel(t, a, "kept"))
+	kept, fits, bad := flattenModel(t, a, "kept"), flattenModel(t, a, "fits"), flattenModel(t, a, "bad")
+	_, release, err := a.session(ctx, kept)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,16 +219,28 @@ func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
 	real := newSession
 	newSession = func(name string, model []byte, in, out []string, opt ortrun.Options) (*ortrun.Session, error) {
 		a.Sessions.mu.Lock()
-		kept := len(a.Sessions.sessions)
+		n := len(a.Sessions.sessions)
 		a.Sessions.mu.Unlock()
-		if kept > 0 {
+		if n > 0 {
 			return nil, fmt.Errorf("Failed to allocate memory for requested buffer of size 4096")
 		}
 		return real(name, model, in, out, opt)
 	}
-	_, release, err = a.session(ctx, flattenModel(t, a, "new"))
+	_, release, err = a.session(ctx, fits)
 	if err != nil {
 		t.Fatalf("a model that fits once the idle session is closed: %v", err)
 	}
 	release()
+
+	newSession = func(string, []byte, []string, []string, ortrun.Options) (*ortrun.Session, error) {
+		return nil, fmt.Errorf("Load model from bytes failed: Protobuf parsing failed")
+	}
+	if _, _, err := a.session(ctx, bad); err == nil {
+		t.Fatal("a model that does not load: no error")
+	}
+	if _, release, ok := a.Sessions.take(fits.Spec.Digest() + "/" + fits.EP); !ok {
+		t.Error("a failed load of another model closed the idle session")
+	} else {
+		release()
+	}
 }
