@@ -65,11 +65,22 @@ func checkID(flag, id string) error {
 			return usageErrorf("%s %q: an ID may hold only letters, digits and - _ . :", flag, id)
 		}
 	}
-	if strings.HasPrefix(id, ".") {
+	switch {
+	case strings.HasPrefix(id, "."):
 		return usageErrorf("%s %q: an ID may not start with '.'", flag, id)
+	case strings.HasPrefix(id, "-"):
+		// A flag's value may begin with '-' (-id -wait takes "-wait"),
+		// but then status, cancel and result would read the ID as a flag.
+		return usageErrorf("%s %q: an ID may not start with '-' (a flag given no value?)", flag, id)
+	case len(id) > maxIDBytes:
+		return usageErrorf("%s: an ID of %d bytes: at most %d (runs/<id>/ is one folder name, and a schedule's passes add a time)", flag, len(id), maxIDBytes)
 	}
 	return nil
 }
+
+// maxIDBytes bounds an ID: a file store's folder name holds 255 bytes, and
+// a schedule's passes are named <schedule>-pass-<RFC 3339 time>.
+const maxIDBytes = 200
 
 func cmdRun(ctx context.Context, e *cli, args []string) error {
 	a, err := parseRun(e, args)

@@ -168,7 +168,12 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 	case cron != "" && every != 0:
 		return client.ScheduleSpec{}, errors.New("schedule: give -cron or -every, not both")
 	case cron != "":
-		fields := strings.Fields(cron)
+		// A comment (# to the end) is no field, as the server reads it.
+		expr, _, _ := strings.Cut(cron, "#")
+		fields := strings.Fields(expr)
+		if len(fields) == 0 {
+			return client.ScheduleSpec{}, fmt.Errorf("schedule: -cron %q: no fields before the comment", cron)
+		}
 		// A leading CRON_TZ=<zone> (or TZ=) sets the zone the fields are
 		// read in, as Temporal reads it.
 		if k, zone, ok := strings.Cut(fields[0], "="); ok && (k == "CRON_TZ" || k == "TZ") {

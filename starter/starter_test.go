@@ -125,9 +125,11 @@ func TestParseRun(t *testing.T) {
 	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true, storage: "s3://pool"}) {
 		t.Errorf("parseRun = %+v, %v", a, err)
 	}
-	// IDs are storage keys' folders: no nesting, climbing or escaping.
+	// IDs are storage keys' folders: no nesting, climbing or escaping, nor
+	// longer than a folder's name; nor flags to the commands that take them.
 	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"},
-		{"-config", "c.yaml", "-id", "a/b"}, {"-config", "c.yaml", "-id", ".."}, {"-config", "c.yaml", "-id", "exp%1"}} {
+		{"-config", "c.yaml", "-id", "a/b"}, {"-config", "c.yaml", "-id", ".."}, {"-config", "c.yaml", "-id", "exp%1"},
+		{"-config", "c.yaml", "-id", "-wait"}, {"-config", "c.yaml", "-id", strings.Repeat("x", 201)}} {
 		e, _, _ := testCLI()
 		if _, err := parseRun(e, args); exitStatus(err) != 2 {
 			t.Errorf("parseRun(%q): err %v, want a usage error", args, err)
@@ -390,7 +392,7 @@ func TestScheduleSpec(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(s, client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: 24 * time.Hour}}}) {
 		t.Errorf("every: %+v, %v", s, err)
 	}
-	for _, cron := range []string{"@daily", "CRON_TZ=Europe/Paris 0 2 * * *", "TZ=America/New_York @daily"} {
+	for _, cron := range []string{"@daily", "CRON_TZ=Europe/Paris 0 2 * * *", "TZ=America/New_York @daily", "0 2 * * * # nightly"} {
 		if s, err := scheduleSpec(cron, 0); err != nil || s.CronExpressions[0] != cron {
 			t.Errorf("%s: %+v, %v", cron, s, err)
 		}
@@ -400,7 +402,7 @@ func TestScheduleSpec(t *testing.T) {
 		every time.Duration
 	}{{"", 0}, {"0 2 * * *", time.Hour}, {"0 2 *", 0}, {"", -time.Hour}, {"", time.Millisecond},
 		{"CRON_TZ=Mars/Olympus 0 2 * * *", 0}, {"CRON_TZ= 0 2 * * *", 0}, {"TZ=Europe/Paris 0 2", 0},
-		{"0 0 2 * * *", 0}} { // six fields: second first (Quartz) or year last (Temporal)?
+		{"0 0 2 * * *", 0}, {"0 0 2 * * * #quartz", 0}, {"# nothing", 0}} { // six fields: second first (Quartz) or year last (Temporal)?
 		if _, err := scheduleSpec(c.cron, c.every); err == nil {
 			t.Errorf("scheduleSpec(%q, %s): no error", c.cron, c.every)
 		}
