@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,10 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"gopkg.in/yaml.v3"
 
 	"dcd/internal/corrupt"
@@ -74,12 +79,40 @@ func cmdDev(ctx context.Context, e *cli, args []string) error {
 	return nil
 }
 
+// ensureNamespace registers the namespace passes run in (TEMPORAL_NAMESPACE,
+// -namespace) on a dev server that lacks it, one started before with
+// another: its worker would exit at once, the namespace not found.
+func (e *cli) ensureNamespace(ctx context.Context) error {
+	if e.g.namespace == "" || e.g.namespace == "default" {
+		return nil
+	}
+	nc, err := client.NewNamespaceClient(client.Options{HostPort: e.g.address, Logger: devserver.QuietLogger()})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	var missing *serviceerror.NamespaceNotFound
+	if _, err := nc.Describe(ctx, e.g.namespace); !errors.As(err, &missing) {
+		return err
+	}
+	err = nc.Register(ctx, &workflowservice.RegisterNamespaceRequest{Namespace: e.g.namespace, WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour)})
+	var exists *serviceerror.NamespaceAlreadyExists
+	if err != nil && !errors.As(err, &exists) {
+		return fmt.Errorf("register namespace %q: %w", e.g.namespace, err)
+	}
+	fmt.Fprintf(e.stdout, "namespace %s registered\n", e.g.namespace)
+	return nil
+}
+
 // ensureDev makes sure a Temporal server answers at the address (starting
 // a dev server in stateDir if nothing does) and that a worker from
 // stateDir runs against it with the given storage.
 func (e *cli) ensureDev(ctx context.Context, storage string) error {
-	started, err := devserver.EnsureTemporal(ctx, e.g.address, stateDir)
+	started, err := devserver.EnsureTemporal(ctx, e.g.address, stateDir, e.g.namespace)
 	if err != nil {
+		return err
+	}
+	if err := e.ensureNamespace(ctx); err != nil {
 		return err
 	}
 	how := "already running"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -75,6 +76,27 @@ func TestIdleQueuesNamed(t *testing.T) {
 	}
 	if err := e.checkServerShared(ctx, false); err != nil {
 		t.Errorf("a server no worker polls, taken for a shared one: %v", err)
+	}
+
+	// `starter dev` with TEMPORAL_NAMESPACE set on a server started
+	// without it registers it, once, for its worker to poll in.
+	ns, _, _ := testCLI()
+	ns.g.address, ns.g.namespace = srv.FrontendHostPort(), "dcd-elsewhere"
+	for range 2 {
+		if err := ns.ensureNamespace(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Count(ns.stdout.(*bytes.Buffer).String(), "namespace dcd-elsewhere registered"); got != 1 {
+		t.Errorf("registered %d times, want once:\n%s", got, ns.stdout)
+	}
+	nc, err := client.NewNamespaceClient(client.Options{HostPort: srv.FrontendHostPort(), Logger: devserver.QuietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Describe(ctx, "dcd-elsewhere"); err != nil {
+		t.Errorf("the namespace starter dev registered: %v", err)
 	}
 
 	// A pass's stand-in: a CPU activity that runs and an embedding that

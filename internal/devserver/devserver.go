@@ -150,8 +150,9 @@ var sqlitePragmas = []string{
 // file and log in stateDir, unless something answers there already; either
 // way it waits until the frontend is healthy. It reports whether it started
 // one.
-func EnsureTemporal(ctx context.Context, hostport, stateDir string) (bool, error) {
-	return ensureTemporal(ctx, hostport, stateDir, true)
+// Namespaces other than "default" are created with a server it starts.
+func EnsureTemporal(ctx context.Context, hostport, stateDir string, namespaces ...string) (bool, error) {
+	return ensureTemporal(ctx, hostport, stateDir, true, namespaces...)
 }
 
 // StartTemporal starts a dev server as EnsureTemporal does, but one of this
@@ -162,7 +163,7 @@ func StartTemporal(ctx context.Context, hostport, stateDir string) error {
 	return err
 }
 
-func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool) (bool, error) {
+func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool, namespaces ...string) (bool, error) {
 	if Reachable(hostport) {
 		return false, waitHealthy(ctx, hostport, healthTimeout, nil)
 	}
@@ -202,6 +203,11 @@ func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool)
 		"--ip", host, "--port", strconv.Itoa(port), "--ui-port", strconv.Itoa(port + 1000),
 		"--http-port", strconv.Itoa(extra[0]), "--metrics-port", strconv.Itoa(extra[1]),
 		"--db-filename", filepath.Join(stateDir, TemporalDB), "--log-level", "warn"}
+	for _, ns := range namespaces {
+		if ns != "" && ns != "default" {
+			args = append(args, "--namespace", ns)
+		}
+	}
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return false, fmt.Errorf("devserver: %w", err)
 	}
