@@ -8,9 +8,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+
 	"dcd/activities"
+	"dcd/internal/devserver"
 	"dcd/internal/redact"
 	"dcd/internal/store"
 )
@@ -35,6 +39,26 @@ func parseReport(e *cli, args []string) (reportArgs, error) {
 	return a, err
 }
 
+// warnEarlierReport says when a pass's report is not its latest run's: a
+// pass run again under its ID writes its report only when it reports, and
+// until then (or if it fails) runs/<id>/report.html is an earlier run's.
+// Without a server to ask, the report is shown as it is.
+func (e *cli) warnEarlierReport(ctx context.Context, id string) {
+	if e.client == nil && !devserver.Reachable(e.g.address) {
+		return
+	}
+	c, err := e.Client()
+	if err != nil {
+		return
+	}
+	st, err := describe(ctx, c, e.g, id)
+	if err != nil || st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+		return
+	}
+	fmt.Fprintf(e.stderr, "pass %s's latest run, started %s, is %s: this report is an earlier run's\n",
+		id, st.start.Local().Format(time.DateTime), strings.ToLower(st.status.String()))
+}
+
 // cmdReport prints where a pass's report.html is: its path when storage is
 // a file:// bucket, or else (or with -serve) a localhost URL that serves it
 // until interrupted. -open opens it in a browser too.
@@ -48,6 +72,7 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("no report for pass %s at %s: has the pass finished? (`starter status %s`)", a.id, p, a.id)
 		}
+		e.warnEarlierReport(ctx, a.id)
 		fmt.Fprintln(e.stdout, p)
 		if a.open {
 			openBrowser(e, "file://"+p)
@@ -63,6 +88,7 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact.URL(a.storage), key, err)
 	}
+	e.warnEarlierReport(ctx, a.id)
 	l, err := net.Listen("tcp", a.addr)
 	if err != nil {
 		return fmt.Errorf("report: listen on %s: %w", a.addr, err)
