@@ -50,6 +50,11 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	if err := ortrun.CheckEP(*ep); err != nil {
 		return usageErrorf("bench: -ep: %v", err)
 	}
+	if *latency <= 0 {
+		// The remote part measures a store some way off; 0 would read as
+		// its default.
+		return usageErrorf("bench: -latency %s: must be positive (1ms for a store nearby)", *latency)
+	}
 	stopProfile, err := record(*cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile)
 	if err != nil {
 		return err

@@ -63,6 +63,10 @@ func cmdDev(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if a.stop {
+		if pid, ok := devserver.PID(stateDir, devserver.WorkerPID); ok {
+			// Its activities are let end: say why nothing happens for a while.
+			fmt.Fprintf(e.stdout, "stopping  the worker (pid %d; up to %s, to let its activities finish)...\n", pid, devserver.WorkerStopGrace)
+		}
 		lines, err := devserver.Stop(stateDir)
 		for _, l := range lines {
 			fmt.Fprintln(e.stdout, l)
