@@ -41,7 +41,7 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	}
 	a.in.Out = out
 	if (a.in.Dataset.Prefix == "") == (a.in.Dataset.Manifest == "") {
-		return a, usageErrorf("pack: give the dataset as one of -prefix and -manifest")
+		return a, usageErrorf("pack: give the dataset as one of -prefix and -manifest (usage: starter pack %s)", packSynopsis)
 	}
 	if a.in.PerArchive < 1 || a.in.Readers < 1 || a.in.Window < 1 {
 		return a, usageErrorf("pack: -per-archive, -readers and -window must be at least 1")

@@ -147,9 +147,9 @@ func parseCreate(e *cli, args []string) (createArgs, error) {
 	case len(pos) > 0:
 		return a, usageErrorf("schedule create: unexpected argument %q (usage: starter schedule create %s)", pos[0], createSynopsis)
 	case a.config == "":
-		return a, usageErrorf("schedule create: -config FILE is required")
+		return a, usageErrorf("schedule create: -config FILE is required (usage: starter schedule create %s)", createSynopsis)
 	case a.id == "":
-		return a, usageErrorf("schedule create: -id SCHED is required")
+		return a, usageErrorf("schedule create: -id SCHED is required (usage: starter schedule create %s)", createSynopsis)
 	}
 	if err := checkID("-id", a.id); err != nil {
 		return a, err
@@ -229,7 +229,7 @@ func scheduleCreate(ctx context.Context, e *cli, args []string) error {
 		if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
 			return fmt.Errorf("schedule %q exists already: change it in place, keeping its counts and recent passes, with `starter schedule update -config FILE [-cron EXPR | -every DURATION] %s`, or delete it first (`starter schedule delete %s`)", a.id, a.id, a.id)
 		}
-		return fmt.Errorf("schedule create %s: %w", a.id, err)
+		return scheduleErr(e, a.id, "create", err)
 	}
 	fmt.Fprintf(e.stdout, "created schedule %s\n", a.id)
 	e.warnNoWorkflowWorker(ctx, c, "pass")

@@ -32,6 +32,8 @@ type trainHeadArgs struct {
 	threads                                           int
 }
 
+const trainHeadSynopsis = "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY] [-work DIR]"
+
 func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	var a trainHeadArgs
 	fs := e.flags("train-head")
@@ -44,15 +46,15 @@ func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	fs.StringVar(&a.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.StringVar(&a.ep, "ep", "", "execution provider of the target: cpu or cuda; default the job target's ep, else DCD_EP, else cpu")
 	fs.IntVar(&a.threads, "threads", runtime.NumCPU(), "ONNX Runtime threads")
-	pos, err := parse(fs, "-job KEY [-storage URL] [-train KEY] [-debug KEY] [-out KEY] [-work DIR]", args)
+	pos, err := parse(fs, trainHeadSynopsis, args)
 	if err != nil {
 		return a, err
 	}
 	if len(pos) != 0 {
-		return a, usageErrorf("train-head: unexpected arguments %q", pos)
+		return a, usageErrorf("train-head: unexpected arguments %q (usage: starter train-head %s)", pos, trainHeadSynopsis)
 	}
 	if a.job == "" {
-		return a, usageErrorf("train-head: -job is required")
+		return a, usageErrorf("train-head: -job is required (usage: starter train-head %s)", trainHeadSynopsis)
 	}
 	if a.ep != "" {
 		if err := ortrun.CheckEP(a.ep); err != nil {
