@@ -365,8 +365,10 @@ func (c Config) validateCompare() error {
 	if !(r.LearningRate > 0) || math.IsInf(r.LearningRate, 1) {
 		return bad("retrain.learning_rate", "must be a number > 0, got %g", r.LearningRate)
 	}
-	if !(r.DebugWeight >= 0) || math.IsInf(r.DebugWeight, 1) {
-		return bad("retrain.debug_weight", "must be a number >= 0, got %g", r.DebugWeight)
+	if w := float32(r.DebugWeight); !(r.DebugWeight >= 0) || math.IsInf(float64(w), 1) || w == 0 && r.DebugWeight != 0 {
+		// Rows are weighed in float32: past its range a weight is +Inf
+		// (retraining fails) or 0 (the rows are dropped).
+		return bad("retrain.debug_weight", "must be 0 or a number in [%g, %g], got %g", math.SmallestNonzeroFloat32, math.MaxFloat32, r.DebugWeight)
 	}
 	if r.MemoryMB < 0 {
 		return bad("retrain.memory_mb", "must be >= 0, got %d", r.MemoryMB)

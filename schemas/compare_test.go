@@ -96,6 +96,8 @@ func TestCompareValidation(t *testing.T) {
 		{"retrain.mode", func(c *Config) { c.Retrain.Mode = "sgd" }},
 		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = -1 }},
 		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = math.Inf(1) }},
+		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = 1e39 }},
+		{"retrain.debug_weight", func(c *Config) { c.Retrain.DebugWeight = 1e-46 }},
 		{"retrain.learning_rate", func(c *Config) { c.Retrain.LearningRate = math.Inf(1) }},
 		{"retrain.lambda", func(c *Config) { c.Retrain.Lambda = math.NaN() }},
 		{"retrain.batch_size", func(c *Config) { c.Retrain.BatchSize = 10_000_000 }},
