@@ -317,6 +317,13 @@ type RandomInput struct {
 	// over every one, and of a pool with a shard index only the shards
 	// it falls in are read.
 	NoPoolRejects bool
+	// Classes, when set, are the classes retraining keeps rows of: the
+	// draw takes as many images with a label among them as Reference (the
+	// reference dcd method's debug-train manifest) holds, so that both
+	// retrain on as many rows. Without them (passes started before), N
+	// images whatever their labels.
+	Classes   []string `json:",omitempty"`
+	Reference string   `json:",omitempty"`
 }
 
 // SelectRandom draws N pool images uniformly without replacement, seeded,
@@ -370,27 +377,52 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		}
 		shards.Stop()
 	}
-	draw := sample(rand.New(rand.NewPCG(in.Seed, 0x7a4d0)), eligible, min(in.N, eligible))
-	var chosen []selected
+	var index *ShardIndex // with no rejects, the draw's positions are pool ids
 	if in.NoPoolRejects {
-		index, indexed, err := a.readShardIndex(ctx, in.Run)
+		ix, indexed, err := a.readShardIndex(ctx, in.Run)
 		if err != nil {
 			return res, err
 		}
-		if indexed && index.numbers(in.PoolShards, in.PoolImages) {
-			// With no rejects, the draw's positions are pool ids.
-			picked, ok, err := a.drawnByID(ctx, in.Run, index, draw)
+		if indexed && ix.numbers(in.PoolShards, in.PoolImages) {
+			index = &ix
+		}
+	}
+	// drawn returns the images at the draw's positions (increasing) among
+	// the eligible ones.
+	drawn := func(draw []int) ([]selected, error) {
+		if index != nil {
+			picked, ok, err := a.drawnByID(ctx, in.Run, *index, draw)
+			if err != nil || ok {
+				return picked, err
+			}
+			index = nil
+		}
+		return a.drawnInOrder(ctx, in, rejected, draw)
+	}
+	rng := rand.New(rand.NewPCG(in.Seed, 0x7a4d0))
+	var chosen []selected
+	if len(in.Classes) == 0 {
+		var err error
+		if chosen, err = drawn(sample(rng, eligible, min(in.N, eligible))); err != nil {
+			return res, err
+		}
+	} else {
+		classes := dataset.NewClasses(in.Classes)
+		want := in.N
+		if in.Reference != "" {
+			ref, err := a.readManifest(ctx, in.Reference)
 			if err != nil {
 				return res, err
 			}
-			if ok {
-				chosen, draw = picked, nil
+			want = 0
+			for _, r := range ref {
+				if classes.Index(r.label) >= 0 {
+					want++
+				}
 			}
 		}
-	}
-	if len(draw) > 0 {
 		var err error
-		if chosen, err = a.drawnInOrder(ctx, in, rejected, draw); err != nil {
+		if chosen, err = drawInClasses(rng, eligible, want, classes, drawn); err != nil {
 			return res, err
 		}
 	}
@@ -464,6 +496,77 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 		heartbeat(ctx, i)
 	}
 	return chosen, true, nil
+}
+
+// drawInClasses draws eligible positions uniformly without replacement,
+// in rounds, until want of the images drawn have a label among classes or
+// none is left, and returns those: a uniform sample of the images of those
+// labels. The first round draws want, as a draw whatever the labels does,
+// and gives the same images when every label is a class; a later round
+// draws what is missing over the share of the class images seen so far.
+func drawInClasses(rng *rand.Rand, eligible, want int, classes dataset.Classes, drawn func([]int) ([]selected, error)) ([]selected, error) {
+	var taken []int // positions drawn so far, increasing
+	var kept []selected
+	for len(kept) < want && len(taken) < eligible {
+		need, rest := want-len(kept), eligible-len(taken)
+		n := need
+		if len(taken) > 0 {
+			// The rounds before found len(kept) of len(taken): draw what
+			// is missing at that rate, a tenth more (4× without any).
+			n = need * 4
+			if len(kept) > 0 {
+				n = need*len(taken)/len(kept) + need/10 + 1
+			}
+		}
+		draw := outside(sample(rng, rest, min(n, rest)), taken)
+		picked, err := drawn(draw)
+		if err != nil {
+			return nil, err
+		}
+		var in []selected
+		for _, p := range picked {
+			if classes.Index(p.item.Label) >= 0 {
+				in = append(in, p)
+			}
+		}
+		if len(in) > need { // a uniform subset of them
+			rng.Shuffle(len(in), func(i, j int) { in[i], in[j] = in[j], in[i] })
+			in = in[:need]
+		}
+		kept = append(kept, in...)
+		taken = mergeInts(taken, draw)
+	}
+	slices.SortFunc(kept, func(x, y selected) int { return cmp.Compare(x.item.ID, y.item.ID) })
+	return kept, nil
+}
+
+// outside maps each of the increasing positions of the rest (those not
+// taken) to its position among all: the v-th untaken one.
+func outside(rest, taken []int) []int {
+	out := make([]int, len(rest))
+	j := 0 // taken[:j] are at most the position found so far
+	for i, v := range rest {
+		p := v + j
+		for j < len(taken) && taken[j] <= p {
+			j++
+			p++
+		}
+		out[i] = p
+	}
+	return out
+}
+
+// mergeInts merges two increasing lists of distinct ints.
+func mergeInts(a, b []int) []int {
+	out := make([]int, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if a[0] < b[0] {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
 }
 
 // sample returns n distinct integers of [0, total) in increasing order

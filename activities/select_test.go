@@ -487,3 +487,86 @@ func containsLine(s, prefix string) bool {
 	}
 	return false
 }
+
+// Given the classes, random draws as many pool images with a class's label
+// as the reference dcd selection holds, a uniform sample of those: both
+// then retrain on as many rows. With every label a class, the draw is the
+// one made whatever the labels.
+func TestSelectRandomInClasses(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	pool := func(label func(id int64) string) {
+		id := int64(0)
+		for s := range 3 {
+			var shard dataset.Shard
+			for range 40 {
+				shard.Items = append(shard.Items, dataset.Item{ID: id, Key: fmt.Sprintf("pool/%03d.png", id), Label: label(id)})
+				id++
+			}
+			if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", Pool, s), shard.Marshal()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		index, _ := json.Marshal(ShardIndex{FirstIDs: []int64{0, 40, 80}})
+		if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey("r", Pool), index); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reference: 12 rows, 2 of a label no class has.
+	var ref []selected
+	for i := range 12 {
+		label := "a"
+		if i < 2 {
+			label = "x"
+		}
+		ref = append(ref, selected{item: dataset.Item{ID: int64(200 + i), Key: fmt.Sprintf("q/%d.png", i), Label: label}})
+	}
+	refKey := MethodKey("r", "dcd", "debug_train.csv")
+	if err := a.writeSelection(ctx, refKey, ref); err != nil {
+		t.Fatal(err)
+	}
+	classes := []string{"a", "b"}
+	draw := func(seed uint64, index bool) []int64 {
+		t.Helper()
+		res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 12, Seed: seed,
+			NoPoolRejects: index, Classes: classes, Reference: refKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return selectedIDs(t, a, res)
+	}
+
+	pool(func(int64) string { return "a" })
+	whatever, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 10, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := draw(3, false), selectedIDs(t, a, whatever); !slices.Equal(got, want) {
+		t.Errorf("every label a class: drew %v, want the draw whatever the labels, %v", got, want)
+	}
+
+	// Two thirds of the pool off the classes.
+	pool(func(id int64) string { return map[bool]string{true: "a", false: "x"}[id%3 == 0] })
+	counts := make([]int, 120)
+	for seed := range uint64(300) {
+		got := draw(seed, seed%2 == 0)
+		if len(got) != 10 || len(slices.Compact(slices.Clone(got))) != 10 {
+			t.Fatalf("seed %d: drew %v, want 10 distinct images, as many as the reference's in its classes", seed, got)
+		}
+		for _, id := range got {
+			if id%3 != 0 {
+				t.Fatalf("seed %d: drew %d, whose label is no class", seed, id)
+			}
+			counts[id]++
+		}
+		if seed < 2 && !slices.Equal(got, draw(seed, seed%2 == 0)) {
+			t.Errorf("seed %d drew twice: other images", seed)
+		}
+	}
+	// Uniform over the 40 in the classes: 75 draws each on average.
+	for id, n := range counts {
+		if id%3 == 0 && (n < 40 || n > 115) {
+			t.Errorf("image %d drawn %d times in 300 draws of 10 of 40, want about 75", id, n)
+		}
+	}
+}

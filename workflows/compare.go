@@ -135,7 +135,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		if err := workflow.ExecuteActivity(cpu, a.SelectRandom, activities.RandomInput{
 			Run: c.runID, Method: m, PoolShards: c.plans[activities.Pool].Shards, PoolImages: c.plans[activities.Pool].Images,
 			N: ref.Size, Seed: c.cfg.Seed, ErrorDomain: c.cfg.Selection.ErrorDomain, Similarity: c.models.Similarity,
-			NoPoolRejects: *c.shards.scanRejects == 0,
+			NoPoolRejects: *c.shards.scanRejects == 0, Classes: c.cfg.Classes, Reference: ref.Manifest,
 		}).Get(ctx, &out.Sel); err != nil {
 			return out, err
 		}
