@@ -334,16 +334,42 @@ type RandomInput struct {
 // once and holds only the rejects and the draw; when the scan rejected
 // nothing, only the manifests of the shards the draw falls in (a draw of
 // 10,000 from 10^9 images reads 10,000 of their 500,000).
+//
+// Given the classes, it draws as many images with a class's label as the
+// reference holds, among those: retraining skips a row of another label,
+// and dcd's images, near correctly labelled failures, are of the classes
+// far more often than a uniform draw from a pool weakly labelled by a
+// broader labeller. The draw is first made as without them; only when it
+// holds an image of another label is it made again among the images of
+// the classes, counted on a read of every shard's manifest.
 func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
+	keep := func(dataset.Item) bool { return true }
+	want := in.N
+	if len(in.Classes) > 0 {
+		classes := dataset.NewClasses(in.Classes)
+		keep = func(it dataset.Item) bool { return classes.Index(it.Label) >= 0 }
+		if in.Reference != "" {
+			ref, err := a.readManifest(ctx, in.Reference)
+			if err != nil {
+				return res, err
+			}
+			want = 0
+			for _, r := range ref {
+				if classes.Index(r.label) >= 0 {
+					want++
+				}
+			}
+		}
+	}
 	// The rejects first, to know how many images the draw is among.
-	eligible := in.PoolImages
+	eligible, kept := in.PoolImages, -1 // kept: eligible of the classes, when counted
 	rejected := make([]map[string]bool, in.PoolShards)
 	if in.Similarity.Path != "" && !in.NoPoolRejects {
 		type shardRejects struct {
-			eligible int // images not rejected
-			keys     map[string]bool
+			eligible, kept int // images not rejected, and of those of the classes
+			keys           map[string]bool
 		}
 		shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (shardRejects, error) {
 			shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
@@ -361,18 +387,21 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			for _, it := range shard.Items {
 				if !r.keys[it.Key] {
 					r.eligible++
+					if keep(it) {
+						r.kept++
+					}
 				}
 			}
 			return r, nil
 		}, nil)
-		eligible = 0
+		eligible, kept = 0, 0
 		for i := range in.PoolShards {
 			sh, err := shards.Next()
 			if err != nil {
 				shards.Stop()
 				return res, err
 			}
-			rejected[i], eligible = sh.keys, eligible+sh.eligible
+			rejected[i], eligible, kept = sh.keys, eligible+sh.eligible, kept+sh.kept
 			heartbeat(ctx, i)
 		}
 		shards.Stop()
@@ -387,42 +416,33 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			index = &ix
 		}
 	}
-	// drawn returns the images at the draw's positions (increasing) among
-	// the eligible ones.
-	drawn := func(draw []int) ([]selected, error) {
-		if index != nil {
-			picked, ok, err := a.drawnByID(ctx, in.Run, *index, draw)
-			if err != nil || ok {
-				return picked, err
-			}
-			index = nil
-		}
-		return a.drawnInOrder(ctx, in, rejected, draw)
-	}
 	rng := rand.New(rand.NewPCG(in.Seed, 0x7a4d0))
 	var chosen []selected
-	if len(in.Classes) == 0 {
-		var err error
-		if chosen, err = drawn(sample(rng, eligible, min(in.N, eligible))); err != nil {
-			return res, err
-		}
-	} else {
-		classes := dataset.NewClasses(in.Classes)
-		want := in.N
-		if in.Reference != "" {
-			ref, err := a.readManifest(ctx, in.Reference)
-			if err != nil {
+	if kept < 0 || kept == eligible {
+		draw := sample(rng, eligible, min(want, eligible))
+		picked := false
+		if index != nil {
+			var err error
+			if chosen, picked, err = a.drawnByID(ctx, in.Run, *index, draw); err != nil {
 				return res, err
 			}
-			want = 0
-			for _, r := range ref {
-				if classes.Index(r.label) >= 0 {
-					want++
-				}
+		}
+		if !picked {
+			var err error
+			if chosen, err = a.drawnInOrder(ctx, in, rejected, draw, nil); err != nil {
+				return res, err
+			}
+		}
+	}
+	if slices.ContainsFunc(chosen, func(s selected) bool { return !keep(s.item) }) || kept >= 0 && kept < eligible {
+		if kept < 0 {
+			var err error
+			if kept, err = a.countKept(ctx, in, keep); err != nil {
+				return res, err
 			}
 		}
 		var err error
-		if chosen, err = drawInClasses(rng, eligible, want, classes, drawn); err != nil {
+		if chosen, err = a.drawnInOrder(ctx, in, rejected, sample(rng, kept, min(want, kept)), keep); err != nil {
 			return res, err
 		}
 	}
@@ -434,9 +454,33 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	return res, nil
 }
 
+// countKept counts the pool's images that keep keeps (no image rejected:
+// the rejects are read where any was).
+func (a *Activities) countKept(ctx context.Context, in RandomInput, keep func(dataset.Item) bool) (int, error) {
+	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
+	}, nil)
+	defer shards.Stop()
+	n := 0
+	for i := range in.PoolShards {
+		shard, err := shards.Next()
+		if err != nil {
+			return 0, err
+		}
+		for _, it := range shard.Items {
+			if keep(it) {
+				n++
+			}
+		}
+		heartbeat(ctx, i)
+	}
+	return n, nil
+}
+
 // drawnInOrder goes through the pool shards in order for the images at
-// the draw's positions (increasing) among those not rejected.
-func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int) ([]selected, error) {
+// the draw's positions (increasing) among those not rejected, and kept by
+// keep (nil: all).
+func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int, keep func(dataset.Item) bool) ([]selected, error) {
 	var chosen []selected
 	pos := 0
 	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
@@ -449,7 +493,7 @@ func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected 
 			return nil, err
 		}
 		for _, it := range shard.Items {
-			if rejected[i][it.Key] {
+			if rejected[i][it.Key] || keep != nil && !keep(it) {
 				continue
 			}
 			if len(draw) > 0 && draw[0] == pos {
@@ -496,77 +540,6 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 		heartbeat(ctx, i)
 	}
 	return chosen, true, nil
-}
-
-// drawInClasses draws eligible positions uniformly without replacement,
-// in rounds, until want of the images drawn have a label among classes or
-// none is left, and returns those: a uniform sample of the images of those
-// labels. The first round draws want, as a draw whatever the labels does,
-// and gives the same images when every label is a class; a later round
-// draws what is missing over the share of the class images seen so far.
-func drawInClasses(rng *rand.Rand, eligible, want int, classes dataset.Classes, drawn func([]int) ([]selected, error)) ([]selected, error) {
-	var taken []int // positions drawn so far, increasing
-	var kept []selected
-	for len(kept) < want && len(taken) < eligible {
-		need, rest := want-len(kept), eligible-len(taken)
-		n := need
-		if len(taken) > 0 {
-			// The rounds before found len(kept) of len(taken): draw what
-			// is missing at that rate, a tenth more (4× without any).
-			n = need * 4
-			if len(kept) > 0 {
-				n = need*len(taken)/len(kept) + need/10 + 1
-			}
-		}
-		draw := outside(sample(rng, rest, min(n, rest)), taken)
-		picked, err := drawn(draw)
-		if err != nil {
-			return nil, err
-		}
-		var in []selected
-		for _, p := range picked {
-			if classes.Index(p.item.Label) >= 0 {
-				in = append(in, p)
-			}
-		}
-		if len(in) > need { // a uniform subset of them
-			rng.Shuffle(len(in), func(i, j int) { in[i], in[j] = in[j], in[i] })
-			in = in[:need]
-		}
-		kept = append(kept, in...)
-		taken = mergeInts(taken, draw)
-	}
-	slices.SortFunc(kept, func(x, y selected) int { return cmp.Compare(x.item.ID, y.item.ID) })
-	return kept, nil
-}
-
-// outside maps each of the increasing positions of the rest (those not
-// taken) to its position among all: the v-th untaken one.
-func outside(rest, taken []int) []int {
-	out := make([]int, len(rest))
-	j := 0 // taken[:j] are at most the position found so far
-	for i, v := range rest {
-		p := v + j
-		for j < len(taken) && taken[j] <= p {
-			j++
-			p++
-		}
-		out[i] = p
-	}
-	return out
-}
-
-// mergeInts merges two increasing lists of distinct ints.
-func mergeInts(a, b []int) []int {
-	out := make([]int, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		if a[0] < b[0] {
-			out, a = append(out, a[0]), a[1:]
-		} else {
-			out, b = append(out, b[0]), b[1:]
-		}
-	}
-	return append(append(out, a...), b...)
 }
 
 // sample returns n distinct integers of [0, total) in increasing order

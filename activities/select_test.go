@@ -569,4 +569,29 @@ func TestSelectRandomInClasses(t *testing.T) {
 			t.Errorf("image %d drawn %d times in 300 draws of 10 of 40, want about 75", id, n)
 		}
 	}
+
+	// Of a pool the scan rejected images of, the classes' images are
+	// counted with the rejects: all 38 the scan embedded, none other.
+	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
+	for s := range 3 {
+		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rejects := "[]"
+		if s == 0 {
+			rejects = `[{"uri":"pool/000.png","reason":"x"},{"uri":"pool/003.png","reason":"x"},{"uri":"pool/004.png","reason":"x"}]`
+		}
+		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), []byte(rejects)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 100, Seed: 1,
+		Similarity: sim, Classes: classes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := selectedIDs(t, a, res); len(got) != 38 || slices.ContainsFunc(got, func(id int64) bool { return id%3 != 0 || id == 0 || id == 3 }) {
+		t.Errorf("with rejects, 100 asked: drew %d: %v; want the 38 embedded images of the classes", len(got), got)
+	}
 }
