@@ -63,7 +63,7 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 func packID(out string) string {
 	out = strings.TrimRight(out, "/") // pool-wds/ and pool-wds are one output
 	id := strings.Trim(unsafeID.ReplaceAllString(out, "-"), "-")
-	id = id[:min(len(id), 200)]
+	id = id[:min(len(id), maxIDBytes-len("pack-")-9)] // room for the prefix and a digest
 	if id != out {
 		sum := sha256.Sum256([]byte(out))
 		id += "-" + hex.EncodeToString(sum[:4])

@@ -94,6 +94,9 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 	id := a.id
 	if id == "" {
 		id = passID(cfg.Name, time.Now())
+		if err := checkID("name (the pass's ID with a time)", id); err != nil {
+			return err
+		}
 	}
 	c, err := e.Client()
 	if err != nil {

@@ -71,12 +71,20 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Errorf("watching it:\n%s\nwant a line holding %q", out, want)
 	}
 	c.TerminateWorkflow(ctx, "nobody", "", "test")
-	// An earlier run's report of the pass is said to be one.
+	// A report written before the pass's latest run started is said to
+	// be an earlier run's; one written since is not.
 	dir := t.TempDir()
-	os.MkdirAll(filepath.Join(dir, "runs", "nobody"), 0o755)
-	os.WriteFile(filepath.Join(dir, "runs", "nobody", "report.html"), []byte("<!doctype html>"), 0o644)
-	if err := cmdReport(ctx, e, []string{"-storage", "file://" + dir, "nobody"}); err != nil || !strings.Contains(errOut.String(), "is terminated: this report is an earlier run's") {
-		t.Errorf("the report of a pass whose latest run was terminated: %v, stderr:\n%s", err, errOut)
+	report := filepath.Join(dir, "runs", "nobody", "report.html")
+	os.MkdirAll(filepath.Dir(report), 0o755)
+	os.WriteFile(report, []byte("<!doctype html>"), 0o644)
+	errOut.Reset()
+	if err := cmdReport(ctx, e, []string{"-storage", "file://" + dir, "nobody"}); err != nil || strings.Contains(errOut.String(), "earlier run") {
+		t.Errorf("a report written since the latest run started: %v, stderr:\n%s", err, errOut)
+	}
+	hourAgo := time.Now().Add(-time.Hour)
+	os.Chtimes(report, hourAgo, hourAgo)
+	if err := cmdReport(ctx, e, []string{"-storage", "file://" + dir, "nobody"}); err != nil || !strings.Contains(errOut.String(), "is terminated: this report, of ") {
+		t.Errorf("the report of an earlier run: %v, stderr:\n%s", err, errOut)
 	}
 	if _, err := e.watch(ctx, c, "nobody"); err == nil || !strings.Contains(err.Error(), "pass nobody was terminated") {
 		t.Errorf("watching a terminated pass: %v, want it said so, not 'failed'", err)

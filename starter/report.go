@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	enumspb "go.temporal.io/api/enums/v1"
-
 	"dcd/activities"
 	"dcd/internal/devserver"
 	"dcd/internal/redact"
@@ -39,11 +37,12 @@ func parseReport(e *cli, args []string) (reportArgs, error) {
 	return a, err
 }
 
-// warnEarlierReport says when a pass's report is not its latest run's: a
-// pass run again under its ID writes its report only when it reports, and
-// until then (or if it fails) runs/<id>/report.html is an earlier run's.
-// Without a server to ask, the report is shown as it is.
-func (e *cli) warnEarlierReport(ctx context.Context, id string) {
+// warnEarlierReport says when a pass's report, written at written, is not
+// its latest run's: a pass run again under its ID writes its report only
+// when it reports, and until then (or if it fails) runs/<id>/report.html
+// is an earlier run's. Without a server to ask, the report is shown as it
+// is.
+func (e *cli) warnEarlierReport(ctx context.Context, id string, written time.Time) {
 	if e.client == nil && !devserver.Reachable(e.g.address) {
 		return
 	}
@@ -52,11 +51,11 @@ func (e *cli) warnEarlierReport(ctx context.Context, id string) {
 		return
 	}
 	st, err := describe(ctx, c, e.g, id)
-	if err != nil || st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+	if err != nil || !written.Before(st.start) {
 		return
 	}
-	fmt.Fprintf(e.stderr, "pass %s's latest run, started %s, is %s: this report is an earlier run's\n",
-		id, st.start.Local().Format(time.DateTime), strings.ToLower(st.status.String()))
+	fmt.Fprintf(e.stderr, "pass %s's latest run, started %s, is %s: this report, of %s, is an earlier run's\n",
+		id, st.start.Local().Format(time.DateTime), strings.ToLower(st.status.String()), written.Local().Format(time.DateTime))
 }
 
 // cmdReport prints where a pass's report.html is: its path when storage is
@@ -69,10 +68,11 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	}
 	key := activities.RunKey(a.id, "report.html")
 	if p, ok := localPath(a.storage, key); ok && !a.serve {
-		if _, err := os.Stat(p); err != nil {
+		fi, err := os.Stat(p)
+		if err != nil {
 			return fmt.Errorf("no report for pass %s at %s: has the pass finished? (`starter status %s`)", a.id, p, a.id)
 		}
-		e.warnEarlierReport(ctx, a.id)
+		e.warnEarlierReport(ctx, a.id, fi.ModTime())
 		fmt.Fprintln(e.stdout, p)
 		if a.open {
 			openBrowser(e, "file://"+p)
@@ -88,7 +88,9 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact.URL(a.storage), key, err)
 	}
-	e.warnEarlierReport(ctx, a.id)
+	if attrs, err := b.Attributes(ctx, key); err == nil {
+		e.warnEarlierReport(ctx, a.id, attrs.ModTime)
+	}
 	l, err := net.Listen("tcp", a.addr)
 	if err != nil {
 		return fmt.Errorf("report: listen on %s: %w", a.addr, err)

@@ -497,6 +497,9 @@ func TestTrainHeadImageReader(t *testing.T) {
 
 // The same output, with or without its trailing slash, is the same pack.
 func TestPackIDTrailingSlash(t *testing.T) {
+	if id := packID(strings.Repeat("p/", 150)); checkID("-id", id) != nil {
+		t.Errorf("the default ID of a long output, %q: %v", id, checkID("-id", id))
+	}
 	if a, b := packID("pool-wds/"), packID("pool-wds"); a != b {
 		t.Errorf("packID: %q and %q", a, b)
 	}
@@ -563,5 +566,24 @@ func TestResultPerClassLeftOut(t *testing.T) {
 	}
 	if _, err := readEval(ctx, "file://"+dir, ""); err == nil {
 		t.Error("readEval of no key: no error")
+	}
+}
+
+// A config's name makes the pass's default ID, checked as -id is: a name
+// that begins with '-' would be read as a flag by status and cancel.
+func TestDefaultIDChecked(t *testing.T) {
+	cfg := testConfig()
+	cfg.Name = "-nightly"
+	b, err := configYAML(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pass.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr, dialed := run(t, "run", "-config", path)
+	if code != 2 || !strings.Contains(stderr, "may not start with '-'") || dialed != nil {
+		t.Errorf("a name beginning with '-': exit %d, dialed %v, stderr %q; want a usage error before dialing", code, dialed != nil, stderr)
 	}
 }
