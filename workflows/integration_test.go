@@ -136,6 +136,11 @@ func startWorkerWith(t *testing.T, c client.Client, b *blob.Bucket, storageURL s
 	sessions := activities.NewSessions(ortrun.Options{Threads: 2}, ortrun.Options{Threads: 2})
 	t.Cleanup(sessions.Close)
 	acts := &activities.Activities{Bucket: b, Mem: memory.NewGoAllocator(), Sessions: sessions, StorageURL: storageURL}
+	if opts.MaxHeartbeatThrottleInterval == 0 {
+		// As the worker binary beats: an activity learns of a cancel
+		// within HeartbeatThrottle, not 80 % of the heartbeat timeout.
+		opts.MaxHeartbeatThrottleInterval = activities.HeartbeatThrottle
+	}
 	for _, q := range queues {
 		w := worker.New(c, q, opts)
 		w.RegisterWorkflow(workflows.DebugPass)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -124,7 +125,7 @@ func TestBucketsReadAll(t *testing.T) {
 	// The worker's own setup is not the row's: a profile it lacks fails
 	// the read for a retry, the image unrejected.
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "none"))
-	if _, err := bs.ReadAll(ctx, def, "s3://b/1.png?region=us-east-1&profile=nosuch"); err == nil || Permanent(err) {
+	if _, err := bs.ReadAll(ctx, def, "s3://b/1.png?region=us-east-1&profile=nosuch"); err == nil || Permanent(err) || !strings.Contains(err.Error(), "profile, nosuch") {
 		t.Errorf("a profile the worker lacks: %v; want an error that is not the image's", err)
 	}
 }
