@@ -101,6 +101,9 @@ func valid(m Member) bool {
 	return m.Offset >= 0 && m.Size >= 0 && m.Offset <= (1<<63-1)-m.Size
 }
 
+// testHookWaiting runs as a Read begins to wait on another's fetch.
+var testHookWaiting = func() {}
+
 // Read returns m's bytes. The first Read of a span fetches it (concurrent
 // Reads of the same span wait for that one fetch); once every planned
 // occurrence of the span's members has been read the span is dropped, so
@@ -148,6 +151,7 @@ func (r *Reader) Read(ctx context.Context, m Member) ([]byte, error) {
 			return member(data), nil
 		}
 		r.mu.Unlock()
+		testHookWaiting()
 		select {
 		case <-f.done:
 		case <-ctx.Done():

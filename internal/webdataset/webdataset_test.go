@@ -831,13 +831,23 @@ func TestReaderFetchError(t *testing.T) {
 		defer wg.Done()
 		_, errs[i] = r.Read(context.Background(), ms[i])
 	}
+	// Reads 1 and 2 wait on read 0's fetch before it fails: a sleep would
+	// let one of them, held back by a loaded machine, find the failed
+	// fetch gone and start another, which nothing releases.
+	var waiting atomic.Int32
+	testHookWaiting = func() { waiting.Add(1) }
+	defer func() { testHookWaiting = func() {} }()
 	wg.Add(1)
 	go read(0)
 	<-g.started // read 0 is fetching
 	wg.Add(2)
 	go read(1)
 	go read(2)
-	waitTaken(t, r, ms[1], ms[2])
+	for deadline := time.Now().Add(10 * time.Second); waiting.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Reads 1 and 2 did not wait on the fetch")
+		}
+	}
 	g.release <- boom
 	wg.Wait()
 	for i, err := range errs {
