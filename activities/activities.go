@@ -389,6 +389,7 @@ func sharedLoad[T any](ctx context.Context, g *singleflight.Group, key string, l
 		return load(lctx)
 	})
 	var zero T
+	testHookSharedWait()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -461,6 +462,9 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // testHookLoadSession runs as a session's load starts, with its context.
 var testHookLoadSession = func(context.Context) {}
+
+// testHookSharedWait runs as an activity begins to wait on a shared load.
+var testHookSharedWait = func() {}
 
 func (a *Activities) knn() (*knn.Searcher, error) {
 	ss := a.Sessions

@@ -4,6 +4,7 @@ package activities
 var (
 	CheckpointEvery   = &checkpointEvery
 	PlanCheckpointKey = planCheckpointKey
+	SharedWait        = &testHookSharedWait
 )
 
 // PlanCheckpoint is a plan's stored progress.

@@ -146,13 +146,22 @@ func TestQueriesReadOnceForSearchesAtOnce(t *testing.T) {
 		}()
 		return done
 	}
+	var waiting atomic.Int32
+	*activities.SharedWait = func() { waiting.Add(1) }
+	defer func() { *activities.SharedWait = func() {} }()
 	ctx, cancel := context.WithCancel(context.Background())
 	first := search(ctx)
 	for reads.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	second := search(context.Background())
-	time.Sleep(200 * time.Millisecond) // the second waits on the first's read
+	// The second waits on the first's read (a sleep would let a loaded
+	// machine's second come after it, and test nothing).
+	for deadline := time.Now().Add(10 * time.Second); waiting.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d searches wait on the queries' read, want 2", waiting.Load())
+		}
+	}
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled search: %v, want cancelled", err)

@@ -110,6 +110,9 @@ func TestSessionLoadsOnce(t *testing.T) {
 		}
 	}
 	defer func() { testHookLoadSession = func(context.Context) {} }()
+	var waiting atomic.Int32
+	testHookSharedWait = func() { waiting.Add(1) }
+	defer func() { testHookSharedWait = func() {} }()
 	// The first activity starts the load and is cancelled while the
 	// other seven wait on it: theirs goes on.
 	first, cancelFirst := context.WithCancel(ctx)
@@ -133,7 +136,11 @@ func TestSessionLoadsOnce(t *testing.T) {
 			got <- s
 		}()
 	}
-	time.Sleep(50 * time.Millisecond) // the seven wait on the load
+	for deadline := time.Now().Add(10 * time.Second); waiting.Load() < 8; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) { // (a sleep would let a loaded machine's late ones find the session made)
+			t.Fatalf("%d activities wait on the load, want 8", waiting.Load())
+		}
+	}
 	cancelFirst()
 	if err := <-firstDone; err == nil {
 		t.Error("a session cancelled while loading returned no error")
