@@ -19,7 +19,7 @@ import (
 	"dcd/workflows"
 )
 
-// A recurring pass on two workers: its pool's cached shards are looked up
+// A recurring pass on two workers: its cached shards are looked up
 // and searched by both, in batches that each write one partial top-k,
 // and the merge over those finds the neighbours the first pass found over
 // each shard's own partial: dcd selects the same images.
@@ -49,30 +49,39 @@ func TestRecurringPassOnTwoWorkers(t *testing.T) {
 		t.Fatalf("the second pass found %d of its %d shards cached", second.CachedShards, second.Shards)
 	}
 
-	// Who ran the second pass's lookups, and the range partials they wrote.
+	// Who ran the second pass's lookups, and the range partials they
+	// wrote: the pool's in the pass, the other sets' in their chains (the
+	// pool's five batches alone could all go to one worker while the
+	// other's slots hold the chains').
 	byWorker := map[string]int{}
-	it := c.GetWorkflowHistory(ctx, "two-second-"+stamp, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	batches := map[int64]bool{}
 	ranges := 0
-	for it.HasNext() {
-		ev, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
+	for _, id := range []string{"", "/" + activities.Train + "/0", "/" + activities.Test + "/0", "/" + activities.ErrorHeldout + "/0"} {
+		id = "two-second-" + stamp + id
+		if _, err := c.DescribeWorkflowExecution(ctx, id, ""); err != nil {
+			continue // a set the pass ran itself
 		}
-		if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil && a.GetActivityType().GetName() == "CachedShards" {
-			batches[ev.GetEventId()] = true
-		}
-		if a := ev.GetActivityTaskStartedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
-			byWorker[a.GetIdentity()]++
-		}
-		if a := ev.GetActivityTaskCompletedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
-			var res activities.CachedShardsResult
-			if err := converter.GetDefaultDataConverter().FromPayloads(a.GetResult(), &res); err != nil {
+		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		batches := map[int64]bool{}
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
 				t.Fatal(err)
 			}
-			for _, s := range res.Shards {
-				if s.TopK != nil && strings.Contains(s.TopK.Key, "/topk-ranges/") {
-					ranges++
+			if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil && a.GetActivityType().GetName() == "CachedShards" {
+				batches[ev.GetEventId()] = true
+			}
+			if a := ev.GetActivityTaskStartedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
+				byWorker[a.GetIdentity()]++
+			}
+			if a := ev.GetActivityTaskCompletedEventAttributes(); a != nil && batches[a.GetScheduledEventId()] {
+				var res activities.CachedShardsResult
+				if err := converter.GetDefaultDataConverter().FromPayloads(a.GetResult(), &res); err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range res.Shards {
+					if s.TopK != nil && strings.Contains(s.TopK.Key, "/topk-ranges/") {
+						ranges++
+					}
 				}
 			}
 		}
