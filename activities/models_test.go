@@ -113,6 +113,19 @@ func (w *world) putImages(prefix string, imgs []image.Image) {
 	}
 }
 
+// classifierTarget writes classifier(false) at models/clf.onnx and checks
+// it as the target, its features "pooled".
+func (w *world) classifierTarget() activities.ModelRef {
+	w.t.Helper()
+	g, _ := classifier(false)
+	w.putModel("models/clf.onnx", g)
+	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return m
+}
+
 // check runs CheckModels for a target model.
 func (w *world) check(m schemas.Model) (activities.ModelRef, error) {
 	var res activities.CheckModelsResult
@@ -653,20 +666,15 @@ func TestBadOutputs(t *testing.T) {
 // written by another version, say) fail when read, naming model and shard.
 func TestLoadedDimsChecked(t *testing.T) {
 	w := newWorld(t)
-	g, _ := classifier(false)
-	w.putModel("models/clf.onnx", g)
 	w.putImages("q/", randomImages(9, 2, 4, 4))
-	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := w.classifierTarget()
 	if _, err := w.embed(activities.ErrorSample, "q/", m); err != nil {
 		t.Fatal(err)
 	}
 	wrong := m
 	wrong.Dims = []int{7, 3}
 	var res activities.QueriesResult
-	err = w.do(w.acts.Queries, activities.QueriesInput{Run: w.run, Shards: 1, Model: wrong}, &res)
+	err := w.do(w.acts.Queries, activities.QueriesInput{Run: w.run, Shards: 1, Model: wrong}, &res)
 	failsNaming(t, err, "models/clf.onnx", activities.ShardKey(w.run, activities.ErrorSample, 0), "5 values per image", "7 when")
 }
 
@@ -776,13 +784,8 @@ func BenchmarkCheckModels(b *testing.B) {
 func TestUnreadImageReadOnceFixed(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
-	g, _ := classifier(false)
-	w.putModel("models/clf.onnx", g)
 	w.putImages("q/", randomImages(11, 3, 4, 4))
-	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := w.classifierTarget()
 	late, err := w.b.ReadAll(ctx, "q/a/002.png")
 	if err != nil {
 		t.Fatal(err)
@@ -833,19 +836,14 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 // decodings of its images.
 func TestEmbedRefusesOtherDecoders(t *testing.T) {
 	w := newWorld(t)
-	g, _ := classifier(false)
-	w.putModel("models/clf.onnx", g)
 	w.putImages("q/", randomImages(12, 2, 4, 4))
-	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := w.classifierTarget()
 	if m.Spec.Decoder != preprocess.DecoderVersion {
 		t.Fatalf("checked spec's decoders %d, want this worker's %d", m.Spec.Decoder, preprocess.DecoderVersion)
 	}
 	m.Spec.Decoder++
 	// Retried, as another worker of the pass's version may take it.
-	_, err = w.embed(activities.ErrorSample, "q/", m)
+	_, err := w.embed(activities.ErrorSample, "q/", m)
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("checked with version %d", m.Spec.Decoder)) || !strings.Contains(err.Error(), "start it again") {
 		t.Errorf("embedding for a pass of other decoders: %v, want it refused, saying so", err)
 	}
@@ -874,15 +872,10 @@ func TestConfigFileUnreachable(t *testing.T) {
 // by one of its images.
 func TestEvaluateNothingEmbedded(t *testing.T) {
 	w := newWorld(t)
-	g, _ := classifier(false)
-	w.putModel("models/clf.onnx", g)
 	w.put("t/a/0.png", []byte("not a PNG"))
 	w.put("t/a/1.png", []byte("nor this"))
 	w.putImages("h/", randomImages(13, 2, 4, 4))
-	m, err := w.check(schemas.Config{Target: schemas.Model{Path: "models/clf.onnx", Features: "pooled", Logits: "logits"}}.WithDefaults().Target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := w.classifierTarget()
 	if _, err := w.embed(activities.Test, "t/", m); err != nil {
 		t.Fatal(err)
 	}
@@ -890,6 +883,6 @@ func TestEvaluateNothingEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	var res activities.EvaluateResult
-	err = w.do(w.acts.Evaluate, activities.EvaluateInput{Run: w.run, Method: "none", Model: m, Classes: []string{"a", "b", "c"}, TestShards: 1, HeldoutShards: 1}, &res)
+	err := w.do(w.acts.Evaluate, activities.EvaluateInput{Run: w.run, Method: "none", Model: m, Classes: []string{"a", "b", "c"}, TestShards: 1, HeldoutShards: 1}, &res)
 	failsNaming(t, err, "data.test: no image could be embedded (the first, t/a/0.png: preprocess: decode: image: unknown format)")
 }

@@ -271,20 +271,7 @@ func TestSelectRandom(t *testing.T) {
 	}
 	// With the scan's model, only images it embedded are drawn: shard 1's
 	// rejects never are, and the whole pool is the 120 less them.
-	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
-	for s := range 3 {
-		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rejects := "[]"
-		if s == 1 {
-			rejects = `[{"uri":"pool/040.png","reason":"x"},{"uri":"pool/041.png","reason":"x"},{"uri":"pool/079.png","reason":"x"}]`
-		}
-		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), []byte(rejects)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	sim := scanRejected(t, a, 1, "pool/040.png", "pool/041.png", "pool/079.png")
 	for seed := range uint64(20) {
 		res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 117, Seed: seed, Similarity: sim})
 		if err != nil {
@@ -572,20 +559,7 @@ func TestSelectRandomInClasses(t *testing.T) {
 
 	// Of a pool the scan rejected images of, the classes' images are
 	// counted with the rejects: all 38 the scan embedded, none other.
-	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
-	for s := range 3 {
-		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rejects := "[]"
-		if s == 0 {
-			rejects = `[{"uri":"pool/000.png","reason":"x"},{"uri":"pool/003.png","reason":"x"},{"uri":"pool/004.png","reason":"x"}]`
-		}
-		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), []byte(rejects)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	sim := scanRejected(t, a, 0, "pool/000.png", "pool/003.png", "pool/004.png")
 	res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 100, Seed: 1,
 		Similarity: sim, Classes: classes})
 	if err != nil {
@@ -594,4 +568,30 @@ func TestSelectRandomInClasses(t *testing.T) {
 	if got := selectedIDs(t, a, res); len(got) != 38 || slices.ContainsFunc(got, func(id int64) bool { return id%3 != 0 || id == 0 || id == 3 }) {
 		t.Errorf("with rejects, 100 asked: drew %d: %v; want the 38 embedded images of the classes", len(got), got)
 	}
+}
+
+// scanRejected writes the rejects of run r's three pool shards as a scan
+// with the model it returns would have cached them: uris of shard, none
+// of the others.
+func scanRejected(t *testing.T, a *Activities, shard int, uris ...string) ModelRef {
+	t.Helper()
+	ctx := context.Background()
+	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
+	for s := range 3 {
+		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rejects []embed.Reject
+		if s == shard {
+			for _, u := range uris {
+				rejects = append(rejects, embed.Reject{URI: u, Reason: "x"})
+			}
+		}
+		data, _ := json.Marshal(append([]embed.Reject{}, rejects...))
+		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sim
 }
