@@ -274,9 +274,14 @@ func methodRows(ev Eval, cfg schemas.Config) []methodRow {
 }
 
 // points is a change in accuracy in percentage points, "+0.0" for none.
+// A loss too small to show keeps its sign ("-0.0"): a plus beside a cell
+// marked down, or a headline's "+0.0" for a model that lost, misleads.
 func points(d float64) string {
 	v := math.Round(1000*d) / 10
-	if v == 0 {
+	switch {
+	case v == 0 && d < 0:
+		return "-0.0"
+	case v == 0:
 		v = 0 // not -0
 	}
 	return fmt.Sprintf("%+.1f", v)

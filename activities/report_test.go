@@ -312,3 +312,13 @@ func TestThumbnail(t *testing.T) {
 		t.Errorf("a decoder that panics: %v, %d slots taken; want the thumbnail failed, the slot free", err, len(slots))
 	}
 }
+
+// A change in points keeps its sign however small: a loss of 0.03 points
+// is -0.0, not +0.0 beside a cell marked down.
+func TestPointsSign(t *testing.T) {
+	for d, want := range map[float64]string{0.0003: "+0.0", -0.0003: "-0.0", 0: "+0.0", -0.012: "-1.2", 0.667: "+66.7"} {
+		if got := points(d); got != want {
+			t.Errorf("points(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
