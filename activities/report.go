@@ -487,16 +487,24 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 		})
 	}
 	if in.Reference != "" { // either missing: nothing kept, or dropped; another error fails the report
+		keptKey, droppedKey := MethodKey(in.Run, in.Reference, "debug_train.csv"), MethodKey(in.Run, in.Reference, "dropped.csv")
+		if m, ok := in.Eval.Method(in.Reference); ok && m.DebugTrain != "" && m.DebugTrain != keptKey {
+			// No guard ran (an empty selection): its files, if any, are
+			// an earlier run's under this ID.
+			keptKey, droppedKey = m.DebugTrain, ""
+		}
 		reads.Go(func() error {
-			rs, err := a.readManifest(ctx, MethodKey(in.Run, in.Reference, "debug_train.csv"))
+			rs, err := a.readManifest(ctx, keptKey)
 			keptRows = rs
 			return absentOK(err)
 		})
-		reads.Go(func() error {
-			data, err := store.ReadAll(ctx, a.Bucket, MethodKey(in.Run, in.Reference, "dropped.csv"))
-			droppedCSV = data
-			return absentOK(err)
-		})
+		if droppedKey != "" {
+			reads.Go(func() error {
+				data, err := store.ReadAll(ctx, a.Bucket, droppedKey)
+				droppedCSV = data
+				return absentOK(err)
+			})
+		}
 	}
 	err := reads.Wait()
 	if f != nil {

@@ -322,3 +322,40 @@ func TestPointsSign(t *testing.T) {
 		}
 	}
 }
+
+// A reference selection that was empty ran no guard: the debug-train and
+// dropped files under its method are an earlier run's under this ID, and
+// the gallery marks nothing kept or dropped from them.
+func TestGalleryIgnoresAnEarlierRunsGuard(t *testing.T) {
+	a, in := reportFixture(t)
+	ctx := context.Background()
+	marks := func(debugTrain string) (kept, dropped int) {
+		t.Helper()
+		in.Eval = Eval{Methods: []Method{{Method: "dcd", DebugTrain: debugTrain}}}
+		rows, err := a.gallery(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			for _, n := range r.Neighbors {
+				switch {
+				case n.Mark == "kept":
+					kept++
+				case strings.HasPrefix(n.Mark, "dropped"):
+					dropped++
+				}
+			}
+		}
+		return kept, dropped
+	}
+	if kept, dropped := marks(MethodKey(in.Run, "dcd", "debug_train.csv")); kept == 0 || dropped == 0 {
+		t.Fatalf("the guarded selection: %d kept, %d dropped marks; want both", kept, dropped)
+	}
+	empty := MethodKey(in.Run, "dcd", "selected.csv")
+	if err := a.writeSelection(ctx, empty, nil); err != nil {
+		t.Fatal(err)
+	}
+	if kept, dropped := marks(empty); kept != 0 || dropped != 0 {
+		t.Errorf("an empty selection: %d kept, %d dropped marks, from an earlier run's files; want none", kept, dropped)
+	}
+}
