@@ -18,6 +18,15 @@ version=1.29.0
 providers_package=com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9
 dir="$cache/ort-gpu-$version"
 
+# One setup at a time per cache, setup.sh's lock: two clones would fetch
+# and install into the same folder side by side.
+mkdir -p "$cache"
+exec 9>"$cache/.setup.lock"
+if ! flock -n 9; then
+  echo "setup-gpu: waiting for another setup of $cache to finish..." >&2
+  flock 9
+fi
+
 if [ ! -f "$dir/libonnxruntime_providers_cuda.so" ]; then
   echo "setup-gpu: fetching ONNX Runtime $version's GPU build from npm (about 220 MB)..." >&2
   tmp=$(mktemp -d)
@@ -25,7 +34,9 @@ if [ ! -f "$dir/libonnxruntime_providers_cuda.so" ]; then
   mkdir -p "$tmp/core" "$tmp/providers" "$dir"
   # npm pack only downloads each tarball (npm checks its integrity); it
   # runs no install script.
-  (cd "$tmp" && npm pack --silent "onnxruntime-node@$version" "$providers_package" >/dev/null)
+  mkdir -p "$cache/logs"
+  (cd "$tmp" && npm pack "onnxruntime-node@$version" "$providers_package") >"$cache/logs/ort-gpu-fetch.log" 2>&1 \
+    || { tail -20 "$cache/logs/ort-gpu-fetch.log" >&2; exit 1; }
   # The CPU-only core of the same release refuses the CUDA provider ("not
   # enabled in this build"); onnxruntime-node's is built with it.
   tar -xzf "$tmp"/onnxruntime-node-*.tgz -C "$tmp/core" package/bin/napi-v6/linux/x64/libonnxruntime.so.1
@@ -50,6 +61,4 @@ if [ -n "$missing" ]; then
   echo "setup-gpu: the CUDA provider cannot find ${missing}on the library path: add the folders of CUDA 13's libraries (and cuDNN 9's) to LD_LIBRARY_PATH" >&2
 fi
 
-cat <<ENV
-export DCD_ORT_LIB=$dir/libonnxruntime.so
-ENV
+printf 'export DCD_ORT_LIB=%q\n' "$dir/libonnxruntime.so"

