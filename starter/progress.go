@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,8 +93,16 @@ func statusLine(p workflows.Progress, now time.Time) string {
 	if phase == "" {
 		phase = "starting"
 	}
-	return fmt.Sprintf("%-13s | shards %d/%s | %d images | %.0f images/s | %d rejects | %d cached shards | %s",
+	line := fmt.Sprintf("%-13s | shards %d/%s | %d images | %.0f images/s | %d rejects | %d cached shards | %s",
 		phase, p.ShardsDone, total, p.Images, rate, p.Rejects, p.CachedShards, elapsed.Round(time.Second))
+	if len(p.Methods) > 0 { // the comparison, the longest phase: where each method is
+		var stages []string
+		for _, m := range slices.Sorted(maps.Keys(p.Methods)) {
+			stages = append(stages, m+" "+p.Methods[m])
+		}
+		line += " | " + strings.Join(stages, ", ")
+	}
+	return line
 }
 
 // watch shows a pass's progress until it ends and returns its result.

@@ -296,6 +296,11 @@ func TestStatusLine(t *testing.T) {
 	if !strings.Contains(got, "shards 0/?") || !strings.Contains(got, "0 images/s") {
 		t.Errorf("statusLine before planning = %q", got)
 	}
+	// In the comparison, where each method is.
+	got = statusLine(workflows.Progress{Phase: "compare", Started: start, Methods: map[string]string{"random": "embed", "dcd": "retrain", "none": "done"}}, start)
+	if !strings.HasSuffix(got, " | dcd retrain, none done, random embed") {
+		t.Errorf("statusLine in the comparison = %q", got)
+	}
 }
 
 func TestWriteResult(t *testing.T) {

@@ -55,7 +55,14 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 			if m == ref && !c.refDone.IsReady() {
 				c.refSet.Set(out.Sel, err)
 			}
-			c.progress.Methods[m] = "done"
+			switch {
+			case temporal.IsCanceledError(err):
+				c.progress.Methods[m] = "cancelled"
+			case err != nil:
+				c.progress.Methods[m] = "failed"
+			default:
+				c.progress.Methods[m] = "done"
+			}
 			set.Set(out, err)
 		})
 	}

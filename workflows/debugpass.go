@@ -75,7 +75,8 @@ type Progress struct {
 	CachedShards int
 	Running      []string
 	// Methods is each compared method's stage once the comparison runs:
-	// select, embed, guard, retrain, train, evaluate or done.
+	// select, embed, guard, retrain, train, evaluate, then done, failed
+	// or cancelled.
 	Methods map[string]string `json:",omitempty"`
 }
 
@@ -236,6 +237,9 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		return PassResult{}, err
 	}
 	if later != nil {
+		// A large pool's listing outlasts the queries (minutes for 10^9
+		// images): say what the pass waits on.
+		p.Phase = "plan pool"
 		rest, err := later.wait(ctx, later.rest)
 		if err != nil {
 			return PassResult{}, err
@@ -534,13 +538,18 @@ type shardRunner struct {
 	keyed bool
 }
 
-// counted adds r, shards of dataset ds run with k, to the pass's counts.
-// The pool's scan is its only run with k > 0: all_pool embeds the pool
-// with the target too, with k = 0, and its rejects are not the scan's.
-func (s shardRunner) counted(ds string, k int, r ShardsResult) {
+// counted adds r, shards of dataset ds run with k under tag, to the pass's
+// counts. The pool's scan is its only run with k > 0: all_pool embeds the
+// pool with the target too, with k = 0, and its rejects are not the
+// scan's. A dataset embedded again under another tag (all_pool's pool, an
+// external trainer's model's test and E_heldout) rejects the same images
+// again: they are counted once.
+func (s shardRunner) counted(ds, tag string, k int, r ShardsResult) {
 	s.progress.ShardsDone += r.Shards
 	s.progress.Images += r.Images
-	s.progress.Rejects += r.Rejects
+	if tag == ds {
+		s.progress.Rejects += r.Rejects
+	}
 	s.progress.CachedShards += r.Cached
 	if ds == activities.Pool && k > 0 {
 		*s.scanRejects += r.Rejects
@@ -567,7 +576,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		if n <= inlineShards && workflow.GetVersion(ctx, inlineChange, workflow.DefaultVersion, 1) == 1 {
 			setStarted.Set(nil, nil)
-			settle.Set(nil, s.inline(ctx, ds, m, n, k))
+			settle.Set(nil, s.inline(ctx, ds, tag, m, n, k))
 			return
 		}
 		defer func() {
@@ -608,7 +617,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				}
 				err := chain.Get(ctx, &r)
 				s.progress.Running = remove(s.progress.Running, id)
-				s.counted(ds, k, r)
+				s.counted(ds, tag, k, r)
 				if err != nil && firstErr == nil {
 					firstErr = err
 					// Versioned where it happens: a pass started before
@@ -660,15 +669,15 @@ const (
 // inlineAsync runs inline in a coroutine; the future is ready when it ends.
 func (s shardRunner) inlineAsync(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) workflow.Future {
 	f, settle := workflow.NewFuture(ctx)
-	workflow.Go(ctx, func(ctx workflow.Context) { settle.Set(nil, s.inline(ctx, ds, m, n, k)) })
+	workflow.Go(ctx, func(ctx workflow.Context) { settle.Set(nil, s.inline(ctx, ds, ds, m, n, k)) })
 	return f
 }
 
 // inline runs a dataset's n shards in the pass itself, looked up in the
 // cache first (a pool shard searched there too), as long as the shards
 // before them were cached: as a chain does.
-func (s shardRunner) inline(ctx workflow.Context, ds string, m activities.ModelRef, n, k int) error {
-	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{lookUp: true, cached: true}, func(r ShardsResult) { s.counted(ds, k, r) })
+func (s shardRunner) inline(ctx workflow.Context, ds, tag string, m activities.ModelRef, n, k int) error {
+	return runShards(ctx, s.input(ds, m, 0, n, k), n, &scanState{lookUp: true, cached: true}, func(r ShardsResult) { s.counted(ds, tag, k, r) })
 }
 
 // input is the ShardsInput of shards [first, end) of a dataset.
