@@ -122,6 +122,8 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 	}
 	cfg, _ := yaml.Marshal(in.Config)
 	shown := shownClasses(in.Eval, in.Reference)
+	_, hasNone := in.Eval.Method(schemas.MethodNone)
+	_, hasRef := in.Eval.Method(in.Reference)
 	page := reportData{
 		Run:      in.Run,
 		Eval:     in.Eval,
@@ -132,6 +134,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		Heldout:  perClass(in.Eval, shown, func(m Method) []*float64 { return m.HeldoutPerClass }, in.Eval.HeldoutPerClassImages),
 		Classes:  len(in.Eval.Classes),
 		Shown:    len(shown),
+		Ranked:   hasNone && hasRef,
 		Gallery:  g.rows,
 		Rejects:  first,
 		NRejects: res.Rejects,
@@ -213,6 +216,7 @@ type reportData struct {
 	Heldout  classTable
 	Classes  int // classes in all, of which Shown in the per-class tables
 	Shown    int
+	Ranked   bool // the shown classes are those the reference changed most, against none
 	Gallery  []galleryRow
 	Rejects  []embed.Reject
 	NRejects int
@@ -760,7 +764,7 @@ d={{.Distance}}<br><span{{if .Wrong}} class="wrong"{{end}}>weak {{.Label}}</span
 {{else}}<p>No E_sample images.</p>{{end}}
 
 <h2>Per class, against the model before the pass</h2>
-{{if lt .Shown .Classes}}<p><small>The {{.Shown}} of {{.Classes}} classes whose E_heldout accuracy changed most under {{.Ref}}; eval.json has them all.</small></p>{{end}}
+{{if lt .Shown .Classes}}<p><small>{{if .Ranked}}The {{.Shown}} of {{.Classes}} classes whose E_heldout accuracy changed most under {{.Ref}}{{else}}The first {{.Shown}} of {{.Classes}} classes{{end}}; eval.json has them all.</small></p>{{end}}
 <div class="classes">
 <div><h3>E_heldout</h3>{{template "classes" .Heldout}}</div>
 <div><h3>clean test</h3>{{template "classes" .Test}}</div>

@@ -359,3 +359,20 @@ func TestGalleryIgnoresAnEarlierRunsGuard(t *testing.T) {
 		t.Errorf("an empty selection: %d kept, %d dropped marks, from an earlier run's files; want none", kept, dropped)
 	}
 }
+
+// The per-class tables' caption says how their classes were chosen: by
+// the reference's change against none, or, without both, the first ones.
+func TestShownClassesCaption(t *testing.T) {
+	for _, c := range []struct {
+		ranked bool
+		want   string
+	}{{true, "The 30 of 40 classes whose E_heldout accuracy changed most under dcd;"}, {false, "The first 30 of 40 classes;"}} {
+		var buf bytes.Buffer
+		if err := reportPage.Execute(&buf, reportData{Classes: 40, Shown: 30, Ranked: c.ranked, Ref: "dcd"}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(buf.String(), c.want) {
+			t.Errorf("ranked %v: the page lacks %q", c.ranked, c.want)
+		}
+	}
+}
