@@ -183,7 +183,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			case ctx.Err() != nil:
 				continue
 			default:
-				line = "waiting for a worker to take the " + what + " (" + shortError(err) + ")"
+				line = "no answer from the " + what + " yet (" + shortError(err) + ")"
 			}
 			if now.Sub(checked) >= idleEvery {
 				checked = now
@@ -191,8 +191,12 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 				idle = stuck(qctx, now)
 				cancel()
 			}
-			if idle != "" {
+			switch {
+			case idle != "":
 				line += " | " + idle
+			case err != nil && ctx.Err() == nil && what == "pass":
+				// Workers take its tasks (passStuck would say if none did).
+				line += ": a worker runs it, in a step that holds its answers (checking the models, say)"
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on
