@@ -11,7 +11,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -145,11 +144,14 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	defer sess.Close()
 	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
 
-	spool := &spoolRows{path: filepath.Join(a.work, "features.bin")}
-	f, err := os.Create(spool.path)
+	// A file of its own, removed after: a fixed -work (a disk large
+	// enough for the spool) is shared by the trainers a pass runs at once.
+	f, err := os.CreateTemp(a.work, "features-*.bin")
 	if err != nil {
 		return err
 	}
+	spool := &spoolRows{path: f.Name()}
+	defer os.Remove(spool.path)
 	w := bufio.NewWriterSize(f, 1<<20)
 	src := dataset.Source{Bucket: b, Buckets: buckets}
 	read := imageReader(buckets, b)

@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"errors"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -35,11 +36,18 @@ func TestExternalTrainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Both methods' trainers at once, spooling into one -work folder (a
+	// disk large enough for them), which they leave empty.
+	work := t.TempDir()
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.MethodDCD}
 	cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{bin, "train-head", "-storage", "{storage}", "-job", "{job}",
-		"-train", "{train}", "-debug", "{debug_train}", "-out", "{model}", "-work", "{work}", "-threads", "2"}}
+		"-train", "{train}", "-debug", "{debug_train}", "-out", "{model}", "-work", work, "-threads", "2"}}
 	res, err := runPass(t, c, "trainer-"+time.Now().UTC().Format("150405.000"), cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(work); len(left) > 0 {
+		t.Errorf("the trainers left %d files in their -work folder, as %s", len(left), left[0].Name())
 	}
 	ext, in := method(t, res.Eval, schemas.MethodDCD), method(t, builtin.Eval, schemas.MethodDCD)
 	none := method(t, res.Eval, schemas.MethodNone)
