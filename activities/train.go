@@ -117,11 +117,18 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	if res.TrainRows == 0 {
 		return res, invalid("data.train: no image could be embedded, so there is nothing to retrain on")
 	}
+	// The rows heartbeat after each feature file they give; a file of a
+	// large shard through a large head (10,000 rows × 1,000 classes ×
+	// 2,048 features, 80 GFLOP a pass in mini-batches) outlasts a
+	// heartbeat timeout, so beat meanwhile too. The rows still stop at
+	// the next file when the pass is cancelled.
+	stop := beating(ctx, func() []any { return nil })
 	h, err := head.Train(rows, head.Options{
 		Classes: len(in.Classes), Lambda: r.Lambda, Iters: r.Iters, ClassBalanced: r.ClassBalanced,
 		MiniBatch: r.Mode == schemas.MiniBatch, Epochs: r.Epochs, BatchSize: r.BatchSize, LearningRate: r.LearningRate,
 		Seed: in.Seed,
 	})
+	stop()
 	if err != nil {
 		var read *readError
 		switch {
