@@ -38,6 +38,11 @@ func minimize(x []float64, f func(x, grad []float64) (float64, error), maxIter i
 	dir := make([]float64, n)
 	xNew := make([]float64, n)
 	gNew := make([]float64, n)
+	// The step's pair, taken into the history only if it shows curvature:
+	// made in place, a pair refused would have overwritten the oldest one
+	// kept, which the recursion goes on using with its old rho.
+	sNew := make([]float64, n)
+	yNew := make([]float64, n)
 
 	for iter := 0; iter < maxIter; iter++ {
 		if floats.Norm(g, math.Inf(1)) <= tol {
@@ -105,9 +110,11 @@ func minimize(x []float64, f func(x, grad []float64) (float64, error), maxIter i
 			return nil
 		}
 
-		floats.SubTo(s[next], xNew, x)
-		floats.SubTo(y[next], gNew, g)
-		if sy := floats.Dot(s[next], y[next]); sy > 1e-10*floats.Dot(y[next], y[next]) {
+		floats.SubTo(sNew, xNew, x)
+		floats.SubTo(yNew, gNew, g)
+		if sy := floats.Dot(sNew, yNew); sy > 1e-10*floats.Dot(yNew, yNew) {
+			s[next], sNew = sNew, s[next]
+			y[next], yNew = yNew, y[next]
 			rho[next] = 1 / sy
 			next = (next + 1) % lbfgsMemory
 			pairs = min(pairs+1, lbfgsMemory)
