@@ -52,6 +52,9 @@ type SelectResult struct {
 	// Note says what the selection could not do as asked: a global
 	// budget or a threshold that reaches past the neighbours the scan kept.
 	Note string `json:",omitempty"`
+	// Search is how long the guards' k-NN searches took (the bench counts
+	// it as k-NN, not the rest of the activity).
+	Search time.Duration `json:",omitempty"`
 }
 
 // selected is a pool image chosen for a debug-train set, with the score it
@@ -670,7 +673,9 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 			for j := range ids {
 				ids[j] = int64(j)
 			}
+			searched := time.Now()
 			top, err := s.TopK(feats, len(items), m.Data, ids, dim, min(len(its), exactOf))
+			res.Search += time.Since(searched)
 			if err != nil {
 				return err
 			}
@@ -718,10 +723,12 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		// One search of every image against every other: a minute for
 		// 30,000 images of 2,048 values on two cores, longer than a
 		// heartbeat timeout, hence the ticker.
+		searched := time.Now()
 		near, err := func() ([][]knn.Neighbor, error) {
 			defer beating(ctx, func() []any { return nil })()
 			return s.TopK(feats, len(items), feats, ids, dim, min(len(items), 16))
 		}()
+		res.Search += time.Since(searched)
 		if err != nil {
 			return res, err
 		}

@@ -65,6 +65,13 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	defer stopTrace()
+	var memFile *os.File // made now: a path that cannot be written fails before minutes of bench
+	if *memProfile != "" {
+		if memFile, err = os.Create(*memProfile); err != nil {
+			return err
+		}
+		defer memFile.Close()
+	}
 	o := bench.Options{Quick: *quick, Parts: partList, Threads: *threads, Concurrency: *concurrency, EP: *ep, Latency: *latency, Worker: *worker, WorkerProfile: *cpuProfile, Log: e.stderr}
 	if o.Worker == "" {
 		if exe, err := os.Executable(); err == nil {
@@ -88,13 +95,8 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 		}
 		return err
 	}
-	if *memProfile != "" {
-		f, err := os.Create(*memProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+	if memFile != nil {
+		if err := pprof.Lookup("allocs").WriteTo(memFile, 0); err != nil {
 			return err
 		}
 	}

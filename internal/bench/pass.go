@@ -370,11 +370,17 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 	// Searches run side by side, and each one's reads and writes overlap
 	// the others' searches: the time some search ran is split between the
 	// k-NN and storage as the searches' own times split, summed.
-	var search time.Duration
+	// The guards' searches (dcd's dedupe and leak checks) are k-NN too.
+	search := t.guards
 	if t.took > 0 {
-		search = time.Duration(float64(t.busy(func(s span) bool { return s.searched })) * min(float64(t.search)/float64(t.took), 1))
+		search += time.Duration(float64(t.busy(func(s span) bool { return s.searched })) * min(float64(t.search)/float64(t.took), 1))
 	}
 	other := busy - search
+	// Storage and the rest is what neither the k-NN nor orchestration
+	// took, so that the three shares add up to the pass: the histories'
+	// spans (busy) also hold each task's hand-off, which the worker's
+	// (orch) count as orchestration.
+	io := max(wall-search-orch, 0)
 	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
 	o.logf("pass %s: %d shards in %s: k-NN %s, other activities %s (%s), orchestration %s (%s by the histories' spans; longest: %s); %d activities (%d local, %d as the worker ran them); worker peak RSS %d MiB",
 		c.label, res.Shards, wall.Round(time.Millisecond), search.Round(time.Millisecond), other.Round(time.Millisecond), t.byType(),
@@ -383,7 +389,7 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 	return []Result{
 		info(name+"_time", "s", wall.Seconds(), 0),
 		info(name+"_knn", "% of time", pct(search), 0),
-		info(name+"_io", "% of time", pct(other), 0),
+		info(name+"_io", "% of time", pct(io), 0),
 		budget(name+"_orchestration", "% of time", pct(orch), 5),
 		budget(name+"_peak_rss", "MiB", float64(hwm)/(1<<20), 1024),
 	}, nil
@@ -434,6 +440,7 @@ type span struct {
 type times struct {
 	spans        []span
 	search, took time.Duration // TopKShardResult.Search and .Took, summed
+	guards       time.Duration // GuardSelection's searches (SelectResult.Search), summed
 	activities   int           // activities that ran, local ones included
 	local        int           // local activities
 }
@@ -548,6 +555,12 @@ func activityTimes(ctx context.Context, c client.Client, root chain) (times, err
 					if err := dc.FromPayloads(a.GetResult(), &r); err != nil {
 						return t, fmt.Errorf("bench: EmbedShard result: %w", err)
 					}
+				case "GuardSelection":
+					var g activities.SelectResult
+					if err := dc.FromPayloads(a.GetResult(), &g); err != nil {
+						return t, fmt.Errorf("bench: GuardSelection result: %w", err)
+					}
+					t.guards += g.Search
 				case "CachedShards":
 					// A batch: each search's span is the one its result
 					// reports, within the batch's.
