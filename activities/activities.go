@@ -87,11 +87,14 @@ func WaitTrainers(a *Activities, d time.Duration) bool {
 // one per two CPUs: on an H200 with 16 cores, 8 at once embedded 5-10 %
 // (ResNet-50) to 25-60 % (the demo's backbone) more images a second
 // than 4.
+//
+// CPUs are GOMAXPROCS, not NumCPU: since Go 1.25 it follows a container's
+// CPU limit, which NumCPU (the host's cores) does not.
 func DefaultConcurrency(ep string) int {
 	if ep == "cuda" {
-		return max(2, runtime.NumCPU()/2)
+		return max(2, runtime.GOMAXPROCS(0)/2)
 	}
-	return max(2, runtime.NumCPU()/4)
+	return max(2, runtime.GOMAXPROCS(0)/4)
 }
 
 // DefaultThreads is each model session's ONNX Runtime intra-op threads
@@ -100,7 +103,7 @@ func DefaultConcurrency(ep string) int {
 // so sessions on every core would oversubscribe them: with two at once on
 // two cores, ResNet-50 embedded 10-20 % slower than with a thread each.
 // The k-NN search's products run one at a time and take every CPU.
-func DefaultThreads(concurrency int) int { return max(1, runtime.NumCPU()/max(concurrency, 1)) }
+func DefaultThreads(concurrency int) int { return max(1, runtime.GOMAXPROCS(0)/max(concurrency, 1)) }
 
 // Sessions are the ONNX Runtime sessions a worker opens, one per model
 // spec, kept because creating one costs far more than a batch: up to

@@ -44,7 +44,7 @@ func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	fs.StringVar(&a.work, "work", "", "folder for the spooled features ({work}); default: a temporary one")
 	fs.StringVar(&a.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.StringVar(&a.ep, "ep", "", "execution provider of the target: cpu or cuda; default the job target's ep, else DCD_EP, else cpu")
-	fs.IntVar(&a.threads, "threads", runtime.NumCPU(), "ONNX Runtime threads")
+	fs.IntVar(&a.threads, "threads", runtime.GOMAXPROCS(0), "ONNX Runtime threads (default: the CPUs this process may use)")
 	pos, err := parse(fs, trainHeadSynopsis, args)
 	if err != nil {
 		return a, err

@@ -102,8 +102,8 @@ type Options struct {
 	// Parts to run; empty means all of Parts.
 	Parts []string
 	// Threads is ONNX Runtime's intra-op thread count; 0 means a worker's
-	// defaults (activities.DefaultThreads for models, NumCPU for the k-NN
-	// search).
+	// defaults (activities.DefaultThreads for models, every CPU the
+	// process may use for the k-NN search).
 	Threads int
 	// Concurrency is how many shards the embedding pipeline embeds at
 	// once, as a worker's -concurrency does, and how many streams of
@@ -146,7 +146,7 @@ func (o Options) searchThreads() int {
 	if o.Threads > 0 {
 		return o.Threads
 	}
-	return runtime.NumCPU()
+	return runtime.GOMAXPROCS(0)
 }
 
 func (o Options) logf(format string, args ...any) {
