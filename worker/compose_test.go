@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"dcd/activities"
 	"dcd/internal/compose"
+	"dcd/internal/devserver"
 	"dcd/workflows"
 )
 
@@ -29,6 +31,11 @@ func TestComposeWorkers(t *testing.T) {
 			continue
 		}
 		workers++
+		// Docker kills a service 10 s after SIGTERM unless told: a
+		// worker stopping lets its activities end within its grace.
+		if g, err := time.ParseDuration(s.StopGracePeriod); err != nil || g < devserver.WorkerStopGrace {
+			t.Errorf("service %s: stop_grace_period %q, want at least the worker's %s", name, s.StopGracePeriod, devserver.WorkerStopGrace)
+		}
 		if s.Build == nil || s.Build.Dockerfile != "Dockerfile" {
 			t.Errorf("service %s runs the worker but does not build it from the repository's Dockerfile", name)
 		}

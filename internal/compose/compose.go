@@ -40,7 +40,11 @@ type Service struct {
 	DependsOn   DependsOn         `yaml:"depends_on"`
 	Profiles    []string          `yaml:"profiles"`
 	Volumes     []string          `yaml:"volumes"`
-	Deploy      struct {
+	// StopGracePeriod is how long docker lets the service stop after
+	// SIGTERM before SIGKILL (a duration such as "50s"; docker's 10 s
+	// when empty).
+	StopGracePeriod string `yaml:"stop_grace_period"`
+	Deploy          struct {
 		Resources struct {
 			Reservations struct {
 				Devices []Device `yaml:"devices"`
