@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"io"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"dcd/activities"
 	"dcd/internal/compose"
 	"dcd/internal/devserver"
+	"dcd/internal/store"
 	"dcd/workflows"
 )
 
@@ -182,6 +184,41 @@ func TestConcurrencyFollowsEP(t *testing.T) {
 		if gpuQ != c.gpuQ || cpuQ != c.others || train != c.others {
 			t.Errorf("%q, DCD_CONCURRENCY=%q, DCD_EP=%q: gpu %d, cpu %d, train %d at once; want %d, %d, %d",
 				c.args, c.env, c.ep, gpuQ, cpuQ, train, c.gpuQ, c.others, c.others)
+		}
+	}
+}
+
+// A worker checks its bucket as it starts, on a real S3 server: one it
+// may list passes, and one that is not there fails it, naming the store,
+// rather than every activity it would take.
+func TestCheckStorage(t *testing.T) {
+	bin, err := devserver.VersityGWBinary()
+	if err != nil {
+		t.Fatalf("%v: run `make setup` (scripts/setup.sh installs it)", err)
+	}
+	srv, err := devserver.StartS3(bin, t.TempDir(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	for _, kv := range devserver.S3Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	ctx := context.Background()
+	there, err := srv.Bucket(ctx, "there")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for url, want := range map[string]string{there: "", devserver.S3URL("typo", srv.Endpoint): "no such bucket"} {
+		b, err := store.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkStorage(ctx, b, url)
+		b.Close()
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "s3://typo")) {
+			t.Errorf("%s: %v; want %q", url, err, want)
 		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
+	"gocloud.dev/blob"
 
 	"dcd/activities"
 	"dcd/internal/embed"
@@ -94,6 +95,26 @@ func (o *options) queueConcurrency(q string) int {
 	return activities.DefaultConcurrency("cpu")
 }
 
+// checkStorage lists one object of the workers' bucket. An object store's
+// bucket opens without a request: a name or credentials that are wrong
+// would fail, for good, every activity this worker took from healthy
+// ones, so they fail the worker at its start. A store that does not
+// answer now may later: the worker goes on, saying so.
+func checkStorage(ctx context.Context, bucket *blob.Bucket, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ok, err := bucket.IsAccessible(ctx)
+	switch {
+	case err == nil && !ok:
+		return fmt.Errorf("worker: storage %s: no such bucket", redact.URL(url))
+	case err != nil && store.Permanent(err):
+		return fmt.Errorf("worker: storage %s: %w", redact.URL(url), err)
+	case err != nil:
+		log.Printf("worker: storage %s did not answer a listing (%v): going on, activities retry it", redact.URL(url), err)
+	}
+	return nil
+}
+
 func main() {
 	o := defineFlags(flag.CommandLine)
 	flag.Parse()
@@ -130,6 +151,9 @@ func run(o *options) error {
 		return err
 	}
 	defer bucket.Close()
+	if err := checkStorage(ctx, bucket, o.storage); err != nil {
+		return err
+	}
 	// Datasets may name images in other buckets by URL; each is opened once.
 	buckets := &store.Buckets{}
 	defer buckets.Close()
