@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -24,6 +25,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
+	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
 	"gocloud.dev/blob"
 
@@ -173,7 +175,11 @@ func run(o *options) error {
 		s.Close()
 	}
 
-	c, err := client.Dial(client.Options{HostPort: o.address, Namespace: o.namespace})
+	// Info and up: the SDK's default logs a debug line for every
+	// activity and child a workflow starts, 20,000 lines a 10,000-shard
+	// pass, into logs nothing rotates.
+	logger := tlog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	c, err := client.Dial(client.Options{HostPort: o.address, Namespace: o.namespace, Logger: logger})
 	if err != nil {
 		return fmt.Errorf("worker: connect to Temporal at %s: %w", o.address, err)
 	}
@@ -195,6 +201,16 @@ func run(o *options) error {
 		intercept = append(intercept, r)
 	}
 	var workers []worker.Worker
+	// A worker that stops polling for good (its namespace deleted, say)
+	// ends the process, for its supervisor to start it again, rather
+	// than leave it alive and taking nothing.
+	fatal := make(chan error, 1)
+	onFatal := func(err error) {
+		select {
+		case fatal <- err:
+		default:
+		}
+	}
 	for _, q := range polled {
 		stop := 30 * time.Second
 		if q == workflows.TrainQueue {
@@ -211,6 +227,7 @@ func run(o *options) error {
 			WorkerStopTimeout:            stop,
 			MaxHeartbeatThrottleInterval: activities.HeartbeatThrottle,
 			Interceptors:                 intercept,
+			OnFatalError:                 onFatal,
 		})
 		if q == workflows.CPUQueue {
 			w.RegisterWorkflow(workflows.DebugPass)
@@ -224,7 +241,13 @@ func run(o *options) error {
 		workers = append(workers, w)
 	}
 	log.Printf("worker: polling %v on %s (namespace %s), storage %s", polled, o.address, o.namespace, redact.URL(o.storage))
-	<-worker.InterruptCh()
+	var failed error
+	select {
+	case <-worker.InterruptCh():
+		log.Printf("worker: stopping: up to 30 s for the activities running to end")
+	case failed = <-fatal:
+		log.Printf("worker: stopped polling: %v", failed)
+	}
 	var stopping sync.WaitGroup // side by side: each waits up to its stop timeout
 	for _, w := range workers {
 		stopping.Go(w.Stop)
@@ -234,6 +257,9 @@ func run(o *options) error {
 	// SIGKILL 5 s on) and writes its log's end: let it, within the grace.
 	if !activities.WaitTrainers(acts, 15*time.Second) {
 		log.Printf("worker: an external trainer did not stop in 15 s")
+	}
+	if failed != nil {
+		return fmt.Errorf("worker: %w", failed)
 	}
 	return nil
 }
