@@ -245,6 +245,10 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 		images[i] = embed.Image{ID: it.ID, URI: it.Key, Label: it.Label, Domain: it.Domain}
 	}
 	done, inPart, began := first, 0, time.Now()
+	var stop <-chan struct{} // the worker's stop: a part committed, the rest is another worker's
+	if activity.IsActivity(ctx) {
+		stop = activity.GetWorkerStopChannel(ctx)
+	}
 	_, err = e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
 		if len(b.Images) > 0 {
 			if err := m.checkDims(shard, b.Dims); err != nil {
@@ -264,6 +268,16 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 				return err
 			}
 			inPart, began = 0, time.Now()
+			select {
+			case <-stop:
+				// Retried at once, from this part, elsewhere: not once
+				// the stop's grace cancels the part under way, and the
+				// worker's failure report, sent after its client closed,
+				// is lost to a heartbeat timeout.
+				activity.RecordHeartbeat(ctx, w.progress())
+				return errWorkerStopping
+			default:
+			}
 		}
 		activity.RecordHeartbeat(ctx, w.progress())
 		return nil
@@ -282,6 +296,10 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 	}
 	return w, nil
 }
+
+// errWorkerStopping ends an embedding at a part's end when its worker
+// stops; Temporal retries it (a plain error).
+var errWorkerStopping = errors.New("the worker is stopping: the shard goes on from its last part on another")
 
 // narrowCached makes a float16 cache entry at key from the shard's float32
 // entry, when there is one: rounding the cached features gives exactly

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"gocloud.dev/blob"
@@ -267,5 +269,39 @@ func TestPackedMemberPastArchiveEnd(t *testing.T) {
 	var res activities.EmbedShardResult
 	if err := w.do(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 4}, &res); err != nil || res.Images != 3 || res.Rejects != 1 {
 		t.Errorf("%+v, %v; want 3 images embedded and the one past the end rejected", res, err)
+	}
+}
+
+// A worker that stops ends an embedding at its next part's end, which the
+// retry (elsewhere) goes on from: not when the stop's grace cancels the
+// part under way.
+func TestEmbedStopsAtAPartWhenTheWorkerStops(t *testing.T) {
+	w := newWorld(t)
+	m := w.classifierTarget()
+	w.putImages("p/", randomImages(21, 12, 4, 4))
+	var plan activities.PlanResult
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Prefix: "p/"}, ShardSize: 1 << 20}, &plan)
+
+	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(devserver.QuietLogger())
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivity(w.acts)
+	stop := make(chan struct{})
+	close(stop)
+	env.SetWorkerStopChannel(stop)
+	var last struct {
+		NextPart int
+		Starts   []int
+	}
+	env.SetOnActivityHeartbeatListener(func(_ *activity.Info, d converter.EncodedValues) { d.Get(&last) })
+	_, err := env.ExecuteActivity(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 3, PartSize: 4})
+	var app *temporal.ApplicationError
+	if err == nil || !strings.Contains(err.Error(), "the worker is stopping") || errors.As(err, &app) && app.NonRetryable() || last.NextPart != 1 {
+		t.Fatalf("embedding on a stopping worker: %v, heartbeat %+v; want it ended, retryable, after its first part", err, last)
+	}
+	res, err := w.resumeWith(m, last.NextPart, last.Starts)
+	// Batches of 3, a part cut once it holds 4: the first holds 6.
+	if err != nil || res.ResumedFrom != 6 || res.Images != plan.Images {
+		t.Errorf("the retry: %+v, %v; want it to go on from the first part's 6 images to all %d", res, err, plan.Images)
 	}
 }
