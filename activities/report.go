@@ -711,7 +711,7 @@ var reportPage = template.Must(template.New("report").Funcs(template.FuncMap{
 		if p == nil {
 			return "–"
 		}
-		return fmt.Sprintf("%.2f", *p)
+		return fmt.Sprintf("%.3f", *p) // as starter result: 601 of 604 is not 1.00
 	},
 	"secs":  func(s float64) string { return fmt.Sprintf("%.1f s", s) },
 	"short": func(s string) string { return s[strings.LastIndexByte(s, '/')+1:] },
