@@ -292,9 +292,15 @@ func arrowRows(key string, f *store.ArrowFile, columns []string, idx, dims []int
 		if !ok {
 			return nil, fmt.Errorf("features: %q record %d: column 0 is %s, want the images' URIs as strings", key, i, rec.Column(0).DataType())
 		}
+		if col.Len() != int(rec.NumRows()) {
+			// Its URIs would be paired with another record's vectors.
+			return nil, fmt.Errorf("features: %q: damaged IPC file: record %d has %d URIs for %d rows", key, i, col.Len(), rec.NumRows())
+		}
 		for j := 0; j < col.Len(); j++ {
 			if all {
-				uris = append(uris, col.Value(j))
+				// Copied: the record's buffers are released when this
+				// returns, and an allocator other than Go's reuses them.
+				uris = append(uris, strings.Clone(col.Value(j)))
 			} else if p.keeps(before + j) {
 				uris = append(uris, strings.Clone(col.Value(j))) // a few: not to pin the whole file
 				kept[i] = append(kept[i], j)
