@@ -100,6 +100,24 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 	return ev, refSel, nil
 }
 
+// embeddedAgain is how many shards the comparison embeds again whatever
+// the selections: all_pool's pool with the target, when the pool was
+// scanned with another model, and with an external trainer, test and
+// E_heldout with each method's model (all but none's). Progress counts
+// them with the plans.
+func embeddedAgain(cfg schemas.Config, models activities.CheckModelsResult, plans map[string]activities.PlanResult) int {
+	n := 0
+	for _, m := range cfg.Compare {
+		if m == schemas.MethodAllPool && models.Target.Spec.Digest() != models.Similarity.Spec.Digest() {
+			n += plans[activities.Pool].Shards
+		}
+		if cfg.Retrain.Trainer != nil && m != schemas.MethodNone {
+			n += plans[activities.Test].Shards + plans[activities.ErrorHeldout].Shards
+		}
+	}
+	return n
+}
+
 // failFastMethodsChange versions waiting for the methods in the order
 // they end, so that passes started before replay as they ran.
 const failFastMethodsChange = "fail-fast-methods"
@@ -126,7 +144,6 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 			// The pool was scanned with the similarity model; training
 			// needs the target's features of every pool image.
 			stage("embed")
-			c.progress.ShardsTotal += pool.Shards
 			if err := c.shards.runTagged(ctx, activities.Pool, "pool-target", c.models.Target, pool.Shards, 0).Get(ctx, nil); err != nil {
 				return out, err
 			}
@@ -231,7 +248,6 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		stage("embed")
 		tag := "eval-" + activities.MethodDataset(m)
 		test, held := c.plans[activities.Test].Shards, c.plans[activities.ErrorHeldout].Shards
-		c.progress.ShardsTotal += test + held
 		ft := c.shards.runTagged(ctx, activities.Test, tag+"-test", r.Model, test, 0)
 		fh := c.shards.runTagged(ctx, activities.ErrorHeldout, tag+"-heldout", r.Model, held, 0)
 		for _, f := range []workflow.Future{ft, fh} {

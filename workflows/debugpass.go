@@ -250,6 +250,11 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		}
 	}
 
+	// The shards the comparison embeds again, known now (a selection's
+	// are not): counted from the start, so that the total does not grow
+	// once the scan has reached it.
+	p.ShardsTotal += embeddedAgain(cfg, models, plans)
+
 	p.Phase = "scan pool"
 	if err := waitAll(ctx, s.scanBeside(ctx, models, plans, cfg.ScanK())...); err != nil {
 		return PassResult{}, err

@@ -49,6 +49,16 @@ func TestExternalTrainer(t *testing.T) {
 	if left, _ := os.ReadDir(work); len(left) > 0 {
 		t.Errorf("the trainers left %d files in their -work folder, as %s", len(left), left[0].Name())
 	}
+	// Its progress counted the shards the trainers' models embedded again
+	// from the start: done, it is all of them.
+	if v, err := c.QueryWorkflow(context.Background(), res.RunID, "", workflows.ProgressQuery); err != nil {
+		t.Error(err)
+	} else {
+		var p workflows.Progress
+		if err := v.Get(&p); err != nil || p.ShardsDone != p.ShardsTotal {
+			t.Errorf("progress at the end: %d of %d shards (%v)", p.ShardsDone, p.ShardsTotal, err)
+		}
+	}
 	ext, in := method(t, res.Eval, schemas.MethodDCD), method(t, builtin.Eval, schemas.MethodDCD)
 	none := method(t, res.Eval, schemas.MethodNone)
 	t.Logf("external trainer: test %.4f E_heldout %.4f; built-in: test %.4f E_heldout %.4f", ext.TestAccuracy, ext.HeldoutAccuracy, in.TestAccuracy, in.HeldoutAccuracy)
