@@ -203,9 +203,9 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		case err != nil && note != "":
 			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %s\n", id, note)
 		case err != nil:
-			// Workers take its workflow tasks (stuck would say if none
-			// did): the pass is in a step that holds its answers.
-			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (a worker runs it, in a step that holds its answers, such as checking the models; ask again shortly)\n", id, err)
+			// A worker polled its workflow queue lately (stuck would
+			// say if none had), though it may since have died.
+			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (its worker may be in a step that holds its answers, such as checking the models, or gone: ask again shortly)\n", id, err)
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:

@@ -195,8 +195,9 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			case idle != "":
 				line += " | " + idle
 			case err != nil && ctx.Err() == nil && what == "pass":
-				// Workers take its tasks (passStuck would say if none did).
-				line += ": a worker runs it, in a step that holds its answers (checking the models, say)"
+				// A worker polled its tasks lately (passStuck would say if
+				// none had), though it may since have died.
+				line += ": its worker may be in a step that holds its answers (checking the models, say), or gone"
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on

@@ -144,14 +144,19 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	defer sess.Close()
 	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
 
-	// A file of its own, removed after: a fixed -work (a disk large
-	// enough for the spool) is shared by the trainers a pass runs at once.
+	// A file of its own, unlinked at once and read through its open
+	// descriptor: a fixed -work (a disk large enough for the spool) is
+	// shared by the trainers a pass runs at once, and a trainer killed
+	// (a cancelled pass's SIGKILL) leaves none of its gigabytes behind.
 	f, err := os.CreateTemp(a.work, "features-*.bin")
 	if err != nil {
 		return err
 	}
-	spool := &spoolRows{path: f.Name()}
-	defer os.Remove(spool.path)
+	defer f.Close()
+	if err := os.Remove(f.Name()); err != nil {
+		return err
+	}
+	spool := &spoolRows{f: f, name: f.Name()}
 	w := bufio.NewWriterSize(f, 1<<20)
 	src := dataset.Source{Bucket: b, Buckets: buckets}
 	read := imageReader(buckets, b)
@@ -214,9 +219,6 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		spool.rows += rows
 	}
 	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
 		return err
 	}
 	if spool.rows == 0 {
@@ -283,7 +285,8 @@ func headerOnly(ctx context.Context, b *blob.Bucket, key string) (bool, error) {
 // spoolRows is head.Rows over a local file of rows (label int32, weight
 // float32, dim float32s, little-endian), read afresh on every pass.
 type spoolRows struct {
-	path   string
+	f      *os.File // unlinked: read through it
+	name   string
 	dim    int
 	rows   int
 	passes int
@@ -320,11 +323,7 @@ func (s *spoolRows) EachShuffled(seed uint64, fn func(x []float32, label int, we
 // each reads the spool in chunks, in order, or shuffled with rng.
 func (s *spoolRows) each(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {
 	s.passes++
-	f, err := os.Open(s.path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+	f := s.f
 	size := 8 + 4*s.dim
 	chunks := (s.rows + spoolChunk - 1) / spoolChunk
 	order := make([]int, chunks)
@@ -339,7 +338,7 @@ func (s *spoolRows) each(rng *rand.Rand, fn func(x []float32, label int, weight 
 	for _, c := range order {
 		n := min(spoolChunk, s.rows-c*spoolChunk)
 		if _, err := f.ReadAt(buf[:n*size], int64(c)*spoolChunk*int64(size)); err != nil {
-			return fmt.Errorf("train-head: spool %s: %w", s.path, err)
+			return fmt.Errorf("train-head: spool %s: %w", s.name, err)
 		}
 		rows := make([]int, n)
 		for i := range rows {

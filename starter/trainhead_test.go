@@ -14,11 +14,12 @@ import (
 // written last, from the epoch's end.
 func TestSpoolShuffles(t *testing.T) {
 	const rows, debug = 3*spoolChunk + 100, spoolChunk
-	s := &spoolRows{path: filepath.Join(t.TempDir(), "spool.bin"), dim: 2, rows: rows}
-	f, err := os.Create(s.path)
+	f, err := os.Create(filepath.Join(t.TempDir(), "spool.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
+	s := &spoolRows{f: f, name: f.Name(), dim: 2, rows: rows}
 	w := bufio.NewWriter(f)
 	for i := range rows {
 		weight := float32(1)
@@ -32,7 +33,6 @@ func TestSpoolShuffles(t *testing.T) {
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
 
 	read := func(each func(func([]float32, int, float32) error) error) (ids []int, debugEarly int) {
 		err := each(func(x []float32, label int, weight float32) error {
