@@ -152,3 +152,22 @@ func TestTrainJobDefaults(t *testing.T) {
 		t.Errorf("defaults: debug_weight %v, lambda %v, output %q", j.Retrain.DebugWeight, j.Retrain.Lambda, j.Output)
 	}
 }
+
+// A pass started before its config was recorded checks it again on every
+// replay: the bounds added since do not refuse what passed then, and what
+// failed then fails still.
+func TestValidateAsStarted(t *testing.T) {
+	c := compareConfig().WithDefaults()
+	c.Shards.BatchSize, c.Shards.Size, c.Retrain.DebugWeight = 6400, 50_000_000, 1e39
+	if c.Validate() == nil || c.ValidateAsStarted() != nil {
+		t.Errorf("past the new bounds: Validate %v, ValidateAsStarted %v; want only the first to refuse", c.Validate(), c.ValidateAsStarted())
+	}
+	c.Retrain.DebugWeight = 1e-46
+	if err := c.ValidateAsStarted(); err != nil {
+		t.Errorf("debug_weight 1e-46: %v", err)
+	}
+	c.Shards.BatchSize = 0
+	if c.ValidateAsStarted() == nil {
+		t.Error("batch_size 0, refused before the new bounds too, passed")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"io"
 	"os"
 	"path/filepath"
@@ -237,6 +238,21 @@ func LoadConfig(path string) (Config, error) {
 		return c, fmt.Errorf("config %s: more than one config in the file (a second YAML document or JSON value after the first)", path)
 	}
 	return c.WithDefaults(), nil
+}
+
+// ValidateAsStarted is Validate less the bounds added since a pass's
+// config and verdict are recorded in its history (workflows' config-once):
+// a pass started before then checks its config again on every replay, and
+// one that passed must pass still, or its replay stops short of its
+// history. Values past those bounds are taken at the bound before Validate.
+// Add each bound added to Validate here too.
+func (c Config) ValidateAsStarted() error {
+	c.Shards.BatchSize = min(c.Shards.BatchSize, maxInferenceBatch)
+	c.Shards.Size = min(c.Shards.Size, maxShardSize)
+	if w := c.Retrain.DebugWeight; w > 0 && !math.IsInf(w, 1) {
+		c.Retrain.DebugWeight = min(max(w, math.SmallestNonzeroFloat32), math.MaxFloat32)
+	}
+	return c.Validate()
 }
 
 // maxInferenceBatch bounds shards.batch_size: an embedding keeps three

@@ -123,15 +123,7 @@ const dropScanChange = "drop-scan"
 func passConfig(ctx workflow.Context, in schemas.Config) (schemas.Config, error) {
 	if workflow.GetVersion(ctx, configOnceChange, workflow.DefaultVersion, 1) != 1 {
 		cfg := in.WithDefaults()
-		err := cfg.Validate()
-		var fe *schemas.FieldError
-		if errors.As(err, &fe) && (fe.Field == "shards.batch_size" || fe.Field == "shards.size") &&
-			cfg.Shards.BatchSize >= 1 && cfg.Shards.Size >= 1 {
-			// Their upper bounds came with configOnceChange: a pass
-			// started before ran without them, and replays so.
-			err = nil
-		}
-		return cfg, err
+		return cfg, cfg.ValidateAsStarted()
 	}
 	type verdict struct {
 		Config  schemas.Config
