@@ -136,22 +136,13 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 			}
 		}()
 	}
-	rejects, ok, err := a.cachedRejects(ctx, key)
-	fixed := ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects)
-	if fixed {
-		ok = false // embedded again, the entry replaced
-	}
+	rejects, ok, fixed, err := a.entryRejects(ctx, in.Dataset, key)
 	if reads != nil && (err != nil || !ok) { // no entry to read: not yet, or never
 		reads.abandon()
 		reads = nil
 	}
 	if err == nil && !ok && !fixed {
-		rejects, ok, err = a.narrowCached(ctx, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
-		if ok && in.Dataset != Pool && a.unreadFixed(ctx, rejects) {
-			// The float32 entry's unread images read now: not narrowed,
-			// embedded again.
-			rejects, ok = nil, false
-		}
+		rejects, ok, err = a.narrowCached(ctx, in.Dataset, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
 	}
 	if err != nil {
 		return res, err
@@ -308,7 +299,7 @@ var errWorkerStopping = errors.New("the worker is stopping: the shard goes on fr
 // without being embedded again. It returns the entry's rejects and whether
 // it made one. m is the model, and shardKey the shard, of images images,
 // that errors name.
-func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, shardDigest, key string, images int) ([]embed.Reject, bool, error) {
+func (a *Activities) narrowCached(ctx context.Context, ds string, m ModelRef, shardKey, shardDigest, key string, images int) ([]embed.Reject, bool, error) {
 	spec := m.Spec
 	if spec.StoredAs != schemas.Float16 {
 		return nil, false, nil
@@ -316,7 +307,7 @@ func (a *Activities) narrowCached(ctx context.Context, m ModelRef, shardKey, sha
 	wide := spec
 	wide.StoredAs = ""
 	src := features.Key(wide, shardDigest)
-	rejects, ok, err := a.cachedRejects(ctx, src)
+	rejects, ok, _, err := a.entryRejects(ctx, ds, src)
 	if err != nil || !ok {
 		return nil, false, err
 	}
@@ -378,17 +369,28 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 	return rejects, true, nil
 }
 
+// entryRejects is cachedRejects of dataset ds's entry at key, except that
+// an E_sample entry one of whose unreadable images reads now is none
+// (fixed): a pass fails for its E_sample's unreadable images, saying to fix
+// them, and once fixed (uploaded, its access granted) the shard must be
+// embedded again, although its content (keys and versions) is what it
+// was. Other sets' are not read again: a pool or a train set lists many
+// images long gone, which each recurring pass would read, and an image
+// fewer there costs a row, not the pass.
+func (a *Activities) entryRejects(ctx context.Context, ds, key string) (rejects []embed.Reject, ok, fixed bool, err error) {
+	rejects, ok, err = a.cachedRejects(ctx, key)
+	if ok && ds == ErrorSample && a.unreadFixed(ctx, rejects) {
+		return nil, false, true, nil
+	}
+	return rejects, ok, false, err
+}
+
 // recheckUnread is how many of a cached shard's unreadable images a lookup
 // reads again.
 const recheckUnread = 8
 
 // unreadFixed says whether an image that a cache entry records as
-// unreadable (gone, forbidden) reads now. A pass that fails for its
-// E_sample's unreadable images says to fix them: once fixed (uploaded, its
-// access granted), the shard must be embedded again, although its content
-// (keys and versions) is what it was. Pool shards are not read again: a
-// pool lists many images long gone, which each recurring pass would read,
-// and one image fewer among the candidates costs little.
+// unreadable (gone, forbidden) reads now.
 func (a *Activities) unreadFixed(ctx context.Context, rejects []embed.Reject) bool {
 	n := 0
 	for _, r := range rejects {
