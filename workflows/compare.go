@@ -108,14 +108,20 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 func embeddedAgain(cfg schemas.Config, models activities.CheckModelsResult, plans map[string]activities.PlanResult) int {
 	n := 0
 	for _, m := range cfg.Compare {
-		if m == schemas.MethodAllPool && models.Target.Spec.Digest() != models.Similarity.Spec.Digest() {
+		if m == schemas.MethodAllPool && poolEmbeddedAgain(models) {
 			n += plans[activities.Pool].Shards
 		}
-		if cfg.Retrain.Trainer != nil && m != schemas.MethodNone {
+		if cfg.Retrain.Trainer != nil && m != schemas.MethodNone { // method's trainer branch
 			n += plans[activities.Test].Shards + plans[activities.ErrorHeldout].Shards
 		}
 	}
 	return n
+}
+
+// poolEmbeddedAgain says whether all_pool embeds the pool with the target:
+// the scan embedded it with another model.
+func poolEmbeddedAgain(models activities.CheckModelsResult) bool {
+	return models.Target.Spec.Digest() != models.Similarity.Spec.Digest()
 }
 
 // failFastMethodsChange versions waiting for the methods in the order
@@ -140,7 +146,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 	case m == schemas.MethodNone || m == schemas.MethodTrainOnly:
 	case m == schemas.MethodAllPool:
 		pool := c.plans[activities.Pool]
-		if c.models.Target.Spec.Digest() != c.models.Similarity.Spec.Digest() {
+		if poolEmbeddedAgain(c.models) {
 			// The pool was scanned with the similarity model; training
 			// needs the target's features of every pool image.
 			stage("embed")
