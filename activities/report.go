@@ -121,9 +121,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		return res, g.err
 	}
 	cfg, _ := yaml.Marshal(in.Config)
-	shown := shownClasses(in.Eval, in.Reference)
-	_, hasNone := in.Eval.Method(schemas.MethodNone)
-	_, hasRef := in.Eval.Method(in.Reference)
+	shown, ranked := shownClasses(in.Eval, in.Reference)
 	page := reportData{
 		Run:      in.Run,
 		Eval:     in.Eval,
@@ -134,7 +132,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		Heldout:  perClass(in.Eval, shown, func(m Method) []*float64 { return m.HeldoutPerClass }, in.Eval.HeldoutPerClassImages),
 		Classes:  len(in.Eval.Classes),
 		Shown:    len(shown),
-		Ranked:   hasNone && hasRef,
+		Ranked:   ranked,
 		Gallery:  g.rows,
 		Rejects:  first,
 		NRejects: res.Rejects,
@@ -371,17 +369,19 @@ type classCell struct {
 // shown.
 const maxClassesShown = 30
 
-// shownClasses picks the classes of the per-class tables, in class order.
-func shownClasses(ev Eval, ref string) []int {
+// shownClasses picks the classes of the per-class tables, in class order,
+// and says whether they were ranked by the reference's change against none
+// (without both, they are the first ones).
+func shownClasses(ev Eval, ref string) (shown []int, ranked bool) {
 	all := make([]int, len(ev.Classes))
 	for c := range all {
 		all[c] = c
 	}
-	if len(all) <= maxClassesShown {
-		return all
-	}
 	none, ok1 := ev.Method(schemas.MethodNone)
 	m, ok2 := ev.Method(ref)
+	if len(all) <= maxClassesShown {
+		return all, ok1 && ok2
+	}
 	change := func(c int) float64 {
 		if !ok1 || !ok2 || c >= len(none.HeldoutPerClass) || c >= len(m.HeldoutPerClass) || none.HeldoutPerClass[c] == nil || m.HeldoutPerClass[c] == nil {
 			return 0
@@ -391,7 +391,7 @@ func shownClasses(ev Eval, ref string) []int {
 	slices.SortStableFunc(all, func(a, b int) int { return cmp.Compare(change(b), change(a)) })
 	all = all[:maxClassesShown]
 	slices.Sort(all)
-	return all
+	return all, ok1 && ok2
 }
 
 // perClass lays out per-class accuracies of the shown classes, one column
@@ -628,13 +628,13 @@ const (
 	thumbBytes   = 64 << 20
 )
 
+// decodeThumb decodes a thumbnail's image; a test replaces it.
+var decodeThumb = preprocess.Decode
+
 // thumbnail is an image scaled to fit thumbSide×thumbSide, as a PNG data:
 // URI, decoded holding one of decodes. It shrinks by the mean of the pixels
 // each thumbnail pixel covers (preprocess's area filter): a pass over the
 // image, where an interpolating kernel of the scale's width is many.
-// decodeThumb decodes a thumbnail's image; a test replaces it.
-var decodeThumb = preprocess.Decode
-
 func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan struct{}) (src template.URL, err error) {
 	data, err := a.buckets().ReadAtMost(ctx, a.Bucket, key, thumbBytes)
 	if err != nil {

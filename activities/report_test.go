@@ -235,13 +235,22 @@ func TestShownClasses(t *testing.T) {
 		after = append(after, ptr(0.5+float64(c%50)/100)) // classes 40–49 and 90–99 change most
 	}
 	ev.Methods = []Method{{Method: "none", HeldoutPerClass: before}, {Method: "dcd", HeldoutPerClass: after}}
-	got := shownClasses(ev, "dcd")
-	if len(got) != maxClassesShown || got[0] != 35 || got[len(got)-1] != 99 || got[14] != 49 || got[15] != 85 {
+	got, ranked := shownClasses(ev, "dcd")
+	if !ranked || len(got) != maxClassesShown || got[0] != 35 || got[len(got)-1] != 99 || got[14] != 49 || got[15] != 85 {
 		t.Errorf("shown %v", got)
 	}
 	ev.Classes, ev.Methods[0].HeldoutPerClass, ev.Methods[1].HeldoutPerClass = ev.Classes[:10], before[:10], after[:10]
-	if got := shownClasses(ev, "dcd"); len(got) != 10 || got[9] != 9 {
+	if got, _ := shownClasses(ev, "dcd"); len(got) != 10 || got[9] != 9 {
 		t.Errorf("10 classes: shown %v", got)
+	}
+	// Without none, nothing ranks them: the first 30.
+	ev.Classes, ev.Methods = ev.Classes[:0], ev.Methods[1:]
+	for c := range 100 {
+		ev.Classes = append(ev.Classes, fmt.Sprint(c))
+	}
+	ev.Methods[0].HeldoutPerClass = after
+	if got, ranked := shownClasses(ev, "dcd"); ranked || len(got) != maxClassesShown || got[0] != 0 || got[29] != 29 {
+		t.Errorf("without none: shown %v, ranked %v; want the first 30, unranked", got, ranked)
 	}
 }
 

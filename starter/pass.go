@@ -205,7 +205,7 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		case err != nil:
 			// A worker polled its workflow queue lately (stuck would
 			// say if none had), though it may since have died.
-			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (its worker may be in a step that holds its answers, such as checking the models, or gone: ask again shortly)\n", id, err)
+			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (%s: ask again shortly)\n", id, err, busyOrGone)
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:

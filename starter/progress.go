@@ -105,6 +105,11 @@ func statusLine(p workflows.Progress, now time.Time) string {
 	return line
 }
 
+// busyOrGone is why a pass whose workflow queue a worker polled lately
+// does not answer (the server keeps a dead worker among the pollers for
+// minutes).
+const busyOrGone = "its worker may be in a step that holds its answers (checking the models, say), or gone"
+
 // watch shows a pass's progress until it ends and returns its result.
 // Interrupting stops the watching, not the pass.
 func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
@@ -197,7 +202,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			case err != nil && ctx.Err() == nil && what == "pass":
 				// A worker polled its tasks lately (passStuck would say if
 				// none had), though it may since have died.
-				line += ": its worker may be in a step that holds its answers (checking the models, say), or gone"
+				line += ": " + busyOrGone
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on
