@@ -13,6 +13,7 @@ import (
 	"dcd/internal/compose"
 	"dcd/internal/devserver"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/workflows"
 )
 
@@ -192,19 +193,7 @@ func TestConcurrencyFollowsEP(t *testing.T) {
 // may list passes, and one that is not there fails it, naming the store,
 // rather than every activity it would take.
 func TestCheckStorage(t *testing.T) {
-	bin, err := devserver.VersityGWBinary()
-	if err != nil {
-		t.Fatalf("%v: run `make setup` (scripts/setup.sh installs it)", err)
-	}
-	srv, err := devserver.StartS3(bin, t.TempDir(), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
-	for _, kv := range devserver.S3Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	srv := storetest.S3Server(t)
 	ctx := context.Background()
 	there, err := srv.Bucket(ctx, "there")
 	if err != nil {

@@ -15,9 +15,7 @@ import (
 	"image/gif"
 	"image/jpeg"
 	"image/png"
-	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -34,39 +32,17 @@ import (
 	"golang.org/x/image/draw"
 
 	"dcd/internal/dataset"
-	"dcd/internal/devserver"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/schemas"
 	"dcd/workflows"
 )
 
-// s3Server starts a real S3 server (versitygw, which `make setup`
-// installs: missing, the test fails, for CI must not skip the S3 path
-// silently) over a fresh folder, creates a bucket, puts the server's keys
-// in this process's environment, and returns the bucket's gocloud URL.
+// s3Server starts a real S3 server (storetest.S3Server), creates a bucket
+// and returns its gocloud URL.
 func s3Server(t *testing.T, bucket string) string {
 	t.Helper()
-	bin, err := devserver.VersityGWBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := devserver.StartS3(bin, t.TempDir(), logf)
-	if err != nil {
-		log, _ := os.ReadFile(logf.Name())
-		t.Fatalf("%v:\n%s", err, log)
-	}
-	t.Cleanup(func() {
-		srv.Stop()
-		logf.Close()
-	})
-	for _, kv := range devserver.S3Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	srv := storetest.S3Server(t)
 	url, err := srv.Bucket(context.Background(), bucket)
 	if err != nil {
 		t.Fatal(err)

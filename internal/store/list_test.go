@@ -21,7 +21,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 
-	"dcd/internal/devserver"
+	"dcd/internal/store/storetest"
 )
 
 // List goes through every page, in key order, and stops at fn's error.
@@ -308,19 +308,7 @@ func TestS3ListFoldersPrefixed(t *testing.T) {
 // for the test, with the URL options query besides the server's.
 func versityGW(t *testing.T, name string, query ...string) *blob.Bucket {
 	t.Helper()
-	bin, err := devserver.VersityGWBinary()
-	if err != nil {
-		t.Fatalf("%v: run `make setup` (scripts/setup.sh installs it)", err)
-	}
-	srv, err := devserver.StartS3(bin, t.TempDir(), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	for _, kv := range devserver.S3Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	srv := storetest.S3Server(t)
 	return openServed(t, srv.Bucket, name, query...)
 }
 
