@@ -20,6 +20,20 @@ func newHead(nodes ...Node) *Graph {
 	}
 }
 
+// appendedOutputs is keptOutputs of g with newHead appended at "features".
+func appendedOutputs(t *testing.T, g *Graph) []string {
+	t.Helper()
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Append(model, []string{"features"}, newHead())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keptOutputs(t, out)
+}
+
 // keptOutputs are the outputs of the nodes an appended model kept.
 func keptOutputs(t *testing.T, model []byte) []string {
 	t.Helper()
@@ -111,15 +125,7 @@ func TestAppendEmptyNamesKeepNothing(t *testing.T) {
 			{Op: "MatMul", Inputs: []string{"features", "old_w"}, Outputs: []string{"logits"}},
 		},
 	}
-	model, err := g.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := Append(model, []string{"features"}, newHead())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if outs := keptOutputs(t, out); slices.Contains(outs, "aux") || slices.Contains(outs, "pre_aux") {
+	if outs := appendedOutputs(t, g); slices.Contains(outs, "aux") || slices.Contains(outs, "pre_aux") {
 		t.Errorf("kept %q: the Dropout and its Mul feed no output", outs)
 	}
 }
@@ -209,15 +215,7 @@ func TestAppendNodesOutOfOrder(t *testing.T) {
 			{Op: "Sub", Inputs: []string{"x", "mean"}, Outputs: []string{"x_norm"}}, // appended by an edit
 		},
 	}
-	model, err := g.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := Append(model, []string{"features"}, newHead())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if outs := keptOutputs(t, out); !slices.Contains(outs, "x_norm") || !slices.Contains(outs, "features") {
+	if outs := appendedOutputs(t, g); !slices.Contains(outs, "x_norm") || !slices.Contains(outs, "features") {
 		t.Errorf("kept %q: want the Sub computing x_norm, listed last, and the Relu", outs)
 	}
 }
