@@ -336,6 +336,12 @@ func invalid(format string, args ...any) error {
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), "InvalidInput", nil)
 }
 
+// offClass is the error of an image of dataset ds whose label is none of
+// the classes, which fails the pass where the set's labels must be classes.
+func offClass(ds string, it dataset.Item, classes dataset.Classes) error {
+	return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, it.Key, it.Label, classes)
+}
+
 func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard, error) {
 	data, err := store.ReadAll(ctx, a.Bucket, key)
 	if err != nil {

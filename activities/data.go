@@ -168,7 +168,7 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 			}
 			seen[it.Key] = name
 			if labeled && classes.Index(it.Label) < 0 {
-				return invalid("data.%s: image %s has label %q, which is not in classes %v", name, it.Key, it.Label, classes)
+				return offClass(name, it, classes)
 			}
 		}
 		heartbeat(ctx, name, ref.i)

@@ -226,7 +226,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 			case set.keep != nil && set.keep[keptRow(it.Key, it.Label)] == 0:
 				c = -1
 			case c < 0 && set.strict:
-				return invalid("data.%s: image %s has label %q, which is not in classes %v", set.ds, it.Key, it.Label, index)
+				return offClass(set.ds, it, index)
 			case c < 0:
 				st.skipped++
 			default:

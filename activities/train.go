@@ -364,7 +364,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		for j, it := range s.items {
 			c := classes.Index(it.Label)
 			if c < 0 {
-				return invalid("data.%s: image %s has label %q, which is not in classes %v", ds.name, it.Key, it.Label, classes)
+				return offClass(ds.name, it, classes)
 			}
 			*ds.n++
 			ds.total[c]++

@@ -172,7 +172,7 @@ func (a *Activities) writeShardManifest(ctx context.Context, key, run, ds string
 			}
 			for _, it := range s.Items {
 				if classes != nil && classes.Index(it.Label) < 0 {
-					return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, it.Key, it.Label, *classes)
+					return offClass(ds, it, *classes)
 				}
 				w.Write([]string{dataset.ManifestURI(it.Key), it.Label, it.Domain})
 			}
