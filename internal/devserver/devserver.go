@@ -311,6 +311,12 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 		if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
 			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
 		}
+		if env, err := environ(pid); err == nil {
+			if names := envDiffers(env, os.Environ()); len(names) > 0 {
+				// Names only: the values may be credentials.
+				return false, fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
+			}
+		}
 		return false, nil
 	}
 	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID, true)
@@ -328,6 +334,50 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 	case <-ctx.Done():
 		return true, nil
 	}
+}
+
+// WorkerEnv says whether a worker reads the environment variable name:
+// its settings (DCD_EP, DCD_THREADS, …, as worker -h lists them), its
+// stores' credentials and endpoints, ONNX Runtime's and Go's runtime's.
+func WorkerEnv(name string) bool {
+	switch name {
+	case "DCD_ORT_LIB", "DCD_EP", "DCD_QUEUES", "DCD_THREADS", "DCD_CONCURRENCY", "DCD_DECODERS", "DCD_READERS",
+		"DCD_CPUPROFILE", "DCD_ACTIVITY_SPANS",
+		"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy":
+		return true
+	}
+	for _, prefix := range []string{"AWS_", "AZURE_", "GOOGLE_", "CUDA_"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// envDiffers names the worker variables (WorkerEnv) that want sets and
+// have holds another value of (or none), sorted. What have sets and want
+// does not is no difference: a shell without the settings a worker was
+// started with (make's, say) asks nothing of it.
+func envDiffers(have, want []string) []string {
+	held := map[string]string{}
+	for _, kv := range have {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			held[k] = v
+		}
+	}
+	var names []string
+	for _, kv := range want {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !WorkerEnv(k) {
+			continue
+		}
+		if held[k] != v { // unset and empty alike
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // proc is a process started here.
@@ -533,6 +583,15 @@ func cmdline(pid int) ([]string, error) {
 		return nil, errors.New("empty cmdline")
 	}
 	return args, nil
+}
+
+// environ is the environment process pid started with.
+func environ(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
 }
 
 // tail returns the last lines of a log file, indented, for error messages.

@@ -130,6 +130,20 @@ func TestEnsureWorker(t *testing.T) {
 	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("EnsureWorker with other args: err = %v", err)
 	}
+	// A setting or credential this shell sets and the worker lacks or holds
+	// otherwise: the worker would not do as asked. Named, not shown.
+	t.Setenv("DCD_EP", "cuda")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+	t.Setenv("DCD_MNIST_DIR", "/elsewhere") // the starter's, not the worker's
+	_, err = EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	if err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY, DCD_EP") || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "DCD_MNIST_DIR") {
+		t.Fatalf("EnsureWorker with another environment: err = %v, want one naming AWS_SECRET_ACCESS_KEY, DCD_EP alone, without values", err)
+	}
+	os.Unsetenv("DCD_EP")
+	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
+	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, dir); err != nil || started {
+		t.Fatalf("EnsureWorker with the worker's settings unset = %v, %v; want false, nil (nothing asked of it)", started, err)
+	}
 	if _, err := Stop(dir); err != nil {
 		t.Fatal(err)
 	}
