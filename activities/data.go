@@ -9,7 +9,6 @@ import (
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
-	"dcd/internal/features"
 	"dcd/internal/store"
 )
 
@@ -88,11 +87,8 @@ func (a *Activities) checkErrorSample(ctx context.Context, run string, shards in
 	// Each shard's manifest, then its rejects: two rounds of requests,
 	// shardsAhead shards at once.
 	read := ahead.Read(ctx, shards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
-		shard, err := a.readShard(ctx, ShardKey(run, ErrorSample, i))
-		if err != nil {
-			return nil, err
-		}
-		return a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest())))
+		_, rejects, err := a.shardRejects(ctx, run, ErrorSample, i, m.Spec)
+		return rejects, err
 	}, nil)
 	defer read.Stop()
 	var bad []embed.Reject

@@ -424,6 +424,17 @@ func (w *shardWriter) removeParts() {
 	wg.Wait()
 }
 
+// shardRejects reads shard i of run's set ds and the rejects of its cache
+// entry for the model of spec.
+func (a *Activities) shardRejects(ctx context.Context, run, ds string, i int, spec features.Spec) (*dataset.Shard, []embed.Reject, error) {
+	shard, err := a.readShard(ctx, ShardKey(run, ds, i))
+	if err != nil {
+		return nil, nil, err
+	}
+	rejects, err := a.readRejects(ctx, rejectsKey(features.Key(spec, shard.Digest())))
+	return shard, rejects, err
+}
+
 // readRejects reads a rejects file (rejectsKey).
 func (a *Activities) readRejects(ctx context.Context, key string) ([]embed.Reject, error) {
 	data, err := store.ReadAll(ctx, a.Bucket, key)

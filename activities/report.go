@@ -186,11 +186,8 @@ func (a *Activities) eachPoolRejects(ctx context.Context, in ReportInput, fn fun
 		return nil
 	}
 	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
-		shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
-		if err != nil {
-			return nil, err
-		}
-		return a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
+		_, rejects, err := a.shardRejects(ctx, in.Run, Pool, i, in.Similarity.Spec)
+		return rejects, err
 	}, nil)
 	defer shards.Stop()
 	for i := 0; i < in.PoolShards; i++ {

@@ -20,7 +20,6 @@ import (
 
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
-	"dcd/internal/features"
 	"dcd/internal/knn"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -370,20 +369,16 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	eligible, kept := in.PoolImages, -1 // kept: eligible of the classes, when counted
 	rejected := make([]map[string]bool, in.PoolShards)
 	if in.Similarity.Path != "" && !in.NoPoolRejects {
-		type shardRejects struct {
+		type counted struct {
 			eligible, kept int // images not rejected, and of those of the classes
 			keys           map[string]bool
 		}
-		shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (shardRejects, error) {
-			shard, err := a.readShard(ctx, ShardKey(in.Run, Pool, i))
+		shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (counted, error) {
+			shard, rejects, err := a.shardRejects(ctx, in.Run, Pool, i, in.Similarity.Spec)
 			if err != nil {
-				return shardRejects{}, err
+				return counted{}, err
 			}
-			rejects, err := a.readRejects(ctx, rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())))
-			if err != nil {
-				return shardRejects{}, err
-			}
-			r := shardRejects{keys: map[string]bool{}}
+			r := counted{keys: map[string]bool{}}
 			for _, rj := range rejects {
 				r.keys[rj.URI] = true
 			}
