@@ -225,7 +225,7 @@ type Method struct {
 	TestAccuracy    float64 `json:"test_accuracy"`
 	HeldoutAccuracy float64 `json:"heldout_accuracy"`
 	// DebugTrainSize is the images the method added to train (its
-	// debug-train manifest; the whole pool for all_pool).
+	// debug-train manifest; for all_pool, every pool image that embedded).
 	DebugTrainSize int `json:"debug_train_size"`
 	// SelectionPrecision is the share of them from selection.error_domain,
 	// null without ground truth.
@@ -341,10 +341,8 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		// Why, by its first shard's first reject (it has one, as it has
 		// no image).
 		why := ""
-		if shard, err := a.readShard(ctx, ShardKey(in.Run, ds.name, 0)); err == nil {
-			if rejects, err := a.readRejects(ctx, rejectsKey(features.Key(m.Spec, shard.Digest()))); err == nil && len(rejects) > 0 {
-				why = fmt.Sprintf(" (the first, %s: %s)", rejects[0].URI, rejects[0].Reason)
-			}
+		if _, rejects, err := a.shardRejects(ctx, in.Run, ds.name, 0, m.Spec); err == nil && len(rejects) > 0 {
+			why = fmt.Sprintf(" (the first, %s: %s)", rejects[0].URI, rejects[0].Reason)
 		}
 		return invalid("data.%s: no image could be embedded%s, so there is nothing to evaluate on", ds.name, why)
 	}

@@ -145,17 +145,20 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 	switch {
 	case m == schemas.MethodNone || m == schemas.MethodTrainOnly:
 	case m == schemas.MethodAllPool:
-		pool := c.plans[activities.Pool]
+		pool, tag := c.plans[activities.Pool], activities.Pool
 		if poolEmbeddedAgain(c.models) {
 			// The pool was scanned with the similarity model; training
 			// needs the target's features of every pool image.
 			stage("embed")
-			if err := c.shards.runTagged(ctx, activities.Pool, "pool-target", c.models.Target, pool.Shards, 0).Get(ctx, nil); err != nil {
+			tag = "pool-target"
+			if err := c.shards.runTagged(ctx, activities.Pool, tag, c.models.Target, pool.Shards, 0).Get(ctx, nil); err != nil {
 				return out, err
 			}
 		}
 		debug = &activities.DebugSet{Dataset: activities.Pool, Shards: pool.Shards}
-		row.DebugTrainSize = pool.Images
+		// The pool's images that embedded: those rejected were not added,
+		// as a selection holds none.
+		row.DebugTrainSize = c.shards.embedded[tag]
 	case m == schemas.MethodRandom:
 		var ref activities.SelectResult
 		if err := c.refDone.Get(ctx, &ref); err != nil {

@@ -42,8 +42,16 @@ func (c *calls) index(s string) int {
 // a variant select, gather or embed (a failed gather too), and guard;
 // random draws as many images as the reference dcd kept, after its guard;
 // all_pool trains on the pool's shards; none only evaluates. eval.json
-// lists them in the config's order.
+// lists them in the config's order. all_pool adds the pool's images that
+// embedded: with the scan's features, or with the target's when the scan
+// was by another model.
 func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
+	for _, again := range []bool{false, true} {
+		s.Run(fmt.Sprint("pool embedded again: ", again), func() { s.compareEveryMethod(again) })
+	}
+}
+
+func (s *UnitTestSuite) compareEveryMethod(again bool) {
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ShardsWorkflow)
 	var a *activities.Activities
@@ -51,7 +59,11 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	cfg := validConfig()
 	cfg.Selection.Variants = map[string]schemas.SelectionVariant{"g": {Strategy: schemas.Global, Budget: 30}}
 	cfg.Compare = []string{"none", "train_only", "random", "all_pool", "dcd", "dcd:g"}
-	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	var models activities.CheckModelsResult
+	if again {
+		models.Target.Spec.ModelDigest = "target"
+	}
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(models, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 		c.add("plan " + in.Name)
@@ -59,6 +71,12 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 	})
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		c.add("embed " + in.Dataset)
+		switch {
+		case in.Dataset == activities.Pool && in.K > 0: // the scan
+			return activities.EmbedShardResult{Images: 9, Rejects: 1}, nil
+		case in.Dataset == activities.Pool: // with the target
+			return activities.EmbedShardResult{Images: 8, Rejects: 2}, nil
+		}
 		return activities.EmbedShardResult{Images: 10}, nil
 	})
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
@@ -158,7 +176,11 @@ func (s *UnitTestSuite) TestCompareRunsEveryMethod() {
 			s.Equal(float64(len(m.Method))/100, *m.SelectionPrecision, m.Method)
 		}
 		if m.Method == "all_pool" {
-			s.Equal(20, m.DebugTrainSize, "all_pool adds the whole pool")
+			want := 18 // of 20, 2 rejected by the scan
+			if again {
+				want = 16 // 4 rejected by the target's embedding
+			}
+			s.Equal(want, m.DebugTrainSize, "all_pool adds the pool's images that embedded")
 		}
 		if m.Method != "none" {
 			s.Greater(m.WallSeconds, 1.0)

@@ -211,7 +211,7 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), scan: scanName(ctx)}
+	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}, scan: scanName(ctx)}
 	s.keyed = s.scan != "" && workflow.GetVersion(ctx, keyedPartialsChange, workflow.DefaultVersion, 1) == 1
 	embedded := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0)
 	if later != nil {
@@ -529,6 +529,10 @@ type shardRunner struct {
 	// search) rejected: with none, the steps that list rejects need not
 	// read every pool shard's.
 	scanRejects *int
+	// embedded counts the images embedded (not rejected) by tag: a
+	// dataset's under its own name, all_pool's pool with the target as
+	// "pool-target".
+	embedded map[string]int
 	// scan names the scan (scanName), under which each shard's own
 	// partial is written too where keyed (activities.TopKKey).
 	scan  string
@@ -544,6 +548,7 @@ type shardRunner struct {
 func (s shardRunner) counted(ds, tag string, k int, r ShardsResult) {
 	s.progress.ShardsDone += r.Shards
 	s.progress.Images += r.Images
+	s.embedded[tag] += r.Images
 	if tag == ds {
 		s.progress.Rejects += r.Rejects
 	}
