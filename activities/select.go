@@ -333,9 +333,10 @@ type RandomInput struct {
 // (methods/<method>/debug_train.csv). An image the scan rejected would be
 // rejected again when the draw is embedded, and the baseline trained on
 // fewer images than dcd. It reads each pool shard's manifest and rejects
-// once and holds only the rejects and the draw; when the scan rejected
-// nothing, only the manifests of the shards the draw falls in (a draw of
-// 10,000 from 10^9 images reads 10,000 of their 500,000).
+// once, counting the images each shard may give, and holds only the
+// rejects, the counts and the draw, which then reads the manifests of the
+// shards it falls in again; when the scan rejected nothing, only those
+// (a draw of 10,000 from 10^9 images reads 10,000 of their 500,000).
 //
 // Given the classes, it draws as many images with a class's label as the
 // reference holds, among those: retraining skips a row of another label,
@@ -343,7 +344,7 @@ type RandomInput struct {
 // far more often than a uniform draw from a pool weakly labelled by a
 // broader labeller. The draw is first made as without them; only when it
 // holds an image of another label is it made again among the images of
-// the classes, counted on a read of every shard's manifest.
+// the classes, counted on a read of every shard's manifest (once).
 func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "debug_train.csv")}
@@ -367,6 +368,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	}
 	// The rejects first, to know how many images the draw is among.
 	eligible, kept := in.PoolImages, -1 // kept: eligible of the classes, when counted
+	var eligiblePer, keptPer []int      // by shard, when counted
 	rejected := make([]map[string]bool, in.PoolShards)
 	if in.Similarity.Path != "" && !in.NoPoolRejects {
 		type counted struct {
@@ -393,6 +395,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			return r, nil
 		}, nil)
 		eligible, kept = 0, 0
+		eligiblePer, keptPer = make([]int, in.PoolShards), make([]int, in.PoolShards)
 		for i := range in.PoolShards {
 			sh, err := shards.Next()
 			if err != nil {
@@ -400,6 +403,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 				return res, err
 			}
 			rejected[i], eligible, kept = sh.keys, eligible+sh.eligible, kept+sh.kept
+			eligiblePer[i], keptPer[i] = sh.eligible, sh.kept
 			heartbeat(ctx, i)
 		}
 		shards.Stop()
@@ -427,7 +431,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		}
 		if !picked {
 			var err error
-			if chosen, err = a.drawnInOrder(ctx, in, rejected, draw, nil); err != nil {
+			if chosen, err = a.drawnInOrder(ctx, in, rejected, draw, nil, eligiblePer); err != nil {
 				return res, err
 			}
 		}
@@ -435,12 +439,16 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	if slices.ContainsFunc(chosen, func(s selected) bool { return !keep(s.item) }) || kept >= 0 && kept < eligible {
 		if kept < 0 {
 			var err error
-			if kept, err = a.countKept(ctx, in, keep); err != nil {
+			if keptPer, err = a.countKept(ctx, in, keep); err != nil {
 				return res, err
+			}
+			kept = 0
+			for _, n := range keptPer {
+				kept += n
 			}
 		}
 		var err error
-		if chosen, err = a.drawnInOrder(ctx, in, rejected, sample(rng, kept, min(want, kept)), keep); err != nil {
+		if chosen, err = a.drawnInOrder(ctx, in, rejected, sample(rng, kept, min(want, kept)), keep, keptPer); err != nil {
 			return res, err
 		}
 	}
@@ -452,43 +460,68 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 	return res, nil
 }
 
-// countKept counts the pool's images that keep keeps (no image rejected:
-// the rejects are read where any was).
-func (a *Activities) countKept(ctx context.Context, in RandomInput, keep func(dataset.Item) bool) (int, error) {
+// countKept counts each pool shard's images that keep keeps (no image
+// rejected: the rejects are read where any was).
+func (a *Activities) countKept(ctx context.Context, in RandomInput, keep func(dataset.Item) bool) ([]int, error) {
 	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
 	}, nil)
 	defer shards.Stop()
-	n := 0
+	per := make([]int, in.PoolShards)
 	for i := range in.PoolShards {
 		shard, err := shards.Next()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		for _, it := range shard.Items {
 			if keep(it) {
-				n++
+				per[i]++
 			}
 		}
 		heartbeat(ctx, i)
 	}
-	return n, nil
+	return per, nil
 }
 
 // drawnInOrder goes through the pool shards in order for the images at
 // the draw's positions (increasing) among those not rejected, and kept by
-// keep (nil: all).
-func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int, keep func(dataset.Item) bool) ([]selected, error) {
+// keep (nil: all). per, when counted, is how many such images each shard
+// holds: only the shards the draw falls in are read (a draw of 10,000
+// reads at most 10,000 shards of a pool's 500,000, not each a second time).
+func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int, keep func(dataset.Item) bool, per []int) ([]selected, error) {
+	// The shards to read, and the position of each one's first image.
+	var read, first []int
+	if per == nil {
+		read = make([]int, in.PoolShards)
+		for i := range read {
+			read[i] = i
+		}
+	} else {
+		pos, d := 0, 0
+		for i, n := range per {
+			if d < len(draw) && draw[d] < pos+n {
+				read, first = append(read, i), append(first, pos)
+				for d < len(draw) && draw[d] < pos+n {
+					d++
+				}
+			}
+			pos += n
+		}
+	}
 	var chosen []selected
 	pos := 0
-	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (*dataset.Shard, error) {
-		return a.readShard(ctx, ShardKey(in.Run, Pool, i))
+	shards := ahead.Read(ctx, len(read), shardsAhead, func(ctx context.Context, k int) (*dataset.Shard, error) {
+		return a.readShard(ctx, ShardKey(in.Run, Pool, read[k]))
 	}, nil)
 	defer shards.Stop()
-	for i := 0; i < in.PoolShards && len(draw) > 0; i++ {
+	for k := 0; k < len(read) && len(draw) > 0; k++ {
 		shard, err := shards.Next()
 		if err != nil {
 			return nil, err
+		}
+		i := read[k]
+		if first != nil {
+			pos = first[k]
 		}
 		for _, it := range shard.Items {
 			if rejected[i][it.Key] || keep != nil && !keep(it) {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
@@ -18,6 +19,7 @@ import (
 	"dcd/internal/features"
 	"dcd/internal/ortrun"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/schemas"
 )
 
@@ -567,6 +569,89 @@ func TestSelectRandomInClasses(t *testing.T) {
 	}
 	if got := selectedIDs(t, a, res); len(got) != 38 || slices.ContainsFunc(got, func(id int64) bool { return id%3 != 0 || id == 0 || id == 3 }) {
 		t.Errorf("with rejects, 100 asked: drew %d: %v; want the 38 embedded images of the classes", len(got), got)
+	}
+}
+
+// The draw among the classes reads every pool manifest once, to count
+// what each shard may give, and then only those of the shards it falls
+// in, with the scan's rejects or without them.
+func TestSelectRandomReadsDrawnShards(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	const shards = 30
+	for s := range shards {
+		var shard dataset.Shard
+		for j := range 4 {
+			id := int64(4*s + j)
+			label := "x" // of no class, but for one image in the pool
+			if id == 77 {
+				label = "a"
+			}
+			shard.Items = append(shard.Items, dataset.Item{ID: id, Key: fmt.Sprintf("pool/%03d.png", id), Label: label})
+		}
+		if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", Pool, s), shard.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var firsts []int64
+	for s := range shards {
+		firsts = append(firsts, int64(4*s))
+	}
+	index, _ := json.Marshal(ShardIndex{FirstIDs: firsts}) // as a pass's plan writes it
+	if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey("r", Pool), index); err != nil {
+		t.Fatal(err)
+	}
+	refKey := MethodKey("r", "dcd", "debug_train.csv")
+	if err := a.writeSelection(ctx, refKey, []selected{{item: dataset.Item{ID: 500, Key: "q/0.png", Label: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
+	for s := range shards {
+		sh, err := a.readShard(ctx, ShardKey("r", Pool, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.WriteAll(ctx, a.Bucket, rejectsKey(features.Key(sim.Spec, sh.Digest())), []byte("[]")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	reads := map[string]int{}
+	counting := &Activities{Mem: a.Mem, Bucket: storetest.Hooked(a.Bucket, &storetest.Hooks{BeforeRead: func(_ context.Context, key string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.HasPrefix(key, "runs/r/shards/") && strings.HasSuffix(key, ".csv") {
+			reads[key]++
+		}
+		return nil
+	}})}
+	// A manifest's read may take more than one request.
+	if _, err := counting.readShard(ctx, ShardKey("r", Pool, 0)); err != nil {
+		t.Fatal(err)
+	}
+	perRead := reads[ShardKey("r", Pool, 0)]
+	for _, noRejects := range []bool{true, false} {
+		clear(reads)
+		in := RandomInput{Run: "r", Method: "random", PoolShards: shards, PoolImages: 4 * shards, N: 1, Seed: 5,
+			NoPoolRejects: noRejects, Classes: []string{"a", "b"}, Reference: refKey}
+		if !noRejects {
+			in.Similarity = sim
+		}
+		res, err := counting.SelectRandom(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := selectedIDs(t, a, res); !slices.Equal(got, []int64{77}) {
+			t.Errorf("no rejects %v: drew %v, want the one image of the classes, 77", noRejects, got)
+		}
+		n := 0
+		for _, c := range reads {
+			n += c
+		}
+		// Each manifest once to count, the first draw's shard, the second's.
+		if n > perRead*(shards+2) || reads[ShardKey("r", Pool, 19)] == 0 {
+			t.Errorf("no rejects %v: %d requests for manifests of a %d-shard pool, want at most %d (%d a read): %v", noRejects, n, shards, perRead*(shards+2), perRead, reads)
+		}
 	}
 }
 
