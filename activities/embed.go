@@ -161,6 +161,20 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 			if reads == nil {
 				reads = a.readSearch(ctx, search, shard)
 			}
+			if reads.disagree(res.Images) {
+				// Still: two workers' commits of the entry crossed, one's
+				// feature file beside the other's rejects, which name
+				// other images. It goes, for the retry to embed the shard
+				// again (or to find the entry a writer completes).
+				rows := len(reads.items)
+				reads.drop()
+				reads = nil
+				if err := a.Bucket.Delete(ctx, rejectsKey(key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+					return res, err
+				}
+				return res, fmt.Errorf("activities: the cached features of %s hold %d rows, its rejects %d of its %d images (two workers wrote the entry at once): %w",
+					shardKey, rows, len(rejects), len(shard.Items), errEntryDropped)
+			}
 			r, err := a.search(ctx, search, reads, into)
 			if err != nil {
 				return res, err

@@ -2,6 +2,7 @@ package activities_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"gocloud.dev/blob"
 
 	"dcd/activities"
+	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
 	"dcd/internal/store/storetest"
@@ -116,6 +118,33 @@ func TestCachedSearchWithDamagedFeatureFile(t *testing.T) {
 	}
 	if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
 		t.Errorf("the retry: %+v, %v; want the shard uncached", res, err)
+	}
+}
+
+// Two workers that embed a shard at once each write the feature file, then
+// the rejects: one's rejects can end beside the other's features, which
+// hold other images. A search that finds the two disagree (after reading
+// again) drops the entry, and the retry embeds the shard, rather than
+// count images as embedded that no row holds.
+func TestCachedSearchWithCrossedEntry(t *testing.T) {
+	const run, k = "crossed", 3
+	w, ref := cachedPoolShard(t, run)
+	ctx := context.Background()
+	key := cacheEntry(t, w)
+	for _, cachedOnly := range []bool{true, false} {
+		crossed, _ := json.Marshal([]embed.Reject{{URI: "pool/a.png", Reason: "gone"}, {URI: "pool/b.png", Reason: "gone"}})
+		if err := w.b.WriteAll(ctx, key+".rejects.json", crossed, nil); err != nil {
+			t.Fatal(err)
+		}
+		in := activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, K: k, CachedOnly: cachedOnly}
+		_, err := w.acts.EmbedShard(ctx, in)
+		if err == nil || !strings.Contains(err.Error(), "50 rows, its rejects 2 of its 50 images") {
+			t.Fatalf("cached only %v: search of an entry whose rejects are another write's: %v", cachedOnly, err)
+		}
+		in.CachedOnly = true
+		if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
+			t.Errorf("cached only %v: the retry: %+v, %v; want the shard uncached", cachedOnly, res, err)
+		}
 	}
 }
 

@@ -332,6 +332,13 @@ func (r *searchReads) match(images int) bool {
 	return r.err == nil && len(r.items) == images
 }
 
+// disagree waits for the reads and reports whether they found other than
+// images rows, as a cache entry with that many rejects would not hold.
+func (r *searchReads) disagree(images int) bool {
+	<-r.done
+	return r.err == nil && len(r.items) != images
+}
+
 // abandon is drop for reads whose result is not wanted: it cancels them
 // first.
 func (r *searchReads) abandon() {
