@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -248,9 +249,12 @@ func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	p.ShardsTotal += embeddedAgain(cfg, models, plans)
 
 	p.Phase = "scan pool"
-	if err := waitAll(ctx, s.scanBeside(ctx, models, plans, cfg.ScanK())...); err != nil {
+	scanned := s.scanBeside(ctx, models, plans, cfg.ScanK())
+	stopPhase := p.phaseOf(ctx, scanned)
+	if err := waitAll(ctx, scanFutures(scanned)...); err != nil {
 		return PassResult{}, err
 	}
+	stopPhase()
 
 	p.Phase = "select"
 	// A small pool's merge (its partials at most inlinePoolShards, mostly
@@ -386,15 +390,16 @@ func waitAll(ctx workflow.Context, fs ...workflow.Future) error {
 // A pool of up to inlinePoolShards is scanned by the pass itself, after
 // the other sets' chains have started; a larger one in chains, started
 // before the small sets.
-func (s shardRunner) scanBeside(ctx workflow.Context, models activities.CheckModelsResult, plans map[string]activities.PlanResult, k int) []workflow.Future {
+func (s shardRunner) scanBeside(ctx workflow.Context, models activities.CheckModelsResult, plans map[string]activities.PlanResult, k int) []setFuture {
 	pool := plans[activities.Pool].Shards
 	others := []string{activities.Train, activities.Test, activities.ErrorHeldout}
 	if pool > inlineShards && pool <= inlinePoolShards && workflow.GetVersion(ctx, inlinePoolChange, workflow.DefaultVersion, 1) == 1 {
-		var pending, starts []workflow.Future
+		var pending []setFuture
+		var starts []workflow.Future
 		for _, ds := range others {
 			if plans[ds].Shards > inlineShards {
 				done, started := s.start(ctx, ds, ds, models.Target, plans[ds].Shards, 0)
-				pending, starts = append(pending, done), append(starts, started)
+				pending, starts = append(pending, setFuture{ds, done}), append(starts, started)
 			}
 		}
 		for _, f := range starts {
@@ -402,20 +407,63 @@ func (s shardRunner) scanBeside(ctx workflow.Context, models activities.CheckMod
 		}
 		for _, ds := range others {
 			if plans[ds].Shards <= inlineShards {
-				pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
+				pending = append(pending, setFuture{ds, s.run(ctx, ds, models.Target, plans[ds].Shards, 0)})
 			}
 		}
-		return append(pending, s.inlineAsync(ctx, activities.Pool, models.Similarity, pool, k))
+		return append(pending, setFuture{activities.Pool, s.inlineAsync(ctx, activities.Pool, models.Similarity, pool, k)})
 	}
 	scan, scanStarted := s.start(ctx, activities.Pool, activities.Pool, models.Similarity, pool, k)
 	if workflow.GetVersion(ctx, scanFirstChange, workflow.DefaultVersion, 1) == 1 {
 		scanStarted.Get(ctx, nil)
 	}
-	pending := []workflow.Future{scan}
+	pending := []setFuture{{activities.Pool, scan}}
 	for _, ds := range others {
-		pending = append(pending, s.run(ctx, ds, models.Target, plans[ds].Shards, 0))
+		pending = append(pending, setFuture{ds, s.run(ctx, ds, models.Target, plans[ds].Shards, 0)})
 	}
 	return pending
+}
+
+// setFuture is a dataset's embedding (the pool's: its scan) under way.
+type setFuture struct {
+	ds string
+	workflow.Future
+}
+
+func scanFutures(sets []setFuture) []workflow.Future {
+	fs := make([]workflow.Future, len(sets))
+	for i, s := range sets {
+		fs[i] = s.Future
+	}
+	return fs
+}
+
+// phaseOf keeps the pass's phase on the sets still embedding: "scan pool"
+// until the pool's scan ends, then "embed" and the sets that have not, so
+// that a pass waiting on its test set's shards does not say it scans. The
+// returned stop leaves the phase to the steps after.
+func (p *Progress) phaseOf(ctx workflow.Context, sets []setFuture) (stop func()) {
+	stopped := false
+	pending := map[string]bool{}
+	for _, s := range sets {
+		pending[s.ds] = true
+	}
+	for _, s := range sets {
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			_ = s.Get(ctx, nil)
+			delete(pending, s.ds)
+			if stopped || pending[activities.Pool] || len(pending) == 0 {
+				return
+			}
+			var names []string
+			for _, o := range sets { // in the order started
+				if pending[o.ds] {
+					names = append(names, o.ds)
+				}
+			}
+			p.Phase = "embed " + strings.Join(names, ", ")
+		})
+	}
+	return func() { stopped = true }
 }
 
 // planAll plans datasets side by side and returns each one's counts; the

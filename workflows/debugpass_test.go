@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 
 	"dcd/activities"
 	"dcd/internal/preprocess"
@@ -344,4 +345,43 @@ func (s *UnitTestSuite) TestFailedMethodEndsThePassAtOnce() {
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
 	s.True(env.IsWorkflowCompleted())
 	s.ErrorContains(env.GetWorkflowError(), "dcd: guard failed")
+}
+
+// While the pass waits on its sets' embeddings, its phase names what it
+// waits on: the pool's scan, then the sets still embedding once it ends,
+// until the steps after take over.
+func (s *UnitTestSuite) TestPhaseFollowsTheSetsEmbedding() {
+	env := s.NewTestWorkflowEnvironment()
+	phases := func(ctx workflow.Context) ([]string, error) {
+		p := &Progress{Phase: "scan pool"}
+		var sets []setFuture
+		var settle []workflow.Settable
+		for _, ds := range []string{activities.Pool, activities.Train, activities.Test, activities.ErrorHeldout} {
+			f, set := workflow.NewFuture(ctx)
+			sets, settle = append(sets, setFuture{ds, f}), append(settle, set)
+		}
+		stop := p.phaseOf(ctx, sets)
+		var seen []string
+		end := func(i int) error {
+			settle[i].Set(nil, nil)
+			err := workflow.Sleep(ctx, time.Second) // the waiters run
+			seen = append(seen, p.Phase)
+			return err
+		}
+		for _, i := range []int{1, 0} { // train, then the pool
+			if err := end(i); err != nil {
+				return nil, err
+			}
+		}
+		stop()
+		p.Phase = "select"
+		err := end(3) // E_heldout, after the wait (a failed set ended it)
+		return seen, err
+	}
+	env.RegisterWorkflowWithOptions(phases, workflow.RegisterOptions{Name: "phases"})
+	env.ExecuteWorkflow("phases")
+	s.NoError(env.GetWorkflowError())
+	var seen []string
+	s.NoError(env.GetWorkflowResult(&seen))
+	s.Equal([]string{"scan pool", "embed test, error_heldout", "select"}, seen)
 }
