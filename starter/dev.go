@@ -110,8 +110,13 @@ func (e *cli) ensureNamespace(ctx context.Context) error {
 
 // ensureDev makes sure a Temporal server answers at the address (starting
 // a dev server in stateDir if nothing does) and that a worker from
-// stateDir runs against it with the given storage.
+// stateDir runs against it with the given storage, one starter at a time.
 func (e *cli) ensureDev(ctx context.Context, storage string) error {
+	unlock, err := devserver.Lock(ctx, stateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	started, err := devserver.EnsureTemporal(ctx, e.g.address, stateDir, e.g.namespace)
 	if err != nil {
 		return err

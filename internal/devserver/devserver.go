@@ -46,7 +46,40 @@ const (
 	TemporalPID = "temporal.pid"
 	WorkerLog   = "worker.log"
 	WorkerPID   = "worker.pid"
+	StartLock   = "start.lock"
 )
+
+// Lock takes stateDir's start lock, waiting while another process holds
+// it, until unlock. Starters that bring up one state dir's server and
+// worker at once (two `starter demo` on a fresh checkout) take turns: the
+// second finds what the first started, where both would have started a
+// server on one database and one pid file, the survivor's lost to `dev
+// -stop`. The lock is the kernel's (flock), let go when its holder ends.
+func Lock(ctx context.Context, stateDir string) (unlock func(), err error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, StartLock), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil // (closing lets go)
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("devserver: lock %s: %w", f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("devserver: waiting for another starter to start the dev server (%s): %w", f.Name(), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
 
 // healthTimeout bounds the wait for a fresh Temporal server.
 const healthTimeout = 60 * time.Second

@@ -2,6 +2,7 @@ package devserver
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -152,6 +153,44 @@ func TestEnsureWorker(t *testing.T) {
 	}
 	if _, ok := PID(dir, WorkerPID); ok {
 		t.Error("pid file still names a live process")
+	}
+}
+
+// Two holders of one state dir's start lock take turns; a wait for it ends
+// with its context.
+func TestLockTakesTurns(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	unlock, err := Lock(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := Lock(short, dir); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a second Lock while the first holds it: %v, want it to wait until its context ends", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		unlock, err := Lock(ctx, dir)
+		if err == nil {
+			unlock()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("a second Lock returned %v while the first holds it", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second Lock still waits after the first let go")
 	}
 }
 
