@@ -371,10 +371,11 @@ func (a *Activities) narrowCached(ctx context.Context, ds string, m ModelRef, sh
 func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Reject, bool, error) {
 	data, err := a.Bucket.ReadAll(ctx, rejectsKey(key))
 	if err != nil {
-		if c := store.Classify(err, key); isNotFound(c) {
+		c := store.Classify(err, rejectsKey(key))
+		if isNotFound(c) {
 			return nil, false, nil
 		}
-		return nil, false, err
+		return nil, false, c // a bucket the worker may not read fails at once, named
 	}
 	var rejects []embed.Reject
 	if err := json.Unmarshal(data, &rejects); err != nil {

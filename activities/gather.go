@@ -236,7 +236,7 @@ func (a *Activities) readShardIndex(ctx context.Context, run string) (ShardIndex
 	case gcerrors.Code(err) == gcerrors.NotFound:
 		return index, false, nil
 	case err != nil:
-		return index, false, err
+		return index, false, store.Classify(err, key)
 	}
 	if err := json.Unmarshal(data, &index); err != nil || !slices.IsSorted(index.FirstIDs) {
 		warn(ctx, "pool shard index not used: selections are embedded", "key", key, "error", err)

@@ -3,14 +3,20 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
+	"strings"
 	"testing"
+
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/store"
+	"dcd/internal/store/storetest"
 	"dcd/schemas"
 )
 
@@ -234,4 +240,22 @@ func mustShard(t *testing.T, a *Activities, key string) *dataset.Shard {
 		t.Fatal(err)
 	}
 	return sh
+}
+
+// A pool's shard index, or a cache entry's rejects, that the worker may not
+// read fails the step at once, naming the object: not retried as a
+// store's hiccup, nor (the rejects) read as an entry not yet written.
+func TestForbiddenIndexAndRejectsFailAtOnce(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	a.Bucket = storetest.Hooked(a.Bucket, &storetest.Hooks{BeforeRead: func(context.Context, string) error { return fs.ErrPermission }})
+	_, _, err := a.readShardIndex(ctx, "r")
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), ShardIndexKey("r", Pool)) {
+		t.Errorf("a shard index the worker may not read: %v, want a non-retryable error naming it", err)
+	}
+	_, _, err = a.cachedRejects(ctx, "features/x.arrow")
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), rejectsKey("features/x.arrow")) {
+		t.Errorf("rejects the worker may not read: %v, want a non-retryable error naming them", err)
+	}
 }
