@@ -375,6 +375,10 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		if err := w.file.Close(); err != nil {
 			return res, err
 		}
+	} else if err := w.a.Bucket.Delete(w.ctx, w.key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		// Every image rejected: no feature file, and none of an earlier
+		// write may stay (a dropped entry's), which a search would read.
+		return res, err
 	}
 	all := w.rejects
 	if all == nil {
@@ -432,6 +436,20 @@ func (a *Activities) shardRejects(ctx context.Context, run, ds string, i int, sp
 		return nil, nil, err
 	}
 	rejects, err := a.readRejects(ctx, rejectsKey(features.Key(spec, shard.Digest())))
+	return shard, rejects, err
+}
+
+// scannedRejects is shardRejects for the steps after a pass's scan that
+// list the pool's rejects (the random draw, the report): an entry dropped
+// since (another pass found it damaged, or crossed by two writers, and
+// embeds the shard again) lists none, with a warning, rather than fail
+// the pass that scanned it.
+func (a *Activities) scannedRejects(ctx context.Context, run string, i int, spec features.Spec) (*dataset.Shard, []embed.Reject, error) {
+	shard, rejects, err := a.shardRejects(ctx, run, Pool, i, spec)
+	if shard != nil && isNotFound(err) {
+		warn(ctx, "a pool shard's cache entry was dropped since the scan: its rejects are not known", "shard", ShardKey(run, Pool, i), "error", err)
+		return shard, nil, nil
+	}
 	return shard, rejects, err
 }
 

@@ -238,6 +238,34 @@ func TestUnreadableShardIsNotCached(t *testing.T) {
 	}
 }
 
+// A shard whose images are all rejected has no feature file: one an
+// earlier write left (an entry dropped for disagreeing with its rejects)
+// goes when the shard is embedded again, or searches would read its rows.
+func TestAllRejectedShardRemovesAnOldFeatureFile(t *testing.T) {
+	w, m := classifierWorld(t)
+	ctx := context.Background()
+	w.put("pool.csv", []byte("uri,label\nclf/gone.png,a\nclf/bad.png,a\n"))
+	w.put("clf/bad.png", []byte("not an image"))
+	var plan activities.PlanResult
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 1 << 20}, &plan)
+	in := activities.EmbedShardInput{Run: w.run, Dataset: activities.Pool, Shard: 0, Model: m, BatchSize: 2}
+	var res activities.EmbedShardResult
+	w.must(w.acts.EmbedShard, in, &res)
+	if res.Images != 0 || res.Rejects != 2 {
+		t.Fatalf("a shard of a missing and an undecodable image: %+v, want both rejected", res)
+	}
+	if err := w.b.WriteAll(ctx, res.FeatureKey, []byte("an older write's rows"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.b.Delete(ctx, res.FeatureKey+".rejects.json"); err != nil {
+		t.Fatal(err)
+	}
+	w.must(w.acts.EmbedShard, in, &res)
+	if there, err := w.b.Exists(ctx, res.FeatureKey); err != nil || there {
+		t.Errorf("embedded again with every image rejected: the older feature file is there (%v, %v), want it gone", there, err)
+	}
+}
+
 // A manifest member running past its archive's end is rejected alone: the
 // members read in the same span, wholly inside the archive, are embedded.
 func TestPackedMemberPastArchiveEnd(t *testing.T) {
