@@ -220,7 +220,15 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	// activity; a retry after a failed search finds the shard cached. It
 	// may wait on the worker's search memory and the queries' read.
 	defer beating(ctx, func() []any { return nil })()
-	r, err := a.topKShard(ctx, TopKShardInput{Run: in.Run, Shard: in.Shard, Model: in.Model, K: in.K, Scan: in.Scan}, shard)
+	written := a.readSearch(ctx, search, shard)
+	if written.disagree(res.Images) {
+		// Another worker's commit of the entry crossed this one's: its
+		// rows beside these rejects, or the reverse. The retry's lookup
+		// finds the pair, drops it, and embeds the shard again.
+		written.drop()
+		return res, fmt.Errorf("activities: the cache entry %s of %s holds other rows than this worker wrote (another wrote it at once)", key, shardKey)
+	}
+	r, err := a.search(ctx, search, written, nil)
 	if err != nil {
 		return res, err
 	}
