@@ -186,7 +186,7 @@ func (a *Activities) eachPoolRejects(ctx context.Context, in ReportInput, fn fun
 		return nil
 	}
 	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
-		_, rejects, err := a.shardRejects(ctx, in.Run, Pool, i, in.Similarity.Spec)
+		_, rejects, err := a.scannedRejects(ctx, in.Run, i, in.Similarity.Spec)
 		return rejects, err
 	}, nil)
 	defer shards.Stop()

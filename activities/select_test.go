@@ -653,6 +653,23 @@ func TestSelectRandomReadsDrawnShards(t *testing.T) {
 			t.Errorf("no rejects %v: %d requests for manifests of a %d-shard pool, want at most %d (%d a read): %v", noRejects, n, shards, perRead*(shards+2), perRead, reads)
 		}
 	}
+	// A shard's entry dropped since the scan (another pass found it
+	// damaged) lists no rejects: the draw goes on.
+	sh, err := a.readShard(ctx, ShardKey("r", Pool, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Bucket.Delete(ctx, rejectsKey(features.Key(sim.Spec, sh.Digest()))); err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: shards, PoolImages: 4 * shards, N: 1, Seed: 5,
+		Similarity: sim, Classes: []string{"a", "b"}, Reference: refKey})
+	if err != nil {
+		t.Fatalf("a draw after a shard's entry was dropped: %v", err)
+	}
+	if got := selectedIDs(t, a, res); !slices.Equal(got, []int64{77}) {
+		t.Errorf("a draw after a shard's entry was dropped: %v, want 77", got)
+	}
 }
 
 // scanRejected writes the rejects of run r's three pool shards as a scan
