@@ -155,7 +155,7 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 		return fmt.Errorf("interrupted before starting the worker: %w", ctx.Err())
 	}
 	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
-	started, err = devserver.EnsureWorker(ctx, bin, args, stateDir)
+	started, err = devserver.EnsureWorker(ctx, bin, args, workerDefaults(), stateDir)
 	if err != nil {
 		return err
 	}
@@ -170,6 +170,13 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	fmt.Fprintf(e.stdout, "worker    %s (pid %d), log %s\n          storage %s\n", how, pid,
 		filepath.Join(stateDir, devserver.WorkerLog), redact.URL(storage))
 	return nil
+}
+
+// workerDefaults are the values a worker takes for its settings left
+// unset (worker -h): a shell that sets one to it asks nothing new.
+func workerDefaults() map[string]string {
+	return map[string]string{"DCD_ORT_LIB": ortrun.SetupLibrary(), "DCD_EP": "cpu", "DCD_QUEUES": "cpu,gpu,train",
+		"DCD_THREADS": "0", "DCD_CONCURRENCY": "0"}
 }
 
 // checkServerShared refuses a server that another checkout (or a cluster)

@@ -13,12 +13,14 @@
 // and EnsureWorker fail when the process cannot start, exits at once (the
 // error quotes the end of its log) or, for Temporal, is not healthy within
 // 60 s. EnsureWorker also fails when a worker from the pid file is running
-// with other arguments, since it would silently use another storage or
-// server.
+// with other arguments, or a setting or credential in its environment
+// that this one sets otherwise, since it would silently use another
+// storage, server or provider.
 package devserver
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -330,8 +332,9 @@ func QuietLogger() tlog.Logger {
 // EnsureWorker starts workerBin with args, its log in stateDir/worker.log
 // and its pid in stateDir/worker.pid, unless the worker of that pid file is
 // alive. The worker inherits this process's environment, storage
-// credentials included. It reports whether it started one.
-func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir string) (bool, error) {
+// credentials included; defaults are the values it takes for the
+// variables left unset (envDiffers). It reports whether it started one.
+func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults map[string]string, stateDir string) (bool, error) {
 	stateDir, err := filepath.Abs(stateDir)
 	if err != nil {
 		return false, fmt.Errorf("devserver: %w", err)
@@ -345,7 +348,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, stateDir
 			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
 		}
 		if env, err := environ(pid); err == nil {
-			if names := envDiffers(env, os.Environ()); len(names) > 0 {
+			if names := envDiffers(env, os.Environ(), defaults); len(names) > 0 {
 				// Names only: the values may be credentials.
 				return false, fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
 			}
@@ -377,7 +380,7 @@ func WorkerEnv(name string) bool {
 	case "DCD_ORT_LIB", "DCD_EP", "DCD_QUEUES", "DCD_THREADS", "DCD_CONCURRENCY", "DCD_DECODERS", "DCD_READERS",
 		"DCD_CPUPROFILE", "DCD_ACTIVITY_SPANS",
 		"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
-		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy":
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "STORAGE_EMULATOR_HOST":
 		return true
 	}
 	for _, prefix := range []string{"AWS_", "AZURE_", "GOOGLE_", "CUDA_"} {
@@ -389,23 +392,26 @@ func WorkerEnv(name string) bool {
 }
 
 // envDiffers names the worker variables (WorkerEnv) that want sets and
-// have holds another value of (or none), sorted. What have sets and want
-// does not is no difference: a shell without the settings a worker was
-// started with (make's, say) asks nothing of it.
-func envDiffers(have, want []string) []string {
+// have holds another value of, sorted; a variable unset or empty is its
+// value in defaults, the worker's own (DCD_EP=cpu against none is no
+// difference). What have sets and want does not is no difference either:
+// a shell without the settings a worker was started with (make's, say)
+// asks nothing of it.
+func envDiffers(have, want []string, defaults map[string]string) []string {
 	held := map[string]string{}
 	for _, kv := range have {
 		if k, v, ok := strings.Cut(kv, "="); ok {
 			held[k] = v
 		}
 	}
+	value := func(k, v string) string { return cmp.Or(v, defaults[k]) }
 	var names []string
 	for _, kv := range want {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !WorkerEnv(k) {
 			continue
 		}
-		if held[k] != v { // unset and empty alike
+		if value(k, held[k]) != value(k, v) {
 			names = append(names, k)
 		}
 	}

@@ -115,8 +115,14 @@ func TestEnsureWorker(t *testing.T) {
 	dir := t.TempDir()
 	stopAll(t, dir)
 	ctx := context.Background()
+	// The worker's settings as this test's shell may have them: unset.
+	for _, name := range []string{"DCD_EP", "DCD_ORT_LIB", "AWS_SECRET_ACCESS_KEY", "DCD_MNIST_DIR"} {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
+	defaults := map[string]string{"DCD_EP": "cpu", "DCD_ORT_LIB": "/lib/ort.so"}
 
-	started, err := EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir)
 	if err != nil || !started {
 		t.Fatalf("EnsureWorker = %v, %v; want true, nil", started, err)
 	}
@@ -124,11 +130,11 @@ func TestEnsureWorker(t *testing.T) {
 	if !ok {
 		t.Fatal("no live pid in worker.pid")
 	}
-	started, err = EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	started, err = EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir)
 	if err != nil || started {
 		t.Fatalf("second EnsureWorker = %v, %v; want false, nil", started, err)
 	}
-	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
+	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, defaults, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("EnsureWorker with other args: err = %v", err)
 	}
 	// A setting or credential this shell sets and the worker lacks or holds
@@ -136,14 +142,20 @@ func TestEnsureWorker(t *testing.T) {
 	t.Setenv("DCD_EP", "cuda")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
 	t.Setenv("DCD_MNIST_DIR", "/elsewhere") // the starter's, not the worker's
-	_, err = EnsureWorker(ctx, sleep, []string{"300"}, dir)
+	_, err = EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir)
 	if err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY, DCD_EP") || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "DCD_MNIST_DIR") {
 		t.Fatalf("EnsureWorker with another environment: err = %v, want one naming AWS_SECRET_ACCESS_KEY, DCD_EP alone, without values", err)
 	}
 	os.Unsetenv("DCD_EP")
 	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
-	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, dir); err != nil || started {
+	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir); err != nil || started {
 		t.Fatalf("EnsureWorker with the worker's settings unset = %v, %v; want false, nil (nothing asked of it)", started, err)
+	}
+	// Set to what the worker takes when they are unset (make's exports).
+	t.Setenv("DCD_EP", "cpu")
+	t.Setenv("DCD_ORT_LIB", "/lib/ort.so")
+	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir); err != nil || started {
+		t.Fatalf("EnsureWorker with the worker's settings set to its defaults = %v, %v; want false, nil", started, err)
 	}
 	if _, err := Stop(dir); err != nil {
 		t.Fatal(err)
@@ -200,7 +212,7 @@ func TestEnsureWorkerExitsAtOnce(t *testing.T) {
 		t.Skip(err)
 	}
 	dir := t.TempDir()
-	_, err = EnsureWorker(context.Background(), sh, []string{"-c", "echo no onnx runtime >&2; exit 1"}, dir)
+	_, err = EnsureWorker(context.Background(), sh, []string{"-c", "echo no onnx runtime >&2; exit 1"}, nil, dir)
 	if err == nil || !strings.Contains(err.Error(), "no onnx runtime") {
 		t.Fatalf("err = %v, want the log's last line", err)
 	}

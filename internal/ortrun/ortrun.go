@@ -289,6 +289,12 @@ func DefaultLibrary() string {
 	if p := os.Getenv("DCD_ORT_LIB"); p != "" {
 		return p
 	}
+	return SetupLibrary()
+}
+
+// SetupLibrary is where `make setup` puts the CPU ONNX Runtime library,
+// whatever DCD_ORT_LIB says.
+func SetupLibrary() string {
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, ".cache", "dcd", "lib", "libonnxruntime.so."+LibraryVersion)
 }
