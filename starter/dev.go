@@ -84,9 +84,11 @@ func cmdDev(ctx context.Context, e *cli, args []string) error {
 }
 
 // ensureNamespace registers the namespace passes run in (TEMPORAL_NAMESPACE,
-// -namespace) on a dev server that lacks it, one started before with
-// another: its worker would exit at once, the namespace not found.
-func (e *cli) ensureNamespace(ctx context.Context) error {
+// -namespace) on this checkout's dev server that lacks it, one started
+// before with another: its worker would exit at once, the namespace not
+// found. A server not started from here (a shared one, a cluster) is not
+// changed: a misspelt namespace is an error there, not a new namespace.
+func (e *cli) ensureNamespace(ctx context.Context, ours bool) error {
 	if e.g.namespace == "" || e.g.namespace == "default" {
 		return nil
 	}
@@ -98,6 +100,9 @@ func (e *cli) ensureNamespace(ctx context.Context) error {
 	var missing *serviceerror.NamespaceNotFound
 	if _, err := nc.Describe(ctx, e.g.namespace); !errors.As(err, &missing) {
 		return err
+	}
+	if !ours {
+		return fmt.Errorf("namespace %q not found at %s, a server not started from %s: create it there (temporal operator namespace create), or use one it has", e.g.namespace, e.g.address, stateDir)
 	}
 	err = nc.Register(ctx, &workflowservice.RegisterNamespaceRequest{Namespace: e.g.namespace, WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour)})
 	var exists *serviceerror.NamespaceAlreadyExists
@@ -121,7 +126,8 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if err != nil {
 		return err
 	}
-	if err := e.ensureNamespace(ctx); err != nil {
+	_, ours := devserver.PID(stateDir, devserver.TemporalPID)
+	if err := e.ensureNamespace(ctx, started || ours); err != nil {
 		return err
 	}
 	how := "already running"

@@ -93,12 +93,16 @@ func TestIdleQueuesNamed(t *testing.T) {
 		t.Errorf("a server no worker polls, taken for a shared one: %v", err)
 	}
 
-	// `starter dev` with TEMPORAL_NAMESPACE set on a server started
-	// without it registers it, once, for its worker to poll in.
+	// `starter dev` with TEMPORAL_NAMESPACE set on its server started
+	// without it registers it, once, for its worker to poll in; on a
+	// server not its own it says the namespace is missing.
 	ns, _, _ := testCLI()
 	ns.g.address, ns.g.namespace = srv.FrontendHostPort(), "dcd-elsewhere"
+	if err := ns.ensureNamespace(ctx, false); err == nil || !strings.Contains(err.Error(), `namespace "dcd-elsewhere" not found`) {
+		t.Fatalf("a namespace missing on a server not started here: %v, want it said missing", err)
+	}
 	for range 2 {
-		if err := ns.ensureNamespace(ctx); err != nil {
+		if err := ns.ensureNamespace(ctx, true); err != nil {
 			t.Fatal(err)
 		}
 	}
