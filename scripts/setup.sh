@@ -43,9 +43,9 @@ if ! flock -n 9; then
 fi
 # Holding the lock, no other setup runs: a temporary folder left is one
 # that a killed setup could not remove.
-rm -rf "$cache"/tmp.*
+rm -rf "$cache"/.dcd-setup-tmp.*
 
-tmp=$(mktemp -d "$cache/tmp.XXXXXX")
+tmp=$(mktemp -d "$cache/.dcd-setup-tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 # retry runs a command up to three times: the go command does not retry a
