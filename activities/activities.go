@@ -448,10 +448,20 @@ func (s *Sessions) open(name string, model []byte, inputs, outputs []string, opt
 }
 
 // outOfMemory says whether ONNX Runtime failed for want of memory: its
-// allocators' and CUDA's wordings.
+// allocators', CUDA's and cuDNN's wordings, in its own error (the innermost
+// wrapped), not the model's path or tensor names around it ("bedroom.onnx"
+// holds "oom").
 func outOfMemory(err error) bool {
+	for inner := errors.Unwrap(err); inner != nil; inner = errors.Unwrap(inner) {
+		err = inner
+	}
 	msg := strings.ToLower(err.Error())
-	return strings.Contains(msg, "alloc") || strings.Contains(msg, "out of memory") || strings.Contains(msg, "oom")
+	for _, s := range []string{"out of memory", "failed to allocate", "bad_alloc", "smaller than requested bytes", "alloc_failed"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // newSession makes a model's session; a test replaces it.

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -229,7 +230,7 @@ func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
 		n := len(a.Sessions.sessions)
 		a.Sessions.mu.Unlock()
 		if n > 0 {
-			return nil, fmt.Errorf("Failed to allocate memory for requested buffer of size 4096")
+			return nil, fmt.Errorf("ortrun: %s: create session: %w", name, errors.New("Failed to allocate memory for requested buffer of size 4096"))
 		}
 		return real(name, model, in, out, opt)
 	}
@@ -240,7 +241,9 @@ func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
 	release()
 
 	newSession = func(string, []byte, []string, []string, ortrun.Options) (*ortrun.Session, error) {
-		return nil, fmt.Errorf("Load model from bytes failed: Protobuf parsing failed")
+		// Its path and tensors' names hold "oom" and "alloc": not ONNX
+		// Runtime's words for memory.
+		return nil, fmt.Errorf(`ortrun: models/bedroom.onnx: create session (inputs ["zoom"], outputs ["realloc"]): %w`, errors.New("Load model from bytes failed: Protobuf parsing failed"))
 	}
 	if _, _, err := a.session(ctx, bad); err == nil {
 		t.Fatal("a model that does not load: no error")
