@@ -523,7 +523,8 @@ func beating(ctx context.Context, details func() []any) (stop func()) {
 }
 
 // every calls fn every d until the returned stop is called, which waits
-// for a call under way.
+// for a call under way. stop may be called again (deferred, for a panic
+// that Temporal recovers, and called where the work ends).
 func every(d time.Duration, fn func()) (stop func()) {
 	done := make(chan struct{})
 	var calls sync.WaitGroup
@@ -539,5 +540,5 @@ func every(d time.Duration, fn func()) (stop func()) {
 			}
 		}
 	})
-	return func() { close(done); calls.Wait() }
+	return sync.OnceFunc(func() { close(done); calls.Wait() })
 }

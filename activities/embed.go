@@ -199,6 +199,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	// before, which a beat without it would lose.
 	progress := resume(ctx, in.PartSize, len(shard.Items))
 	stop := beating(ctx, func() []any { return []any{progress} })
+	defer stop()
 	sess, release, err := a.session(ctx, in.Model)
 	stop()
 	if err != nil {

@@ -212,6 +212,7 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 	}
 	defer beating(ctx, func() []any { return []any{st.result()} })()
 	stopSaving := every(checkpointEvery, func() { st.save(ctx, a.Bucket, key) })
+	defer stopSaving()
 	cutFrom := func() (dataset.Progress, error) {
 		return a.source().Cut(ctx, ds, st.progress(), func(it dataset.Item, n int) bool {
 			if n == 1 {

@@ -254,3 +254,18 @@ func TestSessionLoadClosesIdleOnFailure(t *testing.T) {
 		release()
 	}
 }
+
+// A ticker's stop may be called twice: deferred, for a panic that Temporal
+// recovers, and where the work ends. Once stopped, it calls no more.
+func TestEveryStopsOnce(t *testing.T) {
+	var calls atomic.Int32
+	stop := every(time.Millisecond, func() { calls.Add(1) })
+	time.Sleep(10 * time.Millisecond)
+	stop()
+	stop()
+	n := calls.Load()
+	time.Sleep(10 * time.Millisecond)
+	if calls.Load() != n {
+		t.Errorf("called %d times after its stop", calls.Load()-n)
+	}
+}

@@ -123,6 +123,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	// heartbeat timeout, so beat meanwhile too. The rows still stop at
 	// the next file when the pass is cancelled.
 	stop := beating(ctx, func() []any { return nil })
+	defer stop() // (a panic, which Temporal recovers, must stop it too)
 	h, err := head.Train(rows, head.Options{
 		Classes: len(in.Classes), Lambda: r.Lambda, Iters: r.Iters, ClassBalanced: r.ClassBalanced,
 		MiniBatch: r.Mode == schemas.MiniBatch, Epochs: r.Epochs, BatchSize: r.BatchSize, LearningRate: r.LearningRate,
