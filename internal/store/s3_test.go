@@ -114,6 +114,30 @@ func TestS3ReusesConnections(t *testing.T) {
 	})
 }
 
+// Rows that each name the bucket with another prefix= share one client
+// and its connections: a client each would dial anew for every prefix,
+// and keep each connection idle for 90 s after.
+func TestS3PrefixesShareAClient(t *testing.T) {
+	ctx := context.Background()
+	url, conns := fakeS3(t, "pool", false, 0)
+	var bs Buckets
+	defer bs.Close()
+	const prefixes = 50
+	for i := range prefixes {
+		b, err := bs.Open(ctx, fmt.Sprintf("%s&prefix=row%d/", url, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("row%d/x.png", i)
+		if data, err := ReadAll(ctx, b, "x.png"); err != nil || string(data) != want {
+			t.Fatalf("prefix row%d/: read x.png = %q, %v; want the object %s", i, data, err, want)
+		}
+	}
+	if n := conns.Load(); n > 2 {
+		t.Errorf("%d reads, one a prefix, one after the other, opened %d connections; want them to share one", prefixes, n)
+	}
+}
+
 // A store whose certificate a private CA signed is reached through
 // AWS_CA_BUNDLE, as with the SDK's own client.
 func TestS3CABundle(t *testing.T) {

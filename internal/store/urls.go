@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"gocloud.dev/blob"
+	"gocloud.dev/blob/azureblob"
+	"gocloud.dev/blob/s3blob"
 
 	"dcd/internal/webdataset"
 )
@@ -90,10 +92,11 @@ const MaxBuckets = 1024
 
 // Buckets opens the buckets that absolute URLs name and keeps them: a
 // worker reads images from many buckets but opens each one (and its client
-// and credentials) once, not once a read. It keeps the MaxBuckets used
-// last: each is a client, credentials and a pool of connections, and a
-// worker that runs for months meets many buckets (a manifest whose rows
-// each name another, prefix=<row>/, meets thousands in one pass). One
+// and credentials) once, not once a read. Buckets of one store that differ
+// only in prefix= (a manifest whose rows each name another, prefix=<row>/,
+// meets thousands in one pass) share the bucket without it, each a prefix
+// over it: one client, one pool of connections. It keeps the MaxBuckets
+// used last: a worker that runs for months meets many buckets. One
 // dropped is not closed, as a read or a listing may still hold it: its
 // memory goes when they are done, its idle connections after their
 // clients' idle timeout (90 s). The zero value is ready to use; it is
@@ -113,19 +116,38 @@ type openBucket struct {
 // options in any order are one bucket, with one client and one pool of
 // connections.
 func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.openLocked(ctx, bucketURL)
+}
+
+func (bs *Buckets) openLocked(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
 	name := bucketURL
-	if u, err := url.Parse(bucketURL); err == nil {
+	u, err := url.Parse(bucketURL)
+	if err == nil {
 		u.RawQuery = u.Query().Encode() // sorted by key
 		name = u.String()
 	}
-	bs.mu.Lock()
-	defer bs.mu.Unlock()
 	bs.tick++
 	if o, ok := bs.open[name]; ok {
 		o.used = bs.tick
 		return o.b, nil
 	}
-	b, err := Open(ctx, bucketURL)
+	var b *blob.Bucket
+	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") && u.Query().Get("prefix") != "" {
+		q := u.Query()
+		prefix := q.Get("prefix")
+		q.Del("prefix")
+		u.RawQuery = q.Encode()
+		base, err := bs.openLocked(ctx, u.String())
+		if err != nil {
+			return nil, err
+		}
+		b = blob.PrefixedBucket(base, prefix)
+		setPrefix(b, prefix)
+	} else {
+		b, err = Open(ctx, bucketURL)
+	}
 	if err != nil && optionRefused(err.Error()) {
 		// A URL a manifest names with options the driver refuses (a
 		// misspelt region=, an unknown parameter) opens no better when
