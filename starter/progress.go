@@ -44,10 +44,10 @@ func fetchProgress(ctx context.Context, c client.Client, id string) (workflows.P
 		g.Go(func() error { answered[i] = query(ctx, c, child, &results[i]) == nil; return nil })
 	}
 	g.Wait()
-	var children []workflows.ShardsResult
+	children := map[string]workflows.ShardsResult{}
 	for i, r := range results {
 		if answered[i] {
-			children = append(children, r)
+			children[p.Running[i]] = r
 		}
 	}
 	return withChildren(p, children), nil
@@ -63,13 +63,17 @@ func query(ctx context.Context, c client.Client, id string, into any) error {
 	return v.Get(into)
 }
 
-// withChildren adds the children's counts to the pass's, which only holds
-// the children that have finished.
-func withChildren(p workflows.Progress, children []workflows.ShardsResult) workflows.Progress {
-	for _, r := range children {
+// withChildren adds the running children's counts (by workflow ID) to the
+// pass's, which only holds the children that have finished; the rejects of
+// one that embeds a dataset again (Progress.Again) were counted with the
+// dataset's first embedding.
+func withChildren(p workflows.Progress, children map[string]workflows.ShardsResult) workflows.Progress {
+	for id, r := range children {
 		p.ShardsDone += r.Shards
 		p.Images += r.Images
-		p.Rejects += r.Rejects
+		if !slices.Contains(p.Again, id) {
+			p.Rejects += r.Rejects
+		}
 		p.CachedShards += r.Cached
 	}
 	return p

@@ -285,10 +285,13 @@ func TestPassIDAndURL(t *testing.T) {
 func TestStatusLine(t *testing.T) {
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	p := workflows.Progress{Phase: "scan pool", Started: start, ShardsTotal: 40, ShardsDone: 10, Images: 2000,
-		Rejects: 1, CachedShards: 3, Running: []string{"r/pool/0", "r/pool/1"}}
-	p = withChildren(p, []workflows.ShardsResult{{Shards: 5, Images: 1000, Rejects: 2, Cached: 1}, {Shards: 1, Images: 200}})
+		Rejects: 1, CachedShards: 3, Running: []string{"r/pool/0", "r/pool/1", "r/pool-target/0"}, Again: []string{"r/pool-target/0"}}
+	// The pool embedded again with the target rejects what the scan did:
+	// its images count, its rejects do not.
+	p = withChildren(p, map[string]workflows.ShardsResult{"r/pool/0": {Shards: 5, Images: 1000, Rejects: 2, Cached: 1}, "r/pool/1": {Shards: 1, Images: 100},
+		"r/pool-target/0": {Shards: 1, Images: 100, Rejects: 2}})
 	got := statusLine(p, start.Add(100*time.Second))
-	want := "scan pool     | shards 16/40 | 3200 images | 32 images/s | 3 rejects | 4 cached shards | 1m40s"
+	want := "scan pool     | shards 17/40 | 3200 images | 32 images/s | 3 rejects | 4 cached shards | 1m40s"
 	if got != want {
 		t.Errorf("statusLine =\n%q\nwant\n%q", got, want)
 	}

@@ -150,6 +150,13 @@ func (s *UnitTestSuite) compareEveryMethod(again bool) {
 	}
 	s.Equal(cfg.Compare, names)
 	s.Equal(37, res.DebugTrain.Size, "the pass reports the reference dcd's debug-train set")
+	v, err := env.QueryWorkflow(ProgressQuery)
+	s.NoError(err)
+	var p Progress
+	s.NoError(v.Get(&p))
+	s.Equal(2, p.Rejects, "the pool's rejects counted once, the scan's, not again with the target's embedding")
+	s.Empty(p.Running)
+	s.Empty(p.Again)
 	for _, want := range []string{
 		"select dcd per_query", "select dcd:g global",
 		"plan debug_train", "plan debug_train-dcd-g", "gather debug_train dcd.csv", "embed debug_train",

@@ -75,6 +75,10 @@ type Progress struct {
 	Rejects      int
 	CachedShards int
 	Running      []string
+	// Again lists those of Running that embed a dataset again under
+	// another tag (all_pool's pool with the target, an external trainer's
+	// model's test set): their rejects are the first embedding's, counted.
+	Again []string `json:",omitempty"`
 	// Methods is each compared method's stage once the comparison runs:
 	// select, embed, guard, retrain, train, evaluate, then done, failed
 	// or cancelled.
@@ -653,6 +657,9 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 			in := s.input(ds, m, first, min(first+ChildShards, n), k)
 			wg.Add(1)
 			s.progress.Running = append(s.progress.Running, id)
+			if tag != ds {
+				s.progress.Again = append(s.progress.Again, id)
+			}
 			workflow.Go(ctx, func(ctx workflow.Context) {
 				defer wg.Done()
 				defer sem.Release(1)
@@ -667,6 +674,7 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				}
 				err := chain.Get(ctx, &r)
 				s.progress.Running = remove(s.progress.Running, id)
+				s.progress.Again = remove(s.progress.Again, id)
 				s.counted(ds, tag, k, r)
 				if err != nil && firstErr == nil {
 					firstErr = err
