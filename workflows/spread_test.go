@@ -19,8 +19,9 @@ import (
 	"dcd/workflows"
 )
 
-// A recurring pass on two workers: its cached shards are looked up
-// and searched by both, in batches that each write one partial top-k,
+// A recurring pass on two workers: its cached shards are looked up by
+// both (the pool's searched too, by either or both), in batches that each
+// write one partial top-k,
 // and the merge over those finds the neighbours the first pass found over
 // each shard's own partial: dcd selects the same images.
 func TestRecurringPassOnTwoWorkers(t *testing.T) {
