@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"testing"
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/activity"
@@ -269,4 +270,35 @@ func perClass(n int) []*float64 {
 		out[c] = &v
 	}
 	return out
+}
+
+// The shards a comparison embeds again are known before the scan, and
+// counted into the total from the start: all_pool's pool when another
+// model scanned it, each trained method's test and E_heldout with an
+// external trainer's model.
+func TestEmbeddedAgain(t *testing.T) {
+	plans := map[string]activities.PlanResult{activities.Pool: {Shards: 7}, activities.Test: {Shards: 3}, activities.ErrorHeldout: {Shards: 2}}
+	same := activities.CheckModelsResult{}
+	var other activities.CheckModelsResult
+	other.Target.Spec.ModelDigest = "target"
+	cfg := validConfig()
+	cfg.Compare = []string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.MethodAllPool, schemas.MethodDCD}
+	for _, c := range []struct {
+		models  activities.CheckModelsResult
+		trainer bool
+		want    int
+	}{
+		{same, false, 0},
+		{other, false, 7},
+		{same, true, 3 * (3 + 2)}, // train_only, all_pool, dcd: not none
+		{other, true, 7 + 3*(3+2)},
+	} {
+		cfg.Retrain.Trainer = nil
+		if c.trainer {
+			cfg.Retrain.Trainer = &schemas.Trainer{Command: []string{"train"}}
+		}
+		if got := embeddedAgain(cfg, c.models, plans); got != c.want {
+			t.Errorf("target scanned the pool %v, trainer %v: %d shards embedded again, want %d", c.models.Target.Spec.ModelDigest == "", c.trainer, got, c.want)
+		}
+	}
 }
