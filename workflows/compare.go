@@ -70,7 +70,8 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 	// methods before it in the list (all_pool's hours of retraining).
 	if workflow.GetVersion(ctx, failFastMethodsChange, workflow.DefaultVersion, 1) == 1 {
 		if err := waitAll(ctx, futures...); err != nil {
-			if temporal.IsCanceledError(err) && workflow.GetVersion(ctx, cancelWaitsChange, workflow.DefaultVersion, 1) == 1 {
+			if temporal.IsCanceledError(err) && workflow.GetVersion(ctx, cancelWaitsChange, workflow.DefaultVersion, 1) == 1 &&
+				(ctx.Err() != nil || workflow.GetVersion(ctx, passCancelledChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion) {
 				// A cancelled pass ends when every method has: a
 				// trainer's activity ends only once its command is
 				// killed (trainOptions), and a pass that ended before
@@ -131,6 +132,12 @@ const failFastMethodsChange = "fail-fast-methods"
 // cancelWaitsChange versions a cancelled pass waiting for all its methods,
 // so that passes cancelled before replay as they ran.
 const cancelWaitsChange = "cancel-waits-methods"
+
+// passCancelledChange versions waiting only when the pass itself was
+// cancelled: a method's child chain cancelled alone (from the UI) fails
+// the pass at once, as any method's failure does, where passes started
+// before waited for every other method to end first.
+const passCancelledChange = "cancel-waits-pass-only"
 
 // method runs one method's chain and fills its row.
 func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.EvaluateResult) (methodOut, error) {

@@ -310,8 +310,18 @@ func (s *UnitTestSuite) TestFailedChainStopsTheOthers() {
 }
 
 // A method that fails fails the pass when it does: dcd's guard, here,
-// while all_pool, before it in the list, is still retraining.
+// while all_pool, before it in the list, is still retraining. So does one
+// cancelled alone (its chain, from the UI), the pass itself not cancelled.
 func (s *UnitTestSuite) TestFailedMethodEndsThePassAtOnce() {
+	for _, failure := range []error{
+		temporal.NewNonRetryableApplicationError("dcd: guard failed", "InvalidInput", nil),
+		temporal.NewCanceledError("dcd: guard cancelled"),
+	} {
+		s.Run(failure.Error(), func() { s.failedMethodEndsThePass(failure) })
+	}
+}
+
+func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ShardsWorkflow)
 	env.SetTestTimeout(20 * time.Second) // a pass that waits on all_pool would time out
@@ -326,8 +336,7 @@ func (s *UnitTestSuite) TestFailedMethodEndsThePassAtOnce() {
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
 	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
-	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{},
-		temporal.NewNonRetryableApplicationError("dcd: guard failed", "InvalidInput", nil))
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{}, failure)
 	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.RetrainInput) (activities.RetrainResult, error) {
 		for range 300 { // all_pool's retraining takes until it is abandoned
 			activity.RecordHeartbeat(ctx)
@@ -344,7 +353,8 @@ func (s *UnitTestSuite) TestFailedMethodEndsThePassAtOnce() {
 	cfg.Compare = []string{schemas.MethodNone, schemas.MethodAllPool, schemas.MethodDCD}
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
 	s.True(env.IsWorkflowCompleted())
-	s.ErrorContains(env.GetWorkflowError(), "dcd: guard failed")
+	s.Error(env.GetWorkflowError())
+	s.NotContains(env.GetWorkflowError().Error(), "deadline", "the pass waited on all_pool")
 }
 
 // While the pass waits on its sets' embeddings, its phase names what it
