@@ -161,7 +161,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 			if reads == nil {
 				reads = a.readSearch(ctx, search, shard)
 			}
-			if reads.disagree(res.Images) {
+			if reads.disagree(shard, rejects) {
 				// Still: two workers' commits of the entry crossed, one's
 				// feature file beside the other's rejects, which name
 				// other images. It goes, for the retry to embed the shard
@@ -222,7 +222,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	// may wait on the worker's search memory and the queries' read.
 	defer beating(ctx, func() []any { return nil })()
 	written := a.readSearch(ctx, search, shard)
-	if written.disagree(res.Images) {
+	if written.disagree(shard, w.rejects) {
 		// Another worker's commit of the entry crossed this one's: its
 		// rows beside these rejects, or the reverse. The retry's lookup
 		// finds the pair, drops it, and embeds the shard again.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
 	"dcd/internal/store/storetest"
 )
 
@@ -145,6 +147,29 @@ func TestCachedSearchWithCrossedEntry(t *testing.T) {
 		if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
 			t.Errorf("cached only %v: the retry: %+v, %v; want the shard uncached", cachedOnly, res, err)
 		}
+	}
+
+	// As many rows and rejects as the shard has images, but not split
+	// between them: image 0 in neither, image 5 in both.
+	var images []embed.Image
+	for i := 1; i < 50; i++ {
+		images = append(images, embed.Image{ID: int64(1000 + i), URI: fmt.Sprintf("pool/%03d.png", i)})
+	}
+	rec := features.Record(w.mem, []string{"features"}, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 49*8)}, Dims: []int{8}}, "")
+	defer rec.Release()
+	if err := store.WriteArrow(ctx, w.b, key, rec.Schema(), w.mem, rec); err != nil {
+		t.Fatal(err)
+	}
+	crossed, _ := json.Marshal([]embed.Reject{{URI: "pool/005.png", Reason: "gone"}})
+	if err := w.b.WriteAll(ctx, key+".rejects.json", crossed, nil); err != nil {
+		t.Fatal(err)
+	}
+	in := activities.EmbedShardInput{Run: run, Dataset: activities.Pool, Shard: 0, Model: ref, K: k, CachedOnly: true}
+	if _, err := w.acts.EmbedShard(ctx, in); err == nil || !strings.Contains(err.Error(), "two workers wrote the entry at once") {
+		t.Fatalf("search of an entry whose rows and rejects name other images, as many: %v", err)
+	}
+	if res, err := w.acts.EmbedShard(ctx, in); err != nil || res.Cached {
+		t.Errorf("the retry: %+v, %v; want the shard uncached", res, err)
 	}
 }
 

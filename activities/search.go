@@ -332,11 +332,33 @@ func (r *searchReads) match(images int) bool {
 	return r.err == nil && len(r.items) == images
 }
 
-// disagree waits for the reads and reports whether they found other than
-// images rows, as a cache entry with that many rejects would not hold.
-func (r *searchReads) disagree(images int) bool {
+// disagree waits for the reads and reports whether the rows they found
+// and rejects do not split the shard's images between them, each image
+// in one: a feature file and rejects of two writers' entries.
+func (r *searchReads) disagree(shard *dataset.Shard, rejects []embed.Reject) bool {
 	<-r.done
-	return r.err == nil && len(r.items) != images
+	if r.err != nil {
+		return false // (the search fails with it)
+	}
+	if len(r.items)+len(rejects) != len(shard.Items) {
+		return true
+	}
+	left := make(map[string]int, len(rejects)) // a pool may list an image twice
+	for _, rj := range rejects {
+		left[rj.URI]++
+	}
+	row := 0 // r.items are the shard's, in its order (features.Join)
+	for _, it := range shard.Items {
+		if row < len(r.items) && r.items[row].Key == it.Key {
+			row++
+			continue
+		}
+		if left[it.Key] == 0 { // neither a row nor a reject
+			return true
+		}
+		left[it.Key]--
+	}
+	return false
 }
 
 // abandon is drop for reads whose result is not wanted: it cancels them
