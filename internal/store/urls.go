@@ -107,57 +107,39 @@ type Buckets struct {
 	tick uint64
 }
 
+// openStore is Open; a test replaces it.
+var openStore = Open
+
 type openBucket struct {
 	b    *blob.Bucket
-	used uint64 // Buckets.tick when last opened
+	err  error
+	done chan struct{} // closed once b or err is set
+	used uint64        // Buckets.tick when last opened
 }
 
 // Open returns the bucket at bucketURL, opening it the first time: its
 // options in any order are one bucket, with one client and one pool of
-// connections.
+// connections. A bucket being opened (a store's config and credentials
+// loaded, for seconds at times) holds up only the reads of that bucket,
+// not those of the buckets already open.
 func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
-	bs.mu.Lock()
-	defer bs.mu.Unlock()
-	return bs.openLocked(ctx, bucketURL)
-}
-
-func (bs *Buckets) openLocked(ctx context.Context, bucketURL string) (*blob.Bucket, error) {
 	name := bucketURL
 	u, err := url.Parse(bucketURL)
 	if err == nil {
 		u.RawQuery = u.Query().Encode() // sorted by key
 		name = u.String()
 	}
+	bs.mu.Lock()
 	bs.tick++
 	if o, ok := bs.open[name]; ok {
 		o.used = bs.tick
-		return o.b, nil
-	}
-	var b *blob.Bucket
-	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") && u.Query().Get("prefix") != "" {
-		q := u.Query()
-		prefix := q.Get("prefix")
-		q.Del("prefix")
-		u.RawQuery = q.Encode()
-		base, err := bs.openLocked(ctx, u.String())
-		if err != nil {
-			return nil, err
+		bs.mu.Unlock()
+		select {
+		case <-o.done:
+			return o.b, o.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		b = blob.PrefixedBucket(base, prefix)
-		setPrefix(b, prefix)
-	} else {
-		b, err = Open(ctx, bucketURL)
-	}
-	if err != nil && optionRefused(err.Error()) {
-		// A URL a manifest names with options the driver refuses (a
-		// misspelt region=, an unknown parameter) opens no better when
-		// tried again: its images are unreadable, not a failing store.
-		// Not the worker's own setup (a profile= it lacks, no default
-		// credentials), which failed reads must not cache as rejects.
-		return nil, &URLError{err.Error()}
-	}
-	if err != nil {
-		return nil, err
 	}
 	if bs.open == nil {
 		bs.open = map[string]*openBucket{}
@@ -171,8 +153,52 @@ func (bs *Buckets) openLocked(ctx context.Context, bucketURL string) (*blob.Buck
 		}
 		delete(bs.open, last)
 	}
-	bs.open[name] = &openBucket{b: b, used: bs.tick}
-	return b, nil
+	o := &openBucket{done: make(chan struct{}), used: bs.tick}
+	bs.open[name] = o
+	bs.mu.Unlock()
+
+	o.b, o.err = bs.openNew(ctx, bucketURL, u, err)
+	if o.err != nil { // not kept: the next read tries again
+		bs.mu.Lock()
+		if bs.open[name] == o {
+			delete(bs.open, name)
+		}
+		bs.mu.Unlock()
+	}
+	close(o.done)
+	return o.b, o.err
+}
+
+// openNew opens the bucket at bucketURL (parsed as u, or failing to parse
+// with parseErr). Of an S3, Azure or GCS bucket with a prefix=, it opens
+// (and keeps) the bucket without it and returns a prefix over that.
+func (bs *Buckets) openNew(ctx context.Context, bucketURL string, u *url.URL, parseErr error) (*blob.Bucket, error) {
+	var b *blob.Bucket
+	var err error
+	if parseErr == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") && u.Query().Get("prefix") != "" {
+		q := u.Query()
+		prefix := q.Get("prefix")
+		q.Del("prefix")
+		without := *u
+		without.RawQuery = q.Encode()
+		base, err := bs.Open(ctx, without.String())
+		if err != nil {
+			return nil, err
+		}
+		b = blob.PrefixedBucket(base, prefix)
+		setPrefix(b, prefix)
+		return b, nil
+	}
+	b, err = openStore(ctx, bucketURL)
+	if err != nil && optionRefused(err.Error()) {
+		// A URL a manifest names with options the driver refuses (a
+		// misspelt region=, an unknown parameter) opens no better when
+		// tried again: its images are unreadable, not a failing store.
+		// Not the worker's own setup (a profile= it lacks, no default
+		// credentials), which failed reads must not cache as rejects.
+		return nil, &URLError{err.Error()}
+	}
+	return b, err
 }
 
 // optionRefused says whether an error of Open is a driver refusing one of
@@ -266,11 +292,15 @@ func (bs *Buckets) ReadRange(ctx context.Context, def *blob.Bucket, ref string, 
 // Close closes every bucket opened so far.
 func (bs *Buckets) Close() error {
 	bs.mu.Lock()
-	defer bs.mu.Unlock()
-	var errs []error
-	for _, o := range bs.open {
-		errs = append(errs, o.b.Close())
-	}
+	open := bs.open
 	bs.open = nil
+	bs.mu.Unlock()
+	var errs []error
+	for _, o := range open {
+		<-o.done // (an open under way may need bs.mu for its base)
+		if o.b != nil {
+			errs = append(errs, o.b.Close())
+		}
+	}
 	return errors.Join(errs...)
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -402,5 +404,64 @@ func TestDroppedBucketsCollected(t *testing.T) {
 			t.Fatalf("%d prefixes kept after %d buckets opened, %d kept open", count()-before, 3*MaxBuckets, MaxBuckets)
 		}
 		runtime.GC()
+	}
+}
+
+// A bucket being opened (its store's config and credentials loaded) holds
+// up the reads of that bucket alone: the buckets already open answer.
+// Reads that wait for it share its one open.
+func TestBucketOpenedAside(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	slow, fast := "file://"+dir+"?prefix=slow/", "file://"+dir+"?prefix=fast/"
+	release := make(chan struct{})
+	var opens atomic.Int32
+	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
+	real := openStore
+	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
+		if u == slow {
+			opens.Add(1)
+			<-release
+		}
+		return real(ctx, u)
+	}
+	var bs Buckets
+	defer bs.Close()
+	let := sync.OnceFunc(func() { close(release) })
+	defer let() // (before Close, on a failure)
+	if _, err := bs.Open(ctx, fast); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := bs.Open(ctx, slow)
+			opened <- err
+		}()
+	}
+	for opens.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := bs.Open(ctx, fast)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an open bucket waited for another bucket's open")
+	}
+	let()
+	for range 2 {
+		if err := <-opened; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := opens.Load(); n != 1 {
+		t.Errorf("two reads at once opened the bucket %d times, want once", n)
 	}
 }
