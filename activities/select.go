@@ -608,6 +608,10 @@ type GuardInput struct {
 	Dedupe      float64
 	Leakage     float64
 	ErrorDomain string
+	// Classes, when set, are the classes retraining keeps rows of: of a
+	// close pair, an image with a class's label stays before one whose
+	// label is none (retraining would skip it, and lose both).
+	Classes []string `json:",omitempty"`
 }
 
 // Dropped is one image a guard removed (methods/<method>/dropped.csv).
@@ -621,7 +625,8 @@ type Dropped struct {
 // GuardSelection drops, in the target's feature space, selected images
 // that are near-copies of a test or E_heldout image (training on them would
 // inflate the evaluation), then images that are near-duplicates of a
-// better-ranked selected image. Distances are relative: ‖a−b‖² over the
+// better-ranked selected image (given the classes, one with a class's
+// label ranks before one without). Distances are relative: ‖a−b‖² over the
 // mean squared distance between two evaluation images (twice the total
 // variance of the test and E_heldout features), so the thresholds Leakage
 // and Dedupe do not depend on the model's feature scale. It writes the
@@ -764,8 +769,13 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		for i := range order {
 			order[i] = i
 		}
+		offClass := func(int) bool { return false }
+		if len(in.Classes) > 0 {
+			classes := dataset.NewClasses(in.Classes)
+			offClass = func(i int) bool { return classes.Index(items[i].Label) < 0 }
+		}
 		slices.SortFunc(order, func(x, y int) int {
-			return cmp.Or(cmp.Compare(score[items[x].Key], score[items[y].Key]), cmp.Compare(items[x].ID, items[y].ID))
+			return cmp.Or(compareBool(offClass(x), offClass(y)), cmp.Compare(score[items[x].Key], score[items[y].Key]), cmp.Compare(items[x].ID, items[y].ID))
 		})
 		kept := map[int]bool{}
 		for _, i := range order {
@@ -789,6 +799,17 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		}
 	}
 	return a.writeGuarded(ctx, in, res, start, rows, items, drop)
+}
+
+// compareBool orders false before true.
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // writeGuarded writes a guarded selection and what was dropped. A pool

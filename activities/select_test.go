@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -317,12 +318,13 @@ func TestGuardSelection(t *testing.T) {
 		}
 		return v
 	}
+	labels := map[string]string{} // of the images not labelled "a"
 	writeSet := func(ds string, keys []string, vecs [][]float32) {
 		var shard dataset.Shard
 		var images []embed.Image
 		var data []float32
 		for i, k := range keys {
-			shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: "a"})
+			shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: cmp.Or(labels[k], "a")})
 			images = append(images, embed.Image{URI: k})
 			data = append(data, vecs[i]...)
 		}
@@ -415,6 +417,31 @@ func TestGuardSelection(t *testing.T) {
 	kept, err = a.manifestRows(ctx, res.Manifest)
 	if err != nil || res.Duplicates != 1 || res.Size != 2 || kept["pool/7.png\na"] != 1 {
 		t.Errorf("an image listed twice: duplicates %d, size %d, kept %v, %v; want one of its two kept", res.Duplicates, res.Size, kept, err)
+	}
+
+	// Of two near-equal images, the better ranked's label no class: given
+	// the classes, the other stays (retraining would skip the first).
+	pair := []selected{{item: dataset.Item{Key: "pool/8.png", Label: "x"}, score: 1}, {item: dataset.Item{Key: "pool/9.png", Label: "a"}, score: 2}}
+	if err := a.writeSelection(ctx, MethodKey("r", "pair", "selected.csv"), pair); err != nil {
+		t.Fatal(err)
+	}
+	labels["pool/8.png"] = "x"
+	apart := []float32{40, -40, 40, -40} // far from every evaluation image
+	writeSet("pair", []string{"pool/8.png", "pool/9.png"}, [][]float32{apart, near(apart)})
+	for _, classes := range [][]string{nil, {"a", "b"}} {
+		in = GuardInput{Run: "r", Method: "pair", Selected: MethodKey("r", "pair", "selected.csv"), Dataset: "pair", Shards: 1,
+			Model: ModelRef{Spec: spec}, TestShards: 1, HeldoutShards: 1, Dedupe: 1e-4, Leakage: 1e-4, Classes: classes}
+		if res, err = a.GuardSelection(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		kept, err = a.manifestRows(ctx, res.Manifest)
+		want := "pool/8.png\nx" // the better ranked
+		if classes != nil {
+			want = "pool/9.png\na"
+		}
+		if err != nil || res.Duplicates != 1 || kept[want] != 1 {
+			t.Errorf("classes %v: duplicates %d, kept %v, %v; want %q kept", classes, res.Duplicates, kept, err, want)
+		}
 	}
 
 	// Features with a large common offset (ReLU features with a bias, say)

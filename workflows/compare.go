@@ -204,7 +204,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 			if err := workflow.ExecuteActivity(cpu, a.GuardSelection, activities.GuardInput{
 				Run: c.runID, Method: m, Selected: picked.Manifest, Dataset: activities.MethodDataset(m), Shards: shards,
 				Model: c.models.Target, TestShards: c.plans[activities.Test].Shards, HeldoutShards: c.plans[activities.ErrorHeldout].Shards,
-				Dedupe: sel.Dedupe, Leakage: sel.Leakage, ErrorDomain: sel.ErrorDomain,
+				Dedupe: sel.Dedupe, Leakage: sel.Leakage, ErrorDomain: sel.ErrorDomain, Classes: c.cfg.Classes,
 			}).Get(ctx, &out.Sel); err != nil {
 				return out, err
 			}
