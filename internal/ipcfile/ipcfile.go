@@ -11,9 +11,11 @@
 package ipcfile
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Footer slots (File.fbs).
@@ -230,6 +232,9 @@ func Check(data []byte) error {
 		if err != nil {
 			return err
 		}
+		if err := apart(blocks); err != nil {
+			return err
+		}
 		for i, blk := range blocks {
 			if err := checkBatch(data, blk, nodes, buffers); err != nil {
 				return fmt.Errorf("damaged IPC file: block %d: %w", i, err)
@@ -237,6 +242,19 @@ func Check(data []byte) error {
 		}
 		return nil
 	})
+}
+
+// apart checks that no two blocks share bytes, as a writer lays them out:
+// a footer listing one batch many times had Arrow's reader copy its rows
+// as many times, far more memory than the file's size.
+func apart(blocks []Block) error {
+	sorted := slices.SortedFunc(slices.Values(blocks), func(a, b Block) int { return cmp.Compare(a.Offset, b.Offset) })
+	for i := 1; i < len(sorted); i++ {
+		if prev := sorted[i-1]; prev.Offset+prev.MetaLen+prev.BodyLen > sorted[i].Offset {
+			return fmt.Errorf("damaged IPC file: blocks at %d and %d overlap", prev.Offset, sorted[i].Offset)
+		}
+	}
+	return nil
 }
 
 // checkBatch checks the buffers of the record batch, or dictionary batch,

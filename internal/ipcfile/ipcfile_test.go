@@ -53,6 +53,11 @@ func TestCheck(t *testing.T) {
 	_, rb, _ = Message(few, blocks[0])
 	start, _ = rb.Vector(BatchBuffers, BufferSize)
 	binary.LittleEndian.PutUint32(rb.B[start-4:], 1)
+	// The footer listing batch 0 twice (Arrow's reader copied its rows
+	// again for each: a footer of many such blocks, far more memory than
+	// the file holds).
+	twice := slices.Clone(data)
+	copy(twice[at+bodies+BlockSize:], twice[at+bodies:at+bodies+BlockSize])
 	// A footer longer than the file.
 	long := slices.Clone(data)
 	binary.LittleEndian.PutUint32(long[len(long)-10:], uint32(len(data)))
@@ -65,6 +70,7 @@ func TestCheck(t *testing.T) {
 		{[]byte("a body of 2^40 bytes"), huge, "block 1"},
 		{[]byte("a buffer of 2^40 bytes"), buffer, "buffer 1"},
 		{[]byte("too few buffers"), few, "1 buffers, where its schema needs 3 and 6"},
+		{[]byte("one batch listed twice"), twice, "overlap"},
 		{[]byte("a footer longer than the file"), long, "footer of"},
 		{[]byte("cut short"), data[:len(data)-3], "magic"},
 	} {
