@@ -237,10 +237,13 @@ func awaitEnd(ctx context.Context, c client.Client, id string, res any) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Second):
+		case <-time.After(awaitRetry):
 		}
 	}
 }
+
+// awaitRetry is how long awaitEnd waits before asking again.
+var awaitRetry = 5 * time.Second
 
 // endedBy says how a workflow that did not complete ended: cancelled,
 // terminated, timed out, or failed and why.

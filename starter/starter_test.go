@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -594,4 +595,50 @@ func TestDefaultIDChecked(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "may not start with '-'") || dialed != nil {
 		t.Errorf("a name beginning with '-': exit %d, dialed %v, stderr %q; want a usage error before dialing", code, dialed != nil, stderr)
 	}
+}
+
+// Waiting for a pass's end outlives a frontend's restart: an unavailable
+// server is asked again, an answer no retry changes (not found) is not.
+func TestAwaitEndAsksAgain(t *testing.T) {
+	defer func(d time.Duration) { awaitRetry = d }(awaitRetry)
+	awaitRetry = time.Millisecond
+	c := &endingClient{errs: []error{serviceerror.NewUnavailable("frontend restarting"), serviceerror.NewDeadlineExceeded("no answer")}}
+	var res string
+	if err := awaitEnd(context.Background(), c, "p", &res); err != nil || res != "done" || c.asked != 3 {
+		t.Errorf("after two unavailable answers: %q, %v, asked %d times; want done, asked 3 times", res, err, c.asked)
+	}
+	c = &endingClient{errs: []error{serviceerror.NewNotFound("no such pass")}}
+	if err := awaitEnd(context.Background(), c, "p", &res); err == nil || c.asked != 1 {
+		t.Errorf("a pass not found: %v, asked %d times; want the error at once", err, c.asked)
+	}
+}
+
+// endingClient answers GetWorkflow(...).Get with errs in turn, then "done".
+type endingClient struct {
+	client.Client
+	errs  []error
+	asked int
+}
+
+func (c *endingClient) GetWorkflow(context.Context, string, string) client.WorkflowRun {
+	return endingRun{c: c}
+}
+
+type endingRun struct {
+	client.WorkflowRun // the rest: not called
+	c                  *endingClient
+}
+
+func (r endingRun) Get(_ context.Context, v any) error {
+	r.c.asked++
+	if len(r.c.errs) > 0 {
+		err := r.c.errs[0]
+		r.c.errs = r.c.errs[1:]
+		return err
+	}
+	*v.(*string) = "done"
+	return nil
+}
+func (r endingRun) GetWithOptions(ctx context.Context, v any, _ client.WorkflowRunGetOptions) error {
+	return r.Get(ctx, v)
 }
