@@ -299,7 +299,8 @@ func TestFeatureRowsInMemoryStopWhenCancelled(t *testing.T) {
 
 // A head is not exported onto a target model replaced since the pass
 // began: it was fitted on the old model's features. The pass keeps its
-// results and says why there is no model.
+// results and says why there is no model, and an earlier pass's model
+// under its ID is not left to pass for one.
 func TestExportRefusesAChangedModel(t *testing.T) {
 	a := fileActivities(t)
 	writeBlobs(t, a, "r", Train, "", 1, 50, 8, 10, 1)
@@ -307,6 +308,10 @@ func TestExportRefusesAChangedModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := ModelRef{Path: "models/t.onnx", Spec: rowsSpec} // the digest the pass began with: "m"
+	// An earlier pass under this ID exported a model of its own head.
+	if err := store.WriteAll(context.Background(), a.Bucket, MethodKey("r", "m", "model.onnx"), []byte("an earlier head's model")); err != nil {
+		t.Fatal(err)
+	}
 	res, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ref, Classes: tenClasses(),
 		TrainShards: 1, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5}, Seed: 1, Export: true})
 	if err != nil || res.HeadKey == "" {
@@ -314,6 +319,9 @@ func TestExportRefusesAChangedModel(t *testing.T) {
 	}
 	if res.ModelKey != "" || !strings.Contains(res.ModelError, "changed during the pass") {
 		t.Errorf("model %q, error %q: want none, and why", res.ModelKey, res.ModelError)
+	}
+	if there, err := a.Bucket.Exists(context.Background(), MethodKey("r", "m", "model.onnx")); err != nil || there {
+		t.Errorf("an earlier pass's model at the method's model.onnx: there %v (%v), want it gone", there, err)
 	}
 	// Gone since: the results stand too, without a model.
 	a.Bucket.Delete(context.Background(), "models/t.onnx")

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"gocloud.dev/gcerrors"
+
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
@@ -173,8 +175,12 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		if err != nil {
 			// A graph the export cannot rewrite (an old opset, a kept
 			// tensor of a new output's name) is no reason to drop the
-			// pass's results.
+			// pass's results. A model an earlier pass under this ID
+			// exported goes: it holds another head.
 			res.ModelError = fmt.Sprintf("%s with this head: %v", in.Model.Path, err)
+			if err := a.Bucket.Delete(ctx, MethodKey(in.Run, in.Method, "model.onnx")); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+				return res, err
+			}
 		} else {
 			res.ModelKey = MethodKey(in.Run, in.Method, "model.onnx")
 			if err := store.WriteAll(ctx, a.Bucket, res.ModelKey, model); err != nil {
