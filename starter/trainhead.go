@@ -182,6 +182,10 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 				if spool.dim == 0 {
 					spool.dim = d
 				}
+				if d != spool.dim {
+					// The spool's rows are read back at one stride.
+					return fmt.Errorf("the target gives %d features an image for %s, %d for the images before", d, bt.Images[0].URI, spool.dim)
+				}
 				for i, im := range bt.Images {
 					c := classes.Index(im.Label)
 					if c < 0 {

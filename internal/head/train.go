@@ -60,9 +60,11 @@ const (
 	// small data sets still spread over several shards.
 	blockRows = 64
 	// nShards fixes how the gradient sum is split, independently of the
-	// number of CPUs, so that results are bit-identical on any machine:
-	// block k always lands in shard k%nShards, each shard is summed in
-	// block order, and shards are summed in index order.
+	// number of CPUs, so that results are bit-identical whatever the
+	// CPU count: block k always lands in shard k%nShards, each shard is
+	// summed in block order, and shards are summed in index order. (Not
+	// across CPU kinds: math.Exp takes an FMA path where the CPU has
+	// one, and arm64 fuses multiply-adds, each rounding otherwise.)
 	nShards = 8
 )
 
