@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
@@ -78,8 +79,16 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 	if err := g.Wait(); err != nil {
 		return CachedShardsResult{}, err
 	}
-	if into != nil && into.found() { // every search went into the range's partial
+	switch {
+	case into != nil && into.found(): // every search went into the range's partial
 		if _, err := a.writeNeighbors(ctx, into.key, into.best); err != nil {
+			return CachedShardsResult{}, err
+		}
+	case into != nil:
+		// The shards wrote partials of their own: a range partial of an
+		// earlier execution of the scan (a reset that planned the pool
+		// again) would win over them in the merge.
+		if err := a.Bucket.Delete(ctx, into.key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 			return CachedShardsResult{}, err
 		}
 	}
