@@ -175,7 +175,7 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 // threshold at or past it, may miss images the scan did not keep.
 func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept map[int32]int) string {
 	sel := in.Selection
-	if in.ScanK <= 0 || sel.Aggregate == schemas.AggMean || sel.Strategy == schemas.PerQuery {
+	if in.ScanK <= 0 || sel.Strategy == schemas.PerQuery {
 		return ""
 	}
 	horizon := math.Inf(1)
@@ -185,6 +185,14 @@ func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept m
 		}
 	}
 	if math.IsInf(horizon, 1) { // the scan kept every pool image
+		return ""
+	}
+	if sel.Aggregate == schemas.AggMean {
+		// A mean over every query has no horizon: only a budget the
+		// scan's candidates did not fill is known to miss images.
+		if sel.Strategy == schemas.Global && len(chosen) < sel.Budget {
+			return fmt.Sprintf("selection: %d images of a budget of %d: the scan kept %d neighbours a query (selection.scan_k), and the mean is over the images it kept; raise selection.scan_k", len(chosen), sel.Budget, in.ScanK)
+		}
 		return ""
 	}
 	fix := fmt.Sprintf("the scan kept %d neighbours a query (selection.scan_k), the nearest of the images it left out at least %.4g away", in.ScanK, horizon)

@@ -168,7 +168,9 @@ func TestSelectNotesTheScansReach(t *testing.T) {
 		{"global, scan_k not known", global(9), 0, ""},
 		{"threshold within reach", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 0.35 }), 4, ""},
 		{"threshold past it", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 2 }), 4, "threshold 2 reaches past where"},
-		{"mean", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, ""},
+		{"mean, budget filled", with(global(3), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, ""},
+		{"mean, budget not filled", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, "selection: 7 images of a budget of 9"},
+		{"mean, the scan kept every pool image", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 5, ""},
 	} {
 		res, err := a.SelectDebugTrain(context.Background(), SelectInput{Run: "r", Method: "dcd:n", Selection: tc.sel, ScanK: tc.scanK})
 		if err != nil {
