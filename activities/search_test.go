@@ -78,7 +78,7 @@ func TestMergeTopKEqualsSort(t *testing.T) {
 			var list []neighbor
 			for j := 0; j < rng.IntN(k+1); j++ { // some lists shorter than k, some empty
 				id := int64(s*100 + rng.IntN(100))
-				if s == 3 && j == 0 {
+				if (s == 0 || s == 3) && j == 0 {
 					id = 42 // the same image in two shards' partials...
 				}
 				d := float32(rng.IntN(6)) // ...and many equal distances

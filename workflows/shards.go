@@ -266,9 +266,10 @@ func runShards(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, 
 // The window bounds embeddings only (Window at a time, as configured): a
 // batch waiting in the queue holds nothing, and a worker bounds what its
 // searches hold (Sessions.hold, knn.Concurrent). A shard a batch finds
-// missing is embedded in the window. A run whose last batch's last shard
-// was new embeds the shards after it one by one until one is found
-// cached, then sends the rest in batches.
+// missing is embedded in the window. A run begins looking up (every run
+// does since everyRunLooksUpChange), so its batches all go out at once;
+// the branch that embeds shards one by one, in order, until one is found
+// cached serves the runs of passes started before, replayed.
 func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState, done func(ShardsResult)) error {
 	sem := workflow.NewSemaphore(ctx, int64(max(in.Window, 1)))
 	wg := workflow.NewWaitGroup(ctx)
