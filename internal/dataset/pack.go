@@ -384,7 +384,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			return fmt.Errorf("%w: none of the %d images of %s could be read (the first, %s: %s): check that the workers can read them",
 				ErrPackRefused, unread, a.key(".tar"), a.res.Skipped[0].URI, a.res.Skipped[0].Reason)
 		}
-		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped); err != nil {
+		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped, a.items); err != nil {
 			return err
 		}
 		if err := store.WriteAll(gctx, a.bucket, a.key(".sources.csv"), sources.bytes()); err != nil {
@@ -464,7 +464,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 		return Archive{}, fmt.Errorf("dataset: pack: %w: %s has %d columns; DCD writes %d (or 3, before labels were kept): pack into an empty prefix",
 			ErrPackRefused, a.key(".sources.csv"), len(sources[0]), len(sourcesHeader))
 	}
-	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), len(skipHeader), skipHeader...)
+	skips, err := readRows(ctx, a.bucket, a.key(".skipped.csv"), len(packSkipsHeader), skipHeader...)
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return Archive{}, err
 	}
@@ -479,7 +479,7 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 		switch {
 		case i < len(sources) && sources[i][1] == id && sources[i][2] == it.Key && samePacked(sources[i][3:], it):
 			i++
-		case j < len(skips) && skips[j][0] == id && skips[j][1] == it.Key:
+		case j < len(skips) && skips[j][0] == id && skips[j][1] == it.Key && samePacked(skips[j][3:], it):
 			j++
 		default:
 			return Archive{}, fmt.Errorf("dataset: pack: %w: %s was packed from other images than the dataset's %d to %d (the dataset changed since: image %d is %q); pack into an empty prefix",
@@ -540,7 +540,7 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 	}
 	slices.Sort(lists) // numbers past 999999 have more digits: keys do not sort as numbers
 	if len(lists) == 0 {
-		return 0, writeSkips(ctx, b, prefix+"skipped.csv", nil)
+		return 0, writeSkips(ctx, b, prefix+"skipped.csv", nil, nil)
 	}
 
 	wctx, cancel := context.WithCancel(ctx)
@@ -560,20 +560,20 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 }
 
 // copySkips writes the skip lists of the archives numbered lists, in
-// order, to w as one CSV with skipHeader, and counts their rows.
+// order, to w as one CSV with packSkipsHeader, and counts their rows.
 func copySkips(ctx context.Context, b *blob.Bucket, prefix string, lists []int, w io.Writer, progress func()) (int, error) {
-	if _, err := w.Write(newCSV(skipHeader...).bytes()); err != nil {
+	if _, err := w.Write(newCSV(packSkipsHeader...).bytes()); err != nil {
 		return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
 	}
 	skipped := 0
 	for _, n := range lists {
-		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), len(skipHeader), skipHeader...)
+		rows, err := readRows(ctx, b, archiveKey(prefix, n, ".skipped.csv"), len(packSkipsHeader), skipHeader...)
 		if err != nil {
 			return 0, err
 		}
 		body := newCSV()
 		for _, r := range rows {
-			body.row(r...)
+			body.row(r[:len(packSkipsHeader)]...)
 		}
 		if _, err := w.Write(body.bytes()); err != nil {
 			return 0, fmt.Errorf("dataset: pack: skipped.csv: %w", err)
@@ -612,27 +612,40 @@ func readRows(ctx context.Context, b *blob.Bucket, key string, least int, header
 // keep the archives as they were.
 var sourcesHeader = []string{"sample", "item", "uri", "label", "domain", "version"}
 
-// samePacked reports whether a sources row's label, domain and version
+// samePacked reports whether a sources or skip list row's label, domain and version
 // (none in an earlier DCD's list) are it's.
 func samePacked(packed []string, it Item) bool {
 	return len(packed) == 0 || packed[0] == strings.TrimSpace(it.Label) && packed[1] == strings.TrimSpace(it.Domain) && packed[2] == it.Version
 }
 
-// skipHeader heads a skip list.
-var skipHeader = []string{"item", "uri", "reason"}
+// skipHeader heads an archive's skip list: each image skipped, why, and
+// the label, domain and version it was judged with, so that a pack run
+// again over a dataset relabelled (an image given the label it lacked)
+// or an image rewritten since does not keep it skipped. The pack's
+// skipped.csv, for people, has the first three (packSkipsHeader), as an
+// earlier DCD's archive lists do.
+var (
+	skipHeader      = []string{"item", "uri", "reason", "label", "domain", "version"}
+	packSkipsHeader = skipHeader[:3]
+)
 
 // writeSkips writes skips as CSV to key, or removes key when there are
 // none: an attempt that died may have left one, of images since readable.
-func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip) error {
+func writeSkips(ctx context.Context, b *blob.Bucket, key string, skips []Skip, items []Item) error {
 	if len(skips) == 0 {
 		if err := b.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 			return fmt.Errorf("dataset: pack: %w", err)
 		}
 		return nil
 	}
+	byID := make(map[int64]Item, len(items))
+	for _, it := range items {
+		byID[it.ID] = it
+	}
 	w := newCSV(skipHeader...)
 	for _, sk := range skips {
-		w.row(strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason)
+		it := byID[sk.Item]
+		w.row(strconv.FormatInt(sk.Item, 10), sk.URI, sk.Reason, strings.TrimSpace(it.Label), strings.TrimSpace(it.Domain), it.Version)
 	}
 	if err := store.WriteAll(ctx, b, key, w.bytes()); err != nil {
 		return fmt.Errorf("dataset: pack: %w", err)

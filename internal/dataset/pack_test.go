@@ -317,6 +317,20 @@ func TestPackResumes(t *testing.T) {
 		t.Errorf("packing again over a relabelled dataset: %v, want a refusal", err)
 	}
 
+	// An image skipped for its missing label, given one since: the
+	// archive that skipped it is not kept.
+	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "img/7.png,1,fog\n", "img/7.png,,fog\n", 1)), nil)
+	if _, err := pack(t, src, source, "unlabelled", 3, 3); err != nil {
+		t.Fatal(err)
+	}
+	if skips, _ := b.ReadAll(ctx, "unlabelled/skipped.csv"); !strings.Contains(string(skips), "m/img/7.png,no label") {
+		t.Fatalf("skipped.csv:\n%s\nwant img/7.png skipped for its missing label", skips)
+	}
+	b.WriteAll(ctx, "m/list.csv", []byte(manifest), nil)
+	if _, err := pack(t, src, source, "unlabelled", 3, 3); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "changed") {
+		t.Errorf("packing again once the skipped image has a label: %v, want a refusal", err)
+	}
+
 	// An image dropped from the manifest moves every later one: the
 	// archives written before do not hold what the dataset now cuts.
 	b.WriteAll(ctx, "m/list.csv", []byte(strings.Replace(manifest, "img/1.png,1,fog\n", "", 1)), nil)
