@@ -134,7 +134,6 @@ type PlanResult struct {
 // size, beside the index's ID per shard. A retry goes on from where the
 // attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
-	indexFailed := false // the index's write, which says nothing of the data
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	}, func(firsts []int64) error {
@@ -142,16 +141,33 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 			return nil
 		}
 		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
-		if err := store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data); err != nil {
-			indexFailed = true
-			return fmt.Errorf("data.%s: its shard index: %w", in.Name, err)
-		}
-		return nil
+		return ownWrite(store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data), ShardIndexKey(in.Run, in.Name))
 	})
-	if err != nil && !indexFailed && !retried(ctx, err) {
+	var own *ownWriteError
+	switch {
+	case errors.As(err, &own):
+		// The worker's bucket refused the run's own files (a policy, a
+		// full disk): nothing of the dataset to fix.
+		return res, own.err
+	case err != nil && !retried(ctx, err):
 		return res, invalid("data.%s: %v", in.Name, err)
 	}
 	return res, err
+}
+
+// ownWriteError is a failed write of the run's own files (its shard
+// manifests, the pool's index) in the worker's bucket, classified.
+type ownWriteError struct{ err error }
+
+func (e *ownWriteError) Error() string { return e.err.Error() }
+func (e *ownWriteError) Unwrap() error { return e.err }
+
+// ownWrite wraps the error of a write of key as an ownWriteError.
+func ownWrite(err error, key string) error {
+	if err == nil {
+		return nil
+	}
+	return &ownWriteError{store.Classify(err, key)}
 }
 
 // ShardIndex is where each shard of a planned dataset begins: shard i
@@ -220,7 +236,7 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 			}
 			return end(it, n)
 		}, func(ctx context.Context, i int, manifest []byte) error {
-			return store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest)
+			return ownWrite(store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest), ShardKey(run, name, i))
 		}, st.written)
 	}
 	last, err := cutFrom()

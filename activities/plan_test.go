@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -166,7 +167,7 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 	}}
 	acts := &activities.Activities{Bucket: storetest.Hooked(b, hooks)}
 	*activities.CheckpointEvery = time.Hour // stored as the plan fails, not before
-	if _, err := plan(acts, "indexed", false); err == nil || !strings.Contains(err.Error(), "shard index") {
+	if _, err := plan(acts, "indexed", false); err == nil || !strings.Contains(err.Error(), activities.ShardIndexKey("indexed", activities.Pool)) {
 		t.Fatalf("the index's write failed: %v, want an error naming the shard index", err)
 	}
 	if cp, ok := checkpoint("indexed"); !ok || cp.Progress.Shards != whole.Shards {
@@ -194,6 +195,38 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 		}})}, "again", true)
 		if err != nil || !first.Load() {
 			t.Errorf("planned %+v, %v, shard 0 written %v: want the checkpoint of run %q, activity %q ignored", res, err, first.Load(), other.RunID, other.Activity)
+		}
+	}
+}
+
+// A run's own files the worker's bucket refuses (a policy, a full disk)
+// fail the plan at once, named, as the store's fault: not as the
+// dataset's (data.pool), nor retried as a store that is down.
+func TestPlanOwnWriteRefused(t *testing.T) {
+	ctx := context.Background()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteAll(ctx, "pool.csv", []byte("uri,label\n/pool/0.png,a\n/pool/1.png,b\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, refused := range []string{activities.ShardKey("r", activities.Pool, 0), activities.ShardIndexKey("r", activities.Pool)} {
+		hooked := storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+			if key == refused {
+				return fs.ErrPermission
+			}
+			return nil
+		}})
+		var ts testsuite.WorkflowTestSuite
+		env := ts.NewTestActivityEnvironment()
+		acts := &activities.Activities{Bucket: hooked}
+		env.RegisterActivity(acts)
+		_, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 100})
+		var app *temporal.ApplicationError
+		if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), refused) || strings.Contains(err.Error(), "data.pool") {
+			t.Errorf("the worker's bucket refuses %s: %v, want a final storage error naming it, not the dataset", refused, err)
 		}
 	}
 }
