@@ -71,6 +71,8 @@ func TestWriterRejects(t *testing.T) {
 		{"ok", "png", " 1", "", "non-empty label"},
 		{"ok", "png", "1", "day\n", "white space"},
 		{"ok", "png", strings.Repeat("x", MaxText+1), "", "over"},
+		{"d#1/a", "png", "1", "", "'#'"},
+		{strings.Repeat("k", maxName), "png", "1", "", "a walk takes"},
 	} {
 		w := NewWriter(new(bytes.Buffer))
 		err := w.Write(tc.key, tc.ext, []byte("img"), tc.label, tc.domain)
