@@ -227,7 +227,10 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), a.TrainerEnv...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own group, for the kills below; the leader killed too should the
+	// worker die unstopped (OOM-killed, SIGKILL), rather than train on
+	// beside the retry's trainer (the thread caveat: devserver.Attached).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
 	// Without cancellation, flushing uses its own deadline: the last lines
 	// of a killed trainer are the ones worth reading.
@@ -267,6 +270,13 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	for {
 		select {
 		case err := <-done:
+			if errors.Is(err, exec.ErrWaitDelay) {
+				// It exited 0, and a helper it left holds its output open
+				// (a monitor, a pool shutting down): done, the helper
+				// killed with the group below.
+				fmt.Fprintf(log, "trainer done; a process it started still held its output: killed\n")
+				err = nil
+			}
 			if err != nil {
 				fmt.Fprintf(log, "trainer failed: %v\n", err)
 			}
@@ -300,8 +310,25 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	}
 }
 
+// lastLines is the log's last n lines, as a terminal shows them (a
+// progress bar's redraws after a carriage return, its last), at most
+// maxQuoted bytes of them: they go into the pass's error and history.
 func lastLines(t *tailBuffer, n int) string {
 	data, _ := t.snapshot()
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	lines = lines[max(0, len(lines)-n):]
+	for i, l := range lines {
+		if j := strings.LastIndex(strings.TrimRight(l, "\r"), "\r"); j >= 0 {
+			l = l[j+1:]
+		}
+		lines[i] = strings.TrimRight(l, "\r")
+	}
+	s := strings.Join(lines, "\n")
+	if len(s) > maxQuoted {
+		s = "…" + strings.ToValidUTF8(s[len(s)-maxQuoted:], "")
+	}
+	return s
 }
+
+// maxQuoted bounds the trainer's log quoted in a failure.
+const maxQuoted = 4 << 10

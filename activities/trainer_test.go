@@ -53,6 +53,37 @@ func TestTrainerGroupDiesWithIt(t *testing.T) {
 	}
 }
 
+// A trainer that exits 0 leaving a helper that holds its output open (a
+// GPU monitor, a pool shutting down) has succeeded: the helper is killed,
+// the trainer not run again.
+func TestTrainerDoneThoughAHelperHoldsItsOutput(t *testing.T) {
+	a := memActivities(t)
+	err := a.runTrainer(context.Background(), []string{"bash", "-c", "sleep 120 & echo trained"}, "runs/r/methods/dcd/train.log")
+	if err != nil {
+		t.Fatalf("a trainer that exited 0: %v, want done", err)
+	}
+}
+
+// The log quoted in a failure is what a terminal shows: a progress bar's
+// last redraw, not each one since the line began, and a few KB at most.
+func TestLastLinesAsShown(t *testing.T) {
+	log := &tailBuffer{}
+	fmt.Fprintf(log, "epoch 1\n")
+	for i := range 10000 {
+		fmt.Fprintf(log, "\r%3d%% |%s|", i%100, strings.Repeat("#", 40))
+	}
+	fmt.Fprintf(log, "\nTraceback: out of data\n")
+	got := lastLines(log, 15)
+	if want := " 99% |" + strings.Repeat("#", 40) + "|\nTraceback: out of data"; !strings.HasSuffix(got, want) || len(got) > 100 {
+		t.Errorf("last lines:\n%q\nwant them ending %q, a redraw once", got, want)
+	}
+	long := &tailBuffer{}
+	fmt.Fprintf(long, "%s\n", strings.Repeat("x", 1<<20))
+	if got := lastLines(long, 15); len(got) > maxQuoted+len("…") {
+		t.Errorf("a line of 1 MiB quoted as %d bytes, want at most %d", len(got), maxQuoted)
+	}
+}
+
 // A trainer sees the worker's TrainerEnv beside its environment: `starter
 // train-head` learns from it the library and provider the worker runs.
 func TestTrainerEnv(t *testing.T) {
