@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -205,6 +206,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	if err != nil {
 		return res, err
 	}
+	release = sync.OnceFunc(release)
 	defer release()
 	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
 		Decoders: a.Decoders, Readers: a.Readers}
@@ -213,7 +215,13 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 		return res, err
 	}
 	res.ResumedFrom = w.resumedFrom
+	committing := beating(ctx, func() []any { return []any{w.progress()} }) // the last part's copy and the file's close
+	defer committing()
 	res, err = w.commit(len(shard.Items), res)
+	committing()
+	// The model's done: its session may go to another activity, or be
+	// closed for memory, while the search waits on its own.
+	release()
 	if err != nil || in.K <= 0 || in.Dataset != Pool {
 		return res, err
 	}
@@ -263,6 +271,9 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 	if activity.IsActivity(ctx) {
 		stop = activity.GetWorkerStopChannel(ctx)
 	}
+	// A batch of a large model on a few cores may outlast a heartbeat
+	// timeout: beat meanwhile, with the parts stored so far.
+	defer beating(ctx, func() []any { return []any{w.progress()} })()
 	_, err = e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
 		if len(b.Images) > 0 {
 			if err := m.checkDims(shard, b.Dims); err != nil {
