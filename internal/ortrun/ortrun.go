@@ -200,10 +200,20 @@ type Tensor struct {
 // value wraps t's memory (Ints, else Floats) as an ORT tensor, without a
 // copy.
 func (t Tensor) value() (ort.Value, error) {
+	// A failed NewTensor's nil *Tensor would be a non-nil Value, which
+	// destroyAll would call Destroy on: nil, untyped, instead.
 	if t.Ints != nil {
-		return ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
+		v, err := ort.NewTensor(ort.NewShape(t.Shape...), t.Ints)
+		if err != nil {
+			return nil, err
+		}
+		return v, nil
 	}
-	return ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
+	v, err := ort.NewTensor(ort.NewShape(t.Shape...), t.Floats)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // Run feeds one tensor per input, in the session's input order, and returns

@@ -40,6 +40,14 @@ func TestExecutionProviders(t *testing.T) {
 		if err != nil || out[0].Floats[1] != 4 {
 			t.Fatalf("run: %v %v", out, err)
 		}
+		// A tensor whose data does not fill its shape is an error, not a
+		// panic.
+		if _, err := s.Run(ortrun.Tensor{Shape: []int64{2, 3}, Floats: make([]float32, 5)}); err == nil || !strings.Contains(err.Error(), `input "x"`) {
+			t.Errorf("5 values for a 2×3 input: %v, want an error naming the input", err)
+		}
+		if err := s.RunInto([]ortrun.Tensor{{Shape: []int64{1, 2}, Floats: []float32{3, 4}}}, []ortrun.Tensor{{Shape: []int64{1, 2}, Floats: make([]float32, 1)}}); err == nil {
+			t.Error("an output of 1 value for a 1×2 output: no error")
+		}
 	})
 
 	t.Run("unknown", func(t *testing.T) {
