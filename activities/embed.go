@@ -371,7 +371,12 @@ func (a *Activities) narrowCached(ctx context.Context, ds string, m ModelRef, sh
 			return nil, false, outputError(err, shardKey)
 		}
 	}
-	if b.Images != nil {
+	if b.Images == nil {
+		// No file, as commit leaves none: nor one an earlier write left.
+		if err := a.Bucket.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return nil, false, err
+		}
+	} else {
 		rec := features.Record(a.Mem, spec.Columns, b, spec.StoredAs)
 		err := store.WriteArrow(ctx, a.Bucket, key, rec.Schema(), a.Mem, rec)
 		rec.Release()
