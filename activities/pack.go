@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
@@ -78,9 +79,11 @@ func (a *Activities) PackArchive(ctx context.Context, in PackArchiveInput) (Pack
 	if err != nil {
 		return PackArchiveResult{}, err
 	}
-	arc, err := a.source().PackArchive(ctx, in.Out, in.Archive, sh.Items, in.Readers, func(done int) {
-		activity.RecordHeartbeat(ctx, done)
-	})
+	// An image of 150 MB read from a slow store takes longer than a
+	// heartbeat timeout: beat meanwhile, not only as images are written.
+	var done atomic.Int64
+	defer beating(ctx, func() []any { return []any{done.Load()} })()
+	arc, err := a.source().PackArchive(ctx, in.Out, in.Archive, sh.Items, in.Readers, func(n int) { done.Store(int64(n)) })
 	if err != nil {
 		return PackArchiveResult{}, packError(ctx, err)
 	}
@@ -99,7 +102,8 @@ type FinishPackInput struct {
 
 // FinishPack writes the pack's skip list (dataset.FinishPack).
 func (a *Activities) FinishPack(ctx context.Context, in FinishPackInput) (int, error) {
-	n, err := a.source().FinishPack(ctx, in.Out, in.Archives, func() { activity.RecordHeartbeat(ctx) })
+	defer beating(ctx, func() []any { return nil })()
+	n, err := a.source().FinishPack(ctx, in.Out, in.Archives, func() {})
 	if err != nil {
 		return 0, packError(ctx, err)
 	}
