@@ -159,6 +159,7 @@ func TestTrainJobDefaults(t *testing.T) {
 func TestValidateAsStarted(t *testing.T) {
 	c := compareConfig().WithDefaults()
 	c.Shards.BatchSize, c.Shards.Size, c.Retrain.DebugWeight = 6400, 50_000_000, 1e39
+	c.Retrain.Mode, c.Retrain.BatchSize = MiniBatch, 100_000
 	if c.Validate() == nil || c.ValidateAsStarted() != nil {
 		t.Errorf("past the new bounds: Validate %v, ValidateAsStarted %v; want only the first to refuse", c.Validate(), c.ValidateAsStarted())
 	}

@@ -240,13 +240,15 @@ func LoadConfig(path string) (Config, error) {
 	return c.WithDefaults(), nil
 }
 
-// ValidateAsStarted is Validate less the bounds added since a pass's
-// config and verdict are recorded in its history (workflows' config-once):
-// a pass started before then checks its config again on every replay, and
-// one that passed must pass still, or its replay stops short of its
-// history. Values past those bounds are taken at the bound before Validate.
-// Add each bound added to Validate here too.
+// ValidateAsStarted is Validate less the bounds added to it on the day
+// passes began to record their config and verdict in their histories
+// (workflows' config-once) and since: a pass started before then checks
+// its config again on every replay, and one that passed must pass still,
+// or its replay stops short of its history. Values past those bounds are
+// taken at the bound before Validate. Add each bound added to Validate
+// here too.
 func (c Config) ValidateAsStarted() error {
+	c.Retrain.BatchSize = min(c.Retrain.BatchSize, MaxBatchSize)
 	c.Shards.BatchSize = min(c.Shards.BatchSize, maxInferenceBatch)
 	c.Shards.Size = min(c.Shards.Size, maxShardSize)
 	if w := c.Retrain.DebugWeight; w > 0 && !math.IsInf(w, 1) {
