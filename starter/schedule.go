@@ -449,7 +449,7 @@ func specString(s *client.ScheduleSpec) string {
 }
 
 // calendarString writes a calendar spec as a cron expression: five fields,
-// with seconds first when they are not just 0, and the year last when set.
+// or seven, with seconds first and the year last, when either is set.
 func calendarString(c client.ScheduleCalendarSpec) string {
 	f := []string{
 		rangesString(c.Minute, 0, 59, "0"),
@@ -462,10 +462,7 @@ func calendarString(c client.ScheduleCalendarSpec) string {
 	// as minute to year, so a cron pasted back fires when it says.
 	sec := rangesString(c.Second, 0, 59, "0")
 	if sec != "0" || len(c.Year) > 0 {
-		f = append(f, rangesString(c.Year, 0, 0, "*"))
-	}
-	if sec != "0" {
-		f = append([]string{sec}, f...)
+		f = append([]string{sec}, append(f, rangesString(c.Year, 0, 0, "*"))...)
 	}
 	return strings.Join(f, " ")
 }

@@ -481,6 +481,16 @@ func TestSpecString(t *testing.T) {
 	if got := specString(&client.ScheduleSpec{Calendars: []client.ScheduleCalendarSpec{secs}}); got != "30 0 2 * * * *" {
 		t.Errorf("specString with seconds = %q, want 30 0 2 * * * *", got)
 	}
+	// With a year and no seconds, seven fields too, as -cron takes back.
+	year := daily
+	year.Year = []client.ScheduleRange{{Start: 2027}}
+	got := specString(&client.ScheduleSpec{Calendars: []client.ScheduleCalendarSpec{year}})
+	if got != "0 0 2 * * * 2027" {
+		t.Errorf("specString with a year = %q, want 0 0 2 * * * 2027", got)
+	}
+	if _, err := scheduleSpec(got, 0); err != nil {
+		t.Errorf("-cron %q, as describe writes it: %v", got, err)
+	}
 }
 
 // A train-head job's image that is gone is an unreadable reject, as in a
