@@ -124,6 +124,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}
+	stopProfile := func() {}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
@@ -132,9 +133,11 @@ func main() {
 		if err := pprof.StartCPUProfile(f); err != nil {
 			log.Fatal(err)
 		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
 	}
-	if err := run(o); err != nil {
+	err := run(o)
+	stopProfile() // before log.Fatal's exit, which runs no defers: a whole profile
+	if err != nil {
 		log.Fatal(err)
 	}
 }
