@@ -523,6 +523,13 @@ func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 		if !ok || m.Size > MaxImageBytes { // read alone, or refused
 			return a.read(ctx, uri)
 		}
+		if m.Size > spanBytes {
+			// A span of its own, held until decoded: bounded with the
+			// embedding's other reads (a pool of packed 150 MB scans).
+			if err := store.Reserve(ctx, m.Size); err != nil {
+				return nil, err
+			}
+		}
 		data, err := spans.Read(ctx, m)
 		if errors.Is(err, store.ErrPastEnd) {
 			// The span runs past the archive's end, but this member

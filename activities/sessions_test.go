@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"dcd/internal/embed"
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
+	"dcd/internal/store"
+	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
 
@@ -267,5 +271,42 @@ func TestEveryStopsOnce(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if calls.Load() != n {
 		t.Errorf("called %d times after its stop", calls.Load()-n)
+	}
+}
+
+// An archive's member too large to share a span is read alone and held
+// until decoded: it reserves its size as a whole object's read does, so
+// an embedding's readers stay within their budget on packed large images.
+func TestPackedReadReservesLargeMembers(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	var tarball bytes.Buffer
+	w := webdataset.NewWriter(&tarball)
+	for i, size := range []int{100, 3 << 20} {
+		if err := w.Write(fmt.Sprintf("s%d", i), "png", make([]byte, size), "a", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Bucket.WriteAll(ctx, "pool/0.tar", tarball.Bytes(), nil); err != nil {
+		t.Fatal(err)
+	}
+	var images []embed.Image
+	if err := webdataset.Walk(bytes.NewReader(tarball.Bytes()), "pool/0.tar", func(s webdataset.Sample) error {
+		images = append(images, embed.Image{URI: s.Image.Key()})
+		return nil
+	}); err != nil || len(images) != 2 {
+		t.Fatalf("%d images, %v", len(images), err)
+	}
+	read := a.packedRead(images)
+	for i, want := range []int64{0, 3 << 20} {
+		var reserved int64
+		rctx := store.WithReserve(ctx, func(_ context.Context, n int64) error { reserved += n; return nil })
+		data, err := read(rctx, images[i].URI)
+		if err != nil || reserved != want {
+			t.Errorf("member of %d bytes: reserved %d (%v), want %d", len(data), reserved, err, want)
+		}
 	}
 }

@@ -506,10 +506,8 @@ func readAll(ctx context.Context, b *blob.Bucket, key string, limit int64) ([]by
 	if limit > 0 && r.Size() > limit {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, r.Size(), limit)
 	}
-	if reserve, ok := ctx.Value(reserveKey{}).(func(context.Context, int64) error); ok {
-		if err := reserve(ctx, max(r.Size(), 0)); err != nil {
-			return nil, err
-		}
+	if err := Reserve(ctx, max(r.Size(), 0)); err != nil {
+		return nil, err
 	}
 	// io.ReadAll's loop over a buffer with room for the object and the
 	// read that finds its end. A reader whose content outgrows its Size
@@ -545,6 +543,16 @@ func WithReserve(ctx context.Context, reserve func(ctx context.Context, n int64)
 }
 
 type reserveKey struct{}
+
+// Reserve calls ctx's reserve (WithReserve), if any, for n bytes a read
+// is about to hold: one that fetches its object as a range of another (an
+// archive's member) reserves it as a whole object's read does.
+func Reserve(ctx context.Context, n int64) error {
+	if reserve, ok := ctx.Value(reserveKey{}).(func(context.Context, int64) error); ok {
+		return reserve(ctx, n)
+	}
+	return nil
+}
 
 // ErrTooLarge is the error of a read of more bytes than its caller takes
 // (Buckets.ReadAtMost): no retry makes the object smaller.
