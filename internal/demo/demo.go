@@ -208,8 +208,9 @@ type World struct {
 
 // worldVersion is the version of what Build writes for given options: a
 // change to the corruptions, the backbone or the head's recipe bumps it,
-// so that a world built by earlier code is built again, not reused.
-const worldVersion = 1
+// so that a world built by earlier code is built again, not reused. 2:
+// the pool manifest's version column.
+const worldVersion = 2
 
 // Keys relative to the prefix.
 const (

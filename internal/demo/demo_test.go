@@ -3,7 +3,9 @@ package demo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -109,6 +111,28 @@ func TestBuild(t *testing.T) {
 		}
 		if ok, err := b.Exists(ctx, o.Prefix+"pool/"+manifest[0][0]); !ok || err != nil {
 			t.Errorf("manifest uri %q has no object beside the manifest", manifest[0][0])
+		}
+		// Each image's version is its pixels' digest: a world rebuilt
+		// under the same keys is not taken for the one cached.
+		versions := map[string]bool{}
+		for _, row := range manifest[:20] {
+			data, err := b.ReadAll(ctx, o.Prefix+"pool/"+row[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := png.Decode(bytes.NewReader(data))
+			gray, ok := img.(*image.Gray)
+			if err != nil || !ok {
+				t.Fatalf("%s: %T, %v", row[0], img, err)
+			}
+			sum := sha256.Sum256(gray.Pix)
+			if len(row) < 4 || row[3] != hex.EncodeToString(sum[:8]) {
+				t.Fatalf("%s: manifest row %q, want its pixels' digest %x as its version", row[0], row, sum[:8])
+			}
+			versions[row[3]] = true
+		}
+		if len(versions) < 15 {
+			t.Errorf("20 pool images have %d versions", len(versions))
 		}
 	})
 

@@ -2,7 +2,9 @@ package demo
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"fmt"
 	"image"
 	"math"
@@ -211,12 +213,17 @@ func (w *world) files(model []byte) []file {
 	}
 	var manifest, truth bytes.Buffer
 	mw, tw := csv.NewWriter(&manifest), csv.NewWriter(&truth)
-	mw.Write([]string{"uri", "label", "domain"})
+	// The manifest's version is the image's pixels' digest: a world
+	// rebuilt at its prefix (another worldVersion, other pool options)
+	// rewrites the images under the same keys, and cached features keyed
+	// by key alone would be the old images'.
+	mw.Write([]string{"uri", "label", "domain", "version"})
 	tw.Write([]string{"uri", "true_label", "domain"})
 	for p, e := range w.pool {
 		uri := fmt.Sprintf("images/%05d.png", p)
 		fs = append(fs, file{key: "pool/" + uri, img: e.img})
-		mw.Write([]string{uri, strconv.Itoa(int(e.weak)), e.domain})
+		sum := sha256.Sum256(e.img.Pix)
+		mw.Write([]string{uri, strconv.Itoa(int(e.weak)), e.domain, hex.EncodeToString(sum[:8])})
 		tw.Write([]string{uri, strconv.Itoa(int(e.label)), e.domain})
 	}
 	mw.Flush() // writes to a bytes.Buffer cannot fail
