@@ -507,7 +507,7 @@ const (
 func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 	var members []webdataset.Member
 	for _, im := range images {
-		if m, ok := webdataset.ParseKey(im.URI); ok && m.Size <= MaxImageBytes {
+		if m, ok := webdataset.ParseKey(im.URI); ok && m.Size <= spanBytes { // larger ones are read alone
 			members = append(members, m)
 		}
 	}
@@ -520,15 +520,11 @@ func (a *Activities) packedRead(images []embed.Image) embed.ReadFunc {
 	spans.Readahead = spanReadahead
 	return func(ctx context.Context, uri string) ([]byte, error) {
 		m, ok := webdataset.ParseKey(uri)
-		if !ok || m.Size > MaxImageBytes { // read alone, or refused
+		if !ok || m.Size > spanBytes {
+			// A span of its own, held until decoded: read alone, which
+			// reserves its bytes with the embedding's other reads (a
+			// pool of packed 150 MB scans), as spans do not; or refused.
 			return a.read(ctx, uri)
-		}
-		if m.Size > spanBytes {
-			// A span of its own, held until decoded: bounded with the
-			// embedding's other reads (a pool of packed 150 MB scans).
-			if err := store.Reserve(ctx, m.Size); err != nil {
-				return nil, err
-			}
 		}
 		data, err := spans.Read(ctx, m)
 		if errors.Is(err, store.ErrPastEnd) {

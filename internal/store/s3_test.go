@@ -136,6 +136,18 @@ func TestS3PrefixesShareAClient(t *testing.T) {
 	if n := conns.Load(); n > 2 {
 		t.Errorf("%d reads, one a prefix, one after the other, opened %d connections; want them to share one", prefixes, n)
 	}
+	// The bucket without prefix= still reads: the prefixes' shared base
+	// is not the one handed out for its URL.
+	b, err := bs.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, err := ReadAll(ctx, b, "row0/x.png"); err != nil || string(data) != "row0/x.png" {
+		t.Errorf("the bucket without prefix=, after its prefixes: %q, %v", data, err)
+	}
+	if err := bs.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
 }
 
 // A store whose certificate a private CA signed is reached through

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"gocloud.dev/blob/azureblob"
 	"gocloud.dev/blob/s3blob"
 
+	"dcd/internal/redact"
 	"dcd/internal/webdataset"
 )
 
@@ -41,10 +43,10 @@ func IsURL(ref string) bool {
 func SplitURL(ref string) (bucketURL, key string, err error) {
 	u, err := url.Parse(ref)
 	if err != nil {
-		return "", "", &URLError{fmt.Sprintf("store: url %q: %v", ref, err)}
+		return "", "", &URLError{fmt.Sprintf("store: url %q: %v", redact.URL(ref), redact.Text(err.Error()))}
 	}
 	bad := func(format string, args ...any) (string, string, error) {
-		return "", "", &URLError{fmt.Sprintf("store: url %q: ", ref) + fmt.Sprintf(format, args...)}
+		return "", "", &URLError{fmt.Sprintf("store: url %q: ", redact.URL(ref)) + fmt.Sprintf(format, args...)}
 	}
 	switch {
 	case u.Scheme == "":
@@ -110,6 +112,10 @@ type Buckets struct {
 // openStore is Open; a test replaces it.
 var openStore = Open
 
+// baseName marks the name of a bucket kept as the base of prefixed ones
+// (openNew): not a URL, so no caller's.
+const baseName = "\x00base:"
+
 type openBucket struct {
 	b    *blob.Bucket
 	err  error
@@ -157,7 +163,9 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	bs.open[name] = o
 	bs.mu.Unlock()
 
-	o.b, o.err = bs.openNew(ctx, bucketURL, u, err)
+	// Kept for the process, not the activity that opens it first: a
+	// client may keep its context (GCS's token refreshes).
+	o.b, o.err = bs.openNew(context.WithoutCancel(ctx), bucketURL, u, err)
 	if o.err != nil { // not kept: the next read tries again
 		bs.mu.Lock()
 		if bs.open[name] == o {
@@ -181,7 +189,10 @@ func (bs *Buckets) openNew(ctx context.Context, bucketURL string, u *url.URL, pa
 		q.Del("prefix")
 		without := *u
 		without.RawQuery = q.Encode()
-		base, err := bs.Open(ctx, without.String())
+		// Under a name of its own, never handed out: PrefixedBucket
+		// marks the bucket it wraps closed (each prefix shares its
+		// driver), so the URL without prefix= opens a bucket of its own.
+		base, err := bs.Open(ctx, baseName+without.String())
 		if err != nil {
 			return nil, err
 		}
@@ -189,7 +200,7 @@ func (bs *Buckets) openNew(ctx context.Context, bucketURL string, u *url.URL, pa
 		setPrefix(b, prefix)
 		return b, nil
 	}
-	b, err = openStore(ctx, bucketURL)
+	b, err = openStore(ctx, strings.TrimPrefix(bucketURL, baseName))
 	if err != nil && optionRefused(err.Error()) {
 		// A URL a manifest names with options the driver refuses (a
 		// misspelt region=, an unknown parameter) opens no better when
@@ -242,6 +253,9 @@ func (bs *Buckets) ReadAtMost(ctx context.Context, def *blob.Bucket, ref string,
 		if limit > 0 && m.Size > limit {
 			return nil, fmt.Errorf("store: read %q: %w: %d bytes, more than %d", m.Name, ErrTooLarge, m.Size, limit)
 		}
+		if err := Reserve(ctx, m.Size); err != nil { // as a whole object's read
+			return nil, err
+		}
 		data, err := bs.ReadRange(ctx, def, m.Archive, m.Offset, m.Size)
 		if err != nil {
 			return nil, fmt.Errorf("store: read %q: %w", m.Name, err)
@@ -275,6 +289,11 @@ func (bs *Buckets) ReadRange(ctx context.Context, def *blob.Bucket, ref string, 
 		return fail(errors.New("a negative offset or length"))
 	}
 	r, err := newRangeReader(ctx, b, key, offset, length)
+	if httpStatus(err) == http.StatusRequestedRangeNotSatisfiable {
+		// S3, GCS and Azure refuse a range from the object's end on,
+		// where a file:// bucket reads it short: past the end either way.
+		return fail(fmt.Errorf("%w: %w", ErrPastEnd, err))
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -296,9 +315,11 @@ func (bs *Buckets) Close() error {
 	bs.open = nil
 	bs.mu.Unlock()
 	var errs []error
-	for _, o := range open {
-		<-o.done // (an open under way may need bs.mu for its base)
-		if o.b != nil {
+	for name, o := range open {
+		// An open under way may need bs.mu for its base; a base is closed
+		// with its prefixes.
+		<-o.done
+		if o.b != nil && !strings.HasPrefix(name, baseName) {
 			errs = append(errs, o.b.Close())
 		}
 	}

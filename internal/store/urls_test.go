@@ -51,6 +51,13 @@ func TestSplitURL(t *testing.T) {
 			t.Errorf("SplitURL(%q): %v, want a permanent error", bad, err)
 		}
 	}
+	// A presigned URL's signature, refused, is not quoted: the error
+	// reaches the pass's failure and its history.
+	for _, signed := range []string{"https://acct.blob.core.windows.net/c/x.png?sv=2024&sig=SECRET", "https://b.s3.amazonaws.com/x.png?X-Amz-Signature=SECRET%zz"} {
+		if _, _, err := SplitURL(signed); err == nil || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("SplitURL of a signed URL: %v, want an error without its signature", err)
+		}
+	}
 }
 
 // A file the worker may not read (EACCES; fileblob gives it no code) is
