@@ -135,10 +135,12 @@ func readHeader(r io.Reader, path string, magic uint32, dims int) ([]uint32, err
 		return nil, fmt.Errorf("mnist: %s: bad magic number %#08x, want %#08x", path, hdr[0], magic)
 	}
 	// Guard the allocation that follows against a corrupt header asking for gigabytes.
+	// A zero dimension is no MNIST file either, and its product would let
+	// the count of images (a slice header each) pass unbounded.
 	total := uint64(1)
 	for _, d := range hdr[1:] {
 		total *= uint64(d)
-		if total > 1<<30 {
+		if d == 0 || d > 1<<24 || total > 1<<30 {
 			return nil, fmt.Errorf("mnist: %s: implausible dimensions %v", path, hdr[1:])
 		}
 	}

@@ -98,6 +98,9 @@ func TestLoadErrors(t *testing.T) {
 			b, _ := os.ReadFile(p)
 			os.WriteFile(p, b[:len(b)/2], 0o644)
 		}, "train-labels-idx1-ubyte.gz", "truncated"},
+		{"zero-sized images, 2^30 of them", func(t *testing.T, dir string) {
+			writeGz(t, filepath.Join(dir, "train-images-idx3-ubyte.gz"), header(imageMagic, 1<<30, 0, 0))
+		}, "train-images-idx3-ubyte.gz", "implausible"},
 		{"count mismatch", func(t *testing.T, dir string) {
 			writeSplit(t, dir, "t10k", 3, 2)
 		}, "t10k-images-idx3-ubyte.gz", "labels"},
