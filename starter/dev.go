@@ -324,7 +324,14 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 	o := demoOptions(a)
 	fmt.Fprintf(e.stdout, "world     %s (MNIST from %s; built once, then reused)\n", o.WithDefaults().Prefix, mnist.DefaultDir())
 	t0 := time.Now()
+	// One starter at a time builds (or sweeps) a world: another's sweep
+	// would delete images under a pass already running on them.
+	unlock, err := devserver.Lock(ctx, stateDir)
+	if err != nil {
+		return err
+	}
 	cfg, err := demo.Build(ctx, bucket, mnist.DefaultDir(), o, ortrun.Options{})
+	unlock()
 	if err != nil {
 		return err
 	}
