@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"dcd/internal/corrupt"
 	"dcd/internal/demo"
 	"dcd/internal/devserver"
+	"dcd/internal/embed"
 	"dcd/internal/mnist"
 	"dcd/internal/ortrun"
 	"dcd/internal/redact"
@@ -182,7 +184,7 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 // unset (worker -h): a shell that sets one to it asks nothing new.
 func workerDefaults() map[string]string {
 	return map[string]string{"DCD_ORT_LIB": ortrun.SetupLibrary(), "DCD_EP": "cpu", "DCD_QUEUES": "cpu,gpu,train",
-		"DCD_THREADS": "0", "DCD_CONCURRENCY": "0"}
+		"DCD_THREADS": "0", "DCD_CONCURRENCY": "0", "DCD_READERS": strconv.Itoa(embed.DefaultReaders)}
 }
 
 // checkServerShared refuses a server that another checkout (or a cluster)

@@ -133,7 +133,8 @@ func main() {
 		if err := pprof.StartCPUProfile(f); err != nil {
 			log.Fatal(err)
 		}
-		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		stopProfile = sync.OnceFunc(func() { pprof.StopCPUProfile(); f.Close() })
+		defer stopProfile() // a panic unwinding
 	}
 	err := run(o)
 	stopProfile() // before log.Fatal's exit, which runs no defers: a whole profile

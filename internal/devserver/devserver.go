@@ -374,16 +374,20 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 
 // WorkerEnv says whether a worker reads the environment variable name:
 // its settings (DCD_EP, DCD_THREADS, …, as worker -h lists them), its
-// stores' credentials and endpoints, ONNX Runtime's and Go's runtime's.
+// stores' credentials and endpoints (the cloud SDKs' AWS_*, AZURE_*,
+// GOOGLE_*, less the AWS CLI's own), ONNX Runtime's and Go's runtime's.
 func WorkerEnv(name string) bool {
 	switch name {
 	case "DCD_ORT_LIB", "DCD_EP", "DCD_QUEUES", "DCD_THREADS", "DCD_CONCURRENCY", "DCD_DECODERS", "DCD_READERS",
 		"DCD_CPUPROFILE", "DCD_ACTIVITY_SPANS",
 		"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
-		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "STORAGE_EMULATOR_HOST":
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "STORAGE_EMULATOR_HOST",
+		"CUDA_VISIBLE_DEVICES":
 		return true
+	case "AWS_PAGER", "AWS_DEFAULT_OUTPUT", "AWS_CLI_AUTO_PROMPT", "AWS_CLI_FILE_ENCODING":
+		return false
 	}
-	for _, prefix := range []string{"AWS_", "AZURE_", "GOOGLE_", "CUDA_"} {
+	for _, prefix := range []string{"AWS_", "AZURE_", "GOOGLE_"} {
 		if strings.HasPrefix(name, prefix) {
 			return true
 		}
@@ -404,7 +408,13 @@ func envDiffers(have, want []string, defaults map[string]string) []string {
 			held[k] = v
 		}
 	}
-	value := func(k, v string) string { return cmp.Or(v, defaults[k]) }
+	value := func(k, v string) string {
+		v = cmp.Or(v, defaults[k])
+		if k == "DCD_ORT_LIB" && v != "" {
+			v = filepath.Clean(v) // make's $(CACHE)/lib/… may hold a "//"
+		}
+		return v
+	}
 	var names []string
 	for _, kv := range want {
 		k, v, ok := strings.Cut(kv, "=")

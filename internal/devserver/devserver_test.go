@@ -151,9 +151,11 @@ func TestEnsureWorker(t *testing.T) {
 	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir); err != nil || started {
 		t.Fatalf("EnsureWorker with the worker's settings unset = %v, %v; want false, nil (nothing asked of it)", started, err)
 	}
-	// Set to what the worker takes when they are unset (make's exports).
+	// Set to what the worker takes when they are unset (make's exports,
+	// a path spelt with "//"), or read by the AWS CLI alone.
 	t.Setenv("DCD_EP", "cpu")
-	t.Setenv("DCD_ORT_LIB", "/lib/ort.so")
+	t.Setenv("DCD_ORT_LIB", "/lib//ort.so")
+	t.Setenv("AWS_PAGER", "less")
 	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir); err != nil || started {
 		t.Fatalf("EnsureWorker with the worker's settings set to its defaults = %v, %v; want false, nil", started, err)
 	}
