@@ -128,8 +128,7 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if err != nil {
 		return err
 	}
-	_, ours := devserver.PID(stateDir, devserver.TemporalPID)
-	if err := e.ensureNamespace(ctx, started || ours); err != nil {
+	if err := e.ensureNamespace(ctx, started || devserver.Serves(stateDir, e.g.address)); err != nil {
 		return err
 	}
 	how := "already running"
@@ -192,7 +191,7 @@ func workerDefaults() map[string]string {
 // with its own bucket, would take their passes' activities, and they this
 // one's, each failing to find the other's files.
 func (e *cli) checkServerShared(ctx context.Context, started bool) error {
-	if _, ours := devserver.PID(stateDir, devserver.TemporalPID); started || ours {
+	if started || devserver.Serves(stateDir, e.g.address) {
 		return nil
 	}
 	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok {

@@ -579,6 +579,35 @@ func PID(stateDir, name string) (int, bool) {
 	return running(filepath.Join(dir, name))
 }
 
+// Serves reports whether the Temporal dev server of stateDir runs and
+// listens at hostport (its --ip and --port, as ensureTemporal starts it):
+// a server that answers there may be another's, with this checkout's own
+// running at another address.
+func Serves(stateDir, hostport string) bool {
+	pid, ok := PID(stateDir, TemporalPID)
+	if !ok {
+		return false
+	}
+	cmd, err := cmdline(pid)
+	if err != nil {
+		return false
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "" || host == "localhost" {
+		host = "127.0.0.1"
+	}
+	flag := func(name string) string {
+		if i := slices.Index(cmd, name); i >= 0 && i+1 < len(cmd) {
+			return cmd[i+1]
+		}
+		return ""
+	}
+	return flag("--ip") == host && flag("--port") == port
+}
+
 // running reads pidFile and reports whether its process is alive and was
 // started by this package with that pid file.
 func running(pidFile string) (int, bool) {

@@ -83,6 +83,13 @@ func TestEnsureTemporal(t *testing.T) {
 	if err != nil || started {
 		t.Fatalf("second EnsureTemporal = %v, %v; want false, nil", started, err)
 	}
+	// The server is this state dir's at its own address, not at another
+	// (where another's may answer).
+	_, port, _ := net.SplitHostPort(hostport)
+	if !Serves(dir, hostport) || !Serves(dir, "localhost:"+port) || Serves(dir, "127.0.0.1:1") || Serves(t.TempDir(), hostport) {
+		t.Errorf("Serves: %v at %s, %v at localhost:%s, %v at another port, %v for another state dir; want true, true, false, false",
+			Serves(dir, hostport), hostport, Serves(dir, "localhost:"+port), port, Serves(dir, "127.0.0.1:1"), Serves(t.TempDir(), hostport))
+	}
 
 	lines, err := Stop(dir)
 	if err != nil {
