@@ -119,7 +119,9 @@ func (e *cli) ensureNamespace(ctx context.Context, ours bool) error {
 // a dev server in stateDir if nothing does) and that a worker from
 // stateDir runs against it with the given storage, one starter at a time.
 func (e *cli) ensureDev(ctx context.Context, storage string) error {
-	unlock, err := devserver.Lock(ctx, stateDir)
+	unlock, err := devserver.Lock(ctx, filepath.Join(stateDir, devserver.StartLock), func() {
+		fmt.Fprintf(e.stderr, "waiting for another starter to bring up the dev server of %s/ ...\n", stateDir)
+	})
 	if err != nil {
 		return err
 	}
@@ -326,8 +328,12 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 	fmt.Fprintf(e.stdout, "world     %s (MNIST from %s; built once, then reused)\n", o.WithDefaults().Prefix, mnist.DefaultDir())
 	t0 := time.Now()
 	// One starter at a time builds (or sweeps) a world: another's sweep
-	// would delete images under a pass already running on them.
-	unlock, err := devserver.Lock(ctx, stateDir)
+	// would delete images under a pass already running on them. Worlds of
+	// other options, under other prefixes, build side by side.
+	world := strings.NewReplacer("/", "_", ":", "_").Replace(strings.TrimSuffix(o.WithDefaults().Prefix, "/"))
+	unlock, err := devserver.Lock(ctx, filepath.Join(stateDir, "world-"+world+".lock"), func() {
+		fmt.Fprintf(e.stderr, "waiting for another starter building the world %s ...\n", o.WithDefaults().Prefix)
+	})
 	if err != nil {
 		return err
 	}

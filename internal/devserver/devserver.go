@@ -51,20 +51,23 @@ const (
 	StartLock   = "start.lock"
 )
 
-// Lock takes stateDir's start lock, waiting while another process holds
-// it, until unlock. Starters that bring up one state dir's server and
-// worker at once (two `starter demo` on a fresh checkout) take turns: the
-// second finds what the first started, where both would have started a
-// server on one database and one pid file, the survivor's lost to `dev
-// -stop`. The lock is the kernel's (flock), let go when its holder ends.
-func Lock(ctx context.Context, stateDir string) (unlock func(), err error) {
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+// Lock takes the lock file at path, waiting while another process holds
+// it, until unlock; waiting, when not nil, is called once a wait has
+// lasted a second, to say so. Starters that bring up one state dir's
+// server and worker at once (two `starter demo` on a fresh checkout) take
+// turns on its StartLock: the second finds what the first started, where
+// both would have started a server on one database and one pid file, the
+// survivor's lost to `dev -stop`. The lock is the kernel's (flock), let go
+// when its holder ends.
+func Lock(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(stateDir, StartLock), os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
+	said := time.After(time.Second)
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -77,7 +80,11 @@ func Lock(ctx context.Context, stateDir string) (unlock func(), err error) {
 		select {
 		case <-ctx.Done():
 			f.Close()
-			return nil, fmt.Errorf("devserver: waiting for another starter to start the dev server (%s): %w", f.Name(), ctx.Err())
+			return nil, fmt.Errorf("devserver: waiting for another process's lock %s: %w", f.Name(), ctx.Err())
+		case <-said:
+			if waiting != nil {
+				waiting()
+			}
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

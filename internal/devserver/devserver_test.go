@@ -182,18 +182,20 @@ func TestEnsureWorker(t *testing.T) {
 func TestLockTakesTurns(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	unlock, err := Lock(ctx, dir)
+	lock := filepath.Join(dir, StartLock)
+	unlock, err := Lock(ctx, lock, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := Lock(short, dir); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := Lock(short, lock, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a second Lock while the first holds it: %v, want it to wait until its context ends", err)
 	}
 	got := make(chan error, 1)
+	said := make(chan bool, 2)
 	go func() {
-		unlock, err := Lock(ctx, dir)
+		unlock, err := Lock(ctx, lock, func() { said <- true })
 		if err == nil {
 			unlock()
 		}
@@ -202,7 +204,9 @@ func TestLockTakesTurns(t *testing.T) {
 	select {
 	case err := <-got:
 		t.Fatalf("a second Lock returned %v while the first holds it", err)
-	case <-time.After(200 * time.Millisecond):
+	case <-said: // after a second of waiting, said once
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second Lock waited 10 s without saying so")
 	}
 	unlock()
 	select {
