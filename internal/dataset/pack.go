@@ -468,6 +468,11 @@ func (a *archiveWriter) resume(ctx context.Context) (Archive, error) {
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return Archive{}, err
 	}
+	if len(skips) > 0 && len(skips[0]) != len(packSkipsHeader) && len(skips[0]) != len(skipHeader) {
+		// No DCD wrote one: its rows would be read past their end.
+		return Archive{}, fmt.Errorf("dataset: pack: %w: %s has %d columns; DCD writes %d (or %d, before labels were kept): pack into an empty prefix",
+			ErrPackRefused, a.key(".skipped.csv"), len(skips[0]), len(skipHeader), len(packSkipsHeader))
+	}
 	for _, r := range skips {
 		a.res.Skipped = append(a.res.Skipped, Skip{URI: r[1], Reason: r[2]})
 		a.res.Skipped[len(a.res.Skipped)-1].Item, _ = strconv.ParseInt(r[0], 10, 64)

@@ -339,6 +339,23 @@ func TestPackResumes(t *testing.T) {
 	}
 }
 
+// A skip list of a width no DCD writes is refused, not read past its rows'
+// end (a panic, retried as one).
+func TestPackResumeRefusesOddSkipList(t *testing.T) {
+	ctx := context.Background()
+	b, _, _ := packWorld(t, 10)
+	src := Source{Bucket: b}
+	source := schemas.Dataset{Manifest: "m/list.csv"}
+	if _, err := pack(t, src, source, "odd", 3, 3); err != nil {
+		t.Fatal(err)
+	}
+	items, _ := walkAll(t, src, source)
+	b.WriteAll(ctx, "odd/000001.skipped.csv", []byte("item,uri,reason,label\n5,m/img/missing.png,gone,1\n"), nil)
+	if _, err := src.PackArchive(ctx, "odd", 1, items[3:6], 3, nil); !errors.Is(err, ErrPackRefused) || !strings.Contains(err.Error(), "4 columns") {
+		t.Errorf("a skip list of 4 columns: %v, want a refusal", err)
+	}
+}
+
 // within compares prefixes of one bucket, named by key or by URL.
 func TestWithin(t *testing.T) {
 	for _, c := range []struct {

@@ -165,7 +165,16 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 
 	// Kept for the process, not the activity that opens it first: a
 	// client may keep its context (GCS's token refreshes).
-	o.b, o.err = bs.openNew(context.WithoutCancel(ctx), bucketURL, u, err)
+	func() {
+		defer func() {
+			// A driver's panic fails this open, not every later one of the
+			// URL, which would wait on done forever.
+			if p := recover(); p != nil {
+				o.b, o.err = nil, fmt.Errorf("store: open %q: %v", redact.URL(bucketURL), p)
+			}
+		}()
+		o.b, o.err = bs.openNew(context.WithoutCancel(ctx), bucketURL, u, err)
+	}()
 	if o.err != nil { // not kept: the next read tries again
 		bs.mu.Lock()
 		if bs.open[name] == o {
