@@ -16,9 +16,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"golang.org/x/sync/semaphore"
@@ -520,6 +522,39 @@ const beat = 500 * time.Millisecond
 // that may be longer than the heartbeat timeout.
 func beating(ctx context.Context, details func() []any) (stop func()) {
 	return every(beat, func() { heartbeat(ctx, details()...) })
+}
+
+// beatingWhileMoving is beating for work that reports its progress
+// (moved): it beats only while the work moved within stallBound, so that a
+// read that stalled mid-body, or an inference that hangs, still misses its
+// heartbeats and is retried elsewhere, not kept alive to the activity's
+// timeout, while a batch of a large model or a large image's read, slower
+// than a heartbeat timeout, is not taken for one.
+func beatingWhileMoving(ctx context.Context, details func() []any) (stop, moved func()) {
+	return whileMoving(beat, stallBound(ctx), func() { heartbeat(ctx, details()...) })
+}
+
+// whileMoving calls fn every d, as every does, while moved was called
+// within bound (or the start was).
+func whileMoving(d, bound time.Duration, fn func()) (stop, moved func()) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	stop = every(d, func() {
+		if time.Since(time.Unix(0, last.Load())) < bound {
+			fn()
+		}
+	})
+	return stop, func() { last.Store(time.Now().UnixNano()) }
+}
+
+// stallBound is how long work may go without moving before its beats stop:
+// ten heartbeat timeouts, five minutes at least.
+func stallBound(ctx context.Context) time.Duration {
+	hb := 30 * time.Second
+	if activity.IsActivity(ctx) && activity.GetInfo(ctx).HeartbeatTimeout > 0 {
+		hb = activity.GetInfo(ctx).HeartbeatTimeout
+	}
+	return max(10*hb, 5*time.Minute)
 }
 
 // every calls fn every d until the returned stop is called, which waits

@@ -272,9 +272,12 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 		stop = activity.GetWorkerStopChannel(ctx)
 	}
 	// A batch of a large model on a few cores may outlast a heartbeat
-	// timeout: beat meanwhile, with the parts stored so far.
-	defer beating(ctx, func() []any { return []any{w.progress()} })()
+	// timeout: beat meanwhile, with the parts stored so far, while batches
+	// come.
+	stopBeats, moved := beatingWhileMoving(ctx, func() []any { return []any{w.progress()} })
+	defer stopBeats()
 	_, err = e.Embed(ctx, images, a.packedRead(images), func(b embed.Batch) error {
+		moved()
 		if len(b.Images) > 0 {
 			if err := m.checkDims(shard, b.Dims); err != nil {
 				return err

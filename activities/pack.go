@@ -82,8 +82,9 @@ func (a *Activities) PackArchive(ctx context.Context, in PackArchiveInput) (Pack
 	// An image of 150 MB read from a slow store takes longer than a
 	// heartbeat timeout: beat meanwhile, not only as images are written.
 	var done atomic.Int64
-	defer beating(ctx, func() []any { return []any{done.Load()} })()
-	arc, err := a.source().PackArchive(ctx, in.Out, in.Archive, sh.Items, in.Readers, func(n int) { done.Store(int64(n)) })
+	stop, moved := beatingWhileMoving(ctx, func() []any { return []any{done.Load()} })
+	defer stop()
+	arc, err := a.source().PackArchive(ctx, in.Out, in.Archive, sh.Items, in.Readers, func(n int) { done.Store(int64(n)); moved() })
 	if err != nil {
 		return PackArchiveResult{}, packError(ctx, err)
 	}
@@ -102,8 +103,9 @@ type FinishPackInput struct {
 
 // FinishPack writes the pack's skip list (dataset.FinishPack).
 func (a *Activities) FinishPack(ctx context.Context, in FinishPackInput) (int, error) {
-	defer beating(ctx, func() []any { return nil })()
-	n, err := a.source().FinishPack(ctx, in.Out, in.Archives, func() {})
+	stop, moved := beatingWhileMoving(ctx, func() []any { return nil })
+	defer stop()
+	n, err := a.source().FinishPack(ctx, in.Out, in.Archives, moved)
 	if err != nil {
 		return 0, packError(ctx, err)
 	}

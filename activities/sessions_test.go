@@ -310,3 +310,22 @@ func TestPackedReadReservesLargeMembers(t *testing.T) {
 		}
 	}
 }
+
+// A ticker for work that reports its progress stops calling once the work
+// has not moved for its bound, and calls again when it moves.
+func TestWhileMovingStopsOnAStall(t *testing.T) {
+	var calls atomic.Int32
+	stop, moved := whileMoving(time.Millisecond, 50*time.Millisecond, func() { calls.Add(1) })
+	defer stop()
+	time.Sleep(150 * time.Millisecond) // moved never called: a stall
+	n := calls.Load()
+	time.Sleep(50 * time.Millisecond)
+	if n == 0 || calls.Load() != n {
+		t.Errorf("%d calls in the bound, %d more past it; want some, then none", n, calls.Load()-n)
+	}
+	moved()
+	time.Sleep(20 * time.Millisecond)
+	if calls.Load() == n {
+		t.Error("no call after the work moved again")
+	}
+}
