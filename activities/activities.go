@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
@@ -525,26 +524,38 @@ func beating(ctx context.Context, details func() []any) (stop func()) {
 }
 
 // beatingWhileMoving is beating for work that reports its progress
-// (moved): it beats only while the work moved within stallBound, so that a
+// (moved): once it has moved, it beats only while its last move is more
+// recent than stallBound or three times its slowest step so far, so that a
 // read that stalled mid-body, or an inference that hangs, still misses its
 // heartbeats and is retried elsewhere, not kept alive to the activity's
-// timeout, while a batch of a large model or a large image's read, slower
-// than a heartbeat timeout, is not taken for one.
+// timeout, while a batch of a large model or a large image, slower than a
+// heartbeat timeout (or than stallBound: a batch of 2,048 through a ViT on
+// a few cores), is not taken for one. Before its first move (a first step
+// of unknown length) it beats as beating does.
 func beatingWhileMoving(ctx context.Context, details func() []any) (stop, moved func()) {
 	return whileMoving(beat, stallBound(ctx), func() { heartbeat(ctx, details()...) })
 }
 
-// whileMoving calls fn every d, as every does, while moved was called
-// within bound (or the start was).
+// whileMoving calls fn every d, as every does, until moved was first
+// called, then while the last call of moved is within bound, or three
+// times the longest gap between calls so far.
 func whileMoving(d, bound time.Duration, fn func()) (stop, moved func()) {
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
+	var mu sync.Mutex
+	last, longest, moves := time.Now(), time.Duration(0), 0
 	stop = every(d, func() {
-		if time.Since(time.Unix(0, last.Load())) < bound {
+		mu.Lock()
+		live := moves == 0 || time.Since(last) < max(bound, 3*longest)
+		mu.Unlock()
+		if live {
 			fn()
 		}
 	})
-	return stop, func() { last.Store(time.Now().UnixNano()) }
+	return stop, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		longest, last, moves = max(longest, now.Sub(last)), now, moves+1
+	}
 }
 
 // stallBound is how long work may go without moving before its beats stop:

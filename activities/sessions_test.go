@@ -311,17 +311,29 @@ func TestPackedReadReservesLargeMembers(t *testing.T) {
 	}
 }
 
-// A ticker for work that reports its progress stops calling once the work
-// has not moved for its bound, and calls again when it moves.
+// A ticker for work that reports its progress calls until the work first
+// moves, however long that takes; then stops calling once it has not
+// moved for its bound or three times its slowest step, and calls again
+// when it moves.
 func TestWhileMovingStopsOnAStall(t *testing.T) {
 	var calls atomic.Int32
 	stop, moved := whileMoving(time.Millisecond, 50*time.Millisecond, func() { calls.Add(1) })
 	defer stop()
-	time.Sleep(150 * time.Millisecond) // moved never called: a stall
+	time.Sleep(120 * time.Millisecond) // a first step longer than the bound
 	n := calls.Load()
+	if n < 10 { // (one a ms on a quiet machine)
+		t.Fatalf("%d calls before the first move, want them to go on", n)
+	}
+	moved() // its slowest step now 120 ms: beats for 360 ms more
+	time.Sleep(200 * time.Millisecond)
+	if calls.Load()-n < 10 {
+		t.Errorf("%d calls in the 200 ms after a first step of 120 ms, want them to go on", calls.Load()-n)
+	}
+	time.Sleep(250 * time.Millisecond) // past three times the slowest step: a stall
+	n = calls.Load()
 	time.Sleep(50 * time.Millisecond)
-	if n == 0 || calls.Load() != n {
-		t.Errorf("%d calls in the bound, %d more past it; want some, then none", n, calls.Load()-n)
+	if calls.Load() != n {
+		t.Errorf("%d calls past three times the slowest step, want none", calls.Load()-n)
 	}
 	moved()
 	time.Sleep(20 * time.Millisecond)

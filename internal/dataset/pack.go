@@ -318,7 +318,12 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 		})
 	}
 	g.Go(func() error {
-		tar := newTarStream(gctx, a.bucket, a.key(".tar"))
+		done := 0 // images written or skipped
+		tar := newTarStream(gctx, a.bucket, a.key(".tar"), func() {
+			if progress != nil {
+				progress(done) // a MiB uploaded: a large image's write goes on
+			}
+		})
 		defer tar.abort()
 		sources := newCSV(sourcesHeader...)
 		unread := 0
@@ -361,8 +366,8 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 				a.res.Images++
 			}
 			held.release(images[i].reserved) // written (tar.write copies it) or skipped
-			if progress != nil {
-				progress(i + 1)
+			if done = i + 1; progress != nil {
+				progress(done)
 			}
 		}
 		if a.res.Images > 0 {
@@ -692,7 +697,9 @@ type tarStream struct {
 	err    error
 }
 
-func newTarStream(ctx context.Context, b *blob.Bucket, key string) *tarStream {
+// newTarStream starts the archive at key; flushed is called after each
+// MiB written to the store.
+func newTarStream(ctx context.Context, b *blob.Bucket, key string, flushed func()) *tarStream {
 	ctx, cancel := context.WithCancel(ctx)
 	t := &tarStream{key: key, cancel: cancel}
 	t.bw, t.err = b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/x-tar"})
@@ -702,6 +709,7 @@ func newTarStream(ctx context.Context, b *blob.Bucket, key string) *tarStream {
 	t.buf = bufio.NewWriterSize(writerFunc(func(p []byte) (int, error) {
 		n, err := t.bw.Write(p)
 		t.size += int64(n)
+		flushed()
 		return n, err
 	}), 1<<20)
 	t.tw = webdataset.NewWriter(t.buf)

@@ -389,7 +389,7 @@ func WorkerEnv(name string) bool {
 		"DCD_CPUPROFILE", "DCD_ACTIVITY_SPANS",
 		"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
 		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "STORAGE_EMULATOR_HOST",
-		"CUDA_VISIBLE_DEVICES":
+		"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER":
 		return true
 	case "AWS_PAGER", "AWS_DEFAULT_OUTPUT", "AWS_CLI_AUTO_PROMPT", "AWS_CLI_FILE_ENCODING":
 		return false
@@ -587,7 +587,8 @@ func PID(stateDir, name string) (int, bool) {
 }
 
 // Serves reports whether the Temporal dev server of stateDir runs and
-// listens at hostport (its --ip and --port, as ensureTemporal starts it):
+// listens at hostport (its --ip, or every address, and --port, as
+// ensureTemporal starts it):
 // a server that answers there may be another's, with this checkout's own
 // running at another address.
 func Serves(stateDir, hostport string) bool {
@@ -612,7 +613,8 @@ func Serves(stateDir, hostport string) bool {
 		}
 		return ""
 	}
-	return flag("--ip") == host && flag("--port") == port
+	ip := flag("--ip")
+	return (ip == host || ip == "0.0.0.0" || ip == "::") && flag("--port") == port // (any address: every host)
 }
 
 // running reads pidFile and reports whether its process is alive and was
