@@ -221,9 +221,7 @@ func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool,
 	if err != nil || port < 1 || port > 65535-1000 {
 		return false, fmt.Errorf("devserver: address %q: port must be a number below %d", hostport, 65535-1000)
 	}
-	if host == "" || host == "localhost" {
-		host = "127.0.0.1"
-	}
+	host = devHost(host)
 	stateDir, err = filepath.Abs(stateDir)
 	if err != nil {
 		return false, fmt.Errorf("devserver: %w", err)
@@ -604,9 +602,7 @@ func Serves(stateDir, hostport string) bool {
 	if err != nil {
 		return false
 	}
-	if host == "" || host == "localhost" {
-		host = "127.0.0.1"
-	}
+	host = devHost(host)
 	flag := func(name string) string {
 		if i := slices.Index(cmd, name); i >= 0 && i+1 < len(cmd) {
 			return cmd[i+1]
@@ -615,6 +611,14 @@ func Serves(stateDir, hostport string) bool {
 	}
 	ip := flag("--ip")
 	return (ip == host || ip == "0.0.0.0" || ip == "::") && flag("--port") == port // (any address: every host)
+}
+
+// devHost is the --ip a dev server is started with for host.
+func devHost(host string) string {
+	if host == "" || host == "localhost" {
+		return "127.0.0.1"
+	}
+	return host
 }
 
 // running reads pidFile and reports whether its process is alive and was
@@ -628,17 +632,14 @@ func running(pidFile string) (int, bool) {
 	if err != nil || pid <= 0 || !alive(pid) {
 		return 0, false
 	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	env, err := environ(pid)
 	if err != nil {
 		// No /proc (not Linux): trust the pid file.
 		_, statErr := os.Stat("/proc/self/environ")
 		return pid, statErr != nil
 	}
-	marker := []byte(markerEnv + "=" + pidFile)
-	for _, kv := range bytes.Split(env, []byte{0}) {
-		if bytes.Equal(kv, marker) {
-			return pid, true
-		}
+	if slices.Contains(env, markerEnv+"="+pidFile) {
+		return pid, true
 	}
 	return 0, false
 }
@@ -661,20 +662,19 @@ func alive(pid int) bool {
 
 // cmdline returns a process's argv from /proc.
 func cmdline(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return nil, err
+	args, err := procList(pid, "cmdline")
+	if err == nil && (len(args) == 0 || args[0] == "") {
+		err = errors.New("empty cmdline")
 	}
-	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-	if len(args) == 0 || args[0] == "" {
-		return nil, errors.New("empty cmdline")
-	}
-	return args, nil
+	return args, err
 }
 
 // environ is the environment process pid started with.
-func environ(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+func environ(pid int) ([]string, error) { return procList(pid, "environ") }
+
+// procList reads /proc/PID/file, a list of NUL-terminated strings.
+func procList(pid int, file string) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	if err != nil {
 		return nil, err
 	}
