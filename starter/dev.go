@@ -154,7 +154,13 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if err != nil {
 		return err
 	}
+	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
 	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok && rebuilt {
+		// Replaced only by a worker that does as the old one did: one
+		// on another bucket would take the old one's passes.
+		if err := devserver.CheckWorker(args, workerDefaults(), stateDir); err != nil {
+			return err
+		}
 		fmt.Fprintf(e.stdout, "stopping  the worker built before the checkout changed (up to %s, to let its activities finish)\n", devserver.WorkerStopGrace)
 		if _, err := devserver.StopWorker(stateDir); err != nil {
 			return err
@@ -163,7 +169,6 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted before starting the worker: %w", ctx.Err())
 	}
-	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
 	started, err = devserver.EnsureWorker(ctx, bin, args, workerDefaults(), stateDir)
 	if err != nil {
 		return err

@@ -349,16 +349,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	}
 	pidFile := filepath.Join(stateDir, WorkerPID)
 	if pid, ok := running(pidFile); ok {
-		if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
-			return false, fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
-		}
-		if env, err := environ(pid); err == nil {
-			if names := envDiffers(env, os.Environ(), defaults); len(names) > 0 {
-				// Names only: the values may be credentials.
-				return false, fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
-			}
-		}
-		return false, nil
+		return false, workerDiffers(pid, args, defaults)
 	}
 	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID, true)
 	if err != nil {
@@ -375,6 +366,33 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	case <-ctx.Done():
 		return true, nil
 	}
+}
+
+// CheckWorker refuses the worker running from stateDir, if one does, when
+// it runs with other args than these, or another environment than this
+// process's (envDiffers): one that would not do as asked. A worker about to
+// be replaced by a new build is checked first, so that the new one is not
+// started on another bucket or namespace under passes the old one runs.
+func CheckWorker(args []string, defaults map[string]string, stateDir string) error {
+	pid, ok := running(filepath.Join(stateDir, WorkerPID))
+	if !ok {
+		return nil
+	}
+	return workerDiffers(pid, args, defaults)
+}
+
+// workerDiffers is CheckWorker of the worker of pid.
+func workerDiffers(pid int, args []string, defaults map[string]string) error {
+	if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
+		return fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
+	}
+	if env, err := environ(pid); err == nil {
+		if names := envDiffers(env, os.Environ(), defaults); len(names) > 0 {
+			// Names only: the values may be credentials.
+			return fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
+		}
+	}
+	return nil
 }
 
 // WorkerEnv says whether a worker reads the environment variable name:

@@ -144,6 +144,16 @@ func TestEnsureWorker(t *testing.T) {
 	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, defaults, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("EnsureWorker with other args: err = %v", err)
 	}
+	// The check a worker about to be rebuilt gets before it is stopped.
+	if err := CheckWorker([]string{"301"}, defaults, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
+		t.Fatalf("CheckWorker with other args: err = %v", err)
+	}
+	if err := CheckWorker([]string{"300"}, defaults, dir); err != nil {
+		t.Fatalf("CheckWorker with its own args: %v", err)
+	}
+	if err := CheckWorker([]string{"301"}, defaults, t.TempDir()); err != nil {
+		t.Fatalf("CheckWorker where no worker runs: %v", err)
+	}
 	// A setting or credential this shell sets and the worker lacks or holds
 	// otherwise: the worker would not do as asked. Named, not shown.
 	t.Setenv("DCD_EP", "cuda")
