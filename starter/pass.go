@@ -17,6 +17,7 @@ import (
 
 	"dcd/activities"
 	"dcd/internal/devserver"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 	"dcd/workflows"
@@ -342,12 +343,15 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 		if perClassLeftOut(res.Eval) {
 			// The result left them to eval.json (a target of many
 			// classes): print that file, which has them.
+			// Without it, no output: JSON with its per-class lists
+			// null is no shape eval.json has.
 			data, err := readEval(ctx, a.storage, res.EvalKey)
-			if err == nil {
-				_, err = e.stdout.Write(data)
-				return err
+			if err != nil {
+				return fmt.Errorf("pass %s: its per-class accuracies are in %s, which could not be read from %s (-storage or DCD_STORAGE: the workers' bucket): %w",
+					a.id, res.EvalKey, redact.URL(a.storage), err)
 			}
-			fmt.Fprintf(e.stderr, "starter: the per-class accuracies are in %s, which could not be read (-storage): %v; printing the rest\n", res.EvalKey, err)
+			_, err = e.stdout.Write(data)
+			return err
 		}
 		b, err := json.MarshalIndent(res.Eval, "", "  ")
 		if err != nil {
