@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"dcd/activities"
 	"dcd/internal/embed"
+	"dcd/internal/onnx"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -651,4 +653,38 @@ func (r endingRun) Get(_ context.Context, v any) error {
 }
 func (r endingRun) GetWithOptions(ctx context.Context, v any, _ client.WorkflowRunGetOptions) error {
 	return r.Get(ctx, v)
+}
+
+// train-head refuses what its export would refuse (here a head output
+// named as a tensor the kept backbone computes) before it embeds or
+// trains anything: the manifests it names are never read.
+func TestTrainHeadExportCheckedFirst(t *testing.T) {
+	g := &onnx.Graph{
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs: []onnx.Value{{Name: "feat", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+		Nodes: []onnx.Node{
+			{Op: "Relu", Inputs: []string{"image"}, Outputs: []string{"hidden"}},
+			{Op: "Flatten", Inputs: []string{"hidden"}, Outputs: []string{"feat"}, Attrs: map[string]any{"axis": 1}},
+		},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	job := schemas.TrainJob{
+		Target:  schemas.Model{Path: "m.onnx", Input: "image", Features: "feat", Preprocess: preprocess.Spec{Height: 2, Width: 2}},
+		Classes: []string{"a", "b"}, Train: "missing/train.csv", DebugTrain: "missing/debug.csv", Model: "out.onnx", Output: "hidden",
+	}
+	data, _ := json.Marshal(job)
+	for name, b := range map[string][]byte{"m.onnx": model, "job.json": data} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, _, _ := testCLI()
+	err = cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job.json", "-ort-lib", filepath.Join(dir, "no-ort.so")})
+	if err == nil || !strings.Contains(err.Error(), "hidden") || strings.Contains(err.Error(), "missing/") || strings.Contains(err.Error(), "no-ort") {
+		t.Fatalf("train-head with an output the backbone already computes: %v, want the export's refusal naming it, before ONNX Runtime or the manifests", err)
+	}
 }

@@ -119,14 +119,24 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		}
 		defer os.RemoveAll(a.work)
 	}
-	if err := ortrun.Init(a.ortLib); err != nil {
-		return fmt.Errorf("train-head: %w", err)
-	}
 	buckets := &store.Buckets{}
 	defer buckets.Close()
 	target, err := activities.ReadModel(ctx, buckets, b, job.Target.Path)
 	if err != nil {
 		return fmt.Errorf("train-head: target model: %w", err)
+	}
+	// The export's own refusals (the target's opset, a name its kept
+	// graph uses), tried now on a head of these classes: after the
+	// embedding and the training they would waste both.
+	export := head.NewExportNames(job.Target.Features, job.Target.Logits, job.Output, job.Classes)
+	export.Input, export.Preprocess = job.Target.Input, job.Target.Preprocess
+	n := len(job.Classes)
+	probe := &head.Head{Classes: n, Dim: 1, Mean: []float32{0}, Std: []float32{1}, W: make([]float32, n), B: make([]float32, n)}
+	if _, err := probe.ONNX(target, export); err != nil {
+		return fmt.Errorf("train-head: target model %s: %w", job.Target.Path, err)
+	}
+	if err := ortrun.Init(a.ortLib); err != nil {
+		return fmt.Errorf("train-head: %w", err)
 	}
 	model, names, err := onnx.ExposeOutputs(target, []string{job.Target.Features})
 	if err != nil {
@@ -237,13 +247,12 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}
+	passes := spool.passes
 	acc, err := head.Accuracy(h, spool)
 	if err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "trained in %d passes over the spool: training accuracy %.4f\n", spool.passes, acc)
-	export := head.NewExportNames(job.Target.Features, job.Target.Logits, job.Output, job.Classes)
-	export.Input, export.Preprocess = job.Target.Input, job.Target.Preprocess
+	fmt.Fprintf(e.stdout, "trained in %d passes over the spool: training accuracy %.4f\n", passes, acc)
 	out, err := h.ONNX(target, export)
 	if err != nil {
 		return fmt.Errorf("train-head: %w", err)
