@@ -137,9 +137,16 @@ func TestCheckOptions(t *testing.T) {
 		want string
 	}{
 		{[]string{"-ep", "gpu"}, "", `"gpu"`},
-		{[]string{"-concurrency", "0"}, "", "-concurrency 0"},
+		{[]string{"-concurrency", "-1"}, "", "-concurrency -1"},
+		{nil, "-2", "DCD_CONCURRENCY=-2"},
+		{[]string{"-concurrency", "-1"}, "2", "-concurrency -1"}, // the flag's, not the variable's
 		{[]string{"-readers", "-1"}, "", "-readers -1"},
 		{nil, "many", `DCD_CONCURRENCY="many"`},
+		{[]string{"-queues", "gpu,cpu,gpu"}, "", `-queues gpu,cpu,gpu: queue "gpu" listed twice`},
+		{[]string{"-queues", "cpu,tpu"}, "", `unknown queue "tpu"`},
+		// 0 is the default, set or not (starter dev's workerDefaults).
+		{[]string{"-concurrency", "0"}, "", ""},
+		{nil, "0", ""},
 		{nil, "", ""},
 	} {
 		t.Setenv("DCD_CONCURRENCY", c.env)

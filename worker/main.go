@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,7 +57,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.IntVar(&o.threads, "threads", o.envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default 2, or when more CPUs/4 (CPUs/2 on the gpu queue with -ep cuda) (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default (0) 2, or when more CPUs/4 (CPUs/2 on the gpu queue with -ep cuda) (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.GOMAXPROCS(0)), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
@@ -65,21 +66,36 @@ func defineFlags(fs *flag.FlagSet) *options {
 }
 
 // check refuses settings the worker would start with and fail on later:
-// an execution provider every embedding would reject, a concurrency the
-// SDK would take as 1,000 activities at once. A concurrency neither flag
-// nor environment sets stays 0: each queue's default (queueConcurrency).
+// an execution provider every embedding would reject, a queue it does not
+// know or names twice (two pollers of one queue, each taking its
+// concurrency). A concurrency of 0, by flag or environment as unset, is
+// each queue's default (queueConcurrency). A refusal names the setting as
+// it was given: the flag, or else its variable.
 func (o *options) check(fs *flag.FlagSet) error {
-	set := os.Getenv("DCD_CONCURRENCY") != ""
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "concurrency" })
-	switch {
-	case len(o.badEnv) > 0:
+	given := func(flagName, envName string, v any) string {
+		set := false
+		fs.Visit(func(f *flag.Flag) { set = set || f.Name == flagName })
+		if set || os.Getenv(envName) == "" {
+			return fmt.Sprintf("-%s %v", flagName, v)
+		}
+		return fmt.Sprintf("%s=%v", envName, v)
+	}
+	if len(o.badEnv) > 0 {
 		return fmt.Errorf("%s: want an integer", strings.Join(o.badEnv, ", "))
-	case ortrun.CheckEP(o.ep) != nil:
-		return fmt.Errorf("-ep: %w", ortrun.CheckEP(o.ep))
-	case set && o.concurrency < 1:
-		return fmt.Errorf("-concurrency %d: want at least 1", o.concurrency)
-	case o.threads < 0 || o.decoders < 0 || o.readers < 0:
-		return fmt.Errorf("-threads %d, -decoders %d, -readers %d: want 0 (the default) or more", o.threads, o.decoders, o.readers)
+	}
+	if err := ortrun.CheckEP(o.ep); err != nil {
+		return fmt.Errorf("%s: %w", given("ep", "DCD_EP", o.ep), err)
+	}
+	for _, n := range []struct {
+		flag, env string
+		v         int
+	}{{"threads", "DCD_THREADS", o.threads}, {"concurrency", "DCD_CONCURRENCY", o.concurrency}, {"decoders", "DCD_DECODERS", o.decoders}, {"readers", "DCD_READERS", o.readers}} {
+		if n.v < 0 {
+			return fmt.Errorf("%s: want 0 (the default) or more", given(n.flag, n.env, n.v))
+		}
+	}
+	if _, err := taskQueues(o.queues); err != nil {
+		return fmt.Errorf("%s: %w", given("queues", "DCD_QUEUES", o.queues), err)
 	}
 	return nil
 }
@@ -145,7 +161,7 @@ func main() {
 
 func run(o *options) error {
 	ctx := context.Background()
-	polled, err := taskQueues(o.queues)
+	polled, err := taskQueues(o.queues) // (checked: o.check)
 	if err != nil {
 		return err
 	}
@@ -273,16 +289,21 @@ func run(o *options) error {
 func taskQueues(queues string) ([]string, error) {
 	var polled []string
 	for _, q := range strings.Split(queues, ",") {
+		var tq string
 		switch strings.TrimSpace(q) {
 		case "cpu":
-			polled = append(polled, workflows.CPUQueue)
+			tq = workflows.CPUQueue
 		case "gpu":
-			polled = append(polled, workflows.GPUQueue)
+			tq = workflows.GPUQueue
 		case "train":
-			polled = append(polled, workflows.TrainQueue)
+			tq = workflows.TrainQueue
 		default:
-			return nil, fmt.Errorf("worker: -queues: unknown queue %q (want cpu, gpu, train or a comma-separated list)", q)
+			return nil, fmt.Errorf("unknown queue %q (want cpu, gpu, train or a comma-separated list)", q)
 		}
+		if slices.Contains(polled, tq) {
+			return nil, fmt.Errorf("queue %q listed twice", strings.TrimSpace(q))
+		}
+		polled = append(polled, tq)
 	}
 	return polled, nil
 }
