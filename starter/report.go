@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -75,7 +77,8 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 		e.warnEarlierReport(ctx, a.id, fi.ModTime())
 		fmt.Fprintln(e.stdout, p)
 		if a.open {
-			openBrowser(e, "file://"+p)
+			// Escaped: a checkout's path may hold '#' or '%'.
+			openBrowser(e, (&url.URL{Scheme: "file", Path: filepath.ToSlash(p)}).String())
 		}
 		return nil
 	}

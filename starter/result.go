@@ -125,11 +125,18 @@ func pad(s string, n int) string {
 	return s + strings.Repeat(" ", max(n-len([]rune(s)), 0))
 }
 
-// localPath is where key lies on disk when storage is a file:// bucket.
+// localPath is where key lies on disk when storage is a file:// bucket,
+// as fileblob places it: prefix= is put before the key as it is (no "/"
+// between), and file://./dir is dir under the working directory.
 func localPath(storageURL, key string) (string, bool) {
 	u, err := url.Parse(storageURL)
 	if err != nil || u.Scheme != "file" {
 		return "", false
 	}
-	return filepath.FromSlash(path.Join(u.Path, u.Query().Get("prefix"), key)), true
+	dir := u.Path
+	if u.Host == "." {
+		dir = strings.TrimPrefix(dir, "/")
+	}
+	p, err := filepath.Abs(filepath.FromSlash(path.Join(dir, u.Query().Get("prefix")+key)))
+	return p, err == nil
 }

@@ -358,19 +358,34 @@ storage file:///work/.dcd/storage
 	}
 }
 
+// localPath names the file fileblob wrote a key to, whatever the URL's
+// spelling: a prefix without its "/", a path relative to the working
+// directory.
 func TestLocalPath(t *testing.T) {
-	for _, c := range []struct {
-		url, want string
-		ok        bool
-	}{
-		{"file:///a/b?create_dir=1", "/a/b/runs/x/eval.json", true},
-		{"file:///a/b?prefix=p/", "/a/b/p/runs/x/eval.json", true},
-		{"mem://", "", false},
+	dir := t.TempDir()
+	t.Chdir(dir)
+	ctx := context.Background()
+	for _, u := range []string{
+		"file://" + dir + "/a?create_dir=1",
+		"file://" + dir + "/b?create_dir=1&prefix=p/",
+		"file://" + dir + "/c?create_dir=1&prefix=dcd",
+		"file://./d?create_dir=1",
 	} {
-		got, ok := localPath(c.url, "runs/x/eval.json")
-		if got != c.want || ok != c.ok {
-			t.Errorf("localPath(%q) = %q, %v", c.url, got, ok)
+		b, err := store.Open(ctx, u)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if err := store.WriteAll(ctx, b, "runs/x/eval.json", []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		got, ok := localPath(u, "runs/x/eval.json")
+		if _, err := os.Stat(got); !ok || err != nil || !filepath.IsAbs(got) {
+			t.Errorf("localPath(%q) = %q, %v: %v (want the file the bucket wrote, absolute)", u, got, ok, err)
+		}
+	}
+	if _, ok := localPath("mem://", "runs/x/eval.json"); ok {
+		t.Error("localPath of mem:// is a path")
 	}
 }
 
