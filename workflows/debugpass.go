@@ -156,6 +156,24 @@ const configOnceChange = "config-once"
 
 // DebugPass runs one data-centric debugging pass.
 func DebugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
+	res, err := debugPass(ctx, in)
+	if err != nil && ctx.Err() == nil && temporal.IsCanceledError(err) &&
+		workflow.GetVersion(ctx, cancelledAloneChange, workflow.DefaultVersion, 1) == 1 {
+		// A chain or method cancelled alone (from the UI), the pass not:
+		// the pass fails, saying which. Returned as it is, the SDK would
+		// close the pass as cancelled (it looks for a cancellation
+		// anywhere in the error's chain) and drop the message. No cause:
+		// one would be found there too.
+		return res, temporal.NewNonRetryableApplicationError("the pass was not cancelled, but a step of it was: "+err.Error(), "StepCancelled", nil)
+	}
+	return res, err
+}
+
+// cancelledAloneChange versions failing a pass whose step was cancelled
+// alone, which closed as cancelled before.
+const cancelledAloneChange = "cancelled-alone"
+
+func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	run := workflow.GetInfo(ctx).WorkflowExecution.ID
 	p := &Progress{Phase: "validate", Started: workflow.Now(ctx)}
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) { return *p, nil }); err != nil {

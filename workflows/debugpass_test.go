@@ -353,8 +353,14 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 	cfg.Compare = []string{schemas.MethodNone, schemas.MethodAllPool, schemas.MethodDCD}
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
 	s.True(env.IsWorkflowCompleted())
-	s.Error(env.GetWorkflowError())
-	s.NotContains(env.GetWorkflowError().Error(), "deadline", "the pass waited on all_pool")
+	err := env.GetWorkflowError()
+	s.Require().Error(err)
+	s.NotContains(err.Error(), "deadline", "the pass waited on all_pool")
+	// Failed, not cancelled: the pass was not (a cancellation in the
+	// error's chain would close it as cancelled, its message lost).
+	var cancelled *temporal.CanceledError
+	s.False(errors.As(err, &cancelled), "the pass closes as cancelled: %v", err)
+	s.Contains(err.Error(), failure.Error())
 }
 
 // While the pass waits on its sets' embeddings, its phase names what it
