@@ -116,6 +116,10 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 		if err := sem.Acquire(ctx, 1); err != nil {
 			return done, err // cancelled
 		}
+		if firstErr != nil && workflow.GetVersion(ctx, packStopChange, workflow.DefaultVersion, 1) == 1 {
+			sem.Release(1) // an archive failed while this one waited: none more
+			break
+		}
 		wg.Add(1)
 		workflow.Go(ctx, func(ctx workflow.Context) {
 			defer wg.Done()
@@ -150,6 +154,10 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	}
 	return done, nil
 }
+
+// packStopChange versions starting no archive after one failed, which a
+// pack started before did once (the failed archive's slot went to it).
+const packStopChange = "pack-stop"
 
 // orDefault is v, or def when v is not set (not positive).
 func orDefault(v, def int) int {

@@ -2,8 +2,12 @@ package workflows
 
 import (
 	"context"
+	"sync/atomic"
+	"time"
 
 	"github.com/stretchr/testify/mock"
+
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/activities"
 	"dcd/schemas"
@@ -30,4 +34,24 @@ func (s *UnitTestSuite) TestPackDefaults() {
 	s.Require().NoError(env.GetWorkflowResult(&res))
 	s.Equal(3*DefaultPackWindow, res.Done)
 	s.Equal(3*DefaultPackWindow*DefaultPerArchive, res.Packed)
+}
+
+// An archive that fails ends the pack once the archives running end: no
+// other starts after it, in the slot it left.
+func (s *UnitTestSuite) TestPackStopsAtAFailedArchive() {
+	env := s.NewTestWorkflowEnvironment()
+	var a *activities.Activities
+	env.OnActivity(a.PlanPack, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 10, Images: 100}, nil)
+	var started atomic.Int32
+	env.OnActivity(a.PackArchive, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PackArchiveInput) (activities.PackArchiveResult, error) {
+		started.Add(1)
+		if in.Archive == 0 {
+			return activities.PackArchiveResult{}, temporal.NewNonRetryableApplicationError("archive 0: refused", "PackRefused", nil)
+		}
+		time.Sleep(300 * time.Millisecond) // still running when archive 0 fails
+		return activities.PackArchiveResult{Key: "k", Images: 10}, nil
+	})
+	env.ExecuteWorkflow(PackWorkflow, PackInput{Dataset: schemas.Dataset{Manifest: "m.csv"}, Out: "out/", Window: 2})
+	s.ErrorContains(env.GetWorkflowError(), "archive 0: refused")
+	s.Equal(int32(2), started.Load(), "archives started: the window's two, none after the failure")
 }
