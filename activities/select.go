@@ -167,40 +167,46 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 	return res, nil
 }
 
-// reach says whether a global or threshold selection by the nearest
-// query (min) may have left out pool images it asked for: the scan kept
-// ScanK neighbours a query, so an image it did not keep is at least the
-// horizon (the least of the full queries' farthest kept distances) from
-// every query. A budget not filled, or filled past the horizon, or a
-// threshold at or past it, may miss images the scan did not keep.
+// reach says whether a global or threshold selection may have left out
+// pool images it asked for: the scan kept ScanK neighbours a query, so an
+// image it did not keep is at least each full query's farthest kept
+// distance from that query. By the nearest query (min) it is at least the
+// horizon, the least of those distances; by the mean over every query, at
+// least their mean (when every query is full: one that is not kept every
+// image). A budget not filled, or filled past the horizon, or a threshold
+// at or past it, may miss images the scan did not keep.
 func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept map[int32]int) string {
 	sel := in.Selection
 	if in.ScanK <= 0 || sel.Strategy == schemas.PerQuery {
 		return ""
 	}
-	horizon := math.Inf(1)
-	for q, n := range kept {
-		if n >= in.ScanK {
+	horizon, full := math.Inf(1), 0
+	var sum float64 // in query order, as the scores are summed
+	for _, q := range slices.Sorted(maps.Keys(farthest)) {
+		if kept[q] >= in.ScanK {
 			horizon = min(horizon, farthest[q])
+			full++
 		}
+		sum += farthest[q]
 	}
 	if math.IsInf(horizon, 1) { // the scan kept every pool image
 		return ""
 	}
+	away := "the nearest of the images it left out at least %.4g away"
+	raise := fmt.Sprintf("raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", sel.Budget)
 	if sel.Aggregate == schemas.AggMean {
-		// A mean over every query has no horizon: only a budget the
-		// scan's candidates did not fill is known to miss images.
-		if sel.Strategy == schemas.Global && len(chosen) < sel.Budget {
-			return fmt.Sprintf("selection: %d images of a budget of %d: the scan kept %d neighbours a query (selection.scan_k), and the mean is over the images it kept; raise selection.scan_k", len(chosen), sel.Budget, in.ScanK)
+		if full < len(farthest) {
+			return "" // a query that is not full kept every pool image
 		}
-		return ""
+		horizon, away = sum/float64(len(farthest)), "the images it left out at least %.4g away on the mean"
+		raise = "raise selection.scan_k"
 	}
-	fix := fmt.Sprintf("the scan kept %d neighbours a query (selection.scan_k), the nearest of the images it left out at least %.4g away", in.ScanK, horizon)
+	fix := fmt.Sprintf("the scan kept %d neighbours a query (selection.scan_k), "+away, in.ScanK, horizon)
 	switch {
 	case sel.Strategy == schemas.Global && len(chosen) < sel.Budget:
-		return fmt.Sprintf("selection: %d images of a budget of %d: %s; raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", len(chosen), sel.Budget, fix, sel.Budget)
+		return fmt.Sprintf("selection: %d images of a budget of %d: %s; %s", len(chosen), sel.Budget, fix, raise)
 	case sel.Strategy == schemas.Global && chosen[len(chosen)-1].score > horizon:
-		return fmt.Sprintf("selection: the budget's last image is %.4g away, past where %s; raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", chosen[len(chosen)-1].score, fix, sel.Budget)
+		return fmt.Sprintf("selection: the budget's last image is %.4g away, past where %s; %s", chosen[len(chosen)-1].score, fix, raise)
 	case sel.Strategy == schemas.Threshold && sel.Threshold >= horizon:
 		return fmt.Sprintf("selection: threshold %g reaches past where %s: images within it may be left out; raise selection.scan_k", sel.Threshold, fix)
 	}
