@@ -451,6 +451,37 @@ func TestGuardSelection(t *testing.T) {
 		}
 	}
 
+	// A cluster of more copies than the search's first k (16): each
+	// within the threshold of every other, the worst ranked nearest each
+	// other and farthest from the best. One stays, the best ranked.
+	var cluster []selected
+	var clusterKeys []string
+	var clusterVecs [][]float32
+	for i := range 40 {
+		k := fmt.Sprintf("pool/c%d.png", i)
+		v := slices.Clone(apart)
+		v[0] += 0.004 * float32(i)
+		clusterKeys, clusterVecs = append(clusterKeys, k), append(clusterVecs, v)
+		score := float64(40 - i) // 39 ranks first after 0, then 38, …
+		if i == 0 {
+			score = 0
+		}
+		cluster = append(cluster, selected{item: dataset.Item{Key: k, Label: "a"}, score: score})
+	}
+	if err := a.writeSelection(ctx, MethodKey("r", "cluster", "selected.csv"), cluster); err != nil {
+		t.Fatal(err)
+	}
+	writeSet("cluster", clusterKeys, clusterVecs)
+	in = GuardInput{Run: "r", Method: "cluster", Selected: MethodKey("r", "cluster", "selected.csv"), Dataset: "cluster", Shards: 1,
+		Model: ModelRef{Spec: spec}, TestShards: 1, HeldoutShards: 1, Dedupe: 1e-4, Leakage: 1e-4}
+	if res, err = a.GuardSelection(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	kept, err = a.manifestRows(ctx, res.Manifest)
+	if err != nil || res.Duplicates != 39 || res.Size != 1 || kept["pool/c0.png\na"] != 1 {
+		t.Errorf("a cluster of 40 copies: duplicates %d, size %d, kept %v, %v; want pool/c0.png alone", res.Duplicates, res.Size, kept, err)
+	}
+
 	// Features with a large common offset (ReLU features with a bias, say)
 	// guard as they did without it: the search's float32 distances are
 	// then off by more than the thresholds, the exact ones are not.
