@@ -497,21 +497,6 @@ func scoreCut(thr, qq float32) float32 {
 
 func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
 
-// Merge keeps the k nearest of several candidate lists for one query,
-// nearest first, ties by id; an id seen twice counts once.
-func Merge(k int, lists ...[]Neighbor) []Neighbor {
-	var all []Neighbor
-	for _, l := range lists {
-		all = append(all, l...)
-	}
-	slices.SortFunc(all, Compare)
-	all = slices.CompactFunc(all, func(a, b Neighbor) bool { return a.ID == b.ID })
-	if len(all) > k {
-		all = all[:k]
-	}
-	return all
-}
-
 // MergeSorted appends to dst the k first elements of the union of a and b,
 // two lists each in Compare order (by key), and returns it; an element with
 // the same id as the one kept before it counts once. It is the linear step

@@ -123,6 +123,23 @@ func TestTopKTiesBrokenByID(t *testing.T) {
 	}
 }
 
+// Merge is the reference fold of MergeSorted: the k first of several
+// candidate lists for one query sorted together, nearest first, ties by
+// id; a neighbour listed twice (the same id next to itself in that order:
+// at the same distance) counts once, as in MergeSorted.
+func Merge(k int, lists ...[]Neighbor) []Neighbor {
+	var all []Neighbor
+	for _, l := range lists {
+		all = append(all, l...)
+	}
+	slices.SortFunc(all, Compare)
+	all = slices.CompactFunc(all, func(a, b Neighbor) bool { return a.ID == b.ID })
+	if len(all) > k {
+		all = all[:k]
+	}
+	return all
+}
+
 func TestMergeDedupes(t *testing.T) {
 	a := []Neighbor{{ID: 1, Distance: 1}, {ID: 2, Distance: 3}}
 	b := []Neighbor{{ID: 2, Distance: 3}, {ID: 3, Distance: 2}}
