@@ -2,6 +2,9 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -76,5 +79,37 @@ func TestRatioRoundsDown(t *testing.T) {
 	}
 	if r := throughput("w", "images/s", 70000, 100000, 0); r.Ratio != 0.7 {
 		t.Errorf("exactly 0.7: ratio %v", r.Ratio)
+	}
+}
+
+// The bench's private worker runs with a worker's defaults whatever the
+// shell sets, and a worker that dies while the bench waits on it ends the
+// wait, its log's end in the error (the log goes with the bench's folder).
+func TestBenchWorker(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "worker")
+	script := "#!/bin/sh\necho \"args: $*\"\necho \"env: DCD_EP=$DCD_EP TEMPORAL_NAMESPACE=$TEMPORAL_NAMESPACE\"\necho polling\nsleep 1\necho 'fatal error: out of memory'\nexit 3\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DCD_EP", "cuda")
+	t.Setenv("TEMPORAL_NAMESPACE", "elsewhere")
+	w, err := startWorker(context.Background(), Options{Dir: dir}, fake, "127.0.0.1:1", "file:///nowhere", "case")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.stop()
+	ctx, cancel := w.watch(context.Background())
+	defer cancel()
+	select {
+	case <-ctx.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the wait went on 20 s after the worker exited")
+	}
+	err = w.failed(ctx.Err())
+	for _, want := range []string{"the worker exited (exit status 3)", "out of memory", "-namespace default", "-ep cpu", "env: DCD_EP= TEMPORAL_NAMESPACE=\n"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
 	}
 }

@@ -66,6 +66,8 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 		return nil, err
 	}
 	defer w.stop()
+	ctx, cancel := w.watch(ctx)
+	defer cancel()
 
 	run := 0
 	pack := func() error {
@@ -78,7 +80,7 @@ func Pack(ctx context.Context, o Options) ([]Result, error) {
 		}
 		var res workflows.PackResult
 		if err := we.Get(ctx, &res); err != nil {
-			return fmt.Errorf("bench: pack: %w (worker log: %s)", err, w.log)
+			return w.failed(fmt.Errorf("pack: %w", err))
 		}
 		if res.Packed != images {
 			return fmt.Errorf("bench: packed %d images of %d", res.Packed, images)

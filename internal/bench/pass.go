@@ -327,6 +327,8 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 		return nil, err
 	}
 	defer w.stop()
+	ctx, cancel := w.watch(ctx)
+	defer cancel()
 
 	var (
 		r     client.WorkflowRun
@@ -341,7 +343,7 @@ func passRun(ctx context.Context, o Options, srv *server, workerBin, url string,
 			return nil, err
 		}
 		if err := r.Get(ctx, &res); err != nil {
-			return nil, fmt.Errorf("%w (worker log: %s)", err, w.log)
+			return nil, w.failed(err)
 		}
 		wall = time.Since(start)
 	}
@@ -686,13 +688,15 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 	}
 	defer logf.Close()
 	spans := filepath.Join(o.Dir, "spans-"+name)
-	args := []string{"-address", hostport, "-storage", url, "-queues", "cpu,gpu", "-activity-spans", spans}
-	if o.Threads > 0 {
-		args = append(args, "-threads", strconv.Itoa(o.Threads))
-	}
+	// Every setting given: a worker's defaults, not what the shell's
+	// DCD_*/TEMPORAL_* variables (a compose setup's namespace, DCD_EP,
+	// DCD_THREADS) would make of the bench's private worker.
+	profile := ""
 	if o.WorkerProfile != "" {
-		args = append(args, "-cpuprofile", o.WorkerProfile+"-"+name)
+		profile = o.WorkerProfile + "-" + name
 	}
+	args := []string{"-address", hostport, "-namespace", "default", "-storage", url, "-queues", "cpu,gpu", "-activity-spans", spans,
+		"-ep", "cpu", "-threads", strconv.Itoa(max(o.Threads, 0)), "-concurrency", "0", "-cpuprofile", profile}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = devserver.Attached() // no worker left polling if the bench dies
@@ -700,7 +704,11 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 	if lib == "" {
 		lib = os.Getenv("DCD_ORT_LIB")
 	}
-	cmd.Env = os.Environ()
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DCD_") && !strings.HasPrefix(kv, "TEMPORAL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	if lib != "" {
 		cmd.Env = append(cmd.Env, "DCD_ORT_LIB="+lib)
 	}
@@ -727,6 +735,32 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// watch returns ctx, cancelled too when the worker exits: a workflow
+// waiting on a dead worker's queue (one killed for memory, say) would
+// wait forever.
+func (p *proc) watch(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// failed is err with how the worker stands, and its log's end: the log
+// goes with the bench's temporary folder.
+func (p *proc) failed(err error) error {
+	select {
+	case <-p.done:
+		err = fmt.Errorf("the worker exited (%v) while the bench waited on it: %w", p.cmd.ProcessState, err)
+	default:
+	}
+	return fmt.Errorf("bench: %w\n%s", err, devserver.Tail(p.log))
 }
 
 // peakRSS is the process's high-water resident set (VmHWM), in bytes.

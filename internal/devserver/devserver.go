@@ -261,7 +261,7 @@ func ensureTemporal(ctx context.Context, hostport, stateDir string, detach bool,
 	}
 	if err := waitHealthy(ctx, hostport, healthTimeout, p.exited); err != nil {
 		p.kill()
-		return false, fmt.Errorf("%w\n%s", err, tail(p.log))
+		return false, fmt.Errorf("%w\n%s", err, Tail(p.log))
 	}
 	return true, nil
 }
@@ -360,7 +360,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	select {
 	case <-p.exited:
 		os.Remove(pidFile)
-		return false, fmt.Errorf("devserver: worker exited at once:\n%s", tail(p.log))
+		return false, fmt.Errorf("devserver: worker exited at once:\n%s", Tail(p.log))
 	case <-time.After(2 * time.Second):
 		return true, nil
 	case <-ctx.Done():
@@ -699,8 +699,8 @@ func procList(pid int, file string) ([]string, error) {
 	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
 }
 
-// tail returns the last lines of a log file, indented, for error messages.
-func tail(path string) string {
+// Tail returns the last lines of a log file, indented, for error messages.
+func Tail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
