@@ -11,7 +11,7 @@
 # docker-compose.yml builds both runtimes. The image has no entrypoint: the
 # command names the binary, e.g. `worker -queues cpu` or `starter run ...`.
 
-ARG GO_VERSION=1.26
+ARG GO_VERSION=1.26.8
 ARG ORT_VERSION=1.30.0
 # The GPU stage's release and the npm package of its CUDA provider, those
 # `make setup-gpu` fetches and the GPU runs of README's Performance used;

@@ -111,6 +111,17 @@ func TestComposeFileHangsTogether(t *testing.T) {
 	if m == nil || args["ORT_VERSION"] != string(m[1]) {
 		t.Errorf("Dockerfile ORT_VERSION %q, scripts/setup.sh ort_version %q", args["ORT_VERSION"], m)
 	}
+	// The build's Go is go.mod's: the golang images build with
+	// GOTOOLCHAIN=local, so an older 1.26 cached locally would refuse
+	// go.mod.
+	gomod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = regexp.MustCompile(`(?m)^go (\S+)`).FindSubmatch(gomod)
+	if m == nil || args["GO_VERSION"] != string(m[1]) {
+		t.Errorf("Dockerfile GO_VERSION %q, go.mod's go %q", args["GO_VERSION"], m)
+	}
 	// And the GPU image the release scripts/setup-gpu.sh fetches, whose
 	// CUDA provider was run on a GPU.
 	setupGPU, err := os.ReadFile("../../scripts/setup-gpu.sh")
