@@ -2,7 +2,10 @@
 # Both install what they need first (scripts/setup.sh, cached in ~/.cache/dcd).
 
 SHELL := /bin/bash
-CACHE ?= $(or $(DCD_CACHE),$(HOME)/.cache/dcd)
+# Absolute (go install refuses a relative GOBIN), and exported: the programs
+# make runs find the setup's files by it too (internal/toolcache).
+export DCD_CACHE := $(abspath $(or $(DCD_CACHE),$(HOME)/.cache/dcd))
+CACHE := $(DCD_CACHE)
 export DCD_TEMPORAL ?= $(CACHE)/bin/temporal
 export DCD_ORT_LIB ?= $(CACHE)/lib/libonnxruntime.so.1.30.0
 export DCD_MNIST_DIR ?= $(CACHE)/mnist

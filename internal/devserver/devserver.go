@@ -39,6 +39,8 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"dcd/internal/redact"
+
+	"dcd/internal/toolcache"
 )
 
 // Names of the files in the state dir.
@@ -99,19 +101,16 @@ const healthTimeout = 60 * time.Second
 const markerEnv = "DCD_DEVSERVER_PIDFILE"
 
 // TemporalBinary returns the Temporal CLI's path: env DCD_TEMPORAL, else
-// ~/.cache/dcd/bin/temporal.
+// the setup's folder's bin/temporal (toolcache).
 func TemporalBinary() (string, error) { return installed("DCD_TEMPORAL", "temporal", "temporal CLI") }
 
 // installed is the path of a program scripts/setup.sh installs: env
-// names it, else ~/.cache/dcd/bin/<name>. what names it in errors.
+// names it, else the setup's folder's bin/<name> (toolcache). what names
+// it in errors.
 func installed(env, name, what string) (string, error) {
 	p := os.Getenv(env)
 	if p == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("devserver: %s: %w (set %s)", what, err, env)
-		}
-		p = filepath.Join(home, ".cache", "dcd", "bin", name)
+		p = toolcache.Path("bin", name)
 	}
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("devserver: %s not found at %s: run `make setup`, or set %s to its path", what, p, env)

@@ -20,7 +20,7 @@ type GCS struct {
 }
 
 // FakeGCSBinary returns the GCS server's path: env DCD_FAKE_GCS, else
-// ~/.cache/dcd/bin/fake-gcs-server (scripts/setup.sh installs it).
+// the setup's folder's bin/fake-gcs-server (toolcache; scripts/setup.sh installs it).
 func FakeGCSBinary() (string, error) {
 	return installed("DCD_FAKE_GCS", "fake-gcs-server", "fake-gcs-server")
 }

@@ -36,7 +36,7 @@ var S3Env = []string{
 }
 
 // VersityGWBinary returns the S3 server's path: env DCD_VERSITYGW, else
-// ~/.cache/dcd/bin/versitygw (scripts/setup.sh installs it).
+// the setup's folder's bin/versitygw (toolcache; scripts/setup.sh installs it).
 func VersityGWBinary() (string, error) { return installed("DCD_VERSITYGW", "versitygw", "versitygw") }
 
 // StartS3 starts the S3 server bin over dir on a free local port, its

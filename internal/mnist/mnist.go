@@ -14,6 +14,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"dcd/internal/toolcache"
 )
 
 const (
@@ -39,13 +41,12 @@ func (s *Set) Image(i int) *image.Gray {
 }
 
 // DefaultDir is where `make setup` puts the four MNIST files: $DCD_MNIST_DIR
-// when set, else ~/.cache/dcd/mnist.
+// when set, else the setup's folder's mnist (toolcache).
 func DefaultDir() string {
 	if d := os.Getenv("DCD_MNIST_DIR"); d != "" {
 		return d
 	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "dcd", "mnist")
+	return toolcache.Path("mnist")
 }
 
 // Load reads the train and test splits from the standard file names in dir.

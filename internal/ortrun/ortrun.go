@@ -18,6 +18,8 @@ import (
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"dcd/internal/toolcache"
 )
 
 var env struct {
@@ -305,8 +307,7 @@ func DefaultLibrary() string {
 // SetupLibrary is where `make setup` puts the CPU ONNX Runtime library,
 // whatever DCD_ORT_LIB says.
 func SetupLibrary() string {
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "dcd", "lib", "libonnxruntime.so."+LibraryVersion)
+	return toolcache.Path("lib", "libonnxruntime.so."+LibraryVersion)
 }
 
 // LibraryVersion is the ONNX Runtime release the setup script installs.

@@ -20,6 +20,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
+
+	"dcd/internal/toolcache"
 )
 
 // azuriteKey is the key of Azurite's built-in account devstoreaccount1,
@@ -27,7 +29,7 @@ import (
 const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 // azurite starts Azurite, Microsoft's Azure Blob Storage server, which
-// scripts/setup.sh installs (env DCD_AZURITE, else under ~/.cache/dcd),
+// scripts/setup.sh installs (env DCD_AZURITE, else in the setup's folder, toolcache),
 // behind a proxy that counts the connections made to it. It creates a
 // container and returns its azblob:// URL, with the credentials in this
 // process's environment as a worker would have them.
@@ -35,8 +37,7 @@ func azurite(t *testing.T, name string) (url string, conns *atomic.Int64) {
 	t.Helper()
 	bin := os.Getenv("DCD_AZURITE")
 	if bin == "" {
-		home, _ := os.UserHomeDir()
-		bin = filepath.Join(home, ".cache", "dcd", "azurite-3.37.0", "node_modules", ".bin", "azurite-blob")
+		bin = toolcache.Path("azurite-3.37.0", "node_modules", ".bin", "azurite-blob")
 	}
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("Azurite not found at %s: run `make setup` (scripts/setup.sh installs it), or set DCD_AZURITE", bin)
