@@ -173,8 +173,12 @@ func TestSelectNotesTheScansReach(t *testing.T) {
 		{"mean, the scan kept every pool image", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 5, ""},
 		// By the mean, an image the scan left out is at least (5+1)/2 = 3
 		// away: the mean of the queries' farthest kept distances.
-		{"mean, threshold within reach", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold, s.Aggregate = schemas.Threshold, 2.9, schemas.AggMean }), 4, ""},
-		{"mean, threshold past it", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold, s.Aggregate = schemas.Threshold, 3, schemas.AggMean }), 4,
+		{"mean, threshold within reach", with(base, func(s *schemas.Selection) {
+			s.Strategy, s.Threshold, s.Aggregate = schemas.Threshold, 2.9, schemas.AggMean
+		}), 4, ""},
+		{"mean, threshold past it", with(base, func(s *schemas.Selection) {
+			s.Strategy, s.Threshold, s.Aggregate = schemas.Threshold, 3, schemas.AggMean
+		}), 4,
 			"threshold 3 reaches past where the scan kept 4 neighbours a query (selection.scan_k), the images it left out at least 3 away on the mean"},
 	} {
 		res, err := a.SelectDebugTrain(context.Background(), SelectInput{Run: "r", Method: "dcd:n", Selection: tc.sel, ScanK: tc.scanK})
