@@ -117,6 +117,17 @@ func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
 		w.Write([]byte("<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"))
 	}))
 	defer srv.Close()
+	// A manifest whose GET the connection's close cuts mid-row: the
+	// store's fault, which the next try may not meet, not the data's.
+	cut := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		w.Header().Set("Last-Modified", "Sat, 28 Nov 2026 12:00:00 GMT")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			w.Write([]byte("uri,label\n/a.png,c\n/b.p"))
+		}
+	}))
+	defer cut.Close()
 	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
 	t.Setenv("AWS_MAX_ATTEMPTS", "1")
@@ -138,6 +149,7 @@ func TestPlanRetriesOnlyWhatMayPass(t *testing.T) {
 	}{
 		{"bad.csv", true, "line 3: empty uri"},
 		{"s3://pool/m.csv?endpoint=" + srv.URL + "&use_path_style=true&region=us-east-1", false, "SlowDown"},
+		{"s3://pool/m.csv?endpoint=" + cut.URL + "&use_path_style=true&region=us-east-1", false, "ended early"},
 	} {
 		_, err := env.ExecuteActivity(a.Plan, PlanInput{Run: "r", Name: Pool, Dataset: schemas.Dataset{Manifest: c.manifest}, ShardSize: 10})
 		var appErr *temporal.ApplicationError

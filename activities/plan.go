@@ -144,11 +144,15 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		return ownWrite(store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data), ShardIndexKey(in.Run, in.Name))
 	})
 	var own *ownWriteError
+	var index *dataset.IndexWriteError
 	switch {
 	case errors.As(err, &own):
 		// The worker's bucket refused the run's own files (a policy, a
 		// full disk): nothing of the dataset to fix.
 		return res, own.err
+	case errors.As(err, &index):
+		// Or an archive's index, which planning caches there.
+		return res, store.Classify(err, index.Key)
 	case err != nil && !retried(ctx, err):
 		return res, invalid("data.%s: %v", in.Name, err)
 	}

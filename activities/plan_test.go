@@ -1,6 +1,8 @@
 package activities_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -228,5 +230,32 @@ func TestPlanOwnWriteRefused(t *testing.T) {
 		if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), refused) || strings.Contains(err.Error(), "data.pool") {
 			t.Errorf("the worker's bucket refuses %s: %v, want a final storage error naming it, not the dataset", refused, err)
 		}
+	}
+	// The same for a WebDataset archive's index, which planning caches in
+	// the worker's bucket.
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	for name, body := range map[string]string{"s0.png": "png", "s0.cls": "a"} {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body))})
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	if err := b.WriteAll(ctx, "wds/000.tar", archive.Bytes(), nil); err != nil {
+		t.Fatal(err)
+	}
+	hooked := storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+		if strings.HasPrefix(key, "webdataset/") {
+			return fs.ErrPermission
+		}
+		return nil
+	}})
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestActivityEnvironment()
+	acts := &activities.Activities{Bucket: hooked}
+	env.RegisterActivity(acts)
+	_, err = env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: schemas.Dataset{WebDataset: "wds/"}, ShardSize: 100})
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), "webdataset/") || strings.Contains(err.Error(), "data.pool") {
+		t.Errorf("the worker's bucket refuses an archive's index: %v, want a final storage error naming it, not the dataset", err)
 	}
 }

@@ -342,17 +342,28 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObjec
 	}
 	defer r.Close()
 	var samples []webdataset.Sample
-	if err := webdataset.Walk(r, archive, func(sm webdataset.Sample) error {
+	if err := webdataset.Walk(store.Body(r), archive, func(sm webdataset.Sample) error {
 		samples = append(samples, sm)
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("dataset: %w", err)
 	}
 	if err := store.WriteAll(ctx, s.Bucket, ik, marshalIndex(samples)); err != nil {
-		return nil, fmt.Errorf("dataset: webdataset %q: cache its index: %w", archive, err)
+		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, &IndexWriteError{Key: ik, Err: err})
 	}
 	return samples, nil
 }
+
+// IndexWriteError is a failed write of an archive's index to the cache in
+// Source.Bucket, the worker's own bucket: the store's fault, nothing of the
+// dataset to fix.
+type IndexWriteError struct {
+	Key string
+	Err error
+}
+
+func (e *IndexWriteError) Error() string { return fmt.Sprintf("cache its index at %s: %v", e.Key, e.Err) }
+func (e *IndexWriteError) Unwrap() error { return e.Err }
 
 // IndexKey is where the sample list of one version of an archive is
 // cached, as Walk's rules of this version make it.
@@ -591,7 +602,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	// Excel's "CSV UTF-8" (and Python's utf-8-sig) begins with a
 	// byte-order mark, which the header's first field, quoted, must not
 	// begin with.
-	br := bufio.NewReader(r)
+	br := bufio.NewReader(store.Body(r))
 	if bom, _ := br.Peek(3); string(bom) == "\ufeff" {
 		br.Discard(3)
 		offset = 3
@@ -621,7 +632,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		r.Close()
 		r = rest
 		fields := len(header)
-		cr = boundedCSV(r)
+		cr = boundedCSV(store.Body(r))
 		cr.FieldsPerRecord = fields
 		offset, lines = at.Offset, at.Line
 		defer func() {

@@ -14,6 +14,8 @@ import (
 	"github.com/apache/arrow/go/v15/parquet/file"
 	"github.com/apache/arrow/go/v15/parquet/pqarrow"
 	"gocloud.dev/blob"
+
+	"dcd/internal/store"
 )
 
 // parquetBatch is how many manifest rows are decoded at a time.
@@ -294,7 +296,7 @@ func (r *rangeReader) readAt(p []byte, off int64) (int, time.Time, error) {
 		return 0, time.Time{}, fmt.Errorf("%q changed while being read, %d bytes modified %v, then %d modified %v: %w",
 			r.key, r.size, r.modified, br.Size(), br.ModTime(), ErrChanged)
 	}
-	got, err := io.ReadFull(br, p[:n])
+	got, err := io.ReadFull(store.Body(br), p[:n])
 	if err != nil {
 		return got, time.Time{}, err
 	}

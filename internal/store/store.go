@@ -289,6 +289,23 @@ func readFull(r io.Reader, p []byte) (int, error) {
 	return n, err
 }
 
+// Body marks a body cut short in what r's reads return (errCut, which
+// Transient counts), for a reader that parses a blob as it streams (a CSV
+// manifest, a tar archive): their parsers return io.ErrUnexpectedEOF for
+// a file that is short, and the HTTP body's own, for a connection closed
+// mid-body, would pass for it, failing a plan for good.
+func Body(r io.Reader) io.Reader { return body{r} }
+
+type body struct{ r io.Reader }
+
+func (b body) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("%w: %w", errCut, err)
+	}
+	return n, err
+}
+
 // Transient reports whether err is a storage error that a retry may fix: a
 // server that is unreachable, throttling or failing for a while, as
 // opposed to a missing object, a damaged file or a store that lacks what
