@@ -236,6 +236,24 @@ const (
 	archiveBytes  = 2 << 30
 )
 
+// compressedTar says whether an object named name is a tar archive other
+// than the uncompressed .tar named in lower case that a WebDataset is read
+// from: A.TAR, a.tar.gz, a.tar.xz, a.tgz, … (notTar says so).
+func compressedTar(name string) bool {
+	lower := strings.ToLower(name)
+	if strings.HasSuffix(name, ".tar") {
+		return false
+	}
+	for _, ext := range []string{".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tlz"} {
+		if strings.HasSuffix(lower, ext) {
+			return true
+		}
+	}
+	return strings.Contains(lower, ".tar.")
+}
+
+const notTar = "is not an uncompressed .tar (named in lower case), the archives DCD reads: decompress or rename it, or move it out of the dataset"
+
 // walkWebDataset reads every .tar archive under ref (or the one archive ref
 // names) in key order, once through, for its samples and their byte ranges.
 // An item is versioned by its archive's size and modification time.
@@ -243,6 +261,9 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	b, prefix, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+	}
+	if compressedTar(path.Base(prefix)) {
+		return fmt.Errorf("dataset: webdataset %q %s", ref, notTar)
 	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {
 		prefix += "/"
@@ -257,10 +278,9 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			if one && obj.Key != prefix || strings.HasPrefix(name, ".") {
 				return nil
 			}
-			if lower := strings.ToLower(name); !strings.HasSuffix(name, ".tar") && (strings.HasSuffix(lower, ".tar") ||
-				strings.HasSuffix(lower, ".tar.gz") || strings.HasSuffix(lower, ".tgz")) {
+			if compressedTar(name) {
 				// Left out, its samples would be missing unsaid.
-				return fmt.Errorf("dataset: webdataset %q: %s is not an uncompressed .tar (named in lower case), the archives DCD reads: decompress or rename it, or move it out of the dataset", ref, obj.Key)
+				return fmt.Errorf("dataset: webdataset %q: %s %s", ref, obj.Key, notTar)
 			}
 			if !strings.HasSuffix(name, ".tar") {
 				return nil

@@ -553,6 +553,10 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"empty/x.txt":       "no archives here",
 		"gz/a.tar":          tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"gz/b.tar.gz":       "compressed",
+		"xz/a.tar":          tarOf(t, "1.png", "x", "1.cls", "dog"),
+		"xz/b.tar.xz":       "compressed",
+		"zst/c.tzst":        "compressed",
+		"named/a.tar.bz2":   "compressed",
 		"one/a.tar":         tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"one/a.tar.old.tar": "not the archive named",
 	})
@@ -560,6 +564,10 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"nolabel/": `nolabel/a.tar: sample "2" has an image but no .cls label`,
 		"empty/":   `webdataset "empty/" holds no samples`,
 		"gz/":      `gz/b.tar.gz is not an uncompressed .tar`,
+		"xz/":      `xz/b.tar.xz is not an uncompressed .tar`,
+		"zst/":     `zst/c.tzst is not an uncompressed .tar`,
+		// One archive named, compressed: said, not read as a prefix.
+		"named/a.tar.bz2": `webdataset "named/a.tar.bz2" is not an uncompressed .tar`,
 	} {
 		_, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: ds})
 		if err == nil || !strings.Contains(err.Error(), want) {
