@@ -2,9 +2,11 @@
 # Both install what they need first (scripts/setup.sh, cached in ~/.cache/dcd).
 
 SHELL := /bin/bash
-# Absolute (go install refuses a relative GOBIN), and exported: the programs
-# make runs find the setup's files by it too (internal/toolcache).
-export DCD_CACHE := $(abspath $(or $(DCD_CACHE),$(HOME)/.cache/dcd))
+# Absolute (go install refuses a relative GOBIN), even given on make's
+# command line, and exported: the programs make runs find the setup's files
+# by it too (internal/toolcache).
+override DCD_CACHE := $(abspath $(or $(DCD_CACHE),$(HOME)/.cache/dcd))
+export DCD_CACHE
 CACHE := $(DCD_CACHE)
 export DCD_TEMPORAL ?= $(CACHE)/bin/temporal
 export DCD_ORT_LIB ?= $(CACHE)/lib/libonnxruntime.so.1.30.0

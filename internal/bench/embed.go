@@ -295,10 +295,12 @@ func embedOne(ctx context.Context, o Options, c embedCase) (Result, error) {
 // a pass's default size first, then in number. Shards come in a multiple
 // of streams, so that the pipeline's streams each embed as many, as
 // inference alone spreads its batches evenly over its own.
-// embed_demo_objects keeps its sizes (a file per image is informative
-// only), rounded to the streams too.
+// embed_demo_objects keeps its sizes: a file per image is informative only.
 func (c embedCase) grown(shards, images int, took time.Duration, streams int) (int, int) {
-	if grow := minRun.Seconds() / took.Seconds(); !c.objects && grow > 1.25 { // near enough holds
+	if c.objects {
+		return shards, images
+	}
+	if grow := minRun.Seconds() / took.Seconds(); grow > 1.25 { // near enough holds
 		total := float64(shards*images) * grow
 		images = min(max(images, defaultShardImages), int(float64(images)*grow)) / c.batch * c.batch
 		shards = min(maxShards, max(shards, int(math.Ceil(total/float64(images)))))
