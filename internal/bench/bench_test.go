@@ -88,12 +88,13 @@ func TestRatioRoundsDown(t *testing.T) {
 func TestBenchWorker(t *testing.T) {
 	dir := t.TempDir()
 	fake := filepath.Join(dir, "worker")
-	script := "#!/bin/sh\necho \"args: $*\"\necho \"env: DCD_EP=$DCD_EP TEMPORAL_NAMESPACE=$TEMPORAL_NAMESPACE\"\necho polling\nsleep 1\necho 'fatal error: out of memory'\nexit 3\n"
+	script := "#!/bin/sh\necho \"args: $*\"\necho \"env: DCD_EP=$DCD_EP TEMPORAL_NAMESPACE=$TEMPORAL_NAMESPACE DCD_CACHE=$DCD_CACHE\"\necho polling\nsleep 1\necho 'fatal error: out of memory'\nexit 3\n"
 	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("DCD_EP", "cuda")
 	t.Setenv("TEMPORAL_NAMESPACE", "elsewhere")
+	t.Setenv("DCD_CACHE", "/opt/dcd") // where the setup put ONNX Runtime: kept
 	w, err := startWorker(context.Background(), Options{Dir: dir}, fake, "127.0.0.1:1", "file:///nowhere", "case")
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +108,7 @@ func TestBenchWorker(t *testing.T) {
 		t.Fatal("the wait went on 20 s after the worker exited")
 	}
 	err = w.failed(ctx.Err())
-	for _, want := range []string{"the worker exited (exit status 3)", "out of memory", "-namespace default", "-ep cpu", "env: DCD_EP= TEMPORAL_NAMESPACE=\n"} {
+	for _, want := range []string{"the worker exited (exit status 3)", "out of memory", "-namespace default", "-ep cpu", "env: DCD_EP= TEMPORAL_NAMESPACE= DCD_CACHE=/opt/dcd\n"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

@@ -690,7 +690,8 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 	spans := filepath.Join(o.Dir, "spans-"+name)
 	// Every setting given: a worker's defaults, not what the shell's
 	// DCD_*/TEMPORAL_* variables (a compose setup's namespace, DCD_EP,
-	// DCD_THREADS) would make of the bench's private worker.
+	// DCD_THREADS) would make of the bench's private worker, which gets
+	// none of them but DCD_CACHE and DCD_ORT_LIB.
 	profile := ""
 	if o.WorkerProfile != "" {
 		profile = o.WorkerProfile + "-" + name
@@ -705,7 +706,9 @@ func startWorker(ctx context.Context, o Options, bin, hostport, url, name string
 		lib = os.Getenv("DCD_ORT_LIB")
 	}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DCD_") && !strings.HasPrefix(kv, "TEMPORAL_") {
+		// DCD_CACHE stays: where the worker finds ONNX Runtime, run
+		// outside make.
+		if !strings.HasPrefix(kv, "DCD_") && !strings.HasPrefix(kv, "TEMPORAL_") || strings.HasPrefix(kv, "DCD_CACHE=") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
