@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,6 +54,45 @@ func TestCancelStopsThePass(t *testing.T) {
 			cancelMidScan(t, c, acts, cfg, tc.chain)
 		})
 	}
+	// A chain cancelled alone (from the UI), the pass not: the pass fails,
+	// naming the step, rather than closing as cancelled with no word
+	// (the SDK closes a workflow as cancelled whose error holds a
+	// cancellation anywhere). Shards of 24: none cached by the case above.
+	t.Run("a chain cancelled alone", func(t *testing.T) {
+		cfg := cfg
+		cfg.Shards.Size = 24
+		startWorkerWith(t, c, b, "", worker.Options{}, workflows.CPUQueue, workflows.GPUQueue)
+		id := "cancel-alone-" + time.Now().UTC().Format("150405.000")
+		we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitPhase(t, c, id, "scan pool")
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+			if _, err := c.DescribeWorkflowExecution(ctx, id+"/pool/0", ""); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no pool chain a minute into the pool scan")
+			}
+		}
+		if err := c.CancelWorkflow(ctx, id+"/pool/0", ""); err != nil {
+			t.Fatal(err)
+		}
+		err = we.Get(ctx, nil)
+		var ce *temporal.CanceledError
+		var app *temporal.ApplicationError
+		if errors.As(err, &ce) || !errors.As(err, &app) || app.Type() != "StepCancelled" || !strings.Contains(err.Error(), id+"/pool/0") {
+			t.Fatalf("pass ended with %v, want it failed naming the chain cancelled", err)
+		}
+		d, err := c.DescribeWorkflowExecution(ctx, id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := d.GetWorkflowExecutionInfo().GetStatus(); st != enumspb.WORKFLOW_EXECUTION_STATUS_FAILED {
+			t.Errorf("the pass closed %v, want failed", st)
+		}
+	})
 }
 
 func cancelMidScan(t *testing.T, c client.Client, acts *runningActivities, cfg schemas.Config, chain bool) {
