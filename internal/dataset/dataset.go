@@ -244,12 +244,15 @@ func compressedTar(name string) bool {
 	if strings.HasSuffix(name, ".tar") {
 		return false
 	}
-	for _, ext := range []string{".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tlz"} {
+	// Compressions' suffixes only: 000.tar.sha256 or 000.tar.idx beside
+	// an archive is no archive, and is passed over as before.
+	for _, ext := range []string{".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz", ".tar.lz4", ".tar.lzma", ".tar.z",
+		".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tlz"} {
 		if strings.HasSuffix(lower, ext) {
 			return true
 		}
 	}
-	return strings.Contains(lower, ".tar.")
+	return false
 }
 
 const notTar = "is not an uncompressed .tar (named in lower case), the archives DCD reads: decompress or rename it, or move it out of the dataset"
@@ -262,7 +265,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	if err != nil {
 		return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
 	}
-	if compressedTar(path.Base(prefix)) {
+	if !strings.HasSuffix(prefix, "/") && compressedTar(path.Base(prefix)) {
 		return fmt.Errorf("dataset: webdataset %q %s", ref, notTar)
 	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {

@@ -555,6 +555,9 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"gz/b.tar.gz":       "compressed",
 		"xz/a.tar":          tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"xz/b.tar.xz":       "compressed",
+		"sums/a.tar":        tarOf(t, "1.png", "x", "1.cls", "dog"),
+		"sums/a.tar.sha256": "not an archive",
+		"v1.tar.d/a.tar":    tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"zst/c.tzst":        "compressed",
 		"named/a.tar.bz2":   "compressed",
 		"one/a.tar":         tarOf(t, "1.png", "x", "1.cls", "dog"),
@@ -572,6 +575,13 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		_, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: ds})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
+		}
+	}
+	// Files beside the archives that are no compressed archive are
+	// passed over, and a folder's name may hold ".tar.".
+	for _, ds := range []string{"sums/", "v1.tar.d/"} {
+		if items, err := walkAll(t, Source{Bucket: def}, schemas.Dataset{WebDataset: ds}); err != nil || len(items) != 1 {
+			t.Errorf("%s: %d items, %v; want its archive's one sample", ds, len(items), err)
 		}
 	}
 	// An archive named is that archive, not every key it begins.
