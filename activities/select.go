@@ -198,6 +198,10 @@ func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept m
 		if full < len(farthest) {
 			return "" // a query that is not full kept every pool image
 		}
+		// A candidate's mean, which counts a query that did not keep it
+		// at that query's farthest, is at most this: a filled budget
+		// never reaches past it, and is not noted (its means are lower
+		// bounds: README, Config).
 		horizon, away = sum/float64(len(farthest)), "the images it left out at least %.4g away on the mean"
 		raise = "raise selection.scan_k"
 	}
