@@ -156,9 +156,9 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 	}
 	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
 	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok && rebuilt {
-		// Replaced only by a worker that does as the old one did: one
-		// on another bucket would take the old one's passes.
-		if err := devserver.CheckWorker(args, workerDefaults(), stateDir); err != nil {
+		// Replaced only by a worker on the old one's bucket, namespace
+		// and server: one elsewhere would take the old one's passes.
+		if err := devserver.CheckWorker(args, stateDir); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "stopping  the worker built before the checkout changed (up to %s, to let its activities finish)\n", devserver.WorkerStopGrace)

@@ -348,7 +348,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	}
 	pidFile := filepath.Join(stateDir, WorkerPID)
 	if pid, ok := running(pidFile); ok {
-		return false, workerDiffers(pid, args, defaults)
+		return false, workerDiffers(pid, args, defaults, WorkerEnv)
 	}
 	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID, true)
 	if err != nil {
@@ -367,26 +367,29 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	}
 }
 
-// CheckWorker refuses the worker running from stateDir, if one does, when
-// it runs with other args than these, or another environment than this
-// process's (envDiffers): one that would not do as asked. A worker about to
-// be replaced by a new build is checked first, so that the new one is not
-// started on another bucket or namespace under passes the old one runs.
-func CheckWorker(args []string, defaults map[string]string, stateDir string) error {
+// CheckWorker refuses the worker running from stateDir, if one does, that
+// a new build of it started in its place with args and this process's
+// environment would take elsewhere: other args (another bucket, namespace
+// or server), or another storage environment (StorageEnv: credentials,
+// endpoints). Its other settings may differ (DCD_ORT_LIB after a checkout
+// moved to another ONNX Runtime): the new build takes this shell's.
+func CheckWorker(args []string, stateDir string) error {
 	pid, ok := running(filepath.Join(stateDir, WorkerPID))
 	if !ok {
 		return nil
 	}
-	return workerDiffers(pid, args, defaults)
+	return workerDiffers(pid, args, nil, StorageEnv)
 }
 
-// workerDiffers is CheckWorker of the worker of pid.
-func workerDiffers(pid int, args []string, defaults map[string]string) error {
+// workerDiffers refuses the worker of pid when it runs with other args
+// than these, or another environment than this process's among the
+// variables counts names (envDiffers).
+func workerDiffers(pid int, args []string, defaults map[string]string, counts func(string) bool) error {
 	if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
 		return fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
 	}
 	if env, err := environ(pid); err == nil {
-		if names := envDiffers(env, os.Environ(), defaults); len(names) > 0 {
+		if names := envDiffers(env, os.Environ(), defaults, counts); len(names) > 0 {
 			// Names only: the values may be credentials.
 			return fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
 		}
@@ -403,8 +406,19 @@ func WorkerEnv(name string) bool {
 	case "DCD_ORT_LIB", "DCD_EP", "DCD_QUEUES", "DCD_THREADS", "DCD_CONCURRENCY", "DCD_DECODERS", "DCD_READERS",
 		"DCD_CPUPROFILE", "DCD_ACTIVITY_SPANS",
 		"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
-		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "STORAGE_EMULATOR_HOST",
+		"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 		"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER":
+		return true
+	}
+	return StorageEnv(name)
+}
+
+// StorageEnv says whether a worker's stores read the environment variable
+// name: the cloud SDKs' credentials and endpoints (AWS_*, AZURE_*,
+// GOOGLE_*, less the AWS CLI's own) and STORAGE_EMULATOR_HOST.
+func StorageEnv(name string) bool {
+	switch name {
+	case "STORAGE_EMULATOR_HOST":
 		return true
 	case "AWS_PAGER", "AWS_DEFAULT_OUTPUT", "AWS_CLI_AUTO_PROMPT", "AWS_CLI_FILE_ENCODING":
 		return false
@@ -423,7 +437,7 @@ func WorkerEnv(name string) bool {
 // difference). What have sets and want does not is no difference either:
 // a shell without the settings a worker was started with (make's, say)
 // asks nothing of it.
-func envDiffers(have, want []string, defaults map[string]string) []string {
+func envDiffers(have, want []string, defaults map[string]string, counts func(string) bool) []string {
 	held := map[string]string{}
 	for _, kv := range have {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -440,7 +454,7 @@ func envDiffers(have, want []string, defaults map[string]string) []string {
 	var names []string
 	for _, kv := range want {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !WorkerEnv(k) {
+		if !ok || !counts(k) {
 			continue
 		}
 		if value(k, held[k]) != value(k, v) {

@@ -123,7 +123,7 @@ func TestEnsureWorker(t *testing.T) {
 	stopAll(t, dir)
 	ctx := context.Background()
 	// The worker's settings as this test's shell may have them: unset.
-	for _, name := range []string{"DCD_EP", "DCD_ORT_LIB", "AWS_SECRET_ACCESS_KEY", "DCD_MNIST_DIR"} {
+	for _, name := range []string{"DCD_EP", "DCD_ORT_LIB", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "DCD_MNIST_DIR"} {
 		t.Setenv(name, "")
 		os.Unsetenv(name)
 	}
@@ -144,16 +144,28 @@ func TestEnsureWorker(t *testing.T) {
 	if _, err := EnsureWorker(ctx, sleep, []string{"301"}, defaults, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("EnsureWorker with other args: err = %v", err)
 	}
-	// The check a worker about to be rebuilt gets before it is stopped.
-	if err := CheckWorker([]string{"301"}, defaults, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
+	// The check a worker about to be rebuilt gets before it is stopped:
+	// other args, or another storage environment, would take the new
+	// build elsewhere; its settings the new build takes from this shell.
+	if err := CheckWorker([]string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("CheckWorker with other args: err = %v", err)
 	}
-	if err := CheckWorker([]string{"300"}, defaults, dir); err != nil {
+	if err := CheckWorker([]string{"300"}, dir); err != nil {
 		t.Fatalf("CheckWorker with its own args: %v", err)
 	}
-	if err := CheckWorker([]string{"301"}, defaults, t.TempDir()); err != nil {
+	if err := CheckWorker([]string{"301"}, t.TempDir()); err != nil {
 		t.Fatalf("CheckWorker where no worker runs: %v", err)
 	}
+	t.Setenv("DCD_EP", "cuda")
+	if err := CheckWorker([]string{"300"}, dir); err != nil {
+		t.Fatalf("CheckWorker with another DCD_EP: %v, want none (the new build takes it)", err)
+	}
+	t.Setenv("AWS_ENDPOINT_URL", "http://elsewhere:9000")
+	if err := CheckWorker([]string{"300"}, dir); err == nil || !strings.Contains(err.Error(), "AWS_ENDPOINT_URL") || strings.Contains(err.Error(), "DCD_EP") {
+		t.Fatalf("CheckWorker with another S3 endpoint: %v, want one naming it alone", err)
+	}
+	os.Unsetenv("DCD_EP")
+	os.Unsetenv("AWS_ENDPOINT_URL")
 	// A setting or credential this shell sets and the worker lacks or holds
 	// otherwise: the worker would not do as asked. Named, not shown.
 	t.Setenv("DCD_EP", "cuda")
