@@ -780,15 +780,16 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 		}
 		// One search of every image against every other (a minute for
 		// 30,000 images of 2,048 values on two cores), then again, k
-		// doubled, of the images whose farthest neighbour found is still
-		// a duplicate: in a cluster of more copies than k, the best
-		// ranked may be none of a copy's k nearest.
+		// doubled up to dedupeMaxK, of the images whose farthest
+		// neighbour found is still a duplicate: in a cluster of more
+		// copies than k, the best ranked may be none of a copy's k
+		// nearest.
 		k := min(len(items), 16)
 		near, err := search(feats, len(items), feats, ids, k)
 		if err != nil {
 			return res, err
 		}
-		for k < len(items) {
+		for k < min(len(items), dedupeMaxK) {
 			var again []int
 			for i, list := range near {
 				if len(list) == k && sqDist(feats, i, feats, list[k-1].Index, dim)/scale <= in.Dedupe {
@@ -798,7 +799,7 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 			if len(again) == 0 {
 				break
 			}
-			k = min(2*k, len(items))
+			k = min(2*k, len(items), dedupeMaxK)
 			q := make([]float32, 0, len(again)*dim)
 			for _, i := range again {
 				q = append(q, feats[i*dim:(i+1)*dim]...)
@@ -847,6 +848,13 @@ func (a *Activities) GuardSelection(ctx context.Context, in GuardInput) (SelectR
 	}
 	return a.writeGuarded(ctx, in, res, start, rows, items, drop)
 }
+
+// dedupeMaxK bounds the neighbours the dedupe looks at an image: its
+// search holds 24 bytes a neighbour an image searched (120 MB for 20,000
+// copies of one blank image at 256), which doubling up to a cluster's
+// size would make gigabytes. In a cluster of more near-copies than this,
+// a few besides the best ranked may stay.
+const dedupeMaxK = 256
 
 // compareBool orders false before true.
 func compareBool(a, b bool) int {
