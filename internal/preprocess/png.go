@@ -162,7 +162,8 @@ func skipIDATs(b []byte) ([]byte, bool) {
 	return b, true
 }
 
-// parseIHDR accepts non-interlaced 8-bit images within maxDecodePixels.
+// parseIHDR accepts non-interlaced 8-bit images within maxDecodePixels and
+// maxDecodeSide.
 func (f *pngFile) parseIHDR(b []byte) bool {
 	if len(b) != 13 {
 		return false
@@ -170,8 +171,8 @@ func (f *pngFile) parseIHDR(b []byte) bool {
 	w := int32(binary.BigEndian.Uint32(b[0:4]))
 	h := int32(binary.BigEndian.Uint32(b[4:8]))
 	depth, ct, compression, filter, interlace := b[8], b[9], b[10], b[11], b[12]
-	if w <= 0 || h <= 0 || int64(w)*int64(h) > maxDecodePixels {
-		return false
+	if w <= 0 || h <= 0 || int64(w)*int64(h) > maxDecodePixels || w > maxDecodeSide || h > maxDecodeSide {
+		return false // (decodeStd says why)
 	}
 	if depth != 8 || compression != 0 || filter != 0 || interlace != 0 || bytesPerPixel(ct) == 0 {
 		return false

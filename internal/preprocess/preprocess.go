@@ -60,9 +60,21 @@ const (
 // a baseline JPEG without its end marker accepted.
 const DecoderVersion = 2
 
-// maxSide bounds Height and Width so that Size cannot overflow and a typo in a
-// config cannot make Fill ask for gigabytes; no real model input is near it.
-const maxSide = 1 << 14
+// maxSide bounds Height and Width so that Size cannot overflow, and
+// maxArea their product: a typo in a config (16000 for 160) must not make
+// every batch ask for gigabytes. At maxArea an image is 192 MiB of float32
+// (three channels), far past any real model's input (ViT-L at 518: 3 MiB).
+const (
+	maxSide = 1 << 14
+	maxArea = 1 << 24
+)
+
+// maxDecodeSide bounds each side of a decoded image, JPEG's own limit: the
+// resize's buffers grow with a side, not the area, and a 65 KB PNG of
+// 2^26×1 pixels made them a gigabyte. It is a bound on resources, like
+// maxDecodePixels, not a change of any image's pixels: features cached of
+// such an image before it stay (DecoderVersion is not raised).
+const maxDecodeSide = 1<<16 - 1
 
 // maxDecodePixels bounds the decoded image area. A few hundred bytes of PNG
 // can claim to be gigapixels; checking the header first stops such uploads
@@ -161,6 +173,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Width <= 0 || s.Width > maxSide {
 		return fmt.Errorf("preprocess: width must be in 1..%d, got %d", maxSide, s.Width)
+	}
+	if s.Height*s.Width > maxArea {
+		return fmt.Errorf("preprocess: height × width must be at most %d (4096×4096), got %d×%d", maxArea, s.Height, s.Width)
 	}
 	if s.Resize != ResizeSquash && s.Resize != ResizeCrop {
 		return fmt.Errorf("preprocess: resize must be squash or crop, got %q", s.Resize)
@@ -292,6 +307,20 @@ func minBytes(format string, cfg image.Config) int64 {
 // symbol takes 0 bits a pixel), so a few dozen bytes can claim it whole.
 const maxWebPPixels = 1 << 24
 
+// wide16 says whether a PNG is 16-bit with colour or transparency, which
+// image/png decodes at 8 bytes a pixel: any colour type but gray, and gray
+// with a tRNS chunk (before its first IDAT, where PNG puts it).
+func wide16(data []byte) bool {
+	if len(data) <= 25 || data[24] != 16 {
+		return false
+	}
+	if data[25] != 0 {
+		return true
+	}
+	trns, idat := bytes.Index(data, []byte("tRNS")), bytes.Index(data, []byte("IDAT"))
+	return trns >= 0 && (idat < 0 || trns < idat)
+}
+
 // decodeStd decodes with the standard library's registered decoders: every
 // format, and every PNG the fast path declines.
 func decodeStd(data []byte) (image.Image, error) {
@@ -308,6 +337,9 @@ func decodeStd(data []byte) (image.Image, error) {
 	if int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels {
 		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, more than %d pixels", format, cfg.Width, cfg.Height, maxDecodePixels)
 	}
+	if cfg.Width > maxDecodeSide || cfg.Height > maxDecodeSide {
+		return nil, fmt.Errorf("preprocess: decode: %s image is %dx%d, a side longer than %d pixels", format, cfg.Width, cfg.Height, maxDecodeSide)
+	}
 	if need := minBytes(format, cfg); int64(len(data)) < need {
 		// The decoders allocate the whole image before they read a
 		// pixel: a 72-byte PNG claiming 8192×8192 cost 256 MiB, a
@@ -317,10 +349,11 @@ func decodeStd(data []byte) (image.Image, error) {
 	if format == "webp" && int64(cfg.Width)*int64(cfg.Height) > maxWebPPixels {
 		return nil, fmt.Errorf("preprocess: decode: webp image is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxWebPPixels)
 	}
-	if format == "png" && len(data) > 25 && data[24] == 16 && data[25]&2 != 0 && int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels/2 {
-		// 16-bit colour is 8 bytes a pixel in image/png's RGBA64: 512
-		// MiB at 2^26 pixels, for each decoder at once.
-		return nil, fmt.Errorf("preprocess: decode: 16-bit colour png image is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxDecodePixels/2)
+	if format == "png" && wide16(data) && int64(cfg.Width)*int64(cfg.Height) > maxDecodePixels/2 {
+		// 16-bit colour, or gray with alpha, is 8 bytes a pixel in
+		// image/png's RGBA64 or NRGBA64: 512 MiB at 2^26 pixels, for
+		// each decoder at once.
+		return nil, fmt.Errorf("preprocess: decode: 16-bit png image with colour or transparency is %dx%d, more than %d pixels", cfg.Width, cfg.Height, maxDecodePixels/2)
 	}
 	if format == "jpeg" {
 		if blocks, coded := jpegBudget(data); jpegTooSmall(blocks, coded) {

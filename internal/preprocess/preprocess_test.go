@@ -505,6 +505,7 @@ func TestValidate(t *testing.T) {
 		{"height", with(func(s *Spec) { s.Height = 0 }), "height must be"},
 		{"width", with(func(s *Spec) { s.Width = -1 }), "width must be"},
 		{"width too big", with(func(s *Spec) { s.Width = 1 << 20 }), "width must be"},
+		{"a typo of a size", with(func(s *Spec) { s.Height, s.Width = 16000, 16000 }), "height × width must be at most"},
 		{"resize", with(func(s *Spec) { s.Resize = "fit" }), `resize must be squash or crop, got "fit"`},
 		{"scale", with(func(s *Spec) { s.Scale = "float" }), `scale must be unit or byte, got "float"`},
 		{"mean length", with(func(s *Spec) { s.Mean = []float32{1} }), "mean must have 3 entries"},
@@ -1012,7 +1013,47 @@ func TestPNG16Bounded(t *testing.T) {
 	}
 	data := append([]byte("\x89PNG\r\n\x1a\n"), chunk("IHDR", ihdr)...)
 	data = append(data, chunk("IDAT", make([]byte, 300_000))...) // enough for its rows' least bytes
-	if _, err := Decode(data); err == nil || !strings.Contains(err.Error(), "16-bit colour png image is 6000x6000") {
+	if _, err := Decode(data); err == nil || !strings.Contains(err.Error(), "16-bit png image with colour or transparency is 6000x6000") {
 		t.Errorf("a 16-bit 6000×6000 PNG: %v, want it refused from its header", err)
+	}
+	// Gray with alpha, and gray with a tRNS chunk, decode at 8 bytes a
+	// pixel too; plain 16-bit gray, at 2, is not bounded so.
+	for _, c := range []struct {
+		name  string
+		ct    byte
+		trns  bool
+		wants bool
+	}{{"gray+alpha", 4, false, true}, {"gray with tRNS", 0, true, true}, {"gray", 0, false, false}} {
+		ihdr[9] = c.ct
+		data := append([]byte("\x89PNG\r\n\x1a\n"), chunk("IHDR", ihdr)...)
+		if c.trns {
+			data = append(data, chunk("tRNS", []byte{0, 0})...)
+		}
+		data = append(data, chunk("IDAT", make([]byte, 300_000))...)
+		_, err := Decode(data)
+		if refused := err != nil && strings.Contains(err.Error(), "16-bit png image with colour or transparency"); refused != c.wants {
+			t.Errorf("a 16-bit 6000×6000 %s PNG: %v, want refused %v", c.name, err, c.wants)
+		}
+	}
+}
+
+// An image with a side past maxDecodeSide is refused from its header,
+// however few pixels it has: the resize's buffers grow with a side.
+func TestLongSideBounded(t *testing.T) {
+	img := image.NewGray(image.Rect(0, 0, maxDecodeSide+1, 1))
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Decode(buf.Bytes()); err == nil || !strings.Contains(err.Error(), "a side longer than 65535") {
+		t.Errorf("a %d×1 PNG: %v, want it refused", maxDecodeSide+1, err)
+	}
+	img = image.NewGray(image.Rect(0, 0, maxDecodeSide, 1))
+	buf.Reset()
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Decode(buf.Bytes()); err != nil {
+		t.Errorf("a %d×1 PNG: %v", maxDecodeSide, err)
 	}
 }
