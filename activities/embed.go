@@ -28,9 +28,10 @@ type EmbedShardInput struct {
 	Shard     int
 	Model     ModelRef
 	BatchSize int
-	// PartSize caps the images of a part, the unit committed to storage
-	// and resumed after by a retried attempt; 0: parts are cut by time
-	// alone (partTime).
+	// PartSize is the images after which a part ends (at the batch that
+	// reaches it: whole batches), the unit committed to storage and
+	// resumed after by a retried attempt; 0: parts are cut by time alone
+	// (partTime).
 	PartSize int
 	// K > 0 (pool shards): search the features, cached or just embedded,
 	// for the K nearest images per query right away, as TopKShard would,
@@ -103,7 +104,7 @@ func partKey(featureKey string, part int) string {
 
 // EmbedShard computes a shard's features, unless the cache already has them
 // for this model and shard content. It works in parts of a few seconds
-// (partTime, at most PartSize images): each part is written to storage,
+// (partTime, or PartSize images in whole batches): each part is written to storage,
 // then heartbeaten, so a worker that dies mid-shard costs at most one part
 // when the retry resumes.
 func (a *Activities) EmbedShard(ctx context.Context, in EmbedShardInput) (EmbedShardResult, error) {
@@ -301,7 +302,10 @@ func (a *Activities) embedShard(ctx context.Context, e *embed.Embedder, m ModelR
 				// Retried at once, from this part, elsewhere: not once
 				// the stop's grace cancels the part under way, and the
 				// worker's failure report, sent after its client closed,
-				// is lost to a heartbeat timeout.
+				// is lost to a heartbeat timeout. The part just cut is
+				// written first (the writer ends once its queue is), for
+				// the heartbeat to name it.
+				w.stop()
 				activity.RecordHeartbeat(ctx, w.progress())
 				return errWorkerStopping
 			default:

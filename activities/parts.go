@@ -36,6 +36,7 @@ type shardWriter struct {
 	shard  string // the manifest's key
 	key    string // the feature file's
 	queue  chan shardEvent
+	closed sync.Once // the queue's close (stop)
 	done   chan struct{}
 	failed atomic.Pointer[error]
 	// resumedFrom is the first image embedded, after the parts copied.
@@ -321,9 +322,9 @@ func (w *shardWriter) progress() embedProgress {
 }
 
 // stop stops the writer once the queued events are handled and returns
-// the error it failed with.
+// the error it failed with; a second call waits as the first did.
 func (w *shardWriter) stop() error {
-	close(w.queue)
+	w.closed.Do(func() { close(w.queue) })
 	<-w.done
 	if err := w.failed.Load(); err != nil {
 		return *err
