@@ -385,7 +385,9 @@ type IndexWriteError struct {
 	Err error
 }
 
-func (e *IndexWriteError) Error() string { return fmt.Sprintf("cache its index at %s: %v", e.Key, e.Err) }
+func (e *IndexWriteError) Error() string {
+	return fmt.Sprintf("cache its index at %s: %v", e.Key, e.Err)
+}
 func (e *IndexWriteError) Unwrap() error { return e.Err }
 
 // IndexKey is where the sample list of one version of an archive is
