@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/temporalproto"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
@@ -91,7 +94,9 @@ func readHistory(t *testing.T, name string) *historypb.History {
 // is the second again, a recurring pass whose pool chain finds every
 // shard cached: its last run is recorded too, and its train chain's (no
 // search), which finds them cached as well. The pack writes the pool
-// into six archives.
+// into six archives. Then the paths of failures (a method's, a chain's)
+// and of cancellations (a pass cancelled in its comparison, a pool chain
+// cancelled alone).
 func TestRecordHistories(t *testing.T) {
 	dir, prefix := os.Getenv("DCD_RECORD_HISTORIES"), os.Getenv("DCD_RECORD_PREFIX")
 	if dir == "" || prefix == "" {
@@ -151,8 +156,52 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := runPass(t, c, "record-failed-chain", failing); err == nil {
 		t.Fatal("a pass with a shard of unreadable images succeeded")
 	}
+	// The paths a cancellation takes: a pass cancelled while its methods
+	// retrain waits for them...
+	we, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "record-cancelled", TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, c, "record-cancelled", "compare")
+	if err := c.CancelWorkflow(ctx, "record-cancelled", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := we.Get(ctx, nil); !temporal.IsCanceledError(err) {
+		t.Fatalf("the pass cancelled in its comparison ended %v", err)
+	}
+	// ...and a pool chain cancelled alone fails its pass: the pool in
+	// another order, so that its shards are new and the scan lasts.
+	reversed := []string{lines[0]}
+	for i := len(lines) - 1; i > 0; i-- {
+		if lines[i] != "" {
+			reversed = append(reversed, lines[i])
+		}
+	}
+	alone := cfg
+	alone.Data.Pool.Manifest = path.Join(path.Dir(cfg.Data.Pool.Manifest), "reversed.csv")
+	if err := b.WriteAll(ctx, alone.Data.Pool.Manifest, []byte(strings.Join(reversed, "")), nil); err != nil {
+		t.Fatal(err)
+	}
+	we, err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "record-cancelled-alone", TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: alone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := c.DescribeWorkflowExecution(ctx, "record-cancelled-alone/pool/0", ""); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pool chain two minutes into the pass")
+		}
+	}
+	if err := c.CancelWorkflow(ctx, "record-cancelled-alone/pool/0", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := we.Get(ctx, nil); err == nil || temporal.IsCanceledError(err) {
+		t.Fatalf("the pass whose pool chain was cancelled ended %v, want failed", err)
+	}
 	for id, name := range map[string]string{"record-pass": "pass", "record-chained/pool/0": "pool-chain", "record-cached/pool/0": "cached-scan", "record-cached/train/0": "cached-train", "record-pack": "pack",
-		"record-failed-method": "failed-method", "record-failed-chain": "failed-chain"} {
+		"record-failed-method": "failed-method", "record-failed-chain": "failed-chain", "record-cancelled": "cancelled", "record-cancelled-alone": "cancelled-alone"} {
 		it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		var h historypb.History
 		for it.HasNext() {
