@@ -380,7 +380,9 @@ func FuzzPickRows(f *testing.F) {
 		}
 		want, err := arrowRows("f.arrow", af, make([]string, len(idx)), idx, dims, p)
 		if err != nil {
-			return
+			// What Arrow's reader refuses as damaged (a column shorter than
+			// its batch, say) pickRows must not read as rows.
+			t.Fatalf("pickRows read %d rows of a file Arrow's reader refuses: %v", len(picked[0].URIs), err)
 		}
 		for c := range idx {
 			if !slices.Equal(picked[c].URIs, want[c].URIs) || !slices.EqualFunc(picked[c].Data, want[c].Data, func(a, b float32) bool {
@@ -456,5 +458,53 @@ func TestArrowRowsClaimingTooMany(t *testing.T) {
 	}
 	if _, err := LoadColumns(ctx, b, "f.arrow", []string{"features"}, mem); err == nil || !strings.Contains(err.Error(), "rows by record") {
 		t.Errorf("a file claiming 2^40 rows: %v, want an error saying it is damaged", err)
+	}
+}
+
+// A feature file whose batch length, or one column's length, alone is
+// damaged (fewer than its rows) is refused, not read as its first rows:
+// each row count in the file, lowered on its own, is an error or changes
+// nothing.
+func TestDamagedRowCountRefused(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.NewGoAllocator()
+	b, err := store.Open(ctx, "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const n = 291 // 0x123: its int64 bytes stand out in the metadata
+	bt := embed.Batch{Dims: []int{4, 2}, Vectors: [][]float32{make([]float32, n*4), make([]float32, n*2)}}
+	for i := range n {
+		bt.Images = append(bt.Images, embed.Image{URI: fmt.Sprintf("img/%d", i)})
+	}
+	writeFile(t, b, "f.arrow", []embed.Batch{bt}, "", mem)
+	data, err := b.ReadAll(ctx, "f.arrow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count, fewer [8]byte
+	binary.LittleEndian.PutUint64(count[:], n)
+	binary.LittleEndian.PutUint64(fewer[:], n-35)
+	patched := 0
+	for at := bytes.Index(data, count[:]); at >= 0; {
+		damaged := slices.Clone(data)
+		copy(damaged[at:], fewer[:])
+		if err := b.WriteAll(ctx, "d.arrow", damaged, nil); err != nil {
+			t.Fatal(err)
+		}
+		ms, err := LoadColumns(ctx, b, "d.arrow", []string{"features"}, mem)
+		if err == nil && len(ms[0].URIs) != n {
+			t.Errorf("the count at byte %d lowered to %d: %d rows read, no error", at, n-35, len(ms[0].URIs))
+		}
+		patched++
+		next := bytes.Index(data[at+1:], count[:])
+		if next < 0 {
+			break
+		}
+		at += 1 + next
+	}
+	if patched < 3 { // the batch's length, the URIs' and a list's
+		t.Fatalf("%d row counts found to lower", patched)
 	}
 }

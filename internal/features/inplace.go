@@ -70,6 +70,9 @@ func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker)
 			return nil, false, nil
 		}
 		nodes, nnodes := rb.Vector(ipcfile.BatchNodes, ipcfile.NodeSize)
+		if nnodes != len(l.nodeRows) {
+			return nil, true, fmt.Errorf("damaged IPC file: batch %d has %d field nodes, its schema %d", b, nnodes, len(l.nodeRows))
+		}
 		for n := range nnodes {
 			if le64(rb.B, nodes+ipcfile.NodeSize*n+8) != 0 {
 				return nil, false, nil // nulls: Arrow's reader knows them
@@ -92,6 +95,14 @@ func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker)
 		}
 		if !fits {
 			return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, more than its buffers hold", b, bt.rows)
+		}
+		// Each column's length is the batch's (its values', the rows
+		// times its width): a batch whose length alone was damaged
+		// would lose its last rows unseen, as Arrow's reader does not.
+		for n, per := range l.nodeRows {
+			if got := le64(rb.B, nodes+ipcfile.NodeSize*n); got != uint64(bt.rows)*uint64(per) {
+				return nil, true, fmt.Errorf("damaged IPC file: batch %d claims %d rows, its field node %d holds %d values", b, bt.rows, n, got)
+			}
 		}
 		batches[b] = bt
 		total += bt.rows
@@ -137,7 +148,8 @@ func pickRows(f file, size int, schema *arrow.Schema, idx, dims []int, p picker)
 // each wanted column's values, by buffer index, and the bytes of a row's
 // values.
 type layout struct {
-	nbuf                int // buffers a batch lists
+	nbuf                int   // buffers a batch lists
+	nodeRows            []int // each field node's values a row: 1, or a list's width
 	uriOffsets, uriText int
 	values, rowBytes    []int // by wanted column
 }
@@ -151,10 +163,12 @@ func newLayout(schema *arrow.Schema, idx, dims []int) (layout, bool) {
 		switch t := f.Type.(type) {
 		case *arrow.StringType:
 			l.nbuf += 3 // validity, offsets, bytes
+			l.nodeRows = append(l.nodeRows, 1)
 		case *arrow.FixedSizeListType:
 			switch t.Elem().ID() {
 			case arrow.FLOAT32, arrow.FLOAT16:
 				l.nbuf += 3 // the list's validity, the values' validity, the values
+				l.nodeRows = append(l.nodeRows, 1, int(t.Len())) // the list, its values
 			default:
 				return l, false
 			}
