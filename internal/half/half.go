@@ -32,10 +32,11 @@ func ToFloat32s(dst []float32, src []uint16) {
 
 // Overflow returns the index of the first value of xs too large in
 // magnitude for half precision, which FromFloat32 rounds to ±Inf (65520
-// or more, where the largest half is 65504), or -1 if none is.
+// or more, where the largest half is 65504, and ±Inf), or -1 if none is.
+// A NaN is not one: it stays NaN.
 func Overflow(xs []float32) int {
 	for i, x := range xs {
-		if math.Float32bits(x)&^(1<<31) >= 0x477ff000 {
+		if b := math.Float32bits(x) &^ (1 << 31); b >= 0x477ff000 && b <= 0x7f800000 {
 			return i
 		}
 	}

@@ -126,6 +126,7 @@ func TestOverflow(t *testing.T) {
 		{[]float32{0, 65520}, 1},
 		{[]float32{-65520, 1}, 0},
 		{[]float32{1, float32(math.Inf(1))}, 1},
+		{[]float32{float32(math.NaN()), 1}, -1},
 	} {
 		if got := Overflow(c.xs); got != c.want {
 			t.Errorf("Overflow(%v) = %d, want %d", c.xs, got, c.want)
