@@ -201,7 +201,8 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 	}
 }
 
-// A run's own files the worker's bucket refuses (a policy, a full disk)
+// A run's own files the worker's bucket refuses (a policy, a full disk:
+// its shards, its index, an archive's cached index)
 // fail the plan at once, named, as the store's fault: not as the
 // dataset's (data.pool), nor retried as a store that is down.
 func TestPlanOwnWriteRefused(t *testing.T) {
@@ -214,25 +215,8 @@ func TestPlanOwnWriteRefused(t *testing.T) {
 	if err := b.WriteAll(ctx, "pool.csv", []byte("uri,label\n/pool/0.png,a\n/pool/1.png,b\n"), nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, refused := range []string{activities.ShardKey("r", activities.Pool, 0), activities.ShardIndexKey("r", activities.Pool)} {
-		hooked := storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
-			if key == refused {
-				return fs.ErrPermission
-			}
-			return nil
-		}})
-		var ts testsuite.WorkflowTestSuite
-		env := ts.NewTestActivityEnvironment()
-		acts := &activities.Activities{Bucket: hooked}
-		env.RegisterActivity(acts)
-		_, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 100})
-		var app *temporal.ApplicationError
-		if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), refused) || strings.Contains(err.Error(), "data.pool") {
-			t.Errorf("the worker's bucket refuses %s: %v, want a final storage error naming it, not the dataset", refused, err)
-		}
-	}
-	// The same for a WebDataset archive's index, which planning caches in
-	// the worker's bucket.
+	// A WebDataset's archive, whose index planning caches in the
+	// worker's bucket too.
 	var archive bytes.Buffer
 	tw := tar.NewWriter(&archive)
 	for name, body := range map[string]string{"s0.png": "png", "s0.cls": "a"} {
@@ -243,19 +227,25 @@ func TestPlanOwnWriteRefused(t *testing.T) {
 	if err := b.WriteAll(ctx, "wds/000.tar", archive.Bytes(), nil); err != nil {
 		t.Fatal(err)
 	}
-	hooked := storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
-		if strings.HasPrefix(key, "webdataset/") {
-			return fs.ErrPermission
+	manifest, wds := schemas.Dataset{Manifest: "pool.csv"}, schemas.Dataset{WebDataset: "wds/"}
+	for _, c := range []struct {
+		ds      schemas.Dataset
+		refused string // the key, or its prefix, refused
+	}{{manifest, activities.ShardKey("r", activities.Pool, 0)}, {manifest, activities.ShardIndexKey("r", activities.Pool)}, {wds, "webdataset/"}} {
+		hooked := storetest.Hooked(b, &storetest.Hooks{BeforeWrite: func(_ context.Context, key string) error {
+			if strings.HasPrefix(key, c.refused) {
+				return fs.ErrPermission
+			}
+			return nil
+		}})
+		var ts testsuite.WorkflowTestSuite
+		env := ts.NewTestActivityEnvironment()
+		acts := &activities.Activities{Bucket: hooked}
+		env.RegisterActivity(acts)
+		_, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: c.ds, ShardSize: 100})
+		var app *temporal.ApplicationError
+		if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), c.refused) || strings.Contains(err.Error(), "data.pool") {
+			t.Errorf("the worker's bucket refuses %s: %v, want a final storage error naming it, not the dataset", c.refused, err)
 		}
-		return nil
-	}})
-	var ts testsuite.WorkflowTestSuite
-	env := ts.NewTestActivityEnvironment()
-	acts := &activities.Activities{Bucket: hooked}
-	env.RegisterActivity(acts)
-	_, err = env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: schemas.Dataset{WebDataset: "wds/"}, ShardSize: 100})
-	var app *temporal.ApplicationError
-	if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), "webdataset/") || strings.Contains(err.Error(), "data.pool") {
-		t.Errorf("the worker's bucket refuses an archive's index: %v, want a final storage error naming it, not the dataset", err)
 	}
 }
