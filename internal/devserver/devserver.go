@@ -39,7 +39,6 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"dcd/internal/redact"
-
 	"dcd/internal/toolcache"
 )
 

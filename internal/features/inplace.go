@@ -167,7 +167,7 @@ func newLayout(schema *arrow.Schema, idx, dims []int) (layout, bool) {
 		case *arrow.FixedSizeListType:
 			switch t.Elem().ID() {
 			case arrow.FLOAT32, arrow.FLOAT16:
-				l.nbuf += 3 // the list's validity, the values' validity, the values
+				l.nbuf += 3                                      // the list's validity, the values' validity, the values
 				l.nodeRows = append(l.nodeRows, 1, int(t.Len())) // the list, its values
 			default:
 				return l, false
