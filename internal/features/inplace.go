@@ -167,8 +167,10 @@ func newLayout(schema *arrow.Schema, idx, dims []int) (layout, bool) {
 		case *arrow.FixedSizeListType:
 			switch t.Elem().ID() {
 			case arrow.FLOAT32, arrow.FLOAT16:
-				l.nbuf += 3                                      // the list's validity, the values' validity, the values
-				l.nodeRows = append(l.nodeRows, 1, int(t.Len())) // the list, its values
+				// Buffers: the list's validity, the values' validity,
+				// the values. Nodes: the list, its values.
+				l.nbuf += 3
+				l.nodeRows = append(l.nodeRows, 1, int(t.Len()))
 			default:
 				return l, false
 			}
