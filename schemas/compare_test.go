@@ -160,8 +160,15 @@ func TestValidateAsStarted(t *testing.T) {
 	c := compareConfig().WithDefaults()
 	c.Shards.BatchSize, c.Shards.Size, c.Retrain.DebugWeight = 6400, 50_000_000, 1e39
 	c.Retrain.Mode, c.Retrain.BatchSize = MiniBatch, 100_000
+	c.Target.Preprocess.Height, c.Target.Preprocess.Width = 8192, 4096
+	sim := c.Target
+	sim.Logits = ""
+	c.Similarity = &sim
 	if c.Validate() == nil || c.ValidateAsStarted() != nil {
 		t.Errorf("past the new bounds: Validate %v, ValidateAsStarted %v; want only the first to refuse", c.Validate(), c.ValidateAsStarted())
+	}
+	if c.Target.Preprocess.Height != 8192 || c.Similarity.Preprocess.Height != 8192 {
+		t.Errorf("ValidateAsStarted changed the config it checked: %d, %d", c.Target.Preprocess.Height, c.Similarity.Preprocess.Height)
 	}
 	c.Retrain.DebugWeight = 1e-46
 	if err := c.ValidateAsStarted(); err != nil {

@@ -254,6 +254,17 @@ func (c Config) ValidateAsStarted() error {
 	if w := c.Retrain.DebugWeight; w > 0 && !math.IsInf(w, 1) {
 		c.Retrain.DebugWeight = min(max(w, math.SmallestNonzeroFloat32), math.MaxFloat32)
 	}
+	models := []*Model{&c.Target}
+	if c.Similarity != nil {
+		sim := *c.Similarity // a copy: the caller's config stays as it is
+		c.Similarity = &sim
+		models = append(models, &sim)
+	}
+	for _, m := range models {
+		if p := &m.Preprocess; p.Width > 0 && p.Height*p.Width > preprocess.MaxArea {
+			p.Height = max(1, preprocess.MaxArea/p.Width)
+		}
+	}
 	return c.Validate()
 }
 

@@ -61,12 +61,12 @@ const (
 const DecoderVersion = 2
 
 // maxSide bounds Height and Width so that Size cannot overflow, and
-// maxArea their product: a typo in a config (16000 for 160) must not make
-// every batch ask for gigabytes. At maxArea an image is 192 MiB of float32
+// MaxArea their product: a typo in a config (16000 for 160) must not make
+// every batch ask for gigabytes. At MaxArea an image is 192 MiB of float32
 // (three channels), far past any real model's input (ViT-L at 518: 3 MiB).
 const (
 	maxSide = 1 << 14
-	maxArea = 1 << 24
+	MaxArea = 1 << 24
 )
 
 // maxDecodeSide bounds each side of a decoded image, JPEG's own limit: the
@@ -174,8 +174,8 @@ func (s Spec) Validate() error {
 	if s.Width <= 0 || s.Width > maxSide {
 		return fmt.Errorf("preprocess: width must be in 1..%d, got %d", maxSide, s.Width)
 	}
-	if s.Height*s.Width > maxArea {
-		return fmt.Errorf("preprocess: height × width must be at most %d (4096×4096), got %d×%d", maxArea, s.Height, s.Width)
+	if s.Height*s.Width > MaxArea {
+		return fmt.Errorf("preprocess: height × width must be at most %d (4096×4096), got %d×%d", MaxArea, s.Height, s.Width)
 	}
 	if s.Resize != ResizeSquash && s.Resize != ResizeCrop {
 		return fmt.Errorf("preprocess: resize must be squash or crop, got %q", s.Resize)
