@@ -347,7 +347,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 	}
 	pidFile := filepath.Join(stateDir, WorkerPID)
 	if pid, ok := running(pidFile); ok {
-		return false, workerDiffers(pid, args, defaults, WorkerEnv)
+		return false, workerDiffers(pid, args, func(have, want []string) []string { return envDiffers(have, want, defaults) })
 	}
 	p, err := start(workerBin, args, stateDir, WorkerLog, WorkerPID, true)
 	if err != nil {
@@ -377,18 +377,18 @@ func CheckWorker(args []string, stateDir string) error {
 	if !ok {
 		return nil
 	}
-	return workerDiffers(pid, args, nil, StorageEnv)
+	return workerDiffers(pid, args, storageDiffers)
 }
 
 // workerDiffers refuses the worker of pid when it runs with other args
-// than these, or another environment than this process's among the
-// variables counts names (envDiffers).
-func workerDiffers(pid int, args []string, defaults map[string]string, counts func(string) bool) error {
+// than these, or with an environment (have) that differs from this
+// process's (want) in the variables differs names.
+func workerDiffers(pid int, args []string, differs func(have, want []string) []string) error {
 	if cmd, err := cmdline(pid); err == nil && !slices.Equal(cmd[1:], args) {
 		return fmt.Errorf("devserver: a worker (pid %d) is running with other arguments %s, not %s: stop it with `starter dev -stop`", pid, redact.Text(fmt.Sprintf("%q", cmd[1:])), redact.Text(fmt.Sprintf("%q", args)))
 	}
 	if env, err := environ(pid); err == nil {
-		if names := envDiffers(env, os.Environ(), defaults, counts); len(names) > 0 {
+		if names := differs(env, os.Environ()); len(names) > 0 {
 			// Names only: the values may be credentials.
 			return fmt.Errorf("devserver: a worker (pid %d) is running with another %s than this shell sets: stop it with `starter dev -stop` for one with this environment", pid, strings.Join(names, ", "))
 		}
@@ -436,13 +436,8 @@ func StorageEnv(name string) bool {
 // difference). What have sets and want does not is no difference either:
 // a shell without the settings a worker was started with (make's, say)
 // asks nothing of it.
-func envDiffers(have, want []string, defaults map[string]string, counts func(string) bool) []string {
-	held := map[string]string{}
-	for _, kv := range have {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			held[k] = v
-		}
-	}
+func envDiffers(have, want []string, defaults map[string]string) []string {
+	held := vars(have)
 	value := func(k, v string) string {
 		v = cmp.Or(v, defaults[k])
 		if k == "DCD_ORT_LIB" && v != "" {
@@ -453,7 +448,7 @@ func envDiffers(have, want []string, defaults map[string]string, counts func(str
 	var names []string
 	for _, kv := range want {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !counts(k) {
+		if !ok || !WorkerEnv(k) {
 			continue
 		}
 		if value(k, held[k]) != value(k, v) {
@@ -462,6 +457,38 @@ func envDiffers(have, want []string, defaults map[string]string, counts func(str
 	}
 	slices.Sort(names)
 	return slices.Compact(names)
+}
+
+// storageDiffers names the storage variables (StorageEnv) that have and
+// want set otherwise, sorted; unset is empty. Both ways: a worker
+// replaced by one with want would lose what only have sets (an endpoint,
+// a profile) as much as it would gain what only want sets.
+func storageDiffers(have, want []string) []string {
+	h, w := vars(have), vars(want)
+	var names []string
+	for k := range h {
+		if StorageEnv(k) && h[k] != w[k] {
+			names = append(names, k)
+		}
+	}
+	for k := range w {
+		if StorageEnv(k) && h[k] != w[k] {
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// vars maps an environment's names to their values.
+func vars(env []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
 }
 
 // proc is a process started here.

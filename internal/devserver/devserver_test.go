@@ -166,6 +166,20 @@ func TestEnsureWorker(t *testing.T) {
 	}
 	os.Unsetenv("DCD_EP")
 	os.Unsetenv("AWS_ENDPOINT_URL")
+	// And one started with a storage variable this shell lacks: the new
+	// build would lose it (its endpoint, its profile).
+	t.Setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")
+	if _, err := Stop(dir); err != nil {
+		t.Fatal(err)
+	}
+	if started, err := EnsureWorker(ctx, sleep, []string{"300"}, defaults, dir); err != nil || !started {
+		t.Fatalf("EnsureWorker with STORAGE_EMULATOR_HOST = %v, %v", started, err)
+	}
+	os.Unsetenv("STORAGE_EMULATOR_HOST")
+	if err := CheckWorker([]string{"300"}, dir); err == nil || !strings.Contains(err.Error(), "STORAGE_EMULATOR_HOST") {
+		t.Fatalf("CheckWorker of a worker with a storage variable this shell lacks: %v, want one naming it", err)
+	}
+	pid, _ = PID(dir, WorkerPID)
 	// A setting or credential this shell sets and the worker lacks or holds
 	// otherwise: the worker would not do as asked. Named, not shown.
 	t.Setenv("DCD_EP", "cuda")
