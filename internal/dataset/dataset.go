@@ -244,13 +244,19 @@ func compressedTar(name string) bool {
 	if strings.HasSuffix(name, ".tar") {
 		return false
 	}
-	// Compressions' suffixes only: 000.tar.sha256 or 000.tar.idx beside
-	// an archive is no archive, and is passed over as before.
-	for _, ext := range []string{".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz", ".tar.lz4", ".tar.lzma", ".tar.z",
-		".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tlz"} {
+	for _, ext := range []string{".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tlz"} {
 		if strings.HasSuffix(lower, ext) {
 			return true
 		}
+	}
+	// a.tar.<anything>, but a file about an archive beside it (its
+	// checksum, an index), which is passed over as before.
+	if i := strings.LastIndex(lower, ".tar."); i >= 0 {
+		switch lower[i+len(".tar."):] {
+		case "sha256", "sha512", "sha1", "md5", "sum", "idx", "index", "json", "txt", "sig", "asc":
+			return false
+		}
+		return true
 	}
 	return false
 }

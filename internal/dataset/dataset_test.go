@@ -559,6 +559,8 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"sums/a.tar.sha256": "not an archive",
 		"v1.tar.d/a.tar":    tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"zst/c.tzst":        "compressed",
+		"zstd/a.tar":        tarOf(t, "1.png", "x", "1.cls", "dog"),
+		"zstd/b.tar.zstd":   "compressed",
 		"named/a.tar.bz2":   "compressed",
 		"one/a.tar":         tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"one/a.tar.old.tar": "not the archive named",
@@ -569,6 +571,7 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"gz/":      `gz/b.tar.gz is not an uncompressed .tar`,
 		"xz/":      `xz/b.tar.xz is not an uncompressed .tar`,
 		"zst/":     `zst/c.tzst is not an uncompressed .tar`,
+		"zstd/":    `zstd/b.tar.zstd is not an uncompressed .tar`,
 		// One archive named, compressed: said, not read as a prefix.
 		"named/a.tar.bz2": `webdataset "named/a.tar.bz2" is not an uncompressed .tar`,
 	} {
