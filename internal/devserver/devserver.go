@@ -373,7 +373,7 @@ func EnsureWorker(ctx context.Context, workerBin string, args []string, defaults
 // endpoints). Its other settings may differ (DCD_ORT_LIB after a checkout
 // moved to another ONNX Runtime): the new build takes this shell's.
 func CheckWorker(args []string, stateDir string) error {
-	pid, ok := running(filepath.Join(stateDir, WorkerPID))
+	pid, ok := PID(stateDir, WorkerPID) // (the pid file's path made absolute, as the worker's marker has it)
 	if !ok {
 		return nil
 	}

@@ -150,6 +150,11 @@ func TestEnsureWorker(t *testing.T) {
 	if err := CheckWorker([]string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("CheckWorker with other args: err = %v", err)
 	}
+	// The state dir as the starter names it, relative (.dcd).
+	t.Chdir(filepath.Dir(dir))
+	if err := CheckWorker([]string{"301"}, filepath.Base(dir)); err == nil || !strings.Contains(err.Error(), "other arguments") {
+		t.Fatalf("CheckWorker of a relative state dir, with other args: err = %v", err)
+	}
 	if err := CheckWorker([]string{"300"}, dir); err != nil {
 		t.Fatalf("CheckWorker with its own args: %v", err)
 	}
