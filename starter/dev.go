@@ -155,7 +155,9 @@ func (e *cli) ensureDev(ctx context.Context, storage string) error {
 		return err
 	}
 	args := []string{"-address", e.g.address, "-namespace", e.g.namespace, "-storage", storage}
-	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok && rebuilt {
+	// (Or built before and left running: a start refused below, or one
+	// interrupted, renamed the new build in place already.)
+	if _, ok := devserver.PID(stateDir, devserver.WorkerPID); ok && (rebuilt || devserver.WorkerOutdated(stateDir)) {
 		// Replaced only by a worker on the old one's bucket, namespace
 		// and server: one elsewhere would take the old one's passes.
 		if err := devserver.CheckWorker(args, stateDir); err != nil {

@@ -380,6 +380,18 @@ func CheckWorker(args []string, stateDir string) error {
 	return workerDiffers(pid, args, storageDiffers)
 }
 
+// WorkerOutdated says whether the worker running from stateDir runs a
+// binary since replaced (a new build renamed over it, whose old file is
+// then deleted): one a refused or interrupted start left running.
+func WorkerOutdated(stateDir string) bool {
+	pid, ok := PID(stateDir, WorkerPID)
+	if !ok {
+		return false
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && strings.HasSuffix(exe, " (deleted)")
+}
+
 // workerDiffers refuses the worker of pid when it runs with other args
 // than these, or with an environment (have) that differs from this
 // process's (want) in the variables differs names.

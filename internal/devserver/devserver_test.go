@@ -150,6 +150,9 @@ func TestEnsureWorker(t *testing.T) {
 	if err := CheckWorker([]string{"301"}, dir); err == nil || !strings.Contains(err.Error(), "other arguments") {
 		t.Fatalf("CheckWorker with other args: err = %v", err)
 	}
+	if WorkerOutdated(dir) {
+		t.Fatal("a worker whose binary is in place is outdated")
+	}
 	// The state dir as the starter names it, relative (.dcd).
 	t.Chdir(filepath.Dir(dir))
 	if err := CheckWorker([]string{"301"}, filepath.Base(dir)); err == nil || !strings.Contains(err.Error(), "other arguments") {
@@ -404,5 +407,40 @@ func TestKillEnds(t *testing.T) {
 			p.cmd.Process.Kill()
 			t.Fatalf("kill of a process started with detach %v did not return", detach)
 		}
+	}
+}
+
+// A worker whose binary a new build was renamed over is outdated: a start
+// refused or interrupted after the rename leaves it running so.
+func TestWorkerOutdated(t *testing.T) {
+	sleep, err := lookPath("sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	stopAll(t, dir)
+	data, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "worker")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureWorker(context.Background(), bin, []string{"300"}, nil, dir); err != nil {
+		t.Fatal(err)
+	}
+	if WorkerOutdated(dir) {
+		t.Fatal("outdated with its binary in place")
+	}
+	next := filepath.Join(dir, "worker.next")
+	if err := os.WriteFile(next, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, bin); err != nil {
+		t.Fatal(err)
+	}
+	if !WorkerOutdated(dir) {
+		t.Error("not outdated with a new build renamed over its binary")
 	}
 }
