@@ -234,4 +234,20 @@ func TestAzureRawNames(t *testing.T) {
 	if _, err := ReadAll(ctx, b, "pool/gone%.png"); !Permanent(err) || Code(err) != gcerrors.NotFound {
 		t.Errorf("a missing blob of such a name: %v, want a permanent error coded NotFound", err)
 	}
+	// And one written through gocloud, which stores it under its escaped
+	// name: read back by every read.
+	const written = "models/head#2 100%.onnx"
+	if err := WriteAll(ctx, b, written, []byte("bytes of a model")); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := ReadAll(ctx, b, written); err != nil || string(data) != "bytes of a model" {
+		t.Errorf("%s written through gocloud: %q, %v", written, data, err)
+	}
+	var bs Buckets
+	if data, err := bs.ReadAtMost(ctx, b, written, 1<<20); err != nil || string(data) != "bytes of a model" {
+		t.Errorf("%s by ReadAtMost: %q, %v", written, data, err)
+	}
+	if data, err := bs.ReadRange(ctx, b, written, 3, 5); err != nil || string(data) != "es of" {
+		t.Errorf("%s bytes 3-8: %q, %v", written, data, err)
+	}
 }

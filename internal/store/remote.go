@@ -186,17 +186,22 @@ type objectReader interface {
 // '"', '#', '%', '?', '\' and control characters (100%.png is read as
 // 100__0x25__.png), as it writes them, and so never finds a blob another
 // tool uploaded under its own name, though it lists it so. Such a key is
-// read by the Azure SDK itself.
+// read by the Azure SDK itself; one it does not find there may be one
+// gocloud wrote under its escaped name (WriteAll's), read so.
 func newRangeReader(ctx context.Context, b *blob.Bucket, key string, offset, length int64) (objectReader, error) {
 	var c *container.Client
 	if !azureEscapes(key) || !b.As(&c) {
 		return b.NewRangeReader(ctx, key, offset, length, nil)
 	}
+	name := key
 	if p, ok := prefixOf(b); ok {
-		key = p + key
+		name = p + key
 	}
 	opts := &azblobblob.DownloadStreamOptions{Range: azblobblob.HTTPRange{Offset: offset, Count: max(length, 0)}}
-	resp, err := c.NewBlobClient(key).DownloadStream(ctx, opts)
+	resp, err := c.NewBlobClient(name).DownloadStream(ctx, opts)
+	if httpStatus(err) == http.StatusNotFound {
+		return b.NewRangeReader(ctx, key, offset, length, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
