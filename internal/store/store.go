@@ -205,6 +205,13 @@ func Code(err error) gcerrors.ErrorCode {
 // timeout, a conflict, a failed precondition (the object changed under a
 // conditional read), too many requests.
 func Permanent(err error) bool {
+	// A host name that does not resolve is the worker's (its resolver, a
+	// mistyped account or endpoint), not the object's: gocloud's Azure
+	// driver codes it NotFound, which would reject the object for good.
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return false
+	}
 	switch gcerrors.Code(err) {
 	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.PermissionDenied:
 		return true
@@ -214,8 +221,11 @@ func Permanent(err error) bool {
 		return true
 	}
 	// A file:// object the worker may not read (EACCES), as S3's
-	// AccessDenied; fileblob gives it no code.
-	if errors.Is(err, fs.ErrPermission) {
+	// AccessDenied, or that no file can be at (a path through a file, a
+	// name too long, a loop of links, a NUL), as S3's NotFound; fileblob
+	// codes only ENOENT.
+	var pe *fs.PathError
+	if errors.Is(err, fs.ErrPermission) || errors.As(err, &pe) && slices.Contains([]error{syscall.ENOTDIR, syscall.ENAMETOOLONG, syscall.ELOOP, syscall.EINVAL}, pe.Err) {
 		return true
 	}
 	if s3Passing(err) {

@@ -151,6 +151,22 @@ func TestTransientFile(t *testing.T) {
 	if err == nil || Transient(err) || !Permanent(err) {
 		t.Errorf("a missing file: %v, Transient %v, Permanent %v; want permanent only", err, Transient(err), Permanent(err))
 	}
+	// Keys no file can be at, which fileblob does not code NotFound: a
+	// path through a file, a name too long. An image's row naming one is
+	// a reject, not a shard failing.
+	if err := WriteAll(ctx, b, "cat.jpg", []byte("jpeg")); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"cat.jpg/1.jpg", strings.Repeat("n", 300) + ".jpg"} {
+		if _, err := ReadAll(ctx, b, key); err == nil || Transient(err) || !Permanent(err) {
+			t.Errorf("%.40s: %v, Transient %v, Permanent %v; want permanent only", key, err, Transient(err), Permanent(err))
+		}
+	}
+	// A host that does not resolve is no object's fault (gocloud's Azure
+	// driver codes it NotFound).
+	if dns := fmt.Errorf("read: %w", &net.DNSError{Err: "no such host", Name: "acct.blob.core.windows.net", IsNotFound: true}); Permanent(dns) {
+		t.Errorf("a host that does not resolve: %v, permanent", dns)
+	}
 	// A connection reset mid-body carries an errno too, in a net.OpError:
 	// that one passes.
 	reset := fmt.Errorf("store: read %q: %w", "big.tar", &net.OpError{Op: "read", Net: "tcp", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}})
