@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,5 +250,33 @@ func TestAzureRawNames(t *testing.T) {
 	}
 	if data, err := bs.ReadRange(ctx, b, written, 3, 5); err != nil || string(data) != "es of" {
 		t.Errorf("%s bytes 3-8: %q, %v", written, data, err)
+	}
+}
+
+// A URL's account options the credentials would not honour are refused,
+// not read from another account's container of the same name.
+func TestAzureAccountGiven(t *testing.T) {
+	for _, name := range []string{"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGEBLOB_CONNECTIONSTRING"} {
+		t.Setenv(name, "")
+	}
+	q := func(s string) url.Values { v, _ := url.ParseQuery(s); return v }
+	t.Setenv("AZURE_STORAGE_ACCOUNT", "a")
+	t.Setenv("AZURE_STORAGE_KEY", "k")
+	if err := azureAccountGiven(q("storage_account=a&localemu=true")); err != nil {
+		t.Errorf("its own account: %v", err)
+	}
+	if err := azureAccountGiven(q("storage_account=b")); err == nil || !strings.Contains(err.Error(), "account a's") {
+		t.Errorf("another account under a shared key: %v", err)
+	}
+	t.Setenv("AZURE_STORAGE_KEY", "")
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=k;EndpointSuffix=core.windows.net")
+	if err := azureAccountGiven(q("")); err != nil {
+		t.Errorf("a connection string alone: %v", err)
+	}
+	if err := azureAccountGiven(q("storage_account=a&domain=127.0.0.1:10000")); err != nil {
+		t.Errorf("the connection string's account: %v", err)
+	}
+	if _, err := Open(context.Background(), "azblob://c?storage_account=b"); err == nil || !strings.Contains(err.Error(), "is account a's") {
+		t.Errorf("Open with another storage_account= than the connection string's: %v", err)
 	}
 }

@@ -134,8 +134,43 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 // environment variables, but with an HTTP client that keeps
 // maxIdlePerHost idle connections.
 func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
+	if err := azureAccountGiven(u.Query()); err != nil {
+		return nil, err
+	}
 	o := &azureblob.URLOpener{MakeClient: newAzureClient, ServiceURLOptions: *azureblob.NewDefaultServiceURLOptions()}
 	return o.OpenBucketURL(ctx, u)
+}
+
+// azureAccountGiven refuses a URL whose storage_account= the credentials
+// newAzureClient picks would not reach: a shared key signs for
+// AZURE_STORAGE_ACCOUNT, and a connection string names its own account,
+// which the URL's storage_account= does not change (another account's
+// container of the same name would be read, or every read refused).
+func azureAccountGiven(q url.Values) error {
+	given := q.Get("storage_account")
+	if given == "" {
+		return nil
+	}
+	account, key := os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY")
+	switch {
+	case account != "" && key != "":
+		if given != account {
+			return &URLError{fmt.Sprintf("store: azblob:// storage_account=%s, but the shared key (AZURE_STORAGE_KEY) is account %s's", given, account)}
+		}
+	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
+	case azureConnection() != "":
+		for _, part := range strings.Split(azureConnection(), ";") {
+			if name, ok := strings.CutPrefix(part, "AccountName="); ok && name != given {
+				return &URLError{fmt.Sprintf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's", given, name)}
+			}
+		}
+	}
+	return nil
+}
+
+// azureConnection is the connection string in the environment, if any.
+func azureConnection() string {
+	return cmp.Or(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), os.Getenv("AZURE_STORAGEBLOB_CONNECTIONSTRING"))
 }
 
 // newAzureClient picks credentials as azureblob's default opener does: an
@@ -154,7 +189,7 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 		return nil, err
 	}
 	account, key := os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY")
-	connection := cmp.Or(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), os.Getenv("AZURE_STORAGEBLOB_CONNECTIONSTRING"))
+	connection := azureConnection()
 	switch {
 	case account != "" && key != "":
 		cred, err := azblob.NewSharedKeyCredential(account, key)
