@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -142,10 +143,11 @@ func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 }
 
 // azureAccountGiven refuses a URL whose storage_account= the credentials
-// newAzureClient picks would not reach: a shared key signs for
-// AZURE_STORAGE_ACCOUNT, and a connection string names its own account,
-// which the URL's storage_account= does not change (another account's
-// container of the same name would be read, or every read refused).
+// newAzureClient picks are not for: a shared key signs for
+// AZURE_STORAGE_ACCOUNT (every read refused), and a connection string
+// names its own account, which the URL's storage_account= does not change
+// (its container of the same name would be read). The worker's setup, not
+// the URL's fault: CredentialsRefused, so no image is rejected for it.
 func azureAccountGiven(q url.Values) error {
 	given := q.Get("storage_account")
 	if given == "" {
@@ -155,18 +157,22 @@ func azureAccountGiven(q url.Values) error {
 	switch {
 	case account != "" && key != "":
 		if given != account {
-			return &URLError{fmt.Sprintf("store: azblob:// storage_account=%s, but the shared key (AZURE_STORAGE_KEY) is account %s's", given, account)}
+			return fmt.Errorf("store: azblob:// storage_account=%s, but the shared key (AZURE_STORAGE_KEY) is account %s's: %w", given, account, errNotTheirAccount)
 		}
 	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
 	case azureConnection() != "":
 		for _, part := range strings.Split(azureConnection(), ";") {
 			if name, ok := strings.CutPrefix(part, "AccountName="); ok && name != given {
-				return &URLError{fmt.Sprintf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's", given, name)}
+				return fmt.Errorf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's: %w", given, name, errNotTheirAccount)
 			}
 		}
 	}
 	return nil
 }
+
+// errNotTheirAccount marks a URL's account the worker's credentials are
+// not for (CredentialsRefused).
+var errNotTheirAccount = errors.New("the worker's credentials are for another account")
 
 // azureConnection is the connection string in the environment, if any.
 func azureConnection() string {

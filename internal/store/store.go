@@ -261,6 +261,9 @@ func s3Passing(err error) bool {
 // the same way until they are fixed, so an image read with them is not
 // that image's fault. Permanent still holds for it.
 func CredentialsRefused(err error) bool {
+	if errors.Is(err, errNotTheirAccount) {
+		return true
+	}
 	var api interface{ ErrorCode() string } // smithy-go's APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
