@@ -278,6 +278,20 @@ func TestAzureAccountGiven(t *testing.T) {
 	if err := azureAccountGiven(q("storage_account=a&domain=127.0.0.1:10000")); err != nil {
 		t.Errorf("the connection string's account: %v", err)
 	}
+	// A SAS connection string names its account by its endpoint alone.
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=x&sig=y")
+	if err := azureAccountGiven(q("storage_account=b")); err == nil || !strings.Contains(err.Error(), "is account a's") {
+		t.Errorf("another account than a SAS connection string's endpoint: %v", err)
+	}
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=k;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+	if err := azureAccountGiven(q("storage_account=devstoreaccount1")); err != nil {
+		t.Errorf("an emulator's account, by its endpoint's path: %v", err)
+	}
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "BlobEndpoint=https://images.example.com/;SharedAccessSignature=sv=x&sig=y")
+	if err := azureAccountGiven(q("storage_account=b")); err != nil {
+		t.Errorf("a custom domain's account is not known: %v", err)
+	}
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=k;EndpointSuffix=core.windows.net")
 	if _, err := Open(context.Background(), "azblob://c?storage_account=b"); err == nil || !strings.Contains(err.Error(), "is account a's") || !CredentialsRefused(err) || Permanent(err) {
 		t.Errorf("Open with another storage_account= than the connection string's: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -161,13 +162,40 @@ func azureAccountGiven(q url.Values) error {
 		}
 	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
 	case azureConnection() != "":
-		for _, part := range strings.Split(azureConnection(), ";") {
-			if name, ok := strings.CutPrefix(part, "AccountName="); ok && name != given {
-				return fmt.Errorf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's: %w", given, name, errNotTheirAccount)
-			}
+		if name := connectionAccount(azureConnection()); name != "" && name != given {
+			return fmt.Errorf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's: %w", given, name, errNotTheirAccount)
 		}
 	}
 	return nil
+}
+
+// connectionAccount is the account a connection string reaches: its
+// BlobEndpoint's, which the Azure SDK takes over AccountName (an Azure
+// host's first label, or an emulator's first path segment; a custom
+// domain's is not known), else AccountName.
+func connectionAccount(conn string) string {
+	var account, endpoint string
+	for _, part := range strings.Split(conn, ";") {
+		k, v, _ := strings.Cut(part, "=")
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "accountname":
+			account = v
+		case "blobendpoint":
+			endpoint = v
+		}
+	}
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		host := u.Hostname()
+		if net.ParseIP(host) != nil || host == "localhost" {
+			first, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+			return first
+		}
+		if first, rest, _ := strings.Cut(host, "."); strings.HasPrefix(rest, "blob.core.") {
+			return first
+		}
+		return "" // a custom domain: not checked
+	}
+	return account
 }
 
 // errNotTheirAccount marks a URL's account the worker's credentials are
