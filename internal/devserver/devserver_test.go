@@ -428,6 +428,9 @@ func TestWorkerOutdated(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := EnsureWorker(context.Background(), bin, []string{"300"}, nil, dir); err != nil {
+		if strings.Contains(err.Error(), "exited at once") {
+			t.Skipf("a copy of %s does not run under another name (a multi-call binary): %v", sleep, err)
+		}
 		t.Fatal(err)
 	}
 	if WorkerOutdated(dir) {
