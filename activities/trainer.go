@@ -287,7 +287,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 			var exit *exec.ExitError
 			if errors.As(err, &exit) && exit.Exited() {
 				return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command %q exited with status %d; its log (%s) ends:\n%s",
-					argv[0], exit.ExitCode(), logKey, redact.Text(lastLines(log, 15))), "TrainerFailed", err)
+					argv[0], exit.ExitCode(), logKey, lastLines(log, 15)), "TrainerFailed", err)
 			}
 			return fmt.Errorf("activities: trainer %q: %w", argv[0], err) // killed by a signal: retry
 		case <-tick.C:
@@ -312,7 +312,8 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 
 // lastLines is the log's last n lines, as a terminal shows them (a
 // progress bar's redraws after a carriage return, its last), at most
-// maxQuoted bytes of them: they go into the pass's error and history.
+// maxQuoted bytes of them, redacted: they go into the pass's error and
+// history.
 func lastLines(t *tailBuffer, n int) string {
 	data, _ := t.snapshot()
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
@@ -323,7 +324,9 @@ func lastLines(t *tailBuffer, n int) string {
 		}
 		lines[i] = strings.TrimRight(l, "\r")
 	}
-	s := strings.Join(lines, "\n")
+	// Redacted whole, then cut: a cut inside a URL would leave its query
+	// (a SAS signature) without the scheme the redaction looks for.
+	s := redact.Text(strings.Join(lines, "\n"))
 	if len(s) > maxQuoted {
 		s = "…" + strings.ToValidUTF8(s[len(s)-maxQuoted:], "")
 	}

@@ -82,6 +82,13 @@ func TestLastLinesAsShown(t *testing.T) {
 	if got := lastLines(long, 15); len(got) > maxQuoted+len("…") {
 		t.Errorf("a line of 1 MiB quoted as %d bytes, want at most %d", len(got), maxQuoted)
 	}
+	// A URL the cut falls in is redacted still (the cut would leave its
+	// query without the scheme the redaction looks for).
+	secret := &tailBuffer{}
+	fmt.Fprintf(secret, "see https://acct.blob.core.windows.net/c/x?sv=1&sig=SECRET %s\n", strings.Repeat("z", maxQuoted-20))
+	if got := lastLines(secret, 15); strings.Contains(got, "SECRET") {
+		t.Errorf("a signature quoted where the cut fell in its URL: %.80q", got)
+	}
 }
 
 // A trainer sees the worker's TrainerEnv beside its environment: `starter
