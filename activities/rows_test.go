@@ -16,6 +16,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/gcerrors"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
@@ -387,5 +388,20 @@ func TestEvaluateNeedsALogitPerClass(t *testing.T) {
 	in.Classes = append(tenClasses(), "10", "11")
 	if res, err := a.Evaluate(context.Background(), in); err != nil || res.TestImages != 20 {
 		t.Errorf("12 classes, 12 logits: %+v, %v", res, err)
+	}
+}
+
+// A fit that diverges (a learning rate far too high) fails naming it,
+// rather than writing an empty head.json that Evaluate stumbles on.
+func TestRetrainDivergedSaysSo(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 2, 50, 8, 10, 1)
+	_, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 2,
+		Recipe: schemas.Retrain{Lambda: 0.01, Mode: schemas.MiniBatch, Epochs: 2, BatchSize: 16, LearningRate: 1e300, DebugWeight: 1}, Seed: 1})
+	if err == nil || !strings.Contains(err.Error(), "diverged") {
+		t.Fatalf("a fit at learning rate 1e300: %v, want it failed as diverged", err)
+	}
+	if _, err := a.Bucket.ReadAll(context.Background(), MethodKey("r", "m", "head.json")); gcerrors.Code(err) != gcerrors.NotFound {
+		t.Errorf("head.json of a diverged fit: %v, want none written", err)
 	}
 }

@@ -142,7 +142,10 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		}
 		return res, invalid("retrain %s: %v", in.Method, err)
 	}
-	data, _ := json.Marshal(h)
+	data, err := json.Marshal(h)
+	if err != nil { // a NaN or an infinity, which JSON has no word for
+		return res, invalid("retrain %s: the fitted head is not finite (%v): the fit diverged; lower retrain.learning_rate", in.Method, err)
+	}
 	if err := store.WriteAll(ctx, a.Bucket, res.HeadKey, data); err != nil {
 		return res, err
 	}
