@@ -706,11 +706,22 @@ func newTarStream(ctx context.Context, b *blob.Bucket, key string, flushed func(
 	if t.err != nil {
 		return t
 	}
+	// A MiB at a time: bufio passes a large write (an image's rest)
+	// straight through, and its upload would report no progress.
 	t.buf = bufio.NewWriterSize(writerFunc(func(p []byte) (int, error) {
-		n, err := t.bw.Write(p)
-		t.size += int64(n)
-		flushed()
-		return n, err
+		written := 0
+		for len(p) > 0 {
+			chunk := p[:min(len(p), 1<<20)]
+			n, err := t.bw.Write(chunk)
+			t.size += int64(n)
+			written += n
+			flushed()
+			if err != nil {
+				return written, err
+			}
+			p = p[n:]
+		}
+		return written, nil
 	}), 1<<20)
 	t.tw = webdataset.NewWriter(t.buf)
 	return t

@@ -534,3 +534,21 @@ func TestPackHeldBytes(t *testing.T) {
 		t.Errorf("packing one byte held at a time gives other objects: %d and %d", len(roomy), len(tight))
 	}
 }
+
+// An archive reports its progress every MiB it uploads, a large image's
+// too (bufio passes its rest through in one write).
+func TestTarStreamMovesEachMiB(t *testing.T) {
+	ctx := context.Background()
+	b := memBucket(t, nil)
+	moves := 0
+	ts := newTarStream(ctx, b, "a.tar", func() { moves++ })
+	if err := ts.write("s0", "png", make([]byte, 8<<20), "cat", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.close(); err != nil {
+		t.Fatal(err)
+	}
+	if moves < 8 {
+		t.Errorf("%d moves for an 8 MiB image, want one a MiB", moves)
+	}
+}

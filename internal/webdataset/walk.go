@@ -49,8 +49,8 @@ const WalkVersion = 2
 //
 // Members are grouped into samples by sample key, and a sample's members must
 // be consecutive in the archive, as WebDataset writers produce them; a key
-// that reappears after other keys is an error rather than a second sample,
-// since reading it would need the whole archive's index in memory. A member
+// that reappears after other keys is an error rather than a second sample
+// (a member of a sample seen long before would have to be joined to it). A member
 // is an image when its extension (after the first '.' of its base name,
 // compared case-insensitively) is jpg, jpeg, png, gif, bmp or webp; a .cls
 // member holds the label, which a sample with an image must have, and a
@@ -58,9 +58,10 @@ const WalkVersion = 2
 // regular files, and names whose base starts with '.' are ignored, and
 // samples without an image are skipped.
 //
-// Walk reads the whole stream but keeps only labels in memory: image data is
-// skipped. It returns fn's error unchanged, and otherwise errors that name
-// the archive and the sample at fault.
+// Walk reads the whole stream but skips image data: it keeps each sample's
+// key and each image's place (to find a reappearing key and a hard link's
+// target), some 100-200 bytes a sample. It returns fn's error unchanged, and
+// otherwise errors that name the archive and the sample at fault.
 func Walk(r io.Reader, archive string, fn func(Sample) error) error {
 	// archive/tar does not report where a member's data starts, but it reads
 	// header blocks and PAX and GNU long-name records with exact reads and no
