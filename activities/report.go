@@ -746,7 +746,7 @@ pre{background:#f7f8fa;padding:1em;overflow:auto;font-size:12px;border-radius:6p
 <td>{{pct .TestAccuracy}}</td><td><small>{{.TestDelta}}</small></td><td>{{pct .HeldoutAccuracy}}</td><td class="{{.DeltaClass}}">{{.HeldoutDelta}}</td>
 <td>{{.DebugTrainSize}}{{if or .Duplicates .Leaks}}<br><small>−{{.Duplicates}} dup · −{{.Leaks}} leak</small>{{end}}</td><td>{{prec .SelectionPrecision}}</td><td>{{secs .WallSeconds}}</td></tr>
 {{end}}</table>
-<p><small>Δ: points against <b>none</b>, the model before the pass. Precision: share of the rows retrained on (added pool images that embedded, with a class's label) from the error domain, where the pool says. Wall time: the method's own selection, retraining and evaluation, no embedding.</small></p>
+<p><small>Δ: points against <b>none</b>, the model before the pass. Precision: share of the rows retrained on (added pool images that embedded, with a class's label) from the error domain, where the pool says; with an external trainer, of the images selected. Wall time: the method's own selection, retraining and evaluation, no embedding.</small></p>
 
 <h2>Accuracy</h2>
 {{.Chart}}

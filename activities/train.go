@@ -237,7 +237,9 @@ type Method struct {
 	// DebugTrainSize is the images the method added to train (its
 	// debug-train manifest; for all_pool, every pool image that embedded).
 	DebugTrainSize int `json:"debug_train_size"`
-	// SelectionPrecision is the share of them from selection.error_domain,
+	// SelectionPrecision is the share from selection.error_domain of the
+	// debug rows retrained on (DebugRows), or, with an external trainer,
+	// which reports no rows, of the images selected (all_pool's: null);
 	// null without ground truth.
 	SelectionPrecision *float64 `json:"selection_precision"`
 	// WallSeconds is the method's own work: selection, guards,
