@@ -193,12 +193,10 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - logCap; over > 0 {
-		// Cut at a line's start: a line cut in a URL would keep its
-		// query, which redact.Text, wanting the URL's scheme, misses.
-		if nl := bytes.IndexByte(t.buf[over:], '\n'); nl >= 0 {
-			over += nl + 1
-		}
+	// Moved down once it holds twice the cap, not at every write past it:
+	// a trainer writing small lines would move the whole log each time.
+	if len(t.buf) > 2*logCap {
+		over := t.cut()
 		t.dropped += int64(over)
 		t.buf = append(t.buf[:0], t.buf[over:]...)
 	}
@@ -206,14 +204,29 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// cut is where the last logCap bytes held begin, at a line's start: a
+// line cut in a URL would keep its query, which redact.Text, wanting the
+// URL's scheme, misses.
+func (t *tailBuffer) cut() int {
+	over := len(t.buf) - logCap
+	if over <= 0 {
+		return 0
+	}
+	if nl := bytes.IndexByte(t.buf[over:], '\n'); nl >= 0 {
+		over += nl + 1
+	}
+	return over
+}
+
 func (t *tailBuffer) snapshot() ([]byte, int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	over := t.cut()
 	var b []byte
-	if t.dropped > 0 {
-		b = fmt.Appendf(nil, "[... %d earlier bytes dropped]\n", t.dropped)
+	if dropped := t.dropped + int64(over); dropped > 0 {
+		b = fmt.Appendf(nil, "[... %d earlier bytes dropped]\n", dropped)
 	}
-	return append(b, t.buf...), t.version
+	return append(b, t.buf[over:]...), t.version
 }
 
 // runTrainer runs argv in its own process group, streaming its output to

@@ -137,6 +137,21 @@ func TestTrainerLogCutAtALine(t *testing.T) {
 	if strings.Contains(redact.Text(string(data)), "SECRET") || !strings.HasPrefix(string(data), "[... ") {
 		t.Errorf("log after the cut: %q", data[max(0, len(data)-80):])
 	}
+	// Many small lines (a chatty trainer): the snapshot is the last cap's
+	// worth from a line's start, and says how many bytes went before.
+	var chatty tailBuffer
+	written := 0
+	for i := 0; written < 3*logCap; i++ {
+		n, _ := fmt.Fprintf(&chatty, "line %d\n", i)
+		written += n
+	}
+	data, _ = chatty.snapshot()
+	header, kept, _ := strings.Cut(string(data), "\n")
+	var dropped int
+	fmt.Sscanf(header, "[... %d earlier bytes dropped]", &dropped)
+	if len(kept) > logCap || len(kept) < logCap-20 || dropped+len(kept) != written || !strings.HasPrefix(kept, "line ") {
+		t.Errorf("a chatty log: %d bytes kept, %d dropped, of %d written (header %q)", len(kept), dropped, written, header)
+	}
 }
 
 // An external trainer's train manifest holds train's images; one whose
