@@ -36,6 +36,8 @@ type featureRows struct {
 	// live counts files held in memory now; maxLive is the most at once.
 	live, maxLive atomic.Int32
 	passes        int
+	// moved, when set, is told of each file given (beatingWhileMoving).
+	moved func()
 }
 
 var _ head.Shuffled = (*featureRows)(nil)
@@ -71,7 +73,7 @@ func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weigh
 			// A fit in memory takes as long as one streamed, or longer
 			// (the rows fit because memory_mb is large): it heartbeats
 			// alike, and stops when the pass is cancelled.
-			heartbeat(r.ctx, fmt.Sprintf("pass %d", r.passes))
+			r.given()
 			if err := r.ctx.Err(); err != nil {
 				return err
 			}
@@ -113,9 +115,17 @@ func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weigh
 		if err != nil {
 			return err
 		}
-		heartbeat(r.ctx, fmt.Sprintf("pass %d", r.passes))
+		r.given()
 	}
 	return r.ctx.Err()
+}
+
+// given beats after a file given to the fit, and tells moved of it.
+func (r *featureRows) given() {
+	heartbeat(r.ctx, fmt.Sprintf("pass %d", r.passes))
+	if r.moved != nil {
+		r.moved()
+	}
 }
 
 func (r *featureRows) emit(s int, data []float32, rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {

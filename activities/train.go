@@ -122,10 +122,13 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	// The rows heartbeat after each feature file they give; a file of a
 	// large shard through a large head (10,000 rows × 1,000 classes ×
 	// 2,048 features, 80 GFLOP a pass in mini-batches) outlasts a
-	// heartbeat timeout, so beat meanwhile too. The rows still stop at
-	// the next file when the pass is cancelled.
-	stop := beating(ctx, func() []any { return nil })
+	// heartbeat timeout, so beat meanwhile too, while files keep coming:
+	// a streamed file's read that stalls is not kept alive to the
+	// activity's timeout. The rows still stop at the next file when the
+	// pass is cancelled.
+	stop, moved := beatingWhileMoving(ctx, func() []any { return nil })
 	defer stop() // (a panic, which Temporal recovers, must stop it too)
+	rows.moved = moved
 	h, err := head.Train(rows, head.Options{
 		Classes: len(in.Classes), Lambda: r.Lambda, Iters: r.Iters, ClassBalanced: r.ClassBalanced,
 		MiniBatch: r.Mode == schemas.MiniBatch, Epochs: r.Epochs, BatchSize: r.BatchSize, LearningRate: r.LearningRate,
