@@ -162,11 +162,6 @@ func TestTransientFile(t *testing.T) {
 			t.Errorf("%.40s: %v, Transient %v, Permanent %v; want permanent only", key, err, Transient(err), Permanent(err))
 		}
 	}
-	// A host that does not resolve is no object's fault (gocloud's Azure
-	// driver codes it NotFound).
-	if dns := fmt.Errorf("read: %w", &net.DNSError{Err: "no such host", Name: "acct.blob.core.windows.net", IsNotFound: true}); Permanent(dns) {
-		t.Errorf("a host that does not resolve: %v, permanent", dns)
-	}
 	// A connection reset mid-body carries an errno too, in a net.OpError:
 	// that one passes.
 	reset := fmt.Errorf("store: read %q: %w", "big.tar", &net.OpError{Op: "read", Net: "tcp", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}})
