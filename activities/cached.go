@@ -86,8 +86,8 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 		}
 	case into != nil:
 		// The shards wrote partials of their own: a range partial of an
-		// earlier execution of the scan (a reset that planned the pool
-		// again) would win over them in the merge.
+		// earlier execution of the scan (a reset) would win over them in
+		// the merge.
 		if err := a.Bucket.Delete(ctx, into.key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 			return CachedShardsResult{}, err
 		}

@@ -101,6 +101,22 @@ func scanName(ctx workflow.Context) string {
 	return name
 }
 
+// nameScan names the pass's scan (scanName). Since scanAfterPlanChange
+// it is named once the pool is planned: a pass reset in Temporal to a
+// point before its pool's plan completed plans the pool again, maybe
+// from a listing that changed, into other shards, so its scan must not
+// take the partials of the execution reset (their ranges of shards
+// planned otherwise) for its own. A reset to a point after the plan
+// replays both, and the partials are of the same shards.
+func (s *shardRunner) nameScan(ctx workflow.Context) {
+	s.scan = scanName(ctx)
+	s.keyed = s.scan != "" && workflow.GetVersion(ctx, keyedPartialsChange, workflow.DefaultVersion, 1) == 1
+}
+
+// scanAfterPlanChange versions naming the scan after the pool's plan
+// (nameScan), so that passes started before replay as they ran.
+const scanAfterPlanChange = "scan-after-plan"
+
 // rangesChange versions the scan's name (scanName), and
 // keyedPartialsChange writing each shard's own partial under it too, so
 // that a straggler of an earlier pass under the same ID cannot leave its
@@ -234,8 +250,11 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}, scan: scanName(ctx)}
-	s.keyed = s.scan != "" && workflow.GetVersion(ctx, keyedPartialsChange, workflow.DefaultVersion, 1) == 1
+	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}}
+	nameLate := workflow.GetVersion(ctx, scanAfterPlanChange, workflow.DefaultVersion, 1) == 1
+	if !nameLate {
+		s.nameScan(ctx)
+	}
 	embedded := s.run(ctx, activities.ErrorSample, models.Similarity, plans[activities.ErrorSample].Shards, 0)
 	if later != nil {
 		err = later.watch(ctx, embedded)
@@ -270,6 +289,9 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	// once the scan has reached it.
 	p.ShardsTotal += embeddedAgain(cfg, models, plans)
 
+	if nameLate {
+		s.nameScan(ctx)
+	}
 	p.Phase = "scan pool"
 	scanned := s.scanBeside(ctx, models, plans, cfg.ScanK())
 	stopPhase := p.phaseOf(ctx, scanned)
