@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
@@ -678,6 +679,10 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 				setStarted.Set(nil, nil)
 			}
 		}()
+		opts := workflow.ChildWorkflowOptions{TaskQueue: CPUQueue}
+		if workflow.GetVersion(ctx, staleChainsChange, workflow.DefaultVersion, 1) == 1 {
+			opts.WorkflowIDReusePolicy = enumspb.WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING
+		}
 		sem := workflow.NewSemaphore(ctx, int64(s.cfg.Shards.Chains))
 		wg := workflow.NewWaitGroup(ctx)
 		// The chains run under chainsCtx, cancelled at the first one's
@@ -703,7 +708,9 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 			workflow.Go(ctx, func(ctx workflow.Context) {
 				defer wg.Done()
 				defer sem.Release(1)
-				cctx := workflow.WithChildOptions(chainsCtx, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: CPUQueue})
+				opts := opts
+				opts.WorkflowID = id
+				cctx := workflow.WithChildOptions(chainsCtx, opts)
 				var r ShardsResult
 				chain := workflow.ExecuteChildWorkflow(cctx, ShardsWorkflow, in)
 				if !started.IsReady() {
@@ -736,6 +743,16 @@ func (s shardRunner) start(ctx workflow.Context, ds, tag string, m activities.Mo
 // stopChainsChange versions cancelling a dataset's other chains when one
 // fails, so that passes started before replay as they ran.
 const stopChainsChange = "stop-chains"
+
+// staleChainsChange versions starting a chain over one still running
+// under its ID (WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING: the one
+// way a child's start can, the conflict policy being the client's). A
+// chain's ID is its pass's, so such a chain is of an execution of the
+// pass that has ended but whose chains the server is still closing: one
+// reset in Temporal to a point before the chain started. (A cancelled
+// pass waits for its chains to close.) The start failed "child workflow
+// execution already started", and so did the pass.
+const staleChainsChange = "stale-chains"
 
 // inlineShards is the most shards of a dataset a pass runs itself rather
 // than in child chains, the pool's aside: a child's start and end cost

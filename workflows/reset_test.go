@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
-	"fmt"
+	"errors"
 	"path"
 	"strings"
 	"sync"
@@ -23,6 +23,7 @@ import (
 
 	"dcd/activities"
 	"dcd/internal/dataset"
+	"dcd/schemas"
 	"dcd/workflows"
 )
 
@@ -50,7 +51,11 @@ func TestResetPassPlansItsScanAgain(t *testing.T) {
 	}
 	cfg.Data.Pool.Manifest = changed
 
-	held := &heldReport{release: make(chan struct{}), reporting: make(chan struct{}, 1)}
+	var first atomic.Value // the run reset
+	held := newHolding(func(info activity.Info) bool {
+		return info.ActivityType.Name == "Report" && info.WorkflowExecution.RunID == first.Load()
+	})
+	defer held.done()
 	startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{held}}, workflows.CPUQueue, workflows.GPUQueue)
 	stamp := time.Now().UTC().Format("150405.000")
 	if _, err := runPass(t, c, "reset-warm-"+stamp, cfg); err != nil { // every shard of the shorter pool cached
@@ -62,12 +67,9 @@ func TestResetPassPlansItsScanAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held.run.Store(we.GetRunID())
-	var once sync.Once
-	release := func() { once.Do(func() { close(held.release) }) }
-	defer release()
+	first.Store(we.GetRunID())
 	select {
-	case <-held.reporting:
+	case <-held.held:
 	case <-time.After(10 * time.Minute):
 		t.Fatal("the pass never reached its report")
 	}
@@ -77,19 +79,9 @@ func TestResetPassPlansItsScanAgain(t *testing.T) {
 	if err := b.WriteAll(ctx, changed, full, nil); err != nil { // the listing grows
 		t.Fatal(err)
 	}
-	point := beforePoolPlanned(t, c, id, we.GetRunID())
-	reset, err := c.ResetWorkflowExecution(ctx, &workflowservice.ResetWorkflowExecutionRequest{
-		Namespace:                 "default",
-		WorkflowExecution:         &commonpb.WorkflowExecution{WorkflowId: id, RunId: we.GetRunID()},
-		Reason:                    "the pool's listing changed",
-		WorkflowTaskFinishEventId: point,
-		RequestId:                 id + "-reset",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	release() // the run reset is over: its report may end
-	if err := c.GetWorkflow(ctx, id, reset.GetRunId()).Get(ctx, nil); err != nil {
+	reset := resetBeforePoolPlanned(t, c, id, we.GetRunID())
+	held.done() // the run reset is over: its report may end
+	if err := c.GetWorkflow(ctx, id, reset).Get(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -105,6 +97,38 @@ func TestResetPassPlansItsScanAgain(t *testing.T) {
 	if extra, lacks := missing(got, want), missing(want, got); len(extra)+len(lacks) > 0 {
 		t.Errorf("the reset pass selected %d images, the fresh pass %d: %d rows of the reset pass's are not the fresh pass's (first %q), %d of the fresh pass's are missing (first %q)",
 			len(got), len(want), len(extra), extra[:min(len(extra), 1)], len(lacks), lacks[:min(len(lacks), 1)])
+	}
+}
+
+// A pass reset in Temporal to a point before its pool's chains started,
+// while they run, starts its own under the same IDs and runs to its end:
+// a chain's start failed "child workflow execution already started" while
+// the server had yet to close the execution reset's.
+func TestResetPassStartsItsChainsAgain(t *testing.T) {
+	c, _ := devServer(t)
+	b, cfg := demoWorld(t)
+	cfg.Shards.Size = 27 // 445 pool shards or so: more than a pass scans itself, and none cached by another test
+	id := "reset-chains-" + time.Now().UTC().Format("150405.000")
+	held := newHolding(func(info activity.Info) bool { return strings.HasPrefix(info.WorkflowExecution.ID, id+"/pool/") })
+	defer held.done()
+	startWorkerWith(t, c, b, "", worker.Options{Interceptors: []interceptor.WorkerInterceptor{held}}, workflows.CPUQueue, workflows.GPUQueue)
+	we, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue}, workflows.DebugPass, workflows.PassInput{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.held: // a pool chain runs
+	case <-time.After(5 * time.Minute):
+		t.Fatal("no pool chain ran")
+	}
+	reset := resetBeforePoolPlanned(t, c, id, we.GetRunID())
+	held.done()
+	var res workflows.PassResult
+	if err := c.GetWorkflow(context.Background(), id, reset).Get(context.Background(), &res); err != nil {
+		t.Fatalf("the pass reset: %v", err)
+	}
+	if dcd := method(t, res.Eval, schemas.MethodDCD); dcd.DebugTrainSize == 0 {
+		t.Errorf("the pass reset selected nothing: %+v", dcd)
 	}
 }
 
@@ -157,9 +181,9 @@ func withoutRows(t *testing.T, manifest []byte, dir string, size int) []byte {
 	return buf.Bytes()
 }
 
-// beforePoolPlanned is the last workflow task a run completed before its
-// pool's plan did.
-func beforePoolPlanned(t *testing.T, c client.Client, id, run string) int64 {
+// resetBeforePoolPlanned resets a run to the last workflow task it
+// completed before its pool's plan did, and returns the new run's ID.
+func resetBeforePoolPlanned(t *testing.T, c client.Client, id, run string) string {
 	t.Helper()
 	var pool, last int64
 	it := c.GetWorkflowHistory(context.Background(), id, run, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
@@ -180,47 +204,68 @@ func beforePoolPlanned(t *testing.T, c client.Client, id, run string) int64 {
 				if last == 0 {
 					t.Fatal("no workflow task completed before the pool's plan did")
 				}
-				return last
+				reset, err := c.ResetWorkflowExecution(context.Background(), &workflowservice.ResetWorkflowExecutionRequest{
+					Namespace:                 "default",
+					WorkflowExecution:         &commonpb.WorkflowExecution{WorkflowId: id, RunId: run},
+					Reason:                    "the test resets it",
+					WorkflowTaskFinishEventId: last,
+					RequestId:                 id + "-reset",
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return reset.GetRunId()
 			}
 		case enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
 			last = e.GetEventId()
 		}
 	}
 	t.Fatal("the pool's plan never completed")
-	return 0
+	return ""
 }
 
-// heldReport holds the Report activity of one run (run) until release is
-// closed, signalling reporting as it begins, so that the run's partials
-// are all there; and slows the pool's plan by two seconds.
-type heldReport struct {
+// holding holds the activities hold picks until release is closed,
+// signalling held as the first begins, and slows the pool's plan by two
+// seconds.
+type holding struct {
 	interceptor.WorkerInterceptorBase
-	run       atomic.Value // string
-	release   chan struct{}
-	reporting chan struct{}
+	hold    func(activity.Info) bool
+	release chan struct{}
+	held    chan struct{}
+	once    sync.Once
 }
 
-func (h *heldReport) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
+func newHolding(hold func(activity.Info) bool) *holding {
+	return &holding{hold: hold, release: make(chan struct{}), held: make(chan struct{}, 1)}
+}
+
+// done lets every activity held go on, and holds no more.
+func (h *holding) done() { h.once.Do(func() { close(h.release) }) }
+
+func (h *holding) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
 	return &heldActivity{ActivityInboundInterceptorBase: interceptor.ActivityInboundInterceptorBase{Next: next}, h: h}
 }
 
 type heldActivity struct {
 	interceptor.ActivityInboundInterceptorBase
-	h *heldReport
+	h *holding
 }
 
 func (a *heldActivity) ExecuteActivity(ctx context.Context, in *interceptor.ExecuteActivityInput) (any, error) {
-	info := activity.GetInfo(ctx)
 	if p, ok := in.Args[0].(activities.PlanInput); ok && p.Name == activities.Pool { // every activity takes one argument
 		time.Sleep(2 * time.Second)
 	}
-	if info.ActivityType.Name == "Report" && info.WorkflowExecution.RunID == a.h.run.Load() {
-		select {
-		case a.h.reporting <- struct{}{}:
-		default:
+	select {
+	case <-a.h.release:
+	default:
+		if a.h.hold(activity.GetInfo(ctx)) {
+			select {
+			case a.h.held <- struct{}{}:
+			default:
+			}
+			<-a.h.release
+			return nil, errors.New("held")
 		}
-		<-a.h.release
-		return nil, fmt.Errorf("held")
 	}
 	return a.Next.ExecuteActivity(ctx, in)
 }
