@@ -556,7 +556,7 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		if gcerrors.Code(err) == gcerrors.NotFound && in.Keyed {
 			// A scan's partials go once its pass has reported (DropScan):
 			// a pass reset in Temporal to before its merge finds them gone.
-			return res, invalid("partial %s is missing (a pass deletes its scan's partials once it has reported: one reset in Temporal to before its merge must be run again instead)", key)
+			return res, invalid("partial %s is missing (a pass deletes its scan's partials once it has reported: reset it in Temporal to a point before its pool's plan completed, or run it again)", key)
 		}
 		if err != nil {
 			return res, store.Classify(err, key)
