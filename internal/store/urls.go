@@ -163,27 +163,35 @@ func (bs *Buckets) Open(ctx context.Context, bucketURL string) (*blob.Bucket, er
 	bs.open[name] = o
 	bs.mu.Unlock()
 
-	// Kept for the process, not the activity that opens it first: a
-	// client may keep its context (GCS's token refreshes).
-	func() {
+	// Opened aside, so that this caller too gives up with its context
+	// (a store's credentials that never answer) while the open goes on
+	// for the next read. Kept for the process, not the activity that
+	// opens it first: a client may keep its context (GCS's token
+	// refreshes).
+	go func() {
+		defer close(o.done)
 		defer func() {
 			// A driver's panic fails this open, not every later one of the
-			// URL, which would wait on done forever.
+			// URL, which would wait on done forever, nor the worker.
 			if p := recover(); p != nil {
 				o.b, o.err = nil, fmt.Errorf("store: open %q: %v", redact.URL(bucketURL), p)
+			}
+			if o.err != nil { // not kept: the next read tries again
+				bs.mu.Lock()
+				if bs.open[name] == o {
+					delete(bs.open, name)
+				}
+				bs.mu.Unlock()
 			}
 		}()
 		o.b, o.err = bs.openNew(context.WithoutCancel(ctx), bucketURL, u, err)
 	}()
-	if o.err != nil { // not kept: the next read tries again
-		bs.mu.Lock()
-		if bs.open[name] == o {
-			delete(bs.open, name)
-		}
-		bs.mu.Unlock()
+	select {
+	case <-o.done:
+		return o.b, o.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	close(o.done)
-	return o.b, o.err
 }
 
 // openNew opens the bucket at bucketURL (parsed as u, or failing to parse

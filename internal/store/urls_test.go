@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -470,5 +471,48 @@ func TestBucketOpenedAside(t *testing.T) {
 	}
 	if n := opens.Load(); n != 1 {
 		t.Errorf("two reads at once opened the bucket %d times, want once", n)
+	}
+}
+
+// An open that hangs (a store's credentials that never answer) holds up
+// no read past its context, the read that began it included, and goes on
+// for the reads after it: the bucket is opened once.
+func TestBucketOpenGivesUpWithItsRead(t *testing.T) {
+	dir := t.TempDir()
+	slow := "file://" + dir
+	release := make(chan struct{})
+	var opens atomic.Int32
+	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
+	real := openStore
+	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
+		opens.Add(1)
+		<-release
+		return real(ctx, u)
+	}
+	var bs Buckets
+	defer bs.Close()
+	let := sync.OnceFunc(func() { close(release) })
+	defer let() // (before Close, on a failure)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := bs.Open(ctx, slow)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the read that began the open: %v, want its deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read that began a hanging open waited past its deadline")
+	}
+	let()
+	if _, err := bs.Open(context.Background(), slow); err != nil {
+		t.Fatal(err)
+	}
+	if n := opens.Load(); n != 1 {
+		t.Errorf("the bucket was opened %d times, want once", n)
 	}
 }
