@@ -296,3 +296,43 @@ func TestAzureAccountGiven(t *testing.T) {
 		t.Errorf("Open with another storage_account= than the connection string's: %v", err)
 	}
 }
+
+// A URL whose endpoint options (domain=, protocol=, localemu=) name another
+// endpoint than the connection string's is refused, as the worker's
+// setup: the Azure SDK would use the connection string's, so a URL meant
+// for a local emulator would read and write a real account's container.
+func TestAzureEndpointGiven(t *testing.T) {
+	for _, name := range []string{"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGEBLOB_CONNECTIONSTRING"} {
+		t.Setenv(name, "")
+	}
+	open := func(conn, u string) error {
+		t.Setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+		b, err := Open(context.Background(), u)
+		if err == nil {
+			b.Close()
+		}
+		return err
+	}
+	cloud := "DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;AccountKey=" + azuriteKey + ";EndpointSuffix=core.windows.net"
+	emulator := "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + azuriteKey + ";BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+	for _, tc := range []struct {
+		conn, url string
+		refused   bool
+	}{
+		{cloud, "azblob://c?localemu=true&protocol=http&domain=127.0.0.1:10000", true},
+		{cloud, "azblob://c?domain=blob.core.chinacloudapi.cn", true},
+		{cloud, "azblob://c", false},
+		{cloud, "azblob://c?domain=blob.core.windows.net&protocol=https", false},
+		{emulator, "azblob://c?localemu=true&protocol=http&domain=127.0.0.1:10000", false},
+		{emulator, "azblob://c?localemu=true&protocol=http&domain=localhost:10000", false}, // one loopback, by two names
+		{emulator, "azblob://c?localemu=true&protocol=http&domain=127.0.0.1:10001", true},
+	} {
+		err := open(tc.conn, tc.url)
+		switch {
+		case tc.refused && (err == nil || !strings.Contains(err.Error(), "which the Azure SDK uses instead") || !CredentialsRefused(err) || Permanent(err)):
+			t.Errorf("%s under %.40q…: %v, want refused as the worker's setup", tc.url, tc.conn, err)
+		case !tc.refused && err != nil:
+			t.Errorf("%s under %.40q…: %v", tc.url, tc.conn, err)
+		}
+	}
+}

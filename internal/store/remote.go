@@ -139,8 +139,65 @@ func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 	if err := azureAccountGiven(u.Query()); err != nil {
 		return nil, err
 	}
-	o := &azureblob.URLOpener{MakeClient: newAzureClient, ServiceURLOptions: *azureblob.NewDefaultServiceURLOptions()}
+	endpointGiven := azureEndpointOptions(u.Query())
+	makeClient := func(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (*container.Client, error) {
+		if endpointGiven != "" && azureCredentials() == "connection" {
+			if err := connectionReaches(azureConnection(), svcURL, endpointGiven); err != nil {
+				return nil, err
+			}
+		}
+		return newAzureClient(svcURL, name)
+	}
+	o := &azureblob.URLOpener{MakeClient: makeClient, ServiceURLOptions: *azureblob.NewDefaultServiceURLOptions()}
 	return o.OpenBucketURL(ctx, u)
+}
+
+// azureEndpointOptions lists the options of an azblob:// URL that choose
+// its endpoint (domain=, protocol=, localemu=, cdn=), as given, or "".
+func azureEndpointOptions(q url.Values) string {
+	var given []string
+	for _, k := range []string{"domain", "protocol", "localemu", "cdn"} {
+		if q.Has(k) {
+			given = append(given, k+"="+q.Get(k))
+		}
+	}
+	return strings.Join(given, "&")
+}
+
+// connectionReaches refuses a URL whose endpoint options (given) choose
+// another endpoint than conn, the connection string, reaches: the Azure
+// SDK takes the connection string's and drops the URL's, so a URL meant
+// for a local emulator would read and write the account the connection
+// string names. The worker's setup (CredentialsRefused), as an account
+// refused is.
+func connectionReaches(conn string, svcURL azureblob.ServiceURL, given string) error {
+	want, err := url.Parse(string(svcURL))
+	if err != nil {
+		return err
+	}
+	got := connectionEndpoint(conn)
+	if got == nil || (strings.EqualFold(got.Scheme, want.Scheme) && sameHost(got.Host, want.Host)) {
+		return nil
+	}
+	return fmt.Errorf("store: azblob:// %s names the endpoint %s://%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) reaches %s://%s, which the Azure SDK uses instead: %w",
+		given, want.Scheme, want.Host, got.Scheme, got.Host, errNotTheirAccount)
+}
+
+// sameHost compares two hosts with their ports, a loopback address by
+// any name (localhost, 127.0.0.1, [::1]) the same.
+func sameHost(a, b string) bool {
+	norm := func(h string) string {
+		h = strings.ToLower(h)
+		name, port, err := net.SplitHostPort(h)
+		if err != nil {
+			name, port = h, ""
+		}
+		if ip := net.ParseIP(name); name == "localhost" || (ip != nil && ip.IsLoopback()) {
+			name = "loopback"
+		}
+		return name + ":" + port
+	}
+	return norm(a) == norm(b)
 }
 
 // azureAccountGiven refuses a URL whose storage_account= the credentials
@@ -154,14 +211,12 @@ func azureAccountGiven(q url.Values) error {
 	if given == "" {
 		return nil
 	}
-	account, key := os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY")
-	switch {
-	case account != "" && key != "":
-		if given != account {
+	switch azureCredentials() {
+	case "key":
+		if account := os.Getenv("AZURE_STORAGE_ACCOUNT"); given != account {
 			return fmt.Errorf("store: azblob:// storage_account=%s, but the shared key (AZURE_STORAGE_KEY) is account %s's: %w", given, account, errNotTheirAccount)
 		}
-	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
-	case azureConnection() != "":
+	case "connection":
 		if name := connectionAccount(azureConnection()); name != "" && name != given {
 			return fmt.Errorf("store: azblob:// storage_account=%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) is account %s's: %w", given, name, errNotTheirAccount)
 		}
@@ -169,33 +224,66 @@ func azureAccountGiven(q url.Values) error {
 	return nil
 }
 
+// azureCredentials names the credentials newAzureClient picks from the
+// environment: "key", "sas", "connection" or "default".
+func azureCredentials() string {
+	switch {
+	case os.Getenv("AZURE_STORAGE_ACCOUNT") != "" && os.Getenv("AZURE_STORAGE_KEY") != "":
+		return "key"
+	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
+		return "sas"
+	case azureConnection() != "":
+		return "connection"
+	}
+	return "default"
+}
+
 // connectionAccount is the account a connection string reaches: its
 // BlobEndpoint's, which the Azure SDK takes over AccountName (an Azure
 // host's first label, or an emulator's first path segment; a custom
 // domain's is not known), else AccountName.
 func connectionAccount(conn string) string {
-	var account, endpoint string
-	for _, part := range strings.Split(conn, ";") {
-		k, v, _ := strings.Cut(part, "=")
-		switch strings.ToLower(strings.TrimSpace(k)) {
-		case "accountname":
-			account = v
-		case "blobendpoint":
-			endpoint = v
-		}
+	f := connectionFields(conn)
+	u := connectionEndpoint(conn)
+	if f["blobendpoint"] == "" || u == nil {
+		return f["accountname"]
+	}
+	host := u.Hostname()
+	if net.ParseIP(host) != nil || host == "localhost" {
+		first, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+		return first
+	}
+	if first, rest, _ := strings.Cut(host, "."); strings.HasPrefix(rest, "blob.core.") {
+		return first
+	}
+	return "" // a custom domain: not checked
+}
+
+// connectionEndpoint is the blob endpoint a connection string reaches, as
+// the Azure SDK derives it: its BlobEndpoint, else <DefaultEndpointsProtocol>
+// ://<AccountName>.blob.<EndpointSuffix>; nil if it names none (the SDK
+// refuses it).
+func connectionEndpoint(conn string) *url.URL {
+	f := connectionFields(conn)
+	endpoint := f["blobendpoint"]
+	if endpoint == "" && f["accountname"] != "" {
+		endpoint = cmp.Or(f["defaultendpointsprotocol"], "https") + "://" + f["accountname"] + ".blob." + cmp.Or(f["endpointsuffix"], "core.windows.net")
 	}
 	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
-		host := u.Hostname()
-		if net.ParseIP(host) != nil || host == "localhost" {
-			first, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
-			return first
-		}
-		if first, rest, _ := strings.Cut(host, "."); strings.HasPrefix(rest, "blob.core.") {
-			return first
-		}
-		return "" // a custom domain: not checked
+		return u
 	}
-	return account
+	return nil
+}
+
+// connectionFields are a connection string's fields by their lower-case
+// names.
+func connectionFields(conn string) map[string]string {
+	f := map[string]string{}
+	for _, part := range strings.Split(conn, ";") {
+		k, v, _ := strings.Cut(part, "=")
+		f[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
+	}
+	return f
 }
 
 // errNotTheirAccount marks a URL's account the worker's credentials are
@@ -222,19 +310,17 @@ func newAzureClient(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (
 	if err != nil {
 		return nil, err
 	}
-	account, key := os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY")
-	connection := azureConnection()
-	switch {
-	case account != "" && key != "":
-		cred, err := azblob.NewSharedKeyCredential(account, key)
+	switch azureCredentials() {
+	case "key":
+		cred, err := azblob.NewSharedKeyCredential(os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY"))
 		if err != nil {
 			return nil, err
 		}
 		return container.NewClientWithSharedKeyCredential(containerURL, cred, opts)
-	case os.Getenv("AZURE_STORAGE_SAS_TOKEN") != "":
+	case "sas":
 		return container.NewClientWithNoCredential(containerURL, opts)
-	case connection != "":
-		return container.NewClientFromConnectionString(connection, string(name), opts)
+	case "connection":
+		return container.NewClientFromConnectionString(azureConnection(), string(name), opts)
 	}
 	cred, err := azidentity.NewDefaultAzureCredential(nil)
 	if err != nil {
