@@ -169,35 +169,55 @@ func azureEndpointOptions(q url.Values) string {
 // SDK takes the connection string's and drops the URL's, so a URL meant
 // for a local emulator would read and write the account the connection
 // string names. The worker's setup (CredentialsRefused), as an account
-// refused is.
+// refused is. What cannot be told apart passes: a custom domain or a
+// private endpoint may be the URL's account, and an emulator the worker
+// reaches by a service's name (http://azurite:10000/…) the one a URL,
+// which gocloud allows only on a loopback host, names so.
 func connectionReaches(conn string, svcURL azureblob.ServiceURL, given string) error {
 	want, err := url.Parse(string(svcURL))
 	if err != nil {
 		return err
 	}
 	got := connectionEndpoint(conn)
-	if got == nil || (strings.EqualFold(got.Scheme, want.Scheme) && sameHost(got.Host, want.Host)) {
+	if got == nil {
+		return nil
+	}
+	wk, gk := endpointKind(want), endpointKind(got)
+	switch {
+	case wk == "custom" || gk == "custom":
+		return nil
+	case wk == "cloud" && gk == "cloud" && strings.EqualFold(want.Hostname(), got.Hostname()):
+		return nil
+	case wk == "emulator" && gk == "emulator" && (!loopback(got.Hostname()) || got.Port() == want.Port()):
 		return nil
 	}
 	return fmt.Errorf("store: azblob:// %s names the endpoint %s://%s, but the connection string (AZURE_STORAGE_CONNECTION_STRING) reaches %s://%s, which the Azure SDK uses instead: %w",
 		given, want.Scheme, want.Host, got.Scheme, got.Host, errNotTheirAccount)
 }
 
-// sameHost compares two hosts with their ports, a loopback address by
-// any name (localhost, 127.0.0.1, [::1]) the same.
-func sameHost(a, b string) bool {
-	norm := func(h string) string {
-		h = strings.ToLower(h)
-		name, port, err := net.SplitHostPort(h)
-		if err != nil {
-			name, port = h, ""
-		}
-		if ip := net.ParseIP(name); name == "localhost" || (ip != nil && ip.IsLoopback()) {
-			name = "loopback"
-		}
-		return name + ":" + port
+// endpointKind tells a blob endpoint's kind: "cloud", an Azure account's
+// (<account>.blob.core.<cloud's suffix>); "emulator", a loopback host's,
+// or one whose path names the account (Azurite's, by any host name); or
+// "custom" (a custom domain, a private endpoint).
+func endpointKind(u *url.URL) string {
+	host := strings.ToLower(u.Hostname())
+	switch _, rest, _ := strings.Cut(host, "."); {
+	case loopback(host):
+		return "emulator"
+	case strings.HasPrefix(rest, "blob.core."):
+		return "cloud"
+	case strings.Trim(u.Path, "/") != "":
+		return "emulator"
 	}
-	return norm(a) == norm(b)
+	return "custom"
+}
+
+// loopback reports whether host names this machine, as gocloud allows a
+// local emulator's domain= to.
+func loopback(host string) bool {
+	host = strings.ToLower(host)
+	ip := net.ParseIP(host)
+	return host == "localhost" || strings.HasSuffix(host, ".localhost") || (ip != nil && ip.IsLoopback())
 }
 
 // azureAccountGiven refuses a URL whose storage_account= the credentials

@@ -333,11 +333,24 @@ func (bs *Buckets) Close() error {
 	bs.mu.Unlock()
 	var errs []error
 	for name, o := range open {
-		// An open under way may need bs.mu for its base; a base is closed
-		// with its prefixes.
-		<-o.done
-		if o.b != nil && !strings.HasPrefix(name, baseName) {
-			errs = append(errs, o.b.Close())
+		if strings.HasPrefix(name, baseName) {
+			continue // closed with its prefixes
+		}
+		select {
+		case <-o.done:
+			if o.b != nil {
+				errs = append(errs, o.b.Close())
+			}
+		default:
+			// An open under way, perhaps for good (a store whose
+			// credentials never answer), is not waited for: its bucket
+			// is closed if it comes.
+			go func() {
+				<-o.done
+				if o.b != nil {
+					o.b.Close()
+				}
+			}()
 		}
 	}
 	return errors.Join(errs...)

@@ -516,3 +516,32 @@ func TestBucketOpenGivesUpWithItsRead(t *testing.T) {
 		t.Errorf("the bucket was opened %d times, want once", n)
 	}
 }
+
+// Closing the buckets does not wait for an open that hangs: a worker
+// stopping, or a walk ending, would hang with it.
+func TestBucketsCloseLeavesAHangingOpen(t *testing.T) {
+	release := make(chan struct{})
+	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
+	real := openStore
+	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
+		<-release
+		return real(ctx, u)
+	}
+	defer close(release)
+	var bs Buckets
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := bs.Open(ctx, "file://"+t.TempDir()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a hanging open: %v, want its read's deadline", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- bs.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for an open that hangs")
+	}
+}
