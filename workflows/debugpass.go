@@ -103,12 +103,13 @@ func scanName(ctx workflow.Context) string {
 }
 
 // nameScan names the pass's scan (scanName). Since scanAfterPlanChange
-// it is named once the pool is planned: a pass reset in Temporal to a
-// point before its pool's plan completed plans the pool again, maybe
-// from a listing that changed, into other shards, so its scan must not
-// take the partials of the execution reset (their ranges of shards
-// planned otherwise) for its own. A reset to a point after the plan
-// replays both, and the partials are of the same shards.
+// it is named as the scan starts, the pool planned and the queries
+// embedded: a pass reset in Temporal to a point before its pool's plan
+// completed plans the pool again, maybe from a listing that changed, into
+// other shards, so its scan must not take the partials of the execution
+// reset (their ranges of shards planned otherwise) for its own. A reset
+// to a point after the naming replays both, and the partials are of the
+// same shards.
 func (s *shardRunner) nameScan(ctx workflow.Context) {
 	s.scan = scanName(ctx)
 	s.keyed = s.scan != "" && workflow.GetVersion(ctx, keyedPartialsChange, workflow.DefaultVersion, 1) == 1
@@ -748,8 +749,9 @@ const stopChainsChange = "stop-chains"
 // under its ID (WORKFLOW_ID_REUSE_POLICY_TERMINATE_IF_RUNNING: the one
 // way a child's start can, the conflict policy being the client's). A
 // chain's ID is its pass's, so such a chain is of an execution of the
-// pass that has ended but whose chains the server is still closing: one
-// reset in Temporal to a point before the chain started. (A cancelled
+// pass that has ended: a reset in Temporal leaves the reset execution's
+// chains running (the server applies no parent-close policy to them), and
+// a reset to a point before a chain started starts it again. (A cancelled
 // pass waits for its chains to close.) The start failed "child workflow
 // execution already started", and so did the pass.
 const staleChainsChange = "stale-chains"
