@@ -697,11 +697,11 @@ func (a *Activities) dropOtherScans(ctx context.Context, run, scan string) {
 // order: a range's (TopKRangeKey) where a CachedShards batch wrote one,
 // else each shard's (TopKKey). A scan's batches do not overlap, and a
 // retried batch writes the same range again. But a pass reset in Temporal
-// to after its pool's plan replays its scan's name (scanName) and may cut
-// its batches elsewhere (other shards found cached): then both
+// to a point after its scan was named replays the name (scanName) and may
+// cut its batches elsewhere (other shards found cached): then both
 // executions' ranges of the same shards are there, overlapping, and the
 // shards are tiled with those ranges and shard partials that exist,
-// fewest reads. (One reset to before the plan names another scan.)
+// fewest reads. (One reset to before the pool's plan names another scan.)
 func (a *Activities) partialKeys(ctx context.Context, run, scan, shardScan string, shards int) ([]string, error) {
 	ranges := map[int][]int{} // a range's first shard → its ends
 	if scan != "" {
