@@ -303,16 +303,23 @@ func TestAzureAccountGiven(t *testing.T) {
 // for a local emulator would read and write a real account's container.
 // What cannot be told apart passes.
 func TestAzureEndpointGiven(t *testing.T) {
-	for _, name := range []string{"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGEBLOB_CONNECTIONSTRING"} {
+	for _, name := range []string{"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGEBLOB_CONNECTIONSTRING",
+		"AZURE_STORAGE_DOMAIN", "AZURE_STORAGE_PROTOCOL", "AZURE_STORAGE_IS_LOCAL_EMULATOR", "AZURE_STORAGE_IS_CDN"} {
 		t.Setenv(name, "")
 	}
-	open := func(conn, u string) error {
+	check := func(conn, u string, refused bool) {
+		t.Helper()
 		t.Setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
 		b, err := Open(context.Background(), u)
 		if err == nil {
 			b.Close()
 		}
-		return err
+		switch {
+		case refused && (err == nil || !strings.Contains(err.Error(), "which the Azure SDK uses instead") || !CredentialsRefused(err) || Permanent(err)):
+			t.Errorf("%s under %.40q…: %v, want refused as the worker's setup", u, conn, err)
+		case !refused && err != nil:
+			t.Errorf("%s under %.40q…: %v", u, conn, err)
+		}
 	}
 	cloud := "DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;AccountKey=" + azuriteKey + ";EndpointSuffix=core.windows.net"
 	emulator := "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + azuriteKey + ";BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
@@ -334,12 +341,12 @@ func TestAzureEndpointGiven(t *testing.T) {
 		// A private endpoint of the account: not known to differ.
 		{"BlobEndpoint=https://acct.privatelink.blob.core.windows.net/;SharedAccessSignature=sv=x&sig=y", "azblob://c?domain=blob.core.windows.net&storage_account=acct", false},
 	} {
-		err := open(tc.conn, tc.url)
-		switch {
-		case tc.refused && (err == nil || !strings.Contains(err.Error(), "which the Azure SDK uses instead") || !CredentialsRefused(err) || Permanent(err)):
-			t.Errorf("%s under %.40q…: %v, want refused as the worker's setup", tc.url, tc.conn, err)
-		case !tc.refused && err != nil:
-			t.Errorf("%s under %.40q…: %v", tc.url, tc.conn, err)
-		}
+		check(tc.conn, tc.url, tc.refused)
 	}
+	// The environment's defaults for the options choose as they do.
+	t.Setenv("AZURE_STORAGE_IS_LOCAL_EMULATOR", "true")
+	t.Setenv("AZURE_STORAGE_PROTOCOL", "http")
+	t.Setenv("AZURE_STORAGE_DOMAIN", "127.0.0.1:10000")
+	check(cloud, "azblob://c", true)
+	check(emulator, "azblob://c", false)
 }

@@ -152,8 +152,9 @@ func openAzure(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 	return o.OpenBucketURL(ctx, u)
 }
 
-// azureEndpointOptions lists the options of an azblob:// URL that choose
-// its endpoint (domain=, protocol=, localemu=, cdn=), as given, or "".
+// azureEndpointOptions lists what chooses an azblob:// URL's endpoint,
+// as given, or "": its options (domain=, protocol=, localemu=, cdn=) and
+// the environment's defaults for them, which gocloud reads.
 func azureEndpointOptions(q url.Values) string {
 	var given []string
 	for _, k := range []string{"domain", "protocol", "localemu", "cdn"} {
@@ -161,7 +162,12 @@ func azureEndpointOptions(q url.Values) string {
 			given = append(given, k+"="+q.Get(k))
 		}
 	}
-	return strings.Join(given, "&")
+	for _, k := range []string{"AZURE_STORAGE_DOMAIN", "AZURE_STORAGE_PROTOCOL", "AZURE_STORAGE_IS_LOCAL_EMULATOR", "AZURE_STORAGE_IS_CDN"} {
+		if v := os.Getenv(k); v != "" {
+			given = append(given, k+"="+v)
+		}
+	}
+	return strings.Join(given, ", ")
 }
 
 // connectionReaches refuses a URL whose endpoint options (given) choose
