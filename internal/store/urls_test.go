@@ -415,6 +415,24 @@ func TestDroppedBucketsCollected(t *testing.T) {
 	}
 }
 
+// slowOpens makes the opens of the URLs hold picks wait until the returned
+// release is called (once it is, or the test ends), and counts them.
+func slowOpens(t *testing.T, hold func(url string) bool) (release func(), opens *atomic.Int32) {
+	gate := make(chan struct{})
+	opens = new(atomic.Int32)
+	real := openStore
+	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
+		if hold(u) {
+			opens.Add(1)
+			<-gate
+		}
+		return real(ctx, u)
+	}
+	release = sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(func() { release(); openStore = real })
+	return release, opens
+}
+
 // A bucket being opened (its store's config and credentials loaded) holds
 // up the reads of that bucket alone: the buckets already open answer.
 // Reads that wait for it share its one open.
@@ -422,21 +440,9 @@ func TestBucketOpenedAside(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	slow, fast := "file://"+dir+"?prefix=slow/", "file://"+dir+"?prefix=fast/"
-	release := make(chan struct{})
-	var opens atomic.Int32
-	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
-	real := openStore
-	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
-		if u == slow {
-			opens.Add(1)
-			<-release
-		}
-		return real(ctx, u)
-	}
+	let, opens := slowOpens(t, func(u string) bool { return u == slow })
 	var bs Buckets
 	defer bs.Close()
-	let := sync.OnceFunc(func() { close(release) })
-	defer let() // (before Close, on a failure)
 	if _, err := bs.Open(ctx, fast); err != nil {
 		t.Fatal(err)
 	}
@@ -480,19 +486,9 @@ func TestBucketOpenedAside(t *testing.T) {
 func TestBucketOpenGivesUpWithItsRead(t *testing.T) {
 	dir := t.TempDir()
 	slow := "file://" + dir
-	release := make(chan struct{})
-	var opens atomic.Int32
-	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
-	real := openStore
-	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
-		opens.Add(1)
-		<-release
-		return real(ctx, u)
-	}
+	let, opens := slowOpens(t, func(string) bool { return true })
 	var bs Buckets
 	defer bs.Close()
-	let := sync.OnceFunc(func() { close(release) })
-	defer let() // (before Close, on a failure)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
@@ -520,14 +516,7 @@ func TestBucketOpenGivesUpWithItsRead(t *testing.T) {
 // Closing the buckets does not wait for an open that hangs: a worker
 // stopping, or a walk ending, would hang with it.
 func TestBucketsCloseLeavesAHangingOpen(t *testing.T) {
-	release := make(chan struct{})
-	defer func(f func(context.Context, string) (*blob.Bucket, error)) { openStore = f }(openStore)
-	real := openStore
-	openStore = func(ctx context.Context, u string) (*blob.Bucket, error) {
-		<-release
-		return real(ctx, u)
-	}
-	defer close(release)
+	slowOpens(t, func(string) bool { return true })
 	var bs Buckets
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
