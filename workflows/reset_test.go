@@ -102,8 +102,8 @@ func TestResetPassPlansItsScanAgain(t *testing.T) {
 
 // A pass reset in Temporal to a point before its pool's chains started,
 // while they run, starts its own under the same IDs and runs to its end:
-// a chain's start failed "child workflow execution already started" while
-// the server had yet to close the execution reset's.
+// a chain's start failed "child workflow execution already started", as a
+// reset leaves the reset execution's chains running.
 func TestResetPassStartsItsChainsAgain(t *testing.T) {
 	c, _ := devServer(t)
 	b, cfg := demoWorld(t)
@@ -239,7 +239,8 @@ func newHolding(hold func(activity.Info) bool) *holding {
 	return &holding{hold: hold, release: make(chan struct{}), held: make(chan struct{}, 1)}
 }
 
-// done lets every activity held go on, and holds no more.
+// done ends every activity held (failed: its workflow is gone or will
+// retry it) and holds no more.
 func (h *holding) done() { h.once.Do(func() { close(h.release) }) }
 
 func (h *holding) InterceptActivity(ctx context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
