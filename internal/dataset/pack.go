@@ -555,7 +555,7 @@ func (s Source) FinishPack(ctx context.Context, out string, archives int, progre
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w, err := b.NewWriter(wctx, prefix+"skipped.csv", &blob.WriterOptions{ContentType: "text/csv"})
+	w, err := b.NewWriter(wctx, prefix+"skipped.csv", store.WriterOptions(b, "text/csv"))
 	if err != nil {
 		return 0, fmt.Errorf("dataset: pack: %w", err)
 	}
@@ -702,7 +702,7 @@ type tarStream struct {
 func newTarStream(ctx context.Context, b *blob.Bucket, key string, flushed func()) *tarStream {
 	ctx, cancel := context.WithCancel(ctx)
 	t := &tarStream{key: key, cancel: cancel}
-	t.bw, t.err = b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "application/x-tar"})
+	t.bw, t.err = b.NewWriter(ctx, key, store.WriterOptions(b, "application/x-tar"))
 	if t.err != nil {
 		return t
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"weak"
 
 	"cloud.google.com/go/storage"
@@ -26,6 +27,7 @@ import (
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	gcaws "gocloud.dev/aws"
@@ -129,6 +131,36 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 		clientOpts = append(clientOpts, func(o *s3.Options) { o.RetryMaxAttempts = n })
 	}
 	return s3blob.OpenBucket(ctx, s3.NewFromConfig(cfg, clientOpts...), u.Host, &opts)
+}
+
+// abortTimeout bounds the request that ends an abandoned multipart upload
+// on S3, which must not be made under the context whose cancellation
+// abandoned it.
+const abortTimeout = time.Minute
+
+// WriterOptions are the options of every object DCD writes to b: its
+// content type and, on S3, a write that ends with its context cancelled
+// aborting its multipart upload. gocloud's S3 writer aborts it under that
+// cancelled context, which fails, and the parts already uploaded (an
+// object over 16 MiB, a feature file or an archive, goes up in parts of
+// 8 MiB) stay in the bucket, billed and in no listing of its objects.
+// The transfer manager aborts under a context of its own when given a
+// FailTimeout, which gocloud has no option for: the manager it made is
+// replaced, before the write starts, with one made as it made it (the
+// client's checksum setting; DCD sets neither part size nor concurrency)
+// and a FailTimeout.
+func WriterOptions(b *blob.Bucket, contentType string) *blob.WriterOptions {
+	return &blob.WriterOptions{ContentType: contentType, BeforeWrite: func(as func(any) bool) error {
+		var tm *transfermanager.Client
+		var client *s3.Client
+		if as(&tm) && b.As(&client) {
+			*tm = *transfermanager.New(client, func(o *transfermanager.Options) {
+				o.RequestChecksumCalculation = client.Options().RequestChecksumCalculation
+				o.FailTimeout = abortTimeout
+			})
+		}
+		return nil
+	}}
 }
 
 // openAzure opens an azblob:// URL as gocloud.dev/blob/azureblob's default

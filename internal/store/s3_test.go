@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/api/googleapi"
 )
@@ -475,6 +477,61 @@ func TestS3ProfileMaxAttempts(t *testing.T) {
 		b.Close()
 		if got := requests.Load(); got != c.want {
 			t.Errorf("%s: %d requests, want %d (the profile's max_attempts)", c.url, got, c.want)
+		}
+	}
+}
+
+// A write abandoned after its first parts were uploaded (Abort, or its
+// context cancelled: a worker stopping mid-shard) leaves no multipart
+// upload behind on S3: its parts would be billed, and no listing of
+// objects shows them. A bucket opened with prefix= too.
+func TestS3AbandonedWriteLeavesNoParts(t *testing.T) {
+	t.Run("bucket", func(t *testing.T) { checkAbandonedWrites(t, "dcd-abandoned") })
+	t.Run("prefixed", func(t *testing.T) { checkAbandonedWrites(t, "dcd-abandoned-prefixed", "prefix=dcd/") })
+}
+
+func checkAbandonedWrites(t *testing.T, bucket string, query ...string) {
+	b := versityGW(t, bucket, query...)
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i * 7)
+	}
+	write := func(key string, abandon func(w *Writer, cancel context.CancelFunc)) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		w, err := NewWriter(ctx, b, key, "application/octet-stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 24 { // past the first parts (8 MiB each)
+			if _, err := w.Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(500 * time.Millisecond) // let a part or two reach the store
+		abandon(w, cancel)
+	}
+	write("aborted.arrow", func(w *Writer, _ context.CancelFunc) { w.Abort() })
+	write("cancelled.arrow", func(w *Writer, cancel context.CancelFunc) {
+		cancel()
+		if err := w.Close(); err == nil {
+			t.Error("a write whose context was cancelled closed without an error")
+		}
+	})
+	var client *s3.Client
+	if !b.As(&client) {
+		t.Fatal("the bucket has no S3 client")
+	}
+	out, err := client.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range out.Uploads {
+		t.Errorf("abandoned write left multipart upload %s of %q", aws.ToString(u.UploadId), aws.ToString(u.Key))
+	}
+	for _, key := range []string{"aborted.arrow", "cancelled.arrow"} {
+		if ok, err := b.Exists(context.Background(), key); ok || err != nil {
+			t.Errorf("%s: exists %v, %v; want no object", key, ok, err)
 		}
 	}
 }

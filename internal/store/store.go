@@ -645,7 +645,7 @@ type Writer struct {
 // NewWriter starts writing the object at key.
 func NewWriter(ctx context.Context, b *blob.Bucket, key, contentType string) (*Writer, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	bw, err := b.NewWriter(ctx, key, &blob.WriterOptions{ContentType: contentType})
+	bw, err := b.NewWriter(ctx, key, WriterOptions(b, contentType))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("store: write %q: %w", key, err)
