@@ -405,4 +405,8 @@ func TestOpenErrorRedacted(t *testing.T) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("open with a missing key file: %v; want the driver's cause seen through it", err)
 	}
+	_, err = Open(context.Background(), "file:///nonexistent-dcd-dir/storage")
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "create_dir=1") {
+		t.Errorf("open of a folder not made: %v; want the driver's cause and how to have it made", err)
+	}
 }

@@ -105,6 +105,9 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 		b, err = openAzure(ctx, u)
 	default:
 		b, err = blob.OpenBucket(ctx, fileOptions(rawURL))
+		if errors.Is(err, fs.ErrNotExist) && u.Scheme == "file" && !u.Query().Has("create_dir") {
+			err = fmt.Errorf("%w (the folder must exist: make it, or give the URL the option create_dir=1)", err)
+		}
 	}
 	if err == nil && prefix != "" {
 		if wrap {
