@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 
 	"go.temporal.io/sdk/activity"
@@ -198,6 +199,8 @@ type rowSet struct {
 type rowStats struct {
 	rows    []int // per rowSet
 	skipped int   // labels outside classes
+	// skippedLabels are the first few of those labels, to name.
+	skippedLabels []string
 	// Per rowSet: kept rows whose domain is errorDomain, and whether some
 	// kept row has a domain at all.
 	domain []int
@@ -239,6 +242,9 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				return offClass(set.ds, it, index)
 			case c < 0:
 				st.skipped++
+				if len(st.skippedLabels) < 3 && !slices.Contains(st.skippedLabels, it.Label) {
+					st.skippedLabels = append(st.skippedLabels, it.Label)
+				}
 			default:
 				if set.keep != nil {
 					set.keep[keptRow(it.Key, it.Label)]--

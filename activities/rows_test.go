@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,22 +343,7 @@ func TestRetrainKeepsDuplicatesOnce(t *testing.T) {
 	writeBlobs(t, a, "r", Train, "", 1, 50, 4, 10, 1)
 	// The selection: a.png twice (labels 3 and 5), b.png, c.png twice
 	// with one label.
-	keys, labels := []string{"pool/a.png", "pool/b.png", "pool/a.png", "pool/c.png", "pool/c.png"}, []string{"3", "1", "5", "2", "2"}
-	var shard dataset.Shard
-	var images []embed.Image
-	for i, k := range keys {
-		shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: labels[i]})
-		images = append(images, embed.Image{URI: k})
-	}
-	if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", "sel", 0), shard.Marshal()); err != nil {
-		t.Fatal(err)
-	}
-	rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, 5*4), make([]float32, 5*10)}, Dims: []int{4, 10}}, "")
-	err := store.WriteArrow(ctx, a.Bucket, features.Key(rowsSpec, shard.Digest()), rec.Schema(), a.Mem, rec)
-	rec.Release()
-	if err != nil {
-		t.Fatal(err)
-	}
+	writeSelection(t, a, []string{"pool/a.png", "pool/b.png", "pool/a.png", "pool/c.png", "pool/c.png"}, []string{"3", "1", "5", "2", "2"})
 	// What the guards kept: a.png with its second label, c.png once.
 	kept := "uri,label\n/pool/a.png,5\n/pool/b.png,1\n/pool/c.png,2\n"
 	if err := store.WriteAll(ctx, a.Bucket, "r/kept.csv", []byte(kept)); err != nil {
@@ -370,6 +356,45 @@ func TestRetrainKeepsDuplicatesOnce(t *testing.T) {
 	}
 	if res.DebugRows != 3 {
 		t.Errorf("%d debug rows, want the 3 the guards kept", res.DebugRows)
+	}
+}
+
+// writeSelection writes a selection "sel" of run "r": one shard of the
+// keys with their labels, and its features (zeros).
+func writeSelection(t *testing.T, a *Activities, keys, labels []string) {
+	t.Helper()
+	ctx := context.Background()
+	var shard dataset.Shard
+	var images []embed.Image
+	for i, k := range keys {
+		shard.Items = append(shard.Items, dataset.Item{ID: int64(i), Key: k, Label: labels[i]})
+		images = append(images, embed.Image{URI: k})
+	}
+	if err := store.WriteAll(ctx, a.Bucket, ShardKey("r", "sel", 0), shard.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	n := len(keys)
+	rec := features.Record(a.Mem, rowsSpec.Columns, embed.Batch{Images: images, Vectors: [][]float32{make([]float32, n*4), make([]float32, n*10)}, Dims: []int{4, 10}}, "")
+	defer rec.Release()
+	if err := store.WriteArrow(ctx, a.Bucket, features.Key(rowsSpec, shard.Digest()), rec.Schema(), a.Mem, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Debug images whose weak label is no class are left out of retraining,
+// counted, and a few of their labels named for the method's note (a pool
+// labelled in another vocabulary than the target's shows no other sign).
+func TestRetrainCountsLabelsThatAreNoClass(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 1, 50, 4, 10, 1)
+	writeSelection(t, a, []string{"pool/a.png", "pool/b.png", "pool/c.png", "pool/d.png", "pool/e.png"}, []string{"digit_1", "3", "digit_1", "cat", "dog"})
+	res, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 1,
+		Debug: &DebugSet{Dataset: "sel", Shards: 1}, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1}, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.DebugRows != 1 || res.SkippedLabels != 4 || !slices.Equal(res.SkippedExamples, []string{"digit_1", "cat", "dog"}) {
+		t.Errorf("%d debug rows, %d skipped %q; want 1, 4 and the three labels once each", res.DebugRows, res.SkippedLabels, res.SkippedExamples)
 	}
 }
 

@@ -74,8 +74,9 @@ type RetrainResult struct {
 	TrainRows  int
 	DebugRows  int
 	// SkippedLabels counts debug-train images whose weak label is not a
-	// class of the model.
-	SkippedLabels int
+	// class of the model; SkippedExamples are a few of those labels.
+	SkippedLabels   int
+	SkippedExamples []string `json:",omitempty"`
 	// Precision is the share of debug rows from ErrorDomain, nil when the
 	// rows carry no domain.
 	Precision *float64
@@ -108,7 +109,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 	if err != nil {
 		return res, err
 	}
-	res.TrainRows, res.SkippedLabels, res.Streamed = st.rows[0], st.skipped, rows.cached == nil
+	res.TrainRows, res.SkippedLabels, res.SkippedExamples, res.Streamed = st.rows[0], st.skipped, st.skippedLabels, rows.cached == nil
 	if len(st.rows) > 1 {
 		res.DebugRows = st.rows[1]
 		if in.ErrorDomain != "" && st.known[1] && res.DebugRows > 0 {
@@ -257,6 +258,9 @@ type Method struct {
 	// that embedded, with a known label).
 	TrainRows int `json:"train_rows,omitempty"`
 	DebugRows int `json:"debug_rows,omitempty"`
+	// SkippedLabels counts the method's images left out of retraining
+	// because their weak label is not a class of the target.
+	SkippedLabels int `json:"skipped_labels,omitempty"`
 	// Dropped counts selected images the guards removed: near-duplicates
 	// and near-copies of test or E_heldout images.
 	Duplicates int `json:"duplicates,omitempty"`

@@ -1,6 +1,10 @@
 package workflows
 
 import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -242,6 +246,8 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		}
 		wall += r.Seconds
 		row.TrainRows, row.DebugRows, row.Head, row.Model, row.ModelError = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey, r.ModelError
+		row.SkippedLabels = r.SkippedLabels
+		row.Note = joinNotes(row.Note, skippedNote(r))
 		// Of the rows it trained on, for every method: a selection's
 		// images whose weak label is not a class, or that did not embed,
 		// are not among them (all_pool's never were).
@@ -347,4 +353,32 @@ func (c *comparison) trainOptions(ctx workflow.Context) workflow.Context {
 			MaximumAttempts:    3,
 		},
 	})
+}
+
+// skippedNote says how many of a method's images retraining left out for a
+// weak label that is no class of the target: the row's debug-train size
+// counts them, its accuracies do not (all of them left out, the method
+// scores as train_only), and a pool labelled in another vocabulary than
+// the target's classes shows no other sign of it.
+func skippedNote(r activities.RetrainResult) string {
+	if r.SkippedLabels == 0 {
+		return ""
+	}
+	labels := make([]string, len(r.SkippedExamples))
+	for i, l := range r.SkippedExamples {
+		labels[i] = strconv.Quote(l)
+	}
+	which := strings.Join(labels, ", ")
+	if r.SkippedLabels > len(labels) {
+		which += ", …"
+	}
+	if r.DebugRows == 0 {
+		return fmt.Sprintf("none of its %d images was retrained on: no weak label of theirs is a class of the target (%s), so it scores as train_only", r.SkippedLabels, which)
+	}
+	return fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target (%s)", r.SkippedLabels, which)
+}
+
+// joinNotes joins a row's notes, leaving out empty ones.
+func joinNotes(notes ...string) string {
+	return strings.Join(slices.DeleteFunc(notes, func(n string) bool { return n == "" }), "; ")
 }

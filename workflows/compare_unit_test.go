@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -300,5 +301,32 @@ func TestEmbeddedAgain(t *testing.T) {
 		if got := embeddedAgain(cfg, c.models, plans); got != c.want {
 			t.Errorf("target scanned the pool %v, trainer %v: %d shards embedded again, want %d", c.models.Target.Spec.ModelDigest == "", c.trainer, got, c.want)
 		}
+	}
+}
+
+// A method whose images retraining left out for labels that are no class
+// says so under the table, with a few of the labels, and says it scores
+// as train_only when none was retrained on.
+func TestSkippedLabelsNoted(t *testing.T) {
+	if n := skippedNote(activities.RetrainResult{DebugRows: 40}); n != "" {
+		t.Errorf("nothing skipped: note %q, want none", n)
+	}
+	some := skippedNote(activities.RetrainResult{DebugRows: 40, SkippedLabels: 2, SkippedExamples: []string{"cat"}})
+	none := skippedNote(activities.RetrainResult{SkippedLabels: 33, SkippedExamples: []string{"digit_1", "digit_8", "digit_3"}})
+	for _, c := range []struct {
+		note string
+		want []string
+	}{
+		{some, []string{"2 of its images", `"cat"`}},
+		{none, []string{"none of its 33 images", `"digit_1", "digit_8", "digit_3", …`, "train_only"}},
+	} {
+		for _, w := range c.want {
+			if !strings.Contains(c.note, w) {
+				t.Errorf("note %q: want it to say %q", c.note, w)
+			}
+		}
+	}
+	if got := joinNotes("", "a", "", "b"); got != "a; b" {
+		t.Errorf("joinNotes: %q", got)
 	}
 }
