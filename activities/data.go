@@ -134,7 +134,8 @@ type ApartSet struct {
 // CheckApart fails when an image (by key) is in two of the sets. E_sample,
 // E_heldout and test must be distinct: a held-out image that is also a
 // query has its neighbours trained on, and the held-out gain would
-// measure the images the selection was built from. With in.Classes, it
+// measure the images the selection was built from. An image listed twice
+// in test or E_heldout fails it too: it would count twice in the accuracy. With in.Classes, it
 // fails too on a test or E_heldout label that is not a class, now rather
 // than when they are evaluated, after the pool's scan and retraining.
 func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
@@ -157,10 +158,13 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 			return err
 		}
 		name := sets[ref.set].ds
-		labeled := len(in.Classes) > 0 && (name == Test || name == ErrorHeldout)
+		evaluated := name == Test || name == ErrorHeldout
+		labeled := len(in.Classes) > 0 && evaluated
 		for _, it := range shard.Items {
 			if other, ok := seen[it.Key]; ok && other != name {
 				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, it.Key, other)
+			} else if ok && evaluated {
+				return invalid("data.%s: image %s is listed twice; list each image once, or its accuracy counts twice", name, it.Key)
 			}
 			seen[it.Key] = name
 			if labeled && classes.Index(it.Label) < 0 {

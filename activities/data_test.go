@@ -64,7 +64,7 @@ func TestClassesFile(t *testing.T) {
 }
 
 // E_sample, E_heldout and test may not share an image: the later set's is
-// named with the earlier set.
+// named with the earlier set; nor may test or E_heldout list one twice.
 func TestCheckApart(t *testing.T) {
 	a := memActivities(t)
 	ctx := context.Background()
@@ -77,17 +77,22 @@ func TestCheckApart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(ErrorSample, 0, "e/1.png", "e/2.png")
+	write(ErrorSample, 0, "e/1.png", "e/2.png", "e/2.png") // a query twice is harmless
 	write(ErrorHeldout, 0, "h/1.png")
-	write(ErrorHeldout, 1, "h/2.png", "h/2.png") // a set may list an image twice
+	write(ErrorHeldout, 1, "h/2.png", "h/1.png")
 	write(Test, 0, "t/1.png")
 	sets := []ApartSet{{ErrorSample, 1}, {ErrorHeldout, 2}, {Test, 1}}
+	err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.error_heldout: image h/1.png is listed twice") {
+		t.Errorf("an E_heldout image listed twice, which would count twice: %v", err)
+	}
+	write(ErrorHeldout, 1, "h/2.png")
 	if err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets}); err != nil {
 		t.Fatalf("distinct sets: %v", err)
 	}
 	write(Test, 0, "t/1.png", "e/2.png")
-	err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
-	var appErr *temporal.ApplicationError
+	err = a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.test: image e/2.png is also in data.error_sample") {
 		t.Errorf("a test image that is an E_sample image: %v", err)
 	}
