@@ -129,6 +129,7 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 		allFar += farthest[q]
 	}
 	var chosen []selected
+	nearest := math.Inf(1) // of every candidate's scores
 	for _, c := range cands {
 		score := c.min
 		if in.Selection.Aggregate == schemas.AggMean {
@@ -140,6 +141,7 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 			}
 			score = (c.sum + rest) / float64(len(farthest))
 		}
+		nearest = min(nearest, score)
 		if in.Selection.Strategy == schemas.PerQuery && !c.pick {
 			continue
 		}
@@ -155,6 +157,11 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 		chosen = chosen[:min(in.Selection.Budget, len(chosen))]
 	}
 	res.Note = reach(in, chosen, farthest, kept)
+	if res.Note == "" && in.Selection.Strategy == schemas.Threshold && len(chosen) == 0 && len(cands) > 0 {
+		// The distances are the similarity space's, which a user setting
+		// a threshold has not seen yet: name the nearest.
+		res.Note = fmt.Sprintf("selection: no pool image is within threshold %g (the nearest is %.4g away, by %s); raise selection.threshold", in.Selection.Threshold, nearest, cmp.Or(in.Selection.Aggregate, schemas.AggMin))
+	}
 	if res.Note != "" {
 		warn(ctx, res.Note, "method", in.Method)
 	}

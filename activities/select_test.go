@@ -143,7 +143,8 @@ func TestSelectStrategies(t *testing.T) {
 // A global budget or a threshold by the nearest query that reaches past
 // the neighbours the scan kept says so: an image the scan left out is at
 // least the horizon (the least farthest kept distance of the queries,
-// here 1.0) from every query, and may be nearer than what was chosen.
+// here 1.0) from every query, and may be nearer than what was chosen. A
+// threshold that takes no image names the nearest.
 func TestSelectNotesTheScansReach(t *testing.T) {
 	a := memActivities(t)
 	writeNeighbors(t, a, [][]cand{
@@ -168,6 +169,7 @@ func TestSelectNotesTheScansReach(t *testing.T) {
 		{"global, scan_k not known", global(9), 0, ""},
 		{"threshold within reach", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 0.35 }), 4, ""},
 		{"threshold past it", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 2 }), 4, "threshold 2 reaches past where"},
+		{"threshold nearer than every image", with(base, func(s *schemas.Selection) { s.Strategy, s.Threshold = schemas.Threshold, 0.05 }), 4, "no pool image is within threshold 0.05 (the nearest is 0.1 away, by min); raise selection.threshold"},
 		{"mean, budget filled", with(global(3), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, ""},
 		{"mean, budget not filled", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 4, "selection: 7 images of a budget of 9"},
 		{"mean, the scan kept every pool image", with(global(9), func(s *schemas.Selection) { s.Aggregate = schemas.AggMean }), 5, ""},
