@@ -202,9 +202,11 @@ type rowStats struct {
 	// skippedLabels are the first few of those labels, to name.
 	skippedLabels []string
 	// Per rowSet: kept rows whose domain is errorDomain, and whether some
-	// kept row has a domain at all.
-	domain []int
-	known  []bool
+	// kept row has a domain at all; domains are the first few domains of
+	// its kept rows, to name when none is errorDomain.
+	domain  []int
+	known   []bool
+	domains [][]string
 }
 
 // newFeatureRows indexes the rows of sets (one read of each feature file,
@@ -212,7 +214,7 @@ type rowStats struct {
 func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef, classes []string, sets []rowSet, budget int64, errorDomain string) (*featureRows, rowStats, error) {
 	r := &featureRows{ctx: ctx, a: a, column: "features"}
 	index := dataset.NewClasses(classes)
-	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets))}
+	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets)), domains: make([][]string, len(sets))}
 	var cache [][]float32
 	var bytes int64
 	caching := true
@@ -252,6 +254,9 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				st.rows[si]++
 				if it.Domain != "" {
 					st.known[si] = true
+					if len(st.domains[si]) < 5 && !slices.Contains(st.domains[si], it.Domain) {
+						st.domains[si] = append(st.domains[si], it.Domain)
+					}
 				}
 				if errorDomain != "" && it.Domain == errorDomain {
 					st.domain[si]++

@@ -149,6 +149,23 @@ func TestFeatureRowsPrecisionIsTheDebugSets(t *testing.T) {
 	}
 }
 
+// Retraining names the domains of the debug rows when none is the error
+// domain asked for (a misspelt selection.error_domain shows as a
+// precision of 0 in every row).
+func TestRetrainNamesTheDomainsWhenNoneIsAskedFor(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 1, 50, 4, 10, 1)
+	writeBlobs(t, a, "r", DebugTrain, "invert", 1, 20, 4, 10, 2)
+	res, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "m", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 1,
+		Debug: &DebugSet{Dataset: DebugTrain, Shards: 1}, Recipe: schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1}, Seed: 1, ErrorDomain: "inverted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Precision == nil || *res.Precision != 0 || !slices.Equal(res.Domains, []string{"invert"}) {
+		t.Errorf("precision %v, domains %q; want 0 and the rows' one domain", res.Precision, res.Domains)
+	}
+}
+
 // heapPeak samples the heap in use until stop, which returns its peak
 // above the heap in use when heapPeak was called: what the code measured
 // added, not the test binary's own.

@@ -78,8 +78,9 @@ type RetrainResult struct {
 	SkippedLabels   int
 	SkippedExamples []string `json:",omitempty"`
 	// Precision is the share of debug rows from ErrorDomain, nil when the
-	// rows carry no domain.
+	// rows carry no domain; Domains are a few of the rows' domains.
 	Precision *float64
+	Domains   []string `json:",omitempty"`
 	// Streamed is true when the rows did not fit retrain.memory_mb and
 	// were re-read from storage on every pass.
 	Streamed bool
@@ -114,7 +115,7 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		res.DebugRows = st.rows[1]
 		if in.ErrorDomain != "" && st.known[1] && res.DebugRows > 0 {
 			p := float64(st.domain[1]) / float64(res.DebugRows)
-			res.Precision = &p
+			res.Precision, res.Domains = &p, st.domains[1]
 		}
 	}
 	if res.TrainRows == 0 {

@@ -247,7 +247,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		wall += r.Seconds
 		row.TrainRows, row.DebugRows, row.Head, row.Model, row.ModelError = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey, r.ModelError
 		row.SkippedLabels = r.SkippedLabels
-		row.Note = joinNotes(row.Note, skippedNote(r))
+		row.Note = joinNotes(row.Note, skippedNote(r), domainNote(r, c.cfg.Selection.ErrorDomain))
 		// Of the rows it trained on, for every method: a selection's
 		// images whose weak label is not a class, or that did not embed,
 		// are not among them (all_pool's never were).
@@ -376,6 +376,20 @@ func skippedNote(r activities.RetrainResult) string {
 		return fmt.Sprintf("none of its %d images was retrained on: no weak label of theirs is a class of the target (%s), so it scores as train_only", r.SkippedLabels, which)
 	}
 	return fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target (%s)", r.SkippedLabels, which)
+}
+
+// domainNote names the domains of a method's retrained rows when none is
+// selection.error_domain: a precision of 0 in every row is more often a
+// misspelt domain than a selection that found nothing.
+func domainNote(r activities.RetrainResult, domain string) string {
+	if r.Precision == nil || *r.Precision != 0 || len(r.Domains) == 0 {
+		return ""
+	}
+	which := make([]string, len(r.Domains))
+	for i, d := range r.Domains {
+		which[i] = strconv.Quote(d)
+	}
+	return fmt.Sprintf("no image it was retrained on has domain %q (selection.error_domain); theirs include %s", domain, strings.Join(which, ", "))
 }
 
 // joinNotes joins a row's notes, leaving out empty ones.

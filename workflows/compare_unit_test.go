@@ -330,3 +330,18 @@ func TestSkippedLabelsNoted(t *testing.T) {
 		t.Errorf("joinNotes: %q", got)
 	}
 }
+
+// A method none of whose retrained rows has the error domain names the
+// domains they have; one with some, or without ground truth, says nothing.
+func TestDomainNoted(t *testing.T) {
+	zero, some := 0.0, 0.4
+	note := domainNote(activities.RetrainResult{Precision: &zero, Domains: []string{"clean", "invert"}}, "inverted")
+	if !strings.Contains(note, `domain "inverted"`) || !strings.Contains(note, `"clean", "invert"`) {
+		t.Errorf("note %q: want it to name the domain asked for and the rows'", note)
+	}
+	for _, r := range []activities.RetrainResult{{Precision: &some, Domains: []string{"clean"}}, {}} {
+		if n := domainNote(r, "inverted"); n != "" {
+			t.Errorf("%+v: note %q, want none", r, n)
+		}
+	}
+}
