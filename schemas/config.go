@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -193,8 +194,11 @@ func (d *Duration) parse(s string) error {
 // LoadConfig reads a YAML or JSON file and fills defaults: JSON when its
 // name ends in .json, YAML when in .yaml or .yml, else as its text begins
 // (a config piped in as /dev/fd/63 has no extension). Unknown fields are
-// errors, so a misspelt key is not silently ignored, and so is anything
-// after the config (a second YAML document, a second JSON object).
+// errors, so a misspelt key is not silently ignored, and so are a key
+// given twice in one mapping or object, a JSON key that names a field only
+// in another case (encoding/json would take both, the last one winning),
+// and anything after the config (a second YAML document, a second JSON
+// object).
 func LoadConfig(path string) (Config, error) {
 	var c Config
 	b, err := os.ReadFile(path)
@@ -207,7 +211,12 @@ func LoadConfig(path string) (Config, error) {
 	if ext == ".json" || ext != ".yaml" && ext != ".yml" && strings.HasPrefix(strings.TrimSpace(string(b)), "{") {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
-		decode = dec.Decode
+		decode = func(v any) error {
+			if err := dec.Decode(v); err != nil {
+				return err
+			}
+			return checkJSONKeys(b, reflect.TypeOf(v).Elem())
+		}
 		more = func() bool {
 			var v any
 			return dec.Decode(&v) != io.EOF

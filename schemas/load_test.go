@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,61 @@ func TestLoadConfigFormats(t *testing.T) {
 		_, err := LoadConfig(write(c.name, c.text))
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.name) {
 			t.Errorf("%s: %v, want an error naming the file and %q", c.name, err, c.want)
+		}
+	}
+}
+
+// A JSON config refuses what encoding/json would take silently, as YAML
+// does: a key given twice in one object, at any depth and in a map of
+// variants (the last one would win), and a key that names a field only
+// in another case. Each error names the key's path and the fix.
+func TestLoadConfigJSONKeys(t *testing.T) {
+	dir := t.TempDir()
+	for i, c := range []struct{ text, want string }{
+		{`{"name": "x", "selection": {"k": 10, "k": 3}}`, `line 1: selection.k: the key is given twice`},
+		{`{"name": "x", "selection": {"error_domain": "invert", "Error_Domain": "x"}}`, `selection.Error_Domain: keys are case-sensitive: write "error_domain"`},
+		{"{\"name\": \"x\",\n \"target\": {\"PATH\": \"m.onnx\"}}", `line 2: target.PATH: keys are case-sensitive: write "path"`},
+		{`{"name": "x", "name": "y"}`, `name: the key is given twice`},
+		{`{"name": "x", "ſeed": 1}`, `ſeed: keys are case-sensitive: write "seed"`},
+		{`{"target": {"preprocess": {"mean": [0.5], "Std": [0.5]}}}`, `target.preprocess.Std: keys are case-sensitive: write "std"`},
+		{`{"selection": {"variants": {"wide": {"k": 25}, "wide": {"k": 30}}}}`, `selection.variants.wide: the key is given twice`},
+		{`{"selection": {"variants": {"wide": {"k": 25, "K": 30}}}}`, `selection.variants.wide.K: keys are case-sensitive: write "k"`},
+		{`{"retrain": {"trainer": {"command": ["a", "{model}"], "output": "p", "Output": "q"}}}`, `retrain.trainer.Output: keys are case-sensitive`},
+		{`{"timeouts": {"heartbeat": "30s", "heartbeat": "1m"}}`, `timeouts.heartbeat: the key is given twice`},
+		{`{"data": {"train": {"prefix": "t/"}, "Train": {"prefix": "u/"}}}`, `data.Train: keys are case-sensitive: write "train"`},
+	} {
+		p := filepath.Join(dir, fmt.Sprintf("%d.json", i))
+		if err := os.WriteFile(p, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: %v, want an error naming the file and %q", c.text, err, c.want)
+		}
+	}
+	// Variants' names are the user's: two differing in case are two, and
+	// the variants of another case only then fail validation by name.
+	// Unknown keys, numbers and a second value read as before.
+	for text, want := range map[string]string{
+		`{"name": "x", "selection": {"variants": {"wide": {"k": 25}, "Wide": {"k": 30}}}, "compare": ["dcd:wide", "dcd:Wide"]}`: "",
+		`{"name": "x", "seed": 18446744073709551615, "classes": ["a", "a"]}`:                                                    "",
+		`{"name": "x", "Unknown": 1}`: `unknown field "Unknown"`,
+		`{"name": "x"} {"name": "x"}`: "more than one config",
+		`{"name": "x", "seed": 1.5}`:  "cannot unmarshal number 1.5",
+		`{"name": "x",`:               "unexpected EOF",
+	} {
+		p := filepath.Join(dir, "ok.json")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadConfig(p)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("%s: %v", text, err)
+		case want == "" && c.Seed != 0 && c.Seed != 1<<64-1:
+			t.Errorf("%s: seed %d", text, c.Seed)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("%s: %v, want %q", text, err, want)
 		}
 	}
 }
