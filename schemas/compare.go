@@ -26,7 +26,9 @@ const (
 	MethodDCD = "dcd"
 )
 
-// DefaultCompare is the methods of a pass whose config names none.
+// DefaultCompare is the methods of a pass whose config names none, which
+// then compares every variant of selection.variants too, "dcd:<name>" in
+// the order of the names after these.
 var DefaultCompare = []string{MethodNone, MethodTrainOnly, MethodRandom, MethodAllPool, MethodDCD}
 
 // Selection strategies.
@@ -95,7 +97,8 @@ type Selection struct {
 	// selection precision.
 	ErrorDomain string `json:"error_domain,omitempty" yaml:"error_domain,omitempty"`
 	// Variants are other selections to compare, by name; a zero field
-	// takes the base selection's value.
+	// takes the base selection's value. Each is compared: compare left
+	// out lists them all, and a compare that leaves one out is refused.
 	Variants map[string]SelectionVariant `json:"variants,omitempty" yaml:"variants,omitempty"`
 }
 
@@ -302,8 +305,9 @@ func (r Retrain) withDefaults() Retrain {
 	return r
 }
 
-// validateCompare checks compare, selection and retrain.
-func (c Config) validateCompare() error {
+// validateCompare checks compare, selection and retrain; uncompared
+// refuses a variant that compare leaves out.
+func (c Config) validateCompare(uncompared bool) error {
 	bad := func(field, format string, args ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -340,6 +344,13 @@ func (c Config) validateCompare() error {
 		v, _ := c.Selection.Variant(MethodDCD + ":" + name)
 		if err := v.validate("selection.variants." + name); err != nil {
 			return err
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Selection.Variants)) {
+		// A variant defined and never run is most likely one forgotten
+		// in compare: its pass would end without the row it was for.
+		if m := MethodDCD + ":" + name; uncompared && !seen[m] {
+			return bad("selection.variants."+name, "is defined but compare leaves it out: add %q to compare, or remove the variant", m)
 		}
 	}
 	if c.Selection.ScanK < 0 || c.Selection.ScanK > 10000 {

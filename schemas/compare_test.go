@@ -73,6 +73,39 @@ func TestSelectionVariants(t *testing.T) {
 	}
 }
 
+// A variant is compared: compare left out lists the default methods and
+// then every variant by name; a compare that leaves one out is refused
+// naming it and the method to add, except when a pass started before
+// that check replays.
+func TestVariantsCompared(t *testing.T) {
+	c := compareConfig()
+	c.Selection.Variants = map[string]SelectionVariant{"wide": {K: 25}, "budget": {Strategy: Global, Budget: 300}}
+	d := c.WithDefaults()
+	if want := append(slices.Clone(DefaultCompare), "dcd:budget", "dcd:wide"); !slices.Equal(d.Compare, want) {
+		t.Errorf("default compare %q, want %q", d.Compare, want)
+	}
+	if err := d.Validate(); err != nil {
+		t.Error(err)
+	}
+	if d.ReferenceDCD() != MethodDCD || d.ScanK() != 25 {
+		t.Errorf("reference %q, scan k %d", d.ReferenceDCD(), d.ScanK())
+	}
+	c.Compare = []string{MethodNone, MethodDCD, "dcd:budget"}
+	c = c.WithDefaults()
+	err := c.Validate()
+	fe, ok := err.(*FieldError)
+	if !ok || fe.Field != "selection.variants.wide" || !strings.Contains(fe.Msg, `add "dcd:wide" to compare`) || !strings.Contains(fe.Msg, "remove the variant") {
+		t.Errorf("wide left out of compare: %v", err)
+	}
+	if err := c.ValidateAsStarted(); err != nil {
+		t.Errorf("as started: %v", err)
+	}
+	c.Selection.Variants["wide"] = SelectionVariant{Strategy: Global}
+	if err := c.ValidateAsStarted(); err == nil {
+		t.Error("as started: an uncompared variant without a budget, refused before too, passed")
+	}
+}
+
 // Bad compare, selection and retrain fields fail validation naming them.
 func TestCompareValidation(t *testing.T) {
 	for _, tc := range []struct {

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -53,7 +54,8 @@ type Config struct {
 	Timeouts   Timeouts  `json:"timeouts" yaml:"timeouts"`
 
 	// Compare lists the methods evaluated side by side (see compare.go);
-	// default DefaultCompare.
+	// default DefaultCompare, then "dcd:<name>" for each variant of
+	// selection.variants by name.
 	Compare []string `json:"compare,omitempty" yaml:"compare,omitempty"`
 }
 
@@ -255,7 +257,7 @@ func LoadConfig(path string) (Config, error) {
 // its config again on every replay, and one that passed must pass still,
 // or its replay stops short of its history. Values past those bounds are
 // taken at the bound before Validate. Add each bound added to Validate
-// here too.
+// here too. Variants left out of compare, refused since, are let be.
 func (c Config) ValidateAsStarted() error {
 	c.Retrain.BatchSize = min(c.Retrain.BatchSize, MaxBatchSize)
 	c.Shards.BatchSize = min(c.Shards.BatchSize, maxInferenceBatch)
@@ -274,7 +276,7 @@ func (c Config) ValidateAsStarted() error {
 			p.Height = max(1, preprocess.MaxArea/p.Width)
 		}
 	}
-	return c.Validate()
+	return c.validate(false)
 }
 
 // maxInferenceBatch bounds shards.batch_size: an embedding keeps three
@@ -306,6 +308,9 @@ func (c Config) WithDefaults() Config {
 	c.Retrain = c.Retrain.withDefaults()
 	if len(c.Compare) == 0 {
 		c.Compare = slices.Clone(DefaultCompare)
+		for _, name := range slices.Sorted(maps.Keys(c.Selection.Variants)) {
+			c.Compare = append(c.Compare, MethodDCD+":"+name)
+		}
 	}
 	if c.Shards.Size == 0 {
 		c.Shards.Size = 2000
@@ -350,7 +355,11 @@ func (e *FieldError) Error() string { return "config: " + e.Field + ": " + e.Msg
 
 // Validate checks c without touching storage. It returns a *FieldError for
 // the first problem, naming the field as the user wrote it.
-func (c Config) Validate() error {
+func (c Config) Validate() error { return c.validate(true) }
+
+// validate is Validate; uncompared says whether a variant of
+// selection.variants that compare leaves out is refused.
+func (c Config) validate(uncompared bool) error {
 	bad := func(field, format string, args ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -403,7 +412,7 @@ func (c Config) Validate() error {
 			return bad(d.field, "set exactly one of prefix, manifest and webdataset")
 		}
 	}
-	if err := c.validateCompare(); err != nil {
+	if err := c.validateCompare(uncompared); err != nil {
 		return err
 	}
 	if c.Shards.Size < 1 || c.Shards.Size > maxShardSize {
