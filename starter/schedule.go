@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 	"time"
@@ -154,10 +155,24 @@ func parseCreate(e *cli, args []string) (createArgs, error) {
 	if err := checkID("-id", a.id); err != nil {
 		return a, err
 	}
+	if err := everyGiven(fs, a.every); err != nil {
+		return a, err
+	}
 	if _, err := scheduleSpec(a.cron, a.every); err != nil {
 		return a, &exitError{code: 2, err: err}
 	}
 	return a, nil
+}
+
+// everyGiven refuses an -every given as 0 (0s, 0h): read as no -every, it
+// would be answered "give -cron EXPR or -every DURATION" though one was.
+func everyGiven(fs *flag.FlagSet, every time.Duration) error {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "every" })
+	if given && every == 0 {
+		return &exitError{code: 2, err: fmt.Errorf("%s: -every %s: must be positive, e.g. 24h", fs.Name(), every)}
+	}
+	return nil
 }
 
 // scheduleSpec is when a schedule fires: exactly one of a cron expression
@@ -189,7 +204,7 @@ func scheduleSpec(cron string, every time.Duration) (client.ScheduleSpec, error)
 		}
 		return client.ScheduleSpec{CronExpressions: []string{cron}}, nil
 	case every < 0:
-		return client.ScheduleSpec{}, fmt.Errorf("schedule: -every %s: must be positive", every)
+		return client.ScheduleSpec{}, fmt.Errorf("schedule: -every %s: must be positive, e.g. 24h", every)
 	case every > 0:
 		if every < time.Second {
 			return client.ScheduleSpec{}, fmt.Errorf("schedule: -every %s: must be at least 1s", every)
@@ -251,6 +266,9 @@ func scheduleUpdate(ctx context.Context, e *cli, args []string) error {
 	fs.DurationVar(&every, "every", 0, "new interval, e.g. 24h")
 	id, err := oneArg(fs, updateSynopsis, "schedule id", args)
 	if err != nil {
+		return err
+	}
+	if err := everyGiven(fs, every); err != nil {
 		return err
 	}
 	if configFile == "" && cron == "" && every == 0 {

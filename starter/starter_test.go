@@ -463,6 +463,18 @@ func TestParseCreateAndOptions(t *testing.T) {
 			t.Errorf("parseCreate(%q): err %v, want exit 2", args, err)
 		}
 	}
+	// -every 0s or a negative one is said to be no interval, not taken
+	// for -every left out.
+	for _, every := range []string{"0s", "-1h"} {
+		code, _, stderr, _ := run(t, "schedule", "create", "-config", "c.yaml", "-id", "s", "-every", every)
+		if code != 2 || !strings.Contains(stderr, "-every "+strings.TrimSuffix(every, "0m0s")) || !strings.Contains(stderr, "must be positive") {
+			t.Errorf("create -every %s: exit %d, %q, want it said -every must be positive", every, code, stderr)
+		}
+		code, _, stderr, _ = run(t, "schedule", "update", "-every", every, "s")
+		if code != 2 || !strings.Contains(stderr, "must be positive") {
+			t.Errorf("update -every %s: exit %d, %q, want it said -every must be positive", every, code, stderr)
+		}
+	}
 	if code, _, stderr, _ := run(t, "schedule"); code != 2 || !strings.Contains(stderr, "want create") {
 		t.Errorf("schedule: exit %d, %q", code, stderr)
 	}
