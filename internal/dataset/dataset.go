@@ -44,6 +44,7 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/memory"
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/text/unicode/norm"
 
@@ -164,11 +165,17 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		from = at.Key + "\x00" // the least key after it
 	}
 	id := at.Next
+	// deeper is a file below <label>/<file>: with no image in that layout,
+	// the prefix is likely a folder too high (nest/ of nest/digits/3/a.png).
+	var deeper string
 	err = list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 		rel := strings.TrimPrefix(obj.Key, prefix)
 		label, file, ok := strings.Cut(rel, "/")
 		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
 			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", ref, obj.Key, store.ErrLinkedFolder)
+		}
+		if deeper == "" && ok && strings.Contains(file, "/") && !strings.HasPrefix(label, ".") && !strings.Contains(rel, "/.") {
+			deeper = obj.Key
 		}
 		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") || strings.HasPrefix(label, ".") {
 			return nil // not <label>/<file>: a stray file, a nested or hidden folder (.ipynb_checkpoints)
@@ -186,6 +193,14 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	})
 	if err != nil {
 		return err
+	}
+	if id == 0 && deeper != "" {
+		folder, _, _ := strings.Cut(strings.TrimPrefix(deeper, prefix), "/")
+		file, ferr := itemKey(bucketURL, deeper)
+		p, perr := itemKey(bucketURL, prefix+folder+"/")
+		if ferr == nil && perr == nil {
+			return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout, only files deeper, such as %q: if %q holds the <label> folders, give it as the prefix", ref, file, p)
+		}
 	}
 	if id == 0 {
 		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
@@ -477,6 +492,11 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 	if d, ok := err.(done); ok {
 		return d.err
 	}
+	if gcerrors.Code(err) == gcerrors.NotFound && isFolder(ctx, b, key) {
+		// Not found as a file, a folder fails as a stat of a name
+		// fileblob escaped (pool__0x2f__), or as a key S3 lacks.
+		return fmt.Errorf("dataset: manifest %q is a folder, not a manifest file: name the .csv or .parquet file in it, or, for images in <label>/<file> folders (an ImageFolder), give the folder as the dataset's prefix: instead", ref)
+	}
 	if err != nil {
 		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
 	}
@@ -484,6 +504,13 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 		return fmt.Errorf("dataset: manifest %q lists no images", ref)
 	}
 	return nil
+}
+
+// isFolder says whether key, with or without its trailing "/", has objects
+// under it.
+func isFolder(ctx context.Context, b *blob.Bucket, key string) bool {
+	_, err := b.List(&blob.ListOptions{Prefix: strings.TrimSuffix(key, "/") + "/"}).Next(ctx)
+	return err == nil
 }
 
 // done carries an error of emit through the manifest readers unchanged:
@@ -648,6 +675,9 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	}
 	cr := boundedCSV(br)
 	header, err := cr.Read()
+	if errors.Is(err, io.EOF) {
+		return errors.New("the file is empty: a manifest begins with a header line naming its columns, uri and label at least (uri,label)")
+	}
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
 	}

@@ -90,6 +90,19 @@ func TestWalkPrefix(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `"nothing/"`) {
 		t.Errorf("empty prefix: %v, want an error naming it", err)
 	}
+	// A prefix a folder too high (its files two levels under it) names
+	// a file it saw and the folder to give instead.
+	nest := memBucket(t, map[string]string{
+		"nest/.git/objects/ab/cd": "hidden",
+		"nest/digits/3/a.png":     "x",
+		"nest/digits/7/b.png":     "x",
+	})
+	for _, prefix := range []string{"nest", "nest/"} {
+		_, err = walkAll(t, Source{Bucket: nest}, schemas.Dataset{Prefix: prefix})
+		if err == nil || !strings.Contains(err.Error(), `such as "nest/digits/3/a.png"`) || !strings.Contains(err.Error(), `if "nest/digits/" holds the <label> folders`) {
+			t.Errorf("prefix %q a folder too high: %v, want a deeper file named and its folder suggested", prefix, err)
+		}
+	}
 }
 
 // In a file:// bucket, a class folder that is a symbolic link fails the
@@ -214,8 +227,10 @@ func TestWalkManifestErrors(t *testing.T) {
 		// A quote left open: the rest of the file would be one field.
 		"open.csv": "uri,label\n\"x.png,cat\n" + strings.Repeat("y.png,dog\n", 200_000),
 		// Binary files named otherwise: a Parquet file, a gzipped CSV.
-		"list.pq":     "PAR1\x15\x04\x15\x80\x01",
-		"list.csv.gz": "\x1f\x8b\x08\x00\x00\x00\x00\x00",
+		"list.pq":        "PAR1\x15\x04\x15\x80\x01",
+		"list.csv.gz":    "\x1f\x8b\x08\x00\x00\x00\x00\x00",
+		"empty.csv":      "",
+		"pool/cat/1.png": "x",
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -228,10 +243,36 @@ func TestWalkManifestErrors(t *testing.T) {
 		"open.csv":      "the row after line 1: a row longer than",
 		"list.pq":       "a Parquet file: name it *.parquet",
 		"list.csv.gz":   "a gzip file: decompress it",
+		"empty.csv":     "the file is empty: a manifest begins with a header line",
+		"pool":          "is a folder, not a manifest file",
+		"pool/":         "is a folder, not a manifest file",
 	} {
 		_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), key) {
 			t.Errorf("%s: %v, want an error naming it and saying %q", key, err, want)
+		}
+	}
+}
+
+// A folder given as a file:// bucket's manifest is said to be one, not a
+// stat of the name fileblob escapes its trailing "/" to.
+func TestManifestFolderInFileBucket(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "mine", "pool", "cat"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "mine", "pool", "cat", "1.png"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := store.Open(context.Background(), "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, key := range []string{"mine/pool", "mine/pool/"} {
+		_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: key})
+		if err == nil || !strings.Contains(err.Error(), "is a folder, not a manifest file") || strings.Contains(err.Error(), "0x2f") {
+			t.Errorf("manifest %q: %v, want it said a folder", key, err)
 		}
 	}
 }
