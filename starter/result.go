@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -41,6 +42,17 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 
 	fmt.Fprintf(w, "storage %s\n", redact.URL(storageURL))
 	files := [][]string{}
+	// A path printed that is not on disk is marked: storage defaults to
+	// .dcd/storage under the working directory, and starter run elsewhere
+	// than the workers' checkout names files they never wrote there.
+	missing := false
+	at := func(p string) string {
+		if _, err := os.Stat(p); err != nil {
+			missing = true
+			return p + " (not found)"
+		}
+		return p
+	}
 	for _, f := range []struct{ name, key string }{
 		{"eval.json", res.EvalKey},
 		{"report.html", res.ReportKey},
@@ -51,7 +63,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 		}
 		row := []string{"  " + f.name, f.key}
 		if p, ok := localPath(storageURL, f.key); ok {
-			row = append(row, p)
+			row = append(row, at(p))
 		}
 		files = append(files, row)
 	}
@@ -64,11 +76,14 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 		}
 		row := []string{"  " + m.Method + " model", m.Model}
 		if p, ok := localPath(storageURL, m.Model); ok {
-			row = append(row, p)
+			row = append(row, at(p))
 		}
 		files = append(files, row)
 	}
 	writeColumns(w, files)
+	if missing {
+		fmt.Fprintf(w, "\nfiles not found: is %s the bucket the pass's workers wrote to? Give theirs with -storage URL (or DCD_STORAGE)\n", redact.URL(storageURL))
+	}
 }
 
 // writeTable prints rows as columns separated by " | ", the first row

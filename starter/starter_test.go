@@ -321,9 +321,20 @@ func TestWriteResult(t *testing.T) {
 		EvalKey: "runs/demo-blur-1/eval.json", ReportKey: "runs/demo-blur-1/report.html", RejectsKey: "runs/demo-blur-1/rejects.csv",
 		Rejects: 2,
 	}
+	// The files are where the table says (else it says they are not).
+	dir := t.TempDir()
+	for _, k := range []string{res.EvalKey, res.ReportKey, res.RejectsKey, res.Eval.Methods[1].Model} {
+		p := filepath.Join(dir, filepath.FromSlash(k))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var b bytes.Buffer
-	writeResult(&b, res, "file:///work/.dcd/storage?create_dir=1")
-	want := `pass demo-blur-1
+	writeResult(&b, res, "file://"+dir+"?create_dir=1")
+	want := strings.ReplaceAll(`pass demo-blur-1
 
 method | test acc | E_heldout acc | debug-train size | selection precision | wall time
 -------+----------+---------------+------------------+---------------------+----------
@@ -337,9 +348,19 @@ storage file:///work/.dcd/storage
   report.html  runs/demo-blur-1/report.html             /work/.dcd/storage/runs/demo-blur-1/report.html
   rejects.csv  runs/demo-blur-1/rejects.csv             /work/.dcd/storage/runs/demo-blur-1/rejects.csv
   dcd model    runs/demo-blur-1/methods/dcd/model.onnx  /work/.dcd/storage/runs/demo-blur-1/methods/dcd/model.onnx
-`
+`, "/work/.dcd/storage", dir)
 	if b.String() != want {
 		t.Errorf("writeResult =\n%s\nwant\n%s", b.String(), want)
+	}
+
+	// Read with storage other than the workers' (its default, under
+	// another working directory), the paths are said not found, and
+	// -storage suggested.
+	b.Reset()
+	writeResult(&b, res, "file://"+filepath.Join(dir, "elsewhere")+"?create_dir=1")
+	if !strings.Contains(b.String(), "/elsewhere/runs/demo-blur-1/eval.json (not found)\n") ||
+		!strings.Contains(b.String(), "files not found: is file://"+filepath.Join(dir, "elsewhere")+" the bucket the pass's workers wrote to? Give theirs with -storage URL (or DCD_STORAGE)\n") {
+		t.Errorf("files not where storage says:\n%s", b.String())
 	}
 
 	b.Reset()
