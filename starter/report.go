@@ -13,6 +13,10 @@ import (
 	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"gocloud.dev/gcerrors"
+
 	"dcd/activities"
 	"dcd/internal/devserver"
 	"dcd/internal/redact"
@@ -45,19 +49,47 @@ func parseReport(e *cli, args []string) (reportArgs, error) {
 // is an earlier run's. Without a server to ask, the report is shown as it
 // is.
 func (e *cli) warnEarlierReport(ctx context.Context, id string, written time.Time) {
-	if e.client == nil && !devserver.Reachable(e.g.address) {
-		return
-	}
-	c, err := e.Client()
-	if err != nil {
-		return
-	}
-	st, err := describe(ctx, c, e.g, id)
-	if err != nil || !written.Before(st.start) {
+	_, st, ok := e.passState(ctx, id)
+	if !ok || !written.Before(st.start) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "pass %s's latest run, started %s, is %s: this report, of %s, is an earlier run's\n",
 		id, st.start.Local().Format(time.DateTime), strings.ToLower(st.status.String()), written.Local().Format(time.DateTime))
+}
+
+// passState describes pass id when a server answers; without one, report
+// asks nothing and says what it can from storage alone.
+func (e *cli) passState(ctx context.Context, id string) (client.Client, execStatus, bool) {
+	if e.client == nil && !devserver.Reachable(e.g.address) {
+		return nil, execStatus{}, false
+	}
+	c, err := e.Client()
+	if err != nil {
+		return nil, execStatus{}, false
+	}
+	st, err := describe(ctx, c, e.g, id)
+	return c, st, err == nil
+}
+
+// noReport is the error for a pass whose report is not where (at a path,
+// or in a bucket) storage says: the pass is running, or ended without one,
+// or, completed, wrote it to another bucket than this -storage (its
+// default is .dcd/storage under the working directory, not the workers').
+func (e *cli) noReport(ctx context.Context, id, where string) error {
+	c, st, ok := e.passState(ctx, id)
+	switch {
+	case !ok:
+		return fmt.Errorf("no report for pass %s %s: has the pass finished? (`starter status %s`) If it has, its workers wrote it to another bucket: give theirs with -storage URL (or DCD_STORAGE)", id, where, id)
+	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
+		return fmt.Errorf("no report for pass %s yet: it is still running (`starter status %s` shows how far it is)", id, id)
+	case st.status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+		return fmt.Errorf("no report for pass %s %s, though the pass completed: its workers wrote it to another bucket; give theirs with -storage URL (or DCD_STORAGE)", id, where)
+	}
+	how := strings.ToLower(st.status.String())
+	if err := c.GetWorkflow(ctx, id, "").Get(ctx, nil); err != nil {
+		how = endedBy(err)
+	}
+	return fmt.Errorf("no report for pass %s: the pass %s", id, how)
 }
 
 // cmdReport prints where a pass's report.html is: its path when storage is
@@ -72,7 +104,7 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	if p, ok := localPath(a.storage, key); ok && !a.serve {
 		fi, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("no report for pass %s at %s: has the pass finished? (`starter status %s`)", a.id, p, a.id)
+			return e.noReport(ctx, a.id, "at "+p)
 		}
 		e.warnEarlierReport(ctx, a.id, fi.ModTime())
 		fmt.Fprintln(e.stdout, p)
@@ -89,6 +121,9 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 	defer b.Close()
 	page, err := b.ReadAll(ctx, key)
 	if err != nil {
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			return e.noReport(ctx, a.id, fmt.Sprintf("in %s (key %s)", redact.URL(a.storage), key))
+		}
 		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact.URL(a.storage), key, err)
 	}
 	if attrs, err := b.Attributes(ctx, key); err == nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +12,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -57,8 +64,8 @@ func TestReportPrintsPath(t *testing.T) {
 		t.Error("report dialed Temporal; it only needs storage")
 	}
 	code, _, stderr, _ = run(t, "report", "-storage", url, "nope")
-	if code != 1 || !strings.Contains(stderr, "no report for pass nope") {
-		t.Errorf("missing report: exit %d, stderr %q", code, stderr)
+	if code != 1 || !strings.Contains(stderr, "no report for pass nope") || !strings.Contains(stderr, "-storage URL (or DCD_STORAGE)") {
+		t.Errorf("missing report: exit %d, stderr %q, want -storage suggested: the workers' bucket may be another", code, stderr)
 	}
 	if code, _, _, _ := run(t, "report"); code != 2 {
 		t.Errorf("no pass id: exit %d, want 2", code)
@@ -101,3 +108,50 @@ func TestReportServes(t *testing.T) {
 		t.Fatal("still serving after interrupt")
 	}
 }
+
+// A pass without a report is said to be running, to have ended without
+// one (failed, with why; terminated), or, completed, to have written it to
+// another bucket than -storage.
+func TestReportMissingSaysWhy(t *testing.T) {
+	_, url := writeReport(t)
+	failed := fmt.Errorf("workflow execution error: %w", temporal.NewNonRetryableApplicationError("config: name: must be set", "InvalidConfig", nil))
+	for _, c := range []struct {
+		status    enumspb.WorkflowExecutionStatus
+		err       error
+		want, not string
+	}{
+		{enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING, nil, "no report for pass p yet: it is still running", "-storage"},
+		{enumspb.WORKFLOW_EXECUTION_STATUS_FAILED, failed, "no report for pass p: the pass failed: config: name: must be set", "finished?"},
+		{enumspb.WORKFLOW_EXECUTION_STATUS_TERMINATED, &temporal.TerminatedError{}, "no report for pass p: the pass was terminated", "finished?"},
+		{enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, nil, "though the pass completed: its workers wrote it to another bucket; give theirs with -storage URL (or DCD_STORAGE)", "finished?"},
+	} {
+		e, _, _ := testCLI()
+		e.client = &closedClient{status: c.status, err: c.err}
+		err := cmdReport(context.Background(), e, []string{"-storage", url, "p"})
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), c.not) {
+			t.Errorf("%s: %v, want it to say %q", c.status, err, c.want)
+		}
+	}
+}
+
+// closedClient describes a pass as status, and its Get answers err.
+type closedClient struct {
+	client.Client // the rest: not called
+	status        enumspb.WorkflowExecutionStatus
+	err           error
+}
+
+func (c *closedClient) DescribeWorkflowExecution(context.Context, string, string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
+	return &workflowservice.DescribeWorkflowExecutionResponse{WorkflowExecutionInfo: &workflowpb.WorkflowExecutionInfo{Status: c.status}}, nil
+}
+
+func (c *closedClient) GetWorkflow(context.Context, string, string) client.WorkflowRun {
+	return closedRun{err: c.err}
+}
+
+type closedRun struct {
+	client.WorkflowRun // the rest: not called
+	err                error
+}
+
+func (r closedRun) Get(context.Context, any) error { return r.err }
