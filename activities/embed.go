@@ -417,16 +417,17 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 }
 
 // entryRejects is cachedRejects of dataset ds's entry at key, except that
-// an E_sample entry one of whose unreadable images reads now is none
-// (fixed): a pass fails for its E_sample's unreadable images, saying to fix
-// them, and once fixed (uploaded, its access granted) the shard must be
-// embedded again, although its content (keys and versions) is what it
-// was. Other sets' are not read again: a pool or a train set lists many
-// images long gone, which each recurring pass would read, and an image
-// fewer there costs a row, not the pass.
+// an E_sample, test or E_heldout entry one of whose unreadable images reads
+// now is none (fixed): a pass fails for its E_sample's unreadable images,
+// saying to fix them, and lists test's and E_heldout's, left out of the
+// accuracies it reports; once fixed (uploaded, its access granted) the
+// shard must be embedded again, although its content (keys and versions)
+// is what it was. The pool's and train's are not read again: they list
+// many images long gone, which each recurring pass would read, and an
+// image fewer there costs a row, not a number the pass reports.
 func (a *Activities) entryRejects(ctx context.Context, ds, key string) (rejects []embed.Reject, ok, fixed bool, err error) {
 	rejects, ok, err = a.cachedRejects(ctx, key)
-	if ok && ds == ErrorSample && a.unreadFixed(ctx, rejects) {
+	if ok && (ds == ErrorSample || ds == Test || ds == ErrorHeldout) && a.unreadFixed(ctx, rejects) {
 		return nil, false, true, nil
 	}
 	return rejects, ok, false, err

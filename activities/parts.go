@@ -440,15 +440,15 @@ func (a *Activities) shardRejects(ctx context.Context, run, ds string, i int, sp
 	return shard, rejects, err
 }
 
-// scannedRejects is shardRejects for the steps after a pass's scan that
-// list the pool's rejects (the random draw, the report): an entry dropped
+// embeddedRejects is shardRejects for the steps after a set was embedded
+// that list its rejects (the random draw, the report): an entry dropped
 // since (another pass found it damaged, or crossed by two writers, and
 // embeds the shard again) lists none, with a warning, rather than fail
-// the pass that scanned it.
-func (a *Activities) scannedRejects(ctx context.Context, run string, i int, spec features.Spec) (*dataset.Shard, []embed.Reject, error) {
-	shard, rejects, err := a.shardRejects(ctx, run, Pool, i, spec)
+// the pass that embedded it.
+func (a *Activities) embeddedRejects(ctx context.Context, run, ds string, i int, spec features.Spec) (*dataset.Shard, []embed.Reject, error) {
+	shard, rejects, err := a.shardRejects(ctx, run, ds, i, spec)
 	if shard != nil && isNotFound(err) {
-		warn(ctx, "a pool shard's cache entry was dropped since the scan: its rejects are not known", "shard", ShardKey(run, Pool, i), "error", err)
+		warn(ctx, "a shard's cache entry was dropped since it was embedded: its rejects are not known", "shard", ShardKey(run, ds, i), "error", err)
 		return shard, nil, nil
 	}
 	return shard, rejects, err

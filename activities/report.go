@@ -45,6 +45,10 @@ type ReportInput struct {
 	// NoPoolRejects says the scan rejected no pool image, so the pool
 	// shards' rejects need not be read.
 	NoPoolRejects bool
+	// Target embedded Embedded (train, test, E_heldout): their rejects,
+	// left out of retraining or evaluation, are listed too.
+	Target   ModelRef
+	Embedded []ApartSet
 	// SampleShards are the E_sample shards, for the queries' labels.
 	SampleShards int
 	// Reference is the dcd method whose choices the gallery marks ("" for
@@ -60,7 +64,10 @@ type ReportInput struct {
 type ReportResult struct {
 	ReportKey  string
 	RejectsKey string
-	Rejects    int
+	Rejects    int // the pool's
+	// SetRejects counts the rejects of the sets the target embedded, by
+	// name, where there are any.
+	SetRejects map[string]int `json:",omitempty"`
 }
 
 // maxRejectsShown bounds the rejects table; rejects.csv has them all.
@@ -102,12 +109,21 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		rows, err := a.gallery(gctx, in)
 		read <- galleryRead{rows, err}
 	}()
-	var first []embed.Reject
-	err := a.writeRejects(ctx, in, res.RejectsKey, func(r embed.Reject) {
+	var first []listedReject
+	total := 0
+	err := a.writeRejects(ctx, in, res.RejectsKey, func(r listedReject) {
 		if len(first) < maxRejectsShown {
 			first = append(first, r)
 		}
-		res.Rejects++
+		total++
+		if r.Dataset == Pool {
+			res.Rejects++
+			return
+		}
+		if res.SetRejects == nil {
+			res.SetRejects = map[string]int{}
+		}
+		res.SetRejects[r.Dataset]++
 	})
 	if err != nil {
 		cancel()
@@ -135,7 +151,8 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		Ranked:   ranked,
 		Gallery:  g.rows,
 		Rejects:  first,
-		NRejects: res.Rejects,
+		NRejects: total,
+		Rejected: rejectedSummary(in, res),
 		Config:   string(cfg),
 		K:        in.Config.Selection.K,
 		Ref:      in.Reference,
@@ -147,17 +164,49 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 	return res, store.WriteAll(ctx, a.Bucket, res.ReportKey, buf.Bytes())
 }
 
-// writeRejects writes the pool's rejects, shard by shard, to key as CSV
-// and hands each to seen.
-func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key string, seen func(embed.Reject)) error {
-	return a.writeCSV(ctx, key, []string{"uri", "reason"}, func(w *csv.Writer) error {
-		return a.eachPoolRejects(ctx, in, func(rejects []embed.Reject) {
-			for _, r := range rejects {
-				w.Write([]string{r.URI, r.Reason})
-				seen(r)
+// listedReject is a reject with the dataset it is of.
+type listedReject struct {
+	Dataset string
+	embed.Reject
+}
+
+// writeRejects writes the rejects of the sets the target embedded, then
+// the pool's, shard by shard, to key as CSV and hands each to seen.
+func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key string, seen func(listedReject)) error {
+	return a.writeCSV(ctx, key, []string{"uri", "reason", "dataset"}, func(w *csv.Writer) error {
+		each := func(ds string, shards int, spec features.Spec) error {
+			return a.eachRejects(ctx, in.Run, ds, shards, spec, func(rejects []embed.Reject) {
+				for _, r := range rejects {
+					w.Write([]string{r.URI, r.Reason, ds})
+					seen(listedReject{ds, r})
+				}
+			})
+		}
+		for _, set := range in.Embedded {
+			if err := each(set.Name, set.Shards, in.Target.Spec); err != nil {
+				return err
 			}
-		})
+		}
+		if in.NoPoolRejects {
+			return nil
+		}
+		return each(Pool, in.PoolShards, in.Similarity.Spec)
 	})
+}
+
+// rejectedSummary says how many images of each set were rejected, for
+// the report: "3 pool images, 2 error_heldout images".
+func rejectedSummary(in ReportInput, res ReportResult) string {
+	var parts []string
+	for _, set := range in.Embedded {
+		if n := res.SetRejects[set.Name]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s images", n, set.Name))
+		}
+	}
+	if res.Rejects > 0 {
+		parts = append(parts, fmt.Sprintf("%d pool images", res.Rejects))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // writeCSV streams to key a CSV of header and the rows fill writes, which
@@ -180,17 +229,15 @@ func (a *Activities) writeCSV(ctx context.Context, key string, header []string, 
 	return out.Close()
 }
 
-// eachPoolRejects calls fn with each pool shard's rejects, in shard order.
-func (a *Activities) eachPoolRejects(ctx context.Context, in ReportInput, fn func([]embed.Reject)) error {
-	if in.NoPoolRejects {
-		return nil
-	}
-	shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
-		_, rejects, err := a.scannedRejects(ctx, in.Run, i, in.Similarity.Spec)
+// eachRejects calls fn with each shard's rejects of dataset ds, embedded
+// with spec, in shard order.
+func (a *Activities) eachRejects(ctx context.Context, run, ds string, n int, spec features.Spec, fn func([]embed.Reject)) error {
+	shards := ahead.Read(ctx, n, shardsAhead, func(ctx context.Context, i int) ([]embed.Reject, error) {
+		_, rejects, err := a.embeddedRejects(ctx, run, ds, i, spec)
 		return rejects, err
 	}, nil)
 	defer shards.Stop()
-	for i := 0; i < in.PoolShards; i++ {
+	for i := 0; i < n; i++ {
 		rejects, err := shards.Next()
 		if err != nil {
 			return err
@@ -213,8 +260,9 @@ type reportData struct {
 	Shown    int
 	Ranked   bool // the shown classes are those the reference changed most, against none
 	Gallery  []galleryRow
-	Rejects  []embed.Reject
+	Rejects  []listedReject
 	NRejects int
+	Rejected string // rejectedSummary
 	Config   string
 	K        int
 	Ref      string
@@ -767,11 +815,11 @@ d={{.Distance}}<br><span{{if .Wrong}} class="wrong"{{end}}>weak {{.Label}}</span
 <div><h3>clean test</h3>{{template "classes" .Test}}</div>
 </div>
 
-<h2>Rejected pool images</h2>
-{{if .NRejects}}<p>{{.NRejects}} pool images could not be read or decoded and were skipped{{if gt .NRejects (len .Rejects)}} (the first {{len .Rejects}} below; all in rejects.csv){{end}}.</p>
-<table><tr><th class="l">image</th><th class="l">reason</th></tr>
-{{range .Rejects}}<tr><td class="l">{{.URI}}</td><td class="l"><small>{{.Reason}}</small></td></tr>
-{{end}}</table>{{else}}<p>None: every pool image was embedded.</p>{{end}}
+<h2>Rejected images</h2>
+{{if .NRejects}}<p>{{.Rejected}} could not be read or decoded and were skipped{{if gt .NRejects (len .Rejects)}} (the first {{len .Rejects}} below; all in rejects.csv){{end}}.</p>
+<table><tr><th class="l">image</th><th class="l">set</th><th class="l">reason</th></tr>
+{{range .Rejects}}<tr><td class="l">{{.URI}}</td><td class="l">{{.Dataset}}</td><td class="l"><small>{{.Reason}}</small></td></tr>
+{{end}}</table>{{else}}<p>None: every image was embedded.</p>{{end}}
 
 <h2>Config</h2>
 <pre>{{.Config}}</pre>

@@ -9,6 +9,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -176,19 +177,30 @@ func TestReportRendersInChromium(t *testing.T) {
 }
 
 // Rejects stream into rejects.csv shard by shard, every one of them in
-// shard order, while the page lists the first maxRejectsShown; a report
-// that fails part way leaves the rejects.csv it had.
+// shard order (train's, test's and E_heldout's first, each named with its
+// set), while the page lists the first maxRejectsShown; a report that
+// fails part way leaves the rejects.csv it had.
 func TestReportRejectsStreamed(t *testing.T) {
 	a, in := reportFixture(t)
 	ctx := context.Background()
-	want := []string{"uri,reason", "pool/broken.png,decode: not an image"}
+	// E_heldout's rejects, by the target's entries, come first.
+	target := features.Spec{ModelDigest: "target", Input: "image", Outputs: []string{"logits"}, Columns: []string{"logits"}}
+	heldout := dataset.Shard{Items: []dataset.Item{{ID: 0, Key: "h/missing.png", Label: "a"}, {ID: 1, Key: "h/ok.png", Label: "b"}}}
+	gone, _ := json.Marshal([]embed.Reject{{URI: "h/missing.png", Reason: "unreadable: not found"}})
+	for key, v := range map[string][]byte{ShardKey(in.Run, ErrorHeldout, 0): heldout.Marshal(), rejectsKey(features.Key(target, heldout.Digest())): gone} {
+		if err := a.Bucket.WriteAll(ctx, key, v, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.Target, in.Embedded = ModelRef{Spec: target}, []ApartSet{{ErrorHeldout, 1}}
+	want := []string{"uri,reason,dataset", "h/missing.png,unreadable: not found,error_heldout", "pool/broken.png,decode: not an image,pool"}
 	for s, n := range []int{60, 40} {
 		shard := dataset.Shard{Items: []dataset.Item{{ID: int64(100 + s), Key: fmt.Sprintf("more/%d.png", s), Label: "a"}}}
 		var rejects []embed.Reject
 		for i := range n {
 			r := embed.Reject{URI: fmt.Sprintf("more/%d/%03d.png", s, i), Reason: "decode: truncated"}
 			rejects = append(rejects, r)
-			want = append(want, r.URI+","+r.Reason)
+			want = append(want, r.URI+","+r.Reason+",pool")
 		}
 		data, _ := json.Marshal(rejects)
 		for key, v := range map[string][]byte{ShardKey(in.Run, Pool, s+1): shard.Marshal(), rejectsKey(features.Key(in.Similarity.Spec, shard.Digest())): data} {
@@ -202,17 +214,17 @@ func TestReportRejectsStreamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Rejects != 101 {
-		t.Errorf("%d rejects, want 101", res.Rejects)
+	if res.Rejects != 101 || !maps.Equal(res.SetRejects, map[string]int{ErrorHeldout: 1}) {
+		t.Errorf("%d pool rejects, %v of the other sets; want 101, and 1 of E_heldout", res.Rejects, res.SetRejects)
 	}
 	csv, _ := a.Bucket.ReadAll(ctx, res.RejectsKey)
 	if got := strings.Split(strings.TrimSpace(string(csv)), "\n"); !slices.Equal(got, want) {
 		t.Errorf("rejects.csv has %d lines, want %d in shard order:\n%s", len(got), len(want), csv)
 	}
 	page, _ := a.Bucket.ReadAll(ctx, res.ReportKey)
-	if !strings.Contains(string(page), "101 pool images could not be read or decoded and were skipped (the first 50 below") ||
-		!strings.Contains(string(page), "more/0/048.png") || strings.Contains(string(page), "more/0/049.png") {
-		t.Errorf("the page does not list the first 50 of 101 rejects")
+	if !strings.Contains(string(page), "1 error_heldout images, 101 pool images could not be read or decoded and were skipped (the first 50 below") ||
+		!strings.Contains(string(page), "h/missing.png") || !strings.Contains(string(page), "more/0/047.png") || strings.Contains(string(page), "more/0/048.png") {
+		t.Errorf("the page does not list the first 50 of 102 rejects")
 	}
 
 	in.PoolShards = 4 // shard 3 was never planned

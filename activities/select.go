@@ -401,7 +401,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			keys           map[string]bool
 		}
 		shards := ahead.Read(ctx, in.PoolShards, shardsAhead, func(ctx context.Context, i int) (counted, error) {
-			shard, rejects, err := a.scannedRejects(ctx, in.Run, i, in.Similarity.Spec)
+			shard, rejects, err := a.embeddedRejects(ctx, in.Run, Pool, i, in.Similarity.Spec)
 			if err != nil {
 				return counted{}, err
 			}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"dcd/activities"
 	"dcd/internal/redact"
 	"dcd/workflows"
 )
@@ -37,8 +38,14 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 			fmt.Fprintf(w, "\n%s: %s\n", m.Method, m.Note)
 		}
 	}
-	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)\n\n",
+	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)",
 		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
+	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
+		if n := res.SetRejects[ds]; n > 0 {
+			fmt.Fprintf(w, ", %d %s images left out (unreadable)", n, ds)
+		}
+	}
+	fmt.Fprint(w, "\n\n")
 
 	fmt.Fprintf(w, "storage %s\n", redact.URL(storageURL))
 	files := [][]string{}

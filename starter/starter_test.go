@@ -319,7 +319,7 @@ func TestWriteResult(t *testing.T) {
 				Model: "runs/demo-blur-1/methods/dcd/model.onnx"},
 		}},
 		EvalKey: "runs/demo-blur-1/eval.json", ReportKey: "runs/demo-blur-1/report.html", RejectsKey: "runs/demo-blur-1/rejects.csv",
-		Rejects: 2,
+		Rejects: 2, SetRejects: map[string]int{activities.ErrorHeldout: 1},
 	}
 	// The files are where the table says (else it says they are not).
 	dir := t.TempDir()
@@ -341,7 +341,7 @@ method | test acc | E_heldout acc | debug-train size | selection precision | wal
 none   | 0.975    | 0.121         | 0                | -                   | 0.4 s
 dcd    | 0.973    | 0.742         | 615              | 0.990               | 12.3 s
 
-10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable)
+10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable), 1 error_heldout images left out (unreadable)
 
 storage file:///work/.dcd/storage
   eval.json    runs/demo-blur-1/eval.json               /work/.dcd/storage/runs/demo-blur-1/eval.json

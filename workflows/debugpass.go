@@ -57,7 +57,10 @@ type PassResult struct {
 	// DebugTrain is the debug-train set of the reference dcd method
 	// (schemas.Config.ReferenceDCD).
 	DebugTrain activities.SelectResult
-	Rejects    int
+	Rejects    int // the pool's images that could not be read or decoded
+	// SetRejects counts those of train, test and E_heldout, by dataset,
+	// where there are any: left out of retraining or evaluation.
+	SetRejects map[string]int `json:",omitempty"`
 	// Shards counts the shards of every dataset; CachedShards those whose
 	// features were already in the cache, or were gathered from it (a
 	// selection's shards, made of pool rows the scan embedded).
@@ -336,6 +339,11 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
 		Run: run, Config: cfg, EvalKey: evalKey, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
 		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(), NoPoolRejects: *s.scanRejects == 0,
+		Target: models.Target, Embedded: []activities.ApartSet{
+			{Name: activities.Train, Shards: plans[activities.Train].Shards},
+			{Name: activities.Test, Shards: plans[activities.Test].Shards},
+			{Name: activities.ErrorHeldout, Shards: plans[activities.ErrorHeldout].Shards},
+		},
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
 	}
@@ -352,7 +360,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 	return PassResult{
 		RunID: run, Eval: ev, EvalKey: evalKey, ReportKey: rep.ReportKey, RejectsKey: rep.RejectsKey,
-		DebugTrain: ref, Rejects: rep.Rejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
+		DebugTrain: ref, Rejects: rep.Rejects, SetRejects: rep.SetRejects, Shards: p.ShardsDone, CachedShards: p.CachedShards,
 	}, nil
 }
 
