@@ -289,12 +289,32 @@ func failureMessage(err error) string {
 			if e.Message() != "" {
 				return prefix + e.Message()
 			}
-		case *temporal.TimeoutError, *temporal.CanceledError, *temporal.TerminatedError, *temporal.PanicError:
+		case *temporal.TimeoutError:
+			if prefix != "" {
+				return prefix + activityTimeout(e)
+			}
+			return e.Error()
+		case *temporal.CanceledError, *temporal.TerminatedError, *temporal.PanicError:
 			return prefix + e.Error()
 		}
 		last = e
 	}
 	return prefix + last.Error()
+}
+
+// activityTimeout says which limit an activity's last try ran into, by
+// the config's name for it: the server's text ("activity StartToClose
+// timeout (type: StartToClose)", twice) names neither.
+func activityTimeout(e *temporal.TimeoutError) string {
+	switch e.TimeoutType() {
+	case enumspb.TIMEOUT_TYPE_START_TO_CLOSE:
+		return "its last try ran past its time limit (a pass's timeouts.activity; raise it for steps this long)"
+	case enumspb.TIMEOUT_TYPE_HEARTBEAT:
+		return "its last try sent no heartbeat within timeouts.heartbeat (its worker died, hung or lost the server)"
+	case enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START:
+		return "no worker took it in time (is one polling its task queue?)"
+	}
+	return e.Error()
 }
 
 // resultArgs are `starter result`'s flags.

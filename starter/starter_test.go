@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	failurepb "go.temporal.io/api/failure/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -427,6 +430,24 @@ func TestFailureMessage(t *testing.T) {
 	got := fc.FailureToError(fc.ErrorToFailure(sent))
 	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", got)); msg != `retrain.trainer.command "sh" exited with status 3` {
 		t.Errorf("failureMessage = %q, want the trainer's command named", msg)
+	}
+}
+
+// An activity that timed out on its last try is named with the setting
+// that bounds it, once, not the server's text twice.
+func TestFailureMessageTimeout(t *testing.T) {
+	fc := temporal.GetDefaultFailureConverter()
+	for typ, want := range map[enumspb.TimeoutType]string{
+		enumspb.TIMEOUT_TYPE_START_TO_CLOSE: "activity Retrain: its last try ran past its time limit (a pass's timeouts.activity",
+		enumspb.TIMEOUT_TYPE_HEARTBEAT:      "activity Retrain: its last try sent no heartbeat within timeouts.heartbeat",
+	} {
+		timeout := fc.ErrorToFailure(temporal.NewTimeoutError(typ, nil))
+		f := &failurepb.Failure{Message: "activity error", Cause: timeout, FailureInfo: &failurepb.Failure_ActivityFailureInfo{
+			ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "Retrain"}, ActivityId: "7"}}}
+		msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f)))
+		if !strings.HasPrefix(msg, want) {
+			t.Errorf("%s: %q, want %q…", typ, msg, want)
+		}
 	}
 }
 
