@@ -129,15 +129,21 @@ type ApartInput struct {
 type ApartSet struct {
 	Name   string
 	Shards int
+	// Probe checks the set's images against the sets before it without
+	// keeping them: train's, which may be millions, against test's and
+	// E_heldout's.
+	Probe bool `json:",omitempty"`
 }
 
 // CheckApart fails when an image (by key) is in two of the sets. E_sample,
 // E_heldout and test must be distinct: a held-out image that is also a
 // query has its neighbours trained on, and the held-out gain would
-// measure the images the selection was built from. An image listed twice
-// in test or E_heldout fails it too: it would count twice in the accuracy. With in.Classes, it
-// fails too on a test or E_heldout label that is not a class, now rather
-// than when they are evaluated, after the pool's scan and retraining.
+// measure the images the selection was built from. So must train and the
+// sets evaluated: a test or E_heldout image trained on measures nothing.
+// An image listed twice in test or E_heldout fails it too: it would count
+// twice in the accuracy. With in.Classes, it fails too on a test or
+// E_heldout label that is not a class, now rather than when they are
+// evaluated, after the pool's scan and retraining.
 func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 	classes := dataset.NewClasses(in.Classes)
 	// The sets' manifests are read ahead as one sequence, so the next
@@ -165,6 +171,9 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, it.Key, other)
 			} else if ok && evaluated {
 				return invalid("data.%s: image %s is listed twice; list each image once, or its accuracy counts twice", name, it.Key)
+			}
+			if in.Sets[ref.set].Probe {
+				continue
 			}
 			seen[it.Key] = name
 			if labeled && classes.Index(it.Label) < 0 {

@@ -64,7 +64,8 @@ func TestClassesFile(t *testing.T) {
 }
 
 // E_sample, E_heldout and test may not share an image: the later set's is
-// named with the earlier set; nor may test or E_heldout list one twice.
+// named with the earlier set; nor may test or E_heldout list one twice, or
+// share one with train.
 func TestCheckApart(t *testing.T) {
 	a := memActivities(t)
 	ctx := context.Background()
@@ -81,7 +82,7 @@ func TestCheckApart(t *testing.T) {
 	write(ErrorHeldout, 0, "h/1.png")
 	write(ErrorHeldout, 1, "h/2.png", "h/1.png")
 	write(Test, 0, "t/1.png")
-	sets := []ApartSet{{ErrorSample, 1}, {ErrorHeldout, 2}, {Test, 1}}
+	sets := []ApartSet{{Name: ErrorSample, Shards: 1}, {Name: ErrorHeldout, Shards: 2}, {Name: Test, Shards: 1}}
 	err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
 	var appErr *temporal.ApplicationError
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.error_heldout: image h/1.png is listed twice") {
@@ -95,6 +96,20 @@ func TestCheckApart(t *testing.T) {
 	err = a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets})
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.test: image e/2.png is also in data.error_sample") {
 		t.Errorf("a test image that is an E_sample image: %v", err)
+	}
+
+	// Train is probed against test and E_heldout: an image trained on
+	// measures nothing; its own repeats are its business.
+	write(Test, 0, "t/1.png")
+	write(Train, 0, "tr/1.png", "tr/1.png", "e/1.png")
+	apart := []ApartSet{{Name: ErrorHeldout, Shards: 2}, {Name: Test, Shards: 1}, {Name: Train, Shards: 1, Probe: true}}
+	if err := a.CheckApart(ctx, ApartInput{Run: "r", Sets: apart}); err != nil {
+		t.Fatalf("train apart from test and E_heldout: %v", err)
+	}
+	write(Train, 0, "tr/1.png", "h/2.png")
+	err = a.CheckApart(ctx, ApartInput{Run: "r", Sets: apart})
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), "data.train: image h/2.png is also in data.error_heldout") {
+		t.Errorf("a train image that is an E_heldout image: %v", err)
 	}
 
 	// Labels: E_sample's may be anything (queries), test's and

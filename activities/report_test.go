@@ -192,7 +192,7 @@ func TestReportRejectsStreamed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	in.Target, in.Embedded = ModelRef{Spec: target}, []ApartSet{{ErrorHeldout, 1}}
+	in.Target, in.Embedded = ModelRef{Spec: target}, []ApartSet{{Name: ErrorHeldout, Shards: 1}}
 	want := []string{"uri,reason,dataset", "h/missing.png,unreadable: not found,error_heldout", "pool/broken.png,decode: not an image,pool"}
 	for s, n := range []int{60, 40} {
 		shard := dataset.Shard{Items: []dataset.Item{{ID: int64(100 + s), Key: fmt.Sprintf("more/%d.png", s), Label: "a"}}}

@@ -66,6 +66,13 @@ func TestBadInput(t *testing.T) {
 		failsNaming(t, err, "shards.window", "-1")
 	})
 
+	t.Run("train holds E_heldout's images", func(t *testing.T) {
+		bad := cfg
+		bad.Data.Train = cfg.Data.ErrorHeldout
+		_, err := runPass(t, c, "bad-train-"+stamp, bad)
+		failsNaming(t, err, "data.train: image", "is also in data.error_heldout")
+	})
+
 	t.Run("corrupt pool image is skipped", func(t *testing.T) {
 		// A pool of the first 400 demo pool images plus one file that is
 		// not an image at all.

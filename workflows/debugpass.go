@@ -132,6 +132,10 @@ const (
 	keyedPartialsChange = "keyed-partials"
 )
 
+// trainApartChange versions the check that train shares no image with
+// test and E_heldout, which would measure images trained on.
+const trainApartChange = "train-apart"
+
 // apartChange versions the check that E_sample, E_heldout and test share
 // no image, so passes started before it replay as they ran.
 const apartChange = "apart-sets"
@@ -300,7 +304,17 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	p.Phase = "scan pool"
 	scanned := s.scanBeside(ctx, models, plans, cfg.ScanK())
 	stopPhase := p.phaseOf(ctx, scanned)
-	if err := waitAll(ctx, scanFutures(scanned)...); err != nil {
+	waits := scanFutures(scanned)
+	if workflow.GetVersion(ctx, trainApartChange, workflow.DefaultVersion, 1) == 1 {
+		// Beside the scan: train may be millions of images, read to
+		// be probed, not kept.
+		waits = append(waits, workflow.ExecuteActivity(cpu, a.CheckApart, activities.ApartInput{Run: run, Sets: []activities.ApartSet{
+			{Name: activities.ErrorHeldout, Shards: plans[activities.ErrorHeldout].Shards},
+			{Name: activities.Test, Shards: plans[activities.Test].Shards},
+			{Name: activities.Train, Shards: plans[activities.Train].Shards, Probe: true},
+		}}))
+	}
+	if err := waitAll(ctx, waits...); err != nil {
 		return PassResult{}, err
 	}
 	stopPhase()
