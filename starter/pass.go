@@ -308,9 +308,9 @@ func failureMessage(err error) string {
 func activityTimeout(e *temporal.TimeoutError) string {
 	switch e.TimeoutType() {
 	case enumspb.TIMEOUT_TYPE_START_TO_CLOSE:
-		return "its last try ran past its time limit (a pass's timeouts.activity; raise it for steps this long)"
+		return "it ran past its time limit (a pass's timeouts.activity; raise it for steps this long)"
 	case enumspb.TIMEOUT_TYPE_HEARTBEAT:
-		return "its last try sent no heartbeat within timeouts.heartbeat (its worker died, hung or lost the server)"
+		return "it sent no heartbeat within timeouts.heartbeat (its worker died, hung or lost the server)"
 	case enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START:
 		return "no worker took it in time (is one polling its task queue?)"
 	}

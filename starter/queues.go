@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"dcd/workflows"
 )
@@ -38,32 +42,37 @@ func queueOf(activityType string) string {
 	return workflows.CPUQueue
 }
 
-// starvedQueues are the task queues on which the workflows ids (a pass
-// and its running children, or a pack) have an activity that has waited
-// waitedLong to start, while none of theirs runs there and no worker
-// polls it; and the CPU queue when no worker polls its workflow tasks,
-// which a worker asks for whatever its activities do. A workflow that
+// pendingActivities are the activities the workflows ids (a pass and its
+// running children, or a pack) have under way or waiting. A workflow that
 // cannot be described (a child just finished) is left out.
-func starvedQueues(ctx context.Context, c client.Client, ids []string, now time.Time) ([]string, error) {
-	waiting, running := map[string]bool{}, map[string]bool{}
+func pendingActivities(ctx context.Context, c client.Client, ids []string) []*workflowpb.PendingActivityInfo {
+	var pending []*workflowpb.PendingActivityInfo
 	for _, id := range ids {
-		d, err := c.DescribeWorkflowExecution(ctx, id, "")
-		if err != nil {
-			continue
+		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil {
+			pending = append(pending, d.GetPendingActivities()...)
 		}
-		for _, pa := range d.GetPendingActivities() {
-			q := queueOf(pa.GetActivityType().GetName())
-			switch pa.GetState() {
-			case enumspb.PENDING_ACTIVITY_STATE_SCHEDULED:
-				// A retry waiting out its backoff waits for the clock.
-				retry := pa.GetNextAttemptScheduleTime()
-				since := pa.GetScheduledTime()
-				if (retry == nil || retry.AsTime().Before(now)) && since != nil && now.Sub(since.AsTime()) >= waitedLong {
-					waiting[q] = true
-				}
-			default:
-				running[q] = true
+	}
+	return pending
+}
+
+// starvedQueues are the task queues on which pending has an activity that
+// has waited waitedLong to start, while none of them runs there and no
+// worker polls it; and the CPU queue when no worker polls its workflow
+// tasks, which a worker asks for whatever its activities do.
+func starvedQueues(ctx context.Context, c client.Client, pending []*workflowpb.PendingActivityInfo, now time.Time) ([]string, error) {
+	waiting, running := map[string]bool{}, map[string]bool{}
+	for _, pa := range pending {
+		q := queueOf(pa.GetActivityType().GetName())
+		switch pa.GetState() {
+		case enumspb.PENDING_ACTIVITY_STATE_SCHEDULED:
+			// A retry waiting out its backoff waits for the clock.
+			retry := pa.GetNextAttemptScheduleTime()
+			since := pa.GetScheduledTime()
+			if (retry == nil || retry.AsTime().Before(now)) && since != nil && now.Sub(since.AsTime()) >= waitedLong {
+				waiting[q] = true
 			}
+		default:
+			running[q] = true
 		}
 	}
 	var starved []string
@@ -154,21 +163,61 @@ func passStuck(c client.Client, id string) stuck {
 			ids = append(ids, p.Running...)
 		}
 		cancel()
-		q, err := starvedQueues(ctx, c, ids, now)
+		pending := pendingActivities(ctx, c, ids)
+		q, err := starvedQueues(ctx, c, pending, now)
 		if err != nil {
 			return ""
 		}
-		return idleLine("pass", q)
+		return joinNotes(idleLine("pass", q), retryLine(pending))
 	}
 }
 
 // packStuck looks at a pack, which runs its activities itself.
 func packStuck(c client.Client, id string) stuck {
 	return func(ctx context.Context, now time.Time) string {
-		q, err := starvedQueues(ctx, c, []string{id}, now)
+		pending := pendingActivities(ctx, c, []string{id})
+		q, err := starvedQueues(ctx, c, pending, now)
 		if err != nil {
 			return ""
 		}
-		return idleLine("pack", q)
+		return joinNotes(idleLine("pack", q), retryLine(pending))
 	}
+}
+
+// retriedAfter is the try from which an activity retrying is named: a
+// first retry is often a store's or a worker's passing trouble.
+const retriedAfter = 3
+
+// retryLine names the activities of pending on their third try or later,
+// with why the last failed: a step that fails on every try (a limit too
+// short, a store refusing) looks stuck otherwise, retried for minutes
+// before its pass fails.
+func retryLine(pending []*workflowpb.PendingActivityInfo) string {
+	var named []string
+	more := 0
+	for _, pa := range pending {
+		if pa.GetAttempt() < retriedAfter || pa.GetLastFailure() == nil {
+			continue
+		}
+		if len(named) == 2 {
+			more++
+			continue
+		}
+		err := temporal.GetDefaultFailureConverter().FailureToError(pa.GetLastFailure())
+		why := failureMessage(err)
+		var timeout *temporal.TimeoutError
+		if errors.As(err, &timeout) {
+			why = activityTimeout(timeout)
+		}
+		named = append(named, fmt.Sprintf("%s is on its try %d; the last failed: %s", pa.GetActivityType().GetName(), pa.GetAttempt(), why))
+	}
+	if more > 0 {
+		named = append(named, fmt.Sprintf("and %d more steps are retrying", more))
+	}
+	return strings.Join(named, "; ")
+}
+
+// joinNotes joins the non-empty notes as a progress line joins its parts.
+func joinNotes(notes ...string) string {
+	return strings.Join(slices.DeleteFunc(notes, func(n string) bool { return n == "" }), " | ")
 }

@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
@@ -165,5 +169,36 @@ func TestIdleQueuesNamed(t *testing.T) {
 			t.Fatalf("status:\n%s\nwant it to hold %q", out, want)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Activities on their third try or later are named with why the last
+// failed (a timeout by the setting that bounds it); earlier tries, and
+// activities never failed, are not.
+func TestRetryLine(t *testing.T) {
+	fc := temporal.GetDefaultFailureConverter()
+	pending := func(name string, attempt int32, err error) *workflowpb.PendingActivityInfo {
+		pa := &workflowpb.PendingActivityInfo{ActivityType: &commonpb.ActivityType{Name: name}, Attempt: attempt}
+		if err != nil {
+			pa.LastFailure = fc.ErrorToFailure(err)
+		}
+		return pa
+	}
+	denied := temporal.NewApplicationError("store: read \"pool/1.png\": AccessDenied", "")
+	line := retryLine([]*workflowpb.PendingActivityInfo{
+		pending("EmbedShard", 1, nil),
+		pending("Plan", 2, denied),
+		pending("Retrain", 8, temporal.NewTimeoutError(enumspb.TIMEOUT_TYPE_START_TO_CLOSE, nil)),
+		pending("Evaluate", 3, denied),
+		pending("GuardSelection", 4, denied),
+		pending("Report", 5, denied),
+	})
+	want := "Retrain is on its try 8; the last failed: it ran past its time limit (a pass's timeouts.activity; raise it for steps this long); " +
+		`Evaluate is on its try 3; the last failed: store: read "pool/1.png": AccessDenied; and 2 more steps are retrying`
+	if line != want {
+		t.Errorf("retryLine =\n%s\nwant\n%s", line, want)
+	}
+	if line := retryLine([]*workflowpb.PendingActivityInfo{pending("Plan", 2, denied)}); line != "" {
+		t.Errorf("a second try: %q, want nothing", line)
 	}
 }
