@@ -289,6 +289,10 @@ type Eval struct {
 	// TestPerClassImages and HeldoutPerClassImages count images per class.
 	TestPerClassImages    []int `json:"test_per_class_images,omitempty"`
 	HeldoutPerClassImages []int `json:"heldout_per_class_images,omitempty"`
+	// Incomplete marks the eval.json of a pass that failed: Methods are
+	// those that finished before Failed did (the others were stopped).
+	Incomplete bool     `json:"incomplete,omitempty"`
+	Failed     []string `json:"failed,omitempty"`
 }
 
 // Totals is e without its per-class accuracies and counts.

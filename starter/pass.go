@@ -357,7 +357,16 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 	}
 	var res workflows.PassResult
 	if err := c.GetWorkflow(ctx, a.id, "").Get(ctx, &res); err != nil {
-		return fmt.Errorf("pass %s %s: %s", a.id, strings.ToLower(st.status.String()), failureMessage(err))
+		ended := fmt.Errorf("pass %s %s: %s", a.id, strings.ToLower(st.status.String()), failureMessage(err))
+		if data, ev, ok := finishedEval(ctx, a.storage, a.id, st.start); ok {
+			if a.json {
+				e.stdout.Write(data)
+				return ended
+			}
+			fmt.Fprintf(e.stdout, "%s failed; the methods that finished before it did:\n\n", strings.Join(ev.Failed, ", "))
+			writeResult(e.stdout, workflows.PassResult{RunID: a.id, Eval: ev, EvalKey: activities.RunKey(a.id, "eval.json")}, a.storage)
+		}
+		return ended
 	}
 	if a.json {
 		if perClassLeftOut(res.Eval) {
@@ -388,6 +397,28 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 // accuracies its eval.json holds.
 func perClassLeftOut(ev activities.Eval) bool {
 	return len(ev.Classes) > 0 && len(ev.Methods) > 0 && ev.Methods[0].TestPerClass == nil
+}
+
+// finishedEval is the eval.json a failed pass wrote of the methods that
+// finished before one failed, when storage has one of this run (started
+// at start), not an earlier run's under the same ID.
+func finishedEval(ctx context.Context, storage, id string, start time.Time) ([]byte, activities.Eval, bool) {
+	var ev activities.Eval
+	b, err := store.Open(ctx, storage)
+	if err != nil {
+		return nil, ev, false
+	}
+	defer b.Close()
+	key := activities.RunKey(id, "eval.json")
+	attrs, err := b.Attributes(ctx, key)
+	if err != nil || attrs.ModTime.Before(start) {
+		return nil, ev, false
+	}
+	data, err := b.ReadAll(ctx, key)
+	if err != nil || json.Unmarshal(data, &ev) != nil || !ev.Incomplete {
+		return nil, ev, false
+	}
+	return data, ev, true
 }
 
 func readEval(ctx context.Context, storage, key string) ([]byte, error) {

@@ -757,3 +757,37 @@ func TestTrainHeadExportCheckedFirst(t *testing.T) {
 		t.Fatalf("train-head with an output the backbone already computes: %v, want the export's refusal naming it, before ONNX Runtime or the manifests", err)
 	}
 }
+
+// A failed pass's eval.json of the methods that finished is shown when it
+// is this run's (written after it started) and marked incomplete; an
+// earlier run's, or a complete one, is not taken for it.
+func TestFinishedEval(t *testing.T) {
+	dir := t.TempDir()
+	storage := "file://" + dir
+	write := func(ev activities.Eval) {
+		data, _ := json.Marshal(ev)
+		p := filepath.Join(dir, filepath.FromSlash(activities.RunKey("p", "eval.json")))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	before := time.Now().Add(-time.Minute)
+	if _, _, ok := finishedEval(ctx, storage, "p", before); ok {
+		t.Error("no eval.json: taken as one")
+	}
+	write(activities.Eval{Methods: []activities.Method{{Method: "none"}}, Incomplete: true, Failed: []string{"dcd"}})
+	if _, ev, ok := finishedEval(ctx, storage, "p", before); !ok || len(ev.Methods) != 1 || ev.Failed[0] != "dcd" {
+		t.Errorf("this run's: %+v, %v", ev, ok)
+	}
+	if _, _, ok := finishedEval(ctx, storage, "p", time.Now().Add(time.Minute)); ok {
+		t.Error("an earlier run's eval.json taken for this run's")
+	}
+	write(activities.Eval{Methods: []activities.Method{{Method: "none"}}})
+	if _, _, ok := finishedEval(ctx, storage, "p", before); ok {
+		t.Error("a complete eval.json taken for a failed pass's")
+	}
+}

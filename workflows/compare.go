@@ -84,6 +84,8 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 				for _, f := range futures {
 					_ = f.Get(ctx, nil)
 				}
+			} else if !temporal.IsCanceledError(err) && workflow.GetVersion(ctx, partialEvalChange, workflow.DefaultVersion, 1) == 1 {
+				c.writeFinished(ctx, ev, futures, evals)
 			}
 			return ev, activities.SelectResult{}, err
 		}
@@ -104,6 +106,44 @@ func (c *comparison) run(ctx workflow.Context) (activities.Eval, activities.Sele
 	}
 	return ev, refSel, nil
 }
+
+// writeFinished writes eval.json with the methods that finished before
+// one failed, and names the failed: each took its retraining and
+// evaluation (hours for all_pool's on a large pool), which the pass run
+// again after the fix repeats, but they are read meanwhile (starter
+// result shows them). A failure to write it is logged: the pass's failure
+// is the method's.
+func (c *comparison) writeFinished(ctx workflow.Context, ev activities.Eval, futures []workflow.Future, evals []activities.EvaluateResult) {
+	for i, f := range futures {
+		if !f.IsReady() {
+			continue
+		}
+		var out methodOut
+		if err := f.Get(ctx, &out); err != nil {
+			if !temporal.IsCanceledError(err) {
+				ev.Failed = append(ev.Failed, c.cfg.Compare[i])
+			}
+			continue
+		}
+		ev.Methods = append(ev.Methods, out.Row)
+		e := evals[i]
+		ev.TestImages, ev.HeldoutImages = e.TestImages, e.HeldoutImages
+		ev.TestPerClassImages, ev.HeldoutPerClassImages = e.TestPerClassImages, e.HeldoutPerClassImages
+	}
+	if len(ev.Methods) == 0 {
+		return
+	}
+	ev.Incomplete = true
+	cpu := cpuOptions(ctx, time.Duration(c.cfg.Timeouts.Heartbeat), time.Duration(c.cfg.Timeouts.Activity))
+	var a *activities.Activities
+	if err := workflow.ExecuteActivity(cpu, a.WriteEval, activities.WriteEvalInput{Run: c.runID, Eval: ev}).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("the finished methods' eval.json was not written", "run", c.runID, "error", err)
+	}
+}
+
+// partialEvalChange versions writing the finished methods' eval.json when
+// a method fails, so that passes failed before replay as they ran.
+const partialEvalChange = "partial-eval"
 
 // embeddedAgain is how many shards the comparison embeds again whatever
 // the selections: all_pool's pool with the target, when the pool was

@@ -336,7 +336,10 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
 	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
 	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
-	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{}, failure)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(func(context.Context, activities.GuardInput) (activities.SelectResult, error) {
+		time.Sleep(300 * time.Millisecond) // none's evaluation ends first
+		return activities.SelectResult{}, failure
+	})
 	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.RetrainInput) (activities.RetrainResult, error) {
 		for range 300 { // all_pool's retraining takes until it is abandoned
 			activity.RecordHeartbeat(ctx)
@@ -348,7 +351,12 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 		}
 		return activities.RetrainResult{}, nil
 	})
-	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{TestImages: 10}, nil)
+	var written []activities.Eval
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.WriteEvalInput) (string, error) {
+		written = append(written, in.Eval)
+		return "eval.json", nil
+	})
 	cfg := validConfig()
 	cfg.Compare = []string{schemas.MethodNone, schemas.MethodAllPool, schemas.MethodDCD}
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
@@ -361,6 +369,19 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 	var cancelled *temporal.CanceledError
 	s.False(errors.As(err, &cancelled), "the pass closes as cancelled: %v", err)
 	s.Contains(err.Error(), failure.Error())
+	// What finished before the failure is kept: none's row, dcd named as
+	// failed, all_pool (stopped) in neither. Not for a step cancelled.
+	if temporal.IsCanceledError(failure) {
+		s.Empty(written, "eval.json written for a step cancelled")
+		return
+	}
+	s.Require().Len(written, 1, "eval.json of the finished methods")
+	ev := written[0]
+	s.True(ev.Incomplete)
+	s.Equal([]string{schemas.MethodDCD}, ev.Failed)
+	s.Require().Len(ev.Methods, 1)
+	s.Equal(schemas.MethodNone, ev.Methods[0].Method)
+	s.Equal(10, ev.TestImages)
 }
 
 // While the pass waits on its sets' embeddings, its phase names what it
