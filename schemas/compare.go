@@ -305,9 +305,8 @@ func (r Retrain) withDefaults() Retrain {
 	return r
 }
 
-// validateCompare checks compare, selection and retrain; uncompared
-// refuses a variant that compare leaves out.
-func (c Config) validateCompare(uncompared bool) error {
+// validateCompare checks compare, selection and retrain.
+func (c Config) validateCompare() error {
 	bad := func(field, format string, args ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -344,13 +343,6 @@ func (c Config) validateCompare(uncompared bool) error {
 		v, _ := c.Selection.Variant(MethodDCD + ":" + name)
 		if err := v.validate("selection.variants." + name); err != nil {
 			return err
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(c.Selection.Variants)) {
-		// A variant defined and never run is most likely one forgotten
-		// in compare: its pass would end without the row it was for.
-		if m := MethodDCD + ":" + name; uncompared && !seen[m] {
-			return bad("selection.variants."+name, "is defined but compare leaves it out: add %q to compare, or remove the variant", m)
 		}
 	}
 	if c.Selection.ScanK < 0 || c.Selection.ScanK > 10000 {
@@ -447,6 +439,21 @@ func (s Selection) validate(field string) error {
 	}
 	if s.Aggregate != AggMin && s.Aggregate != AggMean {
 		return bad("aggregate", "%q is not min or mean", s.Aggregate)
+	}
+	return nil
+}
+
+// CheckVariantsCompared refuses a variant of selection.variants that
+// compare leaves out: one defined and never run is most likely one
+// forgotten in compare, and its pass would end without the row it was
+// for. The starter checks it of the user's file; a pass does not, since
+// a schedule's config stored by a starter before compare listed the
+// variants by default lists none of them, and runs as it did.
+func (c Config) CheckVariantsCompared() error {
+	for _, name := range slices.Sorted(maps.Keys(c.Selection.Variants)) {
+		if m := MethodDCD + ":" + name; !slices.Contains(c.Compare, m) {
+			return &FieldError{Field: "selection.variants." + name, Msg: fmt.Sprintf("is defined but compare leaves it out: add %q to compare, or remove the variant", m)}
+		}
 	}
 	return nil
 }

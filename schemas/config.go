@@ -257,7 +257,7 @@ func LoadConfig(path string) (Config, error) {
 // its config again on every replay, and one that passed must pass still,
 // or its replay stops short of its history. Values past those bounds are
 // taken at the bound before Validate. Add each bound added to Validate
-// here too. Variants left out of compare, refused since, are let be.
+// here too.
 func (c Config) ValidateAsStarted() error {
 	c.Retrain.BatchSize = min(c.Retrain.BatchSize, MaxBatchSize)
 	c.Shards.BatchSize = min(c.Shards.BatchSize, maxInferenceBatch)
@@ -276,7 +276,7 @@ func (c Config) ValidateAsStarted() error {
 			p.Height = max(1, preprocess.MaxArea/p.Width)
 		}
 	}
-	return c.validate(false)
+	return c.Validate()
 }
 
 // maxInferenceBatch bounds shards.batch_size: an embedding keeps three
@@ -355,11 +355,7 @@ func (e *FieldError) Error() string { return "config: " + e.Field + ": " + e.Msg
 
 // Validate checks c without touching storage. It returns a *FieldError for
 // the first problem, naming the field as the user wrote it.
-func (c Config) Validate() error { return c.validate(true) }
-
-// validate is Validate; uncompared says whether a variant of
-// selection.variants that compare leaves out is refused.
-func (c Config) validate(uncompared bool) error {
+func (c Config) Validate() error {
 	bad := func(field, format string, args ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -412,7 +408,7 @@ func (c Config) validate(uncompared bool) error {
 			return bad(d.field, "set exactly one of prefix, manifest and webdataset")
 		}
 	}
-	if err := c.validateCompare(uncompared); err != nil {
+	if err := c.validateCompare(); err != nil {
 		return err
 	}
 	if c.Shards.Size < 1 || c.Shards.Size > maxShardSize {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -124,7 +125,7 @@ func loadConfig(path string) (schemas.Config, error) {
 		}
 		return cfg, &exitError{code: 2, err: err}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cmp.Or(cfg.Validate(), cfg.CheckVariantsCompared()); err != nil {
 		return cfg, &exitError{code: 2, err: fmt.Errorf("%s: %w", path, err)}
 	}
 	return cfg, nil

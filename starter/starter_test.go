@@ -262,6 +262,19 @@ func TestLoadConfigErrors(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "no such file") {
 		t.Errorf("missing file: exit %d, %q", code, stderr)
 	}
+	// A variant the file's compare leaves out is refused here, where the
+	// user's file is read (a pass does not refuse it: a schedule's config
+	// stored before may).
+	left := testConfig()
+	left.Selection.Variants = map[string]schemas.SelectionVariant{"wide": {K: 20}}
+	left.Compare = []string{schemas.MethodNone, schemas.MethodDCD}
+	leftOut := filepath.Join(dir, "left-out.yaml")
+	if err := writeConfig(leftOut, left); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr, _ := run(t, "run", "-config", leftOut); code != 2 || !strings.Contains(stderr, `selection.variants.wide: is defined but compare leaves it out: add "dcd:wide"`) {
+		t.Errorf("a variant not compared: exit %d, %q", code, stderr)
+	}
 	good := filepath.Join(dir, "good.yaml")
 	if err := writeConfig(good, testConfig()); err != nil {
 		t.Fatal(err)
