@@ -139,7 +139,7 @@ func openS3(ctx context.Context, u *url.URL) (*blob.Bucket, error) {
 const abortTimeout = time.Minute
 
 // WriterOptions are the options of every object DCD writes to b: its
-// content type and, on S3, a write that ends with its context cancelled
+// content type ("": gocloud's guess from the first bytes) and, on S3, a write that ends with its context cancelled
 // aborting its multipart upload. gocloud's S3 writer aborts it under that
 // cancelled context, which fails, and the parts already uploaded (an
 // object over 16 MiB, a feature file or an archive, goes up in parts of

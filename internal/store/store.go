@@ -605,9 +605,9 @@ func (d damaged) Unwrap() error        { return d.error }
 func (d damaged) Is(target error) bool { return target == ErrDamaged }
 
 // WriteAll writes data at key atomically: readers see the old object or the
-// new one, never a part.
+// new one, never a part. Its content type is gocloud's guess from data.
 func WriteAll(ctx context.Context, b *blob.Bucket, key string, data []byte) error {
-	if err := b.WriteAll(ctx, key, data, nil); err != nil {
+	if err := b.WriteAll(ctx, key, data, WriterOptions(b, "")); err != nil {
 		return fmt.Errorf("store: write %q: %w", key, err)
 	}
 	return nil
