@@ -45,8 +45,9 @@ type ReportInput struct {
 	// NoPoolRejects says the scan rejected no pool image, so the pool
 	// shards' rejects need not be read.
 	NoPoolRejects bool
-	// Target embedded Embedded (train, test, E_heldout): their rejects,
-	// left out of retraining or evaluation, are listed too.
+	// Target embedded Embedded (test, E_heldout, train: those that
+	// rejected images): their rejects, left out of evaluation or
+	// retraining, are listed too.
 	Target   ModelRef
 	Embedded []ApartSet
 	// SampleShards are the E_sample shards, for the queries' labels.
@@ -76,8 +77,8 @@ const maxRejectsShown = 50
 // thumbSide is the thumbnails' longer side in pixels.
 const thumbSide = 64
 
-// Report writes runs/<id>/rejects.csv (every pool image skipped, with the
-// reason) and runs/<id>/report.html: one self-contained page (no script,
+// Report writes runs/<id>/rejects.csv (every image skipped, with the
+// reason and its set) and runs/<id>/report.html: one self-contained page (no script,
 // no external URL; thumbnails are data: URIs) with the method table, a bar
 // chart of accuracies, per-class accuracies against the model before the
 // pass, a gallery of E_sample images beside their nearest pool images
@@ -110,10 +111,14 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		read <- galleryRead{rows, err}
 	}()
 	var first []listedReject
+	var sets []string // in the order listed
 	total := 0
 	err := a.writeRejects(ctx, in, res.RejectsKey, func(r listedReject) {
 		if len(first) < maxRejectsShown {
 			first = append(first, r)
+		}
+		if !slices.Contains(sets, r.Dataset) {
+			sets = append(sets, r.Dataset)
 		}
 		total++
 		if r.Dataset == Pool {
@@ -152,7 +157,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 		Gallery:  g.rows,
 		Rejects:  first,
 		NRejects: total,
-		Rejected: rejectedSummary(in, res),
+		Rejected: rejectedSummary(sets, res),
 		Config:   string(cfg),
 		K:        in.Config.Selection.K,
 		Ref:      in.Reference,
@@ -171,7 +176,9 @@ type listedReject struct {
 }
 
 // writeRejects writes the rejects of the sets the target embedded, then
-// the pool's, shard by shard, to key as CSV and hands each to seen.
+// the pool's, then train's, shard by shard, to key as CSV and hands each
+// to seen. Train's come last: it may list many images long gone, which
+// would fill the page's table before the pool's.
 func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key string, seen func(listedReject)) error {
 	return a.writeCSV(ctx, key, []string{"uri", "reason", "dataset"}, func(w *csv.Writer) error {
 		each := func(ds string, shards int, spec features.Spec) error {
@@ -182,29 +189,38 @@ func (a *Activities) writeRejects(ctx context.Context, in ReportInput, key strin
 				}
 			})
 		}
+		train := -1
 		for _, set := range in.Embedded {
+			if set.Name == Train {
+				train = set.Shards
+				continue
+			}
 			if err := each(set.Name, set.Shards, in.Target.Spec); err != nil {
 				return err
 			}
 		}
-		if in.NoPoolRejects {
+		if !in.NoPoolRejects {
+			if err := each(Pool, in.PoolShards, in.Similarity.Spec); err != nil {
+				return err
+			}
+		}
+		if train < 0 {
 			return nil
 		}
-		return each(Pool, in.PoolShards, in.Similarity.Spec)
+		return each(Train, train, in.Target.Spec)
 	})
 }
 
-// rejectedSummary says how many images of each set were rejected, for
-// the report: "3 pool images, 2 error_heldout images".
-func rejectedSummary(in ReportInput, res ReportResult) string {
-	var parts []string
-	for _, set := range in.Embedded {
-		if n := res.SetRejects[set.Name]; n > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s images", n, set.Name))
+// rejectedSummary says how many images of each of sets were rejected,
+// for the report: "2 error_heldout images, 3 pool images".
+func rejectedSummary(sets []string, res ReportResult) string {
+	parts := make([]string, len(sets))
+	for i, set := range sets {
+		n := res.SetRejects[set]
+		if set == Pool {
+			n = res.Rejects
 		}
-	}
-	if res.Rejects > 0 {
-		parts = append(parts, fmt.Sprintf("%d pool images", res.Rejects))
+		parts[i] = fmt.Sprintf("%d %s images", n, set)
 	}
 	return strings.Join(parts, ", ")
 }

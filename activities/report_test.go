@@ -177,22 +177,28 @@ func TestReportRendersInChromium(t *testing.T) {
 }
 
 // Rejects stream into rejects.csv shard by shard, every one of them in
-// shard order (train's, test's and E_heldout's first, each named with its
-// set), while the page lists the first maxRejectsShown; a report that
+// shard order (test's and E_heldout's first, train's last, each named
+// with its set), while the page lists the first maxRejectsShown; a report that
 // fails part way leaves the rejects.csv it had.
 func TestReportRejectsStreamed(t *testing.T) {
 	a, in := reportFixture(t)
 	ctx := context.Background()
-	// E_heldout's rejects, by the target's entries, come first.
+	// E_heldout's rejects, by the target's entries, come first, train's
+	// last (it may list many images long gone).
 	target := features.Spec{ModelDigest: "target", Input: "image", Outputs: []string{"logits"}, Columns: []string{"logits"}}
 	heldout := dataset.Shard{Items: []dataset.Item{{ID: 0, Key: "h/missing.png", Label: "a"}, {ID: 1, Key: "h/ok.png", Label: "b"}}}
 	gone, _ := json.Marshal([]embed.Reject{{URI: "h/missing.png", Reason: "unreadable: not found"}})
-	for key, v := range map[string][]byte{ShardKey(in.Run, ErrorHeldout, 0): heldout.Marshal(), rejectsKey(features.Key(target, heldout.Digest())): gone} {
+	train := dataset.Shard{Items: []dataset.Item{{ID: 0, Key: "tr/old.png", Label: "a"}}}
+	old, _ := json.Marshal([]embed.Reject{{URI: "tr/old.png", Reason: "unreadable: not found"}})
+	for key, v := range map[string][]byte{
+		ShardKey(in.Run, ErrorHeldout, 0): heldout.Marshal(), rejectsKey(features.Key(target, heldout.Digest())): gone,
+		ShardKey(in.Run, Train, 0): train.Marshal(), rejectsKey(features.Key(target, train.Digest())): old,
+	} {
 		if err := a.Bucket.WriteAll(ctx, key, v, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	in.Target, in.Embedded = ModelRef{Spec: target}, []ApartSet{{Name: ErrorHeldout, Shards: 1}}
+	in.Target, in.Embedded = ModelRef{Spec: target}, []ApartSet{{Name: Train, Shards: 1}, {Name: ErrorHeldout, Shards: 1}}
 	want := []string{"uri,reason,dataset", "h/missing.png,unreadable: not found,error_heldout", "pool/broken.png,decode: not an image,pool"}
 	for s, n := range []int{60, 40} {
 		shard := dataset.Shard{Items: []dataset.Item{{ID: int64(100 + s), Key: fmt.Sprintf("more/%d.png", s), Label: "a"}}}
@@ -209,20 +215,21 @@ func TestReportRejectsStreamed(t *testing.T) {
 			}
 		}
 	}
+	want = append(want, "tr/old.png,unreadable: not found,train")
 	in.PoolShards = 3
 	res, err := a.Report(ctx, in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Rejects != 101 || !maps.Equal(res.SetRejects, map[string]int{ErrorHeldout: 1}) {
-		t.Errorf("%d pool rejects, %v of the other sets; want 101, and 1 of E_heldout", res.Rejects, res.SetRejects)
+	if res.Rejects != 101 || !maps.Equal(res.SetRejects, map[string]int{ErrorHeldout: 1, Train: 1}) {
+		t.Errorf("%d pool rejects, %v of the other sets; want 101, and 1 of E_heldout and of train", res.Rejects, res.SetRejects)
 	}
 	csv, _ := a.Bucket.ReadAll(ctx, res.RejectsKey)
 	if got := strings.Split(strings.TrimSpace(string(csv)), "\n"); !slices.Equal(got, want) {
 		t.Errorf("rejects.csv has %d lines, want %d in shard order:\n%s", len(got), len(want), csv)
 	}
 	page, _ := a.Bucket.ReadAll(ctx, res.ReportKey)
-	if !strings.Contains(string(page), "1 error_heldout images, 101 pool images could not be read or decoded and were skipped (the first 50 below") ||
+	if !strings.Contains(string(page), "1 error_heldout images, 101 pool images, 1 train images could not be read or decoded and were skipped (the first 50 below") ||
 		!strings.Contains(string(page), "h/missing.png") || !strings.Contains(string(page), "more/0/047.png") || strings.Contains(string(page), "more/0/048.png") {
 		t.Errorf("the page does not list the first 50 of 102 rejects")
 	}

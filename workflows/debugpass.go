@@ -259,7 +259,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}}
+	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}, rejects: map[string]int{}}
 	nameLate := workflow.GetVersion(ctx, scanAfterPlanChange, workflow.DefaultVersion, 1) == 1
 	if !nameLate {
 		s.nameScan(ctx)
@@ -353,11 +353,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	if err := workflow.ExecuteActivity(cpu, a.Report, activities.ReportInput{
 		Run: run, Config: cfg, EvalKey: evalKey, PoolShards: plans[activities.Pool].Shards, Similarity: models.Similarity,
 		SampleShards: plans[activities.ErrorSample].Shards, Reference: cfg.ReferenceDCD(), NoPoolRejects: *s.scanRejects == 0,
-		Target: models.Target, Embedded: []activities.ApartSet{
-			{Name: activities.Train, Shards: plans[activities.Train].Shards},
-			{Name: activities.Test, Shards: plans[activities.Test].Shards},
-			{Name: activities.ErrorHeldout, Shards: plans[activities.ErrorHeldout].Shards},
-		},
+		Target: models.Target, Embedded: s.rejecting(plans, activities.Test, activities.ErrorHeldout, activities.Train),
 	}).Get(ctx, &rep); err != nil {
 		return PassResult{}, err
 	}
@@ -647,8 +643,10 @@ type shardRunner struct {
 	scanRejects *int
 	// embedded counts the images embedded (not rejected) by tag: a
 	// dataset's under its own name, all_pool's pool with the target as
-	// "pool-target".
+	// "pool-target"; rejects those rejected, by dataset, embedded under
+	// its own name.
 	embedded map[string]int
+	rejects  map[string]int
 	// scan names the scan (scanName), under which each shard's own
 	// partial is written too where keyed (activities.TopKKey).
 	scan  string
@@ -667,11 +665,25 @@ func (s shardRunner) counted(ds, tag string, k int, r ShardsResult) {
 	s.embedded[tag] += r.Images
 	if tag == ds {
 		s.progress.Rejects += r.Rejects
+		s.rejects[ds] += r.Rejects
 	}
 	s.progress.CachedShards += r.Cached
 	if ds == activities.Pool && k > 0 {
 		*s.scanRejects += r.Rejects
 	}
+}
+
+// rejecting are those of the datasets named whose embedding rejected an
+// image, with their shard counts: the report reads only their shards'
+// rejects (a train set of 10^7 images is 5,000 of them).
+func (s shardRunner) rejecting(plans map[string]activities.PlanResult, names ...string) []activities.ApartSet {
+	var sets []activities.ApartSet
+	for _, name := range names {
+		if s.rejects[name] > 0 {
+			sets = append(sets, activities.ApartSet{Name: name, Shards: plans[name].Shards})
+		}
+	}
+	return sets
 }
 
 // run processes n shards of a dataset; the future is ready when all are done.
