@@ -244,7 +244,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 				return offClass(set.ds, it, index)
 			case c < 0:
 				st.skipped++
-				if len(st.skippedLabels) < 3 && !slices.Contains(st.skippedLabels, it.Label) {
+				if len(st.skippedLabels) < MaxSkippedExamples && !slices.Contains(st.skippedLabels, it.Label) {
 					st.skippedLabels = append(st.skippedLabels, it.Label)
 				}
 			default:

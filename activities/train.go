@@ -87,6 +87,10 @@ type RetrainResult struct {
 	Seconds  float64
 }
 
+// MaxSkippedExamples is the most labels RetrainResult.SkippedExamples
+// names.
+const MaxSkippedExamples = 3
+
 // Retrain fits a new softmax head on the target's frozen features of train
 // ∪ debug-train (the debug rows with their weak labels and the recipe's
 // debug weight). The rows stream from the feature files (featureRows).

@@ -309,9 +309,9 @@ func failureMessage(err error) string {
 func activityTimeout(e *temporal.TimeoutError) string {
 	switch e.TimeoutType() {
 	case enumspb.TIMEOUT_TYPE_START_TO_CLOSE:
-		return "it ran past its time limit (a pass's timeouts.activity; raise it for steps this long)"
+		return "it ran past its time limit (a pass's timeouts.activity, which steps this long need raised; a pack's steps have 24h)"
 	case enumspb.TIMEOUT_TYPE_HEARTBEAT:
-		return "it sent no heartbeat within timeouts.heartbeat (its worker died, hung or lost the server)"
+		return "it sent no heartbeat in time (a pass's timeouts.heartbeat): its worker died, hung or lost the server"
 	case enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START:
 		return "no worker took it in time (is one polling its task queue?)"
 	}

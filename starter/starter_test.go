@@ -452,7 +452,7 @@ func TestFailureMessageTimeout(t *testing.T) {
 	fc := temporal.GetDefaultFailureConverter()
 	for typ, want := range map[enumspb.TimeoutType]string{
 		enumspb.TIMEOUT_TYPE_START_TO_CLOSE: "activity Retrain: it ran past its time limit (a pass's timeouts.activity",
-		enumspb.TIMEOUT_TYPE_HEARTBEAT:      "activity Retrain: it sent no heartbeat within timeouts.heartbeat",
+		enumspb.TIMEOUT_TYPE_HEARTBEAT:      "activity Retrain: it sent no heartbeat in time (a pass's timeouts.heartbeat)",
 	} {
 		timeout := fc.ErrorToFailure(temporal.NewTimeoutError(typ, nil))
 		f := &failurepb.Failure{Message: "activity error", Cause: timeout, FailureInfo: &failurepb.Failure_ActivityFailureInfo{

@@ -408,14 +408,19 @@ func skippedNote(r activities.RetrainResult) string {
 	for i, l := range r.SkippedExamples {
 		labels[i] = strconv.Quote(l)
 	}
-	which := strings.Join(labels, ", ")
-	if r.SkippedLabels > len(labels) {
-		which += ", …"
+	which := "" // a worker from before SkippedExamples names none
+	if len(labels) > 0 {
+		which = " (" + strings.Join(labels, ", ")
+		if len(labels) == activities.MaxSkippedExamples { // and maybe others
+			which += ", …"
+		}
+		which += ")"
 	}
+	skipped := fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target%s", r.SkippedLabels, which)
 	if r.DebugRows == 0 {
-		return fmt.Sprintf("none of its %d images was retrained on: no weak label of theirs is a class of the target (%s), so it scores as train_only", r.SkippedLabels, which)
+		skipped += "; none of its images was, so it scores as train_only"
 	}
-	return fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target (%s)", r.SkippedLabels, which)
+	return skipped
 }
 
 // domainNote names the domains of a method's retrained rows when none is

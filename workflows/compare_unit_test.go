@@ -308,7 +308,7 @@ func TestEmbeddedAgain(t *testing.T) {
 // says so under the table, with a few of the labels, and says it scores
 // as train_only when none was retrained on.
 func TestSkippedLabelsNoted(t *testing.T) {
-	if n := skippedNote(activities.RetrainResult{DebugRows: 40}); n != "" {
+	if n := skippedNote(activities.RetrainResult{DebugRows: 40}); n != "" || strings.Contains(skippedNote(activities.RetrainResult{SkippedLabels: 1}), "(") {
 		t.Errorf("nothing skipped: note %q, want none", n)
 	}
 	some := skippedNote(activities.RetrainResult{DebugRows: 40, SkippedLabels: 2, SkippedExamples: []string{"cat"}})
@@ -317,8 +317,9 @@ func TestSkippedLabelsNoted(t *testing.T) {
 		note string
 		want []string
 	}{
-		{some, []string{"2 of its images", `"cat"`}},
-		{none, []string{"none of its 33 images", `"digit_1", "digit_8", "digit_3", …`, "train_only"}},
+		{some, []string{"2 of its images", `target ("cat")`}},
+		{none, []string{"33 of its images", `"digit_1", "digit_8", "digit_3", …`, "none of its images was, so it scores as train_only"}},
+		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 4}), []string{"4 of its images were not retrained on: their weak label is not a class of the target"}},
 	} {
 		for _, w := range c.want {
 			if !strings.Contains(c.note, w) {
