@@ -135,6 +135,25 @@ type ApartSet struct {
 	Probe bool `json:",omitempty"`
 }
 
+// TrainApartInput names the planned sets CheckTrainApart reads.
+type TrainApartInput struct {
+	Run                                    string
+	TestShards, HeldoutShards, TrainShards int
+}
+
+// CheckTrainApart fails when a train image (by key) is a test or
+// E_heldout image: accuracy on an image trained on measures nothing.
+// Train's keys, which may be millions, are probed, not kept. (An activity
+// of its own, not CheckApart's: a worker from before Probe would keep
+// them all.)
+func (a *Activities) CheckTrainApart(ctx context.Context, in TrainApartInput) error {
+	return a.CheckApart(ctx, ApartInput{Run: in.Run, Sets: []ApartSet{
+		{Name: ErrorHeldout, Shards: in.HeldoutShards},
+		{Name: Test, Shards: in.TestShards},
+		{Name: Train, Shards: in.TrainShards, Probe: true},
+	}})
+}
+
 // CheckApart fails when an image (by key) is in two of the sets. E_sample,
 // E_heldout and test must be distinct: a held-out image that is also a
 // query has its neighbours trained on, and the held-out gain would

@@ -67,6 +67,7 @@ func (s *UnitTestSuite) compareEveryMethod(again bool) {
 	}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(models, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 		c.add("plan " + in.Name)
 		return activities.PlanResult{Shards: 2, Images: 20}, nil
@@ -217,6 +218,7 @@ func (s *UnitTestSuite) TestExternalTrainerEvaluatesItsModel() {
 	trained := activities.ModelRef{Path: "runs/x/methods/dcd/model.onnx"}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 1, Images: 10}, nil)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		if in.Model.Path == trained.Path {

@@ -308,11 +308,9 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	if workflow.GetVersion(ctx, trainApartChange, workflow.DefaultVersion, 1) == 1 {
 		// Beside the scan: train may be millions of images, read to
 		// be probed, not kept.
-		waits = append(waits, workflow.ExecuteActivity(cpu, a.CheckApart, activities.ApartInput{Run: run, Sets: []activities.ApartSet{
-			{Name: activities.ErrorHeldout, Shards: plans[activities.ErrorHeldout].Shards},
-			{Name: activities.Test, Shards: plans[activities.Test].Shards},
-			{Name: activities.Train, Shards: plans[activities.Train].Shards, Probe: true},
-		}}))
+		waits = append(waits, workflow.ExecuteActivity(cpu, a.CheckTrainApart, activities.TrainApartInput{
+			Run: run, TestShards: plans[activities.Test].Shards, HeldoutShards: plans[activities.ErrorHeldout].Shards, TrainShards: plans[activities.Train].Shards,
+		}))
 	}
 	if err := waitAll(ctx, waits...); err != nil {
 		return PassResult{}, err

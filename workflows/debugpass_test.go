@@ -105,6 +105,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}, embedding: map[string]int{}}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 			if in.Name == activities.Pool {
@@ -183,6 +184,7 @@ func poolFailsAfter(env *testsuite.TestWorkflowEnvironment, after <-chan struct{
 	var a *activities.Activities
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 		if in.Name == activities.Pool {
 			select {
@@ -264,6 +266,7 @@ func (s *UnitTestSuite) TestFailedChainStopsTheOthers() {
 	var a *activities.Activities
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
 		if in.Name == activities.Pool {
 			return activities.PlanResult{Shards: 3 * ChildShards, Images: 30 * ChildShards}, nil
@@ -328,6 +331,7 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 	var a *activities.Activities
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
 	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(activities.PlanResult{Shards: 1, Images: 10}, nil)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(activities.EmbedShardResult{Images: 10}, nil)
 	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
