@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"os/exec"
 	"strings"
 	"sync"
@@ -114,15 +115,13 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 		return res, fmt.Errorf("activities: trainer work folder: %w", err)
 	}
 	defer os.RemoveAll(work)
-	// One scan of each argument: a value holding a placeholder's name (a
-	// run ID with "{model}" in it) is not substituted again.
-	vars := strings.NewReplacer(
-		"{storage}", a.StorageURL, "{train}", trainKey, "{debug_train}", debugKey, "{model}", modelKey,
-		"{job}", jobKey, "{work}", work, "{run}", in.Run, "{method}", in.Method,
-	)
+	vars := map[string]string{
+		"storage": a.StorageURL, "train": trainKey, "debug_train": debugKey, "model": modelKey,
+		"job": jobKey, "work": work, "run": in.Run, "method": in.Method,
+	}
 	argv := make([]string, len(in.Trainer.Command))
 	for i, arg := range in.Trainer.Command {
-		argv[i] = vars.Replace(arg)
+		argv[i] = substitute(arg, vars)
 	}
 	// A model an earlier pass under this ID, or an earlier attempt, left
 	// would pass for this trainer's should it write none.
@@ -227,6 +226,23 @@ func (t *tailBuffer) snapshot() ([]byte, int) {
 		b = fmt.Appendf(nil, "[... %d earlier bytes dropped]\n", dropped)
 	}
 	return append(b, t.buf[over:]...), t.version
+}
+
+// placeholderUse is a placeholder in an argument, or a shell's ${name}.
+var placeholderUse = regexp.MustCompile(`\$?\{([a-z_]+)\}`)
+
+// substitute replaces arg's placeholders with their values in one scan, so
+// that a value holding a placeholder's name (a run ID with "{model}" in
+// it) is not substituted again. A shell's ${work} in a script is the
+// script's, not a placeholder.
+func substitute(arg string, vars map[string]string) string {
+	return placeholderUse.ReplaceAllStringFunc(arg, func(m string) string {
+		v, ok := vars[m[1:len(m)-1]]
+		if strings.HasPrefix(m, "$") || !ok {
+			return m
+		}
+		return v
+	})
 }
 
 // runTrainer runs argv in its own process group, streaming its output to

@@ -173,3 +173,20 @@ func TestTrainerManifestChecksTrainLabels(t *testing.T) {
 		t.Errorf("without classes to check: %v", err)
 	}
 }
+
+// A trainer's argument has its placeholders replaced, in one scan (a value
+// holding a placeholder's name is not replaced again), but a script's own
+// ${work} is the shell's, and a name that is no placeholder stays.
+func TestSubstitute(t *testing.T) {
+	vars := map[string]string{"work": "/tmp/w", "model": "runs/r-{work}/model.onnx", "method": "dcd"}
+	for arg, want := range map[string]string{
+		"{model}":                            "runs/r-{work}/model.onnx",
+		"--out={work}/x":                     "--out=/tmp/w/x",
+		`work=mine; echo "${work}" {method}`: `work=mine; echo "${work}" dcd`,
+		"awk '{print}' {nothing}":            "awk '{print}' {nothing}",
+	} {
+		if got := substitute(arg, vars); got != want {
+			t.Errorf("substitute(%q) = %q, want %q", arg, got, want)
+		}
+	}
+}
