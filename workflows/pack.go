@@ -94,6 +94,10 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 		timeout = PackTimeout
 	}
 	cpu := cpuOptions(ctx, heartbeat, timeout)
+	cancelWaits := workflow.GetVersion(ctx, packCancelWaitsChange, workflow.DefaultVersion, 1) == 1
+	if cancelWaits {
+		cpu = workflow.WithWaitForCancellation(cpu, true)
+	}
 	id := workflow.GetInfo(ctx).WorkflowExecution.ID
 	var a *activities.Activities
 
@@ -113,8 +117,11 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	wg := workflow.NewWaitGroup(ctx)
 	var firstErr error
 	for n := in.First; n < stop && firstErr == nil; n++ {
-		if err := sem.Acquire(ctx, 1); err != nil {
-			return done, err // cancelled
+		if err := sem.Acquire(ctx, 1); err != nil { // cancelled
+			if cancelWaits {
+				wg.Wait(ctx) // the archives under way end first
+			}
+			return done, err
 		}
 		if firstErr != nil && workflow.GetVersion(ctx, packStopChange, workflow.DefaultVersion, 1) == 1 {
 			sem.Release(1) // an archive failed while this one waited: none more
@@ -154,6 +161,12 @@ func PackWorkflow(ctx workflow.Context, in PackInput) (PackResult, error) {
 	}
 	return done, nil
 }
+
+// packCancelWaitsChange versions a cancelled pack ending once its
+// activities have: it ended at once, and its archives under way were
+// written after it said it was cancelled (a user deleting the output
+// then raced them).
+const packCancelWaitsChange = "pack-cancel-waits"
 
 // packStopChange versions starting no archive after one failed, which a
 // pack started before did once (the failed archive's slot went to it).
