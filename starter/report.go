@@ -124,7 +124,7 @@ func cmdReport(ctx context.Context, e *cli, args []string) error {
 		if gcerrors.Code(err) == gcerrors.NotFound {
 			return e.noReport(ctx, a.id, fmt.Sprintf("in %s (key %s)", redact.URL(a.storage), key))
 		}
-		return fmt.Errorf("no report for pass %s in %s (key %s): %w", a.id, redact.URL(a.storage), key, err)
+		return fmt.Errorf("cannot read the report of pass %s from %s (key %s; the starter reads storage with its own environment's credentials): %w", a.id, redact.URL(a.storage), key, err)
 	}
 	if attrs, err := b.Attributes(ctx, key); err == nil {
 		e.warnEarlierReport(ctx, a.id, attrs.ModTime)
