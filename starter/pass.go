@@ -148,6 +148,12 @@ func workflowURL(g globals, id string) string {
 // startPass starts DebugPass with the config only (no secrets) and prints
 // its ID and UI link.
 func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config, id string) error {
+	if st, err := describe(ctx, c, e.g, id); err == nil && st.status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		// Temporal takes an ID again once its run has closed, and the
+		// pass writes where the one before did: say so, not silently.
+		fmt.Fprintf(e.stderr, "warning: a pass %s ran before (%s): this one replaces its result, eval.json and report under runs/%s/ (another -id keeps them)\n",
+			id, strings.ToLower(st.status.String()), id)
+	}
 	// Without WorkflowExecutionErrorWhenAlreadyStarted the SDK hands back
 	// the pass running under id, and this config would be dropped unsaid.
 	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue, WorkflowExecutionErrorWhenAlreadyStarted: true},

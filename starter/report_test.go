@@ -18,6 +18,8 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
+
+	"dcd/schemas"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -143,6 +145,22 @@ type closedClient struct {
 
 func (c *closedClient) DescribeWorkflowExecution(context.Context, string, string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
 	return &workflowservice.DescribeWorkflowExecutionResponse{WorkflowExecutionInfo: &workflowpb.WorkflowExecutionInfo{Status: c.status}}, nil
+}
+
+func (c *closedClient) ExecuteWorkflow(context.Context, client.StartWorkflowOptions, any, ...any) (client.WorkflowRun, error) {
+	return closedRun{err: c.err}, nil
+}
+
+// A pass started under the ID of one that has ended is warned that it
+// replaces the earlier one's files.
+func TestStartPassOverAnEndedOne(t *testing.T) {
+	e, _, stderr := testCLI()
+	if err := e.startPass(context.Background(), &closedClient{status: enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED}, schemas.Config{}, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), "warning: a pass p ran before (completed): this one replaces its result, eval.json and report under runs/p/") {
+		t.Errorf("stderr %q, want a warning", stderr)
+	}
 }
 
 func (c *closedClient) GetWorkflow(context.Context, string, string) client.WorkflowRun {
