@@ -110,11 +110,11 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 	if err := store.WriteAll(ctx, a.Bucket, jobKey, data); err != nil {
 		return res, err
 	}
-	work, err := os.MkdirTemp("", "dcd-train-")
+	work, removeWork, err := newWorkDir("")
 	if err != nil {
 		return res, fmt.Errorf("activities: trainer work folder: %w", err)
 	}
-	defer os.RemoveAll(work)
+	defer removeWork()
 	vars := map[string]string{
 		"storage": a.StorageURL, "train": trainKey, "debug_train": debugKey, "model": modelKey,
 		"job": jobKey, "work": work, "run": in.Run, "method": in.Method,

@@ -2,9 +2,11 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -188,5 +190,39 @@ func TestSubstitute(t *testing.T) {
 		if got := substitute(arg, vars); got != want {
 			t.Errorf("substitute(%q) = %q, want %q", arg, got, want)
 		}
+	}
+}
+
+// A trainer's work folder that a killed worker left (its lock held by no
+// process) is removed when a worker starts; one in use is not.
+func TestRemoveStaleWork(t *testing.T) {
+	dir := t.TempDir()
+	inUse, done, err := newWorkDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	stale := filepath.Join(dir, workPrefix+"killed")
+	if err := os.MkdirAll(filepath.Join(stale, "spool"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, workLock), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "not-ours")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if removed := RemoveStaleWork(dir); !slices.Equal(removed, []string{stale}) {
+		t.Errorf("removed %q, want only %s", removed, stale)
+	}
+	for _, p := range []string{inUse, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v, want it kept", p, err)
+		}
+	}
+	done()
+	if _, err := os.Stat(inUse); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a work folder whose activity ended: %v, want it removed", err)
 	}
 }

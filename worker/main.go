@@ -205,6 +205,11 @@ func run(o *options) error {
 	}
 	defer c.Close()
 
+	// Trainer work folders a worker killed on this machine left behind
+	// (spooled features, GBs): none of its activities runs any more.
+	for _, dir := range activities.RemoveStaleWork("") {
+		log.Printf("worker: removed %s, a trainer's work folder a killed worker left", dir)
+	}
 	sessions := activities.NewSessions(models, search)
 	defer sessions.Close()
 	acts := &activities.Activities{Bucket: bucket, Mem: memory.NewGoAllocator(), Sessions: sessions,
