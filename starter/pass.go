@@ -287,7 +287,7 @@ func failureMessage(err error) string {
 	prefix := ""
 	var act *temporal.ActivityError
 	if errors.As(err, &act) && act.ActivityType() != nil {
-		prefix = "activity " + act.ActivityType().GetName() + ": "
+		prefix = "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": "
 	}
 	last := err
 	for e := err; e != nil; e = errors.Unwrap(e) {
@@ -307,6 +307,14 @@ func failureMessage(err error) string {
 		last = e
 	}
 	return prefix + last.Error()
+}
+
+// stepName is an activity's type, and the method whose step it is.
+func stepName(activityType, activityID string) string {
+	if m := workflows.StepMethod(activityID); m != "" {
+		return activityType + " of " + m
+	}
+	return activityType
 }
 
 // activityTimeout says which limit an activity's last try ran into, by

@@ -209,7 +209,7 @@ func retryLine(pending []*workflowpb.PendingActivityInfo) string {
 		if errors.As(err, &timeout) {
 			why = activityTimeout(timeout)
 		}
-		named = append(named, fmt.Sprintf("%s is on its try %d; the last failed: %s", pa.GetActivityType().GetName(), pa.GetAttempt(), why))
+		named = append(named, fmt.Sprintf("%s is on its try %d; the last failed: %s", stepName(pa.GetActivityType().GetName(), pa.GetActivityId()), pa.GetAttempt(), why))
 	}
 	if more > 0 {
 		named = append(named, fmt.Sprintf("and %d more steps are retrying", more))

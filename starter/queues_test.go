@@ -184,16 +184,20 @@ func TestRetryLine(t *testing.T) {
 		}
 		return pa
 	}
+	named := func(pa *workflowpb.PendingActivityInfo, id string) *workflowpb.PendingActivityInfo {
+		pa.ActivityId = id
+		return pa
+	}
 	denied := temporal.NewApplicationError("store: read \"pool/1.png\": AccessDenied", "")
 	line := retryLine([]*workflowpb.PendingActivityInfo{
 		pending("EmbedShard", 1, nil),
 		pending("Plan", 2, denied),
-		pending("Retrain", 8, temporal.NewTimeoutError(enumspb.TIMEOUT_TYPE_START_TO_CLOSE, nil)),
+		named(pending("Retrain", 8, temporal.NewTimeoutError(enumspb.TIMEOUT_TYPE_START_TO_CLOSE, nil)), workflows.MethodStepID("all_pool", "retrain")),
 		pending("Evaluate", 3, denied),
 		pending("GuardSelection", 4, denied),
 		pending("Report", 5, denied),
 	})
-	want := "Retrain is on its try 8; the last failed: it ran past its time limit (a pass's timeouts.activity, which steps this long need raised; a pack's steps have 24h); " +
+	want := "Retrain of all_pool is on its try 8; the last failed: it ran past its time limit (a pass's timeouts.activity, which steps this long need raised; a pack's steps have 24h); " +
 		`Evaluate is on its try 3; the last failed: store: read "pool/1.png": AccessDenied; and 2 more steps are retrying`
 	if line != want {
 		t.Errorf("retryLine =\n%s\nwant\n%s", line, want)

@@ -446,17 +446,17 @@ func TestFailureMessage(t *testing.T) {
 	}
 }
 
-// An activity that timed out on its last try is named with the setting
-// that bounds it, once, not the server's text twice.
+// An activity that timed out on its last try is named with its method
+// and the setting that bounds it, once, not the server's text twice.
 func TestFailureMessageTimeout(t *testing.T) {
 	fc := temporal.GetDefaultFailureConverter()
 	for typ, want := range map[enumspb.TimeoutType]string{
-		enumspb.TIMEOUT_TYPE_START_TO_CLOSE: "activity Retrain: it ran past its time limit (a pass's timeouts.activity",
-		enumspb.TIMEOUT_TYPE_HEARTBEAT:      "activity Retrain: it sent no heartbeat in time (a pass's timeouts.heartbeat)",
+		enumspb.TIMEOUT_TYPE_START_TO_CLOSE: "activity Retrain of all_pool: it ran past its time limit (a pass's timeouts.activity",
+		enumspb.TIMEOUT_TYPE_HEARTBEAT:      "activity Retrain of all_pool: it sent no heartbeat in time (a pass's timeouts.heartbeat)",
 	} {
 		timeout := fc.ErrorToFailure(temporal.NewTimeoutError(typ, nil))
 		f := &failurepb.Failure{Message: "activity error", Cause: timeout, FailureInfo: &failurepb.Failure_ActivityFailureInfo{
-			ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "Retrain"}, ActivityId: "7"}}}
+			ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "Retrain"}, ActivityId: workflows.MethodStepID("all_pool", "retrain")}}}
 		msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f)))
 		if !strings.HasPrefix(msg, want) {
 			t.Errorf("%s: %q, want %q…", typ, msg, want)

@@ -183,6 +183,24 @@ const cancelWaitsChange = "cancel-waits-methods"
 // before waited for every other method to end first.
 const passCancelledChange = "cancel-waits-pass-only"
 
+// methodIDsChange versions naming a method's steps' activities after it,
+// so that passes started before replay as they ran.
+const methodIDsChange = "method-activity-ids"
+
+// MethodStepID is the activity ID of a method's step (select, guard,
+// retrain, train, evaluate): unique in its pass, and naming the method.
+func MethodStepID(method, step string) string { return method + "/" + step }
+
+// StepMethod is the method a step's activity ID names, or "" for an
+// activity of no method's (numbered by the SDK).
+func StepMethod(activityID string) string {
+	m, _, ok := strings.Cut(activityID, "/")
+	if !ok {
+		return ""
+	}
+	return m
+}
+
 // method runs one method's chain and fills its row.
 func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.EvaluateResult) (methodOut, error) {
 	var a *activities.Activities
@@ -190,6 +208,17 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 	out := methodOut{Row: activities.Method{Method: m}}
 	row := &out.Row
 	stage := func(s string) { c.progress.Methods[m] = s }
+	// A step's activity ID names its method (methodStepID), which the
+	// starter's retry and failure lines show: "Retrain of all_pool".
+	named := workflow.GetVersion(ctx, methodIDsChange, workflow.DefaultVersion, 1) == 1
+	step := func(ctx workflow.Context, name string) workflow.Context {
+		if !named {
+			return ctx
+		}
+		o := workflow.GetActivityOptions(ctx)
+		o.ActivityID = MethodStepID(m, name)
+		return workflow.WithActivityOptions(ctx, o)
+	}
 	var debug *activities.DebugSet
 	var wall float64
 
@@ -216,7 +245,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 			return out, err
 		}
 		stage("select")
-		if err := workflow.ExecuteActivity(cpu, a.SelectRandom, activities.RandomInput{
+		if err := workflow.ExecuteActivity(step(cpu, "select"), a.SelectRandom, activities.RandomInput{
 			Run: c.runID, Method: m, PoolShards: c.plans[activities.Pool].Shards, PoolImages: c.plans[activities.Pool].Images,
 			N: ref.Size, Seed: c.cfg.Seed, ErrorDomain: c.cfg.Selection.ErrorDomain, Similarity: c.models.Similarity,
 			NoPoolRejects: *c.shards.scanRejects == 0, Classes: c.cfg.Classes, Reference: ref.Manifest,
@@ -232,7 +261,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		sel, _ := c.cfg.Selection.Variant(m)
 		stage("select")
 		var picked activities.SelectResult
-		if err := workflow.ExecuteActivity(cpu, a.SelectDebugTrain, activities.SelectInput{
+		if err := workflow.ExecuteActivity(step(cpu, "select"), a.SelectDebugTrain, activities.SelectInput{
 			Run: c.runID, Method: m, Selection: sel, ScanK: c.cfg.ScanK(),
 		}).Get(ctx, &picked); err != nil {
 			return out, err
@@ -245,7 +274,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		if shards > 0 {
 			wall += picked.Seconds
 			stage("guard")
-			if err := workflow.ExecuteActivity(cpu, a.GuardSelection, activities.GuardInput{
+			if err := workflow.ExecuteActivity(step(cpu, "guard"), a.GuardSelection, activities.GuardInput{
 				Run: c.runID, Method: m, Selected: picked.Manifest, Dataset: activities.MethodDataset(m), Shards: shards,
 				Model: c.models.Target, TestShards: c.plans[activities.Test].Shards, HeldoutShards: c.plans[activities.ErrorHeldout].Shards,
 				Dedupe: sel.Dedupe, Leakage: sel.Leakage, ErrorDomain: sel.ErrorDomain, Classes: c.cfg.Classes,
@@ -277,7 +306,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 	case c.cfg.Retrain.Trainer == nil:
 		stage("retrain")
 		var r activities.RetrainResult
-		if err := workflow.ExecuteActivity(cpu, a.Retrain, activities.RetrainInput{
+		if err := workflow.ExecuteActivity(step(cpu, "retrain"), a.Retrain, activities.RetrainInput{
 			Run: c.runID, Method: m, Model: c.models.Target, Classes: c.cfg.Classes,
 			TrainShards: c.plans[activities.Train].Shards, Debug: debug, Recipe: c.cfg.Retrain,
 			Seed: c.cfg.Seed, ErrorDomain: c.cfg.Selection.ErrorDomain, Export: schemas.IsDCD(m),
@@ -296,7 +325,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 	default:
 		stage("train")
 		var r activities.TrainExternalResult
-		if err := workflow.ExecuteActivity(c.trainOptions(ctx), a.TrainExternal, activities.TrainExternalInput{
+		if err := workflow.ExecuteActivity(step(c.trainOptions(ctx), "train"), a.TrainExternal, activities.TrainExternalInput{
 			Run: c.runID, Method: m, Trainer: *c.cfg.Retrain.Trainer, Target: c.models.Target, TargetConfig: c.cfg.Target,
 			Classes: c.cfg.Classes, Recipe: c.cfg.Retrain, Seed: c.cfg.Seed,
 			TrainShards: c.plans[activities.Train].Shards, Debug: debug,
@@ -320,7 +349,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		eval.Scores = &r.Model
 	}
 	stage("evaluate")
-	if err := workflow.ExecuteActivity(cpu, a.Evaluate, eval).Get(ctx, evOut); err != nil {
+	if err := workflow.ExecuteActivity(step(cpu, "evaluate"), a.Evaluate, eval).Get(ctx, evOut); err != nil {
 		return out, err
 	}
 	wall += evOut.Seconds

@@ -379,6 +379,11 @@ func (s *UnitTestSuite) failedMethodEndsThePass(failure error) {
 		s.Empty(written, "eval.json written for a step cancelled")
 		return
 	}
+	// The step's activity names its method, for the starter's lines.
+	var step *temporal.ActivityError
+	if s.True(errors.As(err, &step)) {
+		s.Equal(schemas.MethodDCD, StepMethod(step.ActivityID()))
+	}
 	s.Require().Len(written, 1, "eval.json of the finished methods")
 	ev := written[0]
 	s.True(ev.Incomplete)
