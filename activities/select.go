@@ -389,6 +389,10 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 					want++
 				}
 			}
+			if want == 0 && len(ref) > 0 {
+				// The row's size of 0 says nothing of why otherwise.
+				res.Note = fmt.Sprintf("selection: none of the %d images dcd kept has a weak label that is a class of the target, so random drew none", len(ref))
+			}
 		}
 	}
 	// The rejects first, to know how many images the draw is among.

@@ -630,6 +630,19 @@ func TestSelectRandomInClasses(t *testing.T) {
 		}
 	}
 
+	// A reference none of whose images has a class's label: none drawn,
+	// and the note says why.
+	if err := a.writeSelection(ctx, refKey, ref[:2]); err != nil {
+		t.Fatal(err)
+	}
+	none, err := a.SelectRandom(ctx, RandomInput{Run: "r", Method: "random", PoolShards: 3, PoolImages: 120, N: 2, Seed: 1, Classes: classes, Reference: refKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none.Size != 0 || !strings.Contains(none.Note, "none of the 2 images dcd kept has a weak label that is a class") {
+		t.Errorf("a reference of no class: %d drawn, note %q", none.Size, none.Note)
+	}
+
 	// Of a pool the scan rejected images of, the classes' images are
 	// counted with the rejects: all 38 the scan embedded, none other.
 	sim := scanRejected(t, a, 0, "pool/000.png", "pool/003.png", "pool/004.png")

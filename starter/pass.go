@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -323,7 +324,7 @@ func stepName(activityType, activityID string) string {
 func activityTimeout(e *temporal.TimeoutError) string {
 	switch e.TimeoutType() {
 	case enumspb.TIMEOUT_TYPE_START_TO_CLOSE:
-		return "it ran past its time limit (a pass's timeouts.activity, which steps this long need raised; a pack's steps have 24h)"
+		return "it ran past its time limit (a pass's timeouts.activity; raise it for steps this long)"
 	case enumspb.TIMEOUT_TYPE_HEARTBEAT:
 		return "it sent no heartbeat in time (a pass's timeouts.heartbeat): its worker died, hung or lost the server"
 	case enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START:
@@ -375,10 +376,10 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 		ended := fmt.Errorf("pass %s %s: %s", a.id, strings.ToLower(st.status.String()), failureMessage(err))
 		if data, ev, ok := finishedEval(ctx, a.storage, a.id, st.start); ok {
 			if a.json {
-				e.stdout.Write(data)
+				fmt.Fprintf(e.stdout, "%s\n", bytes.TrimRight(data, "\n"))
 				return ended
 			}
-			fmt.Fprintf(e.stdout, "%s failed; the methods that finished before it did:\n\n", strings.Join(ev.Failed, ", "))
+			fmt.Fprintf(e.stdout, "%v\nthe methods that finished before %s failed:\n\n", ended, strings.Join(ev.Failed, ", "))
 			writeResult(e.stdout, workflows.PassResult{RunID: a.id, Eval: ev, EvalKey: activities.RunKey(a.id, "eval.json")}, a.storage)
 		}
 		return ended

@@ -197,7 +197,7 @@ func TestRetryLine(t *testing.T) {
 		pending("GuardSelection", 4, denied),
 		pending("Report", 5, denied),
 	})
-	want := "Retrain of all_pool is on its try 8; the last failed: it ran past its time limit (a pass's timeouts.activity, which steps this long need raised; a pack's steps have 24h); " +
+	want := "Retrain of all_pool is on its try 8; the last failed: it ran past its time limit (a pass's timeouts.activity; raise it for steps this long); " +
 		`Evaluate is on its try 3; the last failed: store: read "pool/1.png": AccessDenied; and 2 more steps are retrying`
 	if line != want {
 		t.Errorf("retryLine =\n%s\nwant\n%s", line, want)

@@ -40,9 +40,9 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 	}
 	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)",
 		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
-	for _, ds := range []string{activities.Train, activities.Test, activities.ErrorHeldout} {
-		if n := res.SetRejects[ds]; n > 0 {
-			fmt.Fprintf(w, ", %d %s images left out (unreadable)", n, ds)
+	for _, set := range []struct{ ds, name string }{{activities.Train, "train"}, {activities.Test, "test"}, {activities.ErrorHeldout, "E_heldout"}} {
+		if n := res.SetRejects[set.ds]; n > 0 {
+			fmt.Fprintf(w, ", %d %s images left out (unreadable)", n, set.name)
 		}
 	}
 	fmt.Fprint(w, "\n\n")
