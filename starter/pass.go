@@ -285,29 +285,34 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 // field or file and quotes its cause. The causes below it travel too, as
 // nested failures, but alone they lose that context ("exit status 3").
 func failureMessage(err error) string {
-	prefix := ""
 	var act *temporal.ActivityError
 	if errors.As(err, &act) && act.ActivityType() != nil {
-		prefix = "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": "
+		return "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": " + failureCause(err, true)
 	}
+	return failureCause(err, false)
+}
+
+// failureCause is the message of err's deepest cause that has one of its
+// own; of an activity's timeout (activity), the setting that bounds it.
+func failureCause(err error, activity bool) string {
 	last := err
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		switch e := e.(type) {
 		case *temporal.ApplicationError:
 			if e.Message() != "" {
-				return prefix + e.Message()
+				return e.Message()
 			}
 		case *temporal.TimeoutError:
-			if prefix != "" {
-				return prefix + activityTimeout(e)
+			if activity {
+				return activityTimeout(e)
 			}
 			return e.Error()
 		case *temporal.CanceledError, *temporal.TerminatedError, *temporal.PanicError:
-			return prefix + e.Error()
+			return e.Error()
 		}
 		last = e
 	}
-	return prefix + last.Error()
+	return last.Error()
 }
 
 // stepName is an activity's type, and the method whose step it is.

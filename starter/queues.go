@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -203,12 +202,7 @@ func retryLine(pending []*workflowpb.PendingActivityInfo) string {
 			more++
 			continue
 		}
-		err := temporal.GetDefaultFailureConverter().FailureToError(pa.GetLastFailure())
-		why := failureMessage(err)
-		var timeout *temporal.TimeoutError
-		if errors.As(err, &timeout) {
-			why = activityTimeout(timeout)
-		}
+		why := failureCause(temporal.GetDefaultFailureConverter().FailureToError(pa.GetLastFailure()), true)
 		named = append(named, fmt.Sprintf("%s is on its try %d; the last failed: %s", stepName(pa.GetActivityType().GetName(), pa.GetActivityId()), pa.GetAttempt(), why))
 	}
 	if more > 0 {

@@ -134,9 +134,8 @@ func (c *comparison) writeFinished(ctx workflow.Context, ev activities.Eval, fut
 		return
 	}
 	ev.Incomplete = true
-	cpu := cpuOptions(ctx, time.Duration(c.cfg.Timeouts.Heartbeat), time.Duration(c.cfg.Timeouts.Activity))
 	var a *activities.Activities
-	if err := workflow.ExecuteActivity(cpu, a.WriteEval, activities.WriteEvalInput{Run: c.runID, Eval: ev}).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(c.cpu(ctx), a.WriteEval, activities.WriteEvalInput{Run: c.runID, Eval: ev}).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Warn("the finished methods' eval.json was not written", "run", c.runID, "error", err)
 	}
 }
