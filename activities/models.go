@@ -43,13 +43,13 @@ func exposed(tensors, names []string) []string {
 // fillPreprocess completes p from the model's image input: an empty layout
 // and zero channels, height and width are read from its shape, and the
 // sizes the config gives must match the shape where it is fixed.
-func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (preprocess.Spec, error) {
+func fillPreprocess(field modelField, path string, in ortrun.IO, p preprocess.Spec) (preprocess.Spec, error) {
 	shape := []int64(in.Dimensions)
 	if !ortrun.IsFloat32(in) {
-		return p, invalid("config: %s.input: model %q input %q is %s, but DCD feeds images as float32 tensors", field, path, in.Name, in.String())
+		return p, invalid("config: %s: model %q input %q is %s, but DCD feeds images as float32 tensors", field.sub("input"), path, in.Name, in.String())
 	}
 	if len(shape) != 4 {
-		return p, invalid("config: %s.input: model %q input %q has shape %v, but DCD feeds images as [N,C,H,W] (NCHW) or [N,H,W,C] (NHWC)", field, path, in.Name, shape)
+		return p, invalid("config: %s: model %q input %q has shape %v, but DCD feeds images as [N,C,H,W] (NCHW) or [N,H,W,C] (NHWC)", field.sub("input"), path, in.Name, shape)
 	}
 	layout := strings.ToUpper(strings.TrimSpace(p.Layout))
 	if layout == "" {
@@ -76,18 +76,18 @@ func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (prepro
 	}{{"channels", &p.Channels, shape[c]}, {"height", &p.Height, shape[h]}, {"width", &p.Width, shape[w]}} {
 		switch {
 		case *f.v == 0 && f.d <= 0:
-			return p, invalid("config: %s.preprocess.%s: model %q input %q has a dynamic %s (shape %v), so the config must set it", field, f.name, path, in.Name, f.name, shape)
+			return p, invalid("config: %s: model %q input %q has a dynamic %s (shape %v), so the config must set it", field.sub("preprocess."+f.name), path, in.Name, f.name, shape)
 		case *f.v == 0:
 			*f.v = int(f.d)
 		case f.d > 0 && int64(*f.v) != f.d:
-			return p, invalid("config: %s.preprocess.%s is %d, but model %q input %q has shape %v, which as %s has %s %d", field, f.name, *f.v, path, in.Name, shape, layout, f.name, f.d)
+			return p, invalid("config: %s is %d, but model %q input %q has shape %v, which as %s has %s %d", field.sub("preprocess."+f.name), *f.v, path, in.Name, shape, layout, f.name, f.d)
 		}
 	}
 	if p.Channels != 1 && p.Channels != 3 {
-		return p, invalid("config: %s.preprocess: model %q input %q has shape %v, which as %s has %d channels, but DCD feeds 1 or 3 (is the layout right?)", field, path, in.Name, shape, layout, p.Channels)
+		return p, invalid("config: %s: model %q input %q has shape %v, which as %s has %d channels, but DCD feeds 1 or 3 (is the layout right?)", field.sub("preprocess"), path, in.Name, shape, layout, p.Channels)
 	}
 	if err := p.Validate(); err != nil {
-		return p, invalid("config: %s.preprocess: %v (model %q input %q has shape %v)", field, err, path, in.Name, shape)
+		return p, invalid("config: %s: %v (model %q input %q has shape %v)", field.sub("preprocess"), err, path, in.Name, shape)
 	}
 	if p.Channels == 1 {
 		p.Order = "" // one channel has no order: the digest is the same without it
@@ -99,14 +99,14 @@ func fillPreprocess(field, path string, in ortrun.IO, p preprocess.Spec) (prepro
 // will prepare every image, and returns the values per image of each
 // output. It proves that the model accepts the preprocessing and a batch,
 // and that every output is float32 with the batch first.
-func (a *Activities) probe(field, path string, model []byte, spec features.Spec, names []string, batch int) ([]int, error) {
+func (a *Activities) probe(field modelField, path string, model []byte, spec features.Spec, names []string, batch int) ([]int, error) {
 	var opt ortrun.Options
 	if a.Sessions != nil {
 		opt = a.Sessions.opt
 	}
 	s, err := a.Sessions.open(path, model, []string{spec.Input}, names, opt)
 	if err != nil {
-		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("config: %s.path: %v", field, err), "ModelLoad", err)
+		return nil, temporal.NewNonRetryableApplicationError(fmt.Sprintf("config: %s: %v", field.sub("path"), err), "ModelLoad", err)
 	}
 	defer s.Close()
 	p := spec.Preprocess
@@ -121,7 +121,7 @@ func (a *Activities) probe(field, path string, model []byte, spec features.Spec,
 	x := make([]float32, n*p.Size())
 	for i := range n {
 		if err := p.Fill(x[i*p.Size():(i+1)*p.Size()], gray); err != nil {
-			return nil, invalid("config: %s.preprocess: %v", field, err)
+			return nil, invalid("config: %s: %v", field.sub("preprocess"), err)
 		}
 	}
 	shape := []int64{int64(n), int64(p.Channels), int64(p.Height), int64(p.Width)}
@@ -130,12 +130,12 @@ func (a *Activities) probe(field, path string, model []byte, spec features.Spec,
 	}
 	outs, err := s.Run(ortrun.Tensor{Shape: shape, Floats: x})
 	if err != nil {
-		return nil, invalid("config: %s: model %q fails on a batch of %d images shaped %v: %v", field, path, n, shape, err)
+		return nil, invalid("config: %s: model %q fails on a batch of %d images shaped %v: %v", field.sub(""), path, n, shape, err)
 	}
 	dims := make([]int, len(outs))
 	for o, t := range outs {
 		if t.Floats == nil || len(t.Shape) == 0 || t.Shape[0] != int64(n) || len(t.Floats) == 0 {
-			return nil, invalid("config: %s.%s: model %q tensor %q has shape %v for a batch of %d images; DCD wants float32 values with the batch first, [N, ...]", field, spec.Columns[o], path, spec.Outputs[o], t.Shape, n)
+			return nil, invalid("config: %s: model %q tensor %q has shape %v for a batch of %d images; DCD wants float32 values with the batch first, [N, ...]", field.sub(spec.Columns[o]), path, spec.Outputs[o], t.Shape, n)
 		}
 		dims[o] = len(t.Floats) / n
 	}
@@ -197,10 +197,36 @@ func outputError(err error, shard string) error {
 	return nil
 }
 
+// modelField names the config field a model check's failure is about: a
+// config's model is a field of its own (target.path, similarity.input …);
+// the model an external trainer wrote is no field, is fed as the target
+// is, and gives the scores retrain.trainer.output names.
+type modelField struct {
+	name    string // target, similarity
+	trainer bool
+}
+
+// sub names the field's sub-field s: path, input, preprocess[.x], an
+// output's column, or "" for the model as a whole.
+func (f modelField) sub(s string) string {
+	switch {
+	case !f.trainer && s == "":
+		return f.name
+	case !f.trainer:
+		return f.name + "." + s
+	case s == "input" || strings.HasPrefix(s, "preprocess"):
+		return "target." + s + " (the trainer's model is fed as the target is)"
+	case s == "path" || s == "":
+		return "retrain.trainer (the model it wrote)"
+	default:
+		return "retrain.trainer.output"
+	}
+}
+
 // checkModelSpec completes a model's spec from the model and checks that it
 // runs: outputs names the tensors read and columns the config field (and
 // feature column) of each.
-func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, sum string, ins []ortrun.IO, input string, outputs, columns []string) (ModelRef, error) {
+func (a *Activities) checkModelSpec(field modelField, m schemas.Model, data []byte, sum string, ins []ortrun.IO, input string, outputs, columns []string) (ModelRef, error) {
 	i := slices.IndexFunc(ins, func(io ortrun.IO) bool { return io.Name == input })
 	pre, err := fillPreprocess(field, m.Path, ins[i], m.Preprocess)
 	if err != nil {
@@ -211,10 +237,10 @@ func (a *Activities) checkModelSpec(field string, m schemas.Model, data []byte, 
 		var miss *onnx.MissingTensorError
 		if errors.As(err, &miss) {
 			o := slices.Index(outputs, miss.Tensor)
-			return ModelRef{}, invalid("config: %s.%s: model %q has no tensor %q; it may name a graph output or any node's output, such as %s",
-				field, columns[o], m.Path, miss.Tensor, onnx.FormatOutputs(miss.Candidates))
+			return ModelRef{}, invalid("config: %s: model %q has no tensor %q; it may name a graph output or any node's output, such as %s",
+				field.sub(columns[o]), m.Path, miss.Tensor, onnx.FormatOutputs(miss.Candidates))
 		}
-		return ModelRef{}, invalid("config: %s.path: %q: %v", field, m.Path, err)
+		return ModelRef{}, invalid("config: %s: %q: %v", field.sub("path"), m.Path, err)
 	}
 	spec := features.Spec{
 		ModelDigest: sum, Input: input, Outputs: outputs, Columns: columns, Preprocess: pre,

@@ -48,7 +48,7 @@ type CheckModelsResult struct {
 // model once to learn each output's values per image, so a wrong name or
 // size fails before any image is read.
 func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (CheckModelsResult, error) {
-	target, err := a.checkModel(ctx, "target", in.Target, []string{in.Target.Features, in.Target.Logits}, []string{"features", "logits"})
+	target, err := a.checkModel(ctx, modelField{name: "target"}, in.Target, []string{in.Target.Features, in.Target.Logits}, []string{"features", "logits"})
 	if err != nil {
 		return CheckModelsResult{}, err
 	}
@@ -63,16 +63,16 @@ func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (Chec
 	res := CheckModelsResult{Target: target, Similarity: target}
 	if in.Similarity != nil {
 		s := *in.Similarity
-		res.Similarity, err = a.checkModel(ctx, "similarity", s, []string{s.Features}, []string{"features"})
+		res.Similarity, err = a.checkModel(ctx, modelField{name: "similarity"}, s, []string{s.Features}, []string{"features"})
 	}
 	return res, err
 }
 
-func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Model, outputs, columns []string) (ModelRef, error) {
+func (a *Activities) checkModel(ctx context.Context, field modelField, m schemas.Model, outputs, columns []string) (ModelRef, error) {
 	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {
 		if settingUnread(ctx, err) {
-			return ModelRef{}, invalid("config: %s.path: cannot read model %q: %v", field, m.Path, err)
+			return ModelRef{}, invalid("config: %s: cannot read model %q: %v", field.sub("path"), m.Path, err)
 		}
 		return ModelRef{}, err
 	}
@@ -87,17 +87,17 @@ func (a *Activities) checkModel(ctx context.Context, field string, m schemas.Mod
 	}
 	ins, _, err := ortrun.Describe(data)
 	if err != nil {
-		return ModelRef{}, invalid("config: %s.path: %q is not an ONNX model ONNX Runtime can load: %v", field, m.Path, err)
+		return ModelRef{}, invalid("config: %s: %q is not an ONNX model ONNX Runtime can load: %v", field.sub("path"), m.Path, err)
 	}
 	input := m.Input
 	if input == "" {
 		if len(ins) != 1 {
-			return ModelRef{}, invalid("config: %s.input: model %q has %d inputs, name the image input", field, m.Path, len(ins))
+			return ModelRef{}, invalid("config: %s: model %q has %d inputs, name the image input", field.sub("input"), m.Path, len(ins))
 		}
 		input = ins[0].Name
 	}
 	if !slices.ContainsFunc(ins, func(io ortrun.IO) bool { return io.Name == input }) {
-		return ModelRef{}, invalid("config: %s.input: model %q has no input %q (inputs: %s)", field, m.Path, input, names(ins))
+		return ModelRef{}, invalid("config: %s: model %q has no input %q (inputs: %s)", field.sub("input"), m.Path, input, names(ins))
 	}
 	ref, err := a.checkModelSpec(field, m, data, sum, ins, input, outputs, columns)
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,7 +89,7 @@ func flattenModel(t *testing.T, a *Activities, name string) ModelRef {
 	if err := a.Bucket.WriteAll(ctx, path, model, nil); err != nil {
 		t.Fatal(err)
 	}
-	m, err := a.checkModel(ctx, "target", schemas.Model{Path: path, Input: "image", Features: "features",
+	m, err := a.checkModel(ctx, modelField{name: "target"}, schemas.Model{Path: path, Input: "image", Features: "features",
 		Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, []string{"features"}, []string{"features"})
 	if err != nil {
 		t.Fatal(err)
@@ -339,5 +340,36 @@ func TestWhileMovingStopsOnAStall(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if calls.Load() == n {
 		t.Error("no call after the work moved again")
+	}
+}
+
+// A trainer's model that fails its check is named as the trainer's, and
+// the fields it was checked against as the config's: it is no config
+// field of its own (there is no retrain.trainer.output.path).
+func TestTrainerModelChecksNameTheTrainer(t *testing.T) {
+	a := sessionActivities(t)
+	ctx := context.Background()
+	flattenModel(t, a, "flatten")
+	trainer := modelField{trainer: true}
+	put(t, a, "runs/r/methods/dcd/model.onnx", []byte("not a model"))
+	for _, c := range []struct {
+		model  schemas.Model
+		output string
+		want   string
+	}{
+		{schemas.Model{Path: "runs/r/methods/dcd/model.onnx"}, "logits",
+			`config: retrain.trainer (the model it wrote): "runs/r/methods/dcd/model.onnx" is not an ONNX model`},
+		{schemas.Model{Path: "models/flatten.onnx", Input: "image", Preprocess: preprocess.Spec{Channels: 1, Height: 2, Width: 2}}, "logits",
+			`config: retrain.trainer.output: model "models/flatten.onnx" has no tensor "logits"`},
+		{schemas.Model{Path: "models/flatten.onnx", Input: "pixels"}, "features",
+			`config: target.input (the trainer's model is fed as the target is): model "models/flatten.onnx" has no input "pixels"`},
+		{schemas.Model{Path: "models/flatten.onnx", Input: "image", Preprocess: preprocess.Spec{Channels: 1, Height: 3, Width: 2}}, "features",
+			`config: target.preprocess.height (the trainer's model is fed as the target is) is 3, but model "models/flatten.onnx"`},
+	} {
+		c.model.Features = c.output
+		_, err := a.checkModel(ctx, trainer, c.model, []string{c.output}, []string{"logits"})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.model, err, c.want)
+		}
 	}
 }

@@ -138,7 +138,7 @@ func (a *Activities) TrainExternal(ctx context.Context, in TrainExternalInput) (
 			"retrain.trainer.command %q exited 0 but wrote no model at %s, where {model} said; see its log, %s", argv[0], modelKey, res.LogKey), "TrainerFailed", nil)
 	}
 
-	m, err := a.checkModel(ctx, "retrain.trainer.output", schemas.Model{
+	m, err := a.checkModel(ctx, modelField{trainer: true}, schemas.Model{
 		Path: modelKey, Input: in.Target.Spec.Input, Features: in.Trainer.Output, Preprocess: in.Target.Spec.Preprocess,
 	}, []string{in.Trainer.Output}, []string{"logits"})
 	if err != nil {
