@@ -334,8 +334,13 @@ func RunKey(run, name string) string { return "runs/" + run + "/" + name }
 
 // invalid is a non-retryable error for input that no retry can fix.
 func invalid(format string, args ...any) error {
-	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), "InvalidInput", nil)
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), InvalidInput, nil)
 }
+
+// InvalidInput is the type of the error that fails a pass over its
+// config or data: its message names the field, file or image, so the
+// step that found it adds nothing.
+const InvalidInput = "InvalidInput"
 
 // offClass is the error of an image of dataset ds whose label is none of
 // the classes, which fails the pass where the set's labels must be classes.

@@ -284,8 +284,14 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 // (the workflow's, the activity's, a child's): DCD's own, which names the
 // field or file and quotes its cause. The causes below it travel too, as
 // nested failures, but alone they lose that context ("exit status 3").
+// Bad input is not named after the step that found it: its message names
+// the field or image, and a local activity's failure names no step.
 func failureMessage(err error) string {
 	var act *temporal.ActivityError
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) && app.Type() == activities.InvalidInput {
+		return failureCause(err, true)
+	}
 	if errors.As(err, &act) && act.ActivityType() != nil {
 		return "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": " + failureCause(err, true)
 	}

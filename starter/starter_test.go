@@ -446,6 +446,18 @@ func TestFailureMessage(t *testing.T) {
 	}
 }
 
+// Bad input found by an activity is not named after it: CheckApart, a
+// local activity, gives no name, and CheckTrainApart's check is the same.
+func TestFailureMessageBadInput(t *testing.T) {
+	fc := temporal.GetDefaultFailureConverter()
+	sent := fc.ErrorToFailure(temporal.NewNonRetryableApplicationError("data.train: image a.png is also in data.error_heldout", activities.InvalidInput, nil))
+	f := &failurepb.Failure{Message: "activity error", Cause: sent, FailureInfo: &failurepb.Failure_ActivityFailureInfo{
+		ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "CheckTrainApart"}, ActivityId: "7"}}}
+	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); msg != "data.train: image a.png is also in data.error_heldout" {
+		t.Errorf("failureMessage = %q, want the bad input's message alone", msg)
+	}
+}
+
 // An activity that timed out on its last try is named with its method
 // and the setting that bounds it, once, not the server's text twice.
 func TestFailureMessageTimeout(t *testing.T) {
