@@ -79,15 +79,19 @@ func withChildren(p workflows.Progress, children map[string]workflows.ShardsResu
 	return p
 }
 
-// statusLine is a pass's progress on one line.
-func statusLine(p workflows.Progress, now time.Time) string {
+// statusLine is a pass's progress on one line; rate is its images/s of
+// late, or < 0 for its average since it began.
+func statusLine(p workflows.Progress, now time.Time, rate float64) string {
 	elapsed := time.Duration(0)
 	if !p.Started.IsZero() && now.After(p.Started) {
 		elapsed = now.Sub(p.Started)
 	}
-	rate := 0.0
-	if s := elapsed.Seconds(); s >= 1 {
-		rate = float64(p.Images) / s
+	rateUnit := "images/s"
+	if rate < 0 {
+		rate, rateUnit = 0, "images/s since start"
+		if s := elapsed.Seconds(); s >= 1 {
+			rate = float64(p.Images) / s
+		}
 	}
 	total := "?"
 	if p.ShardsTotal > 0 {
@@ -97,8 +101,8 @@ func statusLine(p workflows.Progress, now time.Time) string {
 	if phase == "" {
 		phase = "starting"
 	}
-	line := fmt.Sprintf("%-13s | shards %d/%s | %d images | %.0f images/s | %d rejects | %d cached shards | %s",
-		phase, p.ShardsDone, total, p.Images, rate, p.Rejects, p.CachedShards, elapsed.Round(time.Second))
+	line := fmt.Sprintf("%-13s | shards %d/%s | %d images | %.0f %s | %d rejects | %d cached shards | %s",
+		phase, p.ShardsDone, total, p.Images, rate, rateUnit, p.Rejects, p.CachedShards, elapsed.Round(time.Second))
 	if len(p.Methods) > 0 { // the comparison, the longest phase: where each method is
 		var stages []string
 		for _, m := range slices.Sorted(maps.Keys(p.Methods)) {
@@ -125,11 +129,47 @@ func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.
 // A progress is a workflow's progress line at a time.
 type progress func(ctx context.Context, now time.Time) (string, error)
 
+// rateWindow is how far back a watch's images/s looks. The pass's
+// average since it began says little of now: it falls while the pass
+// does anything but embed (a step retried, the comparison on cached
+// features).
+const rateWindow = 10 * time.Second
+
+// passProgress gives a pass's lines, with its images/s of late.
 func passProgress(c client.Client, id string) progress {
+	var r recentRate
 	return func(ctx context.Context, now time.Time) (string, error) {
 		p, err := fetchProgress(ctx, c, id)
-		return statusLine(p, now), err
+		if err != nil {
+			return statusLine(p, now, -1), err
+		}
+		return statusLine(p, now, r.add(now, p.Images)), nil
 	}
+}
+
+// recentRate is the images/s over the last rateWindow of a watch's
+// samples, once they span half of it (< 0 before: the average since the
+// start is shown then).
+type recentRate []struct {
+	at     time.Time
+	images int
+}
+
+func (r *recentRate) add(now time.Time, images int) float64 {
+	*r = append(*r, struct {
+		at     time.Time
+		images int
+	}{now, images})
+	for len(*r) > 1 && now.Sub((*r)[1].at) >= rateWindow {
+		*r = (*r)[1:]
+	}
+	first := (*r)[0]
+	if now.Sub(first.at) < rateWindow/2 {
+		return -1
+	}
+	// A chain that did not answer leaves its images out for a line: no
+	// rate below none.
+	return max(0, float64(images-first.images)/now.Sub(first.at).Seconds())
 }
 
 func packProgress(c client.Client, id string) progress {

@@ -309,19 +309,46 @@ func TestStatusLine(t *testing.T) {
 	// its images count, its rejects do not.
 	p = withChildren(p, map[string]workflows.ShardsResult{"r/pool/0": {Shards: 5, Images: 1000, Rejects: 2, Cached: 1}, "r/pool/1": {Shards: 1, Images: 100},
 		"r/pool-target/0": {Shards: 1, Images: 100, Rejects: 2}})
-	got := statusLine(p, start.Add(100*time.Second))
-	want := "scan pool     | shards 17/40 | 3200 images | 32 images/s | 3 rejects | 4 cached shards | 1m40s"
+	got := statusLine(p, start.Add(100*time.Second), -1)
+	want := "scan pool     | shards 17/40 | 3200 images | 32 images/s since start | 3 rejects | 4 cached shards | 1m40s"
 	if got != want {
 		t.Errorf("statusLine =\n%q\nwant\n%q", got, want)
 	}
-	got = statusLine(workflows.Progress{Phase: "plan", Started: start}, start)
+	if got := statusLine(p, start.Add(100*time.Second), 7.4); !strings.Contains(got, "| 7 images/s |") {
+		t.Errorf("statusLine of a watch = %q, want its rate of late", got)
+	}
+	got = statusLine(workflows.Progress{Phase: "plan", Started: start}, start, -1)
 	if !strings.Contains(got, "shards 0/?") || !strings.Contains(got, "0 images/s") {
 		t.Errorf("statusLine before planning = %q", got)
 	}
 	// In the comparison, where each method is.
-	got = statusLine(workflows.Progress{Phase: "compare", Started: start, Methods: map[string]string{"random": "embed", "dcd": "retrain", "none": "done"}}, start)
+	got = statusLine(workflows.Progress{Phase: "compare", Started: start, Methods: map[string]string{"random": "embed", "dcd": "retrain", "none": "done"}}, start, -1)
 	if !strings.HasSuffix(got, " | dcd retrain, none done, random embed") {
 		t.Errorf("statusLine in the comparison = %q", got)
+	}
+}
+
+// A watch's images/s is of its last ten seconds: a pass that embedded
+// fast and then retries a step soon shows none, not its falling average.
+func TestRecentRate(t *testing.T) {
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	var r recentRate
+	want := map[int]float64{0: -1, 4: -1, 5: 1000, 6: 1000, 11: 500, 16: 0, 18: 10}
+	for s := 0; s <= 18; s++ {
+		images := 1000 * min(s, 6) // embeds for 6 s, then retries a step
+		if s == 17 {
+			images -= 100 // a chain did not answer
+		}
+		if s == 18 {
+			images += 100
+		}
+		got := r.add(start.Add(time.Duration(s)*time.Second), images)
+		if w, ok := want[s]; ok && got != w {
+			t.Errorf("at %ds, %d images: %v images/s, want %v", s, images, got, w)
+		}
+		if s == 17 && got != 0 {
+			t.Errorf("at %ds, a chain's images left out: %v images/s, want 0", s, got)
+		}
 	}
 }
 
