@@ -121,17 +121,21 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 	return nil
 }
 
-// packLine is a pack's progress on one line.
-func packLine(p workflows.PackResult, now time.Time) string {
+// packLine is a pack's progress on one line; rate is its images/s of
+// late, or < 0 for its average since it began.
+func packLine(p workflows.PackResult, now time.Time, rate float64) string {
 	if p.Archives == 0 {
 		return "listing the dataset"
 	}
-	elapsed, rate := now.Sub(p.Started), 0.0
-	if s := elapsed.Seconds(); s >= 1 {
-		rate = float64(p.Packed+p.Skipped) / s
+	elapsed, rateUnit := now.Sub(p.Started), "images/s"
+	if rate < 0 {
+		rate, rateUnit = 0, "images/s since start"
+		if s := elapsed.Seconds(); s >= 1 {
+			rate = float64(p.Packed+p.Skipped) / s
+		}
 	}
-	return fmt.Sprintf("archives %d/%d | %d of %d images packed | %d skipped | %.0f images/s | %s",
-		p.Done, p.Archives, p.Packed, p.Images, p.Skipped, rate, elapsed.Round(time.Second))
+	return fmt.Sprintf("archives %d/%d | %d of %d images packed | %d skipped | %.0f %s | %s",
+		p.Done, p.Archives, p.Packed, p.Images, p.Skipped, rate, rateUnit, elapsed.Round(time.Second))
 }
 
 // samePack checks that the workflow running as a.id packs what a asks for,

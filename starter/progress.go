@@ -135,7 +135,8 @@ type progress func(ctx context.Context, now time.Time) (string, error)
 // features).
 const rateWindow = 10 * time.Second
 
-// passProgress gives a pass's lines, with its images/s of late.
+// passProgress gives a pass's lines, with its images/s of late (a
+// watch's; status's single look has the average).
 func passProgress(c client.Client, id string) progress {
 	var r recentRate
 	return func(ctx context.Context, now time.Time) (string, error) {
@@ -173,10 +174,13 @@ func (r *recentRate) add(now time.Time, images int) float64 {
 }
 
 func packProgress(c client.Client, id string) progress {
+	var r recentRate
 	return func(ctx context.Context, now time.Time) (string, error) {
 		var p workflows.PackResult
-		err := query(ctx, c, id, &p)
-		return packLine(p, now), err
+		if err := query(ctx, c, id, &p); err != nil {
+			return packLine(p, now, -1), err
+		}
+		return packLine(p, now, r.add(now, p.Packed+p.Skipped)), nil
 	}
 }
 
