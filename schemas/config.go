@@ -226,7 +226,16 @@ func LoadConfig(path string) (Config, error) {
 	} else {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
-		decode = dec.Decode
+		decode = func(v any) error {
+			if err := dec.Decode(v); err != nil {
+				return err
+			}
+			var n yaml.Node // the first document, as decoded
+			if err := yaml.Unmarshal(b, &n); err != nil {
+				return err
+			}
+			return checkYAMLWholeNumbers(&n, "", reflect.TypeOf(v))
+		}
 		more = func() bool { // an empty document ("---" at the end) is nothing
 			for {
 				var n yaml.Node

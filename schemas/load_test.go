@@ -52,6 +52,36 @@ func TestLoadConfigFormats(t *testing.T) {
 // does: a key given twice in one object, at any depth and in a map of
 // variants (the last one would win), and a key that names a field only
 // in another case. Each error names the key's path and the fix.
+// A fraction given for a whole number is refused in YAML, as in JSON:
+// yaml.v3 would cut k: 2.9 to 2 and k: 0.5 to 0, the default.
+func TestLoadConfigYAMLWholeNumbers(t *testing.T) {
+	dir := t.TempDir()
+	for i, c := range []struct{ text, want string }{
+		{"name: x\nselection:\n  k: 2.9\n", `line 3: selection.k: 2.9 is not a whole number`},
+		{"selection: {k: 0.5}", `selection.k: 0.5 is not a whole number`},
+		{"seed: 1.5", `seed: 1.5 is not a whole number`},
+		{"selection:\n  variants:\n    wide: {budget: 10.25}\n", `line 3: selection.variants.wide.budget: 10.25 is not a whole number`},
+		{"target:\n  preprocess: {height: 27.5}\n", `target.preprocess.height: 27.5 is not a whole number`},
+		{"selection:\n  threshold: &t 2.5\n  k: *t\n", `selection.k: 2.5 is not a whole number`},
+	} {
+		p := filepath.Join(dir, fmt.Sprintf("%d.yaml", i))
+		if err := os.WriteFile(p, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%q: %v, want an error naming the file and %q", c.text, err, c.want)
+		}
+	}
+	// Whole numbers however written, and fractions where they belong.
+	p := filepath.Join(dir, "ok.yaml")
+	os.WriteFile(p, []byte("selection: {k: 20.0, threshold: 0.5}\nseed: 1e3\n"), 0o644)
+	c, err := LoadConfig(p)
+	if err != nil || c.Selection.K != 20 || c.Seed != 1000 {
+		t.Errorf("whole numbers written as floats: %+v, %v", c.Selection, err)
+	}
+}
+
 func TestLoadConfigJSONKeys(t *testing.T) {
 	dir := t.TempDir()
 	for i, c := range []struct{ text, want string }{
