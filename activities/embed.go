@@ -482,7 +482,7 @@ const MaxImageBytes = dataset.MaxImageBytes
 func unreadable(err error) error {
 	switch {
 	case store.CredentialsRefused(err):
-		return fmt.Errorf("the store refused the worker's credentials (fix them; no image is rejected for it): %w", err)
+		return fmt.Errorf("the worker's credentials were refused or not found (fix them; no image is rejected for it): %w", err)
 	case errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrPastEnd):
 		// The file is there to read, and no image: a reject as a file
 		// that does not decode is, not one the worker may not read

@@ -343,7 +343,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			case store.CredentialsRefused(err):
 				// Not the image's fault: skipped, it would stay skipped
 				// in an archive marked whole once they were fixed.
-				return fmt.Errorf("dataset: pack: read %q: the store refused the worker's credentials (fix them and pack again; no image is skipped for it): %w", it.Key, err)
+				return fmt.Errorf("dataset: pack: read %q: the worker's credentials were refused or not found (fix them and pack again; no image is skipped for it): %w", it.Key, err)
 			case errors.Is(err, store.ErrTooLarge):
 				a.res.Skipped = append(a.res.Skipped, Skip{it.ID, it.Key, fmt.Sprintf("over %d MiB: not read as an image", MaxImageBytes>>20)})
 			case store.Permanent(err):

@@ -456,7 +456,7 @@ func TestPackEdges(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = src3.PackArchive(ctx, "refused", 1, items[3:6], 3, nil)
-	if err == nil || !strings.Contains(err.Error(), "refused the worker's credentials") {
+	if err == nil || !strings.Contains(err.Error(), "the worker's credentials were refused or not found") {
 		t.Fatalf("packing with refused credentials: %v", err)
 	}
 	if got := objects(t, b, "refused"); got["000001.sources.csv"] != "" || got["000001.skipped.csv"] != "" {

@@ -452,6 +452,44 @@ func TestCutBodyTransient(t *testing.T) {
 
 // A profile's max_attempts sets the S3 client's tries when
 // AWS_MAX_ATTEMPTS does not, as in the SDK, the URL's profile first.
+// A worker with no credentials, on a host whose metadata service refuses
+// the SDK a role (403), is refused its credentials: that 403 is not the
+// object's, and no image may be rejected for it.
+func TestS3NoCredentialsRefused(t *testing.T) {
+	ctx := context.Background()
+	url, requests := failingS3(t, http.StatusNotFound, "NoSuchKey")
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	t.Cleanup(imds.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.URL)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+	b, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = ReadAll(ctx, b, "m.csv")
+	if err == nil || !CredentialsRefused(err) || requests.Load() != 0 {
+		t.Errorf("read without credentials: CredentialsRefused %v (%v), %d requests reached the bucket; want true, none", CredentialsRefused(err), err, requests.Load())
+	}
+	// The bucket's own 404, with credentials, is the object's.
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake-access")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+	b2, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if _, err = ReadAll(ctx, b2, "m.csv"); err == nil || CredentialsRefused(err) || !Permanent(err) {
+		t.Errorf("a missing object: CredentialsRefused %v, Permanent %v (%v); want false, true", CredentialsRefused(err), Permanent(err), err)
+	}
+}
+
 func TestS3ProfileMaxAttempts(t *testing.T) {
 	ctx := context.Background()
 	url, requests := failingS3(t, http.StatusServiceUnavailable, "ServiceUnavailable")

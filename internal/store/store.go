@@ -260,7 +260,8 @@ func s3Passing(err error) bool {
 
 // CredentialsRefused reports whether err is the store refusing the
 // worker's credentials themselves (an unknown key, a bad signature, an
-// expired SAS token), not access to one object: every later request fails
+// expired SAS token), or the worker finding none to send, not access to
+// one object: every later request fails
 // the same way until they are fixed, so an image read with them is not
 // that image's fault. Permanent still holds for it.
 func CredentialsRefused(err error) bool {
@@ -281,7 +282,25 @@ func CredentialsRefused(err error) bool {
 			return true
 		}
 	}
-	return httpStatus(err) == http.StatusUnauthorized
+	return credentialsNotFetched(err) || httpStatus(err) == http.StatusUnauthorized
+}
+
+// credentialsNotFetched reports whether err is the AWS SDK failing to
+// fetch the worker's credentials from another service (EC2's metadata
+// service, STS, SSO) before any request reached the bucket: that
+// service's 403 ("no EC2 IMDS role found") would pass for the object's.
+// errors.As would stop at the S3 operation's own error, above it.
+func credentialsNotFetched(err error) bool {
+	if op, ok := err.(interface{ Service() string }); ok && op.Service() != "S3" { // smithy-go's OperationError
+		return true
+	}
+	switch e := err.(type) {
+	case interface{ Unwrap() error }:
+		return credentialsNotFetched(e.Unwrap())
+	case interface{ Unwrap() []error }: // gocloud's errors
+		return slices.ContainsFunc(e.Unwrap(), credentialsNotFetched)
+	}
+	return false
 }
 
 // ErrPastEnd is the error of a range read past the object's end: the object
