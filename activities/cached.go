@@ -30,6 +30,8 @@ type CachedShardsInput struct {
 	// Keyed has a shard that writes its own partial write it under Scan
 	// (TopKKey), as the pass's MergeTopK then reads it.
 	Keyed bool `json:",omitempty"`
+	// Reread is EmbedShardInput's.
+	Reread bool `json:",omitempty"`
 }
 
 // CachedShardsResult is each shard's lookup, in order: EmbedShard's result
@@ -67,7 +69,7 @@ func (a *Activities) CachedShards(ctx context.Context, in CachedShardsInput) (Ca
 					err = fmt.Errorf("activities: look up %s: %v", ShardKey(in.Run, in.Dataset, in.First+i), p)
 				}
 			}()
-			own := EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true}
+			own := EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: in.First + i, Model: in.Model, K: in.K, CachedOnly: true, Reread: in.Reread}
 			if in.Keyed {
 				own.Scan = in.Scan
 			}

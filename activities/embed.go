@@ -42,6 +42,9 @@ type EmbedShardInput struct {
 	CachedOnly bool
 	// Scan names the scan the search's partial is of (TopKShardInput).
 	Scan string `json:",omitempty"`
+	// Reread reads again a cached entry's images recorded as unreadable
+	// whatever the dataset (entryRejects): the pool's and train's too.
+	Reread bool `json:",omitempty"`
 }
 
 // EmbedShardResult says where the features are and how the work went.
@@ -138,13 +141,13 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 			}
 		}()
 	}
-	rejects, ok, fixed, err := a.entryRejects(ctx, in.Dataset, key)
+	rejects, ok, fixed, err := a.entryRejects(ctx, in.Dataset, key, in.Reread)
 	if reads != nil && (err != nil || !ok) { // no entry to read: not yet, or never
 		reads.abandon()
 		reads = nil
 	}
 	if err == nil && !ok && !fixed {
-		rejects, ok, err = a.narrowCached(ctx, in.Dataset, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
+		rejects, ok, err = a.narrowCached(ctx, in.Dataset, in.Reread, in.Model, shardKey, shard.Digest(), key, len(shard.Items))
 	}
 	if err != nil {
 		return res, err
@@ -338,9 +341,10 @@ var errWorkerStopping = errors.New("the worker is stopping: the shard goes on fr
 // what embedding again and storing float16 would, for a read and a write
 // instead of the model, so a pool cached as float32 switches to float16
 // without being embedded again. It returns the entry's rejects and whether
-// it made one. m is the model, and shardKey the shard, of images images,
-// that errors name.
-func (a *Activities) narrowCached(ctx context.Context, ds string, m ModelRef, shardKey, shardDigest, key string, images int) ([]embed.Reject, bool, error) {
+// it made one (its rejects read again as entryRejects does, for ds and
+// reread). m is the model, and shardKey the shard, of images images, that
+// errors name.
+func (a *Activities) narrowCached(ctx context.Context, ds string, reread bool, m ModelRef, shardKey, shardDigest, key string, images int) ([]embed.Reject, bool, error) {
 	spec := m.Spec
 	if spec.StoredAs != schemas.Float16 {
 		return nil, false, nil
@@ -348,7 +352,7 @@ func (a *Activities) narrowCached(ctx context.Context, ds string, m ModelRef, sh
 	wide := spec
 	wide.StoredAs = ""
 	src := features.Key(wide, shardDigest)
-	rejects, ok, _, err := a.entryRejects(ctx, ds, src)
+	rejects, ok, _, err := a.entryRejects(ctx, ds, src, reread)
 	if err != nil || !ok {
 		return nil, false, err
 	}
@@ -422,12 +426,13 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 // saying to fix them, and lists test's and E_heldout's, left out of the
 // accuracies it reports; once fixed (uploaded, its access granted) the
 // shard must be embedded again, although its content (keys and versions)
-// is what it was. The pool's and train's are not read again: they list
-// many images long gone, which each recurring pass would read, and an
-// image fewer there costs a row, not a number the pass reports.
-func (a *Activities) entryRejects(ctx context.Context, ds, key string) (rejects []embed.Reject, ok, fixed bool, err error) {
+// is what it was. The pool's and train's are read again only when the
+// pass asks to (reread): they list many images long gone, which each
+// recurring pass would read, and an image fewer there costs a row, not a
+// number the pass reports.
+func (a *Activities) entryRejects(ctx context.Context, ds, key string, reread bool) (rejects []embed.Reject, ok, fixed bool, err error) {
 	rejects, ok, err = a.cachedRejects(ctx, key)
-	if ok && (ds == ErrorSample || ds == Test || ds == ErrorHeldout) && a.unreadFixed(ctx, rejects) {
+	if ok && (reread || ds == ErrorSample || ds == Test || ds == ErrorHeldout) && a.unreadFixed(ctx, rejects) {
 		return nil, false, true, nil
 	}
 	return rejects, ok, false, err

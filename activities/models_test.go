@@ -838,6 +838,55 @@ func checkUnreadReadOnceFixed(t *testing.T, set string) {
 	}
 }
 
+// A pool or train image that could not be read stays a reject of its
+// shard's cache entry once it reads, unless the pass asks to read such
+// images again (starter run -reread): then the shard is embedded again,
+// looked up alone or in a batch.
+func TestRereadUnread(t *testing.T) {
+	for _, ds := range []string{activities.Pool, activities.Train} {
+		t.Run(ds, func(t *testing.T) {
+			w := newWorld(t)
+			ctx := context.Background()
+			w.putImages("q/", randomImages(11, 3, 4, 4))
+			m := w.classifierTarget()
+			late, err := w.b.ReadAll(ctx, "q/a/002.png")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.b.Delete(ctx, "q/a/002.png"); err != nil {
+				t.Fatal(err)
+			}
+			w.put("q.csv", []byte("uri,label\nq/a/000.png,a\nq/a/001.png,a\nq/a/002.png,a\n"))
+			var plan activities.PlanResult
+			w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: ds, Dataset: schemas.Dataset{Manifest: "q.csv"}, ShardSize: 1 << 20}, &plan)
+			embed := func(reread bool) activities.EmbedShardResult {
+				t.Helper()
+				var res activities.EmbedShardResult
+				w.must(w.acts.EmbedShard, activities.EmbedShardInput{Run: w.run, Dataset: ds, Shard: 0, Model: m, BatchSize: 3, PartSize: 4, Reread: reread}, &res)
+				return res
+			}
+			if res := embed(true); res.Rejects != 1 {
+				t.Fatalf("one image missing: %+v, want it rejected", res)
+			}
+			if res := embed(true); !res.Cached || res.Rejects != 1 {
+				t.Errorf("read again, still missing: %+v, want the entry reused", res)
+			}
+			w.put("q/a/002.png", late)
+			if res := embed(false); !res.Cached || res.Rejects != 1 {
+				t.Errorf("once uploaded: %+v, want the entry reused", res)
+			}
+			var looked activities.CachedShardsResult
+			w.must(w.acts.CachedShards, activities.CachedShardsInput{Run: w.run, Dataset: ds, First: 0, End: 1, Model: m, Reread: true}, &looked)
+			if len(looked.Shards) != 1 || looked.Shards[0].Cached {
+				t.Errorf("looked up in a batch to be read again once uploaded: %+v, want it not cached", looked)
+			}
+			if res := embed(true); res.Cached || res.Rejects != 0 || res.Images != 3 {
+				t.Errorf("read again once uploaded: %+v, want the shard embedded again, all 3 images", res)
+			}
+		})
+	}
+}
+
 // A pass's models are checked with this worker's image decoders, whose
 // version the spec records; a worker with other decoders (one upgraded
 // while the pass ran) embeds nothing for it, so that no pass mixes two

@@ -365,7 +365,7 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		// images. Cached, the shard would stay empty once that is fixed.
 		w.discard()
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them",
+			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them, then run the pass with `starter run -reread` (shards already cached keep the images they could not read as rejects otherwise)",
 			total, w.shard, w.rejects[0].URI, w.rejects[0].Reason), "ShardUnreadable", nil)
 	}
 	if err := w.flush(); err != nil {

@@ -363,7 +363,7 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	id := passID(cfg.Name, time.Now())
-	if err := e.startPass(ctx, c, cfg, id); err != nil {
+	if err := e.startPass(ctx, c, workflows.PassInput{Config: cfg}, id); err != nil {
 		return err
 	}
 	if a.noWait {

@@ -31,9 +31,10 @@ type runArgs struct {
 	id      string
 	wait    bool
 	storage string
+	reread  bool
 }
 
-const runSynopsis = "-config FILE [-id RUNID] [-wait [-storage URL]]"
+const runSynopsis = "-config FILE [-id RUNID] [-wait [-storage URL]] [-reread]"
 
 func parseRun(e *cli, args []string) (runArgs, error) {
 	var a runArgs
@@ -42,6 +43,7 @@ func parseRun(e *cli, args []string) (runArgs, error) {
 	fs.StringVar(&a.id, "id", "", "workflow ID of the pass (default <config name>-<UTC yyyymmdd-hhmmss>)")
 	fs.BoolVar(&a.wait, "wait", false, "show progress until the pass ends, then its results")
 	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the workers use, to show where -wait's files are (env DCD_STORAGE)")
+	fs.BoolVar(&a.reread, "reread", false, "read again the pool's and train's images that cached shards recorded as unreadable (once access to them is fixed)")
 	pos, err := parse(fs, runSynopsis, args)
 	if err != nil {
 		return a, err
@@ -105,7 +107,7 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := e.startPass(ctx, c, cfg, id); err != nil {
+	if err := e.startPass(ctx, c, workflows.PassInput{Config: cfg, Reread: a.reread}, id); err != nil {
 		return err
 	}
 	if !a.wait {
@@ -148,7 +150,7 @@ func workflowURL(g globals, id string) string {
 
 // startPass starts DebugPass with the config only (no secrets) and prints
 // its ID and UI link.
-func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config, id string) error {
+func (e *cli) startPass(ctx context.Context, c client.Client, in workflows.PassInput, id string) error {
 	if st, err := describe(ctx, c, e.g, id); err == nil && st.status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		// Temporal takes an ID again once its run has closed, and the
 		// pass writes where the one before did: say so, not silently.
@@ -158,7 +160,7 @@ func (e *cli) startPass(ctx context.Context, c client.Client, cfg schemas.Config
 	// Without WorkflowExecutionErrorWhenAlreadyStarted the SDK hands back
 	// the pass running under id, and this config would be dropped unsaid.
 	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue, WorkflowExecutionErrorWhenAlreadyStarted: true},
-		workflows.DebugPass, workflows.PassInput{Config: cfg})
+		workflows.DebugPass, in)
 	if err != nil {
 		var started *serviceerror.WorkflowExecutionAlreadyStarted
 		if errors.As(err, &started) {

@@ -19,7 +19,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
-	"dcd/schemas"
+	"dcd/workflows"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -155,7 +155,7 @@ func (c *closedClient) ExecuteWorkflow(context.Context, client.StartWorkflowOpti
 // replaces the earlier one's files.
 func TestStartPassOverAnEndedOne(t *testing.T) {
 	e, _, stderr := testCLI()
-	if err := e.startPass(context.Background(), &closedClient{status: enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED}, schemas.Config{}, "p"); err != nil {
+	if err := e.startPass(context.Background(), &closedClient{status: enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED}, workflows.PassInput{}, "p"); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(stderr.String(), "warning: a pass p ran before (completed): this one replaces its result, eval.json and report under runs/p/") {

@@ -45,6 +45,11 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 			fmt.Fprintf(w, ", %d %s images left out (unreadable)", n, set.name)
 		}
 	}
+	if res.Rejects > 0 || res.SetRejects[activities.Train] > 0 {
+		// The pool's and train's rejects stay in their shards' cache
+		// entries: after access to them is fixed, only -reread reads them.
+		fmt.Fprint(w, "\n(rejects.csv says why; images that could not be read and now can are read again by `starter run -reread`)")
+	}
 	fmt.Fprint(w, "\n\n")
 
 	fmt.Fprintf(w, "storage %s\n", redact.URL(storageURL))

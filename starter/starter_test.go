@@ -385,6 +385,7 @@ none   | 0.975    | 0.121         | 0                | -                   | 0.4
 dcd    | 0.973    | 0.742         | 615              | 0.990               | 12.3 s
 
 10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable), 1 E_heldout images left out (unreadable)
+(rejects.csv says why; images that could not be read and now can are read again by `+"`starter run -reread`"+`)
 
 storage file:///work/.dcd/storage
   eval.json    runs/demo-blur-1/eval.json               /work/.dcd/storage/runs/demo-blur-1/eval.json

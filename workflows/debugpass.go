@@ -41,6 +41,12 @@ const ChildShards = 1000
 // PassInput starts a pass.
 type PassInput struct {
 	Config schemas.Config
+	// Reread reads again the images that cached shards of any set, the
+	// pool's and train's too, recorded as unreadable (gone, forbidden),
+	// and embeds again a shard one of which reads now: after access to
+	// them was fixed. Without it only E_sample's, test's and E_heldout's
+	// are (activities.EmbedShardInput.Reread).
+	Reread bool `json:",omitempty"`
 }
 
 // PassResult is what a finished pass returns; the same numbers are in
@@ -259,7 +265,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 
 	p.Phase = "embed queries"
-	s := shardRunner{runID: run, cfg: cfg, progress: p, scanRejects: new(int), embedded: map[string]int{}, rejects: map[string]int{}}
+	s := shardRunner{runID: run, cfg: cfg, reread: in.Reread, progress: p, scanRejects: new(int), embedded: map[string]int{}, rejects: map[string]int{}}
 	nameLate := workflow.GetVersion(ctx, scanAfterPlanChange, workflow.DefaultVersion, 1) == 1
 	if !nameLate {
 		s.nameScan(ctx)
@@ -634,6 +640,7 @@ func (p *plansAhead) watch(ctx workflow.Context, fs ...workflow.Future) error {
 type shardRunner struct {
 	runID    string
 	cfg      schemas.Config
+	reread   bool // PassInput.Reread
 	progress *Progress
 	// scanRejects counts the pool images the scan (the similarity model's
 	// search) rejected: with none, the steps that list rejects need not
@@ -835,7 +842,7 @@ func (s shardRunner) input(ds string, m activities.ModelRef, first, end, k int) 
 		Run: s.runID, Dataset: ds, Model: m, First: first, End: end,
 		Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
 		Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
-		Scan: s.scan, Keyed: s.keyed,
+		Scan: s.scan, Keyed: s.keyed, Reread: s.reread,
 	}
 }
 

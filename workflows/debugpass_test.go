@@ -163,6 +163,67 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	s.Equal(p.ShardsTotal, p.ShardsDone)
 }
 
+// A pass started with Reread asks every lookup and embedding of every set
+// to read its cached unreadable images again: the pool's in its chains
+// (a pool too large to scan in the pass itself) and the sets' in the pass.
+func (s *UnitTestSuite) TestRereadReachesEveryShard() {
+	env := s.NewTestWorkflowEnvironment()
+	env.SetWorkerOptions(worker.Options{DeadlockDetectionTimeout: time.Minute})
+	env.RegisterWorkflow(ShardsWorkflow)
+	var a *activities.Activities
+	var mu sync.Mutex
+	seen := map[string]int{} // dataset → lookups and embeddings
+	var without []string
+	note := func(ds string, reread bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[ds]++
+		if !reread {
+			without = append(without, ds)
+		}
+	}
+	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+			if in.Name == activities.Pool {
+				return activities.PlanResult{Shards: 500, Images: 5000}, nil
+			}
+			return activities.PlanResult{Shards: 1, Images: 10}, nil
+		})
+	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+		note(in.Dataset, in.Reread)
+		if in.CachedOnly {
+			return activities.EmbedShardResult{}, nil
+		}
+		return activities.EmbedShardResult{Images: 10}, nil
+	})
+	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
+		note(in.Dataset, in.Reread)
+		return noneCached(ctx, in)
+	})
+	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
+	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
+	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
+	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+
+	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig(), Reread: true})
+	s.True(env.IsWorkflowCompleted())
+	s.NoError(env.GetWorkflowError())
+	for _, ds := range []string{activities.ErrorSample, activities.ErrorHeldout, activities.Test, activities.Train, activities.Pool} {
+		s.Positive(seen[ds], "%s looked up or embedded", ds)
+	}
+	s.Empty(without, "sets looked up or embedded without Reread")
+}
+
 // A bad field fails the pass before any activity runs, naming the field.
 func (s *UnitTestSuite) TestBadConfigFailsAtValidation() {
 	env := s.NewTestWorkflowEnvironment()

@@ -37,6 +37,8 @@ type ShardsInput struct {
 	// (activities.TopKKey); chains of passes started before it was do
 	// not.
 	Keyed bool `json:",omitempty"`
+	// Reread is PassInput.Reread.
+	Reread bool `json:",omitempty"`
 }
 
 // partialScan is the scan a shard's own partial is written under.
@@ -323,7 +325,7 @@ func runBatched(ctx workflow.Context, in ShardsInput, stop int, scan *scanState,
 			var a *activities.Activities
 			var res activities.CachedShardsResult
 			err := workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.CachedShards, activities.CachedShardsInput{
-				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K, Scan: in.Scan, Keyed: in.Keyed,
+				Run: in.Run, Dataset: in.Dataset, First: first, End: end, Model: in.Model, K: in.K, Scan: in.Scan, Keyed: in.Keyed, Reread: in.Reread,
 			}).Get(ctx, &res)
 			if err == nil && len(res.Shards) != end-first {
 				err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("CachedShards returned %d shards for %d", len(res.Shards), end-first), "BadResult", nil)
@@ -412,7 +414,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 	var a *activities.Activities
 	var emb activities.EmbedShardResult
 	if scan.lookUp && scan.cached {
-		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true, Scan: in.partialScan()}
+		cachedOnly := activities.EmbedShardInput{Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, K: in.K, CachedOnly: true, Scan: in.partialScan(), Reread: in.Reread}
 		var f workflow.Future
 		if alone {
 			f = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, cachedOnly)
@@ -449,7 +451,7 @@ func embedShard(ctx workflow.Context, in ShardsInput, i int, scan *scanState) (S
 	var emb activities.EmbedShardResult
 	err := workflow.ExecuteActivity(gpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, activities.EmbedShardInput{
 		Run: in.Run, Dataset: in.Dataset, Shard: i, Model: in.Model, BatchSize: in.BatchSize, PartSize: in.PartSize, K: in.K,
-		Scan: in.partialScan(),
+		Scan: in.partialScan(), Reread: in.Reread,
 	}).Get(ctx, &emb)
 	if err != nil {
 		return ShardsResult{}, err
