@@ -127,8 +127,8 @@ func TestEnvDefaults(t *testing.T) {
 
 func TestParseRun(t *testing.T) {
 	e, _, _ := testCLI()
-	a, err := parseRun(e, []string{"-config", "c.yaml", "-id", "x1", "-wait", "-storage", "s3://pool"})
-	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true, storage: "s3://pool"}) {
+	a, err := parseRun(e, []string{"-config", "c.yaml", "-id", "x1", "-wait", "-storage", "s3://pool", "-reread"})
+	if err != nil || a != (runArgs{config: "c.yaml", id: "x1", wait: true, storage: "s3://pool", reread: true}) {
 		t.Errorf("parseRun = %+v, %v", a, err)
 	}
 	// IDs are storage keys' folders: no nesting, climbing or escaping, nor
