@@ -672,6 +672,9 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		return errors.New("a Parquet file: name it *.parquet, which is how a Parquet manifest is told from a CSV one")
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
 		return errors.New("a gzip file: decompress it; a CSV manifest is read as it is stored")
+	case len(magic) >= 2 && (magic[0] == 0xff && magic[1] == 0xfe || magic[0] == 0xfe && magic[1] == 0xff),
+		len(magic) == 4 && (magic[1] == 0 && magic[3] == 0 || magic[0] == 0 && magic[2] == 0):
+		return errors.New("a UTF-16 file (Excel's \"Unicode text\", PowerShell's default): save it as UTF-8")
 	}
 	cr := boundedCSV(br)
 	header, err := cr.Read()
@@ -680,6 +683,10 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	}
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
+	}
+	if slices.ContainsFunc(header, func(f string) bool { return strings.Contains(f, "\r") }) {
+		// Read as CSV, the whole file is its header line.
+		return errors.New("its lines end in CR alone (classic Mac OS): save it with LF or CRLF line ends")
 	}
 	c, err := columns(header)
 	if err != nil {

@@ -231,6 +231,10 @@ func TestWalkManifestErrors(t *testing.T) {
 		"list.csv.gz":    "\x1f\x8b\x08\x00\x00\x00\x00\x00",
 		"empty.csv":      "",
 		"pool/cat/1.png": "x",
+		// Lines ending in CR alone; UTF-16 with and without its mark.
+		"mac.csv":     "uri,label\rx.png,cat\ry.png,dog\r",
+		"utf16.csv":   "\xff\xfeu\x00r\x00i\x00,\x00l\x00",
+		"utf16be.csv": "\x00u\x00r\x00i\x00,\x00l",
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -244,6 +248,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"list.pq":       "a Parquet file: name it *.parquet",
 		"list.csv.gz":   "a gzip file: decompress it",
 		"empty.csv":     "the file is empty: a manifest begins with a header line",
+		"mac.csv":       "its lines end in CR alone",
+		"utf16.csv":     "a UTF-16 file",
+		"utf16be.csv":   "a UTF-16 file",
 		"pool":          "is a folder, not a manifest file",
 		"pool/":         "is a folder, not a manifest file",
 	} {
