@@ -207,6 +207,8 @@ type rowStats struct {
 	domain  []int
 	known   []bool
 	domains [][]string
+	// perClass counts the kept rows of every set by class.
+	perClass []int
 }
 
 // newFeatureRows indexes the rows of sets (one read of each feature file,
@@ -214,7 +216,8 @@ type rowStats struct {
 func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef, classes []string, sets []rowSet, budget int64, errorDomain string) (*featureRows, rowStats, error) {
 	r := &featureRows{ctx: ctx, a: a, column: "features"}
 	index := dataset.NewClasses(classes)
-	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets)), domains: make([][]string, len(sets))}
+	st := rowStats{rows: make([]int, len(sets)), domain: make([]int, len(sets)), known: make([]bool, len(sets)), domains: make([][]string, len(sets)),
+		perClass: make([]int, len(classes))}
 	var cache [][]float32
 	var bytes int64
 	caching := true
@@ -252,6 +255,7 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 					set.keep[keptRow(it.Key, it.Label)]--
 				}
 				st.rows[si]++
+				st.perClass[c]++
 				if it.Domain != "" {
 					st.known[si] = true
 					if len(st.domains[si]) < 5 && !slices.Contains(st.domains[si], it.Domain) {

@@ -415,6 +415,31 @@ func TestRetrainCountsLabelsThatAreNoClass(t *testing.T) {
 	}
 }
 
+// A class that no image retrained on has (train lacks it, and the method's
+// own images do not bring it) is counted and named: the head never
+// predicts it, and its accuracy of 0 is the only other sign.
+func TestRetrainNamesClassesItHasNoImageOf(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 1, 200, 4, 8, 1) // classes 0–7 only
+	recipe := schemas.Retrain{Lambda: 0.01, Iters: 5, DebugWeight: 1}
+	res, err := a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "train_only", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 1, Recipe: recipe, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Unlearned != 2 || !slices.Equal(res.UnlearnedExamples, []string{"8", "9"}) {
+		t.Errorf("train without classes 8 and 9: %d unlearned %q, want 2, both named", res.Unlearned, res.UnlearnedExamples)
+	}
+	writeSelection(t, a, []string{"pool/a.png"}, []string{"9"})
+	res, err = a.Retrain(context.Background(), RetrainInput{Run: "r", Method: "dcd", Model: ModelRef{Spec: rowsSpec}, Classes: tenClasses(), TrainShards: 1,
+		Debug: &DebugSet{Dataset: "sel", Shards: 1}, Recipe: recipe, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Unlearned != 1 || !slices.Equal(res.UnlearnedExamples, []string{"8"}) {
+		t.Errorf("with a debug image of class 9: %d unlearned %q, want 8 alone", res.Unlearned, res.UnlearnedExamples)
+	}
+}
+
 // The target's own logits score the "none" row only when they are one a
 // class: with another count, logit c would stand for a class that is not
 // the model's, and the accuracy would be wrong without a word.

@@ -77,6 +77,10 @@ type RetrainResult struct {
 	// class of the model; SkippedExamples are a few of those labels.
 	SkippedLabels   int
 	SkippedExamples []string `json:",omitempty"`
+	// Unlearned counts the classes no row had (of train or the debug
+	// set), which the head never predicts; UnlearnedExamples are a few.
+	Unlearned         int      `json:",omitempty"`
+	UnlearnedExamples []string `json:",omitempty"`
 	// Precision is the share of debug rows from ErrorDomain, nil when the
 	// rows carry no domain; Domains are a few of the rows' domains.
 	Precision *float64
@@ -115,6 +119,14 @@ func (a *Activities) Retrain(ctx context.Context, in RetrainInput) (RetrainResul
 		return res, err
 	}
 	res.TrainRows, res.SkippedLabels, res.SkippedExamples, res.Streamed = st.rows[0], st.skipped, st.skippedLabels, rows.cached == nil
+	for c, n := range st.perClass {
+		if n > 0 {
+			continue
+		}
+		if res.Unlearned++; len(res.UnlearnedExamples) < MaxSkippedExamples {
+			res.UnlearnedExamples = append(res.UnlearnedExamples, in.Classes[c])
+		}
+	}
 	if len(st.rows) > 1 {
 		res.DebugRows = st.rows[1]
 		if in.ErrorDomain != "" && st.known[1] && res.DebugRows > 0 {

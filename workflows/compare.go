@@ -315,7 +315,7 @@ func (c *comparison) method(ctx workflow.Context, m string, evOut *activities.Ev
 		wall += r.Seconds
 		row.TrainRows, row.DebugRows, row.Head, row.Model, row.ModelError = r.TrainRows, r.DebugRows, r.HeadKey, r.ModelKey, r.ModelError
 		row.SkippedLabels = r.SkippedLabels
-		row.Note = joinNotes(row.Note, skippedNote(r), domainNote(r, c.cfg.Selection.ErrorDomain))
+		row.Note = joinNotes(row.Note, skippedNote(r), unlearnedNote(r), domainNote(r, c.cfg.Selection.ErrorDomain))
 		// Of the rows it trained on, for every method: a selection's
 		// images whose weak label is not a class, or that did not embed,
 		// are not among them (all_pool's never were).
@@ -449,6 +449,28 @@ func skippedNote(r activities.RetrainResult) string {
 		skipped += "; none of its images was, so it scores as train_only"
 	}
 	return skipped
+}
+
+// unlearnedNote names the classes a method's retraining had no image of,
+// in train or its own: a train folder missing a class, or one whose
+// images sit a folder too deep to be listed, shows no other sign than
+// that class's accuracy of 0.
+func unlearnedNote(r activities.RetrainResult) string {
+	if r.Unlearned == 0 {
+		return ""
+	}
+	labels := make([]string, len(r.UnlearnedExamples))
+	for i, l := range r.UnlearnedExamples {
+		labels[i] = strconv.Quote(l)
+	}
+	which := strings.Join(labels, ", ")
+	if r.Unlearned > len(labels) {
+		which += ", …"
+	}
+	if r.Unlearned == 1 {
+		return fmt.Sprintf("no image of class %s to retrain on, in train or its own: the head never predicts it", which)
+	}
+	return fmt.Sprintf("no image of %d classes (%s) to retrain on, in train or its own: the head never predicts them", r.Unlearned, which)
 }
 
 // domainNote names the domains of a method's retrained rows when none is

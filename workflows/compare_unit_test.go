@@ -329,6 +329,18 @@ func TestSkippedLabelsNoted(t *testing.T) {
 			}
 		}
 	}
+	for _, c := range []struct {
+		r    activities.RetrainResult
+		want string
+	}{
+		{activities.RetrainResult{}, ""},
+		{activities.RetrainResult{Unlearned: 1, UnlearnedExamples: []string{"9"}}, `no image of class "9" to retrain on, in train or its own: the head never predicts it`},
+		{activities.RetrainResult{Unlearned: 5, UnlearnedExamples: []string{"a", "b", "c"}}, `no image of 5 classes ("a", "b", "c", …) to retrain on`},
+	} {
+		if got := unlearnedNote(c.r); !strings.Contains(got, c.want) || (c.want == "") != (got == "") {
+			t.Errorf("unlearnedNote(%+v) = %q, want %q", c.r, got, c.want)
+		}
+	}
 	if got := joinNotes("", "a", "", "b"); got != "a; b" {
 		t.Errorf("joinNotes: %q", got)
 	}
