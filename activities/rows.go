@@ -50,11 +50,17 @@ func (r *featureRows) Each(fn func(x []float32, label int, weight float32) error
 	return r.each(nil, fn)
 }
 
-// EachShuffled implements head.Shuffled: the files in a seeded order, and
-// each file's rows in a seeded order.
+// EachShuffled implements head.Shuffled: the files in a seeded order,
+// each file's rows in a seeded order, mixed over a window of rows
+// (head.Mixer) so that a set of few files does not come in runs of its
+// own; the same whether the rows are kept in memory or streamed.
 func (r *featureRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
 	rng := rand.New(rand.NewPCG(seed, 0xfea7))
-	return r.each(rng, fn)
+	mix := head.NewMixer(rng, r.dim, fn)
+	if err := r.each(rng, mix.Add); err != nil {
+		return err
+	}
+	return mix.Flush()
 }
 
 func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {

@@ -92,6 +92,53 @@ func tenClasses() []string {
 	return cs
 }
 
+// A mini-batch epoch's rows are mixed across feature files: the debug set,
+// one file, spreads over the epoch's batches instead of filling one or
+// two of its own (which made the fit depend on which came last), every
+// row once, in an order fixed by the seed.
+func TestShuffledRowsMixFiles(t *testing.T) {
+	a := fileActivities(t)
+	writeBlobs(t, a, "r", Train, "", 20, 1000, 4, 10, 1)
+	writeBlobs(t, a, "r", "extra", "", 1, 300, 4, 10, 2)
+	sets := []rowSet{{ds: Train, shards: 20, weight: 1, strict: true}, {ds: "extra", shards: 1, weight: 5}}
+	for _, budget := range []int64{1 << 30, 1000} { // in memory, streamed
+		rows, _, err := a.newFeatureRows(context.Background(), "r", ModelRef{Spec: rowsSpec}, tenClasses(), sets, budget, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		order := func(seed uint64) (ws []float32) {
+			if err := rows.EachShuffled(seed, func(x []float32, label int, w float32) error { ws = append(ws, w); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			return ws
+		}
+		ws := order(3)
+		if len(ws) != 20300 {
+			t.Fatalf("budget %d: %d rows, want 20,300", budget, len(ws))
+		}
+		const batch = 256
+		most, batches := 0, 0
+		for b := 0; b < len(ws); b += batch {
+			n := 0
+			for _, w := range ws[b:min(b+batch, len(ws))] {
+				if w == 5 {
+					n++
+				}
+			}
+			most = max(most, n)
+			if n > 0 {
+				batches++
+			}
+		}
+		if most > batch/4 || batches < 10 {
+			t.Errorf("budget %d: the debug file's 300 rows came at most %d to a batch of %d, in %d batches; want them spread", budget, most, batch, batches)
+		}
+		if !slices.Equal(ws, order(3)) || slices.Equal(ws, order(4)) {
+			t.Errorf("budget %d: the order is not fixed by the seed", budget)
+		}
+	}
+}
+
 // Streaming and in-memory rows give the same head bit for bit, and
 // streaming holds at most two feature files at once.
 func TestFeatureRowsStreamLikeMemory(t *testing.T) {

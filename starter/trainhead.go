@@ -323,14 +323,20 @@ func (s *spoolRows) Each(fn func(x []float32, label int, weight float32) error) 
 }
 
 // spoolChunk is how many rows a shuffled pass reads at a time: it shuffles
-// the order of chunks and of the rows within each, as a pass's own fit
-// shuffles its feature files and their rows (for d = 2,048, 32 MiB).
+// the order of chunks and of the rows within each, mixed over a window of
+// rows (head.Mixer), as a pass's own fit shuffles its feature files and
+// their rows (for d = 2,048, 32 MiB).
 const spoolChunk = 4096
 
 // EachShuffled implements head.Shuffled: without it, every mini-batch
 // epoch would read the train rows first and end on debug-train's alone.
 func (s *spoolRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
-	return s.each(rand.New(rand.NewPCG(seed, 0x5b001)), fn)
+	rng := rand.New(rand.NewPCG(seed, 0x5b001))
+	mix := head.NewMixer(rng, s.dim, fn)
+	if err := s.each(rng, mix.Add); err != nil {
+		return err
+	}
+	return mix.Flush()
 }
 
 // each reads the spool in chunks, in order, or shuffled with rng.

@@ -9,7 +9,8 @@ import (
 
 // Shuffled is Rows that can also be read in a seeded random order, which
 // mini-batch training asks for once per epoch. Rows streamed from storage
-// typically shuffle the order of their files and the rows within each.
+// typically shuffle the order of their files and the rows within each,
+// mixed over a window of rows (Mixer).
 type Shuffled interface {
 	Rows
 	// EachShuffled is Each in an order that depends only on seed.
@@ -40,9 +41,10 @@ func (s *Slice) EachShuffled(seed uint64, fn func(x []float32, label int, weight
 // cross-entropy gradients, over the weight of all rows, times how many
 // rows of weight there are for each in the batch) plus the L2 term, and
 // the step size follows a cosine from LearningRate to 0. Not the batch's
-// own weighted mean: rows come in shuffled files (a shard's features), so
-// a batch is often one file's, all train or all debug-train, where the
-// weight would divide out and debug_weight 5 train as 1. weighted counts
+// own weighted mean: rows that come in shuffled files (a shard's
+// features) may still fill a batch from one file, all train or all
+// debug-train, where the weight would divide out and debug_weight 5 train
+// as 1. weighted counts
 // the rows of weight > 0 (the others are left out of batches).
 func (e *evaluator) adam(theta []float64, opt Options, weighted int) error {
 	epochs := opt.Epochs
