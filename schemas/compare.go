@@ -380,8 +380,9 @@ func (c Config) validateCompare() error {
 		if len(t.Command) == 0 || t.Command[0] == "" {
 			return bad("retrain.trainer.command", "must name the program to run")
 		}
-		if !slices.ContainsFunc(t.Command, func(a string) bool { return strings.Contains(a, "{model}") }) {
-			return bad("retrain.trainer.command", "must pass {model}, where the trained ONNX model is to be written")
+		if !slices.ContainsFunc(t.Command, modelPassed.MatchString) {
+			// ${model} is a shell's own variable, left to it.
+			return bad("retrain.trainer.command", "must pass {model}, where the trained ONNX model is to be written (${model} is the shell's, not replaced)")
 		}
 		for i, arg := range t.Command {
 			for _, m := range placeholder.FindAllStringSubmatchIndex(arg, -1) {
@@ -406,6 +407,10 @@ func (c Config) validateCompare() error {
 var TrainerPlaceholders = []string{"storage", "train", "debug_train", "model", "job", "work", "run", "method"}
 
 var placeholder = regexp.MustCompile(`\{([a-z_]+)\}`)
+
+// modelPassed matches an argument that passes {model}: not a shell's
+// ${model}, which the trainer's substitution leaves alone.
+var modelPassed = regexp.MustCompile(`(^|[^$])\{model\}`)
 
 func (s Selection) validate(field string) error {
 	bad := func(f, format string, args ...any) error {

@@ -141,6 +141,9 @@ func TestCompareValidation(t *testing.T) {
 		{"shards.size", func(c *Config) { c.Shards.Size = 50_000_000 }},
 		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
+		{"retrain.trainer.command", func(c *Config) { // the shell's ${model}, not replaced
+			c.Retrain.Trainer = &Trainer{Command: []string{"bash", "-c", "cp m.onnx ${model}"}}
+		}},
 		{"retrain.trainer.command[2]", func(c *Config) {
 			c.Retrain.Trainer = &Trainer{Command: []string{"train.sh", "{model}", "-debug={debug}"}}
 		}},
