@@ -387,13 +387,18 @@ func cmdResult(ctx context.Context, e *cli, args []string) error {
 	var res workflows.PassResult
 	if err := c.GetWorkflow(ctx, a.id, "").Get(ctx, &res); err != nil {
 		ended := fmt.Errorf("pass %s %s: %s", a.id, strings.ToLower(st.status.String()), failureMessage(err))
-		if data, ev, ok := finishedEval(ctx, a.storage, a.id, st.start); ok {
-			if a.json {
-				fmt.Fprintf(e.stdout, "%s\n", bytes.TrimRight(data, "\n"))
-				return ended
-			}
+		data, ev, ok, unread := finishedEval(ctx, a.storage, a.id, st.start)
+		switch {
+		case ok && a.json:
+			fmt.Fprintf(e.stdout, "%s\n", bytes.TrimRight(data, "\n"))
+		case ok:
 			fmt.Fprintf(e.stdout, "%v\nthe methods that finished before %s failed:\n\n", ended, strings.Join(ev.Failed, ", "))
 			writeResult(e.stdout, workflows.PassResult{RunID: a.id, Eval: ev, EvalKey: activities.RunKey(a.id, "eval.json")}, a.storage)
+		case unread != nil && methodFailed(err):
+			// A method failed, so the pass wrote the others' table: not
+			// where this command looked.
+			return fmt.Errorf("%w\n(the methods that finished before it are in %s, which could not be read from %s: -storage or DCD_STORAGE names the workers' bucket: %v)",
+				ended, activities.RunKey(a.id, "eval.json"), redact.URL(a.storage), unread)
 		}
 		return ended
 	}
@@ -431,23 +436,36 @@ func perClassLeftOut(ev activities.Eval) bool {
 // finishedEval is the eval.json a failed pass wrote of the methods that
 // finished before one failed, when storage has one of this run (started
 // at start), not an earlier run's under the same ID.
-func finishedEval(ctx context.Context, storage, id string, start time.Time) ([]byte, activities.Eval, bool) {
-	var ev activities.Eval
+// unread says why there was none to read (the store, or no such file),
+// as opposed to one of an earlier run or a complete one.
+func finishedEval(ctx context.Context, storage, id string, start time.Time) (data []byte, ev activities.Eval, ok bool, unread error) {
 	b, err := store.Open(ctx, storage)
 	if err != nil {
-		return nil, ev, false
+		return nil, ev, false, err
 	}
 	defer b.Close()
 	key := activities.RunKey(id, "eval.json")
 	attrs, err := b.Attributes(ctx, key)
-	if err != nil || attrs.ModTime.Before(start) {
-		return nil, ev, false
+	if err != nil {
+		return nil, ev, false, err
 	}
-	data, err := b.ReadAll(ctx, key)
-	if err != nil || json.Unmarshal(data, &ev) != nil || !ev.Incomplete {
-		return nil, ev, false
+	if attrs.ModTime.Before(start) {
+		return nil, ev, false, nil
 	}
-	return data, ev, true
+	if data, err = b.ReadAll(ctx, key); err != nil {
+		return nil, ev, false, err
+	}
+	if json.Unmarshal(data, &ev) != nil || !ev.Incomplete {
+		return nil, ev, false, nil
+	}
+	return data, ev, true, nil
+}
+
+// methodFailed says whether err, a pass's, is one of its methods' steps
+// failing, after which the pass writes the others' eval.json.
+func methodFailed(err error) bool {
+	var act *temporal.ActivityError
+	return errors.As(err, &act) && workflows.StepMethod(act.ActivityID()) != ""
 }
 
 func readEval(ctx context.Context, storage, key string) ([]byte, error) {

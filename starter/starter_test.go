@@ -486,6 +486,21 @@ func TestFailureMessageBadInput(t *testing.T) {
 	}
 }
 
+// A pass failed by a method's step wrote the others' eval.json; one failed
+// elsewhere (planning) wrote none, and no hint to look for one is given.
+func TestMethodFailed(t *testing.T) {
+	fc := temporal.GetDefaultFailureConverter()
+	failed := func(activityID string) error {
+		f := &failurepb.Failure{Message: "activity error", Cause: fc.ErrorToFailure(errors.New("boom")), FailureInfo: &failurepb.Failure_ActivityFailureInfo{
+			ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "Retrain"}, ActivityId: activityID}}}
+		return fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))
+	}
+	if !methodFailed(failed(workflows.MethodStepID("dcd", "retrain"))) || methodFailed(failed("12")) || methodFailed(errors.New("plain")) {
+		t.Errorf("methodFailed: a method's step %v, another %v, no activity %v; want true, false, false",
+			methodFailed(failed(workflows.MethodStepID("dcd", "retrain"))), methodFailed(failed("12")), methodFailed(errors.New("plain")))
+	}
+}
+
 // An activity that timed out on its last try is named with its method
 // and the setting that bounds it, once, not the server's text twice.
 func TestFailureMessageTimeout(t *testing.T) {
@@ -829,18 +844,18 @@ func TestFinishedEval(t *testing.T) {
 	}
 	ctx := context.Background()
 	before := time.Now().Add(-time.Minute)
-	if _, _, ok := finishedEval(ctx, storage, "p", before); ok {
-		t.Error("no eval.json: taken as one")
+	if _, _, ok, unread := finishedEval(ctx, storage, "p", before); ok || unread == nil {
+		t.Errorf("no eval.json: taken as one %v, or not said unread (%v)", ok, unread)
 	}
 	write(activities.Eval{Methods: []activities.Method{{Method: "none"}}, Incomplete: true, Failed: []string{"dcd"}})
-	if _, ev, ok := finishedEval(ctx, storage, "p", before); !ok || len(ev.Methods) != 1 || ev.Failed[0] != "dcd" {
+	if _, ev, ok, _ := finishedEval(ctx, storage, "p", before); !ok || len(ev.Methods) != 1 || ev.Failed[0] != "dcd" {
 		t.Errorf("this run's: %+v, %v", ev, ok)
 	}
-	if _, _, ok := finishedEval(ctx, storage, "p", time.Now().Add(time.Minute)); ok {
-		t.Error("an earlier run's eval.json taken for this run's")
+	if _, _, ok, unread := finishedEval(ctx, storage, "p", time.Now().Add(time.Minute)); ok || unread != nil {
+		t.Errorf("an earlier run's eval.json: taken for this run's %v, or said unread (%v)", ok, unread)
 	}
 	write(activities.Eval{Methods: []activities.Method{{Method: "none"}}})
-	if _, _, ok := finishedEval(ctx, storage, "p", before); ok {
+	if _, _, ok, _ := finishedEval(ctx, storage, "p", before); ok {
 		t.Error("a complete eval.json taken for a failed pass's")
 	}
 }
