@@ -212,7 +212,7 @@ func (a *Activities) embedShardInto(ctx context.Context, in EmbedShardInput, int
 	}
 	release = sync.OnceFunc(release)
 	defer release()
-	e := &embed.Embedder{Name: in.Model.Path, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
+	e := &embed.Embedder{Name: in.Model.Path, Outputs: in.Model.Spec.Outputs, Session: sess, Spec: in.Model.Spec.Preprocess, BatchSize: in.BatchSize, FixedBatch: in.Model.Batch,
 		Decoders: a.Decoders, Readers: a.Readers}
 	w, err := a.embedShard(ctx, e, in.Model, shardKey, key, shard.Items, in.PartSize, progress)
 	if err != nil {

@@ -165,7 +165,7 @@ func (m ModelRef) checkStorable(b embed.Batch) error {
 	for o, vec := range b.Vectors {
 		if i := half.Overflow(vec[:len(b.Images)*b.Dims[o]]); i >= 0 {
 			return &embed.OutputError{Msg: fmt.Sprintf("embed: %s: output %q is %v for image %s, beyond float16's largest value (65504): store its features as float32 (stored_as: float32)",
-				m.Path, m.Spec.Columns[o], vec[i], b.Images[i/b.Dims[o]].URI)}
+				m.Path, m.Spec.Outputs[o], vec[i], b.Images[i/b.Dims[o]].URI)}
 		}
 	}
 	return nil

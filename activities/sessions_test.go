@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"dcd/internal/embed"
+	"dcd/internal/features"
 	"dcd/internal/onnx"
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -371,5 +372,15 @@ func TestTrainerModelChecksNameTheTrainer(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.model, err, c.want)
 		}
+	}
+}
+
+// A value too large for float16 features is named by the model's tensor,
+// as the config gives it, not by DCD's column for it.
+func TestFloat16OverflowNamesTheTensor(t *testing.T) {
+	m := ModelRef{Path: "models/sim.onnx", Spec: features.Spec{StoredAs: schemas.Float16, Outputs: []string{"embedding"}, Columns: []string{"features"}}}
+	err := m.checkStorable(embed.Batch{Images: []embed.Image{{URI: "a.png"}, {URI: "b.png"}}, Vectors: [][]float32{{1, 2, 70000, 3}}, Dims: []int{2}})
+	if err == nil || !strings.Contains(err.Error(), `output "embedding" is 70000 for image b.png`) {
+		t.Errorf("a value past float16: %v, want the tensor and image named", err)
 	}
 }

@@ -10,11 +10,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/semaphore"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sync/semaphore"
 
 	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
@@ -54,8 +56,10 @@ type Batch struct {
 
 // Embedder runs images through a Session with the model's preprocessing.
 type Embedder struct {
-	// Name identifies the model in errors.
+	// Name identifies the model in errors, and Outputs its outputs' tensors
+	// (by index when nil).
 	Name      string
+	Outputs   []string
 	Session   *ortrun.Session
 	Spec      preprocess.Spec
 	BatchSize int
@@ -78,6 +82,14 @@ type Embedder struct {
 	// Ahead is how many batches are read and decoded ahead of inference;
 	// 0 means 2.
 	Ahead int
+}
+
+// output names output o in errors: its tensor, or its index.
+func (e *Embedder) output(o int) string {
+	if o < len(e.Outputs) {
+		return strconv.Quote(e.Outputs[o])
+	}
+	return strconv.Itoa(o)
 }
 
 // DefaultReaders is the number of concurrent reads when Readers is 0. A
@@ -391,7 +403,7 @@ func (e *Embedder) run(spec preprocess.Spec, images []Image, tensor []float32) (
 		}
 		for o, t := range outs {
 			if len(t.Shape) == 0 || int(t.Shape[0]) != step || t.Floats == nil {
-				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d has shape %v, want float32 with batch size %d first", e.Name, o, t.Shape, step)}
+				return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %s has shape %v, want float32 with batch size %d first", e.Name, e.output(o), t.Shape, step)}
 			}
 			dim := len(t.Floats) / step
 			t.Floats = t.Floats[:(hi-lo)*dim]
@@ -399,7 +411,7 @@ func (e *Embedder) run(spec preprocess.Spec, images []Image, tensor []float32) (
 				// x-x is 0 for every finite x and NaN for ±Inf and NaN: one
 				// test per value on the path every batch waits on.
 				if x-x != 0 {
-					return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %d is %v for image %s: the model produced a non-finite value", e.Name, o, x, images[lo+j/dim].URI)}
+					return Batch{}, &OutputError{fmt.Sprintf("embed: %s: output %s is %v for image %s: the model produced a non-finite value", e.Name, e.output(o), x, images[lo+j/dim].URI)}
 				}
 			}
 			switch {

@@ -249,7 +249,8 @@ func TestEmbedEmpty(t *testing.T) {
 }
 
 // A model whose output is not finite fails the batch with an OutputError
-// naming the model and the image, whether the value is +Inf, -Inf or NaN.
+// naming the model, its tensor and the image, whether the value is +Inf,
+// -Inf or NaN.
 func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 	for _, tc := range []struct {
 		op     string
@@ -268,13 +269,13 @@ func TestEmbedRejectsNonFiniteOutput(t *testing.T) {
 		})
 		// img/1 has no zero pixel; img/0's first pixel is 0.
 		images := []Image{{ID: 1, URI: "img/1"}, {ID: 0, URI: "img/0"}}
-		e := &Embedder{Name: "models/" + tc.op + ".onnx", Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 2}
+		e := &Embedder{Name: "models/" + tc.op + ".onnx", Outputs: []string{"features"}, Session: sess, Spec: preprocess.Spec{Channels: 1, Height: 2, Width: 2}, BatchSize: 2}
 		_, err := e.Embed(context.Background(), images, fakeStore, func(Batch) error { return nil })
 		var oe *OutputError
 		if !errors.As(err, &oe) {
 			t.Fatalf("%s: got %v, want an OutputError", tc.op, err)
 		}
-		for _, w := range []string{"models/" + tc.op + ".onnx", tc.want, "img/0", "non-finite"} {
+		for _, w := range []string{"models/" + tc.op + ".onnx", `output "features"`, tc.want, "img/0", "non-finite"} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%s: error %q does not name %q", tc.op, err, w)
 			}
