@@ -448,17 +448,22 @@ func (s Selection) validate(field string) error {
 	return nil
 }
 
-// CheckVariantsCompared refuses a variant of selection.variants that
-// compare leaves out: one defined and never run is most likely one
+// CheckUnused refuses what a config sets that its pass would not use: a
+// variant of selection.variants that compare leaves out (most likely one
 // forgotten in compare, and its pass would end without the row it was
-// for. The starter checks it of the user's file; a pass does not, since
-// a schedule's config stored by a starter before compare listed the
-// variants by default lists none of them, and runs as it did.
-func (c Config) CheckVariantsCompared() error {
+// for), or similarity.logits (only the similarity model's features are
+// read; logits set there are most likely meant for the target). The
+// starter checks it of the user's file; a pass does not, since a
+// schedule's config stored by a starter before these checks (compare
+// listed the variants by default) runs as it did.
+func (c Config) CheckUnused() error {
 	for _, name := range slices.Sorted(maps.Keys(c.Selection.Variants)) {
 		if m := MethodDCD + ":" + name; !slices.Contains(c.Compare, m) {
 			return &FieldError{Field: "selection.variants." + name, Msg: fmt.Sprintf("is defined but compare leaves it out: add %q to compare, or remove the variant", m)}
 		}
+	}
+	if c.Similarity != nil && c.Similarity.Logits != "" {
+		return &FieldError{Field: "similarity.logits", Msg: fmt.Sprintf("%q is not used: only the similarity model's features are read (the class scores are the target's, target.logits); remove it", c.Similarity.Logits)}
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestVariantsCompared(t *testing.T) {
 	if want := append(slices.Clone(DefaultCompare), "dcd:budget", "dcd:wide"); !slices.Equal(d.Compare, want) {
 		t.Errorf("default compare %q, want %q", d.Compare, want)
 	}
-	if err := cmp.Or(d.Validate(), d.CheckVariantsCompared()); err != nil {
+	if err := cmp.Or(d.Validate(), d.CheckUnused()); err != nil {
 		t.Error(err)
 	}
 	if d.ReferenceDCD() != MethodDCD || d.ScanK() != 25 {
@@ -93,7 +93,7 @@ func TestVariantsCompared(t *testing.T) {
 	}
 	c.Compare = []string{MethodNone, MethodDCD, "dcd:budget"}
 	c = c.WithDefaults()
-	err := c.CheckVariantsCompared()
+	err := c.CheckUnused()
 	fe, ok := err.(*FieldError)
 	if !ok || fe.Field != "selection.variants.wide" || !strings.Contains(fe.Msg, `add "dcd:wide" to compare`) || !strings.Contains(fe.Msg, "remove the variant") {
 		t.Errorf("wide left out of compare: %v", err)
@@ -106,6 +106,25 @@ func TestVariantsCompared(t *testing.T) {
 	c.Selection.Variants["wide"] = SelectionVariant{Strategy: Global}
 	if err := c.Validate(); err == nil {
 		t.Error("an uncompared variant without a budget, refused before too, passed")
+	}
+}
+
+// A similarity model's logits are read nowhere: set, they are refused by
+// the starter (most likely meant for the target), not by a pass.
+func TestSimilarityLogitsUnused(t *testing.T) {
+	c := compareConfig()
+	c.Similarity = &Model{Path: "sim.onnx", Features: "embedding", Logits: "logits"}
+	c = c.WithDefaults()
+	err := c.CheckUnused()
+	if fe, ok := err.(*FieldError); !ok || fe.Field != "similarity.logits" || !strings.Contains(fe.Msg, "remove it") {
+		t.Errorf("similarity.logits set: %v", err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("a pass's check: %v", err)
+	}
+	c.Similarity.Logits = ""
+	if err := c.CheckUnused(); err != nil {
+		t.Errorf("similarity without logits: %v", err)
 	}
 }
 

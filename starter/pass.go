@@ -128,7 +128,7 @@ func loadConfig(path string) (schemas.Config, error) {
 		}
 		return cfg, &exitError{code: 2, err: err}
 	}
-	if err := cmp.Or(cfg.Validate(), cfg.CheckVariantsCompared()); err != nil {
+	if err := cmp.Or(cfg.Validate(), cfg.CheckUnused()); err != nil {
 		return cfg, &exitError{code: 2, err: fmt.Errorf("%s: %w", path, err)}
 	}
 	return cfg, nil
