@@ -15,8 +15,9 @@ type TrainJob struct {
 	Classes     []string `json:"classes"`
 	Retrain     Retrain  `json:"retrain"`
 	Seed        uint64   `json:"seed"`
-	// Train and DebugTrain are CSV manifests (uri,label,domain; a uri
-	// starting with "/" is a key of the bucket); Model is where the ONNX
+	// Train and DebugTrain are CSV manifests (uri,label,domain first; a
+	// dcd method's debug set has score,pool_id,version after them, so read
+	// them by the header; a uri starting with "/" is a key of the bucket); Model is where the ONNX
 	// classifier must be written, with its class scores in the graph
 	// output Output.
 	Train      string `json:"train"`
