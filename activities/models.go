@@ -7,6 +7,7 @@ import (
 	"image"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.temporal.io/sdk/temporal"
@@ -248,6 +249,17 @@ func (a *Activities) checkModelSpec(field modelField, m schemas.Model, data []by
 	}
 	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
 	dims, err := a.probe(field, m.Path, model, spec, names, batch)
+	var app *temporal.ApplicationError
+	if err != nil && len(ins) > 1 && errors.As(err, &app) && app.Type() == InvalidInput {
+		// ORT says an input is missing, by its name alone.
+		var others []string
+		for _, io := range ins {
+			if io.Name != input {
+				others = append(others, strconv.Quote(io.Name))
+			}
+		}
+		return ModelRef{}, invalid("%s (DCD feeds the model its image input %q alone: its other inputs, %s, need values of their own in the graph, such as initializers)", app.Message(), input, strings.Join(others, ", "))
+	}
 	if err != nil {
 		return ModelRef{}, err
 	}

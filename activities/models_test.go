@@ -539,6 +539,22 @@ func TestBadModels(t *testing.T) {
 		in.ClassesFile = "labels.txt"
 		failsNaming(t, w.do(w.acts.CheckModels, in, &res), "classes_file (labels.txt)", "there are 4")
 	})
+	t.Run("a second input the graph does not give", func(t *testing.T) {
+		w.putModel("models/scaled.onnx", &onnx.Graph{
+			Name:    "scaled",
+			Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 3, 4, 4}}, {Name: "scale", Elem: onnx.Float, Shape: []int64{1}}},
+			Outputs: []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, -1}}},
+			Nodes: []onnx.Node{
+				{Op: "Mul", Inputs: []string{"image", "scale"}, Outputs: []string{"scaled"}},
+				{Op: "GlobalAveragePool", Inputs: []string{"scaled"}, Outputs: []string{"pooled"}},
+				{Op: "Flatten", Inputs: []string{"pooled"}, Outputs: []string{"logits"}},
+			},
+		})
+		m := target("models/scaled.onnx", "logits", preprocess.Spec{})
+		m.Input = "image"
+		_, err := w.check(m)
+		failsNaming(t, err, "target: model", "models/scaled.onnx", `image input "image" alone`, `its other inputs, "scale", need values`)
+	})
 	t.Run("similarity", func(t *testing.T) {
 		sim := target("models/clf.onnx", "nope", preprocess.Spec{})
 		var res activities.CheckModelsResult
