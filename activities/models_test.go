@@ -805,19 +805,25 @@ func TestUnreadImageReadOnceFixed(t *testing.T) {
 	}
 }
 
-func checkUnreadReadOnceFixed(t *testing.T, set string) {
-	w := newWorld(t)
-	ctx := context.Background()
+// oneImageLate makes a manifest q.csv of three images whose last,
+// q/a/002.png, is not there yet; upload puts it there.
+func oneImageLate(t *testing.T) (w *world, m activities.ModelRef, upload func()) {
+	w = newWorld(t)
 	w.putImages("q/", randomImages(11, 3, 4, 4))
-	m := w.classifierTarget()
-	late, err := w.b.ReadAll(ctx, "q/a/002.png")
+	m = w.classifierTarget()
+	late, err := w.b.ReadAll(context.Background(), "q/a/002.png")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.b.Delete(ctx, "q/a/002.png"); err != nil {
+	if err := w.b.Delete(context.Background(), "q/a/002.png"); err != nil {
 		t.Fatal(err)
 	}
 	w.put("q.csv", []byte("uri,label\nq/a/000.png,a\nq/a/001.png,a\nq/a/002.png,a\n"))
+	return w, m, func() { w.put("q/a/002.png", late) }
+}
+
+func checkUnreadReadOnceFixed(t *testing.T, set string) {
+	w, m, upload := oneImageLate(t)
 	embedWith := func(ds string, m activities.ModelRef) activities.EmbedShardResult {
 		t.Helper()
 		var plan activities.PlanResult
@@ -835,7 +841,7 @@ func checkUnreadReadOnceFixed(t *testing.T, set string) {
 	if res := embed(set); !res.Cached || res.Rejects != 1 {
 		t.Errorf("again, still missing: %+v, want the entry reused", res)
 	}
-	w.put("q/a/002.png", late)
+	upload()
 	// Switched to float16, the shard is not narrowed from its float32
 	// entry, whose reject reads now: it is embedded.
 	half := m
@@ -861,18 +867,7 @@ func checkUnreadReadOnceFixed(t *testing.T, set string) {
 func TestRereadUnread(t *testing.T) {
 	for _, ds := range []string{activities.Pool, activities.Train} {
 		t.Run(ds, func(t *testing.T) {
-			w := newWorld(t)
-			ctx := context.Background()
-			w.putImages("q/", randomImages(11, 3, 4, 4))
-			m := w.classifierTarget()
-			late, err := w.b.ReadAll(ctx, "q/a/002.png")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.b.Delete(ctx, "q/a/002.png"); err != nil {
-				t.Fatal(err)
-			}
-			w.put("q.csv", []byte("uri,label\nq/a/000.png,a\nq/a/001.png,a\nq/a/002.png,a\n"))
+			w, m, upload := oneImageLate(t)
 			var plan activities.PlanResult
 			w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: ds, Dataset: schemas.Dataset{Manifest: "q.csv"}, ShardSize: 1 << 20}, &plan)
 			embed := func(reread bool) activities.EmbedShardResult {
@@ -887,7 +882,7 @@ func TestRereadUnread(t *testing.T) {
 			if res := embed(true); !res.Cached || res.Rejects != 1 {
 				t.Errorf("read again, still missing: %+v, want the entry reused", res)
 			}
-			w.put("q/a/002.png", late)
+			upload()
 			if res := embed(false); !res.Cached || res.Rejects != 1 {
 				t.Errorf("once uploaded: %+v, want the entry reused", res)
 			}

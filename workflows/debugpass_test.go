@@ -85,6 +85,21 @@ func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput)
 	return activities.EmbedShardResult{Images: 10}, nil
 }
 
+// mockAfterScan mocks a pass's steps from its queries on, each a success.
+func mockAfterScan(env *testsuite.TestWorkflowEnvironment) {
+	var a *activities.Activities
+	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
+	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
+	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
+	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
+	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
+	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
+	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
+	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
+	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
+	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+}
+
 // noneCached is a CachedShards over an empty cache: it finds no shard.
 func noneCached(_ context.Context, in activities.CachedShardsInput) (activities.CachedShardsResult, error) {
 	return activities.CachedShardsResult{Shards: make([]activities.EmbedShardResult, in.End-in.First)}, nil
@@ -123,16 +138,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 			}
 			return activities.TopKShardResult{}, nil
 		})
-	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
-	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
-	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
-	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
-	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
-	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
-	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
-	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
-	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
-	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+	mockAfterScan(env)
 
 	cfg := validConfig()
 	cfg.Shards.Chains = 3
@@ -204,16 +210,7 @@ func (s *UnitTestSuite) TestRereadReachesEveryShard() {
 		return noneCached(ctx, in)
 	})
 	env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
-	env.OnActivity(a.Queries, mock.Anything, mock.Anything).Return(activities.QueriesResult{Queries: 20}, nil)
-	env.OnActivity(a.MergeTopK, mock.Anything, mock.Anything).Return(activities.MergeTopKResult{}, nil)
-	env.OnActivity(a.SelectDebugTrain, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "m.csv", Size: 50}, nil)
-	env.OnActivity(a.GuardSelection, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "g.csv", Size: 48}, nil)
-	env.OnActivity(a.GatherSelection, mock.Anything, mock.Anything).Return(activities.GatherResult{}, nil)
-	env.OnActivity(a.SelectRandom, mock.Anything, mock.Anything).Return(activities.SelectResult{Manifest: "r.csv", Size: 48}, nil)
-	env.OnActivity(a.Retrain, mock.Anything, mock.Anything).Return(activities.RetrainResult{}, nil)
-	env.OnActivity(a.Evaluate, mock.Anything, mock.Anything).Return(activities.EvaluateResult{}, nil)
-	env.OnActivity(a.WriteEval, mock.Anything, mock.Anything).Return("eval.json", nil)
-	env.OnActivity(a.Report, mock.Anything, mock.Anything).Return(activities.ReportResult{}, nil)
+	mockAfterScan(env)
 
 	env.ExecuteWorkflow(DebugPass, PassInput{Config: validConfig(), Reread: true})
 	s.True(env.IsWorkflowCompleted())
