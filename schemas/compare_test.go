@@ -159,6 +159,7 @@ func TestCompareValidation(t *testing.T) {
 		{"shards.batch_size", func(c *Config) { c.Shards.BatchSize = 6400 }},
 		{"shards.size", func(c *Config) { c.Shards.Size = 50_000_000 }},
 		{"timeouts.activity", func(c *Config) { c.Timeouts.Activity = Duration(-time.Hour) }},
+		{"timeouts.retry_for", func(c *Config) { c.Timeouts.RetryFor = Duration(-time.Minute) }},
 		{"retrain.trainer.command", func(c *Config) { c.Retrain.Trainer = &Trainer{Command: []string{"train.sh"}} }},
 		{"retrain.trainer.command", func(c *Config) { // the shell's ${model}, not replaced
 			c.Retrain.Trainer = &Trainer{Command: []string{"bash", "-c", "cp m.onnx ${model}"}}

@@ -154,9 +154,13 @@ type Shards struct {
 }
 
 // Timeouts bound activities; a dead worker is noticed after Heartbeat.
+// RetryFor is how long a failing step is tried again (the waits between
+// its tries, 1 s doubling to a minute) before it fails the pass: a store
+// down for minutes, a fleet's workers replaced.
 type Timeouts struct {
 	Heartbeat Duration `json:"heartbeat" yaml:"heartbeat"`
 	Activity  Duration `json:"activity" yaml:"activity"`
+	RetryFor  Duration `json:"retry_for,omitempty" yaml:"retry_for,omitempty"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML and JSON.
@@ -339,6 +343,9 @@ func (c Config) WithDefaults() Config {
 	if c.Timeouts.Activity == 0 {
 		c.Timeouts.Activity = Duration(2 * time.Hour)
 	}
+	if c.Timeouts.RetryFor == 0 {
+		c.Timeouts.RetryFor = Duration(20 * time.Minute)
+	}
 	return c
 }
 
@@ -439,6 +446,9 @@ func (c Config) Validate() error {
 		// Temporal refuses to schedule an activity with a negative
 		// timeout, and the pass would hang on a failing workflow task.
 		return bad("timeouts.activity", "must be at least timeouts.heartbeat (%s), got %s", time.Duration(c.Timeouts.Heartbeat), time.Duration(c.Timeouts.Activity))
+	}
+	if c.Timeouts.RetryFor < 0 || c.Timeouts.RetryFor > Duration(7*24*time.Hour) {
+		return bad("timeouts.retry_for", "must be in [0, 168h] (0: the default, 20m), got %s", time.Duration(c.Timeouts.RetryFor))
 	}
 	return nil
 }

@@ -215,6 +215,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 		return PassResult{}, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidConfig", nil)
 	}
 	heartbeat, timeout := time.Duration(cfg.Timeouts.Heartbeat), time.Duration(cfg.Timeouts.Activity)
+	ctx = withRetries(ctx, time.Duration(cfg.Timeouts.RetryFor))
 	cpu := cpuOptions(ctx, heartbeat, timeout)
 	short := steps{local: workflow.GetVersion(ctx, localStepsChange, workflow.DefaultVersion, 1) == 1, heartbeat: heartbeat, timeout: timeout}
 	var a *activities.Activities
@@ -422,7 +423,7 @@ type steps struct {
 
 func (s steps) run(ctx workflow.Context, fn, arg any) workflow.Future {
 	if s.local {
-		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{StartToCloseTimeout: s.timeout, RetryPolicy: retryPolicy})
+		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{StartToCloseTimeout: s.timeout, RetryPolicy: stepRetries(ctx)})
 		return workflow.ExecuteLocalActivity(lctx, fn, arg)
 	}
 	return workflow.ExecuteActivity(cpuOptions(ctx, s.heartbeat, s.timeout), fn, arg)
@@ -842,7 +843,7 @@ func (s shardRunner) input(ds string, m activities.ModelRef, first, end, k int) 
 		Run: s.runID, Dataset: ds, Model: m, First: first, End: end,
 		Window: s.cfg.Shards.Window, BatchSize: s.cfg.Shards.BatchSize, K: k,
 		Heartbeat: time.Duration(s.cfg.Timeouts.Heartbeat), Timeout: time.Duration(s.cfg.Timeouts.Activity),
-		Scan: s.scan, Keyed: s.keyed, Reread: s.reread,
+		Scan: s.scan, Keyed: s.keyed, Reread: s.reread, RetryFor: time.Duration(s.cfg.Timeouts.RetryFor),
 	}
 }
 

@@ -169,6 +169,61 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	s.Equal(p.ShardsTotal, p.ShardsDone)
 }
 
+// A step that fails on every try (a store down) is tried again for about
+// timeouts.retry_for before it fails the pass: the waits between tries,
+// 1 s doubling to a minute, add up to it. The pool's chains, children of
+// the pass, retry as long.
+func (s *UnitTestSuite) TestRetryForBoundsRetries() {
+	for _, c := range []struct {
+		retryFor time.Duration
+		failing  string // the dataset whose first shard fails
+		tries    int
+	}{
+		{time.Minute, activities.ErrorSample, 7},       // 1+2+4+8+16+32 s
+		{20 * time.Minute, activities.ErrorSample, 26}, // 63 s, then 19 minutes
+		{0, activities.ErrorSample, 26},                // the default
+		{time.Minute, activities.Pool, 7},              // in a chain of the pass
+	} {
+		env := s.NewTestWorkflowEnvironment()
+		env.RegisterWorkflow(ShardsWorkflow)
+		var a *activities.Activities
+		var mu sync.Mutex
+		tries := 0
+		env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+		env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+		env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
+		env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+				if in.Name == activities.Pool {
+					return activities.PlanResult{Shards: 500, Images: 5000}, nil
+				}
+				return activities.PlanResult{Shards: 1, Images: 10}, nil
+			})
+		env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
+		env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
+			if in.CachedOnly {
+				return activities.EmbedShardResult{}, nil
+			}
+			if in.Dataset != c.failing || in.Shard != 0 {
+				return activities.EmbedShardResult{Images: 10}, nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			tries++
+			return activities.EmbedShardResult{}, errors.New("store: connection refused")
+		})
+		env.OnActivity(a.TopKShard, mock.Anything, mock.Anything).Return(activities.TopKShardResult{}, nil)
+		mockAfterScan(env)
+		cfg := validConfig()
+		cfg.Timeouts.RetryFor = schemas.Duration(c.retryFor)
+		env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
+		s.True(env.IsWorkflowCompleted())
+		err := env.GetWorkflowError()
+		s.ErrorContains(err, "connection refused", "retry_for %s", c.retryFor)
+		s.Equal(c.tries, tries, "retry_for %s: %s's tries", c.retryFor, c.failing)
+	}
+}
+
 // A pass started with Reread asks every lookup and embedding of every set
 // to read its cached unreadable images again: the pool's in its chains
 // (a pool too large to scan in the pass itself) and the sets' in the pass.

@@ -37,6 +37,8 @@ type ShardsInput struct {
 	// (activities.TopKKey); chains of passes started before it was do
 	// not.
 	Keyed bool `json:",omitempty"`
+	// RetryFor is the pass's timeouts.retry_for (withRetries).
+	RetryFor time.Duration `json:",omitempty"`
 	// Reread is PassInput.Reread.
 	Reread bool `json:",omitempty"`
 }
@@ -104,6 +106,7 @@ const cancelBeforeContinueChange = "cancel-before-continue"
 // ShardsWorkflow embeds shards [First, End) in a sliding window of Window
 // shards, ShardsPerRun per run, continuing as new until the range is done.
 func ShardsWorkflow(ctx workflow.Context, in ShardsInput) (ShardsResult, error) {
+	ctx = withRetries(ctx, in.RetryFor)
 	done := in.Done
 	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (ShardsResult, error) { return done, nil }); err != nil {
 		return done, err
@@ -421,7 +424,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 		} else {
 			f = workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
 				StartToCloseTimeout: in.Timeout,
-				RetryPolicy:         retryPolicy,
+				RetryPolicy:         stepRetries(ctx),
 			}), a.EmbedShard, cachedOnly)
 		}
 		if err := f.Get(ctx, &emb); err != nil {
@@ -474,15 +477,44 @@ func activityOptions(ctx workflow.Context, queue string, heartbeat, timeout time
 		TaskQueue:           queue,
 		StartToCloseTimeout: timeout,
 		HeartbeatTimeout:    heartbeat,
-		RetryPolicy:         retryPolicy,
+		RetryPolicy:         stepRetries(ctx),
 	})
 }
 
+// retryPolicy is a step's retries where no timeouts.retry_for says
+// otherwise (a pack; a chain of a pass started before it did): ten tries,
+// about four minutes.
 var retryPolicy = &temporal.RetryPolicy{
 	InitialInterval:    time.Second,
 	BackoffCoefficient: 2,
 	MaximumInterval:    time.Minute,
 	MaximumAttempts:    10,
+}
+
+// withRetries has the steps run from ctx tried again for about d
+// (timeouts.retry_for) before they fail: the waits between tries, 1 s
+// doubling to a minute, add up to d. Not a ScheduleToClose timeout, which
+// would also end a step waiting for a worker to come.
+func withRetries(ctx workflow.Context, d time.Duration) workflow.Context {
+	if d <= 0 {
+		return ctx
+	}
+	p := *retryPolicy
+	p.MaximumAttempts = 1
+	wait := p.InitialInterval
+	for total := time.Duration(0); total < d; p.MaximumAttempts++ {
+		total += wait
+		wait = min(time.Duration(float64(wait)*p.BackoffCoefficient), p.MaximumInterval)
+	}
+	return workflow.WithRetryPolicy(ctx, p)
+}
+
+// stepRetries is the retry policy of the steps run from ctx.
+func stepRetries(ctx workflow.Context) *temporal.RetryPolicy {
+	if p := workflow.GetActivityOptions(ctx).RetryPolicy; p != nil {
+		return p
+	}
+	return retryPolicy
 }
 
 func gpuOptions(ctx workflow.Context, heartbeat, timeout time.Duration) workflow.Context {
