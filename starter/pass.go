@@ -212,11 +212,11 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		line, err := progress(ctx, time.Now())
 		switch {
 		case err != nil && note != "":
-			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %s\n", id, note)
+			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s\n", id, note)
 		case err != nil:
 			// A worker polled its workflow queue lately (stuck would
 			// say if none had), though it may since have died.
-			fmt.Fprintf(e.stdout, "%s: Running, no progress yet: %v (%s: ask again shortly)\n", id, err, busyOrGone)
+			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s (ask again shortly)\n", id, unanswered("pass", err))
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:

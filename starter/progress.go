@@ -118,6 +118,19 @@ func statusLine(p workflows.Progress, now time.Time, rate float64) string {
 // minutes).
 const busyOrGone = "its worker may be in a step that holds its answers (checking the models, say), or gone"
 
+// unanswered says why a workflow did not answer its progress query: its
+// worker gone, when the server says no worker polled its queue of late
+// (the worker that ran it was killed, and none other polls), else busy
+// or gone.
+func unanswered(what string, err error) string {
+	var fp *serviceerror.FailedPrecondition
+	if errors.As(err, &fp) && strings.Contains(fp.Error(), "no poller seen") {
+		return fmt.Sprintf("no worker has polled the %s's workflows lately (%s): the one running it died or was stopped; start one (bin/worker) and the %s goes on from where it stood",
+			what, workflows.CPUQueue, what)
+	}
+	return shortError(err) + ": " + busyOrGone
+}
+
 // watch shows a pass's progress until it ends and returns its result.
 // Interrupting stops the watching, not the pass.
 func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
@@ -197,6 +210,8 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var printed time.Time
+	var last string // the last line the workflow answered, and when
+	var lastAt time.Time
 	width := 0
 	var checked time.Time
 	idle := ""
@@ -233,10 +248,17 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			line, err := fetch(ctx, now)
 			switch {
 			case err == nil:
+				last, lastAt = line, now
 			case ctx.Err() != nil:
 				continue
 			default:
-				line = "no answer from the " + what + " yet (" + shortError(err) + ")"
+				line = "no answer from the " + what
+				if last != "" { // what it said last, not "no progress"
+					line = fmt.Sprintf("no answer from the %s for %s; it said: %s", what, now.Sub(lastAt).Round(time.Second), last)
+				}
+				if what != "pass" { // a pass's reason is said below
+					line += " (" + shortError(err) + ")"
+				}
 			}
 			if now.Sub(checked) >= idleEvery {
 				checked = now
@@ -250,7 +272,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			case err != nil && ctx.Err() == nil && what == "pass":
 				// A worker polled its tasks lately (passStuck would say if
 				// none had), though it may since have died.
-				line += ": " + busyOrGone
+				line += " | " + unanswered(what, err)
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on

@@ -859,3 +859,16 @@ func TestFinishedEval(t *testing.T) {
 		t.Error("a complete eval.json taken for a failed pass's")
 	}
 }
+
+// A pass whose worker was killed, with no other polling, is said to have
+// lost it (the server's "no poller seen"), with what to do; another
+// unanswered query is put down to a busy or a gone worker.
+func TestUnanswered(t *testing.T) {
+	gone := serviceerror.NewFailedPrecondition("no poller seen for task queue recently, worker may be down")
+	if got := unanswered("pass", fmt.Errorf("query: %w", gone)); !strings.Contains(got, "no worker has polled the pass's workflows lately") || !strings.Contains(got, "start one (bin/worker)") {
+		t.Errorf("unanswered, the worker gone: %q", got)
+	}
+	if got := unanswered("pass", context.DeadlineExceeded); !strings.Contains(got, busyOrGone) {
+		t.Errorf("unanswered, a deadline: %q", got)
+	}
+}
