@@ -154,9 +154,9 @@ type Shards struct {
 }
 
 // Timeouts bound activities; a dead worker is noticed after Heartbeat.
-// RetryFor is how long a failing step is tried again (the waits between
-// its tries, 1 s doubling to a minute) before it fails the pass: a store
-// down for minutes, a fleet's workers replaced.
+// RetryFor is how long a failing step is tried again before it fails the
+// pass (a store down for minutes, a fleet's workers replaced): the waits
+// between its tries, 1 s doubling to a minute, not the tries' own time.
 type Timeouts struct {
 	Heartbeat Duration `json:"heartbeat" yaml:"heartbeat"`
 	Activity  Duration `json:"activity" yaml:"activity"`

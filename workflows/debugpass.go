@@ -423,8 +423,7 @@ type steps struct {
 
 func (s steps) run(ctx workflow.Context, fn, arg any) workflow.Future {
 	if s.local {
-		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{StartToCloseTimeout: s.timeout, RetryPolicy: stepRetries(ctx)})
-		return workflow.ExecuteLocalActivity(lctx, fn, arg)
+		return workflow.ExecuteLocalActivity(localOptions(ctx, s.timeout), fn, arg)
 	}
 	return workflow.ExecuteActivity(cpuOptions(ctx, s.heartbeat, s.timeout), fn, arg)
 }

@@ -172,24 +172,33 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 // A step that fails on every try (a store down) is tried again for about
 // timeouts.retry_for before it fails the pass: the waits between tries,
 // 1 s doubling to a minute, add up to it. The pool's chains, children of
-// the pass, retry as long.
+// the pass, retry as long, and so do local activities (checking the
+// models), whose tries outlast a try's time limit.
 func (s *UnitTestSuite) TestRetryForBoundsRetries() {
+	const checks = "CheckModels"
 	for _, c := range []struct {
 		retryFor time.Duration
-		failing  string // the dataset whose first shard fails
+		failing  string // the dataset whose first shard fails, or checks
 		tries    int
 	}{
 		{time.Minute, activities.ErrorSample, 7},       // 1+2+4+8+16+32 s
 		{20 * time.Minute, activities.ErrorSample, 26}, // 63 s, then 19 minutes
 		{0, activities.ErrorSample, 26},                // the default
 		{time.Minute, activities.Pool, 7},              // in a chain of the pass
+		{20 * time.Minute, checks, 26},                 // a local activity, timeouts.activity 5m
 	} {
 		env := s.NewTestWorkflowEnvironment()
 		env.RegisterWorkflow(ShardsWorkflow)
 		var a *activities.Activities
 		var mu sync.Mutex
 		tries := 0
-		env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
+		env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(func(context.Context, activities.CheckModelsInput) (activities.CheckModelsResult, error) {
+			if c.failing != checks {
+				return activities.CheckModelsResult{}, nil
+			}
+			tries++
+			return activities.CheckModelsResult{}, errors.New("store: connection refused")
+		})
 		env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
 		env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
 		env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
@@ -216,6 +225,7 @@ func (s *UnitTestSuite) TestRetryForBoundsRetries() {
 		mockAfterScan(env)
 		cfg := validConfig()
 		cfg.Timeouts.RetryFor = schemas.Duration(c.retryFor)
+		cfg.Timeouts.Activity = schemas.Duration(5 * time.Minute)
 		env.ExecuteWorkflow(DebugPass, PassInput{Config: cfg})
 		s.True(env.IsWorkflowCompleted())
 		err := env.GetWorkflowError()

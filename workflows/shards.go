@@ -422,10 +422,7 @@ func shard(ctx workflow.Context, in ShardsInput, i int, scan *scanState, alone b
 		if alone {
 			f = workflow.ExecuteActivity(cpuOptions(ctx, in.Heartbeat, in.Timeout), a.EmbedShard, cachedOnly)
 		} else {
-			f = workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-				StartToCloseTimeout: in.Timeout,
-				RetryPolicy:         stepRetries(ctx),
-			}), a.EmbedShard, cachedOnly)
+			f = workflow.ExecuteLocalActivity(localOptions(ctx, in.Timeout), a.EmbedShard, cachedOnly)
 		}
 		if err := f.Get(ctx, &emb); err != nil {
 			return ShardsResult{}, err
@@ -507,6 +504,19 @@ func withRetries(ctx workflow.Context, d time.Duration) workflow.Context {
 		wait = min(time.Duration(float64(wait)*p.BackoffCoefficient), p.MaximumInterval)
 	}
 	return workflow.WithRetryPolicy(ctx, p)
+}
+
+// localOptions runs local activities from ctx with the steps' retries
+// and a time limit a try: their tries and the waits between them bound
+// by the policy alone, where the SDK would end them once the first try's
+// time limit had passed since it began.
+func localOptions(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	p := stepRetries(ctx)
+	return workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+		StartToCloseTimeout:    timeout,
+		ScheduleToCloseTimeout: time.Duration(max(p.MaximumAttempts, 1)) * (timeout + p.MaximumInterval),
+		RetryPolicy:            p,
+	})
 }
 
 // stepRetries is the retry policy of the steps run from ctx.
