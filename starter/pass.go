@@ -16,6 +16,8 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 
 	"dcd/activities"
 	"dcd/internal/devserver"
@@ -216,7 +218,11 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		case err != nil:
 			// A worker polled its workflow queue lately (stuck would
 			// say if none had), though it may since have died.
-			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s (ask again shortly)\n", id, unanswered("pass", err))
+			what := "pass"
+			if st.pack {
+				what = "pack"
+			}
+			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s (ask again shortly)\n", id, unanswered(what, err))
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:
@@ -286,12 +292,13 @@ func closedLine(ctx context.Context, c client.Client, id string, st execStatus) 
 // (the workflow's, the activity's, a child's): DCD's own, which names the
 // field or file and quotes its cause. The causes below it travel too, as
 // nested failures, but alone they lose that context ("exit status 3").
-// Bad input is not named after the step that found it: its message names
-// the field or image, and a local activity's failure names no step.
+// Bad input that names its field or set ("config: …", "data.train: …")
+// is not named after the step that found it, as a local activity's
+// failure names none.
 func failureMessage(err error) string {
 	var act *temporal.ActivityError
 	var app *temporal.ApplicationError
-	if errors.As(err, &app) && app.Type() == activities.InvalidInput {
+	if errors.As(err, &app) && app.Type() == activities.InvalidInput && (strings.HasPrefix(app.Message(), "config:") || strings.HasPrefix(app.Message(), "data.")) {
 		return failureCause(err, true)
 	}
 	if errors.As(err, &act) && act.ActivityType() != nil {
@@ -436,8 +443,10 @@ func perClassLeftOut(ev activities.Eval) bool {
 // finishedEval is the eval.json a failed pass wrote of the methods that
 // finished before one failed, when storage has one of this run (started
 // at start), not an earlier run's under the same ID.
-// unread says why there was none to read (the store, or no such file),
-// as opposed to one of an earlier run or a complete one.
+// unread says why storage could not have the file: it could not be
+// opened or read, or it has nothing of the pass, as a bucket other than
+// the workers' has not; not an earlier run's file, a complete one, or
+// none where the pass wrote others (no method had finished).
 func finishedEval(ctx context.Context, storage, id string, start time.Time) (data []byte, ev activities.Eval, ok bool, unread error) {
 	b, err := store.Open(ctx, storage)
 	if err != nil {
@@ -446,6 +455,11 @@ func finishedEval(ctx context.Context, storage, id string, start time.Time) (dat
 	defer b.Close()
 	key := activities.RunKey(id, "eval.json")
 	attrs, err := b.Attributes(ctx, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		if _, lerr := b.List(&blob.ListOptions{Prefix: activities.RunKey(id, "")}).Next(ctx); lerr == nil {
+			return nil, ev, false, nil // the pass's folder is there: no method finished
+		}
+	}
 	if err != nil {
 		return nil, ev, false, err
 	}

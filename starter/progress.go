@@ -267,6 +267,8 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 				cancel()
 			}
 			switch {
+			case idle != "" && err != nil && what == "pass":
+				line += " (" + shortError(err) + ") | " + idle
 			case idle != "":
 				line += " | " + idle
 			case err != nil && ctx.Err() == nil && what == "pass":

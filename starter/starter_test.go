@@ -484,6 +484,12 @@ func TestFailureMessageBadInput(t *testing.T) {
 	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); msg != "data.train: image a.png is also in data.error_heldout" {
 		t.Errorf("failureMessage = %q, want the bad input's message alone", msg)
 	}
+	// One that names no field keeps the step's name.
+	sent = fc.ErrorToFailure(temporal.NewNonRetryableApplicationError("target model gives 4 values per image", activities.InvalidInput, nil))
+	f.Cause = sent
+	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); !strings.HasPrefix(msg, "activity CheckTrainApart: ") {
+		t.Errorf("failureMessage = %q, want the step named", msg)
+	}
 }
 
 // A pass failed by a method's step wrote the others' eval.json; one failed
@@ -845,7 +851,17 @@ func TestFinishedEval(t *testing.T) {
 	ctx := context.Background()
 	before := time.Now().Add(-time.Minute)
 	if _, _, ok, unread := finishedEval(ctx, storage, "p", before); ok || unread == nil {
-		t.Errorf("no eval.json: taken as one %v, or not said unread (%v)", ok, unread)
+		t.Errorf("no eval.json, nor the pass's folder: taken as one %v, or not said unread (%v)", ok, unread)
+	}
+	// The pass's folder without eval.json: no method had finished.
+	if err := os.MkdirAll(filepath.Join(dir, "runs", "p", "shards"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "runs", "p", "shards", "0.csv"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, unread := finishedEval(ctx, storage, "p", before); ok || unread != nil {
+		t.Errorf("no eval.json in the pass's folder: taken as one %v, or said unread (%v)", ok, unread)
 	}
 	write(activities.Eval{Methods: []activities.Method{{Method: "none"}}, Incomplete: true, Failed: []string{"dcd"}})
 	if _, ev, ok, _ := finishedEval(ctx, storage, "p", before); !ok || len(ev.Methods) != 1 || ev.Failed[0] != "dcd" {

@@ -152,7 +152,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "embedding with %s on %s\n", job.Target.Path, ep)
 	defer sess.Close()
-	emb := &embed.Embedder{Name: job.Target.Path, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
+	emb := &embed.Embedder{Name: job.Target.Path, Outputs: []string{job.Target.Features}, Session: sess, Spec: job.Target.Preprocess, BatchSize: 64, FixedBatch: job.TargetBatch}
 
 	// A file of its own, unlinked at once and read through its open
 	// descriptor: a fixed -work (a disk large enough for the spool) is
