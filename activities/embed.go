@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
+	"golang.org/x/sync/errgroup"
 
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
@@ -432,7 +434,7 @@ func (a *Activities) cachedRejects(ctx context.Context, key string) ([]embed.Rej
 // number the pass reports.
 func (a *Activities) entryRejects(ctx context.Context, ds, key string, reread bool) (rejects []embed.Reject, ok, fixed bool, err error) {
 	rejects, ok, err = a.cachedRejects(ctx, key)
-	if ok && (reread || ds == ErrorSample || ds == Test || ds == ErrorHeldout) && a.unreadFixed(ctx, rejects) {
+	if ok && (reread || ds == ErrorSample || ds == Test || ds == ErrorHeldout) && a.unreadFixed(ctx, rejects, reread) {
 		return nil, false, true, nil
 	}
 	return rejects, ok, false, err
@@ -444,21 +446,41 @@ const recheckUnread = 8
 
 // unreadFixed says whether an image that a cache entry records as
 // unreadable (gone, forbidden) reads now.
-func (a *Activities) unreadFixed(ctx context.Context, rejects []embed.Reject) bool {
-	n := 0
+// Only the first recheckUnread are read, unless all, which reads every
+// one, recheckAtOnce at a time, until one reads: a pass asked to
+// (Reread), whose shards may list many images gone for good before one
+// it is meant to find.
+func (a *Activities) unreadFixed(ctx context.Context, rejects []embed.Reject, all bool) bool {
+	var unread []string
 	for _, r := range rejects {
-		if !r.Unread() {
-			continue
-		}
-		if n++; n > recheckUnread {
-			return false
-		}
-		if _, err := a.read(ctx, r.URI); err == nil || errors.Is(err, embed.ErrRejected) {
-			return true
+		if r.Unread() && (all || len(unread) < recheckUnread) {
+			unread = append(unread, r.URI)
 		}
 	}
-	return false
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var fixed atomic.Bool
+	var g errgroup.Group
+	g.SetLimit(recheckAtOnce)
+	for _, uri := range unread {
+		if fixed.Load() {
+			break
+		}
+		g.Go(func() error {
+			if _, err := a.read(ctx, uri); err == nil || errors.Is(err, embed.ErrRejected) {
+				fixed.Store(true)
+				cancel()
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	return fixed.Load()
 }
+
+// recheckAtOnce is how many unreadable images unreadFixed reads at once:
+// from an object store, each a round trip.
+const recheckAtOnce = 16
 
 // read fetches an image: a key in the worker's bucket, or an absolute URL
 // (s3://bucket/key?region=…, file:///dir/file, …) in a bucket opened once
