@@ -34,6 +34,7 @@ type featureRows struct {
 	dim     int
 	sources []featureSource
 	cached  [][]float32 // per source; nil when streaming
+	mix     *head.Mixer // EachShuffled's, kept from epoch to epoch
 	// live counts files held in memory now; maxLive is the most at once.
 	live, maxLive atomic.Int32
 	passes        int
@@ -56,11 +57,15 @@ func (r *featureRows) Each(fn func(x []float32, label int, weight float32) error
 // own; the same whether the rows are kept in memory or streamed.
 func (r *featureRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
 	rng := rand.New(rand.NewPCG(seed, 0xfea7))
-	mix := head.NewMixer(rng, r.dim, fn)
-	if err := r.each(rng, mix.Add); err != nil {
+	if r.mix == nil {
+		r.mix = head.NewMixer(rng, r.dim, fn)
+	} else {
+		r.mix.Reset(rng, fn) // an epoch's window is the last one's memory
+	}
+	if err := r.each(rng, r.mix.Add); err != nil {
 		return err
 	}
-	return mix.Flush()
+	return r.mix.Flush()
 }
 
 func (r *featureRows) each(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) error {

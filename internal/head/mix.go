@@ -31,6 +31,13 @@ func NewMixer(rng *rand.Rand, dim int, fn func(x []float32, label int, weight fl
 	return &Mixer{rng: rng, dim: dim, fn: fn}
 }
 
+// Reset empties m for another pass over the rows, drawn from rng to fn,
+// keeping its window's memory.
+func (m *Mixer) Reset(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) {
+	m.rng, m.fn = rng, fn
+	m.x, m.label, m.weight = m.x[:0], m.label[:0], m.weight[:0]
+}
+
 // Add puts a row into the window, giving fn one drawn from it once the
 // window is full.
 func (m *Mixer) Add(x []float32, label int, weight float32) error {
