@@ -100,7 +100,7 @@ func fillPreprocess(field modelField, path string, in ortrun.IO, p preprocess.Sp
 // will prepare every image, and returns the values per image of each
 // output. It proves that the model accepts the preprocessing and a batch,
 // and that every output is float32 with the batch first.
-func (a *Activities) probe(field modelField, path string, model []byte, spec features.Spec, names []string, batch int) ([]int, error) {
+func (a *Activities) probe(field modelField, path string, model []byte, spec features.Spec, names []string, batch int, others []string) ([]int, error) {
 	var opt ortrun.Options
 	if a.Sessions != nil {
 		opt = a.Sessions.opt
@@ -130,6 +130,10 @@ func (a *Activities) probe(field modelField, path string, model []byte, spec fea
 		shape = []int64{int64(n), int64(p.Height), int64(p.Width), int64(p.Channels)}
 	}
 	outs, err := s.Run(ortrun.Tensor{Shape: shape, Floats: x})
+	if err != nil && len(others) > 0 {
+		return nil, invalid("config: %s: model %q fails on a batch of %d images shaped %v: %v (DCD feeds the model its image input %q alone: its other inputs, %s, need values of their own in the graph, such as initializers)",
+			field.sub(""), path, n, shape, err, spec.Input, strings.Join(others, ", "))
+	}
 	if err != nil {
 		return nil, invalid("config: %s: model %q fails on a batch of %d images shaped %v: %v", field.sub(""), path, n, shape, err)
 	}
@@ -248,18 +252,13 @@ func (a *Activities) checkModelSpec(field modelField, m schemas.Model, data []by
 		Exposed: exposed(outputs, names), StoredAs: m.StoredAs, Decoder: preprocess.DecoderVersion,
 	}
 	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
-	dims, err := a.probe(field, m.Path, model, spec, names, batch)
-	var app *temporal.ApplicationError
-	if err != nil && len(ins) > 1 && errors.As(err, &app) && app.Type() == InvalidInput {
-		// ORT says an input is missing, by its name alone.
-		var others []string
-		for _, io := range ins {
-			if io.Name != input {
-				others = append(others, strconv.Quote(io.Name))
-			}
+	var others []string // inputs DCD feeds nothing: ORT names one missing, and no more
+	for _, io := range ins {
+		if io.Name != input {
+			others = append(others, strconv.Quote(io.Name))
 		}
-		return ModelRef{}, invalid("%s (DCD feeds the model its image input %q alone: its other inputs, %s, need values of their own in the graph, such as initializers)", app.Message(), input, strings.Join(others, ", "))
 	}
+	dims, err := a.probe(field, m.Path, model, spec, names, batch, others)
 	if err != nil {
 		return ModelRef{}, err
 	}

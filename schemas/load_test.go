@@ -63,6 +63,8 @@ func TestLoadConfigYAMLWholeNumbers(t *testing.T) {
 		{"selection:\n  variants:\n    wide: {budget: 10.25}\n", `line 3: selection.variants.wide.budget: 10.25 is not a whole number`},
 		{"target:\n  preprocess: {height: 27.5}\n", `target.preprocess.height: 27.5 is not a whole number`},
 		{"selection:\n  threshold: &t 2.5\n  k: *t\n", `selection.k: 2.5 is not a whole number`},
+		{"selection: {<<: {k: 2.5}}", `selection.k: 2.5 is not a whole number`},
+		{"selection:\n  <<: [{threshold: 0.5}, {budget: 7.5}]\n", `selection.budget: 7.5 is not a whole number`},
 	} {
 		p := filepath.Join(dir, fmt.Sprintf("%d.yaml", i))
 		if err := os.WriteFile(p, []byte(c.text), 0o644); err != nil {

@@ -65,6 +65,22 @@ func checkYAMLWholeNumbers(n *yaml.Node, path string, t reflect.Type) error {
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := n.Content[i].Value
+			if n.Content[i].Tag == "!!merge" { // <<: a mapping, or a list of them, merged into this one
+				merged := n.Content[i+1]
+				if merged.Kind == yaml.AliasNode && merged.Alias != nil {
+					merged = merged.Alias
+				}
+				parts := []*yaml.Node{merged}
+				if merged.Kind == yaml.SequenceNode {
+					parts = merged.Content
+				}
+				for _, part := range parts {
+					if err := checkYAMLWholeNumbers(part, path, t); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 			at := key
 			if path != "" {
 				at = path + "." + key
