@@ -252,7 +252,7 @@ func (a *Activities) checkModelSpec(field modelField, m schemas.Model, data []by
 		Exposed: exposed(outputs, names), StoredAs: m.StoredAs, Decoder: preprocess.DecoderVersion,
 	}
 	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
-	var others []string // inputs DCD feeds nothing: ORT names one missing, and no more
+	var others []string                        // inputs DCD feeds nothing: ORT names one missing, and no more
 	for _, io := range ins {
 		if io.Name != input {
 			others = append(others, strconv.Quote(io.Name))
