@@ -252,7 +252,8 @@ func (a *Activities) checkModelSpec(field modelField, m schemas.Model, data []by
 		Exposed: exposed(outputs, names), StoredAs: m.StoredAs, Decoder: preprocess.DecoderVersion,
 	}
 	batch := max(int(ins[i].Dimensions[0]), 0) // a fixed batch size, or -1: any
-	var others []string                        // inputs DCD feeds nothing: ORT names one missing, and no more
+	// The inputs DCD feeds nothing: ORT names one missing, and no more.
+	var others []string
 	for _, io := range ins {
 		if io.Name != input {
 			others = append(others, strconv.Quote(io.Name))
