@@ -222,7 +222,11 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 			if st.pack {
 				what = "pack"
 			}
-			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s (ask again shortly)\n", id, unanswered(what, err))
+			again := " (ask again shortly)"
+			if workerGone(err) {
+				again = ""
+			}
+			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s%s\n", id, unanswered(what, err), again)
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:
@@ -302,7 +306,15 @@ func failureMessage(err error) string {
 		return failureCause(err, true)
 	}
 	if errors.As(err, &act) && act.ActivityType() != nil {
-		return "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": " + failureCause(err, true)
+		msg := "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": " + failureCause(err, true)
+		switch {
+		case act.RetryState() != enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED:
+		case act.ActivityType().GetName() == "TrainExternal": // tried 3 times whatever retry_for says
+			msg += " (it failed on each of its 3 tries)"
+		default: // said of its last try: that the others failed too is not
+			msg += " (it failed on every try for timeouts.retry_for)"
+		}
+		return msg
 	}
 	return failureCause(err, false)
 }

@@ -123,12 +123,18 @@ const busyOrGone = "its worker may be in a step that holds its answers (checking
 // (the worker that ran it was killed, and none other polls), else busy
 // or gone.
 func unanswered(what string, err error) string {
-	var fp *serviceerror.FailedPrecondition
-	if errors.As(err, &fp) && strings.Contains(fp.Error(), "no poller seen") {
+	if workerGone(err) {
 		return fmt.Sprintf("no worker has polled the %s's workflows lately (%s): the one running it died or was stopped; start one (bin/worker) and the %s goes on from where it stood",
 			what, workflows.CPUQueue, what)
 	}
 	return shortError(err) + ": " + busyOrGone
+}
+
+// workerGone says whether err is the server's answer to a query that no
+// worker has polled the workflow's queue of late.
+func workerGone(err error) bool {
+	var fp *serviceerror.FailedPrecondition
+	return errors.As(err, &fp) && strings.Contains(fp.Error(), "no poller seen")
 }
 
 // watch shows a pass's progress until it ends and returns its result.
@@ -162,8 +168,8 @@ func passProgress(c client.Client, id string) progress {
 }
 
 // recentRate is the images/s over the last rateWindow of a watch's
-// samples, once they span half of it (< 0 before: the average since the
-// start is shown then).
+// samples, once they span half of it (< 0 before, and after a silence
+// longer than the window: the average since the start is shown then).
 type recentRate []struct {
 	at     time.Time
 	images int
@@ -174,7 +180,7 @@ func (r *recentRate) add(now time.Time, images int) float64 {
 		at     time.Time
 		images int
 	}{now, images})
-	for len(*r) > 1 && now.Sub((*r)[1].at) >= rateWindow {
+	for len(*r) > 1 && now.Sub((*r)[0].at) > rateWindow {
 		*r = (*r)[1:]
 	}
 	first := (*r)[0]

@@ -333,14 +333,20 @@ func TestStatusLine(t *testing.T) {
 func TestRecentRate(t *testing.T) {
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	var r recentRate
-	want := map[int]float64{0: -1, 4: -1, 5: 1000, 6: 1000, 11: 500, 16: 0, 18: 10}
-	for s := 0; s <= 18; s++ {
+	want := map[int]float64{0: -1, 4: -1, 5: 1000, 6: 1000, 11: 500, 16: 0, 18: 10, 150: -1, 155: 20}
+	for s := range 156 {
+		if 18 < s && s < 150 {
+			continue // a silence: no line answered
+		}
 		images := 1000 * min(s, 6) // embeds for 6 s, then retries a step
 		if s == 17 {
 			images -= 100 // a chain did not answer
 		}
-		if s == 18 {
+		if s >= 18 {
 			images += 100
+		}
+		if s == 155 {
+			images += 100 // 100 in the 5 s since the silence
 		}
 		got := r.add(start.Add(time.Duration(s)*time.Second), images)
 		if w, ok := want[s]; ok && got != w {
@@ -504,6 +510,23 @@ func TestMethodFailed(t *testing.T) {
 	if !methodFailed(failed(workflows.MethodStepID("dcd", "retrain"))) || methodFailed(failed("12")) || methodFailed(errors.New("plain")) {
 		t.Errorf("methodFailed: a method's step %v, another %v, no activity %v; want true, false, false",
 			methodFailed(failed(workflows.MethodStepID("dcd", "retrain"))), methodFailed(failed("12")), methodFailed(errors.New("plain")))
+	}
+}
+
+// A step that failed on every try until its retries ran out says so: its
+// message is its last try's.
+func TestFailureMessageTriesRanOut(t *testing.T) {
+	fc := temporal.GetDefaultFailureConverter()
+	f := &failurepb.Failure{Message: "activity error", Cause: fc.ErrorToFailure(errors.New("store: connection refused")), FailureInfo: &failurepb.Failure_ActivityFailureInfo{
+		ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "CachedShards"}, ActivityId: "9",
+			RetryState: enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED}}}
+	want := "activity CachedShards: store: connection refused (it failed on every try for timeouts.retry_for)"
+	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); msg != want {
+		t.Errorf("failureMessage = %q, want %q", msg, want)
+	}
+	f.GetActivityFailureInfo().RetryState = enumspb.RETRY_STATE_NON_RETRYABLE_FAILURE
+	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); strings.Contains(msg, "every try") {
+		t.Errorf("a failure not retried: %q", msg)
 	}
 }
 

@@ -467,10 +467,14 @@ func unlearnedNote(r activities.RetrainResult) string {
 	if r.Unlearned > len(labels) {
 		which += ", …"
 	}
-	if r.Unlearned == 1 {
-		return fmt.Sprintf("no image of class %s to retrain on, in train or its own: the head never predicts it", which)
+	what, it := "class "+which, "it"
+	if r.Unlearned > 1 {
+		what, it = fmt.Sprintf("%d classes (%s)", r.Unlearned, which), "them"
 	}
-	return fmt.Sprintf("no image of %d classes (%s) to retrain on, in train or its own: the head never predicts them", r.Unlearned, which)
+	if r.DebugRows == 0 { // the method added none
+		return fmt.Sprintf("train has no image of %s: the head never predicts %s", what, it)
+	}
+	return fmt.Sprintf("neither train nor the images it added have any image of %s: the head never predicts %s", what, it)
 }
 
 // domainNote names the domains of a method's retrained rows when none is

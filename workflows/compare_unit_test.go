@@ -334,8 +334,8 @@ func TestSkippedLabelsNoted(t *testing.T) {
 		want string
 	}{
 		{activities.RetrainResult{}, ""},
-		{activities.RetrainResult{Unlearned: 1, UnlearnedExamples: []string{"9"}}, `no image of class "9" to retrain on, in train or its own: the head never predicts it`},
-		{activities.RetrainResult{Unlearned: 5, UnlearnedExamples: []string{"a", "b", "c"}}, `no image of 5 classes ("a", "b", "c", …) to retrain on`},
+		{activities.RetrainResult{Unlearned: 1, UnlearnedExamples: []string{"9"}}, `train has no image of class "9": the head never predicts it`},
+		{activities.RetrainResult{DebugRows: 40, Unlearned: 5, UnlearnedExamples: []string{"a", "b", "c"}}, `neither train nor the images it added have any image of 5 classes ("a", "b", "c", …): the head never predicts them`},
 	} {
 		if got := unlearnedNote(c.r); !strings.Contains(got, c.want) || (c.want == "") != (got == "") {
 			t.Errorf("unlearnedNote(%+v) = %q, want %q", c.r, got, c.want)
