@@ -34,7 +34,7 @@ type featureRows struct {
 	dim     int
 	sources []featureSource
 	cached  [][]float32 // per source; nil when streaming
-	mix     *head.Mixer // EachShuffled's, kept from epoch to epoch
+	mix     head.Mixer  // EachShuffled's, its window kept from epoch to epoch
 	// live counts files held in memory now; maxLive is the most at once.
 	live, maxLive atomic.Int32
 	passes        int
@@ -57,11 +57,7 @@ func (r *featureRows) Each(fn func(x []float32, label int, weight float32) error
 // own; the same whether the rows are kept in memory or streamed.
 func (r *featureRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
 	rng := rand.New(rand.NewPCG(seed, 0xfea7))
-	if r.mix == nil {
-		r.mix = head.NewMixer(rng, r.dim, fn)
-	} else {
-		r.mix.Reset(rng, fn) // an epoch's window is the last one's memory
-	}
+	r.mix.Reset(rng, r.dim, fn)
 	if err := r.each(rng, r.mix.Add); err != nil {
 		return err
 	}

@@ -303,7 +303,7 @@ type spoolRows struct {
 	dim    int
 	rows   int
 	passes int
-	mix    *head.Mixer // EachShuffled's, kept from epoch to epoch
+	mix    head.Mixer // EachShuffled's, its window kept from epoch to epoch
 }
 
 func (s *spoolRows) write(w io.Writer, x []float32, label int, weight float32) error {
@@ -333,11 +333,7 @@ const spoolChunk = 4096
 // epoch would read the train rows first and end on debug-train's alone.
 func (s *spoolRows) EachShuffled(seed uint64, fn func(x []float32, label int, weight float32) error) error {
 	rng := rand.New(rand.NewPCG(seed, 0x5b001))
-	if s.mix == nil {
-		s.mix = head.NewMixer(rng, s.dim, fn)
-	} else {
-		s.mix.Reset(rng, fn) // an epoch's window is the last one's memory
-	}
+	s.mix.Reset(rng, s.dim, fn)
 	if err := s.each(rng, s.mix.Add); err != nil {
 		return err
 	}

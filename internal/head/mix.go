@@ -14,27 +14,21 @@ const MixRows = 8192
 // a chunk at a time, shuffled within it, keep their files' runs otherwise:
 // a debug set of one file's rows would make one or two mini-batches of
 // debug rows alone an epoch, and the fit would depend on which came last.
-// Determined by its rng.
+// Determined by its rng. Reset readies one.
 type Mixer struct {
 	rng    *rand.Rand
 	dim    int
 	x      []float32
 	label  []int
 	weight []float32
-	n      int
 	fn     func(x []float32, label int, weight float32) error
 }
 
-// NewMixer returns a Mixer of rows of dim values over a window of MixRows.
-// fn's x is valid during the call.
-func NewMixer(rng *rand.Rand, dim int, fn func(x []float32, label int, weight float32) error) *Mixer {
-	return &Mixer{rng: rng, dim: dim, fn: fn}
-}
-
-// Reset empties m for another pass over the rows, drawn from rng to fn,
-// keeping its window's memory.
-func (m *Mixer) Reset(rng *rand.Rand, fn func(x []float32, label int, weight float32) error) {
-	m.rng, m.fn = rng, fn
+// Reset readies m for a pass over rows of dim values, drawn from rng to
+// fn, keeping its window's memory from the pass before: a zero Mixer is
+// ready after it. fn's x is valid during the call.
+func (m *Mixer) Reset(rng *rand.Rand, dim int, fn func(x []float32, label int, weight float32) error) {
+	m.rng, m.dim, m.fn = rng, dim, fn
 	m.x, m.label, m.weight = m.x[:0], m.label[:0], m.weight[:0]
 }
 
