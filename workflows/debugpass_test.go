@@ -85,6 +85,21 @@ func (c *shardCounter) embed(ctx context.Context, in activities.EmbedShardInput)
 	return activities.EmbedShardResult{Images: 10}, nil
 }
 
+// mockPlans mocks a pass's checks of its sets apart and its plans: a pool
+// of poolShards shards, the other sets of one, each of ten images.
+func mockPlans(env *testsuite.TestWorkflowEnvironment, poolShards int) {
+	var a *activities.Activities
+	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
+			if in.Name == activities.Pool {
+				return activities.PlanResult{Shards: poolShards, Images: poolShards * 10}, nil
+			}
+			return activities.PlanResult{Shards: 1, Images: 10}, nil
+		})
+}
+
 // mockAfterScan mocks a pass's steps from its queries on, each a success.
 func mockAfterScan(env *testsuite.TestWorkflowEnvironment) {
 	var a *activities.Activities
@@ -119,15 +134,7 @@ func (s *UnitTestSuite) TestTenThousandShardsKeepHistoriesBounded() {
 	const poolShards = 10000
 	c := &shardCounter{seen: map[string]map[int]int{}, perRun: map[string]int{}, embedding: map[string]int{}}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
-	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
-			if in.Name == activities.Pool {
-				return activities.PlanResult{Shards: poolShards, Images: poolShards * 10}, nil
-			}
-			return activities.PlanResult{Shards: 1, Images: 10}, nil
-		})
+	mockPlans(env, poolShards)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(c.embed)
 	env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
 	var topk sync.Map
@@ -199,15 +206,7 @@ func (s *UnitTestSuite) TestRetryForBoundsRetries() {
 			tries++
 			return activities.CheckModelsResult{}, errors.New("store: connection refused")
 		})
-		env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
-		env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
-		env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
-			func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
-				if in.Name == activities.Pool {
-					return activities.PlanResult{Shards: 500, Images: 5000}, nil
-				}
-				return activities.PlanResult{Shards: 1, Images: 10}, nil
-			})
+		mockPlans(env, 500)
 		env.OnActivity(a.CachedShards, mock.Anything, mock.Anything).Return(noneCached)
 		env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 			if in.CachedOnly {
@@ -254,15 +253,7 @@ func (s *UnitTestSuite) TestRereadReachesEveryShard() {
 		}
 	}
 	env.OnActivity(a.CheckModels, mock.Anything, mock.Anything).Return(activities.CheckModelsResult{}, nil)
-	env.OnActivity(a.CheckApart, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(a.CheckTrainApart, mock.Anything, mock.Anything).Return(nil)
-	env.OnActivity(a.Plan, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.PlanInput) (activities.PlanResult, error) {
-			if in.Name == activities.Pool {
-				return activities.PlanResult{Shards: 500, Images: 5000}, nil
-			}
-			return activities.PlanResult{Shards: 1, Images: 10}, nil
-		})
+	mockPlans(env, 500)
 	env.OnActivity(a.EmbedShard, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.EmbedShardInput) (activities.EmbedShardResult, error) {
 		note(in.Dataset, in.Reread)
 		if in.CachedOnly {
