@@ -26,6 +26,7 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/preprocess"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -69,6 +70,21 @@ type ReportResult struct {
 	// SetRejects counts the rejects of the sets the target embedded, by
 	// name, where there are any.
 	SetRejects map[string]int `json:",omitempty"`
+}
+
+// shownConfig is the config as the report shows it: a trainer's command,
+// free text, without the queries of URLs in it (a signed URL's token), as
+// its log shows it. Data and model URLs take no such query.
+func shownConfig(c schemas.Config) schemas.Config {
+	if t := c.Retrain.Trainer; t != nil {
+		shown := *t
+		shown.Command = make([]string, len(t.Command))
+		for i, arg := range t.Command {
+			shown.Command[i] = redact.Text(arg)
+		}
+		c.Retrain.Trainer = &shown
+	}
+	return c
 }
 
 // maxRejectsShown bounds the rejects table; rejects.csv has them all.
@@ -141,7 +157,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 	if g.err != nil {
 		return res, g.err
 	}
-	cfg, _ := yaml.Marshal(in.Config)
+	cfg, _ := yaml.Marshal(shownConfig(in.Config))
 	shown, ranked := shownClasses(in.Eval, in.Reference)
 	page := reportData{
 		Run:      in.Run,

@@ -243,6 +243,25 @@ func TestReportRejectsStreamed(t *testing.T) {
 	}
 }
 
+// The config the report shows has a trainer command's signed URL without
+// its token, as the trainer's log has it; the config passed in is left as
+// it was.
+func TestReportConfigRedactsTheTrainer(t *testing.T) {
+	a, in := reportFixture(t)
+	in.Config.Retrain.Trainer = &schemas.Trainer{Command: []string{"sh", "train.sh", "{model}", "https://weights.example.com/w.bin?sig=SECRET123"}, Output: "logits"}
+	res, err := a.Report(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := a.Bucket.ReadAll(context.Background(), res.ReportKey)
+	if strings.Contains(string(page), "SECRET123") || !strings.Contains(string(page), "https://weights.example.com/w.bin") {
+		t.Errorf("the report's config shows the trainer's token, or not its URL")
+	}
+	if in.Config.Retrain.Trainer.Command[3] != "https://weights.example.com/w.bin?sig=SECRET123" {
+		t.Errorf("the pass's config was changed: %q", in.Config.Retrain.Trainer.Command)
+	}
+}
+
 // With many classes, the per-class tables show the 30 whose E_heldout
 // accuracy changed most, in class order.
 func TestShownClasses(t *testing.T) {
@@ -401,6 +420,29 @@ func TestShownClassesCaption(t *testing.T) {
 		}
 		if !strings.Contains(buf.String(), c.want) {
 			t.Errorf("ranked %v: the page lacks %q", c.ranked, c.want)
+		}
+	}
+}
+
+// A pass failed by a method writes the finished methods' eval.json and
+// removes the report and rejects.csv an earlier pass under its ID left,
+// whose numbers would contradict it; a complete eval.json leaves them to
+// the report written after it.
+func TestIncompleteEvalRemovesAnEarlierReport(t *testing.T) {
+	ctx := context.Background()
+	a := memActivities(t)
+	stale := []string{RunKey("r", "report.html"), RunKey("r", "rejects.csv")}
+	for _, complete := range []bool{true, false} {
+		for _, key := range stale {
+			put(t, a, key, []byte("an earlier pass's"))
+		}
+		if _, err := a.WriteEval(ctx, WriteEvalInput{Run: "r", Eval: Eval{RunID: "r", Incomplete: !complete, Failed: []string{"dcd"}}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range stale {
+			if there, _ := a.Bucket.Exists(ctx, key); there != complete {
+				t.Errorf("complete %v: %s there %v, want %v", complete, key, there, complete)
+			}
 		}
 	}
 }

@@ -470,12 +470,22 @@ type WriteEvalInput struct {
 	Eval Eval
 }
 
-// WriteEval writes runs/<id>/eval.json and returns its key.
+// WriteEval writes runs/<id>/eval.json and returns its key. That of a
+// pass failed by a method (Incomplete) removes the report and rejects.csv
+// an earlier pass under the ID left, which would contradict it: a failed
+// pass writes none.
 func (a *Activities) WriteEval(ctx context.Context, in WriteEvalInput) (string, error) {
 	key := RunKey(in.Run, "eval.json")
 	out, err := json.MarshalIndent(in.Eval, "", "  ")
 	if err != nil {
 		return key, fmt.Errorf("activities: eval.json: %w", err)
+	}
+	if in.Eval.Incomplete {
+		for _, stale := range []string{RunKey(in.Run, "report.html"), RunKey(in.Run, "rejects.csv")} {
+			if err := a.Bucket.Delete(ctx, stale); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+				return key, store.Classify(err, stale)
+			}
+		}
 	}
 	return key, store.WriteAll(ctx, a.Bucket, key, out)
 }
