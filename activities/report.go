@@ -13,6 +13,7 @@ import (
 	"image/png"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/apache/arrow/go/v15/arrow/array"
@@ -339,8 +340,8 @@ func methodRows(ev Eval, cfg schemas.Config) []methodRow {
 	for _, m := range ev.Methods {
 		r := methodRow{Method: m, About: about(m.Method, cfg)}
 		if hasNone && m.Method != schemas.MethodNone {
-			r.TestDelta = points(m.TestAccuracy - none.TestAccuracy)
-			r.HeldoutDelta = points(m.HeldoutAccuracy - none.HeldoutAccuracy)
+			r.TestDelta = points(none.TestAccuracy, m.TestAccuracy)
+			r.HeldoutDelta = points(none.HeldoutAccuracy, m.HeldoutAccuracy)
 			if m.HeldoutAccuracy > none.HeldoutAccuracy {
 				r.DeltaClass = "up"
 			} else if m.HeldoutAccuracy < none.HeldoutAccuracy {
@@ -355,15 +356,27 @@ func methodRows(ev Eval, cfg schemas.Config) []methodRow {
 // points is a change in accuracy in percentage points, "+0.0" for none.
 // A loss too small to show keeps its sign ("-0.0"): a plus beside a cell
 // marked down, or a headline's "+0.0" for a model that lost, misleads.
-func points(d float64) string {
-	v := math.Round(1000*d) / 10
+func points(from, to float64) string {
+	v := math.Round(10*(percent(to)-percent(from))) / 10
 	switch {
-	case v == 0 && d < 0:
+	case v == 0 && to < from:
 		return "-0.0"
 	case v == 0:
 		v = 0 // not -0
 	}
 	return fmt.Sprintf("%+.1f", v)
+}
+
+// percent is an accuracy in percent to a tenth, as the report shows it: the
+// fraction rounded as starter result's %.3f rounds it (0.9505 is 95.1, where
+// %.1f of 100×0.9505, 95.04999…, is 95.0), so that the two agree and a
+// difference is that of the numbers shown.
+func percent(f float64) float64 {
+	r, err := strconv.ParseFloat(strconv.FormatFloat(f, 'f', 3, 64), 64)
+	if err != nil {
+		return 100 * f
+	}
+	return math.Round(1000*r) / 10
 }
 
 // headline sums the pass up in one sentence.
@@ -374,17 +387,17 @@ func headline(ev Eval, ref string) string {
 		return ""
 	}
 	verb := "lifted"
-	switch d := points(dcd.HeldoutAccuracy - none.HeldoutAccuracy); {
+	switch d := points(none.HeldoutAccuracy, dcd.HeldoutAccuracy); {
 	case d == "+0.0":
 		verb = "left"
 	case d[0] == '-':
 		verb = "lowered"
 	}
 	s := fmt.Sprintf("%s %s E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy went from %.1f%% to %.1f%% (%s).",
-		ref, verb, 100*none.HeldoutAccuracy, 100*dcd.HeldoutAccuracy, points(dcd.HeldoutAccuracy-none.HeldoutAccuracy),
-		dcd.DebugTrainSize, 100*none.TestAccuracy, 100*dcd.TestAccuracy, points(dcd.TestAccuracy-none.TestAccuracy))
+		ref, verb, percent(none.HeldoutAccuracy), percent(dcd.HeldoutAccuracy), points(none.HeldoutAccuracy, dcd.HeldoutAccuracy),
+		dcd.DebugTrainSize, percent(none.TestAccuracy), percent(dcd.TestAccuracy), points(none.TestAccuracy, dcd.TestAccuracy))
 	if r, ok := ev.Method(schemas.MethodRandom); ok {
-		s += fmt.Sprintf(" As many random pool images gave %s points.", points(r.HeldoutAccuracy-none.HeldoutAccuracy))
+		s += fmt.Sprintf(" As many random pool images gave %s points.", points(none.HeldoutAccuracy, r.HeldoutAccuracy))
 	}
 	return s
 }
@@ -411,8 +424,8 @@ func barChart(ev Eval) template.HTML {
 			bx := x + float64(i)*(bar+gap)
 			cls := []string{"test", "heldout"}[i]
 			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.0f" height="%.1f" class="%s"><title>%s %s %.1f%%</title></rect>`,
-				bx, top+plot-bh, bar, bh, cls, template.HTMLEscapeString(m.Method), []string{"test", "E_heldout"}[i], 100*v)
-			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="value" text-anchor="middle">%.0f</text>`, bx+bar/2, top+plot-bh-4, 100*v)
+				bx, top+plot-bh, bar, bh, cls, template.HTMLEscapeString(m.Method), []string{"test", "E_heldout"}[i], percent(v))
+			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="value" text-anchor="middle">%.0f</text>`, bx+bar/2, top+plot-bh-4, math.Round(percent(v)))
 		}
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="label" text-anchor="middle">%s</text>`, x+bar+gap/2, top+plot+18, template.HTMLEscapeString(m.Method))
 		x += 2*bar + gap + group
@@ -491,11 +504,11 @@ func perClass(ev Eval, shown []int, get func(Method) []*float64, images []int) c
 				row.Cells = append(row.Cells, classCell{Value: "–"})
 				continue
 			}
-			cell := classCell{Value: fmt.Sprintf("%.1f", 100**v[c])}
+			cell := classCell{Value: fmt.Sprintf("%.1f", percent(*v[c]))}
 			if hasNone && m.Method != schemas.MethodNone {
 				if b := get(none); c < len(b) && b[c] != nil {
 					d := *v[c] - *b[c]
-					cell.Delta = points(d)
+					cell.Delta = points(*b[c], *v[c])
 					alpha := math.Min(math.Abs(d)*2.5, 0.85)
 					hue := 140
 					if d < 0 {
@@ -783,7 +796,7 @@ func (a *Activities) thumbnail(ctx context.Context, key string, decodes chan str
 func byteOf(v float32) uint8 { return uint8(min(max(v+0.5, 0), 255)) }
 
 var reportPage = template.Must(template.New("report").Funcs(template.FuncMap{
-	"pct": func(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) },
+	"pct": func(f float64) string { return fmt.Sprintf("%.1f%%", percent(f)) },
 	"prec": func(p *float64) string {
 		if p == nil {
 			return "–"

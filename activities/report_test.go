@@ -11,6 +11,7 @@ import (
 	"image/png"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -364,10 +365,33 @@ func TestThumbnail(t *testing.T) {
 // is -0.0, not +0.0 beside a cell marked down.
 func TestPointsSign(t *testing.T) {
 	for d, want := range map[float64]string{0.0003: "+0.0", -0.0003: "-0.0", 0: "+0.0", -0.012: "-1.2", 0.667: "+66.7"} {
-		if got := points(d); got != want {
-			t.Errorf("points(%v) = %q, want %q", d, got, want)
+		if got := points(0.2, 0.2+d); got != want {
+			t.Errorf("points(0.2, 0.2%+v) = %q, want %q", d, got, want)
 		}
 	}
+}
+
+// An accuracy is shown as starter result rounds it (%.3f of the fraction),
+// and a difference is that of the numbers shown: 1901/2000 = 0.9505 is
+// 95.1 %, not 95.0 (100×0.9505 is 95.04999…), and from it to 0.941 is -1.0.
+func TestPercentAsTheResultRoundsIt(t *testing.T) {
+	for f, want := range map[float64]string{1901.0 / 2000: "95.1", 0.9245: fmt.Sprintf("%.1f", 100*0.924), 0.825: "82.5", 1: "100.0", 0: "0.0"} {
+		if got := fmt.Sprintf("%.1f", percent(f)); got != want || fmt.Sprintf("%.1f", 100*mustFloat(t, fmt.Sprintf("%.3f", f))) != want {
+			t.Errorf("percent(%v) = %s, want %s (starter result: %.3f)", f, got, want, f)
+		}
+	}
+	if got := points(1901.0/2000, 0.941); got != "-1.0" {
+		t.Errorf("points(0.9505, 0.941) = %s, want -1.0", got)
+	}
+}
+
+func mustFloat(t *testing.T, s string) float64 {
+	t.Helper()
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // A reference selection that was empty ran no guard: the debug-train and
