@@ -317,7 +317,7 @@ func about(m string, cfg schemas.Config) string {
 	case schemas.MethodTrainOnly:
 		return "head retrained on train alone"
 	case schemas.MethodRandom:
-		return "train + as many random pool images as " + cfg.ReferenceDCD()
+		return "train + as many random pool images as " + cfg.ReferenceDCD() + " kept with a class label"
 	case schemas.MethodAllPool:
 		return "train + the whole pool, weak labels"
 	}
