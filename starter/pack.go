@@ -130,7 +130,7 @@ func packLine(p workflows.PackResult, now time.Time, rate float64) string {
 	elapsed, rateUnit := now.Sub(p.Started), "images/s"
 	if rate < 0 {
 		rate, rateUnit = 0, "images/s since start"
-		if s := elapsed.Seconds(); s >= 1 {
+		if s := elapsed.Seconds(); s >= 0.25 { // a pass of cached features is far along in its first second
 			rate = float64(p.Packed+p.Skipped) / s
 		}
 	}

@@ -89,7 +89,7 @@ func statusLine(p workflows.Progress, now time.Time, rate float64) string {
 	rateUnit := "images/s"
 	if rate < 0 {
 		rate, rateUnit = 0, "images/s since start"
-		if s := elapsed.Seconds(); s >= 1 {
+		if s := elapsed.Seconds(); s >= 0.25 { // a pass of cached features is far along in its first second
 			rate = float64(p.Images) / s
 		}
 	}
