@@ -414,8 +414,8 @@ storage file:///work/.dcd/storage
 	}
 
 	b.Reset()
-	writeResult(&b, res, "s3://bucket?region=us-east-1&endpoint=http://x")
-	if !strings.Contains(b.String(), "storage s3://bucket\n") || strings.Contains(b.String(), "endpoint") ||
+	writeResult(&b, res, "s3://bucket?region=us-east-1&endpoint=http://x&token=SECRET")
+	if !strings.Contains(b.String(), "storage s3://bucket?region=us-east-1&endpoint=http://x\n") || strings.Contains(b.String(), "SECRET") ||
 		!strings.Contains(b.String(), "  eval.json    runs/demo-blur-1/eval.json\n") {
 		t.Errorf("s3 storage:\n%s", b.String())
 	}

@@ -4,16 +4,40 @@
 package redact
 
 import (
+	"net/url"
 	"regexp"
 	"strings"
 )
 
-// URL drops url's query.
-func URL(url string) string {
-	if i := strings.IndexByte(url, '?'); i >= 0 {
-		return url[:i]
+// URL drops url's query but for the bucket options that say where it
+// points and are no secret (prefix=, endpoint=, region=, an emulator's
+// domain=, …), as the user wrote them: a bucket shown without its prefix
+// or endpoint is another bucket.
+func URL(u string) string {
+	i := strings.IndexByte(u, '?')
+	if i < 0 {
+		return u
 	}
-	return url
+	var kept []string
+	for _, param := range strings.Split(u[i+1:], "&") {
+		k, v, _ := strings.Cut(param, "=")
+		k, err1 := url.QueryUnescape(k)
+		v, err2 := url.QueryUnescape(v)
+		if err1 == nil && err2 == nil && shown[k] && !strings.Contains(v, "@") { // no user:password@ in an endpoint
+			kept = append(kept, param)
+		}
+	}
+	if len(kept) == 0 {
+		return u[:i]
+	}
+	return u[:i] + "?" + strings.Join(kept, "&")
+}
+
+// shown are the bucket URL options URL keeps: those of gocloud's drivers
+// and DCD's prefix= that say which bucket, none of which holds a secret.
+var shown = map[string]bool{
+	"prefix": true, "region": true, "endpoint": true, "use_path_style": true, "disable_https": true, "profile": true,
+	"domain": true, "protocol": true, "localemu": true, "storage_account": true,
 }
 
 // Text drops the query of every URL in s (a scheme's "://", up to a space

@@ -19,7 +19,18 @@ func TestText(t *testing.T) {
 	if got := Text("AZBLOB://c?sig=SECRET"); got != "AZBLOB://c" { // as store.Open takes it
 		t.Errorf("Text of an upper-case scheme = %q", got)
 	}
-	if u := URL("azblob://c?sig=SECRET"); u != "azblob://c" {
-		t.Errorf("URL = %q", u)
+	// A bucket's URL keeps the options that say where it points, as
+	// written; a token, or a user and password in an endpoint, goes.
+	for u, want := range map[string]string{
+		"azblob://c?sig=SECRET": "azblob://c",
+		"gs://dcd?prefix=sub/":  "gs://dcd?prefix=sub/",
+		"azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962&sv=2021&sig=SECRET": "azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962",
+		"s3://b?endpoint=http://u:SECRET@h:9000&region=eu-west-1":                           "s3://b?region=eu-west-1",
+		"s3://b?endpoint=http%3A%2F%2Fh%3A9000&token=SECRET":                                "s3://b?endpoint=http%3A%2F%2Fh%3A9000",
+		"file:///d?create_dir=1": "file:///d",
+	} {
+		if got := URL(u); got != want {
+			t.Errorf("URL(%q) = %q, want %q", u, got, want)
+		}
 	}
 }
