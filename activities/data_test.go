@@ -195,6 +195,7 @@ func TestUnreadable(t *testing.T) {
 		{fmt.Errorf("%w: 300000000 bytes, more than %d", store.ErrTooLarge, MaxImageBytes), false, true},
 		{fmt.Errorf("%w (10 bytes)", store.ErrPastEnd), false, true},
 		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}, false, false},
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}, false, false},
 		{&googleapi.Error{Code: http.StatusUnauthorized}, false, false},
 		{&azcore.ResponseError{StatusCode: http.StatusServiceUnavailable, ErrorCode: "ServerBusy"}, false, false},
 	} {

@@ -217,4 +217,16 @@ func TestCheckStorage(t *testing.T) {
 			t.Errorf("%s: %v; want %q", url, err, want)
 		}
 	}
+	// Credentials the store refuses fail it too, saying where they came
+	// from.
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+	b, err := store.Open(ctx, there)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	err = checkStorage(ctx, b, there)
+	if err == nil || !strings.Contains(err.Error(), "the store refused the worker's credentials, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") {
+		t.Errorf("a wrong secret key: %v, want the credentials and their source named", err)
+	}
 }

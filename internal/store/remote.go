@@ -282,6 +282,29 @@ func azureAccountGiven(q url.Values) error {
 	return nil
 }
 
+// CredentialsSource names where a bucket URL's driver takes the worker's
+// credentials from, for a message about their refusal.
+func CredentialsSource(bucketURL string) string {
+	scheme, _, _ := strings.Cut(strings.ToLower(bucketURL), "://")
+	switch scheme {
+	case "s3":
+		return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else AWS_PROFILE's, else the machine's role"
+	case "gs":
+		return "GOOGLE_APPLICATION_CREDENTIALS, else the machine's default credentials"
+	case "azblob":
+		switch azureCredentials() {
+		case "key":
+			return "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY"
+		case "sas":
+			return "AZURE_STORAGE_SAS_TOKEN"
+		case "connection":
+			return "AZURE_STORAGE_CONNECTION_STRING"
+		}
+		return "Azure's default credentials (az login, a managed identity)"
+	}
+	return "the worker's environment"
+}
+
 // azureCredentials names the credentials newAzureClient picks from the
 // environment: "key", "sas", "connection" or "default".
 func azureCredentials() string {

@@ -371,9 +371,11 @@ func TestTransient(t *testing.T) {
 	if err := fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationPermissionMismatch"}); !Permanent(err) || CredentialsRefused(err) {
 		t.Errorf("%v: want it permanent, the object's refusal", err)
 	}
-	// An expired SAS token, credentials Google does not know.
+	// An expired SAS token, a key Azurite does not know (or an account's
+	// firewall), credentials Google does not know.
 	for _, err := range []error{
 		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthenticationFailed"}),
+		fmt.Errorf("read: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}),
 		fmt.Errorf("read: %w", &googleapi.Error{Code: http.StatusUnauthorized}),
 	} {
 		if !Permanent(err) || !CredentialsRefused(err) {

@@ -278,7 +278,10 @@ func CredentialsRefused(err error) bool {
 	var az *azcore.ResponseError
 	if errors.As(err, &az) {
 		switch az.ErrorCode {
-		case "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation":
+		case "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation",
+			// The request refused as a whole: a key Azurite does not
+			// know, an account's firewall, a SAS without the permission.
+			"AuthorizationFailure":
 			return true
 		}
 	}
