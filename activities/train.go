@@ -480,14 +480,15 @@ func (a *Activities) WriteEval(ctx context.Context, in WriteEvalInput) (string, 
 	if err != nil {
 		return key, fmt.Errorf("activities: eval.json: %w", err)
 	}
-	if in.Eval.Incomplete {
-		for _, stale := range []string{RunKey(in.Run, "report.html"), RunKey(in.Run, "rejects.csv")} {
-			if err := a.Bucket.Delete(ctx, stale); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-				return key, store.Classify(err, stale)
-			}
+	if err := store.WriteAll(ctx, a.Bucket, key, out); err != nil || !in.Eval.Incomplete {
+		return key, err
+	}
+	for _, stale := range []string{RunKey(in.Run, "report.html"), RunKey(in.Run, "rejects.csv")} {
+		if err := a.Bucket.Delete(ctx, stale); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return key, store.Classify(err, stale)
 		}
 	}
-	return key, store.WriteAll(ctx, a.Bucket, key, out)
+	return key, nil
 }
 
 func argmax(v []float32) int {

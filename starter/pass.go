@@ -307,12 +307,11 @@ func failureMessage(err error) string {
 	}
 	if errors.As(err, &act) && act.ActivityType() != nil {
 		msg := "activity " + stepName(act.ActivityType().GetName(), act.ActivityID()) + ": " + failureCause(err, true)
-		switch {
-		case act.RetryState() != enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED:
-		case act.ActivityType().GetName() == "TrainExternal": // tried 3 times whatever retry_for says
-			msg += " (it failed on each of its 3 tries)"
-		default: // said of its last try: that the others failed too is not
-			msg += " (it failed on every try for timeouts.retry_for)"
+		if act.RetryState() == enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED {
+			// Said of its last try: that the others failed too is not.
+			// (A pass's steps have timeouts.retry_for's tries, its
+			// trainer 3, a pack's steps 10.)
+			msg += " (it failed on every try it had)"
 		}
 		return msg
 	}

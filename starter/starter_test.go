@@ -520,7 +520,7 @@ func TestFailureMessageTriesRanOut(t *testing.T) {
 	f := &failurepb.Failure{Message: "activity error", Cause: fc.ErrorToFailure(errors.New("store: connection refused")), FailureInfo: &failurepb.Failure_ActivityFailureInfo{
 		ActivityFailureInfo: &failurepb.ActivityFailureInfo{ActivityType: &commonpb.ActivityType{Name: "CachedShards"}, ActivityId: "9",
 			RetryState: enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED}}}
-	want := "activity CachedShards: store: connection refused (it failed on every try for timeouts.retry_for)"
+	want := "activity CachedShards: store: connection refused (it failed on every try it had)"
 	if msg := failureMessage(fmt.Errorf("workflow execution error: %w", fc.FailureToError(f))); msg != want {
 		t.Errorf("failureMessage = %q, want %q", msg, want)
 	}

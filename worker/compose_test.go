@@ -226,7 +226,7 @@ func TestCheckStorage(t *testing.T) {
 	}
 	defer b.Close()
 	err = checkStorage(ctx, b, there)
-	if err == nil || !strings.Contains(err.Error(), "the store refused the worker's credentials, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") {
+	if err == nil || !strings.Contains(err.Error(), "the worker's credentials were refused or not found, from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") {
 		t.Errorf("a wrong secret key: %v, want the credentials and their source named", err)
 	}
 }

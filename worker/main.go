@@ -125,9 +125,9 @@ func checkStorage(ctx context.Context, bucket *blob.Bucket, url string) error {
 	switch {
 	case err == nil && !ok:
 		return fmt.Errorf("worker: storage %s: no such bucket", redact.URL(url))
-	case err != nil && store.CredentialsRefused(err):
-		first, _, _ := strings.Cut(err.Error(), "\n") // Azure's error runs on with the response
-		return fmt.Errorf("worker: storage %s: the store refused the worker's credentials, from %s: %s", redact.URL(url), store.CredentialsSource(url), first)
+	case err != nil && store.CredentialsRefused(err) && store.Permanent(err):
+		// (A credential service that did not answer may later.)
+		return fmt.Errorf("worker: storage %s: the worker's credentials were refused or not found, from %s: %s", redact.URL(url), store.CredentialsSource(url), store.Brief(err))
 	case err != nil && store.Permanent(err):
 		return fmt.Errorf("worker: storage %s: %w", redact.URL(url), err)
 	case err != nil:

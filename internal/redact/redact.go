@@ -23,7 +23,10 @@ func URL(u string) string {
 		k, v, _ := strings.Cut(param, "=")
 		k, err1 := url.QueryUnescape(k)
 		v, err2 := url.QueryUnescape(v)
-		if err1 == nil && err2 == nil && shown[k] && !strings.Contains(v, "@") { // no user:password@ in an endpoint
+		// No user:password@ in an endpoint, no query of its own, and no
+		// ";", which Go's query parsing drops with the pair, so that
+		// domain=x;sig=… would read as kept.
+		if err1 == nil && err2 == nil && shown[k] && !strings.ContainsAny(v, "@?") && !strings.Contains(param, ";") {
 			kept = append(kept, param)
 		}
 	}
@@ -36,8 +39,9 @@ func URL(u string) string {
 // shown are the bucket URL options URL keeps: those of gocloud's drivers
 // and DCD's prefix= that say which bucket, none of which holds a secret.
 var shown = map[string]bool{
-	"prefix": true, "region": true, "endpoint": true, "use_path_style": true, "disable_https": true, "profile": true,
-	"domain": true, "protocol": true, "localemu": true, "storage_account": true,
+	"prefix": true, "region": true, "endpoint": true, "use_path_style": true, "s3ForcePathStyle": true, "disable_https": true,
+	"profile": true, "accelerate": true, "dualstack": true, "fips": true, "hostname_immutable": true,
+	"domain": true, "protocol": true, "localemu": true, "cdn": true, "storage_account": true, "universe_domain": true,
 }
 
 // Text drops the query of every URL in s (a scheme's "://", up to a space

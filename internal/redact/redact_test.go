@@ -27,7 +27,10 @@ func TestText(t *testing.T) {
 		"azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962&sv=2021&sig=SECRET": "azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962",
 		"s3://b?endpoint=http://u:SECRET@h:9000&region=eu-west-1":                           "s3://b?region=eu-west-1",
 		"s3://b?endpoint=http%3A%2F%2Fh%3A9000&token=SECRET":                                "s3://b?endpoint=http%3A%2F%2Fh%3A9000",
-		"file:///d?create_dir=1": "file:///d",
+		"file:///d?create_dir=1":                                     "file:///d",
+		"azblob://c?domain=x;sig=SECRET&cdn=true":                    "azblob://c?cdn=true",
+		"s3://b?endpoint=http://h/?X-Amz-Signature=SECRET&fips=true": "s3://b?fips=true",
+		"s3://b?endpoint=http://h/%3Fsig%3DSECRET":                   "s3://b",
 	} {
 		if got := URL(u); got != want {
 			t.Errorf("URL(%q) = %q, want %q", u, got, want)

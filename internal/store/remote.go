@@ -286,6 +286,18 @@ func azureAccountGiven(q url.Values) error {
 // credentials from, for a message about their refusal.
 func CredentialsSource(bucketURL string) string {
 	scheme, _, _ := strings.Cut(strings.ToLower(bucketURL), "://")
+	var q url.Values
+	if _, query, ok := strings.Cut(bucketURL, "?"); ok {
+		q, _ = url.ParseQuery(query)
+	}
+	switch {
+	case q.Get("anonymous") == "true":
+		return "none (anonymous=true)"
+	case scheme == "s3" && q.Get("profile") != "":
+		return "the profile " + q.Get("profile") + " (profile=)"
+	case scheme == "gs" && q.Get("private_key_path") != "":
+		return "the key file private_key_path= names"
+	}
 	switch scheme {
 	case "s3":
 		return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else AWS_PROFILE's, else the machine's role"

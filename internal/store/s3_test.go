@@ -575,3 +575,33 @@ func checkAbandonedWrites(t *testing.T, bucket string, query ...string) {
 		}
 	}
 }
+
+// An Azure response error's first line is its request: Brief adds the
+// status and code, which name the refusal.
+func TestBrief(t *testing.T) {
+	err := fmt.Errorf("list: %w", &azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"})
+	if got := Brief(err); !strings.HasSuffix(got, "(HTTP 403 AuthorizationFailure)") {
+		t.Errorf("Brief = %q, want the status and code", got)
+	}
+	if got := Brief(errors.New("one\ntwo")); got != "one" {
+		t.Errorf("Brief = %q, want the first line", got)
+	}
+}
+
+// The credentials a refusal is said of are those the URL names, else the
+// driver's environment.
+func TestCredentialsSource(t *testing.T) {
+	t.Setenv("AZURE_STORAGE_ACCOUNT", "")
+	t.Setenv("AZURE_STORAGE_SAS_TOKEN", "")
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", "conn")
+	for u, want := range map[string]string{
+		"s3://b?region=x":          "AWS_ACCESS_KEY_ID",
+		"s3://b?profile=ci":        "the profile ci (profile=)",
+		"gs://b?anonymous=true":    "none (anonymous=true)",
+		"azblob://c?localemu=true": "AZURE_STORAGE_CONNECTION_STRING",
+	} {
+		if got := CredentialsSource(u); !strings.Contains(got, want) {
+			t.Errorf("CredentialsSource(%q) = %q, want %q", u, got, want)
+		}
+	}
+}

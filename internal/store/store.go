@@ -279,13 +279,26 @@ func CredentialsRefused(err error) bool {
 	if errors.As(err, &az) {
 		switch az.ErrorCode {
 		case "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation",
-			// The request refused as a whole: a key Azurite does not
-			// know, an account's firewall, a SAS without the permission.
-			"AuthorizationFailure":
+			// Every request refused as this one: a key Azurite does not
+			// know, an account's firewall, a SAS's address, protocol,
+			// resource type or service not the request's.
+			"AuthorizationFailure", "AuthorizationSourceIPMismatch", "AuthorizationProtocolMismatch",
+			"AuthorizationResourceTypeMismatch", "AuthorizationServiceMismatch":
 			return true
 		}
 	}
 	return credentialsNotFetched(err) || httpStatus(err) == http.StatusUnauthorized
+}
+
+// Brief is err's first line, with an Azure response's status and code,
+// which its first line lacks (the rest is the response, dozens of lines).
+func Brief(err error) string {
+	first, _, _ := strings.Cut(err.Error(), "\n")
+	var az *azcore.ResponseError
+	if errors.As(err, &az) {
+		first += fmt.Sprintf(" (HTTP %d %s)", az.StatusCode, az.ErrorCode)
+	}
+	return first
 }
 
 // credentialsNotFetched reports whether err is the AWS SDK failing to
