@@ -131,7 +131,11 @@ func checkStorage(ctx context.Context, bucket *blob.Bucket, url string) error {
 	case err != nil && store.Permanent(err):
 		return fmt.Errorf("worker: storage %s: %w", redact.URL(url), err)
 	case err != nil:
-		log.Printf("worker: storage %s did not answer a listing (%v): going on, activities retry it", redact.URL(url), err)
+		at := "" // a GCS emulator's address is no part of its URL
+		if host := os.Getenv("STORAGE_EMULATOR_HOST"); host != "" && strings.HasPrefix(strings.ToLower(url), "gs://") {
+			at = " at STORAGE_EMULATOR_HOST=" + host
+		}
+		log.Printf("worker: storage %s%s did not answer a listing (%v): going on, activities retry it", redact.URL(url), at, store.Brief(err))
 	}
 	return nil
 }
