@@ -432,17 +432,9 @@ func skippedNote(r activities.RetrainResult) string {
 	if r.SkippedLabels == 0 {
 		return ""
 	}
-	labels := make([]string, len(r.SkippedExamples))
-	for i, l := range r.SkippedExamples {
-		labels[i] = strconv.Quote(l)
-	}
 	which := "" // a worker from before SkippedExamples names none
-	if len(labels) > 0 {
-		which = " (" + strings.Join(labels, ", ")
-		if len(labels) == activities.MaxSkippedExamples { // and maybe others
-			which += ", …"
-		}
-		which += ")"
+	if n := len(r.SkippedExamples); n > 0 {
+		which = " (" + quoted(r.SkippedExamples, n == activities.MaxSkippedExamples) + ")" // and maybe others
 	}
 	skipped := fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target%s", r.SkippedLabels, which)
 	if r.DebugRows == 0 {
@@ -459,14 +451,7 @@ func unlearnedNote(r activities.RetrainResult) string {
 	if r.Unlearned == 0 {
 		return ""
 	}
-	labels := make([]string, len(r.UnlearnedExamples))
-	for i, l := range r.UnlearnedExamples {
-		labels[i] = strconv.Quote(l)
-	}
-	which := strings.Join(labels, ", ")
-	if r.Unlearned > len(labels) {
-		which += ", …"
-	}
+	which := quoted(r.UnlearnedExamples, r.Unlearned > len(r.UnlearnedExamples))
 	what, it := "class "+which, "it"
 	if r.Unlearned > 1 {
 		what, it = fmt.Sprintf("%d classes (%s)", r.Unlearned, which), "them"
@@ -484,11 +469,19 @@ func domainNote(r activities.RetrainResult, domain string) string {
 	if r.Precision == nil || *r.Precision != 0 || len(r.Domains) == 0 {
 		return ""
 	}
-	which := make([]string, len(r.Domains))
-	for i, d := range r.Domains {
-		which[i] = strconv.Quote(d)
+	return fmt.Sprintf("no image it was retrained on has domain %q (selection.error_domain); theirs include %s", domain, quoted(r.Domains, false))
+}
+
+// quoted lists a note's examples quoted, ending "…" when there are more.
+func quoted(examples []string, more bool) string {
+	q := make([]string, len(examples), len(examples)+1)
+	for i, e := range examples {
+		q[i] = strconv.Quote(e)
 	}
-	return fmt.Sprintf("no image it was retrained on has domain %q (selection.error_domain); theirs include %s", domain, strings.Join(which, ", "))
+	if more {
+		q = append(q, "…")
+	}
+	return strings.Join(q, ", ")
 }
 
 // joinNotes joins a row's notes, leaving out empty ones.
