@@ -18,7 +18,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	_ "time/tzdata" // -cron's CRON_TZ checked where the system has no zoneinfo
 
 	"go.temporal.io/sdk/client"
@@ -71,10 +70,10 @@ func init() {
 		{"schedule unpause", "[-note TEXT] SCHED", "start passes again from the next firing", nil},
 		{"schedule delete", "SCHED", "delete a schedule (not its passes)", nil},
 		{"schedule", "", "", cmdSchedule},
-		{"pack", packSynopsis, "copy a dataset stored one object per image into WebDataset archives, far faster to embed", cmdPack},
+		{"pack", packSynopsis, "copy a dataset of one object per image into WebDataset archives, far faster to embed", cmdPack},
 		{"dev", "[-storage URL] [-stop]", "start (-stop: stop) a local dev server and worker", cmdDev},
 		{"demo", "[-corruption blur] [-seed 1] [-small] [-no-wait]", "build the MNIST demo, run a pass on it", cmdDemo},
-		{"bench", benchSynopsis, "measure embedding, k-NN and orchestration against their baselines", cmdBench},
+		{"bench", "[-json] [-quick] [-parts LIST] [...]", "measure embedding, k-NN and orchestration against their baselines", cmdBench},
 		{"help", "", "show this text", nil},
 	}
 }
@@ -132,10 +131,12 @@ func (e *cli) dispatch(ctx context.Context, args []string) error {
 	return usageErrorf("unknown command %q (`starter help` lists them)", name)
 }
 
-// usage writes the usage text: every command on one line.
+// usage writes the usage text: every command's synopsis, and what it does
+// on the line below, as the flag package lists flags, so that a long
+// synopsis (bench's) does not push every description past a terminal's
+// width.
 func (e *cli) usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: starter [-address HOST:PORT] [-namespace NS] COMMAND [flags] [args]\n\nCommands:\n")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	for _, c := range commands {
 		if c.about == "" {
 			continue
@@ -144,13 +145,13 @@ func (e *cli) usage(w io.Writer) {
 		if c.args != "" {
 			syn += " " + c.args
 		}
-		fmt.Fprintf(tw, "  %s\t%s\n", syn, c.about)
+		fmt.Fprintf(w, "  %s\n    \t%s\n", syn, c.about)
 	}
-	tw.Flush()
 	fmt.Fprintf(w, "\nGlobal flags (before or after the command):\n"+
 		"  -address HOST:PORT  Temporal frontend (env TEMPORAL_ADDRESS; now %s)\n"+
 		"  -namespace NS       Temporal namespace (env TEMPORAL_NAMESPACE; now %s)\n"+
-		"Printed links go to the Temporal UI (env TEMPORAL_UI_URL; default the dev server's, beside -address).\n"+
+		"Printed links go to the Temporal UI (env TEMPORAL_UI_URL; default the dev server's,\n"+
+		"beside -address).\n"+
 		"\n`starter COMMAND -h` lists a command's flags.\n", e.g.address, e.g.namespace)
 }
 

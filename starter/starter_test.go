@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
@@ -65,8 +66,13 @@ func TestUsage(t *testing.T) {
 	}
 	for _, c := range []string{"run", "status", "result", "cancel", "schedule create", "schedule list",
 		"schedule describe", "schedule trigger", "schedule delete", "dev", "demo"} {
-		if !strings.Contains(stderr, "\n  "+c+" ") {
+		if !strings.Contains(stderr, "\n  "+c+" ") && !strings.Contains(stderr, "\n  "+c+"\n") {
 			t.Errorf("usage lacks %q:\n%s", c, stderr)
+		}
+	}
+	for _, line := range strings.Split(stderr, "\n") {
+		if n := utf8.RuneCountInString(strings.ReplaceAll(line, "\t", "    ")); n > 100 {
+			t.Errorf("usage line of %d columns, wider than a terminal: %q", n, line)
 		}
 	}
 	code, stdout, _, _ := run(t, "help")
