@@ -68,6 +68,27 @@ func (a *Activities) CheckModels(ctx context.Context, in CheckModelsInput) (Chec
 	return res, err
 }
 
+// CompleteTarget fills what a train job written by hand leaves out of its
+// target (schemas.TrainJob), as CheckModels fills a pass's config: the
+// image input (the model's only one), the preprocessing's layout and sizes
+// from the input's shape, and the batch size the input is fixed to (0:
+// any). It runs the model once, so a wrong tensor name fails before a
+// trainer embeds any image. Logits may be empty: a backbone without a head
+// of its own. ORT must be initialised.
+func CompleteTarget(ctx context.Context, bs *store.Buckets, def *blob.Bucket, m schemas.Model) (schemas.Model, int, error) {
+	a := &Activities{Bucket: def, Buckets: bs}
+	outputs, columns := []string{m.Features}, []string{"features"}
+	if m.Logits != "" {
+		outputs, columns = append(outputs, m.Logits), append(columns, "logits")
+	}
+	ref, err := a.checkModel(ctx, modelField{name: "target"}, m, outputs, columns)
+	if err != nil {
+		return m, 0, err
+	}
+	m.Input, m.Preprocess = ref.Spec.Input, ref.Spec.Preprocess
+	return m, ref.Batch, nil
+}
+
 func (a *Activities) checkModel(ctx context.Context, field modelField, m schemas.Model, outputs, columns []string) (ModelRef, error) {
 	data, err := ReadModel(ctx, a.buckets(), a.Bucket, m.Path)
 	if err != nil {

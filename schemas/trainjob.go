@@ -1,5 +1,10 @@
 package schemas
 
+import (
+	"errors"
+	"fmt"
+)
+
 // TrainJob is what an external trainer command is given in the file
 // {job}: the target model with its preprocessing as the pass resolved it,
 // the classes in the order of the logits, the retraining recipe, the seed,
@@ -17,9 +22,11 @@ type TrainJob struct {
 	Seed        uint64   `json:"seed"`
 	// Train and DebugTrain are CSV manifests (uri,label,domain first; a
 	// dcd method's debug set has score,pool_id,version after them, so read
-	// them by the header; a uri starting with "/" is a key of the bucket); Model is where the ONNX
-	// classifier must be written, with its class scores in the graph
-	// output Output.
+	// them by the header; a uri starting with "/" is a key of the bucket).
+	// A job written for train-head by hand may give any manifest, or an
+	// ImageFolder prefix ending in "/", and may leave DebugTrain out.
+	// Model is where the ONNX classifier must be written, with its class
+	// scores in the graph output Output.
 	Train      string `json:"train"`
 	DebugTrain string `json:"debug_train"`
 	Model      string `json:"model"`
@@ -35,4 +42,31 @@ func (j TrainJob) WithDefaults() TrainJob {
 		j.Output = "probabilities"
 	}
 	return j
+}
+
+// Validate checks what a job written by hand may get wrong before a trainer
+// embeds an image: the target's fields as a config's target is checked
+// (its input and preprocessing may be left to CompleteTarget, its logits
+// out: a backbone whose only output is its features), the
+// classes, the keys of the train manifest and of the model to write, and
+// an output that is not the target's features. DebugTrain may be empty:
+// the head is then trained on train alone.
+func (j TrainJob) Validate() error {
+	var fe *FieldError
+	if err := j.Target.validate("target", false); errors.As(err, &fe) {
+		return fmt.Errorf("%s: %s", fe.Field, fe.Msg)
+	} else if err != nil {
+		return err
+	}
+	switch {
+	case len(j.Classes) == 0:
+		return errors.New("classes: must list the class names, in the order of the target's logits")
+	case j.Train == "":
+		return errors.New("train: must name the train set's manifest, or its ImageFolder prefix ending in / (or -train)")
+	case j.Model == "":
+		return errors.New("model: must name the key to write the ONNX model to (or -out)")
+	case j.Output == j.Target.Features:
+		return fmt.Errorf("output: %q is the target's features output; name the head's output otherwise", j.Output)
+	}
+	return nil
 }

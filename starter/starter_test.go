@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 	"dcd/activities"
 	"dcd/internal/embed"
 	"dcd/internal/onnx"
+	"dcd/internal/ortrun"
 	"dcd/internal/preprocess"
 	"dcd/internal/store"
 	"dcd/schemas"
@@ -845,7 +848,7 @@ func TestTrainHeadExportCheckedFirst(t *testing.T) {
 	}
 	dir := t.TempDir()
 	job := schemas.TrainJob{
-		Target:  schemas.Model{Path: "m.onnx", Input: "image", Features: "feat", Preprocess: preprocess.Spec{Height: 2, Width: 2}},
+		Target:  schemas.Model{Path: "m.onnx", Input: "image", Features: "feat", Logits: "hidden", Preprocess: preprocess.Spec{Layout: preprocess.LayoutNCHW, Channels: 1, Height: 2, Width: 2}},
 		Classes: []string{"a", "b"}, Train: "missing/train.csv", DebugTrain: "missing/debug.csv", Model: "out.onnx", Output: "hidden",
 	}
 	data, _ := json.Marshal(job)
@@ -858,6 +861,92 @@ func TestTrainHeadExportCheckedFirst(t *testing.T) {
 	err = cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job.json", "-ort-lib", filepath.Join(dir, "no-ort.so")})
 	if err == nil || !strings.Contains(err.Error(), "hidden") || strings.Contains(err.Error(), "missing/") || strings.Contains(err.Error(), "no-ort") {
 		t.Fatalf("train-head with an output the backbone already computes: %v, want the export's refusal naming it, before ONNX Runtime or the manifests", err)
+	}
+}
+
+// A job written by hand names the backbone's path and features, the
+// classes, train (here an ImageFolder) and the model to write, as README's
+// "A target for your own classes" shows: train-head reads the image input and its sizes from the model, as
+// a pass does, and without a debug-train set trains on train alone. The
+// head it writes tells the two classes of images apart.
+func TestTrainHeadHandWrittenJob(t *testing.T) {
+	g := &onnx.Graph{
+		Inputs:  []onnx.Value{{Name: "image", Elem: onnx.Float, Shape: []int64{-1, 1, 2, 2}}},
+		Outputs: []onnx.Value{{Name: "logits", Elem: onnx.Float, Shape: []int64{-1, 4}}},
+		Nodes: []onnx.Node{
+			{Op: "Flatten", Inputs: []string{"image"}, Outputs: []string{"feat"}, Attrs: map[string]any{"axis": 1}},
+			{Op: "Relu", Inputs: []string{"feat"}, Outputs: []string{"logits"}},
+		},
+	}
+	model, err := g.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name string, data []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shade := func(v uint8) *image.Gray {
+		img := image.NewGray(image.Rect(0, 0, 2, 2))
+		for i := range img.Pix {
+			img.Pix[i] = v + uint8(i)*3
+		}
+		return img
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "train", "dark"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "train", "light"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		for _, c := range []struct {
+			label string
+			v     uint8
+		}{{"dark", 10}, {"light", 200}} {
+			var buf bytes.Buffer
+			if err := png.Encode(&buf, shade(c.v+uint8(i))); err != nil {
+				t.Fatal(err)
+			}
+			write(fmt.Sprintf("train/%s/%d.png", c.label, i), buf.Bytes())
+		}
+	}
+	write("m.onnx", model)
+	write("job.json", []byte(`{"target": {"path": "m.onnx", "features": "feat"},
+		"classes": ["dark", "light"], "train": "train/", "model": "out.onnx"}`))
+
+	e, stdout, _ := testCLI()
+	if err := cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job.json"}); err != nil {
+		t.Fatalf("train-head of a hand-written job: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout.String(), "no debug-train set") || !strings.Contains(stdout.String(), "embedded 40 train images: 40 rows") ||
+		!strings.Contains(stdout.String(), `features "feat" → logits "dcd_logits"`) {
+		t.Errorf("train-head's output does not say it trained on train's 40 images alone:\n%s", stdout)
+	}
+	out, err := os.ReadFile(filepath.Join(dir, "out.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := ortrun.NewSession("out.onnx", out, []string{"image"}, []string{"probabilities"}, ortrun.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	spec := preprocess.Spec{Layout: preprocess.LayoutNCHW, Channels: 1, Height: 2, Width: 2}
+	x := make([]float32, 2*spec.Size())
+	for i, v := range []uint8{15, 215} {
+		if err := spec.Fill(x[i*spec.Size():(i+1)*spec.Size()], shade(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sess.Run(ortrun.Tensor{Shape: []int64{2, 1, 2, 2}, Floats: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := res[0].Floats; !(p[0] > p[1] && p[3] > p[2]) {
+		t.Errorf("the head's probabilities for a dark and a light image: %v, want dark then light most likely", p)
 	}
 }
 

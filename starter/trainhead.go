@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -105,13 +106,8 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	job = job.WithDefaults()
 	// What would fail only after the embedding and the training, said now.
-	switch {
-	case job.Model == "":
-		return fmt.Errorf("train-head: job %s: no model to write (\"model\", or -out)", a.job)
-	case len(job.Classes) == 0:
-		return fmt.Errorf("train-head: job %s: no classes (\"classes\")", a.job)
-	case job.Output == job.Target.Features:
-		return fmt.Errorf("train-head: job %s: output %q is the target's features output; name the head's output otherwise", a.job, job.Output)
+	if err := job.Validate(); err != nil {
+		return fmt.Errorf("train-head: job %s: %w", a.job, err)
 	}
 	if a.work == "" {
 		if a.work, err = os.MkdirTemp("", "dcd-train-head-"); err != nil {
@@ -121,6 +117,19 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	}
 	buckets := &store.Buckets{}
 	defer buckets.Close()
+	t := job.Target.Preprocess
+	if job.Target.Input == "" || t.Channels == 0 || t.Height == 0 || t.Width == 0 || t.Layout == "" {
+		// A job written by hand, not by a pass: its target completed
+		// from the model as a pass completes its config's.
+		if err := ortrun.Init(a.ortLib); err != nil {
+			return fmt.Errorf("train-head: %w", err)
+		}
+		var batch int
+		if job.Target, batch, err = activities.CompleteTarget(ctx, buckets, b, job.Target); err != nil {
+			return fmt.Errorf("train-head: job %s: %s", a.job, strings.TrimPrefix(err.Error(), "config: "))
+		}
+		job.TargetBatch = cmp.Or(job.TargetBatch, batch)
+	}
 	target, err := activities.ReadModel(ctx, buckets, b, job.Target.Path)
 	if err != nil {
 		return fmt.Errorf("train-head: target model: %w", err)
@@ -134,6 +143,21 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	probe := &head.Head{Classes: n, Dim: 1, Mean: []float32{0}, Std: []float32{1}, W: make([]float32, n), B: make([]float32, n)}
 	if _, err := probe.ONNX(target, export); err != nil {
 		return fmt.Errorf("train-head: target model %s: %w", job.Target.Path, err)
+	}
+	// Each set's manifest read now, not after the sets before it are
+	// embedded; a job with no debug-train set trains on train alone.
+	sets := []struct {
+		name, key string
+		weight    float32
+		empty     bool
+	}{{"train", job.Train, 1, false}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight), true}}
+	for i := range sets {
+		if sets[i].key == "" || isPrefix(sets[i].key) {
+			continue
+		}
+		if sets[i].empty, err = headerOnly(ctx, b, sets[i].key); err != nil {
+			return fmt.Errorf("train-head: %s manifest: %w", sets[i].name, err)
+		}
 	}
 	if err := ortrun.Init(a.ortLib); err != nil {
 		return fmt.Errorf("train-head: %w", err)
@@ -171,13 +195,10 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	src := dataset.Source{Bucket: b, Buckets: buckets}
 	read := imageReader(buckets, b)
 	classes := dataset.NewClasses(job.Classes)
-	for _, set := range []struct {
-		name, key string
-		weight    float32
-	}{{"train", job.Train, 1}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight)}} {
-		empty, err := headerOnly(ctx, b, set.key)
-		if err != nil {
-			return fmt.Errorf("train-head: %s manifest: %w", set.name, err)
+	for _, set := range sets {
+		if set.key == "" {
+			fmt.Fprintf(e.stdout, "no %s set in the job: the head trains on the sets before\n", set.name)
+			continue
 		}
 		n, rows, rejects, skipped := 0, 0, 0, 0
 		// The manifest's images go to the embedder embedChunk at a time, so
@@ -215,14 +236,18 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 			n, rejects, images = n+len(images), rejects+len(rj), images[:0]
 			return nil
 		}
-		if !empty {
-			if err := src.Walk(ctx, schemas.Dataset{Manifest: set.key}, func(it dataset.Item) error {
+		if !set.empty {
+			ds := schemas.Dataset{Manifest: set.key}
+			if isPrefix(set.key) {
+				ds = schemas.Dataset{Prefix: set.key}
+			}
+			if err := src.Walk(ctx, ds, func(it dataset.Item) error {
 				if images = append(images, embed.Image{URI: it.Key, Label: it.Label}); len(images) == embedChunk {
 					return flush()
 				}
 				return nil
 			}); err != nil {
-				return fmt.Errorf("train-head: %s manifest %s: %w", set.name, set.key, err)
+				return fmt.Errorf("train-head: %s %s: %w", set.name, set.key, err)
 			}
 		}
 		if err := flush(); err != nil {
@@ -260,7 +285,8 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	if err := store.WriteAll(ctx, b, job.Model, out); err != nil {
 		return fmt.Errorf("train-head: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image → %s\n", job.Model, len(out), job.Output)
+	fmt.Fprintf(e.stdout, "wrote %s (%d bytes): image %q → features %q → logits %q → %q\n",
+		job.Model, len(out), job.Target.Input, export.Features, export.Logits, export.Probabilities)
 	return nil
 }
 
@@ -272,6 +298,11 @@ func imageReader(buckets *store.Buckets, b *blob.Bucket) embed.ReadFunc {
 		return activities.ReadImage(ctx, buckets, b, uri)
 	}
 }
+
+// isPrefix says whether a job's set is an ImageFolder prefix
+// (<prefix>/<label>/<file>, as a config's data.*.prefix) rather than a
+// manifest: a hand-written job's train may be the folder its images are in.
+func isPrefix(key string) bool { return strings.HasSuffix(key, "/") }
 
 // embedChunk is how many of a manifest's images train-head hands the
 // embedder at once.
