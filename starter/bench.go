@@ -24,7 +24,7 @@ func cmdBench(ctx context.Context, e *cli, args []string) error {
 	quick := fs.Bool("quick", false, "small sizes: a smoke test of about a minute")
 	parts := fs.String("parts", "", "comma-separated parts to run, of "+strings.Join(bench.Parts, ",")+" (default all)")
 	threads := fs.Int("threads", 0, "ONNX Runtime intra-op threads per session (default: a worker's, CPUs/concurrency for models and every CPU for the k-NN search)")
-	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, 2 or when more CPUs/4, CPUs/2 with -ep cuda)")
+	concurrency := fs.Int("concurrency", 0, "shards the embedding part embeds at once, as a worker's -concurrency (default: a worker's, one per four CPUs, at least 2; one per two CPUs with -ep cuda)")
 	ep := fs.String("ep", "cpu", "execution provider of the embedding part: cpu or cuda (ONNX Runtime's GPU build, see README)")
 	latency := fs.Duration("latency", bench.DefaultLatency, "how long the remote part's S3 server takes to answer each request")
 	worker := fs.String("worker", "", "worker binary for the pass part (default: worker beside this starter, else built with go build)")

@@ -31,6 +31,8 @@ type reportArgs struct {
 	addr    string
 }
 
+const reportSynopsis = "[-storage URL] [-serve] [-open] [-addr HOST:PORT] RUN"
+
 func parseReport(e *cli, args []string) (reportArgs, error) {
 	var a reportArgs
 	fs := e.flags("report")
@@ -38,7 +40,7 @@ func parseReport(e *cli, args []string) (reportArgs, error) {
 	fs.BoolVar(&a.serve, "serve", false, "serve the report on localhost even when it is a local file")
 	fs.BoolVar(&a.open, "open", false, "open the report in a browser (xdg-open, or $BROWSER)")
 	fs.StringVar(&a.addr, "addr", "127.0.0.1:0", "address to serve on (with -serve, or for non-file storage)")
-	id, err := oneArg(fs, "[-storage URL] [-serve] [-open] [-addr HOST:PORT] RUN", "pass id", args)
+	id, err := oneArg(fs, reportSynopsis, "pass id", args)
 	a.id = id
 	return a, err
 }

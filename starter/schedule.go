@@ -51,7 +51,7 @@ func cmdSchedule(ctx context.Context, e *cli, args []string) error {
 		var note string
 		if sub == "pause" || sub == "unpause" {
 			synopsis = "[-note TEXT] SCHED"
-			fs.StringVar(&note, "note", "", "why, shown by describe (default: who paused it and when)")
+			fs.StringVar(&note, "note", "", "why, shown by describe (default: who "+sub+"d it and when)")
 		}
 		id, err := oneArg(fs, synopsis, "schedule id", rest)
 		if err != nil {

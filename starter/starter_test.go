@@ -78,6 +78,19 @@ func TestUsage(t *testing.T) {
 			t.Errorf("usage line of %d columns, wider than a terminal: %q", n, line)
 		}
 	}
+	// The list's synopses are the commands' own (bench's cut short).
+	for _, c := range commands {
+		if c.about == "" || c.name == "help" {
+			continue
+		}
+		_, stdout, stderr, _ := run(t, append(strings.Fields(c.name), "-h")...)
+		first, _, _ := strings.Cut(stdout+stderr, "\n")
+		args, cut := strings.CutSuffix(c.args, " [...]")
+		first = strings.TrimSpace(first)
+		if want := strings.TrimSpace("Usage: starter " + c.name + " " + args); first != want && !(cut && strings.HasPrefix(first, want)) {
+			t.Errorf("%s -h: %q, but the commands' list shows %q", c.name, first, want)
+		}
+	}
 	code, stdout, _, _ := run(t, "help")
 	if code != 0 || !strings.Contains(stdout, "Commands:") {
 		t.Errorf("help: exit %d, %q", code, stdout)

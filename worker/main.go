@@ -57,7 +57,7 @@ func defineFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.ortLib, "ort-lib", ortrun.DefaultLibrary(), "path of libonnxruntime.so (env DCD_ORT_LIB)")
 	fs.IntVar(&o.threads, "threads", o.envInt("DCD_THREADS", 0), "ONNX Runtime intra-op threads per session; default CPUs/concurrency for models, whose batches run at once, and every CPU for the k-NN search (env DCD_THREADS)")
 	fs.StringVar(&o.ep, "ep", env("DCD_EP", "cpu"), "ONNX Runtime execution provider: cpu or cuda (env DCD_EP)")
-	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default (0) 2, or when more CPUs/4 (CPUs/2 on the gpu queue with -ep cuda) (env DCD_CONCURRENCY)")
+	fs.IntVar(&o.concurrency, "concurrency", o.envInt("DCD_CONCURRENCY", 0), "activities run at once per queue; default (0): one per four CPUs, at least 2 (one per two CPUs on the gpu queue with -ep cuda) (env DCD_CONCURRENCY)")
 	fs.IntVar(&o.decoders, "decoders", o.envInt("DCD_DECODERS", runtime.GOMAXPROCS(0)), "image decoding goroutines per embedding (env DCD_DECODERS)")
 	fs.IntVar(&o.readers, "readers", o.envInt("DCD_READERS", embed.DefaultReaders), "image reads in flight per embedding; raise it for a pool stored one object per image on a remote store, where each read waits on the store's latency (env DCD_READERS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", env("DCD_CPUPROFILE", ""), "write a CPU profile of the worker to FILE until it stops, for go tool pprof (env DCD_CPUPROFILE)")
