@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -353,10 +356,15 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 		fmt.Fprintf(e.stdout, "          ready in %s\n", d.Round(time.Second))
 	}
 	cfgPath := filepath.Join(stateDir, "demo-"+a.corruption+".yaml")
-	if err := writeConfig(cfgPath, cfg); err != nil {
+	kept, err := writeDemoConfig(cfgPath, cfg)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "config    %s (edit it and rerun with `starter run -config %s -wait`)\n\n", cfgPath, cfgPath)
+	fmt.Fprintf(e.stdout, "config    %s (edit it and rerun with `starter run -config %s -wait`)\n", cfgPath, cfgPath)
+	if kept != "" {
+		fmt.Fprintf(e.stdout, "          the edited one it replaces is kept as %s\n", kept)
+	}
+	fmt.Fprintln(e.stdout)
 
 	c, err := e.Client()
 	if err != nil {
@@ -373,27 +381,55 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 	return e.waitAndReport(ctx, c, id, a.storage)
 }
 
-// writeConfig writes cfg as YAML that schemas.LoadConfig reads back.
+// writeConfig writes cfg as YAML that schemas.LoadConfig reads back, under
+// a header whose first line holds the digest of the YAML (demoWrote).
 func writeConfig(path string, cfg schemas.Config) error {
-	b, err := configYAML(cfg, "DCD pass config written by `starter demo`.\nRun it again with: starter run -config "+path+" -wait")
+	body, err := yaml.Marshal(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("config: %w", err)
 	}
+	head := "# DCD pass config written by `starter demo`, " + bodyDigest(body) + "\n" +
+		"# Run it again with: starter run -config " + path + " -wait\n\n"
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o644)
+	return os.WriteFile(path, append([]byte(head), body...), 0o644)
 }
 
-// configYAML encodes cfg as YAML under a comment.
-func configYAML(cfg schemas.Config, comment string) ([]byte, error) {
-	b, err := yaml.Marshal(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+// writeDemoConfig writes the demo's config to path, as writeConfig does.
+// The file there may be one the user edited, as the demo invites: one
+// whose body is not what its header says a demo wrote is first kept
+// under the first free name path.~N~, which it returns, so that no run of
+// the demo (another seed, -small) loses an edit.
+func writeDemoConfig(path string, cfg schemas.Config) (kept string, err error) {
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return "", err
+	case !demoWrote(old):
+		for n := 1; ; n++ {
+			kept = fmt.Sprintf("%s.~%d~", path, n)
+			if _, err := os.Lstat(kept); errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+		}
+		if err := os.Rename(path, kept); err != nil {
+			return "", err
+		}
 	}
-	var head strings.Builder
-	for _, line := range strings.Split(comment, "\n") {
-		head.WriteString("# " + line + "\n")
-	}
-	return append([]byte(head.String()), b...), nil
+	return kept, writeConfig(path, cfg)
+}
+
+// demoWrote says whether a config file is as writeConfig wrote it: its
+// first line holds the digest of what follows the header.
+func demoWrote(file []byte) bool {
+	first, _, _ := bytes.Cut(file, []byte("\n"))
+	_, body, ok := bytes.Cut(file, []byte("\n\n"))
+	return ok && bytes.HasSuffix(first, []byte(bodyDigest(body)))
+}
+
+func bodyDigest(body []byte) string {
+	sum := sha256.Sum256(body)
+	return "sha256:" + hex.EncodeToString(sum[:8])
 }

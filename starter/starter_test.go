@@ -23,6 +23,7 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
+	"gopkg.in/yaml.v3"
 
 	"dcd/activities"
 	"dcd/internal/embed"
@@ -243,6 +244,51 @@ func testConfig() schemas.Config {
 		Retrain:   schemas.Retrain{Lambda: 0.01, Iters: 300},
 		Timeouts:  schemas.Timeouts{Heartbeat: schemas.Duration(45 * time.Second)},
 	}.WithDefaults()
+}
+
+// The demo rewrites its config on every run (another seed, -small), but
+// an edited one, as the demo invites, is kept beside it, each edit under
+// a name of its own; one the demo wrote is replaced.
+func TestDemoConfigKeepsEdits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "demo-blur.yaml")
+	cfg, other := testConfig(), testConfig()
+	other.Selection.K = 7
+	for i, c := range []struct {
+		cfg  schemas.Config
+		edit string
+		kept string
+	}{
+		{cfg, "", ""},                 // none there
+		{other, "", ""},               // the demo's own
+		{cfg, "  k: 5\n", "~1~"},      // an edit
+		{cfg, "", ""},                 // the demo's own again
+		{other, "# my note\n", "~2~"}, // another edit, beside the first
+	} {
+		if c.edit != "" {
+			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString(c.edit)
+			f.Close()
+		}
+		before, _ := os.ReadFile(path)
+		kept, err := writeDemoConfig(path, c.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]string{true: path + ".~" + strings.Trim(c.kept, "~") + "~"}[c.kept != ""]; kept != want {
+			t.Errorf("write %d: kept %q, want %q", i, kept, want)
+		}
+		if kept != "" {
+			if b, _ := os.ReadFile(kept); !bytes.Equal(b, before) {
+				t.Errorf("write %d: %s holds %q, want the edited file", i, kept, b)
+			}
+		}
+		if got, err := schemas.LoadConfig(path); err != nil || got.Selection.K != c.cfg.Selection.K {
+			t.Errorf("write %d: %s: k %d, %v; want the demo's config, k %d", i, path, got.Selection.K, err, c.cfg.Selection.K)
+		}
+	}
 }
 
 func TestConfigYAMLRoundTrip(t *testing.T) {
@@ -1018,4 +1064,17 @@ func TestUnanswered(t *testing.T) {
 	if got := unanswered("pass", context.DeadlineExceeded); !strings.Contains(got, busyOrGone) {
 		t.Errorf("unanswered, a deadline: %q", got)
 	}
+}
+
+// configYAML encodes cfg as YAML under a comment, as a user writes one.
+func configYAML(cfg schemas.Config, comment string) ([]byte, error) {
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var head strings.Builder
+	for _, line := range strings.Split(comment, "\n") {
+		head.WriteString("# " + line + "\n")
+	}
+	return append([]byte(head.String()), b...), nil
 }
