@@ -135,6 +135,12 @@ func (p *ranges) fetch(spans []span) error {
 	if p.oneRound && len(todo) > p.parallel {
 		todo = join(todo, p.parallel)
 	}
+	if size := int(p.f.Size()); p.oneRound && covered(todo) > size/2 {
+		// Most of the file: one request for all of it, which every later
+		// round finds its spans in, costs fewer bytes than runs whose
+		// spans a later round straddles and reads again.
+		todo = []span{{0, size}}
+	}
 	if len(todo) > 0 {
 		p.rounds++
 	}
@@ -157,6 +163,15 @@ func (p *ranges) fetch(spans []span) error {
 	}
 	p.got = append(p.got, runs...)
 	return nil
+}
+
+// covered is the bytes runs span.
+func covered(runs []span) int {
+	n := 0
+	for _, r := range runs {
+		n += r.n
+	}
+	return n
 }
 
 // join joins runs, sorted and apart, into n across the n-1 widest gaps

@@ -140,6 +140,9 @@ func TestLoadRowsAt(t *testing.T) {
 					t.Errorf("%s %s %q: %d requests for %d rows, want the head, then the tail and the rows in 8", name, layout, storedAs, reads, len(want))
 				case !sf.Local() && layout == "one record" && f.rounds != 1:
 					t.Errorf("%s %s %q: %d rounds of requests after the head, want 1", name, layout, storedAs, f.rounds)
+				case !sf.Local() && read > size+2*store.HeadBytes:
+					// Reading the whole file once costs that much.
+					t.Errorf("%s %s %q: requested %d bytes of a file of %d in %d requests", name, layout, storedAs, read, size, reads)
 				}
 			}
 		}
