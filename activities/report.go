@@ -393,9 +393,15 @@ func headline(ev Eval, ref string) string {
 	case d[0] == '-':
 		verb = "lowered"
 	}
-	s := fmt.Sprintf("%s %s E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy went from %.1f%% to %.1f%% (%s).",
+	// Clean test accuracy as shown: "from 97.4% to 97.4% (-0.0)" reads
+	// as a slip, and the numbers shown held.
+	test := fmt.Sprintf("held at %.1f%%", percent(dcd.TestAccuracy))
+	if percent(none.TestAccuracy) != percent(dcd.TestAccuracy) {
+		test = fmt.Sprintf("went from %.1f%% to %.1f%% (%s)", percent(none.TestAccuracy), percent(dcd.TestAccuracy), points(none.TestAccuracy, dcd.TestAccuracy))
+	}
+	s := fmt.Sprintf("%s %s E_heldout accuracy from %.1f%% to %.1f%% (%s points) with %d pool images, while clean test accuracy %s.",
 		ref, verb, percent(none.HeldoutAccuracy), percent(dcd.HeldoutAccuracy), points(none.HeldoutAccuracy, dcd.HeldoutAccuracy),
-		dcd.DebugTrainSize, percent(none.TestAccuracy), percent(dcd.TestAccuracy), points(none.TestAccuracy, dcd.TestAccuracy))
+		dcd.DebugTrainSize, test)
 	if r, ok := ev.Method(schemas.MethodRandom); ok {
 		s += fmt.Sprintf(" As many random pool images gave %s points.", points(none.HeldoutAccuracy, r.HeldoutAccuracy))
 	}

@@ -304,6 +304,17 @@ func TestHeadlineSaysTheDirection(t *testing.T) {
 			t.Errorf("E_heldout 0.5 → %v: %q, want %q", c.heldout, got, c.want)
 		}
 	}
+	// Clean test accuracy that shows the same held; one that shows
+	// otherwise went from one to the other.
+	for _, c := range []struct {
+		test float64
+		want string
+	}{{0.9738, "clean test accuracy held at 97.4%."}, {0.9700, "clean test accuracy went from 97.4% to 97.0% (-0.4)."}} {
+		ev := Eval{Methods: []Method{{Method: "none", TestAccuracy: 0.9741}, {Method: "dcd", TestAccuracy: c.test}}}
+		if got := headline(ev, "dcd"); !strings.Contains(got, c.want) {
+			t.Errorf("test 0.9741 → %v: %q, want %q", c.test, got, c.want)
+		}
+	}
 }
 
 // A photo's thumbnail is its pixels' means, 64 pixels on its longer side;
