@@ -59,6 +59,9 @@ func parseRun(e *cli, args []string) (runArgs, error) {
 	if err := checkID("-id", a.id); err != nil {
 		return a, err
 	}
+	if err := store.CheckURL(a.storage); err != nil {
+		return a, usageErrorf("run: -storage: %v", err)
+	}
 	return a, nil
 }
 
@@ -380,6 +383,11 @@ func parseResult(e *cli, args []string) (resultArgs, error) {
 	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the workers use, to show where the files are and read eval.json (env DCD_STORAGE)")
 	id, err := oneArg(fs, resultSynopsis, "pass id", args)
 	a.id = id
+	if err == nil {
+		if err := store.CheckURL(a.storage); err != nil {
+			return a, usageErrorf("result: -storage: %v", err)
+		}
+	}
 	return a, err
 }
 

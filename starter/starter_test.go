@@ -158,7 +158,8 @@ func TestParseRun(t *testing.T) {
 	// longer than a folder's name; nor flags to the commands that take them.
 	for _, args := range [][]string{{}, {"-wait"}, {"-config", "c.yaml", "extra"},
 		{"-config", "c.yaml", "-id", "a/b"}, {"-config", "c.yaml", "-id", ".."}, {"-config", "c.yaml", "-id", "exp%1"},
-		{"-config", "c.yaml", "-id", "-wait"}, {"-config", "c.yaml", "-id", strings.Repeat("x", 201)}} {
+		{"-config", "c.yaml", "-id", "-wait"}, {"-config", "c.yaml", "-id", strings.Repeat("x", 201)},
+		{"-config", "c.yaml", "-wait", "-storage", "s3://b/dcd"}} {
 		e, _, _ := testCLI()
 		if _, err := parseRun(e, args); exitStatus(err) != 2 {
 			t.Errorf("parseRun(%q): err %v, want a usage error", args, err)
@@ -174,7 +175,9 @@ func TestParseResult(t *testing.T) {
 			t.Errorf("parseResult(%q) = %+v, %v", args, a, err)
 		}
 	}
-	for _, args := range [][]string{{}, {"R", "S"}, {"-json"}} {
+	// A bucket URL with a folder, which the worker and report refuse,
+	// is refused here too, not shown with paths under it.
+	for _, args := range [][]string{{}, {"R", "S"}, {"-json"}, {"-storage", "gs://b/dcd", "R"}} {
 		e, _, _ := testCLI()
 		if _, err := parseResult(e, args); exitStatus(err) != 2 {
 			t.Errorf("parseResult(%q): err %v, want a usage error", args, err)

@@ -64,6 +64,27 @@ import (
 	"dcd/internal/redact"
 )
 
+// CheckURL refuses a bucket URL Open would refuse for its form, without
+// opening it: for a command that only shows where a bucket's files are.
+func CheckURL(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return err
+	}
+	return checkFolder(u)
+}
+
+// checkFolder refuses an object store's bucket URL that names a folder.
+func checkFolder(u *url.URL) error {
+	if u.Scheme != s3blob.Scheme && u.Scheme != azureblob.Scheme && u.Scheme != "gs" {
+		return nil
+	}
+	if dir := strings.Trim(u.Path, "/"); dir != "" {
+		return fmt.Errorf("a bucket's URL names no folder: to keep DCD's objects under %s/, give %s://%s the option prefix=%s/", dir, u.Scheme, u.Host, dir)
+	}
+	return nil
+}
+
 // Open opens the bucket at url. A file:// bucket writes no metadata
 // sidecar (metadata=skip): DCD reads none of what it holds (content type,
 // MD5), and it cost every object a second file created, an MD5 of its
@@ -86,12 +107,11 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 	if err == nil {
 		prefix = u.Query().Get("prefix")
 	}
-	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme || u.Scheme == "gs") {
-		if strings.Trim(u.Path, "/") != "" {
-			dir := strings.Trim(u.Path, "/")
-			err = fmt.Errorf("a bucket's URL names no folder: to keep DCD's objects under %s/, give %s://%s the option prefix=%s/", dir, u.Scheme, u.Host, dir)
-		}
-		if q := u.Query(); u.Scheme != "gs" && q.Has("prefix") {
+	if err == nil {
+		err = checkFolder(u)
+	}
+	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme) {
+		if q := u.Query(); q.Has("prefix") {
 			q.Del("prefix")
 			u.RawQuery = q.Encode()
 			wrap = true
