@@ -105,7 +105,7 @@ func cmdPack(ctx context.Context, e *cli, args []string) error {
 
 	var res workflows.PackResult
 	err = e.follow(ctx, c, a.id, &res, "pack", packProgress(c, a.id),
-		fmt.Sprintf("the same command watches it again; `starter status %s`, `starter cancel %s`", a.id, a.id), packStuck(c, a.id))
+		fmt.Sprintf("the same command watches it again; `starter status %s`, `starter cancel %s`", a.id, a.id), packStuck(c, a.id, e.g))
 	if err != nil {
 		return err
 	}

@@ -209,9 +209,9 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 		return err
 	}
 	if st.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		progress, stuck := passProgress(c, id), passStuck(c, id)
+		progress, stuck := passProgress(c, id), passStuck(c, id, e.g)
 		if st.pack {
-			progress, stuck = packProgress(c, id), packStuck(c, id)
+			progress, stuck = packProgress(c, id), packStuck(c, id, e.g)
 		}
 		note := stuck(ctx, time.Now())
 		line, err := progress(ctx, time.Now())

@@ -141,7 +141,7 @@ func workerGone(err error) bool {
 // Interrupting stops the watching, not the pass.
 func (e *cli) watch(ctx context.Context, c client.Client, id string) (workflows.PassResult, error) {
 	var res workflows.PassResult
-	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id), passStuck(c, id))
+	err := e.follow(ctx, c, id, &res, "pass", passProgress(c, id), fmt.Sprintf("`starter status %s`, `starter cancel %s`", id, id), passStuck(c, id, e.g))
 	return res, err
 }
 

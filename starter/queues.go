@@ -121,8 +121,9 @@ func polledSince(ctx context.Context, c client.Client, queue string, t enumspb.T
 
 // idleLine says which queues no worker takes work from and how to start
 // one for them, or nothing when queues is empty; what waits is "pass" or
-// "pack".
-func idleLine(what string, queues []string) string {
+// "pack". The worker's command names the server and namespace g names
+// where they are not a worker's defaults.
+func idleLine(what string, queues []string, g globals) string {
 	if len(queues) == 0 {
 		return ""
 	}
@@ -130,15 +131,22 @@ func idleLine(what string, queues []string) string {
 	for _, q := range queues {
 		flags = append(flags, strings.TrimPrefix(q, "dcd-"))
 	}
-	return fmt.Sprintf("no worker has polled %s lately: the %s waits until one does (bin/worker -queues %s)",
-		strings.Join(queues, ", "), what, strings.Join(flags, ","))
+	worker := "bin/worker -queues " + strings.Join(flags, ",")
+	if g.address != "127.0.0.1:7233" {
+		worker += " -address " + g.address
+	}
+	if g.namespace != "default" {
+		worker += " -namespace " + g.namespace
+	}
+	return fmt.Sprintf("no worker has polled %s lately: the %s waits until one does (%s)",
+		strings.Join(queues, ", "), what, worker)
 }
 
 // warnNoWorkflowWorker warns on stderr when no worker polls the CPU
 // queue's workflow tasks, where a pass or schedule just made starts.
 func (e *cli) warnNoWorkflowWorker(ctx context.Context, c client.Client, what string) {
 	if polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW); err == nil && !polled {
-		fmt.Fprintln(e.stderr, "warning:", idleLine(what, []string{workflows.CPUQueue}))
+		fmt.Fprintln(e.stderr, "warning:", idleLine(what, []string{workflows.CPUQueue}, e.g))
 	}
 }
 
@@ -147,13 +155,13 @@ func (e *cli) warnNoWorkflowWorker(ctx context.Context, c client.Client, what st
 type stuck func(ctx context.Context, now time.Time) string
 
 // passStuck looks at a pass and the children it runs.
-func passStuck(c client.Client, id string) stuck {
+func passStuck(c client.Client, id string, g globals) stuck {
 	return func(ctx context.Context, now time.Time) string {
 		// A pass no worker has taken does not answer its query until
 		// the deadline: asked first whether a worker takes workflows,
 		// and then with a short one, leaving the rest to describe it.
 		if polled, err := hasPollers(ctx, c, workflows.CPUQueue, enumspb.TASK_QUEUE_TYPE_WORKFLOW); err == nil && !polled {
-			return idleLine("pass", []string{workflows.CPUQueue})
+			return idleLine("pass", []string{workflows.CPUQueue}, g)
 		}
 		ids := []string{id}
 		var p workflows.Progress
@@ -167,19 +175,19 @@ func passStuck(c client.Client, id string) stuck {
 		if err != nil {
 			return ""
 		}
-		return joinNotes(idleLine("pass", q), retryLine(pending))
+		return joinNotes(idleLine("pass", q, g), retryLine(pending))
 	}
 }
 
 // packStuck looks at a pack, which runs its activities itself.
-func packStuck(c client.Client, id string) stuck {
+func packStuck(c client.Client, id string, g globals) stuck {
 	return func(ctx context.Context, now time.Time) string {
 		pending := pendingActivities(ctx, c, []string{id})
 		q, err := starvedQueues(ctx, c, pending, now)
 		if err != nil {
 			return ""
 		}
-		return joinNotes(idleLine("pack", q), retryLine(pending))
+		return joinNotes(idleLine("pack", q, g), retryLine(pending))
 	}
 }
 

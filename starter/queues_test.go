@@ -206,3 +206,16 @@ func TestRetryLine(t *testing.T) {
 		t.Errorf("a second try: %q, want nothing", line)
 	}
 }
+
+// The worker a warning tells to start polls the server and namespace the
+// starter was given, where they are not a worker's defaults.
+func TestIdleLineNamesServer(t *testing.T) {
+	g := globals{address: "127.0.0.1:7233", namespace: "default"}
+	if got := idleLine("pass", []string{"dcd-cpu", "dcd-train"}, g); !strings.HasSuffix(got, "(bin/worker -queues cpu,train)") {
+		t.Errorf("defaults: %q", got)
+	}
+	g = globals{address: "10.0.0.5:7233", namespace: "team"}
+	if got := idleLine("pack", []string{"dcd-cpu"}, g); !strings.HasSuffix(got, "(bin/worker -queues cpu -address 10.0.0.5:7233 -namespace team)") {
+		t.Errorf("another server and namespace: %q", got)
+	}
+}

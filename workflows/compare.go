@@ -437,6 +437,9 @@ func skippedNote(r activities.RetrainResult) string {
 		which = " (" + quoted(r.SkippedExamples, n == activities.MaxSkippedExamples) + ")" // and maybe others
 	}
 	skipped := fmt.Sprintf("%d of its images were not retrained on: their weak label is not a class of the target%s", r.SkippedLabels, which)
+	if r.SkippedLabels == 1 {
+		skipped = fmt.Sprintf("1 of its images was not retrained on: its weak label is not a class of the target%s", which)
+	}
 	if r.DebugRows == 0 {
 		skipped += "; none of its images was, so it scores as train_only"
 	}

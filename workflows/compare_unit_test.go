@@ -322,6 +322,7 @@ func TestSkippedLabelsNoted(t *testing.T) {
 		{some, []string{"2 of its images", `target ("cat")`}},
 		{none, []string{"33 of its images", `"digit_1", "digit_8", "digit_3", …`, "none of its images was, so it scores as train_only"}},
 		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 4}), []string{"4 of its images were not retrained on: their weak label is not a class of the target"}},
+		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 1}), []string{"1 of its images was not retrained on: its weak label is not a class of the target"}},
 	} {
 		for _, w := range c.want {
 			if !strings.Contains(c.note, w) {
