@@ -424,6 +424,9 @@ func (c Config) Validate() error {
 			return bad(d.field, "set exactly one of prefix, manifest and webdataset")
 		}
 	}
+	if err := c.checkCredentials(); err != nil {
+		return err
+	}
 	if err := c.validateCompare(); err != nil {
 		return err
 	}

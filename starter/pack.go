@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
+	"dcd/internal/redact"
 	"dcd/schemas"
 	"dcd/workflows"
 )
@@ -42,6 +43,12 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	a.in.Out = out
 	if (a.in.Dataset.Prefix == "") == (a.in.Dataset.Manifest == "") {
 		return a, usageErrorf("pack: give the dataset as one of -prefix and -manifest (usage: starter pack %s)", packSynopsis)
+	}
+	// The dataset is the pack's workflow input, recorded in its history.
+	for flag, ref := range map[string]string{"-prefix": a.in.Dataset.Prefix, "-manifest": a.in.Dataset.Manifest, "OUT": out} {
+		if what := schemas.URLCredential(ref); what != "" {
+			return a, usageErrorf("pack: %s: the URL holds %s: a pack's input is recorded in its history, where whoever reads the server reads it; give the workers access through their environment's credentials", flag, what)
+		}
 	}
 	if a.in.PerArchive < 1 || a.in.Readers < 1 || a.in.Window < 1 {
 		return a, usageErrorf("pack: -per-archive, -readers and -window must be at least 1")
@@ -172,9 +179,9 @@ func samePackInput(x, y workflows.PackInput) bool {
 func describeDataset(ds schemas.Dataset) string {
 	switch {
 	case ds.Prefix != "":
-		return "-prefix " + ds.Prefix
+		return "-prefix " + redact.URL(ds.Prefix)
 	case ds.Manifest != "":
-		return "-manifest " + ds.Manifest
+		return "-manifest " + redact.URL(ds.Manifest)
 	}
-	return "-webdataset " + ds.WebDataset
+	return "-webdataset " + redact.URL(ds.WebDataset)
 }

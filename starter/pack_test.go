@@ -44,6 +44,8 @@ func TestParsePack(t *testing.T) {
 		{"pack", "-prefix", "a"},
 		{"pack", "-prefix", "a", "-per-archive", "0", "out"},
 		{"pack", "-prefix", "a", "-window", "0", "out"},
+		{"pack", "-manifest", "https://h/m.csv?X-Amz-Signature=S", "out"}, // a pack's input is in its history
+		{"pack", "-prefix", "s3://u:p@b/x/", "out"},
 	} {
 		if code, _, _, dialed := run(t, args...); code != 2 || dialed != nil {
 			t.Errorf("%q: exit %d, want 2 (usage) before dialing", args, code)

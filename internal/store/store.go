@@ -64,18 +64,28 @@ import (
 	"dcd/internal/redact"
 )
 
-// CheckURL refuses a bucket URL Open would refuse for its form, without
+// CheckURL refuses a bucket URL Open would refuse for its form (checkForm), without
 // opening it: for a command that only shows where a bucket's files are.
 func CheckURL(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return err
 	}
-	return checkFolder(u)
+	return checkForm(u)
 }
 
-// checkFolder refuses an object store's bucket URL that names a folder.
-func checkFolder(u *url.URL) error {
+// checkForm refuses a bucket URL that holds a user or password (its own,
+// or its endpoint's): the drivers ignore them, and a worker's arguments,
+// logs and its trainers' command lines would show them; credentials come
+// from the environment. And an object store's bucket URL that names a
+// folder.
+func checkForm(u *url.URL) error {
+	if u.User != nil {
+		return errors.New("a bucket's URL holds no user or password: give the workers credentials in their environment (AWS_*, AZURE_STORAGE_*, GOOGLE_APPLICATION_CREDENTIALS)")
+	}
+	if e, err := url.Parse(u.Query().Get("endpoint")); err == nil && e.User != nil {
+		return errors.New("a bucket's endpoint= holds no user or password: give the workers credentials in their environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+	}
 	if u.Scheme != s3blob.Scheme && u.Scheme != azureblob.Scheme && u.Scheme != "gs" {
 		return nil
 	}
@@ -108,7 +118,7 @@ func Open(ctx context.Context, rawURL string) (*blob.Bucket, error) {
 		prefix = u.Query().Get("prefix")
 	}
 	if err == nil {
-		err = checkFolder(u)
+		err = checkForm(u)
 	}
 	if err == nil && (u.Scheme == s3blob.Scheme || u.Scheme == azureblob.Scheme) {
 		if q := u.Query(); q.Has("prefix") {

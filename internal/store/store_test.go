@@ -169,3 +169,28 @@ func TestTransientFile(t *testing.T) {
 		t.Errorf("a connection reset: %v, not transient", reset)
 	}
 }
+
+// A bucket URL holding a user or password, its own or its endpoint's, is
+// refused before anything is opened, and the refusal quotes neither.
+func TestCheckURLRefusesCredentials(t *testing.T) {
+	for _, u := range []string{
+		"s3://USER:S3CR3T@pool?region=us-east-1",
+		"s3://pool?endpoint=http://USER:S3CR3T@127.0.0.1:9000&use_path_style=true",
+		"s3://pool?endpoint=http%3A%2F%2FUSER%3AS3CR3T%40127.0.0.1%3A9000",
+		"azblob://USER:S3CR3T@c",
+		"file://USER:S3CR3T@/tmp/d",
+	} {
+		err := CheckURL(u)
+		if err == nil || strings.Contains(err.Error(), "S3CR3T") || !strings.Contains(err.Error(), "environment") {
+			t.Errorf("CheckURL(%q) = %v, want a refusal pointing at the environment", u, err)
+		}
+		if _, err := Open(context.Background(), u); err == nil || strings.Contains(err.Error(), "S3CR3T") {
+			t.Errorf("Open(%q) = %v, want the same refusal", u, err)
+		}
+	}
+	for _, u := range []string{"s3://pool?endpoint=http://127.0.0.1:9000&region=us-east-1", "file:///tmp/d", "mem://"} {
+		if err := CheckURL(u); err != nil {
+			t.Errorf("CheckURL(%q) = %v", u, err)
+		}
+	}
+}
