@@ -38,11 +38,12 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 			fmt.Fprintf(w, "\n%s: %s\n", m.Method, m.Note)
 		}
 	}
-	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %d pool images rejected (unreadable)",
-		res.Eval.TestImages, res.Eval.HeldoutImages, res.Rejects)
+	// A reject is an image not read, or read but not decoded.
+	fmt.Fprintf(w, "\n%d test images, %d E_heldout images; %s rejected (not read or not decoded)",
+		res.Eval.TestImages, res.Eval.HeldoutImages, count(res.Rejects, "pool image"))
 	for _, set := range []struct{ ds, name string }{{activities.Train, "train"}, {activities.Test, "test"}, {activities.ErrorHeldout, "E_heldout"}} {
 		if n := res.SetRejects[set.ds]; n > 0 {
-			fmt.Fprintf(w, ", %d %s images left out (unreadable)", n, set.name)
+			fmt.Fprintf(w, ", %s left out (not read or not decoded)", count(n, set.name+" image"))
 		}
 	}
 	if res.Rejects > 0 || res.SetRejects[activities.Train] > 0 {
@@ -166,4 +167,12 @@ func localPath(storageURL, key string) (string, bool) {
 	}
 	p, err := filepath.Abs(filepath.FromSlash(path.Join(dir, u.Query().Get("prefix")+key)))
 	return p, err == nil
+}
+
+// count is n of a noun, in the plural but for one.
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -461,10 +461,10 @@ method | test acc | E_heldout acc | debug-train size | selection precision | wal
 none   | 0.975    | 0.121         | 0                | -                   | 0.4 s
 dcd    | 0.973    | 0.742         | 615              | 0.990               | 12.3 s
 
-10000 test images, 2000 E_heldout images; 2 pool images rejected (unreadable), 1 E_heldout images left out (unreadable)
+10000 test images, 2000 E_heldout images; 2 pool images rejected (not read or not decoded), 1 E_heldout image left out (not read or not decoded)
 (rejects.csv says why; images that could not be read and now can are read again by `+"`starter run -reread`"+`)
 
-storage file:///work/.dcd/storage
+storage file:///work/.dcd/storage?create_dir=1
   eval.json    runs/demo-blur-1/eval.json               /work/.dcd/storage/runs/demo-blur-1/eval.json
   report.html  runs/demo-blur-1/report.html             /work/.dcd/storage/runs/demo-blur-1/report.html
   rejects.csv  runs/demo-blur-1/rejects.csv             /work/.dcd/storage/runs/demo-blur-1/rejects.csv
@@ -480,7 +480,7 @@ storage file:///work/.dcd/storage
 	b.Reset()
 	writeResult(&b, res, "file://"+filepath.Join(dir, "elsewhere")+"?create_dir=1")
 	if !strings.Contains(b.String(), "/elsewhere/runs/demo-blur-1/eval.json (not found)\n") ||
-		!strings.Contains(b.String(), "files not found: is file://"+filepath.Join(dir, "elsewhere")+" the bucket the pass's workers wrote to? Give theirs with -storage URL (or DCD_STORAGE)\n") {
+		!strings.Contains(b.String(), "files not found: is file://"+filepath.Join(dir, "elsewhere")+"?create_dir=1 the bucket the pass's workers wrote to? Give theirs with -storage URL (or DCD_STORAGE)\n") {
 		t.Errorf("files not where storage says:\n%s", b.String())
 	}
 

@@ -5,32 +5,49 @@ import (
 	"testing"
 )
 
-// A worker's arguments, and a driver's error quoting a URL, lose the
-// queries that may hold a token; what is not a URL stays as it is.
+// A worker's arguments, and a driver's error quoting a URL, lose what in
+// a URL may be a secret and keep where it points; what is not a URL
+// stays as it is.
 func TestText(t *testing.T) {
 	got := strings.Fields(Text("-storage s3://pool?endpoint=http://x&token=SECRET -address a?b"))
-	if strings.Contains(strings.Join(got, " "), "SECRET") || got[1] != "s3://pool" || got[3] != "a?b" {
+	if strings.Contains(strings.Join(got, " "), "SECRET") || got[1] != "s3://pool?endpoint=http://x" || got[3] != "a?b" {
 		t.Errorf("Text: %q", got)
 	}
 	msg := Text(`open bucket "file:///d?create_dir=1&token=SECRET": invalid query parameter "token"`)
-	if want := `open bucket "file:///d": invalid query parameter "token"`; msg != want {
+	if want := `open bucket "file:///d?create_dir=1": invalid query parameter "token"`; msg != want {
 		t.Errorf("Text = %q, want %q", msg, want)
 	}
 	if got := Text("AZBLOB://c?sig=SECRET"); got != "AZBLOB://c" { // as store.Open takes it
 		t.Errorf("Text of an upper-case scheme = %q", got)
 	}
+	// A URL in single quotes, as a trainer's log line shows its command,
+	// ends at the quote.
+	if got := Text(`$ sh -c 'train -storage "s3://b?sig=SECRET" -job x' 'https://h/m?X-Amz-Signature=SECRET' -y`); got != `$ sh -c 'train -storage "s3://b" -job x' 'https://h/m' -y` {
+		t.Errorf("Text of quoted URLs = %q", got)
+	}
+	if got := Text("read s3://USER:SECRET@b/x.png#sig=SECRET failed"); got != "read s3://b/x.png failed" {
+		t.Errorf("Text of a URL with a user and fragment = %q", got)
+	}
 	// A bucket's URL keeps the options that say where it points, as
-	// written; a token, or a user and password in an endpoint, goes.
+	// written; a token, a user and password, or a fragment goes.
 	for u, want := range map[string]string{
 		"azblob://c?sig=SECRET": "azblob://c",
 		"gs://dcd?prefix=sub/":  "gs://dcd?prefix=sub/",
 		"azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962&sv=2021&sig=SECRET": "azblob://dcd?localemu=true&protocol=http&domain=127.0.0.1:7962",
-		"s3://b?endpoint=http://u:SECRET@h:9000&region=eu-west-1":                           "s3://b?region=eu-west-1",
+		"s3://b?endpoint=http://u:SECRET@h:9000&region=eu-west-1":                           "s3://b?endpoint=http://h:9000&region=eu-west-1",
+		"s3://b?endpoint=http%3A%2F%2Fu%3ASECRET%40h%3A9000":                                "s3://b?endpoint=http://h:9000",
 		"s3://b?endpoint=http%3A%2F%2Fh%3A9000&token=SECRET":                                "s3://b?endpoint=http%3A%2F%2Fh%3A9000",
-		"file:///d?create_dir=1":                                     "file:///d",
-		"azblob://c?domain=x;sig=SECRET&cdn=true":                    "azblob://c?cdn=true",
-		"s3://b?endpoint=http://h/?X-Amz-Signature=SECRET&fips=true": "s3://b?fips=true",
-		"s3://b?endpoint=http://h/%3Fsig%3DSECRET":                   "s3://b",
+		"file:///d?create_dir=1":                                                            "file:///d?create_dir=1",
+		"azblob://c?domain=x;sig=SECRET&cdn=true":                                           "azblob://c?cdn=true",
+		"s3://b?endpoint=http://h/?X-Amz-Signature=SECRET&fips=true":                        "s3://b?fips=true",
+		"s3://b?endpoint=http://h/%3Fsig%3DSECRET":                                          "s3://b",
+		"s3://USER:SECRET@b?region=us-east-1#sig=SECRET":                                    "s3://b?region=us-east-1",
+		"s3://b?region=us-east-1#sig=SECRET":                                                "s3://b?region=us-east-1",
+		"https://h/x.png?X-Amz-Signature=SECRET":                                            "https://h/x.png",
+		"https://u:SECRET@h/x.png":                                                          "https://h/x.png",
+		"s3://b?endpoint=http://u:SECRET@h@evil":                                            "s3://b",
+		"/pool/a.png":                                                                       "/pool/a.png",
+		"pool/a b.png":                                                                      "pool/a b.png",
 	} {
 		if got := URL(u); got != want {
 			t.Errorf("URL(%q) = %q, want %q", u, got, want)
