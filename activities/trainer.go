@@ -255,6 +255,11 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	fmt.Fprintf(log, "$ %s\n", redact.Text(strings.Join(argv, " ")))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), a.TrainerEnv...)
+	// What the log shows, in the bucket and in the history: no tokens in
+	// URLs, and none of the credentials the trainer is handed (one that
+	// prints its environment, or a shell's -x, would show them).
+	mask := masker(cmd.Env)
+	shown := func(s string) string { return mask(redact.Text(s)) }
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own group, for the kills below; the leader killed too should the
 	// worker die unstopped (OOM-killed, SIGKILL), rather than train on
@@ -274,7 +279,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 		defer cancel()
 		// The trainer may print what it was given: DCD's own prints
 		// its flags' defaults, DCD_STORAGE among them, on a usage error.
-		if store.WriteAll(fctx, a.Bucket, logKey, []byte(redact.Text(string(data)))) == nil {
+		if store.WriteAll(fctx, a.Bucket, logKey, []byte(shown(string(data)))) == nil {
 			written = v
 		}
 	}
@@ -316,7 +321,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 			var exit *exec.ExitError
 			if errors.As(err, &exit) && exit.Exited() {
 				return temporal.NewNonRetryableApplicationError(fmt.Sprintf("retrain.trainer.command %q exited with status %d; its log (%s) ends:\n%s",
-					argv[0], exit.ExitCode(), logKey, lastLines(log, 15)), "TrainerFailed", err)
+					argv[0], exit.ExitCode(), logKey, lastLines(log, 15, shown)), "TrainerFailed", err)
 			}
 			return fmt.Errorf("activities: trainer %q: %w", argv[0], err) // killed by a signal: retry
 		case <-tick.C:
@@ -341,9 +346,9 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 
 // lastLines is the log's last n lines, as a terminal shows them (a
 // progress bar's redraws after a carriage return, its last), at most
-// maxQuoted bytes of them, redacted: they go into the pass's error and
-// history.
-func lastLines(t *tailBuffer, n int) string {
+// maxQuoted bytes of them, as shown shows them: they go into the pass's
+// error and history.
+func lastLines(t *tailBuffer, n int, shown func(string) string) string {
 	data, _ := t.snapshot()
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	lines = lines[max(0, len(lines)-n):]
@@ -355,12 +360,39 @@ func lastLines(t *tailBuffer, n int) string {
 	}
 	// Redacted whole, then cut: a cut inside a URL would leave its query
 	// (a SAS signature) without the scheme the redaction looks for.
-	s := redact.Text(strings.Join(lines, "\n"))
+	s := shown(strings.Join(lines, "\n"))
 	if len(s) > maxQuoted {
 		s = "…" + strings.ToValidUTF8(s[len(s)-maxQuoted:], "")
 	}
 	return s
 }
+
+// masker returns a function that replaces, in a trainer's output, the
+// values of env's variables that hold a credential (their names say so:
+// AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, a connection string, any
+// *TOKEN*, *SECRET*, *PASSWORD*, *_KEY) and an HTTP header's bearer or
+// basic credential, with "***". Values under 8 bytes are left: "***" in
+// place of every "1" would garble the log and hide nothing.
+func masker(env []string) func(string) string {
+	var pairs []string
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		name = strings.ToUpper(name)
+		if len(value) < 8 || !secretVar.MatchString(name) {
+			continue
+		}
+		pairs = append(pairs, value, "***")
+	}
+	r := strings.NewReplacer(pairs...)
+	return func(s string) string {
+		return authHeader.ReplaceAllString(r.Replace(s), "$1 ***")
+	}
+}
+
+var (
+	secretVar  = regexp.MustCompile(`SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CONNECTION_STRING|SAS|_KEY$|^KEY$`)
+	authHeader = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}`)
+)
 
 // maxQuoted bounds the trainer's log quoted in a failure.
 const maxQuoted = 4 << 10

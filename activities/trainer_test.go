@@ -75,21 +75,39 @@ func TestLastLinesAsShown(t *testing.T) {
 		fmt.Fprintf(log, "\r%3d%% |%s|", i%100, strings.Repeat("#", 40))
 	}
 	fmt.Fprintf(log, "\nTraceback: out of data\n")
-	got := lastLines(log, 15)
+	got := lastLines(log, 15, redact.Text)
 	if want := " 99% |" + strings.Repeat("#", 40) + "|\nTraceback: out of data"; !strings.HasSuffix(got, want) || len(got) > 100 {
 		t.Errorf("last lines:\n%q\nwant them ending %q, a redraw once", got, want)
 	}
 	long := &tailBuffer{}
 	fmt.Fprintf(long, "%s\n", strings.Repeat("x", 1<<20))
-	if got := lastLines(long, 15); len(got) > maxQuoted+len("…") {
+	if got := lastLines(long, 15, redact.Text); len(got) > maxQuoted+len("…") {
 		t.Errorf("a line of 1 MiB quoted as %d bytes, want at most %d", len(got), maxQuoted)
 	}
 	// A URL the cut falls in is redacted still (the cut would leave its
 	// query without the scheme the redaction looks for).
 	secret := &tailBuffer{}
 	fmt.Fprintf(secret, "see https://acct.blob.core.windows.net/c/x?sv=1&sig=SECRET %s\n", strings.Repeat("z", maxQuoted-20))
-	if got := lastLines(secret, 15); strings.Contains(got, "SECRET") {
+	if got := lastLines(secret, 15, redact.Text); strings.Contains(got, "SECRET") {
 		t.Errorf("a signature quoted where the cut fell in its URL: %.80q", got)
+	}
+}
+
+// A trainer that prints the credentials it was handed (its environment, a
+// shell's -x) or an HTTP header's token fails quoting its log without
+// them, and its log in the bucket holds none.
+func TestTrainerCredentialsMasked(t *testing.T) {
+	a := memActivities(t)
+	a.TrainerEnv = []string{"AWS_SECRET_ACCESS_KEY=S3CR3TKEY123", "AZURE_STORAGE_SAS_TOKEN=sv=1&sig=S3CR3TSAS", "DCD_EP=cpu"}
+	const key = "runs/r/methods/dcd/train.log"
+	err := a.runTrainer(context.Background(), []string{"bash", "-c",
+		`echo "key=$AWS_SECRET_ACCESS_KEY sas=$AZURE_STORAGE_SAS_TOKEN ep=$DCD_EP"; echo "Authorization: Bearer S3CR3TBEARER"; exit 3`}, key)
+	if err == nil || strings.Contains(err.Error(), "S3CR3T") || !strings.Contains(err.Error(), "key=*** sas=*** ep=cpu") {
+		t.Errorf("the trainer's failure: %v, want its log quoted with the credentials masked", err)
+	}
+	data, rerr := a.Bucket.ReadAll(context.Background(), key)
+	if rerr != nil || strings.Contains(string(data), "S3CR3T") || !strings.Contains(string(data), "Bearer ***") {
+		t.Errorf("train.log: %q, %v; want it without the credentials", data, rerr)
 	}
 }
 
