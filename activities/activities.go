@@ -29,6 +29,7 @@ import (
 	"dcd/internal/features"
 	"dcd/internal/knn"
 	"dcd/internal/ortrun"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 )
 
@@ -345,7 +346,7 @@ const InvalidInput = "InvalidInput"
 // offClass is the error of an image of dataset ds whose label is none of
 // the classes, which fails the pass where the set's labels must be classes.
 func offClass(ds string, it dataset.Item, classes dataset.Classes) error {
-	return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, it.Key, it.Label, classes)
+	return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, redact.URL(it.Key), it.Label, classes)
 }
 
 func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard, error) {

@@ -9,6 +9,7 @@ import (
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 )
 
@@ -107,7 +108,7 @@ func (a *Activities) checkErrorSample(ctx context.Context, run string, shards in
 		if i > 0 {
 			sb.WriteString("; ")
 		}
-		fmt.Fprintf(&sb, "%s: %s", r.URI, r.Reason)
+		fmt.Fprintf(&sb, "%s: %s", redact.URL(r.URI), redact.Text(r.Reason))
 	}
 	if len(bad) > maxNamed {
 		fmt.Fprintf(&sb, "; and %d more", len(bad)-maxNamed)
@@ -187,9 +188,9 @@ func (a *Activities) CheckApart(ctx context.Context, in ApartInput) error {
 		labeled := len(in.Classes) > 0 && evaluated
 		for _, it := range shard.Items {
 			if other, ok := seen[it.Key]; ok && other != name {
-				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, it.Key, other)
+				return invalid("data.%s: image %s is also in data.%s; the two sets must hold different images, or accuracy on one measures the other", name, redact.URL(it.Key), other)
 			} else if ok && evaluated {
-				return invalid("data.%s: image %s is listed twice; list each image once, or its accuracy counts twice", name, it.Key)
+				return invalid("data.%s: image %s is listed twice; list each image once, or its accuracy counts twice", name, redact.URL(it.Key))
 			}
 			if in.Sets[ref.set].Probe {
 				continue

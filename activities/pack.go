@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"dcd/internal/dataset"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -90,7 +91,10 @@ func (a *Activities) PackArchive(ctx context.Context, in PackArchiveInput) (Pack
 	}
 	res := PackArchiveResult{Key: arc.Key, Images: arc.Images, Bytes: arc.Bytes, Skipped: len(arc.Skipped), Resumed: arc.Resumed}
 	if len(arc.Skipped) > 0 {
-		res.FirstSkip = &arc.Skipped[0]
+		// Into the pack's history and the starter's output: as shown.
+		first := arc.Skipped[0]
+		first.URI, first.Reason = redact.URL(first.URI), redact.Text(first.Reason)
+		res.FirstSkip = &first
 	}
 	return res, nil
 }

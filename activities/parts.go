@@ -19,6 +19,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 )
 
@@ -366,7 +367,7 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		w.discard()
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
 			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them, then run the pass with `starter run -reread` (shards already cached keep the images they could not read as rejects otherwise)",
-			total, w.shard, w.rejects[0].URI, w.rejects[0].Reason), "ShardUnreadable", nil)
+			total, w.shard, redact.URL(w.rejects[0].URI), redact.Text(w.rejects[0].Reason)), "ShardUnreadable", nil)
 	}
 	if err := w.flush(); err != nil {
 		w.discard()

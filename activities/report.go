@@ -74,8 +74,9 @@ type ReportResult struct {
 }
 
 // shownConfig is the config as the report shows it: a trainer's command,
-// free text, without the queries of URLs in it (a signed URL's token), as
-// its log shows it. Data and model URLs take no such query.
+// free text, its URLs redacted, as its log shows it. A config holding a
+// credential in a URL is refused before a pass starts (schemas); the
+// command's other arguments are the user's to keep secrets out of.
 func shownConfig(c schemas.Config) schemas.Config {
 	if t := c.Retrain.Trainer; t != nil {
 		shown := *t
@@ -132,6 +133,7 @@ func (a *Activities) Report(ctx context.Context, in ReportInput) (ReportResult, 
 	total := 0
 	err := a.writeRejects(ctx, in, res.RejectsKey, func(r listedReject) {
 		if len(first) < maxRejectsShown {
+			r.URI, r.Reason = redact.URL(r.URI), redact.Text(r.Reason) // shown in the report
 			first = append(first, r)
 		}
 		if !slices.Contains(sets, r.Dataset) {
@@ -704,7 +706,9 @@ func (a *Activities) gallery(ctx context.Context, in ReportInput) ([]galleryRow,
 	g.Wait()
 	fill := func(t *thumb) {
 		m := made[index[t.Key]]
-		t.Src, t.Failed = m.Src, m.Failed
+		// A presigned image URL is shown without its token: a report
+		// is passed around.
+		t.Src, t.Failed, t.Key = m.Src, redact.Text(m.Failed), redact.URL(t.Key)
 	}
 	for r := range rows {
 		fill(&rows[r].Query)

@@ -14,6 +14,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -382,7 +383,7 @@ func (a *Activities) Evaluate(ctx context.Context, in EvaluateInput) (EvaluateRe
 		// no image).
 		why := ""
 		if _, rejects, err := a.shardRejects(ctx, in.Run, ds.name, 0, m.Spec); err == nil && len(rejects) > 0 {
-			why = fmt.Sprintf(" (the first, %s: %s)", rejects[0].URI, rejects[0].Reason)
+			why = fmt.Sprintf(" (the first, %s: %s)", redact.URL(rejects[0].URI), redact.Text(rejects[0].Reason))
 		}
 		return invalid("data.%s: no image could be embedded%s, so there is nothing to evaluate on", ds.name, why)
 	}

@@ -20,6 +20,7 @@ import (
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
@@ -387,7 +388,7 @@ func (a *archiveWriter) write(ctx context.Context, s Source, readers int, progre
 			// stay empty once that is fixed. (An archive of one image,
 			// -per-archive 1, says too little to fail the pack for.)
 			return fmt.Errorf("%w: none of the %d images of %s could be read (the first, %s: %s): check that the workers can read them",
-				ErrPackRefused, unread, a.key(".tar"), a.res.Skipped[0].URI, a.res.Skipped[0].Reason)
+				ErrPackRefused, unread, a.key(".tar"), redact.URL(a.res.Skipped[0].URI), redact.Text(a.res.Skipped[0].Reason))
 		}
 		if err := writeSkips(gctx, a.bucket, a.key(".skipped.csv"), a.res.Skipped, a.items); err != nil {
 			return err

@@ -56,7 +56,7 @@ func SplitURL(ref string) (bucketURL, key string, err error) {
 	case u.Fragment != "":
 		// Read as a URL, "img#1.jpg" names the object "img": escape a '#'
 		// in a key as %23.
-		return bad("%q is not part of an object's URL; write '#' in a key as %%23", "#"+u.Fragment)
+		return bad("a '#' and what follows it are not part of an object's URL; write '#' in a key as %%23")
 	}
 	if u.Scheme == "file" {
 		if u.Host != "" && u.Host != "localhost" {
@@ -285,7 +285,7 @@ func (bs *Buckets) ReadAtMost(ctx context.Context, def *blob.Bucket, ref string,
 	}
 	data, err := readAll(ctx, b, key, limit)
 	if err != nil {
-		return nil, fmt.Errorf("store: read %q: %w", ref, err)
+		return nil, fmt.Errorf("store: read %q: %w", redact.URL(ref), err)
 	}
 	return data, nil
 }
