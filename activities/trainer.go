@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -259,7 +260,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	// URLs, and none of the credentials the trainer is handed (one that
 	// prints its environment, or a shell's -x, would show them).
 	mask := masker(cmd.Env)
-	shown := func(s string) string { return mask(redact.Text(s)) }
+	shown := func(s string) string { return redact.Text(mask(s)) }
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own group, for the kills below; the leader killed too should the
 	// worker die unstopped (OOM-killed, SIGKILL), rather than train on
@@ -350,7 +351,10 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 // error and history.
 func lastLines(t *tailBuffer, n int, shown func(string) string) string {
 	data, _ := t.snapshot()
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	// Shown whole, then cut: a cut inside a URL would leave its query (a
+	// SAS signature) without the scheme the redaction looks for, and one
+	// inside a multi-line secret its last lines.
+	lines := strings.Split(strings.TrimRight(shown(string(data)), "\n"), "\n")
 	lines = lines[max(0, len(lines)-n):]
 	for i, l := range lines {
 		if j := strings.LastIndex(strings.TrimRight(l, "\r"), "\r"); j >= 0 {
@@ -358,9 +362,7 @@ func lastLines(t *tailBuffer, n int, shown func(string) string) string {
 		}
 		lines[i] = strings.TrimRight(l, "\r")
 	}
-	// Redacted whole, then cut: a cut inside a URL would leave its query
-	// (a SAS signature) without the scheme the redaction looks for.
-	s := shown(strings.Join(lines, "\n"))
+	s := strings.Join(lines, "\n")
 	if len(s) > maxQuoted {
 		s = "…" + strings.ToValidUTF8(s[len(s)-maxQuoted:], "")
 	}
@@ -368,20 +370,45 @@ func lastLines(t *tailBuffer, n int, shown func(string) string) string {
 }
 
 // masker returns a function that replaces, in a trainer's output, the
-// values of env's variables that hold a credential (their names say so:
-// AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, a connection string, any
-// *TOKEN*, *SECRET*, *PASSWORD*, *_KEY) and an HTTP header's bearer or
-// basic credential, with "***". Values under 8 bytes are left: "***" in
-// place of every "1" would garble the log and hide nothing.
+// values of env's variables whose names say credential
+// (redact.SecretName: AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, a
+// connection string, MYSQL_PWD, *TOKEN*, *_KEY, …) and an HTTP header's
+// bearer or basic credential, with "***". A value is masked whole, as
+// JSON escapes it, line by line, and in each run of 8 or more of its
+// token characters, so that a value quoted, escaped, split on ';' or '='
+// (a connection string's AccountKey) or cut to its last lines is masked
+// still. Shorter runs are left: "***" in place of every "1" would garble
+// the log and hide nothing.
 func masker(env []string) func(string) string {
-	var pairs []string
+	seen := map[string]bool{}
+	var pieces []string
+	add := func(p string) {
+		if len(p) >= 8 && !seen[p] {
+			seen[p] = true
+			pieces = append(pieces, p)
+		}
+	}
 	for _, kv := range env {
 		name, value, _ := strings.Cut(kv, "=")
-		name = strings.ToUpper(name)
-		if len(value) < 8 || !secretVar.MatchString(name) {
+		if !redact.SecretName(name) {
 			continue
 		}
-		pairs = append(pairs, value, "***")
+		add(value)
+		if quoted, err := json.Marshal(value); err == nil {
+			add(string(quoted[1 : len(quoted)-1]))
+		}
+		for _, line := range strings.Split(value, "\n") {
+			add(strings.TrimSpace(line))
+		}
+		for _, run := range tokenRun.FindAllString(value, -1) {
+			add(run)
+		}
+	}
+	// The longest first: a value's run must not cut the whole value.
+	slices.SortFunc(pieces, func(a, b string) int { return len(b) - len(a) })
+	var pairs []string
+	for _, p := range pieces {
+		pairs = append(pairs, p, "***")
 	}
 	r := strings.NewReplacer(pairs...)
 	return func(s string) string {
@@ -390,7 +417,7 @@ func masker(env []string) func(string) string {
 }
 
 var (
-	secretVar  = regexp.MustCompile(`SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|CONNECTION_STRING|SAS|_KEY$|^KEY$`)
+	tokenRun   = regexp.MustCompile(`[A-Za-z0-9+/_.:-]{8,}`)
 	authHeader = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}`)
 )
 

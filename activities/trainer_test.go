@@ -111,6 +111,37 @@ func TestTrainerCredentialsMasked(t *testing.T) {
 	}
 }
 
+// Credentials printed otherwise than as given are masked too: a key of
+// many lines whose first the failure's last lines leave out, escaped as
+// JSON escapes it, quoted by a shell, split out of a connection string, a URL with a
+// query, under names of other services.
+func TestTrainerCredentialsMaskedAsPrinted(t *testing.T) {
+	a := memActivities(t)
+	var pem []string
+	for i := range 22 {
+		pem = append(pem, fmt.Sprintf("S3CR3TLINE%02dabcdefghijklmnop", i))
+	}
+	a.TrainerEnv = []string{
+		"SSH_PRIVATE_KEY=" + strings.Join(pem, "\n"),
+		"WEBHOOK_SECRET=https://hooks.example/services/S3CR3THOOK?v=1",
+		"MYSQL_PWD=S3CR3TPW'ss",
+		"AZURE_STORAGE_CONNECTION_STRING=DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=S3CR3TACCOUNTKEY==;EndpointSuffix=core.windows.net",
+	}
+	const key = "runs/r/methods/dcd/train.log"
+	err := a.runTrainer(context.Background(), []string{"bash", "-c", `echo "escaped ${SSH_PRIVATE_KEY//$'\n'/\\n}"
+printf '%s\n' "$SSH_PRIVATE_KEY" "$WEBHOOK_SECRET"
+k=${AZURE_STORAGE_CONNECTION_STRING#*AccountKey=}; echo "key ${k%%;*}"
+printf 'quoted %q\n' "$MYSQL_PWD"
+exit 3`}, key)
+	if err == nil || strings.Contains(err.Error(), "S3CR3T") {
+		t.Errorf("the trainer's failure: %v, want the credentials masked", err)
+	}
+	data, rerr := a.Bucket.ReadAll(context.Background(), key)
+	if rerr != nil || strings.Contains(string(data), "S3CR3T") {
+		t.Errorf("train.log: %q, %v; want it without the credentials", data, rerr)
+	}
+}
+
 // A trainer sees the worker's TrainerEnv beside its environment: `starter
 // train-head` learns from it the library and provider the worker runs.
 func TestTrainerEnv(t *testing.T) {

@@ -2,9 +2,9 @@ package schemas
 
 import (
 	"fmt"
-	"net/url"
 	"regexp"
-	"strings"
+
+	"dcd/internal/redact"
 )
 
 // checkCredentials refuses a config that carries a credential in a URL:
@@ -31,7 +31,7 @@ func (c Config) checkCredentials() error {
 		}
 	}
 	for _, r := range refs {
-		if what := URLCredential(r.ref); what != "" {
+		if what := redact.Credential(r.ref); what != "" {
 			return &FieldError{r.field, fmt.Sprintf("the URL holds %s: a config is recorded in the pass's history, where whoever reads the server reads it; copy the file into the workers' bucket, or give the workers access to it through their environment's credentials", what)}
 		}
 	}
@@ -43,36 +43,3 @@ var urlsIn = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^\s"']*`)
 
 // ref is the dataset's one location (Validate checks that it has one).
 func (d Dataset) ref() string { return d.Prefix + d.Manifest + d.WebDataset }
-
-// secretParams are query parameters that hold a credential: presigned
-// URLs' signatures and tokens (S3, GCS, Azure SAS) and the usual names of
-// API keys and passwords, lower-cased.
-var secretParams = map[string]bool{
-	"sig": true, "signature": true, "x-amz-signature": true, "x-amz-credential": true, "x-amz-security-token": true,
-	"x-goog-signature": true, "x-goog-credential": true, "token": true, "access_token": true, "sas": true,
-	"password": true, "passwd": true, "secret": true, "key": true, "api_key": true, "apikey": true,
-}
-
-// URLCredential says what credential ref, when it is a URL, holds: "a user
-// and password", "the query parameter \"sig\"", or "" for none. An
-// endpoint= option's own URL is looked into too.
-func URLCredential(ref string) string {
-	u, err := url.Parse(ref)
-	if err != nil || u.Scheme == "" || !strings.Contains(ref, "://") {
-		return ""
-	}
-	if u.User != nil {
-		return "a user and password"
-	}
-	for k, vs := range u.Query() {
-		if secretParams[strings.ToLower(k)] {
-			return fmt.Sprintf("the query parameter %q", k)
-		}
-		for _, v := range vs {
-			if what := URLCredential(v); what != "" && strings.EqualFold(k, "endpoint") {
-				return "in its endpoint " + what
-			}
-		}
-	}
-	return ""
-}

@@ -34,8 +34,30 @@ func TestConfigCredentialsRefused(t *testing.T) {
 			t.Errorf("want an error naming %s and why, without the secret; got %v", tc.field, err)
 		}
 	}
+	// Spellings that a URL parser reads otherwise, or not at all, and
+	// names of other services' credentials.
+	for _, manifest := range []string{
+		"https://h.example/m.csv?a=1;sig=SECRET", "https://h.example/m.csv#sig=SECRET", "https://h.example/m%zz.csv?sig=SECRET",
+		" https://U:SECRET@h/m.csv", "https://h/m.csv?sig=SECRET\n", "s3://b/m.csv?endpoint=http%3A%2F%2Fu%3ASECRET%40h",
+		"https://h/m.csv?%73ig=SECRET", "https://h/m.csv?X-AMZ-SIGNATURE=SECRET",
+		"https://h/m.csv?security-token=SECRET", "https://h/m.csv?private_token=SECRET", "https://h/m.csv?api-key=SECRET",
+		"https://h/m.csv?client_secret=SECRET", "https://h/m.csv?access_key=SECRET", "https://h/m.csv?secret_key=SECRET",
+		"https://h/m.csv?auth=SECRET", "https://h/m.csv?sessionToken=SECRET", "https://h/m.csv?x-goog-security-token=SECRET",
+	} {
+		c := compareConfig().WithDefaults()
+		c.Data.Pool = Dataset{Manifest: manifest}
+		if err := c.Validate(); err == nil || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("manifest %q: %v, want it refused without the secret", manifest, err)
+		}
+	}
 	c := compareConfig().WithDefaults()
-	c.Data.Pool = Dataset{Manifest: "s3://pool/m.csv?region=eu-west-1&endpoint=http://minio:9000&use_path_style=true"}
+	c.Retrain.Trainer = &Trainer{Command: []string{"sh", "-c", "curl -o x https://hub.example/x?token=SECRET; exit 1 {model}"}}
+	if err := c.Validate(); err == nil {
+		t.Error("a token before a shell's ';' in a trainer's command: accepted")
+	}
+	c = compareConfig().WithDefaults()
+	c.Data.Pool = Dataset{Manifest: "s3://pool/m.csv?region=eu-west-1&endpoint=http://minio:9000&use_path_style=true&kmskeyid=k1"}
+	c.Similarity = &Model{Path: "gs://models/s.onnx?private_key_path=/etc/k.pem&access_id=sa@p.iam", Features: "f"}
 	c.Target.Path = "/models/t.onnx"
 	c.Retrain.Trainer = &Trainer{Command: []string{"bin/starter", "train-head", "-storage", "{storage}", "-job", "{job}", "-out", "{model}"}}
 	if err := c.Validate(); err != nil {

@@ -59,6 +59,9 @@ func parseDev(e *cli, args []string) (devArgs, error) {
 	if len(pos) > 0 {
 		return a, usageErrorf("dev: unexpected argument %q (usage: starter dev %s)", pos[0], devSynopsis)
 	}
+	if err := store.CheckURL(a.storage); err != nil { // before a worker's command line shows it
+		return a, usageErrorf("dev: -storage: %v", err)
+	}
 	return a, nil
 }
 
@@ -304,6 +307,9 @@ func parseDemo(e *cli, args []string) (demoArgs, error) {
 	}
 	if a.seed == 0 { // the world's options read 0 as unset, seed 1: another seed's world under this one's name
 		return a, usageErrorf("demo: -seed must be at least 1")
+	}
+	if err := store.CheckURL(a.storage); err != nil {
+		return a, usageErrorf("demo: -storage: %v", err)
 	}
 	return a, nil
 }

@@ -46,7 +46,7 @@ func parsePack(e *cli, args []string) (packArgs, error) {
 	}
 	// The dataset is the pack's workflow input, recorded in its history.
 	for flag, ref := range map[string]string{"-prefix": a.in.Dataset.Prefix, "-manifest": a.in.Dataset.Manifest, "OUT": out} {
-		if what := schemas.URLCredential(ref); what != "" {
+		if what := redact.Credential(ref); what != "" {
 			return a, usageErrorf("pack: %s: the URL holds %s: a pack's input is recorded in its history, where whoever reads the server reads it; give the workers access through their environment's credentials", flag, what)
 		}
 	}

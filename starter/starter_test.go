@@ -207,6 +207,13 @@ func TestParseDemo(t *testing.T) {
 	if code, _, stderr, dialed := run(t, "demo", "-corruption", "foo"); code != 2 || dialed != nil || !strings.Contains(stderr, "blur") {
 		t.Errorf("demo -corruption foo: exit %d, %q; want 2 listing the known ones, before dialing", code, stderr)
 	}
+	// A bucket URL with a password, which the worker refuses, is refused
+	// before a worker is started with it on its command line.
+	for _, cmd := range []string{"demo", "dev"} {
+		if code, _, stderr, dialed := run(t, cmd, "-storage", "s3://u:S3CR3T@b"); code != 2 || dialed != nil || strings.Contains(stderr, "S3CR3T") {
+			t.Errorf("%s -storage with a password: exit %d, %q; want 2, before anything starts", cmd, code, stderr)
+		}
+	}
 	// Seed 0 would be seed 1's world under another name.
 	if code, _, stderr, dialed := run(t, "demo", "-seed", "0"); code != 2 || dialed != nil || !strings.Contains(stderr, "-seed") {
 		t.Errorf("demo -seed 0: exit %d, %q; want 2, before dialing", code, stderr)

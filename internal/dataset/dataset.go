@@ -49,6 +49,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"dcd/internal/ahead"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/internal/webdataset"
 	"dcd/schemas"
@@ -155,7 +156,7 @@ func itemKey(bucketURL, key string) (string, error) {
 func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, prefix, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
-		return fmt.Errorf("dataset: prefix %q: %w", ref, err)
+		return fmt.Errorf("dataset: prefix %q: %w", redact.URL(ref), err)
 	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
@@ -172,7 +173,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		rel := strings.TrimPrefix(obj.Key, prefix)
 		label, file, ok := strings.Cut(rel, "/")
 		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
-			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", ref, obj.Key, store.ErrLinkedFolder)
+			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", redact.URL(ref), obj.Key, store.ErrLinkedFolder)
 		}
 		if deeper == "" && ok && strings.Contains(file, "/") && !strings.HasPrefix(label, ".") && !strings.Contains(rel, "/.") {
 			deeper = obj.Key
@@ -182,7 +183,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		}
 		key, err := itemKey(bucketURL, obj.Key)
 		if err != nil {
-			return fmt.Errorf("dataset: prefix %q: %w", ref, err)
+			return fmt.Errorf("dataset: prefix %q: %w", redact.URL(ref), err)
 		}
 		at.Next, at.Key = id+1, obj.Key
 		if err := fn(Item{ID: id, Key: key, Label: Label(label), Version: version(obj)}); err != nil {
@@ -199,11 +200,11 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		file, ferr := itemKey(bucketURL, deeper)
 		p, perr := itemKey(bucketURL, prefix+folder+"/")
 		if ferr == nil && perr == nil {
-			return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout, only files deeper, such as %q: if %q holds the <label> folders, give it as the prefix", ref, file, p)
+			return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout, only files deeper, such as %q: if %q holds the <label> folders, give it as the prefix", redact.URL(ref), file, p)
 		}
 	}
 	if id == 0 {
-		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", ref)
+		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", redact.URL(ref))
 	}
 	return nil
 }
@@ -218,7 +219,7 @@ func list(ctx context.Context, b *blob.Bucket, prefix, from, ref string, fn func
 		return fnErr
 	})
 	if err != nil && err != fnErr {
-		return fmt.Errorf("dataset: list %q: %w", ref, err)
+		return fmt.Errorf("dataset: list %q: %w", redact.URL(ref), err)
 	}
 	return err
 }
@@ -284,10 +285,10 @@ const notTar = "is not an uncompressed .tar (named in lower case), the archives 
 func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, prefix, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
-		return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+		return fmt.Errorf("dataset: webdataset %q: %w", redact.URL(ref), err)
 	}
 	if !strings.HasSuffix(prefix, "/") && compressedTar(path.Base(prefix)) {
-		return fmt.Errorf("dataset: webdataset %q %s", ref, notTar)
+		return fmt.Errorf("dataset: webdataset %q %s", redact.URL(ref), notTar)
 	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, ".tar") {
 		prefix += "/"
@@ -304,7 +305,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			}
 			if compressedTar(name) {
 				// Left out, its samples would be missing unsaid.
-				return fmt.Errorf("dataset: webdataset %q: %s %s", ref, obj.Key, notTar)
+				return fmt.Errorf("dataset: webdataset %q: %s %s", redact.URL(ref), obj.Key, notTar)
 			}
 			if !strings.HasSuffix(name, ".tar") {
 				return nil
@@ -312,7 +313,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			archives++
 			archive, err := itemKey(bucketURL, obj.Key)
 			if err != nil {
-				return fmt.Errorf("dataset: webdataset %q: %w", ref, err)
+				return fmt.Errorf("dataset: webdataset %q: %w", redact.URL(ref), err)
 			}
 			v := version(obj)
 			if !start(func(ctx context.Context) (archiveList, error) {
@@ -339,7 +340,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			// A sample's place in another version of its archive means
 			// nothing: the mark's archive was rewritten since.
 			if at.Version != "" && at.Version != l.version {
-				return fmt.Errorf("dataset: webdataset %q: archive %s: %w", ref, l.key, ErrChanged)
+				return fmt.Errorf("dataset: webdataset %q: archive %s: %w", redact.URL(ref), l.key, ErrChanged)
 			}
 			first = min(at.Sample, len(l.samples))
 		}
@@ -352,7 +353,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 		}
 	}
 	if id == 0 {
-		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", ref, archives)
+		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", redact.URL(ref), archives)
 	}
 	return nil
 }
@@ -382,7 +383,7 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObjec
 	defer reading.Release(n)
 	r, err := b.NewReader(ctx, obj.Key, nil)
 	if err != nil {
-		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, err)
+		return nil, fmt.Errorf("dataset: webdataset %q: %w", redact.URL(archive), err)
 	}
 	defer r.Close()
 	var samples []webdataset.Sample
@@ -393,7 +394,7 @@ func (s Source) samples(ctx context.Context, b *blob.Bucket, obj *blob.ListObjec
 		return nil, fmt.Errorf("dataset: %w", err)
 	}
 	if err := store.WriteAll(ctx, s.Bucket, ik, marshalIndex(samples)); err != nil {
-		return nil, fmt.Errorf("dataset: webdataset %q: %w", archive, &IndexWriteError{Key: ik, Err: err})
+		return nil, fmt.Errorf("dataset: webdataset %q: %w", redact.URL(archive), &IndexWriteError{Key: ik, Err: err})
 	}
 	return samples, nil
 }
@@ -466,14 +467,14 @@ type row struct {
 func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(Item) error) error {
 	b, key, bucketURL, err := s.locate(ctx, ref)
 	if err != nil {
-		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
+		return fmt.Errorf("dataset: manifest %q: %w", redact.URL(ref), err)
 	}
 	dir := path.Dir(key)
 	id := at.Next
 	emit := func(r row) error {
 		k, err := resolve(r.uri, dir, bucketURL)
 		if err != nil {
-			return done{fmt.Errorf("dataset: manifest %q %s: %w", ref, r.where, err)}
+			return done{fmt.Errorf("dataset: manifest %q %s: %w", redact.URL(ref), r.where, err)}
 		}
 		at.Next = id + 1
 		// Spaces around a label or a domain are no part of it, as a
@@ -495,13 +496,13 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 	if gcerrors.Code(err) == gcerrors.NotFound && isFolder(ctx, b, key) {
 		// Not found as a file, a folder fails as a stat of a name
 		// fileblob escaped (pool__0x2f__), or as a key S3 lacks.
-		return fmt.Errorf("dataset: manifest %q is a folder, not a manifest file: name the .csv or .parquet file in it, or, for images in <label>/<file> folders (an ImageFolder), give the folder as the dataset's prefix: instead", ref)
+		return fmt.Errorf("dataset: manifest %q is a folder, not a manifest file: name the .csv or .parquet file in it, or, for images in <label>/<file> folders (an ImageFolder), give the folder as the dataset's prefix: instead", redact.URL(ref))
 	}
 	if err != nil {
-		return fmt.Errorf("dataset: manifest %q: %w", ref, err)
+		return fmt.Errorf("dataset: manifest %q: %w", redact.URL(ref), err)
 	}
 	if id == 0 {
-		return fmt.Errorf("dataset: manifest %q lists no images", ref)
+		return fmt.Errorf("dataset: manifest %q lists no images", redact.URL(ref))
 	}
 	return nil
 }

@@ -4,6 +4,8 @@
 package redact
 
 import (
+	"encoding/hex"
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -60,12 +62,75 @@ var shown = map[string]bool{
 	"anonymous": true, "ssetype": true, "kmskeyid": true, "rate_limiter_capacity": true,
 	"domain": true, "protocol": true, "localemu": true, "cdn": true, "storage_account": true, "universe_domain": true,
 	"access_id": true, "private_key_path": true, "create_dir": true, "metadata": true, "no_tmp_dir": true,
+	"secret_key_path": true, "base_url": true, "dir_file_mode": true,
 }
 
 // Text redacts every URL in s as URL does (a scheme's "://", up to a space
-// or a quote): a command line, or an error that quotes the URL it failed
-// on.
-func Text(s string) string { return anyURL.ReplaceAllStringFunc(s, URL) }
+// or a quote), and the value of every other query pair whose name says it
+// is a credential (a bucket key "x.png?sig=…" quoted by a driver): a
+// command line, or an error that quotes what it failed on.
+func Text(s string) string {
+	s = anyURL.ReplaceAllStringFunc(s, URL)
+	return pair.ReplaceAllStringFunc(s, func(m string) string {
+		sub := pair.FindStringSubmatch(m)
+		if !SecretParam(sub[2]) {
+			return m
+		}
+		return sub[1] + sub[2] + "=***"
+	})
+}
+
+// pair is a query pair after its separator (';' too: Go's query parsing
+// drops a pair holding one, but a server may read it).
+var pair = regexp.MustCompile(`([?&;#])([A-Za-z0-9_.-]+)=([^\s"'&;#]*)`)
+
+// SecretParam says whether a query parameter's name says it holds a
+// credential: a signature, a token, a key, a password, a session's or a
+// client's secret, in the spellings of S3, GCS, Azure SAS, OSS and common
+// APIs. The bucket options URL keeps are none, though some name a key's
+// ID or file.
+func SecretParam(name string) bool {
+	return !shown[name] && SecretName(name)
+}
+
+// SecretName says whether a name (a query parameter's, an environment
+// variable's) says its value is a credential.
+func SecretName(name string) bool { return secretName.MatchString(name) }
+
+var secretName = regexp.MustCompile(`(?i)^(sig|se?key|.*(token|secret|passw|pwd|signature|credential|auth|api[-_]?key|private|session|jwt|connection_?string).*|.*[-_]?key|(.*[-_])?sas([-_].*)?)$`)
+
+// Credential says what credential s holds where it is or holds a URL: "a
+// user and password" (its own, or an endpoint's in its query), or "the
+// query parameter \"sig\"" (after '?', '&', ';' or '#', percent-escaped
+// or not); "" for none. For a check that refuses s before it is recorded.
+func Credential(s string) string {
+	for range 3 { // percent-escaped up to twice
+		if userinfoAnywhere.MatchString(s) {
+			return "a user and password"
+		}
+		for _, m := range pair.FindAllStringSubmatch(s, -1) {
+			if SecretParam(m[2]) {
+				return fmt.Sprintf("the query parameter %q", m[2])
+			}
+		}
+		s = unescape(s)
+	}
+	return ""
+}
+
+// userinfoAnywhere is a URL's user[:password]@, wherever the URL starts.
+var userinfoAnywhere = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^/?#@\s]*@`)
+
+// unescape decodes s's valid %XX escapes and leaves the rest: a URL that
+// does not parse may still hold a credential.
+func unescape(s string) string {
+	return escape.ReplaceAllStringFunc(s, func(m string) string {
+		b, _ := hex.DecodeString(m[1:])
+		return string(b)
+	})
+}
+
+var escape = regexp.MustCompile(`%[0-9A-Fa-f]{2}`)
 
 // Schemes are case-insensitive: url.Parse, and so store.Open, take S3://.
 var anyURL = regexp.MustCompile(`(?i)[a-z0-9+.-]+://[^\s"']*`)

@@ -28,6 +28,10 @@ func TestText(t *testing.T) {
 	if got := Text("read s3://USER:SECRET@b/x.png#sig=SECRET failed"); got != "read s3://b/x.png failed" {
 		t.Errorf("Text of a URL with a user and fragment = %q", got)
 	}
+	// A bucket key quoted by a driver, no URL, loses a credential's value.
+	if got := Text(`blob (key "pool/x.png?a=1&sig=SECRET;x") not found`); got != `blob (key "pool/x.png?a=1&sig=***;x") not found` {
+		t.Errorf("Text of a key with a signature = %q", got)
+	}
 	// A bucket's URL keeps the options that say where it points, as
 	// written; a token, a user and password, or a fragment goes.
 	for u, want := range map[string]string{
