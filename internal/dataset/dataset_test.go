@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -318,7 +319,7 @@ func TestManifestVersions(t *testing.T) {
 // parquetManifest writes columns of strings (or int64 labels), and int64
 // versions, as Parquet, in row groups of rowGroup rows; nil domains or
 // versions: no such column.
-func parquetManifest(t testing.TB, uris []string, labels any, domains []string, versions []int64, rowGroup int64) []byte {
+func parquetManifest(t testing.TB, uris []string, labels any, domains []string, versions []int64, rowGroup int64, opts ...parquet.WriterProperty) []byte {
 	t.Helper()
 	mem := memory.NewGoAllocator()
 	fields := []arrow.Field{{Name: "uri", Type: arrow.BinaryTypes.String, Nullable: true}}
@@ -361,7 +362,7 @@ func parquetManifest(t testing.TB, uris []string, labels any, domains []string, 
 	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
 	defer tbl.Release()
 	var buf bytes.Buffer
-	if err := pqarrow.WriteTable(tbl, &buf, rowGroup, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
+	if err := pqarrow.WriteTable(tbl, &buf, rowGroup, parquet.NewWriterProperties(append(opts, parquet.WithAllocator(mem))...), pqarrow.DefaultWriterProps()); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
@@ -912,4 +913,74 @@ func TestClasses(t *testing.T) {
 	if s := NewClasses([]string{"a", "b"}).String(); s != `["a" "b"]` {
 		t.Errorf("String of two: %s", s)
 	}
+}
+
+// A Parquet manifest whose file is small but whose values are not (a
+// label repeated on every row, dictionary-encoded) is read holding each
+// distinct value once, not once a row, and a value past the cap fails the
+// walk naming its row, where it once took a batch's rows × its size of
+// memory (8,192 × 256 KiB) and overflowed Arrow's 32-bit offsets.
+func TestParquetManifestValuesBounded(t *testing.T) {
+	const rows = 4096
+	uris, labels := make([]string, rows), make([]string, rows)
+	for i := range uris {
+		uris[i] = fmt.Sprintf("img/%05d.png", i)
+		labels[i] = strings.Repeat("x", 60<<10) // under the cap: read, once
+	}
+	mem := &peakAllocator{Allocator: memory.NewGoAllocator()}
+	b := memBucket(t, map[string]string{"m.parquet": string(parquetManifest(t, uris, labels, nil, nil, rows))})
+	items, err := walkAll(t, Source{Bucket: b, Mem: mem}, schemas.Dataset{Manifest: "m.parquet"})
+	if err != nil || len(items) != rows {
+		t.Fatalf("%d items, %v; want %d", len(items), err, rows)
+	}
+	if mem.peak > 32<<20 {
+		t.Errorf("walking %d rows of one 60 KiB label held %d MiB at once, want the label held once", rows, mem.peak>>20)
+	}
+	// Not dictionary-encoded, such a column is refused from the file's
+	// metadata, before a batch of it is read.
+	big := labels[:16]
+	for i := range big {
+		big[i] = strings.Repeat("z", 70<<10)
+	}
+	b = memBucket(t, map[string]string{"m.parquet": string(parquetManifest(t, uris[:16], big, nil, nil, 16, parquet.WithDictionaryDefault(false)))})
+	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"}); err == nil || !strings.Contains(err.Error(), `column "label": row group 0 holds`) {
+		t.Errorf("16 labels of 70 KiB, plain: %v, want the column refused", err)
+	}
+	for i := range labels {
+		labels[i] = "x"
+	}
+	labels[7] = strings.Repeat("y", 70<<10)
+	b = memBucket(t, map[string]string{"m.parquet": string(parquetManifest(t, uris, labels, nil, nil, rows))})
+	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"}); err == nil || !strings.Contains(err.Error(), "row 8: its label is 71680 bytes") {
+		t.Errorf("a label of 70 KiB: %v, want an error naming its row", err)
+	}
+}
+
+// peakAllocator records the most bytes allocated at once.
+type peakAllocator struct {
+	memory.Allocator
+	mu        sync.Mutex
+	cur, peak int
+}
+
+func (a *peakAllocator) Allocate(n int) []byte {
+	a.grow(n)
+	return a.Allocator.Allocate(n)
+}
+
+func (a *peakAllocator) Reallocate(n int, b []byte) []byte {
+	a.grow(n - len(b))
+	return a.Allocator.Reallocate(n, b)
+}
+
+func (a *peakAllocator) Free(b []byte) {
+	a.grow(-len(b))
+	a.Allocator.Free(b)
+}
+
+func (a *peakAllocator) grow(n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cur += n
+	a.peak = max(a.peak, a.cur)
 }

@@ -99,6 +99,9 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 	for i := range groups {
 		groups[i] = first + i
 	}
+	if err := checkSizes(pf, want, names, groups); err != nil {
+		return err
+	}
 	ra.plan(pf, want, first)
 	// Each column is read by its own reader, in lockstep, rather than by
 	// pqarrow's RecordReader: that one opens its columns on goroutines,
@@ -111,8 +114,17 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 			}
 		}
 	}()
+	// Text columns are read as dictionaries where the file encodes them
+	// so: a value repeated on every row (a 37 KB file of 20,000 labels
+	// of 256 KiB) is then held once, not once a row (10 GB a batch).
+	readProps := pqarrow.ArrowReadProperties{BatchSize: parquetBatch}
+	for _, c := range want {
+		if sc.Column(c).PhysicalType() == parquet.Types.ByteArray {
+			readProps.SetReadDict(c, true)
+		}
+	}
 	err = safely(func() error {
-		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatch}, s.Mem)
+		fr, err := pqarrow.NewFileReader(pf, readProps, s.Mem)
 		for i := 0; err == nil && i < len(want); i++ {
 			var fields []int
 			if fields, err = fr.Manifest.GetFieldIndices(want[i : i+1]); err == nil {
@@ -186,26 +198,76 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 			n += int64(cols[0].Len())
 			continue
 		}
-		for i := range cols[0].Len() {
-			n++
-			r := row{where: fmt.Sprintf("row %d", n)}
-			uri, ok := valueAt(cols[0], i)
-			if !ok {
-				return fmt.Errorf("row %d: null uri", n)
+		var rows []row
+		if err := safely(func() error { // a damaged dictionary's index, say
+			for i := range cols[0].Len() {
+				n++
+				r := row{where: fmt.Sprintf("row %d", n)}
+				uri, ok := valueAt(cols[0], i)
+				if !ok {
+					return fmt.Errorf("row %d: null uri", n)
+				}
+				r.uri = uri
+				r.label, _ = valueAt(cols[1], i)
+				if domain >= 0 {
+					r.domain, _ = valueAt(cols[domain], i)
+				}
+				if version >= 0 {
+					r.version, _ = valueAt(cols[version], i)
+				}
+				for c, v := range []string{r.uri, r.label, r.domain, r.version} {
+					if len(v) > maxValue {
+						return fmt.Errorf("row %d: its %s is %d bytes; a manifest's values are at most %d (is the column the images' bytes?)",
+							n, []string{"uri", "label", "domain", "version"}[c], len(v), maxValue)
+					}
+				}
+				rows = append(rows, r)
 			}
-			r.uri = uri
-			r.label, _ = valueAt(cols[1], i)
-			if domain >= 0 {
-				r.domain, _ = valueAt(cols[domain], i)
-			}
-			if version >= 0 {
-				r.version, _ = valueAt(cols[version], i)
-			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, r := range rows {
 			if err := emit(r); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// maxValue caps a manifest's uri, label, domain and version, as a
+// WebDataset's labels are capped: anything larger is no name but a
+// misnamed column, or a file made to fill a worker's memory.
+const maxValue = 64 << 10
+
+// maxChunk caps the uncompressed bytes of one row group's column the walk
+// reads: a batch of rows holds up to that of each (pyarrow's row groups of
+// 2^20 uris of 200 bytes are 200 MiB).
+const maxChunk = 1 << 30
+
+// checkSizes refuses, from the file's metadata, before reading a row, a
+// wanted column whose row groups hold more than maxChunk bytes, or more
+// than maxValue bytes a row on average, uncompressed: read, they would be
+// that much memory a batch, however small the file (a compression codec
+// turns a repeated value into a few bytes).
+func checkSizes(pf *file.Reader, want []int, names []string, groups []int) error {
+	return safely(func() error {
+		for _, g := range groups {
+			rg := pf.MetaData().RowGroup(g)
+			for _, c := range want {
+				cc, err := rg.ColumnChunk(c)
+				if err != nil {
+					return err
+				}
+				size, n := cc.TotalUncompressedSize(), max(cc.NumValues(), 1)
+				if size > maxChunk || size/n > maxValue {
+					return fmt.Errorf("column %q: row group %d holds %d bytes uncompressed for %d rows; a manifest's values are at most %d bytes, and a row group's column %d (is the column the images' bytes?)",
+						names[c], g, size, cc.NumValues(), maxValue, maxChunk)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // safely runs read, a call into the Parquet reader, making its panics
