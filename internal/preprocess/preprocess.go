@@ -248,8 +248,10 @@ func Decode(data []byte) (image.Image, error) {
 
 // DecodeFill is Decode followed by p.Fill(dst, img), except that a PNG the
 // fast path takes is decoded into pixels reused from image to image rather
-// than into a new image.
+// than into a new image. An image whose pixels are large waits for room in
+// the process's decode budget (enterGate).
 func (p Prepared) DecodeFill(dst []float32, data []byte) error {
+	defer enterGate(data)()
 	fill := func(img image.Image) error { return p.Fill(dst, img) }
 	if ok, err := withPNG(data, fill); ok {
 		return err
