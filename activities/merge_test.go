@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/apache/arrow/go/v15/arrow/array"
 
+	"dcd/internal/dataset"
+	"dcd/internal/embed"
+	"dcd/internal/features"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -103,5 +107,35 @@ func TestPartialKeysAfterAReset(t *testing.T) {
 	want = []string{TopKRangeKey(run, scan, 0, 2), TopKRangeKey(run, scan, 2, 8), TopKKey(run, scan, 8), TopKKey(run, scan, 9)}
 	if err != nil || !slices.Equal(keys, want) {
 		t.Fatalf("two ranges from shard 0: %q, %v; want %q", keys, err, want)
+	}
+}
+
+// A pool none of whose images was embedded (each shard's partial empty)
+// fails the merge as bad data, naming the first shard's first reject,
+// rather than have every method add nothing and the pass report train
+// alone as a comparison.
+func TestMergeTopKEmptyPool(t *testing.T) {
+	a := fileActivities(t)
+	ctx := context.Background()
+	const run = "empty"
+	spec := features.Spec{ModelDigest: "m", Columns: []string{"features"}}
+	shard := dataset.Shard{Items: []dataset.Item{{Key: "pool/a.png?sig=SECRET", Label: "1"}}}
+	rejects, _ := json.Marshal([]embed.Reject{{URI: "pool/a.png?sig=SECRET", Reason: "decode: image: unknown format"}})
+	for key, data := range map[string][]byte{ShardKey(run, Pool, 0): shard.Marshal(), rejectsKey(features.Key(spec, shard.Digest())): rejects} {
+		if err := store.WriteAll(ctx, a.Bucket, key, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb := array.NewRecordBuilder(a.Mem, schemas.Neighbors)
+	rec := rb.NewRecord()
+	err := store.WriteArrow(ctx, a.Bucket, TopKKey(run, "", 0), schemas.Neighbors, a.Mem, rec)
+	rec.Release()
+	rb.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.MergeTopK(ctx, MergeTopKInput{Run: run, Shards: 1, Queries: 3, K: 5, Similarity: ModelRef{Path: "m.onnx", Spec: spec}})
+	if err == nil || !strings.Contains(err.Error(), "data.pool: not one of its images") || !strings.Contains(err.Error(), "unknown format") || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("merging a pool of no embedded image: %v, want data.pool's error naming the first reject, redacted", err)
 	}
 }

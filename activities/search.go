@@ -23,6 +23,7 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/knn"
+	"dcd/internal/redact"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -498,6 +499,10 @@ type MergeTopKInput struct {
 	// Keyed says the shards' own partials are under Scan too (TopKKey);
 	// passes started before they were are not.
 	Keyed bool `json:",omitempty"`
+	// Similarity is the model the pool was scanned with, whose cache
+	// entries hold its rejects: a pool none of whose images was
+	// embedded fails naming the first. Zero in passes started before.
+	Similarity ModelRef `json:",omitzero"`
 }
 
 // MergeTopKResult says where the merged neighbours are.
@@ -610,6 +615,18 @@ func (a *Activities) MergeTopK(ctx context.Context, in MergeTopKInput) (MergeTop
 		fold()
 		f.Close()
 		heartbeat(ctx, i) // the SDK sends a few a timeout; a large partial takes a second
+	}
+	if in.Queries > 0 && !slices.ContainsFunc(best, func(b []candidate) bool { return len(b) > 0 }) {
+		// Not one pool image embedded (all of them corrupt, say): every
+		// method would add nothing, and the pass would report train
+		// alone as if it had compared anything.
+		why := ""
+		if in.Similarity.Path != "" {
+			if _, rejects, err := a.shardRejects(ctx, in.Run, Pool, 0, in.Similarity.Spec); err == nil && len(rejects) > 0 {
+				why = fmt.Sprintf(" (the first, %s: %s)", redact.URL(rejects[0].URI), redact.Text(rejects[0].Reason))
+			}
+		}
+		return res, invalid("data.pool: not one of its images could be read and decoded%s, so there is nothing to select from: fix them (`starter run -reread` reads again those that could not be read; one that did not decode is decoded again when its version changes)", why)
 	}
 	res.Rows, err = func() (int, error) {
 		defer beating(ctx, func() []any { return nil })() // queries × k rows: a large file

@@ -49,7 +49,7 @@ func writeResult(w io.Writer, res workflows.PassResult, storageURL string) {
 	if res.Rejects > 0 || res.SetRejects[activities.Train] > 0 {
 		// The pool's and train's rejects stay in their shards' cache
 		// entries: after access to them is fixed, only -reread reads them.
-		fmt.Fprint(w, "\n(rejects.csv says why; images that could not be read and now can are read again by `starter run -reread`)")
+		fmt.Fprint(w, "\n(rejects.csv says why; images that could not be read and now can are read again by `starter run -reread`;\n one that did not decode is decoded again when its version changes: a manifest's version column, a prefix's listing)")
 	}
 	fmt.Fprint(w, "\n\n")
 

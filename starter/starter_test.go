@@ -469,7 +469,8 @@ none   | 0.975    | 0.121         | 0                | -                   | 0.4
 dcd    | 0.973    | 0.742         | 615              | 0.990               | 12.3 s
 
 10000 test images, 2000 E_heldout images; 2 pool images rejected (not read or not decoded), 1 E_heldout image left out (not read or not decoded)
-(rejects.csv says why; images that could not be read and now can are read again by `+"`starter run -reread`"+`)
+(rejects.csv says why; images that could not be read and now can are read again by `+"`starter run -reread`"+`;
+ one that did not decode is decoded again when its version changes: a manifest's version column, a prefix's listing)
 
 storage file:///work/.dcd/storage?create_dir=1
   eval.json    runs/demo-blur-1/eval.json               /work/.dcd/storage/runs/demo-blur-1/eval.json

@@ -336,6 +336,7 @@ func debugPass(ctx workflow.Context, in PassInput) (PassResult, error) {
 	}
 	if err := merge.run(ctx, a.MergeTopK, activities.MergeTopKInput{
 		Run: run, Shards: plans[activities.Pool].Shards, Queries: queries.Queries, K: cfg.ScanK(), Scan: s.scan, Keyed: s.keyed,
+		Similarity: models.Similarity,
 	}).Get(ctx, nil); err != nil {
 		return PassResult{}, err
 	}
