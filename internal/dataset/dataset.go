@@ -676,6 +676,8 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	case len(magic) >= 2 && (magic[0] == 0xff && magic[1] == 0xfe || magic[0] == 0xfe && magic[1] == 0xff),
 		len(magic) == 4 && (magic[1] == 0 && magic[3] == 0 || magic[0] == 0 && magic[2] == 0):
 		return errors.New("a UTF-16 file (Excel's \"Unicode text\", PowerShell's default): save it as UTF-8")
+	case len(magic) > 0 && (magic[0] == '{' || magic[0] == '['):
+		return errors.New("a JSON or JSON Lines file, which is no manifest format DCD reads: write a CSV with a header naming its columns (uri,label[,domain][,version]), or a Parquet file named *.parquet")
 	}
 	cr := boundedCSV(br)
 	header, err := cr.Read()

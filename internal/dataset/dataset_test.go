@@ -236,6 +236,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"mac.csv":     "uri,label\rx.png,cat\ry.png,dog\r",
 		"utf16.csv":   "\xff\xfeu\x00r\x00i\x00,\x00l\x00",
 		"utf16be.csv": "\x00u\x00r\x00i\x00,\x00l",
+		// JSON Lines, and JSON, named as a manifest.
+		"pool.jsonl": `{"uri": "x.png", "label": "cat"}` + "\n",
+		"pool.json":  `[{"uri": "x.png", "label": "cat"}]`,
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -252,6 +255,8 @@ func TestWalkManifestErrors(t *testing.T) {
 		"mac.csv":       "its lines end in CR alone",
 		"utf16.csv":     "a UTF-16 file",
 		"utf16be.csv":   "a UTF-16 file",
+		"pool.jsonl":    "a JSON or JSON Lines file",
+		"pool.json":     "a JSON or JSON Lines file",
 		"pool":          "is a folder, not a manifest file",
 		"pool/":         "is a folder, not a manifest file",
 	} {
