@@ -418,7 +418,7 @@ func masker(env []string) func(string) string {
 
 var (
 	tokenRun   = regexp.MustCompile(`[A-Za-z0-9+/_.:-]{8,}`)
-	authHeader = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}`)
+	authHeader = regexp.MustCompile(`(?i)(authorization:\s*(?:bearer|basic)|\bbearer)\s+[A-Za-z0-9._~+/=-]{8,}`)
 )
 
 // maxQuoted bounds the trainer's log quoted in a failure.

@@ -101,12 +101,12 @@ func TestTrainerCredentialsMasked(t *testing.T) {
 	a.TrainerEnv = []string{"AWS_SECRET_ACCESS_KEY=S3CR3TKEY123", "AZURE_STORAGE_SAS_TOKEN=sv=1&sig=S3CR3TSAS", "DCD_EP=cpu"}
 	const key = "runs/r/methods/dcd/train.log"
 	err := a.runTrainer(context.Background(), []string{"bash", "-c",
-		`echo "key=$AWS_SECRET_ACCESS_KEY sas=$AZURE_STORAGE_SAS_TOKEN ep=$DCD_EP"; echo "Authorization: Bearer S3CR3TBEARER"; exit 3`}, key)
+		`echo "key=$AWS_SECRET_ACCESS_KEY sas=$AZURE_STORAGE_SAS_TOKEN ep=$DCD_EP"; echo "Authorization: Bearer S3CR3TBEARER"; echo "basic augmentation"; exit 3`}, key)
 	if err == nil || strings.Contains(err.Error(), "S3CR3T") || !strings.Contains(err.Error(), "key=*** sas=*** ep=cpu") {
 		t.Errorf("the trainer's failure: %v, want its log quoted with the credentials masked", err)
 	}
 	data, rerr := a.Bucket.ReadAll(context.Background(), key)
-	if rerr != nil || strings.Contains(string(data), "S3CR3T") || !strings.Contains(string(data), "Bearer ***") {
+	if rerr != nil || strings.Contains(string(data), "S3CR3T") || !strings.Contains(string(data), "Bearer ***") || !strings.Contains(string(data), "basic augmentation") {
 		t.Errorf("train.log: %q, %v; want it without the credentials", data, rerr)
 	}
 }

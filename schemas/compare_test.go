@@ -229,6 +229,11 @@ func TestValidateAsStarted(t *testing.T) {
 	if c.Target.Preprocess.Height != 8192 || c.Similarity.Preprocess.Height != 8192 {
 		t.Errorf("ValidateAsStarted changed the config it checked: %d, %d", c.Target.Preprocess.Height, c.Similarity.Preprocess.Height)
 	}
+	// A credential in a URL, refused since, was a pass that ran.
+	c.Data.Pool = Dataset{Manifest: "https://h/pool.csv?sig=abc"}
+	if c.Validate() == nil || c.ValidateAsStarted() != nil {
+		t.Errorf("a presigned manifest: Validate %v, ValidateAsStarted %v; want only the first to refuse", c.Validate(), c.ValidateAsStarted())
+	}
 	c.Retrain.DebugWeight = 1e-46
 	if err := c.ValidateAsStarted(); err != nil {
 		t.Errorf("debug_weight 1e-46: %v", err)

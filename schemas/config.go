@@ -289,7 +289,9 @@ func (c Config) ValidateAsStarted() error {
 			p.Height = max(1, preprocess.MaxArea/p.Width)
 		}
 	}
-	return c.Validate()
+	// Not checkCredentials, which came after: a pass it would refuse was
+	// started, and replaying it must not fail where it ran on.
+	return c.validateFields()
 }
 
 // maxInferenceBatch bounds shards.batch_size: an embedding keeps three
@@ -370,8 +372,16 @@ type FieldError struct {
 func (e *FieldError) Error() string { return "config: " + e.Field + ": " + e.Msg }
 
 // Validate checks c without touching storage. It returns a *FieldError for
-// the first problem, naming the field as the user wrote it.
+// the first problem, naming the field as the user wrote it. A credential in
+// a URL is one (checkCredentials).
 func (c Config) Validate() error {
+	if err := c.validateFields(); err != nil {
+		return err
+	}
+	return c.checkCredentials()
+}
+
+func (c Config) validateFields() error {
 	bad := func(field, format string, args ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -423,9 +433,6 @@ func (c Config) Validate() error {
 		if set != 1 {
 			return bad(d.field, "set exactly one of prefix, manifest and webdataset")
 		}
-	}
-	if err := c.checkCredentials(); err != nil {
-		return err
 	}
 	if err := c.validateCompare(); err != nil {
 		return err

@@ -418,6 +418,8 @@ func writeDemoConfig(path string, cfg schemas.Config) (kept string, err error) {
 			kept = fmt.Sprintf("%s.~%d~", path, n)
 			if _, err := os.Lstat(kept); errors.Is(err, fs.ErrNotExist) {
 				break
+			} else if err != nil {
+				return "", err
 			}
 		}
 		if err := os.Rename(path, kept); err != nil {

@@ -986,8 +986,16 @@ func TestTrainHeadHandWrittenJob(t *testing.T) {
 	write("m.onnx", model)
 	write("job.json", []byte(`{"target": {"path": "m.onnx", "features": "feat"},
 		"classes": ["dark", "light"], "train": "train/", "model": "out.onnx"}`))
-
+	write("job-debug.json", []byte(`{"target": {"path": "m.onnx", "features": "feat"},
+		"classes": ["dark", "light"], "train": "train/", "debug_train": "train/", "model": "out.onnx"}`))
+	// A debug-train set given as a folder is embedded too.
 	e, stdout, _ := testCLI()
+	if err := cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job-debug.json"}); err != nil ||
+		!strings.Contains(stdout.String(), "embedded 40 debug-train images: 40 rows") {
+		t.Errorf("train-head with a debug-train folder: %v\n%s", err, stdout)
+	}
+
+	e, stdout, _ = testCLI()
 	if err := cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job.json"}); err != nil {
 		t.Fatalf("train-head of a hand-written job: %v\n%s", err, stdout)
 	}

@@ -150,7 +150,7 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 		name, key string
 		weight    float32
 		empty     bool
-	}{{"train", job.Train, 1, false}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight), true}}
+	}{{"train", job.Train, 1, false}, {"debug-train", job.DebugTrain, float32(job.Retrain.DebugWeight), false}}
 	for i := range sets {
 		if sets[i].key == "" || isPrefix(sets[i].key) {
 			continue

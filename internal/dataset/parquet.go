@@ -115,8 +115,11 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 		}
 	}()
 	// Text columns are read as dictionaries where the file encodes them
-	// so: a value repeated on every row (a 37 KB file of 20,000 labels
-	// of 256 KiB) is then held once, not once a row (10 GB a batch).
+	// so throughout: a value repeated on every row (a 37 KB file of
+	// 20,000 labels of 256 KiB) is then held once, not once a row (10 GB
+	// a batch). Not a column whose writer fell back to plain pages
+	// (unique uris past a dictionary's megabyte): Arrow's dictionary
+	// reader would keep every value read in its row group, in every batch.
 	readProps := pqarrow.ArrowReadProperties{BatchSize: parquetBatch}
 	for _, c := range want {
 		if sc.Column(c).PhysicalType() == parquet.Types.ByteArray {
@@ -240,16 +243,38 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 // misnamed column, or a file made to fill a worker's memory.
 const maxValue = 64 << 10
 
-// maxChunk caps the uncompressed bytes of one row group's column the walk
-// reads: a batch of rows holds up to that of each (pyarrow's row groups of
-// 2^20 uris of 200 bytes are 200 MiB).
-const maxChunk = 1 << 30
+// dictionaryOnly says whether column c's chunks in groups have every data
+// page dictionary-encoded, as their metadata's page encoding stats say
+// (no stats: not known to be).
+func dictionaryOnly(pf *file.Reader, c int, groups []int) bool {
+	ok := true
+	safely(func() error {
+		for _, g := range groups {
+			cc, err := pf.MetaData().RowGroup(g).ColumnChunk(c)
+			if err != nil || !cc.HasDictionaryPage() || len(cc.EncodingStats()) == 0 {
+				ok = false
+				return nil
+			}
+			for _, st := range cc.EncodingStats() {
+				// Parquet's PageType DICTIONARY_PAGE (Arrow's enum of it
+				// is internal to its module): the others are data pages.
+				const dictionaryPage = 2
+				if st.PageType != dictionaryPage && st.Encoding != parquet.Encodings.RLEDict && st.Encoding != parquet.Encodings.PlainDict {
+					ok = false
+					return nil
+				}
+			}
+		}
+		return nil
+	})
+	return ok
+}
 
 // checkSizes refuses, from the file's metadata, before reading a row, a
-// wanted column whose row groups hold more than maxChunk bytes, or more
-// than maxValue bytes a row on average, uncompressed: read, they would be
-// that much memory a batch, however small the file (a compression codec
-// turns a repeated value into a few bytes).
+// wanted column whose row groups hold more than maxValue bytes a row on
+// average, uncompressed: read, a batch of them would be that much memory
+// a row, however small the file (a compression codec turns a repeated
+// value into a few bytes).
 func checkSizes(pf *file.Reader, want []int, names []string, groups []int) error {
 	return safely(func() error {
 		for _, g := range groups {
@@ -259,10 +284,9 @@ func checkSizes(pf *file.Reader, want []int, names []string, groups []int) error
 				if err != nil {
 					return err
 				}
-				size, n := cc.TotalUncompressedSize(), max(cc.NumValues(), 1)
-				if size > maxChunk || size/n > maxValue {
-					return fmt.Errorf("column %q: row group %d holds %d bytes uncompressed for %d rows; a manifest's values are at most %d bytes, and a row group's column %d (is the column the images' bytes?)",
-						names[c], g, size, cc.NumValues(), maxValue, maxChunk)
+				if size, n := cc.TotalUncompressedSize(), max(cc.NumValues(), 1); size/n > maxValue {
+					return fmt.Errorf("column %q: row group %d holds %d bytes uncompressed for %d rows; a manifest's values are at most %d bytes (is the column the images' bytes?)",
+						names[c], g, size, cc.NumValues(), maxValue)
 				}
 			}
 		}

@@ -18,6 +18,11 @@ import (
 // endpoint's own user and password go too. What is not a URL (a key)
 // stays as it is.
 func URL(u string) string {
+	if !strings.Contains(u, "://") {
+		// A key: '#' and '?' are its name's ("img#1.png"), but a
+		// credential's value in a pair goes.
+		return maskPairs(u)
+	}
 	u, _, _ = strings.Cut(u, "#")
 	u = userinfo.ReplaceAllString(u, "$1")
 	i := strings.IndexByte(u, '?')
@@ -49,9 +54,11 @@ func URL(u string) string {
 	return u[:i] + "?" + strings.Join(kept, "&")
 }
 
-// userinfo is a URL's user[:password]@ after its scheme, which must be
-// its own ("s3://b?endpoint=http://u:p@h" is cleaned value by value).
-var userinfo = regexp.MustCompile(`(?i)^([a-z0-9+.-]+://)[^/?#@]*@`)
+// userinfo is a URL's user[:password]@ after its scheme, up to the last
+// '@' before its path, as url.Parse reads it (a password may hold '@'); it
+// must be the URL's own ("s3://b?endpoint=http://u:p@h" is cleaned value
+// by value).
+var userinfo = regexp.MustCompile(`(?i)^([a-z0-9+.-]+://)[^/?#]*@`)
 
 // shown are the bucket URL options URL keeps: those of gocloud's drivers
 // and DCD's prefix= that say which bucket and how it is reached, none of
@@ -69,8 +76,11 @@ var shown = map[string]bool{
 // or a quote), and the value of every other query pair whose name says it
 // is a credential (a bucket key "x.png?sig=…" quoted by a driver): a
 // command line, or an error that quotes what it failed on.
-func Text(s string) string {
-	s = anyURL.ReplaceAllStringFunc(s, URL)
+func Text(s string) string { return maskPairs(anyURL.ReplaceAllStringFunc(s, URL)) }
+
+// maskPairs replaces the value of every query pair in s whose name says
+// credential with ***.
+func maskPairs(s string) string {
 	return pair.ReplaceAllStringFunc(s, func(m string) string {
 		sub := pair.FindStringSubmatch(m)
 		if !SecretParam(sub[2]) {
@@ -97,7 +107,9 @@ func SecretParam(name string) bool {
 // variable's) says its value is a credential.
 func SecretName(name string) bool { return secretName.MatchString(name) }
 
-var secretName = regexp.MustCompile(`(?i)^(sig|se?key|.*(token|secret|passw|pwd|signature|credential|auth|api[-_]?key|private|session|jwt|connection_?string).*|.*[-_]?key|(.*[-_])?sas([-_].*)?)$`)
+var secretName = regexp.MustCompile(`(?i)^(sig|sas|key|apikey|auth|authorization|pw|pass|hmac|` +
+	`.*[-_](key|sig|sas|auth|pw|apikey|hmac)|` +
+	`.*(token|secret|passw|pwd|signature|credential|jwt|connection_?string|(access|secret|account|shared|private|master|client|api)[-_]?key).*)$`)
 
 // Credential says what credential s holds where it is or holds a URL: "a
 // user and password" (its own, or an endpoint's in its query), or "the
@@ -118,8 +130,9 @@ func Credential(s string) string {
 	return ""
 }
 
-// userinfoAnywhere is a URL's user[:password]@, wherever the URL starts.
-var userinfoAnywhere = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^/?#@\s]*@`)
+// userinfoAnywhere is a URL's user:password@, wherever the URL starts (a
+// user alone, git@ of an ssh URL, is a name, not a credential).
+var userinfoAnywhere = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^/?#\s]*:[^/?#\s]*@`)
 
 // unescape decodes s's valid %XX escapes and leaves the rest: a URL that
 // does not parse may still hold a credential.

@@ -49,12 +49,41 @@ func TestText(t *testing.T) {
 		"s3://b?region=us-east-1#sig=SECRET":                                                "s3://b?region=us-east-1",
 		"https://h/x.png?X-Amz-Signature=SECRET":                                            "https://h/x.png",
 		"https://u:SECRET@h/x.png":                                                          "https://h/x.png",
-		"s3://b?endpoint=http://u:SECRET@h@evil":                                            "s3://b",
+		"s3://b?endpoint=http://u:SECRET@h@evil":                                            "s3://b?endpoint=http://evil",
+		"https://user:p@SECRET@host/path":                                                   "https://host/path",
 		"/pool/a.png":                                                                       "/pool/a.png",
+		"data/img#1.png":                                                                    "data/img#1.png",
+		"data/a?b.png":                                                                      "data/a?b.png",
+		"data/a.png?x=1&sig=SECRET":                                                         "data/a.png?x=1&sig=***",
 		"pool/a b.png":                                                                      "pool/a b.png",
 	} {
 		if got := URL(u); got != want {
 			t.Errorf("URL(%q) = %q, want %q", u, got, want)
+		}
+	}
+}
+
+// Credential finds a credential however a URL spells it, and takes what
+// only looks like one for none: a user without a password (an ssh URL's
+// git@), and names that hold "auth", "key" or "session" in other words.
+func TestCredential(t *testing.T) {
+	for _, s := range []string{
+		"https://u:p@h/m.csv", "s3://b/m?endpoint=http%3A%2F%2Fu%3Ap%40h", "https://h/m.csv?a=1;sig=x", "https://h/m.csv#token=x",
+		"https://h/m.csv?AccountKey=x", "https://h/m.csv?client_secret=x", "https://h/m.csv?X-Amz-Signature=x", "https://h/m?api-key=x",
+		"https://h/m?pw=x", "https://h/m?auth=x", "https://h/m?x_auth=x", "https://h/m?hmac=x",
+	} {
+		if Credential(s) == "" {
+			t.Errorf("Credential(%q) found none", s)
+		}
+	}
+	for _, s := range []string{
+		"git+ssh://git@github.com/org/trainer.git", "ssh://git@host/repo", "https://h/m.csv?author=a&authority=b&session=c&monkey=d",
+		"s3://b/m.csv?region=us-east-1&endpoint=http://minio:9000&kmskeyid=k&ssetype=aws:kms&awssdk=v2&requester_pays=true",
+		"gs://b/m.csv?access_id=sa@p.iam&private_key_path=/k.pem", "file:///d/m.csv?create_dir=1&metadata=skip&no_tmp_dir=1",
+		"pool/img#1.png", "pool/a@b.png",
+	} {
+		if what := Credential(s); what != "" {
+			t.Errorf("Credential(%q) = %q, want none", s, what)
 		}
 	}
 }
