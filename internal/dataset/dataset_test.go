@@ -952,6 +952,20 @@ func TestParquetManifestValuesBounded(t *testing.T) {
 	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"}); err == nil || !strings.Contains(err.Error(), `column "label": row group 0 holds`) {
 		t.Errorf("16 labels of 70 KiB, plain: %v, want the column refused", err)
 	}
+	// Values under the cap, but distinct, dictionary-encoded: the
+	// dictionary alone is more than a walk may hold (16,000 of 60 KiB,
+	// a 239 KB file compressed, were 983 MB).
+	defer func(m int) { parquetMemory = m }(parquetMemory)
+	parquetMemory = 16 << 20
+	distinct := make([]string, 400)
+	for i := range distinct {
+		distinct[i] = fmt.Sprintf("%05d", i) + strings.Repeat("d", 60<<10)
+	}
+	b = memBucket(t, map[string]string{"m.parquet": string(parquetManifest(t, uris[:400], distinct, nil, nil, 400, parquet.WithDictionaryPageSizeLimit(64<<20)))})
+	if _, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"}); err == nil || !strings.Contains(err.Error(), "more than 16 MiB of memory at once") {
+		t.Errorf("400 distinct labels of 60 KiB under a 16 MiB budget: %v, want the walk refused", err)
+	}
+	parquetMemory = 256 << 20
 	for i := range labels {
 		labels[i] = "x"
 	}

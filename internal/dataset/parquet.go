@@ -1,15 +1,18 @@
 package dataset
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/array"
+	"github.com/apache/arrow/go/v15/arrow/memory"
 	"github.com/apache/arrow/go/v15/parquet"
 	"github.com/apache/arrow/go/v15/parquet/file"
 	"github.com/apache/arrow/go/v15/parquet/pqarrow"
@@ -46,12 +49,16 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 			err = fmt.Errorf("%w (reading it: %v)", ErrChanged, err)
 		}
 	}()
+	// Every buffer the reader takes counts against a budget: values
+	// under the caps below may still be many (16,000 distinct labels of
+	// 60 KiB, a 239 KB file, were a 983 MB dictionary).
+	mem := &budgetAllocator{Allocator: cmp.Or[memory.Allocator](s.Mem, memory.DefaultAllocator), left: parquetMemory}
 	ra, err := newColumnReads(&rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size})
 	if err != nil {
 		return err
 	}
 	defer ra.close()
-	props := parquet.NewReaderProperties(s.Mem)
+	props := parquet.NewReaderProperties(mem)
 	props.BufferedStreamEnabled = true
 	props.BufferSize = parquetBlock
 	var pf *file.Reader
@@ -127,7 +134,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 		}
 	}
 	err = safely(func() error {
-		fr, err := pqarrow.NewFileReader(pf, readProps, s.Mem)
+		fr, err := pqarrow.NewFileReader(pf, readProps, mem)
 		for i := 0; err == nil && i < len(want); i++ {
 			var fields []int
 			if fields, err = fr.Manifest.GetFieldIndices(want[i : i+1]); err == nil {
@@ -171,12 +178,12 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 			defer chunks.Release()
 			switch cs := chunks.Chunks(); len(cs) {
 			case 0:
-				cols[i] = array.MakeArrayOfNull(s.Mem, chunks.DataType(), 0)
+				cols[i] = array.MakeArrayOfNull(mem, chunks.DataType(), 0)
 			case 1:
 				cols[i] = cs[0]
 				cols[i].Retain()
 			default: // the batch spans row groups
-				cols[i], err = array.Concatenate(cs, s.Mem)
+				cols[i], err = array.Concatenate(cs, mem)
 			}
 			return err
 		}
@@ -301,10 +308,58 @@ func checkSizes(pf *file.Reader, want []int, names []string, groups []int) error
 func safely(read func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
+			if e, ok := r.(overBudget); ok {
+				err = e
+				return
+			}
 			err = fmt.Errorf("damaged Parquet file: %v", r)
 		}
 	}()
 	return read()
+}
+
+// parquetMemory is the most a Parquet manifest's walk holds at once in
+// Arrow buffers: a batch's values, its pages, its columns' dictionaries.
+// A manifest of 8,192-row batches of 200-byte uris takes a few MB. A
+// variable for the tests.
+var parquetMemory = 256 << 20
+
+// budgetAllocator fails an allocation past its budget with an overBudget
+// panic, which safely, around every call into the reader, returns.
+type budgetAllocator struct {
+	memory.Allocator
+	mu   sync.Mutex
+	left int
+}
+
+type overBudget struct{ need int }
+
+func (e overBudget) Error() string {
+	return fmt.Sprintf("reading it takes more than %d MiB of memory at once (a buffer of %d bytes): its values are too many or too large for a manifest's (is a column the images' bytes?)", parquetMemory>>20, e.need)
+}
+
+func (a *budgetAllocator) take(n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if n > a.left {
+		panic(overBudget{n})
+	}
+	a.left -= n
+}
+
+func (a *budgetAllocator) Allocate(n int) []byte {
+	a.take(n)
+	return a.Allocator.Allocate(n)
+}
+
+func (a *budgetAllocator) Reallocate(n int, b []byte) []byte {
+	a.take(n - len(b))
+	return a.Allocator.Reallocate(n, b)
+}
+
+func (a *budgetAllocator) Free(b []byte) {
+	a.take(-len(b))
+	a.Allocator.Free(b)
 }
 
 // stringLike reports whether a column of type t is read as text: strings,

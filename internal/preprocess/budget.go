@@ -14,11 +14,13 @@ import (
 // 261 KB PNG of 8192×8192 zeros is 256 MiB decoded, legally compressed.
 // A worker decodes several images at once (its decoders times the shards
 // it embeds at once), so a pool of such images took a 2-vCPU worker to
-// 3.9 GB and would take a 16-core one to tens. Images whose pixels take
-// more than gateFrom bytes decode only while the process holds their
-// size of decodeBudget; smaller ones, nearly all, pass without a check.
+// 3.9 GB and would take a 16-core one to tens. Images whose decoding
+// takes more than gateFrom bytes decode only while the process holds that
+// much of decodeBudget; smaller ones, nearly all, pass without a check.
+// The budget is half of what they may take of the heap, which the
+// garbage collector lets grow to twice what is live.
 var (
-	decodeBudget int64 = 1 << 30
+	decodeBudget int64 = 512 << 20
 	gateFrom     int64 = 16 << 20
 
 	gate                  = semaphore.NewWeighted(decodeBudget)
@@ -29,7 +31,7 @@ var (
 // enterGate waits, for an image whose pixels are large, until the budget
 // has room for them, and returns the function that gives it back.
 func enterGate(data []byte) (leave func()) {
-	n := min(pixelBytes(data), decodeBudget)
+	n := min(decodeBytes(data), decodeBudget)
 	if n <= gateFrom {
 		return func() {}
 	}
@@ -45,10 +47,11 @@ func enterGate(data []byte) (leave func()) {
 	}
 }
 
-// pixelBytes is what data's pixels take decoded, from its header: at
-// most 8 bytes a pixel (16-bit RGBA), 4 for others; 0 when the header
-// does not say (the decoder then fails on it).
-func pixelBytes(data []byte) int64 {
+// decodeBytes is what decoding data takes, from its header: its pixels,
+// at most 8 bytes a pixel (16-bit RGBA), 4 for others, and for a PNG its
+// inflated rows beside them; 0 when the header does not say (the decoder
+// then fails on it).
+func decodeBytes(data []byte) int64 {
 	if len(data) >= 25 && string(data[:len(pngSignature)]) == pngSignature && string(data[12:16]) == "IHDR" {
 		// A PNG's size is at a fixed offset: no parse of its header.
 		w, h := int64(binary.BigEndian.Uint32(data[16:20])), int64(binary.BigEndian.Uint32(data[20:24]))
@@ -56,7 +59,7 @@ func pixelBytes(data []byte) int64 {
 		if data[24] == 16 {
 			perPixel = 8
 		}
-		return w * h * perPixel
+		return 2 * w * h * perPixel
 	}
 	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
