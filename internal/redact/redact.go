@@ -34,10 +34,10 @@ func URL(u string) string {
 		k, v, _ := strings.Cut(param, "=")
 		k, err1 := url.QueryUnescape(k)
 		v, err2 := url.QueryUnescape(v)
-		// No query of an endpoint's own, and no ";", which Go's query
-		// parsing drops with the pair, so that domain=x;sig=… would
-		// read as kept.
-		if err1 != nil || err2 != nil || !shown[k] || strings.Contains(v, "?") || strings.Contains(param, ";") {
+		// No query or fragment of an endpoint's own, and no ";", which
+		// Go's query parsing drops with the pair, so that domain=x;sig=…
+		// would read as kept.
+		if err1 != nil || err2 != nil || !shown[k] || strings.ContainsAny(v, "?#") || strings.Contains(param, ";") {
 			continue
 		}
 		if strings.Contains(v, "@") {

@@ -44,6 +44,7 @@ func TestText(t *testing.T) {
 		"file:///d?create_dir=1":                                                            "file:///d?create_dir=1",
 		"azblob://c?domain=x;sig=SECRET&cdn=true":                                           "azblob://c?cdn=true",
 		"s3://b?endpoint=http://h/?X-Amz-Signature=SECRET&fips=true":                        "s3://b?fips=true",
+		"s3://b?endpoint=https%3A%2F%2Fh%2F%23token%3DSECRET&region=r":                      "s3://b?region=r",
 		"s3://b?endpoint=http://h/%3Fsig%3DSECRET":                                          "s3://b",
 		"s3://USER:SECRET@b?region=us-east-1#sig=SECRET":                                    "s3://b?region=us-east-1",
 		"s3://b?region=us-east-1#sig=SECRET":                                                "s3://b?region=us-east-1",
