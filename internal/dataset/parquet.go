@@ -1,7 +1,6 @@
 package dataset
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +51,7 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 	// Every buffer the reader takes counts against a budget: values
 	// under the caps below may still be many (16,000 distinct labels of
 	// 60 KiB, a 239 KB file, were a 983 MB dictionary).
-	mem := &budgetAllocator{Allocator: cmp.Or[memory.Allocator](s.Mem, memory.DefaultAllocator), left: parquetMemory}
+	mem := &budgetAllocator{Allocator: s.Mem, left: parquetMemory}
 	ra, err := newColumnReads(&rangeReader{ctx: ctx, b: b, key: key, size: attrs.Size})
 	if err != nil {
 		return err
