@@ -676,7 +676,7 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 	case len(magic) >= 2 && (magic[0] == 0xff && magic[1] == 0xfe || magic[0] == 0xfe && magic[1] == 0xff),
 		len(magic) == 4 && (magic[1] == 0 && magic[3] == 0 || magic[0] == 0 && magic[2] == 0):
 		return errors.New("a UTF-16 file (Excel's \"Unicode text\", PowerShell's default): save it as UTF-8")
-	case len(magic) > 0 && (magic[0] == '{' || magic[0] == '['):
+	case jsonAhead(br):
 		return errors.New("a JSON or JSON Lines file, which is no manifest format DCD reads: write a CSV with a header naming its columns (uri,label[,domain][,version]), or a Parquet file named *.parquet")
 	}
 	cr := boundedCSV(br)
@@ -740,6 +740,16 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 			return err
 		}
 	}
+}
+
+// jsonAhead reports whether br's first byte that is not white space
+// (within its buffer) begins a JSON object or array. CSV readers skip
+// blank lines, so a JSON file that starts with one would otherwise be read
+// as a CSV whose header is its first object.
+func jsonAhead(br *bufio.Reader) bool {
+	head, _ := br.Peek(br.Size())
+	head = bytes.TrimLeft(head, " \t\r\n")
+	return len(head) > 0 && (head[0] == '{' || head[0] == '[')
 }
 
 // boundedCSV is a CSV reader of r, reusing its records, that fails

@@ -239,6 +239,8 @@ func TestWalkManifestErrors(t *testing.T) {
 		// JSON Lines, and JSON, named as a manifest.
 		"pool.jsonl": `{"uri": "x.png", "label": "cat"}` + "\n",
 		"pool.json":  `[{"uri": "x.png", "label": "cat"}]`,
+		// JSON after a byte-order mark and blank lines, which CSV skips.
+		"spaced.json": "\ufeff\r\n\n  " + `{"uri": "x.png", "label": "cat"}`,
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -257,6 +259,7 @@ func TestWalkManifestErrors(t *testing.T) {
 		"utf16be.csv":   "a UTF-16 file",
 		"pool.jsonl":    "a JSON or JSON Lines file",
 		"pool.json":     "a JSON or JSON Lines file",
+		"spaced.json":   "a JSON or JSON Lines file",
 		"pool":          "is a folder, not a manifest file",
 		"pool/":         "is a folder, not a manifest file",
 	} {
