@@ -346,6 +346,9 @@ const InvalidInput = "InvalidInput"
 // offClass is the error of an image of dataset ds whose label is none of
 // the classes, which fails the pass where the set's labels must be classes.
 func offClass(ds string, it dataset.Item, classes dataset.Classes) error {
+	if it.Label == "" {
+		return invalid("data.%s: image %s has no label (an empty label, or a WebDataset sample without a .cls); expected one of classes %v", ds, redact.URL(it.Key), classes)
+	}
 	return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, redact.URL(it.Key), it.Label, classes)
 }
 

@@ -126,6 +126,12 @@ func TestCheckApart(t *testing.T) {
 	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), `data.error_heldout: image h/4.png has label "cat", which is not in classes ["a" "b"]`) {
 		t.Errorf("an E_heldout label that is no class: %v", err)
 	}
+	s.Items[1].Label = ""
+	store.WriteAll(ctx, a.Bucket, ShardKey("r", ErrorHeldout, 1), s.Marshal())
+	err = a.CheckApart(ctx, ApartInput{Run: "r", Sets: sets, Classes: classes})
+	if err == nil || !strings.Contains(err.Error(), `data.error_heldout: image h/4.png has no label (an empty label, or a WebDataset sample without a .cls); expected one of classes ["a" "b"]`) {
+		t.Errorf("an E_heldout image without a label: %v", err)
+	}
 }
 
 // Plan fails for good on a bad manifest, naming the dataset, and leaves a

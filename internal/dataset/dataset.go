@@ -327,6 +327,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	}, nil)
 	defer lists.Stop()
 	id := at.Next
+	whole, labeled := id == 0, 0 // whole: walked from its first sample
 	for {
 		l, err := lists.Next()
 		if err == io.EOF {
@@ -349,11 +350,19 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 			if err := fn(Item{ID: id, Key: sm.Image.Key(), Label: Label(sm.Label), Domain: sm.Domain, Version: l.version}); err != nil {
 				return err
 			}
+			if sm.Label != "" {
+				labeled++
+			}
 			id++
 		}
 	}
-	if id == 0 {
-		return fmt.Errorf("dataset: webdataset %q holds no samples with an image and a .cls label (%d .tar archives)", redact.URL(ref), archives)
+	switch {
+	case id == 0:
+		return fmt.Errorf("dataset: webdataset %q holds no samples with an image (%d .tar archives)", redact.URL(ref), archives)
+	case whole && labeled == 0:
+		// Taken for images without labels, such a dataset would be
+		// embedded whole before any use of it failed for want of them.
+		return fmt.Errorf("dataset: webdataset %q: none of its %d samples with an image has a .cls label (or all are empty); a sample's label is its <key>.cls, holding the class name", redact.URL(ref), id)
 	}
 	return nil
 }

@@ -606,7 +606,7 @@ func items0Version(t *testing.T, src Source, archive string) string {
 
 func TestWalkWebDatasetErrors(t *testing.T) {
 	def := memBucket(t, map[string]string{
-		"nolabel/a.tar":     tarOf(t, "1.png", "x", "1.cls", "dog", "2.png", "y"),
+		"nolabel/a.tar":     tarOf(t, "1.png", "x", "2.png", "y", "2.cls", " "),
 		"empty/x.txt":       "no archives here",
 		"gz/a.tar":          tarOf(t, "1.png", "x", "1.cls", "dog"),
 		"gz/b.tar.gz":       "compressed",
@@ -623,7 +623,7 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		"one/a.tar.old.tar": "not the archive named",
 	})
 	for ds, want := range map[string]string{
-		"nolabel/": `nolabel/a.tar: sample "2" has an image but no .cls label`,
+		"nolabel/": `webdataset "nolabel/": none of its 2 samples with an image has a .cls label`,
 		"empty/":   `webdataset "empty/" holds no samples`,
 		"gz/":      `gz/b.tar.gz is not an uncompressed .tar`,
 		"xz/":      `xz/b.tar.xz is not an uncompressed .tar`,
@@ -636,6 +636,12 @@ func TestWalkWebDatasetErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error containing %s", ds, err, want)
 		}
+	}
+	// A sample without a label is one, as a manifest's row without one.
+	some := memBucket(t, map[string]string{"some/a.tar": tarOf(t, "1.png", "x", "2.png", "y", "2.cls", "dog", "3.png", "z", "3.cls", "")})
+	if items, err := walkAll(t, Source{Bucket: some}, schemas.Dataset{WebDataset: "some/"}); err != nil ||
+		len(items) != 3 || items[0].Label != "" || items[1].Label != "dog" || items[2].Label != "" {
+		t.Errorf("some/: %+v, %v; want three samples, the second labeled dog", items, err)
 	}
 	// Files beside the archives that are no compressed archive are
 	// passed over, and a folder's name may hold ".tar.".
@@ -658,12 +664,9 @@ func TestWalkWebDatasetInOrder(t *testing.T) {
 	const n, bad = 3 * ArchivesAhead, 2 * ArchivesAhead
 	for i := range n {
 		label := fmt.Sprint(i)
-		if i >= bad {
-			label = "" // damaged: no .cls member from here on
-		}
 		members := []string{"1.png", "x", "1.cls", label, "2.png", "y", "2.cls", label}
 		if i >= bad {
-			members = members[:2]
+			members = append(members, "1.jpg", "reappears") // damaged from here on
 		}
 		objects[fmt.Sprintf("pool/%04d.tar", i)] = tarOf(t, members...)
 	}

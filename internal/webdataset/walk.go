@@ -14,7 +14,7 @@ import (
 type Sample struct {
 	Key    string // the sample key: the member name up to the first '.' of its base name
 	Image  Member
-	Label  string // the .cls member's content, trimmed of white space
+	Label  string // the .cls member's content, trimmed of white space; "" when absent
 	Domain string // the .domain member's content, trimmed; "" when absent
 }
 
@@ -53,8 +53,10 @@ const WalkVersion = 2
 // (a member of a sample seen long before would have to be joined to it). A member
 // is an image when its extension (after the first '.' of its base name,
 // compared case-insensitively) is jpg, jpeg, png, gif, bmp or webp; a .cls
-// member holds the label, which a sample with an image must have, and a
-// .domain member an optional domain. Other members, members that are not
+// member holds its label, and a .domain member an optional domain. A sample
+// without a .cls (or with an empty one) has no label, as a manifest row with
+// an empty label: in a pool it is an image no selection can take, not a
+// reason to fail a pass over millions of others. Other members, members that are not
 // regular files, and names whose base starts with '.' are ignored, and
 // samples without an image are skipped.
 //
@@ -299,12 +301,6 @@ func (w *walker) flush() error {
 	}
 	if s == nil || s.image == nil {
 		return nil
-	}
-	if !s.hasLabel {
-		return fmt.Errorf("%s: sample %q has an image but no .cls label", w.archive, s.key)
-	}
-	if s.label == "" {
-		return fmt.Errorf("%s: sample %q has an empty .cls label; expected the class name", w.archive, s.key)
 	}
 	return w.fn(Sample{Key: s.key, Image: *s.image, Label: s.label, Domain: s.domain})
 }
