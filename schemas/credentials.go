@@ -3,6 +3,8 @@ package schemas
 import (
 	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 
 	"dcd/internal/redact"
 )
@@ -29,6 +31,9 @@ func (c Config) checkCredentials() error {
 				refs = append(refs, struct{ field, ref string }{fmt.Sprintf("retrain.trainer.command[%d]", i), u})
 			}
 		}
+		if i, name := secretArgument(t.Command); i >= 0 {
+			return &FieldError{fmt.Sprintf("retrain.trainer.command[%d]", i), fmt.Sprintf("the value of %s looks like a credential: a config is recorded in the pass's history, where whoever reads the server reads it; give it to the trainer through the workers' environment, which a trainer inherits", name)}
+		}
 	}
 	for _, r := range refs {
 		if what := redact.Credential(r.ref); what != "" {
@@ -37,6 +42,31 @@ func (c Config) checkCredentials() error {
 	}
 	return nil
 }
+
+// secretArgument finds a credential passed as a command's argument:
+// --password VALUE, --hf-token=VALUE, WANDB_API_KEY=VALUE (as env takes
+// it). It returns the value's index and the name that says what it is, or
+// -1. Names are matched whole, not as redact.SecretName's substrings: a
+// trainer's --max-tokens or --tokenizer is no credential, nor is a
+// --token-file, which names where one is.
+func secretArgument(command []string) (int, string) {
+	for i, arg := range command {
+		name, value, eq := strings.Cut(arg, "=")
+		flag := strings.HasPrefix(name, "-")
+		if !flag && !eq || !secretFlag.MatchString(strings.TrimLeft(name, "-")) {
+			continue
+		}
+		switch {
+		case eq && value != "":
+			return i, strconv.Quote(name)
+		case flag && !eq && i+1 < len(command) && !strings.HasPrefix(command[i+1], "-"):
+			return i + 1, strconv.Quote(name)
+		}
+	}
+	return -1, ""
+}
+
+var secretFlag = regexp.MustCompile(`(?i)^([a-z0-9]+[-_])*(password|passwd|pwd|secret|token|api[-_]?key|access[-_]?key|secret[-_]?key|private[-_]?key|credentials?|sas)$`)
 
 // urlsIn finds the URLs in a command's argument.
 var urlsIn = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^\s"']*`)

@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -54,6 +55,30 @@ func TestConfigCredentialsRefused(t *testing.T) {
 	c.Retrain.Trainer = &Trainer{Command: []string{"sh", "-c", "curl -o x https://hub.example/x?token=SECRET; exit 1 {model}"}}
 	if err := c.Validate(); err == nil {
 		t.Error("a token before a shell's ';' in a trainer's command: accepted")
+	}
+	// Credentials as a trainer's arguments, and arguments that only look
+	// alike.
+	for _, tc := range []struct {
+		command []string
+		at      int // the secret's index; -1 for none
+	}{
+		{[]string{"train.py", "--password", "SECRET", "{model}"}, 2},
+		{[]string{"train.py", "--hf-token=SECRET", "{model}"}, 1},
+		{[]string{"env", "WANDB_API_KEY=SECRET", "python", "train.py", "{model}"}, 1},
+		{[]string{"train.py", "-aws_secret_access_key", "SECRET", "{model}"}, 2},
+		{[]string{"train.py", "--max-tokens", "512", "--tokenizer", "bpe", "--token-file", "/run/t", "{model}"}, -1},
+		{[]string{"train.py", "--password-file", "/run/p", "--token=", "--secret", "--verbose", "{model}"}, -1},
+	} {
+		c := compareConfig().WithDefaults()
+		c.Retrain.Trainer = &Trainer{Command: tc.command}
+		err := c.Validate()
+		fe, ok := err.(*FieldError)
+		switch {
+		case tc.at < 0 && err != nil:
+			t.Errorf("%q: %v, want it accepted", tc.command, err)
+		case tc.at >= 0 && (!ok || fe.Field != fmt.Sprintf("retrain.trainer.command[%d]", tc.at) || strings.Contains(err.Error(), "SECRET")):
+			t.Errorf("%q: %v, want an error naming command[%d] without the secret", tc.command, err, tc.at)
+		}
 	}
 	c = compareConfig().WithDefaults()
 	c.Data.Pool = Dataset{Manifest: "s3://pool/m.csv?region=eu-west-1&endpoint=http://minio:9000&use_path_style=true&kmskeyid=k1"}
