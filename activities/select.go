@@ -299,6 +299,10 @@ func (a *Activities) readManifest(ctx context.Context, key string) ([]manifestRo
 		if err != nil {
 			return nil, invalid("manifest %s: %v", key, err)
 		}
+		if max(ui, li) >= len(rec) {
+			line, _ := r.FieldPos(0)
+			return nil, invalid("manifest %s: line %d has %d fields, no %s: the file was changed since DCD wrote it", key, line, len(rec), header[max(ui, li)])
+		}
 		row := manifestRow{key: itemKeyOf(rec[ui]), label: rec[li], poolID: -1}
 		if pi >= 0 && pi < len(rec) {
 			if id, err := strconv.ParseInt(rec[pi], 10, 64); err == nil {

@@ -539,6 +539,18 @@ func TestSelectionScoresRoundTrip(t *testing.T) {
 	}
 }
 
+// A selection cut short by a hand in the bucket fails naming its line, not
+// with a panic.
+func TestDamagedSelectionNamed(t *testing.T) {
+	ctx := context.Background()
+	a := fileActivities(t)
+	store.WriteAll(ctx, a.Bucket, "r/selected.csv", []byte("uri,label,domain\n/pool/1.png,a,\n/pool/2.png\n"))
+	_, err := a.readManifest(ctx, "r/selected.csv")
+	if err == nil || !strings.Contains(err.Error(), "line 3 has 1 fields, no label") {
+		t.Errorf("a row without its label: %v", err)
+	}
+}
+
 func containsLine(s, prefix string) bool {
 	for _, l := range strings.Split(s, "\n") {
 		if len(l) >= len(prefix) && l[:len(prefix)] == prefix {
