@@ -135,7 +135,17 @@ func (c *comparison) writeFinished(ctx workflow.Context, ev activities.Eval, fut
 	}
 	ev.Incomplete = true
 	var a *activities.Activities
-	if err := workflow.ExecuteActivity(c.cpu(ctx), a.WriteEval, activities.WriteEvalInput{Run: c.runID, Eval: ev}).Get(ctx, nil); err != nil {
+	in := activities.WriteEvalInput{Run: c.runID, Eval: ev}
+	// A local activity, as the pass's own eval.json: an activity's input
+	// is recorded in the history, under its 2 MB a payload, which the
+	// per-class accuracies of many methods over many classes outgrow.
+	var write workflow.Future
+	if workflow.GetVersion(ctx, localPartialEvalChange, workflow.DefaultVersion, 1) == 1 {
+		write = workflow.ExecuteLocalActivity(localOptions(ctx, time.Duration(c.cfg.Timeouts.Activity)), a.WriteEval, in)
+	} else {
+		write = workflow.ExecuteActivity(c.cpu(ctx), a.WriteEval, in)
+	}
+	if err := write.Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Warn("the finished methods' eval.json was not written", "run", c.runID, "error", err)
 	}
 }
@@ -143,6 +153,10 @@ func (c *comparison) writeFinished(ctx workflow.Context, ev activities.Eval, fut
 // partialEvalChange versions writing the finished methods' eval.json when
 // a method fails, so that passes failed before replay as they ran.
 const partialEvalChange = "partial-eval"
+
+// localPartialEvalChange versions writing that eval.json in a local
+// activity, so that passes failed before replay as they ran.
+const localPartialEvalChange = "local-partial-eval"
 
 // embeddedAgain is how many shards the comparison embeds again whatever
 // the selections: all_pool's pool with the target, when the pool was
@@ -407,7 +421,9 @@ func (c *comparison) cpu(ctx workflow.Context) workflow.Context {
 }
 
 // trainOptions runs the external trainer on the train queue and, when the
-// pass is cancelled, waits until the activity has killed the command.
+// pass is cancelled, waits until the activity has killed the command. Three
+// tries, not timeouts.retry_for's: a command that fails is mostly one that
+// fails every time (a bug, a wrong path), and each try is a retraining.
 func (c *comparison) trainOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           TrainQueue,
