@@ -279,8 +279,8 @@ type Method struct {
 	// SkippedLabels counts the method's images left out of retraining
 	// because their weak label is not a class of the target.
 	SkippedLabels int `json:"skipped_labels,omitempty"`
-	// Dropped counts selected images the guards removed: near-duplicates
-	// and near-copies of test or E_heldout images.
+	// Duplicates and Leaks count selected images the guards removed:
+	// near-duplicates, and near-copies of test or E_heldout images.
 	Duplicates int `json:"duplicates,omitempty"`
 	Leaks      int `json:"leaks,omitempty"`
 	// DebugTrain, Head and Model are the method's files: its debug-train

@@ -1,6 +1,8 @@
 // Package workflows holds the deterministic orchestration of a debug pass:
 // DebugPass, which reads top to bottom as the pass's DAG, and ShardsWorkflow,
-// its child that fans out over shards.
+// its child that fans out over shards; PassSchedule, the schedule that
+// starts passes; and PackWorkflow, which copies a dataset into WebDataset
+// archives.
 //
 // Workflows pass only keys and counts; every byte of data moves between
 // activities through blob storage.
@@ -22,8 +24,9 @@ import (
 	"dcd/schemas"
 )
 
-// Task queues. Embedding goes to the gpu queue, everything else (workflows
-// included) to the cpu queue; one worker may poll both.
+// Task queues. Embedding goes to the gpu queue, external trainers to
+// TrainQueue, everything else (workflows included) to the cpu queue; one
+// worker may poll them all.
 const (
 	CPUQueue = "dcd-cpu"
 	GPUQueue = "dcd-gpu"

@@ -20,7 +20,9 @@ type ShardsInput struct {
 	End       int // one past the last shard
 	Window    int // shards embedded at once
 	BatchSize int
-	PartSize  int
+	// PartSize is activities.EmbedShardInput.PartSize; passes leave it 0
+	// (parts cut by time), tests set it to cut parts they can count.
+	PartSize int
 	// K > 0 searches each pool shard for the K nearest images per query.
 	K         int
 	Heartbeat time.Duration
