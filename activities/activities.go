@@ -349,7 +349,7 @@ func offClass(ds string, it dataset.Item, classes dataset.Classes) error {
 	if it.Label == "" {
 		return invalid("data.%s: image %s has no label (an empty label, or a WebDataset sample without a .cls); expected one of classes %v", ds, redact.URL(it.Key), classes)
 	}
-	return invalid("data.%s: image %s has label %q, which is not in classes %v", ds, redact.URL(it.Key), it.Label, classes)
+	return invalid("data.%s: image %s has label %q, which is not in classes %v%s", ds, redact.URL(it.Key), it.Label, classes, labelHint([]string{it.Label}, classes))
 }
 
 func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard, error) {

@@ -220,3 +220,53 @@ func TestParseClassesBOM(t *testing.T) {
 		t.Errorf("ParseClasses: %q, %v; want [cat dog]", got, err)
 	}
 }
+
+// Plan checks the pool's and train's labels against the classes, before
+// anything is embedded: a pool none of whose weak labels is a class fails,
+// saying what its labels look like; one with some passes; train's must all
+// be classes.
+func TestPlanChecksLabels(t *testing.T) {
+	a := memActivities(t)
+	ctx := context.Background()
+	manifests := map[string]string{
+		"index.csv":  "uri,label\na.png,0\nb.png,9\nc.png,3\n",
+		"floats.csv": "uri,label\na.png,3.0\nb.png,7.0\n",
+		"other.csv":  "uri,label\na.png,cat\nb.png,dog\n",
+		"some.csv":   "uri,label\na.png,cat\nb.png,three\n",
+		"train.csv":  "uri,label\na.png,one\nb.png,1\n",
+	}
+	for k, v := range manifests {
+		a.Bucket.WriteAll(ctx, k, []byte(v), nil)
+	}
+	classes := []string{"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(devserver.QuietLogger())
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivity(a)
+	for _, c := range []struct {
+		name, manifest string
+		says           string // "" for no error
+	}{
+		{Pool, "index.csv", `data.pool: none of its 3 images has a weak label that is a class of the target (its labels include ["0" "9" "3"]; classes ["zero"`},
+		{Pool, "index.csv", "they look like class indices"},
+		{Pool, "floats.csv", "whole numbers written as floats"},
+		{Pool, "other.csv", `its labels include ["cat" "dog"]`},
+		{Pool, "some.csv", ""},
+		{Train, "train.csv", `data.train: image b.png has label "1", which is not in classes`},
+		{Train, "train.csv", "they look like class indices"},
+		{Test, "index.csv", ""}, // CheckApart's, with the images' own names
+	} {
+		_, err := env.ExecuteActivity(a.Plan, PlanInput{Run: "r", Name: c.name, Dataset: schemas.Dataset{Manifest: c.manifest}, ShardSize: 10, Classes: classes})
+		var appErr *temporal.ApplicationError
+		switch {
+		case c.says == "" && err != nil:
+			t.Errorf("%s %s: %v, want it planned", c.name, c.manifest, err)
+		case c.says != "" && (!errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), c.says)):
+			t.Errorf("%s %s: %v, want a non-retryable error saying %q", c.name, c.manifest, err, c.says)
+		}
+	}
+	// Without classes nothing is checked.
+	if _, err := env.ExecuteActivity(a.Plan, PlanInput{Run: "r", Name: Pool, Dataset: schemas.Dataset{Manifest: "other.csv"}, ShardSize: 10}); err != nil {
+		t.Errorf("a pool planned without classes: %v", err)
+	}
+}

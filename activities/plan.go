@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -141,6 +143,10 @@ type PlanInput struct {
 	Name      string // train, test, error_sample, error_heldout, pool, debug_train
 	Dataset   schemas.Dataset
 	ShardSize int
+	// Classes, given for the pool and train, are the target's: their
+	// labels are checked against them as they are listed (planLabels),
+	// before the scan embeds anything.
+	Classes []string `json:",omitempty"`
 }
 
 // PlanResult counts what was planned.
@@ -155,7 +161,9 @@ type PlanResult struct {
 // size, beside the index's ID per shard. A retry goes on from where the
 // attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
+	labels := newPlanLabels(in)
 	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
+		labels.see(it)
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	}, func(firsts []int64) error {
 		if in.Name != Pool {
@@ -176,8 +184,92 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 		return res, store.Classify(err, index.Key)
 	case err != nil && !retried(ctx, err):
 		return res, invalid("data.%s: %v", in.Name, err)
+	case err == nil:
+		err = labels.check(res.Images)
 	}
 	return res, err
+}
+
+// planLabels checks a plan's labels against the target's classes, where
+// a mismatch would otherwise show only after the pool's scan: train's
+// must all be classes (its retraining fails on the first that is not),
+// and a pool none of whose weak labels is a class (class numbers where
+// the target has names, "3.0" for "3") has nothing retraining can take.
+// nil checks nothing.
+type planLabels struct {
+	name    string
+	classes dataset.Classes
+	// whole says the listing was seen from its first item: a retried
+	// plan goes on from where the attempt before stood.
+	whole    bool
+	inClass  bool
+	off      []string      // distinct labels that are no class, the first few
+	firstOff *dataset.Item // train's first image whose label is no class
+}
+
+func newPlanLabels(in PlanInput) *planLabels {
+	if len(in.Classes) == 0 || in.Name != Pool && in.Name != Train {
+		return nil
+	}
+	return &planLabels{name: in.Name, classes: dataset.NewClasses(in.Classes)}
+}
+
+func (l *planLabels) see(it dataset.Item) {
+	if l == nil {
+		return
+	}
+	if it.ID == 0 { // from the start, again when the manifest changed under the plan
+		*l = planLabels{name: l.name, classes: l.classes, whole: true}
+	}
+	if l.classes.Index(it.Label) >= 0 {
+		l.inClass = true
+		return
+	}
+	if l.firstOff == nil {
+		l.firstOff = &it
+	}
+	if len(l.off) < MaxSkippedExamples && !slices.Contains(l.off, it.Label) {
+		l.off = append(l.off, it.Label)
+	}
+}
+
+// check is the plan's failure, if its labels make one, after images.
+func (l *planLabels) check(images int) error {
+	switch {
+	case l == nil:
+		return nil
+	case l.name == Train && l.firstOff != nil:
+		return offClass(Train, *l.firstOff, l.classes)
+	case l.name == Pool && l.whole && !l.inClass && images > 0:
+		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %q; classes %v)%s: retraining would take none of them, after the scan embedded them all; label the pool with the target's class names", images, l.off, l.classes, labelHint(l.off, l.classes))
+	}
+	return nil
+}
+
+// labelHint says what labels that are no class look like, when they look
+// like another way of writing the classes: their positions (WebDataset's
+// .cls and Hugging Face's label columns hold a class's index), or integers
+// written as floats (pandas writes an integer column with a missing value
+// as one of floats). "" otherwise.
+func labelHint(labels []string, classes dataset.Classes) string {
+	if len(labels) == 0 {
+		return ""
+	}
+	index, float := true, true
+	for _, l := range labels {
+		n, err := strconv.Atoi(l)
+		index = index && err == nil && n >= 0 && n < classes.Len()
+		whole, frac, ok := strings.Cut(l, ".")
+		_, err = strconv.Atoi(whole)
+		float = float && ok && err == nil && strings.Trim(frac, "0") == ""
+	}
+	switch {
+	case index:
+		return "; they look like class indices (WebDataset's .cls and Hugging Face's label columns often hold a class's position): write the class names they stand for"
+	case float:
+		return "; they look like whole numbers written as floats (pandas writes an integer column that has a missing value as floats: 3.0)"
+	}
+	return ""
 }
 
 // ownWriteError is a failed write of the run's own files (its shard

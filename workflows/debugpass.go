@@ -546,9 +546,7 @@ func planAll(ctx workflow.Context, run string, cfg schemas.Config, sets map[stri
 	names := sortedNames(sets)
 	futures := make([]workflow.Future, len(names))
 	for i, name := range names {
-		futures[i] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
-			Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size,
-		})
+		futures[i] = workflow.ExecuteActivity(ctx, a.Plan, planInput(run, name, cfg, sets))
 	}
 	if workflow.GetVersion(ctx, planFailFastChange, workflow.DefaultVersion, 1) == 1 {
 		if err := waitAll(ctx, futures...); err != nil {
@@ -582,11 +580,19 @@ func startPlans(ctx workflow.Context, run string, cfg schemas.Config, sets map[s
 	var a *activities.Activities
 	p := &plansAhead{futures: map[string]workflow.Future{}, first: first, rest: rest}
 	for _, name := range append(slices.Clone(first), rest...) {
-		p.futures[name] = workflow.ExecuteActivity(ctx, a.Plan, activities.PlanInput{
-			Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size,
-		})
+		p.futures[name] = workflow.ExecuteActivity(ctx, a.Plan, planInput(run, name, cfg, sets))
 	}
 	return p
+}
+
+// planInput is the plan of dataset name. The pool's and train's are given
+// the classes, which their labels must include (activities.PlanInput).
+func planInput(run, name string, cfg schemas.Config, sets map[string]schemas.Dataset) activities.PlanInput {
+	in := activities.PlanInput{Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size}
+	if name == activities.Pool || name == activities.Train {
+		in.Classes = cfg.Classes
+	}
+	return in
 }
 
 // wait waits for the plans of names and returns their counts; any plan's

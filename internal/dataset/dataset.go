@@ -605,6 +605,9 @@ func (c Classes) Index(label string) int {
 	return -1
 }
 
+// Len is how many classes there are.
+func (c Classes) Len() int { return len(c.names) }
+
 // String lists the classes for an error: the first few, and how many
 // there are in all, not a message of tens of thousands of names.
 func (c Classes) String() string {
