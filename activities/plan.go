@@ -265,7 +265,7 @@ func labelHint(labels []string, classes dataset.Classes) string {
 	}
 	switch {
 	case index:
-		return "; they look like class indices (WebDataset's .cls and Hugging Face's label columns often hold a class's position): write the class names they stand for"
+		return "; they look like class indices (WebDataset's .cls and Hugging Face's label columns often hold a class's position): write the class names they stand for, or list the classes as their indices (classes: [\"0\", \"1\", …], in the target's order)"
 	case float:
 		return "; they look like whole numbers written as floats (pandas writes an integer column that has a missing value as floats: 3.0)"
 	}
