@@ -960,5 +960,5 @@ func TestEvaluateNothingEmbedded(t *testing.T) {
 	}
 	var res activities.EvaluateResult
 	err := w.do(w.acts.Evaluate, activities.EvaluateInput{Run: w.run, Method: "none", Model: m, Classes: []string{"a", "b", "c"}, TestShards: 1, HeldoutShards: 1}, &res)
-	failsNaming(t, err, "data.test: no image could be embedded (the first, t/a/0.png: preprocess: decode: image: unknown format)")
+	failsNaming(t, err, "data.test: no image could be embedded (the first, t/a/0.png: preprocess: decode: not a JPEG, PNG, GIF, BMP or WebP image, the formats DCD decodes: image: unknown format)")
 }

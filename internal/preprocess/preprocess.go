@@ -330,6 +330,11 @@ func decodeStd(data []byte) (image.Image, error) {
 		return nil, errors.New("preprocess: decode: empty input")
 	}
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
+	if errors.Is(err, image.ErrFormat) {
+		// Read from its bytes, whatever its name says (a TIFF, HEIC, a
+		// Thumbs.db among the images).
+		return nil, fmt.Errorf("preprocess: decode: not a JPEG, PNG, GIF, BMP or WebP image, the formats DCD decodes: %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("preprocess: decode: %w", err)
 	}

@@ -452,7 +452,8 @@ func TestDecodeErrors(t *testing.T) {
 		want string
 	}{
 		{"empty", nil, "preprocess: decode: empty input"},
-		{"garbage", []byte("definitely not an image"), "preprocess: decode: image: unknown format"},
+		{"garbage", []byte("definitely not an image"), "preprocess: decode: not a JPEG, PNG, GIF, BMP or WebP image, the formats DCD decodes: image: unknown format"},
+		{"tiff", []byte("II*\x00\x08\x00\x00\x00"), "not a JPEG, PNG, GIF, BMP or WebP image"},
 		{"truncated png", buf.Bytes()[:40], "preprocess: decode"},
 		{"decompression bomb", huge, "more than"},
 		{"rgba png bomb", rgbaBomb, "claims 8192x8192"},

@@ -24,11 +24,24 @@ type Sample struct {
 var imageExts = map[string]bool{
 	"jpg":  true,
 	"jpeg": true,
+	"jfif": true, // JPEG's own name for its files
 	"png":  true,
 	"gif":  true,
 	"bmp":  true,
 	"webp": true,
 }
+
+// otherImageExts are images in formats DCD does not decode: a walk takes
+// them for a sample's image all the same, so that embedding rejects them,
+// counted and named, where leaving their samples out would lose them
+// unsaid.
+var otherImageExts = map[string]bool{
+	"tif": true, "tiff": true, "ppm": true, "pgm": true, "pbm": true, "pnm": true,
+	"heic": true, "heif": true, "avif": true, "jxl": true, "jp2": true, "ico": true,
+}
+
+// isImage says whether a member's extension makes it a sample's image.
+func isImage(ext string) bool { return imageExts[ext] || otherImageExts[ext] }
 
 // MaxText caps the size of a .cls or .domain member: they are read into
 // memory, and anything larger is not a label but a misnamed file.
@@ -40,8 +53,9 @@ const blockSize = 512
 // WalkVersion is the version of Walk's rules for what a sample is: a
 // cache of an archive's samples (dataset.IndexKey) made under other rules
 // is not this archive's list now. Bumped with each change to them (2:
-// hard-linked images are samples; symbolic links refused).
-const WalkVersion = 2
+// hard-linked images are samples; symbolic links refused; 3: images in
+// formats DCD does not decode and .jfif are samples).
+const WalkVersion = 3
 
 // Walk reads the tar stream r of archive and calls fn for every sample with
 // an image, in archive order. archive only names the archive in the samples'
@@ -52,7 +66,9 @@ const WalkVersion = 2
 // that reappears after other keys is an error rather than a second sample
 // (a member of a sample seen long before would have to be joined to it). A member
 // is an image when its extension (after the first '.' of its base name,
-// compared case-insensitively) is jpg, jpeg, png, gif, bmp or webp; a .cls
+// compared case-insensitively) is jpg, jpeg, jfif, png, gif, bmp or webp,
+// or names a format DCD does not decode (tif, heic, ...: otherImageExts),
+// whose image embedding rejects; a .cls
 // member holds its label, and a .domain member an optional domain. A sample
 // without a .cls (or with an empty one) has no label, as a manifest row with
 // an empty label: in a pool it is an image no selection can take, not a
@@ -191,7 +207,7 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 		ext = strings.ToLower(base[dot+1:])
 	}
 	switch {
-	case symlink && !imageExts[ext] && ext != "cls" && ext != "domain":
+	case symlink && !isImage(ext) && ext != "cls" && ext != "domain":
 		return "", nil
 	case len(name) > maxName:
 		// PAX and GNU long names may be a MiB each: kept for every
@@ -216,12 +232,12 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 	s := w.cur
 
 	switch {
-	case symlink && imageExts[ext]:
+	case symlink && isImage(ext):
 		s.symlink, s.symlinkTo = name, hdr.Linkname // an error if the sample has a label
 	case symlink:
 		return key, fmt.Errorf("%s: sample %q: %q is a symbolic link to %q; archive the file it points to (tar -h, --dereference)",
 			w.archive, key, name, hdr.Linkname)
-	case imageExts[ext]:
+	case isImage(ext):
 		if sparse {
 			return key, fmt.Errorf("%s: sample %q: image %q is stored as a sparse file; expected a regular file, whose bytes are one range",
 				w.archive, key, name)

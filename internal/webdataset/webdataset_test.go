@@ -158,6 +158,12 @@ func TestWalkFormats(t *testing.T) {
 		file("n01/000010.json", "{}"),
 		file("n01/000011.png", blob(14, 64)),
 		file("n01/000011.cls", " \n"),
+		// A format DCD does not decode is an image all the same, for
+		// embedding to reject; JPEG's .jfif is one it does.
+		file("n01/000012.TIFF", blob(15, 64)),
+		file("n01/000012.cls", "12"),
+		file("n01/000013.jfif", blob(16, 64)),
+		file("n01/000013.cls", "13"),
 	}
 	basicWant := []want{
 		{"n01/000001", "n01/000001.jpg", "tench", ""},
@@ -170,6 +176,8 @@ func TestWalkFormats(t *testing.T) {
 		{"n01/000009", "n01/000009.jpg", "tench", ""},
 		{"n01/000010", "n01/000010.png", "", ""},
 		{"n01/000011", "n01/000011.png", "", ""},
+		{"n01/000012", "n01/000012.TIFF", "12", ""},
+		{"n01/000013", "n01/000013.jfif", "13", ""},
 	}
 	long := []ent{
 		file(longName, blob(10, 2000)),

@@ -43,7 +43,7 @@ func (w *Writer) Write(key, ext string, image []byte, label, domain string) erro
 	case w.keys[key]:
 		return fmt.Errorf("webdataset: sample key %q written twice", key)
 	case !imageExts[ext]:
-		return fmt.Errorf("webdataset: sample %q: image extension %q is none of jpg, jpeg, png, gif, bmp, webp", key, ext)
+		return fmt.Errorf("webdataset: sample %q: image extension %q is none of jpg, jpeg, jfif, png, gif, bmp, webp", key, ext)
 	case label == "" || strings.TrimSpace(label) != label:
 		return fmt.Errorf("webdataset: sample %q: label %q: want a non-empty label without leading or trailing white space", key, label)
 	case strings.TrimSpace(domain) != domain:
