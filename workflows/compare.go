@@ -463,9 +463,8 @@ func skippedNote(r activities.RetrainResult) string {
 }
 
 // unlearnedNote names the classes a method's retraining had no image of,
-// in train or its own: a train folder missing a class, or one whose
-// images sit a folder too deep to be listed, shows no other sign than
-// that class's accuracy of 0.
+// in train or its own: a train set missing a class shows no other sign
+// than that class's accuracy of 0.
 func unlearnedNote(r activities.RetrainResult) string {
 	if r.Unlearned == 0 {
 		return ""

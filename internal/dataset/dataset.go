@@ -166,8 +166,13 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		from = at.Key + "\x00" // the least key after it
 	}
 	id := at.Next
-	// deeper is a file below <label>/<file>: with no image in that layout,
-	// the prefix is likely a folder too high (nest/ of nest/digits/3/a.png).
+	whole := id == 0 // listed from its first file
+	// A file at any depth under <label>/ is the class's, as torchvision's
+	// ImageFolder has it. But where none is right in its <label>/ folder
+	// (direct), the prefix is likely a folder too high (nest/ of
+	// nest/digits/3/a.png), whose subfolders are taken for classes;
+	// deeper is the first file below <label>/<file>, to name.
+	var direct bool
 	var deeper string
 	err = list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 		rel := strings.TrimPrefix(obj.Key, prefix)
@@ -175,11 +180,13 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
 			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", redact.URL(ref), obj.Key, store.ErrLinkedFolder)
 		}
-		if deeper == "" && ok && strings.Contains(file, "/") && !strings.HasPrefix(label, ".") && !strings.Contains(rel, "/.") {
-			deeper = obj.Key
+		if !ok || strings.HasPrefix(label, ".") || strings.HasPrefix(file, ".") || strings.Contains(file, "/.") || strings.HasSuffix(file, "/") || osJunk[strings.ToLower(path.Base(file))] {
+			return nil // not under a <label>/ folder (a stray file), hidden (.ipynb_checkpoints, ._x.png), or Windows' own
 		}
-		if !ok || strings.Contains(file, "/") || strings.HasPrefix(path.Base(file), ".") || strings.HasPrefix(label, ".") {
-			return nil // not <label>/<file>: a stray file, a nested or hidden folder (.ipynb_checkpoints)
+		if !strings.Contains(file, "/") {
+			direct = true
+		} else if deeper == "" {
+			deeper = obj.Key
 		}
 		key, err := itemKey(bucketURL, obj.Key)
 		if err != nil {
@@ -195,7 +202,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	if err != nil {
 		return err
 	}
-	if id == 0 && deeper != "" {
+	if whole && !direct && deeper != "" {
 		folder, _, _ := strings.Cut(strings.TrimPrefix(deeper, prefix), "/")
 		file, ferr := itemKey(bucketURL, deeper)
 		p, perr := itemKey(bucketURL, prefix+folder+"/")
@@ -208,6 +215,11 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	}
 	return nil
 }
+
+// osJunk are the files Windows leaves in image folders, which would be
+// rejects of every class (and fail an E_sample, whose every image must
+// embed).
+var osJunk = map[string]bool{"thumbs.db": true, "ehthumbs.db": true, "desktop.ini": true}
 
 // list calls fn for every object under prefix of b from the key from on,
 // in key order, listing folders ahead (store.ListFolders: an ImageFolder's

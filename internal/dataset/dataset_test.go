@@ -69,6 +69,10 @@ func TestWalkPrefix(t *testing.T) {
 		"data/train/README.txt":                          "stray file",
 		"data/train/dog/sub/deep.png":                    "nested folder",
 		"data/train/dog/.hidden.png":                     "dot file",
+		"data/train/dog/.thumbs/t.png":                   "hidden folder",
+		"data/train/dog/sub/.x.png":                      "dot file",
+		"data/train/cat/Thumbs.db":                       "Windows' thumbnails",
+		"data/train/cat/x/desktop.ini":                   "Windows' folder settings",
 		"data/train/.ipynb_checkpoints/1-checkpoint.png": "hidden folder",
 		"data/other/cat/1.png":                           "x",
 	})
@@ -77,7 +81,7 @@ func TestWalkPrefix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := []string{"data/train/cat/1.png=cat/", "data/train/cat/2.jpg=cat/", "data/train/dog/a.webp=dog/"}
+		want := []string{"data/train/cat/1.png=cat/", "data/train/cat/2.jpg=cat/", "data/train/dog/a.webp=dog/", "data/train/dog/sub/deep.png=dog/"}
 		if got := keysAndLabels(items); !slices.Equal(got, want) {
 			t.Fatalf("prefix %q: %q, want %q", prefix, got, want)
 		}
@@ -108,9 +112,9 @@ func TestWalkPrefix(t *testing.T) {
 
 // In a file:// bucket, a class folder that is a symbolic link fails the
 // walk naming it (the driver does not list into it: the class would be
-// left out without a word); links the layout ignores anyway (a dot file,
-// deeper down) do not, and a link to an image is that image, a dangling
-// one an image that will not read.
+// left out without a word); a hidden link does not, a link to an image is
+// that image, and a dangling one, or one to a folder inside a class, an
+// image that will not read (a reject, named).
 func TestWalkPrefixLinks(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"pool/cat/1.png", "elsewhere/dogs/1.png", "elsewhere/2.png"} {
@@ -138,7 +142,7 @@ func TestWalkPrefixLinks(t *testing.T) {
 	}
 	defer b.Close()
 	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: "pool"})
-	if want := []string{"pool/cat/1.png=cat/", "pool/cat/2.png=cat/", "pool/cat/3.png=cat/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
+	if want := []string{"pool/cat/1.png=cat/", "pool/cat/2.png=cat/", "pool/cat/3.png=cat/", "pool/cat/sub/deeper=cat/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
 		t.Errorf("%q, %v; want %q", keysAndLabels(items), err, want)
 	}
 	if err := os.Symlink("../elsewhere/dogs", filepath.Join(dir, "pool/dog")); err != nil {
