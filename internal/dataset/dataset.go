@@ -715,6 +715,14 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		// Read as CSV, the whole file is its header line.
 		return errors.New("its lines end in CR alone (classic Mac OS): save it with LF or CRLF line ends")
 	}
+	if len(header) == 1 {
+		for _, sep := range []string{";", "\t", "|"} {
+			if strings.Contains(header[0], sep) {
+				// Excel's CSV where the decimal mark is a comma, a TSV.
+				return fmt.Errorf("header: one column, %q, whose names are separated by %q: a manifest's columns are separated by commas; save it as comma-separated", header[0], sep)
+			}
+		}
+	}
 	c, err := columns(header)
 	if err != nil {
 		return fmt.Errorf("header: %w", err)
@@ -752,6 +760,9 @@ func readCSV(ctx context.Context, b *blob.Bucket, key string, at *Mark, emit fun
 		// The row ends on its last field's line, plus the lines that field
 		// holds, quoted.
 		at.Offset, at.Line, at.Version = offset+cr.InputOffset(), lines+last+strings.Count(rec[len(rec)-1], "\n"), version
+		if !slices.ContainsFunc(rec, func(f string) bool { return strings.TrimSpace(f) != "" }) {
+			continue // a row of empty fields (",,"), as Excel saves the blank rows under a table
+		}
 		// Spaces around a uri are the CSV's ("cat, cat/1.jpg"), not the key's.
 		r := row{uri: strings.TrimSpace(rec[c.uri]), label: rec[c.label], where: fmt.Sprintf("line %d", lines+line)}
 		if c.domain >= 0 {

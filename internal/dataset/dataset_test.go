@@ -185,7 +185,8 @@ func TestWalkCSVManifest(t *testing.T) {
 		"img/1.png,cat,clean\n" + // relative to the manifest's folder
 		"/shared/2.png,dog,blur\n" + // a key in the worker's bucket
 		"file://" + dir + "/elsewhere.png,cat,\n" + // another bucket
-		"\"s3://bucket/a,b.png?region=us-east-1\",dog,fog\n"
+		"\"s3://bucket/a,b.png?region=us-east-1\",dog,fog\n" +
+		",,\n , ,\n" // the blank rows Excel saves under a table
 	b := memBucket(t, map[string]string{"sets/pool/manifest.csv": manifest})
 	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "sets/pool/manifest.csv"})
 	if err != nil {
@@ -245,6 +246,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"pool.json":  `[{"uri": "x.png", "label": "cat"}]`,
 		// JSON after a byte-order mark and blank lines, which CSV skips.
 		"spaced.json": "\ufeff\r\n\n  " + `{"uri": "x.png", "label": "cat"}`,
+		// Columns separated otherwise than by commas.
+		"semicolon.csv": "uri;label\nx.png;cat\n",
+		"tab.csv":       "uri\tlabel\nx.png\tcat\n",
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":  "must include uri and label",
@@ -264,6 +268,8 @@ func TestWalkManifestErrors(t *testing.T) {
 		"pool.jsonl":    "a JSON or JSON Lines file",
 		"pool.json":     "a JSON or JSON Lines file",
 		"spaced.json":   "a JSON or JSON Lines file",
+		"semicolon.csv": `whose names are separated by ";": a manifest's columns are separated by commas`,
+		"tab.csv":       `whose names are separated by "\t"`,
 		"pool":          "is a folder, not a manifest file",
 		"pool/":         "is a folder, not a manifest file",
 	} {

@@ -222,8 +222,12 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 		}
 		here := fmt.Sprintf("entry %d (%q)", entry, name)
 		if first, ok := w.seen[key]; ok {
-			return key, fmt.Errorf("%s: sample %q reappears at %s after other samples; it began at %s, and a sample's members must be consecutive",
-				w.archive, key, here, first)
+			why := "write the archive with its members sorted by name (tar --sort=name)"
+			if strings.Count(base, ".") > 1 {
+				why = fmt.Sprintf("%q is of sample %q, a key ending at the first '.' of a member's base name (name members <key>.<extension>, with no '.' in the key); or, if its members are out of order, %s", name, key, why)
+			}
+			return key, fmt.Errorf("%s: sample %q reappears at %s after other samples; it began at %s, and a sample's members must be consecutive: %s",
+				w.archive, key, here, first, why)
 		}
 		w.seen[key] = here
 		w.cur = &pending{key: key}

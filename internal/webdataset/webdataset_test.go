@@ -390,7 +390,9 @@ func TestWalkErrors(t *testing.T) {
 		{"hash in name", mkTar(t, 0, file("d#1/a.jpg", img), file("d#1/a.cls", "1")),
 			"d#1/a", []string{`"d#1/a.jpg"`, "'#'"}, nil},
 		{"key reappears", mkTar(t, 0, file("a.cls", "1"), file("b.jpg", img), file("b.cls", "2"), file("a.jpg", img)),
-			"a", []string{"reappears", `entry 4 ("a.jpg")`, `entry 1 ("a.cls")`, "consecutive"}, nil},
+			"a", []string{"reappears", `entry 4 ("a.jpg")`, `entry 1 ("a.cls")`, "consecutive", "tar --sort=name"}, nil},
+		{"dotted keys", mkTar(t, 0, file("cam1.s1.jpg", img), file("cam1.s1.cls", "1"), file("cam2.s1.jpg", img), file("cam1.s2.jpg", img)),
+			"cam1", []string{"reappears", `"cam1.s2.jpg" is of sample "cam1", a key ending at the first '.'`}, nil},
 		{"label too large", mkTar(t, 0, file("a.jpg", img), file("a.cls", strings.Repeat("9", MaxText+1))),
 			"a", []string{"a.cls", "at most 65536"}, nil},
 		{"truncated in data", good[:512+1000], // inside a.jpg's data
