@@ -211,9 +211,25 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		}
 	}
 	if id == 0 {
-		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout", redact.URL(ref))
+		return fmt.Errorf("dataset: prefix %q holds no images in <label>/<file> layout%s", redact.URL(ref), patternHint(ref))
 	}
 	return nil
+}
+
+// patternHint says, of a dataset found empty or missing, that the
+// wildcards or braces in its name (shard-{000..099}.tar, *.parquet, as
+// WebDataset and Spark users write them) are not expanded.
+func patternHint(ref string) string {
+	p := ref
+	if store.IsURL(p) {
+		if q := strings.IndexByte(p, '?'); q >= 0 {
+			p = p[:q]
+		}
+	}
+	if !strings.ContainsAny(p, "*{[") {
+		return ""
+	}
+	return ": DCD expands no wildcards or braces; a webdataset names the folder holding its archives (every .tar under it is read), a manifest one file"
 }
 
 // osJunk are the files Windows leaves in image folders, which would be
@@ -370,7 +386,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	}
 	switch {
 	case id == 0:
-		return fmt.Errorf("dataset: webdataset %q holds no samples with an image (%d .tar archives)", redact.URL(ref), archives)
+		return fmt.Errorf("dataset: webdataset %q holds no samples with an image (%d .tar archives)%s", redact.URL(ref), archives, patternHint(ref))
 	case whole && labeled == 0:
 		// Taken for images without labels, such a dataset would be
 		// embedded whole before any use of it failed for want of them.
@@ -520,6 +536,9 @@ func (s Source) walkManifest(ctx context.Context, ref string, at *Mark, fn func(
 		return fmt.Errorf("dataset: manifest %q is a folder, not a manifest file: name the .csv or .parquet file in it, or, for images in <label>/<file> folders (an ImageFolder), give the folder as the dataset's prefix: instead", redact.URL(ref))
 	}
 	if err != nil {
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			return fmt.Errorf("dataset: manifest %q: %w%s", redact.URL(ref), err, patternHint(ref))
+		}
 		return fmt.Errorf("dataset: manifest %q: %w", redact.URL(ref), err)
 	}
 	if id == 0 {
