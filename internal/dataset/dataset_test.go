@@ -1014,3 +1014,32 @@ func TestParquetDictionaryOnly(t *testing.T) {
 		t.Fatalf("%d items, %v", len(items), err)
 	}
 }
+
+// A Hugging Face dataset's Parquet file (its images in a struct of bytes
+// and path, its labels class indices) is said to be one: its columns
+// named, not each leaf as "", and images held in the file not read.
+func TestParquetImagesInFile(t *testing.T) {
+	mem := memory.NewGoAllocator()
+	image := arrow.StructOf(arrow.Field{Name: "bytes", Type: arrow.BinaryTypes.Binary, Nullable: true}, arrow.Field{Name: "path", Type: arrow.BinaryTypes.String, Nullable: true})
+	sc := arrow.NewSchema([]arrow.Field{{Name: "image", Type: image}, {Name: "label", Type: arrow.PrimitiveTypes.Int64}}, nil)
+	rb := array.NewRecordBuilder(mem, sc)
+	defer rb.Release()
+	img := rb.Field(0).(*array.StructBuilder)
+	img.Append(true)
+	img.FieldBuilder(0).(*array.BinaryBuilder).Append([]byte("\x89PNG"))
+	img.FieldBuilder(1).(*array.StringBuilder).Append("1.png")
+	rb.Field(1).(*array.Int64Builder).Append(3)
+	rec := rb.NewRecord()
+	defer rec.Release()
+	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
+	defer tbl.Release()
+	var buf bytes.Buffer
+	if err := pqarrow.WriteTable(tbl, &buf, 10, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
+		t.Fatal(err)
+	}
+	b := memBucket(t, map[string]string{"hf.parquet": buf.String()})
+	_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "hf.parquet"})
+	if err == nil || !strings.Contains(err.Error(), `columns ["label"] must include uri and label; nested columns, which are none of a manifest's, are ["image"]: images held in the file`) {
+		t.Errorf("a Hugging Face Parquet file: %v", err)
+	}
+}

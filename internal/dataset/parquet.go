@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -71,14 +72,32 @@ func (s Source) readParquet(ctx context.Context, b *blob.Bucket, key string, at 
 	defer pf.Close()
 	sc := pf.MetaData().Schema
 	names := make([]string, sc.NumColumns())
+	var nested []string // the nested columns' names, for an error
+	inFile := false     // a struct with a "bytes" leaf: images held in the file
 	for i := range names {
 		// A leaf of a nested column (a list's "element", an image
 		// struct's "bytes") is no column of the manifest's.
-		if p := sc.Column(i).ColumnPath(); len(p) == 1 {
+		p := sc.Column(i).ColumnPath()
+		if len(p) == 1 {
 			names[i] = p[0]
+			continue
 		}
+		if !slices.Contains(nested, p[0]) {
+			nested = append(nested, p[0])
+		}
+		inFile = inFile || p[len(p)-1] == "bytes"
 	}
 	c, err := columns(names)
+	if err != nil && len(nested) > 0 {
+		// Said of the top-level columns alone, not of "" for each leaf.
+		if _, top := columns(slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "" })); top != nil {
+			err = top
+		}
+		err = fmt.Errorf("%w; nested columns, which are none of a manifest's, are %q", err, nested)
+		if inFile {
+			err = fmt.Errorf("%w: images held in the file, as Hugging Face's datasets write them, are not read; DCD reads each image from its uri, so write them out as files and list those", err)
+		}
+	}
 	if err != nil {
 		return err
 	}
