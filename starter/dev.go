@@ -376,8 +376,8 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	id := passID(cfg.Name, time.Now())
-	if err := e.startPass(ctx, c, workflows.PassInput{Config: cfg}, id); err != nil {
+	id, err := e.startFreshPass(ctx, c, workflows.PassInput{Config: cfg}, passID(cfg.Name, time.Now()))
+	if err != nil {
 		return err
 	}
 	if a.noWait {

@@ -104,7 +104,7 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 	id := a.id
 	if id == "" {
 		id = passID(cfg.Name, time.Now())
-		if err := checkID("name (the pass's ID with a time)", id); err != nil {
+		if err := checkID("name (the pass's ID with a time)", id+"-99"); err != nil {
 			return err
 		}
 	}
@@ -112,7 +112,13 @@ func cmdRun(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := e.startPass(ctx, c, workflows.PassInput{Config: cfg, Reread: a.reread}, id); err != nil {
+	in := workflows.PassInput{Config: cfg, Reread: a.reread}
+	if a.id == "" {
+		id, err = e.startFreshPass(ctx, c, in, id)
+	} else {
+		err = e.startPass(ctx, c, in, id)
+	}
+	if err != nil {
 		return err
 	}
 	if !a.wait {
@@ -162,15 +168,54 @@ func (e *cli) startPass(ctx context.Context, c client.Client, in workflows.PassI
 		fmt.Fprintf(e.stderr, "warning: a pass %s ran before (%s): this one replaces its result, eval.json and report under runs/%s/ (another -id keeps them)\n",
 			id, strings.ToLower(st.status.String()), id)
 	}
+	err := e.execute(ctx, c, in, id)
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
+		return fmt.Errorf("a pass with id %q is running already: watch it with `starter status %s`, or pick another -id", id, id)
+	}
+	return err
+}
+
+// startFreshPass starts a pass under base, or under base-2, base-3, …
+// where a pass has had that ID: a default ID is the config's name and the
+// time to the second, which two passes started in one second (a script, two
+// users) share, and the second would replace the first's results. It
+// returns the ID the pass got.
+func (e *cli) startFreshPass(ctx context.Context, c client.Client, in workflows.PassInput, base string) (string, error) {
+	for n := 1; n < 100; n++ {
+		id := base
+		if n > 1 {
+			id = fmt.Sprintf("%s-%d", base, n)
+		}
+		_, err := c.DescribeWorkflowExecution(ctx, id, "")
+		var nf *serviceerror.NotFound
+		switch {
+		case err == nil:
+			continue // taken, running or closed
+		case !errors.As(err, &nf):
+			return "", fmt.Errorf("describe %s: %w", id, err)
+		}
+		err = e.execute(ctx, c, in, id)
+		var started *serviceerror.WorkflowExecutionAlreadyStarted
+		if errors.As(err, &started) {
+			continue // taken since
+		}
+		return id, err
+	}
+	return "", fmt.Errorf("passes %s to %s-99 exist already: give the pass an -id", base, base)
+}
+
+// execute starts DebugPass under id and prints its ID and UI link.
+func (e *cli) execute(ctx context.Context, c client.Client, in workflows.PassInput, id string) error {
 	// Without WorkflowExecutionErrorWhenAlreadyStarted the SDK hands back
 	// the pass running under id, and this config would be dropped unsaid.
 	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: workflows.CPUQueue, WorkflowExecutionErrorWhenAlreadyStarted: true},
 		workflows.DebugPass, in)
-	if err != nil {
-		var started *serviceerror.WorkflowExecutionAlreadyStarted
-		if errors.As(err, &started) {
-			return fmt.Errorf("a pass with id %q is running already: watch it with `starter status %s`, or pick another -id", id, id)
-		}
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	switch {
+	case errors.As(err, &started):
+		return err
+	case err != nil:
 		return fmt.Errorf("start pass %s: %w", id, err)
 	}
 	fmt.Fprintf(e.stdout, "started pass %s\n  %s\n", id, workflowURL(e.g, id))

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
 	workflowpb "go.temporal.io/api/workflow/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
@@ -173,3 +175,40 @@ type closedRun struct {
 }
 
 func (r closedRun) Get(context.Context, any) error { return r.err }
+
+// idsClient has passes under taken, and under raced ones started between a
+// describe and a start.
+type idsClient struct {
+	client.Client
+	taken, raced map[string]bool
+	started      []string
+}
+
+func (c *idsClient) DescribeWorkflowExecution(_ context.Context, id, _ string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
+	if c.taken[id] {
+		return &workflowservice.DescribeWorkflowExecutionResponse{WorkflowExecutionInfo: &workflowpb.WorkflowExecutionInfo{Status: enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED}}, nil
+	}
+	return nil, serviceerror.NewNotFound("no such workflow")
+}
+
+func (c *idsClient) ExecuteWorkflow(_ context.Context, o client.StartWorkflowOptions, _ any, _ ...any) (client.WorkflowRun, error) {
+	if c.raced[o.ID] {
+		return nil, serviceerror.NewWorkflowExecutionAlreadyStarted("started", "", "")
+	}
+	c.started = append(c.started, o.ID)
+	return closedRun{}, nil
+}
+
+// A pass given no -id gets an ID no pass has had, not the one of a pass
+// started in the same second, whose results it would replace.
+func TestDefaultIDIsFresh(t *testing.T) {
+	e, stdout, stderr := testCLI()
+	c := &idsClient{taken: map[string]bool{"demo-20261129-101500": true}, raced: map[string]bool{"demo-20261129-101500-2": true}}
+	id, err := e.startFreshPass(context.Background(), c, workflows.PassInput{}, "demo-20261129-101500")
+	if err != nil || id != "demo-20261129-101500-3" || !slices.Equal(c.started, []string{id}) {
+		t.Errorf("started %q as %q (%v), want demo-20261129-101500-3 alone", c.started, id, err)
+	}
+	if !strings.Contains(stdout.String(), "started pass demo-20261129-101500-3") || stderr.Len() > 0 {
+		t.Errorf("stdout %q, stderr %q", stdout, stderr)
+	}
+}
