@@ -390,7 +390,7 @@ func (s Source) walkWebDataset(ctx context.Context, ref string, at *Mark, fn fun
 	case whole && labeled == 0:
 		// Taken for images without labels, such a dataset would be
 		// embedded whole before any use of it failed for want of them.
-		return fmt.Errorf("dataset: webdataset %q: none of its %d samples with an image has a .cls label (or all are empty); a sample's label is its <key>.cls, holding the class name", redact.URL(ref), id)
+		return fmt.Errorf("dataset: webdataset %q: none of its %d samples with an image has a .cls label (or all are empty); a sample's label is its <key>.cls, holding the class name (one in a .json or .txt member, as img2dataset writes them, is not read)", redact.URL(ref), id)
 	}
 	return nil
 }
