@@ -246,15 +246,12 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 			return key, fmt.Errorf("%s: sample %q: image %q is stored as a sparse file; expected a regular file, whose bytes are one range",
 				w.archive, key, name)
 		}
-		if strings.Contains(name, "#") {
-			return key, fmt.Errorf("%s: sample %q: image %q has '#' in its name, which image keys reserve to separate archive and member",
-				w.archive, key, name)
-		}
 		if s.image != nil {
 			return key, fmt.Errorf("%s: sample %q has two images, %q and %q; expected one",
 				w.archive, key, s.image.Name, name)
 		}
-		m := Member{Archive: w.archive, Name: name, Offset: offset, Size: hdr.Size}
+		// Image keys keep '#' to end the archive's name (Member.Key).
+		m := Member{Archive: w.archive, Name: strings.ReplaceAll(name, "#", "%23"), Offset: offset, Size: hdr.Size}
 		if link {
 			target, ok := w.images[path.Clean(hdr.Linkname)]
 			if !ok {

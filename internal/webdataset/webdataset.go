@@ -20,7 +20,7 @@ import (
 // Member is a byte range of an archive: one image.
 type Member struct {
 	Archive string // the .tar's key or URL, as the caller names it (may be "s3://b/p/0.tar?region=x")
-	Name    string // the member's path inside the archive
+	Name    string // the member's path inside the archive, a '#' in it written %23
 	Offset  int64  // of its data in the archive
 	Size    int64
 }

@@ -37,7 +37,7 @@ func (w *Writer) Write(key, ext string, image []byte, label, domain string) erro
 	case key == "" || strings.Contains(base, ".") || strings.HasSuffix(key, "/"):
 		return fmt.Errorf("webdataset: sample key %q: want a name without '.' in its base name", key)
 	case strings.Contains(key, "#"):
-		return fmt.Errorf("webdataset: sample key %q: '#' separates archive and member in image keys (a walk refuses it)", key)
+		return fmt.Errorf("webdataset: sample key %q: '#' separates archive and member in image keys", key)
 	case len(key)+len(".domain") > maxName:
 		return fmt.Errorf("webdataset: sample key of %d bytes: its members' names would pass the %d a walk takes", len(key), maxName)
 	case w.keys[key]:
