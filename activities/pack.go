@@ -46,9 +46,6 @@ func (a *Activities) PlanPack(ctx context.Context, in PlanPackInput) (PlanResult
 		if aerr := a.source().AbandonPack(ctx, in.Out); aerr != nil {
 			activity.GetLogger(ctx).Warn("pack: could not remove the output's pack.json", "out", in.Out, "error", aerr)
 		}
-		if own := (*ownWriteError)(nil); errors.As(err, &own) {
-			return res, own.err // the worker's bucket's, not the dataset's
-		}
 		return res, invalid("pack: %v", err)
 	}
 	return res, err

@@ -170,18 +170,18 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 			return nil
 		}
 		data, _ := json.Marshal(ShardIndex{FirstIDs: firsts})
-		return ownWrite(store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data), ShardIndexKey(in.Run, in.Name))
+		return ownWrite(store.WriteAll(ctx, a.Bucket, ShardIndexKey(in.Run, in.Name), data))
 	})
 	var own *ownWriteError
 	var index *dataset.IndexWriteError
 	switch {
 	case errors.As(err, &own):
 		// The worker's bucket refused the run's own files (a policy, a
-		// full disk): nothing of the dataset to fix.
+		// full disk): nothing of the dataset to fix, and retried.
 		return res, own.err
 	case errors.As(err, &index):
 		// Or an archive's index, which planning caches there.
-		return res, store.Classify(err, index.Key)
+		return res, err
 	case err != nil && !retried(ctx, err):
 		return res, invalid("data.%s: %v", in.Name, err)
 	case err == nil:
@@ -273,18 +273,21 @@ func labelHint(labels []string, classes dataset.Classes) string {
 }
 
 // ownWriteError is a failed write of the run's own files (its shard
-// manifests, the pool's index) in the worker's bucket, classified.
+// manifests, the pool's index) in the worker's bucket. It is retried, as
+// every write of the worker's own files is: a permission or a full disk
+// fixed within timeouts.retry_for lets the pass go on, and status says
+// each try's failure meanwhile.
 type ownWriteError struct{ err error }
 
 func (e *ownWriteError) Error() string { return e.err.Error() }
 func (e *ownWriteError) Unwrap() error { return e.err }
 
-// ownWrite wraps the error of a write of key as an ownWriteError.
-func ownWrite(err error, key string) error {
+// ownWrite wraps the error of a write as an ownWriteError.
+func ownWrite(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &ownWriteError{store.Classify(err, key)}
+	return &ownWriteError{err}
 }
 
 // ShardIndex is where each shard of a planned dataset begins: shard i
@@ -353,7 +356,7 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 			}
 			return end(it, n)
 		}, func(ctx context.Context, i int, manifest []byte) error {
-			return ownWrite(store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest), ShardKey(run, name, i))
+			return ownWrite(store.WriteAll(ctx, a.Bucket, ShardKey(run, name, i), manifest))
 		}, st.written)
 	}
 	last, err := cutFrom()
@@ -502,9 +505,12 @@ func (st *planState) save(ctx context.Context, b *blob.Bucket, key string) {
 }
 
 // retried says whether Temporal should try err's activity again: it was
-// cancelled, or storage failed in a way that may pass.
+// cancelled, storage failed in a way that may pass, or the worker's bucket
+// refused a write of its own (ownWriteError, dataset.IndexWriteError).
 func retried(ctx context.Context, err error) bool {
-	return ctx.Err() != nil || store.Transient(err)
+	var own *ownWriteError
+	var index *dataset.IndexWriteError
+	return ctx.Err() != nil || store.Transient(err) || errors.As(err, &own) || errors.As(err, &index)
 }
 
 // settingUnread says whether err, reading a file that a config names (a

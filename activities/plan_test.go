@@ -202,9 +202,10 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 }
 
 // A run's own files the worker's bucket refuses (a policy, a full disk:
-// its shards, its index, an archive's cached index)
-// fail the plan at once, named, as the store's fault: not as the
-// dataset's (data.pool), nor retried as a store that is down.
+// its shards, its index, an archive's cached index) fail the plan's try,
+// named, as the store's fault, not the dataset's (data.pool), and are
+// retried as every write of the worker's own files is: fixed meanwhile,
+// the pass goes on.
 func TestPlanOwnWriteRefused(t *testing.T) {
 	ctx := context.Background()
 	b, err := store.Open(ctx, "mem://")
@@ -244,8 +245,8 @@ func TestPlanOwnWriteRefused(t *testing.T) {
 		env.RegisterActivity(acts)
 		_, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "r", Name: activities.Pool, Dataset: c.ds, ShardSize: 100})
 		var app *temporal.ApplicationError
-		if !errors.As(err, &app) || !app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), c.refused) || strings.Contains(err.Error(), "data.pool") {
-			t.Errorf("the worker's bucket refuses %s: %v, want a final storage error naming it, not the dataset", c.refused, err)
+		if !errors.As(err, &app) || app.NonRetryable() || app.Type() == "InvalidInput" || !strings.Contains(err.Error(), c.refused) || strings.Contains(err.Error(), "data.pool") {
+			t.Errorf("the worker's bucket refuses %s: %v, want a retried storage error naming it, not the dataset", c.refused, err)
 		}
 	}
 }
