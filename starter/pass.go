@@ -274,7 +274,7 @@ func cmdStatus(ctx context.Context, e *cli, args []string) error {
 			if workerGone(err) {
 				again = ""
 			}
-			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s%s\n", id, unanswered(what, err), again)
+			fmt.Fprintf(e.stdout, "%s: Running, its progress unknown: %s%s\n", id, unanswered(what, err, e.g.address), again)
 		case note != "":
 			fmt.Fprintf(e.stdout, "%s: %s | %s\n", id, line, note)
 		default:

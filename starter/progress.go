@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"golang.org/x/sync/errgroup"
 
+	"dcd/internal/devserver"
 	"dcd/workflows"
 )
 
@@ -118,11 +119,14 @@ func statusLine(p workflows.Progress, now time.Time, rate float64) string {
 // minutes).
 const busyOrGone = "its worker may be in a step that holds its answers (checking the models, say), or gone"
 
-// unanswered says why a workflow did not answer its progress query: its
-// worker gone, when the server says no worker polled its queue of late
-// (the worker that ran it was killed, and none other polls), else busy
-// or gone.
-func unanswered(what string, err error) string {
+// unanswered says why a workflow did not answer its progress query: the
+// server at address gone (nothing listens there), its worker gone, when
+// the server says no worker polled its queue of late (the worker that ran
+// it was killed, and none other polls), else busy or gone.
+func unanswered(what string, err error, address string) string {
+	if !devserver.Reachable(address) {
+		return fmt.Sprintf("the Temporal server at %s does not answer (nothing listens there): the %s goes on where it stood once the server is back (a local one: `starter dev`)", address, what)
+	}
 	if workerGone(err) {
 		return fmt.Sprintf("no worker has polled the %s's workflows lately (%s): the one running it died or was stopped; start one (bin/worker) and the %s goes on from where it stood",
 			what, workflows.CPUQueue, what)
@@ -280,7 +284,7 @@ func (e *cli) follow(ctx context.Context, c client.Client, id string, res any, w
 			case err != nil && ctx.Err() == nil && what == "pass":
 				// A worker polled its tasks lately (passStuck would say if
 				// none had), though it may since have died.
-				line += " | " + unanswered(what, err)
+				line += " | " + unanswered(what, err, e.g.address)
 			}
 			if e.tty {
 				// Pad over a longer previous line instead of relying on

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -1077,11 +1078,22 @@ func TestFinishedEval(t *testing.T) {
 // unanswered query is put down to a busy or a gone worker.
 func TestUnanswered(t *testing.T) {
 	gone := serviceerror.NewFailedPrecondition("no poller seen for task queue recently, worker may be down")
-	if got := unanswered("pass", fmt.Errorf("query: %w", gone)); !strings.Contains(got, "no worker has polled the pass's workflows lately") || !strings.Contains(got, "start one (bin/worker)") {
+	// A listener for the server's address: the server is there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := ln.Addr().String()
+	if got := unanswered("pass", fmt.Errorf("query: %w", gone), up); !strings.Contains(got, "no worker has polled the pass's workflows lately") || !strings.Contains(got, "start one (bin/worker)") {
 		t.Errorf("unanswered, the worker gone: %q", got)
 	}
-	if got := unanswered("pass", context.DeadlineExceeded); !strings.Contains(got, busyOrGone) {
+	if got := unanswered("pass", context.DeadlineExceeded, up); !strings.Contains(got, busyOrGone) {
 		t.Errorf("unanswered, a deadline: %q", got)
+	}
+	// The server stopped: it is said to be, not the worker.
+	ln.Close()
+	if got := unanswered("pass", context.DeadlineExceeded, up); !strings.Contains(got, "the Temporal server at "+up+" does not answer") {
+		t.Errorf("unanswered, the server gone: %q", got)
 	}
 }
 
