@@ -350,8 +350,8 @@ func scheduleList(ctx context.Context, e *cli, args []string) error {
 			state = "paused"
 		}
 		next, last := "-", "-"
-		if len(s.NextActionTimes) > 0 {
-			next = s.NextActionTimes[0].UTC().Format(time.RFC3339)
+		if times := nextTimes(s.NextActionTimes, s.Paused, time.Now()); len(times) > 0 {
+			next = times[0]
 		}
 		if n := len(s.RecentActions); n > 0 && s.RecentActions[n-1].StartWorkflowResult != nil {
 			last = s.RecentActions[n-1].StartWorkflowResult.WorkflowID
@@ -400,11 +400,17 @@ func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.Sch
 	for _, r := range d.Info.RunningWorkflows {
 		add("running", r.WorkflowID)
 	}
-	for i, t := range d.Info.NextActionTimes {
-		if i == 5 {
-			break
-		}
-		add("next", t.UTC().Format(time.RFC3339))
+	if !d.Info.LastUpdateAt.IsZero() {
+		// Whether an update (a new config, a timing) took.
+		add("updated", d.Info.LastUpdateAt.UTC().Format(time.RFC3339))
+	}
+	paused := d.Schedule.State != nil && d.Schedule.State.Paused
+	times := nextTimes(d.Info.NextActionTimes, paused, time.Now())
+	for _, t := range times[:min(len(times), 5)] {
+		add("next", t)
+	}
+	if paused {
+		add("next", "none while paused")
 	}
 	for _, a := range d.Info.RecentActions {
 		if a.StartWorkflowResult == nil {
@@ -422,6 +428,19 @@ func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.Sch
 	}
 	writeColumns(e.stdout, rows)
 	return nil
+}
+
+// nextTimes are a schedule's next firings as shown: none while it is
+// paused, and none past, which the server goes on listing for a schedule
+// paused since (they never fire).
+func nextTimes(times []time.Time, paused bool, now time.Time) []string {
+	var shown []string
+	for _, t := range times {
+		if !paused && !t.Before(now) {
+			shown = append(shown, t.UTC().Format(time.RFC3339))
+		}
+	}
+	return shown
 }
 
 // configName decodes the schedule's PassInput to name its config.

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -1108,4 +1109,17 @@ func configYAML(cfg schemas.Config, comment string) ([]byte, error) {
 		head.WriteString("# " + line + "\n")
 	}
 	return append([]byte(head.String()), b...), nil
+}
+
+// A paused schedule shows no next firings, and an active one none past
+// (the server goes on listing those a pause passed over).
+func TestNextTimes(t *testing.T) {
+	now := time.Date(2026, 11, 29, 20, 51, 39, 0, time.UTC)
+	times := []time.Time{now.Add(-39 * time.Second), now.Add(81 * time.Second), now.Add(201 * time.Second)}
+	if got := nextTimes(times, false, now); !slices.Equal(got, []string{"2026-11-29T20:53:00Z", "2026-11-29T20:55:00Z"}) {
+		t.Errorf("active: %q, want the two to come", got)
+	}
+	if got := nextTimes(times, true, now); len(got) != 0 {
+		t.Errorf("paused: %q, want none", got)
+	}
 }
