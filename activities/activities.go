@@ -22,6 +22,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 
@@ -354,6 +355,10 @@ func offClass(ds string, it dataset.Item, classes dataset.Classes) error {
 
 func (a *Activities) readShard(ctx context.Context, key string) (*dataset.Shard, error) {
 	data, err := store.ReadAll(ctx, a.Bucket, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		// The pass's plan wrote it, on whichever worker took the plan.
+		err = fmt.Errorf("%w: the pass's plan wrote it, so a worker that does not see it is on another bucket than the one that planned: give every worker the same -storage (DCD_STORAGE)", err)
+	}
 	if err != nil {
 		return nil, store.Classify(err, key)
 	}

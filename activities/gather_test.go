@@ -242,6 +242,17 @@ func mustShard(t *testing.T, a *Activities, key string) *dataset.Shard {
 	return sh
 }
 
+// A shard manifest missing where its plan wrote it says the worker is likely
+// on another bucket than the one that planned.
+func TestMissingShardSaysWhy(t *testing.T) {
+	a := memActivities(t)
+	_, err := a.readShard(context.Background(), ShardKey("r", Test, 15))
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || !appErr.NonRetryable() || !strings.Contains(err.Error(), ShardKey("r", Test, 15)) || !strings.Contains(err.Error(), "give every worker the same -storage") {
+		t.Errorf("a shard manifest not found: %v", err)
+	}
+}
+
 // A pool's shard index, or a cache entry's rejects, that the worker may not
 // read fails the step at once, naming the object: not retried as a
 // store's hiccup, nor (the rejects) read as an entry not yet written.
