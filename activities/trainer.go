@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -259,7 +258,7 @@ func (a *Activities) runTrainer(ctx context.Context, argv []string, logKey strin
 	// What the log shows, in the bucket and in the history: no tokens in
 	// URLs, and none of the credentials the trainer is handed (one that
 	// prints its environment, or a shell's -x, would show them).
-	mask := masker(cmd.Env)
+	mask := redact.Env(cmd.Env)
 	shown := func(s string) string { return redact.Text(mask(s)) }
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own group, for the kills below; the leader killed too should the
@@ -368,58 +367,6 @@ func lastLines(t *tailBuffer, n int, shown func(string) string) string {
 	}
 	return s
 }
-
-// masker returns a function that replaces, in a trainer's output, the
-// values of env's variables whose names say credential
-// (redact.SecretName: AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, a
-// connection string, MYSQL_PWD, *TOKEN*, *_KEY, …) and an HTTP header's
-// bearer or basic credential, with "***". A value is masked whole, as
-// JSON escapes it, line by line, and in each run of 8 or more of its
-// token characters, so that a value quoted, escaped, split on ';' or '='
-// (a connection string's AccountKey) or cut to its last lines is masked
-// still. Shorter runs are left: "***" in place of every "1" would garble
-// the log and hide nothing.
-func masker(env []string) func(string) string {
-	seen := map[string]bool{}
-	var pieces []string
-	add := func(p string) {
-		if len(p) >= 8 && !seen[p] {
-			seen[p] = true
-			pieces = append(pieces, p)
-		}
-	}
-	for _, kv := range env {
-		name, value, _ := strings.Cut(kv, "=")
-		if !redact.SecretName(name) {
-			continue
-		}
-		add(value)
-		if quoted, err := json.Marshal(value); err == nil {
-			add(string(quoted[1 : len(quoted)-1]))
-		}
-		for _, line := range strings.Split(value, "\n") {
-			add(strings.TrimSpace(line))
-		}
-		for _, run := range tokenRun.FindAllString(value, -1) {
-			add(run)
-		}
-	}
-	// The longest first: a value's run must not cut the whole value.
-	slices.SortFunc(pieces, func(a, b string) int { return len(b) - len(a) })
-	var pairs []string
-	for _, p := range pieces {
-		pairs = append(pairs, p, "***")
-	}
-	r := strings.NewReplacer(pairs...)
-	return func(s string) string {
-		return authHeader.ReplaceAllString(r.Replace(s), "$1 ***")
-	}
-}
-
-var (
-	tokenRun   = regexp.MustCompile(`[A-Za-z0-9+/_.:-]{8,}`)
-	authHeader = regexp.MustCompile(`(?i)(authorization:\s*(?:bearer|basic)|\bbearer)\s+[A-Za-z0-9._~+/=-]{8,}`)
-)
 
 // maxQuoted bounds the trainer's log quoted in a failure.
 const maxQuoted = 4 << 10

@@ -1,13 +1,16 @@
 // Package redact keeps the secrets URLs may carry (an endpoint's token in
 // a query: a SAS token, a presigned signature; a user and password before
-// the host; a fragment) out of logs, messages and workflow histories.
+// the host; a fragment) out of logs, messages and workflow histories, and
+// the values of credential variables out of a program's output (Env).
 package redact
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -147,3 +150,55 @@ var escape = regexp.MustCompile(`%[0-9A-Fa-f]{2}`)
 
 // Schemes are case-insensitive: url.Parse, and so store.Open, take S3://.
 var anyURL = regexp.MustCompile(`(?i)[a-z0-9+.-]+://[^\s"']*`)
+
+// Env returns a function that replaces, in a program's output (a trainer's
+// log), the values of env's variables whose names say credential
+// (SecretName: AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, a
+// connection string, MYSQL_PWD, *TOKEN*, *_KEY, …) and an HTTP header's
+// bearer or basic credential, with "***". A value is masked whole, as
+// JSON escapes it, line by line, and in each run of 8 or more of its
+// token characters, so that a value quoted, escaped, split on ';' or '='
+// (a connection string's AccountKey) or cut to its last lines is masked
+// still. Shorter runs are left: "***" in place of every "1" would garble
+// the log and hide nothing.
+func Env(env []string) func(string) string {
+	seen := map[string]bool{}
+	var pieces []string
+	add := func(p string) {
+		if len(p) >= 8 && !seen[p] {
+			seen[p] = true
+			pieces = append(pieces, p)
+		}
+	}
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		if !SecretName(name) {
+			continue
+		}
+		add(value)
+		if quoted, err := json.Marshal(value); err == nil {
+			add(string(quoted[1 : len(quoted)-1]))
+		}
+		for _, line := range strings.Split(value, "\n") {
+			add(strings.TrimSpace(line))
+		}
+		for _, run := range tokenRun.FindAllString(value, -1) {
+			add(run)
+		}
+	}
+	// The longest first: a value's run must not cut the whole value.
+	slices.SortFunc(pieces, func(a, b string) int { return len(b) - len(a) })
+	var pairs []string
+	for _, p := range pieces {
+		pairs = append(pairs, p, "***")
+	}
+	r := strings.NewReplacer(pairs...)
+	return func(s string) string {
+		return authHeader.ReplaceAllString(r.Replace(s), "$1 ***")
+	}
+}
+
+var (
+	tokenRun   = regexp.MustCompile(`[A-Za-z0-9+/_.:-]{8,}`)
+	authHeader = regexp.MustCompile(`(?i)(authorization:\s*(?:bearer|basic)|\bbearer)\s+[A-Za-z0-9._~+/=-]{8,}`)
+)

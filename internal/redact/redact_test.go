@@ -88,3 +88,25 @@ func TestCredential(t *testing.T) {
 		}
 	}
 }
+
+// Env masks credential variables' values in a program's output: whole, as
+// JSON escapes them, line by line and in runs of 8 or more characters
+// (a connection string's key split on ';'), and HTTP credentials; other
+// variables' values and short runs stay.
+func TestEnv(t *testing.T) {
+	mask := Env([]string{
+		"AWS_SECRET_ACCESS_KEY=S3CR3TKEY123",
+		"AZURE_STORAGE_CONNECTION_STRING=AccountName=a;AccountKey=S3CR3TACCOUNTKEY==;EndpointSuffix=x",
+		"MULTI_TOKEN=first-line-S3CR3T\nsecond-line-S3CR3T",
+		`QUOTED_SECRET=say "S3CR3T" aloud`,
+		"DCD_EP=cpu-everywhere",
+	})
+	out := mask(`key S3CR3TKEY123; account AccountKey=S3CR3TACCOUNTKEY==; second-line-S3CR3T; {"v":"say \"S3CR3T\" aloud"}` +
+		"\nAuthorization: Bearer abcdefgh12345678\nep cpu-everywhere, epoch 1")
+	if strings.Contains(out, "S3CR3T") || strings.Contains(out, "abcdefgh12345678") {
+		t.Errorf("a credential shows: %q", out)
+	}
+	if !strings.Contains(out, "ep cpu-everywhere, epoch 1") || !strings.Contains(out, "Authorization: Bearer ***") {
+		t.Errorf("%q: want other values and short runs kept, the bearer token masked", out)
+	}
+}
