@@ -300,40 +300,6 @@ const (
 	DebugTrain   = "debug_train"
 )
 
-// ShardKey is the manifest of shard i of a dataset in a run.
-func ShardKey(run, ds string, i int) string {
-	return fmt.Sprintf("runs/%s/shards/%s/%06d.csv", run, ds, i)
-}
-
-// TopKKey is the partial top-k of pool shard i, of the scan named scan:
-// each scan has its own folder, so that an earlier pass run under the
-// same ID, or a straggling attempt of a pass ended, cannot leave its
-// partial where this one's is read. An empty scan is the run's own
-// folder, where passes started before the scans had names wrote them.
-func TopKKey(run, scan string, i int) string {
-	if scan == "" {
-		return fmt.Sprintf("runs/%s/topk/%06d.arrow", run, i)
-	}
-	return fmt.Sprintf("runs/%s/topk/%s/%06d.arrow", run, scan, i)
-}
-
-// TopKRangeKey is the partial top-k of pool shards [first, end), which a
-// CachedShards batch of the scan named scan writes in place of theirs
-// (TopKKey).
-func TopKRangeKey(run, scan string, first, end int) string {
-	return fmt.Sprintf("%s%06d-%06d.arrow", topKRanges(run, scan), first, end)
-}
-
-// topKRanges is the folder of a scan's TopKRangeKey partials. Each scan
-// has its own: a shard's partial is overwritten by every pass that
-// searches it, but a range is written only by a scan whose batches cut
-// the shards that way, so another's (an earlier pass run under the same
-// ID, a straggling attempt of a pass ended) must never be taken for it.
-func topKRanges(run, scan string) string { return fmt.Sprintf("runs/%s/topk-ranges/%s/", run, scan) }
-
-// RunKey is a file of the run.
-func RunKey(run, name string) string { return "runs/" + run + "/" + name }
-
 // invalid is a non-retryable error for input that no retry can fix.
 func invalid(format string, args ...any) error {
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), InvalidInput, nil)

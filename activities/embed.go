@@ -100,13 +100,6 @@ const partTime = 5 * time.Second
 // part's progress reaches the server about when the next is written.
 const HeartbeatThrottle = partTime
 
-// rejectsKey holds a feature file's rejected images, cached beside it.
-func rejectsKey(featureKey string) string { return featureKey + ".rejects.json" }
-
-func partKey(featureKey string, part int) string {
-	return fmt.Sprintf("%s.parts/%06d.arrow", featureKey, part)
-}
-
 // EmbedShard computes a shard's features, unless the cache already has them
 // for this model and shard content. It works in parts of a few seconds
 // (partTime, or PartSize images in whole batches): each part is written to storage,

@@ -296,11 +296,6 @@ type ShardIndex struct {
 	FirstIDs []int64 `json:"first_ids"`
 }
 
-// ShardIndexKey is the ShardIndex of a dataset in a run.
-func ShardIndexKey(run, ds string) string {
-	return fmt.Sprintf("runs/%s/shards/%s/index.json", run, ds)
-}
-
 // numbers says whether the index numbers a pool of the given shards and
 // images as a plan does: ids from 0, each shard's first after the last's,
 // all below the pool's size. shardOf relies on it.
@@ -400,10 +395,6 @@ type planCheckpoint struct {
 	Progress dataset.Progress `json:"progress"`
 	// FirstIDs is where each shard written begins (ShardIndex).
 	FirstIDs []int64 `json:"first_ids"`
-}
-
-func planCheckpointKey(run, ds string) string {
-	return fmt.Sprintf("runs/%s/shards/%s/plan.json", run, ds)
 }
 
 // planState is a plan under way, which the walk, the writes, the

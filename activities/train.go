@@ -19,12 +19,6 @@ import (
 	"dcd/schemas"
 )
 
-// MethodKey is a file of one compared method:
-// runs/<id>/methods/<method>/<name>, "dcd:x" written "dcd-x".
-func MethodKey(run, method, name string) string {
-	return RunKey(run, "methods/"+strings.ReplaceAll(method, ":", "-")+"/"+name)
-}
-
 // MethodDataset is the dataset name under which a method's debug-train
 // images are planned and embedded with the target.
 func MethodDataset(method string) string {
