@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 
-	"go.temporal.io/sdk/activity"
 	"gocloud.dev/gcerrors"
 	"golang.org/x/sync/errgroup"
 
@@ -415,11 +414,4 @@ func (a *Activities) writeGathered(ctx context.Context, shard *dataset.Shard, g 
 	}
 	res.add(len(shard.Items), len(rejects))
 	return res, true, nil
-}
-
-// warn logs through the activity's logger, when there is one.
-func warn(ctx context.Context, msg string, keyvals ...any) {
-	if activity.IsActivity(ctx) {
-		activity.GetLogger(ctx).Warn(msg, keyvals...)
-	}
 }

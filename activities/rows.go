@@ -7,8 +7,6 @@ import (
 	"slices"
 	"sync/atomic"
 
-	"go.temporal.io/sdk/activity"
-
 	"dcd/internal/dataset"
 	"dcd/internal/features"
 	"dcd/internal/head"
@@ -292,12 +290,4 @@ func (a *Activities) newFeatureRows(ctx context.Context, run string, m ModelRef,
 		r.cached = cache
 	}
 	return r, st, nil
-}
-
-// heartbeat records progress when ctx is an activity's (tests call some
-// helpers outside one).
-func heartbeat(ctx context.Context, details ...any) {
-	if activity.IsActivity(ctx) {
-		activity.RecordHeartbeat(ctx, details...)
-	}
 }
