@@ -165,6 +165,21 @@ func (e *cli) flags(name string) *flag.FlagSet {
 	return fs
 }
 
+// devStorage sets storage, a -storage flag of fs left to its default
+// (DCD_STORAGE unset), to the bucket of the dev worker this checkout runs
+// against the same server (`starter dev -storage URL`): the files of the
+// passes it ran are there, not in .dcd/storage.
+func (e *cli) devStorage(fs *flag.FlagSet, storage *string) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "storage" })
+	if set || os.Getenv("DCD_STORAGE") != "" {
+		return
+	}
+	if s, ok := devserver.WorkerStorage(stateDir, e.g.address, e.g.namespace); ok {
+		*storage = s
+	}
+}
+
 // parse parses flags interspersed with positional arguments ("status RUN
 // -address X" as well as "status -address X RUN") and returns the
 // positional ones.

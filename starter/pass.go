@@ -50,6 +50,7 @@ func parseRun(e *cli, args []string) (runArgs, error) {
 	if err != nil {
 		return a, err
 	}
+	e.devStorage(fs, &a.storage)
 	if len(pos) > 0 {
 		return a, usageErrorf("run: unexpected argument %q (usage: starter run %s)", pos[0], runSynopsis)
 	}
@@ -428,6 +429,7 @@ func parseResult(e *cli, args []string) (resultArgs, error) {
 	fs.StringVar(&a.storage, "storage", store.DefaultURL(), "bucket URL the workers use, to show where the files are and read eval.json (env DCD_STORAGE)")
 	id, err := oneArg(fs, resultSynopsis, "pass id", args)
 	a.id = id
+	e.devStorage(fs, &a.storage)
 	if err == nil {
 		if err := store.CheckURL(a.storage); err != nil {
 			return a, usageErrorf("result: -storage: %v", err)

@@ -42,6 +42,7 @@ func parseReport(e *cli, args []string) (reportArgs, error) {
 	fs.StringVar(&a.addr, "addr", "127.0.0.1:0", "address to serve on (with -serve, or for non-file storage)")
 	id, err := oneArg(fs, reportSynopsis, "pass id", args)
 	a.id = id
+	e.devStorage(fs, &a.storage)
 	return a, err
 }
 

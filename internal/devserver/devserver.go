@@ -380,6 +380,31 @@ func CheckWorker(args []string, stateDir string) error {
 	return workerDiffers(pid, args, storageDiffers)
 }
 
+// WorkerStorage is the bucket of the worker running from stateDir (its
+// -storage), when it runs against the server at address in namespace.
+func WorkerStorage(stateDir, address, namespace string) (string, bool) {
+	pid, ok := PID(stateDir, WorkerPID)
+	if !ok {
+		return "", false
+	}
+	cmd, err := cmdline(pid)
+	if err != nil {
+		return "", false
+	}
+	return storageOf(cmd, address, namespace)
+}
+
+// storageOf is the -storage of a worker's command line cmd, when its
+// -address and -namespace are address and namespace.
+func storageOf(cmd []string, address, namespace string) (string, bool) {
+	flags := map[string]string{}
+	for i := 1; i+1 < len(cmd); i += 2 { // as ensureDev starts it: -name value pairs
+		flags[cmd[i]] = cmd[i+1]
+	}
+	storage, ok := flags["-storage"]
+	return storage, ok && flags["-address"] == address && flags["-namespace"] == namespace
+}
+
 // WorkerOutdated says whether the worker running from stateDir runs a
 // binary since replaced (a new build renamed over it, whose old file is
 // then deleted): one a refused or interrupted start left running.

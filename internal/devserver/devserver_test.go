@@ -447,3 +447,21 @@ func TestWorkerOutdated(t *testing.T) {
 		t.Error("not outdated with a new build renamed over its binary")
 	}
 }
+
+// The starter finds the dev worker's bucket on its command line, but only
+// for a worker of the server and namespace it talks to.
+func TestStorageOf(t *testing.T) {
+	cmd := []string{"/x/.dcd/bin/worker", "-address", "127.0.0.1:7233", "-namespace", "default", "-storage", "file:///data/b"}
+	if s, ok := storageOf(cmd, "127.0.0.1:7233", "default"); !ok || s != "file:///data/b" {
+		t.Errorf("storageOf = %q, %v; want file:///data/b", s, ok)
+	}
+	if _, ok := storageOf(cmd, "127.0.0.1:7311", "default"); ok {
+		t.Error("the storage of a worker of another server taken")
+	}
+	if _, ok := storageOf(cmd, "127.0.0.1:7233", "other"); ok {
+		t.Error("the storage of a worker of another namespace taken")
+	}
+	if _, ok := storageOf(cmd[:5], "127.0.0.1:7233", "default"); ok {
+		t.Error("a storage taken from a command line without one")
+	}
+}
