@@ -328,6 +328,13 @@ func cmdDemo(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	if dir, ok := localPath(a.storage, ""); ok {
+		// The demo makes its world there: a folder not made yet is asked
+		// for (a worker takes only an existing one, or create_dir=1).
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("demo: -storage: %w", err)
+		}
+	}
 	if err := e.ensureDev(ctx, a.storage); err != nil {
 		return err
 	}
