@@ -241,7 +241,7 @@ func (l *planLabels) check(images int) error {
 	case l.name == Train && l.firstOff != nil:
 		return offClass(Train, *l.firstOff, l.classes)
 	case l.name == Pool && l.whole && !l.inClass && images > 0:
-		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %q; classes %v)%s: retraining would take none of them, after the scan embedded them all; label the pool with the target's class names", images, l.off, l.classes, labelHint(l.off, l.classes))
+		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %q; classes %v)%s: retraining would take none of them, and the scan would embed them all first; label the pool with the target's class names", images, l.off, l.classes, labelHint(l.off, l.classes))
 	}
 	return nil
 }

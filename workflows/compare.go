@@ -495,6 +495,9 @@ func quoted(examples []string, more bool) string {
 	q := make([]string, len(examples), len(examples)+1)
 	for i, e := range examples {
 		q[i] = strconv.Quote(e)
+		if e == "" { // a manifest's empty label, a WebDataset sample's missing .cls
+			q[i] = "no label"
+		}
 	}
 	if more {
 		q = append(q, "…")

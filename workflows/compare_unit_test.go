@@ -323,6 +323,7 @@ func TestSkippedLabelsNoted(t *testing.T) {
 		{none, []string{"33 of its images", `"digit_1", "digit_8", "digit_3", …`, "none of its images was, so it scores as train_only"}},
 		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 4}), []string{"4 of its images were not retrained on: their weak label is not a class of the target"}},
 		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 1}), []string{"1 of its images was not retrained on: its weak label is not a class of the target"}},
+		{skippedNote(activities.RetrainResult{DebugRows: 1, SkippedLabels: 2, SkippedExamples: []string{"", "6"}}), []string{`target (no label, "6")`}},
 	} {
 		for _, w := range c.want {
 			if !strings.Contains(c.note, w) {

@@ -649,6 +649,35 @@ func (c Classes) String() string {
 	return fmt.Sprintf("%q and %d more", c.names[:shown], len(c.names)-shown)
 }
 
+// renameHint names a column that holds what a missing uri or label does
+// under another name, as other tools write them (Hugging Face's
+// metadata.csv file_name, a "path", "class" or "target"), to rename.
+func renameHint(col map[string]int, c manifestColumns) string {
+	var hints []string
+	for _, want := range []struct {
+		name    string
+		missing bool
+		aliases []string
+	}{
+		{"uri", c.uri < 0, []string{"file_name", "filename", "file", "path", "filepath", "file_path", "image", "image_path", "img", "url", "image_url"}},
+		{"label", c.label < 0, []string{"labels", "class", "class_name", "category", "target", "y"}},
+	} {
+		if !want.missing {
+			continue
+		}
+		for _, a := range want.aliases {
+			if _, ok := col[a]; ok {
+				hints = append(hints, fmt.Sprintf("%q to %s", a, want.name))
+				break
+			}
+		}
+	}
+	if len(hints) == 0 {
+		return ""
+	}
+	return ": rename " + strings.Join(hints, " and ")
+}
+
 // manifestNames are the columns of a manifest DCD reads.
 var manifestNames = []string{"uri", "label", "domain", "version"}
 
@@ -677,7 +706,7 @@ func columns(names []string) (manifestColumns, error) {
 		if len(names) > len(shown) {
 			more = fmt.Sprintf(" and %d more", len(names)-len(shown))
 		}
-		return c, fmt.Errorf("columns %q%s must include uri and label", shown, more)
+		return c, fmt.Errorf("columns %q%s must include uri and label%s", shown, more, renameHint(col, c))
 	}
 	return c, nil
 }

@@ -248,7 +248,9 @@ func TestWalkManifestErrors(t *testing.T) {
 		"spaced.json": "\ufeff\r\n\n  " + `{"uri": "x.png", "label": "cat"}`,
 		// Columns separated otherwise than by commas.
 		"semicolon.csv": "uri;label\nx.png;cat\n",
-		"tab.csv":       "uri\tlabel\nx.png\tcat\n",
+		// Hugging Face's ImageFolder metadata, and a "class" column.
+		"metadata.csv": "file_name,class\n1.png,cat\n",
+		"tab.csv":      "uri\tlabel\nx.png\tcat\n",
 	})
 	for key, want := range map[string]string{
 		"no-label.csv":    "must include uri and label",
@@ -268,6 +270,7 @@ func TestWalkManifestErrors(t *testing.T) {
 		"pool.jsonl":      "a JSON or JSON Lines file",
 		"pool.json":       "a JSON or JSON Lines file",
 		"spaced.json":     "a JSON or JSON Lines file",
+		"metadata.csv":    `must include uri and label: rename "file_name" to uri and "class" to label`,
 		"semicolon.csv":   `whose names are separated by ";": a manifest's columns are separated by commas`,
 		"tab.csv":         `whose names are separated by "\t"`,
 		"pool":            "is a folder, not a manifest file",
