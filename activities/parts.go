@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -365,9 +366,14 @@ func (w *shardWriter) commit(total int, res EmbedShardResult) (EmbedShardResult,
 		// to them (credentials, a bucket's name) is wrong, not the
 		// images. Cached, the shard would stay empty once that is fixed.
 		w.discard()
+		first := w.rejects[0].URI
+		hint := ""
+		if strings.Contains(first, `\`) {
+			hint = ` (its key holds '\': a Windows path? A manifest's uri separates folders with '/')`
+		}
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-			"none of the %d images of shard %s could be read (the first, %s: %s): check that the workers can read them, then run the pass with `starter run -reread` (shards already cached keep the images they could not read as rejects otherwise)",
-			total, w.shard, redact.URL(w.rejects[0].URI), redact.Text(w.rejects[0].Reason)), "ShardUnreadable", nil)
+			"none of the %d images of shard %s could be read (the first, %s: %s)%s: check that the workers can read them, then run the pass with `starter run -reread` (shards already cached keep the images they could not read as rejects otherwise)",
+			total, w.shard, redact.URL(first), redact.Text(w.rejects[0].Reason), hint), "ShardUnreadable", nil)
 	}
 	if err := w.flush(); err != nil {
 		w.discard()

@@ -236,6 +236,14 @@ func TestUnreadableShardIsNotCached(t *testing.T) {
 	if err := w.do(w.acts.EmbedShard, in, &res); err != nil || res.Cached || res.Images != 3 {
 		t.Errorf("once the images are there: %+v, %v; want 3 embedded, not a cached entry", res, err)
 	}
+
+	// Written as Windows paths, they are said to be.
+	w.put("windows.csv", []byte("uri,label\nclf\\a\\000.png,a\n"))
+	w.must(w.acts.Plan, activities.PlanInput{Run: w.run, Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "windows.csv"}, ShardSize: 1 << 20}, &plan)
+	err = w.do(w.acts.EmbedShard, in, &res)
+	if err == nil || !strings.Contains(err.Error(), `clf\a\000.png`) || !strings.Contains(err.Error(), "a Windows path?") {
+		t.Errorf("a shard of Windows paths: %v, want them said to be", err)
+	}
 }
 
 // A shard whose images are all rejected has no feature file: one an
