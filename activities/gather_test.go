@@ -77,7 +77,7 @@ func planSelection(t *testing.T, a *Activities, run string, ids []int64) (string
 	var items []dataset.Item
 	for i, id := range ids {
 		it := dataset.Item{ID: id, Key: fmt.Sprintf("pool/%03d.png", id), Label: "a", Domain: "d"}
-		chosen = append(chosen, selected{item: it, score: float64(i)})
+		chosen = append(chosen, selected{Item: it, Score: float64(i)})
 		it.ID = int64(i) // a planned selection's ids are its own positions
 		items = append(items, it)
 	}

@@ -105,7 +105,7 @@ func reportFixture(t *testing.T) (*Activities, ReportInput) {
 	}
 	nrec.Release()
 	nb.release()
-	if err := a.writeSelection(ctx, MethodKey(run, "dcd", "debug_train.csv"), []selected{{item: pool.Items[0]}, {item: pool.Items[4]}}); err != nil {
+	if err := a.writeSelection(ctx, MethodKey(run, "dcd", "debug_train.csv"), []selected{{Item: pool.Items[0]}, {Item: pool.Items[4]}}); err != nil {
 		t.Fatal(err)
 	}
 	put(MethodKey(run, "dcd", "dropped.csv"), []byte("uri,reason,of,relative_distance\n/pool/01.png,leak,/es/b/1.png,1e-05\n"))

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"dcd/internal/ahead"
 	"dcd/internal/dataset"
 	"dcd/internal/knn"
+	"dcd/internal/selection"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -56,26 +56,14 @@ type SelectResult struct {
 	Search time.Duration `json:",omitempty"`
 }
 
-// selected is a pool image chosen for a debug-train set, with the score it
-// was ranked by (squared distance in the similarity model's space).
-type selected struct {
-	item  dataset.Item
-	score float64
-}
+// selected is a pool image a selection took, with the score it was
+// ranked by.
+type selected = selection.Chosen
 
 // SelectDebugTrain chooses a dcd method's pool images from the merged
-// neighbours (runs/<id>/neighbors.arrow) and writes them, each once with
-// its weak label and score, in pool-id order, to
-// methods/<method>/selected.csv:
-//
-//   - per_query: every query's K nearest;
-//   - global: the Budget images with the smallest aggregate distance;
-//   - threshold: every image whose aggregate distance is at most Threshold.
-//
-// Global and threshold choose among the candidates the pool scan kept
-// (scan_k per query). The aggregate is the distance to the nearest query
-// (min), or the mean over all queries (mean), a query that did not keep an
-// image counting with its farthest kept distance.
+// neighbours (runs/<id>/neighbors.arrow), as package selection does, and
+// writes them, each once with its weak label and score, in pool-id order,
+// to methods/<method>/selected.csv.
 func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (SelectResult, error) {
 	start := time.Now()
 	res := SelectResult{Manifest: MethodKey(in.Run, in.Method, "selected.csv")}
@@ -88,160 +76,29 @@ func (a *Activities) SelectDebugTrain(ctx context.Context, in SelectInput) (Sele
 		return res, store.Classify(err, key)
 	}
 	defer f.Close()
-	type cand struct {
-		item    dataset.Item
-		sum     float64 // distances to the queries that kept it
-		min     float64
-		queries []int32 // that kept it
-		pick    bool    // per_query: within some query's K
-	}
-	cands := map[int64]*cand{}
-	farthest := map[int32]float64{} // each query's farthest kept distance
-	kept := map[int32]int{}
+	near := selection.New(in.Selection.K)
 	for r := 0; r < f.NumRecords(); r++ {
 		rec, err := f.Record(r)
 		if err != nil {
 			return res, fmt.Errorf("activities: %s: %w", key, err)
 		}
-		q := rec.Column(0).(*array.Int32)
 		rank := rec.Column(1).(*array.Int32)
 		i := 0
-		forEachNeighbor(rec, func(_ int32, c candidate) {
-			d := float64(c.Distance)
-			x, ok := cands[c.ID]
-			if !ok {
-				x = &cand{item: c.item, min: d}
-				cands[c.ID] = x
-			}
-			x.sum += d
-			x.min = min(x.min, d)
-			x.queries = append(x.queries, q.Value(i))
-			if int(rank.Value(i)) < in.Selection.K {
-				x.pick = true
-			}
-			farthest[q.Value(i)] = max(farthest[q.Value(i)], d)
-			kept[q.Value(i)]++
+		forEachNeighbor(rec, func(q int32, c candidate) {
+			near.Add(q, rank.Value(i), c.item, float64(c.Distance))
 			i++
 		})
 	}
-	var allFar float64 // summed in query order, so the scores are reproducible
-	for _, q := range slices.Sorted(maps.Keys(farthest)) {
-		allFar += farthest[q]
+	chosen, note := near.Select(in.Selection, in.ScanK)
+	if res.Note = note; note != "" {
+		warn(ctx, note, "method", in.Method)
 	}
-	var chosen []selected
-	nearest := math.Inf(1) // of every candidate's scores
-	for _, c := range cands {
-		score := c.min
-		if in.Selection.Aggregate == schemas.AggMean {
-			// A query that did not keep c counts with its farthest kept
-			// distance, a lower bound of the true one.
-			rest := allFar
-			for _, q := range c.queries {
-				rest -= farthest[q]
-			}
-			score = (c.sum + rest) / float64(len(farthest))
-		}
-		nearest = min(nearest, score)
-		if in.Selection.Strategy == schemas.PerQuery && !c.pick {
-			continue
-		}
-		if in.Selection.Strategy == schemas.Threshold && score > in.Selection.Threshold {
-			continue
-		}
-		chosen = append(chosen, selected{item: c.item, score: score})
-	}
-	if in.Selection.Strategy == schemas.Global {
-		slices.SortFunc(chosen, func(x, y selected) int {
-			return cmp.Or(cmp.Compare(x.score, y.score), cmp.Compare(x.item.ID, y.item.ID))
-		})
-		chosen = chosen[:min(in.Selection.Budget, len(chosen))]
-	}
-	res.Note = reach(in, chosen, farthest, kept)
-	if res.Note == "" && in.Selection.Strategy == schemas.Threshold && len(chosen) == 0 && len(cands) > 0 {
-		// The distances are the similarity space's, which a user setting
-		// a threshold has not seen yet: name the nearest.
-		res.Note = fmt.Sprintf("selection: no pool image is within threshold %g (the nearest is %.4g away, by %s); raise selection.threshold", in.Selection.Threshold, nearest, cmp.Or(in.Selection.Aggregate, schemas.AggMin))
-	}
-	if res.Note != "" {
-		warn(ctx, res.Note, "method", in.Method)
-	}
-	slices.SortFunc(chosen, func(x, y selected) int { return cmp.Compare(x.item.ID, y.item.ID) })
-	res.Size, res.Precision = len(chosen), precision(chosen, in.Selection.ErrorDomain)
+	res.Size, res.Precision = len(chosen), selection.Precision(chosen, in.Selection.ErrorDomain)
 	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
 		return res, err
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
-}
-
-// reach says whether a global or threshold selection may have left out
-// pool images it asked for: the scan kept ScanK neighbours a query, so an
-// image it did not keep is at least each full query's farthest kept
-// distance from that query. By the nearest query (min) it is at least the
-// horizon, the least of those distances; by the mean over every query, at
-// least their mean (when every query is full: one that is not kept every
-// image). A budget not filled, or filled past the horizon, or a threshold
-// at or past it, may miss images the scan did not keep.
-func reach(in SelectInput, chosen []selected, farthest map[int32]float64, kept map[int32]int) string {
-	sel := in.Selection
-	if in.ScanK <= 0 || sel.Strategy == schemas.PerQuery {
-		return ""
-	}
-	horizon, full := math.Inf(1), 0
-	var sum float64 // in query order, as the scores are summed
-	for _, q := range slices.Sorted(maps.Keys(farthest)) {
-		if kept[q] >= in.ScanK {
-			horizon = min(horizon, farthest[q])
-			full++
-		}
-		sum += farthest[q]
-	}
-	if math.IsInf(horizon, 1) { // the scan kept every pool image
-		return ""
-	}
-	away := "the nearest of the images it left out at least %.4g away"
-	raise := fmt.Sprintf("raise selection.scan_k (to %d takes the budget's nearest whatever their queries)", sel.Budget)
-	if sel.Aggregate == schemas.AggMean {
-		if full < len(farthest) {
-			return "" // a query that is not full kept every pool image
-		}
-		// A candidate's mean, which counts a query that did not keep it
-		// at that query's farthest, is at most this: a filled budget
-		// never reaches past it, and is not noted (its means are lower
-		// bounds: README, Config).
-		horizon, away = sum/float64(len(farthest)), "the images it left out at least %.4g away on the mean"
-		raise = "raise selection.scan_k"
-	}
-	fix := fmt.Sprintf("the scan kept %d neighbours a query (selection.scan_k), "+away, in.ScanK, horizon)
-	switch {
-	case sel.Strategy == schemas.Global && len(chosen) < sel.Budget:
-		return fmt.Sprintf("selection: %d images of a budget of %d: %s; %s", len(chosen), sel.Budget, fix, raise)
-	case sel.Strategy == schemas.Global && chosen[len(chosen)-1].score > horizon:
-		return fmt.Sprintf("selection: the budget's last image is %.4g away, past where %s; %s", chosen[len(chosen)-1].score, fix, raise)
-	case sel.Strategy == schemas.Threshold && sel.Threshold >= horizon:
-		return fmt.Sprintf("selection: threshold %g reaches past where %s: images within it may be left out; raise selection.scan_k", sel.Threshold, fix)
-	}
-	return ""
-}
-
-// precision is the share of chosen images from domain, nil without ground
-// truth (no domain asked for, or none known).
-func precision(chosen []selected, domain string) *float64 {
-	if domain == "" || len(chosen) == 0 {
-		return nil
-	}
-	hits, known := 0, false
-	for _, c := range chosen {
-		known = known || c.item.Domain != ""
-		if c.item.Domain == domain {
-			hits++
-		}
-	}
-	if !known {
-		return nil
-	}
-	p := float64(hits) / float64(len(chosen))
-	return &p
 }
 
 var selectionHeader = []string{"uri", "label", "domain", "score", "pool_id", "version"}
@@ -257,10 +114,10 @@ func (a *Activities) writeSelection(ctx context.Context, key string, chosen []se
 	w.Write(selectionHeader)
 	for _, c := range chosen {
 		id := ""
-		if c.item.ID >= 0 {
-			id = strconv.FormatInt(c.item.ID, 10)
+		if c.Item.ID >= 0 {
+			id = strconv.FormatInt(c.Item.ID, 10)
 		}
-		w.Write([]string{dataset.ManifestURI(c.item.Key), c.item.Label, c.item.Domain, strconv.FormatFloat(c.score, 'g', -1, 64), id, c.item.Version})
+		w.Write([]string{dataset.ManifestURI(c.Item.Key), c.Item.Label, c.Item.Domain, strconv.FormatFloat(c.Score, 'g', -1, 64), id, c.Item.Version})
 	}
 	w.Flush()
 	return store.WriteAll(ctx, a.Bucket, key, buf.Bytes())
@@ -469,7 +326,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			}
 		}
 	}
-	if slices.ContainsFunc(chosen, func(s selected) bool { return !keep(s.item) }) || kept >= 0 && kept < eligible {
+	if slices.ContainsFunc(chosen, func(s selected) bool { return !keep(s.Item) }) || kept >= 0 && kept < eligible {
 		if kept < 0 {
 			var err error
 			if keptPer, err = a.countKept(ctx, in, keep); err != nil {
@@ -485,7 +342,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			return res, err
 		}
 	}
-	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
+	res.Size, res.Precision = len(chosen), selection.Precision(chosen, in.ErrorDomain)
 	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
 		return res, err
 	}
@@ -561,7 +418,7 @@ func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected 
 				continue
 			}
 			if len(draw) > 0 && draw[0] == pos {
-				chosen = append(chosen, selected{item: it})
+				chosen = append(chosen, selected{Item: it})
 				draw = draw[1:]
 			}
 			pos++
@@ -598,7 +455,7 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 				warn(ctx, "pool shard index not used: the random draw reads the shards in order", "shard", ShardKey(run, Pool, s), "id", ids[0])
 				return nil, false, nil
 			}
-			chosen = append(chosen, selected{item: shard.Items[j]})
+			chosen = append(chosen, selected{Item: shard.Items[j]})
 			ids = ids[1:]
 		}
 		heartbeat(ctx, i)
@@ -907,10 +764,10 @@ func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res Select
 		o := occurrence{r.key, seen[r.key]}
 		seen[r.key]++
 		if !dropped[o] {
-			chosen = append(chosen, selected{item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, score: r.score})
+			chosen = append(chosen, selected{Item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, Score: r.score})
 		}
 	}
-	res.Size, res.Precision = len(chosen), precision(chosen, in.ErrorDomain)
+	res.Size, res.Precision = len(chosen), selection.Precision(chosen, in.ErrorDomain)
 	if err := a.writeSelection(ctx, res.Manifest, chosen); err != nil {
 		return res, err
 	}

@@ -369,7 +369,7 @@ func TestGuardSelection(t *testing.T) {
 	selVecs := [][]float32{near(heldVecs[3]), vec(200), near(vec(200)), vec(201), vec(202), vec(203)}
 	var chosen []selected
 	for i, k := range selKeys {
-		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a", Version: fmt.Sprint("v", i)}, score: []float64{1, 3, 2, 4, 5, 6}[i]})
+		chosen = append(chosen, selected{Item: dataset.Item{Key: k, Label: "a", Version: fmt.Sprint("v", i)}, Score: []float64{1, 3, 2, 4, 5, 6}[i]})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "dcd", "selected.csv"), chosen); err != nil {
 		t.Fatal(err)
@@ -415,7 +415,7 @@ func TestGuardSelection(t *testing.T) {
 	twice := []string{"pool/3.png", "pool/7.png", "pool/7.png"}
 	chosen = nil
 	for i, k := range twice {
-		chosen = append(chosen, selected{item: dataset.Item{Key: k, Label: "a"}, score: float64(i)})
+		chosen = append(chosen, selected{Item: dataset.Item{Key: k, Label: "a"}, Score: float64(i)})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "twice", "selected.csv"), chosen); err != nil {
 		t.Fatal(err)
@@ -434,7 +434,7 @@ func TestGuardSelection(t *testing.T) {
 
 	// Of two near-equal images, the better ranked's label no class: given
 	// the classes, the other stays (retraining would skip the first).
-	pair := []selected{{item: dataset.Item{Key: "pool/8.png", Label: "x"}, score: 1}, {item: dataset.Item{Key: "pool/9.png", Label: "a"}, score: 2}}
+	pair := []selected{{Item: dataset.Item{Key: "pool/8.png", Label: "x"}, Score: 1}, {Item: dataset.Item{Key: "pool/9.png", Label: "a"}, Score: 2}}
 	if err := a.writeSelection(ctx, MethodKey("r", "pair", "selected.csv"), pair); err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestGuardSelection(t *testing.T) {
 		if i == 0 {
 			score = 0
 		}
-		cluster = append(cluster, selected{item: dataset.Item{Key: k, Label: "a"}, score: score})
+		cluster = append(cluster, selected{Item: dataset.Item{Key: k, Label: "a"}, Score: score})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "cluster", "selected.csv"), cluster); err != nil {
 		t.Fatal(err)
@@ -523,7 +523,7 @@ func TestSelectionScoresRoundTrip(t *testing.T) {
 	scores := []float64{float64(float32(0.123456781)), float64(math.Nextafter32(float32(0.123456781), 1)), 1.0 / 3, 2.0 / 3 * 1e-9}
 	var chosen []selected
 	for i, v := range scores {
-		chosen = append(chosen, selected{item: dataset.Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Label: "a"}, score: v})
+		chosen = append(chosen, selected{Item: dataset.Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Label: "a"}, Score: v})
 	}
 	if err := a.writeSelection(ctx, "r/selected.csv", chosen); err != nil {
 		t.Fatal(err)
@@ -591,7 +591,7 @@ func TestSelectRandomInClasses(t *testing.T) {
 		if i < 2 {
 			label = "x"
 		}
-		ref = append(ref, selected{item: dataset.Item{ID: int64(200 + i), Key: fmt.Sprintf("q/%d.png", i), Label: label}})
+		ref = append(ref, selected{Item: dataset.Item{ID: int64(200 + i), Key: fmt.Sprintf("q/%d.png", i), Label: label}})
 	}
 	refKey := MethodKey("r", "dcd", "debug_train.csv")
 	if err := a.writeSelection(ctx, refKey, ref); err != nil {
@@ -698,7 +698,7 @@ func TestSelectRandomReadsDrawnShards(t *testing.T) {
 		t.Fatal(err)
 	}
 	refKey := MethodKey("r", "dcd", "debug_train.csv")
-	if err := a.writeSelection(ctx, refKey, []selected{{item: dataset.Item{ID: 500, Key: "q/0.png", Label: "a"}}}); err != nil {
+	if err := a.writeSelection(ctx, refKey, []selected{{Item: dataset.Item{ID: 500, Key: "q/0.png", Label: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
