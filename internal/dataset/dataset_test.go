@@ -379,6 +379,13 @@ func parquetManifest(t testing.TB, uris []string, labels any, domains []string, 
 			rb.Field(len(fields) - 1).(*array.Int64Builder).Append(versions[i])
 		}
 	}
+	return recordParquet(t, mem, sc, rb, rowGroup, opts...)
+}
+
+// recordParquet writes the record rb builds, of schema sc, as a Parquet
+// file in row groups of rowGroup rows.
+func recordParquet(t testing.TB, mem memory.Allocator, sc *arrow.Schema, rb *array.RecordBuilder, rowGroup int64, opts ...parquet.WriterProperty) []byte {
+	t.Helper()
 	rec := rb.NewRecord()
 	defer rec.Release()
 	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
@@ -884,15 +891,7 @@ func TestParquetNestedColumns(t *testing.T) {
 	tags := rb.Field(3).(*array.ListBuilder)
 	tags.Append(true)
 	tags.ValueBuilder().(*array.StringBuilder).Append("night")
-	rec := rb.NewRecord()
-	defer rec.Release()
-	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
-	defer tbl.Release()
-	var buf bytes.Buffer
-	if err := pqarrow.WriteTable(tbl, &buf, 10, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
-		t.Fatal(err)
-	}
-	b := memBucket(t, map[string]string{"m.parquet": buf.String()})
+	b := memBucket(t, map[string]string{"m.parquet": string(recordParquet(t, mem, sc, rb, 10))})
 	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "m.parquet"})
 	if err != nil {
 		t.Fatal(err)
@@ -1032,15 +1031,7 @@ func TestParquetImagesInFile(t *testing.T) {
 	img.FieldBuilder(0).(*array.BinaryBuilder).Append([]byte("\x89PNG"))
 	img.FieldBuilder(1).(*array.StringBuilder).Append("1.png")
 	rb.Field(1).(*array.Int64Builder).Append(3)
-	rec := rb.NewRecord()
-	defer rec.Release()
-	tbl := array.NewTableFromRecords(sc, []arrow.Record{rec})
-	defer tbl.Release()
-	var buf bytes.Buffer
-	if err := pqarrow.WriteTable(tbl, &buf, 10, parquet.NewWriterProperties(parquet.WithAllocator(mem)), pqarrow.DefaultWriterProps()); err != nil {
-		t.Fatal(err)
-	}
-	b := memBucket(t, map[string]string{"hf.parquet": buf.String()})
+	b := memBucket(t, map[string]string{"hf.parquet": string(recordParquet(t, mem, sc, rb, 10))})
 	_, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Manifest: "hf.parquet"})
 	if err == nil || !strings.Contains(err.Error(), `columns ["label"] must include uri and label; nested columns, which are none of a manifest's, are ["image"]: images held in the file`) {
 		t.Errorf("a Hugging Face Parquet file: %v", err)
