@@ -180,8 +180,8 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		if !ok && !strings.HasPrefix(rel, ".") && store.LinkedFolder(ctx, b, obj) {
 			return fmt.Errorf("dataset: prefix %q: %q is a symbolic link to a folder or to nothing, which a file:// bucket does not list into: %w", redact.URL(ref), obj.Key, store.ErrLinkedFolder)
 		}
-		if !ok || strings.HasPrefix(label, ".") || strings.HasPrefix(file, ".") || strings.Contains(file, "/.") || strings.HasSuffix(file, "/") || osJunk[strings.ToLower(path.Base(file))] {
-			return nil // not under a <label>/ folder (a stray file), hidden (.ipynb_checkpoints, ._x.png), or Windows' own
+		if !ok || file == "" || strings.HasSuffix(file, "/") || strings.HasPrefix(label, ".") || strings.HasPrefix(file, ".") || strings.Contains(file, "/.") || osJunk[strings.ToLower(path.Base(file))] {
+			return nil // not a file under a <label>/ folder (a stray file, a folder's marker object), hidden (.ipynb_checkpoints, ._x.png), or Windows' own
 		}
 		if !strings.Contains(file, "/") {
 			direct = true

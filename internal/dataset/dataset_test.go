@@ -72,6 +72,8 @@ func TestWalkPrefix(t *testing.T) {
 		"data/train/dog/.thumbs/t.png":                   "hidden folder",
 		"data/train/dog/sub/.x.png":                      "dot file",
 		"data/train/cat/Thumbs.db":                       "Windows' thumbnails",
+		"data/train/cat/":                                "",
+		"data/train/dog/sub/":                            "",
 		"data/train/cat/x/desktop.ini":                   "Windows' folder settings",
 		"data/train/.ipynb_checkpoints/1-checkpoint.png": "hidden folder",
 		"data/other/cat/1.png":                           "x",
