@@ -40,6 +40,9 @@ var otherImageExts = map[string]bool{
 	"heic": true, "heif": true, "avif": true, "jxl": true, "jp2": true, "ico": true,
 }
 
+// nameEscaper writes a member's name for its image key.
+var nameEscaper = strings.NewReplacer("%", "%25", "#", "%23")
+
 // isImage says whether a member's extension makes it a sample's image.
 func isImage(ext string) bool { return imageExts[ext] || otherImageExts[ext] }
 
@@ -165,12 +168,15 @@ type walker struct {
 
 // pending is the sample being read.
 type pending struct {
-	key      string
-	image    *Member
-	label    string
-	hasLabel bool
-	domain   string
-	hasDom   bool
+	key   string
+	image *Member
+	// imageOther says image is in a format DCD does not decode
+	// (otherImageExts), which one it does replaces.
+	imageOther bool
+	label      string
+	hasLabel   bool
+	domain     string
+	hasDom     bool
 	// symlink is an image that is a symbolic link, to symlinkTo.
 	symlink, symlinkTo string
 }
@@ -237,7 +243,7 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 
 	switch {
 	case symlink && isImage(ext):
-		s.symlink, s.symlinkTo = name, hdr.Linkname // an error if the sample has a label
+		s.symlink, s.symlinkTo = name, hdr.Linkname // an error if the sample has no image of its own
 	case symlink:
 		return key, fmt.Errorf("%s: sample %q: %q is a symbolic link to %q; archive the file it points to (tar -h, --dereference)",
 			w.archive, key, name, hdr.Linkname)
@@ -246,12 +252,17 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 			return key, fmt.Errorf("%s: sample %q: image %q is stored as a sparse file; expected a regular file, whose bytes are one range",
 				w.archive, key, name)
 		}
-		if s.image != nil {
+		other := otherImageExts[ext]
+		switch {
+		case s.image != nil && other && !s.imageOther:
+			return key, nil // a companion DCD does not decode (a TIFF beside the JPEG): the JPEG is the image
+		case s.image != nil && (other || !s.imageOther):
 			return key, fmt.Errorf("%s: sample %q has two images, %q and %q; expected one",
 				w.archive, key, s.image.Name, name)
 		}
-		// Image keys keep '#' to end the archive's name (Member.Key).
-		m := Member{Archive: w.archive, Name: strings.ReplaceAll(name, "#", "%23"), Offset: offset, Size: hdr.Size}
+		// Image keys keep '#' to end the archive's name (Member.Key);
+		// '%' is escaped too, so that the name reads back as it was.
+		m := Member{Archive: w.archive, Name: nameEscaper.Replace(name), Offset: offset, Size: hdr.Size}
 		if link {
 			target, ok := w.images[path.Clean(hdr.Linkname)]
 			if !ok {
@@ -264,7 +275,7 @@ func (w *walker) member(tr *tar.Reader, hdr *tar.Header, entry int, offset int64
 			w.images = map[string]Member{}
 		}
 		w.images[path.Clean(name)] = m
-		s.image = &m
+		s.image, s.imageOther = &m, other
 	case link && (ext == "cls" || ext == "domain"):
 		return key, fmt.Errorf("%s: sample %q: %q is a hard link; expected a regular file", w.archive, key, name)
 	case ext == "cls" && !sparse:
@@ -310,7 +321,7 @@ func (w *walker) readText(tr *tar.Reader, hdr *tar.Header, key string) (string, 
 func (w *walker) flush() error {
 	s := w.cur
 	w.cur = nil
-	if s != nil && s.image == nil && s.hasLabel && s.symlink != "" {
+	if s != nil && s.image == nil && s.symlink != "" {
 		// Its image's bytes are not in the archive: dropped unsaid, the
 		// sample would just be missing.
 		return fmt.Errorf("%s: sample %q: its image %q is a symbolic link to %q; archive the file it points to (tar -h, --dereference)",

@@ -130,7 +130,6 @@ func TestWalkFormats(t *testing.T) {
 		file("n01/000001.cls", "  tench\n"),
 		file("n01/000001.json", `{"w":1}`),
 		file("n01/._000002.jpg", "AppleDouble"), // dot file: ignored
-		{name: "n01/link.jpg", typ: tar.TypeSymlink, link: "000001.jpg"},
 		file("n01/000002.PNG", blob(2, 512)), // exactly one block: no padding
 		file("n01/000002.cls", "goldfish"),
 		file("n01/000002.domain", " sketch \n"),
@@ -164,6 +163,13 @@ func TestWalkFormats(t *testing.T) {
 		file("n01/000012.cls", "12"),
 		file("n01/000013.jfif", blob(16, 64)),
 		file("n01/000013.cls", "13"),
+		// Beside one DCD decodes, in either order, an image it does not
+		// is a companion (a multispectral TIFF, a depth map), not a
+		// second image.
+		file("n01/000014.jpg", blob(17, 64)),
+		file("n01/000014.tif", blob(18, 64)),
+		file("n01/000015.pgm", blob(19, 64)),
+		file("n01/000015.png", blob(20, 64)),
 	}
 	basicWant := []want{
 		{"n01/000001", "n01/000001.jpg", "tench", ""},
@@ -178,6 +184,8 @@ func TestWalkFormats(t *testing.T) {
 		{"n01/000011", "n01/000011.png", "", ""},
 		{"n01/000012", "n01/000012.TIFF", "12", ""},
 		{"n01/000013", "n01/000013.jfif", "13", ""},
+		{"n01/000014", "n01/000014.jpg", "", ""},
+		{"n01/000015", "n01/000015.png", "", ""},
 	}
 	long := []ent{
 		file(longName, blob(10, 2000)),
@@ -368,10 +376,10 @@ func TestWalkGNUTarSparse(t *testing.T) {
 // key (archive#name@range) keeps apart from the archive's name.
 func TestWalkHashInName(t *testing.T) {
 	img := blob(99, 3000)
-	data := mkTar(t, 0, file("d#1/a.jpg", img), file("d#1/a.cls", "1"))
+	data := mkTar(t, 0, file("d#1/a.jpg", img), file("d#1/a.cls", "1"), file("d%231/a.jpg", img))
 	got, err := walkAll(data, "pool/0.tar")
-	if err != nil || len(got) != 1 {
-		t.Fatalf("%+v, %v; want one sample", got, err)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("%+v, %v; want two samples", got, err)
 	}
 	m := got[0].Image
 	if m.Name != "d%231/a.jpg" || got[0].Label != "1" || string(data[m.Offset:m.Offset+m.Size]) != img {
@@ -379,6 +387,11 @@ func TestWalkHashInName(t *testing.T) {
 	}
 	if back, ok := ParseKey(m.Key()); !ok || back != m {
 		t.Errorf("ParseKey(%q) = %+v, %v", m.Key(), back, ok)
+	}
+	// A '%' is escaped too: a name that reads as the first's escape
+	// stays apart from it.
+	if got[1].Image.Name != "d%25231/a.jpg" {
+		t.Errorf("d%%231/a.jpg named %q, want d%%25231/a.jpg", got[1].Image.Name)
 	}
 }
 
@@ -403,6 +416,10 @@ func TestWalkErrors(t *testing.T) {
 			"a", []string{"two .domain"}, nil},
 		{"symlinked image", mkTar(t, 0, ent{name: "a.jpg", typ: tar.TypeSymlink, link: "../imgs/a.jpg"}, file("a.cls", "1")),
 			"a", []string{`"a.jpg" is a symbolic link to "../imgs/a.jpg"`, "tar -h"}, nil},
+		{"symlinked image, no label", mkTar(t, 0, file("a.jpg", img), file("a.cls", "1"), ent{name: "b.jpg", typ: tar.TypeSymlink, link: "a.jpg"}),
+			"b", []string{`"b.jpg" is a symbolic link to "a.jpg"`}, nil},
+		{"two undecoded images", mkTar(t, 0, file("a.tif", img), file("a.heic", img), file("a.cls", "1")),
+			"a", []string{"two images", `"a.tif"`, `"a.heic"`}, nil},
 		{"name too long", mkTar(t, tar.FormatPAX, file(strings.Repeat("x", 5000)+".jpg", img), file("a.cls", "1")),
 			"", []string{"a member name of 5004 bytes", "at most 4096"}, nil},
 		{"key reappears", mkTar(t, 0, file("a.cls", "1"), file("b.jpg", img), file("b.cls", "2"), file("a.jpg", img)),
