@@ -167,13 +167,18 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	}
 	id := at.Next
 	whole := id == 0 // listed from its first file
-	// A file at any depth under <label>/ is the class's, as torchvision's
-	// ImageFolder has it. But where none is right in its <label>/ folder
-	// (direct), the prefix is likely a folder too high (nest/ of
-	// nest/digits/3/a.png), whose subfolders are taken for classes;
-	// deeper is the first file below <label>/<file>, to name.
+	// A file right in its <label>/ folder is the class's image, whatever
+	// its name (its bytes say what it is); an image file deeper down is
+	// the class's too, as torchvision's ImageFolder has it, but not the
+	// annotations and notes such folders hold (only names ending as an
+	// image's). But where no file is right in its <label>/ folder
+	// (direct), and there is but one such folder, the prefix is likely a
+	// folder too high (nest/ of nest/digits/3/a.png), whose subfolders
+	// would be taken for classes; deeper is the first file below
+	// <label>/<file>, to name.
 	var direct bool
 	var deeper string
+	labels := map[string]bool{}
 	err = list(ctx, b, prefix, from, ref, func(obj *blob.ListObject) error {
 		rel := strings.TrimPrefix(obj.Key, prefix)
 		label, file, ok := strings.Cut(rel, "/")
@@ -183,10 +188,17 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 		if !ok || file == "" || strings.HasSuffix(file, "/") || strings.HasPrefix(label, ".") || strings.HasPrefix(file, ".") || strings.Contains(file, "/.") || osJunk[strings.ToLower(path.Base(file))] {
 			return nil // not a file under a <label>/ folder (a stray file, a folder's marker object), hidden (.ipynb_checkpoints, ._x.png), or Windows' own
 		}
-		if !strings.Contains(file, "/") {
+		nested := strings.Contains(file, "/")
+		if nested && !webdataset.IsImageExt(strings.ToLower(strings.TrimPrefix(path.Ext(file), "."))) {
+			return nil
+		}
+		if !nested {
 			direct = true
 		} else if deeper == "" {
 			deeper = obj.Key
+		}
+		if len(labels) < 2 {
+			labels[label] = true
 		}
 		key, err := itemKey(bucketURL, obj.Key)
 		if err != nil {
@@ -202,7 +214,7 @@ func (s Source) walkPrefix(ctx context.Context, ref string, at *Mark, fn func(It
 	if err != nil {
 		return err
 	}
-	if whole && !direct && deeper != "" {
+	if whole && !direct && deeper != "" && len(labels) == 1 {
 		folder, _, _ := strings.Cut(strings.TrimPrefix(deeper, prefix), "/")
 		file, ferr := itemKey(bucketURL, deeper)
 		p, perr := itemKey(bucketURL, prefix+folder+"/")

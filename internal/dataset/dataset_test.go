@@ -73,6 +73,8 @@ func TestWalkPrefix(t *testing.T) {
 		"data/train/dog/sub/.x.png":                      "dot file",
 		"data/train/cat/Thumbs.db":                       "Windows' thumbnails",
 		"data/train/cat/":                                "",
+		"data/train/cat/Annotations/1.xml":               "not an image, deeper down",
+		"data/train/cat/meta/info.json":                  "not an image, deeper down",
 		"data/train/dog/sub/":                            "",
 		"data/train/cat/x/desktop.ini":                   "Windows' folder settings",
 		"data/train/.ipynb_checkpoints/1-checkpoint.png": "hidden folder",
@@ -110,13 +112,20 @@ func TestWalkPrefix(t *testing.T) {
 			t.Errorf("prefix %q a folder too high: %v, want a deeper file named and its folder suggested", prefix, err)
 		}
 	}
+	// Classes whose images all sit in folders below them are classes
+	// still (torchvision's), where there are several.
+	byYear := memBucket(t, map[string]string{"tv/cat/2019/a.jpg": "x", "tv/dog/2020/b.jpg": "x"})
+	items, err := walkAll(t, Source{Bucket: byYear}, schemas.Dataset{Prefix: "tv/"})
+	if want := []string{"tv/cat/2019/a.jpg=cat/", "tv/dog/2020/b.jpg=dog/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
+		t.Errorf("classes of images by year: %q, %v; want %q", keysAndLabels(items), err, want)
+	}
 }
 
 // In a file:// bucket, a class folder that is a symbolic link fails the
 // walk naming it (the driver does not list into it: the class would be
-// left out without a word); a hidden link does not, a link to an image is
-// that image, and a dangling one, or one to a folder inside a class, an
-// image that will not read (a reject, named).
+// left out without a word); a hidden link, or one deeper down not named
+// as an image, does not; a link to an image is that image, a dangling one
+// an image that will not read (a reject, named).
 func TestWalkPrefixLinks(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"pool/cat/1.png", "elsewhere/dogs/1.png", "elsewhere/2.png"} {
@@ -144,7 +153,7 @@ func TestWalkPrefixLinks(t *testing.T) {
 	}
 	defer b.Close()
 	items, err := walkAll(t, Source{Bucket: b}, schemas.Dataset{Prefix: "pool"})
-	if want := []string{"pool/cat/1.png=cat/", "pool/cat/2.png=cat/", "pool/cat/3.png=cat/", "pool/cat/sub/deeper=cat/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
+	if want := []string{"pool/cat/1.png=cat/", "pool/cat/2.png=cat/", "pool/cat/3.png=cat/"}; err != nil || !slices.Equal(keysAndLabels(items), want) {
 		t.Errorf("%q, %v; want %q", keysAndLabels(items), err, want)
 	}
 	if err := os.Symlink("../elsewhere/dogs", filepath.Join(dir, "pool/dog")); err != nil {

@@ -46,6 +46,10 @@ var nameEscaper = strings.NewReplacer("%", "%25", "#", "%23")
 // isImage says whether a member's extension makes it a sample's image.
 func isImage(ext string) bool { return imageExts[ext] || otherImageExts[ext] }
 
+// IsImageExt says whether ext (in lower case, without its dot) names an
+// image file: in a format DCD decodes, or in one it rejects as not.
+func IsImageExt(ext string) bool { return isImage(ext) }
+
 // MaxText caps the size of a .cls or .domain member: they are read into
 // memory, and anything larger is not a label but a misnamed file.
 const MaxText = 64 << 10
