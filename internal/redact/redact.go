@@ -18,15 +18,28 @@ import (
 // the bucket options that say where it points and are no secret (prefix=,
 // endpoint=, region=, an emulator's domain=, …), as the user wrote them: a
 // bucket shown without its prefix or endpoint is another bucket. An
-// endpoint's own user and password go too. What is not a URL (a key)
-// stays as it is.
+// endpoint's own user and password go too. A fragment that names an
+// archive's member (#name@offset+size, an image key of a WebDataset at a
+// URL) is the image's name and stays, its credential pairs masked. What is
+// not a URL (a key) stays as it is.
 func URL(u string) string {
 	if !strings.Contains(u, "://") {
 		// A key: '#' and '?' are its name's ("img#1.png"), but a
 		// credential's value in a pair goes.
 		return maskPairs(u)
 	}
-	u, _, _ = strings.Cut(u, "#")
+	u, frag, _ := strings.Cut(u, "#")
+	if member.MatchString(frag) {
+		return bucketURL(u) + maskPairs("#"+frag)
+	}
+	return bucketURL(u)
+}
+
+// member is an archive member's part of an image key (webdataset.Member).
+var member = regexp.MustCompile(`^[^#]+@[0-9]+\+[0-9]+$`)
+
+// bucketURL is URL of a URL without its fragment.
+func bucketURL(u string) string {
 	u = userinfo.ReplaceAllString(u, "$1")
 	i := strings.IndexByte(u, '?')
 	if i < 0 {
