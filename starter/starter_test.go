@@ -934,6 +934,15 @@ func TestTrainHeadExportCheckedFirst(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "hidden") || strings.Contains(err.Error(), "missing/") || strings.Contains(err.Error(), "no-ort") {
 		t.Fatalf("train-head with an output the backbone already computes: %v, want the export's refusal naming it, before ONNX Runtime or the manifests", err)
 	}
+	// A field the job does not hold (preprocess beside target, not in
+	// it) is refused, not ignored.
+	if err := os.WriteFile(filepath.Join(dir, "job.json"), []byte(`{"target": {"path": "m.onnx"}, "preprocess": {"scale": "byte"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = cmdTrainHead(context.Background(), e, []string{"-storage", "file://" + dir, "-job", "job.json", "-ort-lib", filepath.Join(dir, "no-ort.so")})
+	if err == nil || !strings.Contains(err.Error(), `unknown field "preprocess"`) {
+		t.Errorf("a job with a field it does not hold: %v, want it refused naming the field", err)
+	}
 }
 
 // A job written by hand names the backbone's path and features, the

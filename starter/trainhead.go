@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -50,6 +51,7 @@ func parseTrainHead(e *cli, args []string) (trainHeadArgs, error) {
 	if err != nil {
 		return a, err
 	}
+	e.devStorage(fs, &a.storage)
 	if len(pos) != 0 {
 		return a, usageErrorf("train-head: unexpected arguments %q (usage: starter train-head %s)", pos, trainHeadSynopsis)
 	}
@@ -95,9 +97,13 @@ func cmdTrainHead(ctx context.Context, e *cli, args []string) error {
 	if err != nil {
 		return fmt.Errorf("train-head: job %s: %w", a.job, err)
 	}
+	// A job is often written by hand: a field misspelled, or put at the
+	// wrong level (preprocess beside target, not in it), would be ignored.
 	var job schemas.TrainJob
-	if err := json.Unmarshal(data, &job); err != nil {
-		return fmt.Errorf("train-head: job %s: %w", a.job, err)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&job); err != nil {
+		return fmt.Errorf("train-head: job %s: %w (the fields a job holds are README's \"A target for your own classes\")", a.job, err)
 	}
 	for _, o := range []struct{ flag, job *string }{{&a.train, &job.Train}, {&a.debug, &job.DebugTrain}, {&a.out, &job.Model}} {
 		if *o.flag != "" {
