@@ -43,30 +43,44 @@ func (c Config) checkCredentials() error {
 	return nil
 }
 
-// secretArgument finds a credential passed as a command's argument:
+// secretArgument finds a credential passed as a command's argument, or
+// as a word of one (a shell's script, sh -c "train.py --password X"):
 // --password VALUE, --hf-token=VALUE, WANDB_API_KEY=VALUE (as env takes
-// it). It returns the value's index and the name that says what it is, or
-// -1. Names are matched whole, not as redact.SecretName's substrings: a
-// trainer's --max-tokens or --tokenizer is no credential, nor is a
-// --token-file, which names where one is.
+// it). It returns the argument's index and the name that says what it is,
+// or -1. Names are matched whole, not as redact.SecretName's substrings: a
+// trainer's --max-tokens or --tokenizer is no credential; nor is a value
+// that is a path (--token-file, --credentials /run/secrets/c.json,
+// GOOGLE_APPLICATION_CREDENTIALS=/etc/key.json), which names where one is.
 func secretArgument(command []string) (int, string) {
 	for i, arg := range command {
-		name, value, eq := strings.Cut(arg, "=")
-		flag := strings.HasPrefix(name, "-")
-		if !flag && !eq || !secretFlag.MatchString(strings.TrimLeft(name, "-")) {
-			continue
-		}
-		switch {
-		case eq && value != "":
-			return i, strconv.Quote(name)
-		case flag && !eq && i+1 < len(command) && !strings.HasPrefix(command[i+1], "-"):
-			return i + 1, strconv.Quote(name)
+		words := strings.Fields(arg)
+		for j, word := range words {
+			name, value, eq := strings.Cut(word, "=")
+			flag := strings.HasPrefix(name, "-")
+			if !flag && !eq || !secretFlag.MatchString(strings.TrimLeft(name, "-")) {
+				continue
+			}
+			switch {
+			case eq && value != "" && !isPath(value):
+				return i, strconv.Quote(name)
+			case flag && !eq && j+1 < len(words) && !strings.HasPrefix(words[j+1], "-") && !isPath(words[j+1]):
+				return i, strconv.Quote(name)
+			case flag && !eq && len(words) == 1 && i+1 < len(command) && !strings.HasPrefix(command[i+1], "-") && !isPath(command[i+1]):
+				return i + 1, strconv.Quote(name)
+			}
 		}
 	}
 	return -1, ""
 }
 
-var secretFlag = regexp.MustCompile(`(?i)^([a-z0-9]+[-_])*(password|passwd|pwd|secret|token|api[-_]?key|access[-_]?key|secret[-_]?key|private[-_]?key|credentials?|sas)$`)
+// isPath says whether a value names a file rather than holding a secret.
+func isPath(v string) bool {
+	v = strings.Trim(v, `"'`)
+	return strings.HasPrefix(v, "/") || strings.HasPrefix(v, "./") || strings.HasPrefix(v, "~") || strings.HasPrefix(v, "{") ||
+		strings.Contains(v, "/") && !strings.Contains(v, "://")
+}
+
+var secretFlag = regexp.MustCompile(`(?i)^([a-z0-9]+[-_])*(password|passwd|secret|token|api[-_]?key|access[-_]?key|secret[-_]?key|private[-_]?key|credentials?|sas)$`)
 
 // urlsIn finds the URLs in a command's argument.
 var urlsIn = regexp.MustCompile(`(?i)[a-z][a-z0-9+.-]*://[^\s"']*`)

@@ -68,6 +68,12 @@ func TestConfigCredentialsRefused(t *testing.T) {
 		{[]string{"train.py", "-aws_secret_access_key", "SECRET", "{model}"}, 2},
 		{[]string{"train.py", "--max-tokens", "512", "--tokenizer", "bpe", "--token-file", "/run/t", "{model}"}, -1},
 		{[]string{"train.py", "--password-file", "/run/p", "--token=", "--secret", "--verbose", "{model}"}, -1},
+		// In a shell's script; and values that are paths, or a working
+		// directory (--pwd), not secrets.
+		{[]string{"sh", "-c", "python train.py --hf-token=SECRET {model}"}, 2},
+		{[]string{"sh", "-c", "python train.py --password SECRET {model}"}, 2},
+		{[]string{"env", "GOOGLE_APPLICATION_CREDENTIALS=/etc/gcp/key.json", "python", "train.py", "{model}"}, -1},
+		{[]string{"train.py", "--credentials", "/run/secrets/creds.json", "--private-key", "keys/k.pem", "--pwd", "/workspace", "--token", "{work}/t", "{model}"}, -1},
 	} {
 		c := compareConfig().WithDefaults()
 		c.Retrain.Trainer = &Trainer{Command: tc.command}

@@ -400,7 +400,7 @@ func scheduleDescribe(ctx context.Context, e *cli, c client.Client, h client.Sch
 	for _, r := range d.Info.RunningWorkflows {
 		add("running", r.WorkflowID)
 	}
-	if !d.Info.LastUpdateAt.IsZero() {
+	if d.Info.LastUpdateAt.Unix() > 0 { // the server sends the epoch for none
 		// Whether an update (a new config, a timing) took.
 		add("updated", d.Info.LastUpdateAt.UTC().Format(time.RFC3339))
 	}
