@@ -229,11 +229,12 @@ func TestPlanChecksLabels(t *testing.T) {
 	a := memActivities(t)
 	ctx := context.Background()
 	manifests := map[string]string{
-		"index.csv":  "uri,label\na.png,0\nb.png,9\nc.png,3\n",
-		"floats.csv": "uri,label\na.png,3.0\nb.png,7.0\n",
-		"other.csv":  "uri,label\na.png,cat\nb.png,dog\n",
-		"some.csv":   "uri,label\na.png,cat\nb.png,three\n",
-		"train.csv":  "uri,label\na.png,one\nb.png,1\n",
+		"index.csv":     "uri,label\na.png,0\nb.png,9\nc.png,3\n",
+		"floats.csv":    "uri,label\na.png,3.0\nb.png,7.0\n",
+		"unlabeled.csv": "uri,label\na.png,\nb.png,1\nc.png,7\n",
+		"other.csv":     "uri,label\na.png,cat\nb.png,dog\n",
+		"some.csv":      "uri,label\na.png,cat\nb.png,three\n",
+		"train.csv":     "uri,label\na.png,one\nb.png,1\n",
 	}
 	for k, v := range manifests {
 		a.Bucket.WriteAll(ctx, k, []byte(v), nil)
@@ -247,10 +248,12 @@ func TestPlanChecksLabels(t *testing.T) {
 		name, manifest string
 		says           string // "" for no error
 	}{
-		{Pool, "index.csv", `data.pool: none of its 3 images has a weak label that is a class of the target (its labels include ["0" "9" "3"]; classes ["zero"`},
+		{Pool, "index.csv", `data.pool: none of its 3 images has a weak label that is a class of the target (its labels include "0", "9", "3"; classes ["zero"`},
 		{Pool, "index.csv", "they look like class indices"},
 		{Pool, "floats.csv", "whole numbers written as floats"},
-		{Pool, "other.csv", `its labels include ["cat" "dog"]`},
+		{Pool, "other.csv", `its labels include "cat", "dog"`},
+		{Pool, "unlabeled.csv", `its labels include no label, "1", "7"`},
+		{Pool, "unlabeled.csv", "they look like class indices"},
 		{Pool, "some.csv", ""},
 		{Train, "train.csv", `data.train: image b.png has label "1", which is not in classes`},
 		{Train, "train.csv", "they look like class indices"},

@@ -19,6 +19,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/ortrun"
 	"dcd/internal/store"
+	"dcd/internal/webdataset"
 	"dcd/schemas"
 )
 
@@ -229,7 +230,7 @@ func (l *planLabels) see(it dataset.Item) {
 		l.firstOff = &it
 	}
 	if len(l.off) < MaxSkippedExamples && !slices.Contains(l.off, it.Label) {
-		l.off = append(l.off, it.Label)
+		l.off = append(l.off, it.Label) // "" for an image without a label
 	}
 }
 
@@ -241,7 +242,14 @@ func (l *planLabels) check(images int) error {
 	case l.name == Train && l.firstOff != nil:
 		return offClass(Train, *l.firstOff, l.classes)
 	case l.name == Pool && l.whole && !l.inClass && images > 0:
-		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %q; classes %v)%s: retraining would take none of them, and the scan would embed them all first; label the pool with the target's class names", images, l.off, l.classes, labelHint(l.off, l.classes))
+		shown := make([]string, len(l.off))
+		for i, o := range l.off {
+			shown[i] = strconv.Quote(o)
+			if o == "" {
+				shown[i] = "no label"
+			}
+		}
+		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %s; classes %v)%s: retraining would take none of them, and the scan would embed them all first; label the pool with the target's class names", images, strings.Join(shown, ", "), l.classes, labelHint(l.off, l.classes))
 	}
 	return nil
 }
@@ -252,6 +260,10 @@ func (l *planLabels) check(images int) error {
 // written as floats (pandas writes an integer column with a missing value
 // as one of floats). "" otherwise.
 func labelHint(labels []string, classes dataset.Classes) string {
+	if len(labels) == 0 {
+		return ""
+	}
+	labels = slices.DeleteFunc(slices.Clone(labels), func(l string) bool { return l == "" }) // unlabeled images say nothing of the others
 	if len(labels) == 0 {
 		return ""
 	}
@@ -411,6 +423,10 @@ type planState struct {
 // before heartbeated), else the start.
 func (a *Activities) resumePlan(ctx context.Context, key string, ds schemas.Dataset, cut string) (*planState, error) {
 	info := activity.GetInfo(ctx)
+	// A checkpoint's place in a listing made under other rules of what an
+	// item is (a worker upgraded between two attempts) is no place in this
+	// one: the rules are part of how the shards are cut.
+	cut += fmt.Sprintf(" (listed under rules %d, webdataset %d)", dataset.ListVersion, webdataset.WalkVersion)
 	st := &planState{cp: planCheckpoint{RunID: info.WorkflowExecution.RunID, Activity: info.ActivityID, Dataset: ds, Cut: cut}}
 	if !activity.HasHeartbeatDetails(ctx) {
 		return st, nil

@@ -362,3 +362,27 @@ func TestDomainNoted(t *testing.T) {
 		}
 	}
 }
+
+// The pool's and train's plans check their labels against the classes only
+// where a method retrains on them: a pass comparing none and train_only
+// uses no pool label, and one of none alone no train label.
+func TestPlanInputClasses(t *testing.T) {
+	cfg := validConfig()
+	cfg.Classes = []string{"a", "b"}
+	sets := map[string]schemas.Dataset{activities.Pool: cfg.Data.Pool, activities.Train: cfg.Data.Train}
+	for _, c := range []struct {
+		compare     []string
+		pool, train bool
+	}{
+		{[]string{schemas.MethodNone, schemas.MethodTrainOnly, schemas.MethodRandom, schemas.MethodAllPool, schemas.MethodDCD}, true, true},
+		{[]string{schemas.MethodNone, schemas.MethodDCD + ":wide"}, true, true},
+		{[]string{schemas.MethodNone, schemas.MethodTrainOnly}, false, true},
+		{[]string{schemas.MethodNone}, false, false},
+	} {
+		cfg.Compare = c.compare
+		pool, train := planInput("r", activities.Pool, cfg, sets), planInput("r", activities.Train, cfg, sets)
+		if (pool.Classes != nil) != c.pool || (train.Classes != nil) != c.train {
+			t.Errorf("compare %v: pool classes %v, train classes %v; want %v, %v", c.compare, pool.Classes, train.Classes, c.pool, c.train)
+		}
+	}
+}

@@ -586,10 +586,15 @@ func startPlans(ctx workflow.Context, run string, cfg schemas.Config, sets map[s
 }
 
 // planInput is the plan of dataset name. The pool's and train's are given
-// the classes, which their labels must include (activities.PlanInput).
+// the classes, which their labels must include (activities.PlanInput),
+// where a method retrains on them: train's, unless none is the only one;
+// the pool's, where one adds pool images (random, all_pool, dcd).
 func planInput(run, name string, cfg schemas.Config, sets map[string]schemas.Dataset) activities.PlanInput {
 	in := activities.PlanInput{Run: run, Name: name, Dataset: sets[name], ShardSize: cfg.Shards.Size}
-	if name == activities.Pool || name == activities.Train {
+	uses := func(skip ...string) bool {
+		return slices.ContainsFunc(cfg.Compare, func(m string) bool { return !slices.Contains(skip, m) })
+	}
+	if name == activities.Train && uses(schemas.MethodNone) || name == activities.Pool && uses(schemas.MethodNone, schemas.MethodTrainOnly) {
 		in.Classes = cfg.Classes
 	}
 	return in

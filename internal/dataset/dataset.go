@@ -244,6 +244,12 @@ func patternHint(ref string) string {
 	return ": DCD expands no wildcards or braces; a webdataset names the folder holding its archives (every .tar under it is read), a manifest one file"
 }
 
+// ListVersion is the version of the rules for what a dataset's items are
+// (webdataset.WalkVersion is an archive's): a plan resumed from a
+// checkpoint made under others starts over. Bumped with each change to
+// them (2: an ImageFolder's nested image files, a CSV's blank rows).
+const ListVersion = 2
+
 // osJunk are the files Windows leaves in image folders, which would be
 // rejects of every class (and fail an E_sample, whose every image must
 // embed).

@@ -130,7 +130,7 @@ func TestWalkFormats(t *testing.T) {
 		file("n01/000001.cls", "  tench\n"),
 		file("n01/000001.json", `{"w":1}`),
 		file("n01/._000002.jpg", "AppleDouble"), // dot file: ignored
-		file("n01/000002.PNG", blob(2, 512)), // exactly one block: no padding
+		file("n01/000002.PNG", blob(2, 512)),    // exactly one block: no padding
 		file("n01/000002.cls", "goldfish"),
 		file("n01/000002.domain", " sketch \n"),
 		file("n01/000003.cls", "7"), // no image: skipped
