@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -197,6 +198,9 @@ func (d *Duration) parse(s string) error {
 	return nil
 }
 
+// unknownYAMLField is yaml.v3's error for a key no field takes.
+var unknownYAMLField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
 // LoadConfig reads a YAML or JSON file and fills defaults: JSON when its
 // name ends in .json, YAML when in .yaml or .yml, else as its text begins
 // (a config piped in as /dev/fd/63 has no extension). Unknown fields are
@@ -256,7 +260,10 @@ func LoadConfig(path string) (Config, error) {
 	case err == io.EOF:
 		return c, fmt.Errorf("config %s: the file holds no config", path)
 	case err != nil:
-		return c, fmt.Errorf("config %s: %w", path, err)
+		// yaml.v3 names Go's types ("field sed not found in type
+		// schemas.Config"), which say nothing to a config's writer.
+		msg := unknownYAMLField.ReplaceAllString(err.Error(), `unknown field "$1" (misspelled, or at the wrong level?)`)
+		return c, fmt.Errorf("config %s: %s", path, msg)
 	}
 	if more() {
 		return c, fmt.Errorf("config %s: more than one config in the file (a second YAML document or JSON value after the first)", path)

@@ -335,7 +335,7 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 	typo := filepath.Join(dir, "typo.yaml")
 	os.WriteFile(typo, []byte("nmae: x\n"), 0o644)
-	if code, _, stderr, _ := run(t, "run", "-config", typo); code != 2 || !strings.Contains(stderr, "nmae") {
+	if code, _, stderr, _ := run(t, "run", "-config", typo); code != 2 || !strings.Contains(stderr, `unknown field "nmae" (misspelled, or at the wrong level?)`) || strings.Contains(stderr, "schemas.") {
 		t.Errorf("misspelt key: exit %d, %q", code, stderr)
 	}
 	code, _, stderr, _ = run(t, "run", "-config", filepath.Join(dir, "nonexistent.yaml"))
