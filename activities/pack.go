@@ -37,7 +37,7 @@ func (a *Activities) PlanPack(ctx context.Context, in PlanPackInput) (PlanResult
 	if err := a.source().StartPack(ctx, in.Dataset, in.Out, in.PerArchive); err != nil {
 		return PlanResult{}, packError(ctx, err)
 	}
-	res, err := a.plan(ctx, in.ID, PackShards, in.Dataset, fmt.Sprintf("pack archives of %d", in.PerArchive), func(_ dataset.Item, n int) bool { return n == in.PerArchive }, nil)
+	res, _, err := a.plan(ctx, in.ID, PackShards, in.Dataset, fmt.Sprintf("pack archives of %d", in.PerArchive), nil, func(_ dataset.Item, n int) bool { return n == in.PerArchive }, nil)
 	if err == nil && res.Images == 0 {
 		err = errors.New("the dataset has no images")
 	}

@@ -163,8 +163,7 @@ type PlanResult struct {
 // attempt before stood (planState).
 func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error) {
 	labels := newPlanLabels(in)
-	res, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), func(it dataset.Item, n int) bool {
-		labels.see(it)
+	res, tally, err := a.plan(ctx, in.Run, in.Name, in.Dataset, fmt.Sprintf("pass shards of %d", in.ShardSize), labels, func(it dataset.Item, n int) bool {
 		return dataset.EndsShard(it.Key, n, in.ShardSize)
 	}, func(firsts []int64) error {
 		if in.Name != Pool {
@@ -186,7 +185,7 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 	case err != nil && !retried(ctx, err):
 		return res, invalid("data.%s: %v", in.Name, err)
 	case err == nil:
-		err = labels.check(res.Images)
+		err = labels.check(tally, res.Images)
 	}
 	return res, err
 }
@@ -200,12 +199,15 @@ func (a *Activities) Plan(ctx context.Context, in PlanInput) (PlanResult, error)
 type planLabels struct {
 	name    string
 	classes dataset.Classes
-	// whole says the listing was seen from its first item: a retried
-	// plan goes on from where the attempt before stood.
-	whole    bool
-	inClass  bool
-	off      []string      // distinct labels that are no class, the first few
-	firstOff *dataset.Item // train's first image whose label is no class
+}
+
+// labelTally is what a plan has seen of its labels, stored with its
+// checkpoint, so that a retry going on from there judges the whole.
+type labelTally struct {
+	Whole    bool          `json:"whole"`     // seen from the listing's first item
+	InClass  bool          `json:"in_class"`  // a label that is a class seen
+	Off      []string      `json:"off"`       // distinct labels that are no class, the first few
+	FirstOff *dataset.Item `json:"first_off"` // the first image whose label is no class
 }
 
 func newPlanLabels(in PlanInput) *planLabels {
@@ -215,41 +217,39 @@ func newPlanLabels(in PlanInput) *planLabels {
 	return &planLabels{name: in.Name, classes: dataset.NewClasses(in.Classes)}
 }
 
-func (l *planLabels) see(it dataset.Item) {
-	if l == nil {
-		return
-	}
+// see adds item it to t.
+func (l *planLabels) see(t *labelTally, it dataset.Item) {
 	if it.ID == 0 { // from the start, again when the manifest changed under the plan
-		*l = planLabels{name: l.name, classes: l.classes, whole: true}
+		*t = labelTally{Whole: true}
 	}
 	if l.classes.Index(it.Label) >= 0 {
-		l.inClass = true
+		t.InClass = true
 		return
 	}
-	if l.firstOff == nil {
-		l.firstOff = &it
+	if t.FirstOff == nil {
+		t.FirstOff = &it
 	}
-	if len(l.off) < MaxSkippedExamples && !slices.Contains(l.off, it.Label) {
-		l.off = append(l.off, it.Label) // "" for an image without a label
+	if len(t.Off) < MaxSkippedExamples && !slices.Contains(t.Off, it.Label) {
+		t.Off = append(t.Off, it.Label) // "" for an image without a label
 	}
 }
 
-// check is the plan's failure, if its labels make one, after images.
-func (l *planLabels) check(images int) error {
+// check is the plan's failure, if its labels (t, of images) make one.
+func (l *planLabels) check(t labelTally, images int) error {
 	switch {
 	case l == nil:
 		return nil
-	case l.name == Train && l.firstOff != nil:
-		return offClass(Train, *l.firstOff, l.classes)
-	case l.name == Pool && l.whole && !l.inClass && images > 0:
-		shown := make([]string, len(l.off))
-		for i, o := range l.off {
+	case l.name == Train && t.FirstOff != nil:
+		return offClass(Train, *t.FirstOff, l.classes)
+	case l.name == Pool && t.Whole && !t.InClass && images > 0:
+		shown := make([]string, len(t.Off))
+		for i, o := range t.Off {
 			shown[i] = strconv.Quote(o)
 			if o == "" {
 				shown[i] = "no label"
 			}
 		}
-		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %s; classes %v)%s: retraining would take none of them, and the scan would embed them all first; label the pool with the target's class names", images, strings.Join(shown, ", "), l.classes, labelHint(l.off, l.classes))
+		return invalid("data.pool: none of its %d images has a weak label that is a class of the target (its labels include %s; classes %v)%s: retraining would take none of them, and the scan would embed them all first; label the pool with the target's class names", images, strings.Join(shown, ", "), l.classes, labelHint(t.Off, l.classes))
 	}
 	return nil
 }
@@ -335,7 +335,9 @@ func (x ShardIndex) shardOf(id int64) int {
 // plan writes the shard manifests of ds as ShardKey(run, name, i), ending
 // a shard after the item for which end, given the shard's length, is true
 // (dataset.Source.Cut, how described by cut), then has finish, when set,
-// store what it needs of the shards' first IDs. It heartbeats on a ticker:
+// store what it needs of the shards' first IDs; with labels, it returns
+// what it saw of the items' labels (over every attempt). It heartbeats on
+// a ticker:
 // a shard's first item can take longer than the timeout to come (a
 // WebDataset's archives read whole the first time, a long folder's
 // listing).
@@ -347,11 +349,11 @@ func (x ShardIndex) shardOf(id int64) int {
 // further each attempt instead of starting again (on Azure, where a
 // listing cannot begin at a key, the label it stood in is listed again:
 // store.ListFolders).
-func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, cut string, end func(it dataset.Item, n int) bool, finish func(firsts []int64) error) (PlanResult, error) {
+func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Dataset, cut string, labels *planLabels, end func(it dataset.Item, n int) bool, finish func(firsts []int64) error) (PlanResult, labelTally, error) {
 	key := planCheckpointKey(run, name)
 	st, err := a.resumePlan(ctx, key, ds, cut)
 	if err != nil {
-		return PlanResult{}, err
+		return PlanResult{}, labelTally{}, err
 	}
 	defer beating(ctx, func() []any { return []any{st.result()} })()
 	stopSaving := every(checkpointEvery, func() { st.save(ctx, a.Bucket, key) })
@@ -360,6 +362,9 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 		return a.source().Cut(ctx, ds, st.progress(), func(it dataset.Item, n int) bool {
 			if n == 1 {
 				st.first(it.ID)
+			}
+			if labels != nil {
+				st.see(labels, it)
 			}
 			return end(it, n)
 		}, func(ctx context.Context, i int, manifest []byte) error {
@@ -387,7 +392,7 @@ func (a *Activities) plan(ctx context.Context, run, name string, ds schemas.Data
 		st.save(sctx, a.Bucket, key)
 		cancel()
 	}
-	return PlanResult{Shards: last.Shards, Images: int(last.Mark.Next)}, err
+	return PlanResult{Shards: last.Shards, Images: int(last.Mark.Next)}, st.labels(), err
 }
 
 // checkpointEvery is how often a plan stores how far it got: a worker
@@ -407,6 +412,9 @@ type planCheckpoint struct {
 	Progress dataset.Progress `json:"progress"`
 	// FirstIDs is where each shard written begins (ShardIndex).
 	FirstIDs []int64 `json:"first_ids"`
+	// Labels is what the plan saw of its labels, as far as it went
+	// (beyond the shards written, which a retry sees again).
+	Labels labelTally `json:"labels"`
 }
 
 // planState is a plan under way, which the walk, the writes, the
@@ -468,6 +476,19 @@ func (st *planState) first(id int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.cp.FirstIDs = append(st.cp.FirstIDs, id)
+}
+
+// see tallies the label of an item listed.
+func (st *planState) see(l *planLabels, it dataset.Item) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	l.see(&st.cp.Labels, it)
+}
+
+func (st *planState) labels() labelTally {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cp.Labels
 }
 
 func (st *planState) written(p dataset.Progress) {

@@ -181,6 +181,33 @@ func TestPlanGoesOnWhereItStood(t *testing.T) {
 	}
 	same("indexed", "whole", whole)
 
+	// So retried, a pool none of whose labels is a class still fails,
+	// though the retry lists no image: what the attempt before saw of
+	// them is in the checkpoint.
+	indexed = false
+	hooks.BeforeWrite = func(_ context.Context, key string) error {
+		if key == activities.ShardIndexKey("named", activities.Pool) && !indexed {
+			indexed = true
+			return errors.New("permission denied")
+		}
+		return nil
+	}
+	named := func(retry bool) error {
+		env := ts.NewTestActivityEnvironment()
+		env.RegisterActivity(acts)
+		if retry {
+			env.SetHeartbeatDetails(activities.PlanResult{})
+		}
+		_, err := env.ExecuteActivity(acts.Plan, activities.PlanInput{Run: "named", Name: activities.Pool, Dataset: schemas.Dataset{Manifest: "pool.csv"}, ShardSize: 100, Classes: []string{"zero", "one"}})
+		return err
+	}
+	if err := named(false); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("the index's write failed: %v", err)
+	}
+	if err := named(true); err == nil || !strings.Contains(err.Error(), "none of its 30100 images has a weak label that is a class") {
+		t.Errorf("the retry of a plan of a pool labelled by class index: %v, want the labels' failure", err)
+	}
+
 	// A checkpoint another workflow run or activity left, under a run's
 	// ID used again, is not this plan's.
 	for _, other := range []activities.PlanCheckpoint{{RunID: "another run", Activity: own.Activity}, {RunID: own.RunID, Activity: "another activity"}} {
