@@ -15,6 +15,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/selection"
 	"dcd/internal/store"
 	"dcd/internal/store/storetest"
 	"dcd/schemas"
@@ -73,11 +74,11 @@ func put(t *testing.T, a *Activities, key string, data []byte) {
 // (here: two shards).
 func planSelection(t *testing.T, a *Activities, run string, ids []int64) (string, int) {
 	t.Helper()
-	var chosen []selected
+	var chosen []selection.Chosen
 	var items []dataset.Item
 	for i, id := range ids {
 		it := dataset.Item{ID: id, Key: fmt.Sprintf("pool/%03d.png", id), Label: "a", Domain: "d"}
-		chosen = append(chosen, selected{Item: it, Score: float64(i)})
+		chosen = append(chosen, selection.Chosen{Item: it, Score: float64(i)})
 		it.ID = int64(i) // a planned selection's ids are its own positions
 		items = append(items, it)
 	}

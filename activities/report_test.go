@@ -22,6 +22,7 @@ import (
 	"dcd/internal/dataset"
 	"dcd/internal/embed"
 	"dcd/internal/features"
+	"dcd/internal/selection"
 	"dcd/internal/store"
 	"dcd/schemas"
 )
@@ -105,7 +106,7 @@ func reportFixture(t *testing.T) (*Activities, ReportInput) {
 	}
 	nrec.Release()
 	nb.release()
-	if err := a.writeSelection(ctx, MethodKey(run, "dcd", "debug_train.csv"), []selected{{Item: pool.Items[0]}, {Item: pool.Items[4]}}); err != nil {
+	if err := a.writeSelection(ctx, MethodKey(run, "dcd", "debug_train.csv"), []selection.Chosen{{Item: pool.Items[0]}, {Item: pool.Items[4]}}); err != nil {
 		t.Fatal(err)
 	}
 	put(MethodKey(run, "dcd", "dropped.csv"), []byte("uri,reason,of,relative_distance\n/pool/01.png,leak,/es/b/1.png,1e-05\n"))

@@ -56,10 +56,6 @@ type SelectResult struct {
 	Search time.Duration `json:",omitempty"`
 }
 
-// selected is a pool image a selection took, with the score it was
-// ranked by.
-type selected = selection.Chosen
-
 // SelectDebugTrain chooses a dcd method's pool images from the merged
 // neighbours (runs/<id>/neighbors.arrow), as package selection does, and
 // writes them, each once with its weak label and score, in pool-id order,
@@ -108,7 +104,7 @@ var selectionHeader = []string{"uri", "label", "domain", "score", "pool_id", "ve
 // pool's listing, lets GatherSelection find its cached features; it is
 // empty where unknown (a negative ID). The version is the pool's, so a
 // selection's shards are cached under their images' content too.
-func (a *Activities) writeSelection(ctx context.Context, key string, chosen []selected) error {
+func (a *Activities) writeSelection(ctx context.Context, key string, chosen []selection.Chosen) error {
 	var buf bytes.Buffer
 	w := csv.NewWriter(&buf)
 	w.Write(selectionHeader)
@@ -309,7 +305,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 		}
 	}
 	rng := rand.New(rand.NewPCG(in.Seed, 0x7a4d0))
-	var chosen []selected
+	var chosen []selection.Chosen
 	if kept < 0 || kept == eligible {
 		draw := sample(rng, eligible, min(want, eligible))
 		picked := false
@@ -326,7 +322,7 @@ func (a *Activities) SelectRandom(ctx context.Context, in RandomInput) (SelectRe
 			}
 		}
 	}
-	if slices.ContainsFunc(chosen, func(s selected) bool { return !keep(s.Item) }) || kept >= 0 && kept < eligible {
+	if slices.ContainsFunc(chosen, func(s selection.Chosen) bool { return !keep(s.Item) }) || kept >= 0 && kept < eligible {
 		if kept < 0 {
 			var err error
 			if keptPer, err = a.countKept(ctx, in, keep); err != nil {
@@ -378,7 +374,7 @@ func (a *Activities) countKept(ctx context.Context, in RandomInput, keep func(da
 // keep (nil: all). per, when counted, is how many such images each shard
 // holds: only the shards the draw falls in are read (a draw of 10,000
 // reads at most 10,000 shards of a pool's 500,000, not each a second time).
-func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int, keep func(dataset.Item) bool, per []int) ([]selected, error) {
+func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected []map[string]bool, draw []int, keep func(dataset.Item) bool, per []int) ([]selection.Chosen, error) {
 	// The shards to read, and the position of each one's first image.
 	var read, first []int
 	if per == nil {
@@ -398,7 +394,7 @@ func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected 
 			pos += n
 		}
 	}
-	var chosen []selected
+	var chosen []selection.Chosen
 	pos := 0
 	shards := ahead.Read(ctx, len(read), shardsAhead, func(ctx context.Context, k int) (*dataset.Shard, error) {
 		return a.readShard(ctx, ShardKey(in.Run, Pool, read[k]))
@@ -418,7 +414,7 @@ func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected 
 				continue
 			}
 			if len(draw) > 0 && draw[0] == pos {
-				chosen = append(chosen, selected{Item: it})
+				chosen = append(chosen, selection.Chosen{Item: it})
 				draw = draw[1:]
 			}
 			pos++
@@ -432,7 +428,7 @@ func (a *Activities) drawnInOrder(ctx context.Context, in RandomInput, rejected 
 // shards that hold them, found by the run's shard index. A shard that does
 // not hold the id the index puts in it (an index left by another plan of
 // the run) returns false: the draw is then found in order instead.
-func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex, ids []int) ([]selected, bool, error) {
+func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex, ids []int) ([]selection.Chosen, bool, error) {
 	var holding []int // shards, each once, in order
 	for _, id := range ids {
 		if s := index.shardOf(int64(id)); len(holding) == 0 || holding[len(holding)-1] != s {
@@ -443,7 +439,7 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 		return a.readShard(ctx, ShardKey(run, Pool, holding[i]))
 	}, nil)
 	defer shards.Stop()
-	chosen := make([]selected, 0, len(ids))
+	chosen := make([]selection.Chosen, 0, len(ids))
 	for i, s := range holding {
 		shard, err := shards.Next()
 		if err != nil {
@@ -455,7 +451,7 @@ func (a *Activities) drawnByID(ctx context.Context, run string, index ShardIndex
 				warn(ctx, "pool shard index not used: the random draw reads the shards in order", "shard", ShardKey(run, Pool, s), "id", ids[0])
 				return nil, false, nil
 			}
-			chosen = append(chosen, selected{Item: shard.Items[j]})
+			chosen = append(chosen, selection.Chosen{Item: shard.Items[j]})
 			ids = ids[1:]
 		}
 		heartbeat(ctx, i)
@@ -759,12 +755,12 @@ func (a *Activities) writeGuarded(ctx context.Context, in GuardInput, res Select
 		seen[it.Key]++
 	}
 	clear(seen)
-	var chosen []selected
+	var chosen []selection.Chosen
 	for _, r := range rows {
 		o := occurrence{r.key, seen[r.key]}
 		seen[r.key]++
 		if !dropped[o] {
-			chosen = append(chosen, selected{Item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, Score: r.score})
+			chosen = append(chosen, selection.Chosen{Item: dataset.Item{ID: r.poolID, Key: r.key, Label: r.label, Domain: r.domain, Version: r.version}, Score: r.score})
 		}
 	}
 	res.Size, res.Precision = len(chosen), selection.Precision(chosen, in.ErrorDomain)

@@ -19,6 +19,7 @@ import (
 	"dcd/internal/embed"
 	"dcd/internal/features"
 	"dcd/internal/ortrun"
+	"dcd/internal/selection"
 	"dcd/internal/store"
 	"dcd/internal/store/storetest"
 	"dcd/schemas"
@@ -367,9 +368,9 @@ func TestGuardSelection(t *testing.T) {
 	// 3..5 are ordinary.
 	selKeys := []string{"pool/0.png", "pool/1.png", "pool/2.png", "pool/3.png", "pool/4.png", "pool/5.png"}
 	selVecs := [][]float32{near(heldVecs[3]), vec(200), near(vec(200)), vec(201), vec(202), vec(203)}
-	var chosen []selected
+	var chosen []selection.Chosen
 	for i, k := range selKeys {
-		chosen = append(chosen, selected{Item: dataset.Item{Key: k, Label: "a", Version: fmt.Sprint("v", i)}, Score: []float64{1, 3, 2, 4, 5, 6}[i]})
+		chosen = append(chosen, selection.Chosen{Item: dataset.Item{Key: k, Label: "a", Version: fmt.Sprint("v", i)}, Score: []float64{1, 3, 2, 4, 5, 6}[i]})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "dcd", "selected.csv"), chosen); err != nil {
 		t.Fatal(err)
@@ -415,7 +416,7 @@ func TestGuardSelection(t *testing.T) {
 	twice := []string{"pool/3.png", "pool/7.png", "pool/7.png"}
 	chosen = nil
 	for i, k := range twice {
-		chosen = append(chosen, selected{Item: dataset.Item{Key: k, Label: "a"}, Score: float64(i)})
+		chosen = append(chosen, selection.Chosen{Item: dataset.Item{Key: k, Label: "a"}, Score: float64(i)})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "twice", "selected.csv"), chosen); err != nil {
 		t.Fatal(err)
@@ -434,7 +435,7 @@ func TestGuardSelection(t *testing.T) {
 
 	// Of two near-equal images, the better ranked's label no class: given
 	// the classes, the other stays (retraining would skip the first).
-	pair := []selected{{Item: dataset.Item{Key: "pool/8.png", Label: "x"}, Score: 1}, {Item: dataset.Item{Key: "pool/9.png", Label: "a"}, Score: 2}}
+	pair := []selection.Chosen{{Item: dataset.Item{Key: "pool/8.png", Label: "x"}, Score: 1}, {Item: dataset.Item{Key: "pool/9.png", Label: "a"}, Score: 2}}
 	if err := a.writeSelection(ctx, MethodKey("r", "pair", "selected.csv"), pair); err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +461,7 @@ func TestGuardSelection(t *testing.T) {
 	// A cluster of more copies than the search's first k (16): each
 	// within the threshold of every other, the worst ranked nearest each
 	// other and farthest from the best. One stays, the best ranked.
-	var cluster []selected
+	var cluster []selection.Chosen
 	var clusterKeys []string
 	var clusterVecs [][]float32
 	for i := range 40 {
@@ -472,7 +473,7 @@ func TestGuardSelection(t *testing.T) {
 		if i == 0 {
 			score = 0
 		}
-		cluster = append(cluster, selected{Item: dataset.Item{Key: k, Label: "a"}, Score: score})
+		cluster = append(cluster, selection.Chosen{Item: dataset.Item{Key: k, Label: "a"}, Score: score})
 	}
 	if err := a.writeSelection(ctx, MethodKey("r", "cluster", "selected.csv"), cluster); err != nil {
 		t.Fatal(err)
@@ -521,9 +522,9 @@ func TestSelectionScoresRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	a := fileActivities(t)
 	scores := []float64{float64(float32(0.123456781)), float64(math.Nextafter32(float32(0.123456781), 1)), 1.0 / 3, 2.0 / 3 * 1e-9}
-	var chosen []selected
+	var chosen []selection.Chosen
 	for i, v := range scores {
-		chosen = append(chosen, selected{Item: dataset.Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Label: "a"}, Score: v})
+		chosen = append(chosen, selection.Chosen{Item: dataset.Item{ID: int64(i), Key: fmt.Sprintf("pool/%d.png", i), Label: "a"}, Score: v})
 	}
 	if err := a.writeSelection(ctx, "r/selected.csv", chosen); err != nil {
 		t.Fatal(err)
@@ -585,13 +586,13 @@ func TestSelectRandomInClasses(t *testing.T) {
 		}
 	}
 	// The reference: 12 rows, 2 of a label no class has.
-	var ref []selected
+	var ref []selection.Chosen
 	for i := range 12 {
 		label := "a"
 		if i < 2 {
 			label = "x"
 		}
-		ref = append(ref, selected{Item: dataset.Item{ID: int64(200 + i), Key: fmt.Sprintf("q/%d.png", i), Label: label}})
+		ref = append(ref, selection.Chosen{Item: dataset.Item{ID: int64(200 + i), Key: fmt.Sprintf("q/%d.png", i), Label: label}})
 	}
 	refKey := MethodKey("r", "dcd", "debug_train.csv")
 	if err := a.writeSelection(ctx, refKey, ref); err != nil {
@@ -698,7 +699,7 @@ func TestSelectRandomReadsDrawnShards(t *testing.T) {
 		t.Fatal(err)
 	}
 	refKey := MethodKey("r", "dcd", "debug_train.csv")
-	if err := a.writeSelection(ctx, refKey, []selected{{Item: dataset.Item{ID: 500, Key: "q/0.png", Label: "a"}}}); err != nil {
+	if err := a.writeSelection(ctx, refKey, []selection.Chosen{{Item: dataset.Item{ID: 500, Key: "q/0.png", Label: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	sim := ModelRef{Path: "sim.onnx", Spec: features.Spec{ModelDigest: "s"}}
